@@ -1,0 +1,156 @@
+/* backend.h - the op table.
+ *
+ * The model's forward/backward is written once over these function pointers;
+ * a backend (cpu/, cuda/) fills the table. The model never knows which backend
+ * runs it, and a backend never knows which model family calls it.
+ *
+ * Buffers. Every pointer below is backend memory (host memory for the CPU,
+ * device memory for CUDA) obtained from alloc(). Two element types appear:
+ *   - "act"  buffers (void *) hold activations and the compute copy of the
+ *            weights, in the backend's act_dtype (fp32 on the CPU; bf16 or fp32
+ *            on CUDA). Element size is act_size bytes.
+ *   - float  buffers hold fp32 master weights, gradients, Adam moments and
+ *            statistics (norm mean/rstd, attention log-sum-exp, losses).
+ * Token ids are int32.
+ *
+ * Shapes use N = B*T rows, C = d_model, and row-major storage. A weight of a
+ * linear layer is (OC, IC), as in torch.nn.Linear: out = inp @ W^T + bias.
+ *
+ * Gradient conventions: parameter gradients (dw, db, dwte...) always
+ * ACCUMULATE (+=), so that micro-batches add up. Activation gradients
+ * overwrite unless an op says it accumulates (norm_bwd adds into the residual
+ * stream's gradient, which is how the residual connection's sum is formed).
+ */
+#ifndef ANVIL_BACKEND_H
+#define ANVIL_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { DTYPE_F32 = 0, DTYPE_BF16 = 1, DTYPE_F16 = 2 };
+
+/* One tensor of the parameter table as the optimizer sees it. */
+typedef struct {
+    size_t offset; /* first element in the flat parameter buffer */
+    size_t numel;
+    float weight_decay; /* 0 for vectors (biases, norms) and frozen tensors */
+    int trainable;      /* 0: skip entirely (frozen base weights) */
+} OptTensor;
+
+/* AdamW hyper-parameters for one step (decoupled weight decay, as in
+ * torch.optim.AdamW: p -= lr*wd*p, then the Adam update). */
+typedef struct {
+    float lr, beta1, beta2, eps;
+    int step;         /* 1-based step count for bias correction */
+    float grad_scale; /* gradients are multiplied by this first (clipping) */
+} AdamHyper;
+
+typedef struct Backend Backend;
+struct Backend {
+    const char *name; /* "cpu", "cuda" */
+    int act_dtype;    /* DTYPE_F32 or DTYPE_BF16 */
+    size_t act_size;  /* bytes per act element */
+
+    /* ---- memory ---- */
+    void *(*alloc)(size_t bytes); /* zero-filled; fatal with a clear message if it fails */
+    void (*free)(void *p);
+    void (*zero)(void *p, size_t bytes);
+    void (*upload)(void *dst, const void *host_src, size_t bytes);
+    void (*download)(void *host_dst, const void *src, size_t bytes);
+    void (*sync)(void);
+    /* fp32 -> act (the compute copy of the weights); dst may equal src when
+     * act_dtype is fp32, in which case it is a no-op. */
+    void (*cast_to_act)(void *dst, const float *src, size_t n);
+    /* act -> fp32 host memory (for logits, debugging, tests). */
+    void (*download_act)(float *host_dst, const void *src, size_t n);
+    /* fp32 host memory -> act buffer. */
+    void (*upload_act)(void *dst, const float *host_src, size_t n);
+
+    /* ---- embeddings ---- */
+    /* out (B,T,C) = wte[tokens] + (wpe ? wpe[t] : 0); wpe rows start at pos0. */
+    void (*embed_fwd)(void *out, const int32_t *tokens, const void *wte, const void *wpe, int B, int T,
+                      int C, int pos0);
+    /* dwte[tokens] += dout; dwpe[t] += sum_b dout (dwpe may be NULL). */
+    void (*embed_bwd)(float *dwte, float *dwpe, const void *dout, const int32_t *tokens, int B, int T,
+                      int C);
+
+    /* ---- normalization ----
+     * LayerNorm: out = (x - mean) * rstd * w + b.  RMSNorm (rms=1): out = x * rstd * w,
+     * rstd = 1/sqrt(mean(x^2) + eps), mean unused (may be NULL), b NULL. */
+    void (*norm_fwd)(void *out, float *mean, float *rstd, const void *inp, const void *w, const void *b,
+                     int N, int C, float eps, int rms);
+    /* dinp += d(norm)/d(inp); dw += ; db += (db NULL for RMSNorm). */
+    void (*norm_bwd)(void *dinp, float *dw, float *db, const void *dout, const void *inp, const void *w,
+                     const float *mean, const float *rstd, int N, int C, int rms);
+    /* Fused residual add + norm: res = a + b; out = norm(res). */
+    void (*add_norm_fwd)(void *res, void *out, float *mean, float *rstd, const void *a, const void *b,
+                         const void *w, const void *bias, int N, int C, float eps, int rms);
+
+    /* ---- linear layers ---- */
+    /* out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias (OC, may be NULL). */
+    void (*matmul_fwd)(void *out, const void *inp, const void *w, const void *bias, int N, int IC, int OC);
+    /* dinp (N,IC) = dout @ w (overwrite; NULL to skip);
+     * dw (OC,IC) += dout^T @ inp; dbias (OC) += sum over rows of dout (NULL to skip). */
+    void (*matmul_bwd)(void *dinp, float *dw, float *dbias, const void *dout, const void *inp, const void *w,
+                       int N, int IC, int OC);
+
+    /* ---- element-wise ---- */
+    /* GELU, tanh approximation (HF "gelu_new"). */
+    void (*gelu_fwd)(void *out, const void *inp, size_t n);
+    /* dinp = dout * gelu'(inp); dinp may alias dout. */
+    void (*gelu_bwd)(void *dinp, const void *inp, const void *dout, size_t n);
+    /* SwiGLU: inp (N, 2F) holds [gate | up] per row; out (N,F) = silu(gate) * up. */
+    void (*swiglu_fwd)(void *out, const void *inp, int N, int F);
+    /* dinp (N,2F) from dout (N,F); overwrite. */
+    void (*swiglu_bwd)(void *dinp, const void *inp, const void *dout, int N, int F);
+    /* out = a + b (n elements); out may alias a or b. */
+    void (*add)(void *out, const void *a, const void *b, size_t n);
+
+    /* ---- attention ----
+     * qkv (B,T,(nh+2*nkv)*hd): per row [q heads | k heads | v heads]. Grouped-query:
+     * query head h uses kv head h / (nh/nkv). Causal, scale 1/sqrt(hd).
+     * out (B,T,nh*hd); lse (B,nh,T) the log-sum-exp of each softmax row (kept for backward). */
+    void (*attention_fwd)(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd);
+    /* dqkv (overwrite) from dout, using the forward's out and lse. */
+    void (*attention_bwd)(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                          int B, int T, int nh, int nkv, int hd);
+    /* Rotary embedding (rotate-half / GPT-NeoX convention, as HF LLaMA) applied in place
+     * to the q and k parts of qkv, positions pos0 .. pos0+T-1. inv_freq (hd/2) are the
+     * frequencies (fp32, backend memory), computed by the model from theta. */
+    void (*rope_fwd)(void *qkv, const float *inv_freq, int B, int T, int nh, int nkv, int hd, int pos0);
+    /* Inverse rotation of the gradient, in place. */
+    void (*rope_bwd)(void *dqkv, const float *inv_freq, int B, int T, int nh, int nkv, int hd, int pos0);
+
+    /* ---- loss ----
+     * Softmax cross-entropy over V classes for N rows of logits (row stride V).
+     * losses (N) = -log softmax(logits)[target]; rows whose target < 0 give 0.
+     * If dscale != 0 the logits are overwritten by dlogits = (softmax - onehot) * dscale
+     * (0 for ignored rows); the probabilities are never stored. */
+    void (*xent_fwd_bwd)(float *losses, void *logits, const int32_t *targets, int N, int V, float dscale);
+
+    /* ---- optimizer ---- */
+    /* AdamW over the listed tensors of the flat buffers; refreshes params_act (the
+     * compute copy) when it is not NULL. m, v are fp32 moments. */
+    void (*adamw)(float *params, void *params_act, const float *grads, float *m, float *v,
+                  const OptTensor *tensors, int ntensors, const AdamHyper *h);
+    /* Sum of squares of n fp32 values, returned to the host in double. */
+    double (*sumsq)(const float *x, size_t n);
+    /* x *= s */
+    void (*scale)(float *x, float s, size_t n);
+};
+
+/* The CPU backend (always built). */
+const Backend *backend_cpu(void);
+/* The CUDA backend; NULL with err_set() when built without CUDA or no GPU is usable.
+ * bf16 selects bf16 activations/weights (fp32 master); 0 gives an all-fp32 backend. */
+const Backend *backend_cuda(int bf16);
+/* By name: "cpu", "cuda" (bf16), "cuda-fp32". NULL with err_set() on failure. */
+const Backend *backend_get(const char *name);
+
+/* Pointer to element `i` of an act buffer. */
+static inline void *act_at(const Backend *be, void *base, size_t i)
+{
+    return (char *)base + i * be->act_size;
+}
+
+#endif

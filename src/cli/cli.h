@@ -1,0 +1,14 @@
+/* cli.h - one function per subcommand; main.c dispatches on argv[1].
+ * Each returns the process exit status (0 ok, 1 error after printing
+ * "anvil: <message>" to stderr). argv[0] is the subcommand name. */
+#ifndef ANVIL_CLI_H
+#define ANVIL_CLI_H
+
+int cmd_train(int argc, char **argv);
+int cmd_prepare(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

@@ -1,0 +1,215 @@
+#include "model/config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "core/error.h"
+
+/* GPT-2 BPE vocabulary size (50,000 merges + 256 bytes + <|endoftext|>). */
+#define GPT2_VOCAB 50257
+#define GPT2_EOT 50256
+
+void model_config_defaults(ModelConfig *c, Family f)
+{
+    memset(c, 0, sizeof(*c));
+    c->family = f;
+    c->bos_token_id = -1;
+    c->eos_token_id = -1;
+    if (f == FAMILY_GPT2) {
+        c->max_seq_len = 1024;
+        c->vocab_size = GPT2_VOCAB;
+        c->norm_eps = 1e-5f; /* HF GPT2Config.layer_norm_epsilon */
+        c->tie_embeddings = 1;
+        c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+        c->bos_token_id = c->eos_token_id = GPT2_EOT;
+    } else {
+        c->max_seq_len = 2048;
+        c->vocab_size = 32000;
+        c->norm_eps = 1e-5f; /* TinyLlama / LLaMA-2 rms_norm_eps */
+        c->rope_theta = 10000.0f;
+        c->tie_embeddings = 0;
+        c->bos_token_id = 1;
+        c->eos_token_id = 2;
+    }
+}
+
+typedef struct {
+    const char *name;
+    Family family;
+    int n_layer, n_head, n_kv_head, d_model, d_ff, vocab, max_seq;
+} Preset;
+
+/* d_ff 0 means the family default (gpt2: 4*d_model). */
+static const Preset presets[] = {
+    {"gpt2-124m", FAMILY_GPT2, 12, 12, 12, 768, 0, GPT2_VOCAB, 1024},
+    {"gpt2-350m", FAMILY_GPT2, 24, 16, 16, 1024, 0, GPT2_VOCAB, 1024},
+    {"gpt2-760m", FAMILY_GPT2, 24, 16, 16, 1536, 0, GPT2_VOCAB, 1024},
+    {"gpt2-1.3b", FAMILY_GPT2, 24, 16, 16, 2048, 0, GPT2_VOCAB, 1024},
+    /* TinyLlama-1.1B shape. */
+    {"llama-1b", FAMILY_LLAMA, 22, 32, 4, 2048, 5632, 32000, 2048},
+    /* Tiny models for tests and the built-in example; GPT-2 vocabulary so that
+     * they train on GPT-2 token data. */
+    {"gpt2-tiny", FAMILY_GPT2, 2, 4, 4, 64, 0, GPT2_VOCAB, 256},
+    {"llama-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256},
+};
+
+const char *model_preset_names(void)
+{
+    return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny";
+}
+
+int model_preset(ModelConfig *c, const char *name)
+{
+    for (size_t i = 0; i < ARRAY_LEN(presets); i++) {
+        const Preset *p = &presets[i];
+        if (strcmp(p->name, name) != 0) continue;
+        model_config_defaults(c, p->family);
+        c->n_layer = p->n_layer;
+        c->n_head = p->n_head;
+        c->n_kv_head = p->n_kv_head;
+        c->d_model = p->d_model;
+        c->d_ff = p->d_ff;
+        c->vocab_size = p->vocab;
+        c->max_seq_len = p->max_seq;
+        if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
+        return 0;
+    }
+    return err_set("unknown model preset \"%s\" (known: %s)", name, model_preset_names());
+}
+
+int model_family_parse(const char *s, Family *f)
+{
+    if (!strcmp(s, "gpt2")) *f = FAMILY_GPT2;
+    else if (!strcmp(s, "llama") || !strcmp(s, "mistral") || !strcmp(s, "qwen2")) *f = FAMILY_LLAMA;
+    else return err_set("unknown model family \"%s\" (expected gpt2 or llama)", s);
+    return 0;
+}
+
+const char *model_family_name(Family f) { return f == FAMILY_GPT2 ? "gpt2" : "llama"; }
+
+int model_config_finish(ModelConfig *c)
+{
+    if (c->n_layer <= 0) return err_set("model.n_layer: must be positive, got %d", c->n_layer);
+    if (c->n_head <= 0) return err_set("model.n_head: must be positive, got %d", c->n_head);
+    if (c->d_model <= 0) return err_set("model.d_model: must be positive, got %d", c->d_model);
+    if (c->vocab_size <= 0) return err_set("model.vocab_size: must be positive, got %d", c->vocab_size);
+    if (c->max_seq_len <= 0) return err_set("model.max_seq_len: must be positive, got %d", c->max_seq_len);
+    if (c->n_kv_head <= 0) c->n_kv_head = c->n_head;
+    if (c->n_head % c->n_kv_head)
+        return err_set("model.n_kv_head: %d does not divide n_head %d", c->n_kv_head, c->n_head);
+    if (c->head_dim <= 0) {
+        if (c->d_model % c->n_head)
+            return err_set("model.n_head: %d does not divide d_model %d", c->n_head, c->d_model);
+        c->head_dim = c->d_model / c->n_head;
+    }
+    if (c->family == FAMILY_LLAMA && c->head_dim % 2)
+        return err_set("model: RoPE needs an even head dimension, got %d", c->head_dim);
+    if (c->d_ff <= 0) {
+        if (c->family == FAMILY_GPT2) c->d_ff = 4 * c->d_model;
+        else return err_set("model.d_ff: must be set for the llama family");
+    }
+    if (c->family == FAMILY_LLAMA && !(c->rope_theta > 0))
+        return err_set("model.rope_theta: must be positive, got %g", c->rope_theta);
+    if (!(c->norm_eps > 0)) c->norm_eps = 1e-5f;
+    if (!c->hf_model_type[0])
+        snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
+                 c->family == FAMILY_GPT2 ? "gpt2" : (c->qkv_bias ? "qwen2" : "llama"));
+    if (!c->hf_arch[0]) {
+        const char *a = "LlamaForCausalLM";
+        if (!strcmp(c->hf_model_type, "gpt2")) a = "GPT2LMHeadModel";
+        else if (!strcmp(c->hf_model_type, "qwen2")) a = "Qwen2ForCausalLM";
+        else if (!strcmp(c->hf_model_type, "mistral")) a = "MistralForCausalLM";
+        snprintf(c->hf_arch, sizeof(c->hf_arch), "%s", a);
+    }
+    return 0;
+}
+
+/* ---- parameter table ---- */
+
+static void add_param(ParamTable *pt, int *cap, const char *name, int role, int layer, int ndim, int64_t d0,
+                      int64_t d1)
+{
+    if (pt->n == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        pt->p = xrealloc(pt->p, (size_t)*cap * sizeof(Param));
+    }
+    Param *p = &pt->p[pt->n++];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->role = role;
+    p->layer = layer;
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim == 2 ? d1 : 1;
+    p->numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    p->offset = pt->total;
+    p->dtype = DTYPE_F32;
+    p->storage = STORE_DENSE;
+    p->trainable = 1;
+    p->decay = ndim == 2;
+    pt->total += p->numel;
+}
+
+void param_table_build(ParamTable *pt, const ModelConfig *c)
+{
+    int cap = 0;
+    int C = c->d_model;
+    int gpt2 = c->family == FAMILY_GPT2;
+    char nm[64];
+    memset(pt, 0, sizeof(*pt));
+    add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
+    if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
+    for (int l = 0; l < c->n_layer; l++) {
+#define P1(suffix, role, n) \
+    (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 1, n, 1))
+#define P2(suffix, role, r, k) \
+    (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 2, r, k))
+        P1("ln1.w", PROLE_LN1_W, C);
+        if (gpt2) P1("ln1.b", PROLE_LN1_B, C);
+        P2("qkv.w", PROLE_QKV_W, cfg_qkv_dim(c), C);
+        if (c->qkv_bias) P1("qkv.b", PROLE_QKV_B, cfg_qkv_dim(c));
+        P2("o.w", PROLE_O_W, C, cfg_q_dim(c));
+        if (c->o_bias) P1("o.b", PROLE_O_B, C);
+        P1("ln2.w", PROLE_LN2_W, C);
+        if (gpt2) P1("ln2.b", PROLE_LN2_B, C);
+        P2("fc.w", PROLE_FC_W, cfg_fc_dim(c), C);
+        if (c->mlp_bias) P1("fc.b", PROLE_FC_B, cfg_fc_dim(c));
+        P2("proj.w", PROLE_PROJ_W, C, c->d_ff);
+        if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
+#undef P1
+#undef P2
+    }
+    add_param(pt, &cap, "lnf.w", PROLE_LNF_W, -1, 1, C, 1);
+    if (gpt2) add_param(pt, &cap, "lnf.b", PROLE_LNF_B, -1, 1, C, 1);
+    if (!c->tie_embeddings) add_param(pt, &cap, "lm_head", PROLE_LM_HEAD, -1, 2, c->vocab_size, C);
+}
+
+void param_table_free(ParamTable *pt)
+{
+    free(pt->p);
+    memset(pt, 0, sizeof(*pt));
+}
+
+int param_find(const ParamTable *pt, const char *name)
+{
+    for (int i = 0; i < pt->n; i++)
+        if (!strcmp(pt->p[i].name, name)) return i;
+    return -1;
+}
+
+int param_find_role(const ParamTable *pt, int role, int layer)
+{
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].role == role && pt->p[i].layer == layer) return i;
+    return -1;
+}
+
+size_t param_count(const ParamTable *pt)
+{
+    size_t n = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].trainable) n += pt->p[i].numel;
+    return n;
+}
