@@ -60,6 +60,7 @@ typedef struct Model {
 
     /* activation buffers sized for up to Bmax x Tmax tokens */
     int Bmax, Tmax, recompute;
+    int cur_B, cur_T; /* shape of the last forward with targets (used by backward) */
     LayerActs *la; /* n_layer */
     void *res_final;          /* (N,C) output of the last block */
     void *lnf;                /* (N,C) */
