@@ -1,0 +1,60 @@
+/* hf.h - Hugging Face model directories in and out (docs/formats.md).
+ *
+ * A model directory is config.json + model.safetensors (or shards with
+ * model.safetensors.index.json) [+ generation_config.json]. Supported classes:
+ * GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM.
+ * Tensors are renamed and re-laid-out between HF and the parameter table of
+ * config.h (GPT-2 Conv1D weights are stored (in, out) and transposed; LLaMA's
+ * q/k/v and gate/up projections are stacked into qkv.w and fc.w).
+ */
+#ifndef ANVIL_IO_HF_H
+#define ANVIL_IO_HF_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "model/config.h"
+
+struct Model;
+
+/* Read "<dir>/config.json" into *cfg (finished with model_config_finish).
+ * -1 with err_set("<dir>/config.json: <key>: <what>") on a missing or
+ * mistyped key, or an unsupported architecture / activation / RoPE type. */
+int hf_read_config(const char *dir, ModelConfig *cfg);
+
+/* Fill host (pt->total floats, laid out as pt says) from the directory's
+ * safetensors (F32, F16, BF16, F64). Every parameter must be present with the
+ * right shape; buffers such as GPT-2's attn.bias, and lm_head.weight of a tied
+ * model, are ignored. -1 with err_set() naming the tensor and the file. */
+int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host);
+
+/* One tensor under its HF name, in HF layout (fp32, owned). */
+typedef struct {
+    char name[96];
+    int ndim;
+    int64_t shape[2];
+    float *data;
+} HfTensor;
+
+/* Map any flat buffer laid out like the parameters (weights, gradients,
+ * moments) to HF-named, HF-layout tensors. *out has *n entries; free with
+ * hf_tensors_free. */
+int hf_export(const ModelConfig *cfg, const ParamTable *pt, const float *buf, HfTensor **out, int *n);
+void hf_tensors_free(HfTensor *t, int n);
+
+/* Write config.json, generation_config.json and model.safetensors (sharded
+ * above ST_DEFAULT_MAX_SHARD) into the existing directory dir, each file
+ * atomically. dtype is DTYPE_F32 or DTYPE_BF16 (the stored weights). */
+int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
+                   int dtype);
+/* The same into a fresh "<dir>.tmp.<pid>", then published as dir in one
+ * rename (replacing an existing dir). */
+int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype);
+/* config.json alone (used by hf_write_files; exposed for tests and tools). */
+int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype);
+
+/* config + weights -> a Model on the backend (model_create + model_set_params).
+ * NULL with err_set() on failure. */
+struct Model *hf_load_model(const char *dir, const Backend *be);
+
+#endif
