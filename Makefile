@@ -2,7 +2,7 @@
 #   make            ./anvil (CPU always; CUDA too when nvcc is found, unless NO_CUDA=1)
 #   make test       build and run the whole CPU test suite
 #   make asan       the test suite under AddressSanitizer + UBSan (build-asan/)
-# Debian packages: libopenblas-dev libyaml-dev libpcre2-dev libjansson-dev zlib1g-dev
+# Debian packages: libopenblas-dev libyaml-dev libpcre2-dev libjansson-dev libutf8proc-dev zlib1g-dev
 
 CC      ?= gcc
 NVCC    ?= nvcc
@@ -10,7 +10,7 @@ BUILD   ?= build
 OPT     ?= -O3
 CFLAGS  += -std=gnu11 $(OPT) -g -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
            -fopenmp -Isrc -MMD -MP
-LDLIBS  += -lopenblas -lyaml -lpcre2-8 -ljansson -lz -lm -lpthread
+LDLIBS  += -lopenblas -lyaml -lpcre2-8 -ljansson -lutf8proc -lz -lm -lpthread
 LDFLAGS += -fopenmp
 
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC) 2>/dev/null))

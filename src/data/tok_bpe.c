@@ -1,0 +1,435 @@
+/* tok_bpe.c - the BPE model: vocabulary and merge maps, the merge loop, and
+ * the per-thread cache of piece -> ids.
+ *
+ * Merge order is Hugging Face's (and tiktoken's for GPT-2): repeatedly merge
+ * the adjacent pair with the lowest merge rank, the leftmost one on ties.
+ * Short pieces use a scan over the pairs (a few symbols, cache friendly);
+ * long ones a binary heap keyed (rank, position) with lazy invalidation, so a
+ * pathological 1 MB run of digits costs O(n log n), not O(n^2).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "data/tok_internal.h"
+#include "data/utf8.h"
+
+/* Pieces with more initial symbols than this use the heap merge. */
+#define BPE_SCAN_MAX_SYMBOLS 48
+/* Pieces longer than this (bytes) are not cached (rare, and they would evict many short ones). */
+#define BPE_CACHE_MAX_KEY 128
+/* The cache is cleared when it holds this many pieces (bounds memory per thread, ~40 MB). */
+#define BPE_CACHE_MAX_ENTRIES (1u << 20)
+
+void idvec_reserve(IdVec *v, size_t extra)
+{
+    if (v->n + extra <= v->cap) return;
+    size_t cap = v->cap ? v->cap : 256;
+    while (cap < v->n + extra) cap *= 2;
+    v->a = xrealloc(v->a, cap * sizeof(int32_t));
+    v->cap = cap;
+}
+
+void idvec_push(IdVec *v, int32_t x)
+{
+    if (v->n == v->cap) idvec_reserve(v, 1);
+    v->a[v->n++] = x;
+}
+
+void bytebuf_put(ByteBuf *b, const void *p, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n + 1) cap *= 2;
+        b->a = xrealloc(b->a, cap);
+        b->cap = cap;
+    }
+    memcpy(b->a + b->n, p, n);
+    b->n += n;
+    b->a[b->n] = 0;
+}
+
+/* ---- StrMap ---------------------------------------------------------------- */
+
+static size_t pow2_at_least(size_t n)
+{
+    size_t c = 16;
+    while (c < n) c *= 2;
+    return c;
+}
+
+void strmap_init(StrMap *m, size_t n)
+{
+    size_t cap = pow2_at_least(n * 2);
+    m->slot = xmalloc(cap * sizeof(int32_t));
+    m->slot_hash = xmalloc(cap * sizeof(uint32_t));
+    memset(m->slot, 0xff, cap * sizeof(int32_t));
+    m->mask = cap - 1;
+}
+
+void strmap_free(StrMap *m)
+{
+    free(m->slot);
+    free(m->slot_hash);
+    memset(m, 0, sizeof(*m));
+}
+
+void strmap_put(StrMap *m, const Tokenizer *t, int32_t id)
+{
+    size_t len;
+    const char *s = tok_model_str(t, id, &len);
+    uint64_t h = tok_hash(s, len);
+    size_t i = (size_t)h & m->mask;
+    while (m->slot[i] >= 0) {
+        if (m->slot_hash[i] == (uint32_t)(h >> 32)) {
+            size_t l2;
+            const char *s2 = tok_model_str(t, m->slot[i], &l2);
+            if (l2 == len && !memcmp(s, s2, len)) return;
+        }
+        i = (i + 1) & m->mask;
+    }
+    m->slot[i] = id;
+    m->slot_hash[i] = (uint32_t)(h >> 32);
+}
+
+int32_t strmap_get(const StrMap *m, const Tokenizer *t, const void *s, size_t n)
+{
+    uint64_t h = tok_hash(s, n);
+    size_t i = (size_t)h & m->mask;
+    int32_t id;
+    while ((id = m->slot[i]) >= 0) {
+        if (m->slot_hash[i] == (uint32_t)(h >> 32)) {
+            size_t l2;
+            const char *s2 = tok_model_str(t, id, &l2);
+            if (l2 == n && !memcmp(s, s2, n)) return id;
+        }
+        i = (i + 1) & m->mask;
+    }
+    return -1;
+}
+
+/* ---- PairMap --------------------------------------------------------------- */
+
+void pairmap_init(PairMap *m, size_t n)
+{
+    size_t cap = pow2_at_least(n * 2);
+    m->key = xmalloc(cap * sizeof(uint64_t));
+    m->rank = xmalloc(cap * sizeof(int32_t));
+    m->id = xmalloc(cap * sizeof(int32_t));
+    memset(m->key, 0xff, cap * sizeof(uint64_t));
+    m->mask = cap - 1;
+}
+
+void pairmap_free(PairMap *m)
+{
+    free(m->key);
+    free(m->rank);
+    free(m->id);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Keeps the first (lowest) rank when a pair is listed twice, as HF does. */
+void pairmap_put(PairMap *m, int32_t a, int32_t b, int32_t rank, int32_t id)
+{
+    uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t i = (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 20) & m->mask;
+    while (m->key[i] != UINT64_MAX) {
+        if (m->key[i] == k) return;
+        i = (i + 1) & m->mask;
+    }
+    m->key[i] = k;
+    m->rank[i] = rank;
+    m->id[i] = id;
+}
+
+/* ---- merge loop ------------------------------------------------------------ */
+
+static size_t bpe_merge_scan(const Tokenizer *t, int32_t *sym, size_t n)
+{
+    /* rank[i]/merged[i]: the pair (sym[i], sym[i+1]); -1 = no merge */
+    int32_t rank[BPE_SCAN_MAX_SYMBOLS], merged[BPE_SCAN_MAX_SYMBOLS];
+    for (size_t i = 0; i + 1 < n; i++) rank[i] = pairmap_get(&t->merges, sym[i], sym[i + 1], &merged[i]);
+    while (n > 1) {
+        int32_t best = -1;
+        size_t bi = 0;
+        for (size_t i = 0; i + 1 < n; i++)
+            if (rank[i] >= 0 && (best < 0 || rank[i] < best)) {
+                best = rank[i];
+                bi = i;
+            }
+        if (best < 0) break;
+        sym[bi] = merged[bi];
+        memmove(sym + bi + 1, sym + bi + 2, (n - bi - 2) * sizeof(int32_t));
+        if (bi + 2 < n) {
+            memmove(rank + bi + 1, rank + bi + 2, (n - bi - 2) * sizeof(int32_t));
+            memmove(merged + bi + 1, merged + bi + 2, (n - bi - 2) * sizeof(int32_t));
+        }
+        n--;
+        if (bi > 0) rank[bi - 1] = pairmap_get(&t->merges, sym[bi - 1], sym[bi], &merged[bi - 1]);
+        if (bi + 1 < n) rank[bi] = pairmap_get(&t->merges, sym[bi], sym[bi + 1], &merged[bi]);
+    }
+    return n;
+}
+
+/* Min-heap of (rank << 32 | position) keys. */
+typedef struct {
+    uint64_t *a;
+    size_t n;
+} Heap;
+
+static void heap_push(Heap *h, uint64_t k)
+{
+    size_t i = h->n++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (h->a[p] <= k) break;
+        h->a[i] = h->a[p];
+        i = p;
+    }
+    h->a[i] = k;
+}
+
+static uint64_t heap_pop(Heap *h)
+{
+    uint64_t top = h->a[0], k = h->a[--h->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= h->n) break;
+        if (c + 1 < h->n && h->a[c + 1] < h->a[c]) c++;
+        if (k <= h->a[c]) break;
+        h->a[i] = h->a[c];
+        i = c;
+    }
+    if (h->n) h->a[i] = k;
+    return top;
+}
+
+static size_t bpe_merge_heap(const Tokenizer *t, int32_t *sym, size_t n)
+{
+    /* symbols live at their original positions; next/prev link the live ones */
+    int32_t *next = xmalloc(n * sizeof(int32_t)), *prev = xmalloc(n * sizeof(int32_t));
+    Heap h = {xmalloc(2 * n * sizeof(uint64_t) + 8), 0};
+    size_t cap = 2 * n + 1;
+    for (size_t i = 0; i < n; i++) {
+        next[i] = i + 1 < n ? (int32_t)(i + 1) : -1;
+        prev[i] = (int32_t)i - 1;
+    }
+    int32_t id;
+    for (size_t i = 0; i + 1 < n; i++) {
+        int32_t r = pairmap_get(&t->merges, sym[i], sym[i + 1], &id);
+        if (r >= 0) heap_push(&h, ((uint64_t)r << 32) | i);
+    }
+    while (h.n) {
+        uint64_t top = heap_pop(&h);
+        int32_t r = (int32_t)(top >> 32), i = (int32_t)(uint32_t)top;
+        if (sym[i] < 0 || next[i] < 0) continue; /* merged away, or now last */
+        int32_t j = next[i];
+        if (pairmap_get(&t->merges, sym[i], sym[j], &id) != r) continue; /* stale entry */
+        sym[i] = id;
+        sym[j] = -1;
+        next[i] = next[j];
+        if (next[j] >= 0) prev[next[j]] = i;
+        if (h.n + 2 > cap) {
+            cap *= 2;
+            h.a = xrealloc(h.a, cap * sizeof(uint64_t));
+        }
+        if (prev[i] >= 0) {
+            int32_t p = prev[i], r2 = pairmap_get(&t->merges, sym[p], sym[i], &id);
+            if (r2 >= 0) heap_push(&h, ((uint64_t)r2 << 32) | (uint32_t)p);
+        }
+        if (next[i] >= 0) {
+            int32_t r2 = pairmap_get(&t->merges, sym[i], sym[next[i]], &id);
+            if (r2 >= 0) heap_push(&h, ((uint64_t)r2 << 32) | (uint32_t)i);
+        }
+    }
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (sym[i] >= 0) sym[m++] = sym[i];
+    free(next);
+    free(prev);
+    free(h.a);
+    return m;
+}
+
+size_t bpe_merge(const Tokenizer *t, int32_t *sym, size_t n, int force)
+{
+    if (n < 2) return n;
+    if (force == 1 || (force == 0 && n <= BPE_SCAN_MAX_SYMBOLS)) {
+        if (n <= BPE_SCAN_MAX_SYMBOLS) return bpe_merge_scan(t, sym, n);
+    }
+    return bpe_merge_heap(t, sym, n);
+}
+
+/* ---- per-thread cache ---------------------------------------------------------- */
+
+typedef struct {
+    uint64_t hash;
+    uint32_t key_off, ids_off; /* into keys / ids arenas */
+    uint16_t key_len, n_ids;
+} CacheEntry;
+
+struct TokThread {
+    CacheEntry *slot; /* hash == 0 && key_len == 0 && n_ids == 0 : empty */
+    size_t mask, count;
+    ByteBuf keys;
+    IdVec ids;
+    IdVec sym; /* scratch for the initial symbols */
+    pcre2_match_data *md;
+};
+
+static void cache_clear(TokThread *th, size_t cap)
+{
+    free(th->slot);
+    th->slot = xcalloc(cap, sizeof(CacheEntry));
+    th->mask = cap - 1;
+    th->count = 0;
+    th->keys.n = 0;
+    th->ids.n = 0;
+}
+
+TokThread *tok_thread(const Tokenizer *t)
+{
+    TokThread *th = pthread_getspecific(t->tls);
+    if (th) return th;
+    th = xcalloc(1, sizeof(TokThread));
+    cache_clear(th, 4096);
+    th->md = pcre2_match_data_create(16, NULL);
+    if (!th->md) fatal("out of memory (pcre2 match data)");
+    pthread_setspecific(t->tls, th);
+    return th;
+}
+
+void tok_thread_free(void *p)
+{
+    TokThread *th = p;
+    if (!th) return;
+    free(th->slot);
+    free(th->keys.a);
+    free(th->ids.a);
+    free(th->sym.a);
+    pcre2_match_data_free(th->md);
+    free(th);
+}
+
+pcre2_match_data *tok_thread_match_data(TokThread *th) { return th->md; }
+
+static const CacheEntry *cache_get(const TokThread *th, const uint8_t *s, size_t n, uint64_t h)
+{
+    size_t i = (size_t)h & th->mask;
+    for (;;) {
+        const CacheEntry *e = &th->slot[i];
+        if (!e->key_len) return NULL;
+        if (e->hash == h && e->key_len == n && !memcmp(th->keys.a + e->key_off, s, n)) return e;
+        i = (i + 1) & th->mask;
+    }
+}
+
+static void cache_put(TokThread *th, const uint8_t *s, size_t n, uint64_t h, const int32_t *ids, size_t k)
+{
+    if (th->count >= BPE_CACHE_MAX_ENTRIES || th->keys.n + n > UINT32_MAX / 2 || k > UINT16_MAX) {
+        if (k > UINT16_MAX) return;
+        cache_clear(th, 4096);
+    }
+    if ((th->count + 1) * 2 > th->mask + 1) { /* grow to keep the load under 1/2 */
+        size_t cap = (th->mask + 1) * 2;
+        CacheEntry *old = th->slot;
+        size_t oldcap = th->mask + 1;
+        th->slot = xcalloc(cap, sizeof(CacheEntry));
+        th->mask = cap - 1;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].key_len) {
+                size_t j = (size_t)old[i].hash & th->mask;
+                while (th->slot[j].key_len) j = (j + 1) & th->mask;
+                th->slot[j] = old[i];
+            }
+        free(old);
+    }
+    size_t i = (size_t)h & th->mask;
+    while (th->slot[i].key_len) i = (i + 1) & th->mask;
+    CacheEntry *e = &th->slot[i];
+    e->hash = h;
+    e->key_off = (uint32_t)th->keys.n;
+    e->key_len = (uint16_t)n;
+    e->ids_off = (uint32_t)th->ids.n;
+    e->n_ids = (uint16_t)k;
+    bytebuf_put(&th->keys, s, n);
+    idvec_reserve(&th->ids, k);
+    memcpy(th->ids.a + th->ids.n, ids, k * sizeof(int32_t));
+    th->ids.n += k;
+    th->count++;
+}
+
+/* ---- encode one piece -------------------------------------------------------- */
+
+/* Initial symbols of a piece: single bytes (byte-level), or UTF-8 characters
+ * looked up in the vocabulary with byte fallback (<0xNN>) and unk fusing. */
+static void bpe_initial_symbols(const Tokenizer *t, const uint8_t *s, size_t n, IdVec *sym)
+{
+    sym->n = 0;
+    idvec_reserve(sym, n + 1);
+    if (t->byte_level) {
+        for (size_t i = 0; i < n; i++)
+            if (t->byte_id[s[i]] >= 0) sym->a[sym->n++] = t->byte_id[s[i]];
+            else if (t->unk_id >= 0) sym->a[sym->n++] = t->unk_id;
+        return;
+    }
+    int pending_unk = 0; /* an unk waiting to be emitted (fuse_unk joins runs of them) */
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t k = (size_t)utf8_decode(s + i, n - i, &cp);
+        if (!k) k = 1; /* an invalid byte is a character of its own */
+        int32_t id = strmap_get(&t->vocab, t, s + i, k);
+        if (id >= 0) {
+            if (pending_unk) sym->a[sym->n++] = t->unk_id;
+            pending_unk = 0;
+            sym->a[sym->n++] = id;
+        } else {
+            int all = t->byte_fallback;
+            for (size_t b = 0; all && b < k; b++) all = t->byte_id[s[i + b]] >= 0;
+            if (all) {
+                if (pending_unk) sym->a[sym->n++] = t->unk_id;
+                pending_unk = 0;
+                for (size_t b = 0; b < k; b++) sym->a[sym->n++] = t->byte_id[s[i + b]];
+            } else if (t->unk_id >= 0) {
+                if (pending_unk && !t->fuse_unk) sym->a[sym->n++] = t->unk_id;
+                pending_unk = 1;
+            } /* else: no way to represent it, dropped (as HF does) */
+        }
+        i += k;
+    }
+    if (pending_unk) sym->a[sym->n++] = t->unk_id;
+}
+
+void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out)
+{
+    if (n == 0) return;
+    if (n == 1 && t->byte_level && t->byte_id[s[0]] >= 0) {
+        idvec_push(out, t->byte_id[s[0]]);
+        return;
+    }
+    uint64_t h = 0;
+    if (n <= BPE_CACHE_MAX_KEY) {
+        h = tok_hash(s, n);
+        const CacheEntry *e = cache_get(th, s, n, h);
+        if (e) {
+            idvec_reserve(out, e->n_ids);
+            memcpy(out->a + out->n, th->ids.a + e->ids_off, e->n_ids * sizeof(int32_t));
+            out->n += e->n_ids;
+            return;
+        }
+    }
+    if (t->ignore_merges) {
+        int32_t id = strmap_get(&t->vocab, t, s, n);
+        if (id >= 0) {
+            idvec_push(out, id);
+            return;
+        }
+    }
+    bpe_initial_symbols(t, s, n, &th->sym);
+    size_t m = bpe_merge(t, th->sym.a, th->sym.n, 0);
+    idvec_reserve(out, m);
+    memcpy(out->a + out->n, th->sym.a, m * sizeof(int32_t));
+    out->n += m;
+    if (n <= BPE_CACHE_MAX_KEY) cache_put(th, s, n, h, th->sym.a, m);
+}

@@ -1,0 +1,254 @@
+/* tok_internal.h - the inside of a Tokenizer, shared by the tok_*.c files.
+ *
+ * One pipeline serves every tokenizer we load (it is the Hugging Face one):
+ *   text -> split on added/special tokens -> per segment: normalizers ->
+ *   pre-tokenizers (pieces) -> BPE model per piece (ids) ; decode: ids ->
+ *   per-token "piece bytes" (decoders applied at load time) -> concatenation,
+ *   then the position-dependent decoder steps (strip of the first space).
+ * Byte-level vocabularies (GPT-2, LLaMA-3, Qwen2) are converted at load time
+ * from the printable byte alphabet of bytes_to_unicode() to raw bytes, so the
+ * BPE model works on raw bytes and decoding is a concatenation.
+ */
+#ifndef ANVIL_DATA_TOK_INTERNAL_H
+#define ANVIL_DATA_TOK_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+#include "data/tokenizer.h"
+
+/* ---- small growable vectors -------------------------------------------- */
+
+typedef struct {
+    int32_t *a;
+    size_t n, cap;
+} IdVec;
+
+void idvec_push(IdVec *v, int32_t x);
+void idvec_reserve(IdVec *v, size_t extra);
+
+typedef struct {
+    char *a;
+    size_t n, cap;
+} ByteBuf;
+
+void bytebuf_put(ByteBuf *b, const void *p, size_t n);
+
+/* ---- hashing ------------------------------------------------------------ */
+
+/* 64-bit hash of a byte string (multiply-xorshift over 8-byte words). */
+static inline uint64_t tok_hash(const void *p, size_t n)
+{
+    const uint8_t *s = (const uint8_t *)p;
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
+    while (n >= 8) {
+        uint64_t v;
+        __builtin_memcpy(&v, s, 8);
+        h = (h ^ v) * 0xbf58476d1ce4e5b9ULL;
+        h ^= h >> 31;
+        s += 8;
+        n -= 8;
+    }
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) v |= (uint64_t)s[i] << (8 * i);
+    h = (h ^ v) * 0x94d049bb133111ebULL;
+    h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    return h ^ (h >> 32);
+}
+
+/* String -> id map over strings owned elsewhere (the vocabulary table).
+ * Open addressing, power-of-two slots, -1 = empty. */
+typedef struct {
+    int32_t *slot;
+    uint32_t *slot_hash;
+    size_t mask;
+} StrMap;
+
+/* Pair (left id, right id) -> (merge rank, merged id). */
+typedef struct {
+    uint64_t *key; /* left << 32 | right; UINT64_MAX = empty */
+    int32_t *rank;
+    int32_t *id;
+    size_t mask;
+} PairMap;
+
+/* ---- pipeline pieces ----------------------------------------------------- */
+
+enum { NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD, NORM_LOWER, NORM_REPLACE, NORM_PREPEND, NORM_STRIP };
+
+typedef struct {
+    int type;
+    char *pattern, *content; /* Replace: pattern -> content (literal); Prepend: content */
+    size_t pattern_len, content_len;
+    pcre2_code *re; /* Replace with a Regex pattern */
+    int strip_left, strip_right;
+} Normalizer;
+
+enum { PRE_SPLIT, PRE_METASPACE, PRE_BYTELEVEL_PREFIX, PRE_DIGITS };
+enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS };
+enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
+
+typedef struct {
+    int type;
+    /* PRE_SPLIT: a regex (re) or literal (lit) pattern; gpt2_fast when the
+     * regex is exactly GPT-2's (hand-written splitter, proven identical by tests) */
+    pcre2_code *re;
+    char *src; /* the regex or literal pattern text */
+    size_t src_len;
+    int is_regex, behavior, invert, gpt2_fast;
+    /* PRE_METASPACE */
+    char repl[8];
+    int repl_len, prepend_scheme, split;
+    /* PRE_DIGITS */
+    int individual;
+} PreTok;
+
+typedef struct {
+    char *content;
+    size_t len;
+    int32_t id;
+    int special, lstrip, rstrip, single_word;
+} AddedToken;
+
+/* A file that defines the tokenizer, kept in memory for tokenizer_save(). */
+typedef struct {
+    char *name;
+    char *data;
+    size_t len;
+} TokFile;
+
+enum { TOK_BYTE, TOK_BPE };
+
+#define TOK_MAX_FILES 4
+
+struct Tokenizer {
+    int kind;
+    int vocab_size; /* max id + 1 */
+
+    /* id -> bytes the BPE model knows it by (raw bytes for byte-level vocabularies) */
+    char *model_buf;
+    uint64_t *model_off; /* vocab_size + 1 offsets */
+    /* id -> bytes it decodes to (decoders applied per token at load time) */
+    char *piece_buf;
+    uint64_t *piece_off;
+    uint8_t *is_special; /* per id: an added special token */
+
+    StrMap vocab;   /* model bytes -> id */
+    PairMap merges; /* (a, b) -> (rank, a+b) */
+    int byte_level; /* initial BPE symbols are single bytes, else UTF-8 characters */
+    int32_t byte_id[256]; /* byte-level: id of each byte; byte fallback: id of <0xNN>; -1 none */
+    int byte_fallback, fuse_unk, ignore_merges;
+    int32_t unk_id;
+
+    Normalizer *norm;
+    int n_norm;
+    PreTok *pre;
+    int n_pre;
+    AddedToken *added; /* sorted by length, longest first */
+    int n_added;
+    uint8_t added_first[256]; /* 1 if some added token starts with this byte */
+
+    /* position-dependent decoder steps */
+    char *first_buf; /* Metaspace decoder: the first token drops its replacement chars */
+    uint64_t *first_off; /* NULL unless such a decoder is present */
+    int dec_strip_start, dec_strip_stop; /* Strip decoder after Fuse: chars of dec_strip_char */
+    char dec_strip_char;
+
+    int32_t eos_id, bos_id;
+    int add_bos;
+    int splittable; /* encode(a+b) == encode(a)+encode(b) at "x\ny" boundaries (GPT-2 fast path) */
+
+    char identity[64];
+    TokFile files[TOK_MAX_FILES];
+    int n_files;
+
+    pthread_key_t tls; /* per-thread TokThread (cache and regex match data) */
+};
+
+static inline const char *tok_model_str(const Tokenizer *t, int32_t id, size_t *len)
+{
+    *len = (size_t)(t->model_off[id + 1] - t->model_off[id]);
+    return t->model_buf + t->model_off[id];
+}
+
+/* ---- tok_bpe.c ---------------------------------------------------------- */
+
+void strmap_init(StrMap *m, size_t n);
+void strmap_free(StrMap *m);
+/* Insert id (keyed by the model bytes of id); keeps the first id for duplicates. */
+void strmap_put(StrMap *m, const Tokenizer *t, int32_t id);
+int32_t strmap_get(const StrMap *m, const Tokenizer *t, const void *s, size_t n);
+
+void pairmap_init(PairMap *m, size_t n);
+void pairmap_free(PairMap *m);
+void pairmap_put(PairMap *m, int32_t a, int32_t b, int32_t rank, int32_t id);
+static inline int32_t pairmap_get(const PairMap *m, int32_t a, int32_t b, int32_t *id)
+{
+    uint64_t k = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
+    size_t i = (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 20) & m->mask;
+    for (;;) {
+        uint64_t s = m->key[i];
+        if (s == k) {
+            *id = m->id[i];
+            return m->rank[i];
+        }
+        if (s == UINT64_MAX) return -1;
+        i = (i + 1) & m->mask;
+    }
+}
+
+/* Per-thread state: the piece -> ids cache and PCRE2 match data. */
+typedef struct TokThread TokThread;
+TokThread *tok_thread(const Tokenizer *t);
+void tok_thread_free(void *p);
+pcre2_match_data *tok_thread_match_data(TokThread *th);
+
+/* BPE-encode one pre-token piece (bytes), appending ids to out. */
+void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out);
+/* Merge loop on symbol ids in place; returns the new count. Exposed for tests
+ * (force: 0 auto, 1 quadratic scan, 2 heap). */
+size_t bpe_merge(const Tokenizer *t, int32_t *sym, size_t n, int force);
+
+/* ---- tok_pretok.c ------------------------------------------------------- */
+
+/* The end of the GPT-2 pre-token starting at s[i] (hand-written splitter). */
+size_t gpt2_split_next(const uint8_t *s, size_t n, size_t i);
+extern const char GPT2_SPLIT_PATTERN[];
+pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what);
+/* Run normalizers then pre-tokenizers on one segment and BPE each piece. */
+int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start, IdVec *out);
+void pretok_free(PreTok *p);
+void normalizer_free(Normalizer *nm);
+
+/* ---- tok_json.c --------------------------------------------------------- */
+
+int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *path, const char *dir);
+int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const char *merges, size_t mlen,
+                          const char *vpath, const char *mpath);
+
+/* ---- tokenizer.c -------------------------------------------------------- */
+
+/* Append the ids of text to out (the engine behind tokenizer_encode). */
+void tokenizer_encode_append(const Tokenizer *t, const char *text, size_t len, IdVec *out);
+/* 1 if encoding may be split at "x\ny" (ASCII non-space around one newline)
+ * and give the same ids as encoding the whole (the GPT-2 and byte tokenizers). */
+int tokenizer_splittable(const Tokenizer *t);
+int tok_is_byte_json(const char *data, size_t len);
+
+/* Build the string tables from per-id model strings (NULL = unused id).
+ * byte_level: decode piece = model bytes. */
+void tok_strtab_build(char *const *strs, const size_t *lens, int n, char **buf, uint64_t **off);
+void tok_set_vocab(Tokenizer *t, char **model, size_t *model_len, int n);
+void tok_add_file(Tokenizer *t, const char *name, const char *data, size_t len);
+int tok_finish(Tokenizer *t); /* byte ids, added-token index, thread key */
+
+/* assets.c: the bundled GPT-2 vocabulary */
+extern const char anvil_gpt2_encoder_json[], anvil_gpt2_encoder_json_end[];
+extern const char anvil_gpt2_vocab_bpe[], anvil_gpt2_vocab_bpe_end[];
+
+#endif

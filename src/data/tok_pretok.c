@@ -1,0 +1,506 @@
+/* tok_pretok.c - normalizers and pre-tokenizers (the HF tokenizers pipeline),
+ * and the hand-written splitter for GPT-2's pattern.
+ *
+ * Regexes run in PCRE2 with UTF + UCP (Unicode \p{..} and \s) and
+ * MATCH_INVALID_UTF: an invalid byte matches no item, so a run of them lies
+ * between matches and becomes a piece of its own (byte-level BPE then encodes
+ * the raw bytes, and decode gives them back). The GPT-2 splitter takes its
+ * character classes from the same PCRE2 tables (one page of 256 code points
+ * classified on first use), so both paths agree; tests compare them.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <utf8proc.h>
+
+#include "core/error.h"
+#include "data/tok_internal.h"
+#include "data/utf8.h"
+
+const char GPT2_SPLIT_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+
+pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what)
+{
+    int ec;
+    PCRE2_SIZE eo;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, len, PCRE2_UTF | PCRE2_UCP | PCRE2_MATCH_INVALID_UTF,
+                                   &ec, &eo, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(ec, msg, sizeof(msg));
+        err_set("%s: regex error at offset %zu: %s", what, (size_t)eo, (char *)msg);
+        return NULL;
+    }
+    pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* falls back to the interpreter if JIT is unavailable */
+    return re;
+}
+
+/* ---- character classes for the GPT-2 splitter ------------------------------ */
+
+enum { CC_OTHER = 0, CC_L = 1, CC_N = 2, CC_WS = 3, CC_INVALID = 4 };
+
+#define CC_PAGES (0x110000 / 256)
+static uint8_t *cc_page[CC_PAGES];
+static uint8_t cc_ascii[128];
+static pthread_once_t cc_once = PTHREAD_ONCE_INIT;
+static pcre2_code *cc_re;
+
+static uint8_t cc_classify(uint32_t cp, pcre2_match_data *md)
+{
+    if (cp >= 0xD800 && cp <= 0xDFFF) return CC_OTHER; /* not encodable; never asked */
+    uint8_t buf[4];
+    int k = utf8_encode(cp, buf);
+    int rc = pcre2_match(cc_re, buf, (size_t)k, 0, PCRE2_ANCHORED, md, NULL);
+    if (rc <= 1) return CC_OTHER;
+    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+    if (rc >= 2 && ov[2] != PCRE2_UNSET) return CC_L;
+    if (rc >= 3 && ov[4] != PCRE2_UNSET) return CC_N;
+    return CC_WS;
+}
+
+static void cc_init(void)
+{
+    static const char pat[] = "(\\p{L})|(\\p{N})|(\\s)";
+    int ec;
+    PCRE2_SIZE eo;
+    cc_re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &ec, &eo, NULL);
+    if (!cc_re) fatal("internal: class regex failed to compile");
+    pcre2_match_data *md = pcre2_match_data_create(4, NULL);
+    for (uint32_t c = 0; c < 128; c++) cc_ascii[c] = cc_classify(c, md);
+    pcre2_match_data_free(md);
+}
+
+static uint8_t cc_of(uint32_t cp)
+{
+    uint8_t *page = __atomic_load_n(&cc_page[cp >> 8], __ATOMIC_ACQUIRE);
+    if (!page) {
+        pcre2_match_data *md = pcre2_match_data_create(4, NULL);
+        page = xmalloc(256);
+        for (uint32_t i = 0; i < 256; i++) page[i] = cc_classify((cp & ~0xFFu) | i, md);
+        pcre2_match_data_free(md);
+        uint8_t *expected = NULL;
+        if (!__atomic_compare_exchange_n(&cc_page[cp >> 8], &expected, page, 0, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_ACQUIRE)) {
+            free(page); /* another thread won the race */
+            page = expected;
+        }
+    }
+    return page[cp & 0xFF];
+}
+
+/* Class and byte length of the character at s[i]. */
+static inline uint8_t cc_at(const uint8_t *s, size_t n, size_t i, size_t *len)
+{
+    if (s[i] < 0x80) {
+        *len = 1;
+        return cc_ascii[s[i]];
+    }
+    uint32_t cp;
+    int k = utf8_decode(s + i, n - i, &cp);
+    if (!k) {
+        *len = 1;
+        return CC_INVALID;
+    }
+    *len = (size_t)k;
+    return cc_of(cp);
+}
+
+/* End of the run of class c starting at i. */
+static inline size_t cc_run(const uint8_t *s, size_t n, size_t i, uint8_t c)
+{
+    while (i < n) {
+        size_t k;
+        if (s[i] < 0x80) {
+            if (cc_ascii[s[i]] != c) break;
+            i++;
+            continue;
+        }
+        if (cc_at(s, n, i, &k) != c) break;
+        i += k;
+    }
+    return i;
+}
+
+/* GPT-2: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ * Returns the end of the piece that starts at i (i < n). */
+size_t gpt2_split_next(const uint8_t *s, size_t n, size_t i)
+{
+    uint8_t c0 = s[i];
+    if (c0 == '\'' && i + 1 < n) {
+        uint8_t c1 = s[i + 1];
+        if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
+        if (i + 2 < n) {
+            uint8_t c2 = s[i + 2];
+            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return i + 3;
+        }
+    }
+    size_t k;
+    uint8_t c = cc_at(s, n, i, &k);
+    if (c0 == ' ' && i + 1 < n) {
+        size_t k1;
+        uint8_t c1 = cc_at(s, n, i + 1, &k1);
+        if (c1 == CC_L || c1 == CC_N || c1 == CC_OTHER) return cc_run(s, n, i + 1 + k1, c1);
+    }
+    if (c == CC_L || c == CC_N || c == CC_OTHER) return cc_run(s, n, i + k, c);
+    if (c == CC_INVALID) return cc_run(s, n, i + 1, CC_INVALID);
+    /* whitespace: \s+(?!\S) backtracks to leave the last one before a non-space */
+    size_t last = i, j = i + k;
+    while (j < n) {
+        size_t kj;
+        uint8_t cj = cc_at(s, n, j, &kj);
+        if (cj != CC_WS) {
+            if (cj == CC_INVALID) return j; /* an invalid byte is not \S */
+            return last > i ? last : j;
+        }
+        last = j;
+        j += kj;
+    }
+    return n;
+}
+
+/* ---- normalizers ---------------------------------------------------------- */
+
+void normalizer_free(Normalizer *nm)
+{
+    free(nm->pattern);
+    free(nm->content);
+    if (nm->re) pcre2_code_free(nm->re);
+}
+
+static int is_space_byte(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+/* Apply one normalizer to in[0..n) into out (cleared first). */
+static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in, size_t n, ByteBuf *out)
+{
+    out->n = 0;
+    switch (nm->type) {
+    case NORM_NFC:
+    case NORM_NFD:
+    case NORM_NFKC:
+    case NORM_NFKD: {
+        int opt = UTF8PROC_STABLE | (nm->type == NORM_NFC || nm->type == NORM_NFKC ? UTF8PROC_COMPOSE
+                                                                                  : UTF8PROC_DECOMPOSE);
+        if (nm->type == NORM_NFKC || nm->type == NORM_NFKD) opt |= UTF8PROC_COMPAT;
+        utf8proc_uint8_t *res = NULL;
+        if (utf8_validate(in, n) == n && utf8proc_map(in, (utf8proc_ssize_t)n, &res, opt) >= 0) {
+            bytebuf_put(out, res, strlen((char *)res));
+            free(res);
+        } else {
+            bytebuf_put(out, in, n); /* invalid UTF-8 passes through unchanged */
+        }
+        break;
+    }
+    case NORM_LOWER:
+        for (size_t i = 0; i < n;) {
+            uint32_t cp;
+            int k = utf8_decode(in + i, n - i, &cp);
+            if (!k) {
+                bytebuf_put(out, in + i, 1);
+                i++;
+                continue;
+            }
+            uint8_t buf[4];
+            int m = utf8_encode((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), buf);
+            bytebuf_put(out, buf, (size_t)m);
+            i += (size_t)k;
+        }
+        break;
+    case NORM_REPLACE:
+        if (nm->re) {
+            pcre2_match_data *md = tok_thread_match_data(th);
+            size_t i = 0;
+            while (i <= n) {
+                int rc = pcre2_match(nm->re, in, n, i, 0, md, NULL);
+                if (rc < 0) break;
+                PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+                bytebuf_put(out, in + i, ov[0] - i);
+                bytebuf_put(out, nm->content, nm->content_len);
+                if (ov[1] == ov[0]) { /* empty match: copy one byte and move on */
+                    if (ov[1] < n) bytebuf_put(out, in + ov[1], 1);
+                    i = ov[1] + 1;
+                } else {
+                    i = ov[1];
+                }
+            }
+            if (i < n) bytebuf_put(out, in + i, n - i);
+        } else {
+            size_t i = 0, p = nm->pattern_len;
+            while (i < n) {
+                if (p && i + p <= n && !memcmp(in + i, nm->pattern, p)) {
+                    bytebuf_put(out, nm->content, nm->content_len);
+                    i += p;
+                } else {
+                    size_t j = i + 1;
+                    if (p) {
+                        const void *q = memchr(in + j, (uint8_t)nm->pattern[0], n - j);
+                        j = q ? (size_t)((const uint8_t *)q - in) : n;
+                    } else {
+                        j = n;
+                    }
+                    bytebuf_put(out, in + i, j - i);
+                    i = j;
+                }
+            }
+        }
+        break;
+    case NORM_PREPEND:
+        if (n) bytebuf_put(out, nm->content, nm->content_len);
+        bytebuf_put(out, in, n);
+        break;
+    case NORM_STRIP: {
+        size_t a = 0, b = n;
+        if (nm->strip_left)
+            while (a < b && is_space_byte(in[a])) a++;
+        if (nm->strip_right)
+            while (b > a && is_space_byte(in[b - 1])) b--;
+        bytebuf_put(out, in + a, b - a);
+        break;
+    }
+    }
+}
+
+/* ---- pre-tokenizers ---------------------------------------------------------- */
+
+void pretok_free(PreTok *p)
+{
+    if (p->re) pcre2_code_free(p->re);
+    free(p->src);
+}
+
+typedef struct {
+    const Tokenizer *t;
+    TokThread *th;
+    IdVec *out;
+    ByteBuf *scratch; /* one buffer per stage (a stage may rewrite its piece) */
+} PreCtx;
+
+static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start);
+
+/* Emit a piece made of segments [a, b) of s (Split behaviors join neighbours). */
+static void split_emit(PreCtx *c, int stage, const uint8_t *s, size_t a, size_t b, int at_start)
+{
+    if (b > a) pretok_run(c, stage + 1, s + a, b - a, at_start && a == 0);
+}
+
+/* One Split: walk the text as alternating (delimiter, content) segments and
+ * group them by behavior; is_delim = is_match XOR invert (HF semantics). */
+static void split_apply(PreCtx *c, int stage, const PreTok *p, const uint8_t *s, size_t n, int at_start)
+{
+    size_t pos = 0;      /* start of the not-yet-classified text */
+    size_t piece_a = 0;  /* start of the piece being built (MergedWith*, Contiguous) */
+    int open = 0;        /* a piece is being built */
+    int prev_delim = -1; /* Contiguous: flag of the previous segment */
+    pcre2_match_data *md = tok_thread_match_data(c->th);
+    for (;;) {
+        size_t ma = n, mb = n;
+        int found = 0;
+        if (pos < n) {
+            if (p->re) {
+                size_t from = pos;
+                while (from < n) {
+                    int rc = pcre2_match(p->re, s, n, from, 0, md, NULL);
+                    if (rc < 0) break;
+                    PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+                    if (ov[1] > ov[0]) {
+                        ma = ov[0];
+                        mb = ov[1];
+                        found = 1;
+                        break;
+                    }
+                    from = ov[0] + 1; /* skip an empty match */
+                }
+            } else if (p->src_len) {
+                for (size_t i = pos; i + p->src_len <= n; i++)
+                    if (s[i] == (uint8_t)p->src[0] && !memcmp(s + i, p->src, p->src_len)) {
+                        ma = i;
+                        mb = i + p->src_len;
+                        found = 1;
+                        break;
+                    }
+            }
+        }
+        /* segments: gap [pos, ma) then match [ma, mb) */
+        for (int seg = 0; seg < 2; seg++) {
+            size_t a = seg == 0 ? pos : ma, b = seg == 0 ? ma : mb;
+            if (b <= a) continue;
+            int delim = (seg == 1) ^ p->invert;
+            switch (p->behavior) {
+            case SPLIT_ISOLATED:
+                split_emit(c, stage, s, a, b, at_start);
+                break;
+            case SPLIT_REMOVED:
+                if (!delim) split_emit(c, stage, s, a, b, at_start);
+                break;
+            case SPLIT_MERGED_PREV: /* a delimiter joins the content piece before it */
+                if (delim) {
+                    split_emit(c, stage, s, open ? piece_a : a, b, at_start);
+                    open = 0;
+                } else {
+                    if (open) split_emit(c, stage, s, piece_a, a, at_start);
+                    piece_a = a;
+                    open = 1;
+                }
+                break;
+            case SPLIT_MERGED_NEXT: /* a delimiter joins the content piece after it */
+                if (delim) {
+                    if (open) split_emit(c, stage, s, piece_a, a, at_start);
+                    piece_a = a;
+                    open = 1;
+                } else {
+                    split_emit(c, stage, s, open ? piece_a : a, b, at_start);
+                    open = 0;
+                }
+                break;
+            case SPLIT_CONTIGUOUS:
+                if (open && delim != prev_delim) {
+                    split_emit(c, stage, s, piece_a, a, at_start);
+                    open = 0;
+                }
+                if (!open) piece_a = a;
+                open = 1;
+                prev_delim = delim;
+                break;
+            }
+        }
+        if (!found) break;
+        pos = mb;
+    }
+    if (open) split_emit(c, stage, s, piece_a, n, at_start);
+}
+
+static void gpt2_apply(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start)
+{
+    if (stage + 1 == c->t->n_pre) { /* last stage: straight into BPE */
+        for (size_t i = 0; i < n;) {
+            size_t j = gpt2_split_next(s, n, i);
+            bpe_encode_piece(c->t, c->th, s + i, j - i, c->out);
+            i = j;
+        }
+        return;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t j = gpt2_split_next(s, n, i);
+        pretok_run(c, stage + 1, s + i, j - i, at_start && i == 0);
+        i = j;
+    }
+}
+
+static void metaspace_apply(PreCtx *c, int stage, const PreTok *p, const uint8_t *s, size_t n, int at_start)
+{
+    ByteBuf *b = &c->scratch[stage];
+    b->n = 0;
+    int starts_with = n >= (size_t)p->repl_len && !memcmp(s, p->repl, (size_t)p->repl_len);
+    int starts_space = n > 0 && s[0] == ' ';
+    if (!starts_with && !starts_space &&
+        (p->prepend_scheme == PREPEND_ALWAYS || (p->prepend_scheme == PREPEND_FIRST && at_start)))
+        bytebuf_put(b, p->repl, (size_t)p->repl_len);
+    for (size_t i = 0; i < n;) {
+        const uint8_t *q = memchr(s + i, ' ', n - i);
+        size_t j = q ? (size_t)(q - s) : n;
+        bytebuf_put(b, s + i, j - i);
+        if (j < n) bytebuf_put(b, p->repl, (size_t)p->repl_len);
+        i = j + (j < n);
+    }
+    const uint8_t *t = (const uint8_t *)b->a;
+    size_t m = b->n, r = (size_t)p->repl_len;
+    if (!p->split) {
+        pretok_run(c, stage + 1, t, m, at_start);
+        return;
+    }
+    /* split on the replacement, MergedWithNext */
+    size_t a = 0;
+    for (size_t i = r; i + r <= m;) {
+        if (!memcmp(t + i, p->repl, r)) {
+            pretok_run(c, stage + 1, t + a, i - a, at_start && a == 0);
+            a = i;
+            i += r;
+        } else {
+            i++;
+        }
+    }
+    if (m > a) pretok_run(c, stage + 1, t + a, m - a, at_start && a == 0);
+}
+
+static void bytelevel_prefix_apply(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start)
+{
+    if (n && s[0] == ' ') {
+        pretok_run(c, stage + 1, s, n, at_start);
+        return;
+    }
+    ByteBuf *b = &c->scratch[stage];
+    b->n = 0;
+    bytebuf_put(b, " ", 1);
+    bytebuf_put(b, s, n);
+    pretok_run(c, stage + 1, (const uint8_t *)b->a, b->n, at_start);
+}
+
+/* Digits: runs of \p{N} (or each one) isolated; Rust's char::is_numeric is \p{N}. */
+static void digits_apply(PreCtx *c, int stage, const PreTok *p, const uint8_t *s, size_t n, int at_start)
+{
+    size_t a = 0, i = 0;
+    while (i < n) {
+        size_t k;
+        uint8_t cl = cc_at(s, n, i, &k);
+        if (cl != CC_N) {
+            i += k;
+            continue;
+        }
+        if (i > a) pretok_run(c, stage + 1, s + a, i - a, at_start && a == 0);
+        size_t j = p->individual ? i + k : cc_run(s, n, i + k, CC_N);
+        pretok_run(c, stage + 1, s + i, j - i, at_start && i == 0);
+        a = i = j;
+    }
+    if (n > a) pretok_run(c, stage + 1, s + a, n - a, at_start && a == 0);
+}
+
+static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start)
+{
+    if (n == 0) return;
+    if (stage == c->t->n_pre) {
+        bpe_encode_piece(c->t, c->th, s, n, c->out);
+        return;
+    }
+    const PreTok *p = &c->t->pre[stage];
+    switch (p->type) {
+    case PRE_SPLIT:
+        if (p->gpt2_fast) gpt2_apply(c, stage, s, n, at_start);
+        else split_apply(c, stage, p, s, n, at_start);
+        break;
+    case PRE_METASPACE:
+        metaspace_apply(c, stage, p, s, n, at_start);
+        break;
+    case PRE_BYTELEVEL_PREFIX:
+        bytelevel_prefix_apply(c, stage, s, n, at_start);
+        break;
+    case PRE_DIGITS:
+        digits_apply(c, stage, p, s, n, at_start);
+        break;
+    }
+}
+
+#define PRE_MAX_STAGES 16
+
+int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start, IdVec *out)
+{
+    pthread_once(&cc_once, cc_init);
+    ByteBuf nb[2] = {{0}};
+    if (t->n_norm) { /* ping-pong between two buffers */
+        const uint8_t *in = s;
+        size_t len = n;
+        for (int i = 0; i < t->n_norm; i++) {
+            ByteBuf *o = &nb[i & 1];
+            normalize_one(&t->norm[i], th, in, len, o);
+            in = (const uint8_t *)o->a;
+            len = o->n;
+        }
+        s = in ? in : (const uint8_t *)"";
+        n = len;
+    }
+    ByteBuf scratch[PRE_MAX_STAGES] = {{0}};
+    PreCtx c = {t, th, out, scratch};
+    pretok_run(&c, 0, s, n, at_start);
+    for (int i = 0; i < t->n_pre && i < PRE_MAX_STAGES; i++) free(scratch[i].a);
+    free(nb[0].a);
+    free(nb[1].a);
+    return 0;
+}
