@@ -1,0 +1,338 @@
+/* loader.c - batches of token windows (contract in loader.h).
+ *
+ * The source is one token stream: the shards in sorted path order,
+ * concatenated (or the ids of a text file). Window k covers stream tokens
+ * [k*T, k*T + T] (T+1 tokens: inputs are non-overlapping, the last target of
+ * window k is the first input of window k+1), so an epoch has
+ * W = (N - 1) / T windows. Epoch e visits them in the order perm_e(0..W-1),
+ * where perm_e is a keyed Feistel permutation (identity without shuffle);
+ * rank r takes positions r, r + world, ... and every rank gets W / world
+ * windows, so ranks stay in lock step (the last W % world of an epoch's
+ * order are skipped that epoch; with shuffle they differ per epoch). The
+ * permutation is computed per index, O(1) memory whatever W is.
+ */
+#include "data/loader.h"
+
+#include <dirent.h>
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/shard.h"
+#include "data/textio.h"
+#include "data/tok_internal.h"
+#include "data/tokenizer.h"
+
+/* Feistel rounds of the window permutation (6 rounds of a 64-bit mixer
+ * give a well-mixed permutation; it is not cryptographic, just unbiased). */
+#define PERM_ROUNDS 6
+
+struct DataLoader {
+    LoaderOptions opt;
+    char *spec;
+    Shard *shards;
+    int n_shards;
+    uint64_t *start; /* stream offset of each shard; start[n_shards] = total */
+    int32_t *text;   /* a text source's ids */
+    uint64_t n_tokens, n_windows, per_rank;
+    int vocab;
+    LoaderState st;
+    /* permutation of the current epoch */
+    uint64_t perm_epoch;
+    int perm_valid, half_bits;
+    uint64_t keys[PERM_ROUNDS];
+    int32_t *window; /* T+1 scratch */
+};
+
+/* ---- the window permutation ------------------------------------------------ */
+
+static void perm_setup(DataLoader *dl, uint64_t epoch)
+{
+    int bits = 2;
+    while (bits < 64 && (1ULL << bits) < dl->n_windows) bits++;
+    bits += bits & 1; /* balanced halves */
+    dl->half_bits = bits / 2;
+    for (int r = 0; r < PERM_ROUNDS; r++)
+        dl->keys[r] = rng_mix(dl->opt.seed ^ rng_mix(epoch * PERM_ROUNDS + (uint64_t)r + 1));
+    dl->perm_epoch = epoch;
+    dl->perm_valid = 1;
+}
+
+/* A bijection of [0, 2^(2*half_bits)), walked until it lands below W (cycle walking). */
+static uint64_t perm_apply(const DataLoader *dl, uint64_t x)
+{
+    uint64_t mask = (1ULL << dl->half_bits) - 1;
+    do {
+        uint64_t l = x >> dl->half_bits, r = x & mask;
+        for (int k = 0; k < PERM_ROUNDS; k++) {
+            uint64_t f = rng_mix(r ^ dl->keys[k]) & mask;
+            uint64_t nl = r;
+            r = l ^ f;
+            l = nl;
+        }
+        x = (l << dl->half_bits) | r;
+    } while (x >= dl->n_windows);
+    return x;
+}
+
+static uint64_t window_at(DataLoader *dl, uint64_t epoch, uint64_t j)
+{
+    if (!dl->opt.shuffle) return j;
+    if (!dl->perm_valid || dl->perm_epoch != epoch) perm_setup(dl, epoch);
+    return perm_apply(dl, j);
+}
+
+/* ---- sources ------------------------------------------------------------------ */
+
+static int has_glob_chars(const char *s) { return strpbrk(s, "*?[") != NULL; }
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Shard paths of a directory: *.tok and *.bin, sorted. */
+static char **list_dir_shards(const char *dir, int *n)
+{
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    char **v = NULL;
+    int k = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !(ends_with(e->d_name, ".tok") || ends_with(e->d_name, ".bin"))) continue;
+        v = xrealloc(v, (size_t)(k + 1) * sizeof(char *));
+        size_t len = strlen(dir) + strlen(e->d_name) + 2;
+        v[k] = xmalloc(len);
+        snprintf(v[k], len, "%s/%s", dir, e->d_name);
+        k++;
+    }
+    closedir(d);
+    if (k) qsort(v, (size_t)k, sizeof(char *), cmp_str);
+    *n = k;
+    return v;
+}
+
+static void free_paths(char **v, int n)
+{
+    for (int i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+static int open_shards(DataLoader *dl, char **paths, int n)
+{
+    dl->shards = xcalloc((size_t)n, sizeof(Shard));
+    dl->start = xcalloc((size_t)n + 1, sizeof(uint64_t));
+    int vocab = 0;
+    const char *ident = NULL;
+    for (int i = 0; i < n; i++) {
+        if (shard_open(&dl->shards[i], paths[i])) return -1;
+        dl->n_shards++;
+        Shard *s = &dl->shards[i];
+        dl->start[i + 1] = dl->start[i] + s->count;
+        vocab = MAX(vocab, s->vocab_size);
+        if (s->identity[0]) {
+            if (ident && strcmp(ident, s->identity))
+                return err_set("%s: made with tokenizer \"%s\", but %s was made with \"%s\"", s->path, s->identity,
+                               dl->shards[0].path, ident);
+            ident = s->identity;
+        }
+    }
+    dl->n_tokens = dl->start[n];
+    dl->vocab = vocab;
+    if (dl->opt.tokenizer && ident) { /* the config's tokenizer must be the one the shards were made with */
+        Tokenizer *tok = tokenizer_load(dl->opt.tokenizer);
+        if (!tok) return -1;
+        int same = !strcmp(tokenizer_identity(tok), ident);
+        char mine[64];
+        snprintf(mine, sizeof(mine), "%s", tokenizer_identity(tok));
+        int tv = tokenizer_vocab_size(tok);
+        tokenizer_free(tok);
+        if (!same)
+            return err_set("%s: made with tokenizer \"%s\", but the tokenizer given is \"%s\" (%s)", dl->shards[0].path,
+                           ident, mine, dl->opt.tokenizer);
+        dl->vocab = tv;
+    }
+    return 0;
+}
+
+static int open_text(DataLoader *dl, const char *path)
+{
+    if (!dl->opt.tokenizer) return err_set("%s: a text source needs a tokenizer (data.tokenizer)", path);
+    size_t len;
+    char *text = text_read_file(path, &len);
+    if (!text) return -1;
+    size_t bad = text_utf8_check(text, len);
+    if (bad != len) {
+        free(text);
+        return err_set("%s: invalid UTF-8 at byte offset %zu", path, bad);
+    }
+    Tokenizer *tok = tokenizer_load(dl->opt.tokenizer);
+    if (!tok) {
+        free(text);
+        return -1;
+    }
+    IdVec v = {0};
+    if (tokenizer_add_bos(tok) && tokenizer_bos_id(tok) >= 0) idvec_push(&v, tokenizer_bos_id(tok));
+    tokenizer_encode_append(tok, text, len, &v);
+    free(text);
+    dl->vocab = tokenizer_vocab_size(tok);
+    tokenizer_free(tok);
+    dl->text = v.a;
+    dl->n_tokens = v.n;
+    return 0;
+}
+
+/* ---- open / next -------------------------------------------------------------- */
+
+DataLoader *loader_open(const char *spec, const LoaderOptions *opt)
+{
+    if (!spec || !*spec) {
+        err_set("data source: empty path");
+        return NULL;
+    }
+    if (opt->B <= 0 || opt->T <= 0 || opt->world < 1 || opt->rank < 0 || opt->rank >= opt->world) {
+        err_set("%s: bad loader options (B=%d T=%d rank=%d world=%d)", spec, opt->B, opt->T, opt->rank, opt->world);
+        return NULL;
+    }
+    DataLoader *dl = xcalloc(1, sizeof(DataLoader));
+    dl->opt = *opt;
+    dl->opt.tokenizer = opt->tokenizer && *opt->tokenizer ? xstrdup(opt->tokenizer) : NULL;
+    dl->spec = xstrdup(spec);
+    dl->window = xmalloc(((size_t)opt->T + 1) * sizeof(int32_t));
+    int rc = 0;
+    struct stat st;
+    if (has_glob_chars(spec) && stat(spec, &st)) {
+        glob_t g;
+        int gr = glob(spec, 0, NULL, &g);
+        if (gr || !g.gl_pathc) {
+            if (!gr) globfree(&g);
+            err_set("%s: no files match", spec);
+            rc = -1;
+        } else {
+            rc = open_shards(dl, g.gl_pathv, (int)g.gl_pathc); /* glob sorts */
+            globfree(&g);
+        }
+    } else if (!stat(spec, &st) && S_ISDIR(st.st_mode)) {
+        int n = 0;
+        char **paths = list_dir_shards(spec, &n);
+        if (!n) {
+            char sub[4096];
+            snprintf(sub, sizeof(sub), "%s/train", spec);
+            int has_train = !stat(sub, &st) && S_ISDIR(st.st_mode);
+            err_set("%s: no shards (*.tok, *.bin) in this directory%s", spec,
+                    has_train ? " (prepare's output: use DIR/train or DIR/val)" : "");
+            rc = -1;
+        } else {
+            rc = open_shards(dl, paths, n);
+        }
+        free_paths(paths, n);
+    } else if (!stat(spec, &st)) {
+        char *p = (char *)spec;
+        rc = shard_sniff(spec) ? open_shards(dl, &p, 1) : open_text(dl, spec);
+    } else {
+        err_set("%s: no such file or directory", spec);
+        rc = -1;
+    }
+    if (!rc) {
+        dl->n_windows = dl->n_tokens > 0 ? (dl->n_tokens - 1) / (uint64_t)opt->T : 0;
+        dl->per_rank = dl->n_windows / (uint64_t)opt->world;
+        if (dl->per_rank == 0) {
+            err_set("%s: %llu tokens make %llu windows of T+1 = %d tokens, too few for %d rank(s)", spec,
+                    (unsigned long long)dl->n_tokens, (unsigned long long)dl->n_windows, opt->T + 1, opt->world);
+            rc = -1;
+        }
+    }
+    if (rc) {
+        loader_close(dl);
+        return NULL;
+    }
+    return dl;
+}
+
+/* Copy stream tokens [pos, pos + n) into out, checking ids against the vocab. */
+static int stream_read(DataLoader *dl, uint64_t pos, size_t n, int32_t *out)
+{
+    if (dl->text) {
+        memcpy(out, dl->text + pos, n * sizeof(int32_t));
+        return 0;
+    }
+    int lo = 0, hi = dl->n_shards - 1; /* last shard with start <= pos */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (dl->start[mid] <= pos) lo = mid;
+        else hi = mid - 1;
+    }
+    size_t done = 0;
+    for (int s = lo; done < n && s < dl->n_shards; s++) {
+        const Shard *sh = &dl->shards[s];
+        uint64_t off = pos + done - dl->start[s];
+        for (; off < sh->count && done < n; off++) {
+            uint32_t v = shard_token(sh, off);
+            if (v >= (uint32_t)dl->vocab)
+                return err_set("%s: token id %u at position %llu is outside the vocabulary (size %d)", sh->path, v,
+                               (unsigned long long)off, dl->vocab);
+            out[done++] = (int32_t)v;
+        }
+    }
+    return 0;
+}
+
+int loader_next(DataLoader *dl, int32_t *inputs, int32_t *targets)
+{
+    int T = dl->opt.T;
+    for (int b = 0; b < dl->opt.B; b++) {
+        if (dl->st.pos >= dl->per_rank) {
+            dl->st.epoch++;
+            dl->st.pos = 0;
+        }
+        uint64_t j = dl->st.pos * (uint64_t)dl->opt.world + (uint64_t)dl->opt.rank;
+        uint64_t w = window_at(dl, dl->st.epoch, j);
+        if (stream_read(dl, w * (uint64_t)T, (size_t)T + 1, dl->window)) return -1;
+        memcpy(inputs + (size_t)b * T, dl->window, (size_t)T * sizeof(int32_t));
+        memcpy(targets + (size_t)b * T, dl->window + 1, (size_t)T * sizeof(int32_t));
+        dl->st.pos++;
+    }
+    return 0;
+}
+
+LoaderState loader_state(const DataLoader *dl) { return dl->st; }
+
+int loader_set_state(DataLoader *dl, LoaderState st)
+{
+    if (st.pos > dl->per_rank)
+        return err_set("%s: loader position %llu is past the %llu windows per epoch (different data?)", dl->spec,
+                       (unsigned long long)st.pos, (unsigned long long)dl->per_rank);
+    dl->st = st;
+    return 0;
+}
+
+void loader_reset(DataLoader *dl)
+{
+    dl->st.epoch = 0;
+    dl->st.pos = 0;
+}
+
+uint64_t loader_num_tokens(const DataLoader *dl) { return dl->n_tokens; }
+uint64_t loader_windows_per_epoch(const DataLoader *dl) { return dl->per_rank; }
+int loader_vocab_size(const DataLoader *dl) { return dl->vocab; }
+
+void loader_close(DataLoader *dl)
+{
+    if (!dl) return;
+    for (int i = 0; i < dl->n_shards; i++) shard_close(&dl->shards[i]);
+    free(dl->shards);
+    free(dl->start);
+    free(dl->text);
+    free(dl->window);
+    free((char *)dl->opt.tokenizer);
+    free(dl->spec);
+    free(dl);
+}

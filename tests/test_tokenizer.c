@@ -1,0 +1,553 @@
+/* test_tokenizer.c - GPT-2, byte and tokenizer.json tokenizers.
+ *
+ * References: ../shared/data/gpt2/ NAME.gpt2.u32 (two independent GPT-2
+ * implementations agree on them), tests/fixtures/tokenizers/ (ids produced by
+ * the HF `tokenizers` library, tools/make_tokenizer_fixtures.py), PCRE2
+ * running GPT-2's regex (for the hand-written splitter), and round-trip
+ * identities.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/tok_internal.h"
+#include "data/tokenizer.h"
+#include "data/utf8.h"
+#include "test.h"
+
+static char tmpdir[256];
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    *len = fread(b, 1, (size_t)n, f);
+    b[*len] = 0;
+    fclose(f);
+    return b;
+}
+
+static Tokenizer *gpt2(void)
+{
+    static Tokenizer *t;
+    if (!t) t = tokenizer_load("gpt2");
+    return t;
+}
+
+/* encode(text) == ref ids and decode(ref) == text */
+static void check_reference(const char *name)
+{
+    char tp[512], rp[512];
+    snprintf(tp, sizeof(tp), "%s/gpt2/%s.txt", test_shared_data(), name);
+    snprintf(rp, sizeof(rp), "%s/gpt2/%s.gpt2.u32", test_shared_data(), name);
+    size_t tn, rn;
+    char *text = slurp(tp, &tn), *ref = slurp(rp, &rn);
+    if (!text || !ref) {
+        fprintf(stderr, "skip %s: %s absent\n", name, rp);
+        free(text);
+        free(ref);
+        return;
+    }
+    int32_t *ids;
+    long n = tokenizer_encode(gpt2(), text, tn, &ids);
+    CHECKF((size_t)n == rn / 4, "%s: %ld ids, reference %zu", name, n, rn / 4);
+    long first_diff = -1;
+    for (long i = 0; i < n && (size_t)i < rn / 4; i++) {
+        uint32_t r;
+        memcpy(&r, ref + 4 * i, 4);
+        if ((uint32_t)ids[i] != r) {
+            first_diff = i;
+            break;
+        }
+    }
+    CHECKF(first_diff < 0, "%s: first difference at id #%ld", name, first_diff);
+    size_t dl;
+    char *back = tokenizer_decode(gpt2(), (const int32_t *)ref, rn / 4, &dl);
+    CHECK(dl == tn && !memcmp(back, text, tn));
+    free(back);
+    free(ids);
+    free(text);
+    free(ref);
+}
+
+static void test_gpt2_reference(void)
+{
+    CHECKF(gpt2() != NULL, "%s", err_get());
+    if (!gpt2()) return;
+    CHECK(tokenizer_vocab_size(gpt2()) == 50257);
+    CHECK(tokenizer_eos_id(gpt2()) == 50256);
+    CHECK(tokenizer_add_bos(gpt2()) == 0);
+    CHECK(!strcmp(tokenizer_identity(gpt2()), "gpt2"));
+    check_reference("tricky");
+    check_reference("sample");
+}
+
+static void test_gpt2_special(void)
+{
+    Tokenizer *t = gpt2();
+    const char *s = "Hello<|endoftext|> world<|endoftext|><|endoftext|>";
+    int32_t *ids, *a, *b;
+    long n = tokenizer_encode(t, s, strlen(s), &ids);
+    long na = tokenizer_encode(t, "Hello", 5, &a), nb = tokenizer_encode(t, " world", 6, &b);
+    CHECK(n == na + nb + 3);
+    CHECK(!memcmp(ids, a, (size_t)na * 4));
+    CHECK(ids[na] == 50256);
+    CHECK(!memcmp(ids + na + 1, b, (size_t)nb * 4));
+    CHECK(ids[n - 1] == 50256 && ids[n - 2] == 50256);
+    CHECK(tokenizer_is_special(t, 50256) && !tokenizer_is_special(t, 100));
+    CHECK(tokenizer_token_to_id(t, "<|endoftext|>", 13) == 50256);
+    size_t len;
+    char *back = tokenizer_decode(t, ids, (size_t)n, &len);
+    CHECK(len == strlen(s) && !strcmp(back, s));
+    const char *eb = tokenizer_token_bytes(t, 50256, &len);
+    CHECK(len == 13 && !memcmp(eb, "<|endoftext|>", 13));
+    /* a partial special is plain text */
+    long np = tokenizer_encode(t, "<|endoftext", 11, &a);
+    int none = 1;
+    for (long i = 0; i < np; i++) none &= a[i] != 50256;
+    CHECK(none);
+    free(back);
+    free(ids);
+    free(a);
+    free(b);
+    long ne = tokenizer_encode(t, "", 0, &ids);
+    CHECK(ne == 0);
+    free(ids);
+}
+
+/* Random text over a mix of ASCII, whitespace kinds, contractions, digits,
+ * accents, CJK, emoji, combining marks, Unicode spaces and (optionally)
+ * invalid bytes. */
+static size_t random_text(Rng *r, char *out, size_t cap, int invalid)
+{
+    static const char *atoms[] = {"a", "Z", " ", "  ", "\t", "\n", "\r\n", "'s", "'ll", "'", "'re", "0", "42", ".",
+                                  "!?", "-", "_", "\xc3\xa9", "\xc3\xb1", "\xe6\x97\xa5", "\xe6\x9c\xac",
+                                  "\xf0\x9f\x9a\x80", "\xe2\x80\x8d", "\xcc\x81", "\xc2\xa0", "\xe3\x80\x80",
+                                  "\xe2\x80\xa8", "\xc2\x85", "\xd9\xa3", "\xe2\x85\xa7", "\xc2\xbd", "\x0b", "\x0c",
+                                  "\xef\xbb\xbf", "\xf0\x90\x8d\x88", "k", "the", " The", "\xe1\x9a\x80"};
+    static const char *bad[] = {"\xff", "\xc3", "\xe6\x97", "\x80", "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80",
+                                "\xf0\x9f\x9a"};
+    size_t n = 0;
+    size_t len = (size_t)rng_below(r, 60);
+    for (size_t i = 0; i < len; i++) {
+        const char *a = invalid && rng_below(r, 5) == 0 ? bad[rng_below(r, ARRAY_LEN(bad))]
+                                                        : atoms[rng_below(r, ARRAY_LEN(atoms))];
+        size_t k = strlen(a);
+        if (n + k >= cap) break;
+        memcpy(out + n, a, k);
+        n += k;
+    }
+    return n;
+}
+
+static void test_roundtrip_random(void)
+{
+    const char *specs[] = {"gpt2", "byte"};
+    for (size_t s = 0; s < ARRAY_LEN(specs); s++) {
+        Tokenizer *t = s == 0 ? gpt2() : tokenizer_load(specs[s]);
+        Rng r;
+        rng_seed(&r, 1234, s);
+        int ok = 1;
+        for (int it = 0; it < 3000; it++) {
+            char buf[512];
+            size_t n = random_text(&r, buf, sizeof(buf), it & 1);
+            if (it % 7 == 0) /* raw random bytes */
+                for (size_t i = 0; i < n; i++) buf[i] = (char)rng_below(&r, 256);
+            int32_t *ids;
+            long k = tokenizer_encode(t, buf, n, &ids);
+            size_t dl;
+            char *back = tokenizer_decode(t, ids, (size_t)k, &dl);
+            int same = dl == n && !memcmp(back, buf, n);
+            if (!same && ok) fprintf(stderr, "  %s: round trip failed on iteration %d\n", specs[s], it);
+            ok &= same;
+            free(back);
+            free(ids);
+        }
+        CHECKF(ok, "%s", specs[s]);
+        if (s) tokenizer_free(t);
+    }
+}
+
+/* PCRE2 pieces of GPT-2's regex (matches, and the invalid-byte gaps between). */
+static size_t pcre2_pieces(pcre2_code *re, const uint8_t *s, size_t n, size_t *ends, size_t cap)
+{
+    pcre2_match_data *md = pcre2_match_data_create(4, NULL);
+    size_t k = 0, pos = 0;
+    while (pos < n && k < cap) {
+        int rc = pcre2_match(re, s, n, pos, 0, md, NULL);
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = rc >= 0 ? ov[0] : n, b = rc >= 0 ? ov[1] : n;
+        if (a > pos) ends[k++] = a; /* gap */
+        if (b > a && k < cap) ends[k++] = b;
+        if (rc < 0) break;
+        pos = b > a ? b : b + 1;
+    }
+    pcre2_match_data_free(md);
+    return k;
+}
+
+static int compare_splitters(pcre2_code *re, const uint8_t *s, size_t n)
+{
+    size_t cap = n + 1;
+    size_t *a = malloc(cap * sizeof(size_t)), *b = malloc(cap * sizeof(size_t));
+    size_t na = pcre2_pieces(re, s, n, a, cap), nb = 0;
+    for (size_t i = 0; i < n && nb < cap;) i = b[nb++] = gpt2_split_next(s, n, i);
+    int same = na == nb && !memcmp(a, b, na * sizeof(size_t));
+    free(a);
+    free(b);
+    return same;
+}
+
+static void test_gpt2_splitter_vs_pcre2(void)
+{
+    pcre2_code *re = tok_regex_compile(GPT2_SPLIT_PATTERN, strlen(GPT2_SPLIT_PATTERN), "test");
+    CHECK(re != NULL);
+    if (!re) return;
+    /* reference texts */
+    const char *names[] = {"gpt2/tricky.txt", "gpt2/sample.txt", "text/sentences.txt"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char p[512];
+        snprintf(p, sizeof(p), "%s/%s", test_shared_data(), names[i]);
+        size_t n;
+        char *s = slurp(p, &n);
+        if (!s) {
+            fprintf(stderr, "skip %s: absent\n", p);
+            continue;
+        }
+        if (n > (2u << 20)) n = 2u << 20; /* 2 MB of sentences is plenty */
+        while (n && ((uint8_t)s[n - 1] & 0xC0) == 0x80) n--; /* do not cut a character */
+        if (n && (uint8_t)s[n - 1] >= 0xC0) n--;
+        CHECKF(compare_splitters(re, (const uint8_t *)s, n), "%s", names[i]);
+        free(s);
+    }
+    /* random mixes, with and without invalid bytes */
+    Rng r;
+    rng_seed(&r, 99, 0);
+    int ok = 1;
+    for (int it = 0; it < 5000 && ok; it++) {
+        char buf[512];
+        size_t n = random_text(&r, buf, sizeof(buf), it & 1);
+        ok &= compare_splitters(re, (const uint8_t *)buf, n);
+        if (!ok) fprintf(stderr, "  differs on iteration %d\n", it);
+    }
+    CHECK(ok);
+    /* random code points from all planes (every class PCRE2 knows) */
+    ok = 1;
+    for (int it = 0; it < 2000 && ok; it++) {
+        uint8_t buf[256];
+        size_t n = 0;
+        while (n + 4 < sizeof(buf)) {
+            uint32_t cp = (uint32_t)rng_below(&r, 4) == 0 ? (uint32_t)rng_below(&r, 0x110000) : (uint32_t)rng_below(&r, 0x3000);
+            if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+            n += (size_t)utf8_encode(cp, buf + n);
+        }
+        ok &= compare_splitters(re, buf, n);
+    }
+    CHECK(ok);
+    pcre2_code_free(re);
+}
+
+/* The same ids whether the GPT-2 stage runs the hand-written splitter or PCRE2. */
+static void test_gpt2_fast_vs_regex_ids(void)
+{
+    Tokenizer *slow = tokenizer_load("gpt2");
+    if (!slow) return;
+    CHECK(slow->n_pre == 1 && slow->pre[0].gpt2_fast && slow->pre[0].re);
+    slow->pre[0].gpt2_fast = 0;
+    char p[512];
+    snprintf(p, sizeof(p), "%s/gpt2/sample.txt", test_shared_data());
+    size_t n;
+    char *s = slurp(p, &n);
+    if (s) {
+        int32_t *a, *b;
+        long na = tokenizer_encode(gpt2(), s, n, &a), nb = tokenizer_encode(slow, s, n, &b);
+        CHECK(na == nb && !memcmp(a, b, (size_t)na * 4));
+        free(a);
+        free(b);
+        free(s);
+    }
+    tokenizer_free(slow);
+}
+
+/* The heap merge (long pieces) and the scan merge (short ones) agree. */
+static void test_merge_scan_vs_heap(void)
+{
+    Tokenizer *t = gpt2();
+    Rng r;
+    rng_seed(&r, 5, 0);
+    int ok = 1;
+    const char *alpha = "aaaabbeeeeinnorsttth ";
+    for (int it = 0; it < 3000; it++) {
+        int32_t a[48], b[48];
+        size_t n = 2 + (size_t)rng_below(&r, 46);
+        for (size_t i = 0; i < n; i++) {
+            uint8_t c = it & 1 ? (uint8_t)alpha[rng_below(&r, strlen(alpha))] : (uint8_t)rng_below(&r, 256);
+            a[i] = b[i] = t->byte_id[c];
+        }
+        size_t ma = bpe_merge(t, a, n, 1), mb = bpe_merge(t, b, n, 2);
+        ok &= ma == mb && !memcmp(a, b, ma * 4);
+    }
+    CHECK(ok);
+    /* a long run (1 MB of digits, one pre-token) finishes and round-trips */
+    size_t n = 1 << 20;
+    char *s = malloc(n);
+    for (size_t i = 0; i < n; i++) s[i] = (char)('0' + rng_below(&r, 10));
+    int32_t *ids;
+    long k = tokenizer_encode(t, s, n, &ids);
+    size_t dl;
+    char *back = tokenizer_decode(t, ids, (size_t)k, &dl);
+    CHECK(k > 0 && dl == n && !memcmp(back, s, n));
+    free(back);
+    free(ids);
+    free(s);
+}
+
+static void test_byte_tokenizer(void)
+{
+    Tokenizer *t = tokenizer_load("byte");
+    CHECKF(t != NULL, "%s", err_get());
+    if (!t) return;
+    CHECK(tokenizer_vocab_size(t) == 257);
+    CHECK(tokenizer_eos_id(t) == 256 && tokenizer_bos_id(t) == -1);
+    CHECK(!strcmp(tokenizer_identity(t), "byte"));
+    const char *s = "a\xff<|endoftext|>\x00z";
+    size_t n = 17;
+    int32_t *ids;
+    long k = tokenizer_encode(t, s, n, &ids);
+    int32_t want[] = {'a', 0xff, 256, 0, 'z'};
+    CHECK(k == 5 && !memcmp(ids, want, sizeof(want)));
+    free(ids);
+    /* save -> reload gives the byte tokenizer again */
+    CHECK(tokenizer_save(t, tmpdir) == 0);
+    Tokenizer *u = tokenizer_load(tmpdir);
+    CHECKF(u && !strcmp(tokenizer_identity(u), "byte"), "%s", u ? tokenizer_identity(u) : err_get());
+    tokenizer_free(u);
+    tokenizer_free(t);
+}
+
+static void test_gpt2_save_reload(void)
+{
+    char d[512];
+    snprintf(d, sizeof(d), "%s/gpt2dir", tmpdir);
+    mkdir(d, 0755);
+    CHECK(tokenizer_save(gpt2(), d) == 0);
+    Tokenizer *t = tokenizer_load(d); /* vocab.json + merges.txt */
+    CHECKF(t != NULL, "%s", err_get());
+    if (!t) return;
+    CHECK(!strcmp(tokenizer_identity(t), "gpt2"));
+    CHECK(tokenizer_eos_id(t) == 50256);
+    const char *s = "Round trip through a saved directory, naïve café 日本.";
+    int32_t *a, *b;
+    long na = tokenizer_encode(gpt2(), s, strlen(s), &a), nb = tokenizer_encode(t, s, strlen(s), &b);
+    CHECK(na == nb && !memcmp(a, b, (size_t)na * 4));
+    free(a);
+    free(b);
+    tokenizer_free(t);
+}
+
+static void test_load_errors(void)
+{
+    char p[512];
+    CHECK(tokenizer_load("no/such/tokenizer.json") == NULL);
+    CHECKF(strstr(err_get(), "no/such/tokenizer.json"), "%s", err_get());
+    snprintf(p, sizeof(p), "%s/bad.json", tmpdir);
+    FILE *f = fopen(p, "w");
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0,}}}", f);
+    fclose(f);
+    CHECK(tokenizer_load(p) == NULL);
+    CHECKF(strstr(err_get(), "bad.json") && strstr(err_get(), "JSON"), "%s", err_get());
+    f = fopen(p, "w");
+    fputs("{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", f);
+    fclose(f);
+    CHECK(tokenizer_load(p) == NULL);
+    CHECKF(strstr(err_get(), "Unigram"), "%s", err_get());
+    f = fopen(p, "w");
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}", f);
+    fclose(f);
+    CHECK(tokenizer_load(p) == NULL);
+    CHECKF(strstr(err_get(), "merges[0]"), "%s", err_get());
+    f = fopen(p, "w");
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}, \"pre_tokenizer\": "
+          "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(unclosed\"}, \"behavior\": \"Isolated\"}}",
+          f);
+    fclose(f);
+    CHECK(tokenizer_load(p) == NULL);
+    CHECKF(strstr(err_get(), "regex"), "%s", err_get());
+    CHECK(tokenizer_load(tmpdir) == NULL || 1); /* tmpdir may hold a saved tokenizer */
+    snprintf(p, sizeof(p), "%s/emptydir", tmpdir);
+    mkdir(p, 0755);
+    CHECK(tokenizer_load(p) == NULL);
+    CHECKF(strstr(err_get(), "no tokenizer.json"), "%s", err_get());
+}
+
+/* ---- tokenizer.json fixtures (tests/fixtures/tokenizers/NAME/) ---------------- */
+
+static void run_fixture(const char *dir, const char *name)
+{
+    char p[1024];
+    snprintf(p, sizeof(p), "%s/%s", dir, name);
+    Tokenizer *t = tokenizer_load(p);
+    CHECKF(t != NULL, "%s: %s", name, err_get());
+    if (!t) return;
+    snprintf(p, sizeof(p), "%s/%s/cases.json", dir, name);
+    json_error_t je;
+    json_t *root = json_load_file(p, 0, &je);
+    CHECKF(root != NULL, "%s: %s", p, je.text);
+    if (!root) {
+        tokenizer_free(t);
+        return;
+    }
+    json_t *exp;
+    if ((exp = json_object_get(root, "vocab_size"))) CHECKF(tokenizer_vocab_size(t) == json_integer_value(exp), "%s vocab", name);
+    if ((exp = json_object_get(root, "add_bos"))) CHECKF(tokenizer_add_bos(t) == json_is_true(exp), "%s add_bos", name);
+    if ((exp = json_object_get(root, "bos_id")) && json_is_integer(exp))
+        CHECKF(tokenizer_bos_id(t) == json_integer_value(exp), "%s bos %d", name, tokenizer_bos_id(t));
+    if ((exp = json_object_get(root, "eos_id")) && json_is_integer(exp))
+        CHECKF(tokenizer_eos_id(t) == json_integer_value(exp), "%s eos %d", name, tokenizer_eos_id(t));
+    json_t *cases = json_object_get(root, "cases");
+    size_t i;
+    json_t *c;
+    int enc_ok = 1, dec_ok = 1, rt_ok = 1;
+    json_array_foreach(cases, i, c)
+    {
+        json_t *jt = json_object_get(c, "text");
+        const char *text = json_string_value(jt);
+        size_t tn = json_string_length(jt);
+        json_t *want = json_object_get(c, "ids");
+        int32_t *ids;
+        long n = tokenizer_encode(t, text, tn, &ids);
+        int same = (size_t)n == json_array_size(want);
+        for (long k = 0; same && k < n; k++) same = ids[k] == json_integer_value(json_array_get(want, (size_t)k));
+        if (!same) {
+            fprintf(stderr, "  %s case %zu: ids differ (%ld vs %zu)\n", name, i, n, json_array_size(want));
+            if (n < 60) {
+                fprintf(stderr, "   got:");
+                for (long k = 0; k < n; k++) fprintf(stderr, " %d", ids[k]);
+                fprintf(stderr, "\n  want:");
+                for (size_t k = 0; k < json_array_size(want); k++)
+                    fprintf(stderr, " %lld", json_integer_value(json_array_get(want, k)));
+                fprintf(stderr, "\n");
+            }
+        }
+        enc_ok &= same;
+        /* decode(reference ids) == the reference decode (HF decode, valid UTF-8 cases) */
+        json_t *jd = json_object_get(c, "decoded");
+        size_t wn = json_array_size(want);
+        int32_t *w = malloc((wn + 1) * sizeof(int32_t));
+        for (size_t k = 0; k < wn; k++) w[k] = (int32_t)json_integer_value(json_array_get(want, k));
+        size_t dl;
+        char *d = tokenizer_decode(t, w, wn, &dl);
+        if (jd) {
+            int ds = dl == json_string_length(jd) && !memcmp(d, json_string_value(jd), dl);
+            if (!ds) fprintf(stderr, "  %s case %zu: decode \"%s\" vs \"%s\"\n", name, i, d, json_string_value(jd));
+            dec_ok &= ds;
+        }
+        if (json_is_true(json_object_get(c, "roundtrip"))) rt_ok &= dl == tn && !memcmp(d, text, tn);
+        free(d);
+        free(w);
+        free(ids);
+    }
+    CHECKF(enc_ok, "%s: encode", name);
+    CHECKF(dec_ok, "%s: decode", name);
+    CHECKF(rt_ok, "%s: round trip", name);
+    json_decref(root);
+    tokenizer_free(t);
+}
+
+static void test_hf_fixtures(void)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/tokenizers", test_fixtures());
+    char list[600];
+    snprintf(list, sizeof(list), "%s/index.txt", dir);
+    FILE *f = fopen(list, "r");
+    if (!f) {
+        fprintf(stderr, "skip test_hf_fixtures: %s missing\n", list);
+        return;
+    }
+    char name[256];
+    int n = 0;
+    while (fgets(name, sizeof(name), f)) {
+        name[strcspn(name, "\r\n")] = 0;
+        if (!name[0] || name[0] == '#') continue;
+        run_fixture(dir, name);
+        fprintf(stderr, "  fixture %s\n", name);
+        n++;
+    }
+    fclose(f);
+    CHECK(n > 0);
+}
+
+/* Byte fallback round trip on random UTF-8 (sentencepiece-style fixture). */
+static void test_byte_fallback_roundtrip(void)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/tokenizers/sp_bpe", test_fixtures());
+    struct stat st;
+    if (stat(p, &st)) {
+        fprintf(stderr, "skip test_byte_fallback_roundtrip: %s missing\n", p);
+        return;
+    }
+    Tokenizer *t = tokenizer_load(p);
+    if (!t) {
+        CHECKF(0, "%s", err_get());
+        return;
+    }
+    Rng r;
+    rng_seed(&r, 77, 0);
+    int ok = 1;
+    for (int it = 0; it < 2000; it++) {
+        char buf[512];
+        /* the Metaspace pipeline turns a leading space into the prefix, so start with a letter */
+        buf[0] = 'x';
+        size_t n = 1 + random_text(&r, buf + 1, sizeof(buf) - 1, 0);
+        int32_t *ids;
+        long k = tokenizer_encode(t, buf, n, &ids);
+        size_t dl;
+        char *d = tokenizer_decode(t, ids, (size_t)k, &dl);
+        int same = dl == n && !memcmp(d, buf, n);
+        if (!same && ok) fprintf(stderr, "  sp_bpe round trip failed: \"%.*s\" -> \"%s\"\n", (int)n, buf, d);
+        ok &= same;
+        free(d);
+        free(ids);
+    }
+    CHECK(ok);
+    tokenizer_free(t);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/anvil_test_tok_XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+    RUN(test_gpt2_reference);
+    if (!gpt2()) return test_summary();
+    RUN(test_gpt2_special);
+    RUN(test_roundtrip_random);
+    RUN(test_gpt2_splitter_vs_pcre2);
+    RUN(test_gpt2_fast_vs_regex_ids);
+    RUN(test_merge_scan_vs_heap);
+    RUN(test_byte_tokenizer);
+    RUN(test_gpt2_save_reload);
+    RUN(test_load_errors);
+    RUN(test_hf_fixtures);
+    RUN(test_byte_fallback_roundtrip);
+    tokenizer_free(gpt2());
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);
+    return test_summary();
+}
