@@ -664,6 +664,333 @@ static void test_config_errors(void)
     free(d);
 }
 
+/* ---- Hugging Face directories ---- */
+
+/* Load a fixture's config and weights into a fresh buffer. */
+static float *load_dir(const char *dir, ModelConfig *c, ParamTable *pt)
+{
+    if (hf_read_config(dir, c) != 0) {
+        CHECKF(0, "%s", err_get());
+        return NULL;
+    }
+    param_table_build(pt, c);
+    float *buf = xmalloc(pt->total * sizeof(float));
+    if (hf_read_weights(dir, c, pt, buf) != 0) {
+        CHECKF(0, "%s", err_get());
+        free(buf);
+        param_table_free(pt);
+        return NULL;
+    }
+    return buf;
+}
+
+/* Every tensor of a's model.safetensors (other than skipped buffers) is in b
+ * with the same dtype, shape and bytes, and b has nothing else. */
+static void check_same_tensors(const char *a, const char *b, int tied)
+{
+    StSet sa, sb;
+    CHECK(st_set_open_dir(&sa, a, "model") == 0);
+    CHECK(st_set_open_dir(&sb, b, "model") == 0);
+    int na = 0, nb = 0, bad = 0;
+    for (int f = 0; f < sa.nfiles; f++)
+        for (int i = 0; i < sa.files[f].n; i++) {
+            const StTensor *x = &sa.files[f].t[i];
+            size_t len = strlen(x->name);
+            if ((len >= 10 && !strcmp(x->name + len - 10, ".attn.bias")) || strstr(x->name, "masked_bias"))
+                continue;
+            if (tied && !strcmp(x->name, "lm_head.weight")) continue;
+            na++;
+            const StTensor *y = st_set_find(&sb, x->name, NULL);
+            int same = y && y->dtype == x->dtype && y->ndim == x->ndim && x->nbytes == y->nbytes &&
+                       !memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) &&
+                       !memcmp(x->data, y->data, x->nbytes);
+            if (!same) {
+                bad++;
+                fprintf(stderr, "  %s: differs or missing in %s\n", x->name, b);
+            }
+        }
+    for (int f = 0; f < sb.nfiles; f++) nb += sb.files[f].n;
+    CHECKF(bad == 0, "%d tensors differ", bad);
+    CHECKF(na == nb && na > 0, "%d tensors in %s, %d in %s", na, a, nb, b);
+    st_set_close(&sa);
+    st_set_close(&sb);
+}
+
+static int same_config(const ModelConfig *a, const ModelConfig *b)
+{
+    return a->family == b->family && a->n_layer == b->n_layer && a->n_head == b->n_head &&
+           a->n_kv_head == b->n_kv_head && a->d_model == b->d_model && a->head_dim == b->head_dim &&
+           a->d_ff == b->d_ff && a->max_seq_len == b->max_seq_len && a->vocab_size == b->vocab_size &&
+           a->rope_theta == b->rope_theta && a->norm_eps == b->norm_eps &&
+           a->tie_embeddings == b->tie_embeddings && a->qkv_bias == b->qkv_bias && a->o_bias == b->o_bias &&
+           a->mlp_bias == b->mlp_bias && a->bos_token_id == b->bos_token_id &&
+           a->eos_token_id == b->eos_token_id && !strcmp(a->hf_arch, b->hf_arch) &&
+           !strcmp(a->hf_model_type, b->hf_model_type) && a->rope_scale_factor == b->rope_scale_factor;
+}
+
+/* HF dir -> anvil buffer -> hf_save -> re-read: identical config, buffer and tensors. */
+static void roundtrip_one(const char *name)
+{
+    char src[512];
+    snprintf(src, sizeof(src), "%s/%s/model", test_fixtures(), name);
+    ModelConfig c, c2;
+    ParamTable pt, pt2;
+    float *buf = load_dir(src, &c, &pt);
+    if (!buf) return;
+    char *out = tmp_path(name);
+    CHECKF(hf_save(out, &c, &pt, buf, DTYPE_F32) == 0, "%s", err_get());
+    float *buf2 = load_dir(out, &c2, &pt2);
+    if (buf2) {
+        CHECKF(same_config(&c, &c2), "%s: config changed in the round trip", name);
+        CHECK(pt2.total == pt.total && !memcmp(buf, buf2, pt.total * sizeof(float)));
+        check_same_tensors(src, out, c.tie_embeddings);
+        free(buf2);
+        param_table_free(&pt2);
+    }
+    /* saving again over it replaces the directory, leaving no temp behind */
+    CHECK(hf_save(out, &c, &pt, buf, DTYPE_F32) == 0);
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", out, (long)getpid());
+    CHECK(!fs_exists(tmp));
+
+    /* bf16 output: each value is the round-to-nearest-even of the fp32 one */
+    CHECK(hf_save(out, &c, &pt, buf, DTYPE_BF16) == 0);
+    buf2 = load_dir(out, &c2, &pt2);
+    if (buf2) {
+        size_t bad = 0;
+        for (size_t i = 0; i < pt.total; i++) bad += buf2[i] != st_bf16_to_f32(st_f32_to_bf16(buf[i]));
+        CHECKF(bad == 0, "%s: %zu bf16 values differ", name, bad);
+        free(buf2);
+        param_table_free(&pt2);
+    }
+    fs_rm_rf(out);
+    free(out);
+    free(buf);
+    param_table_free(&pt);
+}
+
+static void test_hf_roundtrip(void)
+{
+    const char *names[] = {"gpt2", "llama", "qwen2"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        char p[64];
+        snprintf(p, sizeof(p), "%s/model", names[i]);
+        if (fixtures_present(p)) roundtrip_one(names[i]);
+    }
+}
+
+/* transformers' sharded bf16 save of the qwen2 fixture: the index is followed
+ * and torch's bf16 rounding equals ours. */
+static void test_hf_sharded_bf16(void)
+{
+    if (!fixtures_present("qwen2/model_bf16_sharded") || !fixtures_present("qwen2/model")) return;
+    char a[512], b[512];
+    snprintf(a, sizeof(a), "%s/qwen2/model", test_fixtures());
+    snprintf(b, sizeof(b), "%s/qwen2/model_bf16_sharded", test_fixtures());
+    StSet s;
+    CHECK(st_set_open_dir(&s, b, "model") == 0);
+    CHECKF(s.nfiles > 1, "expected several shards, got %d", s.nfiles);
+    st_set_close(&s);
+    ModelConfig c, c2;
+    ParamTable pt, pt2;
+    float *x = load_dir(a, &c, &pt), *y = load_dir(b, &c2, &pt2);
+    if (x && y) {
+        CHECK(pt.total == pt2.total);
+        size_t bad = 0;
+        for (size_t i = 0; i < pt.total; i++) bad += y[i] != st_bf16_to_f32(st_f32_to_bf16(x[i]));
+        CHECKF(bad == 0, "%zu values differ from torch's bf16 rounding", bad);
+        param_table_free(&pt);
+        param_table_free(&pt2);
+    }
+    free(x);
+    free(y);
+}
+
+/* Copy the gpt2 fixture with every tensor renamed (optionally without the
+ * "transformer." prefix), with extra buffers a checkpoint may carry. */
+static char *gpt2_variant(const char *dirname, int strip_prefix, const char *drop, int64_t bad_rows)
+{
+    char src[512];
+    snprintf(src, sizeof(src), "%s/gpt2/model", test_fixtures());
+    char *dir = tmp_path(dirname);
+    fs_rm_rf(dir);
+    fs_mkdir_p(dir);
+    char *cs = fs_join(src, "config.json"), *cd = fs_join(dir, "config.json"), *text;
+    size_t n;
+    if (fs_read_file(cs, &text, &n) == 0) {
+        fs_write_atomic(cd, text, n);
+        free(text);
+    }
+    StSet s;
+    CHECK(st_set_open_dir(&s, src, "model") == 0);
+    const StFile *f = &s.files[0];
+    StWriteTensor *t = xcalloc((size_t)f->n + 4, sizeof(StWriteTensor));
+    char(*names)[96] = xcalloc((size_t)f->n + 4, 96);
+    int m = 0;
+    static const float zeros[64 * 64 * 4];
+    for (int i = 0; i < f->n; i++) {
+        const StTensor *x = &f->t[i];
+        if (drop && !strcmp(x->name, drop)) continue;
+        const char *nm = x->name;
+        if (strip_prefix && !strncmp(nm, "transformer.", 12)) nm += 12;
+        snprintf(names[m], 96, "%s", nm);
+        t[m] = (StWriteTensor){.name = names[m], .dtype = x->dtype, .ndim = x->ndim, .data = x->data};
+        memcpy(t[m].shape, x->shape, sizeof(x->shape));
+        if (bad_rows && !strcmp(x->name, "transformer.wpe.weight")) t[m].shape[0] = bad_rows;
+        m++;
+    }
+    /* the causal-mask buffer of older checkpoints, and a head tied to wte */
+    snprintf(names[m], 96, "%sh.0.attn.bias", strip_prefix ? "" : "transformer.");
+    t[m] =
+        (StWriteTensor){.name = names[m], .dtype = ST_F32, .ndim = 4, .shape = {1, 1, 8, 8}, .data = zeros};
+    m++;
+    snprintf(names[m], 96, "lm_head.weight");
+    const StTensor *wte = st_find(f, "transformer.wte.weight");
+    if (wte) {
+        t[m] = (StWriteTensor){.name = names[m], .dtype = ST_F32, .ndim = 2, .data = zeros};
+        t[m].shape[0] = 1; /* wrong on purpose: a tied head is ignored whatever it holds */
+        t[m].shape[1] = 64;
+        m++;
+    }
+    char *path = fs_join(dir, "model.safetensors");
+    CHECK(st_write(path, t, m, NULL, 0) == 0);
+    free(path);
+    st_set_close(&s);
+    free(names);
+    free(t);
+    free(cs);
+    free(cd);
+    return dir;
+}
+
+static void test_hf_gpt2_names(void)
+{
+    if (!fixtures_present("gpt2/model")) return;
+    char src[512];
+    snprintf(src, sizeof(src), "%s/gpt2/model", test_fixtures());
+    ModelConfig c, c2;
+    ParamTable pt, pt2;
+    float *ref = load_dir(src, &c, &pt);
+    if (!ref) return;
+    for (int strip = 0; strip <= 1; strip++) {
+        char *dir = gpt2_variant(strip ? "gpt2_plain" : "gpt2_prefixed", strip, NULL, 0);
+        float *x = load_dir(dir, &c2, &pt2);
+        CHECKF(x && pt2.total == pt.total && !memcmp(x, ref, pt.total * sizeof(float)), "strip %d", strip);
+        if (x) param_table_free(&pt2);
+        free(x);
+        fs_rm_rf(dir);
+        free(dir);
+    }
+    /* a missing tensor and a wrong shape name the tensor and the file */
+    float *buf = xmalloc(pt.total * sizeof(float));
+    char *dir = gpt2_variant("gpt2_missing", 1, "transformer.h.1.mlp.c_fc.weight", 0);
+    CHECK(hf_read_weights(dir, &c, &pt, buf) == -1);
+    CHECKF(strstr(err_get(), "model.safetensors: transformer.h.1.mlp.c_fc.weight: missing") != NULL, "%s",
+           err_get());
+    fs_rm_rf(dir);
+    free(dir);
+    dir = gpt2_variant("gpt2_shape", 0, NULL, 7);
+    CHECK(hf_read_weights(dir, &c, &pt, buf) == -1);
+    CHECKF(strstr(err_get(), "model.safetensors: transformer.wpe.weight: shape (7, 64), expected (32, 64)") !=
+               NULL,
+           "%s", err_get());
+    fs_rm_rf(dir);
+    free(dir);
+    free(buf);
+    free(ref);
+    param_table_free(&pt);
+}
+
+/* Gradients by HF name: hf_export then hf_import_file give back the buffer. */
+static void test_hf_export_import(void)
+{
+    if (!fixtures_present("llama/model")) return;
+    char src[512];
+    snprintf(src, sizeof(src), "%s/llama/model", test_fixtures());
+    ModelConfig c;
+    ParamTable pt;
+    float *buf = load_dir(src, &c, &pt);
+    if (!buf) return;
+    HfTensor *t;
+    int n;
+    CHECK(hf_export(&c, &pt, buf, &t, &n) == 0);
+    /* LLaMA: q/k/v and gate/up are separate HF tensors */
+    int found = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(t[i].name, "model.layers.1.self_attn.k_proj.weight"))
+            found += t[i].ndim == 2 && t[i].shape[0] == 32 && t[i].shape[1] == 64;
+        if (!strcmp(t[i].name, "model.layers.0.mlp.up_proj.weight"))
+            found += t[i].ndim == 2 && t[i].shape[0] == 96 && t[i].shape[1] == 64;
+    }
+    CHECK(found == 2);
+    StWriteTensor *w = xcalloc((size_t)n, sizeof(StWriteTensor));
+    char(*names)[128] = xcalloc((size_t)n, 128);
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i], 128, "exp_avg.%s", t[i].name);
+        w[i] = (StWriteTensor){
+            .name = names[i], .dtype = ST_F32, .ndim = t[i].ndim, .data = t[i].data, .src_f32 = 1};
+        w[i].shape[0] = t[i].shape[0];
+        w[i].shape[1] = t[i].shape[1];
+    }
+    char *p = tmp_path("moments.safetensors");
+    CHECK(st_write(p, w, n, NULL, 0) == 0);
+    float *back = xcalloc(pt.total, sizeof(float));
+    CHECK(hf_import_file(p, "exp_avg.", &c, &pt, back) == 0);
+    CHECK(!memcmp(back, buf, pt.total * sizeof(float)));
+    CHECK(hf_import_file(p, "exp_avg_sq.", &c, &pt, back) == -1);
+    CHECK(strstr(err_get(), "exp_avg_sq.model.embed_tokens.weight: missing") != NULL);
+    free(p);
+    free(back);
+    free(names);
+    free(w);
+    hf_tensors_free(t, n);
+    free(buf);
+    param_table_free(&pt);
+}
+
+/* config.json that anvil writes reads back the same, for every preset. */
+static void test_hf_config_write(void)
+{
+    const char *presets[] = {"gpt2-124m", "gpt2-tiny", "llama-1b", "llama-tiny"};
+    char *d = tmp_path("cfgw");
+    fs_mkdir_p(d);
+    for (size_t i = 0; i < ARRAY_LEN(presets); i++) {
+        ModelConfig c, c2;
+        CHECK(model_preset(&c, presets[i]) == 0 && model_config_finish(&c) == 0);
+        CHECKF(hf_write_config(d, &c, DTYPE_BF16) == 0, "%s", err_get());
+        CHECKF(hf_read_config(d, &c2) == 0, "%s", err_get());
+        CHECKF(same_config(&c, &c2), "%s", presets[i]);
+    }
+    /* llama3 RoPE scaling and Mistral survive too */
+    ModelConfig c, c2;
+    model_preset(&c, "llama-tiny");
+    c.rope_theta = 500000.0f;
+    c.rope_scale_factor = 32;
+    c.rope_low_freq_factor = 1;
+    c.rope_high_freq_factor = 4;
+    c.rope_orig_max_pos = 8192;
+    c.norm_eps = 1e-6f;
+    model_config_finish(&c);
+    CHECK(hf_write_config(d, &c, DTYPE_F32) == 0 && hf_read_config(d, &c2) == 0);
+    CHECK(same_config(&c, &c2) && c2.rope_orig_max_pos == 8192 && c2.rope_high_freq_factor == 4);
+    /* eps written as the shortest decimal */
+    char *p = fs_join(d, "config.json"), *text;
+    size_t n;
+    CHECK(fs_read_file(p, &text, &n) == 0 && strstr(text, "\"rms_norm_eps\": 1e-6,") != NULL);
+    free(text);
+    free(p);
+    model_preset(&c, "llama-tiny");
+    snprintf(c.hf_arch, sizeof(c.hf_arch), "MistralForCausalLM");
+    snprintf(c.hf_model_type, sizeof(c.hf_model_type), "mistral");
+    model_config_finish(&c);
+    CHECK(hf_write_config(d, &c, DTYPE_F32) == 0 && hf_read_config(d, &c2) == 0 && same_config(&c, &c2));
+    /* a config the class cannot express is refused */
+    c.qkv_bias = 1;
+    CHECK(hf_write_config(d, &c, DTYPE_F32) == -1 && strstr(err_get(), "MistralForCausalLM"));
+    fs_rm_rf(d);
+    free(d);
+}
+
 int main(void)
 {
     snprintf(tmp_root, sizeof(tmp_root), "/tmp/anvil_test_io.%ld", (long)getpid());
@@ -680,6 +1007,11 @@ int main(void)
     RUN(test_config_rope);
     RUN(test_config_families);
     RUN(test_config_errors);
+    RUN(test_hf_roundtrip);
+    RUN(test_hf_sharded_bf16);
+    RUN(test_hf_gpt2_names);
+    RUN(test_hf_export_import);
+    RUN(test_hf_config_write);
     fs_rm_rf(tmp_root);
     return test_summary();
 }

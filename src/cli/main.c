@@ -16,6 +16,7 @@ static const struct {
     {"tokenize", cmd_tokenize, "tokenize --tokenizer T (--text S | --file F) [--out F.u32] [--decode]"},
     {"eval", cmd_eval, "eval (ppl | mcq) --model DIR ...: perplexity, zero-shot multiple choice"},
     {"generate", cmd_generate, "generate --model DIR --prompt S: sample text with a KV cache"},
+    {"inspect", cmd_inspect, "inspect PATH [--save OUT_DIR [--dtype f32|bf16]]: a model directory or .safetensors file"},
     {"bench", cmd_bench, "bench --model PRESET_OR_DIR [--device cuda]: step time, tokens/s, MFU, memory"},
 };
 

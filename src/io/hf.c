@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include "core/error.h"
 #include "io/fsutil.h"
 #include "io/safetensors.h"
+#include "model/model.h"
 
 /* Significant digits that print any fp32 value exactly (FLT_DECIMAL_DIG). */
 #define FLOAT_DIGITS 9
@@ -337,4 +339,565 @@ out:
     free(text);
     free(path);
     return rc;
+}
+
+/* ---- tensor names and layouts ----
+ * One entry per HF tensor: it fills rows [row0, row0+rows) of one parameter
+ * (all of its columns). GPT-2's Conv1D stores weights (in, out), so those
+ * entries are transposed: HF shape (K, rows) against our (rows, K). */
+typedef struct {
+    char name[96]; /* HF name as written */
+    int param;     /* index in the ParamTable */
+    int64_t row0, rows;
+    int transpose;
+} HfMap;
+
+/* GPT-2's Conv1D weights that are transposed, by role. */
+static int gpt2_transposed(int role)
+{
+    return role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+}
+
+static void map_add(HfMap **map, int *n, int *cap, int param, int64_t row0, int64_t rows, int transpose,
+                    const char *fmt, ...) __attribute__((format(printf, 8, 9)));
+
+static void map_add(HfMap **map, int *n, int *cap, int param, int64_t row0, int64_t rows, int transpose,
+                    const char *fmt, ...)
+{
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        *map = xrealloc(*map, (size_t)*cap * sizeof(HfMap));
+    }
+    HfMap *e = &(*map)[(*n)++];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->name, sizeof(e->name), fmt, ap);
+    va_end(ap);
+    e->param = param;
+    e->row0 = row0;
+    e->rows = rows;
+    e->transpose = transpose;
+}
+
+/* HF suffixes of one block's tensors, by role (NULL: split or absent). */
+static const char *gpt2_suffix(int role)
+{
+    switch (role) {
+    case PROLE_LN1_W:
+        return "ln_1.weight";
+    case PROLE_LN1_B:
+        return "ln_1.bias";
+    case PROLE_QKV_W:
+        return "attn.c_attn.weight";
+    case PROLE_QKV_B:
+        return "attn.c_attn.bias";
+    case PROLE_O_W:
+        return "attn.c_proj.weight";
+    case PROLE_O_B:
+        return "attn.c_proj.bias";
+    case PROLE_LN2_W:
+        return "ln_2.weight";
+    case PROLE_LN2_B:
+        return "ln_2.bias";
+    case PROLE_FC_W:
+        return "mlp.c_fc.weight";
+    case PROLE_FC_B:
+        return "mlp.c_fc.bias";
+    case PROLE_PROJ_W:
+        return "mlp.c_proj.weight";
+    case PROLE_PROJ_B:
+        return "mlp.c_proj.bias";
+    default:
+        return NULL;
+    }
+}
+
+static const char *llama_suffix(int role)
+{
+    switch (role) {
+    case PROLE_LN1_W:
+        return "input_layernorm.weight";
+    case PROLE_O_W:
+        return "self_attn.o_proj.weight";
+    case PROLE_O_B:
+        return "self_attn.o_proj.bias";
+    case PROLE_LN2_W:
+        return "post_attention_layernorm.weight";
+    case PROLE_PROJ_W:
+        return "mlp.down_proj.weight";
+    case PROLE_PROJ_B:
+        return "mlp.down_proj.bias";
+    default:
+        return NULL;
+    }
+}
+
+/* The mapping for a config; every parameter row is covered exactly once. */
+static int hf_map_build(const ModelConfig *cfg, const ParamTable *pt, HfMap **out, int *nout)
+{
+    HfMap *map = NULL;
+    int n = 0, cap = 0;
+    int gpt2 = cfg->family == FAMILY_GPT2;
+    int64_t q = cfg_q_dim(cfg), kv = cfg_kv_dim(cfg), ff = cfg->d_ff;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        int role = p->role, l = p->layer;
+        const char *sfx;
+        if (gpt2) {
+            switch (role) {
+            case PROLE_WTE:
+                map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "transformer.wte.weight");
+                break;
+            case PROLE_WPE:
+                map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "transformer.wpe.weight");
+                break;
+            case PROLE_LNF_W:
+                map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "transformer.ln_f.weight");
+                break;
+            case PROLE_LNF_B:
+                map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "transformer.ln_f.bias");
+                break;
+            case PROLE_LM_HEAD:
+                map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "lm_head.weight");
+                break;
+            default:
+                if (!(sfx = gpt2_suffix(role))) goto unknown;
+                map_add(&map, &n, &cap, i, 0, p->shape[0], gpt2_transposed(role), "transformer.h.%d.%s", l,
+                        sfx);
+            }
+            continue;
+        }
+        switch (role) {
+        case PROLE_WTE:
+            map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "model.embed_tokens.weight");
+            break;
+        case PROLE_LNF_W:
+            map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "model.norm.weight");
+            break;
+        case PROLE_LM_HEAD:
+            map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "lm_head.weight");
+            break;
+        case PROLE_QKV_W:
+        case PROLE_QKV_B: {
+            const char *kind = role == PROLE_QKV_W ? "weight" : "bias";
+            map_add(&map, &n, &cap, i, 0, q, 0, "model.layers.%d.self_attn.q_proj.%s", l, kind);
+            map_add(&map, &n, &cap, i, q, kv, 0, "model.layers.%d.self_attn.k_proj.%s", l, kind);
+            map_add(&map, &n, &cap, i, q + kv, kv, 0, "model.layers.%d.self_attn.v_proj.%s", l, kind);
+            break;
+        }
+        case PROLE_FC_W:
+        case PROLE_FC_B: { /* our fc rows are [gate | up] */
+            const char *kind = role == PROLE_FC_W ? "weight" : "bias";
+            map_add(&map, &n, &cap, i, 0, ff, 0, "model.layers.%d.mlp.gate_proj.%s", l, kind);
+            map_add(&map, &n, &cap, i, ff, ff, 0, "model.layers.%d.mlp.up_proj.%s", l, kind);
+            break;
+        }
+        default:
+            if (!(sfx = llama_suffix(role))) goto unknown;
+            map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "model.layers.%d.%s", l, sfx);
+        }
+        continue;
+    unknown:
+        free(map);
+        return err_set("%s: no Hugging Face name for parameter %s", cfg->hf_arch, p->name);
+    }
+    *out = map;
+    *nout = n;
+    return 0;
+}
+
+/* HF shape of a mapping entry. */
+static int map_shape(const ParamTable *pt, const HfMap *e, int64_t shape[2])
+{
+    const Param *p = &pt->p[e->param];
+    if (p->ndim == 1) {
+        shape[0] = e->rows;
+        return 1;
+    }
+    shape[0] = e->transpose ? p->shape[1] : e->rows;
+    shape[1] = e->transpose ? e->rows : p->shape[1];
+    return 2;
+}
+
+/* Copy between an HF-layout tensor and the flat buffer. to_flat: hf -> buf. */
+static void map_copy(const ParamTable *pt, const HfMap *e, float *buf, float *hf, int to_flat)
+{
+    const Param *p = &pt->p[e->param];
+    int64_t K = p->ndim == 2 ? p->shape[1] : 1;
+    float *base = buf + p->offset + (size_t)(e->row0 * K);
+    size_t numel = (size_t)(e->rows * K);
+    if (!e->transpose) {
+        if (to_flat)
+            memcpy(base, hf, numel * sizeof(float));
+        else
+            memcpy(hf, base, numel * sizeof(float));
+        return;
+    }
+    /* hf (K, rows) <-> ours (rows, K) */
+    for (int64_t r = 0; r < e->rows; r++)
+        for (int64_t k = 0; k < K; k++) {
+            if (to_flat)
+                base[r * K + k] = hf[k * e->rows + r];
+            else
+                hf[k * e->rows + r] = base[r * K + k];
+        }
+}
+
+static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
+{
+    size_t o = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < ndim && o < n; i++)
+        o += (size_t)snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < n) snprintf(buf + o, n - o, ")");
+}
+
+/* The GPT-2 checkpoints of the OpenAI release name tensors without the
+ * "transformer." prefix (h.0.attn.c_attn.weight, wte.weight). */
+#define GPT2_PREFIX "transformer."
+
+/* Fill buf from the tensors "<prefix><hf name>" of a set of files; `where`
+ * names the file (or index) in messages about missing tensors. */
+static int read_mapped(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
+                       const ParamTable *pt, float *buf)
+{
+    HfMap *map;
+    int n;
+    if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
+    float *tmp = NULL;
+    size_t tmp_cap = 0, plen = strlen(prefix);
+    char name[256];
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const HfMap *e = &map[i];
+        const StFile *file = NULL;
+        snprintf(name, sizeof(name), "%s%s", prefix, e->name);
+        const StTensor *t = st_set_find(set, name, &file);
+        if (!t && !strncmp(e->name, GPT2_PREFIX, strlen(GPT2_PREFIX))) {
+            snprintf(name + plen, sizeof(name) - plen, "%s", e->name + strlen(GPT2_PREFIX));
+            t = st_set_find(set, name, &file);
+        }
+        if (!t) {
+            rc = err_set("%s: %s%s: missing", where, prefix, e->name);
+            break;
+        }
+        int64_t want[2];
+        int nd = map_shape(pt, e, want);
+        if (t->ndim != nd || t->shape[0] != want[0] || (nd == 2 && t->shape[1] != want[1])) {
+            char a[64], b[64];
+            shape_str(a, sizeof(a), t->ndim, t->shape);
+            shape_str(b, sizeof(b), nd, want);
+            rc = err_set("%s: %s: shape %s, expected %s", file->path, t->name, a, b);
+            break;
+        }
+        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 && t->dtype != ST_F64) {
+            rc = err_set("%s: %s: dtype %s is not a floating type", file->path, t->name,
+                         st_dtype_name(t->dtype));
+            break;
+        }
+        if (!buf) continue; /* validating only */
+        if (t->numel > tmp_cap) {
+            free(tmp);
+            tmp_cap = t->numel;
+            tmp = xmalloc(tmp_cap * sizeof(float));
+        }
+        st_to_f32(t, tmp);
+        map_copy(pt, e, buf, tmp, 1);
+    }
+    free(tmp);
+    free(map);
+    return rc;
+}
+
+int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host)
+{
+    StSet set;
+    if (st_set_open_dir(&set, dir, "model") != 0) return -1;
+    /* files named in messages: the single file, or the index of the shards */
+    char *where = fs_join(dir, "model.safetensors");
+    if (!fs_exists(where)) {
+        free(where);
+        where = fs_join(dir, "model.safetensors.index.json");
+    }
+    int rc = read_mapped(&set, where, "", cfg, pt, host);
+    free(where);
+    st_set_close(&set);
+    return rc;
+}
+
+int hf_import_file(const char *path, const char *prefix, const ModelConfig *cfg, const ParamTable *pt,
+                   float *buf)
+{
+    StSet set = {.files = xcalloc(1, sizeof(StFile)), .nfiles = 1};
+    if (st_open(&set.files[0], path) != 0) {
+        free(set.files);
+        return -1;
+    }
+    int rc = read_mapped(&set, path, prefix, cfg, pt, buf);
+    st_set_close(&set);
+    return rc;
+}
+
+int hf_export(const ModelConfig *cfg, const ParamTable *pt, const float *buf, HfTensor **out, int *nout)
+{
+    HfMap *map;
+    int n;
+    if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
+    HfTensor *t = xcalloc((size_t)n, sizeof(HfTensor));
+    for (int i = 0; i < n; i++) {
+        snprintf(t[i].name, sizeof(t[i].name), "%s", map[i].name);
+        t[i].ndim = map_shape(pt, &map[i], t[i].shape);
+        size_t numel = (size_t)t[i].shape[0] * (size_t)(t[i].ndim == 2 ? t[i].shape[1] : 1);
+        t[i].data = xmalloc(numel * sizeof(float));
+        map_copy(pt, &map[i], (float *)buf, t[i].data, 0);
+    }
+    free(map);
+    *out = t;
+    *nout = n;
+    return 0;
+}
+
+void hf_tensors_free(HfTensor *t, int n)
+{
+    if (!t) return;
+    for (int i = 0; i < n; i++) free(t[i].data);
+    free(t);
+}
+
+/* ---- writing ---- */
+
+/* A JSON real holding the shortest decimal that reads back as x, so that
+ * 1e-6f is written "1e-06" rather than 9.9999999747524271e-07. */
+static json_t *json_float(float x)
+{
+    char b[32];
+    for (int p = 1; p <= FLOAT_DIGITS; p++) {
+        snprintf(b, sizeof(b), "%.*g", p, (double)x);
+        if (strtof(b, NULL) == x) break;
+    }
+    return json_real(strtod(b, NULL));
+}
+
+static json_t *json_token(int id)
+{
+    return id >= 0 ? json_integer(id) : json_null();
+}
+
+/* The RoPE description in transformers 5's "rope_parameters" form. */
+static json_t *rope_json(const ModelConfig *c, int with_theta)
+{
+    json_t *r = json_object();
+    if (with_theta) json_object_set_new(r, "rope_theta", json_float(c->rope_theta));
+    if (c->rope_scale_factor > 0) {
+        json_object_set_new(r, "rope_type", json_string("llama3"));
+        json_object_set_new(r, "factor", json_float(c->rope_scale_factor));
+        json_object_set_new(r, "low_freq_factor", json_float(c->rope_low_freq_factor));
+        json_object_set_new(r, "high_freq_factor", json_float(c->rope_high_freq_factor));
+        json_object_set_new(r, "original_max_position_embeddings", json_integer(c->rope_orig_max_pos));
+    } else {
+        json_object_set_new(r, "rope_type", json_string("default"));
+    }
+    return r;
+}
+
+/* Can the HF class express this config? */
+static int check_writable(const char *path, const ModelConfig *c)
+{
+    const char *a = c->hf_arch;
+    if (c->family == FAMILY_GPT2) {
+        if (strcmp(a, "GPT2LMHeadModel"))
+            return err_set("%s: architectures: a gpt2-family model cannot be written as %s", path, a);
+        if (c->n_kv_head != c->n_head || c->head_dim * c->n_head != c->d_model || !c->qkv_bias ||
+            !c->o_bias || !c->mlp_bias)
+            return err_set(
+                "%s: GPT2LMHeadModel needs n_kv_head = n_head, head_dim = d_model/n_head and all biases",
+                path);
+        return 0;
+    }
+    int ok;
+    if (!strcmp(a, "Qwen2ForCausalLM"))
+        ok = c->qkv_bias && !c->o_bias && !c->mlp_bias;
+    else if (!strcmp(a, "MistralForCausalLM"))
+        ok = !c->qkv_bias && !c->o_bias && !c->mlp_bias;
+    else if (!strcmp(a, "LlamaForCausalLM"))
+        ok = c->qkv_bias == c->o_bias;
+    else
+        return err_set("%s: architectures: cannot write a llama-family model as \"%s\"", path, a);
+    if (!ok)
+        return err_set("%s: %s cannot express these biases (q/k/v %d, o %d, mlp %d)", path, a, c->qkv_bias,
+                       c->o_bias, c->mlp_bias);
+    return 0;
+}
+
+static json_t *config_json(const ModelConfig *c, int dtype)
+{
+    json_t *j = json_object();
+    const char *dt = dtype == DTYPE_BF16 ? "bfloat16" : "float32";
+    json_object_set_new(j, "architectures", json_pack("[s]", c->hf_arch));
+    json_object_set_new(j, "model_type", json_string(c->hf_model_type));
+    json_object_set_new(j, "vocab_size", json_integer(c->vocab_size));
+    json_object_set_new(j, "bos_token_id", json_token(c->bos_token_id));
+    json_object_set_new(j, "eos_token_id", json_token(c->eos_token_id));
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tie_embeddings));
+    json_object_set_new(j, "initializer_range", json_real(0.02)); /* transformers' default; unused by anvil */
+    json_object_set_new(j, "use_cache", json_true());
+    /* "dtype" since transformers 5, "torch_dtype" before */
+    json_object_set_new(j, "dtype", json_string(dt));
+    json_object_set_new(j, "torch_dtype", json_string(dt));
+    if (c->family == FAMILY_GPT2) {
+        json_object_set_new(j, "n_embd", json_integer(c->d_model));
+        json_object_set_new(j, "n_layer", json_integer(c->n_layer));
+        json_object_set_new(j, "n_head", json_integer(c->n_head));
+        json_object_set_new(j, "n_positions", json_integer(c->max_seq_len));
+        json_object_set_new(j, "n_inner", c->d_ff == 4 * c->d_model ? json_null() : json_integer(c->d_ff));
+        json_object_set_new(j, "activation_function", json_string("gelu_new"));
+        json_object_set_new(j, "layer_norm_epsilon", json_float(c->norm_eps));
+        /* anvil trains without dropout; say so, so fine-tuning in transformers matches */
+        json_object_set_new(j, "attn_pdrop", json_real(0.0));
+        json_object_set_new(j, "embd_pdrop", json_real(0.0));
+        json_object_set_new(j, "resid_pdrop", json_real(0.0));
+        json_object_set_new(j, "scale_attn_weights", json_true());
+        json_object_set_new(j, "scale_attn_by_inverse_layer_idx", json_false());
+        json_object_set_new(j, "reorder_and_upcast_attn", json_false());
+        return j;
+    }
+    json_object_set_new(j, "hidden_size", json_integer(c->d_model));
+    json_object_set_new(j, "intermediate_size", json_integer(c->d_ff));
+    json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layer));
+    json_object_set_new(j, "num_attention_heads", json_integer(c->n_head));
+    json_object_set_new(j, "num_key_value_heads", json_integer(c->n_kv_head));
+    json_object_set_new(j, "head_dim", json_integer(c->head_dim));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "max_position_embeddings", json_integer(c->max_seq_len));
+    json_object_set_new(j, "rms_norm_eps", json_float(c->norm_eps));
+    json_object_set_new(j, "attention_dropout", json_real(0.0));
+    /* both spellings: rope_theta (+ rope_scaling) before transformers 5, rope_parameters since */
+    json_object_set_new(j, "rope_theta", json_float(c->rope_theta));
+    json_object_set_new(j, "rope_parameters", rope_json(c, 1));
+    json_object_set_new(j, "rope_scaling", c->rope_scale_factor > 0 ? rope_json(c, 0) : json_null());
+    if (!strcmp(c->hf_model_type, "llama")) {
+        json_object_set_new(j, "attention_bias", json_boolean(c->qkv_bias));
+        json_object_set_new(j, "mlp_bias", json_boolean(c->mlp_bias));
+    } else if (!strcmp(c->hf_model_type, "qwen2")) {
+        json_object_set_new(j, "use_sliding_window", json_false());
+        json_object_set_new(j, "sliding_window", json_null());
+        json_object_set_new(j, "max_window_layers", json_integer(c->n_layer));
+    } else {
+        json_object_set_new(j, "sliding_window", json_null());
+    }
+    return j;
+}
+
+/* Write a JSON object to dir/name atomically (indent 2, sorted keys, as transformers does). */
+static int write_json(const char *dir, const char *name, json_t *j)
+{
+    char *s = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS | JSON_REAL_PRECISION(FLOAT_DIGITS));
+    char *path = fs_join(dir, name);
+    int rc;
+    if (!s) {
+        rc = err_set("%s: cannot encode JSON", path);
+    } else {
+        size_t n = strlen(s);
+        s = xrealloc(s, n + 2);
+        s[n] = '\n';
+        rc = fs_write_atomic(path, s, n + 1);
+    }
+    free(s);
+    free(path);
+    return rc;
+}
+
+int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype)
+{
+    char *path = fs_join(dir, "config.json");
+    int rc = check_writable(path, cfg);
+    free(path);
+    if (rc != 0) return -1;
+    json_t *j = config_json(cfg, dtype);
+    rc = write_json(dir, "config.json", j);
+    json_decref(j);
+    if (rc != 0) return -1;
+    j = json_object();
+    json_object_set_new(j, "_from_model_config", json_true());
+    if (cfg->bos_token_id >= 0) json_object_set_new(j, "bos_token_id", json_integer(cfg->bos_token_id));
+    if (cfg->eos_token_id >= 0) json_object_set_new(j, "eos_token_id", json_integer(cfg->eos_token_id));
+    rc = write_json(dir, "generation_config.json", j);
+    json_decref(j);
+    return rc;
+}
+
+int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
+                   int dtype)
+{
+    if (dtype != DTYPE_F32 && dtype != DTYPE_BF16)
+        return err_set("%s: can only write F32 or BF16 weights", dir);
+    if (!fs_is_dir(dir)) return err_set("%s: not a directory", dir);
+    char *cpath = fs_join(dir, "config.json");
+    int rc = check_writable(cpath, cfg);
+    free(cpath);
+    if (rc != 0) return -1;
+    HfMap *map;
+    int n;
+    if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
+    StWriteTensor *t = xcalloc((size_t)n, sizeof(StWriteTensor));
+    float **copies = xcalloc((size_t)n, sizeof(float *)); /* transposed tensors (GPT-2 Conv1D) */
+    for (int i = 0; i < n; i++) {
+        const HfMap *e = &map[i];
+        const Param *p = &pt->p[e->param];
+        int64_t K = p->ndim == 2 ? p->shape[1] : 1;
+        t[i].name = e->name;
+        t[i].dtype = dtype == DTYPE_BF16 ? ST_BF16 : ST_F32;
+        t[i].ndim = map_shape(pt, e, t[i].shape);
+        t[i].src_f32 = 1;
+        if (e->transpose) {
+            copies[i] = xmalloc((size_t)(e->rows * K) * sizeof(float));
+            map_copy(pt, e, (float *)host, copies[i], 0);
+            t[i].data = copies[i];
+        } else {
+            t[i].data = host + p->offset + (size_t)(e->row0 * K);
+        }
+    }
+    StMeta meta[] = {{"format", "pt"}};
+    rc = st_write_dir(dir, "model", t, n, meta, 1, 0);
+    if (rc == 0) rc = hf_write_config(dir, cfg, dtype);
+    for (int i = 0; i < n; i++) free(copies[i]);
+    free(copies);
+    free(t);
+    free(map);
+    return rc;
+}
+
+int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype)
+{
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/') len--;
+    char *tmp = xmalloc(len + 32);
+    snprintf(tmp, len + 32, "%.*s.tmp.%ld", (int)len, dir, (long)getpid());
+    int rc = fs_rm_rf(tmp);
+    if (rc == 0) rc = fs_mkdir_p(tmp);
+    if (rc == 0) rc = hf_write_files(tmp, cfg, pt, host, dtype);
+    if (rc == 0) rc = fs_publish_dir(tmp, dir);
+    if (rc != 0) {
+        char keep[ANVIL_ERR_MAX];
+        snprintf(keep, sizeof(keep), "%s", err_get());
+        fs_rm_rf(tmp);
+        err_set("%s", keep);
+    }
+    free(tmp);
+    return rc;
+}
+
+Model *hf_load_model(const char *dir, const Backend *be)
+{
+    ModelConfig cfg;
+    if (hf_read_config(dir, &cfg) != 0) return NULL;
+    Model *m = model_create(&cfg, be);
+    float *host = xmalloc(m->pt.total * sizeof(float));
+    if (hf_read_weights(dir, &m->cfg, &m->pt, host) != 0) {
+        free(host);
+        model_free(m);
+        return NULL;
+    }
+    model_set_params(m, host);
+    free(host);
+    return m;
 }

@@ -25,8 +25,15 @@ int hf_read_config(const char *dir, ModelConfig *cfg);
 /* Fill host (pt->total floats, laid out as pt says) from the directory's
  * safetensors (F32, F16, BF16, F64). Every parameter must be present with the
  * right shape; buffers such as GPT-2's attn.bias, and lm_head.weight of a tied
- * model, are ignored. -1 with err_set() naming the tensor and the file. */
+ * model, are ignored. -1 with err_set() naming the tensor and the file.
+ * With host NULL, only checks that every tensor is present and well-formed. */
 int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host);
+
+/* The same from one safetensors file whose tensors are named "<prefix><hf name>"
+ * in HF layout (e.g. gradients or Adam moments written from hf_export), into
+ * a buffer laid out like pt. */
+int hf_import_file(const char *path, const char *prefix, const ModelConfig *cfg, const ParamTable *pt,
+                   float *buf);
 
 /* One tensor under its HF name, in HF layout (fp32, owned). */
 typedef struct {

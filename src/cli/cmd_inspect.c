@@ -1,0 +1,197 @@
+/* cmd_inspect.c - `anvil inspect PATH [--save OUT_DIR [--dtype f32|bf16]]`.
+ *
+ * PATH a model directory (config.json + safetensors): prints the class, the
+ * sizes and the parameter count, after checking that every tensor is present
+ * with the right shape. --save re-writes it as anvil writes models (one
+ * atomic directory; fp32 or bf16 weights).
+ * PATH a .safetensors file: lists its tensors (name, dtype, shape) and metadata.
+ * Bad input: one line "anvil: <file>: <what>" on stderr, exit status 1. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "cli/cli.h"
+#include "core/error.h"
+#include "io/fsutil.h"
+#include "io/hf.h"
+#include "io/safetensors.h"
+#include "model/config.h"
+
+static const char *inspect_usage =
+    "usage: anvil inspect PATH [--save OUT_DIR [--dtype f32|bf16]]\n"
+    "  PATH: a model directory (config.json + model.safetensors) or a .safetensors file\n";
+
+static int fail(void)
+{
+    fprintf(stderr, "anvil: %s\n", err_get());
+    return 1;
+}
+
+static void print_bytes(size_t n)
+{
+    if (n >= (size_t)1 << 30)
+        printf("%.2f GiB", (double)n / (1 << 30));
+    else if (n >= (size_t)1 << 20)
+        printf("%.2f MiB", (double)n / (1 << 20));
+    else if (n >= 1024)
+        printf("%.1f KiB", (double)n / 1024);
+    else
+        printf("%zu B", n);
+}
+
+static void print_shape(const StTensor *t)
+{
+    printf("(");
+    for (int d = 0; d < t->ndim; d++) printf("%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    printf(")");
+}
+
+static int inspect_file(const char *path)
+{
+    StFile f;
+    if (st_open(&f, path) != 0) return fail();
+    size_t bytes = 0, elems = 0;
+    int width = 4;
+    for (int i = 0; i < f.n; i++) {
+        int w = (int)strlen(f.t[i].name);
+        if (w > width) width = w;
+    }
+    for (int i = 0; i < f.n; i++) {
+        const StTensor *t = &f.t[i];
+        printf("%-*s  %-5s ", width, t->name, st_dtype_name(t->dtype));
+        print_shape(t);
+        printf("\n");
+        bytes += t->nbytes;
+        elems += t->numel;
+    }
+    printf("%d tensors, %zu elements, ", f.n, elems);
+    print_bytes(bytes);
+    printf("\n");
+    for (int i = 0; i < f.n_meta; i++) printf("metadata %s = %s\n", f.meta[i].key, f.meta[i].value);
+    st_close(&f);
+    return 0;
+}
+
+static void print_config(const char *dir, const ModelConfig *c, const ParamTable *pt)
+{
+    int gpt2 = c->family == FAMILY_GPT2;
+    printf("%s\n", dir);
+    printf("  class        %s (model_type %s, family %s)\n", c->hf_arch, c->hf_model_type,
+           model_family_name(c->family));
+    printf("  layers       %d\n", c->n_layer);
+    printf("  d_model      %d\n", c->d_model);
+    printf("  heads        %d (kv heads %d, head_dim %d)\n", c->n_head, c->n_kv_head, c->head_dim);
+    printf("  d_ff         %d (%s)\n", c->d_ff, gpt2 ? "GELU tanh" : "SwiGLU");
+    printf("  vocab        %d\n", c->vocab_size);
+    printf("  max_seq_len  %d\n", c->max_seq_len);
+    printf("  norm         %s, eps %g\n", gpt2 ? "LayerNorm" : "RMSNorm", (double)c->norm_eps);
+    if (gpt2)
+        printf("  positions    learned\n");
+    else if (c->rope_scale_factor > 0)
+        printf("  positions    RoPE theta %g, llama3 scaling x%g (low %g, high %g, original %d)\n",
+               (double)c->rope_theta, (double)c->rope_scale_factor, (double)c->rope_low_freq_factor,
+               (double)c->rope_high_freq_factor, c->rope_orig_max_pos);
+    else
+        printf("  positions    RoPE theta %g\n", (double)c->rope_theta);
+    printf("  head         %s\n", c->tie_embeddings ? "tied to the embeddings" : "untied");
+    printf("  biases       q/k/v %s, o %s, mlp %s\n", c->qkv_bias ? "yes" : "no", c->o_bias ? "yes" : "no",
+           c->mlp_bias ? "yes" : "no");
+    printf("  tokens       bos %d, eos %d\n", c->bos_token_id, c->eos_token_id);
+    size_t n = param_count(pt);
+    printf("  parameters   %zu (%.2f M, %d tensors)\n", n, (double)n / 1e6, pt->n);
+}
+
+static void print_weights(const char *dir)
+{
+    StSet s;
+    if (st_set_open_dir(&s, dir, "model") != 0) return;
+    size_t bytes = 0;
+    int n = 0, seen[ST_NDTYPE] = {0};
+    for (int f = 0; f < s.nfiles; f++)
+        for (int i = 0; i < s.files[f].n; i++) {
+            bytes += s.files[f].t[i].nbytes;
+            seen[s.files[f].t[i].dtype] = 1;
+            n++;
+        }
+    printf("  weights      %d tensors in %d file%s, ", n, s.nfiles, s.nfiles == 1 ? "" : "s");
+    print_bytes(bytes);
+    for (int d = 0; d < ST_NDTYPE; d++)
+        if (seen[d]) printf(" %s", st_dtype_name((StDtype)d));
+    printf("\n");
+    st_set_close(&s);
+}
+
+static int inspect_dir(const char *dir, const char *save, int dtype)
+{
+    ModelConfig c;
+    ParamTable pt;
+    if (hf_read_config(dir, &c) != 0) return fail();
+    param_table_build(&pt, &c);
+    int rc = 0;
+    float *host = NULL;
+    if (save) host = xmalloc(pt.total * sizeof(float));
+    if (hf_read_weights(dir, &c, &pt, host) != 0) {
+        rc = fail();
+        goto out;
+    }
+    print_config(dir, &c, &pt);
+    print_weights(dir);
+    if (save) {
+        if (hf_save(save, &c, &pt, host, dtype) != 0) {
+            rc = fail();
+            goto out;
+        }
+        printf("saved %s (%s)\n", save, dtype == DTYPE_BF16 ? "bf16" : "fp32");
+    }
+out:
+    free(host);
+    param_table_free(&pt);
+    return rc;
+}
+
+int cmd_inspect(int argc, char **argv)
+{
+    const char *path = NULL, *save = NULL;
+    int dtype = DTYPE_F32;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            fputs(inspect_usage, stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--save") && i + 1 < argc) {
+            save = argv[++i];
+        } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
+            const char *d = argv[++i];
+            if (!strcmp(d, "f32") || !strcmp(d, "fp32") || !strcmp(d, "float32"))
+                dtype = DTYPE_F32;
+            else if (!strcmp(d, "bf16") || !strcmp(d, "bfloat16"))
+                dtype = DTYPE_BF16;
+            else {
+                fprintf(stderr, "anvil: inspect: --dtype: expected f32 or bf16, got \"%s\"\n", d);
+                return 1;
+            }
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "anvil: inspect: unknown option \"%s\" (see anvil inspect --help)\n", argv[i]);
+            return 1;
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            fprintf(stderr, "anvil: inspect: one PATH only (got \"%s\" too)\n", argv[i]);
+            return 1;
+        }
+    }
+    if (!path) {
+        fputs(inspect_usage, stderr);
+        return 1;
+    }
+    if (fs_is_dir(path)) return inspect_dir(path, save, dtype);
+    if (!fs_exists(path)) {
+        err_set("%s: no such file or directory", path);
+        return fail();
+    }
+    if (save) {
+        fprintf(stderr, "anvil: inspect: --save needs a model directory, not a file\n");
+        return 1;
+    }
+    return inspect_file(path);
+}
