@@ -36,7 +36,7 @@ ifeq ($(HAVE_CUDA),1)
   NVFLAGS  += -O3 -std=c++17 $(CUDA_ARCH) -Isrc -lineinfo -Xcompiler -Wall,-Wno-unused-parameter,-fopenmp -MMD -MP
   CFLAGS   += -DANVIL_CUDA=1 -I$(CUDA_HOME)/include
   LDFLAGS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
-  LDLIBS   += -lcudart -lcublasLt -lcublas -lcudnn -lstdc++
+  LDLIBS   += -lcudart -lcublasLt -lstdc++
 else
   CU_O :=
 endif

@@ -1,0 +1,613 @@
+/* cuda_attention.cu - causal self-attention with grouped-query heads.
+ *
+ * Two implementations:
+ *  - flash (bf16, head_dim 64): FlashAttention-2 style tiles on the tensor
+ *    cores (mma.sync m16n8k16, bf16 in, fp32 accumulate). Forward keeps the
+ *    (T,T) scores in registers and saves only the row log-sum-exp. Backward is
+ *    two kernels so that nothing is accumulated with atomics (deterministic):
+ *    one owns a block of keys and sums dK, dV over every query (and every
+ *    query head of its group), the other owns a block of queries and sums dQ.
+ *  - simple (any element type, head_dim <= 256): one warp per query row,
+ *    online softmax in fp32; the fp32 parity mode and other head sizes use it.
+ *
+ * Layout (backend.h): qkv (B,T,(nh+2*nkv)*hd) rows [q heads | k heads | v heads],
+ * out (B,T,nh*hd), lse (B,nh,T). Query head h reads kv head h / (nh/nkv).
+ * ANVIL_ATTENTION=simple forces the simple kernels (for tests and comparisons). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
+
+#include "backend/cuda/cuda_common.cuh"
+
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+#define SIMPLE_MAX_HD 256
+#define SIMPLE_WARPS 8
+
+/* ================================================================ simple */
+
+// out = softmax(q k^T * scale, causal) v,  lse = log sum exp of each row.  One warp per (b, h, t);
+// lane owns dims lane, lane+32, ...
+template <typename T>
+__global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, int T_, int nh, int nkv, int hd)
+{
+    const int NPL = SIMPLE_MAX_HD / 32;
+    size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (wid >= (size_t)B * nh * T_) return;
+    int t = (int)(wid % T_), h = (int)(wid / T_ % nh), b = (int)(wid / T_ / nh);
+    int row = (nh + 2 * nkv) * hd, kvh = h / (nh / nkv);
+    float scale = 1.0f / sqrtf((float)hd);
+    const T *q = qkv + ((size_t)b * T_ + t) * row + (size_t)h * hd;
+    float qv[NPL], o[NPL];
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        int d = lane + 32 * k;
+        qv[k] = d < hd ? to_f(q[d]) : 0.0f;
+        o[k] = 0;
+    }
+    float m = -INFINITY, l = 0;
+    for (int s = 0; s <= t; s++) {
+        const T *kr = qkv + ((size_t)b * T_ + s) * row + (size_t)(nh + kvh) * hd;
+        const T *vr = kr + (size_t)nkv * hd;
+        float dot = 0;
+#pragma unroll
+        for (int k = 0; k < NPL; k++) {
+            int d = lane + 32 * k;
+            if (d < hd) dot += qv[k] * to_f(kr[d]);
+        }
+        dot = warp_sum(dot) * scale;
+        float mn = fmaxf(m, dot), alpha = expf(m - mn), p = expf(dot - mn);
+        l = l * alpha + p;
+#pragma unroll
+        for (int k = 0; k < NPL; k++) {
+            int d = lane + 32 * k;
+            if (d < hd) o[k] = o[k] * alpha + p * to_f(vr[d]);
+        }
+        m = mn;
+    }
+    T *orow = out + ((size_t)b * T_ + t) * nh * hd + (size_t)h * hd;
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        int d = lane + 32 * k;
+        if (d < hd) orow[d] = from_f<T>(o[k] / l);
+    }
+    if (lane == 0) lse[((size_t)b * nh + h) * T_ + t] = m + logf(l);
+}
+
+// Per (b, h, t): Dt = dout . out;  dq = scale * sum_s p_s (dout . v_s - Dt) k_s
+template <typename T>
+__global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, const T *out, const float *lse,
+                                         const T *qkv, int B, int T_, int nh, int nkv, int hd)
+{
+    const int NPL = SIMPLE_MAX_HD / 32;
+    size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (wid >= (size_t)B * nh * T_) return;
+    int t = (int)(wid % T_), h = (int)(wid / T_ % nh), b = (int)(wid / T_ / nh);
+    int row = (nh + 2 * nkv) * hd, kvh = h / (nh / nkv);
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t rt = (size_t)b * T_ + t;
+    const T *q = qkv + rt * row + (size_t)h * hd;
+    const T *o = out + rt * nh * hd + (size_t)h * hd, *d = dout + rt * nh * hd + (size_t)h * hd;
+    float qv[NPL], dv[NPL], dq[NPL], D = 0;
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        int e = lane + 32 * k;
+        qv[k] = e < hd ? to_f(q[e]) : 0.0f;
+        dv[k] = e < hd ? to_f(d[e]) : 0.0f;
+        dq[k] = 0;
+        if (e < hd) D += dv[k] * to_f(o[e]);
+    }
+    D = warp_sum(D);
+    float L = lse[((size_t)b * nh + h) * T_ + t];
+    if (lane == 0) Dbuf[((size_t)b * nh + h) * T_ + t] = D;
+    for (int s = 0; s <= t; s++) {
+        const T *kr = qkv + ((size_t)b * T_ + s) * row + (size_t)(nh + kvh) * hd;
+        const T *vr = kr + (size_t)nkv * hd;
+        float dot = 0, dpv = 0;
+#pragma unroll
+        for (int k = 0; k < NPL; k++) {
+            int e = lane + 32 * k;
+            if (e < hd) {
+                dot += qv[k] * to_f(kr[e]);
+                dpv += dv[k] * to_f(vr[e]);
+            }
+        }
+        dot = warp_sum(dot);
+        dpv = warp_sum(dpv);
+        float ps = expf(dot * scale - L);
+        float ds = ps * (dpv - D) * scale;
+#pragma unroll
+        for (int k = 0; k < NPL; k++) {
+            int e = lane + 32 * k;
+            if (e < hd) dq[k] += ds * to_f(kr[e]);
+        }
+    }
+    T *dqr = dqkv + rt * row + (size_t)h * hd;
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        int e = lane + 32 * k;
+        if (e < hd) dqr[e] = from_f<T>(dq[k]);
+    }
+}
+
+// Per (b, kv head, s): dk_s = scale * sum_{h in group, t >= s} ds_ts q_t,  dv_s = sum p_ts dout_t
+template <typename T>
+__global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *dout, const float *lse, const T *qkv,
+                                          int B, int T_, int nh, int nkv, int hd)
+{
+    const int NPL = SIMPLE_MAX_HD / 32;
+    size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (wid >= (size_t)B * nkv * T_) return;
+    int s = (int)(wid % T_), kvh = (int)(wid / T_ % nkv), b = (int)(wid / T_ / nkv);
+    int row = (nh + 2 * nkv) * hd, group = nh / nkv;
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t rs = (size_t)b * T_ + s;
+    const T *kr = qkv + rs * row + (size_t)(nh + kvh) * hd, *vr = kr + (size_t)nkv * hd;
+    float kv[NPL], vv[NPL], dk[NPL], dvv[NPL];
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        int e = lane + 32 * k;
+        kv[k] = e < hd ? to_f(kr[e]) : 0.0f;
+        vv[k] = e < hd ? to_f(vr[e]) : 0.0f;
+        dk[k] = dvv[k] = 0;
+    }
+    for (int h = kvh * group; h < (kvh + 1) * group; h++)
+        for (int t = s; t < T_; t++) {
+            size_t rt = (size_t)b * T_ + t;
+            const T *q = qkv + rt * row + (size_t)h * hd, *d = dout + rt * nh * hd + (size_t)h * hd;
+            float dot = 0, dpv = 0;
+#pragma unroll
+            for (int k = 0; k < NPL; k++) {
+                int e = lane + 32 * k;
+                if (e < hd) {
+                    dot += to_f(q[e]) * kv[k];
+                    dpv += to_f(d[e]) * vv[k];
+                }
+            }
+            dot = warp_sum(dot);
+            dpv = warp_sum(dpv);
+            size_t li = ((size_t)b * nh + h) * T_ + t;
+            float ps = expf(dot * scale - lse[li]);
+            float ds = ps * (dpv - Dbuf[li]) * scale;
+#pragma unroll
+            for (int k = 0; k < NPL; k++) {
+                int e = lane + 32 * k;
+                if (e < hd) {
+                    dk[k] += ds * to_f(q[e]);
+                    dvv[k] += ps * to_f(d[e]);
+                }
+            }
+        }
+    T *dkr = dqkv + rs * row + (size_t)(nh + kvh) * hd, *dvr = dkr + (size_t)nkv * hd;
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        int e = lane + 32 * k;
+        if (e < hd) {
+            dkr[e] = from_f<T>(dk[k]);
+            dvr[e] = from_f<T>(dvv[k]);
+        }
+    }
+}
+
+/* ================================================================= flash */
+
+#define FA_D 64                /* head_dim the flash kernels are built for */
+#define FA_BLOCK 64            /* query rows and key rows per tile */
+#define FA_WARPS 4             /* each warp owns 16 rows of the tile */
+#define FA_THREADS (FA_WARPS * 32)
+#define FA_LDS (FA_D + 8)      /* shared row stride (elements): +16 bytes keeps fragment loads conflict-free */
+
+typedef uint32_t u32;
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Four 8x8 bf16 matrices, transposed: lane gets M_i[2(lane%4)..+1][lane/4] of matrix i in r[i];
+ * lanes 8i..8i+7 give the row addresses of matrix i. */
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16 *p)
+{
+    unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<u32 *>(&v);
+}
+
+__device__ __forceinline__ u32 lds32(const bf16 *p) { return *reinterpret_cast<const u32 *>(p); }
+
+/* A tile of FA_BLOCK rows x FA_D columns from rows r0.. of a strided matrix into shared memory;
+ * rows at or past T are zero. */
+__device__ __forceinline__ void load_tile(bf16 *dst, const bf16 *src, size_t stride, int r0, int T_)
+{
+    const int PER_ROW = FA_D / 8;
+    for (int i = threadIdx.x; i < FA_BLOCK * PER_ROW; i += FA_THREADS) {
+        int r = i / PER_ROW, c = (i % PER_ROW) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r0 + r < T_) v = *reinterpret_cast<const uint4 *>(src + (size_t)(r0 + r) * stride + c);
+        *reinterpret_cast<uint4 *>(dst + r * FA_LDS + c) = v;
+    }
+}
+
+/* A-operand fragments of the 16 rows [row0, row0+16) of a shared tile, for every k step of FA_D. */
+__device__ __forceinline__ void load_a_frags(u32 (&f)[FA_D / 16][4], const bf16 *tile, int row0, int g, int tq)
+{
+#pragma unroll
+    for (int kk = 0; kk < FA_D / 16; kk++) {
+        const bf16 *p = tile + (row0 + g) * FA_LDS + kk * 16 + 2 * tq;
+        f[kk][0] = lds32(p);
+        f[kk][1] = lds32(p + 8 * FA_LDS);
+        f[kk][2] = lds32(p + 8);
+        f[kk][3] = lds32(p + 8 * FA_LDS + 8);
+    }
+}
+
+/* acc (16 x 64) = A (16 x FA_D, fragments) @ tile^T, tile rows are the 64 output columns. */
+__device__ __forceinline__ void mma_a_tileT(float (&acc)[8][4], const u32 (&a)[FA_D / 16][4], const bf16 *tile, int g,
+                                            int tq)
+{
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+#pragma unroll
+    for (int kk = 0; kk < FA_D / 16; kk++)
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            const bf16 *p = tile + (nt * 8 + g) * FA_LDS + kk * 16 + 2 * tq;
+            mma_bf16(acc[nt], a[kk], lds32(p), lds32(p + 8));
+        }
+}
+
+/* acc (16 x FA_D) += P (16 x 64, fp32 accumulator layout, rounded to bf16 here) @ tile (64 x FA_D). */
+__device__ __forceinline__ void mma_p_tile(float (&acc)[FA_D / 8][4], const float (&p)[8][4], const bf16 *tile,
+                                           int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) { /* 16 tile rows per step */
+        u32 a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                    pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+        int mi = lane / 8, r = lane % 8;
+#pragma unroll
+        for (int dt = 0; dt < FA_D / 16; dt++) {
+            u32 b[4];
+            ldmatrix_x4_trans(b, tile + (kk * 16 + (mi & 1) * 8 + r) * FA_LDS + dt * 16 + (mi >> 1) * 8);
+            mma_bf16(acc[2 * dt], a, b[0], b[1]);
+            mma_bf16(acc[2 * dt + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// Forward: grid (query blocks, nh, B), heaviest (last) query blocks first.
+__global__ void __launch_bounds__(FA_THREADS) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
+                                                               int nh, int nkv)
+{
+    __shared__ __align__(16) bf16 Ks[FA_BLOCK * FA_LDS];
+    __shared__ __align__(16) bf16 Vs[FA_BLOCK * FA_LDS];
+    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int kvh = h / (nh / nkv);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    const bf16 *qsrc = base + (size_t)h * FA_D, *ksrc = base + (size_t)(nh + kvh) * FA_D,
+               *vsrc = base + (size_t)(nh + nkv + kvh) * FA_D;
+    int q0 = qb * FA_BLOCK;
+    float c = LOG2E / sqrtf((float)FA_D); /* scores in the log2 domain */
+
+    load_tile(Ks, qsrc, stride, q0, T_);
+    __syncthreads();
+    u32 qf[FA_D / 16][4];
+    load_a_frags(qf, Ks, warp * 16, g, tq);
+    __syncthreads();
+
+    float o[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
+    int row_a = q0 + warp * 16 + g, row_b = row_a + 8; /* the two query rows of this thread */
+
+    for (int kb = 0; kb <= qb; kb++) {
+        int k0 = kb * FA_BLOCK;
+        load_tile(Ks, ksrc, stride, k0, T_);
+        load_tile(Vs, vsrc, stride, k0, T_);
+        __syncthreads();
+        float s[8][4];
+        mma_a_tileT(s, qf, Ks, g, tq);
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
+                float v = s[nt][e] * c;
+                if (key > qrow || key >= T_) v = -INFINITY;
+                s[nt][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        float alpha[2], mu[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            mu[r] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet stays at zero */
+            alpha[r] = exp2f(m[r] - mu[r]);
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(s[nt][e] - mu[e >> 1]);
+                s[nt][e] = p;
+                l[e >> 1] += p;
+            }
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) {
+            o[i][0] *= alpha[0];
+            o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1];
+            o[i][3] *= alpha[1];
+        }
+        mma_p_tile(o, s, Vs, lane);
+        __syncthreads(); /* before the next tiles overwrite Ks, Vs */
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    size_t ostride = (size_t)nh * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int qrow = r ? row_b : row_a;
+        if (qrow >= T_) continue;
+        float inv = 1.0f / l[r];
+        bf16 *orow = out + ((size_t)b * T_ + qrow) * ostride + (size_t)h * FA_D;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++)
+            *reinterpret_cast<u32 *>(orow + i * 8 + 2 * tq) = pack_bf16(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        if (tq == 0) lse[((size_t)b * nh + h) * T_ + qrow] = m[r] * LN2 + logf(l[r]);
+    }
+}
+
+// Dt = dout . out per (b, h, t), stored like lse (B,nh,T). One warp per row.
+__global__ void flash_bwd_dot_kernel(float *Dbuf, const bf16 *dout, const bf16 *out, int B, int T_, int nh)
+{
+    size_t wid = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (wid >= (size_t)B * T_ * nh) return;
+    int h = (int)(wid % nh);
+    size_t bt = wid / nh;
+    const bf16 *d = dout + bt * nh * FA_D + (size_t)h * FA_D, *o = out + bt * nh * FA_D + (size_t)h * FA_D;
+    float s = 0;
+    for (int e = lane * 2; e < FA_D; e += 64) {
+        float2 dd = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(d + e));
+        float2 oo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(o + e));
+        s += dd.x * oo.x + dd.y * oo.y;
+    }
+    s = warp_sum(s);
+    int b = (int)(bt / T_), t = (int)(bt % T_);
+    if (lane == 0) Dbuf[((size_t)b * nh + h) * T_ + t] = s;
+}
+
+// dK, dV for one block of 64 keys of one kv head: each warp owns 16 keys and, for every query head
+// of the group and every query block at or after the keys, forms S^T = K Q^T, P^T, dP^T = V dO^T,
+// dS^T = P^T (dP^T - D), then dV += P^T dO and dK += scale dS^T Q.
+__global__ void __launch_bounds__(FA_THREADS) flash_bwd_kv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
+                                                                  const float *Dbuf, const bf16 *qkv, int T_, int nh,
+                                                                  int nkv)
+{
+    __shared__ __align__(16) bf16 Qs[FA_BLOCK * FA_LDS];
+    __shared__ __align__(16) bf16 Os[FA_BLOCK * FA_LDS]; /* dO tile (K, V staging first) */
+    __shared__ float lse_s[FA_BLOCK], D_s[FA_BLOCK];
+    int kb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int group = nh / nkv, nqb = gridDim.x;
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    int k0 = kb * FA_BLOCK;
+    float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
+
+    load_tile(Qs, base + (size_t)(nh + kvh) * FA_D, stride, k0, T_);
+    load_tile(Os, base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, T_);
+    __syncthreads();
+    u32 kf[FA_D / 16][4], vf[FA_D / 16][4];
+    load_a_frags(kf, Qs, warp * 16, g, tq);
+    load_a_frags(vf, Os, warp * 16, g, tq);
+
+    float dk[FA_D / 8][4], dv[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0;
+    int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
+
+    for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+        const bf16 *dbase = dout + (size_t)b * T_ * ostride + (size_t)h * FA_D;
+        const float *lse_h = lse + ((size_t)b * nh + h) * T_, *D_h = Dbuf + ((size_t)b * nh + h) * T_;
+        for (int qb = kb; qb < nqb; qb++) {
+            int q0 = qb * FA_BLOCK;
+            __syncthreads(); /* everyone is done with the previous tiles */
+            load_tile(Qs, base + (size_t)h * FA_D, stride, q0, T_);
+            load_tile(Os, dbase, ostride, q0, T_);
+            for (int i = threadIdx.x; i < FA_BLOCK; i += FA_THREADS) {
+                bool ok = q0 + i < T_;
+                lse_s[i] = ok ? lse_h[q0 + i] * LOG2E : 0.0f;
+                D_s[i] = ok ? D_h[q0 + i] : 0.0f;
+            }
+            __syncthreads();
+            float p[8][4], dp[8][4];
+            mma_a_tileT(p, kf, Qs, g, tq);  /* S^T (16 keys x 64 queries) */
+            mma_a_tileT(dp, vf, Os, g, tq); /* dP^T */
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
+                    float pv = (key > q || q >= T_) ? 0.0f : exp2f(p[nt][e] * c - lse_s[qi]);
+                    p[nt][e] = pv;
+                    dp[nt][e] = pv * (dp[nt][e] - D_s[qi]); /* dS^T */
+                }
+            mma_p_tile(dv, p, Os, lane);
+            mma_p_tile(dk, dp, Qs, lane);
+        }
+    }
+    bf16 *dkbase = dqkv + (size_t)b * T_ * stride + (size_t)(nh + kvh) * FA_D;
+    bf16 *dvbase = dkbase + (size_t)nkv * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int key = r ? key_b : key_a;
+        if (key >= T_) continue;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) {
+            *reinterpret_cast<u32 *>(dkbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
+            *reinterpret_cast<u32 *>(dvbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dv[i][2 * r], dv[i][2 * r + 1]);
+        }
+    }
+}
+
+// dQ for one block of 64 queries of one head: for every key block at or before it,
+// S = Q K^T, P, dP = dO V^T, dS = P (dP - D), dQ += scale dS K.
+__global__ void __launch_bounds__(FA_THREADS) flash_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
+                                                                 const float *Dbuf, const bf16 *qkv, int T_, int nh,
+                                                                 int nkv)
+{
+    __shared__ __align__(16) bf16 Ks[FA_BLOCK * FA_LDS];
+    __shared__ __align__(16) bf16 Vs[FA_BLOCK * FA_LDS];
+    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int kvh = h / (nh / nkv);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    int q0 = qb * FA_BLOCK;
+    float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
+
+    load_tile(Ks, base + (size_t)h * FA_D, stride, q0, T_);
+    load_tile(Vs, dout + (size_t)b * T_ * ostride + (size_t)h * FA_D, ostride, q0, T_);
+    __syncthreads();
+    u32 qf[FA_D / 16][4], df[FA_D / 16][4];
+    load_a_frags(qf, Ks, warp * 16, g, tq);
+    load_a_frags(df, Vs, warp * 16, g, tq);
+    int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+    const float *lse_h = lse + ((size_t)b * nh + h) * T_, *D_h = Dbuf + ((size_t)b * nh + h) * T_;
+    float L[2], Dr[2];
+    L[0] = row_a < T_ ? lse_h[row_a] * LOG2E : 0.0f;
+    L[1] = row_b < T_ ? lse_h[row_b] * LOG2E : 0.0f;
+    Dr[0] = row_a < T_ ? D_h[row_a] : 0.0f;
+    Dr[1] = row_b < T_ ? D_h[row_b] : 0.0f;
+
+    float dq[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0;
+
+    for (int kb = 0; kb <= qb; kb++) {
+        int k0 = kb * FA_BLOCK;
+        __syncthreads();
+        load_tile(Ks, base + (size_t)(nh + kvh) * FA_D, stride, k0, T_);
+        load_tile(Vs, base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, T_);
+        __syncthreads();
+        float p[8][4], dp[8][4];
+        mma_a_tileT(p, qf, Ks, g, tq);
+        mma_a_tileT(dp, df, Vs, g, tq);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + nt * 8 + 2 * tq + (e & 1), r = e >> 1, q = r ? row_b : row_a;
+                float pv = (key > q || key >= T_ || q >= T_) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
+                dp[nt][e] = pv * (dp[nt][e] - Dr[r]);
+            }
+        mma_p_tile(dq, dp, Ks, lane);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int q = r ? row_b : row_a;
+        if (q >= T_) continue;
+        bf16 *dqr = dqkv + ((size_t)b * T_ + q) * stride + (size_t)h * FA_D;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++)
+            *reinterpret_cast<u32 *>(dqr + i * 8 + 2 * tq) = pack_bf16(dq[i][2 * r] * scale, dq[i][2 * r + 1] * scale);
+    }
+}
+
+/* ============================================================== dispatch */
+
+template <typename T> static bool use_flash(int hd, const void *qkv)
+{
+    const char *e = getenv("ANVIL_ATTENTION");
+    if (e && !strcmp(e, "simple")) return false;
+    return std::is_same<T, bf16>::value && hd == FA_D && (uintptr_t)qkv % 16 == 0;
+}
+
+static void check_shape(int nh, int nkv, int hd)
+{
+    if (nkv <= 0 || nh % nkv) fatal("attention: %d query heads are not a multiple of %d kv heads", nh, nkv);
+    if (hd > SIMPLE_MAX_HD) fatal("attention: head_dim %d is larger than the supported %d", hd, SIMPLE_MAX_HD);
+}
+
+template <typename T>
+void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int nh, int nkv, int hd)
+{
+    CUDA_PROF("attention_fwd");
+    check_shape(nh, nkv, hd);
+    if (use_flash<T>(hd, qkv)) {
+        dim3 grid(CEIL_DIV(T_, FA_BLOCK), nh, B);
+        flash_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+    } else {
+        size_t warps = (size_t)B * nh * T_;
+        attn_simple_fwd_kernel<T><<<CEIL_DIV(warps, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd);
+    }
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                      int T_, int nh, int nkv, int hd)
+{
+    CUDA_PROF("attention_bwd");
+    check_shape(nh, nkv, hd);
+    float *Dbuf = (float *)cuda_scratch((size_t)B * nh * T_ * sizeof(float));
+    if (use_flash<T>(hd, qkv)) {
+        size_t rows = (size_t)B * T_ * nh;
+        flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, (const bf16 *)dout,
+                                                                          (const bf16 *)out, B, T_, nh);
+        CUDA_CHECK_LAUNCH();
+        dim3 gkv(CEIL_DIV(T_, FA_BLOCK), nkv, B), gq(CEIL_DIV(T_, FA_BLOCK), nh, B);
+        flash_bwd_kv_kernel<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf,
+                                                                 (const bf16 *)qkv, T_, nh, nkv);
+        CUDA_CHECK_LAUNCH();
+        flash_bwd_q_kernel<<<gq, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf,
+                                                               (const bf16 *)qkv, T_, nh, nkv);
+    } else {
+        size_t wq = (size_t)B * nh * T_, wkv = (size_t)B * nkv * T_;
+        attn_simple_bwd_q_kernel<T><<<CEIL_DIV(wq, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)dqkv, Dbuf, (const T *)dout, (const T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd);
+        CUDA_CHECK_LAUNCH();
+        attn_simple_bwd_kv_kernel<T><<<CEIL_DIV(wkv, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)dqkv, Dbuf, (const T *)dout, lse, (const T *)qkv, B, T_, nh, nkv, hd);
+    }
+    CUDA_CHECK_LAUNCH();
+}
+
+template void cu_attention_fwd<float>(void *, float *, const void *, int, int, int, int, int);
+template void cu_attention_fwd<bf16>(void *, float *, const void *, int, int, int, int, int);
+template void cu_attention_bwd<float>(void *, const void *, const void *, const float *, const void *, int, int, int,
+                                      int, int);
+template void cu_attention_bwd<bf16>(void *, const void *, const void *, const float *, const void *, int, int, int,
+                                     int, int);

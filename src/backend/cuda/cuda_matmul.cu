@@ -1,0 +1,188 @@
+/* cuda_matmul.cu - linear layers through cuBLASLt, and the column sum used for
+ * bias gradients.
+ *
+ * Row-major (N,IC) activations are column-major (IC,N) matrices to cuBLAS, so
+ *   out (N,OC)  = inp @ W^T   is  out^T (OC,N) = op_T(W) (OC,IC) * inp^T (IC,N)   "TN"
+ *   dinp (N,IC) = dout @ W    is  dinp^T (IC,N) = W^T (IC,OC) * dout^T (OC,N)      "NN"
+ *   dW (OC,IC) += dout^T @ inp is dW^T (IC,OC) += inp^T (IC,N) * op_T(dout^T)    "NT"
+ * bf16 mode: bf16 operands, fp32 accumulation (CUBLAS_COMPUTE_32F); dW is
+ * accumulated straight into the fp32 gradient with beta = 1. fp32 mode: plain
+ * fp32 (no TF32), for parity with the CPU. */
+#include <map>
+#include <tuple>
+
+#include "backend/cuda/cuda_common.cuh"
+
+/* Everything a cuBLASLt plan depends on; the pointers' alignment included,
+ * since the fastest kernels need 16-byte aligned operands. */
+typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int> PlanKey;
+
+typedef struct {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c, d;
+    cublasLtMatmulAlgo_t algo;
+} Plan;
+
+static std::map<PlanKey, Plan> g_plans;
+
+static int ptr_align(const void *p)
+{
+    uintptr_t v = (uintptr_t)p;
+    int a = 256;
+    while (a > 1 && v % (uintptr_t)a) a >>= 1;
+    return a;
+}
+
+static cudaDataType_t cuda_type(size_t elsize) { return elsize == 2 ? CUDA_R_16BF : CUDA_R_32F; }
+
+/* D (m,n) = op(A) (m,k) * op(B) (k,n) [+ beta*D] [+ bias (m)], column-major.
+ * a_size/d_size: element bytes of A,B and of D (2 = bf16, 4 = fp32). */
+static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                      void *D, int ldd, size_t ab_size, size_t d_size, float beta, const void *bias)
+{
+    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, bias != NULL,
+                std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D)) * 1000 + (bias ? ptr_align(bias) : 0),
+                beta != 0.0f);
+    auto it = g_plans.find(key);
+    if (it == g_plans.end()) {
+        Plan p;
+        cudaDataType_t tab = cuda_type(ab_size), td = cuda_type(d_size);
+        CUDA_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+        cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+        if (bias)
+            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        /* stored shapes: op(A) is (m,k) so A is (m,k) or (k,m) */
+        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.a, tab, transa ? k : m, transa ? m : k, lda));
+        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.b, tab, transb ? n : k, transb ? k : n, ldb));
+        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.c, td, m, n, ldd));
+        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.d, td, m, n, ldd));
+
+        cublasLtMatmulPreference_t pref;
+        CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        size_t ws = g_cu.lt_workspace_size;
+        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                        sizeof(ws)));
+        uint32_t al_a = ptr_align(A), al_b = ptr_align(B), al_d = ptr_align(D);
+        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                                        sizeof(al_a)));
+        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+                                                        sizeof(al_b)));
+        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
+                                                        sizeof(al_d)));
+        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
+                                                        sizeof(al_d)));
+        cublasLtMatmulHeuristicResult_t res;
+        int found = 0;
+        CUDA_CHECK(cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found));
+        CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+        if (!found)
+            fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, %s operands, %s output)", m, n, k,
+                  transa, transb, ab_size == 2 ? "bf16" : "fp32", d_size == 2 ? "bf16" : "fp32");
+        p.algo = res.algo;
+        it = g_plans.emplace(key, p).first;
+    }
+    Plan &p = it->second;
+    if (bias)
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const float alpha = 1.0f;
+    CUDA_CHECK(cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.d, &p.algo,
+                              g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream));
+}
+
+// out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias
+template <typename T>
+void cu_matmul_fwd(void *out, const void *inp, const void *w, const void *bias, int N, int IC, int OC)
+{
+    CUDA_PROF("matmul_fwd");
+    lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, bias);
+}
+
+// dinp (N,IC) = dout @ w;  dw (OC,IC) += dout^T @ inp;  dbias (OC) += colsum(dout)
+template <typename T>
+void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const void *inp, const void *w, int N,
+                   int IC, int OC)
+{
+    CUDA_PROF("matmul_bwd");
+    if (dinp) lt_matmul(0, 0, IC, N, OC, w, IC, dout, OC, dinp, IC, sizeof(T), sizeof(T), 0.0f, NULL);
+    if (dw) lt_matmul(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, NULL);
+    if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
+}
+
+/* ------------------------------------------------------------ column sums */
+
+/* Threads of a block: 32 across columns (W columns each) x COLSUM_ROWS down rows. */
+#define COLSUM_ROWS 8
+
+// partial[chunk][c] = sum over rows of this chunk of src[r][c]
+template <typename T, int W>
+__global__ void colsum_partial_kernel(float *partial, const T *src, int N, int OC, int rows_per_chunk)
+{
+    __shared__ float sm[COLSUM_ROWS][32 * W];
+    int c0 = (blockIdx.x * 32 + threadIdx.x) * W;
+    int r0 = blockIdx.y * rows_per_chunk, r1 = min(N, r0 + rows_per_chunk);
+    float acc[W];
+#pragma unroll
+    for (int i = 0; i < W; i++) acc[i] = 0;
+    if (c0 < OC) {
+        for (int r = r0 + threadIdx.y; r < r1; r += COLSUM_ROWS) {
+            float f[W];
+            load_f<T, W>(f, src + (size_t)r * OC + c0);
+#pragma unroll
+            for (int i = 0; i < W; i++) acc[i] += f[i];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < W; i++) sm[threadIdx.y][threadIdx.x * W + i] = acc[i];
+    __syncthreads();
+    if (threadIdx.y == 0 && c0 < OC) {
+#pragma unroll
+        for (int i = 0; i < W; i++) {
+            float s = 0;
+            for (int y = 0; y < COLSUM_ROWS; y++) s += sm[y][threadIdx.x * W + i];
+            partial[(size_t)blockIdx.y * OC + c0 + i] = s;
+        }
+    }
+}
+
+// dst[c] += sum over chunks of partial[chunk][c], chunks in order
+__global__ void colsum_finish_kernel(float *dst, const float *partial, int nchunk, int OC)
+{
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= OC) return;
+    float s = 0;
+    for (int k = 0; k < nchunk; k++) s += partial[(size_t)k * OC + c];
+    dst[c] += s;
+}
+
+template <typename T> void cu_colsum_add(float *dst, const T *src, int N, int OC)
+{
+    const int W = pack_width<T>();
+    bool vec = vec_ok((size_t)OC, W, sizeof(T), src);
+    int w = vec ? W : 1;
+    int colblocks = CEIL_DIV(OC, 32 * w);
+    /* enough chunks to fill the GPU a few times over, each at least 64 rows */
+    int nchunk = CEIL_DIV(4 * g_cu.sm_count, colblocks);
+    nchunk = std::max(1, std::min(nchunk, CEIL_DIV(N, 64)));
+    int rows_per_chunk = CEIL_DIV(N, nchunk);
+    nchunk = CEIL_DIV(N, rows_per_chunk);
+    float *partial = (float *)cuda_scratch((size_t)nchunk * OC * sizeof(float));
+    dim3 grid(colblocks, nchunk), block(32, COLSUM_ROWS);
+    if (vec)
+        colsum_partial_kernel<T, W><<<grid, block, 0, g_cu.stream>>>(partial, src, N, OC, rows_per_chunk);
+    else
+        colsum_partial_kernel<T, 1><<<grid, block, 0, g_cu.stream>>>(partial, src, N, OC, rows_per_chunk);
+    CUDA_CHECK_LAUNCH();
+    colsum_finish_kernel<<<CEIL_DIV(OC, 256), 256, 0, g_cu.stream>>>(dst, partial, nchunk, OC);
+    CUDA_CHECK_LAUNCH();
+}
+
+template void cu_matmul_fwd<float>(void *, const void *, const void *, const void *, int, int, int);
+template void cu_matmul_fwd<bf16>(void *, const void *, const void *, const void *, int, int, int);
+template void cu_matmul_bwd<float>(void *, float *, float *, const void *, const void *, const void *, int, int, int);
+template void cu_matmul_bwd<bf16>(void *, float *, float *, const void *, const void *, const void *, int, int, int);
+template void cu_colsum_add<float>(float *, const float *, int, int);
+template void cu_colsum_add<bf16>(float *, const bf16 *, int, int);
