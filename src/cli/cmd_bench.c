@@ -1,12 +1,350 @@
-/* cmd_bench.c - `anvil bench` (placeholder until its module lands). */
+/* cmd_bench.c - `anvil bench`: training-step speed, FLOP rate and memory.
+ *
+ * One step = zero grads, forward + loss, backward, global gradient norm and
+ * clipping, AdamW (the work `anvil train` does per optimizer step, without
+ * data loading). Tokens are uniform random (speed does not depend on them).
+ * After --warmup steps, --steps are timed one by one (the loss read-back
+ * synchronizes each step); the median is reported.
+ *
+ * FLOPs per token = 6*N + 6*n_layer*d_model*T (docs/cuda.md): N parameters
+ * (embeddings included) times 2 (multiply-add) times 3 (forward, two backward
+ * products), plus the attention score and value products. MFU divides the
+ * achieved rate by the GPU's dense bf16 peak (989 TFLOP/s, H100 SXM) and,
+ * beside it, by the rate the backend's own matmul reaches on a large square
+ * product measured here (the "ceiling"). */
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 
+#include "backend/backend.h"
 #include "cli/cli.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "io/fsutil.h"
+#include "io/hf.h"
+#include "model/model.h"
+#ifdef ANVIL_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+/* Dense bf16 tensor-core peak of an H100 SXM (NVIDIA datasheet, without sparsity). */
+#define H100_BF16_PEAK 989e12
+/* Optimizer settings of a typical GPT-2 run; they do not change the speed. */
+#define BENCH_LR 6e-4f
+#define BENCH_WD 0.1f
+#define BENCH_CLIP 1.0
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+typedef struct {
+    const char *model, *device, *json, *data;
+    int B, T, steps, warmup, recompute, profile, ceiling_n, print_every;
+} BenchArgs;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *x, int n)
+{
+    qsort(x, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: anvil bench --model PRESET_OR_DIR [--batch B] [--seq T] [--steps N] [--warmup W]\n"
+               "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
+               "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]]\n"
+               "--data trains on a little-endian uint32 token file (consecutive windows, wrapping)\n"
+               "instead of random tokens and prints the loss every K steps (a training curve).\n"
+               "presets: %s\n",
+            model_preset_names());
+}
+
+static int parse_int(const char *flag, const char *v, int lo, int *out)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (*v == 0 || *end || x < lo || x > 1 << 30)
+        return err_set("bench: %s: expected an integer >= %d, got \"%s\"", flag, lo, v);
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, BenchArgs *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->device = "cpu";
+    a->B = -1;
+    a->T = -1;
+    a->steps = 10;
+    a->warmup = 3;
+    a->ceiling_n = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            usage(stdout);
+            exit(0);
+        }
+        if (!strcmp(f, "--profile")) {
+            a->profile = 1;
+            continue;
+        }
+        if (i + 1 >= argc) return err_set("bench: %s needs a value (try --help)", f);
+        const char *v = argv[++i];
+        int rc = 0;
+        if (!strcmp(f, "--model")) a->model = v;
+        else if (!strcmp(f, "--device")) a->device = v;
+        else if (!strcmp(f, "--json")) a->json = v;
+        else if (!strcmp(f, "--data")) a->data = v;
+        else if (!strcmp(f, "--print-every")) rc = parse_int(f, v, 1, &a->print_every);
+        else if (!strcmp(f, "--batch")) rc = parse_int(f, v, 1, &a->B);
+        else if (!strcmp(f, "--seq")) rc = parse_int(f, v, 1, &a->T);
+        else if (!strcmp(f, "--steps")) rc = parse_int(f, v, 1, &a->steps);
+        else if (!strcmp(f, "--warmup")) rc = parse_int(f, v, 0, &a->warmup);
+        else if (!strcmp(f, "--recompute")) rc = parse_int(f, v, 0, &a->recompute);
+        else if (!strcmp(f, "--ceiling-size")) rc = parse_int(f, v, 0, &a->ceiling_n);
+        else return err_set("bench: unknown option \"%s\" (try --help)", f);
+        if (rc) return -1;
+    }
+    if (!a->model) return err_set("bench: --model PRESET_OR_DIR is required (presets: %s)", model_preset_names());
+    if (a->recompute > RECOMPUTE_BLOCK) return err_set("bench: --recompute: expected 0, 1 or 2, got %d", a->recompute);
+    return 0;
+}
+
+/* The whole token file (uint32 little-endian) as int32; NULL with err_set(). */
+static int32_t *load_tokens(const char *path, int vocab, size_t *n)
+{
+    char *buf;
+    size_t bytes;
+    if (fs_read_file(path, &buf, &bytes)) return NULL;
+    if (bytes % 4 || bytes < 8) {
+        free(buf);
+        err_set("%s: expected uint32 token ids (size %zu is not a multiple of 4, or too small)", path, bytes);
+        return NULL;
+    }
+    *n = bytes / 4;
+    int32_t *t = xmalloc(bytes);
+    for (size_t i = 0; i < *n; i++) {
+        const unsigned char *b = (const unsigned char *)buf + 4 * i;
+        uint32_t v = b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+        if (v >= (uint32_t)vocab) {
+            free(buf), free(t);
+            err_set("%s: token %u at index %zu is outside the model's vocabulary (%d)", path, v, i, vocab);
+            return NULL;
+        }
+        t[i] = (int32_t)v;
+    }
+    free(buf);
+    return t;
+}
+
+static int load_config(const char *model, ModelConfig *c)
+{
+    if (fs_is_dir(model)) return hf_read_config(model, c);
+    if (model_preset(c, model)) return -1;
+    return model_config_finish(c);
+}
+
+/* Rate of the backend's matmul_fwd on an (n,n) x (n,n)^T product: FLOP/s, median of reps. */
+static double measure_ceiling(const Backend *be, int n, int reps)
+{
+    size_t e = (size_t)n * n;
+    float *h = xmalloc(e * sizeof(float));
+    Rng r;
+    rng_seed(&r, 1234, 0);
+    for (size_t i = 0; i < e; i++) h[i] = rng_float(&r) - 0.5f; /* random, not zeros: zeros run faster */
+    void *a = be->alloc(e * be->act_size), *w = be->alloc(e * be->act_size), *o = be->alloc(e * be->act_size);
+    be->upload_act(a, h, e);
+    for (size_t i = 0; i < e; i++) h[i] = rng_float(&r) - 0.5f;
+    be->upload_act(w, h, e);
+    free(h);
+    be->matmul_fwd(o, a, w, NULL, n, n, n); /* warm-up: plan, heuristics, clocks */
+    be->matmul_fwd(o, a, w, NULL, n, n, n);
+    be->sync();
+    double *t = xmalloc(sizeof(double) * (size_t)reps);
+    for (int k = 0; k < reps; k++) {
+        double t0 = now_s();
+        be->matmul_fwd(o, a, w, NULL, n, n, n);
+        be->sync();
+        t[k] = now_s() - t0;
+    }
+    double flops = 2.0 * n * (double)n * n / median(t, reps);
+    free(t);
+    be->free(a), be->free(w), be->free(o);
+    return flops;
+}
+
+static double peak_memory_bytes(const Backend *be)
+{
+#ifdef ANVIL_CUDA
+    if (strncmp(be->name, "cuda", 4) == 0) {
+        size_t peak;
+        cuda_mem_stats(NULL, &peak, NULL, NULL);
+        return (double)peak;
+    }
+#endif
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss * 1024.0; /* kilobytes on Linux: the whole process, not just buffers */
+}
+
+static const char *device_name(const Backend *be)
+{
+#ifdef ANVIL_CUDA
+    if (strncmp(be->name, "cuda", 4) == 0) return cuda_device_name();
+#endif
+    (void)be;
+    return "CPU";
+}
 
 int cmd_bench(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "anvil: bench: not built yet\n");
-    return 1;
+    BenchArgs a;
+    if (parse_args(argc, argv, &a)) {
+        fprintf(stderr, "anvil: %s\n", err_get());
+        return 1;
+    }
+    ModelConfig c;
+    if (load_config(a.model, &c)) {
+        fprintf(stderr, "anvil: bench: %s\n", err_get());
+        return 1;
+    }
+    int is_cpu = !strcmp(a.device, "cpu");
+    if (a.B < 0) a.B = is_cpu ? 4 : 16;
+    if (a.T < 0) a.T = is_cpu ? 64 : c.max_seq_len;
+    if (a.ceiling_n < 0) a.ceiling_n = is_cpu ? 1024 : 8192;
+    const Backend *be = backend_get(a.device);
+    if (!be) {
+        fprintf(stderr, "anvil: bench: %s\n", err_get());
+        return 1;
+    }
+    Model *m = model_create(&c, be);
+    model_init_gpt2(m, 1);
+    if (model_reserve(m, a.B, a.T, a.recompute)) {
+        fprintf(stderr, "anvil: bench: %s\n", err_get());
+        model_free(m);
+        return 1;
+    }
+    size_t P = m->pt.total;
+    float *mom = be->alloc(P * sizeof(float)), *vel = be->alloc(P * sizeof(float));
+    OptTensor *ot = xcalloc((size_t)m->pt.n, sizeof(OptTensor));
+    for (int k = 0; k < m->pt.n; k++) {
+        const Param *p = &m->pt.p[k];
+        ot[k] = (OptTensor){p->offset, p->numel, p->decay ? BENCH_WD : 0.0f, p->trainable};
+    }
+    int N = a.B * a.T;
+    int32_t *in = xmalloc(sizeof(int32_t) * (size_t)(N + 1));
+    Rng r;
+    rng_seed(&r, 42, 0);
+    for (int i = 0; i <= N; i++) in[i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+    size_t ntok = 0, pos = 0;
+    int32_t *data = NULL;
+    if (a.data && !(data = load_tokens(a.data, c.vocab_size, &ntok))) {
+        fprintf(stderr, "anvil: bench: %s\n", err_get());
+        return 1;
+    }
+    if (data && ntok < (size_t)N + 1) {
+        fprintf(stderr, "anvil: bench: %s: %zu tokens, fewer than one batch (%d)\n", a.data, ntok, N + 1);
+        return 1;
+    }
+
+    int total = a.warmup + a.steps;
+    double *times = xmalloc(sizeof(double) * (size_t)total);
+    float first_loss = 0, last_loss = 0;
+    for (int s = 0; s < total; s++) {
+#ifdef ANVIL_CUDA
+        if (a.profile && s == a.warmup) cuda_prof_enable(1);
+#endif
+        if (data) { /* the next N+1 tokens (inputs and shifted targets), wrapping at the end */
+            if (pos + (size_t)N + 1 > ntok) pos = 0;
+            memcpy(in, data + pos, sizeof(int32_t) * (size_t)(N + 1));
+            pos += (size_t)N;
+        }
+        be->sync();
+        double t0 = now_s();
+        model_zero_grad(m);
+        float loss = model_forward(m, in, in + 1, a.B, a.T, 1.0f / N, NULL);
+        model_backward(m);
+        double norm = sqrt(be->sumsq(m->grads, P));
+        AdamHyper h = {BENCH_LR, 0.9f, 0.95f, 1e-8f, s + 1, norm > BENCH_CLIP ? (float)(BENCH_CLIP / norm) : 1.0f};
+        be->adamw(m->params, m->params_act, m->grads, mom, vel, ot, m->pt.n, &h);
+        be->sync();
+        times[s] = now_s() - t0;
+        if (s == 0) first_loss = loss;
+        if (a.print_every && (s % a.print_every == 0 || s == total - 1))
+            printf("step %d loss %.9g norm %.6g\n", s, loss, norm);
+        last_loss = loss;
+        if (!isfinite(loss)) {
+            fprintf(stderr, "anvil: bench: loss is %g at step %d\n", loss, s);
+            return 1;
+        }
+    }
+    double step = median(times + a.warmup, a.steps);
+    double tok_s = N / step;
+    double fpt = model_flops_per_token(m, a.T);
+    double rate = fpt * tok_s;
+    double peak_mem = peak_memory_bytes(be);
+#ifdef ANVIL_CUDA
+    if (a.profile) {
+        printf("\nper-op time of one step (%s, events around each op, median-free mean over %d steps):\n",
+               be->name, a.steps);
+        cuda_prof_print(stdout, a.steps);
+        cuda_prof_enable(0);
+    }
+#endif
+    double ceiling = a.ceiling_n > 0 ? measure_ceiling(be, a.ceiling_n, is_cpu ? 3 : 20) : 0;
+
+    printf("model %s (%s, %.1fM params), device %s (%s), batch %d x %d, recompute %d\n", a.model,
+           model_family_name(c.family), param_count(&m->pt) / 1e6, be->name, device_name(be), a.B, a.T, a.recompute);
+    printf("loss %.4f -> %.4f over %d steps (%s)\n", first_loss, last_loss, total, data ? a.data : "random tokens");
+    printf("step %.2f ms (median of %d after %d warm-up), %.0f tokens/s\n", step * 1e3, a.steps, a.warmup, tok_s);
+    printf("%.3g FLOP/token, %.2f TFLOP/s achieved (%.1f GFLOP/s)\n", fpt, rate / 1e12, rate / 1e9);
+    if (ceiling > 0)
+        printf("matmul ceiling (%s %dx%dx%d): %.2f TFLOP/s (%.1f GFLOP/s); step reaches %.1f%% of it\n",
+               be->name, a.ceiling_n, a.ceiling_n, a.ceiling_n, ceiling / 1e12, ceiling / 1e9, 100 * rate / ceiling);
+    if (!is_cpu) printf("MFU %.1f%% of %.0f TFLOP/s (H100 SXM dense bf16)\n", 100 * rate / H100_BF16_PEAK,
+                        H100_BF16_PEAK / 1e12);
+    printf("peak memory %.2f GiB (%s)\n", peak_mem / GIB,
+           is_cpu ? "process max RSS" : "high-water of backend allocations");
+    printf("| impl | model | device | B | T | recompute | step ms | tokens/s | TFLOP/s | MFU (989) | of ceiling | "
+           "peak GiB |\n");
+    printf("| anvil | %s | %s | %d | %d | %d | %.1f | %.0f | %.2f | %s%.1f%% | %.1f%% | %.2f |\n", a.model,
+           device_name(be), a.B, a.T, a.recompute, step * 1e3, tok_s, rate / 1e12, "",
+           is_cpu ? 0.0 : 100 * rate / H100_BF16_PEAK, ceiling > 0 ? 100 * rate / ceiling : 0.0, peak_mem / GIB);
+
+    int rc = 0;
+    if (a.json) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+                              "impl", "anvil", "model", a.model, "device", be->name, "device_name", device_name(be),
+                              "batch", a.B, "seq", a.T, "recompute", a.recompute, "steps", a.steps, "step_ms",
+                              step * 1e3, "tokens_per_s", tok_s, "flops_per_token", fpt, "tflops", rate / 1e12,
+                              "mfu_989", rate / H100_BF16_PEAK, "ceiling_tflops", ceiling / 1e12, "of_ceiling",
+                              ceiling > 0 ? rate / ceiling : 0.0, "peak_gib", peak_mem / GIB, "final_loss",
+                              (double)last_loss);
+        char *s = json_dumps(j, JSON_INDENT(2));
+        if (!s || fs_write_atomic(a.json, s, strlen(s))) {
+            fprintf(stderr, "anvil: bench: %s: %s\n", a.json, err_get());
+            rc = 1;
+        }
+        free(s);
+        json_decref(j);
+    }
+    free(times), free(in), free(ot), free(data);
+    be->free(mom), be->free(vel);
+    model_free(m);
+    return rc;
 }

@@ -66,15 +66,14 @@ static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A
         size_t ws = g_cu.lt_workspace_size;
         CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                         sizeof(ws)));
-        uint32_t al_a = ptr_align(A), al_b = ptr_align(B), al_d = ptr_align(D);
-        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
-                                                        sizeof(al_a)));
-        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
-                                                        sizeof(al_b)));
-        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
-                                                        sizeof(al_d)));
-        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
-                                                        sizeof(al_d)));
+        /* one alignment for all operands (the smallest), so that a cached plan fits every call
+         * with this key */
+        uint32_t al = (uint32_t)std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
+        const cublasLtMatmulPreferenceAttributes_t al_attrs[] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 4; i++)
+            CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof(al)));
         cublasLtMatmulHeuristicResult_t res;
         int found = 0;
         CUDA_CHECK(cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found));

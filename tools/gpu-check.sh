@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# gpu-check.sh - everything the CUDA backend must show, in one run on a GPU machine (docs/cuda.md).
+#
+#   bash tools/gpu-check.sh [SECTION...]     default: env test curve train bench torch
+#
+# Sections:
+#   env       GPU, driver, libraries the binaries resolve, PyTorch
+#   test      build/tests/test_cuda: GPU vs CPU op by op and whole model (both families),
+#             bit-identical repeats, recompute levels
+#   sanitize  the same tests' kernels under compute-sanitizer memcheck
+#   curve     200 training steps on real text (tests' GPT-2 token sample) in bf16 and in fp32,
+#             twice in bf16 to show bit-identical losses
+#   train     `anvil train` on the GPU interrupted and resumed == uninterrupted (when train exists)
+#   bench     anvil bench: GPT-2 124M B=64 T=1024 (recompute 0, 1; per-op profile), llama-1b T=2048
+#   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
+#
+# Binaries: ./anvil and build/tests/test_cuda, built by `make` (tools/gpu-stage.sh builds them on
+# a machine with the C libraries and copies them, with those libraries in lib/, for a GPU machine
+# without them). Logs: $OUT (default gpu-check-out/); the summary table is printed last.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-check-out}
+mkdir -p "$OUT"
+SUMMARY="$OUT/summary.md"
+: >"$SUMMARY"
+ANVIL=${ANVIL:-./anvil}
+TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
+DATA=${DATA:-tests/data/sample.gpt2.u32}
+[ -f "$DATA" ] || DATA=../shared/data/gpt2/sample.gpt2.u32
+sections=${*:-env test curve train bench torch}
+
+note() { echo "$*" | tee -a "$SUMMARY"; }
+has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# Libraries: the ones carried in lib/, then CUDA's from the toolkit or PyTorch's wheels.
+export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
+if [ -x "$ANVIL" ] && ldd "$ANVIL" | grep -q "not found"; then
+    for lib in $(ldd "$ANVIL" | awk '/not found/{print $1}'); do
+        hit=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
+        [ -n "$hit" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$hit")"
+    done
+fi
+
+if has env; then
+    echo "== env"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUT/env.log"
+    ldd "$ANVIL" 2>&1 | tee -a "$OUT/env.log" | grep -E "not found|cuda|cublas" || true
+    python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())' 2>&1 | tee -a "$OUT/env.log"
+    note "| env | $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1) |"
+fi
+
+if has test; then
+    echo "== test_cuda"
+    timeout 300 "$TEST_CUDA" >"$OUT/test_cuda.log" 2>&1
+    rc=$?
+    grep -E "FAIL|SKIP|loss|worst" "$OUT/test_cuda.log" | head -60
+    note "| test_cuda | $(tail -1 "$OUT/test_cuda.log") (rc $rc) |"
+fi
+
+bench_row() { grep -E "^\| anvil \|" "$1" | tail -1; }
+if has bench; then
+    echo "== anvil bench"
+    b="$ANVIL bench --device cuda --steps 10 --warmup 3"
+    timeout 240 $b --model gpt2-124m --batch 64 --seq 1024 --recompute 0 --json "$OUT/bench_gpt2_r0.json" >"$OUT/bench_gpt2_r0.log" 2>&1
+    timeout 240 $b --model gpt2-124m --batch 64 --seq 1024 --recompute 1 --ceiling-size 0 >"$OUT/bench_gpt2_r1.log" 2>&1
+    timeout 240 $b --model gpt2-124m --batch 64 --seq 1024 --recompute 1 --ceiling-size 0 --profile >"$OUT/bench_gpt2_profile.log" 2>&1
+    timeout 300 $b --model llama-1b --batch 8 --seq 2048 --recompute 1 --ceiling-size 0 >"$OUT/bench_llama1b.log" 2>&1
+    for f in "$OUT"/bench_gpt2_r0.log "$OUT"/bench_gpt2_r1.log "$OUT"/bench_llama1b.log; do
+        row=$(bench_row "$f")
+        [ -n "$row" ] && note "$row" || note "| anvil | $(basename "$f"): $(tail -2 "$f" | tr '\n' ' ') |"
+    done
+    grep -E "ceiling" "$OUT/bench_gpt2_r0.log" | tee -a "$SUMMARY"
+    sed -n '/per-op time/,/total (sum/p' "$OUT/bench_gpt2_profile.log"
+fi
+
+if has torch; then
+    echo "== PyTorch baseline"
+    PYTHONUNBUFFERED=1 timeout 400 python3 tools/torch_baseline_gpt2.py --batch 64 --seq 1024 --steps 20 \
+        --json "$OUT/torch.json" >"$OUT/torch.log" 2>&1
+    row=$(grep -E "^\| pytorch" "$OUT/torch.log" | tail -1)
+    [ -n "$row" ] && note "$row" || note "| pytorch | failed: $(tail -3 "$OUT/torch.log" | tr '\n' ' ') |"
+fi
+
+if has curve; then
+    echo "== training curve (real text: $DATA)"
+    args="--model gpt2-124m --batch 8 --seq 256 --steps 200 --warmup 0 --data $DATA --print-every 1 --ceiling-size 0"
+    timeout 300 "$ANVIL" bench $args --device cuda >"$OUT/curve_bf16.log" 2>&1
+    timeout 300 "$ANVIL" bench $args --device cuda >"$OUT/curve_bf16_again.log" 2>&1
+    timeout 400 "$ANVIL" bench $args --device cuda-fp32 >"$OUT/curve_fp32.log" 2>&1
+    python3 - "$OUT" <<'EOF' | tee -a "$SUMMARY"
+import re, sys
+out = sys.argv[1]
+def losses(name):
+    try:
+        return [float(m.group(1)) for m in re.finditer(r"^step \d+ loss (\S+)", open(f"{out}/{name}").read(), re.M)]
+    except OSError:
+        return []
+b, b2, f = losses("curve_bf16.log"), losses("curve_bf16_again.log"), losses("curve_fp32.log")
+if not b or not f:
+    print(f"| curve | missing: bf16 {len(b)} steps, fp32 {len(f)} steps |")
+else:
+    n = min(len(b), len(f))
+    diff = [abs(x - y) for x, y in zip(b[:n], f[:n])]
+    print(f"| curve bf16 vs fp32 | {n} steps: first {b[0]:.4f}/{f[0]:.4f}, step 50 {b[min(50,n-1)]:.4f}/{f[min(50,n-1)]:.4f}, "
+          f"last {b[n-1]:.4f}/{f[n-1]:.4f}; max |diff| {max(diff):.4f}, mean {sum(diff)/n:.4f}, step-0 diff {diff[0]:.2e} |")
+    with open(f"{out}/curve.tsv", "w") as fh:
+        fh.write("step\tbf16\tfp32\n")
+        for i in range(n):
+            fh.write(f"{i}\t{b[i]}\t{f[i]}\n")
+print(f"| determinism | two bf16 runs: {'bit-identical' if b and b == b2 else 'DIFFERENT'} losses over {len(b)} steps |")
+EOF
+fi
+
+if has train; then
+    echo "== train resume on GPU"
+    if [ -x tools/resume-check.sh ] && "$ANVIL" train --help >/dev/null 2>&1; then
+        OUT="$OUT" DEVICE=cuda timeout 300 bash tools/resume-check.sh >"$OUT/resume.log" 2>&1
+        note "| resume (cuda) | $(tail -1 "$OUT/resume.log") |"
+    else
+        note "| resume (cuda) | skipped: anvil train / tools/resume-check.sh not available in this build |"
+    fi
+fi
+
+if has sanitize; then
+    echo "== compute-sanitizer"
+    for t in attention norm xent embed adamw matmul; do
+        ANVIL_TEST_ONLY=$t timeout 240 compute-sanitizer --tool memcheck --print-limit 5 "$TEST_CUDA" \
+            >"$OUT/sanitize_$t.log" 2>&1
+        note "| sanitize $t | $(grep -E "ERROR SUMMARY" "$OUT/sanitize_$t.log" | tail -1) $(tail -1 "$OUT/sanitize_$t.log") |"
+    done
+fi
+
+echo
+echo "== summary"
+echo "| impl | model | device | B | T | recompute | step ms | tokens/s | TFLOP/s | MFU (989) | of ceiling | peak GiB |"
+cat "$SUMMARY"

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# gpu-stage.sh - build here, then copy the tree, the binaries, the C libraries a bare GPU machine
+# lacks (OpenBLAS, jansson, libyaml, PCRE2 and their runtime deps) and the GPT-2 token sample into
+# a folder that the device tool carries (default: <main checkout>/.stage, git-ignored there).
+# Then, on the device:  cd .stage && bash tools/gpu-check.sh
+set -eu
+src=$(cd "$(dirname "$0")/.." && pwd)
+dst=${1:-/work/main/.stage}
+cd "$src"
+make -j2 >/dev/null
+make -j2 build/tests/test_cuda >/dev/null
+rm -rf "$dst"
+mkdir -p "$dst"
+tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./runs --exclude=./data \
+    --exclude=./gpu-check-out -cf - . | tar -C "$dst" -xf -
+mkdir -p "$dst/build/tests" "$dst/lib" "$dst/tests/data"
+cp build/tests/test_cuda "$dst/build/tests/"
+for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libjansson.so.4 libyaml-0.so.2 libpcre2-8.so.0 \
+    libgomp.so.1; do
+    cp -L "/lib/x86_64-linux-gnu/$lib" "$dst/lib/"
+done
+sample=../shared/data/gpt2/sample.gpt2.u32
+[ -f "$sample" ] && cp "$sample" "$dst/tests/data/"
+du -sh "$dst"
