@@ -123,7 +123,7 @@ fi
 
 if has sanitize; then
     echo "== compute-sanitizer"
-    for t in attention norm xent embed adamw matmul; do
+    for t in ${SANITIZE_TESTS:-attention xent embed norm adamw matmul}; do
         ANVIL_TEST_ONLY=$t timeout 240 compute-sanitizer --tool memcheck --print-limit 5 "$TEST_CUDA" \
             >"$OUT/sanitize_$t.log" 2>&1
         note "| sanitize $t | $(grep -E "ERROR SUMMARY" "$OUT/sanitize_$t.log" | tail -1) $(tail -1 "$OUT/sanitize_$t.log") |"
