@@ -16,7 +16,7 @@ tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./runs -
 mkdir -p "$dst/build/tests" "$dst/lib" "$dst/tests/data"
 cp build/tests/test_cuda "$dst/build/tests/"
 for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libjansson.so.4 libyaml-0.so.2 libpcre2-8.so.0 \
-    libgomp.so.1; do
+    libgomp.so.1 libutf8proc.so.2; do
     cp -L "/lib/x86_64-linux-gnu/$lib" "$dst/lib/"
 done
 sample=../shared/data/gpt2/sample.gpt2.u32
