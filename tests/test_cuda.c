@@ -362,6 +362,45 @@ static void test_xent(void)
         }
 }
 
+static void run_lm_head(const Backend *be, float **loss, float **dinp, float **dw, const float *x, const float *w,
+                        const float *dw0, const int32_t *tg, int N, int C, int V)
+{
+    void *xd = up_act(be, x, (size_t)N * C), *wd = up_act(be, w, (size_t)V * C);
+    void *dx = be->alloc((size_t)N * C * be->act_size);
+    float *gw = up_f32(be, dw0, (size_t)V * C), *ls = be->alloc(N * sizeof(float));
+    int32_t *td = up_i32(be, tg, N);
+    be->lm_head_xent(ls, dx, gw, xd, wd, td, N, C, V, 0.5f);
+    *loss = down_f32(be, ls, N);
+    *dinp = down_act(be, dx, (size_t)N * C);
+    *dw = down_f32(be, gw, (size_t)V * C);
+    be->free(xd), be->free(wd), be->free(dx), be->free(gw), be->free(ls), be->free(td);
+}
+
+static void test_lm_head(void)
+{
+    int N = 150, C = 64, V = 1001;
+    int32_t tg[150];
+    for (int i = 0; i < N; i++) tg[i] = (int32_t)((i * 7919 + 5) % V);
+    tg[7] = -1;
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int chunked = 0; chunked < 2; chunked++)
+        for (int g = 0; g < 2; g++) {
+            const Backend *be = gpus[g];
+            float *x = randn((size_t)N * C, 1, 1), *w = randn((size_t)V * C, 0.3f, 2), *dw0 = randn((size_t)V * C, 1, 3);
+            fit(be, x, (size_t)N * C), fit(be, w, (size_t)V * C);
+            float *rl, *rd, *rw, *gl, *gd, *gw;
+            run_lm_head(cpu, &rl, &rd, &rw, x, w, dw0, tg, N, C, V);
+            if (chunked) setenv("ANVIL_LM_HEAD_CHUNK_ROWS", "64", 1);
+            run_lm_head(be, &gl, &gd, &gw, x, w, dw0, tg, N, C, V);
+            unsetenv("ANVIL_LM_HEAD_CHUNK_ROWS");
+            expect("lm_head loss", be, gl, rl, N, tol_for(be, TOL_F32, 1e-2));
+            expect("lm_head dinp", be, gd, rd, (size_t)N * C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+            expect("lm_head dw", be, gw, rw, (size_t)V * C, tol_for(be, TOL_F32_GRAD, TOL_BF16 / 4));
+            float *all[] = {x, w, dw0, rl, rd, rw, gl, gd, gw};
+            for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
+        }
+}
+
 /* attention fwd (out, lse) and bwd (dqkv) on one backend */
 static void run_attention(const Backend *be, float **out, float **lse, float **dqkv, const float *qkv,
                           const float *dout, int B, int T, int nh, int nkv, int hd)
@@ -613,6 +652,7 @@ int main(void)
     RUN(test_eltwise);
     RUN(test_rope);
     RUN(test_xent);
+    RUN(test_lm_head);
     RUN(test_attention);
     RUN(test_adamw);
     RUN(test_sumsq_scale);

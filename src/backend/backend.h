@@ -137,6 +137,15 @@ struct Backend {
     double (*sumsq)(const float *x, size_t n);
     /* x *= s */
     void (*scale)(float *x, float s, size_t n);
+
+    /* ---- fused ops (appended; CPU versions in cpu/cpu_extra.c) ---- */
+    /* The output layer and the loss in one op, over chunks of rows so that the (N,V)
+     * logits never exist whole (the backend may also pad their rows for speed):
+     * losses (N) as xent_fwd_bwd of logits = inp (N,C) @ w (V,C)^T. If dscale != 0, also
+     * dinp (N,C) = dlogits @ w (overwrite) and dw (V,C) += dlogits^T @ inp, with
+     * dlogits = (softmax - onehot(target)) * dscale (0 for ignored rows). */
+    void (*lm_head_xent)(float *losses, void *dinp, float *dw, const void *inp, const void *w,
+                         const int32_t *targets, int N, int C, int V, float dscale);
 };
 
 /* The CPU backend (always built). */

@@ -168,7 +168,9 @@ int model_reserve(Model *m, int B, int T, int recompute)
     m->lnf = be->alloc(N * C * as);
     m->lnf_mean = be->alloc(N * sizeof(float));
     m->lnf_rstd = be->alloc(N * sizeof(float));
-    m->logits = be->alloc(N * (size_t)c->vocab_size * as);
+    /* (N,V) logits only for forwards without targets (generation, scoring), allocated then:
+     * training and evaluation go through the fused, chunked lm_head_xent instead */
+    m->logits = NULL;
     m->dres = be->alloc(N * C * as);
     m->dbuf1 = be->alloc(N * MAX(MAX(C, qkv), fc) * as);
     m->dbuf2 = be->alloc(N * MAX(MAX(C, qd), ff) * as);
@@ -275,10 +277,17 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
         }
     }
     int out_w = m->lm_head >= 0 ? m->lm_head : m->wte;
-    be->matmul_fwd(m->logits, m->lnf, W(m, out_w), NULL, N, C, c->vocab_size);
     if (n_valid) *n_valid = 0;
-    if (!targets) return 0.0f;
-    be->xent_fwd_bwd(m->losses, m->logits, m->targets, N, c->vocab_size, loss_scale);
+    if (!targets) {
+        if (!m->logits) m->logits = be->alloc((size_t)m->Bmax * m->Tmax * c->vocab_size * be->act_size);
+        be->matmul_fwd(m->logits, m->lnf, W(m, out_w), NULL, N, C, c->vocab_size);
+        return 0.0f;
+    }
+    /* output layer + loss, and when training already their backward: dlnf into dbuf1 (where
+     * model_backward starts) and Wout's gradient */
+    int train = loss_scale != 0;
+    be->lm_head_xent(m->losses, train ? m->dbuf1 : NULL, train ? G(m, out_w) : NULL, m->lnf, W(m, out_w),
+                     m->targets, N, C, c->vocab_size, loss_scale);
     be->download(m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0;
     int valid = 0;
@@ -323,10 +332,8 @@ void model_backward(Model *m)
     int B = m->cur_B, T = m->cur_T, N = B * T, C = c->d_model;
     int rms = is_rms(m);
     void *dres = m->dres, *d1 = m->dbuf1, *d2 = m->dbuf2;
-    int out_w = m->lm_head >= 0 ? m->lm_head : m->wte;
 
-    /* logits = lnf @ Wout^T: d1 = dlnf */
-    be->matmul_bwd(d1, G(m, out_w), NULL, m->logits, m->lnf, W(m, out_w), N, C, c->vocab_size);
+    /* d1 = dlnf and Wout's gradient were made with the loss (lm_head_xent in model_forward) */
     be->zero(dres, (size_t)N * C * be->act_size);
     be->norm_bwd(dres, G(m, m->lnf_w), G(m, m->lnf_b), d1, m->res_final, W(m, m->lnf_w), m->lnf_mean, m->lnf_rstd,
                  N, C, rms);

@@ -65,7 +65,7 @@ typedef struct Model {
     void *res_final;          /* (N,C) output of the last block */
     void *lnf;                /* (N,C) */
     float *lnf_mean, *lnf_rstd;
-    void *logits;             /* (N,V) logits, overwritten by dlogits in training */
+    void *logits;             /* (N,V) logits of a forward without targets (allocated by the first) */
     void *dres, *dbuf1, *dbuf2; /* backward scratch: (N,C), (N,max(qkv,fc)), (N,max(C,q,d_ff)) */
     int32_t *tokens, *targets; /* (N) backend copies */
     float *losses;             /* (N) backend */
@@ -93,9 +93,11 @@ void model_sync_act_params(Model *m);
 
 /* Forward pass over inputs (B,T) host token ids. If targets (host, B*T,
  * negative = ignore) is given, returns the mean loss over non-ignored targets
- * and, when loss_scale != 0, turns the logits into dlogits scaled by
- * loss_scale per token, ready for model_backward. Without targets returns 0
- * and leaves logits (B,T,V) in m->logits. *n_valid gets the count of scored
+ * and, when loss_scale != 0, already runs the output layer's backward (loss
+ * gradient scaled by loss_scale per token; the output weight's gradient is
+ * ADDED to m->grads here), ready for model_backward. The output layer and the
+ * loss are one chunked op (lm_head_xent), so no (N,V) logits are kept. Without
+ * targets returns 0 and leaves logits (B,T,V) in m->logits. *n_valid gets the count of scored
  * targets when not NULL. */
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
                     int *n_valid);

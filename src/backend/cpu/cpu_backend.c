@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_extra.h"
 #include "core/error.h"
 
 /* ---------------------------------------------------------------- memory */
@@ -516,6 +517,7 @@ static const Backend cpu_backend = {
     .adamw = cpu_adamw,
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
+    .lm_head_xent = cpu_lm_head_xent,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -230,6 +231,14 @@ extern "C" void cuda_prof_enable(int on)
     g_prof.on = on;
 }
 
+int cuda_prof_on(void) { return g_prof.on; }
+
+const char *cuda_prof_intern(const char *name)
+{
+    static std::set<std::string> *names = new std::set<std::string>();
+    return names->insert(name).first->c_str();
+}
+
 void cuda_prof_begin(const char *name)
 {
     if (!g_prof.on || g_prof.open) return; /* ops that call ops are timed as the outer one */
@@ -285,6 +294,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->matmul_bwd = cu_matmul_bwd<T>;
     be->attention_fwd = cu_attention_fwd<T>;
     be->attention_bwd = cu_attention_bwd<T>;
+    be->lm_head_xent = cu_lm_head_xent<T>;
     cu_fill_ops<T>(be);
 }
 

@@ -71,6 +71,9 @@ void *cuda_scratch(size_t bytes);
 /* Per-op timing for the step breakdown (ANVIL_CUDA_PROFILE=1): each op
  * records a pair of events under its name. */
 void cuda_prof_begin(const char *name);
+/* Whether profiling is on, and a lasting copy of a name built at run time. */
+int cuda_prof_on(void);
+const char *cuda_prof_intern(const char *name);
 void cuda_prof_end(void);
 struct CudaProfScope {
     CudaProfScope(const char *name) { cuda_prof_begin(name); }
@@ -151,6 +154,15 @@ template <typename T> void cu_matmul_bwd(void *dinp, float *dw, float *dbias, co
                                          const void *w, int N, int IC, int OC);
 /* dst[OC] += sum over N rows of src (N,OC); deterministic (fixed order). */
 template <typename T> void cu_colsum_add(float *dst, const T *src, int N, int OC);
+
+/* Fused output layer + loss (backend.h lm_head_xent). */
+template <typename T>
+void cu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, const void *w, const int32_t *targets,
+                     int N, int C, int V, float dscale);
+
+/* cuda_ops.cu: softmax cross-entropy over N rows of V logits, rows ld elements apart. */
+template <typename T>
+void cu_xent_rows(float *losses, T *logits, size_t ld, const int32_t *targets, int N, int V, float dscale);
 
 /* cuda_attention.cu */
 template <typename T> void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int nh, int nkv,

@@ -8,6 +8,10 @@
  * bf16 mode: bf16 operands, fp32 accumulation (CUBLAS_COMPUTE_32F); dW is
  * accumulated straight into the fp32 gradient with beta = 1. fp32 mode: plain
  * fp32 (no TF32), for parity with the CPU. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <algorithm>
 #include <map>
 #include <tuple>
 
@@ -93,10 +97,19 @@ static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A
 }
 
 // out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias
+/* "op N x IC -> OC" when profiling, so that the breakdown shows each layer's products */
+static const char *shape_name(const char *op, int N, int IC, int OC)
+{
+    if (!cuda_prof_on()) return op;
+    char buf[96];
+    snprintf(buf, sizeof(buf), "%s %dx%d->%d", op, N, IC, OC);
+    return cuda_prof_intern(buf);
+}
+
 template <typename T>
 void cu_matmul_fwd(void *out, const void *inp, const void *w, const void *bias, int N, int IC, int OC)
 {
-    CUDA_PROF("matmul_fwd");
+    CUDA_PROF(shape_name("matmul_fwd", N, IC, OC));
     lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, bias);
 }
 
@@ -105,11 +118,62 @@ template <typename T>
 void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const void *inp, const void *w, int N,
                    int IC, int OC)
 {
-    CUDA_PROF("matmul_bwd");
+    CUDA_PROF(shape_name("matmul_bwd", N, IC, OC));
     if (dinp) lt_matmul(0, 0, IC, N, OC, w, IC, dout, OC, dinp, IC, sizeof(T), sizeof(T), 0.0f, NULL);
     if (dw) lt_matmul(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, NULL);
     if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
 }
+
+/* ------------------------------------------------------- LM head + loss */
+
+/* Logit rows are padded to a multiple of this many elements (128 bytes in bf16), so that every
+ * row of the chunk starts aligned and cuBLASLt can use its fastest kernels; the GPT-2 vocabulary
+ * (50257) makes unaligned rows otherwise. */
+#define VOCAB_PAD 64
+/* Bytes of logits per chunk: large enough for efficient matmuls, small beside the activations. */
+#define LM_HEAD_CHUNK_BYTES ((size_t)1 << 30)
+
+static void *g_head_buf;
+static size_t g_head_size;
+
+// per chunk of rows: logits = inp @ w^T (rows padded to Vp); xent in place (losses, dlogits);
+// dinp = dlogits @ w;  dw += dlogits^T @ inp
+template <typename T>
+void cu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, const void *w, const int32_t *targets,
+                     int N, int C, int V, float dscale)
+{
+    CUDA_PROF("lm_head_xent");
+    int Vp = CEIL_DIV(V, VOCAB_PAD) * VOCAB_PAD;
+    size_t chunk_rows = LM_HEAD_CHUNK_BYTES / ((size_t)Vp * sizeof(T));
+    const char *env = getenv("ANVIL_LM_HEAD_CHUNK_ROWS"); /* tests: force several chunks */
+    if (env && atoi(env) > 0) chunk_rows = (size_t)atoi(env);
+    int rows_max = (int)std::min((size_t)N, std::max((size_t)1, chunk_rows));
+    int nchunk = CEIL_DIV(N, rows_max);
+    rows_max = CEIL_DIV(N, nchunk); /* equal chunks */
+    size_t need = (size_t)rows_max * Vp * sizeof(T);
+    if (need > g_head_size) {
+        cuda_free(g_head_buf); /* waits for the device: no queued op still reads it */
+        g_head_buf = cuda_malloc(need);
+        g_head_size = need;
+    }
+    T *logits = (T *)g_head_buf;
+    const T *x = (const T *)inp;
+    for (int r0 = 0; r0 < N; r0 += rows_max) {
+        int rows = std::min(rows_max, N - r0);
+        const T *xr = x + (size_t)r0 * C;
+        lt_matmul(1, 0, V, rows, C, w, C, xr, C, logits, Vp, sizeof(T), sizeof(T), 0.0f, NULL);
+        cu_xent_rows<T>(losses + r0, logits, (size_t)Vp, targets + r0, rows, V, dscale);
+        if (dscale == 0) continue;
+        if (dinp) lt_matmul(0, 0, C, rows, V, w, C, logits, Vp, (T *)dinp + (size_t)r0 * C, C, sizeof(T), sizeof(T),
+                            0.0f, NULL);
+        if (dw) lt_matmul(0, 1, C, V, rows, xr, C, logits, Vp, dw, C, sizeof(T), sizeof(float), 1.0f, NULL);
+    }
+}
+
+template void cu_lm_head_xent<float>(float *, void *, float *, const void *, const void *, const int32_t *, int, int,
+                                     int, float);
+template void cu_lm_head_xent<bf16>(float *, void *, float *, const void *, const void *, const int32_t *, int, int,
+                                    int, float);
 
 /* ------------------------------------------------------------ column sums */
 

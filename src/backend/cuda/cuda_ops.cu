@@ -550,11 +550,11 @@ __device__ __forceinline__ void online_add(float &m, float &s, float x)
 // loss = logsumexp(l) - l[target];  l <- (softmax(l) - onehot(target)) * dscale.  One block per row;
 // the row is split into an unaligned head, a body of 16-byte packs and a tail.
 template <typename T>
-__global__ void xent_kernel(float *losses, T *logits, const int32_t *targets, int V, float dscale)
+__global__ void xent_kernel(float *losses, T *logits, size_t ld, const int32_t *targets, int V, float dscale)
 {
     const int PW = pack_width<T>();
     int row = blockIdx.x;
-    T *l = logits + (size_t)row * V;
+    T *l = logits + (size_t)row * ld;
     int tg = targets[row];
     if (tg < 0) {
         if (threadIdx.x == 0) losses[row] = 0;
@@ -594,11 +594,20 @@ __global__ void xent_kernel(float *losses, T *logits, const int32_t *targets, in
 }
 
 template <typename T>
+void cu_xent_rows(float *losses, T *logits, size_t ld, const int32_t *targets, int N, int V, float dscale)
+{
+    if (N <= 0) return;
+    xent_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, logits, ld, targets, V, dscale);
+    CUDA_CHECK_LAUNCH();
+}
+template void cu_xent_rows<float>(float *, float *, size_t, const int32_t *, int, int, float);
+template void cu_xent_rows<bf16>(float *, bf16 *, size_t, const int32_t *, int, int, float);
+
+template <typename T>
 static void cu_xent_fwd_bwd(float *losses, void *logits, const int32_t *targets, int N, int V, float dscale)
 {
     CUDA_PROF("xent");
-    xent_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, (T *)logits, targets, V, dscale);
-    CUDA_CHECK_LAUNCH();
+    cu_xent_rows<T>(losses, (T *)logits, (size_t)V, targets, N, V, dscale);
 }
 
 /* ------------------------------------------------------------- optimizer */

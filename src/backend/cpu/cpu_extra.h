@@ -1,0 +1,11 @@
+/* cpu_extra.h - CPU versions of the fused ops appended to the op table
+ * (backend.h); each is composed of the CPU backend's own ops. */
+#ifndef ANVIL_CPU_EXTRA_H
+#define ANVIL_CPU_EXTRA_H
+
+#include <stdint.h>
+
+void cpu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, const void *w, const int32_t *targets,
+                      int N, int C, int V, float dscale);
+
+#endif
