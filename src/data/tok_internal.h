@@ -158,6 +158,7 @@ struct Tokenizer {
     uint64_t *first_off; /* NULL unless such a decoder is present */
     int dec_strip_start, dec_strip_stop; /* Strip decoder after Fuse: chars of dec_strip_char */
     char dec_strip_char;
+    int dec_join_space; /* no decoder at all: HF joins the token strings with spaces */
 
     int32_t eos_id, bos_id;
     int add_bos;

@@ -244,7 +244,11 @@ static int parse_pretok(Ctx *c, Tokenizer *t, json_t *o, const char *field)
         return 0;
     }
     /* HF's definitions of these three, as regex splits */
-    if (!strcmp(type, "Whitespace")) return pre_push_regex(c, t, "\\w+|[^\\w\\s]+", SPLIT_REMOVED, 1);
+    /* Rust's \w (HF's regex engine): Alphabetic, marks, decimal digits, connectors, joiners */
+    if (!strcmp(type, "Whitespace"))
+        return pre_push_regex(c, t, "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]+|"
+                                    "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}\\s]+",
+                              SPLIT_REMOVED, 1);
     if (!strcmp(type, "WhitespaceSplit")) return pre_push_regex(c, t, "\\s+", SPLIT_REMOVED, 0);
     if (!strcmp(type, "Punctuation")) return pre_push_regex(c, t, "[\\p{P}$+<=>^`|~]", SPLIT_ISOLATED, 0);
     return err_set("%s: %s: pre-tokenizer \"%s\" is not supported", c->path, field, type);
@@ -785,7 +789,9 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     /* pipeline */
     if (parse_normalizer(&c, t, json_object_get(root, "normalizer"), "normalizer")) goto out;
     if (parse_pretok(&c, t, json_object_get(root, "pre_tokenizer"), "pre_tokenizer")) goto out;
-    if (parse_decoder(&c, json_object_get(root, "decoder"), &dec)) goto out;
+    json_t *dj = json_object_get(root, "decoder");
+    if (parse_decoder(&c, dj, &dec)) goto out;
+    t->dec_join_space = !dj || json_is_null(dj);
     build_tables(t, &hf, n, &dec);
     const char *unk = jstr(model, "unk_token");
     if (unk) {

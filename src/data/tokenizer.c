@@ -503,6 +503,7 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= t->vocab_size) continue;
+        if (t->dec_join_space && b.n) bytebuf_put(&b, " ", 1);
         if (i == 0 && t->first_off) bytebuf_put(&b, t->first_buf + t->first_off[id], t->first_off[id + 1] - t->first_off[id]);
         else bytebuf_put(&b, t->piece_buf + t->piece_off[id], t->piece_off[id + 1] - t->piece_off[id]);
     }
