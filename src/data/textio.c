@@ -21,6 +21,15 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
+int text_gzread(gzFile g, const char *path, void *buf, unsigned len)
+{
+    int k = gzread(g, buf, len), e = Z_OK;
+    const char *msg = gzerror(g, &e);
+    if (k < 0 || (k == 0 && e == Z_BUF_ERROR))
+        return err_set("%s: %s", path, e == Z_BUF_ERROR ? "truncated gzip data" : msg);
+    return k;
+}
+
 char *text_read_file(const char *path, size_t *len)
 {
     size_t cap = READ_CHUNK, n = 0;
@@ -32,14 +41,16 @@ char *text_read_file(const char *path, size_t *len)
             return NULL;
         }
         gzbuffer(g, 1 << 17);
+        if (gzdirect(g)) {
+            err_set("%s: not gzip data", path);
+            gzclose(g);
+            return NULL;
+        }
         buf = xmalloc(cap + 1);
         for (;;) {
             if (cap - n < READ_CHUNK) buf = xrealloc(buf, (cap *= 2) + 1);
-            int k = gzread(g, buf + n, READ_CHUNK);
+            int k = text_gzread(g, path, buf + n, READ_CHUNK);
             if (k < 0) {
-                int e;
-                const char *msg = gzerror(g, &e);
-                err_set("%s: gzip error: %s", path, msg);
                 gzclose(g);
                 free(buf);
                 return NULL;

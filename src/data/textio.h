@@ -16,6 +16,10 @@
 char *text_read_file(const char *path, size_t *len);
 /* Write data to path via a temp file in the same directory + fsync + rename. */
 int text_write_file_atomic(const char *path, const void *data, size_t len);
+/* gzread() that also reports a gzip stream cut short (zlib returns 0 and sets
+ * Z_BUF_ERROR) as an error: bytes read (0 at the end), or -1 with err_set(). */
+struct gzFile_s;
+int text_gzread(struct gzFile_s *g, const char *path, void *buf, unsigned len);
 /* Offset of the first byte that is not valid UTF-8, or n if all valid. */
 size_t text_utf8_check(const char *s, size_t n);
 

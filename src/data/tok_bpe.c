@@ -428,6 +428,7 @@ void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_
     }
     bpe_initial_symbols(t, s, n, &th->sym);
     size_t m = bpe_merge(t, th->sym.a, th->sym.n, 0);
+    if (!m) return;
     idvec_reserve(out, m);
     memcpy(out->a + out->n, th->sym.a, m * sizeof(int32_t));
     out->n += m;

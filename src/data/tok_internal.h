@@ -169,6 +169,7 @@ struct Tokenizer {
     int n_files;
 
     pthread_key_t tls; /* per-thread TokThread (cache and regex match data) */
+    int tls_ok;        /* tls was created (tok_finish ran) */
 };
 
 static inline const char *tok_model_str(const Tokenizer *t, int32_t id, size_t *len)

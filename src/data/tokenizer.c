@@ -76,11 +76,12 @@ int tok_finish(Tokenizer *t)
         t->piece_off = xmalloc((size_t)(t->vocab_size + 1) * sizeof(uint64_t));
         memcpy(t->piece_off, t->model_off, (size_t)(t->vocab_size + 1) * sizeof(uint64_t));
     }
-    qsort(t->added, (size_t)t->n_added, sizeof(AddedToken), added_cmp);
+    if (t->n_added) qsort(t->added, (size_t)t->n_added, sizeof(AddedToken), added_cmp);
     memset(t->added_first, 0, sizeof(t->added_first));
     for (int i = 0; i < t->n_added; i++)
         if (t->added[i].len) t->added_first[(uint8_t)t->added[i].content[0]] = 1;
     if (pthread_key_create(&t->tls, tok_thread_free)) return err_set("tokenizer: out of thread keys");
+    t->tls_ok = 1;
     return 0;
 }
 
@@ -95,7 +96,7 @@ static Tokenizer *tok_new(void)
 void tokenizer_free(Tokenizer *t)
 {
     if (!t) return;
-    if (t->model_buf) { /* tok_finish ran, so the key exists */
+    if (t->tls_ok) {
         tok_thread_free(pthread_getspecific(t->tls));
         pthread_key_delete(t->tls);
     }
