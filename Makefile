@@ -67,7 +67,7 @@ test: $(BIN) $(TEST_BIN)
 
 asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/anvil NO_CUDA=1 OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
-	        LDFLAGS="-fsanitize=address,undefined" test
+	        LDFLAGS="-fsanitize=address,undefined -fopenmp" test
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')

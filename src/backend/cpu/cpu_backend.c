@@ -164,39 +164,65 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
 
 /* --------------------------------------------------------------- linear */
 
-// out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias
-static void cpu_matmul_fwd(void *out, const void *inp, const void *w, const void *bias_, int N, int IC, int OC)
+/* Matrix products run single-threaded BLAS calls on row blocks split over our
+ * OpenMP threads: one thread pool for the whole backend (OpenBLAS's own
+ * pthreads spinning against OpenMP's cost more than they gave on small and
+ * mid-size products). Below this many multiply-adds one call does it all. */
+#define MATMUL_SPLIT_MIN (1L << 18)
+
+static void blas_single_thread(void)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, w, IC, 0.0f, out, OC);
-    if (bias_) {
-        const float *bias = bias_;
-#pragma omp parallel for schedule(static)
-        for (int i = 0; i < N; i++) {
-            float *o = (float *)out + (size_t)i * OC;
-            for (int j = 0; j < OC; j++) o[j] += bias[j];
+    static int done;
+    if (!done) {
+        openblas_set_num_threads(1);
+        done = 1;
+    }
+}
+
+// out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias
+static void cpu_matmul_fwd(void *out_, const void *inp_, const void *w, const void *bias_, int N, int IC, int OC)
+{
+    float *out = out_;
+    const float *inp = inp_, *bias = bias_;
+    blas_single_thread();
+    int split = (long)N * IC * OC >= MATMUL_SPLIT_MIN;
+#pragma omp parallel if (split)
+    {
+        size_t r0, r1;
+        thread_range((size_t)N, &r0, &r1);
+        if (r1 > r0) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), OC, IC, 1.0f, inp + r0 * IC, IC, w,
+                        IC, 0.0f, out + r0 * OC, OC);
+            if (bias)
+                for (size_t i = r0; i < r1; i++)
+                    for (int j = 0; j < OC; j++) out[i * OC + j] += bias[j];
         }
     }
 }
 
 // dinp (N,IC) = dout (N,OC) @ w (OC,IC);  dw (OC,IC) += dout^T @ inp;  dbias += colsum(dout)
-static void cpu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout_, const void *inp,
-                           const void *w, int N, int IC, int OC)
+static void cpu_matmul_bwd(void *dinp_, float *dw, float *dbias, const void *dout_, const void *inp_,
+                           const void *w_, int N, int IC, int OC)
 {
-    const float *dout = dout_;
-    if (dinp)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC, w, IC, 0.0f, dinp, IC);
-    if (dw)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC, inp, IC, 1.0f, dw, IC);
-    if (dbias) {
-#pragma omp parallel
-        {
-            size_t j0, j1;
-            thread_range((size_t)OC, &j0, &j1);
-            for (int i = 0; i < N; i++) {
-                const float *d = dout + (size_t)i * OC;
-                for (size_t j = j0; j < j1; j++) dbias[j] += d[j];
-            }
-        }
+    float *dinp = dinp_;
+    const float *dout = dout_, *inp = inp_, *w = w_;
+    blas_single_thread();
+    int split = (long)N * IC * OC >= MATMUL_SPLIT_MIN;
+#pragma omp parallel if (split)
+    {
+        size_t r0, r1, o0, o1;
+        thread_range((size_t)N, &r0, &r1);
+        thread_range((size_t)OC, &o0, &o1);
+        if (dinp && r1 > r0)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), IC, OC, 1.0f, dout + r0 * OC, OC,
+                        w, IC, 0.0f, dinp + r0 * IC, IC);
+        /* each thread owns rows o0..o1 of dw and entries o0..o1 of dbias */
+        if (dw && o1 > o0)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(o1 - o0), IC, N, 1.0f, dout + o0, OC, inp, IC,
+                        1.0f, dw + o0 * IC, IC);
+        if (dbias)
+            for (int i = 0; i < N; i++)
+                for (size_t j = o0; j < o1; j++) dbias[j] += dout[(size_t)i * OC + j];
     }
 }
 
@@ -406,6 +432,7 @@ static void cpu_rope_bwd(void *dqkv, const float *inv_freq, int B, int T, int nh
 /* ------------------------------------------------------------------ loss */
 
 // loss = logsumexp(l) - l[target];  dl = (softmax(l) - onehot(target)) * dscale
+// One pass for the max, one for exp (kept in place when the gradient is wanted), one to scale.
 static void cpu_xent_fwd_bwd(float *losses, void *logits_, const int32_t *targets, int N, int V, float dscale)
 {
     float *logits = logits_;
@@ -420,14 +447,20 @@ static void cpu_xent_fwd_bwd(float *losses, void *logits_, const int32_t *target
         }
         float mx = -INFINITY;
         for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        float target_logit = l[tg];
         double sum = 0;
-        for (int j = 0; j < V; j++) sum += exp((double)(l[j] - mx));
-        float lse = mx + (float)log(sum);
-        losses[i] = lse - l[tg];
         if (dscale != 0) {
-            for (int j = 0; j < V; j++) l[j] = expf(l[j] - lse) * dscale;
+            for (int j = 0; j < V; j++) {
+                l[j] = expf(l[j] - mx);
+                sum += l[j];
+            }
+            float scale = (float)(dscale / sum);
+            for (int j = 0; j < V; j++) l[j] *= scale;
             l[tg] -= dscale;
+        } else {
+            for (int j = 0; j < V; j++) sum += expf(l[j] - mx);
         }
+        losses[i] = mx + (float)log(sum) - target_logit;
     }
 }
 

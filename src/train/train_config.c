@@ -1,0 +1,379 @@
+#include "train/train_config.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "core/error.h"
+
+typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI } KeyType;
+
+typedef struct {
+    const char *key;
+    KeyType type;
+    size_t offset;
+    size_t size; /* for strings */
+    const char *def;
+    const char *doc;
+} KeyDef;
+
+#define F(field) offsetof(TrainConfig, field), sizeof(((TrainConfig *)0)->field)
+
+static const KeyDef keys[] = {
+    {"model.preset", CT_STR, F(model_preset), "",
+     "Named architecture: gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny. "
+     "The model.* size keys below override it."},
+    {"model.init", CT_STR, F(model_init), "",
+     "Start from this Hugging Face model directory (config.json + safetensors) instead of random init."},
+    {"model.family", CT_STR, F(model_family), "", "gpt2 or llama, when no preset or init gives it."},
+    {"model.n_layer", CT_INT, F(n_layer), "0", "Transformer blocks (0 = from the preset)."},
+    {"model.n_head", CT_INT, F(n_head), "0", "Attention heads (0 = from the preset)."},
+    {"model.n_kv_head", CT_INT, F(n_kv_head), "0", "Key/value heads for grouped-query attention (0 = n_head)."},
+    {"model.d_model", CT_INT, F(d_model), "0", "Residual width (0 = from the preset)."},
+    {"model.d_ff", CT_INT, F(d_ff), "0", "MLP hidden width (0 = the preset's; gpt2 default 4*d_model)."},
+    {"model.max_seq_len", CT_INT, F(max_seq_len), "0", "Longest sequence / learned positions (0 = preset)."},
+    {"model.vocab_size", CT_INT, F(vocab_size), "0", "Vocabulary size (0 = preset)."},
+    {"model.rope_theta", CT_FLOAT, F(rope_theta), "0", "RoPE base for the llama family (0 = preset, 10000)."},
+    {"model.tie_embeddings", CT_TRI, F(tie_embeddings), "",
+     "Tie the output head to the token embeddings (empty = family default: gpt2 yes, llama no)."},
+    {"model.qkv_bias", CT_TRI, F(qkv_bias), "", "Biases on q/k/v (empty = family default; true is Qwen2-style)."},
+    {"data.train", CT_STR, F(data_train), "",
+     "Training data: a shard directory, a shard glob, one shard (.bin), or a .txt file tokenized on the fly."},
+    {"data.val", CT_STR, F(data_val), "", "Validation data (same forms); empty = no validation loss."},
+    {"data.tokenizer", CT_STR, F(data_tokenizer), "",
+     "Tokenizer for text data: gpt2, byte, a tokenizer.json, or a model directory (empty = model.init's, else gpt2)."},
+    {"train.steps", CT_INT, F(steps), "1000", "Optimizer steps."},
+    {"train.batch_size", CT_INT, F(batch_size), "8", "Sequences per micro-batch."},
+    {"train.seq_len", CT_INT, F(seq_len), "256", "Tokens per sequence."},
+    {"train.tokens_per_step", CT_LONG, F(tokens_per_step), "0",
+     "Tokens per optimizer step; a multiple of batch_size*seq_len, reached by gradient accumulation "
+     "(0 = one micro-batch)."},
+    {"train.lr", CT_FLOAT, F(lr), "6e-4", "Peak learning rate."},
+    {"train.min_lr", CT_FLOAT, F(min_lr), "6e-5", "Learning rate at the end of the decay."},
+    {"train.warmup_steps", CT_INT, F(warmup_steps), "100", "Linear warmup steps (lr*step/warmup up to lr)."},
+    {"train.schedule", CT_STR, F(schedule), "cosine", "Decay after warmup: cosine, linear or constant."},
+    {"train.weight_decay", CT_FLOAT, F(weight_decay), "0.1",
+     "AdamW decoupled weight decay, applied to matrices only (not to biases and norm weights)."},
+    {"train.grad_clip", CT_FLOAT, F(grad_clip), "1.0", "Clip the global gradient norm to this (0 = off)."},
+    {"train.beta1", CT_FLOAT, F(beta1), "0.9", "AdamW beta1."},
+    {"train.beta2", CT_FLOAT, F(beta2), "0.95", "AdamW beta2."},
+    {"train.eps", CT_FLOAT, F(eps), "1e-8", "AdamW epsilon."},
+    {"train.seed", CT_U64, F(seed), "1337", "Seed for init and data order; one seed gives identical runs."},
+    {"train.recompute", CT_INT, F(recompute), "0",
+     "Activation recompute: 0 none, 1 norms and MLP activation, 2 whole blocks (least memory)."},
+    {"train.log_every", CT_INT, F(log_every), "1",
+     "Print a progress line every N steps (metrics.jsonl gets every step)."},
+    {"eval.every", CT_INT, F(eval_every), "100",
+     "Validation loss every N steps and at the end (0 = only at the end)."},
+    {"eval.steps", CT_INT, F(eval_steps), "20", "Validation batches per evaluation."},
+    {"eval.mcq.task", CT_STR, F(eval_mcq_task), "",
+     "Optional zero-shot multiple-choice task during training: hellaswag, piqa, arc, winogrande or generic."},
+    {"eval.mcq.data", CT_STR, F(eval_mcq_data), "", "JSONL file for eval.mcq.task."},
+    {"eval.mcq.every", CT_INT, F(eval_mcq_every), "0", "Run the mcq task every N steps and at the end (0 = only at the end)."},
+    {"eval.mcq.limit", CT_INT, F(eval_mcq_limit), "0", "Score at most this many items (0 = all)."},
+    {"checkpoint.every", CT_INT, F(ckpt_every), "0", "Save a checkpoint every N steps and at the end (0 = only at the end)."},
+    {"checkpoint.keep", CT_INT, F(ckpt_keep), "3", "Keep the newest N checkpoints (0 = keep all)."},
+    {"checkpoint.dtype", CT_STR, F(ckpt_dtype), "f32",
+     "Dtype of model.safetensors in checkpoints: f32, or bf16 (smaller; the fp32 master weights then go to "
+     "optimizer.safetensors so that resume stays exact)."},
+    {"out_dir", CT_STR, F(out_dir), "runs/default", "Run directory: metrics.jsonl, config.yaml, step-NNNNNNN/."},
+    {"device", CT_STR, F(device), "cpu", "cpu, cuda (bf16 mixed precision) or cuda-fp32."},
+};
+
+static const KeyDef *find_key(const char *key)
+{
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++)
+        if (!strcmp(keys[i].key, key)) return &keys[i];
+    return NULL;
+}
+
+static int parse_bool(const char *v, int *out)
+{
+    const char *t[] = {"true", "True", "TRUE", "yes", "on", "1"};
+    const char *f[] = {"false", "False", "FALSE", "no", "off", "0"};
+    for (size_t i = 0; i < ARRAY_LEN(t); i++)
+        if (!strcmp(v, t[i])) return *out = 1, 0;
+    for (size_t i = 0; i < ARRAY_LEN(f); i++)
+        if (!strcmp(v, f[i])) return *out = 0, 0;
+    return -1;
+}
+
+int train_config_set_key(TrainConfig *tc, const char *key, const char *value, const char *where)
+{
+    const KeyDef *k = find_key(key);
+    const char *w = where ? where : "--set";
+    if (!k) return err_set("%s: unknown config key \"%s\" (see docs/config.md)", w, key);
+    char *field = (char *)tc + k->offset;
+    char *end;
+    errno = 0;
+    switch (k->type) {
+    case CT_INT:
+    case CT_LONG: {
+        long long v = strtoll(value, &end, 10);
+        if (end == value || *end || errno) return err_set("%s: %s: expected an integer, got \"%s\"", w, key, value);
+        if (k->type == CT_INT) {
+            if (v < -2147483647LL || v > 2147483647LL) return err_set("%s: %s: %s is out of range", w, key, value);
+            *(int *)field = (int)v;
+        } else {
+            *(long *)field = (long)v;
+        }
+        break;
+    }
+    case CT_U64: {
+        if (value[0] == '-') return err_set("%s: %s: expected a non-negative integer, got \"%s\"", w, key, value);
+        unsigned long long v = strtoull(value, &end, 10);
+        if (end == value || *end || errno) return err_set("%s: %s: expected an integer, got \"%s\"", w, key, value);
+        *(uint64_t *)field = v;
+        break;
+    }
+    case CT_FLOAT: {
+        double v = strtod(value, &end);
+        if (end == value || *end || errno) return err_set("%s: %s: expected a number, got \"%s\"", w, key, value);
+        *(float *)field = (float)v;
+        break;
+    }
+    case CT_STR:
+        if (strlen(value) >= k->size) return err_set("%s: %s: value is too long (%zu bytes)", w, key, strlen(value));
+        memcpy(field, value, strlen(value) + 1);
+        break;
+    case CT_BOOL:
+    case CT_TRI: {
+        int b;
+        if (k->type == CT_TRI && !value[0]) b = -1;
+        else if (parse_bool(value, &b)) return err_set("%s: %s: expected true or false, got \"%s\"", w, key, value);
+        *(int *)field = b;
+        break;
+    }
+    }
+    return 0;
+}
+
+void train_config_defaults(TrainConfig *tc)
+{
+    memset(tc, 0, sizeof(*tc));
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++)
+        if (train_config_set_key(tc, keys[i].key, keys[i].def, "defaults")) fatal_err();
+}
+
+int train_config_set(TrainConfig *tc, const char *assignment)
+{
+    const char *eq = strchr(assignment, '=');
+    char key[128];
+    size_t n = eq ? (size_t)(eq - assignment) : 0;
+    if (!eq || n == 0 || n >= sizeof(key)) return err_set("--set %s: expected key=value", assignment);
+    memcpy(key, assignment, n);
+    key[n] = '\0';
+    return train_config_set_key(tc, key, eq + 1, "--set");
+}
+
+/* ---- YAML: nested mappings of scalars, flattened to dotted keys ---- */
+
+#define MAX_DEPTH 8
+#define KEY_MAX 128
+
+int train_config_load_yaml(TrainConfig *tc, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return err_set("%s: cannot open: %s", path, strerror(errno));
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_file(&parser, f);
+    /* name[d] is the key that opened mapping level d (level 1 = top level) */
+    char name[MAX_DEPTH + 1][KEY_MAX];
+    int expect_key[MAX_DEPTH + 1] = {0};
+    char pending[KEY_MAX] = "";
+    int depth = 0, rc = 0, done = 0;
+    while (!done) {
+        if (!yaml_parser_parse(&parser, &ev)) {
+            rc = err_set("%s:%zu: YAML syntax error: %s", path, parser.problem_mark.line + 1,
+                         parser.problem ? parser.problem : "unknown");
+            break;
+        }
+        size_t line = ev.start_mark.line + 1;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT: done = 1; break;
+        case YAML_MAPPING_START_EVENT:
+            if (depth == MAX_DEPTH) {
+                rc = err_set("%s:%zu: mappings nested too deeply", path, line);
+                break;
+            }
+            if (depth > 0) {
+                if (expect_key[depth]) {
+                    rc = err_set("%s:%zu: a mapping cannot be a key", path, line);
+                    break;
+                }
+                expect_key[depth] = 1; /* after this value, the parent expects a key again */
+            }
+            depth++;
+            snprintf(name[depth], KEY_MAX, "%s", depth > 1 ? pending : "");
+            expect_key[depth] = 1;
+            break;
+        case YAML_MAPPING_END_EVENT: depth--; break;
+        case YAML_SCALAR_EVENT: {
+            const char *v = (const char *)ev.data.scalar.value;
+            if (depth == 0) {
+                if (v[0]) rc = err_set("%s:%zu: expected a mapping of keys at the top level", path, line);
+                break;
+            }
+            if (expect_key[depth]) {
+                snprintf(pending, sizeof(pending), "%s", v);
+                expect_key[depth] = 0;
+                break;
+            }
+            char full[(MAX_DEPTH + 1) * KEY_MAX] = "";
+            for (int d = 2; d <= depth; d++) {
+                strcat(full, name[d]);
+                strcat(full, ".");
+            }
+            strcat(full, pending);
+            char where[CFG_PATH_MAX + 32];
+            snprintf(where, sizeof(where), "%s:%zu", path, line);
+            /* YAML null (~, null or nothing) means "the default" */
+            int is_null = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
+                          (!strcmp(v, "~") || !strcmp(v, "null") || !v[0]);
+            const KeyDef *k = find_key(full);
+            if (!k) rc = err_set("%s: unknown config key \"%s\" (see docs/config.md)", where, full);
+            else rc = train_config_set_key(tc, full, is_null ? k->def : v, where);
+            expect_key[depth] = 1;
+            break;
+        }
+        case YAML_SEQUENCE_START_EVENT:
+            rc = err_set("%s:%zu: %s: lists are not supported here; expected a single value", path, line, pending);
+            break;
+        case YAML_ALIAS_EVENT: rc = err_set("%s:%zu: YAML aliases are not supported", path, line); break;
+        default: break;
+        }
+        yaml_event_delete(&ev);
+        if (rc) break;
+    }
+    yaml_parser_delete(&parser);
+    fclose(f);
+    return rc;
+}
+
+int train_config_validate(const TrainConfig *tc)
+{
+    if (tc->steps <= 0) return err_set("train.steps: must be positive, got %d", tc->steps);
+    if (tc->batch_size <= 0) return err_set("train.batch_size: must be positive, got %d", tc->batch_size);
+    if (tc->seq_len <= 0) return err_set("train.seq_len: must be positive, got %d", tc->seq_len);
+    long micro = (long)tc->batch_size * tc->seq_len;
+    if (tc->tokens_per_step < 0 || (tc->tokens_per_step && tc->tokens_per_step % micro))
+        return err_set("train.tokens_per_step: %ld is not a multiple of batch_size*seq_len = %ld",
+                       tc->tokens_per_step, micro);
+    if (!(tc->lr >= 0)) return err_set("train.lr: must be >= 0, got %g", tc->lr);
+    if (!(tc->min_lr >= 0)) return err_set("train.min_lr: must be >= 0, got %g", tc->min_lr);
+    if (tc->warmup_steps < 0) return err_set("train.warmup_steps: must be >= 0, got %d", tc->warmup_steps);
+    if (strcmp(tc->schedule, "cosine") && strcmp(tc->schedule, "linear") && strcmp(tc->schedule, "constant"))
+        return err_set("train.schedule: expected cosine, linear or constant, got \"%s\"", tc->schedule);
+    if (!(tc->beta1 >= 0 && tc->beta1 < 1)) return err_set("train.beta1: must be in [0, 1), got %g", tc->beta1);
+    if (!(tc->beta2 >= 0 && tc->beta2 < 1)) return err_set("train.beta2: must be in [0, 1), got %g", tc->beta2);
+    if (!(tc->eps > 0)) return err_set("train.eps: must be positive, got %g", tc->eps);
+    if (!(tc->grad_clip >= 0)) return err_set("train.grad_clip: must be >= 0, got %g", tc->grad_clip);
+    if (!(tc->weight_decay >= 0)) return err_set("train.weight_decay: must be >= 0, got %g", tc->weight_decay);
+    if (tc->recompute < 0 || tc->recompute > 2)
+        return err_set("train.recompute: expected 0, 1 or 2, got %d", tc->recompute);
+    if (tc->log_every <= 0) return err_set("train.log_every: must be positive, got %d", tc->log_every);
+    if (tc->eval_every < 0) return err_set("eval.every: must be >= 0, got %d", tc->eval_every);
+    if (tc->eval_steps < 0) return err_set("eval.steps: must be >= 0, got %d", tc->eval_steps);
+    if (tc->ckpt_every < 0) return err_set("checkpoint.every: must be >= 0, got %d", tc->ckpt_every);
+    if (tc->ckpt_keep < 0) return err_set("checkpoint.keep: must be >= 0, got %d", tc->ckpt_keep);
+    if (strcmp(tc->ckpt_dtype, "f32") && strcmp(tc->ckpt_dtype, "bf16"))
+        return err_set("checkpoint.dtype: expected f32 or bf16, got \"%s\"", tc->ckpt_dtype);
+    if (!tc->data_train[0]) return err_set("data.train: no training data given");
+    if (!tc->out_dir[0]) return err_set("out_dir: must not be empty");
+    if (tc->eval_mcq_task[0] && !tc->eval_mcq_data[0])
+        return err_set("eval.mcq.data: eval.mcq.task is set but no data file is given");
+    return 0;
+}
+
+/* A YAML scalar for a value: strings double-quoted with escapes. */
+static void value_text(const TrainConfig *tc, const KeyDef *k, char *buf, size_t n)
+{
+    const char *field = (const char *)tc + k->offset;
+    switch (k->type) {
+    case CT_INT: snprintf(buf, n, "%d", *(const int *)field); break;
+    case CT_LONG: snprintf(buf, n, "%ld", *(const long *)field); break;
+    case CT_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)field); break;
+    case CT_FLOAT: snprintf(buf, n, "%.9g", *(const float *)field); break;
+    case CT_BOOL: snprintf(buf, n, "%s", *(const int *)field ? "true" : "false"); break;
+    case CT_TRI: {
+        int v = *(const int *)field;
+        snprintf(buf, n, "%s", v < 0 ? "null" : v ? "true" : "false");
+        break;
+    }
+    case CT_STR: {
+        size_t o = 0;
+        buf[o++] = '"';
+        for (const char *s = field; *s && o + 3 < n; s++) {
+            if (*s == '"' || *s == '\\') buf[o++] = '\\';
+            buf[o++] = *s;
+        }
+        buf[o++] = '"';
+        buf[o] = '\0';
+        break;
+    }
+    }
+}
+
+char *train_config_to_yaml(const TrainConfig *tc)
+{
+    size_t cap = 8192, len = 0;
+    char *out = xmalloc(cap);
+    out[0] = '\0';
+    char sect[KEY_MAX] = "", sub[KEY_MAX] = "";
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
+        const KeyDef *k = &keys[i];
+        char val[2 * CFG_PATH_MAX + 8], line[2 * CFG_PATH_MAX + 3 * KEY_MAX];
+        value_text(tc, k, val, sizeof(val));
+        /* split "a.b.c" into up to three parts and indent by level */
+        char parts[3][KEY_MAX] = {"", "", ""};
+        int np = 0;
+        const char *s = k->key;
+        while (np < 3) {
+            const char *d = strchr(s, '.');
+            size_t l = d ? (size_t)(d - s) : strlen(s);
+            snprintf(parts[np++], KEY_MAX, "%.*s", (int)l, s);
+            if (!d) break;
+            s = d + 1;
+        }
+        line[0] = '\0';
+        size_t o = 0;
+        if (np == 1) {
+            sect[0] = sub[0] = '\0';
+            o += snprintf(line + o, sizeof(line) - o, "%s: %s\n", parts[0], val);
+        } else {
+            if (strcmp(sect, parts[0])) {
+                o += snprintf(line + o, sizeof(line) - o, "%s:\n", parts[0]);
+                snprintf(sect, KEY_MAX, "%s", parts[0]);
+                sub[0] = '\0';
+            }
+            if (np == 2) {
+                sub[0] = '\0';
+                o += snprintf(line + o, sizeof(line) - o, "  %s: %s\n", parts[1], val);
+            } else {
+                if (strcmp(sub, parts[1])) {
+                    o += snprintf(line + o, sizeof(line) - o, "  %s:\n", parts[1]);
+                    snprintf(sub, KEY_MAX, "%s", parts[1]);
+                }
+                o += snprintf(line + o, sizeof(line) - o, "    %s: %s\n", parts[2], val);
+            }
+        }
+        if (len + o + 1 > cap) out = xrealloc(out, cap = 2 * (len + o + 1));
+        memcpy(out + len, line, o + 1);
+        len += o;
+    }
+    return out;
+}
+
+void train_config_print_keys(void)
+{
+    static const char *tn[] = {"int", "int", "int", "float", "string", "bool", "bool"};
+    printf("| key | type | default | meaning |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++)
+        printf("| `%s` | %s | `%s` | %s |\n", keys[i].key, tn[keys[i].type], keys[i].def[0] ? keys[i].def : "\"\"",
+               keys[i].doc);
+}

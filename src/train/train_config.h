@@ -1,0 +1,67 @@
+/* train_config.h - the training run's configuration: YAML file + --set overrides.
+ *
+ * Every key lives in one table (train_config.c) with its type, default and
+ * documentation; docs/config.md is generated from it (`anvil train --keys`)
+ * and a test checks that the two agree. An unknown key is an error naming it.
+ */
+#ifndef ANVIL_TRAIN_CONFIG_H
+#define ANVIL_TRAIN_CONFIG_H
+
+#include <stdint.h>
+
+#define CFG_PATH_MAX 1024
+
+typedef struct {
+    /* model */
+    char model_preset[64];
+    char model_init[CFG_PATH_MAX];
+    char model_family[16];
+    int n_layer, n_head, n_kv_head, d_model, d_ff, max_seq_len, vocab_size;
+    float rope_theta;
+    int tie_embeddings; /* -1 = the preset's / family's choice */
+    int qkv_bias;       /* -1 = family default */
+    /* data */
+    char data_train[CFG_PATH_MAX];
+    char data_val[CFG_PATH_MAX];
+    char data_tokenizer[CFG_PATH_MAX];
+    /* train */
+    int steps, batch_size, seq_len;
+    long tokens_per_step;
+    float lr, min_lr;
+    int warmup_steps;
+    char schedule[16];
+    float weight_decay, grad_clip, beta1, beta2, eps;
+    uint64_t seed;
+    int recompute;
+    int log_every;
+    /* eval */
+    int eval_every, eval_steps;
+    char eval_mcq_task[32];
+    char eval_mcq_data[CFG_PATH_MAX];
+    int eval_mcq_every, eval_mcq_limit;
+    /* checkpoint */
+    int ckpt_every, ckpt_keep;
+    char ckpt_dtype[8];
+    /* run */
+    char out_dir[CFG_PATH_MAX];
+    char device[32];
+} TrainConfig;
+
+/* All keys at their defaults. */
+void train_config_defaults(TrainConfig *tc);
+/* Apply a YAML file (nested mappings of scalars). -1 with err_set()
+ * ("FILE:LINE: key: problem") on a syntax error, unknown key or bad value. */
+int train_config_load_yaml(TrainConfig *tc, const char *path);
+/* Apply one "a.b=value" override (from --set). */
+int train_config_set(TrainConfig *tc, const char *assignment);
+/* Set one key from its text value; `where` prefixes error messages. */
+int train_config_set_key(TrainConfig *tc, const char *key, const char *value, const char *where);
+/* Cross-field checks (positive sizes, known schedule, ...). */
+int train_config_validate(const TrainConfig *tc);
+/* The whole configuration as YAML text (malloc'd), every key, for
+ * trainer_state.json and the run directory. */
+char *train_config_to_yaml(const TrainConfig *tc);
+/* Print the key reference as a Markdown table (docs/config.md). */
+void train_config_print_keys(void);
+
+#endif
