@@ -18,8 +18,6 @@
 #define BPE_SCAN_MAX_SYMBOLS 48
 /* Pieces longer than this (bytes) are not cached (rare, and they would evict many short ones). */
 #define BPE_CACHE_MAX_KEY 128
-/* The cache is cleared when it holds this many pieces (bounds memory per thread, ~40 MB). */
-#define BPE_CACHE_MAX_ENTRIES (1u << 20)
 
 void idvec_reserve(IdVec *v, size_t extra)
 {
@@ -261,39 +259,71 @@ size_t bpe_merge(const Tokenizer *t, int32_t *sym, size_t n, int force)
     return bpe_merge_heap(t, sym, n);
 }
 
-/* ---- per-thread cache ---------------------------------------------------------- */
+/* ---- the piece cache, shared by all threads ------------------------------------
+ *
+ * piece bytes -> ids. Open addressing over a fixed array of entry pointers;
+ * entries are immutable once published (CAS of a NULL slot), so lookups take
+ * no lock and threads share what each one has merged (a per-thread cache
+ * would make every thread pay the warm-up: ~half of a single pass over 9 MB
+ * of English). Insert-only: when half full it stops growing; pieces not in it
+ * are merged each time (by then they are the rare ones). Entries live in
+ * 1 MB blocks handed to threads under a mutex. */
+
+/* Slots of the cache (8 bytes each, 16 MB of address space, touched as used). */
+#define PC_SLOTS (1u << 18)
+#define PC_MAX_ENTRIES (PC_SLOTS / 2)
+#define PC_BLOCK (1u << 20)
 
 typedef struct {
     uint64_t hash;
-    uint32_t key_off, ids_off; /* into keys / ids arenas */
-    uint16_t key_len, n_ids;
-} CacheEntry;
+    uint16_t klen, nids;
+    /* then klen key bytes, padded to 4, then nids int32 ids */
+} PcEntry;
+
+struct PieceCache {
+    PcEntry *_Atomic *slot;
+    size_t count; /* atomic */
+    pthread_mutex_t mu;
+    void **block;
+    int n_block, cap_block;
+};
+
+static inline const uint8_t *pc_key(const PcEntry *e) { return (const uint8_t *)(e + 1); }
+static inline const int32_t *pc_ids(const PcEntry *e)
+{
+    return (const int32_t *)((const uint8_t *)(e + 1) + ((e->klen + 3u) & ~3u));
+}
+
+PieceCache *piece_cache_new(void)
+{
+    PieceCache *c = xcalloc(1, sizeof(PieceCache));
+    c->slot = xcalloc(PC_SLOTS, sizeof(PcEntry *));
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void piece_cache_free(PieceCache *c)
+{
+    if (!c) return;
+    for (int i = 0; i < c->n_block; i++) free(c->block[i]);
+    free(c->block);
+    free((void *)c->slot);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
 
 struct TokThread {
-    CacheEntry *slot; /* hash == 0 && key_len == 0 && n_ids == 0 : empty */
-    size_t mask, count;
-    ByteBuf keys;
-    IdVec ids;
+    uint8_t *arena; /* the rest of this thread's current cache block */
+    size_t arena_left;
     IdVec sym; /* scratch for the initial symbols */
     pcre2_match_data *md;
 };
-
-static void cache_clear(TokThread *th, size_t cap)
-{
-    free(th->slot);
-    th->slot = xcalloc(cap, sizeof(CacheEntry));
-    th->mask = cap - 1;
-    th->count = 0;
-    th->keys.n = 0;
-    th->ids.n = 0;
-}
 
 TokThread *tok_thread(const Tokenizer *t)
 {
     TokThread *th = pthread_getspecific(t->tls);
     if (th) return th;
     th = xcalloc(1, sizeof(TokThread));
-    cache_clear(th, 4096);
     th->md = pcre2_match_data_create(16, NULL);
     if (!th->md) fatal("out of memory (pcre2 match data)");
     pthread_setspecific(t->tls, th);
@@ -304,9 +334,6 @@ void tok_thread_free(void *p)
 {
     TokThread *th = p;
     if (!th) return;
-    free(th->slot);
-    free(th->keys.a);
-    free(th->ids.a);
     free(th->sym.a);
     pcre2_match_data_free(th->md);
     free(th);
@@ -314,50 +341,53 @@ void tok_thread_free(void *p)
 
 pcre2_match_data *tok_thread_match_data(TokThread *th) { return th->md; }
 
-static const CacheEntry *cache_get(const TokThread *th, const uint8_t *s, size_t n, uint64_t h)
+static const PcEntry *pc_get(const PieceCache *c, const uint8_t *s, size_t n, uint64_t h)
 {
-    size_t i = (size_t)h & th->mask;
+    size_t i = (size_t)h & (PC_SLOTS - 1);
     for (;;) {
-        const CacheEntry *e = &th->slot[i];
-        if (!e->key_len) return NULL;
-        if (e->hash == h && e->key_len == n && !memcmp(th->keys.a + e->key_off, s, n)) return e;
-        i = (i + 1) & th->mask;
+        const PcEntry *e = __atomic_load_n(&c->slot[i], __ATOMIC_ACQUIRE);
+        if (!e) return NULL;
+        if (e->hash == h && e->klen == n && !memcmp(pc_key(e), s, n)) return e;
+        i = (i + 1) & (PC_SLOTS - 1);
     }
 }
 
-static void cache_put(TokThread *th, const uint8_t *s, size_t n, uint64_t h, const int32_t *ids, size_t k)
+static void pc_put(PieceCache *c, TokThread *th, const uint8_t *s, size_t n, uint64_t h, const int32_t *ids,
+                   size_t k)
 {
-    if (th->count >= BPE_CACHE_MAX_ENTRIES || th->keys.n + n > UINT32_MAX / 2 || k > UINT16_MAX) {
-        if (k > UINT16_MAX) return;
-        cache_clear(th, 4096);
+    if (__atomic_load_n(&c->count, __ATOMIC_RELAXED) >= PC_MAX_ENTRIES || k > UINT16_MAX) return;
+    size_t need = sizeof(PcEntry) + ((n + 3) & ~(size_t)3) + k * sizeof(int32_t);
+    need = (need + 7) & ~(size_t)7;
+    if (th->arena_left < need) {
+        uint8_t *b = xmalloc(PC_BLOCK);
+        pthread_mutex_lock(&c->mu);
+        if (c->n_block == c->cap_block) {
+            c->cap_block = c->cap_block ? 2 * c->cap_block : 64;
+            c->block = xrealloc(c->block, (size_t)c->cap_block * sizeof(void *));
+        }
+        c->block[c->n_block++] = b;
+        pthread_mutex_unlock(&c->mu);
+        th->arena = b;
+        th->arena_left = PC_BLOCK;
     }
-    if ((th->count + 1) * 2 > th->mask + 1) { /* grow to keep the load under 1/2 */
-        size_t cap = (th->mask + 1) * 2;
-        CacheEntry *old = th->slot;
-        size_t oldcap = th->mask + 1;
-        th->slot = xcalloc(cap, sizeof(CacheEntry));
-        th->mask = cap - 1;
-        for (size_t i = 0; i < oldcap; i++)
-            if (old[i].key_len) {
-                size_t j = (size_t)old[i].hash & th->mask;
-                while (th->slot[j].key_len) j = (j + 1) & th->mask;
-                th->slot[j] = old[i];
-            }
-        free(old);
-    }
-    size_t i = (size_t)h & th->mask;
-    while (th->slot[i].key_len) i = (i + 1) & th->mask;
-    CacheEntry *e = &th->slot[i];
+    PcEntry *e = (PcEntry *)th->arena;
+    th->arena += need;
+    th->arena_left -= need;
     e->hash = h;
-    e->key_off = (uint32_t)th->keys.n;
-    e->key_len = (uint16_t)n;
-    e->ids_off = (uint32_t)th->ids.n;
-    e->n_ids = (uint16_t)k;
-    bytebuf_put(&th->keys, s, n);
-    idvec_reserve(&th->ids, k);
-    memcpy(th->ids.a + th->ids.n, ids, k * sizeof(int32_t));
-    th->ids.n += k;
-    th->count++;
+    e->klen = (uint16_t)n;
+    e->nids = (uint16_t)k;
+    memcpy((uint8_t *)(e + 1), s, n);
+    memcpy((void *)pc_ids(e), ids, k * sizeof(int32_t));
+    size_t i = (size_t)h & (PC_SLOTS - 1);
+    for (;;) {
+        PcEntry *cur = NULL;
+        if (__atomic_compare_exchange_n(&c->slot[i], &cur, e, 0, __ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
+            __atomic_fetch_add(&c->count, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        if (cur->hash == h && cur->klen == n && !memcmp(pc_key(cur), s, n)) return; /* another thread won */
+        i = (i + 1) & (PC_SLOTS - 1);
+    }
 }
 
 /* ---- encode one piece -------------------------------------------------------- */
@@ -401,6 +431,13 @@ static void bpe_initial_symbols(const Tokenizer *t, const uint8_t *s, size_t n, 
     if (pending_unk) sym->a[sym->n++] = t->unk_id;
 }
 
+static void emit(IdVec *out, const int32_t *ids, size_t k)
+{
+    idvec_reserve(out, k);
+    memcpy(out->a + out->n, ids, k * sizeof(int32_t));
+    out->n += k;
+}
+
 void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out)
 {
     if (n == 0) return;
@@ -411,11 +448,9 @@ void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_
     uint64_t h = 0;
     if (n <= BPE_CACHE_MAX_KEY) {
         h = tok_hash(s, n);
-        const CacheEntry *e = cache_get(th, s, n, h);
+        const PcEntry *e = pc_get(t->cache, s, n, h);
         if (e) {
-            idvec_reserve(out, e->n_ids);
-            memcpy(out->a + out->n, th->ids.a + e->ids_off, e->n_ids * sizeof(int32_t));
-            out->n += e->n_ids;
+            emit(out, pc_ids(e), e->nids);
             return;
         }
     }
@@ -429,8 +464,6 @@ void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_
     bpe_initial_symbols(t, s, n, &th->sym);
     size_t m = bpe_merge(t, th->sym.a, th->sym.n, 0);
     if (!m) return;
-    idvec_reserve(out, m);
-    memcpy(out->a + out->n, th->sym.a, m * sizeof(int32_t));
-    out->n += m;
-    if (n <= BPE_CACHE_MAX_KEY) cache_put(th, s, n, h, th->sym.a, m);
+    emit(out, th->sym.a, m);
+    if (n <= BPE_CACHE_MAX_KEY) pc_put(t->cache, th, s, n, h, th->sym.a, m);
 }

@@ -41,23 +41,48 @@ void bytebuf_put(ByteBuf *b, const void *p, size_t n);
 /* ---- hashing ------------------------------------------------------------ */
 
 /* 64-bit hash of a byte string (multiply-xorshift over 8-byte words). */
+static inline uint64_t tok_load64(const uint8_t *p)
+{
+    uint64_t v;
+    __builtin_memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t tok_load32(const uint8_t *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return v;
+}
+
+/* 64-bit hash of a byte string (multiply-xorshift; short keys read with two
+ * overlapping loads, no byte loop). */
 static inline uint64_t tok_hash(const void *p, size_t n)
 {
     const uint8_t *s = (const uint8_t *)p;
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL);
-    while (n >= 8) {
-        uint64_t v;
-        __builtin_memcpy(&v, s, 8);
-        h = (h ^ v) * 0xbf58476d1ce4e5b9ULL;
-        h ^= h >> 31;
-        s += 8;
-        n -= 8;
+    uint64_t a, b;
+    if (n <= 16) {
+        if (n >= 8) {
+            a = tok_load64(s);
+            b = tok_load64(s + n - 8);
+        } else if (n >= 4) {
+            a = tok_load32(s);
+            b = tok_load32(s + n - 4);
+        } else if (n > 0) {
+            a = ((uint64_t)s[0] << 16) | ((uint64_t)s[n >> 1] << 8) | s[n - 1];
+            b = 0;
+        } else {
+            a = b = 0;
+        }
+    } else {
+        uint64_t h = 0x9E3779B97F4A7C15ULL ^ n;
+        size_t i = 0;
+        for (; i + 8 <= n - 8; i += 8) h = (h ^ tok_load64(s + i)) * 0xbf58476d1ce4e5b9ULL, h ^= h >> 31;
+        a = h ^ tok_load64(s + i);
+        b = tok_load64(s + n - 8);
     }
-    uint64_t v = 0;
-    for (size_t i = 0; i < n; i++) v |= (uint64_t)s[i] << (8 * i);
-    h = (h ^ v) * 0x94d049bb133111ebULL;
-    h ^= h >> 29;
-    h *= 0xbf58476d1ce4e5b9ULL;
+    uint64_t h = (a ^ 0x9E3779B97F4A7C15ULL ^ (n * 0xff51afd7ed558ccdULL)) * 0xbf58476d1ce4e5b9ULL;
+    h = (h ^ (h >> 29) ^ b) * 0x94d049bb133111ebULL;
     return h ^ (h >> 32);
 }
 
@@ -168,7 +193,8 @@ struct Tokenizer {
     TokFile files[TOK_MAX_FILES];
     int n_files;
 
-    pthread_key_t tls; /* per-thread TokThread (cache and regex match data) */
+    struct PieceCache *cache; /* piece -> ids, shared by threads (tok_bpe.c) */
+    pthread_key_t tls;        /* per-thread TokThread (scratch, regex match data) */
     int tls_ok;        /* tls was created (tok_finish ran) */
 };
 
@@ -204,7 +230,10 @@ static inline int32_t pairmap_get(const PairMap *m, int32_t a, int32_t b, int32_
     }
 }
 
-/* Per-thread state: the piece -> ids cache and PCRE2 match data. */
+typedef struct PieceCache PieceCache;
+PieceCache *piece_cache_new(void);
+void piece_cache_free(PieceCache *c);
+/* Per-thread state: scratch and PCRE2 match data. */
 typedef struct TokThread TokThread;
 TokThread *tok_thread(const Tokenizer *t);
 void tok_thread_free(void *p);

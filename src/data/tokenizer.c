@@ -82,6 +82,7 @@ int tok_finish(Tokenizer *t)
         if (t->added[i].len) t->added_first[(uint8_t)t->added[i].content[0]] = 1;
     if (pthread_key_create(&t->tls, tok_thread_free)) return err_set("tokenizer: out of thread keys");
     t->tls_ok = 1;
+    t->cache = piece_cache_new();
     return 0;
 }
 
@@ -100,6 +101,7 @@ void tokenizer_free(Tokenizer *t)
         tok_thread_free(pthread_getspecific(t->tls));
         pthread_key_delete(t->tls);
     }
+    piece_cache_free(t->cache);
     free(t->model_buf);
     free(t->model_off);
     free(t->piece_buf);

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""GPT-2 encoding speed: anvil vs tiktoken (and optionally HF tokenizers), same
+text, same machine, same run. Prints a Markdown table for docs/data.md.
+
+    python3 tools/bench_tokenizer.py [--anvil ./anvil] [--text ../shared/data/text/sentences.txt]
+                                     [--threads N] [--repeat 5] [--hf]
+
+Rows:
+  anvil tokenize      one string, one thread (timed inside the process, tokenizer load excluded)
+  anvil prepare       the whole pipeline (read, tokenize, write shards) with 1 and N threads
+  tiktoken            encode_ordinary(text), and encode_ordinary_batch over 1 MB pieces with N threads
+  HF tokenizers       encode(text), and encode_batch over the pieces with N threads (--hf)
+tiktoken and HF are built from the repository's GPT-2 files (assets/gpt2), since
+nothing can be downloaded here. Each number is the best of --repeat runs (the
+machine may be shared). All implementations must produce the same ids; checked.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+GPT2_PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ASSETS = os.path.join(ROOT, "assets", "gpt2")
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def tiktoken_gpt2():
+    import tiktoken
+    enc = json.load(open(os.path.join(ASSETS, "encoder.json"), encoding="utf-8"))
+    inv = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes(inv[ch] for ch in tok): i for tok, i in enc.items() if tok != "<|endoftext|>"}
+    return tiktoken.Encoding("gpt2-local", pat_str=GPT2_PAT, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": enc["<|endoftext|>"]})
+
+
+def hf_gpt2():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    tok = Tokenizer(models.BPE.from_file(os.path.join(ASSETS, "encoder.json"), os.path.join(ASSETS, "vocab.bpe")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def pieces(text, size=1 << 20):
+    """~1 MB pieces cut after a newline (for the batch APIs)."""
+    out, i = [], 0
+    while i < len(text):
+        j = text.find("\n", i + size)
+        j = len(text) if j < 0 else j + 1
+        out.append(text[i:j])
+        i = j
+    return out
+
+
+def best(fn, repeat):
+    t = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = fn()
+        t.append(time.perf_counter() - t0)
+    return min(t), r
+
+
+def run_anvil_tokenize(anvil, path, out):
+    r = subprocess.run([anvil, "tokenize", "--tokenizer", "gpt2", "--file", path, "--out", out, "--stats"],
+                       capture_output=True, text=True, check=True)
+    m = re.search(r"in ([0-9.]+) s", r.stderr)
+    return float(m.group(1))
+
+
+def run_anvil_prepare(anvil, path, threads):
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([anvil, "prepare", "--tokenizer", "gpt2", "--input", path, "--out", d, "--threads",
+                            str(threads), "--no-progress"], capture_output=True, text=True, check=True)
+    m = re.search(r"in ([0-9.]+) s \(", r.stderr)
+    return float(m.group(1))
+
+
+def hf_child(args):
+    """Runs in a subprocess so that RAYON_NUM_THREADS takes effect."""
+    text = open(args.text, encoding="utf-8").read()
+    tok = hf_gpt2()
+    if args.hf_child == 1:
+        dt, ids = best(lambda: tok.encode(text).ids, args.repeat)
+        n = len(ids)
+    else:
+        ps = pieces(text)
+        dt, encs = best(lambda: tok.encode_batch(ps), args.repeat)
+        n = sum(len(e.ids) for e in encs)
+    print(json.dumps({"seconds": dt, "tokens": n}))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--anvil", default=os.path.join(ROOT, "anvil"))
+    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "text", "sentences.txt"))
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--hf", action="store_true", help="also time HF tokenizers")
+    ap.add_argument("--hf-child", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.hf_child:
+        return hf_child(args)
+
+    raw = open(args.text, "rb").read()
+    text = raw.decode("utf-8")
+    mb = len(raw) / 1e6
+    N = args.threads
+    rows = []
+
+    enc = tiktoken_gpt2()
+    dt, ref = best(lambda: enc.encode_ordinary(text), args.repeat)
+    rows.append(("tiktoken 0.x `encode_ordinary`", 1, mb / dt))
+    ps = pieces(text)
+    dt, _ = best(lambda: enc.encode_ordinary_batch(ps, num_threads=N), args.repeat)
+    rows.append((f"tiktoken `encode_ordinary_batch` (1 MB pieces)", N, mb / dt))
+    tik1 = rows[0][2]
+
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "ids.u32")
+        ts = [run_anvil_tokenize(args.anvil, args.text, out) for _ in range(args.repeat)]
+        import array
+        a = array.array("I")
+        a.frombytes(open(out, "rb").read())
+        if list(a) != ref:
+            sys.exit("anvil and tiktoken ids differ")
+    rows.append(("anvil `tokenize` (one string)", 1, mb / min(ts)))
+    for th in sorted({1, N}):
+        ts = [run_anvil_prepare(args.anvil, args.text, th) for _ in range(args.repeat)]
+        rows.append(("anvil `prepare` (read + tokenize + write shards)", th, mb / min(ts)))
+
+    if args.hf:
+        for mode, th in ((1, 1), (2, N)):
+            env = dict(os.environ, RAYON_NUM_THREADS=str(th), TOKENIZERS_PARALLELISM="true")
+            r = subprocess.run([sys.executable, __file__, "--text", args.text, "--repeat", str(args.repeat),
+                                "--hf-child", str(mode)], env=env, capture_output=True, text=True, check=True)
+            res = json.loads(r.stdout)
+            if res["tokens"] != len(ref):
+                print(f"note: HF produced {res['tokens']} tokens vs {len(ref)}", file=sys.stderr)
+            name = "HF tokenizers `encode`" if mode == 1 else "HF tokenizers `encode_batch` (1 MB pieces)"
+            rows.append((name, th, mb / res["seconds"]))
+
+    cpu = "?"
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import tiktoken
+    print(f"GPT-2 encoding of {os.path.basename(args.text)} ({mb:.1f} MB, {len(ref)} tokens); "
+          f"{cpu}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end; "
+          f"tiktoken {tiktoken.__version__}; best of {args.repeat}\n")
+    print("| implementation | threads | MB/s | vs tiktoken 1 thread |")
+    print("|---|---:|---:|---:|")
+    for name, th, v in rows:
+        print(f"| {name.replace('0.x', tiktoken.__version__)} | {th} | {v:.1f} | {v / tik1:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
