@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <zlib.h>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -510,6 +511,40 @@ static void run_fixture(const char *dir, const char *name)
         free(d);
         free(w);
         free(ids);
+    }
+    /* a larger slice of ../shared/data, checked by id count and CRC-32 */
+    json_t *corpus = json_object_get(root, "corpus");
+    if (corpus) {
+        char cp[512];
+        snprintf(cp, sizeof(cp), "%s/%s", test_shared_data(), json_string_value(json_object_get(corpus, "file")));
+        size_t cn;
+        char *all = slurp(cp, &cn);
+        if (!all) {
+            fprintf(stderr, "  skip %s corpus check: %s absent\n", name, cp);
+        } else {
+            long first = (long)json_integer_value(json_object_get(corpus, "first_line"));
+            long lines = (long)json_integer_value(json_object_get(corpus, "lines"));
+            size_t a = 0, line = 0;
+            while (line < (size_t)first && a < cn) {
+                const char *nl = memchr(all + a, '\n', cn - a);
+                a = nl ? (size_t)(nl - all) + 1 : cn;
+                line++;
+            }
+            size_t b = a;
+            for (long k = 0; k < lines && b < cn; k++) {
+                const char *nl = memchr(all + b, '\n', cn - b);
+                b = nl ? (size_t)(nl - all) + (k + 1 < lines) : cn;
+                if (k + 1 < lines && !nl) break;
+            }
+            int32_t *ids;
+            long n = tokenizer_encode(t, all + a, b - a, &ids);
+            uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)ids, (uInt)((size_t)n * 4)); /* little-endian host */
+            CHECKF(n == json_integer_value(json_object_get(corpus, "count")) &&
+                       crc == (uint32_t)json_integer_value(json_object_get(corpus, "crc32")),
+                   "%s: corpus slice: %ld ids, crc %u", name, n, crc);
+            free(ids);
+            free(all);
+        }
     }
     CHECKF(enc_ok, "%s: encode", name);
     CHECKF(dec_ok, "%s: decode", name);

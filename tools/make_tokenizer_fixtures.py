@@ -33,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import sys
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers, Regex
 
@@ -71,7 +72,10 @@ def test_texts(data, lines, specials=()):
     return texts
 
 
-def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False):
+CORPUS_FIRST, CORPUS_LINES = 50000, 5000  # a slice of text/sentences.txt checked by count + CRC-32
+
+
+def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False, corpus_lines=None):
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
     js = json.loads(tok.to_str())
@@ -99,6 +103,15 @@ def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False):
         for k in ("eos_token", "bos_token"):
             if k in cfg:
                 meta[k.replace("_token", "_id")] = tok.token_to_id(cfg[k])
+    if corpus_lines is not None:
+        import array
+        import zlib
+        text = "\n".join(corpus_lines[CORPUS_FIRST:CORPUS_FIRST + CORPUS_LINES])
+        ids = array.array("I", tok.encode(text, add_special_tokens=False).ids)
+        if sys.byteorder != "little":
+            ids.byteswap()
+        meta["corpus"] = {"file": "text/sentences.txt", "first_line": CORPUS_FIRST, "lines": CORPUS_LINES,
+                          "count": len(ids), "crc32": zlib.crc32(ids.tobytes())}
     meta["cases"] = cases
     with open(os.path.join(d, "cases.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False, separators=(",", ":"))
@@ -122,7 +135,7 @@ def bytelevel_fixtures(out, data, lines, corpus):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     train(tok, corpus, 1000, ["<|endoftext|>"], alpha)
-    names.append(write_fixture(out, "gpt2_style", tok, test_texts(data, lines, ["<|endoftext|>"])))
+    names.append(write_fixture(out, "gpt2_style", tok, test_texts(data, lines, ["<|endoftext|>"]), corpus_lines=lines))
 
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     tok = Tokenizer(models.BPE(ignore_merges=True))
@@ -136,7 +149,7 @@ def bytelevel_fixtures(out, data, lines, corpus):
         processors.ByteLevel(trim_offsets=False),
         processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A <|begin_of_text|> $B",
                                       special_tokens=[("<|begin_of_text|>", bos)])])
-    names.append(write_fixture(out, "llama3_style", tok, test_texts(data, lines, specials),
+    names.append(write_fixture(out, "llama3_style", tok, test_texts(data, lines, specials), corpus_lines=lines,
                                extra={"tokenizer_config.json": {"bos_token": "<|begin_of_text|>",
                                                                 "eos_token": "<|end_of_text|>"}}))
 
@@ -148,14 +161,15 @@ def bytelevel_fixtures(out, data, lines, corpus):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     train(tok, corpus, 1200, specials, alpha)
-    names.append(write_fixture(out, "qwen2_style", tok, test_texts(data, lines, specials), merges_as_strings=True))
+    names.append(write_fixture(out, "qwen2_style", tok, test_texts(data, lines, specials), merges_as_strings=True,
+                               corpus_lines=lines))
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.decoder = decoders.ByteLevel()
     train(tok, corpus, 1000, ["<|endoftext|>", "<|im_start|>"], alpha)
-    names.append(write_fixture(out, "smollm_style", tok, test_texts(data, lines, ["<|im_start|>"])))
+    names.append(write_fixture(out, "smollm_style", tok, test_texts(data, lines, ["<|im_start|>"]), corpus_lines=lines))
     return names
 
 
@@ -193,7 +207,7 @@ def sp_fixtures(out, data, lines, corpus):
     tok = add_byte_tokens(tok, len(specials))
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
                                                        special_tokens=[("<s>", tok.token_to_id("<s>"))])
-    names.append(write_fixture(out, "sp_bpe", tok, test_texts(data, lines, ["<s>", "</s>"]),
+    names.append(write_fixture(out, "sp_bpe", tok, test_texts(data, lines, ["<s>", "</s>"]), corpus_lines=lines,
                                extra={"tokenizer_config.json": {"bos_token": "<s>", "eos_token": "</s>",
                                                                 "unk_token": "<unk>"}}))
 
@@ -203,7 +217,7 @@ def sp_fixtures(out, data, lines, corpus):
                                      decoders.ByteFallback(), decoders.Fuse()])
     train(tok, corpus, 1200, specials)
     tok = add_byte_tokens(tok, len(specials))
-    names.append(write_fixture(out, "sp_metaspace", tok, test_texts(data, lines, ["<s>", "</s>"])))
+    names.append(write_fixture(out, "sp_metaspace", tok, test_texts(data, lines, ["<s>", "</s>"]), corpus_lines=lines))
     return names
 
 

@@ -187,6 +187,8 @@ struct Tokenizer {
 
     int32_t eos_id, bos_id;
     int add_bos;
+    char sp_split[8]; /* sentencepiece style: cut before this character (see tok_encode_segment) */
+    int sp_split_len;
     int splittable; /* encode(a+b) == encode(a)+encode(b) at "x\ny" boundaries (GPT-2 fast path) */
 
     char identity[64];

@@ -704,6 +704,33 @@ static int32_t parse_post(json_t *o, int *add_bos)
     return (int32_t)json_integer_value(id);
 }
 
+/* Sentencepiece-style files (no pre-tokenizer, a Replace normalizer to U+2581)
+ * encode the whole text as one word. If no vocabulary entry has the
+ * replacement character right after another character, no merge can cross
+ * the point before a run of them, so encoding may cut there (same ids). */
+static void find_sp_split(Tokenizer *t)
+{
+    if (t->n_pre || t->byte_level || t->ignore_merges) return;
+    const Normalizer *rep = NULL;
+    for (int i = 0; i < t->n_norm; i++)
+        if (t->norm[i].type == NORM_REPLACE && !t->norm[i].re && t->norm[i].content_len >= 2 &&
+            t->norm[i].content_len <= 4)
+            rep = &t->norm[i];
+    if (!rep) return;
+    const char *x = rep->content;
+    size_t r = rep->content_len;
+    if (strmap_get(&t->vocab, t, x, r) < 0) return; /* an unknown replacement would fuse unks across cuts */
+    for (int id = 0; id < t->vocab_size; id++) {
+        if (t->is_special[id]) continue;
+        size_t n;
+        const char *s = tok_model_str(t, id, &n);
+        for (size_t i = 1; i + r <= n; i++)
+            if (!memcmp(s + i, x, r) && !(i >= r && !memcmp(s + i - r, x, r))) return;
+    }
+    memcpy(t->sp_split, x, r);
+    t->sp_split_len = (int)r;
+}
+
 /* ---- entry points ------------------------------------------------------------------- */
 
 int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *path, const char *dir)
@@ -812,6 +839,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     int32_t tb = parse_post(json_object_get(root, "post_processor"), &t->add_bos);
     find_eos_bos(t, dir, tb);
     t->splittable = !t->n_norm && t->n_pre == 1 && t->pre[0].gpt2_fast;
+    find_sp_split(t);
     rc = tok_finish(t);
 out:
     strs_free(&hf);

@@ -181,13 +181,29 @@ static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in
         int opt = UTF8PROC_STABLE | (nm->type == NORM_NFC || nm->type == NORM_NFKC ? UTF8PROC_COMPOSE
                                                                                   : UTF8PROC_DECOMPOSE);
         if (nm->type == NORM_NFKC || nm->type == NORM_NFKD) opt |= UTF8PROC_COMPAT;
-        utf8proc_uint8_t *res = NULL;
-        if (utf8_validate(in, n) == n && utf8proc_map(in, (utf8proc_ssize_t)n, &res, opt) >= 0) {
-            bytebuf_put(out, res, strlen((char *)res));
-            free(res);
-        } else {
-            bytebuf_put(out, in, n); /* invalid UTF-8 passes through unchanged */
+        /* Only the non-ASCII islands go through utf8proc: between two ASCII
+         * characters nothing composes, decomposes or reorders, so the text can
+         * be cut there. An island starts at the ASCII character before it (a
+         * combining mark may attach to it) and ends at an ASCII pair. */
+        size_t run = 0;
+        for (size_t i = 0; i < n;) {
+            if (in[i] < 0x80) {
+                i++;
+                continue;
+            }
+            size_t a = i > run ? i - 1 : i, j = i;
+            while (j < n && !(in[j] < 0x80 && (j + 1 == n || in[j + 1] < 0x80))) j++;
+            bytebuf_put(out, in + run, a - run);
+            utf8proc_uint8_t *res = NULL;
+            if (utf8_validate(in + a, j - a) == j - a && utf8proc_map(in + a, (utf8proc_ssize_t)(j - a), &res, opt) >= 0) {
+                bytebuf_put(out, res, strlen((char *)res));
+                free(res);
+            } else {
+                bytebuf_put(out, in + a, j - a); /* invalid UTF-8 passes through unchanged */
+            }
+            run = i = j;
         }
+        bytebuf_put(out, in + run, n - run);
         break;
     }
     case NORM_LOWER:
@@ -495,6 +511,22 @@ int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size
         }
         s = in ? in : (const uint8_t *)"";
         n = len;
+    }
+    if (!t->n_pre && t->sp_split_len) {
+        /* sentencepiece style without pre-tokenizer: the whole text is one BPE
+         * word, but no merge can join a character to a following replacement
+         * character (checked on the vocabulary at load), so cut before each
+         * run of them and let the cache see words */
+        size_t r = (size_t)t->sp_split_len, a = 0;
+        for (size_t i = 1; i + r <= n; i++)
+            if (!memcmp(s + i, t->sp_split, r) && !(i >= r && !memcmp(s + i - r, t->sp_split, r))) {
+                bpe_encode_piece(t, th, s + a, i - a, out);
+                a = i;
+            }
+        bpe_encode_piece(t, th, s + a, n - a, out);
+        free(nb[0].a);
+        free(nb[1].a);
+        return 0;
     }
     ByteBuf scratch[PRE_MAX_STAGES] = {{0}};
     PreCtx c = {t, th, out, scratch};
