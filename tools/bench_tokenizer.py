@@ -3,13 +3,16 @@
 text, same machine, same run. Prints a Markdown table for docs/data.md.
 
     python3 tools/bench_tokenizer.py [--anvil ./anvil] [--text ../shared/data/text/sentences.txt]
-                                     [--threads N] [--repeat 5] [--hf]
+                                     [--threads N] [--repeat 5] [--hf] [--styles]
 
 Rows:
   anvil tokenize      one string, one thread (timed inside the process, tokenizer load excluded)
   anvil prepare       the whole pipeline (read, tokenize, write shards) with 1 and N threads
   tiktoken            encode_ordinary(text), and encode_ordinary_batch over 1 MB pieces with N threads
   HF tokenizers       encode(text), and encode_batch over the pieces with N threads (--hf)
+--styles adds a second table: anvil vs HF tokenizers (one thread, one string) for the
+trained tokenizer.json fixtures of tests/fixtures/tokenizers (LLaMA-3, Qwen2, SmolLM,
+sentencepiece styles), ids checked equal.
 tiktoken and HF are built from the repository's GPT-2 files (assets/gpt2), since
 nothing can be downloaded here. Each number is the best of --repeat runs (the
 machine may be shared). All implementations must produce the same ids; checked.
@@ -106,6 +109,36 @@ def hf_child(args):
     print(json.dumps({"seconds": dt, "tokens": n}))
 
 
+STYLES = ["gpt2_style", "llama3_style", "qwen2_style", "smollm_style", "sp_bpe", "sp_metaspace"]
+
+
+def styles(args):
+    """anvil vs HF tokenizers on the trained fixture tokenizers (one thread, one string)."""
+    import array
+    from tokenizers import Tokenizer
+    raw = open(args.text, "rb").read()
+    text = raw.decode("utf-8")
+    mb = len(raw) / 1e6
+    fx = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
+    print("| tokenizer.json style | anvil MB/s | HF tokenizers MB/s | anvil / HF | ids equal |")
+    print("|---|---:|---:|---:|---|")
+    for name in STYLES:
+        d = os.path.join(fx, name)
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "ids.u32")
+            ts = []
+            for _ in range(args.repeat):
+                r = subprocess.run([args.anvil, "tokenize", "--tokenizer", d, "--file", args.text, "--out", out,
+                                    "--stats"], capture_output=True, text=True, check=True)
+                ts.append(float(re.search(r"in ([0-9.]+) s", r.stderr).group(1)))
+            mine = array.array("I")
+            mine.frombytes(open(out, "rb").read())
+        tok = Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        dt, ids = best(lambda: tok.encode(text, add_special_tokens=False).ids, 1)
+        a, h = mb / min(ts), mb / dt
+        print(f"| {name} | {a:.1f} | {h:.2f} | {a / h:.0f}x | {'yes' if list(mine) == ids else 'NO'} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--anvil", default=os.path.join(ROOT, "anvil"))
@@ -113,10 +146,13 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--hf", action="store_true", help="also time HF tokenizers")
+    ap.add_argument("--styles", action="store_true", help="also time the tokenizer.json fixture styles")
     ap.add_argument("--hf-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.hf_child:
         return hf_child(args)
+    if args.styles:
+        return styles(args)
 
     raw = open(args.text, "rb").read()
     text = raw.decode("utf-8")
