@@ -464,6 +464,8 @@ static void test_attention(void)
     attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
     attention_case(gpu16, 1, 300, 8, 1, 64, NULL);
     attention_case(gpu16, 1, 150, 4, 2, 64, "simple");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "flash1");
+    attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
 }
 
 static void test_adamw(void)

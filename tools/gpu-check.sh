@@ -84,6 +84,7 @@ fi
 if has curve; then
     echo "== training curve (real text: $DATA)"
     args="--model gpt2-124m --batch 8 --seq 256 --steps 200 --warmup 0 --data $DATA --print-every 1 --ceiling-size 0"
+    args="$args --lr 6e-4 --lr-warmup 20"
     timeout 300 "$ANVIL" bench $args --device cuda >"$OUT/curve_bf16.log" 2>&1
     timeout 300 "$ANVIL" bench $args --device cuda >"$OUT/curve_bf16_again.log" 2>&1
     timeout 400 "$ANVIL" bench $args --device cuda-fp32 >"$OUT/curve_fp32.log" 2>&1

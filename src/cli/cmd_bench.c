@@ -41,7 +41,8 @@
 
 typedef struct {
     const char *model, *device, *json, *data;
-    int B, T, steps, warmup, recompute, profile, ceiling_n, print_every;
+    int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
+    float lr;
 } BenchArgs;
 
 static double now_s(void)
@@ -67,7 +68,8 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: anvil bench --model PRESET_OR_DIR [--batch B] [--seq T] [--steps N] [--warmup W]\n"
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
-               "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]]\n"
+               "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
+               "                   [--lr-warmup K]\n"
                "--data trains on a little-endian uint32 token file (consecutive windows, wrapping)\n"
                "instead of random tokens and prints the loss every K steps (a training curve).\n"
                "presets: %s\n",
@@ -93,6 +95,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
     a->steps = 10;
     a->warmup = 3;
     a->ceiling_n = -1;
+    a->lr = BENCH_LR;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
@@ -111,6 +114,12 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--data")) a->data = v;
         else if (!strcmp(f, "--print-every")) rc = parse_int(f, v, 1, &a->print_every);
+        else if (!strcmp(f, "--lr-warmup")) rc = parse_int(f, v, 0, &a->lr_warmup);
+        else if (!strcmp(f, "--lr")) {
+            char *end;
+            a->lr = strtof(v, &end);
+            if (*end || !(a->lr > 0)) rc = err_set("bench: --lr: expected a positive number, got \"%s\"", v);
+        }
         else if (!strcmp(f, "--batch")) rc = parse_int(f, v, 1, &a->B);
         else if (!strcmp(f, "--seq")) rc = parse_int(f, v, 1, &a->T);
         else if (!strcmp(f, "--steps")) rc = parse_int(f, v, 1, &a->steps);
@@ -280,7 +289,8 @@ int cmd_bench(int argc, char **argv)
         float loss = model_forward(m, in, in + 1, a.B, a.T, 1.0f / N, NULL);
         model_backward(m);
         double norm = sqrt(be->sumsq(m->grads, P));
-        AdamHyper h = {BENCH_LR, 0.9f, 0.95f, 1e-8f, s + 1, norm > BENCH_CLIP ? (float)(BENCH_CLIP / norm) : 1.0f};
+        float lr = a.lr_warmup && s < a.lr_warmup ? a.lr * (s + 1) / a.lr_warmup : a.lr; /* linear warm-up */
+        AdamHyper h = {lr, 0.9f, 0.95f, 1e-8f, s + 1, norm > BENCH_CLIP ? (float)(BENCH_CLIP / norm) : 1.0f};
         be->adamw(m->params, m->params_act, m->grads, mom, vel, ot, m->pt.n, &h);
         be->sync();
         times[s] = now_s() - t0;

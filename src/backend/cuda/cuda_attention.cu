@@ -545,13 +545,334 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_q_kernel(bf16 *dqkv, con
     }
 }
 
+/* ========================================================= flash, v2
+ * The same three kernels with (1) K/V (or Q/dO) tiles double-buffered through cp.async, so the
+ * next tile streams in while the current one is multiplied, and (2) B fragments of the score
+ * products read with ldmatrix (one x4 load per two mma instead of four 32-bit loads).
+ * ANVIL_ATTENTION=flash1 selects the kernels above (for comparison). */
+
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const bf16 *p)
+{
+    unsigned addr = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* load_tile through the async copy engine: rows at or past T are zero-filled (src-size 0). */
+__device__ __forceinline__ void cp_async_tile(bf16 *dst, const bf16 *src, size_t stride, int r0, int T_)
+{
+    const int PER_ROW = FA_D / 8;
+    for (int i = threadIdx.x; i < FA_BLOCK * PER_ROW; i += FA_THREADS) {
+        int r = i / PER_ROW, c = (i % PER_ROW) * 8;
+        bool ok = r0 + r < T_;
+        const bf16 *g = src + (size_t)(ok ? r0 + r : 0) * stride + c;
+        unsigned sa = (unsigned)__cvta_generic_to_shared(dst + r * FA_LDS + c);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(g), "r"(ok ? 16 : 0));
+    }
+}
+
+/* mma_a_tileT with ldmatrix: matrix i of lane group i is rows (i>>1)*8.. and columns (i&1)*8.. of a
+ * 16x16 block, giving b0b1 / b2b3 of two adjacent n-tiles. */
+__device__ __forceinline__ void mma_a_tileT_ldm(float (&acc)[8][4], const u32 (&a)[FA_D / 16][4], const bf16 *tile,
+                                                int lane)
+{
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+    int mi = lane / 8, r = lane % 8;
+#pragma unroll
+    for (int kk = 0; kk < FA_D / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            u32 b[4];
+            ldmatrix_x4(b, tile + (np * 16 + (mi >> 1) * 8 + r) * FA_LDS + kk * 16 + (mi & 1) * 8);
+            mma_bf16(acc[2 * np], a[kk], b[0], b[1]);
+            mma_bf16(acc[2 * np + 1], a[kk], b[2], b[3]);
+        }
+}
+
+__global__ void __launch_bounds__(FA_THREADS) flash2_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
+                                                                int nh, int nkv)
+{
+    __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
+    __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
+    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int kvh = h / (nh / nkv);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    const bf16 *qsrc = base + (size_t)h * FA_D, *ksrc = base + (size_t)(nh + kvh) * FA_D,
+               *vsrc = base + (size_t)(nh + nkv + kvh) * FA_D;
+    int q0 = qb * FA_BLOCK;
+    float c = LOG2E / sqrtf((float)FA_D);
+
+    cp_async_tile(Ks[1], qsrc, stride, q0, T_);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 qf[FA_D / 16][4];
+    load_a_frags(qf, Ks[1], warp * 16, g, tq);
+    __syncthreads(); /* Ks[1] is refilled below */
+    cp_async_tile(Ks[0], ksrc, stride, 0, T_);
+    cp_async_tile(Vs[0], vsrc, stride, 0, T_);
+    cp_async_commit();
+
+    float o[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0};
+    int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+
+    for (int kb = 0; kb <= qb; kb++) {
+        int k0 = kb * FA_BLOCK, buf = kb & 1;
+        if (kb < qb) { /* next tiles stream in while this one is used */
+            cp_async_tile(Ks[buf ^ 1], ksrc, stride, k0 + FA_BLOCK, T_);
+            cp_async_tile(Vs[buf ^ 1], vsrc, stride, k0 + FA_BLOCK, T_);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        float s[8][4];
+        mma_a_tileT_ldm(s, qf, Ks[buf], lane);
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
+                float v = s[nt][e] * c;
+                if (key > qrow || key >= T_) v = -INFINITY;
+                s[nt][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        float alpha[2], mu[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            mu[r] = mn == -INFINITY ? 0.0f : mn;
+            alpha[r] = exp2f(m[r] - mu[r]);
+            m[r] = mn;
+            l[r] *= alpha[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = exp2f(s[nt][e] - mu[e >> 1]);
+                s[nt][e] = p;
+                l[e >> 1] += p;
+            }
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) {
+            o[i][0] *= alpha[0];
+            o[i][1] *= alpha[0];
+            o[i][2] *= alpha[1];
+            o[i][3] *= alpha[1];
+        }
+        mma_p_tile(o, s, Vs[buf], lane);
+        __syncthreads(); /* this buffer is refilled next iteration */
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    size_t ostride = (size_t)nh * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int qrow = r ? row_b : row_a;
+        if (qrow >= T_) continue;
+        float inv = 1.0f / l[r];
+        bf16 *orow = out + ((size_t)b * T_ + qrow) * ostride + (size_t)h * FA_D;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++)
+            *reinterpret_cast<u32 *>(orow + i * 8 + 2 * tq) = pack_bf16(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        if (tq == 0) lse[((size_t)b * nh + h) * T_ + qrow] = m[r] * LN2 + logf(l[r]);
+    }
+}
+
+__global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
+                                                                   const float *Dbuf, const bf16 *qkv, int T_, int nh,
+                                                                   int nkv)
+{
+    __shared__ __align__(16) bf16 Qs[2][FA_BLOCK * FA_LDS];
+    __shared__ __align__(16) bf16 Os[2][FA_BLOCK * FA_LDS];
+    __shared__ float lse_s[2][FA_BLOCK], D_s[2][FA_BLOCK];
+    int kb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int group = nh / nkv, nqb = gridDim.x;
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    int k0 = kb * FA_BLOCK;
+    float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
+
+    cp_async_tile(Qs[0], base + (size_t)(nh + kvh) * FA_D, stride, k0, T_);
+    cp_async_tile(Os[0], base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, T_);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 kf[FA_D / 16][4], vf[FA_D / 16][4];
+    load_a_frags(kf, Qs[0], warp * 16, g, tq);
+    load_a_frags(vf, Os[0], warp * 16, g, tq);
+    __syncthreads();
+
+    /* iterations: every (query head of the group, query block at or after this key block) */
+    int nq = nqb - kb, nit = group * nq;
+    auto issue = [&](int it, int buf) {
+        int h = kvh * group + it / nq, q0 = (kb + it % nq) * FA_BLOCK;
+        cp_async_tile(Qs[buf], base + (size_t)h * FA_D, stride, q0, T_);
+        cp_async_tile(Os[buf], dout + (size_t)b * T_ * ostride + (size_t)h * FA_D, ostride, q0, T_);
+        cp_async_commit();
+        const float *lse_h = lse + ((size_t)b * nh + h) * T_, *D_h = Dbuf + ((size_t)b * nh + h) * T_;
+        for (int i = threadIdx.x; i < FA_BLOCK; i += FA_THREADS) {
+            bool ok = q0 + i < T_;
+            lse_s[buf][i] = ok ? lse_h[q0 + i] * LOG2E : 0.0f;
+            D_s[buf][i] = ok ? D_h[q0 + i] : 0.0f;
+        }
+    };
+
+    float dk[FA_D / 8][4], dv[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0;
+    int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
+
+    issue(0, 0);
+    for (int it = 0; it < nit; it++) {
+        int buf = it & 1, q0 = (kb + it % nq) * FA_BLOCK;
+        if (it + 1 < nit) {
+            issue(it + 1, buf ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        float p[8][4], dp[8][4];
+        mma_a_tileT_ldm(p, kf, Qs[buf], lane);  /* S^T (16 keys x 64 queries) */
+        mma_a_tileT_ldm(dp, vf, Os[buf], lane); /* dP^T */
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
+                float pv = (key > q || q >= T_) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
+                p[nt][e] = pv;
+                dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
+            }
+        mma_p_tile(dv, p, Os[buf], lane);
+        mma_p_tile(dk, dp, Qs[buf], lane);
+        __syncthreads();
+    }
+    bf16 *dkbase = dqkv + (size_t)b * T_ * stride + (size_t)(nh + kvh) * FA_D;
+    bf16 *dvbase = dkbase + (size_t)nkv * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int key = r ? key_b : key_a;
+        if (key >= T_) continue;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) {
+            *reinterpret_cast<u32 *>(dkbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
+            *reinterpret_cast<u32 *>(dvbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dv[i][2 * r], dv[i][2 * r + 1]);
+        }
+    }
+}
+
+__global__ void __launch_bounds__(FA_THREADS) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
+                                                                  const float *Dbuf, const bf16 *qkv, int T_, int nh,
+                                                                  int nkv)
+{
+    __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
+    __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
+    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int kvh = h / (nh / nkv);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    const bf16 *ksrc = base + (size_t)(nh + kvh) * FA_D, *vsrc = base + (size_t)(nh + nkv + kvh) * FA_D;
+    int q0 = qb * FA_BLOCK;
+    float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
+
+    cp_async_tile(Ks[0], base + (size_t)h * FA_D, stride, q0, T_);
+    cp_async_tile(Vs[0], dout + (size_t)b * T_ * ostride + (size_t)h * FA_D, ostride, q0, T_);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 qf[FA_D / 16][4], df[FA_D / 16][4];
+    load_a_frags(qf, Ks[0], warp * 16, g, tq);
+    load_a_frags(df, Vs[0], warp * 16, g, tq);
+    __syncthreads();
+    cp_async_tile(Ks[0], ksrc, stride, 0, T_);
+    cp_async_tile(Vs[0], vsrc, stride, 0, T_);
+    cp_async_commit();
+
+    int row_a = q0 + warp * 16 + g, row_b = row_a + 8;
+    const float *lse_h = lse + ((size_t)b * nh + h) * T_, *D_h = Dbuf + ((size_t)b * nh + h) * T_;
+    float L[2], Dr[2];
+    L[0] = row_a < T_ ? lse_h[row_a] * LOG2E : 0.0f;
+    L[1] = row_b < T_ ? lse_h[row_b] * LOG2E : 0.0f;
+    Dr[0] = row_a < T_ ? D_h[row_a] : 0.0f;
+    Dr[1] = row_b < T_ ? D_h[row_b] : 0.0f;
+
+    float dq[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0;
+
+    for (int kb = 0; kb <= qb; kb++) {
+        int k0 = kb * FA_BLOCK, buf = kb & 1;
+        if (kb < qb) {
+            cp_async_tile(Ks[buf ^ 1], ksrc, stride, k0 + FA_BLOCK, T_);
+            cp_async_tile(Vs[buf ^ 1], vsrc, stride, k0 + FA_BLOCK, T_);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        float p[8][4], dp[8][4];
+        mma_a_tileT_ldm(p, qf, Ks[buf], lane);
+        mma_a_tileT_ldm(dp, df, Vs[buf], lane);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + nt * 8 + 2 * tq + (e & 1), r = e >> 1, q = r ? row_b : row_a;
+                float pv = (key > q || key >= T_ || q >= T_) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
+                dp[nt][e] = pv * (dp[nt][e] - Dr[r]);
+            }
+        mma_p_tile(dq, dp, Ks[buf], lane);
+        __syncthreads();
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int q = r ? row_b : row_a;
+        if (q >= T_) continue;
+        bf16 *dqr = dqkv + ((size_t)b * T_ + q) * stride + (size_t)h * FA_D;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++)
+            *reinterpret_cast<u32 *>(dqr + i * 8 + 2 * tq) = pack_bf16(dq[i][2 * r] * scale, dq[i][2 * r + 1] * scale);
+    }
+}
+
 /* ============================================================== dispatch */
 
-template <typename T> static bool use_flash(int hd, const void *qkv)
+/* 0: simple kernels, 1: flash v1, 2: flash v2 (the default where it applies). */
+template <typename T> static int flash_version(int hd, const void *qkv)
 {
+    if (!std::is_same<T, bf16>::value || hd != FA_D || (uintptr_t)qkv % 16) return 0;
     const char *e = getenv("ANVIL_ATTENTION");
-    if (e && !strcmp(e, "simple")) return false;
-    return std::is_same<T, bf16>::value && hd == FA_D && (uintptr_t)qkv % 16 == 0;
+    if (e && !strcmp(e, "simple")) return 0;
+    if (e && !strcmp(e, "flash1")) return 1;
+    return 2;
 }
 
 static void check_shape(int nh, int nkv, int hd)
@@ -565,9 +886,13 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
 {
     CUDA_PROF("attention_fwd");
     check_shape(nh, nkv, hd);
-    if (use_flash<T>(hd, qkv)) {
+    int v = flash_version<T>(hd, qkv);
+    if (v) {
         dim3 grid(CEIL_DIV(T_, FA_BLOCK), nh, B);
-        flash_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+        if (v == 2)
+            flash2_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+        else
+            flash_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
     } else {
         size_t warps = (size_t)B * nh * T_;
         attn_simple_fwd_kernel<T><<<CEIL_DIV(warps, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
@@ -583,17 +908,20 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
     CUDA_PROF("attention_bwd");
     check_shape(nh, nkv, hd);
     float *Dbuf = (float *)cuda_scratch((size_t)B * nh * T_ * sizeof(float));
-    if (use_flash<T>(hd, qkv)) {
+    int v = flash_version<T>(hd, qkv);
+    if (v) {
         size_t rows = (size_t)B * T_ * nh;
         flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, (const bf16 *)dout,
                                                                           (const bf16 *)out, B, T_, nh);
         CUDA_CHECK_LAUNCH();
         dim3 gkv(CEIL_DIV(T_, FA_BLOCK), nkv, B), gq(CEIL_DIV(T_, FA_BLOCK), nh, B);
-        flash_bwd_kv_kernel<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf,
-                                                                 (const bf16 *)qkv, T_, nh, nkv);
+        auto kv = v == 2 ? flash2_bwd_kv_kernel : flash_bwd_kv_kernel;
+        auto q = v == 2 ? flash2_bwd_q_kernel : flash_bwd_q_kernel;
+        kv<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh,
+                                                nkv);
         CUDA_CHECK_LAUNCH();
-        flash_bwd_q_kernel<<<gq, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf,
-                                                               (const bf16 *)qkv, T_, nh, nkv);
+        q<<<gq, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh,
+                                              nkv);
     } else {
         size_t wq = (size_t)B * nh * T_, wkv = (size_t)B * nkv * T_;
         attn_simple_bwd_q_kernel<T><<<CEIL_DIV(wq, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
