@@ -11,7 +11,8 @@
 #   curve     200 training steps on real text (tests' GPT-2 token sample) in bf16 and in fp32,
 #             twice in bf16 to show bit-identical losses
 #   train     `anvil train` on the GPU interrupted and resumed == uninterrupted (when train exists)
-#   bench     anvil bench: GPT-2 124M B=64 T=1024 (recompute 0, 1; per-op profile), llama-1b T=2048
+#   bench     anvil bench: GPT-2 124M B=64 T=1024 and llama-1b B=8 T=2048 (recompute 0 and 1, and a
+#             per-op profile of each)
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
 #
 # Binaries: ./anvil and build/tests/test_cuda, built by `make` (tools/gpu-stage.sh builds them on
@@ -61,16 +62,21 @@ bench_row() { grep -E "^\| anvil \|" "$1" | tail -1; }
 if has bench; then
     echo "== anvil bench"
     b="$ANVIL bench --device cuda --steps 10 --warmup 3"
-    timeout 240 $b --model gpt2-124m --batch 64 --seq 1024 --recompute 0 --json "$OUT/bench_gpt2_r0.json" >"$OUT/bench_gpt2_r0.log" 2>&1
-    timeout 240 $b --model gpt2-124m --batch 64 --seq 1024 --recompute 1 --ceiling-size 0 >"$OUT/bench_gpt2_r1.log" 2>&1
-    timeout 240 $b --model gpt2-124m --batch 64 --seq 1024 --recompute 1 --ceiling-size 0 --profile >"$OUT/bench_gpt2_profile.log" 2>&1
-    timeout 300 $b --model llama-1b --batch 8 --seq 2048 --recompute 1 --ceiling-size 0 >"$OUT/bench_llama1b.log" 2>&1
-    for f in "$OUT"/bench_gpt2_r0.log "$OUT"/bench_gpt2_r1.log "$OUT"/bench_llama1b.log; do
-        row=$(bench_row "$f")
-        [ -n "$row" ] && note "$row" || note "| anvil | $(basename "$f"): $(tail -2 "$f" | tr '\n' ' ') |"
+    g="--model gpt2-124m --batch 64 --seq 1024"
+    l="--model llama-1b --batch 8 --seq 2048"
+    timeout 240 $b $g --recompute 0 --json "$OUT/bench_gpt2_r0.json" >"$OUT/bench_gpt2_r0.log" 2>&1
+    timeout 240 $b $g --recompute 1 --ceiling-size 0 >"$OUT/bench_gpt2_r1.log" 2>&1
+    timeout 240 $b $l --recompute 0 --ceiling-size 0 --json "$OUT/bench_llama1b_r0.json" >"$OUT/bench_llama1b_r0.log" 2>&1
+    timeout 240 $b $l --recompute 1 --ceiling-size 0 >"$OUT/bench_llama1b_r1.log" 2>&1
+    timeout 240 $b $g --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_gpt2_profile.log" 2>&1
+    timeout 240 $b $l --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_llama1b_profile.log" 2>&1
+    for f in gpt2_r0 gpt2_r1 llama1b_r0 llama1b_r1; do
+        row=$(bench_row "$OUT/bench_$f.log")
+        [ -n "$row" ] && note "$row" || note "| anvil | bench_$f: $(tail -2 "$OUT/bench_$f.log" | tr '\n' ' ') |"
     done
     grep -E "ceiling" "$OUT/bench_gpt2_r0.log" | tee -a "$SUMMARY"
     sed -n '/per-op time/,/total (sum/p' "$OUT/bench_gpt2_profile.log"
+    sed -n '/per-op time/,/total (sum/p' "$OUT/bench_llama1b_profile.log" | head -14
 fi
 
 if has torch; then

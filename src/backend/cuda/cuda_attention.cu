@@ -594,7 +594,7 @@ __device__ __forceinline__ void mma_a_tileT_ldm(float (&acc)[8][4], const u32 (&
         }
 }
 
-__global__ void __launch_bounds__(FA_THREADS) flash2_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
+__global__ void __launch_bounds__(FA_THREADS, 4) flash2_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
                                                                 int nh, int nkv)
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
@@ -640,13 +640,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_fwd_kernel(bf16 *out, float
         float s[8][4];
         mma_a_tileT_ldm(s, qf, Ks[buf], lane);
         float mx[2] = {-INFINITY, -INFINITY};
+        bool edge = kb == qb || k0 + FA_BLOCK > T_; /* only the diagonal and the last tile need a mask */
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
                 float v = s[nt][e] * c;
-                if (key > qrow || key >= T_) v = -INFINITY;
+                if (edge && (key > qrow || key >= T_)) v = -INFINITY;
                 s[nt][e] = v;
                 mx[e >> 1] = fmaxf(mx[e >> 1], v);
             }
@@ -758,12 +759,13 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
         float p[8][4], dp[8][4];
         mma_a_tileT_ldm(p, kf, Qs[buf], lane);  /* S^T (16 keys x 64 queries) */
         mma_a_tileT_ldm(dp, vf, Os[buf], lane); /* dP^T */
+        bool edge = q0 == k0 || q0 + FA_BLOCK > T_;
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
-                float pv = (key > q || q >= T_) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
+                float pv = (edge && (key > q || q >= T_)) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
                 p[nt][e] = pv;
                 dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
             }
@@ -787,7 +789,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
     }
 }
 
-__global__ void __launch_bounds__(FA_THREADS) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
+__global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                   const float *Dbuf, const bf16 *qkv, int T_, int nh,
                                                                   int nkv)
 {
@@ -841,12 +843,13 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_q_kernel(bf16 *dqkv, co
         float p[8][4], dp[8][4];
         mma_a_tileT_ldm(p, qf, Ks[buf], lane);
         mma_a_tileT_ldm(dp, df, Vs[buf], lane);
+        bool edge = kb == qb || k0 + FA_BLOCK > T_ || q0 + FA_BLOCK > T_;
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int key = k0 + nt * 8 + 2 * tq + (e & 1), r = e >> 1, q = r ? row_b : row_a;
-                float pv = (key > q || key >= T_ || q >= T_) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
+                float pv = (edge && (key > q || key >= T_ || q >= T_)) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
                 dp[nt][e] = pv * (dp[nt][e] - Dr[r]);
             }
         mma_p_tile(dq, dp, Ks[buf], lane);

@@ -126,47 +126,97 @@ void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const 
 
 /* ------------------------------------------------------- LM head + loss */
 
-/* Logit rows are padded to a multiple of this many elements (128 bytes in bf16), so that every
- * row of the chunk starts aligned and cuBLASLt can use its fastest kernels; the GPT-2 vocabulary
- * (50257) makes unaligned rows otherwise. */
+/* The vocabulary is padded to a multiple of this many entries inside the op: cuBLASLt runs the
+ * output layer's three products several times slower when a dimension is odd (GPT-2: 50257), and
+ * 64 keeps every logit row 128-byte aligned. The padded weight rows are zero, so the padded
+ * logits are exactly 0 and add nothing to dinp. */
 #define VOCAB_PAD 64
-/* Bytes of logits per chunk: large enough for efficient matmuls, small beside the activations. */
+/* Bytes of logits per chunk: large enough for efficient products, small beside the activations. */
 #define LM_HEAD_CHUNK_BYTES ((size_t)1 << 30)
+/* Chunk rows are a multiple of this (the products' tile size). */
+#define LM_HEAD_ROW_ALIGN 128
 
-static void *g_head_buf;
-static size_t g_head_size;
+/* grow-only device buffers of the op: logits chunk, padded weight copy, padded weight gradient */
+static struct {
+    void *logits, *wpad;
+    float *dwpad;
+    size_t logits_size, wpad_size, dwpad_size;
+} g_head;
 
-// per chunk of rows: logits = inp @ w^T (rows padded to Vp); xent in place (losses, dlogits);
-// dinp = dlogits @ w;  dw += dlogits^T @ inp
+static void *grow(void *p, size_t *have, size_t need)
+{
+    if (need <= *have) return p;
+    cuda_free(p); /* waits for the device: no queued op still uses it */
+    *have = need;
+    return cuda_malloc(need);
+}
+
+// dst[i] += src[i]
+__global__ void add_f32_kernel(float *dst, const float *src, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] += src[i];
+}
+
+// per chunk of rows: logits = inp @ wp^T (Vp columns); xent in place over the first V (losses,
+// dlogits); dinp = dlogits @ wp;  dwp += dlogits^T @ inp;  at the end dw += dwp[:V]
 template <typename T>
 void cu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, const void *w, const int32_t *targets,
                      int N, int C, int V, float dscale)
 {
-    CUDA_PROF("lm_head_xent");
     int Vp = CEIL_DIV(V, VOCAB_PAD) * VOCAB_PAD;
     size_t chunk_rows = LM_HEAD_CHUNK_BYTES / ((size_t)Vp * sizeof(T));
     const char *env = getenv("ANVIL_LM_HEAD_CHUNK_ROWS"); /* tests: force several chunks */
     if (env && atoi(env) > 0) chunk_rows = (size_t)atoi(env);
     int rows_max = (int)std::min((size_t)N, std::max((size_t)1, chunk_rows));
     int nchunk = CEIL_DIV(N, rows_max);
-    rows_max = CEIL_DIV(N, nchunk); /* equal chunks */
-    size_t need = (size_t)rows_max * Vp * sizeof(T);
-    if (need > g_head_size) {
-        cuda_free(g_head_buf); /* waits for the device: no queued op still reads it */
-        g_head_buf = cuda_malloc(need);
-        g_head_size = need;
+    rows_max = CEIL_DIV(N, nchunk); /* about equal chunks, */
+    if (!env) rows_max = std::min(N, CEIL_DIV(rows_max, LM_HEAD_ROW_ALIGN) * LM_HEAD_ROW_ALIGN); /* tile-sized */
+    T *logits = (T *)(g_head.logits = grow(g_head.logits, &g_head.logits_size, (size_t)rows_max * Vp * sizeof(T)));
+    const T *wp = (const T *)w;
+    float *dwp = dw;
+    bool pad = Vp != V, train = dscale != 0;
+    if (pad) { /* zero-padded copies of the weight and its gradient */
+        CUDA_PROF("lm_head pad");
+        size_t wbytes = (size_t)V * C * sizeof(T), pbytes = (size_t)Vp * C * sizeof(T);
+        g_head.wpad = grow(g_head.wpad, &g_head.wpad_size, pbytes);
+        CUDA_CHECK(cudaMemcpyAsync(g_head.wpad, w, wbytes, cudaMemcpyDeviceToDevice, g_cu.stream));
+        CUDA_CHECK(cudaMemsetAsync((char *)g_head.wpad + wbytes, 0, pbytes - wbytes, g_cu.stream));
+        wp = (const T *)g_head.wpad;
+        if (train && dw) {
+            size_t gbytes = (size_t)Vp * C * sizeof(float);
+            dwp = g_head.dwpad = (float *)grow(g_head.dwpad, &g_head.dwpad_size, gbytes);
+            CUDA_CHECK(cudaMemsetAsync(dwp, 0, gbytes, g_cu.stream));
+        }
     }
-    T *logits = (T *)g_head_buf;
     const T *x = (const T *)inp;
     for (int r0 = 0; r0 < N; r0 += rows_max) {
         int rows = std::min(rows_max, N - r0);
         const T *xr = x + (size_t)r0 * C;
-        lt_matmul(1, 0, V, rows, C, w, C, xr, C, logits, Vp, sizeof(T), sizeof(T), 0.0f, NULL);
-        cu_xent_rows<T>(losses + r0, logits, (size_t)Vp, targets + r0, rows, V, dscale);
-        if (dscale == 0) continue;
-        if (dinp) lt_matmul(0, 0, C, rows, V, w, C, logits, Vp, (T *)dinp + (size_t)r0 * C, C, sizeof(T), sizeof(T),
-                            0.0f, NULL);
-        if (dw) lt_matmul(0, 1, C, V, rows, xr, C, logits, Vp, dw, C, sizeof(T), sizeof(float), 1.0f, NULL);
+        {
+            CUDA_PROF("lm_head fwd");
+            lt_matmul(1, 0, Vp, rows, C, wp, C, xr, C, logits, Vp, sizeof(T), sizeof(T), 0.0f, NULL);
+        }
+        {
+            CUDA_PROF("lm_head xent");
+            cu_xent_rows<T>(losses + r0, logits, (size_t)Vp, targets + r0, rows, V, dscale);
+        }
+        if (!train) continue;
+        if (dinp) {
+            CUDA_PROF("lm_head dinp");
+            lt_matmul(0, 0, C, rows, Vp, wp, C, logits, Vp, (T *)dinp + (size_t)r0 * C, C, sizeof(T), sizeof(T),
+                      0.0f, NULL);
+        }
+        if (dw) {
+            CUDA_PROF("lm_head dw");
+            lt_matmul(0, 1, C, Vp, rows, xr, C, logits, Vp, dwp, C, sizeof(T), sizeof(float), 1.0f, NULL);
+        }
+    }
+    if (pad && train && dw) {
+        CUDA_PROF("lm_head pad");
+        size_t n = (size_t)V * C; /* the first V rows of the padded gradient */
+        add_f32_kernel<<<grid_for(n, 256), 256, 0, g_cu.stream>>>(dw, dwp, n);
+        CUDA_CHECK_LAUNCH();
     }
 }
 
