@@ -45,7 +45,7 @@ BIN      ?= anvil
 TEST_C   := $(sort $(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_C:tests/%.c=$(BUILD)/tests/%)
 
-.PHONY: all test clean asan format
+.PHONY: all test clean asan format fuzz fuzz-bins
 all: $(BIN)
 
 $(BIN): $(BUILD)/src/cli/main.o $(LIB_O) $(CU_O)
@@ -69,10 +69,22 @@ asan:
 	$(MAKE) BUILD=build-asan BIN=build-asan/anvil NO_CUDA=1 OPT="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer" \
 	        LDFLAGS="-fsanitize=address,undefined -fopenmp" test
 
+# libFuzzer harnesses (clang): build into build-fuzz/, run with tools/fuzz.sh
+FUZZ_C := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+fuzz:
+	$(MAKE) BUILD=build-fuzz NO_CUDA=1 CC=clang OPT="-O1 -fsanitize=fuzzer-no-link,address,undefined" \
+	        LDFLAGS="-fopenmp -fsanitize=fuzzer,address,undefined" fuzz-bins
+
+fuzz-bins: $(FUZZ_C:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/%: $(BUILD)/tests/fuzz/%.o $(LIB_O)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
 
 clean:
-	rm -rf $(BUILD) build-asan anvil
+	rm -rf $(BUILD) build-asan build-fuzz anvil
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

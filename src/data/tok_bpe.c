@@ -281,7 +281,7 @@ typedef struct {
 } PcEntry;
 
 struct PieceCache {
-    PcEntry *_Atomic *slot;
+    PcEntry **slot; /* accessed only through __atomic builtins */
     size_t count; /* atomic */
     pthread_mutex_t mu;
     void **block;

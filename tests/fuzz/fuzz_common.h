@@ -1,0 +1,38 @@
+/* fuzz_common.h - helpers for the libFuzzer harnesses (make fuzz; tools/fuzz.sh).
+ * Every parser that reads user files must return an error for any input,
+ * never crash, hang or read out of bounds. */
+#ifndef ANVIL_FUZZ_COMMON_H
+#define ANVIL_FUZZ_COMMON_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Write the input to a per-process file under /dev/shm (or /tmp) named `name`
+ * inside a private directory; returns the directory. */
+static inline const char *fuzz_dir(void)
+{
+    static char dir[128];
+    if (!dir[0]) {
+        const char *base = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
+        snprintf(dir, sizeof(dir), "%s/anvil_fuzz_%d", base, (int)getpid());
+        mkdir(dir, 0700);
+    }
+    return dir;
+}
+
+static inline const char *fuzz_write(const char *name, const uint8_t *data, size_t size)
+{
+    static char path[256];
+    snprintf(path, sizeof(path), "%s/%s", fuzz_dir(), name);
+    FILE *f = fopen(path, "wb");
+    if (!f) abort();
+    if (size && fwrite(data, 1, size, f) != size) abort();
+    fclose(f);
+    return path;
+}
+
+#endif
