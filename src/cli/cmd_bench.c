@@ -332,9 +332,11 @@ int cmd_bench(int argc, char **argv)
            is_cpu ? "process max RSS" : "high-water of backend allocations");
     printf("| impl | model | device | B | T | recompute | step ms | tokens/s | TFLOP/s | MFU (989) | of ceiling | "
            "peak GiB |\n");
-    printf("| anvil | %s | %s | %d | %d | %d | %.1f | %.0f | %.2f | %s%.1f%% | %.1f%% | %.2f |\n", a.model,
-           device_name(be), a.B, a.T, a.recompute, step * 1e3, tok_s, rate / 1e12, "",
-           is_cpu ? 0.0 : 100 * rate / H100_BF16_PEAK, ceiling > 0 ? 100 * rate / ceiling : 0.0, peak_mem / GIB);
+    char mfu[32] = "-", of_ceiling[32] = "-"; /* "-": not meaningful (CPU) or not measured (--ceiling-size 0) */
+    if (!is_cpu) snprintf(mfu, sizeof(mfu), "%.1f%%", 100 * rate / H100_BF16_PEAK);
+    if (ceiling > 0) snprintf(of_ceiling, sizeof(of_ceiling), "%.1f%%", 100 * rate / ceiling);
+    printf("| anvil | %s | %s | %d | %d | %d | %.1f | %.0f | %.2f | %s | %s | %.2f |\n", a.model, device_name(be), a.B,
+           a.T, a.recompute, step * 1e3, tok_s, rate / 1e12, mfu, of_ceiling, peak_mem / GIB);
 
     int rc = 0;
     if (a.json) {
