@@ -4,36 +4,8 @@
 # Uses $ANVIL (the binary) and tests/fixtures; the transformers round trip runs
 # only where python3 has torch + transformers (skipped otherwise, e.g. in CI).
 set -u
-ANVIL=${ANVIL:-./anvil}
+. "$(dirname "$0")/lib_cli.sh"
 FIX=${ANVIL_FIXTURES:-tests/fixtures}
-pass=0
-fail=0
-tmp=$(mktemp -d /tmp/anvil_cli_io.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL $*" >&2
-}
-
-# expect_fail NAME "needle1|needle2..." ARGS... : exit 1, exactly one stderr line
-# starting "anvil: " and containing every needle.
-expect_fail() {
-    local name=$1 needles=$2
-    shift 2
-    "$ANVIL" "$@" >"$tmp/out" 2>"$tmp/err"
-    local rc=$? lines
-    lines=$(wc -l <"$tmp/err")
-    if [ $rc -ne 1 ]; then bad "$name: exit $rc, want 1"; return; fi
-    if [ "$lines" -ne 1 ]; then bad "$name: $lines stderr lines: $(cat "$tmp/err")"; return; fi
-    if ! grep -q '^anvil: ' "$tmp/err"; then bad "$name: no 'anvil: ' prefix: $(cat "$tmp/err")"; return; fi
-    local IFS='|'
-    for n in $needles; do
-        if ! grep -qF -- "$n" "$tmp/err"; then bad "$name: message lacks '$n': $(cat "$tmp/err")"; return; fi
-    done
-    ok
-}
 
 # A copy of a fixture model directory to break.
 copy_model() {

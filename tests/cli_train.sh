@@ -7,39 +7,7 @@
 #     final weights bit for bit; the same seed gives the same run;
 #   - gradient accumulation matches one large batch; model.init fine-tunes.
 set -u
-ANVIL=${ANVIL:-./anvil}
-pass=0
-fail=0
-tmp=$(mktemp -d /tmp/anvil_cli_train.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL $*" >&2
-}
-differs() { ! cmp -s "$1" "$2"; }
-check() { # check NAME CONDITION-COMMAND...
-    local name=$1
-    shift
-    if "$@"; then ok; else bad "$name"; fi
-}
-
-# expect_fail NAME "needle1|needle2" ARGS... : exit 1 and one stderr line "anvil: ..." with every needle
-expect_fail() {
-    local name=$1 needles=$2
-    shift 2
-    "$ANVIL" "$@" >"$tmp/out" 2>"$tmp/err"
-    local rc=$? lines
-    lines=$(wc -l <"$tmp/err")
-    if [ $rc -ne 1 ]; then bad "$name: exit $rc, want 1 ($(head -c 300 "$tmp/err"))"; return; fi
-    if [ "$lines" -ne 1 ]; then bad "$name: $lines stderr lines: $(cat "$tmp/err")"; return; fi
-    if ! grep -q '^anvil: ' "$tmp/err"; then bad "$name: no 'anvil: ' prefix: $(cat "$tmp/err")"; return; fi
-    local IFS='|'
-    for n in $needles; do
-        if ! grep -qF -- "$n" "$tmp/err"; then bad "$name: message lacks '$n': $(cat "$tmp/err")"; return; fi
-    done
-    ok
-}
+. "$(dirname "$0")/lib_cli.sh"
 
 TRAIN=examples/sentences-train.txt
 VAL=examples/sentences-val.txt
