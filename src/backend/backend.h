@@ -146,6 +146,20 @@ struct Backend {
      * dlogits = (softmax - onehot(target)) * dscale (0 for ignored rows). */
     void (*lm_head_xent)(float *losses, void *dinp, float *dw, const void *inp, const void *w,
                          const int32_t *targets, int N, int C, int V, float dscale);
+
+    /* ---- KV cache for generation (appended; CPU in cpu/cpu_kv.c, CUDA in cuda/cuda_kv.cu) ----
+     * One layer's cache is two act buffers kcache, vcache of shape (B, nkv, cap, hd): for every
+     * row and kv head, the keys (values) of positions 0..cap-1, each hd contiguous elements. */
+    /* Store the k and v parts of qkv (B,T,(nh+2*nkv)*hd), already rotated (RoPE), as positions
+     * pos0 .. pos0+T-1 of every row (pos0 + T <= cap). */
+    void (*kv_store)(void *kcache, void *vcache, const void *qkv, int B, int T, int nh, int nkv, int hd,
+                     int pos0, int cap);
+    /* Causal attention of T new queries at positions pos0 .. pos0+T-1 over the cache:
+     * out (B,T,nh*hd) = softmax(q k^T / sqrt(hd)) v with keys/values 0 .. pos0+t for query t.
+     * q comes from qkv (B,T,...) as in attention_fwd; the cache must already hold positions
+     * up to pos0+T-1 (kv_store first). Query head h reads kv head h / (nh/nkv). */
+    void (*attention_kv_fwd)(void *out, const void *qkv, const void *kcache, const void *vcache, int B, int T,
+                             int nh, int nkv, int hd, int pos0, int cap);
 };
 
 /* The CPU backend (always built). */

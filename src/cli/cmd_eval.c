@@ -1,12 +1,323 @@
-/* cmd_eval.c - `anvil eval` (placeholder until its module lands). */
+/* cmd_eval.c - `anvil eval ppl` (sliding-window perplexity) and `anvil eval mcq`
+ * (zero-shot multiple choice, lm-evaluation-harness conventions). docs/eval.md.
+ *
+ *   anvil eval ppl --model DIR --data PATH [--ctx N] [--stride S] [--batch B] [--device D]
+ *                  [--tokenizer T] [--json]
+ *   anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--ctx N]
+ *                  [--skip-bad] [--bos] [--device D] [--tokenizer T] [--json]
+ */
+#include <dirent.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 
 #include "cli/cli.h"
+#include "core/error.h"
+#include "data/shard.h"
+#include "data/textio.h"
+#include "data/tokenizer.h"
+#include "eval/mcq.h"
+#include "eval/ppl.h"
+#include "io/hf.h"
+#include "model/model.h"
+
+/* Windows per forward for ppl, and rows per forward (at a full window) for mcq: enough
+ * to keep a GPU busy with a small model; results do not depend on them. */
+#define PPL_DEFAULT_BATCH 8
+#define MCQ_DEFAULT_BATCH 16
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: anvil eval ppl --model DIR --data PATH [--ctx N] [--stride S] [--batch B] [--device D]\n"
+            "                      [--tokenizer T] [--json]\n"
+            "         PATH: a text file (tokenized with the model's tokenizer), a shard directory or\n"
+            "         shard file, or a raw little-endian uint32 token file (.u32).\n"
+            "         --ctx: window (default: the model's), --stride: advance (default: ctx)\n"
+            "       anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--ctx N]\n"
+            "                      [--skip-bad] [--bos] [--device D] [--tokenizer T] [--json]\n"
+            "         T: hellaswag, piqa, arc, winogrande, generic. --skip-bad: report malformed lines and\n"
+            "         go on (default: stop at the first). --bos: add the tokenizer's BOS (lm-eval "
+            "add_bos_token)\n");
+}
+
+typedef struct {
+    const char *model, *data, *device, *tokenizer, *task;
+    int ctx, stride, batch, limit, skip_bad, bos, json;
+} EvalArgs;
+
+static int parse_int(const char *flag, const char *v, int lo, int *out)
+{
+    char *end;
+    long x = strtol(v, &end, 10);
+    if (!*v || *end || x < lo || x > 1000000000)
+        return err_set("%s: expected an integer >= %d, got \"%s\"", flag, lo, v);
+    *out = (int)x;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, EvalArgs *a)
+{
+    for (int i = 2; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--json"))
+            a->json = 1;
+        else if (!strcmp(f, "--skip-bad"))
+            a->skip_bad = 1;
+        else if (!strcmp(f, "--bos"))
+            a->bos = 1;
+        else if (i + 1 >= argc)
+            return err_set("%s: unknown option, or missing its value (see --help)", f);
+        else if (!strcmp(f, "--model"))
+            a->model = argv[++i];
+        else if (!strcmp(f, "--data"))
+            a->data = argv[++i];
+        else if (!strcmp(f, "--device"))
+            a->device = argv[++i];
+        else if (!strcmp(f, "--tokenizer"))
+            a->tokenizer = argv[++i];
+        else if (!strcmp(f, "--task"))
+            a->task = argv[++i];
+        else if (!strcmp(f, "--ctx")) {
+            if (parse_int(f, argv[++i], 2, &a->ctx)) return -1;
+        } else if (!strcmp(f, "--stride")) {
+            if (parse_int(f, argv[++i], 1, &a->stride)) return -1;
+        } else if (!strcmp(f, "--batch")) {
+            if (parse_int(f, argv[++i], 1, &a->batch)) return -1;
+        } else if (!strcmp(f, "--limit")) {
+            if (parse_int(f, argv[++i], 0, &a->limit)) return -1;
+        } else
+            return err_set("%s: unknown option (see anvil eval --help)", f);
+    }
+    if (!a->model) return err_set("--model: required (a model directory)");
+    if (!a->data) return err_set("--data: required");
+    return 0;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------ ppl input */
+
+static int ends_with(const char *s, const char *suf)
+{
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Append the tokens of one shard file. */
+static int append_shard(const char *path, int32_t **ids, size_t *n)
+{
+    Shard s;
+    if (shard_open(&s, path)) return -1;
+    *ids = xrealloc(*ids, (*n + s.count + 1) * sizeof(int32_t));
+    for (uint64_t i = 0; i < s.count; i++) (*ids)[(*n)++] = (int32_t)shard_token(&s, i);
+    shard_close(&s);
+    return 0;
+}
+
+/* The token sequence of PATH: a directory of shards (*.tok, *.bin, in name order, one
+ * stream), one shard, a .u32 file, or text (tokenized; with BOS when the tokenizer adds one,
+ * as tokenizer(text) does in transformers). *text_bytes > 0 only for text. */
+static int read_tokens(const char *path, const Tokenizer *tok, int32_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    struct stat st;
+    if (stat(path, &st)) return err_set("%s: cannot open (no such file or directory)", path);
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(path);
+        if (!d) return err_set("%s: cannot open the directory", path);
+        char **names = NULL;
+        int k = 0;
+        struct dirent *e;
+        while ((e = readdir(d)))
+            if (e->d_name[0] != '.' && (ends_with(e->d_name, ".tok") || ends_with(e->d_name, ".bin"))) {
+                names = xrealloc(names, (size_t)(k + 1) * sizeof(char *));
+                size_t len = strlen(path) + strlen(e->d_name) + 2;
+                names[k] = xmalloc(len);
+                snprintf(names[k++], len, "%s/%s", path, e->d_name);
+            }
+        closedir(d);
+        if (k) qsort(names, (size_t)k, sizeof(char *), cmp_str);
+        int rc = k ? 0 : err_set("%s: no token shards (*.tok, *.bin) in this directory", path);
+        for (int i = 0; i < k; i++) {
+            if (!rc) rc = append_shard(names[i], ids, n);
+            free(names[i]);
+        }
+        free(names);
+        return rc;
+    }
+    if (shard_sniff(path)) return append_shard(path, ids, n);
+    size_t len;
+    char *data = text_read_file(path, &len);
+    if (!data) return -1;
+    if (ends_with(path, ".u32")) {
+        if (len % 4) {
+            free(data);
+            return err_set("%s: size %zu is not a multiple of 4 (expected little-endian uint32 ids)", path,
+                           len);
+        }
+        *n = len / 4;
+        *ids = xmalloc((*n + 1) * sizeof(int32_t));
+        const uint8_t *p = (const uint8_t *)data;
+        for (size_t i = 0; i < *n; i++) {
+            uint32_t v = (uint32_t)p[4 * i] | (uint32_t)p[4 * i + 1] << 8 | (uint32_t)p[4 * i + 2] << 16 |
+                         (uint32_t)p[4 * i + 3] << 24;
+            (*ids)[i] = v > INT32_MAX ? INT32_MAX : (int32_t)v;
+        }
+        free(data);
+        return 0;
+    }
+    if (!tok) {
+        free(data);
+        return err_set("%s: text needs a tokenizer: the model directory has none (give --tokenizer)", path);
+    }
+    size_t bad = text_utf8_check(data, len);
+    if (bad < len) {
+        free(data);
+        return err_set("%s: invalid UTF-8 at byte offset %zu", path, bad);
+    }
+    int32_t *v = NULL;
+    long k = tokenizer_encode(tok, data, len, &v);
+    free(data);
+    if (k < 0) return err_prefix("%s", path);
+    int bos = tokenizer_add_bos(tok) && tokenizer_bos_id(tok) >= 0;
+    *ids = xmalloc((size_t)(k + bos + 1) * sizeof(int32_t));
+    if (bos) (*ids)[0] = tokenizer_bos_id(tok);
+    if (k) memcpy(*ids + bos, v, (size_t)k * sizeof(int32_t));
+    free(v);
+    *n = (size_t)k + (size_t)bos;
+    return 0;
+}
+
+static int is_text_source(const char *path)
+{
+    struct stat st;
+    return !stat(path, &st) && !S_ISDIR(st.st_mode) && !shard_sniff(path) && !ends_with(path, ".u32");
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int run_ppl(const EvalArgs *a, Model *m, Tokenizer *tok)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int text = is_text_source(a->data);
+    if (read_tokens(a->data, tok, &ids, &n)) return -1;
+    PplOptions o = {.ctx = a->ctx ? a->ctx : m->cfg.max_seq_len,
+                    .batch = a->batch ? a->batch : PPL_DEFAULT_BATCH};
+    o.stride = a->stride ? a->stride : o.ctx;
+    PplResult r;
+    double t0 = now_s();
+    int rc = ppl_run(m, ids, n, &o, text ? tok : NULL, &r);
+    double dt = now_s() - t0;
+    free(ids);
+    if (rc) return err_prefix("%s", a->data);
+    if (a->json) {
+        printf("{\"tokens\": %llu, \"nll\": %.8f, \"ppl\": %.6f", (unsigned long long)r.tokens, r.nll, r.ppl);
+        if (text) printf(", \"bpb\": %.8f, \"bytes\": %llu", r.bpb, (unsigned long long)r.bytes);
+        printf(", \"windows\": %d, \"ctx\": %d, \"stride\": %d, \"hf_doc_nll\": %.8f, \"seconds\": %.3f}\n",
+               r.windows, o.ctx, o.stride, r.hf_doc_nll, dt);
+        return 0;
+    }
+    printf("ppl: %llu tokens scored in %d windows (ctx %d, stride %d) | nll %.4f nats/token | ppl %.3f",
+           (unsigned long long)r.tokens, r.windows, o.ctx, o.stride, r.nll, r.ppl);
+    if (text) printf(" | bpb %.4f", r.bpb);
+    printf(" | %.1f s\n", dt);
+    if (o.stride < o.ctx)
+        printf("(the HF guide's loop, which weights each window's mean by trg_len - 1, gives nll %.4f)\n",
+               r.hf_doc_nll);
+    return 0;
+}
+
+static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
+{
+    McqTask task;
+    if (!a->task) return err_set("--task: required (hellaswag, piqa, arc, winogrande, generic)");
+    if (mcq_task_parse(a->task, &task)) return -1;
+    if (!tok) return err_set("%s: the model directory has no tokenizer (give --tokenizer)", a->model);
+    McqSet set;
+    if (mcq_load(a->data, task, a->limit, a->skip_bad, &set)) return -1;
+    McqOptions o = {.ctx = a->ctx ? a->ctx : m->cfg.max_seq_len,
+                    .batch = a->batch ? a->batch : MCQ_DEFAULT_BATCH,
+                    .add_bos = a->bos};
+    McqResult r;
+    if (mcq_score(m, tok, &set, &o, &r)) {
+        mcq_set_free(&set);
+        return -1;
+    }
+    double ips = r.seconds > 0 ? r.items / r.seconds : 0;
+    if (a->json) {
+        printf("{\"task\": \"%s\", \"items\": %d, \"acc\": %.6f", a->task, r.items, r.acc);
+        if (r.has_norm)
+            printf(", \"acc_norm\": %.6f, \"acc_bytes\": %.6f", r.acc_norm, r.acc_bytes);
+        else
+            printf(", \"acc_norm\": null, \"acc_bytes\": null");
+        printf(", \"truncated\": %d, \"skipped\": %d, \"requests\": %d, \"ctx\": %d, \"seconds\": %.3f, "
+               "\"items_per_s\": %.2f}\n",
+               r.truncated, set.skipped, r.requests, o.ctx, r.seconds, ips);
+    } else {
+        printf("%s: %d items | acc %.4f", a->task, r.items, r.acc);
+        if (r.has_norm) printf(" | acc_norm %.4f | acc_bytes %.4f", r.acc_norm, r.acc_bytes);
+        printf(" | %d truncated (context cut to the last %d tokens) | %d malformed lines skipped | %.1f "
+               "items/s\n",
+               r.truncated, o.ctx, set.skipped, ips);
+    }
+    mcq_result_free(&r);
+    mcq_set_free(&set);
+    return 0;
+}
 
 int cmd_eval(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "anvil: eval: not built yet\n");
-    return 1;
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 1 : 0;
+    }
+    int is_ppl = !strcmp(argv[1], "ppl"), is_mcq = !strcmp(argv[1], "mcq");
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        }
+    if (!is_ppl && !is_mcq) {
+        fprintf(stderr, "anvil: eval: unknown mode \"%s\" (expected ppl or mcq)\n", argv[1]);
+        return 1;
+    }
+    EvalArgs a = {.device = "cpu"};
+    Model *m = NULL;
+    Tokenizer *tok = NULL;
+    int rc = 1;
+    if (parse_args(argc, argv, &a)) goto out;
+    const Backend *be = backend_get(a.device);
+    if (!be) {
+        err_prefix("--device");
+        goto out;
+    }
+    m = hf_load_model(a.model, be);
+    if (!m) goto out;
+    tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);
+    if (!tok) {
+        if (a.tokenizer) goto out;
+        err_clear(); /* fine for token files */
+    }
+    rc = (is_ppl ? run_ppl(&a, m, tok) : run_mcq(&a, m, tok)) ? 1 : 0;
+out:
+    if (rc) fprintf(stderr, "anvil: %s\n", err_get());
+    if (tok) tokenizer_free(tok);
+    model_free(m);
+    return rc;
 }

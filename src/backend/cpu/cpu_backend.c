@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_extra.h"
+#include "backend/cpu/cpu_kv.h"
 #include "core/error.h"
 
 /* ---------------------------------------------------------------- memory */
@@ -551,6 +552,8 @@ static const Backend cpu_backend = {
     .sumsq = cpu_sumsq,
     .scale = cpu_scale,
     .lm_head_xent = cpu_lm_head_xent,
+    .kv_store = cpu_kv_store,
+    .attention_kv_fwd = cpu_attention_kv_fwd,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

@@ -296,6 +296,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->attention_bwd = cu_attention_bwd<T>;
     be->lm_head_xent = cu_lm_head_xent<T>;
     cu_fill_ops<T>(be);
+    cu_fill_kv_ops<T>(be);
 }
 
 static Backend g_table_bf16, g_table_f32;

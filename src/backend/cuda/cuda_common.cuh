@@ -172,5 +172,7 @@ template <typename T> void cu_attention_bwd(void *dqkv, const void *dout, const 
 
 /* cuda_ops.cu: fills the element-wise, norm, embedding, loss and optimizer entries. */
 template <typename T> void cu_fill_ops(Backend *be);
+/* cuda_kv.cu: fills the KV-cache entries (kv_store, attention_kv_fwd). */
+template <typename T> void cu_fill_kv_ops(Backend *be);
 
 #endif
