@@ -138,7 +138,8 @@ static size_t random_text(Rng *r, char *out, size_t cap, int invalid)
                                   "!?", "-", "_", "\xc3\xa9", "\xc3\xb1", "\xe6\x97\xa5", "\xe6\x9c\xac",
                                   "\xf0\x9f\x9a\x80", "\xe2\x80\x8d", "\xcc\x81", "\xc2\xa0", "\xe3\x80\x80",
                                   "\xe2\x80\xa8", "\xc2\x85", "\xd9\xa3", "\xe2\x85\xa7", "\xc2\xbd", "\x0b", "\x0c",
-                                  "\xef\xbb\xbf", "\xf0\x90\x8d\x88", "k", "the", " The", "\xe1\x9a\x80"};
+                                  "\xef\xbb\xbf", "\xf0\x90\x8d\x88", "k", "the", " The", "\xe1\x9a\x80",
+                                  "'S", "'RE", "'Ll", "'vE", "\xc5\xbf", "'D", "\r", "12345", "(", " (", "\n\n"};
     static const char *bad[] = {"\xff", "\xc3", "\xe6\x97", "\x80", "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80",
                                 "\xf0\x9f\x9a"};
     size_t n = 0;
@@ -200,65 +201,79 @@ static size_t pcre2_pieces(pcre2_code *re, const uint8_t *s, size_t n, size_t *e
     return k;
 }
 
-static int compare_splitters(pcre2_code *re, const uint8_t *s, size_t n)
+static int compare_splitters(pcre2_code *re, int kind, const uint8_t *s, size_t n)
 {
     size_t cap = n + 1;
     size_t *a = malloc(cap * sizeof(size_t)), *b = malloc(cap * sizeof(size_t));
     size_t na = pcre2_pieces(re, s, n, a, cap), nb = 0;
-    for (size_t i = 0; i < n && nb < cap;) i = b[nb++] = gpt2_split_next(s, n, i);
+    for (size_t i = 0; i < n && nb < cap;)
+        i = b[nb++] = kind == SPLIT_FAST_GPT2 ? gpt2_split_next(s, n, i)
+                                              : llama3_split_next(s, n, i, kind == SPLIT_FAST_LLAMA3 ? 3 : 1);
     int same = na == nb && !memcmp(a, b, na * sizeof(size_t));
+    if (!same && n < 300) {
+        size_t k = 0;
+        while (k < na && k < nb && a[k] == b[k]) k++;
+        fprintf(stderr, "  split differs after piece %zu (pcre2 end %zu, fast end %zu) in \"%.*s\"\n", k,
+                k < na ? a[k] : 0, k < nb ? b[k] : 0, (int)n, (const char *)s);
+    }
     free(a);
     free(b);
     return same;
 }
 
-static void test_gpt2_splitter_vs_pcre2(void)
+/* The hand-written splitters (GPT-2, LLaMA-3, Qwen2) cut exactly where PCRE2 does. */
+static void test_fast_splitters_vs_pcre2(void)
 {
-    pcre2_code *re = tok_regex_compile(GPT2_SPLIT_PATTERN, strlen(GPT2_SPLIT_PATTERN), "test");
-    CHECK(re != NULL);
-    if (!re) return;
-    /* reference texts */
-    const char *names[] = {"gpt2/tricky.txt", "gpt2/sample.txt", "text/sentences.txt"};
-    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
-        char p[512];
-        snprintf(p, sizeof(p), "%s/%s", test_shared_data(), names[i]);
-        size_t n;
-        char *s = slurp(p, &n);
-        if (!s) {
-            fprintf(stderr, "skip %s: absent\n", p);
-            continue;
+    const char *pats[] = {GPT2_SPLIT_PATTERN, LLAMA3_SPLIT_PATTERN, QWEN2_SPLIT_PATTERN};
+    const int kinds[] = {SPLIT_FAST_GPT2, SPLIT_FAST_LLAMA3, SPLIT_FAST_QWEN2};
+    for (int pi = 0; pi < 3; pi++) {
+        pcre2_code *re = tok_regex_compile(pats[pi], strlen(pats[pi]), "test");
+        CHECK(re != NULL && split_fast_kind(pats[pi]) == kinds[pi]);
+        if (!re) return;
+        /* reference texts */
+        const char *names[] = {"gpt2/tricky.txt", "gpt2/sample.txt", "text/sentences.txt"};
+        for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+            char p[512];
+            snprintf(p, sizeof(p), "%s/%s", test_shared_data(), names[i]);
+            size_t n;
+            char *s = slurp(p, &n);
+            if (!s) {
+                fprintf(stderr, "skip %s: absent\n", p);
+                continue;
+            }
+            if (n > (2u << 20)) n = 2u << 20; /* 2 MB of sentences is plenty */
+            while (n && ((uint8_t)s[n - 1] & 0xC0) == 0x80) n--; /* do not cut a character */
+            if (n && (uint8_t)s[n - 1] >= 0xC0) n--;
+            CHECKF(compare_splitters(re, kinds[pi], (const uint8_t *)s, n), "pattern %d: %s", pi, names[i]);
+            free(s);
         }
-        if (n > (2u << 20)) n = 2u << 20; /* 2 MB of sentences is plenty */
-        while (n && ((uint8_t)s[n - 1] & 0xC0) == 0x80) n--; /* do not cut a character */
-        if (n && (uint8_t)s[n - 1] >= 0xC0) n--;
-        CHECKF(compare_splitters(re, (const uint8_t *)s, n), "%s", names[i]);
-        free(s);
-    }
-    /* random mixes, with and without invalid bytes */
-    Rng r;
-    rng_seed(&r, 99, 0);
-    int ok = 1;
-    for (int it = 0; it < 5000 && ok; it++) {
-        char buf[512];
-        size_t n = random_text(&r, buf, sizeof(buf), it & 1);
-        ok &= compare_splitters(re, (const uint8_t *)buf, n);
-        if (!ok) fprintf(stderr, "  differs on iteration %d\n", it);
-    }
-    CHECK(ok);
-    /* random code points from all planes (every class PCRE2 knows) */
-    ok = 1;
-    for (int it = 0; it < 2000 && ok; it++) {
-        uint8_t buf[256];
-        size_t n = 0;
-        while (n + 4 < sizeof(buf)) {
-            uint32_t cp = (uint32_t)rng_below(&r, 4) == 0 ? (uint32_t)rng_below(&r, 0x110000) : (uint32_t)rng_below(&r, 0x3000);
-            if (cp >= 0xD800 && cp <= 0xDFFF) continue;
-            n += (size_t)utf8_encode(cp, buf + n);
+        /* random mixes, with and without invalid bytes */
+        Rng r;
+        rng_seed(&r, 99, (uint64_t)pi);
+        int ok = 1;
+        for (int it = 0; it < 5000 && ok; it++) {
+            char buf[512];
+            size_t n = random_text(&r, buf, sizeof(buf), it & 1);
+            ok &= compare_splitters(re, kinds[pi], (const uint8_t *)buf, n);
+            if (!ok) fprintf(stderr, "  pattern %d differs on iteration %d\n", pi, it);
         }
-        ok &= compare_splitters(re, buf, n);
+        CHECK(ok);
+        /* random code points from all planes (every class PCRE2 knows) */
+        ok = 1;
+        for (int it = 0; it < 2000 && ok; it++) {
+            uint8_t buf[256];
+            size_t n = 0;
+            while (n + 4 < sizeof(buf)) {
+                uint32_t cp = (uint32_t)rng_below(&r, 4) == 0 ? (uint32_t)rng_below(&r, 0x110000)
+                                                              : (uint32_t)rng_below(&r, 0x3000);
+                if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+                n += (size_t)utf8_encode(cp, buf + n);
+            }
+            ok &= compare_splitters(re, kinds[pi], buf, n);
+        }
+        CHECKF(ok, "pattern %d: random code points", pi);
+        pcre2_code_free(re);
     }
-    CHECK(ok);
-    pcre2_code_free(re);
 }
 
 /* The same ids whether the GPT-2 stage runs the hand-written splitter or PCRE2. */
@@ -266,8 +281,8 @@ static void test_gpt2_fast_vs_regex_ids(void)
 {
     Tokenizer *slow = tokenizer_load("gpt2");
     if (!slow) return;
-    CHECK(slow->n_pre == 1 && slow->pre[0].gpt2_fast && slow->pre[0].re);
-    slow->pre[0].gpt2_fast = 0;
+    CHECK(slow->n_pre == 1 && slow->pre[0].fast == SPLIT_FAST_GPT2 && slow->pre[0].re);
+    slow->pre[0].fast = SPLIT_FAST_NONE;
     char p[512];
     snprintf(p, sizeof(p), "%s/gpt2/sample.txt", test_shared_data());
     size_t n;
@@ -625,7 +640,7 @@ int main(void)
     if (!gpt2()) return test_summary();
     RUN(test_gpt2_special);
     RUN(test_roundtrip_random);
-    RUN(test_gpt2_splitter_vs_pcre2);
+    RUN(test_fast_splitters_vs_pcre2);
     RUN(test_gpt2_fast_vs_regex_ids);
     RUN(test_merge_scan_vs_heap);
     RUN(test_byte_tokenizer);

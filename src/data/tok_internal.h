@@ -117,15 +117,17 @@ typedef struct {
 enum { PRE_SPLIT, PRE_METASPACE, PRE_BYTELEVEL_PREFIX, PRE_DIGITS };
 enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS };
 enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
+enum { SPLIT_FAST_NONE, SPLIT_FAST_GPT2, SPLIT_FAST_LLAMA3, SPLIT_FAST_QWEN2 };
 
 typedef struct {
     int type;
-    /* PRE_SPLIT: a regex (re) or literal (lit) pattern; gpt2_fast when the
-     * regex is exactly GPT-2's (hand-written splitter, proven identical by tests) */
+    /* PRE_SPLIT: a regex (re) or literal pattern; fast != SPLIT_FAST_NONE when
+     * the regex is exactly GPT-2's, LLaMA-3's or Qwen2's (hand-written
+     * splitters, proven identical to PCRE2 by tests) */
     pcre2_code *re;
     char *src; /* the regex or literal pattern text */
     size_t src_len;
-    int is_regex, behavior, invert, gpt2_fast;
+    int is_regex, behavior, invert, fast;
     /* PRE_METASPACE */
     char repl[8];
     int repl_len, prepend_scheme, split;
@@ -249,9 +251,13 @@ size_t bpe_merge(const Tokenizer *t, int32_t *sym, size_t n, int force);
 
 /* ---- tok_pretok.c ------------------------------------------------------- */
 
-/* The end of the GPT-2 pre-token starting at s[i] (hand-written splitter). */
+/* The end of the pre-token starting at s[i] (i < n), hand-written splitters
+ * for the three patterns below. */
 size_t gpt2_split_next(const uint8_t *s, size_t n, size_t i);
-extern const char GPT2_SPLIT_PATTERN[];
+size_t llama3_split_next(const uint8_t *s, size_t n, size_t i, int max_digits);
+extern const char GPT2_SPLIT_PATTERN[], LLAMA3_SPLIT_PATTERN[], QWEN2_SPLIT_PATTERN[];
+/* SPLIT_FAST_* for a Split regex (Isolated, not inverted) */
+int split_fast_kind(const char *pattern);
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what);
 /* Run normalizers then pre-tokenizers on one segment and BPE each piece. */
 int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start, IdVec *out);

@@ -160,7 +160,7 @@ static int pre_push_regex(Ctx *c, Tokenizer *t, const char *re, int behavior, in
         free(p.src);
         return -1;
     }
-    p.gpt2_fast = !strcmp(re, GPT2_SPLIT_PATTERN) && behavior == SPLIT_ISOLATED && !invert;
+    p.fast = behavior == SPLIT_ISOLATED && !invert ? split_fast_kind(re) : SPLIT_FAST_NONE;
     pre_push(t, p);
     return 0;
 }
@@ -226,7 +226,7 @@ static int parse_pretok(Ctx *c, Tokenizer *t, json_t *o, const char *field)
                 free(p.src);
                 return -1;
             }
-            p.gpt2_fast = !strcmp(p.src, GPT2_SPLIT_PATTERN) && p.behavior == SPLIT_ISOLATED && !p.invert;
+            p.fast = p.behavior == SPLIT_ISOLATED && !p.invert ? split_fast_kind(p.src) : SPLIT_FAST_NONE;
         }
         pre_push(t, p);
         return 0;
@@ -838,7 +838,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     }
     int32_t tb = parse_post(json_object_get(root, "post_processor"), &t->add_bos);
     find_eos_bos(t, dir, tb);
-    t->splittable = !t->n_norm && t->n_pre == 1 && t->pre[0].gpt2_fast;
+    t->splittable = !t->n_norm && t->n_pre == 1 && t->pre[0].fast == SPLIT_FAST_GPT2;
     find_sp_split(t);
     rc = tok_finish(t);
 out:

@@ -18,6 +18,18 @@
 #include "data/utf8.h"
 
 const char GPT2_SPLIT_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+const char LLAMA3_SPLIT_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+                                    "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const char QWEN2_SPLIT_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+                                   "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+
+int split_fast_kind(const char *pattern)
+{
+    if (!strcmp(pattern, GPT2_SPLIT_PATTERN)) return SPLIT_FAST_GPT2;
+    if (!strcmp(pattern, LLAMA3_SPLIT_PATTERN)) return SPLIT_FAST_LLAMA3;
+    if (!strcmp(pattern, QWEN2_SPLIT_PATTERN)) return SPLIT_FAST_QWEN2;
+    return SPLIT_FAST_NONE;
+}
 
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what)
 {
@@ -156,6 +168,60 @@ size_t gpt2_split_next(const uint8_t *s, size_t n, size_t i)
         j += kj;
     }
     return n;
+}
+
+/* LLaMA-3 (max_digits 3) and Qwen2 (max_digits 1):
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+ *    ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * Alternatives are tried in order at i; the first that matches wins. */
+size_t llama3_split_next(const uint8_t *s, size_t n, size_t i, int max_digits)
+{
+    uint8_t c0 = s[i];
+    if (c0 == '\'' && i + 1 < n) { /* caseless: PCRE2 also folds U+017F (long s) to s */
+        uint8_t c1 = s[i + 1] | 0x20;
+        if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
+        if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return i + 3;
+        if (i + 2 < n) {
+            uint8_t c2 = s[i + 2] | 0x20;
+            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return i + 3;
+        }
+    }
+    size_t k0;
+    uint8_t cl0 = cc_at(s, n, i, &k0);
+    if (cl0 == CC_L) return cc_run(s, n, i + k0, CC_L);
+    if (cl0 != CC_N && cl0 != CC_INVALID && c0 != '\r' && c0 != '\n' && i + k0 < n) {
+        size_t k1;
+        if (cc_at(s, n, i + k0, &k1) == CC_L) return cc_run(s, n, i + k0 + k1, CC_L);
+    }
+    if (cl0 == CC_N) {
+        size_t j = i + k0, k;
+        for (int d = 1; d < max_digits && j < n && cc_at(s, n, j, &k) == CC_N; d++) j += k;
+        return j;
+    }
+    size_t j = i, k;
+    if (c0 == ' ' && i + 1 < n && cc_at(s, n, i + 1, &k) == CC_OTHER) j = i + 1;
+    if (j > i || cl0 == CC_OTHER) {
+        j = cc_run(s, n, j, CC_OTHER);
+        while (j < n && (s[j] == '\r' || s[j] == '\n')) j++;
+        return j;
+    }
+    if (cl0 == CC_INVALID) return cc_run(s, n, i + 1, CC_INVALID);
+    /* whitespace run [i, e) */
+    size_t e = i, last = i, nl = 0;
+    int has_nl = 0;
+    while (e < n) {
+        size_t ke;
+        if (cc_at(s, n, e, &ke) != CC_WS) break;
+        if (s[e] == '\r' || s[e] == '\n') {
+            has_nl = 1;
+            nl = e;
+        }
+        last = e;
+        e += ke;
+    }
+    if (has_nl) return nl + 1;                                  /* \s*[\r\n]+ */
+    if (e == n || cc_at(s, n, e, &k) == CC_INVALID) return e;   /* \s+(?!\S) at the end */
+    return last > i ? last : e;                                 /* \s+(?!\S) backtracked, or \s+ */
 }
 
 /* ---- normalizers ---------------------------------------------------------- */
@@ -384,18 +450,23 @@ static void split_apply(PreCtx *c, int stage, const PreTok *p, const uint8_t *s,
     if (open) split_emit(c, stage, s, piece_a, n, at_start);
 }
 
-static void gpt2_apply(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start)
+static inline size_t fast_next(int kind, const uint8_t *s, size_t n, size_t i)
+{
+    return kind == SPLIT_FAST_GPT2 ? gpt2_split_next(s, n, i) : llama3_split_next(s, n, i, kind == SPLIT_FAST_LLAMA3 ? 3 : 1);
+}
+
+static void fast_apply(PreCtx *c, int stage, int kind, const uint8_t *s, size_t n, int at_start)
 {
     if (stage + 1 == c->t->n_pre) { /* last stage: straight into BPE */
         for (size_t i = 0; i < n;) {
-            size_t j = gpt2_split_next(s, n, i);
+            size_t j = fast_next(kind, s, n, i);
             bpe_encode_piece(c->t, c->th, s + i, j - i, c->out);
             i = j;
         }
         return;
     }
     for (size_t i = 0; i < n;) {
-        size_t j = gpt2_split_next(s, n, i);
+        size_t j = fast_next(kind, s, n, i);
         pretok_run(c, stage + 1, s + i, j - i, at_start && i == 0);
         i = j;
     }
@@ -479,7 +550,7 @@ static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_
     const PreTok *p = &c->t->pre[stage];
     switch (p->type) {
     case PRE_SPLIT:
-        if (p->gpt2_fast) gpt2_apply(c, stage, s, n, at_start);
+        if (p->fast) fast_apply(c, stage, p->fast, s, n, at_start);
         else split_apply(c, stage, p, s, n, at_start);
         break;
     case PRE_METASPACE:

@@ -157,7 +157,7 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
     }
     for (int i = 0; i < t->n_pre; i++) {
         const PreTok *p = &t->pre[i];
-        int32_t f[8] = {i, p->type, p->behavior, p->invert, p->gpt2_fast, p->prepend_scheme, p->split, p->individual};
+        int32_t f[8] = {i, p->type, p->behavior, p->invert, p->is_regex, p->prepend_scheme, p->split, p->individual};
         h ^= tok_hash(f, sizeof(f)) * 23;
         if (p->src) h ^= tok_hash(p->src, p->src_len) * 29 + (uint64_t)i + (uint64_t)p->is_regex;
         h ^= tok_hash(p->repl, (size_t)p->repl_len) * 37;
