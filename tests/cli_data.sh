@@ -76,6 +76,18 @@ if [ -f "$SHARED/gpt2/sample.gpt2.u32" ]; then
     check '[ "$(shard_tokens "$T/s1/train/shard_000000.tok" | wc -l)" -eq 100000 ]' "fixed shard size"
     check '[ "$(od -An -tu2 -j16 -N2 "$T/s1/train/shard_000000.tok" | tr -d " ")" -eq 2 ]' "uint16 for gpt2"
     check 'grep -q "\"tokenizer\": \"gpt2\"" "$T/s1/manifest.json"' "manifest tokenizer"
+    # a LLaMA-3 style tokenizer.json (BOS added, the hand-written split): the cut
+    # chunks give the ids of encoding the whole file, between BOS and EOS
+    L3=tests/fixtures/tokenizers/llama3_style
+    if [ -d "$L3" ]; then
+        $ANVIL prepare --tokenizer "$L3" --input "$SHARED/gpt2/sample.txt" --out "$T/l3s" --threads 2 2>/dev/null
+        $ANVIL tokenize --tokenizer "$L3" --file "$SHARED/gpt2/sample.txt" --out "$T/l3.u32"
+        bos=$(grep '"bos_id"' "$T/l3s/manifest.json" | tr -dc 0-9)
+        eos=$(grep '"eos_id"' "$T/l3s/manifest.json" | tr -dc 0-9)
+        { echo "$bos"; od -An -tu4 -v "$T/l3.u32" | tr -s ' ' '\n' | sed '/^$/d'; echo "$eos"; } >"$T/l3.want"
+        shard_tokens "$T/l3s/train/shard_000000.tok" >"$T/l3.got"
+        check 'cmp -s "$T/l3.got" "$T/l3.want"' "llama3-style prepare = BOS + ids + EOS"
+    fi
     # lines as documents, with a validation split; deterministic and complete
     $ANVIL prepare --tokenizer gpt2 --input "$SHARED/gpt2/sample.txt" --out "$T/l1" --docs line --val-fraction 0.1 --threads 1 2>/dev/null
     $ANVIL prepare --tokenizer gpt2 --input "$SHARED/gpt2/sample.txt" --out "$T/l2" --docs line --val-fraction 0.1 --threads 2 2>/dev/null

@@ -838,7 +838,15 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     }
     int32_t tb = parse_post(json_object_get(root, "post_processor"), &t->add_bos);
     find_eos_bos(t, dir, tb);
-    t->splittable = !t->n_norm && t->n_pre == 1 && t->pre[0].fast == SPLIT_FAST_GPT2;
+    /* prepare may cut a long document after "x\ny" (ASCII non-space around the
+     * newline): the GPT-2, LLaMA-3 and Qwen2 patterns always end a piece there,
+     * Unicode normalization never crosses two ASCII characters, and no added
+     * token may contain the newline */
+    t->splittable = t->n_pre == 1 && t->pre[0].fast != SPLIT_FAST_NONE;
+    for (int i = 0; i < t->n_norm; i++)
+        if (t->norm[i].type > NORM_NFKD) t->splittable = 0;
+    for (int i = 0; i < t->n_added; i++)
+        if (memchr(t->added[i].content, '\n', t->added[i].len)) t->splittable = 0;
     find_sp_split(t);
     rc = tok_finish(t);
 out:
