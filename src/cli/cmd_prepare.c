@@ -108,7 +108,7 @@ int cmd_prepare(int argc, char **argv)
     int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     fprintf(stderr,
             "prepare: %llu files, %llu documents (%llu val), %llu tokens: train %llu in %d shards, val %llu in %d "
-            "shards; %.1f MB in %.2f s (%.1f MB/s, %d threads) -> %s\n",
+            "shards; %.1f MB in %.3f s (%.1f MB/s, %d threads) -> %s\n",
             (unsigned long long)st.files, (unsigned long long)st.docs, (unsigned long long)st.docs_val,
             (unsigned long long)(st.tokens_train + st.tokens_val), (unsigned long long)st.tokens_train,
             st.shards_train, (unsigned long long)st.tokens_val, st.shards_val, (double)st.bytes_in / 1e6, st.seconds,
