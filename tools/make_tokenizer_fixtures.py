@@ -79,6 +79,7 @@ def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False, co
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
     js = json.loads(tok.to_str())
+    js["model"]["vocab"] = dict(sorted(js["model"]["vocab"].items(), key=lambda kv: kv[1]))  # reproducible files
     if merges_as_strings:
         js["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in js["model"]["merges"]]
     s = json.dumps(js, ensure_ascii=False, separators=(",", ":"))
@@ -129,7 +130,7 @@ def train(tok, lines, vocab, specials, alphabet=None):
 
 def bytelevel_fixtures(out, data, lines, corpus):
     names = []
-    alpha = pre_tokenizers.ByteLevel.alphabet()
+    alpha = sorted(pre_tokenizers.ByteLevel.alphabet())
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -223,7 +224,7 @@ def sp_fixtures(out, data, lines, corpus):
 
 def hand_fixtures(out, data, lines, corpus):
     names = []
-    alpha = pre_tokenizers.ByteLevel.alphabet()
+    alpha = sorted(pre_tokenizers.ByteLevel.alphabet())
     base_texts = ["hello world", "the cat sat on the mat", " spaced  out ", "a-b--c---d", "x1y22z333",
                   "one, two; three!", "tab\there", "line\nbreak", "", "ünïcödé wörds", "aaa bbb aaa"]
 
@@ -241,6 +242,17 @@ def hand_fixtures(out, data, lines, corpus):
                           "(cat) cat_ x-cat", "hello world, hello worlds", "<|user|>hi<|user|>", "<mask><sep><mask>",
                           "a \n<mask>\n b", "<mas", "cat"]
     names.append(write_fixture(out, "added_tokens", tok, texts))
+
+    # ByteLevel with add_prefix_space (RoBERTa style), alone and after a Split
+    for name, pre in (("bytelevel_prefix", pre_tokenizers.ByteLevel(add_prefix_space=True)),
+                      ("split_bytelevel_prefix", pre_tokenizers.Sequence([
+                          pre_tokenizers.Split(Regex(r"[,;]"), behavior="isolated"),
+                          pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)]))):
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre
+        tok.decoder = decoders.ByteLevel()
+        train(tok, corpus[:3000], 400, ["<|endoftext|>"], alpha)
+        names.append(write_fixture(out, name, tok, base_texts + ["Hello", " Hello", "a,b;c , d", "<|endoftext|>x"]))
 
     # ignore_merges: vocabulary words kept whole even where merges disagree
     vocab = {c: i for i, c in enumerate(alpha)}
