@@ -7,19 +7,11 @@
 #   - ppl --json tokens and nll per (ctx, stride); .u32 input == text input;
 #   - mcq --json acc / acc_norm / acc_bytes / truncated per task;
 #   - seeded sampling reproducible; --batch;
+#   - eval.mcq during training logs the accuracy `anvil eval mcq` gives on the checkpoint;
 #   - bad input: one stderr line "anvil: ..." naming the file (and line), exit 1.
 set -u
-ANVIL=${ANVIL:-./anvil}
+source "$(dirname "$0")/lib_cli.sh"
 FX=tests/fixtures/eval
-pass=0
-fail=0
-tmp=$(mktemp -d /tmp/anvil_cli_eval.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-ok() { pass=$((pass + 1)); }
-bad() {
-    fail=$((fail + 1))
-    echo "FAIL $*" >&2
-}
 if [ ! -f "$FX/cli_cases.txt" ]; then
     echo "skip: $FX/cli_cases.txt not found (run from the repository root)" >&2
     echo "0 passed, 0 failed"
@@ -27,23 +19,6 @@ if [ ! -f "$FX/cli_cases.txt" ]; then
 fi
 # the tiny models run faster on one thread than on two busy ones
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-
-# expect_fail NAME "needle1|needle2" ARGS... : exit 1 and one stderr line "anvil: ..." with every needle
-expect_fail() {
-    local name=$1 needles=$2
-    shift 2
-    "$ANVIL" "$@" >"$tmp/out" 2>"$tmp/err"
-    local rc=$? lines
-    lines=$(wc -l <"$tmp/err")
-    if [ $rc -ne 1 ]; then bad "$name: exit $rc, want 1 ($(head -c 300 "$tmp/err"))"; return; fi
-    if [ "$lines" -ne 1 ]; then bad "$name: $lines stderr lines: $(cat "$tmp/err")"; return; fi
-    if ! grep -q '^anvil: ' "$tmp/err"; then bad "$name: no 'anvil: ' prefix: $(cat "$tmp/err")"; return; fi
-    local IFS='|'
-    for n in $needles; do
-        if ! grep -qF -- "$n" "$tmp/err"; then bad "$name: message lacks '$n': $(cat "$tmp/err")"; return; fi
-    done
-    ok
-}
 
 # json_num FILE KEY: the number after "KEY": in a one-line JSON object
 json_num() { sed -n "s/.*\"$2\": \([-0-9.eE+a-z]*\).*/\1/p" "$1"; }
@@ -187,5 +162,37 @@ expect_fail "generate bad device" "--device" generate --model "$FX/gpt2" --promp
 long=$(seq -s, 1 70)
 expect_fail "generate prompt too long" "window" generate --model "$FX/gpt2" --prompt-ids "$long"
 
-echo "$pass passed, $fail failed"
-[ $fail -eq 0 ]
+# ------------------------------------------------------- eval.mcq in training
+# fine-tune the eval model a few steps with a multiple-choice task every 2 steps; the last step's
+# logged accuracy is what `anvil eval mcq` gives on the final checkpoint at the same window
+cat >"$tmp/mcq.yaml" <<YAML
+model:
+  init: $FX/gpt2
+data:
+  train: examples/sentences-train.txt
+train:
+  batch_size: 2
+  seq_len: 40
+  steps: 4
+  lr: 1e-3
+  warmup_steps: 0
+eval:
+  steps: 0
+  mcq:
+    task: hellaswag
+    data: $FX/hellaswag.jsonl
+    every: 2
+out_dir: $tmp/mcqrun
+YAML
+if "$ANVIL" train "$tmp/mcq.yaml" >"$tmp/train.log" 2>&1; then ok; else bad "train with eval.mcq: $(tail -3 "$tmp/train.log")"; fi
+check "mcq logged at steps 2 and 4 only" test "$(grep -c '"mcq_acc"' "$tmp/mcqrun/metrics.jsonl")" = 2
+check "mcq fields" grep -q '"step": 4, .*"mcq_task": "hellaswag", "mcq_items": [0-9], "mcq_acc": [0-9.]*, "mcq_acc_norm": [0-9.]*, "mcq_acc_bytes": [0-9.]*' \
+    "$tmp/mcqrun/metrics.jsonl"
+check "mcq in the progress line" grep -q '^step 2/4 .* | hellaswag acc [0-9.]* acc_norm' "$tmp/train.log"
+"$ANVIL" eval mcq --model "$tmp/mcqrun/final" --task hellaswag --data "$FX/hellaswag.jsonl" --ctx 40 --json >"$tmp/final.json"
+logged=$(grep '"step": 4,' "$tmp/mcqrun/metrics.jsonl" | sed 's/.*"mcq_acc_norm": \([0-9.]*\).*/\1/')
+check "logged acc_norm == eval mcq on the checkpoint" close "$logged" "$(json_num "$tmp/final.json" acc_norm)" 1e-6
+expect_fail "train mcq bad task" "eval.mcq.task|squad" train "$tmp/mcq.yaml" --set eval.mcq.task=squad
+expect_fail "train mcq bad data" "eval.mcq.data|$tmp/none.jsonl" train "$tmp/mcq.yaml" --set eval.mcq.data="$tmp/none.jsonl"
+
+cli_summary

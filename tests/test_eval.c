@@ -715,6 +715,35 @@ static void check_mcq(Model *m, const Tokenizer *tok, const char *name, const ch
     mcq_set_free(&set);
 }
 
+/* A window shorter than some continuations: those items are left out and counted. */
+static void check_mcq_too_long(Model *m, const Tokenizer *tok, json_t *ref)
+{
+    const int window = 24;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/eval/hellaswag.jsonl", test_fixtures());
+    McqSet set;
+    if (mcq_load(path, MCQ_HELLASWAG, 0, 0, &set)) return;
+    json_t *items = json_object_get(ref, "items");
+    int want = 0;
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        json_t *ct = json_object_get(json_array_get(items, i), "cont_tokens");
+        int longest = 0;
+        for (size_t c = 0; c < json_array_size(ct); c++)
+            longest = MAX(longest, (int)json_integer_value(json_array_get(ct, c)));
+        want += longest > window;
+    }
+    CHECK(want > 0 && want < set.n); /* the fixture has both kinds */
+    McqOptions o = {.ctx = window, .batch = 2};
+    McqResult r;
+    CHECKF(mcq_score(m, tok, &set, &o, &r) == 0, "%s", err_get());
+    CHECKF(r.too_long == want && r.items == set.n - want, "too_long %d, want %d", r.too_long, want);
+    for (int i = 0; i < set.n; i++) CHECK((r.pred[i] < 0) == r.item_too_long[i]);
+    mcq_result_free(&r);
+    o.ctx = 4;
+    CHECK(mcq_score(m, tok, &set, &o, &r) == -1 && strstr(err_get(), "no item fits"));
+    mcq_set_free(&set);
+}
+
 static void test_mcq_eval_models(void)
 {
     const char *models[] = {"gpt2", "llama"};
@@ -731,6 +760,7 @@ static void test_mcq_eval_models(void)
                           json_object_get(json_object_get(mref, "mcq"), tasks[ti]), 0);
             check_mcq(m, tok, models[mi], "generic",
                       json_object_get(json_object_get(mref, "mcq_bos"), "generic"), 1);
+            check_mcq_too_long(m, tok, json_object_get(json_object_get(mref, "mcq"), "hellaswag"));
         }
         if (tok) tokenizer_free(tok);
         model_free(m);

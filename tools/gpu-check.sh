@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu-check.sh - everything the CUDA backend must show, in one run on a GPU machine (docs/cuda.md).
 #
-#   bash tools/gpu-check.sh [SECTION...]     default: env test curve train bench torch
+#   bash tools/gpu-check.sh [SECTION...]     default: env test curve train bench torch eval
 #
 # Sections:
 #   env       GPU, driver, libraries the binaries resolve, PyTorch
@@ -14,6 +14,8 @@
 #   bench     anvil bench: GPT-2 124M B=64 T=1024 and llama-1b B=8 T=2048 (recompute 0 and 1, and a
 #             per-op profile of each)
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
+#   eval      build/tests/test_cuda_kv (KV-cache ops, cached forward, greedy, ppl and mcq: GPU vs CPU)
+#             and tools/bench_eval.sh --device cuda (generation tokens/s, mcq items/s; docs/eval.md)
 #
 # Binaries: ./anvil and build/tests/test_cuda, built by `make` (tools/gpu-stage.sh builds them on
 # a machine with the C libraries and copies them, with those libraries in lib/, for a GPU machine
@@ -28,7 +30,7 @@ ANVIL=${ANVIL:-./anvil}
 TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
 DATA=${DATA:-tests/data/sample.gpt2.u32}
 [ -f "$DATA" ] || DATA=../shared/data/gpt2/sample.gpt2.u32
-sections=${*:-env test curve train bench torch}
+sections=${*:-env test curve train bench torch eval}
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -135,6 +137,16 @@ if has sanitize; then
             >"$OUT/sanitize_$t.log" 2>&1
         note "| sanitize $t | $(grep -E "ERROR SUMMARY" "$OUT/sanitize_$t.log" | tail -1) $(tail -1 "$OUT/sanitize_$t.log") |"
     done
+fi
+
+if has eval; then
+    echo "== eval: KV cache, generation, mcq"
+    timeout 300 "${TEST_CUDA_KV:-build/tests/test_cuda_kv}" >"$OUT/test_cuda_kv.log" 2>&1
+    grep -E "FAIL|SKIP|rel err|agrees" "$OUT/test_cuda_kv.log" | head -40
+    note "| test_cuda_kv | $(tail -1 "$OUT/test_cuda_kv.log") |"
+    ANVIL="$ANVIL" timeout 400 bash tools/bench_eval.sh --device cuda >"$OUT/bench_eval.md" 2>&1
+    cat "$OUT/bench_eval.md"
+    grep -E "^\| (generation|mcq)" "$OUT/bench_eval.md" | cut -d'|' -f1-6 | sed 's/$/|/' | tee -a "$SUMMARY"
 fi
 
 echo

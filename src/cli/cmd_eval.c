@@ -21,7 +21,7 @@
 #include "data/tokenizer.h"
 #include "eval/mcq.h"
 #include "eval/ppl.h"
-#include "io/hf.h"
+#include "eval/load.h"
 #include "model/model.h"
 
 /* Windows per forward for ppl, and rows per forward (at a full window) for mcq: enough
@@ -266,15 +266,16 @@ static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
             printf(", \"acc_norm\": %.6f, \"acc_bytes\": %.6f", r.acc_norm, r.acc_bytes);
         else
             printf(", \"acc_norm\": null, \"acc_bytes\": null");
-        printf(", \"truncated\": %d, \"skipped\": %d, \"requests\": %d, \"ctx\": %d, \"seconds\": %.3f, "
-               "\"items_per_s\": %.2f}\n",
-               r.truncated, set.skipped, r.requests, o.ctx, r.seconds, ips);
+        printf(", \"truncated\": %d, \"too_long\": %d, \"skipped\": %d, \"requests\": %d, \"ctx\": %d, "
+               "\"seconds\": %.3f, \"items_per_s\": %.2f}\n",
+               r.truncated, r.too_long, set.skipped, r.requests, o.ctx, r.seconds, ips);
     } else {
         printf("%s: %d items | acc %.4f", a->task, r.items, r.acc);
         if (r.has_norm) printf(" | acc_norm %.4f | acc_bytes %.4f", r.acc_norm, r.acc_bytes);
-        printf(" | %d truncated (context cut to the last %d tokens) | %d malformed lines skipped | %.1f "
-               "items/s\n",
-               r.truncated, o.ctx, set.skipped, ips);
+        printf(" | %d truncated (context cut to the last %d tokens) | %d malformed lines skipped",
+               r.truncated, o.ctx, set.skipped);
+        if (r.too_long) printf(" | %d not scored (a continuation longer than the window)", r.too_long);
+        printf(" | %.1f items/s\n", ips);
     }
     mcq_result_free(&r);
     mcq_set_free(&set);
@@ -307,7 +308,7 @@ int cmd_eval(int argc, char **argv)
         err_prefix("--device");
         goto out;
     }
-    m = hf_load_model(a.model, be);
+    m = eval_load_model(a.model, be);
     if (!m) goto out;
     tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);
     if (!tok) {

@@ -15,7 +15,7 @@
 #include "core/error.h"
 #include "data/tokenizer.h"
 #include "eval/generate.h"
-#include "io/hf.h"
+#include "eval/load.h"
 #include "model/model.h"
 
 #define DEFAULT_MAX_TOKENS 128
@@ -191,7 +191,7 @@ int cmd_generate(int argc, char **argv)
         err_prefix("--device");
         goto out;
     }
-    m = hf_load_model(a.model, be);
+    m = eval_load_model(a.model, be);
     if (!m) goto out;
     tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);
     if (!tok) {

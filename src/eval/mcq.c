@@ -662,14 +662,15 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
     int nreq = 0;
     for (int i = 0; i < set->n; i++) nreq += set->items[i].n;
     McqReq *req = xcalloc((size_t)nreq, sizeof(McqReq));
-    r->items = set->n;
-    r->requests = nreq;
+    r->requests = 0;
     r->has_norm = set->task != MCQ_WINOGRANDE;
     r->ll = xcalloc((size_t)set->n, sizeof(double *));
     r->pred = xcalloc((size_t)set->n, sizeof(int));
     r->pred_norm = xcalloc((size_t)set->n, sizeof(int));
     r->pred_bytes = xcalloc((size_t)set->n, sizeof(int));
     r->item_truncated = xcalloc((size_t)set->n, sizeof(int));
+    r->item_too_long = xcalloc((size_t)set->n, sizeof(int));
+    r->n_items = set->n;
     int k = 0, rc = -1;
     int32_t *in = NULL, *tg = NULL;
     McqOrder *order = NULL;
@@ -684,26 +685,34 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
                 err_prefix("%s:%d", set->path, it->line);
                 goto out;
             }
-            if (req[k].n_cont > o->ctx) {
-                err_set("%s:%d: choice %d's continuation has %d tokens, more than the window of %d",
-                        set->path, it->line, c, req[k].n_cont, o->ctx);
-                goto out;
-            }
+            r->item_too_long[i] |= req[k].n_cont > o->ctx; /* lm-eval asserts it fits */
             r->item_truncated[i] |= trunc;
-            r->tokens += req[k].n - 1;
         }
+        if (r->item_too_long[i]) {
+            r->too_long++;
+            continue;
+        }
+        for (int c = k - it->n; c < k; c++) r->tokens += req[c].n - 1;
+        r->items++;
+        r->requests += it->n;
         r->truncated += r->item_truncated[i];
+    }
+    if (!r->items) {
+        err_set("%s: no item fits the window of %d tokens (a continuation is longer)", set->path, o->ctx);
+        goto out;
     }
     if (model_reserve(m, o->batch, o->ctx, m->la ? m->recompute : RECOMPUTE_BLOCK)) goto out;
     long budget = (long)m->Bmax * m->Tmax; /* tokens per forward the activations hold */
     order = xmalloc((size_t)nreq * sizeof(McqOrder));
-    for (int i = 0; i < nreq; i++) order[i] = (McqOrder){req[i].n, i};
-    qsort(order, (size_t)nreq, sizeof(McqOrder), cmp_len_desc);
+    int nq = 0;
+    for (int i = 0; i < nreq; i++)
+        if (!r->item_too_long[req[i].item]) order[nq++] = (McqOrder){req[i].n, i};
+    qsort(order, (size_t)nq, sizeof(McqOrder), cmp_len_desc);
     in = xmalloc((size_t)budget * sizeof(int32_t));
     tg = xmalloc((size_t)budget * sizeof(int32_t));
-    for (int i = 0; i < nreq;) {
+    for (int i = 0; i < nq;) {
         int Tb = MAX(req[order[i].idx].n - 1, 1);
-        int rows = (int)MIN((long)(nreq - i), MAX(1L, budget / Tb));
+        int rows = (int)MIN((long)(nq - i), MAX(1L, budget / Tb));
         for (int b = 0; b < rows; b++) {
             const McqReq *q = &req[order[i + b].idx];
             int L = q->n - 1; /* inputs; position j predicts tok[j+1] */
@@ -725,6 +734,10 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
     int acc = 0, acc_norm = 0, acc_bytes = 0;
     for (int i = 0; i < set->n; i++) {
         const McqItem *it = &set->items[i];
+        if (r->item_too_long[i]) {
+            r->pred[i] = r->pred_norm[i] = r->pred_bytes[i] = -1;
+            continue;
+        }
         double *norm = xmalloc((size_t)it->n * sizeof(double)),
                *byt = xmalloc((size_t)it->n * sizeof(double));
         for (int c = 0; c < it->n; c++) {
@@ -740,9 +753,9 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
         free(norm);
         free(byt);
     }
-    r->acc = (double)acc / set->n;
-    r->acc_norm = r->has_norm ? (double)acc_norm / set->n : NAN;
-    r->acc_bytes = r->has_norm ? (double)acc_bytes / set->n : NAN;
+    r->acc = (double)acc / r->items;
+    r->acc_norm = r->has_norm ? (double)acc_norm / r->items : NAN;
+    r->acc_bytes = r->has_norm ? (double)acc_bytes / r->items : NAN;
     r->seconds = now_s() - t0;
     rc = 0;
 out:
@@ -757,12 +770,13 @@ out:
 
 void mcq_result_free(McqResult *r)
 {
-    for (int i = 0; i < r->items; i++)
+    for (int i = 0; i < r->n_items; i++)
         if (r->ll) free(r->ll[i]);
     free(r->ll);
     free(r->pred);
     free(r->pred_norm);
     free(r->pred_bytes);
     free(r->item_truncated);
+    free(r->item_too_long);
     memset(r, 0, sizeof(*r));
 }

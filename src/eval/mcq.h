@@ -61,19 +61,23 @@ typedef struct {
 } McqOptions;
 
 typedef struct {
-    int items, requests, truncated;
-    int has_norm; /* acc_norm, acc_bytes defined (every task but WinoGrande) */
+    int items, requests; /* scored */
+    int truncated;       /* scored items whose context was cut from the left */
+    int too_long;        /* items not scored: a continuation alone exceeds the window */
+    int has_norm;        /* acc_norm, acc_bytes defined (every task but WinoGrande) */
     double acc, acc_norm, acc_bytes;
     long tokens; /* input tokens of all requests (without padding) */
     double seconds;
-    /* per item */
+    /* per item of the set (n_items); predictions are -1 for the items not scored */
+    int n_items;
     double **ll; /* [item][choice] */
-    int *pred, *pred_norm, *pred_bytes, *item_truncated;
+    int *pred, *pred_norm, *pred_bytes, *item_truncated, *item_too_long;
 } McqResult;
 
 /* Score every item. Reserves the model's activations for batch x ctx if they do not
- * fit already (recompute level 2 when none exist: no backward follows). -1 with
- * err_set() on bad options or a continuation longer than the window. */
+ * fit already (recompute level 2 when none exist: no backward follows). An item with a
+ * continuation longer than the window cannot be scored (lm-eval stops there): it is left
+ * out and counted in too_long. -1 with err_set() on bad options or when no item fits. */
 int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOptions *o, McqResult *r);
 void mcq_result_free(McqResult *r);
 

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "data/loader.h"
 #include "data/tokenizer.h"
+#include "eval/mcq.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "train/checkpoint.h"
@@ -141,6 +142,7 @@ typedef struct {
     TrainerState st;
     char *config_yaml;
     FILE *metrics;
+    McqSet mcq; /* eval.mcq.task's items (mcq.n == 0: none) */
 } Run;
 
 static int save_checkpoint(Run *r)
@@ -192,12 +194,40 @@ out:
     return rc;
 }
 
-static void log_metrics(Run *r, int step, float loss, float lr, double gnorm, double tps, double ms, float val_loss)
+/* ---- eval.mcq: a zero-shot multiple-choice task during training (src/eval/mcq.h) ---- */
+
+/* Read the task's items once, with the run's tokenizer. */
+static int mcq_setup(Run *r)
+{
+    const TrainConfig *tc = r->tc;
+    McqTask task;
+    if (mcq_task_parse(tc->eval_mcq_task, &task)) return err_prefix("eval.mcq.task");
+    if (!r->tok) return err_set("eval.mcq.task: needs a tokenizer (data.tokenizer, or the init model's)");
+    if (mcq_load(tc->eval_mcq_data, task, tc->eval_mcq_limit, 0, &r->mcq)) return err_prefix("eval.mcq.data");
+    return 0;
+}
+
+/* Score the items with the training batch's activations (B rows of T tokens, so no new memory;
+ * contexts longer than T are cut from the left, as lm-eval does at the model's window). */
+static int mcq_eval(Run *r, McqResult *res)
+{
+    McqOptions o = {.ctx = r->tc->seq_len, .batch = r->tc->batch_size};
+    return mcq_score(r->m, r->tok, &r->mcq, &o, res) ? err_prefix("eval.mcq") : 0;
+}
+
+static void log_metrics(Run *r, int step, float loss, float lr, double gnorm, double tps, double ms, float val_loss,
+                        const McqResult *mcq)
 {
     fprintf(r->metrics, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
                         "\"ms_per_step\": %.2f, \"tokens_seen\": %llu",
             step, loss, lr, gnorm, tps, ms, (unsigned long long)r->st.tokens_seen);
     if (!isnan(val_loss)) fprintf(r->metrics, ", \"val_loss\": %.6f", val_loss);
+    if (mcq) {
+        fprintf(r->metrics, ", \"mcq_task\": \"%s\", \"mcq_items\": %d, \"mcq_acc\": %.6f", r->tc->eval_mcq_task,
+                mcq->items, mcq->acc); /* items: scored (a continuation longer than seq_len is not) */
+        if (mcq->has_norm)
+            fprintf(r->metrics, ", \"mcq_acc_norm\": %.6f, \"mcq_acc_bytes\": %.6f", mcq->acc_norm, mcq->acc_bytes);
+    }
     fprintf(r->metrics, "}\n");
     fflush(r->metrics);
 }
@@ -266,6 +296,7 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
         model_init_gpt2(r->m, tc->seed);
     }
     if (model_reserve(r->m, B, T, tc->recompute)) goto out;
+    if (tc->eval_mcq_task[0] && mcq_setup(r)) goto out;
     size_t n = r->m->pt.total;
     r->adam_m = r->be->alloc(n * sizeof(float));
     r->adam_v = r->be->alloc(n * sizeof(float));
@@ -350,17 +381,23 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
             val_loss = eval_loss(r->m, r->val, tc->eval_steps, B, T, in, tg);
             if (isnan(val_loss)) goto out;
         }
+        McqResult mcq = {0};
+        int with_mcq = r->mcq.n && (last || (tc->eval_mcq_every && step % tc->eval_mcq_every == 0));
+        if (with_mcq && mcq_eval(r, &mcq)) goto out;
         double tps = step_tokens / dt;
-        log_metrics(r, step, loss, lr, gnorm, tps, dt * 1e3, val_loss);
-        if (step % tc->log_every == 0 || last || !isnan(val_loss)) {
+        log_metrics(r, step, loss, lr, gnorm, tps, dt * 1e3, val_loss, with_mcq ? &mcq : NULL);
+        if (step % tc->log_every == 0 || last || !isnan(val_loss) || with_mcq) {
             char eta[32];
             fmt_duration(dt * (tc->steps - step), eta, sizeof(eta));
             printf("step %*d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1fk tok/s | %.1f ms | ETA %s", 
                    (int)(floor(log10(tc->steps)) + 1), step, tc->steps, loss, lr, gnorm, tps / 1e3, dt * 1e3, eta);
             if (!isnan(val_loss)) printf(" | val_loss %.4f", val_loss);
+            if (with_mcq) printf(" | %s acc %.4f", tc->eval_mcq_task, mcq.acc);
+            if (with_mcq && mcq.has_norm) printf(" acc_norm %.4f", mcq.acc_norm);
             printf("\n");
             fflush(stdout);
         }
+        mcq_result_free(&mcq);
         if (last || (tc->ckpt_every && step % tc->ckpt_every == 0) || stop_requested) {
             if (save_checkpoint(r)) goto out;
         }
@@ -383,6 +420,7 @@ out:
     if (r->train) loader_close(r->train);
     if (r->val) loader_close(r->val);
     if (r->tok) tokenizer_free(r->tok);
+    mcq_set_free(&r->mcq);
     free(in);
     free(tg);
     return rc;

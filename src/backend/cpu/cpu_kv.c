@@ -12,6 +12,10 @@
 
 #include "core/error.h"
 
+/* Below this many multiply-adds an op runs on one thread: a decoding step of a small model
+ * is cheaper than waking the others (and than waiting for them on a busy machine). */
+#define KV_PARALLEL_MIN (1L << 16)
+
 // kcache[b, kvh, pos0 + t, :] = k part of qkv[b, t, kvh];  same for v
 void cpu_kv_store(void *kcache, void *vcache, const void *qkv_, int B, int T, int nh, int nkv, int hd,
                   int pos0, int cap)
@@ -21,7 +25,7 @@ void cpu_kv_store(void *kcache, void *vcache, const void *qkv_, int B, int T, in
     int row = (nh + 2 * nkv) * hd;
     if (pos0 < 0 || pos0 + T > cap)
         fatal("kv_store: positions %d..%d outside the cache (%d)", pos0, pos0 + T - 1, cap);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if ((long)B * T * nkv * hd >= KV_PARALLEL_MIN)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             const float *r = qkv + ((size_t)b * T + t) * row;
@@ -43,7 +47,7 @@ void cpu_attention_kv_fwd(void *out_, const void *qkv_, const void *kcache, cons
     float scale = 1.0f / sqrtf((float)hd);
     if (pos0 < 0 || pos0 + T > cap)
         fatal("attention_kv_fwd: positions %d..%d outside the cache (%d)", pos0, pos0 + T - 1, cap);
-#pragma omp parallel
+#pragma omp parallel if ((long)B * nh * T * (pos0 + T) * hd >= KV_PARALLEL_MIN)
     {
         float *p = xmalloc((size_t)(pos0 + T) * sizeof(float));
 #pragma omp for collapse(3) schedule(static)

@@ -1,0 +1,13 @@
+/* load.h - the model of `anvil eval` and `anvil generate`: a Hugging Face model
+ * directory, or a preset name (gpt2-124m, llama-1b, ...) with random GPT-2-style
+ * weights, which is enough to measure speed (tools/bench_eval.sh). */
+#ifndef ANVIL_EVAL_LOAD_H
+#define ANVIL_EVAL_LOAD_H
+
+#include "backend/backend.h"
+#include "model/model.h"
+
+/* NULL with err_set() naming spec when it is neither a loadable directory nor a preset. */
+Model *eval_load_model(const char *spec, const Backend *be);
+
+#endif
