@@ -407,7 +407,8 @@ static void test_loader_tokenizer_mismatch(void)
     CHECK(shard_write(tmp_path("g.tok"), v, 64, 50257, 50256, "gpt2", NULL) == 0);
     LoaderOptions o = {.B = 1, .T = 8, .world = 1, .tokenizer = "byte"};
     CHECK(loader_open(tmp_path("g.tok"), &o) == NULL);
-    CHECKF(strstr(err_get(), "g.tok") && strstr(err_get(), "gpt2") && strstr(err_get(), "byte"), "%s", err_get());
+    CHECKF(strstr(err_get(), "g.tok") && strstr(err_get(), "gpt2") && strstr(err_get(), "byte"), "%s",
+           err_get());
     o.tokenizer = "gpt2";
     DataLoader *dl = loader_open(tmp_path("g.tok"), &o);
     CHECKF(dl != NULL, "%s", err_get());

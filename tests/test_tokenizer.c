@@ -134,14 +134,58 @@ static void test_gpt2_special(void)
  * invalid bytes. */
 static size_t random_text(Rng *r, char *out, size_t cap, int invalid)
 {
-    static const char *atoms[] = {"a", "Z", " ", "  ", "\t", "\n", "\r\n", "'s", "'ll", "'", "'re", "0", "42", ".",
-                                  "!?", "-", "_", "\xc3\xa9", "\xc3\xb1", "\xe6\x97\xa5", "\xe6\x9c\xac",
-                                  "\xf0\x9f\x9a\x80", "\xe2\x80\x8d", "\xcc\x81", "\xc2\xa0", "\xe3\x80\x80",
-                                  "\xe2\x80\xa8", "\xc2\x85", "\xd9\xa3", "\xe2\x85\xa7", "\xc2\xbd", "\x0b", "\x0c",
-                                  "\xef\xbb\xbf", "\xf0\x90\x8d\x88", "k", "the", " The", "\xe1\x9a\x80",
-                                  "'S", "'RE", "'Ll", "'vE", "\xc5\xbf", "'D", "\r", "12345", "(", " (", "\n\n"};
-    static const char *bad[] = {"\xff", "\xc3", "\xe6\x97", "\x80", "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80",
-                                "\xf0\x9f\x9a"};
+    static const char *atoms[] = {"a",
+                                  "Z",
+                                  " ",
+                                  "  ",
+                                  "\t",
+                                  "\n",
+                                  "\r\n",
+                                  "'s",
+                                  "'ll",
+                                  "'",
+                                  "'re",
+                                  "0",
+                                  "42",
+                                  ".",
+                                  "!?",
+                                  "-",
+                                  "_",
+                                  "\xc3\xa9",
+                                  "\xc3\xb1",
+                                  "\xe6\x97\xa5",
+                                  "\xe6\x9c\xac",
+                                  "\xf0\x9f\x9a\x80",
+                                  "\xe2\x80\x8d",
+                                  "\xcc\x81",
+                                  "\xc2\xa0",
+                                  "\xe3\x80\x80",
+                                  "\xe2\x80\xa8",
+                                  "\xc2\x85",
+                                  "\xd9\xa3",
+                                  "\xe2\x85\xa7",
+                                  "\xc2\xbd",
+                                  "\x0b",
+                                  "\x0c",
+                                  "\xef\xbb\xbf",
+                                  "\xf0\x90\x8d\x88",
+                                  "k",
+                                  "the",
+                                  " The",
+                                  "\xe1\x9a\x80",
+                                  "'S",
+                                  "'RE",
+                                  "'Ll",
+                                  "'vE",
+                                  "\xc5\xbf",
+                                  "'D",
+                                  "\r",
+                                  "12345",
+                                  "(",
+                                  " (",
+                                  "\n\n"};
+    static const char *bad[] = {"\xff",         "\xc3",     "\xe6\x97",         "\x80",
+                                "\xed\xa0\x80", "\xc0\xaf", "\xf4\x90\x80\x80", "\xf0\x9f\x9a"};
     size_t n = 0;
     size_t len = (size_t)rng_below(r, 60);
     for (size_t i = 0; i < len; i++) {
@@ -241,7 +285,7 @@ static void test_fast_splitters_vs_pcre2(void)
                 fprintf(stderr, "skip %s: absent\n", p);
                 continue;
             }
-            if (n > (2u << 20)) n = 2u << 20; /* 2 MB of sentences is plenty */
+            if (n > (2u << 20)) n = 2u << 20;                    /* 2 MB of sentences is plenty */
             while (n && ((uint8_t)s[n - 1] & 0xC0) == 0x80) n--; /* do not cut a character */
             if (n && (uint8_t)s[n - 1] >= 0xC0) n--;
             CHECKF(compare_splitters(re, kinds[pi], (const uint8_t *)s, n), "pattern %d: %s", pi, names[i]);
@@ -386,8 +430,8 @@ static void test_gpt2_as_tokenizer_json(void)
         fprintf(stderr, "skip test_gpt2_as_tokenizer_json: %s absent\n", p);
         return;
     }
-    json_t *vocab = json_loadb(anvil_gpt2_encoder_json, (size_t)(anvil_gpt2_encoder_json_end - anvil_gpt2_encoder_json),
-                               0, NULL);
+    json_t *vocab = json_loadb(anvil_gpt2_encoder_json,
+                               (size_t)(anvil_gpt2_encoder_json_end - anvil_gpt2_encoder_json), 0, NULL);
     json_t *merges = json_array();
     const char *m = anvil_gpt2_vocab_bpe, *end = anvil_gpt2_vocab_bpe_end;
     const char *nl = memchr(m, '\n', (size_t)(end - m)); /* skip "#version: 0.2" */
@@ -397,13 +441,14 @@ static void test_gpt2_as_tokenizer_json(void)
         if (e > q) json_array_append_new(merges, json_stringn(q, (size_t)(e - q)));
         q = e + 1;
     }
-    json_t *root = json_pack("{s:s, s:[{s:i, s:s, s:b, s:b, s:b, s:b, s:b}], s:n, s:{s:s, s:b, s:b, s:b}, "
-                             "s:n, s:{s:s, s:b, s:b, s:b}, s:{s:s, s:o, s:o}}",
-                             "version", "1.0", "added_tokens", "id", 50256, "content", "<|endoftext|>", "single_word", 0,
-                             "lstrip", 0, "rstrip", 0, "normalized", 1, "special", 1, "normalizer", "pre_tokenizer",
-                             "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1,
-                             "post_processor", "decoder", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 1,
-                             "use_regex", 1, "model", "type", "BPE", "vocab", vocab, "merges", merges);
+    json_t *root =
+        json_pack("{s:s, s:[{s:i, s:s, s:b, s:b, s:b, s:b, s:b}], s:n, s:{s:s, s:b, s:b, s:b}, "
+                  "s:n, s:{s:s, s:b, s:b, s:b}, s:{s:s, s:o, s:o}}",
+                  "version", "1.0", "added_tokens", "id", 50256, "content", "<|endoftext|>", "single_word", 0,
+                  "lstrip", 0, "rstrip", 0, "normalized", 1, "special", 1, "normalizer", "pre_tokenizer",
+                  "type", "ByteLevel", "add_prefix_space", 0, "trim_offsets", 1, "use_regex", 1,
+                  "post_processor", "decoder", "type", "ByteLevel", "add_prefix_space", 1, "trim_offsets", 1,
+                  "use_regex", 1, "model", "type", "BPE", "vocab", vocab, "merges", merges);
     CHECK(root != NULL);
     char d[512], f[600];
     snprintf(d, sizeof(d), "%s/hfgpt2", tmpdir);
@@ -478,8 +523,10 @@ static void run_fixture(const char *dir, const char *name)
         return;
     }
     json_t *exp;
-    if ((exp = json_object_get(root, "vocab_size"))) CHECKF(tokenizer_vocab_size(t) == json_integer_value(exp), "%s vocab", name);
-    if ((exp = json_object_get(root, "add_bos"))) CHECKF(tokenizer_add_bos(t) == json_is_true(exp), "%s add_bos", name);
+    if ((exp = json_object_get(root, "vocab_size")))
+        CHECKF(tokenizer_vocab_size(t) == json_integer_value(exp), "%s vocab", name);
+    if ((exp = json_object_get(root, "add_bos")))
+        CHECKF(tokenizer_add_bos(t) == json_is_true(exp), "%s add_bos", name);
     if ((exp = json_object_get(root, "bos_id")) && json_is_integer(exp))
         CHECKF(tokenizer_bos_id(t) == json_integer_value(exp), "%s bos %d", name, tokenizer_bos_id(t));
     if ((exp = json_object_get(root, "eos_id")) && json_is_integer(exp))
@@ -497,7 +544,8 @@ static void run_fixture(const char *dir, const char *name)
         int32_t *ids;
         long n = tokenizer_encode(t, text, tn, &ids);
         int same = (size_t)n == json_array_size(want);
-        for (long k = 0; same && k < n; k++) same = ids[k] == json_integer_value(json_array_get(want, (size_t)k));
+        for (long k = 0; same && k < n; k++)
+            same = ids[k] == json_integer_value(json_array_get(want, (size_t)k));
         if (!same) {
             fprintf(stderr, "  %s case %zu: ids differ (%ld vs %zu)\n", name, i, n, json_array_size(want));
             if (n < 60) {
@@ -519,7 +567,9 @@ static void run_fixture(const char *dir, const char *name)
         char *d = tokenizer_decode(t, w, wn, &dl);
         if (jd) {
             int ds = dl == json_string_length(jd) && !memcmp(d, json_string_value(jd), dl);
-            if (!ds) fprintf(stderr, "  %s case %zu: decode \"%s\" vs \"%s\"\n", name, i, d, json_string_value(jd));
+            if (!ds)
+                fprintf(stderr, "  %s case %zu: decode \"%s\" vs \"%s\"\n", name, i, d,
+                        json_string_value(jd));
             dec_ok &= ds;
         }
         if (json_is_true(json_object_get(c, "roundtrip"))) rt_ok &= dl == tn && !memcmp(d, text, tn);
@@ -531,7 +581,8 @@ static void run_fixture(const char *dir, const char *name)
     json_t *corpus = json_object_get(root, "corpus");
     if (corpus) {
         char cp[512];
-        snprintf(cp, sizeof(cp), "%s/%s", test_shared_data(), json_string_value(json_object_get(corpus, "file")));
+        snprintf(cp, sizeof(cp), "%s/%s", test_shared_data(),
+                 json_string_value(json_object_get(corpus, "file")));
         size_t cn;
         char *all = slurp(cp, &cn);
         if (!all) {
@@ -553,7 +604,8 @@ static void run_fixture(const char *dir, const char *name)
             }
             int32_t *ids;
             long n = tokenizer_encode(t, all + a, b - a, &ids);
-            uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)ids, (uInt)((size_t)n * 4)); /* little-endian host */
+            uint32_t crc =
+                (uint32_t)crc32(0L, (const Bytef *)ids, (uInt)((size_t)n * 4)); /* little-endian host */
             CHECKF(n == json_integer_value(json_object_get(corpus, "count")) &&
                        crc == (uint32_t)json_integer_value(json_object_get(corpus, "crc32")),
                    "%s: corpus slice: %ld ids, crc %u", name, n, crc);

@@ -60,7 +60,8 @@ static int parse_ids(const char *what, const char *s, size_t n, int32_t **ids, s
         size_t j = i;
         long long x = 0;
         while (j < n && s[j] >= '0' && s[j] <= '9' && x <= INT32_MAX) x = x * 10 + (s[j++] - '0');
-        if (j == i || x > INT32_MAX || (j < n && !(s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r' || s[j] == ','))) {
+        if (j == i || x > INT32_MAX ||
+            (j < n && !(s[j] == ' ' || s[j] == '\t' || s[j] == '\n' || s[j] == '\r' || s[j] == ','))) {
             free(v);
             return err_set("%s: byte offset %zu: expected a token id (a non-negative integer)", what, i);
         }
@@ -83,7 +84,8 @@ static int do_decode(Tokenizer *tok, const char *text, const char *file, const c
         if (!data) return -1;
         if (len % 4) {
             free(data);
-            return err_set("%s: size %zu is not a multiple of 4 (expected little-endian uint32 ids)", file, len);
+            return err_set("%s: size %zu is not a multiple of 4 (expected little-endian uint32 ids)", file,
+                           len);
         }
         n = len / 4;
         ids = xmalloc((n ? n : 1) * sizeof(int32_t));
@@ -108,8 +110,8 @@ static int do_decode(Tokenizer *tok, const char *text, const char *file, const c
     int vocab = tokenizer_vocab_size(tok);
     for (size_t i = 0; i < n; i++)
         if (ids[i] >= vocab) {
-            err_set("%s: id %d at position %zu is outside the vocabulary (size %d)", file ? file : "--text", ids[i], i,
-                    vocab);
+            err_set("%s: id %d at position %zu is outside the vocabulary (size %d)", file ? file : "--text",
+                    ids[i], i, vocab);
             free(ids);
             return -1;
         }
@@ -117,8 +119,10 @@ static int do_decode(Tokenizer *tok, const char *text, const char *file, const c
     char *s = tokenizer_decode(tok, ids, n, &len);
     free(ids);
     int rc = 0;
-    if (out) rc = text_write_file_atomic(out, s, len);
-    else if (fwrite(s, 1, len, stdout) != len) rc = err_set("stdout: write failed");
+    if (out)
+        rc = text_write_file_atomic(out, s, len);
+    else if (fwrite(s, 1, len, stdout) != len)
+        rc = err_set("stdout: write failed");
     free(s);
     return rc;
 }
@@ -146,7 +150,8 @@ static int do_encode(Tokenizer *tok, const char *text, const char *file, const c
     free(data);
     if (n < 0) return -1;
     if (stats)
-        fprintf(stderr, "tokenize: %zu bytes -> %ld tokens in %.3f s (%.2f MB/s; cpu %.3f s), %.3f bytes/token\n",
+        fprintf(stderr,
+                "tokenize: %zu bytes -> %ld tokens in %.3f s (%.2f MB/s; cpu %.3f s), %.3f bytes/token\n",
                 len, n, dt, dt > 0 ? (double)len / dt / 1e6 : 0.0, dc, n ? (double)len / (double)n : 0.0);
     int rc = 0;
     if (out) {
@@ -188,12 +193,18 @@ int cmd_tokenize(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             tokenize_usage(stdout);
             return 0;
-        } else if (!strcmp(a, "--tokenizer") && has_val) spec = argv[++i];
-        else if (!strcmp(a, "--text") && has_val) text = argv[++i];
-        else if (!strcmp(a, "--file") && has_val) file = argv[++i];
-        else if (!strcmp(a, "--out") && has_val) out = argv[++i];
-        else if (!strcmp(a, "--decode")) decode = 1;
-        else if (!strcmp(a, "--stats")) stats = 1;
+        } else if (!strcmp(a, "--tokenizer") && has_val)
+            spec = argv[++i];
+        else if (!strcmp(a, "--text") && has_val)
+            text = argv[++i];
+        else if (!strcmp(a, "--file") && has_val)
+            file = argv[++i];
+        else if (!strcmp(a, "--out") && has_val)
+            out = argv[++i];
+        else if (!strcmp(a, "--decode"))
+            decode = 1;
+        else if (!strcmp(a, "--stats"))
+            stats = 1;
         else {
             fprintf(stderr, "anvil: tokenize: unknown or incomplete option \"%s\"\n", a);
             tokenize_usage(stderr);

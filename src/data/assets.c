@@ -4,13 +4,13 @@
  * The paths are relative to the repository root, where make runs the compiler.
  * Source: assets/gpt2/ (OpenAI GPT-2 release, MIT license in assets/gpt2/LICENSE).
  */
-#define INCBIN(sym, file)                                                                          \
-    __asm__(".section .rodata\n"                                                                   \
-            ".global " #sym "\n"                                                                   \
-            ".balign 16\n" #sym ":\n"                                                              \
-            ".incbin \"" file "\"\n"                                                               \
-            ".global " #sym "_end\n" #sym "_end:\n"                                                \
-            ".byte 0\n"                                                                            \
+#define INCBIN(sym, file)                                                                                    \
+    __asm__(".section .rodata\n"                                                                             \
+            ".global " #sym "\n"                                                                             \
+            ".balign 16\n" #sym ":\n"                                                                        \
+            ".incbin \"" file "\"\n"                                                                         \
+            ".global " #sym "_end\n" #sym "_end:\n"                                                          \
+            ".byte 0\n"                                                                                      \
             ".previous\n")
 
 INCBIN(anvil_gpt2_encoder_json, "assets/gpt2/encoder.json");

@@ -88,7 +88,10 @@ static uint64_t window_at(DataLoader *dl, uint64_t epoch, uint64_t j)
 
 /* ---- sources ------------------------------------------------------------------ */
 
-static int has_glob_chars(const char *s) { return strpbrk(s, "*?[") != NULL; }
+static int has_glob_chars(const char *s)
+{
+    return strpbrk(s, "*?[") != NULL;
+}
 
 static int ends_with(const char *s, const char *suf)
 {
@@ -96,7 +99,10 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 /* Shard paths of a directory: *.tok and *.bin, sorted. */
 static char **list_dir_shards(const char *dir, int *n)
@@ -140,8 +146,8 @@ static int open_shards(DataLoader *dl, char **paths, int n)
         vocab = MAX(vocab, s->vocab_size);
         if (s->identity[0]) {
             if (ident && strcmp(ident, s->identity))
-                return err_set("%s: made with tokenizer \"%s\", but %s was made with \"%s\"", s->path, s->identity,
-                               dl->shards[0].path, ident);
+                return err_set("%s: made with tokenizer \"%s\", but %s was made with \"%s\"", s->path,
+                               s->identity, dl->shards[0].path, ident);
             ident = s->identity;
         }
     }
@@ -159,8 +165,8 @@ static int open_shards(DataLoader *dl, char **paths, int n)
         int tv = tokenizer_vocab_size(tok);
         tokenizer_free(tok);
         if (!same)
-            return err_set("%s: made with tokenizer \"%s\", but the tokenizer given is \"%s\" (%s)", dl->shards[0].path,
-                           ident, mine, dl->opt.tokenizer);
+            return err_set("%s: made with tokenizer \"%s\", but the tokenizer given is \"%s\" (%s)",
+                           dl->shards[0].path, ident, mine, dl->opt.tokenizer);
         dl->vocab = tv;
     }
     return 0;
@@ -202,7 +208,8 @@ DataLoader *loader_open(const char *spec, const LoaderOptions *opt)
         return NULL;
     }
     if (opt->B <= 0 || opt->T <= 0 || opt->world < 1 || opt->rank < 0 || opt->rank >= opt->world) {
-        err_set("%s: bad loader options (B=%d T=%d rank=%d world=%d)", spec, opt->B, opt->T, opt->rank, opt->world);
+        err_set("%s: bad loader options (B=%d T=%d rank=%d world=%d)", spec, opt->B, opt->T, opt->rank,
+                opt->world);
         return NULL;
     }
     DataLoader *dl = xcalloc(1, sizeof(DataLoader));
@@ -249,7 +256,8 @@ DataLoader *loader_open(const char *spec, const LoaderOptions *opt)
         dl->per_rank = dl->n_windows / (uint64_t)opt->world;
         if (dl->per_rank == 0) {
             err_set("%s: %llu tokens make %llu windows of T+1 = %d tokens, too few for %d rank(s)", spec,
-                    (unsigned long long)dl->n_tokens, (unsigned long long)dl->n_windows, opt->T + 1, opt->world);
+                    (unsigned long long)dl->n_tokens, (unsigned long long)dl->n_windows, opt->T + 1,
+                    opt->world);
             rc = -1;
         }
     }
@@ -270,8 +278,10 @@ static int stream_read(DataLoader *dl, uint64_t pos, size_t n, int32_t *out)
     int lo = 0, hi = dl->n_shards - 1; /* last shard with start <= pos */
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (dl->start[mid] <= pos) lo = mid;
-        else hi = mid - 1;
+        if (dl->start[mid] <= pos)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     size_t done = 0;
     for (int s = lo; done < n && s < dl->n_shards; s++) {
@@ -280,8 +290,8 @@ static int stream_read(DataLoader *dl, uint64_t pos, size_t n, int32_t *out)
         for (; off < sh->count && done < n; off++) {
             uint32_t v = shard_token(sh, off);
             if (v >= (uint32_t)dl->vocab)
-                return err_set("%s: token id %u at position %llu is outside the vocabulary (size %d)", sh->path, v,
-                               (unsigned long long)off, dl->vocab);
+                return err_set("%s: token id %u at position %llu is outside the vocabulary (size %d)",
+                               sh->path, v, (unsigned long long)off, dl->vocab);
             out[done++] = (int32_t)v;
         }
     }
@@ -306,13 +316,16 @@ int loader_next(DataLoader *dl, int32_t *inputs, int32_t *targets)
     return 0;
 }
 
-LoaderState loader_state(const DataLoader *dl) { return dl->st; }
+LoaderState loader_state(const DataLoader *dl)
+{
+    return dl->st;
+}
 
 int loader_set_state(DataLoader *dl, LoaderState st)
 {
     if (st.pos > dl->per_rank)
-        return err_set("%s: loader position %llu is past the %llu windows per epoch (different data?)", dl->spec,
-                       (unsigned long long)st.pos, (unsigned long long)dl->per_rank);
+        return err_set("%s: loader position %llu is past the %llu windows per epoch (different data?)",
+                       dl->spec, (unsigned long long)st.pos, (unsigned long long)dl->per_rank);
     dl->st = st;
     return 0;
 }
@@ -323,9 +336,18 @@ void loader_reset(DataLoader *dl)
     dl->st.pos = 0;
 }
 
-uint64_t loader_num_tokens(const DataLoader *dl) { return dl->n_tokens; }
-uint64_t loader_windows_per_epoch(const DataLoader *dl) { return dl->per_rank; }
-int loader_vocab_size(const DataLoader *dl) { return dl->vocab; }
+uint64_t loader_num_tokens(const DataLoader *dl)
+{
+    return dl->n_tokens;
+}
+uint64_t loader_windows_per_epoch(const DataLoader *dl)
+{
+    return dl->per_rank;
+}
+int loader_vocab_size(const DataLoader *dl)
+{
+    return dl->vocab;
+}
 
 void loader_close(DataLoader *dl)
 {

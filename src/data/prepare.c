@@ -86,7 +86,10 @@ static void files_add(FileList *f, const char *p, uint64_t size)
     f->size[f->n++] = size;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
 
 static int walk_dir(FileList *f, const char *dir)
 {
@@ -109,8 +112,10 @@ static int walk_dir(FileList *f, const char *dir)
     for (int i = 0; i < n; i++) {
         struct stat st;
         if (!rc && !stat(names[i], &st)) {
-            if (S_ISDIR(st.st_mode)) rc = walk_dir(f, names[i]);
-            else if (S_ISREG(st.st_mode) && is_text_ext(names[i])) files_add(f, names[i], (uint64_t)st.st_size);
+            if (S_ISDIR(st.st_mode))
+                rc = walk_dir(f, names[i]);
+            else if (S_ISREG(st.st_mode) && is_text_ext(names[i]))
+                files_add(f, names[i], (uint64_t)st.st_size);
         }
         free(names[i]);
     }
@@ -143,9 +148,9 @@ static void files_free(FileList *f)
 /* ---- chunks and the ring ------------------------------------------------------------ */
 
 typedef struct {
-    size_t off, len;    /* in the chunk's text */
-    uint64_t src;       /* byte offset (text) or line number (JSONL) in the file */
-    uint64_t doc;       /* document index */
+    size_t off, len; /* in the chunk's text */
+    uint64_t src;    /* byte offset (text) or line number (JSONL) in the file */
+    uint64_t doc;    /* document index */
     uint8_t starts, ends;
 } Piece;
 
@@ -285,7 +290,10 @@ static int blank_line(const char *s, size_t n)
     return 1;
 }
 
-static uint64_t reader_progress(Pipe *p, gzFile g) { return p->bytes_before + (uint64_t)MAX(0, (long)gzoffset(g)); }
+static uint64_t reader_progress(Pipe *p, gzFile g)
+{
+    return p->bytes_before + (uint64_t)MAX(0, (long)gzoffset(g));
+}
 
 /* Line-based inputs: JSONL records, lines, or blank-line paragraphs. */
 static int read_lines(Pipe *p, int fi, gzFile g, int jsonl)
@@ -328,8 +336,10 @@ static int read_lines(Pipe *p, int fi, gzFile g, int jsonl)
                     src = para_off;
                 }
             } else {
-                if (!para.n) para_off = off;
-                else bytebuf_put(&para, "\n", 1);
+                if (!para.n)
+                    para_off = off;
+                else
+                    bytebuf_put(&para, "\n", 1);
                 bytebuf_put(&para, s, n);
                 continue;
             }
@@ -381,8 +391,10 @@ static int read_whole(Pipe *p, int fi, gzFile g)
             rc = -1;
             break;
         }
-        if (k == 0) eof = 1;
-        else bytebuf_put(&pend, blk, (size_t)k);
+        if (k == 0)
+            eof = 1;
+        else
+            bytebuf_put(&pend, blk, (size_t)k);
         if (!eof && (!split || pend.n < CHUNK_BYTES)) continue;
         size_t cut = pend.n;
         if (!eof) { /* the last safe newline; [0, untested) had none */
@@ -424,13 +436,15 @@ static void *reader_main(void *arg)
         const char *path = p->files.path[fi];
         gzFile g = gzopen(path, "rb");
         int rc;
-        if (!g) rc = err_set("%s: %s", path, errno ? strerror(errno) : "cannot open");
+        if (!g)
+            rc = err_set("%s: %s", path, errno ? strerror(errno) : "cannot open");
         else if (gzbuffer(g, 1 << 17), ends_with(path, ".gz") && gzdirect(g)) {
             rc = err_set("%s: not gzip data", path);
             gzclose(g);
         } else {
             int jsonl = is_jsonl(path);
-            rc = (jsonl || p->opt->doc_mode != PREP_DOCS_FILE) ? read_lines(p, fi, g, jsonl) : read_whole(p, fi, g);
+            rc = (jsonl || p->opt->doc_mode != PREP_DOCS_FILE) ? read_lines(p, fi, g, jsonl)
+                                                               : read_whole(p, fi, g);
             gzclose(g);
         }
         if (rc) {
@@ -477,11 +491,13 @@ static int tokenize_chunk(Pipe *p, Chunk *c)
         if (c->jsonl) {
             json_error_t je;
             root = json_loadb(s, n, JSON_ALLOW_NUL, &je);
-            if (!root) return err_set("%s:%llu: not valid JSON: %s", path, (unsigned long long)pc->src, je.text);
+            if (!root)
+                return err_set("%s:%llu: not valid JSON: %s", path, (unsigned long long)pc->src, je.text);
             json_t *v = json_is_object(root) ? json_object_get(root, p->opt->jsonl_field) : NULL;
             if (!v) {
                 json_decref(root);
-                return err_set("%s:%llu: no \"%s\" field", path, (unsigned long long)pc->src, p->opt->jsonl_field);
+                return err_set("%s:%llu: no \"%s\" field", path, (unsigned long long)pc->src,
+                               p->opt->jsonl_field);
             }
             if (!json_is_string(v)) {
                 json_decref(root);
@@ -493,7 +509,8 @@ static int tokenize_chunk(Pipe *p, Chunk *c)
         } else {
             size_t bad = utf8_validate((const uint8_t *)s, n);
             if (bad != n)
-                return err_set("%s: invalid UTF-8 at byte offset %llu", path, (unsigned long long)(pc->src + bad));
+                return err_set("%s: invalid UTF-8 at byte offset %llu", path,
+                               (unsigned long long)(pc->src + bad));
         }
         if (n || !pc->starts || !pc->ends) {
             if (pc->starts && p->bos >= 0) idvec_push(&c->ids, p->bos);
@@ -569,7 +586,8 @@ static int split_flush(Writer *w, Split *sp)
     if (mkdir(sp->dir, 0755) && errno != EEXIST) return err_set("%s: %s", sp->dir, strerror(errno));
     char path[4200];
     snprintf(path, sizeof(path), "%s/shard_%06d.tok", sp->dir, sp->shards);
-    if (shard_write(path, sp->buf, sp->n, w->vocab, tokenizer_eos_id(w->tok), tokenizer_identity(w->tok), g_tmp_path))
+    if (shard_write(path, sp->buf, sp->n, w->vocab, tokenizer_eos_id(w->tok), tokenizer_identity(w->tok),
+                    g_tmp_path))
         return -1;
     w->written = xrealloc(w->written, (size_t)(w->n_written + 1) * sizeof(char *));
     w->written[w->n_written++] = xstrdup(path);
@@ -681,8 +699,9 @@ static int clear_old_output(const PrepareOptions *o)
         closedir(dir);
     }
     if (found && !o->overwrite)
-        return err_set("%s: already holds prepared data (manifest.json or shards); remove it or pass --overwrite",
-                       o->out_dir);
+        return err_set(
+            "%s: already holds prepared data (manifest.json or shards); remove it or pass --overwrite",
+            o->out_dir);
     return 0;
 }
 
@@ -704,8 +723,8 @@ static json_t *split_json(const Split *sp, const char *out_dir)
     return o;
 }
 
-static int write_manifest(const PrepareOptions *o, const Tokenizer *tok, const FileList *files, const Split *tr,
-                          const Split *va, int width)
+static int write_manifest(const PrepareOptions *o, const Tokenizer *tok, const FileList *files,
+                          const Split *tr, const Split *va, int width)
 {
     static const char *modes[] = {"file", "blank", "line"};
     json_t *m = json_object();
@@ -750,7 +769,8 @@ int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
 {
     memset(stats, 0, sizeof(*stats));
     if (opt->shard_tokens == 0) return err_set("prepare: --shard-tokens must be positive");
-    if (opt->val_fraction < 0 || opt->val_fraction > 1) return err_set("prepare: --val-fraction must be in [0, 1]");
+    if (opt->val_fraction < 0 || opt->val_fraction > 1)
+        return err_set("prepare: --val-fraction must be in [0, 1]");
     Pipe p = {0};
     p.opt = opt;
     if (collect_inputs(&p.files, opt->inputs, opt->n_inputs)) {
@@ -776,7 +796,8 @@ int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
     pthread_mutex_init(&p.mu, NULL);
     pthread_cond_init(&p.cv, NULL);
 
-    Writer w = {opt, tok, shard_width_for_vocab(tokenizer_vocab_size(tok)), tokenizer_vocab_size(tok), NULL, 0};
+    Writer w = {opt,  tok, shard_width_for_vocab(tokenizer_vocab_size(tok)), tokenizer_vocab_size(tok),
+                NULL, 0};
     Split tr = {.name = "train"}, va = {.name = "val"};
     snprintf(tr.dir, sizeof(tr.dir), "%s/train", opt->out_dir);
     snprintf(va.dir, sizeof(va.dir), "%s/val", opt->out_dir);

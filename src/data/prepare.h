@@ -22,7 +22,7 @@ enum {
 };
 
 typedef struct {
-    const char *tokenizer;   /* gpt2, byte, tokenizer.json, model directory */
+    const char *tokenizer;     /* gpt2, byte, tokenizer.json, model directory */
     const char *const *inputs; /* files or directories (searched recursively) */
     int n_inputs;
     const char *out_dir;

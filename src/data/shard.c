@@ -14,8 +14,14 @@
 
 #include "core/error.h"
 
-static uint32_t rd32(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
-static uint64_t rd64(const uint8_t *p) { return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32; }
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t rd64(const uint8_t *p)
+{
+    return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
+}
 static void wr32(uint8_t *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -150,8 +156,10 @@ int shard_write(const char *path, const void *tokens, uint64_t count, int vocab_
 
     char tmp[4096];
     const char *slash = strrchr(path, '/');
-    if (slash) snprintf(tmp, sizeof(tmp), "%.*s/.%s.tmp", (int)(slash - path), path, slash + 1);
-    else snprintf(tmp, sizeof(tmp), ".%s.tmp", path);
+    if (slash)
+        snprintf(tmp, sizeof(tmp), "%.*s/.%s.tmp", (int)(slash - path), path, slash + 1);
+    else
+        snprintf(tmp, sizeof(tmp), ".%s.tmp", path);
     if (tmp_path) snprintf(tmp_path, 4096, "%s", tmp);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {

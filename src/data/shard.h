@@ -64,7 +64,10 @@ static inline uint32_t shard_token(const Shard *s, uint64_t i)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 /* Token width for a vocabulary: uint16 when every id fits. */
-static inline int shard_width_for_vocab(int vocab_size) { return vocab_size <= 65536 ? 2 : 4; }
+static inline int shard_width_for_vocab(int vocab_size)
+{
+    return vocab_size <= 65536 ? 2 : 4;
+}
 /* Write a shard atomically (temp file in the same directory, fsync, rename).
  * tokens holds count little-endian values of shard_width_for_vocab(vocab_size)
  * bytes. tmp_path (optional, >= 4096 bytes) receives the temp name while it

@@ -123,4 +123,7 @@ int text_write_file_atomic(const char *path, const void *data, size_t len)
     return 0;
 }
 
-size_t text_utf8_check(const char *s, size_t n) { return utf8_validate((const uint8_t *)s, n); }
+size_t text_utf8_check(const char *s, size_t n)
+{
+    return utf8_validate((const uint8_t *)s, n);
+}

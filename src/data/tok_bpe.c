@@ -282,13 +282,16 @@ typedef struct {
 
 struct PieceCache {
     PcEntry **slot; /* accessed only through __atomic builtins */
-    size_t count; /* atomic */
+    size_t count;   /* atomic */
     pthread_mutex_t mu;
     void **block;
     int n_block, cap_block;
 };
 
-static inline const uint8_t *pc_key(const PcEntry *e) { return (const uint8_t *)(e + 1); }
+static inline const uint8_t *pc_key(const PcEntry *e)
+{
+    return (const uint8_t *)(e + 1);
+}
 static inline const int32_t *pc_ids(const PcEntry *e)
 {
     return (const int32_t *)((const uint8_t *)(e + 1) + ((e->klen + 3u) & ~3u));
@@ -339,7 +342,10 @@ void tok_thread_free(void *p)
     free(th);
 }
 
-pcre2_match_data *tok_thread_match_data(TokThread *th) { return th->md; }
+pcre2_match_data *tok_thread_match_data(TokThread *th)
+{
+    return th->md;
+}
 
 static const PcEntry *pc_get(const PieceCache *c, const uint8_t *s, size_t n, uint64_t h)
 {
@@ -400,8 +406,10 @@ static void bpe_initial_symbols(const Tokenizer *t, const uint8_t *s, size_t n, 
     idvec_reserve(sym, n + 1);
     if (t->byte_level) {
         for (size_t i = 0; i < n; i++)
-            if (t->byte_id[s[i]] >= 0) sym->a[sym->n++] = t->byte_id[s[i]];
-            else if (t->unk_id >= 0) sym->a[sym->n++] = t->unk_id;
+            if (t->byte_id[s[i]] >= 0)
+                sym->a[sym->n++] = t->byte_id[s[i]];
+            else if (t->unk_id >= 0)
+                sym->a[sym->n++] = t->unk_id;
         return;
     }
     int pending_unk = 0; /* an unk waiting to be emitted (fuse_unk joins runs of them) */

@@ -165,9 +165,9 @@ struct Tokenizer {
     uint64_t *piece_off;
     uint8_t *is_special; /* per id: an added special token */
 
-    StrMap vocab;   /* model bytes -> id */
-    PairMap merges; /* (a, b) -> (rank, a+b) */
-    int byte_level; /* initial BPE symbols are single bytes, else UTF-8 characters */
+    StrMap vocab;         /* model bytes -> id */
+    PairMap merges;       /* (a, b) -> (rank, a+b) */
+    int byte_level;       /* initial BPE symbols are single bytes, else UTF-8 characters */
     int32_t byte_id[256]; /* byte-level: id of each byte; byte fallback: id of <0xNN>; -1 none */
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t unk_id;
@@ -181,8 +181,8 @@ struct Tokenizer {
     uint8_t added_first[256]; /* 1 if some added token starts with this byte */
 
     /* position-dependent decoder steps */
-    char *first_buf; /* Metaspace decoder: the first token drops its replacement chars */
-    uint64_t *first_off; /* NULL unless such a decoder is present */
+    char *first_buf;                     /* Metaspace decoder: the first token drops its replacement chars */
+    uint64_t *first_off;                 /* NULL unless such a decoder is present */
     int dec_strip_start, dec_strip_stop; /* Strip decoder after Fuse: chars of dec_strip_char */
     char dec_strip_char;
     int dec_join_space; /* no decoder at all: HF joins the token strings with spaces */
@@ -199,7 +199,7 @@ struct Tokenizer {
 
     struct PieceCache *cache; /* piece -> ids, shared by threads (tok_bpe.c) */
     pthread_key_t tls;        /* per-thread TokThread (scratch, regex match data) */
-    int tls_ok;        /* tls was created (tok_finish ran) */
+    int tls_ok;               /* tls was created (tok_finish ran) */
 };
 
 static inline const char *tok_model_str(const Tokenizer *t, int32_t id, size_t *len)
@@ -260,7 +260,8 @@ extern const char GPT2_SPLIT_PATTERN[], LLAMA3_SPLIT_PATTERN[], QWEN2_SPLIT_PATT
 int split_fast_kind(const char *pattern);
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what);
 /* Run normalizers then pre-tokenizers on one segment and BPE each piece. */
-int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start, IdVec *out);
+int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                       IdVec *out);
 void pretok_free(PreTok *p);
 void normalizer_free(Normalizer *nm);
 

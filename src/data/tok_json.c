@@ -83,11 +83,13 @@ static int parse_pattern(Ctx *c, json_t *o, const char *field, char **src, size_
 {
     json_t *p = json_object_get(o, "pattern");
     json_t *s = json_object_get(p, "String"), *r = json_object_get(p, "Regex");
-    if (json_is_string(s)) *is_regex = 0;
+    if (json_is_string(s))
+        *is_regex = 0;
     else if (json_is_string(r)) {
         *is_regex = 1;
         s = r;
-    } else return err_set("%s: %s.pattern: expected {\"String\": ...} or {\"Regex\": ...}", c->path, field);
+    } else
+        return err_set("%s: %s.pattern: expected {\"String\": ...} or {\"Regex\": ...}", c->path, field);
     *len = json_string_length(s);
     *src = xmalloc(*len + 1);
     memcpy(*src, json_string_value(s), *len + 1);
@@ -109,11 +111,16 @@ static int parse_normalizer(Ctx *c, Tokenizer *t, json_t *o, const char *field)
         return 0;
     }
     Normalizer nm = {0};
-    if (!strcmp(type, "NFC")) nm.type = NORM_NFC;
-    else if (!strcmp(type, "NFD")) nm.type = NORM_NFD;
-    else if (!strcmp(type, "NFKC")) nm.type = NORM_NFKC;
-    else if (!strcmp(type, "NFKD")) nm.type = NORM_NFKD;
-    else if (!strcmp(type, "Lowercase")) nm.type = NORM_LOWER;
+    if (!strcmp(type, "NFC"))
+        nm.type = NORM_NFC;
+    else if (!strcmp(type, "NFD"))
+        nm.type = NORM_NFD;
+    else if (!strcmp(type, "NFKC"))
+        nm.type = NORM_NFKC;
+    else if (!strcmp(type, "NFKD"))
+        nm.type = NORM_NFKD;
+    else if (!strcmp(type, "Lowercase"))
+        nm.type = NORM_LOWER;
     else if (!strcmp(type, "Prepend")) {
         nm.type = NORM_PREPEND;
         const char *p = jstr(o, "prepend");
@@ -169,10 +176,14 @@ static int parse_prepend_scheme(Ctx *c, json_t *o, const char *field, int *schem
 {
     const char *ps = jstr(o, "prepend_scheme");
     if (ps) {
-        if (!strcmp(ps, "always")) *scheme = PREPEND_ALWAYS;
-        else if (!strcmp(ps, "first")) *scheme = PREPEND_FIRST;
-        else if (!strcmp(ps, "never")) *scheme = PREPEND_NEVER;
-        else return err_set("%s: %s.prepend_scheme: unknown value \"%s\"", c->path, field, ps);
+        if (!strcmp(ps, "always"))
+            *scheme = PREPEND_ALWAYS;
+        else if (!strcmp(ps, "first"))
+            *scheme = PREPEND_FIRST;
+        else if (!strcmp(ps, "never"))
+            *scheme = PREPEND_NEVER;
+        else
+            return err_set("%s: %s.prepend_scheme: unknown value \"%s\"", c->path, field, ps);
     } else { /* older files: add_prefix_space */
         *scheme = jbool(o, "add_prefix_space", 1) ? PREPEND_ALWAYS : PREPEND_NEVER;
     }
@@ -205,14 +216,16 @@ static int parse_pretok(Ctx *c, Tokenizer *t, json_t *o, const char *field)
     if (!strcmp(type, "ByteLevel")) {
         t->byte_level = 1;
         if (jbool(o, "add_prefix_space", 1)) pre_push(t, (PreTok){.type = PRE_BYTELEVEL_PREFIX});
-        if (jbool(o, "use_regex", 1) && pre_push_regex(c, t, GPT2_SPLIT_PATTERN, SPLIT_ISOLATED, 0)) return -1;
+        if (jbool(o, "use_regex", 1) && pre_push_regex(c, t, GPT2_SPLIT_PATTERN, SPLIT_ISOLATED, 0))
+            return -1;
         return 0;
     }
     if (!strcmp(type, "Split")) {
         PreTok p = {.type = PRE_SPLIT};
         if (parse_pattern(c, o, field, &p.src, &p.src_len, &p.is_regex)) return -1;
         const char *b = jstr(o, "behavior");
-        static const char *names[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext", "Contiguous"};
+        static const char *names[] = {"Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
+                                      "Contiguous"};
         p.behavior = -1;
         for (int i = 0; i < 5; i++)
             if (b && !strcmp(b, names[i])) p.behavior = i;
@@ -246,8 +259,9 @@ static int parse_pretok(Ctx *c, Tokenizer *t, json_t *o, const char *field)
     /* HF's definitions of these three, as regex splits */
     /* Rust's \w (HF's regex engine): Alphabetic, marks, decimal digits, connectors, joiners */
     if (!strcmp(type, "Whitespace"))
-        return pre_push_regex(c, t, "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]+|"
-                                    "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}\\s]+",
+        return pre_push_regex(c, t,
+                              "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]+|"
+                              "[^\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}\\s]+",
                               SPLIT_REMOVED, 1);
     if (!strcmp(type, "WhitespaceSplit")) return pre_push_regex(c, t, "\\s+", SPLIT_REMOVED, 0);
     if (!strcmp(type, "Punctuation")) return pre_push_regex(c, t, "[\\p{P}$+<=>^`|~]", SPLIT_ISOLATED, 0);
@@ -296,13 +310,17 @@ static int parse_decoder(Ctx *c, json_t *o, DecList *d)
         return 0;
     }
     DecStep s = {0};
-    if (!strcmp(type, "ByteLevel")) s.type = DEC_BYTELEVEL;
-    else if (!strcmp(type, "ByteFallback")) s.type = DEC_BYTEFALLBACK;
-    else if (!strcmp(type, "Fuse")) s.type = DEC_FUSE;
+    if (!strcmp(type, "ByteLevel"))
+        s.type = DEC_BYTELEVEL;
+    else if (!strcmp(type, "ByteFallback"))
+        s.type = DEC_BYTEFALLBACK;
+    else if (!strcmp(type, "Fuse"))
+        s.type = DEC_FUSE;
     else if (!strcmp(type, "Strip")) {
         s.type = DEC_STRIP;
         const char *ct = jstr(o, "content");
-        if (!ct || strlen(ct) != 1) return err_set("%s: decoder.Strip.content: expected one ASCII character", c->path);
+        if (!ct || strlen(ct) != 1)
+            return err_set("%s: decoder.Strip.content: expected one ASCII character", c->path);
         s.content = xstrdup(ct);
         s.content_len = 1;
         s.start = (int)json_integer_value(json_object_get(o, "start"));
@@ -331,7 +349,8 @@ static int parse_decoder(Ctx *c, json_t *o, DecList *d)
     return 0;
 }
 
-static void replace_all(const char *in, size_t n, const char *pat, size_t pn, const char *rep, size_t rn, ByteBuf *out)
+static void replace_all(const char *in, size_t n, const char *pat, size_t pn, const char *rep, size_t rn,
+                        ByteBuf *out)
 {
     out->n = 0;
     bytebuf_put(out, "", 0);
@@ -364,8 +383,8 @@ static void decode_token(Tokenizer *t, const DecList *d, const char *s, size_t n
         case DEC_BYTEFALLBACK: {
             unsigned v;
             char end;
-            if (a.n == 6 && !memcmp(a.a, "<0x", 3) && a.a[5] == '>' && sscanf(a.a + 3, "%2x%c", &v, &end) == 2 &&
-                end == '>') {
+            if (a.n == 6 && !memcmp(a.a, "<0x", 3) && a.a[5] == '>' &&
+                sscanf(a.a + 3, "%2x%c", &v, &end) == 2 && end == '>') {
                 char byte = (char)v;
                 bytebuf_put(&b, &byte, 1);
             } else {
@@ -391,17 +410,22 @@ static void decode_token(Tokenizer *t, const DecList *d, const char *s, size_t n
             }
             break;
         case DEC_METASPACE:
-            if (first && st->prepend_scheme != PREPEND_NEVER) replace_all(a.a, a.n, st->repl, (size_t)st->repl_len, "", 0, &b);
-            else replace_all(a.a, a.n, st->repl, (size_t)st->repl_len, " ", 1, &b);
+            if (first && st->prepend_scheme != PREPEND_NEVER)
+                replace_all(a.a, a.n, st->repl, (size_t)st->repl_len, "", 0, &b);
+            else
+                replace_all(a.a, a.n, st->repl, (size_t)st->repl_len, " ", 1, &b);
             break;
         case DEC_REPLACE:
             if (st->re) {
                 PCRE2_SIZE outlen = a.n * 4 + st->content_len * a.n + 64;
                 char *o = xmalloc(outlen);
-                int rc = pcre2_substitute(st->re, (PCRE2_SPTR)a.a, a.n, 0, PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_LITERAL,
-                                          NULL, NULL, (PCRE2_SPTR)st->content, st->content_len, (PCRE2_UCHAR *)o, &outlen);
-                if (rc >= 0) bytebuf_put(&b, o, outlen);
-                else bytebuf_put(&b, a.a, a.n);
+                int rc = pcre2_substitute(
+                    st->re, (PCRE2_SPTR)a.a, a.n, 0, PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_LITERAL, NULL,
+                    NULL, (PCRE2_SPTR)st->content, st->content_len, (PCRE2_UCHAR *)o, &outlen);
+                if (rc >= 0)
+                    bytebuf_put(&b, o, outlen);
+                else
+                    bytebuf_put(&b, a.a, a.n);
                 free(o);
             } else {
                 replace_all(a.a, a.n, st->pattern, st->pattern_len, st->content, st->content_len, &b);
@@ -442,8 +466,11 @@ static int add_merge(Ctx *c, Tokenizer *t, const char *a, size_t an, const char 
     im = strmap_get(&t->vocab, t, ab.a, ab.n);
     free(ab.a);
     if (ia < 0 || ib < 0 || im < 0)
-        return err_set("%s: merges[%d]: \"%.*s %.*s\": %s not in the vocabulary", c->path, (int)rank, (int)an, a,
-                       (int)bn, b, ia < 0 ? "the left token is" : ib < 0 ? "the right token is" : "the merged token is");
+        return err_set("%s: merges[%d]: \"%.*s %.*s\": %s not in the vocabulary", c->path, (int)rank, (int)an,
+                       a, (int)bn, b,
+                       ia < 0   ? "the left token is"
+                       : ib < 0 ? "the right token is"
+                                : "the merged token is");
     pairmap_put(&t->merges, ia, ib, rank, im);
     return 0;
 }
@@ -468,7 +495,8 @@ static int parse_merges_txt(Ctx *c, Tokenizer *t, const char *m, size_t mlen)
                 free(tmp.a);
                 return err_set("%s: line %zu: expected two tokens separated by one space", c->path, line);
             }
-            if (add_merge(c, t, m + i, (size_t)(sp - m - i), sp + 1, (size_t)(m + k - sp - 1), rank++, &tmp)) {
+            if (add_merge(c, t, m + i, (size_t)(sp - m - i), sp + 1, (size_t)(m + k - sp - 1), rank++,
+                          &tmp)) {
                 free(tmp.a);
                 return -1;
             }
@@ -582,8 +610,10 @@ static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec
     int has_first = 0;
     for (int k = 0; dec && k < dec->n; k++)
         if (dec->s[k].type == DEC_METASPACE && dec->s[k].prepend_scheme != PREPEND_NEVER) has_first = 1;
-    char **piece = xcalloc((size_t)n, sizeof(char *)), **first = has_first ? xcalloc((size_t)n, sizeof(char *)) : NULL;
-    size_t *plen = xcalloc((size_t)n, sizeof(size_t)), *flen = has_first ? xcalloc((size_t)n, sizeof(size_t)) : NULL;
+    char **piece = xcalloc((size_t)n, sizeof(char *)),
+         **first = has_first ? xcalloc((size_t)n, sizeof(char *)) : NULL;
+    size_t *plen = xcalloc((size_t)n, sizeof(size_t)),
+           *flen = has_first ? xcalloc((size_t)n, sizeof(size_t)) : NULL;
     for (int i = 0; i < n; i++) {
         if (!model[i]) continue;
         for (int f = 0; f < 1 + has_first; f++) {
@@ -658,7 +688,8 @@ static int32_t config_id(json_t *cfg, const char *key)
 
 static void find_eos_bos(Tokenizer *t, const char *dir, int32_t template_bos)
 {
-    static const char *eos_names[] = {"<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|im_end|>", "<|eot_id|>"};
+    static const char *eos_names[] = {"<|endoftext|>", "<|end_of_text|>", "</s>",
+                                      "<eos>",         "<|im_end|>",      "<|eot_id|>"};
     static const char *bos_names[] = {"<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>"};
     json_t *tc = dir ? load_side_json(dir, "tokenizer_config.json") : NULL;
     json_t *mc = dir ? load_side_json(dir, "config.json") : NULL;
@@ -772,7 +803,8 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     json_t *val;
     json_object_foreach(vocab, key, val)
     {
-        if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) >= INT32_MAX / 2) {
+        if (!json_is_integer(val) || json_integer_value(val) < 0 ||
+            json_integer_value(val) >= INT32_MAX / 2) {
             err_set("%s: model.vocab[\"%s\"]: expected a non-negative integer id", path, key);
             goto out;
         }
@@ -874,7 +906,8 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
     }
     json_object_foreach(root, key, val)
     {
-        if (!json_is_integer(val) || json_integer_value(val) < 0 || json_integer_value(val) >= INT32_MAX / 2) {
+        if (!json_is_integer(val) || json_integer_value(val) < 0 ||
+            json_integer_value(val) >= INT32_MAX / 2) {
             err_set("%s: \"%s\": expected a non-negative integer id", vpath, key);
             goto out;
         }

@@ -17,7 +17,8 @@
 #include "data/tok_internal.h"
 #include "data/utf8.h"
 
-const char GPT2_SPLIT_PATTERN[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+const char GPT2_SPLIT_PATTERN[] =
+    "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 const char LLAMA3_SPLIT_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
                                     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const char QWEN2_SPLIT_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
@@ -143,7 +144,8 @@ size_t gpt2_split_next(const uint8_t *s, size_t n, size_t i)
         if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
         if (i + 2 < n) {
             uint8_t c2 = s[i + 2];
-            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return i + 3;
+            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
+                return i + 3;
         }
     }
     size_t k;
@@ -183,7 +185,8 @@ size_t llama3_split_next(const uint8_t *s, size_t n, size_t i, int max_digits)
         if (s[i + 1] == 0xC5 && i + 2 < n && s[i + 2] == 0xBF) return i + 3;
         if (i + 2 < n) {
             uint8_t c2 = s[i + 2] | 0x20;
-            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return i + 3;
+            if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
+                return i + 3;
         }
     }
     size_t k0;
@@ -219,9 +222,9 @@ size_t llama3_split_next(const uint8_t *s, size_t n, size_t i, int max_digits)
         last = e;
         e += ke;
     }
-    if (has_nl) return nl + 1;                                  /* \s*[\r\n]+ */
-    if (e == n || cc_at(s, n, e, &k) == CC_INVALID) return e;   /* \s+(?!\S) at the end */
-    return last > i ? last : e;                                 /* \s+(?!\S) backtracked, or \s+ */
+    if (has_nl) return nl + 1;                                /* \s*[\r\n]+ */
+    if (e == n || cc_at(s, n, e, &k) == CC_INVALID) return e; /* \s+(?!\S) at the end */
+    return last > i ? last : e;                               /* \s+(?!\S) backtracked, or \s+ */
 }
 
 /* ---- normalizers ---------------------------------------------------------- */
@@ -233,7 +236,10 @@ void normalizer_free(Normalizer *nm)
     if (nm->re) pcre2_code_free(nm->re);
 }
 
-static int is_space_byte(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+static int is_space_byte(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 
 /* Apply one normalizer to in[0..n) into out (cleared first). */
 static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in, size_t n, ByteBuf *out)
@@ -244,8 +250,8 @@ static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in
     case NORM_NFD:
     case NORM_NFKC:
     case NORM_NFKD: {
-        int opt = UTF8PROC_STABLE | (nm->type == NORM_NFC || nm->type == NORM_NFKC ? UTF8PROC_COMPOSE
-                                                                                  : UTF8PROC_DECOMPOSE);
+        int opt = UTF8PROC_STABLE |
+                  (nm->type == NORM_NFC || nm->type == NORM_NFKC ? UTF8PROC_COMPOSE : UTF8PROC_DECOMPOSE);
         if (nm->type == NORM_NFKC || nm->type == NORM_NFKD) opt |= UTF8PROC_COMPAT;
         /* Only the non-ASCII islands go through utf8proc: between two ASCII
          * characters nothing composes, decomposes or reorders, so the text can
@@ -261,7 +267,8 @@ static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in
             while (j < n && !(in[j] < 0x80 && (j + 1 == n || in[j + 1] < 0x80))) j++;
             bytebuf_put(out, in + run, a - run);
             utf8proc_uint8_t *res = NULL;
-            if (utf8_validate(in + a, j - a) == j - a && utf8proc_map(in + a, (utf8proc_ssize_t)(j - a), &res, opt) >= 0) {
+            if (utf8_validate(in + a, j - a) == j - a &&
+                utf8proc_map(in + a, (utf8proc_ssize_t)(j - a), &res, opt) >= 0) {
                 bytebuf_put(out, res, strlen((char *)res));
                 free(res);
             } else {
@@ -452,7 +459,8 @@ static void split_apply(PreCtx *c, int stage, const PreTok *p, const uint8_t *s,
 
 static inline size_t fast_next(int kind, const uint8_t *s, size_t n, size_t i)
 {
-    return kind == SPLIT_FAST_GPT2 ? gpt2_split_next(s, n, i) : llama3_split_next(s, n, i, kind == SPLIT_FAST_LLAMA3 ? 3 : 1);
+    return kind == SPLIT_FAST_GPT2 ? gpt2_split_next(s, n, i)
+                                   : llama3_split_next(s, n, i, kind == SPLIT_FAST_LLAMA3 ? 3 : 1);
 }
 
 static void fast_apply(PreCtx *c, int stage, int kind, const uint8_t *s, size_t n, int at_start)
@@ -550,8 +558,10 @@ static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_
     const PreTok *p = &c->t->pre[stage];
     switch (p->type) {
     case PRE_SPLIT:
-        if (p->fast) fast_apply(c, stage, p->fast, s, n, at_start);
-        else split_apply(c, stage, p, s, n, at_start);
+        if (p->fast)
+            fast_apply(c, stage, p->fast, s, n, at_start);
+        else
+            split_apply(c, stage, p, s, n, at_start);
         break;
     case PRE_METASPACE:
         metaspace_apply(c, stage, p, s, n, at_start);
@@ -567,7 +577,8 @@ static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_
 
 #define PRE_MAX_STAGES 16
 
-int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start, IdVec *out)
+int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                       IdVec *out)
 {
     pthread_once(&cc_once, cc_init);
     ByteBuf nb[2] = {{0}};

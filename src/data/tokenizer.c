@@ -139,7 +139,8 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
     uint64_t mh = 0;
     for (size_t i = 0; i <= t->merges.mask && t->merges.key; i++)
         if (t->merges.key[i] != UINT64_MAX) {
-            uint64_t e[2] = {t->merges.key[i], ((uint64_t)(uint32_t)t->merges.rank[i] << 32) | (uint32_t)t->merges.id[i]};
+            uint64_t e[2] = {t->merges.key[i],
+                             ((uint64_t)(uint32_t)t->merges.rank[i] << 32) | (uint32_t)t->merges.id[i]};
             mh += tok_hash(e, sizeof(e)); /* order-independent sum */
         }
     h ^= mh * 7;
@@ -157,13 +158,14 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
     }
     for (int i = 0; i < t->n_pre; i++) {
         const PreTok *p = &t->pre[i];
-        int32_t f[8] = {i, p->type, p->behavior, p->invert, p->is_regex, p->prepend_scheme, p->split, p->individual};
+        int32_t f[8] = {i,           p->type,           p->behavior, p->invert,
+                        p->is_regex, p->prepend_scheme, p->split,    p->individual};
         h ^= tok_hash(f, sizeof(f)) * 23;
         if (p->src) h ^= tok_hash(p->src, p->src_len) * 29 + (uint64_t)i + (uint64_t)p->is_regex;
         h ^= tok_hash(p->repl, (size_t)p->repl_len) * 37;
     }
-    int32_t f[8] = {t->kind, t->byte_level, t->byte_fallback, t->fuse_unk, t->ignore_merges, t->unk_id, t->add_bos,
-                    t->vocab_size};
+    int32_t f[8] = {t->kind,          t->byte_level, t->byte_fallback, t->fuse_unk,
+                    t->ignore_merges, t->unk_id,     t->add_bos,       t->vocab_size};
     h ^= tok_hash(f, sizeof(f)) * 41;
     return h;
 }
@@ -227,14 +229,15 @@ static Tokenizer *tok_load_byte(void)
 static char *byte_tokenizer_json(void)
 {
     ByteBuf b = {0};
-    const char *head = "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":256,"
-                       "\"content\":\"<|endoftext|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
-                       "\"normalized\":false,\"special\":true}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":"
-                       "\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,\"use_regex\":false},"
-                       "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
-                       "\"trim_offsets\":false,\"use_regex\":false},\"model\":{\"type\":\"BPE\",\"dropout\":null,"
-                       "\"unk_token\":null,\"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,"
-                       "\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\"vocab\":{";
+    const char *head =
+        "{\"version\":\"1.0\",\"truncation\":null,\"padding\":null,\"added_tokens\":[{\"id\":256,"
+        "\"content\":\"<|endoftext|>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
+        "\"normalized\":false,\"special\":true}],\"normalizer\":null,\"pre_tokenizer\":{\"type\":"
+        "\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":false,\"use_regex\":false},"
+        "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false,"
+        "\"trim_offsets\":false,\"use_regex\":false},\"model\":{\"type\":\"BPE\",\"dropout\":null,"
+        "\"unk_token\":null,\"continuing_subword_prefix\":null,\"end_of_word_suffix\":null,"
+        "\"fuse_unk\":false,\"byte_fallback\":false,\"ignore_merges\":false,\"vocab\":{";
     bytebuf_put(&b, head, strlen(head));
     /* GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to U+0100.. */
     int next = 0;
@@ -243,9 +246,12 @@ static char *byte_tokenizer_json(void)
         unsigned cp = printable ? (unsigned)i : 256u + (unsigned)next++;
         char e[32];
         int k;
-        if (cp == '"' || cp == '\\') k = snprintf(e, sizeof(e), "%s\"\\%c\":%d", i ? "," : "", (char)cp, i);
-        else if (cp < 0x80) k = snprintf(e, sizeof(e), "%s\"%c\":%d", i ? "," : "", (char)cp, i);
-        else k = snprintf(e, sizeof(e), "%s\"\\u%04x\":%d", i ? "," : "", cp, i);
+        if (cp == '"' || cp == '\\')
+            k = snprintf(e, sizeof(e), "%s\"\\%c\":%d", i ? "," : "", (char)cp, i);
+        else if (cp < 0x80)
+            k = snprintf(e, sizeof(e), "%s\"%c\":%d", i ? "," : "", (char)cp, i);
+        else
+            k = snprintf(e, sizeof(e), "%s\"\\u%04x\":%d", i ? "," : "", cp, i);
         bytebuf_put(&b, e, (size_t)k);
     }
     const char *tail = ",\"<|endoftext|>\":256},\"merges\":[]}}\n";
@@ -261,8 +267,8 @@ static Tokenizer *tok_load_gpt2_bundled(void)
     size_t vlen = (size_t)(anvil_gpt2_encoder_json_end - anvil_gpt2_encoder_json);
     size_t mlen = (size_t)(anvil_gpt2_vocab_bpe_end - anvil_gpt2_vocab_bpe);
     snprintf(t->identity, sizeof(t->identity), "gpt2");
-    if (tok_load_vocab_merges(t, anvil_gpt2_encoder_json, vlen, anvil_gpt2_vocab_bpe, mlen, "gpt2:encoder.json",
-                              "gpt2:vocab.bpe")) {
+    if (tok_load_vocab_merges(t, anvil_gpt2_encoder_json, vlen, anvil_gpt2_vocab_bpe, mlen,
+                              "gpt2:encoder.json", "gpt2:vocab.bpe")) {
         tokenizer_free(t);
         return NULL;
     }
@@ -374,12 +380,15 @@ Tokenizer *tokenizer_load(const char *spec)
         err_set("tokenizer: empty name (use gpt2, byte, a tokenizer.json or a model directory)");
         return NULL;
     }
-    if (!strcmp(spec, "gpt2")) t = tok_load_gpt2_bundled();
-    else if (!strcmp(spec, "byte")) return tok_load_byte();
+    if (!strcmp(spec, "gpt2"))
+        t = tok_load_gpt2_bundled();
+    else if (!strcmp(spec, "byte"))
+        return tok_load_byte();
     else if (is_dir(spec)) {
         char a[4096], b[4096];
         snprintf(a, sizeof(a), "%s/tokenizer.json", spec);
-        if (is_file(a)) t = tok_load_json_file(a, spec);
+        if (is_file(a))
+            t = tok_load_json_file(a, spec);
         else {
             static const char *pairs[][2] = {{"vocab.json", "merges.txt"}, {"encoder.json", "vocab.bpe"}};
             for (size_t i = 0; i < ARRAY_LEN(pairs) && !t; i++) {
@@ -391,7 +400,8 @@ Tokenizer *tokenizer_load(const char *spec)
                 }
             }
             if (!t) {
-                err_set("%s: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe in this directory",
+                err_set("%s: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe in this "
+                        "directory",
                         spec);
                 return NULL;
             }
@@ -400,11 +410,14 @@ Tokenizer *tokenizer_load(const char *spec)
         char dir[4096];
         snprintf(dir, sizeof(dir), "%s", spec);
         char *slash = strrchr(dir, '/');
-        if (slash) *slash = 0;
-        else snprintf(dir, sizeof(dir), ".");
+        if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof(dir), ".");
         t = tok_load_json_file(spec, dir);
     } else {
-        err_set("%s: no such file or directory (a tokenizer is gpt2, byte, a tokenizer.json or a model directory)",
+        err_set("%s: no such file or directory (a tokenizer is gpt2, byte, a tokenizer.json or a model "
+                "directory)",
                 spec);
         return NULL;
     }
@@ -415,15 +428,22 @@ Tokenizer *tokenizer_load(const char *spec)
 
 /* ---- encode ---------------------------------------------------------------------- */
 
-static int is_ws(uint8_t c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-static int is_word(uint8_t c) { return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z'); }
+static int is_ws(uint8_t c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+static int is_word(uint8_t c)
+{
+    return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
+}
 
 /* The added token matching at s[i] (longest first), or NULL. */
 static const AddedToken *added_match(const Tokenizer *t, const uint8_t *s, size_t n, size_t i)
 {
     for (int k = 0; k < t->n_added; k++) {
         const AddedToken *a = &t->added[k];
-        if (!a->len || a->len > n - i || (uint8_t)a->content[0] != s[i] || memcmp(s + i, a->content, a->len)) continue;
+        if (!a->len || a->len > n - i || (uint8_t)a->content[0] != s[i] || memcmp(s + i, a->content, a->len))
+            continue;
         if (a->single_word && ((i > 0 && is_word(s[i - 1])) || (i + a->len < n && is_word(s[i + a->len]))))
             continue;
         return a;
@@ -507,8 +527,10 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
         int32_t id = ids[i];
         if (id < 0 || id >= t->vocab_size) continue;
         if (t->dec_join_space && b.n) bytebuf_put(&b, " ", 1);
-        if (i == 0 && t->first_off) bytebuf_put(&b, t->first_buf + t->first_off[id], t->first_off[id + 1] - t->first_off[id]);
-        else bytebuf_put(&b, t->piece_buf + t->piece_off[id], t->piece_off[id + 1] - t->piece_off[id]);
+        if (i == 0 && t->first_off)
+            bytebuf_put(&b, t->first_buf + t->first_off[id], t->first_off[id + 1] - t->first_off[id]);
+        else
+            bytebuf_put(&b, t->piece_buf + t->piece_off[id], t->piece_off[id + 1] - t->piece_off[id]);
     }
     if (t->dec_strip_start || t->dec_strip_stop) { /* Strip decoder after Fuse */
         size_t a = 0, e = b.n;
@@ -524,16 +546,34 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
 
 /* ---- queries ------------------------------------------------------------------------ */
 
-int tokenizer_vocab_size(const Tokenizer *t) { return t->vocab_size; }
-int tokenizer_eos_id(const Tokenizer *t) { return t->eos_id; }
-int tokenizer_bos_id(const Tokenizer *t) { return t->bos_id; }
-int tokenizer_add_bos(const Tokenizer *t) { return t->add_bos; }
-const char *tokenizer_identity(const Tokenizer *t) { return t->identity; }
+int tokenizer_vocab_size(const Tokenizer *t)
+{
+    return t->vocab_size;
+}
+int tokenizer_eos_id(const Tokenizer *t)
+{
+    return t->eos_id;
+}
+int tokenizer_bos_id(const Tokenizer *t)
+{
+    return t->bos_id;
+}
+int tokenizer_add_bos(const Tokenizer *t)
+{
+    return t->add_bos;
+}
+const char *tokenizer_identity(const Tokenizer *t)
+{
+    return t->identity;
+}
 int tokenizer_is_special(const Tokenizer *t, int32_t id)
 {
     return id >= 0 && id < t->vocab_size && t->is_special[id];
 }
-int tokenizer_splittable(const Tokenizer *t) { return t->splittable; }
+int tokenizer_splittable(const Tokenizer *t)
+{
+    return t->splittable;
+}
 
 int32_t tokenizer_token_to_id(const Tokenizer *t, const char *s, size_t len)
 {
@@ -571,8 +611,9 @@ int tokenizer_save(const Tokenizer *t, const char *dir)
         int rc = write_file_atomic(dir, "tokenizer.json", js, strlen(js));
         free(js);
         if (rc) return rc;
-        const char *cfg = "{\"tokenizer_class\": \"PreTrainedTokenizerFast\", \"eos_token\": \"<|endoftext|>\", "
-                          "\"model_max_length\": 1000000000000000019884624838656}\n";
+        const char *cfg =
+            "{\"tokenizer_class\": \"PreTrainedTokenizerFast\", \"eos_token\": \"<|endoftext|>\", "
+            "\"model_max_length\": 1000000000000000019884624838656}\n";
         return write_file_atomic(dir, "tokenizer_config.json", cfg, strlen(cfg));
     }
     for (int i = 0; i < t->n_files; i++)
