@@ -143,6 +143,25 @@ expect_error "bad tokenizer" "broken.json" $ANVIL prepare --tokenizer "$T/broken
 { for i in $(seq 1 200); do echo '{"text": "0123456789"}'; done; echo 'not json'; } >"$T/late.jsonl"
 expect_error "late error" "late.jsonl:201" $ANVIL prepare --tokenizer byte --input "$T/late.jsonl" --out "$T/e8" --shard-tokens 100
 check '[ -z "$(ls "$T/e8/train" 2>/dev/null)" ] && [ ! -f "$T/e8/manifest.json" ] && no_temp_files "$T/e8"' "no half-written output"
+# interrupted (SIGINT) in the middle of writing shards: no temp file, every shard complete
+if [ -f "$SHARED/gpt2/sample.txt" ]; then
+    for i in $(seq 1 30); do cat "$SHARED/gpt2/sample.txt"; done >"$T/big.txt"
+    $ANVIL prepare --tokenizer gpt2 --input "$T/big.txt" --out "$T/int" --shard-tokens 5000 --threads 2 2>/dev/null &
+    pid=$!
+    for i in $(seq 1 200); do # until the first shards are written
+        [ -n "$(ls "$T/int/train" 2>/dev/null)" ] && break
+        sleep 0.02
+    done
+    kill -INT $pid 2>/dev/null
+    wait $pid
+    complete=1
+    for f in "$T"/int/train/*.tok; do
+        [ -f "$f" ] || continue
+        n=$(od -An -tu8 -j24 -N8 "$f" | tr -d ' ')
+        [ "$(stat -c %s "$f")" -eq $((256 + 2 * n)) ] || complete=0
+    done
+    check 'no_temp_files "$T/int" && [ $complete -eq 1 ] && [ ! -f "$T/int/manifest.json" ]' "SIGINT leaves only complete shards"
+fi
 # an earlier run's output is not mixed with a new one
 expect_error "existing output" "already holds prepared data" $ANVIL prepare --tokenizer byte --input "$T/in" --out "$T/fmt"
 $ANVIL prepare --tokenizer byte --input "$T/in/a.txt" --out "$T/fmt" --overwrite --shard-tokens 3 2>/dev/null

@@ -689,6 +689,11 @@ static int clear_old_output(const PrepareOptions *o)
         if (!dir) continue;
         struct dirent *e;
         while ((e = readdir(dir))) {
+            if (e->d_name[0] == '.' && ends_with(e->d_name, ".tok.tmp")) { /* a killed run's temp file */
+                snprintf(p, sizeof(p), "%s/%s", d, e->d_name);
+                unlink(p);
+                continue;
+            }
             if (!ends_with(e->d_name, ".tok")) continue;
             found = 1;
             if (o->overwrite) {
