@@ -135,6 +135,14 @@ check "accumulation matches one batch ($L1 / $L2)" awk -v a="$L1" -v b="$L2" 'BE
     for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > 1e-4 * x[i]) exit 1 }
     exit 0 }'
 
+# ---- prepared shards: the tokenizer comes from the shards unless data.tokenizer names one ----
+"$ANVIL" prepare --tokenizer byte --input "$VAL" --out "$tmp/shards" >/dev/null 2>&1
+if "$ANVIL" train "$tmp/byte.yaml" --set data.train="$tmp/shards/train" --set data.tokenizer= --set train.steps=2 \
+    --set out_dir="$tmp/sh" >"$tmp/sh.log" 2>&1; then ok; else bad "train on shards: $(tail -n 2 "$tmp/sh.log")"; fi
+check "shard run saves the byte tokenizer" test -f "$tmp/sh/final/tokenizer.json"
+expect_fail shard-tokenizer-mismatch "made with tokenizer \"byte\"|gpt2" train "$tmp/byte.yaml" \
+    --set data.train="$tmp/shards/train" --set data.tokenizer=gpt2 --set model.vocab_size=50257
+
 # ---- fine-tune from an HF directory (the checkpoint written above) ----
 if "$ANVIL" train "$tmp/byte.yaml" --set model.preset= --set model.d_model=0 --set model.vocab_size=0 \
     --set model.init="$tmp/run/final" --set train.steps=3 --set out_dir="$tmp/ft" --set train.lr=1e-4 \

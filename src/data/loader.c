@@ -349,6 +349,11 @@ int loader_vocab_size(const DataLoader *dl)
     return dl->vocab;
 }
 
+const char *loader_tokenizer_identity(const DataLoader *dl)
+{
+    return dl->n_shards > 0 ? dl->shards[0].identity : "";
+}
+
 void loader_close(DataLoader *dl)
 {
     if (!dl) return;

@@ -46,6 +46,9 @@ uint64_t loader_num_tokens(const DataLoader *dl);
 uint64_t loader_windows_per_epoch(const DataLoader *dl);
 /* Largest token id + 1 that may appear (the tokenizer's vocab, or the shard header's). */
 int loader_vocab_size(const DataLoader *dl);
+/* Identity of the tokenizer the shards were made with ("gpt2", "byte", "hf:<hash>"), or ""
+ * for text sources and llm.c shards. */
+const char *loader_tokenizer_identity(const DataLoader *dl);
 void loader_close(DataLoader *dl);
 
 #endif

@@ -251,15 +251,17 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     r->be = backend_get(tc->device);
     if (!r->be) return err_prefix("device");
 
-    /* tokenizer: data.tokenizer, else the init model's, else GPT-2 */
-    const char *tok_spec = tc->data_tokenizer[0] ? tc->data_tokenizer : tc->model_init[0] ? tc->model_init : "gpt2";
-    r->tok = tokenizer_load(tok_spec);
-    if (!r->tok) {
-        if (tc->data_tokenizer[0] || !tc->model_init[0]) {
+    /* Tokenizer: data.tokenizer, else the init model's. Without either, a text source is
+     * tokenized with GPT-2 and shards need none (the one they were made with is saved in
+     * checkpoints when it is a built-in one). */
+    const char *tok_spec = tc->data_tokenizer[0] ? tc->data_tokenizer : tc->model_init[0] ? tc->model_init : NULL;
+    if (!tok_spec && !fs_is_dir(tc->data_train) && strstr(tc->data_train, ".txt")) tok_spec = "gpt2";
+    if (tok_spec) {
+        r->tok = tokenizer_load(tok_spec);
+        if (!r->tok && (tc->data_tokenizer[0] || !tc->model_init[0])) {
             err_prefix("data.tokenizer");
             goto out;
-        }
-        r->tok = NULL; /* an init model without tokenizer files: fine for pre-tokenized shards */
+        } /* an init model without tokenizer files is fine for shards */
     }
     LoaderOptions lo = {.B = B, .T = T, .seed = tc->seed, .shuffle = 1, .rank = 0, .world = 1,
                         .tokenizer = tok_spec};
@@ -267,6 +269,13 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     if (!r->train) {
         err_prefix("data.train");
         goto out;
+    }
+    if (!r->tok) {
+        const char *id = loader_tokenizer_identity(r->train);
+        if (!strcmp(id, "gpt2") || !strcmp(id, "byte")) {
+            r->tok = tokenizer_load(id);
+            lo.tokenizer = id; /* also for a validation text file */
+        }
     }
     if (tc->data_val[0]) {
         lo.shuffle = 0;
