@@ -44,7 +44,8 @@ static const KeyDef keys[] = {
      "Training data: a shard directory, a shard glob, one shard (.bin), or a .txt file tokenized on the fly."},
     {"data.val", CT_STR, F(data_val), "", "Validation data (same forms); empty = no validation loss."},
     {"data.tokenizer", CT_STR, F(data_tokenizer), "",
-     "Tokenizer for text data: gpt2, byte, a tokenizer.json, or a model directory (empty = model.init's, else gpt2)."},
+     "Tokenizer: gpt2, byte, a tokenizer.json, or a model directory. Empty = model.init's; else GPT-2 for a "
+     "text file, and for shards the built-in one they were made with."},
     {"train.steps", CT_INT, F(steps), "1000", "Optimizer steps."},
     {"train.batch_size", CT_INT, F(batch_size), "8", "Sequences per micro-batch."},
     {"train.seq_len", CT_INT, F(seq_len), "256", "Tokens per sequence."},
