@@ -32,7 +32,7 @@ static void usage(FILE *f)
             "  --temperature 0 is greedy (default 1). --stop ends the text before the first occurrence\n"
             "  of S (up to %d). --print-ids prints token ids instead of text (the default for a model\n"
             "  without a tokenizer). --batch N: N independent samples of the prompt in one batch\n"
-            "  (sample k uses the random stream (seed, k), so sample 0 is the --batch 1 output).\n"
+            "  (sample k uses the random stream (seed, k), so sample 0 draws as --batch 1 does).\n"
             "  --ignore-eos: do not stop at the end-of-sequence token. --echo: print the prompt first.\n"
             "  --stats: timings and tokens/s on stderr.\n",
             MAX_STOPS);
