@@ -653,7 +653,7 @@ static void test_ppl_eval_models(void)
 /* ------------------------------------------------------ multiple choice */
 
 static void check_mcq(Model *m, const Tokenizer *tok, const char *name, const char *task, json_t *ref,
-                      int add_bos)
+                      int no_bos)
 {
     char path[512];
     snprintf(path, sizeof(path), "%s/eval/%s.jsonl", test_fixtures(), task);
@@ -681,7 +681,7 @@ static void check_mcq(Model *m, const Tokenizer *tok, const char *name, const ch
     for (int batch = 1; batch <= 4; batch += 3) {
         McqOptions o = {.ctx = (int)json_integer_value(json_object_get(g_exp, "ctx")),
                         .batch = batch,
-                        .add_bos = add_bos};
+                        .no_bos = no_bos};
         McqResult r;
         if (mcq_score(m, tok, &set, &o, &r)) {
             CHECKF(0, "%s", err_get());
@@ -759,7 +759,7 @@ static void test_mcq_eval_models(void)
                 check_mcq(m, tok, models[mi], tasks[ti],
                           json_object_get(json_object_get(mref, "mcq"), tasks[ti]), 0);
             check_mcq(m, tok, models[mi], "generic",
-                      json_object_get(json_object_get(mref, "mcq_bos"), "generic"), 1);
+                      json_object_get(json_object_get(mref, "mcq_nobos"), "generic"), 1);
             check_mcq_too_long(m, tok, json_object_get(json_object_get(mref, "mcq"), "hellaswag"));
         }
         if (tok) tokenizer_free(tok);

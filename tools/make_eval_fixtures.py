@@ -27,13 +27,15 @@ Writes tests/fixtures/eval/ (or --out):
     "generate": prompts, their ids, transformers' greedy generate() without EOS stopping
             ("greedy", max_new_tokens up to the window), and with EOS stopping ("greedy_eos")
 
-lm-evaluation-harness conventions reproduced here (no lm_eval install needed; see docs/eval.md):
+lm-evaluation-harness 0.4.13 conventions reproduced here (no lm_eval install needed; see
+docs/eval.md; tools/check_eval_lmeval.py runs the real harness on the same files and compares):
   request = (context, " " + choice); HellaSwag query = preprocess(activity_label + ": " + ctx_a +
   " " + ctx_b.capitalize()), choices = preprocess(ending); PIQA / ARC "Question: {q}\\nAnswer:";
   WinoGrande partial scoring: context = sentence[:blank] + option, continuation =
   " " + sentence[blank+1:].strip(); _encode_pair moves the context's trailing whitespace to the
-  continuation, then cont = encode(context + continuation)[len(encode(context)):]; encode adds no
-  special tokens (HFLM add_bos_token=False); inputs = (ctx + cont)[-(max_length + 1):][:-1].
+  continuation, then cont = encode(context + continuation)[len(encode(context)):]; encode uses the
+  tokenizer's special tokens (HFLM add_bos_token=None: the llama tokenizer's BOS) unless the text
+  starts with the BOS text; inputs = (ctx + cont)[-(max_length + 1):][:-1].
 
 Deterministic (fixed seeds, single thread). Run from the repository root:
     python3 tools/make_eval_fixtures.py
@@ -140,6 +142,7 @@ GENERIC = [
     {"context": "She opened the door and", "choices": ["walked in.", "the door opened the cat."], "answer": 0},
     {"context": "Two plus two is", "choices": ["four.", "a river.", "purple."], "answer": 0},
     {"context": "I went to the store to buy ", "choices": ["some milk.", "the moon."], "answer": 0},
+    {"context": "", "choices": ["It was a good day.", "Day good a was it"], "answer": 0},
 ]
 
 # ------------------------------------------------------------------------- helpers
@@ -287,23 +290,32 @@ def build_requests(task, doc):
     raise ValueError(task)
 
 
-def encode_pair(tok, context, continuation, special):
+def tok_encode(tok, s, special, bos_text):
+    """HFLM.tok_encode: the tokenizer's special tokens, unless the text starts with the BOS text."""
+    if special and bos_text and s.startswith(bos_text):
+        special = False
+    return tok.encode(s, add_special_tokens=special).ids
+
+
+def encode_pair(tok, context, continuation, special, bos_text):
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tok.encode(context + continuation, add_special_tokens=special).ids
-    ctx = tok.encode(context, add_special_tokens=special).ids
+    whole = tok_encode(tok, context + continuation, special, bos_text)
+    ctx = tok_encode(tok, context, special, bos_text)
     return ctx, whole[len(ctx):]
 
 
 @torch.no_grad()
-def loglikelihood(model, tok, context, continuation, prefix_id, max_length, special=False):
-    """special: HFLM's add_bos_token (encode with add_special_tokens)."""
+def loglikelihood(model, tok, context, continuation, prefix_id, max_length, special=True):
+    """special: False for HFLM's add_bos_token=False; True is its default (None)."""
+    bos_text = tok.id_to_token(prefix_id)
     if context == "":
-        ctx_enc, cont_enc = [prefix_id], tok.encode(continuation, add_special_tokens=special).ids
+        cont_enc = tok.encode(continuation, add_special_tokens=False).ids
+        ctx_enc, cont_enc = ([prefix_id], cont_enc) if cont_enc[0] != prefix_id else (cont_enc[:1], cont_enc[1:])
     else:
-        ctx_enc, cont_enc = encode_pair(tok, context, continuation, special)
+        ctx_enc, cont_enc = encode_pair(tok, context, continuation, special, bos_text)
     full = (ctx_enc + cont_enc)[-(max_length + 1):]
     inp = full[:-1]
     logits = F.log_softmax(model(torch.tensor([inp])).logits[0], dim=-1)  # fp32, as lm-eval
@@ -332,7 +344,7 @@ def second_gap(xs):
     return s[0] - s[1] if len(s) > 1 else float("inf")
 
 
-def mcq_reference(model, tok, task, docs, prefix_id, special=False):
+def mcq_reference(model, tok, task, docs, prefix_id, special=True):
     items, acc, acc_norm, acc_bytes = [], 0, 0, 0
     for doc in docs:
         reqs, choices, gold = build_requests(task, doc)
@@ -452,7 +464,7 @@ def main():
             print(f"  ppl ctx {c['ctx']} stride {c['stride']}: {c['tokens']} tokens, nll {c['nll']:.6f} "
                   f"(HF doc loop {c['hf_doc_nll']:.6f} over {c['hf_doc_tokens']})")
         ref["mcq"] = {t: mcq_reference(model, tok, t, d, bos) for t, d in tasks.items()}
-        ref["mcq_bos"] = {"generic": mcq_reference(model, tok, "generic", GENERIC, bos, special=True)}
+        ref["mcq_nobos"] = {"generic": mcq_reference(model, tok, "generic", GENERIC, bos, special=False)}
         for t, r in ref["mcq"].items():
             print(f"  mcq {t}: acc {r['acc']:.3f} acc_norm {r.get('acc_norm', float('nan')):.3f} "
                   f"truncated {r['truncated']}")

@@ -4,7 +4,7 @@
  *   anvil eval ppl --model DIR --data PATH [--ctx N] [--stride S] [--batch B] [--device D]
  *                  [--tokenizer T] [--json]
  *   anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--ctx N]
- *                  [--skip-bad] [--bos] [--device D] [--tokenizer T] [--json]
+ *                  [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json]
  */
 #include <dirent.h>
 #include <math.h>
@@ -38,15 +38,15 @@ static void usage(FILE *f)
             "         shard file, or a raw little-endian uint32 token file (.u32).\n"
             "         --ctx: window (default: the model's), --stride: advance (default: ctx)\n"
             "       anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--ctx N]\n"
-            "                      [--skip-bad] [--bos] [--device D] [--tokenizer T] [--json]\n"
+            "                      [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json]\n"
             "         T: hellaswag, piqa, arc, winogrande, generic. --skip-bad: report malformed lines and\n"
-            "         go on (default: stop at the first). --bos: add the tokenizer's BOS (lm-eval "
-            "add_bos_token)\n");
+            "         go on (default: stop at the first). --no-bos: encode without the tokenizer's BOS "
+            "(lm-eval add_bos_token=False)\n");
 }
 
 typedef struct {
     const char *model, *data, *device, *tokenizer, *task;
-    int ctx, stride, batch, limit, skip_bad, bos, json;
+    int ctx, stride, batch, limit, skip_bad, no_bos, json;
 } EvalArgs;
 
 static int parse_int(const char *flag, const char *v, int lo, int *out)
@@ -67,8 +67,8 @@ static int parse_args(int argc, char **argv, EvalArgs *a)
             a->json = 1;
         else if (!strcmp(f, "--skip-bad"))
             a->skip_bad = 1;
-        else if (!strcmp(f, "--bos"))
-            a->bos = 1;
+        else if (!strcmp(f, "--no-bos"))
+            a->no_bos = 1;
         else if (i + 1 >= argc)
             return err_set("%s: unknown option, or missing its value (see --help)", f);
         else if (!strcmp(f, "--model"))
@@ -253,7 +253,7 @@ static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
     if (mcq_load(a->data, task, a->limit, a->skip_bad, &set)) return -1;
     McqOptions o = {.ctx = a->ctx ? a->ctx : m->cfg.max_seq_len,
                     .batch = a->batch ? a->batch : MCQ_DEFAULT_BATCH,
-                    .add_bos = a->bos};
+                    .no_bos = a->no_bos};
     McqResult r;
     if (mcq_score(m, tok, &set, &o, &r)) {
         mcq_set_free(&set);

@@ -545,14 +545,20 @@ typedef struct {
     int n_cont;   /* continuation tokens (the last n_cont of tok) */
 } McqReq;
 
-/* The ids of s (*ids malloc'd, never NULL), with the tokenizer's BOS when add_bos and its
- * post-processor adds one. -1 with err_set() on failure. */
-static int encode(const Tokenizer *tok, const char *s, int add_bos, int32_t **ids, int *n)
+/* The ids of s (*ids malloc'd, never NULL), as HFLM.tok_encode: with the tokenizer's special
+ * tokens (its BOS, when the post-processor adds one) unless special == 0 or s already starts
+ * with the BOS token's text. -1 with err_set() on failure. */
+static int encode(const Tokenizer *tok, const char *s, int special, int32_t **ids, int *n)
 {
     int32_t *v = NULL;
     long k = tokenizer_encode(tok, s, strlen(s), &v);
     if (k < 0) return -1;
-    int bos = add_bos && tokenizer_add_bos(tok) && tokenizer_bos_id(tok) >= 0;
+    int bos = special && tokenizer_add_bos(tok) && tokenizer_bos_id(tok) >= 0;
+    if (bos) {
+        size_t bl;
+        const char *bt = tokenizer_token_bytes(tok, tokenizer_bos_id(tok), &bl);
+        bos = !(bl && !strncmp(s, bt, bl));
+    }
     int32_t *out = xmalloc((size_t)(k + bos + 1) * sizeof(int32_t));
     if (bos) out[0] = tokenizer_bos_id(tok);
     if (k) memcpy(out + bos, v, (size_t)k * sizeof(int32_t));
@@ -563,7 +569,7 @@ static int encode(const Tokenizer *tok, const char *s, int add_bos, int32_t **id
 }
 
 /* lm-eval's loglikelihood(): (context_enc, continuation_enc), then the window cut. */
-static int make_request(const Tokenizer *tok, const char *context, const char *continuation, int add_bos,
+static int make_request(const Tokenizer *tok, const char *context, const char *continuation, int special,
                         int window, McqReq *q, int *truncated)
 {
     int32_t *ce = NULL, *we = NULL, *cont = NULL;
@@ -572,10 +578,14 @@ static int make_request(const Tokenizer *tok, const char *context, const char *c
         int pre = tokenizer_bos_id(tok) >= 0 ? tokenizer_bos_id(tok) : tokenizer_eos_id(tok);
         if (pre < 0)
             return err_set("an empty context needs a BOS or EOS token, and the tokenizer has neither");
+        if (encode(tok, continuation, 0, &cont, &nk)) goto fail;
         ce = xmalloc(sizeof(int32_t));
         ce[0] = pre;
         nc = 1;
-        if (encode(tok, continuation, add_bos, &cont, &nk)) goto fail;
+        if (nk && cont[0] == pre) { /* the continuation starts with it: that token is the context */
+            memmove(cont, cont + 1, (size_t)(nk - 1) * sizeof(int32_t));
+            nk--;
+        }
     } else {
         /* _encode_pair: the context's trailing whitespace goes to the continuation */
         size_t cl = strlen(context), lo, hi;
@@ -585,7 +595,7 @@ static int make_request(const Tokenizer *tok, const char *context, const char *c
         memcpy(c, context, keep);
         c[keep] = 0;
         char *whole = cat(context, continuation);
-        int bad = encode(tok, c, add_bos, &ce, &nc) || encode(tok, whole, add_bos, &we, &nw);
+        int bad = encode(tok, c, special, &ce, &nc) || encode(tok, whole, special, &we, &nw);
         free(c);
         free(whole);
         if (bad) goto fail;
@@ -681,7 +691,7 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
             int trunc = 0;
             req[k].item = i;
             req[k].choice = c;
-            if (make_request(tok, it->ctx[c], it->cont[c], o->add_bos, o->ctx, &req[k], &trunc)) {
+            if (make_request(tok, it->ctx[c], it->cont[c], !o->no_bos, o->ctx, &req[k], &trunc)) {
                 err_prefix("%s:%d", set->path, it->line);
                 goto out;
             }

@@ -10,8 +10,8 @@
  *   winogrande  partial scoring: sentence[:blank] + option_i / " " + sentence[blank+1:].strip()
  *   generic     context / " " + choices[i]
  * Tokens: the context's trailing whitespace moves to the continuation; then
- * cont = encode(context + continuation)[len(encode(context)):] (no special
- * tokens unless add_bos); inputs = (ctx + cont)[-(window + 1):][:-1], so a
+ * cont = encode(context + continuation)[len(encode(context)):] (encode adds the
+ * tokenizer's BOS if it adds one, unless no_bos); inputs = (ctx + cont)[-(window + 1):][:-1], so a
  * context longer than the window is cut from the left ("truncated").
  * Metrics: acc = argmax ll; acc_norm = argmax ll / characters of the choice (lm-eval's
  * acc_norm); acc_bytes = argmax ll / UTF-8 bytes of the choice (lm-eval's acc_bytes).
@@ -55,9 +55,10 @@ int mcq_load(const char *path, McqTask task, int limit, int skip_bad, McqSet *se
 void mcq_set_free(McqSet *set);
 
 typedef struct {
-    int ctx;     /* window (<= the model's max_seq_len) */
-    int batch;   /* rows per forward at a full window; shorter requests pack batch*ctx tokens */
-    int add_bos; /* encode with the tokenizer's post-processor (lm-eval add_bos_token=True) */
+    int ctx;    /* window (<= the model's max_seq_len) */
+    int batch;  /* rows per forward at a full window; shorter requests pack batch*ctx tokens */
+    int no_bos; /* encode without special tokens (lm-eval add_bos_token=False; default: the
+                 * tokenizer's own, as lm-eval 0.4.13's add_bos_token=None) */
 } McqOptions;
 
 typedef struct {
