@@ -679,9 +679,8 @@ static void check_mcq(Model *m, const Tokenizer *tok, const char *name, const ch
         }
     }
     for (int batch = 1; batch <= 4; batch += 3) {
-        McqOptions o = {.ctx = (int)json_integer_value(json_object_get(g_exp, "ctx")),
-                        .batch = batch,
-                        .no_bos = no_bos};
+        McqOptions o = {
+            .ctx = (int)json_integer_value(json_object_get(g_exp, "ctx")), .batch = batch, .no_bos = no_bos};
         McqResult r;
         if (mcq_score(m, tok, &set, &o, &r)) {
             CHECKF(0, "%s", err_get());
