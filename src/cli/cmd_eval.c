@@ -117,11 +117,14 @@ static int cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Append the tokens of one shard file. */
-static int append_shard(const char *path, int32_t **ids, size_t *n)
+/* Append the tokens of one shard file (a warning when it was made with another tokenizer). */
+static int append_shard(const char *path, const Tokenizer *tok, int32_t **ids, size_t *n)
 {
     Shard s;
     if (shard_open(&s, path)) return -1;
+    if (tok && s.identity[0] && strcmp(s.identity, tokenizer_identity(tok)))
+        fprintf(stderr, "anvil: warning: %s: made with tokenizer \"%s\", the model's is \"%s\"\n", path,
+                s.identity, tokenizer_identity(tok));
     *ids = xrealloc(*ids, (*n + s.count + 1) * sizeof(int32_t));
     for (uint64_t i = 0; i < s.count; i++) (*ids)[(*n)++] = (int32_t)shard_token(&s, i);
     shard_close(&s);
@@ -154,13 +157,13 @@ static int read_tokens(const char *path, const Tokenizer *tok, int32_t **ids, si
         if (k) qsort(names, (size_t)k, sizeof(char *), cmp_str);
         int rc = k ? 0 : err_set("%s: no token shards (*.tok, *.bin) in this directory", path);
         for (int i = 0; i < k; i++) {
-            if (!rc) rc = append_shard(names[i], ids, n);
+            if (!rc) rc = append_shard(names[i], tok, ids, n);
             free(names[i]);
         }
         free(names);
         return rc;
     }
-    if (shard_sniff(path)) return append_shard(path, ids, n);
+    if (shard_sniff(path)) return append_shard(path, tok, ids, n);
     size_t len;
     char *data = text_read_file(path, &len);
     if (!data) return -1;
