@@ -98,6 +98,12 @@ static void expect(const char *what, const Backend *be, const float *got, const 
 
 static double tol_for(const Backend *be, double f32, double b16) { return be->act_dtype == DTYPE_BF16 ? b16 : f32; }
 
+/* The CUDA context's mode (both GPU tables share it): 1 = bit-reproducible kernels only. */
+static void set_det(int on)
+{
+    if (gpu16->set_deterministic) gpu16->set_deterministic(on);
+}
+
 /* ------------------------------------------------------------------ ops */
 
 typedef struct {
@@ -124,8 +130,10 @@ static void test_matmul(void)
 {
     const int shapes[][3] = {{67, 96, 80}, {128, 64, 200}, {5, 40, 24}};
     const Backend *gpus[] = {gpu32, gpu16};
+    for (int det = 0; det < 2; det++) /* bias gradients: cuBLASLt's epilogue, then our column sums */
     for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
         for (int g = 0; g < 2; g++) {
+            set_det(det);
             const Backend *be = gpus[g];
             int N = shapes[s][0], IC = shapes[s][1], OC = shapes[s][2];
             float *x = randn((size_t)N * IC, 1, 1), *w = randn((size_t)OC * IC, 0.2f, 2), *b = randn(OC, 1, 3);
@@ -142,6 +150,71 @@ static void test_matmul(void)
                             got.out, got.dinp, got.dw, got.db};
             for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
         }
+    set_det(0);
+}
+
+/* The fused GELU MLP ops (matmul_gelu_fwd, matmul_dgelu_bwd) on one backend: act, pre, dpre, the two
+ * bias gradients and the second layer's weight gradient. */
+typedef struct {
+    float *act, *pre, *dpre, *db1, *dw2, *db2;
+} GeluOut;
+
+static GeluOut run_gelu_mlp(const Backend *be, const float *x, const float *w1, const float *b1, const float *w2,
+                            const float *b2, const float *dout, const float *g0, int N, int C, int F)
+{
+    void *xd = up_act(be, x, (size_t)N * C), *w1d = up_act(be, w1, (size_t)F * C), *b1d = up_act(be, b1, F);
+    void *w2d = up_act(be, w2, (size_t)C * F), *dd = up_act(be, dout, (size_t)N * C);
+    void *act = be->alloc((size_t)N * F * be->act_size), *pre = be->alloc((size_t)N * F * be->act_size);
+    void *dpre = be->alloc((size_t)N * F * be->act_size);
+    float *db1 = up_f32(be, g0, F), *dw2 = up_f32(be, g0, (size_t)C * F), *db2 = up_f32(be, g0, C);
+    (void)b2;
+    be->matmul_gelu_fwd(act, pre, xd, w1d, b1d, N, C, F);
+    be->matmul_dgelu_bwd(dpre, db1, dw2, db2, dd, act, pre, w2d, N, F, C);
+    GeluOut r = {down_act(be, act, (size_t)N * F), down_act(be, pre, (size_t)N * F),
+                 down_act(be, dpre, (size_t)N * F), down_f32(be, db1, F),
+                 down_f32(be, dw2, (size_t)C * F), down_f32(be, db2, C)};
+    void *bufs[] = {xd, w1d, b1d, w2d, dd, act, pre, dpre, db1, dw2, db2};
+    for (size_t i = 0; i < ARRAY_LEN(bufs); i++) be->free(bufs[i]);
+    return r;
+}
+
+static void test_gelu_mlp(void)
+{
+    /* fused through cuBLASLt's epilogues (both modes: bias gradients by epilogue or column sums),
+     * and with ANVIL_GELU_FUSION=0 through the separate kernels. In fp32 the tolerance (1e-5) tells
+     * the tanh approximation from the erf form (which differ by up to ~3e-4). */
+    const int shapes[][3] = {{64, 64, 256}, {96, 128, 96}};
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int variant = 0; variant < 3; variant++)
+        for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
+            for (int g = 0; g < 2; g++) {
+                const Backend *be = gpus[g];
+                set_det(variant == 1);
+                if (variant == 2) setenv("ANVIL_GELU_FUSION", "0", 1);
+                int N = shapes[s][0], C = shapes[s][1], F = shapes[s][2];
+                float *x = randn((size_t)N * C, 1, 1), *w1 = randn((size_t)F * C, 0.15f, 2), *b1 = randn(F, 0.5f, 3);
+                float *w2 = randn((size_t)C * F, 0.1f, 4), *dout = randn((size_t)N * C, 1, 5);
+                float *g0 = randn((size_t)C * F, 1, 6);
+                fit(be, x, (size_t)N * C), fit(be, w1, (size_t)F * C), fit(be, b1, F), fit(be, w2, (size_t)C * F);
+                fit(be, dout, (size_t)N * C);
+                GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F);
+                GeluOut got = run_gelu_mlp(be, x, w1, b1, w2, NULL, dout, g0, N, C, F);
+                unsetenv("ANVIL_GELU_FUSION");
+                char what[96];
+                const char *vn[] = {"epilogues", "deterministic", "unfused"};
+                size_t nf = (size_t)N * F;
+                snprintf(what, sizeof(what), "gelu mlp %dx%dx%d %s: act", N, C, F, vn[variant]);
+                expect(what, be, got.act, ref.act, nf, tol_for(be, TOL_F32, TOL_BF16));
+                expect(strcat(what, " pre"), be, got.pre, ref.pre, nf, tol_for(be, TOL_F32, TOL_BF16));
+                expect(strcat(what, " dpre"), be, got.dpre, ref.dpre, nf, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+                expect(strcat(what, " db1"), be, got.db1, ref.db1, F, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+                expect(strcat(what, " dw2"), be, got.dw2, ref.dw2, (size_t)C * F, tol_for(be, TOL_F32_GRAD, TOL_BF16 / 4));
+                expect(strcat(what, " db2"), be, got.db2, ref.db2, C, tol_for(be, TOL_F32_GRAD, TOL_BF16 / 4));
+                float *all[] = {x, w1, b1, w2, dout, g0, ref.act, ref.pre, ref.dpre, ref.db1, ref.dw2, ref.db2,
+                                got.act, got.pre, got.dpre, got.db1, got.dw2, got.db2};
+                for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
+            }
+    set_det(0);
 }
 
 static void run_embed(const Backend *be, float **out, float **dwte, float **dwpe, const int32_t *tok,
@@ -225,7 +298,9 @@ static NormOut run_norm(const Backend *be, const float *x, const float *a2, cons
 
 static void test_norm(void)
 {
-    const int shapes[][2] = {{33, 96}, {17, 36}, {4, 2048}};
+    /* the one-pass backward (rows up to 4 packs per lane: 96, 36 in fp32, 768 and 1000 in bf16) and
+     * the two-kernel one (2048; 36 in bf16, not a multiple of 8) */
+    const int shapes[][2] = {{33, 96}, {17, 36}, {4, 2048}, {70, 768}, {45, 1000}};
     const Backend *gpus[] = {gpu32, gpu16};
     for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
         for (int rms = 0; rms < 2; rms++)
@@ -328,7 +403,9 @@ static void test_rope(void)
 
 static void test_xent(void)
 {
-    const int shapes[][2] = {{6, 1001}, {5, 50257}, {3, 64}};
+    /* unaligned rows (1001, 50257) take the two-pass kernel; aligned ones that fit the block's
+     * registers the one-pass kernel (64; 50304 bf16; 27000) */
+    const int shapes[][2] = {{6, 1001}, {5, 50257}, {3, 64}, {4, 50304}, {3, 27000}};
     const Backend *gpus[] = {gpu32, gpu16};
     for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
         for (int g = 0; g < 2; g++) {
@@ -466,6 +543,13 @@ static void test_attention(void)
     attention_case(gpu16, 1, 150, 4, 2, 64, "simple");
     attention_case(gpu16, 1, 150, 4, 2, 64, "flash1");
     attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
+    /* the two-kernel backward (the deterministic mode's) against the fused one above */
+    attention_case(gpu16, 1, 150, 4, 2, 64, "flash2");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "flash2");
+    set_det(1);
+    attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
+    attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
+    set_det(0);
 }
 
 static void test_adamw(void)
@@ -580,6 +664,8 @@ static void model_parity(Family f)
     float lref = model_step(mc, in, tg, B, T, &gref);
 
     const Backend *gpus[] = {gpu32, gpu16};
+    for (int det = 1; det >= 0; det--) {
+    set_det(det);
     float loss32 = 0;
     for (int g = 0; g < 2; g++) {
         const Backend *be = gpus[g];
@@ -588,7 +674,8 @@ static void model_parity(Family f)
         CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
         float *gg;
         float loss = model_step(m, in, tg, B, T, &gg);
-        fprintf(stderr, "  %s %s: loss %.7f (cpu %.7f)\n", model_family_name(f), be->name, loss, lref);
+        fprintf(stderr, "  %s %s %s: loss %.7f (cpu %.7f)\n", model_family_name(f), be->name,
+                det ? "deterministic" : "default", loss, lref);
         if (g == 0) {
             loss32 = loss;
             CHECK_CLOSE(loss, lref, TOL_F32);
@@ -603,22 +690,31 @@ static void model_parity(Family f)
             double e = rel_err_max(gg + p->offset, gref + p->offset, p->numel);
             if (e > worst) worst = e, worst_name = p->name;
         }
-        fprintf(stderr, "  %s %s: worst gradient %s rel err %.3g\n", model_family_name(f), be->name, worst_name, worst);
+        fprintf(stderr, "  %s %s %s: worst gradient %s rel err %.3g\n", model_family_name(f), be->name,
+                det ? "deterministic" : "default", worst_name, worst);
         CHECKF(worst <= tol_for(be, TOL_F32_GRAD, 0.1), "[%s] %s grads: %s rel err %.3g", be->name,
                model_family_name(f), worst_name, worst);
 
-        /* deterministic: the same step again is bit-identical; recompute levels change nothing */
+        /* deterministic: the same step again is bit-identical; recompute levels change nothing.
+         * Default mode: the same within tolerance (atomics add in a varying order) */
         for (int level = 0; level <= 2; level++) {
             CHECK(model_reserve(m, B, T, level) == 0);
             float *g2;
             float l2 = model_step(m, in, tg, B, T, &g2);
-            CHECKF(l2 == loss && memcmp(g2, gg, m->pt.total * 4) == 0, "[%s] %s recompute %d: not bit-identical",
-                   be->name, model_family_name(f), level);
+            if (det)
+                CHECKF(l2 == loss && memcmp(g2, gg, m->pt.total * 4) == 0, "[%s] %s recompute %d: not bit-identical",
+                       be->name, model_family_name(f), level);
+            else
+                CHECKF(fabsf(l2 - loss) <= 1e-3f && rel_err_max(g2, gg, m->pt.total) <= tol_for(be, TOL_F32_GRAD, 0.05),
+                       "[%s] %s recompute %d (default mode): loss %g vs %g, grads rel err %.3g", be->name,
+                       model_family_name(f), level, l2, loss, rel_err_max(g2, gg, m->pt.total));
             free(g2);
         }
         free(gg);
         model_free(m);
     }
+    }
+    set_det(0);
     free(gref);
     model_free(mc);
 }
@@ -649,6 +745,7 @@ int main(void)
     }
     gpu32 = gpu16 == cpu ? cpu : backend_cuda(0);
     RUN(test_matmul);
+    RUN(test_gelu_mlp);
     RUN(test_embed);
     RUN(test_norm);
     RUN(test_eltwise);

@@ -39,6 +39,7 @@ train:
   lr: 3e-3
   warmup_steps: 10
   log_every: 20
+  deterministic: true
 eval:
   every: 0
   steps: 0

@@ -160,6 +160,22 @@ struct Backend {
      * up to pos0+T-1 (kv_store first). Query head h reads kv head h / (nh/nkv). */
     void (*attention_kv_fwd)(void *out, const void *qkv, const void *kcache, const void *vcache, int B, int T,
                              int nh, int nkv, int hd, int pos0, int cap);
+
+    /* ---- fused GELU products (appended; CPU versions in cpu/cpu_extra.c) ----
+     * The MLP's first layer and its activation: pre (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias (may be
+     * NULL) and out (N,OC) = gelu(pre) (tanh approximation, as gelu_fwd); a backend may take out from
+     * pre before it is rounded to the act type. */
+    void (*matmul_gelu_fwd)(void *out, void *pre, const void *inp, const void *w, const void *bias, int N, int IC,
+                            int OC);
+    /* The backward of the MLP's second layer y = act @ w (OC,IC)^T + bias with act = gelu(pre) (N,IC),
+     * through the activation: dpre (N,IC) = (dout (N,OC) @ w) * gelu'(pre) (overwrite);
+     * dbias_pre (IC) += colsum(dpre), the first layer's bias gradient (NULL to skip);
+     * dw (OC,IC) += dout^T @ act; dbias (OC) += colsum(dout) (NULL to skip). */
+    void (*matmul_dgelu_bwd)(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
+                             const void *pre, const void *w, int N, int IC, int OC);
+    /* 1: only kernels with bit-reproducible results; 0 (the default): also faster ones whose
+     * reductions add in a varying order (atomics). NULL where every op is reproducible (CPU). */
+    void (*set_deterministic)(int on);
 };
 
 /* The CPU backend (always built). */

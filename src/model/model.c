@@ -225,6 +225,27 @@ void model_zero_grad(Model *m) { m->be->zero(m->grads, m->pt.total * sizeof(floa
 
 static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
 
+/* Whether the GELU MLP goes through the fused ops (every backend has them; NULL = an older table). */
+static int gelu_fused_fwd(const Model *m) { return m->cfg.family != FAMILY_LLAMA && m->be->matmul_gelu_fwd; }
+static int gelu_fused_bwd(const Model *m) { return m->cfg.family != FAMILY_LLAMA && m->be->matmul_dgelu_bwd; }
+
+/* fch = ln2 @ Wfc^T + b and fch_act = act(fch) of block l. The fused op is also how recompute
+ * remakes fch_act, so that every recompute level gives the same bits. */
+static void mlp_act_forward(Model *m, int l, int N)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *p = &m->lp[l];
+    LayerActs *a = &m->la[l];
+    if (gelu_fused_fwd(m)) {
+        be->matmul_gelu_fwd(a->fch_act, a->fch, a->ln2, W(m, p->fc_w), W(m, p->fc_b), N, c->d_model, c->d_ff);
+        return;
+    }
+    be->matmul_fwd(a->fch, a->ln2, W(m, p->fc_w), W(m, p->fc_b), N, c->d_model, cfg_fc_dim(c));
+    if (c->family == FAMILY_LLAMA) be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
+    else be->gelu_fwd(a->fch_act, a->fch, (size_t)N * c->d_ff);
+}
+
 /* Block l from its ln1 (already computed) to its MLP output in `mlp_out` (N,C). */
 static void block_forward(Model *m, int l, int B, int T, void *mlp_out)
 {
@@ -241,9 +262,7 @@ static void block_forward(Model *m, int l, int B, int T, void *mlp_out)
     be->matmul_fwd(mlp_out, a->att, W(m, p->o_w), W(m, p->o_b), N, cfg_q_dim(c), C);
     be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, mlp_out, W(m, p->ln2_w), W(m, p->ln2_b),
                      N, C, c->norm_eps, is_rms(m));
-    be->matmul_fwd(a->fch, a->ln2, W(m, p->fc_w), W(m, p->fc_b), N, C, cfg_fc_dim(c));
-    if (c->family == FAMILY_LLAMA) be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
-    else be->gelu_fwd(a->fch_act, a->fch, (size_t)N * c->d_ff);
+    mlp_act_forward(m, l, N);
     be->matmul_fwd(mlp_out, a->fch_act, W(m, p->proj_w), W(m, p->proj_b), N, c->d_ff, C);
 }
 
@@ -321,7 +340,8 @@ static void block_recompute(Model *m, int l, int B, int T)
     }
     be->norm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, W(m, p->ln2_w), W(m, p->ln2_b), N, C, c->norm_eps,
                  is_rms(m));
-    if (c->family == FAMILY_LLAMA) be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
+    if (gelu_fused_fwd(m)) mlp_act_forward(m, l, N); /* the product again: fch_act as the forward made it */
+    else if (c->family == FAMILY_LLAMA) be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
     else be->gelu_fwd(a->fch_act, a->fch, (size_t)N * c->d_ff);
 }
 
@@ -342,10 +362,16 @@ void model_backward(Model *m)
         LayerActs *a = &m->la[l];
         block_recompute(m, l, B, T);
         /* MLP: out = act(ln2 @ Wfc^T) @ Wproj^T, dres = d(block output) */
-        be->matmul_bwd(d2, G(m, p->proj_w), G(m, p->proj_b), dres, a->fch_act, W(m, p->proj_w), N, c->d_ff, C);
-        if (c->family == FAMILY_LLAMA) be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
-        else be->gelu_bwd(d1, a->fch, d2, (size_t)N * c->d_ff);
-        be->matmul_bwd(d2, G(m, p->fc_w), G(m, p->fc_b), d1, a->ln2, W(m, p->fc_w), N, C, cfg_fc_dim(c));
+        if (gelu_fused_bwd(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
+            be->matmul_dgelu_bwd(d1, G(m, p->fc_b), G(m, p->proj_w), G(m, p->proj_b), dres, a->fch_act, a->fch,
+                                 W(m, p->proj_w), N, c->d_ff, C);
+            be->matmul_bwd(d2, G(m, p->fc_w), NULL, d1, a->ln2, W(m, p->fc_w), N, C, cfg_fc_dim(c));
+        } else {
+            be->matmul_bwd(d2, G(m, p->proj_w), G(m, p->proj_b), dres, a->fch_act, W(m, p->proj_w), N, c->d_ff, C);
+            if (c->family == FAMILY_LLAMA) be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
+            else be->gelu_bwd(d1, a->fch, d2, (size_t)N * c->d_ff);
+            be->matmul_bwd(d2, G(m, p->fc_w), G(m, p->fc_b), d1, a->ln2, W(m, p->fc_w), N, C, cfg_fc_dim(c));
+        }
         be->norm_bwd(dres, G(m, p->ln2_w), G(m, p->ln2_b), d2, a->res2, W(m, p->ln2_w), a->ln2_mean, a->ln2_rstd,
                      N, C, rms); /* dres = d(x2) */
         /* attention */

@@ -65,6 +65,9 @@ static const KeyDef keys[] = {
     {"train.seed", CT_U64, F(seed), "1337", "Seed for init and data order; one seed gives identical runs."},
     {"train.recompute", CT_INT, F(recompute), "0",
      "Activation recompute: 0 none, 1 norms and MLP activation, 2 whole blocks (least memory)."},
+    {"train.deterministic", CT_BOOL, F(deterministic), "false",
+     "Bit-identical runs on a GPU: only kernels with fixed-order reductions (slower attention backward; "
+     "also ANVIL_DETERMINISTIC=1). false allows atomics; the CPU is always deterministic."},
     {"train.log_every", CT_INT, F(log_every), "1",
      "Print a progress line every N steps (metrics.jsonl gets every step)."},
     {"eval.every", CT_INT, F(eval_every), "100",

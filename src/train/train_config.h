@@ -33,6 +33,7 @@ typedef struct {
     float weight_decay, grad_clip, beta1, beta2, eps;
     uint64_t seed;
     int recompute;
+    int deterministic; /* 1: bit-reproducible device kernels only (train.deterministic) */
     int log_every;
     /* eval */
     int eval_every, eval_steps;

@@ -554,6 +554,8 @@ static const Backend cpu_backend = {
     .lm_head_xent = cpu_lm_head_xent,
     .kv_store = cpu_kv_store,
     .attention_kv_fwd = cpu_attention_kv_fwd,
+    .matmul_gelu_fwd = cpu_matmul_gelu_fwd,
+    .matmul_dgelu_bwd = cpu_matmul_dgelu_bwd,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

@@ -29,3 +29,23 @@ void cpu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, con
     }
     free(logits);
 }
+
+// pre = inp @ w^T + bias;  out = gelu(pre)
+void cpu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, const void *bias, int N, int IC,
+                         int OC)
+{
+    const Backend *be = backend_cpu();
+    be->matmul_fwd(pre, inp, w, bias, N, IC, OC);
+    be->gelu_fwd(out, pre, (size_t)N * OC);
+}
+
+// dpre = (dout @ w) * gelu'(pre);  dbias_pre += colsum(dpre);  dw += dout^T @ act;  dbias += colsum(dout)
+void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
+                          const void *pre, const void *w, int N, int IC, int OC)
+{
+    const Backend *be = backend_cpu();
+    be->matmul_bwd(dpre, dw, dbias, dout, act, w, N, IC, OC);
+    be->gelu_bwd(dpre, pre, dpre, (size_t)N * IC);
+    /* the column sum alone: matmul_bwd without dinp and dw (IC = 1: no operand is read) */
+    if (dbias_pre) be->matmul_bwd(NULL, NULL, dbias_pre, dpre, NULL, NULL, N, 1, IC);
+}

@@ -8,4 +8,9 @@
 void cpu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, const void *w, const int32_t *targets,
                       int N, int C, int V, float dscale);
 
+void cpu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, const void *bias, int N, int IC,
+                         int OC);
+void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
+                          const void *pre, const void *w, int N, int IC, int OC);
+
 #endif

@@ -200,6 +200,7 @@ __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *d
 #define FA_WARPS 4             /* each warp owns 16 rows of the tile */
 #define FA_THREADS (FA_WARPS * 32)
 #define FA_LDS (FA_D + 8)      /* shared row stride (elements): +16 bytes keeps fragment loads conflict-free */
+#define FA_TILE (FA_BLOCK * FA_LDS) /* elements of one shared tile */
 
 typedef uint32_t u32;
 
@@ -866,16 +867,325 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
     }
 }
 
+/* ================================================ flash, forward with 128-row tiles
+ * The v2 forward with 8 warps (128 query rows) per block: each K/V tile read from memory serves
+ * twice the rows. A warp skips the key tiles wholly above its 16 rows (causal); the softmax
+ * scale is folded into one multiply-add before exp2. ANVIL_ATTENTION_FWD=64 selects the v2
+ * forward (64-row tiles, comparisons). */
+
+#define FA3_WARPS 8
+#define FA3_THREADS (FA3_WARPS * 32)
+#define FA3_ROWS (16 * FA3_WARPS)
+
+/* rows r0 .. r0+nrows-1 of a strided matrix into a shared tile (row stride FA_LDS) through cp.async,
+ * with nthreads threads; rows at or past T are zero-filled */
+__device__ __forceinline__ void cp_async_rows(bf16 *dst, const bf16 *src, size_t stride, int r0, int nrows, int T_,
+                                              int nthreads)
+{
+    const int PER_ROW = FA_D / 8;
+    for (int i = threadIdx.x; i < nrows * PER_ROW; i += nthreads) {
+        int r = i / PER_ROW, c = (i % PER_ROW) * 8;
+        bool ok = r0 + r < T_;
+        const bf16 *g = src + (size_t)(ok ? r0 + r : 0) * stride + c;
+        unsigned sa = (unsigned)__cvta_generic_to_shared(dst + r * FA_LDS + c);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(g), "r"(ok ? 16 : 0));
+    }
+}
+
+__global__ void __launch_bounds__(FA3_THREADS, 2) flash3_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
+                                                                   int nh, int nkv)
+{
+    __shared__ __align__(16) bf16 Ks[2][FA_TILE]; /* the Q tile (128 rows) is staged across both */
+    __shared__ __align__(16) bf16 Vs[2][FA_TILE];
+    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int kvh = h / (nh / nkv);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    const bf16 *qsrc = base + (size_t)h * FA_D, *ksrc = base + (size_t)(nh + kvh) * FA_D,
+               *vsrc = base + (size_t)(nh + nkv + kvh) * FA_D;
+    int q0 = qb * FA3_ROWS;
+    float c = LOG2E / sqrtf((float)FA_D); /* scores in the log2 domain */
+
+    cp_async_rows(&Ks[0][0], qsrc, stride, q0, FA3_ROWS, T_, FA3_THREADS);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 qf[FA_D / 16][4];
+    load_a_frags(qf, &Ks[0][0], warp * 16, g, tq);
+    __syncthreads(); /* Ks is refilled below */
+    cp_async_rows(Ks[0], ksrc, stride, 0, FA_BLOCK, T_, FA3_THREADS);
+    cp_async_rows(Vs[0], vsrc, stride, 0, FA_BLOCK, T_, FA3_THREADS);
+    cp_async_commit();
+
+    float o[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0}; /* m: raw (unscaled) running max */
+    int wrow0 = q0 + warp * 16, row_a = wrow0 + g, row_b = row_a + 8;
+    int nkb = min(CEIL_DIV(q0 + FA3_ROWS, FA_BLOCK), CEIL_DIV(T_, FA_BLOCK));
+
+    for (int kb = 0; kb < nkb; kb++) {
+        int k0 = kb * FA_BLOCK, buf = kb & 1;
+        if (kb + 1 < nkb) { /* next tiles stream in while this one is used */
+            cp_async_rows(Ks[buf ^ 1], ksrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, FA3_THREADS);
+            cp_async_rows(Vs[buf ^ 1], vsrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, FA3_THREADS);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        if (k0 <= wrow0 + 15) { /* else every key of the tile is above this warp's rows */
+            float s[8][4];
+            mma_a_tileT_ldm(s, qf, Ks[buf], lane);
+            float mx[2] = {-INFINITY, -INFINITY};
+            bool edge = k0 + FA_BLOCK - 1 > wrow0 || k0 + FA_BLOCK > T_;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
+                    if (edge && (key > qrow || key >= T_)) s[nt][e] = -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+                }
+            float alpha[2], mu[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                float mn = fmaxf(m[r], mx[r]);
+                mu[r] = mn == -INFINITY ? 0.0f : mn * c; /* a row with nothing visible yet stays at zero */
+                alpha[r] = exp2f(fmaf(m[r], c, -mu[r]));
+                m[r] = mn;
+                l[r] *= alpha[r];
+            }
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float p = exp2f(fmaf(s[nt][e], c, -mu[e >> 1]));
+                    s[nt][e] = p;
+                    l[e >> 1] += p;
+                }
+#pragma unroll
+            for (int i = 0; i < FA_D / 8; i++) {
+                o[i][0] *= alpha[0];
+                o[i][1] *= alpha[0];
+                o[i][2] *= alpha[1];
+                o[i][3] *= alpha[1];
+            }
+            mma_p_tile(o, s, Vs[buf], lane);
+        }
+        __syncthreads(); /* this buffer is refilled next iteration */
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    size_t ostride = (size_t)nh * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int qrow = r ? row_b : row_a;
+        if (qrow >= T_) continue;
+        float inv = 1.0f / l[r];
+        bf16 *orow = out + ((size_t)b * T_ + qrow) * ostride + (size_t)h * FA_D;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++)
+            *reinterpret_cast<u32 *>(orow + i * 8 + 2 * tq) = pack_bf16(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        if (tq == 0) lse[((size_t)b * nh + h) * T_ + qrow] = m[r] * c * LN2 + logf(l[r]);
+    }
+}
+
+/* ================================================ flash, fused backward
+ * The fast (default, non-deterministic) backward: one kernel per block of 64 keys of one kv
+ * head, as FlashAttention-2. Besides dK and dV (as flash2_bwd_kv_kernel) it forms
+ * dQ += dS K for the query block of each iteration and adds it with fp32 atomics into dqacc
+ * (B, nh, T, FA_D), so S and dP are computed once (5 tile products instead of the 7 of the
+ * two-kernel path). The order of the atomic additions varies from run to run, so dQ is not
+ * bit-reproducible; the deterministic mode keeps the two kernels above. */
+
+/* dynamic shared memory of the fused kernel: K, dS^T, Q[2], dO[2] tiles, lse/D rows [2] */
+#define FA_FUSED_SMEM (6 * FA_TILE * sizeof(bf16) + 4 * FA_BLOCK * sizeof(float))
+
+// D = dout . out per (b, h, t) as flash_bwd_dot_kernel, and the row's dqacc (64 floats) zeroed.
+__global__ void flash_bwd_dot_zero_kernel(float *Dbuf, float *dqacc, const bf16 *dout, const bf16 *out, int B,
+                                          int T_, int nh)
+{
+    size_t wid = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (wid >= (size_t)B * T_ * nh) return;
+    int h = (int)(wid % nh);
+    size_t bt = wid / nh;
+    const bf16 *d = dout + bt * nh * FA_D + (size_t)h * FA_D, *o = out + bt * nh * FA_D + (size_t)h * FA_D;
+    float2 dd = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(d + 2 * lane));
+    float2 oo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(o + 2 * lane));
+    float s = warp_sum(dd.x * oo.x + dd.y * oo.y);
+    int b = (int)(bt / T_), t = (int)(bt % T_);
+    size_t row = ((size_t)b * nh + h) * T_ + t;
+    if (lane == 0) Dbuf[row] = s;
+    *reinterpret_cast<float2 *>(dqacc + row * FA_D + 2 * lane) = make_float2(0.0f, 0.0f);
+}
+
+// dQ (in dqkv's q part) = scale * dqacc, 8 elements per thread
+__global__ void flash_dq_convert_kernel(bf16 *dqkv, const float *dqacc, int B, int T_, int nh, int nkv, float scale)
+{
+    size_t n8 = (size_t)B * T_ * nh * (FA_D / 8);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n8; i += (size_t)gridDim.x * blockDim.x) {
+        int c = (int)(i % (FA_D / 8)) * 8;
+        size_t row = i / (FA_D / 8); /* (b, h, t) */
+        int t = (int)(row % T_), h = (int)(row / T_ % nh), b = (int)(row / T_ / nh);
+        const float4 *src = reinterpret_cast<const float4 *>(dqacc + row * FA_D + c);
+        float4 x = src[0], y = src[1];
+        uint4 v = make_uint4(pack_bf16(x.x * scale, x.y * scale), pack_bf16(x.z * scale, x.w * scale),
+                             pack_bf16(y.x * scale, y.y * scale), pack_bf16(y.z * scale, y.w * scale));
+        *reinterpret_cast<uint4 *>(dqkv + ((size_t)b * T_ + t) * stride + (size_t)h * FA_D + c) = v;
+    }
+}
+
+__global__ void __launch_bounds__(FA_THREADS, 2) flash_bwd_fused_kernel(bf16 *dqkv, float *dqacc, const bf16 *dout,
+                                                                        const float *lse, const float *Dbuf,
+                                                                        const bf16 *qkv, int T_, int nh, int nkv)
+{
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(fa_smem); /* this block's keys, kept for dQ = dS K */
+    bf16 *dSs = Ks + FA_TILE;                      /* dS^T (keys x queries) of the iteration */
+    bf16 *Qs = dSs + FA_TILE, *Os = Qs + 2 * FA_TILE; /* [2] each: Q and dO tiles */
+    float *lse_s = reinterpret_cast<float *>(Os + 2 * FA_TILE), *D_s = lse_s + 2 * FA_BLOCK; /* [2][FA_BLOCK] */
+    int kb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int mi = lane / 8, r8 = lane % 8;
+    int group = nh / nkv, nqb = gridDim.x;
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    int k0 = kb * FA_BLOCK;
+    float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
+
+    cp_async_tile(Ks, base + (size_t)(nh + kvh) * FA_D, stride, k0, T_);
+    cp_async_tile(Qs, base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, T_); /* V, staged */
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 kf[FA_D / 16][4], vf[FA_D / 16][4];
+    load_a_frags(kf, Ks, warp * 16, g, tq);
+    load_a_frags(vf, Qs, warp * 16, g, tq);
+    __syncthreads(); /* Qs[0] is refilled below */
+
+    /* iterations: every (query head of the group, query block at or after this key block) */
+    int nq = nqb - kb, nit = group * nq;
+    auto issue = [&](int it, int buf) {
+        int h = kvh * group + it / nq, q0 = (kb + it % nq) * FA_BLOCK;
+        cp_async_tile(Qs + buf * FA_TILE, base + (size_t)h * FA_D, stride, q0, T_);
+        cp_async_tile(Os + buf * FA_TILE, dout + (size_t)b * T_ * ostride + (size_t)h * FA_D, ostride, q0, T_);
+        cp_async_commit();
+        const float *lse_h = lse + ((size_t)b * nh + h) * T_, *D_h = Dbuf + ((size_t)b * nh + h) * T_;
+        for (int i = threadIdx.x; i < FA_BLOCK; i += FA_THREADS) {
+            bool ok = q0 + i < T_;
+            lse_s[buf * FA_BLOCK + i] = ok ? lse_h[q0 + i] * LOG2E : 0.0f;
+            D_s[buf * FA_BLOCK + i] = ok ? D_h[q0 + i] : 0.0f;
+        }
+    };
+
+    float dk[FA_D / 8][4], dv[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0;
+    int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
+
+    issue(0, 0);
+    for (int it = 0; it < nit; it++) {
+        int buf = it & 1, h = kvh * group + it / nq, q0 = (kb + it % nq) * FA_BLOCK;
+        const bf16 *Qb = Qs + buf * FA_TILE, *Ob = Os + buf * FA_TILE;
+        const float *lse_b = lse_s + buf * FA_BLOCK, *D_b = D_s + buf * FA_BLOCK;
+        if (it + 1 < nit) {
+            issue(it + 1, buf ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); /* tiles of this iteration are in; every warp is done with the last dS^T */
+        float p[8][4], dp[8][4];
+        mma_a_tileT_ldm(p, kf, Qb, lane);  /* S^T (16 keys x 64 queries) */
+        mma_a_tileT_ldm(dp, vf, Ob, lane); /* dP^T */
+        bool edge = q0 == k0 || q0 + FA_BLOCK > T_;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
+                float pv = (edge && (key > q || q >= T_)) ? 0.0f : exp2f(p[nt][e] * c - lse_b[qi]);
+                p[nt][e] = pv;
+                dp[nt][e] = pv * (dp[nt][e] - D_b[qi]); /* dS^T */
+            }
+        mma_p_tile(dv, p, Ob, lane);
+        mma_p_tile(dk, dp, Qb, lane);
+        /* dS^T to shared memory, rounded to bf16 as for dK: row = key, column = query */
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                *reinterpret_cast<u32 *>(dSs + (warp * 16 + g + 8 * r) * FA_LDS + nt * 8 + 2 * tq) =
+                    pack_bf16(dp[nt][2 * r], dp[nt][2 * r + 1]);
+        __syncthreads(); /* dS^T complete; also every warp is done with Qb, Ob (refilled next) */
+        /* dQ rows warp*16.. (16 queries x FA_D) = dS (queries x 64 keys) @ K (64 keys x FA_D). The A
+         * fragments are dS^T read transposed: matrix mi covers queries +(mi&1)*8, keys +(mi>>1)*8. */
+        float dq[FA_D / 8][4];
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0;
+#pragma unroll
+        for (int kk = 0; kk < FA_BLOCK / 16; kk++) {
+            u32 a[4];
+            ldmatrix_x4_trans(a, dSs + (kk * 16 + (mi >> 1) * 8 + r8) * FA_LDS + warp * 16 + (mi & 1) * 8);
+#pragma unroll
+            for (int dt = 0; dt < FA_D / 16; dt++) {
+                u32 bq[4];
+                ldmatrix_x4_trans(bq, Ks + (kk * 16 + (mi & 1) * 8 + r8) * FA_LDS + dt * 16 + (mi >> 1) * 8);
+                mma_bf16(dq[2 * dt], a, bq[0], bq[1]);
+                mma_bf16(dq[2 * dt + 1], a, bq[2], bq[3]);
+            }
+        }
+        float *dqh = dqacc + ((size_t)b * nh + h) * T_ * FA_D;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int q = q0 + warp * 16 + g + 8 * r;
+            if (q >= T_) continue;
+#pragma unroll
+            for (int i = 0; i < FA_D / 8; i++)
+                atomicAdd(reinterpret_cast<float2 *>(dqh + (size_t)q * FA_D + i * 8 + 2 * tq),
+                          make_float2(dq[i][2 * r], dq[i][2 * r + 1]));
+        }
+    }
+    bf16 *dkbase = dqkv + (size_t)b * T_ * stride + (size_t)(nh + kvh) * FA_D;
+    bf16 *dvbase = dkbase + (size_t)nkv * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int key = r ? key_b : key_a;
+        if (key >= T_) continue;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) {
+            *reinterpret_cast<u32 *>(dkbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
+            *reinterpret_cast<u32 *>(dvbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dv[i][2 * r], dv[i][2 * r + 1]);
+        }
+    }
+}
+
 /* ============================================================== dispatch */
 
-/* 0: simple kernels, 1: flash v1, 2: flash v2 (the default where it applies). */
+/* 0: simple kernels, 1: flash v1, 2: flash v2 (two-kernel backward), 3: flash v2 forward with the
+ * fused backward (the default where it applies, unless the context is deterministic). */
 template <typename T> static int flash_version(int hd, const void *qkv)
 {
     if (!std::is_same<T, bf16>::value || hd != FA_D || (uintptr_t)qkv % 16) return 0;
     const char *e = getenv("ANVIL_ATTENTION");
     if (e && !strcmp(e, "simple")) return 0;
     if (e && !strcmp(e, "flash1")) return 1;
-    return 2;
+    if ((e && !strcmp(e, "flash2")) || g_cu.deterministic) return 2;
+    return 3;
 }
 
 static void check_shape(int nh, int nkv, int hd)
@@ -891,8 +1201,15 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
     check_shape(nh, nkv, hd);
     int v = flash_version<T>(hd, qkv);
     if (v) {
+        const char *e = getenv("ANVIL_ATTENTION_FWD");
+        if (v >= 2 && !(e && !strcmp(e, "64"))) {
+            dim3 g3(CEIL_DIV(T_, FA3_ROWS), nh, B);
+            flash3_fwd_kernel<<<g3, FA3_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+            CUDA_CHECK_LAUNCH();
+            return;
+        }
         dim3 grid(CEIL_DIV(T_, FA_BLOCK), nh, B);
-        if (v == 2)
+        if (v >= 2)
             flash2_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
         else
             flash_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
@@ -910,16 +1227,37 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
 {
     CUDA_PROF("attention_bwd");
     check_shape(nh, nkv, hd);
-    float *Dbuf = (float *)cuda_scratch((size_t)B * nh * T_ * sizeof(float));
     int v = flash_version<T>(hd, qkv);
-    if (v) {
-        size_t rows = (size_t)B * T_ * nh;
+    if (v == 3 && (uintptr_t)dqkv % 16) v = 2; /* dQ is written in 16-byte stores */
+    size_t rows = (size_t)B * T_ * nh;
+    /* scratch: D (B,nh,T) and, for the fused backward, dqacc (B,nh,T,FA_D) fp32 after it (16-byte aligned) */
+    size_t dlen = CEIL_DIV(rows, 64) * 64;
+    float *Dbuf = (float *)cuda_scratch((dlen + (v == 3 ? rows * FA_D : 0)) * sizeof(float));
+    if (v == 3) {
+        float *dqacc = Dbuf + dlen;
+        flash_bwd_dot_zero_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, dqacc, (const bf16 *)dout,
+                                                                               (const bf16 *)out, B, T_, nh);
+        CUDA_CHECK_LAUNCH();
+        static bool smem_set = false;
+        if (!smem_set) { /* over the 48 KB a block gets without asking */
+            CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)FA_FUSED_SMEM));
+            smem_set = true;
+        }
+        dim3 grid(CEIL_DIV(T_, FA_BLOCK), nkv, B);
+        flash_bwd_fused_kernel<<<grid, FA_THREADS, FA_FUSED_SMEM, g_cu.stream>>>(
+            (bf16 *)dqkv, dqacc, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh, nkv);
+        CUDA_CHECK_LAUNCH();
+        size_t n8 = rows * (FA_D / 8);
+        flash_dq_convert_kernel<<<grid_for(n8, 256), 256, 0, g_cu.stream>>>((bf16 *)dqkv, dqacc, B, T_, nh, nkv,
+                                                                          1.0f / sqrtf((float)FA_D));
+    } else if (v) {
         flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, (const bf16 *)dout,
                                                                           (const bf16 *)out, B, T_, nh);
         CUDA_CHECK_LAUNCH();
         dim3 gkv(CEIL_DIV(T_, FA_BLOCK), nkv, B), gq(CEIL_DIV(T_, FA_BLOCK), nh, B);
-        auto kv = v == 2 ? flash2_bwd_kv_kernel : flash_bwd_kv_kernel;
-        auto q = v == 2 ? flash2_bwd_q_kernel : flash_bwd_q_kernel;
+        auto kv = v >= 2 ? flash2_bwd_kv_kernel : flash_bwd_kv_kernel;
+        auto q = v >= 2 ? flash2_bwd_q_kernel : flash_bwd_q_kernel;
         kv<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh,
                                                 nkv);
         CUDA_CHECK_LAUNCH();

@@ -2,9 +2,11 @@
  * per-op profiling, and the two op tables (bf16 compute / fp32 parity).
  *
  * Every op is launched on one stream, so ops run in the order the model
- * calls them and scratch memory can be reused by consecutive ops. No kernel
- * uses atomics: every reduction runs in a fixed order, so repeated runs give
- * bit-identical results (the deterministic mode is the only mode). */
+ * calls them and scratch memory can be reused by consecutive ops. In the
+ * deterministic mode (ANVIL_DETERMINISTIC=1, set_deterministic(1)) no kernel
+ * uses atomics and every reduction runs in a fixed order, so repeated runs give
+ * bit-identical results; the default mode also uses the fused attention
+ * backward (fp32 atomics for dQ) and cuBLASLt's bias-gradient epilogues. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,8 @@ int cuda_ctx_init(void)
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_cu.stream, cudaStreamNonBlocking));
     CUDA_CHECK(cublasLtCreate(&g_cu.lt));
     g_cu.ready = 1;
+    const char *det = getenv("ANVIL_DETERMINISTIC");
+    g_cu.deterministic = det && atoi(det) != 0;
     g_cu.lt_workspace_size = LT_WORKSPACE_BYTES;
     g_cu.lt_workspace = cuda_malloc(LT_WORKSPACE_BYTES);
     return 0;
@@ -275,6 +279,9 @@ extern "C" void cuda_prof_print(FILE *f, int steps)
 
 /* ------------------------------------------------------------ the tables */
 
+/* One switch for the whole context (both tables). */
+static void cu_set_deterministic(int on) { g_cu.deterministic = on != 0; }
+
 template <typename T> static void fill_table(Backend *be, const char *name)
 {
     memset(be, 0, sizeof(*be));
@@ -295,6 +302,9 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->attention_fwd = cu_attention_fwd<T>;
     be->attention_bwd = cu_attention_bwd<T>;
     be->lm_head_xent = cu_lm_head_xent<T>;
+    be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
+    be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;
+    be->set_deterministic = cu_set_deterministic;
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
 }

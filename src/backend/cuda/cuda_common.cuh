@@ -51,6 +51,10 @@ typedef struct {
     size_t lt_workspace_size;
     /* bytes held through cuda_malloc (buffers, scratch, workspace) and their high-water mark */
     size_t in_use, peak;
+    /* 1: only kernels whose results are bit-reproducible (fixed-order reductions, no atomics);
+     * 0 (default): also the faster ones that add with atomics (fused attention backward, cuBLASLt
+     * bias-gradient epilogues). ANVIL_DETERMINISTIC=1 or Backend.set_deterministic selects it. */
+    int deterministic;
     /* grow-only scratch for per-op temporaries (partial sums, attention row terms) */
     void *scratch;
     size_t scratch_size;
@@ -152,6 +156,12 @@ template <typename T> void cu_matmul_fwd(void *out, const void *inp, const void 
                                          int OC);
 template <typename T> void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const void *inp,
                                          const void *w, int N, int IC, int OC);
+/* Fused GELU products (backend.h matmul_gelu_fwd / matmul_dgelu_bwd). */
+template <typename T> void cu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, const void *bias,
+                                              int N, int IC, int OC);
+template <typename T>
+void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
+                         const void *pre, const void *w, int N, int IC, int OC);
 /* dst[OC] += sum over N rows of src (N,OC); deterministic (fixed order). */
 template <typename T> void cu_colsum_add(float *dst, const T *src, int N, int OC);
 
@@ -163,6 +173,10 @@ void cu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, cons
 /* cuda_ops.cu: softmax cross-entropy over N rows of V logits, rows ld elements apart. */
 template <typename T>
 void cu_xent_rows(float *losses, T *logits, size_t ld, const int32_t *targets, int N, int V, float dscale);
+
+/* cuda_ops.cu: element-wise op over n elements: 0: out = gelu(a); 1: out = b * gelu'(a) (out may
+ * alias a or b); 2: out = a + b. */
+template <typename T> void cu_eltwise(void *out, const void *a, const void *b, size_t n, int op);
 
 /* cuda_attention.cu */
 template <typename T> void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int nh, int nkv,

@@ -10,6 +10,7 @@
  * fp32 (no TF32), for parity with the CPU. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <algorithm>
 #include <map>
@@ -17,11 +18,22 @@
 
 #include "backend/cuda/cuda_common.cuh"
 
+/* An epilogue of a product (cuBLASLt names): DEFAULT; BIAS (D += bias, bias in D's type); GELU_AUX_BIAS
+ * (aux = D + bias, D = gelu(aux)); DGELU (D *= gelu'(aux)); DGELU_BGRAD (also bias = row sums of D,
+ * fp32); BGRADB (bias = sums of op(B) over k, fp32). */
+typedef struct {
+    cublasLtEpilogue_t epi;
+    const void *bias; /* BIAS: the bias; BGRAD*: where the fp32 bias gradient is written */
+    void *aux;        /* GELU_AUX_BIAS: pre-activation written; DGELU*: pre-activation read */
+    int aux_ld;       /* leading dimension of aux (elements) */
+} Epi;
+
 /* Everything a cuBLASLt plan depends on; the pointers' alignment included,
  * since the fastest kernels need 16-byte aligned operands. */
-typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int> PlanKey;
+typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, int, int> PlanKey;
 
 typedef struct {
+    int ok; /* 0: cuBLASLt has no algorithm for this (epilogue) combination */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c, d;
     cublasLtMatmulAlgo_t algo;
@@ -39,26 +51,47 @@ static int ptr_align(const void *p)
 
 static cudaDataType_t cuda_type(size_t elsize) { return elsize == 2 ? CUDA_R_16BF : CUDA_R_32F; }
 
-/* D (m,n) = op(A) (m,k) * op(B) (k,n) [+ beta*D] [+ bias (m)], column-major.
- * a_size/d_size: element bytes of A,B and of D (2 = bf16, 4 = fp32). */
-static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
-                      void *D, int ldd, size_t ab_size, size_t d_size, float beta, const void *bias)
+static bool epi_bgrad(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_DGELU_BGRAD || e == CUBLASLT_EPILOGUE_BGRADB; }
+static bool epi_aux(cublasLtEpilogue_t e)
 {
-    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, bias != NULL,
-                std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D)) * 1000 + (bias ? ptr_align(bias) : 0),
-                beta != 0.0f);
+    return e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_DGELU ||
+           e == CUBLASLT_EPILOGUE_DGELU_BGRAD;
+}
+
+/* D (m,n) = op(A) (m,k) * op(B) (k,n) [+ beta*D], then the epilogue, column-major.
+ * a_size/d_size: element bytes of A,B and of D (2 = bf16, 4 = fp32). Returns false, doing
+ * nothing, when cuBLASLt offers no algorithm for an epilogue other than DEFAULT/BIAS (the
+ * caller then does the work itself); fatal for those two. */
+static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                          void *D, int ldd, size_t ab_size, size_t d_size, float beta, const Epi &e)
+{
+    int al_ops = std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
+    int al_extra = (e.bias ? ptr_align(e.bias) : 0) * 1000 + (e.aux ? ptr_align(e.aux) : 0);
+    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
+                beta != 0.0f, e.aux_ld);
     auto it = g_plans.find(key);
     if (it == g_plans.end()) {
         Plan p;
+        memset(&p, 0, sizeof(p));
         cudaDataType_t tab = cuda_type(ab_size), td = cuda_type(d_size);
         CUDA_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
         cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-        cublasLtEpilogue_t epi = bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
-        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
-        if (bias)
-            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e.epi, sizeof(e.epi)));
+        if (e.bias)
+            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias,
+                                                      sizeof(e.bias)));
+        if (epi_bgrad(e.epi)) { /* gradients are fp32 whatever D is */
+            cudaDataType_t bt = CUDA_R_32F;
+            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+        }
+        if (epi_aux(e.epi)) {
+            int64_t ld = e.aux_ld;
+            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
+                                                      sizeof(e.aux)));
+            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+        }
         /* stored shapes: op(A) is (m,k) so A is (m,k) or (k,m) */
         CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.a, tab, transa ? k : m, transa ? m : k, lda));
         CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.b, tab, transb ? n : k, transb ? k : n, ldb));
@@ -72,7 +105,7 @@ static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A
                                                         sizeof(ws)));
         /* one alignment for all operands (the smallest), so that a cached plan fits every call
          * with this key */
-        uint32_t al = (uint32_t)std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
+        uint32_t al = (uint32_t)al_ops;
         const cublasLtMatmulPreferenceAttributes_t al_attrs[] = {
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
@@ -80,20 +113,45 @@ static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A
             CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof(al)));
         cublasLtMatmulHeuristicResult_t res;
         int found = 0;
-        CUDA_CHECK(cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found));
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found);
         CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-        if (!found)
-            fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, %s operands, %s output)", m, n, k,
-                  transa, transb, ab_size == 2 ? "bf16" : "fp32", d_size == 2 ? "bf16" : "fp32");
-        p.algo = res.algo;
+        bool plain = e.epi == CUBLASLT_EPILOGUE_DEFAULT || e.epi == CUBLASLT_EPILOGUE_BIAS;
+        if (plain) CUDA_CHECK(st);
+        if (st != CUBLAS_STATUS_SUCCESS || !found) {
+            if (plain)
+                fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, %s operands, %s output)", m, n, k,
+                      transa, transb, ab_size == 2 ? "bf16" : "fp32", d_size == 2 ? "bf16" : "fp32");
+            p.ok = 0; /* remembered: the caller falls back to its own kernels */
+            fprintf(stderr, "anvil: cuBLASLt has no algorithm for epilogue %d on a %dx%dx%d %s product; using "
+                            "separate kernels\n", (int)e.epi, m, n, k, ab_size == 2 ? "bf16" : "fp32");
+            cublasLtMatrixLayoutDestroy(p.a), cublasLtMatrixLayoutDestroy(p.b);
+            cublasLtMatrixLayoutDestroy(p.c), cublasLtMatrixLayoutDestroy(p.d);
+            cublasLtMatmulDescDestroy(p.desc);
+        } else {
+            p.ok = 1;
+            p.algo = res.algo;
+        }
         it = g_plans.emplace(key, p).first;
     }
     Plan &p = it->second;
-    if (bias)
-        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (!p.ok) return false;
+    if (e.bias)
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias, sizeof(e.bias)));
+    if (epi_aux(e.epi))
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
+                                                  sizeof(e.aux)));
     const float alpha = 1.0f;
     CUDA_CHECK(cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.d, &p.algo,
                               g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream));
+    return true;
+}
+
+/* The plain product, with the BIAS epilogue when bias is not NULL. */
+static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                      void *D, int ldd, size_t ab_size, size_t d_size, float beta, const void *bias)
+{
+    Epi e = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, NULL, 0};
+    lt_matmul_epi(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, ab_size, d_size, beta, e);
 }
 
 // out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias
@@ -113,6 +171,47 @@ void cu_matmul_fwd(void *out, const void *inp, const void *w, const void *bias, 
     lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, bias);
 }
 
+// dst[i] += src[i]
+__global__ void add_f32_kernel(float *dst, const float *src, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] += src[i];
+}
+
+static void add_f32(float *dst, const float *src, size_t n)
+{
+    add_f32_kernel<<<grid_for(n, 256), 256, 0, g_cu.stream>>>(dst, src, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* Whether an epilogue is switched on: the bias-gradient epilogues only outside the deterministic
+ * mode (their reduction order is cuBLASLt's business); ANVIL_BGRAD=0 / ANVIL_GELU_FUSION=0 turn
+ * them off (comparisons). */
+static bool env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return !v || atoi(v) != 0;
+}
+static bool use_bgrad(void) { return !g_cu.deterministic && env_on("ANVIL_BGRAD"); }
+static bool use_gelu_fusion(void) { return env_on("ANVIL_GELU_FUSION"); }
+
+/* dw (OC,IC) += dout^T @ inp, and dbias (OC) += colsum(dout) when dbias is not NULL: through the
+ * BGRADB epilogue (written to a scratch vector, then added) where allowed and available. */
+template <typename T>
+static void weight_grad(float *dw, float *dbias, const void *dout, const void *inp, int N, int IC, int OC)
+{
+    if (dbias && use_bgrad()) {
+        float *bg = (float *)cuda_scratch((size_t)OC * sizeof(float));
+        Epi e = {CUBLASLT_EPILOGUE_BGRADB, bg, NULL, 0};
+        if (lt_matmul_epi(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, e)) {
+            add_f32(dbias, bg, (size_t)OC);
+            return;
+        }
+    }
+    lt_matmul(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, NULL);
+    if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
+}
+
 // dinp (N,IC) = dout @ w;  dw (OC,IC) += dout^T @ inp;  dbias (OC) += colsum(dout)
 template <typename T>
 void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const void *inp, const void *w, int N,
@@ -120,8 +219,52 @@ void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const 
 {
     CUDA_PROF(shape_name("matmul_bwd", N, IC, OC));
     if (dinp) lt_matmul(0, 0, IC, N, OC, w, IC, dout, OC, dinp, IC, sizeof(T), sizeof(T), 0.0f, NULL);
-    if (dw) lt_matmul(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, NULL);
-    if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
+    if (dw) weight_grad<T>(dw, dbias, dout, inp, N, IC, OC);
+    else if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
+}
+
+// pre (N,OC) = inp @ w^T + bias;  out = gelu(pre)   (backend.h matmul_gelu_fwd)
+template <typename T>
+void cu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, const void *bias, int N, int IC, int OC)
+{
+    CUDA_PROF(shape_name("matmul_gelu_fwd", N, IC, OC));
+    if (use_gelu_fusion()) {
+        Epi e = {bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias, pre, OC};
+        if (lt_matmul_epi(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, e)) return;
+    }
+    lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, pre, OC, sizeof(T), sizeof(T), 0.0f, bias);
+    cu_eltwise<T>(out, pre, NULL, (size_t)N * OC, 0);
+}
+
+// dpre (N,IC) = (dout @ w) * gelu'(pre);  dbias_pre (IC) += colsum(dpre);  dw (OC,IC) += dout^T @ act;
+// dbias (OC) += colsum(dout)   (backend.h matmul_dgelu_bwd)
+template <typename T>
+void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
+                         const void *pre, const void *w, int N, int IC, int OC)
+{
+    CUDA_PROF(shape_name("matmul_dgelu_bwd", N, IC, OC));
+    bool done = false, bias_done = false;
+    if (use_gelu_fusion()) {
+        if (dbias_pre && use_bgrad()) {
+            float *bg = (float *)cuda_scratch((size_t)IC * sizeof(float));
+            Epi e = {CUBLASLT_EPILOGUE_DGELU_BGRAD, bg, (void *)pre, IC};
+            if (lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e)) {
+                add_f32(dbias_pre, bg, (size_t)IC);
+                done = bias_done = true;
+            }
+        }
+        if (!done) {
+            Epi e = {CUBLASLT_EPILOGUE_DGELU, NULL, (void *)pre, IC};
+            done = lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e);
+        }
+    }
+    if (!done) {
+        lt_matmul(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, NULL);
+        cu_eltwise<T>(dpre, pre, dpre, (size_t)N * IC, 1);
+    }
+    if (dbias_pre && !bias_done) cu_colsum_add<T>(dbias_pre, (const T *)dpre, N, IC);
+    if (dw) weight_grad<T>(dw, dbias, dout, act, N, IC, OC);
+    else if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
 }
 
 /* ------------------------------------------------------- LM head + loss */
@@ -149,13 +292,6 @@ static void *grow(void *p, size_t *have, size_t need)
     cuda_free(p); /* waits for the device: no queued op still uses it */
     *have = need;
     return cuda_malloc(need);
-}
-
-// dst[i] += src[i]
-__global__ void add_f32_kernel(float *dst, const float *src, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] += src[i];
 }
 
 // per chunk of rows: logits = inp @ wp^T (Vp columns); xent in place over the first V (losses,
@@ -215,8 +351,7 @@ void cu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, cons
     if (pad && train && dw) {
         CUDA_PROF("lm_head pad");
         size_t n = (size_t)V * C; /* the first V rows of the padded gradient */
-        add_f32_kernel<<<grid_for(n, 256), 256, 0, g_cu.stream>>>(dw, dwp, n);
-        CUDA_CHECK_LAUNCH();
+        add_f32(dw, dwp, n);
     }
 }
 
@@ -297,5 +432,11 @@ template void cu_matmul_fwd<float>(void *, const void *, const void *, const voi
 template void cu_matmul_fwd<bf16>(void *, const void *, const void *, const void *, int, int, int);
 template void cu_matmul_bwd<float>(void *, float *, float *, const void *, const void *, const void *, int, int, int);
 template void cu_matmul_bwd<bf16>(void *, float *, float *, const void *, const void *, const void *, int, int, int);
+template void cu_matmul_gelu_fwd<float>(void *, void *, const void *, const void *, const void *, int, int, int);
+template void cu_matmul_gelu_fwd<bf16>(void *, void *, const void *, const void *, const void *, int, int, int);
+template void cu_matmul_dgelu_bwd<float>(void *, float *, float *, float *, const void *, const void *, const void *,
+                                         const void *, int, int, int);
+template void cu_matmul_dgelu_bwd<bf16>(void *, float *, float *, float *, const void *, const void *, const void *,
+                                        const void *, int, int, int);
 template void cu_colsum_add<float>(float *, const float *, int, int);
 template void cu_colsum_add<bf16>(float *, const bf16 *, int, int);

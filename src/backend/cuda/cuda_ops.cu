@@ -318,11 +318,128 @@ __global__ void partial_finish_kernel(float *dst, const float *partial, int nchu
     dst[c] += s;
 }
 
+/* The fused norm backward keeps a row's P packs per lane in registers: rows up to 32*W*NORM_MAX_PACKS. */
+#define NORM_MAX_PACKS 4
+
+// norm_bwd_rows_kernel and the column partials in one pass: block blockIdx.x owns rows
+// [r0, r0 + rows_per_block); each warp takes every WARPS_PER_BLOCK-th of them, keeps its lanes'
+// sums of dout * xhat and dout in registers, and the warps' sums are added in warp order:
+// partial_w[block][c], partial_b[block][c].
+template <typename T, int W, int P>
+__global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float *partial_w, float *partial_b,
+                                                                 const T *dout, const T *inp, const T *w,
+                                                                 const float *mean, const float *rstd, int N, int C,
+                                                                 int rms, int rows_per_block)
+{
+    __shared__ float red[WARPS_PER_BLOCK][32 * W * P];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
+    float aw[P][W], ab[P][W];
+#pragma unroll
+    for (int p = 0; p < P; p++)
+#pragma unroll
+        for (int k = 0; k < W; k++) aw[p][k] = ab[p][k] = 0;
+    for (int row = r0 + warp; row < r1; row += WARPS_PER_BLOCK) {
+        const T *d = dout + (size_t)row * C, *x = inp + (size_t)row * C;
+        float m = rms ? 0.0f : mean[row], s = rstd[row];
+        float df[P][W], xh[P][W], gm = 0, gx = 0;
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            int c = (p * 32 + lane) * W;
+            if (c >= C) continue;
+            float wf[W];
+            load_f<T, W>(df[p], d + c);
+            load_f<T, W>(xh[p], x + c);
+            load_f<T, W>(wf, w + c);
+#pragma unroll
+            for (int k = 0; k < W; k++) {
+                xh[p][k] = (xh[p][k] - m) * s;
+                float g = df[p][k] * wf[k];
+                gm += g;
+                gx += g * xh[p][k];
+            }
+        }
+        gm = rms ? 0.0f : warp_sum(gm) / C;
+        gx = warp_sum(gx) / C;
+        T *dx = dinp + (size_t)row * C;
+#pragma unroll
+        for (int p = 0; p < P; p++) {
+            int c = (p * 32 + lane) * W;
+            if (c >= C) continue;
+            float wf[W], o[W];
+            load_f<T, W>(wf, w + c);
+            load_f<T, W>(o, dx + c);
+#pragma unroll
+            for (int k = 0; k < W; k++) {
+                o[k] += s * (df[p][k] * wf[k] - gm - xh[p][k] * gx);
+                aw[p][k] += df[p][k] * xh[p][k];
+                ab[p][k] += df[p][k];
+            }
+            store_f<T, W>(dx + c, o);
+        }
+    }
+    for (int which = 0; which < (partial_b ? 2 : 1); which++) {
+#pragma unroll
+        for (int p = 0; p < P; p++)
+#pragma unroll
+            for (int k = 0; k < W; k++) red[warp][(p * 32 + lane) * W + k] = which ? ab[p][k] : aw[p][k];
+        __syncthreads();
+        float *dst = (which ? partial_b : partial_w) + (size_t)blockIdx.x * C;
+        for (int c = threadIdx.x; c < C; c += THREADS) {
+            float sum = 0;
+            for (int k = 0; k < WARPS_PER_BLOCK; k++) sum += red[k][c];
+            dst[c] = sum;
+        }
+        __syncthreads();
+    }
+}
+
+/* The fused norm backward for rows of up to 32*W*NORM_MAX_PACKS elements (16-byte accesses);
+ * false when the row does not fit (the caller uses the two kernels). */
+template <typename T>
+static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T *inp, const T *w, const float *mean,
+                           const float *rstd, int N, int C, int rms)
+{
+    const int W = pack_width<T>();
+    int P = CEIL_DIV(C, 32 * W);
+    const char *e = getenv("ANVIL_NORM_BWD"); /* "split": the two-kernel version (comparisons) */
+    if (P > NORM_MAX_PACKS || !vec_ok((size_t)C, W, sizeof(T), dinp, dout, inp) || !vec_ok((size_t)C, W, sizeof(T), w) ||
+        (e && !strcmp(e, "split")))
+        return false;
+    /* a few blocks per SM, each a contiguous run of rows */
+    int nblock = std::max(1, std::min(4 * g_cu.sm_count, CEIL_DIV(N, WARPS_PER_BLOCK)));
+    int rows_per_block = CEIL_DIV(N, nblock);
+    nblock = CEIL_DIV(N, rows_per_block);
+    float *pw = (float *)cuda_scratch(2 * (size_t)nblock * C * sizeof(float));
+    float *pb = db ? pw + (size_t)nblock * C : NULL;
+#define NORM_FUSED_LAUNCH(PP)                                                                                        \
+    norm_bwd_fused_kernel<T, W, PP><<<nblock, THREADS, 0, g_cu.stream>>>(dinp, pw, pb, dout, inp, w, mean, rstd, N, \
+                                                                        C, rms, rows_per_block)
+    switch (P) {
+    case 1: NORM_FUSED_LAUNCH(1); break;
+    case 2: NORM_FUSED_LAUNCH(2); break;
+    case 3: NORM_FUSED_LAUNCH(3); break;
+    default: NORM_FUSED_LAUNCH(4); break;
+    }
+#undef NORM_FUSED_LAUNCH
+    CUDA_CHECK_LAUNCH();
+    int colblocks = CEIL_DIV(C, THREADS);
+    partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(dw, pw, nblock, C);
+    CUDA_CHECK_LAUNCH();
+    if (db) {
+        partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(db, pb, nblock, C);
+        CUDA_CHECK_LAUNCH();
+    }
+    return true;
+}
+
 template <typename T>
 static void cu_norm_bwd(void *dinp, float *dw, float *db, const void *dout, const void *inp, const void *w,
                         const float *mean, const float *rstd, int N, int C, int rms)
 {
     CUDA_PROF("norm_bwd");
+    if (norm_bwd_fused<T>((T *)dinp, dw, db, (const T *)dout, (const T *)inp, (const T *)w, mean, rstd, N, C, rms))
+        return;
     bool vec = vec_ok((size_t)C, pack_width<T>(), sizeof(T), dinp, dout, inp) &&
                vec_ok((size_t)C, pack_width<T>(), sizeof(T), w);
     LAUNCH_VEC(vec, norm_bwd_rows_kernel, CEIL_DIV(N, WARPS_PER_BLOCK), THREADS, (T *)dinp, (const T *)dout,
@@ -376,7 +493,7 @@ template <typename T, int W> __global__ void eltwise_kernel(T *out, const T *a, 
     }
 }
 
-template <typename T> static void eltwise(void *out, const void *a, const void *b, size_t n, int op)
+template <typename T> void cu_eltwise(void *out, const void *a, const void *b, size_t n, int op)
 {
     if (!n) return;
     const int PW = pack_width<T>();
@@ -385,20 +502,23 @@ template <typename T> static void eltwise(void *out, const void *a, const void *
                (const T *)b, n, op);
 }
 
+template void cu_eltwise<float>(void *, const void *, const void *, size_t, int);
+template void cu_eltwise<bf16>(void *, const void *, const void *, size_t, int);
+
 template <typename T> static void cu_gelu_fwd(void *out, const void *inp, size_t n)
 {
     CUDA_PROF("gelu_fwd");
-    eltwise<T>(out, inp, NULL, n, 0);
+    cu_eltwise<T>(out, inp, NULL, n, 0);
 }
 template <typename T> static void cu_gelu_bwd(void *dinp, const void *inp, const void *dout, size_t n)
 {
     CUDA_PROF("gelu_bwd");
-    eltwise<T>(dinp, inp, dout, n, 1);
+    cu_eltwise<T>(dinp, inp, dout, n, 1);
 }
 template <typename T> static void cu_add(void *out, const void *a, const void *b, size_t n)
 {
     CUDA_PROF("add");
-    eltwise<T>(out, a, b, n, 2);
+    cu_eltwise<T>(out, a, b, n, 2);
 }
 
 // out (N,F) = silu(gate) * up; inp rows [gate (F) | up (F)]
@@ -511,6 +631,7 @@ static void cu_rope_bwd(void *dqkv, const float *inv_freq, int B, int T_, int nh
 /* ------------------------------------------------------------------ loss */
 
 #define XENT_THREADS 512
+#define LOG2E_F 1.4426950408889634f
 
 /* Block-wide reduction of (max, sum of exp) pairs in a fixed order. */
 __device__ void block_max_sum(float &m, float &s)
@@ -593,11 +714,113 @@ __global__ void xent_kernel(float *losses, T *logits, size_t ld, const int32_t *
     }
 }
 
+/* The one-pass cross-entropy: a row of up to XENT1_THREADS * XENT1_PACKS 16-byte packs lives in
+ * registers (GPT-2's 50257 bf16 logits: 7 packs per thread), so it is read once and written once. */
+#define XENT1_THREADS 768
+#define XENT1_PACKS 9
+
+/* Block-wide max, then sum, in a fixed order (warp shuffles, then warps in order). */
+__device__ float block_reduce(float v, bool is_max)
+{
+    __shared__ float sm[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, u) : v + u;
+    }
+    __syncthreads(); /* sm is reused by consecutive calls */
+    if (lane == 0) sm[warp] = v;
+    __syncthreads();
+    float r = is_max ? -INFINITY : 0.0f;
+    for (int k = 0; k < nw; k++) r = is_max ? fmaxf(r, sm[k]) : r + sm[k];
+    return r;
+}
+
+/* Element i of a pack as fp32. For bf16 through volatile asm, so that the compiler converts again in
+ * each pass instead of keeping every converted value alive (which spilled registers). */
+template <typename T, int W> __device__ __forceinline__ float pack_elem(const Vec<T, W> &x, int i) { return to_f(x.v[i]); }
+template <> __device__ __forceinline__ float pack_elem<bf16, 8>(const Vec<bf16, 8> &x, int i)
+{
+    uint32_t u = reinterpret_cast<const uint32_t *>(x.v)[i / 2], r;
+    if (i % 2) asm volatile("and.b32 %0, %1, 0xffff0000;" : "=r"(r) : "r"(u));
+    else asm volatile("shl.b32 %0, %1, 16;" : "=r"(r) : "r"(u));
+    return __uint_as_float(r);
+}
+
+// As xent_kernel, for rows whose start is 16-byte aligned and that fit in the block's registers:
+// max, then sum of exp2((l - max) * log2e), then (softmax - onehot) * dscale, from one read.
+template <typename T>
+__global__ void __launch_bounds__(XENT1_THREADS) xent_onepass_kernel(float *losses, T *logits, size_t ld,
+                                                                     const int32_t *targets, int V, float dscale)
+{
+    const int PW = pack_width<T>();
+    int row = blockIdx.x;
+    T *l = logits + (size_t)row * ld;
+    int tg = targets[row];
+    if (tg < 0) {
+        if (threadIdx.x == 0) losses[row] = 0;
+        if (dscale != 0)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) l[j] = from_f<T>(0.0f);
+        return;
+    }
+    int nvec = V / PW, tail = nvec * PW; /* whole packs, then the last V % PW elements */
+    Vec<T, PW> x[XENT1_PACKS];
+    float m = -INFINITY;
+#pragma unroll
+    for (int p = 0; p < XENT1_PACKS; p++) {
+        int k = p * XENT1_THREADS + threadIdx.x;
+        if (k < nvec) {
+            x[p] = *reinterpret_cast<const Vec<T, PW> *>(l + (size_t)k * PW);
+#pragma unroll
+            for (int i = 0; i < PW; i++) m = fmaxf(m, pack_elem<T, PW>(x[p], i));
+        }
+    }
+    T xt = threadIdx.x < V - tail ? l[tail + threadIdx.x] : from_f<T>(0.0f);
+    if (threadIdx.x < V - tail) m = fmaxf(m, to_f(xt));
+    float lt = threadIdx.x == 0 ? to_f(l[tg]) : 0.0f; /* read before the barriers below */
+    m = block_reduce(m, true);
+    float ml = m * LOG2E_F, s = 0;
+#pragma unroll
+    for (int p = 0; p < XENT1_PACKS; p++) {
+        int k = p * XENT1_THREADS + threadIdx.x;
+        if (k < nvec)
+#pragma unroll
+            for (int i = 0; i < PW; i++) s += exp2f(pack_elem<T, PW>(x[p], i) * LOG2E_F - ml);
+    }
+    if (threadIdx.x < V - tail) s += exp2f(to_f(xt) * LOG2E_F - ml);
+    s = block_reduce(s, false);
+    float lse = m + logf(s);
+    if (threadIdx.x == 0) losses[row] = lse - lt;
+    if (dscale == 0) return;
+    /* l[tg] was read before the reductions' barriers, so the row may be overwritten now */
+    float lsel = lse * LOG2E_F;
+#pragma unroll
+    for (int p = 0; p < XENT1_PACKS; p++) {
+        int k = p * XENT1_THREADS + threadIdx.x;
+        if (k < nvec) {
+            float f[PW];
+#pragma unroll
+            for (int i = 0; i < PW; i++)
+                f[i] = exp2f(pack_elem<T, PW>(x[p], i) * LOG2E_F - lsel) * dscale - (k * PW + i == tg ? dscale : 0.0f);
+            store_f<T, PW>(l + (size_t)k * PW, f);
+        }
+    }
+    if (threadIdx.x < V - tail)
+        l[tail + threadIdx.x] =
+            from_f<T>(exp2f(to_f(xt) * LOG2E_F - lsel) * dscale - (tail + (int)threadIdx.x == tg ? dscale : 0.0f));
+}
+
 template <typename T>
 void cu_xent_rows(float *losses, T *logits, size_t ld, const int32_t *targets, int N, int V, float dscale)
 {
     if (N <= 0) return;
-    xent_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, logits, ld, targets, V, dscale);
+    const int PW = pack_width<T>();
+    const char *e = getenv("ANVIL_XENT"); /* "twopass": the kernel above (comparisons) */
+    bool one = (size_t)V <= (size_t)XENT1_THREADS * XENT1_PACKS * PW && (uintptr_t)logits % 16 == 0 &&
+               (ld * sizeof(T)) % 16 == 0 && V % PW < XENT1_THREADS && !(e && !strcmp(e, "twopass"));
+    if (one) xent_onepass_kernel<T><<<N, XENT1_THREADS, 0, g_cu.stream>>>(losses, logits, ld, targets, V, dscale);
+    else xent_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, logits, ld, targets, V, dscale);
     CUDA_CHECK_LAUNCH();
 }
 template void cu_xent_rows<float>(float *, float *, size_t, const int32_t *, int, int, float);

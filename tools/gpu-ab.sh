@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# gpu-ab.sh - A/B timings of the CUDA backend's switches in one run on a GPU machine: anvil bench
+# for each variant (environment switches, docs/cuda.md#switches), per-op profiles of the default,
+# and the PyTorch peer in the same run. A short table is printed last.
+#
+#   bash tools/gpu-ab.sh [SECTION...]     default: test gpt2 llama torch
+#
+# Sections:
+#   test      build/tests/test_cuda (GPU vs CPU, both modes)
+#   gpt2      GPT-2 124M B=64 T=1024: every variant below, a profile of the default, recompute 1
+#   llama     llama-1b B=8 T=2048: default, deterministic, all switches off; a profile
+#   torch     tools/torch_baseline_gpt2.py (the PyTorch peer)
+#   race      compute-sanitizer racecheck on the attention tests
+# Run from the staged tree (tools/gpu-stage.sh); logs under $OUT (default gpu-ab-out/).
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-ab-out}
+mkdir -p "$OUT"
+ANVIL=${ANVIL:-./anvil}
+TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
+sections=${*:-test gpt2 llama torch}
+has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
+export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
+TABLE="$OUT/table.md"
+: >"$TABLE"
+
+# every switch back to the previous kernels (the "before" of this round)
+OLD="ANVIL_ATTENTION=flash2 ANVIL_ATTENTION_FWD=64 ANVIL_GELU_FUSION=0 ANVIL_BGRAD=0 ANVIL_NORM_BWD=split ANVIL_XENT=twopass"
+
+# bench NAME "ENV..." ARGS...: one anvil bench run with the given environment, its row in the table
+bench() {
+    local name=$1 envs=$2
+    shift 2
+    env $envs timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 "$@" >"$OUT/$name.log" 2>&1
+    local row
+    row=$(grep -E "^\| anvil \|" "$OUT/$name.log" | tail -1 | awk -F'|' '{print $8 "|" $9 "|" $13}')
+    [ -n "$row" ] || row=" failed: $(tail -2 "$OUT/$name.log" | tr '\n' ' ')"
+    echo "| $name | ${envs:-default} |$row |" | tee -a "$TABLE"
+}
+
+if has test; then
+    echo "== test_cuda"
+    timeout 300 "$TEST_CUDA" >"$OUT/test_cuda.log" 2>&1
+    echo "rc $?"
+    grep -E "FAIL|SKIP|loss|worst|cuBLASLt" "$OUT/test_cuda.log" | head -60
+    echo "| test_cuda | | $(tail -1 "$OUT/test_cuda.log") | | |" >>"$TABLE"
+fi
+
+if has gpt2; then
+    echo "== GPT-2 124M, B=64 T=1024"
+    g="--model gpt2-124m --batch 64 --seq 1024 --steps 10"
+    bench gpt2_default "" $g
+    bench gpt2_old "$OLD" $g
+    bench gpt2_attn_bwd_2k "ANVIL_ATTENTION=flash2" $g
+    bench gpt2_attn_fwd_64 "ANVIL_ATTENTION_FWD=64" $g
+    bench gpt2_no_gelu_fusion "ANVIL_GELU_FUSION=0" $g
+    bench gpt2_no_bgrad "ANVIL_BGRAD=0" $g
+    bench gpt2_norm_split "ANVIL_NORM_BWD=split" $g
+    bench gpt2_xent_twopass "ANVIL_XENT=twopass" $g
+    bench gpt2_deterministic "ANVIL_DETERMINISTIC=1" $g
+    bench gpt2_default_again "" $g
+    bench gpt2_r1 "" $g --recompute 1
+    timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $g --steps 5 --profile \
+        >"$OUT/gpt2_profile.log" 2>&1
+    sed -n '/per-op time/,/total (sum/p' "$OUT/gpt2_profile.log" | head -40
+fi
+
+if has llama; then
+    echo "== llama-1b, B=8 T=2048"
+    l="--model llama-1b --batch 8 --seq 2048 --steps 10"
+    bench llama_default "" $l
+    bench llama_old "$OLD" $l
+    bench llama_deterministic "ANVIL_DETERMINISTIC=1" $l
+    timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $l --steps 5 --profile \
+        >"$OUT/llama_profile.log" 2>&1
+    sed -n '/per-op time/,/total (sum/p' "$OUT/llama_profile.log" | head -24
+fi
+
+if has torch; then
+    echo "== PyTorch baseline"
+    PYTHONUNBUFFERED=1 timeout 400 python3 tools/torch_baseline_gpt2.py --batch 64 --seq 1024 --steps 20 \
+        --json "$OUT/torch.json" >"$OUT/torch.log" 2>&1
+    row=$(grep -E "^\| pytorch" "$OUT/torch.log" | tail -1 | awk -F'|' '{print $8 "|" $9 "|" $13}')
+    echo "| pytorch | compile | ${row:- failed: $(tail -2 "$OUT/torch.log" | tr '\n' ' ')} |" | tee -a "$TABLE"
+fi
+
+if has race; then
+    echo "== racecheck (attention)"
+    ANVIL_TEST_ONLY=attention timeout 200 compute-sanitizer --tool racecheck --print-limit 5 "$TEST_CUDA" \
+        >"$OUT/racecheck.log" 2>&1
+    echo "| racecheck attention | | $(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" | tail -1) $(tail -1 "$OUT/racecheck.log") | | |" \
+        >>"$TABLE"
+fi
+
+echo
+echo "== table (step ms | tokens/s | peak GiB)"
+echo "| run | switches | step ms | tokens/s | peak GiB |"
+echo "|---|---|---|---|---|"
+cat "$TABLE"
