@@ -501,9 +501,15 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
     fit(be, qkv, nq), fit(be, dout, no);
     float *ro, *rl, *rd, *go, *gl, *gd;
     run_attention(cpu, &ro, &rl, &rd, qkv, dout, B, T, nh, nkv, hd);
-    if (impl) setenv("ANVIL_ATTENTION", impl, 1);
+    /* impl: an ANVIL_ATTENTION value, or "lowreg" (ANVIL_ATTENTION_BWD), "fwd128"/"fwdmt2" (ANVIL_ATTENTION_FWD) */
+    if (impl && !strcmp(impl, "lowreg")) setenv("ANVIL_ATTENTION_BWD", "lowreg", 1);
+    else if (impl && !strcmp(impl, "fwd128")) setenv("ANVIL_ATTENTION_FWD", "128", 1);
+    else if (impl && !strcmp(impl, "fwdmt2")) setenv("ANVIL_ATTENTION_FWD", "mt2", 1);
+    else if (impl) setenv("ANVIL_ATTENTION", impl, 1);
     run_attention(be, &go, &gl, &gd, qkv, dout, B, T, nh, nkv, hd);
     unsetenv("ANVIL_ATTENTION");
+    unsetenv("ANVIL_ATTENTION_BWD");
+    unsetenv("ANVIL_ATTENTION_FWD");
     double tol = tol_for(be, TOL_F32, TOL_BF16_ATT);
     char what[128];
     snprintf(what, sizeof(what), "attention B%d T%d nh%d nkv%d hd%d %s", B, T, nh, nkv, hd, impl ? impl : "");
@@ -546,6 +552,13 @@ static void test_attention(void)
     /* the two-kernel backward (the deterministic mode's) against the fused one above */
     attention_case(gpu16, 1, 150, 4, 2, 64, "flash2");
     attention_case(gpu16, 1, 300, 8, 1, 64, "flash2");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "lowreg");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "lowreg");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "fwd128");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "fwd128");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "fwdmt2");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "fwdmt2");
+    attention_case(gpu16, 2, 1024, 4, 1, 64, "fwdmt2");
     set_det(1);
     attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
     attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);

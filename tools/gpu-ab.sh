@@ -52,14 +52,15 @@ if has gpt2; then
     bench gpt2_default "" $g
     bench gpt2_old "$OLD" $g
     bench gpt2_attn_bwd_2k "ANVIL_ATTENTION=flash2" $g
-    bench gpt2_attn_fwd_64 "ANVIL_ATTENTION_FWD=64" $g
+    bench gpt2_attn_bwd_lowreg "ANVIL_ATTENTION_BWD=lowreg" $g
+    bench gpt2_attn_fwd_mt2 "ANVIL_ATTENTION_FWD=mt2" $g
+    bench gpt2_attn_fwd_128 "ANVIL_ATTENTION_FWD=128" $g
     bench gpt2_no_gelu_fusion "ANVIL_GELU_FUSION=0" $g
-    bench gpt2_no_bgrad "ANVIL_BGRAD=0" $g
+    bench gpt2_bgrad0 "ANVIL_BGRAD=0" $g
+    bench gpt2_bgrad2 "ANVIL_BGRAD=2" $g
     bench gpt2_norm_split "ANVIL_NORM_BWD=split" $g
-    bench gpt2_xent_twopass "ANVIL_XENT=twopass" $g
     bench gpt2_deterministic "ANVIL_DETERMINISTIC=1" $g
     bench gpt2_default_again "" $g
-    bench gpt2_r1 "" $g --recompute 1
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $g --steps 5 --profile \
         >"$OUT/gpt2_profile.log" 2>&1
     sed -n '/per-op time/,/total (sum/p' "$OUT/gpt2_profile.log" | head -40
@@ -70,6 +71,9 @@ if has llama; then
     l="--model llama-1b --batch 8 --seq 2048 --steps 10"
     bench llama_default "" $l
     bench llama_old "$OLD" $l
+    bench llama_attn_bwd_2k "ANVIL_ATTENTION=flash2" $l
+    bench llama_attn_bwd_lowreg "ANVIL_ATTENTION_BWD=lowreg" $l
+    bench llama_attn_fwd_mt2 "ANVIL_ATTENTION_FWD=mt2" $l
     bench llama_deterministic "ANVIL_DETERMINISTIC=1" $l
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $l --steps 5 --profile \
         >"$OUT/llama_profile.log" 2>&1

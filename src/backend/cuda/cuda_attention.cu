@@ -290,13 +290,16 @@ __device__ __forceinline__ void mma_p_tile(float (&acc)[FA_D / 8][4], const floa
     }
 }
 
-// Forward: grid (query blocks, nh, B), heaviest (last) query blocks first.
+// Forward: grid (nh, B, query blocks). Every flash kernel's grid has its tiles in z, the slowest
+// index of the launch order, mapped so that the heaviest tiles (the last query blocks; the first
+// key blocks) start first and the light ones fill the tail: with grouped-query heads a key block's
+// work varies 32-fold (llama-1b, T=2048), and a heavy block started last leaves the GPU idle.
 __global__ void __launch_bounds__(FA_THREADS) flash_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
                                                                int nh, int nkv)
 {
     __shared__ __align__(16) bf16 Ks[FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[FA_BLOCK * FA_LDS];
-    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
@@ -414,9 +417,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_kv_kernel(bf16 *dqkv, co
     __shared__ __align__(16) bf16 Qs[FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Os[FA_BLOCK * FA_LDS]; /* dO tile (K, V staging first) */
     __shared__ float lse_s[FA_BLOCK], D_s[FA_BLOCK];
-    int kb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int kb = blockIdx.z, kvh = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    int group = nh / nkv, nqb = gridDim.x;
+    int group = nh / nkv, nqb = gridDim.z;
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
     const bf16 *base = qkv + (size_t)b * T_ * stride;
     int k0 = kb * FA_BLOCK;
@@ -490,7 +493,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash_bwd_q_kernel(bf16 *dqkv, con
 {
     __shared__ __align__(16) bf16 Ks[FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[FA_BLOCK * FA_LDS];
-    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
@@ -600,7 +603,7 @@ __global__ void __launch_bounds__(FA_THREADS, 4) flash2_fwd_kernel(bf16 *out, fl
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
-    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
@@ -707,9 +710,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
     __shared__ __align__(16) bf16 Qs[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Os[2][FA_BLOCK * FA_LDS];
     __shared__ float lse_s[2][FA_BLOCK], D_s[2][FA_BLOCK];
-    int kb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    int kb = blockIdx.z, kvh = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    int group = nh / nkv, nqb = gridDim.x;
+    int group = nh / nkv, nqb = gridDim.z;
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
     const bf16 *base = qkv + (size_t)b * T_ * stride;
     int k0 = kb * FA_BLOCK;
@@ -796,7 +799,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
-    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
@@ -868,14 +871,12 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
 }
 
 /* ================================================ flash, forward with 128-row tiles
- * The v2 forward with 8 warps (128 query rows) per block: each K/V tile read from memory serves
- * twice the rows. A warp skips the key tiles wholly above its 16 rows (causal); the softmax
- * scale is folded into one multiply-add before exp2. ANVIL_ATTENTION_FWD=64 selects the v2
- * forward (64-row tiles, comparisons). */
-
-#define FA3_WARPS 8
-#define FA3_THREADS (FA3_WARPS * 32)
-#define FA3_ROWS (16 * FA3_WARPS)
+ * The v2 forward with 128 query rows per block, so that each K/V tile read from memory serves
+ * twice the rows, in two shapes: WARPS=8 warps of MT=1 m-tile (16 rows) each, or WARPS=4 warps of
+ * MT=2 m-tiles (32 rows), which also reuses every B fragment read from shared memory for two
+ * products. A warp skips the key tiles wholly above its rows (causal); the softmax scale is folded
+ * into one multiply-add before exp2. ANVIL_ATTENTION_FWD=128 selects 8x1, =mt2 selects 4x2; the
+ * default stays v2: 8x1 measured slower than v2 on the H100 (GPT-2 124M step 130.1 vs 129.7 ms). */
 
 /* rows r0 .. r0+nrows-1 of a strided matrix into a shared tile (row stride FA_LDS) through cp.async,
  * with nthreads threads; rows at or past T are zero-filled */
@@ -892,110 +893,176 @@ __device__ __forceinline__ void cp_async_rows(bf16 *dst, const bf16 *src, size_t
     }
 }
 
-__global__ void __launch_bounds__(FA3_THREADS, 2) flash3_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
+/* acc[mt] (16 x 64) = A[mt] (16 x FA_D) @ tile^T for MT m-tiles, each B fragment read once */
+template <int MT>
+__device__ __forceinline__ void mma_mt_tileT(float (&acc)[MT][8][4], const u32 (&a)[MT][FA_D / 16][4], const bf16 *tile,
+                                             int lane)
+{
+#pragma unroll
+    for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) acc[t][nt][0] = acc[t][nt][1] = acc[t][nt][2] = acc[t][nt][3] = 0;
+    int mi = lane / 8, r = lane % 8;
+#pragma unroll
+    for (int kk = 0; kk < FA_D / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            u32 b[4];
+            ldmatrix_x4(b, tile + (np * 16 + (mi >> 1) * 8 + r) * FA_LDS + kk * 16 + (mi & 1) * 8);
+#pragma unroll
+            for (int t = 0; t < MT; t++) {
+                mma_bf16(acc[t][2 * np], a[t][kk], b[0], b[1]);
+                mma_bf16(acc[t][2 * np + 1], a[t][kk], b[2], b[3]);
+            }
+        }
+}
+
+/* acc[mt] (16 x FA_D) += P[mt] (16 x 64, rounded to bf16) @ tile (64 x FA_D), each B fragment read once */
+template <int MT>
+__device__ __forceinline__ void mma_mt_p_tile(float (&acc)[MT][FA_D / 8][4], const float (&p)[MT][8][4],
+                                              const bf16 *tile, int lane)
+{
+    int mi = lane / 8, r = lane % 8;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        u32 a[MT][4];
+#pragma unroll
+        for (int t = 0; t < MT; t++) {
+            a[t][0] = pack_bf16(p[t][2 * kk][0], p[t][2 * kk][1]);
+            a[t][1] = pack_bf16(p[t][2 * kk][2], p[t][2 * kk][3]);
+            a[t][2] = pack_bf16(p[t][2 * kk + 1][0], p[t][2 * kk + 1][1]);
+            a[t][3] = pack_bf16(p[t][2 * kk + 1][2], p[t][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dt = 0; dt < FA_D / 16; dt++) {
+            u32 b[4];
+            ldmatrix_x4_trans(b, tile + (kk * 16 + (mi & 1) * 8 + r) * FA_LDS + dt * 16 + (mi >> 1) * 8);
+#pragma unroll
+            for (int t = 0; t < MT; t++) {
+                mma_bf16(acc[t][2 * dt], a[t], b[0], b[1]);
+                mma_bf16(acc[t][2 * dt + 1], a[t], b[2], b[3]);
+            }
+        }
+    }
+}
+
+template <int WARPS, int MT>
+__global__ void __launch_bounds__(WARPS * 32, 2) flash3_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
                                                                    int nh, int nkv)
 {
-    __shared__ __align__(16) bf16 Ks[2][FA_TILE]; /* the Q tile (128 rows) is staged across both */
+    const int THREADS_ = WARPS * 32, ROWS = 16 * MT * WARPS, WROWS = 16 * MT;
+    static_assert(ROWS == 2 * FA_BLOCK, "the Q tile is staged across Ks[0] and Ks[1]");
+    __shared__ __align__(16) bf16 Ks[2][FA_TILE];
     __shared__ __align__(16) bf16 Vs[2][FA_TILE];
-    int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
     const bf16 *base = qkv + (size_t)b * T_ * stride;
     const bf16 *qsrc = base + (size_t)h * FA_D, *ksrc = base + (size_t)(nh + kvh) * FA_D,
                *vsrc = base + (size_t)(nh + nkv + kvh) * FA_D;
-    int q0 = qb * FA3_ROWS;
+    int q0 = qb * ROWS;
     float c = LOG2E / sqrtf((float)FA_D); /* scores in the log2 domain */
 
-    cp_async_rows(&Ks[0][0], qsrc, stride, q0, FA3_ROWS, T_, FA3_THREADS);
+    cp_async_rows(&Ks[0][0], qsrc, stride, q0, ROWS, T_, THREADS_);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    u32 qf[FA_D / 16][4];
-    load_a_frags(qf, &Ks[0][0], warp * 16, g, tq);
+    u32 qf[MT][FA_D / 16][4];
+#pragma unroll
+    for (int t = 0; t < MT; t++) load_a_frags(qf[t], &Ks[0][0], warp * WROWS + 16 * t, g, tq);
     __syncthreads(); /* Ks is refilled below */
-    cp_async_rows(Ks[0], ksrc, stride, 0, FA_BLOCK, T_, FA3_THREADS);
-    cp_async_rows(Vs[0], vsrc, stride, 0, FA_BLOCK, T_, FA3_THREADS);
+    cp_async_rows(Ks[0], ksrc, stride, 0, FA_BLOCK, T_, THREADS_);
+    cp_async_rows(Vs[0], vsrc, stride, 0, FA_BLOCK, T_, THREADS_);
     cp_async_commit();
 
-    float o[FA_D / 8][4];
+    float o[MT][FA_D / 8][4];
 #pragma unroll
-    for (int i = 0; i < FA_D / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0}; /* m: raw (unscaled) running max */
-    int wrow0 = q0 + warp * 16, row_a = wrow0 + g, row_b = row_a + 8;
-    int nkb = min(CEIL_DIV(q0 + FA3_ROWS, FA_BLOCK), CEIL_DIV(T_, FA_BLOCK));
+    for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) o[t][i][0] = o[t][i][1] = o[t][i][2] = o[t][i][3] = 0;
+    float m[MT][2], l[MT][2]; /* m: raw (unscaled) running max */
+#pragma unroll
+    for (int t = 0; t < MT; t++) m[t][0] = m[t][1] = -INFINITY, l[t][0] = l[t][1] = 0;
+    int wrow0 = q0 + warp * WROWS;
+    int nkb = min(CEIL_DIV(q0 + ROWS, FA_BLOCK), CEIL_DIV(T_, FA_BLOCK));
 
     for (int kb = 0; kb < nkb; kb++) {
         int k0 = kb * FA_BLOCK, buf = kb & 1;
         if (kb + 1 < nkb) { /* next tiles stream in while this one is used */
-            cp_async_rows(Ks[buf ^ 1], ksrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, FA3_THREADS);
-            cp_async_rows(Vs[buf ^ 1], vsrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, FA3_THREADS);
+            cp_async_rows(Ks[buf ^ 1], ksrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, THREADS_);
+            cp_async_rows(Vs[buf ^ 1], vsrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, THREADS_);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        if (k0 <= wrow0 + 15) { /* else every key of the tile is above this warp's rows */
-            float s[8][4];
-            mma_a_tileT_ldm(s, qf, Ks[buf], lane);
-            float mx[2] = {-INFINITY, -INFINITY};
+        if (k0 <= wrow0 + WROWS - 1) { /* else every key of the tile is above this warp's rows */
+            float s[MT][8][4];
+            mma_mt_tileT<MT>(s, qf, Ks[buf], lane);
             bool edge = k0 + FA_BLOCK - 1 > wrow0 || k0 + FA_BLOCK > T_;
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
+            for (int t = 0; t < MT; t++) {
+                int row_a = wrow0 + 16 * t + g, row_b = row_a + 8;
+                float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
-                    if (edge && (key > qrow || key >= T_)) s[nt][e] = -INFINITY;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-                }
-            float alpha[2], mu[2];
+                for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-                float mn = fmaxf(m[r], mx[r]);
-                mu[r] = mn == -INFINITY ? 0.0f : mn * c; /* a row with nothing visible yet stays at zero */
-                alpha[r] = exp2f(fmaf(m[r], c, -mu[r]));
-                m[r] = mn;
-                l[r] *= alpha[r];
-            }
+                    for (int e = 0; e < 4; e++) {
+                        int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
+                        if (edge && (key > qrow || key >= T_)) s[t][nt][e] = -INFINITY;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], s[t][nt][e]);
+                    }
+                float alpha[2], mu[2];
 #pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float p = exp2f(fmaf(s[nt][e], c, -mu[e >> 1]));
-                    s[nt][e] = p;
-                    l[e >> 1] += p;
+                for (int r = 0; r < 2; r++) {
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                    mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                    float mn = fmaxf(m[t][r], mx[r]);
+                    mu[r] = mn == -INFINITY ? 0.0f : mn * c; /* a row with nothing visible yet stays at zero */
+                    alpha[r] = exp2f(fmaf(m[t][r], c, -mu[r]));
+                    m[t][r] = mn;
+                    l[t][r] *= alpha[r];
                 }
 #pragma unroll
-            for (int i = 0; i < FA_D / 8; i++) {
-                o[i][0] *= alpha[0];
-                o[i][1] *= alpha[0];
-                o[i][2] *= alpha[1];
-                o[i][3] *= alpha[1];
+                for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float p = exp2f(fmaf(s[t][nt][e], c, -mu[e >> 1]));
+                        s[t][nt][e] = p;
+                        l[t][e >> 1] += p;
+                    }
+#pragma unroll
+                for (int i = 0; i < FA_D / 8; i++) {
+                    o[t][i][0] *= alpha[0];
+                    o[t][i][1] *= alpha[0];
+                    o[t][i][2] *= alpha[1];
+                    o[t][i][3] *= alpha[1];
+                }
             }
-            mma_p_tile(o, s, Vs[buf], lane);
+            mma_mt_p_tile<MT>(o, s, Vs[buf], lane);
         }
         __syncthreads(); /* this buffer is refilled next iteration */
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    }
     size_t ostride = (size_t)nh * FA_D;
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        int qrow = r ? row_b : row_a;
-        if (qrow >= T_) continue;
-        float inv = 1.0f / l[r];
-        bf16 *orow = out + ((size_t)b * T_ + qrow) * ostride + (size_t)h * FA_D;
+    for (int t = 0; t < MT; t++)
 #pragma unroll
-        for (int i = 0; i < FA_D / 8; i++)
-            *reinterpret_cast<u32 *>(orow + i * 8 + 2 * tq) = pack_bf16(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-        if (tq == 0) lse[((size_t)b * nh + h) * T_ + qrow] = m[r] * c * LN2 + logf(l[r]);
-    }
+        for (int r = 0; r < 2; r++) {
+            float lr = l[t][r];
+            lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+            lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+            int qrow = wrow0 + 16 * t + g + 8 * r;
+            if (qrow >= T_) continue;
+            float inv = 1.0f / lr;
+            bf16 *orow = out + ((size_t)b * T_ + qrow) * ostride + (size_t)h * FA_D;
+#pragma unroll
+            for (int i = 0; i < FA_D / 8; i++)
+                *reinterpret_cast<u32 *>(orow + i * 8 + 2 * tq) =
+                    pack_bf16(o[t][i][2 * r] * inv, o[t][i][2 * r + 1] * inv);
+            if (tq == 0) lse[((size_t)b * nh + h) * T_ + qrow] = m[t][r] * c * LN2 + logf(lr);
+        }
 }
 
 /* ================================================ flash, fused backward
@@ -1006,8 +1073,9 @@ __global__ void __launch_bounds__(FA3_THREADS, 2) flash3_fwd_kernel(bf16 *out, f
  * two-kernel path). The order of the atomic additions varies from run to run, so dQ is not
  * bit-reproducible; the deterministic mode keeps the two kernels above. */
 
-/* dynamic shared memory of the fused kernel: K, dS^T, Q[2], dO[2] tiles, lse/D rows [2] */
+/* dynamic shared memory of the fused kernel: K, dS^T, Q[2], dO[2] tiles, lse/D rows [2]; V (LOWREG) */
 #define FA_FUSED_SMEM (6 * FA_TILE * sizeof(bf16) + 4 * FA_BLOCK * sizeof(float))
+#define FA_FUSED_SMEM_LOWREG (FA_FUSED_SMEM + FA_TILE * sizeof(bf16))
 
 // D = dout . out per (b, h, t) as flash_bwd_dot_kernel, and the row's dqacc (64 floats) zeroed.
 __global__ void flash_bwd_dot_zero_kernel(float *Dbuf, float *dqacc, const bf16 *dout, const bf16 *out, int B,
@@ -1045,33 +1113,49 @@ __global__ void flash_dq_convert_kernel(bf16 *dqkv, const float *dqacc, int B, i
     }
 }
 
-__global__ void __launch_bounds__(FA_THREADS, 2) flash_bwd_fused_kernel(bf16 *dqkv, float *dqacc, const bf16 *dout,
-                                                                        const float *lse, const float *Dbuf,
-                                                                        const bf16 *qkv, int T_, int nh, int nkv)
+/* A-operand fragments of the 16 rows [row0, row0+16) of a shared tile with ldmatrix (as load_a_frags). */
+__device__ __forceinline__ void load_a_frags_ldm(u32 (&f)[FA_D / 16][4], const bf16 *tile, int row0, int lane)
+{
+    int mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+    for (int kk = 0; kk < FA_D / 16; kk++)
+        ldmatrix_x4(f[kk], tile + (row0 + (mi & 1) * 8 + r8) * FA_LDS + kk * 16 + (mi >> 1) * 8);
+}
+
+/* LOWREG: K and V fragments are read from shared memory in every iteration instead of living in
+ * registers (32 fewer), for 3 blocks per SM instead of 2 (ANVIL_ATTENTION_BWD=lowreg). */
+template <bool LOWREG>
+__global__ void __launch_bounds__(FA_THREADS, LOWREG ? 3 : 2) flash_bwd_fused_kernel(bf16 *dqkv, float *dqacc,
+                                                                                  const bf16 *dout, const float *lse,
+                                                                                  const float *Dbuf, const bf16 *qkv,
+                                                                                  int T_, int nh, int nkv)
 {
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16 *Ks = reinterpret_cast<bf16 *>(fa_smem); /* this block's keys, kept for dQ = dS K */
     bf16 *dSs = Ks + FA_TILE;                      /* dS^T (keys x queries) of the iteration */
     bf16 *Qs = dSs + FA_TILE, *Os = Qs + 2 * FA_TILE; /* [2] each: Q and dO tiles */
     float *lse_s = reinterpret_cast<float *>(Os + 2 * FA_TILE), *D_s = lse_s + 2 * FA_BLOCK; /* [2][FA_BLOCK] */
-    int kb = gridDim.x - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    bf16 *Vs = reinterpret_cast<bf16 *>(D_s + 2 * FA_BLOCK); /* LOWREG: this block's values */
+    int kb = blockIdx.z, kvh = blockIdx.x, b = blockIdx.y;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int mi = lane / 8, r8 = lane % 8;
-    int group = nh / nkv, nqb = gridDim.x;
+    int group = nh / nkv, nqb = gridDim.z;
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
     const bf16 *base = qkv + (size_t)b * T_ * stride;
     int k0 = kb * FA_BLOCK;
     float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
 
     cp_async_tile(Ks, base + (size_t)(nh + kvh) * FA_D, stride, k0, T_);
-    cp_async_tile(Qs, base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, T_); /* V, staged */
+    cp_async_tile(LOWREG ? Vs : Qs, base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, T_); /* V (staged) */
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
     u32 kf[FA_D / 16][4], vf[FA_D / 16][4];
-    load_a_frags(kf, Ks, warp * 16, g, tq);
-    load_a_frags(vf, Qs, warp * 16, g, tq);
-    __syncthreads(); /* Qs[0] is refilled below */
+    if (!LOWREG) {
+        load_a_frags(kf, Ks, warp * 16, g, tq);
+        load_a_frags(vf, Qs, warp * 16, g, tq);
+        __syncthreads(); /* Qs[0] is refilled below */
+    }
 
     /* iterations: every (query head of the group, query block at or after this key block) */
     int nq = nqb - kb, nit = group * nq;
@@ -1108,7 +1192,9 @@ __global__ void __launch_bounds__(FA_THREADS, 2) flash_bwd_fused_kernel(bf16 *dq
         }
         __syncthreads(); /* tiles of this iteration are in; every warp is done with the last dS^T */
         float p[8][4], dp[8][4];
-        mma_a_tileT_ldm(p, kf, Qb, lane);  /* S^T (16 keys x 64 queries) */
+        if (LOWREG) load_a_frags_ldm(kf, Ks, warp * 16, lane);
+        mma_a_tileT_ldm(p, kf, Qb, lane); /* S^T (16 keys x 64 queries) */
+        if (LOWREG) load_a_frags_ldm(vf, Vs, warp * 16, lane);
         mma_a_tileT_ldm(dp, vf, Ob, lane); /* dP^T */
         bool edge = q0 == k0 || q0 + FA_BLOCK > T_;
 #pragma unroll
@@ -1202,13 +1288,16 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
     int v = flash_version<T>(hd, qkv);
     if (v) {
         const char *e = getenv("ANVIL_ATTENTION_FWD");
-        if (v >= 2 && !(e && !strcmp(e, "64"))) {
-            dim3 g3(CEIL_DIV(T_, FA3_ROWS), nh, B);
-            flash3_fwd_kernel<<<g3, FA3_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+        if (v >= 2 && e && (!strcmp(e, "128") || !strcmp(e, "mt2"))) {
+            dim3 g3(nh, B, CEIL_DIV(T_, 2 * FA_BLOCK));
+            if (!strcmp(e, "128"))
+                flash3_fwd_kernel<8, 1><<<g3, 256, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+            else
+                flash3_fwd_kernel<4, 2><<<g3, 128, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
             CUDA_CHECK_LAUNCH();
             return;
         }
-        dim3 grid(CEIL_DIV(T_, FA_BLOCK), nh, B);
+        dim3 grid(nh, B, CEIL_DIV(T_, FA_BLOCK));
         if (v >= 2)
             flash2_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
         else
@@ -1240,13 +1329,20 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
         CUDA_CHECK_LAUNCH();
         static bool smem_set = false;
         if (!smem_set) { /* over the 48 KB a block gets without asking */
-            CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+            CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             (int)FA_FUSED_SMEM));
+            CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)FA_FUSED_SMEM_LOWREG));
             smem_set = true;
         }
-        dim3 grid(CEIL_DIV(T_, FA_BLOCK), nkv, B);
-        flash_bwd_fused_kernel<<<grid, FA_THREADS, FA_FUSED_SMEM, g_cu.stream>>>(
-            (bf16 *)dqkv, dqacc, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh, nkv);
+        dim3 grid(nkv, B, CEIL_DIV(T_, FA_BLOCK));
+        const char *e = getenv("ANVIL_ATTENTION_BWD");
+        if (e && !strcmp(e, "lowreg"))
+            flash_bwd_fused_kernel<true><<<grid, FA_THREADS, FA_FUSED_SMEM_LOWREG, g_cu.stream>>>(
+                (bf16 *)dqkv, dqacc, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh, nkv);
+        else
+            flash_bwd_fused_kernel<false><<<grid, FA_THREADS, FA_FUSED_SMEM, g_cu.stream>>>(
+                (bf16 *)dqkv, dqacc, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh, nkv);
         CUDA_CHECK_LAUNCH();
         size_t n8 = rows * (FA_D / 8);
         flash_dq_convert_kernel<<<grid_for(n8, 256), 256, 0, g_cu.stream>>>((bf16 *)dqkv, dqacc, B, T_, nh, nkv,
@@ -1255,7 +1351,7 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
         flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, (const bf16 *)dout,
                                                                           (const bf16 *)out, B, T_, nh);
         CUDA_CHECK_LAUNCH();
-        dim3 gkv(CEIL_DIV(T_, FA_BLOCK), nkv, B), gq(CEIL_DIV(T_, FA_BLOCK), nh, B);
+        dim3 gkv(nkv, B, CEIL_DIV(T_, FA_BLOCK)), gq(nh, B, CEIL_DIV(T_, FA_BLOCK));
         auto kv = v >= 2 ? flash2_bwd_kv_kernel : flash_bwd_kv_kernel;
         auto q = v >= 2 ? flash2_bwd_q_kernel : flash_bwd_q_kernel;
         kv<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh,

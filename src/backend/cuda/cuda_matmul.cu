@@ -19,13 +19,14 @@
 #include "backend/cuda/cuda_common.cuh"
 
 /* An epilogue of a product (cuBLASLt names): DEFAULT; BIAS (D += bias, bias in D's type); GELU_AUX_BIAS
- * (aux = D + bias, D = gelu(aux)); DGELU (D *= gelu'(aux)); DGELU_BGRAD (also bias = row sums of D,
- * fp32); BGRADB (bias = sums of op(B) over k, fp32). */
+ * (aux = D + bias, D = gelu(aux)); DGELU (D *= gelu'(aux)); DGELU_BGRAD (also bias = row sums of D);
+ * BGRADB (bias = sums of op(B) over k). */
 typedef struct {
     cublasLtEpilogue_t epi;
-    const void *bias; /* BIAS: the bias; BGRAD*: where the fp32 bias gradient is written */
+    const void *bias; /* BIAS: the bias; BGRAD*: where the bias gradient is written */
     void *aux;        /* GELU_AUX_BIAS: pre-activation written; DGELU*: pre-activation read */
     int aux_ld;       /* leading dimension of aux (elements) */
+    int bias_f32;     /* BGRAD*: the gradient in fp32 (else in D's type) */
 } Epi;
 
 /* Everything a cuBLASLt plan depends on; the pointers' alignment included,
@@ -67,8 +68,8 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
 {
     int al_ops = std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
     int al_extra = (e.bias ? ptr_align(e.bias) : 0) * 1000 + (e.aux ? ptr_align(e.aux) : 0);
-    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
-                beta != 0.0f, e.aux_ld);
+    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi * 2 + e.bias_f32,
+                al_ops, al_extra, beta != 0.0f, e.aux_ld);
     auto it = g_plans.find(key);
     if (it == g_plans.end()) {
         Plan p;
@@ -82,7 +83,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
         if (e.bias)
             CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias,
                                                       sizeof(e.bias)));
-        if (epi_bgrad(e.epi)) { /* gradients are fp32 whatever D is */
+        if (epi_bgrad(e.epi) && e.bias_f32) {
             cudaDataType_t bt = CUDA_R_32F;
             CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
         }
@@ -150,7 +151,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
 static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
                       void *D, int ldd, size_t ab_size, size_t d_size, float beta, const void *bias)
 {
-    Epi e = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, NULL, 0};
+    Epi e = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, NULL, 0, 0};
     lt_matmul_epi(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, ab_size, d_size, beta, e);
 }
 
@@ -184,25 +185,37 @@ static void add_f32(float *dst, const float *src, size_t n)
     CUDA_CHECK_LAUNCH();
 }
 
-/* Whether an epilogue is switched on: the bias-gradient epilogues only outside the deterministic
- * mode (their reduction order is cuBLASLt's business); ANVIL_BGRAD=0 / ANVIL_GELU_FUSION=0 turn
- * them off (comparisons). */
-static bool env_on(const char *name)
+// dst[i] += (float)src[i]
+__global__ void add_bf16_f32_kernel(float *dst, const bf16 *src, size_t n)
 {
-    const char *v = getenv(name);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] += __bfloat162float(src[i]);
+}
+
+/* The bias-gradient epilogues, only outside the deterministic mode (their reduction order is
+ * cuBLASLt's business). ANVIL_BGRAD: unset = DGELU_BGRAD only (the fc bias gradient with the GELU
+ * backward; BGRADB on the weight-gradient products measured slower on the H100 than our column
+ * sums), 0 = neither, 2 = both. ANVIL_GELU_FUSION=0 turns the GELU epilogues off (comparisons). */
+static int bgrad_level(void)
+{
+    if (g_cu.deterministic) return 0;
+    const char *v = getenv("ANVIL_BGRAD");
+    return v ? atoi(v) : 1;
+}
+static bool use_gelu_fusion(void)
+{
+    const char *v = getenv("ANVIL_GELU_FUSION");
     return !v || atoi(v) != 0;
 }
-static bool use_bgrad(void) { return !g_cu.deterministic && env_on("ANVIL_BGRAD"); }
-static bool use_gelu_fusion(void) { return env_on("ANVIL_GELU_FUSION"); }
 
 /* dw (OC,IC) += dout^T @ inp, and dbias (OC) += colsum(dout) when dbias is not NULL: through the
  * BGRADB epilogue (written to a scratch vector, then added) where allowed and available. */
 template <typename T>
 static void weight_grad(float *dw, float *dbias, const void *dout, const void *inp, int N, int IC, int OC)
 {
-    if (dbias && use_bgrad()) {
+    if (dbias && bgrad_level() >= 2) {
         float *bg = (float *)cuda_scratch((size_t)OC * sizeof(float));
-        Epi e = {CUBLASLT_EPILOGUE_BGRADB, bg, NULL, 0};
+        Epi e = {CUBLASLT_EPILOGUE_BGRADB, bg, NULL, 0, 1};
         if (lt_matmul_epi(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, e)) {
             add_f32(dbias, bg, (size_t)OC);
             return;
@@ -229,7 +242,7 @@ void cu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, co
 {
     CUDA_PROF(shape_name("matmul_gelu_fwd", N, IC, OC));
     if (use_gelu_fusion()) {
-        Epi e = {bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias, pre, OC};
+        Epi e = {bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias, pre, OC, 0};
         if (lt_matmul_epi(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, e)) return;
     }
     lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, pre, OC, sizeof(T), sizeof(T), 0.0f, bias);
@@ -245,16 +258,22 @@ void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, 
     CUDA_PROF(shape_name("matmul_dgelu_bwd", N, IC, OC));
     bool done = false, bias_done = false;
     if (use_gelu_fusion()) {
-        if (dbias_pre && use_bgrad()) {
-            float *bg = (float *)cuda_scratch((size_t)IC * sizeof(float));
-            Epi e = {CUBLASLT_EPILOGUE_DGELU_BGRAD, bg, (void *)pre, IC};
+        if (dbias_pre && bgrad_level() >= 1) {
+            /* the gradient in D's type (cuBLASLt offers no fp32 one with bf16 D), then added in fp32 */
+            void *bg = cuda_scratch((size_t)IC * sizeof(float));
+            Epi e = {CUBLASLT_EPILOGUE_DGELU_BGRAD, bg, (void *)pre, IC, 0};
             if (lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e)) {
-                add_f32(dbias_pre, bg, (size_t)IC);
+                if (sizeof(T) == sizeof(float)) add_f32(dbias_pre, (const float *)bg, (size_t)IC);
+                else {
+                    add_bf16_f32_kernel<<<grid_for((size_t)IC, 256), 256, 0, g_cu.stream>>>(dbias_pre, (const bf16 *)bg,
+                                                                                       (size_t)IC);
+                    CUDA_CHECK_LAUNCH();
+                }
                 done = bias_done = true;
             }
         }
         if (!done) {
-            Epi e = {CUBLASLT_EPILOGUE_DGELU, NULL, (void *)pre, IC};
+            Epi e = {CUBLASLT_EPILOGUE_DGELU, NULL, (void *)pre, IC, 0};
             done = lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e);
         }
     }

@@ -318,45 +318,53 @@ __global__ void partial_finish_kernel(float *dst, const float *partial, int nchu
     dst[c] += s;
 }
 
-/* The fused norm backward keeps a row's P packs per lane in registers: rows up to 32*W*NORM_MAX_PACKS. */
-#define NORM_MAX_PACKS 4
+/* The one-pass norm backward: a lane holds P packs of a row (P <= NORM_MAX_PACKS: rows up to
+ * 32*W*8 elements, 2048 in bf16). With P <= NORM_KEEP_PACKS the row stays in registers between
+ * the two passes; longer rows (RMSNorm only: no bias sums to hold) are read again (from L1). */
+#define NORM_MAX_PACKS 8
+#define NORM_KEEP_PACKS 4
 
 // norm_bwd_rows_kernel and the column partials in one pass: block blockIdx.x owns rows
 // [r0, r0 + rows_per_block); each warp takes every WARPS_PER_BLOCK-th of them, keeps its lanes'
-// sums of dout * xhat and dout in registers, and the warps' sums are added in warp order:
-// partial_w[block][c], partial_b[block][c].
-template <typename T, int W, int P>
+// sums of dout * xhat (and of dout when HAS_B) in registers, and the warps' sums are added in warp
+// order: partial_w[block][c], partial_b[block][c].
+template <typename T, int W, int P, bool KEEP, bool HAS_B>
 __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float *partial_w, float *partial_b,
                                                                  const T *dout, const T *inp, const T *w,
                                                                  const float *mean, const float *rstd, int N, int C,
                                                                  int rms, int rows_per_block)
 {
-    __shared__ float red[WARPS_PER_BLOCK][32 * W * P];
+    __shared__ float red[WARPS_PER_BLOCK][32 * W];
+    const int KP = KEEP ? P : 1; /* packs held between the passes */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int r0 = blockIdx.x * rows_per_block, r1 = min(N, r0 + rows_per_block);
-    float aw[P][W], ab[P][W];
+    float aw[P][W], ab[HAS_B ? P : 1][W];
 #pragma unroll
     for (int p = 0; p < P; p++)
 #pragma unroll
-        for (int k = 0; k < W; k++) aw[p][k] = ab[p][k] = 0;
+        for (int k = 0; k < W; k++) {
+            aw[p][k] = 0;
+            if (HAS_B) ab[HAS_B ? p : 0][k] = 0;
+        }
     for (int row = r0 + warp; row < r1; row += WARPS_PER_BLOCK) {
         const T *d = dout + (size_t)row * C, *x = inp + (size_t)row * C;
         float m = rms ? 0.0f : mean[row], s = rstd[row];
-        float df[P][W], xh[P][W], gm = 0, gx = 0;
+        float dk[KP][W], xk[KP][W], gm = 0, gx = 0;
 #pragma unroll
         for (int p = 0; p < P; p++) {
             int c = (p * 32 + lane) * W;
             if (c >= C) continue;
-            float wf[W];
-            load_f<T, W>(df[p], d + c);
-            load_f<T, W>(xh[p], x + c);
+            float df[W], xh[W], wf[W];
+            load_f<T, W>(df, d + c);
+            load_f<T, W>(xh, x + c);
             load_f<T, W>(wf, w + c);
 #pragma unroll
             for (int k = 0; k < W; k++) {
-                xh[p][k] = (xh[p][k] - m) * s;
-                float g = df[p][k] * wf[k];
+                xh[k] = (xh[k] - m) * s;
+                float g = df[k] * wf[k];
                 gm += g;
-                gx += g * xh[p][k];
+                gx += g * xh[k];
+                if (KEEP) dk[KEEP ? p : 0][k] = df[k], xk[KEEP ? p : 0][k] = xh[k];
             }
         }
         gm = rms ? 0.0f : warp_sum(gm) / C;
@@ -366,36 +374,48 @@ __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float 
         for (int p = 0; p < P; p++) {
             int c = (p * 32 + lane) * W;
             if (c >= C) continue;
-            float wf[W], o[W];
+            float df[W], xh[W], wf[W], o[W];
+            if (KEEP) {
+#pragma unroll
+                for (int k = 0; k < W; k++) df[k] = dk[KEEP ? p : 0][k], xh[k] = xk[KEEP ? p : 0][k];
+            } else {
+                load_f<T, W>(df, d + c);
+                load_f<T, W>(xh, x + c);
+#pragma unroll
+                for (int k = 0; k < W; k++) xh[k] = (xh[k] - m) * s;
+            }
             load_f<T, W>(wf, w + c);
             load_f<T, W>(o, dx + c);
 #pragma unroll
             for (int k = 0; k < W; k++) {
-                o[k] += s * (df[p][k] * wf[k] - gm - xh[p][k] * gx);
-                aw[p][k] += df[p][k] * xh[p][k];
-                ab[p][k] += df[p][k];
+                o[k] += s * (df[k] * wf[k] - gm - xh[k] * gx);
+                aw[p][k] += df[k] * xh[k];
+                if (HAS_B) ab[HAS_B ? p : 0][k] += df[k];
             }
             store_f<T, W>(dx + c, o);
         }
     }
-    for (int which = 0; which < (partial_b ? 2 : 1); which++) {
+    /* the warps' sums, one pack of columns (32*W) at a time */
 #pragma unroll
-        for (int p = 0; p < P; p++)
+    for (int p = 0; p < P; p++)
+        for (int which = 0; which < (HAS_B ? 2 : 1); which++) {
 #pragma unroll
-            for (int k = 0; k < W; k++) red[warp][(p * 32 + lane) * W + k] = which ? ab[p][k] : aw[p][k];
-        __syncthreads();
-        float *dst = (which ? partial_b : partial_w) + (size_t)blockIdx.x * C;
-        for (int c = threadIdx.x; c < C; c += THREADS) {
-            float sum = 0;
-            for (int k = 0; k < WARPS_PER_BLOCK; k++) sum += red[k][c];
-            dst[c] = sum;
+            for (int k = 0; k < W; k++) red[warp][lane * W + k] = which ? ab[HAS_B ? p : 0][k] : aw[p][k];
+            __syncthreads();
+            float *dst = (which ? partial_b : partial_w) + (size_t)blockIdx.x * C;
+            for (int j = threadIdx.x; j < 32 * W; j += THREADS) {
+                int c = p * 32 * W + j;
+                if (c >= C) continue;
+                float sum = 0;
+                for (int k = 0; k < WARPS_PER_BLOCK; k++) sum += red[k][j];
+                dst[c] = sum;
+            }
+            __syncthreads();
         }
-        __syncthreads();
-    }
 }
 
-/* The fused norm backward for rows of up to 32*W*NORM_MAX_PACKS elements (16-byte accesses);
- * false when the row does not fit (the caller uses the two kernels). */
+/* The one-pass norm backward where the row fits (16-byte accesses; rows past NORM_KEEP_PACKS packs
+ * per lane only without a bias); false when it does not (the caller uses the two kernels). */
 template <typename T>
 static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T *inp, const T *w, const float *mean,
                            const float *rstd, int N, int C, int rms)
@@ -403,8 +423,8 @@ static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T
     const int W = pack_width<T>();
     int P = CEIL_DIV(C, 32 * W);
     const char *e = getenv("ANVIL_NORM_BWD"); /* "split": the two-kernel version (comparisons) */
-    if (P > NORM_MAX_PACKS || !vec_ok((size_t)C, W, sizeof(T), dinp, dout, inp) || !vec_ok((size_t)C, W, sizeof(T), w) ||
-        (e && !strcmp(e, "split")))
+    if (P > (db ? NORM_KEEP_PACKS : NORM_MAX_PACKS) || !vec_ok((size_t)C, W, sizeof(T), dinp, dout, inp) ||
+        !vec_ok((size_t)C, W, sizeof(T), w) || (e && !strcmp(e, "split")))
         return false;
     /* a few blocks per SM, each a contiguous run of rows */
     int nblock = std::max(1, std::min(4 * g_cu.sm_count, CEIL_DIV(N, WARPS_PER_BLOCK)));
@@ -412,15 +432,21 @@ static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T
     nblock = CEIL_DIV(N, rows_per_block);
     float *pw = (float *)cuda_scratch(2 * (size_t)nblock * C * sizeof(float));
     float *pb = db ? pw + (size_t)nblock * C : NULL;
-#define NORM_FUSED_LAUNCH(PP)                                                                                        \
-    norm_bwd_fused_kernel<T, W, PP><<<nblock, THREADS, 0, g_cu.stream>>>(dinp, pw, pb, dout, inp, w, mean, rstd, N, \
-                                                                        C, rms, rows_per_block)
+#define NORM_FUSED_LAUNCH(PP, KEEP, HB)                                                                              \
+    norm_bwd_fused_kernel<T, W, PP, KEEP, HB><<<nblock, THREADS, 0, g_cu.stream>>>(dinp, pw, pb, dout, inp, w, mean, \
+                                                                                  rstd, N, C, rms, rows_per_block)
+#define NORM_FUSED_KEEP(PP) (db ? NORM_FUSED_LAUNCH(PP, true, true) : NORM_FUSED_LAUNCH(PP, true, false))
     switch (P) {
-    case 1: NORM_FUSED_LAUNCH(1); break;
-    case 2: NORM_FUSED_LAUNCH(2); break;
-    case 3: NORM_FUSED_LAUNCH(3); break;
-    default: NORM_FUSED_LAUNCH(4); break;
+    case 1: NORM_FUSED_KEEP(1); break;
+    case 2: NORM_FUSED_KEEP(2); break;
+    case 3: NORM_FUSED_KEEP(3); break;
+    case 4: NORM_FUSED_KEEP(4); break;
+    case 5: NORM_FUSED_LAUNCH(5, false, false); break;
+    case 6: NORM_FUSED_LAUNCH(6, false, false); break;
+    case 7: NORM_FUSED_LAUNCH(7, false, false); break;
+    default: NORM_FUSED_LAUNCH(8, false, false); break;
     }
+#undef NORM_FUSED_KEEP
 #undef NORM_FUSED_LAUNCH
     CUDA_CHECK_LAUNCH();
     int colblocks = CEIL_DIV(C, THREADS);
