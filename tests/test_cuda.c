@@ -180,17 +180,18 @@ static GeluOut run_gelu_mlp(const Backend *be, const float *x, const float *w1, 
 
 static void test_gelu_mlp(void)
 {
-    /* fused through cuBLASLt's epilogues (both modes: bias gradients by epilogue or column sums),
-     * and with ANVIL_GELU_FUSION=0 through the separate kernels. In fp32 the tolerance (1e-5) tells
+    /* fused through cuBLASLt's epilogues (both modes), with ANVIL_GELU_FUSION=0 through the separate
+     * kernels, and with ANVIL_BGRAD=2 the bias gradients by epilogues too. In fp32 the tolerance (1e-5) tells
      * the tanh approximation from the erf form (which differ by up to ~3e-4). */
     const int shapes[][3] = {{64, 64, 256}, {96, 128, 96}};
     const Backend *gpus[] = {gpu32, gpu16};
-    for (int variant = 0; variant < 3; variant++)
+    for (int variant = 0; variant < 4; variant++)
         for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
             for (int g = 0; g < 2; g++) {
                 const Backend *be = gpus[g];
                 set_det(variant == 1);
                 if (variant == 2) setenv("ANVIL_GELU_FUSION", "0", 1);
+                if (variant == 3) setenv("ANVIL_BGRAD", "2", 1); /* the bias-gradient epilogues (opt-in) */
                 int N = shapes[s][0], C = shapes[s][1], F = shapes[s][2];
                 float *x = randn((size_t)N * C, 1, 1), *w1 = randn((size_t)F * C, 0.15f, 2), *b1 = randn(F, 0.5f, 3);
                 float *w2 = randn((size_t)C * F, 0.1f, 4), *dout = randn((size_t)N * C, 1, 5);
@@ -200,8 +201,9 @@ static void test_gelu_mlp(void)
                 GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F);
                 GeluOut got = run_gelu_mlp(be, x, w1, b1, w2, NULL, dout, g0, N, C, F);
                 unsetenv("ANVIL_GELU_FUSION");
+                unsetenv("ANVIL_BGRAD");
                 char what[96];
-                const char *vn[] = {"epilogues", "deterministic", "unfused"};
+                const char *vn[] = {"epilogues", "deterministic", "unfused", "bgrad epilogues"};
                 size_t nf = (size_t)N * F;
                 snprintf(what, sizeof(what), "gelu mlp %dx%dx%d %s: act", N, C, F, vn[variant]);
                 expect(what, be, got.act, ref.act, nf, tol_for(be, TOL_F32, TOL_BF16));
@@ -501,10 +503,10 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
     fit(be, qkv, nq), fit(be, dout, no);
     float *ro, *rl, *rd, *go, *gl, *gd;
     run_attention(cpu, &ro, &rl, &rd, qkv, dout, B, T, nh, nkv, hd);
-    /* impl: an ANVIL_ATTENTION value, or "lowreg" (ANVIL_ATTENTION_BWD), "fwd128"/"fwdmt2" (ANVIL_ATTENTION_FWD) */
+    /* impl: an ANVIL_ATTENTION value, or "lowreg" (ANVIL_ATTENTION_BWD), "fwd128"/"fwd64" (ANVIL_ATTENTION_FWD) */
     if (impl && !strcmp(impl, "lowreg")) setenv("ANVIL_ATTENTION_BWD", "lowreg", 1);
     else if (impl && !strcmp(impl, "fwd128")) setenv("ANVIL_ATTENTION_FWD", "128", 1);
-    else if (impl && !strcmp(impl, "fwdmt2")) setenv("ANVIL_ATTENTION_FWD", "mt2", 1);
+    else if (impl && !strcmp(impl, "fwd64")) setenv("ANVIL_ATTENTION_FWD", "64", 1);
     else if (impl) setenv("ANVIL_ATTENTION", impl, 1);
     run_attention(be, &go, &gl, &gd, qkv, dout, B, T, nh, nkv, hd);
     unsetenv("ANVIL_ATTENTION");
@@ -556,13 +558,23 @@ static void test_attention(void)
     attention_case(gpu16, 1, 300, 8, 1, 64, "lowreg");
     attention_case(gpu16, 1, 150, 4, 2, 64, "fwd128");
     attention_case(gpu16, 1, 300, 8, 1, 64, "fwd128");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "fwdmt2");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "fwdmt2");
-    attention_case(gpu16, 2, 1024, 4, 1, 64, "fwdmt2");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "fwd64");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "fwd64");
     set_det(1);
     attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
     attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
     set_det(0);
+    /* both launch orders of the flash grids (flash_zorder picks by size; these sizes get z) */
+    const char *orders[] = {"x", "z"};
+    for (int o = 0; o < 2; o++) {
+        setenv("ANVIL_ATTENTION_ORDER", orders[o], 1);
+        attention_case(gpu16, 2, 300, 4, 2, 64, NULL);
+        attention_case(gpu16, 2, 300, 4, 2, 64, "flash2");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "fwd64");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "fwd128");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "lowreg");
+    }
+    unsetenv("ANVIL_ATTENTION_ORDER");
 }
 
 static void test_adamw(void)

@@ -12,7 +12,7 @@
 #             and twice in bf16 with ANVIL_DETERMINISTIC=1 to show bit-identical losses
 #   train     `anvil train` on the GPU interrupted and resumed == uninterrupted (when train exists)
 #   bench     anvil bench: GPT-2 124M B=64 T=1024 and llama-1b B=8 T=2048 (recompute 0 and 1, and a
-#             per-op profile of each)
+#             per-op profile of each; GPT-2 also with ANVIL_DETERMINISTIC=1)
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
 #   eval      build/tests/test_cuda_kv (KV-cache ops, cached forward, greedy, ppl and mcq: GPU vs CPU)
 #             and tools/bench_eval.sh --device cuda (generation tokens/s, mcq items/s; docs/eval.md)
@@ -68,11 +68,12 @@ if has bench; then
     l="--model llama-1b --batch 8 --seq 2048"
     timeout 240 $b $g --recompute 0 --json "$OUT/bench_gpt2_r0.json" >"$OUT/bench_gpt2_r0.log" 2>&1
     timeout 240 $b $g --recompute 1 --ceiling-size 0 >"$OUT/bench_gpt2_r1.log" 2>&1
+    ANVIL_DETERMINISTIC=1 timeout 240 $b $g --recompute 0 --ceiling-size 0 >"$OUT/bench_gpt2_r0_det.log" 2>&1
     timeout 240 $b $l --recompute 0 --ceiling-size 0 --json "$OUT/bench_llama1b_r0.json" >"$OUT/bench_llama1b_r0.log" 2>&1
     timeout 240 $b $l --recompute 1 --ceiling-size 0 >"$OUT/bench_llama1b_r1.log" 2>&1
     timeout 240 $b $g --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_gpt2_profile.log" 2>&1
     timeout 240 $b $l --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_llama1b_profile.log" 2>&1
-    for f in gpt2_r0 gpt2_r1 llama1b_r0 llama1b_r1; do
+    for f in gpt2_r0 gpt2_r1 gpt2_r0_det llama1b_r0 llama1b_r1; do
         row=$(bench_row "$OUT/bench_$f.log")
         [ -n "$row" ] && note "$row" || note "| anvil | bench_$f: $(tail -2 "$OUT/bench_$f.log" | tr '\n' ' ') |"
     done

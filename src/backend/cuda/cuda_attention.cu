@@ -212,6 +212,17 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* The launch order of a flash grid. zorder 1: grid (heads, B, tiles): tile t of every head before
+ * tile t+1 of any, so that the heaviest tiles start first everywhere (balance, when the grid is a
+ * few waves and the work per tile varies a lot: grouped-query llama-1b, T=2048); 0: grid (tiles,
+ * heads, B): one head's tiles run together and share its K/V (or Q/dO) in L2 (many waves: GPT-2
+ * 124M, B=64, ran 6 ms slower in z order). */
+__device__ __forceinline__ void flash_block(int zorder, int &tile, int &ntile, int &head, int &b)
+{
+    if (zorder) tile = blockIdx.z, ntile = gridDim.z, head = blockIdx.x, b = blockIdx.y;
+    else tile = blockIdx.x, ntile = gridDim.x, head = blockIdx.y, b = blockIdx.z;
+}
+
 /* Four 8x8 bf16 matrices, transposed: lane gets M_i[2(lane%4)..+1][lane/4] of matrix i in r[i];
  * lanes 8i..8i+7 give the row addresses of matrix i. */
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const bf16 *p)
@@ -599,11 +610,13 @@ __device__ __forceinline__ void mma_a_tileT_ldm(float (&acc)[8][4], const u32 (&
 }
 
 __global__ void __launch_bounds__(FA_THREADS, 4) flash2_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
-                                                                int nh, int nkv)
+                                                                int nh, int nkv, int zorder)
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
-    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
+    int tile, ntile, h, b;
+    flash_block(zorder, tile, ntile, h, b);
+    int qb = ntile - 1 - tile; /* the heaviest (last) query blocks first */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
@@ -705,14 +718,15 @@ __global__ void __launch_bounds__(FA_THREADS, 4) flash2_fwd_kernel(bf16 *out, fl
 
 __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                    const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                   int nkv)
+                                                                   int nkv, int zorder)
 {
     __shared__ __align__(16) bf16 Qs[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Os[2][FA_BLOCK * FA_LDS];
     __shared__ float lse_s[2][FA_BLOCK], D_s[2][FA_BLOCK];
-    int kb = blockIdx.z, kvh = blockIdx.x, b = blockIdx.y;
+    int kb, nqb, kvh, b; /* the heaviest (first) key blocks first */
+    flash_block(zorder, kb, nqb, kvh, b);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    int group = nh / nkv, nqb = gridDim.z;
+    int group = nh / nkv;
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
     const bf16 *base = qkv + (size_t)b * T_ * stride;
     int k0 = kb * FA_BLOCK;
@@ -795,11 +809,13 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
 
 __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                   const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                  int nkv)
+                                                                  int nkv, int zorder)
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
-    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
+    int tile, ntile, h, b;
+    flash_block(zorder, tile, ntile, h, b);
+    int qb = ntile - 1 - tile; /* the heaviest (last) query blocks first */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
@@ -948,13 +964,15 @@ __device__ __forceinline__ void mma_mt_p_tile(float (&acc)[MT][FA_D / 8][4], con
 
 template <int WARPS, int MT>
 __global__ void __launch_bounds__(WARPS * 32, 2) flash3_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv, int T_,
-                                                                   int nh, int nkv)
+                                                                   int nh, int nkv, int zorder)
 {
     const int THREADS_ = WARPS * 32, ROWS = 16 * MT * WARPS, WROWS = 16 * MT;
     static_assert(ROWS == 2 * FA_BLOCK, "the Q tile is staged across Ks[0] and Ks[1]");
     __shared__ __align__(16) bf16 Ks[2][FA_TILE];
     __shared__ __align__(16) bf16 Vs[2][FA_TILE];
-    int qb = gridDim.z - 1 - blockIdx.z, h = blockIdx.x, b = blockIdx.y;
+    int tile, ntile, h, b;
+    flash_block(zorder, tile, ntile, h, b);
+    int qb = ntile - 1 - tile; /* the heaviest (last) query blocks first */
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int kvh = h / (nh / nkv);
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
@@ -1128,7 +1146,7 @@ template <bool LOWREG>
 __global__ void __launch_bounds__(FA_THREADS, LOWREG ? 3 : 2) flash_bwd_fused_kernel(bf16 *dqkv, float *dqacc,
                                                                                   const bf16 *dout, const float *lse,
                                                                                   const float *Dbuf, const bf16 *qkv,
-                                                                                  int T_, int nh, int nkv)
+                                                                                  int T_, int nh, int nkv, int zorder)
 {
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16 *Ks = reinterpret_cast<bf16 *>(fa_smem); /* this block's keys, kept for dQ = dS K */
@@ -1136,10 +1154,11 @@ __global__ void __launch_bounds__(FA_THREADS, LOWREG ? 3 : 2) flash_bwd_fused_ke
     bf16 *Qs = dSs + FA_TILE, *Os = Qs + 2 * FA_TILE; /* [2] each: Q and dO tiles */
     float *lse_s = reinterpret_cast<float *>(Os + 2 * FA_TILE), *D_s = lse_s + 2 * FA_BLOCK; /* [2][FA_BLOCK] */
     bf16 *Vs = reinterpret_cast<bf16 *>(D_s + 2 * FA_BLOCK); /* LOWREG: this block's values */
-    int kb = blockIdx.z, kvh = blockIdx.x, b = blockIdx.y;
+    int kb, nqb, kvh, b; /* the heaviest (first) key blocks first */
+    flash_block(zorder, kb, nqb, kvh, b);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     int mi = lane / 8, r8 = lane % 8;
-    int group = nh / nkv, nqb = gridDim.z;
+    int group = nh / nkv;
     size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
     const bf16 *base = qkv + (size_t)b * T_ * stride;
     int k0 = kb * FA_BLOCK;
@@ -1280,28 +1299,54 @@ static void check_shape(int nh, int nkv, int hd)
     if (hd > SIMPLE_MAX_HD) fatal("attention: head_dim %d is larger than the supported %d", hd, SIMPLE_MAX_HD);
 }
 
+/* Launch order (flash_block) for a grid of nblock blocks of which per_sm fit on an SM: z order when
+ * it is at most FLASH_ZORDER_WAVES waves. ANVIL_ATTENTION_ORDER=x|z forces one (tests). */
+#define FLASH_ZORDER_WAVES 8
+static int flash_zorder(size_t nblock, int per_sm)
+{
+    const char *e = getenv("ANVIL_ATTENTION_ORDER");
+    if (e && !strcmp(e, "x")) return 0;
+    if (e && !strcmp(e, "z")) return 1;
+    return nblock <= (size_t)FLASH_ZORDER_WAVES * per_sm * g_cu.sm_count;
+}
+
+static dim3 flash_grid(int zorder, int ntile, int heads, int B)
+{
+    return zorder ? dim3(heads, B, ntile) : dim3(ntile, heads, B);
+}
+
+/* Blocks per SM of the flash kernels (their __launch_bounds__ minimums; measured register use). */
+#define FA2_FWD_PER_SM 4
+#define FA3_FWD_PER_SM 2
+#define FA_BWD_KV_PER_SM 2
+#define FA_BWD_Q_PER_SM 3
+
 template <typename T>
 void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int nh, int nkv, int hd)
 {
     CUDA_PROF("attention_fwd");
     check_shape(nh, nkv, hd);
     int v = flash_version<T>(hd, qkv);
-    if (v) {
+    const bf16 *q = (const bf16 *)qkv;
+    if (v >= 2) {
+        /* default: 4 warps x 2 m-tiles (128 rows); ANVIL_ATTENTION_FWD=64: v2 (64 rows); =128: 8 warps x 1 */
         const char *e = getenv("ANVIL_ATTENTION_FWD");
-        if (v >= 2 && e && (!strcmp(e, "128") || !strcmp(e, "mt2"))) {
-            dim3 g3(nh, B, CEIL_DIV(T_, 2 * FA_BLOCK));
-            if (!strcmp(e, "128"))
-                flash3_fwd_kernel<8, 1><<<g3, 256, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+        if (e && !strcmp(e, "64")) {
+            int nt = CEIL_DIV(T_, FA_BLOCK), z = flash_zorder((size_t)nt * nh * B, FA2_FWD_PER_SM);
+            flash2_fwd_kernel<<<flash_grid(z, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, q, T_, nh,
+                                                                                       nkv, z);
+        } else {
+            int nt = CEIL_DIV(T_, 2 * FA_BLOCK), z = flash_zorder((size_t)nt * nh * B, FA3_FWD_PER_SM);
+            if (e && !strcmp(e, "128"))
+                flash3_fwd_kernel<8, 1><<<flash_grid(z, nt, nh, B), 256, 0, g_cu.stream>>>((bf16 *)out, lse, q, T_, nh,
+                                                                                           nkv, z);
             else
-                flash3_fwd_kernel<4, 2><<<g3, 128, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
-            CUDA_CHECK_LAUNCH();
-            return;
+                flash3_fwd_kernel<4, 2><<<flash_grid(z, nt, nh, B), 128, 0, g_cu.stream>>>((bf16 *)out, lse, q, T_, nh,
+                                                                                           nkv, z);
         }
+    } else if (v == 1) {
         dim3 grid(nh, B, CEIL_DIV(T_, FA_BLOCK));
-        if (v >= 2)
-            flash2_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
-        else
-            flash_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, (const bf16 *)qkv, T_, nh, nkv);
+        flash_fwd_kernel<<<grid, FA_THREADS, 0, g_cu.stream>>>((bf16 *)out, lse, q, T_, nh, nkv);
     } else {
         size_t warps = (size_t)B * nh * T_;
         attn_simple_fwd_kernel<T><<<CEIL_DIV(warps, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
@@ -1319,13 +1364,15 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
     int v = flash_version<T>(hd, qkv);
     if (v == 3 && (uintptr_t)dqkv % 16) v = 2; /* dQ is written in 16-byte stores */
     size_t rows = (size_t)B * T_ * nh;
+    int nt = CEIL_DIV(T_, FA_BLOCK);
+    const bf16 *q = (const bf16 *)qkv, *d = (const bf16 *)dout;
     /* scratch: D (B,nh,T) and, for the fused backward, dqacc (B,nh,T,FA_D) fp32 after it (16-byte aligned) */
     size_t dlen = CEIL_DIV(rows, 64) * 64;
     float *Dbuf = (float *)cuda_scratch((dlen + (v == 3 ? rows * FA_D : 0)) * sizeof(float));
     if (v == 3) {
         float *dqacc = Dbuf + dlen;
-        flash_bwd_dot_zero_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, dqacc, (const bf16 *)dout,
-                                                                               (const bf16 *)out, B, T_, nh);
+        flash_bwd_dot_zero_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, dqacc, d, (const bf16 *)out, B,
+                                                                               T_, nh);
         CUDA_CHECK_LAUNCH();
         static bool smem_set = false;
         if (!smem_set) { /* over the 48 KB a block gets without asking */
@@ -1335,30 +1382,36 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
                                             (int)FA_FUSED_SMEM_LOWREG));
             smem_set = true;
         }
-        dim3 grid(nkv, B, CEIL_DIV(T_, FA_BLOCK));
+        int z = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
+        dim3 grid = flash_grid(z, nt, nkv, B);
         const char *e = getenv("ANVIL_ATTENTION_BWD");
         if (e && !strcmp(e, "lowreg"))
             flash_bwd_fused_kernel<true><<<grid, FA_THREADS, FA_FUSED_SMEM_LOWREG, g_cu.stream>>>(
-                (bf16 *)dqkv, dqacc, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh, nkv);
+                (bf16 *)dqkv, dqacc, d, lse, Dbuf, q, T_, nh, nkv, z);
         else
             flash_bwd_fused_kernel<false><<<grid, FA_THREADS, FA_FUSED_SMEM, g_cu.stream>>>(
-                (bf16 *)dqkv, dqacc, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh, nkv);
+                (bf16 *)dqkv, dqacc, d, lse, Dbuf, q, T_, nh, nkv, z);
         CUDA_CHECK_LAUNCH();
         size_t n8 = rows * (FA_D / 8);
         flash_dq_convert_kernel<<<grid_for(n8, 256), 256, 0, g_cu.stream>>>((bf16 *)dqkv, dqacc, B, T_, nh, nkv,
                                                                           1.0f / sqrtf((float)FA_D));
     } else if (v) {
-        flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, (const bf16 *)dout,
-                                                                          (const bf16 *)out, B, T_, nh);
+        flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, d, (const bf16 *)out, B, T_, nh);
         CUDA_CHECK_LAUNCH();
-        dim3 gkv(nkv, B, CEIL_DIV(T_, FA_BLOCK)), gq(nh, B, CEIL_DIV(T_, FA_BLOCK));
-        auto kv = v >= 2 ? flash2_bwd_kv_kernel : flash_bwd_kv_kernel;
-        auto q = v >= 2 ? flash2_bwd_q_kernel : flash_bwd_q_kernel;
-        kv<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh,
-                                                nkv);
-        CUDA_CHECK_LAUNCH();
-        q<<<gq, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, (const bf16 *)dout, lse, Dbuf, (const bf16 *)qkv, T_, nh,
-                                              nkv);
+        if (v == 2) {
+            int zkv = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
+            int zq = flash_zorder((size_t)nt * nh * B, FA_BWD_Q_PER_SM);
+            flash2_bwd_kv_kernel<<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(
+                (bf16 *)dqkv, d, lse, Dbuf, q, T_, nh, nkv, zkv);
+            CUDA_CHECK_LAUNCH();
+            flash2_bwd_q_kernel<<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, d, lse, Dbuf,
+                                                                                         q, T_, nh, nkv, zq);
+        } else {
+            dim3 gkv(nkv, B, nt), gq(nh, B, nt);
+            flash_bwd_kv_kernel<<<gkv, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, d, lse, Dbuf, q, T_, nh, nkv);
+            CUDA_CHECK_LAUNCH();
+            flash_bwd_q_kernel<<<gq, FA_THREADS, 0, g_cu.stream>>>((bf16 *)dqkv, d, lse, Dbuf, q, T_, nh, nkv);
+        }
     } else {
         size_t wq = (size_t)B * nh * T_, wkv = (size_t)B * nkv * T_;
         attn_simple_bwd_q_kernel<T><<<CEIL_DIV(wq, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
