@@ -891,8 +891,8 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
  * twice the rows, in two shapes: WARPS=8 warps of MT=1 m-tile (16 rows) each, or WARPS=4 warps of
  * MT=2 m-tiles (32 rows), which also reuses every B fragment read from shared memory for two
  * products. A warp skips the key tiles wholly above its rows (causal); the softmax scale is folded
- * into one multiply-add before exp2. ANVIL_ATTENTION_FWD=128 selects 8x1, =mt2 selects 4x2; the
- * default stays v2: 8x1 measured slower than v2 on the H100 (GPT-2 124M step 130.1 vs 129.7 ms). */
+ * into one multiply-add before exp2. 4x2 is the default; ANVIL_ATTENTION_FWD=128 selects 8x1
+ * (measured slower than v2 on the H100: 128 registers with spills), =64 the v2 forward. */
 
 /* rows r0 .. r0+nrows-1 of a strided matrix into a shared tile (row stride FA_LDS) through cp.async,
  * with nthreads threads; rows at or past T are zero-filled */
