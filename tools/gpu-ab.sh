@@ -14,6 +14,7 @@
 # Run from the staged tree (tools/gpu-stage.sh); logs under $OUT (default gpu-ab-out/).
 set -u
 cd "$(dirname "$0")/.."
+[ -f payload.tgz ] && [ ! -e anvil ] && tar xzf payload.tgz # binaries + libraries (tools/gpu-stage.sh)
 OUT=${OUT:-gpu-ab-out}
 mkdir -p "$OUT"
 ANVIL=${ANVIL:-./anvil}

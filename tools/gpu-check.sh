@@ -22,6 +22,7 @@
 # without them). Logs: $OUT (default gpu-check-out/); the summary table is printed last.
 set -u
 cd "$(dirname "$0")/.."
+[ -f payload.tgz ] && [ ! -e anvil ] && tar xzf payload.tgz # binaries + libraries (tools/gpu-stage.sh)
 OUT=${OUT:-gpu-check-out}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.md"

@@ -2,7 +2,7 @@
 # gpu-stage.sh - build here, then copy the tree, the binaries, the C libraries a bare GPU machine
 # lacks (OpenBLAS, jansson, libyaml, PCRE2 and their runtime deps) and the GPT-2 token sample into
 # a folder that the device tool carries (default: <main checkout>/.stage, git-ignored there).
-# Then, on the device:  cd .stage && bash tools/gpu-check.sh
+# Then, on the device:  cd .stage && bash tools/gpu-check.sh   (which unpacks payload.tgz)
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 dst=${1:-/work/main/.stage}
@@ -25,4 +25,8 @@ for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libjansson.so.4 li
 done
 sample=../shared/data/gpt2/sample.gpt2.u32
 [ -f "$sample" ] && cp "$sample" "$dst/tests/data/"
+# the binaries and libraries travel gzipped (a third of the size; the device tool carries at most
+# 64 MiB with the checkout); gpu-check.sh and gpu-ab.sh unpack payload.tgz first
+tar czf "$dst/payload.tgz" -C "$dst" anvil build lib
+rm -rf "$dst/anvil" "$dst/build" "$dst/lib"
 du -sh "$dst"
