@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu-check.sh - everything the CUDA backend must show, in one run on a GPU machine (docs/cuda.md).
 #
-#   bash tools/gpu-check.sh [SECTION...]     default: env test curve train bench torch eval
+#   bash tools/gpu-check.sh [SECTION...]     default: env test curve train bench torch eval roundtrip
 #
 # Sections:
 #   env       GPU, driver, libraries the binaries resolve, PyTorch
@@ -16,6 +16,8 @@
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
 #   eval      build/tests/test_cuda_kv (KV-cache ops, cached forward, greedy, ppl and mcq: GPU vs CPU)
 #             and tools/bench_eval.sh --device cuda (generation tokens/s, mcq items/s; docs/eval.md)
+#   roundtrip HF directories written by anvil (3 fixtures + a checkpoint trained here) load in
+#             transformers with the reference logits (tools/check_roundtrip.py)
 #
 # Binaries: ./anvil and build/tests/test_cuda, built by `make` (tools/gpu-stage.sh builds them on
 # a machine with the C libraries and copies them, with those libraries in lib/, for a GPU machine
@@ -31,7 +33,7 @@ ANVIL=${ANVIL:-./anvil}
 TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
 DATA=${DATA:-tests/data/sample.gpt2.u32}
 [ -f "$DATA" ] || DATA=../shared/data/gpt2/sample.gpt2.u32
-sections=${*:-env test curve train bench torch eval}
+sections=${*:-env test curve train bench torch eval roundtrip}
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
 has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -154,6 +156,23 @@ if has eval; then
     ANVIL="$ANVIL" timeout 400 bash tools/bench_eval.sh --device cuda >"$OUT/bench_eval.md" 2>&1
     cat "$OUT/bench_eval.md"
     grep -E "^\| (generation|mcq)" "$OUT/bench_eval.md" | cut -d'|' -f1-6 | sed 's/$/|/' | tee -a "$SUMMARY"
+fi
+
+if has roundtrip; then
+    echo "== HF round trip: transformers (this machine's) loads what anvil writes"
+    pairs=()
+    for f in gpt2 llama qwen2; do
+        "$ANVIL" inspect "tests/fixtures/$f/model" --save "$OUT/rt_$f" >"$OUT/rt_$f.log" 2>&1 &&
+            pairs+=("$OUT/rt_$f" "tests/fixtures/$f/model")
+    done
+    # a checkpoint written by `anvil train` on this GPU: loads with no missing/unexpected weights
+    timeout 300 "$ANVIL" train configs/tiny.yaml --set device=cuda --set train.steps=30 --set eval.every=0 \
+        --set checkpoint.every=0 --set out_dir="$OUT/rt_train" >"$OUT/rt_train.log" 2>&1 &&
+        pairs+=("$OUT/rt_train/final" "$OUT/rt_train/final")
+    PYTHONUNBUFFERED=1 timeout 300 python3 tools/check_roundtrip.py "${pairs[@]}" --tol 1e-5 >"$OUT/roundtrip.log" 2>&1
+    rc=$?
+    cat "$OUT/roundtrip.log"
+    note "| roundtrip | $((${#pairs[@]} / 2)) directories (3 fixtures saved by anvil + 1 GPU-trained checkpoint): $([ $rc -eq 0 ] && echo 'all load in transformers, logits match' || echo "FAILED (rc $rc)") |"
 fi
 
 echo
