@@ -165,11 +165,24 @@ static const char *shape_name(const char *op, int N, int IC, int OC)
     return cuda_prof_intern(buf);
 }
 
+/* cuBLASLt wants the rows of D 16-byte aligned; an output width such as GPT-2's vocabulary
+ * (50257) is computed into a scratch of rows padded to LT_ROW_ALIGN bytes, then copied. */
+#define LT_ROW_ALIGN 16
+
 template <typename T>
 void cu_matmul_fwd(void *out, const void *inp, const void *w, const void *bias, int N, int IC, int OC)
 {
     CUDA_PROF(shape_name("matmul_fwd", N, IC, OC));
-    lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, bias);
+    size_t row = (size_t)OC * sizeof(T);
+    if (row % LT_ROW_ALIGN == 0) {
+        lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, bias);
+        return;
+    }
+    int OCp = (int)(((row + LT_ROW_ALIGN - 1) / LT_ROW_ALIGN) * LT_ROW_ALIGN / sizeof(T));
+    void *tmp = cuda_scratch((size_t)N * OCp * sizeof(T));
+    lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, tmp, OCp, sizeof(T), sizeof(T), 0.0f, bias);
+    CUDA_CHECK(cudaMemcpy2DAsync(out, row, tmp, (size_t)OCp * sizeof(T), row, N, cudaMemcpyDeviceToDevice,
+                                 g_cu.stream));
 }
 
 // dst[i] += src[i]
@@ -232,6 +245,17 @@ void cu_matmul_bwd(void *dinp, float *dw, float *dbias, const void *dout, const 
                    int IC, int OC)
 {
     CUDA_PROF(shape_name("matmul_bwd", N, IC, OC));
+    size_t row = (size_t)OC * sizeof(T);
+    if (row % LT_ROW_ALIGN) { /* rows of dout not 16-byte aligned: use a padded copy (see matmul_fwd) */
+        int ldo = (int)(((row + LT_ROW_ALIGN - 1) / LT_ROW_ALIGN) * LT_ROW_ALIGN / sizeof(T));
+        void *dpad = cuda_scratch((size_t)N * ldo * sizeof(T));
+        CUDA_CHECK(cudaMemcpy2DAsync(dpad, (size_t)ldo * sizeof(T), dout, row, row, N, cudaMemcpyDeviceToDevice,
+                                     g_cu.stream));
+        if (dinp) lt_matmul(0, 0, IC, N, OC, w, IC, dpad, ldo, dinp, IC, sizeof(T), sizeof(T), 0.0f, NULL);
+        if (dw) lt_matmul(0, 1, IC, OC, N, inp, IC, dpad, ldo, dw, IC, sizeof(T), sizeof(float), 1.0f, NULL);
+        if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
+        return;
+    }
     if (dinp) lt_matmul(0, 0, IC, N, OC, w, IC, dout, OC, dinp, IC, sizeof(T), sizeof(T), 0.0f, NULL);
     if (dw) weight_grad<T>(dw, dbias, dout, inp, N, IC, OC);
     else if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
