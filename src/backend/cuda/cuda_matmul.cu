@@ -117,11 +117,12 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
         cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found);
         CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
         bool plain = e.epi == CUBLASLT_EPILOGUE_DEFAULT || e.epi == CUBLASLT_EPILOGUE_BIAS;
-        if (plain) CUDA_CHECK(st);
         if (st != CUBLAS_STATUS_SUCCESS || !found) {
             if (plain)
-                fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, %s operands, %s output)", m, n, k,
-                      transa, transb, ab_size == 2 ? "bf16" : "fp32", d_size == 2 ? "bf16" : "fp32");
+                fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, ld %d/%d/%d, alignment %d bytes, "
+                      "%s operands, %s output): %s", m, n, k, transa, transb, lda, ldb, ldd, al_ops,
+                      ab_size == 2 ? "bf16" : "fp32", d_size == 2 ? "bf16" : "fp32",
+                      st == CUBLAS_STATUS_SUCCESS ? "no algorithm found" : cublasGetStatusString(st));
             p.ok = 0; /* remembered: the caller falls back to its own kernels */
             fprintf(stderr, "anvil: cuBLASLt has no algorithm for epilogue %d on a %dx%dx%d %s product; using "
                             "separate kernels\n", (int)e.epi, m, n, k, ab_size == 2 ? "bf16" : "fp32");
