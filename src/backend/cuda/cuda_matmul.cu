@@ -122,7 +122,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
                 fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, ld %d/%d/%d, alignment %d bytes, "
                       "%s operands, %s output): %s", m, n, k, transa, transb, lda, ldb, ldd, al_ops,
                       ab_size == 2 ? "bf16" : "fp32", d_size == 2 ? "bf16" : "fp32",
-                      st == CUBLAS_STATUS_SUCCESS ? "no algorithm found" : cublasGetStatusString(st));
+                      st == CUBLAS_STATUS_SUCCESS ? "no algorithm found" : cublasLtGetStatusString(st));
             p.ok = 0; /* remembered: the caller falls back to its own kernels */
             fprintf(stderr, "anvil: cuBLASLt has no algorithm for epilogue %d on a %dx%dx%d %s product; using "
                             "separate kernels\n", (int)e.epi, m, n, k, ab_size == 2 ? "bf16" : "fp32");
