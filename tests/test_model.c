@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "eval/load.h"
 #include "model/model.h"
 #include "test.h"
 
@@ -170,8 +171,25 @@ static void test_batch_independence(void)
     model_free(m);
 }
 
+/* A preset loaded by name (eval, generate, bench) is a complete model: its MLP
+ * and heads have their derived sizes (a bug once gave d_ff = 0). */
+static void test_preset_by_name(void)
+{
+    Model *m = eval_load_model("gpt2-tiny", backend_cpu());
+    CHECK(m && m->cfg.d_ff == 4 * m->cfg.d_model && m->cfg.head_dim == m->cfg.d_model / m->cfg.n_head);
+    ModelConfig c;
+    model_preset(&c, "gpt2-tiny");
+    model_config_finish(&c);
+    ParamTable pt;
+    param_table_build(&pt, &c);
+    CHECK(m && m->pt.total == pt.total);
+    param_table_free(&pt);
+    if (m) model_free(m);
+}
+
 int main(void)
 {
+    RUN(test_preset_by_name);
     RUN(test_init_loss);
     RUN(test_fd_gpt2);
     RUN(test_fd_llama);

@@ -17,6 +17,7 @@ Model *eval_load_model(const char *spec, const Backend *be)
     if (model_preset(&c, spec))
         return err_set("%s: no such model directory, and not a preset (%s)", spec, model_preset_names()),
                NULL;
+    if (model_config_finish(&c)) return NULL;
     Model *m = model_create(&c, be);
     model_init_gpt2(m, PRESET_INIT_SEED);
     fprintf(stderr, "anvil: note: %s with random weights (seed %d): for speed measurements only\n", spec,

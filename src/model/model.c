@@ -44,6 +44,10 @@ static void rope_inv_freq(const ModelConfig *c, float *out)
 
 Model *model_create(const ModelConfig *cfg, const Backend *be)
 {
+    /* derived sizes must be filled in (a preset or parsed config goes through model_config_finish) */
+    if (cfg->head_dim <= 0 || cfg->d_ff <= 0 || cfg->n_kv_head <= 0)
+        fatal("model_create: unfinished model config (head_dim %d, d_ff %d, n_kv_head %d): internal error",
+              cfg->head_dim, cfg->d_ff, cfg->n_kv_head);
     Model *m = xcalloc(1, sizeof(Model));
     m->cfg = *cfg;
     m->be = be;
