@@ -434,6 +434,98 @@ static void test_adamw(void)
     CHECK_CLOSE(be->sumsq(g, n), 4 * s, 1e-12);
 }
 
+/* ---- fused ops (appended to the table): against double references too ---- */
+
+// dims: N, IC, OC ; inp: pre (N,IC), w (OC,IC), b (OC) ; out = gelu(pre) @ w^T + b
+static void ref_gelu_linear(double *out, double **in, const int *d)
+{
+    int N = d[0], IC = d[1], OC = d[2];
+    double *act = malloc((size_t)N * IC * 8);
+    int n[1] = {N * IC};
+    double *a[1] = {in[0]};
+    ref_gelu(act, a, n);
+    double *lin[3] = {act, in[1], in[2]};
+    int md[3] = {N, IC, OC};
+    ref_matmul(out, lin, md);
+    free(act);
+}
+
+static void test_fused_gelu_ops(void)
+{
+    int N = 5, IC = 12, OC = 7, dims[3] = {N, IC, OC};
+    size_t np = (size_t)N * IC, nw = (size_t)OC * IC, no = (size_t)N * OC;
+    /* matmul_gelu_fwd: pre = x w^T + b, out = gelu(pre) */
+    double *x = malloc(np * 8), *w1 = malloc((size_t)IC * IC * 8), *b1 = malloc(IC * 8), *pre_ref = malloc(np * 8);
+    double *act_ref = malloc(np * 8);
+    fill(x, np, 1), fill(w1, (size_t)IC * IC, 0.5), fill(b1, IC, 1);
+    double *in1[3] = {x, w1, b1};
+    int d1[3] = {N, IC, IC}, dn[1] = {(int)np};
+    ref_matmul(pre_ref, in1, d1);
+    double *pin[1] = {pre_ref};
+    ref_gelu(act_ref, pin, dn);
+    float *xf = tof(x, np), *w1f = tof(w1, (size_t)IC * IC), *b1f = tof(b1, IC);
+    float *pre = calloc(np, 4), *act = calloc(np, 4);
+    be->matmul_gelu_fwd(act, pre, xf, w1f, b1f, N, IC, IC);
+    CHECK(rel_err_fd(pre, pre_ref, np) < FWD_TOL);
+    CHECK(rel_err_fd(act, act_ref, np) < FWD_TOL);
+    /* matmul_dgelu_bwd: the backward of out = gelu(pre) @ w^T + b through the activation */
+    double *w = malloc(nw * 8), *b = malloc(OC * 8), *R = malloc(no * 8), *g = malloc(MAX(np, nw) * 8);
+    fill(w, nw, 1), fill(b, OC, 1), fill(R, no, 1);
+    double *in[3] = {pre_ref, w, b};
+    float *wf = tof(w, nw), *Rf = tof(R, no), *pref = tof(pre_ref, np), *actf = calloc(np, 4);
+    be->gelu_fwd(actf, pref, np);
+    float *dpre = calloc(np, 4), *dbp = calloc(IC, 4), *dw = calloc(nw, 4), *db = calloc(OC, 4);
+    be->matmul_dgelu_bwd(dpre, dbp, dw, db, Rf, actf, pref, wf, N, IC, OC);
+    size_t nin[3] = {np, nw, (size_t)OC};
+    fd_grad(ref_gelu_linear, in, nin, 0, dims, R, no, g);
+    CHECKF(rel_err_fd(dpre, g, np) < BWD_TOL, "dpre %g", rel_err_fd(dpre, g, np));
+    double colsum[64] = {0};
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < IC; j++) colsum[j] += g[(size_t)i * IC + j];
+    CHECKF(rel_err_fd(dbp, colsum, IC) < BWD_TOL, "dbias_pre %g", rel_err_fd(dbp, colsum, IC));
+    fd_grad(ref_gelu_linear, in, nin, 1, dims, R, no, g);
+    CHECKF(rel_err_fd(dw, g, nw) < BWD_TOL, "dw %g", rel_err_fd(dw, g, nw));
+    fd_grad(ref_gelu_linear, in, nin, 2, dims, R, no, g);
+    CHECKF(rel_err_fd(db, g, OC) < BWD_TOL, "db %g", rel_err_fd(db, g, OC));
+    free(x), free(w1), free(b1), free(pre_ref), free(act_ref), free(xf), free(w1f), free(b1f), free(pre), free(act);
+    free(w), free(b), free(R), free(g), free(wf), free(Rf), free(pref), free(actf), free(dpre), free(dbp), free(dw);
+    free(db);
+}
+
+// dims: N, C, V ; inp: x (N,C), w (V,C) ; per-row loss of softmax(x w^T) at xent_tg (one ignored)
+static void ref_lm_head(double *out, double **in, const int *d)
+{
+    int N = d[0], C = d[1], V = d[2];
+    double *logits = malloc((size_t)N * V * 8), *zero = calloc(V, 8);
+    double *lin[3] = {in[0], in[1], zero};
+    int md[3] = {N, C, V}, xd[2] = {N, V};
+    ref_matmul(logits, lin, md);
+    double *l[1] = {logits};
+    ref_xent(out, l, xd);
+    free(logits), free(zero);
+}
+
+static void test_lm_head_xent_fd(void)
+{
+    int N = 4, C = 6, V = 9, dims[3] = {N, C, V};
+    size_t nx = (size_t)N * C, nw = (size_t)V * C;
+    double *x = malloc(nx * 8), *w = malloc(nw * 8), *ref = malloc(N * 8), *g = malloc(nw * 8), R[4];
+    fill(x, nx, 1), fill(w, nw, 1);
+    double *in[2] = {x, w};
+    ref_lm_head(ref, in, dims);
+    float dscale = 0.25f, losses[4];
+    for (int i = 0; i < N; i++) R[i] = dscale;
+    float *xf = tof(x, nx), *wf = tof(w, nw), *dx = calloc(nx, 4), *dw = calloc(nw, 4);
+    be->lm_head_xent(losses, dx, dw, xf, wf, xent_tg, N, C, V, dscale);
+    CHECK(rel_err_fd(losses, ref, N) < FWD_TOL);
+    size_t nin[2] = {nx, nw};
+    fd_grad(ref_lm_head, in, nin, 0, dims, R, N, g);
+    CHECKF(rel_err_fd(dx, g, nx) < BWD_TOL, "lm_head dx %g", rel_err_fd(dx, g, nx));
+    fd_grad(ref_lm_head, in, nin, 1, dims, R, N, g);
+    CHECKF(rel_err_fd(dw, g, nw) < BWD_TOL, "lm_head dw %g", rel_err_fd(dw, g, nw));
+    free(x), free(w), free(ref), free(g), free(xf), free(wf), free(dx), free(dw);
+}
+
 int main(void)
 {
     be = backend_cpu();
@@ -447,5 +539,7 @@ int main(void)
     RUN(test_embed);
     RUN(test_xent);
     RUN(test_adamw);
+    RUN(test_fused_gelu_ops);
+    RUN(test_lm_head_xent_fd);
     return test_summary();
 }
