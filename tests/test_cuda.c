@@ -504,10 +504,15 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
     fit(be, qkv, nq), fit(be, dout, no);
     float *ro, *rl, *rd, *go, *gl, *gd;
     run_attention(cpu, &ro, &rl, &rd, qkv, dout, B, T, nh, nkv, hd);
-    /* impl: an ANVIL_ATTENTION value, or "lowreg" (ANVIL_ATTENTION_BWD), "fwd128"/"fwd64" (ANVIL_ATTENTION_FWD) */
+    /* impl: an ANVIL_ATTENTION value, or "lowreg"/"bwd64"/"bwd128" (ANVIL_ATTENTION_BWD),
+     * "fwd128"/"fwd64"/"fwdmma"/"fwdwg1" (ANVIL_ATTENTION_FWD) */
     if (impl && !strcmp(impl, "lowreg")) setenv("ANVIL_ATTENTION_BWD", "lowreg", 1);
+    else if (impl && !strcmp(impl, "bwd128")) setenv("ANVIL_ATTENTION_BWD", "128", 1);
     else if (impl && !strcmp(impl, "fwd128")) setenv("ANVIL_ATTENTION_FWD", "128", 1);
     else if (impl && !strcmp(impl, "fwd64")) setenv("ANVIL_ATTENTION_FWD", "64", 1);
+    else if (impl && !strcmp(impl, "fwdmma")) setenv("ANVIL_ATTENTION_FWD", "mma", 1);
+    else if (impl && !strcmp(impl, "bwd64")) setenv("ANVIL_ATTENTION_BWD", "64", 1);
+    else if (impl && !strcmp(impl, "fwdwg1")) setenv("ANVIL_ATTENTION_FWD", "wgmma1", 1);
     else if (impl) setenv("ANVIL_ATTENTION", impl, 1);
     run_attention(be, &go, &gl, &gd, qkv, dout, B, T, nh, nkv, hd);
     unsetenv("ANVIL_ATTENTION");
@@ -557,10 +562,24 @@ static void test_attention(void)
     attention_case(gpu16, 1, 300, 8, 1, 64, "flash2");
     attention_case(gpu16, 1, 150, 4, 2, 64, "lowreg");
     attention_case(gpu16, 1, 300, 8, 1, 64, "lowreg");
+    /* the fused backward over 128 keys per block: also T a multiple of 64, not of 128 */
+    attention_case(gpu16, 1, 150, 4, 2, 64, "bwd128");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "bwd128");
+    attention_case(gpu16, 2, 192, 4, 2, 64, NULL);
+    attention_case(gpu16, 2, 192, 4, 2, 64, "bwd128");
     attention_case(gpu16, 1, 150, 4, 2, 64, "fwd128");
     attention_case(gpu16, 1, 300, 8, 1, 64, "fwd128");
     attention_case(gpu16, 1, 150, 4, 2, 64, "fwd64");
     attention_case(gpu16, 1, 300, 8, 1, 64, "fwd64");
+    /* the mma.sync 4x2 forward (the wgmma one is the default above); the backward with K/V fragments
+     * in registers (the default picks by grid size) */
+    attention_case(gpu16, 1, 150, 4, 2, 64, "fwdmma");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "fwdmma");
+    attention_case(gpu16, 2, 1024, 4, 1, 64, "fwdmma");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "bwd64");
+    attention_case(gpu16, 2, 1024, 4, 1, 64, "bwd64");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "fwdwg1");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "fwdwg1");
     set_det(1);
     attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
     attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
@@ -574,6 +593,10 @@ static void test_attention(void)
         attention_case(gpu16, 2, 300, 4, 2, 64, "fwd64");
         attention_case(gpu16, 2, 300, 4, 2, 64, "fwd128");
         attention_case(gpu16, 2, 300, 4, 2, 64, "lowreg");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "bwd128");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "fwdmma");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "bwd64");
+        attention_case(gpu16, 2, 300, 4, 2, 64, "fwdwg1");
     }
     unsetenv("ANVIL_ATTENTION_ORDER");
 }

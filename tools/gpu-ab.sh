@@ -53,8 +53,8 @@ if has gpt2; then
     bench gpt2_default "" $g
     bench gpt2_old "$OLD" $g
     bench gpt2_attn_bwd_2k "ANVIL_ATTENTION=flash2" $g
-    bench gpt2_attn_bwd_lowreg "ANVIL_ATTENTION_BWD=lowreg" $g
-    bench gpt2_attn_fwd_mt2 "ANVIL_ATTENTION_FWD=mt2" $g
+    bench gpt2_attn_bwd_64 "ANVIL_ATTENTION_BWD=64" $g
+    bench gpt2_attn_fwd_mma "ANVIL_ATTENTION_FWD=mma" $g
     bench gpt2_attn_fwd_128 "ANVIL_ATTENTION_FWD=128" $g
     bench gpt2_no_gelu_fusion "ANVIL_GELU_FUSION=0" $g
     bench gpt2_bgrad0 "ANVIL_BGRAD=0" $g
@@ -74,7 +74,7 @@ if has llama; then
     bench llama_old "$OLD" $l
     bench llama_attn_bwd_2k "ANVIL_ATTENTION=flash2" $l
     bench llama_attn_bwd_lowreg "ANVIL_ATTENTION_BWD=lowreg" $l
-    bench llama_attn_fwd_mt2 "ANVIL_ATTENTION_FWD=mt2" $l
+    bench llama_attn_fwd_mma "ANVIL_ATTENTION_FWD=mma" $l
     bench llama_deterministic "ANVIL_DETERMINISTIC=1" $l
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $l --steps 5 --profile \
         >"$OUT/llama_profile.log" 2>&1

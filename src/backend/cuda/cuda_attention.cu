@@ -2,11 +2,12 @@
  *
  * Two implementations:
  *  - flash (bf16, head_dim 64): FlashAttention-2 style tiles on the tensor
- *    cores (mma.sync m16n8k16, bf16 in, fp32 accumulate). Forward keeps the
- *    (T,T) scores in registers and saves only the row log-sum-exp. Backward is
- *    two kernels so that nothing is accumulated with atomics (deterministic):
- *    one owns a block of keys and sums dK, dV over every query (and every
- *    query head of its group), the other owns a block of queries and sums dQ.
+ *    cores, bf16 in, fp32 accumulate. Forward (default: Hopper wgmma, else
+ *    mma.sync m16n8k16) keeps the (T,T) scores in registers and saves only the
+ *    row log-sum-exp. Backward (mma.sync): by default one fused kernel per key
+ *    block that adds dQ with fp32 atomics; the deterministic mode's is two
+ *    kernels: one owns a block of keys and sums dK, dV over every query (and
+ *    every query head of its group), the other owns a block of queries and sums dQ.
  *  - simple (any element type, head_dim <= 256): one warp per query row,
  *    online softmax in fp32; the fp32 parity mode and other head sizes use it.
  *
@@ -891,7 +892,8 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
  * twice the rows, in two shapes: WARPS=8 warps of MT=1 m-tile (16 rows) each, or WARPS=4 warps of
  * MT=2 m-tiles (32 rows), which also reuses every B fragment read from shared memory for two
  * products. A warp skips the key tiles wholly above its rows (causal); the softmax scale is folded
- * into one multiply-add before exp2. 4x2 is the default; ANVIL_ATTENTION_FWD=128 selects 8x1
+ * into one multiply-add before exp2. ANVIL_ATTENTION_FWD=mma selects 4x2 (the default before the
+ * wgmma forward below), =128 8x1
  * (measured slower than v2 on the H100: 128 registers with spills), =64 the v2 forward. */
 
 /* rows r0 .. r0+nrows-1 of a strided matrix into a shared tile (row stride FA_LDS) through cp.async,
@@ -1083,6 +1085,198 @@ __global__ void __launch_bounds__(WARPS * 32, 2) flash3_fwd_kernel(bf16 *out, fl
         }
 }
 
+/* ================================================ flash, forward on wgmma (sm_90a)
+ * Hopper's warpgroup products: 2 warpgroups of 4 warps, 64 query rows each (128 per block), K/V
+ * tiles of 64 keys double-buffered through cp.async. Per tile and warpgroup, S (64 x 64) = Q K^T is
+ * 4 wgmma m64n64k16 with both operands read by the tensor cores from shared memory (Q and K tiles
+ * "K-major": head_dim contiguous), the online softmax runs on the accumulators in registers, and
+ * O += P V is 4 wgmma with P from registers (the accumulator layout of S is the A-fragment layout,
+ * as in FlashAttention-3) and V from shared memory ("MN-major": V's rows are the k dimension). Tiles
+ * are stored with the 128-byte swizzle (16-byte chunk j of row r at chunk j ^ (r % 8)), which the
+ * descriptors name, so the tensor cores read them without bank conflicts. */
+
+#define WG_ROWS 64                         /* query rows per warpgroup */
+#define WG_TILE_BYTES (FA_BLOCK * FA_D * 2) /* one 64 x 64 bf16 tile, 128-byte rows: 8 KB */
+/* dynamic shared memory of NWG warpgroups: Q (NWG x 64 rows), K[2], V[2], slack to align to 1024 bytes */
+#define WG_SMEM(NWG) ((NWG) * WG_TILE_BYTES + 4 * WG_TILE_BYTES + 1024)
+
+/* rows r0 .. r0+nrows-1 (FA_D = 64 columns: 128 bytes) into a 128-byte-swizzled tile through
+ * cp.async; rows at or past T are zero-filled */
+__device__ __forceinline__ void cp_async_sw128(unsigned dst, const bf16 *src, size_t stride, int r0, int nrows,
+                                               int T_, int nthreads)
+{
+    for (int i = threadIdx.x; i < nrows * 8; i += nthreads) {
+        int r = i / 8, j = i % 8;
+        bool ok = r0 + r < T_;
+        const bf16 *g = src + (size_t)(ok ? r0 + r : 0) * stride + j * 8;
+        unsigned sa = dst + r * 128 + ((j ^ (r & 7)) << 4);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sa), "l"(g), "r"(ok ? 16 : 0));
+    }
+}
+
+/* wgmma shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
+ * offsets (>> 4 each), swizzle mode 1 in bits 62-63. Tiles of 8-row groups 1024 bytes apart. */
+__device__ __forceinline__ uint64_t wg_desc(unsigned addr, unsigned lbo, unsigned sbo)
+{
+    return (uint64_t)((addr & 0x3FFFF) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFF) << 16) |
+           ((uint64_t)((sbo >> 4) & 0x3FFF) << 32) | ((uint64_t)1 << 62);
+}
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+#define WG_ACC32(d)                                                                                              \
+    "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]),     \
+        "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), \
+        "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), \
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), \
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define WG_D32                                                                                                   \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, " \
+    "%23, %24, %25, %26, %27, %28, %29, %30, %31}"
+
+/* d (64 x 64, accumulator layout: d[j][e] of n8 block j as mma.sync's C) += A (64 x 16, shared, K-major)
+ * @ B (16 x 64, shared, K-major: B's rows are the 64 output columns) */
+__device__ __forceinline__ void wgmma_ss(float (&d)[8][4], uint64_t da, uint64_t db)
+{
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_D32 ", %32, %33, 1, 1, 1, 0, 0;\n"
+                 : WG_ACC32(d)
+                 : "l"(da), "l"(db));
+}
+
+/* d += A (64 x 16, registers: mma.sync's A-fragment layout per warp) @ B (16 x 64, shared, MN-major) */
+__device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const u32 (&a)[4], uint64_t db)
+{
+    asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_D32
+                 ", {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+                 : WG_ACC32(d)
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+
+/* NWG warpgroups (NWG x 64 query rows) per block: 2 (two blocks per SM) or 1 (four per SM) */
+template <int NWG>
+__global__ void __launch_bounds__(NWG * 128, 4 / NWG) flash_wg_fwd_kernel(bf16 *out, float *lse, const bf16 *qkv,
+                                                                          int T_, int nh, int nkv, int zorder)
+{
+    const int THREADS_ = NWG * 128, ROWS = NWG * WG_ROWS;
+    extern __shared__ __align__(16) unsigned char wg_smem[];
+    unsigned sbase = ((unsigned)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
+    unsigned Qsa = sbase, Ksa = Qsa + NWG * WG_TILE_BYTES, Vsa = Ksa + 2 * WG_TILE_BYTES; /* K, V: [2] */
+    int tile, ntile, h, b;
+    flash_block(zorder, tile, ntile, h, b);
+    int qb = ntile - 1 - tile; /* the heaviest (last) query blocks first */
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int wg = warp / 4, wr = warp % 4; /* warpgroup; warp within it (its 16 rows of the 64) */
+    int kvh = h / (nh / nkv);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    const bf16 *qsrc = base + (size_t)h * FA_D, *ksrc = base + (size_t)(nh + kvh) * FA_D,
+               *vsrc = base + (size_t)(nh + nkv + kvh) * FA_D;
+    int q0 = qb * ROWS;
+    float c = LOG2E / sqrtf((float)FA_D); /* scores in the log2 domain */
+
+    cp_async_sw128(Qsa, qsrc, stride, q0, ROWS, T_, THREADS_);
+    cp_async_sw128(Ksa, ksrc, stride, 0, FA_BLOCK, T_, THREADS_);
+    cp_async_sw128(Vsa, vsrc, stride, 0, FA_BLOCK, T_, THREADS_);
+    cp_async_commit();
+
+    float o[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0}; /* m: raw (unscaled) running max */
+    int wrow0 = q0 + wg * WG_ROWS;                      /* this warpgroup's first row */
+    int row_a = wrow0 + wr * 16 + g, row_b = row_a + 8;  /* this thread's two rows */
+    int nkb = min(CEIL_DIV(q0 + ROWS, FA_BLOCK), CEIL_DIV(T_, FA_BLOCK));
+    uint64_t dq = wg_desc(Qsa + wg * WG_TILE_BYTES, 16, 1024);
+
+    for (int kb = 0; kb < nkb; kb++) {
+        int k0 = kb * FA_BLOCK, buf = kb & 1;
+        if (kb + 1 < nkb) { /* next tiles stream in while this one is used */
+            cp_async_sw128(Ksa + (buf ^ 1) * WG_TILE_BYTES, ksrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, THREADS_);
+            cp_async_sw128(Vsa + (buf ^ 1) * WG_TILE_BYTES, vsrc, stride, k0 + FA_BLOCK, FA_BLOCK, T_, THREADS_);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        /* cp.async wrote through the generic proxy; the tensor cores read through the async one */
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        __syncthreads();
+        if (k0 <= wrow0 + WG_ROWS - 1) { /* else every key of the tile is after this warpgroup's rows */
+            float s[8][4];
+#pragma unroll
+            for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0;
+            uint64_t dk = wg_desc(Ksa + buf * WG_TILE_BYTES, 16, 1024);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < FA_D / 16; kk++) wgmma_ss(s, dq + 2 * kk, dk + 2 * kk); /* +32 bytes per step */
+            wg_commit();
+            wg_wait0();
+            bool edge = k0 + FA_BLOCK - 1 > wrow0 || k0 + FA_BLOCK > T_;
+            float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
+                    if (edge && (key > qrow || key >= T_)) s[nt][e] = -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+                }
+            float alpha[2], mu[2];
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+                mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+                float mn = fmaxf(m[r], mx[r]);
+                mu[r] = mn == -INFINITY ? 0.0f : mn * c; /* a row with nothing visible yet stays at zero */
+                alpha[r] = exp2f(fmaf(m[r], c, -mu[r]));
+                m[r] = mn;
+                l[r] *= alpha[r];
+            }
+            u32 pa[4][4]; /* P in bf16 as the A fragments of the 4 k-steps (16 keys each) */
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                float p0 = exp2f(fmaf(s[nt][0], c, -mu[0])), p1 = exp2f(fmaf(s[nt][1], c, -mu[0]));
+                float p2 = exp2f(fmaf(s[nt][2], c, -mu[1])), p3 = exp2f(fmaf(s[nt][3], c, -mu[1]));
+                l[0] += p0 + p1;
+                l[1] += p2 + p3;
+                pa[nt / 2][(nt & 1) * 2] = pack_bf16(p0, p1);
+                pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16(p2, p3);
+            }
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                o[i][0] *= alpha[0];
+                o[i][1] *= alpha[0];
+                o[i][2] *= alpha[1];
+                o[i][3] *= alpha[1];
+            }
+            uint64_t dv = wg_desc(Vsa + buf * WG_TILE_BYTES, 1024, 1024);
+            wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < FA_BLOCK / 16; kk++) wgmma_rs(o, pa[kk], dv + 128 * kk); /* +2048 bytes: 16 keys */
+            wg_commit();
+            wg_wait0();
+        }
+        __syncthreads(); /* this buffer is refilled next iteration */
+    }
+    size_t ostride = (size_t)nh * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        int qrow = r ? row_b : row_a;
+        if (qrow >= T_) continue;
+        float inv = 1.0f / lr;
+        bf16 *orow = out + ((size_t)b * T_ + qrow) * ostride + (size_t)h * FA_D;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            *reinterpret_cast<u32 *>(orow + i * 8 + 2 * tq) = pack_bf16(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+        if (tq == 0) lse[((size_t)b * nh + h) * T_ + qrow] = m[r] * c * LN2 + logf(lr);
+    }
+}
+
 /* ================================================ flash, fused backward
  * The fast (default, non-deterministic) backward: one kernel per block of 64 keys of one kv
  * head, as FlashAttention-2. Besides dK and dV (as flash2_bwd_kv_kernel) it forms
@@ -1141,7 +1335,8 @@ __device__ __forceinline__ void load_a_frags_ldm(u32 (&f)[FA_D / 16][4], const b
 }
 
 /* LOWREG: K and V fragments are read from shared memory in every iteration instead of living in
- * registers (32 fewer), for 3 blocks per SM instead of 2 (ANVIL_ATTENTION_BWD=lowreg). */
+ * registers (32 fewer; 168 with a few spills), for 3 blocks per SM instead of 2: the default for
+ * grids of many waves (cu_attention_bwd). */
 template <bool LOWREG>
 __global__ void __launch_bounds__(FA_THREADS, LOWREG ? 3 : 2) flash_bwd_fused_kernel(bf16 *dqkv, float *dqacc,
                                                                                   const bf16 *dout, const float *lse,
@@ -1279,6 +1474,163 @@ __global__ void __launch_bounds__(FA_THREADS, LOWREG ? 3 : 2) flash_bwd_fused_ke
     }
 }
 
+/* ================================================ flash, fused backward over 128 keys
+ * The fused backward with 128 keys per block: 8 warps of 16 keys each (as above) share every Q/dO
+ * tile (64 queries) and the dQ product, so the fp32 dQ atomics (T^2 d / (2 x keys per block)
+ * floats per head) and the Q/dO/lse/D loads per FLOP are halved. dQ (64 queries x FA_D) = dS (64 x
+ * 128 keys) K (128 keys x FA_D) is split 4 (16 queries) x 2 (32 columns) over the warps. On the
+ * diagonal, warps whose keys all lie after the tile's queries skip their products, and dQ reads
+ * only the keys at or before the tile's last query. One block of 8 warps per SM (246 registers).
+ * ANVIL_ATTENTION_BWD=128 selects it: measured slower than the 64-key kernel on the H100 (GPT-2
+ * 2.08 vs 1.86 ms, llama-1b 2.26 vs 2.06 ms per layer; two blocks of 4 warps per SM overlap one
+ * block's barriers with the other's products, one block of 8 cannot). */
+
+#define FB_KEYS (2 * FA_BLOCK) /* keys per block */
+#define FB_WARPS (FB_KEYS / 16)
+#define FB_THREADS (FB_WARPS * 32)
+/* dynamic shared memory: K (128 rows), dS^T (128 keys x 64 queries), Q[2], dO[2] (64 rows), lse/D [2] */
+#define FB_SMEM (4 * FB_KEYS * FA_LDS * sizeof(bf16) + 4 * FA_BLOCK * sizeof(float))
+
+__global__ void __launch_bounds__(FB_THREADS, 1) flash_bwd_fused128_kernel(bf16 *dqkv, float *dqacc, const bf16 *dout,
+                                                                          const float *lse, const float *Dbuf,
+                                                                          const bf16 *qkv, int T_, int nh, int nkv,
+                                                                          int zorder)
+{
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    bf16 *Ks = reinterpret_cast<bf16 *>(fa_smem);    /* FB_KEYS rows: this block's keys, for dQ = dS K */
+    bf16 *dSs = Ks + FB_KEYS * FA_LDS;                /* FB_KEYS rows: dS^T (keys x queries) */
+    bf16 *Qs = dSs + FB_KEYS * FA_LDS;                /* [2] Q tiles of FA_BLOCK rows (V staged first) */
+    bf16 *Os = Qs + 2 * FA_TILE;                      /* [2] dO tiles */
+    float *lse_s = reinterpret_cast<float *>(Os + 2 * FA_TILE), *D_s = lse_s + 2 * FA_BLOCK; /* [2][FA_BLOCK] */
+    int kb, nkb, kvh, b; /* the heaviest (first) key blocks first */
+    flash_block(zorder, kb, nkb, kvh, b);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    int mi = lane / 8, r8 = lane % 8;
+    int group = nh / nkv, nqb = CEIL_DIV(T_, FA_BLOCK);
+    size_t stride = (size_t)(nh + 2 * nkv) * FA_D, ostride = (size_t)nh * FA_D;
+    const bf16 *base = qkv + (size_t)b * T_ * stride;
+    int k0 = kb * FB_KEYS;
+    float scale = 1.0f / sqrtf((float)FA_D), c = scale * LOG2E;
+
+    cp_async_rows(Ks, base + (size_t)(nh + kvh) * FA_D, stride, k0, FB_KEYS, T_, FB_THREADS);
+    cp_async_rows(Qs, base + (size_t)(nh + nkv + kvh) * FA_D, stride, k0, FB_KEYS, T_, FB_THREADS); /* V */
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 kf[FA_D / 16][4], vf[FA_D / 16][4];
+    load_a_frags(kf, Ks, warp * 16, g, tq);
+    load_a_frags(vf, Qs, warp * 16, g, tq);
+    __syncthreads(); /* Qs is refilled below */
+
+    /* iterations: every (query head of the group, query block of 64 at or after k0) */
+    int qb0 = k0 / FA_BLOCK, nq = nqb - qb0, nit = group * nq;
+    auto issue = [&](int it, int buf) {
+        int h = kvh * group + it / nq, q0 = (qb0 + it % nq) * FA_BLOCK;
+        cp_async_rows(Qs + buf * FA_TILE, base + (size_t)h * FA_D, stride, q0, FA_BLOCK, T_, FB_THREADS);
+        cp_async_rows(Os + buf * FA_TILE, dout + (size_t)b * T_ * ostride + (size_t)h * FA_D, ostride, q0,
+                      FA_BLOCK, T_, FB_THREADS);
+        cp_async_commit();
+        const float *lse_h = lse + ((size_t)b * nh + h) * T_, *D_h = Dbuf + ((size_t)b * nh + h) * T_;
+        for (int i = threadIdx.x; i < FA_BLOCK; i += FB_THREADS) {
+            bool ok = q0 + i < T_;
+            lse_s[buf * FA_BLOCK + i] = ok ? lse_h[q0 + i] * LOG2E : 0.0f;
+            D_s[buf * FA_BLOCK + i] = ok ? D_h[q0 + i] : 0.0f;
+        }
+    };
+
+    float dk[FA_D / 8][4], dv[FA_D / 8][4];
+#pragma unroll
+    for (int i = 0; i < FA_D / 8; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0;
+    int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
+    int qw = warp & 3, cw = warp >> 2; /* dQ: this warp's 16 queries and 32 columns */
+
+    issue(0, 0);
+    for (int it = 0; it < nit; it++) {
+        int buf = it & 1, h = kvh * group + it / nq, q0 = (qb0 + it % nq) * FA_BLOCK;
+        const bf16 *Qb = Qs + buf * FA_TILE, *Ob = Os + buf * FA_TILE;
+        const float *lse_b = lse_s + buf * FA_BLOCK, *D_b = D_s + buf * FA_BLOCK;
+        if (it + 1 < nit) {
+            issue(it + 1, buf ^ 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads(); /* tiles of this iteration are in; every warp is done with the last dS^T */
+        /* key steps of 16 at or before the tile's last query: warps at or past it see only zeros */
+        int kend = min(FB_WARPS, (q0 + FA_BLOCK - k0) / 16);
+        if (warp < kend) {
+            float p[8][4], dp[8][4];
+            mma_a_tileT_ldm(p, kf, Qb, lane); /* S^T (16 keys x 64 queries) */
+            mma_a_tileT_ldm(dp, vf, Ob, lane); /* dP^T */
+            bool edge = q0 < k0 + FB_KEYS || q0 + FA_BLOCK > T_;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
+                    float pv = (edge && (key > q || q >= T_)) ? 0.0f : exp2f(p[nt][e] * c - lse_b[qi]);
+                    p[nt][e] = pv;
+                    dp[nt][e] = pv * (dp[nt][e] - D_b[qi]); /* dS^T */
+                }
+            mma_p_tile(dv, p, Ob, lane);
+            mma_p_tile(dk, dp, Qb, lane);
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                    *reinterpret_cast<u32 *>(dSs + (warp * 16 + g + 8 * r) * FA_LDS + nt * 8 + 2 * tq) =
+                        pack_bf16(dp[nt][2 * r], dp[nt][2 * r + 1]);
+        }
+        __syncthreads(); /* dS^T complete; also every warp is done with Qb, Ob (refilled next) */
+        /* dQ rows qw*16.., columns cw*32.. (16 x 32) = dS (16 queries x keys) @ K (keys x 32). The A
+         * fragments are dS^T read transposed: matrix mi covers queries +(mi&1)*8, keys +(mi>>1)*8. */
+        float dq[4][4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0;
+#pragma unroll
+        for (int kk = 0; kk < FB_WARPS; kk++) {
+            if (kk < kend) {
+                u32 a[4];
+                ldmatrix_x4_trans(a, dSs + (kk * 16 + (mi >> 1) * 8 + r8) * FA_LDS + qw * 16 + (mi & 1) * 8);
+#pragma unroll
+                for (int dt = 0; dt < 2; dt++) {
+                    u32 bq[4];
+                    ldmatrix_x4_trans(bq, Ks + (kk * 16 + (mi & 1) * 8 + r8) * FA_LDS + cw * 32 + dt * 16 +
+                                              (mi >> 1) * 8);
+                    mma_bf16(dq[2 * dt], a, bq[0], bq[1]);
+                    mma_bf16(dq[2 * dt + 1], a, bq[2], bq[3]);
+                }
+            }
+        }
+        float *dqh = dqacc + ((size_t)b * nh + h) * T_ * FA_D;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int q = q0 + qw * 16 + g + 8 * r;
+            if (q >= T_) continue;
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                atomicAdd(reinterpret_cast<float2 *>(dqh + (size_t)q * FA_D + cw * 32 + i * 8 + 2 * tq),
+                          make_float2(dq[i][2 * r], dq[i][2 * r + 1]));
+        }
+    }
+    bf16 *dkbase = dqkv + (size_t)b * T_ * stride + (size_t)(nh + kvh) * FA_D;
+    bf16 *dvbase = dkbase + (size_t)nkv * FA_D;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int key = r ? key_b : key_a;
+        if (key >= T_) continue;
+#pragma unroll
+        for (int i = 0; i < FA_D / 8; i++) {
+            *reinterpret_cast<u32 *>(dkbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dk[i][2 * r] * scale, dk[i][2 * r + 1] * scale);
+            *reinterpret_cast<u32 *>(dvbase + (size_t)key * stride + i * 8 + 2 * tq) =
+                pack_bf16(dv[i][2 * r], dv[i][2 * r + 1]);
+        }
+    }
+}
+
 /* ============================================================== dispatch */
 
 /* 0: simple kernels, 1: flash v1, 2: flash v2 (two-kernel backward), 3: flash v2 forward with the
@@ -1320,6 +1672,7 @@ static dim3 flash_grid(int zorder, int ntile, int heads, int B)
 #define FA3_FWD_PER_SM 2
 #define FA_BWD_KV_PER_SM 2
 #define FA_BWD_Q_PER_SM 3
+#define FB_PER_SM 1
 
 template <typename T>
 void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int nh, int nkv, int hd)
@@ -1329,7 +1682,8 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
     int v = flash_version<T>(hd, qkv);
     const bf16 *q = (const bf16 *)qkv;
     if (v >= 2) {
-        /* default: 4 warps x 2 m-tiles (128 rows); ANVIL_ATTENTION_FWD=64: v2 (64 rows); =128: 8 warps x 1 */
+        /* default: wgmma, 2 warpgroups (128 rows); ANVIL_ATTENTION_FWD=wgmma1: 1 warpgroup; =mma: mma.sync 4 warps
+         * x 2 m-tiles (128 rows); =64: v2 (64 rows); =128: mma.sync 8 warps x 1 */
         const char *e = getenv("ANVIL_ATTENTION_FWD");
         if (e && !strcmp(e, "64")) {
             int nt = CEIL_DIV(T_, FA_BLOCK), z = flash_zorder((size_t)nt * nh * B, FA2_FWD_PER_SM);
@@ -1337,10 +1691,23 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
                                                                                        nkv, z);
         } else {
             int nt = CEIL_DIV(T_, 2 * FA_BLOCK), z = flash_zorder((size_t)nt * nh * B, FA3_FWD_PER_SM);
-            if (e && !strcmp(e, "128"))
+            if (!e || !strcmp(e, "wgmma")) {
+                static bool smem_set = false;
+                if (!smem_set) { /* over the 48 KB a block gets without asking */
+                    CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel<2>,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)WG_SMEM(2)));
+                    smem_set = true;
+                }
+                flash_wg_fwd_kernel<2><<<flash_grid(z, nt, nh, B), 256, WG_SMEM(2), g_cu.stream>>>((bf16 *)out, lse, q,
+                                                                                                 T_, nh, nkv, z);
+            } else if (e && !strcmp(e, "wgmma1")) { /* one warpgroup (64 rows) per block, 4 blocks per SM */
+                int nt1 = CEIL_DIV(T_, WG_ROWS), z1 = flash_zorder((size_t)nt1 * nh * B, 4);
+                flash_wg_fwd_kernel<1><<<flash_grid(z1, nt1, nh, B), 128, WG_SMEM(1), g_cu.stream>>>(
+                    (bf16 *)out, lse, q, T_, nh, nkv, z1);
+            } else if (!strcmp(e, "128"))
                 flash3_fwd_kernel<8, 1><<<flash_grid(z, nt, nh, B), 256, 0, g_cu.stream>>>((bf16 *)out, lse, q, T_, nh,
                                                                                            nkv, z);
-            else
+            else /* "mma" (or any other value) */
                 flash3_fwd_kernel<4, 2><<<flash_grid(z, nt, nh, B), 128, 0, g_cu.stream>>>((bf16 *)out, lse, q, T_, nh,
                                                                                            nkv, z);
         }
@@ -1380,17 +1747,30 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
                                             (int)FA_FUSED_SMEM));
             CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             (int)FA_FUSED_SMEM_LOWREG));
+            CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_fused128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)FB_SMEM));
             smem_set = true;
         }
-        int z = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
-        dim3 grid = flash_grid(z, nt, nkv, B);
+        /* default: 64 keys per block, K/V fragments from shared memory (lowreg, 3 blocks per SM) for grids of
+         * many waves (x order) and from registers (2 per SM) for few (z order): measured 2-3% faster on
+         * GPT-2's grid, 3-4% slower on llama-1b's. ANVIL_ATTENTION_BWD=64: registers always, =lowreg:
+         * shared always, =128: 128 keys per block */
         const char *e = getenv("ANVIL_ATTENTION_BWD");
-        if (e && !strcmp(e, "lowreg"))
-            flash_bwd_fused_kernel<true><<<grid, FA_THREADS, FA_FUSED_SMEM_LOWREG, g_cu.stream>>>(
+        if (!e || strcmp(e, "128")) {
+            int z = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
+            dim3 grid = flash_grid(z, nt, nkv, B);
+            bool lowreg = e ? !strcmp(e, "lowreg") : !z;
+            if (lowreg)
+                flash_bwd_fused_kernel<true><<<grid, FA_THREADS, FA_FUSED_SMEM_LOWREG, g_cu.stream>>>(
+                    (bf16 *)dqkv, dqacc, d, lse, Dbuf, q, T_, nh, nkv, z);
+            else
+                flash_bwd_fused_kernel<false><<<grid, FA_THREADS, FA_FUSED_SMEM, g_cu.stream>>>(
+                    (bf16 *)dqkv, dqacc, d, lse, Dbuf, q, T_, nh, nkv, z);
+        } else {
+            int nt128 = CEIL_DIV(T_, FB_KEYS), z = flash_zorder((size_t)nt128 * nkv * B, FB_PER_SM);
+            flash_bwd_fused128_kernel<<<flash_grid(z, nt128, nkv, B), FB_THREADS, FB_SMEM, g_cu.stream>>>(
                 (bf16 *)dqkv, dqacc, d, lse, Dbuf, q, T_, nh, nkv, z);
-        else
-            flash_bwd_fused_kernel<false><<<grid, FA_THREADS, FA_FUSED_SMEM, g_cu.stream>>>(
-                (bf16 *)dqkv, dqacc, d, lse, Dbuf, q, T_, nh, nkv, z);
+        }
         CUDA_CHECK_LAUNCH();
         size_t n8 = rows * (FA_D / 8);
         flash_dq_convert_kernel<<<grid_for(n8, 256), 256, 0, g_cu.stream>>>((bf16 *)dqkv, dqacc, B, T_, nh, nkv,

@@ -120,6 +120,7 @@ extern "C" void cuda_mem_stats(size_t *in_use, size_t *peak, size_t *dev_free, s
 
 extern "C" void cuda_mem_reset_peak(void) { g_cu.peak = g_cu.in_use; }
 extern "C" const char *cuda_device_name(void) { return g_device_name; }
+extern "C" void *cuda_stream(void) { return (void *)g_cu.stream; }
 
 static void *cu_alloc(size_t bytes)
 {

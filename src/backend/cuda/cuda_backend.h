@@ -17,6 +17,8 @@ void cuda_mem_stats(size_t *in_use, size_t *peak, size_t *dev_free, size_t *dev_
 void cuda_mem_reset_peak(void);
 /* The device's name, e.g. "NVIDIA H100 80GB HBM3" ("" before init). */
 const char *cuda_device_name(void);
+/* The stream every op runs on (a cudaStream_t), for timing ops with events (tests/bench_attention.c). */
+void *cuda_stream(void);
 
 /* Per-op timing (events around every op of the table). enable(1) starts
  * collecting, print() writes "op  calls  ms/step  share" sorted by time over

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# gpu-attn.sh - the attention kernels alone, on a GPU machine: parity (test_cuda's attention tests,
+# every variant) and the micro-benchmark (tests/bench_attention.c: forward, backward, TFLOP/s at the
+# GPT-2 and llama-1b training shapes) for each kernel variant, beside PyTorch's SDPA (flash and cuDNN
+# backends, tools/bench_attention_torch.py) in the same run. A short table is printed last.
+#
+#   bash tools/gpu-attn.sh [VARIANT...]     VARIANT = label:ENV=VALUE[,ENV=VALUE]  (default: the list below)
+#   PARITY=0  skips the parity tests;  STEPS=1  adds whole training steps (anvil bench, GPT-2 124M B=64
+#             T=1024 and llama-1b B=8 T=2048) with the previous round's kernels and with the defaults
+#
+# Run from the staged tree (tools/gpu-stage.sh). Logs and the table: $OUT (default gpu-attn-out/).
+set -u
+cd "$(dirname "$0")/.."
+[ -f payload.tgz ] && [ ! -e anvil ] && tar xzf payload.tgz # binaries + libraries (tools/gpu-stage.sh)
+OUT=${OUT:-gpu-attn-out}
+mkdir -p "$OUT"
+TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
+BENCH=${BENCH:-build/tests/bench_attention}
+export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
+if ldd "$BENCH" | grep -q "not found"; then
+    for lib in $(ldd "$BENCH" | awk '/not found/{print $1}'); do
+        hit=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
+        [ -n "$hit" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$hit")"
+    done
+fi
+TABLE="$OUT/attn_table.md"
+: >"$TABLE"
+# the previous round's kernels (mma.sync 4x2 forward, fused backward with K/V in registers), then this round's
+variants=${*:-"before:ANVIL_ATTENTION_FWD=mma,ANVIL_ATTENTION_BWD=64 default: fwd-wgmma1:ANVIL_ATTENTION_FWD=wgmma1 bwd-lowreg:ANVIL_ATTENTION_BWD=lowreg bwd-regs:ANVIL_ATTENTION_BWD=64 bwd-128:ANVIL_ATTENTION_BWD=128 two-kernel:ANVIL_DETERMINISTIC=1"}
+
+if [ "${PARITY:-1}" = 1 ]; then # PARITY=0 skips it (when gpu-check's test_cuda runs in the same call)
+    echo "== attention parity (test_cuda, ANVIL_TEST_ONLY=attention)"
+    ANVIL_TEST_ONLY=attention timeout 300 "$TEST_CUDA" >"$OUT/test_attention.log" 2>&1
+    echo "rc $?"
+    grep -E "FAIL" "$OUT/test_attention.log" | head -20
+    echo "| parity | test_cuda attention: $(tail -1 "$OUT/test_attention.log") |" >>"$TABLE"
+fi
+
+echo "== micro-benchmark (median of 20; bwd FLOPs = 2.5 x fwd, causal half)"
+for v in $variants; do
+    label=${v%%:*}
+    envs=$(echo "${v#*:}" | tr ',' ' ')
+    env $envs BENCH_LABEL="$label" timeout 120 "$BENCH" 20 2>&1 | tee -a "$OUT/bench_attention.log" |
+        grep -E "^\|" >>"$TABLE"
+done
+if [ "${STEPS:-0}" = 1 ]; then
+    echo "== training steps: previous kernels vs defaults"
+    for m in "gpt2-124m --batch 64 --seq 1024" "llama-1b --batch 8 --seq 2048"; do
+        for v in "before:ANVIL_ATTENTION_FWD=mma,ANVIL_ATTENTION_BWD=64" "default:"; do
+            label=${v%%:*}
+            envs=$(echo "${v#*:}" | tr ',' ' ')
+            row=$(env $envs timeout 120 ./anvil bench --device cuda --steps 10 --warmup 3 --ceiling-size 0 --model $m \
+                2>&1 | tee -a "$OUT/steps.log" | grep -E "^\| anvil \|" | tail -1 | awk -F'|' '{print $3 "|" $8 "|" $9 "|" $11}')
+            echo "| step $label | ${row:- failed} |" | tee -a "$TABLE"
+        done
+    done
+fi
+echo "== PyTorch SDPA"
+PYTHONUNBUFFERED=1 timeout 200 python3 tools/bench_attention_torch.py --reps 20 2>&1 | tee "$OUT/torch_attention.log" |
+    grep -E "^\|" >>"$TABLE"
+echo
+echo "== attention table: impl | shape | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | fwd+bwd ms"
+cat "$TABLE"
