@@ -59,8 +59,10 @@ static float time_op(const Backend *be, int which, int reps, void *o, float *l, 
     float *ms = xmalloc(sizeof(float) * reps);
     for (int i = -WARMUP; i < reps; i++) {
         check(cudaEventRecord(e0, st), "record");
-        if (which == 0) be->attention_fwd(o, l, q, s->B, s->T, s->nh, s->nkv, HD);
-        else be->attention_bwd(dq, d, o, l, q, s->B, s->T, s->nh, s->nkv, HD);
+        if (which == 0)
+            be->attention_fwd(o, l, q, s->B, s->T, s->nh, s->nkv, HD);
+        else
+            be->attention_bwd(dq, d, o, l, q, s->B, s->T, s->nh, s->nkv, HD);
         check(cudaEventRecord(e1, st), "record");
         check(cudaEventSynchronize(e1), "sync");
         float t;
@@ -103,8 +105,8 @@ int main(int argc, char **argv)
         float tf = time_op(be, 0, reps, o, l, dq, d, q, s);
         float tb = time_op(be, 1, reps, o, l, dq, d, q, s);
         double fwd_flop = 4.0 * s->B * s->nh * (double)s->T * s->T * HD / 2;
-        printf("| %s | %s | %.3f | %.1f | %.3f | %.1f | %.3f |\n", label, s->name, tf, fwd_flop / tf * 1e-9, tb,
-               2.5 * fwd_flop / tb * 1e-9, tf + tb);
+        printf("| %s | %s | %.3f | %.1f | %.3f | %.1f | %.3f |\n", label, s->name, tf, fwd_flop / tf * 1e-9,
+               tb, 2.5 * fwd_flop / tb * 1e-9, tf + tb);
         fflush(stdout);
         be->free(q), be->free(dq), be->free(d), be->free(o), be->free(l);
         free(h);

@@ -43,6 +43,9 @@ for v in $variants; do
     env $envs BENCH_LABEL="$label" timeout 120 "$BENCH" 20 2>&1 | tee -a "$OUT/bench_attention.log" |
         grep -E "^\|" >>"$TABLE"
 done
+echo "== PyTorch SDPA"
+PYTHONUNBUFFERED=1 timeout 200 python3 tools/bench_attention_torch.py --reps 20 2>&1 | tee "$OUT/torch_attention.log" |
+    grep -E "^\|" >>"$TABLE"
 if [ "${STEPS:-0}" = 1 ]; then
     echo "== training steps: previous kernels vs defaults"
     for m in "gpt2-124m --batch 64 --seq 1024" "llama-1b --batch 8 --seq 2048"; do
@@ -55,9 +58,6 @@ if [ "${STEPS:-0}" = 1 ]; then
         done
     done
 fi
-echo "== PyTorch SDPA"
-PYTHONUNBUFFERED=1 timeout 200 python3 tools/bench_attention_torch.py --reps 20 2>&1 | tee "$OUT/torch_attention.log" |
-    grep -E "^\|" >>"$TABLE"
 echo
 echo "== attention table: impl | shape | fwd ms | fwd TFLOP/s | bwd ms | bwd TFLOP/s | fwd+bwd ms"
 cat "$TABLE"
