@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "backend/backend.h"
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -76,16 +77,6 @@ static void usage(FILE *f)
             model_preset_names());
 }
 
-static int parse_int(const char *flag, const char *v, int lo, int *out)
-{
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (*v == 0 || *end || x < lo || x > 1 << 30)
-        return err_set("bench: %s: expected an integer >= %d, got \"%s\"", flag, lo, v);
-    *out = (int)x;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, BenchArgs *a)
 {
     memset(a, 0, sizeof(*a));
@@ -113,19 +104,19 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--data")) a->data = v;
-        else if (!strcmp(f, "--print-every")) rc = parse_int(f, v, 1, &a->print_every);
-        else if (!strcmp(f, "--lr-warmup")) rc = parse_int(f, v, 0, &a->lr_warmup);
+        else if (!strcmp(f, "--print-every")) rc = cli_int(f, v, 1, &a->print_every);
+        else if (!strcmp(f, "--lr-warmup")) rc = cli_int(f, v, 0, &a->lr_warmup);
         else if (!strcmp(f, "--lr")) {
             char *end;
             a->lr = strtof(v, &end);
             if (*end || !(a->lr > 0)) rc = err_set("bench: --lr: expected a positive number, got \"%s\"", v);
         }
-        else if (!strcmp(f, "--batch")) rc = parse_int(f, v, 1, &a->B);
-        else if (!strcmp(f, "--seq")) rc = parse_int(f, v, 1, &a->T);
-        else if (!strcmp(f, "--steps")) rc = parse_int(f, v, 1, &a->steps);
-        else if (!strcmp(f, "--warmup")) rc = parse_int(f, v, 0, &a->warmup);
-        else if (!strcmp(f, "--recompute")) rc = parse_int(f, v, 0, &a->recompute);
-        else if (!strcmp(f, "--ceiling-size")) rc = parse_int(f, v, 0, &a->ceiling_n);
+        else if (!strcmp(f, "--batch")) rc = cli_int(f, v, 1, &a->B);
+        else if (!strcmp(f, "--seq")) rc = cli_int(f, v, 1, &a->T);
+        else if (!strcmp(f, "--steps")) rc = cli_int(f, v, 1, &a->steps);
+        else if (!strcmp(f, "--warmup")) rc = cli_int(f, v, 0, &a->warmup);
+        else if (!strcmp(f, "--recompute")) rc = cli_int(f, v, 0, &a->recompute);
+        else if (!strcmp(f, "--ceiling-size")) rc = cli_int(f, v, 0, &a->ceiling_n);
         else return err_set("bench: unknown option \"%s\" (try --help)", f);
         if (rc) return -1;
     }

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "core/error.h"
 #include "data/shard.h"
@@ -49,16 +50,6 @@ typedef struct {
     int ctx, stride, batch, limit, skip_bad, no_bos, json;
 } EvalArgs;
 
-static int parse_int(const char *flag, const char *v, int lo, int *out)
-{
-    char *end;
-    long x = strtol(v, &end, 10);
-    if (!*v || *end || x < lo || x > 1000000000)
-        return err_set("%s: expected an integer >= %d, got \"%s\"", flag, lo, v);
-    *out = (int)x;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, EvalArgs *a)
 {
     for (int i = 2; i < argc; i++) {
@@ -82,13 +73,13 @@ static int parse_args(int argc, char **argv, EvalArgs *a)
         else if (!strcmp(f, "--task"))
             a->task = argv[++i];
         else if (!strcmp(f, "--ctx")) {
-            if (parse_int(f, argv[++i], 2, &a->ctx)) return -1;
+            if (cli_int(f, argv[++i], 2, &a->ctx)) return -1;
         } else if (!strcmp(f, "--stride")) {
-            if (parse_int(f, argv[++i], 1, &a->stride)) return -1;
+            if (cli_int(f, argv[++i], 1, &a->stride)) return -1;
         } else if (!strcmp(f, "--batch")) {
-            if (parse_int(f, argv[++i], 1, &a->batch)) return -1;
+            if (cli_int(f, argv[++i], 1, &a->batch)) return -1;
         } else if (!strcmp(f, "--limit")) {
-            if (parse_int(f, argv[++i], 0, &a->limit)) return -1;
+            if (cli_int(f, argv[++i], 0, &a->limit)) return -1;
         } else
             return err_set("%s: unknown option (see anvil eval --help)", f);
     }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "core/error.h"
 #include "data/tokenizer.h"
@@ -46,16 +47,6 @@ typedef struct {
     uint64_t seed;
 } GenArgs;
 
-static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
-{
-    char *end;
-    double x = strtod(v, &end);
-    if (!*v || *end || !(x >= lo && x <= hi))
-        return err_set("%s: expected a number in [%g, %g], got \"%s\"", flag, lo, hi, v);
-    *out = x;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, GenArgs *a)
 {
     double x = 0;
@@ -86,22 +77,22 @@ static int parse_args(int argc, char **argv, GenArgs *a)
             if (!*argv[i + 1]) return err_set("--stop: the stop string is empty");
             a->stops[a->n_stops++] = argv[++i];
         } else if (!strcmp(f, "--max-tokens")) {
-            if (parse_num(f, argv[++i], 0, 1e9, &x)) return -1;
+            if (cli_num(f, argv[++i], 0, 1e9, &x)) return -1;
             a->max_tokens = (int)x;
         } else if (!strcmp(f, "--temperature")) {
-            if (parse_num(f, argv[++i], 0, 1e6, &x)) return -1;
+            if (cli_num(f, argv[++i], 0, 1e6, &x)) return -1;
             a->temperature = (float)x;
         } else if (!strcmp(f, "--top-k")) {
-            if (parse_num(f, argv[++i], 0, 1e9, &x)) return -1;
+            if (cli_num(f, argv[++i], 0, 1e9, &x)) return -1;
             a->top_k = (int)x;
         } else if (!strcmp(f, "--top-p")) {
-            if (parse_num(f, argv[++i], 1e-9, 1, &x)) return -1;
+            if (cli_num(f, argv[++i], 1e-9, 1, &x)) return -1;
             a->top_p = (float)x;
         } else if (!strcmp(f, "--seed")) {
-            if (parse_num(f, argv[++i], 0, 1.8e19, &x)) return -1;
+            if (cli_num(f, argv[++i], 0, 1.8e19, &x)) return -1;
             a->seed = strtoull(argv[i], NULL, 10);
         } else if (!strcmp(f, "--batch")) {
-            if (parse_num(f, argv[++i], 1, 1e6, &x)) return -1;
+            if (cli_num(f, argv[++i], 1, 1e6, &x)) return -1;
             a->batch = (int)x;
         } else
             return err_set("%s: unknown option (see anvil generate --help)", f);
