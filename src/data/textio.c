@@ -11,6 +11,7 @@
 #include <zlib.h>
 
 #include "core/error.h"
+#include "io/fsutil.h"
 #include "data/utf8.h"
 
 #define READ_CHUNK (1 << 20)
@@ -100,27 +101,7 @@ int text_write_file_atomic(const char *path, const void *data, size_t len)
 {
     struct stat st;
     if (!stat(path, &st) && !S_ISREG(st.st_mode)) return write_special(path, data, len);
-    size_t pl = strlen(path);
-    char *tmp = xmalloc(pl + 32);
-    snprintf(tmp, pl + 32, "%s.tmp.%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        err_set("%s: %s", path, strerror(errno));
-        free(tmp);
-        return -1;
-    }
-    int ok = fwrite(data, 1, len, f) == len;
-    ok &= fflush(f) == 0;
-    ok &= fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path)) {
-        int e = errno;
-        unlink(tmp);
-        free(tmp);
-        return err_set("%s: write failed: %s", path, strerror(e));
-    }
-    free(tmp);
-    return 0;
+    return fs_write_atomic(path, data, len);
 }
 
 size_t text_utf8_check(const char *s, size_t n)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "io/fsutil.h"
 #include "data/tok_internal.h"
 #include "data/tokenizer.h"
 
@@ -586,21 +587,10 @@ int32_t tokenizer_token_to_id(const Tokenizer *t, const char *s, size_t len)
 
 static int write_file_atomic(const char *dir, const char *name, const char *data, size_t len)
 {
-    char path[4096], tmp[4200];
-    snprintf(path, sizeof(path), "%s/%s", dir, name);
-    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp.%d", dir, name, (int)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) return err_set("%s: %s", tmp, strerror(errno));
-    int ok = fwrite(data, 1, len, f) == len;
-    ok &= fflush(f) == 0;
-    ok &= fsync(fileno(f)) == 0;
-    ok &= fclose(f) == 0;
-    if (!ok || rename(tmp, path)) {
-        int e = errno;
-        unlink(tmp);
-        return err_set("%s: write failed: %s", path, strerror(e));
-    }
-    return 0;
+    char *path = fs_join(dir, name);
+    int rc = fs_write_atomic(path, data, len);
+    free(path);
+    return rc;
 }
 
 int tokenizer_save(const Tokenizer *t, const char *dir)
