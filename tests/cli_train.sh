@@ -66,7 +66,7 @@ expect_fail init-clash "model.d_model: cannot be combined with model.init" train
     --set model.init=tests/fixtures/gpt2/model
 expect_fail bad-device "device|unknown device \"tpu\"" train "$tmp/byte.yaml" --set device=tpu
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
-    expect_fail no-gpu "device|no CUDA GPU|use device: cpu" train "$tmp/byte.yaml" --set device=cuda
+    expect_fail no-gpu "device: |use device: cpu" train "$tmp/byte.yaml" --set device=cuda
 fi
 expect_fail resume-nothing "no checkpoint" train "$tmp/byte.yaml" --resume "$tmp"
 
