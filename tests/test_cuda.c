@@ -17,6 +17,9 @@
 #include "core/rng.h"
 #include "model/model.h"
 #include "test.h"
+#ifdef ANVIL_CUDA
+#include "backend/cuda/cuda_cudnn.h"
+#endif
 
 /* Tolerances on max|gpu - cpu| / max|cpu| (rel_err_max). */
 #define TOL_F32 1e-5      /* fp32 ops: summation order only */
@@ -514,6 +517,7 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
     else if (impl && !strcmp(impl, "bwd64")) setenv("ANVIL_ATTENTION_BWD", "64", 1);
     else if (impl && !strcmp(impl, "fwdwg1")) setenv("ANVIL_ATTENTION_FWD", "wgmma1", 1);
     else if (impl) setenv("ANVIL_ATTENTION", impl, 1);
+    if (!impl) setenv("ANVIL_ATTENTION", "anvil", 1); /* our default kernels, not cuDNN's */
     run_attention(be, &go, &gl, &gd, qkv, dout, B, T, nh, nkv, hd);
     unsetenv("ANVIL_ATTENTION");
     unsetenv("ANVIL_ATTENTION_BWD");
@@ -599,6 +603,22 @@ static void test_attention(void)
         attention_case(gpu16, 2, 300, 4, 2, 64, "fwdwg1");
     }
     unsetenv("ANVIL_ATTENTION_ORDER");
+    /* cuDNN's fused attention (cuda_cudnn.cu), where the library is there: partial tiles, MHA, GQA,
+     * MQA, head sizes 64 and 128; its lse is checked against ours above through the CPU's */
+#ifdef ANVIL_CUDA
+    if (!cudnn_attention_available()) {
+        printf("SKIP cudnn attention: %s\n", cudnn_attention_info());
+        return;
+    }
+    attention_case(gpu16, 1, 150, 4, 2, 64, "cudnn");
+    attention_case(gpu16, 2, 64, 2, 2, 64, "cudnn");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "cudnn");
+    attention_case(gpu16, 2, 1024, 4, 1, 64, "cudnn");
+    attention_case(gpu16, 2, 256, 4, 4, 128, "cudnn");
+    attention_case(gpu16, 1, 200, 6, 2, 128, "cudnn");
+    attention_case(gpu16, 1, 96, 2, 1, 32, "cudnn");
+    printf("cudnn attention: %s\n", cudnn_attention_info());
+#endif
 }
 
 static void test_adamw(void)

@@ -21,7 +21,7 @@ ANVIL=${ANVIL:-./anvil}
 TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
 sections=${*:-test gpt2 llama torch}
 has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
-export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
+. tools/gpu-env.sh # library paths, cuDNN included
 TABLE="$OUT/table.md"
 : >"$TABLE"
 

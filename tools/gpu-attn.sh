@@ -6,7 +6,7 @@
 #
 #   bash tools/gpu-attn.sh [VARIANT...]     VARIANT = label:ENV=VALUE[,ENV=VALUE]  (default: the list below)
 #   PARITY=0  skips the parity tests;  STEPS=1  adds whole training steps (anvil bench, GPT-2 124M B=64
-#             T=1024 and llama-1b B=8 T=2048) with the previous round's kernels and with the defaults
+#             T=1024 and llama-1b B=8 T=2048) with our attention kernels and with cuDNN's
 #
 # Run from the staged tree (tools/gpu-stage.sh). Logs and the table: $OUT (default gpu-attn-out/).
 set -u
@@ -16,17 +16,13 @@ OUT=${OUT:-gpu-attn-out}
 mkdir -p "$OUT"
 TEST_CUDA=${TEST_CUDA:-build/tests/test_cuda}
 BENCH=${BENCH:-build/tests/bench_attention}
-export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
-if ldd "$BENCH" | grep -q "not found"; then
-    for lib in $(ldd "$BENCH" | awk '/not found/{print $1}'); do
-        hit=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
-        [ -n "$hit" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$hit")"
-    done
-fi
+. tools/gpu-env.sh # library paths, cuDNN included
 TABLE="$OUT/attn_table.md"
 : >"$TABLE"
-# the previous round's kernels (mma.sync 4x2 forward, fused backward with K/V in registers), then this round's
-variants=${*:-"before:ANVIL_ATTENTION_FWD=mma,ANVIL_ATTENTION_BWD=64 default: fwd-wgmma1:ANVIL_ATTENTION_FWD=wgmma1 bwd-lowreg:ANVIL_ATTENTION_BWD=lowreg bwd-regs:ANVIL_ATTENTION_BWD=64 bwd-128:ANVIL_ATTENTION_BWD=128 two-kernel:ANVIL_DETERMINISTIC=1"}
+# our kernels (default choice among them), cuDNN's fused attention (cuda_cudnn.cu), our two-kernel
+# deterministic backward; the other variants of ours by name, e.g.
+#   bwd-lowreg:ANVIL_ATTENTION_BWD=lowreg bwd-128:ANVIL_ATTENTION_BWD=128 fwd-mma:ANVIL_ATTENTION_FWD=mma
+variants=${*:-"anvil:ANVIL_ATTENTION=anvil cudnn:ANVIL_ATTENTION=cudnn two-kernel:ANVIL_DETERMINISTIC=1"}
 
 if [ "${PARITY:-1}" = 1 ]; then # PARITY=0 skips it (when gpu-check's test_cuda runs in the same call)
     echo "== attention parity (test_cuda, ANVIL_TEST_ONLY=attention)"
@@ -47,9 +43,9 @@ echo "== PyTorch SDPA"
 PYTHONUNBUFFERED=1 timeout 200 python3 tools/bench_attention_torch.py --reps 20 2>&1 | tee "$OUT/torch_attention.log" |
     grep -E "^\|" >>"$TABLE"
 if [ "${STEPS:-0}" = 1 ]; then
-    echo "== training steps: previous kernels vs defaults"
+    echo "== training steps: our attention kernels vs cuDNN's"
     for m in "gpt2-124m --batch 64 --seq 1024" "llama-1b --batch 8 --seq 2048"; do
-        for v in "before:ANVIL_ATTENTION_FWD=mma,ANVIL_ATTENTION_BWD=64" "default:"; do
+        for v in "anvil:ANVIL_ATTENTION=anvil" "cudnn:ANVIL_ATTENTION=cudnn"; do
             label=${v%%:*}
             envs=$(echo "${v#*:}" | tr ',' ' ')
             row=$(env $envs timeout 120 ./anvil bench --device cuda --steps 10 --warmup 3 --ceiling-size 0 --model $m \

@@ -39,13 +39,7 @@ note() { echo "$*" | tee -a "$SUMMARY"; }
 has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
 
 # Libraries: the ones carried in lib/, then CUDA's from the toolkit or PyTorch's wheels.
-export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
-if [ -x "$ANVIL" ] && ldd "$ANVIL" | grep -q "not found"; then
-    for lib in $(ldd "$ANVIL" | awk '/not found/{print $1}'); do
-        hit=$(find /usr/local /opt /usr/lib -name "$lib" 2>/dev/null | head -1)
-        [ -n "$hit" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$hit")"
-    done
-fi
+. tools/gpu-env.sh # library paths, cuDNN included
 
 if has env; then
     echo "== env"

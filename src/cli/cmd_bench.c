@@ -30,6 +30,7 @@
 #include "model/model.h"
 #ifdef ANVIL_CUDA
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_cudnn.h"
 #endif
 
 /* Dense bf16 tensor-core peak of an H100 SXM (NVIDIA datasheet, without sparsity). */
@@ -319,6 +320,11 @@ int cmd_bench(int argc, char **argv)
                be->name, a.ceiling_n, a.ceiling_n, a.ceiling_n, ceiling / 1e12, ceiling / 1e9, 100 * rate / ceiling);
     if (!is_cpu) printf("MFU %.1f%% of %.0f TFLOP/s (H100 SXM dense bf16)\n", 100 * rate / H100_BF16_PEAK,
                         H100_BF16_PEAK / 1e12);
+    const char *attn = "anvil kernels";
+#ifdef ANVIL_CUDA
+    if (!is_cpu) attn = cudnn_attention_info();
+#endif
+    printf("attention: %s\n", attn);
     printf("peak memory %.2f GiB (%s)\n", peak_mem / GIB,
            is_cpu ? "process max RSS" : "high-water of backend allocations");
     printf("| impl | model | device | B | T | recompute | step ms | tokens/s | TFLOP/s | MFU (989) | of ceiling | "
@@ -331,13 +337,13 @@ int cmd_bench(int argc, char **argv)
 
     int rc = 0;
     if (a.json) {
-        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
                               "impl", "anvil", "model", a.model, "device", be->name, "device_name", device_name(be),
                               "batch", a.B, "seq", a.T, "recompute", a.recompute, "steps", a.steps, "step_ms",
                               step * 1e3, "tokens_per_s", tok_s, "flops_per_token", fpt, "tflops", rate / 1e12,
                               "mfu_989", rate / H100_BF16_PEAK, "ceiling_tflops", ceiling / 1e12, "of_ceiling",
                               ceiling > 0 ? rate / ceiling : 0.0, "peak_gib", peak_mem / GIB, "final_loss",
-                              (double)last_loss);
+                              (double)last_loss, "attention", attn);
         char *s = json_dumps(j, JSON_INDENT(2));
         if (!s || fs_write_atomic(a.json, s, strlen(s))) {
             fprintf(stderr, "anvil: bench: %s: %s\n", a.json, err_get());

@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_cudnn.h"
 
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -1679,6 +1680,9 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
 {
     CUDA_PROF("attention_fwd");
     check_shape(nh, nkv, hd);
+    if (std::is_same<T, bf16>::value && (uintptr_t)qkv % 16 == 0 && (uintptr_t)out % 16 == 0 &&
+        cudnn_attention_wanted(hd) && cudnn_attention_fwd(out, lse, qkv, B, T_, nh, nkv, hd))
+        return;
     int v = flash_version<T>(hd, qkv);
     const bf16 *q = (const bf16 *)qkv;
     if (v >= 2) {
@@ -1728,6 +1732,10 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
 {
     CUDA_PROF("attention_bwd");
     check_shape(nh, nkv, hd);
+    if (std::is_same<T, bf16>::value && (uintptr_t)qkv % 16 == 0 && (uintptr_t)dqkv % 16 == 0 &&
+        (uintptr_t)dout % 16 == 0 && (uintptr_t)out % 16 == 0 && cudnn_attention_wanted(hd) &&
+        cudnn_attention_bwd(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd))
+        return;
     int v = flash_version<T>(hd, qkv);
     if (v == 3 && (uintptr_t)dqkv % 16) v = 2; /* dQ is written in 16-byte stores */
     size_t rows = (size_t)B * T_ * nh;

@@ -59,6 +59,58 @@ static bool epi_aux(cublasLtEpilogue_t e)
            e == CUBLASLT_EPILOGUE_DGELU_BGRAD;
 }
 
+/* Autotuning: the first call of each plan key times the first TUNE_MAX algorithms cuBLASLt's
+ * heuristics rank (bf16 only, not in the deterministic mode; ANVIL_GEMM_TUNE=0 takes the first, as before) on the call's own
+ * operands and keeps the fastest. Trials write into a temporary D (C stays the caller's D, so
+ * accumulating products are not disturbed); epilogue outputs (aux, bias gradient) are rewritten
+ * by the real call. */
+#define TUNE_MAX 8
+#define TUNE_REPS 3
+static int gemm_tune_candidates(size_t ab_size)
+{
+    const char *e = getenv("ANVIL_GEMM_TUNE");
+    /* not in the deterministic mode: a timing-dependent choice would make runs differ */
+    if (ab_size != 2 || g_cu.deterministic || (e && !strcmp(e, "0"))) return 1;
+    return TUNE_MAX;
+}
+
+static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, int found, int m, int n, int k,
+                     const void *A, const void *B, const void *C, int ldd, size_t d_size, float beta, const Epi &e)
+{
+    (void)m, (void)k, (void)e;
+    size_t bytes = (size_t)ldd * n * d_size;
+    void *tmp = cuda_malloc(bytes);
+    cudaEvent_t ev[2];
+    CUDA_CHECK(cudaEventCreate(&ev[0]));
+    CUDA_CHECK(cudaEventCreate(&ev[1]));
+    const float alpha = 1.0f;
+    int best = 0;
+    float best_ms = 0;
+    for (int i = 0; i < found; i++) {
+        if (res[i].workspaceSize > g_cu.lt_workspace_size) continue;
+        float ms = 0;
+        bool ok = true;
+        for (int r = 0; r <= TUNE_REPS && ok; r++) { /* r = 0 warms up */
+            CUDA_CHECK(cudaEventRecord(ev[0], g_cu.stream));
+            ok = cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c, tmp, p.d, &res[i].algo,
+                                g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream) == CUBLAS_STATUS_SUCCESS;
+            CUDA_CHECK(cudaEventRecord(ev[1], g_cu.stream));
+            CUDA_CHECK(cudaEventSynchronize(ev[1]));
+            float t;
+            CUDA_CHECK(cudaEventElapsedTime(&t, ev[0], ev[1]));
+            if (r) ms += t;
+        }
+        if (ok && (best_ms == 0 || ms < best_ms)) best = i, best_ms = ms;
+    }
+    CUDA_CHECK(cudaEventDestroy(ev[0]));
+    CUDA_CHECK(cudaEventDestroy(ev[1]));
+    cuda_free(tmp);
+    if (getenv("ANVIL_GEMM_TUNE_VERBOSE"))
+        fprintf(stderr, "anvil: gemm %dx%dx%d epi %d: algorithm %d of %d (%.3f ms)\n", m, n, k, (int)e.epi, best,
+                found, best_ms / TUNE_REPS);
+    return best;
+}
+
 /* D (m,n) = op(A) (m,k) * op(B) (k,n) [+ beta*D], then the epilogue, column-major.
  * a_size/d_size: element bytes of A,B and of D (2 = bf16, 4 = fp32). Returns false, doing
  * nothing, when cuBLASLt offers no algorithm for an epilogue other than DEFAULT/BIAS (the
@@ -112,9 +164,9 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
             CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
         for (int i = 0; i < 4; i++)
             CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof(al)));
-        cublasLtMatmulHeuristicResult_t res;
-        int found = 0;
-        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, 1, &res, &found);
+        cublasLtMatmulHeuristicResult_t res[TUNE_MAX];
+        int found = 0, want = gemm_tune_candidates(ab_size);
+        cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, want, res, &found);
         CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
         bool plain = e.epi == CUBLASLT_EPILOGUE_DEFAULT || e.epi == CUBLASLT_EPILOGUE_BIAS;
         if (st != CUBLAS_STATUS_SUCCESS || !found) {
@@ -131,7 +183,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
             cublasLtMatmulDescDestroy(p.desc);
         } else {
             p.ok = 1;
-            p.algo = res.algo;
+            p.algo = res[found > 1 ? tune_pick(p, res, found, m, n, k, A, B, D, ldd, d_size, beta, e) : 0].algo;
         }
         it = g_plans.emplace(key, p).first;
     }

@@ -1,0 +1,521 @@
+/* cuda_cudnn.cu - causal attention through cuDNN's fused flash-attention engines.
+ *
+ * cuDNN is optional: libcudnn.so.9 is opened with dlopen at the first bf16 attention call, so the
+ * binary starts and trains without it (our own kernels in cuda_attention.cu run instead). When it is
+ * there, the forward and backward are expressed as cuDNN operation graphs through the backend C API
+ * (tensor, matmul, pointwise and reduction descriptors: the pattern its runtime fusion engines
+ * recognise as scaled dot-product attention), finalized into execution plans once per shape and
+ * cached. The tensors are strided views into our buffers: q/k/v inside qkv (B,T,(nh+2*nkv)*hd),
+ * out and dout (B,T,nh*hd), lse (B,nh,T) as cuDNN's stats (the natural log-sum-exp of the scaled
+ * scores, which is also what our kernels keep, so either backward can follow either forward).
+ *
+ * Selection (cu_attention_fwd/bwd ask cudnn_attention_wanted()): ANVIL_ATTENTION unset or "auto":
+ * cuDNN where it loads and builds a plan for the shape, else ours; "cudnn": cuDNN or a fatal error
+ * saying why not; any other value: ours. Never in the deterministic mode (cuDNN's backward adds dQ
+ * with atomics) nor in fp32 (its fused engines are fp16/bf16 only). */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_cudnn.h"
+
+#if __has_include(<cudnn_graph.h>)
+#include <cudnn_graph.h>
+#define ANVIL_HAVE_CUDNN_H 1
+#endif
+
+#ifndef ANVIL_HAVE_CUDNN_H
+
+int cudnn_attention_wanted(int hd) { return 0; }
+int cudnn_attention_available(void) { return 0; }
+int cudnn_attention_fwd(void *, float *, const void *, int, int, int, int, int) { return 0; }
+int cudnn_attention_bwd(void *, const void *, const void *, const float *, const void *, int, int, int, int, int)
+{
+    return 0;
+}
+const char *cudnn_attention_info(void) { return "anvil kernels (built without cuDNN headers)"; }
+
+#else
+
+/* ---------------------------------------------------------------- the library, opened at run time */
+
+typedef struct {
+    int state; /* 0 not tried, 1 ready, -1 unavailable (why[] says why) */
+    char why[300];
+    char version[32];
+    void *lib;
+    cudnnHandle_t handle;
+    size_t (*GetVersion)(void);
+    const char *(*GetErrorString)(cudnnStatus_t);
+    void (*GetLastErrorString)(char *, size_t);
+    cudnnStatus_t (*Create)(cudnnHandle_t *);
+    cudnnStatus_t (*SetStream)(cudnnHandle_t, cudaStream_t);
+    cudnnStatus_t (*BackendCreateDescriptor)(cudnnBackendDescriptorType_t, cudnnBackendDescriptor_t *);
+    cudnnStatus_t (*BackendDestroyDescriptor)(cudnnBackendDescriptor_t);
+    cudnnStatus_t (*BackendFinalize)(cudnnBackendDescriptor_t);
+    cudnnStatus_t (*BackendSetAttribute)(cudnnBackendDescriptor_t, cudnnBackendAttributeName_t,
+                                         cudnnBackendAttributeType_t, int64_t, const void *);
+    cudnnStatus_t (*BackendGetAttribute)(cudnnBackendDescriptor_t const, cudnnBackendAttributeName_t,
+                                         cudnnBackendAttributeType_t, int64_t, int64_t *, void *);
+    cudnnStatus_t (*BackendExecute)(cudnnHandle_t, cudnnBackendDescriptor_t, cudnnBackendDescriptor_t);
+} CudnnLib;
+
+static CudnnLib L;
+
+static int cudnn_load(void)
+{
+    if (L.state) return L.state > 0;
+    L.state = -1;
+    const char *names[] = {"libcudnn.so.9", "libcudnn.so"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]) && !L.lib; i++) L.lib = dlopen(names[i], RTLD_NOW);
+    if (!L.lib) {
+        snprintf(L.why, sizeof(L.why), "libcudnn.so.9 not found (%s); add its folder to LD_LIBRARY_PATH", dlerror());
+        return 0;
+    }
+#define SYM(field, name)                                                                                         \
+    do {                                                                                                         \
+        *(void **)&L.field = dlsym(L.lib, name);                                                                 \
+        if (!L.field) {                                                                                          \
+            snprintf(L.why, sizeof(L.why), "libcudnn.so.9 lacks %s", name);                                      \
+            return 0;                                                                                            \
+        }                                                                                                        \
+    } while (0)
+    SYM(GetVersion, "cudnnGetVersion");
+    SYM(GetErrorString, "cudnnGetErrorString");
+    SYM(GetLastErrorString, "cudnnGetLastErrorString");
+    SYM(Create, "cudnnCreate");
+    SYM(SetStream, "cudnnSetStream");
+    SYM(BackendCreateDescriptor, "cudnnBackendCreateDescriptor");
+    SYM(BackendDestroyDescriptor, "cudnnBackendDestroyDescriptor");
+    SYM(BackendFinalize, "cudnnBackendFinalize");
+    SYM(BackendSetAttribute, "cudnnBackendSetAttribute");
+    SYM(BackendGetAttribute, "cudnnBackendGetAttribute");
+    SYM(BackendExecute, "cudnnBackendExecute");
+#undef SYM
+    size_t v = L.GetVersion();
+    snprintf(L.version, sizeof(L.version), "%zu.%zu.%zu", v / 10000, v / 100 % 100, v % 100);
+    if (v < 90000) {
+        snprintf(L.why, sizeof(L.why), "cuDNN %s is older than 9.0", L.version);
+        return 0;
+    }
+    cudnnStatus_t s = L.Create(&L.handle);
+    if (s == CUDNN_STATUS_SUCCESS) s = L.SetStream(L.handle, g_cu.stream);
+    if (s != CUDNN_STATUS_SUCCESS) {
+        snprintf(L.why, sizeof(L.why), "cudnnCreate: %s", L.GetErrorString(s));
+        return 0;
+    }
+    L.state = 1;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- graph building */
+
+/* Builds one operation graph; the first failing call is remembered in err and later calls do
+ * nothing, so a graph is written straight through and checked once at the end. */
+struct Graph {
+    cudnnBackendDescriptor_t all[96];
+    int nall = 0;
+    cudnnBackendDescriptor_t ops[48];
+    int nops = 0;
+    int64_t next_uid = 1000; /* virtual tensors; caller tensors use small uids */
+    char err[400] = "";
+
+    ~Graph()
+    {
+        for (int i = 0; i < nall; i++) L.BackendDestroyDescriptor(all[i]);
+    }
+    bool ok() const { return !err[0]; }
+    void check(cudnnStatus_t s, const char *what)
+    {
+        if (s == CUDNN_STATUS_SUCCESS || err[0]) return;
+        char last[256] = "";
+        L.GetLastErrorString(last, sizeof(last));
+        snprintf(err, sizeof(err), "%s: %s%s%s", what, L.GetErrorString(s), last[0] ? ": " : "", last);
+    }
+    cudnnBackendDescriptor_t make(cudnnBackendDescriptorType_t t)
+    {
+        cudnnBackendDescriptor_t d = nullptr;
+        if (!ok()) return nullptr;
+        if (nall == (int)(sizeof(all) / sizeof(all[0]))) {
+            snprintf(err, sizeof(err), "graph too large");
+            return nullptr;
+        }
+        check(L.BackendCreateDescriptor(t, &d), "cudnnBackendCreateDescriptor");
+        if (ok()) all[nall++] = d;
+        return d;
+    }
+    void set(cudnnBackendDescriptor_t d, cudnnBackendAttributeName_t a, cudnnBackendAttributeType_t t, int64_t n,
+             const void *v, const char *what)
+    {
+        if (ok()) check(L.BackendSetAttribute(d, a, t, n, v), what);
+    }
+    void fin(cudnnBackendDescriptor_t d, const char *what)
+    {
+        if (ok()) check(L.BackendFinalize(d), what);
+    }
+
+    /* A 4-D tensor. Strides in elements; virtual tensors get a fresh uid and packed strides. */
+    cudnnBackendDescriptor_t tensor(int64_t uid, cudnnDataType_t dt, const int64_t dim[4], const int64_t *stride,
+                                    bool virt = false, bool by_value = false)
+    {
+        int64_t packed[4] = {dim[1] * dim[2] * dim[3], dim[2] * dim[3], dim[3], 1};
+        if (!stride) stride = packed;
+        if (uid < 0) uid = next_uid++;
+        int64_t align = 16;
+        cudnnBackendDescriptor_t t = make(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+        set(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt, "tensor data type");
+        set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dim, "tensor dimensions");
+        set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, stride, "tensor strides");
+        set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor uid");
+        set(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align, "tensor alignment");
+        bool v = virt, bv = by_value;
+        if (virt) set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &v, "tensor virtual");
+        if (by_value) set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &bv, "tensor by value");
+        fin(t, "tensor finalize");
+        return t;
+    }
+    /* A virtual fp32 (or dt) intermediate of the given dims, packed. */
+    cudnnBackendDescriptor_t virt(int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+                                  cudnnDataType_t dt = CUDNN_DATA_FLOAT)
+    {
+        int64_t dim[4] = {d0, d1, d2, d3};
+        return tensor(-1, dt, dim, nullptr, true);
+    }
+    /* A virtual tensor with explicit strides (transposing views). */
+    cudnnBackendDescriptor_t virt_strided(const int64_t dim[4], const int64_t stride[4], cudnnDataType_t dt)
+    {
+        return tensor(-1, dt, dim, stride, true);
+    }
+    /* A transposing view (RESHAPE) of x into a new virtual tensor y of dims/strides given. */
+    void reshape(cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y)
+    {
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR);
+        set(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "reshape x");
+        set(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "reshape y");
+        fin(op, "reshape operation finalize");
+        add_op(op);
+    }
+    /* A by-value fp32 scalar (its data pointer in the variant pack is a host float). */
+    cudnnBackendDescriptor_t scalar(int64_t uid)
+    {
+        int64_t one[4] = {1, 1, 1, 1};
+        return tensor(uid, CUDNN_DATA_FLOAT, one, one, false, true);
+    }
+    void add_op(cudnnBackendDescriptor_t op)
+    {
+        if (!ok()) return;
+        if (nops == (int)(sizeof(ops) / sizeof(ops[0]))) {
+            snprintf(err, sizeof(err), "too many operations");
+            return;
+        }
+        ops[nops++] = op;
+    }
+    /* y = mode(x[, b[, t]]); axis >= 0 for GEN_INDEX. */
+    void pointwise(cudnnPointwiseMode_t mode, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t b,
+                   cudnnBackendDescriptor_t y, cudnnBackendDescriptor_t t = nullptr, int64_t axis = -1,
+                   cudnnDataType_t prec = CUDNN_DATA_FLOAT)
+    {
+        cudnnBackendDescriptor_t pw = make(CUDNN_BACKEND_POINTWISE_DESCRIPTOR);
+        float one = 1.0f;
+        set(pw, CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, 1, &mode, "pointwise mode");
+        set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &prec, "pointwise precision");
+        if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis, "pointwise axis");
+        fin(pw, "pointwise finalize");
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
+        set(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &pw, "pw desc");
+        set(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "pw x");
+        if (b) set(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b, "pw b");
+        set(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "pw y");
+        if (t) set(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &t, "pw t");
+        set(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, CUDNN_TYPE_FLOAT, 1, &one, "pw alpha1");
+        set(op, CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, 1, &one, "pw alpha2");
+        fin(op, "pointwise operation finalize");
+        add_op(op);
+    }
+    /* c = a @ b over the last two dims (batch dims broadcast), fp32 accumulation. */
+    void matmul(cudnnBackendDescriptor_t a, cudnnBackendDescriptor_t b, cudnnBackendDescriptor_t c)
+    {
+        cudnnBackendDescriptor_t mm = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR);
+        cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+        double pad = 0.0;
+        set(mm, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &prec, "matmul precision");
+        set(mm, CUDNN_ATTR_MATMUL_PADDING_VALUE, CUDNN_TYPE_DOUBLE, 1, &pad, "matmul padding");
+        fin(mm, "matmul finalize");
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
+        set(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &a, "matmul a");
+        set(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &b, "matmul b");
+        set(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &c, "matmul c");
+        set(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &mm, "matmul desc");
+        fin(op, "matmul operation finalize");
+        add_op(op);
+    }
+    /* y = reduce(x) over the dims where y has extent 1. */
+    void reduction(cudnnReduceTensorOp_t mode, cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t y)
+    {
+        cudnnBackendDescriptor_t rd = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR);
+        cudnnDataType_t prec = CUDNN_DATA_FLOAT;
+        set(rd, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &mode, "reduction mode");
+        set(rd, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &prec, "reduction precision");
+        bool det = false;
+        if (L.GetVersion() >= 91100)
+            set(rd, CUDNN_ATTR_REDUCTION_IS_DETERMINISTIC, CUDNN_TYPE_BOOLEAN, 1, &det, "reduction determinism");
+        fin(rd, "reduction finalize");
+        cudnnBackendDescriptor_t op = make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
+        set(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &x, "reduction x");
+        set(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &y, "reduction y");
+        set(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &rd, "reduction desc");
+        fin(op, "reduction operation finalize");
+        add_op(op);
+    }
+};
+
+/* A finalized plan and what executing it needs. */
+typedef struct {
+    int used;
+    int bwd;
+    int B, T, nh, nkv, hd;
+    cudnnBackendDescriptor_t plan; /* NULL: this shape is not supported (why in the log) */
+    int64_t workspace;             /* the plan's own */
+    size_t fe_bytes;               /* backward: dQ accumulator and softmax_sum before the plan's workspace */
+} Plan;
+
+#define MAX_PLANS 16
+static Plan g_plans[MAX_PLANS];
+static void *g_ws;
+static int g_plans_ok, g_plans_failed;
+static size_t g_ws_size;
+
+/* Finalize g's operation graph into the first execution plan the heuristics offer that builds. */
+static cudnnBackendDescriptor_t finalize_plan(Graph &g, int64_t *workspace)
+{
+    cudnnBackendDescriptor_t og = g.make(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+    g.set(og, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, g.nops, g.ops, "graph ops");
+    g.set(og, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &L.handle, "graph handle");
+    g.fin(og, "operation graph finalize");
+    cudnnBackendDescriptor_t heur = g.make(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+    cudnnBackendHeurMode_t mode = CUDNN_HEUR_MODE_A;
+    g.set(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &og, "heuristics graph");
+    g.set(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics mode");
+    g.fin(heur, "heuristics finalize");
+    if (!g.ok()) return nullptr;
+    int64_t n = 0;
+    g.check(L.BackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &n, nullptr),
+            "heuristics result count");
+    if (!g.ok()) return nullptr;
+    if (n <= 0) {
+        snprintf(g.err, sizeof(g.err), "no cuDNN engine supports this graph");
+        return nullptr;
+    }
+    if (n > 8) n = 8;
+    cudnnBackendDescriptor_t cfg[8];
+    for (int64_t i = 0; i < n; i++) cfg[i] = g.make(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+    int64_t got = 0;
+    g.check(L.BackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, n, &got, cfg),
+            "heuristics results");
+    if (!g.ok()) return nullptr;
+    char first_err[400] = "";
+    for (int64_t i = 0; i < got; i++) {
+        cudnnBackendDescriptor_t plan = nullptr;
+        if (L.BackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) != CUDNN_STATUS_SUCCESS) break;
+        cudnnStatus_t s = L.BackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &L.handle);
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = L.BackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                                      &cfg[i]);
+        if (s == CUDNN_STATUS_SUCCESS) s = L.BackendFinalize(plan);
+        int64_t ws = 0, cnt = 0;
+        if (s == CUDNN_STATUS_SUCCESS)
+            s = L.BackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &cnt, &ws);
+        if (s == CUDNN_STATUS_SUCCESS) {
+            *workspace = ws;
+            return plan;
+        }
+        if (!first_err[0]) {
+            char last[256] = "";
+            L.GetLastErrorString(last, sizeof(last));
+            snprintf(first_err, sizeof(first_err), "execution plan: %s%s%s", L.GetErrorString(s), last[0] ? ": " : "",
+                     last);
+        }
+        L.BackendDestroyDescriptor(plan);
+    }
+    snprintf(g.err, sizeof(g.err), "%s", first_err[0] ? first_err : "no execution plan");
+    return nullptr;
+}
+
+/* ---------------------------------------------------------------- the attention graphs */
+
+/* Caller tensors' uids (the variant pack maps them to pointers). */
+enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_SCALE, U_DO, U_DQ, U_DK, U_DV, U_NEG_INF, U_ONE, U_DQ_ACC, U_SOFTMAX_SUM };
+
+/* The data type of the K view the dQ product reads (ANVIL_CUDNN_KN=bf16 to try the other). */
+static cudnnDataType_t kn_type(void)
+{
+    const char *e = getenv("ANVIL_CUDNN_KN");
+    return e && !strcmp(e, "bf16") ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+}
+
+/* Strided [B, heads, T, hd] views of q/k/v inside qkv and of out/dout. */
+struct Views {
+    int64_t q_dim[4], kv_dim[4], qkv_stride[4], kt_dim[4], kt_stride[4];
+    int64_t o_dim[4], o_stride[4], stats_dim[4], stats_stride[4];
+    Views(int B, int T, int nh, int nkv, int hd)
+    {
+        int64_t W = (int64_t)(nh + 2 * nkv) * hd, C = (int64_t)nh * hd;
+        int64_t qd[4] = {B, nh, T, hd}, kd[4] = {B, nkv, T, hd}, qs[4] = {T * W, hd, W, 1};
+        int64_t ktd[4] = {B, nkv, hd, T}, kts[4] = {T * W, hd, 1, W};
+        int64_t os[4] = {T * C, hd, C, 1}, sd[4] = {B, nh, T, 1}, ss[4] = {(int64_t)nh * T, T, 1, 1};
+        memcpy(q_dim, qd, sizeof(qd)), memcpy(kv_dim, kd, sizeof(kd)), memcpy(qkv_stride, qs, sizeof(qs));
+        memcpy(kt_dim, ktd, sizeof(ktd)), memcpy(kt_stride, kts, sizeof(kts));
+        memcpy(o_dim, qd, sizeof(qd)), memcpy(o_stride, os, sizeof(os));
+        memcpy(stats_dim, sd, sizeof(sd)), memcpy(stats_stride, ss, sizeof(ss));
+    }
+};
+
+#include "backend/cuda/cuda_cudnn_graphs.inc"
+
+static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
+{
+    for (int i = 0; i < MAX_PLANS; i++) {
+        Plan *p = &g_plans[i];
+        if (p->used && p->bwd == bwd && p->B == B && p->T == T && p->nh == nh && p->nkv == nkv && p->hd == hd)
+            return p;
+    }
+    Plan *p = nullptr;
+    for (int i = 0; i < MAX_PLANS && !p; i++)
+        if (!g_plans[i].used) p = &g_plans[i];
+    if (!p) return nullptr; /* cache full: our kernels take shapes beyond the first MAX_PLANS */
+    *p = Plan{1, bwd, B, T, nh, nkv, hd, nullptr, 0, 0};
+    if (bwd) p->fe_bytes = CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256 + CEIL_DIV((size_t)B * nh * T * 4, 256) * 256;
+    Graph g;
+    if (bwd && L.GetVersion() < 91600 && T % 128)
+        snprintf(g.err, sizeof(g.err), "cuDNN before 9.16 needs T %% 128 == 0 for the backward");
+    else if (L.GetVersion() >= 91000 && L.GetVersion() < 91002)
+        snprintf(g.err, sizeof(g.err), "cuDNN 9.10.0/9.10.1 have known attention bugs (9.10.2+ is fine)");
+    else if (bwd)
+        build_bwd(g, B, T, nh, nkv, hd);
+    else
+        build_fwd(g, B, T, nh, nkv, hd);
+    if (g.ok()) p->plan = finalize_plan(g, &p->workspace);
+    if (p->plan) g_plans_ok++;
+    else g_plans_failed++;
+    if (!p->plan) {
+        snprintf(L.why, sizeof(L.why), "%s", g.err);
+        static int told;
+        const char *e = getenv("ANVIL_ATTENTION");
+        if (e && !strcmp(e, "cudnn"))
+            fatal("cuDNN %s attention %s (B=%d T=%d heads %d/%d hd %d): %s", L.version, bwd ? "backward" : "forward",
+                  B, T, nh, nkv, hd, g.err);
+        if (!told++ || getenv("ANVIL_CUDNN_VERBOSE"))
+            fprintf(stderr, "anvil: cuDNN %s attention %s not used for B=%d T=%d hd=%d: %s\n", L.version,
+                    bwd ? "backward" : "forward", B, T, hd, g.err);
+    }
+    return p;
+}
+
+static void *workspace(int64_t bytes)
+{
+    if ((size_t)bytes > g_ws_size) {
+        if (g_ws) cuda_free(g_ws);
+        g_ws = cuda_malloc((size_t)bytes);
+        g_ws_size = (size_t)bytes;
+    }
+    return g_ws;
+}
+
+/* ws: the plan's workspace (after the fe_bytes the caller placed its own tensors in). */
+static void execute(Plan *p, int n, const int64_t *uids, void *const *ptrs, void *ws)
+{
+    cudnnBackendDescriptor_t vp = nullptr;
+    cudnnStatus_t s = L.BackendCreateDescriptor(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, &vp);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = L.BackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, n, uids);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = L.BackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, n, ptrs);
+    if (s == CUDNN_STATUS_SUCCESS)
+        s = L.BackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws);
+    if (s == CUDNN_STATUS_SUCCESS) s = L.BackendFinalize(vp);
+    if (s == CUDNN_STATUS_SUCCESS) s = L.BackendExecute(L.handle, p->plan, vp);
+    if (vp) L.BackendDestroyDescriptor(vp);
+    if (s != CUDNN_STATUS_SUCCESS) {
+        char last[256] = "";
+        L.GetLastErrorString(last, sizeof(last));
+        fatal("cuDNN %s attention %s: %s %s", L.version, p->bwd ? "backward" : "forward", L.GetErrorString(s), last);
+    }
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+int cudnn_attention_wanted(int hd)
+{
+    if (g_cu.deterministic || hd % 8 || hd > 128) return 0;
+    const char *e = getenv("ANVIL_ATTENTION");
+    int forced = e && !strcmp(e, "cudnn");
+    if (e && *e && !forced && strcmp(e, "auto")) return 0;
+    if (!forced && (getenv("ANVIL_ATTENTION_FWD") || getenv("ANVIL_ATTENTION_BWD"))) return 0;
+    if (!cudnn_load()) {
+        if (forced) fatal("ANVIL_ATTENTION=cudnn: %s", L.why);
+        return 0;
+    }
+    return 1;
+}
+
+int cudnn_attention_available(void) { return cudnn_load(); }
+
+int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
+{
+    Plan *p = plan_for(0, B, T, nh, nkv, hd);
+    if (!p || !p->plan) return 0;
+    const bf16 *q = (const bf16 *)qkv;
+    float scale = 1.0f / sqrtf((float)hd), neg_inf = -INFINITY;
+    int64_t uids[] = {U_Q, U_K, U_V, U_O, U_STATS, U_SCALE, U_NEG_INF};
+    void *ptrs[] = {(void *)q, (void *)(q + (size_t)nh * hd), (void *)(q + (size_t)(nh + nkv) * hd), out, lse,
+                    &scale, &neg_inf};
+    execute(p, 7, uids, ptrs, p->workspace ? workspace(p->workspace) : nullptr);
+    return 1;
+}
+
+int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                        int T, int nh, int nkv, int hd)
+{
+    Plan *p = plan_for(1, B, T, nh, nkv, hd);
+    if (!p || !p->plan) return 0;
+    const bf16 *q = (const bf16 *)qkv;
+    bf16 *dq = (bf16 *)dqkv;
+    float scale = 1.0f / sqrtf((float)hd), neg_inf = -INFINITY, one = 1.0f;
+    char *ws = (char *)workspace((int64_t)p->fe_bytes + p->workspace);
+    float *dq_acc = (float *)ws, *ssum = (float *)(ws + CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256);
+    if (L.GetVersion() < 90600) /* older engines expect a zeroed accumulator */
+        CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)B * nh * T * hd * 4, g_cu.stream));
+    int64_t uids[] = {U_Q, U_K, U_V, U_O, U_STATS, U_SCALE, U_DO, U_DQ, U_DK, U_DV, U_NEG_INF, U_ONE, U_DQ_ACC,
+                      U_SOFTMAX_SUM};
+    void *ptrs[] = {(void *)q,
+                    (void *)(q + (size_t)nh * hd),
+                    (void *)(q + (size_t)(nh + nkv) * hd),
+                    (void *)out,
+                    (void *)lse,
+                    &scale,
+                    (void *)dout,
+                    dq,
+                    dq + (size_t)nh * hd,
+                    dq + (size_t)(nh + nkv) * hd,
+                    &neg_inf,
+                    &one,
+                    dq_acc,
+                    ssum};
+    execute(p, 14, uids, ptrs, p->workspace ? ws + p->fe_bytes : nullptr);
+    return 1;
+}
+
+const char *cudnn_attention_info(void)
+{
+    static char buf[400];
+    if (g_plans_ok && !g_plans_failed)
+        snprintf(buf, sizeof(buf), "cuDNN %s fused attention", L.version);
+    else if (g_plans_ok)
+        snprintf(buf, sizeof(buf), "cuDNN %s fused attention, some shapes on anvil kernels", L.version);
+    else
+        snprintf(buf, sizeof(buf), "anvil kernels%s%s%s", L.why[0] ? " (cuDNN: " : "", L.why, L.why[0] ? ")" : "");
+    return buf;
+}
+
+#endif
