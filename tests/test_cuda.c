@@ -610,13 +610,17 @@ static void test_attention(void)
         printf("SKIP cudnn attention: %s\n", cudnn_attention_info());
         return;
     }
-    attention_case(gpu16, 1, 150, 4, 2, 64, "cudnn");
-    attention_case(gpu16, 2, 64, 2, 2, 64, "cudnn");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "cudnn");
+    attention_case(gpu16, 2, 128, 2, 2, 64, "cudnn");
+    attention_case(gpu16, 1, 384, 8, 1, 64, "cudnn");
     attention_case(gpu16, 2, 1024, 4, 1, 64, "cudnn");
     attention_case(gpu16, 2, 256, 4, 4, 128, "cudnn");
+    attention_case(gpu16, 1, 256, 6, 2, 128, "cudnn");
+    attention_case(gpu16, 1, 128, 2, 1, 32, "cudnn");
+    /* T not a multiple of 128: a cuDNN before 9.16 runs only the forward here (our backward then
+     * follows its lse), later ones both */
+    attention_case(gpu16, 1, 150, 4, 2, 64, "cudnn");
+    attention_case(gpu16, 1, 300, 8, 1, 64, "cudnn");
     attention_case(gpu16, 1, 200, 6, 2, 128, "cudnn");
-    attention_case(gpu16, 1, 96, 2, 1, 32, "cudnn");
     printf("cudnn attention: %s\n", cudnn_attention_info());
 #endif
 }

@@ -7,8 +7,9 @@
 #
 # Sections:
 #   test      build/tests/test_cuda (GPU vs CPU, both modes)
-#   gpt2      GPT-2 124M B=64 T=1024: every variant below, a profile of the default, recompute 1
-#   llama     llama-1b B=8 T=2048: default, deterministic, all switches off; a profile
+#   gpt2      GPT-2 124M B=64 T=1024: the default, the previous round's, each of this round's changes
+#             off alone (cuDNN attention, GEMM tuning), deterministic; a profile of the default
+#   llama     llama-1b B=8 T=2048: the same variants; a profile
 #   torch     tools/torch_baseline_gpt2.py (the PyTorch peer)
 #   race      compute-sanitizer racecheck on the attention tests
 # Run from the staged tree (tools/gpu-stage.sh); logs under $OUT (default gpu-ab-out/).
@@ -25,8 +26,8 @@ has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
 TABLE="$OUT/table.md"
 : >"$TABLE"
 
-# every switch back to the previous kernels (the "before" of this round)
-OLD="ANVIL_ATTENTION=flash2 ANVIL_ATTENTION_FWD=64 ANVIL_GELU_FUSION=0 ANVIL_BGRAD=0 ANVIL_NORM_BWD=split ANVIL_XENT=twopass"
+# the previous round's defaults: our attention kernels, cuBLASLt's first algorithm (no tuning)
+PREV="ANVIL_ATTENTION=anvil ANVIL_GEMM_TUNE=0"
 
 # bench NAME "ENV..." ARGS...: one anvil bench run with the given environment, its row in the table
 bench() {
@@ -51,15 +52,9 @@ if has gpt2; then
     echo "== GPT-2 124M, B=64 T=1024"
     g="--model gpt2-124m --batch 64 --seq 1024 --steps 10"
     bench gpt2_default "" $g
-    bench gpt2_old "$OLD" $g
-    bench gpt2_attn_bwd_2k "ANVIL_ATTENTION=flash2" $g
-    bench gpt2_attn_bwd_64 "ANVIL_ATTENTION_BWD=64" $g
-    bench gpt2_attn_fwd_mma "ANVIL_ATTENTION_FWD=mma" $g
-    bench gpt2_attn_fwd_128 "ANVIL_ATTENTION_FWD=128" $g
-    bench gpt2_no_gelu_fusion "ANVIL_GELU_FUSION=0" $g
-    bench gpt2_bgrad0 "ANVIL_BGRAD=0" $g
-    bench gpt2_bgrad2 "ANVIL_BGRAD=2" $g
-    bench gpt2_norm_split "ANVIL_NORM_BWD=split" $g
+    bench gpt2_prev "$PREV" $g
+    bench gpt2_attn_anvil "ANVIL_ATTENTION=anvil" $g
+    bench gpt2_no_gemm_tune "ANVIL_GEMM_TUNE=0" $g
     bench gpt2_deterministic "ANVIL_DETERMINISTIC=1" $g
     bench gpt2_default_again "" $g
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $g --steps 5 --profile \
@@ -71,11 +66,11 @@ if has llama; then
     echo "== llama-1b, B=8 T=2048"
     l="--model llama-1b --batch 8 --seq 2048 --steps 10"
     bench llama_default "" $l
-    bench llama_old "$OLD" $l
-    bench llama_attn_bwd_2k "ANVIL_ATTENTION=flash2" $l
-    bench llama_attn_bwd_lowreg "ANVIL_ATTENTION_BWD=lowreg" $l
-    bench llama_attn_fwd_mma "ANVIL_ATTENTION_FWD=mma" $l
+    bench llama_prev "$PREV" $l
+    bench llama_attn_anvil "ANVIL_ATTENTION=anvil" $l
+    bench llama_no_gemm_tune "ANVIL_GEMM_TUNE=0" $l
     bench llama_deterministic "ANVIL_DETERMINISTIC=1" $l
+    bench llama_default_again "" $l
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $l --steps 5 --profile \
         >"$OUT/llama_profile.log" 2>&1
     sed -n '/per-op time/,/total (sum/p' "$OUT/llama_profile.log" | head -24

@@ -75,6 +75,9 @@ if has bench; then
         [ -n "$row" ] && note "$row" || note "| anvil | bench_$f: $(tail -2 "$OUT/bench_$f.log" | tr '\n' ' ') |"
     done
     grep -E "ceiling" "$OUT/bench_gpt2_r0.log" | tee -a "$SUMMARY"
+    for f in gpt2_r0 gpt2_r0_det llama1b_r0; do
+        note "| bench_$f | $(grep -E "^attention:" "$OUT/bench_$f.log" | tail -1) |"
+    done
     sed -n '/per-op time/,/total (sum/p' "$OUT/bench_gpt2_profile.log"
     sed -n '/per-op time/,/total (sum/p' "$OUT/bench_llama1b_profile.log" | head -14
 fi

@@ -283,7 +283,7 @@ typedef struct {
 #define MAX_PLANS 16
 static Plan g_plans[MAX_PLANS];
 static void *g_ws;
-static int g_plans_ok, g_plans_failed;
+static int g_plans_ok, g_plans_failed, g_plans_limited;
 static size_t g_ws_size;
 
 /* Finalize g's operation graph into the first execution plan the heuristics offer that builds. */
@@ -387,11 +387,21 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
     *p = Plan{1, bwd, B, T, nh, nkv, hd, nullptr, 0, 0};
     if (bwd) p->fe_bytes = CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256 + CEIL_DIV((size_t)B * nh * T * 4, 256) * 256;
     Graph g;
+    /* known limits of some versions: our kernels take these shapes, also when cuDNN is asked for */
+    const char *limit = nullptr;
     if (bwd && L.GetVersion() < 91600 && T % 128)
-        snprintf(g.err, sizeof(g.err), "cuDNN before 9.16 needs T %% 128 == 0 for the backward");
+        limit = "before 9.16 its backward needs T % 128 == 0";
     else if (L.GetVersion() >= 91000 && L.GetVersion() < 91002)
-        snprintf(g.err, sizeof(g.err), "cuDNN 9.10.0/9.10.1 have known attention bugs (9.10.2+ is fine)");
-    else if (bwd)
+        limit = "9.10.0 and 9.10.1 have known attention bugs (9.10.2+ is fine)";
+    if (limit) {
+        static int told_limit;
+        if (!told_limit++ || getenv("ANVIL_CUDNN_VERBOSE"))
+            fprintf(stderr, "anvil: cuDNN %s: %s; attention %s for T=%d on anvil kernels\n", L.version, limit,
+                    bwd ? "backward" : "forward", T);
+        g_plans_limited++;
+        return p;
+    }
+    if (bwd)
         build_bwd(g, B, T, nh, nkv, hd);
     else
         build_fwd(g, B, T, nh, nkv, hd);
@@ -509,7 +519,7 @@ int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const flo
 const char *cudnn_attention_info(void)
 {
     static char buf[400];
-    if (g_plans_ok && !g_plans_failed)
+    if (g_plans_ok && !g_plans_failed && !g_plans_limited)
         snprintf(buf, sizeof(buf), "cuDNN %s fused attention", L.version);
     else if (g_plans_ok)
         snprintf(buf, sizeof(buf), "cuDNN %s fused attention, some shapes on anvil kernels", L.version);
