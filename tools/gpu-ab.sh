@@ -26,9 +26,8 @@ has() { case " $sections " in *" $1 "*) return 0 ;; esac; return 1; }
 TABLE="$OUT/table.md"
 : >"$TABLE"
 
-# the previous round's defaults: our attention kernels, cuBLASLt's first algorithm (no tuning), the
-# norm backward loading the residual gradient in its second pass
-PREV="ANVIL_ATTENTION=anvil ANVIL_GEMM_TUNE=0 ANVIL_NORM_BWD=noprefetch"
+# the previous round's defaults: our attention kernels, cuBLASLt's first algorithm (no tuning)
+PREV="ANVIL_ATTENTION=anvil ANVIL_GEMM_TUNE=0"
 
 # bench NAME "ENV..." ARGS...: one anvil bench run with the given environment, its row in the table
 bench() {
@@ -56,7 +55,6 @@ if has gpt2; then
     bench gpt2_prev "$PREV" $g
     bench gpt2_attn_anvil "ANVIL_ATTENTION=anvil" $g
     bench gpt2_no_gemm_tune "ANVIL_GEMM_TUNE=0" $g
-    bench gpt2_norm_noprefetch "ANVIL_NORM_BWD=noprefetch" $g
     bench gpt2_deterministic "ANVIL_DETERMINISTIC=1" $g
     bench gpt2_default_again "" $g
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $g --steps 5 --profile \
@@ -71,7 +69,6 @@ if has llama; then
     bench llama_prev "$PREV" $l
     bench llama_attn_anvil "ANVIL_ATTENTION=anvil" $l
     bench llama_no_gemm_tune "ANVIL_GEMM_TUNE=0" $l
-    bench llama_norm_noprefetch "ANVIL_NORM_BWD=noprefetch" $l
     bench llama_deterministic "ANVIL_DETERMINISTIC=1" $l
     bench llama_default_again "" $l
     timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $l --steps 5 --profile \

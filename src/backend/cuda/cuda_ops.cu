@@ -328,7 +328,7 @@ __global__ void partial_finish_kernel(float *dst, const float *partial, int nchu
 // [r0, r0 + rows_per_block); each warp takes every WARPS_PER_BLOCK-th of them, keeps its lanes'
 // sums of dout * xhat (and of dout when HAS_B) in registers, and the warps' sums are added in warp
 // order: partial_w[block][c], partial_b[block][c].
-template <typename T, int W, int P, bool KEEP, bool HAS_B, bool PREFETCH>
+template <typename T, int W, int P, bool KEEP, bool HAS_B>
 __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float *partial_w, float *partial_b,
                                                                  const T *dout, const T *inp, const T *w,
                                                                  const float *mean, const float *rstd, int N, int C,
@@ -349,8 +349,7 @@ __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float 
     for (int row = r0 + warp; row < r1; row += WARPS_PER_BLOCK) {
         const T *d = dout + (size_t)row * C, *x = inp + (size_t)row * C;
         float m = rms ? 0.0f : mean[row], s = rstd[row];
-        float dk[KP][W], xk[KP][W], ok[KP][W], gm = 0, gx = 0;
-        T *dx = dinp + (size_t)row * C;
+        float dk[KP][W], xk[KP][W], gm = 0, gx = 0;
 #pragma unroll
         for (int p = 0; p < P; p++) {
             int c = (p * 32 + lane) * W;
@@ -359,9 +358,6 @@ __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float 
             load_f<T, W>(df, d + c);
             load_f<T, W>(xh, x + c);
             load_f<T, W>(wf, w + c);
-            /* the residual gradient this row adds into, loaded with its inputs (one memory round
-             * trip per row instead of two) */
-            if (KEEP && PREFETCH) load_f<T, W>(ok[KEEP ? p : 0], dx + c);
 #pragma unroll
             for (int k = 0; k < W; k++) {
                 xh[k] = (xh[k] - m) * s;
@@ -373,6 +369,7 @@ __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float 
         }
         gm = rms ? 0.0f : warp_sum(gm) / C;
         gx = warp_sum(gx) / C;
+        T *dx = dinp + (size_t)row * C;
 #pragma unroll
         for (int p = 0; p < P; p++) {
             int c = (p * 32 + lane) * W;
@@ -388,11 +385,7 @@ __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float 
                 for (int k = 0; k < W; k++) xh[k] = (xh[k] - m) * s;
             }
             load_f<T, W>(wf, w + c);
-            if (KEEP && PREFETCH) {
-#pragma unroll
-                for (int k = 0; k < W; k++) o[k] = ok[KEEP ? p : 0][k];
-            } else
-                load_f<T, W>(o, dx + c);
+            load_f<T, W>(o, dx + c);
 #pragma unroll
             for (int k = 0; k < W; k++) {
                 o[k] += s * (df[k] * wf[k] - gm - xh[k] * gx);
@@ -439,23 +432,19 @@ static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T
     nblock = CEIL_DIV(N, rows_per_block);
     float *pw = (float *)cuda_scratch(2 * (size_t)nblock * C * sizeof(float));
     float *pb = db ? pw + (size_t)nblock * C : NULL;
-    /* ANVIL_NORM_BWD=noprefetch: the residual gradient loaded in the second pass (comparisons) */
-    bool pre = !(e && !strcmp(e, "noprefetch"));
-#define NORM_FUSED_LAUNCH(PP, KEEP, HB, PF)                                                                           \
-    norm_bwd_fused_kernel<T, W, PP, KEEP, HB, PF><<<nblock, THREADS, 0, g_cu.stream>>>(                              \
-        dinp, pw, pb, dout, inp, w, mean, rstd, N, C, rms, rows_per_block)
-#define NORM_FUSED_KEEP(PP)                                                                                            \
-    (db ? (pre ? NORM_FUSED_LAUNCH(PP, true, true, true) : NORM_FUSED_LAUNCH(PP, true, true, false))                  \
-        : (pre ? NORM_FUSED_LAUNCH(PP, true, false, true) : NORM_FUSED_LAUNCH(PP, true, false, false)))
+#define NORM_FUSED_LAUNCH(PP, KEEP, HB)                                                                              \
+    norm_bwd_fused_kernel<T, W, PP, KEEP, HB><<<nblock, THREADS, 0, g_cu.stream>>>(dinp, pw, pb, dout, inp, w, mean, \
+                                                                                  rstd, N, C, rms, rows_per_block)
+#define NORM_FUSED_KEEP(PP) (db ? NORM_FUSED_LAUNCH(PP, true, true) : NORM_FUSED_LAUNCH(PP, true, false))
     switch (P) {
     case 1: NORM_FUSED_KEEP(1); break;
     case 2: NORM_FUSED_KEEP(2); break;
     case 3: NORM_FUSED_KEEP(3); break;
     case 4: NORM_FUSED_KEEP(4); break;
-    case 5: NORM_FUSED_LAUNCH(5, false, false, false); break;
-    case 6: NORM_FUSED_LAUNCH(6, false, false, false); break;
-    case 7: NORM_FUSED_LAUNCH(7, false, false, false); break;
-    default: NORM_FUSED_LAUNCH(8, false, false, false); break;
+    case 5: NORM_FUSED_LAUNCH(5, false, false); break;
+    case 6: NORM_FUSED_LAUNCH(6, false, false); break;
+    case 7: NORM_FUSED_LAUNCH(7, false, false); break;
+    default: NORM_FUSED_LAUNCH(8, false, false); break;
     }
 #undef NORM_FUSED_KEEP
 #undef NORM_FUSED_LAUNCH
