@@ -1681,7 +1681,7 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
     CUDA_PROF("attention_fwd");
     check_shape(nh, nkv, hd);
     if (std::is_same<T, bf16>::value && (uintptr_t)qkv % 16 == 0 && (uintptr_t)out % 16 == 0 &&
-        cudnn_attention_wanted(hd) && cudnn_attention_fwd(out, lse, qkv, B, T_, nh, nkv, hd))
+        cudnn_attention_wanted(T_, hd) && cudnn_attention_fwd(out, lse, qkv, B, T_, nh, nkv, hd))
         return;
     int v = flash_version<T>(hd, qkv);
     const bf16 *q = (const bf16 *)qkv;
@@ -1733,7 +1733,7 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
     CUDA_PROF("attention_bwd");
     check_shape(nh, nkv, hd);
     if (std::is_same<T, bf16>::value && (uintptr_t)qkv % 16 == 0 && (uintptr_t)dqkv % 16 == 0 &&
-        (uintptr_t)dout % 16 == 0 && (uintptr_t)out % 16 == 0 && cudnn_attention_wanted(hd) &&
+        (uintptr_t)dout % 16 == 0 && (uintptr_t)out % 16 == 0 && cudnn_attention_wanted(T_, hd) &&
         cudnn_attention_bwd(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd))
         return;
     int v = flash_version<T>(hd, qkv);

@@ -10,12 +10,13 @@
  * scores, which is also what our kernels keep, so either backward can follow either forward).
  *
  * Selection (cu_attention_fwd/bwd ask cudnn_attention_wanted()): ANVIL_ATTENTION unset or "auto":
- * cuDNN where it loads and builds a plan for the shape, else ours; "cudnn": cuDNN or a fatal error
+ * cuDNN for T >= CUDNN_MIN_T where it loads and builds a plan for the shape, else ours; "cudnn": cuDNN or a fatal error
  * saying why not; any other value: ours. Never in the deterministic mode (cuDNN's backward adds dQ
  * with atomics) nor in fp32 (its fused engines are fp16/bf16 only). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_cudnn.h"
@@ -27,7 +28,7 @@
 
 #ifndef ANVIL_HAVE_CUDNN_H
 
-int cudnn_attention_wanted(int hd) { return 0; }
+int cudnn_attention_wanted(int T, int hd) { return 0; }
 int cudnn_attention_available(void) { return 0; }
 int cudnn_attention_fwd(void *, float *, const void *, int, int, int, int, int) { return 0; }
 int cudnn_attention_bwd(void *, const void *, const void *, const float *, const void *, int, int, int, int, int)
@@ -347,12 +348,6 @@ static cudnnBackendDescriptor_t finalize_plan(Graph &g, int64_t *workspace)
 /* Caller tensors' uids (the variant pack maps them to pointers). */
 enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_SCALE, U_DO, U_DQ, U_DK, U_DV, U_NEG_INF, U_ONE, U_DQ_ACC, U_SOFTMAX_SUM };
 
-/* The data type of the K view the dQ product reads (ANVIL_CUDNN_KN=bf16 to try the other). */
-static cudnnDataType_t kn_type(void)
-{
-    const char *e = getenv("ANVIL_CUDNN_KN");
-    return e && !strcmp(e, "bf16") ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-}
 
 /* Strided [B, heads, T, hd] views of q/k/v inside qkv and of out/dout. */
 struct Views {
@@ -401,11 +396,19 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
         g_plans_limited++;
         return p;
     }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (bwd)
         build_bwd(g, B, T, nh, nkv, hd);
     else
         build_fwd(g, B, T, nh, nkv, hd);
     if (g.ok()) p->plan = finalize_plan(g, &p->workspace);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (p->plan && getenv("ANVIL_CUDNN_VERBOSE"))
+        fprintf(stderr, "anvil: cuDNN %s attention %s plan for B=%d T=%d heads %d/%d hd %d: %.1f ms, workspace %.1f MiB\n",
+                L.version, bwd ? "backward" : "forward", B, T, nh, nkv, hd,
+                (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
+                (p->workspace + p->fe_bytes) / 1048576.0);
     if (p->plan) g_plans_ok++;
     else g_plans_failed++;
     if (!p->plan) {
@@ -455,12 +458,19 @@ static void execute(Plan *p, int n, const int64_t *uids, void *const *ptrs, void
 
 /* ---------------------------------------------------------------- entry points */
 
-int cudnn_attention_wanted(int hd)
+/* Below this many positions the automatic choice keeps our kernels: building a cuDNN plan costs
+ * tens of milliseconds per new shape (its kernels are compiled at run time), which short sequences
+ * of varying length (multiple-choice scoring, generation prefill) would pay again and again for
+ * little gain. Training shapes are longer and repeat every step. */
+#define CUDNN_MIN_T 256
+
+int cudnn_attention_wanted(int T, int hd)
 {
     if (g_cu.deterministic || hd % 8 || hd > 128) return 0;
     const char *e = getenv("ANVIL_ATTENTION");
     int forced = e && !strcmp(e, "cudnn");
     if (e && *e && !forced && strcmp(e, "auto")) return 0;
+    if (!forced && T < CUDNN_MIN_T) return 0;
     if (!forced && (getenv("ANVIL_ATTENTION_FWD") || getenv("ANVIL_ATTENTION_BWD"))) return 0;
     if (!cudnn_load()) {
         if (forced) fatal("ANVIL_ATTENTION=cudnn: %s", L.why);

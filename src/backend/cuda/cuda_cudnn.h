@@ -6,10 +6,10 @@
 extern "C" {
 #endif
 
-/* 1 when bf16 attention of head size hd should go to cuDNN: the library loaded, the selection
- * (ANVIL_ATTENTION unset/auto/cudnn, not deterministic) allows it. Fatal when ANVIL_ATTENTION=cudnn
- * and the library cannot be used. */
-int cudnn_attention_wanted(int hd);
+/* 1 when bf16 attention over T positions with head size hd should go to cuDNN: the library loaded,
+ * the selection (ANVIL_ATTENTION unset/auto: T >= CUDNN_MIN_T; cudnn: any T; not deterministic)
+ * allows it. Fatal when ANVIL_ATTENTION=cudnn and the library cannot be used. */
+int cudnn_attention_wanted(int T, int hd);
 /* Run the forward / backward (backend.h attention_fwd / attention_bwd, bf16); 0 when cuDNN has no plan
  * for this shape (the caller runs our kernels; fatal instead when ANVIL_ATTENTION=cudnn). */
 int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd);
