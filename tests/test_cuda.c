@@ -223,6 +223,43 @@ static void test_gelu_mlp(void)
     set_det(0);
 }
 
+/* GEMM autotuning (cuda_matmul.cu) with ANVIL_GEMM_TUNE=always: every bf16 product of these shapes
+ * (not used by the tests above, so their plans are new) is timed over cuBLASLt's candidates at its
+ * second call; both calls' results, the plain, bias and GELU-epilogue products, against the CPU. */
+static void test_gemm_tune(void)
+{
+    setenv("ANVIL_GEMM_TUNE", "always", 1);
+    for (int call = 0; call < 2; call++) {
+        int N = 160, C = 96, F = 320;
+        float *x = randn((size_t)N * C, 1, 21 + call), *w1 = randn((size_t)F * C, 0.15f, 22);
+        float *b1 = randn(F, 0.5f, 23), *w2 = randn((size_t)C * F, 0.1f, 24), *dout = randn((size_t)N * C, 1, 25);
+        float *g0 = randn((size_t)C * F, 1, 26), *db0 = randn(C, 1, 27);
+        fit(gpu16, x, (size_t)N * C), fit(gpu16, w1, (size_t)F * C), fit(gpu16, b1, F);
+        fit(gpu16, w2, (size_t)C * F), fit(gpu16, dout, (size_t)N * C);
+        GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F);
+        GeluOut got = run_gelu_mlp(gpu16, x, w1, b1, w2, NULL, dout, g0, N, C, F);
+        size_t nf = (size_t)N * F;
+        expect("tuned gelu mlp act", gpu16, got.act, ref.act, nf, TOL_BF16);
+        expect("tuned gelu mlp pre", gpu16, got.pre, ref.pre, nf, TOL_BF16);
+        expect("tuned gelu mlp dpre", gpu16, got.dpre, ref.dpre, nf, TOL_BF16);
+        expect("tuned gelu mlp db1", gpu16, got.db1, ref.db1, F, TOL_BF16);
+        expect("tuned gelu mlp dw2", gpu16, got.dw2, ref.dw2, (size_t)C * F, TOL_BF16 / 4);
+        /* the plain product with a bias (matmul_fwd/bwd), x (N,C) -> (N,F) */
+        float *dm = randn((size_t)N * F, 1, 28), *gw = randn((size_t)F * C, 1, 29), *gb = randn(F, 1, 30);
+        fit(gpu16, dm, nf);
+        MatmulOut mr = run_matmul(cpu, x, w1, b1, dm, gw, gb, N, C, F);
+        MatmulOut mg = run_matmul(gpu16, x, w1, b1, dm, gw, gb, N, C, F);
+        expect("tuned matmul out", gpu16, mg.out, mr.out, nf, TOL_BF16);
+        expect("tuned matmul dinp", gpu16, mg.dinp, mr.dinp, (size_t)N * C, TOL_BF16);
+        expect("tuned matmul dw", gpu16, mg.dw, mr.dw, (size_t)F * C, TOL_BF16 / 4);
+        float *all[] = {x, w1, b1, w2, dout, g0, db0, ref.act, ref.pre, ref.dpre, ref.db1, ref.dw2, ref.db2,
+                        got.act, got.pre, got.dpre, got.db1, got.dw2, got.db2, dm, gw, gb, mr.out, mr.dinp,
+                        mr.dw, mr.db, mg.out, mg.dinp, mg.dw, mg.db};
+        for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
+    }
+    unsetenv("ANVIL_GEMM_TUNE");
+}
+
 static void run_embed(const Backend *be, float **out, float **dwte, float **dwpe, const int32_t *tok,
                       const float *wte, const float *wpe, const float *dout, const float *g0, const float *p0, int B,
                       int T, int C, int V, int P, int pos0)
@@ -819,6 +856,7 @@ int main(void)
     gpu32 = gpu16 == cpu ? cpu : backend_cuda(0);
     RUN(test_matmul);
     RUN(test_gelu_mlp);
+    RUN(test_gemm_tune);
     RUN(test_embed);
     RUN(test_norm);
     RUN(test_eltwise);

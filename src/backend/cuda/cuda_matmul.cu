@@ -33,11 +33,15 @@ typedef struct {
  * since the fastest kernels need 16-byte aligned operands. */
 typedef std::tuple<int, int, int, int, int, int, int, int, int, int, int, int, int, int, int> PlanKey;
 
+#define TUNE_MAX 8
 typedef struct {
     int ok; /* 0: cuBLASLt has no algorithm for this (epilogue) combination */
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a, b, c, d;
     cublasLtMatmulAlgo_t algo;
+    /* autotuning (below): calls so far, the heuristic's candidates until they are timed */
+    int calls, ncand;
+    cublasLtMatmulHeuristicResult_t *cand;
 } Plan;
 
 static std::map<PlanKey, Plan> g_plans;
@@ -59,15 +63,26 @@ static bool epi_aux(cublasLtEpilogue_t e)
            e == CUBLASLT_EPILOGUE_DGELU_BGRAD;
 }
 
-/* Autotuning: the first call of each plan key times the first TUNE_MAX algorithms cuBLASLt's
- * heuristics rank (bf16 only, not in the deterministic mode; ANVIL_GEMM_TUNE=0 takes the first, as before) on the call's own
- * operands and keeps the fastest. Trials write into a temporary D (C stays the caller's D, so
- * accumulating products are not disturbed); epilogue outputs (aux, bias gradient) are rewritten
- * by the real call. */
-#define TUNE_MAX 8
+/* Autotuning: a plan key's TUNE_AFTER-th call times the first TUNE_MAX algorithms cuBLASLt's
+ * heuristics rank on the call's own operands and keeps the fastest (bf16 products of at least
+ * TUNE_MIN_FLOP only, not in the deterministic mode; ANVIL_GEMM_TUNE=0 keeps the heuristic's first).
+ * Waiting for repeated calls spends the timing on shapes that recur, as every product of a
+ * training step does, and not on the one-off shapes of evaluation batches of varying length.
+ * Trials write into a temporary D (C stays the caller's D, so accumulating products are not
+ * disturbed); epilogue outputs (aux, bias gradient) are rewritten by the real call. */
+#define TUNE_AFTER 16
+#define TUNE_MIN_FLOP 1e9
 #define TUNE_REPS 3
-static int gemm_tune_candidates(size_t ab_size)
+/* ANVIL_GEMM_TUNE=always (tests): every bf16 product, at its second call */
+static bool tune_always(void)
 {
+    const char *e = getenv("ANVIL_GEMM_TUNE");
+    return e && !strcmp(e, "always");
+}
+
+static int gemm_tune_candidates(size_t ab_size, int m, int n, int k)
+{
+    if (2.0 * m * n * k < TUNE_MIN_FLOP && !tune_always()) return 1;
     const char *e = getenv("ANVIL_GEMM_TUNE");
     /* not in the deterministic mode: a timing-dependent choice would make runs differ */
     if (ab_size != 2 || g_cu.deterministic || (e && !strcmp(e, "0"))) return 1;
@@ -165,7 +180,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
         for (int i = 0; i < 4; i++)
             CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof(al)));
         cublasLtMatmulHeuristicResult_t res[TUNE_MAX];
-        int found = 0, want = gemm_tune_candidates(ab_size);
+        int found = 0, want = gemm_tune_candidates(ab_size, m, n, k);
         cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, want, res, &found);
         CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
         bool plain = e.epi == CUBLASLT_EPILOGUE_DEFAULT || e.epi == CUBLASLT_EPILOGUE_BIAS;
@@ -183,7 +198,12 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
             cublasLtMatmulDescDestroy(p.desc);
         } else {
             p.ok = 1;
-            p.algo = res[found > 1 ? tune_pick(p, res, found, m, n, k, A, B, D, ldd, d_size, beta, e) : 0].algo;
+            p.algo = res[0].algo;
+            if (found > 1) { /* kept until the TUNE_AFTER-th call times them */
+                p.cand = (cublasLtMatmulHeuristicResult_t *)xmalloc(found * sizeof(*p.cand));
+                memcpy(p.cand, res, found * sizeof(*p.cand));
+                p.ncand = found;
+            }
         }
         it = g_plans.emplace(key, p).first;
     }
@@ -194,6 +214,12 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
     if (epi_aux(e.epi))
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
                                                   sizeof(e.aux)));
+    /* after the pointers above: the trials' epilogues must read and write this call's buffers */
+    if (p.cand && ++p.calls >= (tune_always() ? 2 : TUNE_AFTER)) {
+        p.algo = p.cand[tune_pick(p, p.cand, p.ncand, m, n, k, A, B, D, ldd, d_size, beta, e)].algo;
+        free(p.cand);
+        p.cand = NULL;
+    }
     const float alpha = 1.0f;
     CUDA_CHECK(cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.d, &p.algo,
                               g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream));
