@@ -71,7 +71,7 @@ static bool epi_aux(cublasLtEpilogue_t e)
  * Trials write into a temporary D (C stays the caller's D, so accumulating products are not
  * disturbed); epilogue outputs (aux, bias gradient) are rewritten by the real call. */
 #define TUNE_AFTER 16
-#define TUNE_MIN_FLOP 1e9
+#define TUNE_MIN_FLOP 32e9
 #define TUNE_REPS 5
 /* ANVIL_GEMM_TUNE=always (tests): every bf16 product, at its second call */
 static bool tune_always(void)
