@@ -160,6 +160,9 @@ static const char *stop_name(int s)
 
 int cmd_generate(int argc, char **argv)
 {
+    /* evaluation shapes change from batch to batch and runs are short: the GEMM autotuning that pays
+     * in training (docs/cuda.md) costs more here than it saves; ANVIL_GEMM_TUNE=1 turns it on */
+    setenv("ANVIL_GEMM_TUNE", "0", 0);
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
