@@ -10,9 +10,10 @@
  * scores, which is also what our kernels keep, so either backward can follow either forward).
  *
  * Selection (cu_attention_fwd/bwd ask cudnn_attention_wanted()): ANVIL_ATTENTION unset or "auto":
- * cuDNN for T >= CUDNN_MIN_T where it loads and builds a plan for the shape, else ours; "cudnn": cuDNN or a fatal error
- * saying why not; any other value: ours. Never in the deterministic mode (cuDNN's backward adds dQ
- * with atomics) nor in fp32 (its fused engines are fp16/bf16 only). */
+ * cuDNN for T >= CUDNN_MIN_T where it loads and builds a plan for the shape, else ours; "cudnn":
+ * cuDNN for every shape it supports, or a fatal error saying why not; any other value: ours. Never
+ * in the deterministic mode (cuDNN's backward adds dQ with atomics) nor in fp32 (its fused engines
+ * are fp16/bf16 only). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <string.h>
@@ -319,7 +320,8 @@ static cudnnBackendDescriptor_t finalize_plan(Graph &g, int64_t *workspace)
     for (int64_t i = 0; i < got; i++) {
         cudnnBackendDescriptor_t plan = nullptr;
         if (L.BackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan) != CUDNN_STATUS_SUCCESS) break;
-        cudnnStatus_t s = L.BackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &L.handle);
+        cudnnStatus_t s =
+            L.BackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1, &L.handle);
         if (s == CUDNN_STATUS_SUCCESS)
             s = L.BackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                       &cfg[i]);
@@ -348,7 +350,6 @@ static cudnnBackendDescriptor_t finalize_plan(Graph &g, int64_t *workspace)
 /* Caller tensors' uids (the variant pack maps them to pointers). */
 enum { U_Q = 1, U_K, U_V, U_O, U_STATS, U_SCALE, U_DO, U_DQ, U_DK, U_DV, U_NEG_INF, U_ONE, U_DQ_ACC, U_SOFTMAX_SUM };
 
-
 /* Strided [B, heads, T, hd] views of q/k/v inside qkv and of out/dout. */
 struct Views {
     int64_t q_dim[4], kv_dim[4], qkv_stride[4], kt_dim[4], kt_stride[4];
@@ -368,6 +369,10 @@ struct Views {
 
 #include "backend/cuda/cuda_cudnn_graphs.inc"
 
+/* The backward's fp32 dQ accumulator at the start of the workspace (rounded up to 256 bytes); the
+ * row sums softmax_sum follow it, then the plan's own workspace. */
+static size_t dq_acc_bytes(int B, int T, int nh, int hd) { return CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256; }
+
 static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
 {
     for (int i = 0; i < MAX_PLANS; i++) {
@@ -380,7 +385,7 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
         if (!g_plans[i].used) p = &g_plans[i];
     if (!p) return nullptr; /* cache full: our kernels take shapes beyond the first MAX_PLANS */
     *p = Plan{1, bwd, B, T, nh, nkv, hd, nullptr, 0, 0};
-    if (bwd) p->fe_bytes = CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256 + CEIL_DIV((size_t)B * nh * T * 4, 256) * 256;
+    if (bwd) p->fe_bytes = dq_acc_bytes(B, T, nh, hd) + CEIL_DIV((size_t)B * nh * T * 4, 256) * 256;
     Graph g;
     /* known limits of some versions: our kernels take these shapes, also when cuDNN is asked for */
     const char *limit = nullptr;
@@ -405,7 +410,8 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
     if (g.ok()) p->plan = finalize_plan(g, &p->workspace);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (p->plan && getenv("ANVIL_CUDNN_VERBOSE"))
-        fprintf(stderr, "anvil: cuDNN %s attention %s plan for B=%d T=%d heads %d/%d hd %d: %.1f ms, workspace %.1f MiB\n",
+        fprintf(stderr,
+                "anvil: cuDNN %s attention %s plan for B=%d T=%d heads %d/%d hd %d: %.1f ms, workspace %.1f MiB\n",
                 L.version, bwd ? "backward" : "forward", B, T, nh, nkv, hd,
                 (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
                 (p->workspace + p->fe_bytes) / 1048576.0);
@@ -503,7 +509,7 @@ int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const flo
     bf16 *dq = (bf16 *)dqkv;
     float scale = 1.0f / sqrtf((float)hd), neg_inf = -INFINITY, one = 1.0f;
     char *ws = (char *)workspace((int64_t)p->fe_bytes + p->workspace);
-    float *dq_acc = (float *)ws, *ssum = (float *)(ws + CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256);
+    float *dq_acc = (float *)ws, *ssum = (float *)(ws + dq_acc_bytes(B, T, nh, hd));
     if (L.GetVersion() < 90600) /* older engines expect a zeroed accumulator */
         CUDA_CHECK(cudaMemsetAsync(dq_acc, 0, (size_t)B * nh * T * hd * 4, g_cu.stream));
     int64_t uids[] = {U_Q, U_K, U_V, U_O, U_STATS, U_SCALE, U_DO, U_DQ, U_DK, U_DV, U_NEG_INF, U_ONE, U_DQ_ACC,
