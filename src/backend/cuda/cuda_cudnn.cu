@@ -111,6 +111,15 @@ static int cudnn_load(void)
     return 1;
 }
 
+/* "STATUS_NAME: cuDNN's last error message" into buf (the message left out when empty). */
+static const char *status_text(cudnnStatus_t s, char *buf, size_t n)
+{
+    char last[256] = "";
+    L.GetLastErrorString(last, sizeof(last));
+    snprintf(buf, n, "%s%s%s", L.GetErrorString(s), last[0] ? ": " : "", last);
+    return buf;
+}
+
 /* ---------------------------------------------------------------- graph building */
 
 /* Builds one operation graph; the first failing call is remembered in err and later calls do
@@ -131,9 +140,8 @@ struct Graph {
     void check(cudnnStatus_t s, const char *what)
     {
         if (s == CUDNN_STATUS_SUCCESS || err[0]) return;
-        char last[256] = "";
-        L.GetLastErrorString(last, sizeof(last));
-        snprintf(err, sizeof(err), "%s: %s%s%s", what, L.GetErrorString(s), last[0] ? ": " : "", last);
+        char st[320];
+        snprintf(err, sizeof(err), "%s: %s", what, status_text(s, st, sizeof(st)));
     }
     cudnnBackendDescriptor_t make(cudnnBackendDescriptorType_t t)
     {
@@ -334,10 +342,8 @@ static cudnnBackendDescriptor_t finalize_plan(Graph &g, int64_t *workspace)
             return plan;
         }
         if (!first_err[0]) {
-            char last[256] = "";
-            L.GetLastErrorString(last, sizeof(last));
-            snprintf(first_err, sizeof(first_err), "execution plan: %s%s%s", L.GetErrorString(s), last[0] ? ": " : "",
-                     last);
+            char st[320];
+            snprintf(first_err, sizeof(first_err), "execution plan: %s", status_text(s, st, sizeof(st)));
         }
         L.BackendDestroyDescriptor(plan);
     }
@@ -415,9 +421,10 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
                 L.version, bwd ? "backward" : "forward", B, T, nh, nkv, hd,
                 (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6,
                 (p->workspace + p->fe_bytes) / 1048576.0);
-    if (p->plan) g_plans_ok++;
-    else g_plans_failed++;
-    if (!p->plan) {
+    if (p->plan)
+        g_plans_ok++;
+    else {
+        g_plans_failed++;
         snprintf(L.why, sizeof(L.why), "%s", g.err);
         static int told;
         const char *e = getenv("ANVIL_ATTENTION");
@@ -456,9 +463,8 @@ static void execute(Plan *p, int n, const int64_t *uids, void *const *ptrs, void
     if (s == CUDNN_STATUS_SUCCESS) s = L.BackendExecute(L.handle, p->plan, vp);
     if (vp) L.BackendDestroyDescriptor(vp);
     if (s != CUDNN_STATUS_SUCCESS) {
-        char last[256] = "";
-        L.GetLastErrorString(last, sizeof(last));
-        fatal("cuDNN %s attention %s: %s %s", L.version, p->bwd ? "backward" : "forward", L.GetErrorString(s), last);
+        char st[320];
+        fatal("cuDNN %s attention %s: %s", L.version, p->bwd ? "backward" : "forward", status_text(s, st, sizeof(st)));
     }
 }
 
