@@ -48,32 +48,30 @@ if has test; then
     echo "| test_cuda | | $(tail -1 "$OUT/test_cuda.log") | | |" >>"$TABLE"
 fi
 
+# variants NAME LINES ARGS...: the same variants for one model (default, the previous round's, each
+# change off alone, deterministic, default again), then a per-op profile of the default
+variants() {
+    local name=$1 lines=$2
+    shift 2
+    bench ${name}_default "" "$@"
+    bench ${name}_prev "$PREV" "$@"
+    bench ${name}_attn_anvil "ANVIL_ATTENTION=anvil" "$@"
+    bench ${name}_no_gemm_tune "ANVIL_GEMM_TUNE=0" "$@"
+    bench ${name}_deterministic "ANVIL_DETERMINISTIC=1" "$@"
+    bench ${name}_default_again "" "$@"
+    timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 "$@" --steps 5 --profile \
+        >"$OUT/${name}_profile.log" 2>&1
+    sed -n '/per-op time/,/total (sum/p' "$OUT/${name}_profile.log" | head -"$lines"
+}
+
 if has gpt2; then
     echo "== GPT-2 124M, B=64 T=1024"
-    g="--model gpt2-124m --batch 64 --seq 1024 --steps 10"
-    bench gpt2_default "" $g
-    bench gpt2_prev "$PREV" $g
-    bench gpt2_attn_anvil "ANVIL_ATTENTION=anvil" $g
-    bench gpt2_no_gemm_tune "ANVIL_GEMM_TUNE=0" $g
-    bench gpt2_deterministic "ANVIL_DETERMINISTIC=1" $g
-    bench gpt2_default_again "" $g
-    timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $g --steps 5 --profile \
-        >"$OUT/gpt2_profile.log" 2>&1
-    sed -n '/per-op time/,/total (sum/p' "$OUT/gpt2_profile.log" | head -40
+    variants gpt2 40 --model gpt2-124m --batch 64 --seq 1024 --steps 10
 fi
 
 if has llama; then
     echo "== llama-1b, B=8 T=2048"
-    l="--model llama-1b --batch 8 --seq 2048 --steps 10"
-    bench llama_default "" $l
-    bench llama_prev "$PREV" $l
-    bench llama_attn_anvil "ANVIL_ATTENTION=anvil" $l
-    bench llama_no_gemm_tune "ANVIL_GEMM_TUNE=0" $l
-    bench llama_deterministic "ANVIL_DETERMINISTIC=1" $l
-    bench llama_default_again "" $l
-    timeout 240 $ANVIL bench --device cuda --warmup 3 --ceiling-size 0 $l --steps 5 --profile \
-        >"$OUT/llama_profile.log" 2>&1
-    sed -n '/per-op time/,/total (sum/p' "$OUT/llama_profile.log" | head -24
+    variants llama 24 --model llama-1b --batch 8 --seq 2048 --steps 10
 fi
 
 if has torch; then
