@@ -104,7 +104,9 @@ static double tol_for(const Backend *be, double f32, double b16) { return be->ac
 /* The CUDA context's mode (both GPU tables share it): 1 = bit-reproducible kernels only. */
 static void set_det(int on)
 {
-    if (gpu16->set_deterministic) gpu16->set_deterministic(on);
+    BackendOptions o = {0};
+    o.deterministic = on;
+    gpu16->configure(&o);
 }
 
 /* ------------------------------------------------------------------ ops */

@@ -45,6 +45,32 @@ typedef struct {
     float grad_scale; /* gradients are multiplied by this first (clipping) */
 } AdamHyper;
 
+/* Switches that change results or kernel choice. They are config keys (backend.attention,
+ * backend.gemm_tune, train.deterministic) recorded with the run; an environment variable may
+ * override one (backend_options_from_env), and then the value used is what the run records.
+ * The last three are test knobs (0 = the backend's automatic choice). */
+enum { ATTN_IMPL_AUTO = 0, ATTN_IMPL_CUDNN = 1, ATTN_IMPL_ANVIL = 2 };
+enum { GEMM_TUNE_AUTO = 0, GEMM_TUNE_OFF = 1, GEMM_TUNE_ALWAYS = 2 };
+typedef struct {
+    int attention;     /* ATTN_IMPL_*: auto = cuDNN's fused engines where they apply, else ours */
+    int gemm_tune;     /* GEMM_TUNE_*: auto = time cuBLASLt's candidates for recurring large products */
+    int deterministic; /* 1: only kernels with fixed-order reductions (bit-identical reruns) */
+    int lm_head_chunk_rows; /* rows per chunk of lm_head_xent (0 = automatic) */
+    int attn_bwd_layout;    /* fused attention backward: 0 auto, 1 K/V in registers, 2 K/V in shared memory */
+    int attn_launch_order;  /* flash attention grids: 0 auto, 1 x order, 2 z order */
+} BackendOptions;
+
+/* Names used by config keys and environment variables: "auto" "cudnn" "anvil"; "auto" "off" "always". */
+const char *backend_attention_name(int impl);
+const char *backend_gemm_tune_name(int mode);
+/* Parse a name; -1 with err_set() naming the accepted values. */
+int backend_attention_parse(const char *s, int *impl);
+int backend_gemm_tune_parse(const char *s, int *mode);
+/* Override *o from ANVIL_ATTENTION, ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC where they are set;
+ * returns a bit mask of the fields overridden (BACKEND_ENV_*), -1 with err_set() on a bad value. */
+enum { BACKEND_ENV_ATTENTION = 1, BACKEND_ENV_GEMM_TUNE = 2, BACKEND_ENV_DETERMINISTIC = 4 };
+int backend_options_from_env(BackendOptions *o);
+
 typedef struct Backend Backend;
 struct Backend {
     const char *name; /* "cpu", "cuda" */
@@ -173,9 +199,14 @@ struct Backend {
      * dw (OC,IC) += dout^T @ act; dbias (OC) += colsum(dout) (NULL to skip). */
     void (*matmul_dgelu_bwd)(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                              const void *pre, const void *w, int N, int IC, int OC);
-    /* 1: only kernels with bit-reproducible results; 0 (the default): also faster ones whose
-     * reductions add in a varying order (atomics). NULL where every op is reproducible (CPU). */
-    void (*set_deterministic)(int on);
+    /* ---- switches and accounting ---- */
+    /* Apply the switches that change numerics or kernel choice (BackendOptions). Called before the
+     * first op and whenever a command changes them; the backend never reads them from the
+     * environment itself (backend_options_from_env does that once, for the command). */
+    void (*configure)(const BackendOptions *o);
+    /* Bytes of backend memory held now and the high-water mark since start (every alloc, the
+     * backend's own workspaces and scratch included). */
+    void (*mem_stats)(size_t *in_use, size_t *peak);
 };
 
 /* The CPU backend (always built). */

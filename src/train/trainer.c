@@ -250,7 +250,8 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
         return err_set("train.seq_len: %d exceeds the model's max_seq_len %d", T, cfg.max_seq_len);
     r->be = backend_get(tc->device);
     if (!r->be) return err_prefix("device");
-    if (tc->deterministic && r->be->set_deterministic) r->be->set_deterministic(1);
+    BackendOptions bo = {.deterministic = tc->deterministic};
+    r->be->configure(&bo);
 
     /* Tokenizer: data.tokenizer, else the init model's. Without either, a text source is
      * tokenized with GPT-2 and shards need none (the one they were made with is saved in

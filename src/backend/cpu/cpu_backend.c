@@ -15,8 +15,36 @@
 
 /* ---------------------------------------------------------------- memory */
 
-static void *cpu_alloc(size_t bytes) { return xaligned(bytes); }
-static void cpu_free(void *p) { free(p); }
+/* Every block carries its size in a header of one alignment unit, so that mem_stats can count
+ * what the backend holds (the model's memory report and its tests read it). */
+#define CPU_ALLOC_HEADER 64
+static size_t g_in_use, g_peak;
+
+static void *cpu_alloc(size_t bytes)
+{
+    char *p = xaligned(bytes + CPU_ALLOC_HEADER);
+    *(size_t *)p = bytes;
+    size_t now = __atomic_add_fetch(&g_in_use, bytes, __ATOMIC_RELAXED);
+    if (now > g_peak) g_peak = now;
+    return p + CPU_ALLOC_HEADER;
+}
+
+static void cpu_free(void *p)
+{
+    if (!p) return;
+    char *base = (char *)p - CPU_ALLOC_HEADER;
+    __atomic_sub_fetch(&g_in_use, *(size_t *)base, __ATOMIC_RELAXED);
+    free(base);
+}
+
+static void cpu_mem_stats(size_t *in_use, size_t *peak)
+{
+    if (in_use) *in_use = g_in_use;
+    if (peak) *peak = g_peak;
+}
+
+/* The CPU is always deterministic and has a single attention and GEMM path. */
+static void cpu_configure(const BackendOptions *o) { (void)o; }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
 static void cpu_copy(void *dst, const void *src, size_t bytes)
 {
@@ -57,16 +85,17 @@ static void cpu_embed_bwd(float *dwte, float *dwpe, const void *dout_, const int
                           int C)
 {
     const float *dout = dout_;
+    if (!dwte && !dwpe) return; /* frozen embeddings */
 #pragma omp parallel
     {
         size_t c0, c1;
         thread_range((size_t)C, &c0, &c1);
         for (int i = 0; i < B * T; i++) {
             const float *d = dout + (size_t)i * C;
-            float *e = dwte + (size_t)tokens[i] * C;
+            float *e = dwte ? dwte + (size_t)tokens[i] * C : NULL;
             float *p = dwpe ? dwpe + (size_t)(i % T) * C : NULL;
             for (size_t c = c0; c < c1; c++) {
-                e[c] += d[c];
+                if (e) e[c] += d[c];
                 if (p) p[c] += d[c];
             }
         }
@@ -148,6 +177,7 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
             dx[c] += s * (float)(d[c] * w[c] - gm - xhat * gx);
         }
     }
+    if (!dw && !db) return; /* frozen norm weights: no parameter gradients */
 #pragma omp parallel
     {
         size_t c0, c1;
@@ -156,7 +186,7 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
             const float *d = dout + (size_t)i * C, *x = inp + (size_t)i * C;
             float m = rms ? 0.0f : mean[i], s = rstd[i];
             for (size_t c = c0; c < c1; c++) {
-                dw[c] += d[c] * ((x[c] - m) * s);
+                if (dw) dw[c] += d[c] * ((x[c] - m) * s);
                 if (db) db[c] += d[c];
             }
         }
@@ -556,6 +586,8 @@ static const Backend cpu_backend = {
     .attention_kv_fwd = cpu_attention_kv_fwd,
     .matmul_gelu_fwd = cpu_matmul_gelu_fwd,
     .matmul_dgelu_bwd = cpu_matmul_dgelu_bwd,
+    .configure = cpu_configure,
+    .mem_stats = cpu_mem_stats,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

@@ -280,8 +280,14 @@ extern "C" void cuda_prof_print(FILE *f, int steps)
 
 /* ------------------------------------------------------------ the tables */
 
-/* One switch for the whole context (both tables). */
-static void cu_set_deterministic(int on) { g_cu.deterministic = on != 0; }
+/* One set of switches for the whole context (both tables). */
+static void cu_configure(const BackendOptions *o)
+{
+    g_cu.opts = *o;
+    g_cu.deterministic = o->deterministic != 0;
+}
+
+static void cu_mem_stats_op(size_t *in_use, size_t *peak) { cuda_mem_stats(in_use, peak, NULL, NULL); }
 
 template <typename T> static void fill_table(Backend *be, const char *name)
 {
@@ -305,7 +311,8 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->lm_head_xent = cu_lm_head_xent<T>;
     be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
     be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;
-    be->set_deterministic = cu_set_deterministic;
+    be->configure = cu_configure;
+    be->mem_stats = cu_mem_stats_op;
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
 }

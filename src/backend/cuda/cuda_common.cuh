@@ -52,9 +52,10 @@ typedef struct {
     /* bytes held through cuda_malloc (buffers, scratch, workspace) and their high-water mark */
     size_t in_use, peak;
     /* 1: only kernels whose results are bit-reproducible (fixed-order reductions, no atomics);
-     * 0 (default): also the faster ones that add with atomics (fused attention backward, cuBLASLt
-     * bias-gradient epilogues). ANVIL_DETERMINISTIC=1 or Backend.set_deterministic selects it. */
+     * 0 (default): also the faster ones that add with atomics (fused attention backward).
+     * Set with the other switches by Backend.configure (opts.deterministic, mirrored here). */
     int deterministic;
+    BackendOptions opts; /* the switches of backend.h, as last configured */
     /* grow-only scratch for per-op temporaries (partial sums, attention row terms) */
     void *scratch;
     size_t scratch_size;
