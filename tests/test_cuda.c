@@ -754,7 +754,8 @@ static float model_step(Model *m, const int32_t *in, const int32_t *tg, int B, i
     int nv = 0;
     float loss = model_forward(m, in, tg, B, T, 1.0f / (B * T), &nv);
     model_backward(m);
-    *grads = down_f32(m->be, m->grads, m->pt.total);
+    *grads = xmalloc(m->pt.total * sizeof(float));
+    model_get_grads(m, *grads);
     return loss;
 }
 

@@ -144,7 +144,7 @@ static void test_attention_kv(const Backend *gpu)
 
 static Model *load(const char *dir, const Backend *be)
 {
-    Model *m = hf_load_model(dir, be);
+    Model *m = hf_load_model(dir, be, 0);
     CHECKF(m != NULL, "%s: %s", dir, err_get());
     return m;
 }

@@ -52,7 +52,7 @@ static json_t *model_ref(const char *name)
 
 static Model *load_model(const char *dir)
 {
-    Model *m = hf_load_model(dir, backend_cpu());
+    Model *m = hf_load_model(dir, backend_cpu(), 0);
     CHECKF(m != NULL, "%s: %s", dir, err_get());
     return m;
 }

@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
+#include "train/optim.h"
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test.h"
@@ -117,7 +118,7 @@ static int fixture_open(Fixture *fx, const char *name)
         return -1;
     }
     CHECKF(st_open(&fx->ref, ref) == 0, "%s", err_get());
-    fx->m = hf_load_model(dir, backend_cpu());
+    fx->m = hf_load_model(dir, backend_cpu(), 1);
     CHECKF(fx->m != NULL, "hf_load_model: %s", err_get());
     if (!fx->m) {
         st_close(&fx->ref);
@@ -172,7 +173,7 @@ static void check_forward_backward(Fixture *fx, int recompute)
     free(ref);
     model_backward(m);
     float *grads = xmalloc(m->pt.total * sizeof(float));
-    be->download(grads, m->grads, m->pt.total * sizeof(float));
+    model_get_grads(m, grads);
     compare_by_hf_name(fx, grads, "grad.");
     free(grads);
 }
@@ -186,28 +187,18 @@ static void check_forward_backward(Fixture *fx, int recompute)
 
 static void adamw_step(Model *m, const float *p0, const float *g)
 {
-    const Backend *be = m->be;
-    const ParamTable *pt = &m->pt;
-    OptTensor *ot = xcalloc((size_t)pt->n, sizeof(OptTensor));
-    for (int i = 0; i < pt->n; i++) {
-        ot[i].offset = pt->p[i].offset;
-        ot[i].numel = pt->p[i].numel;
-        ot[i].weight_decay = pt->p[i].decay ? ADAM_WD : 0.0f;
-        ot[i].trainable = pt->p[i].trainable;
-    }
-    float *mom = be->alloc(pt->total * sizeof(float)), *var = be->alloc(pt->total * sizeof(float));
+    Optimizer o;
+    optim_init(&o, m, ADAM_WD);
     model_set_params(m, p0);
-    be->upload(m->grads, g, pt->total * sizeof(float));
+    model_set_grads(m, g);
     AdamHyper h = {.lr = ADAM_LR,
                    .beta1 = ADAM_BETA1,
                    .beta2 = ADAM_BETA2,
                    .eps = ADAM_EPS,
                    .step = 1,
                    .grad_scale = 1.0f};
-    be->adamw(m->params, m->params_act, m->grads, mom, var, ot, pt->n, &h);
-    be->free(mom);
-    be->free(var);
-    free(ot);
+    optim_step(&o, m, &h);
+    optim_free(&o);
 }
 
 /* One AdamW step from zero moments: first with the reference gradients (the
@@ -221,7 +212,7 @@ static void check_adamw(Fixture *fx, const char *ref_path)
     float *p0 = xmalloc(bytes), *ours = xmalloc(bytes), *gref = xmalloc(bytes), *aref = xmalloc(bytes),
           *host = xmalloc(bytes);
     model_get_params(m, p0);
-    m->be->download(ours, m->grads, bytes);
+    model_get_grads(m, ours);
     CHECKF(hf_import_file(ref_path, "grad.", &m->cfg, pt, gref) == 0, "%s", err_get());
     CHECKF(hf_import_file(ref_path, "adamw.", &m->cfg, pt, aref) == 0, "%s", err_get());
 

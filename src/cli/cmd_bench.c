@@ -1,17 +1,15 @@
 /* cmd_bench.c - `anvil bench`: training-step speed, FLOP rate and memory.
  *
- * One step = zero grads, forward + loss, backward, global gradient norm and
- * clipping, AdamW (the work `anvil train` does per optimizer step, without
- * data loading). Tokens are uniform random (speed does not depend on them).
- * After --warmup steps, --steps are timed one by one (the loss read-back
- * synchronizes each step); the median is reported.
+ * One step is train_step (src/train/step.c), the very step `anvil train` runs: zero grads,
+ * forward + loss, backward, global gradient norm and clipping, AdamW (without data loading).
+ * Tokens are uniform random (speed does not depend on them). After --warmup steps, --steps are
+ * timed one by one (the loss read-back synchronizes each step); the median is reported.
  *
- * FLOPs per token = 6*N + 6*n_layer*d_model*T (docs/cuda.md): N parameters
- * (embeddings included) times 2 (multiply-add) times 3 (forward, two backward
- * products), plus the attention score and value products. MFU divides the
- * achieved rate by the GPU's dense bf16 peak (989 TFLOP/s, H100 SXM) and,
- * beside it, by the rate the backend's own matmul reaches on a large square
- * product measured here (the "ceiling"). */
+ * FLOPs per token count the products actually run (model_flops_per_token, docs/benchmarks.md):
+ * 6 per trainable weight of every product, 4 per frozen one (no weight gradient), plus causal
+ * attention; embedding lookups count nothing. MFU divides the achieved rate by the GPU's dense
+ * bf16 peak (989 TFLOP/s, H100/H200 SXM) and, beside it, by the rate the backend's own matmul
+ * reaches on a large square product measured here (the "ceiling"). */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -28,12 +26,15 @@
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "model/model.h"
+#include "train/freeze.h"
+#include "train/optim.h"
+#include "train/step.h"
 #ifdef ANVIL_CUDA
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_cudnn.h"
 #endif
 
-/* Dense bf16 tensor-core peak of an H100 SXM (NVIDIA datasheet, without sparsity). */
+/* Dense bf16 tensor-core peak of an H100 / H200 SXM (NVIDIA datasheets, without sparsity). */
 #define H100_BF16_PEAK 989e12
 /* Optimizer settings of a typical GPT-2 run; they do not change the speed. */
 #define BENCH_LR 6e-4f
@@ -42,7 +43,7 @@
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 typedef struct {
-    const char *model, *device, *json, *data;
+    const char *model, *device, *json, *data, *freeze;
     int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
     float lr;
 } BenchArgs;
@@ -71,9 +72,11 @@ static void usage(FILE *f)
     fprintf(f, "usage: anvil bench --model PRESET_OR_DIR [--batch B] [--seq T] [--steps N] [--warmup W]\n"
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
-               "                   [--lr-warmup K]\n"
+               "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]]\n"
                "--data trains on a little-endian uint32 token file (consecutive windows, wrapping)\n"
                "instead of random tokens and prints the loss every K steps (a training curve).\n"
+               "--freeze freezes the tensors whose Hugging Face names match (as model.freeze).\n"
+               "ANVIL_ATTENTION, ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC set the backend switches.\n"
                "presets: %s\n",
             model_preset_names());
 }
@@ -105,6 +108,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--device")) a->device = v;
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--data")) a->data = v;
+        else if (!strcmp(f, "--freeze")) a->freeze = v;
         else if (!strcmp(f, "--print-every")) rc = cli_int(f, v, 1, &a->print_every);
         else if (!strcmp(f, "--lr-warmup")) rc = cli_int(f, v, 0, &a->lr_warmup);
         else if (!strcmp(f, "--lr")) {
@@ -212,6 +216,87 @@ static const char *device_name(const Backend *be)
     return "CPU";
 }
 
+/* The model with --freeze applied, GPT-2-initialized, with activations reserved. */
+static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backend *be)
+{
+    ParamKind *kinds = NULL;
+    if (a->freeze) {
+        TrainConfig tc;
+        train_config_defaults(&tc);
+        if (train_config_set_key(&tc, "model.freeze", a->freeze, "--freeze")) return NULL;
+        int bad;
+        kinds = freeze_kinds(&tc.freeze, c, &bad);
+        if (bad) return NULL;
+    }
+    Model *m = model_create_kinds(c, be, kinds);
+    free(kinds);
+    model_init_gpt2(m, 1);
+    if (model_reserve(m, a->B, a->T, a->recompute)) {
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *m, const Backend *be, double step,
+                         double fpt, double ceiling, double peak_mem, const MemReport *mr)
+{
+    int is_cpu = !strcmp(a->device, "cpu");
+    double tok_s = a->B * a->T / step, rate = fpt * tok_s;
+    printf("model %s (%s, %.1fM params: %.1fM trainable, %.1fM frozen), device %s (%s), batch %d x %d, recompute %d\n",
+           a->model, model_family_name(c->family), param_count_all(&m->pt) / 1e6, param_count(&m->pt) / 1e6,
+           param_count_kind(&m->pt, PARAM_FROZEN) / 1e6, be->name, device_name(be), a->B, a->T, a->recompute);
+    printf("step %.2f ms (median of %d after %d warm-up), %.0f tokens/s\n", step * 1e3, a->steps, a->warmup, tok_s);
+    printf("%.6g FLOP/token (products run: 6 per trainable weight, 4 per frozen, + attention), %.2f TFLOP/s "
+           "achieved (%.1f GFLOP/s)\n",
+           fpt, rate / 1e12, rate / 1e9);
+    if (ceiling > 0)
+        printf("matmul ceiling (%s %dx%dx%d): %.2f TFLOP/s (%.1f GFLOP/s); step reaches %.1f%% of it\n", be->name,
+               a->ceiling_n, a->ceiling_n, a->ceiling_n, ceiling / 1e12, ceiling / 1e9, 100 * rate / ceiling);
+    if (!is_cpu)
+        printf("MFU %.1f%% of %.0f TFLOP/s (H100/H200 SXM dense bf16)\n", 100 * rate / H100_BF16_PEAK,
+               H100_BF16_PEAK / 1e12);
+    char line[512];
+    mem_report_format(mr, line, sizeof(line));
+    printf("memory: %s\n", line);
+    printf("peak memory %.2f GiB (%s)\n", peak_mem / GIB,
+           is_cpu ? "process max RSS" : "high-water of backend allocations");
+    char mfu[32] = "-", of_ceiling[32] = "-"; /* "-": not meaningful (CPU) or not measured (--ceiling-size 0) */
+    if (!is_cpu) snprintf(mfu, sizeof(mfu), "%.1f%%", 100 * rate / H100_BF16_PEAK);
+    if (ceiling > 0) snprintf(of_ceiling, sizeof(of_ceiling), "%.1f%%", 100 * rate / ceiling);
+    printf("| impl | model | device | B | T | recompute | step ms | tokens/s | TFLOP/s | MFU | of ceiling | "
+           "peak GiB |\n");
+    printf("| anvil | %s | %s | %d | %d | %d | %.1f | %.0f | %.2f | %s | %s | %.2f |\n", a->model, device_name(be),
+           a->B, a->T, a->recompute, step * 1e3, tok_s, rate / 1e12, mfu, of_ceiling, peak_mem / GIB);
+}
+
+static int write_json(const BenchArgs *a, const Backend *be, double step, double fpt, double ceiling,
+                      double peak_mem, float last_loss, const char *attn, const MemReport *mr)
+{
+    double tok_s = a->B * a->T / step, rate = fpt * tok_s;
+    json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
+                          "impl", "anvil", "model", a->model, "device", be->name, "device_name", device_name(be),
+                          "batch", a->B, "seq", a->T, "recompute", a->recompute, "steps", a->steps, "step_ms",
+                          step * 1e3, "tokens_per_s", tok_s, "flops_per_token", fpt, "tflops", rate / 1e12, "mfu_989",
+                          rate / H100_BF16_PEAK, "ceiling_tflops", ceiling / 1e12, "of_ceiling",
+                          ceiling > 0 ? rate / ceiling : 0.0, "peak_gib", peak_mem / GIB, "final_loss",
+                          (double)last_loss, "attention", attn);
+    json_t *mem = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "weights", (json_int_t)mr->weights, "master",
+                            (json_int_t)mr->master, "gradients", (json_int_t)mr->grads, "optimizer",
+                            (json_int_t)mr->optim, "activations", (json_int_t)mr->acts, "workspace",
+                            (json_int_t)mr->workspace, "peak", (json_int_t)mr->peak);
+    json_object_set_new(j, "memory_bytes", mem);
+    char *s = json_dumps(j, JSON_INDENT(2));
+    int rc = 0;
+    if (!s || fs_write_atomic(a->json, s, strlen(s))) {
+        fprintf(stderr, "anvil: bench: %s: %s\n", a->json, err_get());
+        rc = 1;
+    }
+    free(s);
+    json_decref(j);
+    return rc;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     BenchArgs a;
@@ -228,25 +313,20 @@ int cmd_bench(int argc, char **argv)
     if (a.B < 0) a.B = is_cpu ? 4 : 16;
     if (a.T < 0) a.T = is_cpu ? 64 : c.max_seq_len;
     if (a.ceiling_n < 0) a.ceiling_n = is_cpu ? 1024 : 8192;
-    const Backend *be = backend_get(a.device);
+    BackendOptions bo = {0};
+    const Backend *be = backend_options_from_env(&bo) < 0 ? NULL : backend_get(a.device);
     if (!be) {
         fprintf(stderr, "anvil: bench: %s\n", err_get());
         return 1;
     }
-    Model *m = model_create(&c, be);
-    model_init_gpt2(m, 1);
-    if (model_reserve(m, a.B, a.T, a.recompute)) {
+    be->configure(&bo);
+    Model *m = bench_model(&a, &c, be);
+    if (!m) {
         fprintf(stderr, "anvil: bench: %s\n", err_get());
-        model_free(m);
         return 1;
     }
-    size_t P = m->pt.total;
-    float *mom = be->alloc(P * sizeof(float)), *vel = be->alloc(P * sizeof(float));
-    OptTensor *ot = xcalloc((size_t)m->pt.n, sizeof(OptTensor));
-    for (int k = 0; k < m->pt.n; k++) {
-        const Param *p = &m->pt.p[k];
-        ot[k] = (OptTensor){p->offset, p->numel, p->decay ? BENCH_WD : 0.0f, p->trainable};
-    }
+    Optimizer opt;
+    optim_init(&opt, m, BENCH_WD);
     int N = a.B * a.T;
     int32_t *in = xmalloc(sizeof(int32_t) * (size_t)(N + 1));
     Rng r;
@@ -266,6 +346,8 @@ int cmd_bench(int argc, char **argv)
     int total = a.warmup + a.steps;
     double *times = xmalloc(sizeof(double) * (size_t)total);
     float first_loss = 0, last_loss = 0;
+    int32_t *tg = in + 1;
+    StepBatch batch = {.B = a.B, .T = a.T, .accum = 1, .in = &in, .tg = &tg};
     for (int s = 0; s < total; s++) {
 #ifdef ANVIL_CUDA
         if (a.profile && s == a.warmup) cuda_prof_enable(1);
@@ -277,18 +359,18 @@ int cmd_bench(int argc, char **argv)
         }
         be->sync();
         double t0 = now_s();
-        model_zero_grad(m);
-        float loss = model_forward(m, in, in + 1, a.B, a.T, 1.0f / N, NULL);
-        model_backward(m);
-        double norm = sqrt(be->sumsq(m->grads, P));
         float lr = a.lr_warmup && s < a.lr_warmup ? a.lr * (s + 1) / a.lr_warmup : a.lr; /* linear warm-up */
-        AdamHyper h = {lr, 0.9f, 0.95f, 1e-8f, s + 1, norm > BENCH_CLIP ? (float)(BENCH_CLIP / norm) : 1.0f};
-        be->adamw(m->params, m->params_act, m->grads, mom, vel, ot, m->pt.n, &h);
-        be->sync();
+        StepHyper h = {.lr = lr, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .step = s + 1, .grad_clip = BENCH_CLIP};
+        StepResult res;
+        if (train_step(m, &opt, &batch, &h, &res)) {
+            fprintf(stderr, "anvil: bench: %s\n", err_get());
+            return 1;
+        }
         times[s] = now_s() - t0;
+        float loss = (float)res.loss;
         if (s == 0) first_loss = loss;
         if (a.print_every && (s % a.print_every == 0 || s == total - 1))
-            printf("step %d loss %.9g norm %.6g\n", s, loss, norm);
+            printf("step %d loss %.9g norm %.6g\n", s, loss, res.grad_norm);
         last_loss = loss;
         if (!isfinite(loss)) {
             fprintf(stderr, "anvil: bench: loss is %g at step %d\n", loss, s);
@@ -296,10 +378,10 @@ int cmd_bench(int argc, char **argv)
         }
     }
     double step = median(times + a.warmup, a.steps);
-    double tok_s = N / step;
     double fpt = model_flops_per_token(m, a.T);
-    double rate = fpt * tok_s;
     double peak_mem = peak_memory_bytes(be);
+    MemReport mr;
+    model_mem_report(m, optim_bytes(&opt), &mr);
 #ifdef ANVIL_CUDA
     if (a.profile) {
         printf("\nper-op time of one step (%s, events around each op, median-free mean over %d steps):\n",
@@ -309,51 +391,17 @@ int cmd_bench(int argc, char **argv)
     }
 #endif
     double ceiling = a.ceiling_n > 0 ? measure_ceiling(be, a.ceiling_n, is_cpu ? 3 : 20) : 0;
-
-    printf("model %s (%s, %.1fM params), device %s (%s), batch %d x %d, recompute %d\n", a.model,
-           model_family_name(c.family), param_count(&m->pt) / 1e6, be->name, device_name(be), a.B, a.T, a.recompute);
     printf("loss %.4f -> %.4f over %d steps (%s)\n", first_loss, last_loss, total, data ? a.data : "random tokens");
-    printf("step %.2f ms (median of %d after %d warm-up), %.0f tokens/s\n", step * 1e3, a.steps, a.warmup, tok_s);
-    printf("%.3g FLOP/token, %.2f TFLOP/s achieved (%.1f GFLOP/s)\n", fpt, rate / 1e12, rate / 1e9);
-    if (ceiling > 0)
-        printf("matmul ceiling (%s %dx%dx%d): %.2f TFLOP/s (%.1f GFLOP/s); step reaches %.1f%% of it\n",
-               be->name, a.ceiling_n, a.ceiling_n, a.ceiling_n, ceiling / 1e12, ceiling / 1e9, 100 * rate / ceiling);
-    if (!is_cpu) printf("MFU %.1f%% of %.0f TFLOP/s (H100 SXM dense bf16)\n", 100 * rate / H100_BF16_PEAK,
-                        H100_BF16_PEAK / 1e12);
+    print_result(&a, &c, m, be, step, fpt, ceiling, peak_mem, &mr);
     const char *attn = "anvil kernels";
 #ifdef ANVIL_CUDA
     if (!is_cpu) attn = cudnn_attention_info();
 #endif
-    printf("attention: %s\n", attn);
-    printf("peak memory %.2f GiB (%s)\n", peak_mem / GIB,
-           is_cpu ? "process max RSS" : "high-water of backend allocations");
-    printf("| impl | model | device | B | T | recompute | step ms | tokens/s | TFLOP/s | MFU (989) | of ceiling | "
-           "peak GiB |\n");
-    char mfu[32] = "-", of_ceiling[32] = "-"; /* "-": not meaningful (CPU) or not measured (--ceiling-size 0) */
-    if (!is_cpu) snprintf(mfu, sizeof(mfu), "%.1f%%", 100 * rate / H100_BF16_PEAK);
-    if (ceiling > 0) snprintf(of_ceiling, sizeof(of_ceiling), "%.1f%%", 100 * rate / ceiling);
-    printf("| anvil | %s | %s | %d | %d | %d | %.1f | %.0f | %.2f | %s | %s | %.2f |\n", a.model, device_name(be), a.B,
-           a.T, a.recompute, step * 1e3, tok_s, rate / 1e12, mfu, of_ceiling, peak_mem / GIB);
-
-    int rc = 0;
-    if (a.json) {
-        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
-                              "impl", "anvil", "model", a.model, "device", be->name, "device_name", device_name(be),
-                              "batch", a.B, "seq", a.T, "recompute", a.recompute, "steps", a.steps, "step_ms",
-                              step * 1e3, "tokens_per_s", tok_s, "flops_per_token", fpt, "tflops", rate / 1e12,
-                              "mfu_989", rate / H100_BF16_PEAK, "ceiling_tflops", ceiling / 1e12, "of_ceiling",
-                              ceiling > 0 ? rate / ceiling : 0.0, "peak_gib", peak_mem / GIB, "final_loss",
-                              (double)last_loss, "attention", attn);
-        char *s = json_dumps(j, JSON_INDENT(2));
-        if (!s || fs_write_atomic(a.json, s, strlen(s))) {
-            fprintf(stderr, "anvil: bench: %s: %s\n", a.json, err_get());
-            rc = 1;
-        }
-        free(s);
-        json_decref(j);
-    }
-    free(times), free(in), free(ot), free(data);
-    be->free(mom), be->free(vel);
+    printf("attention: %s | backend.attention %s | backend.gemm_tune %s | deterministic %s\n", attn,
+           backend_attention_name(bo.attention), backend_gemm_tune_name(bo.gemm_tune), bo.deterministic ? "on" : "off");
+    int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, last_loss, attn, &mr) : 0;
+    free(times), free(in), free(data);
+    optim_free(&opt);
     model_free(m);
     return rc;
 }

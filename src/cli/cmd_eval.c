@@ -278,9 +278,6 @@ static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
 
 int cmd_eval(int argc, char **argv)
 {
-    /* evaluation shapes change from batch to batch and runs are short: the GEMM autotuning that pays
-     * in training (docs/cuda.md) costs more here than it saves; ANVIL_GEMM_TUNE=1 turns it on */
-    setenv("ANVIL_GEMM_TUNE", "0", 0);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 1 : 0;
@@ -300,11 +297,8 @@ int cmd_eval(int argc, char **argv)
     Tokenizer *tok = NULL;
     int rc = 1;
     if (parse_args(argc, argv, &a)) goto out;
-    const Backend *be = backend_get(a.device);
-    if (!be) {
-        err_prefix("--device");
-        goto out;
-    }
+    const Backend *be = eval_backend(a.device);
+    if (!be) goto out;
     m = eval_load_model(a.model, be);
     if (!m) goto out;
     tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);

@@ -160,9 +160,6 @@ static const char *stop_name(int s)
 
 int cmd_generate(int argc, char **argv)
 {
-    /* evaluation shapes change from batch to batch and runs are short: the GEMM autotuning that pays
-     * in training (docs/cuda.md) costs more here than it saves; ANVIL_GEMM_TUNE=1 turns it on */
-    setenv("ANVIL_GEMM_TUNE", "0", 0);
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
@@ -180,11 +177,8 @@ int cmd_generate(int argc, char **argv)
     int n_prompt = 0, rc = 1;
     GenResult res = {0};
     if (parse_args(argc, argv, &a)) goto out;
-    const Backend *be = backend_get(a.device);
-    if (!be) {
-        err_prefix("--device");
-        goto out;
-    }
+    const Backend *be = eval_backend(a.device);
+    if (!be) goto out;
     m = eval_load_model(a.model, be);
     if (!m) goto out;
     tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);

@@ -7,7 +7,13 @@
 #include "backend/backend.h"
 #include "model/model.h"
 
-/* NULL with err_set() naming spec when it is neither a loadable directory nor a preset. */
+/* The backend for `device`, configured for evaluation: GEMM autotuning off (evaluation shapes
+ * change from batch to batch and runs are short, so the tuning that pays in training costs more
+ * than it saves, docs/cuda.md), other switches at their defaults; ANVIL_ATTENTION,
+ * ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC override them. NULL with err_set() naming --device. */
+const Backend *eval_backend(const char *device);
+/* The model, every tensor frozen (no master, no gradients). NULL with err_set() naming spec when
+ * it is neither a loadable directory nor a preset. */
 Model *eval_load_model(const char *spec, const Backend *be);
 
 #endif

@@ -656,6 +656,22 @@ int hf_export(const ModelConfig *cfg, const ParamTable *pt, const float *buf, Hf
     return 0;
 }
 
+int hf_names(const ModelConfig *cfg, const ParamTable *pt, HfName **out, int *nout)
+{
+    HfMap *map;
+    int n;
+    if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
+    HfName *names = xcalloc((size_t)n + 1, sizeof(HfName));
+    for (int i = 0; i < n; i++) {
+        snprintf(names[i].name, sizeof(names[i].name), "%s", map[i].name);
+        names[i].param = map[i].param;
+    }
+    free(map);
+    *out = names;
+    *nout = n;
+    return 0;
+}
+
 void hf_tensors_free(HfTensor *t, int n)
 {
     if (!t) return;
@@ -886,11 +902,11 @@ int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const
     return rc;
 }
 
-Model *hf_load_model(const char *dir, const Backend *be)
+Model *hf_load_model(const char *dir, const Backend *be, int trainable)
 {
     ModelConfig cfg;
     if (hf_read_config(dir, &cfg) != 0) return NULL;
-    Model *m = model_create(&cfg, be);
+    Model *m = trainable ? model_create(&cfg, be) : model_create_frozen(&cfg, be);
     float *host = xmalloc(m->pt.total * sizeof(float));
     if (hf_read_weights(dir, &m->cfg, &m->pt, host) != 0) {
         free(host);

@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "model/config.h"
+#include "model/params.h"
 
 struct Model;
 
@@ -49,6 +50,14 @@ typedef struct {
 int hf_export(const ModelConfig *cfg, const ParamTable *pt, const float *buf, HfTensor **out, int *n);
 void hf_tensors_free(HfTensor *t, int n);
 
+/* The Hugging Face name of every tensor a directory of this config holds, with the index of the
+ * parameter it belongs to (a fused parameter such as llama's qkv.w has several). free() *out. */
+typedef struct {
+    char name[96];
+    int param;
+} HfName;
+int hf_names(const ModelConfig *cfg, const ParamTable *pt, HfName **out, int *n);
+
 /* Write config.json, generation_config.json and model.safetensors (sharded
  * above ST_DEFAULT_MAX_SHARD) into the existing directory dir, each file
  * atomically. dtype is DTYPE_F32 or DTYPE_BF16 (the stored weights). */
@@ -60,8 +69,9 @@ int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const
 /* config.json alone (used by hf_write_files; exposed for tests and tools). */
 int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype);
 
-/* config + weights -> a Model on the backend (model_create + model_set_params).
+/* config + weights -> a Model on the backend: every tensor trainable, or (trainable 0) every
+ * tensor frozen, as evaluation, generation and conversion want (no master, no gradients).
  * NULL with err_set() on failure. */
-struct Model *hf_load_model(const char *dir, const Backend *be);
+struct Model *hf_load_model(const char *dir, const Backend *be, int trainable);
 
 #endif

@@ -126,90 +126,29 @@ int model_config_finish(ModelConfig *c)
     return 0;
 }
 
-/* ---- parameter table ---- */
-
-static void add_param(ParamTable *pt, int *cap, const char *name, int role, int layer, int ndim, int64_t d0,
-                      int64_t d1)
+const char *model_config_diff(const ModelConfig *a, const ModelConfig *b)
 {
-    if (pt->n == *cap) {
-        *cap = *cap ? 2 * *cap : 64;
-        pt->p = xrealloc(pt->p, (size_t)*cap * sizeof(Param));
-    }
-    Param *p = &pt->p[pt->n++];
-    memset(p, 0, sizeof(*p));
-    snprintf(p->name, sizeof(p->name), "%s", name);
-    p->role = role;
-    p->layer = layer;
-    p->ndim = ndim;
-    p->shape[0] = d0;
-    p->shape[1] = ndim == 2 ? d1 : 1;
-    p->numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
-    p->offset = pt->total;
-    p->dtype = DTYPE_F32;
-    p->storage = STORE_DENSE;
-    p->trainable = 1;
-    p->decay = ndim == 2;
-    pt->total += p->numel;
-}
-
-void param_table_build(ParamTable *pt, const ModelConfig *c)
-{
-    int cap = 0;
-    int C = c->d_model;
-    int gpt2 = c->family == FAMILY_GPT2;
-    char nm[64];
-    memset(pt, 0, sizeof(*pt));
-    add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
-    if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
-    for (int l = 0; l < c->n_layer; l++) {
-#define P1(suffix, role, n) \
-    (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 1, n, 1))
-#define P2(suffix, role, r, k) \
-    (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 2, r, k))
-        P1("ln1.w", PROLE_LN1_W, C);
-        if (gpt2) P1("ln1.b", PROLE_LN1_B, C);
-        P2("qkv.w", PROLE_QKV_W, cfg_qkv_dim(c), C);
-        if (c->qkv_bias) P1("qkv.b", PROLE_QKV_B, cfg_qkv_dim(c));
-        P2("o.w", PROLE_O_W, C, cfg_q_dim(c));
-        if (c->o_bias) P1("o.b", PROLE_O_B, C);
-        P1("ln2.w", PROLE_LN2_W, C);
-        if (gpt2) P1("ln2.b", PROLE_LN2_B, C);
-        P2("fc.w", PROLE_FC_W, cfg_fc_dim(c), C);
-        if (c->mlp_bias) P1("fc.b", PROLE_FC_B, cfg_fc_dim(c));
-        P2("proj.w", PROLE_PROJ_W, C, c->d_ff);
-        if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
-#undef P1
-#undef P2
-    }
-    add_param(pt, &cap, "lnf.w", PROLE_LNF_W, -1, 1, C, 1);
-    if (gpt2) add_param(pt, &cap, "lnf.b", PROLE_LNF_B, -1, 1, C, 1);
-    if (!c->tie_embeddings) add_param(pt, &cap, "lm_head", PROLE_LM_HEAD, -1, 2, c->vocab_size, C);
-}
-
-void param_table_free(ParamTable *pt)
-{
-    free(pt->p);
-    memset(pt, 0, sizeof(*pt));
-}
-
-int param_find(const ParamTable *pt, const char *name)
-{
-    for (int i = 0; i < pt->n; i++)
-        if (!strcmp(pt->p[i].name, name)) return i;
-    return -1;
-}
-
-int param_find_role(const ParamTable *pt, int role, int layer)
-{
-    for (int i = 0; i < pt->n; i++)
-        if (pt->p[i].role == role && pt->p[i].layer == layer) return i;
-    return -1;
-}
-
-size_t param_count(const ParamTable *pt)
-{
-    size_t n = 0;
-    for (int i = 0; i < pt->n; i++)
-        if (pt->p[i].trainable) n += pt->p[i].numel;
-    return n;
+#define DIFF(field, key) \
+    if (a->field != b->field) return key
+    DIFF(family, "model.family");
+    DIFF(n_layer, "model.n_layer");
+    DIFF(n_head, "model.n_head");
+    DIFF(n_kv_head, "model.n_kv_head");
+    DIFF(d_model, "model.d_model");
+    DIFF(head_dim, "model head_dim");
+    DIFF(d_ff, "model.d_ff");
+    DIFF(max_seq_len, "model.max_seq_len");
+    DIFF(vocab_size, "model.vocab_size");
+    DIFF(tie_embeddings, "model.tie_embeddings");
+    DIFF(qkv_bias, "model.qkv_bias");
+    DIFF(o_bias, "model o_bias (attention output bias)");
+    DIFF(mlp_bias, "model mlp_bias (MLP biases)");
+    DIFF(rope_theta, "model.rope_theta");
+    DIFF(norm_eps, "model norm_eps");
+    DIFF(rope_scale_factor, "model rope_scaling.factor");
+    DIFF(rope_low_freq_factor, "model rope_scaling.low_freq_factor");
+    DIFF(rope_high_freq_factor, "model rope_scaling.high_freq_factor");
+    DIFF(rope_orig_max_pos, "model rope_scaling.original_max_position_embeddings");
+#undef DIFF
+    return NULL;
 }

@@ -53,6 +53,9 @@ int model_config_finish(ModelConfig *c);
 /* Parse "gpt2" / "llama" (also "mistral", "qwen2" -> llama). -1 if unknown. */
 int model_family_parse(const char *s, Family *f);
 const char *model_family_name(Family f);
+/* The config key of the first field that shapes tensors or changes results and differs between
+ * a and b ("model.n_layer", "model.rope_theta", ...), or NULL when they describe the same model. */
+const char *model_config_diff(const ModelConfig *a, const ModelConfig *b);
 
 /* Sizes derived from the config. */
 static inline int cfg_q_dim(const ModelConfig *c) { return c->n_head * c->head_dim; }
@@ -64,54 +67,6 @@ static inline int cfg_fc_dim(const ModelConfig *c)
     return c->family == FAMILY_LLAMA ? 2 * c->d_ff : c->d_ff;
 }
 
-/* ---- the parameter table ----
- * Every parameter is a named tensor inside ONE flat fp32 buffer (the master
- * weights); gradients and optimizer moments use the same offsets. Internal
- * names and layouts (weights are (out, in) like torch.nn.Linear):
- *   wte (V,C)  wpe (P,C)  lm_head (V,C, untied only)  lnf.w (C)  lnf.b (C)
- *   h.L.ln1.w/b (C)  h.L.qkv.w (qkv_dim, C)  h.L.qkv.b (qkv_dim)
- *   h.L.o.w (C, q_dim)  h.L.o.b (C)  h.L.ln2.w/b (C)
- *   h.L.fc.w (fc_dim, C)  h.L.fc.b (fc_dim)  h.L.proj.w (C, d_ff)  h.L.proj.b (C)
- * qkv rows are [q heads | k heads | v heads]; llama fc rows are [gate | up].
- * Storage kind and trainable flag are per tensor so that frozen, quantized
- * and adapter tensors can join the table later without changing the model. */
-enum { STORE_DENSE = 0 };
-
-enum {
-    PROLE_WTE, PROLE_WPE, PROLE_LM_HEAD, PROLE_LNF_W, PROLE_LNF_B,
-    PROLE_LN1_W, PROLE_LN1_B, PROLE_QKV_W, PROLE_QKV_B, PROLE_O_W, PROLE_O_B,
-    PROLE_LN2_W, PROLE_LN2_B, PROLE_FC_W, PROLE_FC_B, PROLE_PROJ_W, PROLE_PROJ_B,
-    PROLE_COUNT
-};
-
-typedef struct {
-    char name[64];
-    int role;  /* PROLE_* */
-    int layer; /* -1 for tensors outside the blocks */
-    int ndim;
-    int64_t shape[2];
-    size_t numel;
-    size_t offset; /* element offset in the flat buffer */
-    int dtype;     /* storage dtype of the master copy (DTYPE_F32 for now) */
-    int storage;   /* STORE_DENSE */
-    int trainable;
-    int decay; /* weight decay applies (matrices) */
-} Param;
-
-typedef struct {
-    Param *p;
-    int n;
-    size_t total; /* elements */
-} ParamTable;
-
-/* Build the table for a config (every tensor trainable). */
-void param_table_build(ParamTable *pt, const ModelConfig *c);
-void param_table_free(ParamTable *pt);
-/* Index of the named tensor, or -1. */
-int param_find(const ParamTable *pt, const char *name);
-/* Index of (role, layer), or -1 if the model has no such tensor. */
-int param_find_role(const ParamTable *pt, int role, int layer);
-/* Total trainable parameter count. */
-size_t param_count(const ParamTable *pt);
+/* The tensors of a config and their kinds: model/params.h. */
 
 #endif

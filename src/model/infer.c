@@ -1,30 +1,20 @@
 /* infer.c - the cached forward pass for generation (infer.h).
  *
- * The block is the one of model.c (pre-norm, fused residual add + norm), run
- * over the new tokens only: their q, k, v come from the usual matmul, RoPE
- * rotates them at their absolute positions, k and v go into the cache, and
- * attention reads every cached position. When the cache is empty the new
- * tokens attend only to each other, so the ordinary causal attention_fwd (the
- * backend's fastest kernel) does the prompt. */
+ * The blocks are those of training (block.c, model_stack_fwd), run over the new tokens only with
+ * an attention context that holds the cache: q, k, v come from the same products, RoPE rotates
+ * them at their absolute positions, k and v go into the cache, and attention reads every cached
+ * position. When the cache is empty the new tokens attend only to each other, so the ordinary
+ * causal attention_fwd (the backend's fastest kernel) does the prompt. */
 #include "model/infer.h"
 
 #include <stdlib.h>
 
 #include "core/error.h"
+#include "model/block.h"
 
 /* Prompt tokens per pass when the caller gives no chunk size: bounds the
  * scratch memory (B x chunk x max(qkv, d_ff) elements) for long prompts. */
 #define DEFAULT_CHUNK 512
-
-static void *Wt(const Model *m, int idx)
-{
-    return idx < 0 ? NULL : act_at(m->be, m->params_act, m->pt.p[idx].offset);
-}
-
-static int is_rms(const Model *m)
-{
-    return m->cfg.family == FAMILY_LLAMA;
-}
 
 KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
 {
@@ -47,17 +37,25 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
         kv->k[l] = be->alloc(per_layer);
         kv->v[l] = be->alloc(per_layer);
     }
-    kv->x = be->alloc(N * C * as);
-    kv->ln = be->alloc(N * C * as);
-    kv->qkv = be->alloc(N * cfg_qkv_dim(c) * as);
-    kv->att = be->alloc(N * cfg_q_dim(c) * as);
-    kv->res2 = be->alloc(N * C * as);
-    kv->fch = be->alloc(N * cfg_fc_dim(c) * as);
-    kv->fch_act = be->alloc(N * c->d_ff * as);
+    LayerActs *a = &kv->acts;
+    a->res = be->alloc(N * C * as);
+    a->ln1 = be->alloc(N * C * as);
+    a->ln2 = be->alloc(N * C * as);
+    a->qkv = be->alloc(N * cfg_qkv_dim(c) * as);
+    a->att = be->alloc(N * cfg_q_dim(c) * as);
+    a->res2 = be->alloc(N * C * as);
+    a->fch = be->alloc(N * cfg_fc_dim(c) * as);
+    a->fch_act = be->alloc(N * c->d_ff * as);
+    a->ln1_mean = be->alloc(N * sizeof(float));
+    a->ln1_rstd = be->alloc(N * sizeof(float));
+    a->ln2_mean = be->alloc(N * sizeof(float));
+    a->ln2_rstd = be->alloc(N * sizeof(float));
+    a->lse = be->alloc((size_t)B * c->n_head * chunk * sizeof(float));
+    kv->res_final = be->alloc(N * C * as);
+    kv->lnf = be->alloc(N * C * as);
     kv->mlp = be->alloc(N * C * as);
-    kv->mean = be->alloc(N * sizeof(float));
-    kv->rstd = be->alloc(N * sizeof(float));
-    kv->lse = be->alloc((size_t)B * c->n_head * chunk * sizeof(float));
+    kv->lnf_mean = be->alloc(N * sizeof(float));
+    kv->lnf_rstd = be->alloc(N * sizeof(float));
     kv->tokens = be->alloc(N * sizeof(int32_t));
     kv->tokens_host = xmalloc(N * sizeof(int32_t));
     kv->logits = be->alloc((size_t)B * c->vocab_size * as);
@@ -75,51 +73,15 @@ void kv_cache_free(const Model *m, KVCache *kv)
     }
     free(kv->k);
     free(kv->v);
-    void *bufs[] = {kv->x,   kv->ln,   kv->qkv,  kv->att, kv->res2,   kv->fch,   kv->fch_act,
-                    kv->mlp, kv->mean, kv->rstd, kv->lse, kv->tokens, kv->logits};
+    LayerActs *a = &kv->acts;
+    void *bufs[] = {a->res,      a->ln1,      a->ln2,      a->qkv,      a->att,       a->res2,
+                    a->fch,      a->fch_act,  a->ln1_mean, a->ln1_rstd, a->ln2_mean,  a->ln2_rstd,
+                    a->lse,      kv->res_final, kv->lnf,   kv->mlp,     kv->lnf_mean, kv->lnf_rstd,
+                    kv->tokens,  kv->logits};
     for (size_t i = 0; i < ARRAY_LEN(bufs); i++) be->free(bufs[i]);
     free(kv->tokens_host);
     free(kv->logits_host);
     free(kv);
-}
-
-/* One pass over Tc new tokens per row (already in kv->tokens) at positions pos0..; leaves the
- * final norm's output (B*Tc, C) in kv->ln. */
-static void forward_chunk(Model *m, KVCache *kv, int Tc, int pos0)
-{
-    const Backend *be = m->be;
-    const ModelConfig *c = &m->cfg;
-    int B = kv->B, N = B * Tc, C = c->d_model, L = c->n_layer;
-    int nh = c->n_head, nkv = c->n_kv_head, hd = c->head_dim;
-    be->embed_fwd(kv->x, kv->tokens, Wt(m, m->wte), Wt(m, m->wpe), B, Tc, C, pos0);
-    be->norm_fwd(kv->ln, kv->mean, kv->rstd, kv->x, Wt(m, m->lp[0].ln1_w), Wt(m, m->lp[0].ln1_b), N, C,
-                 c->norm_eps, is_rms(m));
-    for (int l = 0; l < L; l++) {
-        const LayerParams *p = &m->lp[l];
-        // x (block input), ln = norm1(x) -> res2 = x + attn(ln); ln = norm2(res2); x = res2 + mlp(ln)
-        be->matmul_fwd(kv->qkv, kv->ln, Wt(m, p->qkv_w), Wt(m, p->qkv_b), N, C, cfg_qkv_dim(c));
-        if (c->family == FAMILY_LLAMA) be->rope_fwd(kv->qkv, m->inv_freq, B, Tc, nh, nkv, hd, pos0);
-        be->kv_store(kv->k[l], kv->v[l], kv->qkv, B, Tc, nh, nkv, hd, pos0, kv->cap);
-        if (pos0 == 0)
-            be->attention_fwd(kv->att, kv->lse, kv->qkv, B, Tc, nh, nkv, hd);
-        else
-            be->attention_kv_fwd(kv->att, kv->qkv, kv->k[l], kv->v[l], B, Tc, nh, nkv, hd, pos0, kv->cap);
-        be->matmul_fwd(kv->mlp, kv->att, Wt(m, p->o_w), Wt(m, p->o_b), N, cfg_q_dim(c), C);
-        be->add_norm_fwd(kv->res2, kv->ln, kv->mean, kv->rstd, kv->x, kv->mlp, Wt(m, p->ln2_w),
-                         Wt(m, p->ln2_b), N, C, c->norm_eps, is_rms(m));
-        be->matmul_fwd(kv->fch, kv->ln, Wt(m, p->fc_w), Wt(m, p->fc_b), N, C, cfg_fc_dim(c));
-        if (c->family == FAMILY_LLAMA)
-            be->swiglu_fwd(kv->fch_act, kv->fch, N, c->d_ff);
-        else
-            be->gelu_fwd(kv->fch_act, kv->fch, (size_t)N * c->d_ff);
-        be->matmul_fwd(kv->mlp, kv->fch_act, Wt(m, p->proj_w), Wt(m, p->proj_b), N, c->d_ff, C);
-        /* next block's input and its first norm, or the final norm */
-        int last = l + 1 == L;
-        const void *nw = last ? Wt(m, m->lnf_w) : Wt(m, m->lp[l + 1].ln1_w);
-        const void *nb = last ? Wt(m, m->lnf_b) : Wt(m, m->lp[l + 1].ln1_b);
-        be->add_norm_fwd(kv->x, kv->ln, kv->mean, kv->rstd, kv->res2, kv->mlp, nw, nb, N, C, c->norm_eps,
-                         is_rms(m));
-    }
 }
 
 const float *model_forward_cached(Model *m, KVCache *kv, const int32_t *tokens, int T)
@@ -132,23 +94,25 @@ const float *model_forward_cached(Model *m, KVCache *kv, const int32_t *tokens, 
         return err_set("the context is full: %d + %d tokens exceed the cache's %d positions", kv->len, T,
                        kv->cap),
                NULL;
+    StackBufs bufs = {.la = &kv->acts, .shared = 1, .res_final = kv->res_final, .lnf = kv->lnf,
+                      .lnf_mean = kv->lnf_mean, .lnf_rstd = kv->lnf_rstd, .scratch = kv->mlp};
     int Tc = 0;
     for (int t0 = 0; t0 < T; t0 += Tc) {
         Tc = MIN(kv->chunk, T - t0);
         for (int b = 0; b < B; b++)
             for (int t = 0; t < Tc; t++) kv->tokens_host[b * Tc + t] = tokens[(size_t)b * T + t0 + t];
         be->upload(kv->tokens, kv->tokens_host, (size_t)B * Tc * sizeof(int32_t));
-        forward_chunk(m, kv, Tc, kv->len);
+        AttnCtx ctx = {.mode = ATTN_CAUSAL, .pos0 = kv->len, .kcache = kv->k, .vcache = kv->v, .cap = kv->cap};
+        model_stack_fwd(m, &bufs, kv->tokens, B, Tc, &ctx);
         kv->len += Tc;
     }
     /* logits of each row's last position: row b*Tc + Tc-1 of the final norm's output */
-    int out_w = m->lm_head >= 0 ? m->lm_head : m->wte;
     if (Tc == 1) {
-        be->matmul_fwd(kv->logits, kv->ln, Wt(m, out_w), NULL, B, C, V);
+        linear_fwd(&m->ps, &m->head, kv->logits, kv->lnf, B);
     } else {
         for (int b = 0; b < B; b++)
-            be->matmul_fwd(act_at(be, kv->logits, (size_t)b * V),
-                           act_at(be, kv->ln, ((size_t)b * Tc + Tc - 1) * C), Wt(m, out_w), NULL, 1, C, V);
+            linear_fwd(&m->ps, &m->head, act_at(be, kv->logits, (size_t)b * V),
+                       act_at(be, kv->lnf, ((size_t)b * Tc + Tc - 1) * C), 1);
     }
     be->download_act(kv->logits_host, kv->logits, (size_t)B * V);
     return kv->logits_host;

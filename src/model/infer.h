@@ -4,9 +4,10 @@
  * values of every layer for positions 0 .. cap-1 (backend memory, act dtype,
  * (B, nkv, cap, hd) per layer), plus the scratch activations of one chunk of
  * new tokens. model_forward_cached runs T new tokens per row at positions
- * len .. len+T-1 (the same for every row), appends their keys and values, and
- * returns the logits of each row's last new position. The training-time
- * activations of the Model (model_reserve) are not touched.
+ * len .. len+T-1 (the same for every row) through the model's own block (block.c),
+ * appends their keys and values, and returns the logits of each row's last new
+ * position. The training-time activations of the Model (model_reserve) are not
+ * touched.
  */
 #ifndef ANVIL_MODEL_INFER_H
 #define ANVIL_MODEL_INFER_H
@@ -20,13 +21,15 @@ typedef struct {
     int len;       /* positions already in the cache (same for every row) */
     int chunk;     /* most new tokens per row in one pass; longer inputs run in chunks */
     void **k, **v; /* n_layer buffers each, (B, nkv, cap, hd) act */
-    /* scratch for B x chunk tokens (act unless noted) */
-    void *x, *ln, *qkv, *att, *res2, *fch, *fch_act, *mlp;
-    float *mean, *rstd, *lse; /* (B*chunk), (B*chunk), (B, nh, chunk) */
-    int32_t *tokens;          /* (B*chunk) backend copy */
-    int32_t *tokens_host;     /* (B*chunk) */
-    void *logits;             /* (B, V) act */
-    float *logits_host;       /* (B, V) fp32 */
+    /* scratch for B x chunk tokens: one set of block activations shared by every layer (the
+     * block of block.c runs over them), the final norm's output and a branch scratch */
+    LayerActs acts;
+    void *res_final, *lnf, *mlp;
+    float *lnf_mean, *lnf_rstd;
+    int32_t *tokens;      /* (B*chunk) backend copy */
+    int32_t *tokens_host; /* (B*chunk) */
+    void *logits;         /* (B, V) act */
+    float *logits_host;   /* (B, V) fp32 */
 } KVCache;
 
 /* A cache for B rows of up to cap positions, running up to chunk new tokens per

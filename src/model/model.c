@@ -3,22 +3,17 @@
 #include "model/model.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "model/block.h"
 
 /* GPT-2 init (Radford et al. 2019; nanoGPT/llm.c): std 0.02 for every matrix,
  * residual output projections scaled by 1/sqrt(2 * n_layer). */
 #define INIT_STD 0.02
-
-static void *W(const Model *m, int idx)
-{
-    return idx < 0 ? NULL : act_at(m->be, m->params_act, m->pt.p[idx].offset);
-}
-
-static float *G(const Model *m, int idx) { return idx < 0 ? NULL : m->grads + m->pt.p[idx].offset; }
 
 /* RoPE frequencies as HF computes them: inv_freq[i] = theta^(-2i/hd), with the
  * LLaMA-3 ("llama3" rope_type) rescaling of low frequencies when configured. */
@@ -42,7 +37,7 @@ static void rope_inv_freq(const ModelConfig *c, float *out)
     }
 }
 
-Model *model_create(const ModelConfig *cfg, const Backend *be)
+Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds)
 {
     /* derived sizes must be filled in (a preset or parsed config goes through model_config_finish) */
     if (cfg->head_dim <= 0 || cfg->d_ff <= 0 || cfg->n_kv_head <= 0)
@@ -52,31 +47,27 @@ Model *model_create(const ModelConfig *cfg, const Backend *be)
     m->cfg = *cfg;
     m->be = be;
     param_table_build(&m->pt, cfg);
+    param_table_set_kinds(&m->pt, kinds);
     const ParamTable *pt = &m->pt;
     m->wte = param_find_role(pt, PROLE_WTE, -1);
     m->wpe = param_find_role(pt, PROLE_WPE, -1);
     m->lnf_w = param_find_role(pt, PROLE_LNF_W, -1);
     m->lnf_b = param_find_role(pt, PROLE_LNF_B, -1);
-    m->lm_head = param_find_role(pt, PROLE_LM_HEAD, -1);
+    int lm_head = param_find_role(pt, PROLE_LM_HEAD, -1);
+    m->head = linear_make(pt, lm_head >= 0 ? lm_head : m->wte, -1);
     m->lp = xcalloc((size_t)cfg->n_layer, sizeof(LayerParams));
     for (int l = 0; l < cfg->n_layer; l++) {
         LayerParams *p = &m->lp[l];
         p->ln1_w = param_find_role(pt, PROLE_LN1_W, l);
         p->ln1_b = param_find_role(pt, PROLE_LN1_B, l);
-        p->qkv_w = param_find_role(pt, PROLE_QKV_W, l);
-        p->qkv_b = param_find_role(pt, PROLE_QKV_B, l);
-        p->o_w = param_find_role(pt, PROLE_O_W, l);
-        p->o_b = param_find_role(pt, PROLE_O_B, l);
         p->ln2_w = param_find_role(pt, PROLE_LN2_W, l);
         p->ln2_b = param_find_role(pt, PROLE_LN2_B, l);
-        p->fc_w = param_find_role(pt, PROLE_FC_W, l);
-        p->fc_b = param_find_role(pt, PROLE_FC_B, l);
-        p->proj_w = param_find_role(pt, PROLE_PROJ_W, l);
-        p->proj_b = param_find_role(pt, PROLE_PROJ_B, l);
+        p->qkv = linear_make(pt, param_find_role(pt, PROLE_QKV_W, l), param_find_role(pt, PROLE_QKV_B, l));
+        p->o = linear_make(pt, param_find_role(pt, PROLE_O_W, l), param_find_role(pt, PROLE_O_B, l));
+        p->fc = linear_make(pt, param_find_role(pt, PROLE_FC_W, l), param_find_role(pt, PROLE_FC_B, l));
+        p->proj = linear_make(pt, param_find_role(pt, PROLE_PROJ_W, l), param_find_role(pt, PROLE_PROJ_B, l));
     }
-    m->params = be->alloc(pt->total * sizeof(float));
-    m->params_act = be->act_dtype == DTYPE_F32 ? (void *)m->params : be->alloc(pt->total * be->act_size);
-    m->grads = be->alloc(pt->total * sizeof(float));
+    params_alloc(&m->ps, be, &m->pt);
     if (cfg->family == FAMILY_LLAMA) {
         float *f = xmalloc(sizeof(float) * (size_t)(cfg->head_dim / 2));
         rope_inv_freq(cfg, f);
@@ -84,6 +75,20 @@ Model *model_create(const ModelConfig *cfg, const Backend *be)
         be->upload(m->inv_freq, f, sizeof(float) * (size_t)(cfg->head_dim / 2));
         free(f);
     }
+    return m;
+}
+
+Model *model_create(const ModelConfig *cfg, const Backend *be) { return model_create_kinds(cfg, be, NULL); }
+
+Model *model_create_frozen(const ModelConfig *cfg, const Backend *be)
+{
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    ParamKind *kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+    for (int i = 0; i < pt.n; i++) kinds[i] = PARAM_FROZEN;
+    Model *m = model_create_kinds(cfg, be, kinds);
+    free(kinds);
+    param_table_free(&pt);
     return m;
 }
 
@@ -116,6 +121,7 @@ static void free_acts(Model *m)
         if (rest[i]) be->free(rest[i]);
     free(m->losses_host);
     m->losses_host = NULL;
+    m->act_bytes = 0;
 }
 
 void model_free(Model *m)
@@ -123,9 +129,7 @@ void model_free(Model *m)
     if (!m) return;
     const Backend *be = m->be;
     free_acts(m);
-    if (m->params_act != (void *)m->params) be->free(m->params_act);
-    be->free(m->params);
-    be->free(m->grads);
+    params_free(&m->ps);
     if (m->inv_freq) be->free(m->inv_freq);
     free(m->lp);
     param_table_free(&m->pt);
@@ -142,6 +146,8 @@ int model_reserve(Model *m, int B, int T, int recompute)
     if (m->la && B <= m->Bmax && T <= m->Tmax && recompute == m->recompute && (size_t)B * T <= (size_t)m->Bmax * m->Tmax)
         return 0;
     free_acts(m);
+    size_t before;
+    be->mem_stats(&before, NULL);
     size_t N = (size_t)B * T, C = c->d_model, as = be->act_size;
     size_t qkv = cfg_qkv_dim(c), qd = cfg_q_dim(c), fc = cfg_fc_dim(c), ff = c->d_ff;
     m->Bmax = B;
@@ -182,6 +188,9 @@ int model_reserve(Model *m, int B, int T, int recompute)
     m->targets = be->alloc(N * sizeof(int32_t));
     m->losses = be->alloc(N * sizeof(float));
     m->losses_host = xmalloc(N * sizeof(float));
+    size_t after;
+    be->mem_stats(&after, NULL);
+    m->act_bytes = after - before;
     return 0;
 }
 
@@ -207,67 +216,45 @@ void model_init_gpt2(Model *m, uint64_t seed)
     free(host);
 }
 
-void model_sync_act_params(Model *m)
-{
-    if (m->params_act != (void *)m->params) m->be->cast_to_act(m->params_act, m->params, m->pt.total);
-}
+void model_sync_act_params(Model *m) { params_sync_act(&m->ps); }
 
 void model_set_params(Model *m, const float *host)
 {
-    m->be->upload(m->params, host, m->pt.total * sizeof(float));
-    model_sync_act_params(m);
+    for (int i = 0; i < m->pt.n; i++) params_upload(&m->ps, i, host + m->pt.p[i].offset);
 }
 
 void model_get_params(const Model *m, float *host)
 {
-    m->be->download(host, m->params, m->pt.total * sizeof(float));
+    for (int i = 0; i < m->pt.n; i++) params_download(&m->ps, i, host + m->pt.p[i].offset);
 }
 
-void model_zero_grad(Model *m) { m->be->zero(m->grads, m->pt.total * sizeof(float)); }
+void model_get_grads(const Model *m, float *host)
+{
+    for (int i = 0; i < m->pt.n; i++) {
+        const Param *p = &m->pt.p[i];
+        const float *g = params_g(&m->ps, i);
+        if (g) m->be->download(host + p->offset, g, p->numel * sizeof(float));
+        else memset(host + p->offset, 0, p->numel * sizeof(float));
+    }
+}
+
+void model_set_grads(Model *m, const float *host)
+{
+    for (int i = 0; i < m->pt.n; i++) {
+        float *g = params_g(&m->ps, i);
+        if (g) m->be->upload(g, host + m->pt.p[i].offset, m->pt.p[i].numel * sizeof(float));
+    }
+}
+
+void model_zero_grad(Model *m) { params_zero_grad(&m->ps); }
 
 /* ------------------------------------------------------------------ forward */
 
-static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
-
-/* Whether the GELU MLP goes through the fused ops (every backend has them; NULL = an older table). */
-static int gelu_fused_fwd(const Model *m) { return m->cfg.family != FAMILY_LLAMA && m->be->matmul_gelu_fwd; }
-static int gelu_fused_bwd(const Model *m) { return m->cfg.family != FAMILY_LLAMA && m->be->matmul_dgelu_bwd; }
-
-/* fch = ln2 @ Wfc^T + b and fch_act = act(fch) of block l. The fused op is also how recompute
- * remakes fch_act, so that every recompute level gives the same bits. */
-static void mlp_act_forward(Model *m, int l, int N)
+static StackBufs train_bufs(Model *m)
 {
-    const Backend *be = m->be;
-    const ModelConfig *c = &m->cfg;
-    const LayerParams *p = &m->lp[l];
-    LayerActs *a = &m->la[l];
-    if (gelu_fused_fwd(m)) {
-        be->matmul_gelu_fwd(a->fch_act, a->fch, a->ln2, W(m, p->fc_w), W(m, p->fc_b), N, c->d_model, c->d_ff);
-        return;
-    }
-    be->matmul_fwd(a->fch, a->ln2, W(m, p->fc_w), W(m, p->fc_b), N, c->d_model, cfg_fc_dim(c));
-    if (c->family == FAMILY_LLAMA) be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
-    else be->gelu_fwd(a->fch_act, a->fch, (size_t)N * c->d_ff);
-}
-
-/* Block l from its ln1 (already computed) to its MLP output in `mlp_out` (N,C). */
-static void block_forward(Model *m, int l, int B, int T, void *mlp_out)
-{
-    const Backend *be = m->be;
-    const ModelConfig *c = &m->cfg;
-    const LayerParams *p = &m->lp[l];
-    LayerActs *a = &m->la[l];
-    int N = B * T, C = c->d_model;
-    be->matmul_fwd(a->qkv, a->ln1, W(m, p->qkv_w), W(m, p->qkv_b), N, C, cfg_qkv_dim(c));
-    if (c->family == FAMILY_LLAMA)
-        be->rope_fwd(a->qkv, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
-    be->attention_fwd(a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
-    /* attention output projection into the scratch, then x2 = x + it, ln2 = norm(x2) */
-    be->matmul_fwd(mlp_out, a->att, W(m, p->o_w), W(m, p->o_b), N, cfg_q_dim(c), C);
-    be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, mlp_out, W(m, p->ln2_w), W(m, p->ln2_b),
-                     N, C, c->norm_eps, is_rms(m));
-    mlp_act_forward(m, l, N);
-    be->matmul_fwd(mlp_out, a->fch_act, W(m, p->proj_w), W(m, p->proj_b), N, c->d_ff, C);
+    return (StackBufs){.la = m->la, .shared = 0, .res_final = m->res_final, .lnf = m->lnf,
+                       .lnf_mean = m->lnf_mean, .lnf_rstd = m->lnf_rstd,
+                       .scratch = m->dres}; /* backward scratch is free during the forward */
 }
 
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
@@ -275,42 +262,31 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
 {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
-    int N = B * T, C = c->d_model, L = c->n_layer;
+    int N = B * T;
     if (!m->la || B * T > m->Bmax * m->Tmax || T > m->Tmax)
         fatal("model_forward: %d x %d tokens exceed the reserved %d x %d (internal error)", B, T, m->Bmax, m->Tmax);
     be->upload(m->tokens, inputs, (size_t)N * sizeof(int32_t));
     if (targets) be->upload(m->targets, targets, (size_t)N * sizeof(int32_t));
-
-    be->embed_fwd(m->la[0].res, m->tokens, W(m, m->wte), W(m, m->wpe), B, T, C, 0);
-    be->norm_fwd(m->la[0].ln1, m->la[0].ln1_mean, m->la[0].ln1_rstd, m->la[0].res, W(m, m->lp[0].ln1_w),
-                 W(m, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
-    void *mlp_out = m->dres; /* backward scratch is free during the forward */
-    for (int l = 0; l < L; l++) {
-        block_forward(m, l, B, T, mlp_out);
-        /* next block's input x' = x2 + mlp, fused with its first norm (or the final norm) */
-        LayerActs *a = &m->la[l];
-        if (l + 1 < L) {
-            LayerActs *n = &m->la[l + 1];
-            const LayerParams *np = &m->lp[l + 1];
-            be->add_norm_fwd(n->res, n->ln1, n->ln1_mean, n->ln1_rstd, a->res2, mlp_out, W(m, np->ln1_w),
-                             W(m, np->ln1_b), N, C, c->norm_eps, is_rms(m));
-        } else {
-            be->add_norm_fwd(m->res_final, m->lnf, m->lnf_mean, m->lnf_rstd, a->res2, mlp_out, W(m, m->lnf_w),
-                             W(m, m->lnf_b), N, C, c->norm_eps, is_rms(m));
-        }
-    }
-    int out_w = m->lm_head >= 0 ? m->lm_head : m->wte;
+    StackBufs bufs = train_bufs(m);
+    AttnCtx ctx = {.mode = ATTN_CAUSAL};
+    model_stack_fwd(m, &bufs, m->tokens, B, T, &ctx);
     if (n_valid) *n_valid = 0;
+    m->loss_sum = 0;
     if (!targets) {
-        if (!m->logits) m->logits = be->alloc((size_t)m->Bmax * m->Tmax * c->vocab_size * be->act_size);
-        be->matmul_fwd(m->logits, m->lnf, W(m, out_w), NULL, N, C, c->vocab_size);
+        if (!m->logits) {
+            size_t before;
+            be->mem_stats(&before, NULL);
+            m->logits = be->alloc((size_t)m->Bmax * m->Tmax * c->vocab_size * be->act_size);
+            size_t after;
+            be->mem_stats(&after, NULL);
+            m->act_bytes += after - before;
+        }
+        linear_fwd(&m->ps, &m->head, m->logits, m->lnf, N);
         return 0.0f;
     }
     /* output layer + loss, and when training already their backward: dlnf into dbuf1 (where
-     * model_backward starts) and Wout's gradient */
-    int train = loss_scale != 0;
-    be->lm_head_xent(m->losses, train ? m->dbuf1 : NULL, train ? G(m, out_w) : NULL, m->lnf, W(m, out_w),
-                     m->targets, N, C, c->vocab_size, loss_scale);
+     * model_backward starts) and the head's gradient */
+    linear_head_xent(&m->ps, &m->head, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
     be->download(m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0;
     int valid = 0;
@@ -320,6 +296,7 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
         valid++;
     }
     if (n_valid) *n_valid = valid;
+    m->loss_sum = sum;
     m->cur_B = B;
     m->cur_T = T;
     return valid ? (float)(sum / valid) : 0.0f;
@@ -327,70 +304,83 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
 
 /* ----------------------------------------------------------------- backward */
 
-/* Recreate what the recompute level dropped for block l. */
-static void block_recompute(Model *m, int l, int B, int T)
-{
-    const Backend *be = m->be;
-    const ModelConfig *c = &m->cfg;
-    const LayerParams *p = &m->lp[l];
-    LayerActs *a = &m->la[l];
-    int N = B * T, C = c->d_model;
-    if (m->recompute == RECOMPUTE_NONE) return;
-    be->norm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, a->res, W(m, p->ln1_w), W(m, p->ln1_b), N, C, c->norm_eps,
-                 is_rms(m));
-    if (m->recompute == RECOMPUTE_BLOCK) {
-        block_forward(m, l, B, T, m->dbuf2);
-        return;
-    }
-    be->norm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, W(m, p->ln2_w), W(m, p->ln2_b), N, C, c->norm_eps,
-                 is_rms(m));
-    if (gelu_fused_fwd(m)) mlp_act_forward(m, l, N); /* the product again: fch_act as the forward made it */
-    else if (c->family == FAMILY_LLAMA) be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
-    else be->gelu_fwd(a->fch_act, a->fch, (size_t)N * c->d_ff);
-}
-
 void model_backward(Model *m)
 {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
+    const ParamStore *ps = &m->ps;
     int B = m->cur_B, T = m->cur_T, N = B * T, C = c->d_model;
-    int rms = is_rms(m);
     void *dres = m->dres, *d1 = m->dbuf1, *d2 = m->dbuf2;
 
-    /* d1 = dlnf and Wout's gradient were made with the loss (lm_head_xent in model_forward) */
+    /* d1 = dlnf and the head's gradient were made with the loss (linear_head_xent in model_forward) */
     be->zero(dres, (size_t)N * C * be->act_size);
-    be->norm_bwd(dres, G(m, m->lnf_w), G(m, m->lnf_b), d1, m->res_final, W(m, m->lnf_w), m->lnf_mean, m->lnf_rstd,
-                 N, C, rms);
+    be->norm_bwd(dres, params_g(ps, m->lnf_w), params_g(ps, m->lnf_b), d1, m->res_final, params_w(ps, m->lnf_w),
+                 m->lnf_mean, m->lnf_rstd, N, C, c->family == FAMILY_LLAMA);
     for (int l = c->n_layer - 1; l >= 0; l--) {
-        const LayerParams *p = &m->lp[l];
-        LayerActs *a = &m->la[l];
-        block_recompute(m, l, B, T);
-        /* MLP: out = act(ln2 @ Wfc^T) @ Wproj^T, dres = d(block output) */
-        if (gelu_fused_bwd(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
-            be->matmul_dgelu_bwd(d1, G(m, p->fc_b), G(m, p->proj_w), G(m, p->proj_b), dres, a->fch_act, a->fch,
-                                 W(m, p->proj_w), N, c->d_ff, C);
-            be->matmul_bwd(d2, G(m, p->fc_w), NULL, d1, a->ln2, W(m, p->fc_w), N, C, cfg_fc_dim(c));
-        } else {
-            be->matmul_bwd(d2, G(m, p->proj_w), G(m, p->proj_b), dres, a->fch_act, W(m, p->proj_w), N, c->d_ff, C);
-            if (c->family == FAMILY_LLAMA) be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
-            else be->gelu_bwd(d1, a->fch, d2, (size_t)N * c->d_ff);
-            be->matmul_bwd(d2, G(m, p->fc_w), G(m, p->fc_b), d1, a->ln2, W(m, p->fc_w), N, C, cfg_fc_dim(c));
-        }
-        be->norm_bwd(dres, G(m, p->ln2_w), G(m, p->ln2_b), d2, a->res2, W(m, p->ln2_w), a->ln2_mean, a->ln2_rstd,
-                     N, C, rms); /* dres = d(x2) */
-        /* attention */
-        be->matmul_bwd(d2, G(m, p->o_w), G(m, p->o_b), dres, a->att, W(m, p->o_w), N, cfg_q_dim(c), C);
-        be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
-        if (c->family == FAMILY_LLAMA)
-            be->rope_bwd(d1, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
-        be->matmul_bwd(d2, G(m, p->qkv_w), G(m, p->qkv_b), d1, a->ln1, W(m, p->qkv_w), N, C, cfg_qkv_dim(c));
-        be->norm_bwd(dres, G(m, p->ln1_w), G(m, p->ln1_b), d2, a->res, W(m, p->ln1_w), a->ln1_mean, a->ln1_rstd, N,
-                     C, rms); /* dres = d(x) */
+        block_recompute(m, l, &m->la[l], B, T, m->dbuf2);
+        block_bwd(m, l, &m->la[l], B, T, dres, d1, d2);
     }
-    be->embed_bwd(G(m, m->wte), G(m, m->wpe), dres, m->tokens, B, T, C);
+    be->embed_bwd(params_g(ps, m->wte), params_g(ps, m->wpe), dres, m->tokens, B, T, C);
 }
 
+/* ------------------------------------------------------------ accounting */
+
+static double stack_flops(const Model *m, int backward)
+{
+    double f = 0;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        const LayerParams *p = &m->lp[l];
+        f += linear_flops(&m->ps, &p->qkv, backward) + linear_flops(&m->ps, &p->o, backward) +
+             linear_flops(&m->ps, &p->fc, backward) + linear_flops(&m->ps, &p->proj, backward);
+    }
+    return f + linear_flops(&m->ps, &m->head, backward);
+}
+
+/* Causal attention per token and layer: the score and value products, 2 * q_dim * T each over the
+ * full row, of which the causal kernels compute half: 2 * q_dim * T forward, twice that backward. */
 double model_flops_per_token(const Model *m, int T)
 {
-    return 6.0 * (double)param_count(&m->pt) + 6.0 * m->cfg.n_layer * m->cfg.d_model * (double)T;
+    double attn = 6.0 * m->cfg.n_layer * (double)cfg_q_dim(&m->cfg) * T;
+    return stack_flops(m, 1) + attn;
+}
+
+double model_flops_per_token_fwd(const Model *m, int T)
+{
+    double attn = 2.0 * m->cfg.n_layer * (double)cfg_q_dim(&m->cfg) * T;
+    return stack_flops(m, 0) + attn;
+}
+
+void model_mem_report(const Model *m, size_t optim_bytes, MemReport *r)
+{
+    ParamBytes pb = params_bytes(&m->ps);
+    memset(r, 0, sizeof(*r));
+    r->weights = pb.weights;
+    r->master = pb.master;
+    r->grads = pb.grads;
+    r->optim = optim_bytes;
+    r->acts = m->act_bytes;
+    m->be->mem_stats(&r->in_use, &r->peak);
+    size_t known = r->weights + r->master + r->grads + r->optim + r->acts;
+    r->workspace = r->in_use > known ? r->in_use - known : 0;
+}
+
+static void fmt_bytes(char *buf, size_t n, size_t b)
+{
+    double g = b / (1024.0 * 1024.0 * 1024.0);
+    if (g >= 1) snprintf(buf, n, "%.2f GiB", g);
+    else snprintf(buf, n, "%.1f MiB", b / (1024.0 * 1024.0));
+}
+
+void mem_report_format(const MemReport *r, char *buf, size_t n)
+{
+    char w[32], ma[32], g[32], o[32], a[32], ws[32], pk[32];
+    fmt_bytes(w, sizeof(w), r->weights);
+    fmt_bytes(ma, sizeof(ma), r->master);
+    fmt_bytes(g, sizeof(g), r->grads);
+    fmt_bytes(o, sizeof(o), r->optim);
+    fmt_bytes(a, sizeof(a), r->acts);
+    fmt_bytes(ws, sizeof(ws), r->workspace);
+    fmt_bytes(pk, sizeof(pk), r->peak);
+    snprintf(buf, n, "weights %s | master %s | gradients %s | optimizer %s | activations %s | workspace %s | peak %s",
+             w, ma, g, o, a, ws, pk);
 }

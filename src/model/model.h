@@ -1,15 +1,14 @@
 /* model.h - one transformer, forward and backward written once over the op table.
  *
- * A Model owns its parameters (fp32 master + the backend's compute copy),
- * gradients and activations, all in backend memory. The same code runs both
- * families; the switches live in ModelConfig.
+ * A Model owns its parameter store (params.h: trainable and frozen tensors), and its activations,
+ * all in backend memory. The same code runs both families; the switches live in ModelConfig.
  *
- * Per block (pre-norm):
- *   ln1 = norm(x);  qkv = ln1 @ Wqkv^T (+b);  rope(q,k) [llama]
- *   a = causal_attention(qkv);  x2 = x + a @ Wo^T (+b)
- *   ln2 = norm(x2); h = ln2 @ Wfc^T (+b); g = gelu(h) | swiglu(h)
- *   x' = x2 + g @ Wproj^T (+b)
- * then lnf = norm(x_L), logits = lnf @ Wout^T (Wout = wte when tied).
+ * Per block (pre-norm), block.c, used by training, evaluation and cached generation alike:
+ *   ln1 = norm(x);  qkv = linear(ln1);  rope(q,k) [llama]
+ *   a = attention(qkv, mode);  x2 = x + linear_o(a)
+ *   ln2 = norm(x2); h = linear_fc(ln2); g = gelu(h) | swiglu(h)
+ *   x' = x2 + linear_proj(g)
+ * then lnf = norm(x_L), logits = linear_head(lnf) (the head is wte when tied).
  */
 #ifndef ANVIL_MODEL_H
 #define ANVIL_MODEL_H
@@ -18,6 +17,8 @@
 
 #include "backend/backend.h"
 #include "model/config.h"
+#include "model/linear.h"
+#include "model/params.h"
 
 /* Activation recomputation during backward, trading compute for memory. */
 enum {
@@ -26,12 +27,15 @@ enum {
     RECOMPUTE_BLOCK = 2, /* keep only each block's input; rerun the block forward */
 };
 
-/* Parameter indices of one block (-1 where the family has no such tensor). */
+/* The tensors of one block: norm parameter indices (-1 where the family has none) and the four
+ * products. */
 typedef struct {
-    int ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc_w, fc_b, proj_w, proj_b;
+    int ln1_w, ln1_b, ln2_w, ln2_b;
+    Linear qkv, o, fc, proj;
 } LayerParams;
 
-/* Activations of one block, saved by forward for backward. */
+/* Activations of one block, saved by forward for backward (or the scratch of one chunk of
+ * generation, where every layer shares one set). */
 typedef struct {
     void *res;         /* (N,C) block input x (residual stream) */
     void *ln1;         /* (N,C) */
@@ -49,32 +53,37 @@ typedef struct {
 typedef struct Model {
     ModelConfig cfg;
     ParamTable pt;
+    ParamStore ps;
     const Backend *be;
-    int wte, wpe, lnf_w, lnf_b, lm_head; /* param indices (-1 if absent) */
-    LayerParams *lp;                     /* n_layer */
-
-    float *params;    /* fp32 master, pt.total elements (backend memory) */
-    void *params_act; /* compute copy (== params when act_dtype is fp32) */
-    float *grads;     /* fp32, pt.total */
-    float *inv_freq;  /* RoPE frequencies (head_dim/2), llama only */
+    int wte, wpe, lnf_w, lnf_b; /* param indices (-1 if absent) */
+    Linear head;                /* the output layer: lm_head, or wte when tied */
+    LayerParams *lp;            /* n_layer */
+    float *inv_freq;            /* RoPE frequencies (head_dim/2), llama only */
 
     /* activation buffers sized for up to Bmax x Tmax tokens */
     int Bmax, Tmax, recompute;
     int cur_B, cur_T; /* shape of the last forward with targets (used by backward) */
-    LayerActs *la; /* n_layer */
-    void *res_final;          /* (N,C) output of the last block */
-    void *lnf;                /* (N,C) */
+    size_t act_bytes; /* backend memory of the buffers below */
+    LayerActs *la;    /* n_layer */
+    void *res_final;  /* (N,C) output of the last block */
+    void *lnf;        /* (N,C) */
     float *lnf_mean, *lnf_rstd;
-    void *logits;             /* (N,V) logits of a forward without targets (allocated by the first) */
+    void *logits;               /* (N,V) logits of a forward without targets (allocated by the first) */
     void *dres, *dbuf1, *dbuf2; /* backward scratch: (N,C), (N,max(qkv,fc)), (N,max(C,q,d_ff)) */
-    int32_t *tokens, *targets; /* (N) backend copies */
-    float *losses;             /* (N) backend */
-    float *losses_host;        /* (N) host */
+    int32_t *tokens, *targets;  /* (N) backend copies */
+    float *losses;              /* (N) backend */
+    float *losses_host;         /* (N) host */
+    double loss_sum;            /* sum of the losses of the last forward with targets */
 } Model;
 
-/* Create a model on a backend with zeroed parameters (call model_init_gpt2
+/* Create a model on a backend with zeroed parameters, every tensor trainable (call model_init_gpt2
  * or load weights next). Activations are allocated by model_reserve. */
 Model *model_create(const ModelConfig *cfg, const Backend *be);
+/* The same with a kind per tensor of the config's table (NULL = all trainable; a table built by
+ * param_table_build has the same order). */
+Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds);
+/* All tensors frozen: evaluation and generation (no master, no gradients). */
+Model *model_create_frozen(const ModelConfig *cfg, const Backend *be);
 void model_free(Model *m);
 /* Allocate activations for batches of up to B x T tokens (T <= max_seq_len).
  * recompute is a RECOMPUTE_* level. -1 with err_set() if T is too long. */
@@ -84,29 +93,47 @@ int model_reserve(Model *m, int B, int T, int recompute);
  * scaled by 1/sqrt(2*n_layer), zero biases, unit norm weights. Each tensor
  * draws from its own stream of `seed`, so the result is independent of order. */
 void model_init_gpt2(Model *m, uint64_t seed);
-/* Replace all parameters with host fp32 values (pt.total of them). */
+/* Replace all parameters with host fp32 values laid out as a host image (pt.total, Param.offset). */
 void model_set_params(Model *m, const float *host);
-/* Copy the fp32 master parameters to host memory (pt.total). */
+/* A host image of the parameters: the master of trainable tensors, the compute copy of others. */
 void model_get_params(const Model *m, float *host);
-/* Refresh the compute copy from the master weights (after editing params). */
+/* A host image of the gradients (zeros for tensors without one), and back (tests). */
+void model_get_grads(const Model *m, float *host);
+void model_set_grads(Model *m, const float *host);
+/* Refresh the compute copy from the master weights (after editing the master). */
 void model_sync_act_params(Model *m);
 
 /* Forward pass over inputs (B,T) host token ids. If targets (host, B*T,
  * negative = ignore) is given, returns the mean loss over non-ignored targets
- * and, when loss_scale != 0, already runs the output layer's backward (loss
- * gradient scaled by loss_scale per token; the output weight's gradient is
- * ADDED to m->grads here), ready for model_backward. The output layer and the
- * loss are one chunked op (lm_head_xent), so no (N,V) logits are kept. Without
- * targets returns 0 and leaves logits (B,T,V) in m->logits. *n_valid gets the count of scored
- * targets when not NULL. */
+ * (their sum goes to m->loss_sum) and, when loss_scale != 0, already runs the output layer's
+ * backward (loss gradient scaled by loss_scale per scored target; the output weight's gradient
+ * is ADDED here), ready for model_backward. The output layer and the loss are one chunked op
+ * (lm_head_xent), so no (N,V) logits are kept. Without targets returns 0 and leaves logits (B,T,V)
+ * in m->logits. *n_valid gets the count of scored targets when not NULL. */
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
                     int *n_valid);
-/* Backward pass after model_forward(..., loss_scale != 0); ADDS the gradients
- * to m->grads (zero them with model_zero_grad at the start of a step). */
+/* Backward pass after model_forward(..., loss_scale != 0); ADDS the gradients of trainable tensors
+ * (zero them with model_zero_grad at the start of a step). */
 void model_backward(Model *m);
 void model_zero_grad(Model *m);
 
-/* Forward + backward FLOPs per token, 6*N + 6*n_layer*d_model*T (docs/). */
+/* Forward + backward FLOPs per token at sequence length T: for every weight product 2 FLOPs per
+ * weight forward, 2 for the input gradient, 2 more for the weight gradient when the weight is
+ * trainable (6 / 4 per weight), plus causal attention 6 * n_layer * q_dim * T (docs/benchmarks.md).
+ * Embedding lookups are not products and count nothing. */
 double model_flops_per_token(const Model *m, int T);
+/* The same for a forward only (evaluation): 2 per weight plus 2 * n_layer * q_dim * T. */
+double model_flops_per_token_fwd(const Model *m, int T);
+
+/* Backend memory by what holds it. The caller adds the optimizer's state (optim); workspace is
+ * everything else the backend holds (its own workspaces, scratch, caches). */
+typedef struct {
+    size_t weights, master, grads, optim, acts, workspace;
+    size_t in_use, peak; /* the backend's own counts */
+} MemReport;
+/* Fill every field from the model and the backend; optim_bytes is the optimizer's state. */
+void model_mem_report(const Model *m, size_t optim_bytes, MemReport *r);
+/* One line: "weights 1.2 GiB | master ... | peak ..." into buf. */
+void mem_report_format(const MemReport *r, char *buf, size_t n);
 
 #endif

@@ -61,12 +61,13 @@ static int write_optimizer(const char *dir, const CheckpointData *d)
 {
     const ParamTable *pt = &d->m->pt;
     int per = d->bf16_weights ? 3 : 2;
-    StWriteTensor *t = xcalloc((size_t)pt->n * per, sizeof(StWriteTensor));
-    char **names = xcalloc((size_t)pt->n * per, sizeof(char *));
+    StWriteTensor *t = xcalloc((size_t)pt->n * per + 1, sizeof(StWriteTensor));
+    char **names = xcalloc((size_t)pt->n * per + 1, sizeof(char *));
     int n = 0;
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
-        const float *src[3] = {d->adam_m, d->adam_v, d->params};
+        if (p->kind != PARAM_TRAIN) continue; /* frozen: no optimizer state, the weights are in the model */
+        const float *src[3] = {d->adam_m + p->seg, d->adam_v + p->seg, d->params + p->offset};
         const char *prefix[3] = {"m.", "v.", "master."};
         for (int k = 0; k < per; k++) {
             size_t len = strlen(prefix[k]) + strlen(p->name) + 1;
@@ -78,7 +79,7 @@ static int write_optimizer(const char *dir, const CheckpointData *d)
             w->ndim = p->ndim;
             w->shape[0] = p->shape[0];
             w->shape[1] = p->shape[1];
-            w->data = src[k] + p->offset;
+            w->data = src[k];
             w->src_f32 = 1;
             n++;
         }
@@ -261,11 +262,14 @@ int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, flo
     for (int i = 0; i < pt->n && have_master; i++) {
         char name[96];
         snprintf(name, sizeof(name), "master.%s", pt->p[i].name);
-        if (!st_set_find(&set, name, NULL)) have_master = 0;
+        if (pt->p[i].kind == PARAM_TRAIN && !st_set_find(&set, name, NULL)) have_master = 0;
     }
+    /* every weight from the model directory first; the fp32 masters then replace the trainable ones */
+    if (hf_read_weights(ckpt_dir, &m->cfg, pt, params)) goto out;
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
-        float *dst[3] = {adam_m, adam_v, params};
+        if (p->kind != PARAM_TRAIN) continue;
+        float *dst[3] = {adam_m + p->seg, adam_v + p->seg, params + p->offset};
         const char *prefix[3] = {"m.", "v.", "master."};
         for (int k = 0; k < (have_master ? 3 : 2); k++) {
             char name[96];
@@ -273,17 +277,18 @@ int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, flo
             const StFile *f;
             const StTensor *t = st_set_find(&set, name, &f);
             if (!t) {
-                err_set("%s/%s.safetensors: %s: missing", ckpt_dir, OPT_BASE, name);
+                err_set("%s/%s.safetensors: %s: missing (was the tensor frozen in that run? compare model.freeze "
+                        "with %s/config.yaml)",
+                        ckpt_dir, OPT_BASE, name, ckpt_dir);
                 goto out;
             }
             if (t->dtype != ST_F32 || t->numel != p->numel) {
                 err_set("%s: %s: expected F32 with %zu elements", f->path, name, p->numel);
                 goto out;
             }
-            st_to_f32(t, dst[k] + p->offset);
+            st_to_f32(t, dst[k]);
         }
     }
-    if (!have_master && hf_read_weights(ckpt_dir, &m->cfg, pt, params)) goto out;
     rc = 0;
 out:
     st_set_close(&set);

@@ -2,10 +2,11 @@
  *
  * Each checkpoint is a Hugging Face model directory (config.json,
  * model.safetensors, generation_config.json, tokenizer files) plus
- *   optimizer.safetensors  fp32 Adam moments "m.<name>", "v.<name>" under the
- *                          internal parameter names (config.h), and
- *                          "master.<name>" fp32 weights when model.safetensors
- *                          is stored in bf16;
+ *   optimizer.safetensors  fp32 Adam moments "m.<name>", "v.<name>" of the
+ *                          trainable tensors under the internal parameter names
+ *                          (params.h), and "master.<name>" fp32 weights when
+ *                          model.safetensors is stored in bf16; frozen tensors
+ *                          have no entry;
  *   trainer_state.json     step, data loader position, tokens seen, the config;
  *   config.yaml            the run's full configuration.
  * It is built in a temporary directory and published with one rename, so a
@@ -31,8 +32,8 @@ typedef struct {
 
 typedef struct {
     const Model *m;
-    const float *params; /* host fp32 master weights (pt.total) */
-    const float *adam_m, *adam_v; /* host fp32 moments (pt.total) */
+    const float *params; /* host image of the weights (pt.total, Param.offset) */
+    const float *adam_m, *adam_v; /* host fp32 moments (pt.n_train, the trainable segment's layout) */
     const TrainerState *state;
     const char *config_yaml;
     const struct Tokenizer *tok; /* may be NULL */
@@ -49,8 +50,9 @@ int ckpt_save(const char *out_dir, const CheckpointData *d, int keep);
 char *ckpt_find_latest(const char *run_dir);
 /* Read trainer_state.json. */
 int ckpt_read_state(const char *ckpt_dir, TrainerState *st);
-/* Read the optimizer moments (and the master weights: from master.* when
- * present, else from model.safetensors) into host buffers of pt.total floats. */
+/* Read the weights into a host image (pt.total: model.safetensors, then master.* for the
+ * trainable tensors when present) and the moments of the trainable tensors into host buffers
+ * of pt.n_train floats (segment layout). A trainable tensor without moments is an error. */
 int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, float *adam_m, float *adam_v);
 
 #endif

@@ -7,9 +7,10 @@
 #include <string.h>
 #include <yaml.h>
 
+#include "backend/backend.h"
 #include "core/error.h"
 
-typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI } KeyType;
+typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST } KeyType;
 
 typedef struct {
     const char *key;
@@ -40,6 +41,10 @@ static const KeyDef keys[] = {
     {"model.tie_embeddings", CT_TRI, F(tie_embeddings), "",
      "Tie the output head to the token embeddings (empty = family default: gpt2 yes, llama no)."},
     {"model.qkv_bias", CT_TRI, F(qkv_bias), "", "Biases on q/k/v (empty = family default; true is Qwen2-style)."},
+    {"model.freeze", CT_LIST, F(freeze), "",
+     "Tensors to freeze (no gradient, no optimizer state, left out of the gradient norm): shell globs over the "
+     "Hugging Face names the checkpoint uses, e.g. [\"model.embed_tokens.*\", \"model.layers.[0-9].*\"]. "
+     "A pattern that matches nothing is an error. --set model.freeze=a,b."},
     {"data.train", CT_STR, F(data_train), "",
      "Training data: a shard directory, a shard glob, one shard (.bin), or a .txt file tokenized on the fly."},
     {"data.val", CT_STR, F(data_val), "", "Validation data (same forms); empty = no validation loss."},
@@ -66,8 +71,9 @@ static const KeyDef keys[] = {
     {"train.recompute", CT_INT, F(recompute), "0",
      "Activation recompute: 0 none, 1 norms and MLP activation, 2 whole blocks (least memory)."},
     {"train.deterministic", CT_BOOL, F(deterministic), "false",
-     "Bit-identical runs on a GPU: only kernels with fixed-order reductions (slower attention backward; "
-     "also ANVIL_DETERMINISTIC=1). false allows atomics; the CPU is always deterministic."},
+     "Bit-identical runs on a GPU: only kernels with fixed-order reductions (slower attention backward). "
+     "ANVIL_DETERMINISTIC=0|1 overrides it (recorded in config.yaml). false allows atomics; the CPU is always "
+     "deterministic."},
     {"train.log_every", CT_INT, F(log_every), "1",
      "Print a progress line every N steps (metrics.jsonl gets every step)."},
     {"eval.every", CT_INT, F(eval_every), "100",
@@ -85,7 +91,23 @@ static const KeyDef keys[] = {
      "optimizer.safetensors so that resume stays exact)."},
     {"out_dir", CT_STR, F(out_dir), "runs/default", "Run directory: metrics.jsonl, config.yaml, step-NNNNNNN/."},
     {"device", CT_STR, F(device), "cpu", "cpu, cuda (bf16 mixed precision) or cuda-fp32."},
+    {"backend.attention", CT_STR, F(attention), "auto",
+     "GPU attention kernels: auto (cuDNN's fused engines where they apply, else anvil's), cudnn, or anvil. "
+     "ANVIL_ATTENTION overrides it; the value used is recorded in the run's config.yaml."},
+    {"backend.gemm_tune", CT_STR, F(gemm_tune), "auto",
+     "GPU matmul autotuning: auto (time cuBLASLt's candidates for recurring training-sized products), off, "
+     "or always. ANVIL_GEMM_TUNE overrides it (recorded in config.yaml)."},
 };
+
+static int list_add(CfgList *l, const char *s, size_t n)
+{
+    if (l->n == CFG_LIST_MAX) return err_set("more than %d items", CFG_LIST_MAX);
+    if (n >= CFG_ITEM_MAX) return err_set("item \"%.*s...\" is longer than %d bytes", 20, s, CFG_ITEM_MAX - 1);
+    memcpy(l->item[l->n], s, n);
+    l->item[l->n][n] = '\0';
+    l->n++;
+    return 0;
+}
 
 static const KeyDef *find_key(const char *key)
 {
@@ -103,6 +125,28 @@ static int parse_bool(const char *v, int *out)
     for (size_t i = 0; i < ARRAY_LEN(f); i++)
         if (!strcmp(v, f[i])) return *out = 0, 0;
     return -1;
+}
+
+/* "a,b", "[a, b]", "['a', \"b\"]" or "" into a list (items trimmed of spaces and quotes). */
+static int list_parse(CfgList *l, const char *value)
+{
+    l->n = 0;
+    const char *s = value;
+    while (*s == ' ') s++;
+    size_t len = strlen(s);
+    while (len && s[len - 1] == ' ') len--;
+    if (len >= 2 && s[0] == '[' && s[len - 1] == ']') s++, len -= 2;
+    const char *end = s + len;
+    while (s < end) {
+        const char *c = memchr(s, ',', (size_t)(end - s));
+        const char *e = c ? c : end;
+        while (s < e && (*s == ' ' || *s == '"' || *s == '\'')) s++;
+        const char *t = e;
+        while (t > s && (t[-1] == ' ' || t[-1] == '"' || t[-1] == '\'')) t--;
+        if (t > s && list_add(l, s, (size_t)(t - s))) return -1;
+        s = c ? c + 1 : end;
+    }
+    return 0;
 }
 
 int train_config_set_key(TrainConfig *tc, const char *key, const char *value, const char *where)
@@ -143,6 +187,9 @@ int train_config_set_key(TrainConfig *tc, const char *key, const char *value, co
         if (strlen(value) >= k->size) return err_set("%s: %s: value is too long (%zu bytes)", w, key, strlen(value));
         memcpy(field, value, strlen(value) + 1);
         break;
+    case CT_LIST:
+        if (list_parse((CfgList *)field, value)) return err_set("%s: %s: %s", w, key, err_get());
+        break;
     case CT_BOOL:
     case CT_TRI: {
         int b;
@@ -178,6 +225,15 @@ int train_config_set(TrainConfig *tc, const char *assignment)
 #define MAX_DEPTH 8
 #define KEY_MAX 128
 
+/* The dotted key of a value at mapping level depth: name[2..depth] then the pending key. */
+static void full_key(char *out, size_t n, char name[][KEY_MAX], int depth, const char *pending)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (int d = 2; d <= depth && o < n; d++) o += (size_t)snprintf(out + o, n - o, "%s.", name[d]);
+    if (o < n) snprintf(out + o, n - o, "%s", pending);
+}
+
 int train_config_load_yaml(TrainConfig *tc, const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -191,6 +247,8 @@ int train_config_load_yaml(TrainConfig *tc, const char *path)
     int expect_key[MAX_DEPTH + 1] = {0};
     char pending[KEY_MAX] = "";
     int depth = 0, rc = 0, done = 0;
+    CfgList *list = NULL; /* the list-valued key whose sequence is being read */
+    char list_key[(MAX_DEPTH + 1) * KEY_MAX] = "";
     while (!done) {
         if (!yaml_parser_parse(&parser, &ev)) {
             rc = err_set("%s:%zu: YAML syntax error: %s", path, parser.problem_mark.line + 1,
@@ -201,6 +259,10 @@ int train_config_load_yaml(TrainConfig *tc, const char *path)
         switch (ev.type) {
         case YAML_STREAM_END_EVENT: done = 1; break;
         case YAML_MAPPING_START_EVENT:
+            if (list) {
+                rc = err_set("%s:%zu: %s: expected a list of strings", path, line, list_key);
+                break;
+            }
             if (depth == MAX_DEPTH) {
                 rc = err_set("%s:%zu: mappings nested too deeply", path, line);
                 break;
@@ -223,17 +285,17 @@ int train_config_load_yaml(TrainConfig *tc, const char *path)
                 if (v[0]) rc = err_set("%s:%zu: expected a mapping of keys at the top level", path, line);
                 break;
             }
+            if (list) {
+                if (list_add(list, v, strlen(v))) rc = err_set("%s:%zu: %s: %s", path, line, list_key, err_get());
+                break;
+            }
             if (expect_key[depth]) {
                 snprintf(pending, sizeof(pending), "%s", v);
                 expect_key[depth] = 0;
                 break;
             }
-            char full[(MAX_DEPTH + 1) * KEY_MAX] = "";
-            for (int d = 2; d <= depth; d++) {
-                strcat(full, name[d]);
-                strcat(full, ".");
-            }
-            strcat(full, pending);
+            char full[(MAX_DEPTH + 1) * KEY_MAX];
+            full_key(full, sizeof(full), name, depth, pending);
             char where[CFG_PATH_MAX + 32];
             snprintf(where, sizeof(where), "%s:%zu", path, line);
             /* YAML null (~, null or nothing) means "the default" */
@@ -245,8 +307,22 @@ int train_config_load_yaml(TrainConfig *tc, const char *path)
             expect_key[depth] = 1;
             break;
         }
-        case YAML_SEQUENCE_START_EVENT:
-            rc = err_set("%s:%zu: %s: lists are not supported here; expected a single value", path, line, pending);
+        case YAML_SEQUENCE_START_EVENT: {
+            char full[(MAX_DEPTH + 1) * KEY_MAX];
+            full_key(full, sizeof(full), name, depth, pending);
+            const KeyDef *k = depth > 0 && !expect_key[depth] && !list ? find_key(full) : NULL;
+            if (!k || k->type != CT_LIST) {
+                rc = err_set("%s:%zu: %s: lists are not supported here; expected a single value", path, line, full);
+                break;
+            }
+            list = (CfgList *)((char *)tc + k->offset);
+            list->n = 0;
+            snprintf(list_key, sizeof(list_key), "%s", full);
+            break;
+        }
+        case YAML_SEQUENCE_END_EVENT:
+            list = NULL;
+            expect_key[depth] = 1;
             break;
         case YAML_ALIAS_EVENT: rc = err_set("%s:%zu: YAML aliases are not supported", path, line); break;
         default: break;
@@ -287,11 +363,29 @@ int train_config_validate(const TrainConfig *tc)
     if (tc->ckpt_keep < 0) return err_set("checkpoint.keep: must be >= 0, got %d", tc->ckpt_keep);
     if (strcmp(tc->ckpt_dtype, "f32") && strcmp(tc->ckpt_dtype, "bf16"))
         return err_set("checkpoint.dtype: expected f32 or bf16, got \"%s\"", tc->ckpt_dtype);
+    int mode;
+    if (backend_attention_parse(tc->attention, &mode)) return err_prefix("backend.attention");
+    if (backend_gemm_tune_parse(tc->gemm_tune, &mode)) return err_prefix("backend.gemm_tune");
     if (!tc->data_train[0]) return err_set("data.train: no training data given");
     if (!tc->out_dir[0]) return err_set("out_dir: must not be empty");
     if (tc->eval_mcq_task[0] && !tc->eval_mcq_data[0])
         return err_set("eval.mcq.data: eval.mcq.task is set but no data file is given");
     return 0;
+}
+
+/* s double-quoted with escapes into buf (n bytes); the length written. */
+static size_t quote_into(char *buf, size_t n, const char *s)
+{
+    size_t o = 0;
+    if (n < 3) return 0;
+    buf[o++] = '"';
+    for (; *s && o + 3 < n; s++) {
+        if (*s == '"' || *s == '\\') buf[o++] = '\\';
+        buf[o++] = *s;
+    }
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return o;
 }
 
 /* A YAML scalar for a value: strings double-quoted with escapes. */
@@ -307,6 +401,16 @@ static void value_text(const TrainConfig *tc, const KeyDef *k, char *buf, size_t
     case CT_TRI: {
         int v = *(const int *)field;
         snprintf(buf, n, "%s", v < 0 ? "null" : v ? "true" : "false");
+        break;
+    }
+    case CT_LIST: {
+        const CfgList *l = (const CfgList *)field;
+        size_t o = (size_t)snprintf(buf, n, "[");
+        for (int i = 0; i < l->n && o + 4 < n; i++) {
+            if (i) o += (size_t)snprintf(buf + o, n - o, ", ");
+            o += quote_into(buf + o, n - o, l->item[i]);
+        }
+        if (o + 1 < n) snprintf(buf + o, n - o, "]");
         break;
     }
     case CT_STR: {
@@ -331,7 +435,8 @@ char *train_config_to_yaml(const TrainConfig *tc)
     char sect[KEY_MAX] = "", sub[KEY_MAX] = "";
     for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
         const KeyDef *k = &keys[i];
-        char val[2 * CFG_PATH_MAX + 8], line[2 * CFG_PATH_MAX + 3 * KEY_MAX];
+        /* the longest value: a full list, every character escaped */
+        static char val[CFG_LIST_MAX * (2 * CFG_ITEM_MAX + 4) + 8], line[sizeof(val) + 3 * KEY_MAX];
         value_text(tc, k, val, sizeof(val));
         /* split "a.b.c" into up to three parts and indent by level */
         char parts[3][KEY_MAX] = {"", "", ""};
@@ -375,9 +480,10 @@ char *train_config_to_yaml(const TrainConfig *tc)
 
 void train_config_print_keys(void)
 {
-    static const char *tn[] = {"int", "int", "int", "float", "string", "bool", "bool"};
+    static const char *tn[] = {"int", "int", "int", "float", "string", "bool", "bool", "list"};
     printf("| key | type | default | meaning |\n|---|---|---|---|\n");
     for (size_t i = 0; i < ARRAY_LEN(keys); i++)
-        printf("| `%s` | %s | `%s` | %s |\n", keys[i].key, tn[keys[i].type], keys[i].def[0] ? keys[i].def : "\"\"",
+        printf("| `%s` | %s | `%s` | %s |\n", keys[i].key, tn[keys[i].type],
+               keys[i].def[0] ? keys[i].def : keys[i].type == CT_LIST ? "[]" : "\"\"",
                keys[i].doc);
 }

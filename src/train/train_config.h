@@ -10,6 +10,14 @@
 #include <stdint.h>
 
 #define CFG_PATH_MAX 1024
+#define CFG_LIST_MAX 64  /* items of a list-valued key */
+#define CFG_ITEM_MAX 128 /* bytes of one item */
+
+/* A list-valued key (YAML sequence of strings; --set k=a,b). */
+typedef struct {
+    int n;
+    char item[CFG_LIST_MAX][CFG_ITEM_MAX];
+} CfgList;
 
 typedef struct {
     /* model */
@@ -20,6 +28,7 @@ typedef struct {
     float rope_theta;
     int tie_embeddings; /* -1 = the preset's / family's choice */
     int qkv_bias;       /* -1 = family default */
+    CfgList freeze;     /* model.freeze: globs over HF tensor names */
     /* data */
     char data_train[CFG_PATH_MAX];
     char data_val[CFG_PATH_MAX];
@@ -46,6 +55,9 @@ typedef struct {
     /* run */
     char out_dir[CFG_PATH_MAX];
     char device[32];
+    /* backend switches that change numerics (backend.h BackendOptions) */
+    char attention[16]; /* auto, cudnn, anvil */
+    char gemm_tune[16]; /* auto, off, always */
 } TrainConfig;
 
 /* All keys at their defaults. */

@@ -1,8 +1,7 @@
-/* trainer.c - the training loop: data -> forward/backward (with gradient
- * accumulation) -> global-norm clipping -> AdamW -> metrics, evaluation and
- * checkpoints. One seed gives identical runs; a resumed run gives exactly the
- * losses of an uninterrupted one (the loader position, the moments and the
- * fp32 master weights are all restored bit for bit). */
+/* trainer.c - the training loop: data -> one optimizer step (step.c: forward/backward with
+ * gradient accumulation, global-norm clipping, AdamW) -> metrics, evaluation and checkpoints.
+ * One seed gives identical runs; a resumed run gives exactly the losses of an uninterrupted one
+ * (the loader position, the moments and the fp32 master weights are all restored bit for bit). */
 #include "train/trainer.h"
 
 #include <errno.h>
@@ -20,10 +19,10 @@
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "train/checkpoint.h"
+#include "train/freeze.h"
+#include "train/optim.h"
 #include "train/schedule.h"
-
-/* torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing. */
-#define CLIP_EPS 1e-6
+#include "train/step.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_sigint(int sig)
@@ -109,15 +108,18 @@ static int metrics_truncate(const char *path, int last_step)
     return rc;
 }
 
+/* The validation loss: the mean over every scored target of `steps` batches. */
 static float eval_loss(Model *m, DataLoader *val, int steps, int B, int T, int32_t *in, int32_t *tg)
 {
     loader_reset(val);
     double sum = 0;
-    int n = 0;
+    long n = 0;
     for (int i = 0; i < steps; i++) {
+        int valid;
         if (loader_next(val, in, tg)) return NAN;
-        sum += model_forward(m, in, tg, B, T, 0.0f, NULL);
-        n++;
+        model_forward(m, in, tg, B, T, 0.0f, &valid);
+        sum += m->loss_sum;
+        n += valid;
     }
     return n ? (float)(sum / n) : NAN;
 }
@@ -131,28 +133,28 @@ static void fmt_duration(double s, char *buf, size_t n)
 }
 
 typedef struct {
-    const TrainConfig *tc;
+    TrainConfig *tc; /* the run's configuration, as recorded (environment overrides applied) */
     const Backend *be;
     Model *m;
     Tokenizer *tok;
     DataLoader *train, *val;
-    float *adam_m, *adam_v; /* backend memory */
-    OptTensor *opt;
-    int nopt;
+    Optimizer opt;
     TrainerState st;
     char *config_yaml;
     FILE *metrics;
-    McqSet mcq; /* eval.mcq.task's items (mcq.n == 0: none) */
+    McqSet mcq;    /* eval.mcq.task's items (mcq.n == 0: none) */
+    int accum;     /* micro-batches per optimizer step */
+    int32_t **in, **tg; /* accum host batches */
+    int printed_mem;
 } Run;
 
 static int save_checkpoint(Run *r)
 {
     const Model *m = r->m;
-    size_t n = m->pt.total;
-    float *p = xmalloc(n * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
+    size_t n = m->pt.n_train ? m->pt.n_train : 1;
+    float *p = xmalloc(m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
     model_get_params(m, p);
-    r->be->download(mm, r->adam_m, n * sizeof(float));
-    r->be->download(vv, r->adam_v, n * sizeof(float));
+    optim_download(&r->opt, mm, vv);
     CheckpointData d = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
                         .config_yaml = r->config_yaml, .tok = r->tok,
                         .bf16_weights = !strcmp(r->tc->ckpt_dtype, "bf16")};
@@ -168,21 +170,20 @@ static int resume_from(Run *r, const char *resume_dir)
     char *ck = ckpt_find_latest(resume_dir);
     if (!ck) return -1;
     int rc = -1;
-    size_t n = r->m->pt.total;
-    float *p = xmalloc(n * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
+    size_t n = r->m->pt.n_train ? r->m->pt.n_train : 1;
+    float *p = xmalloc(r->m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)),
+          *vv = xmalloc(n * sizeof(float));
     ModelConfig saved;
     if (ckpt_read_state(ck, &r->st)) goto out;
     if (hf_read_config(ck, &saved)) goto out;
-    if (saved.n_layer != r->m->cfg.n_layer || saved.d_model != r->m->cfg.d_model ||
-        saved.vocab_size != r->m->cfg.vocab_size || saved.n_head != r->m->cfg.n_head ||
-        saved.d_ff != r->m->cfg.d_ff || saved.family != r->m->cfg.family) {
-        err_set("%s: the checkpoint's model does not match the config's (compare %s/config.yaml)", ck, ck);
+    const char *diff = model_config_diff(&saved, &r->m->cfg);
+    if (diff) {
+        err_set("%s: the checkpoint's %s differs from the config's (compare %s/config.yaml)", ck, diff, ck);
         goto out;
     }
     if (ckpt_read_optimizer(ck, r->m, p, mm, vv)) goto out;
     model_set_params(r->m, p);
-    r->be->upload(r->adam_m, mm, n * sizeof(float));
-    r->be->upload(r->adam_v, vv, n * sizeof(float));
+    optim_upload(&r->opt, mm, vv);
     if (loader_set_state(r->train, r->st.loader)) goto out;
     printf("resuming from %s (step %d)\n", ck, r->st.step);
     rc = 0;
@@ -215,14 +216,27 @@ static int mcq_eval(Run *r, McqResult *res)
     return mcq_score(r->m, r->tok, &r->mcq, &o, res) ? err_prefix("eval.mcq") : 0;
 }
 
-static void log_metrics(Run *r, int step, float loss, float lr, double gnorm, double tps, double ms, float val_loss,
-                        const McqResult *mcq)
+/* What one step measured, for metrics.jsonl and the progress line. */
+typedef struct {
+    int step;
+    float lr;
+    StepResult res;
+    double tps, ms, mfu, peak_gib;
+    float val_loss;
+    const McqResult *mcq;
+} StepLog;
+
+static void log_metrics(Run *r, const StepLog *s)
 {
     fprintf(r->metrics, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                        "\"ms_per_step\": %.2f, \"tokens_seen\": %llu",
-            step, loss, lr, gnorm, tps, ms, (unsigned long long)r->st.tokens_seen);
-    if (!isnan(val_loss)) fprintf(r->metrics, ", \"val_loss\": %.6f", val_loss);
-    if (mcq) {
+                        "\"ms_per_step\": %.2f, \"tokens_seen\": %llu, \"scored\": %ld",
+            s->step, s->res.loss, s->lr, s->res.grad_norm, s->tps, s->ms, (unsigned long long)r->st.tokens_seen,
+            s->res.scored);
+    if (s->mfu > 0) fprintf(r->metrics, ", \"mfu\": %.4f", s->mfu);
+    fprintf(r->metrics, ", \"peak_mem_gib\": %.3f", s->peak_gib);
+    if (!isnan(s->val_loss)) fprintf(r->metrics, ", \"val_loss\": %.6f", s->val_loss);
+    if (s->mcq) {
+        const McqResult *mcq = s->mcq;
         fprintf(r->metrics, ", \"mcq_task\": \"%s\", \"mcq_items\": %d, \"mcq_acc\": %.6f", r->tc->eval_mcq_task,
                 mcq->items, mcq->acc); /* items: scored (a continuation longer than seq_len is not) */
         if (mcq->has_norm)
@@ -232,46 +246,68 @@ static void log_metrics(Run *r, int step, float loss, float lr, double gnorm, do
     fflush(r->metrics);
 }
 
-int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
+static void print_progress(const Run *r, const StepLog *s)
 {
-    TrainConfig tcv = *tc_in;
-    const TrainConfig *tc = &tcv;
-    if (resume_dir) snprintf(tcv.out_dir, sizeof(tcv.out_dir), "%s", resume_dir);
-    if (train_config_validate(tc)) return -1;
-    Run run = {.tc = tc};
-    Run *r = &run;
-    int rc = -1;
-    int B = tc->batch_size, T = tc->seq_len;
-    int32_t *in = NULL, *tg = NULL;
+    const TrainConfig *tc = r->tc;
+    char eta[32];
+    fmt_duration(s->ms / 1e3 * (tc->steps - s->step), eta, sizeof(eta));
+    printf("step %*d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1fk tok/s | %.1f ms", (int)(floor(log10(tc->steps)) + 1),
+           s->step, tc->steps, s->res.loss, s->lr, s->res.grad_norm, s->tps / 1e3, s->ms);
+    if (s->mfu > 0) printf(" | MFU %.1f%%", 100 * s->mfu);
+    printf(" | ETA %s", eta);
+    if (!isnan(s->val_loss)) printf(" | val_loss %.4f", s->val_loss);
+    if (s->mcq) printf(" | %s acc %.4f", tc->eval_mcq_task, s->mcq->acc);
+    if (s->mcq && s->mcq->has_norm) printf(" acc_norm %.4f", s->mcq->acc_norm);
+    printf("\n");
+    fflush(stdout);
+}
 
-    ModelConfig cfg;
-    if (trainer_model_config(tc, &cfg)) return -1;
-    if (T > cfg.max_seq_len)
-        return err_set("train.seq_len: %d exceeds the model's max_seq_len %d", T, cfg.max_seq_len);
+/* The backend's switches from the config, overridden by ANVIL_* variables; the values used are
+ * written back into the run's configuration, so that config.yaml records them. */
+static int setup_backend(Run *r)
+{
+    TrainConfig *tc = r->tc;
+    BackendOptions bo = {.deterministic = tc->deterministic};
+    if (backend_attention_parse(tc->attention, &bo.attention)) return err_prefix("backend.attention");
+    if (backend_gemm_tune_parse(tc->gemm_tune, &bo.gemm_tune)) return err_prefix("backend.gemm_tune");
+    int env = backend_options_from_env(&bo);
+    if (env < 0) return -1;
+    if (env & BACKEND_ENV_ATTENTION) {
+        snprintf(tc->attention, sizeof(tc->attention), "%s", backend_attention_name(bo.attention));
+        printf("note: ANVIL_ATTENTION sets backend.attention: %s (recorded in config.yaml)\n", tc->attention);
+    }
+    if (env & BACKEND_ENV_GEMM_TUNE) {
+        snprintf(tc->gemm_tune, sizeof(tc->gemm_tune), "%s", backend_gemm_tune_name(bo.gemm_tune));
+        printf("note: ANVIL_GEMM_TUNE sets backend.gemm_tune: %s (recorded in config.yaml)\n", tc->gemm_tune);
+    }
+    if (env & BACKEND_ENV_DETERMINISTIC) {
+        tc->deterministic = bo.deterministic;
+        printf("note: ANVIL_DETERMINISTIC sets train.deterministic: %s (recorded in config.yaml)\n",
+               tc->deterministic ? "true" : "false");
+    }
     r->be = backend_get(tc->device);
     if (!r->be) return err_prefix("device");
-    BackendOptions bo = {.deterministic = tc->deterministic};
     r->be->configure(&bo);
+    return 0;
+}
 
-    /* Tokenizer: data.tokenizer, else the init model's. Without either, a text source is
-     * tokenized with GPT-2 and shards need none (the one they were made with is saved in
-     * checkpoints when it is a built-in one). */
+/* Tokenizer and loaders. Tokenizer: data.tokenizer, else the init model's. Without either, a
+ * text source is tokenized with GPT-2 and shards need none (the one they were made with is
+ * saved in checkpoints when it is a built-in one). */
+static int setup_data(Run *r, const ModelConfig *cfg)
+{
+    const TrainConfig *tc = r->tc;
     const char *tok_spec = tc->data_tokenizer[0] ? tc->data_tokenizer : tc->model_init[0] ? tc->model_init : NULL;
     if (!tok_spec && !fs_is_dir(tc->data_train) && strstr(tc->data_train, ".txt")) tok_spec = "gpt2";
     if (tok_spec) {
         r->tok = tokenizer_load(tok_spec);
-        if (!r->tok && (tc->data_tokenizer[0] || !tc->model_init[0])) {
-            err_prefix("data.tokenizer");
-            goto out;
-        } /* an init model without tokenizer files is fine for shards */
+        if (!r->tok && (tc->data_tokenizer[0] || !tc->model_init[0])) return err_prefix("data.tokenizer");
+        /* an init model without tokenizer files is fine for shards */
     }
-    LoaderOptions lo = {.B = B, .T = T, .seed = tc->seed, .shuffle = 1, .rank = 0, .world = 1,
-                        .tokenizer = tok_spec};
+    LoaderOptions lo = {.B = tc->batch_size, .T = tc->seq_len, .seed = tc->seed, .shuffle = 1, .rank = 0,
+                        .world = 1, .tokenizer = tok_spec};
     r->train = loader_open(tc->data_train, &lo);
-    if (!r->train) {
-        err_prefix("data.train");
-        goto out;
-    }
+    if (!r->train) return err_prefix("data.train");
     if (!r->tok) {
         const char *id = loader_tokenizer_identity(r->train);
         if (!strcmp(id, "gpt2") || !strcmp(id, "byte")) {
@@ -282,157 +318,211 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     if (tc->data_val[0]) {
         lo.shuffle = 0;
         r->val = loader_open(tc->data_val, &lo);
-        if (!r->val) {
-            err_prefix("data.val");
-            goto out;
-        }
+        if (!r->val) return err_prefix("data.val");
     }
-    if (loader_vocab_size(r->train) > cfg.vocab_size) {
-        err_set("data.train: the data's vocabulary (%d ids) does not fit model.vocab_size %d",
-                loader_vocab_size(r->train), cfg.vocab_size);
-        goto out;
-    }
+    if (loader_vocab_size(r->train) > cfg->vocab_size)
+        return err_set("data.train: the data's vocabulary (%d ids) does not fit model.vocab_size %d",
+                       loader_vocab_size(r->train), cfg->vocab_size);
+    return 0;
+}
 
-    r->m = model_create(&cfg, r->be);
+/* The model with its tensor kinds (model.freeze), its weights (model.init or GPT-2 init), its
+ * activations and the optimizer's state. */
+static int setup_model(Run *r, const ModelConfig *cfg)
+{
+    const TrainConfig *tc = r->tc;
+    int bad;
+    ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
+    if (bad) return -1;
+    r->m = model_create_kinds(cfg, r->be, kinds);
+    free(kinds);
+    if (!param_count(&r->m->pt))
+        return err_set("model.freeze: every tensor is frozen; nothing would train");
     if (tc->model_init[0]) {
         float *host = xmalloc(r->m->pt.total * sizeof(float));
-        int e = hf_read_weights(tc->model_init, &cfg, &r->m->pt, host);
+        int e = hf_read_weights(tc->model_init, cfg, &r->m->pt, host);
         if (!e) model_set_params(r->m, host);
         free(host);
-        if (e) {
-            err_prefix("model.init");
-            goto out;
-        }
+        if (e) return err_prefix("model.init");
     } else {
         model_init_gpt2(r->m, tc->seed);
     }
-    if (model_reserve(r->m, B, T, tc->recompute)) goto out;
-    if (tc->eval_mcq_task[0] && mcq_setup(r)) goto out;
-    size_t n = r->m->pt.total;
-    r->adam_m = r->be->alloc(n * sizeof(float));
-    r->adam_v = r->be->alloc(n * sizeof(float));
-    r->nopt = r->m->pt.n;
-    r->opt = xcalloc((size_t)r->nopt, sizeof(OptTensor));
-    for (int i = 0; i < r->nopt; i++) {
-        const Param *p = &r->m->pt.p[i];
-        r->opt[i] = (OptTensor){p->offset, p->numel, p->decay ? tc->weight_decay : 0.0f, p->trainable};
-    }
-    r->config_yaml = train_config_to_yaml(tc);
+    if (model_reserve(r->m, tc->batch_size, tc->seq_len, tc->recompute)) return -1;
+    optim_init(&r->opt, r->m, tc->weight_decay);
+    return 0;
+}
 
-    if (fs_mkdir_p(tc->out_dir)) goto out;
+/* Open metrics.jsonl (and write config.yaml, or resume). */
+static int setup_run_dir(Run *r, const char *resume_dir)
+{
+    const TrainConfig *tc = r->tc;
+    if (fs_mkdir_p(tc->out_dir)) return -1;
     char *metrics_path = fs_join(tc->out_dir, "metrics.jsonl");
+    int rc = -1;
     if (resume_dir) {
-        if (resume_from(r, resume_dir) || metrics_truncate(metrics_path, r->st.step)) {
-            free(metrics_path);
-            goto out;
-        }
+        if (resume_from(r, resume_dir) || metrics_truncate(metrics_path, r->st.step)) goto out;
     } else {
         char *cp = fs_join(tc->out_dir, "config.yaml");
         int e = fs_write_atomic(cp, r->config_yaml, strlen(r->config_yaml));
         free(cp);
-        if (e) {
-            free(metrics_path);
-            goto out;
-        }
+        if (e) goto out;
     }
     r->metrics = fopen(metrics_path, resume_dir ? "ab" : "wb");
     if (!r->metrics) {
         err_set("%s: cannot open: %s", metrics_path, strerror(errno));
-        free(metrics_path);
         goto out;
     }
+    rc = 0;
+out:
     free(metrics_path);
+    return rc;
+}
 
-    int accum = tc->tokens_per_step ? (int)(tc->tokens_per_step / ((long)B * T)) : 1;
-    long step_tokens = (long)B * T * accum;
+static void print_header(const Run *r)
+{
+    const ModelConfig *c = &r->m->cfg;
+    const ParamTable *pt = &r->m->pt;
+    long step_tokens = (long)r->tc->batch_size * r->tc->seq_len * r->accum;
+    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %.2fM frozen, "
+           "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
+           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6,
+           param_count_kind(pt, PARAM_FROZEN) / 1e6, param_count_all(pt) / 1e6, r->be->name, r->tc->batch_size,
+           r->tc->seq_len, r->accum, step_tokens);
+    fflush(stdout);
+}
+
+static void print_memory(const Run *r)
+{
+    MemReport mr;
+    char line[512];
+    model_mem_report(r->m, optim_bytes(&r->opt), &mr);
+    mem_report_format(&mr, line, sizeof(line));
+    printf("memory after step 1: %s\n", line);
+    fflush(stdout);
+}
+
+/* The GPU's dense bf16 peak that MFU is counted against (H100 / H200 SXM, NVIDIA datasheets). */
+#define GPU_BF16_PEAK 989e12
+
+/* Evaluation, metrics, progress line and checkpoint after step s->step. */
+static int after_step(Run *r, StepLog *s)
+{
+    const TrainConfig *tc = r->tc;
+    int step = s->step, last = step == tc->steps;
+    s->val_loss = NAN;
+    if (r->val && tc->eval_steps > 0 && (last || (tc->eval_every && step % tc->eval_every == 0))) {
+        s->val_loss = eval_loss(r->m, r->val, tc->eval_steps, tc->batch_size, tc->seq_len, r->in[0], r->tg[0]);
+        if (isnan(s->val_loss)) return -1;
+    }
+    McqResult mcq = {0};
+    int with_mcq = r->mcq.n && (last || (tc->eval_mcq_every && step % tc->eval_mcq_every == 0));
+    if (with_mcq && mcq_eval(r, &mcq)) return -1;
+    s->mcq = with_mcq ? &mcq : NULL;
+    log_metrics(r, s);
+    if (step % tc->log_every == 0 || last || !isnan(s->val_loss) || with_mcq) print_progress(r, s);
+    if (!r->printed_mem) { /* after the first step of this process: workspaces and the peak exist now */
+        print_memory(r);
+        r->printed_mem = 1;
+    }
+    mcq_result_free(&mcq);
+    s->mcq = NULL;
+    if (last || (tc->ckpt_every && step % tc->ckpt_every == 0) || stop_requested)
+        if (save_checkpoint(r)) return -1;
+    return 0;
+}
+
+/* The training loop from the step after r->st.step to tc->steps (or an interrupt). */
+static int train_loop(Run *r)
+{
+    const TrainConfig *tc = r->tc;
+    int B = tc->batch_size, T = tc->seq_len;
+    long step_tokens = (long)B * T * r->accum;
     SchedKind sk;
     schedule_parse(tc->schedule, &sk);
     Schedule sched = {sk, tc->lr, tc->min_lr, tc->warmup_steps, tc->steps};
-    in = xmalloc((size_t)B * T * sizeof(int32_t));
-    tg = xmalloc((size_t)B * T * sizeof(int32_t));
-    printf("model: %s, %d layers, d_model %d, %d heads (%d kv), %.2fM parameters | device %s | "
-           "%d x %d tokens x %d micro-steps = %ld tokens/step\n",
-           model_family_name(cfg.family), cfg.n_layer, cfg.d_model, cfg.n_head, cfg.n_kv_head,
-           param_count(&r->m->pt) / 1e6, r->be->name, B, T, accum, step_tokens);
-    fflush(stdout);
-    signal(SIGINT, on_sigint);
-
+    double flops_token = model_flops_per_token(r->m, T);
+    int on_gpu = strncmp(r->be->name, "cuda", 4) == 0;
     double t_run0 = now_s(), elapsed0 = r->st.elapsed_s;
-    int first_step = r->st.step + 1;
-    for (int step = first_step; step <= tc->steps; step++) {
+    for (int step = r->st.step + 1; step <= tc->steps; step++) {
         double t0 = now_s();
-        float lr = schedule_lr(&sched, step);
-        model_zero_grad(r->m);
-        double loss_sum = 0;
-        for (int k = 0; k < accum; k++) {
-            if (loader_next(r->train, in, tg)) goto out;
-            loss_sum += model_forward(r->m, in, tg, B, T, 1.0f / (float)step_tokens, NULL);
-            model_backward(r->m);
-        }
-        float loss = (float)(loss_sum / accum);
-        double gnorm = sqrt(r->be->sumsq(r->m->grads, n));
-        float clip = 1.0f;
-        if (tc->grad_clip > 0 && gnorm > tc->grad_clip) clip = (float)(tc->grad_clip / (gnorm + CLIP_EPS));
-        AdamHyper h = {.lr = lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = step,
-                       .grad_scale = clip};
-        r->be->adamw(r->m->params, r->m->params_act, r->m->grads, r->adam_m, r->adam_v, r->opt, r->nopt, &h);
-        r->be->sync();
+        StepLog s = {.step = step, .lr = schedule_lr(&sched, step)};
+        for (int k = 0; k < r->accum; k++)
+            if (loader_next(r->train, r->in[k], r->tg[k])) return -1;
+        StepBatch b = {.B = B, .T = T, .accum = r->accum, .in = r->in, .tg = r->tg};
+        StepHyper h = {.lr = s.lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = step,
+                       .grad_clip = tc->grad_clip};
+        if (train_step(r->m, &r->opt, &b, &h, &s.res)) return err_prefix("step %d", step);
         double dt = now_s() - t0;
         r->st.step = step;
         r->st.tokens_seen += (uint64_t)step_tokens;
         r->st.loader = loader_state(r->train);
         r->st.elapsed_s = elapsed0 + (now_s() - t_run0);
-        if (!isfinite(loss)) {
-            err_set("step %d: the loss is %g; lower train.lr or check the data", step, loss);
-            goto out;
-        }
-        float val_loss = NAN;
-        int last = step == tc->steps;
-        if (r->val && tc->eval_steps > 0 && (last || (tc->eval_every && step % tc->eval_every == 0))) {
-            val_loss = eval_loss(r->m, r->val, tc->eval_steps, B, T, in, tg);
-            if (isnan(val_loss)) goto out;
-        }
-        McqResult mcq = {0};
-        int with_mcq = r->mcq.n && (last || (tc->eval_mcq_every && step % tc->eval_mcq_every == 0));
-        if (with_mcq && mcq_eval(r, &mcq)) goto out;
-        double tps = step_tokens / dt;
-        log_metrics(r, step, loss, lr, gnorm, tps, dt * 1e3, val_loss, with_mcq ? &mcq : NULL);
-        if (step % tc->log_every == 0 || last || !isnan(val_loss) || with_mcq) {
-            char eta[32];
-            fmt_duration(dt * (tc->steps - step), eta, sizeof(eta));
-            printf("step %*d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1fk tok/s | %.1f ms | ETA %s", 
-                   (int)(floor(log10(tc->steps)) + 1), step, tc->steps, loss, lr, gnorm, tps / 1e3, dt * 1e3, eta);
-            if (!isnan(val_loss)) printf(" | val_loss %.4f", val_loss);
-            if (with_mcq) printf(" | %s acc %.4f", tc->eval_mcq_task, mcq.acc);
-            if (with_mcq && mcq.has_norm) printf(" acc_norm %.4f", mcq.acc_norm);
-            printf("\n");
-            fflush(stdout);
-        }
-        mcq_result_free(&mcq);
-        if (last || (tc->ckpt_every && step % tc->ckpt_every == 0) || stop_requested) {
-            if (save_checkpoint(r)) goto out;
-        }
+        if (!isfinite(s.res.loss))
+            return err_set("step %d: the loss is %g; lower train.lr or check the data", step, s.res.loss);
+        s.tps = step_tokens / dt;
+        s.ms = dt * 1e3;
+        s.mfu = on_gpu ? flops_token * s.tps / GPU_BF16_PEAK : 0;
+        size_t peak;
+        r->be->mem_stats(NULL, &peak);
+        s.peak_gib = peak / (1024.0 * 1024.0 * 1024.0);
+        if (after_step(r, &s)) return -1;
         if (stop_requested) {
             printf("interrupted: saved a checkpoint at step %d; continue with --resume %s\n", step, tc->out_dir);
             break;
         }
     }
-    rc = 0;
-out:
-    signal(SIGINT, SIG_DFL);
+    return 0;
+}
+
+static void run_free(Run *r)
+{
     if (r->metrics) fclose(r->metrics);
     if (r->m) {
-        if (r->adam_m) r->be->free(r->adam_m);
-        if (r->adam_v) r->be->free(r->adam_v);
+        optim_free(&r->opt);
         model_free(r->m);
     }
-    free(r->opt);
     free(r->config_yaml);
     if (r->train) loader_close(r->train);
     if (r->val) loader_close(r->val);
     if (r->tok) tokenizer_free(r->tok);
     mcq_set_free(&r->mcq);
-    free(in);
-    free(tg);
+    for (int k = 0; r->in && k < r->accum; k++) {
+        free(r->in[k]);
+        free(r->tg[k]);
+    }
+    free(r->in);
+    free(r->tg);
+}
+
+int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
+{
+    TrainConfig tcv = *tc_in;
+    if (resume_dir) snprintf(tcv.out_dir, sizeof(tcv.out_dir), "%s", resume_dir);
+    if (train_config_validate(&tcv)) return -1;
+    Run run = {.tc = &tcv};
+    Run *r = &run;
+    const TrainConfig *tc = &tcv;
+    int rc = -1;
+    ModelConfig cfg;
+    if (trainer_model_config(tc, &cfg)) return -1;
+    if (tc->seq_len > cfg.max_seq_len)
+        return err_set("train.seq_len: %d exceeds the model's max_seq_len %d", tc->seq_len, cfg.max_seq_len);
+    if (setup_backend(r) || setup_data(r, &cfg) || setup_model(r, &cfg)) goto out;
+    if (tc->eval_mcq_task[0] && mcq_setup(r)) goto out;
+    r->config_yaml = train_config_to_yaml(tc);
+    r->accum = tc->tokens_per_step ? (int)(tc->tokens_per_step / ((long)tc->batch_size * tc->seq_len)) : 1;
+    r->in = xcalloc((size_t)r->accum, sizeof(int32_t *));
+    r->tg = xcalloc((size_t)r->accum, sizeof(int32_t *));
+    for (int k = 0; k < r->accum; k++) {
+        r->in[k] = xmalloc((size_t)tc->batch_size * tc->seq_len * sizeof(int32_t));
+        r->tg[k] = xmalloc((size_t)tc->batch_size * tc->seq_len * sizeof(int32_t));
+    }
+    if (setup_run_dir(r, resume_dir)) goto out;
+    print_header(r);
+    signal(SIGINT, on_sigint);
+    rc = train_loop(r);
+out:
+    signal(SIGINT, SIG_DFL);
+    run_free(r);
     return rc;
 }

@@ -201,6 +201,16 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
  * mid-size products). Below this many multiply-adds one call does it all. */
 #define MATMUL_SPLIT_MIN (1L << 18)
 
+/* Every row of a product is computed inside a full tile of MATMUL_ROW_TILE rows: thread ranges
+ * start at multiples of the tile and a last partial tile is padded with zero rows. OpenBLAS's
+ * kernels give a row a result that depends on the edge handling of the call it is in (rows of a
+ * 5-row call differ in the last bits from the same rows of a 24-row call); inside full tiles
+ * they do not, so each output row depends on its input row and the weights alone: the same bits
+ * for any batch size, any row offset and any thread count (the cached forward of generation
+ * equals the training forward bit for bit, tests/test_engine.c). 16 covers the row unrolling of
+ * OpenBLAS's x86-64 sgemm kernels. */
+#define MATMUL_ROW_TILE 16
+
 static void blas_single_thread(void)
 {
     static int done;
@@ -208,6 +218,39 @@ static void blas_single_thread(void)
         openblas_set_num_threads(1);
         done = 1;
     }
+}
+
+/* This thread's tiles [t0, t1) of ntile (contiguous ranges, as thread_range). */
+static void tile_range(size_t ntile, size_t *t0, size_t *t1) { thread_range(ntile, t0, t1); }
+
+/* out (M,OC) = inp (M,IC) @ w^T for rows that form whole tiles, or the last partial tile through
+ * a zero-padded copy. ld of out is OC, of inp IC. */
+static void rows_product(float *out, const float *inp, const float *w, size_t M, int IC, int OC, int transw)
+{
+    if (M == 0) return;
+    size_t full = M / MATMUL_ROW_TILE * MATMUL_ROW_TILE, tail = M - full;
+    CBLAS_TRANSPOSE tw = transw ? CblasTrans : CblasNoTrans;
+    int ldw = transw ? IC : OC;
+    if (full)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, tw, (int)full, OC, IC, 1.0f, inp, IC, w, ldw, 0.0f, out, OC);
+    if (!tail) return;
+    float *pin = xcalloc((size_t)MATMUL_ROW_TILE * IC, sizeof(float));
+    float *pout = xmalloc((size_t)MATMUL_ROW_TILE * OC * sizeof(float));
+    memcpy(pin, inp + full * IC, tail * IC * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, tw, MATMUL_ROW_TILE, OC, IC, 1.0f, pin, IC, w, ldw, 0.0f, pout, OC);
+    memcpy(out + full * OC, pout, tail * OC * sizeof(float));
+    free(pin);
+    free(pout);
+}
+
+/* The rows [r0, r1) of an (N, ...) product this thread computes: whole tiles, the partial tile
+ * going to the thread that owns the last one. */
+static void thread_rows(size_t N, size_t *r0, size_t *r1)
+{
+    size_t ntile = (N + MATMUL_ROW_TILE - 1) / MATMUL_ROW_TILE, t0, t1;
+    tile_range(ntile, &t0, &t1);
+    *r0 = MIN(N, t0 * MATMUL_ROW_TILE);
+    *r1 = MIN(N, t1 * MATMUL_ROW_TILE);
 }
 
 // out (N,OC) = inp (N,IC) @ w (OC,IC)^T + bias
@@ -220,10 +263,9 @@ static void cpu_matmul_fwd(void *out_, const void *inp_, const void *w, const vo
 #pragma omp parallel if (split)
     {
         size_t r0, r1;
-        thread_range((size_t)N, &r0, &r1);
+        thread_rows((size_t)N, &r0, &r1);
         if (r1 > r0) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), OC, IC, 1.0f, inp + r0 * IC, IC, w,
-                        IC, 0.0f, out + r0 * OC, OC);
+            rows_product(out + r0 * OC, inp + r0 * IC, w, r1 - r0, IC, OC, 1);
             if (bias)
                 for (size_t i = r0; i < r1; i++)
                     for (int j = 0; j < OC; j++) out[i * OC + j] += bias[j];
@@ -242,12 +284,10 @@ static void cpu_matmul_bwd(void *dinp_, float *dw, float *dbias, const void *dou
 #pragma omp parallel if (split)
     {
         size_t r0, r1, o0, o1;
-        thread_range((size_t)N, &r0, &r1);
-        thread_range((size_t)OC, &o0, &o1);
-        if (dinp && r1 > r0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), IC, OC, 1.0f, dout + r0 * OC, OC,
-                        w, IC, 0.0f, dinp + r0 * IC, IC);
-        /* each thread owns rows o0..o1 of dw and entries o0..o1 of dbias */
+        thread_rows((size_t)N, &r0, &r1);
+        /* each thread owns rows o0..o1 of dw and entries o0..o1 of dbias, in whole tiles */
+        thread_rows((size_t)OC, &o0, &o1);
+        if (dinp && r1 > r0) rows_product(dinp + r0 * IC, dout + r0 * OC, w, r1 - r0, OC, IC, 0);
         if (dw && o1 > o0)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(o1 - o0), IC, N, 1.0f, dout + o0, OC, inp, IC,
                         1.0f, dw + o0 * IC, IC);

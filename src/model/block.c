@@ -1,0 +1,132 @@
+/* block.c - the block and the stack (block.h), written once for training, evaluation and
+ * generation. Every weight product goes through linear.h. */
+#include "model/block.h"
+
+#include "core/error.h"
+
+static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
+
+/* The GELU MLP goes through the fused product + activation ops; SwiGLU through a product and the
+ * element-wise op. */
+static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA; }
+
+/* fch = linear_fc(ln2) and fch_act = act(fch) of block l. The fused op is also how recompute
+ * remakes fch_act, so that every recompute level gives the same bits. */
+static void mlp_act_fwd(Model *m, int l, LayerActs *a, int N)
+{
+    const LayerParams *p = &m->lp[l];
+    if (fused_gelu(m)) {
+        linear_gelu_fwd(&m->ps, &p->fc, a->fch_act, a->fch, a->ln2, N);
+        return;
+    }
+    linear_fwd(&m->ps, &p->fc, a->fch, a->ln2, N);
+    m->be->swiglu_fwd(a->fch_act, a->fch, N, m->cfg.d_ff);
+}
+
+static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    int nh = c->n_head, nkv = c->n_kv_head, hd = c->head_dim;
+    if (ctx->mode != ATTN_CAUSAL) fatal("attention: the bidirectional mode is not available yet (internal error)");
+    if (c->family == FAMILY_LLAMA) be->rope_fwd(a->qkv, m->inv_freq, B, T, nh, nkv, hd, ctx->pos0);
+    if (!ctx->kcache) {
+        be->attention_fwd(a->att, a->lse, a->qkv, B, T, nh, nkv, hd);
+        return;
+    }
+    be->kv_store(ctx->kcache[l], ctx->vcache[l], a->qkv, B, T, nh, nkv, hd, ctx->pos0, ctx->cap);
+    /* an empty cache: the new tokens attend only to each other (the fastest kernel does it) */
+    if (ctx->pos0 == 0) be->attention_fwd(a->att, a->lse, a->qkv, B, T, nh, nkv, hd);
+    else be->attention_kv_fwd(a->att, a->qkv, ctx->kcache[l], ctx->vcache[l], B, T, nh, nkv, hd, ctx->pos0, ctx->cap);
+}
+
+void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, void *out)
+{
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *p = &m->lp[l];
+    int N = B * T, C = c->d_model;
+    linear_fwd(&m->ps, &p->qkv, a->qkv, a->ln1, N);
+    attention_fwd(m, l, a, B, T, ctx);
+    /* attention output projection into out, then x2 = x + it, ln2 = norm(x2) */
+    linear_fwd(&m->ps, &p->o, out, a->att, N);
+    m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, out, params_w(&m->ps, p->ln2_w),
+                        params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
+    mlp_act_fwd(m, l, a, N);
+    linear_fwd(&m->ps, &p->proj, out, a->fch_act, N);
+}
+
+void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int B, int T, const AttnCtx *ctx)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const ParamStore *ps = &m->ps;
+    int N = B * T, C = c->d_model, L = c->n_layer;
+    LayerActs *a0 = &bufs->la[0];
+    be->embed_fwd(a0->res, tokens, params_w(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
+                 params_w(ps, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
+    for (int l = 0; l < L; l++) {
+        LayerActs *a = &bufs->la[bufs->shared ? 0 : l];
+        block_fwd(m, l, a, B, T, ctx, bufs->scratch);
+        /* next block's input x' = x2 + mlp, fused with its first norm (or the final norm) */
+        if (l + 1 < L) {
+            LayerActs *n = &bufs->la[bufs->shared ? 0 : l + 1];
+            const LayerParams *np = &m->lp[l + 1];
+            be->add_norm_fwd(n->res, n->ln1, n->ln1_mean, n->ln1_rstd, a->res2, bufs->scratch,
+                             params_w(ps, np->ln1_w), params_w(ps, np->ln1_b), N, C, c->norm_eps, is_rms(m));
+        } else {
+            be->add_norm_fwd(bufs->res_final, bufs->lnf, bufs->lnf_mean, bufs->lnf_rstd, a->res2, bufs->scratch,
+                             params_w(ps, m->lnf_w), params_w(ps, m->lnf_b), N, C, c->norm_eps, is_rms(m));
+        }
+    }
+}
+
+void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *p = &m->lp[l];
+    const ParamStore *ps = &m->ps;
+    int N = B * T, C = c->d_model;
+    if (m->recompute == RECOMPUTE_NONE) return;
+    be->norm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, a->res, params_w(ps, p->ln1_w), params_w(ps, p->ln1_b), N, C,
+                 c->norm_eps, is_rms(m));
+    if (m->recompute == RECOMPUTE_BLOCK) {
+        AttnCtx ctx = {.mode = ATTN_CAUSAL};
+        block_fwd(m, l, a, B, T, &ctx, scratch);
+        return;
+    }
+    be->norm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, params_w(ps, p->ln2_w), params_w(ps, p->ln2_b), N, C,
+                 c->norm_eps, is_rms(m));
+    if (fused_gelu(m)) mlp_act_fwd(m, l, a, N); /* the product again: fch_act as the forward made it */
+    else be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
+}
+
+void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1, void *d2)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const LayerParams *p = &m->lp[l];
+    const ParamStore *ps = &m->ps;
+    int N = B * T, C = c->d_model, rms = is_rms(m);
+    /* MLP: out = act(linear_fc(ln2)) through linear_proj; dres = d(block output) */
+    if (fused_gelu(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
+        linear_gelu_bwd(ps, &p->proj, p->fc.b, d1, dres, a->fch_act, a->fch, N);
+        Linear fc_nobias = p->fc;
+        fc_nobias.b = -1; /* its bias gradient came with d1 */
+        linear_bwd(ps, &fc_nobias, d2, d1, a->ln2, N);
+    } else {
+        linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N);
+        be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
+        linear_bwd(ps, &p->fc, d2, d1, a->ln2, N);
+    }
+    be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
+                 a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
+    /* attention */
+    linear_bwd(ps, &p->o, d2, dres, a->att, N);
+    be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
+    if (c->family == FAMILY_LLAMA) be->rope_bwd(d1, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
+    linear_bwd(ps, &p->qkv, d2, d1, a->ln1, N);
+    be->norm_bwd(dres, params_g(ps, p->ln1_w), params_g(ps, p->ln1_b), d2, a->res, params_w(ps, p->ln1_w),
+                 a->ln1_mean, a->ln1_rstd, N, C, rms); /* dres = d(x) */
+}

@@ -1,0 +1,60 @@
+/* linear.h - every weight product of the model goes through these functions.
+ *
+ * A Linear names a weight W (out, in) and an optional bias b (out) in the parameter store:
+ *   out (N, out) = inp (N, in) @ W^T + b
+ * The weight's kind (params.h) is looked at in one place, linear_weight(): a trainable or frozen
+ * dense weight is used as it is; a later packed kind (NF4, ternary) is turned there into what the
+ * product needs. The backward overwrites dinp and ADDS the weight and bias gradients, except for a
+ * weight without a gradient (frozen), whose weight-gradient product is not run at all.
+ *
+ * The slot for adapters: a Linear may carry low-rank adapters (LoRA), each covering the output
+ * rows [row0, row0 + rows) of W, so that separate q/k/v (or gate/up) adapters can sit on our fused
+ * weights exactly as PEFT defines them. Their products are added by these same functions; the
+ * fine-tuning issue fills them in, and until then a Linear with adapters is refused.
+ */
+#ifndef ANVIL_MODEL_LINEAR_H
+#define ANVIL_MODEL_LINEAR_H
+
+#include "model/params.h"
+
+typedef struct {
+    int a, b;       /* parameter indices of A (r, in) and B (rows, r) */
+    int row0, rows; /* output rows of W the adapter adds to */
+    float scale;    /* alpha / r (or alpha / sqrt(r), rsLoRA) */
+} LinearAdapter;
+
+typedef struct {
+    int w, b;    /* parameter indices of the weight and the bias (-1: no bias) */
+    int in, out; /* W is (out, in) */
+    const LinearAdapter *adapters;
+    int n_adapters;
+} Linear;
+
+/* A Linear for weight w and bias b (-1 for none), its shape read from the table. */
+Linear linear_make(const ParamTable *pt, int w, int b);
+
+/* out (N, out) = inp (N, in) @ W^T + b */
+void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N);
+/* dinp (N, in) = dout @ W (overwrite; NULL to skip); dW += dout^T @ inp and db += colsum(dout)
+ * where the tensors have gradients. */
+void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N);
+
+/* The product and the GELU (tanh) activation fused: pre (N, out) = inp @ W^T + b, act = gelu(pre). */
+void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N);
+/* The backward of L applied to act = gelu(pre) (the MLP's second product), through the activation:
+ * dpre (N, in) = (dout @ W) * gelu'(pre) (overwrite); dW += dout^T @ act; db += colsum(dout);
+ * and bias_pre's gradient (the first product's bias, -1 for none) += colsum(dpre). */
+void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *dpre, const void *dout,
+                     const void *act, const void *pre, int N);
+
+/* The output head and the softmax cross-entropy over V = L->out classes, fused and chunked so that
+ * the (N, V) logits never exist whole (backend.h lm_head_xent): losses (N); with dscale != 0 also
+ * dinp (N, in) (overwrite) and dW += where W has a gradient. */
+void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void *dinp, const void *inp,
+                      const int32_t *targets, int N, float dscale);
+
+/* FLOPs of one token through L: the forward 2*in*out; with backward also 2*in*out for dinp and,
+ * when W is trainable, another 2*in*out for dW (6 or 4 per weight in all; docs/benchmarks.md). */
+double linear_flops(const ParamStore *ps, const Linear *L, int backward);
+
+#endif

@@ -1,0 +1,224 @@
+/* params.c - the parameter table and the parameter store (params.h). */
+#include "model/params.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+/* ---- the table ---- */
+
+static void add_param(ParamTable *pt, int *cap, const char *name, int role, int layer, int ndim, int64_t d0,
+                      int64_t d1)
+{
+    if (pt->n == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        pt->p = xrealloc(pt->p, (size_t)*cap * sizeof(Param));
+    }
+    Param *p = &pt->p[pt->n++];
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", name);
+    p->role = role;
+    p->layer = layer;
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim == 2 ? d1 : 1;
+    p->numel = (size_t)d0 * (size_t)(ndim == 2 ? d1 : 1);
+    p->offset = pt->total;
+    p->kind = PARAM_TRAIN;
+    p->decay = ndim == 2;
+    pt->total += p->numel;
+}
+
+static size_t align_up(size_t n) { return (n + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN; }
+
+void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
+{
+    size_t off[PARAM_KIND_COUNT] = {0};
+    int L = pt->n_layer, group = 0;
+    for (int i = 0; i < pt->n; i++) {
+        Param *p = &pt->p[i];
+        p->kind = kinds ? kinds[i] : PARAM_TRAIN;
+        /* groups in table order: embeddings (0), block l (1 + l), the tensors after the blocks (L + 1) */
+        int g = p->layer >= 0 ? 1 + p->layer : (i > 0 && group > 0 ? L + 1 : 0);
+        while (group < g) pt->layer_seg[++group] = off[PARAM_TRAIN];
+        p->seg = off[p->kind];
+        off[p->kind] += align_up(p->numel);
+    }
+    while (group < L + 2) pt->layer_seg[++group] = off[PARAM_TRAIN];
+    pt->n_train = off[PARAM_TRAIN];
+    pt->n_frozen = off[PARAM_FROZEN];
+}
+
+void param_table_build(ParamTable *pt, const ModelConfig *c)
+{
+    int cap = 0;
+    int C = c->d_model;
+    int gpt2 = c->family == FAMILY_GPT2;
+    char nm[64];
+    memset(pt, 0, sizeof(*pt));
+    pt->n_layer = c->n_layer;
+    add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
+    if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
+    for (int l = 0; l < c->n_layer; l++) {
+#define P1(suffix, role, n) \
+    (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 1, n, 1))
+#define P2(suffix, role, r, k) \
+    (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 2, r, k))
+        P1("ln1.w", PROLE_LN1_W, C);
+        if (gpt2) P1("ln1.b", PROLE_LN1_B, C);
+        P2("qkv.w", PROLE_QKV_W, cfg_qkv_dim(c), C);
+        if (c->qkv_bias) P1("qkv.b", PROLE_QKV_B, cfg_qkv_dim(c));
+        P2("o.w", PROLE_O_W, C, cfg_q_dim(c));
+        if (c->o_bias) P1("o.b", PROLE_O_B, C);
+        P1("ln2.w", PROLE_LN2_W, C);
+        if (gpt2) P1("ln2.b", PROLE_LN2_B, C);
+        P2("fc.w", PROLE_FC_W, cfg_fc_dim(c), C);
+        if (c->mlp_bias) P1("fc.b", PROLE_FC_B, cfg_fc_dim(c));
+        P2("proj.w", PROLE_PROJ_W, C, c->d_ff);
+        if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
+#undef P1
+#undef P2
+    }
+    add_param(pt, &cap, "lnf.w", PROLE_LNF_W, -1, 1, C, 1);
+    if (gpt2) add_param(pt, &cap, "lnf.b", PROLE_LNF_B, -1, 1, C, 1);
+    if (!c->tie_embeddings) add_param(pt, &cap, "lm_head", PROLE_LM_HEAD, -1, 2, c->vocab_size, C);
+    size_t rows = (size_t)c->n_layer + 1;
+    pt->by_role = xmalloc(rows * PROLE_COUNT * sizeof(int));
+    for (size_t i = 0; i < rows * PROLE_COUNT; i++) pt->by_role[i] = -1;
+    for (int i = 0; i < pt->n; i++)
+        pt->by_role[(size_t)(pt->p[i].layer + 1) * PROLE_COUNT + pt->p[i].role] = i;
+    pt->layer_seg = xcalloc((size_t)c->n_layer + 3, sizeof(size_t));
+    param_table_set_kinds(pt, NULL);
+}
+
+void param_table_free(ParamTable *pt)
+{
+    free(pt->p);
+    free(pt->by_role);
+    free(pt->layer_seg);
+    memset(pt, 0, sizeof(*pt));
+}
+
+int param_find(const ParamTable *pt, const char *name)
+{
+    for (int i = 0; i < pt->n; i++)
+        if (!strcmp(pt->p[i].name, name)) return i;
+    return -1;
+}
+
+int param_find_role(const ParamTable *pt, int role, int layer)
+{
+    if (role < 0 || role >= PROLE_COUNT || layer < -1 || layer >= pt->n_layer) return -1;
+    return pt->by_role[(size_t)(layer + 1) * PROLE_COUNT + role];
+}
+
+size_t param_count_kind(const ParamTable *pt, ParamKind kind)
+{
+    size_t n = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].kind == kind) n += pt->p[i].numel;
+    return n;
+}
+
+size_t param_count_all(const ParamTable *pt) { return pt->total; }
+
+size_t param_count(const ParamTable *pt) { return param_count_kind(pt, PARAM_TRAIN); }
+
+const char *param_kind_name(ParamKind k)
+{
+    static const char *const names[PARAM_KIND_COUNT] = {"trainable", "frozen"};
+    return k >= 0 && k < PARAM_KIND_COUNT ? names[k] : "?";
+}
+
+void params_shard(const ParamTable *pt, int rank, int world, size_t *lo, size_t *hi)
+{
+    size_t per = (pt->n_train + (size_t)world - 1) / (size_t)world;
+    per = align_up(per);
+    *lo = MIN(pt->n_train, per * (size_t)rank);
+    *hi = MIN(pt->n_train, *lo + per);
+}
+
+/* ---- the store ---- */
+
+void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
+{
+    memset(ps, 0, sizeof(*ps));
+    ps->be = be;
+    ps->pt = pt;
+    if (pt->n_train) {
+        ps->master = be->alloc(pt->n_train * sizeof(float));
+        ps->train_act = be->act_dtype == DTYPE_F32 ? (void *)ps->master : be->alloc(pt->n_train * be->act_size);
+        ps->grad = be->alloc(pt->n_train * sizeof(float));
+    }
+    if (pt->n_frozen) ps->frozen_act = be->alloc(pt->n_frozen * be->act_size);
+}
+
+void params_free(ParamStore *ps)
+{
+    const Backend *be = ps->be;
+    if (!be) return;
+    if (ps->train_act && ps->train_act != (void *)ps->master) be->free(ps->train_act);
+    if (ps->master) be->free(ps->master);
+    if (ps->grad) be->free(ps->grad);
+    if (ps->frozen_act) be->free(ps->frozen_act);
+    memset(ps, 0, sizeof(*ps));
+}
+
+void *params_w(const ParamStore *ps, int i)
+{
+    if (i < 0) return NULL;
+    const Param *p = &ps->pt->p[i];
+    void *base = p->kind == PARAM_TRAIN ? ps->train_act : ps->frozen_act;
+    return act_at(ps->be, base, p->seg);
+}
+
+float *params_g(const ParamStore *ps, int i)
+{
+    if (i < 0 || ps->pt->p[i].kind != PARAM_TRAIN) return NULL;
+    return ps->grad + ps->pt->p[i].seg;
+}
+
+void params_upload(ParamStore *ps, int i, const float *host)
+{
+    const Param *p = &ps->pt->p[i];
+    const Backend *be = ps->be;
+    if (p->kind == PARAM_TRAIN) {
+        be->upload(ps->master + p->seg, host, p->numel * sizeof(float));
+        if (ps->train_act != (void *)ps->master)
+            be->cast_to_act(act_at(be, ps->train_act, p->seg), ps->master + p->seg, p->numel);
+    } else {
+        be->upload_act(act_at(be, ps->frozen_act, p->seg), host, p->numel);
+    }
+}
+
+void params_download(const ParamStore *ps, int i, float *host)
+{
+    const Param *p = &ps->pt->p[i];
+    const Backend *be = ps->be;
+    if (p->kind == PARAM_TRAIN) be->download(host, ps->master + p->seg, p->numel * sizeof(float));
+    else be->download_act(host, act_at(be, ps->frozen_act, p->seg), p->numel);
+}
+
+void params_sync_act(ParamStore *ps)
+{
+    if (ps->train_act != (void *)ps->master) ps->be->cast_to_act(ps->train_act, ps->master, ps->pt->n_train);
+}
+
+void params_zero_grad(ParamStore *ps)
+{
+    if (ps->grad) ps->be->zero(ps->grad, ps->pt->n_train * sizeof(float));
+}
+
+ParamBytes params_bytes(const ParamStore *ps)
+{
+    const ParamTable *pt = ps->pt;
+    size_t as = ps->be->act_size;
+    ParamBytes b = {0};
+    b.master = ps->master ? pt->n_train * sizeof(float) : 0;
+    b.grads = ps->grad ? pt->n_train * sizeof(float) : 0;
+    b.weights = (ps->train_act && ps->train_act != (void *)ps->master ? pt->n_train * as : 0) +
+                (ps->frozen_act ? pt->n_frozen * as : 0);
+    return b;
+}

@@ -1,0 +1,131 @@
+/* params.h - the parameter store: every tensor of a model, its kind, and the memory each kind owns.
+ *
+ * The table (ParamTable) lists the tensors of a config with their internal names and layouts
+ * (weights are (out, in) like torch.nn.Linear):
+ *   wte (V,C)  wpe (P,C)  lm_head (V,C, untied only)  lnf.w (C)  lnf.b (C)
+ *   h.L.ln1.w/b (C)  h.L.qkv.w (qkv_dim, C)  h.L.qkv.b (qkv_dim)
+ *   h.L.o.w (C, q_dim)  h.L.o.b (C)  h.L.ln2.w/b (C)
+ *   h.L.fc.w (fc_dim, C)  h.L.fc.b (fc_dim)  h.L.proj.w (C, d_ff)  h.L.proj.b (C)
+ * qkv rows are [q heads | k heads | v heads]; llama fc rows are [gate | up]. Table order is
+ * layer-major: the embeddings, then block 0 .. L-1, then the final norm and the head.
+ *
+ * Each tensor has a kind, and the kind decides what memory exists for it (ParamStore):
+ *   PARAM_TRAIN   fp32 master + compute copy + fp32 gradient (+ the optimizer's state, which the
+ *                 optimizer owns); the compute copy IS the master when the backend computes in fp32.
+ *   PARAM_FROZEN  the compute copy only: no master, no gradient, no optimizer state; left out of the
+ *                 gradient norm, clipping, weight decay and optimizer checkpoints.
+ * Trainable tensors live in one contiguous segment (master, compute copy and gradient each one
+ * buffer of n_train elements), in table order, so that the optimizer sees one vector and a
+ * data-parallel run can cut it into equal per-rank shards (params_shard). Frozen tensors live in a
+ * second segment of compute copies. Every tensor starts at a multiple of PARAM_ALIGN elements.
+ *
+ * Adding a kind (NF4, ternary, FP8): give it a segment (or a packed buffer) here, teach
+ * params_upload / params_download to convert to and from fp32, and add its case to the one switch
+ * in linear.c (linear_weight), which turns a tensor into what a product needs. Nothing else in the
+ * model, the trainer or the backends changes.
+ */
+#ifndef ANVIL_MODEL_PARAMS_H
+#define ANVIL_MODEL_PARAMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "model/config.h"
+
+typedef enum {
+    PARAM_TRAIN = 0,
+    PARAM_FROZEN = 1,
+    PARAM_KIND_COUNT
+} ParamKind;
+
+/* Segment offsets are multiples of this many elements (256 bytes of fp32): aligned rows for
+ * vector loads and the GPU's 16-byte alignment rules, whatever the tensor sizes. */
+#define PARAM_ALIGN 64
+
+enum {
+    PROLE_WTE, PROLE_WPE, PROLE_LM_HEAD, PROLE_LNF_W, PROLE_LNF_B,
+    PROLE_LN1_W, PROLE_LN1_B, PROLE_QKV_W, PROLE_QKV_B, PROLE_O_W, PROLE_O_B,
+    PROLE_LN2_W, PROLE_LN2_B, PROLE_FC_W, PROLE_FC_B, PROLE_PROJ_W, PROLE_PROJ_B,
+    PROLE_COUNT
+};
+
+typedef struct {
+    char name[64];
+    int role;  /* PROLE_* */
+    int layer; /* -1 for tensors outside the blocks */
+    int ndim;
+    int64_t shape[2];
+    size_t numel;
+    size_t offset;  /* element offset in a host image of the whole table (every tensor, table order) */
+    ParamKind kind;
+    size_t seg;     /* element offset inside its kind's segment */
+    int decay;      /* weight decay applies (matrices) */
+} Param;
+
+typedef struct {
+    Param *p;
+    int n;
+    size_t total;   /* elements of a host image (the sum of numel) */
+    size_t n_train; /* elements of the trainable segment (padded to PARAM_ALIGN per tensor) */
+    size_t n_frozen;
+    int n_layer;
+    int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
+    /* Trainable-segment offset where each group of tensors starts: group 0 the embeddings, group
+     * 1 + l block l, group n_layer + 1 the final norm and head; layer_seg[n_layer + 2] = n_train. */
+    size_t *layer_seg;
+} ParamTable;
+
+/* Build the table for a config, every tensor trainable. */
+void param_table_build(ParamTable *pt, const ModelConfig *c);
+void param_table_free(ParamTable *pt);
+/* Set the kinds (kinds[i] for tensor i; NULL = all trainable) and lay out the segments. */
+void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds);
+/* Index of the named tensor, or -1. */
+int param_find(const ParamTable *pt, const char *name);
+/* Index of (role, layer), or -1 if the model has no such tensor. O(1). */
+int param_find_role(const ParamTable *pt, int role, int layer);
+/* Elements of tensors of one kind, and of all of them. */
+size_t param_count_kind(const ParamTable *pt, ParamKind kind);
+size_t param_count_all(const ParamTable *pt);
+/* Trainable elements (param_count_kind(PARAM_TRAIN)). */
+size_t param_count(const ParamTable *pt);
+const char *param_kind_name(ParamKind k);
+/* The part [*lo, *hi) of the trainable segment that rank `rank` of `world` owns: equal slices,
+ * the last one shorter when world does not divide n_train. */
+void params_shard(const ParamTable *pt, int rank, int world, size_t *lo, size_t *hi);
+
+/* The memory of the tensors, in backend memory. */
+typedef struct {
+    const Backend *be;
+    const ParamTable *pt;
+    float *master;    /* (n_train) fp32 master weights */
+    void *train_act;  /* (n_train) compute copy (== master when the backend's act type is fp32) */
+    float *grad;      /* (n_train) fp32 gradients */
+    void *frozen_act; /* (n_frozen) compute copy of the frozen tensors */
+} ParamStore;
+
+/* Allocate every segment the table's kinds need (zero-filled); nothing for a kind with no tensor. */
+void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt);
+void params_free(ParamStore *ps);
+/* The compute copy of tensor i (act dtype), NULL when i < 0. */
+void *params_w(const ParamStore *ps, int i);
+/* The fp32 gradient of tensor i, NULL when i < 0 or the tensor has none (frozen). */
+float *params_g(const ParamStore *ps, int i);
+/* Tensor i from / to host fp32 values (numel of them, our layout). Upload sets the master and the
+ * compute copy; download reads the master, or the compute copy of a tensor that has none. */
+void params_upload(ParamStore *ps, int i, const float *host);
+void params_download(const ParamStore *ps, int i, float *host);
+/* Refresh every trainable compute copy from the master (after the master was written directly). */
+void params_sync_act(ParamStore *ps);
+void params_zero_grad(ParamStore *ps);
+
+/* Bytes of backend memory by what it holds. */
+typedef struct {
+    size_t weights; /* compute copies that are not the master (bf16 copies, frozen tensors) */
+    size_t master;  /* fp32 master weights of trainable tensors */
+    size_t grads;   /* fp32 gradients */
+} ParamBytes;
+ParamBytes params_bytes(const ParamStore *ps);
+
+#endif

@@ -1,0 +1,58 @@
+/* optim.c - AdamW over the trainable segment (optim.h). */
+#include "train/optim.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+
+void optim_init(Optimizer *o, const Model *m, float weight_decay)
+{
+    const ParamTable *pt = &m->pt;
+    memset(o, 0, sizeof(*o));
+    o->be = m->be;
+    o->n = pt->n_train;
+    if (o->n) {
+        o->m = m->be->alloc(o->n * sizeof(float));
+        o->v = m->be->alloc(o->n * sizeof(float));
+    }
+    o->t = xcalloc((size_t)pt->n + 1, sizeof(OptTensor));
+    o->param = xcalloc((size_t)pt->n + 1, sizeof(int));
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TRAIN) continue;
+        o->param[o->nt] = i;
+        o->t[o->nt++] = (OptTensor){p->seg, p->numel, p->decay ? weight_decay : 0.0f, 1};
+    }
+}
+
+void optim_free(Optimizer *o)
+{
+    if (o->m) o->be->free(o->m);
+    if (o->v) o->be->free(o->v);
+    free(o->t);
+    free(o->param);
+    memset(o, 0, sizeof(*o));
+}
+
+void optim_step(Optimizer *o, Model *m, const AdamHyper *h)
+{
+    if (!o->nt) return;
+    m->be->adamw(m->ps.master, m->ps.train_act, m->ps.grad, o->m, o->v, o->t, o->nt, h);
+}
+
+size_t optim_bytes(const Optimizer *o) { return 2 * o->n * sizeof(float); }
+
+void optim_download(const Optimizer *o, float *m_host, float *v_host)
+{
+    if (!o->n) return;
+    o->be->download(m_host, o->m, o->n * sizeof(float));
+    o->be->download(v_host, o->v, o->n * sizeof(float));
+}
+
+void optim_upload(Optimizer *o, const float *m_host, const float *v_host)
+{
+    if (!o->n) return;
+    o->be->upload(o->m, m_host, o->n * sizeof(float));
+    o->be->upload(o->v, v_host, o->n * sizeof(float));
+}

@@ -1,0 +1,44 @@
+/* step.c - one optimizer step (step.h). */
+#include "train/step.h"
+
+#include <math.h>
+
+#include "core/error.h"
+
+/* torch.nn.utils.clip_grad_norm_ adds this to the norm before dividing. */
+#define CLIP_EPS 1e-6
+
+long step_count_scored(const StepBatch *b)
+{
+    long n = 0;
+    size_t per = (size_t)b->B * b->T;
+    for (int k = 0; k < b->accum; k++)
+        for (size_t i = 0; i < per; i++) n += b->tg[k][i] >= 0;
+    return n;
+}
+
+int train_step(Model *m, Optimizer *o, const StepBatch *b, const StepHyper *h, StepResult *r)
+{
+    const Backend *be = m->be;
+    long scored = step_count_scored(b);
+    if (!scored) return err_set("no target of the step's %d micro-batches is scored", b->accum);
+    model_zero_grad(m);
+    double loss_sum = 0;
+    for (int k = 0; k < b->accum; k++) {
+        model_forward(m, b->in[k], b->tg[k], b->B, b->T, (float)(1.0 / (double)scored), NULL);
+        loss_sum += m->loss_sum;
+        model_backward(m);
+    }
+    double gnorm = m->pt.n_train ? sqrt(be->sumsq(m->ps.grad, m->pt.n_train)) : 0.0;
+    float clip = 1.0f;
+    if (h->grad_clip > 0 && gnorm > h->grad_clip) clip = (float)(h->grad_clip / (gnorm + CLIP_EPS));
+    AdamHyper ah = {.lr = h->lr, .beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps, .step = h->step,
+                    .grad_scale = clip};
+    optim_step(o, m, &ah);
+    be->sync();
+    r->loss = loss_sum / (double)scored;
+    r->scored = scored;
+    r->grad_norm = gnorm;
+    r->clip_scale = clip;
+    return 0;
+}
