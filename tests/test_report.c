@@ -17,9 +17,16 @@
 
 #include "core/error.h"
 #include "io/fsutil.h"
+#include "report/cost.h"
 #include "report/metrics.h"
+#include "report/report.h"
 #include "report/tb.h"
+#include "report/tbrun.h"
 #include "test.h"
+
+/* The figure size plot.h promises, restated: a test of the files, not of the constant. */
+#define PLOT_W_TEST 720
+#define PLOT_H_TEST 405
 
 static char tmpdir[256];
 
@@ -314,6 +321,203 @@ static void test_metrics_line_to_events(void)
     free(dir);
 }
 
+
+/* ---- run summaries, figures, conversion (on the synthetic MoE run of tools/make_moe_fixture.py) ---- */
+
+static char *moe_fixture(void)
+{
+    char *p = fs_join(test_fixtures(), "report/moe-run");
+    if (!fs_is_dir(p)) {
+        fprintf(stderr, "skip: %s not found (tools/make_moe_fixture.py makes it)\n", p);
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void test_summary_of_moe_fixture(void)
+{
+    char *dir = moe_fixture();
+    if (!dir) return;
+    RunMetrics r;
+    CHECKF(metrics_load_run(dir, &r) == 0, "%s", err_get());
+    RunSummary s;
+    report_summarize(&r, &s);
+    /* the fixture's formulas (tools/make_moe_fixture.py), evaluated here independently */
+    CHECK(s.steps == 40 && s.tokens == 40 * 4096.0 && s.moe == 1);
+    CHECK_CLOSE(s.final_loss, 6.0 + 4.5 * exp(-40.0 / 12), 1e-6);
+    CHECK_CLOSE(s.final_val, 6.0 + 4.5 * exp(-40.0 / 12) + 0.3, 1e-6);
+    CHECK(s.best_val_step == 40);
+    CHECK_CLOSE(s.train_s, 40 * 0.01638, 1e-9);
+    CHECK_CLOSE(s.wall_s, 0.02 * 39 + 0.01638, 1e-6); /* last - first wall_time + the first step */
+    CHECK_CLOSE(s.peak_mem_gib, 30.9, 1e-9);
+    double tps[40];
+    for (int k = 1; k <= 40; k++) tps[k - 1] = round((250000.0 + 1000 * sin(k)) * 10) / 10;
+    qsort(tps, 40, sizeof(double), cmp_dbl);
+    CHECK_CLOSE(s.tokens_per_s, 0.5 * (tps[19] + tps[20]), 1e-9);
+    CHECK(r.lines[0].n_layer == 3 && r.lines[0].n_expert == 4);
+    char buf[32];
+    CHECK(metrics_config_value(&r, "train.lr", buf, sizeof(buf)) == -1); /* the fixture has no config.yaml */
+    metrics_run_free(&r);
+    free(dir);
+}
+
+/* A PNG of the expected size: signature, then the IHDR chunk's width and height (PNG spec 11.2.2). */
+static int png_ok(const char *path, unsigned w, unsigned h)
+{
+    char *b;
+    size_t n;
+    if (fs_read_file(path, &b, &n)) return 0;
+    const unsigned char *u = (const unsigned char *)b;
+    static const unsigned char SIG[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+    int ok = n > 33 && !memcmp(u, SIG, 8) && !memcmp(u + 12, "IHDR", 4) &&
+             (unsigned)(u[16] << 24 | u[17] << 16 | u[18] << 8 | u[19]) == w &&
+             (unsigned)(u[20] << 24 | u[21] << 16 | u[22] << 8 | u[23]) == h && !memcmp(u + n - 8, "IEND", 4);
+    free(b);
+    return ok;
+}
+
+static int svg_ok(const char *path)
+{
+    char *b;
+    size_t n;
+    if (fs_read_file(path, &b, &n)) return 0;
+    int ok = !strncmp(b, "<?xml", 5) && strstr(b, "<svg") && strstr(b, "</svg>");
+    free(b);
+    return ok;
+}
+
+static void test_report_files(void)
+{
+    char *dir = moe_fixture();
+    if (!dir) return;
+    char *out = tmp_path("rep");
+    const char *dirs[] = {dir};
+    ReportOptions o = {out, "anvil report test", "2026-12-01"};
+    CHECKF(report_write(dirs, 1, &o) == 0, "%s", err_get());
+    static const char *figs[] = {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib", "aux_loss",
+                                 "expert_load_moe-run", "expert_final_moe-run"};
+    for (size_t i = 0; i < ARRAY_LEN(figs); i++) {
+        char name[128];
+        snprintf(name, sizeof(name), "%s.png", figs[i]);
+        char *p = fs_join(out, name);
+        CHECKF(png_ok(p, PLOT_W_TEST, PLOT_H_TEST), "%s", p);
+        free(p);
+        snprintf(name, sizeof(name), "%s.svg", figs[i]);
+        p = fs_join(out, name);
+        CHECKF(svg_ok(p), "%s", p);
+        free(p);
+    }
+    char *md_path = fs_join(out, "report.md"), *md;
+    size_t n;
+    CHECK(fs_read_file(md_path, &md, &n) == 0);
+    CHECK(strstr(md, "| moe-run | 40 | 164k |") != NULL);
+    CHECK(strstr(md, "30.90 GiB") && strstr(md, "made on 2026-12-01 by") && strstr(md, "![Loss](loss.png)"));
+    CHECK(strstr(md, "expert_load_moe-run.png") != NULL);
+    free(md), free(md_path);
+    /* a run directory without metrics */
+    const char *bad[] = {out};
+    CHECK(report_write(bad, 1, &o) == -1 && strstr(err_get(), "no metrics.jsonl"));
+    fs_rm_rf(out);
+    free(out), free(dir);
+}
+
+static void test_convert_and_check(void)
+{
+    char *src = moe_fixture();
+    if (!src) return;
+    char *dir = tmp_path("conv");
+    fs_mkdir_p(dir);
+    char *from = fs_join(src, "metrics.jsonl"), *to = fs_join(dir, "metrics.jsonl"), *buf;
+    size_t n;
+    CHECK(fs_read_file(from, &buf, &n) == 0 && fs_write_atomic(to, buf, n) == 0);
+    char *path;
+    size_t ns, nc;
+    CHECKF(tbrun_convert(dir, NULL, &path, &ns) == 0, "%s", err_get());
+    /* 10 numeric keys a step (wall_time is not a scalar), 3 layers x (4 shares + imbalance), 4 val_loss, 3 mcq */
+    CHECK(ns == 40 * 10 + 40 * 3 * 5 + 4 + 3);
+    CHECKF(tbrun_check(dir, NULL, &nc) == 0 && nc == ns, "%s (%zu of %zu)", err_get(), nc, ns);
+    /* converting again replaces the file */
+    CHECK(tbrun_convert(dir, NULL, NULL, NULL) == 0);
+    TbEvents ev = {0};
+    CHECK(tb_read_dir(dir, &ev) == 0 && ev.n_files == 1 && ev.n == ns);
+    tb_events_free(&ev);
+    /* one more line in metrics.jsonl: the check names it */
+    const char *extra = "{\"step\": 41, \"loss\": 6.1}\n";
+    char *more = xmalloc(n + strlen(extra) + 1);
+    memcpy(more, buf, n);
+    memcpy(more + n, extra, strlen(extra) + 1);
+    CHECK(fs_write_atomic(to, more, strlen(more)) == 0);
+    CHECK(tbrun_check(dir, NULL, &nc) == -1 && strstr(err_get(), "train/loss at step 41 is in metrics.jsonl"));
+    /* an event file from training beside it: conversion refuses */
+    TbWriter *w = tb_open(dir, NULL);
+    CHECK(tb_close(w) == 0);
+    CHECK(tbrun_convert(dir, NULL, NULL, NULL) == -1 && strstr(err_get(), "already has event files"));
+    free(path), free(more), free(buf), free(from), free(to), free(src);
+    fs_rm_rf(dir);
+    free(dir);
+}
+
+/* ---- cost ---- */
+
+static void test_cost_arithmetic(void)
+{
+    /* 1e9 tokens at 500,000 tokens/s = 2,000 s; at $3.60 per hour = $2.00 */
+    CHECK_CLOSE(cost_seconds(1e9, 5e5), 2000.0, 1e-12);
+    CHECK_CLOSE(cost_usd(1e9, 5e5, 3.6), 2.0, 1e-12);
+    /* docs/benchmarks.md's llama-1b row: 75,650 tokens/s -> 13,218.8 s = 3.6719 h; at $3.99: $14.651 */
+    CHECK_CLOSE(cost_seconds(1e9, 75650), 13218.771, 1e-6);
+    CHECK_CLOSE(cost_usd(1e9, 75650, 3.99), 14.6508, 1e-4);
+    double t;
+    CHECK(cost_parse_tokens("1B", &t) == 0 && t == 1e9);
+    CHECK(cost_parse_tokens("300M", &t) == 0 && t == 3e8);
+    CHECK(cost_parse_tokens("2.5e9", &t) == 0 && t == 2.5e9);
+    CHECK(cost_parse_tokens("1.5k", &t) == 0 && t == 1500);
+    CHECK(cost_parse_tokens("2T", &t) == 0 && t == 2e12);
+    CHECK(cost_parse_tokens("x", &t) == -1 && strstr(err_get(), "--tokens"));
+    CHECK(cost_parse_tokens("-1", &t) == -1);
+    CHECK(cost_parse_tokens("1Q", &t) == -1);
+    Price p;
+    CHECK(cost_price_arg("H100=2.5", &p) == 0 && !strcmp(p.gpu, "H100") && p.usd_per_gpu_hour == 2.5);
+    CHECK(cost_price_arg("H100", &p) == -1 && strstr(err_get(), "GPU=USD_PER_HOUR"));
+    CHECK(cost_price_arg("H100=free", &p) == -1);
+    CHECK(cost_price_arg("=3", &p) == -1);
+}
+
+static void test_price_table(void)
+{
+    char *path = tmp_path("prices.yaml");
+    write_text(path, "prices:\n  - gpu: H100\n    usd_per_gpu_hour: 3.99\n    provider: A\n"
+                     "  - gpu: H100\n    usd_per_gpu_hour: 6.88\n    provider: B\n"
+                     "  - gpu: RTX 4090\n    usd_per_gpu_hour: 0.5\n    as_of: 2026-01-01\n");
+    PriceTable t;
+    CHECKF(cost_prices_load(path, &t) == 0, "%s", err_get());
+    CHECK(t.n == 3 && t.p[1].usd_per_gpu_hour == 6.88 && !strcmp(t.p[2].as_of, "2026-01-01"));
+    CHECK(cost_price_matches(&t.p[0], "NVIDIA H100 80GB HBM3"));
+    CHECK(!cost_price_matches(&t.p[0], "NVIDIA H200"));
+    CHECK(cost_price_matches(&t.p[2], "NVIDIA GeForce RTX 4090"));
+    Price p;
+    cost_price_arg("h100=2", &p);
+    cost_prices_override(&t, &p);
+    CHECK(t.n == 2 && !strcmp(t.p[1].gpu, "h100") && t.p[1].usd_per_gpu_hour == 2);
+    cost_prices_free(&t);
+    write_text(path, "prices:\n  - gpu: H100\n    usd_per_gpu_hr: 3\n");
+    CHECK(cost_prices_load(path, &t) == -1 && strstr(err_get(), "prices.yaml:3") && strstr(err_get(), "usd_per_gpu_hr"));
+    write_text(path, "prices:\n  - gpu: H100\n    usd_per_gpu_hour: -3\n");
+    CHECK(cost_prices_load(path, &t) == -1 && strstr(err_get(), "positive"));
+    write_text(path, "prices:\n  - provider: X\n    usd_per_gpu_hour: 3\n");
+    CHECK(cost_prices_load(path, &t) == -1 && strstr(err_get(), "without gpu"));
+    write_text(path, "price: []\n");
+    CHECK(cost_prices_load(path, &t) == -1 && strstr(err_get(), "\"prices\""));
+    free(path);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/anvil_test_report.%d", (int)getpid());
@@ -326,6 +530,11 @@ int main(void)
     RUN(test_damaged_files);
     RUN(test_tag_for_key);
     RUN(test_metrics_line_to_events);
+    RUN(test_summary_of_moe_fixture);
+    RUN(test_report_files);
+    RUN(test_convert_and_check);
+    RUN(test_cost_arithmetic);
+    RUN(test_price_table);
     fs_rm_rf(tmpdir);
     return test_summary();
 }

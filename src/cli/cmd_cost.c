@@ -38,7 +38,7 @@ static void fmt_time(double s, char *buf, size_t n)
     double h = s / 3600;
     if (h < 1) snprintf(buf, n, "%.3g h (%.0f min)", h, s / 60);
     else if (h < 48) snprintf(buf, n, "%.3g h", h);
-    else snprintf(buf, n, "%.3g h (%.1f days)", h, h / 24);
+    else snprintf(buf, n, "%.0f h (%.1f days)", h, h / 24);
 }
 
 static void fmt_tokens(double t, char *buf, size_t n)
@@ -64,7 +64,7 @@ static void print_table(const Throughput *m, int nm, const PriceTable *t, double
         for (int k = 0; k < t->n; k++) {
             const Price *p = &t->p[k];
             if (!cost_price_matches(p, m[i].device)) continue;
-            printf("| %s | %s | %.0f | %s | %s | %.2f | %s%s%s | %s | $%.2f |\n", m[i].model, m[i].device,
+            printf("| %s | %s | %.0f | %s | %s | %.4g | %s%s%s | %s | $%.2f |\n", m[i].model, m[i].device,
                    m[i].tokens_per_s, m[i].from, tm, p->usd_per_gpu_hour, p->provider, p->product[0] ? ", " : "",
                    p->product, p->as_of[0] ? p->as_of : "-", cost_usd(tokens, m[i].tokens_per_s, p->usd_per_gpu_hour));
             priced = 1;
