@@ -19,7 +19,7 @@
 #define REPORT_OUT_DEFAULT "report"
 
 static const char *report_usage =
-    "usage: anvil report RUN_DIR [RUN_DIR ...] [--out DIR]\n"
+    "usage: anvil report RUN_DIR [RUN_DIR ...] [--out DIR] [--no-svg] [--date TEXT]\n"
     "         Markdown report with PNG and SVG plots of the runs (default --out " REPORT_OUT_DEFAULT ")\n"
     "       anvil report --tensorboard RUN_DIR [--out DIR]\n"
     "         write RUN_DIR/metrics.jsonl as a TensorBoard event file (into RUN_DIR by default)\n"
@@ -50,7 +50,7 @@ static char *command_line(int argc, char **argv)
 int cmd_report(int argc, char **argv)
 {
     const char *out = NULL, *events = NULL, *date = NULL;
-    int mode = 0; /* 0 report, 1 --tensorboard, 2 --check-tensorboard */
+    int mode = 0, no_svg = 0; /* mode 0 report, 1 --tensorboard, 2 --check-tensorboard */
     const char **dirs = xcalloc((size_t)argc, sizeof(char *));
     int nd = 0;
     for (int i = 1; i < argc; i++) {
@@ -61,6 +61,7 @@ int cmd_report(int argc, char **argv)
             return 0;
         }
         if (!strcmp(a, "--tensorboard")) mode = 1;
+        else if (!strcmp(a, "--no-svg")) no_svg = 1;
         else if (!strcmp(a, "--check-tensorboard")) mode = 2;
         else if (!strcmp(a, "--out") || !strcmp(a, "--events") || !strcmp(a, "--date")) {
             if (i + 1 >= argc) {
@@ -101,7 +102,7 @@ int cmd_report(int argc, char **argv)
         if (!rc) printf("%s: %zu values in the event files, each equal to metrics.jsonl's\n", events ? events : dirs[0], n);
     } else {
         char *cmd = command_line(argc, argv);
-        ReportOptions o = {out ? out : REPORT_OUT_DEFAULT, cmd, date};
+        ReportOptions o = {out ? out : REPORT_OUT_DEFAULT, cmd, date, no_svg};
         rc = report_write(dirs, nd, &o);
         if (!rc) printf("wrote %s/report.md\n", o.out_dir);
         free(cmd);

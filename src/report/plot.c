@@ -82,13 +82,13 @@ static int render_one(const char *path, int svg, DrawFn draw, const void *arg)
     return fs_atomic_commit(a);
 }
 
-static int render(const char *path_base, DrawFn draw, const void *arg)
+static int render(const char *path_base, int formats, DrawFn draw, const void *arg)
 {
     char *png = xmalloc(strlen(path_base) + 5), *svg = xmalloc(strlen(path_base) + 5);
     sprintf(png, "%s.png", path_base);
     sprintf(svg, "%s.svg", path_base);
-    int rc = render_one(png, 0, draw, arg);
-    if (!rc) rc = render_one(svg, 1, draw, arg);
+    int rc = formats & PLOT_PNG ? render_one(png, 0, draw, arg) : 0;
+    if (!rc && (formats & PLOT_SVG)) rc = render_one(svg, 1, draw, arg);
     free(png);
     free(svg);
     return rc;
@@ -308,9 +308,9 @@ static void draw_lines(cairo_t *cr, const void *arg)
     }
 }
 
-int plot_lines(const LinePlot *p, const char *path_base)
+int plot_lines(const LinePlot *p, const char *path_base, int formats)
 {
-    return render(path_base, draw_lines, p);
+    return render(path_base, formats, draw_lines, p);
 }
 
 /* ---- heatmap ---- */
@@ -424,10 +424,10 @@ static void draw_heatmap(cairo_t *cr, const void *arg)
     cairo_restore(cr);
 }
 
-int plot_heatmap(const HeatPlot *p, const char *path_base)
+int plot_heatmap(const HeatPlot *p, const char *path_base, int formats)
 {
     if (p->n_cols < 1 || p->n_rows < 1) return err_set("%s: heatmap without data", path_base);
-    return render(path_base, draw_heatmap, p);
+    return render(path_base, formats, draw_heatmap, p);
 }
 
 /* ---- bars ---- */
@@ -476,8 +476,8 @@ static void draw_bars(cairo_t *cr, const void *arg)
     }
 }
 
-int plot_bars(const BarPlot *p, const char *path_base)
+int plot_bars(const BarPlot *p, const char *path_base, int formats)
 {
     if (p->n < 1) return err_set("%s: bar chart without data", path_base);
-    return render(path_base, draw_bars, p);
+    return render(path_base, formats, draw_bars, p);
 }

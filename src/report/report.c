@@ -133,7 +133,7 @@ static const double *series_x(const Series *s, int *use_tokens)
 /* One figure of key against tokens for every run that has it; val_key (may be NULL) adds a
  * dotted series per run. Returns 1 if drawn, 0 if no run has key, -1 on error. */
 static int figure_metric(RunMetrics *runs, int n_runs, const char *key, const char *val_key, const char *title,
-                         const char *ylabel, const char *out_dir, const char *file)
+                         const char *ylabel, const char *out_dir, const char *file, int formats)
 {
     Series *s = xcalloc((size_t)n_runs * 2, sizeof(Series));
     PlotLine *lines = xcalloc((size_t)n_runs * 2, sizeof(PlotLine));
@@ -162,7 +162,7 @@ static int figure_metric(RunMetrics *runs, int n_runs, const char *key, const ch
         }
         LinePlot p = {title, use_tokens ? "tokens" : "step", ylabel, lines, nl, 1, !strcmp(key, "loss")};
         char *base = fs_join(out_dir, file);
-        rc = plot_lines(&p, base) ? -1 : 1;
+        rc = plot_lines(&p, base, formats) ? -1 : 1;
         free(base);
     }
     for (int i = 0; i < 2 * n_runs; i++) series_free(&s[i]);
@@ -172,7 +172,8 @@ static int figure_metric(RunMetrics *runs, int n_runs, const char *key, const ch
 }
 
 /* The MoE figures of one run (report.h). */
-static int figure_moe(const RunMetrics *r, const char *out_dir, char *heat_file, char *bars_file, size_t n)
+static int figure_moe(const RunMetrics *r, const char *out_dir, int formats, char *heat_file, char *bars_file,
+                      size_t n)
 {
     int L = 0, E = 0, cols = 0;
     for (int i = 0; i < r->n; i++)
@@ -208,7 +209,7 @@ static int figure_moe(const RunMetrics *r, const char *out_dir, char *heat_file,
     snprintf(title, sizeof(title), "%s: expert load per layer (%d layers x %d experts)", r->name, L, E);
     HeatPlot hp = {title, "step", "layer ", "share / uniform share", x, cols, L * E, E, ratio};
     char *base = fs_join(out_dir, heat_file);
-    int rc = plot_heatmap(&hp, base);
+    int rc = plot_heatmap(&hp, base, formats);
     free(base);
     double *mean = xcalloc((size_t)E, sizeof(double)), *lo = xmalloc((size_t)E * sizeof(double)),
            *hi = xmalloc((size_t)E * sizeof(double));
@@ -227,7 +228,7 @@ static int figure_moe(const RunMetrics *r, const char *out_dir, char *heat_file,
     BarPlot bp = {title, "expert", "share of routed tokens (mean over layers)", "uniform", E, mean, lo, hi, 1.0 / E};
     if (!rc) {
         base = fs_join(out_dir, bars_file);
-        rc = plot_bars(&bp, base);
+        rc = plot_bars(&bp, base, formats);
         free(base);
     }
     free(mean), free(lo), free(hi), free(x), free(ratio);
@@ -293,9 +294,10 @@ static void page_summary(FILE *f, const RunMetrics *runs, int n_runs)
     free(s);
 }
 
-static void page_figure(FILE *f, const char *file, const char *caption)
+static void page_figure(FILE *f, const char *file, const char *caption, int formats)
 {
-    fprintf(f, "![%s](%s.png)\n\n[SVG](%s.svg)\n\n", caption, file, file);
+    fprintf(f, "![%s](%s.png)\n\n", caption, file);
+    if (formats & PLOT_SVG) fprintf(f, "[SVG](%s.svg)\n\n", file);
 }
 
 int report_write(const char *const *run_dirs, int n_runs, const ReportOptions *o)
@@ -308,6 +310,7 @@ int report_write(const char *const *run_dirs, int n_runs, const ReportOptions *o
     if (!rc) rc = fs_mkdir_p(o->out_dir);
     char *page = NULL;
     size_t page_n = 0;
+    int formats = PLOT_PNG | (o->no_svg ? 0 : PLOT_SVG);
     FILE *f = rc ? NULL : open_memstream(&page, &page_n);
     if (f) {
         char today[32];
@@ -335,20 +338,20 @@ int report_write(const char *const *run_dirs, int n_runs, const ReportOptions *o
         };
         for (size_t k = 0; k < ARRAY_LEN(FIGS) && !rc; k++) {
             int drawn = figure_metric(runs, n_runs, FIGS[k].key, FIGS[k].val, FIGS[k].title, FIGS[k].ylabel,
-                                      o->out_dir, FIGS[k].file);
+                                      o->out_dir, FIGS[k].file, formats);
             if (drawn < 0) rc = -1;
-            else if (drawn) page_figure(f, FIGS[k].file, FIGS[k].title);
+            else if (drawn) page_figure(f, FIGS[k].file, FIGS[k].title, formats);
         }
         for (int i = 0; i < n_runs && !rc; i++) {
             char heat[160], bars[160];
-            int drawn = figure_moe(&runs[i], o->out_dir, heat, bars, sizeof(heat));
+            int drawn = figure_moe(&runs[i], o->out_dir, formats, heat, bars, sizeof(heat));
             if (drawn < 0) rc = -1;
             else if (drawn) {
                 fprintf(f, "### %s: mixture of experts\n\nEach row is one expert of one layer; colour: its share of "
                            "the layer's routed tokens over the uniform share (white = balanced, red = overloaded, "
                            "blue = starved).\n\n", runs[i].name);
-                page_figure(f, heat, "expert load over steps");
-                page_figure(f, bars, "final expert load");
+                page_figure(f, heat, "expert load over steps", formats);
+                page_figure(f, bars, "final expert load", formats);
             }
         }
         fclose(f);

@@ -37,6 +37,7 @@ typedef struct {
     const char *out_dir;  /* created if needed */
     const char *command;  /* the command that made the report, quoted on the page (may be NULL) */
     const char *date;     /* printed on the page (may be NULL: today, UTC) */
+    int no_svg;           /* 1: PNG figures only */
 } ReportOptions;
 
 /* Load the runs, draw the figures and write OUT/report.md. */
