@@ -11,7 +11,7 @@ BUILD   ?= build
 OPT     ?= -O3
 CFLAGS  += -std=gnu11 $(OPT) -g -Wall -Wextra -Wno-unused-parameter -Werror=implicit-function-declaration \
            -fopenmp -Isrc -I$(BUILD)/gen -MMD -MP
-LDLIBS  += -lopenblas -lyaml -lpcre2-8 -ljansson -lutf8proc -lz -lcairo -lprotobuf-c -lisal -lm -lpthread
+LDLIBS  += -lopenblas -lyaml -lpcre2-8 -ljansson -lutf8proc -lz -lcairo -lfontconfig -lprotobuf-c -lisal -lm -lpthread
 PROTOC_C ?= protoc-c
 LDFLAGS += -fopenmp
 

@@ -399,7 +399,7 @@ static void test_report_files(void)
     if (!dir) return;
     char *out = tmp_path("rep");
     const char *dirs[] = {dir};
-    ReportOptions o = {out, "anvil report test", "2026-12-01"};
+    ReportOptions o = {out, "anvil report test", "2026-12-01", 0};
     CHECKF(report_write(dirs, 1, &o) == 0, "%s", err_get());
     static const char *figs[] = {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "peak_mem_gib", "aux_loss",
                                  "expert_load_moe-run", "expert_final_moe-run"};

@@ -7,6 +7,7 @@
 
 #include <cairo/cairo-svg.h>
 #include <cairo/cairo.h>
+#include <fontconfig/fontconfig.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -113,7 +114,7 @@ static double nice_range(double *lo, double *hi)
         *lo -= pad;
         *hi += pad;
     }
-    double step = nice_num(nice_num(*hi - *lo, 0) / (MAX_TICKS - 1), 1);
+    double step = nice_num((*hi - *lo) / (MAX_TICKS - 1), 1);
     *lo = floor(*lo / step + 1e-9) * step;
     *hi = ceil(*hi / step - 1e-9) * step;
     return step;
@@ -480,4 +481,10 @@ int plot_bars(const BarPlot *p, const char *path_base, int formats)
 {
     if (p->n < 1) return err_set("%s: bar chart without data", path_base);
     return render(path_base, formats, draw_bars, p);
+}
+
+void plot_release(void)
+{
+    cairo_debug_reset_static_data();
+    FcFini();
 }

@@ -62,4 +62,8 @@ typedef struct {
 
 int plot_bars(const BarPlot *p, const char *path_base, int formats);
 
+/* Free cairo's and fontconfig's process-wide font caches (after the last figure; a later plot
+ * call loads them again). Keeps leak checkers quiet. */
+void plot_release(void);
+
 #endif

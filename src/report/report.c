@@ -366,5 +366,6 @@ int report_write(const char *const *run_dirs, int n_runs, const ReportOptions *o
     }
     for (int i = 0; i < loaded; i++) metrics_run_free(&runs[i]);
     free(runs);
+    plot_release();
     return rc;
 }

@@ -487,7 +487,7 @@ int tb_read_dir(const char *dir, TbEvents *ev)
         names[n++] = xstrdup(de->d_name);
     }
     closedir(d);
-    qsort(names, n, sizeof(char *), cmp_str);
+    if (n) qsort(names, n, sizeof(char *), cmp_str);
     int rc = n ? 0 : err_set("%s: no event files (events.out.tfevents.*)", dir);
     for (size_t i = 0; i < n; i++) {
         char *p = fs_join(dir, names[i]);

@@ -182,7 +182,7 @@ static size_t expected_scalars(const RunMetrics *r, Expect **out)
             if (sum > 0) expect_push(&e, &n, &cap, tag, l->step, mx / (sum / l->n_expert));
         }
     }
-    qsort(e, n, sizeof(Expect), cmp_expect);
+    if (n) qsort(e, n, sizeof(Expect), cmp_expect);
     *out = e;
     return n;
 }
@@ -196,7 +196,7 @@ int tbrun_check(const char *run_dir, const char *events_dir, size_t *n_checked)
     int rc = tb_read_dir(events_dir ? events_dir : run_dir, &ev);
     Expect *e = NULL;
     size_t ne = rc ? 0 : expected_scalars(&r, &e);
-    if (!rc) qsort(ev.v, ev.n, sizeof(TbScalar), cmp_event);
+    if (!rc && ev.n) qsort(ev.v, ev.n, sizeof(TbScalar), cmp_event);
     size_t i = 0, j = 0, checked = 0;
     while (!rc && (i < ne || j < ev.n)) {
         int c = i == ne ? 1 : j == ev.n ? -1 : strcmp(e[i].tag, ev.v[j].tag);
