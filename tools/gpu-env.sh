@@ -3,6 +3,12 @@
 #   2. CUDA libraries the binaries do not resolve, from the toolkit or PyTorch's wheels;
 #   3. cuDNN (opened at run time by the attention, src/backend/cuda/cuda_cudnn.cu): the system's, or
 #      the one PyTorch's wheel nvidia-cudnn installs. ANVIL_NO_CUDNN=1 leaves it out.
+# a carried library the machine has itself is dropped: the system's copy serves both the binaries
+# and Python (an older carried libexpat or libz ahead of the system's would break Python's modules)
+for f in lib/*.so*; do
+    [ -f "$f" ] || continue
+    ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$(basename "$f") " && mv "$f" "$f.system-has-it"
+done
 export LD_LIBRARY_PATH="$(pwd)/lib:${LD_LIBRARY_PATH:-}"
 for bin in ${ANVIL:-./anvil} ${TEST_CUDA:-build/tests/test_cuda}; do
     [ -x "$bin" ] || continue

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # gpu-stage.sh - build here, then copy the tree, the binaries, the C libraries a bare GPU machine
-# lacks (OpenBLAS, jansson, libyaml, PCRE2 and their runtime deps) and the GPT-2 token sample into
+# may lack (OpenBLAS, jansson, libyaml, PCRE2, cairo, protobuf-c, ISA-L and their runtime deps) and
+# the GPT-2 token sample into
 # a folder that the device tool carries (default: <main checkout>/.stage, git-ignored there).
 # Then, on the device:  cd .stage && bash tools/gpu-check.sh   (which unpacks payload.tgz)
 set -eu
@@ -19,9 +20,14 @@ tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./runs -
 mkdir -p "$dst/build/tests" "$dst/lib" "$dst/tests/data"
 cp build/tests/test_cuda build/tests/test_cuda_kv build/tests/bench_attention "$dst/build/tests/"
 strip -g "$dst/anvil" "$dst/build/tests/"* # host debug info only
-for lib in libopenblas.so.0 libgfortran.so.5 libquadmath.so.0 libjansson.so.4 libyaml-0.so.2 libpcre2-8.so.0 \
-    libgomp.so.1 libutf8proc.so.2; do
-    cp -L "/lib/x86_64-linux-gnu/$lib" "$dst/lib/"
+# every shared library the binaries load from Debian's /lib, but glibc's own, the C++ runtime and
+# CUDA's (gpu-env.sh drops the ones the GPU machine has itself)
+for lib in $(ldd anvil build/tests/test_cuda | awk '$3 ~ /^\/lib\/x86_64-linux-gnu\// {print $3}' | sort -u); do
+    case "$(basename "$lib")" in
+    libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | libstdc++.so.* | libgcc_s.so.* | \
+        ld-linux*) ;;
+    *) cp -L "$lib" "$dst/lib/" ;;
+    esac
 done
 sample=../shared/data/gpt2/sample.gpt2.u32
 [ -f "$sample" ] && cp "$sample" "$dst/tests/data/"

@@ -1,6 +1,7 @@
 #include "train/train_config.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,10 @@ static const KeyDef keys[] = {
      "deterministic."},
     {"train.log_every", CT_INT, F(log_every), "1",
      "Print a progress line every N steps (metrics.jsonl gets every step)."},
+    {"log.tensorboard", CT_BOOL, F(log_tensorboard), "true",
+     "Write TensorBoard event files (events.out.tfevents.*) into out_dir, every value of metrics.jsonl "
+     "(docs/reporting.md)."},
+    {"log.flush_s", CT_FLOAT, F(log_flush_s), "10", "Flush the event file at least this often (seconds)."},
     {"eval.every", CT_INT, F(eval_every), "100",
      "Validation loss every N steps and at the end (0 = only at the end)."},
     {"eval.steps", CT_INT, F(eval_steps), "20", "Validation batches per evaluation."},
@@ -357,6 +362,8 @@ int train_config_validate(const TrainConfig *tc)
     if (tc->recompute < 0 || tc->recompute > 2)
         return err_set("train.recompute: expected 0, 1 or 2, got %d", tc->recompute);
     if (tc->log_every <= 0) return err_set("train.log_every: must be positive, got %d", tc->log_every);
+    if (!(tc->log_flush_s > 0) || !isfinite(tc->log_flush_s))
+        return err_set("log.flush_s: must be a positive number of seconds, got %g", tc->log_flush_s);
     if (tc->eval_every < 0) return err_set("eval.every: must be >= 0, got %d", tc->eval_every);
     if (tc->eval_steps < 0) return err_set("eval.steps: must be >= 0, got %d", tc->eval_steps);
     if (tc->ckpt_every < 0) return err_set("checkpoint.every: must be >= 0, got %d", tc->ckpt_every);

@@ -44,6 +44,8 @@ typedef struct {
     int recompute;
     int deterministic; /* 1: bit-reproducible device kernels only (train.deterministic) */
     int log_every;
+    int log_tensorboard; /* log.tensorboard: write TensorBoard event files into out_dir */
+    float log_flush_s;   /* log.flush_s */
     /* eval */
     int eval_every, eval_steps;
     char eval_mcq_task[32];

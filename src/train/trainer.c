@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #include "eval/mcq.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
+#include "report/tb.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
 #include "train/optim.h"
@@ -146,6 +148,7 @@ typedef struct {
     int accum;     /* micro-batches per optimizer step */
     int32_t **in, **tg; /* accum host batches */
     int printed_mem;
+    TbWriter *tb; /* TensorBoard events (log.tensorboard), or NULL */
 } Run;
 
 static int save_checkpoint(Run *r)
@@ -226,24 +229,48 @@ typedef struct {
     const McqResult *mcq;
 } StepLog;
 
-static void log_metrics(Run *r, const StepLog *s)
+/* Append printf-style text to a line buffer of n bytes at *o (truncating, never overflowing). */
+static void line_add(char *buf, size_t n, size_t *o, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void line_add(char *buf, size_t n, size_t *o, const char *fmt, ...)
 {
-    fprintf(r->metrics, "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
-                        "\"ms_per_step\": %.2f, \"tokens_seen\": %llu, \"scored\": %ld",
-            s->step, s->res.loss, s->lr, s->res.grad_norm, s->tps, s->ms, (unsigned long long)r->st.tokens_seen,
-            s->res.scored);
-    if (s->mfu > 0) fprintf(r->metrics, ", \"mfu\": %.4f", s->mfu);
-    fprintf(r->metrics, ", \"peak_mem_gib\": %.3f", s->peak_gib);
-    if (!isnan(s->val_loss)) fprintf(r->metrics, ", \"val_loss\": %.6f", s->val_loss);
+    if (*o >= n) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf + *o, n - *o, fmt, ap);
+    va_end(ap);
+    if (k > 0) *o = MIN(n, *o + (size_t)k);
+}
+
+#define METRICS_LINE_MAX 4096
+
+/* One metrics.jsonl line, also given to the TensorBoard writer, so the event files hold exactly
+ * the values of metrics.jsonl. */
+static int log_metrics(Run *r, const StepLog *s)
+{
+    char line[METRICS_LINE_MAX];
+    size_t o = 0, n = sizeof(line);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    line_add(line, n, &o,
+             "{\"step\": %d, \"loss\": %.6f, \"lr\": %.6e, \"grad_norm\": %.6f, \"tokens_per_s\": %.1f, "
+             "\"ms_per_step\": %.2f, \"tokens_seen\": %llu, \"scored\": %ld, \"wall_time\": %.3f",
+             s->step, s->res.loss, s->lr, s->res.grad_norm, s->tps, s->ms, (unsigned long long)r->st.tokens_seen,
+             s->res.scored, now.tv_sec + now.tv_nsec * 1e-9);
+    if (s->mfu > 0) line_add(line, n, &o, ", \"mfu\": %.4f", s->mfu);
+    line_add(line, n, &o, ", \"peak_mem_gib\": %.3f", s->peak_gib);
+    if (!isnan(s->val_loss)) line_add(line, n, &o, ", \"val_loss\": %.6f", s->val_loss);
     if (s->mcq) {
         const McqResult *mcq = s->mcq;
-        fprintf(r->metrics, ", \"mcq_task\": \"%s\", \"mcq_items\": %d, \"mcq_acc\": %.6f", r->tc->eval_mcq_task,
-                mcq->items, mcq->acc); /* items: scored (a continuation longer than seq_len is not) */
+        line_add(line, n, &o, ", \"mcq_task\": \"%s\", \"mcq_items\": %d, \"mcq_acc\": %.6f", r->tc->eval_mcq_task,
+                 mcq->items, mcq->acc); /* items: scored (a continuation longer than seq_len is not) */
         if (mcq->has_norm)
-            fprintf(r->metrics, ", \"mcq_acc_norm\": %.6f, \"mcq_acc_bytes\": %.6f", mcq->acc_norm, mcq->acc_bytes);
+            line_add(line, n, &o, ", \"mcq_acc_norm\": %.6f, \"mcq_acc_bytes\": %.6f", mcq->acc_norm, mcq->acc_bytes);
     }
-    fprintf(r->metrics, "}\n");
+    line_add(line, n, &o, "}\n");
+    fwrite(line, 1, o, r->metrics);
     fflush(r->metrics);
+    if (r->tb && tb_log_metrics_json(r->tb, line, o, 0)) return err_prefix("log.tensorboard");
+    return 0;
 }
 
 static void print_progress(const Run *r, const StepLog *s)
@@ -372,6 +399,14 @@ static int setup_run_dir(Run *r, const char *resume_dir)
         err_set("%s: cannot open: %s", metrics_path, strerror(errno));
         goto out;
     }
+    if (tc->log_tensorboard) {
+        TbOptions to = {.flush_s = tc->log_flush_s, .resume_step = resume_dir ? r->st.step : 0};
+        r->tb = tb_open(tc->out_dir, &to);
+        if (!r->tb) {
+            err_prefix("log.tensorboard");
+            goto out;
+        }
+    }
     rc = 0;
 out:
     free(metrics_path);
@@ -418,7 +453,7 @@ static int after_step(Run *r, StepLog *s)
     int with_mcq = r->mcq.n && (last || (tc->eval_mcq_every && step % tc->eval_mcq_every == 0));
     if (with_mcq && mcq_eval(r, &mcq)) return -1;
     s->mcq = with_mcq ? &mcq : NULL;
-    log_metrics(r, s);
+    if (log_metrics(r, s)) return -1;
     if (step % tc->log_every == 0 || last || !isnan(s->val_loss) || with_mcq) print_progress(r, s);
     if (!r->printed_mem) { /* after the first step of this process: workspaces and the peak exist now */
         print_memory(r);
@@ -474,8 +509,10 @@ static int train_loop(Run *r)
     return 0;
 }
 
-static void run_free(Run *r)
+static int run_free(Run *r)
 {
+    int rc = 0;
+    if (r->tb && tb_close(r->tb)) rc = err_prefix("log.tensorboard");
     if (r->metrics) fclose(r->metrics);
     if (r->m) {
         optim_free(&r->opt);
@@ -492,6 +529,7 @@ static void run_free(Run *r)
     }
     free(r->in);
     free(r->tg);
+    return rc;
 }
 
 int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
@@ -523,6 +561,6 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     rc = train_loop(r);
 out:
     signal(SIGINT, SIG_DFL);
-    run_free(r);
+    if (run_free(r)) rc = -1;
     return rc;
 }
