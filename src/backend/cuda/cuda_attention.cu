@@ -1016,7 +1016,8 @@ static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out,
     flash_bwd_dot_kernel<<<CEIL_DIV(rows, 8), 256, 0, g_cu.stream>>>(Dbuf, dout, out, B, T_, nh);
     CUDA_CHECK_LAUNCH();
     int nt = CEIL_DIV(T_, FA_BLOCK);
-    int zkv = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM), zq = flash_zorder((size_t)nt * nh * B, FA_BWD_Q_PER_SM);
+    int zkv = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
+    int zq = flash_zorder((size_t)nt * nh * B, FA_BWD_Q_PER_SM);
     flash2_bwd_kv_kernel<<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(dqkv, dout, lse, Dbuf, qkv, T_,
                                                                                     nh, nkv, zkv);
     CUDA_CHECK_LAUNCH();
