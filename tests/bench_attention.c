@@ -4,9 +4,12 @@
  *   make build/tests/bench_attention      (not part of `make test`; needs a CUDA build)
  *   BENCH_LABEL=name build/tests/bench_attention [REPS]
  *
- * The kernel variants are chosen by the backend's environment switches (docs/cuda.md#switches),
- * so one process times one variant; tools/gpu-attn.sh runs several side by side with the PyTorch
- * peer (tools/bench_attention_torch.py). Per shape: median of REPS forwards, then of REPS
+ * The variant is chosen by the environment, read here once and applied with Backend.configure:
+ * ANVIL_ATTENTION=auto|cudnn|anvil and ANVIL_DETERMINISTIC=1 (as anvil itself reads them,
+ * backend_options_from_env), and the test knobs BENCH_ATTN_BWD=regs|shared (the fused backward's
+ * K/V layout) and BENCH_ATTN_ORDER=x|z (the launch order). One process times one variant;
+ * tools/gpu-attn.sh runs several side by side with the PyTorch peer
+ * (tools/bench_attention_torch.py). Per shape: median of REPS forwards, then of REPS
  * backwards (each over the forward's out/lse), after warm-up. FLOPs count only the causal half:
  * forward 2 products of 2*T*T/2*hd per (b, head), backward 5 (S, dP, dV, dK, dQ) = 2.5x forward.
  * Prints one Markdown row per shape: variant | shape | fwd ms | TFLOP/s | bwd ms | TFLOP/s | both ms. */
@@ -77,16 +80,39 @@ static float time_op(const Backend *be, int which, int reps, void *o, float *l, 
     return m;
 }
 
+/* Value i of names[] given in the environment variable var (0 when unset or empty); fatal otherwise. */
+static int env_choice(const char *var, const char *const *names, int n)
+{
+    const char *e = getenv(var);
+    if (!e || !e[0]) return 0;
+    for (int i = 1; i < n; i++)
+        if (!strcmp(e, names[i])) return i;
+    fatal("bench_attention: %s: expected %s or %s, got \"%s\"", var, names[1], names[2], e);
+}
+
+/* The backend's switches for this run: anvil's own variables, then the knobs of this benchmark. */
+static BackendOptions bench_options(void)
+{
+    BackendOptions o = {0};
+    if (backend_options_from_env(&o) < 0) fatal_err();
+    static const char *const layouts[] = {"auto", "regs", "shared"}, *const orders[] = {"auto", "x", "z"};
+    o.attn_bwd_layout = env_choice("BENCH_ATTN_BWD", layouts, 3);
+    o.attn_launch_order = env_choice("BENCH_ATTN_ORDER", orders, 3);
+    return o;
+}
+
 int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 20;
     if (reps < 1) reps = 20;
     const char *label = getenv("BENCH_LABEL") ? getenv("BENCH_LABEL") : "default";
+    BackendOptions opts = bench_options();
     const Backend *be = backend_cuda(1);
     if (!be) {
         printf("bench_attention: SKIP: %s\n", err_get());
         return 0;
     }
+    be->configure(&opts);
     Shape shapes[] = {{"gpt2 B64 T1024 h12/12", 64, 1024, 12, 12}, {"llama B8 T2048 h32/4", 8, 2048, 32, 4}};
     for (size_t k = 0; k < sizeof(shapes) / sizeof(shapes[0]); k++) {
         const Shape *s = &shapes[k];

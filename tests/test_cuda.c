@@ -101,12 +101,20 @@ static void expect(const char *what, const Backend *be, const float *got, const 
 
 static double tol_for(const Backend *be, double f32, double b16) { return be->act_dtype == DTYPE_BF16 ? b16 : f32; }
 
-/* The CUDA context's mode (both GPU tables share it): 1 = bit-reproducible kernels only. */
+/* The CUDA context's switches (backend.h BackendOptions; both GPU tables share them). A test that
+ * changes them restores the defaults (all zero) with set_opts(NULL) when it is done. */
+static void set_opts(const BackendOptions *o)
+{
+    BackendOptions defaults = {0};
+    gpu16->configure(o ? o : &defaults);
+}
+
+/* Only deterministic (1 = bit-reproducible kernels only) or not, everything else the default. */
 static void set_det(int on)
 {
     BackendOptions o = {0};
     o.deterministic = on;
-    gpu16->configure(&o);
+    set_opts(&o);
 }
 
 /* ------------------------------------------------------------------ ops */
@@ -115,15 +123,16 @@ typedef struct {
     float *out, *dinp, *dw, *db;
 } MatmulOut;
 
+/* frozen: matmul_bwd gets dw == NULL (a frozen weight; its host copy comes back as dw0) */
 static MatmulOut run_matmul(const Backend *be, const float *x, const float *w, const float *b, const float *dout,
-                            const float *dw0, const float *db0, int N, int IC, int OC)
+                            const float *dw0, const float *db0, int N, int IC, int OC, int frozen)
 {
     void *dx = up_act(be, x, (size_t)N * IC), *dwt = up_act(be, w, (size_t)OC * IC), *dbias = up_act(be, b, OC);
     void *dout_d = up_act(be, dout, (size_t)N * OC), *out = be->alloc((size_t)N * OC * be->act_size);
     void *dinp = be->alloc((size_t)N * IC * be->act_size);
     float *gw = up_f32(be, dw0, (size_t)OC * IC), *gb = up_f32(be, db0, OC);
     be->matmul_fwd(out, dx, dwt, dbias, N, IC, OC);
-    be->matmul_bwd(dinp, gw, gb, dout_d, dx, dwt, N, IC, OC);
+    be->matmul_bwd(dinp, frozen ? NULL : gw, gb, dout_d, dx, dwt, N, IC, OC);
     MatmulOut r = {down_act(be, out, (size_t)N * OC), down_act(be, dinp, (size_t)N * IC),
                    down_f32(be, gw, (size_t)OC * IC), down_f32(be, gb, OC)};
     void *bufs[] = {dx, dwt, dbias, dout_d, out, dinp, gw, gb};
@@ -136,7 +145,8 @@ static void test_matmul(void)
     /* 97 and 50257: output rows not 16-byte aligned in bf16 (padded inside the backend) */
     const int shapes[][3] = {{67, 96, 80}, {128, 64, 200}, {5, 40, 24}, {33, 64, 97}, {3, 16, 50257}};
     const Backend *gpus[] = {gpu32, gpu16};
-    for (int det = 0; det < 2; det++) /* bias gradients: cuBLASLt's epilogue, then our column sums */
+    for (int frozen = 0; frozen < 2; frozen++) /* 1: dw NULL (a frozen weight), the bias trainable */
+    for (int det = 0; det < 2; det++)
     for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
         for (int g = 0; g < 2; g++) {
             set_det(det);
@@ -145,13 +155,20 @@ static void test_matmul(void)
             float *x = randn((size_t)N * IC, 1, 1), *w = randn((size_t)OC * IC, 0.2f, 2), *b = randn(OC, 1, 3);
             float *dout = randn((size_t)N * OC, 1, 4), *dw0 = randn((size_t)OC * IC, 1, 5), *db0 = randn(OC, 1, 6);
             fit(be, x, (size_t)N * IC), fit(be, w, (size_t)OC * IC), fit(be, b, OC), fit(be, dout, (size_t)N * OC);
-            MatmulOut ref = run_matmul(cpu, x, w, b, dout, dw0, db0, N, IC, OC);
-            MatmulOut got = run_matmul(be, x, w, b, dout, dw0, db0, N, IC, OC);
+            MatmulOut ref = run_matmul(cpu, x, w, b, dout, dw0, db0, N, IC, OC, frozen);
+            MatmulOut got = run_matmul(be, x, w, b, dout, dw0, db0, N, IC, OC, frozen);
             double tol = tol_for(be, TOL_F32, TOL_BF16);
-            expect("matmul out", be, got.out, ref.out, (size_t)N * OC, tol);
-            expect("matmul dinp", be, got.dinp, ref.dinp, (size_t)N * IC, tol);
-            expect("matmul dw", be, got.dw, ref.dw, (size_t)OC * IC, tol_for(be, TOL_F32, TOL_BF16 / 4));
-            expect("matmul db", be, got.db, ref.db, OC, tol_for(be, TOL_F32, TOL_BF16 / 4));
+            char what[96];
+            snprintf(what, sizeof(what), "matmul %dx%d->%d%s%s", N, IC, OC, det ? " det" : "", frozen ? " frozen" : "");
+            char *tail = what + strlen(what);
+            strcpy(tail, " out");
+            expect(what, be, got.out, ref.out, (size_t)N * OC, tol);
+            strcpy(tail, " dinp");
+            expect(what, be, got.dinp, ref.dinp, (size_t)N * IC, tol);
+            strcpy(tail, " dw");
+            expect(what, be, got.dw, ref.dw, (size_t)OC * IC, tol_for(be, TOL_F32, TOL_BF16 / 4));
+            strcpy(tail, " db");
+            expect(what, be, got.db, ref.db, OC, tol_for(be, TOL_F32, TOL_BF16 / 4));
             float *all[] = {x, w, b, dout, dw0, db0, ref.out, ref.dinp, ref.dw, ref.db,
                             got.out, got.dinp, got.dw, got.db};
             for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
@@ -165,8 +182,9 @@ typedef struct {
     float *act, *pre, *dpre, *db1, *dw2, *db2;
 } GeluOut;
 
+/* frozen: matmul_dgelu_bwd gets dw == NULL (dw2 comes back as g0) */
 static GeluOut run_gelu_mlp(const Backend *be, const float *x, const float *w1, const float *b1, const float *w2,
-                            const float *b2, const float *dout, const float *g0, int N, int C, int F)
+                            const float *b2, const float *dout, const float *g0, int N, int C, int F, int frozen)
 {
     void *xd = up_act(be, x, (size_t)N * C), *w1d = up_act(be, w1, (size_t)F * C), *b1d = up_act(be, b1, F);
     void *w2d = up_act(be, w2, (size_t)C * F), *dd = up_act(be, dout, (size_t)N * C);
@@ -175,7 +193,7 @@ static GeluOut run_gelu_mlp(const Backend *be, const float *x, const float *w1, 
     float *db1 = up_f32(be, g0, F), *dw2 = up_f32(be, g0, (size_t)C * F), *db2 = up_f32(be, g0, C);
     (void)b2;
     be->matmul_gelu_fwd(act, pre, xd, w1d, b1d, N, C, F);
-    be->matmul_dgelu_bwd(dpre, db1, dw2, db2, dd, act, pre, w2d, N, F, C);
+    be->matmul_dgelu_bwd(dpre, db1, frozen ? NULL : dw2, db2, dd, act, pre, w2d, N, F, C);
     GeluOut r = {down_act(be, act, (size_t)N * F), down_act(be, pre, (size_t)N * F),
                  down_act(be, dpre, (size_t)N * F), down_f32(be, db1, F),
                  down_f32(be, dw2, (size_t)C * F), down_f32(be, db2, C)};
@@ -186,30 +204,26 @@ static GeluOut run_gelu_mlp(const Backend *be, const float *x, const float *w1, 
 
 static void test_gelu_mlp(void)
 {
-    /* fused through cuBLASLt's epilogues (both modes), with ANVIL_GELU_FUSION=0 through the separate
-     * kernels, and with ANVIL_BGRAD=2 the bias gradients by epilogues too. In fp32 the tolerance (1e-5) tells
-     * the tanh approximation from the erf form (which differ by up to ~3e-4). */
+    /* fused through cuBLASLt's epilogues, in both modes (the separate kernels run only where cuBLASLt
+     * has no epilogue algorithm for a shape). In fp32 the tolerance (1e-5) tells the tanh approximation
+     * from the erf form (which differ by up to ~3e-4). */
     const int shapes[][3] = {{64, 64, 256}, {96, 128, 96}};
     const Backend *gpus[] = {gpu32, gpu16};
-    for (int variant = 0; variant < 4; variant++)
+    for (int variant = 0; variant < 3; variant++) /* 2: the second layer's weight frozen (dw NULL) */
         for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
             for (int g = 0; g < 2; g++) {
                 const Backend *be = gpus[g];
                 set_det(variant == 1);
-                if (variant == 2) setenv("ANVIL_GELU_FUSION", "0", 1);
-                if (variant == 3) setenv("ANVIL_BGRAD", "2", 1); /* the bias-gradient epilogues (opt-in) */
                 int N = shapes[s][0], C = shapes[s][1], F = shapes[s][2];
                 float *x = randn((size_t)N * C, 1, 1), *w1 = randn((size_t)F * C, 0.15f, 2), *b1 = randn(F, 0.5f, 3);
                 float *w2 = randn((size_t)C * F, 0.1f, 4), *dout = randn((size_t)N * C, 1, 5);
                 float *g0 = randn((size_t)C * F, 1, 6);
                 fit(be, x, (size_t)N * C), fit(be, w1, (size_t)F * C), fit(be, b1, F), fit(be, w2, (size_t)C * F);
                 fit(be, dout, (size_t)N * C);
-                GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F);
-                GeluOut got = run_gelu_mlp(be, x, w1, b1, w2, NULL, dout, g0, N, C, F);
-                unsetenv("ANVIL_GELU_FUSION");
-                unsetenv("ANVIL_BGRAD");
+                GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F, variant == 2);
+                GeluOut got = run_gelu_mlp(be, x, w1, b1, w2, NULL, dout, g0, N, C, F, variant == 2);
                 char what[96];
-                const char *vn[] = {"epilogues", "deterministic", "unfused", "bgrad epilogues"};
+                const char *vn[] = {"epilogues", "deterministic", "frozen w2"};
                 size_t nf = (size_t)N * F;
                 snprintf(what, sizeof(what), "gelu mlp %dx%dx%d %s: act", N, C, F, vn[variant]);
                 expect(what, be, got.act, ref.act, nf, tol_for(be, TOL_F32, TOL_BF16));
@@ -225,12 +239,14 @@ static void test_gelu_mlp(void)
     set_det(0);
 }
 
-/* GEMM autotuning (cuda_matmul.cu) with ANVIL_GEMM_TUNE=always: every bf16 product of these shapes
- * (not used by the tests above, so their plans are new) is timed over cuBLASLt's candidates at its
- * second call; both calls' results, the plain, bias and GELU-epilogue products, against the CPU. */
+/* GEMM autotuning (cuda_matmul.cu) with gemm_tune = GEMM_TUNE_ALWAYS: every bf16 product of these
+ * shapes (not used by the tests above, so their plans are new) is timed over cuBLASLt's candidates at
+ * its second call; both calls' results, the plain, bias and GELU-epilogue products, against the CPU. */
 static void test_gemm_tune(void)
 {
-    setenv("ANVIL_GEMM_TUNE", "always", 1);
+    BackendOptions always = {0};
+    always.gemm_tune = GEMM_TUNE_ALWAYS;
+    set_opts(&always);
     for (int call = 0; call < 2; call++) {
         int N = 160, C = 96, F = 320;
         float *x = randn((size_t)N * C, 1, 21 + call), *w1 = randn((size_t)F * C, 0.15f, 22);
@@ -238,8 +254,8 @@ static void test_gemm_tune(void)
         float *g0 = randn((size_t)C * F, 1, 26), *db0 = randn(C, 1, 27);
         fit(gpu16, x, (size_t)N * C), fit(gpu16, w1, (size_t)F * C), fit(gpu16, b1, F);
         fit(gpu16, w2, (size_t)C * F), fit(gpu16, dout, (size_t)N * C);
-        GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F);
-        GeluOut got = run_gelu_mlp(gpu16, x, w1, b1, w2, NULL, dout, g0, N, C, F);
+        GeluOut ref = run_gelu_mlp(cpu, x, w1, b1, w2, NULL, dout, g0, N, C, F, 0);
+        GeluOut got = run_gelu_mlp(gpu16, x, w1, b1, w2, NULL, dout, g0, N, C, F, 0);
         size_t nf = (size_t)N * F;
         expect("tuned gelu mlp act", gpu16, got.act, ref.act, nf, TOL_BF16);
         expect("tuned gelu mlp pre", gpu16, got.pre, ref.pre, nf, TOL_BF16);
@@ -249,8 +265,8 @@ static void test_gemm_tune(void)
         /* the plain product with a bias (matmul_fwd/bwd), x (N,C) -> (N,F) */
         float *dm = randn((size_t)N * F, 1, 28), *gw = randn((size_t)F * C, 1, 29), *gb = randn(F, 1, 30);
         fit(gpu16, dm, nf);
-        MatmulOut mr = run_matmul(cpu, x, w1, b1, dm, gw, gb, N, C, F);
-        MatmulOut mg = run_matmul(gpu16, x, w1, b1, dm, gw, gb, N, C, F);
+        MatmulOut mr = run_matmul(cpu, x, w1, b1, dm, gw, gb, N, C, F, 0);
+        MatmulOut mg = run_matmul(gpu16, x, w1, b1, dm, gw, gb, N, C, F, 0);
         expect("tuned matmul out", gpu16, mg.out, mr.out, nf, TOL_BF16);
         expect("tuned matmul dinp", gpu16, mg.dinp, mr.dinp, (size_t)N * C, TOL_BF16);
         expect("tuned matmul dw", gpu16, mg.dw, mr.dw, (size_t)F * C, TOL_BF16 / 4);
@@ -259,19 +275,20 @@ static void test_gemm_tune(void)
                         mr.dw, mr.db, mg.out, mg.dinp, mg.dw, mg.db};
         for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
     }
-    unsetenv("ANVIL_GEMM_TUNE");
+    set_opts(NULL);
 }
 
+/* frozen: bit 0 gives embed_bwd dwte == NULL, bit 1 dwpe == NULL (their host copies come back as g0, p0) */
 static void run_embed(const Backend *be, float **out, float **dwte, float **dwpe, const int32_t *tok,
                       const float *wte, const float *wpe, const float *dout, const float *g0, const float *p0, int B,
-                      int T, int C, int V, int P, int pos0)
+                      int T, int C, int V, int P, int pos0, int frozen)
 {
     int32_t *td = up_i32(be, tok, (size_t)B * T);
     void *wted = up_act(be, wte, (size_t)V * C), *wped = up_act(be, wpe, (size_t)P * C);
     void *o = be->alloc((size_t)B * T * C * be->act_size), *dd = up_act(be, dout, (size_t)B * T * C);
     float *gw = up_f32(be, g0, (size_t)V * C), *gp = up_f32(be, p0, (size_t)P * C);
     be->embed_fwd(o, td, wted, wped, B, T, C, pos0);
-    be->embed_bwd(gw, gp, dd, td, B, T, C);
+    be->embed_bwd(frozen & 1 ? NULL : gw, frozen & 2 ? NULL : gp, dd, td, B, T, C);
     *out = down_act(be, o, (size_t)B * T * C);
     *dwte = down_f32(be, gw, (size_t)V * C);
     *dwpe = down_f32(be, gp, (size_t)P * C);
@@ -288,19 +305,25 @@ static void test_embed(void)
     for (int i = 0; i < B * T; i++) tok[i] = (int32_t)rng_below(&r, 7); /* many repeats */
     tok[5] = V - 1;
     const Backend *gpus[] = {gpu32, gpu16};
+    for (int frozen = 0; frozen < 4; frozen++) /* 1: wte frozen, 2: wpe frozen, 3: both */
     for (int g = 0; g < 2; g++) {
         const Backend *be = gpus[g];
         float *wte = randn((size_t)V * C, 1, 1), *wpe = randn((size_t)P * C, 1, 2), *dout = randn((size_t)B * T * C, 1, 3);
         float *g0 = randn((size_t)V * C, 1, 4), *p0 = randn((size_t)P * C, 1, 5);
         fit(be, wte, (size_t)V * C), fit(be, wpe, (size_t)P * C), fit(be, dout, (size_t)B * T * C);
         float *ro, *rw, *rp, *go, *gw, *gp;
-        run_embed(cpu, &ro, &rw, &rp, tok, wte, wpe, dout, g0, p0, B, T, C, V, P, pos0);
-        run_embed(be, &go, &gw, &gp, tok, wte, wpe, dout, g0, p0, B, T, C, V, P, pos0);
+        run_embed(cpu, &ro, &rw, &rp, tok, wte, wpe, dout, g0, p0, B, T, C, V, P, pos0, frozen);
+        run_embed(be, &go, &gw, &gp, tok, wte, wpe, dout, g0, p0, B, T, C, V, P, pos0, frozen);
         double tol = tol_for(be, TOL_F32, TOL_BF16);
-        expect("embed out", be, go, ro, (size_t)B * T * C, tol);
-        expect("embed dwte", be, gw, rw, (size_t)V * C, TOL_F32);
+        const char *fn[] = {"", " (wte frozen)", " (wpe frozen)", " (both frozen)"};
+        char what[64];
+        snprintf(what, sizeof(what), "embed out%s", fn[frozen]);
+        expect(what, be, go, ro, (size_t)B * T * C, tol);
+        snprintf(what, sizeof(what), "embed dwte%s", fn[frozen]);
+        expect(what, be, gw, rw, (size_t)V * C, TOL_F32);
         /* dwpe sums over b from the start of its rows: fp32 order identical to the CPU */
-        expect("embed dwpe", be, gp, rp, (size_t)P * C, TOL_F32);
+        snprintf(what, sizeof(what), "embed dwpe%s", fn[frozen]);
+        expect(what, be, gp, rp, (size_t)P * C, TOL_F32);
         float *all[] = {wte, wpe, dout, g0, p0, ro, rw, rp, go, gw, gp};
         for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
     }
@@ -310,9 +333,11 @@ typedef struct {
     float *out, *res, *mean, *rstd, *dinp, *dw, *db;
 } NormOut;
 
+/* frozen: 1 gives norm_bwd dw == db == NULL (frozen weights), 2 dw == NULL alone (LayerNorm's bias
+ * trainable); the NULL ones come back as dw0, db0 */
 static NormOut run_norm(const Backend *be, const float *x, const float *a2, const float *w, const float *b,
                         const float *dout, const float *dx0, const float *dw0, const float *db0, int N, int C,
-                        int rms)
+                        int rms, int frozen)
 {
     size_t n = (size_t)N * C;
     void *xd = up_act(be, x, n), *a2d = up_act(be, a2, n), *wd = up_act(be, w, C), *bd = rms ? NULL : up_act(be, b, C);
@@ -331,7 +356,7 @@ static NormOut run_norm(const Backend *be, const float *x, const float *a2, cons
     float *again = down_act(be, out, n);
     CHECKF(memcmp(again, r.out, n * sizeof(float)) == 0, "[%s] norm_fwd differs from add_norm_fwd", be->name);
     free(again);
-    be->norm_bwd(dx, gw, rms ? NULL : gb, dd, res, wd, mean, rstd, N, C, rms);
+    be->norm_bwd(dx, frozen ? NULL : gw, rms || frozen == 1 ? NULL : gb, dd, res, wd, mean, rstd, N, C, rms);
     r.dinp = down_act(be, dx, n);
     r.dw = down_f32(be, gw, C);
     r.db = down_f32(be, gb, C);
@@ -347,9 +372,11 @@ static void test_norm(void)
      * the two-kernel one (2048; 36 in bf16, not a multiple of 8) */
     const int shapes[][2] = {{33, 96}, {17, 36}, {4, 2048}, {70, 768}, {45, 1000}};
     const Backend *gpus[] = {gpu32, gpu16};
+    for (int frozen = 0; frozen < 3; frozen++) /* 1: dw and db NULL, 2: dw NULL (LayerNorm) */
     for (size_t s = 0; s < ARRAY_LEN(shapes); s++)
         for (int rms = 0; rms < 2; rms++)
             for (int g = 0; g < 2; g++) {
+                if (frozen == 2 && rms) continue; /* the same as 1: RMSNorm has no bias */
                 const Backend *be = gpus[g];
                 int N = shapes[s][0], C = shapes[s][1];
                 size_t n = (size_t)N * C;
@@ -359,16 +386,27 @@ static void test_norm(void)
                 for (size_t i = 0; i < n; i++) x[i] += 0.7f; /* a mean to subtract */
                 float *ins[] = {x, a2, w, b, dout, dx0};
                 for (size_t i = 0; i < ARRAY_LEN(ins); i++) fit(be, ins[i], i == 2 || i == 3 ? (size_t)C : n);
-                NormOut ref = run_norm(cpu, x, a2, w, b, dout, dx0, dw0, db0, N, C, rms);
-                NormOut got = run_norm(be, x, a2, w, b, dout, dx0, dw0, db0, N, C, rms);
+                NormOut ref = run_norm(cpu, x, a2, w, b, dout, dx0, dw0, db0, N, C, rms, frozen);
+                NormOut got = run_norm(be, x, a2, w, b, dout, dx0, dw0, db0, N, C, rms, frozen);
                 double tol = tol_for(be, TOL_F32, TOL_BF16);
-                expect("add_norm res", be, got.res, ref.res, n, tol);
-                expect("norm out", be, got.out, ref.out, n, tol);
-                if (!rms) expect("norm mean", be, got.mean, ref.mean, N, tol);
-                expect("norm rstd", be, got.rstd, ref.rstd, N, tol);
-                expect("norm dinp", be, got.dinp, ref.dinp, n, tol_for(be, TOL_F32_GRAD, TOL_BF16));
-                expect("norm dw", be, got.dw, ref.dw, C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
-                if (!rms) expect("norm db", be, got.db, ref.db, C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+                char what[96];
+                const char *fn[] = {"", " (frozen)", " (w frozen)"};
+                snprintf(what, sizeof(what), "norm %dx%d%s%s", N, C, rms ? " rms" : "", fn[frozen]);
+                char *tail = what + strlen(what); /* each check's name after the shape */
+                strcpy(tail, " add_norm res");
+                expect(what, be, got.res, ref.res, n, tol);
+                strcpy(tail, " out");
+                expect(what, be, got.out, ref.out, n, tol);
+                strcpy(tail, " mean");
+                if (!rms) expect(what, be, got.mean, ref.mean, N, tol);
+                strcpy(tail, " rstd");
+                expect(what, be, got.rstd, ref.rstd, N, tol);
+                strcpy(tail, " dinp");
+                expect(what, be, got.dinp, ref.dinp, n, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+                strcpy(tail, " dw");
+                expect(what, be, got.dw, ref.dw, C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+                strcpy(tail, " db");
+                if (!rms) expect(what, be, got.db, ref.db, C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
                 float *all[] = {x, a2, w, b, dout, dx0, dw0, db0, ref.out, ref.res, ref.mean, ref.rstd, ref.dinp,
                                 ref.dw, ref.db, got.out, got.res, got.mean, got.rstd, got.dinp, got.dw, got.db};
                 for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
@@ -484,14 +522,15 @@ static void test_xent(void)
         }
 }
 
+/* frozen: lm_head_xent gets dw == NULL (a frozen output head; dw comes back as dw0), still dinp */
 static void run_lm_head(const Backend *be, float **loss, float **dinp, float **dw, const float *x, const float *w,
-                        const float *dw0, const int32_t *tg, int N, int C, int V)
+                        const float *dw0, const int32_t *tg, int N, int C, int V, int frozen)
 {
     void *xd = up_act(be, x, (size_t)N * C), *wd = up_act(be, w, (size_t)V * C);
     void *dx = be->alloc((size_t)N * C * be->act_size);
     float *gw = up_f32(be, dw0, (size_t)V * C), *ls = be->alloc(N * sizeof(float));
     int32_t *td = up_i32(be, tg, N);
-    be->lm_head_xent(ls, dx, gw, xd, wd, td, N, C, V, 0.5f);
+    be->lm_head_xent(ls, dx, frozen ? NULL : gw, xd, wd, td, N, C, V, 0.5f);
     *loss = down_f32(be, ls, N);
     *dinp = down_act(be, dx, (size_t)N * C);
     *dw = down_f32(be, gw, (size_t)V * C);
@@ -500,24 +539,37 @@ static void run_lm_head(const Backend *be, float **loss, float **dinp, float **d
 
 static void test_lm_head(void)
 {
-    int N = 150, C = 64, V = 1001;
-    int32_t tg[150];
-    for (int i = 0; i < N; i++) tg[i] = (int32_t)((i * 7919 + 5) % V);
-    tg[7] = -1;
+    /* V = 1001 is padded inside the op (to 1024), 1024 is not; one chunk, then chunks of 64 rows */
+    int N = 150, C = 64;
+    const int vocabs[] = {1001, 1024};
     const Backend *gpus[] = {gpu32, gpu16};
+    for (size_t k = 0; k < ARRAY_LEN(vocabs); k++)
+    for (int frozen = 0; frozen < 2; frozen++)
     for (int chunked = 0; chunked < 2; chunked++)
         for (int g = 0; g < 2; g++) {
             const Backend *be = gpus[g];
+            int V = vocabs[k];
+            int32_t tg[150];
+            for (int i = 0; i < N; i++) tg[i] = (int32_t)((i * 7919 + 5) % V);
+            tg[7] = -1;
             float *x = randn((size_t)N * C, 1, 1), *w = randn((size_t)V * C, 0.3f, 2), *dw0 = randn((size_t)V * C, 1, 3);
             fit(be, x, (size_t)N * C), fit(be, w, (size_t)V * C);
             float *rl, *rd, *rw, *gl, *gd, *gw;
-            run_lm_head(cpu, &rl, &rd, &rw, x, w, dw0, tg, N, C, V);
-            if (chunked) setenv("ANVIL_LM_HEAD_CHUNK_ROWS", "64", 1);
-            run_lm_head(be, &gl, &gd, &gw, x, w, dw0, tg, N, C, V);
-            unsetenv("ANVIL_LM_HEAD_CHUNK_ROWS");
-            expect("lm_head loss", be, gl, rl, N, tol_for(be, TOL_F32, 1e-2));
-            expect("lm_head dinp", be, gd, rd, (size_t)N * C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
-            expect("lm_head dw", be, gw, rw, (size_t)V * C, tol_for(be, TOL_F32_GRAD, TOL_BF16 / 4));
+            run_lm_head(cpu, &rl, &rd, &rw, x, w, dw0, tg, N, C, V, frozen);
+            BackendOptions o = {0};
+            o.lm_head_chunk_rows = chunked ? 64 : 0;
+            set_opts(&o);
+            run_lm_head(be, &gl, &gd, &gw, x, w, dw0, tg, N, C, V, frozen);
+            set_opts(NULL);
+            char what[96];
+            snprintf(what, sizeof(what), "lm_head V%d%s%s", V, frozen ? " frozen" : "", chunked ? " chunked" : "");
+            char *tail = what + strlen(what);
+            strcpy(tail, " loss");
+            expect(what, be, gl, rl, N, tol_for(be, TOL_F32, 1e-2));
+            strcpy(tail, " dinp");
+            expect(what, be, gd, rd, (size_t)N * C, tol_for(be, TOL_F32_GRAD, TOL_BF16));
+            strcpy(tail, " dw");
+            expect(what, be, gw, rw, (size_t)V * C, tol_for(be, TOL_F32_GRAD, TOL_BF16 / 4));
             float *all[] = {x, w, dw0, rl, rd, rw, gl, gd, gw};
             for (size_t i = 0; i < ARRAY_LEN(all); i++) free(all[i]);
         }
@@ -539,31 +591,21 @@ static void run_attention(const Backend *be, float **out, float **lse, float **d
     be->free(q), be->free(d), be->free(o), be->free(dq), be->free(l);
 }
 
-static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int hd, const char *impl)
+/* One attention shape on one backend against the CPU, with the CUDA switches o (name: for messages). */
+static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int hd, const char *name,
+                           BackendOptions o)
 {
     size_t nq = (size_t)B * T * (nh + 2 * nkv) * hd, no = (size_t)B * T * nh * hd, nl = (size_t)B * nh * T;
     float *qkv = randn(nq, 1, 11), *dout = randn(no, 1, 12);
     fit(be, qkv, nq), fit(be, dout, no);
     float *ro, *rl, *rd, *go, *gl, *gd;
     run_attention(cpu, &ro, &rl, &rd, qkv, dout, B, T, nh, nkv, hd);
-    /* impl: an ANVIL_ATTENTION value, or "lowreg"/"bwd64"/"bwd128" (ANVIL_ATTENTION_BWD),
-     * "fwd128"/"fwd64"/"fwdmma"/"fwdwg1" (ANVIL_ATTENTION_FWD) */
-    if (impl && !strcmp(impl, "lowreg")) setenv("ANVIL_ATTENTION_BWD", "lowreg", 1);
-    else if (impl && !strcmp(impl, "bwd128")) setenv("ANVIL_ATTENTION_BWD", "128", 1);
-    else if (impl && !strcmp(impl, "fwd128")) setenv("ANVIL_ATTENTION_FWD", "128", 1);
-    else if (impl && !strcmp(impl, "fwd64")) setenv("ANVIL_ATTENTION_FWD", "64", 1);
-    else if (impl && !strcmp(impl, "fwdmma")) setenv("ANVIL_ATTENTION_FWD", "mma", 1);
-    else if (impl && !strcmp(impl, "bwd64")) setenv("ANVIL_ATTENTION_BWD", "64", 1);
-    else if (impl && !strcmp(impl, "fwdwg1")) setenv("ANVIL_ATTENTION_FWD", "wgmma1", 1);
-    else if (impl) setenv("ANVIL_ATTENTION", impl, 1);
-    if (!impl) setenv("ANVIL_ATTENTION", "anvil", 1); /* our default kernels, not cuDNN's */
+    set_opts(&o);
     run_attention(be, &go, &gl, &gd, qkv, dout, B, T, nh, nkv, hd);
-    unsetenv("ANVIL_ATTENTION");
-    unsetenv("ANVIL_ATTENTION_BWD");
-    unsetenv("ANVIL_ATTENTION_FWD");
+    set_opts(NULL);
     double tol = tol_for(be, TOL_F32, TOL_BF16_ATT);
     char what[128];
-    snprintf(what, sizeof(what), "attention B%d T%d nh%d nkv%d hd%d %s", B, T, nh, nkv, hd, impl ? impl : "");
+    snprintf(what, sizeof(what), "attention B%d T%d nh%d nkv%d hd%d %s", B, T, nh, nkv, hd, name);
     expect(what, be, go, ro, no, tol);
     expect(what, be, gl, rl, nl, tol_for(be, TOL_F32, 1e-3)); /* lse in fp32 from bf16 inputs */
     expect(what, be, gd, rd, nq, tol_for(be, TOL_F32_GRAD, TOL_BF16_ATT));
@@ -587,79 +629,76 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
     free(qkv), free(dout), free(ro), free(rl), free(rd), free(go), free(gl), free(gd);
 }
 
+/* The variants of our kernels: the default choice (wgmma forward; fused backward with the K/V layout
+ * picked by launch order), the fused backward with K/V fragments in registers and from shared memory,
+ * and the deterministic mode's two-kernel backward. */
+enum { VAR_DEFAULT, VAR_KV_REGS, VAR_KV_SHARED, VAR_TWO_KERNEL, VAR_COUNT };
+static const char *const var_names[VAR_COUNT] = {"anvil", "bwd K/V in registers", "bwd K/V in shared memory",
+                                                 "two-kernel bwd (deterministic)"};
+
+/* Our kernels (never cuDNN's) in variant v, launch order 0 (auto), 1 (x) or 2 (z). */
+static BackendOptions anvil_opts(int v, int order)
+{
+    BackendOptions o = {0};
+    o.attention = ATTN_IMPL_ANVIL;
+    o.attn_bwd_layout = v == VAR_KV_REGS ? 1 : v == VAR_KV_SHARED ? 2 : 0;
+    o.deterministic = v == VAR_TWO_KERNEL;
+    o.attn_launch_order = order;
+    return o;
+}
+
+static void anvil_case(const Backend *be, int B, int T, int nh, int nkv, int hd, int v, int order)
+{
+    char name[96];
+    snprintf(name, sizeof(name), "%s%s", var_names[v], order == 1 ? ", x order" : order == 2 ? ", z order" : "");
+    attention_case(be, B, T, nh, nkv, hd, name, anvil_opts(v, order));
+}
+
 static void test_attention(void)
 {
     /* simple kernels (any head size), both precisions */
-    attention_case(gpu32, 2, 37, 4, 2, 16, NULL);
-    attention_case(gpu16, 2, 37, 4, 2, 16, NULL);
-    attention_case(gpu32, 1, 70, 4, 4, 64, NULL);
-    /* flash kernels (bf16, head_dim 64): partial tiles, MHA and GQA */
-    attention_case(gpu16, 1, 150, 4, 2, 64, NULL);
-    attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
-    attention_case(gpu16, 1, 300, 8, 1, 64, NULL);
-    attention_case(gpu16, 1, 150, 4, 2, 64, "simple");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "flash1");
-    attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
-    /* the two-kernel backward (the deterministic mode's) against the fused one above */
-    attention_case(gpu16, 1, 150, 4, 2, 64, "flash2");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "flash2");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "lowreg");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "lowreg");
-    /* the fused backward over 128 keys per block: also T a multiple of 64, not of 128 */
-    attention_case(gpu16, 1, 150, 4, 2, 64, "bwd128");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "bwd128");
-    attention_case(gpu16, 2, 192, 4, 2, 64, NULL);
-    attention_case(gpu16, 2, 192, 4, 2, 64, "bwd128");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "fwd128");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "fwd128");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "fwd64");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "fwd64");
-    /* the mma.sync 4x2 forward (the wgmma one is the default above); the backward with K/V fragments
-     * in registers (the default picks by grid size) */
-    attention_case(gpu16, 1, 150, 4, 2, 64, "fwdmma");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "fwdmma");
-    attention_case(gpu16, 2, 1024, 4, 1, 64, "fwdmma");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "bwd64");
-    attention_case(gpu16, 2, 1024, 4, 1, 64, "bwd64");
-    attention_case(gpu16, 1, 150, 4, 2, 64, "fwdwg1");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "fwdwg1");
-    set_det(1);
-    attention_case(gpu16, 2, 64, 2, 2, 64, NULL);
-    attention_case(gpu16, 2, 1024, 4, 1, 64, NULL);
-    set_det(0);
-    /* both launch orders of the flash grids (flash_zorder picks by size; these sizes get z) */
-    const char *orders[] = {"x", "z"};
-    for (int o = 0; o < 2; o++) {
-        setenv("ANVIL_ATTENTION_ORDER", orders[o], 1);
-        attention_case(gpu16, 2, 300, 4, 2, 64, NULL);
-        attention_case(gpu16, 2, 300, 4, 2, 64, "flash2");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "fwd64");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "fwd128");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "lowreg");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "bwd128");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "fwdmma");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "bwd64");
-        attention_case(gpu16, 2, 300, 4, 2, 64, "fwdwg1");
+    anvil_case(gpu32, 2, 37, 4, 2, 16, VAR_DEFAULT, 0);
+    anvil_case(gpu16, 2, 37, 4, 2, 16, VAR_DEFAULT, 0);
+    anvil_case(gpu32, 1, 70, 4, 4, 64, VAR_DEFAULT, 0);
+    /* flash kernels (bf16, head_dim 64): partial tiles, T a multiple of 64 and not of 128, MHA, GQA, MQA */
+    anvil_case(gpu16, 1, 150, 4, 2, 64, VAR_DEFAULT, 0);
+    anvil_case(gpu16, 2, 64, 2, 2, 64, VAR_DEFAULT, 0);
+    anvil_case(gpu16, 1, 300, 8, 1, 64, VAR_DEFAULT, 0);
+    anvil_case(gpu16, 2, 192, 4, 2, 64, VAR_DEFAULT, 0);
+    anvil_case(gpu16, 2, 1024, 4, 1, 64, VAR_DEFAULT, 0);
+    /* each backward variant forced (the default picks the fused layout by grid size) */
+    for (int v = VAR_KV_REGS; v < VAR_COUNT; v++) {
+        anvil_case(gpu16, 1, 150, 4, 2, 64, v, 0);
+        anvil_case(gpu16, 1, 300, 8, 1, 64, v, 0);
+        anvil_case(gpu16, 2, 1024, 4, 1, 64, v, 0);
     }
-    unsetenv("ANVIL_ATTENTION_ORDER");
+    anvil_case(gpu16, 2, 64, 2, 2, 64, VAR_TWO_KERNEL, 0);
+    /* both launch orders of the flash grids (flash_zorder picks by size; this size gets z) */
+    for (int order = 1; order <= 2; order++)
+        for (int v = 0; v < VAR_COUNT; v++) anvil_case(gpu16, 2, 300, 4, 2, 64, v, order);
     /* cuDNN's fused attention (cuda_cudnn.cu), where the library is there: partial tiles, MHA, GQA,
-     * MQA, head sizes 64 and 128; its lse is checked against ours above through the CPU's */
+     * MQA, head sizes 32, 64 and 128; its lse is checked against ours above through the CPU's */
 #ifdef ANVIL_CUDA
     if (!cudnn_attention_available()) {
         printf("SKIP cudnn attention: %s\n", cudnn_attention_info());
         return;
     }
-    attention_case(gpu16, 2, 128, 2, 2, 64, "cudnn");
-    attention_case(gpu16, 1, 384, 8, 1, 64, "cudnn");
-    attention_case(gpu16, 2, 1024, 4, 1, 64, "cudnn");
-    attention_case(gpu16, 2, 256, 4, 4, 128, "cudnn");
-    attention_case(gpu16, 1, 256, 6, 2, 128, "cudnn");
-    attention_case(gpu16, 1, 128, 2, 1, 32, "cudnn");
+    BackendOptions cudnn = {0};
+    cudnn.attention = ATTN_IMPL_CUDNN;
+    attention_case(gpu16, 2, 128, 2, 2, 64, "cudnn", cudnn);
+    attention_case(gpu16, 1, 384, 8, 1, 64, "cudnn", cudnn);
+    attention_case(gpu16, 2, 1024, 4, 1, 64, "cudnn", cudnn);
+    attention_case(gpu16, 2, 256, 4, 4, 128, "cudnn", cudnn);
+    attention_case(gpu16, 1, 256, 6, 2, 128, "cudnn", cudnn);
+    attention_case(gpu16, 1, 128, 2, 1, 32, "cudnn", cudnn);
     /* T not a multiple of 128: a cuDNN before 9.16 runs only the forward here (our backward then
      * follows its lse), later ones both */
-    attention_case(gpu16, 1, 150, 4, 2, 64, "cudnn");
-    attention_case(gpu16, 1, 300, 8, 1, 64, "cudnn");
-    attention_case(gpu16, 1, 200, 6, 2, 128, "cudnn");
+    attention_case(gpu16, 1, 150, 4, 2, 64, "cudnn", cudnn);
+    attention_case(gpu16, 1, 300, 8, 1, 64, "cudnn", cudnn);
+    attention_case(gpu16, 1, 200, 6, 2, 128, "cudnn", cudnn);
+    /* the automatic choice: cuDNN from T = 256 (CUDNN_MIN_T) */
+    BackendOptions automatic = {0};
+    attention_case(gpu16, 1, 256, 4, 2, 64, "auto", automatic);
     printf("cudnn attention: %s\n", cudnn_attention_info());
 #endif
 }

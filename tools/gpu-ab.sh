@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # gpu-ab.sh - A/B timings of the CUDA backend's switches in one run on a GPU machine: anvil bench
-# for each variant (environment switches, docs/cuda.md#switches), per-op profiles of the default,
-# and the PyTorch peer in the same run. A short table is printed last.
+# for each variant (the switches anvil takes from the environment: ANVIL_ATTENTION, ANVIL_GEMM_TUNE,
+# ANVIL_DETERMINISTIC; docs/cuda.md#switches), per-op profiles of the default, and the PyTorch peer
+# in the same run. A short table is printed last.
 #
 #   bash tools/gpu-ab.sh [SECTION...]     default: test gpt2 llama torch
 #

@@ -20,8 +20,10 @@ BENCH=${BENCH:-build/tests/bench_attention}
 TABLE="$OUT/attn_table.md"
 : >"$TABLE"
 # our kernels (default choice among them), cuDNN's fused attention (cuda_cudnn.cu), our two-kernel
-# deterministic backward; the other variants of ours by name, e.g.
-#   bwd-lowreg:ANVIL_ATTENTION_BWD=lowreg bwd-128:ANVIL_ATTENTION_BWD=128 fwd-mma:ANVIL_ATTENTION_FWD=mma
+# deterministic backward; the fused backward's K/V layouts and the launch orders forced through
+# bench_attention's own knobs (tests/bench_attention.c), e.g.
+#   bwd-regs:ANVIL_ATTENTION=anvil,BENCH_ATTN_BWD=regs bwd-shared:ANVIL_ATTENTION=anvil,BENCH_ATTN_BWD=shared
+#   z-order:ANVIL_ATTENTION=anvil,BENCH_ATTN_ORDER=z
 variants=${*:-"anvil:ANVIL_ATTENTION=anvil cudnn:ANVIL_ATTENTION=cudnn two-kernel:ANVIL_DETERMINISTIC=1"}
 
 if [ "${PARITY:-1}" = 1 ]; then # PARITY=0 skips it (when gpu-check's test_cuda runs in the same call)

@@ -1,12 +1,16 @@
 /* cuda_backend.cu - the CUDA backend: device context, memory, conversions,
- * per-op profiling, and the two op tables (bf16 compute / fp32 parity).
+ * per-op profiling, the switches (Backend.configure) and the two op tables
+ * (bf16 compute / fp32 parity).
  *
  * Every op is launched on one stream, so ops run in the order the model
  * calls them and scratch memory can be reused by consecutive ops. In the
- * deterministic mode (ANVIL_DETERMINISTIC=1, set_deterministic(1)) no kernel
- * uses atomics and every reduction runs in a fixed order, so repeated runs give
- * bit-identical results; the default mode also uses the fused attention
- * backward (fp32 atomics for dQ) and cuBLASLt's bias-gradient epilogues. */
+ * deterministic mode (BackendOptions.deterministic) no kernel uses atomics and
+ * every reduction runs in a fixed order, so repeated runs give bit-identical
+ * results; the default mode also uses the fused attention backward (fp32
+ * atomics for dQ), cuDNN's attention and GEMM algorithms chosen by timing.
+ * The backend reads no switch from the environment: until configure() is
+ * called the options are all zero, the defaults. Only the diagnostic
+ * ANVIL_CUDA_PROFILE=1 (per-op timing; changes no result) is read, once. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,10 +60,10 @@ int cuda_ctx_init(void)
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_cu.stream, cudaStreamNonBlocking));
     CUDA_CHECK(cublasLtCreate(&g_cu.lt));
     g_cu.ready = 1;
-    const char *det = getenv("ANVIL_DETERMINISTIC");
-    g_cu.deterministic = det && atoi(det) != 0;
     g_cu.lt_workspace_size = LT_WORKSPACE_BYTES;
     g_cu.lt_workspace = cuda_malloc(LT_WORKSPACE_BYTES);
+    const char *prof = getenv("ANVIL_CUDA_PROFILE"); /* a diagnostic: events around every op */
+    if (prof && atoi(prof)) cuda_prof_enable(1);
     return 0;
 }
 
@@ -280,9 +284,22 @@ extern "C" void cuda_prof_print(FILE *f, int steps)
 
 /* ------------------------------------------------------------ the tables */
 
-/* One set of switches for the whole context (both tables). */
+/* One set of switches for the whole context (both tables). A value outside its range is a bug of
+ * the caller (the config and environment parsers accept only the names of backend.h). */
 static void cu_configure(const BackendOptions *o)
 {
+    const struct {
+        const char *name;
+        int value, max;
+    } f[] = {{"attention", o->attention, ATTN_IMPL_ANVIL},
+             {"gemm_tune", o->gemm_tune, GEMM_TUNE_ALWAYS},
+             {"deterministic", o->deterministic, 1},
+             {"lm_head_chunk_rows", o->lm_head_chunk_rows, INT32_MAX},
+             {"attn_bwd_layout", o->attn_bwd_layout, 2},
+             {"attn_launch_order", o->attn_launch_order, 2}};
+    for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+        if (f[i].value < 0 || f[i].value > f[i].max)
+            fatal("cuda: configure: %s = %d is out of range (0 .. %d)", f[i].name, f[i].value, f[i].max);
     g_cu.opts = *o;
     g_cu.deterministic = o->deterministic != 0;
 }
@@ -322,7 +339,6 @@ static Backend g_table_bf16, g_table_f32;
 extern "C" const Backend *backend_cuda(int bf16_mode)
 {
     if (cuda_ctx_init()) return NULL;
-    if (getenv("ANVIL_CUDA_PROFILE") && atoi(getenv("ANVIL_CUDA_PROFILE"))) cuda_prof_enable(1);
     if (bf16_mode) {
         if (!g_table_bf16.name) fill_table<bf16>(&g_table_bf16, "cuda");
         return &g_table_bf16;

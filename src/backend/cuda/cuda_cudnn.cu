@@ -9,13 +9,15 @@
  * out and dout (B,T,nh*hd), lse (B,nh,T) as cuDNN's stats (the natural log-sum-exp of the scaled
  * scores, which is also what our kernels keep, so either backward can follow either forward).
  *
- * Selection (cu_attention_fwd/bwd ask cudnn_attention_wanted()): ANVIL_ATTENTION unset or "auto":
- * cuDNN for T >= CUDNN_MIN_T where it loads and builds a plan for the shape, else ours; "cudnn":
- * cuDNN for every shape it supports, or a fatal error saying why not; any other value: ours. Never
- * in the deterministic mode (cuDNN's backward adds dQ with atomics) nor in fp32 (its fused engines
- * are fp16/bf16 only). */
+ * Selection (cu_attention_fwd/bwd ask cudnn_attention_wanted()), by opts.attention (backend.h):
+ * ATTN_IMPL_AUTO: cuDNN for T >= CUDNN_MIN_T where it loads and builds a plan for the shape, else
+ * ours; ATTN_IMPL_CUDNN: cuDNN for every shape it supports, or a fatal error saying why not;
+ * ATTN_IMPL_ANVIL: ours. Never in the deterministic mode (cuDNN's backward adds dQ with atomics)
+ * nor in fp32 (its fused engines are fp16/bf16 only). ANVIL_CUDNN_VERBOSE=1 (a diagnostic, read
+ * once) prints a line per plan and per shape left to our kernels. */
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -64,6 +66,20 @@ typedef struct {
 } CudnnLib;
 
 static CudnnLib L;
+
+/* ANVIL_CUDNN_VERBOSE set (and not "0"): a line per plan built and per shape left to our kernels. */
+static bool cudnn_verbose(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("ANVIL_CUDNN_VERBOSE");
+        v = e && e[0] && strcmp(e, "0");
+    }
+    return v;
+}
+
+/* opts.attention asked for cuDNN: its failures are errors instead of a fall back to our kernels. */
+static bool cudnn_forced(void) { return g_cu.opts.attention == ATTN_IMPL_CUDNN; }
 
 static int cudnn_load(void)
 {
@@ -401,7 +417,7 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
         limit = "9.10.0 and 9.10.1 have known attention bugs (9.10.2+ is fine)";
     if (limit) {
         static int told_limit;
-        if (!told_limit++ || getenv("ANVIL_CUDNN_VERBOSE"))
+        if (!told_limit++ || cudnn_verbose())
             fprintf(stderr, "anvil: cuDNN %s: %s; attention %s for T=%d on anvil kernels\n", L.version, limit,
                     bwd ? "backward" : "forward", T);
         g_plans_limited++;
@@ -415,7 +431,7 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
         build_fwd(g, B, T, nh, nkv, hd);
     if (g.ok()) p->plan = finalize_plan(g, &p->workspace);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    if (p->plan && getenv("ANVIL_CUDNN_VERBOSE"))
+    if (p->plan && cudnn_verbose())
         fprintf(stderr,
                 "anvil: cuDNN %s attention %s plan for B=%d T=%d heads %d/%d hd %d: %.1f ms, workspace %.1f MiB\n",
                 L.version, bwd ? "backward" : "forward", B, T, nh, nkv, hd,
@@ -427,11 +443,10 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
         g_plans_failed++;
         snprintf(L.why, sizeof(L.why), "%s", g.err);
         static int told;
-        const char *e = getenv("ANVIL_ATTENTION");
-        if (e && !strcmp(e, "cudnn"))
+        if (cudnn_forced())
             fatal("cuDNN %s attention %s (B=%d T=%d heads %d/%d hd %d): %s", L.version, bwd ? "backward" : "forward",
                   B, T, nh, nkv, hd, g.err);
-        if (!told++ || getenv("ANVIL_CUDNN_VERBOSE"))
+        if (!told++ || cudnn_verbose())
             fprintf(stderr, "anvil: cuDNN %s attention %s not used for B=%d T=%d hd=%d: %s\n", L.version,
                     bwd ? "backward" : "forward", B, T, hd, g.err);
     }
@@ -478,14 +493,14 @@ static void execute(Plan *p, int n, const int64_t *uids, void *const *ptrs, void
 
 int cudnn_attention_wanted(int T, int hd)
 {
-    if (g_cu.deterministic || hd % 8 || hd > 128) return 0;
-    const char *e = getenv("ANVIL_ATTENTION");
-    int forced = e && !strcmp(e, "cudnn");
-    if (e && *e && !forced && strcmp(e, "auto")) return 0;
+    int impl = g_cu.opts.attention;
+    if (g_cu.deterministic || hd % 8 || hd > 128 || (impl != ATTN_IMPL_AUTO && impl != ATTN_IMPL_CUDNN)) return 0;
+    bool forced = cudnn_forced();
     if (!forced && T < CUDNN_MIN_T) return 0;
-    if (!forced && (getenv("ANVIL_ATTENTION_FWD") || getenv("ANVIL_ATTENTION_BWD"))) return 0;
+    /* a forced layout of our fused backward (a test knob) asks for our kernels, as auto would not */
+    if (!forced && g_cu.opts.attn_bwd_layout) return 0;
     if (!cudnn_load()) {
-        if (forced) fatal("ANVIL_ATTENTION=cudnn: %s", L.why);
+        if (forced) fatal("attention: cudnn was asked for (backend.attention / ANVIL_ATTENTION), but %s", L.why);
         return 0;
     }
     return 1;

@@ -7,11 +7,11 @@ extern "C" {
 #endif
 
 /* 1 when bf16 attention over T positions with head size hd should go to cuDNN: the library loaded,
- * the selection (ANVIL_ATTENTION unset/auto: T >= CUDNN_MIN_T; cudnn: any T; not deterministic)
- * allows it. Fatal when ANVIL_ATTENTION=cudnn and the library cannot be used. */
+ * the selection (g_cu.opts.attention auto: T >= CUDNN_MIN_T; cudnn: any T; never when deterministic)
+ * allows it. Fatal when cuDNN was asked for (ATTN_IMPL_CUDNN) and the library cannot be used. */
 int cudnn_attention_wanted(int T, int hd);
 /* Run the forward / backward (backend.h attention_fwd / attention_bwd, bf16); 0 when cuDNN has no plan
- * for this shape (the caller runs our kernels; fatal instead when ANVIL_ATTENTION=cudnn). */
+ * for this shape (the caller runs our kernels; fatal instead when cuDNN was asked for). */
 int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd);
 int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
                         int T, int nh, int nkv, int hd);

@@ -19,14 +19,12 @@
 #include "backend/cuda/cuda_common.cuh"
 
 /* An epilogue of a product (cuBLASLt names): DEFAULT; BIAS (D += bias, bias in D's type); GELU_AUX_BIAS
- * (aux = D + bias, D = gelu(aux)); DGELU (D *= gelu'(aux)); DGELU_BGRAD (also bias = row sums of D);
- * BGRADB (bias = sums of op(B) over k). */
+ * (aux = D + bias, D = gelu(aux)); GELU_AUX (the same without a bias); DGELU (D *= gelu'(aux)). */
 typedef struct {
     cublasLtEpilogue_t epi;
-    const void *bias; /* BIAS: the bias; BGRAD*: where the bias gradient is written */
-    void *aux;        /* GELU_AUX_BIAS: pre-activation written; DGELU*: pre-activation read */
+    const void *bias; /* BIAS, GELU_AUX_BIAS: the bias */
+    void *aux;        /* GELU_AUX*: pre-activation written; DGELU: pre-activation read */
     int aux_ld;       /* leading dimension of aux (elements) */
-    int bias_f32;     /* BGRAD*: the gradient in fp32 (else in D's type) */
 } Epi;
 
 /* Everything a cuBLASLt plan depends on; the pointers' alignment included,
@@ -56,36 +54,47 @@ static int ptr_align(const void *p)
 
 static cudaDataType_t cuda_type(size_t elsize) { return elsize == 2 ? CUDA_R_16BF : CUDA_R_32F; }
 
-static bool epi_bgrad(cublasLtEpilogue_t e) { return e == CUBLASLT_EPILOGUE_DGELU_BGRAD || e == CUBLASLT_EPILOGUE_BGRADB; }
 static bool epi_aux(cublasLtEpilogue_t e)
 {
-    return e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_DGELU ||
-           e == CUBLASLT_EPILOGUE_DGELU_BGRAD;
+    return e == CUBLASLT_EPILOGUE_GELU_AUX_BIAS || e == CUBLASLT_EPILOGUE_GELU_AUX || e == CUBLASLT_EPILOGUE_DGELU;
 }
 
-/* Autotuning: a plan key's TUNE_AFTER-th call times the first TUNE_MAX algorithms cuBLASLt's
- * heuristics rank on the call's own operands and keeps the fastest (bf16 products of at least
- * TUNE_MIN_FLOP only, not in the deterministic mode; ANVIL_GEMM_TUNE=0 keeps the heuristic's first).
- * Waiting for repeated calls spends the timing on shapes that recur, as every product of a
- * training step does, and not on the one-off shapes of evaluation batches of varying length.
- * Trials write into a temporary D (C stays the caller's D, so accumulating products are not
- * disturbed); epilogue outputs (aux, bias gradient) are rewritten by the real call. */
+/* Autotuning (opts.gemm_tune): a plan key's TUNE_AFTER-th call times the first TUNE_MAX algorithms
+ * cuBLASLt's heuristics rank on the call's own operands and keeps the fastest (bf16 products of at
+ * least TUNE_MIN_FLOP only, not in the deterministic mode; GEMM_TUNE_OFF keeps the heuristic's first,
+ * GEMM_TUNE_ALWAYS times every bf16 product at its second call, for tests). Waiting for repeated
+ * calls spends the timing on shapes that recur, as every product of a training step does, and not
+ * on the one-off shapes of evaluation batches of varying length. Trials write into a temporary D
+ * (C stays the caller's D, so accumulating products are not disturbed); epilogue outputs (aux) are
+ * rewritten by the real call. */
 #define TUNE_AFTER 16
 #define TUNE_MIN_FLOP 32e9
 #define TUNE_REPS 5
-/* ANVIL_GEMM_TUNE=always (tests): every bf16 product, at its second call */
-static bool tune_always(void)
+static bool tune_always(void) { return g_cu.opts.gemm_tune == GEMM_TUNE_ALWAYS; }
+
+/* Whether products of this element size may be timed now: bf16, tuning not off, and not in the
+ * deterministic mode (a timing-dependent choice would make runs differ). Asked when a plan is made
+ * and again when its candidates are due, so that switching the mode later also stops pending trials. */
+static bool tune_allowed(size_t ab_size)
 {
-    const char *e = getenv("ANVIL_GEMM_TUNE");
-    return e && !strcmp(e, "always");
+    return ab_size == 2 && !g_cu.deterministic && g_cu.opts.gemm_tune != GEMM_TUNE_OFF;
 }
 
 static int gemm_tune_candidates(size_t ab_size, int m, int n, int k)
 {
-    const char *e = getenv("ANVIL_GEMM_TUNE");
-    /* not in the deterministic mode: a timing-dependent choice would make runs differ */
-    if (ab_size != 2 || g_cu.deterministic || (e && !strcmp(e, "0"))) return 1;
+    if (!tune_allowed(ab_size)) return 1;
     return 2.0 * m * n * k >= TUNE_MIN_FLOP || tune_always() ? TUNE_MAX : 1;
+}
+
+/* ANVIL_GEMM_TUNE_VERBOSE set (and not "0"): each tuned product's choice and times (read once). */
+static bool tune_verbose(void)
+{
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("ANVIL_GEMM_TUNE_VERBOSE");
+        v = e && e[0] && strcmp(e, "0");
+    }
+    return v;
 }
 
 static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, int found, int m, int n, int k,
@@ -120,7 +129,7 @@ static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, 
     CUDA_CHECK(cudaEventDestroy(ev[0]));
     CUDA_CHECK(cudaEventDestroy(ev[1]));
     cuda_free(tmp);
-    if (getenv("ANVIL_GEMM_TUNE_VERBOSE"))
+    if (tune_verbose())
         fprintf(stderr, "anvil: gemm %dx%dx%d epi %d: algorithm %d of %d (%.3f ms; the first %.3f ms)\n", m, n, k,
                 (int)e.epi, best, found, best_ms / TUNE_REPS, first_ms / TUNE_REPS);
     return best;
@@ -135,8 +144,8 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
 {
     int al_ops = std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
     int al_extra = (e.bias ? ptr_align(e.bias) : 0) * 1000 + (e.aux ? ptr_align(e.aux) : 0);
-    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi * 2 + e.bias_f32,
-                al_ops, al_extra, beta != 0.0f, e.aux_ld);
+    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
+                beta != 0.0f, e.aux_ld);
     auto it = g_plans.find(key);
     if (it == g_plans.end()) {
         Plan p;
@@ -150,10 +159,6 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
         if (e.bias)
             CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias,
                                                       sizeof(e.bias)));
-        if (epi_bgrad(e.epi) && e.bias_f32) {
-            cudaDataType_t bt = CUDA_R_32F;
-            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
-        }
         if (epi_aux(e.epi)) {
             int64_t ld = e.aux_ld;
             CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
@@ -216,7 +221,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
                                                   sizeof(e.aux)));
     /* after the pointers above: the trials' epilogues must read and write this call's buffers */
-    if (p.cand && ++p.calls >= (tune_always() ? 2 : TUNE_AFTER)) {
+    if (p.cand && tune_allowed(ab_size) && ++p.calls >= (tune_always() ? 2 : TUNE_AFTER)) {
         p.algo = p.cand[tune_pick(p, p.cand, p.ncand, m, n, k, A, B, D, ldd, d_size, beta, e)].algo;
         free(p.cand);
         p.cand = NULL;
@@ -231,7 +236,7 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
 static void lt_matmul(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
                       void *D, int ldd, size_t ab_size, size_t d_size, float beta, const void *bias)
 {
-    Epi e = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, NULL, 0, 0};
+    Epi e = {bias ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT, bias, NULL, 0};
     lt_matmul_epi(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, ab_size, d_size, beta, e);
 }
 
@@ -278,43 +283,11 @@ static void add_f32(float *dst, const float *src, size_t n)
     CUDA_CHECK_LAUNCH();
 }
 
-// dst[i] += (float)src[i]
-__global__ void add_bf16_f32_kernel(float *dst, const bf16 *src, size_t n)
-{
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] += __bfloat162float(src[i]);
-}
-
-/* The bias-gradient epilogues, off by default: on the H100 (GPT-2 124M, B=64) DGELU_BGRAD made the
- * proj backward 12 ms per step slower than DGELU plus our column sum, and BGRADB on the weight-
- * gradient products was no faster than the column sums. ANVIL_BGRAD=1 turns DGELU_BGRAD on, 2 also
- * BGRADB (outside the deterministic mode only: their reduction order is cuBLASLt's business).
- * ANVIL_GELU_FUSION=0 turns the GELU epilogues off (comparisons). */
-static int bgrad_level(void)
-{
-    if (g_cu.deterministic) return 0;
-    const char *v = getenv("ANVIL_BGRAD");
-    return v ? atoi(v) : 0;
-}
-static bool use_gelu_fusion(void)
-{
-    const char *v = getenv("ANVIL_GELU_FUSION");
-    return !v || atoi(v) != 0;
-}
-
-/* dw (OC,IC) += dout^T @ inp, and dbias (OC) += colsum(dout) when dbias is not NULL: through the
- * BGRADB epilogue (written to a scratch vector, then added) where allowed and available. */
+/* dw (OC,IC) += dout^T @ inp, and dbias (OC) += colsum(dout) when dbias is not NULL (our column sum:
+ * cuBLASLt's bias-gradient epilogues measured slower, docs/cuda.md "Kernels removed"). */
 template <typename T>
 static void weight_grad(float *dw, float *dbias, const void *dout, const void *inp, int N, int IC, int OC)
 {
-    if (dbias && bgrad_level() >= 2) {
-        float *bg = (float *)cuda_scratch((size_t)OC * sizeof(float));
-        Epi e = {CUBLASLT_EPILOGUE_BGRADB, bg, NULL, 0, 1};
-        if (lt_matmul_epi(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, e)) {
-            add_f32(dbias, bg, (size_t)OC);
-            return;
-        }
-    }
     lt_matmul(0, 1, IC, OC, N, inp, IC, dout, OC, dw, IC, sizeof(T), sizeof(float), 1.0f, NULL);
     if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
 }
@@ -346,10 +319,9 @@ template <typename T>
 void cu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, const void *bias, int N, int IC, int OC)
 {
     CUDA_PROF(shape_name("matmul_gelu_fwd", N, IC, OC));
-    if (use_gelu_fusion()) {
-        Epi e = {bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias, pre, OC, 0};
-        if (lt_matmul_epi(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, e)) return;
-    }
+    Epi e = {bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX, bias, pre, OC};
+    if (lt_matmul_epi(1, 0, OC, N, IC, w, IC, inp, IC, out, OC, sizeof(T), sizeof(T), 0.0f, e)) return;
+    /* no epilogue algorithm for this shape: the plain product, then the GELU kernel */
     lt_matmul(1, 0, OC, N, IC, w, IC, inp, IC, pre, OC, sizeof(T), sizeof(T), 0.0f, bias);
     cu_eltwise<T>(out, pre, NULL, (size_t)N * OC, 0);
 }
@@ -361,32 +333,13 @@ void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, 
                          const void *pre, const void *w, int N, int IC, int OC)
 {
     CUDA_PROF(shape_name("matmul_dgelu_bwd", N, IC, OC));
-    bool done = false, bias_done = false;
-    if (use_gelu_fusion()) {
-        if (dbias_pre && bgrad_level() >= 1) {
-            /* the gradient in D's type (cuBLASLt offers no fp32 one with bf16 D), then added in fp32 */
-            void *bg = cuda_scratch((size_t)IC * sizeof(float));
-            Epi e = {CUBLASLT_EPILOGUE_DGELU_BGRAD, bg, (void *)pre, IC, 0};
-            if (lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e)) {
-                if (sizeof(T) == sizeof(float)) add_f32(dbias_pre, (const float *)bg, (size_t)IC);
-                else {
-                    add_bf16_f32_kernel<<<grid_for((size_t)IC, 256), 256, 0, g_cu.stream>>>(dbias_pre, (const bf16 *)bg,
-                                                                                       (size_t)IC);
-                    CUDA_CHECK_LAUNCH();
-                }
-                done = bias_done = true;
-            }
-        }
-        if (!done) {
-            Epi e = {CUBLASLT_EPILOGUE_DGELU, NULL, (void *)pre, IC, 0};
-            done = lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e);
-        }
-    }
-    if (!done) {
+    Epi e = {CUBLASLT_EPILOGUE_DGELU, NULL, (void *)pre, IC};
+    if (!lt_matmul_epi(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, e)) {
+        /* no epilogue algorithm for this shape: the plain product, then gelu' in place */
         lt_matmul(0, 0, IC, N, OC, w, IC, dout, OC, dpre, IC, sizeof(T), sizeof(T), 0.0f, NULL);
         cu_eltwise<T>(dpre, pre, dpre, (size_t)N * IC, 1);
     }
-    if (dbias_pre && !bias_done) cu_colsum_add<T>(dbias_pre, (const T *)dpre, N, IC);
+    if (dbias_pre) cu_colsum_add<T>(dbias_pre, (const T *)dpre, N, IC);
     if (dw) weight_grad<T>(dw, dbias, dout, act, N, IC, OC);
     else if (dbias) cu_colsum_add<T>(dbias, (const T *)dout, N, OC);
 }
@@ -426,12 +379,12 @@ void cu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, cons
 {
     int Vp = CEIL_DIV(V, VOCAB_PAD) * VOCAB_PAD;
     size_t chunk_rows = LM_HEAD_CHUNK_BYTES / ((size_t)Vp * sizeof(T));
-    const char *env = getenv("ANVIL_LM_HEAD_CHUNK_ROWS"); /* tests: force several chunks */
-    if (env && atoi(env) > 0) chunk_rows = (size_t)atoi(env);
+    int forced = g_cu.opts.lm_head_chunk_rows; /* tests: force several chunks */
+    if (forced > 0) chunk_rows = (size_t)forced;
     int rows_max = (int)std::min((size_t)N, std::max((size_t)1, chunk_rows));
     int nchunk = CEIL_DIV(N, rows_max);
     rows_max = CEIL_DIV(N, nchunk); /* about equal chunks, */
-    if (!env) rows_max = std::min(N, CEIL_DIV(rows_max, LM_HEAD_ROW_ALIGN) * LM_HEAD_ROW_ALIGN); /* tile-sized */
+    if (forced <= 0) rows_max = std::min(N, CEIL_DIV(rows_max, LM_HEAD_ROW_ALIGN) * LM_HEAD_ROW_ALIGN); /* tile-sized */
     T *logits = (T *)(g_head.logits = grow(g_head.logits, &g_head.logits_size, (size_t)rows_max * Vp * sizeof(T)));
     const T *wp = (const T *)w;
     float *dwp = dw;

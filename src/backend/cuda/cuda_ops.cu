@@ -121,6 +121,7 @@ __global__ void embed_bwd_wte_kernel(float *dwte, const T *dout, const int32_t *
     dwte[(size_t)utok[u] * C + c] += s;
 }
 
+// dwte[tokens] += dout; dwpe[t] += sum over b of dout. Either may be NULL (frozen), both too.
 template <typename T>
 static void cu_embed_bwd(float *dwte, float *dwpe, const void *dout, const int32_t *tokens, int B, int T_, int C)
 {
@@ -318,6 +319,20 @@ __global__ void partial_finish_kernel(float *dst, const float *partial, int nchu
     dst[c] += s;
 }
 
+/* dw += the fixed-order sum of nchunk partial rows pw (C columns); db likewise of pb (either NULL: skipped). */
+static void norm_bwd_finish(float *dw, float *db, const float *pw, const float *pb, int nchunk, int C)
+{
+    int colblocks = CEIL_DIV(C, THREADS);
+    if (dw) {
+        partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(dw, pw, nchunk, C);
+        CUDA_CHECK_LAUNCH();
+    }
+    if (db) {
+        partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(db, pb, nchunk, C);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
 /* The one-pass norm backward: a lane holds P packs of a row (P <= NORM_MAX_PACKS: rows up to
  * 32*W*8 elements, 2048 in bf16). With P <= NORM_KEEP_PACKS the row stays in registers between
  * the two passes; longer rows (RMSNorm only: no bias sums to hold) are read again (from L1). */
@@ -415,16 +430,16 @@ __global__ void __launch_bounds__(THREADS) norm_bwd_fused_kernel(T *dinp, float 
 }
 
 /* The one-pass norm backward where the row fits (16-byte accesses; rows past NORM_KEEP_PACKS packs
- * per lane only without a bias); false when it does not (the caller uses the two kernels). */
+ * per lane only without a bias); false when it does not (the caller uses the two kernels). dw may be
+ * NULL when db is not (its partial sums are then formed and left unused). */
 template <typename T>
 static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T *inp, const T *w, const float *mean,
                            const float *rstd, int N, int C, int rms)
 {
     const int W = pack_width<T>();
     int P = CEIL_DIV(C, 32 * W);
-    const char *e = getenv("ANVIL_NORM_BWD"); /* "split": the two-kernel version (comparisons) */
     if (P > (db ? NORM_KEEP_PACKS : NORM_MAX_PACKS) || !vec_ok((size_t)C, W, sizeof(T), dinp, dout, inp) ||
-        !vec_ok((size_t)C, W, sizeof(T), w) || (e && !strcmp(e, "split")))
+        !vec_ok((size_t)C, W, sizeof(T), w))
         return false;
     /* a few blocks per SM, each a contiguous run of rows */
     int nblock = std::max(1, std::min(4 * g_cu.sm_count, CEIL_DIV(N, WARPS_PER_BLOCK)));
@@ -449,27 +464,26 @@ static bool norm_bwd_fused(T *dinp, float *dw, float *db, const T *dout, const T
 #undef NORM_FUSED_KEEP
 #undef NORM_FUSED_LAUNCH
     CUDA_CHECK_LAUNCH();
-    int colblocks = CEIL_DIV(C, THREADS);
-    partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(dw, pw, nblock, C);
-    CUDA_CHECK_LAUNCH();
-    if (db) {
-        partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(db, pb, nblock, C);
-        CUDA_CHECK_LAUNCH();
-    }
+    norm_bwd_finish(dw, db, pw, pb, nblock, C);
     return true;
 }
 
+/* The previous two kernels, for rows the one-pass kernel does not take: dinp by rows (also alone,
+ * for frozen weights), then the column partials of dw and db and their fixed-order sums. */
 template <typename T>
-static void cu_norm_bwd(void *dinp, float *dw, float *db, const void *dout, const void *inp, const void *w,
-                        const float *mean, const float *rstd, int N, int C, int rms)
+static void norm_bwd_rows(T *dinp, const T *dout, const T *inp, const T *w, const float *mean, const float *rstd,
+                          int N, int C, int rms)
 {
-    CUDA_PROF("norm_bwd");
-    if (norm_bwd_fused<T>((T *)dinp, dw, db, (const T *)dout, (const T *)inp, (const T *)w, mean, rstd, N, C, rms))
-        return;
     bool vec = vec_ok((size_t)C, pack_width<T>(), sizeof(T), dinp, dout, inp) &&
                vec_ok((size_t)C, pack_width<T>(), sizeof(T), w);
-    LAUNCH_VEC(vec, norm_bwd_rows_kernel, CEIL_DIV(N, WARPS_PER_BLOCK), THREADS, (T *)dinp, (const T *)dout,
-               (const T *)inp, (const T *)w, mean, rstd, N, C, rms);
+    LAUNCH_VEC(vec, norm_bwd_rows_kernel, CEIL_DIV(N, WARPS_PER_BLOCK), THREADS, dinp, dout, inp, w, mean, rstd, N, C,
+               rms);
+}
+
+template <typename T>
+static void norm_bwd_cols(float *dw, float *db, const T *dout, const T *inp, const float *mean, const float *rstd,
+                          int N, int C, int rms)
+{
     /* column partials: enough chunks to fill the GPU, at least 32 rows each */
     int colblocks = CEIL_DIV(C, THREADS);
     int nchunk = std::max(1, std::min(CEIL_DIV(4 * g_cu.sm_count, colblocks), CEIL_DIV(N, 32)));
@@ -477,15 +491,25 @@ static void cu_norm_bwd(void *dinp, float *dw, float *db, const void *dout, cons
     nchunk = CEIL_DIV(N, rows_per_chunk);
     float *pw = (float *)cuda_scratch(2 * (size_t)nchunk * C * sizeof(float));
     float *pb = db ? pw + (size_t)nchunk * C : NULL;
-    norm_bwd_cols_kernel<T><<<dim3(colblocks, nchunk), THREADS, 0, g_cu.stream>>>(
-        pw, pb, (const T *)dout, (const T *)inp, mean, rstd, N, C, rms, rows_per_chunk);
+    norm_bwd_cols_kernel<T><<<dim3(colblocks, nchunk), THREADS, 0, g_cu.stream>>>(pw, pb, dout, inp, mean, rstd, N,
+                                                                                 C, rms, rows_per_chunk);
     CUDA_CHECK_LAUNCH();
-    partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(dw, pw, nchunk, C);
-    CUDA_CHECK_LAUNCH();
-    if (db) {
-        partial_finish_kernel<<<colblocks, THREADS, 0, g_cu.stream>>>(db, pb, nchunk, C);
-        CUDA_CHECK_LAUNCH();
-    }
+    norm_bwd_finish(dw, db, pw, pb, nchunk, C);
+}
+
+// dinp += d(norm)/d(inp); dw += sum of dout * xhat; db += sum of dout. dw and db may be NULL (frozen
+// weights): with both NULL only dinp is formed, without any column sums.
+template <typename T>
+static void cu_norm_bwd(void *dinp, float *dw, float *db, const void *dout, const void *inp, const void *w,
+                        const float *mean, const float *rstd, int N, int C, int rms)
+{
+    CUDA_PROF("norm_bwd");
+    T *dx = (T *)dinp;
+    const T *d = (const T *)dout, *x = (const T *)inp, *wt = (const T *)w;
+    bool sums = dw || db;
+    if (sums && norm_bwd_fused<T>(dx, dw, db, d, x, wt, mean, rstd, N, C, rms)) return;
+    norm_bwd_rows<T>(dx, d, x, wt, mean, rstd, N, C, rms);
+    if (sums) norm_bwd_cols<T>(dw, db, d, x, mean, rstd, N, C, rms);
 }
 
 /* ----------------------------------------------------------- element-wise */
@@ -842,9 +866,9 @@ void cu_xent_rows(float *losses, T *logits, size_t ld, const int32_t *targets, i
 {
     if (N <= 0) return;
     const int PW = pack_width<T>();
-    const char *e = getenv("ANVIL_XENT"); /* "twopass": the kernel above (comparisons) */
+    /* the one-pass kernel where the row fits its registers and is 16-byte aligned, else the two-pass one */
     bool one = (size_t)V <= (size_t)XENT1_THREADS * XENT1_PACKS * PW && (uintptr_t)logits % 16 == 0 &&
-               (ld * sizeof(T)) % 16 == 0 && V % PW < XENT1_THREADS && !(e && !strcmp(e, "twopass"));
+               (ld * sizeof(T)) % 16 == 0 && V % PW < XENT1_THREADS;
     if (one) xent_onepass_kernel<T><<<N, XENT1_THREADS, 0, g_cu.stream>>>(losses, logits, ld, targets, V, dscale);
     else xent_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, logits, ld, targets, V, dscale);
     CUDA_CHECK_LAUNCH();
