@@ -604,7 +604,7 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
     run_attention(be, &go, &gl, &gd, qkv, dout, B, T, nh, nkv, hd);
     set_opts(NULL);
     double tol = tol_for(be, TOL_F32, TOL_BF16_ATT);
-    char what[128];
+    char what[256];
     snprintf(what, sizeof(what), "attention B%d T%d nh%d nkv%d hd%d %s", B, T, nh, nkv, hd, name);
     expect(what, be, go, ro, no, tol);
     expect(what, be, gl, rl, nl, tol_for(be, TOL_F32, 1e-3)); /* lse in fp32 from bf16 inputs */
