@@ -621,7 +621,7 @@ static void attention_case(const Backend *be, int B, int T, int nh, int nkv, int
             memcpy(parts[p][1] + (size_t)i * widths[p], gd + (size_t)i * row + offs[p], widths[p] * 4);
         }
         const char *pn[] = {"dq", "dk", "dv"};
-        char w2[160];
+        char w2[300];
         snprintf(w2, sizeof(w2), "%s %s", what, pn[p]);
         expect(w2, be, parts[p][1], parts[p][0], np, tol_for(be, TOL_F32_GRAD, TOL_BF16_ATT));
         free(parts[p][0]), free(parts[p][1]);
