@@ -11,6 +11,8 @@
 #   curve     200 training steps on real text (tests' GPT-2 token sample) in bf16 and in fp32,
 #             and twice in bf16 with ANVIL_DETERMINISTIC=1 to show bit-identical losses
 #   train     `anvil train` on the GPU interrupted and resumed == uninterrupted (when train exists)
+#   ab        the binary before a change (old/anvil, or OLD_ANVIL) and after it, interleaved twice:
+#             GPT-2 124M and llama-1b bench rows (tokens/s, MFU, peak)
 #   bench     anvil bench: GPT-2 124M B=64 T=1024 and llama-1b B=8 T=2048 (recompute 0 and 1, and a
 #             per-op profile of each; GPT-2 also with ANVIL_DETERMINISTIC=1)
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
@@ -68,8 +70,10 @@ if has bench; then
     ANVIL_DETERMINISTIC=1 timeout 240 $b $g --recompute 0 --ceiling-size 0 >"$OUT/bench_gpt2_r0_det.log" 2>&1
     timeout 240 $b $l --recompute 0 --ceiling-size 0 --json "$OUT/bench_llama1b_r0.json" >"$OUT/bench_llama1b_r0.log" 2>&1
     timeout 240 $b $l --recompute 1 --ceiling-size 0 >"$OUT/bench_llama1b_r1.log" 2>&1
-    timeout 240 $b $g --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_gpt2_profile.log" 2>&1
-    timeout 240 $b $l --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_llama1b_profile.log" 2>&1
+    if has profile; then
+        timeout 240 $b $g --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_gpt2_profile.log" 2>&1
+        timeout 240 $b $l --recompute 0 --ceiling-size 0 --profile --steps 5 >"$OUT/bench_llama1b_profile.log" 2>&1
+    fi
     for f in gpt2_r0 gpt2_r1 gpt2_r0_det llama1b_r0 llama1b_r1; do
         row=$(bench_row "$OUT/bench_$f.log")
         [ -n "$row" ] && note "$row" || note "| anvil | bench_$f: $(tail -2 "$OUT/bench_$f.log" | tr '\n' ' ') |"
@@ -78,8 +82,38 @@ if has bench; then
     for f in gpt2_r0 gpt2_r0_det llama1b_r0; do
         note "| bench_$f | $(grep -E "^attention:" "$OUT/bench_$f.log" | tail -1) |"
     done
-    sed -n '/per-op time/,/total (sum/p' "$OUT/bench_gpt2_profile.log"
-    sed -n '/per-op time/,/total (sum/p' "$OUT/bench_llama1b_profile.log" | head -14
+    if has profile; then
+        sed -n '/per-op time/,/total (sum/p' "$OUT/bench_gpt2_profile.log"
+        sed -n '/per-op time/,/total (sum/p' "$OUT/bench_llama1b_profile.log" | head -14
+    fi
+fi
+
+# the build before the change beside the one after it, interleaved (OLD_ANVIL: the earlier binary,
+# staged by tools/gpu-stage.sh from $OLD_ANVIL into old/anvil)
+if has ab; then
+    OLD_ANVIL=${OLD_ANVIL:-old/anvil}
+    echo "== before/after: $OLD_ANVIL vs $ANVIL"
+    b="bench --device cuda --steps 10 --warmup 3 --ceiling-size 0"
+    g="--model gpt2-124m --batch 64 --seq 1024"
+    l="--model llama-1b --batch 8 --seq 2048"
+    for rep in 1 2; do
+        for which in old new; do
+            bin=$ANVIL
+            [ $which = old ] && bin=$OLD_ANVIL
+            timeout 240 $bin $b $g >"$OUT/ab_${which}_gpt2_$rep.log" 2>&1
+            timeout 240 $bin $b $l >"$OUT/ab_${which}_llama1b_$rep.log" 2>&1
+        done
+    done
+    for m in gpt2 llama1b; do
+        for which in old new; do
+            for rep in 1 2; do
+                f="$OUT/ab_${which}_${m}_$rep.log"
+                tps=$(grep -oE "^step [0-9.]+ ms \(median.*\), [0-9]+ tokens/s" "$f" | grep -oE "[0-9]+ tokens/s")
+                mfu=$(grep -oE "^MFU [0-9.]+%" "$f")
+                note "| ab $which $m run $rep | ${tps:-failed: $(tail -1 "$f")} | $mfu | $(grep -oE "^peak memory [0-9.]+ GiB" "$f") |"
+            done
+        done
+    done
 fi
 
 if has torch; then

@@ -29,10 +29,16 @@ for lib in $(ldd anvil build/tests/test_cuda | awk '$3 ~ /^\/lib\/x86_64-linux-g
     *) cp -L "$lib" "$dst/lib/" ;;
     esac
 done
+# OLD_ANVIL=path: an earlier build of anvil (same libraries), for the `ab` section of gpu-check.sh
+if [ -n "${OLD_ANVIL:-}" ]; then
+    mkdir -p "$dst/old"
+    cp "$OLD_ANVIL" "$dst/old/anvil"
+    strip -g "$dst/old/anvil"
+fi
 sample=../shared/data/gpt2/sample.gpt2.u32
 [ -f "$sample" ] && cp "$sample" "$dst/tests/data/"
 # the binaries and libraries travel gzipped (a third of the size; the device tool carries at most
 # 64 MiB with the checkout); gpu-check.sh and gpu-ab.sh unpack payload.tgz first
-tar czf "$dst/payload.tgz" -C "$dst" anvil build lib
-rm -rf "$dst/anvil" "$dst/build" "$dst/lib"
+tar czf "$dst/payload.tgz" -C "$dst" anvil build lib $([ -d "$dst/old" ] && echo old)
+rm -rf "$dst/anvil" "$dst/build" "$dst/lib" "$dst/old"
 du -sh "$dst"
