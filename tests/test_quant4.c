@@ -21,9 +21,15 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "backend/backend.h"
 #include "core/error.h"
+#include "io/bnb.h"
+#include "io/fsutil.h"
+#include "io/hf.h"
 #include "io/safetensors.h"
+#include "model/model.h"
 #include "model/quant4.h"
 #include "test.h"
 
@@ -385,14 +391,408 @@ static void test_double_quant(void)
             offset_ulps, ties, lut);
 }
 
+/* ---- the bitsandbytes directory layout ---- */
+
+static char tmp_root[256];
+
+static char *tmp_path(const char *name)
+{
+    return fs_join(tmp_root, name);
+}
+
+/* JSON blobs: QuantState.as_dict(packed=True)'s, byte for byte. */
+static void test_quant_state_json(void)
+{
+    if (!have_qfile) return;
+    const char *names[] = {"n197", "n197_bf16", "n1000"};
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        const StTensor *want = qget("quant_state.%s%s", names[i], ""), *in = qget("%s.input%s", names[i], "");
+        const StTensor *off = qget("%s.dq.offset%s", names[i], "");
+        if (!want || !in || !off) continue;
+        Q4State st = {.type = Q4_NF4,
+                      .blocksize = BLOCKSIZE,
+                      .n = (int64_t)in->numel,
+                      .qabsmax = (const uint8_t *)"",
+                      .nested_blocksize = Q4_NESTED_BLOCKSIZE};
+        memcpy(&st.nested_offset, off->data, sizeof(float));
+        int64_t shape[1] = {(int64_t)in->numel};
+        char *js = bnb_quant_state_json(&st, in->dtype, 1, shape);
+        CHECKF(strlen(js) == want->nbytes && !memcmp(js, want->data, want->nbytes), "%s: %s vs %.*s",
+               names[i], js, (int)want->nbytes, (const char *)want->data);
+        free(js);
+    }
+}
+
+/* Load a bnb directory as a plain fp32 model (dequantized) and compare its
+ * logits and loss with transformers + bitsandbytes on the same input. */
+static void check_bnb_model(const char *name, int want_weights, Q4Type want_type, int want_nested)
+{
+    char dir[512], ref[600];
+    snprintf(dir, sizeof(dir), "%s", fix(name));
+    snprintf(ref, sizeof(ref), "%s/reference.safetensors", dir);
+    BnbDir d;
+    if (bnb_open(&d, dir) != 0) {
+        CHECKF(0, "bnb_open %s: %s", dir, err_get());
+        return;
+    }
+    CHECKF(d.n == want_weights, "%s: %d 4-bit weights", name, d.n);
+    for (int i = 0; i < d.n; i++) {
+        CHECK(d.t[i].q.type == want_type && (d.t[i].q.qabsmax != NULL) == want_nested && d.t[i].ndim == 2 &&
+              d.t[i].dtype == ST_BF16 && d.t[i].q.blocksize == BLOCKSIZE);
+        CHECK(bnb_find(&d, d.t[i].name) == &d.t[i]);
+    }
+    CHECK(d.cfg.quant_type == want_type && d.cfg.double_quant == want_nested);
+    char *plain = tmp_path(name);
+    CHECKF(bnb_save_dequantized(&d, plain) == 0, "%s", err_get());
+    bnb_close(&d);
+    Model *m = hf_load_model(plain, backend_cpu());
+    CHECKF(m != NULL, "hf_load_model %s: %s", plain, err_get());
+    StFile r;
+    if (m && st_open(&r, ref) == 0) {
+        const StTensor *ids = st_find(&r, "input_ids"), *tg = st_find(&r, "targets");
+        const StTensor *lg = st_find(&r, "logits"), *ls = st_find(&r, "loss");
+        int B = (int)ids->shape[0], T = (int)ids->shape[1], V = m->cfg.vocab_size;
+        int32_t *in = xmalloc(ids->nbytes), *tgt = xmalloc(tg->nbytes);
+        memcpy(in, ids->data, ids->nbytes);
+        memcpy(tgt, tg->data, tg->nbytes);
+        float *want_logits = to_f32(lg), want_loss;
+        memcpy(&want_loss, ls->data, 4);
+        CHECK(model_reserve(m, B, T, 0) == 0);
+        float loss = model_forward(m, in, tgt, B, T, 0, NULL);
+        model_forward(m, in, NULL, B, T, 0, NULL);
+        double err = rel_err_max(m->logits, want_logits, (size_t)B * T * V);
+        fprintf(stderr, "  %s: loss %.6f (transformers + bitsandbytes %.6f), logits rel err %.2g\n", name,
+                (double)loss, (double)want_loss, err);
+        CHECK_CLOSE(loss, want_loss, 1e-5);
+        CHECK(err < 1e-5);
+        free(in);
+        free(tgt);
+        free(want_logits);
+        st_close(&r);
+    }
+    model_free(m);
+    free(plain);
+}
+
+static void test_bnb_read(void)
+{
+    check_bnb_model("llama_nf4", 14, Q4_NF4, 1);
+    check_bnb_model("gpt2_fp4", 8, Q4_FP4, 0);
+}
+
+/* anvil's quantization of a plain directory against the directory transformers
+ * + bitsandbytes saved from the same model (the same bytes for NF4; FP4 with
+ * the documented differences). */
+static void compare_with_saved(const char *plain, const char *saved, Q4Type t, int nested)
+{
+    char src[512];
+    snprintf(src, sizeof(src), "%s/%s/model", test_fixtures(), plain);
+    StSet set;
+    BnbDir d;
+    if (st_set_open_dir(&set, src, "model") != 0 || bnb_open(&d, fix(saved)) != 0) {
+        CHECKF(0, "%s", err_get());
+        return;
+    }
+    int gpt2 = !strcmp(plain, "gpt2");
+    long explained = 0;
+    for (int i = 0; i < d.n; i++) {
+        const BnbTensor *w = &d.t[i];
+        const StTensor *orig = st_set_find(&set, w->name, NULL);
+        if (!orig) {
+            CHECKF(0, "%s missing in %s", w->name, src);
+            continue;
+        }
+        int64_t n = (int64_t)orig->numel, R = orig->shape[0], C = orig->shape[1];
+        float *x = to_f32(orig), *y = xmalloc((size_t)n * sizeof(float));
+        for (int64_t e = 0; e < n; e++) x[e] = st_bf16_to_f32(st_f32_to_bf16(x[e])); /* loaded in bf16 */
+        if (gpt2) /* Conv1D (in, out) -> (out, in), as transformers does before quantizing */
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t c = 0; c < C; c++) y[c * R + r] = x[r * C + c];
+        else
+            memcpy(y, x, (size_t)n * sizeof(float));
+        Q4Quant q;
+        CHECK(q4_quantize(y, n, t, BLOCKSIZE, nested, &q) == 0);
+        CHECK(w->q.n == n);
+        for (int64_t e = 0; e < n; e++) {
+            uint8_t a = nib(q.packed, e), b = nib(w->q.packed, e);
+            if (a == b) continue;
+            int why = explain4(t, y, n, e, q.absmax[e / BLOCKSIZE], a, b);
+            CHECKF(why >= 0, "%s [%lld]: anvil %d, bitsandbytes %d", w->name, (long long)e, a, b);
+            explained++;
+        }
+        int64_t nb = q4_nblocks(n, BLOCKSIZE);
+        if (nested) {
+            CHECKF(!memcmp(q.qabsmax, w->q.qabsmax, (size_t)nb), "%s absmax codes", w->name);
+            CHECKF(
+                !memcmp(q.nested_absmax, w->q.nested_absmax, (size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4),
+                "%s nested_absmax", w->name);
+            CHECKF(q.s.nested_offset == w->q.nested_offset, "%s nested_offset %.9g vs %.9g", w->name,
+                   (double)q.s.nested_offset, (double)w->q.nested_offset);
+        } else {
+            CHECKF(!memcmp(q.absmax, w->q.absmax, (size_t)nb * 4), "%s absmax", w->name);
+        }
+        /* the JSON blob as stored */
+        char qs_name[600];
+        snprintf(qs_name, sizeof(qs_name), "%s.quant_state.bitsandbytes__%s", w->name, q4_type_name(t));
+        const StTensor *qs = st_set_find(&d.set, qs_name, NULL);
+        char *js = bnb_quant_state_json(&q.s, ST_BF16, w->ndim, w->shape);
+        CHECKF(qs && strlen(js) == qs->nbytes && !memcmp(js, qs->data, qs->nbytes), "%s: %s", qs_name, js);
+        free(js);
+        q4_quant_free(&q);
+        free(x);
+        free(y);
+    }
+    if (t == Q4_NF4) CHECKF(explained == 0, "%s: %ld nibbles differ", saved, explained);
+    fprintf(stderr, "  %s: anvil's quantization of %s: %ld nibble differences, all of documented causes\n",
+            saved, plain, explained);
+    bnb_close(&d);
+    st_set_close(&set);
+}
+
+static void test_quantize_like_transformers(void)
+{
+    compare_with_saved("llama", "llama_nf4", Q4_NF4, 1);
+    compare_with_saved("gpt2", "gpt2_fp4", Q4_FP4, 0);
+}
+
+/* bnb_write_weights + bnb_write_config, then bnb_open: the same states. */
+static void test_write_read_round_trip(void)
+{
+    char *dir = tmp_path("rt");
+    CHECK(fs_mkdir_p(dir) == 0);
+    const int64_t rows[3] = {3, 5, 64}, cols[3] = {65, 13, 128}; /* odd sizes, partial blocks */
+    Q4Quant q[3];
+    BnbWriteQuant wq[3];
+    char names[3][64];
+    for (int i = 0; i < 3; i++) {
+        int64_t n = rows[i] * cols[i];
+        float *x = xmalloc((size_t)n * sizeof(float));
+        for (int64_t e = 0; e < n; e++) x[e] = sinf((float)(e * (i + 3))) * (float)(1 + e % 7);
+        CHECK(q4_quantize(x, n, i == 1 ? Q4_FP4 : Q4_NF4, i == 2 ? 128 : BLOCKSIZE, i != 1, &q[i]) == 0);
+        snprintf(names[i], sizeof(names[i]), "model.layers.%d.mlp.up_proj.weight", i);
+        wq[i] =
+            (BnbWriteQuant){.name = names[i], .rows = rows[i], .cols = cols[i], .dtype = ST_BF16, .q = &q[i]};
+        free(x);
+    }
+    float norm[4] = {1, 2, 3, 4};
+    StWriteTensor plain[1] = {
+        {.name = "model.norm.weight", .dtype = ST_BF16, .ndim = 1, .shape = {4}, .data = norm, .src_f32 = 1}};
+    CHECKF(bnb_write_weights(dir, plain, 1, wq, 3) == 0, "%s", err_get());
+    char src[512];
+    snprintf(src, sizeof(src), "%s/llama/model", test_fixtures());
+    BnbConfig c = {.quant_type = Q4_NF4, .double_quant = 1};
+    CHECKF(bnb_write_config(src, dir, &c) == 0, "%s", err_get());
+    BnbDir d;
+    CHECKF(bnb_open(&d, dir) == 0, "%s", err_get());
+    if (d.t) {
+        CHECK(d.n == 3);
+        for (int i = 0; i < 3; i++) {
+            const BnbTensor *w = bnb_find(&d, names[i]);
+            CHECK(w && w->shape[0] == rows[i] && w->shape[1] == cols[i] && w->q.type == q[i].s.type &&
+                  w->q.blocksize == q[i].s.blocksize && w->q.n == q[i].s.n);
+            if (!w) continue;
+            CHECK(!memcmp(w->q.packed, q[i].packed, q4_packed_bytes(w->q.n)));
+            float *a = xmalloc((size_t)w->q.n * 4), *b = xmalloc((size_t)w->q.n * 4);
+            q4_dequantize(&w->q, a);
+            q4_dequantize(&q[i].s, b);
+            CHECK(!memcmp(a, b, (size_t)w->q.n * 4));
+            free(a);
+            free(b);
+        }
+        CHECK(!bnb_find(&d, "model.norm.weight") && bnb_is_state_name("x.weight.nested_quant_map") &&
+              !bnb_is_state_name("model.norm.weight"));
+        bnb_close(&d);
+    }
+    BnbConfig rc;
+    CHECK(bnb_read_config(dir, &rc) == 1 && rc.quant_type == Q4_NF4 && rc.double_quant == 1 &&
+          !strcmp(rc.compute_dtype, "bfloat16") && !strcmp(rc.quant_storage, "uint8"));
+    snprintf(src, sizeof(src), "%s/llama/model", test_fixtures());
+    CHECK(bnb_read_config(src, &rc) == 0);
+    for (int i = 0; i < 3; i++) q4_quant_free(&q[i]);
+    free(dir);
+}
+
+/* ---- bad directories: one line naming the file and the tensor ---- */
+
+/* Copy fixtures/bnb/llama_nf4 to tmp/<name>, with its safetensors rewritten by
+ * edit(), which may change the tensor list; returns the directory. */
+typedef void (*EditFn)(StWriteTensor *t, int *n, char *scratch);
+
+static char *broken_copy(const char *name, EditFn edit, const char *config_sed_from,
+                         const char *config_sed_to)
+{
+    char *dir = tmp_path(name), *src = xstrdup(fix("llama_nf4"));
+    fs_rm_rf(dir);
+    fs_mkdir_p(dir);
+    char *cfg_src = fs_join(src, "config.json"), *cfg_dst = fs_join(dir, "config.json"), *text;
+    size_t n;
+    fs_read_file(cfg_src, &text, &n);
+    if (config_sed_from) {
+        char *p = strstr(text, config_sed_from);
+        if (p) {
+            size_t a = strlen(config_sed_from), b = strlen(config_sed_to);
+            char *t2 = xmalloc(n + b + 1);
+            memcpy(t2, text, (size_t)(p - text));
+            memcpy(t2 + (p - text), config_sed_to, b);
+            strcpy(t2 + (p - text) + b, p + a);
+            free(text);
+            text = t2;
+            n = strlen(text);
+        }
+    }
+    fs_write_atomic(cfg_dst, text, n);
+    free(text);
+    StFile f;
+    char *st_src = fs_join(src, "model.safetensors");
+    if (st_open(&f, st_src) == 0) {
+        StWriteTensor *t = xcalloc((size_t)f.n + 4, sizeof(StWriteTensor));
+        for (int i = 0; i < f.n; i++) {
+            t[i].name = f.t[i].name;
+            t[i].dtype = f.t[i].dtype;
+            t[i].ndim = f.t[i].ndim;
+            memcpy(t[i].shape, f.t[i].shape, sizeof(t[i].shape));
+            t[i].data = f.t[i].data;
+        }
+        int cnt = f.n;
+        static char scratch[4096];
+        if (edit) edit(t, &cnt, scratch);
+        char *st_dst = fs_join(dir, "model.safetensors");
+        st_write(st_dst, t, cnt, NULL, 0);
+        free(st_dst);
+        free(t);
+        st_close(&f);
+    }
+    free(st_src);
+    free(cfg_src);
+    free(cfg_dst);
+    free(src);
+    return dir;
+}
+
+static int find_idx(StWriteTensor *t, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(t[i].name, name)) return i;
+    return -1;
+}
+
+#define W0 "model.layers.0.mlp.up_proj.weight"
+
+static void drop_absmax(StWriteTensor *t, int *n, char *s)
+{
+    int i = find_idx(t, *n, W0 ".absmax");
+    if (i >= 0) t[i] = t[--*n];
+}
+static void short_absmax(StWriteTensor *t, int *n, char *s)
+{
+    int i = find_idx(t, *n, W0 ".absmax");
+    if (i >= 0) t[i].shape[0]--;
+}
+static void short_packed(StWriteTensor *t, int *n, char *s)
+{
+    int i = find_idx(t, *n, W0);
+    if (i >= 0) t[i].shape[0]--;
+}
+static void fp32_absmax(StWriteTensor *t, int *n, char *s)
+{
+    int i = find_idx(t, *n, W0 ".nested_absmax");
+    if (i >= 0) t[i].dtype = ST_U8, t[i].shape[0] *= 4;
+}
+static void set_json(StWriteTensor *t, int *n, char *s, const char *json)
+{
+    int i = find_idx(t, *n, W0 ".quant_state.bitsandbytes__nf4");
+    if (i < 0) return;
+    strcpy(s, json);
+    t[i].data = s;
+    t[i].shape[0] = (int64_t)strlen(s);
+}
+static void bad_blocksize(StWriteTensor *t, int *n, char *s)
+{
+    set_json(t, n, s,
+             "{\"quant_type\": \"nf4\", \"blocksize\": 48, \"dtype\": \"bfloat16\", \"shape\": [96, 64], "
+             "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.1}");
+}
+static void bad_shape(StWriteTensor *t, int *n, char *s)
+{
+    set_json(t, n, s,
+             "{\"quant_type\": \"nf4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [96, 65], "
+             "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.1}");
+}
+static void bad_json(StWriteTensor *t, int *n, char *s)
+{
+    set_json(t, n, s, "{\"quant_type\": \"nf4\", \"blocksize\": 64,");
+}
+static void wrong_type(StWriteTensor *t, int *n, char *s)
+{
+    set_json(t, n, s,
+             "{\"quant_type\": \"fp4\", \"blocksize\": 64, \"dtype\": \"bfloat16\", \"shape\": [96, 64], "
+             "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", \"nested_offset\": 0.1}");
+}
+static void orphan(StWriteTensor *t, int *n, char *s)
+{
+    int i = find_idx(t, *n, W0 ".quant_state.bitsandbytes__nf4");
+    if (i >= 0) t[i] = t[--*n];
+}
+static void bad_quant_map(StWriteTensor *t, int *n, char *s)
+{
+    int i = find_idx(t, *n, W0 ".quant_map");
+    if (i < 0) return;
+    memcpy(s, q4_code(Q4_FP4), 64); /* the other code */
+    t[i].data = s;
+}
+
+static void expect_bad(const char *name, EditFn edit, const char *from, const char *to, const char *needle1,
+                       const char *needle2)
+{
+    char *dir = broken_copy(name, edit, from, to);
+    BnbDir d;
+    int rc = bnb_open(&d, dir);
+    const char *e = err_get();
+    CHECKF(rc != 0 && strstr(e, needle1) && (!needle2 || strstr(e, needle2)) && !strchr(e, '\n'),
+           "%s: rc %d, \"%s\"", name, rc, e);
+    if (rc == 0) bnb_close(&d);
+    free(dir);
+}
+
+static void test_bad_directories(void)
+{
+    if (!fs_exists(fix("llama_nf4"))) return;
+    expect_bad("no_absmax", drop_absmax, NULL, NULL, W0 ".absmax: missing", "model.safetensors");
+    expect_bad("short_absmax", short_absmax, NULL, NULL, W0 ".absmax: 95 values, expected 96",
+               "model.safetensors");
+    expect_bad("short_packed", short_packed, NULL, NULL, W0 ": 3071 bytes", "model.safetensors");
+    expect_bad("u8_nested", fp32_absmax, NULL, NULL, W0 ".nested_absmax: dtype U8, expected F32", NULL);
+    expect_bad("blocksize", bad_blocksize, NULL, NULL, "bitsandbytes__nf4: blocksize", NULL);
+    expect_bad("shape", bad_shape, NULL, NULL, W0 ": 3072 bytes of packed 4-bit data, but shape has 6240",
+               NULL);
+    expect_bad("json", bad_json, NULL, NULL, "bitsandbytes__nf4: invalid JSON", "model.safetensors");
+    expect_bad("type", wrong_type, NULL, NULL, "bitsandbytes__nf4: quant_type: expected \"nf4\"", NULL);
+    expect_bad("orphan", orphan, NULL, NULL, "absmax: no " W0 ".quant_state.bitsandbytes__nf4", NULL);
+    expect_bad("quant_map", bad_quant_map, NULL, NULL, W0 ".quant_map: entry 0", NULL);
+    expect_bad("int8", NULL, "\"load_in_8bit\": false", "\"load_in_8bit\": true",
+               "config.json: quantization_config", "8-bit");
+    expect_bad("method", NULL, "\"bitsandbytes\"", "\"gptq\"",
+               "config.json: quantization_config.quant_method", NULL);
+    expect_bad("qtype", NULL, "\"bnb_4bit_quant_type\": \"nf4\"", "\"bnb_4bit_quant_type\": \"int4\"",
+               "bnb_4bit_quant_type: \"int4\"", NULL);
+}
+
 int main(void)
 {
+    snprintf(tmp_root, sizeof(tmp_root), "/tmp/anvil_test_quant4.%d", (int)getpid());
+    fs_mkdir_p(tmp_root);
     have_qfile = st_open(&qfile, fix("quant.safetensors")) == 0;
     if (!have_qfile) fprintf(stderr, "skip: %s: %s\n", fix("quant.safetensors"), err_get());
     RUN(test_code_tables);
     RUN(test_quantize_bytes);
     RUN(test_dequantize);
     RUN(test_double_quant);
+    RUN(test_quant_state_json);
+    RUN(test_bnb_read);
+    RUN(test_quantize_like_transformers);
+    RUN(test_write_read_round_trip);
+    RUN(test_bad_directories);
+    fs_rm_rf(tmp_root);
     if (have_qfile) st_close(&qfile);
     return test_summary();
 }

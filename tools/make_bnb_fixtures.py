@@ -199,14 +199,26 @@ def make_model(out, src, name, quant_type, double_quant):
     shutil.rmtree(d, ignore_errors=True)
     m.save_pretrained(d)
     canonical_metadata(os.path.join(d, "model.safetensors"))
-    # reference: the saved directory loaded back, compute in fp32
-    qc32 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                              bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.float32)
-    m = AutoModelForCausalLM.from_pretrained(d, quantization_config=qc32, dtype=torch.float32, device_map="cpu")
-    for mod in m.modules():  # the CPU AVX512-bf16 repacking fails for in_features % 64 != 0 (down_proj,
-        if hasattr(mod, "support_avx512bf16_for_cpu"):  # 96): take the dequantize + linear path that
-            mod.support_avx512bf16_for_cpu = False      # training and the GPU use
+    # reference: the saved directory loaded back in transformers, every Linear4bit computing
+    # x @ W.T in fp32 with W = dequantize_4bit(weight) in fp32 (code * absmax), which is what
+    # bitsandbytes' gemm_4bit does without gradients at compute dtype float32 (its default
+    # implementation: dequantize, then linear). The CPU build's own gemm path is not used: in
+    # 0.50.2 its AVX-512 dequantization indexes absmax per row and is wrong when in_features
+    # is not a multiple of the block size (down_proj here, 96), and the AVX-512-bf16 repacking
+    # refuses those shapes. dequantize_4bit of the flat tensor (one row) is exact; see
+    # tests/test_quant4.c. (A quantization_config passed here would be ignored for a saved
+    # 4-bit model, so this is done by hand.)
+    import copy
     import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, device_map="cpu")
+    for mod in m.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            qs = copy.copy(mod.weight.quant_state)
+            qs.shape, qs.dtype = torch.Size([qs.shape.numel()]), torch.float32
+            w = F.dequantize_4bit(mod.weight.data, qs).reshape(mod.out_features, mod.in_features)
+            bias = None if mod.bias is None else mod.bias.float()
+            mod.forward = (lambda w, b: lambda x: torch.nn.functional.linear(x.float(), w, b))(w, bias)
     for p in m.parameters():  # the bf16 tensors that stay unquantized (norms, embeddings) in fp32
         if not isinstance(p, bnb.nn.Params4bit) and p.dtype == torch.bfloat16:
             p.data = p.data.float()
