@@ -42,14 +42,18 @@ static const char *fix(const char *rel)
     return fixture_path;
 }
 
-static StFile qfile;
+static StFile qfile, cfile;
 static int have_qfile;
+/* The fixture file the quantization tests read: quant.safetensors (bitsandbytes
+ * on the CPU), then quant_cuda.safetensors (its CUDA kernels) when present. */
+static StFile *cur = &qfile;
+static int cur_ok, cur_cuda;
 
 static const StTensor *qget(const char *fmt, const char *a, const char *b)
 {
     char name[128];
     snprintf(name, sizeof(name), fmt, a, b);
-    const StTensor *t = st_find(&qfile, name);
+    const StTensor *t = st_find(cur, name);
     if (!t) fprintf(stderr, "fixture tensor %s missing\n", name);
     return t;
 }
@@ -63,9 +67,10 @@ static float *to_f32(const StTensor *t)
 
 /* ---- the documented causes of a 4-bit difference ---- */
 
-enum { WHY_ZERO_BLOCK, WHY_DIVISION, WHY_FP4_ZERO_SIGN, WHY_THRESHOLD, WHY_N };
+enum { WHY_ZERO_BLOCK, WHY_DIVISION, WHY_FP4_ZERO_SIGN, WHY_THRESHOLD, WHY_RCP, WHY_N };
 static const char *why_name[WHY_N] = {"all-zero or subnormal block", "partial block division",
-                                      "fp4 signed zero", "threshold literal vs fp32 midpoint"};
+                                      "fp4 signed zero", "threshold literal vs fp32 midpoint",
+                                      "CUDA reciprocal (rcp.approx, fast math) next to a threshold"};
 static long why_count[WHY_N];
 
 /* The kernels' thresholds as float literals (dQuantizeNF4, dQuantizeFP4), by boundary. */
@@ -104,10 +109,31 @@ static int threshold_window(Q4Type t, float s, uint8_t a, uint8_t b)
     return v >= MIN(mid, lit) && v <= MAX(mid, lit);
 }
 
-/* Classify a difference at element e (ours vs bitsandbytes' CPU path); -1: unexplained. */
+/* |a - b| within k ulps of b. */
+static int within_ulps(float a, float b, int k)
+{
+    float ulp = nextafterf(fabsf(b), INFINITY) - fabsf(b);
+    return fabsf(a - b) <= k * ulp;
+}
+
+/* The CUDA kernels are built with --use_fast_math: 1/absmax is rcp.approx
+ * (within an ulp), so a scaled value within a couple of ulps of a threshold
+ * may land on either side. The kernel's threshold between neighbours a, b: */
+#define RCP_ULPS 2
+static int near_kernel_threshold(Q4Type t, float s, uint8_t a, uint8_t b)
+{
+    if (t == Q4_NF4) return abs(a - b) == 1 && within_ulps(s, cuda_nf4_t[MIN(a, b)], RCP_ULPS);
+    int ra = fp4_rank(a), rb = fp4_rank(b);
+    return (a & 8) == (b & 8) && abs(ra - rb) == 1 &&
+           within_ulps(fabsf(s), cuda_fp4_t[MIN(ra, rb)], RCP_ULPS);
+}
+
+/* Classify a difference at element e (ours vs bitsandbytes'); -1: unexplained. */
 static int explain4(Q4Type t, const float *x, int64_t n, int64_t e, float amax, uint8_t ours, uint8_t theirs)
 {
     int64_t b = e / BLOCKSIZE;
+    if (cur_cuda)
+        return amax != 0 && near_kernel_threshold(t, x[e] * (1.0f / amax), ours, theirs) ? WHY_RCP : -1;
     if (amax == 0.0f) return WHY_ZERO_BLOCK;
     if (t == Q4_FP4 && (ours & 7) == 0 && (theirs & 7) == 0) return WHY_FP4_ZERO_SIGN;
     float s = x[e] * (1.0f / amax);
@@ -122,7 +148,7 @@ static int explain4(Q4Type t, const float *x, int64_t n, int64_t e, float amax, 
 #define BNB_CPU_ABSMAX_CLAMP 1e-38f
 static int absmax_explained(float ours, float theirs, int last)
 {
-    if (ours != 0.0f) return 0;
+    if (ours != 0.0f || cur_cuda) return 0;
     return theirs < FLT_MIN || (last && theirs == BNB_CPU_ABSMAX_CLAMP);
 }
 
@@ -136,18 +162,25 @@ static const char *cases[] = {"n64",       "n4096",       "n4096_bf16", "n1000",
 
 static void test_code_tables(void)
 {
-    if (!have_qfile) return;
+    if (!cur_ok) return;
     const StTensor *nf = qget("quant_map.%s%s", "nf4", ""), *fp = qget("quant_map.%s%s", "fp4", "");
     const StTensor *m8 = qget("nested_quant_map%s%s", "", "");
     CHECK(nf && nf->numel == 16 && !memcmp(nf->data, q4_code(Q4_NF4), 64));
-    CHECK(fp && fp->numel == 16 && !memcmp(fp->data, q4_code(Q4_FP4), 64));
+    int fp_close =
+        fp && fp->numel == 16; /* on the GPU the table is divided there: allow bitsandbytes' atol */
+    for (int i = 0; fp_close && i < 16; i++) {
+        float v;
+        memcpy(&v, (const char *)fp->data + 4 * i, 4);
+        fp_close = fabsf(v - q4_code(Q4_FP4)[i]) <= 1e-6f && (cur_cuda || v == q4_code(Q4_FP4)[i]);
+    }
+    CHECK(fp_close);
     CHECK(m8 && m8->numel == Q4_MAP8_SIZE && !memcmp(m8->data, q4_map8(), Q4_MAP8_SIZE * 4));
 }
 
 /* The packed nibbles and absmax of every case and type against bitsandbytes'. */
 static void test_quantize_bytes(void)
 {
-    if (!have_qfile) return;
+    if (!cur_ok) return;
     for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
         const StTensor *in = qget("%s.input%s", cases[c], "");
         if (!in) continue;
@@ -187,7 +220,7 @@ static void test_quantize_bytes(void)
             CHECKF(unexplained == 0, "%s %s: %ld unexplained nibble differences", cases[c], q4_type_name(t),
                    unexplained);
             /* the random cases are equal outright for NF4 (and the odd n's pad nibble too) */
-            if (t == Q4_NF4 && strncmp(cases[c], "special", 7))
+            if (t == Q4_NF4 && strncmp(cases[c], "special", 7) && !cur_cuda)
                 CHECKF(explained == 0 && !memcmp(packed, theirs, q4_packed_bytes(n)), "%s nf4 bytes",
                        cases[c]);
             free(their_absmax);
@@ -217,7 +250,7 @@ static size_t count_unequal(const float *a, const float *b, size_t n, size_t *fi
 /* dequantize_4bit of bitsandbytes' own bytes, fp32 and bf16, plain and nested. */
 static void test_dequantize(void)
 {
-    if (!have_qfile) return;
+    if (!cur_ok) return;
     const StTensor *m8 = qget("nested_quant_map%s%s", "", "");
     for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
         const StTensor *in = qget("%s.input%s", cases[c], "");
@@ -331,15 +364,16 @@ static int lut_explains(float x, uint8_t code, const float *map)
 /* Double quantization: the offset, the nested absmax and the 8-bit codes. */
 static void test_double_quant(void)
 {
-    if (!have_qfile) return;
+    if (!cur_ok) return;
     const float *map = q4_map8();
     long ties = 0, lut = 0, offset_ulps = 0;
     for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
         const StTensor *ta = qget("%s.nf4.absmax%s", cases[c], "");
-        const StTensor *tq = qget("%s.dq.qabsmax%s", cases[c], ""),
-                       *tqd = qget("%s.dq.qabsmax_default%s", cases[c], "");
+        const StTensor *tq = qget("%s.dq.qabsmax%s", cases[c], "");
         const StTensor *tn = qget("%s.dq.nested_absmax%s", cases[c], "");
-        const StTensor *tnd = qget("%s.dq.nested_absmax_default%s", cases[c], "");
+        /* the torch backend's codes (CPU fixture only); on the GPU the kernel's are tq */
+        const StTensor *tqd = cur_cuda ? tq : qget("%s.dq.qabsmax_default%s", cases[c], "");
+        const StTensor *tnd = cur_cuda ? tn : qget("%s.dq.nested_absmax_default%s", cases[c], "");
         const StTensor *to = qget("%s.dq.offset%s", cases[c], "");
         if (!ta || !tq || !tqd || !tn || !tnd || !to) continue;
         int64_t nb = (int64_t)ta->numel, nn = q4_nblocks(nb, Q4_NESTED_BLOCKSIZE);
@@ -363,6 +397,14 @@ static void test_double_quant(void)
         const uint8_t *qc = tq->data, *qd = tqd->data;
         for (int64_t b = 0; b < nb; b++) {
             float x = v[b] * (1.0f / na[b / Q4_NESTED_BLOCKSIZE]);
+            if (cur_cuda) { /* the kernel: equal, or rcp.approx next to a midpoint */
+                int near =
+                    abs(q[b] - qc[b]) == 1 && within_ulps(x, 0.5f * (map[q[b]] + map[qc[b]]), RCP_ULPS);
+                CHECKF(q[b] == qc[b] || near, "%s qabsmax[%lld]: anvil %d, bitsandbytes (CUDA) %d, x %.9g",
+                       cases[c], (long long)b, q[b], qc[b], (double)x);
+                lut += q[b] != qc[b];
+                continue;
+            }
             if (q[b] != qd[b] && na[b / Q4_NESTED_BLOCKSIZE] == 0) { /* all zero: code 0 vs code of 0 */
                 CHECK(q[b] == 0 && map[qd[b]] == 0.0f);
             } else if (q[b] != qd[b]) { /* torch backend: a tie goes to the lower index */
@@ -385,10 +427,14 @@ static void test_double_quant(void)
         free(their_nad);
         free(absmax);
     }
-    fprintf(stderr,
-            "  double quant: %ld offsets an ulp off torch's sum; %ld ties (torch backend), %ld codes of "
-            "the CPU kernel's 65536-point table\n",
-            offset_ulps, ties, lut);
+    fprintf(
+        stderr,
+        cur_cuda
+            ? "  double quant (CUDA): %ld offsets an ulp off torch's sum; %ld ties; %ld codes next to a "
+              "midpoint (rcp.approx)\n"
+            : "  double quant: %ld offsets an ulp off torch's sum; %ld ties (torch backend), %ld codes of "
+              "the CPU kernel's 65536-point table\n",
+        offset_ulps, ties, lut);
 }
 
 /* ---- the bitsandbytes directory layout ---- */
@@ -403,7 +449,7 @@ static char *tmp_path(const char *name)
 /* JSON blobs: QuantState.as_dict(packed=True)'s, byte for byte. */
 static void test_quant_state_json(void)
 {
-    if (!have_qfile) return;
+    if (!cur_ok) return;
     const char *names[] = {"n197", "n197_bf16", "n1000"};
     for (size_t i = 0; i < ARRAY_LEN(names); i++) {
         const StTensor *want = qget("quant_state.%s%s", names[i], ""), *in = qget("%s.input%s", names[i], "");
@@ -521,7 +567,31 @@ static void compare_with_saved(const char *plain, const char *saved, Q4Type t, i
             explained++;
         }
         int64_t nb = q4_nblocks(n, BLOCKSIZE);
-        if (nested) {
+        if (nested && cur_cuda && q.s.nested_offset != w->q.nested_offset) {
+            /* torch.mean on the GPU sums in another order: within an ulp or two, then the same
+             * codes from bitsandbytes' offset (up to rcp.approx next to a midpoint) */
+            CHECKF(within_ulps(q.s.nested_offset, w->q.nested_offset, 2), "%s nested_offset", w->name);
+            float *v = xmalloc((size_t)nb * 4),
+                  *na = xmalloc((size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4);
+            uint8_t *c8 = xmalloc((size_t)nb);
+            for (int64_t b = 0; b < nb; b++) v[b] = q.absmax[b] - w->q.nested_offset;
+            q4_quantize_map8(v, nb, Q4_NESTED_BLOCKSIZE, c8, na);
+            CHECK(!memcmp(na, w->q.nested_absmax, (size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4));
+            for (int64_t b = 0; b < nb; b++) {
+                float xs = v[b] * (1.0f / na[b / Q4_NESTED_BLOCKSIZE]);
+                const float *m8 = q4_map8();
+                CHECK(c8[b] == w->q.qabsmax[b] ||
+                      (abs(c8[b] - w->q.qabsmax[b]) == 1 &&
+                       within_ulps(xs, 0.5f * (m8[c8[b]] + m8[w->q.qabsmax[b]]), RCP_ULPS)));
+            }
+            free(v);
+            free(na);
+            free(c8);
+            q4_quant_free(&q);
+            free(x);
+            free(y);
+            continue;
+        } else if (nested) {
             CHECKF(!memcmp(q.qabsmax, w->q.qabsmax, (size_t)nb), "%s absmax codes", w->name);
             CHECKF(
                 !memcmp(q.nested_absmax, w->q.nested_absmax, (size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4),
@@ -542,7 +612,7 @@ static void compare_with_saved(const char *plain, const char *saved, Q4Type t, i
         free(x);
         free(y);
     }
-    if (t == Q4_NF4) CHECKF(explained == 0, "%s: %ld nibbles differ", saved, explained);
+    if (t == Q4_NF4 && !cur_cuda) CHECKF(explained == 0, "%s: %ld nibbles differ", saved, explained);
     fprintf(stderr, "  %s: anvil's quantization of %s: %ld nibble differences, all of documented causes\n",
             saved, plain, explained);
     bnb_close(&d);
@@ -553,6 +623,12 @@ static void test_quantize_like_transformers(void)
 {
     compare_with_saved("llama", "llama_nf4", Q4_NF4, 1);
     compare_with_saved("gpt2", "gpt2_fp4", Q4_FP4, 0);
+}
+
+/* The same against transformers + bitsandbytes quantizing on a GPU. */
+static void test_quantize_like_transformers_cuda(void)
+{
+    compare_with_saved("llama", "llama_nf4_cuda", Q4_NF4, 1);
 }
 
 /* bnb_write_weights + bnb_write_config, then bnb_open: the same states. */
@@ -781,7 +857,7 @@ int main(void)
 {
     snprintf(tmp_root, sizeof(tmp_root), "/tmp/anvil_test_quant4.%d", (int)getpid());
     fs_mkdir_p(tmp_root);
-    have_qfile = st_open(&qfile, fix("quant.safetensors")) == 0;
+    have_qfile = cur_ok = st_open(&qfile, fix("quant.safetensors")) == 0;
     if (!have_qfile) fprintf(stderr, "skip: %s: %s\n", fix("quant.safetensors"), err_get());
     RUN(test_code_tables);
     RUN(test_quantize_bytes);
@@ -792,6 +868,29 @@ int main(void)
     RUN(test_quantize_like_transformers);
     RUN(test_write_read_round_trip);
     RUN(test_bad_directories);
+    /* the CUDA kernels' bytes, from `make_bnb_fixtures.py --gpu-dir` on a GPU machine */
+    if (fs_exists(fix("quant_cuda.safetensors"))) {
+        cur = &cfile;
+        cur_cuda = 1;
+        cur_ok = st_open(&cfile, fix("quant_cuda.safetensors")) == 0;
+        CHECKF(cur_ok, "%s", err_get());
+        memset(why_count, 0, sizeof(why_count));
+        RUN(test_code_tables);
+        RUN(test_quantize_bytes);
+        RUN(test_dequantize);
+        RUN(test_double_quant);
+        if (cur_ok) st_close(&cfile);
+        cur = &qfile;
+        cur_cuda = 0;
+    } else {
+        fprintf(stderr, "skip: %s not found (made on a GPU machine: tools/make_bnb_fixtures.py --gpu-dir)\n",
+                fix("quant_cuda.safetensors"));
+    }
+    if (fs_exists(fix("llama_nf4_cuda"))) {
+        cur_cuda = 1;
+        RUN(test_quantize_like_transformers_cuda);
+        cur_cuda = 0;
+    }
     fs_rm_rf(tmp_root);
     if (have_qfile) st_close(&qfile);
     return test_summary();

@@ -29,10 +29,11 @@ Writes, under tests/fixtures/bnb/ (or --out):
 All of this runs on the CPU, where bitsandbytes (>= 0.48) quantizes 4-bit with its torch
 "default" backend and blockwise 8-bit with libbitsandbytes_cpu. With --gpu-dir OUT it also
 writes OUT/quant_cuda.safetensors: the same cases quantized by the CUDA kernels (needs a GPU),
-named like quant.safetensors, so that tests/test_quant4.c can check anvil against the kernel
-that made the *-bnb-4bit checkpoints people download:
+named like quant.safetensors, and OUT/llama_nf4_cuda (transformers quantizing the llama
+fixture on the GPU), so that tests/test_quant4.c can check anvil against the kernel that made
+the *-bnb-4bit checkpoints people download:
     python3 tools/make_bnb_fixtures.py --gpu-dir /tmp/bnb_cuda     # on a GPU machine
-    cp /tmp/bnb_cuda/quant_cuda.safetensors tests/fixtures/bnb/
+    cp -r /tmp/bnb_cuda/quant_cuda.safetensors /tmp/bnb_cuda/llama_nf4_cuda tests/fixtures/bnb/
 
 Deterministic: reruns with the same library versions write the same bytes.
 Run from the repository root: python3 tools/make_bnb_fixtures.py
@@ -189,16 +190,18 @@ def versions():
             "transformers": transformers.__version__}
 
 
-def make_model(out, src, name, quant_type, double_quant):
-    """transformers quantizes a fixture model (loaded in bf16) and saves it as out/name."""
+def make_model(out, src, name, quant_type, double_quant, device="cpu", reference=True):
+    """transformers quantizes a fixture model (loaded in bf16) on `device` and saves it as out/name."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
     qc = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                             bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=torch.bfloat16)
-    m = AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.bfloat16, device_map="cpu")
+    m = AutoModelForCausalLM.from_pretrained(src, quantization_config=qc, dtype=torch.bfloat16, device_map=device)
     d = os.path.join(out, name)
     shutil.rmtree(d, ignore_errors=True)
     m.save_pretrained(d)
     canonical_metadata(os.path.join(d, "model.safetensors"))
+    if not reference:
+        return
     # reference: the saved directory loaded back in transformers, every Linear4bit computing
     # x @ W.T in fp32 with W = dequantize_4bit(weight) in fp32 (code * absmax), which is what
     # bitsandbytes' gemm_4bit does without gradients at compute dtype float32 (its default
@@ -253,7 +256,8 @@ def main():
             sys.exit("make_bnb_fixtures.py: --gpu-dir needs a CUDA device")
         meta["device"] = torch.cuda.get_device_name()
         save(quant_tensors("cuda", small), os.path.join(args.gpu_dir, "quant_cuda.safetensors"), meta)
-        print(f"wrote {args.gpu_dir}/quant_cuda.safetensors")
+        make_model(args.gpu_dir, args.llama, "llama_nf4_cuda", "nf4", True, device="cuda", reference=False)
+        print(f"wrote {args.gpu_dir}/quant_cuda.safetensors and {args.gpu_dir}/llama_nf4_cuda")
         return
     meta["device"] = "cpu"
     save(quant_tensors("cpu", small), os.path.join(args.out, "quant.safetensors"), meta)

@@ -37,10 +37,14 @@ static const float nf4_code[16] = {
     1.0f,
 };
 
-/* The CUDA kernel's NF4 thresholds: the midpoints of neighbouring codes. A
- * scaled value x gets the code whose index is the number of thresholds below
- * x (x > t), so a value on a threshold takes the lower code and NaN gets 0.
- * (These equal the fp32 midpoints that the torch backend computes.) */
+/* The CUDA kernel's NF4 thresholds, the midpoints of neighbouring codes as
+ * float literals. A scaled value x gets the code whose index is the number of
+ * thresholds below x (x > t), so a value on a threshold takes the lower code
+ * and NaN gets 0. Four midpoints (-0.848, 0.120, 0.502, 0.861) fall exactly
+ * between two floats: the kernel's 16-digit literal lands on one neighbour,
+ * the fp32 midpoint that bitsandbytes' torch backend computes on the other
+ * (round to even), so the two bitsandbytes paths code a value between them
+ * differently; anvil follows the kernel. */
 static const float nf4_threshold[15] = {
     -0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,   -0.33967943489551544f,
     -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
