@@ -398,8 +398,15 @@ int cmd_quantize(int argc, char **argv)
         }
         return run_dequantize(&a);
     }
-    if (!a.model || !a.out || !a.have_type) {
+    if (argc < 2) {
         fputs(quantize_usage, stderr);
+        return 1;
+    }
+    if (!a.model || !a.out || !a.have_type) {
+        fprintf(stderr, "anvil: quantize: %s is required (see anvil quantize --help)\n",
+                !a.model       ? "--model DIR"
+                : !a.have_type ? "--quant nf4|fp4"
+                               : "--out DIR4");
         return 1;
     }
     return run_quantize(&a);

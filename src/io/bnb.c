@@ -485,6 +485,25 @@ static StWriteTensor wt1(const char *name, StDtype dt, int64_t n, const void *da
     return t;
 }
 
+/* The order the safetensors library writes (and so transformers' save_pretrained):
+ * by dtype, larger first in its enum order, then by name. */
+static int st_dtype_rank(StDtype t)
+{
+    static const StDtype order[] = {ST_BOOL, ST_U8,  ST_I8,  ST_F8_E5M2, ST_F8_E4M3, ST_I16, ST_U16, ST_F16,
+                                    ST_BF16, ST_I32, ST_U32, ST_F32,     ST_F64,     ST_I64, ST_U64};
+    for (size_t i = 0; i < ARRAY_LEN(order); i++)
+        if (order[i] == t) return (int)i;
+    return 0;
+}
+
+static int cmp_write_order(const void *a, const void *b)
+{
+    const StWriteTensor *x = a, *y = b;
+    int rx = st_dtype_rank(x->dtype), ry = st_dtype_rank(y->dtype);
+    if (rx != ry) return ry - rx;
+    return strcmp(x->name, y->name);
+}
+
 int bnb_write_weights(const char *dir, const StWriteTensor *plain, int nplain, const BnbWriteQuant *q, int nq)
 {
     int cap = nplain + 6 * nq;
@@ -522,6 +541,7 @@ int bnb_write_weights(const char *dir, const StWriteTensor *plain, int nplain, c
         snprintf(key, sizeof(key), "%s%s", QS_KEY, q4_type_name(s->type));
         t[n++] = wt1(strs_add(&strs, cat(nm, key)), ST_U8, (int64_t)strlen(js), js);
     }
+    qsort(t, (size_t)n, sizeof(StWriteTensor), cmp_write_order);
     StMeta meta[] = {{"format", "pt"}};
     int rc = st_write_dir(dir, "model", t, n, meta, 1, 0);
     for (int i = 0; i < strs.n; i++) free(strs.s[i]);

@@ -107,8 +107,10 @@ typedef struct {
  * Returns a new string. */
 char *bnb_quant_state_json(const Q4State *s, StDtype dtype, int ndim, const int64_t *shape);
 
-/* model.safetensors (sharded above 5 GB) in dir: the plain tensors followed by
- * each quantized weight and its companions. */
+/* model.safetensors (sharded above 5 GB) in dir: the plain tensors and each
+ * quantized weight with its companions, in the order the safetensors library
+ * writes them (by dtype, then name), so that a model transformers would save
+ * identically comes out byte for byte the same. */
 int bnb_write_weights(const char *dir, const StWriteTensor *plain, int nplain, const BnbWriteQuant *q,
                       int nq);
 /* dst_dir/config.json = src_dir/config.json with "quantization_config" set
