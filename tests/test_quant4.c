@@ -30,6 +30,11 @@
 #include "io/hf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#ifdef ANVIL_CUDA
+#include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_quant4.h"
+#endif
 #include "model/quant4.h"
 #include "test.h"
 
@@ -853,6 +858,75 @@ static void test_bad_directories(void)
                "bnb_4bit_quant_type: \"int4\"", NULL);
 }
 
+#ifdef ANVIL_CUDA
+static void *to_device(const void *p, size_t n)
+{
+    void *d = NULL;
+    if (!p) return NULL;
+    if (cudaMalloc(&d, n ? n : 1) != cudaSuccess ||
+        cudaMemcpy(d, p, n, cudaMemcpyHostToDevice) != cudaSuccess)
+        return NULL;
+    return d;
+}
+
+/* The GPU dequantization (cuda_quant4.cu) equals the CPU reference bit for bit,
+ * for the weights of both transformers-saved directories (nested and not), a
+ * row range at a time. Needs a GPU; skipped elsewhere. */
+static void test_cuda_dequantize(void)
+{
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        fprintf(stderr, "skip: no CUDA device; cuda_q4_dequantize_rows not run\n");
+        return;
+    }
+    const char *dirs[] = {"llama_nf4", "gpt2_fp4"};
+    for (size_t k = 0; k < ARRAY_LEN(dirs); k++) {
+        BnbDir d;
+        if (bnb_open(&d, fix(dirs[k])) != 0) {
+            CHECKF(0, "%s", err_get());
+            continue;
+        }
+        for (int i = 0; i < d.n; i++) {
+            const BnbTensor *w = &d.t[i];
+            int64_t n = w->q.n, nb = q4_nblocks(n, w->q.blocksize), rows = w->shape[0], cols = w->shape[1];
+            Q4State g = w->q;
+            g.packed = to_device(w->q.packed, q4_packed_bytes(n));
+            g.absmax = to_device(w->q.absmax, w->q.absmax ? (size_t)nb * 4 : 0);
+            g.qabsmax = to_device(w->q.qabsmax, w->q.qabsmax ? (size_t)nb : 0);
+            g.nested_absmax = to_device(w->q.nested_absmax,
+                                        w->q.qabsmax ? (size_t)q4_nblocks(nb, w->q.nested_blocksize) * 4 : 0);
+            g.map8 = to_device(w->q.map8, w->q.qabsmax ? Q4_MAP8_SIZE * 4 : 0);
+            int64_t r0 = rows / 3, r1 = rows; /* a range that starts inside the weight */
+            size_t m = (size_t)((r1 - r0) * cols);
+            float *want = xmalloc(m * 4), *got = xmalloc(m * 4), *dev32 = NULL;
+            uint16_t *want16 = xmalloc(m * 2), *got16 = xmalloc(m * 2), *dev16 = NULL;
+            cudaMalloc((void **)&dev32, m * 4);
+            cudaMalloc((void **)&dev16, m * 2);
+            cuda_q4_dequantize_rows(&g, cols, r0, r1, dev32, NULL);
+            cuda_q4_dequantize_rows_bf16(&g, cols, r0, r1, dev16, NULL);
+            cudaMemcpy(got, dev32, m * 4, cudaMemcpyDeviceToHost);
+            cudaMemcpy(got16, dev16, m * 2, cudaMemcpyDeviceToHost);
+            q4_dequantize_rows(&w->q, cols, r0, r1, want);
+            q4_dequantize_rows_bf16(&w->q, cols, r0, r1, want16);
+            CHECKF(!memcmp(want, got, m * 4) && !memcmp(want16, got16, m * 2),
+                   "%s: GPU dequantization differs", w->name);
+            cudaFree((void *)g.packed);
+            cudaFree((void *)g.absmax);
+            cudaFree((void *)g.qabsmax);
+            cudaFree((void *)g.nested_absmax);
+            cudaFree((void *)g.map8);
+            cudaFree(dev32);
+            cudaFree(dev16);
+            free(want);
+            free(got);
+            free(want16);
+            free(got16);
+        }
+        bnb_close(&d);
+    }
+}
+#endif
+
 int main(void)
 {
     snprintf(tmp_root, sizeof(tmp_root), "/tmp/anvil_test_quant4.%d", (int)getpid());
@@ -868,6 +942,9 @@ int main(void)
     RUN(test_quantize_like_transformers);
     RUN(test_write_read_round_trip);
     RUN(test_bad_directories);
+#ifdef ANVIL_CUDA
+    RUN(test_cuda_dequantize);
+#endif
     /* the CUDA kernels' bytes, from `make_bnb_fixtures.py --gpu-dir` on a GPU machine */
     if (fs_exists(fix("quant_cuda.safetensors"))) {
         cur = &cfile;
