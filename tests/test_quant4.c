@@ -474,6 +474,35 @@ static void test_quant_state_json(void)
     }
 }
 
+/* nested_offset is written as Python's float repr: check it on values whose
+ * repr takes each of its forms (positional, exponent, '.0', signed zero). */
+static void test_python_float_repr(void)
+{
+    if (!cur_ok) return;
+    const StTensor *tv = qget("repr.values%s%s", "", ""), *tt = qget("repr.text%s%s", "", "");
+    if (!tv || !tt) return;
+    char *text = xmalloc(tt->nbytes + 1);
+    memcpy(text, tt->data, tt->nbytes);
+    text[tt->nbytes] = '\0';
+    char *line = text, *save = NULL;
+    for (size_t i = 0; i < tv->numel; i++) {
+        char *want = strtok_r(i ? NULL : line, "\n", &save);
+        float v;
+        memcpy(&v, (const char *)tv->data + 4 * i, 4);
+        Q4State st = {.type = Q4_NF4, .blocksize = BLOCKSIZE, .n = 1, .qabsmax = (const uint8_t *)"",
+                      .nested_blocksize = Q4_NESTED_BLOCKSIZE, .nested_offset = v};
+        int64_t shape[1] = {1};
+        char *js = bnb_quant_state_json(&st, ST_F32, 1, shape);
+        const char *got = strstr(js, "\"nested_offset\": ");
+        got = got ? got + strlen("\"nested_offset\": ") : "";
+        size_t n = strlen(got) ? strlen(got) - 1 : 0; /* without the closing brace */
+        CHECKF(want && n == strlen(want) && !strncmp(got, want, n), "repr(%.9g): anvil %.*s, Python %s", (double)v,
+               (int)n, got, want ? want : "?");
+        free(js);
+    }
+    free(text);
+}
+
 /* Load a bnb directory as a plain fp32 model (dequantized) and compare its
  * logits and loss with transformers + bitsandbytes on the same input. */
 static void check_bnb_model(const char *name, int want_weights, Q4Type want_type, int want_nested)
@@ -938,6 +967,7 @@ int main(void)
     RUN(test_dequantize);
     RUN(test_double_quant);
     RUN(test_quant_state_json);
+    RUN(test_python_float_repr);
     RUN(test_bnb_read);
     RUN(test_quantize_like_transformers);
     RUN(test_write_read_round_trip);

@@ -17,8 +17,9 @@ Writes, under tests/fixtures/bnb/ (or --out):
                                 65536-entry table; the default backend rounds to the nearest code)
       C.nf4.dq.dequant          dequantize_4bit with the double-quantized state (input dtype)
     for T in nf4, fp4, where T is in the case's list. Also quant_map.nf4, quant_map.fp4,
-    nested_quant_map (the dynamic map) and quant_state.C (the JSON blob that
-    QuantState.as_dict(packed=True) stores, for a few cases).
+    nested_quant_map (the dynamic map), quant_state.C (the JSON blob that
+    QuantState.as_dict(packed=True) stores, for a few cases), and repr.values / repr.text
+    (fp32 values and Python's repr of each, newline-separated: how json.dumps writes them).
   llama_nf4/          transformers' save_pretrained of tests/fixtures/llama/model loaded in bf16 and
                       quantized by bitsandbytes (nf4, double quant, compute dtype bf16), on the CPU
   gpt2_fp4/           the same for tests/fixtures/gpt2/model with fp4, no double quant (Conv1D
@@ -159,6 +160,12 @@ def quant_tensors(device, small):
             d = s.as_dict(packed=True)
             blobs[f"quant_state.{name}"] = d["quant_state.bitsandbytes__nf4"]
     t.update(blobs)
+    if device == "cpu":  # Python's float repr (json.dumps writes nested_offset with it), for fp32 values
+        vals = torch.tensor([1e-5, 1.5e-5, 1e-4, 1.2345e-4, 0.001, 0.1, 0.5, 2.431144952774048, 7.0, 1234.5,
+                             100000.0, 16777216.0, 1e16, 1.2e17, 3.4028235e38, 1.1754944e-38, 1e-45, 0.0, -0.0,
+                             -0.02364712581038475, -3.5e-7, 123456789.0, 9.999999747378752e-05], dtype=torch.float32)
+        t["repr.values"] = vals
+        t["repr.text"] = torch.tensor(list("\n".join(repr(v) for v in vals.tolist()).encode()), dtype=torch.uint8)
     return {k: v.detach().to("cpu").contiguous() for k, v in t.items()}
 
 
