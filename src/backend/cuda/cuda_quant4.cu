@@ -1,0 +1,76 @@
+/* cuda_quant4.cu - 4-bit dequantization on the GPU (see cuda_quant4.h).
+ * One thread per value: value e is the high (even e) or low nibble of byte
+ * e/2, scaled by its block's absmax. The nested absmax is map8[q] *
+ * nested_absmax + offset with __fmul_rn / __fadd_rn so that nvcc cannot fuse
+ * it into an FMA (bitsandbytes rounds the product first, as quant4.c does). */
+#include "backend/cuda/cuda_common.cuh"
+
+extern "C" {
+#include "backend/cuda/cuda_quant4.h"
+}
+
+/* Threads per block of the dequantization kernel. */
+#define Q4_THREADS 256
+
+/* The two 4-bit codes, NF4 then FP4, copied from q4_code() on first use. */
+__constant__ float q4_codes[2][16];
+static int q4_codes_ready;
+
+static void q4_codes_upload(void)
+{
+    if (q4_codes_ready) return;
+    float c[2][16];
+    memcpy(c[0], q4_code(Q4_NF4), sizeof(c[0]));
+    memcpy(c[1], q4_code(Q4_FP4), sizeof(c[1]));
+    CUDA_CHECK(cudaMemcpyToSymbol(q4_codes, c, sizeof(c)));
+    q4_codes_ready = 1;
+}
+
+template <typename T> __device__ inline T q4_store(float x);
+template <> __device__ inline float q4_store<float>(float x)
+{
+    return x;
+}
+template <> __device__ inline bf16 q4_store<bf16>(float x)
+{
+    return __float2bfloat16_rn(x);
+}
+
+/* out[i] = value e0 + i, for i < count. */
+template <typename T> __global__ void q4_dequantize_kernel(Q4State s, int64_t e0, int64_t count, T *out)
+{
+    int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= count) return;
+    int64_t e = e0 + i, b = e / s.blocksize;
+    uint8_t byte = s.packed[e >> 1];
+    uint8_t q = (e & 1) ? byte & 0xF : byte >> 4;
+    float scale = s.absmax
+                      ? s.absmax[b]
+                      : __fadd_rn(__fmul_rn(s.map8[s.qabsmax[b]], s.nested_absmax[b / s.nested_blocksize]),
+                                  s.nested_offset);
+    out[i] = q4_store<T>(__fmul_rn(q4_codes[s.type == Q4_NF4 ? 0 : 1][q], scale));
+}
+
+template <typename T>
+static void q4_launch(const Q4State *s, int64_t cols, int64_t r0, int64_t r1, T *out, void *stream)
+{
+    q4_codes_upload();
+    int64_t count = (r1 - r0) * cols;
+    if (count <= 0) return;
+    int64_t blocks = (count + Q4_THREADS - 1) / Q4_THREADS;
+    q4_dequantize_kernel<T>
+        <<<(unsigned)blocks, Q4_THREADS, 0, (cudaStream_t)stream>>>(*s, r0 * cols, count, out);
+    CUDA_CHECK_LAUNCH();
+}
+
+extern "C" void cuda_q4_dequantize_rows(const Q4State *s, int64_t cols, int64_t r0, int64_t r1, float *out,
+                                        void *stream)
+{
+    q4_launch<float>(s, cols, r0, r1, out, stream);
+}
+
+extern "C" void cuda_q4_dequantize_rows_bf16(const Q4State *s, int64_t cols, int64_t r0, int64_t r1,
+                                             uint16_t *out, void *stream)
+{
+    q4_launch<bf16>(s, cols, r0, r1, (bf16 *)out, stream);
+}
