@@ -116,8 +116,8 @@ static void check_linear(ParamKind kind, int gelu)
     float x[N * IN], R[N * OUT], out[N * OUT], pre[N * OUT], dinp[N * IN];
     fill_normal(x, N * IN, 1.0, 20);
     fill_normal(R, N * OUT, 1.0, 21);
-    if (gelu) linear_gelu_fwd(&f.ps, &f.L, out, pre, x, N);
-    else linear_fwd(&f.ps, &f.L, out, x, N);
+    if (gelu) linear_gelu_fwd(&f.ps, &f.L, out, pre, x, N, NULL);
+    else linear_fwd(&f.ps, &f.L, out, x, N, NULL);
     double worst = 0;
     double ref_pre[N * OUT];
     for (int i = 0; i < N; i++)
@@ -134,7 +134,7 @@ static void check_linear(ParamKind kind, int gelu)
      * backward of the SECOND product yields, so for gelu the check uses linear_bwd on pre) */
     float *dw = params_g(&f.ps, f.L.w), *db = params_g(&f.ps, f.L.b);
     CHECK((dw == NULL) == (kind == PARAM_FROZEN));
-    linear_bwd(&f.ps, &f.L, dinp, R, x, N);
+    linear_bwd(&f.ps, &f.L, dinp, R, x, N, NULL);
     double werr = 0, dwerr = 0;
     for (int i = 0; i < N; i++)
         for (int k = 0; k < IN; k++) {
@@ -196,7 +196,7 @@ static void check_linear_gelu_bwd(ParamKind kind)
     fill_normal(pre, N * IN, 1.0, 41);
     for (int i = 0; i < N * IN; i++) act[i] = (float)gelu_d(pre[i]);
     fill_normal(dout, N * OUT, 1.0, 42);
-    linear_gelu_bwd(&f.ps, &f.L, -1, dpre, dout, act, pre, N);
+    linear_gelu_bwd(&f.ps, &f.L, -1, dpre, dout, act, pre, N, NULL);
     double err = 0;
     for (int i = 0; i < N; i++)
         for (int k = 0; k < IN; k++) {

@@ -177,7 +177,7 @@ static void test_batch_independence(void)
  * and heads have their derived sizes (a bug once gave d_ff = 0). */
 static void test_preset_by_name(void)
 {
-    Model *m = eval_load_model("gpt2-tiny", backend_cpu());
+    Model *m = eval_load_model("gpt2-tiny", NULL, backend_cpu());
     CHECK(m && m->cfg.d_ff == 4 * m->cfg.d_model && m->cfg.head_dim == m->cfg.d_model / m->cfg.n_head);
     ModelConfig c;
     model_preset(&c, "gpt2-tiny");

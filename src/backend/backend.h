@@ -199,6 +199,20 @@ struct Backend {
      * dw (OC,IC) += dout^T @ act; dbias (OC) += colsum(dout) (NULL to skip). */
     void (*matmul_dgelu_bwd)(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                              const void *pre, const void *w, int N, int IC, int OC);
+    /* ---- small products and dropout (appended; the adapters of linear.c) ---- */
+    /* General product, row-major: C (M,N) = alpha * op(A) (M,K) @ op(B) (K,N) + beta * C, op(X) = X or
+     * X^T (ta, tb). A and B are act buffers with leading dimensions lda, ldb (elements); C is an act
+     * buffer (c_f32 0) or an fp32 buffer such as a gradient (c_f32 1) with leading dimension ldc, so a
+     * slice of a wider matrix's columns can be read or written. With ta 0, each row of C depends only
+     * on its row of A (not on M or on the other rows), as in matmul_fwd. */
+    void (*gemm)(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
+                 float beta, void *C, int ldc, int c_f32);
+    /* Inverted dropout of n act elements: out[i] = inp[i] / (1 - p) where the element is kept, else 0;
+     * element i is dropped when dropout_u32(seed, i) < p * 2^32 (backend.h), on every backend, so the same
+     * seed drops the same elements (the backward applies the same call to the gradient). out may be
+     * inp. */
+    void (*dropout)(void *out, const void *inp, size_t n, float p, uint64_t seed);
+
     /* ---- switches and accounting ---- */
     /* Apply the switches that change numerics or kernel choice (BackendOptions). Called before the
      * first op and whenever a command changes them; the backend never reads them from the
@@ -216,6 +230,21 @@ const Backend *backend_cpu(void);
 const Backend *backend_cuda(int bf16);
 /* By name: "cpu", "cuda" (bf16), "cuda-fp32". NULL with err_set() on failure. */
 const Backend *backend_get(const char *name);
+
+/* The dropout draw of element i for a seed: a 32-bit hash (splitmix64's finalizer of seed and i),
+ * the same on every backend. */
+#ifdef __CUDACC__
+#define ANVIL_HOST_DEVICE __host__ __device__
+#else
+#define ANVIL_HOST_DEVICE
+#endif
+static inline ANVIL_HOST_DEVICE uint32_t dropout_u32(uint64_t seed, uint64_t i)
+{
+    uint64_t z = seed + 0x9e3779b97f4a7c15ULL * (i + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
 
 /* Pointer to element `i` of an act buffer. */
 static inline void *act_at(const Backend *be, void *base, size_t i)

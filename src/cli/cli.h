@@ -14,5 +14,6 @@ int cmd_inspect(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_cost(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 #endif

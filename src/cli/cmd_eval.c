@@ -42,11 +42,12 @@ static void usage(FILE *f)
             "                      [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json]\n"
             "         T: hellaswag, piqa, arc, winogrande, generic. --skip-bad: report malformed lines and\n"
             "         go on (default: stop at the first). --no-bos: encode without the tokenizer's BOS "
-            "(lm-eval add_bos_token=False)\n");
+            "(lm-eval add_bos_token=False)\n"
+            "       both: --adapter DIR scores the model with a PEFT LoRA adapter over it\n");
 }
 
 typedef struct {
-    const char *model, *data, *device, *tokenizer, *task;
+    const char *model, *adapter, *data, *device, *tokenizer, *task;
     int ctx, stride, batch, limit, skip_bad, no_bos, json;
 } EvalArgs;
 
@@ -64,6 +65,8 @@ static int parse_args(int argc, char **argv, EvalArgs *a)
             return err_set("%s: unknown option, or missing its value (see --help)", f);
         else if (!strcmp(f, "--model"))
             a->model = argv[++i];
+        else if (!strcmp(f, "--adapter"))
+            a->adapter = argv[++i];
         else if (!strcmp(f, "--data"))
             a->data = argv[++i];
         else if (!strcmp(f, "--device"))
@@ -299,7 +302,7 @@ int cmd_eval(int argc, char **argv)
     if (parse_args(argc, argv, &a)) goto out;
     const Backend *be = eval_backend(a.device);
     if (!be) goto out;
-    m = eval_load_model(a.model, be);
+    m = eval_load_model(a.model, a.adapter, be);
     if (!m) goto out;
     tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);
     if (!tok) {

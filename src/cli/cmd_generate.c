@@ -29,18 +29,18 @@ static void usage(FILE *f)
             "usage: anvil generate --model DIR (--prompt S | --prompt-ids 1,2,3) [--max-tokens N]\n"
             "                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop S]...\n"
             "                      [--print-ids] [--batch N] [--ignore-eos] [--echo] [--stats]\n"
-            "                      [--device D] [--tokenizer T]\n"
+            "                      [--device D] [--tokenizer T] [--adapter DIR]\n"
             "  --temperature 0 is greedy (default 1). --stop ends the text before the first occurrence\n"
             "  of S (up to %d). --print-ids prints token ids instead of text (the default for a model\n"
             "  without a tokenizer). --batch N: N independent samples of the prompt in one batch\n"
             "  (sample k uses the random stream (seed, k), so sample 0 draws as --batch 1 does).\n"
             "  --ignore-eos: do not stop at the end-of-sequence token. --echo: print the prompt first.\n"
-            "  --stats: timings and tokens/s on stderr.\n",
+            "  --stats: timings and tokens/s on stderr. --adapter DIR: a PEFT LoRA adapter over the model.\n",
             MAX_STOPS);
 }
 
 typedef struct {
-    const char *model, *device, *tokenizer, *prompt, *prompt_ids;
+    const char *model, *adapter, *device, *tokenizer, *prompt, *prompt_ids;
     const char *stops[MAX_STOPS];
     int n_stops, max_tokens, top_k, batch, print_ids, ignore_eos, echo, stats;
     float temperature, top_p;
@@ -64,6 +64,8 @@ static int parse_args(int argc, char **argv, GenArgs *a)
             return err_set("%s: unknown option, or missing its value (see --help)", f);
         else if (!strcmp(f, "--model"))
             a->model = argv[++i];
+        else if (!strcmp(f, "--adapter"))
+            a->adapter = argv[++i];
         else if (!strcmp(f, "--device"))
             a->device = argv[++i];
         else if (!strcmp(f, "--tokenizer"))
@@ -179,7 +181,7 @@ int cmd_generate(int argc, char **argv)
     if (parse_args(argc, argv, &a)) goto out;
     const Backend *be = eval_backend(a.device);
     if (!be) goto out;
-    m = eval_load_model(a.model, be);
+    m = eval_load_model(a.model, a.adapter, be);
     if (!m) goto out;
     tok = tokenizer_load(a.tokenizer ? a.tokenizer : a.model);
     if (!tok) {

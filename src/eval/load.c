@@ -2,10 +2,12 @@
 #include "eval/load.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "core/error.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
+#include "io/peft.h"
 
 /* The seed of preset weights: any fixed value, so that runs compare. */
 #define PRESET_INIT_SEED 1337
@@ -20,8 +22,33 @@ const Backend *eval_backend(const char *device)
     return be;
 }
 
-Model *eval_load_model(const char *spec, const Backend *be)
+/* A base directory with a PEFT adapter over it (every tensor frozen). */
+static Model *load_with_adapter(const char *dir, const char *adapter, const Backend *be)
 {
+    ModelConfig c;
+    LoraSpec ls;
+    if (hf_read_config(dir, &c)) return NULL;
+    if (!peft_is_adapter_dir(adapter))
+        return err_set("--adapter %s: no adapter_config.json (a PEFT adapter directory)", adapter), NULL;
+    if (peft_read_config(adapter, &c, &ls, NULL, 0)) return NULL;
+    Model *m = model_create_lora(&c, be, &ls, 0, 0);
+    float *host = xmalloc(m->pt.total * sizeof(float));
+    int rc = hf_read_weights(dir, &c, &m->pt, host);
+    if (!rc) model_set_params_base(m, host);
+    free(host);
+    if (rc || peft_read_weights(adapter, m)) {
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+Model *eval_load_model(const char *spec, const char *adapter, const Backend *be)
+{
+    if (adapter) {
+        if (!fs_is_dir(spec)) return err_set("--adapter: needs --model to be a base model directory"), NULL;
+        return load_with_adapter(spec, adapter, be);
+    }
     if (fs_is_dir(spec) || fs_exists(spec)) return hf_load_model(spec, be, 0);
     ModelConfig c;
     if (model_preset(&c, spec))

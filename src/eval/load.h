@@ -12,8 +12,9 @@
  * than it saves, docs/cuda.md), other switches at their defaults; ANVIL_ATTENTION,
  * ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC override them. NULL with err_set() naming --device. */
 const Backend *eval_backend(const char *device);
-/* The model, every tensor frozen (no master, no gradients). NULL with err_set() naming spec when
- * it is neither a loadable directory nor a preset. */
-Model *eval_load_model(const char *spec, const Backend *be);
+/* The model, every tensor frozen (no master, no gradients), with the PEFT adapter directory
+ * `adapter` over it when not NULL. NULL with err_set() naming spec when it is neither a loadable
+ * directory nor a preset. */
+Model *eval_load_model(const char *spec, const char *adapter, const Backend *be);
 
 #endif

@@ -443,6 +443,7 @@ static int hf_map_build(const ModelConfig *cfg, const ParamTable *pt, HfMap **ou
         const Param *p = &pt->p[i];
         int role = p->role, l = p->layer;
         const char *sfx;
+        if (p->site >= 0) continue; /* adapters live in PEFT directories (io/peft.c), not in the model's */
         if (gpt2) {
             switch (role) {
             case PROLE_WTE:

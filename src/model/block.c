@@ -6,6 +6,15 @@
 
 static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
 
+/* The adapters' buffers of block l over activations a (NULL when the model has none). */
+static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBufs *lb)
+{
+    if (!m->adapters) return NULL;
+    *lb = (LinearBufs){.t = a->lora_t, .dt = m->lora_dt, .xd = m->lora_xd, .dropout = m->lora.dropout,
+                       .training = m->training, .seed = m->dropout_seed * (uint64_t)m->cfg.n_layer + (uint64_t)l};
+    return lb;
+}
+
 /* The GELU MLP goes through the fused product + activation ops; SwiGLU through a product and the
  * element-wise op. */
 static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA; }
@@ -15,11 +24,13 @@ static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA; }
 static void mlp_act_fwd(Model *m, int l, LayerActs *a, int N)
 {
     const LayerParams *p = &m->lp[l];
+    LinearBufs lbs;
+    const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
     if (fused_gelu(m)) {
-        linear_gelu_fwd(&m->ps, &p->fc, a->fch_act, a->fch, a->ln2, N);
+        linear_gelu_fwd(&m->ps, &p->fc, a->fch_act, a->fch, a->ln2, N, lb);
         return;
     }
-    linear_fwd(&m->ps, &p->fc, a->fch, a->ln2, N);
+    linear_fwd(&m->ps, &p->fc, a->fch, a->ln2, N, lb);
     m->be->swiglu_fwd(a->fch_act, a->fch, N, m->cfg.d_ff);
 }
 
@@ -45,14 +56,16 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     const ModelConfig *c = &m->cfg;
     const LayerParams *p = &m->lp[l];
     int N = B * T, C = c->d_model;
-    linear_fwd(&m->ps, &p->qkv, a->qkv, a->ln1, N);
+    LinearBufs lbs;
+    const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
+    linear_fwd(&m->ps, &p->qkv, a->qkv, a->ln1, N, lb);
     attention_fwd(m, l, a, B, T, ctx);
     /* attention output projection into out, then x2 = x + it, ln2 = norm(x2) */
-    linear_fwd(&m->ps, &p->o, out, a->att, N);
+    linear_fwd(&m->ps, &p->o, out, a->att, N, lb);
     m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, out, params_w(&m->ps, p->ln2_w),
                         params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
     mlp_act_fwd(m, l, a, N);
-    linear_fwd(&m->ps, &p->proj, out, a->fch_act, N);
+    linear_fwd(&m->ps, &p->proj, out, a->fch_act, N, lb);
 }
 
 void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int B, int T, const AttnCtx *ctx)
@@ -109,24 +122,26 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     const LayerParams *p = &m->lp[l];
     const ParamStore *ps = &m->ps;
     int N = B * T, C = c->d_model, rms = is_rms(m);
+    LinearBufs lbs;
+    const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
     /* MLP: out = act(linear_fc(ln2)) through linear_proj; dres = d(block output) */
     if (fused_gelu(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
-        linear_gelu_bwd(ps, &p->proj, p->fc.b, d1, dres, a->fch_act, a->fch, N);
+        linear_gelu_bwd(ps, &p->proj, p->fc.b, d1, dres, a->fch_act, a->fch, N, lb);
         Linear fc_nobias = p->fc;
         fc_nobias.b = -1; /* its bias gradient came with d1 */
-        linear_bwd(ps, &fc_nobias, d2, d1, a->ln2, N);
+        linear_bwd(ps, &fc_nobias, d2, d1, a->ln2, N, lb);
     } else {
-        linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N);
+        linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N, lb);
         be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
-        linear_bwd(ps, &p->fc, d2, d1, a->ln2, N);
+        linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     }
     be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
                  a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
     /* attention */
-    linear_bwd(ps, &p->o, d2, dres, a->att, N);
+    linear_bwd(ps, &p->o, d2, dres, a->att, N, lb);
     be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
     if (c->family == FAMILY_LLAMA) be->rope_bwd(d1, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
-    linear_bwd(ps, &p->qkv, d2, d1, a->ln1, N);
+    linear_bwd(ps, &p->qkv, d2, d1, a->ln1, N, lb);
     be->norm_bwd(dres, params_g(ps, p->ln1_w), params_g(ps, p->ln1_b), d2, a->res, params_w(ps, p->ln1_w),
                  a->ln1_mean, a->ln1_rstd, N, C, rms); /* dres = d(x) */
 }

@@ -51,6 +51,8 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
     a->ln2_mean = be->alloc(N * sizeof(float));
     a->ln2_rstd = be->alloc(N * sizeof(float));
     a->lse = be->alloc((size_t)B * c->n_head * chunk * sizeof(float));
+    for (int s = 0; s < LORA_SITE_COUNT; s++) /* one layer's adapter products: every layer reuses them */
+        if (param_find_lora(&m->pt, 0, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
     kv->res_final = be->alloc(N * C * as);
     kv->lnf = be->alloc(N * C * as);
     kv->mlp = be->alloc(N * C * as);
@@ -79,6 +81,8 @@ void kv_cache_free(const Model *m, KVCache *kv)
                     a->lse,      kv->res_final, kv->lnf,   kv->mlp,     kv->lnf_mean, kv->lnf_rstd,
                     kv->tokens,  kv->logits};
     for (size_t i = 0; i < ARRAY_LEN(bufs); i++) be->free(bufs[i]);
+    for (int s = 0; s < LORA_SITE_COUNT; s++)
+        if (a->lora_t[s]) be->free(a->lora_t[s]);
     free(kv->tokens_host);
     free(kv->logits_host);
     free(kv);
@@ -94,6 +98,7 @@ const float *model_forward_cached(Model *m, KVCache *kv, const int32_t *tokens, 
         return err_set("the context is full: %d + %d tokens exceed the cache's %d positions", kv->len, T,
                        kv->cap),
                NULL;
+    m->training = 0; /* no adapter dropout in generation */
     StackBufs bufs = {.la = &kv->acts, .shared = 1, .res_final = kv->res_final, .lnf = kv->lnf,
                       .lnf_mean = kv->lnf_mean, .lnf_rstd = kv->lnf_rstd, .scratch = kv->mlp};
     int Tc = 0;
@@ -108,11 +113,11 @@ const float *model_forward_cached(Model *m, KVCache *kv, const int32_t *tokens, 
     }
     /* logits of each row's last position: row b*Tc + Tc-1 of the final norm's output */
     if (Tc == 1) {
-        linear_fwd(&m->ps, &m->head, kv->logits, kv->lnf, B);
+        linear_fwd(&m->ps, &m->head, kv->logits, kv->lnf, B, NULL);
     } else {
         for (int b = 0; b < B; b++)
             linear_fwd(&m->ps, &m->head, act_at(be, kv->logits, (size_t)b * V),
-                       act_at(be, kv->lnf, ((size_t)b * Tc + Tc - 1) * C), 1);
+                       act_at(be, kv->lnf, ((size_t)b * Tc + Tc - 1) * C), 1, NULL);
     }
     be->download_act(kv->logits_host, kv->logits, (size_t)B * V);
     return kv->logits_host;

@@ -2,6 +2,7 @@
 #include "model/linear.h"
 
 #include "core/error.h"
+#include "model/lora.h"
 
 /* What a product needs of a weight: its compute copy and, when it has one, its gradient. */
 typedef struct {
@@ -28,11 +29,65 @@ static LinearWeight linear_weight(const ParamStore *ps, int idx)
     return lw;
 }
 
-static void check_adapters(const ParamStore *ps, const Linear *L)
+/* x as the adapters see it: dropout(x) into lb->xd when training with dropout, else x itself. The
+ * seed is the product's own (lb->seed) mixed with the site, so each adapter draws its own mask, as
+ * PEFT's per-module dropout does. */
+static const void *adapter_input(const ParamStore *ps, const LinearAdapter *ad, const void *x, size_t n,
+                                 const LinearBufs *lb)
 {
-    if (L->n_adapters)
-        fatal("linear: %s carries %d adapters, which this build cannot run yet (internal error)",
-              ps->pt->p[L->w].name, L->n_adapters);
+    if (!lb->training || lb->dropout <= 0) return x;
+    ps->be->dropout(lb->xd, x, n, lb->dropout, lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
+    return lb->xd;
+}
+
+/* out[:, rows] += scale * (dropout(x) @ A^T) @ B^T for every adapter; t[site] keeps dropout(x) @ A^T. */
+static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N,
+                         const LinearBufs *lb)
+{
+    const Backend *be = ps->be;
+    for (int k = 0; k < L->n_adapters; k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
+        void *t = lb->t[ad->site];
+        be->gemm(0, 1, N, ad->r, L->in, 1.0f, x, L->in, params_w(ps, ad->a), L->in, 0.0f, t, ad->r, 0);
+        be->gemm(0, 1, N, ad->rows, ad->r, ad->scale, t, ad->r, params_w(ps, ad->b), ad->r, 1.0f,
+                 act_at(be, out, (size_t)ad->row0), L->out, 0);
+    }
+}
+
+/* The adapters' gradients and their share of dinp (added to what the base wrote). */
+static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
+                         const LinearBufs *lb)
+{
+    const Backend *be = ps->be;
+    for (int k = 0; k < L->n_adapters; k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        const void *dslice = act_at(be, (void *)dout, (size_t)ad->row0);
+        const void *t = lb->t[ad->site];
+        float *dA = params_g(ps, ad->a), *dB = params_g(ps, ad->b);
+        /* dB (rows, r) += scale * dout[:, rows]^T @ t */
+        if (dB) be->gemm(1, 0, ad->rows, ad->r, N, ad->scale, dslice, L->out, t, ad->r, 1.0f, dB, ad->r, 1);
+        /* dt (N, r) = scale * dout[:, rows] @ B */
+        be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, lb->dt,
+                 ad->r, 0);
+        /* dA (r, in) += dt^T @ dropout(x) */
+        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
+        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, lb->dt, ad->r, x, L->in, 1.0f, dA, L->in, 1);
+        if (!dinp) continue;
+        if (lb->training && lb->dropout > 0) { /* dinp += dropout'(dt @ A): the same mask on the gradient */
+            be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 0.0f, lb->xd, L->in, 0);
+            be->dropout(lb->xd, lb->xd, (size_t)N * L->in, lb->dropout, lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
+            be->add(dinp, dinp, lb->xd, (size_t)N * L->in);
+        } else {
+            be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 1.0f, dinp, L->in, 0);
+        }
+    }
+}
+
+static void check_bufs(const ParamStore *ps, const Linear *L, const LinearBufs *lb)
+{
+    if (L->n_adapters && !lb)
+        fatal("linear: %s has adapters but no buffers for them (internal error)", ps->pt->p[L->w].name);
 }
 
 Linear linear_make(const ParamTable *pt, int w, int b)
@@ -43,32 +98,47 @@ Linear linear_make(const ParamTable *pt, int w, int b)
     return L;
 }
 
-void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N)
+void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N, const LinearBufs *lb)
 {
-    check_adapters(ps, L);
+    check_bufs(ps, L, lb);
     LinearWeight w = linear_weight(ps, L->w);
     ps->be->matmul_fwd(out, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
+    if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb);
 }
 
-void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N)
+void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
+                const LinearBufs *lb)
 {
-    check_adapters(ps, L);
+    check_bufs(ps, L, lb);
     LinearWeight w = linear_weight(ps, L->w);
     ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, inp, w.w, N, L->in, L->out);
+    if (L->n_adapters) adapters_bwd(ps, L, dinp, dout, inp, N, lb);
 }
 
-void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N)
+void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N,
+                     const LinearBufs *lb)
 {
-    check_adapters(ps, L);
+    check_bufs(ps, L, lb);
+    if (L->n_adapters) { /* the epilogue cannot add the adapters: the product, then the activation */
+        linear_fwd(ps, L, pre, inp, N, lb);
+        ps->be->gelu_fwd(act, pre, (size_t)N * L->out);
+        return;
+    }
     LinearWeight w = linear_weight(ps, L->w);
     ps->be->matmul_gelu_fwd(act, pre, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
 }
 
 void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *dpre, const void *dout,
-                     const void *act, const void *pre, int N)
+                     const void *act, const void *pre, int N, const LinearBufs *lb)
 {
-    check_adapters(ps, L);
+    check_bufs(ps, L, lb);
     LinearWeight w = linear_weight(ps, L->w);
+    if (L->n_adapters) { /* dact through the product (base + adapters), then GELU's derivative */
+        linear_bwd(ps, L, dpre, dout, act, N, lb);
+        ps->be->gelu_bwd(dpre, pre, dpre, (size_t)N * L->in);
+        if (params_g(ps, bias_pre)) ps->be->matmul_bwd(NULL, NULL, params_g(ps, bias_pre), dpre, NULL, NULL, N, 1, L->in);
+        return;
+    }
     ps->be->matmul_dgelu_bwd(dpre, params_g(ps, bias_pre), w.dw, params_g(ps, L->b), dout, act, pre, w.w, N, L->in,
                              L->out);
 }
@@ -76,7 +146,7 @@ void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *
 void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void *dinp, const void *inp,
                       const int32_t *targets, int N, float dscale)
 {
-    check_adapters(ps, L);
+    if (L->n_adapters) fatal("linear: adapters on the output head are not supported (internal error)");
     LinearWeight w = linear_weight(ps, L->w);
     ps->be->lm_head_xent(losses, dscale != 0 ? dinp : NULL, dscale != 0 ? w.dw : NULL, inp, w.w, targets, N,
                          L->in, L->out, dscale);
@@ -85,6 +155,8 @@ void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void
 double linear_flops(const ParamStore *ps, const Linear *L, int backward)
 {
     double mac = 2.0 * L->in * L->out; /* one product: a multiply and an add per weight */
-    if (!backward) return mac;
-    return 2 * mac + (ps->pt->p[L->w].kind == PARAM_TRAIN ? mac : 0.0);
+    double ad = 0;
+    for (int k = 0; k < L->n_adapters; k++) ad += 2.0 * L->adapters[k].r * (L->in + L->adapters[k].rows);
+    if (!backward) return mac + ad;
+    return 2 * mac + (ps->pt->p[L->w].kind == PARAM_TRAIN ? mac : 0.0) + 3 * ad;
 }

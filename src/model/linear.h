@@ -7,10 +7,14 @@
  * product needs. The backward overwrites dinp and ADDS the weight and bias gradients, except for a
  * weight without a gradient (frozen), whose weight-gradient product is not run at all.
  *
- * The slot for adapters: a Linear may carry low-rank adapters (LoRA), each covering the output
- * rows [row0, row0 + rows) of W, so that separate q/k/v (or gate/up) adapters can sit on our fused
- * weights exactly as PEFT defines them. Their products are added by these same functions; the
- * fine-tuning issue fills them in, and until then a Linear with adapters is refused.
+ * Adapters: a Linear may carry low-rank adapters (LoRA, lora.h), each covering the output rows
+ * [row0, row0 + rows) of W, so that separate q/k/v (or gate/up) adapters sit on our fused weights
+ * exactly as PEFT defines them:  out[:, rows] += scale * (dropout(x) @ A^T) @ B^T.  Their products
+ * go through the backend's small general product (gemm). The forward keeps t = dropout(x) @ A^T
+ * of each adapter (LinearBufs.t[site], (N, r)) for the backward, which then adds
+ *   dB += scale * dout[:, rows]^T @ t,  dt = scale * dout[:, rows] @ B,
+ *   dA += dt^T @ dropout(x),  dinp += dropout'(dt @ A)
+ * (dropout regenerated from its seed, never stored).
  */
 #ifndef ANVIL_MODEL_LINEAR_H
 #define ANVIL_MODEL_LINEAR_H
@@ -20,8 +24,20 @@
 typedef struct {
     int a, b;       /* parameter indices of A (r, in) and B (rows, r) */
     int row0, rows; /* output rows of W the adapter adds to */
+    int r;
+    int site;       /* LoraSite: the slot of its saved product in LinearBufs.t */
     float scale;    /* alpha / r (or alpha / sqrt(r), rsLoRA) */
 } LinearAdapter;
+
+/* The activation buffers a Linear's adapters use (NULL for a Linear without adapters). */
+typedef struct {
+    void **t;       /* t[site] (N, r): dropout(x) @ A^T of each adapter, kept from forward to backward */
+    void *dt;       /* (N, r) scratch of the backward */
+    void *xd;       /* (N, in) scratch for dropout(x) (dropout > 0 only) */
+    float dropout;  /* probability; applied only when training */
+    int training;
+    uint64_t seed;  /* this product's dropout stream (distinct per layer, site and micro-step) */
+} LinearBufs;
 
 typedef struct {
     int w, b;    /* parameter indices of the weight and the bias (-1: no bias) */
@@ -33,19 +49,22 @@ typedef struct {
 /* A Linear for weight w and bias b (-1 for none), its shape read from the table. */
 Linear linear_make(const ParamTable *pt, int w, int b);
 
-/* out (N, out) = inp (N, in) @ W^T + b */
-void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N);
-/* dinp (N, in) = dout @ W (overwrite; NULL to skip); dW += dout^T @ inp and db += colsum(dout)
- * where the tensors have gradients. */
-void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N);
+/* out (N, out) = inp (N, in) @ W^T + b (+ the adapters) */
+void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N, const LinearBufs *lb);
+/* dinp (N, in) = dout @ W (overwrite; NULL to skip) (+ the adapters' input gradient); dW += dout^T @ inp
+ * and db += colsum(dout) where the tensors have gradients; the adapters' gradients. */
+void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
+                const LinearBufs *lb);
 
-/* The product and the GELU (tanh) activation fused: pre (N, out) = inp @ W^T + b, act = gelu(pre). */
-void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N);
+/* The product and the GELU (tanh) activation fused: pre (N, out) = inp @ W^T + b, act = gelu(pre).
+ * With adapters: pre from linear_fwd, then the activation (the fused epilogue cannot see them). */
+void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N,
+                     const LinearBufs *lb);
 /* The backward of L applied to act = gelu(pre) (the MLP's second product), through the activation:
  * dpre (N, in) = (dout @ W) * gelu'(pre) (overwrite); dW += dout^T @ act; db += colsum(dout);
  * and bias_pre's gradient (the first product's bias, -1 for none) += colsum(dpre). */
 void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *dpre, const void *dout,
-                     const void *act, const void *pre, int N);
+                     const void *act, const void *pre, int N, const LinearBufs *lb);
 
 /* The output head and the softmax cross-entropy over V = L->out classes, fused and chunked so that
  * the (N, V) logits never exist whole (backend.h lm_head_xent): losses (N); with dscale != 0 also
@@ -54,7 +73,8 @@ void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void
                       const int32_t *targets, int N, float dscale);
 
 /* FLOPs of one token through L: the forward 2*in*out; with backward also 2*in*out for dinp and,
- * when W is trainable, another 2*in*out for dW (6 or 4 per weight in all; docs/benchmarks.md). */
+ * when W is trainable, another 2*in*out for dW (6 or 4 per weight in all; docs/benchmarks.md);
+ * each adapter's two products likewise (6 per adapter weight: they train). */
 double linear_flops(const ParamStore *ps, const Linear *L, int backward);
 
 #endif

@@ -37,7 +37,40 @@ static void rope_inv_freq(const ModelConfig *c, float *out)
     }
 }
 
-Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds)
+/* The adapters of every layer into m->adapters, each Linear pointing at its own (contiguous: sites
+ * are numbered in the order of the products they sit on). */
+static void attach_adapters(Model *m)
+{
+    const ParamTable *pt = &m->pt;
+    const ModelConfig *c = &m->cfg;
+    int n = 0;
+    for (int i = 0; i < pt->n; i++) n += pt->p[i].role == PROLE_LORA_A;
+    if (!n) return;
+    m->adapters = xcalloc((size_t)n, sizeof(LinearAdapter));
+    float scale = lora_scale(&m->lora);
+    int k = 0;
+    for (int l = 0; l < c->n_layer; l++) {
+        LayerParams *p = &m->lp[l];
+        for (int s = 0; s < LORA_SITE_COUNT; s++) {
+            int a = param_find_lora(pt, l, s, 0);
+            if (a < 0) continue;
+            LinearAdapter *ad = &m->adapters[k++];
+            int role;
+            lora_site_rows(c, (LoraSite)s, &role, &ad->row0, &ad->rows);
+            ad->a = a;
+            ad->b = param_find_lora(pt, l, s, 1);
+            ad->r = m->lora.r;
+            ad->site = s;
+            ad->scale = scale;
+            Linear *L = role == PROLE_QKV_W ? &p->qkv : role == PROLE_O_W ? &p->o : role == PROLE_FC_W ? &p->fc : &p->proj;
+            if (!L->n_adapters) L->adapters = ad;
+            L->n_adapters++;
+        }
+    }
+}
+
+/* The table (with adapters when lora is set), the kinds, the products and the store. */
+static Model *model_build(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds, const LoraSpec *lora)
 {
     /* derived sizes must be filled in (a preset or parsed config goes through model_config_finish) */
     if (cfg->head_dim <= 0 || cfg->d_ff <= 0 || cfg->n_kv_head <= 0)
@@ -46,7 +79,8 @@ Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const Param
     Model *m = xcalloc(1, sizeof(Model));
     m->cfg = *cfg;
     m->be = be;
-    param_table_build(&m->pt, cfg);
+    if (lora) m->lora = *lora;
+    param_table_build_lora(&m->pt, cfg, lora);
     param_table_set_kinds(&m->pt, kinds);
     const ParamTable *pt = &m->pt;
     m->wte = param_find_role(pt, PROLE_WTE, -1);
@@ -67,6 +101,7 @@ Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const Param
         p->fc = linear_make(pt, param_find_role(pt, PROLE_FC_W, l), param_find_role(pt, PROLE_FC_B, l));
         p->proj = linear_make(pt, param_find_role(pt, PROLE_PROJ_W, l), param_find_role(pt, PROLE_PROJ_B, l));
     }
+    attach_adapters(m);
     params_alloc(&m->ps, be, &m->pt);
     if (cfg->family == FAMILY_LLAMA) {
         float *f = xmalloc(sizeof(float) * (size_t)(cfg->head_dim / 2));
@@ -78,7 +113,42 @@ Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const Param
     return m;
 }
 
+Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds)
+{
+    return model_build(cfg, be, kinds, NULL);
+}
+
 Model *model_create(const ModelConfig *cfg, const Backend *be) { return model_create_kinds(cfg, be, NULL); }
+
+Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed)
+{
+    ParamTable pt;
+    param_table_build_lora(&pt, cfg, lora);
+    ParamKind *kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+    for (int i = 0; i < pt.n; i++) kinds[i] = train && pt.p[i].site >= 0 ? PARAM_TRAIN : PARAM_FROZEN;
+    Model *m = model_build(cfg, be, kinds, lora);
+    free(kinds);
+    param_table_free(&pt);
+    model_init_lora(m, seed);
+    return m;
+}
+
+void model_init_lora(Model *m, uint64_t seed)
+{
+    for (int i = 0; i < m->pt.n; i++) {
+        const Param *p = &m->pt.p[i];
+        if (p->site < 0) continue;
+        float *x = xcalloc(p->numel, sizeof(float));
+        if (p->role == PROLE_LORA_A) { /* kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + 5) fan_in)) */
+            double bound = 1.0 / sqrt((double)p->shape[1]);
+            Rng r;
+            rng_seed(&r, seed, (uint64_t)i);
+            for (size_t j = 0; j < p->numel; j++) x[j] = (float)((2.0 * rng_float(&r) - 1.0) * bound);
+        }
+        params_upload(&m->ps, i, x);
+        free(x);
+    }
+}
 
 Model *model_create_frozen(const ModelConfig *cfg, const Backend *be)
 {
@@ -113,8 +183,14 @@ static void free_acts(Model *m)
             if (!shared) be->free(bufs[i]);
         }
     }
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (int s = 0; s < LORA_SITE_COUNT; s++)
+            if (m->la[l].lora_t[s]) be->free(m->la[l].lora_t[s]);
     free(m->la);
     m->la = NULL;
+    if (m->lora_dt) be->free(m->lora_dt);
+    if (m->lora_xd) be->free(m->lora_xd);
+    m->lora_dt = m->lora_xd = NULL;
     void *rest[] = {m->res_final, m->lnf, m->lnf_mean, m->lnf_rstd, m->logits, m->dres, m->dbuf1,
                     m->dbuf2, m->tokens, m->targets, m->losses};
     for (size_t i = 0; i < ARRAY_LEN(rest); i++)
@@ -132,6 +208,7 @@ void model_free(Model *m)
     params_free(&m->ps);
     if (m->inv_freq) be->free(m->inv_freq);
     free(m->lp);
+    free(m->adapters);
     param_table_free(&m->pt);
     free(m);
 }
@@ -173,6 +250,12 @@ int model_reserve(Model *m, int B, int T, int recompute)
         a->lse = (keep_block || first) ? be->alloc((size_t)B * c->n_head * T * sizeof(float)) : a0->lse;
         a->res2 = (keep_block || first) ? be->alloc(N * C * as) : a0->res2;
         a->fch = (keep_block || first) ? be->alloc(N * fc * as) : a0->fch;
+        for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r): kept at every level */
+            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
+    }
+    if (m->adapters) {
+        m->lora_dt = be->alloc(N * (size_t)m->lora.r * as);
+        if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * MAX(MAX(C, qd), ff) * as);
     }
     m->res_final = be->alloc(N * C * as);
     m->lnf = be->alloc(N * C * as);
@@ -223,6 +306,34 @@ void model_set_params(Model *m, const float *host)
     for (int i = 0; i < m->pt.n; i++) params_upload(&m->ps, i, host + m->pt.p[i].offset);
 }
 
+void model_set_params_base(Model *m, const float *host)
+{
+    for (int i = 0; i < m->pt.n; i++)
+        if (m->pt.p[i].site < 0) params_upload(&m->ps, i, host + m->pt.p[i].offset);
+}
+
+void model_merge_adapters(const Model *m, float *host)
+{
+    for (int k = 0; m->adapters && k < m->pt.n; k++) {
+        const Param *pa = &m->pt.p[k];
+        if (pa->role != PROLE_LORA_A) continue;
+        const Param *pb = &m->pt.p[param_find_lora(&m->pt, pa->layer, pa->site, 1)];
+        int role, row0, rows;
+        lora_site_rows(&m->cfg, (LoraSite)pa->site, &role, &row0, &rows);
+        const Param *pw = &m->pt.p[param_find_role(&m->pt, role, pa->layer)];
+        int r = (int)pa->shape[0], in = (int)pa->shape[1];
+        const float *A = host + pa->offset, *Bm = host + pb->offset;
+        float *W = host + pw->offset + (size_t)row0 * in;
+        double scale = lora_scale(&m->lora);
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < in; j++) {
+                double s = 0;
+                for (int q = 0; q < r; q++) s += (double)Bm[(size_t)i * r + q] * A[(size_t)q * in + j];
+                W[(size_t)i * in + j] = (float)(W[(size_t)i * in + j] + scale * s);
+            }
+    }
+}
+
 void model_get_params(const Model *m, float *host)
 {
     for (int i = 0; i < m->pt.n; i++) params_download(&m->ps, i, host + m->pt.p[i].offset);
@@ -269,6 +380,7 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
     if (targets) be->upload(m->targets, targets, (size_t)N * sizeof(int32_t));
     StackBufs bufs = train_bufs(m);
     AttnCtx ctx = {.mode = ATTN_CAUSAL};
+    m->training = targets && loss_scale != 0;
     model_stack_fwd(m, &bufs, m->tokens, B, T, &ctx);
     if (n_valid) *n_valid = 0;
     m->loss_sum = 0;
@@ -281,7 +393,7 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
             be->mem_stats(&after, NULL);
             m->act_bytes += after - before;
         }
-        linear_fwd(&m->ps, &m->head, m->logits, m->lnf, N);
+        linear_fwd(&m->ps, &m->head, m->logits, m->lnf, N, NULL);
         return 0.0f;
     }
     /* output layer + loss, and when training already their backward: dlnf into dbuf1 (where

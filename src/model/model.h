@@ -18,6 +18,7 @@
 #include "backend/backend.h"
 #include "model/config.h"
 #include "model/linear.h"
+#include "model/lora.h"
 #include "model/params.h"
 
 /* Activation recomputation during backward, trading compute for memory. */
@@ -48,6 +49,7 @@ typedef struct {
     float *ln2_mean, *ln2_rstd;
     void *fch;         /* (N,fc_dim) pre-activation */
     void *fch_act;     /* (N,d_ff) after GELU / SwiGLU */
+    void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h) */
 } LayerActs;
 
 typedef struct Model {
@@ -59,6 +61,10 @@ typedef struct Model {
     Linear head;                /* the output layer: lm_head, or wte when tied */
     LayerParams *lp;            /* n_layer */
     float *inv_freq;            /* RoPE frequencies (head_dim/2), llama only */
+    LoraSpec lora;              /* adapters (r 0: none) */
+    LinearAdapter *adapters;    /* every adapter; the Linears of lp point into it */
+    int training;               /* the current forward trains (adapter dropout on) */
+    uint64_t dropout_seed;      /* the current micro-step's dropout stream (train_step sets it) */
 
     /* activation buffers sized for up to Bmax x Tmax tokens */
     int Bmax, Tmax, recompute;
@@ -70,6 +76,7 @@ typedef struct Model {
     float *lnf_mean, *lnf_rstd;
     void *logits;               /* (N,V) logits of a forward without targets (allocated by the first) */
     void *dres, *dbuf1, *dbuf2; /* backward scratch: (N,C), (N,max(qkv,fc)), (N,max(C,q,d_ff)) */
+    void *lora_dt, *lora_xd;    /* adapter scratch: (N, r) and, with dropout, (N, max in) */
     int32_t *tokens, *targets;  /* (N) backend copies */
     float *losses;              /* (N) backend */
     float *losses_host;         /* (N) host */
@@ -84,6 +91,13 @@ Model *model_create(const ModelConfig *cfg, const Backend *be);
 Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds);
 /* All tensors frozen: evaluation and generation (no master, no gradients). */
 Model *model_create_frozen(const ModelConfig *cfg, const Backend *be);
+/* With the adapters of lora (lora.h) after each block's tensors: the base tensors frozen, the
+ * adapters trainable (train 1) or frozen too (train 0: evaluation with an adapter). The adapters
+ * start as PEFT's: A Kaiming-uniform from seed, B zero (model_init_lora). */
+Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed);
+/* PEFT's initialisation of every adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with
+ * a = sqrt(5)), B = 0; each tensor from its own stream of seed. */
+void model_init_lora(Model *m, uint64_t seed);
 void model_free(Model *m);
 /* Allocate activations for batches of up to B x T tokens (T <= max_seq_len).
  * recompute is a RECOMPUTE_* level. -1 with err_set() if T is too long. */
@@ -95,11 +109,16 @@ int model_reserve(Model *m, int B, int T, int recompute);
 void model_init_gpt2(Model *m, uint64_t seed);
 /* Replace all parameters with host fp32 values laid out as a host image (pt.total, Param.offset). */
 void model_set_params(Model *m, const float *host);
+/* The same for the base tensors only (adapters keep their values): loading a base under adapters. */
+void model_set_params_base(Model *m, const float *host);
 /* A host image of the parameters: the master of trainable tensors, the compute copy of others. */
 void model_get_params(const Model *m, float *host);
 /* A host image of the gradients (zeros for tensors without one), and back (tests). */
 void model_get_grads(const Model *m, float *host);
 void model_set_grads(Model *m, const float *host);
+/* Fold every adapter into its base weight in a host image of m's parameters (model_get_params):
+ * W[rows] += scale * B @ A, accumulated in double (PEFT's merge_and_unload). */
+void model_merge_adapters(const Model *m, float *host);
 /* Refresh the compute copy from the master weights (after editing the master). */
 void model_sync_act_params(Model *m);
 

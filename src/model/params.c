@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/lora.h"
 
 /* ---- the table ---- */
 
@@ -28,6 +29,7 @@ static void add_param(ParamTable *pt, int *cap, const char *name, int role, int 
     p->offset = pt->total;
     p->kind = PARAM_TRAIN;
     p->decay = ndim == 2;
+    p->site = -1;
     pt->total += p->numel;
 }
 
@@ -51,7 +53,27 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
     pt->n_frozen = off[PARAM_FROZEN];
 }
 
-void param_table_build(ParamTable *pt, const ModelConfig *c)
+/* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order. */
+static void add_lora(ParamTable *pt, int *cap, const ModelConfig *c, const LoraSpec *lora, int l)
+{
+    for (int s = 0; s < LORA_SITE_COUNT; s++) {
+        if (!(lora->sites & (1u << s)) || !lora_site_in_family((LoraSite)s, c->family)) continue;
+        int role, row0, rows;
+        lora_site_rows(c, (LoraSite)s, &role, &row0, &rows);
+        int in = role == PROLE_O_W ? cfg_q_dim(c) : role == PROLE_PROJ_W ? c->d_ff : c->d_model;
+        char nm[64];
+        snprintf(nm, sizeof(nm), "h.%d.lora.%s.A", l, lora_site_short((LoraSite)s));
+        add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, in);
+        pt->p[pt->n - 1].site = s;
+        snprintf(nm, sizeof(nm), "h.%d.lora.%s.B", l, lora_site_short((LoraSite)s));
+        add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
+        pt->p[pt->n - 1].site = s;
+    }
+}
+
+void param_table_build(ParamTable *pt, const ModelConfig *c) { param_table_build_lora(pt, c, NULL); }
+
+void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec *lora)
 {
     int cap = 0;
     int C = c->d_model;
@@ -80,6 +102,7 @@ void param_table_build(ParamTable *pt, const ModelConfig *c)
         if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
 #undef P1
 #undef P2
+        if (lora && lora->r > 0) add_lora(pt, &cap, c, lora, l);
     }
     add_param(pt, &cap, "lnf.w", PROLE_LNF_W, -1, 1, C, 1);
     if (gpt2) add_param(pt, &cap, "lnf.b", PROLE_LNF_B, -1, 1, C, 1);
@@ -87,8 +110,14 @@ void param_table_build(ParamTable *pt, const ModelConfig *c)
     size_t rows = (size_t)c->n_layer + 1;
     pt->by_role = xmalloc(rows * PROLE_COUNT * sizeof(int));
     for (size_t i = 0; i < rows * PROLE_COUNT; i++) pt->by_role[i] = -1;
-    for (int i = 0; i < pt->n; i++)
-        pt->by_role[(size_t)(pt->p[i].layer + 1) * PROLE_COUNT + pt->p[i].role] = i;
+    pt->by_site = xmalloc((size_t)c->n_layer * LORA_SITE_COUNT * 2 * sizeof(int) + sizeof(int));
+    for (size_t i = 0; i < (size_t)c->n_layer * LORA_SITE_COUNT * 2; i++) pt->by_site[i] = -1;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->site >= 0)
+            pt->by_site[((size_t)p->layer * LORA_SITE_COUNT + p->site) * 2 + (p->role == PROLE_LORA_B)] = i;
+        else pt->by_role[(size_t)(p->layer + 1) * PROLE_COUNT + p->role] = i;
+    }
     pt->layer_seg = xcalloc((size_t)c->n_layer + 3, sizeof(size_t));
     param_table_set_kinds(pt, NULL);
 }
@@ -97,6 +126,7 @@ void param_table_free(ParamTable *pt)
 {
     free(pt->p);
     free(pt->by_role);
+    free(pt->by_site);
     free(pt->layer_seg);
     memset(pt, 0, sizeof(*pt));
 }
@@ -112,6 +142,12 @@ int param_find_role(const ParamTable *pt, int role, int layer)
 {
     if (role < 0 || role >= PROLE_COUNT || layer < -1 || layer >= pt->n_layer) return -1;
     return pt->by_role[(size_t)(layer + 1) * PROLE_COUNT + role];
+}
+
+int param_find_lora(const ParamTable *pt, int layer, int site, int ab)
+{
+    if (layer < 0 || layer >= pt->n_layer || site < 0 || site >= LORA_SITE_COUNT) return -1;
+    return pt->by_site[((size_t)layer * LORA_SITE_COUNT + site) * 2 + (ab != 0)];
 }
 
 size_t param_count_kind(const ParamTable *pt, ParamKind kind)

@@ -47,6 +47,7 @@ enum {
     PROLE_WTE, PROLE_WPE, PROLE_LM_HEAD, PROLE_LNF_W, PROLE_LNF_B,
     PROLE_LN1_W, PROLE_LN1_B, PROLE_QKV_W, PROLE_QKV_B, PROLE_O_W, PROLE_O_B,
     PROLE_LN2_W, PROLE_LN2_B, PROLE_FC_W, PROLE_FC_B, PROLE_PROJ_W, PROLE_PROJ_B,
+    PROLE_LORA_A, PROLE_LORA_B, /* adapters (lora.h): A (r, in), B (rows, r) of one site */
     PROLE_COUNT
 };
 
@@ -61,6 +62,7 @@ typedef struct {
     ParamKind kind;
     size_t seg;     /* element offset inside its kind's segment */
     int decay;      /* weight decay applies (matrices) */
+    int site;       /* LoraSite of an adapter tensor, -1 otherwise */
 } Param;
 
 typedef struct {
@@ -71,13 +73,17 @@ typedef struct {
     size_t n_frozen;
     int n_layer;
     int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
+    int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices, -1 where absent */
     /* Trainable-segment offset where each group of tensors starts: group 0 the embeddings, group
      * 1 + l block l, group n_layer + 1 the final norm and head; layer_seg[n_layer + 2] = n_train. */
     size_t *layer_seg;
 } ParamTable;
 
+struct LoraSpec;
 /* Build the table for a config, every tensor trainable. */
 void param_table_build(ParamTable *pt, const ModelConfig *c);
+/* The same with the adapters of lora (NULL or r 0: none) after each block's tensors. */
+void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const struct LoraSpec *lora);
 void param_table_free(ParamTable *pt);
 /* Set the kinds (kinds[i] for tensor i; NULL = all trainable) and lay out the segments. */
 void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds);
@@ -85,6 +91,8 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds);
 int param_find(const ParamTable *pt, const char *name);
 /* Index of (role, layer), or -1 if the model has no such tensor. O(1). */
 int param_find_role(const ParamTable *pt, int role, int layer);
+/* Index of the adapter tensor A (ab 0) or B (ab 1) of a site in layer l, or -1. O(1). */
+int param_find_lora(const ParamTable *pt, int layer, int site, int ab);
 /* Elements of tensors of one kind, and of all of them. */
 size_t param_count_kind(const ParamTable *pt, ParamKind kind);
 size_t param_count_all(const ParamTable *pt);

@@ -12,6 +12,7 @@
 #include "data/tokenizer.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
+#include "io/peft.h"
 #include "io/safetensors.h"
 
 #define STEP_FMT "step-%07d"
@@ -156,7 +157,10 @@ int ckpt_save(const char *out_dir, const CheckpointData *d, int keep)
     int rc = -1;
     fs_rm_rf(tmp);
     if (fs_mkdir_p(tmp)) goto out;
-    if (hf_write_files(tmp, &d->m->cfg, &d->m->pt, d->params, d->bf16_weights ? DTYPE_BF16 : DTYPE_F32)) goto out;
+    int dtype = d->bf16_weights ? DTYPE_BF16 : DTYPE_F32;
+    if (d->adapter_base ? peft_write(tmp, d->m, d->adapter_base, dtype)
+                        : hf_write_files(tmp, &d->m->cfg, &d->m->pt, d->params, dtype))
+        goto out;
     if (write_optimizer(tmp, d)) goto out;
     if (d->tok && tokenizer_save(d->tok, tmp)) goto out;
     if (d->config_yaml) {
@@ -264,8 +268,9 @@ int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, flo
         snprintf(name, sizeof(name), "master.%s", pt->p[i].name);
         if (pt->p[i].kind == PARAM_TRAIN && !st_set_find(&set, name, NULL)) have_master = 0;
     }
-    /* every weight from the model directory first; the fp32 masters then replace the trainable ones */
-    if (hf_read_weights(ckpt_dir, &m->cfg, pt, params)) goto out;
+    /* every weight from the model directory first (an adapter checkpoint has none: the caller's image
+     * holds its base and adapters); the fp32 masters then replace the trainable ones */
+    if (!peft_is_adapter_dir(ckpt_dir) && hf_read_weights(ckpt_dir, &m->cfg, pt, params)) goto out;
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
         if (p->kind != PARAM_TRAIN) continue;

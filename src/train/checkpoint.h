@@ -1,7 +1,9 @@
 /* checkpoint.h - training checkpoints: OUT_DIR/step-NNNNNNN/
  *
  * Each checkpoint is a Hugging Face model directory (config.json,
- * model.safetensors, generation_config.json, tokenizer files) plus
+ * model.safetensors, generation_config.json, tokenizer files), or for a LoRA
+ * run a PEFT adapter directory (adapter_config.json, adapter_model.safetensors,
+ * tokenizer files; the base is not copied), plus
  *   optimizer.safetensors  fp32 Adam moments "m.<name>", "v.<name>" of the
  *                          trainable tensors under the internal parameter names
  *                          (params.h), and "master.<name>" fp32 weights when
@@ -38,6 +40,9 @@ typedef struct {
     const char *config_yaml;
     const struct Tokenizer *tok; /* may be NULL */
     int bf16_weights;            /* store model.safetensors as bf16 */
+    /* Non-NULL for a LoRA run: the checkpoint is a PEFT adapter directory (adapter_config.json naming
+     * this base, adapter_model.safetensors) instead of a model directory; the base is not copied. */
+    const char *adapter_base;
 } CheckpointData;
 
 /* Name of step s's directory inside out_dir (malloc'd). */

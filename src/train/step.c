@@ -25,6 +25,8 @@ int train_step(Model *m, Optimizer *o, const StepBatch *b, const StepHyper *h, S
     model_zero_grad(m);
     double loss_sum = 0;
     for (int k = 0; k < b->accum; k++) {
+        /* a dropout stream per (seed, step, micro-step): a resumed run draws the same masks */
+        m->dropout_seed = (h->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)h->step) * 4096u + (uint64_t)k;
         model_forward(m, b->in[k], b->tg[k], b->B, b->T, (float)(1.0 / (double)scored), NULL);
         loss_sum += m->loss_sum;
         model_backward(m);

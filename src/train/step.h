@@ -22,6 +22,7 @@ typedef struct {
     float lr, beta1, beta2, eps;
     int step;        /* 1-based, for Adam's bias correction */
     float grad_clip; /* clip the global norm to this (0 = off) */
+    uint64_t seed;   /* the run's seed: with step and micro-step, the adapters' dropout stream */
 } StepHyper;
 
 typedef struct {

@@ -46,6 +46,17 @@ static const KeyDef keys[] = {
      "Tensors to freeze (no gradient, no optimizer state, left out of the gradient norm): shell globs over the "
      "Hugging Face names the checkpoint uses, e.g. [\"model.embed_tokens.*\", \"model.layers.[0-9].*\"]. "
      "A pattern that matches nothing is an error. --set model.freeze=a,b."},
+    {"lora.r", CT_INT, F(lora_r), "0",
+     "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
+     "state); 0 = no adapters (docs/finetuning.md)."},
+    {"lora.alpha", CT_FLOAT, F(lora_alpha), "16", "LoRA alpha: the adapters' product is scaled by alpha / r."},
+    {"lora.dropout", CT_FLOAT, F(lora_dropout), "0", "Dropout on the adapters' input while training (PEFT's lora_dropout)."},
+    {"lora.targets", CT_LIST, F(lora_targets), "all-linear",
+     "Modules to adapt, by their Hugging Face names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
+     "down_proj (llama family); c_attn, c_proj, c_fc (gpt2); or all-linear."},
+    {"lora.rslora", CT_BOOL, F(lora_rslora), "false", "rsLoRA: scale by alpha / sqrt(r) instead of alpha / r."},
+    {"lora.init", CT_STR, F(lora_init), "",
+     "Start from this PEFT adapter directory (its adapter_config.json sets r, alpha, dropout and targets)."},
     {"data.train", CT_STR, F(data_train), "",
      "Training data: a shard directory, a shard glob, one shard (.bin), or a .txt file tokenized on the fly."},
     {"data.val", CT_STR, F(data_val), "", "Validation data (same forms); empty = no validation loss."},
@@ -370,6 +381,12 @@ int train_config_validate(const TrainConfig *tc)
     if (tc->ckpt_keep < 0) return err_set("checkpoint.keep: must be >= 0, got %d", tc->ckpt_keep);
     if (strcmp(tc->ckpt_dtype, "f32") && strcmp(tc->ckpt_dtype, "bf16"))
         return err_set("checkpoint.dtype: expected f32 or bf16, got \"%s\"", tc->ckpt_dtype);
+    if (tc->lora_r < 0) return err_set("lora.r: must be >= 0, got %d", tc->lora_r);
+    if (!(tc->lora_dropout >= 0 && tc->lora_dropout < 1))
+        return err_set("lora.dropout: must be in [0, 1), got %g", tc->lora_dropout);
+    if (!isfinite(tc->lora_alpha)) return err_set("lora.alpha: must be a finite number, got %g", tc->lora_alpha);
+    if (tc->lora_r && tc->freeze.n)
+        return err_set("model.freeze: with lora.r the whole base is frozen already; leave model.freeze empty");
     int mode;
     if (backend_attention_parse(tc->attention, &mode)) return err_prefix("backend.attention");
     if (backend_gemm_tune_parse(tc->gemm_tune, &mode)) return err_prefix("backend.gemm_tune");

@@ -29,6 +29,12 @@ typedef struct {
     int tie_embeddings; /* -1 = the preset's / family's choice */
     int qkv_bias;       /* -1 = family default */
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
+    /* lora */
+    int lora_r;
+    float lora_alpha, lora_dropout;
+    CfgList lora_targets;
+    int lora_rslora;
+    char lora_init[CFG_PATH_MAX];
     /* data */
     char data_train[CFG_PATH_MAX];
     char data_val[CFG_PATH_MAX];

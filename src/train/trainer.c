@@ -5,6 +5,7 @@
 #include "train/trainer.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -19,6 +20,7 @@
 #include "eval/mcq.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
+#include "io/peft.h"
 #include "report/tb.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
@@ -148,6 +150,7 @@ typedef struct {
     int accum;     /* micro-batches per optimizer step */
     int32_t **in, **tg; /* accum host batches */
     int printed_mem;
+    char base_path[PATH_MAX]; /* model.init as an absolute path (adapter checkpoints name their base) */
     TbWriter *tb; /* TensorBoard events (log.tensorboard), or NULL */
 } Run;
 
@@ -160,12 +163,39 @@ static int save_checkpoint(Run *r)
     optim_download(&r->opt, mm, vv);
     CheckpointData d = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
                         .config_yaml = r->config_yaml, .tok = r->tok,
-                        .bf16_weights = !strcmp(r->tc->ckpt_dtype, "bf16")};
+                        .bf16_weights = !strcmp(r->tc->ckpt_dtype, "bf16"),
+                        .adapter_base = m->adapters ? r->base_path : NULL};
     int rc = ckpt_save(r->tc->out_dir, &d, r->tc->ckpt_keep);
     free(p);
     free(mm);
     free(vv);
     return rc;
+}
+
+/* A model checkpoint's config.json describes the run's architecture, field by field. */
+static int check_model_ckpt(const Run *r, const char *ck)
+{
+    ModelConfig saved;
+    if (hf_read_config(ck, &saved)) return -1;
+    const char *diff = model_config_diff(&saved, &r->m->cfg);
+    if (diff) return err_set("%s: the checkpoint's %s differs from the config's (compare %s/config.yaml)", ck, diff, ck);
+    return 0;
+}
+
+/* An adapter checkpoint names its base and holds the adapters' spec: both as this run's. */
+static int check_adapter_ckpt(const Run *r, const char *ck)
+{
+    LoraSpec saved;
+    char base[PATH_MAX];
+    if (peft_read_config(ck, &r->m->cfg, &saved, base, sizeof(base))) return -1;
+    const LoraSpec *now = &r->m->lora;
+    const char *diff = saved.r != now->r ? "lora.r" : saved.alpha != now->alpha ? "lora.alpha"
+                     : saved.sites != now->sites ? "lora.targets" : saved.rslora != now->rslora ? "lora.rslora"
+                     : saved.dropout != now->dropout ? "lora.dropout" : NULL;
+    if (diff) return err_set("%s: the checkpoint's %s differs from the config's (compare %s/config.yaml)", ck, diff, ck);
+    if (strcmp(base, r->base_path))
+        return err_set("%s: the adapters were trained on %s, but model.init is %s", ck, base, r->base_path);
+    return 0;
 }
 
 static int resume_from(Run *r, const char *resume_dir)
@@ -176,14 +206,11 @@ static int resume_from(Run *r, const char *resume_dir)
     size_t n = r->m->pt.n_train ? r->m->pt.n_train : 1;
     float *p = xmalloc(r->m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)),
           *vv = xmalloc(n * sizeof(float));
-    ModelConfig saved;
     if (ckpt_read_state(ck, &r->st)) goto out;
-    if (hf_read_config(ck, &saved)) goto out;
-    const char *diff = model_config_diff(&saved, &r->m->cfg);
-    if (diff) {
-        err_set("%s: the checkpoint's %s differs from the config's (compare %s/config.yaml)", ck, diff, ck);
-        goto out;
-    }
+    if (r->m->adapters ? check_adapter_ckpt(r, ck) : check_model_ckpt(r, ck)) goto out;
+    /* an adapter checkpoint holds the adapters only: the base stays as model.init loaded it */
+    if (r->m->adapters && peft_read_weights(ck, r->m)) goto out;
+    model_get_params(r->m, p);
     if (ckpt_read_optimizer(ck, r->m, p, mm, vv)) goto out;
     model_set_params(r->m, p);
     optim_upload(&r->opt, mm, vv);
@@ -353,27 +380,52 @@ static int setup_data(Run *r, const ModelConfig *cfg)
     return 0;
 }
 
-/* The model with its tensor kinds (model.freeze), its weights (model.init or GPT-2 init), its
- * activations and the optimizer's state. */
+/* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
+ * must agree), else from the keys. */
+static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls)
+{
+    if (tc->lora_init[0]) {
+        if (peft_read_config(tc->lora_init, cfg, ls, NULL, 0)) return err_prefix("lora.init");
+        if (tc->lora_r && tc->lora_r != ls->r)
+            return err_set("lora.r: %d differs from lora.init's r %d (%s)", tc->lora_r, ls->r, tc->lora_init);
+        return 0;
+    }
+    const char *names[CFG_LIST_MAX];
+    for (int i = 0; i < tc->lora_targets.n; i++) names[i] = tc->lora_targets.item[i];
+    *ls = (LoraSpec){.r = tc->lora_r, .alpha = tc->lora_alpha, .rslora = tc->lora_rslora, .dropout = tc->lora_dropout};
+    if (lora_sites_parse(names, tc->lora_targets.n, cfg->family, &ls->sites)) return err_prefix("lora.targets");
+    return 0;
+}
+
+/* The model with its tensor kinds (model.freeze, or the adapters of lora.* over a frozen base), its
+ * weights (model.init or GPT-2 init; lora.init or PEFT's init for adapters), its activations and the
+ * optimizer's state. */
 static int setup_model(Run *r, const ModelConfig *cfg)
 {
     const TrainConfig *tc = r->tc;
-    int bad;
-    ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
-    if (bad) return -1;
-    r->m = model_create_kinds(cfg, r->be, kinds);
-    free(kinds);
-    if (!param_count(&r->m->pt))
-        return err_set("model.freeze: every tensor is frozen; nothing would train");
+    if (tc->lora_r > 0 || tc->lora_init[0]) {
+        LoraSpec ls;
+        if (lora_spec(tc, cfg, &ls)) return -1;
+        r->m = model_create_lora(cfg, r->be, &ls, 1, tc->seed);
+    } else {
+        int bad;
+        ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
+        if (bad) return -1;
+        r->m = model_create_kinds(cfg, r->be, kinds);
+        free(kinds);
+        if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
+    }
     if (tc->model_init[0]) {
         float *host = xmalloc(r->m->pt.total * sizeof(float));
         int e = hf_read_weights(tc->model_init, cfg, &r->m->pt, host);
-        if (!e) model_set_params(r->m, host);
+        if (!e) model_set_params_base(r->m, host);
         free(host);
         if (e) return err_prefix("model.init");
     } else {
         model_init_gpt2(r->m, tc->seed);
+        if (r->m->adapters) model_init_lora(r->m, tc->seed); /* GPT-2's init drew the adapters too */
     }
+    if (tc->lora_init[0] && peft_read_weights(tc->lora_init, r->m)) return err_prefix("lora.init");
     if (model_reserve(r->m, tc->batch_size, tc->seq_len, tc->recompute)) return -1;
     optim_init(&r->opt, r->m, tc->weight_decay);
     return 0;
@@ -545,6 +597,8 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     if (trainer_model_config(tc, &cfg)) return -1;
     if (tc->seq_len > cfg.max_seq_len)
         return err_set("train.seq_len: %d exceeds the model's max_seq_len %d", tc->seq_len, cfg.max_seq_len);
+    if (tc->model_init[0] && !realpath(tc->model_init, r->base_path))
+        snprintf(r->base_path, sizeof(r->base_path), "%.*s", (int)strnlen(tc->model_init, CFG_PATH_MAX), tc->model_init);
     if (setup_backend(r) || setup_data(r, &cfg) || setup_model(r, &cfg)) goto out;
     if (tc->eval_mcq_task[0] && mcq_setup(r)) goto out;
     r->config_yaml = train_config_to_yaml(tc);

@@ -297,6 +297,57 @@ static void cpu_matmul_bwd(void *dinp_, float *dw, float *dbias, const void *dou
     }
 }
 
+// C (M,N) = alpha * op(A) @ op(B) + beta * C  (backend.h gemm). With ta 0 the rows of C go through
+// full tiles (MATMUL_ROW_TILE) of a product into a scratch, then C = tmp + beta * C, so that a row's
+// result does not depend on M, its position or beta's path.
+static void cpu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A_, int lda, const void *B_,
+                     int ldb, float beta, void *C_, int ldc, int c_f32)
+{
+    const float *A = A_, *B = B_;
+    float *C = C_;
+    (void)c_f32; /* act and fp32 are the same type here */
+    blas_single_thread();
+    CBLAS_TRANSPOSE tA = ta ? CblasTrans : CblasNoTrans, tB = tb ? CblasTrans : CblasNoTrans;
+    if (ta) { /* a reduction over A's rows (weight gradients): one call, the same for any thread count */
+        cblas_sgemm(CblasRowMajor, tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    size_t ntile = ((size_t)M + MATMUL_ROW_TILE - 1) / MATMUL_ROW_TILE;
+    int split = (long)M * N * K >= MATMUL_SPLIT_MIN;
+#pragma omp parallel if (split)
+    {
+        float *pa = xmalloc((size_t)MATMUL_ROW_TILE * K * sizeof(float));
+        float *pc = xmalloc((size_t)MATMUL_ROW_TILE * N * sizeof(float));
+#pragma omp for schedule(static)
+        for (size_t t = 0; t < ntile; t++) {
+            size_t r0 = t * MATMUL_ROW_TILE, rows = MIN((size_t)MATMUL_ROW_TILE, (size_t)M - r0);
+            memset(pa, 0, (size_t)MATMUL_ROW_TILE * K * sizeof(float));
+            for (size_t i = 0; i < rows; i++) memcpy(pa + i * K, A + (r0 + i) * lda, (size_t)K * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, tB, MATMUL_ROW_TILE, N, K, alpha, pa, K, B, ldb, 0.0f, pc, N);
+            for (size_t i = 0; i < rows; i++) {
+                float *c = C + (r0 + i) * ldc;
+                const float *p = pc + i * N;
+                if (beta == 0.0f)
+                    for (int j = 0; j < N; j++) c[j] = p[j];
+                else
+                    for (int j = 0; j < N; j++) c[j] = p[j] + beta * c[j];
+            }
+        }
+        free(pa);
+        free(pc);
+    }
+}
+
+static void cpu_dropout(void *out_, const void *inp_, size_t n, float p, uint64_t seed)
+{
+    float *out = out_;
+    const float *inp = inp_;
+    uint32_t cut = (uint32_t)fmin(4294967295.0, (double)p * 4294967296.0);
+    float keep = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = dropout_u32(seed, i) < cut ? 0.0f : inp[i] * keep;
+}
+
 /* ----------------------------------------------------------- element-wise */
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
@@ -626,6 +677,8 @@ static const Backend cpu_backend = {
     .attention_kv_fwd = cpu_attention_kv_fwd,
     .matmul_gelu_fwd = cpu_matmul_gelu_fwd,
     .matmul_dgelu_bwd = cpu_matmul_dgelu_bwd,
+    .gemm = cpu_gemm,
+    .dropout = cpu_dropout,
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,
 };

@@ -163,6 +163,10 @@ template <typename T> void cu_matmul_gelu_fwd(void *out, void *pre, const void *
 template <typename T>
 void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                          const void *pre, const void *w, int N, int IC, int OC);
+/* The general row-major product of backend.h (gemm). */
+template <typename T>
+void cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
+             float beta, void *C, int ldc, int c_f32);
 /* dst[OC] += sum over N rows of src (N,OC); deterministic (fixed order). */
 template <typename T> void cu_colsum_add(float *dst, const T *src, int N, int OC);
 

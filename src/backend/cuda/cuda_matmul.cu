@@ -98,6 +98,7 @@ static bool tune_verbose(void)
 }
 
 static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, int found, int m, int n, int k,
+                     float alpha,
                      const void *A, const void *B, const void *C, int ldd, size_t d_size, float beta, const Epi &e)
 {
     size_t bytes = (size_t)ldd * n * d_size;
@@ -105,7 +106,6 @@ static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, 
     cudaEvent_t ev[2];
     CUDA_CHECK(cudaEventCreate(&ev[0]));
     CUDA_CHECK(cudaEventCreate(&ev[1]));
-    const float alpha = 1.0f;
     int best = 0;
     float best_ms = 0, first_ms = 0;
     for (int i = 0; i < found; i++) {
@@ -139,8 +139,8 @@ static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, 
  * a_size/d_size: element bytes of A,B and of D (2 = bf16, 4 = fp32). Returns false, doing
  * nothing, when cuBLASLt offers no algorithm for an epilogue other than DEFAULT/BIAS (the
  * caller then does the work itself); fatal for those two. */
-static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
-                          void *D, int ldd, size_t ab_size, size_t d_size, float beta, const Epi &e)
+static bool lt_matmul_ab(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                         void *D, int ldd, size_t ab_size, size_t d_size, float alpha, float beta, const Epi &e)
 {
     int al_ops = std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
     int al_extra = (e.bias ? ptr_align(e.bias) : 0) * 1000 + (e.aux ? ptr_align(e.aux) : 0);
@@ -222,14 +222,20 @@ static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const voi
                                                   sizeof(e.aux)));
     /* after the pointers above: the trials' epilogues must read and write this call's buffers */
     if (p.cand && tune_allowed(ab_size) && ++p.calls >= (tune_always() ? 2 : TUNE_AFTER)) {
-        p.algo = p.cand[tune_pick(p, p.cand, p.ncand, m, n, k, A, B, D, ldd, d_size, beta, e)].algo;
+        p.algo = p.cand[tune_pick(p, p.cand, p.ncand, m, n, k, alpha, A, B, D, ldd, d_size, beta, e)].algo;
         free(p.cand);
         p.cand = NULL;
     }
-    const float alpha = 1.0f;
     CUDA_CHECK(cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.d, &p.algo,
                               g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream));
     return true;
+}
+
+/* lt_matmul_ab with alpha 1 (every product of the model but the adapters'). */
+static bool lt_matmul_epi(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                          void *D, int ldd, size_t ab_size, size_t d_size, float beta, const Epi &e)
+{
+    return lt_matmul_ab(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, ab_size, d_size, 1.0f, beta, e);
 }
 
 /* The plain product, with the BIAS epilogue when bias is not NULL. */
@@ -505,6 +511,22 @@ template <typename T> void cu_colsum_add(float *dst, const T *src, int N, int OC
     CUDA_CHECK_LAUNCH();
 }
 
+// C (M,N) = alpha op(A) op(B) + beta C, row-major (backend.h gemm): the column-major product
+// C^T = op(B)^T op(A)^T, i.e. B first. Each row of C is a column of C^T: computed alone by cuBLASLt.
+template <typename T>
+void cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
+             float beta, void *C, int ldc, int c_f32)
+{
+    CUDA_PROF(shape_name("gemm", M, K, N));
+    Epi e = {CUBLASLT_EPILOGUE_DEFAULT, NULL, NULL, 0};
+    lt_matmul_ab(tb, ta, N, M, K, B, ldb, A, lda, C, ldc, sizeof(T), c_f32 ? sizeof(float) : sizeof(T), alpha, beta,
+                 e);
+}
+
+template void cu_gemm<float>(int, int, int, int, int, float, const void *, int, const void *, int, float, void *, int,
+                             int);
+template void cu_gemm<bf16>(int, int, int, int, int, float, const void *, int, const void *, int, float, void *, int,
+                            int);
 template void cu_matmul_fwd<float>(void *, const void *, const void *, const void *, int, int, int);
 template void cu_matmul_fwd<bf16>(void *, const void *, const void *, const void *, int, int, int);
 template void cu_matmul_bwd<float>(void *, float *, float *, const void *, const void *, const void *, int, int, int);

@@ -1008,8 +1008,27 @@ static void cu_scale(float *x, float s, size_t n)
 
 /* ------------------------------------------------------------ the table */
 
+// out = inp / (1 - p) where dropout_u32(seed, i) >= cut, else 0 (backend.h dropout)
+template <typename T>
+__global__ void dropout_kernel(T *out, const T *inp, size_t n, uint32_t cut, float keep, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f<T>(dropout_u32(seed, i) < cut ? 0.0f : to_f(inp[i]) * keep);
+}
+
+template <typename T> static void cu_dropout(void *out, const void *inp, size_t n, float p, uint64_t seed)
+{
+    CUDA_PROF("dropout");
+    if (!n) return;
+    uint32_t cut = (uint32_t)fmin(4294967295.0, (double)p * 4294967296.0);
+    dropout_kernel<T><<<grid_for(n, THREADS), THREADS, 0, g_cu.stream>>>((T *)out, (const T *)inp, n, cut,
+                                                                         1.0f / (1.0f - p), seed);
+    CUDA_CHECK_LAUNCH();
+}
+
 template <typename T> void cu_fill_ops(Backend *be)
 {
+    be->dropout = cu_dropout<T>;
     be->embed_fwd = cu_embed_fwd<T>;
     be->embed_bwd = cu_embed_bwd<T>;
     be->norm_fwd = cu_norm_fwd<T>;

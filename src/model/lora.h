@@ -1,0 +1,58 @@
+/* lora.h - low-rank adapters (LoRA, Hu et al. 2021) as PEFT defines them.
+ *
+ * An adapter on a linear layer adds   out += scale * B (A dropout(x)),  A (r, in), B (out, r),
+ * scale = alpha / r (or alpha / sqrt(r) with rsLoRA). The sites are the Hugging Face modules a
+ * user names in lora.targets:
+ *   llama family: q_proj k_proj v_proj (rows of our fused qkv.w), o_proj, gate_proj up_proj (rows of
+ *                 our fused fc.w [gate | up]), down_proj;
+ *   gpt2:         c_attn (all of qkv.w), c_proj (both attn.c_proj and mlp.c_proj, as PEFT matches
+ *                 module names by suffix), c_fc;
+ *   all-linear:   every linear layer of the blocks (PEFT's "all-linear" leaves out the output head).
+ * Adapters are trainable tensors of the parameter store (params.h), named h.L.lora.<site>.A/B,
+ * placed after their block's own tensors so the trainable segment stays layer-major; the base
+ * tensors are frozen. PEFT initialises A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))
+ * and B to zero, so a new adapter starts as the identity.
+ */
+#ifndef ANVIL_MODEL_LORA_H
+#define ANVIL_MODEL_LORA_H
+
+#include <stddef.h>
+
+#include "model/config.h"
+
+typedef enum {
+    LORA_Q, LORA_K, LORA_V, /* llama: rows of qkv.w */
+    LORA_QKV,               /* gpt2 c_attn: all of qkv.w */
+    LORA_O,                 /* o_proj / attn.c_proj */
+    LORA_GATE, LORA_UP,     /* llama: rows of fc.w */
+    LORA_FC,                /* gpt2 c_fc: all of fc.w */
+    LORA_DOWN,              /* down_proj / mlp.c_proj */
+    LORA_SITE_COUNT
+} LoraSite;
+
+typedef struct LoraSpec {
+    int r;          /* rank (0 = no adapters) */
+    float alpha;    /* scale = alpha / r, or alpha / sqrt(r) with rslora */
+    int rslora;
+    float dropout;  /* on the adapter's input, training only */
+    unsigned sites; /* bit (1u << LoraSite) per adapted site */
+} LoraSpec;
+
+/* scale of the adapters' product */
+float lora_scale(const LoraSpec *s);
+/* The site bits of PEFT target_modules names ("q_proj", "c_attn", ..., or "all-linear") for a
+ * family; -1 with err_set() naming a name the family has no module for. */
+int lora_sites_parse(const char *const *names, int n, Family f, unsigned *sites);
+/* The PEFT target_modules names of a set of sites, comma-separated into buf. */
+void lora_sites_names(unsigned sites, Family f, char *buf, size_t n);
+/* The site's short name ("q", "qkv", "down", ...) used in internal tensor names. */
+const char *lora_site_short(LoraSite s);
+/* The Hugging Face module path of a site in layer l ("model.layers.3.self_attn.q_proj"). */
+void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t n);
+/* Whether the site exists in a family (q/k/v/gate/up only in llama, qkv/fc only in gpt2). */
+int lora_site_in_family(LoraSite s, Family f);
+/* The rows [*row0, *row0 + *rows) of the fused weight (qkv.w, o.w, fc.w or proj.w) that the site's
+ * adapter adds to, and the weight's role (PROLE_QKV_W, ...). */
+void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int *rows);
+
+#endif
