@@ -54,7 +54,7 @@ static int load_case(PeftCase *pc, const char *name)
     CHECKF(hf_read_config(base, &c) == 0, "%s", err_get());
     CHECKF(peft_read_config(adapter, &c, &ls, cfg_base, sizeof(cfg_base)) == 0, "%s", err_get());
     CHECK(strstr(cfg_base, name) != NULL);
-    pc->m = model_create_lora(&c, backend_cpu(), &ls, 1, 1);
+    pc->m = model_create_lora(&c, backend_cpu(), &ls, 1, 1, NULL);
     float *host = xcalloc(pc->m->pt.total, sizeof(float));
     CHECKF(hf_read_weights(base, &c, &pc->m->pt, host) == 0, "%s", err_get());
     model_set_params_base(pc->m, host);
@@ -205,7 +205,7 @@ static void test_roundtrip(void)
     CHECKF(peft_read_config(dir, &pc.m->cfg, &ls, base, sizeof(base)) == 0, "%s", err_get());
     CHECK(ls.r == pc.m->lora.r && ls.alpha == pc.m->lora.alpha && ls.sites == pc.m->lora.sites &&
           !strcmp(base, "tests/fixtures/llama/model"));
-    Model *m2 = model_create_lora(&pc.m->cfg, backend_cpu(), &ls, 1, 99);
+    Model *m2 = model_create_lora(&pc.m->cfg, backend_cpu(), &ls, 1, 99, NULL);
     CHECKF(peft_read_weights(dir, m2) == 0, "%s", err_get());
     float *a = xmalloc(pc.m->pt.total * sizeof(float)), *b = xmalloc(pc.m->pt.total * sizeof(float));
     model_get_params(pc.m, a);
@@ -272,7 +272,7 @@ static void check_fd(Family f)
     LoraSpec ls = {.r = 3, .alpha = 5.0f, .dropout = 0.3f};
     const char *all = "all-linear";
     CHECK(lora_sites_parse(&all, 1, f, &ls.sites) == 0);
-    Model *m = model_create_lora(&c, backend_cpu(), &ls, 1, 3);
+    Model *m = model_create_lora(&c, backend_cpu(), &ls, 1, 3, NULL);
     float *p = xmalloc(m->pt.total * sizeof(float));
     Rng r;
     rng_seed(&r, 5, 1);
@@ -335,7 +335,7 @@ static void test_init(void)
     LoraSpec ls = {.r = 8, .alpha = 16};
     const char *t[] = {"q_proj", "down_proj"};
     CHECK(lora_sites_parse(t, 2, c.family, &ls.sites) == 0);
-    Model *m = model_create_lora(&c, backend_cpu(), &ls, 1, 1);
+    Model *m = model_create_lora(&c, backend_cpu(), &ls, 1, 1, NULL);
     float *h = xmalloc(m->pt.total * sizeof(float));
     model_get_params(m, h);
     int nA = 0, nB = 0;

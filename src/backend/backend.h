@@ -213,6 +213,12 @@ struct Backend {
      * inp. */
     void (*dropout)(void *out, const void *inp, size_t n, float p, uint64_t seed);
 
+    /* ---- packed weights (appended; the NF4/FP4 kind of model/params.h) ---- */
+    /* Dequantize a bitsandbytes 4-bit tensor into out (state->n act elements), from a Q4State
+     * (model/quant4.h: packed nibbles, absmax or double-quantized absmax) whose arrays are backend
+     * memory; the values equal q4_dequantize's (fp32) or their bf16 rounding. */
+    void (*dequant4)(void *out, const void *q4state);
+
     /* ---- switches and accounting ---- */
     /* Apply the switches that change numerics or kernel choice (BackendOptions). Called before the
      * first op and whenever a command changes them; the backend never reads them from the

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "io/fsutil.h"
+#include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
 
@@ -22,21 +23,30 @@ const Backend *eval_backend(const char *device)
     return be;
 }
 
-/* A base directory with a PEFT adapter over it (every tensor frozen). */
-static Model *load_with_adapter(const char *dir, const char *adapter, const Backend *be)
+/* A base directory (plain, or bitsandbytes 4-bit: kept 4-bit) with a PEFT adapter over it when
+ * adapter is not NULL; every tensor frozen. */
+static Model *load_base(const char *dir, const char *adapter, const Backend *be)
 {
     ModelConfig c;
-    LoraSpec ls;
+    LoraSpec ls = {0};
+    Q4Spec q = {.type = -1};
     if (hf_read_config(dir, &c)) return NULL;
-    if (!peft_is_adapter_dir(adapter))
+    int bnb = bnb_model_quant(dir, &q);
+    if (bnb < 0) return NULL;
+    if (adapter && !peft_is_adapter_dir(adapter))
         return err_set("--adapter %s: no adapter_config.json (a PEFT adapter directory)", adapter), NULL;
-    if (peft_read_config(adapter, &c, &ls, NULL, 0)) return NULL;
-    Model *m = model_create_lora(&c, be, &ls, 0, 0);
-    float *host = xmalloc(m->pt.total * sizeof(float));
-    int rc = hf_read_weights(dir, &c, &m->pt, host);
-    if (!rc) model_set_params_base(m, host);
-    free(host);
-    if (rc || peft_read_weights(adapter, m)) {
+    if (adapter && peft_read_config(adapter, &c, &ls, NULL, 0)) return NULL;
+    Model *m = model_create_lora(&c, be, &ls, 0, 0, &q);
+    int rc;
+    if (bnb) {
+        rc = bnb_model_load(m, dir);
+    } else {
+        float *host = xmalloc(m->pt.total * sizeof(float));
+        rc = hf_read_weights(dir, &c, &m->pt, host);
+        if (!rc) model_set_params_base(m, host);
+        free(host);
+    }
+    if (rc || (adapter && peft_read_weights(adapter, m))) {
         model_free(m);
         return NULL;
     }
@@ -45,10 +55,9 @@ static Model *load_with_adapter(const char *dir, const char *adapter, const Back
 
 Model *eval_load_model(const char *spec, const char *adapter, const Backend *be)
 {
-    if (adapter) {
-        if (!fs_is_dir(spec)) return err_set("--adapter: needs --model to be a base model directory"), NULL;
-        return load_with_adapter(spec, adapter, be);
-    }
+    if (adapter && !fs_is_dir(spec)) return err_set("--adapter: needs --model to be a base model directory"), NULL;
+    Q4Spec q;
+    if (adapter || (fs_is_dir(spec) && bnb_model_quant(spec, &q) == 1)) return load_base(spec, adapter, be);
     if (fs_is_dir(spec) || fs_exists(spec)) return hf_load_model(spec, be, 0);
     ModelConfig c;
     if (model_preset(&c, spec))

@@ -666,6 +666,9 @@ int hf_names(const ModelConfig *cfg, const ParamTable *pt, HfName **out, int *no
     for (int i = 0; i < n; i++) {
         snprintf(names[i].name, sizeof(names[i].name), "%s", map[i].name);
         names[i].param = map[i].param;
+        names[i].row0 = map[i].row0;
+        names[i].rows = map[i].rows;
+        names[i].transpose = map[i].transpose;
     }
     free(map);
     *out = names;

@@ -55,6 +55,8 @@ void hf_tensors_free(HfTensor *t, int n);
 typedef struct {
     char name[96];
     int param;
+    int64_t row0, rows; /* the parameter's rows it holds */
+    int transpose;      /* stored (in, out) (GPT-2's Conv1D) */
 } HfName;
 int hf_names(const ModelConfig *cfg, const ParamTable *pt, HfName **out, int *n);
 

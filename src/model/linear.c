@@ -22,6 +22,9 @@ static LinearWeight linear_weight(const ParamStore *ps, int idx)
     case PARAM_FROZEN:
         lw.w = params_w(ps, idx);
         break;
+    case PARAM_NF4: /* dequantized into the store's scratch, used at once (one stream: no later op overwrites it first) */
+        lw.w = params_w_dense(ps, idx);
+        break;
     default:
         fatal("linear: tensor %s has kind %d, which no product supports (internal error)", ps->pt->p[idx].name,
               (int)ps->pt->p[idx].kind);

@@ -120,15 +120,46 @@ Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const Param
 
 Model *model_create(const ModelConfig *cfg, const Backend *be) { return model_create_kinds(cfg, be, NULL); }
 
-Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed)
+static int is_block_linear(int role)
+{
+    return role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+}
+
+/* The Hugging Face tensors a fused weight is made of (row ranges): llama's q/k/v and gate/up. */
+static void set_parts(Param *p, const ModelConfig *c)
+{
+    if (c->family != FAMILY_LLAMA) return;
+    if (p->role == PROLE_QKV_W) {
+        p->nparts = 3;
+        p->part_rows[0] = cfg_q_dim(c);
+        p->part_rows[1] = p->part_rows[2] = cfg_kv_dim(c);
+    } else if (p->role == PROLE_FC_W) {
+        p->nparts = 2;
+        p->part_rows[0] = p->part_rows[1] = c->d_ff;
+    }
+}
+
+Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed,
+                         const Q4Spec *quant)
 {
     ParamTable pt;
     param_table_build_lora(&pt, cfg, lora);
+    int q4 = quant && quant->type >= 0;
     ParamKind *kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
-    for (int i = 0; i < pt.n; i++) kinds[i] = train && pt.p[i].site >= 0 ? PARAM_TRAIN : PARAM_FROZEN;
+    for (int i = 0; i < pt.n; i++)
+        kinds[i] = train && pt.p[i].site >= 0           ? PARAM_TRAIN
+                 : q4 && is_block_linear(pt.p[i].role) ? PARAM_NF4
+                                                        : PARAM_FROZEN;
     Model *m = model_build(cfg, be, kinds, lora);
     free(kinds);
     param_table_free(&pt);
+    if (q4) {
+        for (int i = 0; i < m->pt.n; i++)
+            if (m->pt.p[i].kind == PARAM_NF4) set_parts(&m->pt.p[i], cfg);
+        m->ps.q4_type = quant->type;
+        m->ps.q4_blocksize = quant->blocksize;
+        m->ps.q4_double = quant->nested;
+    }
     model_init_lora(m, seed);
     return m;
 }

@@ -91,10 +91,19 @@ Model *model_create(const ModelConfig *cfg, const Backend *be);
 Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds);
 /* All tensors frozen: evaluation and generation (no master, no gradients). */
 Model *model_create_frozen(const ModelConfig *cfg, const Backend *be);
+/* How the frozen block linears are stored 4-bit (QLoRA): NULL or type < 0 = not at all. */
+typedef struct Q4Spec {
+    int type;      /* Q4Type: Q4_NF4 or Q4_FP4 */
+    int blocksize; /* 64 */
+    int nested;    /* double quantization of the block scales */
+} Q4Spec;
 /* With the adapters of lora (lora.h) after each block's tensors: the base tensors frozen, the
- * adapters trainable (train 1) or frozen too (train 0: evaluation with an adapter). The adapters
- * start as PEFT's: A Kaiming-uniform from seed, B zero (model_init_lora). */
-Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed);
+ * adapters trainable (train 1) or frozen too (train 0: evaluation with an adapter); with quant, the
+ * block linears (q/k/v, o, gate/up, down; GPT-2's c_attn, c_proj, c_fc) stored 4-bit as
+ * bitsandbytes does, one state per Hugging Face tensor; embeddings, norms and the head stay dense.
+ * The adapters start as PEFT's: A Kaiming-uniform from seed, B zero (model_init_lora). */
+Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed,
+                         const struct Q4Spec *quant);
 /* PEFT's initialisation of every adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with
  * a = sqrt(5)), B = 0; each tensor from its own stream of seed. */
 void model_init_lora(Model *m, uint64_t seed);

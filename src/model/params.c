@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "io/safetensors.h"
 #include "model/lora.h"
 
 /* ---- the table ---- */
@@ -30,6 +31,8 @@ static void add_param(ParamTable *pt, int *cap, const char *name, int role, int 
     p->kind = PARAM_TRAIN;
     p->decay = ndim == 2;
     p->site = -1;
+    p->nparts = 1;
+    p->part_rows[0] = (int)d0;
     pt->total += p->numel;
 }
 
@@ -42,6 +45,10 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
     for (int i = 0; i < pt->n; i++) {
         Param *p = &pt->p[i];
         p->kind = kinds ? kinds[i] : PARAM_TRAIN;
+        if (p->kind == PARAM_NF4) { /* no segment: packed storage of its own (params_upload) */
+            p->seg = 0;
+            continue;
+        }
         /* groups in table order: embeddings (0), block l (1 + l), the tensors after the blocks (L + 1) */
         int g = p->layer >= 0 ? 1 + p->layer : (i > 0 && group > 0 ? L + 1 : 0);
         while (group < g) pt->layer_seg[++group] = off[PARAM_TRAIN];
@@ -164,7 +171,7 @@ size_t param_count(const ParamTable *pt) { return param_count_kind(pt, PARAM_TRA
 
 const char *param_kind_name(ParamKind k)
 {
-    static const char *const names[PARAM_KIND_COUNT] = {"trainable", "frozen"};
+    static const char *const names[PARAM_KIND_COUNT] = {"trainable", "frozen", "frozen-4bit"};
     return k >= 0 && k < PARAM_KIND_COUNT ? names[k] : "?";
 }
 
@@ -189,6 +196,81 @@ void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
         ps->grad = be->alloc(pt->n_train * sizeof(float));
     }
     if (pt->n_frozen) ps->frozen_act = be->alloc(pt->n_frozen * be->act_size);
+    size_t dq = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].kind == PARAM_NF4) dq = MAX(dq, pt->p[i].numel);
+    if (dq) {
+        ps->q4 = xcalloc((size_t)pt->n, sizeof(*ps->q4));
+        ps->dq = be->alloc(dq * be->act_size);
+        ps->q4_type = Q4_NF4;
+        ps->q4_blocksize = Q4_DEFAULT_BLOCKSIZE;
+        ps->q4_double = 1;
+    }
+}
+
+/* Copy n bytes of host memory into a new backend block (counted as 4-bit weights). */
+static void *q4_put(ParamStore *ps, const void *host, size_t n)
+{
+    if (!host || !n) return NULL;
+    void *d = ps->be->alloc(n);
+    ps->be->upload(d, host, n);
+    ps->q4_bytes += n;
+    return d;
+}
+
+static void q4_part_free(ParamStore *ps, ParamQ4Part *q)
+{
+    for (int k = 0; k < 4; k++)
+        if (q->mem[k]) ps->be->free(q->mem[k]);
+    memset(q, 0, sizeof(*q));
+}
+
+void params_upload_q4(ParamStore *ps, int i, int part, const Q4State *h)
+{
+    ParamQ4Part *q = &ps->q4[i][part];
+    int64_t nb = q4_nblocks(h->n, h->blocksize);
+    q4_part_free(ps, q);
+    q->s = *h;
+    q->s.packed = q->mem[0] = q4_put(ps, h->packed, q4_packed_bytes(h->n));
+    if (h->absmax) {
+        q->s.absmax = q->mem[1] = q4_put(ps, h->absmax, (size_t)nb * sizeof(float));
+    } else {
+        q->s.qabsmax = q->mem[1] = q4_put(ps, h->qabsmax, (size_t)nb);
+        q->s.nested_absmax = q->mem[2] =
+            q4_put(ps, h->nested_absmax, (size_t)q4_nblocks(nb, h->nested_blocksize) * sizeof(float));
+        q->s.map8 = q->mem[3] = q4_put(ps, h->map8, Q4_MAP8_SIZE * sizeof(float));
+    }
+}
+
+/* Quantize tensor i's fp32 values part by part (each part a Hugging Face tensor, quantized on its
+ * own as bitsandbytes does), from their bf16 rounding: what a bf16-loaded model holds. */
+static void q4_quantize_upload(ParamStore *ps, int i, const float *host)
+{
+    const Param *p = &ps->pt->p[i];
+    int64_t cols = p->shape[1], row0 = 0;
+    float *x = xmalloc(p->numel * sizeof(float));
+    for (size_t k = 0; k < p->numel; k++) x[k] = st_bf16_to_f32(st_f32_to_bf16(host[k]));
+    for (int part = 0; part < p->nparts; part++) {
+        Q4Quant qq;
+        int64_t n = (int64_t)p->part_rows[part] * cols;
+        if (q4_quantize(x + row0 * cols, n, (Q4Type)ps->q4_type, ps->q4_blocksize, ps->q4_double, &qq)) fatal_err();
+        params_upload_q4(ps, i, part, &qq.s);
+        q4_quant_free(&qq);
+        row0 += p->part_rows[part];
+    }
+    free(x);
+}
+
+const void *params_w_dense(const ParamStore *ps, int i)
+{
+    const Param *p = &ps->pt->p[i];
+    if (p->kind != PARAM_NF4) return params_w(ps, i);
+    size_t row0 = 0;
+    for (int part = 0; part < p->nparts; part++) {
+        ps->be->dequant4(act_at(ps->be, ps->dq, row0 * (size_t)p->shape[1]), &ps->q4[i][part].s);
+        row0 += (size_t)p->part_rows[part];
+    }
+    return ps->dq;
 }
 
 void params_free(ParamStore *ps)
@@ -199,6 +281,12 @@ void params_free(ParamStore *ps)
     if (ps->master) be->free(ps->master);
     if (ps->grad) be->free(ps->grad);
     if (ps->frozen_act) be->free(ps->frozen_act);
+    if (ps->q4) {
+        for (int i = 0; i < ps->pt->n; i++)
+            for (int k = 0; k < PARAM_MAX_PARTS; k++) q4_part_free(ps, &ps->q4[i][k]);
+        free(ps->q4);
+    }
+    if (ps->dq) be->free(ps->dq);
     memset(ps, 0, sizeof(*ps));
 }
 
@@ -206,6 +294,7 @@ void *params_w(const ParamStore *ps, int i)
 {
     if (i < 0) return NULL;
     const Param *p = &ps->pt->p[i];
+    if (p->kind == PARAM_NF4) fatal("params_w: %s is 4-bit: use params_w_dense (internal error)", p->name);
     void *base = p->kind == PARAM_TRAIN ? ps->train_act : ps->frozen_act;
     return act_at(ps->be, base, p->seg);
 }
@@ -220,7 +309,9 @@ void params_upload(ParamStore *ps, int i, const float *host)
 {
     const Param *p = &ps->pt->p[i];
     const Backend *be = ps->be;
-    if (p->kind == PARAM_TRAIN) {
+    if (p->kind == PARAM_NF4) {
+        q4_quantize_upload(ps, i, host);
+    } else if (p->kind == PARAM_TRAIN) {
         be->upload(ps->master + p->seg, host, p->numel * sizeof(float));
         if (ps->train_act != (void *)ps->master)
             be->cast_to_act(act_at(be, ps->train_act, p->seg), ps->master + p->seg, p->numel);
@@ -233,6 +324,10 @@ void params_download(const ParamStore *ps, int i, float *host)
 {
     const Param *p = &ps->pt->p[i];
     const Backend *be = ps->be;
+    if (p->kind == PARAM_NF4) {
+        be->download_act(host, params_w_dense(ps, i), p->numel);
+        return;
+    }
     if (p->kind == PARAM_TRAIN) be->download(host, ps->master + p->seg, p->numel * sizeof(float));
     else be->download_act(host, act_at(be, ps->frozen_act, p->seg), p->numel);
 }
@@ -255,6 +350,12 @@ ParamBytes params_bytes(const ParamStore *ps)
     b.master = ps->master ? pt->n_train * sizeof(float) : 0;
     b.grads = ps->grad ? pt->n_train * sizeof(float) : 0;
     b.weights = (ps->train_act && ps->train_act != (void *)ps->master ? pt->n_train * as : 0) +
-                (ps->frozen_act ? pt->n_frozen * as : 0);
+                (ps->frozen_act ? pt->n_frozen * as : 0) + ps->q4_bytes;
+    if (ps->dq) {
+        size_t dq = 0;
+        for (int i = 0; i < pt->n; i++)
+            if (pt->p[i].kind == PARAM_NF4) dq = MAX(dq, pt->p[i].numel);
+        b.scratch = dq * as;
+    }
     return b;
 }

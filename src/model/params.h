@@ -14,6 +14,10 @@
  *                 optimizer owns); the compute copy IS the master when the backend computes in fp32.
  *   PARAM_FROZEN  the compute copy only: no master, no gradient, no optimizer state; left out of the
  *                 gradient norm, clipping, weight decay and optimizer checkpoints.
+ *   PARAM_NF4     frozen as above, stored 4-bit as bitsandbytes does (model/quant4.h): packed nibbles
+ *                 and block scales (double-quantized or not), one state per Hugging Face tensor (a fused
+ *                 qkv.w holds three: q, k, v, so a pre-quantized directory loads byte for byte); a
+ *                 product dequantizes it into the store's scratch (linear.c).
  * Trainable tensors live in one contiguous segment (master, compute copy and gradient each one
  * buffer of n_train elements), in table order, so that the optimizer sees one vector and a
  * data-parallel run can cut it into equal per-rank shards (params_shard). Frozen tensors live in a
@@ -32,10 +36,12 @@
 
 #include "backend/backend.h"
 #include "model/config.h"
+#include "model/quant4.h"
 
 typedef enum {
     PARAM_TRAIN = 0,
     PARAM_FROZEN = 1,
+    PARAM_NF4 = 2, /* frozen, 4-bit (NF4 or FP4, bitsandbytes layout): packed nibbles + block scales */
     PARAM_KIND_COUNT
 } ParamKind;
 
@@ -63,7 +69,11 @@ typedef struct {
     size_t seg;     /* element offset inside its kind's segment */
     int decay;      /* weight decay applies (matrices) */
     int site;       /* LoraSite of an adapter tensor, -1 otherwise */
+    int nparts;     /* 4-bit: the Hugging Face tensors it is made of (row ranges), 1..PARAM_MAX_PARTS */
+    int part_rows[3];
 } Param;
+
+#define PARAM_MAX_PARTS 3
 
 typedef struct {
     Param *p;
@@ -103,6 +113,12 @@ const char *param_kind_name(ParamKind k);
  * the last one shorter when world does not divide n_train. */
 void params_shard(const ParamTable *pt, int rank, int world, size_t *lo, size_t *hi);
 
+/* The 4-bit state of one part of a PARAM_NF4 tensor, arrays in backend memory. */
+typedef struct {
+    Q4State s;
+    void *mem[4]; /* what backend memory holds s's arrays (freed with the store) */
+} ParamQ4Part;
+
 /* The memory of the tensors, in backend memory. */
 typedef struct {
     const Backend *be;
@@ -111,6 +127,10 @@ typedef struct {
     void *train_act;  /* (n_train) compute copy (== master when the backend's act type is fp32) */
     float *grad;      /* (n_train) fp32 gradients */
     void *frozen_act; /* (n_frozen) compute copy of the frozen tensors */
+    ParamQ4Part (*q4)[PARAM_MAX_PARTS]; /* per tensor (NULL unless a tensor is PARAM_NF4) */
+    void *dq;         /* act scratch of the largest 4-bit tensor: where a product dequantizes it */
+    size_t q4_bytes;
+    int q4_type, q4_blocksize, q4_double; /* how params_upload quantizes (Q4Type, block, nested) */
 } ParamStore;
 
 /* Allocate every segment the table's kinds need (zero-filled); nothing for a kind with no tensor. */
@@ -124,6 +144,11 @@ float *params_g(const ParamStore *ps, int i);
  * compute copy; download reads the master, or the compute copy of a tensor that has none. */
 void params_upload(ParamStore *ps, int i, const float *host);
 void params_download(const ParamStore *ps, int i, float *host);
+/* A part of a 4-bit tensor from a host state (its arrays copied into backend memory): a
+ * pre-quantized directory's bytes as they are. */
+void params_upload_q4(ParamStore *ps, int i, int part, const Q4State *host);
+/* Tensor i's compute copy for a product: the stored one, or a 4-bit tensor dequantized into ps->dq. */
+const void *params_w_dense(const ParamStore *ps, int i);
 /* Refresh every trainable compute copy from the master (after the master was written directly). */
 void params_sync_act(ParamStore *ps);
 void params_zero_grad(ParamStore *ps);
@@ -133,6 +158,7 @@ typedef struct {
     size_t weights; /* compute copies that are not the master (bf16 copies, frozen tensors) */
     size_t master;  /* fp32 master weights of trainable tensors */
     size_t grads;   /* fp32 gradients */
+    size_t scratch; /* the dequantization scratch of 4-bit tensors */
 } ParamBytes;
 ParamBytes params_bytes(const ParamStore *ps);
 

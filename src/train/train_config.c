@@ -10,6 +10,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "model/quant4.h"
 
 typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST } KeyType;
 
@@ -46,6 +47,13 @@ static const KeyDef keys[] = {
      "Tensors to freeze (no gradient, no optimizer state, left out of the gradient norm): shell globs over the "
      "Hugging Face names the checkpoint uses, e.g. [\"model.embed_tokens.*\", \"model.layers.[0-9].*\"]. "
      "A pattern that matches nothing is an error. --set model.freeze=a,b."},
+    {"model.quant", CT_STR, F(quant), "none",
+     "Store the frozen block linears 4-bit for QLoRA: nf4 or fp4 (bitsandbytes' quantize_4bit, block "
+     "model.quant_blocksize); embeddings, norms and the head stay bf16. A bitsandbytes 4-bit model.init is "
+     "used as it is. Needs lora.r."},
+    {"model.quant_double", CT_BOOL, F(quant_double), "true",
+     "Double quantization of the 4-bit block scales (8-bit, blocks of 256; bitsandbytes' compress_statistics)."},
+    {"model.quant_blocksize", CT_INT, F(quant_blocksize), "64", "Values per 4-bit block (32 .. 4096, a power of two)."},
     {"lora.r", CT_INT, F(lora_r), "0",
      "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
      "state); 0 = no adapters (docs/finetuning.md)."},
@@ -382,6 +390,10 @@ int train_config_validate(const TrainConfig *tc)
     if (strcmp(tc->ckpt_dtype, "f32") && strcmp(tc->ckpt_dtype, "bf16"))
         return err_set("checkpoint.dtype: expected f32 or bf16, got \"%s\"", tc->ckpt_dtype);
     if (tc->lora_r < 0) return err_set("lora.r: must be >= 0, got %d", tc->lora_r);
+    if (strcmp(tc->quant, "none") && q4_type_parse(tc->quant) < 0)
+        return err_set("model.quant: expected none, nf4 or fp4, got \"%s\"", tc->quant);
+    if (!q4_blocksize_valid(tc->quant_blocksize))
+        return err_set("model.quant_blocksize: expected a power of two from 32 to 4096, got %d", tc->quant_blocksize);
     if (!(tc->lora_dropout >= 0 && tc->lora_dropout < 1))
         return err_set("lora.dropout: must be in [0, 1), got %g", tc->lora_dropout);
     if (!isfinite(tc->lora_alpha)) return err_set("lora.alpha: must be a finite number, got %g", tc->lora_alpha);

@@ -29,6 +29,8 @@ typedef struct {
     int tie_embeddings; /* -1 = the preset's / family's choice */
     int qkv_bias;       /* -1 = family default */
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
+    char quant[8];      /* model.quant: none, nf4, fp4 */
+    int quant_double, quant_blocksize;
     /* lora */
     int lora_r;
     float lora_alpha, lora_dropout;

@@ -19,6 +19,7 @@
 #include "data/tokenizer.h"
 #include "eval/mcq.h"
 #include "io/fsutil.h"
+#include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
 #include "report/tb.h"
@@ -380,6 +381,25 @@ static int setup_data(Run *r, const ModelConfig *cfg)
     return 0;
 }
 
+/* How model.quant stores the base: a bitsandbytes 4-bit model.init is taken as it is (its own
+ * quantization; model.quant must be none or agree), else model.quant's. */
+static int quant_spec(const TrainConfig *tc, Q4Spec *q)
+{
+    *q = (Q4Spec){.type = -1, .blocksize = tc->quant_blocksize, .nested = tc->quant_double};
+    if (strcmp(tc->quant, "none")) q->type = q4_type_parse(tc->quant);
+    if (tc->model_init[0]) {
+        Q4Spec pre;
+        int k = bnb_model_quant(tc->model_init, &pre);
+        if (k < 0) return err_prefix("model.init");
+        if (k == 1) {
+            if (q->type >= 0 && q->type != pre.type)
+                return err_set("model.quant: %s, but model.init is a %s checkpoint", tc->quant, q4_type_name(pre.type));
+            *q = pre;
+        }
+    }
+    return 0;
+}
+
 /* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
  * must agree), else from the keys. */
 static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls)
@@ -403,10 +423,14 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
 static int setup_model(Run *r, const ModelConfig *cfg)
 {
     const TrainConfig *tc = r->tc;
+    Q4Spec q4;
+    if (quant_spec(tc, &q4)) return -1;
+    if (q4.type >= 0 && !tc->lora_r && !tc->lora_init[0])
+        return err_set("model.quant: a 4-bit base trains through adapters only: set lora.r (QLoRA)");
     if (tc->lora_r > 0 || tc->lora_init[0]) {
         LoraSpec ls;
         if (lora_spec(tc, cfg, &ls)) return -1;
-        r->m = model_create_lora(cfg, r->be, &ls, 1, tc->seed);
+        r->m = model_create_lora(cfg, r->be, &ls, 1, tc->seed, &q4);
     } else {
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
@@ -415,7 +439,10 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         free(kinds);
         if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
     }
-    if (tc->model_init[0]) {
+    Q4Spec pre;
+    if (tc->model_init[0] && bnb_model_quant(tc->model_init, &pre) == 1) { /* 4-bit as stored */
+        if (bnb_model_load(r->m, tc->model_init)) return err_prefix("model.init");
+    } else if (tc->model_init[0]) {
         float *host = xmalloc(r->m->pt.total * sizeof(float));
         int e = hf_read_weights(tc->model_init, cfg, &r->m->pt, host);
         if (!e) model_set_params_base(r->m, host);

@@ -12,6 +12,7 @@
 #include "backend/cpu/cpu_extra.h"
 #include "backend/cpu/cpu_kv.h"
 #include "core/error.h"
+#include "model/quant4.h"
 
 /* ---------------------------------------------------------------- memory */
 
@@ -348,6 +349,8 @@ static void cpu_dropout(void *out_, const void *inp_, size_t n, float p, uint64_
     for (size_t i = 0; i < n; i++) out[i] = dropout_u32(seed, i) < cut ? 0.0f : inp[i] * keep;
 }
 
+static void cpu_dequant4(void *out, const void *q4state) { q4_dequantize((const Q4State *)q4state, out); }
+
 /* ----------------------------------------------------------- element-wise */
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
@@ -679,6 +682,7 @@ static const Backend cpu_backend = {
     .matmul_dgelu_bwd = cpu_matmul_dgelu_bwd,
     .gemm = cpu_gemm,
     .dropout = cpu_dropout,
+    .dequant4 = cpu_dequant4,
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,
 };

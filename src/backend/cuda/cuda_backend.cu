@@ -329,6 +329,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
     be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;
     be->gemm = cu_gemm<T>;
+    be->dequant4 = cu_dequant4<T>;
     be->configure = cu_configure;
     be->mem_stats = cu_mem_stats_op;
     cu_fill_ops<T>(be);

@@ -167,6 +167,8 @@ void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, 
 template <typename T>
 void cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
              float beta, void *C, int ldc, int c_f32);
+/* cuda_quant4.cu: a 4-bit tensor (backend.h dequant4). */
+template <typename T> void cu_dequant4(void *out, const void *q4state);
 /* dst[OC] += sum over N rows of src (N,OC); deterministic (fixed order). */
 template <typename T> void cu_colsum_add(float *dst, const T *src, int N, int OC);
 

@@ -63,6 +63,57 @@ static void q4_launch(const Q4State *s, int64_t cols, int64_t r0, int64_t r1, T 
     CUDA_CHECK_LAUNCH();
 }
 
+/* Eight values per thread: four packed bytes in one load, one block scale (blocks are multiples of
+ * 8 values), eight outputs in one 16-byte (bf16) or two (fp32) stores. The same products as the
+ * kernel above, so the same bits. */
+template <typename T> __global__ void q4_dequantize8_kernel(Q4State s, int64_t n8, T *out)
+{
+    int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= n8) return;
+    int64_t e = g * 8, b = e / s.blocksize;
+    uint32_t w = *reinterpret_cast<const uint32_t *>(s.packed + (e >> 1));
+    float scale = s.absmax
+                      ? s.absmax[b]
+                      : __fadd_rn(__fmul_rn(s.map8[s.qabsmax[b]], s.nested_absmax[b / s.nested_blocksize]),
+                                  s.nested_offset);
+    const float *code = q4_codes[s.type == Q4_NF4 ? 0 : 1];
+    Vec<T, 8> v;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        uint32_t byte = (w >> (8 * k)) & 0xFF;
+        v.v[2 * k] = q4_store<T>(__fmul_rn(code[byte >> 4], scale));
+        v.v[2 * k + 1] = q4_store<T>(__fmul_rn(code[byte & 0xF], scale));
+    }
+    if (sizeof(T) == 2) {
+        *reinterpret_cast<Vec<T, 8> *>(out + e) = v;
+    } else {
+#pragma unroll
+        for (int k = 0; k < 8; k++) out[e + k] = v.v[k];
+    }
+}
+
+/* The whole tensor into out: the 8-wide kernel over the bulk, the 1-wide one over a tail. */
+template <typename T> void cu_dequant4(void *out, const void *q4state)
+{
+    CUDA_PROF("dequant4");
+    const Q4State *s = (const Q4State *)q4state;
+    q4_codes_upload();
+    int64_t n8 = ((uintptr_t)out % 16 == 0 && (uintptr_t)s->packed % 4 == 0 && s->blocksize % 8 == 0) ? s->n / 8 : 0;
+    if (n8) {
+        q4_dequantize8_kernel<T><<<(unsigned)((n8 + Q4_THREADS - 1) / Q4_THREADS), Q4_THREADS, 0, g_cu.stream>>>(
+            *s, n8, (T *)out);
+        CUDA_CHECK_LAUNCH();
+    }
+    int64_t done = n8 * 8, rest = s->n - done;
+    if (rest > 0) {
+        q4_dequantize_kernel<T><<<(unsigned)((rest + Q4_THREADS - 1) / Q4_THREADS), Q4_THREADS, 0, g_cu.stream>>>(
+            *s, done, rest, (T *)out + done);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+template void cu_dequant4<float>(void *, const void *);
+template void cu_dequant4<bf16>(void *, const void *);
+
 extern "C" void cuda_q4_dequantize_rows(const Q4State *s, int64_t cols, int64_t r0, int64_t r1, float *out,
                                         void *stream)
 {

@@ -1,0 +1,94 @@
+/* bnb_model.c - a bitsandbytes 4-bit directory as a model's base (bnb_model.h). */
+#include "io/bnb_model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "io/bnb.h"
+#include "io/hf.h"
+
+int bnb_model_quant(const char *dir, Q4Spec *q)
+{
+    BnbConfig c;
+    int rc = bnb_read_config(dir, &c);
+    if (rc != 1) return rc;
+    *q = (Q4Spec){.type = c.quant_type, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = c.double_quant};
+    return 1;
+}
+
+/* A dense tensor's rows from a plain stored tensor (fp32 image of the parameter in `buf`). */
+static int read_plain(const BnbDir *d, const HfName *h, const Param *p, float *buf)
+{
+    const StFile *f;
+    const StTensor *t = st_set_find(&d->set, h->name, &f);
+    if (!t) return err_set("%s: %s: missing", d->dir, h->name);
+    int64_t K = p->ndim == 2 ? p->shape[1] : 1;
+    if ((size_t)(h->rows * K) != t->numel)
+        return err_set("%s: %s: %zu values, expected %lld", f->path, h->name, t->numel, (long long)(h->rows * K));
+    float *tmp = xmalloc(t->numel * sizeof(float));
+    if (st_to_f32(t, tmp)) {
+        free(tmp);
+        return err_set("%s: %s: dtype %s is not a floating type", f->path, h->name, st_dtype_name(t->dtype));
+    }
+    float *dst = buf + h->row0 * K;
+    if (!h->transpose) memcpy(dst, tmp, t->numel * sizeof(float));
+    else
+        for (int64_t r = 0; r < h->rows; r++)
+            for (int64_t k = 0; k < K; k++) dst[r * K + k] = tmp[k * h->rows + r];
+    free(tmp);
+    return 0;
+}
+
+int bnb_model_load(Model *m, const char *dir)
+{
+    BnbDir d;
+    if (bnb_open(&d, dir)) return -1;
+    HfName *names = NULL;
+    int n = 0, rc = -1;
+    float *buf = NULL;
+    if (hf_names(&m->cfg, &m->pt, &names, &n)) goto out;
+    for (int i = 0; i < m->pt.n; i++) {
+        const Param *p = &m->pt.p[i];
+        if (p->site >= 0) continue; /* adapters come from elsewhere */
+        int part = 0;
+        buf = xrealloc(buf, p->numel * sizeof(float));
+        for (int k = 0; k < n; k++) {
+            if (names[k].param != i) continue;
+            const BnbTensor *t = bnb_find(&d, names[k].name);
+            if (p->kind == PARAM_NF4) {
+                int64_t want = names[k].rows * p->shape[1];
+                if (!t) {
+                    err_set("%s: %s: expected a 4-bit weight, found %s", dir, names[k].name,
+                            st_set_find(&d.set, names[k].name, NULL) ? "a plain one" : "none");
+                    goto out;
+                }
+                if (t->q.n != want || t->shape[0] != names[k].rows) {
+                    err_set("%s: %s: 4-bit shape (%lld, %lld), expected (%lld, %lld)", dir, names[k].name,
+                            (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0),
+                            (long long)names[k].rows, (long long)p->shape[1]);
+                    goto out;
+                }
+                if (part >= p->nparts) {
+                    err_set("%s: %s: more 4-bit parts than anvil's %s has (internal error)", dir, names[k].name, p->name);
+                    goto out;
+                }
+                params_upload_q4(&m->ps, i, part++, &t->q);
+            } else {
+                if (t) {
+                    err_set("%s: %s: 4-bit, but anvil keeps this tensor dense (only block linears are 4-bit)", dir,
+                            names[k].name);
+                    goto out;
+                }
+                if (read_plain(&d, &names[k], p, buf)) goto out;
+            }
+        }
+        if (p->kind != PARAM_NF4) params_upload(&m->ps, i, buf);
+    }
+    rc = 0;
+out:
+    free(buf);
+    free(names);
+    bnb_close(&d);
+    return rc;
+}
