@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/model.h"
+#include "model/quant4.h"
 #include "test.h"
 #ifdef ANVIL_CUDA
 #include "backend/cuda/cuda_cudnn.h"
@@ -874,6 +875,173 @@ static void model_parity(Family f)
 static void test_model_gpt2(void) { model_parity(FAMILY_GPT2); }
 static void test_model_llama(void) { model_parity(FAMILY_LLAMA); }
 
+/* ------------------------------------------------- adapters and 4-bit weights */
+
+/* The general product: every transpose combination, a column slice of a wider C (LoRA's fused
+ * rows), alpha and beta, act and fp32 C. */
+static void test_gemm(void)
+{
+    int M = 37, N = 24, K = 40, ldc = 64, off = 8;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int cf = 0; cf < 2; cf++) {
+                float *A = randn((size_t)M * K, 1.0f, 1), *Bm = randn((size_t)N * K, 1.0f, 2);
+                float *C0 = randn((size_t)M * ldc, 1.0f, 3);
+                const Backend *bes[3] = {cpu, gpu32, gpu16};
+                float *res[3];
+                for (int b = 0; b < 3; b++) {
+                    const Backend *be = bes[b];
+                    float *a = xmalloc((size_t)M * K * 4), *bb = xmalloc((size_t)N * K * 4), *c = xmalloc((size_t)M * ldc * 4);
+                    memcpy(a, A, (size_t)M * K * 4), memcpy(bb, Bm, (size_t)N * K * 4), memcpy(c, C0, (size_t)M * ldc * 4);
+                    fit(be, a, (size_t)M * K), fit(be, bb, (size_t)N * K);
+                    if (!cf) fit(be, c, (size_t)M * ldc);
+                    void *da = up_act(be, a, (size_t)M * K), *db = up_act(be, bb, (size_t)N * K);
+                    void *dc = cf ? (void *)up_f32(be, c, (size_t)M * ldc) : up_act(be, c, (size_t)M * ldc);
+                    size_t es = cf ? 4 : be->act_size;
+                    /* op(A) (M,K): A stored (M,K) or (K,M); op(B) (K,N): stored (K,N) or (N,K) */
+                    be->gemm(ta, tb, M, N, K, 0.75f, da, ta ? M : K, db, tb ? K : N, 0.5f, (char *)dc + off * es, ldc, cf);
+                    res[b] = cf ? down_f32(be, dc, (size_t)M * ldc) : down_act(be, dc, (size_t)M * ldc);
+                    be->free(da), be->free(db), be->free(dc);
+                    free(a), free(bb), free(c);
+                }
+                char what[64];
+                snprintf(what, sizeof(what), "gemm ta%d tb%d c_f32 %d", ta, tb, cf);
+                expect(what, gpu32, res[1], res[0], (size_t)M * ldc, TOL_F32);
+                expect(what, gpu16, res[2], res[0], (size_t)M * ldc, TOL_BF16);
+                for (int b = 0; b < 3; b++) free(res[b]);
+                free(A), free(Bm), free(C0);
+            }
+}
+
+/* Dropout draws the same mask on every backend for a seed (the hash of backend.h). */
+static void test_dropout(void)
+{
+    size_t n = 100003;
+    float *x = randn(n, 1.0f, 4);
+    fit(gpu16, x, n);
+    const Backend *bes[3] = {cpu, gpu32, gpu16};
+    float *res[3];
+    for (int b = 0; b < 3; b++) {
+        void *d = up_act(bes[b], x, n);
+        bes[b]->dropout(d, d, n, 0.25f, 12345);
+        res[b] = down_act(bes[b], d, n);
+        bes[b]->free(d);
+    }
+    size_t same_mask = 0, dropped = 0;
+    for (size_t i = 0; i < n; i++) {
+        same_mask += (res[0][i] == 0) == (res[1][i] == 0) && (res[0][i] == 0) == (res[2][i] == 0);
+        dropped += res[0][i] == 0;
+    }
+    CHECKF(same_mask == n, "dropout masks differ in %zu of %zu", n - same_mask, n);
+    CHECKF(fabs((double)dropped / n - 0.25) < 0.01, "dropped %.3f of the elements, p 0.25", (double)dropped / n);
+    expect("dropout", gpu32, res[1], res[0], n, TOL_F32);
+    expect("dropout", gpu16, res[2], res[0], n, TOL_BF16);
+    for (int b = 0; b < 3; b++) free(res[b]);
+    free(x);
+}
+
+/* The GPU's 4-bit dequantization equals the CPU's bit for bit (fp32), and its bf16 rounding. */
+static void test_dequant4(void)
+{
+    for (int nested = 0; nested < 2; nested++)
+        for (int t = 0; t < 2; t++) {
+            int64_t n = 64 * 1000 + 37; /* a partial last block and an odd count: the 1-wide tail */
+            float *x = randn((size_t)n, 0.1f, 6);
+            Q4Quant q;
+            CHECK(q4_quantize(x, n, (Q4Type)t, 64, nested, &q) == 0);
+            float *ref = xmalloc((size_t)n * 4);
+            q4_dequantize(&q.s, ref);
+            const Backend *bes[2] = {gpu32, gpu16};
+            for (int b = 0; b < 2; b++) {
+                const Backend *be = bes[b];
+                int64_t nb = q4_nblocks(n, 64);
+                Q4State s = q.s;
+                s.packed = be->alloc(q4_packed_bytes(n));
+                be->upload((void *)s.packed, q.s.packed, q4_packed_bytes(n));
+                if (nested) {
+                    s.qabsmax = be->alloc((size_t)nb);
+                    be->upload((void *)s.qabsmax, q.s.qabsmax, (size_t)nb);
+                    size_t nn = (size_t)q4_nblocks(nb, s.nested_blocksize);
+                    s.nested_absmax = up_f32(be, q.s.nested_absmax, nn);
+                    s.map8 = up_f32(be, q.s.map8, Q4_MAP8_SIZE);
+                } else {
+                    s.absmax = up_f32(be, q.s.absmax, (size_t)nb);
+                }
+                void *out = be->alloc((size_t)n * be->act_size);
+                be->dequant4(out, &s);
+                float *got = down_act(be, out, (size_t)n);
+                if (be->act_dtype == DTYPE_F32) {
+                    CHECKF(!memcmp(got, ref, (size_t)n * 4), "dequant4 [%s] type %d nested %d: not bit-identical",
+                           be->name, t, nested);
+                } else {
+                    size_t bad = 0;
+                    for (int64_t i = 0; i < n; i++) bad += got[i] != bf16_round(ref[i]);
+                    CHECKF(bad == 0, "dequant4 [%s] type %d nested %d: %zu values off", be->name, t, nested, bad);
+                }
+                be->free((void *)s.packed), be->free(out);
+                if (nested) be->free((void *)s.qabsmax), be->free((void *)s.nested_absmax), be->free((void *)s.map8);
+                else be->free((void *)s.absmax);
+                free(got);
+            }
+            q4_quant_free(&q);
+            free(x), free(ref);
+        }
+}
+
+/* A LoRA model (adapters on every linear, dropout on) and a QLoRA one (NF4 base) on the GPU
+ * against the CPU: loss and every adapter gradient; the base has none. */
+static void lora_parity(Family f, int quant)
+{
+    ModelConfig c = small(f);
+    LoraSpec ls = {.r = 16, .alpha = 32, .dropout = 0.1f};
+    const char *all = "all-linear";
+    CHECK(lora_sites_parse(&all, 1, c.family, &ls.sites) == 0);
+    Q4Spec q = {.type = quant ? Q4_NF4 : -1, .blocksize = 64, .nested = 1};
+    int B = 2, T = 64;
+    int32_t in[128], tg[128];
+    Rng r;
+    rng_seed(&r, 78, (uint64_t)f);
+    for (int i = 0; i < B * T; i++) in[i] = (int32_t)rng_below(&r, c.vocab_size), tg[i] = (int32_t)rng_below(&r, c.vocab_size);
+    const Backend *bes[3] = {cpu, gpu32, gpu16};
+    float *g[3], loss[3];
+    Model *m0 = NULL;
+    for (int b = 0; b < 3; b++) {
+        Model *m = model_create_lora(&c, bes[b], &ls, 1, 3, &q);
+        float *p = randn(m->pt.total, 0.05f, 5);
+        for (int k = 0; k < m->pt.n; k++) {
+            int role = m->pt.p[k].role;
+            if (role == PROLE_LN1_W || role == PROLE_LN2_W || role == PROLE_LNF_W)
+                for (size_t j = 0; j < m->pt.p[k].numel; j++) p[m->pt.p[k].offset + j] += 1.0f;
+        }
+        model_set_params(m, p); /* the 4-bit base quantized on each backend's host side: the same bytes */
+        free(p);
+        CHECK(model_reserve(m, B, T, RECOMPUTE_BLOCK) == 0);
+        m->dropout_seed = 9;
+        loss[b] = model_step(m, in, tg, B, T, &g[b]);
+        if (b == 0) m0 = m;
+        else model_free(m);
+    }
+    fprintf(stderr, "  %s lora%s: loss cpu %.7f, cuda-fp32 %.7f, cuda %.7f\n", model_family_name(f), quant ? " nf4" : "",
+            loss[0], loss[1], loss[2]);
+    CHECK_CLOSE(loss[1], loss[0], TOL_F32);
+    CHECKF(fabsf(loss[2] - loss[0]) <= 2e-2f, "bf16 loss %g vs %g", loss[2], loss[0]);
+    double worst[3] = {0};
+    for (int k = 0; k < m0->pt.n; k++) {
+        const Param *p = &m0->pt.p[k];
+        if (p->site < 0) continue;
+        for (int b = 1; b < 3; b++) worst[b] = fmax(worst[b], rel_err_max(g[b] + p->offset, g[0] + p->offset, p->numel));
+    }
+    fprintf(stderr, "  %s lora%s: worst adapter gradient rel err fp32 %.3g, bf16 %.3g\n", model_family_name(f),
+            quant ? " nf4" : "", worst[1], worst[2]);
+    CHECK(worst[1] <= TOL_F32_GRAD);
+    CHECK(worst[2] <= 0.1);
+    for (int b = 0; b < 3; b++) free(g[b]);
+    model_free(m0);
+}
+static void test_lora_gpt2(void) { lora_parity(FAMILY_GPT2, 0); }
+static void test_lora_llama(void) { lora_parity(FAMILY_LLAMA, 0); }
+static void test_qlora_llama(void) { lora_parity(FAMILY_LLAMA, 1); }
+
 /* ANVIL_TEST_ONLY=substring runs only the matching tests (e.g. under compute-sanitizer). */
 #undef RUN
 #define RUN(fn)                                                                                  \
@@ -910,5 +1078,11 @@ int main(void)
     RUN(test_sumsq_scale);
     RUN(test_model_gpt2);
     RUN(test_model_llama);
+    RUN(test_gemm);
+    RUN(test_dropout);
+    RUN(test_dequant4);
+    RUN(test_lora_gpt2);
+    RUN(test_lora_llama);
+    RUN(test_qlora_llama);
     return test_summary();
 }

@@ -43,7 +43,8 @@
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 typedef struct {
-    const char *model, *device, *json, *data, *freeze;
+    const char *model, *device, *json, *data, *freeze, *lora_targets, *quant;
+    int lora_r;
     int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
     float lr;
 } BenchArgs;
@@ -73,9 +74,12 @@ static void usage(FILE *f)
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
                "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]]\n"
+               "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4]\n"
                "--data trains on a little-endian uint32 token file (consecutive windows, wrapping)\n"
                "instead of random tokens and prints the loss every K steps (a training curve).\n"
                "--freeze freezes the tensors whose Hugging Face names match (as model.freeze).\n"
+               "--lora R trains rank-R adapters over a frozen base (lora.targets, default all-linear);\n"
+               "--quant stores the base's block linears 4-bit (QLoRA; random weights, synthetic 4-bit states).\n"
                "ANVIL_ATTENTION, ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC set the backend switches.\n"
                "presets: %s\n",
             model_preset_names());
@@ -109,6 +113,9 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--json")) a->json = v;
         else if (!strcmp(f, "--data")) a->data = v;
         else if (!strcmp(f, "--freeze")) a->freeze = v;
+        else if (!strcmp(f, "--lora")) rc = cli_int(f, v, 1, &a->lora_r);
+        else if (!strcmp(f, "--lora-targets")) a->lora_targets = v;
+        else if (!strcmp(f, "--quant")) a->quant = v;
         else if (!strcmp(f, "--print-every")) rc = cli_int(f, v, 1, &a->print_every);
         else if (!strcmp(f, "--lr-warmup")) rc = cli_int(f, v, 0, &a->lr_warmup);
         else if (!strcmp(f, "--lr")) {
@@ -219,6 +226,28 @@ static const char *device_name(const Backend *be)
 /* The model with --freeze applied, GPT-2-initialized, with activations reserved. */
 static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backend *be)
 {
+    if (a->lora_r || a->quant) {
+        TrainConfig tc;
+        train_config_defaults(&tc);
+        if (a->lora_targets && train_config_set_key(&tc, "lora.targets", a->lora_targets, "--lora-targets")) return NULL;
+        const char *names[CFG_LIST_MAX];
+        for (int i = 0; i < tc.lora_targets.n; i++) names[i] = tc.lora_targets.item[i];
+        LoraSpec ls = {.r = a->lora_r, .alpha = 2.0f * a->lora_r};
+        if (a->lora_r && lora_sites_parse(names, tc.lora_targets.n, c->family, &ls.sites))
+            return err_prefix("--lora-targets"), NULL;
+        Q4Spec q = {.type = -1, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = 1};
+        if (a->quant && (q.type = q4_type_parse(a->quant)) < 0)
+            return err_set("--quant: expected nf4 or fp4, got \"%s\"", a->quant), NULL;
+        if (!a->lora_r) return err_set("--quant: a 4-bit base trains through adapters: add --lora R"), NULL;
+        Model *m = model_create_lora(c, be, &ls, 1, 1, &q);
+        model_init_gpt2(m, 1);
+        model_init_lora(m, 1);
+        if (model_reserve(m, a->B, a->T, a->recompute)) {
+            model_free(m);
+            return NULL;
+        }
+        return m;
+    }
     ParamKind *kinds = NULL;
     if (a->freeze) {
         TrainConfig tc;
@@ -243,9 +272,11 @@ static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *
 {
     int is_cpu = !strcmp(a->device, "cpu");
     double tok_s = a->B * a->T / step, rate = fpt * tok_s;
-    printf("model %s (%s, %.1fM params: %.1fM trainable, %.1fM frozen), device %s (%s), batch %d x %d, recompute %d\n",
+    printf("model %s (%s, %.1fM params: %.1fM trainable, %.1fM frozen of which %.1fM 4-bit), device %s (%s), "
+           "batch %d x %d, recompute %d\n",
            a->model, model_family_name(c->family), param_count_all(&m->pt) / 1e6, param_count(&m->pt) / 1e6,
-           param_count_kind(&m->pt, PARAM_FROZEN) / 1e6, be->name, device_name(be), a->B, a->T, a->recompute);
+           (param_count_all(&m->pt) - param_count(&m->pt)) / 1e6, param_count_kind(&m->pt, PARAM_NF4) / 1e6,
+           be->name, device_name(be), a->B, a->T, a->recompute);
     printf("step %.2f ms (median of %d after %d warm-up), %.0f tokens/s\n", step * 1e3, a->steps, a->warmup, tok_s);
     printf("%.6g FLOP/token (products run: 6 per trainable weight, 4 per frozen, + attention), %.2f TFLOP/s "
            "achieved (%.1f GFLOP/s)\n",

@@ -39,25 +39,35 @@ typedef struct {
     const char *name;
     Family family;
     int n_layer, n_head, n_kv_head, d_model, d_ff, vocab, max_seq;
+    float rope_theta; /* 0: the family's default */
 } Preset;
 
 /* d_ff 0 means the family default (gpt2: 4*d_model). */
 static const Preset presets[] = {
-    {"gpt2-124m", FAMILY_GPT2, 12, 12, 12, 768, 0, GPT2_VOCAB, 1024},
-    {"gpt2-350m", FAMILY_GPT2, 24, 16, 16, 1024, 0, GPT2_VOCAB, 1024},
-    {"gpt2-760m", FAMILY_GPT2, 24, 16, 16, 1536, 0, GPT2_VOCAB, 1024},
-    {"gpt2-1.3b", FAMILY_GPT2, 24, 16, 16, 2048, 0, GPT2_VOCAB, 1024},
+    {"gpt2-124m", FAMILY_GPT2, 12, 12, 12, 768, 0, GPT2_VOCAB, 1024, 0},
+    {"gpt2-350m", FAMILY_GPT2, 24, 16, 16, 1024, 0, GPT2_VOCAB, 1024, 0},
+    {"gpt2-760m", FAMILY_GPT2, 24, 16, 16, 1536, 0, GPT2_VOCAB, 1024, 0},
+    {"gpt2-1.3b", FAMILY_GPT2, 24, 16, 16, 2048, 0, GPT2_VOCAB, 1024, 0},
     /* TinyLlama-1.1B shape. */
-    {"llama-1b", FAMILY_LLAMA, 22, 32, 4, 2048, 5632, 32000, 2048},
+    {"llama-1b", FAMILY_LLAMA, 22, 32, 4, 2048, 5632, 32000, 2048, 0},
     /* Tiny models for tests and the built-in example; GPT-2 vocabulary so that
      * they train on GPT-2 token data. */
-    {"gpt2-tiny", FAMILY_GPT2, 2, 4, 4, 64, 0, GPT2_VOCAB, 256},
-    {"llama-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256},
+    {"gpt2-tiny", FAMILY_GPT2, 2, 4, 4, 64, 0, GPT2_VOCAB, 256, 0},
+    {"llama-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256, 0},
+    /* The real shapes of open 7B-13B checkpoints (config.json of each release), for speed and memory
+     * runs with random weights; real weights come through model.init. Mistral-7B's sliding window
+     * (4096) is not implemented, so its preset stops at 4096 positions, where the window is the
+     * whole context. */
+    {"llama2-7b", FAMILY_LLAMA, 32, 32, 32, 4096, 11008, 32000, 4096, 10000.0f},
+    {"llama2-13b", FAMILY_LLAMA, 40, 40, 40, 5120, 13824, 32000, 4096, 10000.0f},
+    {"mistral-7b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 32000, 4096, 10000.0f},
+    {"llama3-8b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 128256, 8192, 500000.0f},
 };
 
 const char *model_preset_names(void)
 {
-    return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny";
+    return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
+           "mistral-7b, llama3-8b";
 }
 
 int model_preset(ModelConfig *c, const char *name)
@@ -73,6 +83,7 @@ int model_preset(ModelConfig *c, const char *name)
         c->d_ff = p->d_ff;
         c->vocab_size = p->vocab;
         c->max_seq_len = p->max_seq;
+        if (p->rope_theta > 0) c->rope_theta = p->rope_theta;
         if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
         return 0;
     }

@@ -308,26 +308,73 @@ int model_reserve(Model *m, int B, int T, int recompute)
     return 0;
 }
 
+/* Synthetic 4-bit weights for speed runs of large quantized models: a sample of N(0, std) quantized
+ * once, its blocks tiled over the tensor (a valid state with the distribution of a quantized
+ * Gaussian, made in a memcpy's time instead of quantizing billions of values). */
+#define Q4_SAMPLE_BLOCKS 4096
+static void init_q4_synthetic(Model *m, int i, double std, Rng *r)
+{
+    ParamStore *ps = &m->ps;
+    const Param *p = &m->pt.p[i];
+    int bs = ps->q4_blocksize;
+    int64_t ns = (int64_t)Q4_SAMPLE_BLOCKS * bs;
+    float *x = xmalloc((size_t)ns * sizeof(float));
+    for (int64_t k = 0; k < ns; k++) x[k] = (float)(std * rng_normal(r));
+    Q4Quant sample;
+    if (q4_quantize(x, ns, (Q4Type)ps->q4_type, bs, ps->q4_double, &sample)) fatal_err();
+    free(x);
+    for (int part = 0; part < p->nparts; part++) {
+        int64_t n = (int64_t)p->part_rows[part] * p->shape[1], nb = q4_nblocks(n, bs);
+        Q4State s = sample.s;
+        s.n = n;
+        uint8_t *packed = xmalloc(q4_packed_bytes(n)), *qa = NULL;
+        float *absmax = NULL, *nested = NULL;
+        for (size_t o = 0; o < q4_packed_bytes(n); o += q4_packed_bytes(ns))
+            memcpy(packed + o, sample.s.packed, MIN(q4_packed_bytes(ns), q4_packed_bytes(n) - o));
+        s.packed = packed;
+        if (s.absmax) {
+            absmax = xmalloc((size_t)nb * sizeof(float));
+            for (int64_t b = 0; b < nb; b++) absmax[b] = sample.absmax[b % Q4_SAMPLE_BLOCKS];
+            s.absmax = absmax;
+        } else {
+            int64_t nn = q4_nblocks(nb, s.nested_blocksize);
+            qa = xmalloc((size_t)nb);
+            nested = xmalloc((size_t)nn * sizeof(float));
+            for (int64_t b = 0; b < nb; b++) qa[b] = sample.qabsmax[b % Q4_SAMPLE_BLOCKS];
+            for (int64_t b = 0; b < nn; b++) nested[b] = sample.nested_absmax[b % (Q4_SAMPLE_BLOCKS / s.nested_blocksize)];
+            s.qabsmax = qa;
+            s.nested_absmax = nested;
+        }
+        params_upload_q4(ps, i, part, &s);
+        free(packed), free(qa), free(absmax), free(nested);
+    }
+    q4_quant_free(&sample);
+}
+
 void model_init_gpt2(Model *m, uint64_t seed)
 {
     const ParamTable *pt = &m->pt;
-    float *host = xcalloc(pt->total, sizeof(float));
     double resid_std = INIT_STD / sqrt(2.0 * m->cfg.n_layer);
+    /* tensor by tensor, so a large model never needs a host copy of all its weights */
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
-        float *x = host + p->offset;
         int is_norm_w = p->role == PROLE_LN1_W || p->role == PROLE_LN2_W || p->role == PROLE_LNF_W;
+        double std = (p->role == PROLE_O_W || p->role == PROLE_PROJ_W) ? resid_std : INIT_STD;
+        Rng r;
+        rng_seed(&r, seed, (uint64_t)i);
+        if (p->kind == PARAM_NF4) {
+            init_q4_synthetic(m, i, std, &r);
+            continue;
+        }
+        float *x = xcalloc(p->numel, sizeof(float));
         if (is_norm_w) {
             for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
         } else if (p->ndim == 2) {
-            double std = (p->role == PROLE_O_W || p->role == PROLE_PROJ_W) ? resid_std : INIT_STD;
-            Rng r;
-            rng_seed(&r, seed, (uint64_t)i);
             for (size_t j = 0; j < p->numel; j++) x[j] = (float)(std * rng_normal(&r));
         } /* biases stay zero */
+        params_upload(&m->ps, i, x);
+        free(x);
     }
-    model_set_params(m, host);
-    free(host);
 }
 
 void model_sync_act_params(Model *m) { params_sync_act(&m->ps); }

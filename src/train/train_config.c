@@ -27,7 +27,8 @@ typedef struct {
 
 static const KeyDef keys[] = {
     {"model.preset", CT_STR, F(model_preset), "",
-     "Named architecture: gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny. "
+     "Named architecture: gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, "
+     "llama2-13b, mistral-7b, llama3-8b. "
      "The model.* size keys below override it."},
     {"model.init", CT_STR, F(model_init), "",
      "Start from this Hugging Face model directory (config.json + safetensors) instead of random init."},

@@ -500,7 +500,7 @@ static void print_header(const Run *r)
     printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %.2fM frozen, "
            "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
            model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6,
-           param_count_kind(pt, PARAM_FROZEN) / 1e6, param_count_all(pt) / 1e6, r->be->name, r->tc->batch_size,
+           (param_count_all(pt) - param_count(pt)) / 1e6, param_count_all(pt) / 1e6, r->be->name, r->tc->batch_size,
            r->tc->seq_len, r->accum, step_tokens);
     fflush(stdout);
 }
