@@ -15,6 +15,8 @@
 #             GPT-2 124M and llama-1b bench rows (tokens/s, MFU, peak)
 #   bench     anvil bench: GPT-2 124M B=64 T=1024 and llama-1b B=8 T=2048 (recompute 0 and 1, and a
 #             per-op profile of each; GPT-2 also with ANVIL_DETERMINISTIC=1)
+#   lora      LoRA / QLoRA on the llama2-7b shape beside transformers + PEFT + bitsandbytes
+#             (tools/peft_baseline.py), memory and speed modes and the smallest footprint
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
 #   eval      build/tests/test_cuda_kv (KV-cache ops, cached forward, greedy, ppl and mcq: GPU vs CPU)
 #             and tools/bench_eval.sh --device cuda (generation tokens/s, mcq items/s; docs/eval.md)
@@ -114,6 +116,35 @@ if has ab; then
             done
         done
     done
+fi
+
+# LoRA / QLoRA fine-tuning of the LLaMA-2-7B shape (random weights), anvil beside transformers +
+# PEFT + bitsandbytes (tools/peft_baseline.py; bitsandbytes travels as a wheel in .whl/), each pair
+# in this call: memory mode (anvil recompute 2, the peer with gradient checkpointing) and speed mode
+# (anvil recompute 1 for 4-bit, 0 for bf16; the peer without checkpointing), and the smallest
+# footprint (QLoRA at B=1, T=512).
+if has lora; then
+    echo "== LoRA / QLoRA: llama2-7b, r 16 on q/k/v/o/gate/up/down"
+    if ls .whl/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    lb="$ANVIL bench --device cuda --model llama2-7b --lora 16 --steps 6 --warmup 2 --ceiling-size 0"
+    pb="python3 tools/peft_baseline.py --shape llama2-7b --r 16 --steps 6 --warmup 2"
+    lora_pair() { # name "anvil args" "peer args"
+        timeout 240 $lb $2 --json "$OUT/lora_$1.json" >"$OUT/lora_$1.log" 2>&1
+        PYTHONUNBUFFERED=1 timeout 300 $pb $3 >"$OUT/peft_$1.log" 2>&1
+        row=$(bench_row "$OUT/lora_$1.log")
+        note "| lora $1 | anvil: ${row:-failed: $(tail -2 "$OUT/lora_$1.log" | tr '\n' ' ')} |"
+        row=$(grep -E "^\| peft" "$OUT/peft_$1.log" | tail -1)
+        note "| lora $1 | peer: ${row:-failed: $(tail -2 "$OUT/peft_$1.log" | tr '\n' ' ')} |"
+    }
+    lora_pair qlora_mem "--quant nf4 --batch 4 --seq 2048 --recompute 2" "--mode qlora --ckpt --batch 4 --seq 2048"
+    lora_pair qlora_speed "--quant nf4 --batch 4 --seq 2048 --recompute 1" "--mode qlora --batch 4 --seq 2048"
+    lora_pair bf16_mem "--batch 4 --seq 2048 --recompute 2" "--mode lora --ckpt --batch 4 --seq 2048"
+    lora_pair bf16_speed "--batch 4 --seq 2048 --recompute 0" "--mode lora --batch 4 --seq 2048"
+    lora_pair qlora_small "--quant nf4 --batch 1 --seq 512 --recompute 2" "--mode qlora --ckpt --batch 1 --seq 512"
+    grep -h "^memory:" "$OUT"/lora_*.log | tee -a "$OUT/lora_memory.txt"
 fi
 
 if has torch; then

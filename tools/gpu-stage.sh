@@ -35,6 +35,8 @@ if [ -n "${OLD_ANVIL:-}" ]; then
     cp "$OLD_ANVIL" "$dst/old/anvil"
     strip -g "$dst/old/anvil"
 fi
+# (.whl/, git-ignored, travels with the tree: wheels the GPU machine lacks, e.g. bitsandbytes for
+# tools/peft_baseline.py)
 sample=../shared/data/gpt2/sample.gpt2.u32
 [ -f "$sample" ] && cp "$sample" "$dst/tests/data/"
 # the binaries and libraries travel gzipped (a third of the size; the device tool carries at most

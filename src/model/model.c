@@ -14,6 +14,9 @@
 /* GPT-2 init (Radford et al. 2019; nanoGPT/llm.c): std 0.02 for every matrix,
  * residual output projections scaled by 1/sqrt(2 * n_layer). */
 #define INIT_STD 0.02
+/* Values per random stream of the init: a tensor's chunks are drawn in parallel, and the result does
+ * not depend on the thread count. */
+#define INIT_CHUNK ((size_t)1 << 20)
 
 /* RoPE frequencies as HF computes them: inv_freq[i] = theta^(-2i/hd), with the
  * LLaMA-3 ("llama3" rope_type) rescaling of low frequencies when configured. */
@@ -369,8 +372,15 @@ void model_init_gpt2(Model *m, uint64_t seed)
         float *x = xcalloc(p->numel, sizeof(float));
         if (is_norm_w) {
             for (size_t j = 0; j < p->numel; j++) x[j] = 1.0f;
-        } else if (p->ndim == 2) {
-            for (size_t j = 0; j < p->numel; j++) x[j] = (float)(std * rng_normal(&r));
+        } else if (p->ndim == 2) { /* chunks of INIT_CHUNK values, each its own stream: threads fill them */
+            size_t nchunk = (p->numel + INIT_CHUNK - 1) / INIT_CHUNK;
+#pragma omp parallel for schedule(dynamic)
+            for (size_t c = 0; c < nchunk; c++) {
+                Rng rc;
+                rng_seed(&rc, seed, ((uint64_t)i << 32) | c);
+                size_t end = MIN(p->numel, (c + 1) * INIT_CHUNK);
+                for (size_t j = c * INIT_CHUNK; j < end; j++) x[j] = (float)(std * rng_normal(&rc));
+            }
         } /* biases stay zero */
         params_upload(&m->ps, i, x);
         free(x);
