@@ -64,19 +64,24 @@ static void q4_launch(const Q4State *s, int64_t cols, int64_t r0, int64_t r1, T 
 }
 
 /* Eight values per thread: four packed bytes in one load, one block scale (blocks are multiples of
- * 8 values), eight outputs in one 16-byte (bf16) or two (fp32) stores. The same products as the
- * kernel above, so the same bits. */
-template <typename T> __global__ void q4_dequantize8_kernel(Q4State s, int64_t n8, T *out)
+ * 8 values), eight outputs in one 16-byte (bf16) or two (fp32) stores. The 16 codes sit in shared
+ * memory: the nibbles of a warp differ, and constant memory serializes lanes that read different
+ * addresses (measured on the H200: 57% of a QLoRA step at B=1, T=512 before). The block index is a
+ * shift (bitsandbytes' block sizes are powers of two). The same products as the kernel above, so
+ * the same bits. */
+template <typename T> __global__ void q4_dequantize8_kernel(Q4State s, int64_t n8, int shift, int nshift, T *out)
 {
+    __shared__ float code[16];
+    if (threadIdx.x < 16) code[threadIdx.x] = q4_codes[s.type == Q4_NF4 ? 0 : 1][threadIdx.x];
+    __syncthreads();
     int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= n8) return;
-    int64_t e = g * 8, b = e / s.blocksize;
+    int64_t e = g * 8, b = e >> shift;
     uint32_t w = *reinterpret_cast<const uint32_t *>(s.packed + (e >> 1));
-    float scale = s.absmax
-                      ? s.absmax[b]
-                      : __fadd_rn(__fmul_rn(s.map8[s.qabsmax[b]], s.nested_absmax[b / s.nested_blocksize]),
-                                  s.nested_offset);
-    const float *code = q4_codes[s.type == Q4_NF4 ? 0 : 1];
+    float scale = s.absmax ? s.absmax[b]
+                           : __fadd_rn(__fmul_rn(s.map8[s.qabsmax[b]],
+                                                 s.nested_absmax[nshift >= 0 ? b >> nshift : b / s.nested_blocksize]),
+                                       s.nested_offset);
     Vec<T, 8> v;
 #pragma unroll
     for (int k = 0; k < 4; k++) {
@@ -98,10 +103,17 @@ template <typename T> void cu_dequant4(void *out, const void *q4state)
     CUDA_PROF("dequant4");
     const Q4State *s = (const Q4State *)q4state;
     q4_codes_upload();
-    int64_t n8 = ((uintptr_t)out % 16 == 0 && (uintptr_t)s->packed % 4 == 0 && s->blocksize % 8 == 0) ? s->n / 8 : 0;
+    int shift = 0;
+    while ((1 << shift) < s->blocksize) shift++;
+    int pow2 = (1 << shift) == s->blocksize, nshift = 0;
+    while (s->nested_blocksize > 0 && (1 << nshift) < s->nested_blocksize) nshift++;
+    if (s->nested_blocksize <= 0 || (1 << nshift) != s->nested_blocksize) nshift = -1;
+    int64_t n8 = ((uintptr_t)out % 16 == 0 && (uintptr_t)s->packed % 4 == 0 && s->blocksize % 8 == 0 && pow2)
+                     ? s->n / 8
+                     : 0;
     if (n8) {
         q4_dequantize8_kernel<T><<<(unsigned)((n8 + Q4_THREADS - 1) / Q4_THREADS), Q4_THREADS, 0, g_cu.stream>>>(
-            *s, n8, (T *)out);
+            *s, n8, shift, nshift, (T *)out);
         CUDA_CHECK_LAUNCH();
     }
     int64_t done = n8 * 8, rest = s->n - done;
