@@ -1,5 +1,6 @@
-/* tokenizer.c - loading (gpt2, byte, tokenizer.json, model directories),
- * encode/decode drivers, identity and save. The BPE model is in tok_bpe.c,
+/* tokenizer.c - loading (gpt2, byte, tokenizer.json, vocab.txt, model
+ * directories), encode/decode drivers, the post-processor template, identity
+ * and save. The BPE model is in tok_bpe.c, WordPiece in tok_wordpiece.c,
  * normalizers and pre-tokenizers in tok_pretok.c, file parsing in tok_json.c.
  */
 #include <errno.h>
@@ -90,7 +91,7 @@ int tok_finish(Tokenizer *t)
 static Tokenizer *tok_new(void)
 {
     Tokenizer *t = xcalloc(1, sizeof(Tokenizer));
-    t->eos_id = t->bos_id = t->unk_id = -1;
+    t->eos_id = t->bos_id = t->unk_id = t->tpl_bos = t->tpl_eos = -1;
     for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
     return t;
 }
@@ -118,6 +119,8 @@ void tokenizer_free(Tokenizer *t)
     free(t->pre);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
+    tok_template_free(&t->tpl_single);
+    tok_template_free(&t->tpl_pair);
     for (int i = 0; i < t->n_files; i++) {
         free(t->files[i].name);
         free(t->files[i].data);
@@ -154,6 +157,10 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
         const Normalizer *n = &t->norm[i];
         int32_t f[4] = {i, n->type, n->strip_left, n->strip_right};
         h ^= tok_hash(f, sizeof(f)) * 13;
+        if (n->type == NORM_BERT) {
+            int32_t b[5] = {i, n->bert_clean, n->bert_chinese, n->bert_strip, n->bert_lower};
+            h ^= tok_hash(b, sizeof(b)) * 43;
+        }
         if (n->pattern) h ^= tok_hash(n->pattern, n->pattern_len) * 17 + (uint64_t)i;
         if (n->content) h ^= tok_hash(n->content, n->content_len) * 19 + (uint64_t)i;
     }
@@ -168,6 +175,20 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
     int32_t f[8] = {t->kind,          t->byte_level, t->byte_fallback, t->fuse_unk,
                     t->ignore_merges, t->unk_id,     t->add_bos,       t->vocab_size};
     h ^= tok_hash(f, sizeof(f)) * 41;
+    if (t->kind == TOK_WORDPIECE) {
+        int64_t w[2] = {t->wp_prefix_len, t->wp_max_chars};
+        h ^= (tok_hash(w, sizeof(w)) + tok_hash(t->wp_prefix, (size_t)t->wp_prefix_len)) * 47;
+    }
+    /* the template decides prepare's EOS only when it ends with a special
+     * token (BERT, RoBERTa); older identities (BOS-only templates) stay as they were */
+    if (t->kind == TOK_WORDPIECE || t->tpl_eos >= 0)
+        for (int k = 0; k < 2; k++) {
+            const TokTemplate *tp = k ? &t->tpl_pair : &t->tpl_single;
+            for (int i = 0; i < tp->n; i++) {
+                int32_t q[4] = {k, i, tp->p[i].seq, tp->p[i].type_id};
+                h ^= (tok_hash(q, sizeof(q)) + tok_hash(tp->p[i].ids, (size_t)tp->p[i].n_ids * 4)) * 53;
+            }
+        }
     return h;
 }
 
@@ -374,6 +395,42 @@ static Tokenizer *tok_load_pair(const char *vpath, const char *mpath)
     return t;
 }
 
+/* A legacy BERT vocab.txt, with the options of tokenizer_config.json beside it
+ * (do_lower_case, strip_accents, tokenize_chinese_chars, the special tokens). */
+static Tokenizer *tok_load_vocab_txt(const char *path, const char *dir)
+{
+    size_t len, cl = 0;
+    char *data = read_file(path, &len);
+    if (!data) return NULL;
+    char cp[4096];
+    snprintf(cp, sizeof(cp), "%s/tokenizer_config.json", dir);
+    char *cfg = is_file(cp) ? read_file(cp, &cl) : NULL;
+    char *js = wordpiece_vocab_txt_json(data, len, path, cfg, cl, cp);
+    Tokenizer *t = NULL;
+    if (js) {
+        t = tok_new();
+        if (tok_load_hf_json(t, js, strlen(js), path, dir)) {
+            tokenizer_free(t);
+            t = NULL;
+        }
+    }
+    if (t) { /* saved as it came, with a tokenizer_config.json transformers reads as BERT's */
+        tok_add_file(t, "vocab.txt", data, len);
+        const char *def = "{\"tokenizer_class\": \"BertTokenizer\", \"do_lower_case\": true}\n";
+        tok_add_file(t, "tokenizer_config.json", cfg ? cfg : def, cfg ? cl : strlen(def));
+    }
+    free(js);
+    free(cfg);
+    free(data);
+    return t;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
 Tokenizer *tokenizer_load(const char *spec)
 {
     Tokenizer *t = NULL;
@@ -400,10 +457,13 @@ Tokenizer *tokenizer_load(const char *spec)
                     if (!t) return NULL;
                 }
             }
+            snprintf(a, sizeof(a), "%s/vocab.txt", spec);
+            if (!t && is_file(a) && !(t = tok_load_vocab_txt(a, spec))) return NULL;
             if (!t) {
-                err_set("%s: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe in this "
-                        "directory",
-                        spec);
+                err_set(
+                    "%s: no tokenizer.json, vocab.json+merges.txt, encoder.json+vocab.bpe or vocab.txt in "
+                    "this directory",
+                    spec);
                 return NULL;
             }
         }
@@ -415,11 +475,12 @@ Tokenizer *tokenizer_load(const char *spec)
             *slash = 0;
         else
             snprintf(dir, sizeof(dir), ".");
-        t = tok_load_json_file(spec, dir);
+        t = ends_with(spec, ".txt") ? tok_load_vocab_txt(spec, dir) : tok_load_json_file(spec, dir);
     } else {
-        err_set("%s: no such file or directory (a tokenizer is gpt2, byte, a tokenizer.json or a model "
-                "directory)",
-                spec);
+        err_set(
+            "%s: no such file or directory (a tokenizer is gpt2, byte, a tokenizer.json, a vocab.txt or a "
+            "model directory)",
+            spec);
         return NULL;
     }
     if (!t) return NULL;
@@ -508,6 +569,60 @@ long tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int32_t 
     return (long)v.n;
 }
 
+/* ---- the post-processor's template ------------------------------------------------ */
+
+/* $A alone, or $A $B:1: HF's result without a template processor. */
+static const TplPiece DEFAULT_PIECES[] = {{0, NULL, 0, 0}, {1, NULL, 0, 1}};
+
+static TokTemplate template_of(const Tokenizer *t, int pair)
+{
+    const TokTemplate *tp = pair ? &t->tpl_pair : &t->tpl_single;
+    if (tp->n) return *tp;
+    return (TokTemplate){(TplPiece *)DEFAULT_PIECES, pair ? 2 : 1};
+}
+
+int tokenizer_template_added(const Tokenizer *t, int pair)
+{
+    TokTemplate tp = template_of(t, pair);
+    int n = 0;
+    for (int i = 0; i < tp.n; i++) n += tp.p[i].n_ids;
+    return n;
+}
+
+long tokenizer_apply_template(const Tokenizer *t, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                              int32_t **ids, int32_t **type_ids)
+{
+    TokTemplate tp = template_of(t, b != NULL);
+    size_t total = (size_t)tokenizer_template_added(t, b != NULL) + na + (b ? nb : 0);
+    int32_t *o = xmalloc((total + 1) * sizeof(int32_t)),
+            *ty = type_ids ? xmalloc((total + 1) * sizeof(int32_t)) : NULL;
+    size_t k = 0;
+    for (int i = 0; i < tp.n; i++) {
+        const TplPiece *p = &tp.p[i];
+        const int32_t *src = p->seq < 0 ? p->ids : p->seq == 0 ? a : b;
+        size_t m = p->seq < 0 ? (size_t)p->n_ids : p->seq == 0 ? na : nb;
+        if (m) memcpy(o + k, src, m * sizeof(int32_t));
+        for (size_t x = 0; ty && x < m; x++) ty[k + x] = p->type_id;
+        k += m;
+    }
+    *ids = o;
+    if (type_ids) *type_ids = ty;
+    return (long)k;
+}
+
+long tokenizer_encode_template(const Tokenizer *t, const char *text, size_t len, const char *text_b,
+                               size_t len_b, int32_t **ids, int32_t **type_ids)
+{
+    IdVec a = {0}, b = {0};
+    encode_text(t, tok_thread(t), (const uint8_t *)text, len, &a);
+    if (text_b) encode_text(t, tok_thread(t), (const uint8_t *)text_b, len_b, &b);
+    static const int32_t none[1] = {0}; /* B may be empty, but is not absent */
+    long n = tokenizer_apply_template(t, a.a, a.n, text_b ? (b.a ? b.a : none) : NULL, b.n, ids, type_ids);
+    free(a.a);
+    free(b.a);
+    return n;
+}
+
 /* ---- decode ---------------------------------------------------------------------- */
 
 const char *tokenizer_token_bytes(const Tokenizer *t, int32_t id, size_t *len)
@@ -524,11 +639,14 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
 {
     ByteBuf b = {0};
     bytebuf_put(&b, "", 0);
+    int first = 1; /* HF drops unknown ids before the decoders: the first token is the first valid one */
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= t->vocab_size) continue;
         if (t->dec_join_space && b.n) bytebuf_put(&b, " ", 1);
-        if (i == 0 && t->first_off)
+        int was_first = first;
+        first = 0;
+        if (was_first && t->first_off)
             bytebuf_put(&b, t->first_buf + t->first_off[id], t->first_off[id + 1] - t->first_off[id]);
         else
             bytebuf_put(&b, t->piece_buf + t->piece_off[id], t->piece_off[id + 1] - t->piece_off[id]);
