@@ -457,6 +457,16 @@ def wordpiece_fixtures(out, data, lines, corpus):
     wp_train(tok, corpus[:5000], 400, prefix="@@")
     names.append(write_fixture(out, "wp_custom_prefix", tok, WP_EDGE_TEXTS))
 
+    # added tokens with "normalized": matched after the normalizer, decoded to their normalized content
+    from tokenizers import AddedToken
+    tok = Tokenizer.from_str(trained["wp_uncased"].to_str())
+    tok.add_tokens([AddedToken("Café Noir", normalized=True), AddedToken("ÜBER", normalized=True, single_word=True),
+                    AddedToken("ﬁne", normalized=True)])
+    tok.add_special_tokens([AddedToken("<Mask2>", normalized=True, lstrip=True, special=True)])
+    names.append(write_fixture(out, "wp_normalized_added", tok, [
+        "café noir CAFÉ NOIR Cafe noir cafénoir", "über ÜBER überall xüber", "x <mask2> <MASK2>y  <Mask2>",
+        "ﬁne fine FINE", "[unk] [UNK] [Unk]", "Café Noir<Mask2>ÜBER"] + WP_EDGE_TEXTS[:30]))
+
     # legacy vocab.txt directories (what transformers' BertTokenizer makes of them)
     names.append(write_fixture(out, "wp_vocab_txt", None, small, vocab_txt=vocab_txt(trained["wp_uncased"]),
                                corpus_lines=lines, templates=wp_templates))
@@ -466,7 +476,8 @@ def wordpiece_fixtures(out, data, lines, corpus):
                                vocab_txt=vocab_txt(trained["wp_lower_nostrip"]),
                                extra={"tokenizer_config.json": {
                                    "do_lower_case": True, "strip_accents": False, "tokenize_chinese_chars": False,
-                                   "unk_token": "[UNK]"}},
+                                   "unk_token": {"__type": "AddedToken", "content": "[UNK]", "lstrip": False,
+                                                 "normalized": True}}},
                                templates=wp_templates))
     return names
 

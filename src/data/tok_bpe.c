@@ -324,13 +324,19 @@ struct TokThread {
     pcre2_match_data *md;
 };
 
+TokThread *tok_thread_new(void)
+{
+    TokThread *th = xcalloc(1, sizeof(TokThread));
+    th->md = pcre2_match_data_create(16, NULL);
+    if (!th->md) fatal("out of memory (pcre2 match data)");
+    return th;
+}
+
 TokThread *tok_thread(const Tokenizer *t)
 {
     TokThread *th = pthread_getspecific(t->tls);
     if (th) return th;
-    th = xcalloc(1, sizeof(TokThread));
-    th->md = pcre2_match_data_create(16, NULL);
-    if (!th->md) fatal("out of memory (pcre2 match data)");
+    th = tok_thread_new();
     pthread_setspecific(t->tls, th);
     return th;
 }

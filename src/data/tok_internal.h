@@ -155,6 +155,9 @@ typedef struct {
     size_t len;
     int32_t id;
     int special, lstrip, rstrip, single_word;
+    /* HF's "normalized": matched in the normalized text, against the normalized
+     * content (when the tokenizer has normalizers; without, in the raw text) */
+    int normalized, after_norm;
 } AddedToken;
 
 /* A file that defines the tokenizer, kept in memory for tokenizer_save(). */
@@ -221,7 +224,12 @@ struct Tokenizer {
     int n_pre;
     AddedToken *added; /* sorted by length, longest first */
     int n_added;
-    uint8_t added_first[256]; /* 1 if some added token starts with this byte */
+    uint8_t added_first[256]; /* 1 if some added token matched in the raw text starts with this byte */
+    /* the added tokens matched after normalization (after_norm), with their
+     * normalized content, longest first */
+    AddedToken *nadded;
+    int n_nadded;
+    uint8_t nadded_first[256];
 
     /* position-dependent decoder steps */
     char *first_buf;                     /* Metaspace decoder: the first token drops its replacement chars */
@@ -285,6 +293,7 @@ void piece_cache_free(PieceCache *c);
 /* Per-thread state: scratch and PCRE2 match data. */
 typedef struct TokThread TokThread;
 TokThread *tok_thread(const Tokenizer *t);
+TokThread *tok_thread_new(void); /* one not bound to a tokenizer (load time); tok_thread_free() */
 void tok_thread_free(void *p);
 pcre2_match_data *tok_thread_match_data(TokThread *th);
 
@@ -305,9 +314,12 @@ extern const char GPT2_SPLIT_PATTERN[], LLAMA3_SPLIT_PATTERN[], QWEN2_SPLIT_PATT
 /* SPLIT_FAST_* for a Split regex (Isolated, not inverted) */
 int split_fast_kind(const char *pattern);
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what);
-/* Run normalizers then pre-tokenizers on one segment and BPE each piece. */
-int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
-                       IdVec *out);
+/* Run normalizers, then split on the normalized added tokens, then the
+ * pre-tokenizers on one segment, and encode each piece with the model. */
+void tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                        IdVec *out);
+/* The normalizers alone, into out (cleared first). */
+void tok_normalize(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, ByteBuf *out);
 void pretok_free(PreTok *p);
 void normalizer_free(Normalizer *nm);
 
@@ -353,6 +365,13 @@ void tok_template_free(TokTemplate *tp);
 
 /* Append the ids of text to out (the engine behind tokenizer_encode). */
 void tokenizer_encode_append(const Tokenizer *t, const char *text, size_t len, IdVec *out);
+/* Split s on added tokens (leftmost, longest; lstrip, rstrip, single_word):
+ * the raw-text ones (after_norm 0) or the normalized ones; the text between
+ * goes to seg (at_start: it starts the segment), the tokens' ids to out. */
+typedef void (*TokSegmentFn)(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                             IdVec *out);
+void tok_split_added(const Tokenizer *t, TokThread *th, int after_norm, const uint8_t *s, size_t n,
+                     int at_start, IdVec *out, TokSegmentFn seg);
 /* 1 if encoding may be split at "x\ny" (ASCII non-space around one newline)
  * and give the same ids as encoding the whole (the GPT-2 and byte tokenizers). */
 int tokenizer_splittable(const Tokenizer *t);

@@ -646,8 +646,11 @@ static void strs_free(Strs *v)
 }
 
 /* Build the model strings (raw bytes for byte-level), the pieces, and the vocab
- * map (of every id, or only of the ids with in_map[id] set when in_map is given). */
-static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec, const uint8_t *in_map)
+ * map (of every id, or only of the ids with in_map[id] set when in_map is given).
+ * over (may be NULL): strings that replace hf's as the decoders' input (the
+ * normalized content of normalized added tokens, which HF decodes). */
+static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec, const uint8_t *in_map,
+                         const Strs *over)
 {
     char **model = xcalloc((size_t)n, sizeof(char *));
     size_t *mlen = xcalloc((size_t)n, sizeof(size_t));
@@ -683,14 +686,17 @@ static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec
            *flen = has_first ? xcalloc((size_t)n, sizeof(size_t)) : NULL;
     for (int i = 0; i < n; i++) {
         if (!model[i]) continue;
+        int o = over && i < over->n && over->s[i];
+        const char *src = o ? over->s[i] : hf->s[i];
+        size_t src_len = o ? over->len[i] : hf->len[i];
         for (int f = 0; f < 1 + has_first; f++) {
             char **dst = f ? &first[i] : &piece[i];
             size_t *dl = f ? &flen[i] : &plen[i];
             if ((t->is_special[i] && !dec_specials) || !dec || !dec->n) {
-                if (t->is_special[i] || !t->byte_level) {
-                    *dst = xmalloc(hf->len[i] + 1);
-                    memcpy(*dst, hf->s[i], hf->len[i]);
-                    *dl = hf->len[i];
+                if (t->is_special[i] || !t->byte_level || o) {
+                    *dst = xmalloc(src_len + 1);
+                    memcpy(*dst, src, src_len);
+                    *dl = src_len;
                 } else {
                     *dst = xmalloc(mlen[i] + 1);
                     memcpy(*dst, model[i], mlen[i]);
@@ -698,7 +704,7 @@ static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec
                 }
                 continue;
             }
-            decode_token(t, dec, hf->s[i], hf->len[i], f, &tmp);
+            decode_token(t, dec, src, src_len, f, &tmp);
             *dst = xmalloc(tmp.n + 1);
             memcpy(*dst, tmp.a, tmp.n);
             *dl = tmp.n;
@@ -967,6 +973,35 @@ static void find_sp_split(Tokenizer *t)
     t->sp_split_len = (int)r;
 }
 
+/* ---- added tokens matched after normalization ---------------------------------------- */
+
+/* With normalizers, HF matches a "normalized" added token in the normalized
+ * text, by its normalized content, and decodes it to that content. Fills
+ * t->nadded and, per id, the decode strings in over. */
+static void normalized_added(Tokenizer *t, Strs *over)
+{
+    if (!t->n_norm) return; /* then the raw text is the normalized text */
+    TokThread *th = tok_thread_new();
+    ByteBuf b = {0};
+    for (int i = 0; i < t->n_added; i++) {
+        AddedToken *a = &t->added[i];
+        if (!a->normalized) continue;
+        a->after_norm = 1;
+        tok_normalize(t, th, (const uint8_t *)a->content, a->len, &b);
+        strs_set(over, a->id, b.a ? b.a : "", b.n);
+        if (!b.n) continue; /* normalized away: never matches */
+        t->nadded = xrealloc(t->nadded, (size_t)(t->n_nadded + 1) * sizeof(AddedToken));
+        AddedToken *c = &t->nadded[t->n_nadded++];
+        *c = *a;
+        c->after_norm = 0; /* matched (by tok_split_added) in the normalized text */
+        c->content = xmalloc(b.n + 1);
+        memcpy(c->content, b.a, b.n + 1);
+        c->len = b.n;
+    }
+    free(b.a);
+    tok_thread_free(th);
+}
+
 /* ---- WordPiece ---------------------------------------------------------------------- */
 
 static int parse_wordpiece(Ctx *c, Tokenizer *t, json_t *model)
@@ -1085,6 +1120,8 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
         a->lstrip = jbool(val, "lstrip", 0);
         a->rstrip = jbool(val, "rstrip", 0);
         a->single_word = jbool(val, "single_word", 0);
+        a->normalized = jbool(val, "normalized", !a->special); /* HF's AddedToken default */
+        a->after_norm = 0;
         strs_set(&hf, id, a->content, a->len);
         maxid = MAX(maxid, id);
     }
@@ -1105,7 +1142,10 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     json_t *dj = json_object_get(root, "decoder");
     if (parse_decoder(&c, dj, &dec)) goto out;
     t->dec_join_space = !dj || json_is_null(dj);
-    build_tables(t, &hf, n, &dec, in_model);
+    Strs over = {0};
+    normalized_added(t, &over);
+    build_tables(t, &hf, n, &dec, in_model, &over);
+    strs_free(&over);
     const char *unk = jstr(model, "unk_token");
     if (t->kind == TOK_WORDPIECE) {
         if (!unk) unk = WP_DEFAULT_UNK;
@@ -1146,6 +1186,8 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
         if (t->norm[i].type > NORM_NFKD && t->norm[i].type != NORM_BERT) t->splittable = 0;
     for (int i = 0; i < t->n_added; i++)
         if (memchr(t->added[i].content, '\n', t->added[i].len)) t->splittable = 0;
+    for (int i = 0; i < t->n_nadded; i++)
+        if (memchr(t->nadded[i].content, '\n', t->nadded[i].len)) t->splittable = 0;
     find_sp_split(t);
     rc = tok_finish(t);
 out:
@@ -1196,7 +1238,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
     for (int id = 0; id < n; id++)
         if (id < hf.n && hf.s[id] && !strcmp(hf.s[id], eot)) {
             t->added = xcalloc(1, sizeof(AddedToken));
-            t->added[0] = (AddedToken){xstrdup(eot), strlen(eot), id, 1, 0, 0, 0};
+            t->added[0] = (AddedToken){xstrdup(eot), strlen(eot), id, 1, 0, 0, 0, 0, 0};
             t->n_added = 1;
             t->is_special[id] = 1;
             t->eos_id = t->bos_id = id;
@@ -1207,7 +1249,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
     DecStep bl = {.type = DEC_BYTELEVEL};
     dec.s = &bl;
     dec.n = 1;
-    build_tables(t, &hf, n, &dec, NULL);
+    build_tables(t, &hf, n, &dec, NULL, NULL);
     c.path = mpath;
     if (parse_merges_txt(&c, t, merges, mlen)) goto out;
     for (int b = 0; b < 256; b++) {

@@ -797,23 +797,36 @@ static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_
 
 #define PRE_MAX_STAGES 16
 
-int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
-                       IdVec *out)
+/* The normalizers, ping-ponging between nb[0] and nb[1]; returns the result
+ * (s itself when there are none), its length in *len. */
+static const uint8_t *normalize_all(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n,
+                                    ByteBuf nb[2], size_t *len)
 {
-    pthread_once(&cc_once, cc_init);
-    ByteBuf nb[2] = {{0}};
-    if (t->n_norm) { /* ping-pong between two buffers */
-        const uint8_t *in = s;
-        size_t len = n;
-        for (int i = 0; i < t->n_norm; i++) {
-            ByteBuf *o = &nb[i & 1];
-            normalize_one(&t->norm[i], th, in, len, o);
-            in = (const uint8_t *)o->a;
-            len = o->n;
-        }
-        s = in ? in : (const uint8_t *)"";
-        n = len;
+    *len = n;
+    for (int i = 0; i < t->n_norm; i++) {
+        ByteBuf *o = &nb[i & 1];
+        normalize_one(&t->norm[i], th, s, *len, o);
+        s = o->a ? (const uint8_t *)o->a : (const uint8_t *)"";
+        *len = o->n;
     }
+    return s;
+}
+
+void tok_normalize(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, ByteBuf *out)
+{
+    ByteBuf nb[2] = {{0}};
+    size_t len;
+    const uint8_t *r = normalize_all(t, th, s, n, nb, &len);
+    out->n = 0;
+    bytebuf_put(out, r, len);
+    free(nb[0].a);
+    free(nb[1].a);
+}
+
+/* Pre-tokenize and encode normalized text. */
+static void encode_normalized(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                              IdVec *out)
+{
     if (!t->n_pre && t->sp_split_len) {
         /* sentencepiece style without pre-tokenizer: the whole text is one BPE
          * word, but no merge can join a character to a following replacement
@@ -826,15 +839,25 @@ int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size
                 a = i;
             }
         tok_encode_piece(t, th, s + a, n - a, out);
-        free(nb[0].a);
-        free(nb[1].a);
-        return 0;
+        return;
     }
     ByteBuf scratch[PRE_MAX_STAGES] = {{0}};
     PreCtx c = {t, th, out, scratch};
     pretok_run(&c, 0, s, n, at_start);
     for (int i = 0; i < t->n_pre && i < PRE_MAX_STAGES; i++) free(scratch[i].a);
+}
+
+void tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                        IdVec *out)
+{
+    pthread_once(&cc_once, cc_init);
+    ByteBuf nb[2] = {{0}};
+    size_t len;
+    const uint8_t *ns = normalize_all(t, th, s, n, nb, &len);
+    if (t->n_nadded)
+        tok_split_added(t, th, 1, ns, len, at_start, out, encode_normalized);
+    else
+        encode_normalized(t, th, ns, len, at_start, out);
     free(nb[0].a);
     free(nb[1].a);
-    return 0;
 }

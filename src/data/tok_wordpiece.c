@@ -101,16 +101,27 @@ static int cfg_bool(json_t *cfg, const char *key, int def, int allow_null, const
     return -2;
 }
 
-/* A special token name: "..." or {"content": "..."}; NULL with err_set() on a wrong type. */
-static const char *cfg_token(json_t *cfg, const char *key, const char *def, const char *path)
+/* A special token: "..." or an AddedToken {"content": "...", "lstrip": ...,
+ * "normalized": ...} (older transformers); NULL with err_set() on a wrong type.
+ * *flags: the AddedToken's options, NULL for a plain name. */
+static const char *cfg_token(json_t *cfg, const char *key, const char *def, const char *path, json_t **flags)
 {
     json_t *v = json_object_get(cfg, key);
+    *flags = NULL;
     if (!v || json_is_null(v)) return def;
     if (json_is_string(v)) return json_string_value(v);
     json_t *c = json_object_get(v, "content");
-    if (json_is_object(v) && json_is_string(c)) return json_string_value(c);
+    if (json_is_object(v) && json_is_string(c)) {
+        *flags = v;
+        return json_string_value(c);
+    }
     err_set("%s: %s: expected a string or {\"content\": ...}", path, key);
     return NULL;
+}
+
+static int flag_of(json_t *flags, const char *key)
+{
+    return json_is_true(json_object_get(flags, key));
 }
 
 /* Trailing Unicode whitespace (Rust's str::trim_end, as HF's WordPiece::read_file). */
@@ -149,8 +160,9 @@ char *wordpiece_vocab_txt_json(const char *txt, size_t len, const char *path, co
     int strip = cfg_bool(cj, "strip_accents", -1, 1, cfg_path);
     if (lower < -1 || chinese < -1 || strip < -1) goto out;
     const char *sp[SP_COUNT];
+    json_t *fl[SP_COUNT];
     for (int i = 0; i < SP_COUNT; i++)
-        if (!(sp[i] = cfg_token(cj, SPECIAL_KEYS[i], SPECIAL_DEFAULTS[i], cfg_path))) goto out;
+        if (!(sp[i] = cfg_token(cj, SPECIAL_KEYS[i], SPECIAL_DEFAULTS[i], cfg_path, &fl[i]))) goto out;
     /* lines: split at \n (a \r before it goes with the trailing whitespace), no
      * line after a final \n; each token keeps its line number as id, and a
      * repeated token takes the later one (as HF's read_file) */
@@ -191,8 +203,9 @@ char *wordpiece_vocab_txt_json(const char *txt, size_t len, const char *path, co
         for (int k = 0; k < i; k++) dup |= !strcmp(sp[k], sp[i]);
         if (!id || dup) continue;
         json_array_append_new(added, json_pack("{s:O, s:s, s:b, s:b, s:b, s:b, s:b}", "id", id, "content",
-                                               sp[i], "single_word", 0, "lstrip", 0, "rstrip", 0,
-                                               "normalized", 0, "special", 1));
+                                               sp[i], "single_word", flag_of(fl[i], "single_word"), "lstrip",
+                                               flag_of(fl[i], "lstrip"), "rstrip", flag_of(fl[i], "rstrip"),
+                                               "normalized", flag_of(fl[i], "normalized"), "special", 1));
     }
     json_t *post = json_null();
     json_t *cls = json_object_get(vocab, sp[SP_CLS]), *sep = json_object_get(vocab, sp[SP_SEP]);

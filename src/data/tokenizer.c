@@ -81,7 +81,11 @@ int tok_finish(Tokenizer *t)
     if (t->n_added) qsort(t->added, (size_t)t->n_added, sizeof(AddedToken), added_cmp);
     memset(t->added_first, 0, sizeof(t->added_first));
     for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].len) t->added_first[(uint8_t)t->added[i].content[0]] = 1;
+        if (t->added[i].len && !t->added[i].after_norm) t->added_first[(uint8_t)t->added[i].content[0]] = 1;
+    if (t->n_nadded) qsort(t->nadded, (size_t)t->n_nadded, sizeof(AddedToken), added_cmp);
+    memset(t->nadded_first, 0, sizeof(t->nadded_first));
+    for (int i = 0; i < t->n_nadded; i++)
+        if (t->nadded[i].len) t->nadded_first[(uint8_t)t->nadded[i].content[0]] = 1;
     if (pthread_key_create(&t->tls, tok_thread_free)) return err_set("tokenizer: out of thread keys");
     t->tls_ok = 1;
     t->cache = piece_cache_new();
@@ -119,6 +123,8 @@ void tokenizer_free(Tokenizer *t)
     free(t->pre);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
+    for (int i = 0; i < t->n_nadded; i++) free(t->nadded[i].content);
+    free(t->nadded);
     tok_template_free(&t->tpl_single);
     tok_template_free(&t->tpl_pair);
     for (int i = 0; i < t->n_files; i++) {
@@ -152,6 +158,7 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
         const AddedToken *a = &t->added[i];
         int32_t f[5] = {a->id, a->special, a->lstrip, a->rstrip, a->single_word};
         h ^= (tok_hash(a->content, a->len) + tok_hash(f, sizeof(f))) * 11;
+        if (a->after_norm) h ^= tok_hash(&a->id, sizeof(a->id)) * 59;
     }
     for (int i = 0; i < t->n_norm; i++) {
         const Normalizer *n = &t->norm[i];
@@ -231,7 +238,7 @@ static Tokenizer *tok_load_byte(void)
     t->byte_level = 1;
     t->is_special[BYTE_EOT_ID] = 1;
     t->added = xcalloc(1, sizeof(AddedToken));
-    t->added[0] = (AddedToken){xstrdup(EOT_TEXT), strlen(EOT_TEXT), BYTE_EOT_ID, 1, 0, 0, 0};
+    t->added[0] = (AddedToken){xstrdup(EOT_TEXT), strlen(EOT_TEXT), BYTE_EOT_ID, 1, 0, 0, 0, 0, 0};
     t->n_added = 1;
     t->eos_id = BYTE_EOT_ID;
     strmap_init(&t->vocab, (size_t)n);
@@ -499,12 +506,13 @@ static int is_word(uint8_t c)
     return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
 }
 
-/* The added token matching at s[i] (longest first), or NULL. */
-static const AddedToken *added_match(const Tokenizer *t, const uint8_t *s, size_t n, size_t i)
+/* The added token of list (longest first) matching at s[i], or NULL. */
+static const AddedToken *added_match(const AddedToken *list, int count, const uint8_t *s, size_t n, size_t i)
 {
-    for (int k = 0; k < t->n_added; k++) {
-        const AddedToken *a = &t->added[k];
-        if (!a->len || a->len > n - i || (uint8_t)a->content[0] != s[i] || memcmp(s + i, a->content, a->len))
+    for (int k = 0; k < count; k++) {
+        const AddedToken *a = &list[k];
+        if (!a->len || a->after_norm || a->len > n - i || (uint8_t)a->content[0] != s[i] ||
+            memcmp(s + i, a->content, a->len))
             continue;
         if (a->single_word && ((i > 0 && is_word(s[i - 1])) || (i + a->len < n && is_word(s[i + a->len]))))
             continue;
@@ -519,7 +527,7 @@ static void encode_text(const Tokenizer *t, TokThread *th, const uint8_t *s, siz
         idvec_reserve(out, n);
         size_t i = 0;
         while (i < n) {
-            const AddedToken *a = t->added_first[s[i]] ? added_match(t, s, n, i) : NULL;
+            const AddedToken *a = t->added_first[s[i]] ? added_match(t->added, t->n_added, s, n, i) : NULL;
             if (a) {
                 out->a[out->n++] = a->id;
                 i += a->len;
@@ -530,14 +538,23 @@ static void encode_text(const Tokenizer *t, TokThread *th, const uint8_t *s, siz
         }
         return;
     }
-    /* split on added tokens (leftmost, then longest), encode the text between */
+    tok_split_added(t, th, 0, s, n, 1, out, tok_encode_segment);
+}
+
+void tok_split_added(const Tokenizer *t, TokThread *th, int after_norm, const uint8_t *s, size_t n,
+                     int at_start, IdVec *out, TokSegmentFn encode)
+{
+    const AddedToken *list = after_norm ? t->nadded : t->added;
+    int count = after_norm ? t->n_nadded : t->n_added;
+    const uint8_t *first = after_norm ? t->nadded_first : t->added_first;
+    /* leftmost, then longest; the text between goes to encode */
     size_t seg = 0, i = 0;
     while (i < n) {
-        if (!t->added_first[s[i]]) {
+        if (!first[s[i]]) {
             i++;
             continue;
         }
-        const AddedToken *a = added_match(t, s, n, i);
+        const AddedToken *a = added_match(list, count, s, n, i);
         if (!a) {
             i++;
             continue;
@@ -547,11 +564,11 @@ static void encode_text(const Tokenizer *t, TokThread *th, const uint8_t *s, siz
             while (end > seg && is_ws(s[end - 1])) end--;
         if (a->rstrip)
             while (next < n && is_ws(s[next])) next++;
-        if (end > seg) tok_encode_segment(t, th, s + seg, end - seg, seg == 0, out);
+        if (end > seg) encode(t, th, s + seg, end - seg, at_start && seg == 0, out);
         idvec_push(out, a->id);
         seg = i = next;
     }
-    if (n > seg) tok_encode_segment(t, th, s + seg, n - seg, seg == 0, out);
+    if (n > seg) encode(t, th, s + seg, n - seg, at_start && seg == 0, out);
 }
 
 /* Internal entry used by prepare/loader: append the ids of text to out. */
