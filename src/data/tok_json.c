@@ -1180,14 +1180,15 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
      * newline): the GPT-2, LLaMA-3 and Qwen2 patterns always end a piece there,
      * BertPreTokenizer drops the newline between two words, Unicode
      * normalization (BERT's included) never crosses two ASCII characters, and
-     * no added token may contain the newline */
+     * no added token may contain the newline or take it with lstrip (RoBERTa's
+     * <mask>: "x\n<mask>" loses the newline, "x\n" + "<mask>" keeps it) */
     t->splittable = t->n_pre == 1 && (t->pre[0].fast != SPLIT_FAST_NONE || t->pre[0].type == PRE_BERT);
     for (int i = 0; i < t->n_norm; i++)
         if (t->norm[i].type > NORM_NFKD && t->norm[i].type != NORM_BERT) t->splittable = 0;
     for (int i = 0; i < t->n_added; i++)
-        if (memchr(t->added[i].content, '\n', t->added[i].len)) t->splittable = 0;
+        if (memchr(t->added[i].content, '\n', t->added[i].len) || t->added[i].lstrip) t->splittable = 0;
     for (int i = 0; i < t->n_nadded; i++)
-        if (memchr(t->nadded[i].content, '\n', t->nadded[i].len)) t->splittable = 0;
+        if (memchr(t->nadded[i].content, '\n', t->nadded[i].len) || t->nadded[i].lstrip) t->splittable = 0;
     find_sp_split(t);
     rc = tok_finish(t);
 out:
