@@ -56,6 +56,9 @@ enum { CC_OTHER = 0, CC_L = 1, CC_N = 2, CC_WS = 3, CC_INVALID = 4 };
 #define CC_PAGES (0x110000 / 256)
 static uint8_t *cc_page[CC_PAGES];
 static uint8_t cc_ascii[128];
+/* BertPreTokenizer's classes of the ASCII characters (the common case, without a call) */
+enum { BERT_SPACE = 1, BERT_PUNCT = 2 };
+static uint8_t bert_ascii[128];
 static pthread_once_t cc_once = PTHREAD_ONCE_INIT;
 static pcre2_code *cc_re;
 
@@ -82,6 +85,8 @@ static void cc_init(void)
     pcre2_match_data *md = pcre2_match_data_create(4, NULL);
     for (uint32_t c = 0; c < 128; c++) cc_ascii[c] = cc_classify(c, md);
     pcre2_match_data_free(md);
+    for (uint32_t c = 0; c < 128; c++)
+        bert_ascii[c] = uni_bert_space(c) ? BERT_SPACE : uni_bert_punct(c) ? BERT_PUNCT : 0;
 }
 
 static uint8_t cc_of(uint32_t cp)
@@ -745,18 +750,22 @@ static void bert_pretok_apply(PreCtx *c, int stage, const uint8_t *s, size_t n, 
     for (size_t i = 0; i < n;) {
         uint32_t cp = s[i];
         size_t k = 1;
-        if (cp >= 0x80) {
+        int cls;
+        if (cp < 0x80) {
+            cls = bert_ascii[cp];
+        } else {
             k = (size_t)utf8_decode(s + i, n - i, &cp);
             if (!k) {
                 i++;
                 continue;
             }
+            cls = uni_bert_space(cp) ? BERT_SPACE : uni_bert_punct(cp) ? BERT_PUNCT : 0;
         }
-        int space = uni_bert_space(cp);
-        if (!space && !uni_bert_punct(cp)) {
+        if (!cls) {
             i += k;
             continue;
         }
+        int space = cls == BERT_SPACE;
         if (i > a) pretok_run(c, stage + 1, s + a, i - a, at_start && a == 0);
         if (!space) pretok_run(c, stage + 1, s + i, k, at_start && i == 0);
         i += k;

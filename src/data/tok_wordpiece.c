@@ -43,7 +43,7 @@ void wordpiece_encode_word(const Tokenizer *t, ByteBuf *key, IdVec *bounds, cons
     bounds->n = 0;
     long chars = 0;
     for (size_t i = 0; i < n; chars++) {
-        if (chars >= t->wp_max_chars || i > INT32_MAX) {
+        if (chars >= t->wp_max_chars || n > INT32_MAX) { /* (offsets are int32) */
             idvec_push(out, t->unk_id);
             return;
         }
