@@ -392,10 +392,23 @@ def random_texts(seed, n):
 
 
 def wp_train(tok, corpus, vocab, prefix="##"):
+    """Train, then number the vocabulary canonically: HF's WordPieceTrainer breaks ties between
+    equally frequent pieces in hash order, so the same vocabulary comes out with ids in another
+    order on each run (WordPiece's ids mean nothing beyond the set of strings). Specials keep
+    their ids; the rest are sorted by (length after the prefix, continuation or not, text)."""
     tr = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=WP_SPECIALS, show_progress=False,
                                    initial_alphabet=WP_ALPHABET, continuing_subword_prefix=prefix, min_frequency=2)
     tok.train_from_iterator(corpus, tr)
-    return tok
+    js = json.loads(tok.to_str())
+    v = js["model"]["vocab"]
+    rest = sorted((t for t in v if t not in WP_SPECIALS),
+                  key=lambda t: (len(t) - len(prefix) if t.startswith(prefix) else len(t), t.startswith(prefix), t))
+    new = {t: i for i, t in enumerate(WP_SPECIALS)}
+    for t in rest:
+        new[t] = len(new)
+    assert all(v[t] == new[t] for t in WP_SPECIALS)
+    js["model"]["vocab"] = new
+    return Tokenizer.from_str(json.dumps(js, ensure_ascii=False))
 
 
 def bert_template(tok):
@@ -437,7 +450,7 @@ def wordpiece_fixtures(out, data, lines, corpus):
         tok.normalizer = normalizers.BertNormalizer(**nopts)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##", cleanup=cleanup)
-        wp_train(tok, corpus, vocab)
+        tok = wp_train(tok, corpus, vocab)
         # training resets the model's options; keep the ones asked for
         js = json.loads(tok.to_str())
         js["model"]["max_input_chars_per_word"] = max_chars
@@ -454,7 +467,7 @@ def wordpiece_fixtures(out, data, lines, corpus):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="@@", cleanup=False)
-    wp_train(tok, corpus[:5000], 400, prefix="@@")
+    tok = wp_train(tok, corpus[:5000], 400, prefix="@@")
     names.append(write_fixture(out, "wp_custom_prefix", tok, WP_EDGE_TEXTS))
 
     # added tokens with "normalized": matched after the normalizer, decoded to their normalized content
