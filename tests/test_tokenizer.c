@@ -516,7 +516,7 @@ static void run_fixture(const char *dir, const char *name)
     if (!t) return;
     snprintf(p, sizeof(p), "%s/%s/cases.json", dir, name);
     json_error_t je;
-    json_t *root = json_load_file(p, 0, &je);
+    json_t *root = json_load_file(p, JSON_ALLOW_NUL, &je); /* texts with U+0000 */
     CHECKF(root != NULL, "%s: %s", p, je.text);
     if (!root) {
         tokenizer_free(t);
@@ -577,6 +577,27 @@ static void run_fixture(const char *dir, const char *name)
         free(w);
         free(ids);
     }
+    /* encode(a, b, add_special_tokens=True): the post-processor's template and type ids */
+    json_t *tpls = json_object_get(root, "templates");
+    int tpl_ok = 1;
+    json_array_foreach(tpls, i, c)
+    {
+        json_t *ja = json_object_get(c, "a"), *jb = json_object_get(c, "b");
+        json_t *want = json_object_get(c, "ids"), *want_ty = json_object_get(c, "type_ids");
+        int32_t *ids, *ty;
+        long n = tokenizer_encode_template(t, json_string_value(ja), json_string_length(ja),
+                                           json_is_string(jb) ? json_string_value(jb) : NULL,
+                                           json_is_string(jb) ? json_string_length(jb) : 0, &ids, &ty);
+        int same = (size_t)n == json_array_size(want) && (size_t)n == json_array_size(want_ty);
+        for (long k = 0; same && k < n; k++)
+            same = ids[k] == json_integer_value(json_array_get(want, (size_t)k)) &&
+                   ty[k] == json_integer_value(json_array_get(want_ty, (size_t)k));
+        if (!same) fprintf(stderr, "  %s template %zu: ids or type ids differ (%ld ids)\n", name, i, n);
+        tpl_ok &= same;
+        free(ids);
+        free(ty);
+    }
+    CHECKF(tpl_ok, "%s: templates", name);
     /* a larger slice of ../shared/data, checked by id count and CRC-32 */
     json_t *corpus = json_object_get(root, "corpus");
     if (corpus) {
@@ -681,6 +702,329 @@ static void test_byte_fallback_roundtrip(void)
     tokenizer_free(t);
 }
 
+/* ---- WordPiece / BERT / RoBERTa ------------------------------------------------- */
+
+static Tokenizer *load_fixture(const char *name)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/tokenizers/%s", test_fixtures(), name);
+    Tokenizer *t = tokenizer_load(p);
+    CHECKF(t != NULL, "%s: %s", name, err_get());
+    return t;
+}
+
+/* Every code point through BERT's normalizer (one option at a time) and
+ * pre-tokenizer classes, against HF's outputs (per-block CRC-32s in
+ * bert_unicode.json, tools/make_tokenizer_fixtures.py). */
+static void test_hf_bert_unicode(void)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/tokenizers/bert_unicode.json", test_fixtures());
+    json_t *root = json_load_file(p, 0, NULL);
+    CHECKF(root != NULL, "%s missing", p);
+    if (!root) return;
+    uint32_t block = (uint32_t)json_integer_value(json_object_get(root, "block"));
+    json_t *crcs = json_object_get(root, "crc32");
+    Normalizer nm[4];
+    memset(nm, 0, sizeof(nm));
+    for (int k = 0; k < 4; k++) nm[k].type = NORM_BERT;
+    nm[0].bert_clean = nm[1].bert_chinese = nm[2].bert_strip = nm[3].bert_lower = 1;
+    static const char *what[5] = {"clean_text", "handle_chinese_chars", "strip_accents", "lowercase",
+                                  "pretok class"};
+    ByteBuf acc[5] = {{0}}, out = {0};
+    int bad = 0;
+    size_t i;
+    json_t *row;
+    json_array_foreach(crcs, i, row)
+    {
+        uint32_t b = (uint32_t)json_integer_value(json_array_get(row, 0));
+        for (int k = 0; k < 5; k++) acc[k].n = 0;
+        for (uint32_t cp = b * block; cp < (b + 1) * block && cp < 0x110000; cp++) {
+            if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+            uint8_t u[4];
+            int n = utf8_encode(cp, u);
+            for (int k = 0; k < 4; k++) {
+                bert_normalize(&nm[k], u, (size_t)n, &out);
+                bytebuf_put(&acc[k], out.a, out.n);
+                bytebuf_put(&acc[k], "\xff", 1);
+            }
+            char cls = uni_bert_space(cp) ? 'W' : uni_bert_punct(cp) ? 'P' : 'O';
+            bytebuf_put(&acc[4], &cls, 1);
+        }
+        for (int k = 0; k < 5; k++) {
+            uint32_t crc = (uint32_t)crc32(0L, (const Bytef *)acc[k].a, (uInt)acc[k].n);
+            if (crc != (uint32_t)json_integer_value(json_array_get(row, (size_t)k + 1))) {
+                if (bad < 10)
+                    fprintf(stderr, "  U+%04X..U+%04X: %s differs from HF\n", b * block, (b + 1) * block - 1,
+                            what[k]);
+                bad++;
+            }
+        }
+    }
+    CHECKF(i > 0 && bad == 0, "%d blocks differ", bad);
+    for (int k = 0; k < 5; k++) free(acc[k].a);
+    free(out.a);
+    json_decref(root);
+}
+
+/* A tokenizer.json written to tmpdir from a string. */
+static Tokenizer *load_json_text(const char *name, const char *json)
+{
+    char p[512];
+    snprintf(p, sizeof(p), "%s/%s", tmpdir, name);
+    FILE *f = fopen(p, "w");
+    fputs(json, f);
+    fclose(f);
+    return tokenizer_load(p);
+}
+
+static int ids_equal(const Tokenizer *t, const char *text, const int32_t *want, long nwant)
+{
+    int32_t *ids;
+    long n = tokenizer_encode(t, text, strlen(text), &ids);
+    int same = n == nwant && !memcmp(ids, want, (size_t)n * 4);
+    if (!same) {
+        fprintf(stderr, "  \"%s\":", text);
+        for (long k = 0; k < n; k++) fprintf(stderr, " %d", ids[k]);
+        fprintf(stderr, "\n");
+    }
+    free(ids);
+    return same;
+}
+
+#define WP_HEAD                                                                                              \
+    "{\"added_tokens\":[{\"id\":0,\"content\":\"[UNK]\",\"special\":true},{\"id\":1,\"content\":\"[CLS]\","  \
+    "\"special\":true},{\"id\":2,\"content\":\"[SEP]\",\"special\":true}],"                                  \
+    "\"normalizer\":{\"type\":\"BertNormalizer\"},\"pre_tokenizer\":{\"type\":\"BertPreTokenizer\"},"        \
+    "\"decoder\":{\"type\":\"WordPiece\"},"
+#define WP_VOCAB                                                                                             \
+    "\"vocab\":{\"[UNK]\":0,\"[CLS]\":1,\"[SEP]\":2,\"un\":3,\"##aff\":4,\"##able\":5,\"unaff\":6,\"a\":7,"  \
+    "\"##a\":8,\"aa\":9,\"##aa\":10,\".\":11,\"##\":12,\"##b\":13}"
+
+/* The greedy longest-match rule, worked by hand, and what decode makes of it. */
+static void test_wordpiece_rules(void)
+{
+    Tokenizer *t =
+        load_json_text("wp.json", WP_HEAD "\"post_processor\":{\"type\":\"BertProcessing\","
+                                          "\"sep\":[\"[SEP]\",2],\"cls\":[\"[CLS]\",1]},"
+                                          "\"model\":{\"type\":\"WordPiece\",\"max_input_chars_per_word\""
+                                          ":9," WP_VOCAB "}}");
+    CHECKF(t != NULL, "%s", err_get());
+    if (!t) return;
+    /* longest first: "unaff" + "##able", not "un" + "##aff" + "##able" */
+    CHECK(ids_equal(t, "Unaffable.", (int32_t[]){6, 5, 11}, 3));
+    /* "aaaaa": aa ##aa ##a; nine characters still fit, ten are [UNK] */
+    CHECK(ids_equal(t, "aaaaa aaaaaaaaa aaaaaaaaaa", (int32_t[]){9, 10, 8, 9, 10, 10, 10, 8, 0}, 9));
+    /* an uncovered rest makes the whole word [UNK]; "##b" is no start */
+    CHECK(ids_equal(t, "unx b ab", (int32_t[]){0, 0, 7, 13}, 4));
+    CHECK(ids_equal(t, "[CLS]a[SEP]", (int32_t[]){1, 7, 2}, 3));
+    /* decode: "##" joins, a first "##" token stays, specials get spaces, " ." is cleaned up */
+    int32_t d1[] = {13, 6, 5, 11, 1, 7, 8};
+    size_t n;
+    char *s = tokenizer_decode(t, d1, ARRAY_LEN(d1), &n);
+    CHECKF(!strcmp(s, "##b unaffable. [CLS] aa"), "%s", s);
+    free(s);
+    int32_t d2[] = {-5, 13, 7}; /* an invalid first id is skipped: the next one is first */
+    s = tokenizer_decode(t, d2, ARRAY_LEN(d2), &n);
+    CHECKF(!strcmp(s, "##b a"), "%s", s);
+    free(s);
+    CHECK(tokenizer_template_added(t, 0) == 2 && tokenizer_template_added(t, 1) == 3);
+    CHECK(tokenizer_add_bos(t) && tokenizer_bos_id(t) == 1 && tokenizer_eos_id(t) == 2);
+    int32_t a[] = {7, 8}, b[] = {9}, *ids, *ty;
+    long k = tokenizer_apply_template(t, a, 2, b, 1, &ids, &ty);
+    int32_t want[] = {1, 7, 8, 2, 9, 2}, want_ty[] = {0, 0, 0, 0, 1, 1};
+    CHECK(k == 6 && !memcmp(ids, want, sizeof(want)) && !memcmp(ty, want_ty, sizeof(want_ty)));
+    free(ids);
+    free(ty);
+    k = tokenizer_apply_template(t, NULL, 0, NULL, 0, &ids, NULL);
+    CHECK(k == 2 && ids[0] == 1 && ids[1] == 2);
+    free(ids);
+    tokenizer_free(t);
+    /* a word of 1 MB (no character limit) is linear in its length: found in a blink, [UNK] or pieces */
+    t = load_json_text("wp2.json", WP_HEAD "\"model\":{\"type\":\"WordPiece\",\"max_input_chars_per_word\":"
+                                           "100000000," WP_VOCAB "}}");
+    CHECKF(t != NULL, "%s", err_get());
+    if (!t) return;
+    size_t big = 1 << 20;
+    char *w = malloc(big + 2);
+    memset(w, 'a', big);
+    w[big] = 0;
+    long n1 = tokenizer_encode(t, w, big, &ids);
+    CHECK(n1 == (long)big / 2 && ids[0] == 9 && ids[n1 - 1] == 10);
+    free(ids);
+    w[big - 1] = 'q'; /* the last character is not in the vocabulary: one [UNK] */
+    n1 = tokenizer_encode(t, w, big, &ids);
+    CHECK(n1 == 1 && ids[0] == 0);
+    free(ids);
+    free(w);
+    CHECK(tokenizer_template_added(t, 0) == 0); /* no post-processor: nothing added */
+    tokenizer_free(t);
+}
+
+static void test_wordpiece_errors(void)
+{
+    static const struct {
+        const char *json, *want;
+    } cases[] = {
+        {"{\"model\":{\"type\":\"WordPiece\",\"unk_token\":\"<unk>\",\"vocab\":{\"a\":0}}}",
+         "model.unk_token"},
+        {"{\"model\":{\"type\":\"WordPiece\",\"max_input_chars_per_word\":-1,\"vocab\":{\"[UNK]\":0}}}",
+         "max_input_chars_per_word"},
+        {"{\"model\":{\"type\":\"WordPiece\",\"vocab\":[]}}", "model.vocab"},
+        {"{\"model\":{\"type\":\"WordPiece\",\"continuing_subword_prefix\":7,\"vocab\":{\"[UNK]\":0}}}",
+         "continuing_subword_prefix"},
+        {"{\"normalizer\":{\"type\":\"BertNormalizer\",\"lowercase\":\"yes\"},\"model\":{\"type\":"
+         "\"WordPiece\","
+         "\"vocab\":{\"[UNK]\":0}}}",
+         "normalizer.lowercase"},
+        {"{\"decoder\":{\"type\":\"WordPiece\",\"cleanup\":1},\"model\":{\"type\":\"WordPiece\",\"vocab\":"
+         "{\"[UNK]\":0}}}",
+         "decoder.WordPiece.cleanup"},
+        {"{\"post_processor\":{\"type\":\"Fancy\"},\"model\":{\"type\":\"WordPiece\",\"vocab\":{\"[UNK]\":0}}"
+         "}",
+         "post_processor \"Fancy\""},
+        {"{\"post_processor\":{\"type\":\"BertProcessing\",\"sep\":[\"[SEP]\",9],\"cls\":[\"[CLS]\",0]},"
+         "\"model\":{\"type\":\"WordPiece\",\"vocab\":{\"[UNK]\":0}}}",
+         "post_processor.BertProcessing.sep[1]"},
+        {"{\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"SpecialToken\":{\"id\":\"X\"}},"
+         "{\"Sequence\":{\"id\":\"A\"}}],\"pair\":[],\"special_tokens\":{}},\"model\":{\"type\":"
+         "\"WordPiece\","
+         "\"vocab\":{\"[UNK]\":0}}}",
+         "post_processor.single[0]"},
+        {"{\"post_processor\":{\"type\":\"TemplateProcessing\",\"single\":[{\"Sequence\":{\"id\":\"B\"}}],"
+         "\"pair\":[],\"special_tokens\":{}},\"model\":{\"type\":\"WordPiece\",\"vocab\":{\"[UNK]\":0}}}",
+         "sequence \"B\""},
+        {"{\"model\":{\"type\":\"Unigram\",\"vocab\":[]}}", "\"Unigram\" is not supported"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        Tokenizer *t = load_json_text("bad.json", cases[i].json);
+        CHECKF(t == NULL && strstr(err_get(), "bad.json") && strstr(err_get(), cases[i].want), "case %zu: %s",
+               i, t ? "loaded" : err_get());
+        tokenizer_free(t);
+    }
+    /* vocab.txt: no [UNK], invalid UTF-8, a bad tokenizer_config.json */
+    char d[400], p[600];
+    snprintf(d, sizeof(d), "%s/badvocab", tmpdir);
+    mkdir(d, 0755);
+    snprintf(p, sizeof(p), "%s/vocab.txt", d);
+    static const struct {
+        const char *vocab, *cfg, *want;
+    } vt[] = {
+        {"[CLS]\n[SEP]\nhello\n", NULL, "\"[UNK]\" is not in the vocabulary"},
+        {"[UNK]\nh\xffllo\n", NULL, "line 2: invalid UTF-8"},
+        {"", NULL, "empty vocabulary"},
+        {"[UNK]\n", "{\"do_lower_case\": \"no\"}", "tokenizer_config.json: do_lower_case"},
+        {"[UNK]\n", "{\"do_lower_case\": ", "tokenizer_config.json: line 1"},
+        {"[UNK]\n", "{\"unk_token\": \"<unk>\"}", "\"<unk>\" is not in the vocabulary"},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(vt); i++) {
+        FILE *f = fopen(p, "w");
+        fputs(vt[i].vocab, f);
+        fclose(f);
+        char cp[700];
+        snprintf(cp, sizeof(cp), "%s/tokenizer_config.json", d);
+        if (vt[i].cfg) {
+            f = fopen(cp, "w");
+            fputs(vt[i].cfg, f);
+            fclose(f);
+        } else {
+            unlink(cp);
+        }
+        Tokenizer *t = tokenizer_load(d);
+        CHECKF(t == NULL && strstr(err_get(), vt[i].want), "vocab case %zu: %s", i, t ? "loaded" : err_get());
+        tokenizer_free(t);
+    }
+}
+
+/* A legacy vocab.txt: as a directory and as a file it is the same tokenizer as the
+ * tokenizer.json HF trained with that vocabulary; saved, it loads back alike. */
+static void test_wordpiece_vocab_txt(void)
+{
+    Tokenizer *json = load_fixture("wp_uncased"), *dir = load_fixture("wp_vocab_txt");
+    char p[512];
+    snprintf(p, sizeof(p), "%s/tokenizers/wp_vocab_txt/vocab.txt", test_fixtures());
+    Tokenizer *file = tokenizer_load(p);
+    CHECKF(file != NULL, "%s", err_get());
+    if (!json || !dir || !file) goto out;
+    CHECKF(!strcmp(tokenizer_identity(json), tokenizer_identity(dir)), "%s vs %s", tokenizer_identity(json),
+           tokenizer_identity(dir));
+    CHECK(!strcmp(tokenizer_identity(file), tokenizer_identity(dir)));
+    CHECK(tokenizer_vocab_size(dir) == tokenizer_vocab_size(json));
+    CHECK(tokenizer_eos_id(dir) == tokenizer_token_to_id(dir, "[SEP]", 5));
+    CHECK(tokenizer_bos_id(dir) == tokenizer_token_to_id(dir, "[CLS]", 5) && tokenizer_add_bos(dir));
+    CHECK(tokenizer_is_special(dir, tokenizer_token_to_id(dir, "[MASK]", 6)));
+    char d[300];
+    snprintf(d, sizeof(d), "%s/wpsave", tmpdir);
+    mkdir(d, 0755);
+    CHECK(tokenizer_save(dir, d) == 0);
+    snprintf(p, sizeof(p), "%s/vocab.txt", d);
+    struct stat st;
+    CHECK(stat(p, &st) == 0);
+    snprintf(p, sizeof(p), "%s/tokenizer_config.json", d);
+    CHECK(stat(p, &st) == 0);
+    Tokenizer *back = tokenizer_load(d);
+    CHECKF(back && !strcmp(tokenizer_identity(back), tokenizer_identity(dir)), "%s",
+           back ? tokenizer_identity(back) : err_get());
+    tokenizer_free(back);
+    /* a cased config gives another tokenizer */
+    Tokenizer *cased = load_fixture("wp_vocab_txt_cased");
+    CHECK(cased && strcmp(tokenizer_identity(cased), tokenizer_identity(dir)));
+    tokenizer_free(cased);
+out:
+    tokenizer_free(json);
+    tokenizer_free(dir);
+    tokenizer_free(file);
+}
+
+/* prepare may cut a long document at "x\ny": for BERT's pipeline that gives
+ * the ids of the whole, and RoBERTa's template adds <s> ... </s>. */
+static void test_wordpiece_split_and_roberta(void)
+{
+    Tokenizer *t = load_fixture("wp_uncased");
+    char p[512];
+    snprintf(p, sizeof(p), "%s/gpt2/sample.txt", test_shared_data());
+    size_t n;
+    char *text = slurp(p, &n);
+    if (t && text) {
+        CHECK(tokenizer_splittable(t));
+        int32_t *all;
+        long na = tokenizer_encode(t, text, n, &all);
+        IdVec parts = {0};
+        size_t a = 0;
+        for (size_t i = 1; i + 1 < n; i++)
+            if (text[i] == '\n' && (uint8_t)text[i - 1] > ' ' && (uint8_t)text[i + 1] > ' ' &&
+                (uint8_t)text[i - 1] < 0x80 && (uint8_t)text[i + 1] < 0x80 && i - a > 5000) {
+                tokenizer_encode_append(t, text + a, i + 1 - a, &parts);
+                a = i + 1;
+            }
+        tokenizer_encode_append(t, text + a, n - a, &parts);
+        CHECK((size_t)na == parts.n && !memcmp(all, parts.a, parts.n * 4));
+        free(all);
+        free(parts.a);
+    } else if (!text) {
+        fprintf(stderr, "skip split check: %s absent\n", p);
+    }
+    free(text);
+    tokenizer_free(t);
+    Tokenizer *r = load_fixture("roberta_style");
+    if (r) {
+        CHECK(tokenizer_add_bos(r) && tokenizer_bos_id(r) == tokenizer_token_to_id(r, "<s>", 3));
+        CHECK(tokenizer_eos_id(r) == tokenizer_token_to_id(r, "</s>", 4));
+        CHECK(tokenizer_template_added(r, 0) == 2 && tokenizer_template_added(r, 1) == 4);
+        /* <mask> takes the whitespace before it (lstrip), so a cut at "x\n<mask>" would keep a
+         * newline that the whole text loses: not splittable */
+        int32_t *w, *p1, *p2;
+        long nw = tokenizer_encode(r, "x\n<mask> y", 10, &w), n1 = tokenizer_encode(r, "x\n", 2, &p1),
+             n2 = tokenizer_encode(r, "<mask> y", 8, &p2);
+        CHECK(nw != n1 + n2 && !tokenizer_splittable(r));
+        free(w);
+        free(p1);
+        free(p2);
+    }
+    tokenizer_free(r);
+    CHECK(tokenizer_template_added(gpt2(), 0) == 0 && tokenizer_template_added(gpt2(), 1) == 0);
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/anvil_test_tok_XXXXXX");
@@ -701,6 +1045,11 @@ int main(void)
     RUN(test_load_errors);
     RUN(test_hf_fixtures);
     RUN(test_byte_fallback_roundtrip);
+    RUN(test_hf_bert_unicode);
+    RUN(test_wordpiece_rules);
+    RUN(test_wordpiece_errors);
+    RUN(test_wordpiece_vocab_txt);
+    RUN(test_wordpiece_split_and_roberta);
     tokenizer_free(gpt2());
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);

@@ -13,6 +13,10 @@ Rows:
 --styles adds a second table: anvil vs HF tokenizers (one thread, one string) for the
 trained tokenizer.json fixtures of tests/fixtures/tokenizers (LLaMA-3, Qwen2, SmolLM,
 sentencepiece styles), ids checked equal.
+--wordpiece: the same for WordPiece (BERT) tokenizers: the wp_* fixtures, a legacy vocab.txt,
+and a BERT-sized one (30,522 ids, uncased) that HF trains on the text at the start; plus
+RoBERTa's byte-level BPE. HF is timed on the one string (1 thread) and with encode_batch
+over the text's lines (--threads). anvil's time is also given as CPU time (the VM is shared).
 tiktoken and HF are built from the repository's GPT-2 files (assets/gpt2), since
 nothing can be downloaded here. Each number is the best of --repeat runs (the
 machine may be shared). All implementations must produce the same ids; checked.
@@ -112,6 +116,96 @@ def hf_child(args):
 STYLES = ["gpt2_style", "llama3_style", "qwen2_style", "smollm_style", "sp_bpe", "sp_metaspace"]
 
 
+def anvil_stats(anvil, spec, path, out, repeat):
+    """Best wall and CPU seconds of `anvil tokenize --stats` (load excluded), and the ids."""
+    import array
+    walls, cpus = [], []
+    for _ in range(repeat):
+        r = subprocess.run([anvil, "tokenize", "--tokenizer", spec, "--file", path, "--out", out, "--stats"],
+                           capture_output=True, text=True, check=True)
+        m = re.search(r"in ([0-9.]+) s \(.*cpu ([0-9.]+) s\)", r.stderr)
+        walls.append(float(m.group(1)))
+        cpus.append(float(m.group(2)))
+    ids = array.array("I")
+    ids.frombytes(open(out, "rb").read())
+    return min(walls), min(cpus), ids
+
+
+def wordpiece(args):
+    """anvil vs HF tokenizers on WordPiece (and RoBERTa) tokenizers, sentences.txt."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    raw = open(args.text, "rb").read()
+    text = raw.decode("utf-8")
+    lines = text.split("\n")
+    mb = len(raw) / 1e6
+    fx = os.path.join(ROOT, "tests", "fixtures", "tokenizers")
+    with tempfile.TemporaryDirectory() as tmp:
+        # a BERT-base-sized uncased WordPiece (bert-base-uncased has 30,522 ids), trained by HF here
+        big = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        big.normalizer = normalizers.BertNormalizer(lowercase=True)
+        big.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        big.decoder = decoders.WordPiece()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        big.train_from_iterator(lines, trainers.WordPieceTrainer(vocab_size=30522, special_tokens=specials,
+                                                                 show_progress=False))
+        big.post_processor = processors.BertProcessing(("[SEP]", big.token_to_id("[SEP]")),
+                                                       ("[CLS]", big.token_to_id("[CLS]")))
+        os.makedirs(os.path.join(tmp, "bert30k"))
+        big.save(os.path.join(tmp, "bert30k", "tokenizer.json"))
+        rows = [("wp_uncased (2,000)", os.path.join(fx, "wp_uncased")),
+                ("wp_cased (1,000)", os.path.join(fx, "wp_cased")),
+                ("wp_vocab_txt (vocab.txt, 2,000)", os.path.join(fx, "wp_vocab_txt", "vocab.txt")),
+                (f"BERT-sized uncased ({big.get_vocab_size()}, trained here)", os.path.join(tmp, "bert30k")),
+                ("roberta_style (byte-level BPE, 1,001)", os.path.join(fx, "roberta_style"))]
+        print("| tokenizer | anvil MB/s | HF `encode` MB/s, 1 thread | "
+              f"HF `encode_batch` (lines) MB/s, {args.threads} threads | anvil / HF `encode` | "
+              "anvil, CPU time | HF `encode`, CPU time | HF `encode_batch`, CPU time | anvil / HF batch, CPU | "
+              "ids equal |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        for name, spec in rows:
+            wall, cpu, mine = anvil_stats(args.anvil, spec, args.text, os.path.join(tmp, "ids.u32"), args.repeat)
+            r = subprocess.run([sys.executable, __file__, "--text", args.text, "--hf-wp-child", spec,
+                                "--repeat", "1"], env=dict(os.environ, RAYON_NUM_THREADS="1"),
+                               capture_output=True, text=True, check=True)
+            one = json.loads(r.stdout.strip().splitlines()[-1])
+            env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), TOKENIZERS_PARALLELISM="true")
+            r = subprocess.run([sys.executable, __file__, "--text", args.text, "--hf-wp-child", spec,
+                                "--repeat", str(args.repeat), "--hf-child", "2"], env=env, capture_output=True,
+                               text=True, check=True)
+            batch = json.loads(r.stdout.strip().splitlines()[-1])
+            same = list(mine) == one["ids"]
+            print(f"| {name} | {mb / wall:.1f} | {mb / one['seconds']:.2f} | {mb / batch['seconds']:.2f} | "
+                  f"{one['seconds'] / wall:.0f}x | {mb / cpu:.1f} | {mb / one['cpu']:.2f} | {mb / batch['cpu']:.2f} | "
+                  f"{batch['cpu'] / cpu:.0f}x | {'yes' if same else 'NO'} |")
+    print(f"\n{os.path.basename(args.text)} ({mb:.1f} MB), load average {os.getloadavg()[0]:.2f} at the end; "
+          f"best of {args.repeat} (HF one string: 1 run); MB/s of wall time, and of CPU time (all threads)")
+
+
+def hf_wp_child(args):
+    """HF timing in its own process (RAYON_NUM_THREADS): one string, or encode_batch over lines."""
+    from tokenizers import Tokenizer
+    text = open(args.text, encoding="utf-8").read()
+    spec = args.hf_wp_child
+    if spec.endswith(".txt"):
+        from transformers import BertTokenizer
+        tok = BertTokenizer.from_pretrained(os.path.dirname(spec)).backend_tokenizer
+    else:
+        tok = Tokenizer.from_file(os.path.join(spec, "tokenizer.json"))
+    lines = text.split("\n")
+    fn = ((lambda: tok.encode_batch(lines, add_special_tokens=False)) if args.hf_child == 2 else
+          (lambda: tok.encode(text, add_special_tokens=False).ids))
+    walls, cpus = [], []
+    for _ in range(args.repeat):  # wall and CPU seconds (all threads) of each run; the best of each
+        c0, t0 = time.process_time(), time.perf_counter()
+        r = fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    out = {"seconds": min(walls), "cpu": min(cpus)}
+    if args.hf_child != 2:
+        out["ids"] = r
+    print(json.dumps(out))
+
+
 def styles(args):
     """anvil vs HF tokenizers on the trained fixture tokenizers (one thread, one string)."""
     import array
@@ -147,12 +241,18 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--hf", action="store_true", help="also time HF tokenizers")
     ap.add_argument("--styles", action="store_true", help="also time the tokenizer.json fixture styles")
+    ap.add_argument("--wordpiece", action="store_true", help="time WordPiece (BERT) and RoBERTa tokenizers")
     ap.add_argument("--hf-child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--hf-wp-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.hf_wp_child:
+        return hf_wp_child(args)
     if args.hf_child:
         return hf_child(args)
     if args.styles:
         return styles(args)
+    if args.wordpiece:
+        return wordpiece(args)
 
     raw = open(args.text, "rb").read()
     text = raw.decode("utf-8")

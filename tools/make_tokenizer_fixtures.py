@@ -75,20 +75,40 @@ def test_texts(data, lines, specials=()):
 CORPUS_FIRST, CORPUS_LINES = 50000, 5000  # a slice of text/sentences.txt checked by count + CRC-32
 
 
-def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False, corpus_lines=None):
+# add_special_tokens=True probes: (text, pair or None)
+TEMPLATE_PROBES = [("probe", None), ("Hello world.", None), ("", None), ("Hello world.", "And a second one!"),
+                   ("", ""), ("x", "")]
+
+
+def bert_from_vocab_dir(d):
+    """transformers' BertTokenizer (the fast one) for a directory with vocab.txt: what a user of a
+    legacy BERT checkpoint gets; its tokenizers backend gives ids and decode."""
+    from transformers import BertTokenizer
+    return BertTokenizer.from_pretrained(d).backend_tokenizer
+
+
+def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False, corpus_lines=None, vocab_txt=None,
+                  templates=TEMPLATE_PROBES):
+    """tok: a Tokenizer, saved as tokenizer.json; or with vocab_txt (the file's text) a legacy
+    BERT directory (vocab.txt + extra files) whose reference is transformers' BertTokenizer."""
     d = os.path.join(out, name)
     os.makedirs(d, exist_ok=True)
-    js = json.loads(tok.to_str())
-    js["model"]["vocab"] = dict(sorted(js["model"]["vocab"].items(), key=lambda kv: kv[1]))  # reproducible files
-    if merges_as_strings:
-        js["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in js["model"]["merges"]]
-    s = json.dumps(js, ensure_ascii=False, separators=(",", ":"))
-    tok = Tokenizer.from_str(s)  # the reference comes from the exact file we commit
-    with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
-        f.write(s)
     for fname, content in (extra or {}).items():
         with open(os.path.join(d, fname), "w", encoding="utf-8") as f:
             json.dump(content, f, ensure_ascii=False)
+    if vocab_txt is not None:
+        with open(os.path.join(d, "vocab.txt"), "w", encoding="utf-8", newline="") as f:
+            f.write(vocab_txt)
+        tok = bert_from_vocab_dir(d)
+    else:
+        js = json.loads(tok.to_str())
+        js["model"]["vocab"] = dict(sorted(js["model"]["vocab"].items(), key=lambda kv: kv[1]))  # reproducible
+        if merges_as_strings:
+            js["model"]["merges"] = [" ".join(m) if isinstance(m, list) else m for m in js["model"]["merges"]]
+        s = json.dumps(js, ensure_ascii=False, separators=(",", ":"))
+        tok = Tokenizer.from_str(s)  # the reference comes from the exact file we commit
+        with open(os.path.join(d, "tokenizer.json"), "w", encoding="utf-8") as f:
+            f.write(s)
     cases = []
     for t in texts:
         ids = tok.encode(t, add_special_tokens=False).ids
@@ -113,6 +133,10 @@ def write_fixture(out, name, tok, texts, extra=None, merges_as_strings=False, co
             ids.byteswap()
         meta["corpus"] = {"file": "text/sentences.txt", "first_line": CORPUS_FIRST, "lines": CORPUS_LINES,
                           "count": len(ids), "crc32": zlib.crc32(ids.tobytes())}
+    meta["templates"] = []
+    for a, b in templates:
+        e = tok.encode(a, b, add_special_tokens=True)
+        meta["templates"].append({"a": a, "b": b, "ids": e.ids, "type_ids": e.type_ids})
     meta["cases"] = cases
     with open(os.path.join(d, "cases.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, ensure_ascii=False, separators=(",", ":"))
@@ -313,11 +337,324 @@ def hand_fixtures(out, data, lines, corpus):
     return names
 
 
+# ---- WordPiece (BERT) and RoBERTa ------------------------------------------------------------
+
+WP_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# characters the trained vocabularies know besides those of sentences.txt, so that CJK, Greek,
+# accented... text gives pieces, not only [UNK]
+WP_ALPHABET = list("日本語のテキスト中文字符测试标点漢字混じり한국어텍스트ΣΊΥΦΟΩμέγαλληνικάσςρусскийабвгд"
+                   "éèêëàâäáãåçñóòôöõúùûüíìîïýÿøæœßÉÀÇÑÖÜÅ")
+
+WP_EDGE_TEXTS = [
+    # accents and case
+    "Café naïve résumé façade Ångström ÉCOLE Straße İstanbul ΣΊΣΥΦΟΣ Ωμέγα", "e\u0301te\u0301 vs été",
+    "ǅemal ǈ ǋ Ⅻ ｆｕｌｌ ﬁ", "İ i̇ I ı", "Ǆ ǅ ǆ ẞ ß", "한국어 텍스트 각",
+    # CJK (handle_chinese_chars puts spaces around ideographs; kana and hangul are words)
+    "日本語のテキスト", "中文字符测试，标点。", "漢字kanji混じり文", "\U00020000\U00020001 \U0002A700 \U0002B740 "
+    "\U0002B820 \U0002B920 \U0002F800 \u2E80 \u3007 \u3400 \uF900",
+    # punctuation, ASCII and Unicode (HF's tables predate Unicode 9: U+2E43 and U+2E5D are not punctuation)
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~", "¡¿«»„“”‘’‹› – — … ‰ § ¶ • ·", "「かっこ」『二重』【括弧】〈〉",
+    "\u2E42\u2E43\u2E5D new punct \u061D\u0A76", "a.b,c;d:e!f?g", "don't can't won't I'm we're they've it's",
+    " do not ", "x--y---z", "$100 +5 <3 =^.^= |pipe| ~tilde~ `tick`", "\u166D\u166E \U000111C9",
+    # unknown words and characters
+    "zqxj vvwxq qqqq", "\U0001F600 \U0001F680\U0001F525 👍🏽 👨‍👩‍👧‍👦 🇫🇷 1️⃣", "ᚠᛇᚻ᛫ᛒᛦᚦ ⠓⠑⠇⠇⠕ 𓀀𓀁",
+    "Ελληνικά русский עברית العربية हिन्दी ไทย",
+    # words around max_input_chars_per_word (100 characters by default)
+    "a" * 99, "a" * 100, "a" * 101, "é" * 100, "é" * 101, "e\u0301" * 60, "x" + "y" * 150 + " short",
+    "supercalifragilisticexpialidocious antidisestablishmentarianism", "abcdefghijklmnopqrstu abcdefghijklmnopqrst",
+    # whitespace of every kind
+    "  lead", "trail  ", "a\t\tb\n\nc\r\nd", "\u3000ideographic\u3000space\u00a0nbsp\u2002en\u2003em\u2009thin\u202f",
+    "\u2028ls\u2029ps\u0085nel\u1680ogham\u205fmm", "\x0bvt\x0cff\x1cfs\x1fus",
+    # control and format characters, private use, U+FFFD
+    "nul\x00in\x01side\x7fdel", "zero\u200bwidth\u200djoiner\u200cnon\ufeffbom", "repl\ufffdchar",
+    "private\ue000use\U000F0000", "bidi\u202eover\u202c ride\u2066iso\u2069", "soft\u00adhyphen",
+    "tag\U000E0041s", "newer format \U000110CD\U00013430 \u0890", "\x96\x85\x97 C1",
+    # marks HF's tables do not know (Unicode 9+), and decompositions they do not have
+    "\u1734 \U00011938 a\u0898\u0899 b\u07fd c\u0301\u0316\u0300",
+    "© ® ™ ° ± × ÷ ∞ ≠ ≤ √ ∑ €£¥ ½ ¼ ²³",
+    # special tokens in text
+    "[CLS] hello [SEP] world [SEP]", "[MASK]", "[mask] [Mask]", "a[SEP]b", "[UNK]", "[PAD][PAD]", "##ing ##",
+    "#hash ##tag", "",
+]
+
+
+# atoms of random texts: every character class the BERT pipeline treats apart
+WP_ATOMS = ["a", "Z", "the", " ", "  ", "\t", "\n", "\r\n", "'", "'s", ".", ",", "!?", "-", "_", "#", "##", "$",
+            "0", "42", "é", "e\u0301", "\u0301", "\u0316\u0300", "\u0898", "İ", "ß", "Σ", "ς", "日", "本", "한",
+            "の", "\u3000", "\u00a0", "\u2028", "\u0085", "\x00", "\x0b", "\x7f", "\u200b", "\u200d", "\ufeff",
+            "\ufffd", "\ue000", "\U00020000", "\U0002B820", "😀", "👍🏽", "Ａ", "ﬁ", "½", "\u2e43", "\u166d", "«",
+            "—", "…", "[CLS]", "[SEP]", "[MASK]", "[", "]", "supercalifragilistic", "x" * 30]
+
+
+def random_texts(seed, n):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(WP_ATOMS) for _ in range(rng.randrange(1, 25))) for _ in range(n)]
+
+
+def wp_train(tok, corpus, vocab, prefix="##"):
+    """Train, then number the vocabulary canonically: HF's WordPieceTrainer breaks ties between
+    equally frequent pieces in hash order, so the same vocabulary comes out with ids in another
+    order on each run (WordPiece's ids mean nothing beyond the set of strings). Specials keep
+    their ids; the rest are sorted by (length after the prefix, continuation or not, text)."""
+    tr = trainers.WordPieceTrainer(vocab_size=vocab, special_tokens=WP_SPECIALS, show_progress=False,
+                                   initial_alphabet=WP_ALPHABET, continuing_subword_prefix=prefix, min_frequency=2)
+    tok.train_from_iterator(corpus, tr)
+    js = json.loads(tok.to_str())
+    v = js["model"]["vocab"]
+    rest = sorted((t for t in v if t not in WP_SPECIALS),
+                  key=lambda t: (len(t) - len(prefix) if t.startswith(prefix) else len(t), t.startswith(prefix), t))
+    new = {t: i for i, t in enumerate(WP_SPECIALS)}
+    for t in rest:
+        new[t] = len(new)
+    assert all(v[t] == new[t] for t in WP_SPECIALS)
+    js["model"]["vocab"] = new
+    return Tokenizer.from_str(json.dumps(js, ensure_ascii=False))
+
+
+def bert_template(tok):
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    return processors.TemplateProcessing(single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+                                         special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+
+
+def vocab_txt(tok):
+    v = tok.get_vocab(with_added_tokens=False)
+    return "".join(t + "\n" for t, _ in sorted(v.items(), key=lambda kv: kv[1]))
+
+
+def small_texts(lines, specials):
+    """The edge cases, a few held-out sentences and specials in text (fixtures kept small)."""
+    rng = random.Random(2)
+    texts = WP_EDGE_TEXTS + [rng.choice(lines[90000:]) for _ in range(10)]
+    for s in specials:
+        texts += [f"Hello{s} world", f"{s}{s}x{s}"]
+    return texts
+
+
+def wordpiece_fixtures(out, data, lines, corpus):
+    names = []
+    texts = test_texts(data, lines, ["[CLS]", "[SEP]", "[MASK]"]) + WP_EDGE_TEXTS + random_texts(3, 120)
+    small = small_texts(lines, ["[CLS]", "[SEP]", "[MASK]"]) + random_texts(4, 40)
+    wp_templates = TEMPLATE_PROBES + [("Café 日本", "naïve [MASK] x"), ("a" * 101, "!"), ("[CLS]", "[SEP]")]
+    variants = [
+        # name, vocab, BertNormalizer options, max_input_chars_per_word, post-processor, cleanup, corpus check
+        ("wp_uncased", 2000, dict(lowercase=True, strip_accents=None), 100, "template", True, True),
+        ("wp_cased", 1000, dict(lowercase=False, strip_accents=None), 100, "template", True, True),
+        ("wp_strip_cased", 500, dict(lowercase=False, strip_accents=True), 20, "bert", True, False),
+        ("wp_lower_nostrip", 500, dict(lowercase=True, strip_accents=False, handle_chinese_chars=False,
+                                       clean_text=False), 100, "template", False, False),
+    ]
+    trained = {}
+    for name, vocab, nopts, max_chars, post, cleanup, check in variants:
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]", max_input_chars_per_word=max_chars))
+        tok.normalizer = normalizers.BertNormalizer(**nopts)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece(prefix="##", cleanup=cleanup)
+        tok = wp_train(tok, corpus, vocab)
+        # training resets the model's options; keep the ones asked for
+        js = json.loads(tok.to_str())
+        js["model"]["max_input_chars_per_word"] = max_chars
+        tok = Tokenizer.from_str(json.dumps(js, ensure_ascii=False))
+        tok.post_processor = (bert_template(tok) if post == "template" else
+                              processors.BertProcessing(("[SEP]", tok.token_to_id("[SEP]")),
+                                                        ("[CLS]", tok.token_to_id("[CLS]"))))
+        trained[name] = tok
+        names.append(write_fixture(out, name, tok, texts if name == "wp_uncased" else small,
+                                   corpus_lines=lines if check else None, templates=wp_templates))
+
+    # a custom prefix on another pipeline: Lowercase + Whitespace, "@@" continuation, no cleanup
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="@@"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="@@", cleanup=False)
+    tok = wp_train(tok, corpus[:5000], 400, prefix="@@")
+    names.append(write_fixture(out, "wp_custom_prefix", tok, WP_EDGE_TEXTS))
+
+    # added tokens with "normalized": matched after the normalizer, decoded to their normalized content
+    from tokenizers import AddedToken
+    tok = Tokenizer.from_str(trained["wp_uncased"].to_str())
+    tok.add_tokens([AddedToken("Café Noir", normalized=True), AddedToken("ÜBER", normalized=True, single_word=True),
+                    AddedToken("ﬁne", normalized=True)])
+    tok.add_special_tokens([AddedToken("<Mask2>", normalized=True, lstrip=True, special=True)])
+    names.append(write_fixture(out, "wp_normalized_added", tok, [
+        "café noir CAFÉ NOIR Cafe noir cafénoir", "über ÜBER überall xüber", "x <mask2> <MASK2>y  <Mask2>",
+        "ﬁne fine FINE", "[unk] [UNK] [Unk]", "Café Noir<Mask2>ÜBER"] + WP_EDGE_TEXTS[:30]))
+
+    # legacy vocab.txt directories (what transformers' BertTokenizer makes of them)
+    names.append(write_fixture(out, "wp_vocab_txt", None, small, vocab_txt=vocab_txt(trained["wp_uncased"]),
+                               corpus_lines=lines, templates=wp_templates))
+    names.append(write_fixture(out, "wp_vocab_txt_cased", None, small, vocab_txt=vocab_txt(trained["wp_cased"]),
+                               extra={"tokenizer_config.json": {"do_lower_case": False}}, templates=wp_templates))
+    names.append(write_fixture(out, "wp_vocab_txt_opts", None, small,
+                               vocab_txt=vocab_txt(trained["wp_lower_nostrip"]),
+                               extra={"tokenizer_config.json": {
+                                   "do_lower_case": True, "strip_accents": False, "tokenize_chinese_chars": False,
+                                   "unk_token": {"__type": "AddedToken", "content": "[UNK]", "lstrip": False,
+                                                 "normalized": True}}},
+                               templates=wp_templates))
+    return names
+
+
+def roberta_fixtures(out, data, lines, corpus):
+    """RoBERTa's tokenizer: byte-level BPE, <s> A </s> from RobertaProcessing, <mask> with lstrip."""
+    from tokenizers import AddedToken
+    names = []
+    alpha = sorted(pre_tokenizers.ByteLevel.alphabet())
+    small = small_texts(lines, ["<s>", "</s>", "<mask>"]) + ["Hello <mask> world", "x <mask>", "<mask>!"]
+    for name, prefix, vocab in (("roberta_style", False, 1000), ("roberta_prefix", True, 600)):
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix, trim_offsets=True)
+        tok.decoder = decoders.ByteLevel()
+        train(tok, corpus, vocab, ["<s>", "<pad>", "</s>", "<unk>"], alpha)
+        tok.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False)])
+        tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                          ("<s>", tok.token_to_id("<s>")), trim_offsets=True,
+                                                          add_prefix_space=prefix)
+        names.append(write_fixture(out, name, tok, small, corpus_lines=None if prefix else lines,
+                                   extra={"tokenizer_config.json": {"bos_token": "<s>", "eos_token": "</s>",
+                                                                    "mask_token": "<mask>"}}))
+    return names
+
+
+# ---- BERT's Unicode classes as HF tokenizers applies them --------------------------------------
+#
+# HF's BertNormalizer and BertPreTokenizer classify characters with the unicode_categories crate
+# (Unicode 8.0 era tables: punctuation, nonspacing marks, "other" = Cc/Cf/Co), Rust's
+# char::is_whitespace and to_lowercase (the Rust release's Unicode), and an NFD from older
+# tables. anvil's tables (src/data/tok_unicode.c) are measured here, one code point at a time,
+# and tests/fixtures/tokenizers/bert_unicode.json holds per-block CRC-32s of every output so that
+# test_tokenizer checks all 1,112,064 code points against HF.
+
+UNICODE_BLOCK = 4096  # code points per CRC block in bert_unicode.json
+
+
+def bert_probe():
+    """[(cp, clean, chinese, strip, lower, pretok)] for every scalar value: the output of
+    BertNormalizer with only that option on, and the BertPreTokenizer class of the character
+    between two letters: W (whitespace, removed), P (punctuation, isolated), O (other)."""
+    opts = dict(clean_text=False, handle_chinese_chars=False, strip_accents=False, lowercase=False)
+    norms = []
+    for k in ("clean_text", "handle_chinese_chars", "strip_accents", "lowercase"):
+        o = dict(opts)
+        o[k] = True
+        norms.append(normalizers.BertNormalizer(**o))
+    pre = pre_tokenizers.BertPreTokenizer()
+    out = []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        c = chr(cp)
+        res = [n.normalize_str(c) for n in norms]
+        p = [w for w, _ in pre.pre_tokenize_str("a" + c + "a")]
+        cls = "W" if p == ["a", "a"] else "P" if p == ["a", c, "a"] else "O" if p == ["a" + c + "a"] else None
+        if cls is None:
+            raise SystemExit(f"U+{cp:04X}: unexpected BertPreTokenizer split {p}")
+        out.append((cp, *res, cls))
+    return out
+
+
+def unicode_fixture(out, probe):
+    """Per-block CRC-32 of each output (UTF-8 of each code point's output followed by 0xFF)."""
+    import zlib
+    blocks = {}
+    for cp, clean, chinese, strip, lower, cls in probe:
+        b = blocks.setdefault(cp // UNICODE_BLOCK, [bytearray() for _ in range(5)])
+        for i, s in enumerate((clean, chinese, strip, lower)):
+            b[i] += s.encode("utf-8") + b"\xff"
+        b[4] += cls.encode()
+    meta = {"block": UNICODE_BLOCK, "fields": ["clean_text", "handle_chinese_chars", "strip_accents", "lowercase",
+                                               "pretok_class"],
+            "crc32": [[k] + [zlib.crc32(x) for x in blocks[k]] for k in sorted(blocks)]}
+    with open(os.path.join(out, "bert_unicode.json"), "w") as f:
+        json.dump(meta, f, separators=(",", ":"))
+        f.write("\n")
+
+
+def c_ranges(cps):
+    r = []
+    for cp in sorted(cps):
+        if r and r[-1][1] == cp - 1:
+            r[-1][1] = cp
+        else:
+            r.append([cp, cp])
+    return r
+
+
+def c_tables(probe, path):
+    """Rewrite the generated region of src/data/tok_unicode.c from the probe."""
+    import ctypes
+    import ctypes.util
+    lib = ctypes.CDLL(ctypes.util.find_library("utf8proc") or "libutf8proc.so")
+    lib.utf8proc_tolower.restype = ctypes.c_int32
+    lib.utf8proc_unicode_version.restype = ctypes.c_char_p
+    control, punct, mark, space, lower = [], [], [], [], []
+    for cp, clean, chinese, strip, low, cls in probe:
+        c = chr(cp)
+        if cp >= 0x80 and clean == "":
+            control.append(cp)
+        if cp >= 0x80 and cls == "P":
+            punct.append(cp)
+        if cp >= 0x80 and cls == "W":
+            space.append(cp)
+        if cp >= 0x80 and strip == "":
+            mark.append(cp)
+        if cp != 0x130 and low != c:  # U+0130 is the one two-character lowercase (SpecialCasing)
+            if len(low) != 1:
+                raise SystemExit(f"U+{cp:04X}: lowercase is {low!r}, not one character")
+            if lib.utf8proc_tolower(cp) != ord(low):
+                lower.append((cp, ord(low)))
+    lines = [f"/* generated by tools/make_tokenizer_fixtures.py --c-tables (HF tokenizers {tokenizers_version()},"
+             f" utf8proc {lib.utf8proc_unicode_version().decode()}) */"]
+    for name, cps, what in (("bert_control", control, "removed by clean_text (HF is_control, and U+FFFD)"),
+                            ("bert_punct", punct, "isolated by BertPreTokenizer (HF is_punctuation)"),
+                            ("bert_space", space, "whitespace (Rust char::is_whitespace)"),
+                            ("bert_mark", mark, "removed by strip_accents (HF is_mark_nonspacing)")):
+        rs = c_ranges(cps)
+        lines.append(f"/* {what}: {len(cps)} code points above U+007F */")
+        lines.append(f"static const UniRange {name}[{len(rs)}] = {{")
+        row = ""
+        for a, b in rs:
+            item = f"{{0x{a:X}, 0x{b:X}}}, "
+            if len(row) + len(item) > 104:
+                lines.append("    " + row.rstrip())
+                row = ""
+            row += item
+        lines.append("    " + row.rstrip())
+        lines.append("};")
+    lines.append(f"/* lowercase mappings Rust has and utf8proc {lib.utf8proc_unicode_version().decode()} lacks */")
+    lines.append(f"static const UniPair lower_extra[{max(len(lower), 1)}] = {{")
+    row = ""
+    for a, b in lower or [(0, 0)]:
+        item = f"{{0x{a:X}, 0x{b:X}}}, "
+        if len(row) + len(item) > 104:
+            lines.append("    " + row.rstrip())
+            row = ""
+        row += item
+    lines.append("    " + row.rstrip())
+    lines.append("};")
+    src = open(path, encoding="utf-8").read()
+    a = src.index("/* BEGIN GENERATED */") + len("/* BEGIN GENERATED */\n")
+    b = src.index("/* END GENERATED */")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(src[:a] + "\n".join(lines) + "\n" + src[b:])
+    print(f"{path}: {len(control)} control, {len(punct)} punctuation, {len(space)} space, {len(mark)} marks, "
+          f"{len(lower)} extra lowercase")
+
+
+def tokenizers_version():
+    import tokenizers
+    return tokenizers.__version__
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--out", default="tests/fixtures/tokenizers")
+    ap.add_argument("--c-tables", metavar="TOK_UNICODE_C",
+                    help="only rewrite the generated tables of this file (src/data/tok_unicode.c)")
     a = ap.parse_args()
+    if a.c_tables:
+        return c_tables(bert_probe(), a.c_tables)
     lines = read_lines(a.data)
     corpus = lines[:20000]
     if os.path.isdir(a.out):
@@ -326,6 +663,9 @@ def main():
     names = bytelevel_fixtures(a.out, a.data, lines, corpus)
     names += sp_fixtures(a.out, a.data, lines, corpus)
     names += hand_fixtures(a.out, a.data, lines, corpus)
+    names += wordpiece_fixtures(a.out, a.data, lines, corpus)
+    names += roberta_fixtures(a.out, a.data, lines, corpus)
+    unicode_fixture(a.out, bert_probe())
     with open(os.path.join(a.out, "index.txt"), "w") as f:
         f.write("# fixture directories, written by tools/make_tokenizer_fixtures.py\n")
         f.write("\n".join(names) + "\n")

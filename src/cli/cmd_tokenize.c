@@ -1,9 +1,12 @@
 /* cmd_tokenize.c - `anvil tokenize`: text -> ids, or ids -> text with --decode.
  *
  *   anvil tokenize --tokenizer T (--text S | --file F) [--out FILE] [--decode] [--stats]
+ *                  [--add-special-tokens]
  *
  * Encode prints the ids on one line (space separated), or writes them as
- * little-endian uint32 to --out. --decode reads ids (--text "1 2 3", or
+ * little-endian uint32 to --out; --add-special-tokens wraps them in the
+ * post-processor's template (BERT's [CLS] ... [SEP], as HF's encode does by
+ * default). --decode reads ids (--text "1 2 3", or
  * --file F: binary uint32 when F ends in .u32, else whitespace-separated
  * numbers) and prints the bytes. --stats prints the encode time and MB/s
  * (tokenizer loading excluded) to stderr.
@@ -23,8 +26,10 @@
 static void tokenize_usage(FILE *f)
 {
     fprintf(f, "usage: anvil tokenize --tokenizer T (--text S | --file F) [--out FILE] [--decode] [--stats]\n"
-               "  T: gpt2, byte, a tokenizer.json, or a model directory\n"
+               "                      [--add-special-tokens]\n"
+               "  T: gpt2, byte, a tokenizer.json, a BERT vocab.txt, or a model directory\n"
                "  encode: prints ids (or writes little-endian uint32 to --out)\n"
+               "  --add-special-tokens: wrap the ids in the post-processor's template ([CLS] ... [SEP])\n"
                "  --decode: ids (--text \"1 2 3\", or --file F: F.u32 binary, else text) -> bytes\n");
 }
 
@@ -127,7 +132,8 @@ static int do_decode(Tokenizer *tok, const char *text, const char *file, const c
     return rc;
 }
 
-static int do_encode(Tokenizer *tok, const char *text, const char *file, const char *out, int stats)
+static int do_encode(Tokenizer *tok, const char *text, const char *file, const char *out, int stats,
+                     int special)
 {
     char *data = NULL;
     size_t len;
@@ -145,7 +151,8 @@ static int do_encode(Tokenizer *tok, const char *text, const char *file, const c
     }
     int32_t *ids;
     double t0 = now_s(), c0 = cpu_s();
-    long n = tokenizer_encode(tok, s, len, &ids);
+    long n = special ? tokenizer_encode_template(tok, s, len, NULL, 0, &ids, NULL)
+                     : tokenizer_encode(tok, s, len, &ids);
     double dt = now_s() - t0, dc = cpu_s() - c0;
     free(data);
     if (n < 0) return -1;
@@ -186,7 +193,7 @@ static int do_encode(Tokenizer *tok, const char *text, const char *file, const c
 int cmd_tokenize(int argc, char **argv)
 {
     const char *spec = NULL, *text = NULL, *file = NULL, *out = NULL;
-    int decode = 0, stats = 0;
+    int decode = 0, stats = 0, special = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_val = i + 1 < argc;
@@ -205,6 +212,8 @@ int cmd_tokenize(int argc, char **argv)
             decode = 1;
         else if (!strcmp(a, "--stats"))
             stats = 1;
+        else if (!strcmp(a, "--add-special-tokens"))
+            special = 1;
         else {
             fprintf(stderr, "anvil: tokenize: unknown or incomplete option \"%s\"\n", a);
             tokenize_usage(stderr);
@@ -218,7 +227,7 @@ int cmd_tokenize(int argc, char **argv)
     }
     Tokenizer *tok = tokenizer_load(spec);
     if (!tok) fatal_err();
-    int rc = decode ? do_decode(tok, text, file, out) : do_encode(tok, text, file, out, stats);
+    int rc = decode ? do_decode(tok, text, file, out) : do_encode(tok, text, file, out, stats, special);
     tokenizer_free(tok);
     if (rc) fatal_err();
     return 0;

@@ -1,5 +1,5 @@
 /* tok_bpe.c - the BPE model: vocabulary and merge maps, the merge loop, and
- * the per-thread cache of piece -> ids.
+ * the cache of piece -> ids shared by the models (BPE, WordPiece).
  *
  * Merge order is Hugging Face's (and tiktoken's for GPT-2): repeatedly merge
  * the adjacent pair with the lowest merge rank, the leftmost one on ties.
@@ -318,17 +318,25 @@ void piece_cache_free(PieceCache *c)
 struct TokThread {
     uint8_t *arena; /* the rest of this thread's current cache block */
     size_t arena_left;
-    IdVec sym; /* scratch for the initial symbols */
+    IdVec sym;    /* scratch for the initial symbols (BPE) or a word's ids (WordPiece) */
+    IdVec bounds; /* WordPiece: character starts of the word */
+    ByteBuf key;  /* WordPiece: prefix + candidate subword */
     pcre2_match_data *md;
 };
+
+TokThread *tok_thread_new(void)
+{
+    TokThread *th = xcalloc(1, sizeof(TokThread));
+    th->md = pcre2_match_data_create(16, NULL);
+    if (!th->md) fatal("out of memory (pcre2 match data)");
+    return th;
+}
 
 TokThread *tok_thread(const Tokenizer *t)
 {
     TokThread *th = pthread_getspecific(t->tls);
     if (th) return th;
-    th = xcalloc(1, sizeof(TokThread));
-    th->md = pcre2_match_data_create(16, NULL);
-    if (!th->md) fatal("out of memory (pcre2 match data)");
+    th = tok_thread_new();
     pthread_setspecific(t->tls, th);
     return th;
 }
@@ -338,6 +346,8 @@ void tok_thread_free(void *p)
     TokThread *th = p;
     if (!th) return;
     free(th->sym.a);
+    free(th->bounds.a);
+    free(th->key.a);
     pcre2_match_data_free(th->md);
     free(th);
 }
@@ -446,7 +456,7 @@ static void emit(IdVec *out, const int32_t *ids, size_t k)
     out->n += k;
 }
 
-void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out)
+void tok_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out)
 {
     if (n == 0) return;
     if (n == 1 && t->byte_level && t->byte_id[s[0]] >= 0) {
@@ -462,15 +472,22 @@ void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_
             return;
         }
     }
-    if (t->ignore_merges) {
-        int32_t id = strmap_get(&t->vocab, t, s, n);
-        if (id >= 0) {
-            idvec_push(out, id);
-            return;
+    size_t m;
+    if (t->kind == TOK_WORDPIECE) {
+        th->sym.n = 0;
+        wordpiece_encode_word(t, &th->key, &th->bounds, s, n, &th->sym);
+        m = th->sym.n;
+    } else {
+        if (t->ignore_merges) {
+            int32_t id = strmap_get(&t->vocab, t, s, n);
+            if (id >= 0) {
+                idvec_push(out, id);
+                return;
+            }
         }
+        bpe_initial_symbols(t, s, n, &th->sym);
+        m = bpe_merge(t, th->sym.a, th->sym.n, 0);
     }
-    bpe_initial_symbols(t, s, n, &th->sym);
-    size_t m = bpe_merge(t, th->sym.a, th->sym.n, 0);
     if (!m) return;
     emit(out, th->sym.a, m);
     if (n <= BPE_CACHE_MAX_KEY) pc_put(t->cache, th, s, n, h, th->sym.a, m);

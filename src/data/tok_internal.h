@@ -2,7 +2,8 @@
  *
  * One pipeline serves every tokenizer we load (it is the Hugging Face one):
  *   text -> split on added/special tokens -> per segment: normalizers ->
- *   pre-tokenizers (pieces) -> BPE model per piece (ids) ; decode: ids ->
+ *   pre-tokenizers (pieces) -> model (BPE or WordPiece) per piece (ids) ->
+ *   [post-processor template, only when asked] ; decode: ids ->
  *   per-token "piece bytes" (decoders applied at load time) -> concatenation,
  *   then the position-dependent decoder steps (strip of the first space).
  * Byte-level vocabularies (GPT-2, LLaMA-3, Qwen2) are converted at load time
@@ -104,7 +105,17 @@ typedef struct {
 
 /* ---- pipeline pieces ----------------------------------------------------- */
 
-enum { NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD, NORM_LOWER, NORM_REPLACE, NORM_PREPEND, NORM_STRIP };
+enum {
+    NORM_NFC,
+    NORM_NFD,
+    NORM_NFKC,
+    NORM_NFKD,
+    NORM_LOWER,
+    NORM_REPLACE,
+    NORM_PREPEND,
+    NORM_STRIP,
+    NORM_BERT
+};
 
 typedef struct {
     int type;
@@ -112,9 +123,13 @@ typedef struct {
     size_t pattern_len, content_len;
     pcre2_code *re; /* Replace with a Regex pattern */
     int strip_left, strip_right;
+    /* BertNormalizer, applied in this order: clean_text (drop control characters, any
+     * whitespace -> ' '), handle_chinese_chars (' ' around CJK ideographs), strip_accents
+     * (NFD, drop nonspacing marks), lowercase */
+    int bert_clean, bert_chinese, bert_strip, bert_lower;
 } Normalizer;
 
-enum { PRE_SPLIT, PRE_METASPACE, PRE_BYTELEVEL_PREFIX, PRE_DIGITS };
+enum { PRE_SPLIT, PRE_METASPACE, PRE_BYTELEVEL_PREFIX, PRE_DIGITS, PRE_BERT };
 enum { SPLIT_ISOLATED, SPLIT_REMOVED, SPLIT_MERGED_PREV, SPLIT_MERGED_NEXT, SPLIT_CONTIGUOUS };
 enum { PREPEND_ALWAYS, PREPEND_FIRST, PREPEND_NEVER };
 enum { SPLIT_FAST_NONE, SPLIT_FAST_GPT2, SPLIT_FAST_LLAMA3, SPLIT_FAST_QWEN2 };
@@ -140,6 +155,9 @@ typedef struct {
     size_t len;
     int32_t id;
     int special, lstrip, rstrip, single_word;
+    /* HF's "normalized": matched in the normalized text, against the normalized
+     * content (when the tokenizer has normalizers; without, in the raw text) */
+    int normalized, after_norm;
 } AddedToken;
 
 /* A file that defines the tokenizer, kept in memory for tokenizer_save(). */
@@ -149,9 +167,30 @@ typedef struct {
     size_t len;
 } TokFile;
 
-enum { TOK_BYTE, TOK_BPE };
+enum { TOK_BYTE, TOK_BPE, TOK_WORDPIECE };
 
 #define TOK_MAX_FILES 4
+
+/* The post-processor's template (HF TemplateProcessing; BertProcessing and
+ * RobertaProcessing are written as one): a list of pieces, each a special
+ * token (its ids) or the sequence A or B, with a token type id. */
+typedef struct {
+    int seq; /* -1: special token (ids); 0: sequence A; 1: sequence B */
+    int32_t *ids;
+    int n_ids;
+    int type_id;
+} TplPiece;
+
+typedef struct {
+    TplPiece *p;
+    int n;
+} TokTemplate;
+
+/* Longest continuing_subword_prefix accepted (HF's is "##"). */
+#define WP_MAX_PREFIX 16
+/* HF's WordPiece defaults (and BertTokenizer's) */
+#define WP_DEFAULT_UNK "[UNK]"
+#define WP_DEFAULT_MAX_CHARS 100
 
 struct Tokenizer {
     int kind;
@@ -165,12 +204,19 @@ struct Tokenizer {
     uint64_t *piece_off;
     uint8_t *is_special; /* per id: an added special token */
 
-    StrMap vocab;         /* model bytes -> id */
+    StrMap vocab;         /* model bytes -> id (WordPiece: model.vocab entries only, as HF looks up) */
     PairMap merges;       /* (a, b) -> (rank, a+b) */
     int byte_level;       /* initial BPE symbols are single bytes, else UTF-8 characters */
     int32_t byte_id[256]; /* byte-level: id of each byte; byte fallback: id of <0xNN>; -1 none */
     int byte_fallback, fuse_unk, ignore_merges;
     int32_t unk_id;
+    /* WordPiece: the continuing-subword prefix, the longest word it tries (characters;
+     * longer ones are unk), and the longest vocabulary entries without / after the
+     * prefix (bytes), which bound the longest-match search */
+    char wp_prefix[WP_MAX_PREFIX];
+    int wp_prefix_len;
+    long wp_max_chars;
+    size_t wp_max_word, wp_max_cont;
 
     Normalizer *norm;
     int n_norm;
@@ -178,7 +224,12 @@ struct Tokenizer {
     int n_pre;
     AddedToken *added; /* sorted by length, longest first */
     int n_added;
-    uint8_t added_first[256]; /* 1 if some added token starts with this byte */
+    uint8_t added_first[256]; /* 1 if some added token matched in the raw text starts with this byte */
+    /* the added tokens matched after normalization (after_norm), with their
+     * normalized content, longest first */
+    AddedToken *nadded;
+    int n_nadded;
+    uint8_t nadded_first[256];
 
     /* position-dependent decoder steps */
     char *first_buf;                     /* Metaspace decoder: the first token drops its replacement chars */
@@ -189,6 +240,8 @@ struct Tokenizer {
 
     int32_t eos_id, bos_id;
     int add_bos;
+    TokTemplate tpl_single, tpl_pair; /* post-processor; default: $A and $A $B:1 */
+    int32_t tpl_bos, tpl_eos;         /* the template's leading / trailing special token, -1 none */
     char sp_split[8]; /* sentencepiece style: cut before this character (see tok_encode_segment) */
     int sp_split_len;
     int splittable; /* encode(a+b) == encode(a)+encode(b) at "x\ny" boundaries (GPT-2 fast path) */
@@ -240,11 +293,13 @@ void piece_cache_free(PieceCache *c);
 /* Per-thread state: scratch and PCRE2 match data. */
 typedef struct TokThread TokThread;
 TokThread *tok_thread(const Tokenizer *t);
+TokThread *tok_thread_new(void); /* one not bound to a tokenizer (load time); tok_thread_free() */
 void tok_thread_free(void *p);
 pcre2_match_data *tok_thread_match_data(TokThread *th);
 
-/* BPE-encode one pre-token piece (bytes), appending ids to out. */
-void bpe_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out);
+/* Encode one pre-token piece (bytes) with the model (BPE or WordPiece, through the
+ * shared piece cache), appending ids to out. */
+void tok_encode_piece(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, IdVec *out);
 /* Merge loop on symbol ids in place; returns the new count. Exposed for tests
  * (force: 0 auto, 1 quadratic scan, 2 heap). */
 size_t bpe_merge(const Tokenizer *t, int32_t *sym, size_t n, int force);
@@ -259,11 +314,44 @@ extern const char GPT2_SPLIT_PATTERN[], LLAMA3_SPLIT_PATTERN[], QWEN2_SPLIT_PATT
 /* SPLIT_FAST_* for a Split regex (Isolated, not inverted) */
 int split_fast_kind(const char *pattern);
 pcre2_code *tok_regex_compile(const char *pattern, size_t len, const char *what);
-/* Run normalizers then pre-tokenizers on one segment and BPE each piece. */
-int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
-                       IdVec *out);
+/* Run normalizers, then split on the normalized added tokens, then the
+ * pre-tokenizers on one segment, and encode each piece with the model. */
+void tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                        IdVec *out);
+/* The normalizers alone, into out (cleared first). */
+void tok_normalize(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, ByteBuf *out);
 void pretok_free(PreTok *p);
 void normalizer_free(Normalizer *nm);
+
+/* BertNormalizer on in[0..n) into out (cleared first); invalid UTF-8 bytes pass through. */
+void bert_normalize(const Normalizer *nm, const uint8_t *in, size_t n, ByteBuf *out);
+
+/* ---- tok_wordpiece.c ------------------------------------------------------ */
+
+/* Greedy longest-match-first WordPiece of one word (HF's WordPiece model): the
+ * longest vocabulary entry at the start, then the longest prefix+rest entry at
+ * each later position; a word longer than wp_max_chars characters, or one that
+ * cannot be covered, is one unk. key and bounds are scratch. */
+void wordpiece_encode_word(const Tokenizer *t, ByteBuf *key, IdVec *bounds, const uint8_t *s, size_t n,
+                           IdVec *out);
+/* A tokenizer.json document (malloc'd, NUL-terminated) equivalent to what
+ * transformers' BertTokenizerFast builds from a legacy vocab.txt and the
+ * options of tokenizer_config.json (cfg, may be NULL). NULL with err_set()
+ * naming path on failure. */
+char *wordpiece_vocab_txt_json(const char *txt, size_t len, const char *path, const char *cfg, size_t cfg_len,
+                               const char *cfg_path);
+
+/* ---- tok_unicode.c -------------------------------------------------------- */
+
+/* Character classes of HF's BertNormalizer / BertPreTokenizer (their tables,
+ * measured by tools/make_tokenizer_fixtures.py), for any code point. */
+int uni_bert_control(uint32_t cp); /* removed by clean_text */
+int uni_bert_space(uint32_t cp);   /* Rust char::is_whitespace */
+int uni_bert_punct(uint32_t cp);   /* ASCII punctuation or Unicode P* (BertPreTokenizer) */
+int uni_bert_mark(uint32_t cp);    /* nonspacing mark (removed by strip_accents) */
+int uni_cjk(uint32_t cp);          /* CJK ideograph (handle_chinese_chars) */
+/* Rust's char::to_lowercase of cp (HF's Lowercase): writes 1..8 UTF-8 bytes to out. */
+int uni_lower(uint32_t cp, uint8_t *out);
 
 /* ---- tok_json.c --------------------------------------------------------- */
 
@@ -273,8 +361,17 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
 
 /* ---- tokenizer.c -------------------------------------------------------- */
 
+void tok_template_free(TokTemplate *tp);
+
 /* Append the ids of text to out (the engine behind tokenizer_encode). */
 void tokenizer_encode_append(const Tokenizer *t, const char *text, size_t len, IdVec *out);
+/* Split s on added tokens (leftmost, longest; lstrip, rstrip, single_word):
+ * the raw-text ones (after_norm 0) or the normalized ones; the text between
+ * goes to seg (at_start: it starts the segment), the tokens' ids to out. */
+typedef void (*TokSegmentFn)(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                             IdVec *out);
+void tok_split_added(const Tokenizer *t, TokThread *th, int after_norm, const uint8_t *s, size_t n,
+                     int at_start, IdVec *out, TokSegmentFn seg);
 /* 1 if encoding may be split at "x\ny" (ASCII non-space around one newline)
  * and give the same ids as encoding the whole (the GPT-2 and byte tokenizers). */
 int tokenizer_splittable(const Tokenizer *t);

@@ -2,13 +2,15 @@
  * vocab.json + merges.txt pair (OpenAI's encoder.json + vocab.bpe).
  *
  * Supported (the families anvil trains): model BPE (merges as "a b" strings
- * or ["a", "b"] pairs, unk_token, fuse_unk, byte_fallback, ignore_merges);
- * normalizers NFC/NFD/NFKC/NFKD, Lowercase, Replace, Prepend, Strip, Sequence;
- * pre-tokenizers Split, ByteLevel, Metaspace, Digits, Whitespace,
- * WhitespaceSplit, Punctuation, Sequence; decoders ByteLevel, Metaspace,
- * Replace, ByteFallback, Fuse, Strip, Sequence; post-processor
- * TemplateProcessing (whether BOS is prepended). Anything else is an error
- * naming the field, never a silent mis-tokenization.
+ * or ["a", "b"] pairs, unk_token, fuse_unk, byte_fallback, ignore_merges) and
+ * WordPiece (unk_token, continuing_subword_prefix, max_input_chars_per_word);
+ * normalizers NFC/NFD/NFKC/NFKD, Lowercase, Replace, Prepend, Strip,
+ * BertNormalizer, Sequence; pre-tokenizers Split, ByteLevel, Metaspace,
+ * Digits, Whitespace, WhitespaceSplit, Punctuation, BertPreTokenizer,
+ * Sequence; decoders ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip,
+ * WordPiece, Sequence; post-processors TemplateProcessing, BertProcessing,
+ * RobertaProcessing, ByteLevel, Sequence. Anything else is an error naming the
+ * field, never a silent mis-tokenization.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,6 +80,18 @@ static int jbool(json_t *o, const char *key, int def)
     return json_is_boolean(v) ? json_is_true(v) : def;
 }
 
+/* A boolean field: def when absent (or null with allow_null: -1); -2 with
+ * err_set() naming the field when it has another type. */
+static int jbool_field(Ctx *c, json_t *o, const char *key, int def, int allow_null, const char *field)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v) return def;
+    if (json_is_boolean(v)) return json_is_true(v);
+    if (json_is_null(v) && allow_null) return -1;
+    err_set("%s: %s.%s: expected true or false%s", c->path, field, key, allow_null ? " (or null)" : "");
+    return -2;
+}
+
 /* Split/Replace patterns: {"String": s} or {"Regex": r} */
 static int parse_pattern(Ctx *c, json_t *o, const char *field, char **src, size_t *len, int *is_regex)
 {
@@ -142,6 +156,14 @@ static int parse_normalizer(Ctx *c, Tokenizer *t, json_t *o, const char *field)
         nm.type = NORM_STRIP;
         nm.strip_left = jbool(o, "strip_left", 1);
         nm.strip_right = jbool(o, "strip_right", 1);
+    } else if (!strcmp(type, "BertNormalizer")) { /* defaults: HF's BertNormalizer() */
+        nm.type = NORM_BERT;
+        nm.bert_clean = jbool_field(c, o, "clean_text", 1, 0, field);
+        nm.bert_chinese = jbool_field(c, o, "handle_chinese_chars", 1, 0, field);
+        nm.bert_lower = jbool_field(c, o, "lowercase", 1, 0, field);
+        nm.bert_strip = jbool_field(c, o, "strip_accents", -1, 1, field);
+        if (nm.bert_clean < 0 || nm.bert_chinese < 0 || nm.bert_lower < 0 || nm.bert_strip < -1) return -1;
+        if (nm.bert_strip < 0) nm.bert_strip = nm.bert_lower; /* null: strip accents when lowercasing */
     } else {
         return err_set("%s: %s: normalizer \"%s\" is not supported", c->path, field, type);
     }
@@ -256,6 +278,10 @@ static int parse_pretok(Ctx *c, Tokenizer *t, json_t *o, const char *field)
         pre_push(t, (PreTok){.type = PRE_DIGITS, .individual = jbool(o, "individual_digits", 0)});
         return 0;
     }
+    if (!strcmp(type, "BertPreTokenizer")) {
+        pre_push(t, (PreTok){.type = PRE_BERT});
+        return 0;
+    }
     /* HF's definitions of these three, as regex splits */
     /* Rust's \w (HF's regex engine): Alphabetic, marks, decimal digits, connectors, joiners */
     if (!strcmp(type, "Whitespace"))
@@ -270,16 +296,17 @@ static int parse_pretok(Ctx *c, Tokenizer *t, json_t *o, const char *field)
 
 /* ---- decoders (applied per token at load time) ------------------------------------------ */
 
-enum { DEC_BYTELEVEL, DEC_METASPACE, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP };
+enum { DEC_BYTELEVEL, DEC_METASPACE, DEC_REPLACE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP, DEC_WORDPIECE };
 
 typedef struct {
     int type;
-    char *pattern, *content;
+    char *pattern, *content; /* WordPiece: content = the prefix */
     size_t pattern_len, content_len;
     pcre2_code *re;
     char repl[8];
     int repl_len, prepend_scheme;
     int start, stop;
+    int cleanup; /* WordPiece */
 } DecStep;
 
 typedef struct {
@@ -325,6 +352,18 @@ static int parse_decoder(Ctx *c, json_t *o, DecList *d)
         s.content_len = 1;
         s.start = (int)json_integer_value(json_object_get(o, "start"));
         s.stop = (int)json_integer_value(json_object_get(o, "stop"));
+    } else if (!strcmp(type, "WordPiece")) {
+        s.type = DEC_WORDPIECE;
+        json_t *pv = json_object_get(o, "prefix");
+        if (pv && !json_is_string(pv))
+            return err_set("%s: decoder.WordPiece.prefix: expected a string", c->path);
+        s.content_len = pv ? json_string_length(pv) : 2;
+        s.content = xmalloc(s.content_len + 1);
+        memcpy(s.content, pv ? json_string_value(pv) : "##", s.content_len + 1);
+        if ((s.cleanup = jbool_field(c, o, "cleanup", 1, 0, "decoder.WordPiece")) < 0) {
+            free(s.content);
+            return -1;
+        }
     } else if (!strcmp(type, "Metaspace")) {
         s.type = DEC_METASPACE;
         if (parse_replacement(c, o, "decoder", s.repl, &s.repl_len)) return -1;
@@ -365,8 +404,14 @@ static void replace_all(const char *in, size_t n, const char *pat, size_t pn, co
     }
 }
 
+/* The WordPiece decoder's cleanup of tokenization artifacts (HF's list, applied in this order). */
+static const char *const WP_CLEANUP[][2] = {
+    {" .", "."},   {" ?", "?"},           {" !", "!"},   {" ,", ","},     {" ' ", "'"},   {" n't", "n't"},
+    {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+
 /* Apply the per-token decoder steps to one token string. first: it is the
- * first token of the output (Metaspace drops its replacement characters). */
+ * first token of the output (Metaspace drops its replacement characters; the
+ * WordPiece decoder neither strips the prefix nor adds a space). */
 static void decode_token(Tokenizer *t, const DecList *d, const char *s, size_t n, int first, ByteBuf *out)
 {
     ByteBuf a = {0}, b = {0};
@@ -407,6 +452,23 @@ static void decode_token(Tokenizer *t, const DecList *d, const char *s, size_t n
                 for (int i = 0; i < st->start && x < y && a.a[x] == st->content[0]; i++) x++;
                 for (int i = 0; i < st->stop && y > x && a.a[y - 1] == st->content[0]; i++) y--;
                 bytebuf_put(&b, a.a + x, y - x);
+            }
+            break;
+        case DEC_WORDPIECE:
+            if (first)
+                bytebuf_put(&b, a.a, a.n);
+            else if (a.n >= st->content_len && !memcmp(a.a, st->content, st->content_len))
+                bytebuf_put(&b, a.a + st->content_len, a.n - st->content_len);
+            else {
+                bytebuf_put(&b, " ", 1);
+                bytebuf_put(&b, a.a, a.n);
+            }
+            for (size_t r = 0; st->cleanup && r < ARRAY_LEN(WP_CLEANUP); r++) {
+                ByteBuf tmp = {0};
+                replace_all(b.a, b.n, WP_CLEANUP[r][0], strlen(WP_CLEANUP[r][0]), WP_CLEANUP[r][1],
+                            strlen(WP_CLEANUP[r][1]), &tmp);
+                free(b.a);
+                b = tmp;
             }
             break;
         case DEC_METASPACE:
@@ -583,8 +645,12 @@ static void strs_free(Strs *v)
     free(v->len);
 }
 
-/* Build the model strings (raw bytes for byte-level), the pieces, and the vocab map. */
-static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec)
+/* Build the model strings (raw bytes for byte-level), the pieces, and the vocab
+ * map (of every id, or only of the ids with in_map[id] set when in_map is given).
+ * over (may be NULL): strings that replace hf's as the decoders' input (the
+ * normalized content of normalized added tokens, which HF decodes). */
+static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec, const uint8_t *in_map,
+                         const Strs *over)
 {
     char **model = xcalloc((size_t)n, sizeof(char *));
     size_t *mlen = xcalloc((size_t)n, sizeof(size_t));
@@ -605,25 +671,32 @@ static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec
     tok_set_vocab(t, model, mlen, n);
     strmap_init(&t->vocab, (size_t)n);
     for (int i = 0; i < n; i++)
-        if (model[i]) strmap_put(&t->vocab, t, i);
-    /* decode pieces: specials are their content; others go through the decoders */
-    int has_first = 0;
-    for (int k = 0; dec && k < dec->n; k++)
+        if (model[i] && (!in_map || in_map[i])) strmap_put(&t->vocab, t, i);
+    /* decode pieces: specials are their content (HF runs them through the
+     * decoders too, which matters only for WordPiece's spaces); others go
+     * through the decoders */
+    int has_first = 0, dec_specials = 0;
+    for (int k = 0; dec && k < dec->n; k++) {
         if (dec->s[k].type == DEC_METASPACE && dec->s[k].prepend_scheme != PREPEND_NEVER) has_first = 1;
+        if (dec->s[k].type == DEC_WORDPIECE) has_first = dec_specials = 1;
+    }
     char **piece = xcalloc((size_t)n, sizeof(char *)),
          **first = has_first ? xcalloc((size_t)n, sizeof(char *)) : NULL;
     size_t *plen = xcalloc((size_t)n, sizeof(size_t)),
            *flen = has_first ? xcalloc((size_t)n, sizeof(size_t)) : NULL;
     for (int i = 0; i < n; i++) {
         if (!model[i]) continue;
+        int o = over && i < over->n && over->s[i];
+        const char *src = o ? over->s[i] : hf->s[i];
+        size_t src_len = o ? over->len[i] : hf->len[i];
         for (int f = 0; f < 1 + has_first; f++) {
             char **dst = f ? &first[i] : &piece[i];
             size_t *dl = f ? &flen[i] : &plen[i];
-            if (t->is_special[i] || !dec || !dec->n) {
-                if (t->is_special[i] || !t->byte_level) {
-                    *dst = xmalloc(hf->len[i] + 1);
-                    memcpy(*dst, hf->s[i], hf->len[i]);
-                    *dl = hf->len[i];
+            if ((t->is_special[i] && !dec_specials) || !dec || !dec->n) {
+                if (t->is_special[i] || !t->byte_level || o) {
+                    *dst = xmalloc(src_len + 1);
+                    memcpy(*dst, src, src_len);
+                    *dl = src_len;
                 } else {
                     *dst = xmalloc(mlen[i] + 1);
                     memcpy(*dst, model[i], mlen[i]);
@@ -631,7 +704,7 @@ static void build_tables(Tokenizer *t, const Strs *hf, int n, const DecList *dec
                 }
                 continue;
             }
-            decode_token(t, dec, hf->s[i], hf->len[i], f, &tmp);
+            decode_token(t, dec, src, src_len, f, &tmp);
             *dst = xmalloc(tmp.n + 1);
             memcpy(*dst, tmp.a, tmp.n);
             *dl = tmp.n;
@@ -686,7 +759,7 @@ static int32_t config_id(json_t *cfg, const char *key)
     return json_is_integer(v) ? (int32_t)json_integer_value(v) : -1;
 }
 
-static void find_eos_bos(Tokenizer *t, const char *dir, int32_t template_bos)
+static void find_eos_bos(Tokenizer *t, const char *dir)
 {
     static const char *eos_names[] = {"<|endoftext|>", "<|end_of_text|>", "</s>",
                                       "<eos>",         "<|im_end|>",      "<|eot_id|>"};
@@ -695,7 +768,8 @@ static void find_eos_bos(Tokenizer *t, const char *dir, int32_t template_bos)
     json_t *mc = dir ? load_side_json(dir, "config.json") : NULL;
     int32_t e = config_token(t, tc, "eos_token"), b = config_token(t, tc, "bos_token");
     if (e < 0) e = config_id(mc, "eos_token_id");
-    if (b < 0) b = template_bos;
+    if (e < 0) e = t->tpl_eos; /* BERT: [SEP] ends every sequence */
+    if (b < 0) b = t->tpl_bos;
     if (b < 0) b = config_id(mc, "bos_token_id");
     if (e < 0) e = special_named(t, eos_names, ARRAY_LEN(eos_names));
     if (b < 0) b = special_named(t, bos_names, ARRAY_LEN(bos_names));
@@ -707,32 +781,169 @@ static void find_eos_bos(Tokenizer *t, const char *dir, int32_t template_bos)
     json_decref(mc);
 }
 
-/* TemplateProcessing "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": ...}] */
-static int32_t parse_post(json_t *o, int *add_bos)
+/* ---- post-processors: the template ------------------------------------------------- */
+
+void tok_template_free(TokTemplate *tp)
 {
-    if (!o || json_is_null(o)) return -1;
+    for (int i = 0; i < tp->n; i++) free(tp->p[i].ids);
+    free(tp->p);
+    tp->p = NULL;
+    tp->n = 0;
+}
+
+static void tpl_push(TokTemplate *tp, int seq, const int32_t *ids, int n_ids, int type_id)
+{
+    tp->p = xrealloc(tp->p, (size_t)(tp->n + 1) * sizeof(TplPiece));
+    TplPiece *q = &tp->p[tp->n++];
+    q->seq = seq;
+    q->n_ids = n_ids;
+    q->type_id = type_id;
+    q->ids = n_ids ? xmalloc((size_t)n_ids * sizeof(int32_t)) : NULL;
+    if (n_ids) memcpy(q->ids, ids, (size_t)n_ids * sizeof(int32_t));
+}
+
+/* An id the template adds: an integer inside the vocabulary. */
+static int tpl_id(Ctx *c, Tokenizer *t, json_t *v, const char *field, int32_t *id)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= t->vocab_size)
+        return err_set("%s: %s: expected a token id below the vocabulary size %d", c->path, field,
+                       t->vocab_size);
+    *id = (int32_t)json_integer_value(v);
+    return 0;
+}
+
+/* TemplateProcessing's "single" / "pair": [{"SpecialToken": {"id": NAME, "type_id": n}},
+ * {"Sequence": {"id": "A", "type_id": n}}, ...]; NAME's ids are in "special_tokens". */
+static int parse_template(Ctx *c, Tokenizer *t, json_t *o, const char *which, TokTemplate *tp)
+{
+    json_t *arr = json_object_get(o, which), *specials = json_object_get(o, "special_tokens");
+    char f[160];
+    if (!json_is_array(arr)) return err_set("%s: post_processor.%s: expected an array", c->path, which);
+    size_t i;
+    json_t *v;
+    int seen[2] = {0, 0};
+    json_array_foreach(arr, i, v)
+    {
+        json_t *sp = json_object_get(v, "SpecialToken"), *sq = json_object_get(v, "Sequence");
+        json_t *item = sp ? sp : sq;
+        json_t *tid = json_object_get(item, "type_id");
+        const char *name = jstr(item, "id");
+        snprintf(f, sizeof(f), "post_processor.%s[%zu]", which, i);
+        if (!json_is_object(item) || !name)
+            return err_set(
+                "%s: %s: expected {\"SpecialToken\": {\"id\": ...}} or {\"Sequence\": {\"id\": ...}}",
+                c->path, f);
+        if (tid &&
+            (!json_is_integer(tid) || json_integer_value(tid) < 0 || json_integer_value(tid) > INT32_MAX))
+            return err_set("%s: %s.type_id: expected a non-negative integer", c->path, f);
+        int type_id = tid ? (int)json_integer_value(tid) : 0;
+        if (sq) {
+            int seq = !strcmp(name, "A") ? 0 : !strcmp(name, "B") ? 1 : -1;
+            if (seq < 0 || (seq == 1 && !strcmp(which, "single")))
+                return err_set("%s: %s: sequence \"%s\" (expected A%s)", c->path, f, name,
+                               strcmp(which, "single") ? " or B" : "");
+            seen[seq]++;
+            tpl_push(tp, seq, NULL, 0, type_id);
+            continue;
+        }
+        json_t *ids = json_object_get(json_object_get(specials, name), "ids");
+        if (!json_is_array(ids))
+            return err_set("%s: %s: special token \"%s\" has no \"ids\" in post_processor.special_tokens",
+                           c->path, f, name);
+        size_t k, nids = json_array_size(ids);
+        int32_t *buf = xmalloc((nids + 1) * sizeof(int32_t));
+        json_t *idv;
+        json_array_foreach(ids, k, idv)
+        {
+            char g[200];
+            snprintf(g, sizeof(g), "post_processor.special_tokens[\"%.60s\"].ids[%zu]", name, k);
+            if (tpl_id(c, t, idv, g, &buf[k])) {
+                free(buf);
+                return -1;
+            }
+        }
+        tpl_push(tp, -1, buf, (int)nids, type_id);
+        free(buf);
+    }
+    if (seen[0] != 1 || seen[1] != !strcmp(which, "pair"))
+        return err_set("%s: post_processor.%s: expected $A%s exactly once", c->path, which,
+                       strcmp(which, "pair") ? "" : " and $B");
+    return 0;
+}
+
+/* BertProcessing / RobertaProcessing: "cls": [token, id], "sep": [token, id]. */
+static int parse_cls_sep(Ctx *c, Tokenizer *t, json_t *o, const char *type, int32_t *cls, int32_t *sep)
+{
+    const char *keys[2] = {"cls", "sep"};
+    int32_t *dst[2] = {cls, sep};
+    for (int i = 0; i < 2; i++) {
+        json_t *v = json_object_get(o, keys[i]);
+        char f[64];
+        snprintf(f, sizeof(f), "post_processor.%s.%s[1]", type, keys[i]);
+        if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_string(json_array_get(v, 0)))
+            return err_set("%s: post_processor.%s.%s: expected [token, id]", c->path, type, keys[i]);
+        if (tpl_id(c, t, json_array_get(v, 1), f, dst[i])) return -1;
+    }
+    return 0;
+}
+
+/* The post-processor as the single and pair templates. *found counts the
+ * template-making processors (a Sequence may hold one, beside ByteLevel). */
+static int parse_post(Ctx *c, Tokenizer *t, json_t *o, int *found)
+{
+    if (!o || json_is_null(o)) return 0;
     const char *type = jstr(o, "type");
-    if (type && !strcmp(type, "Sequence")) {
+    if (!type) return err_set("%s: post_processor: missing \"type\"", c->path);
+    if (!strcmp(type, "Sequence")) {
         json_t *arr = json_object_get(o, "processors");
         size_t i;
         json_t *v;
-        json_array_foreach(arr, i, v)
-        {
-            int32_t b = parse_post(v, add_bos);
-            if (b >= 0) return b;
-        }
-        return -1;
+        json_array_foreach(arr, i, v) if (parse_post(c, t, v, found)) return -1;
+        return 0;
     }
-    if (!type || strcmp(type, "TemplateProcessing")) return -1;
-    json_t *first = json_array_get(json_object_get(o, "single"), 0);
-    json_t *sp = json_object_get(first, "SpecialToken");
-    const char *name = jstr(sp, "id");
-    if (!name) return -1;
-    json_t *ids = json_object_get(json_object_get(json_object_get(o, "special_tokens"), name), "ids");
-    json_t *id = json_array_get(ids, 0);
-    if (!json_is_integer(id)) return -1;
-    *add_bos = 1;
-    return (int32_t)json_integer_value(id);
+    if (!strcmp(type, "ByteLevel")) return 0; /* offsets only */
+    int is_tpl = !strcmp(type, "TemplateProcessing"), is_bert = !strcmp(type, "BertProcessing"),
+        is_roberta = !strcmp(type, "RobertaProcessing");
+    if (!is_tpl && !is_bert && !is_roberta)
+        return err_set("%s: post_processor \"%s\" is not supported", c->path, type);
+    if (++*found > 1) return err_set("%s: post_processor: more than one template processor", c->path);
+    tok_template_free(&t->tpl_single);
+    tok_template_free(&t->tpl_pair);
+    if (is_tpl)
+        return parse_template(c, t, o, "single", &t->tpl_single) ||
+                       parse_template(c, t, o, "pair", &t->tpl_pair)
+                   ? -1
+                   : 0;
+    int32_t cls, sep;
+    if (parse_cls_sep(c, t, o, type, &cls, &sep)) return -1;
+    /* BERT: [CLS] A [SEP] / [CLS] A [SEP] B:1 [SEP]:1; RoBERTa: <s> A </s> / <s> A </s> </s> B </s>,
+     * every type id 0 (as HF's processors give them) */
+    tpl_push(&t->tpl_single, -1, &cls, 1, 0);
+    tpl_push(&t->tpl_single, 0, NULL, 0, 0);
+    tpl_push(&t->tpl_single, -1, &sep, 1, 0);
+    tpl_push(&t->tpl_pair, -1, &cls, 1, 0);
+    tpl_push(&t->tpl_pair, 0, NULL, 0, 0);
+    tpl_push(&t->tpl_pair, -1, &sep, 1, 0);
+    if (is_roberta) tpl_push(&t->tpl_pair, -1, &sep, 1, 0);
+    tpl_push(&t->tpl_pair, 1, NULL, 0, is_bert);
+    tpl_push(&t->tpl_pair, -1, &sep, 1, is_bert);
+    return 0;
+}
+
+/* No template processor: $A, and $A $B with B's type id 1 (HF's default). The
+ * template's leading and trailing special tokens are its BOS and EOS. */
+static void finish_template(Tokenizer *t)
+{
+    if (!t->tpl_single.n) {
+        tpl_push(&t->tpl_single, 0, NULL, 0, 0);
+        tpl_push(&t->tpl_pair, 0, NULL, 0, 0);
+        tpl_push(&t->tpl_pair, 1, NULL, 0, 1);
+    }
+    const TokTemplate *s = &t->tpl_single;
+    const TplPiece *first = &s->p[0], *last = &s->p[s->n - 1];
+    t->tpl_bos = first->seq < 0 && first->n_ids ? first->ids[0] : -1;
+    t->tpl_eos = s->n > 1 && last->seq < 0 && last->n_ids ? last->ids[last->n_ids - 1] : -1;
+    t->add_bos = t->tpl_bos >= 0;
 }
 
 /* Sentencepiece-style files (no pre-tokenizer, a Replace normalizer to U+2581)
@@ -741,7 +952,7 @@ static int32_t parse_post(json_t *o, int *add_bos)
  * the point before a run of them, so encoding may cut there (same ids). */
 static void find_sp_split(Tokenizer *t)
 {
-    if (t->n_pre || t->byte_level || t->ignore_merges) return;
+    if (t->kind != TOK_BPE || t->n_pre || t->byte_level || t->ignore_merges) return;
     const Normalizer *rep = NULL;
     for (int i = 0; i < t->n_norm; i++)
         if (t->norm[i].type == NORM_REPLACE && !t->norm[i].re && t->norm[i].content_len >= 2 &&
@@ -762,6 +973,72 @@ static void find_sp_split(Tokenizer *t)
     t->sp_split_len = (int)r;
 }
 
+/* ---- added tokens matched after normalization ---------------------------------------- */
+
+/* With normalizers, HF matches a "normalized" added token in the normalized
+ * text, by its normalized content, and decodes it to that content. Fills
+ * t->nadded and, per id, the decode strings in over. */
+static void normalized_added(Tokenizer *t, Strs *over)
+{
+    if (!t->n_norm) return; /* then the raw text is the normalized text */
+    TokThread *th = tok_thread_new();
+    ByteBuf b = {0};
+    for (int i = 0; i < t->n_added; i++) {
+        AddedToken *a = &t->added[i];
+        if (!a->normalized) continue;
+        a->after_norm = 1;
+        tok_normalize(t, th, (const uint8_t *)a->content, a->len, &b);
+        strs_set(over, a->id, b.a ? b.a : "", b.n);
+        if (!b.n) continue; /* normalized away: never matches */
+        t->nadded = xrealloc(t->nadded, (size_t)(t->n_nadded + 1) * sizeof(AddedToken));
+        AddedToken *c = &t->nadded[t->n_nadded++];
+        *c = *a;
+        c->after_norm = 0; /* matched (by tok_split_added) in the normalized text */
+        c->content = xmalloc(b.n + 1);
+        memcpy(c->content, b.a, b.n + 1);
+        c->len = b.n;
+    }
+    free(b.a);
+    tok_thread_free(th);
+}
+
+/* ---- WordPiece ---------------------------------------------------------------------- */
+
+static int parse_wordpiece(Ctx *c, Tokenizer *t, json_t *model)
+{
+    json_t *vocab = json_object_get(model, "vocab"), *unk = json_object_get(model, "unk_token");
+    json_t *pre = json_object_get(model, "continuing_subword_prefix");
+    json_t *mx = json_object_get(model, "max_input_chars_per_word");
+    if (!json_is_object(vocab)) return err_set("%s: model.vocab: expected an object of token -> id", c->path);
+    if (unk && !json_is_string(unk)) return err_set("%s: model.unk_token: expected a string", c->path);
+    if (pre && (!json_is_string(pre) || json_string_length(pre) >= WP_MAX_PREFIX))
+        return err_set("%s: model.continuing_subword_prefix: expected a string of at most %d bytes", c->path,
+                       WP_MAX_PREFIX - 1);
+    if (mx && (!json_is_integer(mx) || json_integer_value(mx) < 0))
+        return err_set("%s: model.max_input_chars_per_word: expected a non-negative integer", c->path);
+    t->kind = TOK_WORDPIECE;
+    const char *p = pre ? json_string_value(pre) : "##";
+    t->wp_prefix_len = (int)strlen(p);
+    memcpy(t->wp_prefix, p, (size_t)t->wp_prefix_len);
+    t->wp_max_chars = mx ? (long)MIN(json_integer_value(mx), (json_int_t)INT32_MAX) : WP_DEFAULT_MAX_CHARS;
+    return 0;
+}
+
+/* The longest entry of the vocabulary map, and the longest after the prefix
+ * among the entries that start with it (bytes): no longer candidate can match. */
+static void wordpiece_lengths(Tokenizer *t)
+{
+    size_t pl = (size_t)t->wp_prefix_len;
+    for (size_t i = 0; i <= t->vocab.mask; i++) {
+        int32_t id = t->vocab.slot[i];
+        if (id < 0) continue;
+        size_t n;
+        const char *s = tok_model_str(t, id, &n);
+        t->wp_max_word = MAX(t->wp_max_word, n);
+        if (n >= pl && !memcmp(s, t->wp_prefix, pl)) t->wp_max_cont = MAX(t->wp_max_cont, n - pl);
+    }
+}
+
 /* ---- entry points ------------------------------------------------------------------- */
 
 int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *path, const char *dir)
@@ -774,6 +1051,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     int rc = -1;
     Strs hf = {0};
     DecList dec = {0};
+    uint8_t *in_model = NULL; /* WordPiece: ids of model.vocab (the map HF looks words up in) */
     json_t *model = json_object_get(root, "model");
     const char *mtype = jstr(model, "type");
     json_t *vocab = json_object_get(model, "vocab"), *merges = json_object_get(model, "merges");
@@ -781,23 +1059,30 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
         err_set("%s: no \"model\" object (not a tokenizer.json?)", path);
         goto out;
     }
-    if (mtype ? strcmp(mtype, "BPE") : !json_is_array(merges)) {
-        err_set("%s: model.type: \"%s\" is not supported (BPE only)", path, mtype ? mtype : "?");
+    if (!mtype && !json_is_array(merges)) {
+        err_set("%s: model.type: missing (and no \"merges\": not BPE)", path);
         goto out;
     }
-    if (!json_is_object(vocab) || !json_is_array(merges)) {
-        err_set("%s: model: expected a \"vocab\" object and a \"merges\" array", path);
+    if (!mtype || !strcmp(mtype, "BPE")) {
+        if (!json_is_object(vocab) || !json_is_array(merges)) {
+            err_set("%s: model: expected a \"vocab\" object and a \"merges\" array", path);
+            goto out;
+        }
+        const char *cs = jstr(model, "continuing_subword_prefix"), *ew = jstr(model, "end_of_word_suffix");
+        if ((cs && *cs) || (ew && *ew)) {
+            err_set("%s: model: continuing_subword_prefix / end_of_word_suffix are not supported", path);
+            goto out;
+        }
+        t->kind = TOK_BPE;
+        t->fuse_unk = jbool(model, "fuse_unk", 0);
+        t->byte_fallback = jbool(model, "byte_fallback", 0);
+        t->ignore_merges = jbool(model, "ignore_merges", 0);
+    } else if (!strcmp(mtype, "WordPiece")) {
+        if (parse_wordpiece(&c, t, model)) goto out;
+    } else {
+        err_set("%s: model.type: \"%s\" is not supported (BPE and WordPiece)", path, mtype);
         goto out;
     }
-    const char *cs = jstr(model, "continuing_subword_prefix"), *ew = jstr(model, "end_of_word_suffix");
-    if ((cs && *cs) || (ew && *ew)) {
-        err_set("%s: model: continuing_subword_prefix / end_of_word_suffix are not supported", path);
-        goto out;
-    }
-    t->kind = TOK_BPE;
-    t->fuse_unk = jbool(model, "fuse_unk", 0);
-    t->byte_fallback = jbool(model, "byte_fallback", 0);
-    t->ignore_merges = jbool(model, "ignore_merges", 0);
     int32_t maxid = -1;
     const char *key;
     json_t *val;
@@ -835,6 +1120,8 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
         a->lstrip = jbool(val, "lstrip", 0);
         a->rstrip = jbool(val, "rstrip", 0);
         a->single_word = jbool(val, "single_word", 0);
+        a->normalized = jbool(val, "normalized", !a->special); /* HF's AddedToken default */
+        a->after_norm = 0;
         strs_set(&hf, id, a->content, a->len);
         maxid = MAX(maxid, id);
     }
@@ -845,19 +1132,36 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     int n = maxid + 1;
     t->is_special = xcalloc((size_t)n, 1);
     for (int k = 0; k < t->n_added; k++) t->is_special[t->added[k].id] = 1;
+    if (t->kind == TOK_WORDPIECE) {
+        in_model = xcalloc((size_t)n, 1);
+        json_object_foreach(vocab, key, val) in_model[json_integer_value(val)] = 1;
+    }
     /* pipeline */
     if (parse_normalizer(&c, t, json_object_get(root, "normalizer"), "normalizer")) goto out;
     if (parse_pretok(&c, t, json_object_get(root, "pre_tokenizer"), "pre_tokenizer")) goto out;
     json_t *dj = json_object_get(root, "decoder");
     if (parse_decoder(&c, dj, &dec)) goto out;
     t->dec_join_space = !dj || json_is_null(dj);
-    build_tables(t, &hf, n, &dec);
+    Strs over = {0};
+    normalized_added(t, &over);
+    build_tables(t, &hf, n, &dec, in_model, &over);
+    strs_free(&over);
     const char *unk = jstr(model, "unk_token");
-    if (unk) {
-        t->unk_id = strmap_get(&t->vocab, t, unk, strlen(unk));
-        if (t->unk_id < 0) t->unk_id = tokenizer_token_to_id(t, unk, strlen(unk));
+    if (t->kind == TOK_WORDPIECE) {
+        if (!unk) unk = WP_DEFAULT_UNK;
+        /* HF looks the unk up in model.vocab when a word fails: required */
+        if ((t->unk_id = strmap_get(&t->vocab, t, unk, strlen(unk))) < 0) {
+            err_set("%s: model.unk_token: \"%s\" is not in model.vocab", path, unk);
+            goto out;
+        }
+        wordpiece_lengths(t);
+    } else {
+        if (unk) {
+            t->unk_id = strmap_get(&t->vocab, t, unk, strlen(unk));
+            if (t->unk_id < 0) t->unk_id = tokenizer_token_to_id(t, unk, strlen(unk));
+        }
+        if (parse_merges_json(&c, t, merges)) goto out;
     }
-    if (parse_merges_json(&c, t, merges)) goto out;
     for (int b = 0; b < 256; b++) {
         char s[8];
         if (t->byte_level) {
@@ -868,20 +1172,27 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
             t->byte_id[b] = strmap_get(&t->vocab, t, s, 6);
         }
     }
-    int32_t tb = parse_post(json_object_get(root, "post_processor"), &t->add_bos);
-    find_eos_bos(t, dir, tb);
+    int n_tpl = 0;
+    if (parse_post(&c, t, json_object_get(root, "post_processor"), &n_tpl)) goto out;
+    finish_template(t);
+    find_eos_bos(t, dir);
     /* prepare may cut a long document after "x\ny" (ASCII non-space around the
      * newline): the GPT-2, LLaMA-3 and Qwen2 patterns always end a piece there,
-     * Unicode normalization never crosses two ASCII characters, and no added
-     * token may contain the newline */
-    t->splittable = t->n_pre == 1 && t->pre[0].fast != SPLIT_FAST_NONE;
+     * BertPreTokenizer drops the newline between two words, Unicode
+     * normalization (BERT's included) never crosses two ASCII characters, and
+     * no added token may contain the newline or take it with lstrip (RoBERTa's
+     * <mask>: "x\n<mask>" loses the newline, "x\n" + "<mask>" keeps it) */
+    t->splittable = t->n_pre == 1 && (t->pre[0].fast != SPLIT_FAST_NONE || t->pre[0].type == PRE_BERT);
     for (int i = 0; i < t->n_norm; i++)
-        if (t->norm[i].type > NORM_NFKD) t->splittable = 0;
+        if (t->norm[i].type > NORM_NFKD && t->norm[i].type != NORM_BERT) t->splittable = 0;
     for (int i = 0; i < t->n_added; i++)
-        if (memchr(t->added[i].content, '\n', t->added[i].len)) t->splittable = 0;
+        if (memchr(t->added[i].content, '\n', t->added[i].len) || t->added[i].lstrip) t->splittable = 0;
+    for (int i = 0; i < t->n_nadded; i++)
+        if (memchr(t->nadded[i].content, '\n', t->nadded[i].len) || t->nadded[i].lstrip) t->splittable = 0;
     find_sp_split(t);
     rc = tok_finish(t);
 out:
+    free(in_model);
     strs_free(&hf);
     declist_free(&dec);
     json_decref(root);
@@ -928,7 +1239,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
     for (int id = 0; id < n; id++)
         if (id < hf.n && hf.s[id] && !strcmp(hf.s[id], eot)) {
             t->added = xcalloc(1, sizeof(AddedToken));
-            t->added[0] = (AddedToken){xstrdup(eot), strlen(eot), id, 1, 0, 0, 0};
+            t->added[0] = (AddedToken){xstrdup(eot), strlen(eot), id, 1, 0, 0, 0, 0, 0};
             t->n_added = 1;
             t->is_special[id] = 1;
             t->eos_id = t->bos_id = id;
@@ -939,7 +1250,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
     DecStep bl = {.type = DEC_BYTELEVEL};
     dec.s = &bl;
     dec.n = 1;
-    build_tables(t, &hf, n, &dec);
+    build_tables(t, &hf, n, &dec, NULL, NULL);
     c.path = mpath;
     if (parse_merges_txt(&c, t, merges, mlen)) goto out;
     for (int b = 0; b < 256; b++) {

@@ -1,5 +1,6 @@
-/* tok_pretok.c - normalizers and pre-tokenizers (the HF tokenizers pipeline),
- * and the hand-written splitter for GPT-2's pattern.
+/* tok_pretok.c - normalizers and pre-tokenizers (the HF tokenizers pipeline,
+ * BERT's included), and the hand-written splitters for GPT-2's, LLaMA-3's and
+ * Qwen2's patterns.
  *
  * Regexes run in PCRE2 with UTF + UCP (Unicode \p{..} and \s) and
  * MATCH_INVALID_UTF: an invalid byte matches no item, so a run of them lies
@@ -55,6 +56,9 @@ enum { CC_OTHER = 0, CC_L = 1, CC_N = 2, CC_WS = 3, CC_INVALID = 4 };
 #define CC_PAGES (0x110000 / 256)
 static uint8_t *cc_page[CC_PAGES];
 static uint8_t cc_ascii[128];
+/* BertPreTokenizer's classes of the ASCII characters (the common case, without a call) */
+enum { BERT_SPACE = 1, BERT_PUNCT = 2 };
+static uint8_t bert_ascii[128];
 static pthread_once_t cc_once = PTHREAD_ONCE_INIT;
 static pcre2_code *cc_re;
 
@@ -81,6 +85,8 @@ static void cc_init(void)
     pcre2_match_data *md = pcre2_match_data_create(4, NULL);
     for (uint32_t c = 0; c < 128; c++) cc_ascii[c] = cc_classify(c, md);
     pcre2_match_data_free(md);
+    for (uint32_t c = 0; c < 128; c++)
+        bert_ascii[c] = uni_bert_space(c) ? BERT_SPACE : uni_bert_punct(c) ? BERT_PUNCT : 0;
 }
 
 static uint8_t cc_of(uint32_t cp)
@@ -288,11 +294,13 @@ static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in
                 i++;
                 continue;
             }
-            uint8_t buf[4];
-            int m = utf8_encode((uint32_t)utf8proc_tolower((utf8proc_int32_t)cp), buf);
-            bytebuf_put(out, buf, (size_t)m);
+            uint8_t buf[8];
+            bytebuf_put(out, buf, (size_t)uni_lower(cp, buf));
             i += (size_t)k;
         }
+        break;
+    case NORM_BERT:
+        bert_normalize(nm, in, n, out);
         break;
     case NORM_REPLACE:
         if (nm->re) {
@@ -345,6 +353,191 @@ static void normalize_one(const Normalizer *nm, TokThread *th, const uint8_t *in
         bytebuf_put(out, in + a, b - a);
         break;
     }
+    }
+}
+
+/* ---- BertNormalizer --------------------------------------------------------------- */
+
+static void bytebuf_reserve(ByteBuf *b, size_t extra)
+{
+    if (b->a && b->n + extra + 1 <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->n + extra + 1) cap *= 2;
+    b->a = xrealloc(b->a, cap);
+    b->cap = cap;
+    b->a[b->n] = 0;
+}
+
+/* Code points of one island (stack storage, the heap when longer). */
+#define CPBUF_STACK 256
+
+typedef struct {
+    uint32_t *a;
+    size_t n, cap;
+    uint32_t stack[CPBUF_STACK];
+} CpBuf;
+
+static void cpbuf_init(CpBuf *b)
+{
+    b->a = b->stack;
+    b->n = 0;
+    b->cap = CPBUF_STACK;
+}
+
+static void cpbuf_push(CpBuf *b, uint32_t cp)
+{
+    if (b->n == b->cap) {
+        b->cap *= 2;
+        if (b->a == b->stack) {
+            b->a = xmalloc(b->cap * sizeof(uint32_t));
+            memcpy(b->a, b->stack, b->n * sizeof(uint32_t));
+        } else {
+            b->a = xrealloc(b->a, b->cap * sizeof(uint32_t));
+        }
+    }
+    b->a[b->n++] = cp;
+}
+
+static void cpbuf_free(CpBuf *b)
+{
+    if (b->a != b->stack) free(b->a);
+}
+
+static inline int ccc_of(uint32_t cp)
+{
+    return cp < 0x300 ? 0 : utf8proc_get_property((utf8proc_int32_t)cp)->combining_class;
+}
+
+/* Canonical ordering (the last step of NFD): every run of non-starters is
+ * sorted by combining class, stably. Long runs use a counting sort, so a
+ * crafted run of marks is linear, not quadratic. */
+#define CCC_INSERTION_MAX 16
+
+static void canonical_order(uint32_t *a, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        if (!ccc_of(a[i])) {
+            i++;
+            continue;
+        }
+        size_t j = i;
+        while (j < n && ccc_of(a[j])) j++;
+        if (j - i <= CCC_INSERTION_MAX) {
+            for (size_t x = i + 1; x < j; x++) {
+                uint32_t v = a[x];
+                int c = ccc_of(v);
+                size_t y = x;
+                while (y > i && ccc_of(a[y - 1]) > c) {
+                    a[y] = a[y - 1];
+                    y--;
+                }
+                a[y] = v;
+            }
+        } else {
+            size_t count[257] = {0};
+            uint32_t *tmp = xmalloc((j - i) * sizeof(uint32_t));
+            for (size_t x = i; x < j; x++) count[ccc_of(a[x]) + 1]++;
+            for (int c = 1; c < 257; c++) count[c] += count[c - 1];
+            for (size_t x = i; x < j; x++) tmp[count[ccc_of(a[x])]++] = a[x];
+            memcpy(a + i, tmp, (j - i) * sizeof(uint32_t));
+            free(tmp);
+        }
+        i = j;
+    }
+}
+
+/* U+11938 DIVES AKURU VOWEL SIGN O got its canonical decomposition in Unicode
+ * 13.0; the NFD tables HF uses are older and keep it whole (measured). */
+#define HF_NFD_KEEP 0x11938
+/* Longest canonical decomposition of one code point (Unicode: 4). */
+#define NFD_MAX 8
+
+/* One island of valid non-ASCII characters: clean_text and the CJK spaces per
+ * character, then NFD of the island and the mark filter, then lowercase. NFD
+ * may run per island: the ASCII characters around it are starters that
+ * neither decompose nor move. */
+static void bert_island(const Normalizer *nm, const uint8_t *s, size_t n, ByteBuf *out)
+{
+    CpBuf a, d;
+    cpbuf_init(&a);
+    cpbuf_init(&d);
+    for (size_t i = 0; i < n;) {
+        uint32_t cp = 0;
+        int k = utf8_decode(s + i, n - i, &cp); /* valid: the caller cut the island */
+        i += k ? (size_t)k : 1;
+        if (!k) continue;
+        if (nm->bert_clean) {
+            if (uni_bert_control(cp)) continue;
+            if (uni_bert_space(cp)) cp = ' ';
+        }
+        if (nm->bert_chinese && uni_cjk(cp)) {
+            cpbuf_push(&a, ' ');
+            cpbuf_push(&a, cp);
+            cpbuf_push(&a, ' ');
+        } else {
+            cpbuf_push(&a, cp);
+        }
+    }
+    const CpBuf *src = &a;
+    if (nm->bert_strip) {
+        for (size_t i = 0; i < a.n; i++) {
+            utf8proc_int32_t dec[NFD_MAX];
+            utf8proc_ssize_t k = a.a[i] < 0xC0 || a.a[i] == HF_NFD_KEEP
+                                     ? 0
+                                     : utf8proc_decompose_char((utf8proc_int32_t)a.a[i], dec, NFD_MAX,
+                                                               UTF8PROC_DECOMPOSE, NULL);
+            if (k <= 0 || k > NFD_MAX)
+                cpbuf_push(&d, a.a[i]);
+            else
+                for (utf8proc_ssize_t x = 0; x < k; x++) cpbuf_push(&d, (uint32_t)dec[x]);
+        }
+        canonical_order(d.a, d.n);
+        src = &d;
+    }
+    bytebuf_reserve(out, src->n * 4);
+    for (size_t i = 0; i < src->n; i++) {
+        uint32_t cp = src->a[i];
+        if (nm->bert_strip && uni_bert_mark(cp)) continue;
+        uint8_t buf[8];
+        int m = nm->bert_lower ? uni_lower(cp, buf) : utf8_encode(cp, buf);
+        bytebuf_put(out, buf, (size_t)m);
+    }
+    cpbuf_free(&a);
+    cpbuf_free(&d);
+}
+
+void bert_normalize(const Normalizer *nm, const uint8_t *in, size_t n, ByteBuf *out)
+{
+    out->n = 0;
+    bytebuf_reserve(out, n);
+    for (size_t i = 0; i < n;) {
+        size_t j = i;
+        while (j < n && in[j] < 0x80) j++;
+        if (j > i) { /* ASCII: nothing decomposes, only control bytes and case change */
+            bytebuf_reserve(out, j - i);
+            char *o = out->a + out->n;
+            for (; i < j; i++) {
+                uint8_t c = in[i];
+                if (nm->bert_clean) {
+                    if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r') || c == 0x7F) continue;
+                    if (c < 0x20) c = ' ';
+                }
+                if (nm->bert_lower && (uint8_t)(c - 'A') < 26) c += 'a' - 'A';
+                *o++ = (char)c;
+            }
+            out->n = (size_t)(o - out->a);
+            out->a[out->n] = 0;
+            continue;
+        }
+        uint32_t cp;
+        for (int k; j < n && in[j] >= 0x80 && (k = utf8_decode(in + j, n - j, &cp));) j += (size_t)k;
+        if (j == i) { /* an invalid byte passes through */
+            bytebuf_put(out, in + i, 1);
+            i++;
+            continue;
+        }
+        bert_island(nm, in + i, j - i, out);
+        i = j;
     }
 }
 
@@ -468,7 +661,7 @@ static void fast_apply(PreCtx *c, int stage, int kind, const uint8_t *s, size_t 
     if (stage + 1 == c->t->n_pre) { /* last stage: straight into BPE */
         for (size_t i = 0; i < n;) {
             size_t j = fast_next(kind, s, n, i);
-            bpe_encode_piece(c->t, c->th, s + i, j - i, c->out);
+            tok_encode_piece(c->t, c->th, s + i, j - i, c->out);
             i = j;
         }
         return;
@@ -548,11 +741,44 @@ static void digits_apply(PreCtx *c, int stage, const PreTok *p, const uint8_t *s
     if (n > a) pretok_run(c, stage + 1, s + a, n - a, at_start && a == 0);
 }
 
+/* BertPreTokenizer: whitespace (Rust's) ends a piece and is dropped; each
+ * punctuation character (ASCII punctuation or HF's Unicode P*) is a piece of
+ * its own. An invalid byte is part of a word. */
+static void bert_pretok_apply(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start)
+{
+    size_t a = 0; /* start of the current word */
+    for (size_t i = 0; i < n;) {
+        uint32_t cp = s[i];
+        size_t k = 1;
+        int cls;
+        if (cp < 0x80) {
+            cls = bert_ascii[cp];
+        } else {
+            k = (size_t)utf8_decode(s + i, n - i, &cp);
+            if (!k) {
+                i++;
+                continue;
+            }
+            cls = uni_bert_space(cp) ? BERT_SPACE : uni_bert_punct(cp) ? BERT_PUNCT : 0;
+        }
+        if (!cls) {
+            i += k;
+            continue;
+        }
+        int space = cls == BERT_SPACE;
+        if (i > a) pretok_run(c, stage + 1, s + a, i - a, at_start && a == 0);
+        if (!space) pretok_run(c, stage + 1, s + i, k, at_start && i == 0);
+        i += k;
+        a = i;
+    }
+    if (n > a) pretok_run(c, stage + 1, s + a, n - a, at_start && a == 0);
+}
+
 static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_start)
 {
     if (n == 0) return;
     if (stage == c->t->n_pre) {
-        bpe_encode_piece(c->t, c->th, s, n, c->out);
+        tok_encode_piece(c->t, c->th, s, n, c->out);
         return;
     }
     const PreTok *p = &c->t->pre[stage];
@@ -572,28 +798,44 @@ static void pretok_run(PreCtx *c, int stage, const uint8_t *s, size_t n, int at_
     case PRE_DIGITS:
         digits_apply(c, stage, p, s, n, at_start);
         break;
+    case PRE_BERT:
+        bert_pretok_apply(c, stage, s, n, at_start);
+        break;
     }
 }
 
 #define PRE_MAX_STAGES 16
 
-int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
-                       IdVec *out)
+/* The normalizers, ping-ponging between nb[0] and nb[1]; returns the result
+ * (s itself when there are none), its length in *len. */
+static const uint8_t *normalize_all(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n,
+                                    ByteBuf nb[2], size_t *len)
 {
-    pthread_once(&cc_once, cc_init);
-    ByteBuf nb[2] = {{0}};
-    if (t->n_norm) { /* ping-pong between two buffers */
-        const uint8_t *in = s;
-        size_t len = n;
-        for (int i = 0; i < t->n_norm; i++) {
-            ByteBuf *o = &nb[i & 1];
-            normalize_one(&t->norm[i], th, in, len, o);
-            in = (const uint8_t *)o->a;
-            len = o->n;
-        }
-        s = in ? in : (const uint8_t *)"";
-        n = len;
+    *len = n;
+    for (int i = 0; i < t->n_norm; i++) {
+        ByteBuf *o = &nb[i & 1];
+        normalize_one(&t->norm[i], th, s, *len, o);
+        s = o->a ? (const uint8_t *)o->a : (const uint8_t *)"";
+        *len = o->n;
     }
+    return s;
+}
+
+void tok_normalize(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, ByteBuf *out)
+{
+    ByteBuf nb[2] = {{0}};
+    size_t len;
+    const uint8_t *r = normalize_all(t, th, s, n, nb, &len);
+    out->n = 0;
+    bytebuf_put(out, r, len);
+    free(nb[0].a);
+    free(nb[1].a);
+}
+
+/* Pre-tokenize and encode normalized text. */
+static void encode_normalized(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                              IdVec *out)
+{
     if (!t->n_pre && t->sp_split_len) {
         /* sentencepiece style without pre-tokenizer: the whole text is one BPE
          * word, but no merge can join a character to a following replacement
@@ -602,19 +844,29 @@ int tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size
         size_t r = (size_t)t->sp_split_len, a = 0;
         for (size_t i = 1; i + r <= n; i++)
             if (!memcmp(s + i, t->sp_split, r) && !(i >= r && !memcmp(s + i - r, t->sp_split, r))) {
-                bpe_encode_piece(t, th, s + a, i - a, out);
+                tok_encode_piece(t, th, s + a, i - a, out);
                 a = i;
             }
-        bpe_encode_piece(t, th, s + a, n - a, out);
-        free(nb[0].a);
-        free(nb[1].a);
-        return 0;
+        tok_encode_piece(t, th, s + a, n - a, out);
+        return;
     }
     ByteBuf scratch[PRE_MAX_STAGES] = {{0}};
     PreCtx c = {t, th, out, scratch};
     pretok_run(&c, 0, s, n, at_start);
     for (int i = 0; i < t->n_pre && i < PRE_MAX_STAGES; i++) free(scratch[i].a);
+}
+
+void tok_encode_segment(const Tokenizer *t, TokThread *th, const uint8_t *s, size_t n, int at_start,
+                        IdVec *out)
+{
+    pthread_once(&cc_once, cc_init);
+    ByteBuf nb[2] = {{0}};
+    size_t len;
+    const uint8_t *ns = normalize_all(t, th, s, n, nb, &len);
+    if (t->n_nadded)
+        tok_split_added(t, th, 1, ns, len, at_start, out, encode_normalized);
+    else
+        encode_normalized(t, th, ns, len, at_start, out);
     free(nb[0].a);
     free(nb[1].a);
-    return 0;
 }

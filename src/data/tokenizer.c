@@ -1,5 +1,6 @@
-/* tokenizer.c - loading (gpt2, byte, tokenizer.json, model directories),
- * encode/decode drivers, identity and save. The BPE model is in tok_bpe.c,
+/* tokenizer.c - loading (gpt2, byte, tokenizer.json, vocab.txt, model
+ * directories), encode/decode drivers, the post-processor template, identity
+ * and save. The BPE model is in tok_bpe.c, WordPiece in tok_wordpiece.c,
  * normalizers and pre-tokenizers in tok_pretok.c, file parsing in tok_json.c.
  */
 #include <errno.h>
@@ -80,7 +81,11 @@ int tok_finish(Tokenizer *t)
     if (t->n_added) qsort(t->added, (size_t)t->n_added, sizeof(AddedToken), added_cmp);
     memset(t->added_first, 0, sizeof(t->added_first));
     for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].len) t->added_first[(uint8_t)t->added[i].content[0]] = 1;
+        if (t->added[i].len && !t->added[i].after_norm) t->added_first[(uint8_t)t->added[i].content[0]] = 1;
+    if (t->n_nadded) qsort(t->nadded, (size_t)t->n_nadded, sizeof(AddedToken), added_cmp);
+    memset(t->nadded_first, 0, sizeof(t->nadded_first));
+    for (int i = 0; i < t->n_nadded; i++)
+        if (t->nadded[i].len) t->nadded_first[(uint8_t)t->nadded[i].content[0]] = 1;
     if (pthread_key_create(&t->tls, tok_thread_free)) return err_set("tokenizer: out of thread keys");
     t->tls_ok = 1;
     t->cache = piece_cache_new();
@@ -90,7 +95,7 @@ int tok_finish(Tokenizer *t)
 static Tokenizer *tok_new(void)
 {
     Tokenizer *t = xcalloc(1, sizeof(Tokenizer));
-    t->eos_id = t->bos_id = t->unk_id = -1;
+    t->eos_id = t->bos_id = t->unk_id = t->tpl_bos = t->tpl_eos = -1;
     for (int i = 0; i < 256; i++) t->byte_id[i] = -1;
     return t;
 }
@@ -118,6 +123,10 @@ void tokenizer_free(Tokenizer *t)
     free(t->pre);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
     free(t->added);
+    for (int i = 0; i < t->n_nadded; i++) free(t->nadded[i].content);
+    free(t->nadded);
+    tok_template_free(&t->tpl_single);
+    tok_template_free(&t->tpl_pair);
     for (int i = 0; i < t->n_files; i++) {
         free(t->files[i].name);
         free(t->files[i].data);
@@ -149,11 +158,16 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
         const AddedToken *a = &t->added[i];
         int32_t f[5] = {a->id, a->special, a->lstrip, a->rstrip, a->single_word};
         h ^= (tok_hash(a->content, a->len) + tok_hash(f, sizeof(f))) * 11;
+        if (a->after_norm) h ^= tok_hash(&a->id, sizeof(a->id)) * 59;
     }
     for (int i = 0; i < t->n_norm; i++) {
         const Normalizer *n = &t->norm[i];
         int32_t f[4] = {i, n->type, n->strip_left, n->strip_right};
         h ^= tok_hash(f, sizeof(f)) * 13;
+        if (n->type == NORM_BERT) {
+            int32_t b[5] = {i, n->bert_clean, n->bert_chinese, n->bert_strip, n->bert_lower};
+            h ^= tok_hash(b, sizeof(b)) * 43;
+        }
         if (n->pattern) h ^= tok_hash(n->pattern, n->pattern_len) * 17 + (uint64_t)i;
         if (n->content) h ^= tok_hash(n->content, n->content_len) * 19 + (uint64_t)i;
     }
@@ -168,6 +182,20 @@ static uint64_t tok_semantic_hash(const Tokenizer *t)
     int32_t f[8] = {t->kind,          t->byte_level, t->byte_fallback, t->fuse_unk,
                     t->ignore_merges, t->unk_id,     t->add_bos,       t->vocab_size};
     h ^= tok_hash(f, sizeof(f)) * 41;
+    if (t->kind == TOK_WORDPIECE) {
+        int64_t w[2] = {t->wp_prefix_len, t->wp_max_chars};
+        h ^= (tok_hash(w, sizeof(w)) + tok_hash(t->wp_prefix, (size_t)t->wp_prefix_len)) * 47;
+    }
+    /* the template decides prepare's EOS only when it ends with a special
+     * token (BERT, RoBERTa); older identities (BOS-only templates) stay as they were */
+    if (t->kind == TOK_WORDPIECE || t->tpl_eos >= 0)
+        for (int k = 0; k < 2; k++) {
+            const TokTemplate *tp = k ? &t->tpl_pair : &t->tpl_single;
+            for (int i = 0; i < tp->n; i++) {
+                int32_t q[4] = {k, i, tp->p[i].seq, tp->p[i].type_id};
+                h ^= (tok_hash(q, sizeof(q)) + tok_hash(tp->p[i].ids, (size_t)tp->p[i].n_ids * 4)) * 53;
+            }
+        }
     return h;
 }
 
@@ -210,7 +238,7 @@ static Tokenizer *tok_load_byte(void)
     t->byte_level = 1;
     t->is_special[BYTE_EOT_ID] = 1;
     t->added = xcalloc(1, sizeof(AddedToken));
-    t->added[0] = (AddedToken){xstrdup(EOT_TEXT), strlen(EOT_TEXT), BYTE_EOT_ID, 1, 0, 0, 0};
+    t->added[0] = (AddedToken){xstrdup(EOT_TEXT), strlen(EOT_TEXT), BYTE_EOT_ID, 1, 0, 0, 0, 0, 0};
     t->n_added = 1;
     t->eos_id = BYTE_EOT_ID;
     strmap_init(&t->vocab, (size_t)n);
@@ -374,6 +402,42 @@ static Tokenizer *tok_load_pair(const char *vpath, const char *mpath)
     return t;
 }
 
+/* A legacy BERT vocab.txt, with the options of tokenizer_config.json beside it
+ * (do_lower_case, strip_accents, tokenize_chinese_chars, the special tokens). */
+static Tokenizer *tok_load_vocab_txt(const char *path, const char *dir)
+{
+    size_t len, cl = 0;
+    char *data = read_file(path, &len);
+    if (!data) return NULL;
+    char cp[4096];
+    snprintf(cp, sizeof(cp), "%s/tokenizer_config.json", dir);
+    char *cfg = is_file(cp) ? read_file(cp, &cl) : NULL;
+    char *js = wordpiece_vocab_txt_json(data, len, path, cfg, cl, cp);
+    Tokenizer *t = NULL;
+    if (js) {
+        t = tok_new();
+        if (tok_load_hf_json(t, js, strlen(js), path, dir)) {
+            tokenizer_free(t);
+            t = NULL;
+        }
+    }
+    if (t) { /* saved as it came, with a tokenizer_config.json transformers reads as BERT's */
+        tok_add_file(t, "vocab.txt", data, len);
+        const char *def = "{\"tokenizer_class\": \"BertTokenizer\", \"do_lower_case\": true}\n";
+        tok_add_file(t, "tokenizer_config.json", cfg ? cfg : def, cfg ? cl : strlen(def));
+    }
+    free(js);
+    free(cfg);
+    free(data);
+    return t;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcmp(s + a - b, suffix);
+}
+
 Tokenizer *tokenizer_load(const char *spec)
 {
     Tokenizer *t = NULL;
@@ -400,10 +464,13 @@ Tokenizer *tokenizer_load(const char *spec)
                     if (!t) return NULL;
                 }
             }
+            snprintf(a, sizeof(a), "%s/vocab.txt", spec);
+            if (!t && is_file(a) && !(t = tok_load_vocab_txt(a, spec))) return NULL;
             if (!t) {
-                err_set("%s: no tokenizer.json, vocab.json+merges.txt or encoder.json+vocab.bpe in this "
-                        "directory",
-                        spec);
+                err_set(
+                    "%s: no tokenizer.json, vocab.json+merges.txt, encoder.json+vocab.bpe or vocab.txt in "
+                    "this directory",
+                    spec);
                 return NULL;
             }
         }
@@ -415,11 +482,12 @@ Tokenizer *tokenizer_load(const char *spec)
             *slash = 0;
         else
             snprintf(dir, sizeof(dir), ".");
-        t = tok_load_json_file(spec, dir);
+        t = ends_with(spec, ".txt") ? tok_load_vocab_txt(spec, dir) : tok_load_json_file(spec, dir);
     } else {
-        err_set("%s: no such file or directory (a tokenizer is gpt2, byte, a tokenizer.json or a model "
-                "directory)",
-                spec);
+        err_set(
+            "%s: no such file or directory (a tokenizer is gpt2, byte, a tokenizer.json, a vocab.txt or a "
+            "model directory)",
+            spec);
         return NULL;
     }
     if (!t) return NULL;
@@ -438,12 +506,13 @@ static int is_word(uint8_t c)
     return c >= 0x80 || c == '_' || (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
 }
 
-/* The added token matching at s[i] (longest first), or NULL. */
-static const AddedToken *added_match(const Tokenizer *t, const uint8_t *s, size_t n, size_t i)
+/* The added token of list (longest first) matching at s[i], or NULL. */
+static const AddedToken *added_match(const AddedToken *list, int count, const uint8_t *s, size_t n, size_t i)
 {
-    for (int k = 0; k < t->n_added; k++) {
-        const AddedToken *a = &t->added[k];
-        if (!a->len || a->len > n - i || (uint8_t)a->content[0] != s[i] || memcmp(s + i, a->content, a->len))
+    for (int k = 0; k < count; k++) {
+        const AddedToken *a = &list[k];
+        if (!a->len || a->after_norm || a->len > n - i || (uint8_t)a->content[0] != s[i] ||
+            memcmp(s + i, a->content, a->len))
             continue;
         if (a->single_word && ((i > 0 && is_word(s[i - 1])) || (i + a->len < n && is_word(s[i + a->len]))))
             continue;
@@ -458,7 +527,7 @@ static void encode_text(const Tokenizer *t, TokThread *th, const uint8_t *s, siz
         idvec_reserve(out, n);
         size_t i = 0;
         while (i < n) {
-            const AddedToken *a = t->added_first[s[i]] ? added_match(t, s, n, i) : NULL;
+            const AddedToken *a = t->added_first[s[i]] ? added_match(t->added, t->n_added, s, n, i) : NULL;
             if (a) {
                 out->a[out->n++] = a->id;
                 i += a->len;
@@ -469,14 +538,23 @@ static void encode_text(const Tokenizer *t, TokThread *th, const uint8_t *s, siz
         }
         return;
     }
-    /* split on added tokens (leftmost, then longest), encode the text between */
+    tok_split_added(t, th, 0, s, n, 1, out, tok_encode_segment);
+}
+
+void tok_split_added(const Tokenizer *t, TokThread *th, int after_norm, const uint8_t *s, size_t n,
+                     int at_start, IdVec *out, TokSegmentFn encode)
+{
+    const AddedToken *list = after_norm ? t->nadded : t->added;
+    int count = after_norm ? t->n_nadded : t->n_added;
+    const uint8_t *first = after_norm ? t->nadded_first : t->added_first;
+    /* leftmost, then longest; the text between goes to encode */
     size_t seg = 0, i = 0;
     while (i < n) {
-        if (!t->added_first[s[i]]) {
+        if (!first[s[i]]) {
             i++;
             continue;
         }
-        const AddedToken *a = added_match(t, s, n, i);
+        const AddedToken *a = added_match(list, count, s, n, i);
         if (!a) {
             i++;
             continue;
@@ -486,11 +564,11 @@ static void encode_text(const Tokenizer *t, TokThread *th, const uint8_t *s, siz
             while (end > seg && is_ws(s[end - 1])) end--;
         if (a->rstrip)
             while (next < n && is_ws(s[next])) next++;
-        if (end > seg) tok_encode_segment(t, th, s + seg, end - seg, seg == 0, out);
+        if (end > seg) encode(t, th, s + seg, end - seg, at_start && seg == 0, out);
         idvec_push(out, a->id);
         seg = i = next;
     }
-    if (n > seg) tok_encode_segment(t, th, s + seg, n - seg, seg == 0, out);
+    if (n > seg) encode(t, th, s + seg, n - seg, at_start && seg == 0, out);
 }
 
 /* Internal entry used by prepare/loader: append the ids of text to out. */
@@ -506,6 +584,60 @@ long tokenizer_encode(const Tokenizer *t, const char *text, size_t len, int32_t 
     if (!v.a) v.a = xmalloc(sizeof(int32_t));
     *ids = v.a;
     return (long)v.n;
+}
+
+/* ---- the post-processor's template ------------------------------------------------ */
+
+/* $A alone, or $A $B:1: HF's result without a template processor. */
+static const TplPiece DEFAULT_PIECES[] = {{0, NULL, 0, 0}, {1, NULL, 0, 1}};
+
+static TokTemplate template_of(const Tokenizer *t, int pair)
+{
+    const TokTemplate *tp = pair ? &t->tpl_pair : &t->tpl_single;
+    if (tp->n) return *tp;
+    return (TokTemplate){(TplPiece *)DEFAULT_PIECES, pair ? 2 : 1};
+}
+
+int tokenizer_template_added(const Tokenizer *t, int pair)
+{
+    TokTemplate tp = template_of(t, pair);
+    int n = 0;
+    for (int i = 0; i < tp.n; i++) n += tp.p[i].n_ids;
+    return n;
+}
+
+long tokenizer_apply_template(const Tokenizer *t, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                              int32_t **ids, int32_t **type_ids)
+{
+    TokTemplate tp = template_of(t, b != NULL);
+    size_t total = (size_t)tokenizer_template_added(t, b != NULL) + na + (b ? nb : 0);
+    int32_t *o = xmalloc((total + 1) * sizeof(int32_t)),
+            *ty = type_ids ? xmalloc((total + 1) * sizeof(int32_t)) : NULL;
+    size_t k = 0;
+    for (int i = 0; i < tp.n; i++) {
+        const TplPiece *p = &tp.p[i];
+        const int32_t *src = p->seq < 0 ? p->ids : p->seq == 0 ? a : b;
+        size_t m = p->seq < 0 ? (size_t)p->n_ids : p->seq == 0 ? na : nb;
+        if (m) memcpy(o + k, src, m * sizeof(int32_t));
+        for (size_t x = 0; ty && x < m; x++) ty[k + x] = p->type_id;
+        k += m;
+    }
+    *ids = o;
+    if (type_ids) *type_ids = ty;
+    return (long)k;
+}
+
+long tokenizer_encode_template(const Tokenizer *t, const char *text, size_t len, const char *text_b,
+                               size_t len_b, int32_t **ids, int32_t **type_ids)
+{
+    IdVec a = {0}, b = {0};
+    encode_text(t, tok_thread(t), (const uint8_t *)text, len, &a);
+    if (text_b) encode_text(t, tok_thread(t), (const uint8_t *)text_b, len_b, &b);
+    static const int32_t none[1] = {0}; /* B may be empty, but is not absent */
+    long n = tokenizer_apply_template(t, a.a, a.n, text_b ? (b.a ? b.a : none) : NULL, b.n, ids, type_ids);
+    free(a.a);
+    free(b.a);
+    return n;
 }
 
 /* ---- decode ---------------------------------------------------------------------- */
@@ -524,11 +656,14 @@ char *tokenizer_decode(const Tokenizer *t, const int32_t *ids, size_t n, size_t 
 {
     ByteBuf b = {0};
     bytebuf_put(&b, "", 0);
+    int first = 1; /* HF drops unknown ids before the decoders: the first token is the first valid one */
     for (size_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= t->vocab_size) continue;
         if (t->dec_join_space && b.n) bytebuf_put(&b, " ", 1);
-        if (i == 0 && t->first_off)
+        int was_first = first;
+        first = 0;
+        if (was_first && t->first_off)
             bytebuf_put(&b, t->first_buf + t->first_off[id], t->first_off[id + 1] - t->first_off[id]);
         else
             bytebuf_put(&b, t->piece_buf + t->piece_off[id], t->piece_off[id + 1] - t->piece_off[id]);

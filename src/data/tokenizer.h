@@ -11,9 +11,10 @@
 
 typedef struct Tokenizer Tokenizer;
 
-/* spec: "gpt2" (bundled vocabulary), "byte", a tokenizer.json path, or a model
- * directory (its tokenizer.json, or vocab.json/merges.txt, or encoder.json/vocab.bpe).
- * NULL with err_set() naming the file on failure. */
+/* spec: "gpt2" (bundled vocabulary), "byte", a tokenizer.json path, a BERT
+ * vocab.txt path (a name ending in .txt), or a model directory (its
+ * tokenizer.json, or vocab.json/merges.txt, or encoder.json/vocab.bpe, or
+ * vocab.txt). NULL with err_set() naming the file on failure. */
 Tokenizer *tokenizer_load(const char *spec);
 void tokenizer_free(Tokenizer *tok);
 /* Encode len bytes of text. Special tokens in the text (e.g. "<|endoftext|>")
@@ -47,5 +48,24 @@ int tokenizer_is_special(const Tokenizer *tok, int32_t id);
 /* The id of an added token's content or a vocabulary entry (raw bytes for
  * byte-level vocabularies), -1 if none. */
 int32_t tokenizer_token_to_id(const Tokenizer *tok, const char *s, size_t len);
+
+/* The post-processor's template (HF's encode(..., add_special_tokens=True)):
+ * "[CLS] $A [SEP]" and "[CLS] $A [SEP] $B:1 [SEP]:1" for BERT, "<s> $A </s>"
+ * and "<s> $A </s> </s> $B </s>" for RoBERTa, "<|begin_of_text|> $A" for
+ * LLaMA-3; none (GPT-2): $A, and $A $B:1. tokenizer_encode never applies it;
+ * these do. tokenizer_apply_template wraps already encoded sequences a (na ids)
+ * and b (nb ids; b NULL: a single sequence), e.g. each window of MLM data;
+ * tokenizer_encode_template encodes text (and text_b, NULL for none) first.
+ * Both return the count of ids in a malloc'd *ids, and when type_ids is not
+ * NULL, the token type ids in a malloc'd *type_ids (BERT: 0 up to the first
+ * [SEP], 1 after). */
+long tokenizer_apply_template(const Tokenizer *tok, const int32_t *a, size_t na, const int32_t *b, size_t nb,
+                              int32_t **ids, int32_t **type_ids);
+long tokenizer_encode_template(const Tokenizer *tok, const char *text, size_t len, const char *text_b,
+                               size_t len_b, int32_t **ids, int32_t **type_ids);
+/* How many ids the template adds to one sequence (pair 0) or a pair (pair 1):
+ * BERT 2 and 3, RoBERTa 2 and 4, GPT-2 0, so a window of W ids fits
+ * W - tokenizer_template_added(tok, 0) text tokens. */
+int tokenizer_template_added(const Tokenizer *tok, int pair);
 
 #endif
