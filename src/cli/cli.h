@@ -13,5 +13,6 @@ int cmd_bench(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_report(int argc, char **argv);
 int cmd_cost(int argc, char **argv);
+int cmd_launch(int argc, char **argv);
 
 #endif

@@ -96,6 +96,22 @@ static const KeyDef keys[] = {
      "optimizer.safetensors so that resume stays exact)."},
     {"out_dir", CT_STR, F(out_dir), "runs/default", "Run directory: metrics.jsonl, config.yaml, step-NNNNNNN/."},
     {"device", CT_STR, F(device), "cpu", "cpu, cuda (bf16 mixed precision) or cuda-fp32."},
+    {"dist.zero", CT_INT, F(dist_zero), "0",
+     "With several ranks (anvil launch, mpirun, srun): 0 plain data parallel (every rank keeps the whole state), "
+     "1 ZeRO-1 (optimizer moments sharded over the ranks, updated weights all-gathered), 2 ZeRO-2 (also the "
+     "gradients reduce-scattered to their shard). 3 (sharded parameters) is not yet available. "
+     "docs/distributed.md has the bytes per parameter of each."},
+    {"dist.tp", CT_INT, F(dist_tp), "1", "Tensor-parallel ranks within a node; only 1 for now (tensor parallel is "
+                                         "not yet available, docs/distributed.md)."},
+    {"dist.timeout_s", CT_FLOAT, F(dist_timeout_s), "600",
+     "Longest wait of a collective (and of the rendezvous) for the other ranks: past it the rank exits with "
+     "status 1 naming the collective, instead of hanging on a dead peer. Must exceed the longest step, "
+     "evaluation or checkpoint."},
+    {"dist.bucket_mb", CT_FLOAT, F(dist_bucket_mb), "25",
+     "MiB of fp32 gradient per reduction bucket (the gradient is reduced in buckets, last layer first, on the "
+     "GPU on a communication stream)."},
+    {"dist.comm", CT_STR, F(dist_comm), "auto",
+     "Communication: auto (nccl for cuda devices; mpi for CPU ranks under mpirun, else tcp), tcp, mpi or nccl."},
     {"backend.attention", CT_STR, F(attention), "auto",
      "GPU attention kernels: auto (cuDNN's fused engines where they apply, else anvil's), cudnn, or anvil. "
      "ANVIL_ATTENTION overrides it; the value used is recorded in the run's config.yaml."},
@@ -370,6 +386,21 @@ int train_config_validate(const TrainConfig *tc)
     if (tc->ckpt_keep < 0) return err_set("checkpoint.keep: must be >= 0, got %d", tc->ckpt_keep);
     if (strcmp(tc->ckpt_dtype, "f32") && strcmp(tc->ckpt_dtype, "bf16"))
         return err_set("checkpoint.dtype: expected f32 or bf16, got \"%s\"", tc->ckpt_dtype);
+    if (tc->dist_zero < 0 || tc->dist_zero > 3)
+        return err_set("dist.zero: expected 0, 1 or 2, got %d", tc->dist_zero);
+    if (tc->dist_zero == 3)
+        return err_set("dist.zero: 3 (ZeRO-3, sharded parameters) is not yet implemented (phase 2, docs/distributed.md); "
+                       "use 0, 1 or 2");
+    if (tc->dist_tp != 1)
+        return err_set("dist.tp: %d: tensor parallel is not yet implemented (phase 2, docs/distributed.md); use 1",
+                       tc->dist_tp);
+    if (!(tc->dist_timeout_s > 0) || !isfinite(tc->dist_timeout_s))
+        return err_set("dist.timeout_s: must be a positive number of seconds, got %g", tc->dist_timeout_s);
+    if (!(tc->dist_bucket_mb > 0) || !isfinite(tc->dist_bucket_mb))
+        return err_set("dist.bucket_mb: must be positive, got %g", tc->dist_bucket_mb);
+    if (strcmp(tc->dist_comm, "auto") && strcmp(tc->dist_comm, "tcp") && strcmp(tc->dist_comm, "mpi") &&
+        strcmp(tc->dist_comm, "nccl"))
+        return err_set("dist.comm: expected auto, tcp, mpi or nccl, got \"%s\"", tc->dist_comm);
     int mode;
     if (backend_attention_parse(tc->attention, &mode)) return err_prefix("backend.attention");
     if (backend_gemm_tune_parse(tc->gemm_tune, &mode)) return err_prefix("backend.gemm_tune");
