@@ -727,7 +727,8 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     rc = train_loop(r);
 out:
     signal(SIGINT, SIG_DFL);
+    int rank = r->dist.rank, world = r->dist.world;
     if (run_free(r, rc)) rc = -1;
-    if (rc && r->dist.world > 1) err_prefix("rank %d", r->dist.rank);
+    if (rc && world > 1) err_prefix("rank %d", rank);
     return rc;
 }
