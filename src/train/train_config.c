@@ -56,8 +56,9 @@ static const KeyDef keys[] = {
     {"train.batch_size", CT_INT, F(batch_size), "8", "Sequences per micro-batch."},
     {"train.seq_len", CT_INT, F(seq_len), "256", "Tokens per sequence."},
     {"train.tokens_per_step", CT_LONG, F(tokens_per_step), "0",
-     "Tokens per optimizer step; a multiple of batch_size*seq_len, reached by gradient accumulation "
-     "(0 = one micro-batch)."},
+     "Tokens per optimizer step over all ranks; a multiple of batch_size*seq_len*ranks, reached by gradient "
+     "accumulation on each rank, so that a run's data and losses do not depend on the number of ranks "
+     "(0 = one micro-batch per rank)."},
     {"train.lr", CT_FLOAT, F(lr), "6e-4", "Peak learning rate."},
     {"train.min_lr", CT_FLOAT, F(min_lr), "6e-5", "Learning rate at the end of the decay."},
     {"train.warmup_steps", CT_INT, F(warmup_steps), "100", "Linear warmup steps (lr*step/warmup up to lr)."},
