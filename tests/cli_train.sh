@@ -100,7 +100,9 @@ echo "validation loss $V nats vs unigram entropy $H nats" >&2
 check "val_loss far below unigram ($V vs $H)" awk -v v="$V" -v h="$H" 'BEGIN {exit !(v > 0 && v < h - 0.5)}'
 
 # ---- resume from the mid-run checkpoint: identical losses and weights ----
-strip() { sed 's/"tokens_per_s": [0-9.]*, //; s/"ms_per_step": [0-9.]*, //' "$1"; }
+strip() { # the fields that measure the machine, not the run
+    sed -E 's/"(tokens_per_s|ms_per_step|wall_time|mfu|peak_mem_gib)": [0-9.e+-]*(, )?//g' "$1"
+}
 cp -r "$tmp/run" "$tmp/resumed"
 rm -rf "$tmp/resumed/step-0000200"
 if "$ANVIL" train "$tmp/byte.yaml" --resume "$tmp/resumed" >"$tmp/resume.log" 2>&1; then ok; else
