@@ -7,7 +7,8 @@
 #     is zero up to rounding and which Adam's normalisation turns into lr-sized noise);
 #   - ZeRO-1 and ZeRO-2 give the weights of ZeRO-0 (same tolerance) and write per-rank optimizer
 #     shards with a manifest; resume from 2 ranks onto 1 and from 1 onto 2 continues the run;
-#   - a rank killed mid-run makes the job exit non-zero at once naming it; a rank that hangs
+#   - a rank killed mid-run makes the job exit non-zero at once naming it (the launcher, or
+#     mpirun); a rank that hangs
 #     makes the others exit non-zero after dist.timeout_s naming the collective (launch and mpirun);
 #   - phase-2 keys (dist.zero 3, dist.tp) are refused with a clear error.
 set -u
@@ -166,6 +167,9 @@ check "hung rank: rank 0 names the collective and the timeout" \
     grep -q "^anvil: rank 0: .*collective .* timed out after 3 s (dist.timeout_s); a peer rank died or hangs? (waiting for rank 1)" \
     "$tmp/hang.err"
 if command -v mpirun >/dev/null 2>&1; then
+    fault mpikill KILL 30 OMPI_COMM_WORLD_RANK mpirun -np 2 --oversubscribe "$ANVIL" train
+    check "mpirun, killed rank: at once" test "$fault_s" -le 12
+    check "mpirun, killed rank: named" grep -q "process rank 1 .* exited on signal 9" "$tmp/mpikill.err"
     fault mpihang STOP 3 OMPI_COMM_WORLD_RANK mpirun -np 2 --oversubscribe "$ANVIL" train
     check "mpirun, hung rank: the watchdog names it" \
         grep -q "^anvil: rank 0: collective .* timed out after 3 s (dist.timeout_s)" "$tmp/mpihang.err"

@@ -55,6 +55,13 @@
                            ncclGetErrorString(r_), #call);                                                             \
     } while (0)
 
+/* The same where no error can be returned (stream-order calls): the process ends with the message. */
+#define CU_FATAL(call)                                                                                                 \
+    do {                                                                                                               \
+        cudaError_t e_ = (call);                                                                                       \
+        if (e_ != cudaSuccess) fatal("%s:%d: CUDA error: %s (in `%s`)", __FILE__, __LINE__, cudaGetErrorString(e_), #call); \
+    } while (0)
+
 typedef struct {
     cudaEvent_t ev;
     const char *op;
@@ -253,8 +260,8 @@ static int nccl_barrier(Comm *c)
 static void nccl_start_after_compute(Comm *c)
 {
     Nccl *n = c->impl;
-    cudaEventRecord(n->ev_compute, n->xs);
-    cudaStreamWaitEvent(n->cs, n->ev_compute, 0);
+    CU_FATAL(cudaEventRecord(n->ev_compute, n->xs));
+    CU_FATAL(cudaStreamWaitEvent(n->cs, n->ev_compute, 0));
 }
 
 static void nccl_compute_after_comm(Comm *c)
@@ -264,16 +271,16 @@ static void nccl_compute_after_comm(Comm *c)
         int cap = n->cap_pairs ? 2 * n->cap_pairs : NCCL_PAIRS_INIT;
         n->pairs = xrealloc(n->pairs, sizeof(*n->pairs) * (size_t)cap);
         for (int i = n->cap_pairs; i < cap; i++) {
-            cudaEventCreate(&n->pairs[i][0]);
-            cudaEventCreate(&n->pairs[i][1]);
+            CU_FATAL(cudaEventCreate(&n->pairs[i][0]));
+            CU_FATAL(cudaEventCreate(&n->pairs[i][1]));
         }
         n->cap_pairs = cap;
     }
     cudaEvent_t *p = n->pairs[n->npairs++];
-    cudaEventRecord(p[0], n->xs); /* the compute work so far is done */
-    cudaEventRecord(n->ev_comm, n->cs);
-    cudaStreamWaitEvent(n->xs, n->ev_comm, 0);
-    cudaEventRecord(p[1], n->xs); /* ... and so is the communication */
+    CU_FATAL(cudaEventRecord(p[0], n->xs)); /* the compute work so far is done */
+    CU_FATAL(cudaEventRecord(n->ev_comm, n->cs));
+    CU_FATAL(cudaStreamWaitEvent(n->xs, n->ev_comm, 0));
+    CU_FATAL(cudaEventRecord(p[1], n->xs)); /* ... and so is the communication */
 }
 
 static double nccl_take_exposed(Comm *c)
