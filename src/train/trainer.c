@@ -185,6 +185,24 @@ static int agree(Run *r, int rc, const char *what)
     return 0;
 }
 
+/* Every rank must hold the same weights (identical updates); a checkpoint checks it: a hash of the
+ * host image (pt.total floats) from every rank, compared with rank 0's. */
+static int check_same_weights(Run *r, const float *p)
+{
+    Dist *d = &r->dist;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a over the bytes */
+    const unsigned char *b = (const unsigned char *)p;
+    for (size_t i = 0; i < r->m->pt.total * sizeof(float); i++) h = (h ^ b[i]) * 1099511628211ULL;
+    double mine, *all = xmalloc(sizeof(double) * (size_t)d->world);
+    memcpy(&mine, &h, sizeof(h)); /* carried as 8 bytes */
+    int rc = dist_gather_f64(d, &mine, all, 1);
+    for (int k = 1; !rc && k < d->world; k++)
+        if (memcmp(&all[k], &all[0], sizeof(double)))
+            rc = err_set("checkpoint: rank %d's weights differ from rank 0's (the ranks diverged)", k);
+    free(all);
+    return rc;
+}
+
 /* A checkpoint of every rank's state: rank 0 writes the model directory (and the optimizer file, or
  * the manifest of the shards), every rank of a ZeRO run its own shard, then rank 0 publishes. */
 static int save_checkpoint(Run *r)
@@ -198,6 +216,10 @@ static int save_checkpoint(Run *r)
     float *master = NULL;
     model_get_params(m, p);
     optim_download(&r->opt, mm, vv);
+    if (dp && check_same_weights(r, p)) {
+        free(p), free(mm), free(vv);
+        return -1;
+    }
     int bf16 = !strcmp(r->tc->ckpt_dtype, "bf16");
     CheckpointData cd = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
                          .config_yaml = r->config_yaml, .tok = r->tok, .bf16_weights = bf16};
