@@ -175,6 +175,17 @@ if command -v mpirun >/dev/null 2>&1; then
         grep -q "^anvil: rank 0: collective .* timed out after 3 s (dist.timeout_s)" "$tmp/mpihang.err"
 fi
 
+# ---- Ctrl-C: the launcher forwards SIGINT; the ranks stop after the same step with a checkpoint ----
+"$ANVIL" launch --nproc 2 -- train "$tmp/t.yaml" --set out_dir="$tmp/int" --set train.steps=100000 \
+    --set checkpoint.every=0 >"$tmp/int.out" 2>"$tmp/int.err" &
+L=$!
+for i in $(seq 300); do grep -qE "^step +3/" "$tmp/int.out" 2>/dev/null && break; sleep 0.1; done
+kill -INT "$L"
+wait "$L"
+check "interrupt: exit 0 ($(cat "$tmp/int.err"))" test $? -eq 0
+check "interrupt: checkpoint" grep -q "interrupted: saved a checkpoint at step" "$tmp/int.out"
+check "interrupt: the final checkpoint is complete" test -f "$tmp/int/final/trainer_state.json"
+
 # ---- errors ----
 expect_fail zero3 "dist.zero: 3|not yet implemented" train "$tmp/t.yaml" --set dist.zero=3
 expect_fail tp2 "dist.tp: 2|not yet implemented" train "$tmp/t.yaml" --set dist.tp=2
