@@ -42,6 +42,8 @@ eval:
 checkpoint:
   every: 0
   keep: 1
+log:
+  tensorboard: false # these runs stand for ones made before training wrote event files
 YAML
 check train-a "$ANVIL" train "$tmp/tiny.yaml" --set out_dir="$tmp/lr3e-3" >/dev/null
 check train-b "$ANVIL" train "$tmp/tiny.yaml" --set out_dir="$tmp/lr1e-3" --set train.lr=1e-3 >/dev/null

@@ -15,5 +15,6 @@ int cmd_report(int argc, char **argv);
 int cmd_cost(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_launch(int argc, char **argv);
 
 #endif

@@ -292,6 +292,13 @@ static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *
     printf("memory: %s\n", line);
     printf("peak memory %.2f GiB (%s)\n", peak_mem / GIB,
            is_cpu ? "process max RSS" : "high-water of backend allocations");
+    /* what each rank of a data-parallel run would hold per trainable parameter, from the allocations
+     * measured here: ZeRO-1/2 shard the optimizer moments over the ranks (docs/distributed.md) */
+    double P = (double)param_count(&m->pt), whole = (mr->weights + mr->master + mr->grads) / P, mom = mr->optim / P;
+    if (P > 0)
+        printf("state per rank, bytes per trainable parameter: dist.zero 0 %.2f | dist.zero 1 or 2 over 2 / 4 / 8 "
+               "ranks %.2f / %.2f / %.2f\n",
+               whole + mom, whole + mom / 2, whole + mom / 4, whole + mom / 8);
     char mfu[32] = "-", of_ceiling[32] = "-"; /* "-": not meaningful (CPU) or not measured (--ceiling-size 0) */
     if (!is_cpu) snprintf(mfu, sizeof(mfu), "%.1f%%", 100 * rate / H100_BF16_PEAK);
     if (ceiling > 0) snprintf(of_ceiling, sizeof(of_ceiling), "%.1f%%", 100 * rate / ceiling);

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "cli/args.h"
 #include "cli/cli.h"
 #include "core/error.h"
 #include "io/fsutil.h"
@@ -20,7 +21,11 @@
 
 static const char *inspect_usage =
     "usage: anvil inspect PATH [--save OUT_DIR [--dtype f32|bf16]]\n"
-    "  PATH: a model directory (config.json + model.safetensors) or a .safetensors file\n";
+    "       anvil inspect --diff DIR_A DIR_B [--tol T]\n"
+    "  PATH: a model directory (config.json + model.safetensors) or a .safetensors file\n"
+    "  --diff: the largest difference between the weights of two model directories of one architecture\n"
+    "          (absolute, and relative to each tensor's largest magnitude); with --tol, exit status 1 when\n"
+    "          the absolute difference exceeds T\n";
 
 static int fail(void)
 {
@@ -150,8 +155,69 @@ out:
     return rc;
 }
 
+/* Tensor by tensor: max |a - b| and max |a - b| / max |a| (the tensor's scale), the worst tensor. */
+static int diff_dirs(const char *da, const char *db, double tol)
+{
+    ModelConfig ca, cb;
+    if (hf_read_config(da, &ca) || hf_read_config(db, &cb)) return fail();
+    const char *d = model_config_diff(&ca, &cb);
+    if (d) {
+        err_set("%s, %s: the architectures differ (%s)", da, db, d);
+        return fail();
+    }
+    ParamTable pt;
+    param_table_build(&pt, &ca);
+    float *a = xmalloc(pt.total * sizeof(float)), *b = xmalloc(pt.total * sizeof(float));
+    int rc = 0;
+    if (hf_read_weights(da, &ca, &pt, a) || hf_read_weights(db, &cb, &pt, b)) {
+        rc = fail();
+        goto out;
+    }
+    double worst_abs = 0, worst_rel = 0;
+    const char *worst = pt.n ? pt.p[0].name : "", *worst_a = worst;
+    for (int i = 0; i < pt.n; i++) {
+        const Param *p = &pt.p[i];
+        double dmax = 0, amax = 0;
+        for (size_t k = 0; k < p->numel; k++) {
+            double x = a[p->offset + k], y = b[p->offset + k], e = x > y ? x - y : y - x;
+            if (e > dmax || e != e) dmax = e;
+            amax = MAX(amax, x < 0 ? -x : x);
+        }
+        double rel = amax > 0 ? dmax / amax : dmax;
+        if (dmax > worst_abs || dmax != dmax) {
+            worst_abs = dmax;
+            worst_a = p->name;
+        }
+        if (rel > worst_rel || rel != rel) {
+            worst_rel = rel;
+            worst = p->name;
+        }
+    }
+    printf("max abs diff %.3e (%s), max rel diff %.3e (%s), %d tensors\n", worst_abs, worst_a, worst_rel, worst,
+           pt.n);
+    if (tol >= 0 && !(worst_abs <= tol)) {
+        fprintf(stderr, "anvil: inspect --diff: %s differs by %.3e > --tol %g\n", worst_a, worst_abs, tol);
+        rc = 1;
+    }
+out:
+    free(a);
+    free(b);
+    param_table_free(&pt);
+    return rc;
+}
+
 int cmd_inspect(int argc, char **argv)
 {
+    if (argc >= 2 && !strcmp(argv[1], "--diff")) {
+        double tol = -1;
+        if (argc == 6 && !strcmp(argv[4], "--tol")) {
+            if (cli_num("--tol", argv[5], 0, 1e30, &tol)) return fail();
+        } else if (argc != 4) {
+            fputs(inspect_usage, stderr);
+            return 1;
+        }
+        return diff_dirs(argv[2], argv[3], tol);
+    }
     const char *path = NULL, *save = NULL;
     int dtype = DTYPE_F32;
     for (int i = 1; i < argc; i++) {

@@ -12,6 +12,7 @@ static const struct {
     const char *help;
 } commands[] = {
     {"train", cmd_train, "train CONFIG.yaml [--set key=value ...] [--resume RUN_DIR]"},
+    {"launch", cmd_launch, "launch --nproc N [--device cpu|cuda] -- train CONFIG.yaml ...: N ranks on this node"},
     {"prepare", cmd_prepare, "prepare --tokenizer T --input PATH... --out DIR: text/JSONL -> token shards"},
     {"tokenize", cmd_tokenize, "tokenize --tokenizer T (--text S | --file F) [--out F.u32] [--decode]"},
     {"eval", cmd_eval, "eval (ppl | mcq) --model DIR ...: perplexity, zero-shot multiple choice"},

@@ -5,11 +5,15 @@
  * [k*T, k*T + T] (T+1 tokens: inputs are non-overlapping, the last target of
  * window k is the first input of window k+1), so an epoch has
  * W = (N - 1) / T windows. Epoch e visits them in the order perm_e(0..W-1),
- * where perm_e is a keyed Feistel permutation (identity without shuffle);
- * rank r takes positions r, r + world, ... and every rank gets W / world
- * windows, so ranks stay in lock step (the last W % world of an epoch's
- * order are skipped that epoch; with shuffle they differ per epoch). The
- * permutation is computed per index, O(1) memory whatever W is.
+ * where perm_e is a keyed Feistel permutation (identity without shuffle).
+ * The epochs one after the other make one global sequence of windows, and
+ * rank r of world takes its elements r, r + world, r + 2 world, ...: the
+ * ranks together read exactly the windows one process reads, in the same
+ * order, whatever the world size (an epoch boundary may fall between the
+ * ranks of one round), so that a data-parallel run sees the data of a
+ * single-process one. The state is the global position (all ranks read in
+ * lock step), so a checkpoint resumes on any world size that divides it.
+ * The permutation is computed per index, O(1) memory whatever W is.
  */
 #include "data/loader.h"
 
@@ -40,7 +44,7 @@ struct DataLoader {
     int32_t *text;   /* a text source's ids */
     uint64_t n_tokens, n_windows, per_rank;
     int vocab;
-    LoaderState st;
+    uint64_t n_read; /* windows this rank has read: its next is element n_read * world + rank */
     /* permutation of the current epoch */
     uint64_t perm_epoch;
     int perm_valid, half_bits;
@@ -302,38 +306,45 @@ int loader_next(DataLoader *dl, int32_t *inputs, int32_t *targets)
 {
     int T = dl->opt.T;
     for (int b = 0; b < dl->opt.B; b++) {
-        if (dl->st.pos >= dl->per_rank) {
-            dl->st.epoch++;
-            dl->st.pos = 0;
-        }
-        uint64_t j = dl->st.pos * (uint64_t)dl->opt.world + (uint64_t)dl->opt.rank;
-        uint64_t w = window_at(dl, dl->st.epoch, j);
+        uint64_t g = dl->n_read * (uint64_t)dl->opt.world + (uint64_t)dl->opt.rank;
+        uint64_t w = window_at(dl, g / dl->n_windows, g % dl->n_windows);
         if (stream_read(dl, w * (uint64_t)T, (size_t)T + 1, dl->window)) return -1;
         memcpy(inputs + (size_t)b * T, dl->window, (size_t)T * sizeof(int32_t));
         memcpy(targets + (size_t)b * T, dl->window + 1, (size_t)T * sizeof(int32_t));
-        dl->st.pos++;
+        dl->n_read++;
     }
     return 0;
 }
 
+/* The global position: windows all ranks together have read (epochs, and windows into the
+ * current one); with one rank, what this loader read. */
 LoaderState loader_state(const DataLoader *dl)
 {
-    return dl->st;
+    uint64_t g = dl->n_read * (uint64_t)dl->opt.world;
+    LoaderState st = {g / dl->n_windows, g % dl->n_windows};
+    if (st.epoch && !st.pos && dl->n_read) { /* at an epoch's end, as a single process has always said it */
+        st.epoch--;
+        st.pos = dl->n_windows;
+    }
+    return st;
 }
 
 int loader_set_state(DataLoader *dl, LoaderState st)
 {
-    if (st.pos > dl->per_rank)
+    if (st.pos > dl->n_windows)
         return err_set("%s: loader position %llu is past the %llu windows per epoch (different data?)",
-                       dl->spec, (unsigned long long)st.pos, (unsigned long long)dl->per_rank);
-    dl->st = st;
+                       dl->spec, (unsigned long long)st.pos, (unsigned long long)dl->n_windows);
+    uint64_t g = st.epoch * dl->n_windows + st.pos;
+    if (g % (uint64_t)dl->opt.world)
+        return err_set("%s: loader position %llu (epoch %llu) is not a multiple of the %d ranks", dl->spec,
+                       (unsigned long long)st.pos, (unsigned long long)st.epoch, dl->opt.world);
+    dl->n_read = g / (uint64_t)dl->opt.world;
     return 0;
 }
 
 void loader_reset(DataLoader *dl)
 {
-    dl->st.epoch = 0;
-    dl->st.pos = 0;
+    dl->n_read = 0;
 }
 
 uint64_t loader_num_tokens(const DataLoader *dl)

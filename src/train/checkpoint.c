@@ -19,6 +19,10 @@
 #define STATE_FILE "trainer_state.json"
 #define OPT_BASE "optimizer"
 #define STATE_VERSION 1
+#define MANIFEST_FILE "optimizer-manifest.json"
+#define SHARD_FILE_FMT "optimizer-rank-%d-of-%d.safetensors"
+#define SHARD_FORMAT "anvil-adamw-shards"
+#define SHARD_VERSION 1
 
 char *ckpt_dir_name(const char *out_dir, int step)
 {
@@ -149,30 +153,110 @@ static int point_final(const char *out_dir, int step)
     return rc;
 }
 
-int ckpt_save(const char *out_dir, const CheckpointData *d, int keep)
+char *ckpt_tmp_dir(const char *out_dir, int step, int tag)
 {
     char tmpname[64];
-    snprintf(tmpname, sizeof(tmpname), ".step-%07d.tmp.%d", d->state->step, (int)getpid());
-    char *tmp = fs_join(out_dir, tmpname), *final = ckpt_dir_name(out_dir, d->state->step);
-    int rc = -1;
+    snprintf(tmpname, sizeof(tmpname), ".step-%07d.tmp.%d", step, tag);
+    return fs_join(out_dir, tmpname);
+}
+
+int ckpt_begin(const char *tmp)
+{
     fs_rm_rf(tmp);
-    if (fs_mkdir_p(tmp)) goto out;
+    return fs_mkdir_p(tmp);
+}
+
+void ckpt_abort(const char *tmp)
+{
+    fs_rm_rf(tmp);
+}
+
+/* optimizer-manifest.json: the layout of the shards, so that any world size can find its part. */
+static int write_manifest(const char *dir, const CheckpointData *d)
+{
+    const ParamTable *pt = &d->m->pt;
+    json_t *j = json_object(), *shards = json_array(), *tensors = json_array();
+    json_object_set_new(j, "format", json_string(SHARD_FORMAT));
+    json_object_set_new(j, "version", json_integer(SHARD_VERSION));
+    json_object_set_new(j, "world", json_integer(d->world));
+    json_object_set_new(j, "zero", json_integer(d->zero));
+    json_object_set_new(j, "n_train", json_integer((json_int_t)pt->n_train));
+    json_object_set_new(j, "master", json_boolean(d->bf16_weights));
+    for (int r = 0; r < d->world; r++) {
+        char name[64];
+        snprintf(name, sizeof(name), SHARD_FILE_FMT, r, d->world);
+        json_t *e = json_object();
+        json_object_set_new(e, "file", json_string(name));
+        json_object_set_new(e, "lo", json_integer((json_int_t)d->shard_lo[r]));
+        json_object_set_new(e, "hi", json_integer((json_int_t)d->shard_hi[r]));
+        json_array_append_new(shards, e);
+    }
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TRAIN) continue;
+        json_t *e = json_object();
+        json_object_set_new(e, "name", json_string(p->name));
+        json_object_set_new(e, "seg", json_integer((json_int_t)p->seg));
+        json_object_set_new(e, "numel", json_integer((json_int_t)p->numel));
+        json_array_append_new(tensors, e);
+    }
+    json_object_set_new(j, "shards", shards);
+    json_object_set_new(j, "tensors", tensors);
+    char *text = json_dumps(j, JSON_INDENT(1));
+    json_decref(j);
+    char *path = fs_join(dir, MANIFEST_FILE);
+    int rc = fs_write_atomic(path, text, strlen(text));
+    free(path);
+    free(text);
+    return rc;
+}
+
+int ckpt_write_main(const char *tmp, const CheckpointData *d)
+{
     int dtype = d->bf16_weights ? DTYPE_BF16 : DTYPE_F32;
     if (d->adapter_base ? peft_write(tmp, d->m, d->adapter_base, dtype)
                         : hf_write_files(tmp, &d->m->cfg, &d->m->pt, d->params, dtype))
-        goto out;
-    if (write_optimizer(tmp, d)) goto out;
-    if (d->tok && tokenizer_save(d->tok, tmp)) goto out;
+        return -1;
+    if (d->shard_lo ? write_manifest(tmp, d) : write_optimizer(tmp, d)) return -1;
+    if (d->tok && tokenizer_save(d->tok, tmp)) return -1;
     if (d->config_yaml) {
         char *p = fs_join(tmp, "config.yaml");
         int r = fs_write_atomic(p, d->config_yaml, strlen(d->config_yaml));
         free(p);
-        if (r) goto out;
+        if (r) return -1;
     }
+    return 0;
+}
+
+int ckpt_write_shard(const char *tmp, const CheckpointShard *s)
+{
+    char name[64], lo[32], hi[32];
+    snprintf(name, sizeof(name), SHARD_FILE_FMT, s->rank, s->world);
+    snprintf(lo, sizeof(lo), "%zu", s->lo);
+    snprintf(hi, sizeof(hi), "%zu", s->hi);
+    const float *src[3] = {s->adam_m, s->adam_v, s->master};
+    const char *names[3] = {"m", "v", "master"};
+    StWriteTensor t[3];
+    int n = 0;
+    for (int k = 0; k < 3; k++) {
+        if (!src[k]) continue;
+        t[n] = (StWriteTensor){.name = names[k], .dtype = ST_F32, .ndim = 1, .data = src[k], .src_f32 = 1};
+        t[n].shape[0] = (int64_t)(s->hi - s->lo);
+        n++;
+    }
+    StMeta meta[3] = {{"format", "anvil-adamw-shard"}, {"lo", lo}, {"hi", hi}};
+    char *path = fs_join(tmp, name);
+    int rc = st_write(path, t, n, meta, 3);
+    free(path);
+    return rc;
+}
+
+int ckpt_publish(const char *out_dir, const char *tmp, const CheckpointData *d, int keep)
+{
+    char *final = ckpt_dir_name(out_dir, d->state->step);
+    int rc = -1;
     /* the state file marks the checkpoint complete: written last */
-    if (write_state(tmp, d)) goto out;
-    if (fs_publish_dir(tmp, final)) goto out;
-    if (point_final(out_dir, d->state->step)) goto out;
+    if (write_state(tmp, d) || fs_publish_dir(tmp, final) || point_final(out_dir, d->state->step)) goto out;
     rc = 0;
     if (keep > 0) {
         int *steps, n = list_steps(out_dir, &steps);
@@ -184,9 +268,17 @@ int ckpt_save(const char *out_dir, const CheckpointData *d, int keep)
         free(steps);
     }
 out:
+    free(final);
+    return rc;
+}
+
+int ckpt_save(const char *out_dir, const CheckpointData *d, int keep)
+{
+    char *tmp = ckpt_tmp_dir(out_dir, d->state->step, (int)getpid()), *final = ckpt_dir_name(out_dir, d->state->step);
+    int rc = ckpt_begin(tmp) || ckpt_write_main(tmp, d) || ckpt_publish(out_dir, tmp, d, keep) ? -1 : 0;
     if (rc) {
         err_prefix("checkpoint %s", final);
-        fs_rm_rf(tmp);
+        ckpt_abort(tmp);
     }
     free(tmp);
     free(final);
@@ -297,5 +389,150 @@ int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, flo
     rc = 0;
 out:
     st_set_close(&set);
+    return rc;
+}
+
+/* ---- the optimizer state of a part of the segment, from either layout ---- */
+
+static int json_size(json_t *o, const char *key, size_t *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0) return -1;
+    *out = (size_t)json_integer_value(v);
+    return 0;
+}
+
+/* The manifest's tensor table must be this model's trainable segment. */
+static int check_layout(const char *path, json_t *tensors, const ParamTable *pt, const char *ckpt_dir)
+{
+    size_t k = 0;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TRAIN) continue;
+        json_t *e = json_array_get(tensors, k++);
+        json_t *nm = json_object_get(e, "name");
+        size_t seg, numel;
+        if (!json_is_string(nm) || json_size(e, "seg", &seg) || json_size(e, "numel", &numel))
+            return err_set("%s: tensors: %s is not in the shards (was it frozen there? compare model.freeze with "
+                           "%s/config.yaml)",
+                           path, p->name, ckpt_dir);
+        if (strcmp(json_string_value(nm), p->name) || seg != p->seg || numel != p->numel)
+            return err_set("%s: tensors: %s at %zu (%zu elements) where this run has %s at %zu (%zu); compare "
+                           "model.freeze with %s/config.yaml",
+                           path, json_string_value(nm), seg, numel, p->name, p->seg, p->numel, ckpt_dir);
+    }
+    if (k != json_array_size(tensors))
+        return err_set("%s: tensors: %zu trainable tensors, this run has %zu (compare model.freeze with %s/config.yaml)",
+                       path, json_array_size(tensors), k, ckpt_dir);
+    return 0;
+}
+
+/* One shard file: copy its moments where they overlap [lo, hi), and its masters into params. */
+static int read_shard(const char *ckpt_dir, const char *file, size_t slo, size_t shi, int master, const Model *m,
+                      float *params, size_t lo, size_t hi, float *adam_m, float *adam_v)
+{
+    const ParamTable *pt = &m->pt;
+    char *path = fs_join(ckpt_dir, file);
+    StFile f;
+    int rc = -1;
+    if (st_open(&f, path)) goto out_nofile;
+    const char *names[3] = {"m", "v", "master"};
+    const StTensor *t[3] = {0};
+    for (int k = 0; k < (master ? 3 : 2); k++) {
+        t[k] = st_find(&f, names[k]);
+        if (!t[k] || t[k]->dtype != ST_F32 || t[k]->numel != shi - slo) {
+            err_set("%s: %s: expected F32 with %zu elements", path, names[k], shi - slo);
+            goto out;
+        }
+    }
+    size_t a = MAX(lo, slo), e = MIN(hi, shi);
+    for (int k = 0; k < 2 && e > a; k++) {
+        float *dst = (k ? adam_v : adam_m) + (a - lo);
+        memcpy(dst, (const float *)t[k]->data + (a - slo), (e - a) * sizeof(float));
+    }
+    for (int i = 0; master && i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TRAIN) continue;
+        size_t pa = MAX(p->seg, slo), pe = MIN(p->seg + p->numel, shi);
+        if (pe > pa)
+            memcpy(params + p->offset + (pa - p->seg), (const float *)t[2]->data + (pa - slo), (pe - pa) * sizeof(float));
+    }
+    rc = 0;
+out:
+    st_close(&f);
+out_nofile:
+    free(path);
+    return rc;
+}
+
+static int read_sharded(const char *ckpt_dir, const char *mpath, const Model *m, float *params, size_t lo, size_t hi,
+                        float *adam_m, float *adam_v)
+{
+    const ParamTable *pt = &m->pt;
+    json_error_t jerr;
+    json_t *j = json_load_file(mpath, 0, &jerr);
+    int rc = -1;
+    if (!j) return err_set("%s: %s (line %d)", mpath, jerr.text, jerr.line);
+    json_t *fmt = json_object_get(j, "format"), *shards = json_object_get(j, "shards"),
+           *tensors = json_object_get(j, "tensors");
+    size_t n_train;
+    if (!json_is_string(fmt) || strcmp(json_string_value(fmt), SHARD_FORMAT) || !json_is_array(shards) ||
+        !json_is_array(tensors) || json_size(j, "n_train", &n_train)) {
+        err_set("%s: not an anvil optimizer manifest (format, n_train, shards, tensors)", mpath);
+        goto out;
+    }
+    if (n_train != pt->n_train) {
+        err_set("%s: n_train %zu, this run's trainable segment has %zu elements (compare model.freeze with %s/config.yaml)",
+                mpath, n_train, pt->n_train, ckpt_dir);
+        goto out;
+    }
+    if (check_layout(mpath, tensors, pt, ckpt_dir)) goto out;
+    int master = json_is_true(json_object_get(j, "master"));
+    if (!peft_is_adapter_dir(ckpt_dir) && hf_read_weights(ckpt_dir, &m->cfg, pt, params)) goto out;
+    size_t covered = 0;
+    for (size_t i = 0; i < json_array_size(shards); i++) {
+        json_t *e = json_array_get(shards, i), *file = json_object_get(e, "file");
+        size_t slo, shi;
+        if (!json_is_string(file) || json_size(e, "lo", &slo) || json_size(e, "hi", &shi) || shi < slo || shi > n_train ||
+            strchr(json_string_value(file), '/')) {
+            err_set("%s: shards[%zu]: expected {file, lo, hi} inside the segment", mpath, i);
+            goto out;
+        }
+        covered += shi - slo;
+        if (!master && (shi <= lo || slo >= hi)) continue; /* nothing of ours in it */
+        if (read_shard(ckpt_dir, json_string_value(file), slo, shi, master, m, params, lo, hi, adam_m, adam_v))
+            goto out;
+    }
+    if (covered != n_train) {
+        err_set("%s: the shards cover %zu of the %zu elements of the segment", mpath, covered, n_train);
+        goto out;
+    }
+    rc = 0;
+out:
+    json_decref(j);
+    return rc;
+}
+
+int ckpt_read_optimizer_range(const char *ckpt_dir, const Model *m, float *params, size_t lo, size_t hi,
+                              float *adam_m, float *adam_v)
+{
+    char *mpath = fs_join(ckpt_dir, MANIFEST_FILE);
+    int rc;
+    if (fs_exists(mpath)) {
+        rc = read_sharded(ckpt_dir, mpath, m, params, lo, hi, adam_m, adam_v);
+    } else if (lo == 0 && hi == m->pt.n_train) {
+        rc = ckpt_read_optimizer(ckpt_dir, m, params, adam_m, adam_v);
+    } else {
+        size_t n = m->pt.n_train ? m->pt.n_train : 1;
+        float *fm = xmalloc(n * sizeof(float)), *fv = xmalloc(n * sizeof(float));
+        rc = ckpt_read_optimizer(ckpt_dir, m, params, fm, fv);
+        if (!rc && hi > lo) {
+            memcpy(adam_m, fm + lo, (hi - lo) * sizeof(float));
+            memcpy(adam_v, fv + lo, (hi - lo) * sizeof(float));
+        }
+        free(fm);
+        free(fv);
+    }
+    free(mpath);
     return rc;
 }

@@ -9,7 +9,14 @@
  *                          (params.h), and "master.<name>" fp32 weights when
  *                          model.safetensors is stored in bf16; frozen tensors
  *                          have no entry;
- *   trainer_state.json     step, data loader position, tokens seen, the config;
+ *                          With ZeRO (dist.zero >= 1) on several ranks instead:
+ *   optimizer-manifest.json  world, stage, each rank's part [lo, hi) of the trainable segment
+ *                          and file, and the segment's tensor table (name, offset, numel);
+ *   optimizer-rank-R-of-W.safetensors  rank R's part: "m", "v" (and "master" when the model
+ *                          is stored in bf16), 1-D fp32 over [lo, hi) of the segment;
+ *                          any world size or stage resumes from either layout (resharding on
+ *                          load: each rank reads the parts that cover its own);
+ *   trainer_state.json     step, data loader position (global), tokens seen, the config;
  *   config.yaml            the run's full configuration.
  * It is built in a temporary directory and published with one rename, so a
  * crash never leaves a half-written checkpoint.
@@ -43,13 +50,36 @@ typedef struct {
     /* Non-NULL for a LoRA run: the checkpoint is a PEFT adapter directory (adapter_config.json naming
      * this base, adapter_model.safetensors) instead of a model directory; the base is not copied. */
     const char *adapter_base;
+    /* ZeRO shards on several ranks (NULL: one optimizer.safetensors from adam_m / adam_v) */
+    int world, zero;
+    const size_t *shard_lo, *shard_hi; /* world parts of the trainable segment */
 } CheckpointData;
+
+/* One rank's part of the optimizer state (host fp32, hi - lo elements each). */
+typedef struct {
+    int rank, world;
+    size_t lo, hi;
+    const float *adam_m, *adam_v;
+    const float *master; /* NULL unless the model is stored in bf16 */
+} CheckpointShard;
 
 /* Name of step s's directory inside out_dir (malloc'd). */
 char *ckpt_dir_name(const char *out_dir, int step);
 /* Write and publish out_dir/step-NNNNNNN, point out_dir/final at it, then
  * delete all but the newest `keep` checkpoints (keep 0 = all). */
 int ckpt_save(const char *out_dir, const CheckpointData *d, int keep);
+/* The same in steps, for several ranks writing one checkpoint (the trainer runs a status exchange
+ * between the steps): the temporary directory every rank writes into (tag: rank 0's pid;
+ * malloc'd); rank 0 creates it (ckpt_begin), writes the model, tokenizer, config and the optimizer
+ * file or manifest (ckpt_write_main); every rank writes its shard (ckpt_write_shard); rank 0 then
+ * publishes (ckpt_publish: the state file last, rename, `final`, pruning). On failure the
+ * temporary directory is removed by ckpt_abort. */
+char *ckpt_tmp_dir(const char *out_dir, int step, int tag);
+int ckpt_begin(const char *tmp);
+int ckpt_write_main(const char *tmp, const CheckpointData *d);
+int ckpt_write_shard(const char *tmp, const CheckpointShard *s);
+int ckpt_publish(const char *out_dir, const char *tmp, const CheckpointData *d, int keep);
+void ckpt_abort(const char *tmp);
 /* The newest complete checkpoint in run_dir (or run_dir itself when it is a
  * checkpoint). Returns its path (malloc'd), NULL with err_set() if none. */
 char *ckpt_find_latest(const char *run_dir);
@@ -59,5 +89,10 @@ int ckpt_read_state(const char *ckpt_dir, TrainerState *st);
  * trainable tensors when present) and the moments of the trainable tensors into host buffers
  * of pt.n_train floats (segment layout). A trainable tensor without moments is an error. */
 int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, float *adam_m, float *adam_v);
+/* The same for the part [lo, hi) of the trainable segment (adam_m, adam_v hold hi - lo floats),
+ * from either layout (optimizer.safetensors, or the shards of any world size); params gets every
+ * weight. Errors name the file and what differs (a shard missing, another segment layout). */
+int ckpt_read_optimizer_range(const char *ckpt_dir, const Model *m, float *params, size_t lo, size_t hi,
+                              float *adam_m, float *adam_v);
 
 #endif

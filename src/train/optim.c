@@ -8,10 +8,17 @@
 
 void optim_init(Optimizer *o, const Model *m, float weight_decay)
 {
+    optim_init_range(o, m, weight_decay, 0, m->pt.n_train);
+}
+
+void optim_init_range(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi)
+{
     const ParamTable *pt = &m->pt;
     memset(o, 0, sizeof(*o));
     o->be = m->be;
-    o->n = pt->n_train;
+    o->lo = lo;
+    o->hi = hi;
+    o->n = hi - lo;
     if (o->n) {
         o->m = m->be->alloc(o->n * sizeof(float));
         o->v = m->be->alloc(o->n * sizeof(float));
@@ -21,8 +28,10 @@ void optim_init(Optimizer *o, const Model *m, float weight_decay)
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
         if (p->kind != PARAM_TRAIN) continue;
+        size_t a = MAX(p->seg, lo), e = MIN(p->seg + p->numel, hi);
+        if (e <= a) continue; /* outside the owned part */
         o->param[o->nt] = i;
-        o->t[o->nt++] = (OptTensor){p->seg, p->numel, p->decay ? weight_decay : 0.0f, 1};
+        o->t[o->nt++] = (OptTensor){a - lo, e - a, p->decay ? weight_decay : 0.0f, 1};
     }
 }
 
@@ -38,7 +47,9 @@ void optim_free(Optimizer *o)
 void optim_step(Optimizer *o, Model *m, const AdamHyper *h)
 {
     if (!o->nt) return;
-    m->be->adamw(m->ps.master, m->ps.train_act, m->ps.grad, o->m, o->v, o->t, o->nt, h);
+    ParamStore *ps = &m->ps;
+    m->be->adamw(ps->master + o->lo, act_at(m->be, ps->train_act, o->lo), ps->grad + o->lo, o->m, o->v, o->t, o->nt,
+                 h);
 }
 
 size_t optim_bytes(const Optimizer *o) { return 2 * o->n * sizeof(float); }

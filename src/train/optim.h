@@ -1,8 +1,11 @@
 /* optim.h - AdamW over the trainable segment of a model's parameter store.
  *
- * The optimizer owns its state: two fp32 moments of n_train elements each, in the layout of the
- * trainable segment (params.h), and the list of trainable tensors with their weight decay
- * (matrices decay, vectors do not). Frozen tensors are not in it at all.
+ * The optimizer owns its state: two fp32 moments, in the layout of the trainable segment
+ * (params.h), and the list of trainable tensors with their weight decay (matrices decay, vectors
+ * do not). Frozen tensors are not in it at all. A sharded optimizer (ZeRO, src/dist/dist.h) owns
+ * the part [lo, hi) of the segment only: its moments have hi - lo elements, its tensor list is the
+ * trainable tensors clipped to [lo, hi) (a tensor cut by a shard boundary keeps its weight decay in
+ * both parts), and a step updates the master, the compute copy and nothing else of that part.
  */
 #ifndef ANVIL_TRAIN_OPTIM_H
 #define ANVIL_TRAIN_OPTIM_H
@@ -13,22 +16,25 @@
 
 typedef struct {
     const Backend *be;
-    float *m, *v;    /* (n_train) fp32 moments, backend memory */
-    size_t n;        /* n_train */
-    OptTensor *t;    /* the trainable tensors: offsets into the segment */
+    float *m, *v;    /* (hi - lo) fp32 moments, backend memory */
+    size_t lo, hi;   /* the part of the trainable segment this optimizer owns */
+    size_t n;        /* hi - lo */
+    OptTensor *t;    /* the trainable tensors (clipped to [lo, hi)): offsets relative to lo */
     int nt;
     int *param;      /* nt: the table index of each */
 } Optimizer;
 
 /* Moments (zero) for every trainable tensor of m; weight_decay applies to matrices. */
 void optim_init(Optimizer *o, const Model *m, float weight_decay);
+/* The same for the part [lo, hi) of the trainable segment only (ZeRO shards, params_shard). */
+void optim_init_range(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi);
 void optim_free(Optimizer *o);
-/* One AdamW step of the whole trainable segment (torch.optim.AdamW's arithmetic); refreshes the
- * compute copies. */
+/* One AdamW step of the owned part of the trainable segment (torch.optim.AdamW's arithmetic);
+ * refreshes the compute copies of that part. */
 void optim_step(Optimizer *o, Model *m, const AdamHyper *h);
 /* Bytes of backend memory the state holds. */
 size_t optim_bytes(const Optimizer *o);
-/* Host copies of the moments (n elements each, segment layout) for checkpoints, and back. */
+/* Host copies of the moments (n elements each, segment layout from lo) for checkpoints, and back. */
 void optim_download(const Optimizer *o, float *m_host, float *v_host);
 void optim_upload(Optimizer *o, const float *m_host, const float *v_host);
 

@@ -19,8 +19,19 @@ long step_count_scored(const StepBatch *b)
 
 int train_step(Model *m, Optimizer *o, const StepBatch *b, const StepHyper *h, StepResult *r)
 {
+    return train_step_dist(m, o, NULL, b, h, r);
+}
+
+int train_step_dist(Model *m, Optimizer *o, Dist *d, const StepBatch *b, const StepHyper *h, StepResult *r)
+{
     const Backend *be = m->be;
-    long scored = step_count_scored(b);
+    int dp = dist_active(d);
+    long local = step_count_scored(b), scored = local;
+    if (dp) { /* the loss scale counts every rank's targets (exact in a double below 2^53) */
+        double x = (double)local;
+        if (dist_sum_f64(d, &x, 1)) return -1;
+        scored = (long)x;
+    }
     if (!scored) return err_set("no target of the step's %d micro-batches is scored", b->accum);
     model_zero_grad(m);
     double loss_sum = 0;
@@ -31,16 +42,30 @@ int train_step(Model *m, Optimizer *o, const StepBatch *b, const StepHyper *h, S
         loss_sum += m->loss_sum;
         model_backward(m);
     }
-    double gnorm = m->pt.n_train ? sqrt(be->sumsq(m->ps.grad, m->pt.n_train)) : 0.0;
+    /* only the last micro-step's gradient is reduced (the model's backward has no per-layer hook
+     * yet, so the buckets start when backward has been queued) */
+    if (dp && dist_reduce_grads(d, &m->ps)) return -1;
+    double sums[2] = {loss_sum, 0}, gnorm;
+    if (dp && d->opt.zero >= 2) { /* each rank holds its shard's summed gradient only */
+        sums[1] = d->my_hi > d->my_lo ? be->sumsq(m->ps.grad + d->my_lo, d->my_hi - d->my_lo) : 0.0;
+        if (dist_sum_f64(d, sums, 2)) return -1;
+        gnorm = sqrt(sums[1]);
+    } else {
+        gnorm = m->pt.n_train ? sqrt(be->sumsq(m->ps.grad, m->pt.n_train)) : 0.0;
+        if (dp && dist_sum_f64(d, sums, 1)) return -1;
+    }
+    loss_sum = sums[0];
     float clip = 1.0f;
     if (h->grad_clip > 0 && gnorm > h->grad_clip) clip = (float)(h->grad_clip / (gnorm + CLIP_EPS));
     AdamHyper ah = {.lr = h->lr, .beta1 = h->beta1, .beta2 = h->beta2, .eps = h->eps, .step = h->step,
                     .grad_scale = clip};
     optim_step(o, m, &ah);
+    if (dp && dist_gather_weights(d, &m->ps)) return -1;
     be->sync();
     r->loss = loss_sum / (double)scored;
     r->scored = scored;
     r->grad_norm = gnorm;
     r->clip_scale = clip;
+    r->local_scored = local;
     return 0;
 }

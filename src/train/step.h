@@ -9,6 +9,7 @@
 #ifndef ANVIL_TRAIN_STEP_H
 #define ANVIL_TRAIN_STEP_H
 
+#include "dist/dist.h"
 #include "model/model.h"
 #include "train/optim.h"
 
@@ -30,11 +31,17 @@ typedef struct {
     long scored;      /* targets scored */
     double grad_norm; /* global norm of the trainable gradients, before clipping */
     float clip_scale; /* the factor the gradients were multiplied by (1 = not clipped) */
+    long local_scored; /* targets scored by this rank's micro-batches (data parallel) */
 } StepResult;
 
 /* Count the scored targets of a batch (host). */
 long step_count_scored(const StepBatch *b);
 /* One step. -1 with err_set() when no target of the step is scored. */
 int train_step(Model *m, Optimizer *o, const StepBatch *b, const StepHyper *h, StepResult *r);
+/* One data-parallel step (dist.h): b is this rank's share of the global batch; the loss scale
+ * counts the scored targets of every rank's micro-batches, the gradient is reduced over the ranks
+ * after the last micro-step, o owns this rank's shard under ZeRO; r->loss is the global mean and
+ * r->scored the global count. d NULL (or inactive) = train_step. */
+int train_step_dist(Model *m, Optimizer *o, Dist *d, const StepBatch *b, const StepHyper *h, StepResult *r);
 
 #endif

@@ -76,8 +76,9 @@ static const KeyDef keys[] = {
     {"train.batch_size", CT_INT, F(batch_size), "8", "Sequences per micro-batch."},
     {"train.seq_len", CT_INT, F(seq_len), "256", "Tokens per sequence."},
     {"train.tokens_per_step", CT_LONG, F(tokens_per_step), "0",
-     "Tokens per optimizer step; a multiple of batch_size*seq_len, reached by gradient accumulation "
-     "(0 = one micro-batch)."},
+     "Tokens per optimizer step over all ranks; a multiple of batch_size*seq_len*ranks, reached by gradient "
+     "accumulation on each rank, so that a run's data and losses do not depend on the number of ranks "
+     "(0 = one micro-batch per rank)."},
     {"train.lr", CT_FLOAT, F(lr), "6e-4", "Peak learning rate."},
     {"train.min_lr", CT_FLOAT, F(min_lr), "6e-5", "Learning rate at the end of the decay."},
     {"train.warmup_steps", CT_INT, F(warmup_steps), "100", "Linear warmup steps (lr*step/warmup up to lr)."},
@@ -116,6 +117,22 @@ static const KeyDef keys[] = {
      "optimizer.safetensors so that resume stays exact)."},
     {"out_dir", CT_STR, F(out_dir), "runs/default", "Run directory: metrics.jsonl, config.yaml, step-NNNNNNN/."},
     {"device", CT_STR, F(device), "cpu", "cpu, cuda (bf16 mixed precision) or cuda-fp32."},
+    {"dist.zero", CT_INT, F(dist_zero), "0",
+     "With several ranks (anvil launch, mpirun, srun): 0 plain data parallel (every rank keeps the whole state), "
+     "1 ZeRO-1 (optimizer moments sharded over the ranks, updated weights all-gathered), 2 ZeRO-2 (also the "
+     "gradients reduce-scattered to their shard). 3 (sharded parameters) is not yet available. "
+     "docs/distributed.md has the bytes per parameter of each."},
+    {"dist.tp", CT_INT, F(dist_tp), "1", "Tensor-parallel ranks within a node; only 1 for now (tensor parallel is "
+                                         "not yet available, docs/distributed.md)."},
+    {"dist.timeout_s", CT_FLOAT, F(dist_timeout_s), "600",
+     "Longest wait of a collective (and of the rendezvous) for the other ranks: past it the rank exits with "
+     "status 1 naming the collective, instead of hanging on a dead peer. Must exceed the longest step, "
+     "evaluation or checkpoint."},
+    {"dist.bucket_mb", CT_FLOAT, F(dist_bucket_mb), "25",
+     "MiB of fp32 gradient per reduction bucket (the gradient is reduced in buckets, last layer first, on the "
+     "GPU on a communication stream)."},
+    {"dist.comm", CT_STR, F(dist_comm), "auto",
+     "Communication: auto (nccl for cuda devices; mpi for CPU ranks under mpirun, else tcp), tcp, mpi or nccl."},
     {"backend.attention", CT_STR, F(attention), "auto",
      "GPU attention kernels: auto (cuDNN's fused engines where they apply, else anvil's), cudnn, or anvil. "
      "ANVIL_ATTENTION overrides it; the value used is recorded in the run's config.yaml."},
@@ -400,6 +417,21 @@ int train_config_validate(const TrainConfig *tc)
     if (!isfinite(tc->lora_alpha)) return err_set("lora.alpha: must be a finite number, got %g", tc->lora_alpha);
     if (tc->lora_r && tc->freeze.n)
         return err_set("model.freeze: with lora.r the whole base is frozen already; leave model.freeze empty");
+    if (tc->dist_zero < 0 || tc->dist_zero > 3)
+        return err_set("dist.zero: expected 0, 1 or 2, got %d", tc->dist_zero);
+    if (tc->dist_zero == 3)
+        return err_set("dist.zero: 3 (ZeRO-3, sharded parameters) is not yet implemented (phase 2, docs/distributed.md); "
+                       "use 0, 1 or 2");
+    if (tc->dist_tp != 1)
+        return err_set("dist.tp: %d: tensor parallel is not yet implemented (phase 2, docs/distributed.md); use 1",
+                       tc->dist_tp);
+    if (!(tc->dist_timeout_s > 0) || !isfinite(tc->dist_timeout_s))
+        return err_set("dist.timeout_s: must be a positive number of seconds, got %g", tc->dist_timeout_s);
+    if (!(tc->dist_bucket_mb > 0) || !isfinite(tc->dist_bucket_mb))
+        return err_set("dist.bucket_mb: must be positive, got %g", tc->dist_bucket_mb);
+    if (strcmp(tc->dist_comm, "auto") && strcmp(tc->dist_comm, "tcp") && strcmp(tc->dist_comm, "mpi") &&
+        strcmp(tc->dist_comm, "nccl"))
+        return err_set("dist.comm: expected auto, tcp, mpi or nccl, got \"%s\"", tc->dist_comm);
     int mode;
     if (backend_attention_parse(tc->attention, &mode)) return err_prefix("backend.attention");
     if (backend_gemm_tune_parse(tc->gemm_tune, &mode)) return err_prefix("backend.gemm_tune");

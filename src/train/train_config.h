@@ -65,6 +65,12 @@ typedef struct {
     /* run */
     char out_dir[CFG_PATH_MAX];
     char device[32];
+    /* distributed training (src/dist, docs/distributed.md) */
+    int dist_zero;        /* dist.zero: 0 data parallel, 1 sharded optimizer state, 2 + sharded gradients */
+    int dist_tp;          /* dist.tp: tensor-parallel ranks (1 only, for now) */
+    float dist_timeout_s; /* dist.timeout_s */
+    float dist_bucket_mb; /* dist.bucket_mb */
+    char dist_comm[16];   /* dist.comm: auto, tcp, mpi, nccl */
     /* backend switches that change numerics (backend.h BackendOptions) */
     char attention[16]; /* auto, cudnn, anvil */
     char gemm_tune[16]; /* auto, off, always */

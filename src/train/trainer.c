@@ -13,9 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/error.h"
 #include "data/loader.h"
+#include "dist/dist.h"
 #include "data/tokenizer.h"
 #include "eval/mcq.h"
 #include "io/fsutil.h"
@@ -113,20 +115,24 @@ static int metrics_truncate(const char *path, int last_step)
     return rc;
 }
 
-/* The validation loss: the mean over every scored target of `steps` batches. */
-static float eval_loss(Model *m, DataLoader *val, int steps, int B, int T, int32_t *in, int32_t *tg)
+/* The validation loss: the mean over every scored target of `steps` batches. With several ranks
+ * every rank reads the same batches and scores batches rank, rank + world, ...; the sums are added
+ * over the ranks, so the value does not depend on the world size. */
+static float eval_loss(Model *m, Dist *d, DataLoader *val, int steps, int B, int T, int32_t *in, int32_t *tg)
 {
     loader_reset(val);
-    double sum = 0;
-    long n = 0;
+    int rank = dist_active(d) ? d->rank : 0, world = dist_active(d) ? d->world : 1;
+    double sums[2] = {0, 0}; /* loss, scored targets */
     for (int i = 0; i < steps; i++) {
         int valid;
         if (loader_next(val, in, tg)) return NAN;
+        if (i % world != rank) continue;
         model_forward(m, in, tg, B, T, 0.0f, &valid);
-        sum += m->loss_sum;
-        n += valid;
+        sums[0] += m->loss_sum;
+        sums[1] += valid;
     }
-    return n ? (float)(sum / n) : NAN;
+    if (dist_sum_f64(d, sums, 2)) return NAN;
+    return sums[1] > 0 ? (float)(sums[0] / sums[1]) : NAN;
 }
 
 static void fmt_duration(double s, char *buf, size_t n)
@@ -153,23 +159,108 @@ typedef struct {
     int printed_mem;
     char base_path[PATH_MAX]; /* model.init as an absolute path (adapter checkpoints name their base) */
     TbWriter *tb; /* TensorBoard events (log.tensorboard), or NULL */
+    Dist dist;    /* the ranks of a data-parallel run (one process: inactive) */
+    int quiet;    /* ranks other than 0 print nothing and write no metrics */
+    int stop;     /* some rank was interrupted: every rank stops after this step */
 } Run;
 
+/* ZeRO shards the optimizer's files only when several ranks hold parts of it. */
+static int run_sharded(const Run *r)
+{
+    return dist_active(&r->dist) && r->dist.opt.zero >= 1 && r->dist.world > 1;
+}
+
+/* Every rank says whether its part succeeded (rc); -1 on every rank when one failed, with this
+ * rank's own message, or one naming the rank that failed. */
+static int agree(Run *r, int rc, const char *what)
+{
+    Dist *d = &r->dist;
+    if (!dist_active(d)) return rc;
+    char mine[ANVIL_ERR_MAX];
+    snprintf(mine, sizeof(mine), "%s", rc ? err_get() : "");
+    double x = rc ? 1 : 0, *all = xmalloc(sizeof(double) * (size_t)d->world);
+    int e = dist_gather_f64(d, &x, all, 1), bad = -1;
+    for (int k = 0; !e && k < d->world && bad < 0; k++)
+        if (all[k] != 0) bad = k;
+    free(all);
+    if (e) return -1;
+    if (rc) return err_set("%s", mine);
+    if (bad >= 0) return err_set("%s: rank %d failed (its message is above)", what, bad);
+    return 0;
+}
+
+/* Every rank must hold the same weights (identical updates); a checkpoint checks it: a hash of the
+ * host image (pt.total floats) from every rank, compared with rank 0's. */
+static int check_same_weights(Run *r, const float *p)
+{
+    Dist *d = &r->dist;
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a over the bytes */
+    const unsigned char *b = (const unsigned char *)p;
+    for (size_t i = 0; i < r->m->pt.total * sizeof(float); i++) h = (h ^ b[i]) * 1099511628211ULL;
+    double mine, *all = xmalloc(sizeof(double) * (size_t)d->world);
+    memcpy(&mine, &h, sizeof(h)); /* carried as 8 bytes */
+    int rc = dist_gather_f64(d, &mine, all, 1);
+    for (int k = 1; !rc && k < d->world; k++)
+        if (memcmp(&all[k], &all[0], sizeof(double)))
+            rc = err_set("checkpoint: rank %d's weights differ from rank 0's (the ranks diverged)", k);
+    free(all);
+    return rc;
+}
+
+/* A checkpoint of every rank's state: rank 0 writes the model directory (and the optimizer file, or
+ * the manifest of the shards), every rank of a ZeRO run its own shard, then rank 0 publishes. */
 static int save_checkpoint(Run *r)
 {
-    const Model *m = r->m;
-    size_t n = m->pt.n_train ? m->pt.n_train : 1;
+    Model *m = r->m;
+    Dist *d = &r->dist;
+    int dp = dist_active(d), sharded = run_sharded(r), main = d->rank == 0;
+    if (dp && dist_gather_master(d, &m->ps)) return -1; /* every rank's master is whole again */
+    size_t n = r->opt.n ? r->opt.n : 1;
     float *p = xmalloc(m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
+    float *master = NULL;
     model_get_params(m, p);
     optim_download(&r->opt, mm, vv);
-    CheckpointData d = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
-                        .config_yaml = r->config_yaml, .tok = r->tok,
-                        .bf16_weights = !strcmp(r->tc->ckpt_dtype, "bf16"),
-                        .adapter_base = m->adapters ? r->base_path : NULL};
-    int rc = ckpt_save(r->tc->out_dir, &d, r->tc->ckpt_keep);
+    if (dp && check_same_weights(r, p)) {
+        free(p), free(mm), free(vv);
+        return -1;
+    }
+    int bf16 = !strcmp(r->tc->ckpt_dtype, "bf16");
+    CheckpointData cd = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
+                         .config_yaml = r->config_yaml, .tok = r->tok, .bf16_weights = bf16,
+                         .adapter_base = m->adapters ? r->base_path : NULL};
+    if (sharded) {
+        cd.world = d->world;
+        cd.zero = d->opt.zero;
+        cd.shard_lo = d->lo;
+        cd.shard_hi = d->hi;
+    }
+    char *tmp = ckpt_tmp_dir(r->tc->out_dir, r->st.step, dp ? d->pid0 : (int)getpid());
+    char *final = ckpt_dir_name(r->tc->out_dir, r->st.step);
+    int rc = agree(r, main ? ckpt_begin(tmp) : 0, "checkpoint");
+    if (!rc) {
+        int mine = main ? ckpt_write_main(tmp, &cd) : 0;
+        if (!mine && sharded) {
+            if (bf16) { /* this rank's fp32 masters, in segment layout */
+                master = xmalloc(n * sizeof(float));
+                m->be->download(master, m->ps.master + r->opt.lo, r->opt.n * sizeof(float));
+            }
+            CheckpointShard sh = {.rank = d->rank, .world = d->world, .lo = r->opt.lo, .hi = r->opt.hi,
+                                  .adam_m = mm, .adam_v = vv, .master = master};
+            mine = ckpt_write_shard(tmp, &sh);
+        }
+        rc = agree(r, mine, "checkpoint");
+    }
+    if (!rc) rc = agree(r, main ? ckpt_publish(r->tc->out_dir, tmp, &cd, r->tc->ckpt_keep) : 0, "checkpoint");
+    if (rc) {
+        err_prefix("checkpoint %s", final);
+        if (main) ckpt_abort(tmp);
+    }
+    free(tmp);
+    free(final);
     free(p);
     free(mm);
     free(vv);
+    free(master);
     return rc;
 }
 
@@ -204,7 +295,7 @@ static int resume_from(Run *r, const char *resume_dir)
     char *ck = ckpt_find_latest(resume_dir);
     if (!ck) return -1;
     int rc = -1;
-    size_t n = r->m->pt.n_train ? r->m->pt.n_train : 1;
+    size_t n = r->opt.n ? r->opt.n : 1;
     float *p = xmalloc(r->m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)),
           *vv = xmalloc(n * sizeof(float));
     if (ckpt_read_state(ck, &r->st)) goto out;
@@ -212,11 +303,11 @@ static int resume_from(Run *r, const char *resume_dir)
     /* an adapter checkpoint holds the adapters only: the base stays as model.init loaded it */
     if (r->m->adapters && peft_read_weights(ck, r->m)) goto out;
     model_get_params(r->m, p);
-    if (ckpt_read_optimizer(ck, r->m, p, mm, vv)) goto out;
+    if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) goto out;
     model_set_params(r->m, p);
     optim_upload(&r->opt, mm, vv);
     if (loader_set_state(r->train, r->st.loader)) goto out;
-    printf("resuming from %s (step %d)\n", ck, r->st.step);
+    if (!r->quiet) printf("resuming from %s (step %d)\n", ck, r->st.step);
     rc = 0;
 out:
     free(p);
@@ -253,6 +344,9 @@ typedef struct {
     float lr;
     StepResult res;
     double tps, ms, mfu, peak_gib;
+    double comm_s;          /* communication the compute waited for, mean over the ranks (s) */
+    double *peak_gib_ranks; /* world entries (data parallel), else NULL */
+    int world;
     float val_loss;
     const McqResult *mcq;
 } StepLog;
@@ -286,6 +380,13 @@ static int log_metrics(Run *r, const StepLog *s)
              s->res.scored, now.tv_sec + now.tv_nsec * 1e-9);
     if (s->mfu > 0) line_add(line, n, &o, ", \"mfu\": %.4f", s->mfu);
     line_add(line, n, &o, ", \"peak_mem_gib\": %.3f", s->peak_gib);
+    if (s->peak_gib_ranks) { /* global tokens/s is tokens_per_s; per GPU (rank), exposed communication, memory */
+        line_add(line, n, &o, ", \"ranks\": %d, \"tokens_per_s_per_rank\": %.1f, \"comm_s\": %.6f", s->world,
+                 s->tps / s->world, s->comm_s);
+        line_add(line, n, &o, ", \"peak_mem_gib_ranks\": [");
+        for (int k = 0; k < s->world; k++) line_add(line, n, &o, "%s%.3f", k ? ", " : "", s->peak_gib_ranks[k]);
+        line_add(line, n, &o, "]");
+    }
     if (!isnan(s->val_loss)) line_add(line, n, &o, ", \"val_loss\": %.6f", s->val_loss);
     if (s->mcq) {
         const McqResult *mcq = s->mcq;
@@ -308,6 +409,8 @@ static void print_progress(const Run *r, const StepLog *s)
     fmt_duration(s->ms / 1e3 * (tc->steps - s->step), eta, sizeof(eta));
     printf("step %*d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1fk tok/s | %.1f ms", (int)(floor(log10(tc->steps)) + 1),
            s->step, tc->steps, s->res.loss, s->lr, s->res.grad_norm, s->tps / 1e3, s->ms);
+    if (s->peak_gib_ranks)
+        printf(" (%.1fk/rank) | comm %.1f ms", s->tps / s->world / 1e3, s->comm_s * 1e3);
     if (s->mfu > 0) printf(" | MFU %.1f%%", 100 * s->mfu);
     printf(" | ETA %s", eta);
     if (!isnan(s->val_loss)) printf(" | val_loss %.4f", s->val_loss);
@@ -329,15 +432,15 @@ static int setup_backend(Run *r)
     if (env < 0) return -1;
     if (env & BACKEND_ENV_ATTENTION) {
         snprintf(tc->attention, sizeof(tc->attention), "%s", backend_attention_name(bo.attention));
-        printf("note: ANVIL_ATTENTION sets backend.attention: %s (recorded in config.yaml)\n", tc->attention);
+        if (!r->quiet) printf("note: ANVIL_ATTENTION sets backend.attention: %s (recorded in config.yaml)\n", tc->attention);
     }
     if (env & BACKEND_ENV_GEMM_TUNE) {
         snprintf(tc->gemm_tune, sizeof(tc->gemm_tune), "%s", backend_gemm_tune_name(bo.gemm_tune));
-        printf("note: ANVIL_GEMM_TUNE sets backend.gemm_tune: %s (recorded in config.yaml)\n", tc->gemm_tune);
+        if (!r->quiet) printf("note: ANVIL_GEMM_TUNE sets backend.gemm_tune: %s (recorded in config.yaml)\n", tc->gemm_tune);
     }
     if (env & BACKEND_ENV_DETERMINISTIC) {
         tc->deterministic = bo.deterministic;
-        printf("note: ANVIL_DETERMINISTIC sets train.deterministic: %s (recorded in config.yaml)\n",
+        if (!r->quiet) printf("note: ANVIL_DETERMINISTIC sets train.deterministic: %s (recorded in config.yaml)\n",
                tc->deterministic ? "true" : "false");
     }
     r->be = backend_get(tc->device);
@@ -359,8 +462,11 @@ static int setup_data(Run *r, const ModelConfig *cfg)
         if (!r->tok && (tc->data_tokenizer[0] || !tc->model_init[0])) return err_prefix("data.tokenizer");
         /* an init model without tokenizer files is fine for shards */
     }
-    LoaderOptions lo = {.B = tc->batch_size, .T = tc->seq_len, .seed = tc->seed, .shuffle = 1, .rank = 0,
-                        .world = 1, .tokenizer = tok_spec};
+    /* each rank reads its own windows of every global batch; the validation set is read whole by
+     * every rank (eval_loss shares out the batches) */
+    int dp = dist_active(&r->dist);
+    LoaderOptions lo = {.B = tc->batch_size, .T = tc->seq_len, .seed = tc->seed, .shuffle = 1,
+                        .rank = dp ? r->dist.rank : 0, .world = dp ? r->dist.world : 1, .tokenizer = tok_spec};
     r->train = loader_open(tc->data_train, &lo);
     if (!r->train) return err_prefix("data.train");
     if (!r->tok) {
@@ -372,6 +478,8 @@ static int setup_data(Run *r, const ModelConfig *cfg)
     }
     if (tc->data_val[0]) {
         lo.shuffle = 0;
+        lo.rank = 0;
+        lo.world = 1;
         r->val = loader_open(tc->data_val, &lo);
         if (!r->val) return err_prefix("data.val");
     }
@@ -454,7 +562,12 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     }
     if (tc->lora_init[0] && peft_read_weights(tc->lora_init, r->m)) return err_prefix("lora.init");
     if (model_reserve(r->m, tc->batch_size, tc->seq_len, tc->recompute)) return -1;
-    optim_init(&r->opt, r->m, tc->weight_decay);
+    Dist *d = &r->dist;
+    dist_setup_params(d, &r->m->pt);
+    if (dist_active(d) && d->opt.zero) /* ZeRO: moments for this rank's shard only */
+        optim_init_range(&r->opt, r->m, tc->weight_decay, d->my_lo, d->my_hi);
+    else
+        optim_init(&r->opt, r->m, tc->weight_decay);
     return 0;
 }
 
@@ -462,6 +575,8 @@ static int setup_model(Run *r, const ModelConfig *cfg)
 static int setup_run_dir(Run *r, const char *resume_dir)
 {
     const TrainConfig *tc = r->tc;
+    if (r->quiet) /* only rank 0 writes the run directory; the others read the checkpoint */
+        return resume_dir ? resume_from(r, resume_dir) : 0;
     if (fs_mkdir_p(tc->out_dir)) return -1;
     char *metrics_path = fs_join(tc->out_dir, "metrics.jsonl");
     int rc = -1;
@@ -496,12 +611,18 @@ static void print_header(const Run *r)
 {
     const ModelConfig *c = &r->m->cfg;
     const ParamTable *pt = &r->m->pt;
-    long step_tokens = (long)r->tc->batch_size * r->tc->seq_len * r->accum;
+    const Dist *d = &r->dist;
+    long step_tokens = (long)r->tc->batch_size * r->tc->seq_len * r->accum * (dist_active(d) ? d->world : 1);
+    if (r->quiet) return;
+    if (dist_active(d))
+        printf("dist: %d rank(s) (%s, comm %s), dist.zero %d | each rank %d x %d tokens x %d micro-steps\n", d->world,
+               dist_launcher_name(d->env.launcher), d->comm->name, d->opt.zero, r->tc->batch_size, r->tc->seq_len,
+               r->accum);
     printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %.2fM frozen, "
            "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
            model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6,
            (param_count_all(pt) - param_count(pt)) / 1e6, param_count_all(pt) / 1e6, r->be->name, r->tc->batch_size,
-           r->tc->seq_len, r->accum, step_tokens);
+           r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
     fflush(stdout);
 }
 
@@ -511,7 +632,16 @@ static void print_memory(const Run *r)
     char line[512];
     model_mem_report(r->m, optim_bytes(&r->opt), &mr);
     mem_report_format(&mr, line, sizeof(line));
+    if (r->quiet) return;
     printf("memory after step 1: %s\n", line);
+    const Dist *d = &r->dist;
+    if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
+        double P = (double)param_count(&r->m->pt);
+        printf("memory per rank (rank 0, dist.zero %d over %d ranks): %.2f bytes per trainable parameter "
+               "(weights %.2f, master %.2f, gradients %.2f, optimizer %.2f)\n",
+               d->opt.zero, d->world, (mr.weights + mr.master + mr.grads + mr.optim) / P, mr.weights / P,
+               mr.master / P, mr.grads / P, mr.optim / P);
+    }
     fflush(stdout);
 }
 
@@ -525,23 +655,51 @@ static int after_step(Run *r, StepLog *s)
     int step = s->step, last = step == tc->steps;
     s->val_loss = NAN;
     if (r->val && tc->eval_steps > 0 && (last || (tc->eval_every && step % tc->eval_every == 0))) {
-        s->val_loss = eval_loss(r->m, r->val, tc->eval_steps, tc->batch_size, tc->seq_len, r->in[0], r->tg[0]);
+        s->val_loss = eval_loss(r->m, &r->dist, r->val, tc->eval_steps, tc->batch_size, tc->seq_len, r->in[0], r->tg[0]);
         if (isnan(s->val_loss)) return -1;
     }
     McqResult mcq = {0};
     int with_mcq = r->mcq.n && (last || (tc->eval_mcq_every && step % tc->eval_mcq_every == 0));
     if (with_mcq && mcq_eval(r, &mcq)) return -1;
     s->mcq = with_mcq ? &mcq : NULL;
-    if (log_metrics(r, s)) return -1;
-    if (step % tc->log_every == 0 || last || !isnan(s->val_loss) || with_mcq) print_progress(r, s);
+    if (!r->quiet && log_metrics(r, s)) return -1;
+    if (!r->quiet && (step % tc->log_every == 0 || last || !isnan(s->val_loss) || with_mcq)) print_progress(r, s);
     if (!r->printed_mem) { /* after the first step of this process: workspaces and the peak exist now */
         print_memory(r);
         r->printed_mem = 1;
     }
     mcq_result_free(&mcq);
     s->mcq = NULL;
-    if (last || (tc->ckpt_every && step % tc->ckpt_every == 0) || stop_requested)
+    if (last || (tc->ckpt_every && step % tc->ckpt_every == 0) || r->stop)
         if (save_checkpoint(r)) return -1;
+    return 0;
+}
+
+/* What every rank measured after a step, gathered on every rank: whether it was interrupted (then
+ * all stop after this step, so that they stay in step), its exposed communication time and its
+ * peak memory. */
+static int gather_rank_stats(Run *r, StepLog *s, double comm_s, double peak_bytes)
+{
+    Dist *d = &r->dist;
+    r->stop = stop_requested;
+    s->comm_s = comm_s;
+    if (!dist_active(d)) return 0;
+    int w = d->world;
+    double mine[3] = {stop_requested ? 1 : 0, comm_s, peak_bytes}, *all = xmalloc(sizeof(double) * 3 * (size_t)w);
+    if (dist_gather_f64(d, mine, all, 3)) {
+        free(all);
+        return -1;
+    }
+    s->world = w;
+    s->comm_s = 0;
+    s->peak_gib = 0;
+    for (int k = 0; k < w; k++) {
+        r->stop |= all[3 * k] != 0;
+        s->comm_s += all[3 * k + 1] / w;
+        s->peak_gib_ranks[k] = all[3 * k + 2] / (1024.0 * 1024.0 * 1024.0);
+        s->peak_gib = MAX(s->peak_gib, s->peak_gib_ranks[k]);
+    }
+    free(all);
     return 0;
 }
 
@@ -549,54 +707,71 @@ static int after_step(Run *r, StepLog *s)
 static int train_loop(Run *r)
 {
     const TrainConfig *tc = r->tc;
-    int B = tc->batch_size, T = tc->seq_len;
-    long step_tokens = (long)B * T * r->accum;
+    Dist *d = &r->dist;
+    int B = tc->batch_size, T = tc->seq_len, dp = dist_active(d);
+    long step_tokens = (long)B * T * r->accum * (dp ? d->world : 1); /* global */
     SchedKind sk;
     schedule_parse(tc->schedule, &sk);
     Schedule sched = {sk, tc->lr, tc->min_lr, tc->warmup_steps, tc->steps};
     double flops_token = model_flops_per_token(r->m, T);
     int on_gpu = strncmp(r->be->name, "cuda", 4) == 0;
     double t_run0 = now_s(), elapsed0 = r->st.elapsed_s;
+    double *peak_ranks = dp ? xcalloc((size_t)d->world, sizeof(double)) : NULL;
+    int rc = -1;
     for (int step = r->st.step + 1; step <= tc->steps; step++) {
         double t0 = now_s();
-        StepLog s = {.step = step, .lr = schedule_lr(&sched, step)};
+        StepLog s = {.step = step, .lr = schedule_lr(&sched, step), .peak_gib_ranks = peak_ranks};
         for (int k = 0; k < r->accum; k++)
-            if (loader_next(r->train, r->in[k], r->tg[k])) return -1;
+            if (loader_next(r->train, r->in[k], r->tg[k])) goto out;
         StepBatch b = {.B = B, .T = T, .accum = r->accum, .in = r->in, .tg = r->tg};
         StepHyper h = {.lr = s.lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = step,
                        .grad_clip = tc->grad_clip};
-        if (train_step(r->m, &r->opt, &b, &h, &s.res)) return err_prefix("step %d", step);
+        if (train_step_dist(r->m, &r->opt, dp ? d : NULL, &b, &h, &s.res)) {
+            err_prefix("step %d", step);
+            goto out;
+        }
         double dt = now_s() - t0;
         r->st.step = step;
         r->st.tokens_seen += (uint64_t)step_tokens;
         r->st.loader = loader_state(r->train);
         r->st.elapsed_s = elapsed0 + (now_s() - t_run0);
-        if (!isfinite(s.res.loss))
-            return err_set("step %d: the loss is %g; lower train.lr or check the data", step, s.res.loss);
+        if (!isfinite(s.res.loss)) {
+            err_set("step %d: the loss is %g; lower train.lr or check the data", step, s.res.loss);
+            goto out;
+        }
         s.tps = step_tokens / dt;
         s.ms = dt * 1e3;
-        s.mfu = on_gpu ? flops_token * s.tps / GPU_BF16_PEAK : 0;
+        s.mfu = on_gpu ? flops_token * s.tps / (dp ? d->world : 1) / GPU_BF16_PEAK : 0;
         size_t peak;
         r->be->mem_stats(NULL, &peak);
         s.peak_gib = peak / (1024.0 * 1024.0 * 1024.0);
-        if (after_step(r, &s)) return -1;
-        if (stop_requested) {
-            printf("interrupted: saved a checkpoint at step %d; continue with --resume %s\n", step, tc->out_dir);
+        if (gather_rank_stats(r, &s, dist_take_exposed(d), (double)peak)) goto out;
+        if (after_step(r, &s)) goto out;
+        if (r->stop) {
+            if (!r->quiet)
+                printf("interrupted: saved a checkpoint at step %d; continue with --resume %s\n", step, tc->out_dir);
             break;
         }
     }
-    return 0;
+    rc = 0;
+out:
+    free(peak_ranks);
+    return rc;
 }
 
-static int run_free(Run *r)
+static int run_free(Run *r, int failed)
 {
-    int rc = 0;
+    int rc = failed;
     if (r->tb && tb_close(r->tb)) rc = err_prefix("log.tensorboard");
     if (r->metrics) fclose(r->metrics);
     if (r->m) {
         optim_free(&r->opt);
         model_free(r->m);
     }
+    /* after a failure a peer may still be inside a collective: MPI_Finalize / ncclCommDestroy would
+     * wait for it, so those comms are left to the process's exit */
+    if (!rc || !r->dist.comm || !strcmp(r->dist.comm->name, "tcp") || !strcmp(r->dist.comm->name, "none"))
+        dist_free(&r->dist);
     free(r->config_yaml);
     if (r->train) loader_close(r->train);
     if (r->val) loader_close(r->val);
@@ -621,15 +796,28 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     const TrainConfig *tc = &tcv;
     int rc = -1;
     ModelConfig cfg;
-    if (trainer_model_config(tc, &cfg)) return -1;
-    if (tc->seq_len > cfg.max_seq_len)
-        return err_set("train.seq_len: %d exceeds the model's max_seq_len %d", tc->seq_len, cfg.max_seq_len);
+    DistOptions dopt = {.zero = tc->dist_zero, .timeout_s = tc->dist_timeout_s, .bucket_mb = tc->dist_bucket_mb,
+                        .comm = tc->dist_comm, .device = tc->device};
+    if (dist_init_env(&r->dist, &dopt)) goto out; /* before the backend: it picks this rank's GPU */
+    r->quiet = r->dist.rank != 0;
+    if (trainer_model_config(tc, &cfg)) goto out;
+    if (tc->seq_len > cfg.max_seq_len) {
+        err_set("train.seq_len: %d exceeds the model's max_seq_len %d", tc->seq_len, cfg.max_seq_len);
+        goto out;
+    }
+    long micro = (long)tc->batch_size * tc->seq_len * r->dist.world;
+    if (tc->tokens_per_step % micro) {
+        err_set("train.tokens_per_step: %ld is not a multiple of batch_size*seq_len*ranks = %d*%d*%d = %ld",
+                tc->tokens_per_step, tc->batch_size, tc->seq_len, r->dist.world, micro);
+        goto out;
+    }
     if (tc->model_init[0] && !realpath(tc->model_init, r->base_path))
         snprintf(r->base_path, sizeof(r->base_path), "%.*s", (int)strnlen(tc->model_init, CFG_PATH_MAX), tc->model_init);
-    if (setup_backend(r) || setup_data(r, &cfg) || setup_model(r, &cfg)) goto out;
+    if (setup_backend(r) || dist_connect(&r->dist) || setup_data(r, &cfg) || setup_model(r, &cfg)) goto out;
     if (tc->eval_mcq_task[0] && mcq_setup(r)) goto out;
     r->config_yaml = train_config_to_yaml(tc);
-    r->accum = tc->tokens_per_step ? (int)(tc->tokens_per_step / ((long)tc->batch_size * tc->seq_len)) : 1;
+    /* tokens_per_step is global: each rank runs its share of the accumulation */
+    r->accum = tc->tokens_per_step ? (int)(tc->tokens_per_step / micro) : 1;
     r->in = xcalloc((size_t)r->accum, sizeof(int32_t *));
     r->tg = xcalloc((size_t)r->accum, sizeof(int32_t *));
     for (int k = 0; k < r->accum; k++) {
@@ -642,6 +830,8 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     rc = train_loop(r);
 out:
     signal(SIGINT, SIG_DFL);
-    if (run_free(r)) rc = -1;
+    int rank = r->dist.rank, world = r->dist.world;
+    if (run_free(r, rc)) rc = -1;
+    if (rc && world > 1) err_prefix("rank %d", rank);
     return rc;
 }

@@ -1,0 +1,77 @@
+/* dist.h - data parallel training over a Comm: who this rank is, which shard of the trainable
+ * segment it owns (ZeRO), and the gradient and weight collectives of one optimizer step.
+ *
+ * Data parallel (dist.zero 0): every rank keeps the whole state, runs its own micro-batches, and
+ * after the LAST micro-step of an accumulation the gradient of the trainable segment is summed
+ * over the ranks (each rank's loss gradient is already scaled by 1 / the scored targets of the
+ * whole global step), in buckets of dist.bucket_mb, last layer first, on the comm stream; every
+ * rank then makes the same update.
+ * ZeRO-1: the optimizer state (moments; the fp32 master's update) exists only for this rank's
+ * shard (params_shard); gradients are all-reduced, each rank updates its shard, and the updated
+ * compute weights are all-gathered. ZeRO-2: gradients are reduce-scattered instead, so each rank
+ * has the summed gradient of its own shard only; the gradient norm is the square root of the sum
+ * over the ranks of the shards' sums of squares. On a GPU with bf16 compute weights the fp32
+ * master outside the shard is stale between steps; dist_gather_master() refreshes it (for
+ * checkpoints).
+ */
+#ifndef ANVIL_DIST_DIST_H
+#define ANVIL_DIST_DIST_H
+
+#include <stddef.h>
+
+#include "dist/comm.h"
+#include "dist/env.h"
+#include "model/params.h"
+
+/* dist.* keys (train_config.h) the layer needs. */
+typedef struct {
+    int zero;          /* 0, 1, 2 */
+    double timeout_s;  /* dist.timeout_s */
+    double bucket_mb;  /* dist.bucket_mb: MiB of fp32 gradient per bucket */
+    const char *comm;  /* dist.comm: auto, tcp, mpi, nccl */
+    const char *device;/* the run's device: cpu, cuda, cuda-fp32 */
+} DistOptions;
+
+typedef struct {
+    DistEnv env;
+    DistOptions opt;
+    Comm *comm;
+    int rank, world;
+    int active;          /* a launcher started this rank: the collectives run (also for world 1) */
+    int pid0;            /* rank 0's process id (names the checkpoint's temporary directory) */
+    /* the trainable segment: every rank's shard [lo[r], hi[r]) (ZeRO), this rank's in my_lo/my_hi
+     * (the whole segment for dist.zero 0) */
+    size_t n_train, *lo, *hi, my_lo, my_hi;
+    size_t (*bucket)[2]; /* [begin, end) of each bucket, last layer first */
+    int nbuckets;
+    size_t *counts;      /* world, scratch */
+} Dist;
+
+/* Read the environment (env.h) and, for CUDA ranks, make device 0 this rank's GPU
+ * (CUDA_VISIBLE_DEVICES), before the backend starts. -1 with err_set(). */
+int dist_init_env(Dist *d, const DistOptions *o);
+/* Connect the ranks (the comm the device and launcher call for; none for a plain single process).
+ * After the backend exists. -1 with err_set() naming the rank. */
+int dist_connect(Dist *d);
+/* Shards and buckets for the model's trainable segment. */
+void dist_setup_params(Dist *d, const ParamTable *pt);
+void dist_free(Dist *d);
+/* 1 when the collectives run: the rank was started by a launcher (anvil launch, mpirun, srun),
+ * also with one rank, so that `anvil launch --nproc 1` runs the distributed code path. */
+static inline int dist_active(const Dist *d) { return d && d->active; }
+
+/* The gradient collective after the last micro-step (see above). */
+int dist_reduce_grads(Dist *d, ParamStore *ps);
+/* ZeRO >= 1: every rank's updated shard of the compute weights to every rank. */
+int dist_gather_weights(Dist *d, ParamStore *ps);
+/* ZeRO >= 1 on a backend whose compute copy is not the master: the fp32 master too. */
+int dist_gather_master(Dist *d, ParamStore *ps);
+/* x[i] = the sum over the ranks of x[i] (n host doubles), added in rank order, so that every rank
+ * gets the same bits. */
+int dist_sum_f64(Dist *d, double *x, int n);
+/* all (world * n host doubles) = every rank's x, in rank order. */
+int dist_gather_f64(Dist *d, const double *x, double *all, int n);
+/* Seconds the compute waited for communication since the last call (Comm.take_exposed_s). */
+double dist_take_exposed(Dist *d);
+
+#endif

@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# cli_dist.sh - data parallel training on CPU ranks, end to end (docs/distributed.md):
+#   - 2 ranks (`anvil launch --nproc 2 --device cpu`, TCP comm; and `mpirun -np 2`, MPI comm) give
+#     the losses and final weights of 1 rank with 2-fold accumulation: losses within 1e-5
+#     relative, weights within 2e-5 absolute (`anvil inspect --diff --tol`; the gap is float
+#     rounding of sums taken in another order, largest in the attention key bias, whose gradient
+#     is zero up to rounding and which Adam's normalisation turns into lr-sized noise);
+#   - ZeRO-1 and ZeRO-2 give the weights of ZeRO-0 (same tolerance) and write per-rank optimizer
+#     shards with a manifest; resume from 2 ranks onto 1 and from 1 onto 2 continues the run;
+#   - a rank killed mid-run makes the job exit non-zero at once naming it (the launcher, or
+#     mpirun); a rank that hangs
+#     makes the others exit non-zero after dist.timeout_s naming the collective (launch and mpirun);
+#   - phase-2 keys (dist.zero 3, dist.tp) are refused with a clear error.
+set -u
+. "$(dirname "$0")/lib_cli.sh"
+
+TRAIN=examples/sentences-train.txt
+if [ ! -f "$TRAIN" ]; then
+    echo "skip: $TRAIN not found (run from the repository root)" >&2
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+export OMP_NUM_THREADS=1 # two ranks share the two cores
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 # CI runs as root
+# OpenMPI keeps allocations past MPI_Finalize: under `make asan` the leak checker is off for its ranks
+mpirun_() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun "$@"; }
+LOSS_RTOL=1e-5
+WEIGHT_TOL=2e-5
+
+# 256 tokens per step: 1 rank x 2 micro-batches of 4 x 32, or 2 ranks x 1
+cat >"$tmp/t.yaml" <<YAML
+model:
+  preset: gpt2-tiny
+  vocab_size: 257
+  max_seq_len: 32
+  d_model: 32
+  n_head: 2
+data:
+  train: $TRAIN
+  tokenizer: byte
+train:
+  steps: 6
+  batch_size: 4
+  seq_len: 32
+  tokens_per_step: 256
+  warmup_steps: 2
+  lr: 3e-3
+eval:
+  steps: 0
+checkpoint:
+  every: 3
+  keep: 0
+log:
+  tensorboard: false
+dist:
+  timeout_s: 30
+out_dir: $tmp/one
+YAML
+
+losses() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1/metrics.jsonl" | tr '\n' ' '; }
+# same_losses NAME DIR_A DIR_B: every step's loss within LOSS_RTOL
+same_losses() {
+    local a b
+    a=$(losses "$2")
+    b=$(losses "$3")
+    check "$1: losses ($a / $b)" awk -v a="$a" -v b="$b" -v t="$LOSS_RTOL" 'BEGIN {
+        n = split(a, x, " "); m = split(b, y, " "); if (n != 6 || m != 6) exit 1
+        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
+        exit 0 }'
+}
+same_weights() {
+    if "$ANVIL" inspect --diff "$2/final" "$3/final" --tol "$WEIGHT_TOL" >"$tmp/diff.out" 2>&1; then ok; else
+        bad "$1: weights: $(cat "$tmp/diff.out")"
+    fi
+}
+run1() { "$ANVIL" train "$tmp/t.yaml" "$@" >"$tmp/run.log" 2>&1 || bad "train $*: $(tail -n 3 "$tmp/run.log")"; }
+launch2() {
+    "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/t.yaml" "$@" >"$tmp/run.log" 2>&1 ||
+        bad "launch $*: $(tail -n 3 "$tmp/run.log")"
+}
+
+# ---- 1 rank x 2 micro-batches == 2 ranks x 1 ----
+run1
+launch2 --set out_dir="$tmp/two"
+check "launch: header names the ranks and the comm" grep -q "^dist: 2 rank(s) (torchrun, comm tcp), dist.zero 0" "$tmp/run.log"
+check "launch: global batch in the header" grep -q "4 x 32 tokens x 2 micro-steps = 256 tokens/step" "$tmp/run.log"
+check "launch: one metrics line per step (rank 0 only)" test "$(wc -l <"$tmp/two/metrics.jsonl")" -eq 6
+check "launch: per-rank metrics" grep -q '"ranks": 2, "tokens_per_s_per_rank": [0-9.]*, "comm_s": [0-9.]*, "peak_mem_gib_ranks": \[[0-9.]*, [0-9.]*\]' \
+    "$tmp/two/metrics.jsonl"
+same_losses "2 ranks vs 1 rank with accumulation" "$tmp/one" "$tmp/two"
+same_weights "2 ranks vs 1 rank with accumulation" "$tmp/one" "$tmp/two"
+
+if command -v mpirun >/dev/null 2>&1; then
+    if mpirun_ -np 2 --oversubscribe "$ANVIL" train "$tmp/t.yaml" --set out_dir="$tmp/mpi" >"$tmp/mpi.log" 2>&1; then ok; else
+        bad "mpirun: $(tail -n 3 "$tmp/mpi.log")"
+    fi
+    check "mpirun: the MPI comm" grep -q "^dist: 2 rank(s) (mpirun, comm mpi)" "$tmp/mpi.log"
+    same_losses "mpirun vs 1 rank" "$tmp/one" "$tmp/mpi"
+    same_weights "mpirun vs 1 rank" "$tmp/one" "$tmp/mpi"
+else
+    echo "note: mpirun not found (apt-get install openmpi-bin libopenmpi-dev): MPI checks skipped" >&2
+fi
+
+# ---- ZeRO-1 and ZeRO-2 == ZeRO-0 ----
+for z in 1 2; do
+    launch2 --set out_dir="$tmp/z$z" --set dist.zero=$z
+    same_losses "ZeRO-$z vs ZeRO-0" "$tmp/two" "$tmp/z$z"
+    same_weights "ZeRO-$z vs ZeRO-0" "$tmp/two" "$tmp/z$z"
+    check "ZeRO-$z: per-rank optimizer shards" test -f "$tmp/z$z/final/optimizer-rank-1-of-2.safetensors"
+    check "ZeRO-$z: manifest" grep -q "\"zero\": $z" "$tmp/z$z/final/optimizer-manifest.json"
+    check "ZeRO-$z: no whole optimizer file" test ! -e "$tmp/z$z/final/optimizer.safetensors"
+done
+check "ZeRO memory line" grep -q "memory per rank (rank 0, dist.zero 2 over 2 ranks): .* bytes per trainable parameter" \
+    "$tmp/run.log"
+
+# ---- resume onto another world size: 2 ranks (ZeRO-1 shards) -> 1, 1 -> 2 ranks (ZeRO-2) ----
+cp -r "$tmp/z1" "$tmp/r21"
+rm -rf "$tmp/r21/step-0000006"
+run1 --resume "$tmp/r21"
+check "2 -> 1: resumed at step 3" grep -q "resuming from $tmp/r21/step-0000003 (step 3)" "$tmp/run.log"
+same_losses "resume 2 -> 1" "$tmp/z1" "$tmp/r21"
+same_weights "resume 2 -> 1" "$tmp/z1" "$tmp/r21"
+cp -r "$tmp/one" "$tmp/r12"
+rm -rf "$tmp/r12/step-0000006"
+launch2 --resume "$tmp/r12" --set dist.zero=2
+same_losses "resume 1 -> 2" "$tmp/one" "$tmp/r12"
+same_weights "resume 1 -> 2" "$tmp/one" "$tmp/r12"
+
+# ---- a rank that dies, a rank that hangs ----
+# pid_of_rank LAUNCHER_PID VAR RANK: the child of the launcher whose environment has VAR=RANK
+pid_of_rank() {
+    local k
+    for k in $(pgrep -P "$1"); do
+        if tr '\0' '\n' <"/proc/$k/environ" 2>/dev/null | grep -qx "$2=$3"; then echo "$k"; return; fi
+    done
+}
+# fault NAME SIGNAL TIMEOUT LAUNCHER...: start a long run, send SIGNAL to rank 1 after step 3, wait
+fault() {
+    local name=$1 sig=$2 to=$3 var=$4
+    shift 4
+    "$@" "$tmp/t.yaml" --set out_dir="$tmp/$name" --set train.steps=100000 --set dist.timeout_s="$to" \
+        >"$tmp/$name.out" 2>"$tmp/$name.err" &
+    local L=$! i r1=""
+    for i in $(seq 300); do
+        grep -qE "^step +3/" "$tmp/$name.out" 2>/dev/null && r1=$(pid_of_rank "$L" "$var" 1)
+        [ -n "$r1" ] && break
+        sleep 0.1
+    done
+    if [ -z "$r1" ]; then
+        bad "$name: rank 1 not found"
+        kill "$L" 2>/dev/null
+        wait "$L"
+        return
+    fi
+    local t0=$SECONDS
+    kill "-$sig" "$r1"
+    wait "$L"
+    local rc=$?
+    fault_s=$((SECONDS - t0))
+    [ "$sig" = STOP ] && kill -KILL "$r1" 2>/dev/null
+    check "$name: exit status non-zero ($rc)" test "$rc" -ne 0
+    check "$name: within the timeout (${fault_s}s)" test "$fault_s" -le $((to + 12))
+}
+fault kill KILL 30 RANK "$ANVIL" launch --nproc 2 -- train
+check "killed rank: at once" test "$fault_s" -le 12
+check "killed rank: named" grep -q "rank 1 (pid [0-9]*) was killed by signal 9" "$tmp/kill.err"
+fault hang STOP 3 RANK "$ANVIL" launch --nproc 2 -- train
+check "hung rank: rank 0 names the collective and the timeout" \
+    grep -q "^anvil: rank 0: .*collective .* timed out after 3 s (dist.timeout_s); a peer rank died or hangs? (waiting for rank 1)" \
+    "$tmp/hang.err"
+if command -v mpirun >/dev/null 2>&1; then
+    fault mpikill KILL 30 OMPI_COMM_WORLD_RANK mpirun -np 2 --oversubscribe "$ANVIL" train
+    check "mpirun, killed rank: at once" test "$fault_s" -le 12
+    check "mpirun, killed rank: named" grep -q "process rank 1 .* exited on signal 9" "$tmp/mpikill.err"
+    fault mpihang STOP 3 OMPI_COMM_WORLD_RANK mpirun -np 2 --oversubscribe "$ANVIL" train
+    check "mpirun, hung rank: the watchdog names it" \
+        grep -q "^anvil: rank 0: collective .* timed out after 3 s (dist.timeout_s)" "$tmp/mpihang.err"
+fi
+
+# ---- Ctrl-C: the launcher forwards SIGINT; the ranks stop after the same step with a checkpoint ----
+"$ANVIL" launch --nproc 2 -- train "$tmp/t.yaml" --set out_dir="$tmp/int" --set train.steps=100000 \
+    --set checkpoint.every=0 >"$tmp/int.out" 2>"$tmp/int.err" &
+L=$!
+for i in $(seq 300); do grep -qE "^step +3/" "$tmp/int.out" 2>/dev/null && break; sleep 0.1; done
+kill -INT "$L"
+wait "$L"
+check "interrupt: exit 0 ($(cat "$tmp/int.err"))" test $? -eq 0
+check "interrupt: checkpoint" grep -q "interrupted: saved a checkpoint at step" "$tmp/int.out"
+check "interrupt: the final checkpoint is complete" test -f "$tmp/int/final/trainer_state.json"
+
+# ---- errors ----
+expect_fail zero3 "dist.zero: 3|not yet implemented" train "$tmp/t.yaml" --set dist.zero=3
+expect_fail tp2 "dist.tp: 2|not yet implemented" train "$tmp/t.yaml" --set dist.tp=2
+expect_fail bad-comm "dist.comm|expected auto, tcp, mpi or nccl" train "$tmp/t.yaml" --set dist.comm=gloo
+expect_fail launch-usage "launch: unknown option" launch --nope 2 -- train "$tmp/t.yaml"
+if RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "$ANVIL" train "$tmp/t.yaml" >/dev/null 2>"$tmp/err"; then
+    bad "tokens_per_step not divisible by the ranks: accepted"
+else
+    check "tokens_per_step names the ranks" grep -q "rank 0: train.tokens_per_step: 256 is not a multiple of batch_size\*seq_len\*ranks = 4\*32\*3" "$tmp/err"
+fi
+RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=$((20000 + RANDOM % 20000)) "$ANVIL" train "$tmp/t.yaml" \
+    --set dist.timeout_s=1 --set out_dir="$tmp/alone" >/dev/null 2>"$tmp/err"
+check "a rank alone: rendezvous timeout" grep -q "rank 1: rendezvous: cannot reach rank 0 at 127.0.0.1:[0-9]* within 1 s" "$tmp/err"
+
+cli_summary

@@ -1,0 +1,387 @@
+/* test_dist.c - the distributed layer on the CPU, without a launcher:
+ *   - rank, world, local rank and rendezvous from mpirun-, torchrun- and Slurm-style variables,
+ *     Slurm host lists, and the errors for inconsistent ones;
+ *   - the TCP comm between forked processes (3 ranks): every collective against a sum computed
+ *     directly (integer-valued floats, so every order of addition is exact), the same bits on
+ *     every rank, unequal parts, a rank that never comes (rendezvous timeout) and one that dies
+ *     mid-collective (the survivor names it, well before the timeout);
+ *   - the loader: the ranks of any world size together read exactly the single-process window
+ *     sequence, across epoch boundaries, and a position saved at one world size resumes at another;
+ *   - shards and buckets of a parameter table cover the trainable segment exactly; an optimizer
+ *     over two shards makes the update of one over the whole segment, bit for bit.
+ */
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/loader.h"
+#include "dist/comm.h"
+#include "dist/dist.h"
+#include "dist/env.h"
+#include "dist/net.h"
+#include "model/model.h"
+#include "train/optim.h"
+#include "test.h"
+
+/* ---- environment parsing ---- */
+
+static const char **fake_env; /* NAME=VALUE entries, NULL-terminated */
+static const char *fake_get(const char *name)
+{
+    size_t n = strlen(name);
+    for (const char **e = fake_env; *e; e++)
+        if (!strncmp(*e, name, n) && (*e)[n] == '=') return *e + n + 1;
+    return NULL;
+}
+
+static int parse(DistEnv *e, const char **vars)
+{
+    fake_env = vars;
+    return dist_env_parse(e, fake_get);
+}
+
+static void test_env(void)
+{
+    DistEnv e;
+    const char *none[] = {"HOME=/root", NULL};
+    CHECK(parse(&e, none) == 0 && e.launcher == DIST_LAUNCH_NONE && e.world == 1 && e.rank == 0);
+
+    const char *torch[] = {"RANK=3", "WORLD_SIZE=8", "LOCAL_RANK=1", "MASTER_ADDR=10.1.2.3", "MASTER_PORT=29500", NULL};
+    CHECK(parse(&e, torch) == 0 && e.launcher == DIST_LAUNCH_TORCHRUN && e.rank == 3 && e.world == 8 &&
+          e.local_rank == 1 && !strcmp(e.master_addr, "10.1.2.3") && e.master_port == 29500);
+
+    const char *mpi[] = {"OMPI_COMM_WORLD_RANK=1", "OMPI_COMM_WORLD_SIZE=2", "OMPI_COMM_WORLD_LOCAL_RANK=1",
+                         "RANK=7", "WORLD_SIZE=9", NULL}; /* mpirun wins over stale torchrun variables */
+    CHECK(parse(&e, mpi) == 0 && e.launcher == DIST_LAUNCH_MPIRUN && e.rank == 1 && e.world == 2 && e.local_rank == 1);
+
+    const char *slurm[] = {"SLURM_PROCID=5", "SLURM_NTASKS=16", "SLURM_STEP_NUM_TASKS=8", "SLURM_LOCALID=1",
+                           "SLURM_STEP_NODELIST=gpu[007-009,12],cpu1", "SLURM_JOB_ID=123456", NULL};
+    CHECK(parse(&e, slurm) == 0 && e.launcher == DIST_LAUNCH_SLURM && e.rank == 5 && e.world == 8 &&
+          e.local_rank == 1 && !strcmp(e.master_addr, "gpu007") &&
+          e.master_port == DIST_SLURM_PORT_BASE + 123456 % DIST_SLURM_PORT_SPAN);
+    const char *slurm2[] = {"SLURM_PROCID=0", "SLURM_NTASKS=2", "SLURM_JOB_NODELIST=node1", "SLURM_JOB_ID=7",
+                            "MASTER_ADDR=head", "MASTER_PORT=4000", NULL};
+    CHECK(parse(&e, slurm2) == 0 && !strcmp(e.master_addr, "head") && e.master_port == 4000);
+
+    const char *bad_rank[] = {"RANK=2", "WORLD_SIZE=2", "MASTER_ADDR=a", "MASTER_PORT=1", NULL};
+    CHECK(parse(&e, bad_rank) == -1 && strstr(err_get(), "RANK") && strstr(err_get(), "WORLD_SIZE"));
+    const char *bad_num[] = {"RANK=x", "WORLD_SIZE=2", NULL};
+    CHECK(parse(&e, bad_num) == -1 && strstr(err_get(), "RANK: expected an integer"));
+    const char *no_addr[] = {"RANK=0", "WORLD_SIZE=2", "MASTER_PORT=5", NULL};
+    CHECK(parse(&e, no_addr) == -1 && strstr(err_get(), "MASTER_ADDR"));
+    const char *bad_port[] = {"RANK=0", "WORLD_SIZE=2", "MASTER_ADDR=a", "MASTER_PORT=70000", NULL};
+    CHECK(parse(&e, bad_port) == -1 && strstr(err_get(), "MASTER_PORT"));
+
+    char h[64];
+    CHECK(dist_slurm_first_host("a[1-3]", h, sizeof(h)) == 0 && !strcmp(h, "a1"));
+    CHECK(dist_slurm_first_host("n01,n02", h, sizeof(h)) == 0 && !strcmp(h, "n01"));
+    CHECK(dist_slurm_first_host("rack2-n[0042]", h, sizeof(h)) == 0 && !strcmp(h, "rack2-n0042"));
+    CHECK(dist_slurm_first_host("", h, sizeof(h)) == -1);
+}
+
+/* ---- the TCP comm between forked ranks ---- */
+
+enum { WORLD = 3, NRED = 1000 };
+
+/* The value rank r contributes at element i (small integers: every sum is exact in fp32). */
+static float contrib(int r, size_t i) { return (float)((int)(i * 7 + (size_t)r * 13) % 101 - 50); }
+
+/* One rank's checks; returns the number of failures (the child's exit status). */
+static int rank_main(int rank, int port)
+{
+    CommSetup s = {.rank = rank, .world = WORLD, .master_port = port, .timeout_s = 20};
+    snprintf(s.master_addr, sizeof(s.master_addr), "127.0.0.1");
+    Comm *c = comm_tcp_create(&s);
+    if (!c) {
+        fprintf(stderr, "rank %d: %s\n", rank, err_get());
+        return 1;
+    }
+    int bad = 0;
+    /* all_reduce f32 / f64 / i64 */
+    float *x = xmalloc(NRED * sizeof(float));
+    double *y = xmalloc(NRED * sizeof(double));
+    int64_t *z = xmalloc(NRED * sizeof(int64_t));
+    for (size_t i = 0; i < NRED; i++) x[i] = contrib(rank, i), y[i] = contrib(rank, i) * 0.5, z[i] = (int64_t)i * (rank + 1);
+    bad += c->all_reduce_sum(c, x, NRED, COMM_F32) != 0;
+    bad += c->all_reduce_sum(c, y, NRED, COMM_F64) != 0;
+    bad += c->all_reduce_sum(c, z, NRED, COMM_I64) != 0;
+    for (size_t i = 0; i < NRED; i++) {
+        float want = 0;
+        for (int r = 0; r < WORLD; r++) want += contrib(r, i);
+        bad += x[i] != want || y[i] != want * 0.5 || z[i] != (int64_t)i * (1 + 2 + 3);
+    }
+    /* reduce_scatter and all_gather with unequal parts (one empty) */
+    size_t counts[WORLD] = {5, 0, 9}, total = 14, off[WORLD] = {0, 5, 5};
+    float parts[14];
+    for (size_t i = 0; i < total; i++) parts[i] = contrib(rank, i);
+    bad += c->reduce_scatter_sum(c, parts, counts, COMM_F32) != 0;
+    for (size_t i = off[rank]; i < off[rank] + counts[rank]; i++) {
+        float want = 0;
+        for (int r = 0; r < WORLD; r++) want += contrib(r, i);
+        bad += parts[i] != want;
+    }
+    uint16_t g[14];
+    for (size_t i = 0; i < total; i++) g[i] = i >= off[rank] && i < off[rank] + counts[rank] ? (uint16_t)(1000 + i) : 0;
+    bad += c->all_gather(c, g, counts, sizeof(uint16_t)) != 0;
+    for (size_t i = 0; i < total; i++) bad += g[i] != 1000 + i;
+    /* broadcast from rank 2, larger than one ring chunk */
+    size_t nb = (3 << 20) + 17;
+    unsigned char *b = xmalloc(nb);
+    for (size_t i = 0; i < nb; i++) b[i] = rank == 2 ? (unsigned char)(i * 31) : 0;
+    bad += c->broadcast(c, b, nb, 2) != 0;
+    for (size_t i = 0; i < nb; i++) bad += b[i] != (unsigned char)(i * 31);
+    /* host all-gather, barrier */
+    int mine = rank * 10, all[WORLD];
+    bad += c->host_all_gather(c, &mine, all, sizeof(int)) != 0;
+    for (int r = 0; r < WORLD; r++) bad += all[r] != r * 10;
+    bad += c->barrier(c) != 0;
+    /* a reduction of non-integers gives the same bits on every rank */
+    for (size_t i = 0; i < NRED; i++) x[i] = 1.0f / (float)(i + rank + 1);
+    bad += c->all_reduce_sum(c, x, NRED, COMM_F32) != 0;
+    uint64_t hash = 1469598103934665603ULL, hashes[WORLD];
+    for (size_t i = 0; i < NRED; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        hash = (hash ^ u) * 1099511628211ULL;
+    }
+    bad += c->host_all_gather(c, &hash, hashes, sizeof(hash)) != 0;
+    for (int r = 0; r < WORLD; r++) bad += hashes[r] != hash;
+    if (bad) fprintf(stderr, "rank %d: %d mismatches\n", rank, bad);
+    c->free(c);
+    free(x), free(y), free(z), free(b);
+    return bad ? 1 : 0;
+}
+
+static void test_tcp_collectives(void)
+{
+    int port = net_free_port();
+    CHECK(port > 0);
+    pid_t pids[WORLD];
+    fflush(stdout);
+    fflush(stderr);
+    for (int r = 0; r < WORLD; r++) {
+        pids[r] = fork();
+        if (pids[r] == 0) _exit(rank_main(r, port));
+    }
+    for (int r = 0; r < WORLD; r++) {
+        int st;
+        waitpid(pids[r], &st, 0);
+        CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "rank %d", r);
+    }
+}
+
+static void test_tcp_failures(void)
+{
+    /* rank 1 of 2 never comes: rank 0's rendezvous gives up after the timeout, naming the wait */
+    CommSetup s = {.rank = 0, .world = 2, .master_port = net_free_port(), .timeout_s = 1};
+    snprintf(s.master_addr, sizeof(s.master_addr), "127.0.0.1");
+    double t0 = comm_now();
+    Comm *c = comm_tcp_create(&s);
+    double dt = comm_now() - t0;
+    CHECK(c == NULL);
+    CHECKF(strstr(err_get(), "only 1 of 2 ranks came within 1 s"), "%s", err_get());
+    CHECK(dt >= 0.9 && dt < 10);
+    /* rank 1 dies in the middle: rank 0 names it at once, long before the 30 s timeout */
+    s.master_port = net_free_port();
+    s.timeout_s = 30;
+    fflush(stderr);
+    pid_t p = fork();
+    if (p == 0) {
+        CommSetup s1 = s;
+        s1.rank = 1;
+        Comm *c1 = comm_tcp_create(&s1);
+        _exit(c1 ? 0 : 1); /* exits without taking part in the all-reduce */
+    }
+    c = comm_tcp_create(&s);
+    CHECKF(c != NULL, "%s", err_get());
+    if (c) {
+        float v[4] = {1, 2, 3, 4};
+        t0 = comm_now();
+        CHECK(c->all_reduce_sum(c, v, 4, COMM_F32) == -1);
+        CHECKF(strstr(err_get(), "lost rank 1"), "%s", err_get());
+        CHECK(comm_now() - t0 < 10);
+        c->free(c);
+    }
+    int st;
+    waitpid(p, &st, 0);
+}
+
+/* ---- the loader across world sizes ---- */
+
+static char tmpdir[256];
+
+static const char *make_text(void)
+{
+    static char path[512];
+    snprintf(path, sizeof(path), "%s/text.txt", tmpdir);
+    FILE *f = fopen(path, "wb");
+    Rng r;
+    rng_seed(&r, 5, 0);
+    for (int i = 0; i < 1500; i++) fputc('a' + (int)rng_below(&r, 26), f);
+    fclose(f);
+    return path;
+}
+
+static void test_loader_world(void)
+{
+    const char *path = make_text();
+    enum { T = 16, B = 2, READS = 150 }; /* 93 windows: READS crosses epoch boundaries */
+    LoaderOptions o = {.B = 1, .T = T, .seed = 9, .shuffle = 1, .rank = 0, .world = 1, .tokenizer = "byte"};
+    DataLoader *one = loader_open(path, &o);
+    CHECKF(one != NULL, "%s", err_get());
+    if (!one) return;
+    int32_t(*seq)[T] = xmalloc(sizeof(int32_t[T]) * READS * 4), tg[T];
+    for (int i = 0; i < READS * 4; i++) loader_next(one, seq[i], tg);
+    for (int world = 2; world <= 3; world++) {
+        int ok = 1;
+        for (int r = 0; r < world; r++) {
+            LoaderOptions ow = o;
+            ow.B = B;
+            ow.rank = r;
+            ow.world = world;
+            DataLoader *dl = loader_open(path, &ow);
+            int32_t in[B * T], t2[B * T];
+            for (int n = 0; n < READS / B; n++) {
+                loader_next(dl, in, t2);
+                for (int b = 0; b < B; b++) /* this rank's (n*B+b)-th window = global element (n*B+b)*world + r */
+                    ok &= !memcmp(in + b * T, seq[(size_t)(n * B + b) * world + r], sizeof(int32_t) * T);
+            }
+            /* the saved position is the single process's after as many windows */
+            LoaderState st = loader_state(dl);
+            LoaderState ref = {((uint64_t)READS * world) / loader_windows_per_epoch(one),
+                               ((uint64_t)READS * world) % loader_windows_per_epoch(one)};
+            ok &= st.epoch == ref.epoch && st.pos == ref.pos;
+            loader_close(dl);
+        }
+        CHECKF(ok, "world %d", world);
+    }
+    /* a position saved by 2 ranks after 6 rounds of B (24 windows) resumes on 3 ranks and on 1 */
+    LoaderOptions o2 = o;
+    o2.B = B;
+    o2.world = 2;
+    DataLoader *two = loader_open(path, &o2);
+    int32_t in[B * T], t2[B * T];
+    for (int n = 0; n < 6; n++) loader_next(two, in, t2);
+    LoaderState st = loader_state(two);
+    LoaderOptions o3 = o2;
+    o3.world = 3;
+    o3.rank = 1;
+    DataLoader *three = loader_open(path, &o3);
+    CHECK(loader_set_state(three, st) == 0);
+    loader_next(three, in, t2); /* its next = global element 24 + 1 */
+    CHECK(!memcmp(in, seq[25], sizeof(int32_t) * T));
+    /* 7 rounds on 2 ranks (28 windows) is no multiple of 3 ranks: a clear error */
+    loader_next(two, in, t2);
+    st = loader_state(two);
+    CHECK(loader_set_state(three, st) == -1 && strstr(err_get(), "not a multiple of the 3 ranks"));
+    loader_close(two);
+    loader_close(three);
+    loader_close(one);
+    free(seq);
+}
+
+/* ---- shards, buckets and the sharded optimizer ---- */
+
+static ModelConfig tiny_config(void)
+{
+    ModelConfig c;
+    model_config_defaults(&c, FAMILY_GPT2);
+    c.n_layer = 3;
+    c.n_head = 2;
+    c.d_model = 16;
+    c.vocab_size = 37;
+    c.max_seq_len = 8;
+    if (model_config_finish(&c)) fatal_err();
+    return c;
+}
+
+static void test_shards_buckets(void)
+{
+    ModelConfig c = tiny_config();
+    ParamTable pt;
+    param_table_build(&pt, &c);
+    param_table_set_kinds(&pt, NULL);
+    for (int world = 1; world <= 5; world++)
+        for (int zero = 0; zero <= 2; zero++) {
+            Dist d = {.rank = world - 1, .world = world, .opt = {.zero = zero, .bucket_mb = 0.004}};
+            dist_setup_params(&d, &pt);
+            int ok = 1;
+            size_t at = 0;
+            for (int r = 0; r < world; r++) { /* shards: consecutive, covering the segment */
+                ok &= d.lo[r] == at && d.hi[r] >= d.lo[r];
+                at = d.hi[r];
+            }
+            ok &= at == pt.n_train;
+            ok &= zero ? d.my_lo == d.lo[world - 1] && d.my_hi == d.hi[world - 1] : d.my_lo == 0 && d.my_hi == pt.n_train;
+            size_t cap = (size_t)(0.004 * (1 << 20) / 4), end = pt.n_train; /* buckets: from the end, no gap */
+            for (int b = 0; b < d.nbuckets; b++) {
+                ok &= d.bucket[b][1] == end && d.bucket[b][0] < end && end - d.bucket[b][0] <= cap;
+                end = d.bucket[b][0];
+            }
+            ok &= end == 0 && d.nbuckets > 1;
+            CHECKF(ok, "world %d zero %d", world, zero);
+            dist_free(&d);
+        }
+    param_table_free(&pt);
+}
+
+static void test_sharded_optimizer(void)
+{
+    ModelConfig c = tiny_config();
+    const Backend *be = backend_cpu();
+    Model *a = model_create(&c, be), *b = model_create(&c, be);
+    model_init_gpt2(a, 3);
+    model_init_gpt2(b, 3);
+    size_t n = a->pt.n_train;
+    float *g = xmalloc(n * sizeof(float));
+    Rng r;
+    rng_seed(&r, 4, 0);
+    for (size_t i = 0; i < n; i++) g[i] = (float)rng_normal(&r) * 0.01f;
+    memcpy(a->ps.grad, g, n * sizeof(float));
+    memcpy(b->ps.grad, g, n * sizeof(float));
+    Optimizer full, s0, s1;
+    optim_init(&full, a, 0.1f);
+    size_t cut = n / 2 + 3; /* inside a tensor: both parts keep its decay */
+    optim_init_range(&s0, b, 0.1f, 0, cut);
+    optim_init_range(&s1, b, 0.1f, cut, n);
+    CHECK(s0.n + s1.n == n && optim_bytes(&s0) + optim_bytes(&s1) == optim_bytes(&full));
+    AdamHyper h = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .grad_scale = 1};
+    for (int step = 1; step <= 3; step++) {
+        h.step = step;
+        optim_step(&full, a, &h);
+        optim_step(&s0, b, &h);
+        optim_step(&s1, b, &h);
+    }
+    CHECK(!memcmp(a->ps.master, b->ps.master, n * sizeof(float)));
+    float *m0 = xmalloc(n * sizeof(float)), *v0 = xmalloc(n * sizeof(float));
+    float *mf = xmalloc(n * sizeof(float)), *vf = xmalloc(n * sizeof(float));
+    optim_download(&full, mf, vf);
+    optim_download(&s1, m0, v0);
+    CHECK(!memcmp(m0, mf + cut, (n - cut) * sizeof(float)) && !memcmp(v0, vf + cut, (n - cut) * sizeof(float)));
+    optim_free(&full), optim_free(&s0), optim_free(&s1);
+    model_free(a), model_free(b);
+    free(g), free(m0), free(v0), free(mf), free(vf);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/anvil_test_dist.XXXXXX");
+    if (!mkdtemp(tmpdir)) return 1;
+    signal(SIGPIPE, SIG_IGN);
+    RUN(test_env);
+    RUN(test_tcp_collectives);
+    RUN(test_tcp_failures);
+    RUN(test_loader_world);
+    RUN(test_shards_buckets);
+    RUN(test_sharded_optimizer);
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+    if (system(cmd)) return 1;
+    return test_summary();
+}
