@@ -54,7 +54,7 @@ if has env; then
 fi
 
 if has test; then
-    echo "== test_cuda"
+    echo "== test_cuda${ANVIL_TEST_ONLY:+ (only: $ANVIL_TEST_ONLY)}"
     timeout 300 "$TEST_CUDA" >"$OUT/test_cuda.log" 2>&1
     rc=$?
     grep -E "FAIL|SKIP|loss|worst" "$OUT/test_cuda.log" | head -60
@@ -139,11 +139,16 @@ if has lora; then
         row=$(grep -E "^\| peft" "$OUT/peft_$1.log" | tail -1)
         note "| lora $1 | peer: ${row:-failed: $(tail -2 "$OUT/peft_$1.log" | tr '\n' ' ')} |"
     }
-    lora_pair qlora_mem "--quant nf4 --batch 4 --seq 2048 --recompute 2" "--mode qlora --ckpt --batch 4 --seq 2048"
-    lora_pair qlora_speed "--quant nf4 --batch 4 --seq 2048 --recompute 1" "--mode qlora --batch 4 --seq 2048"
-    lora_pair bf16_mem "--batch 4 --seq 2048 --recompute 2" "--mode lora --ckpt --batch 4 --seq 2048"
-    lora_pair bf16_speed "--batch 4 --seq 2048 --recompute 0" "--mode lora --batch 4 --seq 2048"
-    lora_pair qlora_small "--quant nf4 --batch 1 --seq 512 --recompute 2" "--mode qlora --ckpt --batch 1 --seq 512"
+    pairs=${LORA_PAIRS:-qlora_mem qlora_speed bf16_mem bf16_speed qlora_small} # a subset: LORA_PAIRS="..."
+    for p in $pairs; do
+        case $p in
+        qlora_mem) lora_pair $p "--quant nf4 --batch 4 --seq 2048 --recompute 2" "--mode qlora --ckpt --batch 4 --seq 2048" ;;
+        qlora_speed) lora_pair $p "--quant nf4 --batch 4 --seq 2048 --recompute 1" "--mode qlora --batch 4 --seq 2048" ;;
+        bf16_mem) lora_pair $p "--batch 4 --seq 2048 --recompute 2" "--mode lora --ckpt --batch 4 --seq 2048" ;;
+        bf16_speed) lora_pair $p "--batch 4 --seq 2048 --recompute 0" "--mode lora --batch 4 --seq 2048" ;;
+        qlora_small) lora_pair $p "--quant nf4 --batch 1 --seq 512 --recompute 2" "--mode qlora --ckpt --batch 1 --seq 512" ;;
+        esac
+    done
     grep -h "^memory:" "$OUT"/lora_*.log | tee -a "$OUT/lora_memory.txt"
 fi
 
