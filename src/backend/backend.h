@@ -227,6 +227,8 @@ struct Backend {
     /* Bytes of backend memory held now and the high-water mark since start (every alloc, the
      * backend's own workspaces and scratch included). */
     void (*mem_stats)(size_t *in_use, size_t *peak);
+    /* Start the high-water mark again from what is held now (measurements one after another). */
+    void (*mem_reset_peak)(void);
 };
 
 /* The CPU backend (always built). */

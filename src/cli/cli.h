@@ -15,6 +15,7 @@ int cmd_report(int argc, char **argv);
 int cmd_cost(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
 int cmd_launch(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@ static const struct {
     {"eval", cmd_eval, "eval (ppl | mcq) --model DIR ...: perplexity, zero-shot multiple choice"},
     {"generate", cmd_generate, "generate --model DIR --prompt S: sample text with a KV cache"},
     {"inspect", cmd_inspect, "inspect PATH [--save OUT_DIR [--dtype f32|bf16]]: a model directory or .safetensors file"},
+    {"plan", cmd_plan, "plan --model PRESET_OR_DIR [--method full|lora|qlora] --batch B --seq T: memory and GPUs"},
     {"merge", cmd_merge, "merge --model BASE --adapter DIR --out MERGED: fold a LoRA adapter into its base"},
     {"quantize", cmd_quantize, "quantize --model DIR --quant nf4|fp4 --out DIR4: bitsandbytes 4-bit layout"},
     {"bench", cmd_bench, "bench --model PRESET_OR_DIR [--device cuda]: step time, tokens/s, MFU, memory"},

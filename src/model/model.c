@@ -486,7 +486,20 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
     }
     /* output layer + loss, and when training already their backward: dlnf into dbuf1 (where
      * model_backward starts) and the head's gradient */
-    linear_head_xent(&m->ps, &m->head, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
+    if (m->head_unfused) { /* the whole (N,V) logits, the softmax over them, the product back */
+        if (!m->logits) {
+            size_t before, after;
+            be->mem_stats(&before, NULL);
+            m->logits = be->alloc((size_t)m->Bmax * m->Tmax * c->vocab_size * be->act_size);
+            be->mem_stats(&after, NULL);
+            m->act_bytes += after - before;
+        }
+        linear_fwd(&m->ps, &m->head, m->logits, m->lnf, N, NULL);
+        be->xent_fwd_bwd(m->losses, m->logits, m->targets, N, c->vocab_size, loss_scale);
+        if (loss_scale != 0) linear_bwd(&m->ps, &m->head, m->dbuf1, m->logits, m->lnf, N, NULL);
+    } else {
+        linear_head_xent(&m->ps, &m->head, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
+    }
     be->download(m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0;
     int valid = 0;

@@ -64,6 +64,8 @@ typedef struct Model {
     LoraSpec lora;              /* adapters (r 0: none) */
     LinearAdapter *adapters;    /* every adapter; the Linears of lp point into it */
     int training;               /* the current forward trains (adapter dropout on) */
+    int head_unfused;           /* 1: the output layer as a whole (N,V) product, softmax and product
+                                 * (the plain path, for `anvil bench --ablate`); 0: lm_head_xent */
     uint64_t dropout_seed;      /* the current micro-step's dropout stream (train_step sets it) */
 
     /* activation buffers sized for up to Bmax x Tmax tokens */

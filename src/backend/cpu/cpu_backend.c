@@ -44,6 +44,8 @@ static void cpu_mem_stats(size_t *in_use, size_t *peak)
     if (peak) *peak = g_peak;
 }
 
+static void cpu_mem_reset_peak(void) { g_peak = g_in_use; }
+
 /* The CPU is always deterministic and has a single attention and GEMM path. */
 static void cpu_configure(const BackendOptions *o) { (void)o; }
 static void cpu_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
@@ -685,6 +687,7 @@ static const Backend cpu_backend = {
     .dequant4 = cpu_dequant4,
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,
+    .mem_reset_peak = cpu_mem_reset_peak,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

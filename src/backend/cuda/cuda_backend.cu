@@ -332,6 +332,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->dequant4 = cu_dequant4<T>;
     be->configure = cu_configure;
     be->mem_stats = cu_mem_stats_op;
+    be->mem_reset_peak = cuda_mem_reset_peak;
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
 }

@@ -1,0 +1,217 @@
+/* plan.c - predicted memory of a training step (plan.h). */
+#define _GNU_SOURCE /* strcasestr */
+#include "report/plan.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/error.h"
+#include "model/quant4.h"
+#include "train/optim.h"
+
+/* ---- the planning backend: alloc counts, nothing else happens ---- */
+
+static size_t g_in_use, g_peak;
+static uintptr_t g_next = 4096; /* fake, distinct, never dereferenced addresses */
+
+typedef struct {
+    uintptr_t addr;
+    size_t bytes;
+} PlanBlock;
+static PlanBlock *g_blocks;
+static size_t g_nblocks, g_cap;
+
+static void *plan_alloc(size_t bytes)
+{
+    if (g_nblocks == g_cap) g_blocks = xrealloc(g_blocks, (g_cap = g_cap ? 2 * g_cap : 256) * sizeof(PlanBlock));
+    void *p = (void *)g_next;
+    g_blocks[g_nblocks++] = (PlanBlock){g_next, bytes};
+    g_next += (bytes + 4095) / 4096 * 4096 + 4096;
+    g_in_use += bytes;
+    if (g_in_use > g_peak) g_peak = g_in_use;
+    return p;
+}
+
+static void plan_free(void *p)
+{
+    for (size_t i = 0; i < g_nblocks; i++)
+        if (g_blocks[i].addr == (uintptr_t)p) {
+            g_in_use -= g_blocks[i].bytes;
+            g_blocks[i] = g_blocks[--g_nblocks];
+            return;
+        }
+}
+
+static void plan_mem_stats(size_t *in_use, size_t *peak)
+{
+    if (in_use) *in_use = g_in_use;
+    if (peak) *peak = g_peak;
+}
+
+static void nop_copy(void *dst, const void *src, size_t n) { (void)dst, (void)src, (void)n; }
+static void nop_zero(void *p, size_t n) { (void)p, (void)n; }
+static void nop_cast(void *dst, const float *src, size_t n) { (void)dst, (void)src, (void)n; }
+static void nop_up_act(void *dst, const float *src, size_t n) { (void)dst, (void)src, (void)n; }
+static void nop_down_act(float *dst, const void *src, size_t n) { (void)dst, (void)src, (void)n; }
+static void nop_sync(void) {}
+
+static Backend plan_backend(int act_size)
+{
+    Backend be = {0};
+    be.name = "plan";
+    be.act_size = (size_t)act_size;
+    be.act_dtype = act_size == 2 ? DTYPE_BF16 : DTYPE_F32;
+    be.alloc = plan_alloc;
+    be.free = plan_free;
+    be.zero = nop_zero;
+    be.upload = nop_copy;
+    be.download = nop_copy;
+    be.sync = nop_sync;
+    be.cast_to_act = nop_cast;
+    be.upload_act = nop_up_act;
+    be.download_act = nop_down_act;
+    be.mem_stats = plan_mem_stats;
+    return be;
+}
+
+/* ---- what a GPU backend adds ---- */
+
+/* cuBLASLt workspace (cuda_backend.cu). */
+#define LT_WORKSPACE ((size_t)32 << 20)
+/* The fused LM head's chunk of logits and its vocabulary padding (cuda_matmul.cu). */
+#define LM_HEAD_CHUNK ((size_t)1 << 30)
+#define VOCAB_PAD 128
+#define LM_HEAD_ROW_ALIGN 128
+/* What the H200 runs of 2026-12-01 held beyond the terms above (cuDNN's plans and workspaces,
+ * grow-only scratch): 0.14 to 0.74 GiB over seven runs (docs/reporting.md); the middle of that. */
+#define GPU_RESIDUAL ((size_t)(0.45 * 1073741824.0))
+
+static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains)
+{
+    size_t N = (size_t)s->B * s->T, V = (size_t)c->vocab_size, Vp = (V + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD;
+    size_t rows = LM_HEAD_CHUNK / (Vp * 2);
+    if (rows > N) rows = N;
+    size_t nchunk = (N + rows - 1) / rows;
+    rows = (N + nchunk - 1) / nchunk;
+    rows = (rows + LM_HEAD_ROW_ALIGN - 1) / LM_HEAD_ROW_ALIGN * LM_HEAD_ROW_ALIGN;
+    if (rows > N) rows = N;
+    size_t ws = LT_WORKSPACE + rows * Vp * 2 + GPU_RESIDUAL;
+    if (Vp != V) ws += Vp * (size_t)c->d_model * 2 + (head_trains ? Vp * (size_t)c->d_model * 4 : 0);
+    return ws;
+}
+
+/* The 4-bit states the store would upload (params_upload_q4): packed nibbles, 8-bit scales,
+ * nested scales and the 8-bit map per part (double quantization, blocks of 64). */
+static size_t q4_bytes(const Model *m)
+{
+    size_t b = 0;
+    for (int i = 0; i < m->pt.n; i++) {
+        const Param *p = &m->pt.p[i];
+        if (p->kind != PARAM_NF4) continue;
+        for (int k = 0; k < p->nparts; k++) {
+            int64_t n = (int64_t)p->part_rows[k] * p->shape[1], nb = q4_nblocks(n, Q4_DEFAULT_BLOCKSIZE);
+            b += q4_packed_bytes(n) + (size_t)nb + (size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4 + Q4_MAP8_SIZE * 4;
+        }
+    }
+    return b;
+}
+
+int plan_method_parse(const char *s, PlanMethod *m)
+{
+    if (!strcmp(s, "full")) *m = PLAN_FULL;
+    else if (!strcmp(s, "lora")) *m = PLAN_LORA;
+    else if (!strcmp(s, "qlora")) *m = PLAN_QLORA;
+    else return err_set("expected full, lora or qlora, got \"%s\"", s);
+    return 0;
+}
+
+const char *plan_method_name(PlanMethod m) { return m == PLAN_FULL ? "full" : m == PLAN_LORA ? "lora" : "qlora"; }
+
+int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
+{
+    if (s->B <= 0 || s->T <= 0) return err_set("plan: batch and sequence length must be positive");
+    if (s->T > c->max_seq_len) return err_set("plan: sequence length %d exceeds the model's %d", s->T, c->max_seq_len);
+    if (s->act_size != 2 && s->act_size != 4) return err_set("plan: act size %d (2 or 4)", s->act_size);
+    Backend be = plan_backend(s->act_size);
+    g_in_use = g_peak = 0;
+    Model *m;
+    if (s->method == PLAN_FULL) {
+        m = model_create(c, &be);
+    } else {
+        LoraSpec ls = {.r = s->lora_r > 0 ? s->lora_r : 16, .alpha = 32};
+        const char *all = "all-linear";
+        if (lora_sites_parse(&all, 1, c->family, &ls.sites)) return -1;
+        Q4Spec q = {.type = s->method == PLAN_QLORA ? Q4_NF4 : -1, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = 1};
+        m = model_create_lora(c, &be, &ls, 1, 1, &q);
+    }
+    size_t q4 = q4_bytes(m);
+    if (model_reserve(m, s->B, s->T, s->recompute)) {
+        model_free(m);
+        return -1;
+    }
+    Optimizer o;
+    optim_init(&o, m, 0.0f);
+    MemReport mr;
+    model_mem_report(m, optim_bytes(&o), &mr);
+    /* the 4-bit states are uploaded at load, not at creation: add them to the weights */
+    mr.weights += q4;
+    int world = s->world > 1 ? s->world : 1;
+    if (s->zero >= 1) mr.optim /= (size_t)world;
+    if (s->zero >= 2) mr.grads /= (size_t)world;
+    int head_trains = m->pt.p[m->head.w].kind == PARAM_TRAIN;
+    if (s->gpu) mr.workspace += plan_workspace(c, s, head_trains); /* beside the store's own scratch */
+    mr.peak = mr.weights + mr.master + mr.grads + mr.optim + mr.acts + mr.workspace;
+    mr.in_use = mr.peak;
+    r->mem = mr;
+    /* the rule of thumb people use: parameters x bytes per parameter x 1.2 for everything else;
+     * bytes 18 for full training in mixed precision (2 + 4 + 4 + 8), 2 for a bf16 base under
+     * adapters, 0.5 for a 4-bit base */
+    double P = (double)param_count_all(&m->pt), bytes = s->method == PLAN_FULL ? 18 : s->method == PLAN_LORA ? 2 : 0.5;
+    r->rule_gib = P * bytes * 1.2 / 1073741824.0;
+    optim_free(&o);
+    model_free(m);
+    return 0;
+}
+
+int plan_max_batch(const ModelConfig *c, const PlanSpec *s, size_t bytes, int b_max, int divides)
+{
+    int best = 0;
+    for (int b = 1; b <= b_max; b++) {
+        if (divides > 0 && divides % b) continue;
+        PlanSpec t = *s;
+        t.B = b;
+        PlanResult r;
+        if (plan_memory(c, &t, &r)) return best;
+        if (r.mem.peak > bytes) break; /* memory grows with the batch */
+        best = b;
+    }
+    return best;
+}
+
+/* Memory as sold (GB = 1e9 bytes) and dense bf16 tensor peak without sparsity, from NVIDIA's
+ * datasheets (configs/gpus.yaml names them). */
+static const PlanGpu gpus[] = {
+    {"RTX 3090", 24e9 / 1073741824.0, 71},   {"RTX 4090", 24e9 / 1073741824.0, 165.2},
+    {"RTX A6000", 48e9 / 1073741824.0, 154.8}, {"L40S", 48e9 / 1073741824.0, 362.05},
+    {"A100 40GB", 40e9 / 1073741824.0, 312}, {"A100 80GB", 80e9 / 1073741824.0, 312},
+    {"H100 PCIe", 80e9 / 1073741824.0, 756}, {"H100 SXM", 80e9 / 1073741824.0, 989},
+    {"H200", 141e9 / 1073741824.0, 989},
+};
+
+const PlanGpu *plan_gpus(int *n)
+{
+    *n = (int)ARRAY_LEN(gpus);
+    return gpus;
+}
+
+const PlanGpu *plan_gpu_find(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_LEN(gpus); i++)
+        if (!strcasecmp(gpus[i].name, name)) return &gpus[i];
+    /* "h100" finds "H100 SXM", "a100" the first A100 */
+    for (size_t i = 0; i < ARRAY_LEN(gpus); i++)
+        if (strcasestr(gpus[i].name, name)) return &gpus[i];
+    return NULL;
+}
