@@ -22,6 +22,16 @@ struct Model;
  * mistyped key, or an unsupported architecture / activation / RoPE type. */
 int hf_read_config(const char *dir, ModelConfig *cfg);
 
+/* 1 when dir holds model.safetensors or model.safetensors.index.json. */
+int hf_has_weights(const char *dir);
+/* Check config (as read from dir/config.json) against the shapes in the safetensors
+ * headers of dir, reading nothing but the headers: the embedding (width, vocabulary),
+ * positions, layer 0's attention and MLP widths, and that the last layer exists and no
+ * layer after it. -1 with err_set("<dir>/config.json: <key>: N does not match the
+ * weights: ...") naming the config.json key. hf_read_config calls it when dir has weights,
+ * so that nothing is allocated for a config that the weights contradict. */
+int hf_check_shapes(const char *dir, const ModelConfig *cfg);
+
 /* Fill host (pt->total floats, laid out as pt says) from the directory's
  * safetensors (F32, F16, BF16, F64). Every parameter must be present with the
  * right shape; buffers such as GPT-2's attn.bias, and lm_head.weight of a tied
