@@ -77,6 +77,7 @@ static void test_model_sizes(void)
         {"layers_100000.bin", "num_hidden_layers: 100000", "out of range"},
         {"hidden_16384.bin", "hidden_size: 16384 does not match the weights", "model.embed_tokens.weight"},
         {"layers_1000.bin", "num_hidden_layers: 1000 does not match the weights", "no layer 999"},
+        {"layers_sparse.bin", "num_hidden_layers: 3 layers need", "but the weights hold"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         const char *e = model_error(cases[i].file);

@@ -777,6 +777,21 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
             rc = err_set("%s: %s: %d does not match the weights: %s has a layer %d too (%s)", cpath, k->layers,
                          c->n_layer, where, c->n_layer, name);
     }
+    /* the other layers: together the tensors must hold at least the parameters in 2-byte floats,
+     * so that a config is never allocated far beyond the file it came with */
+    if (!rc) {
+        ParamTable pt;
+        param_table_build(&pt, c);
+        uint64_t have = 0, need = (uint64_t)pt.total * 2;
+        for (int f = 0; f < set.nfiles; f++)
+            for (int i = 0; i < set.files[f].n; i++) have += set.files[f].t[i].nbytes;
+        if (need > have)
+            rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in 16 bits), but the weights "
+                         "hold %llu bytes",
+                         cpath, k->layers, c->n_layer, pt.total, (unsigned long long)need,
+                         (unsigned long long)have);
+        param_table_free(&pt);
+    }
     free(cpath);
     free(where);
     st_set_close(&set);

@@ -96,3 +96,6 @@ write("fuzz_trainer_state", "step_4294967301.json", state(4294967301))
 write("fuzz_trainer_state", "tokens_negative.json", state(10, tokens=-1))
 write("fuzz_trainer_state", "elapsed_overflow.json", state(10, elapsed="1e999"))
 write("fuzz_trainer_state", "ok.json", state(10, tokens=2560))
+# layer 0 and the last layer's norm, nothing between: the headers hold less than 3 layers need
+sparse = llama_tensors(16, 16, 16, 24, 32, 1) + [("model.layers.2.input_layernorm.weight", (16,))]
+write("fuzz_hf_model", "layers_sparse.bin", llama_config(num_hidden_layers=3) + b"\0" + safetensors(sparse))
