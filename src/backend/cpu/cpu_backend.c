@@ -1,7 +1,10 @@
 /* cpu_backend.c - the reference backend: fp32, C + OpenMP, matrix products
- * through BLAS (OpenBLAS). Every op is deterministic for a given thread count;
- * reductions over rows (parameter gradients) are split by columns so that
- * their result does not depend on the number of threads at all. */
+ * through BLAS (OpenBLAS). Every result is the same for any number of OpenMP
+ * threads, bit for bit: reductions over rows (parameter gradients, norms' and
+ * embeddings' weight gradients) are split by columns and summed in row order,
+ * sums of squares go over fixed-size chunks added in chunk order, and the
+ * BLAS calls work on fixed-size blocks of rows (MATMUL_ROWS), never on one
+ * block per thread, because a BLAS result may depend on the block's shape. */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -165,11 +168,35 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
 
 /* --------------------------------------------------------------- linear */
 
-/* Matrix products run single-threaded BLAS calls on row blocks split over our
- * OpenMP threads: one thread pool for the whole backend (OpenBLAS's own
+/* Matrix products run single-threaded BLAS calls on row blocks shared out to
+ * our OpenMP threads: one thread pool for the whole backend (OpenBLAS's own
  * pthreads spinning against OpenMP's cost more than they gave on small and
- * mid-size products). Below this many multiply-adds one call does it all. */
+ * mid-size products). Below this many multiply-adds one thread does it all. */
 #define MATMUL_SPLIT_MIN (1L << 18)
+/* Each product is cut into blocks along its output's longer side (rows or
+ * columns), of a size that depends on the shape only: never one block per thread,
+ * because OpenBLAS picks kernels by shape and a row's last digits would then
+ * depend on the thread count. Blocks are at least MATMUL_BLOCK_MIN wide (so the
+ * operand a call packs whole is reused enough) and at most MATMUL_BLOCKS_MAX per
+ * product (so a wide one, the LM head, is not packed hundreds of times). */
+#define MATMUL_BLOCK_MIN 128
+#define MATMUL_BLOCKS_MAX 64
+
+/* The blocks of a product with an (M, N) output: split its rows (*by_rows) or columns. */
+typedef struct {
+    int by_rows, n;
+    size_t len, block;
+} MatmulBlocks;
+
+static MatmulBlocks matmul_blocks(size_t M, size_t N)
+{
+    MatmulBlocks b = {.by_rows = M >= N, .len = M >= N ? M : N};
+    size_t per = (b.len + MATMUL_BLOCKS_MAX - 1) / MATMUL_BLOCKS_MAX;
+    per = (per + MATMUL_BLOCK_MIN - 1) / MATMUL_BLOCK_MIN * MATMUL_BLOCK_MIN;
+    b.block = MAX((size_t)MATMUL_BLOCK_MIN, per);
+    b.n = (int)((b.len + b.block - 1) / b.block);
+    return b;
+}
 
 static void blas_single_thread(void)
 {
@@ -184,20 +211,20 @@ static void blas_single_thread(void)
 static void cpu_matmul_fwd(void *out_, const void *inp_, const void *w, const void *bias_, int N, int IC, int OC)
 {
     float *out = out_;
-    const float *inp = inp_, *bias = bias_;
+    const float *inp = inp_, *W = w, *bias = bias_;
     blas_single_thread();
     int split = (long)N * IC * OC >= MATMUL_SPLIT_MIN;
-#pragma omp parallel if (split)
-    {
-        size_t r0, r1;
-        thread_range((size_t)N, &r0, &r1);
-        if (r1 > r0) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), OC, IC, 1.0f, inp + r0 * IC, IC, w,
-                        IC, 0.0f, out + r0 * OC, OC);
-            if (bias)
-                for (size_t i = r0; i < r1; i++)
-                    for (int j = 0; j < OC; j++) out[i * OC + j] += bias[j];
-        }
+    MatmulBlocks b = matmul_blocks((size_t)N, (size_t)OC);
+#pragma omp parallel for schedule(dynamic, 1) if (split)
+    for (int k = 0; k < b.n; k++) {
+        size_t a0 = (size_t)k * b.block, a1 = MIN(b.len, a0 + b.block);
+        size_t r0 = b.by_rows ? a0 : 0, r1 = b.by_rows ? a1 : (size_t)N; /* out[r0:r1, c0:c1] */
+        size_t c0 = b.by_rows ? 0 : a0, c1 = b.by_rows ? (size_t)OC : a1;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(r1 - r0), (int)(c1 - c0), IC, 1.0f,
+                    inp + r0 * IC, IC, W + c0 * IC, IC, 0.0f, out + r0 * OC + c0, OC);
+        if (bias)
+            for (size_t i = r0; i < r1; i++)
+                for (size_t j = c0; j < c1; j++) out[i * OC + j] += bias[j];
     }
 }
 
@@ -209,21 +236,31 @@ static void cpu_matmul_bwd(void *dinp_, float *dw, float *dbias, const void *dou
     const float *dout = dout_, *inp = inp_, *w = w_;
     blas_single_thread();
     int split = (long)N * IC * OC >= MATMUL_SPLIT_MIN;
-#pragma omp parallel if (split)
-    {
-        size_t r0, r1, o0, o1;
-        thread_range((size_t)N, &r0, &r1);
-        thread_range((size_t)OC, &o0, &o1);
-        if (dinp && r1 > r0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), IC, OC, 1.0f, dout + r0 * OC, OC,
-                        w, IC, 0.0f, dinp + r0 * IC, IC);
-        /* each thread owns rows o0..o1 of dw and entries o0..o1 of dbias */
-        if (dw && o1 > o0)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(o1 - o0), IC, N, 1.0f, dout + o0, OC, inp, IC,
-                        1.0f, dw + o0 * IC, IC);
-        if (dbias)
+    /* blocks of dinp (N, IC), then blocks of dw (OC, IC) with the matching entries of dbias */
+    MatmulBlocks bi = matmul_blocks((size_t)N, (size_t)IC), bw = matmul_blocks((size_t)OC, (size_t)IC);
+    int nin = dinp ? bi.n : 0, nw = dw ? bw.n : 0;
+#pragma omp parallel for schedule(dynamic, 1) if (split)
+    for (int k = 0; k < nin + nw; k++) {
+        const MatmulBlocks *b = k < nin ? &bi : &bw;
+        size_t a0 = (size_t)(k < nin ? k : k - nin) * b->block, a1 = MIN(b->len, a0 + b->block);
+        size_t r0 = b->by_rows ? a0 : 0, r1 = b->by_rows ? a1 : (k < nin ? (size_t)N : (size_t)OC);
+        size_t c0 = b->by_rows ? 0 : a0, c1 = b->by_rows ? (size_t)IC : a1;
+        if (k < nin) /* dinp[r0:r1, c0:c1] = dout[r0:r1] @ w[:, c0:c1] */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(r1 - r0), (int)(c1 - c0), OC, 1.0f,
+                        dout + r0 * OC, OC, w + c0, IC, 0.0f, dinp + r0 * IC + c0, IC);
+        else /* dw[r0:r1, c0:c1] += dout[:, r0:r1]^T @ inp[:, c0:c1] */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(r1 - r0), (int)(c1 - c0), N, 1.0f,
+                        dout + r0, OC, inp + c0, IC, 1.0f, dw + r0 * IC + c0, IC);
+    }
+    /* dbias: column sums in row order, columns shared out in fixed blocks */
+    if (dbias) {
+        int nb = (OC + MATMUL_BLOCK_MIN - 1) / MATMUL_BLOCK_MIN;
+#pragma omp parallel for schedule(static) if (split)
+        for (int k = 0; k < nb; k++) {
+            size_t j0 = (size_t)k * MATMUL_BLOCK_MIN, j1 = MIN((size_t)OC, j0 + MATMUL_BLOCK_MIN);
             for (int i = 0; i < N; i++)
-                for (size_t j = o0; j < o1; j++) dbias[j] += dout[(size_t)i * OC + j];
+                for (size_t j = j0; j < j1; j++) dbias[j] += dout[(size_t)i * OC + j];
+        }
     }
 }
 
