@@ -635,7 +635,7 @@ static void check_ppl_eval(const char *name)
     o = (PplOptions){.ctx = 64, .stride = 65, .batch = 1};
     CHECK(ppl_run(m, ids, (size_t)n, &o, tok, &r) == -1 && strstr(err_get(), "--stride"));
     o = (PplOptions){.ctx = m->cfg.max_seq_len + 1, .stride = 1, .batch = 1};
-    CHECK(ppl_run(m, ids, (size_t)n, &o, tok, &r) == -1 && strstr(err_get(), "--ctx"));
+    CHECK(ppl_run(m, ids, (size_t)n, &o, tok, &r) == -1 && strstr(err_get(), "--seq"));
     free(ids);
     free(want);
 out:

@@ -1056,7 +1056,37 @@ int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt
     return rc;
 }
 
+/* The tokenizer files of a Hugging Face directory (what tokenizer_load reads and
+ * transformers' AutoTokenizer saves), copied unchanged by hf_save_with_tokenizer. */
+static const char *const hf_tokenizer_files[] = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json",     "merges.txt",            "encoder.json",            "vocab.bpe",
+    "tokenizer.model", "vocab.txt",
+};
+
+static int copy_tokenizer_files(const char *from, const char *to)
+{
+    for (size_t i = 0; i < ARRAY_LEN(hf_tokenizer_files); i++) {
+        char *src = fs_join(from, hf_tokenizer_files[i]), *dst = fs_join(to, hf_tokenizer_files[i]);
+        char *data = NULL;
+        size_t n = 0;
+        int rc = 0;
+        if (fs_exists(src)) rc = fs_read_file(src, &data, &n) || fs_write_atomic(dst, data, n);
+        free(data);
+        free(src);
+        free(dst);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype)
+{
+    return hf_save_with_tokenizer(dir, cfg, pt, host, dtype, NULL);
+}
+
+int hf_save_with_tokenizer(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
+                           int dtype, const char *tokenizer_from)
 {
     size_t len = strlen(dir);
     while (len > 1 && dir[len - 1] == '/') len--;
@@ -1065,6 +1095,7 @@ int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const
     int rc = fs_rm_rf(tmp);
     if (rc == 0) rc = fs_mkdir_p(tmp);
     if (rc == 0) rc = hf_write_files(tmp, cfg, pt, host, dtype);
+    if (rc == 0 && tokenizer_from) rc = copy_tokenizer_files(tokenizer_from, tmp);
     if (rc == 0) rc = fs_publish_dir(tmp, dir);
     if (rc != 0) {
         char keep[ANVIL_ERR_MAX];

@@ -67,6 +67,11 @@ int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt
 /* The same into a fresh "<dir>.tmp.<pid>", then published as dir in one
  * rename (replacing an existing dir). */
 int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype);
+/* hf_save, with the tokenizer files of directory tokenizer_from (tokenizer.json,
+ * tokenizer_config.json, special_tokens_map.json, vocab.json + merges.txt, ...) copied
+ * unchanged into the new directory before it is published; NULL: none. */
+int hf_save_with_tokenizer(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
+                           int dtype, const char *tokenizer_from);
 /* config.json alone (used by hf_write_files; exposed for tests and tools). */
 int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype);
 
