@@ -2,6 +2,7 @@
 # cli_cpu.sh - the CPU backend gives bit-identical training for any OpenMP
 # thread count: a few steps of a tiny byte-level GPT-2 and LLaMA with 1, 2 and 3
 # threads must write the same weights and log the same losses (docs/testing.md).
+# Also: the GPU test programs say "skipped: no GPU" on a machine without one.
 set -u
 . "$(dirname "$0")/lib_cli.sh"
 
@@ -46,5 +47,20 @@ YAML
             cmp -s "$tmp/$preset-t1.loss" "$tmp/$preset-t$th.loss"
     done
     check "$preset: losses logged" test -s "$tmp/$preset-t1.loss"
+done
+# the GPU test programs on a machine without a GPU say "skipped: no GPU", not "0 passed"
+build=${ANVIL_TEST_BUILD:-build}
+for t in test_cuda test_cuda_kv; do
+    [ -x "$build/tests/$t" ] || continue
+    "$build/tests/$t" >"$tmp/$t.out" 2>&1
+    rc=$?
+    if grep -q "^0 passed, 0 failed$" "$tmp/$t.out" || ! grep -q "passed" "$tmp/$t.out"; then
+        bad "$t reports no test and no skip: $(tail -2 "$tmp/$t.out")"
+    elif grep -q "skipped: no GPU" "$tmp/$t.out"; then
+        check "$t: skipped, exit 0" [ $rc -eq 0 ]
+        check "$t: closing line counts the skip" grep -q "^0 passed, 0 failed, 1 skipped$" "$tmp/$t.out"
+    else
+        ok # a GPU is here: the program ran its tests (its own pass/fail is counted by run_all)
+    fi
 done
 cli_summary
