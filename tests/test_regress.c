@@ -4,6 +4,7 @@
  *   fuzz_shard/         a token count whose count * width wraps to the file size
  *   fuzz_hf_model/      config.json sizes that wrap an int, or that the weights contradict
  *   fuzz_trainer_state/ steps beyond 32 bits, a negative token count, an overflowing time
+ *   fuzz_tokenizer_json/ a vocabulary id that sized every table (found by the fuzzer)
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include "core/error.h"
 #include "data/loader.h"
 #include "data/shard.h"
+#include "data/tokenizer.h"
 #include "fuzz/fuzz_common.h"
 #include "io/hf.h"
 #include "test.h"
@@ -127,6 +129,26 @@ static void test_trainer_state(void)
     CHECK(st.step == 10 && st.tokens_seen == 2560 && st.loader.pos == 3 && st.elapsed_s == 1.5);
 }
 
+/* Found by fuzz_tokenizer_json: a vocabulary id far beyond the number of tokens sized
+ * every table by it (8.6M: a 10 s timeout under ASan; 10^9: gigabytes). */
+static void test_tokenizer_sparse_ids(void)
+{
+    static const struct {
+        const char *file, *needle;
+    } cases[] = {
+        {"timeout_sparse_id_8651440.json", "model.vocab: id 8651440, but only 884 tokens: ids must be dense"},
+        {"id_1e9.json", "model.vocab: id 1000000000 is larger than the limit"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char path[512];
+        snprintf(path, sizeof(path), REGRESS "/fuzz_tokenizer_json/%s", cases[i].file);
+        Tokenizer *t = tokenizer_load(path);
+        CHECKF(!t && strstr(err_get(), path) && strstr(err_get(), cases[i].needle), "%s: %s", cases[i].file,
+               t ? "loaded" : err_get());
+        if (t) tokenizer_free(t);
+    }
+}
+
 int main(void)
 {
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/anvil_regress_%d", (int)getpid());
@@ -134,6 +156,7 @@ int main(void)
     RUN(test_shard_count_wraps);
     RUN(test_model_sizes);
     RUN(test_trainer_state);
+    RUN(test_tokenizer_sparse_ids);
     char cmd[300];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmpdir);

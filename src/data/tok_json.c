@@ -762,6 +762,24 @@ static void find_sp_split(Tokenizer *t)
     t->sp_split_len = (int)r;
 }
 
+/* Token ids index flat tables (strings, flags, decode pieces), so the largest id sets their
+ * size: ids must stay below TOK_MAX_ID (the model vocabulary limit of config.json) and be
+ * dense enough that the tables are not mostly holes (a 20 KB file naming id 10^9 would
+ * otherwise allocate gigabytes before anything else is checked). Real vocabularies are
+ * dense: ids 0 .. n-1, added tokens right after. */
+#define TOK_MAX_ID (1 << 24)
+#define TOK_MAX_HOLES 65536
+
+static int vocab_ids_check(const char *path, const char *what, int32_t maxid, size_t count)
+{
+    if (maxid >= TOK_MAX_ID)
+        return err_set("%s: %s: id %d is larger than the limit %d", path, what, maxid, TOK_MAX_ID - 1);
+    if ((size_t)maxid >= 2 * count + TOK_MAX_HOLES)
+        return err_set("%s: %s: id %d, but only %zu tokens: ids must be dense (0 .. n-1, added tokens after)",
+                       path, what, maxid, count);
+    return 0;
+}
+
 /* ---- entry points ------------------------------------------------------------------- */
 
 int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *path, const char *dir)
@@ -842,6 +860,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
         err_set("%s: model.vocab is empty", path);
         goto out;
     }
+    if (vocab_ids_check(path, "model.vocab", maxid, json_object_size(vocab) + (size_t)t->n_added)) goto out;
     int n = maxid + 1;
     t->is_special = xcalloc((size_t)n, 1);
     for (int k = 0; k < t->n_added; k++) t->is_special[t->added[k].id] = 1;
@@ -919,6 +938,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
         err_set("%s: empty vocabulary", vpath);
         goto out;
     }
+    if (vocab_ids_check(vpath, "vocabulary", maxid, json_object_size(root))) goto out;
     int n = maxid + 1;
     t->kind = TOK_BPE;
     t->byte_level = 1;

@@ -99,3 +99,9 @@ write("fuzz_trainer_state", "ok.json", state(10, tokens=2560))
 # layer 0 and the last layer's norm, nothing between: the headers hold less than 3 layers need
 sparse = llama_tensors(16, 16, 16, 24, 32, 1) + [("model.layers.2.input_layernorm.weight", (16,))]
 write("fuzz_hf_model", "layers_sparse.bin", llama_config(num_hidden_layers=3) + b"\0" + safetensors(sparse))
+
+# found by fuzz_tokenizer_json (a timeout): ids index flat tables, so one huge id allocated them
+# all (tests/fuzz/regress/fuzz_tokenizer_json/timeout_sparse_id_8651440.json is the fuzzer's file)
+write("fuzz_tokenizer_json", "id_1e9.json",
+      json.dumps({"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {"a": 0, "b": 10**9},
+                                                                   "merges": []}}).encode())
