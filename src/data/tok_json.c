@@ -764,19 +764,20 @@ static void find_sp_split(Tokenizer *t)
 
 /* Token ids index flat tables (strings, flags, decode pieces), so the largest id sets their
  * size: ids must stay below TOK_MAX_ID (the model vocabulary limit of config.json) and be
- * dense enough that the tables are not mostly holes (a 20 KB file naming id 10^9 would
+ * dense enough that the tables are not mostly holes (a 100-byte file naming id 10^9 would
  * otherwise allocate gigabytes before anything else is checked). Real vocabularies are
- * dense: ids 0 .. n-1, added tokens right after. */
+ * dense: ids 0 .. n-1, added tokens right after. Checked for every id before it is stored. */
 #define TOK_MAX_ID (1 << 24)
 #define TOK_MAX_HOLES 65536
 
-static int vocab_ids_check(const char *path, const char *what, int32_t maxid, size_t count)
+/* count: the number of tokens the file lists (vocabulary and added tokens). */
+static int vocab_id_check(const char *path, const char *what, json_int_t id, size_t count)
 {
-    if (maxid >= TOK_MAX_ID)
-        return err_set("%s: %s: id %d is larger than the limit %d", path, what, maxid, TOK_MAX_ID - 1);
-    if ((size_t)maxid >= 2 * count + TOK_MAX_HOLES)
-        return err_set("%s: %s: id %d, but only %zu tokens: ids must be dense (0 .. n-1, added tokens after)",
-                       path, what, maxid, count);
+    if (id >= TOK_MAX_ID)
+        return err_set("%s: %s: id %lld is larger than the limit %d", path, what, (long long)id, TOK_MAX_ID - 1);
+    if ((size_t)id >= 2 * count + TOK_MAX_HOLES)
+        return err_set("%s: %s: id %lld, but only %zu tokens: ids must be dense (0 .. n-1, added tokens after)",
+                       path, what, (long long)id, count);
     return 0;
 }
 
@@ -819,6 +820,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     int32_t maxid = -1;
     const char *key;
     json_t *val;
+    size_t n_listed = json_object_size(vocab) + json_array_size(json_object_get(root, "added_tokens"));
     json_object_foreach(vocab, key, val)
     {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
@@ -826,6 +828,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
             err_set("%s: model.vocab[\"%s\"]: expected a non-negative integer id", path, key);
             goto out;
         }
+        if (vocab_id_check(path, "model.vocab", json_integer_value(val), n_listed)) goto out;
         int32_t id = (int32_t)json_integer_value(val);
         strs_set(&hf, id, key, strlen(key));
         maxid = MAX(maxid, id);
@@ -842,6 +845,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
             err_set("%s: added_tokens[%zu]: expected \"id\" and \"content\"", path, i);
             goto out;
         }
+        if (vocab_id_check(path, "added_tokens", json_integer_value(idv), n_listed)) goto out;
         int32_t id = (int32_t)json_integer_value(idv);
         t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof(AddedToken));
         AddedToken *a = &t->added[t->n_added++];
@@ -860,7 +864,6 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
         err_set("%s: model.vocab is empty", path);
         goto out;
     }
-    if (vocab_ids_check(path, "model.vocab", maxid, json_object_size(vocab) + (size_t)t->n_added)) goto out;
     int n = maxid + 1;
     t->is_special = xcalloc((size_t)n, 1);
     for (int k = 0; k < t->n_added; k++) t->is_special[t->added[k].id] = 1;
@@ -930,6 +933,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
             err_set("%s: \"%s\": expected a non-negative integer id", vpath, key);
             goto out;
         }
+        if (vocab_id_check(vpath, "vocabulary", json_integer_value(val), json_object_size(root))) goto out;
         int32_t id = (int32_t)json_integer_value(val);
         strs_set(&hf, id, key, strlen(key));
         maxid = MAX(maxid, id);
@@ -938,7 +942,6 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
         err_set("%s: empty vocabulary", vpath);
         goto out;
     }
-    if (vocab_ids_check(vpath, "vocabulary", maxid, json_object_size(root))) goto out;
     int n = maxid + 1;
     t->kind = TOK_BPE;
     t->byte_level = 1;
