@@ -98,8 +98,8 @@ asan:
 # libFuzzer harnesses (clang): build into build-fuzz/, run with tools/fuzz.sh
 FUZZ_C := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 fuzz:
-	$(MAKE) BUILD=build-fuzz NO_CUDA=1 CC=clang OPT="-O1 -fsanitize=fuzzer-no-link,address,undefined" \
-	        LDFLAGS="-fopenmp -fsanitize=fuzzer,address,undefined" fuzz-bins
+	$(MAKE) BUILD=build-fuzz NO_CUDA=1 CC=clang OPT="-O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+	        LDFLAGS="-fopenmp -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined" fuzz-bins
 
 fuzz-bins: $(FUZZ_C:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 

@@ -142,25 +142,62 @@ expect_error "bad tokenizer" "broken.json" $ANVIL prepare --tokenizer "$T/broken
 # an error after some shards were written leaves no shard of the run behind
 { for i in $(seq 1 200); do echo '{"text": "0123456789"}'; done; echo 'not json'; } >"$T/late.jsonl"
 expect_error "late error" "late.jsonl:201" $ANVIL prepare --tokenizer byte --input "$T/late.jsonl" --out "$T/e8" --shard-tokens 100
-check '[ -z "$(ls "$T/e8/train" 2>/dev/null)" ] && [ ! -f "$T/e8/manifest.json" ] && no_temp_files "$T/e8"' "no half-written output"
+check '[ ! -e "$T/e8" ]' "a failed prepare leaves nothing (not even its directory)"
+# failed commands create nothing (issue 10 item 6): a bad tokenizer, a bad JSONL line, a binary
+# file, an empty input; a directory that existed keeps only what it held
+for e in e1 e2 e3 e4 e5 e5b e6 e7; do check '[ ! -e "$T/$e" ]' "failed prepare left $e behind"; done
+expect_error "bad tokenizer name" "gpt3" $ANVIL prepare --tokenizer gpt3 --input "$T/in" --out "$T/deep/e9"
+check '[ ! -e "$T/deep" ]' "bad tokenizer: no directories created"
+head -c 3000 /bin/sh >"$T/binary.dat"
+expect_error "binary file" "binary.dat: invalid UTF-8" $ANVIL prepare --tokenizer byte --input "$T/binary.dat" --out "$T/e10"
+check '[ ! -e "$T/e10" ]' "binary file: nothing created"
+mkdir -p "$T/keep" && echo note >"$T/keep/README"
+expect_error "late error in an existing dir" "late.jsonl:201" $ANVIL prepare --tokenizer byte --input "$T/late.jsonl" --out "$T/keep" --shard-tokens 100
+check '[ "$(ls -A "$T/keep")" = "README" ]' "existing directory left as it was"
+# an empty input is refused, not prepared into 0 tokens (training then had no train/)
+: >"$T/empty.txt"
+expect_error "empty input" "empty.txt: no text to prepare" $ANVIL prepare --tokenizer byte --input "$T/empty.txt" --out "$T/e11"
+printf '\n\n  \n' >"$T/blank.txt"
+expect_error "blank input" "no text to prepare" $ANVIL prepare --tokenizer byte --input "$T/blank.txt" --out "$T/e12" --docs blank
+check '[ ! -e "$T/e11" ] && [ ! -e "$T/e12" ]' "empty input: nothing created"
+# --val-fraction with one document (--docs file): refused with the fix, not an empty val/ (item 4)
+printf 'one\n\ntwo\n\nthree\n\nfour\n\nfive\n\nsix\n\nseven\n\neight\n' >"$T/eight.txt"
+expect_error "val fraction, one document" "--val-fraction 0.1: none of the 1 document went to validation; with --docs file every file is one document: use --docs blank" \
+    $ANVIL prepare --tokenizer byte --input "$T/eight.txt" --out "$T/e13" --val-fraction 0.1
+check '[ ! -e "$T/e13" ]' "val fraction refused: nothing created"
+$ANVIL prepare --tokenizer byte --input "$T/eight.txt" --out "$T/v8" --val-fraction 0.5 --docs blank 2>/dev/null
+check '[ -s "$T/v8/val/shard_000000.tok" ] && [ -s "$T/v8/train/shard_000000.tok" ]' "--docs blank gives both splits"
+expect_error "val fraction, all to val" "none to training" \
+    $ANVIL prepare --tokenizer byte --input "$T/eight.txt" --out "$T/e14" --val-fraction 0.999999 --docs blank
+# .json inputs are read as JSON by content, not as text (item 5)
+printf '[{"text": "ab"}, {"text": "c", "id": 2}, "de"]' >"$T/arr.json"
+$ANVIL prepare --tokenizer byte --input "$T/arr.json" --out "$T/ja" --jsonl-field text 2>"$T/log"
+got=$(shard_tokens "$T/ja/train/shard_000000.tok" | paste -sd ' ')
+check '[ "$got" = "97 98 256 99 256 100 101 256" ]' "a JSON array: one document per element (got: $got)"
+printf '{"body": "xy"}\n{"body": "z"}\n' >"$T/lines.json"
+$ANVIL prepare --tokenizer byte --input "$T/lines.json" --out "$T/jl" --jsonl-field body 2>/dev/null
+got=$(shard_tokens "$T/jl/train/shard_000000.tok" | paste -sd ' ')
+check '[ "$got" = "120 121 256 122 256" ]' "JSONL content in a .json file (got: $got)"
+printf '{\n  "text": "pretty"\n}\n' >"$T/pretty.json"
+expect_error "pretty-printed object" "pretty.json:1: not valid JSON" $ANVIL prepare --tokenizer byte --input "$T/pretty.json" --out "$T/e15"
+printf '[{"text": "a"}, {"txt": "b"}]' >"$T/arrbad.json"
+expect_error "array element without the field" 'arrbad.json: [1]: no "text" field' $ANVIL prepare --tokenizer byte --input "$T/arrbad.json" --out "$T/e16"
+expect_error "--jsonl-field with text inputs" "--jsonl-field body: no input is JSON" $ANVIL prepare --tokenizer byte --input "$T/eight.txt" --out "$T/e17" --jsonl-field body
+check '[ ! -e "$T/e15" ] && [ ! -e "$T/e16" ] && [ ! -e "$T/e17" ]' "json errors: nothing created"
 # interrupted (SIGINT) in the middle of writing shards: no temp file, every shard complete
 if [ -f "$SHARED/gpt2/sample.txt" ]; then
     for i in $(seq 1 30); do cat "$SHARED/gpt2/sample.txt"; done >"$T/big.txt"
     $ANVIL prepare --tokenizer gpt2 --input "$T/big.txt" --out "$T/int" --shard-tokens 5000 --threads 2 2>/dev/null &
     pid=$!
-    for i in $(seq 1 200); do # until the first shards are written
-        [ -n "$(ls "$T/int/train" 2>/dev/null)" ] && break
+    for i in $(seq 1 200); do # until the first shards are written (into the run's staging directory)
+        [ -n "$(ls "$T"/int/.prepare.*/train 2>/dev/null)" ] && break
         sleep 0.02
     done
     kill -INT $pid 2>/dev/null
     wait $pid
-    complete=1
-    for f in "$T"/int/train/*.tok; do
-        [ -f "$f" ] || continue
-        n=$(od -An -tu8 -j24 -N8 "$f" | tr -d ' ')
-        [ "$(stat -c %s "$f")" -eq $((256 + 2 * n)) ] || complete=0
-    done
-    check 'no_temp_files "$T/int" && [ $complete -eq 1 ] && [ ! -f "$T/int/manifest.json" ]' "SIGINT leaves only complete shards"
+    rc=$?
+    # interrupted: killed by the signal (130), and the run removed everything it made
+    check '[ $rc -eq 130 ] && [ ! -e "$T/int" ]' "SIGINT leaves nothing behind (rc $rc: $(ls -A "$T/int" 2>/dev/null | head -3))"
 fi
 # an earlier run's output is not mixed with a new one
 expect_error "existing output" "already holds prepared data" $ANVIL prepare --tokenizer byte --input "$T/in" --out "$T/fmt"

@@ -144,7 +144,7 @@ fi
 # --------------------------------------------------------------- bad input
 expect_fail "ppl missing data" "$tmp/none.txt" eval ppl --model "$FX/gpt2" --data "$tmp/none.txt"
 expect_fail "ppl bad stride" "--stride" eval ppl --model "$FX/gpt2" --data "$FX/ppl.txt" --stride 100
-expect_fail "ppl ctx too long" "--ctx" eval ppl --model "$FX/gpt2" --data "$FX/ppl.txt" --ctx 65
+expect_fail "ppl ctx too long" "--seq" eval ppl --model "$FX/gpt2" --data "$FX/ppl.txt" --ctx 65
 printf 'abc' >"$tmp/odd.u32"
 expect_fail "ppl odd .u32" "odd.u32|multiple of 4" eval ppl --model "$FX/gpt2" --data "$tmp/odd.u32"
 expect_fail "ppl text without tokenizer" "ppl.txt|tokenizer" eval ppl --model tests/fixtures/gpt2/model --data "$FX/ppl.txt"

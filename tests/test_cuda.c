@@ -1,7 +1,7 @@
 /* test_cuda.c - the CUDA backend against the CPU reference, op by op and for
  * the whole model (both families), in fp32 mode (tight tolerances) and bf16
  * mode (bf16 tolerances); determinism (bit-identical repeats) and recompute
- * levels. Prints a SKIP line and passes when no GPU is usable (CI, laptops).
+ * levels. Prints "skipped: no GPU" and passes when no GPU is usable (CI, laptops).
  *
  * In bf16 mode the host inputs are first rounded to bf16 so that the CPU sees
  * exactly the values the GPU sees; what remains is the GPU's rounding of
@@ -1060,8 +1060,9 @@ int main(void)
     gpu16 = backend_cuda(1);
     if (getenv("ANVIL_TEST_CUDA_SELFCHECK")) gpu16 = cpu; /* the test against itself, for test bugs */
     if (!gpu16) {
-        printf("test_cuda: SKIP: %s\n", err_get());
-        return test_summary();
+        char why[ANVIL_ERR_MAX + 16];
+        snprintf(why, sizeof(why), "no GPU (%s)", err_get());
+        return test_skip("test_cuda", why);
     }
     gpu32 = gpu16 == cpu ? cpu : backend_cuda(0);
     RUN(test_matmul);

@@ -3,7 +3,7 @@
  * head dims 12..256), the cached forward of whole models (both families), greedy generation
  * (fp32 mode must reproduce transformers' continuation), perplexity and multiple choice.
  * fp32 mode ("cuda-fp32") with tight tolerances, bf16 mode ("cuda") with bf16 ones.
- * Prints a SKIP line and passes when no GPU is usable. tools/gpu-check.sh runs it. */
+ * Prints "skipped: no GPU" and passes when no GPU is usable. tools/gpu-check.sh runs it. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -289,8 +289,9 @@ int main(void)
     const Backend *gpu16 = backend_cuda(1);
     if (getenv("ANVIL_TEST_CUDA_SELFCHECK")) gpu16 = cpu; /* the test against itself, for test bugs */
     if (!gpu16) {
-        printf("test_cuda_kv: SKIP: %s\n", err_get());
-        return test_summary();
+        char why[ANVIL_ERR_MAX + 16];
+        snprintf(why, sizeof(why), "no GPU (%s)", err_get());
+        return test_skip("test_cuda_kv", why);
     }
     const Backend *gpu32 = gpu16 == cpu ? cpu : backend_cuda(0);
     const Backend *gpus[2] = {gpu32, gpu16};

@@ -635,12 +635,38 @@ static void check_ppl_eval(const char *name)
     o = (PplOptions){.ctx = 64, .stride = 65, .batch = 1};
     CHECK(ppl_run(m, ids, (size_t)n, &o, tok, &r) == -1 && strstr(err_get(), "--stride"));
     o = (PplOptions){.ctx = m->cfg.max_seq_len + 1, .stride = 1, .batch = 1};
-    CHECK(ppl_run(m, ids, (size_t)n, &o, tok, &r) == -1 && strstr(err_get(), "--ctx"));
+    CHECK(ppl_run(m, ids, (size_t)n, &o, tok, &r) == -1 && strstr(err_get(), "--seq"));
     free(ids);
     free(want);
 out:
     free(text);
     if (tok) tokenizer_free(tok);
+    model_free(m);
+}
+
+/* Weights that are finite but overflow the activations: ppl and generate report an error
+ * (the old code printed "ppl -nan" and sampled from NaN logits). */
+static void test_nonfinite_results(void)
+{
+    char dir[512];
+    path_of(dir, sizeof(dir), "gpt2", "model");
+    Model *m = load_model(dir);
+    if (!m) return;
+    float *host = xmalloc(m->pt.total * sizeof(float));
+    model_get_params(m, host);
+    const Param *lnf = &m->pt.p[m->lnf_w];
+    for (size_t i = 0; i < lnf->numel; i++) host[lnf->offset + i] = 3e38f; /* finite; the logits are not */
+    model_set_params(m, host);
+    free(host);
+    int32_t ids[40];
+    for (int i = 0; i < 40; i++) ids[i] = (i * 7) % m->cfg.vocab_size;
+    PplOptions o = {.ctx = 16, .stride = 16, .batch = 2};
+    PplResult r;
+    CHECKF(ppl_run(m, ids, 40, &o, NULL, &r) == -1 && strstr(err_get(), "not finite"), "ppl %g: %s", r.ppl,
+           err_get());
+    GenOptions g = {.max_tokens = 3, .sampler = {1.0f, 0, 1.0f}, .seed = 1, .batch = 1, .eos_id = -1};
+    GenResult gr;
+    CHECKF(generate_run(m, ids, 4, &g, &gr) == -1 && strstr(err_get(), "logits are not finite"), "%s", err_get());
     model_free(m);
 }
 
@@ -886,6 +912,7 @@ int main(void)
     RUN(test_text_stream);
     RUN(test_ppl_parity_fixtures);
     RUN(test_ppl_eval_models);
+    RUN(test_nonfinite_results);
     RUN(test_mcq_eval_models);
     RUN(test_mcq_strings);
     RUN(test_mcq_bad_input);

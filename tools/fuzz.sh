@@ -1,22 +1,43 @@
 #!/usr/bin/env bash
 # Run every libFuzzer harness (tests/fuzz/) for SECONDS each, seeded from the
-# repository's fixtures. Crashes are written to build-fuzz/crashes/.
-#   make fuzz && tools/fuzz.sh 60
+# repository's fixtures and the regression inputs in tests/fuzz/regress/<harness>/.
+# Crashes are written to build-fuzz/crashes/. Seed files get names unique per
+# source (tokenizer.json files of different fixtures no longer overwrite each other).
+#   make fuzz && tools/fuzz.sh 60 [HARNESS...]      (FUZZ_ARGS="-runs=N" adds libFuzzer flags)
 set -u
 secs=${1:-60}
+shift || true
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 out=build-fuzz/crashes
 mkdir -p "$out"
+# path -> a seed file name: the path with / replaced, so that seeds never collide
+seed_name() { printf '%s' "$1" | tr '/' '_'; }
 seed() { # harness -> seed corpus dir
-    local d=build-fuzz/corpus/$1
+    local d=build-fuzz/corpus/$1 f
     mkdir -p "$d"
     case $1 in
-    fuzz_safetensors) cp tests/fixtures/*/model/model.safetensors tests/fixtures/dtypes.safetensors "$d"/ 2>/dev/null
-        for f in tests/fixtures/*/model/model.safetensors; do head -c 600 "$f" >"$d/head_$(basename "$(dirname "$(dirname "$f")")")"; done ;;
-    fuzz_hf_config) for f in tests/fixtures/*/model/config.json; do cp "$f" "$d/$(basename "$(dirname "$(dirname "$f")")").json"; done ;;
-    fuzz_train_yaml) cp configs/*.yaml "$d"/ ;;
-    fuzz_tokenizer_json) find tests/fixtures/tokenizers -name '*.json' -size -200k -exec cp {} "$d"/ \; 2>/dev/null ;;
+    fuzz_safetensors)
+        for f in tests/fixtures/*/model/model.safetensors tests/fixtures/eval/*/model.safetensors tests/fixtures/dtypes.safetensors; do
+            [ -f "$f" ] || continue
+            cp "$f" "$d/$(seed_name "$f")"
+            head -c 600 "$f" >"$d/head_$(seed_name "$f")"
+        done ;;
+    fuzz_hf_config)
+        for f in tests/fixtures/*/model/config.json tests/fixtures/eval/*/config.json; do
+            [ -f "$f" ] && cp "$f" "$d/$(seed_name "$f")"
+        done ;;
+    fuzz_hf_model) # config.json, a NUL byte, model.safetensors (tests/fuzz/fuzz_common.h)
+        for f in tests/fixtures/*/model tests/fixtures/eval/gpt2 tests/fixtures/eval/llama; do
+            [ -f "$f/config.json" ] && [ -f "$f/model.safetensors" ] || continue
+            { cat "$f/config.json"; printf '\0'; cat "$f/model.safetensors"; } >"$d/$(seed_name "$f")"
+        done ;;
+    fuzz_train_yaml) for f in configs/*.yaml; do cp "$f" "$d/$(seed_name "$f")"; done ;;
+    fuzz_trainer_state)
+        printf '{"format": "anvil-trainer-state", "version": 1, "step": 200, "tokens_seen": 102400, "elapsed_s": 38.2, "loader": {"epoch": "1", "pos": "17"}, "config": "model:\\n  preset: gpt2-tiny\\n"}\n' >"$d/written_by_anvil.json" ;;
+    fuzz_tokenizer_json)
+        while IFS= read -r f; do cp "$f" "$d/$(seed_name "$f")"; done \
+            < <(find tests/fixtures/tokenizers tests/fixtures/eval -name '*.json' -size -200k 2>/dev/null) ;;
     fuzz_gpt2_roundtrip) head -c 2000 examples/sentences-val.txt >"$d/text" ;;
     fuzz_shard) # a small anvil shard (uint16 and uint32 tokens) and an llm.c-style header
         head -c 3000 examples/sentences-val.txt >"$d/text.txt"
@@ -24,20 +45,23 @@ seed() { # harness -> seed corpus dir
         ./anvil prepare --tokenizer gpt2 --input "$d/text.txt" --out "$d/p32" >/dev/null 2>&1
         cp "$d"/p16/train/*.tok "$d/s16.bin" 2>/dev/null; cp "$d"/p32/train/*.tok "$d/s32.bin" 2>/dev/null
         rm -rf "$d/p16" "$d/p32" "$d/text.txt"
-        head -c 1200 tests/fixtures/data/*.bin >"$d/llmc.bin" 2>/dev/null || true ;;
+        { printf '\x88\xd8\x34\x01\x01\x00\x00\x00\x10\x00\x00\x00'; head -c 1012 /dev/zero; head -c 32 examples/sentences-val.txt; } >"$d/llmc.bin" ;;
     esac
+    if [ -d "tests/fuzz/regress/$1" ]; then
+        for f in "tests/fuzz/regress/$1"/*; do cp "$f" "$d/regress_$(basename "$f")"; done
+    fi
     echo "$d"
 }
 status=0
-for h in build-fuzz/fuzz/fuzz_*; do
-    case $h in *.d) continue ;; esac
-    name=$(basename "$h")
+harnesses=("$@")
+[ ${#harnesses[@]} -gt 0 ] || harnesses=($(ls build-fuzz/fuzz/ | grep -v '\.d$'))
+for name in "${harnesses[@]}"; do
+    h=build-fuzz/fuzz/$name
+    [ -x "$h" ] || { echo "== $name: not built (make fuzz)"; status=1; continue; }
     corpus=$(seed "$name")
     echo "== $name (${secs}s)"
-    if ! "$h" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/$name-" \
-        -print_final_stats=1 "$corpus" 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY|crash-|timeout-|oom-'; then
-        :
-    fi
+    "$h" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/$name-" \
+        -print_final_stats=1 ${FUZZ_ARGS:-} "$corpus" 2>&1 | grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|ERROR|SUMMARY|crash-|timeout-|oom-'
     if ls "$out/$name-"* >/dev/null 2>&1; then status=1; echo "   FOUND: $(ls "$out/$name-"*)"; fi
 done
 exit $status

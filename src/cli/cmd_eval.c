@@ -1,10 +1,11 @@
 /* cmd_eval.c - `anvil eval ppl` (sliding-window perplexity) and `anvil eval mcq`
  * (zero-shot multiple choice, lm-evaluation-harness conventions). docs/eval.md.
  *
- *   anvil eval ppl --model DIR --data PATH [--ctx N] [--stride S] [--batch B] [--device D]
- *                  [--tokenizer T] [--json]
- *   anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--ctx N]
- *                  [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json]
+ *   anvil eval ppl --model DIR --data PATH [--seq N] [--stride S] [--batch B] [--device D]
+ *                  [--tokenizer T] [--json [FILE]]
+ *   anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--seq N]
+ *                  [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json [FILE]]
+ * --ctx is accepted for --seq (the name every subcommand uses for the sequence length).
  */
 #include <dirent.h>
 #include <math.h>
@@ -30,39 +31,71 @@
 #define PPL_DEFAULT_BATCH 8
 #define MCQ_DEFAULT_BATCH 16
 
-static void usage(FILE *f)
+static void usage_ppl(FILE *f)
 {
     fprintf(f,
-            "usage: anvil eval ppl --model DIR --data PATH [--ctx N] [--stride S] [--batch B] [--device D]\n"
-            "                      [--tokenizer T] [--json]\n"
-            "         PATH: a text file (tokenized with the model's tokenizer), a shard directory or\n"
-            "         shard file, or a raw little-endian uint32 token file (.u32).\n"
-            "         --ctx: window (default: the model's), --stride: advance (default: ctx)\n"
-            "       anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--ctx N]\n"
-            "                      [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json]\n"
-            "         T: hellaswag, piqa, arc, winogrande, generic. --skip-bad: report malformed lines and\n"
-            "         go on (default: stop at the first). --no-bos: encode without the tokenizer's BOS "
-            "(lm-eval add_bos_token=False)\n"
-            "       both: --adapter DIR scores the model with a PEFT LoRA adapter over it\n");
+            "usage: anvil eval ppl --model DIR --data PATH [options]\n"
+            "  --model DIR      a model directory, or a preset name (random weights, for speed tests)\n"
+            "  --data PATH      a text file (tokenized with the model's tokenizer), a shard directory or\n"
+            "                   shard file, or a raw little-endian uint32 token file (.u32)\n"
+            "  --seq N          window length (default: the model's max_seq_len; --ctx is the old name)\n"
+            "  --stride S       advance between windows (default: --seq)\n"
+            "  --batch B        windows per forward (default %d; results do not depend on it)\n"
+            "  --device D       cpu, cuda or cuda-fp32 (default cpu)\n"
+            "  --tokenizer T    for a text --data (default: the model directory's)\n"
+            "  --json [FILE]    write the result as JSON to FILE; without FILE (or with -) print it as\n"
+            "                   JSON on stdout instead of the summary line\n"
+            "  --adapter DIR    a PEFT LoRA adapter over the model (default: none)\n",
+            PPL_DEFAULT_BATCH);
+}
+
+static void usage_mcq(FILE *f)
+{
+    fprintf(f,
+            "usage: anvil eval mcq --model DIR --task T --data FILE.jsonl [options]\n"
+            "  --model DIR      a model directory, or a preset name (random weights, for speed tests)\n"
+            "  --task T         hellaswag, piqa, arc, winogrande or generic\n"
+            "  --data FILE      the task's JSONL file\n"
+            "  --limit N        score the first N items (default 0: all)\n"
+            "  --seq N          window length (default: the model's max_seq_len; --ctx is the old name)\n"
+            "  --batch B        rows per forward at a full window (default %d; results do not depend on it)\n"
+            "  --skip-bad       report malformed lines and go on (default: stop at the first)\n"
+            "  --no-bos         encode without the tokenizer's BOS (lm-eval add_bos_token=False)\n"
+            "  --device D       cpu, cuda or cuda-fp32 (default cpu)\n"
+            "  --tokenizer T    default: the model directory's\n"
+            "  --json [FILE]    write the result as JSON to FILE; without FILE (or with -) print it as\n"
+            "                   JSON on stdout instead of the summary line\n"
+            "  --adapter DIR    a PEFT LoRA adapter over the model (default: none)\n",
+            MCQ_DEFAULT_BATCH);
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: anvil eval ppl --model DIR --data PATH [options]      sliding-window perplexity\n"
+               "       anvil eval mcq --model DIR --task T --data F [options]   zero-shot multiple choice\n"
+               "Run `anvil eval ppl --help` or `anvil eval mcq --help` for the options and their defaults.\n");
 }
 
 typedef struct {
     const char *model, *adapter, *data, *device, *tokenizer, *task;
-    int ctx, stride, batch, limit, skip_bad, no_bos, json;
+    const char *json; /* NULL: no JSON; "-": JSON on stdout; else a file */
+    int ctx, stride, batch, limit, skip_bad, no_bos;
 } EvalArgs;
 
-static int parse_args(int argc, char **argv, EvalArgs *a)
+static int parse_args(int argc, char **argv, EvalArgs *a, int is_ppl)
 {
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i];
-        if (!strcmp(f, "--json"))
-            a->json = 1;
-        else if (!strcmp(f, "--skip-bad"))
+        if (!strcmp(f, "--json")) {
+            /* every eval argument is an option, so a following word that is not one is the file */
+            a->json = i + 1 < argc && strncmp(argv[i + 1], "--", 2) ? argv[++i] : "-";
+        } else if (!strcmp(f, "--skip-bad") && !is_ppl)
             a->skip_bad = 1;
-        else if (!strcmp(f, "--no-bos"))
+        else if (!strcmp(f, "--no-bos") && !is_ppl)
             a->no_bos = 1;
         else if (i + 1 >= argc)
-            return err_set("%s: unknown option, or missing its value (see --help)", f);
+            return err_set("%s: unknown option, or missing its value (see anvil eval %s --help)", f,
+                           is_ppl ? "ppl" : "mcq");
         else if (!strcmp(f, "--model"))
             a->model = argv[++i];
         else if (!strcmp(f, "--adapter"))
@@ -73,22 +106,40 @@ static int parse_args(int argc, char **argv, EvalArgs *a)
             a->device = argv[++i];
         else if (!strcmp(f, "--tokenizer"))
             a->tokenizer = argv[++i];
-        else if (!strcmp(f, "--task"))
+        else if (!strcmp(f, "--task") && !is_ppl)
             a->task = argv[++i];
-        else if (!strcmp(f, "--ctx")) {
+        else if (!strcmp(f, "--seq") || !strcmp(f, "--ctx")) {
             if (cli_int(f, argv[++i], 2, &a->ctx)) return -1;
-        } else if (!strcmp(f, "--stride")) {
+        } else if (!strcmp(f, "--stride") && is_ppl) {
             if (cli_int(f, argv[++i], 1, &a->stride)) return -1;
         } else if (!strcmp(f, "--batch")) {
             if (cli_int(f, argv[++i], 1, &a->batch)) return -1;
-        } else if (!strcmp(f, "--limit")) {
+        } else if (!strcmp(f, "--limit") && !is_ppl) {
             if (cli_int(f, argv[++i], 0, &a->limit)) return -1;
         } else
-            return err_set("%s: unknown option (see anvil eval --help)", f);
+            return err_set("%s: unknown option (see anvil eval %s --help)", f, is_ppl ? "ppl" : "mcq");
     }
     if (!a->model) return err_set("--model: required (a model directory)");
     if (!a->data) return err_set("--data: required");
     return 0;
+}
+
+/* The JSON result: on stdout ("-"), or written atomically to the --json file. */
+static int emit_json(const char *dest, const char *text)
+{
+    if (!strcmp(dest, "-")) {
+        fputs(text, stdout);
+        return 0;
+    }
+    return text_write_file_atomic(dest, text, strlen(text)) ? err_prefix("--json") : 0;
+}
+
+/* A double for JSON: null when it is not finite (JSON has no NaN). */
+static const char *json_double(char *buf, size_t n, const char *fmt, double x)
+{
+    if (!isfinite(x)) return "null";
+    snprintf(buf, n, fmt, x);
+    return buf;
 }
 
 static double now_s(void)
@@ -224,11 +275,17 @@ static int run_ppl(const EvalArgs *a, Model *m, Tokenizer *tok)
     free(ids);
     if (rc) return err_prefix("%s", a->data);
     if (a->json) {
-        printf("{\"tokens\": %llu, \"nll\": %.8f, \"ppl\": %.6f", (unsigned long long)r.tokens, r.nll, r.ppl);
-        if (text) printf(", \"bpb\": %.8f, \"bytes\": %llu", r.bpb, (unsigned long long)r.bytes);
-        printf(", \"windows\": %d, \"ctx\": %d, \"stride\": %d, \"hf_doc_nll\": %.8f, \"seconds\": %.3f}\n",
-               r.windows, o.ctx, o.stride, r.hf_doc_nll, dt);
-        return 0;
+        char j[1024], b1[40], b2[40];
+        int k = snprintf(j, sizeof(j), "{\"tokens\": %llu, \"nll\": %.8f, \"ppl\": %.6f", (unsigned long long)r.tokens,
+                         r.nll, r.ppl);
+        if (text)
+            k += snprintf(j + k, sizeof(j) - (size_t)k, ", \"bpb\": %s, \"bytes\": %llu",
+                          json_double(b1, sizeof(b1), "%.8f", r.bpb), (unsigned long long)r.bytes);
+        snprintf(j + k, sizeof(j) - (size_t)k,
+                 ", \"windows\": %d, \"ctx\": %d, \"stride\": %d, \"hf_doc_nll\": %s, \"seconds\": %.3f}\n", r.windows,
+                 o.ctx, o.stride, json_double(b2, sizeof(b2), "%.8f", r.hf_doc_nll), dt);
+        if (emit_json(a->json, j)) return -1;
+        if (!strcmp(a->json, "-")) return 0;
     }
     printf("ppl: %llu tokens scored in %d windows (ctx %d, stride %d) | nll %.4f nats/token | ppl %.3f",
            (unsigned long long)r.tokens, r.windows, o.ctx, o.stride, r.nll, r.ppl);
@@ -257,16 +314,20 @@ static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
         return -1;
     }
     double ips = r.seconds > 0 ? r.items / r.seconds : 0;
+    int rc = 0;
     if (a->json) {
-        printf("{\"task\": \"%s\", \"items\": %d, \"acc\": %.6f", a->task, r.items, r.acc);
-        if (r.has_norm)
-            printf(", \"acc_norm\": %.6f, \"acc_bytes\": %.6f", r.acc_norm, r.acc_bytes);
-        else
-            printf(", \"acc_norm\": null, \"acc_bytes\": null");
-        printf(", \"truncated\": %d, \"too_long\": %d, \"skipped\": %d, \"requests\": %d, \"ctx\": %d, "
-               "\"seconds\": %.3f, \"items_per_s\": %.2f}\n",
-               r.truncated, r.too_long, set.skipped, r.requests, o.ctx, r.seconds, ips);
-    } else {
+        char j[1024], b1[40], b2[40];
+        int k = snprintf(j, sizeof(j), "{\"task\": \"%s\", \"items\": %d, \"acc\": %.6f", a->task, r.items, r.acc);
+        k += snprintf(j + k, sizeof(j) - (size_t)k, ", \"acc_norm\": %s, \"acc_bytes\": %s",
+                      r.has_norm ? json_double(b1, sizeof(b1), "%.6f", r.acc_norm) : "null",
+                      r.has_norm ? json_double(b2, sizeof(b2), "%.6f", r.acc_bytes) : "null");
+        snprintf(j + k, sizeof(j) - (size_t)k,
+                 ", \"truncated\": %d, \"too_long\": %d, \"skipped\": %d, \"requests\": %d, \"ctx\": %d, "
+                 "\"seconds\": %.3f, \"items_per_s\": %.2f}\n",
+                 r.truncated, r.too_long, set.skipped, r.requests, o.ctx, r.seconds, ips);
+        rc = emit_json(a->json, j);
+    }
+    if (!a->json || (!rc && strcmp(a->json, "-"))) {
         printf("%s: %d items | acc %.4f", a->task, r.items, r.acc);
         if (r.has_norm) printf(" | acc_norm %.4f | acc_bytes %.4f", r.acc_norm, r.acc_bytes);
         printf(" | %d truncated (context cut to the last %d tokens) | %d malformed lines skipped",
@@ -276,7 +337,7 @@ static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
     }
     mcq_result_free(&r);
     mcq_set_free(&set);
-    return 0;
+    return rc;
 }
 
 int cmd_eval(int argc, char **argv)
@@ -286,20 +347,20 @@ int cmd_eval(int argc, char **argv)
         return argc < 2 ? 1 : 0;
     }
     int is_ppl = !strcmp(argv[1], "ppl"), is_mcq = !strcmp(argv[1], "mcq");
-    for (int i = 2; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        }
     if (!is_ppl && !is_mcq) {
         fprintf(stderr, "anvil: eval: unknown mode \"%s\" (expected ppl or mcq)\n", argv[1]);
         return 1;
     }
+    for (int i = 2; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            (is_ppl ? usage_ppl : usage_mcq)(stdout);
+            return 0;
+        }
     EvalArgs a = {.device = "cpu"};
     Model *m = NULL;
     Tokenizer *tok = NULL;
     int rc = 1;
-    if (parse_args(argc, argv, &a)) goto out;
+    if (parse_args(argc, argv, &a, is_ppl)) goto out;
     const Backend *be = eval_backend(a.device);
     if (!be) goto out;
     m = eval_load_model(a.model, a.adapter, be);

@@ -3,8 +3,9 @@
  *
  *   anvil generate --model DIR (--prompt S | --prompt-ids 1,2,3) [--max-tokens N]
  *                  [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop S]...
- *                  [--print-ids] [--batch N] [--ignore-eos] [--echo] [--stats]
+ *                  [--print-ids] [--samples N] [--ignore-eos] [--echo] [--stats]
  *                  [--device D] [--tokenizer T]
+ * --samples (the number of samples) was --batch, which is still accepted.
  */
 #include <math.h>
 #include <stdio.h>
@@ -26,17 +27,26 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: anvil generate --model DIR (--prompt S | --prompt-ids 1,2,3) [--max-tokens N]\n"
-            "                      [--temperature T] [--top-k K] [--top-p P] [--seed S] [--stop S]...\n"
-            "                      [--print-ids] [--batch N] [--ignore-eos] [--echo] [--stats]\n"
-            "                      [--device D] [--tokenizer T] [--adapter DIR]\n"
-            "  --temperature 0 is greedy (default 1). --stop ends the text before the first occurrence\n"
-            "  of S (up to %d). --print-ids prints token ids instead of text (the default for a model\n"
-            "  without a tokenizer). --batch N: N independent samples of the prompt in one batch\n"
-            "  (sample k uses the random stream (seed, k), so sample 0 draws as --batch 1 does).\n"
-            "  --ignore-eos: do not stop at the end-of-sequence token. --echo: print the prompt first.\n"
-            "  --stats: timings and tokens/s on stderr. --adapter DIR: a PEFT LoRA adapter over the model.\n",
-            MAX_STOPS);
+            "usage: anvil generate --model DIR (--prompt S | --prompt-ids 1,2,3) [options]\n"
+            "  --model DIR          a model directory, or a preset name (random weights, for speed tests)\n"
+            "  --prompt S           text, tokenized as transformers' tokenizer(S) does (BOS when it adds one)\n"
+            "  --prompt-ids IDS     token ids separated by commas or spaces\n"
+            "  --max-tokens N       new tokens per sample (default %d)\n"
+            "  --temperature T      0 is greedy (default 1)\n"
+            "  --top-k K            keep the K most likely tokens (default 0: off)\n"
+            "  --top-p P            keep the most likely tokens up to mass P (default 1: off)\n"
+            "  --seed S             random seed (default %d); sample k uses the stream (seed, k)\n"
+            "  --samples N          N independent samples of the prompt in one batch (default 1; --batch is\n"
+            "                       the old name); sample 0 draws as a single sample does\n"
+            "  --stop S             end the text before the first occurrence of S (up to %d)\n"
+            "  --ignore-eos         do not stop at the end-of-sequence token\n"
+            "  --print-ids          print token ids instead of text (the default without a tokenizer)\n"
+            "  --echo               print the prompt first\n"
+            "  --stats              timings and tokens/s on stderr\n"
+            "  --device D           cpu, cuda or cuda-fp32 (default cpu)\n"
+            "  --tokenizer T        default: the model directory's; only ids it knows are sampled\n"
+            "  --adapter DIR        a PEFT LoRA adapter over the model (default: none)\n",
+            DEFAULT_MAX_TOKENS, DEFAULT_SEED, MAX_STOPS);
 }
 
 typedef struct {
@@ -93,7 +103,7 @@ static int parse_args(int argc, char **argv, GenArgs *a)
         } else if (!strcmp(f, "--seed")) {
             if (cli_num(f, argv[++i], 0, 1.8e19, &x)) return -1;
             a->seed = strtoull(argv[i], NULL, 10);
-        } else if (!strcmp(f, "--batch")) {
+        } else if (!strcmp(f, "--samples") || !strcmp(f, "--batch")) {
             if (cli_num(f, argv[++i], 1, 1e6, &x)) return -1;
             a->batch = (int)x;
         } else
@@ -104,14 +114,21 @@ static int parse_args(int argc, char **argv, GenArgs *a)
     return 0;
 }
 
-/* "1,2,3" or "1 2 3" -> ids. */
+/* "1,2,3" or "1 2 3" -> ids: ids separated by one comma and/or blanks; an empty entry
+ * ("1,,2", a leading or trailing comma) is an error. */
 static int parse_ids(const char *s, int32_t **ids, int *n)
 {
     int cap = 16, k = 0;
     int32_t *v = xmalloc((size_t)cap * sizeof(int32_t));
     const char *p = s;
-    while (*p) {
-        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') p++;
+    for (;;) {
+        int commas = 0;
+        while (*p == ' ' || *p == ',' || *p == '\t' || *p == '\n') commas += *p++ == ',';
+        if (commas > (k > 0 && *p) || (!*p && commas)) {
+            free(v);
+            return err_set("--prompt-ids: byte offset %d: an empty entry (expected ids separated by commas or spaces)",
+                           (int)(p - s));
+        }
         if (!*p) break;
         char *end;
         long x = strtol(p, &end, 10);
@@ -207,7 +224,15 @@ int cmd_generate(int argc, char **argv)
     } else if (parse_ids(a.prompt_ids, &prompt, &n_prompt)) {
         goto out;
     }
+    /* a tokenizer smaller than the model (a byte tokenizer with a 50257-row model): sample only
+     * the ids it can decode, and stop at its EOS when the model's is beyond them */
+    int V = m->cfg.vocab_size, Vs = tok && tokenizer_vocab_size(tok) < V ? tokenizer_vocab_size(tok) : V;
+    if (Vs < V)
+        fprintf(stderr,
+                "anvil: note: the tokenizer knows %d ids, the model has %d: sampling only ids below %d\n", Vs, V,
+                Vs);
     int eos = m->cfg.eos_token_id >= 0 ? m->cfg.eos_token_id : tok ? tokenizer_eos_id(tok) : -1;
+    if (eos >= Vs && tok) eos = tokenizer_eos_id(tok);
     StreamCtx sc = {.print_ids = a.print_ids, .stream = a.batch == 1, .first_id = 1};
     GenOptions o = {.max_tokens = a.max_tokens,
                     .sampler = {a.temperature, a.top_k, a.top_p},
@@ -218,6 +243,7 @@ int cmd_generate(int argc, char **argv)
                     .stops = a.stops,
                     .n_stops = a.n_stops,
                     .tok = tok,
+                    .sample_vocab = Vs,
                     .on_text = on_text,
                     .on_token = on_token,
                     .ctx = &sc};

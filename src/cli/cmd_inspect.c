@@ -22,10 +22,14 @@
 static const char *inspect_usage =
     "usage: anvil inspect PATH [--save OUT_DIR [--dtype f32|bf16]]\n"
     "       anvil inspect --diff DIR_A DIR_B [--tol T]\n"
-    "  PATH: a model directory (config.json + model.safetensors) or a .safetensors file\n"
-    "  --diff: the largest difference between the weights of two model directories of one architecture\n"
-    "          (absolute, and relative to each tensor's largest magnitude); with --tol, exit status 1 when\n"
-    "          the absolute difference exceeds T\n";
+    "  PATH             a model directory (config.json + model.safetensors), a .safetensors file,\n"
+    "                   or a preset name (its shape and parameter count)\n"
+    "  --save OUT_DIR   re-write a model directory as anvil writes models (one atomic directory),\n"
+    "                   with its tokenizer files\n"
+    "  --dtype D        the weights --save stores: f32 or bf16 (default f32)\n"
+    "  --diff           the largest difference between the weights of two model directories of one\n"
+    "                   architecture (absolute, and relative to each tensor's largest magnitude); with\n"
+    "                   --tol, exit status 1 when the absolute difference exceeds T\n";
 
 static int fail(void)
 {
@@ -143,7 +147,7 @@ static int inspect_dir(const char *dir, const char *save, int dtype)
     print_config(dir, &c, &pt);
     print_weights(dir);
     if (save) {
-        if (hf_save(save, &c, &pt, host, dtype) != 0) {
+        if (hf_save_with_tokenizer(save, &c, &pt, host, dtype, dir) != 0) {
             rc = fail();
             goto out;
         }
@@ -206,6 +210,20 @@ out:
     return rc;
 }
 
+/* A preset: its shape and parameter count (no weights). */
+static int inspect_preset(const char *name)
+{
+    ModelConfig c;
+    if (model_preset(&c, name) || model_config_finish(&c)) return fail();
+    ParamTable pt;
+    param_table_build(&pt, &c);
+    char title[160];
+    snprintf(title, sizeof(title), "%s (preset; no weights)", name);
+    print_config(title, &c, &pt);
+    param_table_free(&pt);
+    return 0;
+}
+
 int cmd_inspect(int argc, char **argv)
 {
     if (argc >= 2 && !strcmp(argv[1], "--diff")) {
@@ -218,7 +236,7 @@ int cmd_inspect(int argc, char **argv)
         }
         return diff_dirs(argv[2], argv[3], tol);
     }
-    const char *path = NULL, *save = NULL;
+    const char *path = NULL, *save = NULL, *dtype_arg = NULL;
     int dtype = DTYPE_F32;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -227,7 +245,7 @@ int cmd_inspect(int argc, char **argv)
         } else if (!strcmp(argv[i], "--save") && i + 1 < argc) {
             save = argv[++i];
         } else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
-            const char *d = argv[++i];
+            const char *d = dtype_arg = argv[++i];
             if (!strcmp(d, "f32") || !strcmp(d, "fp32") || !strcmp(d, "float32"))
                 dtype = DTYPE_F32;
             else if (!strcmp(d, "bf16") || !strcmp(d, "bfloat16"))
@@ -250,9 +268,15 @@ int cmd_inspect(int argc, char **argv)
         fputs(inspect_usage, stderr);
         return 1;
     }
+    if (dtype_arg && !save) {
+        fprintf(stderr, "anvil: inspect: --dtype %s: only applies with --save OUT_DIR\n", dtype_arg);
+        return 1;
+    }
     if (fs_is_dir(path)) return inspect_dir(path, save, dtype);
     if (!fs_exists(path)) {
-        err_set("%s: no such file or directory", path);
+        ModelConfig c;
+        if (!save && model_preset(&c, path) == 0) return inspect_preset(path);
+        err_set("%s: no such file or directory, and not a preset (%s)", path, model_preset_names());
         return fail();
     }
     if (save) {

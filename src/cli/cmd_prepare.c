@@ -4,6 +4,7 @@
  *                 [--jsonl-field text] [--threads N] [--docs file|blank|line]
  *                 [--shard-tokens N] [--seed S] [--overwrite] [--no-progress]
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,9 @@ static void prepare_usage(FILE *f)
             "  --input PATH...      text or JSONL files (.gz too), directories (recursive: .txt .md .jsonl)\n"
             "  --out DIR            writes DIR/train/shard_*.tok, DIR/val/shard_*.tok, DIR/manifest.json\n"
             "  --val-fraction F     fraction of documents for validation (default 0)\n"
-            "  --jsonl-field NAME   text field of JSONL records (default text)\n"
+            "  --jsonl-field NAME   text field of JSON records (default text): .jsonl/.ndjson files hold one\n"
+            "                       record per line; a .json file holds an array of records or strings\n"
+            "                       (or JSONL)\n"
             "  --docs MODE          plain text documents: file (a whole file, default), blank (blank-line\n"
             "                       separated paragraphs), line (every non-empty line)\n"
             "  --threads N          tokenizer threads (default: all cores)\n"
@@ -74,8 +77,10 @@ int cmd_prepare(int argc, char **argv)
             o.val_fraction = strtod(argv[++i], &end);
             if (*end || o.val_fraction < 0 || o.val_fraction > 1)
                 fatal("prepare: --val-fraction: expected a number in [0, 1], got \"%s\"", argv[i]);
-        } else if (!strcmp(a, "--jsonl-field") && has)
+        } else if (!strcmp(a, "--jsonl-field") && has) {
             o.jsonl_field = argv[++i];
+            o.jsonl_field_given = 1;
+        }
         else if (!strcmp(a, "--docs") && has) {
             const char *m = argv[++i];
             if (!strcmp(m, "file"))
@@ -118,6 +123,11 @@ int cmd_prepare(int argc, char **argv)
     PrepareStats st;
     int rc = prepare_run(&o, &st);
     free(inputs);
+    if (rc && st.signal) { /* the message, then die of the signal as the shell expects */
+        fprintf(stderr, "anvil: %s\n", err_get());
+        signal(st.signal, SIG_DFL);
+        raise(st.signal);
+    }
     if (rc) fatal_err();
     int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     fprintf(stderr,

@@ -26,11 +26,15 @@
 static void tokenize_usage(FILE *f)
 {
     fprintf(f, "usage: anvil tokenize --tokenizer T (--text S | --file F) [--out FILE] [--decode] [--stats]\n"
-               "                      [--add-special-tokens]\n"
-               "  T: gpt2, byte, a tokenizer.json, a BERT vocab.txt, or a model directory\n"
-               "  encode: prints ids (or writes little-endian uint32 to --out)\n"
-               "  --add-special-tokens: wrap the ids in the post-processor's template ([CLS] ... [SEP])\n"
-               "  --decode: ids (--text \"1 2 3\", or --file F: F.u32 binary, else text) -> bytes\n");
+               "  --tokenizer T    gpt2, byte, a tokenizer.json, a BERT vocab.txt, or a model directory\n"
+               "  --text S         the input as an argument\n"
+               "  --file F         the input from a file (UTF-8 text; .gz is decompressed)\n"
+               "  --out FILE       encode: write little-endian uint32 ids to FILE; decode: write the bytes\n"
+               "                   (default: print the ids on one line, or the text, on stdout)\n"
+               "  --decode         ids -> bytes: --text \"1 2 3\", or --file F (binary uint32 when F ends in\n"
+               "                   .u32, else ids separated by spaces or commas); default: encode\n"
+               "  --stats          encode time and MB/s on stderr (default: off)\n"
+               "  --add-special-tokens  wrap the ids in the post-processor's template ([CLS] ... [SEP])\n");
 }
 
 static double now_s(void)

@@ -34,6 +34,7 @@
 #include "data/textio.h"
 #include "data/tokenizer.h"
 #include "data/utf8.h"
+#include "io/fsutil.h"
 
 /* Text per chunk: ~10-50 ms of tokenizing per chunk, fine-grained enough to
  * balance threads, coarse enough that the hand-offs cost nothing. */
@@ -57,10 +58,17 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && !strcmp(s + a - b, suf);
 }
 
-static int is_jsonl(const char *p)
+/* How a file's documents are read: plain text (--docs), JSONL records (.jsonl,
+ * .ndjson), or JSON (.json): an array of records or strings when the content
+ * starts with '[', else JSONL. */
+enum { INPUT_TEXT, INPUT_JSONL, INPUT_JSON };
+
+static int input_kind(const char *p)
 {
-    return ends_with(p, ".jsonl") || ends_with(p, ".jsonl.gz") || ends_with(p, ".ndjson") ||
-           ends_with(p, ".ndjson.gz");
+    if (ends_with(p, ".jsonl") || ends_with(p, ".jsonl.gz") || ends_with(p, ".ndjson") || ends_with(p, ".ndjson.gz"))
+        return INPUT_JSONL;
+    if (ends_with(p, ".json") || ends_with(p, ".json.gz")) return INPUT_JSON;
+    return INPUT_TEXT;
 }
 
 /* Extensions picked up inside directories (files named on the command line are always read). */
@@ -429,6 +437,67 @@ static int read_whole(Pipe *p, int fi, gzFile g)
     return rc;
 }
 
+/* The first byte of the (decompressed) content that is not JSON whitespace, or -1;
+ * the stream is rewound. */
+static int first_byte(gzFile g)
+{
+    int c;
+    while ((c = gzgetc(g)) == ' ' || c == '\t' || c == '\n' || c == '\r') {
+    }
+    gzrewind(g);
+    return c < 0 ? -1 : c;
+}
+
+/* A JSON array: every element is a document, a string or a record with the text field. */
+static int read_json_array(Pipe *p, int fi, gzFile g)
+{
+    const char *path = p->files.path[fi], *field = p->opt->jsonl_field;
+    ByteBuf all = {0};
+    char *blk = xmalloc(READ_BLOCK);
+    int k, rc = 0;
+    while ((k = text_gzread(g, path, blk, READ_BLOCK)) > 0) bytebuf_put(&all, blk, (size_t)k);
+    free(blk);
+    if (k < 0) {
+        free(all.a);
+        return -1;
+    }
+    json_error_t je;
+    json_t *root = json_loadb(all.a ? all.a : "", all.n, JSON_ALLOW_NUL, &je);
+    free(all.a);
+    if (!root) return err_set("%s:%d: not valid JSON: %s", path, je.line, je.text);
+    if (!json_is_array(root)) {
+        json_decref(root);
+        return err_set("%s: expected a JSON array of records (or JSONL)", path);
+    }
+    Chunk *c = NULL;
+    size_t i;
+    json_t *el;
+    json_array_foreach(root, i, el)
+    {
+        json_t *v = json_is_object(el) ? json_object_get(el, field) : el;
+        if (!json_is_string(v)) {
+            rc = json_is_object(el) && !v ? err_set("%s: [%zu]: no \"%s\" field", path, i, field)
+                 : json_is_object(el)     ? err_set("%s: [%zu]: field \"%s\" is not a string", path, i, field)
+                                          : err_set("%s: [%zu]: expected a record with a \"%s\" field, or a string",
+                                                    path, i, field);
+            break;
+        }
+        if (!json_string_length(v)) continue; /* empty documents are skipped */
+        if (!c && !(c = reader_acquire(p, fi, 0))) {
+            rc = -1;
+            break;
+        }
+        chunk_add(c, json_string_value(v), json_string_length(v), i, p->next_doc++, 1, 1);
+        if (c->text.n >= CHUNK_BYTES) {
+            reader_publish(p, c, reader_progress(p, g));
+            c = NULL;
+        }
+    }
+    if (c) reader_publish(p, c, reader_progress(p, g));
+    json_decref(root);
+    return rc;
+}
+
 static void *reader_main(void *arg)
 {
     Pipe *p = arg;
@@ -442,9 +511,13 @@ static void *reader_main(void *arg)
             rc = err_set("%s: not gzip data", path);
             gzclose(g);
         } else {
-            int jsonl = is_jsonl(path);
-            rc = (jsonl || p->opt->doc_mode != PREP_DOCS_FILE) ? read_lines(p, fi, g, jsonl)
-                                                               : read_whole(p, fi, g);
+            int kind = input_kind(path);
+            if (kind == INPUT_JSON && first_byte(g) == '[')
+                rc = read_json_array(p, fi, g);
+            else if (kind != INPUT_TEXT || p->opt->doc_mode != PREP_DOCS_FILE)
+                rc = read_lines(p, fi, g, kind != INPUT_TEXT);
+            else
+                rc = read_whole(p, fi, g);
             gzclose(g);
         }
         if (rc) {
@@ -552,19 +625,18 @@ static void *worker_main(void *arg)
 
 /* ---- the writer ------------------------------------------------------------------------------ */
 
-/* The temp file being written, for the signal handler. */
-static char g_tmp_path[4096];
+/* SIGINT / SIGTERM during a run: the writer sees the flag within PROGRESS_PERIOD,
+ * stops the pipeline and removes everything the run created (prepare_run). */
+static volatile sig_atomic_t g_signal;
 
 static void on_signal(int sig)
 {
-    if (g_tmp_path[0]) unlink(g_tmp_path);
-    signal(sig, SIG_DFL);
-    raise(sig);
+    g_signal = sig;
 }
 
 typedef struct {
     const char *name;
-    char dir[4096];
+    char dir[4300];
     uint8_t *buf;
     uint64_t n, cap; /* tokens buffered, capacity in tokens */
     uint64_t tokens, docs;
@@ -576,21 +648,16 @@ typedef struct {
     const PrepareOptions *opt;
     const Tokenizer *tok;
     int width, vocab;
-    char **written; /* shards of this run (removed on failure) */
-    int n_written;
 } Writer;
 
 static int split_flush(Writer *w, Split *sp)
 {
     if (!sp->n) return 0;
     if (mkdir(sp->dir, 0755) && errno != EEXIST) return err_set("%s: %s", sp->dir, strerror(errno));
-    char path[4200];
+    char path[4400];
     snprintf(path, sizeof(path), "%s/shard_%06d.tok", sp->dir, sp->shards);
-    if (shard_write(path, sp->buf, sp->n, w->vocab, tokenizer_eos_id(w->tok), tokenizer_identity(w->tok),
-                    g_tmp_path))
+    if (shard_write(path, sp->buf, sp->n, w->vocab, tokenizer_eos_id(w->tok), tokenizer_identity(w->tok), NULL))
         return -1;
-    w->written = xrealloc(w->written, (size_t)(w->n_written + 1) * sizeof(char *));
-    w->written[w->n_written++] = xstrdup(path);
     sp->shard_count = xrealloc(sp->shard_count, (size_t)(sp->shards + 1) * sizeof(uint64_t));
     sp->shard_count[sp->shards++] = sp->n;
     sp->n = 0;
@@ -660,53 +727,141 @@ static void progress_draw(uint64_t done, uint64_t total, uint64_t text_bytes, ui
 
 /* ---- output directory and manifest -------------------------------------------------------- */
 
-static int mkdir_p(const char *path)
+/* The output directory. A run writes into a staging directory inside it,
+ * DIR/.prepare.<pid>/{train,val,manifest.json}; only a run that succeeds moves
+ * its shards and then its manifest into DIR (after removing an earlier run's with
+ * --overwrite). A run that fails or is interrupted removes the staging directory
+ * and every directory it created, so it leaves DIR as it found it. */
+typedef struct {
+    char stage[4200];
+    char *created[64]; /* directories this run made, in order (DIR and missing parents) */
+    int n_created;
+} Output;
+
+/* mkdir -p, recording each directory made. */
+static int output_mkdirs(Output *o, const char *path)
 {
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s", path);
-    for (char *q = tmp + 1; *q; q++)
-        if (*q == '/') {
-            *q = 0;
-            if (mkdir(tmp, 0755) && errno != EEXIST) return err_set("%s: %s", tmp, strerror(errno));
-            *q = '/';
+    size_t len = strlen(tmp);
+    for (size_t i = 1; i <= len; i++) {
+        if (tmp[i] != '/' && tmp[i] != 0) continue;
+        char keep = tmp[i];
+        tmp[i] = 0;
+        if (!mkdir(tmp, 0755)) {
+            if (o->n_created < (int)ARRAY_LEN(o->created)) o->created[o->n_created++] = xstrdup(tmp);
+        } else if (errno != EEXIST) {
+            return err_set("%s: %s", tmp, strerror(errno));
+        } else if (!fs_is_dir(tmp)) {
+            return err_set("%s: not a directory", tmp);
         }
-    if (mkdir(tmp, 0755) && errno != EEXIST) return err_set("%s: %s", tmp, strerror(errno));
+        tmp[i] = keep;
+    }
     return 0;
 }
 
-/* Shards or a manifest of an earlier run: refuse, or remove them with --overwrite. */
-static int clear_old_output(const PrepareOptions *o)
+static int output_begin(Output *o, const char *out_dir)
+{
+    memset(o, 0, sizeof(*o));
+    if (output_mkdirs(o, out_dir)) return -1;
+    snprintf(o->stage, sizeof(o->stage), "%s/.prepare.%ld", out_dir, (long)getpid());
+    if (fs_rm_rf(o->stage) || mkdir(o->stage, 0755))
+        return err_set("%s: %s", o->stage, strerror(errno));
+    return 0;
+}
+
+/* Remove what the run made: the staging directory, then the directories it created. */
+static void output_abandon(Output *o)
+{
+    char msg[ANVIL_ERR_MAX];
+    snprintf(msg, sizeof(msg), "%s", err_get());
+    if (o->stage[0]) fs_rm_rf(o->stage);
+    for (int i = o->n_created - 1; i >= 0; i--) rmdir(o->created[i]); /* only if empty */
+    err_set("%s", msg);
+}
+
+static void output_free(Output *o)
+{
+    for (int i = 0; i < o->n_created; i++) free(o->created[i]);
+    o->n_created = 0;
+}
+
+/* A staging directory of a run that no longer exists (killed with SIGKILL): remove it. */
+static void remove_stale_stages(const char *out_dir)
+{
+    DIR *d = opendir(out_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid;
+        char tail;
+        if (sscanf(e->d_name, ".prepare.%ld%c", &pid, &tail) != 1 || pid <= 0) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive (or not ours to judge) */
+        char *p = fs_join(out_dir, e->d_name);
+        fs_rm_rf(p);
+        free(p);
+    }
+    closedir(d);
+}
+
+/* Shards or a manifest of an earlier run in out_dir: found (1) or not (0). With
+ * remove, delete them (the --overwrite of a run that has succeeded). */
+static int old_output(const char *out_dir, int remove)
 {
     char p[8448];
-    snprintf(p, sizeof(p), "%s/manifest.json", o->out_dir);
+    snprintf(p, sizeof(p), "%s/manifest.json", out_dir);
     int found = !access(p, F_OK);
-    if (found && o->overwrite) unlink(p);
+    if (found && remove) unlink(p);
     static const char *subs[] = {"train", "val"};
     for (size_t i = 0; i < ARRAY_LEN(subs); i++) {
         char d[4096];
-        snprintf(d, sizeof(d), "%s/%s", o->out_dir, subs[i]);
+        snprintf(d, sizeof(d), "%s/%s", out_dir, subs[i]);
         DIR *dir = opendir(d);
         if (!dir) continue;
         struct dirent *e;
         while ((e = readdir(dir))) {
-            if (e->d_name[0] == '.' && ends_with(e->d_name, ".tok.tmp")) { /* a killed run's temp file */
-                snprintf(p, sizeof(p), "%s/%s", d, e->d_name);
-                unlink(p);
-                continue;
-            }
-            if (!ends_with(e->d_name, ".tok")) continue;
-            found = 1;
-            if (o->overwrite) {
+            int tmp = e->d_name[0] == '.' && ends_with(e->d_name, ".tok.tmp"); /* an old run's temp file */
+            if (!tmp && !ends_with(e->d_name, ".tok")) continue;
+            found |= !tmp;
+            if (remove || tmp) {
                 snprintf(p, sizeof(p), "%s/%s", d, e->d_name);
                 unlink(p);
             }
         }
         closedir(dir);
     }
-    if (found && !o->overwrite)
-        return err_set(
-            "%s: already holds prepared data (manifest.json or shards); remove it or pass --overwrite",
-            o->out_dir);
+    return found;
+}
+
+/* Move the staged shards and the manifest into out_dir (the manifest last: it marks the output complete). */
+static int output_publish(Output *o, const PrepareOptions *opt)
+{
+    if (opt->overwrite) old_output(opt->out_dir, 1);
+    static const char *subs[] = {"train", "val"};
+    for (size_t i = 0; i < ARRAY_LEN(subs); i++) {
+        char from[8448], to[8448];
+        snprintf(from, sizeof(from), "%s/%s", o->stage, subs[i]);
+        DIR *dir = opendir(from);
+        if (!dir) continue;
+        snprintf(to, sizeof(to), "%s/%s", opt->out_dir, subs[i]);
+        int rc = output_mkdirs(o, to);
+        struct dirent *e;
+        while (!rc && (e = readdir(dir))) {
+            if (!ends_with(e->d_name, ".tok") || e->d_name[0] == '.') continue;
+            char a[8704], b[8704];
+            snprintf(a, sizeof(a), "%s/%s", from, e->d_name);
+            snprintf(b, sizeof(b), "%s/%s", to, e->d_name);
+            if (rename(a, b)) rc = err_set("%s: %s", b, strerror(errno));
+        }
+        closedir(dir);
+        if (rc) return -1;
+    }
+    char from[8448], to[8448];
+    snprintf(from, sizeof(from), "%s/manifest.json", o->stage);
+    snprintf(to, sizeof(to), "%s/manifest.json", opt->out_dir);
+    if (rename(from, to)) return err_set("%s: %s", to, strerror(errno));
+    fs_rm_rf(o->stage);
+    o->stage[0] = 0;
     return 0;
 }
 
@@ -728,7 +883,7 @@ static json_t *split_json(const Split *sp, const char *out_dir)
     return o;
 }
 
-static int write_manifest(const PrepareOptions *o, const Tokenizer *tok, const FileList *files,
+static int write_manifest(const PrepareOptions *o, const char *dir, const Tokenizer *tok, const FileList *files,
                           const Split *tr, const Split *va, int width)
 {
     static const char *modes[] = {"file", "blank", "line"};
@@ -754,9 +909,9 @@ static int write_manifest(const PrepareOptions *o, const Tokenizer *tok, const F
     json_object_set_new(m, "val", split_json(va, o->out_dir));
     char *s = json_dumps(m, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(m);
-    char path[4200], tmp[4300];
-    snprintf(path, sizeof(path), "%s/manifest.json", o->out_dir);
-    snprintf(tmp, sizeof(tmp), "%s/.manifest.json.tmp", o->out_dir);
+    char path[4400], tmp[4500];
+    snprintf(path, sizeof(path), "%s/manifest.json", dir);
+    snprintf(tmp, sizeof(tmp), "%s/.manifest.json.tmp", dir);
     FILE *f = fopen(tmp, "w");
     int ok = f && fputs(s, f) >= 0 && fputc('\n', f) != EOF;
     if (f) ok &= fclose(f) == 0;
@@ -770,25 +925,84 @@ static int write_manifest(const PrepareOptions *o, const Tokenizer *tok, const F
 
 /* ---- run ------------------------------------------------------------------------------------ */
 
+/* The whole input gave no tokens, or a requested split is empty: refuse (with the fix). */
+static int check_splits(const PrepareOptions *o, const Split *tr, const Split *va, const char *input)
+{
+    uint64_t docs = tr->docs + va->docs;
+    if (!docs)
+        return err_set("%s: no text to prepare (the input%s empty)", input, o->n_inputs > 1 ? "s are" : " is");
+    if (o->val_fraction > 0 && !va->docs)
+        return err_set("%s: --val-fraction %g: none of the %llu document%s went to validation; %s", input,
+                       o->val_fraction, (unsigned long long)docs, docs == 1 ? "" : "s",
+                       o->doc_mode == PREP_DOCS_FILE
+                           ? "with --docs file every file is one document: use --docs blank (paragraphs) or "
+                             "--docs line"
+                           : "give more documents or a larger fraction");
+    if (o->val_fraction < 1 && !tr->docs)
+        return err_set("%s: --val-fraction %g: all %llu document%s went to validation, none to training; give "
+                       "more documents (--docs blank|line) or a smaller fraction",
+                       input, o->val_fraction, (unsigned long long)docs, docs == 1 ? "" : "s");
+    return 0;
+}
+
+/* Wait for the pipeline at most PROGRESS_PERIOD (so that progress and signals are seen). */
+static void wait_a_while(Pipe *p)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += (long)(PROGRESS_PERIOD * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+}
+
 int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
 {
     memset(stats, 0, sizeof(*stats));
     if (opt->shard_tokens == 0) return err_set("prepare: --shard-tokens must be positive");
     if (opt->val_fraction < 0 || opt->val_fraction > 1)
         return err_set("prepare: --val-fraction must be in [0, 1]");
+    if (strlen(opt->out_dir) > 3500) return err_set("%.80s...: --out: the path is too long", opt->out_dir);
     Pipe p = {0};
     p.opt = opt;
     if (collect_inputs(&p.files, opt->inputs, opt->n_inputs)) {
         files_free(&p.files);
         return -1;
     }
-    if (mkdir_p(opt->out_dir) || clear_old_output(opt)) {
-        files_free(&p.files);
-        return -1;
+    if (opt->jsonl_field_given) {
+        int any = 0;
+        for (int i = 0; i < p.files.n && !any; i++) any = input_kind(p.files.path[i]) != INPUT_TEXT;
+        if (!any) {
+            files_free(&p.files);
+            return err_set("%s: --jsonl-field %s: no input is JSON or JSONL (.jsonl, .ndjson, .json)",
+                           opt->inputs[0], opt->jsonl_field);
+        }
     }
+    /* nothing is created before the tokenizer loads and the output directory is known to be free */
     Tokenizer *tok = tokenizer_load(opt->tokenizer);
     if (!tok) {
         files_free(&p.files);
+        return -1;
+    }
+    remove_stale_stages(opt->out_dir);
+    if (old_output(opt->out_dir, 0) && !opt->overwrite) {
+        files_free(&p.files);
+        tokenizer_free(tok);
+        return err_set("%s: already holds prepared data (manifest.json or shards); remove it or pass --overwrite",
+                       opt->out_dir);
+    }
+    g_signal = 0;
+    void (*old_int)(int) = signal(SIGINT, on_signal), (*old_term)(int) = signal(SIGTERM, on_signal);
+    Output out;
+    if (output_begin(&out, opt->out_dir)) {
+        output_abandon(&out);
+        output_free(&out);
+        signal(SIGINT, old_int);
+        signal(SIGTERM, old_term);
+        files_free(&p.files);
+        tokenizer_free(tok);
         return -1;
     }
     p.tok = tok;
@@ -801,15 +1015,13 @@ int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
     pthread_mutex_init(&p.mu, NULL);
     pthread_cond_init(&p.cv, NULL);
 
-    Writer w = {opt,  tok, shard_width_for_vocab(tokenizer_vocab_size(tok)), tokenizer_vocab_size(tok),
-                NULL, 0};
+    Writer w = {opt, tok, shard_width_for_vocab(tokenizer_vocab_size(tok)), tokenizer_vocab_size(tok)};
     Split tr = {.name = "train"}, va = {.name = "val"};
-    snprintf(tr.dir, sizeof(tr.dir), "%s/train", opt->out_dir);
-    snprintf(va.dir, sizeof(va.dir), "%s/val", opt->out_dir);
+    snprintf(tr.dir, sizeof(tr.dir), "%s/train", out.stage);
+    snprintf(va.dir, sizeof(va.dir), "%s/val", out.stage);
     uint64_t total_bytes = 0;
     for (int i = 0; i < p.files.n; i++) total_bytes += p.files.size[i];
 
-    void (*old_int)(int) = signal(SIGINT, on_signal), (*old_term)(int) = signal(SIGTERM, on_signal);
     double t0 = now_s(), last_draw = 0;
     pthread_t reader, *workers = xmalloc((size_t)threads * sizeof(pthread_t));
     pthread_create(&reader, NULL, reader_main, &p);
@@ -820,22 +1032,13 @@ int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
     for (;;) {
         Chunk *c = &p.slot[wseq % (uint64_t)p.n_slots];
         pthread_mutex_lock(&p.mu);
-        while (c->state != SLOT_DONE && !(p.reader_done && wseq >= p.seq)) {
-            if (opt->progress) {
-                struct timespec ts;
-                clock_gettime(CLOCK_REALTIME, &ts);
-                ts.tv_nsec += (long)(PROGRESS_PERIOD * 1e9);
-                if (ts.tv_nsec >= 1000000000L) {
-                    ts.tv_sec++;
-                    ts.tv_nsec -= 1000000000L;
-                }
-                pthread_cond_timedwait(&p.cv, &p.mu, &ts);
-                break; /* redraw, then look again */
-            }
-            pthread_cond_wait(&p.cv, &p.mu);
-        }
+        if (c->state != SLOT_DONE && !(p.reader_done && wseq >= p.seq)) wait_a_while(&p);
         int ready = c->state == SLOT_DONE, finished = p.reader_done && wseq >= p.seq && !ready;
         pthread_mutex_unlock(&p.mu);
+        if (g_signal) {
+            rc = err_set("prepare: interrupted (signal %d); nothing was written", (int)g_signal);
+            break;
+        }
         if (finished) break;
         if (ready) {
             if (c->reader_failed || c->failed) {
@@ -875,16 +1078,16 @@ int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
     }
     pthread_join(reader, NULL);
     for (int i = 0; i < threads; i++) pthread_join(workers[i], NULL);
+    if (!rc) rc = check_splits(opt, &tr, &va, opt->inputs[0]);
     if (!rc) rc = split_flush(&w, &tr);
     if (!rc) rc = split_flush(&w, &va);
-    if (!rc) rc = write_manifest(opt, tok, &p.files, &tr, &va, w.width);
+    if (!rc) rc = write_manifest(opt, out.stage, tok, &p.files, &tr, &va, w.width);
+    if (!rc && g_signal) rc = err_set("prepare: interrupted (signal %d); nothing was written", (int)g_signal);
+    if (!rc) rc = output_publish(&out, opt);
     if (opt->progress) fprintf(stderr, "\r%*s\r", 110, "");
-    if (rc) { /* leave nothing of this run behind */
-        char msg[ANVIL_ERR_MAX];
-        snprintf(msg, sizeof(msg), "%s", err_get());
-        for (int i = 0; i < w.n_written; i++) unlink(w.written[i]);
-        err_set("%s", msg);
-    }
+    if (rc) output_abandon(&out); /* leave nothing of this run behind */
+    output_free(&out);
+    stats->signal = g_signal;
     signal(SIGINT, old_int);
     signal(SIGTERM, old_term);
     stats->files = (uint64_t)p.files.n;
@@ -896,8 +1099,6 @@ int prepare_run(const PrepareOptions *opt, PrepareStats *stats)
     stats->shards_val = va.shards;
     stats->bytes_in = text_bytes;
     stats->seconds = now_s() - t0;
-    for (int i = 0; i < w.n_written; i++) free(w.written[i]);
-    free(w.written);
     for (Split *sp = &tr; sp; sp = sp == &tr ? &va : NULL) {
         free(sp->buf);
         free(sp->shard_count);

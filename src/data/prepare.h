@@ -29,6 +29,7 @@ typedef struct {
     double val_fraction;     /* fraction of documents (by hash) that go to val/ */
     uint64_t seed;           /* of the train/val split */
     const char *jsonl_field; /* text field of JSONL records ("text") */
+    int jsonl_field_given;   /* 1: the user named it (an error when no input is JSON) */
     int doc_mode;            /* PREP_DOCS_* for plain text */
     int threads;             /* tokenizer threads (<= 0: all cores) */
     uint64_t shard_tokens;   /* tokens per shard */
@@ -40,10 +41,14 @@ typedef struct {
     uint64_t files, docs, docs_val, tokens_train, tokens_val, bytes_in;
     int shards_train, shards_val;
     double seconds;
+    int signal; /* the SIGINT / SIGTERM that stopped the run, else 0 */
 } PrepareStats;
 
 /* Run; -1 with err_set() naming the file (and line) on failure, in which case
- * no shard of this run and no temp file is left behind. */
+ * nothing of this run is left behind: no shard, no temp file, no directory it
+ * created. An input without text, and a --val-fraction that gives an empty
+ * split, are errors. On SIGINT/SIGTERM the run stops the same way and reports
+ * the signal in stats->signal (the caller may then re-raise it). */
 int prepare_run(const PrepareOptions *opt, PrepareStats *stats);
 
 #endif

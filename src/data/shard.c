@@ -120,6 +120,14 @@ int shard_open(Shard *s, const char *path)
         err_set("%s: not a token shard (bad magic)", path);
         goto fail;
     }
+    /* compare in tokens, not bytes: header + count * width wraps in 64 bits for
+     * a count near 2^64 / width and would match a small file */
+    uint64_t room = ((uint64_t)size - header) / (uint64_t)s->width;
+    if (s->count > room) {
+        err_set("%s: truncated: header says %llu tokens (%d bytes each), the file has room for %llu", path,
+                (unsigned long long)s->count, s->width, (unsigned long long)room);
+        goto fail;
+    }
     uint64_t want = header + s->count * (uint64_t)s->width;
     if ((uint64_t)size != want) {
         err_set("%s: %s: header says %llu tokens (%llu bytes), the file has %zu bytes", path,

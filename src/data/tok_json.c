@@ -1039,6 +1039,25 @@ static void wordpiece_lengths(Tokenizer *t)
     }
 }
 
+/* Token ids index flat tables (strings, flags, decode pieces), so the largest id sets their
+ * size: ids must stay below TOK_MAX_ID (the model vocabulary limit of config.json) and be
+ * dense enough that the tables are not mostly holes (a 100-byte file naming id 10^9 would
+ * otherwise allocate gigabytes before anything else is checked). Real vocabularies are
+ * dense: ids 0 .. n-1, added tokens right after. Checked for every id before it is stored. */
+#define TOK_MAX_ID (1 << 24)
+#define TOK_MAX_HOLES 65536
+
+/* count: the number of tokens the file lists (vocabulary and added tokens). */
+static int vocab_id_check(const char *path, const char *what, json_int_t id, size_t count)
+{
+    if (id >= TOK_MAX_ID)
+        return err_set("%s: %s: id %lld is larger than the limit %d", path, what, (long long)id, TOK_MAX_ID - 1);
+    if ((size_t)id >= 2 * count + TOK_MAX_HOLES)
+        return err_set("%s: %s: id %lld, but only %zu tokens: ids must be dense (0 .. n-1, added tokens after)",
+                       path, what, (long long)id, count);
+    return 0;
+}
+
 /* ---- entry points ------------------------------------------------------------------- */
 
 int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *path, const char *dir)
@@ -1086,6 +1105,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
     int32_t maxid = -1;
     const char *key;
     json_t *val;
+    size_t n_listed = json_object_size(vocab) + json_array_size(json_object_get(root, "added_tokens"));
     json_object_foreach(vocab, key, val)
     {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
@@ -1093,6 +1113,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
             err_set("%s: model.vocab[\"%s\"]: expected a non-negative integer id", path, key);
             goto out;
         }
+        if (vocab_id_check(path, "model.vocab", json_integer_value(val), n_listed)) goto out;
         int32_t id = (int32_t)json_integer_value(val);
         strs_set(&hf, id, key, strlen(key));
         maxid = MAX(maxid, id);
@@ -1109,6 +1130,7 @@ int tok_load_hf_json(Tokenizer *t, const char *data, size_t len, const char *pat
             err_set("%s: added_tokens[%zu]: expected \"id\" and \"content\"", path, i);
             goto out;
         }
+        if (vocab_id_check(path, "added_tokens", json_integer_value(idv), n_listed)) goto out;
         int32_t id = (int32_t)json_integer_value(idv);
         t->added = xrealloc(t->added, (size_t)(t->n_added + 1) * sizeof(AddedToken));
         AddedToken *a = &t->added[t->n_added++];
@@ -1222,6 +1244,7 @@ int tok_load_vocab_merges(Tokenizer *t, const char *vocab, size_t vlen, const ch
             err_set("%s: \"%s\": expected a non-negative integer id", vpath, key);
             goto out;
         }
+        if (vocab_id_check(vpath, "vocabulary", json_integer_value(val), json_object_size(root))) goto out;
         int32_t id = (int32_t)json_integer_value(val);
         strs_set(&hf, id, key, strlen(key));
         maxid = MAX(maxid, id);

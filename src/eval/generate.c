@@ -2,6 +2,7 @@
 #define _GNU_SOURCE /* memmem */
 #include "eval/generate.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -139,7 +140,7 @@ int generate_run(Model *m, const int32_t *prompt, int n_prompt, const GenOptions
 {
     int V = m->cfg.vocab_size, W = m->cfg.max_seq_len, B = o->batch;
     memset(r, 0, sizeof(*r));
-    if (B < 1) return err_set("--batch: expected a number >= 1, got %d", B);
+    if (B < 1) return err_set("--samples: expected a number >= 1, got %d", B);
     if (o->max_tokens < 0) return err_set("--max-tokens: expected a number >= 0, got %d", o->max_tokens);
     if (n_prompt < 1) return err_set("the prompt is empty (and the model has no BOS token to start from)");
     if (n_prompt > W) return err_set("the prompt has %d tokens; the model's window is %d", n_prompt, W);
@@ -169,8 +170,10 @@ int generate_run(Model *m, const int32_t *prompt, int n_prompt, const GenOptions
         rng_seed(&rng[b], o->seed, (uint64_t)b);
         text_stream_init(&ts[b], o->tok, o->stops, o->n_stops);
     }
+    /* the rows stay V apart; the sampler sees their first Vs logits */
+    int Vs = o->sample_vocab > 0 && o->sample_vocab < V ? o->sample_vocab : V;
     Sampler smp;
-    sampler_init(&smp, &o->sampler, V);
+    sampler_init(&smp, &o->sampler, Vs);
     int rc = -1, live = B;
     const char *out;
     size_t nout;
@@ -183,7 +186,15 @@ int generate_run(Model *m, const int32_t *prompt, int n_prompt, const GenOptions
     for (int step = 0; step < o->max_tokens; step++) {
         for (int b = 0; b < B; b++) {
             if (done[b]) continue; /* a finished sample keeps feeding its last token (ignored) */
-            int32_t id = sampler_next(&smp, logits + (size_t)b * V, &rng[b]);
+            const float *row = logits + (size_t)b * V;
+            for (int j = 0; j < Vs; j++)
+                if (!isfinite(row[j])) {
+                    err_set("the model's logits are not finite (%g for id %d at new token %d of sample %d): "
+                            "its weights or activations overflowed",
+                            (double)row[j], j, step, b);
+                    goto done;
+                }
+            int32_t id = sampler_next(&smp, row, &rng[b]);
             in[b] = id;
             r->generated++;
             if (o->on_token) o->on_token(o->ctx, b, id);

@@ -55,6 +55,8 @@ typedef struct {
     const char *const *stops;
     int n_stops;
     const Tokenizer *tok; /* NULL: ids only */
+    int sample_vocab;     /* > 0: sample only ids below this (the tokenizer's vocabulary when it is
+                           * smaller than the model's, so that every id decodes); 0: all */
     /* Called for sample 0 as text becomes final (only when batch == 1), and for every token
      * of every sample (on_token); either may be NULL. */
     void (*on_text)(void *ctx, const char *s, size_t n);
@@ -76,7 +78,8 @@ typedef struct {
 } GenResult;
 
 /* Generate from prompt (n_prompt >= 1 ids). -1 with err_set() on bad input (a prompt
- * longer than the window, an id outside the vocabulary). Free r with gen_result_free. */
+ * longer than the window, an id outside the vocabulary) and when the model's logits are
+ * not finite (NaN or infinity). Free r with gen_result_free. */
 int generate_run(Model *m, const int32_t *prompt, int n_prompt, const GenOptions *o, GenResult *r);
 void gen_result_free(GenResult *r);
 

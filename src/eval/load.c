@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/error.h"
 #include "io/fsutil.h"
@@ -53,8 +54,28 @@ static Model *load_base(const char *dir, const char *adapter, const Backend *be)
     return m;
 }
 
+/* A training run's directory (anvil train's out_dir) rather than a model: its final/ link
+ * or a step-NNNNNNN/ checkpoint holds the model. */
+static int is_run_dir(const char *dir)
+{
+    char *cfg = fs_join(dir, "config.json"), *fin = fs_join(dir, "final"), *met = fs_join(dir, "metrics.jsonl");
+    int run = !fs_exists(cfg) && (fs_is_dir(fin) || fs_exists(met));
+    free(cfg);
+    free(fin);
+    free(met);
+    return run;
+}
+
 Model *eval_load_model(const char *spec, const char *adapter, const Backend *be)
 {
+    if (fs_is_dir(spec) && is_run_dir(spec)) {
+        size_t n = strlen(spec);
+        while (n > 1 && spec[n - 1] == '/') n--;
+        return err_set("%s: a training run directory, not a model: use %.*s/final (the last checkpoint) or one of "
+                       "its step-NNNNNNN/ checkpoints",
+                       spec, (int)n, spec),
+               NULL;
+    }
     if (adapter && !fs_is_dir(spec)) return err_set("--adapter: needs --model to be a base model directory"), NULL;
     Q4Spec q;
     if (adapter || (fs_is_dir(spec) && bnb_model_quant(spec, &q) == 1)) return load_base(spec, adapter, be);

@@ -663,7 +663,7 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
     memset(r, 0, sizeof(*r));
     int W = m->cfg.max_seq_len, V = m->cfg.vocab_size;
     if (o->ctx < 2 || o->ctx > W)
-        return err_set("--ctx: expected 2 .. %d (the model's window), got %d", W, o->ctx);
+        return err_set("--seq: expected 2 .. %d (the model's window), got %d", W, o->ctx);
     if (o->batch < 1) return err_set("--batch: expected a number >= 1, got %d", o->batch);
     if (tokenizer_vocab_size(tok) > V)
         return err_set("the tokenizer's %d ids do not fit the model's vocabulary of %d",
@@ -737,6 +737,12 @@ int mcq_score(Model *m, const Tokenizer *tok, const McqSet *set, const McqOption
             double ll = 0;
             for (int j = 0; j < Tb; j++)
                 if (tg[(size_t)b * Tb + j] >= 0) ll -= m->losses_host[(size_t)b * Tb + j];
+            if (!isfinite(ll)) {
+                err_set("%s: item %d, choice %d: the log-likelihood is not finite (%g): the model's weights or "
+                        "activations overflowed",
+                        set->path, q->item, q->choice, ll);
+                goto out;
+            }
             r->ll[q->item][q->choice] = ll;
         }
         i += rows;

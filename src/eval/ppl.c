@@ -18,9 +18,9 @@ int ppl_run(Model *m, const int32_t *ids, size_t n, const PplOptions *o, const T
     int W = m->cfg.max_seq_len, V = m->cfg.vocab_size;
     if (n < 2) return err_set("need at least 2 tokens to score, got %zu", n);
     if (o->ctx < 2 || o->ctx > W)
-        return err_set("--ctx: expected 2 .. %d (the model's window), got %d", W, o->ctx);
+        return err_set("--seq: expected 2 .. %d (the model's window), got %d", W, o->ctx);
     if (o->stride < 1 || o->stride > o->ctx)
-        return err_set("--stride: expected 1 .. %d (--ctx), got %d", o->ctx, o->stride);
+        return err_set("--stride: expected 1 .. %d (--seq), got %d", o->ctx, o->stride);
     if (o->batch < 1) return err_set("--batch: expected a number >= 1, got %d", o->batch);
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
@@ -89,6 +89,9 @@ int ppl_run(Model *m, const int32_t *ids, size_t n, const PplOptions *o, const T
     if (!r->tokens) return err_set("no token was scored");
     r->nll = r->nll_sum / (double)r->tokens;
     r->ppl = exp(r->nll);
+    if (!isfinite(r->nll) || !isfinite(r->ppl))
+        return err_set("the result is not finite (nll %g, ppl %g): the model's weights or activations overflowed",
+                       r->nll, r->ppl);
     r->hf_doc_nll = r->hf_doc_tokens ? hf_sum / (double)r->hf_doc_tokens : NAN;
     r->bpb = r->bytes ? r->nll_sum / log(2.0) / (double)r->bytes : NAN;
     return 0;

@@ -43,7 +43,8 @@ typedef struct {
 
 /* Evaluate ids[0..n) (n >= 2). With tok, also counts the bytes of the scored
  * tokens (for bits per byte). Reserves the model's activations for batch x ctx
- * (recompute level 2: no backward follows). -1 with err_set() on bad options. */
+ * (recompute level 2: no backward follows). -1 with err_set() on bad options, and when
+ * the mean NLL or the perplexity is not finite (NaN or overflow). */
 int ppl_run(Model *m, const int32_t *ids, size_t n, const PplOptions *o, const Tokenizer *tok, PplResult *r);
 
 #endif

@@ -62,6 +62,44 @@ static int type_error(const Cfg *c, const char *key, const char *want, const jso
     return err_set("%s: %s: expected %s, got %s", c->path, key, want, b);
 }
 
+/* Upper limits of the size keys: the limits model_config_finish enforces (src/model/config.c),
+ * checked here first so that the message names the config.json key. They are far above every
+ * published model and keep every size and product an int (docs/formats.md). */
+#define HF_MAX_LAYERS 1024
+#define HF_MAX_WIDTH (1 << 16) /* hidden size; heads x head_dim */
+#define HF_MAX_HEADS 1024
+#define HF_MAX_HEAD_DIM 1024
+#define HF_MAX_FF (1 << 20)
+#define HF_MAX_VOCAB (1 << 24)
+#define HF_MAX_SEQ (1 << 24)
+
+static const struct {
+    const char *key;
+    int max;
+} hf_limits[] = {
+    {"n_embd", HF_MAX_WIDTH},
+    {"hidden_size", HF_MAX_WIDTH},
+    {"n_layer", HF_MAX_LAYERS},
+    {"num_hidden_layers", HF_MAX_LAYERS},
+    {"n_head", HF_MAX_HEADS},
+    {"num_attention_heads", HF_MAX_HEADS},
+    {"num_key_value_heads", HF_MAX_HEADS},
+    {"head_dim", HF_MAX_HEAD_DIM},
+    {"n_inner", HF_MAX_FF},
+    {"intermediate_size", HF_MAX_FF},
+    {"vocab_size", HF_MAX_VOCAB},
+    {"n_positions", HF_MAX_SEQ},
+    {"max_position_embeddings", HF_MAX_SEQ},
+    {"sliding_window", INT32_MAX},
+};
+
+static int key_limit(const char *key)
+{
+    for (size_t i = 0; i < ARRAY_LEN(hf_limits); i++)
+        if (!strcmp(hf_limits[i].key, key)) return hf_limits[i].max;
+    return INT32_MAX;
+}
+
 /* Integer key. Absent or null: *out = def, or an error when required. */
 static int get_int(const Cfg *c, json_t *obj, const char *key, const char *shown, int required, int def,
                    int min, int *out)
@@ -74,8 +112,9 @@ static int get_int(const Cfg *c, json_t *obj, const char *key, const char *shown
     }
     if (!json_is_integer(v)) return type_error(c, shown, "an integer", v);
     json_int_t x = json_integer_value(v);
-    if (x < min || x > INT32_MAX)
-        return err_set("%s: %s: %lld is out of range (at least %d)", c->path, shown, (long long)x, min);
+    int max = key_limit(key);
+    if (x < min || x > max)
+        return err_set("%s: %s: %lld is out of range (%d .. %d)", c->path, shown, (long long)x, min, max);
     *out = (int)x;
     return 0;
 }
@@ -274,6 +313,29 @@ static int read_llama(const Cfg *c, json_t *root, ModelConfig *m, const char *mo
     return 0;
 }
 
+/* Products of size keys, in 64 bits, against the same limits, naming the keys. */
+static int check_products(const Cfg *c, const ModelConfig *m)
+{
+    int gpt2 = m->family == FAMILY_GPT2;
+    const char *width = gpt2 ? "n_embd" : "hidden_size", *heads = gpt2 ? "n_head" : "num_attention_heads";
+    if (m->head_dim > 0 && (int64_t)m->n_head * m->head_dim > HF_MAX_WIDTH)
+        return err_set("%s: %s: %d heads x head_dim %d = %lld is larger than the limit %d", c->path, heads,
+                       m->n_head, m->head_dim, (long long)m->n_head * m->head_dim, HF_MAX_WIDTH);
+    if (m->head_dim > 0 && (int64_t)m->n_kv_head * m->head_dim > HF_MAX_WIDTH)
+        return err_set("%s: num_key_value_heads: %d heads x head_dim %d is larger than the limit %d", c->path,
+                       m->n_kv_head, m->head_dim, HF_MAX_WIDTH);
+    if (gpt2 && m->d_ff == 0 && (int64_t)4 * m->d_model > HF_MAX_FF)
+        return err_set("%s: n_embd: 4 x %d (n_inner null) is larger than the limit %d", c->path, m->d_model,
+                       HF_MAX_FF);
+    if ((int64_t)m->vocab_size * m->d_model > INT32_MAX)
+        return err_set("%s: vocab_size: %d x %s %d = %lld embedding elements, more than %d", c->path,
+                       m->vocab_size, width, m->d_model, (long long)m->vocab_size * m->d_model, INT32_MAX);
+    if (gpt2 && (int64_t)m->max_seq_len * m->d_model > INT32_MAX)
+        return err_set("%s: n_positions: %d x n_embd %d = %lld position elements, more than %d", c->path,
+                       m->max_seq_len, m->d_model, (long long)m->max_seq_len * m->d_model, INT32_MAX);
+    return 0;
+}
+
 int hf_read_config(const char *dir, ModelConfig *cfg)
 {
     char *path = fs_join(dir, "config.json");
@@ -329,11 +391,12 @@ int hf_read_config(const char *dir, ModelConfig *cfg)
         goto out;
     snprintf(cfg->hf_arch, sizeof(cfg->hf_arch), "%s", cls->arch);
     snprintf(cfg->hf_model_type, sizeof(cfg->hf_model_type), "%s", cls->model_type);
+    if (check_products(&c, cfg)) goto out;
     if (model_config_finish(cfg) != 0) {
         err_prefix("%s", path);
         goto out;
     }
-    rc = 0;
+    rc = hf_has_weights(dir) ? hf_check_shapes(dir, cfg) : 0;
 out:
     json_decref(root);
     free(text);
@@ -556,6 +619,14 @@ static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
  * "transformer." prefix (h.0.attn.c_attn.weight, wte.weight). */
 #define GPT2_PREFIX "transformer."
 
+/* Index of the first NaN or infinity in x[0..n), or n. */
+static size_t first_nonfinite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return i;
+    return n;
+}
+
 /* Fill buf from the tensors "<prefix><hf name>" of a set of files; `where`
  * names the file (or index) in messages about missing tensors. */
 static int read_mapped(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
@@ -602,11 +673,130 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
             tmp = xmalloc(tmp_cap * sizeof(float));
         }
         st_to_f32(t, tmp);
+        size_t bad = first_nonfinite(tmp, t->numel);
+        if (bad < t->numel) {
+            rc = err_set("%s: %s: non-finite value (%g) at element %zu: the weights are corrupt or diverged",
+                         file->path, t->name, (double)tmp[bad], bad);
+            break;
+        }
         map_copy(pt, e, buf, tmp, 1);
     }
     free(tmp);
     free(map);
     return rc;
+}
+
+/* ---- config.json against the safetensors headers ---- */
+
+int hf_has_weights(const char *dir)
+{
+    char *a = fs_join(dir, "model.safetensors"), *b = fs_join(dir, "model.safetensors.index.json");
+    int yes = fs_exists(a) || fs_exists(b);
+    free(a);
+    free(b);
+    return yes;
+}
+
+/* The key names of one family's size fields in config.json. */
+typedef struct {
+    const char *width, *layers, *heads, *kv_heads, *ff, *vocab, *positions;
+} HfKeys;
+
+static const HfKeys gpt2_keys = {"n_embd", "n_layer", "n_head", "n_head", "n_inner", "vocab_size", "n_positions"};
+static const HfKeys llama_keys = {"hidden_size",         "num_hidden_layers", "num_attention_heads",
+                                  "num_key_value_heads", "intermediate_size", "vocab_size",
+                                  "max_position_embeddings"};
+
+/* The tensor `name` (GPT-2: also without "transformer."); NULL if absent. */
+static const StTensor *find_tensor(const StSet *set, const char *name, const StFile **file)
+{
+    const StTensor *t = st_set_find(set, name, file);
+    if (!t && !strncmp(name, GPT2_PREFIX, strlen(GPT2_PREFIX)))
+        t = st_set_find(set, name + strlen(GPT2_PREFIX), file);
+    return t;
+}
+
+/* Tensor `name` must be 2-D; its dimension `dim` must equal `want`, the value (or a product of
+ * values) of config key `key`. A missing tensor is an error too: nothing can be checked without it. */
+static int expect_dim(const StSet *set, const char *where, const char *cpath, const char *name, int dim,
+                      int64_t want, const char *key, const char *how)
+{
+    const StFile *f = NULL;
+    const StTensor *t = find_tensor(set, name, &f);
+    if (!t) return err_set("%s: %s: missing", where, name);
+    if (t->ndim != 2 || t->shape[dim] != want) {
+        char shp[64];
+        shape_str(shp, sizeof(shp), t->ndim, t->shape);
+        return err_set("%s: %s: %lld%s does not match the weights: %s %s is %s in %s", cpath, key,
+                       (long long)want, how, name, dim ? "(columns)" : "(rows)", shp, f->path);
+    }
+    return 0;
+}
+
+int hf_check_shapes(const char *dir, const ModelConfig *c)
+{
+    StSet set;
+    if (st_set_open_dir(&set, dir, "model") != 0) return -1;
+    char *cpath = fs_join(dir, "config.json"), *where = fs_join(dir, "model.safetensors");
+    if (!fs_exists(where)) {
+        free(where);
+        where = fs_join(dir, "model.safetensors.index.json");
+    }
+    int gpt2 = c->family == FAMILY_GPT2, rc = 0;
+    const HfKeys *k = gpt2 ? &gpt2_keys : &llama_keys;
+    int64_t C = c->d_model, q = (int64_t)c->n_head * c->head_dim, kv = (int64_t)c->n_kv_head * c->head_dim;
+    char name[160], how[96];
+    const char *emb = gpt2 ? GPT2_PREFIX "wte.weight" : "model.embed_tokens.weight";
+    /* the embedding fixes the width and the vocabulary */
+    rc = expect_dim(&set, where, cpath, emb, 1, C, k->width, "") ||
+         expect_dim(&set, where, cpath, emb, 0, c->vocab_size, k->vocab, "");
+    if (!rc && gpt2) rc = expect_dim(&set, where, cpath, GPT2_PREFIX "wpe.weight", 0, c->max_seq_len, k->positions, "");
+    if (!rc && !c->tie_embeddings)
+        rc = expect_dim(&set, where, cpath, "lm_head.weight", 0, c->vocab_size, k->vocab, "");
+    /* layer 0 fixes the attention and MLP widths */
+    if (!rc && gpt2) {
+        snprintf(how, sizeof(how), " (x 3 = %lld)", (long long)(3 * C));
+        rc = expect_dim(&set, where, cpath, GPT2_PREFIX "h.0.attn.c_attn.weight", 1, 3 * C, k->width, how) ||
+             expect_dim(&set, where, cpath, GPT2_PREFIX "h.0.mlp.c_fc.weight", 1, c->d_ff, k->ff,
+                        c->d_ff == 4 * c->d_model ? " (4 x n_embd)" : "");
+    } else if (!rc) {
+        snprintf(how, sizeof(how), " x head_dim %d = %lld", c->head_dim, (long long)q);
+        rc = expect_dim(&set, where, cpath, "model.layers.0.self_attn.q_proj.weight", 0, q, k->heads, how);
+        snprintf(how, sizeof(how), " x head_dim %d = %lld", c->head_dim, (long long)kv);
+        if (!rc) rc = expect_dim(&set, where, cpath, "model.layers.0.self_attn.k_proj.weight", 0, kv, k->kv_heads, how);
+        if (!rc) rc = expect_dim(&set, where, cpath, "model.layers.0.mlp.gate_proj.weight", 0, c->d_ff, k->ff, "");
+    }
+    /* the layer count: the last layer is there, the one after it is not */
+    if (!rc) {
+        const char *fmt = gpt2 ? GPT2_PREFIX "h.%d.ln_1.weight" : "model.layers.%d.input_layernorm.weight";
+        snprintf(name, sizeof(name), fmt, c->n_layer - 1);
+        if (!find_tensor(&set, name, NULL))
+            rc = err_set("%s: %s: %d does not match the weights: %s has no layer %d (%s is missing)", cpath,
+                         k->layers, c->n_layer, where, c->n_layer - 1, name);
+        snprintf(name, sizeof(name), fmt, c->n_layer);
+        if (!rc && find_tensor(&set, name, NULL))
+            rc = err_set("%s: %s: %d does not match the weights: %s has a layer %d too (%s)", cpath, k->layers,
+                         c->n_layer, where, c->n_layer, name);
+    }
+    /* the other layers: together the tensors must hold at least the parameters in 2-byte floats,
+     * so that a config is never allocated far beyond the file it came with */
+    if (!rc) {
+        ParamTable pt;
+        param_table_build(&pt, c);
+        uint64_t have = 0, need = (uint64_t)pt.total * 2;
+        for (int f = 0; f < set.nfiles; f++)
+            for (int i = 0; i < set.files[f].n; i++) have += set.files[f].t[i].nbytes;
+        if (need > have)
+            rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in 16 bits), but the weights "
+                         "hold %llu bytes",
+                         cpath, k->layers, c->n_layer, pt.total, (unsigned long long)need,
+                         (unsigned long long)have);
+        param_table_free(&pt);
+    }
+    free(cpath);
+    free(where);
+    st_set_close(&set);
+    return rc ? -1 : 0;
 }
 
 int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host)
@@ -886,7 +1076,37 @@ int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt
     return rc;
 }
 
+/* The tokenizer files of a Hugging Face directory (what tokenizer_load reads and
+ * transformers' AutoTokenizer saves), copied unchanged by hf_save_with_tokenizer. */
+static const char *const hf_tokenizer_files[] = {
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json",     "merges.txt",            "encoder.json",            "vocab.bpe",
+    "tokenizer.model", "vocab.txt",
+};
+
+static int copy_tokenizer_files(const char *from, const char *to)
+{
+    for (size_t i = 0; i < ARRAY_LEN(hf_tokenizer_files); i++) {
+        char *src = fs_join(from, hf_tokenizer_files[i]), *dst = fs_join(to, hf_tokenizer_files[i]);
+        char *data = NULL;
+        size_t n = 0;
+        int rc = 0;
+        if (fs_exists(src)) rc = fs_read_file(src, &data, &n) || fs_write_atomic(dst, data, n);
+        free(data);
+        free(src);
+        free(dst);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype)
+{
+    return hf_save_with_tokenizer(dir, cfg, pt, host, dtype, NULL);
+}
+
+int hf_save_with_tokenizer(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
+                           int dtype, const char *tokenizer_from)
 {
     size_t len = strlen(dir);
     while (len > 1 && dir[len - 1] == '/') len--;
@@ -895,6 +1115,7 @@ int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const
     int rc = fs_rm_rf(tmp);
     if (rc == 0) rc = fs_mkdir_p(tmp);
     if (rc == 0) rc = hf_write_files(tmp, cfg, pt, host, dtype);
+    if (rc == 0 && tokenizer_from) rc = copy_tokenizer_files(tokenizer_from, tmp);
     if (rc == 0) rc = fs_publish_dir(tmp, dir);
     if (rc != 0) {
         char keep[ANVIL_ERR_MAX];

@@ -23,6 +23,16 @@ struct Model;
  * mistyped key, or an unsupported architecture / activation / RoPE type. */
 int hf_read_config(const char *dir, ModelConfig *cfg);
 
+/* 1 when dir holds model.safetensors or model.safetensors.index.json. */
+int hf_has_weights(const char *dir);
+/* Check config (as read from dir/config.json) against the shapes in the safetensors
+ * headers of dir, reading nothing but the headers: the embedding (width, vocabulary),
+ * positions, layer 0's attention and MLP widths, and that the last layer exists and no
+ * layer after it. -1 with err_set("<dir>/config.json: <key>: N does not match the
+ * weights: ...") naming the config.json key. hf_read_config calls it when dir has weights,
+ * so that nothing is allocated for a config that the weights contradict. */
+int hf_check_shapes(const char *dir, const ModelConfig *cfg);
+
 /* Fill host (pt->total floats, laid out as pt says) from the directory's
  * safetensors (F32, F16, BF16, F64). Every parameter must be present with the
  * right shape; buffers such as GPT-2's attn.bias, and lm_head.weight of a tied
@@ -68,6 +78,11 @@ int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt
 /* The same into a fresh "<dir>.tmp.<pid>", then published as dir in one
  * rename (replacing an existing dir). */
 int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype);
+/* hf_save, with the tokenizer files of directory tokenizer_from (tokenizer.json,
+ * tokenizer_config.json, special_tokens_map.json, vocab.json + merges.txt, ...) copied
+ * unchanged into the new directory before it is published; NULL: none. */
+int hf_save_with_tokenizer(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
+                           int dtype, const char *tokenizer_from);
 /* config.json alone (used by hf_write_files; exposed for tests and tools). */
 int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype);
 

@@ -304,8 +304,9 @@ int st_open(StFile *f, const char *path)
     uint64_t hlen = 0;
     for (int i = 0; i < ST_PREFIX; i++) hlen |= (uint64_t)p[i] << (8 * i);
     if (hlen > ST_MAX_HEADER) {
-        err_set("%s: header length %llu is implausible (limit %u)", path, (unsigned long long)hlen,
-                ST_MAX_HEADER);
+        err_set("%s: not a safetensors file (its first 8 bytes give a header length of %llu, above the "
+                "format's limit of %u)",
+                path, (unsigned long long)hlen, ST_MAX_HEADER);
         goto fail;
     }
     if (hlen > size - ST_PREFIX) {

@@ -102,12 +102,32 @@ const char *model_family_name(Family f) { return f == FAMILY_GPT2 ? "gpt2" : "ll
 
 int model_config_finish(ModelConfig *c)
 {
-    if (c->n_layer <= 0) return err_set("model.n_layer: must be positive, got %d", c->n_layer);
-    if (c->n_head <= 0) return err_set("model.n_head: must be positive, got %d", c->n_head);
-    if (c->d_model <= 0) return err_set("model.d_model: must be positive, got %d", c->d_model);
-    if (c->vocab_size <= 0) return err_set("model.vocab_size: must be positive, got %d", c->vocab_size);
-    if (c->max_seq_len <= 0) return err_set("model.max_seq_len: must be positive, got %d", c->max_seq_len);
+    /* Upper limits, far above every published model (the largest, LLaMA-3 405B, has 126 layers,
+     * width 16384, 128 heads of 128, d_ff 53248, a 128256-token vocabulary; contexts reach 10M)
+     * and low enough that every size and product below fits an int, and every tensor's element
+     * count fits 32 bits, whatever the config says. Products are formed in 64 bits. */
+    enum {
+        MAX_LAYERS = 1024,
+        MAX_WIDTH = 1 << 16,      /* d_model, n_head * head_dim */
+        MAX_HEADS = 1024,         /* n_head, n_kv_head */
+        MAX_HEAD_DIM = 1024,
+        MAX_FF = 1 << 20,         /* d_ff */
+        MAX_VOCAB = 1 << 24,
+        MAX_SEQ = 1 << 24,        /* max_seq_len */
+    };
+    const int64_t max_numel = INT32_MAX; /* elements of one parameter tensor */
+#define CHECK_RANGE(field, v, hi)                                                                          \
+    do {                                                                                                   \
+        if ((v) <= 0) return err_set("model.%s: must be positive, got %d", field, (v));                  \
+        if ((v) > (hi)) return err_set("model.%s: %d is larger than the limit %d", field, (v), (int)(hi)); \
+    } while (0)
+    CHECK_RANGE("n_layer", c->n_layer, MAX_LAYERS);
+    CHECK_RANGE("n_head", c->n_head, MAX_HEADS);
+    CHECK_RANGE("d_model", c->d_model, MAX_WIDTH);
+    CHECK_RANGE("vocab_size", c->vocab_size, MAX_VOCAB);
+    CHECK_RANGE("max_seq_len", c->max_seq_len, MAX_SEQ);
     if (c->n_kv_head <= 0) c->n_kv_head = c->n_head;
+    CHECK_RANGE("n_kv_head", c->n_kv_head, MAX_HEADS);
     if (c->n_head % c->n_kv_head)
         return err_set("model.n_kv_head: %d does not divide n_head %d", c->n_kv_head, c->n_head);
     if (c->head_dim <= 0) {
@@ -115,12 +135,34 @@ int model_config_finish(ModelConfig *c)
             return err_set("model.n_head: %d does not divide d_model %d", c->n_head, c->d_model);
         c->head_dim = c->d_model / c->n_head;
     }
+    CHECK_RANGE("head_dim", c->head_dim, MAX_HEAD_DIM);
+    int64_t q_dim = (int64_t)c->n_head * c->head_dim;
+    if (q_dim > MAX_WIDTH)
+        return err_set("model.n_head: %d heads of %d (head_dim) = %lld is larger than the limit %d", c->n_head,
+                       c->head_dim, (long long)q_dim, (int)MAX_WIDTH);
     if (c->family == FAMILY_LLAMA && c->head_dim % 2)
         return err_set("model: RoPE needs an even head dimension, got %d", c->head_dim);
     if (c->d_ff <= 0) {
-        if (c->family == FAMILY_GPT2) c->d_ff = 4 * c->d_model;
-        else return err_set("model.d_ff: must be set for the llama family");
+        if (c->family != FAMILY_GPT2) return err_set("model.d_ff: must be set for the llama family");
+        if ((int64_t)4 * c->d_model > MAX_FF)
+            return err_set("model.d_model: 4 * %d (the default d_ff) is larger than the limit %d", c->d_model,
+                           (int)MAX_FF);
+        c->d_ff = 4 * c->d_model;
     }
+    CHECK_RANGE("d_ff", c->d_ff, MAX_FF);
+#undef CHECK_RANGE
+    /* the largest tensors: the embedding (and head), positions, qkv, the MLP matrices */
+    int64_t C = c->d_model, fc = (c->family == FAMILY_LLAMA ? 2 : 1) * (int64_t)c->d_ff;
+    int64_t qkv = q_dim + 2 * (int64_t)c->n_kv_head * c->head_dim;
+    if ((int64_t)c->vocab_size * C > max_numel)
+        return err_set("model.vocab_size: %d x d_model %d = %lld embedding elements, more than %lld",
+                       c->vocab_size, c->d_model, (long long)c->vocab_size * C, (long long)max_numel);
+    if (c->family == FAMILY_GPT2 && (int64_t)c->max_seq_len * C > max_numel)
+        return err_set("model.max_seq_len: %d x d_model %d = %lld position elements, more than %lld",
+                       c->max_seq_len, c->d_model, (long long)c->max_seq_len * C, (long long)max_numel);
+    if (qkv * C > max_numel || fc * C > max_numel)
+        return err_set("model: the q/k/v (%lld x %d) or MLP (%lld x %d) matrix has more than %lld elements",
+                       (long long)qkv, c->d_model, (long long)fc, c->d_model, (long long)max_numel);
     if (c->family == FAMILY_LLAMA && !(c->rope_theta > 0))
         return err_set("model.rope_theta: must be positive, got %g", c->rope_theta);
     if (!(c->norm_eps > 0)) c->norm_eps = 1e-5f;

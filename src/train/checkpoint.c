@@ -3,6 +3,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -111,8 +113,9 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Steps of the complete checkpoints in out_dir, ascending. */
-static int list_steps(const char *out_dir, int **steps)
+/* Steps of the complete checkpoints in out_dir, ascending. With note, a step
+ * directory without trainer_state.json (incomplete) is named on stderr. */
+static int list_steps(const char *out_dir, int **steps, int note)
 {
     DIR *dir = opendir(out_dir);
     int n = 0, cap = 16;
@@ -125,6 +128,8 @@ static int list_steps(const char *out_dir, int **steps)
         char *sub = fs_join(out_dir, e->d_name);
         char *st = fs_join(sub, STATE_FILE);
         int ok = fs_exists(st);
+        if (!ok && note)
+            fprintf(stderr, "anvil: note: skipping %s: no %s (an incomplete checkpoint)\n", sub, STATE_FILE);
         free(sub);
         free(st);
         if (!ok) continue;
@@ -259,7 +264,7 @@ int ckpt_publish(const char *out_dir, const char *tmp, const CheckpointData *d, 
     if (write_state(tmp, d) || fs_publish_dir(tmp, final) || point_final(out_dir, d->state->step)) goto out;
     rc = 0;
     if (keep > 0) {
-        int *steps, n = list_steps(out_dir, &steps);
+        int *steps, n = list_steps(out_dir, &steps, 0);
         for (int i = 0; i < n - keep; i++) {
             char *old = ckpt_dir_name(out_dir, steps[i]);
             fs_rm_rf(old);
@@ -295,7 +300,7 @@ char *ckpt_find_latest(const char *run_dir)
         err_set("%s: no such run directory", run_dir);
         return NULL;
     }
-    int *steps, n = list_steps(run_dir, &steps);
+    int *steps, n = list_steps(run_dir, &steps, 1);
     char *path = n ? ckpt_dir_name(run_dir, steps[n - 1]) : NULL;
     free(steps);
     if (!path) err_set("%s: no checkpoint (step-NNNNNNN/ with %s) to resume from", run_dir, STATE_FILE);
@@ -305,14 +310,17 @@ char *ckpt_find_latest(const char *run_dir)
 static int get_u64_string(json_t *obj, const char *key, uint64_t *out, const char *path)
 {
     json_t *v = json_object_get(obj, key);
-    if (json_is_integer(v)) {
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
         *out = (uint64_t)json_integer_value(v);
         return 0;
     }
     char *end;
-    if (!json_is_string(v)) return err_set("%s: loader.%s: expected a number", path, key);
-    *out = strtoull(json_string_value(v), &end, 10);
-    if (*end) return err_set("%s: loader.%s: expected a number", path, key);
+    const char *s = json_is_string(v) ? json_string_value(v) : NULL;
+    if (!s || *s < '0' || *s > '9')
+        return err_set("%s: loader.%s: expected a non-negative integer", path, key);
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    if (*end || errno == ERANGE) return err_set("%s: loader.%s: expected a non-negative integer below 2^64", path, key);
     return 0;
 }
 
@@ -327,9 +335,14 @@ int ckpt_read_state(const char *ckpt_dir, TrainerState *st)
         err_set("%s: %s (line %d)", path, jerr.text, jerr.line);
         goto out;
     }
+    if (!json_is_object(j)) {
+        err_set("%s: expected a JSON object", path);
+        goto out;
+    }
     json_t *step = json_object_get(j, "step"), *ld = json_object_get(j, "loader");
-    if (!json_is_integer(step) || json_integer_value(step) < 0) {
-        err_set("%s: step: expected a non-negative integer", path);
+    /* the step counter is an int: refuse what does not fit rather than wrap */
+    if (!json_is_integer(step) || json_integer_value(step) < 0 || json_integer_value(step) > INT_MAX) {
+        err_set("%s: step: expected an integer in [0, %d]", path, INT_MAX);
         goto out;
     }
     if (!json_is_object(ld)) {
@@ -340,8 +353,16 @@ int ckpt_read_state(const char *ckpt_dir, TrainerState *st)
     if (get_u64_string(ld, "epoch", &st->loader.epoch, path) || get_u64_string(ld, "pos", &st->loader.pos, path))
         goto out;
     json_t *tok = json_object_get(j, "tokens_seen"), *el = json_object_get(j, "elapsed_s");
-    st->tokens_seen = json_is_integer(tok) ? (uint64_t)json_integer_value(tok) : 0;
-    st->elapsed_s = json_is_number(el) ? json_number_value(el) : 0;
+    if (tok && !(json_is_integer(tok) && json_integer_value(tok) >= 0)) {
+        err_set("%s: tokens_seen: expected a non-negative integer", path);
+        goto out;
+    }
+    if (el && !(json_is_number(el) && isfinite(json_number_value(el)) && json_number_value(el) >= 0)) {
+        err_set("%s: elapsed_s: expected a finite number of seconds >= 0", path);
+        goto out;
+    }
+    st->tokens_seen = tok ? (uint64_t)json_integer_value(tok) : 0;
+    st->elapsed_s = el ? json_number_value(el) : 0;
     rc = 0;
 out:
     json_decref(j);

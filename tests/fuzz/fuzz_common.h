@@ -35,4 +35,27 @@ static inline const char *fuzz_write(const char *name, const uint8_t *data, size
     return path;
 }
 
+/* The model-directory harness's input: config.json, one NUL byte, then model.safetensors
+ * (no NUL: config.json alone). Writes both files into dir (which must exist). */
+static inline void fuzz_split_model(const char *dir, const uint8_t *data, size_t size)
+{
+    const uint8_t *nul = memchr(data, 0, size);
+    size_t nconf = nul ? (size_t)(nul - data) : size;
+    char path[512];
+    const char *names[2] = {"config.json", "model.safetensors"};
+    const uint8_t *parts[2] = {data, nul ? nul + 1 : NULL};
+    size_t lens[2] = {nconf, nul ? size - nconf - 1 : 0};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        if (!parts[i]) {
+            unlink(path);
+            continue;
+        }
+        FILE *f = fopen(path, "wb");
+        if (!f) abort();
+        if (lens[i] && fwrite(parts[i], 1, lens[i], f) != lens[i]) abort();
+        fclose(f);
+    }
+}
+
 #endif

@@ -1,7 +1,10 @@
 /* cpu_backend.c - the reference backend: fp32, C + OpenMP, matrix products
- * through BLAS (OpenBLAS). Every op is deterministic for a given thread count;
- * reductions over rows (parameter gradients) are split by columns so that
- * their result does not depend on the number of threads at all. */
+ * through BLAS (OpenBLAS). Every result is the same for any number of OpenMP
+ * threads, bit for bit: reductions over rows (parameter gradients, norms' and
+ * embeddings' weight gradients) are split by columns and summed in row order,
+ * sums of squares go over fixed-size chunks added in chunk order, and every
+ * row of a BLAS product is computed inside a full tile of MATMUL_ROW_TILE rows
+ * (a BLAS result may depend on the shape of the call a row is in). */
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
@@ -198,12 +201,11 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
 
 /* --------------------------------------------------------------- linear */
 
-/* Matrix products run single-threaded BLAS calls on row blocks split over our
- * OpenMP threads: one thread pool for the whole backend (OpenBLAS's own
+/* Matrix products run single-threaded BLAS calls on row blocks shared out to
+ * our OpenMP threads: one thread pool for the whole backend (OpenBLAS's own
  * pthreads spinning against OpenMP's cost more than they gave on small and
- * mid-size products). Below this many multiply-adds one call does it all. */
+ * mid-size products). Below this many multiply-adds one thread does it all. */
 #define MATMUL_SPLIT_MIN (1L << 18)
-
 /* Every row of a product is computed inside a full tile of MATMUL_ROW_TILE rows: thread ranges
  * start at multiples of the tile and a last partial tile is padded with zero rows. OpenBLAS's
  * kernels give a row a result that depends on the edge handling of the call it is in (rows of a
