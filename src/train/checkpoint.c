@@ -261,7 +261,8 @@ int ckpt_publish(const char *out_dir, const char *tmp, const CheckpointData *d, 
     char *final = ckpt_dir_name(out_dir, d->state->step);
     int rc = -1;
     /* the state file marks the checkpoint complete: written last */
-    if (write_state(tmp, d) || fs_publish_dir(tmp, final) || point_final(out_dir, d->state->step)) goto out;
+    if (write_state(tmp, d) || fs_publish_dir(tmp, final) || (d->finished && point_final(out_dir, d->state->step)))
+        goto out;
     rc = 0;
     if (keep > 0) {
         int *steps, n = list_steps(out_dir, &steps, 0);

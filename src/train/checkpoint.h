@@ -50,6 +50,7 @@ typedef struct {
     /* Non-NULL for a LoRA run: the checkpoint is a PEFT adapter directory (adapter_config.json naming
      * this base, adapter_model.safetensors) instead of a model directory; the base is not copied. */
     const char *adapter_base;
+    int finished; /* the run's last step: out_dir/final points here (not at an interrupted run's) */
     /* ZeRO shards on several ranks (NULL: one optimizer.safetensors from adam_m / adam_v) */
     int world, zero;
     const size_t *shard_lo, *shard_hi; /* world parts of the trainable segment */

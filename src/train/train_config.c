@@ -14,6 +14,9 @@
 
 typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST } KeyType;
 
+/* An unknown key names the nearest known one within this many edits. */
+#define KEY_MAX_DIST 3
+
 typedef struct {
     const char *key;
     KeyType type;
@@ -151,6 +154,43 @@ static int list_add(CfgList *l, const char *s, size_t n)
     return 0;
 }
 
+/* Edit distance (insert, delete, substitute, transpose) between two short keys, capped. */
+static int key_distance(const char *a, const char *b)
+{
+    enum { MAXK = KEY_MAX_DIST };
+    size_t n = strlen(a), m = strlen(b);
+    if (n > 96 || m > 96) return 99;
+    int d[97][97];
+    for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
+    for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
+    for (size_t i = 1; i <= n; i++)
+        for (size_t j = 1; j <= m; j++) {
+            int c = a[i - 1] != b[j - 1];
+            int v = MIN(MIN(d[i - 1][j] + 1, d[i][j - 1] + 1), d[i - 1][j - 1] + c);
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) v = MIN(v, d[i - 2][j - 2] + 1);
+            d[i][j] = v;
+        }
+    (void)MAXK;
+    return d[n][m];
+}
+
+/* " (did you mean \"train.steps\"?)" for the nearest key within KEY_MAX_DIST edits, else "". */
+static const char *did_you_mean(const char *key, char *buf, size_t n)
+{
+    int best = KEY_MAX_DIST + 1;
+    const char *hit = NULL;
+    for (size_t i = 0; i < ARRAY_LEN(keys); i++) {
+        int dd = key_distance(key, keys[i].key);
+        /* the same last part in another section also counts: "steps" for "train.steps" */
+        const char *dot = strrchr(keys[i].key, '.');
+        if (dot && !strcmp(dot + 1, key)) dd = 1;
+        if (dd < best) best = dd, hit = keys[i].key;
+    }
+    if (!hit) return "";
+    snprintf(buf, n, "; did you mean \"%s\"?", hit);
+    return buf;
+}
+
 static const KeyDef *find_key(const char *key)
 {
     for (size_t i = 0; i < ARRAY_LEN(keys); i++)
@@ -195,7 +235,8 @@ int train_config_set_key(TrainConfig *tc, const char *key, const char *value, co
 {
     const KeyDef *k = find_key(key);
     const char *w = where ? where : "--set";
-    if (!k) return err_set("%s: unknown config key \"%s\" (see docs/config.md)", w, key);
+    char hint[160];
+    if (!k) return err_set("%s: unknown config key \"%s\" (see docs/config.md%s)", w, key, did_you_mean(key, hint, sizeof(hint)));
     char *field = (char *)tc + k->offset;
     char *end;
     errno = 0;
@@ -222,6 +263,8 @@ int train_config_set_key(TrainConfig *tc, const char *key, const char *value, co
     case CT_FLOAT: {
         double v = strtod(value, &end);
         if (end == value || *end || errno) return err_set("%s: %s: expected a number, got \"%s\"", w, key, value);
+        if (!isfinite(v) || !isfinite((float)v))
+            return err_set("%s: %s: expected a finite number, got \"%s\"", w, key, value);
         *(float *)field = (float)v;
         break;
     }
@@ -259,7 +302,11 @@ int train_config_set(TrainConfig *tc, const char *assignment)
     if (!eq || n == 0 || n >= sizeof(key)) return err_set("--set %s: expected key=value", assignment);
     memcpy(key, assignment, n);
     key[n] = '\0';
-    return train_config_set_key(tc, key, eq + 1, "--set");
+    /* as in YAML, an empty value, ~ or null means the key's default */
+    const char *v = eq + 1;
+    const KeyDef *k = find_key(key);
+    if (k && (!v[0] || !strcmp(v, "~") || !strcmp(v, "null"))) v = k->def;
+    return train_config_set_key(tc, key, v, "--set");
 }
 
 /* ---- YAML: nested mappings of scalars, flattened to dotted keys ---- */
@@ -344,7 +391,10 @@ int train_config_load_yaml(TrainConfig *tc, const char *path)
             int is_null = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
                           (!strcmp(v, "~") || !strcmp(v, "null") || !v[0]);
             const KeyDef *k = find_key(full);
-            if (!k) rc = err_set("%s: unknown config key \"%s\" (see docs/config.md)", where, full);
+            char hint[160];
+            if (!k)
+                rc = err_set("%s: unknown config key \"%s\" (see docs/config.md%s)", where, full,
+                             did_you_mean(full, hint, sizeof(hint)));
             else rc = train_config_set_key(tc, full, is_null ? k->def : v, where);
             expect_key[depth] = 1;
             break;
@@ -457,6 +507,18 @@ static size_t quote_into(char *buf, size_t n, const char *s)
     return o;
 }
 
+void train_config_warn(const TrainConfig *tc, FILE *f)
+{
+    if (tc->min_lr > tc->lr)
+        fprintf(f, "anvil: warning: train.min_lr %g is above train.lr %g: the schedule decays upwards\n", tc->min_lr,
+                tc->lr);
+    if (tc->warmup_steps > tc->steps)
+        fprintf(f, "anvil: warning: train.warmup_steps %d is more than train.steps %d: the run ends inside the warmup\n",
+                tc->warmup_steps, tc->steps);
+    if (tc->eval_mcq_data[0] && !tc->eval_mcq_task[0])
+        fprintf(f, "anvil: warning: eval.mcq.data is set but eval.mcq.task is not: no multiple-choice evaluation runs\n");
+}
+
 /* A YAML scalar for a value: strings double-quoted with escapes. */
 static void value_text(const TrainConfig *tc, const KeyDef *k, char *buf, size_t n)
 {
@@ -465,7 +527,14 @@ static void value_text(const TrainConfig *tc, const KeyDef *k, char *buf, size_t
     case CT_INT: snprintf(buf, n, "%d", *(const int *)field); break;
     case CT_LONG: snprintf(buf, n, "%ld", *(const long *)field); break;
     case CT_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)field); break;
-    case CT_FLOAT: snprintf(buf, n, "%.9g", *(const float *)field); break;
+    case CT_FLOAT: { /* the shortest decimal that reads back as the same float (0.003, not 0.00300000003) */
+        float x = *(const float *)field;
+        for (int p = 1; p <= 9; p++) {
+            snprintf(buf, n, "%.*g", p, (double)x);
+            if (strtof(buf, NULL) == x) break;
+        }
+        break;
+    }
     case CT_BOOL: snprintf(buf, n, "%s", *(const int *)field ? "true" : "false"); break;
     case CT_TRI: {
         int v = *(const int *)field;

@@ -85,6 +85,9 @@ int train_config_load_yaml(TrainConfig *tc, const char *path);
 int train_config_set(TrainConfig *tc, const char *assignment);
 /* Set one key from its text value; `where` prefixes error messages. */
 int train_config_set_key(TrainConfig *tc, const char *key, const char *value, const char *where);
+/* Warnings about values that are legal but probably not meant (min_lr above lr, ...), one line each. */
+#include <stdio.h>
+void train_config_warn(const TrainConfig *tc, FILE *f);
 /* Cross-field checks (positive sizes, known schedule, ...). */
 int train_config_validate(const TrainConfig *tc);
 /* The whole configuration as YAML text (malloc'd), every key, for

@@ -4,6 +4,7 @@
  * (the loader position, the moments and the fp32 master weights are all restored bit for bit). */
 #include "train/trainer.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -25,18 +26,16 @@
 #include "io/hf.h"
 #include "io/peft.h"
 #include "report/tb.h"
+#include "dist/env.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
 #include "train/optim.h"
 #include "train/schedule.h"
 #include "train/step.h"
 
+/* SIGINT (Ctrl-C) and SIGTERM (Slurm, Kubernetes, docker stop): finish the step, save, exit 128 + sig. */
 static volatile sig_atomic_t stop_requested;
-static void on_sigint(int sig)
-{
-    (void)sig;
-    stop_requested = 1;
-}
+static void on_stop_signal(int sig) { stop_requested = sig; }
 
 static double now_s(void)
 {
@@ -227,7 +226,7 @@ static int save_checkpoint(Run *r)
     int bf16 = !strcmp(r->tc->ckpt_dtype, "bf16");
     CheckpointData cd = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
                          .config_yaml = r->config_yaml, .tok = r->tok, .bf16_weights = bf16,
-                         .adapter_base = m->adapters ? r->base_path : NULL};
+                         .adapter_base = m->adapters ? r->base_path : NULL, .finished = r->st.step >= r->tc->steps};
     if (sharded) {
         cd.world = d->world;
         cd.zero = d->opt.zero;
@@ -749,8 +748,11 @@ static int train_loop(Run *r)
         if (after_step(r, &s)) goto out;
         if (r->stop) {
             if (!r->quiet)
-                printf("interrupted: saved a checkpoint at step %d; continue with --resume %s\n", step, tc->out_dir);
-            break;
+                printf("interrupted (%s): saved a checkpoint at step %d (%s/step-%07d; 'final' is kept for a finished "
+                       "run); continue with --resume %s\n",
+                       stop_requested == SIGTERM ? "SIGTERM" : "SIGINT", step, tc->out_dir, step, tc->out_dir);
+            rc = 128 + (stop_requested ? (int)stop_requested : SIGINT);
+            goto out;
         }
     }
     rc = 0;
@@ -786,11 +788,35 @@ static int run_free(Run *r, int failed)
     return rc;
 }
 
-int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
+static const char *rank_getenv(const char *name) { return getenv(name); }
+
+/* The run directory a new run may use: absent or empty; with overwrite, an old run's files are
+ * removed first; otherwise one line saying how to continue or replace it. Nothing is created here. */
+static int check_out_dir(const char *dir, int overwrite)
+{
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    if (!n) return 0;
+    if (!overwrite)
+        return err_set("out_dir: %s already holds a run: --resume %s continues it, --overwrite replaces it", dir, dir);
+    return fs_rm_rf(dir);
+}
+
+int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
 {
     TrainConfig tcv = *tc_in;
     if (resume_dir) snprintf(tcv.out_dir, sizeof(tcv.out_dir), "%s", resume_dir);
     if (train_config_validate(&tcv)) return -1;
+    if (resume_dir && !fs_is_dir(resume_dir)) return err_set("--resume %s: no such run directory", resume_dir);
+    DistEnv env;
+    if (!resume_dir && dist_env_parse(&env, rank_getenv) == 0 && env.rank == 0 && check_out_dir(tcv.out_dir, overwrite))
+        return -1; /* rank 0 decides for every rank */
+    train_config_warn(&tcv, stderr);
     Run run = {.tc = &tcv};
     Run *r = &run;
     const TrainConfig *tc = &tcv;
@@ -826,10 +852,12 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir)
     }
     if (setup_run_dir(r, resume_dir)) goto out;
     print_header(r);
-    signal(SIGINT, on_sigint);
+    signal(SIGINT, on_stop_signal);
+    signal(SIGTERM, on_stop_signal);
     rc = train_loop(r);
 out:
     signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
     int rank = r->dist.rank, world = r->dist.world;
     if (run_free(r, rc)) rc = -1;
     if (rc && world > 1) err_prefix("rank %d", rank);
