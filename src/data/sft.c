@@ -442,7 +442,8 @@ int sft_encode_json(SftEncoder *e, const char *line, size_t len, SftExample *out
     } else if (mv) {
         int n = 0;
         if (!e->has_template)
-            err_set("messages: no chat template to render them with (%s); set data.chat_template", e->desc);
+            err_set("messages: %s, so nothing renders them; set data.chat_template: "
+                    "chatml|llama2|llama3|mistral|zephyr|gemma|phi3", e->desc);
         else if (!read_messages(mv, &msgs, &n))
             rc = encode_chat(e, msgs, n, out);
     } else if (pv || cv) {
