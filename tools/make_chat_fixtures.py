@@ -56,7 +56,8 @@ in parentheses):
                 (Phi-3.5-mini-instruct; also mistral.rs chat_templates/phi3.5.json)
   phi3_2404     EricLBuehler/mistral.rs chat_templates/phi3.json (ddba24b) (Phi-3-mini-4k-instruct as
                 first released, April 2024)
-The generator is deterministic: running it again gives the same files.
+The generator is deterministic: running it again gives the same files. The links point into
+tests/fixtures/tokenizers/: run this again after tools/make_tokenizer_fixtures.py changes those.
 """
 import argparse
 import json
