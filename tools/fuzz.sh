@@ -39,6 +39,19 @@ seed() { # harness -> seed corpus dir
         while IFS= read -r f; do cp "$f" "$d/$(seed_name "$f")"; done \
             < <(find tests/fixtures/tokenizers tests/fixtures/eval -name '*.json' -size -200k 2>/dev/null) ;;
     fuzz_gpt2_roundtrip) head -c 2000 examples/sentences-val.txt >"$d/text" ;;
+    fuzz_sft) # each fixture conversation as a record (after a selector byte), and the real templates
+        python3 - "$d" <<'PY'
+import glob, json, os, sys
+d = sys.argv[1]
+for n, path in enumerate(sorted(glob.glob("tests/fixtures/chat/*/cases.json"))):
+    rows = [json.dumps(c["row"], ensure_ascii=False) for c in json.load(open(path))["cases"]]
+    for sel in range(0, 72, 5):
+        open(os.path.join(d, "rec%d_%d" % (n, sel)), "wb").write(bytes([sel]) + "\n".join(rows).encode())
+    cfg = json.load(open(os.path.join(os.path.dirname(path), "tokenizer_config.json")))
+    if "chat_template" in cfg:
+        open(os.path.join(d, "tpl%d" % n), "wb").write(b"\0" + cfg["chat_template"].encode())
+PY
+        ;;
     fuzz_shard) # a small anvil shard (uint16 and uint32 tokens) and an llm.c-style header
         head -c 3000 examples/sentences-val.txt >"$d/text.txt"
         ./anvil prepare --tokenizer byte --input "$d/text.txt" --out "$d/p16" >/dev/null 2>&1

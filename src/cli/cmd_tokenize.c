@@ -1,7 +1,9 @@
-/* cmd_tokenize.c - `anvil tokenize`: text -> ids, or ids -> text with --decode.
+/* cmd_tokenize.c - `anvil tokenize`: text -> ids, or ids -> text with --decode, or SFT records
+ * -> ids and scored mask with --chat.
  *
  *   anvil tokenize --tokenizer T (--text S | --file F) [--out FILE] [--decode] [--stats]
  *                  [--add-special-tokens]
+ *   anvil tokenize --tokenizer T --chat FILE.jsonl [--chat-template NAME] [--train-on all]
  *
  * Encode prints the ids on one line (space separated), or writes them as
  * little-endian uint32 to --out; --add-special-tokens wraps them in the
@@ -20,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "core/error.h"
+#include "data/sft.h"
 #include "data/textio.h"
 #include "data/tokenizer.h"
 
@@ -34,7 +37,10 @@ static void tokenize_usage(FILE *f)
                "  --decode         ids -> bytes: --text \"1 2 3\", or --file F (binary uint32 when F ends in\n"
                "                   .u32, else ids separated by spaces or commas); default: encode\n"
                "  --stats          encode time and MB/s on stderr (default: off)\n"
-               "  --add-special-tokens  wrap the ids in the post-processor's template ([CLS] ... [SEP])\n");
+               "  --add-special-tokens  wrap the ids in the post-processor's template ([CLS] ... [SEP])\n"
+               "       anvil tokenize --tokenizer T --chat FILE.jsonl [--chat-template NAME|none] [--train-on all]\n"
+               "  --chat           SFT records (docs/sft.md) -> per record its ids, the scored mask and the text\n"
+               "                   with the scored tokens in [[ ]]\n");
 }
 
 static double now_s(void)
@@ -194,10 +200,70 @@ static int do_encode(Tokenizer *tok, const char *text, const char *file, const c
     return rc;
 }
 
+/* The decoded text of ids[0..n) with the scored runs in [[ ]] and control characters escaped. */
+static void print_marked(const Tokenizer *tok, const SftExample *x)
+{
+    fputs("text:   ", stdout);
+    int in = 0;
+    for (size_t i = 0; i < x->n; i++) {
+        if (x->mask[i] != in) fputs((in = x->mask[i]) ? "[[" : "]]", stdout);
+        size_t len;
+        const char *s = tokenizer_token_bytes(tok, x->ids[i], &len);
+        for (size_t k = 0; k < len; k++) {
+            unsigned char c = (unsigned char)s[k];
+            if (c == '\n') fputs("\\n", stdout);
+            else if (c == '\t') fputs("\\t", stdout);
+            else if (c < 0x20 || c == 0x7f) printf("\\x%02x", c);
+            else putchar(c);
+        }
+    }
+    puts(in ? "]]" : "");
+}
+
+/* --chat: every record of an SFT JSONL file, encoded as the sft loader does (untruncated). */
+static int do_chat(const char *spec, Tokenizer *tok, const char *file, const SftOptions *so)
+{
+    SftEncoder *enc = sft_encoder_new(tok, spec, so);
+    if (!enc) return -1;
+    size_t len;
+    char *data = text_read_file(file, &len);
+    if (!data) {
+        sft_encoder_free(enc);
+        return -1;
+    }
+    printf("%s: %s\n", file, sft_encoder_describe(enc));
+    SftExample x = {0};
+    int rc = 0;
+    size_t line = 0;
+    for (size_t p = 0; p < len && !rc;) {
+        const char *nl = memchr(data + p, '\n', len - p);
+        size_t e = nl ? (size_t)(nl - data) : len;
+        line++;
+        int r = sft_encode_json(enc, data + p, e - p, &x);
+        p = e + 1;
+        if (r < 0) rc = err_prefix("%s:%zu", file, line);
+        if (r) continue;
+        size_t scored = 0;
+        for (size_t i = 1; i < x.n; i++) scored += x.mask[i];
+        printf("%s:%zu: %zu tokens, %zu scored\nids:   ", file, line, x.n, scored);
+        for (size_t i = 0; i < x.n; i++) printf(" %d", x.ids[i]);
+        fputs("\nscored:", stdout);
+        for (size_t i = 0; i < x.n; i++) printf(" %d", x.mask[i]);
+        putchar('\n');
+        print_marked(tok, &x);
+    }
+    if (!rc && fflush(stdout)) rc = err_set("stdout: write failed");
+    sft_example_free(&x);
+    free(data);
+    sft_encoder_free(enc);
+    return rc;
+}
+
 int cmd_tokenize(int argc, char **argv)
 {
-    const char *spec = NULL, *text = NULL, *file = NULL, *out = NULL;
+    const char *spec = NULL, *text = NULL, *file = NULL, *out = NULL, *chat = NULL;
     int decode = 0, stats = 0, special = 0;
+    SftOptions so = {.chat_template = ""};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int has_val = i + 1 < argc;
@@ -212,7 +278,16 @@ int cmd_tokenize(int argc, char **argv)
             file = argv[++i];
         else if (!strcmp(a, "--out") && has_val)
             out = argv[++i];
-        else if (!strcmp(a, "--decode"))
+        else if (!strcmp(a, "--chat") && has_val)
+            chat = argv[++i];
+        else if (!strcmp(a, "--chat-template") && has_val)
+            so.chat_template = argv[++i];
+        else if (!strcmp(a, "--train-on") && has_val) {
+            const char *v = argv[++i];
+            if (strcmp(v, "all") && strcmp(v, "completion"))
+                fatal("tokenize: --train-on: expected completion or all, got \"%s\"", v);
+            so.train_on_all = !strcmp(v, "all");
+        } else if (!strcmp(a, "--decode"))
             decode = 1;
         else if (!strcmp(a, "--stats"))
             stats = 1;
@@ -223,6 +298,14 @@ int cmd_tokenize(int argc, char **argv)
             tokenize_usage(stderr);
             return 1;
         }
+    }
+    if (spec && chat && !text && !file && !decode && !out) {
+        Tokenizer *tok = tokenizer_load(spec);
+        if (!tok) fatal_err();
+        int rc = do_chat(spec, tok, chat, &so);
+        tokenizer_free(tok);
+        if (rc) fatal_err();
+        return 0;
     }
     if (!spec || (!text == !file)) {
         fprintf(stderr, "anvil: tokenize: need --tokenizer and exactly one of --text / --file\n");

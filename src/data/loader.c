@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/sft.h"
 #include "data/shard.h"
 #include "data/textio.h"
 #include "data/tok_internal.h"
@@ -50,6 +51,7 @@ struct DataLoader {
     int perm_valid, half_bits;
     uint64_t keys[PERM_ROUNDS];
     int32_t *window; /* T+1 scratch */
+    SftLoader *sft;  /* data.format sft: every call below goes to it */
 };
 
 /* ---- the window permutation ------------------------------------------------ */
@@ -223,7 +225,10 @@ DataLoader *loader_open(const char *spec, const LoaderOptions *opt)
     dl->window = xmalloc(((size_t)opt->T + 1) * sizeof(int32_t));
     int rc = 0;
     struct stat st;
-    if (has_glob_chars(spec) && stat(spec, &st)) {
+    if (opt->sft) {
+        if (!(dl->sft = sft_loader_open(spec, opt))) rc = -1;
+        else dl->n_windows = dl->per_rank = sft_loader_examples_per_epoch(dl->sft);
+    } else if (has_glob_chars(spec) && stat(spec, &st)) {
         glob_t g;
         int gr = glob(spec, 0, NULL, &g);
         if (gr || !g.gl_pathc) {
@@ -255,7 +260,7 @@ DataLoader *loader_open(const char *spec, const LoaderOptions *opt)
         err_set("%s: no such file or directory", spec);
         rc = -1;
     }
-    if (!rc) {
+    if (!rc && !dl->sft) {
         dl->n_windows = dl->n_tokens > 0 ? (dl->n_tokens - 1) / (uint64_t)opt->T : 0;
         dl->per_rank = dl->n_windows / (uint64_t)opt->world;
         if (dl->per_rank == 0) {
@@ -304,6 +309,7 @@ static int stream_read(DataLoader *dl, uint64_t pos, size_t n, int32_t *out)
 
 int loader_next(DataLoader *dl, int32_t *inputs, int32_t *targets)
 {
+    if (dl->sft) return sft_loader_next(dl->sft, inputs, targets);
     int T = dl->opt.T;
     for (int b = 0; b < dl->opt.B; b++) {
         uint64_t g = dl->n_read * (uint64_t)dl->opt.world + (uint64_t)dl->opt.rank;
@@ -320,6 +326,7 @@ int loader_next(DataLoader *dl, int32_t *inputs, int32_t *targets)
  * current one); with one rank, what this loader read. */
 LoaderState loader_state(const DataLoader *dl)
 {
+    if (dl->sft) return sft_loader_state(dl->sft);
     uint64_t g = dl->n_read * (uint64_t)dl->opt.world;
     LoaderState st = {g / dl->n_windows, g % dl->n_windows};
     if (st.epoch && !st.pos && dl->n_read) { /* at an epoch's end, as a single process has always said it */
@@ -331,6 +338,7 @@ LoaderState loader_state(const DataLoader *dl)
 
 int loader_set_state(DataLoader *dl, LoaderState st)
 {
+    if (dl->sft) return sft_loader_set_state(dl->sft, st);
     if (st.pos > dl->n_windows)
         return err_set("%s: loader position %llu is past the %llu windows per epoch (different data?)",
                        dl->spec, (unsigned long long)st.pos, (unsigned long long)dl->n_windows);
@@ -344,11 +352,13 @@ int loader_set_state(DataLoader *dl, LoaderState st)
 
 void loader_reset(DataLoader *dl)
 {
+    if (dl->sft) sft_loader_reset(dl->sft);
     dl->n_read = 0;
 }
 
 uint64_t loader_num_tokens(const DataLoader *dl)
 {
+    if (dl->sft) return sft_loader_num_tokens(dl->sft);
     return dl->n_tokens;
 }
 uint64_t loader_windows_per_epoch(const DataLoader *dl)
@@ -357,6 +367,7 @@ uint64_t loader_windows_per_epoch(const DataLoader *dl)
 }
 int loader_vocab_size(const DataLoader *dl)
 {
+    if (dl->sft) return sft_loader_vocab_size(dl->sft);
     return dl->vocab;
 }
 
@@ -368,6 +379,7 @@ const char *loader_tokenizer_identity(const DataLoader *dl)
 void loader_close(DataLoader *dl)
 {
     if (!dl) return;
+    sft_loader_close(dl->sft);
     for (int i = 0; i < dl->n_shards; i++) shard_close(&dl->shards[i]);
     free(dl->shards);
     free(dl->start);

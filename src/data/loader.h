@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 typedef struct DataLoader DataLoader;
+struct SftOptions;
 
 typedef struct {
     int B, T;
@@ -25,11 +26,12 @@ typedef struct {
     int shuffle; /* 1 for training; the validation loader passes 0 */
     int rank, world;
     const char *tokenizer; /* for text sources: "gpt2", "byte", tokenizer.json, model dir */
+    const struct SftOptions *sft; /* non-NULL: the source is SFT JSONL (data.format: sft, sft.h) */
 } LoaderOptions;
 
 typedef struct {
     uint64_t epoch;
-    uint64_t pos; /* windows consumed in this epoch by this rank */
+    uint64_t pos; /* windows (SFT: examples) consumed in this epoch by this rank */
 } LoaderState;
 
 /* Open; NULL with err_set() naming the file on failure. */

@@ -11,6 +11,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "model/quant4.h"
+#include "data/chat.h"
 
 typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST } KeyType;
 
@@ -75,6 +76,20 @@ static const KeyDef keys[] = {
     {"data.tokenizer", CT_STR, F(data_tokenizer), "",
      "Tokenizer: gpt2, byte, a tokenizer.json, or a model directory. Empty = model.init's; else GPT-2 for a "
      "text file, and for shards the built-in one they were made with."},
+    {"data.format", CT_STR, F(data_format), "text",
+     "text: token windows of shards or a text file; sft: instruction data, JSONL records {\"messages\": "
+     "[{\"role\", \"content\"}, ...]} or {\"prompt\", \"completion\"}, one example per row, the loss over "
+     "assistant/completion tokens only (docs/sft.md)."},
+    {"data.chat_template", CT_STR, F(data_chat_template), "",
+     "sft: the chat template. Empty = the tokenizer's own (tokenizer_config.json's chat_template, recognised as "
+     "one of the families below); chatml, llama2, llama3, mistral, zephyr, gemma or phi3 to name one; none for "
+     "no template (prompt/completion records only)."},
+    {"data.train_on", CT_STR, F(data_train_on), "completion",
+     "sft: completion = the loss covers only assistant turns (content + end-of-turn token) and completions (+ "
+     "EOS); all = every token."},
+    {"data.pack", CT_BOOL, F(data_pack), "false",
+     "sft: pack several examples into one row. Not supported yet (it needs attention that keeps examples apart); "
+     "each example is padded to train.seq_len."},
     {"train.steps", CT_INT, F(steps), "1000", "Optimizer steps."},
     {"train.batch_size", CT_INT, F(batch_size), "8", "Sequences per micro-batch."},
     {"train.seq_len", CT_INT, F(seq_len), "256", "Tokens per sequence."},
@@ -486,6 +501,23 @@ int train_config_validate(const TrainConfig *tc)
     if (backend_attention_parse(tc->attention, &mode)) return err_prefix("backend.attention");
     if (backend_gemm_tune_parse(tc->gemm_tune, &mode)) return err_prefix("backend.gemm_tune");
     if (!tc->data_train[0]) return err_set("data.train: no training data given");
+    if (strcmp(tc->data_format, "text") && strcmp(tc->data_format, "sft"))
+        return err_set("data.format: expected text or sft, got \"%s\"", tc->data_format);
+    int sft = !strcmp(tc->data_format, "sft");
+    if (tc->data_chat_template[0] && !sft)
+        return err_set("data.chat_template: is set but data.format is %s (set data.format: sft)", tc->data_format);
+    if (strcmp(tc->data_train_on, "completion") && strcmp(tc->data_train_on, "all"))
+        return err_set("data.train_on: expected completion or all, got \"%s\"", tc->data_train_on);
+    if (!sft && strcmp(tc->data_train_on, "completion"))
+        return err_set("data.train_on: is set but data.format is %s (set data.format: sft)", tc->data_format);
+    if (tc->data_chat_template[0] && strcmp(tc->data_chat_template, "none")) {
+        ChatTemplate ct;
+        if (chat_template_named(tc->data_chat_template, &ct)) return err_prefix("data.chat_template");
+    }
+    if (tc->data_pack)
+        return err_set("data.pack: packing is not supported yet (examples sharing a row would attend to each other "
+                       "without per-example attention segments); leave it false: each example is padded to "
+                       "train.seq_len");
     if (!tc->out_dir[0]) return err_set("out_dir: must not be empty");
     if (tc->eval_mcq_task[0] && !tc->eval_mcq_data[0])
         return err_set("eval.mcq.data: eval.mcq.task is set but no data file is given");

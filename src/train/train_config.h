@@ -41,6 +41,10 @@ typedef struct {
     char data_train[CFG_PATH_MAX];
     char data_val[CFG_PATH_MAX];
     char data_tokenizer[CFG_PATH_MAX];
+    char data_format[16];        /* text (token windows) or sft (instruction JSONL, src/data/sft.h) */
+    char data_chat_template[32]; /* sft: "" (the tokenizer's own), none, or a family (src/data/chat.h) */
+    char data_train_on[16];      /* sft: completion or all */
+    int data_pack;               /* sft: pack examples into rows (not supported yet) */
     /* train */
     int steps, batch_size, seq_len;
     long tokens_per_step;

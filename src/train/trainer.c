@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "data/loader.h"
 #include "dist/dist.h"
+#include "data/sft.h"
 #include "data/tokenizer.h"
 #include "eval/mcq.h"
 #include "io/fsutil.h"
@@ -455,7 +456,9 @@ static int setup_data(Run *r, const ModelConfig *cfg)
 {
     const TrainConfig *tc = r->tc;
     const char *tok_spec = tc->data_tokenizer[0] ? tc->data_tokenizer : tc->model_init[0] ? tc->model_init : NULL;
-    if (!tok_spec && !fs_is_dir(tc->data_train) && strstr(tc->data_train, ".txt")) tok_spec = "gpt2";
+    int sft = !strcmp(tc->data_format, "sft"); /* instruction JSONL (src/data/sft.h) */
+    SftOptions so = {.chat_template = tc->data_chat_template, .train_on_all = !strcmp(tc->data_train_on, "all")};
+    if (!tok_spec && (sft || (!fs_is_dir(tc->data_train) && strstr(tc->data_train, ".txt")))) tok_spec = "gpt2";
     if (tok_spec) {
         r->tok = tokenizer_load(tok_spec);
         if (!r->tok && (tc->data_tokenizer[0] || !tc->model_init[0])) return err_prefix("data.tokenizer");
@@ -465,7 +468,8 @@ static int setup_data(Run *r, const ModelConfig *cfg)
      * every rank (eval_loss shares out the batches) */
     int dp = dist_active(&r->dist);
     LoaderOptions lo = {.B = tc->batch_size, .T = tc->seq_len, .seed = tc->seed, .shuffle = 1,
-                        .rank = dp ? r->dist.rank : 0, .world = dp ? r->dist.world : 1, .tokenizer = tok_spec};
+                        .rank = dp ? r->dist.rank : 0, .world = dp ? r->dist.world : 1, .tokenizer = tok_spec,
+                        .sft = sft ? &so : NULL};
     r->train = loader_open(tc->data_train, &lo);
     if (!r->train) return err_prefix("data.train");
     if (!r->tok) {
