@@ -525,7 +525,7 @@ static void check_bnb_model(const char *name, int want_weights, Q4Type want_type
     char *plain = tmp_path(name);
     CHECKF(bnb_save_dequantized(&d, plain) == 0, "%s", err_get());
     bnb_close(&d);
-    Model *m = hf_load_model(plain, backend_cpu());
+    Model *m = hf_load_model(plain, backend_cpu(), 0);
     CHECKF(m != NULL, "hf_load_model %s: %s", plain, err_get());
     StFile r;
     if (m && st_open(&r, ref) == 0) {
