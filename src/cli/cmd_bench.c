@@ -23,6 +23,7 @@
 #include "cli/cli.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/shard.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "model/model.h"
@@ -74,8 +75,12 @@ static void usage(FILE *f)
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
                "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]]\n"
-               "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4]\n"
-               "--data trains on a little-endian uint32 token file (consecutive windows, wrapping)\n"
+               "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4] [--ablate]\n"
+               "defaults: --batch 4 (cpu) / 16 (gpu), --seq 64 (cpu) / the model's window (gpu), --steps 10,\n"
+               "          --warmup 3, --device cpu, --recompute 0, --lr 6e-4, --lr-warmup 0, --ceiling-size 1024\n"
+               "          (cpu) / 8192 (gpu; 0 skips it), --print-every 0 (off)\n"
+               "--data trains on a token shard (anvil prepare's .tok, llm.c's .bin) or a little-endian uint32\n"
+               "token file (consecutive windows, wrapping)\n"
                "instead of random tokens and prints the loss every K steps (a training curve).\n"
                "--freeze freezes the tensors whose Hugging Face names match (as model.freeze).\n"
                "--lora R trains rank-R adapters over a frozen base (lora.targets, default all-linear);\n"
@@ -137,15 +142,39 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
     return 0;
 }
 
-/* The whole token file (uint32 little-endian) as int32; NULL with err_set(). */
+/* The tokens of an anvil or llm.c shard as int32, checked against the vocabulary. */
+static int32_t *load_shard_tokens(const char *path, int vocab, size_t *n)
+{
+    Shard sh;
+    if (shard_open(&sh, path)) return NULL;
+    int32_t *t = xmalloc((sh.count ? sh.count : 1) * sizeof(int32_t));
+    for (uint64_t i = 0; i < sh.count; i++) {
+        uint32_t v = shard_token(&sh, i);
+        if (v >= (uint32_t)vocab) {
+            err_set("%s: token %u at index %llu is outside the model's vocabulary (%d)", path, v,
+                    (unsigned long long)i, vocab);
+            free(t);
+            shard_close(&sh);
+            return NULL;
+        }
+        t[i] = (int32_t)v;
+    }
+    *n = (size_t)sh.count;
+    shard_close(&sh);
+    return t;
+}
+
+/* --data: a token shard (anvil prepare's .tok, llm.c's .bin) or a raw little-endian uint32 file. */
 static int32_t *load_tokens(const char *path, int vocab, size_t *n)
 {
+    if (shard_sniff(path) == 1) return load_shard_tokens(path, vocab, n);
     char *buf;
     size_t bytes;
     if (fs_read_file(path, &buf, &bytes)) return NULL;
     if (bytes % 4 || bytes < 8) {
         free(buf);
-        err_set("%s: expected uint32 token ids (size %zu is not a multiple of 4, or too small)", path, bytes);
+        err_set("%s: not a token shard, and not raw uint32 token ids (size %zu is not a multiple of 4, or too small)",
+                path, bytes);
         return NULL;
     }
     *n = bytes / 4;

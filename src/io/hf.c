@@ -716,6 +716,16 @@ static const StTensor *find_tensor(const StSet *set, const char *name, const StF
     return t;
 }
 
+/* Whether `name` is a bitsandbytes 4-bit weight (packed bytes beside a quant_state). */
+static int bnb_packed(const StSet *set, const char *name)
+{
+    char q[256];
+    snprintf(q, sizeof(q), "%s.quant_state.bitsandbytes__nf4", name);
+    if (find_tensor(set, q, NULL)) return 1;
+    snprintf(q, sizeof(q), "%s.quant_state.bitsandbytes__fp4", name);
+    return find_tensor(set, q, NULL) != NULL;
+}
+
 /* Tensor `name` must be 2-D; its dimension `dim` must equal `want`, the value (or a product of
  * values) of config key `key`. A missing tensor is an error too: nothing can be checked without it. */
 static int expect_dim(const StSet *set, const char *where, const char *cpath, const char *name, int dim,
@@ -724,6 +734,7 @@ static int expect_dim(const StSet *set, const char *where, const char *cpath, co
     const StFile *f = NULL;
     const StTensor *t = find_tensor(set, name, &f);
     if (!t) return err_set("%s: %s: missing", where, name);
+    if (bnb_packed(set, name)) return 0; /* a 4-bit weight: bnb_model.c checks its quant_state's shape */
     if (t->ndim != 2 || t->shape[dim] != want) {
         char shp[64];
         shape_str(shp, sizeof(shp), t->ndim, t->shape);
@@ -784,13 +795,18 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
         ParamTable pt;
         param_table_build(&pt, c);
         uint64_t have = 0, need = (uint64_t)pt.total * 2;
+        int packed = 0;
         for (int f = 0; f < set.nfiles; f++)
-            for (int i = 0; i < set.files[f].n; i++) have += set.files[f].t[i].nbytes;
+            for (int i = 0; i < set.files[f].n; i++) {
+                have += set.files[f].t[i].nbytes;
+                packed |= strstr(set.files[f].t[i].name, ".quant_state.bitsandbytes__") != NULL;
+            }
+        if (packed) need = (uint64_t)pt.total / 2; /* 4-bit weights hold two parameters a byte */
         if (need > have)
-            rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in 16 bits), but the weights "
+            rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in %s), but the weights "
                          "hold %llu bytes",
                          cpath, k->layers, c->n_layer, pt.total, (unsigned long long)need,
-                         (unsigned long long)have);
+                         packed ? "4 bits" : "16 bits", (unsigned long long)have);
         param_table_free(&pt);
     }
     free(cpath);

@@ -264,6 +264,26 @@ static int save_checkpoint(Run *r)
     return rc;
 }
 
+/* What changed since the checkpoint in the keys that shape the data (notes, not errors). */
+static void note_changes(const Run *r, const char *ck)
+{
+    char *path = fs_join(ck, "config.yaml");
+    TrainConfig was;
+    train_config_defaults(&was);
+    if (fs_exists(path) && !train_config_load_yaml(&was, path) && !r->quiet) {
+        const TrainConfig *tc = r->tc;
+        if (was.seq_len != tc->seq_len)
+            printf("note: train.seq_len %d -> %d since the checkpoint\n", was.seq_len, tc->seq_len);
+        if (was.batch_size != tc->batch_size)
+            printf("note: train.batch_size %d -> %d since the checkpoint\n", was.batch_size, tc->batch_size);
+        if (was.tokens_per_step != tc->tokens_per_step)
+            printf("note: train.tokens_per_step %ld -> %ld since the checkpoint\n", was.tokens_per_step,
+                   tc->tokens_per_step);
+    }
+    err_clear();
+    free(path);
+}
+
 /* A model checkpoint's config.json describes the run's architecture, field by field. */
 static int check_model_ckpt(const Run *r, const char *ck)
 {
@@ -299,6 +319,7 @@ static int resume_from(Run *r, const char *resume_dir)
     float *p = xmalloc(r->m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)),
           *vv = xmalloc(n * sizeof(float));
     if (ckpt_read_state(ck, &r->st)) goto out;
+    note_changes(r, ck);
     if (r->m->adapters ? check_adapter_ckpt(r, ck) : check_model_ckpt(r, ck)) goto out;
     /* an adapter checkpoint holds the adapters only: the base stays as model.init loaded it */
     if (r->m->adapters && peft_read_weights(ck, r->m)) goto out;
@@ -407,8 +428,11 @@ static void print_progress(const Run *r, const StepLog *s)
     const TrainConfig *tc = r->tc;
     char eta[32];
     fmt_duration(s->ms / 1e3 * (tc->steps - s->step), eta, sizeof(eta));
-    printf("step %*d/%d | loss %.4f | lr %.2e | gnorm %.3f | %.1fk tok/s | %.1f ms", (int)(floor(log10(tc->steps)) + 1),
-           s->step, tc->steps, s->res.loss, s->lr, s->res.grad_norm, s->tps / 1e3, s->ms);
+    char tps[32];
+    if (s->tps >= 1e4) snprintf(tps, sizeof(tps), "%.1fk", s->tps / 1e3);
+    else snprintf(tps, sizeof(tps), "%.0f", s->tps);
+    printf("step %*d/%d | loss %.4f | lr %.2e | gnorm %.3f | %s tok/s | %.1f ms", (int)(floor(log10(tc->steps)) + 1),
+           s->step, tc->steps, s->res.loss, s->lr, s->res.grad_norm, tps, s->ms);
     if (s->peak_gib_ranks)
         printf(" (%.1fk/rank) | comm %.1f ms", s->tps / s->world / 1e3, s->comm_s * 1e3);
     if (s->mfu > 0) printf(" | MFU %.1f%%", 100 * s->mfu);
@@ -489,6 +513,14 @@ static int setup_data(Run *r, const ModelConfig *cfg)
     if (loader_vocab_size(r->train) > cfg->vocab_size)
         return err_set("data.train: the data's vocabulary (%d ids) does not fit model.vocab_size %d",
                        loader_vocab_size(r->train), cfg->vocab_size);
+    if (r->tok && tokenizer_vocab_size(r->tok) < cfg->vocab_size && !r->quiet)
+        fprintf(stderr, "anvil: warning: the tokenizer knows %d ids, the model has %d rows: the other rows never "
+                        "train (generation samples only the ids the tokenizer knows)\n",
+                tokenizer_vocab_size(r->tok), cfg->vocab_size);
+    if (r->val && tc->eval_steps > 0 && loader_windows_per_epoch(r->val) < (uint64_t)tc->eval_steps && !r->quiet)
+        fprintf(stderr, "anvil: warning: data.val holds %llu batches of %d x %d tokens, fewer than eval.steps %d: "
+                        "the validation loss repeats batches\n",
+                (unsigned long long)loader_windows_per_epoch(r->val), tc->batch_size, tc->seq_len, tc->eval_steps);
     return 0;
 }
 
@@ -720,6 +752,10 @@ static int train_loop(Run *r)
     int on_gpu = strncmp(r->be->name, "cuda", 4) == 0;
     double t_run0 = now_s(), elapsed0 = r->st.elapsed_s;
     double *peak_ranks = dp ? xcalloc((size_t)d->world, sizeof(double)) : NULL;
+    if (r->st.step >= tc->steps && !r->quiet)
+        printf("the run is finished (step %d of train.steps %d): nothing to train; raise train.steps to continue "
+               "it (--set train.steps=N)\n",
+               r->st.step, tc->steps);
     int rc = -1;
     for (int step = r->st.step + 1; step <= tc->steps; step++) {
         double t0 = now_s();
