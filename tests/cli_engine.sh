@@ -99,4 +99,19 @@ check "bench FLOPs drop by 2 per frozen weight" awk -v a="$f0" -v b="$f1" \
     'BEGIN { d = a - b; want = 2 * 2 * 12 * 64 * 64; exit !(d > 0.999 * want && d < 1.001 * want) }'
 check "bench prints the memory report" grep -q "^memory: weights" "$tmp/b1"
 
+# ---- bench --ablate: every row measured in its own process, the same loss in each (the switches
+# change speed and memory, not the arithmetic), less activation memory with recompute 2 and with
+# accumulation; --head unfused alone gives the fused head's loss ----
+"$ANVIL" bench --model gpt2-tiny --batch 8 --seq 32 --steps 1 --warmup 0 --ablate --json "$tmp/abl.json" \
+    >"$tmp/abl" 2>&1
+check "ablate: five rows measured" awk -F'|' '/^\| (full|recompute|LM head|accumulation)/ && $3 ~ /[0-9]/ {n++}
+    END { exit n != 5 }' "$tmp/abl"
+check "ablate: the same loss in every row" awk -F'|' '/^\| (full|recompute|LM head|accumulation)/ {l[$8]++; n++}
+    END { exit !(n == 5 && length(l) == 1) }' "$tmp/abl"
+check "ablate: recompute 2 and accumulation 8 hold fewer activations" awk -F'|' '
+    /^\| full/ {f = $7} /^\| recompute 2/ {r = $7} /^\| accumulation 8/ {a = $7}
+    END { exit !(f > 0 && r + 0 < f + 0 && a + 0 < f + 0) }' "$tmp/abl"
+check "ablate --json lists the rows" grep -q '"variant": "accumulation 8' "$tmp/abl.json"
+expect_fail bench-head "--head: expected fused or unfused" bench --model gpt2-tiny --head sideways
+
 cli_summary

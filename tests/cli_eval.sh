@@ -192,7 +192,9 @@ check "mcq in the progress line" grep -q '^step 2/4 .* | hellaswag acc [0-9.]* a
 "$ANVIL" eval mcq --model "$tmp/mcqrun/final" --task hellaswag --data "$FX/hellaswag.jsonl" --ctx 40 --json >"$tmp/final.json"
 logged=$(grep '"step": 4,' "$tmp/mcqrun/metrics.jsonl" | sed 's/.*"mcq_acc_norm": \([0-9.]*\).*/\1/')
 check "logged acc_norm == eval mcq on the checkpoint" close "$logged" "$(json_num "$tmp/final.json" acc_norm)" 1e-6
-expect_fail "train mcq bad task" "eval.mcq.task|squad" train "$tmp/mcq.yaml" --set eval.mcq.task=squad
-expect_fail "train mcq bad data" "eval.mcq.data|$tmp/none.jsonl" train "$tmp/mcq.yaml" --set eval.mcq.data="$tmp/none.jsonl"
+expect_fail "train mcq bad task" "eval.mcq.task|squad" train "$tmp/mcq.yaml" --set eval.mcq.task=squad \
+    --set out_dir="$tmp/mcqbad"
+expect_fail "train mcq bad data" "eval.mcq.data|$tmp/none.jsonl" train "$tmp/mcq.yaml" --set eval.mcq.data="$tmp/none.jsonl" \
+    --set out_dir="$tmp/mcqbad"
 
 cli_summary

@@ -20,6 +20,7 @@
 
 #include "backend/backend.h"
 #include "cli/args.h"
+#include "cli/bench_ablate.h"
 #include "cli/cli.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -45,7 +46,7 @@
 
 typedef struct {
     const char *model, *device, *json, *data, *freeze, *lora_targets, *quant;
-    int lora_r;
+    int lora_r, ablate, head_unfused, accum;
     int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
     float lr;
 } BenchArgs;
@@ -75,10 +76,16 @@ static void usage(FILE *f)
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
                "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]]\n"
-               "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4] [--ablate]\n"
+               "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4]\n"
+               "                   [--head fused|unfused] [--accum N] [--ablate]\n"
                "defaults: --batch 4 (cpu) / 16 (gpu), --seq 64 (cpu) / the model's window (gpu), --steps 10,\n"
                "          --warmup 3, --device cpu, --recompute 0, --lr 6e-4, --lr-warmup 0, --ceiling-size 1024\n"
-               "          (cpu) / 8192 (gpu; 0 skips it), --print-every 0 (off)\n"
+               "          (cpu) / 8192 (gpu; 0 skips it), --print-every 0 (off), --head fused, --accum 1\n"
+               "--head unfused computes the whole (N,V) logits, their softmax and the product back, instead\n"
+               "of the fused LM-head loss; --accum N runs N micro-batches of --batch per optimizer step.\n"
+               "--ablate measures the configuration given and each speed/memory switch turned off in turn\n"
+               "(attention kernels, bf16, recompute levels, fused LM head, GEMM tuning, accumulation 8),\n"
+               "each in its own process, and prints the Markdown table (with --json, the rows as JSON).\n"
                "--data trains on a token shard (anvil prepare's .tok, llm.c's .bin) or a little-endian uint32\n"
                "token file (consecutive windows, wrapping)\n"
                "instead of random tokens and prints the loss every K steps (a training curve).\n"
@@ -98,6 +105,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
     a->T = -1;
     a->steps = 10;
     a->warmup = 3;
+    a->accum = 1;
     a->ceiling_n = -1;
     a->lr = BENCH_LR;
     for (int i = 1; i < argc; i++) {
@@ -108,6 +116,10 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         }
         if (!strcmp(f, "--profile")) {
             a->profile = 1;
+            continue;
+        }
+        if (!strcmp(f, "--ablate")) {
+            a->ablate = 1;
             continue;
         }
         if (i + 1 >= argc) return err_set("bench: %s needs a value (try --help)", f);
@@ -121,6 +133,12 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--lora")) rc = cli_int(f, v, 1, &a->lora_r);
         else if (!strcmp(f, "--lora-targets")) a->lora_targets = v;
         else if (!strcmp(f, "--quant")) a->quant = v;
+        else if (!strcmp(f, "--accum")) rc = cli_int(f, v, 1, &a->accum);
+        else if (!strcmp(f, "--head")) {
+            if (!strcmp(v, "fused")) a->head_unfused = 0;
+            else if (!strcmp(v, "unfused")) a->head_unfused = 1;
+            else rc = err_set("bench: --head: expected fused or unfused, got \"%s\"", v);
+        }
         else if (!strcmp(f, "--print-every")) rc = cli_int(f, v, 1, &a->print_every);
         else if (!strcmp(f, "--lr-warmup")) rc = cli_int(f, v, 0, &a->lr_warmup);
         else if (!strcmp(f, "--lr")) {
@@ -300,12 +318,14 @@ static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *
                          double fpt, double ceiling, double peak_mem, const MemReport *mr)
 {
     int is_cpu = !strcmp(a->device, "cpu");
-    double tok_s = a->B * a->T / step, rate = fpt * tok_s;
+    char accs[32] = "";
+    if (a->accum > 1) snprintf(accs, sizeof(accs), " x %d micro-batches", a->accum);
+    double tok_s = (double)a->accum * a->B * a->T / step, rate = fpt * tok_s;
     printf("model %s (%s, %.1fM params: %.1fM trainable, %.1fM frozen of which %.1fM 4-bit), device %s (%s), "
-           "batch %d x %d, recompute %d\n",
+           "batch %d x %d%s, recompute %d%s\n",
            a->model, model_family_name(c->family), param_count_all(&m->pt) / 1e6, param_count(&m->pt) / 1e6,
            (param_count_all(&m->pt) - param_count(&m->pt)) / 1e6, param_count_kind(&m->pt, PARAM_NF4) / 1e6,
-           be->name, device_name(be), a->B, a->T, a->recompute);
+           be->name, device_name(be), a->B, a->T, accs, a->recompute, a->head_unfused ? ", LM head unfused" : "");
     printf("step %.2f ms (median of %d after %d warm-up), %.0f tokens/s\n", step * 1e3, a->steps, a->warmup, tok_s);
     printf("%.6g FLOP/token (products run: 6 per trainable weight, 4 per frozen, + attention), %.2f TFLOP/s "
            "achieved (%.1f GFLOP/s)\n",
@@ -340,7 +360,7 @@ static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *
 static int write_json(const BenchArgs *a, const Backend *be, double step, double fpt, double ceiling,
                       double peak_mem, float last_loss, const char *attn, const MemReport *mr)
 {
-    double tok_s = a->B * a->T / step, rate = fpt * tok_s;
+    double tok_s = (double)a->accum * a->B * a->T / step, rate = fpt * tok_s;
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
                           "impl", "anvil", "model", a->model, "device", be->name, "device_name", device_name(be),
                           "batch", a->B, "seq", a->T, "recompute", a->recompute, "steps", a->steps, "step_ms",
@@ -353,6 +373,8 @@ static int write_json(const BenchArgs *a, const Backend *be, double step, double
                             (json_int_t)mr->optim, "activations", (json_int_t)mr->acts, "workspace",
                             (json_int_t)mr->workspace, "peak", (json_int_t)mr->peak);
     json_object_set_new(j, "memory_bytes", mem);
+    json_object_set_new(j, "accum", json_integer(a->accum));
+    json_object_set_new(j, "head", json_string(a->head_unfused ? "unfused" : "fused"));
     char *s = json_dumps(j, JSON_INDENT(2));
     int rc = 0;
     if (!s || fs_write_atomic(a->json, s, strlen(s))) {
@@ -380,6 +402,11 @@ int cmd_bench(int argc, char **argv)
     if (a.B < 0) a.B = is_cpu ? 4 : 16;
     if (a.T < 0) a.T = is_cpu ? 64 : c.max_seq_len;
     if (a.ceiling_n < 0) a.ceiling_n = is_cpu ? 1024 : 8192;
+    if (a.ablate) {
+        AblateSpec as = {.model = a.model, .device = a.device, .json = a.json, .B = a.B, .T = a.T,
+                         .recompute = a.recompute, .accum = a.accum, .head_unfused = a.head_unfused};
+        return bench_ablate(argc, argv, &as);
+    }
     BackendOptions bo = {0};
     const Backend *be = backend_options_from_env(&bo) < 0 ? NULL : backend_get(a.device);
     if (!be) {
@@ -392,9 +419,10 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "anvil: bench: %s\n", err_get());
         return 1;
     }
+    m->head_unfused = a.head_unfused;
     Optimizer opt;
     optim_init(&opt, m, BENCH_WD);
-    int N = a.B * a.T;
+    int N = a.accum * a.B * a.T; /* tokens per optimizer step */
     int32_t *in = xmalloc(sizeof(int32_t) * (size_t)(N + 1));
     Rng r;
     rng_seed(&r, 42, 0);
@@ -413,8 +441,10 @@ int cmd_bench(int argc, char **argv)
     int total = a.warmup + a.steps;
     double *times = xmalloc(sizeof(double) * (size_t)total);
     float first_loss = 0, last_loss = 0;
-    int32_t *tg = in + 1;
-    StepBatch batch = {.B = a.B, .T = a.T, .accum = 1, .in = &in, .tg = &tg};
+    /* micro-batch k is rows k*B.. of the step's batch: the same tokens whatever --accum splits them into */
+    int32_t **mins = xmalloc(sizeof(int32_t *) * (size_t)a.accum), **mtgs = xmalloc(sizeof(int32_t *) * (size_t)a.accum);
+    for (int k = 0; k < a.accum; k++) mins[k] = in + (size_t)k * a.B * a.T, mtgs[k] = mins[k] + 1;
+    StepBatch batch = {.B = a.B, .T = a.T, .accum = a.accum, .in = mins, .tg = mtgs};
     for (int s = 0; s < total; s++) {
 #ifdef ANVIL_CUDA
         if (a.profile && s == a.warmup) cuda_prof_enable(1);
@@ -467,7 +497,7 @@ int cmd_bench(int argc, char **argv)
     printf("attention: %s | backend.attention %s | backend.gemm_tune %s | deterministic %s\n", attn,
            backend_attention_name(bo.attention), backend_gemm_tune_name(bo.gemm_tune), bo.deterministic ? "on" : "off");
     int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, last_loss, attn, &mr) : 0;
-    free(times), free(in), free(data);
+    free(times), free(in), free(data), free(mins), free(mtgs);
     optim_free(&opt);
     model_free(m);
     return rc;

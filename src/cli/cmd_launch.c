@@ -163,7 +163,7 @@ int cmd_launch(int argc, char **argv)
     fflush(stdout);
     fflush(stderr);
     pid_t *pids = xcalloc((size_t)nproc, sizeof(pid_t)), pgid = 0;
-    int alive = 0, rc = 0;
+    int alive = 0, rc = 0, forwarded = 0;
     for (int k = 0; k < nproc; k++) {
         pid_t p = fork();
         if (p < 0) {
@@ -190,6 +190,7 @@ int cmd_launch(int argc, char **argv)
             if (pending_sig) { /* forward to every rank */
                 int sig = pending_sig;
                 pending_sig = 0;
+                forwarded = sig;
                 for (int k = 0; k < nproc; k++)
                     if (pids[k] > 0) kill(pids[k], sig);
             }
@@ -201,11 +202,16 @@ int cmd_launch(int argc, char **argv)
         pids[k] = -1;
         alive--;
         if (WIFEXITED(status) && WEXITSTATUS(status) == 0) continue;
+        /* a rank that stopped for the signal we forwarded, with its checkpoint: the others do too */
+        if (forwarded && WIFEXITED(status) && WEXITSTATUS(status) == 128 + forwarded) {
+            if (!rc) rc = 128 + forwarded;
+            continue;
+        }
         char what[128];
         describe(status, what, sizeof(what));
         fprintf(stderr, "anvil: launch: rank %d (pid %d) %s; stopping the other %d rank(s)\n", k, (int)p, what, alive);
         fflush(stderr);
-        rc = 1;
+        rc = 1; /* a failure outranks an interrupt */
         stop_all(pids, nproc, &alive);
     }
     free(pids);

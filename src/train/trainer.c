@@ -161,6 +161,7 @@ typedef struct {
     TbWriter *tb; /* TensorBoard events (log.tensorboard), or NULL */
     Dist dist;    /* the ranks of a data-parallel run (one process: inactive) */
     int quiet;    /* ranks other than 0 print nothing and write no metrics */
+    int overwrite; /* --overwrite: setup_run_dir removes the old run before writing the new one */
     int stop;     /* some rank was interrupted: every rank stops after this step */
 } Run;
 
@@ -612,6 +613,8 @@ static int setup_run_dir(Run *r, const char *resume_dir)
     const TrainConfig *tc = r->tc;
     if (r->quiet) /* only rank 0 writes the run directory; the others read the checkpoint */
         return resume_dir ? resume_from(r, resume_dir) : 0;
+    /* --overwrite: the old run goes only now, when everything else has been checked */
+    if (!resume_dir && r->overwrite && fs_is_dir(tc->out_dir) && fs_rm_rf(tc->out_dir)) return -1;
     if (fs_mkdir_p(tc->out_dir)) return -1;
     char *metrics_path = fs_join(tc->out_dir, "metrics.jsonl");
     int rc = -1;
@@ -830,8 +833,9 @@ static int run_free(Run *r, int failed)
 
 static const char *rank_getenv(const char *name) { return getenv(name); }
 
-/* The run directory a new run may use: absent or empty; with overwrite, an old run's files are
- * removed first; otherwise one line saying how to continue or replace it. Nothing is created here. */
+/* The run directory a new run may use: absent or empty, or (overwrite) an old run that
+ * setup_run_dir removes once the rest of the run has been checked; otherwise one line saying how to
+ * continue or replace it. Nothing is created or removed here. */
 static int check_out_dir(const char *dir, int overwrite)
 {
     DIR *d = opendir(dir);
@@ -844,7 +848,7 @@ static int check_out_dir(const char *dir, int overwrite)
     if (!n) return 0;
     if (!overwrite)
         return err_set("out_dir: %s already holds a run: --resume %s continues it, --overwrite replaces it", dir, dir);
-    return fs_rm_rf(dir);
+    return 0;
 }
 
 int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
@@ -857,7 +861,7 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
     if (!resume_dir && dist_env_parse(&env, rank_getenv) == 0 && env.rank == 0 && check_out_dir(tcv.out_dir, overwrite))
         return -1; /* rank 0 decides for every rank */
     train_config_warn(&tcv, stderr);
-    Run run = {.tc = &tcv};
+    Run run = {.tc = &tcv, .overwrite = overwrite};
     Run *r = &run;
     const TrainConfig *tc = &tcv;
     int rc = -1;
@@ -899,7 +903,7 @@ out:
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
     int rank = r->dist.rank, world = r->dist.world;
-    if (run_free(r, rc)) rc = -1;
+    if (run_free(r, rc < 0)) rc = -1; /* rc > 0: interrupted after a checkpoint, not a failure */
     if (rc && world > 1) err_prefix("rank %d", rank);
     return rc;
 }
