@@ -179,5 +179,18 @@ check "resumed run finishes with 'final'" test -f "$tmp/sigINT/final/trainer_sta
 check "resumed run logged every step once" test "$(wc -l <"$tmp/sigINT/metrics.jsonl")" -eq $((S + 2))
 expect_fail out-dir-taken "already holds a run|--resume|--overwrite" train "$tmp/byte.yaml" --set out_dir="$tmp/sigINT"
 
+# ---- train.batch_size: auto: the largest planned micro-batch dividing tokens_per_step / seq_len;
+# the trial step moves nothing: the run equals one with that batch given ----
+"$ANVIL" train "$tmp/byte.yaml" --set train.steps=3 --set eval.steps=0 --set train.batch_size=auto \
+    --set train.tokens_per_step=3072 --set out_dir="$tmp/auto" >"$tmp/auto.log" 2>&1
+check "auto: chose 48 (divides 3072 / 64), said so" grep -q "^train.batch_size auto: 48 (plan" "$tmp/auto.log"
+check "auto: trial step measured" grep -q "^train.batch_size auto: trial step peak" "$tmp/auto.log"
+check "auto: config.yaml records the number" grep -q "^  batch_size: 48$" "$tmp/auto/config.yaml"
+"$ANVIL" train "$tmp/byte.yaml" --set train.steps=3 --set eval.steps=0 --set train.batch_size=48 \
+    --set train.tokens_per_step=3072 --set out_dir="$tmp/auto48" >/dev/null 2>&1
+check "auto: the same losses as batch_size 48" test "$(loss_of "$tmp/auto")" = "$(loss_of "$tmp/auto48")"
+expect_fail auto-indivisible "train.tokens_per_step|seq_len" train "$tmp/byte.yaml" --set train.batch_size=auto \
+    --set train.tokens_per_step=1000 --set out_dir="$tmp/autobad"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -61,6 +61,13 @@ void optim_download(const Optimizer *o, float *m_host, float *v_host)
     o->be->download(v_host, o->v, o->n * sizeof(float));
 }
 
+void optim_zero(Optimizer *o)
+{
+    if (!o->n) return;
+    o->be->zero(o->m, o->n * sizeof(float));
+    o->be->zero(o->v, o->n * sizeof(float));
+}
+
 void optim_upload(Optimizer *o, const float *m_host, const float *v_host)
 {
     if (!o->n) return;

@@ -36,6 +36,8 @@ void optim_step(Optimizer *o, Model *m, const AdamHyper *h);
 size_t optim_bytes(const Optimizer *o);
 /* Host copies of the moments (n elements each, segment layout from lo) for checkpoints, and back. */
 void optim_download(const Optimizer *o, float *m_host, float *v_host);
+/* Both moments back to zero (after a trial step). */
+void optim_zero(Optimizer *o);
 void optim_upload(Optimizer *o, const float *m_host, const float *v_host);
 
 #endif

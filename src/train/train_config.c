@@ -13,7 +13,8 @@
 #include "model/quant4.h"
 #include "data/chat.h"
 
-typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST } KeyType;
+/* CT_BATCH: a positive int, or "auto" (stored as 0) */
+typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST, CT_BATCH } KeyType;
 
 /* An unknown key names the nearest known one within this many edits. */
 #define KEY_MAX_DIST 3
@@ -91,7 +92,9 @@ static const KeyDef keys[] = {
      "sft: pack several examples into one row. Not supported yet (it needs attention that keeps examples apart); "
      "each example is padded to train.seq_len."},
     {"train.steps", CT_INT, F(steps), "1000", "Optimizer steps."},
-    {"train.batch_size", CT_INT, F(batch_size), "8", "Sequences per micro-batch."},
+    {"train.batch_size", CT_BATCH, F(batch_size), "8",
+     "Sequences per micro-batch, or auto: the largest that anvil plan says fits the device (then checked by "
+     "a trial step) among those that divide tokens_per_step / (seq_len * ranks); see docs/reporting.md."},
     {"train.seq_len", CT_INT, F(seq_len), "256", "Tokens per sequence."},
     {"train.tokens_per_step", CT_LONG, F(tokens_per_step), "0",
      "Tokens per optimizer step over all ranks; a multiple of batch_size*seq_len*ranks, reached by gradient "
@@ -256,11 +259,17 @@ int train_config_set_key(TrainConfig *tc, const char *key, const char *value, co
     char *end;
     errno = 0;
     switch (k->type) {
+    case CT_BATCH:
+        if (!strcmp(value, "auto")) {
+            *(int *)field = 0;
+            break;
+        }
+        __attribute__((fallthrough)); /* an integer */
     case CT_INT:
     case CT_LONG: {
         long long v = strtoll(value, &end, 10);
         if (end == value || *end || errno) return err_set("%s: %s: expected an integer, got \"%s\"", w, key, value);
-        if (k->type == CT_INT) {
+        if (k->type != CT_LONG) {
             if (v < -2147483647LL || v > 2147483647LL) return err_set("%s: %s: %s is out of range", w, key, value);
             *(int *)field = (int)v;
         } else {
@@ -445,9 +454,9 @@ int train_config_load_yaml(TrainConfig *tc, const char *path)
 int train_config_validate(const TrainConfig *tc)
 {
     if (tc->steps <= 0) return err_set("train.steps: must be positive, got %d", tc->steps);
-    if (tc->batch_size <= 0) return err_set("train.batch_size: must be positive, got %d", tc->batch_size);
+    if (tc->batch_size < 0) return err_set("train.batch_size: must be positive (or auto), got %d", tc->batch_size);
     if (tc->seq_len <= 0) return err_set("train.seq_len: must be positive, got %d", tc->seq_len);
-    long micro = (long)tc->batch_size * tc->seq_len;
+    long micro = (long)(tc->batch_size ? tc->batch_size : 1) * tc->seq_len; /* auto: checked once chosen */
     if (tc->tokens_per_step < 0 || (tc->tokens_per_step && tc->tokens_per_step % micro))
         return err_set("train.tokens_per_step: %ld is not a multiple of batch_size*seq_len = %ld",
                        tc->tokens_per_step, micro);
@@ -557,6 +566,10 @@ static void value_text(const TrainConfig *tc, const KeyDef *k, char *buf, size_t
     const char *field = (const char *)tc + k->offset;
     switch (k->type) {
     case CT_INT: snprintf(buf, n, "%d", *(const int *)field); break;
+    case CT_BATCH:
+        if (*(const int *)field) snprintf(buf, n, "%d", *(const int *)field);
+        else snprintf(buf, n, "auto");
+        break;
     case CT_LONG: snprintf(buf, n, "%ld", *(const long *)field); break;
     case CT_U64: snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)field); break;
     case CT_FLOAT: { /* the shortest decimal that reads back as the same float (0.003, not 0.00300000003) */
@@ -650,7 +663,7 @@ char *train_config_to_yaml(const TrainConfig *tc)
 
 void train_config_print_keys(void)
 {
-    static const char *tn[] = {"int", "int", "int", "float", "string", "bool", "bool", "list"};
+    static const char *tn[] = {"int", "int", "int", "float", "string", "bool", "bool", "list", "int or auto"};
     printf("| key | type | default | meaning |\n|---|---|---|---|\n");
     for (size_t i = 0; i < ARRAY_LEN(keys); i++)
         printf("| `%s` | %s | `%s` | %s |\n", keys[i].key, tn[keys[i].type],

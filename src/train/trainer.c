@@ -15,6 +15,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef ANVIL_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 #include "core/error.h"
 #include "data/loader.h"
@@ -26,6 +29,7 @@
 #include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
+#include "report/plan.h"
 #include "report/tb.h"
 #include "dist/env.h"
 #include "train/checkpoint.h"
@@ -161,6 +165,7 @@ typedef struct {
     TbWriter *tb; /* TensorBoard events (log.tensorboard), or NULL */
     Dist dist;    /* the ranks of a data-parallel run (one process: inactive) */
     int quiet;    /* ranks other than 0 print nothing and write no metrics */
+    double auto_plan_gib; /* train.batch_size auto: the plan's peak for the chosen batch */
     int overwrite; /* --overwrite: setup_run_dir removes the old run before writing the new one */
     int stop;     /* some rank was interrupted: every rank stops after this step */
 } Run;
@@ -607,6 +612,105 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     return 0;
 }
 
+/* ---- train.batch_size: auto ---- */
+
+#define GIB_D (1024.0 * 1024.0 * 1024.0)
+
+/* The memory a run may plan for: on a GPU what is free now less a margin (5% of the device, at
+ * least 1 GiB: the plan is within 5% of measured peaks, docs/reporting.md); on the CPU half of the
+ * memory available now. */
+static size_t auto_budget(const Run *r, double *total_gib)
+{
+#ifdef ANVIL_CUDA
+    if (!strncmp(r->be->name, "cuda", 4)) {
+        size_t fr, tot;
+        cuda_mem_stats(NULL, NULL, &fr, &tot);
+        double margin = fmax(0.05 * (double)tot, GIB_D);
+        *total_gib = (double)tot / GIB_D;
+        return (double)fr > margin ? (size_t)((double)fr - margin) : 0;
+    }
+#endif
+    double avail = (double)sysconf(_SC_AVPHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    *total_gib = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE) / GIB_D;
+    return (size_t)(0.5 * avail);
+}
+
+/* Choose train.batch_size when it is auto: the largest micro-batch whose plan fits the budget,
+ * among those that divide tokens_per_step / (seq_len * ranks) when tokens_per_step is set. */
+static int resolve_auto_batch(Run *r, const ModelConfig *cfg)
+{
+    TrainConfig *tc = r->tc;
+    if (tc->batch_size) return 0;
+    int world = r->dist.world > 0 ? r->dist.world : 1, per_rank = 0;
+    if (tc->tokens_per_step) {
+        long unit = (long)tc->seq_len * world;
+        if (tc->tokens_per_step % unit)
+            return err_set("train.tokens_per_step: %ld is not a multiple of seq_len*ranks = %d*%d, which "
+                           "train.batch_size auto needs",
+                           tc->tokens_per_step, tc->seq_len, world);
+        per_rank = (int)(tc->tokens_per_step / unit);
+    }
+    int on_gpu = !strncmp(r->be->name, "cuda", 4);
+    PlanSpec ps = {.method = PLAN_FULL, .T = tc->seq_len, .recompute = tc->recompute, .act_size = (int)r->be->act_size,
+                   .gpu = on_gpu, .world = world, .zero = tc->dist_zero};
+    if (tc->lora_r > 0 || tc->lora_init[0]) {
+        Q4Spec q4;
+        if (quant_spec(tc, &q4)) return -1;
+        ps.method = q4.type >= 0 ? PLAN_QLORA : PLAN_LORA;
+        ps.lora_r = tc->lora_r > 0 ? tc->lora_r : 16;
+    }
+    double total_gib;
+    size_t budget = auto_budget(r, &total_gib);
+    int b_max = per_rank ? per_rank : on_gpu ? 4096 : 256;
+    int B = plan_max_batch(cfg, &ps, budget, b_max, per_rank);
+    if (B <= 0) {
+        PlanResult one;
+        ps.B = 1;
+        double need = plan_memory(cfg, &ps, &one) ? 0 : (double)one.mem.peak / GIB_D;
+        return err_set("train.batch_size: auto: one sequence of %d tokens needs %.2f GiB, more than the %.2f GiB "
+                       "this %s can give (lower train.seq_len, raise train.recompute, or train adapters)",
+                       tc->seq_len, need, (double)budget / GIB_D, on_gpu ? "GPU" : "machine");
+    }
+    ps.B = B;
+    PlanResult pr;
+    if (plan_memory(cfg, &ps, &pr)) return -1;
+    tc->batch_size = B;
+    r->auto_plan_gib = (double)pr.mem.peak / GIB_D;
+    if (!r->quiet) {
+        printf("train.batch_size auto: %d (plan %.2f GiB per %s of %.2f GiB budget, %.1f GiB total", B,
+               r->auto_plan_gib, on_gpu ? "GPU" : "process", (double)budget / GIB_D, total_gib);
+        if (per_rank) printf("; accumulation %d reaches train.tokens_per_step %ld", per_rank / B, tc->tokens_per_step);
+        else printf("; train.tokens_per_step 0: one micro-batch per step, so the step size follows the memory");
+        printf(")\n");
+    }
+    return 0;
+}
+
+/* After an auto batch: one trial step at learning rate 0 on token 0 (the weights do not move; the
+ * moments it touched are zeroed), so that the peak is measured before the run is committed to. */
+static int trial_step(Run *r)
+{
+    const TrainConfig *tc = r->tc;
+    Dist *d = &r->dist;
+    size_t n = (size_t)tc->batch_size * tc->seq_len;
+    int32_t *tok = xcalloc(n, sizeof(int32_t));
+    int32_t *ins[1] = {tok};
+    StepBatch b = {.B = tc->batch_size, .T = tc->seq_len, .accum = 1, .in = ins, .tg = ins};
+    StepHyper h = {.lr = 0, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = 1, .grad_clip = 0};
+    StepResult res;
+    r->be->mem_reset_peak();
+    int rc = train_step_dist(r->m, &r->opt, dist_active(d) ? d : NULL, &b, &h, &res);
+    free(tok);
+    if (rc) return err_prefix("train.batch_size auto: the trial step");
+    optim_zero(&r->opt);
+    size_t peak;
+    r->be->mem_stats(NULL, &peak);
+    if (!r->quiet)
+        printf("train.batch_size auto: trial step peak %.2f GiB (planned %.2f GiB)\n", (double)peak / GIB_D,
+               r->auto_plan_gib);
+    return 0;
+}
+
 /* Open metrics.jsonl (and write config.yaml, or resume). */
 static int setup_run_dir(Run *r, const char *resume_dir)
 {
@@ -875,6 +979,7 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
         err_set("train.seq_len: %d exceeds the model's max_seq_len %d", tc->seq_len, cfg.max_seq_len);
         goto out;
     }
+    if (setup_backend(r) || resolve_auto_batch(r, &cfg)) goto out;
     long micro = (long)tc->batch_size * tc->seq_len * r->dist.world;
     if (tc->tokens_per_step % micro) {
         err_set("train.tokens_per_step: %ld is not a multiple of batch_size*seq_len*ranks = %d*%d*%d = %ld",
@@ -883,7 +988,8 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
     }
     if (tc->model_init[0] && !realpath(tc->model_init, r->base_path))
         snprintf(r->base_path, sizeof(r->base_path), "%.*s", (int)strnlen(tc->model_init, CFG_PATH_MAX), tc->model_init);
-    if (setup_backend(r) || dist_connect(&r->dist) || setup_data(r, &cfg) || setup_model(r, &cfg)) goto out;
+    if (dist_connect(&r->dist) || setup_data(r, &cfg) || setup_model(r, &cfg)) goto out;
+    if (r->auto_plan_gib > 0 && trial_step(r)) goto out;
     if (tc->eval_mcq_task[0] && mcq_setup(r)) goto out;
     r->config_yaml = train_config_to_yaml(tc);
     /* tokens_per_step is global: each rank runs its share of the accumulation */
