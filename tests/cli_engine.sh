@@ -106,8 +106,9 @@ check "bench prints the memory report" grep -q "^memory: weights" "$tmp/b1"
     >"$tmp/abl" 2>&1
 check "ablate: five rows measured" awk -F'|' '/^\| (full|recompute|LM head|accumulation)/ && $3 ~ /[0-9]/ {n++}
     END { exit n != 5 }' "$tmp/abl"
-check "ablate: the same loss in every row" awk -F'|' '/^\| (full|recompute|LM head|accumulation)/ {l[$8]++; n++}
-    END { exit !(n == 5 && length(l) == 1) }' "$tmp/abl"
+check "ablate: the same step-0 and final loss in every row" awk -F'|' '
+    /^\| (full|recompute|LM head|accumulation)/ {l[$8]++; f[$9]++; n++}
+    END { exit !(n == 5 && length(l) == 1 && length(f) == 1) }' "$tmp/abl"
 check "ablate: recompute 2 and accumulation 8 hold fewer activations" awk -F'|' '
     /^\| full/ {f = $7} /^\| recompute 2/ {r = $7} /^\| accumulation 8/ {a = $7}
     END { exit !(f > 0 && r + 0 < f + 0 && a + 0 < f + 0) }' "$tmp/abl"

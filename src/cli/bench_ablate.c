@@ -33,7 +33,7 @@ typedef struct {
     char batch_arg[16];           /* storage for a --batch value */
     /* measured */
     int ok;
-    double tok_s, peak_gib, act_gib, loss, step_ms;
+    double tok_s, peak_gib, act_gib, loss0, loss, step_ms;
     char why[640]; /* the child's last error line when it failed */
 } Row;
 
@@ -130,12 +130,13 @@ static void run_row(Row *r, const char **base, int nbase, const char *dir, int i
     json_error_t je;
     json_t *j = json_load_file(json_path, 0, &je);
     if (!j) {
-        snprintf(r->why, sizeof(r->why), "%s: %s", json_path, je.text);
+        snprintf(r->why, sizeof(r->why), "%.400s: %.160s", json_path, je.text);
         return;
     }
     r->ok = 1;
     r->tok_s = num(j, "tokens_per_s");
     r->peak_gib = num(j, "peak_gib");
+    r->loss0 = num(j, "first_loss");
     r->loss = num(j, "final_loss");
     r->step_ms = num(j, "step_ms");
     r->act_gib = num(json_object_get(j, "memory_bytes"), "activations") / (1024.0 * 1024.0 * 1024.0);
@@ -158,6 +159,7 @@ static int write_rows_json(const char *path, const AblateSpec *s, const Row *row
             json_object_set_new(o, "step_ms", json_real(rows[i].step_ms));
             json_object_set_new(o, "peak_gib", json_real(rows[i].peak_gib));
             json_object_set_new(o, "activations_gib", json_real(rows[i].act_gib));
+            json_object_set_new(o, "first_loss", json_real(rows[i].loss0));
             json_object_set_new(o, "final_loss", json_real(rows[i].loss));
         } else {
             json_object_set_new(o, "error", json_string(rows[i].why));
@@ -246,20 +248,23 @@ int bench_ablate(int argc, char **argv, const AblateSpec *s)
     fs_rm_rf(dir);
 
     const Row *f = &rows[0];
-    printf("\n| configuration | tokens/s | vs full | peak GiB | vs full | activations MiB | loss |\n");
-    printf("|---|---:|---:|---:|---:|---:|---:|\n");
+    printf("\n| configuration | tokens/s | vs full | peak GiB | vs full | activations MiB | step-0 loss | final loss |\n");
+    printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int i = 0; i < n; i++) {
         const Row *r = &rows[i];
         if (!r->ok) {
-            printf("| %s | failed: %s | | | | | |\n", r->name, r->why);
+            printf("| %s | failed: %s | | | | | | |\n", r->name, r->why);
             continue;
         }
         char dt[16] = "", dm[16] = "";
         if (i && f->ok) pct(dt, sizeof(dt), r->tok_s, f->tok_s), pct(dm, sizeof(dm), r->peak_gib, f->peak_gib);
-        printf("| %s | %.0f | %s | %.2f | %s | %.1f | %.4f |\n", r->name, r->tok_s, dt, r->peak_gib, dm, r->act_gib * 1024.0,
-               r->loss);
+        printf("| %s | %.0f | %s | %.2f | %s | %.1f | %.4f | %.4f |\n", r->name, r->tok_s, dt, r->peak_gib, dm,
+               r->act_gib * 1024.0, r->loss0, r->loss);
     }
-    printf("\npeak: %s. loss: after the same steps on the same tokens (a changed loss would be a bug).\n",
+    printf("\npeak: %s. step-0 loss: the first forward, same weights and tokens in every row: it differs only by "
+           "rounding (a larger change would be a bug). final loss: after the timed steps on random tokens; a few "
+           "steps at bench's learning rate amplify rounding differences, so it is not a check (two identical runs can "
+           "differ in the first decimal).\n",
            cuda ? "high-water of the GPU allocations" : "the process's max RSS");
     printf("ZeRO stages are not rows here: bench is one process; compare dist.zero 0/1/2 with `anvil launch "
            "--nproc N anvil train ...` (docs/distributed.md).\n");

@@ -358,7 +358,7 @@ static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *
 }
 
 static int write_json(const BenchArgs *a, const Backend *be, double step, double fpt, double ceiling,
-                      double peak_mem, float last_loss, const char *attn, const MemReport *mr)
+                      double peak_mem, float first_loss, float last_loss, const char *attn, const MemReport *mr)
 {
     double tok_s = (double)a->accum * a->B * a->T / step, rate = fpt * tok_s;
     json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:f, s:s}",
@@ -368,6 +368,7 @@ static int write_json(const BenchArgs *a, const Backend *be, double step, double
                           rate / H100_BF16_PEAK, "ceiling_tflops", ceiling / 1e12, "of_ceiling",
                           ceiling > 0 ? rate / ceiling : 0.0, "peak_gib", peak_mem / GIB, "final_loss",
                           (double)last_loss, "attention", attn);
+    json_object_set_new(j, "first_loss", json_real(first_loss));
     json_t *mem = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "weights", (json_int_t)mr->weights, "master",
                             (json_int_t)mr->master, "gradients", (json_int_t)mr->grads, "optimizer",
                             (json_int_t)mr->optim, "activations", (json_int_t)mr->acts, "workspace",
@@ -496,7 +497,7 @@ int cmd_bench(int argc, char **argv)
 #endif
     printf("attention: %s | backend.attention %s | backend.gemm_tune %s | deterministic %s\n", attn,
            backend_attention_name(bo.attention), backend_gemm_tune_name(bo.gemm_tune), bo.deterministic ? "on" : "off");
-    int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, last_loss, attn, &mr) : 0;
+    int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, first_loss, last_loss, attn, &mr) : 0;
     free(times), free(in), free(data), free(mins), free(mtgs);
     optim_free(&opt);
     model_free(m);
