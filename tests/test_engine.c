@@ -2,10 +2,12 @@
  * each kind against a double-precision reference and finite differences, freezing, the loss
  * normalisation of accumulated micro-batches, cached generation through the shared block, the
  * FLOP count and the memory report. CPU backend; no fixtures. */
+#include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/cpu/cpu_extra.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/block.h"
@@ -537,8 +539,23 @@ static void test_loss_normalisation(void)
 
 /* Cached generation runs the same block as training: the logits of every position, through a
  * prompt pass and then one token at a time, equal the training forward's bit for bit. */
+/* Two logit rows: identical bytes, or (exact 0) within 1e-5 of the larger magnitude. */
+static int rows_agree(const float *a, const float *b, int n, int exact)
+{
+    if (exact) return !memcmp(a, b, (size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++)
+        if (fabsf(a[i] - b[i]) > 1e-5f * fmaxf(1.0f, fmaxf(fabsf(a[i]), fabsf(b[i])))) return 0;
+    return 1;
+}
+
 static void test_cached_equals_training(void)
 {
+    /* bit for bit where OpenBLAS's kernel rounds a row alike at every position of a tile; else (Zen,
+     * Haswell: cpu_blas_position_free) the same to float rounding */
+    int exact = cpu_blas_position_free();
+    if (!exact)
+        fprintf(stderr, "  note: this OpenBLAS kernel (%s) rounds a row by its position in a product: cached logits "
+                        "are compared to 1e-5, not bit for bit\n", openblas_get_corename());
     for (int f = 0; f < 2; f++) {
         ModelConfig c = tiny((Family)f);
         Model *m = model_create_frozen(&c, backend_cpu());
@@ -554,13 +571,13 @@ static void test_cached_equals_training(void)
         for (int b = 0; b < B; b++) memcpy(step + b * P, ids + b * T, P * sizeof(int32_t));
         const float *lg = model_forward_cached(m, kv, step, P);
         int same = 1;
-        for (int b = 0; b < B; b++) same &= !memcmp(lg + (size_t)b * V, full + ((size_t)b * T + P - 1) * V, V * sizeof(float));
+        for (int b = 0; b < B; b++) same &= rows_agree(lg + (size_t)b * V, full + ((size_t)b * T + P - 1) * V, V, exact);
         CHECKF(same, "family %d: prompt pass logits differ from the training forward", f);
         for (int t = P; t < T; t++) {
             for (int b = 0; b < B; b++) step[b] = ids[b * T + t];
             lg = model_forward_cached(m, kv, step, 1);
             same = 1;
-            for (int b = 0; b < B; b++) same &= !memcmp(lg + (size_t)b * V, full + ((size_t)b * T + t) * V, V * sizeof(float));
+            for (int b = 0; b < B; b++) same &= rows_agree(lg + (size_t)b * V, full + ((size_t)b * T + t) * V, V, exact);
             CHECKF(same, "family %d: decoding position %d: logits differ from the training forward", f, t);
         }
         kv_cache_free(m, kv);

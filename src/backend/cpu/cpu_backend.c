@@ -212,9 +212,11 @@ static void cpu_norm_bwd(void *dinp_, float *dw, float *db, const void *dout_, c
  * 5-row call differ in the last bits from the same rows of a 24-row call); inside full tiles
  * they do not, so each output row depends on its input row and the weights alone: the same bits
  * for any batch size, any row offset and any thread count (the cached forward of generation
- * equals the training forward bit for bit, tests/test_engine.c). 16 covers the row unrolling of
- * OpenBLAS's x86-64 sgemm kernels. */
-#define MATMUL_ROW_TILE 16
+ * equals the training forward bit for bit, tests/test_engine.c). The tile must be a multiple of
+ * the row unrolling of the sgemm kernel OpenBLAS picks for the CPU: 16 for Sandybridge and
+ * SkylakeX, 12/24 for Haswell and Zen (measured with OpenBLAS 0.3.21 on an AMD EPYC: a row's bits
+ * agree across calls of 12, 24, 36, 48 ... rows and differ across 16, 32, 64). 48 covers both. */
+#define MATMUL_ROW_TILE 48
 
 static void blas_single_thread(void)
 {
@@ -223,6 +225,36 @@ static void blas_single_thread(void)
         openblas_set_num_threads(1);
         done = 1;
     }
+}
+
+/* 1 when this OpenBLAS kernel gives a row of a MATMUL_ROW_TILE-row product the same bits at every
+ * position inside the tile (Sandybridge, SkylakeX), 0 when it does not (Haswell and Zen: rows 6-11
+ * of every 12 round differently from rows 0-5). Probed once with one row moved through the tile.
+ * Where it is 0, a row's result still does not depend on the thread count or the batch size at a
+ * fixed position, but a row computed at another position (the cached forward of generation) can
+ * differ from the training forward in the last bits. */
+int cpu_blas_position_free(void)
+{
+    static int v = -1;
+    if (v >= 0) return v;
+    blas_single_thread();
+    enum { IC = 64, OC = 64 };
+    float *a = xcalloc((size_t)MATMUL_ROW_TILE * IC, sizeof(float)), *w = xmalloc(sizeof(float) * OC * IC);
+    float *o = xmalloc(sizeof(float) * MATMUL_ROW_TILE * OC), *ref = xmalloc(sizeof(float) * OC);
+    uint32_t r = 12345;
+    for (int i = 0; i < OC * IC; i++) w[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+    float x[IC];
+    for (int i = 0; i < IC; i++) x[i] = (float)((r = r * 1664525u + 1013904223u) >> 8) / 16777216.0f - 0.5f;
+    v = 1;
+    for (int p = 0; p < MATMUL_ROW_TILE && v; p++) {
+        memset(a, 0, sizeof(float) * MATMUL_ROW_TILE * IC);
+        memcpy(a + (size_t)p * IC, x, sizeof(x));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, MATMUL_ROW_TILE, OC, IC, 1.0f, a, IC, w, IC, 0.0f, o, OC);
+        if (p == 0) memcpy(ref, o, sizeof(float) * OC);
+        else v = !memcmp(ref, o + (size_t)p * OC, sizeof(float) * OC);
+    }
+    free(a), free(w), free(o), free(ref);
+    return v;
 }
 
 /* This thread's tiles [t0, t1) of ntile (contiguous ranges, as thread_range). */

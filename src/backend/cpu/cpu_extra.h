@@ -13,4 +13,8 @@ void cpu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, c
 void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                           const void *pre, const void *w, int N, int IC, int OC);
 
+/* 1 when a row's matrix product has the same bits at any position inside a tile (cpu_backend.c):
+ * then the cached forward of generation equals the training forward bit for bit. */
+int cpu_blas_position_free(void);
+
 #endif
