@@ -68,6 +68,7 @@ static Backend plan_backend(int act_size)
     be.zero = nop_zero;
     be.upload = nop_copy;
     be.download = nop_copy;
+    be.copy = nop_copy;
     be.sync = nop_sync;
     be.cast_to_act = nop_cast;
     be.upload_act = nop_up_act;
