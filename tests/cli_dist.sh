@@ -138,6 +138,14 @@ for z in 1 2 3; do
     esac
     near "ZeRO-$z memory: optimizer (shard)" "$o" 4
 done
+# validation under ZeRO-3: 3 batches over 2 ranks (rank 1 runs an uncounted forward so that the
+# per-layer gathers stay in step); the loss equals ZeRO-0's
+vals() { sed -n 's/.*"val_loss": \([0-9.]*\).*/\1/p' "$1/metrics.jsonl" | tr '\n' ' '; }
+for z in 0 3; do
+    launch2 --set out_dir="$tmp/val$z" --set dist.zero=$z --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3
+done
+check "ZeRO-3 validation loss = ZeRO-0's ($(vals "$tmp/val0")/ $(vals "$tmp/val3"))" \
+    test -n "$(vals "$tmp/val0")" -a "$(vals "$tmp/val0")" = "$(vals "$tmp/val3")"
 # 2 ranks x 2 micro-steps: ZeRO-2/3 reduce-scatter every micro-step into the shard, ZeRO-0 once
 launch2 --set out_dir="$tmp/acc0" --set train.tokens_per_step=512
 for z in 2 3; do
