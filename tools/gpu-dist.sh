@@ -5,12 +5,15 @@
 #
 # 1. equal: a small GPT-2 in fp32 (device cuda-fp32, train.deterministic) trained by `anvil train`
 #    (1 process, 8-fold accumulation) and by `anvil launch --nproc 1 --device cuda-fp32` (the NCCL
-#    path on one GPU, 8-fold accumulation); then for N = 2, 4, 8 GPUs (as many as there are) with
-#    dist.zero 0, 1 and 2 (8/N-fold accumulation): losses within 1e-4 relative and final weights
-#    within WTOL (1e-3) absolute of the single process (`anvil inspect --diff --tol`);
-# 2. bf16: the same model in bf16 (device cuda) on every GPU count, ZeRO 0 and 2: runs, and the
-#    final losses agree to 2e-2;
-# 3. speed: GPT-2 124M (B=16, T=1024) for 30 steps on 1 and on all GPUs, ZeRO 0/1/2: global and
+#    path on one GPU, 8-fold accumulation, ZeRO 0 and 3: ZeRO-3's per-layer hooks, gathers into
+#    the layer buffers and reduce-scatters into staging run over NCCL even with one rank); then for
+#    N = 2, 4, 8 GPUs (as many as there are) with dist.zero 0, 1, 2 and 3 (8/N-fold accumulation):
+#    losses within 1e-4 relative and final weights within WTOL (1e-3) absolute of the single process
+#    (`anvil inspect --diff --tol`);
+# 2. bf16: the same model in bf16 (device cuda) on every GPU count, ZeRO 0, 2 and 3: runs, and the
+#    final losses agree to 2e-2; the memory-per-rank line of each (bytes per trainable parameter:
+#    18, 6 + 12/N, 2 + 16/N, 18/N, docs/distributed.md);
+# 3. speed: GPT-2 124M (B=16, T=1024) for 30 steps on 1 and on all GPUs, ZeRO 0/1/2/3: global and
 #    per-GPU tokens/s, exposed communication (comm_s) and per-rank peak memory from metrics.jsonl;
 # 4. fault: on 2+ GPUs, rank 1 killed mid-run: the launcher exits non-zero at once naming it.
 # NCCL_DEBUG=INFO output of the first 1-GPU launch goes to $OUT/nccl-1.log (transport, version).
@@ -74,8 +77,8 @@ note "| single process, cuda-fp32, 8 x accumulation | rc $? | $(tail -1 "$OUT/re
 REF=$(losses "$OUT/ref")
 for n in 1 2 4 8; do
     [ "$n" -le "$NGPU" ] || continue
-    for z in 0 1 2; do
-        [ "$n" -eq 1 ] && [ "$z" -gt 0 ] && continue
+    for z in 0 1 2 3; do
+        [ "$n" -eq 1 ] && [ "$z" -gt 0 ] && [ "$z" -lt 3 ] && continue
         run="$OUT/fp32-n$n-z$z"
         extra=()
         [ "$n" -eq 1 ] && extra=(env NCCL_DEBUG=INFO)
@@ -94,7 +97,7 @@ done
 echo "== 2. bf16"
 for n in 1 2 4 8; do
     [ "$n" -le "$NGPU" ] || continue
-    for z in 0 2; do
+    for z in 0 2 3; do
         run="$OUT/bf16-n$n-z$z"
         "$ANVIL" launch --nproc "$n" --device cuda -- train "$cfg" --set out_dir="$run" --set dist.zero=$z \
             --set train.deterministic=false >"$run.log" 2>&1
@@ -102,7 +105,7 @@ for n in 1 2 4 8; do
         last=$(losses "$run" | awk '{print $NF}')
         [ "$n" -eq 1 ] && [ "$z" -eq 0 ] && B1=$last
         close "$B1" "$last" 2e-2
-        note "| bf16 $n GPU(s) zero $z | rc $rc | final loss $last (1 GPU: $B1) $(verdict $?) |"
+        note "| bf16 $n GPU(s) zero $z | rc $rc | final loss $last (1 GPU: $B1) $(verdict $?) | $(grep '^memory per rank' "$run.log" | cut -d: -f2) |"
     done
 done
 
@@ -112,9 +115,9 @@ sed -e 's/preset: gpt2-tiny/preset: gpt2-124m/' -e '/d_model:/d' -e '/n_layer:/d
     -e 's/max_seq_len: 128/max_seq_len: 1024/' -e 's/batch_size: 4/batch_size: 16/' -e 's/seq_len: 128/seq_len: 1024/' \
     -e 's/steps: 20/steps: 30/' -e 's/tokens_per_step: 4096/tokens_per_step: 0/' -e 's/deterministic: true/deterministic: false/' \
     "$cfg" >"$big"
-for n in 1 "$NGPU"; do
-    for z in 0 1 2; do
-        [ "$n" -eq 1 ] && [ "$z" -gt 0 ] && continue
+for n in $(printf "1\n%s\n" "$NGPU" | sort -un); do
+    for z in 0 1 2 3; do
+        [ "$n" -eq 1 ] && [ "$z" -gt 0 ] && [ "$z" -lt 3 ] && continue
         run="$OUT/speed-n$n-z$z"
         "$ANVIL" launch --nproc "$n" --device cuda -- train "$big" --set out_dir="$run" --set dist.zero=$z >"$run.log" 2>&1
         rc=$?
@@ -127,7 +130,7 @@ comm = sum(x.get("comm_s", 0) for x in r) / len(r) * 1e3
 ms = sum(x["ms_per_step"] for x in r) / len(r)
 peak = r[-1].get("peak_mem_gib_ranks", r[-1]["peak_mem_gib"])
 print(f"{tps:,.0f} tok/s global | {pr:,.0f} per GPU | {ms:.1f} ms/step | comm {comm:.1f} ms | peak {peak} GiB")' 2>&1)
-        note "| speed $n GPU(s) zero $z | rc $rc | $row | $(grep '^memory per rank' "$run.log" | cut -d: -f2 | cut -c1-60) |"
+        note "| speed $n GPU(s) zero $z | rc $rc | $row | $(grep '^memory per rank' "$run.log" | cut -d: -f2) |"
     done
 done
 

@@ -229,6 +229,10 @@ struct Backend {
     void (*mem_stats)(size_t *in_use, size_t *peak);
     /* Start the high-water mark again from what is held now (measurements one after another). */
     void (*mem_reset_peak)(void);
+
+    /* ---- copies (appended; ZeRO's shards and layer buffers, src/dist) ---- */
+    /* dst = src, bytes of backend memory (overwrite; the ranges do not overlap), in stream order. */
+    void (*copy)(void *dst, const void *src, size_t bytes);
 };
 
 /* The CPU backend (always built). */

@@ -26,7 +26,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: anvil plan --model PRESET_OR_DIR [--method full|lora|qlora] [--batch B] [--seq T]\n"
-               "                  [--recompute 0|1|2] [--lora-r R] [--gpu NAME] [--world N --zero 0|1|2]\n"
+               "                  [--recompute 0|1|2] [--lora-r R] [--gpu NAME] [--world N --zero 0|1|2|3]\n"
                "                  [--device cuda|cuda-fp32|cpu] [--json FILE]\n"
                "  Predicted peak memory of one training step, by what holds it, and the largest micro-batch\n"
                "  that fits on common GPUs. Defaults: --method full, --batch 1, --seq the model's window,\n"
@@ -79,8 +79,8 @@ int cmd_plan(int argc, char **argv)
         fprintf(stderr, "anvil: plan: %s\n", err_get());
         return 1;
     }
-    if (s.recompute > 2 || s.zero > 2) {
-        fprintf(stderr, "anvil: plan: --recompute and --zero: expected 0, 1 or 2\n");
+    if (s.recompute > 2 || s.zero > 3) {
+        fprintf(stderr, "anvil: plan: --recompute: expected 0, 1 or 2; --zero: 0, 1, 2 or 3\n");
         return 1;
     }
     if (strcmp(device, "cpu") && strcmp(device, "cuda") && strcmp(device, "cuda-fp32")) {

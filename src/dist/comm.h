@@ -66,7 +66,18 @@ struct Comm {
     /* Close the connections (MPI_Finalize, ncclCommDestroy) and free c. */
     void (*free)(Comm *c);
     void *impl;
+    /* Finer stream order (appended; NULL for host comms, whose ops have finished on return):
+     * mark() names the point of the comm stream reached by the ops queued so far (a number that
+     * increases); compute_after_mark(m) orders the compute work queued from then on after that
+     * point only, not after ops queued later (ZeRO: a layer's gradient bucket or gathered weights,
+     * while later layers' communication still runs). Timed like compute_after_comm. A mark older
+     * than the last COMM_MARKS waits for all queued ops instead. */
+    long (*mark)(Comm *c);
+    void (*compute_after_mark)(Comm *c, long mark);
 };
+
+/* Marks a comm keeps apart (comm_nccl's ring of events). */
+#define COMM_MARKS 64
 
 /* How the ranks find each other (filled from the environment by dist_env_parse, env.h). */
 typedef struct {

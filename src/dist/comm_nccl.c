@@ -81,6 +81,8 @@ typedef struct {
     void *scratch; /* device staging for the host ops */
     size_t scratch_size;
     int rank;
+    cudaEvent_t marks[COMM_MARKS]; /* mark(): the comm stream's points, a ring */
+    long nmarks;
 } Nccl;
 
 int comm_have_nccl(void) { return 1; }
@@ -264,9 +266,9 @@ static void nccl_start_after_compute(Comm *c)
     CU_FATAL(cudaStreamWaitEvent(n->cs, n->ev_compute, 0));
 }
 
-static void nccl_compute_after_comm(Comm *c)
+/* The compute stream waits for event ev of the comm stream, timed by an event pair around the wait. */
+static void compute_wait(Nccl *n, cudaEvent_t ev)
 {
-    Nccl *n = c->impl;
     if (n->npairs == n->cap_pairs) {
         int cap = n->cap_pairs ? 2 * n->cap_pairs : NCCL_PAIRS_INIT;
         n->pairs = xrealloc(n->pairs, sizeof(*n->pairs) * (size_t)cap);
@@ -278,9 +280,33 @@ static void nccl_compute_after_comm(Comm *c)
     }
     cudaEvent_t *p = n->pairs[n->npairs++];
     CU_FATAL(cudaEventRecord(p[0], n->xs)); /* the compute work so far is done */
-    CU_FATAL(cudaEventRecord(n->ev_comm, n->cs));
-    CU_FATAL(cudaStreamWaitEvent(n->xs, n->ev_comm, 0));
+    CU_FATAL(cudaStreamWaitEvent(n->xs, ev, 0));
     CU_FATAL(cudaEventRecord(p[1], n->xs)); /* ... and so is the communication */
+}
+
+static void nccl_compute_after_comm(Comm *c)
+{
+    Nccl *n = c->impl;
+    CU_FATAL(cudaEventRecord(n->ev_comm, n->cs));
+    compute_wait(n, n->ev_comm);
+}
+
+static long nccl_mark(Comm *c)
+{
+    Nccl *n = c->impl;
+    CU_FATAL(cudaEventRecord(n->marks[n->nmarks % COMM_MARKS], n->cs));
+    return n->nmarks++;
+}
+
+static void nccl_compute_after_mark(Comm *c, long mark)
+{
+    Nccl *n = c->impl;
+    if (mark < 0 || mark >= n->nmarks) return;
+    if (mark < n->nmarks - COMM_MARKS) { /* its event was recorded again since: wait for everything */
+        nccl_compute_after_comm(c);
+        return;
+    }
+    compute_wait(n, n->marks[mark % COMM_MARKS]);
 }
 
 static double nccl_take_exposed(Comm *c)
@@ -310,6 +336,7 @@ static void nccl_free(Comm *c)
     }
     cudaEventDestroy(n->ev_compute);
     cudaEventDestroy(n->ev_comm);
+    for (int i = 0; i < COMM_MARKS; i++) cudaEventDestroy(n->marks[i]);
     cudaStreamDestroy(n->cs);
     if (n->scratch) cudaFree(n->scratch);
     free(n->pairs);
@@ -347,6 +374,7 @@ Comm *comm_nccl_create(const CommSetup *s)
                 .all_gather = nccl_all_gather, .broadcast = nccl_broadcast, .barrier = nccl_barrier,
                 .host_all_gather = nccl_host_all_gather, .start_after_compute = nccl_start_after_compute,
                 .compute_after_comm = nccl_compute_after_comm, .take_exposed_s = nccl_take_exposed,
+                .mark = nccl_mark, .compute_after_mark = nccl_compute_after_mark,
                 .free = nccl_free, .impl = n};
     n->rank = s->rank;
     n->xs = (cudaStream_t)cuda_stream();
@@ -356,6 +384,8 @@ Comm *comm_nccl_create(const CommSetup *s)
         e = cudaEventCreateWithFlags(&n->pend[i].ev, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&n->ev_compute, cudaEventDisableTiming);
     if (e == cudaSuccess) e = cudaEventCreateWithFlags(&n->ev_comm, cudaEventDisableTiming);
+    for (int i = 0; e == cudaSuccess && i < COMM_MARKS; i++)
+        e = cudaEventCreateWithFlags(&n->marks[i], cudaEventDisableTiming);
     if (e != cudaSuccess) {
         err_set("the comm stream: %s", cudaGetErrorString(e));
         free(n);

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "model/model.h"
 
 static const char *env_get(const char *name) { return getenv(name); }
 
@@ -44,11 +45,8 @@ int dist_init_env(Dist *d, const DistOptions *o)
     if (dist_env_parse(&d->env, env_get)) return err_prefix("dist");
     d->rank = d->env.rank;
     d->world = d->env.world;
-    if (o->zero < 0 || o->zero > 2)
-        return err_set("dist.zero: %d is not available: 0 (data parallel), 1 or 2%s", o->zero,
-                       o->zero == 3 ? " (ZeRO-3, sharded parameters, is not yet implemented: phase 2 of the distributed "
-                                      "work, docs/distributed.md)"
-                                    : "");
+    if (o->zero < 0 || o->zero > 3)
+        return err_set("dist.zero: %d is not available: 0 (data parallel), 1, 2 or 3", o->zero);
     if (d->env.launcher != DIST_LAUNCH_NONE && on_cuda(o) && select_gpu(d)) return -1;
     return 0;
 }
@@ -136,8 +134,29 @@ void dist_setup_params(Dist *d, const ParamTable *pt)
     d->nbuckets = n;
 }
 
+void dist_detach(Dist *d)
+{
+    for (int k = 0; k < 3 && d->ps; k++) {
+        if (d->gslot[k]) d->ps->be->free(d->gslot[k]);
+        if (d->wslot[k]) d->ps->be->free(d->wslot[k]);
+        d->gslot[k] = NULL;
+        d->wslot[k] = NULL;
+    }
+    if (d->ps) { /* the store no longer has views into the slots */
+        free(d->ps->ggroup);
+        free(d->ps->wgroup);
+        d->ps->ggroup = NULL;
+        d->ps->wgroup = NULL;
+    }
+    d->ps = NULL;
+    d->slot_bytes = 0;
+}
+
 void dist_free(Dist *d)
 {
+    dist_detach(d);
+    free(d->hooks);
+    free(d->hook_err);
     if (d->comm) d->comm->free(d->comm);
     free(d->lo);
     free(d->hi);
@@ -155,23 +174,28 @@ static void bucket_counts(Dist *d, size_t a, size_t e)
     }
 }
 
+/* ZeRO 0/1: queue the buckets (last layer first) that lie at or after segment offset from. */
+static int queue_buckets(Dist *d, size_t from)
+{
+    Comm *c = d->comm;
+    ParamStore *ps = d->ps;
+    int started = 0;
+    for (; d->next_bucket < d->nbuckets && d->bucket[d->next_bucket][0] >= from; d->next_bucket++) {
+        size_t a = d->bucket[d->next_bucket][0], e = d->bucket[d->next_bucket][1];
+        if (!started) c->start_after_compute(c); /* after the backward that wrote them */
+        started = 1;
+        if (c->all_reduce_sum(c, ps->grad + (a - ps->grad_lo), e - a, COMM_F32)) return err_prefix("gradients");
+    }
+    return 0;
+}
+
 int dist_reduce_grads(Dist *d, ParamStore *ps)
 {
     if (!dist_active(d) || !d->n_train) return 0;
-    Comm *c = d->comm;
-    c->start_after_compute(c);
-    for (int b = 0; b < d->nbuckets; b++) {
-        size_t a = d->bucket[b][0], e = d->bucket[b][1];
-        int rc;
-        if (d->opt.zero >= 2) {
-            bucket_counts(d, a, e);
-            rc = c->reduce_scatter_sum(c, ps->grad + a, d->counts, COMM_F32);
-        } else {
-            rc = c->all_reduce_sum(c, ps->grad + a, e - a, COMM_F32);
-        }
-        if (rc) return err_prefix("gradients");
-    }
-    c->compute_after_comm(c);
+    d->ps = ps;
+    if (d->opt.zero <= 1 && queue_buckets(d, 0)) return -1;
+    d->comm->compute_after_comm(d->comm);
+    d->next_bucket = 0;
     return 0;
 }
 
@@ -191,14 +215,8 @@ static int gather_segment(Dist *d, void *base, size_t elem, const char *what)
 
 int dist_gather_weights(Dist *d, ParamStore *ps)
 {
-    if (!dist_active(d) || !d->opt.zero || !d->n_train) return 0;
+    if (!dist_active(d) || !d->opt.zero || d->opt.zero >= 3 || !d->n_train) return 0;
     return gather_segment(d, ps->train_act, ps->be->act_size, "weights");
-}
-
-int dist_gather_master(Dist *d, ParamStore *ps)
-{
-    if (!dist_active(d) || !d->opt.zero || !d->n_train || (void *)ps->master == ps->train_act) return 0;
-    return gather_segment(d, ps->master, sizeof(float), "master weights");
 }
 
 int dist_gather_f64(Dist *d, const double *x, double *all, int n)
@@ -228,3 +246,240 @@ double dist_take_exposed(Dist *d)
 {
     return d && d->comm ? d->comm->take_exposed_s(d->comm) : 0;
 }
+
+/* ---- phase 2: the hooks (model.h ModelHooks), sharded stores ---- */
+
+static size_t group_lo(const Dist *d, int g) { return d->ps->pt->layer_seg[g]; }
+static size_t group_hi(const Dist *d, int g) { return d->ps->pt->layer_seg[g + 1]; }
+
+/* [*a, *e) = this rank's shard within group g; 0 when empty. */
+static int my_part(const Dist *d, int g, size_t *a, size_t *e)
+{
+    *a = MAX(group_lo(d, g), d->my_lo);
+    *e = MIN(group_hi(d, g), d->my_hi);
+    return *e > *a;
+}
+
+/* A hook's collective failed: keep the first message; the step reports it (dist_micro_end). */
+static void hook_fail(Dist *d, const char *what)
+{
+    if (d->hook_rc) return;
+    d->hook_rc = -1;
+    err_prefix("%s", what);
+    free(d->hook_err);
+    d->hook_err = xstrdup(err_get());
+}
+
+static long comm_mark(Comm *c) { return c->mark ? c->mark(c) : 0; }
+static void compute_after_mark(Comm *c, long mark)
+{
+    if (c->compute_after_mark) c->compute_after_mark(c, mark);
+}
+
+/* Elements per collective: dist.bucket_mb of fp32. */
+static size_t bucket_cap(const Dist *d)
+{
+    size_t cap = (size_t)(d->opt.bucket_mb * (1 << 20) / sizeof(float));
+    return cap < PARAM_ALIGN ? PARAM_ALIGN : cap;
+}
+
+/* ZeRO-2/3: slot k's gradients (group g) are reduced: wait for them and keep this rank's part. */
+static void gslot_finish(Dist *d, int k)
+{
+    ParamStore *ps = d->ps;
+    int g = d->gslot_group[k];
+    size_t a, e;
+    if (g < 0) return;
+    if (d->gslot_pending[k]) {
+        compute_after_mark(d->comm, d->gslot_mark[k]);
+        if (my_part(d, g, &a, &e))
+            ps->be->copy(ps->grad + (a - ps->grad_lo), d->gslot[k] + (a - group_lo(d, g)), (e - a) * sizeof(float));
+    }
+    ps->ggroup[g] = NULL;
+    d->gslot_group[k] = -1;
+    d->gslot_pending[k] = 0;
+}
+
+static void hook_grads_begin(void *ctx, int g)
+{
+    Dist *d = ctx;
+    ParamStore *ps = d->ps;
+    if (d->opt.zero < 2 || group_hi(d, g) == group_lo(d, g) || ps->ggroup[g]) return;
+    int k = 0;
+    if (g != 0) { /* slots 1 and 2 in turn: a free one, else the one reduced longest ago */
+        k = d->gslot_group[1] < 0 ? 1 : d->gslot_group[2] < 0 ? 2 : d->gslot_mark[1] <= d->gslot_mark[2] ? 1 : 2;
+        if (!d->gslot_pending[k] && d->gslot_group[k] >= 0)
+            fatal("dist: gradient staging: groups %d and %d at once (internal error)", d->gslot_group[k], g);
+        gslot_finish(d, k);
+    }
+    size_t n = group_hi(d, g) - group_lo(d, g), a, e;
+    /* the backward adds into the slot: zero, with this rank's part holding what the shard has
+     * accumulated so far (the reduction then gives the shard its sum plus every rank's new part) */
+    ps->be->zero(d->gslot[k], n * sizeof(float));
+    if (my_part(d, g, &a, &e))
+        ps->be->copy(d->gslot[k] + (a - group_lo(d, g)), ps->grad + (a - ps->grad_lo), (e - a) * sizeof(float));
+    d->gslot_group[k] = g;
+    ps->ggroup[g] = d->gslot[k];
+}
+
+static void hook_grads_ready(void *ctx, int g)
+{
+    Dist *d = ctx;
+    Comm *c = d->comm;
+    if (d->opt.zero < 2) { /* whole gradients: the buckets this group completes, on the last micro-step */
+        if (d->last_micro && !d->hook_rc && queue_buckets(d, group_lo(d, g))) hook_fail(d, "gradients");
+        return;
+    }
+    int k = g == 0 ? 0 : d->gslot_group[1] == g ? 1 : d->gslot_group[2] == g ? 2 : -1;
+    if (k < 0 || d->gslot_group[k] != g) return; /* no trainable tensor in it */
+    size_t lo = group_lo(d, g), hi = group_hi(d, g), cap = bucket_cap(d);
+    c->start_after_compute(c);
+    for (size_t a = lo; a < hi && !d->hook_rc; a += cap) {
+        size_t e = MIN(hi, a + cap);
+        bucket_counts(d, a, e);
+        if (c->reduce_scatter_sum(c, d->gslot[k] + (a - lo), d->counts, COMM_F32)) hook_fail(d, "gradients");
+    }
+    d->gslot_mark[k] = comm_mark(c);
+    d->gslot_pending[k] = 1;
+    d->ps->ggroup[g] = NULL; /* nothing writes it again in this backward */
+}
+
+/* ZeRO-3: the slot holding group g's weights, or -1. */
+static int wslot_of(const Dist *d, int g)
+{
+    for (int k = 0; k < 3; k++)
+        if (d->wslot_group[k] == g) return k;
+    return -1;
+}
+
+/* ZeRO-3: queue the all-gather of group g's compute weights into a free slot (nothing when it is
+ * held already or no slot is free: a prefetch waits for the next call). */
+static void queue_gather(Dist *d, int g)
+{
+    ParamStore *ps = d->ps;
+    const Backend *be = ps->be;
+    Comm *c = d->comm;
+    if (g < 0 || group_hi(d, g) == group_lo(d, g) || wslot_of(d, g) >= 0) return;
+    int k = g == 0 ? 0 : d->wslot_group[1] < 0 ? 1 : d->wslot_group[2] < 0 ? 2 : -1;
+    if (k < 0 || d->wslot_group[k] >= 0) return;
+    size_t lo = group_lo(d, g), hi = group_hi(d, g), a, e, cap = bucket_cap(d);
+    if (my_part(d, g, &a, &e)) be->copy(act_at(be, d->wslot[k], a - lo), act_at(be, ps->train_act, a - ps->act_lo), (e - a) * be->act_size);
+    c->start_after_compute(c);
+    for (size_t x = lo; x < hi && !d->hook_rc; x += cap) {
+        size_t y = MIN(hi, x + cap);
+        bucket_counts(d, x, y);
+        if (c->all_gather(c, act_at(be, d->wslot[k], x - lo), d->counts, be->act_size)) hook_fail(d, "weights");
+    }
+    d->wslot_mark[k] = comm_mark(c);
+    d->wslot_group[k] = g;
+    d->wslot_queued[k] = 1;
+}
+
+static void hook_weights_need(void *ctx, int g, int next)
+{
+    Dist *d = ctx;
+    if (d->opt.zero < 3) return;
+    if (group_hi(d, g) > group_lo(d, g)) {
+        queue_gather(d, g);
+        int k = wslot_of(d, g);
+        if (k < 0) fatal("dist: ZeRO-3: no layer buffer free for group %d (internal error)", g);
+        if (d->wslot_queued[k]) compute_after_mark(d->comm, d->wslot_mark[k]);
+        d->wslot_queued[k] = 0;
+        d->ps->wgroup[g] = d->wslot[k];
+    }
+    queue_gather(d, next); /* the next layer's gather runs while this one computes */
+}
+
+static void hook_weights_done(void *ctx, int g)
+{
+    Dist *d = ctx;
+    int k = d->opt.zero >= 3 ? wslot_of(d, g) : -1;
+    if (k < 0) return;
+    if (d->wslot_queued[k]) compute_after_mark(d->comm, d->wslot_mark[k]); /* a prefetch not used: settle it */
+    d->wslot_group[k] = -1;
+    d->wslot_queued[k] = 0;
+    d->ps->wgroup[g] = NULL;
+}
+
+struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
+{
+    const ParamTable *pt = ps->pt;
+    const Backend *be = ps->be;
+    int G = pt->n_layer + 2, z = d->opt.zero;
+    d->ps = ps;
+    for (int k = 0; k < 3; k++) d->gslot_group[k] = d->wslot_group[k] = -1;
+    if (z >= 1 && pt->n_train) {
+        int what = PSHARD_MASTER | (z >= 2 ? PSHARD_GRAD : 0) | (z >= 3 ? PSHARD_ACT : 0);
+        params_shard_store(ps, d->my_lo, d->my_hi, what);
+        size_t g0 = pt->layer_seg[1] - pt->layer_seg[0], gmax = 0;
+        for (int g = 1; g < G; g++) gmax = MAX(gmax, pt->layer_seg[g + 1] - pt->layer_seg[g]);
+        size_t size[3] = {g0, gmax, gmax};
+        if (z >= 2) {
+            ps->ggroup = xcalloc((size_t)G, sizeof(float *));
+            for (int k = 0; k < 3; k++)
+                if (size[k]) d->gslot[k] = be->alloc(size[k] * sizeof(float)), d->slot_bytes += size[k] * sizeof(float);
+        }
+        if (z >= 3) {
+            ps->wgroup = xcalloc((size_t)G, sizeof(void *));
+            for (int k = 0; k < 3; k++)
+                if (size[k]) d->wslot[k] = be->alloc(size[k] * be->act_size), d->slot_bytes += size[k] * be->act_size;
+        }
+    }
+    ModelHooks *h = xcalloc(1, sizeof(*h));
+    *h = (ModelHooks){.ctx = d, .grads_ready = hook_grads_ready};
+    if (z >= 2) h->grads_begin = hook_grads_begin;
+    if (z >= 3) h->weights_need = hook_weights_need, h->weights_done = hook_weights_done;
+    d->hooks = h;
+    return h;
+}
+
+void dist_micro_begin(Dist *d, int k, int accum)
+{
+    if (!dist_active(d)) return;
+    d->last_micro = k == accum - 1;
+    if (k == 0) d->next_bucket = 0;
+}
+
+int dist_micro_end(Dist *d)
+{
+    if (!dist_active(d)) return 0;
+    for (int k = 0; k < 3 && d->ps && d->opt.zero >= 2; k++) gslot_finish(d, k);
+    if (d->hook_rc) {
+        d->hook_rc = 0;
+        return err_set("%s", d->hook_err ? d->hook_err : "a collective failed");
+    }
+    return 0;
+}
+
+int dist_params_whole(Dist *d, ParamStore *ps)
+{
+    size_t n = ps->pt->n_train;
+    if (!dist_active(d) || !d->opt.zero || !n || d->whole) return 0;
+    if (ps->master_n == n || (ps->master_alias && ps->act_n == n)) return 0; /* it serves every tensor now */
+    const Backend *be = ps->be;
+    d->whole = be->alloc(n * sizeof(float));
+    be->copy(d->whole + ps->master_lo, ps->master, ps->master_n * sizeof(float));
+    d->saved_master = ps->master;
+    d->saved_lo = ps->master_lo;
+    d->saved_n = ps->master_n;
+    d->saved_alias = ps->master_alias;
+    ps->master = d->whole;
+    ps->master_lo = 0;
+    ps->master_n = n;
+    ps->master_alias = 0;
+    return gather_segment(d, d->whole, sizeof(float), "master weights");
+}
+
+void dist_params_reshard(Dist *d, ParamStore *ps)
+{
+    if (!d->whole) return;
+    ps->be->copy(d->saved_master, d->whole + d->saved_lo, d->saved_n * sizeof(float));
+    ps->be->free(d->whole);
+    ps->master = d->saved_master;
+    ps->master_lo = d->saved_lo;
+    ps->master_n = d->saved_n;
+    ps->master_alias = d->saved_alias;
+    d->whole = NULL;
+}
+
+size_t dist_slot_bytes(const Dist *d) { return d ? d->slot_bytes : 0; }

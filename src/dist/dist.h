@@ -23,9 +23,11 @@
 #include "dist/env.h"
 #include "model/params.h"
 
+struct ModelHooks;
+
 /* dist.* keys (train_config.h) the layer needs. */
 typedef struct {
-    int zero;          /* 0, 1, 2 */
+    int zero;          /* 0, 1, 2, 3 */
     double timeout_s;  /* dist.timeout_s */
     double bucket_mb;  /* dist.bucket_mb: MiB of fp32 gradient per bucket */
     const char *comm;  /* dist.comm: auto, tcp, mpi, nccl */
@@ -45,6 +47,27 @@ typedef struct {
     size_t (*bucket)[2]; /* [begin, end) of each bucket, last layer first */
     int nbuckets;
     size_t *counts;      /* world, scratch */
+
+    /* The store the hooks work on (dist_attach) and the hooks (model.h ModelHooks). */
+    ParamStore *ps;
+    struct ModelHooks *hooks;
+    int last_micro;      /* the current micro-step is its step's last (ZeRO 0/1 reduce only then) */
+    int next_bucket;     /* ZeRO 0/1: the buckets queued so far in this step's reduction */
+    int hook_rc;         /* -1 when a hook's collective failed; its message in hook_err */
+    char *hook_err;
+    /* ZeRO-2/3: gradient staging (slot 0 for group 0, slots 1 and 2 for the others, in turn);
+     * ZeRO-3: gathered layers (the same three slots). Each slot holds one group or none (-1). */
+    float *gslot[3];
+    int gslot_group[3], gslot_pending[3];
+    long gslot_mark[3];
+    void *wslot[3];
+    int wslot_group[3], wslot_queued[3];
+    long wslot_mark[3];
+    size_t slot_bytes;   /* backend bytes of the slots above */
+    /* dist_params_whole: the whole fp32 master while a checkpoint is read or written */
+    float *whole, *saved_master;
+    size_t saved_lo, saved_n;
+    int saved_alias;
 } Dist;
 
 /* Read the environment (env.h) and, for CUDA ranks, make device 0 this rank's GPU
@@ -60,12 +83,33 @@ void dist_free(Dist *d);
  * also with one rank, so that `anvil launch --nproc 1` runs the distributed code path. */
 static inline int dist_active(const Dist *d) { return d && d->active; }
 
-/* The gradient collective after the last micro-step (see above). */
+/* Shard the store as the stage keeps it (after the optimizer exists; docs/distributed.md "What each
+ * ZeRO stage keeps per GPU"): ZeRO >= 1 the fp32 master, ZeRO >= 2 the gradient (plus staging
+ * buffers of one group and two layers), ZeRO-3 the compute copy (plus buffers of the gathered
+ * embeddings and two layers). Returns the hooks to set as the model's (Model.hooks): they queue each
+ * group's gradient reduction as backward finishes it, and ZeRO-3's per-layer all-gathers. */
+struct ModelHooks *dist_attach(Dist *d, ParamStore *ps);
+/* Free the buffers of dist_attach and the store's views into them (before the model is freed). */
+void dist_detach(Dist *d);
+/* Before micro-step k of a step of accum: ZeRO 0/1 reduce during the last one's backward only. */
+void dist_micro_begin(Dist *d, int k, int accum);
+/* After a micro-step's backward: ZeRO-2/3 wait for its gradient buckets and add them into this
+ * rank's shard. -1 with err_set() when a collective of the hooks failed. */
+int dist_micro_end(Dist *d);
+/* The gradient collective after the last micro-step (see above): what the hooks have not queued
+ * yet, then the compute waits for the communication. */
 int dist_reduce_grads(Dist *d, ParamStore *ps);
-/* ZeRO >= 1: every rank's updated shard of the compute weights to every rank. */
+/* ZeRO 1/2: every rank's updated shard of the compute weights to every rank (ZeRO-3 keeps them
+ * sharded). */
 int dist_gather_weights(Dist *d, ParamStore *ps);
-/* ZeRO >= 1 on a backend whose compute copy is not the master: the fp32 master too. */
-int dist_gather_master(Dist *d, ParamStore *ps);
+/* ZeRO >= 1: make the store whole for reading or writing every tensor (params_download /
+ * params_upload: a checkpoint, a resume): the fp32 master all-gathered into a temporary buffer
+ * (nothing when the store already serves every tensor). dist_params_reshard() keeps this rank's
+ * shard of it (with any values uploaded meanwhile) and frees the buffer. */
+int dist_params_whole(Dist *d, ParamStore *ps);
+void dist_params_reshard(Dist *d, ParamStore *ps);
+/* Backend bytes of the staging and layer buffers (ZeRO-2/3). */
+size_t dist_slot_bytes(const Dist *d);
 /* x[i] = the sum over the ranks of x[i] (n host doubles), added in rank order, so that every rank
  * gets the same bits. */
 int dist_sum_f64(Dist *d, double *x, int n);

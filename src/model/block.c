@@ -75,12 +75,18 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     const ParamStore *ps = &m->ps;
     int N = B * T, C = c->d_model, L = c->n_layer;
     LayerActs *a0 = &bufs->la[0];
+    int head = model_head_group(m); /* the groups (hooks, model.h): 0 embeddings, 1 + l block l */
+    model_weights_need(m, 0, 1);
     be->embed_fwd(a0->res, tokens, params_w(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    model_weights_need(m, 1, 2);
     be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
                  params_w(ps, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
+    if (head != 0) model_weights_done(m, 0); /* a tied wte is the head too (model_forward releases it) */
     for (int l = 0; l < L; l++) {
         LayerActs *a = &bufs->la[bufs->shared ? 0 : l];
+        model_weights_need(m, 1 + l, 2 + l);
         block_fwd(m, l, a, B, T, ctx, bufs->scratch);
+        model_weights_need(m, 2 + l, 2 + l <= L ? 3 + l : -1); /* the next ln1, or the final norm */
         /* next block's input x' = x2 + mlp, fused with its first norm (or the final norm) */
         if (l + 1 < L) {
             LayerActs *n = &bufs->la[bufs->shared ? 0 : l + 1];
@@ -91,6 +97,7 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
             be->add_norm_fwd(bufs->res_final, bufs->lnf, bufs->lnf_mean, bufs->lnf_rstd, a->res2, bufs->scratch,
                              params_w(ps, m->lnf_w), params_w(ps, m->lnf_b), N, C, c->norm_eps, is_rms(m));
         }
+        model_weights_done(m, 1 + l);
     }
 }
 

@@ -10,14 +10,15 @@ typedef struct {
     float *dw;
 } LinearWeight;
 
-/* The switch on the weight's kind, written once. */
-static LinearWeight linear_weight(const ParamStore *ps, int idx)
+/* The switch on the weight's kind, written once. The gradient only for a backward (bwd 1): a
+ * sharded run (ZeRO-2/3) has a layer's gradient buffer only while its backward runs. */
+static LinearWeight linear_weight_at(const ParamStore *ps, int idx, int bwd)
 {
     LinearWeight lw = {0};
     switch (ps->pt->p[idx].kind) {
     case PARAM_TRAIN:
         lw.w = params_w(ps, idx);
-        lw.dw = params_g(ps, idx);
+        lw.dw = bwd ? params_g(ps, idx) : NULL;
         break;
     case PARAM_FROZEN:
         lw.w = params_w(ps, idx);
@@ -31,6 +32,9 @@ static LinearWeight linear_weight(const ParamStore *ps, int idx)
     }
     return lw;
 }
+
+static LinearWeight linear_weight(const ParamStore *ps, int idx) { return linear_weight_at(ps, idx, 1); }
+static LinearWeight linear_weight_fwd(const ParamStore *ps, int idx) { return linear_weight_at(ps, idx, 0); }
 
 /* x as the adapters see it: dropout(x) into lb->xd when training with dropout, else x itself. The
  * seed is the product's own (lb->seed) mixed with the site, so each adapter draws its own mask, as
@@ -104,7 +108,7 @@ Linear linear_make(const ParamTable *pt, int w, int b)
 void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N, const LinearBufs *lb)
 {
     check_bufs(ps, L, lb);
-    LinearWeight w = linear_weight(ps, L->w);
+    LinearWeight w = linear_weight_fwd(ps, L->w);
     ps->be->matmul_fwd(out, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
     if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb);
 }
@@ -127,7 +131,7 @@ void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre
         ps->be->gelu_fwd(act, pre, (size_t)N * L->out);
         return;
     }
-    LinearWeight w = linear_weight(ps, L->w);
+    LinearWeight w = linear_weight_fwd(ps, L->w);
     ps->be->matmul_gelu_fwd(act, pre, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
 }
 
@@ -150,7 +154,7 @@ void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void
                       const int32_t *targets, int N, float dscale)
 {
     if (L->n_adapters) fatal("linear: adapters on the output head are not supported (internal error)");
-    LinearWeight w = linear_weight(ps, L->w);
+    LinearWeight w = dscale != 0 ? linear_weight(ps, L->w) : linear_weight_fwd(ps, L->w);
     ps->be->lm_head_xent(losses, dscale != 0 ? dinp : NULL, dscale != 0 ? w.dw : NULL, inp, w.w, targets, N,
                          L->in, L->out, dscale);
 }

@@ -456,6 +456,13 @@ static StackBufs train_bufs(Model *m)
                        .scratch = m->dres}; /* backward scratch is free during the forward */
 }
 
+/* The forward is done with the final norm and the head (backward gathers the final norm again). */
+static void head_done(const Model *m)
+{
+    model_weights_done(m, m->cfg.n_layer + 1);
+    if (model_head_group(m) == 0) model_weights_done(m, 0);
+}
+
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
                     int *n_valid)
 {
@@ -482,7 +489,12 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
             m->act_bytes += after - before;
         }
         linear_fwd(&m->ps, &m->head, m->logits, m->lnf, N, NULL);
+        head_done(m);
         return 0.0f;
+    }
+    if (loss_scale != 0) { /* the head's backward comes with the loss: its gradients start here */
+        model_grads_begin(m, c->n_layer + 1);
+        if (model_head_group(m) == 0) model_grads_begin(m, 0);
     }
     /* output layer + loss, and when training already their backward: dlnf into dbuf1 (where
      * model_backward starts) and the head's gradient */
@@ -500,6 +512,7 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
     } else {
         linear_head_xent(&m->ps, &m->head, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
     }
+    head_done(m);
     be->download(m->losses_host, m->losses, (size_t)N * sizeof(float));
     double sum = 0;
     int valid = 0;
@@ -526,14 +539,25 @@ void model_backward(Model *m)
     void *dres = m->dres, *d1 = m->dbuf1, *d2 = m->dbuf2;
 
     /* d1 = dlnf and the head's gradient were made with the loss (linear_head_xent in model_forward) */
+    /* the hooks (model.h) see the groups finish: the head's, each block's from the last, the embeddings' */
+    int L = c->n_layer;
     be->zero(dres, (size_t)N * C * be->act_size);
+    model_weights_need(m, L + 1, L);
     be->norm_bwd(dres, params_g(ps, m->lnf_w), params_g(ps, m->lnf_b), d1, m->res_final, params_w(ps, m->lnf_w),
                  m->lnf_mean, m->lnf_rstd, N, C, c->family == FAMILY_LLAMA);
-    for (int l = c->n_layer - 1; l >= 0; l--) {
+    model_weights_done(m, L + 1);
+    model_grads_ready(m, L + 1);
+    for (int l = L - 1; l >= 0; l--) {
+        model_weights_need(m, 1 + l, l > 0 ? l : -1);
+        model_grads_begin(m, 1 + l);
         block_recompute(m, l, &m->la[l], B, T, m->dbuf2);
         block_bwd(m, l, &m->la[l], B, T, dres, d1, d2);
+        model_weights_done(m, 1 + l);
+        model_grads_ready(m, 1 + l);
     }
+    if (model_head_group(m) != 0) model_grads_begin(m, 0);
     be->embed_bwd(params_g(ps, m->wte), params_g(ps, m->wpe), dres, m->tokens, B, T, C);
+    model_grads_ready(m, 0);
 }
 
 /* ------------------------------------------------------------ accounting */

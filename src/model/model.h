@@ -52,6 +52,27 @@ typedef struct {
     void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h) */
 } LayerActs;
 
+/* Hooks of a sharded run (src/dist/dist.h fills them; NULL members are skipped). g is a group of
+ * the table's layer_seg: 0 the embeddings, 1 + l block l, n_layer + 1 the final norm and head. A
+ * pass calls, in order of use:
+ *   weights_need(g, next)  before group g's weights are first used (ZeRO-3: wait for the gathered
+ *                          copy; next, -1 for none, is the group the pass needs after g: prefetch it)
+ *   weights_done(g)        group g's weights are not used again in this pass
+ *   grads_begin(g)         before the pass first writes group g's gradients (ZeRO-2/3: a staging
+ *                          buffer for them)
+ *   grads_ready(g)         every gradient of group g in this backward has been queued (the
+ *                          reduction may start: the overlap of communication with backward)
+ * The forward with a training loss runs the head's backward, so grads_begin of the head's groups
+ * comes there; model_backward calls grads_ready in the order it finishes the groups: n_layer + 1,
+ * n_layer, ..., 1, then 0 (last: a tied wte gets its gradient from both ends). */
+typedef struct ModelHooks {
+    void *ctx;
+    void (*weights_need)(void *ctx, int g, int next);
+    void (*weights_done)(void *ctx, int g);
+    void (*grads_begin)(void *ctx, int g);
+    void (*grads_ready)(void *ctx, int g);
+} ModelHooks;
+
 typedef struct Model {
     ModelConfig cfg;
     ParamTable pt;
@@ -83,7 +104,28 @@ typedef struct Model {
     float *losses;              /* (N) backend */
     float *losses_host;         /* (N) host */
     double loss_sum;            /* sum of the losses of the last forward with targets */
+    const ModelHooks *hooks;    /* a sharded run's hooks (above), or NULL */
 } Model;
+
+/* The hooks, where set (model.c, block.c). */
+static inline void model_weights_need(const Model *m, int g, int next)
+{
+    if (m->hooks && m->hooks->weights_need) m->hooks->weights_need(m->hooks->ctx, g, next);
+}
+static inline void model_weights_done(const Model *m, int g)
+{
+    if (m->hooks && m->hooks->weights_done) m->hooks->weights_done(m->hooks->ctx, g);
+}
+static inline void model_grads_begin(const Model *m, int g)
+{
+    if (m->hooks && m->hooks->grads_begin) m->hooks->grads_begin(m->hooks->ctx, g);
+}
+static inline void model_grads_ready(const Model *m, int g)
+{
+    if (m->hooks && m->hooks->grads_ready) m->hooks->grads_ready(m->hooks->ctx, g);
+}
+/* The group of the output layer's weight: 0 when tied to wte, n_layer + 1 otherwise. */
+static inline int model_head_group(const Model *m) { return m->head.w == m->wte ? 0 : m->cfg.n_layer + 1; }
 
 /* Create a model on a backend with zeroed parameters, every tensor trainable (call model_init_gpt2
  * or load weights next). Activations are allocated by model_reserve. */

@@ -195,6 +195,8 @@ void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
         ps->train_act = be->act_dtype == DTYPE_F32 ? (void *)ps->master : be->alloc(pt->n_train * be->act_size);
         ps->grad = be->alloc(pt->n_train * sizeof(float));
     }
+    ps->master_n = ps->act_n = ps->grad_n = pt->n_train;
+    ps->master_alias = be->act_dtype == DTYPE_F32;
     if (pt->n_frozen) ps->frozen_act = be->alloc(pt->n_frozen * be->act_size);
     size_t dq = 0;
     for (int i = 0; i < pt->n; i++)
@@ -277,8 +279,8 @@ void params_free(ParamStore *ps)
 {
     const Backend *be = ps->be;
     if (!be) return;
-    if (ps->train_act && ps->train_act != (void *)ps->master) be->free(ps->train_act);
-    if (ps->master) be->free(ps->master);
+    if (ps->train_act) be->free(ps->train_act);
+    if (ps->master && !ps->master_alias) be->free(ps->master);
     if (ps->grad) be->free(ps->grad);
     if (ps->frozen_act) be->free(ps->frozen_act);
     if (ps->q4) {
@@ -295,14 +297,55 @@ void *params_w(const ParamStore *ps, int i)
     if (i < 0) return NULL;
     const Param *p = &ps->pt->p[i];
     if (p->kind == PARAM_NF4) fatal("params_w: %s is 4-bit: use params_w_dense (internal error)", p->name);
-    void *base = p->kind == PARAM_TRAIN ? ps->train_act : ps->frozen_act;
-    return act_at(ps->be, base, p->seg);
+    if (p->kind != PARAM_TRAIN) return act_at(ps->be, ps->frozen_act, p->seg);
+    if (ps->wgroup) {
+        int g = params_group(ps->pt, i);
+        if (!ps->wgroup[g]) fatal("params_w: %s: its layer's weights were not gathered (internal error)", p->name);
+        return act_at(ps->be, ps->wgroup[g], p->seg - ps->pt->layer_seg[g]);
+    }
+    if (p->seg < ps->act_lo || p->seg + p->numel > ps->act_lo + ps->act_n)
+        fatal("params_w: %s lies outside this rank's shard of the weights (internal error)", p->name);
+    return act_at(ps->be, ps->train_act, p->seg - ps->act_lo);
 }
 
 float *params_g(const ParamStore *ps, int i)
 {
     if (i < 0 || ps->pt->p[i].kind != PARAM_TRAIN) return NULL;
-    return ps->grad + ps->pt->p[i].seg;
+    const Param *p = &ps->pt->p[i];
+    if (ps->ggroup) {
+        int g = params_group(ps->pt, i);
+        if (!ps->ggroup[g]) fatal("params_g: %s: its layer has no gradient buffer now (internal error)", p->name);
+        return ps->ggroup[g] + (p->seg - ps->pt->layer_seg[g]);
+    }
+    if (p->seg < ps->grad_lo || p->seg + p->numel > ps->grad_lo + ps->grad_n)
+        fatal("params_g: %s lies outside this rank's shard of the gradients (internal error)", p->name);
+    return ps->grad + (p->seg - ps->grad_lo);
+}
+
+/* [*a, *e) = [seg, seg + n) clipped to [lo, lo + len); 0 when empty. */
+static int clip_range(size_t seg, size_t n, size_t lo, size_t len, size_t *a, size_t *e)
+{
+    *a = MAX(seg, lo);
+    *e = MIN(seg + n, lo + len);
+    return *e > *a;
+}
+
+static int store_is_whole(const ParamStore *ps)
+{
+    size_t n = ps->pt->n_train;
+    return !ps->master_lo && !ps->act_lo && ps->master_n == n && ps->act_n == n;
+}
+
+/* A trainable tensor into a sharded store: the parts of the master and of the compute copy the
+ * store holds (the compute copy converted from the host values, as cast_to_act would). */
+static void upload_train_part(ParamStore *ps, const Param *p, const float *host)
+{
+    const Backend *be = ps->be;
+    size_t a, e;
+    if (!ps->master_alias && clip_range(p->seg, p->numel, ps->master_lo, ps->master_n, &a, &e))
+        be->upload(ps->master + (a - ps->master_lo), host + (a - p->seg), (e - a) * sizeof(float));
+    if (clip_range(p->seg, p->numel, ps->act_lo, ps->act_n, &a, &e))
+        be->upload_act(act_at(be, ps->train_act, a - ps->act_lo), host + (a - p->seg), e - a);
 }
 
 void params_upload(ParamStore *ps, int i, const float *host)
@@ -311,6 +354,8 @@ void params_upload(ParamStore *ps, int i, const float *host)
     const Backend *be = ps->be;
     if (p->kind == PARAM_NF4) {
         q4_quantize_upload(ps, i, host);
+    } else if (p->kind == PARAM_TRAIN && !store_is_whole(ps)) {
+        upload_train_part(ps, p, host);
     } else if (p->kind == PARAM_TRAIN) {
         be->upload(ps->master + p->seg, host, p->numel * sizeof(float));
         if (ps->train_act != (void *)ps->master)
@@ -328,18 +373,27 @@ void params_download(const ParamStore *ps, int i, float *host)
         be->download_act(host, params_w_dense(ps, i), p->numel);
         return;
     }
-    if (p->kind == PARAM_TRAIN) be->download(host, ps->master + p->seg, p->numel * sizeof(float));
-    else be->download_act(host, act_at(be, ps->frozen_act, p->seg), p->numel);
+    if (p->kind == PARAM_TRAIN) {
+        size_t a, e;
+        if (clip_range(p->seg, p->numel, ps->master_lo, ps->master_n, &a, &e) && e - a == p->numel)
+            be->download(host, ps->master + (p->seg - ps->master_lo), p->numel * sizeof(float));
+        else if (ps->master_alias && clip_range(p->seg, p->numel, ps->act_lo, ps->act_n, &a, &e) && e - a == p->numel)
+            be->download(host, (const float *)ps->train_act + (p->seg - ps->act_lo), p->numel * sizeof(float));
+        else
+            fatal("params_download: %s is sharded over the ranks (internal error: gather the master first)", p->name);
+    } else be->download_act(host, act_at(be, ps->frozen_act, p->seg), p->numel);
 }
 
 void params_sync_act(ParamStore *ps)
 {
-    if (ps->train_act != (void *)ps->master) ps->be->cast_to_act(ps->train_act, ps->master, ps->pt->n_train);
+    size_t a, e;
+    if (ps->master_alias || !clip_range(ps->master_lo, ps->master_n, ps->act_lo, ps->act_n, &a, &e)) return;
+    ps->be->cast_to_act(act_at(ps->be, ps->train_act, a - ps->act_lo), ps->master + (a - ps->master_lo), e - a);
 }
 
 void params_zero_grad(ParamStore *ps)
 {
-    if (ps->grad) ps->be->zero(ps->grad, ps->pt->n_train * sizeof(float));
+    if (ps->grad) ps->be->zero(ps->grad, ps->grad_n * sizeof(float));
 }
 
 ParamBytes params_bytes(const ParamStore *ps)
@@ -347,9 +401,10 @@ ParamBytes params_bytes(const ParamStore *ps)
     const ParamTable *pt = ps->pt;
     size_t as = ps->be->act_size;
     ParamBytes b = {0};
-    b.master = ps->master ? pt->n_train * sizeof(float) : 0;
-    b.grads = ps->grad ? pt->n_train * sizeof(float) : 0;
-    b.weights = (ps->train_act && ps->train_act != (void *)ps->master ? pt->n_train * as : 0) +
+    /* an fp32 compute copy is the master (counted as master) */
+    b.master = !ps->master ? 0 : ps->master_alias ? ps->act_n * sizeof(float) : ps->master_n * sizeof(float);
+    b.grads = ps->grad ? ps->grad_n * sizeof(float) : 0;
+    b.weights = (ps->train_act && !ps->master_alias ? ps->act_n * as : 0) +
                 (ps->frozen_act ? pt->n_frozen * as : 0) + ps->q4_bytes;
     if (ps->dq) {
         size_t dq = 0;
@@ -358,4 +413,60 @@ ParamBytes params_bytes(const ParamStore *ps)
         b.scratch = dq * as;
     }
     return b;
+}
+
+int params_group(const ParamTable *pt, int i)
+{
+    size_t seg = pt->p[i].seg;
+    /* the last g with layer_seg[g] <= seg: the tensor's own group (a later one starts past it) */
+    int lo = 0, hi = pt->n_layer + 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (pt->layer_seg[mid] <= seg) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* A new buffer of the part [lo, hi) of a buffer that holds [old_lo, old_lo + old_n), elem bytes per
+ * element, the values copied; the old buffer freed. */
+static void *keep_part(const Backend *be, void *old, size_t old_lo, size_t elem, size_t lo, size_t hi, int copy)
+{
+    void *nb = hi > lo ? be->alloc((hi - lo) * elem) : NULL;
+    if (copy && nb) be->copy(nb, (char *)old + (lo - old_lo) * elem, (hi - lo) * elem);
+    if (old) be->free(old);
+    return nb;
+}
+
+void params_shard_store(ParamStore *ps, size_t lo, size_t hi, int what)
+{
+    const Backend *be = ps->be;
+    if (!ps->pt->n_train) return;
+    if (lo < ps->act_lo || hi > ps->act_lo + ps->act_n || (!ps->master_alias && (lo < ps->master_lo || hi > ps->master_lo + ps->master_n)))
+        fatal("params_shard_store: [%zu, %zu) is not held (internal error)", lo, hi);
+    if (what & PSHARD_ACT) {
+        ps->train_act = keep_part(be, ps->train_act, ps->act_lo, be->act_size, lo, hi, 1);
+        ps->act_lo = lo;
+        ps->act_n = hi - lo;
+        if (ps->master_alias) { /* the master was inside the old copy: it is the new one */
+            ps->master = ps->train_act;
+            ps->master_lo = lo;
+            ps->master_n = hi - lo;
+        }
+    }
+    if (what & PSHARD_MASTER) {
+        if (ps->master_alias) {
+            ps->master = (float *)ps->train_act + (lo - ps->act_lo);
+        } else {
+            ps->master = keep_part(be, ps->master, ps->master_lo, sizeof(float), lo, hi, 1);
+        }
+        ps->master_lo = lo;
+        ps->master_n = hi - lo;
+    }
+    if (what & PSHARD_GRAD) {
+        ps->grad = keep_part(be, ps->grad, ps->grad_lo, sizeof(float), lo, hi, 0);
+        if (ps->grad) be->zero(ps->grad, (hi - lo) * sizeof(float));
+        ps->grad_lo = lo;
+        ps->grad_n = hi - lo;
+    }
 }

@@ -131,7 +131,29 @@ typedef struct {
     void *dq;         /* act scratch of the largest 4-bit tensor: where a product dequantizes it */
     size_t q4_bytes;
     int q4_type, q4_blocksize, q4_double; /* how params_upload quantizes (Q4Type, block, nested) */
+    /* ZeRO (src/dist, params_shard_store): the part of the trainable segment each buffer holds,
+     * [x_lo, x_lo + x_n); a whole store (what params_alloc makes) has lo 0 and n n_train for all. */
+    size_t master_lo, master_n;
+    size_t act_lo, act_n;   /* train_act (ZeRO-3: this rank's shard) */
+    size_t grad_lo, grad_n; /* grad (ZeRO-2/3: this rank's shard) */
+    int master_alias;       /* master lies inside train_act (fp32 compute): no buffer of its own */
+    /* Per group of the table's layer_seg (n_layer + 2), while a run holds that group's compute
+     * copy or gradient elsewhere: a buffer holding [layer_seg[g], layer_seg[g + 1]) of the segment
+     * (ZeRO-3: the gathered layer; ZeRO-2/3: the staging bucket the backward writes). NULL array:
+     * train_act / grad serve every tensor; a NULL entry: the group is not available now, and
+     * touching it is an internal error (fatal), never a read of stale memory. */
+    void **wgroup;
+    float **ggroup;
 } ParamStore;
+
+/* The group of layer_seg that trainable tensor i lies in (0 embeddings, 1 + l block l, n_layer + 1
+ * the final norm and head). */
+int params_group(const ParamTable *pt, int i);
+/* Keep only [lo, hi) of the trainable segment in the buffers named by what (PSHARD_*): their
+ * values over [lo, hi) are kept (copied into smaller buffers; a gradient is zeroed), the rest is
+ * freed. On an fp32 backend the master stays inside the compute copy. */
+enum { PSHARD_MASTER = 1, PSHARD_ACT = 2, PSHARD_GRAD = 4 };
+void params_shard_store(ParamStore *ps, size_t lo, size_t hi, int what);
 
 /* Allocate every segment the table's kinds need (zero-filled); nothing for a kind with no tensor. */
 void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt);

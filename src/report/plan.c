@@ -68,6 +68,7 @@ static Backend plan_backend(int act_size)
     be.zero = nop_zero;
     be.upload = nop_copy;
     be.download = nop_copy;
+    be.copy = nop_copy;
     be.sync = nop_sync;
     be.cast_to_act = nop_cast;
     be.upload_act = nop_up_act;
@@ -152,14 +153,25 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         return -1;
     }
     Optimizer o;
-    optim_init(&o, m, 0.0f);
+    int world = s->world > 1 ? s->world : 1;
+    size_t lo = 0, hi = m->pt.n_train, slots = 0;
+    if (s->zero >= 1 && world > 1 && m->pt.n_train) { /* rank 0's store as dist_attach shards it */
+        const ParamTable *pt = &m->pt;
+        params_shard(pt, 0, world, &lo, &hi);
+        params_shard_store(&m->ps, lo, hi, PSHARD_MASTER | (s->zero >= 2 ? PSHARD_GRAD : 0) | (s->zero >= 3 ? PSHARD_ACT : 0));
+        /* the staging (ZeRO-2/3: fp32 gradients of the embeddings and of two layers) and the
+         * gathered weights (ZeRO-3: the same three groups in the compute type) */
+        size_t g0 = pt->layer_seg[1] - pt->layer_seg[0], gmax = 0;
+        for (int g = 1; g < pt->n_layer + 2; g++) gmax = MAX(gmax, pt->layer_seg[g + 1] - pt->layer_seg[g]);
+        if (s->zero >= 2) slots += (g0 + 2 * gmax) * sizeof(float);
+        if (s->zero >= 3) slots += (g0 + 2 * gmax) * (size_t)s->act_size;
+    }
+    optim_init_range(&o, m, 0.0f, lo, hi);
     MemReport mr;
     model_mem_report(m, optim_bytes(&o), &mr);
     /* the 4-bit states are uploaded at load, not at creation: add them to the weights */
     mr.weights += q4;
-    int world = s->world > 1 ? s->world : 1;
-    if (s->zero >= 1) mr.optim /= (size_t)world;
-    if (s->zero >= 2) mr.grads /= (size_t)world;
+    mr.workspace += slots;
     int head_trains = m->pt.p[m->head.w].kind == PARAM_TRAIN;
     if (s->gpu) mr.workspace += plan_workspace(c, s, head_trains); /* beside the store's own scratch */
     mr.peak = mr.weights + mr.master + mr.grads + mr.optim + mr.acts + mr.workspace;

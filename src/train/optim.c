@@ -48,8 +48,11 @@ void optim_step(Optimizer *o, Model *m, const AdamHyper *h)
 {
     if (!o->nt) return;
     ParamStore *ps = &m->ps;
-    m->be->adamw(ps->master + o->lo, act_at(m->be, ps->train_act, o->lo), ps->grad + o->lo, o->m, o->v, o->t, o->nt,
-                 h);
+    /* the store may hold only a shard of each buffer (ZeRO, params_shard_store): offsets from its lo */
+    if (o->lo < ps->master_lo || o->lo < ps->act_lo || o->lo < ps->grad_lo)
+        fatal("optim_step: the store does not hold the optimizer's part (internal error)");
+    m->be->adamw(ps->master + (o->lo - ps->master_lo), act_at(m->be, ps->train_act, o->lo - ps->act_lo),
+                 ps->grad + (o->lo - ps->grad_lo), o->m, o->v, o->t, o->nt, h);
 }
 
 size_t optim_bytes(const Optimizer *o) { return 2 * o->n * sizeof(float); }

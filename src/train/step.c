@@ -38,16 +38,18 @@ int train_step_dist(Model *m, Optimizer *o, Dist *d, const StepBatch *b, const S
     for (int k = 0; k < b->accum; k++) {
         /* a dropout stream per (seed, step, micro-step): a resumed run draws the same masks */
         m->dropout_seed = (h->seed * 0x9e3779b97f4a7c15ULL + (uint64_t)h->step) * 4096u + (uint64_t)k;
+        if (dp) dist_micro_begin(d, k, b->accum);
         model_forward(m, b->in[k], b->tg[k], b->B, b->T, (float)(1.0 / (double)scored), NULL);
         loss_sum += m->loss_sum;
         model_backward(m);
+        if (dp && dist_micro_end(d)) return -1;
     }
-    /* only the last micro-step's gradient is reduced (the model's backward has no per-layer hook
-     * yet, so the buckets start when backward has been queued) */
+    /* the model's hooks (dist_attach) queued each group's reduction as backward finished it: ZeRO
+     * 0/1 on the last micro-step only, ZeRO-2/3 on every one (each rank keeps only its shard) */
     if (dp && dist_reduce_grads(d, &m->ps)) return -1;
     double sums[2] = {loss_sum, 0}, gnorm;
     if (dp && d->opt.zero >= 2) { /* each rank holds its shard's summed gradient only */
-        sums[1] = d->my_hi > d->my_lo ? be->sumsq(m->ps.grad + d->my_lo, d->my_hi - d->my_lo) : 0.0;
+        sums[1] = m->ps.grad_n ? be->sumsq(m->ps.grad, m->ps.grad_n) : 0.0;
         if (dist_sum_f64(d, sums, 2)) return -1;
         gnorm = sqrt(sums[1]);
     } else {

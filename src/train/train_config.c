@@ -141,8 +141,9 @@ static const KeyDef keys[] = {
     {"dist.zero", CT_INT, F(dist_zero), "0",
      "With several ranks (anvil launch, mpirun, srun): 0 plain data parallel (every rank keeps the whole state), "
      "1 ZeRO-1 (optimizer moments sharded over the ranks, updated weights all-gathered), 2 ZeRO-2 (also the "
-     "gradients reduce-scattered to their shard). 3 (sharded parameters) is not yet available. "
-     "docs/distributed.md has the bytes per parameter of each."},
+     "gradients reduce-scattered to their shard, kept only for it), 3 ZeRO-3 (also the parameters sharded, "
+     "each layer all-gathered just before use, forward and backward). docs/distributed.md has the bytes per "
+     "parameter of each."},
     {"dist.tp", CT_INT, F(dist_tp), "1", "Tensor-parallel ranks within a node; only 1 for now (tensor parallel is "
                                          "not yet available, docs/distributed.md)."},
     {"dist.timeout_s", CT_FLOAT, F(dist_timeout_s), "600",
@@ -492,10 +493,7 @@ int train_config_validate(const TrainConfig *tc)
     if (tc->lora_r && tc->freeze.n)
         return err_set("model.freeze: with lora.r the whole base is frozen already; leave model.freeze empty");
     if (tc->dist_zero < 0 || tc->dist_zero > 3)
-        return err_set("dist.zero: expected 0, 1 or 2, got %d", tc->dist_zero);
-    if (tc->dist_zero == 3)
-        return err_set("dist.zero: 3 (ZeRO-3, sharded parameters) is not yet implemented (phase 2, docs/distributed.md); "
-                       "use 0, 1 or 2");
+        return err_set("dist.zero: expected 0, 1, 2 or 3, got %d", tc->dist_zero);
     if (tc->dist_tp != 1)
         return err_set("dist.tp: %d: tensor parallel is not yet implemented (phase 2, docs/distributed.md); use 1",
                        tc->dist_tp);

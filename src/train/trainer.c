@@ -127,6 +127,8 @@ static float eval_loss(Model *m, Dist *d, DataLoader *val, int steps, int B, int
     loader_reset(val);
     int rank = dist_active(d) ? d->rank : 0, world = dist_active(d) ? d->world : 1;
     double sums[2] = {0, 0}; /* loss, scored targets */
+    /* ZeRO-3 gathers every layer in every forward: each rank runs as many forwards as rank 0 */
+    int lockstep = dist_active(d) && d->opt.zero >= 3, mine = 0, most = (steps + world - 1) / world;
     for (int i = 0; i < steps; i++) {
         int valid;
         if (loader_next(val, in, tg)) return NAN;
@@ -134,7 +136,9 @@ static float eval_loss(Model *m, Dist *d, DataLoader *val, int steps, int B, int
         model_forward(m, in, tg, B, T, 0.0f, &valid);
         sums[0] += m->loss_sum;
         sums[1] += valid;
+        mine++;
     }
+    for (; lockstep && mine < most; mine++) model_forward(m, in, tg, B, T, 0.0f, NULL); /* not counted */
     if (dist_sum_f64(d, sums, 2)) return NAN;
     return sums[1] > 0 ? (float)(sums[0] / sums[1]) : NAN;
 }
@@ -220,13 +224,14 @@ static int save_checkpoint(Run *r)
     Model *m = r->m;
     Dist *d = &r->dist;
     int dp = dist_active(d), sharded = run_sharded(r), main = d->rank == 0;
-    if (dp && dist_gather_master(d, &m->ps)) return -1; /* every rank's master is whole again */
+    if (dp && dist_params_whole(d, &m->ps)) return -1; /* every rank's master is whole for the save */
     size_t n = r->opt.n ? r->opt.n : 1;
     float *p = xmalloc(m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
     float *master = NULL;
     model_get_params(m, p);
     optim_download(&r->opt, mm, vv);
     if (dp && check_same_weights(r, p)) {
+        dist_params_reshard(d, &m->ps);
         free(p), free(mm), free(vv);
         return -1;
     }
@@ -248,7 +253,7 @@ static int save_checkpoint(Run *r)
         if (!mine && sharded) {
             if (bf16) { /* this rank's fp32 masters, in segment layout */
                 master = xmalloc(n * sizeof(float));
-                m->be->download(master, m->ps.master + r->opt.lo, r->opt.n * sizeof(float));
+                m->be->download(master, m->ps.master + (r->opt.lo - m->ps.master_lo), r->opt.n * sizeof(float));
             }
             CheckpointShard sh = {.rank = d->rank, .world = d->world, .lo = r->opt.lo, .hi = r->opt.hi,
                                   .adam_m = mm, .adam_v = vv, .master = master};
@@ -261,6 +266,7 @@ static int save_checkpoint(Run *r)
         err_prefix("checkpoint %s", final);
         if (main) ckpt_abort(tmp);
     }
+    if (dp) dist_params_reshard(d, &m->ps);
     free(tmp);
     free(final);
     free(p);
@@ -328,6 +334,7 @@ static int resume_from(Run *r, const char *resume_dir)
     note_changes(r, ck);
     if (r->m->adapters ? check_adapter_ckpt(r, ck) : check_model_ckpt(r, ck)) goto out;
     /* an adapter checkpoint holds the adapters only: the base stays as model.init loaded it */
+    if (dist_params_whole(&r->dist, &r->m->ps)) goto out; /* a ZeRO store: whole while the weights load */
     if (r->m->adapters && peft_read_weights(ck, r->m)) goto out;
     model_get_params(r->m, p);
     if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) goto out;
@@ -337,6 +344,7 @@ static int resume_from(Run *r, const char *resume_dir)
     if (!r->quiet) printf("resuming from %s (step %d)\n", ck, r->st.step);
     rc = 0;
 out:
+    dist_params_reshard(&r->dist, &r->m->ps);
     free(p);
     free(mm);
     free(vv);
@@ -609,6 +617,8 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         optim_init_range(&r->opt, r->m, tc->weight_decay, d->my_lo, d->my_hi);
     else
         optim_init(&r->opt, r->m, tc->weight_decay);
+    /* the store as the stage keeps it, and the hooks that reduce (and gather) layer by layer */
+    if (dist_active(d)) r->m->hooks = dist_attach(d, &r->m->ps);
     return 0;
 }
 
@@ -780,9 +790,9 @@ static void print_memory(const Run *r)
     if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
         double P = (double)param_count(&r->m->pt);
         printf("memory per rank (rank 0, dist.zero %d over %d ranks): %.2f bytes per trainable parameter "
-               "(weights %.2f, master %.2f, gradients %.2f, optimizer %.2f)\n",
+               "(weights %.2f, master %.2f, gradients %.2f, optimizer %.2f) + staging %.2f (layer buffers)\n",
                d->opt.zero, d->world, (mr.weights + mr.master + mr.grads + mr.optim) / P, mr.weights / P,
-               mr.master / P, mr.grads / P, mr.optim / P);
+               mr.master / P, mr.grads / P, mr.optim / P, (double)dist_slot_bytes(d) / P);
     }
     fflush(stdout);
 }
@@ -915,6 +925,7 @@ static int run_free(Run *r, int failed)
     if (r->metrics) fclose(r->metrics);
     if (r->m) {
         optim_free(&r->opt);
+        dist_detach(&r->dist);
         model_free(r->m);
     }
     /* after a failure a peer may still be inside a collective: MPI_Finalize / ncclCommDestroy would

@@ -722,6 +722,7 @@ static const Backend cpu_backend = {
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,
     .mem_reset_peak = cpu_mem_reset_peak,
+    .copy = cpu_copy,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

@@ -157,6 +157,11 @@ static void cu_download(void *dst, const void *src, size_t bytes)
 
 static void cu_sync(void) { CUDA_CHECK(cudaStreamSynchronize(g_cu.stream)); }
 
+static void cu_copy(void *dst, const void *src, size_t bytes)
+{
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_cu.stream));
+}
+
 /* ------------------------------------------------------------ conversions */
 
 template <typename Tout, typename Tin> __global__ void convert_kernel(Tout *dst, const Tin *src, size_t n)
@@ -333,6 +338,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->configure = cu_configure;
     be->mem_stats = cu_mem_stats_op;
     be->mem_reset_peak = cuda_mem_reset_peak;
+    be->copy = cu_copy;
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
 }
