@@ -55,9 +55,13 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         if (hf_read_config(tc->model_init, c)) return err_prefix("model.init");
         const char *clash = tc->n_layer ? "n_layer" : tc->n_head ? "n_head" : tc->d_model ? "d_model"
                           : tc->n_kv_head ? "n_kv_head" : tc->d_ff ? "d_ff" : tc->vocab_size ? "vocab_size"
-                          : tc->model_preset[0] ? "preset" : NULL;
+                          : tc->model_preset[0] ? "preset" : tc->moe_experts ? "moe.experts" : tc->moe_top_k ? "moe.top_k"
+                          : tc->moe_d_ff ? "moe.d_ff" : tc->moe_every ? "moe.every" : tc->moe_shared ? "moe.shared_experts"
+                          : tc->moe_norm_topk >= 0 ? "moe.norm_topk_prob" : NULL;
         if (clash) return err_set("model.%s: cannot be combined with model.init (the checkpoint fixes the architecture)", clash);
         if (tc->max_seq_len) c->max_seq_len = tc->max_seq_len;
+        c->moe_aux_coef = tc->moe_aux_coef;
+        c->moe_z_coef = tc->moe_z_coef;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -88,6 +92,15 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (tc->rope_theta > 0) c->rope_theta = tc->rope_theta;
     if (tc->tie_embeddings >= 0) c->tie_embeddings = tc->tie_embeddings;
     if (tc->qkv_bias >= 0) c->qkv_bias = tc->qkv_bias;
+    if (tc->moe_experts) c->moe_experts = tc->moe_experts;
+    if (tc->moe_top_k) c->moe_top_k = tc->moe_top_k;
+    if (tc->moe_d_ff) c->moe_d_ff = tc->moe_d_ff;
+    if (tc->moe_every) c->moe_every = tc->moe_every;
+    if (tc->moe_norm_topk >= 0) c->moe_norm_topk = tc->moe_norm_topk;
+    if (tc->moe_shared < 0) return err_set("model.moe.shared_experts: must be >= 0, got %d", tc->moe_shared);
+    if (tc->moe_shared) c->moe_shared_d_ff = tc->moe_shared * (tc->moe_d_ff ? tc->moe_d_ff : c->moe_d_ff ? c->moe_d_ff : c->d_ff);
+    c->moe_aux_coef = tc->moe_aux_coef;
+    c->moe_z_coef = tc->moe_z_coef;
     if (c->family == FAMILY_GPT2 && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the gpt2 family always ties its head to the embeddings");
     return model_config_finish(c);
