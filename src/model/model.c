@@ -131,7 +131,8 @@ Model *model_create(const ModelConfig *cfg, const Backend *be) { return model_cr
 
 static int is_block_linear(int role)
 {
-    return role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+    return role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W ||
+           role == PROLE_EXP_FC_W || role == PROLE_EXP_PROJ_W || role == PROLE_SH_FC_W || role == PROLE_SH_PROJ_W;
 }
 
 /* The Hugging Face tensors a fused weight is made of (row ranges): llama's q/k/v and gate/up. */
@@ -145,6 +146,9 @@ static void set_parts(Param *p, const ModelConfig *c)
     } else if (p->role == PROLE_FC_W) {
         p->nparts = 2;
         p->part_rows[0] = p->part_rows[1] = c->d_ff;
+    } else if (p->role == PROLE_EXP_FC_W || p->role == PROLE_SH_FC_W) { /* [w1 | w3], [gate_proj | up_proj] */
+        p->nparts = 2;
+        p->part_rows[0] = p->part_rows[1] = p->role == PROLE_EXP_FC_W ? c->moe_d_ff : c->moe_shared_d_ff;
     }
 }
 

@@ -66,6 +66,7 @@ static void add_lora(ParamTable *pt, int *cap, const ModelConfig *c, const LoraS
 {
     for (int s = 0; s < LORA_SITE_COUNT; s++) {
         if (!(lora->sites & (1u << s)) || !lora_site_in_family((LoraSite)s, c->family)) continue;
+        if (cfg_is_moe(c, l) && lora_site_is_mlp((LoraSite)s)) continue; /* no dense MLP here (lora_sites_moe) */
         int role, row0, rows;
         lora_site_rows(c, (LoraSite)s, &role, &row0, &rows);
         int in = role == PROLE_O_W ? cfg_q_dim(c) : role == PROLE_PROJ_W ? c->d_ff : c->d_model;
@@ -198,6 +199,15 @@ size_t param_count_kind(const ParamTable *pt, ParamKind kind)
 }
 
 size_t param_count_all(const ParamTable *pt) { return pt->total; }
+
+size_t param_count_active(const ParamTable *pt, const ModelConfig *c)
+{
+    size_t experts = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].role == PROLE_EXP_FC_W || pt->p[i].role == PROLE_EXP_PROJ_W) experts += pt->p[i].numel;
+    if (!experts) return pt->total;
+    return pt->total - experts + experts / (size_t)c->moe_experts * (size_t)c->moe_top_k;
+}
 
 size_t param_count(const ParamTable *pt) { return param_count_kind(pt, PARAM_TRAIN); }
 

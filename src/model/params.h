@@ -116,6 +116,8 @@ int param_find_lora(const ParamTable *pt, int layer, int site, int ab);
 /* Elements of tensors of one kind, and of all of them. */
 size_t param_count_kind(const ParamTable *pt, ParamKind kind);
 size_t param_count_all(const ParamTable *pt);
+/* Elements a token uses: all, less the routed experts it is not sent to ((E - k) of E per MoE layer). */
+size_t param_count_active(const ParamTable *pt, const ModelConfig *c);
 /* Trainable elements (param_count_kind(PARAM_TRAIN)). */
 size_t param_count(const ParamTable *pt);
 const char *param_kind_name(ParamKind k);

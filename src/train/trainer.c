@@ -568,6 +568,7 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
 {
     if (tc->lora_init[0]) {
         if (peft_read_config(tc->lora_init, cfg, ls, NULL, 0)) return err_prefix("lora.init");
+        if (lora_sites_moe(cfg, &ls->sites, 0)) return err_prefix("lora.init: target_modules");
         if (tc->lora_r && tc->lora_r != ls->r)
             return err_set("lora.r: %d differs from lora.init's r %d (%s)", tc->lora_r, ls->r, tc->lora_init);
         return 0;
@@ -576,6 +577,8 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
     for (int i = 0; i < tc->lora_targets.n; i++) names[i] = tc->lora_targets.item[i];
     *ls = (LoraSpec){.r = tc->lora_r, .alpha = tc->lora_alpha, .rslora = tc->lora_rslora, .dropout = tc->lora_dropout};
     if (lora_sites_parse(names, tc->lora_targets.n, cfg->family, &ls->sites)) return err_prefix("lora.targets");
+    int all = tc->lora_targets.n == 1 && !strcmp(names[0], "all-linear");
+    if (lora_sites_moe(cfg, &ls->sites, all)) return err_prefix("lora.targets");
     return 0;
 }
 
