@@ -3,6 +3,8 @@
 #include "model/moe.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -323,4 +325,74 @@ double moe_flops(const Model *m, int l, int backward)
         f += linear_flops(ps, &p->sh_fc, backward) + linear_flops(ps, &p->sh_proj, backward) +
              linear_flops(ps, &p->sh_gate, backward);
     return f;
+}
+
+/* ---- reports ---- */
+
+static void put(char *buf, size_t n, size_t *o, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void put(char *buf, size_t n, size_t *o, const char *fmt, ...)
+{
+    if (*o >= n) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf + *o, n - *o, fmt, ap);
+    va_end(ap);
+    if (k > 0) *o = *o + (size_t)k < n ? *o + (size_t)k : n;
+}
+
+void moe_metrics_json(const Model *m, char *buf, size_t n, size_t *o)
+{
+    const MoeState *s = m->moe;
+    if (!s || !s->n_fwd) return;
+    int E = m->cfg.moe_experts, L = s->n_moe;
+    double *load = xmalloc((size_t)E * sizeof(double)), *bal = xmalloc((size_t)L * sizeof(double)),
+           *ent = xmalloc((size_t)L * sizeof(double));
+    put(buf, n, o, ", \"aux_loss\": %.6f, \"z_loss\": %.6f, \"expert_load\": [", s->aux_sum / s->n_fwd,
+        s->z_sum / s->n_fwd);
+    for (int j = 0; j < L; j++) {
+        moe_layer_stats(m, j, load, &bal[j], &ent[j]);
+        put(buf, n, o, "%s[", j ? ", " : "");
+        for (int e = 0; e < E; e++) put(buf, n, o, "%s%.5f", e ? ", " : "", load[e]);
+        put(buf, n, o, "]");
+    }
+    put(buf, n, o, "], \"load_balance\": [");
+    for (int j = 0; j < L; j++) put(buf, n, o, "%s%.5f", j ? ", " : "", bal[j]);
+    put(buf, n, o, "], \"routing_entropy_bits\": [");
+    for (int j = 0; j < L; j++) put(buf, n, o, "%s%.5f", j ? ", " : "", ent[j]);
+    put(buf, n, o, "]");
+    free(load), free(bal), free(ent);
+}
+
+/* Bar width of the busiest expert. */
+#define LOAD_BAR_MAX 40
+
+void moe_print_load_table(const Model *m, const double *load, const char *what, FILE *f)
+{
+    const ModelConfig *c = &m->cfg;
+    const MoeState *s = m->moe;
+    if (!s) return;
+    int E = c->moe_experts;
+    fprintf(f, "expert load %s (share of the routed token slots; balance = mean / max, entropy max %.2f bits):\n",
+            what, log2(E));
+    for (int l = 0; l < c->n_layer; l++) {
+        int j = s->moe_index[l];
+        if (j < 0) continue;
+        const double *cnt = load + (size_t)j * E;
+        double tot = 0, mx = 0, h = 0;
+        for (int e = 0; e < E; e++) tot += cnt[e];
+        for (int e = 0; e < E; e++) {
+            double p = tot > 0 ? cnt[e] / tot : 0;
+            mx = p > mx ? p : mx;
+            if (p > 0) h -= p * log2(p);
+        }
+        fprintf(f, "  layer %d: load balance factor %.2f, routing entropy %.2f bits (max %.2f)\n", l,
+                mx > 0 ? 1.0 / E / mx : 0, h, log2(E));
+        for (int e = 0; e < E; e++) {
+            double p = tot > 0 ? cnt[e] / tot : 0;
+            int w = mx > 0 ? (int)lround(LOAD_BAR_MAX * p / mx) : 0;
+            fprintf(f, "    expert %3d: %5.1f%% ", e, 100 * p);
+            for (int k = 0; k < w; k++) fputs("\u2588", f);
+            fputc('\n', f);
+        }
+    }
 }

@@ -16,6 +16,8 @@
 #ifndef ANVIL_MODEL_MOE_H
 #define ANVIL_MODEL_MOE_H
 
+#include <stdio.h>
+
 #include "model/model.h"
 
 /* One MoE layer's activations (LayerActs.moe). The routing part is kept per layer at every
@@ -99,6 +101,13 @@ void moe_stats_reset(Model *m);
 /* Per-layer figures of accumulated statistics: load (E) = each expert's share of the routed rows,
  * balance = mean / max load (1 = even), entropy in bits of the load distribution (log2 E = even). */
 void moe_layer_stats(const Model *m, int moe_layer, double *load, double *balance, double *entropy_bits);
+
+/* The routing statistics accumulated since moe_stats_reset as metrics.jsonl keys (docs/moe.md):
+ * , "aux_loss": mean over forwards, "z_loss", then per MoE layer "expert_load" [[shares]],
+ * "load_balance" [..], "routing_entropy_bits" [..]. Appended to buf (n bytes) at *o, never past n. */
+void moe_metrics_json(const Model *m, char *buf, size_t n, size_t *o);
+/* The per-expert load table of load (n_moe x E routed rows), with bars, to f; what names the span. */
+void moe_print_load_table(const Model *m, const double *load, const char *what, FILE *f);
 
 /* FLOPs per token of the MoE MLP of a layer, counting the k experts a token is routed to. */
 double moe_flops(const Model *m, int l, int backward);

@@ -29,6 +29,7 @@
 #include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
+#include "model/moe.h"
 #include "report/plan.h"
 #include "report/tb.h"
 #include "dist/env.h"
@@ -181,6 +182,8 @@ typedef struct {
     double auto_plan_gib; /* train.batch_size auto: the plan's peak for the chosen batch */
     int overwrite; /* --overwrite: setup_run_dir removes the old run before writing the new one */
     int stop;     /* some rank was interrupted: every rank stops after this step */
+    double *moe_load; /* MoE: routed rows per layer and expert over this process's steps (NULL: dense) */
+    int moe_step0;    /* the first step they count */
 } Run;
 
 /* ZeRO shards the optimizer's files only when several ranks hold parts of it. */
@@ -403,13 +406,14 @@ static void line_add(char *buf, size_t n, size_t *o, const char *fmt, ...)
     if (k > 0) *o = MIN(n, *o + (size_t)k);
 }
 
-#define METRICS_LINE_MAX 4096
+/* One metrics.jsonl line at most (an MoE run's expert_load: 8 characters per layer and expert). */
+#define METRICS_LINE_MAX (1 << 16)
 
 /* One metrics.jsonl line, also given to the TensorBoard writer, so the event files hold exactly
  * the values of metrics.jsonl. */
 static int log_metrics(Run *r, const StepLog *s)
 {
-    char line[METRICS_LINE_MAX];
+    static char line[METRICS_LINE_MAX];
     size_t o = 0, n = sizeof(line);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -428,6 +432,7 @@ static int log_metrics(Run *r, const StepLog *s)
         line_add(line, n, &o, "]");
     }
     if (!isnan(s->val_loss)) line_add(line, n, &o, ", \"val_loss\": %.6f", s->val_loss);
+    moe_metrics_json(r->m, line, n, &o);
     if (s->mcq) {
         const McqResult *mcq = s->mcq;
         line_add(line, n, &o, ", \"mcq_task\": \"%s\", \"mcq_items\": %d, \"mcq_acc\": %.6f", r->tc->eval_mcq_task,
@@ -886,6 +891,7 @@ static int train_loop(Run *r)
         for (int k = 0; k < r->accum; k++)
             if (loader_next(r->train, r->in[k], r->tg[k])) goto out;
         StepBatch b = {.B = B, .T = T, .accum = r->accum, .in = r->in, .tg = r->tg};
+        moe_stats_reset(r->m); /* routing statistics of this step's micro-batches */
         StepHyper h = {.lr = s.lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = step,
                        .grad_clip = tc->grad_clip};
         if (train_step_dist(r->m, &r->opt, dp ? d : NULL, &b, &h, &s.res)) {
@@ -903,6 +909,11 @@ static int train_loop(Run *r)
         }
         s.tps = step_tokens / dt;
         s.ms = dt * 1e3;
+        if (r->m->moe) {
+            size_t nl = (size_t)r->m->moe->n_moe * r->m->cfg.moe_experts;
+            if (!r->moe_load) r->moe_load = xcalloc(nl, sizeof(double)), r->moe_step0 = step;
+            for (size_t k = 0; k < nl; k++) r->moe_load[k] += r->m->moe->load[k];
+        }
         s.mfu = on_gpu ? flops_token * s.tps / (dp ? d->world : 1) / GPU_BF16_PEAK : 0;
         size_t peak;
         r->be->mem_stats(NULL, &peak);
@@ -919,8 +930,15 @@ static int train_loop(Run *r)
         }
     }
     rc = 0;
+    if (r->moe_load && !r->quiet) {
+        char what[64];
+        snprintf(what, sizeof(what), "over steps %d-%d", r->moe_step0, r->st.step);
+        moe_print_load_table(r->m, r->moe_load, what, stdout);
+    }
 out:
     free(peak_ranks);
+    free(r->moe_load);
+    r->moe_load = NULL;
     return rc;
 }
 
