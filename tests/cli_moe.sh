@@ -5,7 +5,7 @@
 #     load_balance and routing_entropy_bits within their ranges; the end of the run prints the
 #     per-expert load table with bars; anvil report reads the run;
 #   - the final checkpoint is a MixtralForCausalLM directory that anvil eval reads back;
-#   - recompute 2 gives the same losses as recompute 0; a Qwen2-MoE-style model (every 2nd layer,
+#   - recompute 2 gives the same losses as recompute 0; a resumed run equals an uninterrupted one; a Qwen2-MoE-style model (every 2nd layer,
 #     a shared expert) trains too; LoRA on an MoE model adapts attention, refuses expert targets;
 #   - bad model.moe.* keys are one clear line each.
 set -u
@@ -78,6 +78,13 @@ check "expert-load figure" ls "$tmp/report"/expert_load_*
 "$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set train.recompute=2 --set out_dir="$tmp/rc2" >/dev/null 2>&1
 "$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set out_dir="$tmp/rc0" >/dev/null 2>&1
 check "recompute 2 = recompute 0" cmp -s <(cut -d, -f2 "$tmp/rc0/metrics.jsonl") <(cut -d, -f2 "$tmp/rc2/metrics.jsonl")
+
+# resume from a mid-run checkpoint: the same losses and routing statistics as the uninterrupted run
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=4 --set checkpoint.every=2 --set out_dir="$tmp/full" >/dev/null 2>&1
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set checkpoint.every=2 --set out_dir="$tmp/half" >/dev/null 2>&1
+"$ANVIL" train --resume "$tmp/half" --set train.steps=4 >/dev/null 2>&1
+strip_speed() { sed 's/"tokens_per_s.*"peak_mem_gib": [0-9.]*//' "$1"; }
+check "resume = uninterrupted (loss, aux, z, loads)" cmp -s <(strip_speed "$tmp/full/metrics.jsonl") <(strip_speed "$tmp/half/metrics.jsonl")
 
 # Qwen2-MoE style: every 2nd layer, a shared expert, q/k/v biases
 if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set model.moe.every=2 --set model.moe.shared_experts=1 \

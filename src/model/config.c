@@ -167,6 +167,8 @@ static int moe_finish(ModelConfig *c)
     if (c->moe_every == 0) c->moe_every = 1;
     if (c->moe_every < 0 || c->moe_every > c->n_layer)
         return err_set("model.moe.every: must be in 1 .. model.n_layer (%d), got %d", c->n_layer, c->moe_every);
+    /* no dense MLP anywhere: d_ff means the experts' width, as Mixtral's intermediate_size does */
+    if (c->moe_every == 1) c->d_ff = c->moe_d_ff;
     if (c->moe_shared_d_ff < 0 || c->moe_shared_d_ff > (1 << 20))
         return err_set("model.moe.shared_experts: the shared width %d is out of range", c->moe_shared_d_ff);
     if (!(c->moe_aux_coef >= 0) || !isfinite(c->moe_aux_coef))
