@@ -18,6 +18,7 @@
 #include "model/model.h"
 #include "dist/comm.h"
 #include "dist/dist.h"
+#include "model/moe.h"
 #include "model/quant4.h"
 #include "train/step.h"
 #include "test.h"
@@ -1134,6 +1135,169 @@ static void test_zero_hooks(void)
                 dist_free(&d);
             }
     set_opts(NULL);
+/* ------------------------------------------------------- mixture of experts */
+
+/* The MoE ops (backend.h moe_*) against the CPU on the same (rounded) inputs: routing (the
+ * selection and the sort must be identical), its backward, gather / un-permute / gate and their
+ * backwards. N is not a multiple of the sort's chunk. */
+static void test_moe_ops(void)
+{
+    enum { N = 300, E = 8, K = 2, C = 96 };
+    const Backend *bes[] = {gpu32, gpu16};
+    for (int norm = 0; norm <= 1; norm++)
+        for (int g = 0; g < 2; g++) {
+            const Backend *be = bes[g];
+            float *logits = randn((size_t)N * E, 1.5f, 41), *dtw = randn((size_t)N * K, 1.0f, 42);
+            float *dpe = randn(E, 0.1f, 43), *x = randn((size_t)N * C, 1.0f, 44), *dout = randn((size_t)N * C, 1.0f, 45);
+            float *y = randn((size_t)N * K * C, 1.0f, 46), *gate = randn(N, 1.0f, 47), *ys = randn((size_t)N * C, 1.0f, 48);
+            fit(be, logits, (size_t)N * E), fit(be, x, (size_t)N * C), fit(be, dout, (size_t)N * C);
+            fit(be, y, (size_t)N * K * C), fit(be, gate, N), fit(be, ys, (size_t)N * C);
+            /* the CPU reference */
+            float *p0 = xmalloc(N * E * 4), *l0 = xmalloc(N * 4), *w0 = xmalloc(N * K * 4), *st0 = xmalloc((E + 1) * 4);
+            int32_t *ti0 = xmalloc(N * K * 4), *perm0 = xmalloc(N * K * 4), *pos0 = xmalloc(N * K * 4);
+            int cnt0[E], cnt1[E];
+            float *dl0 = xmalloc(N * E * 4), *xp0 = xmalloc((size_t)N * K * C * 4), *dx0 = xmalloc((size_t)N * C * 4);
+            float *o0 = xmalloc((size_t)N * C * 4), *dy0 = xmalloc((size_t)N * K * C * 4), *dw0 = xmalloc(N * K * 4);
+            float *go0 = xmalloc((size_t)N * C * 4), *gdy0 = xmalloc((size_t)N * C * 4), *gdg0 = xmalloc(N * 4);
+            cpu->moe_route_fwd(p0, l0, ti0, w0, st0, logits, N, E, K, norm);
+            cpu->moe_route_bwd(dl0, p0, l0, ti0, dtw, dpe, 0.3f, N, E, K, norm);
+            cpu->moe_sort(perm0, pos0, cnt0, ti0, N, E, K);
+            cpu->moe_gather_fwd(xp0, x, perm0, N, C, K);
+            cpu->moe_gather_bwd(dx0, y, pos0, N, C, K);
+            cpu->moe_combine_fwd(o0, y, w0, pos0, N, C, K);
+            cpu->moe_combine_bwd(dy0, dw0, dout, y, w0, pos0, N, C, K);
+            memcpy(go0, x, (size_t)N * C * 4);
+            cpu->moe_gate_fwd(go0, ys, gate, N, C);
+            cpu->moe_gate_bwd(gdy0, gdg0, dout, ys, gate, N, C);
+            /* the GPU */
+            void *dlog = up_act(be, logits, (size_t)N * E);
+            float *dp = be->alloc(N * E * 4), *dl = be->alloc(N * 4), *dw = be->alloc(N * K * 4), *dst = be->alloc((E + 1) * 4);
+            int32_t *dti = be->alloc(N * K * 4), *dperm = be->alloc(N * K * 4), *dpos = be->alloc(N * K * 4);
+            float *ddtw = up_f32(be, dtw, (size_t)N * K), *ddpe = up_f32(be, dpe, E);
+            void *ddl = be->alloc((size_t)N * E * be->act_size);
+            be->moe_route_fwd(dp, dl, dti, dw, dst, dlog, N, E, K, norm);
+            be->moe_route_bwd(ddl, dp, dl, dti, ddtw, ddpe, 0.3f, N, E, K, norm);
+            be->moe_sort(dperm, dpos, cnt1, dti, N, E, K);
+            int32_t *ti1 = xmalloc(N * K * 4), *perm1 = xmalloc(N * K * 4), *pos1 = xmalloc(N * K * 4);
+            be->download(ti1, dti, N * K * 4);
+            be->download(perm1, dperm, N * K * 4);
+            be->download(pos1, dpos, N * K * 4);
+            CHECKF(!memcmp(ti1, ti0, N * K * 4), "moe route [%s]: the selection differs from the CPU's", be->name);
+            CHECKF(!memcmp(perm1, perm0, N * K * 4) && !memcmp(pos1, pos0, N * K * 4) && !memcmp(cnt1, cnt0, sizeof(cnt0)),
+                   "moe sort [%s]: differs from the CPU's", be->name);
+            float *h;
+            expect("moe probs", be, h = down_f32(be, dp, (size_t)N * E), p0, (size_t)N * E, 1e-5), free(h);
+            expect("moe lse", be, h = down_f32(be, dl, N), l0, N, 1e-5), free(h);
+            expect("moe topw", be, h = down_f32(be, dw, (size_t)N * K), w0, (size_t)N * K, 1e-5), free(h);
+            expect("moe stats", be, h = down_f32(be, dst, E + 1), st0, E + 1, 1e-5), free(h);
+            expect("moe route bwd", be, h = down_act(be, ddl, (size_t)N * E), dl0, (size_t)N * E, tol_for(be, 1e-5, 1e-2)), free(h);
+            /* the permutation ops on the CPU's permutation */
+            void *dx = up_act(be, x, (size_t)N * C), *dyv = up_act(be, y, (size_t)N * K * C), *ddo = up_act(be, dout, (size_t)N * C);
+            void *dys = up_act(be, ys, (size_t)N * C), *dgate = up_act(be, gate, N);
+            int32_t *cperm = up_i32(be, perm0, (size_t)N * K), *cpos = up_i32(be, pos0, (size_t)N * K);
+            float *cw = up_f32(be, w0, (size_t)N * K);
+            void *xp = be->alloc((size_t)N * K * C * be->act_size), *dxo = be->alloc((size_t)N * C * be->act_size);
+            void *out = be->alloc((size_t)N * C * be->act_size), *dy = be->alloc((size_t)N * K * C * be->act_size);
+            float *dtw1 = be->alloc(N * K * 4);
+            void *gdy = be->alloc((size_t)N * C * be->act_size), *gdg = be->alloc(N * be->act_size);
+            be->moe_gather_fwd(xp, dx, cperm, N, C, K);
+            be->moe_gather_bwd(dxo, dyv, cpos, N, C, K);
+            be->moe_combine_fwd(out, dyv, cw, cpos, N, C, K);
+            be->moe_combine_bwd(dy, dtw1, ddo, dyv, cw, cpos, N, C, K);
+            be->moe_gate_fwd(dx, dys, dgate, N, C); /* in place on x */
+            be->moe_gate_bwd(gdy, gdg, ddo, dys, dgate, N, C);
+            double tb = tol_for(be, 1e-5, 1e-2);
+            expect("moe gather", be, h = down_act(be, xp, (size_t)N * K * C), xp0, (size_t)N * K * C, 0), free(h);
+            expect("moe gather bwd", be, h = down_act(be, dxo, (size_t)N * C), dx0, (size_t)N * C, tb), free(h);
+            expect("moe combine", be, h = down_act(be, out, (size_t)N * C), o0, (size_t)N * C, tb), free(h);
+            expect("moe combine bwd dy", be, h = down_act(be, dy, (size_t)N * K * C), dy0, (size_t)N * K * C, tb), free(h);
+            expect("moe combine bwd dw", be, h = down_f32(be, dtw1, (size_t)N * K), dw0, (size_t)N * K, tol_for(be, 1e-5, 2e-3)), free(h);
+            expect("moe gate", be, h = down_act(be, dx, (size_t)N * C), go0, (size_t)N * C, tb), free(h);
+            expect("moe gate bwd dy", be, h = down_act(be, gdy, (size_t)N * C), gdy0, (size_t)N * C, tb), free(h);
+            expect("moe gate bwd dg", be, h = down_act(be, gdg, N), gdg0, N, tb), free(h);
+            void *bufs[] = {dlog, dp, dl, dw, dst, dti, dperm, dpos, ddtw, ddpe, ddl, dx, dyv, ddo, dys, dgate,
+                            cperm, cpos, cw, xp, dxo, out, dy, dtw1, gdy, gdg};
+            for (size_t i = 0; i < ARRAY_LEN(bufs); i++) be->free(bufs[i]);
+            free(logits), free(dtw), free(dpe), free(x), free(dout), free(y), free(gate), free(ys);
+            free(p0), free(l0), free(w0), free(st0), free(ti0), free(perm0), free(pos0), free(dl0), free(xp0), free(dx0);
+            free(o0), free(dy0), free(dw0), free(go0), free(gdy0), free(gdg0), free(ti1), free(perm1), free(pos1);
+        }
+}
+
+/* An MoE model (4 experts top-2, a shared expert, q/k/v biases) on the GPU against the CPU: loss,
+ * aux and z losses, every gradient; deterministic mode bit-identical over recompute levels. The
+ * router weights are large so that the selection is decisive (a near-tie that bf16 rounding flips
+ * would send a token to another expert). */
+static void test_model_moe(void)
+{
+    ModelConfig c = small(FAMILY_LLAMA);
+    c.moe_experts = 4;
+    c.moe_top_k = 2;
+    c.moe_d_ff = 128;
+    c.moe_shared_d_ff = 128;
+    c.qkv_bias = 1;
+    c.moe_aux_coef = 0.1f;
+    c.moe_z_coef = 0.01f;
+    if (model_config_finish(&c)) fatal_err();
+    int B = 2, T = 80;
+    int32_t in[160], tg[160];
+    Rng r;
+    rng_seed(&r, 78, 0);
+    for (int i = 0; i < B * T; i++) in[i] = (int32_t)rng_below(&r, c.vocab_size);
+    for (int i = 0; i < B * T; i++) tg[i] = (int32_t)rng_below(&r, c.vocab_size);
+    Model *mc = model_create(&c, cpu);
+    float *p = randn(mc->pt.total, 0.05f, 5);
+    for (int k = 0; k < mc->pt.n; k++) {
+        const Param *q = &mc->pt.p[k];
+        if (q->role == PROLE_LN1_W || q->role == PROLE_LN2_W || q->role == PROLE_LNF_W)
+            for (size_t j = 0; j < q->numel; j++) p[q->offset + j] += 1.0f;
+        if (q->role == PROLE_ROUTER_W)
+            for (size_t j = 0; j < q->numel; j++) p[q->offset + j] *= 4.0f; /* std 0.2: logits of std ~3, a decisive routing */
+    }
+    model_set_params(mc, p);
+    CHECK(model_reserve(mc, B, T, RECOMPUTE_NONE) == 0);
+    float *gref;
+    float lref = model_step(mc, in, tg, B, T, &gref);
+    double aux_ref = mc->moe->aux, z_ref = mc->moe->z;
+    const Backend *gpus[] = {gpu32, gpu16};
+    set_det(1);
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        Model *m = model_create(&c, be);
+        model_set_params(m, p);
+        CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
+        float *gg;
+        float loss = model_step(m, in, tg, B, T, &gg);
+        fprintf(stderr, "  moe %s: loss %.7f (cpu %.7f), aux %.6f (%.6f), z %.6f (%.6f)\n", be->name, loss, lref,
+                m->moe->aux, aux_ref, m->moe->z, z_ref);
+        double tl = tol_for(be, 1e-5, 2e-2);
+        CHECK_CLOSE(loss, lref, tl);
+        CHECK_CLOSE(m->moe->aux, aux_ref, tl);
+        CHECK_CLOSE(m->moe->z, z_ref, tl);
+        double worst = 0;
+        const char *worst_name = "";
+        for (int k = 0; k < m->pt.n; k++) {
+            const Param *q = &m->pt.p[k];
+            double e = rel_err_max(gg + q->offset, gref + q->offset, q->numel);
+            if (e > worst) worst = e, worst_name = q->name;
+        }
+        fprintf(stderr, "  moe %s: worst gradient %s rel err %.3g\n", be->name, worst_name, worst);
+        CHECKF(worst <= tol_for(be, TOL_F32_GRAD, 0.1), "[%s] moe grads: %s rel err %.3g", be->name, worst_name, worst);
+        for (int level = 0; level <= 2; level++) {
+            CHECK(model_reserve(m, B, T, level) == 0);
+            float *g2;
+            float l2 = model_step(m, in, tg, B, T, &g2);
+            CHECKF(l2 == loss && memcmp(g2, gg, m->pt.total * 4) == 0, "[%s] moe recompute %d: not bit-identical",
+                   be->name, level);
+            free(g2);
+        }
+        free(gg);
+        model_free(m);
+    }
+    set_det(0);
+    free(p);
+    free(gref);
+    model_free(mc);
 }
 
 /* ANVIL_TEST_ONLY=substring runs only the matching tests (e.g. under compute-sanitizer). */
@@ -1181,5 +1345,7 @@ int main(void)
     RUN(test_qlora_llama);
     RUN(test_copy);
     RUN(test_zero_hooks);
+    RUN(test_moe_ops);
+    RUN(test_model_moe);
     return test_summary();
 }

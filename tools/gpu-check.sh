@@ -20,6 +20,9 @@
 #   torch     tools/torch_baseline_gpt2.py, the PyTorch peer, in the same run
 #   eval      build/tests/test_cuda_kv (KV-cache ops, cached forward, greedy, ppl and mcq: GPU vs CPU)
 #             and tools/bench_eval.sh --device cuda (generation tokens/s, mcq items/s; docs/eval.md)
+#   moe       mixture of experts (docs/moe.md): test_cuda's MoE cases (ops and the model, GPU vs CPU),
+#             anvil bench moe-1b B=8 T=2048 (recompute 0, and its per-op profile) beside
+#             tools/moe_peer.py (transformers MixtralForCausalLM, eager and torch.compile)
 #   roundtrip HF directories written by anvil (3 fixtures + a checkpoint trained here) load in
 #             transformers with the reference logits (tools/check_roundtrip.py)
 #
@@ -158,6 +161,23 @@ if has torch; then
         --json "$OUT/torch.json" >"$OUT/torch.log" 2>&1
     row=$(grep -E "^\| pytorch" "$OUT/torch.log" | tail -1)
     [ -n "$row" ] && note "$row" || note "| pytorch | failed: $(tail -3 "$OUT/torch.log" | tr '\n' ' ') |"
+fi
+
+if has moe; then
+    echo "== mixture of experts"
+    ANVIL_TEST_ONLY=moe timeout 300 "$TEST_CUDA" >"$OUT/test_cuda_moe.log" 2>&1
+    grep -E "FAIL|moe" "$OUT/test_cuda_moe.log" | head -40
+    note "| test_cuda moe | $(tail -1 "$OUT/test_cuda_moe.log") |"
+    b="$ANVIL bench --device cuda --model moe-1b --batch 8 --seq 2048 --steps 10 --warmup 3 --ceiling-size 0"
+    timeout 400 $b --json "$OUT/bench_moe.json" >"$OUT/bench_moe.log" 2>&1
+    note "$(grep -E "^\| anvil \|" "$OUT/bench_moe.log" | tail -1 || echo "| anvil moe-1b | failed |")"
+    timeout 400 $b --steps 3 --profile >"$OUT/bench_moe_profile.log" 2>&1
+    for c in "" --compile; do
+        PYTHONUNBUFFERED=1 timeout 500 python3 tools/moe_peer.py --batch 8 --seq 2048 --steps 10 $c \
+            --json "$OUT/moe_peer${c:+_compile}.json" >"$OUT/moe_peer${c:+_compile}.log" 2>&1
+        row=$(grep -E "^\| transformers" "$OUT/moe_peer${c:+_compile}.log" | tail -1)
+        [ -n "$row" ] && note "$row" || note "| transformers moe-1b $c | failed: $(tail -2 "$OUT/moe_peer${c:+_compile}.log" | tr '\n' ' ') |"
+    done
 fi
 
 if has curve; then

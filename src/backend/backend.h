@@ -219,6 +219,37 @@ struct Backend {
      * memory; the values equal q4_dequantize's (fp32) or their bf16 rounding. */
     void (*dequant4)(void *out, const void *q4state);
 
+    /* ---- mixture of experts (appended; model/moe.c, docs/moe.md) ----
+     * N tokens, E experts, k experts per token; "slot" i = r * k + s is token r's s-th choice. The
+     * N*k slots sorted by expert (stable: by slot index within an expert) are the "rows" j. */
+    /* Routing: probs (N,E) = softmax(logits) in fp32 (logits act (N,E)); lse (N) = logsumexp(logits);
+     * topi (N,k) the k largest probabilities' experts in descending order (ties: lower index first),
+     * topw (N,k) their probabilities, divided by their sum when norm; stats (E+1) = the column sums
+     * of probs, then the sum of lse^2 (overwrite; fixed-order sums). */
+    void (*moe_route_fwd)(float *probs, float *lse, int32_t *topi, float *topw, float *stats, const void *logits,
+                          int N, int E, int k, int norm);
+    /* Its backward: dlogits (N,E) act (overwrite) = softmax backward of dprobs, where
+     * dprobs[r,e] = dpe[e] (fp32 (E), every row) + what dtopw (N,k) gives through the top-k weights
+     * (and their renormalisation when norm); plus zscale * lse[r] * probs[r,e] (the z-loss term). */
+    void (*moe_route_bwd)(void *dlogits, const float *probs, const float *lse, const int32_t *topi, const float *dtopw,
+                          const float *dpe, float zscale, int N, int E, int k, int norm);
+    /* Sort the slots by expert: perm (N*k) the slot of each row; pos (N*k) the row of each slot;
+     * counts (E) rows per expert, in HOST memory (the op waits for the device). */
+    void (*moe_sort)(int32_t *perm, int32_t *pos, int *counts, const int32_t *topi, int N, int E, int k);
+    /* xp (N*k, C) row j = x (N,C) row perm[j] / k (overwrite). */
+    void (*moe_gather_fwd)(void *xp, const void *x, const int32_t *perm, int N, int C, int k);
+    /* dx (N,C) row r = sum_s dxp row pos[r*k+s] (overwrite). */
+    void (*moe_gather_bwd)(void *dx, const void *dxp, const int32_t *pos, int N, int C, int k);
+    /* out (N,C) row r = sum_s topw[r,s] * y row pos[r*k+s] (overwrite; fp32 sums). */
+    void (*moe_combine_fwd)(void *out, const void *y, const float *topw, const int32_t *pos, int N, int C, int k);
+    /* dy row pos[r*k+s] = topw[r,s] * dout row r (overwrite); dtopw[r,s] = dot(dout row r, y row pos[r*k+s]). */
+    void (*moe_combine_bwd)(void *dy, float *dtopw, const void *dout, const void *y, const float *topw,
+                            const int32_t *pos, int N, int C, int k);
+    /* The shared expert's gate: out (N,C) += sigmoid(g[r]) * y (N,C), g act (N,1). */
+    void (*moe_gate_fwd)(void *out, const void *y, const void *g, int N, int C);
+    /* dy (N,C) = sigmoid(g[r]) * dout (overwrite); dg (N,1) act = sigmoid'(g[r]) * dot(dout row r, y row r). */
+    void (*moe_gate_bwd)(void *dy, void *dg, const void *dout, const void *y, const void *g, int N, int C);
+
     /* ---- switches and accounting ---- */
     /* Apply the switches that change numerics or kernel choice (BackendOptions). Called before the
      * first op and whenever a command changes them; the backend never reads them from the

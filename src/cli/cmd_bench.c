@@ -282,6 +282,8 @@ static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backen
         LoraSpec ls = {.r = a->lora_r, .alpha = 2.0f * a->lora_r};
         if (a->lora_r && lora_sites_parse(names, tc.lora_targets.n, c->family, &ls.sites))
             return err_prefix("--lora-targets"), NULL;
+        if (a->lora_r && lora_sites_moe(c, &ls.sites, !a->lora_targets || !strcmp(a->lora_targets, "all-linear")))
+            return err_prefix("--lora-targets"), NULL;
         Q4Spec q = {.type = -1, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = 1};
         if (a->quant && (q.type = q4_type_parse(a->quant)) < 0)
             return err_set("--quant: expected nf4 or fp4, got \"%s\"", a->quant), NULL;
@@ -326,6 +328,9 @@ static void print_result(const BenchArgs *a, const ModelConfig *c, const Model *
            a->model, model_family_name(c->family), param_count_all(&m->pt) / 1e6, param_count(&m->pt) / 1e6,
            (param_count_all(&m->pt) - param_count(&m->pt)) / 1e6, param_count_kind(&m->pt, PARAM_NF4) / 1e6,
            be->name, device_name(be), a->B, a->T, accs, a->recompute, a->head_unfused ? ", LM head unfused" : "");
+    if (c->moe_experts > 0)
+        printf("experts %d top-%d: %.1fM parameters active per token; FLOPs and MFU count the active experts only\n",
+               c->moe_experts, c->moe_top_k, param_count_active(&m->pt, c) / 1e6);
     printf("step %.2f ms (median of %d after %d warm-up), %.0f tokens/s\n", step * 1e3, a->steps, a->warmup, tok_s);
     printf("%.6g FLOP/token (products run: 6 per trainable weight, 4 per frozen, + attention), %.2f TFLOP/s "
            "achieved (%.1f GFLOP/s)\n",

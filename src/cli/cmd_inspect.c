@@ -107,8 +107,16 @@ static void print_config(const char *dir, const ModelConfig *c, const ParamTable
     printf("  biases       q/k/v %s, o %s, mlp %s\n", c->qkv_bias ? "yes" : "no", c->o_bias ? "yes" : "no",
            c->mlp_bias ? "yes" : "no");
     printf("  tokens       bos %d, eos %d\n", c->bos_token_id, c->eos_token_id);
+    if (c->moe_experts > 0) {
+        printf("  experts      %d of width %d, top-%d%s, on %d of %d layers (every %d)", c->moe_experts, c->moe_d_ff,
+               c->moe_top_k, c->moe_norm_topk ? " renormalised" : "", cfg_moe_layers(c), c->n_layer, c->moe_every);
+        if (c->moe_shared_d_ff) printf(", shared expert of width %d", c->moe_shared_d_ff);
+        printf("\n");
+    }
     size_t n = param_count(pt);
     printf("  parameters   %zu (%.2f M, %d tensors)\n", n, (double)n / 1e6, pt->n);
+    if (c->moe_experts > 0)
+        printf("  active       %zu per token (%.2f M)\n", param_count_active(pt, c), param_count_active(pt, c) / 1e6);
 }
 
 static void print_weights(const char *dir)

@@ -26,6 +26,10 @@
 #define LLAMA_DEFAULT_POSITIONS 2048
 #define MISTRAL_DEFAULT_POSITIONS 131072
 #define QWEN2_DEFAULT_POSITIONS 32768
+#define MIXTRAL_DEFAULT_POSITIONS 131072
+#define MIXTRAL_DEFAULT_THETA 1e6f
+/* transformers' MixtralConfig / Qwen2MoeConfig router_aux_loss_coef default */
+#define MOE_HF_DEFAULT_AUX 0.001f
 
 /* ---- the supported classes ---- */
 
@@ -39,8 +43,11 @@ static const HfClass hf_classes[] = {
     {"LlamaForCausalLM", "llama", FAMILY_LLAMA},
     {"MistralForCausalLM", "mistral", FAMILY_LLAMA},
     {"Qwen2ForCausalLM", "qwen2", FAMILY_LLAMA},
+    {"MixtralForCausalLM", "mixtral", FAMILY_LLAMA},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", FAMILY_LLAMA},
 };
-#define HF_CLASS_LIST "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"
+#define HF_CLASS_LIST \
+    "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM"
 
 /* ---- typed access to config.json with messages naming file and key ---- */
 
@@ -261,7 +268,7 @@ static int read_rope(const Cfg *c, json_t *root, ModelConfig *m)
 static int read_window(const Cfg *c, json_t *root, ModelConfig *m, int qwen2)
 {
     int window, use = 1;
-    if (get_int(c, root, "sliding_window", "sliding_window", 0, 0, 1, &window)) return -1;
+    if (get_int(c, root, "sliding_window", "sliding_window", 0, 0, 0, &window)) return -1; /* 0: none (Qwen2-MoE) */
     if (qwen2 && get_bool(c, root, "use_sliding_window", 0, &use)) return -1;
     if (!use || window == 0 || window >= m->max_seq_len) return 0;
     fprintf(stderr,
@@ -272,12 +279,46 @@ static int read_window(const Cfg *c, json_t *root, ModelConfig *m, int qwen2)
     return 0;
 }
 
+/* The experts of MixtralForCausalLM (every layer; intermediate_size is each expert's width) or
+ * Qwen2MoeForCausalLM (every decoder_sparse_step-th layer, moe_intermediate_size, a shared expert
+ * behind a sigmoid gate; dense layers keep intermediate_size). */
+static int read_moe(const Cfg *c, json_t *root, ModelConfig *m, int qwen2_moe)
+{
+    int norm = 1;
+    if (get_int(c, root, qwen2_moe ? "num_experts" : "num_local_experts", qwen2_moe ? "num_experts" : "num_local_experts",
+                1, 0, 1, &m->moe_experts) ||
+        get_int(c, root, "num_experts_per_tok", "num_experts_per_tok", 1, 0, 1, &m->moe_top_k) ||
+        get_num(c, root, "router_aux_loss_coef", "router_aux_loss_coef", 0, MOE_HF_DEFAULT_AUX, &m->moe_aux_coef))
+        return -1;
+    if (!qwen2_moe) {
+        m->moe_d_ff = m->d_ff;
+        m->moe_every = 1;
+        m->moe_norm_topk = 1;
+        return 0;
+    }
+    if (get_int(c, root, "moe_intermediate_size", "moe_intermediate_size", 1, 0, 1, &m->moe_d_ff) ||
+        get_int(c, root, "shared_expert_intermediate_size", "shared_expert_intermediate_size", 0, 0, 0,
+                &m->moe_shared_d_ff) ||
+        get_int(c, root, "decoder_sparse_step", "decoder_sparse_step", 0, 1, 1, &m->moe_every) ||
+        get_bool(c, root, "norm_topk_prob", 0, &norm))
+        return -1;
+    m->moe_norm_topk = norm;
+    json_t *only = json_object_get(root, "mlp_only_layers");
+    if (only && !json_is_null(only) && (!json_is_array(only) || json_array_size(only) > 0))
+        return err_set("%s: mlp_only_layers: dense layers by list are not supported (only decoder_sparse_step)",
+                       c->path);
+    return 0;
+}
+
 static int read_llama(const Cfg *c, json_t *root, ModelConfig *m, const char *model_type)
 {
-    int qwen2 = !strcmp(model_type, "qwen2"), mistral = !strcmp(model_type, "mistral");
+    int mixtral = !strcmp(model_type, "mixtral"), qwen2_moe = !strcmp(model_type, "qwen2_moe");
+    int qwen2 = !strcmp(model_type, "qwen2") || qwen2_moe, mistral = !strcmp(model_type, "mistral") || mixtral;
     int def_pos = qwen2     ? QWEN2_DEFAULT_POSITIONS
+                  : mixtral ? MIXTRAL_DEFAULT_POSITIONS
                   : mistral ? MISTRAL_DEFAULT_POSITIONS
                             : LLAMA_DEFAULT_POSITIONS;
+    if (mixtral) m->rope_theta = MIXTRAL_DEFAULT_THETA;
     int attn_bias = 0, mlp_bias = 0;
     const char *act;
     if (get_int(c, root, "hidden_size", "hidden_size", 1, 0, 1, &m->d_model) ||
@@ -299,6 +340,7 @@ static int read_llama(const Cfg *c, json_t *root, ModelConfig *m, const char *mo
         return -1;
     if (act && strcmp(act, "silu"))
         return err_set("%s: hidden_act: unsupported \"%s\" (supported: silu)", c->path, act);
+    if ((mixtral || qwen2_moe) && read_moe(c, root, m, qwen2_moe)) return -1;
     if (qwen2) {
         /* Qwen2 always has q/k/v biases and none on o_proj or the MLP. */
         m->qkv_bias = 1;
@@ -380,7 +422,7 @@ int hf_read_config(const char *dir, ModelConfig *cfg)
         if (arch)
             err_set("%s: architectures: unsupported \"%s\" (supported: %s)", path, arch, HF_CLASS_LIST);
         else if (mtype)
-            err_set("%s: model_type: unsupported \"%s\" (supported: gpt2, llama, mistral, qwen2)", path,
+            err_set("%s: model_type: unsupported \"%s\" (supported: gpt2, llama, mistral, qwen2, mixtral, qwen2_moe)", path,
                     mtype);
         else
             err_set("%s: architectures: missing (and no model_type)", path);
@@ -413,6 +455,12 @@ typedef struct {
     int param;     /* index in the ParamTable */
     int64_t row0, rows;
     int transpose;
+    /* MoE: where transformers 5's in-memory layout (a state_dict saved by hand) keeps the same
+     * rows, read only: the tensor `alt` whole, or slab `slab` of the 3-D tensor `fused`
+     * (E, rows, cols) from its row frow0; "" when none */
+    char alt[96], fused[96];
+    int slab;
+    int64_t frow0;
 } HfMap;
 
 /* GPT-2's Conv1D weights that are transposed, by role. */
@@ -440,6 +488,57 @@ static void map_add(HfMap **map, int *n, int *cap, int param, int64_t row0, int6
     e->row0 = row0;
     e->rows = rows;
     e->transpose = transpose;
+    e->fused[0] = e->alt[0] = '\0';
+}
+
+/* The fused-layout alternative of the entry just added. */
+static void map_fused(HfMap *map, int n, int slab, int64_t frow0, const char *fmt, int l)
+{
+    HfMap *e = &map[n - 1];
+    snprintf(e->fused, sizeof(e->fused), fmt, l);
+    e->slab = slab;
+    e->frow0 = frow0;
+}
+
+/* The MoE tensors of a llama-family layer (role PROLE_ROUTER_W .. PROLE_SH_GATE_W); 0 if role is not one. */
+static int map_moe(const ModelConfig *cfg, const Param *p, int i, HfMap **map, int *n, int *cap)
+{
+    int l = p->layer, e = p->expert, qwen = !strcmp(cfg->hf_model_type, "qwen2_moe");
+    /* transformers 5 names Mixtral's block "mlp" in memory and "block_sparse_moe" in checkpoints */
+    int64_t F = cfg->moe_d_ff, Fs = cfg->moe_shared_d_ff;
+    const char *blk = qwen ? "mlp" : "block_sparse_moe";
+    const char *w1 = qwen ? "gate_proj" : "w1", *w3 = qwen ? "up_proj" : "w3", *w2 = qwen ? "down_proj" : "w2";
+    char fused[96];
+    switch (p->role) {
+    case PROLE_ROUTER_W:
+        map_add(map, n, cap, i, 0, p->shape[0], 0, "model.layers.%d.%s.gate.weight", l, blk);
+        snprintf((*map)[*n - 1].alt, sizeof((*map)[*n - 1].alt), "model.layers.%d.mlp.gate.weight", l);
+        return 1;
+    case PROLE_EXP_FC_W:
+        snprintf(fused, sizeof(fused), "model.layers.%%d.mlp.experts.gate_up_proj");
+        map_add(map, n, cap, i, 0, F, 0, "model.layers.%d.%s.experts.%d.%s.weight", l, blk, e, w1);
+        map_fused(*map, *n, e, 0, fused, l);
+        map_add(map, n, cap, i, F, F, 0, "model.layers.%d.%s.experts.%d.%s.weight", l, blk, e, w3);
+        map_fused(*map, *n, e, F, fused, l);
+        return 1;
+    case PROLE_EXP_PROJ_W:
+        snprintf(fused, sizeof(fused), "model.layers.%%d.mlp.experts.down_proj");
+        map_add(map, n, cap, i, 0, p->shape[0], 0, "model.layers.%d.%s.experts.%d.%s.weight", l, blk, e, w2);
+        map_fused(*map, *n, e, 0, fused, l);
+        return 1;
+    case PROLE_SH_FC_W:
+        map_add(map, n, cap, i, 0, Fs, 0, "model.layers.%d.mlp.shared_expert.gate_proj.weight", l);
+        map_add(map, n, cap, i, Fs, Fs, 0, "model.layers.%d.mlp.shared_expert.up_proj.weight", l);
+        return 1;
+    case PROLE_SH_PROJ_W:
+        map_add(map, n, cap, i, 0, p->shape[0], 0, "model.layers.%d.mlp.shared_expert.down_proj.weight", l);
+        return 1;
+    case PROLE_SH_GATE_W:
+        map_add(map, n, cap, i, 0, p->shape[0], 0, "model.layers.%d.mlp.shared_expert_gate.weight", l);
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 /* HF suffixes of one block's tensors, by role (NULL: split or absent). */
@@ -557,6 +656,7 @@ static int hf_map_build(const ModelConfig *cfg, const ParamTable *pt, HfMap **ou
             break;
         }
         default:
+            if (map_moe(cfg, p, i, &map, &n, &cap)) break;
             if (!(sfx = llama_suffix(role))) goto unknown;
             map_add(&map, &n, &cap, i, 0, p->shape[0], 0, "model.layers.%d.%s", l, sfx);
         }
@@ -627,6 +727,39 @@ static size_t first_nonfinite(const float *x, size_t n)
     return n;
 }
 
+/* One entry's rows from slab e->slab of a fused (E, rows, cols) expert tensor. */
+static int read_fused(const StTensor *t, const StFile *file, const ParamTable *pt, const HfMap *e, float *buf,
+                      float **tmp, size_t *tmp_cap, const StTensor **last)
+{
+    const Param *p = &pt->p[e->param];
+    int64_t cols = p->shape[1];
+    if (t->ndim != 3 || e->slab >= t->shape[0] || t->shape[2] != cols || e->frow0 + e->rows > t->shape[1]) {
+        char a[64];
+        shape_str(a, sizeof(a), t->ndim, t->shape);
+        return err_set("%s: %s: shape %s cannot hold expert %d's %lld x %lld rows", file->path, t->name, a, e->slab,
+                       (long long)e->rows, (long long)cols);
+    }
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16 && t->dtype != ST_F64)
+        return err_set("%s: %s: dtype %s is not a floating type", file->path, t->name, st_dtype_name(t->dtype));
+    if (!buf) return 0;
+    if (t != *last) { /* converted once for all the entries it holds */
+        if (t->numel > *tmp_cap) {
+            free(*tmp);
+            *tmp_cap = t->numel;
+            *tmp = xmalloc(*tmp_cap * sizeof(float));
+        }
+        st_to_f32(t, *tmp);
+        *last = t;
+    }
+    const float *src = *tmp + ((size_t)e->slab * t->shape[1] + (size_t)e->frow0) * cols;
+    size_t n = (size_t)(e->rows * cols), bad = first_nonfinite(src, n);
+    if (bad < n)
+        return err_set("%s: %s: non-finite value (%g) in expert %d: the weights are corrupt or diverged", file->path,
+                       t->name, (double)src[bad], e->slab);
+    memcpy(buf + p->offset + (size_t)(e->row0 * cols), src, n * sizeof(float));
+    return 0;
+}
+
 /* Fill buf from the tensors "<prefix><hf name>" of a set of files; `where`
  * names the file (or index) in messages about missing tensors. */
 static int read_mapped(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
@@ -636,6 +769,7 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
     int n;
     if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
     float *tmp = NULL;
+    const StTensor *fused_last = NULL; /* the fused tensor tmp holds */
     size_t tmp_cap = 0, plen = strlen(prefix);
     char name[256];
     int rc = 0;
@@ -647,6 +781,18 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
         if (!t && !strncmp(e->name, GPT2_PREFIX, strlen(GPT2_PREFIX))) {
             snprintf(name + plen, sizeof(name) - plen, "%s", e->name + strlen(GPT2_PREFIX));
             t = st_set_find(set, name, &file);
+        }
+        if (!t && e->alt[0]) {
+            snprintf(name, sizeof(name), "%s%s", prefix, e->alt);
+            t = st_set_find(set, name, &file);
+        }
+        if (!t && e->fused[0]) { /* transformers 5's in-memory layout: one 3-D tensor per layer */
+            snprintf(name, sizeof(name), "%s%s", prefix, e->fused);
+            const StTensor *ft = st_set_find(set, name, &file);
+            if (ft) {
+                rc = read_fused(ft, file, pt, e, buf, &tmp, &tmp_cap, &fused_last);
+                continue;
+            }
         }
         if (!t) {
             rc = err_set("%s: %s%s: missing", where, prefix, e->name);
@@ -673,6 +819,7 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
             tmp = xmalloc(tmp_cap * sizeof(float));
         }
         st_to_f32(t, tmp);
+        fused_last = NULL;
         size_t bad = first_nonfinite(tmp, t->numel);
         if (bad < t->numel) {
             rc = err_set("%s: %s: non-finite value (%g) at element %zu: the weights are corrupt or diverged",
@@ -775,7 +922,16 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
         rc = expect_dim(&set, where, cpath, "model.layers.0.self_attn.q_proj.weight", 0, q, k->heads, how);
         snprintf(how, sizeof(how), " x head_dim %d = %lld", c->head_dim, (long long)kv);
         if (!rc) rc = expect_dim(&set, where, cpath, "model.layers.0.self_attn.k_proj.weight", 0, kv, k->kv_heads, how);
-        if (!rc) rc = expect_dim(&set, where, cpath, "model.layers.0.mlp.gate_proj.weight", 0, c->d_ff, k->ff, "");
+        if (!rc && !cfg_is_moe(c, 0))
+            rc = expect_dim(&set, where, cpath, "model.layers.0.mlp.gate_proj.weight", 0, c->d_ff, k->ff, "");
+        else if (!rc) { /* expert 0 of layer 0 (per-expert layout), or the fused one */
+            int qwen = !strcmp(c->hf_model_type, "qwen2_moe");
+            snprintf(name, sizeof(name), "model.layers.0.%s.experts.0.%s.weight", qwen ? "mlp" : "block_sparse_moe",
+                     qwen ? "gate_proj" : "w1");
+            if (find_tensor(&set, name, NULL))
+                rc = expect_dim(&set, where, cpath, name, 0, c->moe_d_ff,
+                                qwen ? "moe_intermediate_size" : "intermediate_size", "");
+        }
     }
     /* the layer count: the last layer is there, the one after it is not */
     if (!rc) {
@@ -940,6 +1096,22 @@ static int check_writable(const char *path, const ModelConfig *c)
         return 0;
     }
     int ok;
+    if (c->moe_experts > 0) {
+        if (!strcmp(a, "MixtralForCausalLM")) {
+            if (c->qkv_bias || c->o_bias || c->mlp_bias || c->moe_every != 1 || c->moe_shared_d_ff || !c->moe_norm_topk)
+                return err_set("%s: MixtralForCausalLM needs experts on every layer, no shared expert, renormalised "
+                               "top-k weights and no biases (use Qwen2MoeForCausalLM)",
+                               path);
+            return 0;
+        }
+        if (!strcmp(a, "Qwen2MoeForCausalLM")) {
+            if (!c->qkv_bias || c->o_bias || c->mlp_bias || c->moe_shared_d_ff <= 0)
+                return err_set("%s: Qwen2MoeForCausalLM needs q/k/v biases (only) and a shared expert", path);
+            return 0;
+        }
+        return err_set("%s: architectures: %s cannot express experts (MixtralForCausalLM or Qwen2MoeForCausalLM)",
+                       path, a);
+    }
     if (!strcmp(a, "Qwen2ForCausalLM"))
         ok = c->qkv_bias && !c->o_bias && !c->mlp_bias;
     else if (!strcmp(a, "MistralForCausalLM"))
@@ -1003,6 +1175,28 @@ static json_t *config_json(const ModelConfig *c, int dtype)
     if (!strcmp(c->hf_model_type, "llama")) {
         json_object_set_new(j, "attention_bias", json_boolean(c->qkv_bias));
         json_object_set_new(j, "mlp_bias", json_boolean(c->mlp_bias));
+    } else if (!strcmp(c->hf_model_type, "mixtral")) {
+        json_object_set_new(j, "intermediate_size", json_integer(c->moe_d_ff));
+        json_object_set_new(j, "num_local_experts", json_integer(c->moe_experts));
+        json_object_set_new(j, "num_experts_per_tok", json_integer(c->moe_top_k));
+        json_object_set_new(j, "router_aux_loss_coef", json_float(c->moe_aux_coef));
+        json_object_set_new(j, "router_jitter_noise", json_real(0.0));
+        json_object_set_new(j, "output_router_logits", json_false());
+        json_object_set_new(j, "sliding_window", json_null());
+    } else if (!strcmp(c->hf_model_type, "qwen2_moe")) {
+        json_object_set_new(j, "moe_intermediate_size", json_integer(c->moe_d_ff));
+        json_object_set_new(j, "shared_expert_intermediate_size", json_integer(c->moe_shared_d_ff));
+        json_object_set_new(j, "num_experts", json_integer(c->moe_experts));
+        json_object_set_new(j, "num_experts_per_tok", json_integer(c->moe_top_k));
+        json_object_set_new(j, "decoder_sparse_step", json_integer(c->moe_every));
+        json_object_set_new(j, "mlp_only_layers", json_array());
+        json_object_set_new(j, "norm_topk_prob", json_boolean(c->moe_norm_topk));
+        json_object_set_new(j, "router_aux_loss_coef", json_float(c->moe_aux_coef));
+        json_object_set_new(j, "output_router_logits", json_false());
+        json_object_set_new(j, "qkv_bias", json_true());
+        json_object_set_new(j, "use_sliding_window", json_false());
+        json_object_set_new(j, "sliding_window", json_null());
+        json_object_set_new(j, "max_window_layers", json_integer(c->n_layer));
     } else if (!strcmp(c->hf_model_type, "qwen2")) {
         json_object_set_new(j, "use_sliding_window", json_false());
         json_object_set_new(j, "sliding_window", json_null());

@@ -3,6 +3,7 @@
 #include "model/block.h"
 
 #include "core/error.h"
+#include "model/moe.h"
 
 static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
 
@@ -64,6 +65,10 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     linear_fwd(&m->ps, &p->o, out, a->att, N, lb);
     m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, out, params_w(&m->ps, p->ln2_w),
                         params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
+    if (p->moe) {
+        moe_fwd(m, l, a, N, out, lb);
+        return;
+    }
     mlp_act_fwd(m, l, a, N);
     linear_fwd(&m->ps, &p->proj, out, a->fch_act, N, lb);
 }
@@ -118,7 +123,8 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
     }
     be->norm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, params_w(ps, p->ln2_w), params_w(ps, p->ln2_b), N, C,
                  c->norm_eps, is_rms(m));
-    if (fused_gelu(m)) mlp_act_fwd(m, l, a, N); /* the product again: fch_act as the forward made it */
+    if (p->moe) moe_recompute_act(m, l, a, N);
+    else if (fused_gelu(m)) mlp_act_fwd(m, l, a, N); /* the product again: fch_act as the forward made it */
     else be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
 }
 
@@ -132,7 +138,9 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     LinearBufs lbs;
     const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
     /* MLP: out = act(linear_fc(ln2)) through linear_proj; dres = d(block output) */
-    if (fused_gelu(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
+    if (p->moe) {
+        moe_bwd(m, l, a, N, dres, d2, lb); /* d2 = d(ln2) */
+    } else if (fused_gelu(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
         linear_gelu_bwd(ps, &p->proj, p->fc.b, d1, dres, a->fch_act, a->fch, N, lb);
         Linear fc_nobias = p->fc;
         fc_nobias.b = -1; /* its bias gradient came with d1 */

@@ -1,5 +1,6 @@
 #include "model/config.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,9 @@
 /* GPT-2 BPE vocabulary size (50,000 merges + 256 bytes + <|endoftext|>). */
 #define GPT2_VOCAB 50257
 #define GPT2_EOT 50256
+/* Defaults of model.moe.aux_loss_coef and z_loss_coef (issue 12; ST-MoE uses 1e-3 for z). */
+#define MOE_DEFAULT_AUX 0.01f
+#define MOE_DEFAULT_Z 0.001f
 
 void model_config_defaults(ModelConfig *c, Family f)
 {
@@ -33,6 +37,9 @@ void model_config_defaults(ModelConfig *c, Family f)
         c->bos_token_id = 1;
         c->eos_token_id = 2;
     }
+    c->moe_norm_topk = 1;
+    c->moe_aux_coef = MOE_DEFAULT_AUX;
+    c->moe_z_coef = MOE_DEFAULT_Z;
 }
 
 typedef struct {
@@ -64,10 +71,41 @@ static const Preset presets[] = {
     {"llama3-8b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 128256, 8192, 500000.0f},
 };
 
+/* Mixture-of-experts presets: a llama-family shape and its experts (d_ff is each expert's width). */
+typedef struct {
+    Preset base;
+    int experts, top_k;
+    float aux_coef; /* 0: the default (MOE_DEFAULT_AUX) */
+} MoePreset;
+
+
+static const MoePreset moe_presets[] = {
+    /* 1.21B total, 0.38B active parameters (8 experts, 2 per token) */
+    {{"moe-1b", FAMILY_LLAMA, 16, 16, 4, 1024, 2816, 32000, 2048, 0}, 8, 2, 0},
+    /* Mixtral-8x7B-v0.1's config.json (46.7B parameters, 12.9B active) */
+    {{"mixtral-8x7b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 32000, 32768, 1e6f}, 8, 2, 0.02f},
+    /* tiny, for tests: GPT-2 vocabulary */
+    {{"moe-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 96, GPT2_VOCAB, 256, 0}, 4, 2, 0},
+};
+
 const char *model_preset_names(void)
 {
     return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
-           "mistral-7b, llama3-8b";
+           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny";
+}
+
+static void preset_fill(ModelConfig *c, const Preset *p)
+{
+    model_config_defaults(c, p->family);
+    c->n_layer = p->n_layer;
+    c->n_head = p->n_head;
+    c->n_kv_head = p->n_kv_head;
+    c->d_model = p->d_model;
+    c->d_ff = p->d_ff;
+    c->vocab_size = p->vocab;
+    c->max_seq_len = p->max_seq;
+    if (p->rope_theta > 0) c->rope_theta = p->rope_theta;
+    if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
 }
 
 int model_preset(ModelConfig *c, const char *name)
@@ -75,16 +113,18 @@ int model_preset(ModelConfig *c, const char *name)
     for (size_t i = 0; i < ARRAY_LEN(presets); i++) {
         const Preset *p = &presets[i];
         if (strcmp(p->name, name) != 0) continue;
-        model_config_defaults(c, p->family);
-        c->n_layer = p->n_layer;
-        c->n_head = p->n_head;
-        c->n_kv_head = p->n_kv_head;
-        c->d_model = p->d_model;
-        c->d_ff = p->d_ff;
-        c->vocab_size = p->vocab;
-        c->max_seq_len = p->max_seq;
-        if (p->rope_theta > 0) c->rope_theta = p->rope_theta;
-        if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
+        preset_fill(c, p);
+        return 0;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(moe_presets); i++) {
+        const MoePreset *p = &moe_presets[i];
+        if (strcmp(p->base.name, name) != 0) continue;
+        preset_fill(c, &p->base);
+        c->moe_experts = p->experts;
+        c->moe_top_k = p->top_k;
+        c->moe_d_ff = p->base.d_ff;
+        c->moe_every = 1;
+        if (p->aux_coef > 0) c->moe_aux_coef = p->aux_coef;
         return 0;
     }
     return err_set("unknown model preset \"%s\" (known: %s)", name, model_preset_names());
@@ -99,6 +139,47 @@ int model_family_parse(const char *s, Family *f)
 }
 
 const char *model_family_name(Family f) { return f == FAMILY_GPT2 ? "gpt2" : "llama"; }
+
+/* Experts per MoE layer at most (the largest published models route over 256-384). */
+#define MOE_MAX_EXPERTS 1024
+
+/* Check and complete the model.moe.* fields; -1 with err_set() naming the key. */
+static int moe_finish(ModelConfig *c)
+{
+    if (c->moe_experts < 0) return err_set("model.moe.experts: must be >= 0, got %d", c->moe_experts);
+    if (c->moe_experts == 0) {
+        if (c->moe_top_k > 0) return err_set("model.moe.top_k: %d is set but model.moe.experts is 0", c->moe_top_k);
+        if (c->moe_shared_d_ff > 0)
+            return err_set("model.moe.shared_experts: set but model.moe.experts is 0");
+        if (c->moe_d_ff > 0) return err_set("model.moe.d_ff: %d is set but model.moe.experts is 0", c->moe_d_ff);
+        c->moe_top_k = c->moe_d_ff = c->moe_every = 0;
+        return 0;
+    }
+    if (c->family != FAMILY_LLAMA) return err_set("model.moe.experts: mixture of experts needs the llama family");
+    if (c->moe_experts > MOE_MAX_EXPERTS)
+        return err_set("model.moe.experts: %d is larger than the limit %d", c->moe_experts, MOE_MAX_EXPERTS);
+    if (c->moe_top_k == 0) c->moe_top_k = c->moe_experts < 2 ? 1 : 2;
+    if (c->moe_top_k < 0 || c->moe_top_k > c->moe_experts)
+        return err_set("model.moe.top_k: must be in 1 .. model.moe.experts (%d), got %d", c->moe_experts, c->moe_top_k);
+    if (c->moe_d_ff == 0) c->moe_d_ff = c->d_ff;
+    if (c->moe_d_ff < 0 || c->moe_d_ff > (1 << 20))
+        return err_set("model.moe.d_ff: must be in 1 .. %d, got %d", 1 << 20, c->moe_d_ff);
+    if (c->moe_every == 0) c->moe_every = 1;
+    if (c->moe_every < 0 || c->moe_every > c->n_layer)
+        return err_set("model.moe.every: must be in 1 .. model.n_layer (%d), got %d", c->n_layer, c->moe_every);
+    /* no dense MLP anywhere: d_ff means the experts' width, as Mixtral's intermediate_size does */
+    if (c->moe_every == 1) c->d_ff = c->moe_d_ff;
+    if (c->moe_shared_d_ff < 0 || c->moe_shared_d_ff > (1 << 20))
+        return err_set("model.moe.shared_experts: the shared width %d is out of range", c->moe_shared_d_ff);
+    if (!(c->moe_aux_coef >= 0) || !isfinite(c->moe_aux_coef))
+        return err_set("model.moe.aux_loss_coef: must be a finite number >= 0, got %g", c->moe_aux_coef);
+    if (!(c->moe_z_coef >= 0) || !isfinite(c->moe_z_coef))
+        return err_set("model.moe.z_loss_coef: must be a finite number >= 0, got %g", c->moe_z_coef);
+    if ((int64_t)2 * c->moe_d_ff * c->d_model > INT32_MAX || (int64_t)2 * c->moe_shared_d_ff * c->d_model > INT32_MAX)
+        return err_set("model.moe.d_ff: an expert matrix (2 x %d x %d) has more than %d elements", c->moe_d_ff,
+                       c->d_model, INT32_MAX);
+    return 0;
+}
 
 int model_config_finish(ModelConfig *c)
 {
@@ -166,6 +247,11 @@ int model_config_finish(ModelConfig *c)
     if (c->family == FAMILY_LLAMA && !(c->rope_theta > 0))
         return err_set("model.rope_theta: must be positive, got %g", c->rope_theta);
     if (!(c->norm_eps > 0)) c->norm_eps = 1e-5f;
+    if (moe_finish(c)) return -1;
+    if (!c->hf_model_type[0] && c->moe_experts > 0)
+        snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
+                 c->moe_shared_d_ff > 0 || c->qkv_bias || c->moe_every != 1 || !c->moe_norm_topk ? "qwen2_moe"
+                                                                                                 : "mixtral");
     if (!c->hf_model_type[0])
         snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
                  c->family == FAMILY_GPT2 ? "gpt2" : (c->qkv_bias ? "qwen2" : "llama"));
@@ -174,6 +260,8 @@ int model_config_finish(ModelConfig *c)
         if (!strcmp(c->hf_model_type, "gpt2")) a = "GPT2LMHeadModel";
         else if (!strcmp(c->hf_model_type, "qwen2")) a = "Qwen2ForCausalLM";
         else if (!strcmp(c->hf_model_type, "mistral")) a = "MistralForCausalLM";
+        else if (!strcmp(c->hf_model_type, "mixtral")) a = "MixtralForCausalLM";
+        else if (!strcmp(c->hf_model_type, "qwen2_moe")) a = "Qwen2MoeForCausalLM";
         snprintf(c->hf_arch, sizeof(c->hf_arch), "%s", a);
     }
     return 0;
@@ -202,6 +290,12 @@ const char *model_config_diff(const ModelConfig *a, const ModelConfig *b)
     DIFF(rope_low_freq_factor, "model rope_scaling.low_freq_factor");
     DIFF(rope_high_freq_factor, "model rope_scaling.high_freq_factor");
     DIFF(rope_orig_max_pos, "model rope_scaling.original_max_position_embeddings");
+    DIFF(moe_experts, "model.moe.experts");
+    DIFF(moe_top_k, "model.moe.top_k");
+    DIFF(moe_d_ff, "model.moe.d_ff");
+    DIFF(moe_every, "model.moe.every");
+    DIFF(moe_shared_d_ff, "model.moe.shared_experts (shared expert width)");
+    DIFF(moe_norm_topk, "model.moe.norm_topk_prob");
 #undef DIFF
     return NULL;
 }

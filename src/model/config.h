@@ -38,6 +38,13 @@ typedef struct {
     /* The RoPE scaling of LLaMA 3.x ("llama3"); factor 0 means none. */
     float rope_scale_factor, rope_low_freq_factor, rope_high_freq_factor;
     int rope_orig_max_pos;
+    /* Mixture of experts (llama family; docs/moe.md). moe_experts 0 = every MLP dense. A layer l
+     * with (l + 1) % moe_every == 0 replaces its dense MLP (width d_ff) by a router over
+     * moe_experts SwiGLU experts of width moe_d_ff, moe_top_k of them per token, plus an always-on
+     * shared SwiGLU expert of width moe_shared_d_ff behind a sigmoid gate (0 = none, Qwen2-MoE). */
+    int moe_experts, moe_top_k, moe_d_ff, moe_every, moe_shared_d_ff;
+    int moe_norm_topk;                 /* renormalise the top-k weights to sum 1 (Mixtral: yes) */
+    float moe_aux_coef, moe_z_coef;    /* load-balancing and router z-loss coefficients */
 } ModelConfig;
 
 /* Fill *c with a named preset (gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b,
@@ -65,6 +72,17 @@ static inline int cfg_qkv_dim(const ModelConfig *c) { return cfg_q_dim(c) + 2 * 
 static inline int cfg_fc_dim(const ModelConfig *c)
 {
     return c->family == FAMILY_LLAMA ? 2 * c->d_ff : c->d_ff;
+}
+
+/* Whether block l has the MoE MLP. */
+static inline int cfg_is_moe(const ModelConfig *c, int l)
+{
+    return c->moe_experts > 0 && c->moe_every > 0 && (l + 1) % c->moe_every == 0;
+}
+/* MoE layers of the model. */
+static inline int cfg_moe_layers(const ModelConfig *c)
+{
+    return c->moe_experts > 0 && c->moe_every > 0 ? c->n_layer / c->moe_every : 0;
 }
 
 /* The tensors of a config and their kinds: model/params.h. */

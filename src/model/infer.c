@@ -53,6 +53,7 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
     a->lse = be->alloc((size_t)B * c->n_head * chunk * sizeof(float));
     for (int s = 0; s < LORA_SITE_COUNT; s++) /* one layer's adapter products: every layer reuses them */
         if (param_find_lora(&m->pt, 0, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
+    if (cfg_moe_layers(c)) a->moe = moe_acts_alloc(m, &kv->moe_bufs, (int)N, NULL, 1, 1);
     kv->res_final = be->alloc(N * C * as);
     kv->lnf = be->alloc(N * C * as);
     kv->mlp = be->alloc(N * C * as);
@@ -83,6 +84,7 @@ void kv_cache_free(const Model *m, KVCache *kv)
     for (size_t i = 0; i < ARRAY_LEN(bufs); i++) be->free(bufs[i]);
     for (int s = 0; s < LORA_SITE_COUNT; s++)
         if (a->lora_t[s]) be->free(a->lora_t[s]);
+    moe_bufs_free(be, &kv->moe_bufs);
     free(kv->tokens_host);
     free(kv->logits_host);
     free(kv);

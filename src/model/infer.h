@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "model/model.h"
+#include "model/moe.h"
 
 typedef struct {
     int B, cap;    /* rows; positions per row (<= the model's max_seq_len) */
@@ -30,6 +31,7 @@ typedef struct {
     int32_t *tokens_host; /* (B*chunk) */
     void *logits;         /* (B, V) act */
     float *logits_host;   /* (B, V) fp32 */
+    MoeBufs moe_bufs;     /* the MoE activations of acts.moe (MoE models) */
 } KVCache;
 
 /* A cache for B rows of up to cap positions, running up to chunk new tokens per

@@ -111,3 +111,21 @@ void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int 
     default: *role = PROLE_PROJ_W, *rows = C; break;
     }
 }
+
+int lora_site_is_mlp(LoraSite s) { return s == LORA_GATE || s == LORA_UP || s == LORA_FC || s == LORA_DOWN; }
+
+int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear)
+{
+    if (!cfg_moe_layers(c)) return 0;
+    unsigned mlp = 0;
+    for (int s = 0; s < LORA_SITE_COUNT; s++)
+        if (lora_site_is_mlp((LoraSite)s)) mlp |= 1u << s;
+    if (!(*sites & mlp)) return 0;
+    if (!from_all_linear)
+        return err_set("gate_proj, up_proj and down_proj: adapters on a mixture-of-experts model's MLP (expert "
+                       "projections) are not supported yet; target q_proj, k_proj, v_proj, o_proj (docs/moe.md)");
+    fprintf(stderr, "anvil: note: lora.targets all-linear on a mixture-of-experts model: adapters on q_proj, k_proj, "
+                    "v_proj and o_proj only (expert projections are not supported yet, docs/moe.md)\n");
+    *sites &= ~mlp;
+    return 0;
+}

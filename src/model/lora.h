@@ -51,6 +51,14 @@ const char *lora_site_short(LoraSite s);
 void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t n);
 /* Whether the site exists in a family (q/k/v/gate/up only in llama, qkv/fc only in gpt2). */
 int lora_site_in_family(LoraSite s, Family f);
+/* Whether a site sits on the dense MLP (gate_proj, up_proj, down_proj, c_fc). */
+int lora_site_is_mlp(LoraSite s);
+/* Adapters on a model with MoE layers: adapters on the expert projections are not supported yet,
+ * so MLP sites are an error naming them when asked for by name (from_all_linear 0), and are dropped
+ * with a note on stderr when they came from "all-linear"; they are dropped for every layer, so that
+ * the PEFT directory names attention modules only. 0 or -1 with err_set(). */
+int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear);
+
 /* The rows [*row0, *row0 + *rows) of the fused weight (qkv.w, o.w, fc.w or proj.w) that the site's
  * adapter adds to, and the weight's role (PROLE_QKV_W, ...). */
 void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int *rows);

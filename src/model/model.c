@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/block.h"
+#include "model/moe.h"
 
 /* GPT-2 init (Radford et al. 2019; nanoGPT/llm.c): std 0.02 for every matrix,
  * residual output projections scaled by 1/sqrt(2 * n_layer). */
@@ -101,6 +102,11 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
         p->ln2_b = param_find_role(pt, PROLE_LN2_B, l);
         p->qkv = linear_make(pt, param_find_role(pt, PROLE_QKV_W, l), param_find_role(pt, PROLE_QKV_B, l));
         p->o = linear_make(pt, param_find_role(pt, PROLE_O_W, l), param_find_role(pt, PROLE_O_B, l));
+        if (cfg_is_moe(cfg, l)) { /* no dense MLP: the router and the experts (moe.c) */
+            p->fc = p->proj = (Linear){.w = -1, .b = -1};
+            moe_params_make(m, l);
+            continue;
+        }
         p->fc = linear_make(pt, param_find_role(pt, PROLE_FC_W, l), param_find_role(pt, PROLE_FC_B, l));
         p->proj = linear_make(pt, param_find_role(pt, PROLE_PROJ_W, l), param_find_role(pt, PROLE_PROJ_B, l));
     }
@@ -125,7 +131,8 @@ Model *model_create(const ModelConfig *cfg, const Backend *be) { return model_cr
 
 static int is_block_linear(int role)
 {
-    return role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+    return role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W ||
+           role == PROLE_EXP_FC_W || role == PROLE_EXP_PROJ_W || role == PROLE_SH_FC_W || role == PROLE_SH_PROJ_W;
 }
 
 /* The Hugging Face tensors a fused weight is made of (row ranges): llama's q/k/v and gate/up. */
@@ -139,6 +146,9 @@ static void set_parts(Param *p, const ModelConfig *c)
     } else if (p->role == PROLE_FC_W) {
         p->nparts = 2;
         p->part_rows[0] = p->part_rows[1] = c->d_ff;
+    } else if (p->role == PROLE_EXP_FC_W || p->role == PROLE_SH_FC_W) { /* [w1 | w3], [gate_proj | up_proj] */
+        p->nparts = 2;
+        p->part_rows[0] = p->part_rows[1] = p->role == PROLE_EXP_FC_W ? c->moe_d_ff : c->moe_shared_d_ff;
     }
 }
 
@@ -196,9 +206,19 @@ Model *model_create_frozen(const ModelConfig *cfg, const Backend *be)
     return m;
 }
 
+/* The first layer with a dense MLP (whose fch / fch_act later dense layers share under recompute), or
+ * n_layer when every layer is MoE. */
+static int first_dense(const ModelConfig *c)
+{
+    int l = 0;
+    while (l < c->n_layer && cfg_is_moe(c, l)) l++;
+    return l;
+}
+
 static void free_acts(Model *m)
 {
     const Backend *be = m->be;
+    moe_state_free(m); /* the MoE activations and scratch */
     if (!m->la) return;
     /* Buffers shared between layers (recompute) are owned by layer 0 only. */
     for (int l = 0; l < m->cfg.n_layer; l++) {
@@ -210,8 +230,11 @@ static void free_acts(Model *m)
             int shared = 0;
             if (l > 0) {
                 LayerActs *a0 = &m->la[0];
+                int d = first_dense(&m->cfg);
+                LayerActs *ad = &m->la[d < m->cfg.n_layer ? d : 0];
                 void *b0[] = {a0->res, a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->qkv, a0->att, a0->lse, a0->res2,
-                              a0->ln2, a0->ln2_mean, a0->ln2_rstd, a0->fch, a0->fch_act};
+                              a0->ln2, a0->ln2_mean, a0->ln2_rstd, ad->fch, ad->fch_act};
+                if (l == d) b0[11] = b0[12] = NULL; /* the first dense layer owns its own */
                 shared = bufs[i] == b0[i];
             }
             if (!shared) be->free(bufs[i]);
@@ -239,6 +262,7 @@ void model_free(Model *m)
     if (!m) return;
     const Backend *be = m->be;
     free_acts(m);
+    moe_params_free(m);
     params_free(&m->ps);
     if (m->inv_freq) be->free(m->inv_freq);
     free(m->lp);
@@ -265,9 +289,12 @@ int model_reserve(Model *m, int B, int T, int recompute)
     m->Tmax = T;
     m->recompute = recompute;
     m->la = xcalloc((size_t)c->n_layer, sizeof(LayerActs));
+    moe_state_reserve(m, (int)N);
+    int dense0 = first_dense(c);
+    MoeActs *moe0 = NULL; /* the first MoE layer's set, which later layers share under recompute */
     for (int l = 0; l < c->n_layer; l++) {
-        LayerActs *a = &m->la[l], *a0 = &m->la[0];
-        int first = l == 0;
+        LayerActs *a = &m->la[l], *a0 = &m->la[0], *ad = &m->la[dense0 < c->n_layer ? dense0 : 0];
+        int first = l == 0, moe = cfg_is_moe(c, l);
         /* kept per layer at every level: the block input and the small statistics */
         a->res = be->alloc(N * C * as);
         a->ln1_mean = be->alloc(N * sizeof(float));
@@ -278,12 +305,16 @@ int model_reserve(Model *m, int B, int T, int recompute)
         int keep_block = recompute != RECOMPUTE_BLOCK;        /* everything else */
         a->ln1 = (keep_cheap || first) ? be->alloc(N * C * as) : a0->ln1;
         a->ln2 = (keep_cheap || first) ? be->alloc(N * C * as) : a0->ln2;
-        a->fch_act = (keep_cheap || first) ? be->alloc(N * ff * as) : a0->fch_act;
+        a->fch_act = moe ? NULL : (keep_cheap || l == dense0) ? be->alloc(N * ff * as) : ad->fch_act;
         a->qkv = (keep_block || first) ? be->alloc(N * qkv * as) : a0->qkv;
         a->att = (keep_block || first) ? be->alloc(N * qd * as) : a0->att;
         a->lse = (keep_block || first) ? be->alloc((size_t)B * c->n_head * T * sizeof(float)) : a0->lse;
         a->res2 = (keep_block || first) ? be->alloc(N * C * as) : a0->res2;
-        a->fch = (keep_block || first) ? be->alloc(N * fc * as) : a0->fch;
+        a->fch = moe ? NULL : (keep_block || l == dense0) ? be->alloc(N * fc * as) : ad->fch;
+        if (moe) {
+            a->moe = moe_acts_alloc(m, &m->moe->bufs, (int)N, moe0, keep_block, keep_cheap);
+            if (!moe0) moe0 = a->moe;
+        }
         for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r): kept at every level */
             if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
     }
@@ -362,7 +393,9 @@ void model_init_gpt2(Model *m, uint64_t seed)
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
         int is_norm_w = p->role == PROLE_LN1_W || p->role == PROLE_LN2_W || p->role == PROLE_LNF_W;
-        double std = (p->role == PROLE_O_W || p->role == PROLE_PROJ_W) ? resid_std : INIT_STD;
+        int resid = p->role == PROLE_O_W || p->role == PROLE_PROJ_W || p->role == PROLE_EXP_PROJ_W ||
+                    p->role == PROLE_SH_PROJ_W;
+        double std = resid ? resid_std : INIT_STD;
         Rng r;
         rng_seed(&r, seed, (uint64_t)i);
         if (p->kind == PARAM_NF4) {
@@ -523,6 +556,7 @@ float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int
     }
     if (n_valid) *n_valid = valid;
     m->loss_sum = sum;
+    if (m->moe) moe_after_forward(m, N, (double)loss_scale * valid);
     m->cur_B = B;
     m->cur_T = T;
     return valid ? (float)(sum / valid) : 0.0f;
@@ -567,8 +601,9 @@ static double stack_flops(const Model *m, int backward)
     double f = 0;
     for (int l = 0; l < m->cfg.n_layer; l++) {
         const LayerParams *p = &m->lp[l];
-        f += linear_flops(&m->ps, &p->qkv, backward) + linear_flops(&m->ps, &p->o, backward) +
-             linear_flops(&m->ps, &p->fc, backward) + linear_flops(&m->ps, &p->proj, backward);
+        f += linear_flops(&m->ps, &p->qkv, backward) + linear_flops(&m->ps, &p->o, backward);
+        f += p->moe ? moe_flops(m, l, backward)
+                    : linear_flops(&m->ps, &p->fc, backward) + linear_flops(&m->ps, &p->proj, backward);
     }
     return f + linear_flops(&m->ps, &m->head, backward);
 }

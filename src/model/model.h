@@ -33,7 +33,14 @@ enum {
 typedef struct {
     int ln1_w, ln1_b, ln2_w, ln2_b;
     Linear qkv, o, fc, proj;
+    /* MoE layers (moe.h) instead of fc/proj: the router, each expert's fc/proj (E each, owned),
+     * the shared expert and its gate (w -1 when absent) */
+    int moe;
+    Linear router, sh_fc, sh_proj, sh_gate;
+    Linear *exp_fc, *exp_proj;
 } LayerParams;
+
+struct MoeActs;
 
 /* Activations of one block, saved by forward for backward (or the scratch of one chunk of
  * generation, where every layer shares one set). */
@@ -50,6 +57,7 @@ typedef struct {
     void *fch;         /* (N,fc_dim) pre-activation */
     void *fch_act;     /* (N,d_ff) after GELU / SwiGLU */
     void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h) */
+    struct MoeActs *moe; /* MoE layers: routing and expert activations (moe.h); NULL for dense */
 } LayerActs;
 
 /* Hooks of a sharded run (src/dist/dist.h fills them; NULL members are skipped). g is a group of
@@ -105,6 +113,7 @@ typedef struct Model {
     float *losses_host;         /* (N) host */
     double loss_sum;            /* sum of the losses of the last forward with targets */
     const ModelHooks *hooks;    /* a sharded run's hooks (above), or NULL */
+    struct MoeState *moe;       /* MoE models: backward scratch, routing losses, statistics (moe.h) */
 } Model;
 
 /* The hooks, where set (model.c, block.c). */

@@ -33,6 +33,7 @@ static void add_param(ParamTable *pt, int *cap, const char *name, int role, int 
     p->site = -1;
     p->nparts = 1;
     p->part_rows[0] = (int)d0;
+    p->expert = -1;
     pt->total += p->numel;
 }
 
@@ -65,6 +66,7 @@ static void add_lora(ParamTable *pt, int *cap, const ModelConfig *c, const LoraS
 {
     for (int s = 0; s < LORA_SITE_COUNT; s++) {
         if (!(lora->sites & (1u << s)) || !lora_site_in_family((LoraSite)s, c->family)) continue;
+        if (cfg_is_moe(c, l) && lora_site_is_mlp((LoraSite)s)) continue; /* no dense MLP here (lora_sites_moe) */
         int role, row0, rows;
         lora_site_rows(c, (LoraSite)s, &role, &row0, &rows);
         int in = role == PROLE_O_W ? cfg_q_dim(c) : role == PROLE_PROJ_W ? c->d_ff : c->d_model;
@@ -103,10 +105,28 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
         if (c->o_bias) P1("o.b", PROLE_O_B, C);
         P1("ln2.w", PROLE_LN2_W, C);
         if (gpt2) P1("ln2.b", PROLE_LN2_B, C);
-        P2("fc.w", PROLE_FC_W, cfg_fc_dim(c), C);
-        if (c->mlp_bias) P1("fc.b", PROLE_FC_B, cfg_fc_dim(c));
-        P2("proj.w", PROLE_PROJ_W, C, c->d_ff);
-        if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
+        if (cfg_is_moe(c, l)) {
+            P2("router.w", PROLE_ROUTER_W, c->moe_experts, C);
+            for (int e = 0; e < c->moe_experts; e++) { /* fc then proj of each expert: param_find_expert */
+                char sfx[32];
+                snprintf(sfx, sizeof(sfx), "exp.%d.fc.w", e);
+                P2(sfx, PROLE_EXP_FC_W, 2 * c->moe_d_ff, C);
+                pt->p[pt->n - 1].expert = e;
+                snprintf(sfx, sizeof(sfx), "exp.%d.proj.w", e);
+                P2(sfx, PROLE_EXP_PROJ_W, C, c->moe_d_ff);
+                pt->p[pt->n - 1].expert = e;
+            }
+            if (c->moe_shared_d_ff > 0) {
+                P2("shared.fc.w", PROLE_SH_FC_W, 2 * c->moe_shared_d_ff, C);
+                P2("shared.proj.w", PROLE_SH_PROJ_W, C, c->moe_shared_d_ff);
+                P2("shared.gate.w", PROLE_SH_GATE_W, 1, C);
+            }
+        } else {
+            P2("fc.w", PROLE_FC_W, cfg_fc_dim(c), C);
+            if (c->mlp_bias) P1("fc.b", PROLE_FC_B, cfg_fc_dim(c));
+            P2("proj.w", PROLE_PROJ_W, C, c->d_ff);
+            if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
+        }
 #undef P1
 #undef P2
         if (lora && lora->r > 0) add_lora(pt, &cap, c, lora, l);
@@ -151,6 +171,19 @@ int param_find_role(const ParamTable *pt, int role, int layer)
     return pt->by_role[(size_t)(layer + 1) * PROLE_COUNT + role];
 }
 
+int param_find_expert(const ParamTable *pt, int role, int layer, int e)
+{
+    if (role != PROLE_EXP_FC_W && role != PROLE_EXP_PROJ_W) return -1;
+    int first = param_find_role(pt, PROLE_EXP_FC_W, layer); /* by_role keeps the last: expert E-1's */
+    if (first < 0) return -1;
+    int E = pt->p[first].expert + 1;
+    if (e < 0 || e >= E) return -1;
+    int i = first - 2 * (E - 1 - e) + (role == PROLE_EXP_PROJ_W);
+    if (pt->p[i].role != role || pt->p[i].expert != e || pt->p[i].layer != layer)
+        fatal("param_find_expert: table order broken at %s (internal error)", pt->p[i].name);
+    return i;
+}
+
 int param_find_lora(const ParamTable *pt, int layer, int site, int ab)
 {
     if (layer < 0 || layer >= pt->n_layer || site < 0 || site >= LORA_SITE_COUNT) return -1;
@@ -166,6 +199,15 @@ size_t param_count_kind(const ParamTable *pt, ParamKind kind)
 }
 
 size_t param_count_all(const ParamTable *pt) { return pt->total; }
+
+size_t param_count_active(const ParamTable *pt, const ModelConfig *c)
+{
+    size_t experts = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].role == PROLE_EXP_FC_W || pt->p[i].role == PROLE_EXP_PROJ_W) experts += pt->p[i].numel;
+    if (!experts) return pt->total;
+    return pt->total - experts + experts / (size_t)c->moe_experts * (size_t)c->moe_top_k;
+}
 
 size_t param_count(const ParamTable *pt) { return param_count_kind(pt, PARAM_TRAIN); }
 

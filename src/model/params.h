@@ -6,6 +6,9 @@
  *   h.L.ln1.w/b (C)  h.L.qkv.w (qkv_dim, C)  h.L.qkv.b (qkv_dim)
  *   h.L.o.w (C, q_dim)  h.L.o.b (C)  h.L.ln2.w/b (C)
  *   h.L.fc.w (fc_dim, C)  h.L.fc.b (fc_dim)  h.L.proj.w (C, d_ff)  h.L.proj.b (C)
+ * and in an MoE layer instead of fc/proj (docs/moe.md):
+ *   h.L.router.w (E, C)  h.L.exp.e.fc.w (2 moe_d_ff, C)  h.L.exp.e.proj.w (C, moe_d_ff)  (e = 0 .. E-1)
+ *   h.L.shared.fc.w (2 shared_d_ff, C)  h.L.shared.proj.w (C, shared_d_ff)  h.L.shared.gate.w (1, C)
  * qkv rows are [q heads | k heads | v heads]; llama fc rows are [gate | up]. Table order is
  * layer-major: the embeddings, then block 0 .. L-1, then the final norm and the head.
  *
@@ -54,6 +57,10 @@ enum {
     PROLE_LN1_W, PROLE_LN1_B, PROLE_QKV_W, PROLE_QKV_B, PROLE_O_W, PROLE_O_B,
     PROLE_LN2_W, PROLE_LN2_B, PROLE_FC_W, PROLE_FC_B, PROLE_PROJ_W, PROLE_PROJ_B,
     PROLE_LORA_A, PROLE_LORA_B, /* adapters (lora.h): A (r, in), B (rows, r) of one site */
+    /* MoE layers (config.h cfg_is_moe) in place of fc/proj: the router (E, C); expert e's
+     * fc.w (2 moe_d_ff, C) [gate | up] and proj.w (C, moe_d_ff), the experts one after another
+     * (param_find_expert); the shared expert's fc/proj and its gate (1, C) */
+    PROLE_ROUTER_W, PROLE_EXP_FC_W, PROLE_EXP_PROJ_W, PROLE_SH_FC_W, PROLE_SH_PROJ_W, PROLE_SH_GATE_W,
     PROLE_COUNT
 };
 
@@ -71,6 +78,7 @@ typedef struct {
     int site;       /* LoraSite of an adapter tensor, -1 otherwise */
     int nparts;     /* 4-bit: the Hugging Face tensors it is made of (row ranges), 1..PARAM_MAX_PARTS */
     int part_rows[3];
+    int expert;     /* the routed expert of a PROLE_EXP_* tensor, -1 otherwise */
 } Param;
 
 #define PARAM_MAX_PARTS 3
@@ -101,11 +109,15 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds);
 int param_find(const ParamTable *pt, const char *name);
 /* Index of (role, layer), or -1 if the model has no such tensor. O(1). */
 int param_find_role(const ParamTable *pt, int role, int layer);
+/* Index of expert e's PROLE_EXP_FC_W or PROLE_EXP_PROJ_W tensor in MoE layer l, or -1. O(1). */
+int param_find_expert(const ParamTable *pt, int role, int layer, int e);
 /* Index of the adapter tensor A (ab 0) or B (ab 1) of a site in layer l, or -1. O(1). */
 int param_find_lora(const ParamTable *pt, int layer, int site, int ab);
 /* Elements of tensors of one kind, and of all of them. */
 size_t param_count_kind(const ParamTable *pt, ParamKind kind);
 size_t param_count_all(const ParamTable *pt);
+/* Elements a token uses: all, less the routed experts it is not sent to ((E - k) of E per MoE layer). */
+size_t param_count_active(const ParamTable *pt, const ModelConfig *c);
 /* Trainable elements (param_count_kind(PARAM_TRAIN)). */
 size_t param_count(const ParamTable *pt);
 const char *param_kind_name(ParamKind k);

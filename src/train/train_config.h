@@ -28,6 +28,10 @@ typedef struct {
     float rope_theta;
     int tie_embeddings; /* -1 = the preset's / family's choice */
     int qkv_bias;       /* -1 = family default */
+    /* model.moe (docs/moe.md): 0 = the preset's / default */
+    int moe_experts, moe_top_k, moe_d_ff, moe_every, moe_shared;
+    int moe_norm_topk;  /* -1 = the default (true) */
+    float moe_aux_coef, moe_z_coef;
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
     char quant[8];      /* model.quant: none, nf4, fp4 */
     int quant_double, quant_blocksize;

@@ -29,6 +29,7 @@
 #include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
+#include "model/moe.h"
 #include "report/plan.h"
 #include "report/tb.h"
 #include "dist/env.h"
@@ -55,9 +56,13 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         if (hf_read_config(tc->model_init, c)) return err_prefix("model.init");
         const char *clash = tc->n_layer ? "n_layer" : tc->n_head ? "n_head" : tc->d_model ? "d_model"
                           : tc->n_kv_head ? "n_kv_head" : tc->d_ff ? "d_ff" : tc->vocab_size ? "vocab_size"
-                          : tc->model_preset[0] ? "preset" : NULL;
+                          : tc->model_preset[0] ? "preset" : tc->moe_experts ? "moe.experts" : tc->moe_top_k ? "moe.top_k"
+                          : tc->moe_d_ff ? "moe.d_ff" : tc->moe_every ? "moe.every" : tc->moe_shared ? "moe.shared_experts"
+                          : tc->moe_norm_topk >= 0 ? "moe.norm_topk_prob" : NULL;
         if (clash) return err_set("model.%s: cannot be combined with model.init (the checkpoint fixes the architecture)", clash);
         if (tc->max_seq_len) c->max_seq_len = tc->max_seq_len;
+        c->moe_aux_coef = tc->moe_aux_coef;
+        c->moe_z_coef = tc->moe_z_coef;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -88,6 +93,15 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (tc->rope_theta > 0) c->rope_theta = tc->rope_theta;
     if (tc->tie_embeddings >= 0) c->tie_embeddings = tc->tie_embeddings;
     if (tc->qkv_bias >= 0) c->qkv_bias = tc->qkv_bias;
+    if (tc->moe_experts) c->moe_experts = tc->moe_experts;
+    if (tc->moe_top_k) c->moe_top_k = tc->moe_top_k;
+    if (tc->moe_d_ff) c->moe_d_ff = tc->moe_d_ff;
+    if (tc->moe_every) c->moe_every = tc->moe_every;
+    if (tc->moe_norm_topk >= 0) c->moe_norm_topk = tc->moe_norm_topk;
+    if (tc->moe_shared < 0) return err_set("model.moe.shared_experts: must be >= 0, got %d", tc->moe_shared);
+    if (tc->moe_shared) c->moe_shared_d_ff = tc->moe_shared * (tc->moe_d_ff ? tc->moe_d_ff : c->moe_d_ff ? c->moe_d_ff : c->d_ff);
+    c->moe_aux_coef = tc->moe_aux_coef;
+    c->moe_z_coef = tc->moe_z_coef;
     if (c->family == FAMILY_GPT2 && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the gpt2 family always ties its head to the embeddings");
     return model_config_finish(c);
@@ -172,6 +186,8 @@ typedef struct {
     double auto_plan_gib; /* train.batch_size auto: the plan's peak for the chosen batch */
     int overwrite; /* --overwrite: setup_run_dir removes the old run before writing the new one */
     int stop;     /* some rank was interrupted: every rank stops after this step */
+    double *moe_load; /* MoE: routed rows per layer and expert over this process's steps (NULL: dense) */
+    int moe_step0;    /* the first step they count */
 } Run;
 
 /* ZeRO shards the optimizer's files only when several ranks hold parts of it. */
@@ -398,13 +414,14 @@ static void line_add(char *buf, size_t n, size_t *o, const char *fmt, ...)
     if (k > 0) *o = MIN(n, *o + (size_t)k);
 }
 
-#define METRICS_LINE_MAX 4096
+/* One metrics.jsonl line at most (an MoE run's expert_load: 8 characters per layer and expert). */
+#define METRICS_LINE_MAX (1 << 16)
 
 /* One metrics.jsonl line, also given to the TensorBoard writer, so the event files hold exactly
  * the values of metrics.jsonl. */
 static int log_metrics(Run *r, const StepLog *s)
 {
-    char line[METRICS_LINE_MAX];
+    static char line[METRICS_LINE_MAX];
     size_t o = 0, n = sizeof(line);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
@@ -423,6 +440,7 @@ static int log_metrics(Run *r, const StepLog *s)
         line_add(line, n, &o, "]");
     }
     if (!isnan(s->val_loss)) line_add(line, n, &o, ", \"val_loss\": %.6f", s->val_loss);
+    moe_metrics_json(r->m, line, n, &o);
     if (s->mcq) {
         const McqResult *mcq = s->mcq;
         line_add(line, n, &o, ", \"mcq_task\": \"%s\", \"mcq_items\": %d, \"mcq_acc\": %.6f", r->tc->eval_mcq_task,
@@ -563,6 +581,7 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
 {
     if (tc->lora_init[0]) {
         if (peft_read_config(tc->lora_init, cfg, ls, NULL, 0)) return err_prefix("lora.init");
+        if (lora_sites_moe(cfg, &ls->sites, 0)) return err_prefix("lora.init: target_modules");
         if (tc->lora_r && tc->lora_r != ls->r)
             return err_set("lora.r: %d differs from lora.init's r %d (%s)", tc->lora_r, ls->r, tc->lora_init);
         return 0;
@@ -571,6 +590,8 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
     for (int i = 0; i < tc->lora_targets.n; i++) names[i] = tc->lora_targets.item[i];
     *ls = (LoraSpec){.r = tc->lora_r, .alpha = tc->lora_alpha, .rslora = tc->lora_rslora, .dropout = tc->lora_dropout};
     if (lora_sites_parse(names, tc->lora_targets.n, cfg->family, &ls->sites)) return err_prefix("lora.targets");
+    int all = tc->lora_targets.n == 1 && !strcmp(names[0], "all-linear");
+    if (lora_sites_moe(cfg, &ls->sites, all)) return err_prefix("lora.targets");
     return 0;
 }
 
@@ -880,6 +901,7 @@ static int train_loop(Run *r)
         for (int k = 0; k < r->accum; k++)
             if (loader_next(r->train, r->in[k], r->tg[k])) goto out;
         StepBatch b = {.B = B, .T = T, .accum = r->accum, .in = r->in, .tg = r->tg};
+        moe_stats_reset(r->m); /* routing statistics of this step's micro-batches */
         StepHyper h = {.lr = s.lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = step,
                        .grad_clip = tc->grad_clip};
         if (train_step_dist(r->m, &r->opt, dp ? d : NULL, &b, &h, &s.res)) {
@@ -897,6 +919,11 @@ static int train_loop(Run *r)
         }
         s.tps = step_tokens / dt;
         s.ms = dt * 1e3;
+        if (r->m->moe) {
+            size_t nl = (size_t)r->m->moe->n_moe * r->m->cfg.moe_experts;
+            if (!r->moe_load) r->moe_load = xcalloc(nl, sizeof(double)), r->moe_step0 = step;
+            for (size_t k = 0; k < nl; k++) r->moe_load[k] += r->m->moe->load[k];
+        }
         s.mfu = on_gpu ? flops_token * s.tps / (dp ? d->world : 1) / GPU_BF16_PEAK : 0;
         size_t peak;
         r->be->mem_stats(NULL, &peak);
@@ -913,8 +940,15 @@ static int train_loop(Run *r)
         }
     }
     rc = 0;
+    if (r->moe_load && !r->quiet) {
+        char what[64];
+        snprintf(what, sizeof(what), "over steps %d-%d", r->moe_step0, r->st.step);
+        moe_print_load_table(r->m, r->moe_load, what, stdout);
+    }
 out:
     free(peak_ranks);
+    free(r->moe_load);
+    r->moe_load = NULL;
     return rc;
 }
 

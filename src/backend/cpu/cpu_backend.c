@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_extra.h"
+#include "backend/cpu/cpu_moe.h"
 #include "backend/cpu/cpu_kv.h"
 #include "core/error.h"
 #include "model/quant4.h"
@@ -719,6 +720,15 @@ static const Backend cpu_backend = {
     .gemm = cpu_gemm,
     .dropout = cpu_dropout,
     .dequant4 = cpu_dequant4,
+    .moe_route_fwd = cpu_moe_route_fwd,
+    .moe_route_bwd = cpu_moe_route_bwd,
+    .moe_sort = cpu_moe_sort,
+    .moe_gather_fwd = cpu_moe_gather_fwd,
+    .moe_gather_bwd = cpu_moe_gather_bwd,
+    .moe_combine_fwd = cpu_moe_combine_fwd,
+    .moe_combine_bwd = cpu_moe_combine_bwd,
+    .moe_gate_fwd = cpu_moe_gate_fwd,
+    .moe_gate_bwd = cpu_moe_gate_bwd,
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,
     .mem_reset_peak = cpu_mem_reset_peak,

@@ -341,6 +341,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->copy = cu_copy;
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
+    cu_fill_moe_ops<T>(be);
 }
 
 static Backend g_table_bf16, g_table_f32;

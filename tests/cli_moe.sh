@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# cli_moe.sh - mixture-of-experts training end to end on the CPU (docs/moe.md):
+#   - a tiny Mixtral-style model (moe-tiny, byte tokens) trains a few steps on real text; every line
+#     of metrics.jsonl has aux_loss, z_loss and per MoE layer expert_load (shares summing to 1),
+#     load_balance and routing_entropy_bits within their ranges; the end of the run prints the
+#     per-expert load table with bars; anvil report reads the run;
+#   - the final checkpoint is a MixtralForCausalLM directory that anvil eval reads back;
+#   - recompute 2 gives the same losses as recompute 0; a resumed run equals an uninterrupted one; a Qwen2-MoE-style model (every 2nd layer,
+#     a shared expert) trains too; LoRA on an MoE model adapts attention, refuses expert targets;
+#   - bad model.moe.* keys are one clear line each.
+set -u
+. "$(dirname "$0")/lib_cli.sh"
+
+TRAIN=examples/sentences-train.txt
+if [ ! -f "$TRAIN" ]; then
+    echo "skip: $TRAIN not found (run from the repository root)" >&2
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+head -c 30000 "$TRAIN" >"$tmp/train.txt"
+
+cat >"$tmp/moe.yaml" <<YAML
+model:
+  preset: moe-tiny
+  vocab_size: 257
+  max_seq_len: 32
+  d_model: 32
+  n_head: 4
+  n_kv_head: 2
+  moe:
+    d_ff: 48
+data:
+  train: $tmp/train.txt
+  tokenizer: byte
+train:
+  steps: 8
+  batch_size: 4
+  seq_len: 32
+  lr: 3e-3
+  warmup_steps: 2
+eval:
+  steps: 0
+out_dir: $tmp/run
+YAML
+
+if ! "$ANVIL" train "$tmp/moe.yaml" >"$tmp/train.log" 2>&1; then
+    bad "MoE training failed: $(tail -n 3 "$tmp/train.log")"
+    cli_summary
+    exit 1
+fi
+ok
+check "8 metrics lines" [ "$(wc -l <"$tmp/run/metrics.jsonl")" -eq 8 ]
+# every line: the routing keys with sane values (2 MoE layers x 4 experts)
+check "routing metrics" python3 - "$tmp/run/metrics.jsonl" <<'PY'
+import json, math, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+for d in lines:
+    assert 0 < d["aux_loss"] <= 4 * 2, d["aux_loss"]  # E * sum_e f_e P_e with sum f = k = 2, sum P = 1
+    assert d["z_loss"] > 0
+    el, lb, en = d["expert_load"], d["load_balance"], d["routing_entropy_bits"]
+    assert len(el) == 2 and all(len(r) == 4 for r in el) and len(lb) == 2 and len(en) == 2
+    for r, b, h in zip(el, lb, en):
+        assert abs(sum(r) - 1) < 1e-3 and min(r) >= 0
+        assert abs(b - (1 / 4) / max(r)) < 1e-3, (b, r)
+        assert abs(h + sum(p * math.log2(p) for p in r if p > 0)) < 1e-3 and 0 <= h <= 2 + 1e-9
+PY
+check "load table printed" grep -q "expert load over steps 1-8" "$tmp/train.log"
+check "load table bars" grep -q "expert   0: .*%.*█" "$tmp/train.log"
+check "balance line" grep -q "layer 1: load balance factor" "$tmp/train.log"
+check "final is Mixtral" grep -q '"MixtralForCausalLM"' "$tmp/run/final/config.json"
+check "final has experts" grep -q '"num_local_experts": 4' "$tmp/run/final/config.json"
+check "eval reads it back" "$ANVIL" eval ppl --model "$tmp/run/final" --data "$tmp/train.txt" --tokenizer byte \
+    --seq 32 --batch 2
+check "report reads the run" "$ANVIL" report "$tmp/run" --out "$tmp/report"
+check "expert-load figure" ls "$tmp/report"/expert_load_* 
+
+# recompute 2 recomputes the routing and experts: the same losses
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set train.recompute=2 --set out_dir="$tmp/rc2" >/dev/null 2>&1
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set out_dir="$tmp/rc0" >/dev/null 2>&1
+check "recompute 2 = recompute 0" cmp -s <(cut -d, -f2 "$tmp/rc0/metrics.jsonl") <(cut -d, -f2 "$tmp/rc2/metrics.jsonl")
+
+# resume from a mid-run checkpoint: the same losses and routing statistics as the uninterrupted run
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=4 --set checkpoint.every=2 --set out_dir="$tmp/full" >/dev/null 2>&1
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set checkpoint.every=2 --set out_dir="$tmp/half" >/dev/null 2>&1
+"$ANVIL" train --resume "$tmp/half" --set train.steps=4 >/dev/null 2>&1
+strip_speed() { sed 's/"tokens_per_s.*"peak_mem_gib": [0-9.]*//' "$1"; }
+check "resume = uninterrupted (loss, aux, z, loads)" cmp -s <(strip_speed "$tmp/full/metrics.jsonl") <(strip_speed "$tmp/half/metrics.jsonl")
+
+# Qwen2-MoE style: every 2nd layer, a shared expert, q/k/v biases
+if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set model.moe.every=2 --set model.moe.shared_experts=1 \
+    --set model.qkv_bias=true --set model.moe.norm_topk_prob=false --set out_dir="$tmp/qwen" >"$tmp/qwen.log" 2>&1; then
+    ok
+    check "qwen2_moe final" grep -q '"Qwen2MoeForCausalLM"' "$tmp/qwen/final/config.json"
+    check "one MoE layer logged" python3 -c "import json,sys; d=json.loads(open(sys.argv[1]).readline()); assert len(d['expert_load'])==1" "$tmp/qwen/metrics.jsonl"
+else
+    bad "qwen2-moe-style training failed: $(tail -n 3 "$tmp/qwen.log")"
+fi
+
+# LoRA: attention adapters on the MoE model; expert targets refused
+if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set model.init="$tmp/run/final" --set model.preset= \
+    --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 --set model.n_kv_head=0 \
+    --set model.moe.d_ff=0 --set lora.r=4 --set out_dir="$tmp/lora" >"$tmp/lora.log" 2>&1; then
+    ok
+    check "all-linear note" grep -q "adapters on q_proj, k_proj, v_proj and o_proj only" "$tmp/lora.log"
+    check "adapter config names attention only" python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['target_modules']; assert set(t) <= {'q_proj','k_proj','v_proj','o_proj'}, t" "$tmp/lora/final/adapter_config.json"
+else
+    bad "LoRA on the MoE model failed: $(tail -n 3 "$tmp/lora.log")"
+fi
+expect_fail lora-experts "lora.targets|expert projections" train "$tmp/moe.yaml" --set model.init="$tmp/run/final" \
+    --set model.preset= --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 \
+    --set model.n_kv_head=0 --set model.moe.d_ff=0 --set lora.r=4 --set lora.targets=gate_proj,q_proj --set out_dir="$tmp/l2"
+
+# bad keys
+expect_fail topk-range "model.moe.top_k|1 .. model.moe.experts (4)" train "$tmp/moe.yaml" --set model.moe.top_k=5 --set out_dir="$tmp/e1"
+expect_fail every-range "model.moe.every" train "$tmp/moe.yaml" --set model.moe.every=3 --set out_dir="$tmp/e2"
+expect_fail neg-experts "model.moe.experts|>= 0" train "$tmp/moe.yaml" --set model.moe.experts=-1 --set out_dir="$tmp/e3"
+expect_fail aux-neg "model.moe.aux_loss_coef" train "$tmp/moe.yaml" --set model.moe.aux_loss_coef=-1 --set out_dir="$tmp/e4"
+expect_fail gpt2-moe "model.moe.experts|llama family" train "$tmp/moe.yaml" --set model.preset=gpt2-tiny --set model.moe.experts=4 --set out_dir="$tmp/e5"
+expect_fail dense-topk "model.moe.top_k|model.moe.experts is 0" train "$tmp/moe.yaml" --set model.preset=llama-tiny --set model.moe.top_k=2 --set model.moe.d_ff=0 --set out_dir="$tmp/e6"
+expect_fail init-clash "model.moe.experts: cannot be combined with model.init" train "$tmp/moe.yaml" --set model.init="$tmp/run/final" \
+    --set model.preset= --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 --set model.n_kv_head=0 \
+    --set model.moe.d_ff=0 --set model.moe.experts=8 --set out_dir="$tmp/e7"
+cli_summary

@@ -1,0 +1,475 @@
+/* test_moe.c - the mixture-of-experts MLP on the CPU backend (docs/moe.md).
+ *
+ * Against transformers (tools/make_moe_hf_fixtures.py: tiny random-init MixtralForCausalLM and
+ * Qwen2MoeForCausalLM): logits, the loss, the load-balancing loss (load_balancing_loss_func),
+ * transformers' loss with labels and output_router_logits=True, the router z-loss, every gradient
+ * of loss + aux_coef * aux + z_coef * z (the router's included) at recompute levels 0, 1 and 2, and
+ * the greedy continuation (full recomputation and the KV cache). The fused transformers-5 layout
+ * loads the same weights; a written directory reads back bit for bit.
+ * Finite differences: the routing op's gradient (top-k weights with and without renormalisation,
+ * the per-expert term of the aux loss, the z term), the un-permute and the shared expert's gate,
+ * and the whole model's routing-loss gradients with respect to the router weights. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "eval/generate.h"
+#include "io/fsutil.h"
+#include "io/hf.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "model/moe.h"
+#include "test.h"
+
+/* The bar of tests/test_parity.c: max |ours - ref| / max |ref| per tensor. */
+#define PARITY_TOL 1e-4
+/* make_moe_hf_fixtures.py's coefficients (also in the reference metadata). */
+#define FIX_AUX_COEF 0.1f
+#define FIX_Z_COEF 0.01f
+
+typedef struct {
+    StFile ref;
+    Model *m;
+    const char *name;
+} Fix;
+
+static float *ref_f32(Fix *fx, const char *name, size_t *numel)
+{
+    const StTensor *t = st_find(&fx->ref, name);
+    CHECKF(t != NULL, "%s: reference tensor %s missing", fx->name, name);
+    if (!t) return NULL;
+    float *out = xmalloc(t->numel * sizeof(float));
+    st_to_f32(t, out);
+    if (numel) *numel = t->numel;
+    return out;
+}
+
+static const int32_t *ref_i32(Fix *fx, const char *name, const StTensor **tt)
+{
+    const StTensor *t = st_find(&fx->ref, name);
+    CHECKF(t && t->dtype == ST_I32, "%s: %s missing or not I32", fx->name, name);
+    if (tt) *tt = t;
+    return t ? t->data : NULL;
+}
+
+static double ref_scalar(Fix *fx, const char *name)
+{
+    float *x = ref_f32(fx, name, NULL);
+    double v = x ? x[0] : NAN;
+    free(x);
+    return v;
+}
+
+static int fix_open(Fix *fx, const char *name, const char *sub)
+{
+    memset(fx, 0, sizeof(*fx));
+    fx->name = name;
+    char dir[512], ref[512];
+    snprintf(dir, sizeof(dir), "%s/moe/%s/%s", test_fixtures(), name, sub);
+    snprintf(ref, sizeof(ref), "%s/moe/%s/reference.safetensors", test_fixtures(), name);
+    CHECKF(st_open(&fx->ref, ref) == 0, "%s", err_get());
+    fx->m = hf_load_model(dir, backend_cpu(), 1);
+    CHECKF(fx->m != NULL, "hf_load_model %s: %s", dir, err_get());
+    if (!fx->m) return -1;
+    fx->m->cfg.moe_z_coef = FIX_Z_COEF;
+    CHECK_CLOSE(fx->m->cfg.moe_aux_coef, FIX_AUX_COEF, 1e-7); /* router_aux_loss_coef of config.json */
+    return 0;
+}
+
+static void fix_close(Fix *fx)
+{
+    model_free(fx->m);
+    st_close(&fx->ref);
+}
+
+static void compare_grads(Fix *fx, const float *grads, const char *pass)
+{
+    HfTensor *t;
+    int n;
+    CHECK(hf_export(&fx->m->cfg, &fx->m->pt, grads, &t, &n) == 0);
+    int matched = 0, expected = 0;
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < n; i++) {
+        char key[160];
+        snprintf(key, sizeof(key), "grad.%s", t[i].name);
+        size_t numel = 0;
+        float *ref = ref_f32(fx, key, &numel);
+        if (!ref) continue;
+        size_t ours = (size_t)t[i].shape[0] * (size_t)(t[i].ndim == 2 ? t[i].shape[1] : 1);
+        CHECKF(ours == numel, "%s: %s: %zu elements, reference %zu", fx->name, key, ours, numel);
+        double e = ours == numel ? rel_err_max(t[i].data, ref, numel) : INFINITY;
+        CHECKF(e <= PARITY_TOL, "%s [%s]: %s: relative error %.3g", fx->name, pass, key, e);
+        if (e > worst) worst = e, worst_name = t[i].name;
+        matched++;
+        free(ref);
+    }
+    for (int i = 0; i < fx->ref.n; i++) expected += !strncmp(fx->ref.t[i].name, "grad.", 5);
+    CHECKF(matched == expected, "%s: matched %d of %d gradients", fx->name, matched, expected);
+    fprintf(stderr, "  %s [%s]: %d gradients, worst %.3g (%s)\n", fx->name, pass, matched, worst, worst_name);
+    hf_tensors_free(t, n);
+}
+
+static void check_fixture(const char *name)
+{
+    Fix fx;
+    if (fix_open(&fx, name, "model")) return;
+    Model *m = fx.m;
+    const StTensor *ti;
+    const int32_t *inputs = ref_i32(&fx, "input_ids", &ti), *targets = ref_i32(&fx, "targets", NULL);
+    if (!inputs || !targets) goto out;
+    int B = (int)ti->shape[0], T = (int)ti->shape[1], V = m->cfg.vocab_size;
+    for (int rc = 0; rc <= 2; rc++) {
+        char pass[32];
+        snprintf(pass, sizeof(pass), "recompute %d", rc);
+        CHECK(model_reserve(m, B, T, rc) == 0);
+        if (rc == 0) { /* logits */
+            model_forward(m, inputs, NULL, B, T, 0.0f, NULL);
+            float *logits = xmalloc((size_t)B * T * V * sizeof(float));
+            m->be->download_act(logits, m->logits, (size_t)B * T * V);
+            size_t n;
+            float *ref = ref_f32(&fx, "logits", &n);
+            if (ref) CHECKF(rel_err_max(logits, ref, n) <= PARITY_TOL, "%s: logits: %.3g", name, rel_err_max(logits, ref, n));
+            free(ref);
+            free(logits);
+        }
+        int valid = 0;
+        for (int i = 0; i < B * T; i++) valid += targets[i] >= 0;
+        model_zero_grad(m);
+        float loss = model_forward(m, inputs, targets, B, T, 1.0f / (float)valid, NULL);
+        double aux = m->moe->aux, z = m->moe->z;
+        CHECK_CLOSE(loss, ref_scalar(&fx, "loss"), PARITY_TOL);
+        CHECK_CLOSE(aux, ref_scalar(&fx, "aux"), PARITY_TOL);
+        CHECK_CLOSE(z, ref_scalar(&fx, "z"), PARITY_TOL);
+        CHECK_CLOSE(loss + m->cfg.moe_aux_coef * aux, ref_scalar(&fx, "loss_aux"), PARITY_TOL);
+        CHECK_CLOSE(moe_loss(m), m->cfg.moe_aux_coef * aux + m->cfg.moe_z_coef * z, 1e-12);
+        model_backward(m);
+        float *grads = xmalloc(m->pt.total * sizeof(float));
+        model_get_grads(m, grads);
+        compare_grads(&fx, grads, pass);
+        free(grads);
+    }
+    /* greedy: full recomputation, then the KV cache of generate_run */
+    const StTensor *tp, *to;
+    const int32_t *prompt = ref_i32(&fx, "greedy.prompt", &tp), *want = ref_i32(&fx, "greedy.output", &to);
+    if (!prompt || !want) goto out;
+    int P = (int)tp->shape[1], NEW = (int)to->shape[1];
+    CHECK(model_reserve(m, 1, P + NEW, RECOMPUTE_NONE) == 0);
+    int32_t *ids = xmalloc((size_t)(P + NEW) * sizeof(int32_t));
+    float *row = xmalloc((size_t)V * sizeof(float));
+    memcpy(ids, prompt, (size_t)P * sizeof(int32_t));
+    int same = 1;
+    for (int k = 0; k < NEW; k++) {
+        model_forward(m, ids, NULL, 1, P + k, 0.0f, NULL);
+        m->be->download_act(row, act_at(m->be, m->logits, (size_t)(P + k - 1) * V), (size_t)V);
+        int best = 0;
+        for (int v = 1; v < V; v++)
+            if (row[v] > row[best]) best = v;
+        ids[P + k] = best;
+        same &= best == want[k];
+    }
+    CHECKF(same, "%s: greedy continuation (recomputed) differs from transformers' generate()", name);
+    GenOptions go = {.max_tokens = NEW, .sampler = {.temperature = 0, .top_p = 1}, .batch = 1, .eos_id = -1, .ignore_eos = 1};
+    GenResult gr;
+    CHECKF(generate_run(m, prompt, P, &go, &gr) == 0, "%s", err_get());
+    CHECKF(gr.n_ids[0] == NEW && !memcmp(gr.ids[0], want, (size_t)NEW * sizeof(int32_t)),
+           "%s: greedy continuation with the KV cache differs from transformers' generate()", name);
+    gen_result_free(&gr);
+    free(ids);
+    free(row);
+out:
+    fix_close(&fx);
+}
+
+static void test_mixtral(void) { check_fixture("mixtral"); }
+static void test_qwen2_moe(void) { check_fixture("qwen2_moe"); }
+
+/* transformers 5's in-memory layout (fused gate_up_proj / down_proj, "mlp" names) loads the same
+ * weights; a directory we write reads back bit for bit. */
+static void test_fused_and_roundtrip(void)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/moe/mixtral/model", test_fixtures());
+    Model *a = hf_load_model(dir, backend_cpu(), 0);
+    snprintf(dir, sizeof(dir), "%s/moe/mixtral/model_fused", test_fixtures());
+    Model *b = hf_load_model(dir, backend_cpu(), 0);
+    CHECKF(a && b, "%s", err_get());
+    if (!a || !b) return;
+    size_t n = a->pt.total;
+    float *pa = xmalloc(n * sizeof(float)), *pb = xmalloc(n * sizeof(float));
+    model_get_params(a, pa);
+    model_get_params(b, pb);
+    CHECK(b->pt.total == n && !memcmp(pa, pb, n * sizeof(float)));
+    const char *names[] = {"mixtral", "qwen2_moe"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, sizeof(dir), "%s/moe/%s/model", test_fixtures(), names[i]);
+        Model *m = hf_load_model(dir, backend_cpu(), 0);
+        CHECKF(m != NULL, "%s", err_get());
+        if (!m) continue;
+        char tmp[] = "/tmp/anvil_moe_XXXXXX";
+        CHECK(mkdtemp(tmp) != NULL);
+        char out[600];
+        snprintf(out, sizeof(out), "%s/out", tmp);
+        float *p = xmalloc(m->pt.total * sizeof(float)), *q = xmalloc(m->pt.total * sizeof(float));
+        model_get_params(m, p);
+        CHECKF(hf_save(out, &m->cfg, &m->pt, p, DTYPE_F32) == 0, "%s", err_get());
+        Model *r = hf_load_model(out, backend_cpu(), 0);
+        CHECKF(r != NULL, "%s", err_get());
+        if (r) {
+            CHECK(model_config_diff(&m->cfg, &r->cfg) == NULL);
+            CHECK(!strcmp(r->cfg.hf_arch, m->cfg.hf_arch));
+            model_get_params(r, q);
+            CHECK(r->pt.total == m->pt.total && !memcmp(p, q, m->pt.total * sizeof(float)));
+            model_free(r);
+        }
+        fs_rm_rf(tmp);
+        free(p);
+        free(q);
+        model_free(m);
+    }
+    free(pa);
+    free(pb);
+    model_free(a);
+    model_free(b);
+}
+
+/* ---- finite differences ---- */
+
+/* The scalar J = sum c_rs topw_rs + sum_e a_e colsum_e(probs) + zc/2 sum_r lse_r^2 of the routing
+ * op, and its gradient from moe_route_bwd (dtopw = c, dpe = a, zscale = zc). */
+static double route_objective(const Backend *be, const float *logits, int N, int E, int k, int norm, const float *c,
+                              const float *a, float zc, const int32_t *want_sel, int *same_sel)
+{
+    float *probs = xmalloc((size_t)N * E * 4), *lse = xmalloc((size_t)N * 4), *tw = xmalloc((size_t)N * k * 4);
+    float *st = xmalloc(((size_t)E + 1) * 4);
+    int32_t *ti = xmalloc((size_t)N * k * 4);
+    be->moe_route_fwd(probs, lse, ti, tw, st, logits, N, E, k, norm);
+    double J = 0;
+    for (int i = 0; i < N * k; i++) J += (double)c[i] * tw[i];
+    for (int e = 0; e < E; e++) J += (double)a[e] * st[e];
+    J += 0.5 * zc * st[E];
+    *same_sel &= !memcmp(ti, want_sel, (size_t)N * k * sizeof(int32_t));
+    free(probs), free(lse), free(tw), free(st), free(ti);
+    return J;
+}
+
+static void test_route_fd(void)
+{
+    const Backend *be = backend_cpu();
+    enum { N = 5, E = 6 };
+    Rng r;
+    rng_seed(&r, 7, 0);
+    for (int norm = 0; norm <= 1; norm++)
+        for (int k = 1; k <= 3; k++) {
+            float logits[N * E], c[N * 3], a[E], probs[N * E], lse[N], tw[N * 3], st[E + 1], dl[N * E];
+            int32_t ti[N * 3];
+            for (int i = 0; i < N * E; i++) logits[i] = (float)(2 * rng_normal(&r));
+            for (int i = 0; i < N * k; i++) c[i] = (float)rng_normal(&r);
+            for (int e = 0; e < E; e++) a[e] = (float)rng_normal(&r);
+            float zc = 0.3f;
+            be->moe_route_fwd(probs, lse, ti, tw, st, logits, N, E, k, norm);
+            be->moe_route_bwd(dl, probs, lse, ti, c, a, zc, N, E, k, norm);
+            double worst = 0;
+            int checked = 0;
+            for (int i = 0; i < N * E; i++) {
+                const double h = 1e-3;
+                float x0 = logits[i];
+                int same = 1;
+                logits[i] = (float)(x0 + h);
+                double jp = route_objective(be, logits, N, E, k, norm, c, a, zc, ti, &same);
+                logits[i] = (float)(x0 - h);
+                double jm = route_objective(be, logits, N, E, k, norm, c, a, zc, ti, &same);
+                logits[i] = x0;
+                if (!same) continue; /* the selection changed inside +-h: not differentiable there */
+                double fd = (jp - jm) / (2 * h), d = fabs(fd - dl[i]);
+                if (d > worst) worst = d;
+                checked++;
+            }
+            CHECKF(worst < 2e-3 && checked > N * E / 2, "route k %d norm %d: max |fd - analytic| %.3g over %d", k,
+                   norm, worst, checked);
+            /* the selection is the k largest, in descending order */
+            for (int row = 0; row < N; row++)
+                for (int s = 0; s + 1 < k; s++) CHECK(probs[row * E + ti[row * k + s]] >= probs[row * E + ti[row * k + s + 1]]);
+        }
+}
+
+/* The sort, gather, weighted un-permute and the shared gate against direct loops and differences. */
+static void test_permute_and_gate(void)
+{
+    const Backend *be = backend_cpu();
+    enum { N = 7, E = 4, K = 2, C = 5 };
+    Rng r;
+    rng_seed(&r, 9, 0);
+    int32_t topi[N * K], perm[N * K], pos[N * K];
+    int counts[E];
+    for (int i = 0; i < N; i++) {
+        topi[i * K] = (int32_t)(rng_u64(&r) % E);
+        topi[i * K + 1] = (topi[i * K] + 1 + (int32_t)(rng_u64(&r) % (E - 1))) % E;
+    }
+    be->moe_sort(perm, pos, counts, topi, N, E, K);
+    int off = 0, ok = 1;
+    for (int e = 0; e < E; e++) {
+        for (int j = off; j < off + counts[e]; j++) {
+            ok &= topi[perm[j]] == e && pos[perm[j]] == j;
+            if (j > off) ok &= perm[j] > perm[j - 1]; /* stable */
+        }
+        off += counts[e];
+    }
+    CHECK(ok && off == N * K);
+    float x[N * C], xp[N * K * C], y[N * K * C], w[N * K], out[N * C], dout[N * C], dy[N * K * C], dw[N * K];
+    for (int i = 0; i < N * C; i++) x[i] = (float)rng_normal(&r), dout[i] = (float)rng_normal(&r);
+    for (int i = 0; i < N * K * C; i++) y[i] = (float)rng_normal(&r);
+    for (int i = 0; i < N * K; i++) w[i] = (float)rng_float(&r);
+    be->moe_gather_fwd(xp, x, perm, N, C, K);
+    for (int j = 0; j < N * K; j++) ok &= !memcmp(xp + j * C, x + (perm[j] / K) * C, C * sizeof(float));
+    CHECK(ok);
+    be->moe_combine_fwd(out, y, w, pos, N, C, K);
+    be->moe_combine_bwd(dy, dw, dout, y, w, pos, N, C, K);
+    double err = 0;
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++) {
+            double s = 0;
+            for (int t = 0; t < K; t++) s += (double)w[i * K + t] * y[pos[i * K + t] * C + c];
+            err = fmax(err, fabs(s - out[i * C + c]));
+        }
+    CHECKF(err < 1e-5, "combine: %.3g", err);
+    /* d(sum dout . out)/dw = <dout, y>, /dy = w dout: linear, so the analytic forms are exact */
+    err = 0;
+    for (int i = 0; i < N * K; i++) {
+        double d = 0;
+        int rr = i / K;
+        for (int c = 0; c < C; c++) {
+            d += (double)dout[rr * C + c] * y[pos[i] * C + c];
+            err = fmax(err, fabs(dy[pos[i] * C + c] - w[i] * dout[rr * C + c]));
+        }
+        err = fmax(err, fabs(d - dw[i]));
+    }
+    CHECKF(err < 1e-5, "combine backward: %.3g", err);
+    /* the gate: J = sum dout . (base + sigmoid(g) y) by differences in g */
+    float g[N], ys[N * C], base[N * C], dys[N * C], dg[N];
+    for (int i = 0; i < N; i++) g[i] = (float)rng_normal(&r);
+    for (int i = 0; i < N * C; i++) ys[i] = (float)rng_normal(&r), base[i] = 0;
+    be->moe_gate_bwd(dys, dg, dout, ys, g, N, C);
+    err = 0;
+    for (int i = 0; i < N; i++) {
+        const double h = 1e-3;
+        double J[2];
+        for (int sgn = 0; sgn < 2; sgn++) {
+            float gg[N], o[N * C];
+            memcpy(gg, g, sizeof(gg));
+            memcpy(o, base, sizeof(o));
+            gg[i] = (float)(g[i] + (sgn ? -h : h));
+            be->moe_gate_fwd(o, ys, gg, N, C);
+            J[sgn] = 0;
+            for (int q = 0; q < N * C; q++) J[sgn] += (double)dout[q] * o[q];
+        }
+        err = fmax(err, fabs((J[0] - J[1]) / (2 * h) - dg[i]));
+        double s = 1 / (1 + exp(-g[i]));
+        for (int c = 0; c < C; c++) err = fmax(err, fabs(dys[i * C + c] - s * dout[i * C + c]));
+    }
+    CHECKF(err < 2e-3, "gate: %.3g", err);
+}
+
+/* The whole model: d(loss + aux_coef aux + z_coef z)/d(router weights) against central differences
+ * of the objective (large coefficients, so that the routing losses dominate those weights' gradient). */
+static void test_model_fd(void)
+{
+    ModelConfig c;
+    CHECK(model_preset(&c, "moe-tiny") == 0);
+    c.n_layer = 2;
+    c.d_model = 16;
+    c.n_head = 2;
+    c.n_kv_head = 1;
+    c.moe_d_ff = c.d_ff = 24;
+    c.vocab_size = 64;
+    c.max_seq_len = 16;
+    c.moe_shared_d_ff = 16; /* and a shared expert */
+    c.qkv_bias = 1;
+    c.moe_aux_coef = 1.0f;
+    c.moe_z_coef = 0.1f;
+    CHECKF(model_config_finish(&c) == 0, "%s", err_get());
+    Model *m = model_create(&c, backend_cpu());
+    model_init_gpt2(m, 5);
+    /* larger router weights: a routing far from uniform */
+    for (int l = 0; l < c.n_layer; l++) {
+        int i = m->lp[l].router.w;
+        float *w = xmalloc(m->pt.p[i].numel * sizeof(float));
+        Rng r;
+        rng_seed(&r, 11, (uint64_t)l);
+        for (size_t q = 0; q < m->pt.p[i].numel; q++) w[q] = (float)(0.5 * rng_normal(&r));
+        params_upload(&m->ps, i, w);
+        free(w);
+    }
+    enum { B = 2, T = 8 };
+    int32_t in[B * T], tg[B * T];
+    Rng r;
+    rng_seed(&r, 3, 0);
+    for (int i = 0; i < B * T; i++) in[i] = (int32_t)(rng_u64(&r) % 64), tg[i] = (int32_t)(rng_u64(&r) % 64);
+    CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
+    model_zero_grad(m);
+    model_forward(m, in, tg, B, T, 1.0f / (B * T), NULL);
+    model_backward(m);
+    float *grads = xmalloc(m->pt.total * sizeof(float)), *p = xmalloc(m->pt.total * sizeof(float));
+    model_get_grads(m, grads);
+    model_get_params(m, p);
+    double worst = 0, gmax = 0;
+    int checked = 0, flipped = 0;
+    size_t nsel = (size_t)B * T * c.moe_top_k;
+    int32_t *sel0 = xmalloc((size_t)c.n_layer * nsel * sizeof(int32_t)), *sel = xmalloc(nsel * sizeof(int32_t));
+    for (int l = 0; l < c.n_layer; l++) memcpy(sel0 + l * nsel, m->la[l].moe->topi, nsel * sizeof(int32_t));
+    for (int l = 0; l < c.n_layer; l++) {
+        const Param *pr = &m->pt.p[m->lp[l].router.w];
+        for (size_t q = 0; q < pr->numel; q += 3) {
+            size_t k = pr->offset + q;
+            const double h = 2e-3;
+            double J[2];
+            int same = 1;
+            for (int sgn = 0; sgn < 2; sgn++) {
+                float x0 = p[k];
+                p[k] = (float)(x0 + (sgn ? -h : h));
+                model_set_params(m, p);
+                double lm = model_forward(m, in, tg, B, T, 0.0f, NULL);
+                J[sgn] = lm + moe_loss(m);
+                for (int j = 0; j < c.n_layer; j++) /* the selection must not change inside +-h */
+                    same &= !memcmp(m->la[j].moe->topi, sel0 + j * nsel, nsel * sizeof(int32_t));
+                p[k] = x0;
+            }
+            if (!same) {
+                flipped++;
+                continue;
+            }
+            double fd = (J[0] - J[1]) / (2 * h), d = fabs(fd - grads[k]);
+            CHECKF(d <= 0.02 * fabs(grads[k]) + 1e-3, "router %d weight %zu: fd %.6g, backward %.6g", l, q, fd,
+                   (double)grads[k]);
+            worst = fmax(worst, d);
+            gmax = fmax(gmax, fabs(grads[k]));
+            checked++;
+        }
+    }
+    free(sel0);
+    free(sel);
+    fprintf(stderr, "  model fd: %d router weights checked (%d skipped as flips), worst |diff| %.3g, max |grad| %.3g\n",
+            checked, flipped, worst, gmax);
+    (void)sel;
+    CHECKF(checked > 20, "model fd: only %d router weights without a selection flip", checked);
+    free(grads);
+    free(p);
+    model_free(m);
+}
+
+int main(void)
+{
+    RUN(test_route_fd);
+    RUN(test_permute_and_gate);
+    RUN(test_mixtral);
+    RUN(test_qwen2_moe);
+    RUN(test_fused_and_roundtrip);
+    RUN(test_model_fd);
+    return test_summary();
+}
