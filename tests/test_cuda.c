@@ -1135,6 +1135,8 @@ static void test_zero_hooks(void)
                 dist_free(&d);
             }
     set_opts(NULL);
+}
+
 /* ------------------------------------------------------- mixture of experts */
 
 /* The MoE ops (backend.h moe_*) against the CPU on the same (rounded) inputs: routing (the
