@@ -32,6 +32,7 @@ enum {
  * products. */
 typedef struct {
     int ln1_w, ln1_b, ln2_w, ln2_b;
+    int asub_w, fsub_w; /* BitNet's attn_sub_norm / ffn_sub_norm weights (-1 without sub-norms) */
     Linear qkv, o, fc, proj;
 } LayerParams;
 
@@ -48,7 +49,9 @@ typedef struct {
     void *ln2;         /* (N,C) */
     float *ln2_mean, *ln2_rstd;
     void *fch;         /* (N,fc_dim) pre-activation */
-    void *fch_act;     /* (N,d_ff) after GELU / SwiGLU */
+    void *fch_act;     /* (N,d_ff) after GELU / SwiGLU / relu2-GLU */
+    void *att_sn, *fch_sn;          /* BitNet sub-norms: (N,q_dim) norm(att), (N,d_ff) norm(fch_act) */
+    float *att_sn_rstd, *fch_sn_rstd; /* (N) */
     void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h) */
 } LayerActs;
 

@@ -29,6 +29,7 @@
 #include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
+#include "model/ternary.h"
 #include "report/plan.h"
 #include "report/tb.h"
 #include "dist/env.h"
@@ -58,6 +59,9 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
                           : tc->model_preset[0] ? "preset" : NULL;
         if (clash) return err_set("model.%s: cannot be combined with model.init (the checkpoint fixes the architecture)", clash);
         if (tc->max_seq_len) c->max_seq_len = tc->max_seq_len;
+        if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
+        else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
+        c->tern_group = tc->tern_group;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -68,6 +72,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
             return err_set("model.family: %s contradicts model.preset %s", tc->model_family, tc->model_preset);
     } else if (tc->model_family[0]) {
         model_config_defaults(c, fam);
+        if (!strcmp(tc->model_family, "bitnet")) model_config_bitnet(c);
     } else {
         return err_set("model: set model.preset, model.init or model.family");
     }
@@ -90,6 +95,9 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (tc->qkv_bias >= 0) c->qkv_bias = tc->qkv_bias;
     if (c->family == FAMILY_GPT2 && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the gpt2 family always ties its head to the embeddings");
+    if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
+    else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
+    c->tern_group = tc->tern_group;
     return model_config_finish(c);
 }
 
@@ -333,6 +341,7 @@ static int resume_from(Run *r, const char *resume_dir)
     if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) goto out;
     model_set_params(r->m, p);
     optim_upload(&r->opt, mm, vv);
+    if (ckpt_read_ternary(ck, r->m)) goto out;
     if (loader_set_state(r->train, r->st.loader)) goto out;
     if (!r->quiet) printf("resuming from %s (step %d)\n", ck, r->st.step);
     rc = 0;
@@ -549,6 +558,21 @@ static int quant_spec(const TrainConfig *tc, Q4Spec *q)
     return 0;
 }
 
+/* train.optimizer: ternary: the trainable block linears (and with train.ternary.embeddings the token
+ * embeddings and an untied head) become integer-ternary tensors; norms stay trainable floats. */
+static void ternary_kinds(const TrainConfig *tc, const ModelConfig *cfg, ParamKind *kinds)
+{
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    for (int i = 0; i < pt.n; i++) {
+        int role = pt.p[i].role;
+        int lin = role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+        int emb = role == PROLE_WTE || role == PROLE_LM_HEAD;
+        if (kinds[i] == PARAM_TRAIN && (lin || (emb && tc->tern_embeddings))) kinds[i] = PARAM_TERNARY;
+    }
+    param_table_free(&pt);
+}
+
 /* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
  * must agree), else from the keys. */
 static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls)
@@ -584,6 +608,12 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
         if (bad) return -1;
+        if (!strcmp(tc->optimizer, "ternary")) {
+            if (dist_active(&r->dist))
+                return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
+                               "reduced over ranks)");
+            ternary_kinds(tc, cfg, kinds);
+        }
         r->m = model_create_kinds(cfg, r->be, kinds);
         free(kinds);
         if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
@@ -609,6 +639,9 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         optim_init_range(&r->opt, r->m, tc->weight_decay, d->my_lo, d->my_hi);
     else
         optim_init(&r->opt, r->m, tc->weight_decay);
+    TernaryHyper th = {.threshold = tc->tern_threshold, .scale_every = tc->tern_scale_every,
+                       .deadzone = tc->tern_deadzone, .exp_min = TERN_EXP_MIN, .exp_max = TERN_EXP_MAX};
+    optim_set_ternary(&r->opt, r->m, &th);
     return 0;
 }
 

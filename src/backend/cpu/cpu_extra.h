@@ -13,4 +13,14 @@ void cpu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, c
 void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                           const void *pre, const void *w, int N, int IC, int OC);
 
+/* cpu_ternary.c: the ternary ops (backend.h) */
+#include <stddef.h>
+#include "backend/backend.h"
+void cpu_ternary_wquant(void *out, const float *w, size_t n);
+void cpu_act_quant8(void *out, const void *inp, int N, int C);
+void cpu_relu2glu_fwd(void *out, const void *inp, int N, int F);
+void cpu_relu2glu_bwd(void *dinp, const void *inp, const void *dout, int N, int F);
+void cpu_trit_unpack(void *out, const TernaryTensor *t);
+void cpu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h);
+
 #endif

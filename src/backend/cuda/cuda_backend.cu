@@ -335,6 +335,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->mem_reset_peak = cuda_mem_reset_peak;
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
+    cu_fill_ternary_ops<T>(be);
 }
 
 static Backend g_table_bf16, g_table_f32;

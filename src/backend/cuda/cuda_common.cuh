@@ -195,5 +195,7 @@ template <typename T> void cu_attention_bwd(void *dqkv, const void *dout, const 
 template <typename T> void cu_fill_ops(Backend *be);
 /* cuda_kv.cu: fills the KV-cache entries (kv_store, attention_kv_fwd). */
 template <typename T> void cu_fill_kv_ops(Backend *be);
+/* cuda_ternary.cu: fills the ternary entries (quantizers, relu2-GLU, trit unpack, integer update). */
+template <typename T> void cu_fill_ternary_ops(Backend *be);
 
 #endif
