@@ -560,10 +560,14 @@ static int quant_spec(const TrainConfig *tc, Q4Spec *q)
 
 /* train.optimizer: ternary: the trainable block linears (and with train.ternary.embeddings the token
  * embeddings and an untied head) become integer-ternary tensors; norms stay trainable floats. */
-static void ternary_kinds(const TrainConfig *tc, const ModelConfig *cfg, ParamKind *kinds)
+static ParamKind *ternary_kinds(const TrainConfig *tc, const ModelConfig *cfg, ParamKind *kinds)
 {
     ParamTable pt;
     param_table_build(&pt, cfg);
+    if (!kinds) { /* no model.freeze: every tensor trainable so far */
+        kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+        for (int i = 0; i < pt.n; i++) kinds[i] = PARAM_TRAIN;
+    }
     for (int i = 0; i < pt.n; i++) {
         int role = pt.p[i].role;
         int lin = role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
@@ -571,6 +575,7 @@ static void ternary_kinds(const TrainConfig *tc, const ModelConfig *cfg, ParamKi
         if (kinds[i] == PARAM_TRAIN && (lin || (emb && tc->tern_embeddings))) kinds[i] = PARAM_TERNARY;
     }
     param_table_free(&pt);
+    return kinds;
 }
 
 /* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
@@ -612,7 +617,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             if (dist_active(&r->dist))
                 return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
                                "reduced over ranks)");
-            ternary_kinds(tc, cfg, kinds);
+            kinds = ternary_kinds(tc, cfg, kinds);
         }
         r->m = model_create_kinds(cfg, r->be, kinds);
         free(kinds);
@@ -793,11 +798,14 @@ static void print_header(const Run *r)
         printf("dist: %d rank(s) (%s, comm %s), dist.zero %d | each rank %d x %d tokens x %d micro-steps\n", d->world,
                dist_launcher_name(d->env.launcher), d->comm->name, d->opt.zero, r->tc->batch_size, r->tc->seq_len,
                r->accum);
-    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %.2fM frozen, "
+    size_t tern = param_count_kind(pt, PARAM_TERNARY);
+    char tbuf[64] = "";
+    if (tern) snprintf(tbuf, sizeof(tbuf), "%.2fM integer-ternary, ", tern / 1e6);
+    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %s%.2fM frozen, "
            "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
-           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6,
-           (param_count_all(pt) - param_count(pt)) / 1e6, param_count_all(pt) / 1e6, r->be->name, r->tc->batch_size,
-           r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
+           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6, tbuf,
+           (param_count_all(pt) - param_count(pt) - tern) / 1e6, param_count_all(pt) / 1e6, r->be->name,
+           r->tc->batch_size, r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
     fflush(stdout);
 }
 
