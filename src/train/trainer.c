@@ -817,6 +817,11 @@ static void print_memory(const Run *r)
     mem_report_format(&mr, line, sizeof(line));
     if (r->quiet) return;
     printf("memory after step 1: %s\n", line);
+    /* the same in bytes, for scripts (tools/ternary_compare.sh) */
+    printf("memory bytes: weights %zu master %zu gradients %zu optimizer %zu activations %zu workspace %zu peak %zu "
+           "| float trainable %zu integer-ternary %zu\n",
+           mr.weights, mr.master, mr.grads, mr.optim, mr.acts, mr.workspace, mr.peak, param_count(&r->m->pt),
+           param_count_kind(&r->m->pt, PARAM_TERNARY));
     const Dist *d = &r->dist;
     if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
         double P = (double)param_count(&r->m->pt);
