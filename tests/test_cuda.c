@@ -21,6 +21,7 @@
 #include "model/moe.h"
 #include "model/quant4.h"
 #include "train/step.h"
+#include "model/ternary.h"
 #include "test.h"
 #ifdef ANVIL_CUDA
 #include "backend/cuda/cuda_cudnn.h"
@@ -1302,6 +1303,228 @@ static void test_model_moe(void)
     model_free(mc);
 }
 
+
+/* ------------------------------------------------- ternary weights (docs/ternary.md) */
+
+/* Elements where a and b differ by more than tol * scale. */
+static int count_diff(const float *a, const float *b, size_t n, double tol, double scale)
+{
+    int d = 0;
+    for (size_t i = 0; i < n; i++) d += fabs((double)a[i] - b[i]) > tol * scale;
+    return d;
+}
+
+/* BitNet's quantizers, the relu2-GLU and trit unpacking against the CPU. A quantizer output is one of
+ * a few levels: the GPU's mean / max and the CPU's may differ in the last bit and move a value that sits
+ * on a rounding boundary by one level, so a handful of elements (<= 1 in 1000) may differ by a level. */
+static void test_ternary_ops(void)
+{
+    size_t n = 40000;
+    int N = 33, C = 700, F = 300;
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        float *w = randn(n, 0.3f, 91);
+        float *wd = up_f32(be, w, n);
+        void *q = be->alloc(n * be->act_size);
+        be->ternary_wquant(q, wd, n);
+        float *got = down_act(be, q, n), *ref = xmalloc(n * sizeof(float));
+        cpu->ternary_wquant(ref, w, n);
+        fit(be, ref, n);
+        double gamma = 0;
+        for (size_t i = 0; i < n; i++) gamma = fmax(gamma, fabs(ref[i]));
+        int d = count_diff(got, ref, n, tol_for(be, 1e-6, 1e-2), gamma);
+        CHECKF(d <= (int)(n / 1000), "[%s] ternary_wquant: %d of %zu differ", be->name, d, n);
+        be->free(wd), be->free(q), free(got), free(ref), free(w);
+
+        float *x = randn((size_t)N * C, 1.5f, 92);
+        fit(be, x, (size_t)N * C);
+        void *xd = up_act(be, x, (size_t)N * C), *xq = be->alloc((size_t)N * C * be->act_size);
+        be->act_quant8(xq, xd, N, C);
+        got = down_act(be, xq, (size_t)N * C);
+        ref = xmalloc((size_t)N * C * sizeof(float));
+        cpu->act_quant8(ref, x, N, C);
+        fit(be, ref, (size_t)N * C);
+        d = count_diff(got, ref, (size_t)N * C, tol_for(be, 1e-6, 1e-2), 5.0);
+        CHECKF(d <= N * C / 1000, "[%s] act_quant8: %d of %d differ", be->name, d, N * C);
+        be->free(xd), be->free(xq), free(got), free(ref), free(x);
+
+        float *h = randn((size_t)N * 2 * F, 1.0f, 93), *dy = randn((size_t)N * F, 1.0f, 94);
+        fit(be, h, (size_t)N * 2 * F);
+        fit(be, dy, (size_t)N * F);
+        void *hd = up_act(be, h, (size_t)N * 2 * F), *dyd = up_act(be, dy, (size_t)N * F);
+        void *y = be->alloc((size_t)N * F * be->act_size), *dh = be->alloc((size_t)N * 2 * F * be->act_size);
+        be->relu2glu_fwd(y, hd, N, F);
+        be->relu2glu_bwd(dh, hd, dyd, N, F);
+        float *yr = xmalloc((size_t)N * F * sizeof(float)), *dhr = xmalloc((size_t)N * 2 * F * sizeof(float));
+        cpu->relu2glu_fwd(yr, h, N, F);
+        cpu->relu2glu_bwd(dhr, h, dy, N, F);
+        float *yg = down_act(be, y, (size_t)N * F), *dhg = down_act(be, dh, (size_t)N * 2 * F);
+        expect("relu2glu_fwd", be, yg, yr, (size_t)N * F, tol_for(be, TOL_F32, TOL_BF16));
+        expect("relu2glu_bwd", be, dhg, dhr, (size_t)N * 2 * F, tol_for(be, TOL_F32, TOL_BF16));
+        be->free(hd), be->free(dyd), be->free(y), be->free(dh);
+        free(h), free(dy), free(yr), free(dhr), free(yg), free(dhg);
+
+        /* trit * 2^E is exact in fp32 and bf16: bit-identical */
+        size_t tn = 1003;
+        int group = 7;
+        float *tw = randn(tn, 0.05f, 95), *tb = xmalloc(tn * sizeof(float)), *tg2;
+        uint8_t *tr = xmalloc(trit_bytes(tn) + 4);
+        int8_t *ex = xmalloc(tern_groups(tn, group));
+        tern_from_f32(tr, ex, tw, tn, group);
+        tern_to_f32(tb, tr, ex, tn, group);
+        TernaryTensor t = {.n = tn, .group = group};
+        t.trits = be->alloc(trit_bytes(tn) + 4);
+        be->upload(t.trits, tr, trit_bytes(tn));
+        t.exp = be->alloc(tern_groups(tn, group));
+        be->upload(t.exp, ex, tern_groups(tn, group));
+        void *out = be->alloc(tn * be->act_size);
+        be->trit_unpack(out, &t);
+        tg2 = down_act(be, out, tn);
+        CHECKF(memcmp(tg2, tb, tn * sizeof(float)) == 0, "[%s] trit_unpack differs from the CPU", be->name);
+        be->free(t.trits), be->free(t.exp), be->free(out);
+        free(tw), free(tb), free(tg2), free(tr), free(ex);
+    }
+}
+
+/* The integer update on the GPU equals the CPU's bit for bit: several tensors in one call (groups that
+ * do not line up with the 5-trit bytes, so neighbouring groups share bytes), random trits, exponents,
+ * accumulators near their thresholds and gradients with ties and zeros, over steps that include scale
+ * steps. */
+static void test_ternary_update(void)
+{
+    enum { NT = 3, STEPS = 6 };
+    size_t ns[NT] = {5000, 777, 129};
+    int groups[NT] = {128, 7, 129};
+    TernaryHyper h = {.threshold = 3, .scale_every = 2, .deadzone = 0.5f, .exp_min = -12, .exp_max = 2};
+    TernaryTensor hc[NT], hg[NT];
+    float *grads[NT];
+    Rng r;
+    rng_seed(&r, 97, 0);
+    for (int k = 0; k < NT; k++) {
+        size_t n = ns[k], ng = tern_groups(n, groups[k]), nb = trit_bytes(n);
+        int8_t *t0 = xmalloc(n);
+        for (size_t i = 0; i < n; i++) t0[i] = (int8_t)((int)rng_below(&r, 3) - 1);
+        hc[k] = (TernaryTensor){.n = n, .group = groups[k]};
+        hc[k].trits = xcalloc(nb + 4, 1);
+        trit_pack(hc[k].trits, t0, n);
+        hc[k].exp = xmalloc(ng);
+        hc[k].eacc = xmalloc(ng);
+        hc[k].tacc = xmalloc(n);
+        for (size_t g = 0; g < ng; g++) {
+            hc[k].exp[g] = (int8_t)((int)rng_below(&r, 8) - 8);
+            hc[k].eacc[g] = (int8_t)((int)rng_below(&r, 5) - 2);
+        }
+        for (size_t i = 0; i < n; i++) hc[k].tacc[i] = (int8_t)((int)rng_below(&r, 5) - 2);
+        grads[k] = randn(n, 1.0f, 100 + (uint64_t)k);
+        for (size_t i = 0; i < n; i += 17) grads[k][i] = 0; /* zeros vote nothing */
+        for (size_t i = 5; i < n; i += 31) grads[k][i] = 0.25f; /* exact ties between weights */
+        hg[k] = hc[k];
+        hg[k].trits = gpu32->alloc(nb + 4);
+        gpu32->upload(hg[k].trits, hc[k].trits, nb + 4);
+        hg[k].exp = gpu32->alloc(ng);
+        gpu32->upload(hg[k].exp, hc[k].exp, ng);
+        hg[k].eacc = gpu32->alloc(ng);
+        gpu32->upload(hg[k].eacc, hc[k].eacc, ng);
+        hg[k].tacc = gpu32->alloc(n);
+        gpu32->upload(hg[k].tacc, hc[k].tacc, n);
+        float *gd = up_f32(gpu32, grads[k], n);
+        hg[k].grad = gd;
+        hc[k].grad = grads[k];
+        free(t0);
+    }
+    int moved = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        h.step = s;
+        cpu->ternary_update(hc, NT, &h);
+        gpu32->ternary_update(hg, NT, &h);
+        for (int k = 0; k < NT; k++) { /* the same gradient again, sign-flipped on every third weight */
+            for (size_t i = 0; i < ns[k]; i += 3) grads[k][i] = -grads[k][i];
+            gpu32->upload((float *)hg[k].grad, grads[k], ns[k] * sizeof(float));
+        }
+    }
+    gpu32->sync();
+    for (int k = 0; k < NT; k++) {
+        size_t n = ns[k], ng = tern_groups(n, groups[k]), nb = trit_bytes(n);
+        uint8_t *tr = xmalloc(nb);
+        int8_t *ex = xmalloc(ng), *ea = xmalloc(ng), *ta = xmalloc(n);
+        gpu32->download(tr, hg[k].trits, nb);
+        gpu32->download(ex, hg[k].exp, ng);
+        gpu32->download(ea, hg[k].eacc, ng);
+        gpu32->download(ta, hg[k].tacc, n);
+        CHECKF(memcmp(tr, hc[k].trits, nb) == 0, "tensor %d: trits differ", k);
+        CHECKF(memcmp(ex, hc[k].exp, ng) == 0, "tensor %d: exponents differ", k);
+        CHECKF(memcmp(ea, hc[k].eacc, ng) == 0, "tensor %d: scale accumulators differ", k);
+        CHECKF(memcmp(ta, hc[k].tacc, n) == 0, "tensor %d: sign accumulators differ", k);
+        for (size_t i = 0; i < nb; i++) moved += tr[i] != 0;
+        free(tr), free(ex), free(ea), free(ta);
+        gpu32->free(hg[k].trits), gpu32->free(hg[k].exp), gpu32->free(hg[k].eacc), gpu32->free(hg[k].tacc);
+        gpu32->free((void *)hg[k].grad);
+        free(hc[k].trits), free(hc[k].exp), free(hc[k].eacc), free(hc[k].tacc), free(grads[k]);
+    }
+    CHECK(moved > 0);
+}
+
+/* A BitNet model (sub-norms, relu2, BitLinear products) and a model whose block linears are
+ * integer-ternary: loss and gradients on the GPU against the CPU. A quantizer level that flips on a
+ * rounding boundary changes a gradient slightly, hence the tolerances of bf16 even in fp32 mode. */
+static void ternary_model_parity(int integer)
+{
+    ModelConfig c = small(FAMILY_LLAMA);
+    if (!integer) {
+        model_config_bitnet(&c);
+        if (model_config_finish(&c)) fatal_err();
+    }
+    int B = 2, T = 48;
+    int32_t in[96], tg[96];
+    Rng r;
+    rng_seed(&r, 78, (uint64_t)integer);
+    for (int i = 0; i < B * T; i++) in[i] = (int32_t)rng_below(&r, c.vocab_size);
+    for (int i = 0; i < B * T; i++) tg[i] = (int32_t)rng_below(&r, c.vocab_size);
+    ParamTable pt;
+    param_table_build(&pt, &c);
+    ParamKind *kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+    for (int i = 0; i < pt.n; i++) {
+        int role = pt.p[i].role;
+        int lin = role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+        kinds[i] = integer && lin ? PARAM_TERNARY : PARAM_TRAIN;
+    }
+    Model *mc = model_create_kinds(&c, cpu, kinds);
+    randomize(mc, 6);
+    CHECK(model_reserve(mc, B, T, RECOMPUTE_NONE) == 0);
+    float *gref;
+    float lref = model_step(mc, in, tg, B, T, &gref);
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        Model *m = model_create_kinds(&c, be, kinds);
+        randomize(m, 6);
+        CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
+        float *gg;
+        float loss = model_step(m, in, tg, B, T, &gg);
+        double worst = 0;
+        const char *wn = "";
+        for (int k = 0; k < m->pt.n; k++) {
+            const Param *p = &m->pt.p[k];
+            double e = rel_err_max(gg + p->offset, gref + p->offset, p->numel);
+            if (e > worst) worst = e, wn = p->name;
+        }
+        fprintf(stderr, "  %s %s: loss %.6f (cpu %.6f), worst gradient %s %.3g\n", integer ? "integer" : "bitnet",
+                be->name, loss, lref, wn, worst);
+        CHECKF(fabsf(loss - lref) <= (g ? 2e-2f : 1e-4f) * fabsf(lref), "[%s] loss %g vs cpu %g", be->name, loss, lref);
+        CHECKF(worst <= tol_for(be, 1e-2, 0.1), "[%s] gradients: %s rel err %.3g", be->name, wn, worst);
+        free(gg);
+        model_free(m);
+    }
+    free(gref);
+    free(kinds);
+    param_table_free(&pt);
+    model_free(mc);
+}
+
+static void test_model_bitnet(void) { ternary_model_parity(0); }
+static void test_model_ternary(void) { ternary_model_parity(1); }
+
 /* ANVIL_TEST_ONLY=substring runs only the matching tests (e.g. under compute-sanitizer). */
 #undef RUN
 #define RUN(fn)                                                                                  \
@@ -1349,5 +1572,9 @@ int main(void)
     RUN(test_zero_hooks);
     RUN(test_moe_ops);
     RUN(test_model_moe);
+    RUN(test_ternary_ops);
+    RUN(test_ternary_update);
+    RUN(test_model_bitnet);
+    RUN(test_model_ternary);
     return test_summary();
 }

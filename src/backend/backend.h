@@ -45,6 +45,37 @@ typedef struct {
     float grad_scale; /* gradients are multiplied by this first (clipping) */
 } AdamHyper;
 
+/* One integer-ternary tensor (train.optimizer: ternary, model/params.h PARAM_TERNARY; docs/ternary.md),
+ * arrays in backend memory. Weight i is trit(i) * 2^exp[i / group] with trit in {-1, 0, 1}:
+ *   trits (ceil(n / 5) bytes)  five trits per byte, base 3: byte b = sum_k (trit(5b + k) + 1) * 3^k
+ *                              (0 .. 242; the digits past n are 1, i.e. trit 0)
+ *   exp (ngroups = ceil(n / group))  int8 power-of-two scale exponent of each group
+ *   tacc (n)                   int8 per-weight sign accumulator (saturating)
+ *   eacc (ngroups)             int8 per-group scale accumulator (saturating)
+ *   grad (n)                   the step's fp32 gradient (read by the update only) */
+typedef struct {
+    uint8_t *trits;
+    int8_t *exp, *tacc, *eacc;
+    const float *grad;
+    size_t n;
+    int group;
+} TernaryTensor;
+
+/* The integer update of one step (ternary_update; the rule is written out in docs/ternary.md):
+ * per group, mean_abs = sum |g| / count and sg = sum g * trit (both summed in double, in index order);
+ * per weight, vote = -sign(g) where |g| >= deadzone * mean_abs (else 0); tacc = sat8(tacc + vote);
+ * when tacc >= threshold the trit moves up one (at most 1), when tacc <= -threshold down one (at least
+ * -1), and tacc is reset to 0 either way. Per group, eacc = sat8(eacc - sign(sg)) (the scale grows when
+ * the loss falls along the group's own trits); on steps that are multiples of scale_every, exp moves one
+ * in eacc's direction when 2 |eacc| >= scale_every (clamped to [exp_min, exp_max]) and eacc is reset. */
+typedef struct {
+    int threshold;   /* train.ternary.threshold */
+    int scale_every; /* train.ternary.scale_every (1 .. 127) */
+    int step;        /* 1-based optimizer step */
+    float deadzone;  /* train.ternary.deadzone */
+    int exp_min, exp_max;
+} TernaryHyper;
+
 /* Switches that change results or kernel choice. They are config keys (backend.attention,
  * backend.gemm_tune, train.deterministic) recorded with the run; an environment variable may
  * override one (backend_options_from_env), and then the value used is what the run records.
@@ -249,6 +280,23 @@ struct Backend {
     void (*moe_gate_fwd)(void *out, const void *y, const void *g, int N, int C);
     /* dy (N,C) = sigmoid(g[r]) * dout (overwrite); dg (N,1) act = sigmoid'(g[r]) * dot(dout row r, y row r). */
     void (*moe_gate_bwd)(void *dy, void *dg, const void *dout, const void *y, const void *g, int N, int C);
+    /* ---- ternary weights (appended; model.ternary and train.optimizer: ternary, docs/ternary.md) ---- */
+    /* BitNet's weight quantizer (transformers' WeightQuant): gamma = max(mean |w|, 1e-5) over the n fp32
+     * values (summed in at least fp32), s = 1 / gamma (fp32), out = clamp(round(w * s), -1, 1) / s into
+     * act; round half to even, as torch.round. */
+    void (*ternary_wquant)(void *out, const float *w, size_t n);
+    /* BitNet's activation quantizer (ActQuant), per row of C act values: s = 127 / max(max |x|, 1e-5),
+     * out = clamp(round(x * s), -128, 127) / s (fp32 arithmetic). out may be inp. */
+    void (*act_quant8)(void *out, const void *inp, int N, int C);
+    /* BitNet's gated relu2 MLP activation: inp (N, 2F) holds [gate | up] per row; out (N,F) =
+     * relu(gate)^2 * up; the backward writes dinp (N,2F) from dout (N,F) (overwrite). */
+    void (*relu2glu_fwd)(void *out, const void *inp, int N, int F);
+    void (*relu2glu_bwd)(void *dinp, const void *inp, const void *dout, int N, int F);
+    /* out (t->n act values) = trit * 2^exp of an integer-ternary tensor (exact in bf16). */
+    void (*trit_unpack)(void *out, const TernaryTensor *t);
+    /* The integer update (TernaryHyper) of nt tensors in one call (on CUDA one kernel); the integer
+     * results are the same on every backend, bit for bit. ts is host memory, its arrays backend memory. */
+    void (*ternary_update)(const TernaryTensor *ts, int nt, const TernaryHyper *h);
 
     /* ---- switches and accounting ---- */
     /* Apply the switches that change numerics or kernel choice (BackendOptions). Called before the

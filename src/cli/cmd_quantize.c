@@ -6,6 +6,10 @@
  *       does) quantized from its bf16 value, the rest (embeddings, norms, biases, lm_head)
  *       in bf16, config.json with quantization_config, tokenizer files copied; the layout
  *       transformers + bitsandbytes save and load. Built in "<DIR4>.tmp.<pid>", renamed.
+ *   anvil quantize --model DIR --quant bitnet --out DIRB
+ *       a BitNet b1.58 model (model.ternary: bitnet, e.g. a QAT checkpoint with fp32 latent weights) as
+ *       transformers' offline BitLinear layout: packed 2-bit trits + weight_scale per block linear
+ *       (hf_save_bitnet, docs/ternary.md); tokenizer files copied.
  *   anvil quantize --check DIR4 [--model DIR]
  *       validates a 4-bit directory (anvil's or bitsandbytes'); with --model, checks every
  *       dequantized weight against the original within the 4-bit error bound.
@@ -26,10 +30,12 @@
 #include "io/hf.h"
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/params.h"
 #include "model/quant4.h"
 
 static const char *quantize_usage =
     "usage: anvil quantize --model DIR --quant nf4|fp4 [--no-double-quant] [--blocksize 64] --out DIR4\n"
+    "       anvil quantize --model DIR --quant bitnet --out DIRB   (packed ternary, transformers' BitLinear)\n"
     "       anvil quantize --check DIR4 [--model DIR]\n"
     "       anvil quantize --dequantize DIR4 --out DIR\n"
     "  Writes (or checks, or undoes) the bitsandbytes 4-bit layout that transformers loads with\n"
@@ -114,6 +120,7 @@ typedef struct {
     const char *model, *out, *check, *dequant;
     Q4Type type;
     int have_type, double_quant, blocksize;
+    int bitnet; /* --quant bitnet */
 } QArgs;
 
 static int copy_file(const char *src_dir, const char *dst_dir, const char *name)
@@ -348,6 +355,40 @@ static int run_dequantize(const QArgs *a)
     return 0;
 }
 
+static int copy_tokenizer(const char *from, const char *to)
+{
+    int rc = 0;
+    for (size_t i = 0; i < ARRAY_LEN(tokenizer_files) && rc == 0; i++) rc = copy_file(from, to, tokenizer_files[i]);
+    return rc;
+}
+
+/* --quant bitnet: the model's latent weights packed as transformers' offline BitLinear. */
+static int run_bitnet(const char *model, const char *out)
+{
+    ModelConfig cfg;
+    if (hf_read_config(model, &cfg)) return fail();
+    if (cfg.ternary != TERNARY_BITNET) {
+        fprintf(stderr, "anvil: quantize: --quant bitnet: %s is not a BitNet model (model_type bitnet, or "
+                        "quantization_config quant_method bitnet)\n", model);
+        return 1;
+    }
+    ParamTable pt;
+    param_table_build(&pt, &cfg);
+    float *host = xmalloc(pt.total * sizeof(float));
+    int rc = hf_read_weights(model, &cfg, &pt, host);
+    size_t len = strlen(out);
+    char *tmp = xmalloc(len + 32);
+    snprintf(tmp, len + 32, "%s.tmp.%ld", out, (long)getpid());
+    if (!rc) rc = fs_rm_rf(tmp) || hf_save_bitnet(tmp, &cfg, &pt, host) || copy_tokenizer(model, tmp) ||
+                  fs_publish_dir(tmp, out);
+    if (rc) fs_rm_rf(tmp);
+    else printf("packed %s as BitLinear (2-bit trits + weight_scale) into %s\n", model, out);
+    free(tmp);
+    free(host);
+    param_table_free(&pt);
+    return rc ? fail() : 0;
+}
+
 int cmd_quantize(int argc, char **argv)
 {
     QArgs a = {.double_quant = 1, .blocksize = Q4_DEFAULT_BLOCKSIZE};
@@ -369,10 +410,14 @@ int cmd_quantize(int argc, char **argv)
             a.check = argv[++i];
         } else if (!strcmp(f, "--dequantize")) {
             a.dequant = argv[++i];
+        } else if (!strcmp(f, "--quant") && !strcmp(v, "bitnet")) {
+            a.bitnet = 1;
+            a.have_type = 1;
+            i++;
         } else if (!strcmp(f, "--quant")) {
             int t = q4_type_parse(argv[++i]);
             if (t < 0) {
-                fprintf(stderr, "anvil: quantize: --quant: expected nf4 or fp4, got \"%s\"\n", argv[i]);
+                fprintf(stderr, "anvil: quantize: --quant: expected nf4, fp4 or bitnet, got \"%s\"\n", argv[i]);
                 return 1;
             }
             a.type = (Q4Type)t;
@@ -409,5 +454,6 @@ int cmd_quantize(int argc, char **argv)
                                : "--out DIR4");
         return 1;
     }
+    if (a.bitnet) return run_bitnet(a.model, a.out);
     return run_quantize(&a);
 }

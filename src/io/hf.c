@@ -45,9 +45,11 @@ static const HfClass hf_classes[] = {
     {"Qwen2ForCausalLM", "qwen2", FAMILY_LLAMA},
     {"MixtralForCausalLM", "mixtral", FAMILY_LLAMA},
     {"Qwen2MoeForCausalLM", "qwen2_moe", FAMILY_LLAMA},
+    {"BitNetForCausalLM", "bitnet", FAMILY_LLAMA},
 };
-#define HF_CLASS_LIST \
-    "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, Qwen2MoeForCausalLM"
+#define HF_CLASS_LIST                                                                                   \
+    "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, " \
+    "Qwen2MoeForCausalLM, BitNetForCausalLM"
 
 /* ---- typed access to config.json with messages naming file and key ---- */
 
@@ -338,8 +340,22 @@ static int read_llama(const Cfg *c, json_t *root, ModelConfig *m, const char *mo
         get_token_id(c, root, "eos_token_id", m->eos_token_id, &m->eos_token_id) || read_rope(c, root, m) ||
         read_window(c, root, m, qwen2))
         return -1;
-    if (act && strcmp(act, "silu"))
+    int bitnet = !strcmp(model_type, "bitnet");
+    if (bitnet) { /* BitNetForCausalLM: sub-norms, relu2 (its default), BitLinear products */
+        m->sub_norm = 1;
+        m->mlp_relu2 = !act || !strcmp(act, "relu2");
+        if (act && strcmp(act, "relu2") && strcmp(act, "silu"))
+            return err_set("%s: hidden_act: unsupported \"%s\" for bitnet (supported: relu2, silu)", c->path, act);
+        m->ternary = TERNARY_BITNET;
+    } else if (act && strcmp(act, "silu")) {
         return err_set("%s: hidden_act: unsupported \"%s\" (supported: silu)", c->path, act);
+    }
+    json_t *qc = json_object_get(root, "quantization_config");
+    if (qc && json_is_object(qc)) {
+        const char *qm = NULL;
+        if (get_str(c, qc, "quant_method", "quantization_config.quant_method", &qm)) return -1;
+        if (qm && !strcmp(qm, "bitnet")) m->ternary = TERNARY_BITNET;
+    }
     if ((mixtral || qwen2_moe) && read_moe(c, root, m, qwen2_moe)) return -1;
     if (qwen2) {
         /* Qwen2 always has q/k/v biases and none on o_proj or the MLP. */
@@ -422,7 +438,7 @@ int hf_read_config(const char *dir, ModelConfig *cfg)
         if (arch)
             err_set("%s: architectures: unsupported \"%s\" (supported: %s)", path, arch, HF_CLASS_LIST);
         else if (mtype)
-            err_set("%s: model_type: unsupported \"%s\" (supported: gpt2, llama, mistral, qwen2, mixtral, qwen2_moe)", path,
+            err_set("%s: model_type: unsupported \"%s\" (supported: gpt2, llama, mistral, qwen2, mixtral, qwen2_moe, bitnet)", path,
                     mtype);
         else
             err_set("%s: architectures: missing (and no model_type)", path);
@@ -589,6 +605,10 @@ static const char *llama_suffix(int role)
         return "mlp.down_proj.weight";
     case PROLE_PROJ_B:
         return "mlp.down_proj.bias";
+    case PROLE_ATTN_SUB_W:
+        return "self_attn.attn_sub_norm.weight";
+    case PROLE_FFN_SUB_W:
+        return "mlp.ffn_sub_norm.weight";
     default:
         return NULL;
     }
@@ -760,6 +780,48 @@ static int read_fused(const StTensor *t, const StFile *file, const ParamTable *p
     return 0;
 }
 
+/* ---- BitNet's packed layout (transformers.integrations.bitnet) ----
+ * A BitLinear weight (out, in) is stored as U8 (ceil(out / 4), in): byte [r][c] holds in bits 2i..2i+1
+ * the trit + 1 of row i * R + r (R = the packed rows), beside "<name>_scale" (weight_scale, one value
+ * s = 1 / gamma): the product is (x_q @ trits^T) / s. */
+#define BITNET_PER_BYTE 4
+
+/* The weight_scale of a packed BitLinear weight t where a float tensor of shape want is expected, or
+ * NULL when t is not one. */
+static const StTensor *bitnet_scale(const StSet *set, const StTensor *t, int nd, const int64_t *want)
+{
+    if (t->dtype != ST_U8 || nd != 2 || t->ndim != 2 || t->shape[1] != want[1] ||
+        t->shape[0] != (want[0] + BITNET_PER_BYTE - 1) / BITNET_PER_BYTE)
+        return NULL;
+    char sname[300];
+    snprintf(sname, sizeof(sname), "%s_scale", t->name);
+    return st_set_find(set, sname, NULL);
+}
+
+/* The latent fp32 weights of a packed BitLinear: trit * gamma / p, p the fraction of nonzero trits,
+ * so that anvil's BitLinear (absmean of the latent weight = gamma) ternarizes them back to exactly these
+ * trits with exactly this scale: the imported model computes what transformers' BitLinear does. */
+static int bitnet_unpack(const StFile *file, const StTensor *t, const StTensor *ws, const int64_t *want,
+                         float *out)
+{
+    float s;
+    if (ws->numel != 1 || st_to_f32(ws, &s) || !(s > 0) || !isfinite(s))
+        return err_set("%s: %s: expected one positive finite weight_scale", file->path, ws->name);
+    const uint8_t *pk = t->data;
+    int64_t R = t->shape[0], rows = want[0], cols = want[1];
+    size_t nz = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            int v = (pk[(r % R) * cols + c] >> (2 * (r / R))) & 3;
+            if (v == 3) return err_set("%s: %s: invalid 2-bit code 3 at row %lld", file->path, t->name, (long long)r);
+            out[r * cols + c] = (float)(v - 1);
+            nz += v != 1;
+        }
+    double latent = nz ? (double)(rows * cols) / (double)nz / (double)s : 0.0; /* gamma / p */
+    for (int64_t i = 0; i < rows * cols; i++) out[i] = (float)(out[i] * latent);
+    return 0;
+}
+
 /* Fill buf from the tensors "<prefix><hf name>" of a set of files; `where`
  * names the file (or index) in messages about missing tensors. */
 static int read_mapped(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
@@ -800,6 +862,18 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
         }
         int64_t want[2];
         int nd = map_shape(pt, e, want);
+        const StTensor *ws = bitnet_scale(set, t, nd, want);
+        if (ws) { /* transformers' offline BitLinear layout: packed trits + weight_scale */
+            if (!buf) continue;
+            if ((size_t)(want[0] * want[1]) > tmp_cap) {
+                free(tmp);
+                tmp_cap = (size_t)(want[0] * want[1]);
+                tmp = xmalloc(tmp_cap * sizeof(float));
+            }
+            if ((rc = bitnet_unpack(file, t, ws, want, tmp))) break;
+            map_copy(pt, e, buf, tmp, 1);
+            continue;
+        }
         if (t->ndim != nd || t->shape[0] != want[0] || (nd == 2 && t->shape[1] != want[1])) {
             char a[64], b[64];
             shape_str(a, sizeof(a), t->ndim, t->shape);
@@ -882,6 +956,15 @@ static int expect_dim(const StSet *set, const char *where, const char *cpath, co
     const StTensor *t = find_tensor(set, name, &f);
     if (!t) return err_set("%s: %s: missing", where, name);
     if (bnb_packed(set, name)) return 0; /* a 4-bit weight: bnb_model.c checks its quant_state's shape */
+    char sname[300];
+    snprintf(sname, sizeof(sname), "%s_scale", name);
+    if (t->dtype == ST_U8 && find_tensor(set, sname, NULL)) { /* BitNet packed rows: 4 per byte */
+        if (t->ndim == 2 && (dim == 1 ? t->shape[1] == want : t->shape[0] == (want + 3) / 4)) return 0;
+        char shp[64];
+        shape_str(shp, sizeof(shp), t->ndim, t->shape);
+        return err_set("%s: %s: %lld%s does not match the packed BitNet weight %s %s in %s", cpath, key,
+                       (long long)want, how, name, shp, f->path);
+    }
     if (t->ndim != 2 || t->shape[dim] != want) {
         char shp[64];
         shape_str(shp, sizeof(shp), t->ndim, t->shape);
@@ -951,18 +1034,20 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
         ParamTable pt;
         param_table_build(&pt, c);
         uint64_t have = 0, need = (uint64_t)pt.total * 2;
-        int packed = 0;
+        int packed = 0, trits = 0;
         for (int f = 0; f < set.nfiles; f++)
             for (int i = 0; i < set.files[f].n; i++) {
                 have += set.files[f].t[i].nbytes;
                 packed |= strstr(set.files[f].t[i].name, ".quant_state.bitsandbytes__") != NULL;
+                trits |= strstr(set.files[f].t[i].name, ".weight_scale") != NULL;
             }
         if (packed) need = (uint64_t)pt.total / 2; /* 4-bit weights hold two parameters a byte */
+        if (trits) need = (uint64_t)pt.total / 4; /* BitNet's 2-bit weights hold four */
         if (need > have)
             rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in %s), but the weights "
                          "hold %llu bytes",
                          cpath, k->layers, c->n_layer, pt.total, (unsigned long long)need,
-                         packed ? "4 bits" : "16 bits", (unsigned long long)have);
+                         trits ? "2 bits" : packed ? "4 bits" : "16 bits", (unsigned long long)have);
         param_table_free(&pt);
     }
     free(cpath);
@@ -1117,7 +1202,9 @@ static int check_writable(const char *path, const ModelConfig *c)
     else if (!strcmp(a, "MistralForCausalLM"))
         ok = !c->qkv_bias && !c->o_bias && !c->mlp_bias;
     else if (!strcmp(a, "LlamaForCausalLM"))
-        ok = c->qkv_bias == c->o_bias;
+        ok = c->qkv_bias == c->o_bias && !c->sub_norm && !c->mlp_relu2;
+    else if (!strcmp(a, "BitNetForCausalLM"))
+        ok = c->qkv_bias == c->o_bias && !c->mlp_bias && c->sub_norm;
     else
         return err_set("%s: architectures: cannot write a llama-family model as \"%s\"", path, a);
     if (!ok)
@@ -1126,7 +1213,21 @@ static int check_writable(const char *path, const ModelConfig *c)
     return 0;
 }
 
-static json_t *config_json(const ModelConfig *c, int dtype)
+/* The quantization_config of a BitNet model: the latent weights quantized at every use (online,
+ * AutoBitLinear: what anvil's checkpoints hold), or packed ternary weights + weight_scale (offline,
+ * BitLinear: hf_save_bitnet). The head stays a plain linear. */
+static json_t *bitnet_qconfig(int packed)
+{
+    json_t *q = json_object();
+    json_object_set_new(q, "quant_method", json_string("bitnet"));
+    json_object_set_new(q, "linear_class", json_string(packed ? "bitlinear" : "autobitlinear"));
+    json_object_set_new(q, "quantization_mode", json_string(packed ? "offline" : "online"));
+    json_object_set_new(q, "modules_to_not_convert", json_pack("[s]", "lm_head"));
+    json_object_set_new(q, "use_rms_norm", json_false());
+    return q;
+}
+
+static json_t *config_json(const ModelConfig *c, int dtype, int packed)
 {
     json_t *j = json_object();
     const char *dt = dtype == DTYPE_BF16 ? "bfloat16" : "float32";
@@ -1164,7 +1265,7 @@ static json_t *config_json(const ModelConfig *c, int dtype)
     json_object_set_new(j, "num_attention_heads", json_integer(c->n_head));
     json_object_set_new(j, "num_key_value_heads", json_integer(c->n_kv_head));
     json_object_set_new(j, "head_dim", json_integer(c->head_dim));
-    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "hidden_act", json_string(c->mlp_relu2 ? "relu2" : "silu"));
     json_object_set_new(j, "max_position_embeddings", json_integer(c->max_seq_len));
     json_object_set_new(j, "rms_norm_eps", json_float(c->norm_eps));
     json_object_set_new(j, "attention_dropout", json_real(0.0));
@@ -1172,7 +1273,9 @@ static json_t *config_json(const ModelConfig *c, int dtype)
     json_object_set_new(j, "rope_theta", json_float(c->rope_theta));
     json_object_set_new(j, "rope_parameters", rope_json(c, 1));
     json_object_set_new(j, "rope_scaling", c->rope_scale_factor > 0 ? rope_json(c, 0) : json_null());
-    if (!strcmp(c->hf_model_type, "llama")) {
+    if (c->ternary == TERNARY_BITNET) /* transformers' bitnet quantizer (integrations/bitnet.py) */
+        json_object_set_new(j, "quantization_config", bitnet_qconfig(packed));
+    if (!strcmp(c->hf_model_type, "llama") || !strcmp(c->hf_model_type, "bitnet")) {
         json_object_set_new(j, "attention_bias", json_boolean(c->qkv_bias));
         json_object_set_new(j, "mlp_bias", json_boolean(c->mlp_bias));
     } else if (!strcmp(c->hf_model_type, "mixtral")) {
@@ -1226,13 +1329,13 @@ static int write_json(const char *dir, const char *name, json_t *j)
     return rc;
 }
 
-int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype)
+static int write_config(const char *dir, const ModelConfig *cfg, int dtype, int packed)
 {
     char *path = fs_join(dir, "config.json");
     int rc = check_writable(path, cfg);
     free(path);
     if (rc != 0) return -1;
-    json_t *j = config_json(cfg, dtype);
+    json_t *j = config_json(cfg, dtype, packed);
     rc = write_json(dir, "config.json", j);
     json_decref(j);
     if (rc != 0) return -1;
@@ -1245,8 +1348,48 @@ int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype)
     return rc;
 }
 
+int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype) { return write_config(dir, cfg, dtype, 0); }
+
+/* Pack one BitLinear weight (rows, cols) of latent values w as transformers does: t = clamp(round(w *
+ * s), -1, 1) with s = 1 / max(mean |w|, 1e-5) (WeightQuant's arithmetic), into (ceil(rows/4), cols)
+ * bytes; returns s, the weight_scale. */
+static float bitnet_pack(const float *w, int64_t rows, int64_t cols, uint8_t *out)
+{
+    double a = 0;
+    for (int64_t i = 0; i < rows * cols; i++) a += fabs((double)w[i]);
+    float gamma = (float)(a / (double)(rows * cols));
+    if (gamma < 1e-5f) gamma = 1e-5f; /* transformers' clamp_(min=1e-5) */
+    float s = 1.0f / gamma;
+    int64_t R = (rows + BITNET_PER_BYTE - 1) / BITNET_PER_BYTE;
+    memset(out, 0, (size_t)(R * cols));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) {
+            float q = rintf(w[r * cols + c] * s);
+            int v = (q > 0 ? 1 : q < 0 ? -1 : 0) + 1;
+            out[(r % R) * cols + c] |= (uint8_t)(v << (2 * (r / R)));
+        }
+    return s;
+}
+
+static int write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype,
+                       int packed);
+
 int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
                    int dtype)
+{
+    return write_files(dir, cfg, pt, host, dtype, 0);
+}
+
+int hf_save_bitnet(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host)
+{
+    if (cfg->ternary != TERNARY_BITNET)
+        return err_set("%s: the model is not a BitNet (model.ternary: bitnet) model: nothing to pack", dir);
+    if (fs_mkdir_p(dir)) return -1;
+    return write_files(dir, cfg, pt, host, DTYPE_F32, 1);
+}
+
+static int write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host, int dtype,
+                       int packed)
 {
     if (dtype != DTYPE_F32 && dtype != DTYPE_BF16)
         return err_set("%s: can only write F32 or BF16 weights", dir);
@@ -1258,12 +1401,27 @@ int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt
     HfMap *map;
     int n;
     if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
-    StWriteTensor *t = xcalloc((size_t)n, sizeof(StWriteTensor));
-    float **copies = xcalloc((size_t)n, sizeof(float *)); /* transposed tensors (GPT-2 Conv1D) */
+    StWriteTensor *t = xcalloc((size_t)n * 2, sizeof(StWriteTensor));
+    float **copies = xcalloc((size_t)n * 2, sizeof(float *)); /* transposed tensors (GPT-2 Conv1D), packed */
+    char (*snames)[104] = xcalloc((size_t)n, sizeof(*snames));
+    int nt = n;
     for (int i = 0; i < n; i++) {
         const HfMap *e = &map[i];
         const Param *p = &pt->p[e->param];
         int64_t K = p->ndim == 2 ? p->shape[1] : 1;
+        if (packed && p->ternarize) { /* U8 (ceil(rows/4), K) + weight_scale F32 (1) */
+            int64_t R = (e->rows + BITNET_PER_BYTE - 1) / BITNET_PER_BYTE;
+            uint8_t *pk = xmalloc((size_t)(R * K));
+            float *sc = xmalloc(sizeof(float));
+            *sc = bitnet_pack(host + p->offset + (size_t)(e->row0 * K), e->rows, K, pk);
+            copies[i] = (float *)pk;
+            copies[nt] = sc;
+            t[i] = (StWriteTensor){.name = e->name, .dtype = ST_U8, .ndim = 2, .shape = {R, K}, .data = pk};
+            snprintf(snames[i], sizeof(snames[i]), "%s_scale", e->name);
+            t[nt] = (StWriteTensor){.name = snames[i], .dtype = ST_F32, .ndim = 1, .shape = {1}, .data = sc};
+            nt++;
+            continue;
+        }
         t[i].name = e->name;
         t[i].dtype = dtype == DTYPE_BF16 ? ST_BF16 : ST_F32;
         t[i].ndim = map_shape(pt, e, t[i].shape);
@@ -1277,10 +1435,11 @@ int hf_write_files(const char *dir, const ModelConfig *cfg, const ParamTable *pt
         }
     }
     StMeta meta[] = {{"format", "pt"}};
-    rc = st_write_dir(dir, "model", t, n, meta, 1, 0);
-    if (rc == 0) rc = hf_write_config(dir, cfg, dtype);
-    for (int i = 0; i < n; i++) free(copies[i]);
+    rc = st_write_dir(dir, "model", t, nt, meta, 1, 0);
+    if (rc == 0) rc = write_config(dir, cfg, dtype, packed);
+    for (int i = 0; i < nt; i++) free(copies[i]);
     free(copies);
+    free(snames);
     free(t);
     free(map);
     return rc;

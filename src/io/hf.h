@@ -83,6 +83,11 @@ int hf_save(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const
  * unchanged into the new directory before it is published; NULL: none. */
 int hf_save_with_tokenizer(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host,
                            int dtype, const char *tokenizer_from);
+/* A BitNet model (model.ternary: bitnet) as transformers' offline BitLinear layout into dir: every
+ * block linear packed (U8 (ceil(out/4), in), 2-bit trits) with its weight_scale (1 / gamma), the rest
+ * F32, config.json with quantization_config {quant_method: bitnet, linear_class: bitlinear,
+ * quantization_mode: offline}. hf_read_weights reads such directories back (docs/ternary.md). */
+int hf_save_bitnet(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const float *host);
 /* config.json alone (used by hf_write_files; exposed for tests and tools). */
 int hf_write_config(const char *dir, const ModelConfig *cfg, int dtype);
 

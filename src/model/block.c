@@ -16,9 +16,24 @@ static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBu
     return lb;
 }
 
-/* The GELU MLP goes through the fused product + activation ops; SwiGLU through a product and the
- * element-wise op. */
+/* The GELU MLP goes through the fused product + activation ops; SwiGLU (relu2-GLU for BitNet) through
+ * a product and the element-wise op. */
 static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA; }
+
+static void glu_fwd(const Model *m, void *out, const void *inp, int N)
+{
+    if (m->cfg.mlp_relu2) m->be->relu2glu_fwd(out, inp, N, m->cfg.d_ff);
+    else m->be->swiglu_fwd(out, inp, N, m->cfg.d_ff);
+}
+
+/* BitNet's sub-norm (RMSNorm, weight w) of an (N, n) branch activation into out; without sub-norms the
+ * branch is used as it is. Returns what the next product reads. */
+static const void *sub_norm_fwd(const Model *m, int w, void *out, float *rstd, const void *x, int N, int n)
+{
+    if (w < 0) return x;
+    m->be->norm_fwd(out, NULL, rstd, x, params_w(&m->ps, w), NULL, N, n, m->cfg.norm_eps, 1);
+    return out;
+}
 
 /* fch = linear_fc(ln2) and fch_act = act(fch) of block l. The fused op is also how recompute
  * remakes fch_act, so that every recompute level gives the same bits. */
@@ -32,7 +47,7 @@ static void mlp_act_fwd(Model *m, int l, LayerActs *a, int N)
         return;
     }
     linear_fwd(&m->ps, &p->fc, a->fch, a->ln2, N, lb);
-    m->be->swiglu_fwd(a->fch_act, a->fch, N, m->cfg.d_ff);
+    glu_fwd(m, a->fch_act, a->fch, N);
 }
 
 static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx)
@@ -52,6 +67,12 @@ static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const Att
     else be->attention_kv_fwd(a->att, a->qkv, ctx->kcache[l], ctx->vcache[l], B, T, nh, nkv, hd, ctx->pos0, ctx->cap);
 }
 
+static void glu_bwd(const Model *m, void *dinp, const void *inp, const void *dout, int N)
+{
+    if (m->cfg.mlp_relu2) m->be->relu2glu_bwd(dinp, inp, dout, N, m->cfg.d_ff);
+    else m->be->swiglu_bwd(dinp, inp, dout, N, m->cfg.d_ff);
+}
+
 void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, void *out)
 {
     const ModelConfig *c = &m->cfg;
@@ -62,7 +83,8 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     linear_fwd(&m->ps, &p->qkv, a->qkv, a->ln1, N, lb);
     attention_fwd(m, l, a, B, T, ctx);
     /* attention output projection into out, then x2 = x + it, ln2 = norm(x2) */
-    linear_fwd(&m->ps, &p->o, out, a->att, N, lb);
+    const void *att = sub_norm_fwd(m, p->asub_w, a->att_sn, a->att_sn_rstd, a->att, N, cfg_q_dim(c));
+    linear_fwd(&m->ps, &p->o, out, att, N, lb);
     m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, out, params_w(&m->ps, p->ln2_w),
                         params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
     if (p->moe) {
@@ -70,7 +92,8 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
         return;
     }
     mlp_act_fwd(m, l, a, N);
-    linear_fwd(&m->ps, &p->proj, out, a->fch_act, N, lb);
+    const void *h = sub_norm_fwd(m, p->fsub_w, a->fch_sn, a->fch_sn_rstd, a->fch_act, N, c->d_ff);
+    linear_fwd(&m->ps, &p->proj, out, h, N, lb);
 }
 
 void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int B, int T, const AttnCtx *ctx)
@@ -82,7 +105,7 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     LayerActs *a0 = &bufs->la[0];
     int head = model_head_group(m); /* the groups (hooks, model.h): 0 embeddings, 1 + l block l */
     model_weights_need(m, 0, 1);
-    be->embed_fwd(a0->res, tokens, params_w(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    be->embed_fwd(a0->res, tokens, params_w_dense(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
     model_weights_need(m, 1, 2);
     be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
                  params_w(ps, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
@@ -125,7 +148,9 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
                  c->norm_eps, is_rms(m));
     if (p->moe) moe_recompute_act(m, l, a, N);
     else if (fused_gelu(m)) mlp_act_fwd(m, l, a, N); /* the product again: fch_act as the forward made it */
-    else be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
+    else glu_fwd(m, a->fch_act, a->fch, N);
+    sub_norm_fwd(m, p->asub_w, a->att_sn, a->att_sn_rstd, a->att, N, cfg_q_dim(c));
+    sub_norm_fwd(m, p->fsub_w, a->fch_sn, a->fch_sn_rstd, a->fch_act, N, c->d_ff);
 }
 
 void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1, void *d2)
@@ -145,15 +170,29 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
         Linear fc_nobias = p->fc;
         fc_nobias.b = -1; /* its bias gradient came with d1 */
         linear_bwd(ps, &fc_nobias, d2, d1, a->ln2, N, lb);
+    } else if (p->fsub_w >= 0) { /* through ffn_sub_norm: d1 = d(fch_sn), d2 = d(fch_act) (norm_bwd adds) */
+        linear_bwd(ps, &p->proj, d1, dres, a->fch_sn, N, lb);
+        be->zero(d2, (size_t)N * c->d_ff * be->act_size);
+        be->norm_bwd(d2, params_g(ps, p->fsub_w), NULL, d1, a->fch_act, params_w(ps, p->fsub_w), NULL,
+                     a->fch_sn_rstd, N, c->d_ff, 1);
+        glu_bwd(m, d1, a->fch, d2, N);
+        linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     } else {
         linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N, lb);
-        be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
+        glu_bwd(m, d1, a->fch, d2, N);
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     }
     be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
                  a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
-    /* attention */
-    linear_bwd(ps, &p->o, d2, dres, a->att, N, lb);
+    /* attention (through attn_sub_norm: d1 = d(att_sn), then d2 = d(att)) */
+    if (p->asub_w >= 0) {
+        linear_bwd(ps, &p->o, d1, dres, a->att_sn, N, lb);
+        be->zero(d2, (size_t)N * cfg_q_dim(c) * be->act_size);
+        be->norm_bwd(d2, params_g(ps, p->asub_w), NULL, d1, a->att, params_w(ps, p->asub_w), NULL, a->att_sn_rstd,
+                     N, cfg_q_dim(c), 1);
+    } else {
+        linear_bwd(ps, &p->o, d2, dres, a->att, N, lb);
+    }
     be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
     if (c->family == FAMILY_LLAMA) be->rope_bwd(d1, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
     linear_bwd(ps, &p->qkv, d2, d1, a->ln1, N, lb);

@@ -61,6 +61,9 @@ static const Preset presets[] = {
      * they train on GPT-2 token data. */
     {"gpt2-tiny", FAMILY_GPT2, 2, 4, 4, 64, 0, GPT2_VOCAB, 256, 0},
     {"llama-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256, 0},
+    /* BitNet b1.58 2B4T's shape (microsoft/bitnet-b1.58-2B-4T config.json), and a tiny one. */
+    {"bitnet-2b", FAMILY_LLAMA, 30, 20, 5, 2560, 6912, 128256, 4096, 500000.0f},
+    {"bitnet-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256, 0},
     /* The real shapes of open 7B-13B checkpoints (config.json of each release), for speed and memory
      * runs with random weights; real weights come through model.init. Mistral-7B's sliding window
      * (4096) is not implemented, so its preset stops at 4096 positions, where the window is the
@@ -91,7 +94,7 @@ static const MoePreset moe_presets[] = {
 const char *model_preset_names(void)
 {
     return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
-           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny";
+           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny, bitnet-2b, bitnet-tiny";
 }
 
 static void preset_fill(ModelConfig *c, const Preset *p)
@@ -106,6 +109,7 @@ static void preset_fill(ModelConfig *c, const Preset *p)
     c->max_seq_len = p->max_seq;
     if (p->rope_theta > 0) c->rope_theta = p->rope_theta;
     if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
+    if (!strncmp(p->name, "bitnet", 6)) model_config_bitnet(c);
 }
 
 int model_preset(ModelConfig *c, const char *name)
@@ -133,9 +137,20 @@ int model_preset(ModelConfig *c, const char *name)
 int model_family_parse(const char *s, Family *f)
 {
     if (!strcmp(s, "gpt2")) *f = FAMILY_GPT2;
-    else if (!strcmp(s, "llama") || !strcmp(s, "mistral") || !strcmp(s, "qwen2")) *f = FAMILY_LLAMA;
-    else return err_set("unknown model family \"%s\" (expected gpt2 or llama)", s);
+    else if (!strcmp(s, "llama") || !strcmp(s, "mistral") || !strcmp(s, "qwen2") || !strcmp(s, "bitnet"))
+        *f = FAMILY_LLAMA;
+    else return err_set("unknown model family \"%s\" (expected gpt2, llama or bitnet)", s);
     return 0;
+}
+
+void model_config_bitnet(ModelConfig *c)
+{
+    c->family = FAMILY_LLAMA;
+    c->sub_norm = 1;
+    c->mlp_relu2 = 1;
+    c->ternary = TERNARY_BITNET;
+    snprintf(c->hf_model_type, sizeof(c->hf_model_type), "bitnet");
+    snprintf(c->hf_arch, sizeof(c->hf_arch), "BitNetForCausalLM");
 }
 
 const char *model_family_name(Family f) { return f == FAMILY_GPT2 ? "gpt2" : "llama"; }
@@ -244,6 +259,11 @@ int model_config_finish(ModelConfig *c)
     if (qkv * C > max_numel || fc * C > max_numel)
         return err_set("model: the q/k/v (%lld x %d) or MLP (%lld x %d) matrix has more than %lld elements",
                        (long long)qkv, c->d_model, (long long)fc, c->d_model, (long long)max_numel);
+    if (c->sub_norm && q_dim != C)
+        return err_set("model: BitNet's attn_sub_norm needs n_head * head_dim (%lld) = d_model (%d)", (long long)q_dim,
+                       c->d_model);
+    if (c->ternary && c->family != FAMILY_LLAMA)
+        return err_set("model.ternary: BitLinear products need the llama or bitnet family (got gpt2)");
     if (c->family == FAMILY_LLAMA && !(c->rope_theta > 0))
         return err_set("model.rope_theta: must be positive, got %g", c->rope_theta);
     if (!(c->norm_eps > 0)) c->norm_eps = 1e-5f;
@@ -262,6 +282,7 @@ int model_config_finish(ModelConfig *c)
         else if (!strcmp(c->hf_model_type, "mistral")) a = "MistralForCausalLM";
         else if (!strcmp(c->hf_model_type, "mixtral")) a = "MixtralForCausalLM";
         else if (!strcmp(c->hf_model_type, "qwen2_moe")) a = "Qwen2MoeForCausalLM";
+        else if (!strcmp(c->hf_model_type, "bitnet")) a = "BitNetForCausalLM";
         snprintf(c->hf_arch, sizeof(c->hf_arch), "%s", a);
     }
     return 0;
@@ -296,6 +317,9 @@ const char *model_config_diff(const ModelConfig *a, const ModelConfig *b)
     DIFF(moe_every, "model.moe.every");
     DIFF(moe_shared_d_ff, "model.moe.shared_experts (shared expert width)");
     DIFF(moe_norm_topk, "model.moe.norm_topk_prob");
+    DIFF(sub_norm, "model.family (BitNet sub-norms)");
+    DIFF(mlp_relu2, "model.family (BitNet relu2 MLP)");
+    DIFF(ternary, "model.ternary");
 #undef DIFF
     return NULL;
 }

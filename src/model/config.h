@@ -45,7 +45,21 @@ typedef struct {
     int moe_experts, moe_top_k, moe_d_ff, moe_every, moe_shared_d_ff;
     int moe_norm_topk;                 /* renormalise the top-k weights to sum 1 (Mixtral: yes) */
     float moe_aux_coef, moe_z_coef;    /* load-balancing and router z-loss coefficients */
+    /* BitNet b1.58 (transformers' BitNetForCausalLM, model_type "bitnet"; docs/ternary.md): llama
+     * family plus sub_norm (an RMSNorm on the attention output before o_proj, attn_sub_norm, and on
+     * the MLP hidden before down_proj, ffn_sub_norm) and mlp_relu2 (the gated MLP's activation is
+     * relu(x)^2, hidden_act "relu2", instead of silu). */
+    int sub_norm, mlp_relu2;
+    int ternary; /* TERNARY_*: how the block linears are quantized in the forward */
+    int tern_group; /* integer-ternary tensors: weights per exponent group (0 = TERN_DEFAULT_GROUP) */
 } ModelConfig;
+
+/* model.ternary: TERNARY_BITNET makes every block linear a BitLinear (fp32 latent weights,
+ * ternarized per tensor with absmean and activations quantized per token to 8 bits in the forward,
+ * straight-through backward); the embeddings, norms and head stay full precision. */
+enum { TERNARY_NONE = 0, TERNARY_BITNET = 1 };
+/* train.ternary.group's default: 128 weights per power-of-two exponent. */
+#define TERN_DEFAULT_GROUP 128
 
 /* Fill *c with a named preset (gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b,
  * llama-1b, and the tiny test presets gpt2-tiny, llama-tiny). -1 if unknown. */
@@ -57,8 +71,11 @@ void model_config_defaults(ModelConfig *c, Family f);
 /* Fill derived fields (head_dim, d_ff, hf names) and check consistency;
  * -1 with err_set() naming the field. */
 int model_config_finish(ModelConfig *c);
-/* Parse "gpt2" / "llama" (also "mistral", "qwen2" -> llama). -1 if unknown. */
+/* Parse "gpt2" / "llama" (also "mistral", "qwen2", "bitnet" -> llama). -1 if unknown. */
 int model_family_parse(const char *s, Family *f);
+/* The BitNet b1.58 architecture on a llama-family config: sub-norms, relu2, model_type "bitnet",
+ * ternary BitLinear products. */
+void model_config_bitnet(ModelConfig *c);
 const char *model_family_name(Family f);
 /* The config key of the first field that shapes tensors or changes results and differs between
  * a and b ("model.n_layer", "model.rope_theta", ...), or NULL when they describe the same model. */

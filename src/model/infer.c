@@ -51,6 +51,12 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
     a->ln2_mean = be->alloc(N * sizeof(float));
     a->ln2_rstd = be->alloc(N * sizeof(float));
     a->lse = be->alloc((size_t)B * c->n_head * chunk * sizeof(float));
+    if (c->sub_norm) {
+        a->att_sn = be->alloc(N * cfg_q_dim(c) * as);
+        a->fch_sn = be->alloc(N * c->d_ff * as);
+        a->att_sn_rstd = be->alloc(N * sizeof(float));
+        a->fch_sn_rstd = be->alloc(N * sizeof(float));
+    }
     for (int s = 0; s < LORA_SITE_COUNT; s++) /* one layer's adapter products: every layer reuses them */
         if (param_find_lora(&m->pt, 0, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
     if (cfg_moe_layers(c)) a->moe = moe_acts_alloc(m, &kv->moe_bufs, (int)N, NULL, 1, 1);
@@ -82,6 +88,9 @@ void kv_cache_free(const Model *m, KVCache *kv)
                     a->lse,      kv->res_final, kv->lnf,   kv->mlp,     kv->lnf_mean, kv->lnf_rstd,
                     kv->tokens,  kv->logits};
     for (size_t i = 0; i < ARRAY_LEN(bufs); i++) be->free(bufs[i]);
+    void *sub[] = {a->att_sn, a->fch_sn, a->att_sn_rstd, a->fch_sn_rstd};
+    for (size_t i = 0; i < ARRAY_LEN(sub); i++)
+        if (sub[i]) be->free(sub[i]);
     for (int s = 0; s < LORA_SITE_COUNT; s++)
         if (a->lora_t[s]) be->free(a->lora_t[s]);
     moe_bufs_free(be, &kv->moe_bufs);

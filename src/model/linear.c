@@ -8,6 +8,7 @@
 typedef struct {
     const void *w;
     float *dw;
+    int quant_act; /* BitLinear: the product's input is quantized to 8 bits per row first */
 } LinearWeight;
 
 /* The switch on the weight's kind, written once. The gradient only for a backward (bwd 1): a
@@ -17,11 +18,29 @@ static LinearWeight linear_weight_at(const ParamStore *ps, int idx, int bwd)
     LinearWeight lw = {0};
     switch (ps->pt->p[idx].kind) {
     case PARAM_TRAIN:
-        lw.w = params_w(ps, idx);
+        if (ps->pt->p[idx].ternarize) { /* BitLinear: absmean-ternarized from the fp32 latent weight, each
+                                          * Hugging Face part (q, k, v; gate, up) with its own scale */
+            const Param *p = &ps->pt->p[idx];
+            size_t row0 = 0, cols = (size_t)p->shape[1];
+            for (int k = 0; k < p->nparts; k++) {
+                ps->be->ternary_wquant(act_at(ps->be, ps->wq, row0 * cols), ps->master + p->seg + row0 * cols,
+                                       (size_t)p->part_rows[k] * cols);
+                row0 += (size_t)p->part_rows[k];
+            }
+            lw.w = ps->wq;
+            lw.quant_act = 1;
+        } else {
+            lw.w = params_w(ps, idx);
+        }
         lw.dw = bwd ? params_g(ps, idx) : NULL;
         break;
-    case PARAM_FROZEN:
+    case PARAM_TERNARY: /* trits * 2^E unpacked into the store's scratch; the float gradient for the update */
+        lw.w = params_w_dense(ps, idx);
+        lw.dw = bwd ? params_g(ps, idx) : NULL;
+        break;
+    case PARAM_FROZEN: /* a frozen BitLinear holds its ternarized weight already (params_upload) */
         lw.w = params_w(ps, idx);
+        lw.quant_act = ps->pt->p[idx].ternarize;
         break;
     case PARAM_NF4: /* dequantized into the store's scratch, used at once (one stream: no later op overwrites it first) */
         lw.w = params_w_dense(ps, idx);
@@ -105,11 +124,23 @@ Linear linear_make(const ParamTable *pt, int w, int b)
     return L;
 }
 
+/* The product's input: inp itself, or for a BitLinear its 8-bit quantization (absmax per row) in the
+ * store's scratch. The straight-through estimator: the backward uses the same quantized input for the
+ * weight gradient and passes the input gradient through the quantizer unchanged. */
+static const void *linear_input(const ParamStore *ps, const LinearWeight *w, const void *inp, int N, int in)
+{
+    if (!w->quant_act) return inp;
+    void *xq = params_xq(ps, (size_t)N * in);
+    ps->be->act_quant8(xq, inp, N, in);
+    return xq;
+}
+
 void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N, const LinearBufs *lb)
 {
     check_bufs(ps, L, lb);
     LinearWeight w = linear_weight_fwd(ps, L->w);
-    ps->be->matmul_fwd(out, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
+    const void *x = linear_input(ps, &w, inp, N, L->in);
+    ps->be->matmul_fwd(out, x, w.w, params_w(ps, L->b), N, L->in, L->out);
     if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb);
 }
 
@@ -118,7 +149,8 @@ void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *d
 {
     check_bufs(ps, L, lb);
     LinearWeight w = linear_weight(ps, L->w);
-    ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, inp, w.w, N, L->in, L->out);
+    const void *x = linear_input(ps, &w, inp, N, L->in);
+    ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, x, w.w, N, L->in, L->out);
     if (L->n_adapters) adapters_bwd(ps, L, dinp, dout, inp, N, lb);
 }
 
@@ -132,6 +164,8 @@ void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre
         return;
     }
     LinearWeight w = linear_weight_fwd(ps, L->w);
+    if (w.quant_act) fatal("linear: BitLinear %s in a GELU product (internal error: gpt2 has no ternary mode)",
+                           ps->pt->p[L->w].name);
     ps->be->matmul_gelu_fwd(act, pre, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
 }
 
@@ -146,6 +180,8 @@ void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *
         if (params_g(ps, bias_pre)) ps->be->matmul_bwd(NULL, NULL, params_g(ps, bias_pre), dpre, NULL, NULL, N, 1, L->in);
         return;
     }
+    if (w.quant_act) fatal("linear: BitLinear %s in a GELU product (internal error: gpt2 has no ternary mode)",
+                           ps->pt->p[L->w].name);
     ps->be->matmul_dgelu_bwd(dpre, params_g(ps, bias_pre), w.dw, params_g(ps, L->b), dout, act, pre, w.w, N, L->in,
                              L->out);
 }
@@ -165,5 +201,6 @@ double linear_flops(const ParamStore *ps, const Linear *L, int backward)
     double ad = 0;
     for (int k = 0; k < L->n_adapters; k++) ad += 2.0 * L->adapters[k].r * (L->in + L->adapters[k].rows);
     if (!backward) return mac + ad;
-    return 2 * mac + (ps->pt->p[L->w].kind == PARAM_TRAIN ? mac : 0.0) + 3 * ad;
+    ParamKind k = ps->pt->p[L->w].kind;
+    return 2 * mac + (k == PARAM_TRAIN || k == PARAM_TERNARY ? mac : 0.0) + 3 * ad;
 }

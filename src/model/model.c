@@ -100,6 +100,8 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
         p->ln1_b = param_find_role(pt, PROLE_LN1_B, l);
         p->ln2_w = param_find_role(pt, PROLE_LN2_W, l);
         p->ln2_b = param_find_role(pt, PROLE_LN2_B, l);
+        p->asub_w = param_find_role(pt, PROLE_ATTN_SUB_W, l);
+        p->fsub_w = param_find_role(pt, PROLE_FFN_SUB_W, l);
         p->qkv = linear_make(pt, param_find_role(pt, PROLE_QKV_W, l), param_find_role(pt, PROLE_QKV_B, l));
         p->o = linear_make(pt, param_find_role(pt, PROLE_O_W, l), param_find_role(pt, PROLE_O_B, l));
         if (cfg_is_moe(cfg, l)) { /* no dense MLP: the router and the experts (moe.c) */
@@ -224,7 +226,8 @@ static void free_acts(Model *m)
     for (int l = 0; l < m->cfg.n_layer; l++) {
         LayerActs *a = &m->la[l];
         void *bufs[] = {a->res, a->ln1, a->ln1_mean, a->ln1_rstd, a->qkv, a->att, a->lse, a->res2,
-                        a->ln2, a->ln2_mean, a->ln2_rstd, a->fch, a->fch_act};
+                        a->ln2, a->ln2_mean, a->ln2_rstd, a->fch, a->fch_act, a->att_sn, a->fch_sn,
+                        a->att_sn_rstd, a->fch_sn_rstd};
         for (size_t i = 0; i < ARRAY_LEN(bufs); i++) {
             if (!bufs[i]) continue;
             int shared = 0;
@@ -233,7 +236,8 @@ static void free_acts(Model *m)
                 int d = first_dense(&m->cfg);
                 LayerActs *ad = &m->la[d < m->cfg.n_layer ? d : 0];
                 void *b0[] = {a0->res, a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->qkv, a0->att, a0->lse, a0->res2,
-                              a0->ln2, a0->ln2_mean, a0->ln2_rstd, ad->fch, ad->fch_act};
+                              a0->ln2, a0->ln2_mean, a0->ln2_rstd, ad->fch, ad->fch_act, a0->att_sn, a0->fch_sn,
+                              a0->att_sn_rstd, a0->fch_sn_rstd};
                 if (l == d) b0[11] = b0[12] = NULL; /* the first dense layer owns its own */
                 shared = bufs[i] == b0[i];
             }
@@ -315,6 +319,12 @@ int model_reserve(Model *m, int B, int T, int recompute)
             a->moe = moe_acts_alloc(m, &m->moe->bufs, (int)N, moe0, keep_block, keep_cheap);
             if (!moe0) moe0 = a->moe;
         }
+        if (c->sub_norm) { /* norm outputs like ln1/ln2; their statistics per layer */
+            a->att_sn = (keep_cheap || first) ? be->alloc(N * qd * as) : a0->att_sn;
+            a->fch_sn = (keep_cheap || first) ? be->alloc(N * ff * as) : a0->fch_sn;
+            a->att_sn_rstd = be->alloc(N * sizeof(float));
+            a->fch_sn_rstd = be->alloc(N * sizeof(float));
+        }
         for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r): kept at every level */
             if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
     }
@@ -392,7 +402,8 @@ void model_init_gpt2(Model *m, uint64_t seed)
     /* tensor by tensor, so a large model never needs a host copy of all its weights */
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
-        int is_norm_w = p->role == PROLE_LN1_W || p->role == PROLE_LN2_W || p->role == PROLE_LNF_W;
+        int is_norm_w = p->role == PROLE_LN1_W || p->role == PROLE_LN2_W || p->role == PROLE_LNF_W ||
+                        p->role == PROLE_ATTN_SUB_W || p->role == PROLE_FFN_SUB_W;
         int resid = p->role == PROLE_O_W || p->role == PROLE_PROJ_W || p->role == PROLE_EXP_PROJ_W ||
                     p->role == PROLE_SH_PROJ_W;
         double std = resid ? resid_std : INIT_STD;
@@ -629,7 +640,7 @@ void model_mem_report(const Model *m, size_t optim_bytes, MemReport *r)
     r->weights = pb.weights;
     r->master = pb.master;
     r->grads = pb.grads;
-    r->optim = optim_bytes;
+    r->optim = optim_bytes + pb.tstate; /* AdamW moments + integer-ternary accumulators */
     r->acts = m->act_bytes;
     m->be->mem_stats(&r->in_use, &r->peak);
     size_t known = r->weights + r->master + r->grads + r->optim + r->acts;

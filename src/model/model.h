@@ -32,6 +32,7 @@ enum {
  * products. */
 typedef struct {
     int ln1_w, ln1_b, ln2_w, ln2_b;
+    int asub_w, fsub_w; /* BitNet's attn_sub_norm / ffn_sub_norm weights (-1 without sub-norms) */
     Linear qkv, o, fc, proj;
     /* MoE layers (moe.h) instead of fc/proj: the router, each expert's fc/proj (E each, owned),
      * the shared expert and its gate (w -1 when absent) */
@@ -55,7 +56,9 @@ typedef struct {
     void *ln2;         /* (N,C) */
     float *ln2_mean, *ln2_rstd;
     void *fch;         /* (N,fc_dim) pre-activation */
-    void *fch_act;     /* (N,d_ff) after GELU / SwiGLU */
+    void *fch_act;     /* (N,d_ff) after GELU / SwiGLU / relu2-GLU */
+    void *att_sn, *fch_sn;          /* BitNet sub-norms: (N,q_dim) norm(att), (N,d_ff) norm(fch_act) */
+    float *att_sn_rstd, *fch_sn_rstd; /* (N) */
     void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h) */
     struct MoeActs *moe; /* MoE layers: routing and expert activations (moe.h); NULL for dense */
 } LayerActs;

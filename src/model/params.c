@@ -8,6 +8,13 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "model/lora.h"
+#include "model/ternary.h"
+
+/* The grow-only scratch of BitLinear inputs (params_xq). */
+struct ParamActScratch {
+    void *p;
+    size_t n;
+};
 
 /* ---- the table ---- */
 
@@ -59,6 +66,7 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
     while (group < L + 2) pt->layer_seg[++group] = off[PARAM_TRAIN];
     pt->n_train = off[PARAM_TRAIN];
     pt->n_frozen = off[PARAM_FROZEN];
+    pt->n_tern = off[PARAM_TERNARY];
 }
 
 /* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order. */
@@ -90,6 +98,7 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
     char nm[64];
     memset(pt, 0, sizeof(*pt));
     pt->n_layer = c->n_layer;
+    pt->tern_group = c->tern_group > 0 ? c->tern_group : TERN_DEFAULT_GROUP;
     add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
     if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
     for (int l = 0; l < c->n_layer; l++) {
@@ -101,6 +110,7 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
         if (gpt2) P1("ln1.b", PROLE_LN1_B, C);
         P2("qkv.w", PROLE_QKV_W, cfg_qkv_dim(c), C);
         if (c->qkv_bias) P1("qkv.b", PROLE_QKV_B, cfg_qkv_dim(c));
+        if (c->sub_norm) P1("attn_sub.w", PROLE_ATTN_SUB_W, cfg_q_dim(c));
         P2("o.w", PROLE_O_W, C, cfg_q_dim(c));
         if (c->o_bias) P1("o.b", PROLE_O_B, C);
         P1("ln2.w", PROLE_LN2_W, C);
@@ -124,6 +134,7 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
         } else {
             P2("fc.w", PROLE_FC_W, cfg_fc_dim(c), C);
             if (c->mlp_bias) P1("fc.b", PROLE_FC_B, cfg_fc_dim(c));
+            if (c->sub_norm) P1("ffn_sub.w", PROLE_FFN_SUB_W, c->d_ff);
             P2("proj.w", PROLE_PROJ_W, C, c->d_ff);
             if (c->mlp_bias) P1("proj.b", PROLE_PROJ_B, C);
         }
@@ -144,6 +155,20 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
         if (p->site >= 0)
             pt->by_site[((size_t)p->layer * LORA_SITE_COUNT + p->site) * 2 + (p->role == PROLE_LORA_B)] = i;
         else pt->by_role[(size_t)(p->layer + 1) * PROLE_COUNT + p->role] = i;
+    }
+    /* BitLinear: each Hugging Face linear (q, k, v; gate, up) is ternarized with its own absmean */
+    for (int i = 0; i < pt->n && c->ternary == TERNARY_BITNET; i++) {
+        Param *p = &pt->p[i];
+        int r = p->role;
+        p->ternarize = r == PROLE_QKV_W || r == PROLE_O_W || r == PROLE_FC_W || r == PROLE_PROJ_W;
+        if (r == PROLE_QKV_W) {
+            p->nparts = 3;
+            p->part_rows[0] = cfg_q_dim(c);
+            p->part_rows[1] = p->part_rows[2] = cfg_kv_dim(c);
+        } else if (r == PROLE_FC_W) {
+            p->nparts = 2;
+            p->part_rows[0] = p->part_rows[1] = c->d_ff;
+        }
     }
     pt->layer_seg = xcalloc((size_t)c->n_layer + 3, sizeof(size_t));
     param_table_set_kinds(pt, NULL);
@@ -213,7 +238,7 @@ size_t param_count(const ParamTable *pt) { return param_count_kind(pt, PARAM_TRA
 
 const char *param_kind_name(ParamKind k)
 {
-    static const char *const names[PARAM_KIND_COUNT] = {"trainable", "frozen", "frozen-4bit"};
+    static const char *const names[PARAM_KIND_COUNT] = {"trainable", "frozen", "frozen-4bit", "ternary"};
     return k >= 0 && k < PARAM_KIND_COUNT ? names[k] : "?";
 }
 
@@ -226,6 +251,93 @@ void params_shard(const ParamTable *pt, int rank, int world, size_t *lo, size_t 
 }
 
 /* ---- the store ---- */
+
+/* The integer-ternary arrays of every PARAM_TERNARY tensor (weights trit 0, exponents 0), their
+ * gradient segment, and the weight scratch of ternarized and ternary tensors. */
+static void tern_alloc(ParamStore *ps)
+{
+    const ParamTable *pt = ps->pt;
+    const Backend *be = ps->be;
+    ps->tern_group = pt->tern_group > 0 ? pt->tern_group : TERN_DEFAULT_GROUP;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TERNARY && !(p->kind == PARAM_TRAIN && p->ternarize)) continue;
+        ps->wq_numel = MAX(ps->wq_numel, p->numel);
+        if (p->kind != PARAM_TERNARY) continue;
+        if (!ps->tern) ps->tern = xcalloc((size_t)pt->n, sizeof(TernaryTensor));
+        TernaryTensor *t = &ps->tern[i];
+        t->n = p->numel;
+        t->group = ps->tern_group;
+        size_t nb = trit_bytes(t->n), ng = tern_groups(t->n, t->group);
+        /* rounded up to whole 32-bit words: the GPU update changes bytes through their word */
+        size_t nb4 = (nb + 3) / 4 * 4;
+        uint8_t *zero_trits = xmalloc(nb4);
+        memset(zero_trits, 121, nb4); /* every digit 1: trit 0 */
+        t->trits = be->alloc(nb4);
+        be->upload(t->trits, zero_trits, nb4);
+        free(zero_trits);
+        t->exp = be->alloc(ng);
+        t->tacc = be->alloc(t->n);
+        t->eacc = be->alloc(ng);
+        ps->tern_bytes += nb + ng;
+        ps->tern_state_bytes += t->n + ng;
+    }
+    if (pt->n_tern) ps->tgrad = be->alloc(pt->n_tern * sizeof(float));
+    for (int i = 0; ps->tern && i < pt->n; i++)
+        if (pt->p[i].kind == PARAM_TERNARY) ps->tern[i].grad = ps->tgrad + pt->p[i].seg;
+    if (ps->wq_numel) ps->wq = be->alloc(ps->wq_numel * be->act_size);
+    ps->xq = xcalloc(1, sizeof(*ps->xq));
+}
+
+static void tern_free(ParamStore *ps)
+{
+    const Backend *be = ps->be;
+    for (int i = 0; ps->tern && i < ps->pt->n; i++) {
+        TernaryTensor *t = &ps->tern[i];
+        void *a[] = {t->trits, t->exp, t->tacc, t->eacc};
+        for (int k = 0; k < 4; k++)
+            if (a[k]) be->free(a[k]);
+    }
+    free(ps->tern);
+    if (ps->tgrad) be->free(ps->tgrad);
+    if (ps->wq) be->free(ps->wq);
+    if (ps->xq && ps->xq->p) be->free(ps->xq->p);
+    free(ps->xq);
+}
+
+void *params_xq(const ParamStore *ps, size_t n)
+{
+    struct ParamActScratch *x = ps->xq;
+    if (x->n < n) {
+        if (x->p) ps->be->free(x->p);
+        x->p = ps->be->alloc(n * ps->be->act_size);
+        x->n = n;
+    }
+    return x->p;
+}
+
+void params_tern_upload(ParamStore *ps, int i, const uint8_t *trits, const int8_t *exp, const int8_t *tacc,
+                        const int8_t *eacc)
+{
+    TernaryTensor *t = &ps->tern[i];
+    size_t ng = tern_groups(t->n, t->group);
+    ps->be->upload(t->trits, trits, trit_bytes(t->n));
+    ps->be->upload(t->exp, exp, ng);
+    if (tacc) ps->be->upload(t->tacc, tacc, t->n);
+    else ps->be->zero(t->tacc, t->n);
+    if (eacc) ps->be->upload(t->eacc, eacc, ng);
+    else ps->be->zero(t->eacc, ng);
+}
+
+void params_tern_download(const ParamStore *ps, int i, uint8_t *trits, int8_t *exp, int8_t *tacc, int8_t *eacc)
+{
+    const TernaryTensor *t = &ps->tern[i];
+    size_t ng = tern_groups(t->n, t->group);
+    if (trits) ps->be->download(trits, t->trits, trit_bytes(t->n));
+    if (exp) ps->be->download(exp, t->exp, ng);
+    if (tacc) ps->be->download(tacc, t->tacc, t->n);
+    if (eacc) ps->be->download(eacc, t->eacc, ng);
+}
 
 void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
 {
@@ -240,6 +352,7 @@ void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
     ps->master_n = ps->act_n = ps->grad_n = pt->n_train;
     ps->master_alias = be->act_dtype == DTYPE_F32;
     if (pt->n_frozen) ps->frozen_act = be->alloc(pt->n_frozen * be->act_size);
+    tern_alloc(ps);
     size_t dq = 0;
     for (int i = 0; i < pt->n; i++)
         if (pt->p[i].kind == PARAM_NF4) dq = MAX(dq, pt->p[i].numel);
@@ -308,6 +421,10 @@ static void q4_quantize_upload(ParamStore *ps, int i, const float *host)
 const void *params_w_dense(const ParamStore *ps, int i)
 {
     const Param *p = &ps->pt->p[i];
+    if (p->kind == PARAM_TERNARY) { /* unpacked into the scratch, used at once (one stream) */
+        ps->be->trit_unpack(ps->wq, &ps->tern[i]);
+        return ps->wq;
+    }
     if (p->kind != PARAM_NF4) return params_w(ps, i);
     size_t row0 = 0;
     for (int part = 0; part < p->nparts; part++) {
@@ -331,6 +448,7 @@ void params_free(ParamStore *ps)
         free(ps->q4);
     }
     if (ps->dq) be->free(ps->dq);
+    tern_free(ps);
     memset(ps, 0, sizeof(*ps));
 }
 
@@ -338,7 +456,8 @@ void *params_w(const ParamStore *ps, int i)
 {
     if (i < 0) return NULL;
     const Param *p = &ps->pt->p[i];
-    if (p->kind == PARAM_NF4) fatal("params_w: %s is 4-bit: use params_w_dense (internal error)", p->name);
+    if (p->kind == PARAM_NF4 || p->kind == PARAM_TERNARY)
+        fatal("params_w: %s is packed (%s): use params_w_dense (internal error)", p->name, param_kind_name(p->kind));
     if (p->kind != PARAM_TRAIN) return act_at(ps->be, ps->frozen_act, p->seg);
     if (ps->wgroup) {
         int g = params_group(ps->pt, i);
@@ -352,7 +471,9 @@ void *params_w(const ParamStore *ps, int i)
 
 float *params_g(const ParamStore *ps, int i)
 {
-    if (i < 0 || ps->pt->p[i].kind != PARAM_TRAIN) return NULL;
+    if (i < 0) return NULL;
+    if (ps->pt->p[i].kind == PARAM_TERNARY) return ps->tgrad + ps->pt->p[i].seg;
+    if (ps->pt->p[i].kind != PARAM_TRAIN) return NULL;
     const Param *p = &ps->pt->p[i];
     if (ps->ggroup) {
         int g = params_group(ps->pt, i);
@@ -394,7 +515,15 @@ void params_upload(ParamStore *ps, int i, const float *host)
 {
     const Param *p = &ps->pt->p[i];
     const Backend *be = ps->be;
-    if (p->kind == PARAM_NF4) {
+    if (p->kind == PARAM_TERNARY) { /* the integer state of the values (ternary.h), accumulators zero */
+        const TernaryTensor *t = &ps->tern[i];
+        uint8_t *trits = xmalloc(trit_bytes(t->n));
+        int8_t *exp = xmalloc(tern_groups(t->n, t->group));
+        tern_from_f32(trits, exp, host, t->n, t->group);
+        params_tern_upload(ps, i, trits, exp, NULL, NULL);
+        free(trits);
+        free(exp);
+    } else if (p->kind == PARAM_NF4) {
         q4_quantize_upload(ps, i, host);
     } else if (p->kind == PARAM_TRAIN && !store_is_whole(ps)) {
         upload_train_part(ps, p, host);
@@ -402,6 +531,15 @@ void params_upload(ParamStore *ps, int i, const float *host)
         be->upload(ps->master + p->seg, host, p->numel * sizeof(float));
         if (ps->train_act != (void *)ps->master)
             be->cast_to_act(act_at(be, ps->train_act, p->seg), ps->master + p->seg, p->numel);
+    } else if (p->ternarize) { /* a frozen BitLinear (evaluation): ternarized once, here, part by part */
+        float *q = xmalloc(p->numel * sizeof(float));
+        size_t row0 = 0, cols = (size_t)p->shape[1];
+        for (int k = 0; k < p->nparts; k++) {
+            tern_wquant(q + row0 * cols, host + row0 * cols, (size_t)p->part_rows[k] * cols);
+            row0 += (size_t)p->part_rows[k];
+        }
+        be->upload_act(act_at(be, ps->frozen_act, p->seg), q, p->numel);
+        free(q);
     } else {
         be->upload_act(act_at(be, ps->frozen_act, p->seg), host, p->numel);
     }
@@ -411,6 +549,16 @@ void params_download(const ParamStore *ps, int i, float *host)
 {
     const Param *p = &ps->pt->p[i];
     const Backend *be = ps->be;
+    if (p->kind == PARAM_TERNARY) {
+        const TernaryTensor *t = &ps->tern[i];
+        uint8_t *trits = xmalloc(trit_bytes(t->n));
+        int8_t *exp = xmalloc(tern_groups(t->n, t->group));
+        params_tern_download(ps, i, trits, exp, NULL, NULL);
+        tern_to_f32(host, trits, exp, t->n, t->group);
+        free(trits);
+        free(exp);
+        return;
+    }
     if (p->kind == PARAM_NF4) {
         be->download_act(host, params_w_dense(ps, i), p->numel);
         return;
@@ -436,6 +584,7 @@ void params_sync_act(ParamStore *ps)
 void params_zero_grad(ParamStore *ps)
 {
     if (ps->grad) ps->be->zero(ps->grad, ps->grad_n * sizeof(float));
+    if (ps->tgrad) ps->be->zero(ps->tgrad, ps->pt->n_tern * sizeof(float));
 }
 
 ParamBytes params_bytes(const ParamStore *ps)
@@ -445,14 +594,16 @@ ParamBytes params_bytes(const ParamStore *ps)
     ParamBytes b = {0};
     /* an fp32 compute copy is the master (counted as master) */
     b.master = !ps->master ? 0 : ps->master_alias ? ps->act_n * sizeof(float) : ps->master_n * sizeof(float);
-    b.grads = ps->grad ? ps->grad_n * sizeof(float) : 0;
+    b.grads = (ps->grad ? ps->grad_n * sizeof(float) : 0) + (ps->tgrad ? pt->n_tern * sizeof(float) : 0);
     b.weights = (ps->train_act && !ps->master_alias ? ps->act_n * as : 0) +
-                (ps->frozen_act ? pt->n_frozen * as : 0) + ps->q4_bytes;
+                (ps->frozen_act ? pt->n_frozen * as : 0) + ps->q4_bytes + ps->tern_bytes;
+    b.tstate = ps->tern_state_bytes;
+    b.scratch = ps->wq_numel * as;
     if (ps->dq) {
         size_t dq = 0;
         for (int i = 0; i < pt->n; i++)
             if (pt->p[i].kind == PARAM_NF4) dq = MAX(dq, pt->p[i].numel);
-        b.scratch = dq * as;
+        b.scratch += dq * as;
     }
     return b;
 }

@@ -21,6 +21,15 @@
  *                 and block scales (double-quantized or not), one state per Hugging Face tensor (a fused
  *                 qkv.w holds three: q, k, v, so a pre-quantized directory loads byte for byte); a
  *                 product dequantizes it into the store's scratch (linear.c).
+ *   PARAM_TERNARY integer ternary (docs/ternary.md): trits packed 5 per byte, an int8 power-of-two
+ *                 exponent per group of ModelConfig.tern_group weights, an int8 sign accumulator per
+ *                 weight and an int8 scale accumulator per group; a product unpacks it into the store's
+ *                 scratch. Its fp32 gradient lives in a third segment (n_tern) for the length of a step
+ *                 only (the update reads it; nothing of it is kept or saved); it is not in the gradient
+ *                 norm or clipping (the update uses signs).
+ * A trainable tensor with `ternarize` set (model.ternary: bitnet) is a BitNet b1.58 latent weight:
+ * fp32 master, gradient and Adam state as any trainable tensor, ternarized (absmean) into the scratch
+ * at every product, whose input is quantized to 8 bits (linear.c).
  * Trainable tensors live in one contiguous segment (master, compute copy and gradient each one
  * buffer of n_train elements), in table order, so that the optimizer sees one vector and a
  * data-parallel run can cut it into equal per-rank shards (params_shard). Frozen tensors live in a
@@ -45,6 +54,8 @@ typedef enum {
     PARAM_TRAIN = 0,
     PARAM_FROZEN = 1,
     PARAM_NF4 = 2, /* frozen, 4-bit (NF4 or FP4, bitsandbytes layout): packed nibbles + block scales */
+    PARAM_TERNARY = 3, /* integer ternary (train.optimizer: ternary): packed trits + int8 group exponents and
+                        * accumulators (backend.h TernaryTensor), no float weight or optimizer state */
     PARAM_KIND_COUNT
 } ParamKind;
 
@@ -61,6 +72,7 @@ enum {
      * fc.w (2 moe_d_ff, C) [gate | up] and proj.w (C, moe_d_ff), the experts one after another
      * (param_find_expert); the shared expert's fc/proj and its gate (1, C) */
     PROLE_ROUTER_W, PROLE_EXP_FC_W, PROLE_EXP_PROJ_W, PROLE_SH_FC_W, PROLE_SH_PROJ_W, PROLE_SH_GATE_W,
+    PROLE_ATTN_SUB_W, PROLE_FFN_SUB_W, /* BitNet's sub-norms: h.L.attn_sub.w (q_dim), h.L.ffn_sub.w (d_ff) */
     PROLE_COUNT
 };
 
@@ -76,6 +88,7 @@ typedef struct {
     size_t seg;     /* element offset inside its kind's segment */
     int decay;      /* weight decay applies (matrices) */
     int site;       /* LoraSite of an adapter tensor, -1 otherwise */
+    int ternarize;  /* BitNet QAT (model.ternary: bitnet): a trainable weight ternarized at every use */
     int nparts;     /* 4-bit: the Hugging Face tensors it is made of (row ranges), 1..PARAM_MAX_PARTS */
     int part_rows[3];
     int expert;     /* the routed expert of a PROLE_EXP_* tensor, -1 otherwise */
@@ -89,6 +102,8 @@ typedef struct {
     size_t total;   /* elements of a host image (the sum of numel) */
     size_t n_train; /* elements of the trainable segment (padded to PARAM_ALIGN per tensor) */
     size_t n_frozen;
+    size_t n_tern;  /* elements of the fp32 gradient segment of PARAM_TERNARY tensors */
+    int tern_group; /* weights per exponent group of PARAM_TERNARY tensors (ModelConfig.tern_group) */
     int n_layer;
     int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
     int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices, -1 where absent */
@@ -156,6 +171,13 @@ typedef struct {
      * touching it is an internal error (fatal), never a read of stale memory. */
     void **wgroup;
     float **ggroup;
+    TernaryTensor *tern; /* per tensor (NULL unless a tensor is PARAM_TERNARY): its arrays in backend memory */
+    float *tgrad;        /* (n_tern) fp32 gradients of the PARAM_TERNARY tensors */
+    int tern_group;      /* weights per exponent group */
+    size_t tern_bytes, tern_state_bytes; /* trits + exponents; accumulators */
+    void *wq;            /* act scratch of the largest ternarized or ternary tensor: its product's weight */
+    size_t wq_numel;
+    struct ParamActScratch *xq; /* grow-only act scratch of a BitLinear's 8-bit input (linear.c) */
 } ParamStore;
 
 /* The group of layer_seg that trainable tensor i lies in (0 embeddings, 1 + l block l, n_layer + 1
@@ -181,8 +203,16 @@ void params_download(const ParamStore *ps, int i, float *host);
 /* A part of a 4-bit tensor from a host state (its arrays copied into backend memory): a
  * pre-quantized directory's bytes as they are. */
 void params_upload_q4(ParamStore *ps, int i, int part, const Q4State *host);
-/* Tensor i's compute copy for a product: the stored one, or a 4-bit tensor dequantized into ps->dq. */
+/* Tensor i's compute copy for a product: the stored one, a 4-bit tensor dequantized into ps->dq, or
+ * an integer-ternary tensor unpacked into ps->wq. */
 const void *params_w_dense(const ParamStore *ps, int i);
+/* The act scratch for n elements of a BitLinear's quantized input (grows; owned by the store). */
+void *params_xq(const ParamStore *ps, size_t n);
+/* The integer state of a PARAM_TERNARY tensor from / to host arrays (trit_bytes(numel) packed trits,
+ * tern_groups exponents and scale accumulators, numel sign accumulators): checkpoints, exactly. */
+void params_tern_upload(ParamStore *ps, int i, const uint8_t *trits, const int8_t *exp, const int8_t *tacc,
+                        const int8_t *eacc);
+void params_tern_download(const ParamStore *ps, int i, uint8_t *trits, int8_t *exp, int8_t *tacc, int8_t *eacc);
 /* Refresh every trainable compute copy from the master (after the master was written directly). */
 void params_sync_act(ParamStore *ps);
 void params_zero_grad(ParamStore *ps);
@@ -192,7 +222,8 @@ typedef struct {
     size_t weights; /* compute copies that are not the master (bf16 copies, frozen tensors) */
     size_t master;  /* fp32 master weights of trainable tensors */
     size_t grads;   /* fp32 gradients */
-    size_t scratch; /* the dequantization scratch of 4-bit tensors */
+    size_t scratch; /* the dequantization scratch of 4-bit tensors, the ternary weight scratch */
+    size_t tstate;  /* int8 accumulators of integer-ternary tensors (their optimizer state) */
 } ParamBytes;
 ParamBytes params_bytes(const ParamStore *ps);
 

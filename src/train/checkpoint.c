@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "data/tokenizer.h"
+#include "model/ternary.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "io/peft.h"
@@ -216,6 +217,107 @@ static int write_manifest(const char *dir, const CheckpointData *d)
     return rc;
 }
 
+/* ---- integer-ternary state: TERN_BASE.safetensors ---- */
+
+#define TERN_BASE "ternary"
+#define TERN_ARRAYS 4
+
+/* The four int8 arrays of a ternary tensor as (prefix, dtype, elements). */
+static void tern_layout(const Param *p, int group, const char **prefix, StDtype *dt, size_t *len)
+{
+    static const char *const pre[TERN_ARRAYS] = {"trits.", "exp.", "tacc.", "eacc."};
+    size_t ng = tern_groups(p->numel, group);
+    size_t l[TERN_ARRAYS] = {trit_bytes(p->numel), ng, p->numel, ng};
+    for (int k = 0; k < TERN_ARRAYS; k++) {
+        prefix[k] = pre[k];
+        dt[k] = k == 0 ? ST_U8 : ST_I8;
+        len[k] = l[k];
+    }
+}
+
+/* Every PARAM_TERNARY tensor's packed trits (U8), exponents and accumulators (I8), exactly as the store
+ * holds them: nothing float. */
+static int write_ternary(const char *dir, const Model *m)
+{
+    const ParamTable *pt = &m->pt;
+    int nt = 0;
+    for (int i = 0; i < pt->n; i++) nt += pt->p[i].kind == PARAM_TERNARY;
+    if (!nt) return 0;
+    StWriteTensor *t = xcalloc((size_t)nt * TERN_ARRAYS, sizeof(StWriteTensor));
+    char **names = xcalloc((size_t)nt * TERN_ARRAYS, sizeof(char *));
+    void **bufs = xcalloc((size_t)nt * TERN_ARRAYS, sizeof(void *));
+    int n = 0;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TERNARY) continue;
+        const char *prefix[TERN_ARRAYS];
+        StDtype dt[TERN_ARRAYS];
+        size_t len[TERN_ARRAYS];
+        tern_layout(p, m->ps.tern[i].group, prefix, dt, len);
+        for (int k = 0; k < TERN_ARRAYS; k++) bufs[n + k] = xmalloc(len[k] ? len[k] : 1);
+        params_tern_download(&m->ps, i, bufs[n], bufs[n + 1], bufs[n + 2], bufs[n + 3]);
+        for (int k = 0; k < TERN_ARRAYS; k++, n++) {
+            size_t l = strlen(prefix[k]) + strlen(p->name) + 1;
+            names[n] = xmalloc(l);
+            snprintf(names[n], l, "%s%s", prefix[k], p->name);
+            t[n] = (StWriteTensor){.name = names[n], .dtype = dt[k], .ndim = 1, .shape = {(int64_t)len[k]},
+                                   .data = bufs[n]};
+        }
+    }
+    char group[16];
+    snprintf(group, sizeof(group), "%d", pt->tern_group);
+    StMeta meta[2] = {{"format", "anvil-ternary"}, {"group", group}};
+    int rc = st_write_dir(dir, TERN_BASE, t, n, meta, 2, 0);
+    for (int k = 0; k < n; k++) free(names[k]), free(bufs[k]);
+    free(names);
+    free(bufs);
+    free(t);
+    return rc;
+}
+
+int ckpt_read_ternary(const char *ckpt_dir, Model *m)
+{
+    const ParamTable *pt = &m->pt;
+    int nt = 0;
+    for (int i = 0; i < pt->n; i++) nt += pt->p[i].kind == PARAM_TERNARY;
+    if (!nt) return 0;
+    StSet set;
+    if (st_set_open_dir(&set, ckpt_dir, TERN_BASE))
+        return err_set("%s: no %s.safetensors: the checkpoint was not trained with train.optimizer: ternary",
+                       ckpt_dir, TERN_BASE);
+    int rc = -1;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TERNARY) continue;
+        const char *prefix[TERN_ARRAYS];
+        StDtype dt[TERN_ARRAYS];
+        size_t len[TERN_ARRAYS];
+        const void *src[TERN_ARRAYS];
+        tern_layout(p, m->ps.tern[i].group, prefix, dt, len);
+        for (int k = 0; k < TERN_ARRAYS; k++) {
+            char name[96];
+            snprintf(name, sizeof(name), "%s%s", prefix[k], p->name);
+            const StFile *f;
+            const StTensor *t = st_set_find(&set, name, &f);
+            if (!t) {
+                err_set("%s/%s.safetensors: %s: missing", ckpt_dir, TERN_BASE, name);
+                goto out;
+            }
+            if (t->dtype != dt[k] || t->numel != len[k]) {
+                err_set("%s: %s: expected %s with %zu elements (train.ternary.group %d)", f->path, name,
+                        dt[k] == ST_U8 ? "U8" : "I8", len[k], pt->tern_group);
+                goto out;
+            }
+            src[k] = t->data;
+        }
+        params_tern_upload(&m->ps, i, src[0], src[1], src[2], src[3]);
+    }
+    rc = 0;
+out:
+    st_set_close(&set);
+    return rc;
+}
+
 int ckpt_write_main(const char *tmp, const CheckpointData *d)
 {
     int dtype = d->bf16_weights ? DTYPE_BF16 : DTYPE_F32;
@@ -223,6 +325,7 @@ int ckpt_write_main(const char *tmp, const CheckpointData *d)
                         : hf_write_files(tmp, &d->m->cfg, &d->m->pt, d->params, dtype))
         return -1;
     if (d->shard_lo ? write_manifest(tmp, d) : write_optimizer(tmp, d)) return -1;
+    if (write_ternary(tmp, d->m)) return -1;
     if (d->tok && tokenizer_save(d->tok, tmp)) return -1;
     if (d->config_yaml) {
         char *p = fs_join(tmp, "config.yaml");

@@ -16,6 +16,11 @@
  *                          is stored in bf16), 1-D fp32 over [lo, hi) of the segment;
  *                          any world size or stage resumes from either layout (resharding on
  *                          load: each rank reads the parts that cover its own);
+ *   ternary.safetensors    train.optimizer: ternary only: per integer-ternary tensor "trits.<name>" (U8,
+ *                          packed 5 per byte), "exp.<name>" (I8 group exponents), "tacc.<name>" (I8 sign
+ *                          accumulators), "eacc.<name>" (I8 scale accumulators): the whole training state
+ *                          of those tensors, with no float tensor (model.safetensors holds their values
+ *                          trit * 2^E, exact in fp32, so the directory stays a plain HF model);
  *   trainer_state.json     step, data loader position (global), tokens seen, the config;
  *   config.yaml            the run's full configuration.
  * It is built in a temporary directory and published with one rename, so a
@@ -95,5 +100,9 @@ int ckpt_read_optimizer(const char *ckpt_dir, const Model *m, float *params, flo
  * weight. Errors name the file and what differs (a shard missing, another segment layout). */
 int ckpt_read_optimizer_range(const char *ckpt_dir, const Model *m, float *params, size_t lo, size_t hi,
                               float *adam_m, float *adam_v);
+
+/* The integer-ternary state of every PARAM_TERNARY tensor of m from ternary.safetensors, exactly
+ * (nothing to do for a model without such tensors). */
+int ckpt_read_ternary(const char *ckpt_dir, Model *m);
 
 #endif

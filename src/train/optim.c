@@ -41,18 +41,39 @@ void optim_free(Optimizer *o)
     if (o->v) o->be->free(o->v);
     free(o->t);
     free(o->param);
+    free(o->tt);
     memset(o, 0, sizeof(*o));
+}
+
+void optim_set_ternary(Optimizer *o, const Model *m, const TernaryHyper *h)
+{
+    free(o->tt);
+    o->tt = NULL;
+    o->ntt = 0;
+    o->th = *h;
+    const ParamTable *pt = &m->pt;
+    for (int i = 0; i < pt->n; i++) {
+        if (pt->p[i].kind != PARAM_TERNARY) continue;
+        if (!o->tt) o->tt = xcalloc((size_t)pt->n, sizeof(TernaryTensor));
+        o->tt[o->ntt++] = m->ps.tern[i];
+    }
 }
 
 void optim_step(Optimizer *o, Model *m, const AdamHyper *h)
 {
-    if (!o->nt) return;
     ParamStore *ps = &m->ps;
-    /* the store may hold only a shard of each buffer (ZeRO, params_shard_store): offsets from its lo */
-    if (o->lo < ps->master_lo || o->lo < ps->act_lo || o->lo < ps->grad_lo)
-        fatal("optim_step: the store does not hold the optimizer's part (internal error)");
-    m->be->adamw(ps->master + (o->lo - ps->master_lo), act_at(m->be, ps->train_act, o->lo - ps->act_lo),
-                 ps->grad + (o->lo - ps->grad_lo), o->m, o->v, o->t, o->nt, h);
+    if (o->nt) {
+        /* the store may hold only a shard of each buffer (ZeRO, params_shard_store): offsets from its lo */
+        if (o->lo < ps->master_lo || o->lo < ps->act_lo || o->lo < ps->grad_lo)
+            fatal("optim_step: the store does not hold the optimizer's part (internal error)");
+        m->be->adamw(ps->master + (o->lo - ps->master_lo), act_at(m->be, ps->train_act, o->lo - ps->act_lo),
+                     ps->grad + (o->lo - ps->grad_lo), o->m, o->v, o->t, o->nt, h);
+    }
+    if (o->ntt) {
+        TernaryHyper th = o->th;
+        th.step = h->step;
+        m->be->ternary_update(o->tt, o->ntt, &th);
+    }
 }
 
 size_t optim_bytes(const Optimizer *o) { return 2 * o->n * sizeof(float); }

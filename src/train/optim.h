@@ -22,6 +22,11 @@ typedef struct {
     OptTensor *t;    /* the trainable tensors (clipped to [lo, hi)): offsets relative to lo */
     int nt;
     int *param;      /* nt: the table index of each */
+    /* the integer-ternary tensors (PARAM_TERNARY, model/params.h) and their rule: updated by the same
+     * step from their gradients, with no float state (docs/ternary.md) */
+    TernaryTensor *tt;
+    int ntt;
+    TernaryHyper th;
 } Optimizer;
 
 /* Moments (zero) for every trainable tensor of m; weight_decay applies to matrices. */
@@ -30,9 +35,12 @@ void optim_init(Optimizer *o, const Model *m, float weight_decay);
 void optim_init_range(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi);
 void optim_free(Optimizer *o);
 /* One AdamW step of the owned part of the trainable segment (torch.optim.AdamW's arithmetic);
- * refreshes the compute copies of that part. */
+ * refreshes the compute copies of that part; then the integer update of the ternary tensors. */
 void optim_step(Optimizer *o, Model *m, const AdamHyper *h);
-/* Bytes of backend memory the state holds. */
+/* The rule for the model's integer-ternary tensors (the step number is set by optim_step). */
+void optim_set_ternary(Optimizer *o, const Model *m, const TernaryHyper *h);
+/* Bytes of backend memory the state holds (the AdamW moments; the ternary accumulators are the
+ * store's, params_bytes().tstate). */
 size_t optim_bytes(const Optimizer *o);
 /* Host copies of the moments (n elements each, segment layout from lo) for checkpoints, and back. */
 void optim_download(const Optimizer *o, float *m_host, float *v_host);

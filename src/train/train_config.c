@@ -74,6 +74,27 @@ static const KeyDef keys[] = {
     {"model.quant_double", CT_BOOL, F(quant_double), "true",
      "Double quantization of the 4-bit block scales (8-bit, blocks of 256; bitsandbytes' compress_statistics)."},
     {"model.quant_blocksize", CT_INT, F(quant_blocksize), "64", "Values per 4-bit block (32 .. 4096, a power of two)."},
+    {"model.ternary", CT_STR, F(ternary), "",
+     "bitnet: every block linear is a BitNet b1.58 BitLinear (fp32 latent weights ternarized per tensor with "
+     "absmean in the forward, inputs quantized per token to 8 bits, straight-through backward; embeddings, "
+     "norms and head stay full precision); none: plain products. Empty = the family's (bitnet for model.family "
+     "bitnet, else none). docs/ternary.md."},
+    {"train.optimizer", CT_STR, F(optimizer), "adamw",
+     "adamw; or ternary: integer-only training of the block linears (trits packed 5 per byte, an int8 "
+     "power-of-two exponent per group, int8 accumulators; no float weights or optimizer state for them); the "
+     "other tensors (norms, and the embeddings and head unless train.ternary.embeddings) train with AdamW. "
+     "docs/ternary.md."},
+    {"train.ternary.group", CT_INT, F(tern_group), "128", "train.optimizer ternary: weights per exponent group."},
+    {"train.ternary.threshold", CT_INT, F(tern_threshold), "3",
+     "train.optimizer ternary: a trit moves one step when its sign accumulator reaches +-threshold (1 .. 127)."},
+    {"train.ternary.scale_every", CT_INT, F(tern_scale_every), "16",
+     "train.optimizer ternary: every N steps a group's exponent moves one step where 2 |E_accum| >= N (1 .. 127)."},
+    {"train.ternary.deadzone", CT_FLOAT, F(tern_deadzone), "1.0",
+     "train.optimizer ternary: a weight votes only when |g| >= deadzone x its group's mean |g| (0 = every "
+     "nonzero gradient votes)."},
+    {"train.ternary.embeddings", CT_BOOL, F(tern_embeddings), "false",
+     "train.optimizer ternary: the token embeddings (and an untied head) integer-ternary too, so that only the "
+     "norm weights stay float (freeze them with model.freeze for a model of 0 float parameters)."},
     {"lora.r", CT_INT, F(lora_r), "0",
      "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
      "state); 0 = no adapters (docs/finetuning.md)."},
@@ -501,6 +522,23 @@ int train_config_validate(const TrainConfig *tc)
         return err_set("model.quant: expected none, nf4 or fp4, got \"%s\"", tc->quant);
     if (!q4_blocksize_valid(tc->quant_blocksize))
         return err_set("model.quant_blocksize: expected a power of two from 32 to 4096, got %d", tc->quant_blocksize);
+    if (tc->ternary[0] && strcmp(tc->ternary, "none") && strcmp(tc->ternary, "bitnet"))
+        return err_set("model.ternary: expected none or bitnet, got \"%s\"", tc->ternary);
+    if (strcmp(tc->optimizer, "adamw") && strcmp(tc->optimizer, "ternary"))
+        return err_set("train.optimizer: expected adamw or ternary, got \"%s\"", tc->optimizer);
+    if (tc->tern_group <= 0) return err_set("train.ternary.group: must be positive, got %d", tc->tern_group);
+    if (tc->tern_threshold < 1 || tc->tern_threshold > 127)
+        return err_set("train.ternary.threshold: expected 1 .. 127 (an int8 accumulator), got %d", tc->tern_threshold);
+    if (tc->tern_scale_every < 1 || tc->tern_scale_every > 127)
+        return err_set("train.ternary.scale_every: expected 1 .. 127 (an int8 accumulator), got %d",
+                       tc->tern_scale_every);
+    if (!(tc->tern_deadzone >= 0) || !isfinite(tc->tern_deadzone))
+        return err_set("train.ternary.deadzone: must be >= 0, got %g", tc->tern_deadzone);
+    if (!strcmp(tc->optimizer, "ternary") && !strcmp(tc->ternary, "bitnet"))
+        return err_set("train.optimizer: ternary trains integer trits; model.ternary: bitnet is the other method "
+                       "(fp32 latent weights): choose one");
+    if (!strcmp(tc->optimizer, "ternary") && (tc->lora_r || tc->lora_init[0]))
+        return err_set("train.optimizer: ternary trains the base itself; it does not combine with lora.*");
     if (!(tc->lora_dropout >= 0 && tc->lora_dropout < 1))
         return err_set("lora.dropout: must be in [0, 1), got %g", tc->lora_dropout);
     if (!isfinite(tc->lora_alpha)) return err_set("lora.alpha: must be a finite number, got %g", tc->lora_alpha);

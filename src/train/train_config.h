@@ -35,6 +35,11 @@ typedef struct {
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
     char quant[8];      /* model.quant: none, nf4, fp4 */
     int quant_double, quant_blocksize;
+    char ternary[16];   /* model.ternary: "" (the family's: bitnet for bitnet), none, bitnet */
+    /* integer ternary training (train.optimizer: ternary, docs/ternary.md) */
+    char optimizer[16]; /* train.optimizer: adamw, ternary */
+    int tern_group, tern_threshold, tern_scale_every, tern_embeddings;
+    float tern_deadzone;
     /* lora */
     int lora_r;
     float lora_alpha, lora_dropout;

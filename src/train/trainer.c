@@ -30,6 +30,7 @@
 #include "io/hf.h"
 #include "io/peft.h"
 #include "model/moe.h"
+#include "model/ternary.h"
 #include "report/plan.h"
 #include "report/tb.h"
 #include "dist/env.h"
@@ -63,6 +64,9 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         if (tc->max_seq_len) c->max_seq_len = tc->max_seq_len;
         c->moe_aux_coef = tc->moe_aux_coef;
         c->moe_z_coef = tc->moe_z_coef;
+        if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
+        else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
+        c->tern_group = tc->tern_group;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -73,6 +77,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
             return err_set("model.family: %s contradicts model.preset %s", tc->model_family, tc->model_preset);
     } else if (tc->model_family[0]) {
         model_config_defaults(c, fam);
+        if (!strcmp(tc->model_family, "bitnet")) model_config_bitnet(c);
     } else {
         return err_set("model: set model.preset, model.init or model.family");
     }
@@ -104,6 +109,9 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     c->moe_z_coef = tc->moe_z_coef;
     if (c->family == FAMILY_GPT2 && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the gpt2 family always ties its head to the embeddings");
+    if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
+    else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
+    c->tern_group = tc->tern_group;
     return model_config_finish(c);
 }
 
@@ -356,6 +364,7 @@ static int resume_from(Run *r, const char *resume_dir)
     if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) goto out;
     model_set_params(r->m, p);
     optim_upload(&r->opt, mm, vv);
+    if (ckpt_read_ternary(ck, r->m)) goto out;
     if (loader_set_state(r->train, r->st.loader)) goto out;
     if (!r->quiet) printf("resuming from %s (step %d)\n", ck, r->st.step);
     rc = 0;
@@ -575,6 +584,26 @@ static int quant_spec(const TrainConfig *tc, Q4Spec *q)
     return 0;
 }
 
+/* train.optimizer: ternary: the trainable block linears (and with train.ternary.embeddings the token
+ * embeddings and an untied head) become integer-ternary tensors; norms stay trainable floats. */
+static ParamKind *ternary_kinds(const TrainConfig *tc, const ModelConfig *cfg, ParamKind *kinds)
+{
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    if (!kinds) { /* no model.freeze: every tensor trainable so far */
+        kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+        for (int i = 0; i < pt.n; i++) kinds[i] = PARAM_TRAIN;
+    }
+    for (int i = 0; i < pt.n; i++) {
+        int role = pt.p[i].role;
+        int lin = role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+        int emb = role == PROLE_WTE || role == PROLE_LM_HEAD;
+        if (kinds[i] == PARAM_TRAIN && (lin || (emb && tc->tern_embeddings))) kinds[i] = PARAM_TERNARY;
+    }
+    param_table_free(&pt);
+    return kinds;
+}
+
 /* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
  * must agree), else from the keys. */
 static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls)
@@ -613,6 +642,12 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
         if (bad) return -1;
+        if (!strcmp(tc->optimizer, "ternary")) {
+            if (dist_active(&r->dist))
+                return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
+                               "reduced over ranks)");
+            kinds = ternary_kinds(tc, cfg, kinds);
+        }
         r->m = model_create_kinds(cfg, r->be, kinds);
         free(kinds);
         if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
@@ -640,6 +675,9 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         optim_init(&r->opt, r->m, tc->weight_decay);
     /* the store as the stage keeps it, and the hooks that reduce (and gather) layer by layer */
     if (dist_active(d)) r->m->hooks = dist_attach(d, &r->m->ps);
+    TernaryHyper th = {.threshold = tc->tern_threshold, .scale_every = tc->tern_scale_every,
+                       .deadzone = tc->tern_deadzone, .exp_min = TERN_EXP_MIN, .exp_max = TERN_EXP_MAX};
+    optim_set_ternary(&r->opt, r->m, &th);
     return 0;
 }
 
@@ -791,11 +829,14 @@ static void print_header(const Run *r)
         printf("dist: %d rank(s) (%s, comm %s), dist.zero %d | each rank %d x %d tokens x %d micro-steps\n", d->world,
                dist_launcher_name(d->env.launcher), d->comm->name, d->opt.zero, r->tc->batch_size, r->tc->seq_len,
                r->accum);
-    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %.2fM frozen, "
+    size_t tern = param_count_kind(pt, PARAM_TERNARY);
+    char tbuf[64] = "";
+    if (tern) snprintf(tbuf, sizeof(tbuf), "%.2fM integer-ternary, ", tern / 1e6);
+    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %s%.2fM frozen, "
            "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
-           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6,
-           (param_count_all(pt) - param_count(pt)) / 1e6, param_count_all(pt) / 1e6, r->be->name, r->tc->batch_size,
-           r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
+           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6, tbuf,
+           (param_count_all(pt) - param_count(pt) - tern) / 1e6, param_count_all(pt) / 1e6, r->be->name,
+           r->tc->batch_size, r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
     fflush(stdout);
 }
 
@@ -807,6 +848,11 @@ static void print_memory(const Run *r)
     mem_report_format(&mr, line, sizeof(line));
     if (r->quiet) return;
     printf("memory after step 1: %s\n", line);
+    /* the same in bytes, for scripts (tools/ternary_compare.sh) */
+    printf("memory bytes: weights %zu master %zu gradients %zu optimizer %zu activations %zu workspace %zu peak %zu "
+           "| float trainable %zu integer-ternary %zu\n",
+           mr.weights, mr.master, mr.grads, mr.optim, mr.acts, mr.workspace, mr.peak, param_count(&r->m->pt),
+           param_count_kind(&r->m->pt, PARAM_TERNARY));
     const Dist *d = &r->dist;
     if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
         double P = (double)param_count(&r->m->pt);

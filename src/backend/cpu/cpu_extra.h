@@ -16,5 +16,14 @@ void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias,
 /* 1 when a row's matrix product has the same bits at any position inside a tile (cpu_backend.c):
  * then the cached forward of generation equals the training forward bit for bit. */
 int cpu_blas_position_free(void);
+/* cpu_ternary.c: the ternary ops (backend.h) */
+#include <stddef.h>
+#include "backend/backend.h"
+void cpu_ternary_wquant(void *out, const float *w, size_t n);
+void cpu_act_quant8(void *out, const void *inp, int N, int C);
+void cpu_relu2glu_fwd(void *out, const void *inp, int N, int F);
+void cpu_relu2glu_bwd(void *dinp, const void *inp, const void *dout, int N, int F);
+void cpu_trit_unpack(void *out, const TernaryTensor *t);
+void cpu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h);
 
 #endif

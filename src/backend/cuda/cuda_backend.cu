@@ -342,6 +342,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     cu_fill_ops<T>(be);
     cu_fill_kv_ops<T>(be);
     cu_fill_moe_ops<T>(be);
+    cu_fill_ternary_ops<T>(be);
 }
 
 static Backend g_table_bf16, g_table_f32;

@@ -197,5 +197,7 @@ template <typename T> void cu_fill_ops(Backend *be);
 template <typename T> void cu_fill_kv_ops(Backend *be);
 /* cuda_moe.cu: the mixture-of-experts ops. */
 template <typename T> void cu_fill_moe_ops(Backend *be);
+/* cuda_ternary.cu: fills the ternary entries (quantizers, relu2-GLU, trit unpack, integer update). */
+template <typename T> void cu_fill_ternary_ops(Backend *be);
 
 #endif

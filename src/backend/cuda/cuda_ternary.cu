@@ -1,0 +1,270 @@
+/* cuda_ternary.cu - the ternary ops of backend.h on the GPU: BitNet's weight and activation
+ * quantizers, the relu2-GLU activation, unpacking integer-ternary weights, and the integer update of
+ * every ternary tensor in one kernel. The integer update equals model/ternary.c's tern_update bit for
+ * bit: its sums are formed in double in index order by one thread per group (the products g * trit are
+ * exact, so a fused multiply-add gives the same sum), and the comparisons use the same rounded values.
+ * Packed bytes shared by two groups are changed with a 32-bit atomicAdd of the digit's change (the
+ * digits of one byte belong to different weights, so the additions commute and never carry). */
+#include "backend/cuda/cuda_common.cuh"
+
+/* Threads per block of the element-wise kernels and of the per-row quantizer. */
+#define TERN_THREADS 256
+/* Blocks of the first stage of mean |w| (a fixed count: the sum's order does not depend on the GPU). */
+#define WQ_PARTS 512
+/* transformers' clamp of BitNet's scales (model/ternary.h TERN_EPS). */
+#define TERN_EPS_F 1e-5f
+
+/* ---- BitNet's weight quantizer ---- */
+
+__global__ void absmean_partial_kernel(double *part, const float *w, size_t n)
+{
+    __shared__ double s[TERN_THREADS];
+    double acc = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        acc += fabs((double)w[i]);
+    s[threadIdx.x] = acc;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if ((int)threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) part[blockIdx.x] = s[0];
+}
+
+/* scale = 1 / max(mean |w|, 1e-5), in fp32 as torch forms it */
+__global__ void absmean_final_kernel(float *scale, const double *part, int nparts, size_t n)
+{
+    if (threadIdx.x != 0) return;
+    double t = 0;
+    for (int k = 0; k < nparts; k++) t += part[k];
+    float gamma = (float)(t / (double)n);
+    if (gamma < TERN_EPS_F) gamma = TERN_EPS_F;
+    *scale = 1.0f / gamma;
+}
+
+template <typename T> __global__ void wquant_kernel(T *out, const float *w, const float *scale, size_t n)
+{
+    float s = *scale;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float q = rintf(__fmul_rn(w[i], s));
+        q = fminf(fmaxf(q, -1.0f), 1.0f);
+        out[i] = from_f<T>(__fdiv_rn(q, s));
+    }
+}
+
+template <typename T> static void cu_ternary_wquant(void *out, const float *w, size_t n)
+{
+    CUDA_PROF("ternary_wquant");
+    if (!n) return;
+    char *scr = (char *)cuda_scratch(WQ_PARTS * sizeof(double) + sizeof(float));
+    double *part = (double *)scr;
+    float *scale = (float *)(scr + WQ_PARTS * sizeof(double));
+    absmean_partial_kernel<<<WQ_PARTS, TERN_THREADS, 0, g_cu.stream>>>(part, w, n);
+    CUDA_CHECK_LAUNCH();
+    absmean_final_kernel<<<1, 32, 0, g_cu.stream>>>(scale, part, WQ_PARTS, n);
+    CUDA_CHECK_LAUNCH();
+    wquant_kernel<T><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, w, scale, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* ---- BitNet's activation quantizer: one block per row ---- */
+
+template <typename T> __global__ void act_quant8_kernel(T *out, const T *inp, int C)
+{
+    __shared__ float s[TERN_THREADS];
+    const T *x = inp + (size_t)blockIdx.x * C;
+    T *o = out + (size_t)blockIdx.x * C;
+    float mx = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) mx = fmaxf(mx, fabsf((float)x[j]));
+    s[threadIdx.x] = mx;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if ((int)threadIdx.x < k) s[threadIdx.x] = fmaxf(s[threadIdx.x], s[threadIdx.x + k]);
+        __syncthreads();
+    }
+    float amax = fmaxf(s[0], TERN_EPS_F), sc = __fdiv_rn(127.0f, amax);
+    __syncthreads(); /* every thread has read s[0] before a row's writes (out may be inp) */
+    for (int j = threadIdx.x; j < C; j += blockDim.x) {
+        float q = rintf(__fmul_rn((float)x[j], sc));
+        q = fminf(fmaxf(q, -128.0f), 127.0f);
+        o[j] = from_f<T>(__fdiv_rn(q, sc));
+    }
+}
+
+template <typename T> static void cu_act_quant8(void *out, const void *inp, int N, int C)
+{
+    CUDA_PROF("act_quant8");
+    if (N <= 0) return;
+    act_quant8_kernel<T><<<N, TERN_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)inp, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* ---- relu2-GLU ---- */
+
+template <typename T> __global__ void relu2glu_fwd_kernel(T *out, const T *inp, int N, int F)
+{
+    size_t n = (size_t)N * F;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        size_t i = e / F, j = e % F;
+        float g = (float)inp[i * 2 * F + j], u = (float)inp[i * 2 * F + F + j];
+        float r = g > 0 ? g : 0.0f;
+        out[e] = from_f<T>(r * r * u);
+    }
+}
+
+template <typename T> __global__ void relu2glu_bwd_kernel(T *dinp, const T *inp, const T *dout, int N, int F)
+{
+    size_t n = (size_t)N * F;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        size_t i = e / F, j = e % F;
+        float g = (float)inp[i * 2 * F + j], u = (float)inp[i * 2 * F + F + j], d = (float)dout[e];
+        float r = g > 0 ? g : 0.0f;
+        dinp[i * 2 * F + j] = from_f<T>(d * u * 2.0f * r);
+        dinp[i * 2 * F + F + j] = from_f<T>(d * r * r);
+    }
+}
+
+template <typename T> static void cu_relu2glu_fwd(void *out, const void *inp, int N, int F)
+{
+    CUDA_PROF("relu2glu_fwd");
+    size_t n = (size_t)N * F;
+    if (!n) return;
+    relu2glu_fwd_kernel<T><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)inp, N, F);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T> static void cu_relu2glu_bwd(void *dinp, const void *inp, const void *dout, int N, int F)
+{
+    CUDA_PROF("relu2glu_bwd");
+    size_t n = (size_t)N * F;
+    if (!n) return;
+    relu2glu_bwd_kernel<T><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>(
+        (T *)dinp, (const T *)inp, (const T *)dout, N, F);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* ---- integer-ternary weights ---- */
+
+__device__ __forceinline__ int trit_digit(const uint8_t *packed, size_t i)
+{
+    unsigned b = packed[i / 5], k = (unsigned)(i % 5);
+    for (unsigned q = 0; q < k; q++) b /= 3;
+    return (int)(b % 3) - 1;
+}
+
+/* 2^e for e in [-126, 127], exactly */
+__device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
+
+/* one thread per packed byte: its five weights */
+template <typename T> __global__ void trit_unpack_kernel(T *out, TernaryTensor t)
+{
+    size_t nb = (t.n + 4) / 5;
+    for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += (size_t)gridDim.x * blockDim.x) {
+        unsigned v = t.trits[b];
+        for (int k = 0; k < 5; k++) {
+            size_t i = b * 5 + (size_t)k;
+            if (i < t.n) out[i] = from_f<T>((float)((int)(v % 3) - 1) * pow2f(t.exp[i / (size_t)t.group]));
+            v /= 3;
+        }
+    }
+}
+
+template <typename T> static void cu_trit_unpack(void *out, const TernaryTensor *t)
+{
+    CUDA_PROF("trit_unpack");
+    size_t nb = (t->n + 4) / 5;
+    if (!nb) return;
+    trit_unpack_kernel<T><<<grid_for(nb, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, *t);
+    CUDA_CHECK_LAUNCH();
+}
+
+__device__ __forceinline__ int sat8(int v) { return v > 127 ? 127 : v < -128 ? -128 : v; }
+
+/* Add d * 3^k to byte `byte` of packed through its aligned 32-bit word (the array's allocation is
+ * rounded up to 4 bytes, params.c). */
+__device__ __forceinline__ void trit_add(uint8_t *packed, size_t byte, int d, int k)
+{
+    int p = 1;
+    for (int q = 0; q < k; q++) p *= 3;
+    unsigned *word = (unsigned *)(packed + (byte & ~(size_t)3));
+    unsigned shift = 8u * (unsigned)(byte & 3);
+    atomicAdd(word, (unsigned)(d * p) << shift); /* d < 0: two's complement wraps to the same byte */
+}
+
+/* One thread per group of every tensor; gstart (nt + 1) are the tensors' first group numbers. */
+__global__ void ternary_update_kernel(const TernaryTensor *ts, const size_t *gstart, int nt, TernaryHyper h)
+{
+    size_t total = gstart[nt];
+    int scale_step = h.scale_every > 0 && h.step % h.scale_every == 0;
+    for (size_t G = (size_t)blockIdx.x * blockDim.x + threadIdx.x; G < total; G += (size_t)gridDim.x * blockDim.x) {
+        int lo_t = 0, hi_t = nt - 1; /* the tensor holding group G: the last with gstart <= G */
+        while (lo_t < hi_t) {
+            int mid = (lo_t + hi_t + 1) / 2;
+            if (gstart[mid] <= G) lo_t = mid;
+            else hi_t = mid - 1;
+        }
+        TernaryTensor t = ts[lo_t];
+        size_t g = G - gstart[lo_t];
+        size_t lo = g * (size_t)t.group, hi = lo + (size_t)t.group < t.n ? lo + (size_t)t.group : t.n;
+        double sabs = 0, sg = 0;
+        for (size_t i = lo; i < hi; i++) {
+            double gi = (double)t.grad[i];
+            sabs = __dadd_rn(sabs, fabs(gi));
+            sg = __dadd_rn(sg, __dmul_rn(gi, (double)trit_digit(t.trits, i)));
+        }
+        double cut = __dmul_rn((double)h.deadzone, __ddiv_rn(sabs, (double)(hi - lo)));
+        for (size_t i = lo; i < hi; i++) {
+            double gi = (double)t.grad[i];
+            int vote = gi == 0 || fabs(gi) < cut ? 0 : gi > 0 ? -1 : 1;
+            int a = sat8(t.tacc[i] + vote);
+            if (a >= h.threshold || a <= -h.threshold) {
+                int d = a > 0 ? 1 : -1, tr = trit_digit(t.trits, i) + d;
+                if (tr >= -1 && tr <= 1) trit_add(t.trits, i / 5, d, (int)(i % 5));
+                a = 0;
+            }
+            t.tacc[i] = (int8_t)a;
+        }
+        int ea = sat8(t.eacc[g] + (sg < 0 ? 1 : sg > 0 ? -1 : 0));
+        if (scale_step) {
+            if (2 * (ea < 0 ? -ea : ea) >= h.scale_every) {
+                int e = t.exp[g] + (ea > 0 ? 1 : -1);
+                t.exp[g] = (int8_t)(e < h.exp_min ? h.exp_min : e > h.exp_max ? h.exp_max : e);
+            }
+            ea = 0;
+        }
+        t.eacc[g] = (int8_t)ea;
+    }
+}
+
+static void cu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h)
+{
+    CUDA_PROF("ternary_update");
+    if (nt <= 0) return;
+    size_t *gs = (size_t *)malloc(((size_t)nt + 1) * sizeof(size_t));
+    gs[0] = 0;
+    for (int k = 0; k < nt; k++) gs[k + 1] = gs[k] + (ts[k].n + (size_t)ts[k].group - 1) / (size_t)ts[k].group;
+    size_t bytes_t = (size_t)nt * sizeof(TernaryTensor), bytes_g = ((size_t)nt + 1) * sizeof(size_t);
+    char *d = (char *)cuda_scratch(bytes_t + bytes_g);
+    /* the copies are ordered on the stream before the kernel; the host arrays stay valid until they
+     * are done (synchronous copies from pageable memory) */
+    CUDA_CHECK(cudaMemcpyAsync(d, ts, bytes_t, cudaMemcpyHostToDevice, g_cu.stream));
+    CUDA_CHECK(cudaMemcpyAsync(d + bytes_t, gs, bytes_g, cudaMemcpyHostToDevice, g_cu.stream));
+    CUDA_CHECK(cudaStreamSynchronize(g_cu.stream));
+    ternary_update_kernel<<<grid_for(gs[nt], TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>(
+        (const TernaryTensor *)d, (const size_t *)(d + bytes_t), nt, *h);
+    CUDA_CHECK_LAUNCH();
+    free(gs);
+}
+
+template <typename T> void cu_fill_ternary_ops(Backend *be)
+{
+    be->ternary_wquant = cu_ternary_wquant<T>;
+    be->act_quant8 = cu_act_quant8<T>;
+    be->relu2glu_fwd = cu_relu2glu_fwd<T>;
+    be->relu2glu_bwd = cu_relu2glu_bwd<T>;
+    be->trit_unpack = cu_trit_unpack<T>;
+    be->ternary_update = cu_ternary_update;
+}
+
+template void cu_fill_ternary_ops<float>(Backend *);
+template void cu_fill_ternary_ops<bf16>(Backend *);

@@ -1,0 +1,127 @@
+/* ternary.c - ternary quantizers and the integer-ternary update on the host (ternary.h). */
+#include "model/ternary.h"
+
+#include <math.h>
+
+/* torch.round: half to even, which rintf gives in the default rounding mode. */
+float tern_wquant(float *out, const float *w, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += fabs((double)w[i]);
+    float gamma = n ? (float)(s / (double)n) : 0.0f;
+    if (gamma < TERN_EPS) gamma = TERN_EPS;
+    float scale = 1.0f / gamma;
+    for (size_t i = 0; i < n; i++) {
+        float q = rintf(w[i] * scale);
+        q = q > 1.0f ? 1.0f : q < -1.0f ? -1.0f : q;
+        out[i] = q / scale;
+    }
+    return gamma;
+}
+
+void tern_act_quant_row(float *out, const float *x, int C)
+{
+    float mx = 0;
+    for (int j = 0; j < C; j++) mx = fmaxf(mx, fabsf(x[j]));
+    if (mx < TERN_EPS) mx = TERN_EPS;
+    float s = TERN_ACT_QP / mx;
+    for (int j = 0; j < C; j++) {
+        float q = rintf(x[j] * s);
+        q = q > TERN_ACT_QP ? TERN_ACT_QP : q < TERN_ACT_QN ? TERN_ACT_QN : q;
+        out[j] = q / s;
+    }
+}
+
+static const int pow3[TRITS_PER_BYTE] = {1, 3, 9, 27, 81};
+
+int trit_get(const uint8_t *packed, size_t i)
+{
+    return (packed[i / TRITS_PER_BYTE] / pow3[i % TRITS_PER_BYTE]) % 3 - 1;
+}
+
+void trit_set(uint8_t *packed, size_t i, int t)
+{
+    uint8_t *b = &packed[i / TRITS_PER_BYTE];
+    int p = pow3[i % TRITS_PER_BYTE], old = (*b / p) % 3;
+    *b = (uint8_t)(*b + (t + 1 - old) * p);
+}
+
+void trit_pack(uint8_t *packed, const int8_t *t, size_t n)
+{
+    size_t nb = trit_bytes(n);
+    for (size_t b = 0; b < nb; b++) {
+        int v = 0;
+        for (int k = TRITS_PER_BYTE - 1; k >= 0; k--) {
+            size_t i = b * TRITS_PER_BYTE + (size_t)k;
+            v = v * 3 + (i < n ? t[i] + 1 : 1);
+        }
+        packed[b] = (uint8_t)v;
+    }
+}
+
+void trit_unpack_i8(int8_t *t, const uint8_t *packed, size_t n)
+{
+    for (size_t i = 0; i < n; i++) t[i] = (int8_t)trit_get(packed, i);
+}
+
+void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int group)
+{
+    size_t ng = tern_groups(n, group);
+    for (size_t b = 0; b < trit_bytes(n); b++) trits[b] = 121; /* every digit 1: trit 0 (121 = 1+3+9+27+81) */
+    for (size_t g = 0; g < ng; g++) {
+        size_t lo = g * (size_t)group, hi = lo + (size_t)group < n ? lo + (size_t)group : n;
+        double s = 0;
+        for (size_t i = lo; i < hi; i++) s += fabs((double)w[i]);
+        double mean = s / (double)(hi - lo);
+        int e = mean > 0 ? (int)lrint(log2(mean)) : TERN_EXP_MIN;
+        e = e < TERN_EXP_MIN ? TERN_EXP_MIN : e > TERN_EXP_MAX ? TERN_EXP_MAX : e;
+        exp[g] = (int8_t)e;
+        for (size_t i = lo; i < hi; i++) {
+            double q = rint(ldexp((double)w[i], -e));
+            trit_set(trits, i, q > 0 ? 1 : q < 0 ? -1 : 0);
+        }
+    }
+}
+
+void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group)
+{
+    for (size_t i = 0; i < n; i++) w[i] = ldexpf((float)trit_get(trits, i), exp[i / (size_t)group]);
+}
+
+static int8_t sat8(int v) { return (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v); }
+
+void tern_update(const TernaryTensor *t, const TernaryHyper *h)
+{
+    size_t ng = tern_groups(t->n, t->group);
+    int scale_step = h->scale_every > 0 && h->step % h->scale_every == 0;
+    for (size_t g = 0; g < ng; g++) {
+        size_t lo = g * (size_t)t->group, hi = lo + (size_t)t->group < t->n ? lo + (size_t)t->group : t->n;
+        double sabs = 0, sg = 0;
+        for (size_t i = lo; i < hi; i++) {
+            double gi = t->grad[i];
+            sabs += fabs(gi);
+            sg += gi * trit_get(t->trits, i);
+        }
+        double cut = (double)h->deadzone * (sabs / (double)(hi - lo));
+        for (size_t i = lo; i < hi; i++) {
+            double gi = t->grad[i];
+            int vote = gi == 0 || fabs(gi) < cut ? 0 : gi > 0 ? -1 : 1;
+            int a = sat8(t->tacc[i] + vote);
+            if (a >= h->threshold || a <= -h->threshold) {
+                int tr = trit_get(t->trits, i) + (a > 0 ? 1 : -1);
+                if (tr >= -1 && tr <= 1) trit_set(t->trits, i, tr);
+                a = 0;
+            }
+            t->tacc[i] = (int8_t)a;
+        }
+        int ea = sat8(t->eacc[g] + (sg < 0 ? 1 : sg > 0 ? -1 : 0));
+        if (scale_step) {
+            if (2 * (ea < 0 ? -ea : ea) >= h->scale_every) {
+                int e = t->exp[g] + (ea > 0 ? 1 : -1);
+                t->exp[g] = (int8_t)(e < h->exp_min ? h->exp_min : e > h->exp_max ? h->exp_max : e);
+            }
+            ea = 0;
+        }
+        t->eacc[g] = (int8_t)ea;
+    }
+}

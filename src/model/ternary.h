@@ -1,0 +1,50 @@
+/* ternary.h - the arithmetic of ternary weights on the host: BitNet b1.58's quantizers
+ * (transformers' WeightQuant / ActQuant) and the integer-ternary tensors of train.optimizer: ternary
+ * (packed trits, power-of-two group scales, int8 accumulators; backend.h TernaryTensor). The CPU
+ * backend runs these functions; the CUDA kernels compute the same values (docs/ternary.md).
+ */
+#ifndef ANVIL_MODEL_TERNARY_H
+#define ANVIL_MODEL_TERNARY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+
+/* transformers clamps BitNet's scales below by this (WeightQuant, ActQuant: clamp_(min=1e-5)). */
+#define TERN_EPS 1e-5f
+/* The 8-bit activation range of ActQuant: [-128, 127], scale 127 / absmax. */
+#define TERN_ACT_QP 127.0f
+#define TERN_ACT_QN -128.0f
+/* Trits per byte of the packed form (3^5 = 243 <= 256) and the largest valid byte. */
+#define TRITS_PER_BYTE 5
+#define TRIT_BYTE_MAX 242
+/* The range of a group's scale exponent (2^-40 .. 2^20 covers every fp32 weight a model has). */
+#define TERN_EXP_MIN (-40)
+#define TERN_EXP_MAX 20
+
+/* BitNet's weight quantizer over n fp32 values: out = clamp(round(w / gamma), -1, 1) * gamma in the
+ * form torch computes it (s = 1 / max(mean |w|, 1e-5); q / s); returns gamma. out may be w. */
+float tern_wquant(float *out, const float *w, size_t n);
+/* BitNet's activation quantizer, one row of C values (out may be x). */
+void tern_act_quant_row(float *out, const float *x, int C);
+
+/* Bytes of n packed trits and groups of a tensor. */
+static inline size_t trit_bytes(size_t n) { return (n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE; }
+static inline size_t tern_groups(size_t n, int group) { return (n + (size_t)group - 1) / (size_t)group; }
+/* Trit i of a packed array (-1, 0, 1), and setting it. */
+int trit_get(const uint8_t *packed, size_t i);
+void trit_set(uint8_t *packed, size_t i, int t);
+/* Pack n trits (-1..1) into trit_bytes(n) bytes (the digits past n are trit 0), and back. */
+void trit_pack(uint8_t *packed, const int8_t *t, size_t n);
+void trit_unpack_i8(int8_t *t, const uint8_t *packed, size_t n);
+
+/* A tensor's integer state from fp32 values: per group E = round(log2(max(mean |w|, tiny))) clamped to
+ * [TERN_EXP_MIN, TERN_EXP_MAX], trit = clamp(round(w / 2^E), -1, 1); accumulators zero. Host arrays. */
+void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int group);
+/* The values trit * 2^E (exact in fp32 and bf16). */
+void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group);
+/* The update of backend.h TernaryHyper on one tensor whose arrays are host memory. */
+void tern_update(const TernaryTensor *t, const TernaryHyper *h);
+
+#endif

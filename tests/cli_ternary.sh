@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# cli_ternary.sh - ternary training end to end on the CPU (docs/ternary.md):
+#   - train.optimizer: ternary on a tiny byte-level llama: the loss falls; a checkpoint holds the ternary
+#     tensors only as U8/I8 (ternary.safetensors) and no optimizer entry for them; resuming from the
+#     mid-run checkpoint reproduces the losses, the weights and the integer state bit for bit;
+#   - model.family: bitnet (QAT) trains, resumes exactly, and `anvil quantize --quant bitnet` packs its
+#     checkpoint into a directory anvil loads back;
+#   - bad ternary keys: one-line errors.
+set -u
+. "$(dirname "$0")/lib_cli.sh"
+
+TRAIN=examples/sentences-train.txt
+if [ ! -f "$TRAIN" ]; then
+    echo "skip: $TRAIN not found (run from the repository root)" >&2
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+cat >"$tmp/tern.yaml" <<YAML
+model:
+  preset: llama-tiny
+  vocab_size: 257
+  max_seq_len: 64
+data:
+  train: $TRAIN
+  tokenizer: byte
+train:
+  optimizer: ternary
+  batch_size: 4
+  seq_len: 32
+  steps: 8
+  lr: 3e-3
+  warmup_steps: 2
+  log_every: 4
+  ternary:
+    scale_every: 2
+eval:
+  every: 0
+  steps: 0
+checkpoint:
+  every: 4
+  keep: 0
+out_dir: $tmp/run
+YAML
+strip() { sed -E 's/"(tokens_per_s|ms_per_step|wall_time|mfu|peak_mem_gib)": [0-9.e+-]*(, )?//g' "$1"; }
+loss_at() { grep "\"step\": $2," "$1/metrics.jsonl" | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+
+if "$ANVIL" train "$tmp/tern.yaml" >"$tmp/t.log" 2>&1; then ok; else bad "ternary train: $(tail -n 3 "$tmp/t.log")"; fi
+check "summary counts integer-ternary weights" grep -q "integer-ternary" "$tmp/t.log"
+L1=$(loss_at "$tmp/run" 1)
+L8=$(loss_at "$tmp/run" 8)
+check "ternary loss falls ($L1 -> $L8)" awk -v a="$L1" -v b="$L8" 'BEGIN {exit !(b > 0 && b < a - 0.5)}'
+ck=$tmp/run/step-0000008
+"$ANVIL" inspect "$ck/ternary.safetensors" >"$tmp/tern.txt" 2>&1
+check "ternary.safetensors lists the 4 block linears' state x 2 layers" test "$(grep -c '\.w ' "$tmp/tern.txt")" -eq 32
+check "ternary.safetensors holds no float tensor" test "$(grep '\.w ' "$tmp/tern.txt" | awk '$2 != "U8" && $2 != "I8"' | wc -l)" -eq 0
+"$ANVIL" inspect "$ck/optimizer.safetensors" >"$tmp/opt.txt" 2>&1
+check "no optimizer state for ternary tensors" test "$(grep -cE '\.(qkv|o|fc|proj)\.w' "$tmp/opt.txt")" -eq 0
+check "the norms still have AdamW moments" grep -q "^m.h.0.ln1.w" "$tmp/opt.txt"
+
+cp -r "$tmp/run" "$tmp/resumed"
+rm -rf "$tmp/resumed/step-0000008"
+if "$ANVIL" train "$tmp/tern.yaml" --resume "$tmp/resumed" >"$tmp/r.log" 2>&1; then ok; else
+    bad "ternary resume: $(tail -n 3 "$tmp/r.log")"
+fi
+check "resume says where" grep -q "step-0000004 (step 4)" "$tmp/r.log"
+check "resumed metrics identical" cmp -s <(strip "$tmp/run/metrics.jsonl") <(strip "$tmp/resumed/metrics.jsonl")
+for f in ternary.safetensors model.safetensors optimizer.safetensors; do
+    check "resumed $f identical" cmp -s "$ck/$f" "$tmp/resumed/step-0000008/$f"
+done
+check "the trits moved in training" differs "$tmp/run/step-0000004/ternary.safetensors" "$ck/ternary.safetensors"
+
+# ---- BitNet b1.58 QAT ----
+cat >"$tmp/qat.yaml" <<YAML
+model:
+  preset: bitnet-tiny
+  vocab_size: 257
+  max_seq_len: 64
+data:
+  train: $TRAIN
+  tokenizer: byte
+train:
+  batch_size: 4
+  seq_len: 32
+  steps: 6
+  lr: 3e-3
+  warmup_steps: 2
+  log_every: 3
+eval:
+  every: 0
+  steps: 0
+checkpoint:
+  every: 3
+  keep: 0
+out_dir: $tmp/qat
+YAML
+if "$ANVIL" train "$tmp/qat.yaml" >"$tmp/q.log" 2>&1; then ok; else bad "bitnet train: $(tail -n 3 "$tmp/q.log")"; fi
+check "QAT checkpoint is a BitNetForCausalLM" grep -q '"BitNetForCausalLM"' "$tmp/qat/step-0000006/config.json"
+check "QAT checkpoint quantizes online" grep -q '"online"' "$tmp/qat/step-0000006/config.json"
+cp -r "$tmp/qat" "$tmp/qat_r"
+rm -rf "$tmp/qat_r/step-0000006"
+if "$ANVIL" train "$tmp/qat.yaml" --resume "$tmp/qat_r" >"$tmp/qr.log" 2>&1; then ok; else
+    bad "bitnet resume: $(tail -n 3 "$tmp/qr.log")"
+fi
+check "QAT resumed weights identical" cmp -s "$tmp/qat/step-0000006/model.safetensors" "$tmp/qat_r/step-0000006/model.safetensors"
+head -c 2000 "$TRAIN" >"$tmp/small.txt"
+if "$ANVIL" quantize --model "$tmp/qat/final" --quant bitnet --out "$tmp/packed" >"$tmp/p.log" 2>&1; then ok; else
+    bad "quantize --quant bitnet: $(cat "$tmp/p.log")"
+fi
+"$ANVIL" inspect "$tmp/packed/model.safetensors" >"$tmp/packed.txt" 2>&1
+check "packed: 7 U8 linears per layer" test "$(grep -c ' U8 ' "$tmp/packed.txt")" -eq 14
+check "packed: a weight_scale per linear" test "$(grep -c 'weight_scale' "$tmp/packed.txt")" -eq 14
+check "packed directory loads (eval ppl)" "$ANVIL" eval ppl --model "$tmp/packed" --data "$tmp/small.txt" --seq 32 --tokenizer byte
+
+# ---- bad input ----
+expect_fail bad-optimizer "train.optimizer|adamw or ternary" train "$tmp/tern.yaml" --set train.optimizer=sgd \
+    --set out_dir="$tmp/e1"
+expect_fail bad-threshold "train.ternary.threshold" train "$tmp/tern.yaml" --set train.ternary.threshold=200 \
+    --set out_dir="$tmp/e2"
+expect_fail both-methods "choose one" train "$tmp/tern.yaml" --set model.ternary=bitnet --set out_dir="$tmp/e3"
+expect_fail bad-ternary "model.ternary|none or bitnet" train "$tmp/tern.yaml" --set model.ternary=yes \
+    --set out_dir="$tmp/e4"
+expect_fail quantize-not-bitnet "not a BitNet model" quantize --model "$tmp/run/final" --quant bitnet --out "$tmp/x"
+cli_summary
