@@ -262,6 +262,8 @@ int model_config_finish(ModelConfig *c)
     if (c->sub_norm && q_dim != C)
         return err_set("model: BitNet's attn_sub_norm needs n_head * head_dim (%lld) = d_model (%d)", (long long)q_dim,
                        c->d_model);
+    if ((c->ternary || c->sub_norm) && c->moe_experts > 0)
+        return err_set("model.ternary: BitNet layers with model.moe.experts %d are not supported yet", c->moe_experts);
     if (c->ternary && c->family != FAMILY_LLAMA)
         return err_set("model.ternary: BitLinear products need the llama or bitnet family (got gpt2)");
     if (c->family == FAMILY_LLAMA && !(c->rope_theta > 0))

@@ -642,7 +642,13 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
         if (bad) return -1;
+        if (cfg->ternary && dist_active(&r->dist) && r->dist.opt.zero > 0)
+            return err_set("model.ternary: bitnet with dist.zero %d is not supported yet (BitLinear reads the whole "
+                           "fp32 master, which ZeRO shards); use dist.zero 0", r->dist.opt.zero);
         if (!strcmp(tc->optimizer, "ternary")) {
+            if (cfg->moe_experts)
+                return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "
+                               "would stay fp32)", cfg->moe_experts);
             if (dist_active(&r->dist))
                 return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
                                "reduced over ranks)");
