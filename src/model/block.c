@@ -4,7 +4,14 @@
 
 #include "core/error.h"
 
-static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
+static int is_rms(const Model *m) { return !cfg_layernorm(&m->cfg); }
+
+/* The attention context of the model's last forward (recompute and backward run in its mode). */
+static AttnCtx model_ctx(const Model *m)
+{
+    return (AttnCtx){.mode = m->cfg.bidirectional ? ATTN_BIDIRECTIONAL : ATTN_CAUSAL, .pos0 = m->cfg.pos_offset,
+                     .lengths = m->cur_lengths};
+}
 
 /* The adapters' buffers of block l over activations a (NULL when the model has none). */
 static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBufs *lb)
@@ -17,7 +24,14 @@ static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBu
 
 /* The GELU MLP goes through the fused product + activation ops; SwiGLU through a product and the
  * element-wise op. */
-static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA; }
+static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA && !m->cfg.gelu_erf; }
+
+/* The element-wise activation after an unfused product: the exact GELU or SwiGLU. */
+static void mlp_act_only(Model *m, LayerActs *a, int N)
+{
+    if (m->cfg.gelu_erf) m->be->gelu_erf_fwd(a->fch_act, a->fch, (size_t)N * m->cfg.d_ff);
+    else m->be->swiglu_fwd(a->fch_act, a->fch, N, m->cfg.d_ff);
+}
 
 /* fch = linear_fc(ln2) and fch_act = act(fch) of block l. The fused op is also how recompute
  * remakes fch_act, so that every recompute level gives the same bits. */
@@ -31,7 +45,7 @@ static void mlp_act_fwd(Model *m, int l, LayerActs *a, int N)
         return;
     }
     linear_fwd(&m->ps, &p->fc, a->fch, a->ln2, N, lb);
-    m->be->swiglu_fwd(a->fch_act, a->fch, N, m->cfg.d_ff);
+    mlp_act_only(m, a, N);
 }
 
 static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx)
@@ -39,7 +53,11 @@ static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const Att
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     int nh = c->n_head, nkv = c->n_kv_head, hd = c->head_dim;
-    if (ctx->mode != ATTN_CAUSAL) fatal("attention: the bidirectional mode is not available yet (internal error)");
+    if (ctx->mode == ATTN_BIDIRECTIONAL) {
+        if (ctx->kcache) fatal("attention: a KV cache in the bidirectional mode (internal error)");
+        be->attention_len_fwd(a->att, a->lse, a->qkv, ctx->lengths, B, T, nh, nkv, hd);
+        return;
+    }
     if (c->family == FAMILY_LLAMA) be->rope_fwd(a->qkv, m->inv_freq, B, T, nh, nkv, hd, ctx->pos0);
     if (!ctx->kcache) {
         be->attention_fwd(a->att, a->lse, a->qkv, B, T, nh, nkv, hd);
@@ -60,9 +78,10 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
     linear_fwd(&m->ps, &p->qkv, a->qkv, a->ln1, N, lb);
     attention_fwd(m, l, a, B, T, ctx);
-    /* attention output projection into out, then x2 = x + it, ln2 = norm(x2) */
+    /* attention output projection into out, then x2 = x + it (post-LN: ln1 + it), ln2 = norm(x2) */
     linear_fwd(&m->ps, &p->o, out, a->att, N, lb);
-    m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, out, params_w(&m->ps, p->ln2_w),
+    m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, c->post_norm ? a->ln1 : a->res, out,
+                        params_w(&m->ps, p->ln2_w),
                         params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
     mlp_act_fwd(m, l, a, N);
     linear_fwd(&m->ps, &p->proj, out, a->fch_act, N, lb);
@@ -76,19 +95,24 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     int N = B * T, C = c->d_model, L = c->n_layer;
     LayerActs *a0 = &bufs->la[0];
     be->embed_fwd(a0->res, tokens, params_w(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    if (m->tte >= 0) { /* + token-type embeddings (every token of type 0) */
+        be->embed_fwd(bufs->scratch, m->types, params_w(ps, m->tte), NULL, B, T, C, 0);
+        be->add(a0->res, a0->res, bufs->scratch, (size_t)N * C);
+    }
     be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
                  params_w(ps, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
     for (int l = 0; l < L; l++) {
         LayerActs *a = &bufs->la[bufs->shared ? 0 : l];
         block_fwd(m, l, a, B, T, ctx, bufs->scratch);
-        /* next block's input x' = x2 + mlp, fused with its first norm (or the final norm) */
+        /* next block's input x' = x2 + mlp (post-LN: ln2 + mlp), fused with its first norm (or the final norm) */
+        const void *stream = c->post_norm ? a->ln2 : a->res2;
         if (l + 1 < L) {
             LayerActs *n = &bufs->la[bufs->shared ? 0 : l + 1];
             const LayerParams *np = &m->lp[l + 1];
-            be->add_norm_fwd(n->res, n->ln1, n->ln1_mean, n->ln1_rstd, a->res2, bufs->scratch,
+            be->add_norm_fwd(n->res, n->ln1, n->ln1_mean, n->ln1_rstd, stream, bufs->scratch,
                              params_w(ps, np->ln1_w), params_w(ps, np->ln1_b), N, C, c->norm_eps, is_rms(m));
         } else {
-            be->add_norm_fwd(bufs->res_final, bufs->lnf, bufs->lnf_mean, bufs->lnf_rstd, a->res2, bufs->scratch,
+            be->add_norm_fwd(bufs->res_final, bufs->lnf, bufs->lnf_mean, bufs->lnf_rstd, stream, bufs->scratch,
                              params_w(ps, m->lnf_w), params_w(ps, m->lnf_b), N, C, c->norm_eps, is_rms(m));
         }
     }
@@ -105,14 +129,14 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
     be->norm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, a->res, params_w(ps, p->ln1_w), params_w(ps, p->ln1_b), N, C,
                  c->norm_eps, is_rms(m));
     if (m->recompute == RECOMPUTE_BLOCK) {
-        AttnCtx ctx = {.mode = ATTN_CAUSAL};
+        AttnCtx ctx = model_ctx(m);
         block_fwd(m, l, a, B, T, &ctx, scratch);
         return;
     }
     be->norm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, params_w(ps, p->ln2_w), params_w(ps, p->ln2_b), N, C,
                  c->norm_eps, is_rms(m));
     if (fused_gelu(m)) mlp_act_fwd(m, l, a, N); /* the product again: fch_act as the forward made it */
-    else be->swiglu_fwd(a->fch_act, a->fch, N, c->d_ff);
+    else mlp_act_only(m, a, N);
 }
 
 void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1, void *d2)
@@ -132,16 +156,29 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
         linear_bwd(ps, &fc_nobias, d2, d1, a->ln2, N, lb);
     } else {
         linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N, lb);
-        be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
+        if (c->gelu_erf) be->gelu_erf_bwd(d1, a->fch, d2, (size_t)N * c->d_ff);
+        else be->swiglu_bwd(d1, a->fch, d2, N, c->d_ff);
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
+    }
+    size_t nc = (size_t)N * C;
+    if (c->post_norm) { /* the output is ln2 + mlp: d(ln2) = dres + d2, and the norm's gradient replaces dres */
+        be->add(d2, d2, dres, nc);
+        be->zero(dres, nc * be->act_size);
     }
     be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
                  a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
     /* attention */
     linear_bwd(ps, &p->o, d2, dres, a->att, N, lb);
-    be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
+    if (c->bidirectional)
+        be->attention_len_bwd(d1, d2, a->att, a->lse, a->qkv, m->cur_lengths, B, T, c->n_head, c->n_kv_head,
+                              c->head_dim);
+    else be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
     if (c->family == FAMILY_LLAMA) be->rope_bwd(d1, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
     linear_bwd(ps, &p->qkv, d2, d1, a->ln1, N, lb);
+    if (c->post_norm) { /* x2 = ln1 + o: d(ln1) = d(x2) + d2 */
+        be->add(d2, d2, dres, nc);
+        be->zero(dres, nc * be->act_size);
+    }
     be->norm_bwd(dres, params_g(ps, p->ln1_w), params_g(ps, p->ln1_b), d2, a->res, params_w(ps, p->ln1_w),
                  a->ln1_mean, a->ln1_rstd, N, C, rms); /* dres = d(x) */
 }

@@ -10,6 +10,8 @@
 /* GPT-2 BPE vocabulary size (50,000 merges + 256 bytes + <|endoftext|>). */
 #define GPT2_VOCAB 50257
 #define GPT2_EOT 50256
+/* The uncased English BERT WordPiece vocabulary (bert-base-uncased). */
+#define BERT_VOCAB 30522
 
 void model_config_defaults(ModelConfig *c, Family f)
 {
@@ -17,6 +19,7 @@ void model_config_defaults(ModelConfig *c, Family f)
     c->family = f;
     c->bos_token_id = -1;
     c->eos_token_id = -1;
+    c->pad_token_id = -1;
     if (f == FAMILY_GPT2) {
         c->max_seq_len = 1024;
         c->vocab_size = GPT2_VOCAB;
@@ -24,6 +27,16 @@ void model_config_defaults(ModelConfig *c, Family f)
         c->tie_embeddings = 1;
         c->qkv_bias = c->o_bias = c->mlp_bias = 1;
         c->bos_token_id = c->eos_token_id = GPT2_EOT;
+    } else if (f == FAMILY_BERT) {
+        /* HF BertConfig's defaults: 512 positions, 2 token types, eps 1e-12, pad id 0 */
+        c->max_seq_len = 512;
+        c->vocab_size = BERT_VOCAB;
+        c->norm_eps = 1e-12f;
+        c->tie_embeddings = 1;
+        c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+        c->post_norm = c->gelu_erf = c->bidirectional = c->mlm_head = 1;
+        c->type_vocab_size = 2;
+        c->pad_token_id = 0;
     } else {
         c->max_seq_len = 2048;
         c->vocab_size = 32000;
@@ -62,12 +75,17 @@ static const Preset presets[] = {
     {"llama2-13b", FAMILY_LLAMA, 40, 40, 40, 5120, 13824, 32000, 4096, 10000.0f},
     {"mistral-7b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 32000, 4096, 10000.0f},
     {"llama3-8b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 128256, 8192, 500000.0f},
+    /* BERT (Devlin et al. 2018), the uncased WordPiece vocabulary; bert-tiny for tests (its small
+     * vocabulary covers the test WordPiece tokenizers). */
+    {"bert-base", FAMILY_BERT, 12, 12, 12, 768, 3072, BERT_VOCAB, 512, 0},
+    {"bert-large", FAMILY_BERT, 24, 16, 16, 1024, 4096, BERT_VOCAB, 512, 0},
+    {"bert-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 1024, 128, 0},
 };
 
 const char *model_preset_names(void)
 {
     return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
-           "mistral-7b, llama3-8b";
+           "mistral-7b, llama3-8b, bert-base, bert-large, bert-tiny";
 }
 
 int model_preset(ModelConfig *c, const char *name)
@@ -94,11 +112,15 @@ int model_family_parse(const char *s, Family *f)
 {
     if (!strcmp(s, "gpt2")) *f = FAMILY_GPT2;
     else if (!strcmp(s, "llama") || !strcmp(s, "mistral") || !strcmp(s, "qwen2")) *f = FAMILY_LLAMA;
-    else return err_set("unknown model family \"%s\" (expected gpt2 or llama)", s);
+    else if (!strcmp(s, "bert") || !strcmp(s, "roberta")) *f = FAMILY_BERT;
+    else return err_set("unknown model family \"%s\" (expected gpt2, llama or bert)", s);
     return 0;
 }
 
-const char *model_family_name(Family f) { return f == FAMILY_GPT2 ? "gpt2" : "llama"; }
+const char *model_family_name(Family f)
+{
+    return f == FAMILY_GPT2 ? "gpt2" : f == FAMILY_BERT ? "bert" : "llama";
+}
 
 int model_config_finish(ModelConfig *c)
 {
@@ -157,7 +179,7 @@ int model_config_finish(ModelConfig *c)
     if ((int64_t)c->vocab_size * C > max_numel)
         return err_set("model.vocab_size: %d x d_model %d = %lld embedding elements, more than %lld",
                        c->vocab_size, c->d_model, (long long)c->vocab_size * C, (long long)max_numel);
-    if (c->family == FAMILY_GPT2 && (int64_t)c->max_seq_len * C > max_numel)
+    if (cfg_learned_pos(c) && (int64_t)c->max_seq_len * C > max_numel)
         return err_set("model.max_seq_len: %d x d_model %d = %lld position elements, more than %lld",
                        c->max_seq_len, c->d_model, (long long)c->max_seq_len * C, (long long)max_numel);
     if (qkv * C > max_numel || fc * C > max_numel)
@@ -166,6 +188,17 @@ int model_config_finish(ModelConfig *c)
     if (c->family == FAMILY_LLAMA && !(c->rope_theta > 0))
         return err_set("model.rope_theta: must be positive, got %g", c->rope_theta);
     if (!(c->norm_eps > 0)) c->norm_eps = 1e-5f;
+    if (c->family == FAMILY_BERT) {
+        if (c->type_vocab_size < 0 || c->type_vocab_size > MAX_VOCAB)
+            return err_set("model.type_vocab_size: must be in 0..%d, got %d", (int)MAX_VOCAB, c->type_vocab_size);
+        if (c->pos_offset < 0 || c->pos_offset >= c->max_seq_len)
+            return err_set("model: the position offset %d leaves no position of %d", c->pos_offset, c->max_seq_len);
+        if (!c->hf_model_type[0]) snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s", c->pos_offset ? "roberta" : "bert");
+        if (!c->hf_arch[0])
+            snprintf(c->hf_arch, sizeof(c->hf_arch), "%s",
+                     !strcmp(c->hf_model_type, "roberta") ? (c->mlm_head ? "RobertaForMaskedLM" : "RobertaModel")
+                                                          : (c->mlm_head ? "BertForMaskedLM" : "BertModel"));
+    }
     if (!c->hf_model_type[0])
         snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
                  c->family == FAMILY_GPT2 ? "gpt2" : (c->qkv_bias ? "qwen2" : "llama"));
@@ -202,6 +235,12 @@ const char *model_config_diff(const ModelConfig *a, const ModelConfig *b)
     DIFF(rope_low_freq_factor, "model rope_scaling.low_freq_factor");
     DIFF(rope_high_freq_factor, "model rope_scaling.high_freq_factor");
     DIFF(rope_orig_max_pos, "model rope_scaling.original_max_position_embeddings");
+    DIFF(post_norm, "model post_norm");
+    DIFF(gelu_erf, "model gelu_erf");
+    DIFF(bidirectional, "model bidirectional");
+    DIFF(type_vocab_size, "model type_vocab_size");
+    DIFF(pos_offset, "model pos_offset (position ids offset)");
+    DIFF(mlm_head, "model mlm_head");
 #undef DIFF
     return NULL;
 }

@@ -9,6 +9,13 @@
  *   ln2 = norm(x2); h = linear_fc(ln2); g = gelu(h) | swiglu(h)
  *   x' = x2 + linear_proj(g)
  * then lnf = norm(x_L), logits = linear_head(lnf) (the head is wte when tied).
+ *
+ * Encoders (cfg.post_norm, the bert family) keep the same buffers with the norms moved after the
+ * residual sums: ln1 = norm(res) is the block input, x2 = ln1 + linear_o(a), ln2 = norm(x2), and
+ * the next block's res = ln2 + linear_proj(g); res of block 0 is the embedding sum (words,
+ * positions from pos_offset, token types), its ln1 the embedding LayerNorm; lnf the last block's
+ * output norm. The MLM head runs on the scored rows only (gathered first):
+ *   logits = linear_dec(norm(gelu(linear_mlm(lnf[rows]))))   (the decoder is wte with its own bias)
  */
 #ifndef ANVIL_MODEL_H
 #define ANVIL_MODEL_H
@@ -83,6 +90,20 @@ typedef struct Model {
     float *losses;              /* (N) backend */
     float *losses_host;         /* (N) host */
     double loss_sum;            /* sum of the losses of the last forward with targets */
+
+    /* encoders (bert family) */
+    int tte;                    /* token-type embeddings (-1: none) */
+    Linear mlm, dec;            /* the MLM head's dense layer and decoder (wte + mlm.bias); w -1: no head */
+    int mlm_ln_w, mlm_ln_b;
+    int32_t *lengths;           /* (Bmax) backend copy of the last forward's sequence lengths */
+    const int32_t *cur_lengths; /* m->lengths when the last forward had lengths, else NULL (all T) */
+    int32_t *types;             /* (N) token-type ids (zeros) */
+    int32_t *rows, *rows_host;  /* (N) scored rows of the last forward (backend, host); n_rows of them */
+    int n_rows;
+    void *mlm_x, *mlm_h, *mlm_g, *mlm_u; /* (N,C) head input rows, pre-activation, GELU, norm output */
+    float *mlm_mean, *mlm_rstd;          /* (N) */
+    void *mlm_logits;                    /* (rows,V) logits of the scored rows (grow-only, mlm_cap rows) */
+    int mlm_cap;
 } Model;
 
 /* Create a model on a backend with zeroed parameters, every tensor trainable (call model_init_gpt2
@@ -142,6 +163,13 @@ void model_sync_act_params(Model *m);
  * in m->logits. *n_valid gets the count of scored targets when not NULL. */
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
                     int *n_valid);
+/* model_forward for padded batches: lengths (host, B; NULL = T each) gives each sequence's valid
+ * tokens (1..T), which a bidirectional model attends to (padding never is); a causal model refuses
+ * lengths. An encoder's targets are the MLM labels (negative = not scored); without targets an encoder
+ * with an MLM head leaves its (B,T,V) logits in m->logits, and every model its final hidden states
+ * (B,T,C) in m->lnf. */
+float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets, const int32_t *lengths, int B,
+                        int T, float loss_scale, int *n_valid);
 /* Backward pass after model_forward(..., loss_scale != 0); ADDS the gradients of trainable tensors
  * (zero them with model_zero_grad at the start of a step). */
 void model_backward(Model *m);

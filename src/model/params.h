@@ -6,6 +6,9 @@
  *   h.L.ln1.w/b (C)  h.L.qkv.w (qkv_dim, C)  h.L.qkv.b (qkv_dim)
  *   h.L.o.w (C, q_dim)  h.L.o.b (C)  h.L.ln2.w/b (C)
  *   h.L.fc.w (fc_dim, C)  h.L.fc.b (fc_dim)  h.L.proj.w (C, d_ff)  h.L.proj.b (C)
+ * The bert family adds tte (types, C) after wpe and, with the MLM head, mlm.w (C,C) mlm.b mlm.ln.w
+ * mlm.ln.b (C) and mlm.bias (V) after lnf; its h.L.ln1 is the norm that made block L's input (the
+ * embedding LayerNorm for block 0, block L-1's output LayerNorm after), lnf the last block's.
  * qkv rows are [q heads | k heads | v heads]; llama fc rows are [gate | up]. Table order is
  * layer-major: the embeddings, then block 0 .. L-1, then the final norm and the head.
  *
@@ -54,6 +57,8 @@ enum {
     PROLE_LN1_W, PROLE_LN1_B, PROLE_QKV_W, PROLE_QKV_B, PROLE_O_W, PROLE_O_B,
     PROLE_LN2_W, PROLE_LN2_B, PROLE_FC_W, PROLE_FC_B, PROLE_PROJ_W, PROLE_PROJ_B,
     PROLE_LORA_A, PROLE_LORA_B, /* adapters (lora.h): A (r, in), B (rows, r) of one site */
+    /* encoders (bert family): token types, the MLM head's transform (dense, norm) and decoder bias */
+    PROLE_TTE, PROLE_MLM_W, PROLE_MLM_B, PROLE_MLM_LN_W, PROLE_MLM_LN_B, PROLE_MLM_BIAS,
     PROLE_COUNT
 };
 
