@@ -1,0 +1,311 @@
+/* test_bert.c - the bert family on the CPU backend against transformers (tools/make_bert_fixtures.py).
+ *
+ * For BertForMaskedLM and RobertaForMaskedLM with a padded batch (sequences of different lengths,
+ * padding never attended to): logits at every unpadded position, the MLM loss (mean over scored
+ * labels), every parameter gradient (by HF name), at recompute levels none and block; a BertModel
+ * (no MLM head, a pooler we ignore) gives transformers' last hidden states. Then the HF directory
+ * anvil writes reads back into the same tensors (ANVIL_BERT_KEEP=1 keeps it, for
+ * `tools/make_bert_fixtures.py --check DIR bert|roberta`: transformers loads it with the same logits),
+ * and a config mismatch or a missing tensor is a one-line error. Tolerance: max|ours - ref| / max|ref| <= 1e-4 per tensor. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "io/fsutil.h"
+#include "io/hf.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "test.h"
+
+#define PARITY_TOL 1e-4
+
+typedef struct {
+    StFile ref;
+    Model *m;
+    const char *name;
+    int B, T;
+    const int32_t *ids, *lengths, *labels;
+} Fx;
+
+static float *ref_f32(Fx *fx, const char *name, size_t *numel)
+{
+    const StTensor *t = st_find(&fx->ref, name);
+    CHECKF(t != NULL, "%s: reference tensor %s missing", fx->name, name);
+    if (!t) return NULL;
+    float *out = xmalloc(t->numel * sizeof(float));
+    CHECK(st_to_f32(t, out) == 0);
+    if (numel) *numel = t->numel;
+    return out;
+}
+
+static const int32_t *ref_i32(Fx *fx, const char *name)
+{
+    const StTensor *t = st_find(&fx->ref, name);
+    CHECKF(t && t->dtype == ST_I32, "%s: %s missing or not I32", fx->name, name);
+    return t ? t->data : NULL;
+}
+
+static int fx_open(Fx *fx, const char *name, const char *model_dir)
+{
+    memset(fx, 0, sizeof(*fx));
+    fx->name = name;
+    char dir[512], ref[512];
+    snprintf(dir, sizeof(dir), "%s/bert/%s/model", test_fixtures(), name);
+    snprintf(ref, sizeof(ref), "%s/bert/%s/reference.safetensors", test_fixtures(), name);
+    CHECKF(st_open(&fx->ref, ref) == 0, "%s", err_get());
+    fx->m = hf_load_model(model_dir ? model_dir : dir, backend_cpu(), 1);
+    CHECKF(fx->m != NULL, "hf_load_model: %s", err_get());
+    const StTensor *t = st_find(&fx->ref, "input_ids");
+    fx->ids = ref_i32(fx, "input_ids");
+    fx->lengths = ref_i32(fx, "lengths");
+    fx->labels = st_find(&fx->ref, "labels") ? ref_i32(fx, "labels") : NULL;
+    if (!fx->m || !t || !fx->ids || !fx->lengths) return -1;
+    fx->B = (int)t->shape[0];
+    fx->T = (int)t->shape[1];
+    return 0;
+}
+
+static void fx_close(Fx *fx)
+{
+    model_free(fx->m);
+    st_close(&fx->ref);
+}
+
+/* ours vs ref over the rows of valid positions of (B,T,W) tensors */
+static double err_valid(const Fx *fx, const float *ours, const float *ref, int W)
+{
+    double dmax = 0, rmax = 0;
+    for (int b = 0; b < fx->B; b++)
+        for (int t = 0; t < fx->lengths[b]; t++)
+            for (int k = 0; k < W; k++) {
+                size_t i = ((size_t)b * fx->T + t) * W + k;
+                double d = fabs((double)ours[i] - ref[i]);
+                if (!(d <= dmax)) dmax = d; /* NaN propagates */
+                if (fabs(ref[i]) > rmax) rmax = fabs(ref[i]);
+            }
+    return dmax / (rmax > 0 ? rmax : 1);
+}
+
+/* Every "grad.<hf name>" of the reference against ours, by HF name. */
+static void compare_grads(Fx *fx, const float *grads)
+{
+    HfTensor *t;
+    int n;
+    CHECK(hf_export(&fx->m->cfg, &fx->m->pt, grads, &t, &n) == 0);
+    int matched = 0;
+    double worst = 0, scale = 0;
+    char worst_name[200] = "";
+    for (size_t k = 0; k < fx->m->pt.total; k++) scale = fmax(scale, fabs(grads[k]));
+    for (int i = 0; i < n; i++) {
+        char key[200];
+        snprintf(key, sizeof(key), "grad.%s", t[i].name);
+        size_t numel = 0;
+        float *ref = ref_f32(fx, key, &numel);
+        if (!ref) continue;
+        size_t ours = (size_t)t[i].shape[0] * (size_t)(t[i].ndim == 2 ? t[i].shape[1] : 1);
+        CHECKF(ours == numel, "%s: %s: %zu elements, reference %zu", fx->name, key, ours, numel);
+        if (ours == numel && strstr(key, "attention.self.key.bias")) {
+            /* zero in exact arithmetic (a key bias adds the same q.b to every score of a row, which the
+             * softmax ignores): both sides must be roundoff next to the gradients that are not */
+            double mo = 0, mr = 0;
+            for (size_t k = 0; k < numel; k++) mo = fmax(mo, fabs(t[i].data[k])), mr = fmax(mr, fabs(ref[k]));
+            CHECKF(mo <= 1e-5 * scale && mr <= 1e-5 * scale, "%s: %s: max %.3g (reference %.3g), not ~0 next to %.3g",
+                   fx->name, key, mo, mr, scale);
+        } else if (ours == numel) {
+            double e = rel_err_max(t[i].data, ref, numel);
+            CHECKF(e <= PARITY_TOL, "%s: %s: relative error %.3g", fx->name, key, e);
+            if (!(e <= worst)) worst = e, snprintf(worst_name, sizeof(worst_name), "%s", key);
+        }
+        matched++;
+        free(ref);
+    }
+    int expected = 0;
+    for (int i = 0; i < fx->ref.n; i++) expected += !strncmp(fx->ref.t[i].name, "grad.", 5);
+    CHECKF(matched == expected, "%s: matched %d of %d gradients", fx->name, matched, expected);
+    fprintf(stderr, "  %s: %d gradients, worst %.3g (%s)\n", fx->name, matched, worst, worst_name);
+    hf_tensors_free(t, n);
+}
+
+static void check_mlm(const char *name, int recompute)
+{
+    Fx fx;
+    if (fx_open(&fx, name, NULL) != 0 || !fx.labels) {
+        fx_close(&fx);
+        return;
+    }
+    Model *m = fx.m;
+    int B = fx.B, T = fx.T, V = m->cfg.vocab_size;
+    CHECK(m->cfg.family == FAMILY_BERT && m->cfg.mlm_head && m->cfg.bidirectional);
+    CHECK(model_reserve(m, B, T, recompute) == 0);
+    /* logits at the valid positions */
+    model_forward_len(m, fx.ids, NULL, fx.lengths, B, T, 0.0f, NULL);
+    float *logits = xmalloc((size_t)B * T * V * sizeof(float));
+    m->be->download_act(logits, m->logits, (size_t)B * T * V);
+    float *ref = ref_f32(&fx, "logits", NULL);
+    double e = ref ? err_valid(&fx, logits, ref, V) : 1;
+    CHECKF(e <= PARITY_TOL, "%s: logits: relative error %.3g", name, e);
+    fprintf(stderr, "  %s (recompute %d): logits %.3g", name, recompute, e);
+    free(ref);
+    free(logits);
+    /* the loss over the scored labels, and every gradient */
+    int valid = 0;
+    for (int i = 0; i < B * T; i++) valid += fx.labels[i] >= 0;
+    model_zero_grad(m);
+    int n_valid = 0;
+    float loss = model_forward_len(m, fx.ids, fx.labels, fx.lengths, B, T, 1.0f / (float)valid, &n_valid);
+    CHECK(n_valid == valid);
+    ref = ref_f32(&fx, "loss", NULL);
+    if (ref) {
+        CHECKF(fabs(loss - ref[0]) <= PARITY_TOL * fabs(ref[0]), "%s: loss %.7g, reference %.7g", name, loss, ref[0]);
+        fprintf(stderr, ", loss %.7g (reference %.7g)\n", loss, ref[0]);
+    }
+    free(ref);
+    model_backward(m);
+    float *grads = xmalloc(m->pt.total * sizeof(float));
+    model_get_grads(m, grads);
+    compare_grads(&fx, grads);
+    free(grads);
+    fx_close(&fx);
+}
+
+static void test_bert_mlm(void)
+{
+    check_mlm("bert", RECOMPUTE_NONE);
+    check_mlm("bert", RECOMPUTE_CHEAP);
+    check_mlm("bert", RECOMPUTE_BLOCK);
+}
+
+static void test_roberta_mlm(void)
+{
+    check_mlm("roberta", RECOMPUTE_NONE);
+    check_mlm("roberta", RECOMPUTE_BLOCK);
+}
+
+/* A BertModel (no MLM head; its pooler is not read): the final hidden states. */
+static void check_hidden(const char *model_dir)
+{
+    Fx fx;
+    if (fx_open(&fx, "bertmodel", model_dir) != 0) {
+        fx_close(&fx);
+        return;
+    }
+    Model *m = fx.m;
+    int B = fx.B, T = fx.T, C = m->cfg.d_model;
+    CHECK(!m->cfg.mlm_head && m->mlm.w < 0);
+    CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
+    model_forward_len(m, fx.ids, NULL, fx.lengths, B, T, 0.0f, NULL);
+    float *h = xmalloc((size_t)B * T * C * sizeof(float));
+    m->be->download_act(h, m->lnf, (size_t)B * T * C);
+    float *ref = ref_f32(&fx, "hidden", NULL);
+    double e = ref ? err_valid(&fx, h, ref, C) : 1;
+    CHECKF(e <= PARITY_TOL, "bertmodel: hidden states: relative error %.3g", e);
+    fprintf(stderr, "  bertmodel%s: hidden states %.3g\n", model_dir ? " (written by anvil)" : "", e);
+    free(ref);
+    free(h);
+    fx_close(&fx);
+}
+
+static void test_bertmodel(void) { check_hidden(NULL); }
+
+/* hf_save of a loaded model, read back: the same config and tensors; a BertModel written back still
+ * gives the hidden states. */
+static void test_bert_roundtrip(void)
+{
+    const char *names[] = {"bert", "roberta", "bertmodel"};
+    for (int k = 0; k < 3; k++) {
+        char src[512], out[512];
+        snprintf(src, sizeof(src), "%s/bert/%s/model", test_fixtures(), names[k]);
+        snprintf(out, sizeof(out), "/tmp/anvil_test_bert_%s_%d", names[k], (int)getpid());
+        Model *m = hf_load_model(src, backend_cpu(), 0);
+        CHECKF(m != NULL, "%s", err_get());
+        if (!m) continue;
+        float *a = xmalloc(m->pt.total * sizeof(float));
+        model_get_params(m, a);
+        fs_mkdir_p(out);
+        CHECKF(hf_save(out, &m->cfg, &m->pt, a, DTYPE_F32) == 0, "%s", err_get());
+        ModelConfig back;
+        CHECKF(hf_read_config(out, &back) == 0, "%s", err_get());
+        CHECKF(model_config_diff(&m->cfg, &back) == NULL, "%s: written config differs in %s", names[k],
+               model_config_diff(&m->cfg, &back));
+        CHECK(!strcmp(back.hf_arch, m->cfg.hf_arch));
+        Model *m2 = hf_load_model(out, backend_cpu(), 0);
+        CHECKF(m2 != NULL, "%s", err_get());
+        if (m2) {
+            float *b = xmalloc(m2->pt.total * sizeof(float));
+            model_get_params(m2, b);
+            CHECK(m2->pt.total == m->pt.total && !memcmp(a, b, m->pt.total * sizeof(float)));
+            free(b);
+            model_free(m2);
+        }
+        if (k == 2) check_hidden(out);
+        fprintf(stderr, "  %s: written to %s as %s\n", names[k], out, m->cfg.hf_arch);
+        free(a);
+        model_free(m);
+        /* ANVIL_BERT_KEEP=1 keeps them for tools/make_bert_fixtures.py --check (transformers loads them) */
+        if (!getenv("ANVIL_BERT_KEEP")) fs_rm_rf(out);
+    }
+}
+
+/* Bad directories: one-line errors naming the file and the key or tensor. */
+static void test_bert_errors(void)
+{
+    char src[512], out[512];
+    snprintf(src, sizeof(src), "%s/bert/bert/model", test_fixtures());
+    snprintf(out, sizeof(out), "/tmp/anvil_test_bert_bad_%d", (int)getpid());
+    Model *m = hf_load_model(src, backend_cpu(), 0);
+    if (!m) {
+        CHECK(0);
+        return;
+    }
+    float *a = xmalloc(m->pt.total * sizeof(float));
+    model_get_params(m, a);
+    ModelConfig c = m->cfg;
+    /* a config with one layer more than the weights have */
+    fs_mkdir_p(out);
+    CHECK(hf_save(out, &c, &m->pt, a, DTYPE_F32) == 0);
+    ModelConfig c3 = c;
+    c3.n_layer = 3;
+    CHECK(hf_write_config(out, &c3, DTYPE_F32) == 0);
+    ModelConfig r;
+    CHECK(hf_read_config(out, &r) != 0);
+    CHECKF(strstr(err_get(), "encoder.layer.2") && strstr(err_get(), "missing"), "%s", err_get());
+    /* an activation we do not compute */
+    char *cfgp = fs_join(out, "config.json");
+    char *text;
+    size_t n;
+    CHECK(hf_write_config(out, &c, DTYPE_F32) == 0);
+    CHECK(fs_read_file(cfgp, &text, &n) == 0);
+    char *g = strstr(text, "\"gelu\"");
+    CHECK(g != NULL);
+    if (g) {
+        size_t off = (size_t)(g - text);
+        char *t2 = xmalloc(n + 16);
+        memcpy(t2, text, off);
+        strcpy(t2 + off, "\"relu\"");
+        strcat(t2, g + 6);
+        CHECK(fs_write_atomic(cfgp, t2, strlen(t2)) == 0);
+        CHECK(hf_read_config(out, &r) != 0);
+        CHECKF(strstr(err_get(), "config.json: hidden_act") != NULL, "%s", err_get());
+        free(t2);
+    }
+    free(text);
+    free(cfgp);
+    fs_rm_rf(out);
+    free(a);
+    model_free(m);
+}
+
+int main(void)
+{
+    RUN(test_bert_mlm);
+    RUN(test_roberta_mlm);
+    RUN(test_bertmodel);
+    RUN(test_bert_roundtrip);
+    RUN(test_bert_errors);
+    return test_summary();
+}
