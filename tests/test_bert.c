@@ -16,6 +16,8 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "data/mlm.h"
+#include "data/tokenizer.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "io/safetensors.h"
@@ -300,8 +302,88 @@ static void test_bert_errors(void)
     model_free(m);
 }
 
+/* Masked-LM rows: the template around the window, specials never chosen, the chosen share near
+ * prob, the 80/10/10 split near its fractions (binomial bounds of 5 standard deviations), the same
+ * key gives the same row, and whole-word masking chooses a word's pieces together. */
+static void test_mlm_masking(void)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/tokenizers/wp_uncased/tokenizer.json", test_fixtures());
+    Tokenizer *tok = tokenizer_load(path);
+    CHECKF(tok != NULL, "%s", err_get());
+    if (!tok) return;
+    const char *text = "The unbelievable quartermaster rearranged extraordinarily complicated paperwork yesterday, "
+                       "and nobody understood the consequences of his rearrangements.";
+    int32_t *ids = NULL;
+    long n = tokenizer_encode(tok, text, strlen(text), &ids);
+    CHECK(n > 10);
+    MlmOptions o;
+    CHECKF(mlm_options_init(&o, tok, 0.15f, 0) == 0, "%s", err_get());
+    int32_t cls = tokenizer_token_to_id(tok, "[CLS]", 5), sep = tokenizer_token_to_id(tok, "[SEP]", 5);
+    int32_t mask = tokenizer_token_to_id(tok, "[MASK]", 6);
+    CHECK(o.n_pre == 1 && o.n_post == 1 && o.pre[0] == cls && o.post[0] == sep && o.mask_id == mask);
+    int T = 24, W = mlm_window_tokens(&o, T);
+    CHECK(W == 22 && n >= W);
+    int32_t in[24], tg[24], in2[24], tg2[24];
+    long chosen = 0, masked = 0, same = 0, positions = 0, special_hit = 0;
+    int rows = 4000;
+    for (int r = 0; r < rows; r++) {
+        int sc = mlm_make_row(&o, ids, T, 7, (uint64_t)r, in, tg);
+        int k = 0;
+        for (int t = 0; t < T; t++) k += tg[t] >= 0;
+        CHECK(sc == k);
+        special_hit += tg[0] >= 0 || tg[T - 1] >= 0 || in[0] != cls || in[T - 1] != sep;
+        for (int t = 1; t < T - 1; t++) {
+            positions++;
+            if (tg[t] < 0) {
+                CHECK(in[t] == ids[t - 1]);
+                continue;
+            }
+            CHECK(tg[t] == ids[t - 1]);
+            chosen++;
+            masked += in[t] == mask;
+            same += in[t] == ids[t - 1];
+        }
+    }
+    CHECK(special_hit == 0);
+    double p = (double)chosen / positions, sd = sqrt(0.15 * 0.85 / positions);
+    CHECKF(fabs(p - 0.15) < 5 * sd, "chosen share %.4f, expected 0.15", p);
+    double pm = (double)masked / chosen, sdm = sqrt(0.8 * 0.2 / chosen);
+    CHECKF(fabs(pm - 0.8) < 5 * sdm, "[MASK] share %.4f, expected 0.8", pm);
+    /* unchanged: 10%, plus the random draws that hit the original token (rare) */
+    double ps = (double)same / chosen, sds = sqrt(0.1 * 0.9 / chosen);
+    CHECKF(ps > 0.1 - 5 * sds && ps < 0.1 + 5 * sds + 0.01, "unchanged share %.4f, expected 0.1", ps);
+    mlm_make_row(&o, ids, T, 7, 12345, in, tg);
+    mlm_make_row(&o, ids, T, 7, 12345, in2, tg2);
+    CHECK(!memcmp(in, in2, sizeof(in)) && !memcmp(tg, tg2, sizeof(tg)));
+    mlm_make_row(&o, ids, T, 8, 12345, in2, tg2);
+    CHECK(memcmp(tg, tg2, sizeof(tg)) != 0); /* another seed, another masking */
+    mlm_options_free(&o);
+    /* whole words: a "##" piece is chosen exactly when the piece before it is */
+    CHECK(mlm_options_init(&o, tok, 0.3f, 1) == 0);
+    int has_cont = 0, split = 0;
+    for (int r = 0; r < 500; r++) {
+        mlm_make_row(&o, ids, T, 3, (uint64_t)r, in, tg);
+        for (int t = 2; t < T - 1; t++) {
+            if (!tokenizer_is_continuation(tok, ids[t - 1])) continue;
+            has_cont = 1;
+            split += (tg[t] >= 0) != (tg[t - 1] >= 0);
+        }
+    }
+    CHECK(has_cont && split == 0);
+    mlm_options_free(&o);
+    /* bad options: a probability outside (0, 1), whole words without ## pieces */
+    CHECK(mlm_options_init(&o, tok, 1.5f, 0) != 0 && strstr(err_get(), "data.mlm.prob"));
+    Tokenizer *bpe = tokenizer_load("gpt2");
+    CHECK(bpe && mlm_options_init(&o, bpe, 0.15f, 0) != 0 && strstr(err_get(), "no mask token"));
+    tokenizer_free(bpe);
+    free(ids);
+    tokenizer_free(tok);
+}
+
 int main(void)
 {
+    RUN(test_mlm_masking);
     RUN(test_bert_mlm);
     RUN(test_roberta_mlm);
     RUN(test_bertmodel);

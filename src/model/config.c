@@ -79,7 +79,7 @@ static const Preset presets[] = {
      * vocabulary covers the test WordPiece tokenizers). */
     {"bert-base", FAMILY_BERT, 12, 12, 12, 768, 3072, BERT_VOCAB, 512, 0},
     {"bert-large", FAMILY_BERT, 24, 16, 16, 1024, 4096, BERT_VOCAB, 512, 0},
-    {"bert-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 1024, 128, 0},
+    {"bert-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 2048, 128, 0},
 };
 
 const char *model_preset_names(void)
