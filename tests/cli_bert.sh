@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # cli_bert.sh - encoders end to end: a tiny BERT trained with masked-LM rows on real text and a
-# WordPiece tokenizer fixture (the loss falls, the checkpoint is a BertForMaskedLM), config errors.
+# WordPiece tokenizer fixture (the loss falls, resume is exact, the checkpoint is a BertForMaskedLM),
+# anvil eval mlm (pre-masked JSONL equal to transformers, seeded text masking), anvil embed, errors.
 set -u
 . "$(dirname "$0")/lib_cli.sh"
 TOK=tests/fixtures/tokenizers/wp_uncased/tokenizer.json
@@ -53,6 +54,41 @@ rm -rf "$tmp/resumed/step-0000040"
 "$ANVIL" train "$tmp/bert.yaml" --resume "$tmp/resumed" >"$tmp/resume.log" 2>&1 || bad "resume: $(tail -3 "$tmp/resume.log")"
 check "resumed mlm metrics identical" cmp -s <(strip "$tmp/run/metrics.jsonl") <(strip "$tmp/resumed/metrics.jsonl")
 check "resumed weights identical" cmp -s "$tmp/run/step-0000040/model.safetensors" "$tmp/resumed/step-0000040/model.safetensors"
+
+# ---- eval mlm: pre-masked JSONL as transformers scores it; seeded masking of held-out text
+FXB=tests/fixtures/bert
+for k in bert roberta; do
+    "$ANVIL" eval mlm --model $FXB/$k/model --data $FXB/$k/premasked.jsonl --json >"$tmp/ev.json" 2>"$tmp/err"
+    got=$(sed 's/.*"loss": \([0-9.]*\).*/\1/' "$tmp/ev.json")
+    want=$(sed 's/.*"loss": \([0-9.]*\).*/\1/' $FXB/$k/premasked_reference.json)
+    check "eval mlm $k: loss $got = transformers' $want ($(cat "$tmp/err"))" \
+        awk -v a="$got" -v b="$want" 'BEGIN { d = a - b; exit !(a > 0 && d < 1e-5 * b && -d < 1e-5 * b) }'
+done
+"$ANVIL" eval mlm --model "$tmp/run/final" --data "$tmp/val.txt" --seq 64 --seed 3 --json >"$tmp/e1.json" 2>"$tmp/err"
+check "eval mlm on text: exit 0 ($(cat "$tmp/err"))" grep -q '"masking": "seeded"' "$tmp/e1.json"
+"$ANVIL" eval mlm --model "$tmp/run/final" --data "$tmp/val.txt" --seq 64 --seed 3 --batch 5 --json >"$tmp/e2.json"
+field() { sed "s/.*\"$1\": \([0-9.]*\).*/\1/" "$2"; }
+check "eval mlm: the batch size changes nothing" awk -v a="$(field loss "$tmp/e1.json")" -v b="$(field loss "$tmp/e2.json")" \
+    -v s="$(field scored "$tmp/e1.json")" -v t="$(field scored "$tmp/e2.json")" \
+    -v c="$(field accuracy "$tmp/e1.json")" -v d="$(field accuracy "$tmp/e2.json")" \
+    'BEGIN { x = a - b; exit !(s == t && c == d && x < 1e-6 && -x < 1e-6) }'
+"$ANVIL" eval mlm --model "$tmp/run/final" --data "$tmp/val.txt" --seq 64 --seed 4 --json >"$tmp/e3.json"
+check "eval mlm: another seed masks other tokens" differs <(sed 's/"seconds.*//' "$tmp/e1.json") <(sed 's/"seconds.*//' "$tmp/e3.json")
+trained=$(sed 's/.*"loss": \([0-9.]*\).*/\1/' "$tmp/e1.json")
+check "eval mlm: the trained model beats ln(2048) = 7.62 ($trained)" awk -v a="$trained" 'BEGIN { exit !(a < 7.2) }'
+printf '{"input_ids": [1, 2], "labels": [5]}\n' >"$tmp/bad.jsonl"
+expect_fail eval-mlm-bad-labels "bad.jsonl:1: labels" eval mlm --model $FXB/bert/model --data "$tmp/bad.jsonl"
+expect_fail eval-mlm-no-head "BertModel|no MLM head" eval mlm --model $FXB/bertmodel/model --data $FXB/bert/premasked.jsonl
+
+# ---- embed: JSON with one vector per text (values checked against transformers in test_bert)
+"$ANVIL" embed --model $FXB/bertembed/model --file $FXB/bertembed/texts.txt >"$tmp/emb.json" 2>"$tmp/err"
+check "embed --file: 4 vectors of 32 ($(cat "$tmp/err"))" grep -q '"dim": 32, "count": 4' "$tmp/emb.json"
+check "embed: valid JSON" /usr/bin/env python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert len(d['embeddings'])==4 and all(len(e)==32 for e in d['embeddings'])" "$tmp/emb.json"
+"$ANVIL" embed --model $FXB/bertembed/model --text "Hello world!" --pooling cls >"$tmp/cls.json"
+check "embed --text --pooling cls" grep -q '"pooling": "cls", "dim": 32, "count": 1' "$tmp/cls.json"
+expect_fail embed-pooling "--pooling|mean or cls" embed --model $FXB/bertembed/model --text hi --pooling max
+expect_fail embed-decoder "not an encoder" embed --model tests/fixtures/gpt2/model --tokenizer gpt2 --text hi
+expect_fail embed-no-text "--text or --file" embed --model $FXB/bertembed/model
 
 # ---- errors: one line naming the key
 expect_fail mlm-on-decoder "data.objective|encoder with an MLM head" train "$tmp/bert.yaml" --set model.preset=gpt2-tiny \

@@ -18,6 +18,9 @@
 #include "core/error.h"
 #include "data/mlm.h"
 #include "data/tokenizer.h"
+#include "eval/embed.h"
+#include "eval/mlm_eval.h"
+#include <jansson.h>
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "io/safetensors.h"
@@ -381,8 +384,106 @@ static void test_mlm_masking(void)
     tokenizer_free(tok);
 }
 
+/* anvil embed's core against transformers: the texts through the tokenizer's template, mean and
+ * cls pooling, in one batch and one text at a time. */
+static void test_embed(void)
+{
+    char dir[512], ref[512], texts_path[512];
+    snprintf(dir, sizeof(dir), "%s/bert/bertembed/model", test_fixtures());
+    snprintf(ref, sizeof(ref), "%s/bert/bertembed/reference.safetensors", test_fixtures());
+    snprintf(texts_path, sizeof(texts_path), "%s/bert/bertembed/texts.txt", test_fixtures());
+    Fx fx = {.name = "bertembed"};
+    CHECKF(st_open(&fx.ref, ref) == 0, "%s", err_get());
+    Model *m = hf_load_model(dir, backend_cpu(), 0);
+    Tokenizer *tok = tokenizer_load(dir);
+    CHECKF(m && tok, "%s", err_get());
+    char *text = NULL;
+    size_t len;
+    CHECK(fs_read_file(texts_path, &text, &len) == 0);
+    if (!m || !tok || !text) return;
+    const char *texts[8];
+    int n = 0;
+    for (char *p = strtok(text, "\n"); p && n < 8; p = strtok(NULL, "\n")) texts[n++] = p;
+    int C = m->cfg.d_model;
+    float *out = xmalloc((size_t)n * C * sizeof(float));
+    const char *kinds[2] = {"mean", "cls"};
+    for (int k = 0; k < 2; k++)
+        for (int batch = 1; batch <= n; batch += n - 1) {
+            CHECKF(embed_texts(m, tok, texts, n, (Pooling)k, batch, out) == 0, "%s", err_get());
+            size_t numel = 0;
+            float *r = ref_f32(&fx, kinds[k], &numel);
+            if (!r) continue;
+            CHECK(numel == (size_t)n * C);
+            double e = rel_err_max(out, r, numel);
+            CHECKF(e <= PARITY_TOL, "embed %s (batch %d): relative error %.3g", kinds[k], batch, e);
+            fprintf(stderr, "  embed %s, batch %d: %d texts, relative error %.3g\n", kinds[k], batch, n, e);
+            free(r);
+        }
+    free(out);
+    free(text);
+    tokenizer_free(tok);
+    model_free(m);
+    st_close(&fx.ref);
+}
+
+/* anvil eval mlm's scoring of pre-masked JSONL against transformers' loss and accuracy; seeded text
+ * masking does not depend on the batch size. */
+static void test_eval_mlm(void)
+{
+    const char *names[2] = {"bert", "roberta"};
+    for (int k = 0; k < 2; k++) {
+        char dir[512], data[512], refp[512];
+        snprintf(dir, sizeof(dir), "%s/bert/%s/model", test_fixtures(), names[k]);
+        snprintf(data, sizeof(data), "%s/bert/%s/premasked.jsonl", test_fixtures(), names[k]);
+        snprintf(refp, sizeof(refp), "%s/bert/%s/premasked_reference.json", test_fixtures(), names[k]);
+        Model *m = hf_load_model(dir, backend_cpu(), 0);
+        json_error_t je;
+        json_t *ref = json_load_file(refp, 0, &je);
+        CHECKF(m && ref, "%s %s", err_get(), je.text);
+        if (!m || !ref) continue;
+        for (int batch = 1; batch <= 3; batch += 2) {
+            MlmEvalOptions o = {.T = m->cfg.max_seq_len - m->cfg.pos_offset, .batch = batch};
+            MlmEvalResult r = {0};
+            CHECKF(mlm_eval_jsonl(m, data, &o, &r) == 0, "%s", err_get());
+            double loss = r.loss_sum / (double)r.scored, acc = (double)r.correct / (double)r.scored;
+            double rl = json_real_value(json_object_get(ref, "loss")), ra = json_real_value(json_object_get(ref, "accuracy"));
+            CHECK(r.scored == json_integer_value(json_object_get(ref, "scored")) && r.rows == 3);
+            CHECKF(fabs(loss - rl) <= PARITY_TOL * rl, "%s: eval mlm loss %.7g, transformers %.7g", names[k], loss, rl);
+            CHECKF(fabs(acc - ra) < 1e-6, "%s: eval mlm accuracy %.6f, transformers %.6f", names[k], acc, ra);
+            fprintf(stderr, "  eval mlm %s (batch %d): loss %.7g (transformers %.7g), accuracy %.4f (%.4f)\n", names[k],
+                    batch, loss, rl, acc, ra);
+        }
+        json_decref(ref);
+        model_free(m);
+    }
+    /* seeded masking of a token stream: the batch size changes nothing (options by hand for the
+     * fixture's 96 ids: [CLS] 2, [SEP] 3, [MASK] 4, specials 0..4) */
+    char tp[512];
+    snprintf(tp, sizeof(tp), "%s/bert/bert/model", test_fixtures());
+    Model *m = hf_load_model(tp, backend_cpu(), 0);
+    if (!m) {
+        CHECK(0);
+        return;
+    }
+    uint8_t special[96] = {1, 1, 1, 1, 1}, cont[96] = {0};
+    int32_t randoms[96];
+    for (int i = 0; i < 91; i++) randoms[i] = 5 + i;
+    MlmOptions mo = {.prob = 0.15f, .mask_id = 4, .vocab = 96, .n_pre = 1, .n_post = 1, .pre = {2}, .post = {3},
+                     .special = special, .cont = cont, .random_ids = randoms, .n_random = 91};
+    int32_t ids[500];
+    for (int i = 0; i < 500; i++) ids[i] = 5 + (i * 37) % 90;
+    MlmEvalResult r1 = {0}, r2 = {0};
+    MlmEvalOptions o1 = {.T = 16, .batch = 1, .seed = 5}, o2 = {.T = 16, .batch = 7, .seed = 5};
+    CHECK(mlm_eval_text(m, &mo, ids, 500, &o1, &r1) == 0 && mlm_eval_text(m, &mo, ids, 500, &o2, &r2) == 0);
+    CHECK(r1.rows == 36 && r1.rows == r2.rows && r1.scored == r2.scored && r1.correct == r2.correct);
+    CHECK_CLOSE(r1.loss_sum, r2.loss_sum, 1e-5);
+    model_free(m);
+}
+
 int main(void)
 {
+    RUN(test_embed);
+    RUN(test_eval_mlm);
     RUN(test_mlm_masking);
     RUN(test_bert_mlm);
     RUN(test_roberta_mlm);

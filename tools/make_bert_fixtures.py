@@ -11,6 +11,11 @@ Writes, under tests/fixtures/bert/ (or --out):
   bertmodel/model/            a BertModel (with its pooler, which anvil ignores), and
   bertmodel/reference.safetensors  input_ids, lengths, hidden (B,T,C) last_hidden_state, and the
                               sentence embeddings mean (B,C) (over valid tokens) and cls (B,C)
+  <bert|roberta>/premasked.jsonl   the batch as pre-masked JSONL records (input_ids, labels with -100,
+                              attention_mask; one row without padding), premasked_reference.json the
+                              loss and accuracy transformers gives it
+  bertembed/                  a BertModel with the wp_cased WordPiece tokenizer, texts.txt, and the
+                              mean / cls sentence embeddings of those texts
 
 The initialization is larger than transformers' default (matrices N(0, 0.25), embeddings
 N(0, 0.1), biases N(0, 0.1), norm weights 1 + U(-0.5, 0.5)) so that every tensor matters.
@@ -31,6 +36,9 @@ import torch.nn.functional as F
 import transformers
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForMaskedLM, BertModel, RobertaConfig, RobertaForMaskedLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import canonical_metadata  # noqa: E402  (reruns write the same bytes)
 
 SEED = 4321
 B, T = 3, 12
@@ -80,6 +88,28 @@ def batch(cfg, gen):
     return ids, mask, labels
 
 
+def write_premasked(out, name, ids, mask, labels, logits):
+    """The batch as pre-masked JSONL (what `anvil eval mlm --data` scores as given), and
+    transformers' loss and accuracy over it."""
+    path = os.path.join(out, name, "premasked.jsonl")
+    with open(path, "w") as f:
+        for b in range(ids.shape[0]):
+            n = int(mask[b].sum())
+            rec = {"input_ids": ids[b].tolist(), "labels": labels[b].tolist(), "attention_mask": mask[b].tolist()}
+            if b == 2:  # a row given without padding or mask: its length is its own
+                rec = {"input_ids": ids[b, :n].tolist(), "labels": labels[b, :n].tolist()}
+            f.write(json.dumps(rec) + "\n")
+    V = logits.shape[-1]
+    scored = labels.reshape(-1) != -100
+    lg = logits.reshape(-1, V)[scored]
+    lb = labels.reshape(-1)[scored]
+    loss = F.cross_entropy(lg, lb).item()
+    acc = (lg.argmax(-1) == lb).float().mean().item()
+    with open(os.path.join(out, name, "premasked_reference.json"), "w") as f:
+        json.dump({"loss": loss, "accuracy": acc, "scored": int(scored.sum())}, f)
+        f.write("\n")
+
+
 def reference_mlm(out, name, cls, cfg, seed):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -89,6 +119,12 @@ def reference_mlm(out, name, cls, cfg, seed):
     model.save_pretrained(mdir)
     ids, mask, labels = batch(cfg, gen)
     logits = model(input_ids=ids, attention_mask=mask).logits
+    # every other scored label is the model's own top guess, so that the accuracy of the
+    # pre-masked reference is neither 0 nor 1
+    where = (labels != -100).nonzero().tolist()
+    for k, (b, t) in enumerate(where):
+        if k % 2:
+            labels[b, t] = logits[b, t].argmax().item()
     V = cfg.vocab_size
     loss = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=-100)
     loss.backward()
@@ -99,6 +135,7 @@ def reference_mlm(out, name, cls, cfg, seed):
         "logits": logits.detach().contiguous(),
         "loss": loss.detach().reshape(1),
     }
+    write_premasked(out, name, ids, mask, labels, logits.detach())
     for n, p in model.named_parameters():
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         tensors["grad." + n] = g.detach().clone().contiguous()
@@ -106,6 +143,7 @@ def reference_mlm(out, name, cls, cfg, seed):
             "lengths": json.dumps(LENGTHS), "loss": "mean cross-entropy over labels != -100",
             "torch": torch.__version__, "transformers": transformers.__version__}
     save_file(tensors, os.path.join(out, name, "reference.safetensors"), metadata=meta)
+    canonical_metadata(os.path.join(out, name, "reference.safetensors"))
 
 
 @torch.no_grad()
@@ -123,6 +161,7 @@ def reference_bertmodel(out, cfg, seed):
                "hidden": hidden.contiguous(), "mean": mean.contiguous(), "cls": hidden[:, 0].contiguous()}
     save_file(tensors, os.path.join(out, "bertmodel", "reference.safetensors"),
               metadata={"model": "bertmodel", "seed": str(seed), "transformers": transformers.__version__})
+    canonical_metadata(os.path.join(out, "bertmodel", "reference.safetensors"))
 
 
 @torch.no_grad()
@@ -140,6 +179,43 @@ def check(out, directory, kind):
     return 0 if diff < 1e-4 else 1
 
 
+TEXTS = ["Hello world!", "The quick brown fox jumps over the lazy dog.", "naïve café, résumé",
+         "Encoders are what retrieval systems are built on; anvil trains them too."]
+
+
+@torch.no_grad()
+def reference_embed(out, seed):
+    """A BertModel with a real WordPiece tokenizer (tests/fixtures/tokenizers/wp_cased): sentence
+    embeddings of TEXTS as `anvil embed` computes them (the tokenizer's template, mean over the
+    attention mask, or the [CLS] row)."""
+    from transformers import PreTrainedTokenizerFast
+    tdir = "tests/fixtures/tokenizers/wp_cased"
+    tok = PreTrainedTokenizerFast(tokenizer_file=os.path.join(tdir, "tokenizer.json"), pad_token="[PAD]")
+    cfg = BertConfig(vocab_size=tok.backend_tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=48, hidden_act="gelu", hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0, max_position_embeddings=64, pad_token_id=0,
+                     attn_implementation="eager")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = BertModel(cfg, add_pooling_layer=False).float().eval()
+    init_params(model, gen)
+    mdir = os.path.join(out, "bertembed", "model")
+    model.save_pretrained(mdir)
+    shutil.copy(os.path.join(tdir, "tokenizer.json"), os.path.join(mdir, "tokenizer.json"))
+    enc = tok(TEXTS, padding=True, return_tensors="pt")
+    hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+    m = enc["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden * m).sum(1) / m.sum(1)
+    save_file({"input_ids": enc["input_ids"].to(torch.int32).contiguous(),
+               "lengths": enc["attention_mask"].sum(1).to(torch.int32), "mean": mean.contiguous(),
+               "cls": hidden[:, 0].contiguous()},
+              os.path.join(out, "bertembed", "reference.safetensors"),
+              metadata={"texts": json.dumps(TEXTS), "transformers": transformers.__version__})
+    canonical_metadata(os.path.join(out, "bertembed", "reference.safetensors"))
+    with open(os.path.join(out, "bertembed", "texts.txt"), "w") as f:
+        f.write("\n".join(TEXTS) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/bert")
@@ -153,6 +229,7 @@ def main():
     reference_mlm(a.out, "bert", BertForMaskedLM, bert, SEED)
     reference_mlm(a.out, "roberta", RobertaForMaskedLM, roberta, SEED + 1)
     reference_bertmodel(a.out, bert, SEED + 2)
+    reference_embed(a.out, SEED + 3)
 
 
 if __name__ == "__main__":

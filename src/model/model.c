@@ -598,7 +598,7 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
     m->loss_sum = 0;
     if (c->bidirectional) {
         if (!targets) {
-            if (m->mlm.w >= 0) {
+            if (m->mlm.w >= 0 && !m->hidden_only) {
                 mlm_head_fwd(m, m->lnf, N);
                 m->logits = m->mlm_logits;
             }

@@ -103,6 +103,7 @@ typedef struct Model {
     void *mlm_x, *mlm_h, *mlm_g, *mlm_u; /* (N,C) head input rows, pre-activation, GELU, norm output */
     float *mlm_mean, *mlm_rstd;          /* (N) */
     void *mlm_logits;                    /* (rows,V) logits of the scored rows (grow-only, mlm_cap rows) */
+    int hidden_only;                     /* 1: a forward without targets stops at the hidden states (embeddings) */
     int mlm_cap;
 } Model;
 
