@@ -232,8 +232,8 @@ struct Backend {
 
     /* ---- encoders (appended; the bert family) ---- */
     /* Bidirectional attention over per-sequence lengths: query t of row b attends to the keys
-     * s < lengths[b] of its row (lengths: B int32 in backend memory, each in 1..T; NULL = T for every
-     * row), whatever t is, so padding is never attended to while the padded query rows are still
+     * s < lengths[b] of its row (lengths: B int32 in backend memory, each in 1..T, clamped to it; NULL =
+     * T for every row), whatever t is, so padding is never attended to while the padded query rows are still
      * computed (as transformers does; their outputs are ignored downstream). qkv, out, lse and the
      * grouped-query heads as in attention_fwd; scale 1/sqrt(hd). */
     void (*attention_len_fwd)(void *out, float *lse, const void *qkv, const int32_t *lengths, int B, int T, int nh,

@@ -465,6 +465,11 @@ int cmd_eval(int argc, char **argv)
         if (a.tokenizer) goto out;
         err_clear(); /* fine for token files */
     }
+    if (!is_mlm && m->cfg.bidirectional) {
+        err_set("%s: %s is an encoder: eval %s scores next tokens; use anvil eval mlm", a.model, m->cfg.hf_arch,
+                argv[1]);
+        goto out;
+    }
     rc = (is_ppl ? run_ppl(&a, m, tok) : is_mlm ? run_mlm(&a, m, tok) : run_mcq(&a, m, tok)) ? 1 : 0;
 out:
     if (rc) fprintf(stderr, "anvil: %s\n", err_get());

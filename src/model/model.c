@@ -688,6 +688,10 @@ static double stack_flops(const Model *m, int backward)
         f += linear_flops(&m->ps, &p->qkv, backward) + linear_flops(&m->ps, &p->o, backward) +
              linear_flops(&m->ps, &p->fc, backward) + linear_flops(&m->ps, &p->proj, backward);
     }
+    if (m->mlm.w >= 0) { /* the MLM head runs on the scored rows only: their share in the last forward */
+        double rows = (double)m->cur_B * m->cur_T, share = rows > 0 ? m->n_rows / rows : 1.0;
+        return f + share * (linear_flops(&m->ps, &m->mlm, backward) + linear_flops(&m->ps, &m->dec, backward));
+    }
     return f + linear_flops(&m->ps, &m->head, backward);
 }
 

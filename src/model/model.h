@@ -178,7 +178,9 @@ void model_zero_grad(Model *m);
 
 /* Forward + backward FLOPs per token at sequence length T: for every weight product 2 FLOPs per
  * weight forward, 2 for the input gradient, 2 more for the weight gradient when the weight is
- * trainable (6 / 4 per weight), plus causal attention 6 * n_layer * q_dim * T (docs/benchmarks.md).
+ * trainable (6 / 4 per weight), plus causal attention 6 * n_layer * q_dim * T (docs/benchmarks.md);
+ * an encoder's bidirectional attention twice that, and its MLM head's products times the share of
+ * rows the last forward with targets scored (the head runs on those only).
  * Embedding lookups are not products and count nothing. */
 double model_flops_per_token(const Model *m, int T);
 /* The same for a forward only (evaluation): 2 per weight plus 2 * n_layer * q_dim * T. */

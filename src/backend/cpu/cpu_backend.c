@@ -478,12 +478,12 @@ static void cpu_add(void *out_, const void *a_, const void *b_, size_t n)
 // For each (b, kv head) the threads own every query head of the group, so the
 // k/v gradients of a group are written by one thread (deterministic, no races).
 /* The keys query t of row b attends to: 0..t (causal), or 0..lengths[b]-1 (bidirectional; all T
- * without lengths), clamped to 0..T. */
+ * without lengths), lengths clamped to 1..T as the CUDA kernels do. */
 static int attn_keys(int causal, const int32_t *lengths, int b, int t, int T)
 {
     if (causal) return t + 1;
     int n = lengths ? lengths[b] : T;
-    return n < 0 ? 0 : n > T ? T : n;
+    return n < 1 ? 1 : n > T ? T : n;
 }
 
 static void attention_fwd_mode(void *out_, float *lse, const void *qkv_, int B, int T, int nh, int nkv, int hd,
