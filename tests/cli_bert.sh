@@ -47,6 +47,15 @@ check "the checkpoint is a BertForMaskedLM" grep -q BertForMaskedLM "$tmp/run/fi
 check "the checkpoint carries the tokenizer" cmp -s "$TOK" "$tmp/run/final/tokenizer.json"
 check "a validation loss" grep -q val_loss "$M"
 
+# ---- RoBERTa from scratch: a byte-level BPE tokenizer's <s> ... </s> template and <mask>, positions
+# after the pad id; the checkpoint is a RobertaForMaskedLM
+"$ANVIL" train "$tmp/bert.yaml" --set model.preset=roberta-tiny --set data.tokenizer=tests/fixtures/tokenizers/roberta_style/tokenizer.json \
+    --set train.steps=6 --set eval.every=0 --set out_dir="$tmp/rob" >"$tmp/rob.log" 2>&1
+check "train roberta-tiny mlm: exit 0 ($(tail -2 "$tmp/rob.log"))" [ $? -eq 0 ]
+check "roberta checkpoint: RobertaForMaskedLM" grep -q RobertaForMaskedLM "$tmp/rob/final/config.json"
+check "roberta checkpoint: pad id 1" grep -q '"pad_token_id": 1,' "$tmp/rob/final/config.json"
+check "roberta checkpoint: 130 positions" grep -q '"max_position_embeddings": 130' "$tmp/rob/final/config.json"
+
 # ---- resume is exact: the masking follows the row, not the process
 strip() { sed -E 's/"(tokens_per_s|ms_per_step|wall_time|mfu|peak_mem_gib)": [0-9.e+-]*(, )?//g' "$1"; }
 cp -r "$tmp/run" "$tmp/resumed"

@@ -12,6 +12,11 @@
 #define GPT2_EOT 50256
 /* The uncased English BERT WordPiece vocabulary (bert-base-uncased). */
 #define BERT_VOCAB 30522
+/* RoBERTa's byte-level BPE vocabulary (roberta-base), its pad id (= padding_idx) and <s>, </s>. */
+#define ROBERTA_VOCAB 50265
+#define ROBERTA_PAD 1
+#define ROBERTA_BOS 0
+#define ROBERTA_EOS 2
 
 void model_config_defaults(ModelConfig *c, Family f)
 {
@@ -80,12 +85,16 @@ static const Preset presets[] = {
     {"bert-base", FAMILY_BERT, 12, 12, 12, 768, 3072, BERT_VOCAB, 512, 0},
     {"bert-large", FAMILY_BERT, 24, 16, 16, 1024, 4096, BERT_VOCAB, 512, 0},
     {"bert-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 2048, 128, 0},
+    /* RoBERTa (Liu et al. 2019): BERT's shape, the GPT-2 byte-level BPE vocabulary (50265), positions
+     * after padding_idx 1 (514 rows for 512 tokens); roberta-tiny for tests. */
+    {"roberta-base", FAMILY_BERT, 12, 12, 12, 768, 3072, ROBERTA_VOCAB, 514, 0},
+    {"roberta-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 1024, 130, 0},
 };
 
 const char *model_preset_names(void)
 {
     return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
-           "mistral-7b, llama3-8b, bert-base, bert-large, bert-tiny";
+           "mistral-7b, llama3-8b, bert-base, bert-large, bert-tiny, roberta-base, roberta-tiny";
 }
 
 int model_preset(ModelConfig *c, const char *name)
@@ -103,6 +112,14 @@ int model_preset(ModelConfig *c, const char *name)
         c->max_seq_len = p->max_seq;
         if (p->rope_theta > 0) c->rope_theta = p->rope_theta;
         if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
+        if (!strncmp(p->name, "roberta", 7)) { /* positions start after the pad id; one token type */
+            c->pad_token_id = ROBERTA_PAD;
+            c->pos_offset = ROBERTA_PAD + 1;
+            c->type_vocab_size = 1;
+            c->bos_token_id = ROBERTA_BOS;
+            c->eos_token_id = ROBERTA_EOS;
+            snprintf(c->hf_model_type, sizeof(c->hf_model_type), "roberta");
+        }
         return 0;
     }
     return err_set("unknown model preset \"%s\" (known: %s)", name, model_preset_names());
