@@ -1,5 +1,5 @@
 /* test_cuda.c - the CUDA backend against the CPU reference, op by op and for
- * the whole model (both families), in fp32 mode (tight tolerances) and bf16
+ * the whole model (gpt2, llama, bert), in fp32 mode (tight tolerances) and bf16
  * mode (bf16 tolerances); determinism (bit-identical repeats) and recompute
  * levels. Prints "skipped: no GPU" and passes when no GPU is usable (CI, laptops).
  *
@@ -709,6 +709,118 @@ static void test_attention(void)
 #endif
 }
 
+/* ------------------------------------------------------------- encoders */
+
+/* Bidirectional attention over per-sequence lengths (attention_len_fwd/bwd) against the CPU: out and
+ * lse at every row (padded query rows attend to the valid keys too), dqkv everywhere (zero for padded
+ * keys), with lengths of a full row, partial tiles, one token, and NULL (all T). */
+static void attention_len_case(const Backend *be, int B, int T, int nh, int nkv, int hd, const int32_t *lens)
+{
+    size_t nq = (size_t)B * T * (nh + 2 * nkv) * hd, no = (size_t)B * T * nh * hd, nl = (size_t)B * nh * T;
+    float *qkv = randn(nq, 1, 21), *dout = randn(no, 1, 22);
+    fit(be, qkv, nq), fit(be, dout, no);
+    float *res[2][3];
+    const Backend *bes[2] = {cpu, be};
+    for (int k = 0; k < 2; k++) {
+        const Backend *b = bes[k];
+        void *q = up_act(b, qkv, nq), *d = up_act(b, dout, no), *o = b->alloc(no * b->act_size);
+        void *dq = b->alloc(nq * b->act_size);
+        float *l = b->alloc(nl * sizeof(float));
+        int32_t *ln = lens ? up_i32(b, lens, (size_t)B) : NULL;
+        b->attention_len_fwd(o, l, q, ln, B, T, nh, nkv, hd);
+        b->attention_len_bwd(dq, d, o, l, q, ln, B, T, nh, nkv, hd);
+        res[k][0] = down_act(b, o, no), res[k][1] = down_f32(b, l, nl), res[k][2] = down_act(b, dq, nq);
+        b->free(q), b->free(d), b->free(o), b->free(dq), b->free(l);
+        if (ln) b->free(ln);
+    }
+    char what[160];
+    snprintf(what, sizeof(what), "attention_len B%d T%d nh%d nkv%d hd%d len0 %d", B, T, nh, nkv, hd, lens ? lens[0] : T);
+    double tol = tol_for(be, TOL_F32, TOL_BF16_ATT);
+    expect(what, be, res[1][0], res[0][0], no, tol);
+    expect(what, be, res[1][1], res[0][1], nl, tol_for(be, TOL_F32, 1e-3));
+    expect(what, be, res[1][2], res[0][2], nq, tol_for(be, TOL_F32_GRAD, TOL_BF16_ATT));
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 3; j++) free(res[k][j]);
+    free(qkv), free(dout);
+}
+
+static void test_attention_len(void)
+{
+    const int32_t l3[3] = {37, 5, 1}, l2[2] = {150, 70}, l4[4] = {512, 300, 64, 129};
+    BackendOptions o = {0};
+    /* simple kernels (fp32; bf16 with head_dim 16) */
+    attention_len_case(gpu32, 3, 37, 4, 2, 16, l3);
+    attention_len_case(gpu16, 3, 37, 4, 2, 16, l3);
+    attention_len_case(gpu32, 2, 150, 4, 4, 64, l2);
+    attention_len_case(gpu32, 2, 150, 4, 4, 64, NULL);
+    /* flash (bf16, head_dim 64): the wgmma forward and the two-kernel backward, partial tiles, GQA */
+    attention_len_case(gpu16, 2, 150, 4, 2, 64, l2);
+    attention_len_case(gpu16, 3, 37, 4, 4, 64, l3);
+    attention_len_case(gpu16, 4, 512, 12, 12, 64, l4);
+    attention_len_case(gpu16, 2, 150, 4, 2, 64, NULL);
+    /* the deterministic switch and both launch orders change nothing for this op's correctness */
+    o.deterministic = 1;
+    set_opts(&o);
+    attention_len_case(gpu16, 2, 150, 4, 2, 64, l2);
+    for (int order = 1; order <= 2; order++) {
+        BackendOptions z = {0};
+        z.attn_launch_order = order;
+        set_opts(&z);
+        attention_len_case(gpu16, 4, 512, 12, 12, 64, l4);
+    }
+    set_opts(NULL);
+}
+
+/* The exact GELU and the row gather / scatter of the MLM head. */
+static void test_encoder_ops(void)
+{
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        size_t n = 7 * 40 + 3; /* not a multiple of the vector width */
+        float *x = randn(n, 2, 31), *y = randn(n, 1, 32);
+        fit(be, x, n), fit(be, y, n);
+        float *r[2][2];
+        const Backend *bes[2] = {cpu, be};
+        for (int k = 0; k < 2; k++) {
+            void *a = up_act(bes[k], x, n), *b = up_act(bes[k], y, n), *o = bes[k]->alloc(n * bes[k]->act_size);
+            bes[k]->gelu_erf_fwd(o, a, n);
+            r[k][0] = down_act(bes[k], o, n);
+            bes[k]->gelu_erf_bwd(o, a, b, n);
+            r[k][1] = down_act(bes[k], o, n);
+            bes[k]->free(a), bes[k]->free(b), bes[k]->free(o);
+        }
+        expect("gelu_erf_fwd", be, r[1][0], r[0][0], n, tol_for(be, TOL_F32, TOL_BF16));
+        expect("gelu_erf_bwd", be, r[1][1], r[0][1], n, tol_for(be, TOL_F32, TOL_BF16));
+        for (int k = 0; k < 2; k++) free(r[k][0]), free(r[k][1]);
+        free(x), free(y);
+        /* gather 5 of 9 rows of 24 (vector path) and of 7 (element path), scatter them back */
+        for (int C = 24; C >= 7; C -= 17) {
+            int N = 9, M = 5;
+            int32_t idx[5] = {8, 0, 3, 4, 6};
+            float *h = randn((size_t)N * C, 1, 33);
+            fit(be, h, (size_t)N * C);
+            void *src = up_act(be, h, (size_t)N * C), *dst = be->alloc((size_t)M * C * be->act_size);
+            void *back = up_act(be, h, (size_t)N * C);
+            int32_t *di = up_i32(be, idx, M);
+            be->zero(back, (size_t)N * C * be->act_size);
+            be->gather_rows(dst, src, di, M, C);
+            be->scatter_rows(back, dst, di, M, C);
+            float *got = down_act(be, dst, (size_t)M * C), *sc = down_act(be, back, (size_t)N * C);
+            int same = 1;
+            for (int m = 0; m < M; m++) same &= !memcmp(got + (size_t)m * C, h + (size_t)idx[m] * C, C * sizeof(float));
+            for (int i = 0; i < N; i++) {
+                int hit = 0;
+                for (int m = 0; m < M; m++) hit |= idx[m] == i;
+                for (int c = 0; c < C; c++) same &= sc[(size_t)i * C + c] == (hit ? h[(size_t)i * C + c] : 0.0f);
+            }
+            CHECKF(same, "[%s] gather_rows / scatter_rows C=%d", be->name, C);
+            be->free(src), be->free(dst), be->free(back), be->free(di);
+            free(h), free(got), free(sc);
+        }
+    }
+}
+
 static void test_adamw(void)
 {
     OptTensor ts[3] = {{0, 1000, 0.1f, 1}, {1000, 70001, 0.0f, 1}, {71001, 10, 0.1f, 0}};
@@ -891,6 +1003,90 @@ static void model_parity(Family f)
 
 static void test_model_gpt2(void) { model_parity(FAMILY_GPT2); }
 static void test_model_llama(void) { model_parity(FAMILY_LLAMA); }
+
+/* The bert family (post-LN, exact GELU, token types, bidirectional attention over padded rows, the
+ * MLM head over the gathered scored rows) on the GPU against the CPU: MLM loss and every gradient, in
+ * fp32 and bf16, deterministic bit-identical repeats, every recompute level. */
+static void test_model_bert(void)
+{
+    ModelConfig c;
+    model_config_defaults(&c, FAMILY_BERT);
+    c.n_layer = 2;
+    c.n_head = 2;
+    c.d_model = 128; /* head_dim 64: the flash kernels in bf16 */
+    c.d_ff = 256;
+    c.vocab_size = 501;
+    c.max_seq_len = 130;
+    if (model_config_finish(&c)) fatal_err();
+    int B = 3, T = 80;
+    int32_t in[240], tg[240], lens[3] = {80, 45, 7};
+    Rng r;
+    rng_seed(&r, 78, 0);
+    int scored = 0;
+    for (int i = 0; i < B * T; i++) {
+        in[i] = 1 + (int32_t)rng_below(&r, c.vocab_size - 1);
+        tg[i] = (i % T) < lens[i / T] && rng_double(&r) < 0.2 ? (int32_t)rng_below(&r, c.vocab_size) : -1;
+        if ((i % T) >= lens[i / T]) in[i] = 0; /* padding */
+        scored += tg[i] >= 0;
+    }
+    Model *mc = model_create(&c, cpu);
+    randomize(mc, 6);
+    CHECK(model_reserve(mc, B, T, RECOMPUTE_NONE) == 0);
+    model_zero_grad(mc);
+    float lref = model_forward_len(mc, in, tg, lens, B, T, 1.0f / scored, NULL);
+    model_backward(mc);
+    float *gref = xmalloc(mc->pt.total * sizeof(float));
+    model_get_grads(mc, gref);
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int det = 1; det >= 0; det--) {
+        set_det(det);
+        for (int g = 0; g < 2; g++) {
+            const Backend *be = gpus[g];
+            Model *m = model_create(&c, be);
+            randomize(m, 6);
+            float *g0 = NULL, loss0 = 0;
+            for (int level = 0; level <= 2; level++) {
+                CHECK(model_reserve(m, B, T, level) == 0);
+                model_zero_grad(m);
+                float loss = model_forward_len(m, in, tg, lens, B, T, 1.0f / scored, NULL);
+                model_backward(m);
+                float *gg = xmalloc(m->pt.total * sizeof(float));
+                model_get_grads(m, gg);
+                double worst = 0;
+                const char *worst_name = "";
+                for (int k = 0; k < m->pt.n; k++) {
+                    const Param *p = &m->pt.p[k];
+                    double e = rel_err_max(gg + p->offset, gref + p->offset, p->numel);
+                    if (strstr(p->name, "qkv.b")) { /* the key part's gradient is roundoff (zero exactly): q and v */
+                        size_t C = (size_t)c.d_model;
+                        e = fmax(rel_err_max(gg + p->offset, gref + p->offset, C),
+                                 rel_err_max(gg + p->offset + 2 * C, gref + p->offset + 2 * C, C));
+                    }
+                    if (e > worst) worst = e, worst_name = p->name;
+                }
+                fprintf(stderr, "  bert %s %s recompute %d: loss %.7f (cpu %.7f), worst gradient %s %.3g\n", be->name,
+                        det ? "deterministic" : "default", level, loss, lref, worst_name, worst);
+                CHECKF(fabsf(loss - lref) <= (g ? 2e-2f : 1e-5f) * fabsf(lref), "[%s] bert loss %g vs cpu %g", be->name,
+                       loss, lref);
+                CHECKF(worst <= tol_for(be, TOL_F32_GRAD, 0.1), "[%s] bert grads: %s rel err %.3g", be->name,
+                       worst_name, worst);
+                if (level == 0) {
+                    g0 = gg, loss0 = loss;
+                    continue;
+                }
+                if (det)
+                    CHECKF(loss == loss0 && !memcmp(gg, g0, m->pt.total * 4), "[%s] bert recompute %d: not bit-identical",
+                           be->name, level);
+                free(gg);
+            }
+            free(g0);
+            model_free(m);
+        }
+    }
+    set_det(0);
+    free(gref);
+    model_free(mc);
+}
 
 /* ------------------------------------------------- adapters and 4-bit weights */
 
@@ -1558,10 +1754,13 @@ int main(void)
     RUN(test_xent);
     RUN(test_lm_head);
     RUN(test_attention);
+    RUN(test_attention_len);
+    RUN(test_encoder_ops);
     RUN(test_adamw);
     RUN(test_sumsq_scale);
     RUN(test_model_gpt2);
     RUN(test_model_llama);
+    RUN(test_model_bert);
     RUN(test_gemm);
     RUN(test_dropout);
     RUN(test_dequant4);

@@ -25,6 +25,10 @@
 #             tools/moe_peer.py (transformers MixtralForCausalLM, eager and torch.compile)
 #   roundtrip HF directories written by anvil (3 fixtures + a checkpoint trained here) load in
 #             transformers with the reference logits (tools/check_roundtrip.py)
+#   bert      encoders (issue 16): test_cuda's encoder cases (attention with lengths, exact GELU,
+#             row gather, bert-tiny-shaped model parity), then anvil bench bert-base B=64 T=512 and
+#             bert-large T=512 beside tools/bert_peer.py (transformers BertForMaskedLM, eager and
+#             compiled) in this call (not in the default list)
 #
 # Binaries: ./anvil and build/tests/test_cuda, built by `make` (tools/gpu-stage.sh builds them on
 # a machine with the C libraries and copies them, with those libraries in lib/, for a GPU machine
@@ -260,6 +264,28 @@ if has roundtrip; then
     rc=$?
     cat "$OUT/roundtrip.log"
     note "| roundtrip | $((${#pairs[@]} / 2)) directories (3 fixtures saved by anvil + 1 GPU-trained checkpoint): $([ $rc -eq 0 ] && echo 'all load in transformers, logits match' || echo "FAILED (rc $rc)") |"
+fi
+
+if has bert; then
+    echo "== encoders: test_cuda (encoder cases), bert-base / bert-large beside transformers"
+    ANVIL_TEST_ONLY=len timeout 300 "$TEST_CUDA" >"$OUT/test_cuda_bert.log" 2>&1
+    ANVIL_TEST_ONLY=encoder timeout 300 "$TEST_CUDA" >>"$OUT/test_cuda_bert.log" 2>&1
+    ANVIL_TEST_ONLY=bert timeout 300 "$TEST_CUDA" >>"$OUT/test_cuda_bert.log" 2>&1
+    grep -E "FAIL|^ok|bert " "$OUT/test_cuda_bert.log" | head -40
+    note "| test_cuda bert | $(grep -c '^ok' "$OUT/test_cuda_bert.log") ok, $(grep -c '^FAIL' "$OUT/test_cuda_bert.log") FAIL |"
+    eb="$ANVIL bench --device cuda --steps 10 --warmup 3"
+    for spec in "bert-base 64 512" "bert-large 32 512"; do
+        set -- $spec
+        timeout 300 $eb --model $1 --batch $2 --seq $3 --json "$OUT/bench_$1.json" >"$OUT/bench_$1.log" 2>&1
+        row=$(bench_row "$OUT/bench_$1.log")
+        note "${row:-| anvil | $1: $(tail -2 "$OUT/bench_$1.log" | tr '\n' ' ') |}"
+        for mode in "" "--compile"; do
+            PYTHONUNBUFFERED=1 timeout 400 python3 tools/bert_peer.py --model $1 --batch $2 --seq $3 --steps 10 \
+                --warmup 3 $mode >"$OUT/peer_$1$mode.log" 2>&1
+            row=$(grep -E "^\| transformers" "$OUT/peer_$1$mode.log" | tail -1)
+            note "${row:-| transformers | $1 $mode failed: $(tail -2 "$OUT/peer_$1$mode.log" | tr '\n' ' ') |}"
+        done
+    done
 fi
 
 echo

@@ -312,6 +312,24 @@ struct Backend {
     /* ---- copies (appended; ZeRO's shards and layer buffers, src/dist) ---- */
     /* dst = src, bytes of backend memory (overwrite; the ranges do not overlap), in stream order. */
     void (*copy)(void *dst, const void *src, size_t bytes);
+    /* ---- encoders (appended; the bert family) ---- */
+    /* Bidirectional attention over per-sequence lengths: query t of row b attends to the keys
+     * s < lengths[b] of its row (lengths: B int32 in backend memory, each in 1..T, clamped to it; NULL =
+     * T for every row), whatever t is, so padding is never attended to while the padded query rows are still
+     * computed (as transformers does; their outputs are ignored downstream). qkv, out, lse and the
+     * grouped-query heads as in attention_fwd; scale 1/sqrt(hd). */
+    void (*attention_len_fwd)(void *out, float *lse, const void *qkv, const int32_t *lengths, int B, int T, int nh,
+                              int nkv, int hd);
+    /* dqkv (overwrite) from dout, as attention_bwd; padded keys get zero gradients. */
+    void (*attention_len_bwd)(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                              const int32_t *lengths, int B, int T, int nh, int nkv, int hd);
+    /* The exact GELU, 0.5 x (1 + erf(x / sqrt 2)) (HF "gelu"); backward as gelu_bwd (dinp may alias dout). */
+    void (*gelu_erf_fwd)(void *out, const void *inp, size_t n);
+    void (*gelu_erf_bwd)(void *dinp, const void *inp, const void *dout, size_t n);
+    /* out (M,C) = inp rows idx[0..M) (act); idx int32 in backend memory. */
+    void (*gather_rows)(void *out, const void *inp, const int32_t *idx, int M, int C);
+    /* dinp rows idx[m] = dout row m (overwrite those rows, others untouched; idx distinct). */
+    void (*scatter_rows)(void *dinp, const void *dout, const int32_t *idx, int M, int C);
 };
 
 /* The CPU backend (always built). */

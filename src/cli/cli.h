@@ -17,5 +17,6 @@ int cmd_quantize(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_launch(int argc, char **argv);
+int cmd_embed(int argc, char **argv);
 
 #endif

@@ -41,6 +41,8 @@
 /* Optimizer settings of a typical GPT-2 run; they do not change the speed. */
 #define BENCH_LR 6e-4f
 #define BENCH_WD 0.1f
+/* The share of positions an encoder's masked-LM bench scores (BERT's masking probability). */
+#define BENCH_MLM_PROB 0.15
 #define BENCH_CLIP 1.0
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
@@ -450,6 +452,17 @@ int cmd_bench(int argc, char **argv)
     /* micro-batch k is rows k*B.. of the step's batch: the same tokens whatever --accum splits them into */
     int32_t **mins = xmalloc(sizeof(int32_t *) * (size_t)a.accum), **mtgs = xmalloc(sizeof(int32_t *) * (size_t)a.accum);
     for (int k = 0; k < a.accum; k++) mins[k] = in + (size_t)k * a.B * a.T, mtgs[k] = mins[k] + 1;
+    /* an encoder scores a fixed random BENCH_MLM_PROB of the positions (masked LM: the head runs on those
+     * rows only); the inputs stay as they are, which changes the loss, not the work */
+    int32_t *mlm_tg = NULL;
+    uint8_t *mlm_pick = NULL;
+    if (c.bidirectional) {
+        mlm_tg = xmalloc(sizeof(int32_t) * (size_t)N);
+        mlm_pick = xmalloc((size_t)N);
+        for (int i = 0; i < N; i++) mlm_pick[i] = rng_double(&r) < BENCH_MLM_PROB;
+        for (int i = 0; i < N; i++) mlm_tg[i] = mlm_pick[i] ? in[i] : -1;
+        for (int k = 0; k < a.accum; k++) mtgs[k] = mlm_tg + (size_t)k * a.B * a.T;
+    }
     StepBatch batch = {.B = a.B, .T = a.T, .accum = a.accum, .in = mins, .tg = mtgs};
     for (int s = 0; s < total; s++) {
 #ifdef ANVIL_CUDA
@@ -459,6 +472,7 @@ int cmd_bench(int argc, char **argv)
             if (pos + (size_t)N + 1 > ntok) pos = 0;
             memcpy(in, data + pos, sizeof(int32_t) * (size_t)(N + 1));
             pos += (size_t)N;
+            for (int i = 0; mlm_tg && i < N; i++) mlm_tg[i] = mlm_pick[i] ? in[i] : -1;
         }
         be->sync();
         double t0 = now_s();
@@ -503,7 +517,7 @@ int cmd_bench(int argc, char **argv)
     printf("attention: %s | backend.attention %s | backend.gemm_tune %s | deterministic %s\n", attn,
            backend_attention_name(bo.attention), backend_gemm_tune_name(bo.gemm_tune), bo.deterministic ? "on" : "off");
     int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, first_loss, last_loss, attn, &mr) : 0;
-    free(times), free(in), free(data), free(mins), free(mtgs);
+    free(times), free(in), free(data), free(mins), free(mtgs), free(mlm_tg), free(mlm_pick);
     optim_free(&opt);
     model_free(m);
     return rc;

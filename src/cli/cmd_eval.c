@@ -5,6 +5,8 @@
  *                  [--tokenizer T] [--json [FILE]]
  *   anvil eval mcq --model DIR --task T --data FILE.jsonl [--limit N] [--batch B] [--seq N]
  *                  [--skip-bad] [--no-bos] [--device D] [--tokenizer T] [--json [FILE]]
+ *   anvil eval mlm --model DIR --data PATH [--seed S] [--seq N] [--batch B] [--device D]
+ *                  [--tokenizer T] [--json [FILE]]
  * --ctx is accepted for --seq (the name every subcommand uses for the sequence length).
  */
 #include <dirent.h>
@@ -21,7 +23,9 @@
 #include "data/shard.h"
 #include "data/textio.h"
 #include "data/tokenizer.h"
+#include "data/mlm.h"
 #include "eval/mcq.h"
+#include "eval/mlm_eval.h"
 #include "eval/ppl.h"
 #include "eval/load.h"
 #include "model/model.h"
@@ -30,6 +34,10 @@
  * to keep a GPU busy with a small model; results do not depend on them. */
 #define PPL_DEFAULT_BATCH 8
 #define MCQ_DEFAULT_BATCH 16
+#define MLM_DEFAULT_BATCH 8
+#define MLM_DEFAULT_SEED 0
+/* BERT's masking share (data.mlm.prob's default) for text sources. */
+#define MLM_DEFAULT_PROB 0.15f
 
 static void usage_ppl(FILE *f)
 {
@@ -69,33 +77,53 @@ static void usage_mcq(FILE *f)
             MCQ_DEFAULT_BATCH);
 }
 
+static void usage_mlm(FILE *f)
+{
+    fprintf(f,
+            "usage: anvil eval mlm --model DIR --data PATH [options]\n"
+            "  --model DIR      an encoder with its MLM head (BertForMaskedLM, RobertaForMaskedLM)\n"
+            "  --data PATH      a text file: rows of --seq ids in the tokenizer's template, masked as training\n"
+            "                   masks (15%%, 80/10/10, from --seed); or .jsonl: pre-masked records {\"input_ids\",\n"
+            "                   \"labels\" (-100 = not scored), optional \"attention_mask\"}, scored as given\n"
+            "  --seed S         the masking of a text file (default %d)\n"
+            "  --seq N          ids per row of a text file (default: the model's positions)\n"
+            "  --batch B        rows per forward (default %d; results do not depend on it)\n"
+            "  --device D       cpu, cuda or cuda-fp32 (default cpu)\n"
+            "  --tokenizer T    for a text --data (default: the model directory's)\n"
+            "  --json [FILE]    write the result as JSON to FILE; without FILE (or with -) print it as\n"
+            "                   JSON on stdout instead of the summary line\n",
+            MLM_DEFAULT_SEED, MLM_DEFAULT_BATCH);
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: anvil eval ppl --model DIR --data PATH [options]      sliding-window perplexity\n"
                "       anvil eval mcq --model DIR --task T --data F [options]   zero-shot multiple choice\n"
-               "Run `anvil eval ppl --help` or `anvil eval mcq --help` for the options and their defaults.\n");
+               "       anvil eval mlm --model DIR --data PATH [options]      masked-LM loss and accuracy\n"
+               "Run `anvil eval ppl --help`, `anvil eval mcq --help` or `anvil eval mlm --help` for the options.\n");
 }
 
 typedef struct {
     const char *model, *adapter, *data, *device, *tokenizer, *task;
     const char *json; /* NULL: no JSON; "-": JSON on stdout; else a file */
     int ctx, stride, batch, limit, skip_bad, no_bos;
+    long long seed;
 } EvalArgs;
 
-static int parse_args(int argc, char **argv, EvalArgs *a, int is_ppl)
+static int parse_args(int argc, char **argv, EvalArgs *a, int is_ppl, int is_mlm)
 {
+    const char *mode = is_ppl ? "ppl" : is_mlm ? "mlm" : "mcq";
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--json")) {
             /* every eval argument is an option, so a following word that is not one is the file */
             a->json = i + 1 < argc && strncmp(argv[i + 1], "--", 2) ? argv[++i] : "-";
-        } else if (!strcmp(f, "--skip-bad") && !is_ppl)
+        } else if (!strcmp(f, "--skip-bad") && !is_ppl && !is_mlm)
             a->skip_bad = 1;
-        else if (!strcmp(f, "--no-bos") && !is_ppl)
+        else if (!strcmp(f, "--no-bos") && !is_ppl && !is_mlm)
             a->no_bos = 1;
         else if (i + 1 >= argc)
-            return err_set("%s: unknown option, or missing its value (see anvil eval %s --help)", f,
-                           is_ppl ? "ppl" : "mcq");
+            return err_set("%s: unknown option, or missing its value (see anvil eval %s --help)", f, mode);
         else if (!strcmp(f, "--model"))
             a->model = argv[++i];
         else if (!strcmp(f, "--adapter"))
@@ -106,18 +134,24 @@ static int parse_args(int argc, char **argv, EvalArgs *a, int is_ppl)
             a->device = argv[++i];
         else if (!strcmp(f, "--tokenizer"))
             a->tokenizer = argv[++i];
-        else if (!strcmp(f, "--task") && !is_ppl)
+        else if (!strcmp(f, "--task") && !is_ppl && !is_mlm)
             a->task = argv[++i];
+        else if (!strcmp(f, "--seed") && is_mlm) {
+            char *end;
+            const char *v = argv[++i];
+            a->seed = strtoll(v, &end, 10);
+            if (!*v || *end || a->seed < 0) return err_set("--seed: expected a non-negative integer, got \"%s\"", v);
+        }
         else if (!strcmp(f, "--seq") || !strcmp(f, "--ctx")) {
             if (cli_int(f, argv[++i], 2, &a->ctx)) return -1;
         } else if (!strcmp(f, "--stride") && is_ppl) {
             if (cli_int(f, argv[++i], 1, &a->stride)) return -1;
         } else if (!strcmp(f, "--batch")) {
             if (cli_int(f, argv[++i], 1, &a->batch)) return -1;
-        } else if (!strcmp(f, "--limit") && !is_ppl) {
+        } else if (!strcmp(f, "--limit") && !is_ppl && !is_mlm) {
             if (cli_int(f, argv[++i], 0, &a->limit)) return -1;
         } else
-            return err_set("%s: unknown option (see anvil eval %s --help)", f, is_ppl ? "ppl" : "mcq");
+            return err_set("%s: unknown option (see anvil eval %s --help)", f, mode);
     }
     if (!a->model) return err_set("--model: required (a model directory)");
     if (!a->data) return err_set("--data: required");
@@ -340,27 +374,88 @@ static int run_mcq(const EvalArgs *a, Model *m, Tokenizer *tok)
     return rc;
 }
 
+/* A text file's ids without BOS (the template adds [CLS] to every row). */
+static int read_text_ids(const char *path, const Tokenizer *tok, int32_t **ids, size_t *n)
+{
+    size_t len;
+    char *text = text_read_file(path, &len);
+    if (!text) return -1;
+    size_t bad = text_utf8_check(text, len);
+    long k = bad < len ? -1 : tokenizer_encode(tok, text, len, ids);
+    free(text);
+    if (bad < len) return err_set("%s: invalid UTF-8 at byte offset %zu", path, bad);
+    if (k < 0) return err_prefix("%s", path);
+    *n = (size_t)k;
+    return 0;
+}
+
+static int run_mlm(const EvalArgs *a, Model *m, Tokenizer *tok)
+{
+    const ModelConfig *c = &m->cfg;
+    if (!c->bidirectional || m->mlm.w < 0)
+        return err_set("%s: %s has no MLM head (eval mlm needs a BertForMaskedLM or RobertaForMaskedLM)", a->model,
+                       c->hf_arch);
+    int positions = c->max_seq_len - c->pos_offset;
+    if (a->ctx > positions) return err_set("--seq: %d is more than the model's %d positions", a->ctx, positions);
+    MlmEvalOptions o = {.T = a->ctx ? a->ctx : positions, .batch = a->batch ? a->batch : MLM_DEFAULT_BATCH,
+                        .seed = (uint64_t)a->seed};
+    MlmEvalResult r = {0};
+    int jsonl = ends_with(a->data, ".jsonl");
+    double t0 = now_s();
+    if (jsonl) {
+        o.T = positions; /* records bring their own lengths */
+        if (mlm_eval_jsonl(m, a->data, &o, &r)) return -1;
+    } else {
+        if (!tok) return err_set("%s: text needs a tokenizer: the model directory has none (give --tokenizer)", a->data);
+        MlmOptions mo;
+        if (mlm_options_init(&mo, tok, MLM_DEFAULT_PROB, 0)) return -1;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        int rc = is_text_source(a->data) ? read_text_ids(a->data, tok, &ids, &n) : read_tokens(a->data, tok, &ids, &n);
+        if (!rc) rc = mlm_eval_text(m, &mo, ids, n, &o, &r);
+        free(ids);
+        mlm_options_free(&mo);
+        if (rc) return err_prefix("%s", a->data);
+    }
+    double dt = now_s() - t0;
+    if (!r.scored) return err_set("%s: no token was scored", a->data);
+    double loss = r.loss_sum / (double)r.scored, acc = (double)r.correct / (double)r.scored;
+    if (a->json) {
+        char j[512], b1[40];
+        snprintf(j, sizeof(j),
+                 "{\"rows\": %ld, \"scored\": %ld, \"loss\": %s, \"accuracy\": %.6f, \"masking\": \"%s\", \"seed\": %lld, "
+                 "\"seq\": %d, \"seconds\": %.3f}\n",
+                 r.rows, r.scored, json_double(b1, sizeof(b1), "%.8f", loss), acc, jsonl ? "given" : "seeded",
+                 a->seed, o.T, dt);
+        if (emit_json(a->json, j)) return -1;
+        if (!strcmp(a->json, "-")) return 0;
+    }
+    printf("mlm: %ld rows | %ld tokens scored (%s) | loss %.4f | accuracy %.4f | ppl %.3f | %.1f s\n", r.rows,
+           r.scored, jsonl ? "masked as given" : "seeded masking", loss, acc, exp(loss), dt);
+    return 0;
+}
+
 int cmd_eval(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 1 : 0;
     }
-    int is_ppl = !strcmp(argv[1], "ppl"), is_mcq = !strcmp(argv[1], "mcq");
-    if (!is_ppl && !is_mcq) {
-        fprintf(stderr, "anvil: eval: unknown mode \"%s\" (expected ppl or mcq)\n", argv[1]);
+    int is_ppl = !strcmp(argv[1], "ppl"), is_mcq = !strcmp(argv[1], "mcq"), is_mlm = !strcmp(argv[1], "mlm");
+    if (!is_ppl && !is_mcq && !is_mlm) {
+        fprintf(stderr, "anvil: eval: unknown mode \"%s\" (expected ppl, mcq or mlm)\n", argv[1]);
         return 1;
     }
     for (int i = 2; i < argc; i++)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            (is_ppl ? usage_ppl : usage_mcq)(stdout);
+            (is_ppl ? usage_ppl : is_mlm ? usage_mlm : usage_mcq)(stdout);
             return 0;
         }
     EvalArgs a = {.device = "cpu"};
     Model *m = NULL;
     Tokenizer *tok = NULL;
     int rc = 1;
-    if (parse_args(argc, argv, &a, is_ppl)) goto out;
+    if (parse_args(argc, argv, &a, is_ppl, is_mlm)) goto out;
     const Backend *be = eval_backend(a.device);
     if (!be) goto out;
     m = eval_load_model(a.model, a.adapter, be);
@@ -370,7 +465,12 @@ int cmd_eval(int argc, char **argv)
         if (a.tokenizer) goto out;
         err_clear(); /* fine for token files */
     }
-    rc = (is_ppl ? run_ppl(&a, m, tok) : run_mcq(&a, m, tok)) ? 1 : 0;
+    if (!is_mlm && m->cfg.bidirectional) {
+        err_set("%s: %s is an encoder: eval %s scores next tokens; use anvil eval mlm", a.model, m->cfg.hf_arch,
+                argv[1]);
+        goto out;
+    }
+    rc = (is_ppl ? run_ppl(&a, m, tok) : is_mlm ? run_mlm(&a, m, tok) : run_mcq(&a, m, tok)) ? 1 : 0;
 out:
     if (rc) fprintf(stderr, "anvil: %s\n", err_get());
     if (tok) tokenizer_free(tok);

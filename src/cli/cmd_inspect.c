@@ -84,18 +84,22 @@ static int inspect_file(const char *path)
 
 static void print_config(const char *dir, const ModelConfig *c, const ParamTable *pt)
 {
-    int gpt2 = c->family == FAMILY_GPT2;
+    int gpt2 = c->family == FAMILY_GPT2, bert = c->family == FAMILY_BERT;
     printf("%s\n", dir);
     printf("  class        %s (model_type %s, family %s)\n", c->hf_arch, c->hf_model_type,
            model_family_name(c->family));
     printf("  layers       %d\n", c->n_layer);
     printf("  d_model      %d\n", c->d_model);
     printf("  heads        %d (kv heads %d, head_dim %d)\n", c->n_head, c->n_kv_head, c->head_dim);
-    printf("  d_ff         %d (%s)\n", c->d_ff, gpt2 ? "GELU tanh" : "SwiGLU");
+    printf("  d_ff         %d (%s)\n", c->d_ff, gpt2 ? "GELU tanh" : bert ? "GELU erf" : "SwiGLU");
     printf("  vocab        %d\n", c->vocab_size);
     printf("  max_seq_len  %d\n", c->max_seq_len);
-    printf("  norm         %s, eps %g\n", gpt2 ? "LayerNorm" : "RMSNorm", (double)c->norm_eps);
-    if (gpt2)
+    printf("  norm         %s, eps %g\n", gpt2 ? "LayerNorm" : bert ? "LayerNorm after each residual sum (post-LN)" : "RMSNorm",
+           (double)c->norm_eps);
+    if (bert) {
+        printf("  positions    learned from %d, %d token types\n", c->pos_offset, c->type_vocab_size);
+        printf("  attention    bidirectional (padding never attended to)\n");
+    } else if (gpt2)
         printf("  positions    learned\n");
     else if (c->rope_scale_factor > 0)
         printf("  positions    RoPE theta %g, llama3 scaling x%g (low %g, high %g, original %d)\n",
@@ -103,7 +107,10 @@ static void print_config(const char *dir, const ModelConfig *c, const ParamTable
                (double)c->rope_high_freq_factor, c->rope_orig_max_pos);
     else
         printf("  positions    RoPE theta %g\n", (double)c->rope_theta);
-    printf("  head         %s\n", c->tie_embeddings ? "tied to the embeddings" : "untied");
+    if (bert)
+        printf("  head         %s\n", c->mlm_head ? "MLM (dense, GELU, LayerNorm; decoder tied to the embeddings, with a bias)"
+                                                 : "none (hidden states: anvil embed)");
+    else printf("  head         %s\n", c->tie_embeddings ? "tied to the embeddings" : "untied");
     printf("  biases       q/k/v %s, o %s, mlp %s\n", c->qkv_bias ? "yes" : "no", c->o_bias ? "yes" : "no",
            c->mlp_bias ? "yes" : "no");
     printf("  tokens       bos %d, eos %d\n", c->bos_token_id, c->eos_token_id);

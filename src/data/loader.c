@@ -26,6 +26,7 @@
 
 #include "core/error.h"
 #include "core/rng.h"
+#include "data/mlm.h"
 #include "data/sft.h"
 #include "data/shard.h"
 #include "data/textio.h"
@@ -260,7 +261,20 @@ DataLoader *loader_open(const char *spec, const LoaderOptions *opt)
         err_set("%s: no such file or directory", spec);
         rc = -1;
     }
-    if (!rc && !dl->sft) {
+    if (!rc && opt->mlm && mlm_window_tokens(opt->mlm, opt->T) < 1) {
+        err_set("%s: train.seq_len %d leaves no room for text inside the template's %d ids", spec, opt->T,
+                opt->T - mlm_window_tokens(opt->mlm, opt->T));
+        rc = -1;
+    } else if (!rc && opt->mlm) { /* masked-LM windows: no shifted target, so no extra token */
+        dl->n_windows = dl->n_tokens / (uint64_t)mlm_window_tokens(opt->mlm, opt->T);
+        dl->per_rank = dl->n_windows / (uint64_t)opt->world;
+        if (dl->per_rank == 0) {
+            err_set("%s: %llu tokens make %llu masked-LM rows of %d text tokens, too few for %d rank(s)", spec,
+                    (unsigned long long)dl->n_tokens, (unsigned long long)dl->n_windows,
+                    mlm_window_tokens(opt->mlm, opt->T), opt->world);
+            rc = -1;
+        }
+    } else if (!rc && !dl->sft) {
         dl->n_windows = dl->n_tokens > 0 ? (dl->n_tokens - 1) / (uint64_t)opt->T : 0;
         dl->per_rank = dl->n_windows / (uint64_t)opt->world;
         if (dl->per_rank == 0) {
@@ -314,6 +328,13 @@ int loader_next(DataLoader *dl, int32_t *inputs, int32_t *targets)
     for (int b = 0; b < dl->opt.B; b++) {
         uint64_t g = dl->n_read * (uint64_t)dl->opt.world + (uint64_t)dl->opt.rank;
         uint64_t w = window_at(dl, g / dl->n_windows, g % dl->n_windows);
+        if (dl->opt.mlm) { /* the masking draws follow the global row g: any world size, any resume */
+            int W = mlm_window_tokens(dl->opt.mlm, T);
+            if (stream_read(dl, w * (uint64_t)W, (size_t)W, dl->window)) return -1;
+            mlm_make_row(dl->opt.mlm, dl->window, T, dl->opt.seed, g, inputs + (size_t)b * T, targets + (size_t)b * T);
+            dl->n_read++;
+            continue;
+        }
         if (stream_read(dl, w * (uint64_t)T, (size_t)T + 1, dl->window)) return -1;
         memcpy(inputs + (size_t)b * T, dl->window, (size_t)T * sizeof(int32_t));
         memcpy(targets + (size_t)b * T, dl->window + 1, (size_t)T * sizeof(int32_t));

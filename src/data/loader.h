@@ -27,6 +27,10 @@ typedef struct {
     int rank, world;
     const char *tokenizer; /* for text sources: "gpt2", "byte", tokenizer.json, model dir */
     const struct SftOptions *sft; /* non-NULL: the source is SFT JSONL (data.format: sft, sft.h) */
+    /* non-NULL: masked-LM rows (data.objective: mlm, mlm.h): window k is stream tokens
+     * [k*W, k*W + W) with W = T less the template's ids, wrapped ([CLS] ... [SEP]) and masked from
+     * stream (seed, global window index); targets -1 where not scored */
+    const struct MlmOptions *mlm;
 } LoaderOptions;
 
 typedef struct {

@@ -642,6 +642,13 @@ long tokenizer_encode_template(const Tokenizer *t, const char *text, size_t len,
 
 /* ---- decode ---------------------------------------------------------------------- */
 
+int tokenizer_is_continuation(const Tokenizer *t, int32_t id)
+{
+    if (t->wp_prefix_len <= 0 || id < 0 || id >= t->vocab_size || t->is_special[id]) return 0;
+    size_t len = (size_t)(t->model_off[id + 1] - t->model_off[id]);
+    return len > (size_t)t->wp_prefix_len && !memcmp(t->model_buf + t->model_off[id], t->wp_prefix, (size_t)t->wp_prefix_len);
+}
+
 const char *tokenizer_token_bytes(const Tokenizer *t, int32_t id, size_t *len)
 {
     if (id < 0 || id >= t->vocab_size) {

@@ -48,6 +48,10 @@ int tokenizer_is_special(const Tokenizer *tok, int32_t id);
 /* The id of an added token's content or a vocabulary entry (raw bytes for
  * byte-level vocabularies), -1 if none. */
 int32_t tokenizer_token_to_id(const Tokenizer *tok, const char *s, size_t len);
+/* 1 if id is a WordPiece continuation piece (its vocabulary entry starts with the model's
+ * continuing_subword_prefix, "##"); 0 for every other id and every other model. Whole-word
+ * masking (mlm.h) groups a word's pieces with it. */
+int tokenizer_is_continuation(const Tokenizer *tok, int32_t id);
 
 /* The post-processor's template (HF's encode(..., add_special_tokens=True)):
  * "[CLS] $A [SEP]" and "[CLS] $A [SEP] $B:1 [SEP]:1" for BERT, "<s> $A </s>"

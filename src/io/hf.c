@@ -30,6 +30,11 @@
 #define MIXTRAL_DEFAULT_THETA 1e6f
 /* transformers' MixtralConfig / Qwen2MoeConfig router_aux_loss_coef default */
 #define MOE_HF_DEFAULT_AUX 0.001f
+#define BERT_DEFAULT_POSITIONS 512
+#define BERT_DEFAULT_EPS 1e-12f
+#define BERT_DEFAULT_TYPES 2
+#define BERT_DEFAULT_PAD 0
+#define ROBERTA_DEFAULT_PAD 1
 
 /* ---- the supported classes ---- */
 
@@ -46,10 +51,14 @@ static const HfClass hf_classes[] = {
     {"MixtralForCausalLM", "mixtral", FAMILY_LLAMA},
     {"Qwen2MoeForCausalLM", "qwen2_moe", FAMILY_LLAMA},
     {"BitNetForCausalLM", "bitnet", FAMILY_LLAMA},
+    {"BertForMaskedLM", "bert", FAMILY_BERT},
+    {"RobertaForMaskedLM", "roberta", FAMILY_BERT},
+    {"BertModel", "bert", FAMILY_BERT},
+    {"RobertaModel", "roberta", FAMILY_BERT},
 };
 #define HF_CLASS_LIST                                                                                   \
     "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, MixtralForCausalLM, " \
-    "Qwen2MoeForCausalLM, BitNetForCausalLM"
+    "Qwen2MoeForCausalLM, BitNetForCausalLM, BertForMaskedLM, BertModel, RobertaForMaskedLM, RobertaModel"
 
 /* ---- typed access to config.json with messages naming file and key ---- */
 
@@ -371,6 +380,46 @@ static int read_llama(const Cfg *c, json_t *root, ModelConfig *m, const char *mo
     return 0;
 }
 
+/* BertConfig / RobertaConfig. RoBERTa's position ids start at pad_token_id + 1 (transformers'
+ * create_position_ids_from_input_ids); the MLM head exists for the *ForMaskedLM classes. */
+static int read_bert(const Cfg *c, json_t *root, ModelConfig *m, const HfClass *cls)
+{
+    int roberta = !strcmp(cls->model_type, "roberta");
+    const char *act, *pos_type;
+    if (get_int(c, root, "hidden_size", "hidden_size", 1, 0, 1, &m->d_model) ||
+        get_int(c, root, "intermediate_size", "intermediate_size", 1, 0, 1, &m->d_ff) ||
+        get_int(c, root, "num_hidden_layers", "num_hidden_layers", 1, 0, 1, &m->n_layer) ||
+        get_int(c, root, "num_attention_heads", "num_attention_heads", 1, 0, 1, &m->n_head) ||
+        get_int(c, root, "vocab_size", "vocab_size", 1, 0, 1, &m->vocab_size) ||
+        get_int(c, root, "max_position_embeddings", "max_position_embeddings", 0, BERT_DEFAULT_POSITIONS, 1,
+                &m->max_seq_len) ||
+        get_int(c, root, "type_vocab_size", "type_vocab_size", 0, BERT_DEFAULT_TYPES, 0, &m->type_vocab_size) ||
+        get_num(c, root, "layer_norm_eps", "layer_norm_eps", 0, BERT_DEFAULT_EPS, &m->norm_eps) ||
+        get_bool(c, root, "tie_word_embeddings", 1, &m->tie_embeddings) ||
+        get_str(c, root, "hidden_act", "hidden_act", &act) ||
+        get_str(c, root, "position_embedding_type", "position_embedding_type", &pos_type) ||
+        get_token_id(c, root, "pad_token_id", roberta ? ROBERTA_DEFAULT_PAD : BERT_DEFAULT_PAD, &m->pad_token_id) ||
+        get_token_id(c, root, "bos_token_id", m->bos_token_id, &m->bos_token_id) ||
+        get_token_id(c, root, "eos_token_id", m->eos_token_id, &m->eos_token_id))
+        return -1;
+    if (act && strcmp(act, "gelu"))
+        return err_set("%s: hidden_act: unsupported \"%s\" (supported: gelu)", c->path, act);
+    if (pos_type && strcmp(pos_type, "absolute"))
+        return err_set("%s: position_embedding_type: unsupported \"%s\" (supported: absolute)", c->path, pos_type);
+    m->mlm_head = strstr(cls->arch, "ForMaskedLM") != NULL;
+    if (m->mlm_head && !m->tie_embeddings)
+        return err_set("%s: tie_word_embeddings: false (an untied MLM decoder) is not supported", c->path);
+    m->tie_embeddings = 1;
+    if (roberta) {
+        if (m->pad_token_id < 0) return err_set("%s: pad_token_id: RoBERTa needs one (positions start after it)", c->path);
+        m->pos_offset = m->pad_token_id + 1;
+        if (m->pos_offset >= m->max_seq_len)
+            return err_set("%s: max_position_embeddings: %d leaves no position after pad_token_id %d", c->path,
+                           m->max_seq_len, m->pad_token_id);
+    }
+    return 0;
+}
+
 /* Products of size keys, in 64 bits, against the same limits, naming the keys. */
 static int check_products(const Cfg *c, const ModelConfig *m)
 {
@@ -438,14 +487,16 @@ int hf_read_config(const char *dir, ModelConfig *cfg)
         if (arch)
             err_set("%s: architectures: unsupported \"%s\" (supported: %s)", path, arch, HF_CLASS_LIST);
         else if (mtype)
-            err_set("%s: model_type: unsupported \"%s\" (supported: gpt2, llama, mistral, qwen2, mixtral, qwen2_moe, bitnet)", path,
+            err_set("%s: model_type: unsupported \"%s\" (supported: gpt2, llama, mistral, qwen2, mixtral, qwen2_moe, bitnet, bert, roberta)", path,
                     mtype);
         else
             err_set("%s: architectures: missing (and no model_type)", path);
         goto out;
     }
     model_config_defaults(cfg, cls->family);
-    if (cls->family == FAMILY_GPT2 ? read_gpt2(&c, root, cfg) : read_llama(&c, root, cfg, cls->model_type))
+    if (cls->family == FAMILY_GPT2   ? read_gpt2(&c, root, cfg)
+        : cls->family == FAMILY_BERT ? read_bert(&c, root, cfg, cls)
+                                     : read_llama(&c, root, cfg, cls->model_type))
         goto out;
     snprintf(cfg->hf_arch, sizeof(cfg->hf_arch), "%s", cls->arch);
     snprintf(cfg->hf_model_type, sizeof(cfg->hf_model_type), "%s", cls->model_type);
@@ -614,6 +665,74 @@ static const char *llama_suffix(int role)
     }
 }
 
+static const char *bert_suffix(int role)
+{
+    switch (role) {
+    case PROLE_O_W: return "attention.output.dense.weight";
+    case PROLE_O_B: return "attention.output.dense.bias";
+    case PROLE_LN2_W: return "attention.output.LayerNorm.weight";
+    case PROLE_LN2_B: return "attention.output.LayerNorm.bias";
+    case PROLE_FC_W: return "intermediate.dense.weight";
+    case PROLE_FC_B: return "intermediate.dense.bias";
+    case PROLE_PROJ_W: return "output.dense.weight";
+    case PROLE_PROJ_B: return "output.dense.bias";
+    default: return NULL;
+    }
+}
+
+/* The base model's prefix of an encoder's tensors: "bert." / "roberta." inside a *ForMaskedLM,
+ * none in a BertModel / RobertaModel (read_mapped also tries the other spelling). */
+static const char *bert_prefix(const ModelConfig *cfg)
+{
+    if (!cfg->mlm_head) return "";
+    return !strcmp(cfg->hf_model_type, "roberta") ? "roberta." : "bert.";
+}
+
+/* The bert family's names. Our h.L.ln1 is the norm that made block L's input: the embedding
+ * LayerNorm for block 0, block L-1's output LayerNorm after it; lnf is the last block's. */
+static int bert_map_add(const ModelConfig *cfg, const Param *p, int i, HfMap **map, int *n, int *cap)
+{
+    const char *pre = bert_prefix(cfg), *sfx;
+    int roberta = !strcmp(cfg->hf_model_type, "roberta");
+    const char *head = roberta ? "lm_head." : "cls.predictions.";
+    const char *tr = roberta ? "lm_head." : "cls.predictions.transform.";
+    int l = p->layer;
+    int64_t rows = p->shape[0], C = cfg->d_model;
+    const char *wb = (p->role == PROLE_LN1_B || p->role == PROLE_LNF_B || p->role == PROLE_QKV_B ||
+                      p->role == PROLE_MLM_B || p->role == PROLE_MLM_LN_B)
+                         ? "bias"
+                         : "weight";
+    switch (p->role) {
+    case PROLE_WTE: map_add(map, n, cap, i, 0, rows, 0, "%sembeddings.word_embeddings.weight", pre); break;
+    case PROLE_WPE: map_add(map, n, cap, i, 0, rows, 0, "%sembeddings.position_embeddings.weight", pre); break;
+    case PROLE_TTE: map_add(map, n, cap, i, 0, rows, 0, "%sembeddings.token_type_embeddings.weight", pre); break;
+    case PROLE_LN1_W:
+    case PROLE_LN1_B:
+        if (l == 0) map_add(map, n, cap, i, 0, rows, 0, "%sembeddings.LayerNorm.%s", pre, wb);
+        else map_add(map, n, cap, i, 0, rows, 0, "%sencoder.layer.%d.output.LayerNorm.%s", pre, l - 1, wb);
+        break;
+    case PROLE_LNF_W:
+    case PROLE_LNF_B:
+        map_add(map, n, cap, i, 0, rows, 0, "%sencoder.layer.%d.output.LayerNorm.%s", pre, cfg->n_layer - 1, wb);
+        break;
+    case PROLE_QKV_W:
+    case PROLE_QKV_B:
+        map_add(map, n, cap, i, 0, C, 0, "%sencoder.layer.%d.attention.self.query.%s", pre, l, wb);
+        map_add(map, n, cap, i, C, C, 0, "%sencoder.layer.%d.attention.self.key.%s", pre, l, wb);
+        map_add(map, n, cap, i, 2 * C, C, 0, "%sencoder.layer.%d.attention.self.value.%s", pre, l, wb);
+        break;
+    case PROLE_MLM_W:
+    case PROLE_MLM_B: map_add(map, n, cap, i, 0, rows, 0, "%sdense.%s", tr, wb); break;
+    case PROLE_MLM_LN_W:
+    case PROLE_MLM_LN_B: map_add(map, n, cap, i, 0, rows, 0, "%s%s.%s", tr, roberta ? "layer_norm" : "LayerNorm", wb); break;
+    case PROLE_MLM_BIAS: map_add(map, n, cap, i, 0, rows, 0, "%sbias", head); break;
+    default:
+        if (!(sfx = bert_suffix(p->role))) return -1;
+        map_add(map, n, cap, i, 0, rows, 0, "%sencoder.layer.%d.%s", pre, l, sfx);
+    }
+    return 0;
+}
+
 /* The mapping for a config; every parameter row is covered exactly once. */
 static int hf_map_build(const ModelConfig *cfg, const ParamTable *pt, HfMap **out, int *nout)
 {
@@ -626,6 +745,10 @@ static int hf_map_build(const ModelConfig *cfg, const ParamTable *pt, HfMap **ou
         int role = p->role, l = p->layer;
         const char *sfx;
         if (p->site >= 0) continue; /* adapters live in PEFT directories (io/peft.c), not in the model's */
+        if (cfg->family == FAMILY_BERT) {
+            if (bert_map_add(cfg, p, i, &map, &n, &cap)) goto unknown;
+            continue;
+        }
         if (gpt2) {
             switch (role) {
             case PROLE_WTE:
@@ -856,6 +979,13 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
                 continue;
             }
         }
+        if (!t && cfg->family == FAMILY_BERT) { /* the base model's tensors with or without its prefix */
+            const char *base = !strcmp(cfg->hf_model_type, "roberta") ? "roberta." : "bert.";
+            size_t bl = strlen(base);
+            if (!strncmp(e->name, base, bl)) snprintf(name + plen, sizeof(name) - plen, "%s", e->name + bl);
+            else snprintf(name + plen, sizeof(name) - plen, "%s%s", base, e->name);
+            t = st_set_find(set, name, &file);
+        }
         if (!t) {
             rc = err_set("%s: %s%s: missing", where, prefix, e->name);
             break;
@@ -984,6 +1114,16 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
         where = fs_join(dir, "model.safetensors.index.json");
     }
     int gpt2 = c->family == FAMILY_GPT2, rc = 0;
+    if (c->family == FAMILY_BERT) { /* every tensor's shape is checked as it is read (read_mapped) */
+        ParamTable pt;
+        param_table_build(&pt, c);
+        rc = read_mapped(&set, where, "", c, &pt, NULL);
+        param_table_free(&pt);
+        free(cpath);
+        free(where);
+        st_set_close(&set);
+        return rc ? -1 : 0;
+    }
     const HfKeys *k = gpt2 ? &gpt2_keys : &llama_keys;
     int64_t C = c->d_model, q = (int64_t)c->n_head * c->head_dim, kv = (int64_t)c->n_kv_head * c->head_dim;
     char name[160], how[96];
@@ -1180,6 +1320,20 @@ static int check_writable(const char *path, const ModelConfig *c)
                 path);
         return 0;
     }
+    if (c->family == FAMILY_BERT) {
+        int roberta = !strcmp(c->hf_model_type, "roberta");
+        const char *want = roberta ? (c->mlm_head ? "RobertaForMaskedLM" : "RobertaModel")
+                                   : (c->mlm_head ? "BertForMaskedLM" : "BertModel");
+        if (strcmp(a, want)) return err_set("%s: architectures: this encoder is written as %s, not %s", path, want, a);
+        if (c->n_kv_head != c->n_head || c->head_dim * c->n_head != c->d_model || !c->qkv_bias || !c->o_bias ||
+            !c->mlp_bias || !c->post_norm || !c->gelu_erf || !c->tie_embeddings)
+            return err_set("%s: %s needs n_kv_head = n_head, head_dim = d_model/n_head, all biases, post-LN, "
+                           "the exact GELU and a tied decoder", path, want);
+        if (roberta ? c->pos_offset != c->pad_token_id + 1 : c->pos_offset != 0)
+            return err_set("%s: %s: position offset %d does not follow pad_token_id %d", path, want, c->pos_offset,
+                           c->pad_token_id);
+        return 0;
+    }
     int ok;
     if (c->moe_experts > 0) {
         if (!strcmp(a, "MixtralForCausalLM")) {
@@ -1257,6 +1411,24 @@ static json_t *config_json(const ModelConfig *c, int dtype, int packed)
         json_object_set_new(j, "scale_attn_weights", json_true());
         json_object_set_new(j, "scale_attn_by_inverse_layer_idx", json_false());
         json_object_set_new(j, "reorder_and_upcast_attn", json_false());
+        return j;
+    }
+    if (c->family == FAMILY_BERT) {
+        json_object_set_new(j, "hidden_size", json_integer(c->d_model));
+        json_object_set_new(j, "intermediate_size", json_integer(c->d_ff));
+        json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layer));
+        json_object_set_new(j, "num_attention_heads", json_integer(c->n_head));
+        json_object_set_new(j, "hidden_act", json_string("gelu"));
+        json_object_set_new(j, "max_position_embeddings", json_integer(c->max_seq_len));
+        json_object_set_new(j, "type_vocab_size", json_integer(c->type_vocab_size));
+        json_object_set_new(j, "layer_norm_eps", json_float(c->norm_eps));
+        json_object_set_new(j, "pad_token_id", json_token(c->pad_token_id));
+        json_object_set_new(j, "position_embedding_type", json_string("absolute"));
+        /* anvil trains encoders without dropout; say so, so that fine-tuning in transformers matches */
+        json_object_set_new(j, "hidden_dropout_prob", json_real(0.0));
+        json_object_set_new(j, "attention_probs_dropout_prob", json_real(0.0));
+        json_object_set_new(j, "is_decoder", json_false());
+        json_object_set_new(j, "use_cache", json_false());
         return j;
     }
     json_object_set_new(j, "hidden_size", json_integer(c->d_model));

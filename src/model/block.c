@@ -5,7 +5,14 @@
 #include "core/error.h"
 #include "model/moe.h"
 
-static int is_rms(const Model *m) { return m->cfg.family == FAMILY_LLAMA; }
+static int is_rms(const Model *m) { return !cfg_layernorm(&m->cfg); }
+
+/* The attention context of the model's last forward (recompute and backward run in its mode). */
+static AttnCtx model_ctx(const Model *m)
+{
+    return (AttnCtx){.mode = m->cfg.bidirectional ? ATTN_BIDIRECTIONAL : ATTN_CAUSAL, .pos0 = m->cfg.pos_offset,
+                     .lengths = m->cur_lengths};
+}
 
 /* The adapters' buffers of block l over activations a (NULL when the model has none). */
 static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBufs *lb)
@@ -16,14 +23,22 @@ static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBu
     return lb;
 }
 
-/* The GELU MLP goes through the fused product + activation ops; SwiGLU (relu2-GLU for BitNet) through
- * a product and the element-wise op. */
-static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA; }
+/* The GELU MLP goes through the fused product + activation ops; SwiGLU (relu2-GLU for BitNet) and the
+ * exact GELU (bert) through a product and the element-wise op (mlp_act_only). */
+static int fused_gelu(const Model *m) { return m->cfg.family != FAMILY_LLAMA && !m->cfg.gelu_erf; }
 
 static void glu_fwd(const Model *m, void *out, const void *inp, int N)
 {
     if (m->cfg.mlp_relu2) m->be->relu2glu_fwd(out, inp, N, m->cfg.d_ff);
     else m->be->swiglu_fwd(out, inp, N, m->cfg.d_ff);
+}
+
+/* The element-wise activation after an unfused product: the exact GELU, or the gated one (SwiGLU,
+ * relu2-GLU). */
+static void mlp_act_only(Model *m, LayerActs *a, int N)
+{
+    if (m->cfg.gelu_erf) m->be->gelu_erf_fwd(a->fch_act, a->fch, (size_t)N * m->cfg.d_ff);
+    else glu_fwd(m, a->fch_act, a->fch, N);
 }
 
 /* BitNet's sub-norm (RMSNorm, weight w) of an (N, n) branch activation into out; without sub-norms the
@@ -47,7 +62,7 @@ static void mlp_act_fwd(Model *m, int l, LayerActs *a, int N)
         return;
     }
     linear_fwd(&m->ps, &p->fc, a->fch, a->ln2, N, lb);
-    glu_fwd(m, a->fch_act, a->fch, N);
+    mlp_act_only(m, a, N);
 }
 
 static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx)
@@ -55,7 +70,11 @@ static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const Att
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     int nh = c->n_head, nkv = c->n_kv_head, hd = c->head_dim;
-    if (ctx->mode != ATTN_CAUSAL) fatal("attention: the bidirectional mode is not available yet (internal error)");
+    if (ctx->mode == ATTN_BIDIRECTIONAL) {
+        if (ctx->kcache) fatal("attention: a KV cache in the bidirectional mode (internal error)");
+        be->attention_len_fwd(a->att, a->lse, a->qkv, ctx->lengths, B, T, nh, nkv, hd);
+        return;
+    }
     if (c->family == FAMILY_LLAMA) be->rope_fwd(a->qkv, m->inv_freq, B, T, nh, nkv, hd, ctx->pos0);
     if (!ctx->kcache) {
         be->attention_fwd(a->att, a->lse, a->qkv, B, T, nh, nkv, hd);
@@ -82,10 +101,11 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
     linear_fwd(&m->ps, &p->qkv, a->qkv, a->ln1, N, lb);
     attention_fwd(m, l, a, B, T, ctx);
-    /* attention output projection into out, then x2 = x + it, ln2 = norm(x2) */
+    /* attention output projection into out, then x2 = x + it (post-LN: ln1 + it), ln2 = norm(x2) */
     const void *att = sub_norm_fwd(m, p->asub_w, a->att_sn, a->att_sn_rstd, a->att, N, cfg_q_dim(c));
     linear_fwd(&m->ps, &p->o, out, att, N, lb);
-    m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, a->res, out, params_w(&m->ps, p->ln2_w),
+    m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, c->post_norm ? a->ln1 : a->res, out,
+                        params_w(&m->ps, p->ln2_w),
                         params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
     if (p->moe) {
         moe_fwd(m, l, a, N, out, lb);
@@ -105,7 +125,11 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     LayerActs *a0 = &bufs->la[0];
     int head = model_head_group(m); /* the groups (hooks, model.h): 0 embeddings, 1 + l block l */
     model_weights_need(m, 0, 1);
+    /* token-type embeddings (every token of type 0) first, so that the word ids are the last lookup's
+     * (the CUDA backend keeps those for embed_bwd) */
+    if (m->tte >= 0) be->embed_fwd(bufs->scratch, m->types, params_w(ps, m->tte), NULL, B, T, C, 0);
     be->embed_fwd(a0->res, tokens, params_w_dense(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    if (m->tte >= 0) be->add(a0->res, a0->res, bufs->scratch, (size_t)N * C);
     model_weights_need(m, 1, 2);
     be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
                  params_w(ps, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
@@ -115,14 +139,15 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
         model_weights_need(m, 1 + l, 2 + l);
         block_fwd(m, l, a, B, T, ctx, bufs->scratch);
         model_weights_need(m, 2 + l, 2 + l <= L ? 3 + l : -1); /* the next ln1, or the final norm */
-        /* next block's input x' = x2 + mlp, fused with its first norm (or the final norm) */
+        /* next block's input x' = x2 + mlp (post-LN: ln2 + mlp), fused with its first norm (or the final norm) */
+        const void *stream = c->post_norm ? a->ln2 : a->res2;
         if (l + 1 < L) {
             LayerActs *n = &bufs->la[bufs->shared ? 0 : l + 1];
             const LayerParams *np = &m->lp[l + 1];
-            be->add_norm_fwd(n->res, n->ln1, n->ln1_mean, n->ln1_rstd, a->res2, bufs->scratch,
+            be->add_norm_fwd(n->res, n->ln1, n->ln1_mean, n->ln1_rstd, stream, bufs->scratch,
                              params_w(ps, np->ln1_w), params_w(ps, np->ln1_b), N, C, c->norm_eps, is_rms(m));
         } else {
-            be->add_norm_fwd(bufs->res_final, bufs->lnf, bufs->lnf_mean, bufs->lnf_rstd, a->res2, bufs->scratch,
+            be->add_norm_fwd(bufs->res_final, bufs->lnf, bufs->lnf_mean, bufs->lnf_rstd, stream, bufs->scratch,
                              params_w(ps, m->lnf_w), params_w(ps, m->lnf_b), N, C, c->norm_eps, is_rms(m));
         }
         model_weights_done(m, 1 + l);
@@ -140,7 +165,7 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
     be->norm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, a->res, params_w(ps, p->ln1_w), params_w(ps, p->ln1_b), N, C,
                  c->norm_eps, is_rms(m));
     if (m->recompute == RECOMPUTE_BLOCK) {
-        AttnCtx ctx = {.mode = ATTN_CAUSAL};
+        AttnCtx ctx = model_ctx(m);
         block_fwd(m, l, a, B, T, &ctx, scratch);
         return;
     }
@@ -148,7 +173,7 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
                  c->norm_eps, is_rms(m));
     if (p->moe) moe_recompute_act(m, l, a, N);
     else if (fused_gelu(m)) mlp_act_fwd(m, l, a, N); /* the product again: fch_act as the forward made it */
-    else glu_fwd(m, a->fch_act, a->fch, N);
+    else mlp_act_only(m, a, N);
     sub_norm_fwd(m, p->asub_w, a->att_sn, a->att_sn_rstd, a->att, N, cfg_q_dim(c));
     sub_norm_fwd(m, p->fsub_w, a->fch_sn, a->fch_sn_rstd, a->fch_act, N, c->d_ff);
 }
@@ -179,8 +204,14 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     } else {
         linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N, lb);
-        glu_bwd(m, d1, a->fch, d2, N);
+        if (c->gelu_erf) be->gelu_erf_bwd(d1, a->fch, d2, (size_t)N * c->d_ff);
+        else glu_bwd(m, d1, a->fch, d2, N);
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
+    }
+    size_t nc = (size_t)N * C;
+    if (c->post_norm) { /* the output is ln2 + mlp: d(ln2) = dres + d2, and the norm's gradient replaces dres */
+        be->add(d2, d2, dres, nc);
+        be->zero(dres, nc * be->act_size);
     }
     be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
                  a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
@@ -193,9 +224,16 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     } else {
         linear_bwd(ps, &p->o, d2, dres, a->att, N, lb);
     }
-    be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
+    if (c->bidirectional)
+        be->attention_len_bwd(d1, d2, a->att, a->lse, a->qkv, m->cur_lengths, B, T, c->n_head, c->n_kv_head,
+                              c->head_dim);
+    else be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
     if (c->family == FAMILY_LLAMA) be->rope_bwd(d1, m->inv_freq, B, T, c->n_head, c->n_kv_head, c->head_dim, 0);
     linear_bwd(ps, &p->qkv, d2, d1, a->ln1, N, lb);
+    if (c->post_norm) { /* x2 = ln1 + o: d(ln1) = d(x2) + d2 */
+        be->add(d2, d2, dres, nc);
+        be->zero(dres, nc * be->act_size);
+    }
     be->norm_bwd(dres, params_g(ps, p->ln1_w), params_g(ps, p->ln1_b), d2, a->res, params_w(ps, p->ln1_w),
                  a->ln1_mean, a->ln1_rstd, N, C, rms); /* dres = d(x) */
 }

@@ -5,9 +5,8 @@
  *   ATTN_CAUSAL         each position attends to itself and the positions before it; with a KV
  *                       cache (generation) the new positions pos0.. also attend to the cached ones.
  *   ATTN_BIDIRECTIONAL  every position attends to every valid position of its sequence (encoders,
- *                       lengths[b] valid tokens per row; padding is never attended to). The block
- *                       accepts the mode; the backends gain the op with the encoder issue, and
- *                       until then the mode is refused.
+ *                       lengths[b] valid tokens per row, NULL = all T; padding is never attended
+ *                       to): the backend's attention_len_fwd/bwd. No KV cache.
  */
 #ifndef ANVIL_MODEL_BLOCK_H
 #define ANVIL_MODEL_BLOCK_H

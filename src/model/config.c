@@ -14,6 +14,13 @@
 /* Defaults of model.moe.aux_loss_coef and z_loss_coef (issue 12; ST-MoE uses 1e-3 for z). */
 #define MOE_DEFAULT_AUX 0.01f
 #define MOE_DEFAULT_Z 0.001f
+/* The uncased English BERT WordPiece vocabulary (bert-base-uncased). */
+#define BERT_VOCAB 30522
+/* RoBERTa's byte-level BPE vocabulary (roberta-base), its pad id (= padding_idx) and <s>, </s>. */
+#define ROBERTA_VOCAB 50265
+#define ROBERTA_PAD 1
+#define ROBERTA_BOS 0
+#define ROBERTA_EOS 2
 
 void model_config_defaults(ModelConfig *c, Family f)
 {
@@ -21,6 +28,7 @@ void model_config_defaults(ModelConfig *c, Family f)
     c->family = f;
     c->bos_token_id = -1;
     c->eos_token_id = -1;
+    c->pad_token_id = -1;
     if (f == FAMILY_GPT2) {
         c->max_seq_len = 1024;
         c->vocab_size = GPT2_VOCAB;
@@ -28,6 +36,16 @@ void model_config_defaults(ModelConfig *c, Family f)
         c->tie_embeddings = 1;
         c->qkv_bias = c->o_bias = c->mlp_bias = 1;
         c->bos_token_id = c->eos_token_id = GPT2_EOT;
+    } else if (f == FAMILY_BERT) {
+        /* HF BertConfig's defaults: 512 positions, 2 token types, eps 1e-12, pad id 0 */
+        c->max_seq_len = 512;
+        c->vocab_size = BERT_VOCAB;
+        c->norm_eps = 1e-12f;
+        c->tie_embeddings = 1;
+        c->qkv_bias = c->o_bias = c->mlp_bias = 1;
+        c->post_norm = c->gelu_erf = c->bidirectional = c->mlm_head = 1;
+        c->type_vocab_size = 2;
+        c->pad_token_id = 0;
     } else {
         c->max_seq_len = 2048;
         c->vocab_size = 32000;
@@ -72,6 +90,15 @@ static const Preset presets[] = {
     {"llama2-13b", FAMILY_LLAMA, 40, 40, 40, 5120, 13824, 32000, 4096, 10000.0f},
     {"mistral-7b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 32000, 4096, 10000.0f},
     {"llama3-8b", FAMILY_LLAMA, 32, 32, 8, 4096, 14336, 128256, 8192, 500000.0f},
+    /* BERT (Devlin et al. 2018), the uncased WordPiece vocabulary; bert-tiny for tests (its small
+     * vocabulary covers the test WordPiece tokenizers). */
+    {"bert-base", FAMILY_BERT, 12, 12, 12, 768, 3072, BERT_VOCAB, 512, 0},
+    {"bert-large", FAMILY_BERT, 24, 16, 16, 1024, 4096, BERT_VOCAB, 512, 0},
+    {"bert-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 2048, 128, 0},
+    /* RoBERTa (Liu et al. 2019): BERT's shape, the GPT-2 byte-level BPE vocabulary (50265), positions
+     * after padding_idx 1 (514 rows for 512 tokens); roberta-tiny for tests. */
+    {"roberta-base", FAMILY_BERT, 12, 12, 12, 768, 3072, ROBERTA_VOCAB, 514, 0},
+    {"roberta-tiny", FAMILY_BERT, 2, 4, 4, 64, 256, 1024, 130, 0},
 };
 
 /* Mixture-of-experts presets: a llama-family shape and its experts (d_ff is each expert's width). */
@@ -94,7 +121,8 @@ static const MoePreset moe_presets[] = {
 const char *model_preset_names(void)
 {
     return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
-           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny, bitnet-2b, bitnet-tiny";
+           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny, bitnet-2b, bitnet-tiny, bert-base, bert-large, bert-tiny, "
+           "roberta-base, roberta-tiny";
 }
 
 static void preset_fill(ModelConfig *c, const Preset *p)
@@ -110,6 +138,14 @@ static void preset_fill(ModelConfig *c, const Preset *p)
     if (p->rope_theta > 0) c->rope_theta = p->rope_theta;
     if (p->family == FAMILY_LLAMA && p->vocab == GPT2_VOCAB) c->bos_token_id = c->eos_token_id = GPT2_EOT;
     if (!strncmp(p->name, "bitnet", 6)) model_config_bitnet(c);
+    if (!strncmp(p->name, "roberta", 7)) { /* positions start after the pad id; one token type */
+        c->pad_token_id = ROBERTA_PAD;
+        c->pos_offset = ROBERTA_PAD + 1;
+        c->type_vocab_size = 1;
+        c->bos_token_id = ROBERTA_BOS;
+        c->eos_token_id = ROBERTA_EOS;
+        snprintf(c->hf_model_type, sizeof(c->hf_model_type), "roberta");
+    }
 }
 
 int model_preset(ModelConfig *c, const char *name)
@@ -139,7 +175,8 @@ int model_family_parse(const char *s, Family *f)
     if (!strcmp(s, "gpt2")) *f = FAMILY_GPT2;
     else if (!strcmp(s, "llama") || !strcmp(s, "mistral") || !strcmp(s, "qwen2") || !strcmp(s, "bitnet"))
         *f = FAMILY_LLAMA;
-    else return err_set("unknown model family \"%s\" (expected gpt2, llama or bitnet)", s);
+    else if (!strcmp(s, "bert") || !strcmp(s, "roberta")) *f = FAMILY_BERT;
+    else return err_set("unknown model family \"%s\" (expected gpt2, llama, bitnet or bert)", s);
     return 0;
 }
 
@@ -153,7 +190,10 @@ void model_config_bitnet(ModelConfig *c)
     snprintf(c->hf_arch, sizeof(c->hf_arch), "BitNetForCausalLM");
 }
 
-const char *model_family_name(Family f) { return f == FAMILY_GPT2 ? "gpt2" : "llama"; }
+const char *model_family_name(Family f)
+{
+    return f == FAMILY_GPT2 ? "gpt2" : f == FAMILY_BERT ? "bert" : "llama";
+}
 
 /* Experts per MoE layer at most (the largest published models route over 256-384). */
 #define MOE_MAX_EXPERTS 1024
@@ -253,7 +293,7 @@ int model_config_finish(ModelConfig *c)
     if ((int64_t)c->vocab_size * C > max_numel)
         return err_set("model.vocab_size: %d x d_model %d = %lld embedding elements, more than %lld",
                        c->vocab_size, c->d_model, (long long)c->vocab_size * C, (long long)max_numel);
-    if (c->family == FAMILY_GPT2 && (int64_t)c->max_seq_len * C > max_numel)
+    if (cfg_learned_pos(c) && (int64_t)c->max_seq_len * C > max_numel)
         return err_set("model.max_seq_len: %d x d_model %d = %lld position elements, more than %lld",
                        c->max_seq_len, c->d_model, (long long)c->max_seq_len * C, (long long)max_numel);
     if (qkv * C > max_numel || fc * C > max_numel)
@@ -274,6 +314,17 @@ int model_config_finish(ModelConfig *c)
         snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
                  c->moe_shared_d_ff > 0 || c->qkv_bias || c->moe_every != 1 || !c->moe_norm_topk ? "qwen2_moe"
                                                                                                  : "mixtral");
+    if (c->family == FAMILY_BERT) {
+        if (c->type_vocab_size < 0 || c->type_vocab_size > MAX_VOCAB)
+            return err_set("model.type_vocab_size: must be in 0..%d, got %d", (int)MAX_VOCAB, c->type_vocab_size);
+        if (c->pos_offset < 0 || c->pos_offset >= c->max_seq_len)
+            return err_set("model: the position offset %d leaves no position of %d", c->pos_offset, c->max_seq_len);
+        if (!c->hf_model_type[0]) snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s", c->pos_offset ? "roberta" : "bert");
+        if (!c->hf_arch[0])
+            snprintf(c->hf_arch, sizeof(c->hf_arch), "%s",
+                     !strcmp(c->hf_model_type, "roberta") ? (c->mlm_head ? "RobertaForMaskedLM" : "RobertaModel")
+                                                          : (c->mlm_head ? "BertForMaskedLM" : "BertModel"));
+    }
     if (!c->hf_model_type[0])
         snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
                  c->family == FAMILY_GPT2 ? "gpt2" : (c->qkv_bias ? "qwen2" : "llama"));
@@ -322,6 +373,12 @@ const char *model_config_diff(const ModelConfig *a, const ModelConfig *b)
     DIFF(sub_norm, "model.family (BitNet sub-norms)");
     DIFF(mlp_relu2, "model.family (BitNet relu2 MLP)");
     DIFF(ternary, "model.ternary");
+    DIFF(post_norm, "model post_norm");
+    DIFF(gelu_erf, "model gelu_erf");
+    DIFF(bidirectional, "model bidirectional");
+    DIFF(type_vocab_size, "model type_vocab_size");
+    DIFF(pos_offset, "model pos_offset (position ids offset)");
+    DIFF(mlm_head, "model mlm_head");
 #undef DIFF
     return NULL;
 }

@@ -5,6 +5,9 @@
  *          multi-head attention with biases, head tied to the embeddings.
  *   llama: RMSNorm, SwiGLU MLP, RoPE, grouped-query attention, optional q/k/v
  *          bias (Qwen2), tied or untied head.
+ *   bert:  encoders (BERT, RoBERTa): learned positions (from pos_offset) and token types with an
+ *          embedding LayerNorm, post-LayerNorm blocks, exact (erf) GELU, biases everywhere,
+ *          bidirectional attention over each sequence's valid tokens, the masked-LM head.
  */
 #ifndef ANVIL_MODEL_CONFIG_H
 #define ANVIL_MODEL_CONFIG_H
@@ -12,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { FAMILY_GPT2 = 0, FAMILY_LLAMA = 1 } Family;
+typedef enum { FAMILY_GPT2 = 0, FAMILY_LLAMA = 1, FAMILY_BERT = 2 } Family;
 
 typedef struct {
     Family family;
@@ -52,6 +55,14 @@ typedef struct {
     int sub_norm, mlp_relu2;
     int ternary; /* TERNARY_*: how the block linears are quantized in the forward */
     int tern_group; /* integer-ternary tensors: weights per exponent group (0 = TERN_DEFAULT_GROUP) */
+    /* Encoder switches (the bert family sets them; 0 for the decoders). */
+    int post_norm;       /* post-LN: the residual stream continues from each norm's output */
+    int gelu_erf;        /* the exact GELU, 0.5 x (1 + erf(x / sqrt 2)), instead of the tanh form */
+    int bidirectional;   /* attention over every valid position of the sequence */
+    int type_vocab_size; /* token-type embeddings (0: none) */
+    int pos_offset;      /* position id of the first token (RoBERTa: padding_idx + 1 = 2) */
+    int mlm_head;        /* the MLM head: dense + GELU + LayerNorm, decoder tied to wte, with a bias */
+    int pad_token_id;    /* -1 when unknown */
 } ModelConfig;
 
 /* model.ternary: TERNARY_BITNET makes every block linear a BitLinear (fp32 latent weights,
@@ -86,6 +97,9 @@ static inline int cfg_q_dim(const ModelConfig *c) { return c->n_head * c->head_d
 static inline int cfg_kv_dim(const ModelConfig *c) { return c->n_kv_head * c->head_dim; }
 static inline int cfg_qkv_dim(const ModelConfig *c) { return cfg_q_dim(c) + 2 * cfg_kv_dim(c); }
 /* Width of the first MLP matmul's output: d_ff (gpt2) or 2*d_ff ([gate|up], llama). */
+/* LayerNorm with biases (gpt2, bert) rather than RMSNorm; learned absolute positions. */
+static inline int cfg_layernorm(const ModelConfig *c) { return c->family != FAMILY_LLAMA; }
+static inline int cfg_learned_pos(const ModelConfig *c) { return c->family != FAMILY_LLAMA; }
 static inline int cfg_fc_dim(const ModelConfig *c)
 {
     return c->family == FAMILY_LLAMA ? 2 * c->d_ff : c->d_ff;

@@ -20,6 +20,10 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
 {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
+    if (c->bidirectional)
+        return err_set("%s is an encoder (bidirectional attention): it fills in masked tokens, it does not generate "
+                       "text (anvil eval mlm, anvil embed)", c->hf_arch),
+               NULL;
     if (cap > c->max_seq_len)
         return err_set("%d positions exceed the model's window of %d tokens", cap, c->max_seq_len), NULL;
     if (B <= 0 || cap <= 0) return err_set("KV cache: %d rows x %d positions", B, cap), NULL;

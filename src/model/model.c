@@ -93,6 +93,15 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
     m->lnf_b = param_find_role(pt, PROLE_LNF_B, -1);
     int lm_head = param_find_role(pt, PROLE_LM_HEAD, -1);
     m->head = linear_make(pt, lm_head >= 0 ? lm_head : m->wte, -1);
+    m->tte = param_find_role(pt, PROLE_TTE, -1);
+    m->mlm.w = m->dec.w = -1;
+    m->mlm_ln_w = param_find_role(pt, PROLE_MLM_LN_W, -1);
+    m->mlm_ln_b = param_find_role(pt, PROLE_MLM_LN_B, -1);
+    if (param_find_role(pt, PROLE_MLM_W, -1) >= 0) {
+        m->mlm = linear_make(pt, param_find_role(pt, PROLE_MLM_W, -1), param_find_role(pt, PROLE_MLM_B, -1));
+        m->dec = linear_make(pt, m->wte, param_find_role(pt, PROLE_MLM_BIAS, -1));
+        m->head = m->dec;
+    }
     m->lp = xcalloc((size_t)cfg->n_layer, sizeof(LayerParams));
     for (int l = 0; l < cfg->n_layer; l++) {
         LayerParams *p = &m->lp[l];
@@ -252,12 +261,21 @@ static void free_acts(Model *m)
     if (m->lora_dt) be->free(m->lora_dt);
     if (m->lora_xd) be->free(m->lora_xd);
     m->lora_dt = m->lora_xd = NULL;
+    if (m->logits == m->mlm_logits) m->logits = NULL; /* an encoder's logits are its head's */
+    m->mlm_cap = 0;
     void *rest[] = {m->res_final, m->lnf, m->lnf_mean, m->lnf_rstd, m->logits, m->dres, m->dbuf1,
-                    m->dbuf2, m->tokens, m->targets, m->losses};
+                    m->dbuf2, m->tokens, m->targets, m->losses, m->lengths, m->types, m->rows, m->mlm_x,
+                    m->mlm_h, m->mlm_g, m->mlm_u, m->mlm_mean, m->mlm_rstd, m->mlm_logits};
     for (size_t i = 0; i < ARRAY_LEN(rest); i++)
         if (rest[i]) be->free(rest[i]);
     free(m->losses_host);
+    free(m->rows_host);
     m->losses_host = NULL;
+    m->rows_host = NULL;
+    m->lengths = m->types = m->rows = NULL;
+    m->mlm_x = m->mlm_h = m->mlm_g = m->mlm_u = m->mlm_logits = NULL;
+    m->mlm_mean = m->mlm_rstd = NULL;
+    m->cur_lengths = NULL;
     m->act_bytes = 0;
 }
 
@@ -279,8 +297,9 @@ int model_reserve(Model *m, int B, int T, int recompute)
 {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
-    if (T > c->max_seq_len)
-        return err_set("sequence length %d exceeds the model's max_seq_len %d", T, c->max_seq_len);
+    if (T > c->max_seq_len - c->pos_offset)
+        return err_set("sequence length %d exceeds the model's max_seq_len %d%s", T, c->max_seq_len - c->pos_offset,
+                       c->pos_offset ? " (positions less the offset)" : "");
     if (B <= 0 || T <= 0) return err_set("batch size and sequence length must be positive (got %d x %d)", B, T);
     if (m->la && B <= m->Bmax && T <= m->Tmax && recompute == m->recompute && (size_t)B * T <= (size_t)m->Bmax * m->Tmax)
         return 0;
@@ -346,6 +365,20 @@ int model_reserve(Model *m, int B, int T, int recompute)
     m->targets = be->alloc(N * sizeof(int32_t));
     m->losses = be->alloc(N * sizeof(float));
     m->losses_host = xmalloc(N * sizeof(float));
+    if (c->bidirectional) {
+        m->lengths = be->alloc((size_t)B * sizeof(int32_t));
+        m->rows = be->alloc(N * sizeof(int32_t));
+        m->rows_host = xmalloc(N * sizeof(int32_t));
+    }
+    if (m->tte >= 0) m->types = be->alloc(N * sizeof(int32_t)); /* zeros: one segment per sequence */
+    if (m->mlm.w >= 0) {
+        m->mlm_x = be->alloc(N * C * as);
+        m->mlm_h = be->alloc(N * C * as);
+        m->mlm_g = be->alloc(N * C * as);
+        m->mlm_u = be->alloc(N * C * as);
+        m->mlm_mean = be->alloc(N * sizeof(float));
+        m->mlm_rstd = be->alloc(N * sizeof(float));
+    }
     size_t after;
     be->mem_stats(&after, NULL);
     m->act_bytes = after - before;
@@ -403,9 +436,10 @@ void model_init_gpt2(Model *m, uint64_t seed)
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
         int is_norm_w = p->role == PROLE_LN1_W || p->role == PROLE_LN2_W || p->role == PROLE_LNF_W ||
-                        p->role == PROLE_ATTN_SUB_W || p->role == PROLE_FFN_SUB_W;
-        int resid = p->role == PROLE_O_W || p->role == PROLE_PROJ_W || p->role == PROLE_EXP_PROJ_W ||
-                    p->role == PROLE_SH_PROJ_W;
+                        p->role == PROLE_ATTN_SUB_W || p->role == PROLE_FFN_SUB_W || p->role == PROLE_MLM_LN_W;
+        /* BERT's init (transformers BertPreTrainedModel) has no residual scaling */
+        int resid = (p->role == PROLE_O_W || p->role == PROLE_PROJ_W || p->role == PROLE_EXP_PROJ_W ||
+                     p->role == PROLE_SH_PROJ_W) && !m->cfg.post_norm;
         double std = resid ? resid_std : INIT_STD;
         Rng r;
         rng_seed(&r, seed, (uint64_t)i);
@@ -507,22 +541,125 @@ static void head_done(const Model *m)
     if (model_head_group(m) == 0) model_weights_done(m, 0);
 }
 
+/* The MLM head over M rows x (M,C) into m->mlm_logits (M,V): dense, exact GELU, LayerNorm, decoder. */
+static void mlm_head_fwd(Model *m, const void *x, int M)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const ParamStore *ps = &m->ps;
+    if (M > m->mlm_cap) { /* grow-only, with headroom: masking scores a varying ~15% of the rows */
+        size_t before, after;
+        be->mem_stats(&before, NULL);
+        if (m->mlm_logits) be->free(m->mlm_logits);
+        int64_t cap = MIN((int64_t)m->Bmax * m->Tmax, (int64_t)M + M / 4);
+        m->mlm_logits = be->alloc((size_t)cap * c->vocab_size * be->act_size);
+        m->mlm_cap = (int)cap;
+        be->mem_stats(&after, NULL);
+        m->act_bytes += after - before;
+    }
+    linear_fwd(ps, &m->mlm, m->mlm_h, x, M, NULL);
+    be->gelu_erf_fwd(m->mlm_g, m->mlm_h, (size_t)M * c->d_model);
+    be->norm_fwd(m->mlm_u, m->mlm_mean, m->mlm_rstd, m->mlm_g, params_w(ps, m->mlm_ln_w), params_w(ps, m->mlm_ln_b),
+                 M, c->d_model, c->norm_eps, 0);
+    linear_fwd(ps, &m->dec, m->mlm_logits, m->mlm_u, M, NULL);
+}
+
+/* The loss of an encoder over its scored rows (targets >= 0), gathered first: the head's products
+ * run on those rows only. With loss_scale != 0 the head's backward too, leaving d(lnf) (N,C) in
+ * dbuf1 (zero on the rows not scored), where model_backward starts. Returns the loss sum. */
+static double mlm_loss(Model *m, const int32_t *targets, int N, float loss_scale, int *n_valid)
+{
+    const Backend *be = m->be;
+    const ModelConfig *c = &m->cfg;
+    const ParamStore *ps = &m->ps;
+    int C = c->d_model, M = 0;
+    int32_t *tgt = xmalloc((size_t)N * sizeof(int32_t));
+    for (int i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        if (targets[i] >= c->vocab_size)
+            fatal("model_forward: target %d is outside the vocabulary of %d (internal error)", targets[i],
+                  c->vocab_size);
+        m->rows_host[M] = i;
+        tgt[M++] = targets[i];
+    }
+    m->n_rows = M;
+    *n_valid = M;
+    if (loss_scale != 0) be->zero(m->dbuf1, (size_t)N * C * be->act_size);
+    if (!M) {
+        free(tgt);
+        return 0;
+    }
+    be->upload(m->rows, m->rows_host, (size_t)M * sizeof(int32_t));
+    be->upload(m->targets, tgt, (size_t)M * sizeof(int32_t));
+    free(tgt);
+    be->gather_rows(m->mlm_x, m->lnf, m->rows, M, C);
+    mlm_head_fwd(m, m->mlm_x, M);
+    be->xent_fwd_bwd(m->losses, m->mlm_logits, m->targets, M, c->vocab_size, loss_scale);
+    if (loss_scale != 0) { /* d(u) -> d(g) (norm) -> d(h) (GELU) -> d(x), scattered into d(lnf) */
+        void *du = m->dbuf2, *dg = m->dres, *dh = m->dbuf2, *dx = m->dres;
+        linear_bwd(ps, &m->dec, du, m->mlm_logits, m->mlm_u, M, NULL);
+        be->zero(dg, (size_t)M * C * be->act_size);
+        be->norm_bwd(dg, params_g(ps, m->mlm_ln_w), params_g(ps, m->mlm_ln_b), du, m->mlm_g, params_w(ps, m->mlm_ln_w),
+                     m->mlm_mean, m->mlm_rstd, M, C, 0);
+        be->gelu_erf_bwd(dh, m->mlm_h, dg, (size_t)M * C);
+        linear_bwd(ps, &m->mlm, dx, dh, m->mlm_x, M, NULL);
+        be->scatter_rows(m->dbuf1, dx, m->rows, M, C);
+    }
+    be->download(m->losses_host, m->losses, (size_t)M * sizeof(float));
+    double sum = 0;
+    for (int i = 0; i < M; i++) sum += m->losses_host[i];
+    return sum;
+}
+
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
                     int *n_valid)
+{
+    return model_forward_len(m, inputs, targets, NULL, B, T, loss_scale, n_valid);
+}
+
+float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets, const int32_t *lengths, int B,
+                        int T, float loss_scale, int *n_valid)
 {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     int N = B * T;
     if (!m->la || B * T > m->Bmax * m->Tmax || T > m->Tmax)
         fatal("model_forward: %d x %d tokens exceed the reserved %d x %d (internal error)", B, T, m->Bmax, m->Tmax);
+    if (lengths && !c->bidirectional) fatal("model_forward: sequence lengths for a causal model (internal error)");
     be->upload(m->tokens, inputs, (size_t)N * sizeof(int32_t));
-    if (targets) be->upload(m->targets, targets, (size_t)N * sizeof(int32_t));
+    if (targets && !c->bidirectional) be->upload(m->targets, targets, (size_t)N * sizeof(int32_t));
+    if (c->bidirectional && targets && m->mlm.w < 0)
+        fatal("model_forward: this encoder has no MLM head to score targets with (internal error)");
+    m->cur_lengths = NULL;
+    if (lengths) {
+        for (int b = 0; b < B; b++)
+            if (lengths[b] < 1 || lengths[b] > T)
+                fatal("model_forward: sequence %d has length %d, outside 1..%d (internal error)", b, lengths[b], T);
+        be->upload(m->lengths, lengths, (size_t)B * sizeof(int32_t));
+        m->cur_lengths = m->lengths;
+    }
     StackBufs bufs = train_bufs(m);
-    AttnCtx ctx = {.mode = ATTN_CAUSAL};
+    AttnCtx ctx = {.mode = c->bidirectional ? ATTN_BIDIRECTIONAL : ATTN_CAUSAL, .pos0 = c->pos_offset,
+                   .lengths = m->cur_lengths};
     m->training = targets && loss_scale != 0;
     model_stack_fwd(m, &bufs, m->tokens, B, T, &ctx);
     if (n_valid) *n_valid = 0;
     m->loss_sum = 0;
+    if (c->bidirectional) {
+        if (!targets) {
+            if (m->mlm.w >= 0 && !m->hidden_only) {
+                mlm_head_fwd(m, m->lnf, N);
+                m->logits = m->mlm_logits;
+            }
+            return 0.0f;
+        }
+        int valid = 0;
+        m->loss_sum = mlm_loss(m, targets, N, loss_scale, &valid);
+        if (n_valid) *n_valid = valid;
+        m->cur_B = B;
+        m->cur_T = T;
+        return valid ? (float)(m->loss_sum / valid) : 0.0f;
+    }
     if (!targets) {
         if (!m->logits) {
             size_t before;
@@ -589,7 +726,7 @@ void model_backward(Model *m)
     be->zero(dres, (size_t)N * C * be->act_size);
     model_weights_need(m, L + 1, L);
     be->norm_bwd(dres, params_g(ps, m->lnf_w), params_g(ps, m->lnf_b), d1, m->res_final, params_w(ps, m->lnf_w),
-                 m->lnf_mean, m->lnf_rstd, N, C, c->family == FAMILY_LLAMA);
+                 m->lnf_mean, m->lnf_rstd, N, C, !cfg_layernorm(c));
     model_weights_done(m, L + 1);
     model_grads_ready(m, L + 1);
     for (int l = L - 1; l >= 0; l--) {
@@ -601,7 +738,10 @@ void model_backward(Model *m)
         model_grads_ready(m, 1 + l);
     }
     if (model_head_group(m) != 0) model_grads_begin(m, 0);
-    be->embed_bwd(params_g(ps, m->wte), params_g(ps, m->wpe), dres, m->tokens, B, T, C);
+    float *dwpe = params_g(ps, m->wpe);
+    if (dwpe) dwpe += (size_t)c->pos_offset * C; /* positions pos_offset.. */
+    be->embed_bwd(params_g(ps, m->wte), dwpe, dres, m->tokens, B, T, C);
+    if (m->tte >= 0 && params_g(ps, m->tte)) be->embed_bwd(params_g(ps, m->tte), NULL, dres, m->types, B, T, C);
     model_grads_ready(m, 0);
 }
 
@@ -616,6 +756,10 @@ static double stack_flops(const Model *m, int backward)
         f += p->moe ? moe_flops(m, l, backward)
                     : linear_flops(&m->ps, &p->fc, backward) + linear_flops(&m->ps, &p->proj, backward);
     }
+    if (m->mlm.w >= 0) { /* the MLM head runs on the scored rows only: their share in the last forward */
+        double rows = (double)m->cur_B * m->cur_T, share = rows > 0 ? m->n_rows / rows : 1.0;
+        return f + share * (linear_flops(&m->ps, &m->mlm, backward) + linear_flops(&m->ps, &m->dec, backward));
+    }
     return f + linear_flops(&m->ps, &m->head, backward);
 }
 
@@ -623,13 +767,14 @@ static double stack_flops(const Model *m, int backward)
  * full row, of which the causal kernels compute half: 2 * q_dim * T forward, twice that backward. */
 double model_flops_per_token(const Model *m, int T)
 {
-    double attn = 6.0 * m->cfg.n_layer * (double)cfg_q_dim(&m->cfg) * T;
+    /* bidirectional attention computes the whole row: twice the causal kernels' products */
+    double attn = (m->cfg.bidirectional ? 12.0 : 6.0) * m->cfg.n_layer * (double)cfg_q_dim(&m->cfg) * T;
     return stack_flops(m, 1) + attn;
 }
 
 double model_flops_per_token_fwd(const Model *m, int T)
 {
-    double attn = 2.0 * m->cfg.n_layer * (double)cfg_q_dim(&m->cfg) * T;
+    double attn = (m->cfg.bidirectional ? 4.0 : 2.0) * m->cfg.n_layer * (double)cfg_q_dim(&m->cfg) * T;
     return stack_flops(m, 0) + attn;
 }
 

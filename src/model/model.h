@@ -9,6 +9,13 @@
  *   ln2 = norm(x2); h = linear_fc(ln2); g = gelu(h) | swiglu(h)
  *   x' = x2 + linear_proj(g)
  * then lnf = norm(x_L), logits = linear_head(lnf) (the head is wte when tied).
+ *
+ * Encoders (cfg.post_norm, the bert family) keep the same buffers with the norms moved after the
+ * residual sums: ln1 = norm(res) is the block input, x2 = ln1 + linear_o(a), ln2 = norm(x2), and
+ * the next block's res = ln2 + linear_proj(g); res of block 0 is the embedding sum (words,
+ * positions from pos_offset, token types), its ln1 the embedding LayerNorm; lnf the last block's
+ * output norm. The MLM head runs on the scored rows only (gathered first):
+ *   logits = linear_dec(norm(gelu(linear_mlm(lnf[rows]))))   (the decoder is wte with its own bias)
  */
 #ifndef ANVIL_MODEL_H
 #define ANVIL_MODEL_H
@@ -117,6 +124,21 @@ typedef struct Model {
     double loss_sum;            /* sum of the losses of the last forward with targets */
     const ModelHooks *hooks;    /* a sharded run's hooks (above), or NULL */
     struct MoeState *moe;       /* MoE models: backward scratch, routing losses, statistics (moe.h) */
+
+    /* encoders (bert family) */
+    int tte;                    /* token-type embeddings (-1: none) */
+    Linear mlm, dec;            /* the MLM head's dense layer and decoder (wte + mlm.bias); w -1: no head */
+    int mlm_ln_w, mlm_ln_b;
+    int32_t *lengths;           /* (Bmax) backend copy of the last forward's sequence lengths */
+    const int32_t *cur_lengths; /* m->lengths when the last forward had lengths, else NULL (all T) */
+    int32_t *types;             /* (N) token-type ids (zeros) */
+    int32_t *rows, *rows_host;  /* (N) scored rows of the last forward (backend, host); n_rows of them */
+    int n_rows;
+    void *mlm_x, *mlm_h, *mlm_g, *mlm_u; /* (N,C) head input rows, pre-activation, GELU, norm output */
+    float *mlm_mean, *mlm_rstd;          /* (N) */
+    void *mlm_logits;                    /* (rows,V) logits of the scored rows (grow-only, mlm_cap rows) */
+    int hidden_only;                     /* 1: a forward without targets stops at the hidden states (embeddings) */
+    int mlm_cap;
 } Model;
 
 /* The hooks, where set (model.c, block.c). */
@@ -196,6 +218,13 @@ void model_sync_act_params(Model *m);
  * in m->logits. *n_valid gets the count of scored targets when not NULL. */
 float model_forward(Model *m, const int32_t *inputs, const int32_t *targets, int B, int T, float loss_scale,
                     int *n_valid);
+/* model_forward for padded batches: lengths (host, B; NULL = T each) gives each sequence's valid
+ * tokens (1..T), which a bidirectional model attends to (padding never is); a causal model refuses
+ * lengths. An encoder's targets are the MLM labels (negative = not scored); without targets an encoder
+ * with an MLM head leaves its (B,T,V) logits in m->logits, and every model its final hidden states
+ * (B,T,C) in m->lnf. */
+float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets, const int32_t *lengths, int B,
+                        int T, float loss_scale, int *n_valid);
 /* Backward pass after model_forward(..., loss_scale != 0); ADDS the gradients of trainable tensors
  * (zero them with model_zero_grad at the start of a step). */
 void model_backward(Model *m);
@@ -203,7 +232,9 @@ void model_zero_grad(Model *m);
 
 /* Forward + backward FLOPs per token at sequence length T: for every weight product 2 FLOPs per
  * weight forward, 2 for the input gradient, 2 more for the weight gradient when the weight is
- * trainable (6 / 4 per weight), plus causal attention 6 * n_layer * q_dim * T (docs/benchmarks.md).
+ * trainable (6 / 4 per weight), plus causal attention 6 * n_layer * q_dim * T (docs/benchmarks.md);
+ * an encoder's bidirectional attention twice that, and its MLM head's products times the share of
+ * rows the last forward with targets scored (the head runs on those only).
  * Embedding lookups are not products and count nothing. */
 double model_flops_per_token(const Model *m, int T);
 /* The same for a forward only (evaluation): 2 per weight plus 2 * n_layer * q_dim * T. */

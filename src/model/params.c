@@ -94,13 +94,14 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
 {
     int cap = 0;
     int C = c->d_model;
-    int gpt2 = c->family == FAMILY_GPT2;
+    int gpt2 = cfg_layernorm(c); /* LayerNorm biases and learned positions (gpt2, bert) */
     char nm[64];
     memset(pt, 0, sizeof(*pt));
     pt->n_layer = c->n_layer;
     pt->tern_group = c->tern_group > 0 ? c->tern_group : TERN_DEFAULT_GROUP;
     add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
     if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
+    if (c->type_vocab_size > 0) add_param(pt, &cap, "tte", PROLE_TTE, -1, 2, c->type_vocab_size, C);
     for (int l = 0; l < c->n_layer; l++) {
 #define P1(suffix, role, n) \
     (snprintf(nm, sizeof(nm), "h.%d.%s", l, suffix), add_param(pt, &cap, nm, role, l, 1, n, 1))
@@ -145,6 +146,13 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
     add_param(pt, &cap, "lnf.w", PROLE_LNF_W, -1, 1, C, 1);
     if (gpt2) add_param(pt, &cap, "lnf.b", PROLE_LNF_B, -1, 1, C, 1);
     if (!c->tie_embeddings) add_param(pt, &cap, "lm_head", PROLE_LM_HEAD, -1, 2, c->vocab_size, C);
+    if (c->mlm_head) {
+        add_param(pt, &cap, "mlm.w", PROLE_MLM_W, -1, 2, C, C);
+        add_param(pt, &cap, "mlm.b", PROLE_MLM_B, -1, 1, C, 1);
+        add_param(pt, &cap, "mlm.ln.w", PROLE_MLM_LN_W, -1, 1, C, 1);
+        add_param(pt, &cap, "mlm.ln.b", PROLE_MLM_LN_B, -1, 1, C, 1);
+        add_param(pt, &cap, "mlm.bias", PROLE_MLM_BIAS, -1, 1, c->vocab_size, 1);
+    }
     size_t rows = (size_t)c->n_layer + 1;
     pt->by_role = xmalloc(rows * PROLE_COUNT * sizeof(int));
     for (size_t i = 0; i < rows * PROLE_COUNT; i++) pt->by_role[i] = -1;

@@ -9,6 +9,9 @@
  * and in an MoE layer instead of fc/proj (docs/moe.md):
  *   h.L.router.w (E, C)  h.L.exp.e.fc.w (2 moe_d_ff, C)  h.L.exp.e.proj.w (C, moe_d_ff)  (e = 0 .. E-1)
  *   h.L.shared.fc.w (2 shared_d_ff, C)  h.L.shared.proj.w (C, shared_d_ff)  h.L.shared.gate.w (1, C)
+ * The bert family adds tte (types, C) after wpe and, with the MLM head, mlm.w (C,C) mlm.b mlm.ln.w
+ * mlm.ln.b (C) and mlm.bias (V) after lnf; its h.L.ln1 is the norm that made block L's input (the
+ * embedding LayerNorm for block 0, block L-1's output LayerNorm after), lnf the last block's.
  * qkv rows are [q heads | k heads | v heads]; llama fc rows are [gate | up]. Table order is
  * layer-major: the embeddings, then block 0 .. L-1, then the final norm and the head.
  *
@@ -73,6 +76,8 @@ enum {
      * (param_find_expert); the shared expert's fc/proj and its gate (1, C) */
     PROLE_ROUTER_W, PROLE_EXP_FC_W, PROLE_EXP_PROJ_W, PROLE_SH_FC_W, PROLE_SH_PROJ_W, PROLE_SH_GATE_W,
     PROLE_ATTN_SUB_W, PROLE_FFN_SUB_W, /* BitNet's sub-norms: h.L.attn_sub.w (q_dim), h.L.ffn_sub.w (d_ff) */
+    /* encoders (bert family): token types, the MLM head's transform (dense, norm) and decoder bias */
+    PROLE_TTE, PROLE_MLM_W, PROLE_MLM_B, PROLE_MLM_LN_W, PROLE_MLM_LN_B, PROLE_MLM_BIAS,
     PROLE_COUNT
 };
 

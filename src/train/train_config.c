@@ -126,6 +126,14 @@ static const KeyDef keys[] = {
     {"data.pack", CT_BOOL, F(data_pack), "false",
      "sft: pack several examples into one row. Not supported yet (it needs attention that keeps examples apart); "
      "each example is padded to train.seq_len."},
+    {"data.objective", CT_STR, F(data_objective), "causal",
+     "causal: predict the next token (decoders); mlm: masked-LM rows for encoders (model.family bert): windows of "
+     "the token stream wrapped in the tokenizer's template ([CLS] ... [SEP]) of train.seq_len ids, tokens chosen "
+     "with data.mlm.prob, 80% [MASK] / 10% random / 10% unchanged, the loss over chosen tokens only "
+     "(docs/encoders.md)."},
+    {"data.mlm.prob", CT_FLOAT, F(data_mlm_prob), "0.15", "mlm: the chance that a token (or word) is chosen."},
+    {"data.mlm.whole_word", CT_BOOL, F(data_mlm_whole_word), "false",
+     "mlm: choose whole words (a WordPiece piece and the ## pieces after it) together."},
     {"train.steps", CT_INT, F(steps), "1000", "Optimizer steps."},
     {"train.batch_size", CT_BATCH, F(batch_size), "8",
      "Sequences per micro-batch, or auto: the largest that anvil plan says fits the device (then checked by "
@@ -573,6 +581,15 @@ int train_config_validate(const TrainConfig *tc)
         ChatTemplate ct;
         if (chat_template_named(tc->data_chat_template, &ct)) return err_prefix("data.chat_template");
     }
+    if (strcmp(tc->data_objective, "causal") && strcmp(tc->data_objective, "mlm"))
+        return err_set("data.objective: expected causal or mlm, got \"%s\"", tc->data_objective);
+    int mlm = !strcmp(tc->data_objective, "mlm");
+    if (mlm && sft) return err_set("data.objective: mlm needs data.format text, not sft");
+    if (mlm && !(tc->data_mlm_prob > 0 && tc->data_mlm_prob < 1))
+        return err_set("data.mlm.prob: must be between 0 and 1 (exclusive), got %g", tc->data_mlm_prob);
+    if (!mlm && tc->data_mlm_whole_word)
+        return err_set("data.mlm.whole_word: is set but data.objective is %s (set data.objective: mlm)",
+                       tc->data_objective);
     if (tc->data_pack)
         return err_set("data.pack: packing is not supported yet (examples sharing a row would attend to each other "
                        "without per-example attention segments); leave it false: each example is padded to "

@@ -54,6 +54,9 @@ typedef struct {
     char data_chat_template[32]; /* sft: "" (the tokenizer's own), none, or a family (src/data/chat.h) */
     char data_train_on[16];      /* sft: completion or all */
     int data_pack;               /* sft: pack examples into rows (not supported yet) */
+    char data_objective[16];     /* causal (next token) or mlm (masked LM, src/data/mlm.h) */
+    float data_mlm_prob;         /* mlm: chance that a token (or word) is chosen */
+    int data_mlm_whole_word;     /* mlm: choose whole words */
     /* train */
     int steps, batch_size, seq_len;
     long tokens_per_step;

@@ -22,6 +22,7 @@
 #include "core/error.h"
 #include "data/loader.h"
 #include "dist/dist.h"
+#include "data/mlm.h"
 #include "data/sft.h"
 #include "data/tokenizer.h"
 #include "eval/mcq.h"
@@ -112,6 +113,8 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
     else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
     c->tern_group = tc->tern_group;
+    if (c->family == FAMILY_BERT && !c->tie_embeddings)
+        return err_set("model.tie_embeddings: the bert family ties its MLM decoder to the embeddings");
     return model_config_finish(c);
 }
 
@@ -178,6 +181,7 @@ typedef struct {
     const Backend *be;
     Model *m;
     Tokenizer *tok;
+    MlmOptions mlm; /* data.objective mlm: the masking of both loaders */
     DataLoader *train, *val;
     Optimizer opt;
     TrainerState st;
@@ -529,12 +533,23 @@ static int setup_data(Run *r, const ModelConfig *cfg)
         if (!r->tok && (tc->data_tokenizer[0] || !tc->model_init[0])) return err_prefix("data.tokenizer");
         /* an init model without tokenizer files is fine for shards */
     }
+    /* masked-LM rows for an encoder with its head; an encoder never trains on next tokens */
+    int mlm = !strcmp(tc->data_objective, "mlm");
+    if (mlm && (!cfg->bidirectional || !cfg->mlm_head))
+        return err_set("data.objective: mlm needs an encoder with an MLM head (model.family bert, a bert preset or "
+                       "a *ForMaskedLM model.init); this model is %s", cfg->hf_arch);
+    if (!mlm && cfg->bidirectional)
+        return err_set("data.objective: %s, but %s is an encoder: set data.objective: mlm", tc->data_objective,
+                       cfg->hf_arch);
+    if (mlm && !r->tok)
+        return err_set("data.objective: mlm needs the tokenizer (its [MASK] and [CLS]/[SEP]): set data.tokenizer");
+    if (mlm && mlm_options_init(&r->mlm, r->tok, tc->data_mlm_prob, tc->data_mlm_whole_word)) return -1;
     /* each rank reads its own windows of every global batch; the validation set is read whole by
      * every rank (eval_loss shares out the batches) */
     int dp = dist_active(&r->dist);
     LoaderOptions lo = {.B = tc->batch_size, .T = tc->seq_len, .seed = tc->seed, .shuffle = 1,
                         .rank = dp ? r->dist.rank : 0, .world = dp ? r->dist.world : 1, .tokenizer = tok_spec,
-                        .sft = sft ? &so : NULL};
+                        .sft = sft ? &so : NULL, .mlm = mlm ? &r->mlm : NULL};
     r->train = loader_open(tc->data_train, &lo);
     if (!r->train) return err_prefix("data.train");
     if (!r->tok) {
@@ -642,6 +657,9 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
         if (bad) return -1;
+        if (cfg->family == FAMILY_BERT && dist_active(&r->dist) && r->dist.opt.zero >= 2)
+            return err_set("dist.zero: %d with the bert family is not supported yet (its MLM head has no sharding "
+                           "hooks); use dist.zero 0 or 1", r->dist.opt.zero);
         if (cfg->ternary && dist_active(&r->dist) && r->dist.opt.zero > 0)
             return err_set("model.ternary: bitnet with dist.zero %d is not supported yet (BitLinear reads the whole "
                            "fp32 master, which ZeRO shards); use dist.zero 0", r->dist.opt.zero);
@@ -1022,6 +1040,7 @@ static int run_free(Run *r, int failed)
     if (r->train) loader_close(r->train);
     if (r->val) loader_close(r->val);
     if (r->tok) tokenizer_free(r->tok);
+    mlm_options_free(&r->mlm);
     mcq_set_free(&r->mcq);
     for (int k = 0; r->in && k < r->accum; k++) {
         free(r->in[k]);

@@ -420,6 +420,50 @@ static void cpu_gelu_bwd(void *dinp_, const void *inp_, const void *dout_, size_
     }
 }
 
+#define GELU_RSQRT2 0.7071067811865476  /* 1/sqrt(2) */
+#define GELU_RSQRT2PI 0.3989422804014327 /* 1/sqrt(2 pi) */
+
+// gelu(x) = 0.5 x (1 + erf(x / sqrt 2))   (exact; HF "gelu", torch's default); in double
+static void cpu_gelu_erf_fwd(void *out_, const void *inp_, size_t n)
+{
+    float *out = out_;
+    const float *x = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i];
+        out[i] = (float)(0.5 * v * (1.0 + erf(v * GELU_RSQRT2)));
+    }
+}
+
+// gelu'(x) = Phi(x) + x phi(x) = 0.5 (1 + erf(x / sqrt 2)) + x exp(-x^2 / 2) / sqrt(2 pi)
+static void cpu_gelu_erf_bwd(void *dinp_, const void *inp_, const void *dout_, size_t n)
+{
+    float *dinp = dinp_;
+    const float *x = inp_, *dout = dout_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i];
+        double g = 0.5 * (1.0 + erf(v * GELU_RSQRT2)) + v * exp(-0.5 * v * v) * GELU_RSQRT2PI;
+        dinp[i] = (float)(dout[i] * g);
+    }
+}
+
+// out[m] = inp[idx[m]] (rows of C)
+static void cpu_gather_rows(void *out, const void *inp, const int32_t *idx, int M, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++)
+        memcpy((float *)out + (size_t)m * C, (const float *)inp + (size_t)idx[m] * C, (size_t)C * sizeof(float));
+}
+
+// dinp[idx[m]] = dout[m]
+static void cpu_scatter_rows(void *dinp, const void *dout, const int32_t *idx, int M, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int m = 0; m < M; m++)
+        memcpy((float *)dinp + (size_t)idx[m] * C, (const float *)dout + (size_t)m * C, (size_t)C * sizeof(float));
+}
+
 // out (N,F) = silu(gate) * up, inp rows [gate (F) | up (F)]
 static void cpu_swiglu_fwd(void *out_, const void *inp_, int N, int F)
 {
@@ -466,7 +510,17 @@ static void cpu_add(void *out_, const void *a_, const void *b_, size_t n)
 
 // For each (b, kv head) the threads own every query head of the group, so the
 // k/v gradients of a group are written by one thread (deterministic, no races).
-static void cpu_attention_fwd(void *out_, float *lse, const void *qkv_, int B, int T, int nh, int nkv, int hd)
+/* The keys query t of row b attends to: 0..t (causal), or 0..lengths[b]-1 (bidirectional; all T
+ * without lengths), lengths clamped to 1..T as the CUDA kernels do. */
+static int attn_keys(int causal, const int32_t *lengths, int b, int t, int T)
+{
+    if (causal) return t + 1;
+    int n = lengths ? lengths[b] : T;
+    return n < 1 ? 1 : n > T ? T : n;
+}
+
+static void attention_fwd_mode(void *out_, float *lse, const void *qkv_, int B, int T, int nh, int nkv, int hd,
+                               int causal, const int32_t *lengths)
 {
     float *out = out_;
     const float *qkv = qkv_;
@@ -481,8 +535,9 @@ static void cpu_attention_fwd(void *out_, float *lse, const void *qkv_, int B, i
                 int kvh = h / group;
                 for (int t = 0; t < T; t++) {
                     const float *q = qkv + ((size_t)b * T + t) * row + (size_t)h * hd;
+                    int ns = attn_keys(causal, lengths, b, t, T);
                     float mx = -INFINITY;
-                    for (int s = 0; s <= t; s++) {
+                    for (int s = 0; s < ns; s++) {
                         const float *k = qkv + ((size_t)b * T + s) * row + (size_t)(nh + kvh) * hd;
                         float dot = 0;
                         for (int d = 0; d < hd; d++) dot += q[d] * k[d];
@@ -490,29 +545,41 @@ static void cpu_attention_fwd(void *out_, float *lse, const void *qkv_, int B, i
                         if (p[s] > mx) mx = p[s];
                     }
                     double sum = 0;
-                    for (int s = 0; s <= t; s++) {
+                    for (int s = 0; s < ns; s++) {
                         p[s] = expf(p[s] - mx);
                         sum += p[s];
                     }
-                    float inv = (float)(1.0 / sum);
+                    float inv = ns ? (float)(1.0 / sum) : 0.0f; /* no key: zero output */
                     float *o = out + ((size_t)b * T + t) * nh * hd + (size_t)h * hd;
                     for (int d = 0; d < hd; d++) o[d] = 0;
-                    for (int s = 0; s <= t; s++) {
+                    for (int s = 0; s < ns; s++) {
                         const float *v = qkv + ((size_t)b * T + s) * row + (size_t)(nh + nkv + kvh) * hd;
                         float w = p[s] * inv;
                         for (int d = 0; d < hd; d++) o[d] += w * v[d];
                     }
-                    lse[((size_t)b * nh + h) * T + t] = mx + (float)log(sum);
+                    lse[((size_t)b * nh + h) * T + t] = ns ? mx + (float)log(sum) : 0.0f;
                 }
             }
         free(p);
     }
 }
 
+static void cpu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
+{
+    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, 1, NULL);
+}
+
+static void cpu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t *lengths, int B, int T, int nh,
+                                  int nkv, int hd)
+{
+    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, 0, lengths);
+}
+
 // p_s = exp(score_s - lse), D = dout . out, ds_s = p_s (dout . v_s - D)
 // dq = scale sum_s ds_s k_s, dk_s += scale ds_s q, dv_s += p_s dout
-static void cpu_attention_bwd(void *dqkv_, const void *dout_, const void *out_, const float *lse,
-                              const void *qkv_, int B, int T, int nh, int nkv, int hd)
+static void attention_bwd_mode(void *dqkv_, const void *dout_, const void *out_, const float *lse,
+                               const void *qkv_, int B, int T, int nh, int nkv, int hd, int causal,
+                               const int32_t *lengths)
 {
     float *dqkv = dqkv_;
     const float *dout = dout_, *out = out_, *qkv = qkv_;
@@ -535,7 +602,8 @@ static void cpu_attention_bwd(void *dqkv_, const void *dout_, const void *out_, 
                         float D = 0;
                         for (int e = 0; e < hd; e++) D += d[e] * o[e];
                         for (int e = 0; e < hd; e++) dq[e] = 0;
-                        for (int s = 0; s <= t; s++) {
+                        int ns = attn_keys(causal, lengths, b, t, T);
+                        for (int s = 0; s < ns; s++) {
                             size_t rs = (size_t)b * T + s;
                             const float *k = qkv + rs * row + (size_t)(nh + kvh) * hd;
                             const float *v = qkv + rs * row + (size_t)(nh + nkv + kvh) * hd;
@@ -555,6 +623,18 @@ static void cpu_attention_bwd(void *dqkv_, const void *dout_, const void *out_, 
                             }
                         }
                     }
+}
+
+static void cpu_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                              int B, int T, int nh, int nkv, int hd)
+{
+    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 1, NULL);
+}
+
+static void cpu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                                  const int32_t *lengths, int B, int T, int nh, int nkv, int hd)
+{
+    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 0, lengths);
 }
 
 // Rotate-half RoPE: for i < hd/2, angle = pos * inv_freq[i]:
@@ -739,6 +819,12 @@ static const Backend cpu_backend = {
     .mem_stats = cpu_mem_stats,
     .mem_reset_peak = cpu_mem_reset_peak,
     .copy = cpu_copy,
+    .attention_len_fwd = cpu_attention_len_fwd,
+    .attention_len_bwd = cpu_attention_len_bwd,
+    .gelu_erf_fwd = cpu_gelu_erf_fwd,
+    .gelu_erf_bwd = cpu_gelu_erf_bwd,
+    .gather_rows = cpu_gather_rows,
+    .scatter_rows = cpu_scatter_rows,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

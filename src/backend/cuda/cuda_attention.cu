@@ -14,7 +14,13 @@
  * docs/cuda.md ("Kernels removed") lists the variants that lost in measurements and were deleted.
  *
  * Layout (backend.h): qkv (B,T,(nh+2*nkv)*hd) rows [q heads | k heads | v heads],
- * out (B,T,nh*hd), lse (B,nh,T). Query head h reads kv head h / (nh/nkv). */
+ * out (B,T,nh*hd), lse (B,nh,T). Query head h reads kv head h / (nh/nkv).
+ *
+ * The simple kernels, the wgmma forward and the two-kernel backward are templates over CAUSAL: true
+ * is the decoders' attention (keys 0..t), false the encoders' (backend.h attention_len_fwd/bwd:
+ * every query of row b attends to the keys below lens[b], clamped to 1..T; lens NULL = T). The
+ * bidirectional backward always runs the two-kernel path (no atomics), and cuDNN is not used for
+ * it (the graphs of cuda_cudnn.cu have no padding mask). */
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -25,12 +31,20 @@
 #define SIMPLE_MAX_HD 256
 #define SIMPLE_WARPS 8
 
+/* The keys of row b in the bidirectional mode: lens[b] clamped to 1..T (all T without lens). */
+__device__ __forceinline__ int key_len(const int32_t *lens, int b, int T_)
+{
+    int n = lens ? lens[b] : T_;
+    return n < 1 ? 1 : n > T_ ? T_ : n;
+}
+
 /* ================================================================ simple */
 
-// out = softmax(q k^T * scale, causal) v,  lse = log sum exp of each row.  One warp per (b, h, t);
-// lane owns dims lane, lane+32, ...
-template <typename T>
-__global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, int T_, int nh, int nkv, int hd)
+// out = softmax(q k^T * scale, causal or over the row's keys) v,  lse = log sum exp of each row.  One
+// warp per (b, h, t); lane owns dims lane, lane+32, ...
+template <typename T, bool CAUSAL>
+__global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, int T_, int nh, int nkv, int hd,
+                                       const int32_t *lens)
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -48,7 +62,8 @@ __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, 
         o[k] = 0;
     }
     float m = -INFINITY, l = 0;
-    for (int s = 0; s <= t; s++) {
+    int ns = CAUSAL ? t + 1 : key_len(lens, b, T_);
+    for (int s = 0; s < ns; s++) {
         const T *kr = qkv + ((size_t)b * T_ + s) * row + (size_t)(nh + kvh) * hd;
         const T *vr = kr + (size_t)nkv * hd;
         float dot = 0;
@@ -77,9 +92,9 @@ __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, 
 }
 
 // Per (b, h, t): Dt = dout . out;  dq = scale * sum_s p_s (dout . v_s - Dt) k_s
-template <typename T>
+template <typename T, bool CAUSAL>
 __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, const T *out, const float *lse,
-                                         const T *qkv, int B, int T_, int nh, int nkv, int hd)
+                                         const T *qkv, int B, int T_, int nh, int nkv, int hd, const int32_t *lens)
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -103,7 +118,8 @@ __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, co
     D = warp_sum(D);
     float L = lse[((size_t)b * nh + h) * T_ + t];
     if (lane == 0) Dbuf[((size_t)b * nh + h) * T_ + t] = D;
-    for (int s = 0; s <= t; s++) {
+    int ns = CAUSAL ? t + 1 : key_len(lens, b, T_);
+    for (int s = 0; s < ns; s++) {
         const T *kr = qkv + ((size_t)b * T_ + s) * row + (size_t)(nh + kvh) * hd;
         const T *vr = kr + (size_t)nkv * hd;
         float dot = 0, dpv = 0;
@@ -134,9 +150,10 @@ __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, co
 }
 
 // Per (b, kv head, s): dk_s = scale * sum_{h in group, t >= s} ds_ts q_t,  dv_s = sum p_ts dout_t
-template <typename T>
+// (bidirectional: over every t when s is one of the row's keys, else zero)
+template <typename T, bool CAUSAL>
 __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *dout, const float *lse, const T *qkv,
-                                          int B, int T_, int nh, int nkv, int hd)
+                                          int B, int T_, int nh, int nkv, int hd, const int32_t *lens)
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -155,8 +172,9 @@ __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *d
         vv[k] = e < hd ? to_f(vr[e]) : 0.0f;
         dk[k] = dvv[k] = 0;
     }
+    int t0 = CAUSAL ? s : (s < key_len(lens, b, T_) ? 0 : T_);
     for (int h = kvh * group; h < (kvh + 1) * group; h++)
-        for (int t = s; t < T_; t++) {
+        for (int t = t0; t < T_; t++) {
             size_t rt = (size_t)b * T_ + t;
             const T *q = qkv + rt * row + (size_t)h * hd, *d = dout + rt * nh * hd + (size_t)h * hd;
             float dot = 0, dpv = 0;
@@ -343,9 +361,10 @@ __device__ __forceinline__ void mma_a_tileT_ldm(float (&acc)[8][4], const u32 (&
         }
 }
 
+template <bool CAUSAL>
 __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                    const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                   int nkv, int zorder)
+                                                                   int nkv, int zorder, const int32_t *lens)
 {
     __shared__ __align__(16) bf16 Qs[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Os[2][FA_BLOCK * FA_LDS];
@@ -369,10 +388,12 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
     load_a_frags(vf, Os[0], warp * 16, g, tq);
     __syncthreads();
 
-    /* iterations: every (query head of the group, query block at or after this key block) */
-    int nq = nqb - kb, nit = group * nq;
+    /* iterations: every (query head of the group, query block at or after this key block; bidirectional:
+     * every query block, none when the block holds no key of the row) */
+    int len = CAUSAL ? T_ : key_len(lens, b, T_);
+    int qstart = CAUSAL ? kb : 0, nq = nqb - qstart, nit = (CAUSAL || k0 < len) ? group * nq : 0;
     auto issue = [&](int it, int buf) {
-        int h = kvh * group + it / nq, q0 = (kb + it % nq) * FA_BLOCK;
+        int h = kvh * group + it / nq, q0 = (qstart + it % nq) * FA_BLOCK;
         cp_async_tile(Qs[buf], base + (size_t)h * FA_D, stride, q0, T_);
         cp_async_tile(Os[buf], dout + (size_t)b * T_ * ostride + (size_t)h * FA_D, ostride, q0, T_);
         cp_async_commit();
@@ -391,9 +412,9 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
         for (int e = 0; e < 4; e++) dk[i][e] = dv[i][e] = 0;
     int key_a = k0 + warp * 16 + g, key_b = key_a + 8;
 
-    issue(0, 0);
+    if (nit) issue(0, 0);
     for (int it = 0; it < nit; it++) {
-        int buf = it & 1, q0 = (kb + it % nq) * FA_BLOCK;
+        int buf = it & 1, q0 = (qstart + it % nq) * FA_BLOCK;
         if (it + 1 < nit) {
             issue(it + 1, buf ^ 1);
             cp_async_wait<1>();
@@ -404,13 +425,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
         float p[8][4], dp[8][4];
         mma_a_tileT_ldm(p, kf, Qs[buf], lane);  /* S^T (16 keys x 64 queries) */
         mma_a_tileT_ldm(dp, vf, Os[buf], lane); /* dP^T */
-        bool edge = q0 == k0 || q0 + FA_BLOCK > T_;
+        bool edge = CAUSAL ? (q0 == k0 || q0 + FA_BLOCK > T_) : (k0 + FA_BLOCK > len || q0 + FA_BLOCK > T_);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
-                float pv = (edge && (key > q || q >= T_)) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
+                bool hidden = CAUSAL ? (key > q || q >= T_) : (key >= len || q >= T_);
+                float pv = (edge && hidden) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
                 p[nt][e] = pv;
                 dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
             }
@@ -434,9 +456,10 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
     }
 }
 
+template <bool CAUSAL>
 __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                   const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                  int nkv, int zorder)
+                                                                  int nkv, int zorder, const int32_t *lens)
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
@@ -476,9 +499,10 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
 #pragma unroll
     for (int i = 0; i < FA_D / 8; i++) dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0;
 
-    for (int kb = 0; kb <= qb; kb++) {
+    int len = CAUSAL ? T_ : key_len(lens, b, T_), nkb = CAUSAL ? qb + 1 : CEIL_DIV(len, FA_BLOCK);
+    for (int kb = 0; kb < nkb; kb++) {
         int k0 = kb * FA_BLOCK, buf = kb & 1;
-        if (kb < qb) {
+        if (kb + 1 < nkb) {
             cp_async_tile(Ks[buf ^ 1], ksrc, stride, k0 + FA_BLOCK, T_);
             cp_async_tile(Vs[buf ^ 1], vsrc, stride, k0 + FA_BLOCK, T_);
             cp_async_commit();
@@ -490,13 +514,15 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
         float p[8][4], dp[8][4];
         mma_a_tileT_ldm(p, qf, Ks[buf], lane);
         mma_a_tileT_ldm(dp, df, Vs[buf], lane);
-        bool edge = kb == qb || k0 + FA_BLOCK > T_ || q0 + FA_BLOCK > T_;
+        bool edge = CAUSAL ? (kb == qb || k0 + FA_BLOCK > T_ || q0 + FA_BLOCK > T_)
+                           : (k0 + FA_BLOCK > len || q0 + FA_BLOCK > T_);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int key = k0 + nt * 8 + 2 * tq + (e & 1), r = e >> 1, q = r ? row_b : row_a;
-                float pv = (edge && (key > q || key >= T_ || q >= T_)) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
+                bool hidden = CAUSAL ? (key > q || key >= T_ || q >= T_) : (key >= len || q >= T_);
+                float pv = (edge && hidden) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
                 dp[nt][e] = pv * (dp[nt][e] - Dr[r]);
             }
         mma_p_tile(dq, dp, Ks[buf], lane);
@@ -584,9 +610,11 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const u32 (&a)[4], ui
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
+template <bool CAUSAL>
 __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel(bf16 *out, float *lse,
                                                                                 const bf16 *qkv, int T_, int nh,
-                                                                                int nkv, int zorder)
+                                                                                int nkv, int zorder,
+                                                                                const int32_t *lens)
 {
     const int THREADS_ = WG_THREADS, ROWS = WG_GROUPS * WG_ROWS;
     extern __shared__ __align__(16) unsigned char wg_smem[];
@@ -616,7 +644,8 @@ __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0, 0}; /* m: raw (unscaled) running max */
     int wrow0 = q0 + wg * WG_ROWS;                      /* this warpgroup's first row */
     int row_a = wrow0 + wr * 16 + g, row_b = row_a + 8;  /* this thread's two rows */
-    int nkb = min(CEIL_DIV(q0 + ROWS, FA_BLOCK), CEIL_DIV(T_, FA_BLOCK));
+    int len = CAUSAL ? T_ : key_len(lens, b, T_);
+    int nkb = CAUSAL ? min(CEIL_DIV(q0 + ROWS, FA_BLOCK), CEIL_DIV(T_, FA_BLOCK)) : CEIL_DIV(len, FA_BLOCK);
     uint64_t dq = wg_desc(Qsa + wg * WG_TILE_BYTES, 16, 1024);
 
     for (int kb = 0; kb < nkb; kb++) {
@@ -632,7 +661,7 @@ __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel
         /* cp.async wrote through the generic proxy; the tensor cores read through the async one */
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
-        if (k0 <= wrow0 + WG_ROWS - 1) { /* else every key of the tile is after this warpgroup's rows */
+        if (!CAUSAL || k0 <= wrow0 + WG_ROWS - 1) { /* else every key of the tile is after this warpgroup's rows */
             float s[8][4];
 #pragma unroll
             for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0;
@@ -642,14 +671,14 @@ __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel
             for (int kk = 0; kk < FA_D / 16; kk++) wgmma_ss(s, dq + 2 * kk, dk + 2 * kk); /* +32 bytes per step */
             wg_commit();
             wg_wait0();
-            bool edge = k0 + FA_BLOCK - 1 > wrow0 || k0 + FA_BLOCK > T_;
+            bool edge = CAUSAL ? (k0 + FA_BLOCK - 1 > wrow0 || k0 + FA_BLOCK > T_) : k0 + FA_BLOCK > len;
             float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
             for (int nt = 0; nt < 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int key = k0 + nt * 8 + 2 * tq + (e & 1), qrow = e < 2 ? row_a : row_b;
-                    if (edge && (key > qrow || key >= T_)) s[nt][e] = -INFINITY;
+                    if (edge && (CAUSAL ? (key > qrow || key >= T_) : key >= len)) s[nt][e] = -INFINITY;
                     mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
                 }
             float alpha[2], mu[2];
@@ -938,17 +967,18 @@ static dim3 flash_grid(int zorder, int ntile, int heads, int B)
 #define FA_BWD_Q_PER_SM 3
 
 // out (B,T,nh*64), lse (B,nh,T) from qkv: the wgmma forward, 128 query rows per block
-static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T_, int nh, int nkv)
+template <bool CAUSAL>
+static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T_, int nh, int nkv, const int32_t *lens)
 {
     static bool smem_set = false;
     if (!smem_set) { /* over the 48 KB a block gets without asking */
-        CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel<CAUSAL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)WG_SMEM));
         smem_set = true;
     }
     int nt = CEIL_DIV(T_, WG_GROUPS * WG_ROWS), z = flash_zorder((size_t)nt * nh * B, WG_FWD_PER_SM);
-    flash_wg_fwd_kernel<<<flash_grid(z, nt, nh, B), WG_THREADS, WG_SMEM, g_cu.stream>>>(out, lse, qkv, T_, nh, nkv,
-                                                                                     z);
+    flash_wg_fwd_kernel<CAUSAL><<<flash_grid(z, nt, nh, B), WG_THREADS, WG_SMEM, g_cu.stream>>>(out, lse, qkv, T_, nh,
+                                                                                             nkv, z, lens);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -961,12 +991,12 @@ void cu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T_, int
         cudnn_attention_wanted(T_, hd) && cudnn_attention_fwd(out, lse, qkv, B, T_, nh, nkv, hd))
         return;
     if (flash_applies<T>(hd, qkv)) {
-        flash_fwd((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv);
+        flash_fwd<true>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, nullptr);
         return;
     }
     size_t warps = (size_t)B * nh * T_;
-    attn_simple_fwd_kernel<T><<<CEIL_DIV(warps, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
-        (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd);
+    attn_simple_fwd_kernel<T, true><<<CEIL_DIV(warps, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, nullptr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -1007,9 +1037,11 @@ static void flash_bwd_fused(bf16 *dqkv, const bf16 *dout, const bf16 *out, const
     CUDA_CHECK_LAUNCH();
 }
 
-/* The two-kernel backward (deterministic mode): D, then dK, dV per key block and dQ per query block. */
+/* The two-kernel backward (deterministic mode, and every bidirectional call): D, then dK, dV per key
+ * block and dQ per query block. */
+template <bool CAUSAL>
 static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *qkv,
-                                  int B, int T_, int nh, int nkv)
+                                  int B, int T_, int nh, int nkv, const int32_t *lens)
 {
     size_t rows = (size_t)B * T_ * nh;
     float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
@@ -1018,11 +1050,26 @@ static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out,
     int nt = CEIL_DIV(T_, FA_BLOCK);
     int zkv = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
     int zq = flash_zorder((size_t)nt * nh * B, FA_BWD_Q_PER_SM);
-    flash2_bwd_kv_kernel<<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(dqkv, dout, lse, Dbuf, qkv, T_,
-                                                                                    nh, nkv, zkv);
+    flash2_bwd_kv_kernel<CAUSAL><<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(
+        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zkv, lens);
     CUDA_CHECK_LAUNCH();
-    flash2_bwd_q_kernel<<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>(dqkv, dout, lse, Dbuf, qkv, T_, nh,
-                                                                                 nkv, zq);
+    flash2_bwd_q_kernel<CAUSAL><<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>(dqkv, dout, lse, Dbuf, qkv,
+                                                                                         T_, nh, nkv, zq, lens);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* The simple backward: D and dQ per query row, then dK, dV per key row. */
+template <typename T, bool CAUSAL>
+static void simple_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B, int T_,
+                       int nh, int nkv, int hd, const int32_t *lens)
+{
+    size_t rows = (size_t)B * T_ * nh, wkv = (size_t)B * nkv * T_;
+    float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
+    attn_simple_bwd_q_kernel<T, CAUSAL><<<CEIL_DIV(rows, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)dqkv, Dbuf, (const T *)dout, (const T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens);
+    CUDA_CHECK_LAUNCH();
+    attn_simple_bwd_kv_kernel<T, CAUSAL><<<CEIL_DIV(wkv, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)dqkv, Dbuf, (const T *)dout, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -1042,17 +1089,42 @@ void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float
         if (!g_cu.deterministic && (uintptr_t)dqkv % 16 == 0)
             flash_bwd_fused((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv);
         else
-            flash_bwd_two_kernels((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv);
+            flash_bwd_two_kernels<true>((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv, nullptr);
         return;
     }
-    size_t rows = (size_t)B * T_ * nh, wkv = (size_t)B * nkv * T_;
-    float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
-    attn_simple_bwd_q_kernel<T><<<CEIL_DIV(rows, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
-        (T *)dqkv, Dbuf, (const T *)dout, (const T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd);
+    simple_bwd<T, true>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, nullptr);
+}
+
+/* The bidirectional attention of encoders (backend.h attention_len_fwd/bwd): the flash kernels for
+ * bf16 and head_dim 64, else the simple ones; lens is backend memory (B) or NULL. */
+template <typename T>
+void cu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t *lens, int B, int T_, int nh, int nkv,
+                          int hd)
+{
+    CUDA_PROF("attention_len_fwd");
+    check_shape(nh, nkv, hd);
+    if (flash_applies<T>(hd, qkv)) {
+        flash_fwd<false>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, lens);
+        return;
+    }
+    size_t warps = (size_t)B * nh * T_;
+    attn_simple_fwd_kernel<T, false><<<CEIL_DIV(warps, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens);
     CUDA_CHECK_LAUNCH();
-    attn_simple_bwd_kv_kernel<T><<<CEIL_DIV(wkv, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
-        (T *)dqkv, Dbuf, (const T *)dout, lse, (const T *)qkv, B, T_, nh, nkv, hd);
-    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                          const int32_t *lens, int B, int T_, int nh, int nkv, int hd)
+{
+    CUDA_PROF("attention_len_bwd");
+    check_shape(nh, nkv, hd);
+    if (flash_applies<T>(hd, qkv)) {
+        flash_bwd_two_kernels<false>((bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)out, lse, (const bf16 *)qkv, B,
+                                     T_, nh, nkv, lens);
+        return;
+    }
+    simple_bwd<T, false>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, lens);
 }
 
 template void cu_attention_fwd<float>(void *, float *, const void *, int, int, int, int, int);
@@ -1061,3 +1133,9 @@ template void cu_attention_bwd<float>(void *, const void *, const void *, const 
                                       int, int);
 template void cu_attention_bwd<bf16>(void *, const void *, const void *, const float *, const void *, int, int, int,
                                      int, int);
+template void cu_attention_len_fwd<float>(void *, float *, const void *, const int32_t *, int, int, int, int, int);
+template void cu_attention_len_fwd<bf16>(void *, float *, const void *, const int32_t *, int, int, int, int, int);
+template void cu_attention_len_bwd<float>(void *, const void *, const void *, const float *, const void *,
+                                          const int32_t *, int, int, int, int, int);
+template void cu_attention_len_bwd<bf16>(void *, const void *, const void *, const float *, const void *,
+                                         const int32_t *, int, int, int, int, int);

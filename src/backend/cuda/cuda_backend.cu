@@ -330,6 +330,8 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->matmul_bwd = cu_matmul_bwd<T>;
     be->attention_fwd = cu_attention_fwd<T>;
     be->attention_bwd = cu_attention_bwd<T>;
+    be->attention_len_fwd = cu_attention_len_fwd<T>;
+    be->attention_len_bwd = cu_attention_len_bwd<T>;
     be->lm_head_xent = cu_lm_head_xent<T>;
     be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
     be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;

@@ -190,6 +190,13 @@ template <typename T> void cu_attention_fwd(void *out, float *lse, const void *q
                                             int hd);
 template <typename T> void cu_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse,
                                             const void *qkv, int B, int T_, int nh, int nkv, int hd);
+/* Bidirectional attention over per-sequence key lengths (backend.h attention_len_fwd/bwd). */
+template <typename T>
+void cu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t *lens, int B, int T_, int nh, int nkv,
+                          int hd);
+template <typename T>
+void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                          const int32_t *lens, int B, int T_, int nh, int nkv, int hd);
 
 /* cuda_ops.cu: fills the element-wise, norm, embedding, loss and optimizer entries. */
 template <typename T> void cu_fill_ops(Backend *be);

@@ -140,6 +140,8 @@ static void cu_embed_bwd(float *dwte, float *dwpe, const void *dout, const int32
         CUDA_CHECK(cudaEventSynchronize(g_emb.uploaded));
         CUDA_CHECK(cudaMemcpyAsync(g_emb.host, tokens, n * sizeof(int32_t), cudaMemcpyDeviceToHost, g_cu.stream));
         CUDA_CHECK(cudaStreamSynchronize(g_cu.stream));
+        g_emb.src = tokens; /* the host copy now holds these ids (an encoder's word and type ids take turns) */
+        g_emb.n = n;
     }
     for (size_t i = 0; i < n; i++)
         if (g_emb.host[i] < 0) fatal("embed_bwd: negative token id %d at row %zu", g_emb.host[i], i);
@@ -529,16 +531,31 @@ __device__ __forceinline__ float gelu_grad_f(float v)
     return 0.5f * (1.0f + th) + 0.5f * v * sech2 * GELU_SCALE * (1.0f + 3.0f * GELU_CUBE * v * v);
 }
 
-/* op 0: out = gelu(a);  1: out = b * gelu'(a);  2: out = a + b */
+#define GELU_RSQRT2 0.70710678118654752f  /* 1/sqrt(2) */
+#define GELU_RSQRT2PI 0.39894228040143268f /* 1/sqrt(2 pi) */
+
+// the exact GELU 0.5 x (1 + erf(x / sqrt 2)) and its derivative Phi(x) + x phi(x)
+__device__ __forceinline__ float gelu_erf_f(float v) { return 0.5f * v * (1.0f + erff(v * GELU_RSQRT2)); }
+__device__ __forceinline__ float gelu_erf_grad_f(float v)
+{
+    return 0.5f * (1.0f + erff(v * GELU_RSQRT2)) + v * expf(-0.5f * v * v) * GELU_RSQRT2PI;
+}
+
+/* op 0: out = gelu(a);  1: out = b * gelu'(a);  2: out = a + b;  3: out = gelu_erf(a);  4: out = b * gelu_erf'(a) */
 template <typename T, int W> __global__ void eltwise_kernel(T *out, const T *a, const T *b, size_t n, int op)
 {
     size_t stride = (size_t)gridDim.x * blockDim.x * W;
     for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += stride) {
         float x[W], y[W];
         load_f<T, W>(x, a + i);
-        if (op != 0) load_f<T, W>(y, b + i);
+        if (op != 0 && op != 3) load_f<T, W>(y, b + i);
 #pragma unroll
-        for (int k = 0; k < W; k++) x[k] = op == 0 ? gelu_f(x[k]) : op == 1 ? y[k] * gelu_grad_f(x[k]) : x[k] + y[k];
+        for (int k = 0; k < W; k++)
+            x[k] = op == 0   ? gelu_f(x[k])
+                   : op == 1 ? y[k] * gelu_grad_f(x[k])
+                   : op == 2 ? x[k] + y[k]
+                   : op == 3 ? gelu_erf_f(x[k])
+                             : y[k] * gelu_erf_grad_f(x[k]);
         store_f<T, W>(out + i, x);
     }
 }
@@ -569,6 +586,49 @@ template <typename T> static void cu_add(void *out, const void *a, const void *b
 {
     CUDA_PROF("add");
     cu_eltwise<T>(out, a, b, n, 2);
+}
+template <typename T> static void cu_gelu_erf_fwd(void *out, const void *inp, size_t n)
+{
+    CUDA_PROF("gelu_erf_fwd");
+    cu_eltwise<T>(out, inp, NULL, n, 3);
+}
+template <typename T> static void cu_gelu_erf_bwd(void *dinp, const void *inp, const void *dout, size_t n)
+{
+    CUDA_PROF("gelu_erf_bwd");
+    cu_eltwise<T>(dinp, inp, dout, n, 4);
+}
+
+/* Rows of C elements between index lists (backend.h gather_rows / scatter_rows): dst row
+ * (dst_idx ? dst_idx[m] : m) = src row (src_idx ? src_idx[m] : m), m < M. */
+template <typename T, int W>
+__global__ void copy_rows_kernel(T *dst, const T *src, const int32_t *dst_idx, const int32_t *src_idx, int M, int C)
+{
+    size_t n = (size_t)M * C, stride = (size_t)gridDim.x * blockDim.x * W;
+    for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += stride) {
+        size_t m = i / C, c = i % C;
+        size_t rd = dst_idx ? (size_t)dst_idx[m] : m, rs = src_idx ? (size_t)src_idx[m] : m;
+        *reinterpret_cast<Vec<T, W> *>(dst + rd * C + c) = *reinterpret_cast<const Vec<T, W> *>(src + rs * C + c);
+    }
+}
+
+template <typename T> static void copy_rows(void *dst, const void *src, const int32_t *di, const int32_t *si, int M, int C)
+{
+    if (M <= 0) return;
+    const int PW = pack_width<T>();
+    bool vec = C % PW == 0 && vec_ok((size_t)M * C, PW, sizeof(T), dst, src);
+    size_t n = (size_t)M * C;
+    LAUNCH_VEC(vec, copy_rows_kernel, grid_for(n / (vec ? PW : 1), THREADS), THREADS, (T *)dst, (const T *)src, di, si,
+               M, C);
+}
+template <typename T> static void cu_gather_rows(void *out, const void *inp, const int32_t *idx, int M, int C)
+{
+    CUDA_PROF("gather_rows");
+    copy_rows<T>(out, inp, NULL, idx, M, C);
+}
+template <typename T> static void cu_scatter_rows(void *dinp, const void *dout, const int32_t *idx, int M, int C)
+{
+    CUDA_PROF("scatter_rows");
+    copy_rows<T>(dinp, dout, idx, NULL, M, C);
 }
 
 // out (N,F) = silu(gate) * up; inp rows [gate (F) | up (F)]
@@ -1039,6 +1099,10 @@ template <typename T> void cu_fill_ops(Backend *be)
     be->swiglu_fwd = cu_swiglu_fwd<T>;
     be->swiglu_bwd = cu_swiglu_bwd<T>;
     be->add = cu_add<T>;
+    be->gelu_erf_fwd = cu_gelu_erf_fwd<T>;
+    be->gelu_erf_bwd = cu_gelu_erf_bwd<T>;
+    be->gather_rows = cu_gather_rows<T>;
+    be->scatter_rows = cu_scatter_rows<T>;
     be->rope_fwd = cu_rope_fwd<T>;
     be->rope_bwd = cu_rope_bwd<T>;
     be->xent_fwd_bwd = cu_xent_fwd_bwd<T>;
