@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "model/model.h"
 #include "report/plan.h"
+#include "train/freeze.h"
 #include "train/optim.h"
 #include "test.h"
 
@@ -31,6 +32,10 @@ static MemReport real(const ModelConfig *c, const PlanSpec *s)
     Model *m;
     if (s->method == PLAN_FULL) {
         m = model_create(c, be);
+    } else if (s->method == PLAN_TERNARY) {
+        ParamKind *kinds = ternary_kinds(c, NULL, 0);
+        m = model_create_kinds(c, be, kinds);
+        free(kinds);
     } else {
         LoraSpec ls = {.r = s->lora_r, .alpha = 32};
         const char *all = "all-linear";
@@ -79,6 +84,11 @@ static void test_exact_qlora(void)
 {
     for (int r = 0; r <= 2; r++) check(FAMILY_LLAMA, PLAN_QLORA, r);
 }
+/* integer ternary (train.optimizer: ternary): packed trits, exponents and accumulators counted exactly */
+static void test_exact_ternary(void)
+{
+    for (int r = 0; r <= 2; r++) check(FAMILY_LLAMA, PLAN_TERNARY, r);
+}
 
 /* The largest batch that fits is the last whose plan is within the bytes, and a divisor when asked. */
 static void test_max_batch(void)
@@ -110,6 +120,7 @@ int main(void)
     RUN(test_exact_full);
     RUN(test_exact_lora);
     RUN(test_exact_qlora);
+    RUN(test_exact_ternary);
     RUN(test_max_batch);
     return test_summary();
 }

@@ -1,6 +1,6 @@
 /* cmd_plan.c - `anvil plan`: the memory a training run will need, and which GPUs it fits.
  *
- *   anvil plan --model PRESET_OR_DIR [--method full|lora|qlora] [--batch B] [--seq T] [--recompute R]
+ *   anvil plan --model PRESET_OR_DIR [--method full|lora|qlora|ternary] [--batch B] [--seq T] [--recompute R]
  *              [--lora-r R] [--gpu NAME] [--world N --zero Z] [--device cpu|cuda|cuda-fp32] [--json FILE]
  *
  * The breakdown comes from creating the model on a counting backend (src/report/plan.h), so
@@ -25,12 +25,13 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: anvil plan --model PRESET_OR_DIR [--method full|lora|qlora] [--batch B] [--seq T]\n"
+    fprintf(f, "usage: anvil plan --model PRESET_OR_DIR [--method full|lora|qlora|ternary] [--batch B] [--seq T]\n"
                "                  [--recompute 0|1|2] [--lora-r R] [--gpu NAME] [--world N --zero 0|1|2|3]\n"
                "                  [--device cuda|cuda-fp32|cpu] [--json FILE]\n"
                "  Predicted peak memory of one training step, by what holds it, and the largest micro-batch\n"
                "  that fits on common GPUs. Defaults: --method full, --batch 1, --seq the model's window,\n"
-               "  --recompute 0, --lora-r 16 (all-linear), --device cuda (bf16), --world 1 --zero 0.\n");
+               "  --recompute 0, --lora-r 16 (all-linear), --device cuda (bf16), --world 1 --zero 0.\n"
+               "  --method ternary: train.optimizer: ternary (block linears as packed trits, docs/ternary.md).\n");
 }
 
 int cmd_plan(int argc, char **argv)

@@ -19,7 +19,7 @@ static const struct {
     {"embed", cmd_embed, "embed --model DIR (--text S | --file F) [--pooling mean|cls]: sentence embeddings as JSON"},
     {"generate", cmd_generate, "generate --model DIR --prompt S: sample text with a KV cache"},
     {"inspect", cmd_inspect, "inspect PATH [--save OUT_DIR [--dtype f32|bf16]]: a model directory or .safetensors file"},
-    {"plan", cmd_plan, "plan --model PRESET_OR_DIR [--method full|lora|qlora] --batch B --seq T: memory and GPUs"},
+    {"plan", cmd_plan, "plan --model PRESET_OR_DIR [--method full|lora|qlora|ternary] --batch B --seq T: memory and GPUs"},
     {"merge", cmd_merge, "merge --model BASE --adapter DIR --out MERGED: fold a LoRA adapter into its base"},
     {"quantize", cmd_quantize, "quantize --model DIR --quant nf4|fp4 --out DIR4: bitsandbytes 4-bit layout"},
     {"bench", cmd_bench, "bench --model PRESET_OR_DIR [--device cuda]: step time, tokens/s, MFU, memory"},

@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "model/quant4.h"
+#include "train/freeze.h"
 #include "train/optim.h"
 
 /* ---- the planning backend: alloc counts, nothing else happens ---- */
@@ -124,11 +125,15 @@ int plan_method_parse(const char *s, PlanMethod *m)
     if (!strcmp(s, "full")) *m = PLAN_FULL;
     else if (!strcmp(s, "lora")) *m = PLAN_LORA;
     else if (!strcmp(s, "qlora")) *m = PLAN_QLORA;
-    else return err_set("expected full, lora or qlora, got \"%s\"", s);
+    else if (!strcmp(s, "ternary")) *m = PLAN_TERNARY;
+    else return err_set("expected full, lora, qlora or ternary, got \"%s\"", s);
     return 0;
 }
 
-const char *plan_method_name(PlanMethod m) { return m == PLAN_FULL ? "full" : m == PLAN_LORA ? "lora" : "qlora"; }
+const char *plan_method_name(PlanMethod m)
+{
+    return m == PLAN_FULL ? "full" : m == PLAN_LORA ? "lora" : m == PLAN_QLORA ? "qlora" : "ternary";
+}
 
 int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
 {
@@ -140,6 +145,12 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
     Model *m;
     if (s->method == PLAN_FULL) {
         m = model_create(c, &be);
+    } else if (s->method == PLAN_TERNARY) { /* train.optimizer: ternary: packed trits for the block linears */
+        if (c->family != FAMILY_LLAMA || c->moe_experts > 0)
+            return err_set("plan: --method ternary needs a dense llama-family model (as train.optimizer: ternary)");
+        ParamKind *kinds = ternary_kinds(c, NULL, 0);
+        m = model_create_kinds(c, &be, kinds);
+        free(kinds);
     } else {
         LoraSpec ls = {.r = s->lora_r > 0 ? s->lora_r : 16, .alpha = 32};
         const char *all = "all-linear";
@@ -180,7 +191,11 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
     /* the rule of thumb people use: parameters x bytes per parameter x 1.2 for everything else;
      * bytes 18 for full training in mixed precision (2 + 4 + 4 + 8), 2 for a bf16 base under
      * adapters, 0.5 for a 4-bit base */
-    double P = (double)param_count_all(&m->pt), bytes = s->method == PLAN_FULL ? 18 : s->method == PLAN_LORA ? 2 : 0.5;
+    /* (ternary: the seed's 1.3 bytes per ternary weight, 18.27 MB for 14M weights) */
+    double P = (double)param_count_all(&m->pt), bytes = s->method == PLAN_FULL      ? 18
+                                                       : s->method == PLAN_LORA    ? 2
+                                                       : s->method == PLAN_TERNARY ? 1.3
+                                                                                   : 0.5;
     r->rule_gib = P * bytes * 1.2 / 1073741824.0;
     optim_free(&o);
     model_free(m);

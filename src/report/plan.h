@@ -14,7 +14,7 @@
 
 #include "model/model.h"
 
-typedef enum { PLAN_FULL, PLAN_LORA, PLAN_QLORA } PlanMethod;
+typedef enum { PLAN_FULL, PLAN_LORA, PLAN_QLORA, PLAN_TERNARY } PlanMethod;
 
 typedef struct {
     PlanMethod method;

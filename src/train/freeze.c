@@ -71,3 +71,21 @@ fail:
     param_table_free(&pt);
     return NULL;
 }
+
+ParamKind *ternary_kinds(const ModelConfig *cfg, ParamKind *kinds, int embeddings)
+{
+    ParamTable pt;
+    param_table_build(&pt, cfg);
+    if (!kinds) {
+        kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+        for (int i = 0; i < pt.n; i++) kinds[i] = PARAM_TRAIN;
+    }
+    for (int i = 0; i < pt.n; i++) {
+        int role = pt.p[i].role;
+        int lin = role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
+        int emb = role == PROLE_WTE || role == PROLE_LM_HEAD;
+        if (kinds[i] == PARAM_TRAIN && (lin || (emb && embeddings))) kinds[i] = PARAM_TERNARY;
+    }
+    param_table_free(&pt);
+    return kinds;
+}

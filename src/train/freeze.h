@@ -15,5 +15,9 @@
 /* kinds[i] for each tensor of the config's table (param_table_build order); NULL (no error) when
  * no pattern is given. NULL with err_set() on a bad pattern. free() the result. */
 ParamKind *freeze_kinds(const CfgList *patterns, const ModelConfig *cfg, int *err);
+/* train.optimizer: ternary: the block linears (and, with embeddings, wte and an untied head) that are
+ * still PARAM_TRAIN in kinds become PARAM_TERNARY. kinds NULL: every tensor trainable so far; returns
+ * kinds, or the new array (the caller frees it). */
+ParamKind *ternary_kinds(const ModelConfig *cfg, ParamKind *kinds, int embeddings);
 
 #endif

@@ -601,24 +601,6 @@ static int quant_spec(const TrainConfig *tc, Q4Spec *q)
 
 /* train.optimizer: ternary: the trainable block linears (and with train.ternary.embeddings the token
  * embeddings and an untied head) become integer-ternary tensors; norms stay trainable floats. */
-static ParamKind *ternary_kinds(const TrainConfig *tc, const ModelConfig *cfg, ParamKind *kinds)
-{
-    ParamTable pt;
-    param_table_build(&pt, cfg);
-    if (!kinds) { /* no model.freeze: every tensor trainable so far */
-        kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
-        for (int i = 0; i < pt.n; i++) kinds[i] = PARAM_TRAIN;
-    }
-    for (int i = 0; i < pt.n; i++) {
-        int role = pt.p[i].role;
-        int lin = role == PROLE_QKV_W || role == PROLE_O_W || role == PROLE_FC_W || role == PROLE_PROJ_W;
-        int emb = role == PROLE_WTE || role == PROLE_LM_HEAD;
-        if (kinds[i] == PARAM_TRAIN && (lin || (emb && tc->tern_embeddings))) kinds[i] = PARAM_TERNARY;
-    }
-    param_table_free(&pt);
-    return kinds;
-}
-
 /* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
  * must agree), else from the keys. */
 static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls)
@@ -670,7 +652,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             if (dist_active(&r->dist))
                 return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
                                "reduced over ranks)");
-            kinds = ternary_kinds(tc, cfg, kinds);
+            kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
         r->m = model_create_kinds(cfg, r->be, kinds);
         free(kinds);
