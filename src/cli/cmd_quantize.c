@@ -368,8 +368,8 @@ static int run_bitnet(const char *model, const char *out)
     ModelConfig cfg;
     if (hf_read_config(model, &cfg)) return fail();
     if (cfg.ternary != TERNARY_BITNET) {
-        fprintf(stderr, "anvil: quantize: --quant bitnet: %s is not a BitNet model (model_type bitnet, or "
-                        "quantization_config quant_method bitnet)\n", model);
+        fprintf(stderr, "anvil: quantize: --quant bitnet: %s is not a BitNet model (its config.json has no "
+                        "quantization_config with quant_method bitnet)\n", model);
         return 1;
     }
     ParamTable pt;
