@@ -4,7 +4,8 @@
 #   1. build/tests/test_cuda's ternary cases (quantizers, trit unpack, the integer update bit-exact,
 #      BitNet and integer-ternary model parity against the CPU)
 #   2. tools/ternary_compare.sh on the GPU at the seed's setting (B=4, T=33, 200 steps), bf16
-#   3. the bitnet-2b shape (2.4B parameters) with train.optimizer: ternary at B=1, T=512: state and peak
+#   3. the bitnet-2b shape (2.4B parameters) with train.optimizer: ternary (embeddings too, the update fused
+#      into the backward) at B=1, T=512: state and peak
 #   4. tools/ternary_compare.sh at the GPT-2 124M shape (12 x 768, B=16, T=1024, 200 steps), bf16
 # Text: tests/data/sentences.txt (copy ../shared/data/text/sentences.txt there before staging).
 set -u
@@ -29,6 +30,7 @@ train:
   optimizer: ternary
   ternary:
     embeddings: true
+    fused: true
   batch_size: 1
   seq_len: 512
   steps: 4

@@ -45,6 +45,7 @@ typedef struct {
     int sub_norm, mlp_relu2;
     int ternary; /* TERNARY_*: how the block linears are quantized in the forward */
     int tern_group; /* integer-ternary tensors: weights per exponent group (0 = TERN_DEFAULT_GROUP) */
+    int tern_fused; /* integer-ternary tensors updated inside the backward (train.ternary.fused) */
 } ModelConfig;
 
 /* model.ternary: TERNARY_BITNET makes every block linear a BitLinear (fp32 latent weights,

@@ -544,7 +544,9 @@ void model_backward(Model *m)
         block_recompute(m, l, &m->la[l], B, T, m->dbuf2);
         block_bwd(m, l, &m->la[l], B, T, dres, d1, d2);
     }
+    params_grad_begin(ps, m->wte);
     be->embed_bwd(params_g(ps, m->wte), params_g(ps, m->wpe), dres, m->tokens, B, T, C);
+    params_grad_done(ps, m->wte);
 }
 
 /* ------------------------------------------------------------ accounting */

@@ -38,7 +38,7 @@ static const int pow3[TRITS_PER_BYTE] = {1, 3, 9, 27, 81};
 static int8_t trit_lut[256][TRITS_PER_BYTE];
 static int trit_lut_ready;
 
-static void trit_lut_init(void)
+void tern_tables_init(void)
 {
     if (trit_lut_ready) return;
     for (int v = 0; v < 256; v++)
@@ -97,7 +97,7 @@ void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int gr
 
 void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group)
 {
-    trit_lut_init(); /* before the threads: they only read it */
+    tern_tables_init(); /* before the threads: they only read it */
     size_t nb = trit_bytes(n);
 #pragma omp parallel for schedule(static)
     for (size_t b = 0; b < nb; b++) {
@@ -113,7 +113,7 @@ static int8_t sat8(int v) { return (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v)
 
 void tern_update(const TernaryTensor *t, const TernaryHyper *h)
 {
-    trit_lut_init();
+    tern_tables_init();
     size_t ng = tern_groups(t->n, t->group);
     int scale_step = h->scale_every > 0 && h->step % h->scale_every == 0;
     for (size_t g = 0; g < ng; g++) {

@@ -81,6 +81,10 @@ static const KeyDef keys[] = {
     {"train.ternary.embeddings", CT_BOOL, F(tern_embeddings), "false",
      "train.optimizer ternary: the token embeddings (and an untied head) integer-ternary too, so that only the "
      "norm weights stay float (freeze them with model.freeze for a model of 0 float parameters)."},
+    {"train.ternary.fused", CT_BOOL, F(tern_fused), "false",
+     "train.optimizer ternary: update each ternary tensor inside the backward, as soon as its gradient is "
+     "complete, so that only one tensor's fp32 gradient exists at a time (the memory of large models); needs one "
+     "micro-batch per step. A tied embedding is still updated after the step."},
     {"lora.r", CT_INT, F(lora_r), "0",
      "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
      "state); 0 = no adapters (docs/finetuning.md)."},

@@ -62,6 +62,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
         else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
         c->tern_group = tc->tern_group;
+        c->tern_fused = tc->tern_fused;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -98,6 +99,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
     else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
     c->tern_group = tc->tern_group;
+    c->tern_fused = tc->tern_fused;
     return model_config_finish(c);
 }
 
