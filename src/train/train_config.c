@@ -73,7 +73,7 @@ static const KeyDef keys[] = {
     {"train.ternary.group", CT_INT, F(tern_group), "128", "train.optimizer ternary: weights per exponent group."},
     {"train.ternary.threshold", CT_INT, F(tern_threshold), "3",
      "train.optimizer ternary: a trit moves one step when its sign accumulator reaches +-threshold (1 .. 127)."},
-    {"train.ternary.scale_every", CT_INT, F(tern_scale_every), "16",
+    {"train.ternary.scale_every", CT_INT, F(tern_scale_every), "127",
      "train.optimizer ternary: every N steps a group's exponent moves one step where 2 |E_accum| >= N (1 .. 127)."},
     {"train.ternary.deadzone", CT_FLOAT, F(tern_deadzone), "1.0",
      "train.optimizer ternary: a weight votes only when |g| >= deadzone x its group's mean |g| (0 = every "
