@@ -417,7 +417,8 @@ int cmd_quantize(int argc, char **argv)
         } else if (!strcmp(f, "--quant")) {
             int t = q4_type_parse(argv[++i]);
             if (t < 0) {
-                fprintf(stderr, "anvil: quantize: --quant: expected nf4, fp4 or bitnet, got \"%s\"\n", argv[i]);
+                fprintf(stderr, "anvil: quantize: --quant: expected nf4 or fp4, got \"%s\" (or bitnet: packed ternary)\n",
+                        argv[i]);
                 return 1;
             }
             a.type = (Q4Type)t;
