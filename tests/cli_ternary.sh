@@ -69,6 +69,23 @@ for f in ternary.safetensors model.safetensors optimizer.safetensors; do
 done
 check "the trits moved in training" differs "$tmp/run/step-0000004/ternary.safetensors" "$ck/ternary.safetensors"
 
+# ---- train.ternary.fused: each tensor updated inside the backward gives the same bits, with one
+# tensor's gradient in memory instead of all of them ----
+for f in false true; do
+    "$ANVIL" train "$tmp/tern.yaml" --set out_dir="$tmp/fz-$f" --set train.ternary.fused=$f \
+        --set train.ternary.embeddings=true --set checkpoint.every=0 >"$tmp/fz-$f.log" 2>&1 ||
+        bad "fused=$f: $(tail -n 2 "$tmp/fz-$f.log")"
+done
+check "fused update: the same ternary state" cmp -s "$tmp/fz-false/final/ternary.safetensors" \
+    "$tmp/fz-true/final/ternary.safetensors"
+check "fused update: the same weights" cmp -s "$tmp/fz-false/final/model.safetensors" "$tmp/fz-true/final/model.safetensors"
+gb() { sed -n 's/^memory bytes: .* gradients \([0-9]*\) .*/\1/p' "$1"; }
+GF=$(gb "$tmp/fz-false.log")
+GT=$(gb "$tmp/fz-true.log")
+check "fused update: gradient memory $GT < $GF / 4" test "$GT" -lt $((GF / 4))
+expect_fail fused-accum "train.ternary.fused|one micro-batch" train "$tmp/tern.yaml" --set train.ternary.fused=true \
+    --set train.tokens_per_step=256 --set out_dir="$tmp/e5"
+
 # ---- BitNet b1.58 QAT ----
 cat >"$tmp/qat.yaml" <<YAML
 model:

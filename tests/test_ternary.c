@@ -246,6 +246,17 @@ static void test_transformers_qat(void)
     CHECKF(matched == expected && expected > 0, "matched %d of %d gradients", matched, expected);
     fprintf(stderr, "  bitnet gradients vs transformers (%d tensors): worst %.3g\n", matched, worst);
     hf_tensors_free(ht, nh);
+    /* the recompute levels remake the sub-norms and the relu2-GLU: the same bits */
+    for (int level = 1; level <= 2; level++) {
+        CHECK(model_reserve(m, B, T, level) == 0);
+        model_zero_grad(m);
+        float l2 = model_forward(m, ids, tg, B, T, 1.0f / (float)valid, NULL);
+        model_backward(m);
+        float *g2 = xmalloc(m->pt.total * sizeof(float));
+        model_get_grads(m, g2);
+        CHECKF(l2 == loss && !memcmp(g2, g, m->pt.total * sizeof(float)), "recompute %d: not bit-identical", level);
+        free(g2);
+    }
     free(g);
 out:
     model_free(m);

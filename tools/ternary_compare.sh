@@ -5,12 +5,13 @@
 #   bitnet    BitNet b1.58 QAT (model.ternary: bitnet): fp32 latent weights + Adam, ternary in the forward
 #   integer   train.optimizer: ternary: block linears are packed trits + int8 exponents and accumulators
 #             (no float weights or optimizer state for them); norms and embeddings/head AdamW
+#   integer-emb  the same with train.ternary.embeddings: the embeddings and head ternary too (only the
+#             norm weights float)
 # The model is the BitNet architecture (model.family: bitnet: RMSNorm, sub-norms, relu2 MLP, RoPE) for
 # all three, so that only the training method differs.
 #
 #   bash tools/ternary_compare.sh [--device cpu|cuda|cuda-fp32] [--steps 200] [--batch 4] [--seq 33]
 #        [--layers 4] [--width 256] [--heads 4] [--ff 688] [--lr 2e-3] [--data FILE] [--out DIR]
-#        [--embeddings]   (integer: the embeddings and head ternary too)
 #
 # Columns: float params = trainable fp32 tensors' elements; weights MB = the weights as stored (fp32
 # master and any compute copy, packed trits + exponents); optimizer MB = Adam moments + ternary
@@ -21,7 +22,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 ANVIL=${ANVIL:-./anvil}
-device=cpu steps=200 batch=4 seq=33 layers=4 width=256 heads=4 ff=688 lr=2e-3 emb=false
+device=cpu steps=200 batch=4 seq=33 layers=4 width=256 heads=4 ff=688 lr=2e-3
 data=${ANVIL_SHARED_DATA:-../shared/data}/text/sentences.txt out=runs/ternary-compare
 while [ $# -gt 0 ]; do
     case $1 in
@@ -36,7 +37,6 @@ while [ $# -gt 0 ]; do
     --lr) lr=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    --embeddings) emb=true; shift ;;
     *) echo "ternary_compare.sh: unknown option $1" >&2; exit 1 ;;
     esac
 done
@@ -73,7 +73,8 @@ YAML
 declare -A extra=(
     [adamw]="--set model.ternary=none"
     [bitnet]="--set model.ternary=bitnet"
-    [integer]="--set model.ternary=none --set train.optimizer=ternary --set train.ternary.embeddings=$emb"
+    [integer]="--set model.ternary=none --set train.optimizer=ternary"
+    [integer-emb]="--set model.ternary=none --set train.optimizer=ternary --set train.ternary.embeddings=true"
 )
 row() { # method -> one Markdown row
     local m=$1 log=$out/$1.log
@@ -89,7 +90,7 @@ row() { # method -> one Markdown row
         /"step": / { match($0, /"loss": [0-9.]+/); l = substr($0, RSTART + 8, RLENGTH - 8) + 0
                      k++; loss[k] = l; if (min == "" || l < min) min = l }
         END {
-            mb = 1024 * 1024
+            mb = 1024 * 1024 # MiB
             w = (v["weights"] + v["master"]) / mb; o = v["optimizer"] / mb
             s = 0; c = 0; for (i = (k > 20 ? k - 19 : 1); i <= k; i++) { s += loss[i]; c++ }
             printf "| %s | %d | %d | %.3f | %.3f | %.3f | %.2f | %.1f | %.4f | %.4f | %.4f |\n", m, v["trainable"],
@@ -98,6 +99,6 @@ row() { # method -> one Markdown row
 }
 echo "ternary_compare: family bitnet, $layers layers, width $width, $heads heads, d_ff $ff, bytes (257), B=$batch T=$seq, $steps steps, lr $lr, device $device, data $data ($(date -u +%Y-%m-%d))"
 echo
-echo "| method | float params | ternary params | weights MB | optimizer MB | persistent MB | peak MB | step ms | final loss | last-20 loss | min loss |"
+echo "| method | float params | ternary params | weights MiB | optimizer MiB | persistent MiB | peak MiB | step ms | final loss | last-20 loss | min loss |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for m in adamw bitnet integer; do row "$m"; done
+for m in adamw bitnet integer integer-emb; do row "$m"; done

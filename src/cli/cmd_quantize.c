@@ -368,8 +368,8 @@ static int run_bitnet(const char *model, const char *out)
     ModelConfig cfg;
     if (hf_read_config(model, &cfg)) return fail();
     if (cfg.ternary != TERNARY_BITNET) {
-        fprintf(stderr, "anvil: quantize: --quant bitnet: %s is not a BitNet model (model_type bitnet, or "
-                        "quantization_config quant_method bitnet)\n", model);
+        fprintf(stderr, "anvil: quantize: --quant bitnet: %s is not a BitNet model (its config.json has no "
+                        "quantization_config with quant_method bitnet)\n", model);
         return 1;
     }
     ParamTable pt;
@@ -417,7 +417,8 @@ int cmd_quantize(int argc, char **argv)
         } else if (!strcmp(f, "--quant")) {
             int t = q4_type_parse(argv[++i]);
             if (t < 0) {
-                fprintf(stderr, "anvil: quantize: --quant: expected nf4, fp4 or bitnet, got \"%s\"\n", argv[i]);
+                fprintf(stderr, "anvil: quantize: --quant: expected nf4 or fp4, got \"%s\" (or bitnet: packed ternary)\n",
+                        argv[i]);
                 return 1;
             }
             a.type = (Q4Type)t;

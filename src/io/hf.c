@@ -350,12 +350,12 @@ static int read_llama(const Cfg *c, json_t *root, ModelConfig *m, const char *mo
         read_window(c, root, m, qwen2))
         return -1;
     int bitnet = !strcmp(model_type, "bitnet");
-    if (bitnet) { /* BitNetForCausalLM: sub-norms, relu2 (its default), BitLinear products */
+    if (bitnet) { /* BitNetForCausalLM: sub-norms, relu2 (its default); BitLinear products only with the
+                   * bitnet quantization_config (without one transformers builds plain nn.Linear layers) */
         m->sub_norm = 1;
         m->mlp_relu2 = !act || !strcmp(act, "relu2");
         if (act && strcmp(act, "relu2") && strcmp(act, "silu"))
             return err_set("%s: hidden_act: unsupported \"%s\" for bitnet (supported: relu2, silu)", c->path, act);
-        m->ternary = TERNARY_BITNET;
     } else if (act && strcmp(act, "silu")) {
         return err_set("%s: hidden_act: unsupported \"%s\" (supported: silu)", c->path, act);
     }

@@ -63,6 +63,7 @@ typedef struct {
     int pos_offset;      /* position id of the first token (RoBERTa: padding_idx + 1 = 2) */
     int mlm_head;        /* the MLM head: dense + GELU + LayerNorm, decoder tied to wte, with a bias */
     int pad_token_id;    /* -1 when unknown */
+    int tern_fused; /* integer-ternary tensors updated inside the backward (train.ternary.fused) */
 } ModelConfig;
 
 /* model.ternary: TERNARY_BITNET makes every block linear a BitLinear (fp32 latent weights,

@@ -150,7 +150,9 @@ void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *d
     check_bufs(ps, L, lb);
     LinearWeight w = linear_weight(ps, L->w);
     const void *x = linear_input(ps, &w, inp, N, L->in);
+    params_grad_begin(ps, L->w);
     ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, x, w.w, N, L->in, L->out);
+    params_grad_done(ps, L->w); /* a fused ternary weight: its update, now (its last use this step) */
     if (L->n_adapters) adapters_bwd(ps, L, dinp, dout, inp, N, lb);
 }
 
@@ -182,8 +184,10 @@ void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *
     }
     if (w.quant_act) fatal("linear: BitLinear %s in a GELU product (internal error: gpt2 has no ternary mode)",
                            ps->pt->p[L->w].name);
+    params_grad_begin(ps, L->w);
     ps->be->matmul_dgelu_bwd(dpre, params_g(ps, bias_pre), w.dw, params_g(ps, L->b), dout, act, pre, w.w, N, L->in,
                              L->out);
+    params_grad_done(ps, L->w);
 }
 
 void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void *dinp, const void *inp,
@@ -191,8 +195,10 @@ void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void
 {
     if (L->n_adapters) fatal("linear: adapters on the output head are not supported (internal error)");
     LinearWeight w = dscale != 0 ? linear_weight(ps, L->w) : linear_weight_fwd(ps, L->w);
+    if (dscale != 0) params_grad_begin(ps, L->w);
     ps->be->lm_head_xent(losses, dscale != 0 ? dinp : NULL, dscale != 0 ? w.dw : NULL, inp, w.w, targets, N,
                          L->in, L->out, dscale);
+    if (dscale != 0) params_grad_done(ps, L->w);
 }
 
 double linear_flops(const ParamStore *ps, const Linear *L, int backward)

@@ -738,10 +738,12 @@ void model_backward(Model *m)
         model_grads_ready(m, 1 + l);
     }
     if (model_head_group(m) != 0) model_grads_begin(m, 0);
+    params_grad_begin(ps, m->wte);
     float *dwpe = params_g(ps, m->wpe);
     if (dwpe) dwpe += (size_t)c->pos_offset * C; /* positions pos_offset.. */
     be->embed_bwd(params_g(ps, m->wte), dwpe, dres, m->tokens, B, T, C);
     if (m->tte >= 0 && params_g(ps, m->tte)) be->embed_bwd(params_g(ps, m->tte), NULL, dres, m->types, B, T, C);
+    params_grad_done(ps, m->wte);
     model_grads_ready(m, 0);
 }
 

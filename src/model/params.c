@@ -53,7 +53,11 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
     for (int i = 0; i < pt->n; i++) {
         Param *p = &pt->p[i];
         p->kind = kinds ? kinds[i] : PARAM_TRAIN;
-        if (p->kind == PARAM_NF4) { /* no segment: packed storage of its own (params_upload) */
+        /* a fused ternary tensor: no gradient segment (a tied embedding gets two gradients, head and
+         * lookup, so it keeps its segment and the optimizer's update) */
+        p->fused = p->kind == PARAM_TERNARY && pt->tern_fused &&
+                   !(p->role == PROLE_WTE && param_find_role(pt, PROLE_LM_HEAD, -1) < 0);
+        if (p->kind == PARAM_NF4 || p->fused) { /* no segment: packed storage of its own (params_upload) */
             p->seg = 0;
             continue;
         }
@@ -99,6 +103,7 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
     memset(pt, 0, sizeof(*pt));
     pt->n_layer = c->n_layer;
     pt->tern_group = c->tern_group > 0 ? c->tern_group : TERN_DEFAULT_GROUP;
+    pt->tern_fused = c->tern_fused;
     add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
     if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
     if (c->type_vocab_size > 0) add_param(pt, &cap, "tte", PROLE_TTE, -1, 2, c->type_vocab_size, C);
@@ -291,8 +296,11 @@ static void tern_alloc(ParamStore *ps)
         ps->tern_state_bytes += t->n + ng;
     }
     if (pt->n_tern) ps->tgrad = be->alloc(pt->n_tern * sizeof(float));
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].fused) ps->fgrad_numel = MAX(ps->fgrad_numel, pt->p[i].numel), ps->n_fused++;
+    if (ps->fgrad_numel) ps->fgrad = be->alloc(ps->fgrad_numel * sizeof(float));
     for (int i = 0; ps->tern && i < pt->n; i++)
-        if (pt->p[i].kind == PARAM_TERNARY) ps->tern[i].grad = ps->tgrad + pt->p[i].seg;
+        if (pt->p[i].kind == PARAM_TERNARY) ps->tern[i].grad = pt->p[i].fused ? ps->fgrad : ps->tgrad + pt->p[i].seg;
     if (ps->wq_numel) ps->wq = be->alloc(ps->wq_numel * be->act_size);
     ps->xq = xcalloc(1, sizeof(*ps->xq));
 }
@@ -308,6 +316,7 @@ static void tern_free(ParamStore *ps)
     }
     free(ps->tern);
     if (ps->tgrad) be->free(ps->tgrad);
+    if (ps->fgrad) be->free(ps->fgrad);
     if (ps->wq) be->free(ps->wq);
     if (ps->xq && ps->xq->p) be->free(ps->xq->p);
     free(ps->xq);
@@ -480,7 +489,7 @@ void *params_w(const ParamStore *ps, int i)
 float *params_g(const ParamStore *ps, int i)
 {
     if (i < 0) return NULL;
-    if (ps->pt->p[i].kind == PARAM_TERNARY) return ps->tgrad + ps->pt->p[i].seg;
+    if (ps->pt->p[i].kind == PARAM_TERNARY) return ps->pt->p[i].fused ? ps->fgrad : ps->tgrad + ps->pt->p[i].seg;
     if (ps->pt->p[i].kind != PARAM_TRAIN) return NULL;
     const Param *p = &ps->pt->p[i];
     if (ps->ggroup) {
@@ -589,6 +598,17 @@ void params_sync_act(ParamStore *ps)
     ps->be->cast_to_act(act_at(ps->be, ps->train_act, a - ps->act_lo), ps->master + (a - ps->master_lo), e - a);
 }
 
+void params_grad_begin(const ParamStore *ps, int i)
+{
+    if (i >= 0 && ps->pt->p[i].fused) ps->be->zero(ps->fgrad, ps->pt->p[i].numel * sizeof(float));
+}
+
+void params_grad_done(const ParamStore *ps, int i)
+{
+    if (i < 0 || !ps->pt->p[i].fused || !ps->tern_live) return;
+    ps->be->ternary_update(&ps->tern[i], 1, &ps->tern_hyper);
+}
+
 void params_zero_grad(ParamStore *ps)
 {
     if (ps->grad) ps->be->zero(ps->grad, ps->grad_n * sizeof(float));
@@ -602,7 +622,8 @@ ParamBytes params_bytes(const ParamStore *ps)
     ParamBytes b = {0};
     /* an fp32 compute copy is the master (counted as master) */
     b.master = !ps->master ? 0 : ps->master_alias ? ps->act_n * sizeof(float) : ps->master_n * sizeof(float);
-    b.grads = (ps->grad ? ps->grad_n * sizeof(float) : 0) + (ps->tgrad ? pt->n_tern * sizeof(float) : 0);
+    b.grads = (ps->grad ? ps->grad_n * sizeof(float) : 0) + (ps->tgrad ? pt->n_tern * sizeof(float) : 0) +
+              ps->fgrad_numel * sizeof(float);
     b.weights = (ps->train_act && !ps->master_alias ? ps->act_n * as : 0) +
                 (ps->frozen_act ? pt->n_frozen * as : 0) + ps->q4_bytes + ps->tern_bytes;
     b.tstate = ps->tern_state_bytes;

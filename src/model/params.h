@@ -94,6 +94,8 @@ typedef struct {
     int decay;      /* weight decay applies (matrices) */
     int site;       /* LoraSite of an adapter tensor, -1 otherwise */
     int ternarize;  /* BitNet QAT (model.ternary: bitnet): a trainable weight ternarized at every use */
+    int fused;      /* PARAM_TERNARY updated as soon as its gradient is complete (train.ternary.fused): no
+                     * gradient segment, the store's one scratch instead */
     int nparts;     /* 4-bit: the Hugging Face tensors it is made of (row ranges), 1..PARAM_MAX_PARTS */
     int part_rows[3];
     int expert;     /* the routed expert of a PROLE_EXP_* tensor, -1 otherwise */
@@ -109,6 +111,7 @@ typedef struct {
     size_t n_frozen;
     size_t n_tern;  /* elements of the fp32 gradient segment of PARAM_TERNARY tensors */
     int tern_group; /* weights per exponent group of PARAM_TERNARY tensors (ModelConfig.tern_group) */
+    int tern_fused; /* ModelConfig.tern_fused */
     int n_layer;
     int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
     int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices, -1 where absent */
@@ -183,6 +186,11 @@ typedef struct {
     void *wq;            /* act scratch of the largest ternarized or ternary tensor: its product's weight */
     size_t wq_numel;
     struct ParamActScratch *xq; /* grow-only act scratch of a BitLinear's 8-bit input (linear.c) */
+    float *fgrad;        /* fp32 gradient scratch of the largest fused PARAM_TERNARY tensor */
+    size_t fgrad_numel;
+    int n_fused;         /* fused PARAM_TERNARY tensors */
+    TernaryHyper tern_hyper; /* the rule of the step in progress (optim_begin_step) */
+    int tern_live;       /* 1 while a training step's backward may update fused tensors */
 } ParamStore;
 
 /* The group of layer_seg that trainable tensor i lies in (0 embeddings, 1 + l block l, n_layer + 1
@@ -220,6 +228,11 @@ void params_tern_upload(ParamStore *ps, int i, const uint8_t *trits, const int8_
 void params_tern_download(const ParamStore *ps, int i, uint8_t *trits, int8_t *exp, int8_t *tacc, int8_t *eacc);
 /* Refresh every trainable compute copy from the master (after the master was written directly). */
 void params_sync_act(ParamStore *ps);
+/* Around a product that accumulates into params_g(ps, i) within one micro-step: begin zeroes the scratch of
+ * a fused ternary tensor; done runs its integer update (when a training step is live). No-ops for every
+ * other tensor. */
+void params_grad_begin(const ParamStore *ps, int i);
+void params_grad_done(const ParamStore *ps, int i);
 void params_zero_grad(ParamStore *ps);
 
 /* Bytes of backend memory by what it holds. */

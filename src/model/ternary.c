@@ -34,6 +34,18 @@ void tern_act_quant_row(float *out, const float *x, int C)
 
 static const int pow3[TRITS_PER_BYTE] = {1, 3, 9, 27, 81};
 
+/* The five trits of every byte value (bytes past 242 are never written). */
+static int8_t trit_lut[256][TRITS_PER_BYTE];
+static int trit_lut_ready;
+
+void tern_tables_init(void)
+{
+    if (trit_lut_ready) return;
+    for (int v = 0; v < 256; v++)
+        for (int k = 0; k < TRITS_PER_BYTE; k++) trit_lut[v][k] = (int8_t)((v / pow3[k]) % 3 - 1);
+    trit_lut_ready = 1;
+}
+
 int trit_get(const uint8_t *packed, size_t i)
 {
     return (packed[i / TRITS_PER_BYTE] / pow3[i % TRITS_PER_BYTE]) % 3 - 1;
@@ -85,13 +97,23 @@ void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int gr
 
 void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group)
 {
-    for (size_t i = 0; i < n; i++) w[i] = ldexpf((float)trit_get(trits, i), exp[i / (size_t)group]);
+    tern_tables_init(); /* before the threads: they only read it */
+    size_t nb = trit_bytes(n);
+#pragma omp parallel for schedule(static)
+    for (size_t b = 0; b < nb; b++) {
+        const int8_t *t = trit_lut[trits[b]];
+        for (int k = 0; k < TRITS_PER_BYTE; k++) {
+            size_t i = b * TRITS_PER_BYTE + (size_t)k;
+            if (i < n) w[i] = ldexpf((float)t[k], exp[i / (size_t)group]);
+        }
+    }
 }
 
 static int8_t sat8(int v) { return (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v); }
 
 void tern_update(const TernaryTensor *t, const TernaryHyper *h)
 {
+    tern_tables_init();
     size_t ng = tern_groups(t->n, t->group);
     int scale_step = h->scale_every > 0 && h->step % h->scale_every == 0;
     for (size_t g = 0; g < ng; g++) {
@@ -100,7 +122,7 @@ void tern_update(const TernaryTensor *t, const TernaryHyper *h)
         for (size_t i = lo; i < hi; i++) {
             double gi = t->grad[i];
             sabs += fabs(gi);
-            sg += gi * trit_get(t->trits, i);
+            sg += gi * trit_lut[t->trits[i / TRITS_PER_BYTE]][i % TRITS_PER_BYTE];
         }
         double cut = (double)h->deadzone * (sabs / (double)(hi - lo));
         for (size_t i = lo; i < hi; i++) {
@@ -108,7 +130,7 @@ void tern_update(const TernaryTensor *t, const TernaryHyper *h)
             int vote = gi == 0 || fabs(gi) < cut ? 0 : gi > 0 ? -1 : 1;
             int a = sat8(t->tacc[i] + vote);
             if (a >= h->threshold || a <= -h->threshold) {
-                int tr = trit_get(t->trits, i) + (a > 0 ? 1 : -1);
+                int tr = trit_lut[t->trits[i / TRITS_PER_BYTE]][i % TRITS_PER_BYTE] + (a > 0 ? 1 : -1);
                 if (tr >= -1 && tr <= 1) trit_set(t->trits, i, tr);
                 a = 0;
             }

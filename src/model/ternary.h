@@ -44,7 +44,9 @@ void trit_unpack_i8(int8_t *t, const uint8_t *packed, size_t n);
 void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int group);
 /* The values trit * 2^E (exact in fp32 and bf16). */
 void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group);
-/* The update of backend.h TernaryHyper on one tensor whose arrays are host memory. */
+/* The update of backend.h TernaryHyper on one tensor whose arrays are host memory (tensors are
+ * independent: several may be updated at once by different threads after tern_tables_init). */
+void tern_tables_init(void);
 void tern_update(const TernaryTensor *t, const TernaryHyper *h);
 
 #endif

@@ -53,7 +53,7 @@ void optim_set_ternary(Optimizer *o, const Model *m, const TernaryHyper *h)
     o->th = *h;
     const ParamTable *pt = &m->pt;
     for (int i = 0; i < pt->n; i++) {
-        if (pt->p[i].kind != PARAM_TERNARY) continue;
+        if (pt->p[i].kind != PARAM_TERNARY || pt->p[i].fused) continue; /* fused: updated in the backward */
         if (!o->tt) o->tt = xcalloc((size_t)pt->n, sizeof(TernaryTensor));
         o->tt[o->ntt++] = m->ps.tern[i];
     }
@@ -69,11 +69,19 @@ void optim_step(Optimizer *o, Model *m, const AdamHyper *h)
         m->be->adamw(ps->master + (o->lo - ps->master_lo), act_at(m->be, ps->train_act, o->lo - ps->act_lo),
                      ps->grad + (o->lo - ps->grad_lo), o->m, o->v, o->t, o->nt, h);
     }
-    if (o->ntt) {
+    if (o->ntt && h->lr > 0) { /* a step at learning rate 0 (the auto-batch trial) moves nothing */
         TernaryHyper th = o->th;
         th.step = h->step;
         m->be->ternary_update(o->tt, o->ntt, &th);
     }
+    m->ps.tern_live = 0;
+}
+
+void optim_begin_step(Optimizer *o, Model *m, int step, float lr)
+{
+    m->ps.tern_hyper = o->th;
+    m->ps.tern_hyper.step = step;
+    m->ps.tern_live = m->ps.n_fused > 0 && lr > 0;
 }
 
 size_t optim_bytes(const Optimizer *o) { return 2 * o->n * sizeof(float); }

@@ -39,6 +39,9 @@ void optim_free(Optimizer *o);
 void optim_step(Optimizer *o, Model *m, const AdamHyper *h);
 /* The rule for the model's integer-ternary tensors (the step number is set by optim_step). */
 void optim_set_ternary(Optimizer *o, const Model *m, const TernaryHyper *h);
+/* Before a step's micro-batches: the rule and step number for the tensors updated inside the backward
+ * (train.ternary.fused), live unless lr is 0; optim_step ends it. */
+void optim_begin_step(Optimizer *o, Model *m, int step, float lr);
 /* Bytes of backend memory the state holds (the AdamW moments; the ternary accumulators are the
  * store's, params_bytes().tstate). */
 size_t optim_bytes(const Optimizer *o);

@@ -33,7 +33,11 @@ int train_step_dist(Model *m, Optimizer *o, Dist *d, const StepBatch *b, const S
         scored = (long)x;
     }
     if (!scored) return err_set("no target of the step's %d micro-batches is scored", b->accum);
+    if (m->ps.n_fused && b->accum > 1)
+        return err_set("train.ternary.fused: the ternary tensors are updated inside each backward, so a step must be "
+                       "one micro-batch (train.tokens_per_step = batch_size x seq_len), got %d", b->accum);
     model_zero_grad(m);
+    optim_begin_step(o, m, h->step, h->lr);
     double loss_sum = 0;
     for (int k = 0; k < b->accum; k++) {
         /* a dropout stream per (seed, step, micro-step): a resumed run draws the same masks */

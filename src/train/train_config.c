@@ -87,7 +87,7 @@ static const KeyDef keys[] = {
     {"train.ternary.group", CT_INT, F(tern_group), "128", "train.optimizer ternary: weights per exponent group."},
     {"train.ternary.threshold", CT_INT, F(tern_threshold), "3",
      "train.optimizer ternary: a trit moves one step when its sign accumulator reaches +-threshold (1 .. 127)."},
-    {"train.ternary.scale_every", CT_INT, F(tern_scale_every), "16",
+    {"train.ternary.scale_every", CT_INT, F(tern_scale_every), "127",
      "train.optimizer ternary: every N steps a group's exponent moves one step where 2 |E_accum| >= N (1 .. 127)."},
     {"train.ternary.deadzone", CT_FLOAT, F(tern_deadzone), "1.0",
      "train.optimizer ternary: a weight votes only when |g| >= deadzone x its group's mean |g| (0 = every "
@@ -95,6 +95,10 @@ static const KeyDef keys[] = {
     {"train.ternary.embeddings", CT_BOOL, F(tern_embeddings), "false",
      "train.optimizer ternary: the token embeddings (and an untied head) integer-ternary too, so that only the "
      "norm weights stay float (freeze them with model.freeze for a model of 0 float parameters)."},
+    {"train.ternary.fused", CT_BOOL, F(tern_fused), "false",
+     "train.optimizer ternary: update each ternary tensor inside the backward, as soon as its gradient is "
+     "complete, so that only one tensor's fp32 gradient exists at a time (the memory of large models); needs one "
+     "micro-batch per step. A tied embedding is still updated after the step."},
     {"lora.r", CT_INT, F(lora_r), "0",
      "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
      "state); 0 = no adapters (docs/finetuning.md)."},

@@ -68,6 +68,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
         else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
         c->tern_group = tc->tern_group;
+        c->tern_fused = tc->tern_fused;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -115,6 +116,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     c->tern_group = tc->tern_group;
     if (c->family == FAMILY_BERT && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the bert family ties its MLM decoder to the embeddings");
+    c->tern_fused = tc->tern_fused;
     return model_config_finish(c);
 }
 

@@ -50,7 +50,10 @@ void cpu_relu2glu_bwd(void *dinp_, const void *inp_, const void *dout_, int N, i
 
 void cpu_trit_unpack(void *out, const TernaryTensor *t) { tern_to_f32(out, t->trits, t->exp, t->n, t->group); }
 
+/* tensors in parallel (each one's groups share packed bytes, so a tensor stays on one thread) */
 void cpu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h)
 {
+    tern_tables_init();
+#pragma omp parallel for schedule(dynamic)
     for (int k = 0; k < nt; k++) tern_update(&ts[k], h);
 }

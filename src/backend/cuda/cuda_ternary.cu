@@ -75,7 +75,7 @@ template <typename T> __global__ void act_quant8_kernel(T *out, const T *inp, in
     const T *x = inp + (size_t)blockIdx.x * C;
     T *o = out + (size_t)blockIdx.x * C;
     float mx = 0;
-    for (int j = threadIdx.x; j < C; j += blockDim.x) mx = fmaxf(mx, fabsf((float)x[j]));
+    for (int j = threadIdx.x; j < C; j += blockDim.x) mx = fmaxf(mx, fabsf(to_f(x[j])));
     s[threadIdx.x] = mx;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
@@ -85,7 +85,7 @@ template <typename T> __global__ void act_quant8_kernel(T *out, const T *inp, in
     float amax = fmaxf(s[0], TERN_EPS_F), sc = __fdiv_rn(127.0f, amax);
     __syncthreads(); /* every thread has read s[0] before a row's writes (out may be inp) */
     for (int j = threadIdx.x; j < C; j += blockDim.x) {
-        float q = rintf(__fmul_rn((float)x[j], sc));
+        float q = rintf(__fmul_rn(to_f(x[j]), sc));
         q = fminf(fmaxf(q, -128.0f), 127.0f);
         o[j] = from_f<T>(__fdiv_rn(q, sc));
     }
@@ -106,7 +106,7 @@ template <typename T> __global__ void relu2glu_fwd_kernel(T *out, const T *inp, 
     size_t n = (size_t)N * F;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         size_t i = e / F, j = e % F;
-        float g = (float)inp[i * 2 * F + j], u = (float)inp[i * 2 * F + F + j];
+        float g = to_f(inp[i * 2 * F + j]), u = to_f(inp[i * 2 * F + F + j]);
         float r = g > 0 ? g : 0.0f;
         out[e] = from_f<T>(r * r * u);
     }
@@ -117,7 +117,7 @@ template <typename T> __global__ void relu2glu_bwd_kernel(T *dinp, const T *inp,
     size_t n = (size_t)N * F;
     for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
         size_t i = e / F, j = e % F;
-        float g = (float)inp[i * 2 * F + j], u = (float)inp[i * 2 * F + F + j], d = (float)dout[e];
+        float g = to_f(inp[i * 2 * F + j]), u = to_f(inp[i * 2 * F + F + j]), d = to_f(dout[e]);
         float r = g > 0 ? g : 0.0f;
         dinp[i * 2 * F + j] = from_f<T>(d * u * 2.0f * r);
         dinp[i * 2 * F + F + j] = from_f<T>(d * r * r);
