@@ -181,7 +181,9 @@ static void bucket_counts(Dist *d, size_t a, size_t e)
     }
 }
 
-/* ZeRO 0/1: queue the buckets (last layer first) that lie at or after segment offset from. */
+/* ZeRO 0/1: queue the buckets (last layer first) that lie at or after segment offset from:
+ * all-reduced (ZeRO-0) or reduce-scattered in place (ZeRO-1: the rest of the buffer is left
+ * unreduced, and the gradient norm is taken over the shards). */
 static int queue_buckets(Dist *d, size_t from)
 {
     Comm *c = d->comm;
@@ -191,7 +193,15 @@ static int queue_buckets(Dist *d, size_t from)
         size_t a = d->bucket[d->next_bucket][0], e = d->bucket[d->next_bucket][1];
         if (!started) c->start_after_compute(c); /* after the backward that wrote them */
         started = 1;
-        if (c->all_reduce_sum(c, ps->grad + (a - ps->grad_lo), e - a, COMM_F32)) return err_prefix("gradients");
+        float *g = ps->grad + (a - ps->grad_lo);
+        int rc;
+        if (d->opt.zero == 1) { /* the optimizer reads this rank's shard only: half the bytes of an all-reduce */
+            bucket_counts(d, a, e);
+            rc = c->reduce_scatter_sum(c, g, d->counts, COMM_F32);
+        } else {
+            rc = c->all_reduce_sum(c, g, e - a, COMM_F32);
+        }
+        if (rc) return err_prefix("gradients");
     }
     return 0;
 }
