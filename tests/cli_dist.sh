@@ -146,6 +146,22 @@ for z in 0 3; do
 done
 check "ZeRO-3 validation loss = ZeRO-0's ($(vals "$tmp/val0")/ $(vals "$tmp/val3"))" \
     test -n "$(vals "$tmp/val0")" -a "$(vals "$tmp/val0")" = "$(vals "$tmp/val3")"
+# ZeRO-3 shards frozen dense tensors too: a LoRA run (the base frozen) and a model.freeze run equal
+# ZeRO-0's, with the frozen weights halved per rank; the LoRA run resumes
+for z in 0 3; do
+    launch2 --set out_dir="$tmp/lora$z" --set dist.zero=$z --set lora.r=4
+    launch2 --set out_dir="$tmp/frz$z" --set dist.zero=$z --set 'model.freeze=["transformer.h.0.*","transformer.wte.weight"]'
+    read -r tot w_frz$z rest <<<"$(mem_line "$tmp/run.log")"
+done
+same_losses "LoRA under ZeRO-3 vs ZeRO-0" "$tmp/lora0" "$tmp/lora3"
+check "LoRA under ZeRO-3: the adapters of ZeRO-0" cmp "$tmp/lora0/final/adapter_model.safetensors" "$tmp/lora3/final/adapter_model.safetensors"
+same_losses "model.freeze under ZeRO-3 vs ZeRO-0" "$tmp/frz0" "$tmp/frz3"
+same_weights "model.freeze under ZeRO-3 vs ZeRO-0" "$tmp/frz0" "$tmp/frz3"
+near "ZeRO-3: frozen and trainable weights per rank halved" "$w_frz3" "$(awk -v w="$w_frz0" 'BEGIN { print w / 2 }')"
+cp -r "$tmp/lora3" "$tmp/lorar"
+rm -rf "$tmp/lorar/step-0000006"
+launch2 --resume "$tmp/lorar" --set dist.zero=3 --set lora.r=4
+check "LoRA under ZeRO-3: resume" cmp "$tmp/lora3/final/adapter_model.safetensors" "$tmp/lorar/final/adapter_model.safetensors"
 # 2 ranks x 2 micro-steps: ZeRO-2/3 reduce-scatter every micro-step into the shard, ZeRO-0 once
 launch2 --set out_dir="$tmp/acc0" --set train.tokens_per_step=512
 for z in 2 3; do

@@ -444,7 +444,8 @@ static void test_sharded_store(void)
 }
 
 /* The hooks of a sharded run (dist_attach) on one rank of a comm_none "job": every ZeRO stage with
- * accumulation and every recompute level, on GPT-2 (tied head) and LLaMA (untied), gives the weights
+ * accumulation and every recompute level, on GPT-2 (tied head) and LLaMA (untied), with and without
+ * frozen tensors (block 0 and the embeddings), gives the weights
  * of the plain step bit for bit. A group the hooks failed to gather or stage would be a fatal error
  * (params_w / params_g), a missed gradient a different result. */
 static void test_hooks_one_rank(void)
@@ -452,7 +453,8 @@ static void test_hooks_one_rank(void)
     const Backend *be = backend_cpu();
     for (int f = 0; f < 2; f++)
         for (int zero = 0; zero <= 3; zero++)
-            for (int rc = 0; rc <= 2; rc++) {
+            for (int rc = 0; rc <= 2; rc++)
+            for (int frz = 0; frz < 2; frz++) {
                 ModelConfig c = tiny_config();
                 if (f == 1) {
                     model_config_defaults(&c, FAMILY_LLAMA);
@@ -460,7 +462,15 @@ static void test_hooks_one_rank(void)
                     c.tie_embeddings = 0;
                     if (model_config_finish(&c)) fatal_err();
                 }
-                Model *a = model_create(&c, be), *b = model_create(&c, be);
+                /* frz: block 0 and wte frozen (ZeRO-3 shards the frozen segment too) */
+                ParamTable t0;
+                param_table_build(&t0, &c);
+                ParamKind *kinds = xcalloc((size_t)t0.n, sizeof(ParamKind));
+                for (int i = 0; i < t0.n; i++)
+                    kinds[i] = frz && (t0.p[i].layer == 0 || t0.p[i].role == PROLE_WTE) ? PARAM_FROZEN : PARAM_TRAIN;
+                param_table_free(&t0);
+                Model *a = model_create_kinds(&c, be, kinds), *b = model_create_kinds(&c, be, kinds);
+                free(kinds);
                 model_init_gpt2(a, 5);
                 model_init_gpt2(b, 5);
                 int B = 2, T = 8, accum = 2;
@@ -489,9 +499,12 @@ static void test_hooks_one_rank(void)
                 size_t tot = a->pt.total;
                 float *x = xmalloc(tot * sizeof(float)), *y = xmalloc(tot * sizeof(float));
                 model_get_params(a, x);
+                ok &= dist_params_whole(&d, &b->ps) == 0; /* ZeRO-3 frozen shards: whole for the read */
                 model_get_params(b, y);
+                dist_params_reshard(&d, &b->ps);
                 ok &= !memcmp(x, y, tot * sizeof(float));
-                CHECKF(ok, "family %d zero %d recompute %d: the hooked step differs from the plain one", f, zero, rc);
+                CHECKF(ok, "family %d zero %d recompute %d frozen %d: the hooked step differs from the plain one", f, zero,
+                       rc, frz);
                 free(x), free(y);
                 optim_free(&oa), optim_free(&ob);
                 dist_detach(&d);

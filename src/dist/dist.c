@@ -138,16 +138,23 @@ void dist_detach(Dist *d)
 {
     for (int k = 0; k < 3 && d->ps; k++) {
         if (d->gslot[k]) d->ps->be->free(d->gslot[k]);
-        if (d->wslot[k]) d->ps->be->free(d->wslot[k]);
         d->gslot[k] = NULL;
-        d->wslot[k] = NULL;
+        for (int set = 0; set < 2; set++) {
+            if (d->wslot[set][k]) d->ps->be->free(d->wslot[set][k]);
+            d->wslot[set][k] = NULL;
+        }
     }
     if (d->ps) { /* the store no longer has views into the slots */
         free(d->ps->ggroup);
         free(d->ps->wgroup);
+        free(d->ps->fgroup);
         d->ps->ggroup = NULL;
         d->ps->wgroup = NULL;
+        d->ps->fgroup = NULL;
     }
+    free(d->flo);
+    free(d->fhi);
+    d->flo = d->fhi = NULL;
     d->ps = NULL;
     d->slot_bytes = 0;
 }
@@ -174,7 +181,9 @@ static void bucket_counts(Dist *d, size_t a, size_t e)
     }
 }
 
-/* ZeRO 0/1: queue the buckets (last layer first) that lie at or after segment offset from. */
+/* ZeRO 0/1: queue the buckets (last layer first) that lie at or after segment offset from:
+ * all-reduced (ZeRO-0) or reduce-scattered in place (ZeRO-1: the rest of the buffer is left
+ * unreduced, and the gradient norm is taken over the shards). */
 static int queue_buckets(Dist *d, size_t from)
 {
     Comm *c = d->comm;
@@ -184,7 +193,15 @@ static int queue_buckets(Dist *d, size_t from)
         size_t a = d->bucket[d->next_bucket][0], e = d->bucket[d->next_bucket][1];
         if (!started) c->start_after_compute(c); /* after the backward that wrote them */
         started = 1;
-        if (c->all_reduce_sum(c, ps->grad + (a - ps->grad_lo), e - a, COMM_F32)) return err_prefix("gradients");
+        float *g = ps->grad + (a - ps->grad_lo);
+        int rc;
+        if (d->opt.zero == 1) { /* the optimizer reads this rank's shard only: half the bytes of an all-reduce */
+            bucket_counts(d, a, e);
+            rc = c->reduce_scatter_sum(c, g, d->counts, COMM_F32);
+        } else {
+            rc = c->all_reduce_sum(c, g, e - a, COMM_F32);
+        }
+        if (rc) return err_prefix("gradients");
     }
     return 0;
 }
@@ -344,61 +361,123 @@ static void hook_grads_ready(void *ctx, int g)
     d->ps->ggroup[g] = NULL; /* nothing writes it again in this backward */
 }
 
-/* ZeRO-3: the slot holding group g's weights, or -1. */
-static int wslot_of(const Dist *d, int g)
+/* ZeRO-3 weight sets: 0 the trainable compute copy (groups of layer_seg, shards lo/hi), 1 the frozen
+ * one (groups of the store's fseg, shards flo/fhi). */
+static size_t wset_lo(const Dist *d, int set, int g) { return set ? d->ps->fseg[g] : group_lo(d, g); }
+static size_t wset_hi(const Dist *d, int set, int g) { return set ? d->ps->fseg[g + 1] : group_hi(d, g); }
+
+/* counts[r] = how much of [a, e) lies in rank r's part of the set. */
+static void wset_counts(Dist *d, int set, size_t a, size_t e)
+{
+    if (!set) {
+        bucket_counts(d, a, e);
+        return;
+    }
+    for (int r = 0; r < d->world; r++) {
+        size_t lo = MAX(a, d->flo[r]), hi = MIN(e, d->fhi[r]);
+        d->counts[r] = hi > lo ? hi - lo : 0;
+    }
+}
+
+/* ZeRO-3: the slot of the set holding group g's weights, or -1. */
+static int wslot_of(const Dist *d, int set, int g)
 {
     for (int k = 0; k < 3; k++)
-        if (d->wslot_group[k] == g) return k;
+        if (d->wslot_group[set][k] == g) return k;
     return -1;
 }
 
-/* ZeRO-3: queue the all-gather of group g's compute weights into a free slot (nothing when it is
- * held already or no slot is free: a prefetch waits for the next call). */
-static void queue_gather(Dist *d, int g)
+static void **wset_views(const Dist *d, int set) { return set ? d->ps->fgroup : d->ps->wgroup; }
+
+/* ZeRO-3: queue the all-gather of group g's weights of the set into a free slot (nothing when it
+ * is held already or no slot is free: a prefetch waits for the next call). */
+static void queue_gather(Dist *d, int set, int g)
 {
     ParamStore *ps = d->ps;
     const Backend *be = ps->be;
     Comm *c = d->comm;
-    if (g < 0 || group_hi(d, g) == group_lo(d, g) || wslot_of(d, g) >= 0) return;
-    int k = g == 0 ? 0 : d->wslot_group[1] < 0 ? 1 : d->wslot_group[2] < 0 ? 2 : -1;
-    if (k < 0 || d->wslot_group[k] >= 0) return;
-    size_t lo = group_lo(d, g), hi = group_hi(d, g), a, e, cap = bucket_cap(d);
-    if (my_part(d, g, &a, &e)) be->copy(act_at(be, d->wslot[k], a - lo), act_at(be, ps->train_act, a - ps->act_lo), (e - a) * be->act_size);
+    if (g < 0 || wset_hi(d, set, g) == wset_lo(d, set, g) || wslot_of(d, set, g) >= 0) return;
+    int k = g == 0 ? 0 : d->wslot_group[set][1] < 0 ? 1 : d->wslot_group[set][2] < 0 ? 2 : -1;
+    if (k < 0 || d->wslot_group[set][k] >= 0) return;
+    void *slot = d->wslot[set][k];
+    size_t lo = wset_lo(d, set, g), hi = wset_hi(d, set, g), cap = bucket_cap(d);
+    size_t mlo = set ? d->my_flo : d->my_lo, mhi = set ? d->my_fhi : d->my_hi;
+    size_t a = MAX(lo, mlo), e = MIN(hi, mhi);
+    const void *src = set ? ps->frozen_act : ps->train_act;
+    size_t src_lo = set ? ps->frozen_lo : ps->act_lo;
+    if (e > a) be->copy(act_at(be, slot, a - lo), act_at(be, (void *)src, a - src_lo), (e - a) * be->act_size);
     c->start_after_compute(c);
     for (size_t x = lo; x < hi && !d->hook_rc; x += cap) {
         size_t y = MIN(hi, x + cap);
-        bucket_counts(d, x, y);
-        if (c->all_gather(c, act_at(be, d->wslot[k], x - lo), d->counts, be->act_size)) hook_fail(d, "weights");
+        wset_counts(d, set, x, y);
+        if (c->all_gather(c, act_at(be, slot, x - lo), d->counts, be->act_size)) hook_fail(d, "weights");
     }
-    d->wslot_mark[k] = comm_mark(c);
-    d->wslot_group[k] = g;
-    d->wslot_queued[k] = 1;
+    d->wslot_mark[set][k] = comm_mark(c);
+    d->wslot_group[set][k] = g;
+    d->wslot_queued[set][k] = 1;
 }
 
 static void hook_weights_need(void *ctx, int g, int next)
 {
     Dist *d = ctx;
     if (d->opt.zero < 3) return;
-    if (group_hi(d, g) > group_lo(d, g)) {
-        queue_gather(d, g);
-        int k = wslot_of(d, g);
-        if (k < 0) fatal("dist: ZeRO-3: no layer buffer free for group %d (internal error)", g);
-        if (d->wslot_queued[k]) compute_after_mark(d->comm, d->wslot_mark[k]);
-        d->wslot_queued[k] = 0;
-        d->ps->wgroup[g] = d->wslot[k];
+    for (int set = 0; set < 1 + d->frozen_sharded; set++) {
+        if (wset_hi(d, set, g) > wset_lo(d, set, g)) {
+            queue_gather(d, set, g);
+            int k = wslot_of(d, set, g);
+            if (k < 0) fatal("dist: ZeRO-3: no layer buffer free for group %d (internal error)", g);
+            if (d->wslot_queued[set][k]) compute_after_mark(d->comm, d->wslot_mark[set][k]);
+            d->wslot_queued[set][k] = 0;
+            wset_views(d, set)[g] = d->wslot[set][k];
+        }
+        queue_gather(d, set, next); /* the next layer's gather runs while this one computes */
     }
-    queue_gather(d, next); /* the next layer's gather runs while this one computes */
 }
 
 static void hook_weights_done(void *ctx, int g)
 {
     Dist *d = ctx;
-    int k = d->opt.zero >= 3 ? wslot_of(d, g) : -1;
-    if (k < 0) return;
-    if (d->wslot_queued[k]) compute_after_mark(d->comm, d->wslot_mark[k]); /* a prefetch not used: settle it */
-    d->wslot_group[k] = -1;
-    d->wslot_queued[k] = 0;
-    d->ps->wgroup[g] = NULL;
+    if (d->opt.zero < 3) return;
+    for (int set = 0; set < 1 + d->frozen_sharded; set++) {
+        int k = wslot_of(d, set, g);
+        if (k < 0) continue;
+        if (d->wslot_queued[set][k]) compute_after_mark(d->comm, d->wslot_mark[set][k]); /* an unused prefetch */
+        d->wslot_group[set][k] = -1;
+        d->wslot_queued[set][k] = 0;
+        wset_views(d, set)[g] = NULL;
+    }
+}
+
+/* Equal parts of the frozen segment, as params_shard cuts the trainable one. */
+static void frozen_shard(const ParamTable *pt, int rank, int world, size_t *lo, size_t *hi)
+{
+    size_t per = (pt->n_frozen + (size_t)world - 1) / (size_t)world;
+    per = (per + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
+    *lo = MIN(pt->n_frozen, per * (size_t)rank);
+    *hi = MIN(pt->n_frozen, *lo + per);
+}
+
+/* ZeRO-3 of the frozen dense tensors: this rank's part of the frozen segment, and layer buffers. */
+static void shard_frozen(Dist *d, ParamStore *ps)
+{
+    const ParamTable *pt = ps->pt;
+    const Backend *be = ps->be;
+    int G = pt->n_layer + 2;
+    d->flo = xcalloc((size_t)d->world, sizeof(size_t));
+    d->fhi = xcalloc((size_t)d->world, sizeof(size_t));
+    for (int r = 0; r < d->world; r++) frozen_shard(pt, r, d->world, &d->flo[r], &d->fhi[r]);
+    d->my_flo = d->flo[d->rank];
+    d->my_fhi = d->fhi[d->rank];
+    ps->fseg = xcalloc((size_t)G + 1, sizeof(size_t));
+    params_frozen_groups(pt, ps->fseg);
+    params_shard_frozen(ps, d->my_flo, d->my_fhi);
+    ps->fgroup = xcalloc((size_t)G, sizeof(void *));
+    size_t g0 = ps->fseg[1] - ps->fseg[0], gmax = 0;
+    for (int g = 1; g < G; g++) gmax = MAX(gmax, ps->fseg[g + 1] - ps->fseg[g]);
+    size_t size[3] = {g0, gmax, gmax};
+    for (int k = 0; k < 3; k++)
+        if (size[k]) d->wslot[1][k] = be->alloc(size[k] * be->act_size), d->slot_bytes += size[k] * be->act_size;
+    d->frozen_sharded = 1;
 }
 
 struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
@@ -407,7 +486,7 @@ struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
     const Backend *be = ps->be;
     int G = pt->n_layer + 2, z = d->opt.zero;
     d->ps = ps;
-    for (int k = 0; k < 3; k++) d->gslot_group[k] = d->wslot_group[k] = -1;
+    for (int k = 0; k < 3; k++) d->gslot_group[k] = d->wslot_group[0][k] = d->wslot_group[1][k] = -1;
     if (z >= 1 && pt->n_train) {
         int what = PSHARD_MASTER | (z >= 2 ? PSHARD_GRAD : 0) | (z >= 3 ? PSHARD_ACT : 0);
         params_shard_store(ps, d->my_lo, d->my_hi, what);
@@ -422,9 +501,10 @@ struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
         if (z >= 3) {
             ps->wgroup = xcalloc((size_t)G, sizeof(void *));
             for (int k = 0; k < 3; k++)
-                if (size[k]) d->wslot[k] = be->alloc(size[k] * be->act_size), d->slot_bytes += size[k] * be->act_size;
+                if (size[k]) d->wslot[0][k] = be->alloc(size[k] * be->act_size), d->slot_bytes += size[k] * be->act_size;
         }
     }
+    if (z >= 3 && pt->n_frozen) shard_frozen(d, ps);
     ModelHooks *h = xcalloc(1, sizeof(*h));
     *h = (ModelHooks){.ctx = d, .grads_ready = hook_grads_ready};
     if (z >= 2) h->grads_begin = hook_grads_begin;
@@ -451,10 +531,37 @@ int dist_micro_end(Dist *d)
     return 0;
 }
 
+/* The frozen copy whole (ZeRO-3 shards it), for dist_params_whole. */
+static int frozen_whole(Dist *d, ParamStore *ps)
+{
+    const Backend *be = ps->be;
+    size_t n = ps->pt->n_frozen, cap = bucket_cap(d);
+    if (!d->frozen_sharded || d->whole_frozen || ps->frozen_n == n) return 0;
+    d->whole_frozen = be->alloc(n * be->act_size);
+    be->copy(act_at(be, d->whole_frozen, ps->frozen_lo), ps->frozen_act, ps->frozen_n * be->act_size);
+    d->saved_frozen = ps->frozen_act;
+    d->saved_flo = ps->frozen_lo;
+    d->saved_fn = ps->frozen_n;
+    ps->frozen_act = d->whole_frozen;
+    ps->frozen_lo = 0;
+    ps->frozen_n = n;
+    Comm *c = d->comm;
+    c->start_after_compute(c);
+    for (size_t x = 0; x < n; x += cap) {
+        size_t y = MIN(n, x + cap);
+        wset_counts(d, 1, x, y);
+        if (c->all_gather(c, act_at(be, d->whole_frozen, x), d->counts, be->act_size)) return err_prefix("frozen weights");
+    }
+    c->compute_after_comm(c);
+    return 0;
+}
+
 int dist_params_whole(Dist *d, ParamStore *ps)
 {
     size_t n = ps->pt->n_train;
-    if (!dist_active(d) || !d->opt.zero || !n || d->whole) return 0;
+    if (!dist_active(d) || !d->opt.zero) return 0;
+    if (frozen_whole(d, ps)) return -1;
+    if (!n || d->whole) return 0;
     if (ps->master_n == n || (ps->master_alias && ps->act_n == n)) return 0; /* it serves every tensor now */
     const Backend *be = ps->be;
     d->whole = be->alloc(n * sizeof(float));
@@ -472,6 +579,15 @@ int dist_params_whole(Dist *d, ParamStore *ps)
 
 void dist_params_reshard(Dist *d, ParamStore *ps)
 {
+    if (d->whole_frozen) {
+        const Backend *be = ps->be;
+        be->copy(d->saved_frozen, act_at(be, d->whole_frozen, d->saved_flo), d->saved_fn * be->act_size);
+        be->free(d->whole_frozen);
+        ps->frozen_act = d->saved_frozen;
+        ps->frozen_lo = d->saved_flo;
+        ps->frozen_n = d->saved_fn;
+        d->whole_frozen = NULL;
+    }
     if (!d->whole) return;
     ps->be->copy(d->saved_master, d->whole + d->saved_lo, d->saved_n * sizeof(float));
     ps->be->free(d->whole);

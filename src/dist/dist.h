@@ -6,13 +6,15 @@
  * over the ranks (each rank's loss gradient is already scaled by 1 / the scored targets of the
  * whole global step), in buckets of dist.bucket_mb, last layer first, on the comm stream; every
  * rank then makes the same update.
- * ZeRO-1: the optimizer state (moments; the fp32 master's update) exists only for this rank's
- * shard (params_shard); gradients are all-reduced, each rank updates its shard, and the updated
- * compute weights are all-gathered. ZeRO-2: gradients are reduce-scattered instead, so each rank
- * has the summed gradient of its own shard only; the gradient norm is the square root of the sum
- * over the ranks of the shards' sums of squares. On a GPU with bf16 compute weights the fp32
- * master outside the shard is stale between steps; dist_gather_master() refreshes it (for
- * checkpoints).
+ * ZeRO-1: the optimizer state (the fp32 master and the moments) exists only for this rank's shard
+ * (params_shard); gradients are reduce-scattered in place in the whole gradient buffer (each rank
+ * needs its shard's sum only), each rank updates its shard, and the updated compute weights are
+ * all-gathered; the gradient norm is the square root of the sum over the ranks of the shards' sums
+ * of squares. ZeRO-2: the gradient buffer itself is only the shard (plus staging buffers that the
+ * backward writes layer by layer, reduce-scattered on every micro-step). ZeRO-3: the compute
+ * weights too are only the shard; each layer is all-gathered into a layer buffer before use. The
+ * model's hooks (dist_attach) drive all of it layer by layer; checkpoints gather the fp32 master
+ * for their moment (dist_params_whole).
  */
 #ifndef ANVIL_DIST_DIST_H
 #define ANVIL_DIST_DIST_H
@@ -60,14 +62,20 @@ typedef struct {
     float *gslot[3];
     int gslot_group[3], gslot_pending[3];
     long gslot_mark[3];
-    void *wslot[3];
-    int wslot_group[3], wslot_queued[3];
-    long wslot_mark[3];
+    /* set 0 the trainable compute copy, set 1 the frozen one (ZeRO-3 shards dense frozen tensors
+     * too: flo/fhi every rank's part of the frozen segment, my_flo/my_fhi this rank's) */
+    void *wslot[2][3];
+    int wslot_group[2][3], wslot_queued[2][3];
+    long wslot_mark[2][3];
+    size_t *flo, *fhi, my_flo, my_fhi;
+    int frozen_sharded;
     size_t slot_bytes;   /* backend bytes of the slots above */
-    /* dist_params_whole: the whole fp32 master while a checkpoint is read or written */
+    /* dist_params_whole: the whole fp32 master (and frozen copy) while a checkpoint is read or written */
     float *whole, *saved_master;
     size_t saved_lo, saved_n;
     int saved_alias;
+    void *whole_frozen, *saved_frozen;
+    size_t saved_flo, saved_fn;
 } Dist;
 
 /* Read the environment (env.h) and, for CUDA ranks, make device 0 this rank's GPU

@@ -367,6 +367,7 @@ void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
         ps->grad = be->alloc(pt->n_train * sizeof(float));
     }
     ps->master_n = ps->act_n = ps->grad_n = pt->n_train;
+    ps->frozen_n = pt->n_frozen;
     ps->master_alias = be->act_dtype == DTYPE_F32;
     if (pt->n_frozen) ps->frozen_act = be->alloc(pt->n_frozen * be->act_size);
     tern_alloc(ps);
@@ -466,6 +467,7 @@ void params_free(ParamStore *ps)
     }
     if (ps->dq) be->free(ps->dq);
     tern_free(ps);
+    free(ps->fseg);
     memset(ps, 0, sizeof(*ps));
 }
 
@@ -475,7 +477,16 @@ void *params_w(const ParamStore *ps, int i)
     const Param *p = &ps->pt->p[i];
     if (p->kind == PARAM_NF4 || p->kind == PARAM_TERNARY)
         fatal("params_w: %s is packed (%s): use params_w_dense (internal error)", p->name, param_kind_name(p->kind));
-    if (p->kind != PARAM_TRAIN) return act_at(ps->be, ps->frozen_act, p->seg);
+    if (p->kind != PARAM_TRAIN) {
+        if (ps->fgroup) {
+            int g = params_group(ps->pt, i);
+            if (!ps->fgroup[g]) fatal("params_w: %s: its layer's frozen weights were not gathered (internal error)", p->name);
+            return act_at(ps->be, ps->fgroup[g], p->seg - ps->fseg[g]);
+        }
+        if (p->seg < ps->frozen_lo || p->seg + p->numel > ps->frozen_lo + ps->frozen_n)
+            fatal("params_w: %s lies outside this rank's shard of the frozen weights (internal error)", p->name);
+        return act_at(ps->be, ps->frozen_act, p->seg - ps->frozen_lo);
+    }
     if (ps->wgroup) {
         int g = params_group(ps->pt, i);
         if (!ps->wgroup[g]) fatal("params_w: %s: its layer's weights were not gathered (internal error)", p->name);
@@ -558,7 +569,9 @@ void params_upload(ParamStore *ps, int i, const float *host)
         be->upload_act(act_at(be, ps->frozen_act, p->seg), q, p->numel);
         free(q);
     } else {
-        be->upload_act(act_at(be, ps->frozen_act, p->seg), host, p->numel);
+        size_t a, e;
+        if (clip_range(p->seg, p->numel, ps->frozen_lo, ps->frozen_n, &a, &e))
+            be->upload_act(act_at(be, ps->frozen_act, a - ps->frozen_lo), host + (a - p->seg), e - a);
     }
 }
 
@@ -588,7 +601,11 @@ void params_download(const ParamStore *ps, int i, float *host)
             be->download(host, (const float *)ps->train_act + (p->seg - ps->act_lo), p->numel * sizeof(float));
         else
             fatal("params_download: %s is sharded over the ranks (internal error: gather the master first)", p->name);
-    } else be->download_act(host, act_at(be, ps->frozen_act, p->seg), p->numel);
+    } else {
+        if (p->seg < ps->frozen_lo || p->seg + p->numel > ps->frozen_lo + ps->frozen_n)
+            fatal("params_download: %s is sharded over the ranks (internal error: gather it first)", p->name);
+        be->download_act(host, act_at(be, ps->frozen_act, p->seg - ps->frozen_lo), p->numel);
+    }
 }
 
 void params_sync_act(ParamStore *ps)
@@ -625,7 +642,7 @@ ParamBytes params_bytes(const ParamStore *ps)
     b.grads = (ps->grad ? ps->grad_n * sizeof(float) : 0) + (ps->tgrad ? pt->n_tern * sizeof(float) : 0) +
               ps->fgrad_numel * sizeof(float);
     b.weights = (ps->train_act && !ps->master_alias ? ps->act_n * as : 0) +
-                (ps->frozen_act ? pt->n_frozen * as : 0) + ps->q4_bytes + ps->tern_bytes;
+                (ps->frozen_act ? ps->frozen_n * as : 0) + ps->q4_bytes + ps->tern_bytes;
     b.tstate = ps->tern_state_bytes;
     b.scratch = ps->wq_numel * as;
     if (ps->dq) {
@@ -639,15 +656,19 @@ ParamBytes params_bytes(const ParamStore *ps)
 
 int params_group(const ParamTable *pt, int i)
 {
-    size_t seg = pt->p[i].seg;
-    /* the last g with layer_seg[g] <= seg: the tensor's own group (a later one starts past it) */
-    int lo = 0, hi = pt->n_layer + 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) / 2;
-        if (pt->layer_seg[mid] <= seg) lo = mid;
-        else hi = mid - 1;
-    }
-    return lo;
+    const Param *p = &pt->p[i];
+    if (p->layer >= 0) return 1 + p->layer;
+    return p->role == PROLE_WTE || p->role == PROLE_WPE ? 0 : pt->n_layer + 1;
+}
+
+void params_frozen_groups(const ParamTable *pt, size_t *fseg)
+{
+    int G = pt->n_layer + 2;
+    for (int g = 0; g <= G; g++) fseg[g] = pt->n_frozen;
+    for (int i = pt->n - 1; i >= 0; i--) /* table order is group order: the first tensor of each */
+        if (pt->p[i].kind == PARAM_FROZEN) fseg[params_group(pt, i)] = pt->p[i].seg;
+    for (int g = G - 1; g >= 0; g--) /* an empty group starts where the next one does */
+        if (fseg[g] > fseg[g + 1]) fseg[g] = fseg[g + 1];
 }
 
 /* A new buffer of the part [lo, hi) of a buffer that holds [old_lo, old_lo + old_n), elem bytes per
@@ -691,4 +712,14 @@ void params_shard_store(ParamStore *ps, size_t lo, size_t hi, int what)
         ps->grad_lo = lo;
         ps->grad_n = hi - lo;
     }
+}
+
+void params_shard_frozen(ParamStore *ps, size_t lo, size_t hi)
+{
+    if (!ps->pt->n_frozen) return;
+    if (lo < ps->frozen_lo || hi > ps->frozen_lo + ps->frozen_n)
+        fatal("params_shard_frozen: [%zu, %zu) is not held (internal error)", lo, hi);
+    ps->frozen_act = keep_part(ps->be, ps->frozen_act, ps->frozen_lo, ps->be->act_size, lo, hi, 1);
+    ps->frozen_lo = lo;
+    ps->frozen_n = hi - lo;
 }

@@ -191,16 +191,26 @@ typedef struct {
     int n_fused;         /* fused PARAM_TERNARY tensors */
     TernaryHyper tern_hyper; /* the rule of the step in progress (optim_begin_step) */
     int tern_live;       /* 1 while a training step's backward may update fused tensors */
+    /* ZeRO-3 of frozen dense tensors (params_shard_frozen): frozen_act holds [frozen_lo, frozen_lo +
+     * frozen_n) of the frozen segment, and fgroup (as wgroup) the gathered frozen tensors of a group */
+    size_t frozen_lo, frozen_n;
+    void **fgroup;
+    size_t *fseg;   /* params_frozen_groups of the table (set with fgroup) */
 } ParamStore;
 
-/* The group of layer_seg that trainable tensor i lies in (0 embeddings, 1 + l block l, n_layer + 1
- * the final norm and head). */
+/* The group of layer_seg that tensor i belongs to (0 embeddings, 1 + l block l, n_layer + 1 the
+ * final norm and head); a trainable tensor lies in [layer_seg[g], layer_seg[g + 1]). */
 int params_group(const ParamTable *pt, int i);
 /* Keep only [lo, hi) of the trainable segment in the buffers named by what (PSHARD_*): their
  * values over [lo, hi) are kept (copied into smaller buffers; a gradient is zeroed), the rest is
  * freed. On an fp32 backend the master stays inside the compute copy. */
 enum { PSHARD_MASTER = 1, PSHARD_ACT = 2, PSHARD_GRAD = 4 };
 void params_shard_store(ParamStore *ps, size_t lo, size_t hi, int what);
+/* The same for the frozen segment's compute copy (dense frozen tensors; 4-bit ones stay whole). */
+void params_shard_frozen(ParamStore *ps, size_t lo, size_t hi);
+/* [fseg[g], fseg[g + 1]): where group g's frozen tensors lie in the frozen segment (n_layer + 3
+ * entries, filled by the call; groups as params_group's). */
+void params_frozen_groups(const ParamTable *pt, size_t *fseg);
 
 /* Allocate every segment the table's kinds need (zero-filled); nothing for a kind with no tensor. */
 void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt);

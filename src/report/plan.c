@@ -177,6 +177,17 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         if (s->zero >= 2) slots += (g0 + 2 * gmax) * sizeof(float);
         if (s->zero >= 3) slots += (g0 + 2 * gmax) * (size_t)s->act_size;
     }
+    if (s->zero >= 3 && world > 1 && m->pt.n_frozen) { /* ZeRO-3 shards dense frozen tensors too */
+        const ParamTable *pt = &m->pt;
+        size_t per = (pt->n_frozen + (size_t)world - 1) / (size_t)world;
+        per = (per + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN;
+        params_shard_frozen(&m->ps, 0, MIN(per, pt->n_frozen));
+        size_t *fseg = xcalloc((size_t)pt->n_layer + 3, sizeof(size_t)), gmax = 0;
+        params_frozen_groups(pt, fseg);
+        for (int g = 1; g < pt->n_layer + 2; g++) gmax = MAX(gmax, fseg[g + 1] - fseg[g]);
+        slots += (fseg[1] - fseg[0] + 2 * gmax) * (size_t)s->act_size;
+        free(fseg);
+    }
     optim_init_range(&o, m, 0.0f, lo, hi);
     MemReport mr;
     model_mem_report(m, optim_bytes(&o), &mr);
