@@ -239,6 +239,53 @@ static void test_fused_and_roundtrip(void)
     model_free(b);
 }
 
+/* config.json of fixture `name` with `from` replaced by `to`, in a fresh directory (no weights):
+ * hf_read_config's message, or "" when it accepts it. */
+static const char *config_error(const char *name, const char *from, const char *to, char *tmp)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/moe/%s/model/config.json", test_fixtures(), name);
+    char *text;
+    size_t n;
+    if (fs_read_file(path, &text, &n)) return "cannot read the fixture";
+    char *at = strstr(text, from);
+    CHECKF(at != NULL, "%s: %s not in config.json", name, from);
+    if (!at) return free(text), "";
+    size_t pre = (size_t)(at - text), fl = strlen(from), tl = strlen(to);
+    char *out = xmalloc(n - fl + tl + 1);
+    memcpy(out, text, pre);
+    memcpy(out + pre, to, tl);
+    memcpy(out + pre + tl, at + fl, n - pre - fl);
+    strcpy(tmp, "/tmp/anvil_moecfg_XXXXXX");
+    CHECK(mkdtemp(tmp) != NULL);
+    snprintf(path, sizeof(path), "%s/config.json", tmp);
+    CHECK(fs_write_atomic(path, out, n - fl + tl) == 0);
+    free(text);
+    free(out);
+    ModelConfig c;
+    int rc = hf_read_config(tmp, &c);
+    fs_rm_rf(tmp);
+    return rc ? err_get() : "";
+}
+
+/* Bad MoE keys in config.json: one message naming the file and the key. */
+static void test_config_errors(void)
+{
+    char tmp[64];
+    const char *e = config_error("qwen2_moe", "\"mlp_only_layers\": []", "\"mlp_only_layers\": [0]", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "mlp_only_layers"), "got: %s", e);
+    e = config_error("mixtral", "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 9", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "top_k"), "got: %s", e);
+    e = config_error("mixtral", "\"num_local_experts\": 4", "\"num_local_experts\": \"four\"", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "num_local_experts"), "got: %s", e);
+    e = config_error("qwen2_moe", "\"router_aux_loss_coef\": 0.1", "\"router_aux_loss_coef\": -1", tmp);
+    CHECKF(strstr(e, "router_aux_loss_coef") && strstr(e, ">= 0"), "got: %s", e);
+    e = config_error("qwen2_moe", "\"router_aux_loss_coef\": 0.1", "\"router_aux_loss_coef\": 0", tmp);
+    CHECKF(!e[0], "a coefficient of 0 is refused: %s", e);
+    e = config_error("qwen2_moe", "\"decoder_sparse_step\": 2", "\"decoder_sparse_step\": 7", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "every"), "got: %s", e);
+}
+
 /* ---- finite differences ---- */
 
 /* The scalar J = sum c_rs topw_rs + sum_e a_e colsum_e(probs) + zc/2 sum_r lse_r^2 of the routing
@@ -470,6 +517,7 @@ int main(void)
     RUN(test_mixtral);
     RUN(test_qwen2_moe);
     RUN(test_fused_and_roundtrip);
+    RUN(test_config_errors);
     RUN(test_model_fd);
     return test_summary();
 }
