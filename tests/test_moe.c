@@ -468,7 +468,7 @@ static void test_model_fd(void)
     double worst = 0, gmax = 0;
     int checked = 0, flipped = 0;
     size_t nsel = (size_t)B * T * c.moe_top_k;
-    int32_t *sel0 = xmalloc((size_t)c.n_layer * nsel * sizeof(int32_t)), *sel = xmalloc(nsel * sizeof(int32_t));
+    int32_t *sel0 = xmalloc((size_t)c.n_layer * nsel * sizeof(int32_t));
     for (int l = 0; l < c.n_layer; l++) memcpy(sel0 + l * nsel, m->la[l].moe->topi, nsel * sizeof(int32_t));
     for (int l = 0; l < c.n_layer; l++) {
         const Param *pr = &m->pt.p[m->lp[l].router.w];
@@ -500,10 +500,8 @@ static void test_model_fd(void)
         }
     }
     free(sel0);
-    free(sel);
     fprintf(stderr, "  model fd: %d router weights checked (%d skipped as flips), worst |diff| %.3g, max |grad| %.3g\n",
             checked, flipped, worst, gmax);
-    (void)sel;
     CHECKF(checked > 20, "model fd: only %d router weights without a selection flip", checked);
     free(grads);
     free(p);
