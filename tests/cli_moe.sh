@@ -5,7 +5,8 @@
 #     load_balance and routing_entropy_bits within their ranges; the end of the run prints the
 #     per-expert load table with bars; anvil report reads the run;
 #   - the final checkpoint is a MixtralForCausalLM directory that anvil eval reads back;
-#   - recompute 2 gives the same losses as recompute 0; a resumed run equals an uninterrupted one; a Qwen2-MoE-style model (every 2nd layer,
+#   - recompute 2 gives the same losses as recompute 0; a resumed run equals an uninterrupted one;
+#     2 data-parallel ranks equal 2-fold accumulation (routing losses off); a Qwen2-MoE-style model (every 2nd layer,
 #     a shared expert) trains too; LoRA on an MoE model adapts attention, refuses expert targets;
 #   - bad model.moe.* keys are one clear line each.
 set -u
@@ -85,6 +86,18 @@ check "recompute 2 = recompute 0" cmp -s <(cut -d, -f2 "$tmp/rc0/metrics.jsonl")
 "$ANVIL" train --resume "$tmp/half" --set train.steps=4 >/dev/null 2>&1
 strip_speed() { sed 's/"tokens_per_s.*"peak_mem_gib": [0-9.]*//' "$1"; }
 check "resume = uninterrupted (loss, aux, z, loads)" cmp -s <(strip_speed "$tmp/full/metrics.jsonl") <(strip_speed "$tmp/half/metrics.jsonl")
+
+# data parallel (2 CPU ranks) = 2-fold accumulation when the routing losses are off (with them on,
+# aux depends on which rows share a forward: rank r reads windows r, r + 2, ..., a micro-batch
+# consecutive ones: 6e-3 apart after 3 steps here, 2e-6 without them); a coefficient of 0 is written
+# to config.json and read back
+off="--set model.moe.aux_loss_coef=0 --set model.moe.z_loss_coef=0 --set train.steps=3 --set train.batch_size=2"
+if timeout 120 "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/moe.yaml" $off --set out_dir="$tmp/dp2" >"$tmp/dp2.log" 2>&1 &&
+    "$ANVIL" train "$tmp/moe.yaml" $off --set train.tokens_per_step=128 --set out_dir="$tmp/acc2" >/dev/null 2>&1; then
+    "$ANVIL" inspect --diff "$tmp/dp2/final" "$tmp/acc2/final" --tol 1e-4 >"$tmp/dpdiff.log" 2>&1 && ok || bad "2 ranks = 2 micro-batches: $(cat "$tmp/dpdiff.log")"
+else
+    bad "data-parallel MoE run failed: $(tail -n 2 "$tmp/dp2.log")"
+fi
 
 # Qwen2-MoE style: every 2nd layer, a shared expert, q/k/v biases
 if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set model.moe.every=2 --set model.moe.shared_experts=1 \

@@ -1424,9 +1424,10 @@ static void test_moe_ops(void)
 }
 
 /* An MoE model (4 experts top-2, a shared expert, q/k/v biases) on the GPU against the CPU: loss,
- * aux and z losses, every gradient; deterministic mode bit-identical over recompute levels. The
- * router weights are large so that the selection is decisive (a near-tie that bf16 rounding flips
- * would send a token to another expert). */
+ * aux and z losses, the selection (fp32: identical; bf16: at most 5% of the (token, slot) choices
+ * differ, near-ties that bf16 rounding flips), every gradient (bf16: 0.1 for the dense tensors, 0.3
+ * for the router and experts, which see the flipped tokens); deterministic mode bit-identical over
+ * recompute levels. The router weights are larger than the rest so that most choices are clear. */
 static void test_model_moe(void)
 {
     ModelConfig c = small(FAMILY_LLAMA);
@@ -1473,15 +1474,33 @@ static void test_model_moe(void)
         CHECK_CLOSE(loss, lref, tl);
         CHECK_CLOSE(m->moe->aux, aux_ref, tl);
         CHECK_CLOSE(m->moe->z, z_ref, tl);
-        double worst = 0;
-        const char *worst_name = "";
+        /* selections that differ from the CPU's (bf16 rounding can flip a near-tie) */
+        size_t nsel = (size_t)B * T * c.moe_top_k, differ = 0;
+        int32_t *sel = xmalloc(nsel * sizeof(int32_t));
+        for (int l = 0; l < c.n_layer; l++) {
+            if (!m->la[l].moe) continue;
+            be->download(sel, m->la[l].moe->topi, nsel * sizeof(int32_t));
+            for (size_t q = 0; q < nsel; q++) differ += sel[q] != mc->la[l].moe->topi[q];
+        }
+        free(sel);
+        double flip = (double)differ / ((double)nsel * c.n_layer);
+        CHECKF(g == 0 ? differ == 0 : flip <= 0.05, "[%s] moe: %zu selections (%.1f%%) differ from the CPU's", be->name,
+               differ, 100 * flip);
+        /* gradients: the expert and router tensors see the flipped tokens, so bf16 allows them more */
+        double worst = 0, worst_moe = 0;
+        const char *worst_name = "", *worst_moe_name = "";
         for (int k = 0; k < m->pt.n; k++) {
             const Param *q = &m->pt.p[k];
             double e = rel_err_max(gg + q->offset, gref + q->offset, q->numel);
-            if (e > worst) worst = e, worst_name = q->name;
+            int moe = q->role >= PROLE_ROUTER_W;
+            if (moe && e > worst_moe) worst_moe = e, worst_moe_name = q->name;
+            if (!moe && e > worst) worst = e, worst_name = q->name;
         }
-        fprintf(stderr, "  moe %s: worst gradient %s rel err %.3g\n", be->name, worst_name, worst);
+        fprintf(stderr, "  moe %s: %.2f%% selections differ; worst gradient %s %.3g, of the MoE tensors %s %.3g\n",
+                be->name, 100 * flip, worst_name, worst, worst_moe_name, worst_moe);
         CHECKF(worst <= tol_for(be, TOL_F32_GRAD, 0.1), "[%s] moe grads: %s rel err %.3g", be->name, worst_name, worst);
+        CHECKF(worst_moe <= tol_for(be, TOL_F32_GRAD, 0.3), "[%s] moe grads: %s rel err %.3g", be->name, worst_moe_name,
+               worst_moe);
         for (int level = 0; level <= 2; level++) {
             CHECK(model_reserve(m, B, T, level) == 0);
             float *g2;

@@ -24,7 +24,9 @@
 #include "io/hf.h"
 #include "io/safetensors.h"
 #include "model/model.h"
+#include "model/lora.h"
 #include "model/moe.h"
+#include "model/quant4.h"
 #include "test.h"
 
 /* The bar of tests/test_parity.c: max |ours - ref| / max |ref| per tensor. */
@@ -239,6 +241,119 @@ static void test_fused_and_roundtrip(void)
     model_free(b);
 }
 
+/* QLoRA of an MoE model: the experts are stored 4-bit (one state per HF tensor: w1 and w3 apart),
+ * the attention adapters learn over them exactly as over a dense base holding the dequantized
+ * values: the same loss and bit-identical gradients. */
+static void test_qlora_experts(void)
+{
+    char dir[512];
+    snprintf(dir, sizeof(dir), "%s/moe/mixtral/model", test_fixtures());
+    ModelConfig c;
+    CHECK(hf_read_config(dir, &c) == 0);
+    LoraSpec ls = {.r = 4, .alpha = 8};
+    const char *all = "all-linear";
+    CHECK(lora_sites_parse(&all, 1, c.family, &ls.sites) == 0);
+    CHECK(lora_sites_moe(&c, &ls.sites, 1) == 0);
+    Q4Spec q = {.type = Q4_NF4, .blocksize = 64, .nested = 1};
+    Model *a = model_create_lora(&c, backend_cpu(), &ls, 1, 5, &q), *b = model_create_lora(&c, backend_cpu(), &ls, 1, 5, NULL);
+    int n4 = 0;
+    for (int i = 0; i < a->pt.n; i++) {
+        const Param *p = &a->pt.p[i];
+        if (p->role == PROLE_EXP_FC_W || p->role == PROLE_EXP_PROJ_W) {
+            CHECKF(p->kind == PARAM_NF4, "%s is not 4-bit", p->name);
+            CHECK(p->nparts == (p->role == PROLE_EXP_FC_W ? 2 : 1));
+            n4++;
+        }
+        if (p->role == PROLE_ROUTER_W) CHECK(p->kind == PARAM_FROZEN);
+    }
+    CHECK(n4 == 2 * c.n_layer * c.moe_experts);
+    float *host = xmalloc(a->pt.total * sizeof(float));
+    CHECK(hf_read_weights(dir, &c, &a->pt, host) == 0);
+    model_set_params_base(a, host);
+    model_get_params(a, host); /* the dequantized experts, and a's adapters */
+    Rng r;
+    rng_seed(&r, 9, 0);
+    for (int i = 0; i < a->pt.n; i++)
+        if (a->pt.p[i].role == PROLE_LORA_B)
+            for (size_t j = 0; j < a->pt.p[i].numel; j++) host[a->pt.p[i].offset + j] = (float)(0.1 * rng_normal(&r));
+    model_set_params(b, host);
+    for (int i = 0; i < a->pt.n; i++)
+        if (a->pt.p[i].site >= 0) params_upload(&a->ps, i, host + a->pt.p[i].offset);
+    enum { B = 2, T = 8 };
+    int32_t in[B * T], tg[B * T];
+    for (int i = 0; i < B * T; i++) in[i] = (int32_t)rng_below(&r, 96), tg[i] = (int32_t)rng_below(&r, 96);
+    float *ga = xmalloc(a->pt.total * sizeof(float)), *gb = xmalloc(a->pt.total * sizeof(float));
+    Model *ms[2] = {a, b};
+    float *gs[2] = {ga, gb}, loss[2];
+    for (int k = 0; k < 2; k++) {
+        CHECK(model_reserve(ms[k], B, T, 0) == 0);
+        model_zero_grad(ms[k]);
+        loss[k] = model_forward(ms[k], in, tg, B, T, 1.0f / (B * T), NULL);
+        model_backward(ms[k]);
+        model_get_grads(ms[k], gs[k]);
+    }
+    CHECK(loss[0] == loss[1]);
+    CHECK(!memcmp(ga, gb, a->pt.total * sizeof(float)));
+    size_t nz = 0;
+    for (size_t i = 0; i < a->pt.total; i++) nz += ga[i] != 0;
+    CHECK(nz > 0);
+    /* expert targets by name are refused */
+    unsigned sites;
+    const char *gate = "gate_proj";
+    CHECK(lora_sites_parse(&gate, 1, c.family, &sites) == 0);
+    CHECK(lora_sites_moe(&c, &sites, 0) == -1 && strstr(err_get(), "expert projections"));
+    free(host), free(ga), free(gb);
+    model_free(a);
+    model_free(b);
+}
+
+/* config.json of fixture `name` with `from` replaced by `to`, in a fresh directory (no weights):
+ * hf_read_config's message, or "" when it accepts it. */
+static const char *config_error(const char *name, const char *from, const char *to, char *tmp)
+{
+    char path[600];
+    snprintf(path, sizeof(path), "%s/moe/%s/model/config.json", test_fixtures(), name);
+    char *text;
+    size_t n;
+    if (fs_read_file(path, &text, &n)) return "cannot read the fixture";
+    char *at = strstr(text, from);
+    CHECKF(at != NULL, "%s: %s not in config.json", name, from);
+    if (!at) return free(text), "";
+    size_t pre = (size_t)(at - text), fl = strlen(from), tl = strlen(to);
+    char *out = xmalloc(n - fl + tl + 1);
+    memcpy(out, text, pre);
+    memcpy(out + pre, to, tl);
+    memcpy(out + pre + tl, at + fl, n - pre - fl);
+    strcpy(tmp, "/tmp/anvil_moecfg_XXXXXX");
+    CHECK(mkdtemp(tmp) != NULL);
+    snprintf(path, sizeof(path), "%s/config.json", tmp);
+    CHECK(fs_write_atomic(path, out, n - fl + tl) == 0);
+    free(text);
+    free(out);
+    ModelConfig c;
+    int rc = hf_read_config(tmp, &c);
+    fs_rm_rf(tmp);
+    return rc ? err_get() : "";
+}
+
+/* Bad MoE keys in config.json: one message naming the file and the key. */
+static void test_config_errors(void)
+{
+    char tmp[64];
+    const char *e = config_error("qwen2_moe", "\"mlp_only_layers\": []", "\"mlp_only_layers\": [0]", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "mlp_only_layers"), "got: %s", e);
+    e = config_error("mixtral", "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 9", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "top_k"), "got: %s", e);
+    e = config_error("mixtral", "\"num_local_experts\": 4", "\"num_local_experts\": \"four\"", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "num_local_experts"), "got: %s", e);
+    e = config_error("qwen2_moe", "\"router_aux_loss_coef\": 0.1", "\"router_aux_loss_coef\": -1", tmp);
+    CHECKF(strstr(e, "router_aux_loss_coef") && strstr(e, ">= 0"), "got: %s", e);
+    e = config_error("qwen2_moe", "\"router_aux_loss_coef\": 0.1", "\"router_aux_loss_coef\": 0", tmp);
+    CHECKF(!e[0], "a coefficient of 0 is refused: %s", e);
+    e = config_error("qwen2_moe", "\"decoder_sparse_step\": 2", "\"decoder_sparse_step\": 7", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "every"), "got: %s", e);
+}
+
 /* ---- finite differences ---- */
 
 /* The scalar J = sum c_rs topw_rs + sum_e a_e colsum_e(probs) + zc/2 sum_r lse_r^2 of the routing
@@ -421,7 +536,7 @@ static void test_model_fd(void)
     double worst = 0, gmax = 0;
     int checked = 0, flipped = 0;
     size_t nsel = (size_t)B * T * c.moe_top_k;
-    int32_t *sel0 = xmalloc((size_t)c.n_layer * nsel * sizeof(int32_t)), *sel = xmalloc(nsel * sizeof(int32_t));
+    int32_t *sel0 = xmalloc((size_t)c.n_layer * nsel * sizeof(int32_t));
     for (int l = 0; l < c.n_layer; l++) memcpy(sel0 + l * nsel, m->la[l].moe->topi, nsel * sizeof(int32_t));
     for (int l = 0; l < c.n_layer; l++) {
         const Param *pr = &m->pt.p[m->lp[l].router.w];
@@ -453,10 +568,8 @@ static void test_model_fd(void)
         }
     }
     free(sel0);
-    free(sel);
     fprintf(stderr, "  model fd: %d router weights checked (%d skipped as flips), worst |diff| %.3g, max |grad| %.3g\n",
             checked, flipped, worst, gmax);
-    (void)sel;
     CHECKF(checked > 20, "model fd: only %d router weights without a selection flip", checked);
     free(grads);
     free(p);
@@ -470,6 +583,8 @@ int main(void)
     RUN(test_mixtral);
     RUN(test_qwen2_moe);
     RUN(test_fused_and_roundtrip);
+    RUN(test_config_errors);
+    RUN(test_qlora_experts);
     RUN(test_model_fd);
     return test_summary();
 }

@@ -290,6 +290,21 @@ static int read_window(const Cfg *c, json_t *root, ModelConfig *m, int qwen2)
     return 0;
 }
 
+/* A coefficient: a finite number >= 0 (absent or null: def). */
+static int get_coef(const Cfg *c, json_t *obj, const char *key, float def, float *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v)) return type_error(c, key, "a number", v);
+    double x = json_number_value(v);
+    if (!(x >= 0) || !isfinite(x)) return err_set("%s: %s: must be a finite number >= 0, got %g", c->path, key, x);
+    *out = (float)x;
+    return 0;
+}
+
 /* The experts of MixtralForCausalLM (every layer; intermediate_size is each expert's width) or
  * Qwen2MoeForCausalLM (every decoder_sparse_step-th layer, moe_intermediate_size, a shared expert
  * behind a sigmoid gate; dense layers keep intermediate_size). */
@@ -299,7 +314,7 @@ static int read_moe(const Cfg *c, json_t *root, ModelConfig *m, int qwen2_moe)
     if (get_int(c, root, qwen2_moe ? "num_experts" : "num_local_experts", qwen2_moe ? "num_experts" : "num_local_experts",
                 1, 0, 1, &m->moe_experts) ||
         get_int(c, root, "num_experts_per_tok", "num_experts_per_tok", 1, 0, 1, &m->moe_top_k) ||
-        get_num(c, root, "router_aux_loss_coef", "router_aux_loss_coef", 0, MOE_HF_DEFAULT_AUX, &m->moe_aux_coef))
+        get_coef(c, root, "router_aux_loss_coef", MOE_HF_DEFAULT_AUX, &m->moe_aux_coef))
         return -1;
     if (!qwen2_moe) {
         m->moe_d_ff = m->d_ff;

@@ -845,6 +845,12 @@ static void print_header(const Run *r)
            model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6, tbuf,
            (param_count_all(pt) - param_count(pt) - tern) / 1e6, param_count_all(pt) / 1e6, r->be->name,
            r->tc->batch_size, r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
+    if (c->moe_experts > 0)
+        printf("experts: %d top-%d of width %d on %d of %d layers%s | %.2fM parameters active per token | aux_loss_coef "
+               "%g, z_loss_coef %g\n",
+               c->moe_experts, c->moe_top_k, c->moe_d_ff, cfg_moe_layers(c), c->n_layer,
+               c->moe_shared_d_ff ? ", a shared expert" : "", param_count_active(pt, c) / 1e6, c->moe_aux_coef,
+               c->moe_z_coef);
     fflush(stdout);
 }
 
