@@ -70,8 +70,8 @@ echo '{"model_type": "gpt2",' >"$tmp/badjson/config.json"
 expect_fail "config.json syntax" "$tmp/badjson/config.json|invalid JSON" inspect "$tmp/badjson"
 
 copy_model gpt2 arch
-sed -i 's/GPT2LMHeadModel/BertForMaskedLM/' "$tmp/arch/config.json"
-expect_fail "unknown architecture" "$tmp/arch/config.json: architectures: unsupported \"BertForMaskedLM\"" \
+sed -i 's/GPT2LMHeadModel/T5ForConditionalGeneration/' "$tmp/arch/config.json"
+expect_fail "unknown architecture" "$tmp/arch/config.json: architectures: unsupported \"T5ForConditionalGeneration\"" \
     inspect "$tmp/arch"
 copy_model llama rope
 sed -i 's/"rope_type": "default"/"rope_type": "yarn"/' "$tmp/rope/config.json"

@@ -769,6 +769,27 @@ static void test_attention_len(void)
         attention_len_case(gpu16, 4, 512, 12, 12, 64, l4);
     }
     set_opts(NULL);
+    /* full rows (no lengths) through cuDNN's unmasked graphs, where the library is there: MHA, GQA,
+     * T not a multiple of 128, head_dim 128; the automatic choice at T = 512 */
+#ifdef ANVIL_CUDA
+    if (!cudnn_attention_available()) {
+        printf("SKIP cudnn attention_len: %s\n", cudnn_attention_info());
+        return;
+    }
+    BackendOptions cudnn = {0};
+    cudnn.attention = ATTN_IMPL_CUDNN;
+    set_opts(&cudnn);
+    attention_len_case(gpu16, 2, 256, 4, 4, 64, NULL);
+    attention_len_case(gpu16, 2, 512, 12, 12, 64, NULL);
+    attention_len_case(gpu16, 1, 384, 8, 2, 64, NULL);
+    attention_len_case(gpu16, 1, 256, 4, 4, 128, NULL);
+    attention_len_case(gpu16, 1, 300, 4, 2, 64, NULL);
+    /* with lengths cuDNN is never used, even when asked for: our kernels */
+    attention_len_case(gpu16, 4, 512, 12, 12, 64, l4);
+    set_opts(NULL);
+    attention_len_case(gpu16, 2, 512, 12, 12, 64, NULL);
+    printf("cudnn attention_len: %s\n", cudnn_attention_info());
+#endif
 }
 
 /* The exact GELU and the row gather / scatter of the MLM head. */

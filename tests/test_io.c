@@ -636,8 +636,12 @@ static void test_config_errors(void)
         {"{\"model_type\": \"gpt2\", \"n_embd\": 64, \"n_head\": 4, \"n_layer\": 2, \"vocab_size\": 10,"
          "\"tie_word_embeddings\": \"yes\"}",
          "config.json: tie_word_embeddings: expected true or false"},
-        {"{\"architectures\": [\"BertForMaskedLM\"], \"model_type\": \"bert\"}",
-         "config.json: architectures: unsupported \"BertForMaskedLM\""},
+        {"{\"architectures\": [\"T5ForConditionalGeneration\"], \"model_type\": \"t5\"}",
+         "config.json: architectures: unsupported \"T5ForConditionalGeneration\""},
+        {"{\"architectures\": [\"BertForMaskedLM\"], \"model_type\": \"bert\"}", "config.json: hidden_size: missing"},
+        {"{\"architectures\": [\"BertForMaskedLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 2, "
+         "\"num_attention_heads\": 4, \"intermediate_size\": 96, \"vocab_size\": 10, \"hidden_act\": \"relu\"}",
+         "config.json: hidden_act: unsupported \"relu\""},
         {"{\"model_type\": \"t5\"}", "config.json: model_type: unsupported \"t5\""},
         {"{\"hidden_size\": 64}", "config.json: architectures: missing"},
         {"{\"architectures\": \"LlamaForCausalLM\"}", "config.json: architectures: expected a list"},

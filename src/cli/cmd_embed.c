@@ -23,18 +23,20 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: anvil embed --model DIR (--text S | --file F) [options]\n"
-            "  --model DIR      an encoder (BertModel, BertForMaskedLM, RobertaModel, ...; sentence-transformers\n"
-            "                   checkpoints are BertModel directories)\n"
-            "  --text S         a text to embed (may be given several times)\n"
-            "  --file F         one text per line (empty lines skipped)\n"
-            "  --pooling P      mean (over the text's tokens, [CLS] and [SEP] included) or cls (default mean)\n"
-            "  --batch B        texts per forward (default %d; results do not depend on it)\n"
-            "  --device D       cpu, cuda or cuda-fp32 (default cpu)\n"
-            "  --tokenizer T    default: the model directory's\n"
-            "Prints {\"model\", \"pooling\", \"dim\", \"count\", \"embeddings\": [[...], ...]} as JSON.\n",
-            EMBED_DEFAULT_BATCH);
+    fprintf(
+        f,
+        "usage: anvil embed --model DIR (--text S | --file F) [options]\n"
+        "  --model DIR      an encoder (BertModel, BertForMaskedLM, RobertaModel, ...; "
+        "sentence-transformers\n"
+        "                   checkpoints are BertModel directories)\n"
+        "  --text S         a text to embed (may be given several times)\n"
+        "  --file F         one text per line (empty lines skipped)\n"
+        "  --pooling P      mean (over the text's tokens, [CLS] and [SEP] included) or cls (default mean)\n"
+        "  --batch B        texts per forward (default %d; results do not depend on it)\n"
+        "  --device D       cpu, cuda or cuda-fp32 (default cpu)\n"
+        "  --tokenizer T    default: the model directory's\n"
+        "Prints {\"model\", \"pooling\", \"dim\", \"count\", \"embeddings\": [[...], ...]} as JSON.\n",
+        EMBED_DEFAULT_BATCH);
 }
 
 /* The lines of a file (trailing \r removed, empty lines skipped) as NUL-terminated strings in place. */
@@ -84,11 +86,16 @@ int cmd_embed(int argc, char **argv)
             goto out;
         }
         const char *v = argv[++i];
-        if (!strcmp(f, "--model")) model = v;
-        else if (!strcmp(f, "--file")) file = v;
-        else if (!strcmp(f, "--device")) device = v;
-        else if (!strcmp(f, "--tokenizer")) tokenizer = v;
-        else if (!strcmp(f, "--pooling")) pooling = v;
+        if (!strcmp(f, "--model"))
+            model = v;
+        else if (!strcmp(f, "--file"))
+            file = v;
+        else if (!strcmp(f, "--device"))
+            device = v;
+        else if (!strcmp(f, "--tokenizer"))
+            tokenizer = v;
+        else if (!strcmp(f, "--pooling"))
+            pooling = v;
         else if (!strcmp(f, "--text")) {
             if (n == cap) texts = xrealloc(texts, (size_t)(cap = cap ? 2 * cap : 8) * sizeof(char *));
             texts[n++] = (char *)v;
@@ -117,7 +124,8 @@ int cmd_embed(int argc, char **argv)
     const Backend *be = eval_backend(device);
     if (!be || !(m = eval_load_model(model, NULL, be))) goto out;
     if (!(tok = tokenizer_load(tokenizer ? tokenizer : model))) {
-        if (!tokenizer) err_prefix("%s: the model directory has no usable tokenizer (give --tokenizer)", model);
+        if (!tokenizer)
+            err_prefix("%s: the model directory has no usable tokenizer (give --tokenizer)", model);
         goto out;
     }
     int C = m->cfg.d_model;

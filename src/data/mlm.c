@@ -26,7 +26,8 @@ static int find_mask(const Tokenizer *tok)
 int mlm_options_init(MlmOptions *o, const Tokenizer *tok, float prob, int whole_word)
 {
     memset(o, 0, sizeof(*o));
-    if (!(prob > 0 && prob < 1)) return err_set("data.mlm.prob: must be between 0 and 1 (exclusive), got %g", prob);
+    if (!(prob > 0 && prob < 1))
+        return err_set("data.mlm.prob: must be between 0 and 1 (exclusive), got %g", prob);
     o->prob = prob;
     o->whole_word = whole_word;
     o->vocab = tokenizer_vocab_size(tok);
@@ -65,8 +66,10 @@ int mlm_options_init(MlmOptions *o, const Tokenizer *tok, float prob, int whole_
     for (int i = 0; i < o->n_post; i++) o->special[o->post[i]] = 1;
     if (whole_word && !n_cont) {
         mlm_options_free(o);
-        return err_set("data.mlm.whole_word: %s has no \"##\" continuation pieces (whole words need a WordPiece "
-                       "vocabulary)", tokenizer_identity(tok));
+        return err_set(
+            "data.mlm.whole_word: %s has no \"##\" continuation pieces (whole words need a WordPiece "
+            "vocabulary)",
+            tokenizer_identity(tok));
     }
     if (!o->n_random) {
         mlm_options_free(o);
@@ -83,7 +86,10 @@ void mlm_options_free(MlmOptions *o)
     memset(o, 0, sizeof(*o));
 }
 
-static int is_special(const MlmOptions *o, int32_t id) { return id < 0 || id >= o->vocab || o->special[id]; }
+static int is_special(const MlmOptions *o, int32_t id)
+{
+    return id < 0 || id >= o->vocab || o->special[id];
+}
 
 /* 80% [MASK], 10% a random non-special token, 10% unchanged. */
 static int32_t replacement(const MlmOptions *o, int32_t id, Rng *r)
@@ -120,8 +126,8 @@ int mlm_mask_row(const MlmOptions *o, int32_t *inputs, int32_t *targets, int T, 
     return scored;
 }
 
-int mlm_make_row(const MlmOptions *o, const int32_t *window, int T, uint64_t seed, uint64_t key, int32_t *inputs,
-                 int32_t *targets)
+int mlm_make_row(const MlmOptions *o, const int32_t *window, int T, uint64_t seed, uint64_t key,
+                 int32_t *inputs, int32_t *targets)
 {
     int W = mlm_window_tokens(o, T);
     memcpy(inputs, o->pre, (size_t)o->n_pre * sizeof(int32_t));

@@ -8,9 +8,12 @@
 
 int pooling_parse(const char *s, Pooling *p)
 {
-    if (!strcmp(s, "mean")) *p = POOL_MEAN;
-    else if (!strcmp(s, "cls")) *p = POOL_CLS;
-    else return err_set("--pooling: expected mean or cls, got \"%s\"", s);
+    if (!strcmp(s, "mean"))
+        *p = POOL_MEAN;
+    else if (!strcmp(s, "cls"))
+        *p = POOL_CLS;
+    else
+        return err_set("--pooling: expected mean or cls, got \"%s\"", s);
     return 0;
 }
 
@@ -28,14 +31,17 @@ static long encode_row(const Tokenizer *tok, const char *text, int T, int32_t **
     return n;
 }
 
-int embed_texts(Model *m, const Tokenizer *tok, const char *const *texts, int n, Pooling pool, int batch, float *out)
+int embed_texts(Model *m, const Tokenizer *tok, const char *const *texts, int n, Pooling pool, int batch,
+                float *out)
 {
     const ModelConfig *c = &m->cfg;
-    if (!c->bidirectional) return err_set("%s is not an encoder: embeddings need the bert family", c->hf_arch);
+    if (!c->bidirectional)
+        return err_set("%s is not an encoder: embeddings need the bert family", c->hf_arch);
     int T = c->max_seq_len - c->pos_offset, C = c->d_model, pad = c->pad_token_id >= 0 ? c->pad_token_id : 0;
     if (model_reserve(m, batch, T, RECOMPUTE_NONE)) return -1;
     int32_t **rows = xcalloc((size_t)batch, sizeof(int32_t *));
-    int32_t *in = xmalloc((size_t)batch * T * sizeof(int32_t)), *len = xmalloc((size_t)batch * sizeof(int32_t));
+    int32_t *in = xmalloc((size_t)batch * T * sizeof(int32_t)),
+            *len = xmalloc((size_t)batch * sizeof(int32_t));
     float *h = xmalloc((size_t)batch * T * C * sizeof(float));
     int rc = 0;
     m->hidden_only = 1;
@@ -43,8 +49,10 @@ int embed_texts(Model *m, const Tokenizer *tok, const char *const *texts, int n,
         int B = n - i0 < batch ? n - i0 : batch, Tb = 1;
         for (int b = 0; b < B && !rc; b++) {
             long k = encode_row(tok, texts[i0 + b], T, &rows[b]);
-            if (k < 1) rc = k < 0 ? err_prefix("text %d", i0 + b + 1) : err_set("text %d: no tokens", i0 + b + 1);
-            else len[b] = (int32_t)k, Tb = k > Tb ? (int)k : Tb;
+            if (k < 1)
+                rc = k < 0 ? err_prefix("text %d", i0 + b + 1) : err_set("text %d: no tokens", i0 + b + 1);
+            else
+                len[b] = (int32_t)k, Tb = k > Tb ? (int)k : Tb;
         }
         if (rc) break;
         for (int b = 0; b < B; b++)

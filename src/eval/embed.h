@@ -15,6 +15,7 @@ typedef enum { POOL_MEAN = 0, POOL_CLS = 1 } Pooling;
 int pooling_parse(const char *s, Pooling *p);
 /* out (n, d_model) = the embeddings of texts[0..n), batch texts per forward (results do not
  * depend on it). -1 with err_set() when the model is not an encoder or a text cannot be encoded. */
-int embed_texts(Model *m, const Tokenizer *tok, const char *const *texts, int n, Pooling pool, int batch, float *out);
+int embed_texts(Model *m, const Tokenizer *tok, const char *const *texts, int n, Pooling pool, int batch,
+                float *out);
 
 #endif

@@ -9,8 +9,8 @@
 #include "core/error.h"
 #include "data/textio.h"
 
-void mlm_eval_batch(Model *m, const int32_t *inputs, const int32_t *labels, const int32_t *lengths, int B, int T,
-                    MlmEvalResult *r)
+void mlm_eval_batch(Model *m, const int32_t *inputs, const int32_t *labels, const int32_t *lengths, int B,
+                    int T, MlmEvalResult *r)
 {
     int V = m->cfg.vocab_size, n_valid = 0;
     model_forward_len(m, inputs, labels, lengths, B, T, 0.0f, &n_valid);
@@ -31,7 +31,10 @@ void mlm_eval_batch(Model *m, const int32_t *inputs, const int32_t *labels, cons
     free(lg);
 }
 
-static int pad_id(const Model *m) { return m->cfg.pad_token_id >= 0 ? m->cfg.pad_token_id : 0; }
+static int pad_id(const Model *m)
+{
+    return m->cfg.pad_token_id >= 0 ? m->cfg.pad_token_id : 0;
+}
 
 int mlm_eval_text(Model *m, const MlmOptions *o, const int32_t *ids, size_t n, const MlmEvalOptions *opt,
                   MlmEvalResult *r)
@@ -43,7 +46,8 @@ int mlm_eval_text(Model *m, const MlmOptions *o, const int32_t *ids, size_t n, c
         return err_set("the tokenizer knows %d ids, more than the model's %d", o->vocab, m->cfg.vocab_size);
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= m->cfg.vocab_size)
-            return err_set("token %zu: id %d is outside the model's vocabulary of %d", i, ids[i], m->cfg.vocab_size);
+            return err_set("token %zu: id %d is outside the model's vocabulary of %d", i, ids[i],
+                           m->cfg.vocab_size);
     if (model_reserve(m, B, T, RECOMPUTE_NONE)) return -1;
     int32_t *in = xmalloc((size_t)B * T * sizeof(int32_t)), *tg = xmalloc((size_t)B * T * sizeof(int32_t));
     int32_t *len = xmalloc((size_t)B * sizeof(int32_t));
@@ -68,8 +72,8 @@ int mlm_eval_text(Model *m, const MlmOptions *o, const int32_t *ids, size_t n, c
 }
 
 /* One JSONL record into row (T ids, padded), labels and its length. */
-static int parse_record(const Model *m, const char *path, long line, json_t *j, int T, int32_t *row, int32_t *lab,
-                        int32_t *len)
+static int parse_record(const Model *m, const char *path, long line, json_t *j, int T, int32_t *row,
+                        int32_t *lab, int32_t *len)
 {
     if (!json_is_object(j)) return err_set("%s:%ld: expected a JSON object", path, line);
     json_t *ids = json_object_get(j, "input_ids"), *labels = json_object_get(j, "labels");
@@ -90,14 +94,15 @@ static int parse_record(const Model *m, const char *path, long line, json_t *j, 
                 return err_set("%s:%ld: attention_mask[%zu]: expected 0 or 1", path, line, i);
             int one = json_integer_value(v) == 1;
             if (one && valid != (int)i)
-                return err_set("%s:%ld: attention_mask[%zu]: a 1 after a 0 (only right padding is supported)", path,
-                               line, i);
+                return err_set("%s:%ld: attention_mask[%zu]: a 1 after a 0 (only right padding is supported)",
+                               path, line, i);
             valid += one;
         }
         if (!valid) return err_set("%s:%ld: attention_mask: no token is attended to", path, line);
     }
     if (valid > T)
-        return err_set("%s:%ld: input_ids: %d tokens, more than the model's %d positions", path, line, valid, T);
+        return err_set("%s:%ld: input_ids: %d tokens, more than the model's %d positions", path, line, valid,
+                       T);
     for (int t = 0; t < T; t++) {
         row[t] = pad_id(m);
         lab[t] = -1;
@@ -105,10 +110,12 @@ static int parse_record(const Model *m, const char *path, long line, json_t *j, 
     for (int t = 0; t < valid; t++) {
         json_t *a = json_array_get(ids, (size_t)t), *b = json_array_get(labels, (size_t)t);
         if (!json_is_integer(a) || json_integer_value(a) < 0 || json_integer_value(a) >= V)
-            return err_set("%s:%ld: input_ids[%d]: expected a token id below the vocabulary size %d", path, line, t, V);
-        if (!json_is_integer(b) || json_integer_value(b) >= V)
-            return err_set("%s:%ld: labels[%d]: expected a token id below %d or a negative number (not scored)", path,
+            return err_set("%s:%ld: input_ids[%d]: expected a token id below the vocabulary size %d", path,
                            line, t, V);
+        if (!json_is_integer(b) || json_integer_value(b) >= V)
+            return err_set(
+                "%s:%ld: labels[%d]: expected a token id below %d or a negative number (not scored)", path,
+                line, t, V);
         row[t] = (int32_t)json_integer_value(a);
         lab[t] = json_integer_value(b) < 0 ? -1 : (int32_t)json_integer_value(b);
     }
@@ -122,8 +129,8 @@ static int parse_record(const Model *m, const char *path, long line, json_t *j, 
 }
 
 /* Score b parsed rows (stride T), cut to the longest of them (Tb), through the scratch in / tg. */
-static void score_rows(Model *m, const int32_t *rows, const int32_t *labs, const int32_t *len, int b, int T, int Tb,
-                       int32_t *in, int32_t *tg, MlmEvalResult *r)
+static void score_rows(Model *m, const int32_t *rows, const int32_t *labs, const int32_t *len, int b, int T,
+                       int Tb, int32_t *in, int32_t *tg, MlmEvalResult *r)
 {
     for (int i = 0; i < b; i++) {
         memcpy(in + (size_t)i * Tb, rows + (size_t)i * T, (size_t)Tb * sizeof(int32_t));
@@ -142,7 +149,8 @@ int mlm_eval_jsonl(Model *m, const char *path, const MlmEvalOptions *opt, MlmEva
         free(text);
         return -1;
     }
-    int32_t *rows = xmalloc((size_t)B * T * sizeof(int32_t)), *labs = xmalloc((size_t)B * T * sizeof(int32_t));
+    int32_t *rows = xmalloc((size_t)B * T * sizeof(int32_t)),
+            *labs = xmalloc((size_t)B * T * sizeof(int32_t));
     int32_t *in = xmalloc((size_t)B * T * sizeof(int32_t)), *tg = xmalloc((size_t)B * T * sizeof(int32_t));
     int32_t *len = xmalloc((size_t)B * sizeof(int32_t));
     long line = 0, records = 0;

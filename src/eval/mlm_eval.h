@@ -29,8 +29,8 @@ typedef struct {
 } MlmEvalOptions;
 
 /* Score B rows of up to T ids (labels negative where not scored, lengths NULL = all T), adding to r. */
-void mlm_eval_batch(Model *m, const int32_t *inputs, const int32_t *labels, const int32_t *lengths, int B, int T,
-                    MlmEvalResult *r);
+void mlm_eval_batch(Model *m, const int32_t *inputs, const int32_t *labels, const int32_t *lengths, int B,
+                    int T, MlmEvalResult *r);
 /* The text source: ids (n, no template), masked with o (and opt->seed). -1 with err_set() on failure. */
 int mlm_eval_text(Model *m, const MlmOptions *o, const int32_t *ids, size_t n, const MlmEvalOptions *opt,
                   MlmEvalResult *r);

@@ -90,9 +90,15 @@ static Backend plan_backend(int act_size)
  * grow-only scratch): 0.14 to 0.74 GiB over seven runs (docs/reporting.md); the middle of that. */
 #define GPU_RESIDUAL ((size_t)(0.45 * 1073741824.0))
 
+/* An encoder's MLM head keeps the logits of the scored rows (model.c, grow-only with a quarter of
+ * headroom), data.mlm.prob's default share of them, instead of the LM head's chunk. */
+#define PLAN_MLM_SHARE 0.15
+#define PLAN_MLM_HEADROOM 1.25
+
 static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains)
 {
     size_t N = (size_t)s->B * s->T, V = (size_t)c->vocab_size, Vp = (V + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD;
+    if (c->mlm_head) return LT_WORKSPACE + GPU_RESIDUAL + (size_t)(N * PLAN_MLM_SHARE * PLAN_MLM_HEADROOM) * V * 2;
     size_t rows = LM_HEAD_CHUNK / (Vp * 2);
     if (rows > N) rows = N;
     size_t nchunk = (N + rows - 1) / rows;

@@ -19,8 +19,9 @@
  * The simple kernels, the wgmma forward and the two-kernel backward are templates over CAUSAL: true
  * is the decoders' attention (keys 0..t), false the encoders' (backend.h attention_len_fwd/bwd:
  * every query of row b attends to the keys below lens[b], clamped to 1..T; lens NULL = T). The
- * bidirectional backward always runs the two-kernel path (no atomics), and cuDNN is not used for
- * it (the graphs of cuda_cudnn.cu have no padding mask). */
+ * bidirectional backward runs the two-kernel path (no atomics); cuDNN's fused engines take the
+ * bidirectional mode only for full rows (lens NULL: packed training rows), its graphs without the
+ * causal mask (cuda_cudnn.cu has no padding mask). */
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -1103,6 +1104,10 @@ void cu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t 
 {
     CUDA_PROF("attention_len_fwd");
     check_shape(nh, nkv, hd);
+    /* full rows (no lengths: packed training rows): cuDNN's fused engines without a mask */
+    if (!lens && std::is_same<T, bf16>::value && (uintptr_t)qkv % 16 == 0 && (uintptr_t)out % 16 == 0 &&
+        cudnn_attention_wanted(T_, hd) && cudnn_attention_full_fwd(out, lse, qkv, B, T_, nh, nkv, hd))
+        return;
     if (flash_applies<T>(hd, qkv)) {
         flash_fwd<false>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, lens);
         return;
@@ -1119,6 +1124,10 @@ void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const f
 {
     CUDA_PROF("attention_len_bwd");
     check_shape(nh, nkv, hd);
+    if (!lens && std::is_same<T, bf16>::value && (uintptr_t)qkv % 16 == 0 && (uintptr_t)dqkv % 16 == 0 &&
+        (uintptr_t)dout % 16 == 0 && (uintptr_t)out % 16 == 0 && cudnn_attention_wanted(T_, hd) &&
+        cudnn_attention_full_bwd(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd))
+        return;
     if (flash_applies<T>(hd, qkv)) {
         flash_bwd_two_kernels<false>((bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)out, lse, (const bf16 *)qkv, B,
                                      T_, nh, nkv, lens);

@@ -38,6 +38,11 @@ int cudnn_attention_bwd(void *, const void *, const void *, const float *, const
 {
     return 0;
 }
+int cudnn_attention_full_fwd(void *, float *, const void *, int, int, int, int, int) { return 0; }
+int cudnn_attention_full_bwd(void *, const void *, const void *, const float *, const void *, int, int, int, int, int)
+{
+    return 0;
+}
 const char *cudnn_attention_info(void) { return "anvil kernels (built without cuDNN headers)"; }
 
 #else
@@ -301,6 +306,7 @@ typedef struct {
     int used;
     int bwd;
     int B, T, nh, nkv, hd;
+    int causal;                    /* 0: no mask (encoders' full rows) */
     cudnnBackendDescriptor_t plan; /* NULL: this shape is not supported (why in the log) */
     int64_t workspace;             /* the plan's own */
     size_t fe_bytes;               /* backward: dQ accumulator and softmax_sum before the plan's workspace */
@@ -395,18 +401,19 @@ struct Views {
  * row sums softmax_sum follow it, then the plan's own workspace. */
 static size_t dq_acc_bytes(int B, int T, int nh, int hd) { return CEIL_DIV((size_t)B * nh * T * hd * 4, 256) * 256; }
 
-static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
+static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd, int causal)
 {
     for (int i = 0; i < MAX_PLANS; i++) {
         Plan *p = &g_plans[i];
-        if (p->used && p->bwd == bwd && p->B == B && p->T == T && p->nh == nh && p->nkv == nkv && p->hd == hd)
+        if (p->used && p->bwd == bwd && p->B == B && p->T == T && p->nh == nh && p->nkv == nkv && p->hd == hd &&
+            p->causal == causal)
             return p;
     }
     Plan *p = nullptr;
     for (int i = 0; i < MAX_PLANS && !p; i++)
         if (!g_plans[i].used) p = &g_plans[i];
     if (!p) return nullptr; /* cache full: our kernels take shapes beyond the first MAX_PLANS */
-    *p = Plan{1, bwd, B, T, nh, nkv, hd, nullptr, 0, 0};
+    *p = Plan{1, bwd, B, T, nh, nkv, hd, causal, nullptr, 0, 0};
     if (bwd) p->fe_bytes = dq_acc_bytes(B, T, nh, hd) + CEIL_DIV((size_t)B * nh * T * 4, 256) * 256;
     Graph g;
     /* known limits of some versions: our kernels take these shapes, also when cuDNN is asked for */
@@ -426,9 +433,9 @@ static Plan *plan_for(int bwd, int B, int T, int nh, int nkv, int hd)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (bwd)
-        build_bwd(g, B, T, nh, nkv, hd);
+        build_bwd(g, B, T, nh, nkv, hd, causal);
     else
-        build_fwd(g, B, T, nh, nkv, hd);
+        build_fwd(g, B, T, nh, nkv, hd, causal);
     if (g.ok()) p->plan = finalize_plan(g, &p->workspace);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (p->plan && cudnn_verbose())
@@ -508,23 +515,38 @@ int cudnn_attention_wanted(int T, int hd)
 
 int cudnn_attention_available(void) { return cudnn_load(); }
 
-int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
+/* The forward with or without the causal mask (the unmasked graph has no -inf scalar, so its
+ * variant pack leaves that uid out: it is the last one). */
+static int attention_fwd_graph(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd,
+                               int causal)
 {
-    Plan *p = plan_for(0, B, T, nh, nkv, hd);
+    Plan *p = plan_for(0, B, T, nh, nkv, hd, causal);
     if (!p || !p->plan) return 0;
     const bf16 *q = (const bf16 *)qkv;
     float scale = 1.0f / sqrtf((float)hd), neg_inf = -INFINITY;
     int64_t uids[] = {U_Q, U_K, U_V, U_O, U_STATS, U_SCALE, U_NEG_INF};
     void *ptrs[] = {(void *)q, (void *)(q + (size_t)nh * hd), (void *)(q + (size_t)(nh + nkv) * hd), out, lse,
                     &scale, &neg_inf};
-    execute(p, 7, uids, ptrs, p->workspace ? workspace(p->workspace) : nullptr);
+    execute(p, causal ? 7 : 6, uids, ptrs, p->workspace ? workspace(p->workspace) : nullptr);
     return 1;
 }
 
-int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
-                        int T, int nh, int nkv, int hd)
+int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
 {
-    Plan *p = plan_for(1, B, T, nh, nkv, hd);
+    return attention_fwd_graph(out, lse, qkv, B, T, nh, nkv, hd, 1);
+}
+
+int cudnn_attention_full_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
+{
+    return attention_fwd_graph(out, lse, qkv, B, T, nh, nkv, hd, 0);
+}
+
+/* The backward with or without the causal mask; the -inf scalar's uid is left out of the unmasked
+ * graph's variant pack. */
+static int attention_bwd_graph(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                               int T, int nh, int nkv, int hd, int causal)
+{
+    Plan *p = plan_for(1, B, T, nh, nkv, hd, causal);
     if (!p || !p->plan) return 0;
     const bf16 *q = (const bf16 *)qkv;
     bf16 *dq = (bf16 *)dqkv;
@@ -549,8 +571,23 @@ int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const flo
                     &one,
                     dq_acc,
                     ssum};
-    execute(p, 14, uids, ptrs, p->workspace ? ws + p->fe_bytes : nullptr);
+    if (!causal) { /* drop U_NEG_INF (index 10) from the pack */
+        for (int i = 10; i < 13; i++) uids[i] = uids[i + 1], ptrs[i] = ptrs[i + 1];
+    }
+    execute(p, causal ? 14 : 13, uids, ptrs, p->workspace ? ws + p->fe_bytes : nullptr);
     return 1;
+}
+
+int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                        int T, int nh, int nkv, int hd)
+{
+    return attention_bwd_graph(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 1);
+}
+
+int cudnn_attention_full_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                             int T, int nh, int nkv, int hd)
+{
+    return attention_bwd_graph(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 0);
 }
 
 const char *cudnn_attention_info(void)

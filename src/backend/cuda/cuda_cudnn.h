@@ -15,6 +15,11 @@ int cudnn_attention_wanted(int T, int hd);
 int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd);
 int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
                         int T, int nh, int nkv, int hd);
+/* The same without the causal mask: every query attends to every key of its row (encoders' full,
+ * unpadded rows; backend.h attention_len_fwd/bwd with lengths NULL). */
+int cudnn_attention_full_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd);
+int cudnn_attention_full_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                             int T, int nh, int nkv, int hd);
 /* 1 when libcudnn.so.9 loads and makes a handle (no error when not). */
 int cudnn_attention_available(void);
 /* What runs bf16 attention now, for reports: "cuDNN 9.x.y fused attention" or "anvil kernels (...)". */
