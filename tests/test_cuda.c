@@ -1507,7 +1507,10 @@ static void test_model_moe(void)
         double flip = (double)differ / ((double)nsel * c.n_layer);
         CHECKF(g == 0 ? differ == 0 : flip <= 0.05, "[%s] moe: %zu selections (%.1f%%) differ from the CPU's", be->name,
                differ, 100 * flip);
-        /* gradients: the expert and router tensors see the flipped tokens, so bf16 allows them more */
+        /* gradients: the expert and router tensors see the flipped tokens, so bf16 allows them more; a
+         * flipped token also changes what flows back into every layer below it (on the H200, 2026-12-02:
+         * 0.78% of the selections flipped, the embedding-side h.0.ln1.w then differed by 0.134 while
+         * cuda-fp32, with no flip, agreed to 1.6e-6), so with flips the dense tensors get the same allowance */
         double worst = 0, worst_moe = 0;
         const char *worst_name = "", *worst_moe_name = "";
         for (int k = 0; k < m->pt.n; k++) {
@@ -1519,7 +1522,8 @@ static void test_model_moe(void)
         }
         fprintf(stderr, "  moe %s: %.2f%% selections differ; worst gradient %s %.3g, of the MoE tensors %s %.3g\n",
                 be->name, 100 * flip, worst_name, worst, worst_moe_name, worst_moe);
-        CHECKF(worst <= tol_for(be, TOL_F32_GRAD, 0.1), "[%s] moe grads: %s rel err %.3g", be->name, worst_name, worst);
+        CHECKF(worst <= tol_for(be, TOL_F32_GRAD, differ ? 0.3 : 0.1), "[%s] moe grads: %s rel err %.3g", be->name,
+               worst_name, worst);
         CHECKF(worst_moe <= tol_for(be, TOL_F32_GRAD, 0.3), "[%s] moe grads: %s rel err %.3g", be->name, worst_moe_name,
                worst_moe);
         for (int level = 0; level <= 2; level++) {
