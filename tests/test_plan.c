@@ -33,8 +33,10 @@ static MemReport real(const ModelConfig *c, const PlanSpec *s)
     if (s->method == PLAN_FULL) {
         m = model_create(c, be);
     } else if (s->method == PLAN_TERNARY) {
-        ParamKind *kinds = ternary_kinds(c, NULL, 0);
-        m = model_create_kinds(c, be, kinds);
+        ModelConfig tc = *c;
+        tc.tern_fused = s->tern_fused;
+        ParamKind *kinds = ternary_kinds(&tc, NULL, s->tern_embeddings);
+        m = model_create_kinds(&tc, be, kinds);
         free(kinds);
     } else {
         LoraSpec ls = {.r = s->lora_r, .alpha = 32};
@@ -55,10 +57,11 @@ static MemReport real(const ModelConfig *c, const PlanSpec *s)
     return r;
 }
 
-static void check(Family f, PlanMethod method, int recompute)
+static void check_spec(Family f, PlanMethod method, int recompute, int tern_embeddings, int tern_fused)
 {
     ModelConfig c = cfg(f);
-    PlanSpec s = {.method = method, .B = 3, .T = 32, .recompute = recompute, .lora_r = 8, .act_size = 4};
+    PlanSpec s = {.method = method, .B = 3, .T = 32, .recompute = recompute, .lora_r = 8, .act_size = 4,
+                  .tern_embeddings = tern_embeddings, .tern_fused = tern_fused};
     PlanResult p;
     CHECKF(plan_memory(&c, &s, &p) == 0, "%s", err_get());
     MemReport r = real(&c, &s);
@@ -69,6 +72,8 @@ static void check(Family f, PlanMethod method, int recompute)
            p.mem.workspace, r.weights, r.master, r.grads, r.optim, r.acts, r.workspace);
     CHECK(p.mem.peak == p.mem.weights + p.mem.master + p.mem.grads + p.mem.optim + p.mem.acts + p.mem.workspace);
 }
+
+static void check(Family f, PlanMethod method, int recompute) { check_spec(f, method, recompute, 0, 0); }
 
 static void test_exact_full(void)
 {
@@ -88,6 +93,8 @@ static void test_exact_qlora(void)
 static void test_exact_ternary(void)
 {
     for (int r = 0; r <= 2; r++) check(FAMILY_LLAMA, PLAN_TERNARY, r);
+    check_spec(FAMILY_LLAMA, PLAN_TERNARY, 0, 1, 0); /* embeddings and head ternary too */
+    check_spec(FAMILY_LLAMA, PLAN_TERNARY, 1, 1, 1); /* and the update fused into the backward */
 }
 
 /* The largest batch that fits is the last whose plan is within the bytes, and a divisor when asked. */

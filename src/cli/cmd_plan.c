@@ -31,7 +31,8 @@ static void usage(FILE *f)
                "  Predicted peak memory of one training step, by what holds it, and the largest micro-batch\n"
                "  that fits on common GPUs. Defaults: --method full, --batch 1, --seq the model's window,\n"
                "  --recompute 0, --lora-r 16 (all-linear), --device cuda (bf16), --world 1 --zero 0.\n"
-               "  --method ternary: train.optimizer: ternary (block linears as packed trits, docs/ternary.md).\n");
+               "  --method ternary: train.optimizer: ternary (block linears as packed trits, docs/ternary.md);\n"
+               "  --ternary-embeddings 1 and --ternary-fused 1 as train.ternary.embeddings / fused (default 0).\n");
 }
 
 int cmd_plan(int argc, char **argv)
@@ -61,6 +62,8 @@ int cmd_plan(int argc, char **argv)
         else if (!strcmp(f, "--lora-r")) rc = cli_int(f, v, 1, &s.lora_r);
         else if (!strcmp(f, "--world")) rc = cli_int(f, v, 1, &s.world);
         else if (!strcmp(f, "--zero")) rc = cli_int(f, v, 0, &s.zero);
+        else if (!strcmp(f, "--ternary-embeddings")) rc = cli_int(f, v, 0, &s.tern_embeddings);
+        else if (!strcmp(f, "--ternary-fused")) rc = cli_int(f, v, 0, &s.tern_fused);
         else {
             fprintf(stderr, "anvil: plan: unknown option \"%s\" (try --help)\n", f);
             return 1;

@@ -154,8 +154,10 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
     } else if (s->method == PLAN_TERNARY) { /* train.optimizer: ternary: packed trits for the block linears */
         if (c->family != FAMILY_LLAMA || c->moe_experts > 0)
             return err_set("plan: --method ternary needs a dense llama-family model (as train.optimizer: ternary)");
-        ParamKind *kinds = ternary_kinds(c, NULL, 0);
-        m = model_create_kinds(c, &be, kinds);
+        ModelConfig tc = *c;
+        tc.tern_fused = s->tern_fused;
+        ParamKind *kinds = ternary_kinds(&tc, NULL, s->tern_embeddings);
+        m = model_create_kinds(&tc, &be, kinds);
         free(kinds);
     } else {
         LoraSpec ls = {.r = s->lora_r > 0 ? s->lora_r : 16, .alpha = 32};
