@@ -105,8 +105,7 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     const void *att = sub_norm_fwd(m, p->asub_w, a->att_sn, a->att_sn_rstd, a->att, N, cfg_q_dim(c));
     linear_fwd(&m->ps, &p->o, out, att, N, lb);
     m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, c->post_norm ? a->ln1 : a->res, out,
-                        params_w(&m->ps, p->ln2_w),
-                        params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
+                        params_w(&m->ps, p->ln2_w), params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
     if (p->moe) {
         moe_fwd(m, l, a, N, out, lb);
         return;
