@@ -52,6 +52,22 @@ for n, path in enumerate(sorted(glob.glob("tests/fixtures/chat/*/cases.json"))):
         open(os.path.join(d, "tpl%d" % n), "wb").write(b"\0" + cfg["chat_template"].encode())
 PY
         ;;
+    fuzz_mlm_jsonl) # the pre-masked fixtures (ids fit bert-tiny's 2048 after % 2048), and a padded record
+        python3 - "$d" <<'PY'
+import glob, json, os, sys
+d = sys.argv[1]
+for n, path in enumerate(sorted(glob.glob("tests/fixtures/bert/*/premasked.jsonl"))):
+    out = []
+    for line in open(path):
+        r = json.loads(line)
+        r["input_ids"] = [i % 2048 for i in r["input_ids"]]
+        r["labels"] = [i % 2048 if i >= 0 else i for i in r["labels"]]
+        out.append(json.dumps(r))
+    open(os.path.join(d, "premasked%d" % n), "w").write("\n".join(out) + "\n")
+open(os.path.join(d, "padded"), "w").write(json.dumps({"input_ids": [2, 5, 6, 3, 0, 0], "labels": [-100, 5, -100, -100, -100, -100],
+                                                    "attention_mask": [1, 1, 1, 1, 0, 0]}) + "\n")
+PY
+        ;;
     fuzz_shard) # a small anvil shard (uint16 and uint32 tokens) and an llm.c-style header
         head -c 3000 examples/sentences-val.txt >"$d/text.txt"
         ./anvil prepare --tokenizer byte --input "$d/text.txt" --out "$d/p16" >/dev/null 2>&1
