@@ -87,6 +87,11 @@ static void test_model_sizes(void)
         CHECKF(strstr(e, "config.json: ") && strstr(e, cases[i].needle) && strstr(e, cases[i].needle2),
                "%s: %s", cases[i].file, e);
     }
+    /* a BitNet directory of packed 2-bit weights whose quantization_config is not bitnet's (fuzz_hf_model,
+     * 2026-12-02): transformers would build plain nn.Linear layers, so the packed tensors are refused */
+    const char *e = model_error("bitnet_packed_not_bitlinear.bin");
+    CHECKF(strcmp(e, "accepted") && strstr(e, "config.json: ") && strstr(e, "the weights hold"),
+           "bitnet_packed_not_bitlinear.bin: %s", e);
 }
 
 static void test_trainer_state(void)

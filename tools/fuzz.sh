@@ -24,11 +24,11 @@ seed() { # harness -> seed corpus dir
             head -c 600 "$f" >"$d/head_$(seed_name "$f")"
         done ;;
     fuzz_hf_config)
-        for f in tests/fixtures/*/model/config.json tests/fixtures/eval/*/config.json; do
+        for f in tests/fixtures/*/model/config.json tests/fixtures/eval/*/config.json tests/fixtures/*/*/model*/config.json; do
             [ -f "$f" ] && cp "$f" "$d/$(seed_name "$f")"
         done ;;
     fuzz_hf_model) # config.json, a NUL byte, model.safetensors (tests/fuzz/fuzz_common.h)
-        for f in tests/fixtures/*/model tests/fixtures/eval/gpt2 tests/fixtures/eval/llama; do
+        for f in tests/fixtures/*/model tests/fixtures/eval/gpt2 tests/fixtures/eval/llama tests/fixtures/*/*/model*; do
             [ -f "$f/config.json" ] && [ -f "$f/model.safetensors" ] || continue
             { cat "$f/config.json"; printf '\0'; cat "$f/model.safetensors"; } >"$d/$(seed_name "$f")"
         done ;;

@@ -1007,8 +1007,11 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
         }
         int64_t want[2];
         int nd = map_shape(pt, e, want);
-        const StTensor *ws = bitnet_scale(set, t, nd, want);
-        if (ws) { /* transformers' offline BitLinear layout: packed trits + weight_scale */
+        /* transformers' offline BitLinear layout (packed trits + weight_scale), only where the config
+         * says BitLinear (quantization_config.quant_method bitnet): without it transformers builds
+         * plain nn.Linear layers, and a packed tensor is the wrong shape */
+        const StTensor *ws = cfg->ternary == TERNARY_BITNET ? bitnet_scale(set, t, nd, want) : NULL;
+        if (ws) {
             if (!buf) continue;
             if ((size_t)(want[0] * want[1]) > tmp_cap) {
                 free(tmp);
@@ -1197,7 +1200,8 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
                 trits |= strstr(set.files[f].t[i].name, ".weight_scale") != NULL;
             }
         if (packed) need = (uint64_t)pt.total / 2; /* 4-bit weights hold two parameters a byte */
-        if (trits) need = (uint64_t)pt.total / 4; /* BitNet's 2-bit weights hold four */
+        if (trits && c->ternary == TERNARY_BITNET) /* BitNet's packed 2-bit weights hold four a byte */
+            need = (uint64_t)pt.total / 4;
         if (need > have)
             rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in %s), but the weights "
                          "hold %llu bytes",
