@@ -27,6 +27,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test.h"
+#include "ref_tensor.h"
 
 #define PARITY_TOL 1e-4
 
@@ -40,13 +41,7 @@ typedef struct {
 
 static float *ref_f32(Fx *fx, const char *name, size_t *numel)
 {
-    const StTensor *t = st_find(&fx->ref, name);
-    CHECKF(t != NULL, "%s: reference tensor %s missing", fx->name, name);
-    if (!t) return NULL;
-    float *out = xmalloc(t->numel * sizeof(float));
-    CHECK(st_to_f32(t, out) == 0);
-    if (numel) *numel = t->numel;
-    return out;
+    return ref_tensor_f32(&fx->ref, fx->name, name, numel);
 }
 
 static const int32_t *ref_i32(Fx *fx, const char *name)

@@ -28,6 +28,7 @@
 #include "model/moe.h"
 #include "model/quant4.h"
 #include "test.h"
+#include "ref_tensor.h"
 
 /* The bar of tests/test_parity.c: max |ours - ref| / max |ref| per tensor. */
 #define PARITY_TOL 1e-4
@@ -43,13 +44,7 @@ typedef struct {
 
 static float *ref_f32(Fix *fx, const char *name, size_t *numel)
 {
-    const StTensor *t = st_find(&fx->ref, name);
-    CHECKF(t != NULL, "%s: reference tensor %s missing", fx->name, name);
-    if (!t) return NULL;
-    float *out = xmalloc(t->numel * sizeof(float));
-    st_to_f32(t, out);
-    if (numel) *numel = t->numel;
-    return out;
+    return ref_tensor_f32(&fx->ref, fx->name, name, numel);
 }
 
 static const int32_t *ref_i32(Fix *fx, const char *name, const StTensor **tt)

@@ -20,6 +20,7 @@
 #include "io/safetensors.h"
 #include "model/model.h"
 #include "test.h"
+#include "ref_tensor.h"
 
 /* DESIGN.md asks for ~1e-5; the bar is 1e-4. We check the bar and print the worst. */
 #define PARITY_TOL 1e-4
@@ -45,17 +46,7 @@ static const char *kinds[5] = {"logits", "loss", "grad.", "adamw.", "adamw step"
 /* A reference tensor converted to fp32 (NULL with a failed check if absent). */
 static float *ref_f32(Fixture *fx, const char *name, size_t *numel)
 {
-    const StTensor *t = st_find(&fx->ref, name);
-    CHECKF(t != NULL, "%s: reference tensor %s missing", fx->name, name);
-    if (!t) return NULL;
-    float *out = xmalloc(t->numel * sizeof(float));
-    if (st_to_f32(t, out) != 0) {
-        free(out);
-        CHECKF(0, "%s", err_get());
-        return NULL;
-    }
-    if (numel) *numel = t->numel;
-    return out;
+    return ref_tensor_f32(&fx->ref, fx->name, name, numel);
 }
 
 static const int32_t *ref_i32(Fixture *fx, const char *name, const StTensor **tt)
