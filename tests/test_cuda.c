@@ -528,6 +528,52 @@ static void test_xent(void)
         }
 }
 
+/* The cross-entropy over vocabulary chunks (xent_chunk_stats / xent_chunk_grad, the head of a fused
+ * integer-ternary model read by row chunks): losses and dlogits on the GPU against the CPU's, chunk
+ * widths uneven (the last one short), a row ignored, targets in the first, a middle and the last chunk. */
+static void test_xent_chunks(void)
+{
+    const int N = 5, V = 50257, vc = 13824;
+    size_t n = (size_t)N * V;
+    float *l = randn(n, 3, 4);
+    int32_t tg[5] = {V - 1, -1, 7, 20000, 41000};
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g], *bes[] = {cpu, be};
+        fit(be, l, n);
+        float *loss[2], *dl[2];
+        for (int k = 0; k < 2; k++) {
+            const Backend *b = bes[k];
+            int32_t *t = up_i32(b, tg, N);
+            float *st = b->alloc(3 * N * sizeof(float)), *ls = b->alloc(N * sizeof(float));
+            float *part = xmalloc((size_t)N * vc * sizeof(float));
+            dl[k] = xmalloc(n * sizeof(float));
+            for (int pass = 0; pass < 2; pass++)
+                for (int v0 = 0; v0 < V; v0 += vc) {
+                    int w = V - v0 < vc ? V - v0 : vc;
+                    for (int i = 0; i < N; i++) memcpy(part + (size_t)i * w, l + (size_t)i * V + v0, w * sizeof(float));
+                    void *d = up_act(b, part, (size_t)N * w);
+                    if (pass == 0) {
+                        b->xent_chunk_stats(st, d, t, N, w, v0);
+                    } else {
+                        b->xent_chunk_grad(v0 == 0 ? ls : NULL, d, st, t, N, w, v0, 0.25f);
+                        float *h = down_act(b, d, (size_t)N * w);
+                        for (int i = 0; i < N; i++) memcpy(dl[k] + (size_t)i * V + v0, h + (size_t)i * w, w * sizeof(float));
+                        free(h);
+                    }
+                    b->free(d);
+                }
+            loss[k] = down_f32(b, ls, N);
+            b->free(t), b->free(st), b->free(ls);
+            free(part);
+        }
+        expect("xent_chunk loss", be, loss[1], loss[0], N, tol_for(be, TOL_F32, 1e-5));
+        expect("xent_chunk dlogits", be, dl[1], dl[0], n, tol_for(be, TOL_F32, TOL_BF16));
+        for (int k = 0; k < 2; k++) free(loss[k]), free(dl[k]);
+    }
+    free(l);
+}
+
 /* frozen: lm_head_xent gets dw == NULL (a frozen output head; dw comes back as dw0), still dinp */
 static void run_lm_head(const Backend *be, float **loss, float **dinp, float **dw, const float *x, const float *w,
                         const float *dw0, const int32_t *tg, int N, int C, int V, int frozen)
@@ -1796,6 +1842,7 @@ int main(void)
     RUN(test_eltwise);
     RUN(test_rope);
     RUN(test_xent);
+    RUN(test_xent_chunks);
     RUN(test_lm_head);
     RUN(test_attention);
     RUN(test_attention_len);

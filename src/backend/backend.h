@@ -330,6 +330,17 @@ struct Backend {
     void (*gather_rows)(void *out, const void *inp, const int32_t *idx, int M, int C);
     /* dinp rows idx[m] = dout row m (overwrite those rows, others untouched; idx distinct). */
     void (*scatter_rows)(void *dinp, const void *dout, const int32_t *idx, int M, int C);
+
+    /* ---- softmax cross-entropy over vocabulary chunks (appended; linear.c's head read by row chunks) ----
+     * stats (3 N) fp32, per row: the running max of the logits, the sum of exp(logit - max) and the
+     * target's logit, over the chunks seen so far. xent_chunk_stats folds in logits (N, V) (act), classes
+     * [v0, v0 + V) (v0 0 starts every row afresh); rows whose target is negative are left alone. */
+    void (*xent_chunk_stats)(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
+    /* With the statistics of every chunk: losses (N) = max + log(sum) - target logit (0 for a negative target)
+     * when losses is not NULL; and when logits is not NULL, logits (N, V) of classes [v0, v0 + V) become in
+     * place (softmax - onehot(target)) * dscale (0 for a negative target), as in xent_fwd_bwd. */
+    void (*xent_chunk_grad)(float *losses, void *logits, const float *stats, const int32_t *targets, int N, int V,
+                            int v0, float dscale);
 };
 
 /* The CPU backend (always built). */

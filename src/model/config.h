@@ -64,6 +64,8 @@ typedef struct {
     int mlm_head;        /* the MLM head: dense + GELU + LayerNorm, decoder tied to wte, with a bias */
     int pad_token_id;    /* -1 when unknown */
     int tern_fused; /* integer-ternary tensors updated inside the backward (train.ternary.fused) */
+    int tern_chunk_rows; /* fused vocabulary tensors updated by row chunks of this many rows (0 automatic,
+                          * -1 whole; train.ternary.chunk_rows) */
 } ModelConfig;
 
 /* model.ternary: TERNARY_BITNET makes every block linear a BitLinear (fp32 latent weights,

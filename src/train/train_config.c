@@ -99,6 +99,10 @@ static const KeyDef keys[] = {
      "train.optimizer ternary: update each ternary tensor inside the backward, as soon as its gradient is "
      "complete, so that only one tensor's fp32 gradient exists at a time (the memory of large models); needs one "
      "micro-batch per step. A tied embedding is still updated after the step."},
+    {"train.ternary.chunk_rows", CT_INT, F(tern_chunk_rows), "0",
+     "train.ternary.fused: an untied embedding and output head (vocabulary x width) are read, differentiated and "
+     "updated this many rows at a time, so that neither their fp32 gradient nor their unpacked weight exists "
+     "whole; 0 = automatic (chunks the size of the largest block tensor), -1 = whole tensors."},
     {"lora.r", CT_INT, F(lora_r), "0",
      "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
      "state); 0 = no adapters (docs/finetuning.md)."},
@@ -539,6 +543,9 @@ int train_config_validate(const TrainConfig *tc)
     if (strcmp(tc->optimizer, "adamw") && strcmp(tc->optimizer, "ternary"))
         return err_set("train.optimizer: expected adamw or ternary, got \"%s\"", tc->optimizer);
     if (tc->tern_group <= 0) return err_set("train.ternary.group: must be positive, got %d", tc->tern_group);
+    if (tc->tern_chunk_rows < -1)
+        return err_set("train.ternary.chunk_rows: expected -1 (whole), 0 (automatic) or a row count, got %d",
+                       tc->tern_chunk_rows);
     if (tc->tern_threshold < 1 || tc->tern_threshold > 127)
         return err_set("train.ternary.threshold: expected 1 .. 127 (an int8 accumulator), got %d", tc->tern_threshold);
     if (tc->tern_scale_every < 1 || tc->tern_scale_every > 127)

@@ -38,7 +38,7 @@ typedef struct {
     char ternary[16];   /* model.ternary: "" (the family's: bitnet for bitnet), none, bitnet */
     /* integer ternary training (train.optimizer: ternary, docs/ternary.md) */
     char optimizer[16]; /* train.optimizer: adamw, ternary */
-    int tern_group, tern_threshold, tern_scale_every, tern_embeddings, tern_fused;
+    int tern_group, tern_threshold, tern_scale_every, tern_embeddings, tern_fused, tern_chunk_rows;
     float tern_deadzone;
     /* lora */
     int lora_r;
