@@ -341,6 +341,12 @@ struct Backend {
      * place (softmax - onehot(target)) * dscale (0 for a negative target), as in xent_fwd_bwd. */
     void (*xent_chunk_grad)(float *losses, void *logits, const float *stats, const int32_t *targets, int N, int V,
                             int v0, float dscale);
+    /* ---- a hint (appended) ----
+     * on 1: the products that follow, until on 0, have a row count that changes from call to call (a
+     * mixture-of-experts layer's experts: the tokens routed to each). The CUDA backend then picks each
+     * product's cuBLASLt algorithm once per band of 128 rows (on the band's largest shape) instead of
+     * once per exact shape, and keeps no plan per shape. NULL or a no-op elsewhere. */
+    void (*ragged_products)(int on);
 };
 
 /* The CPU backend (always built). */

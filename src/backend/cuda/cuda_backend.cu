@@ -336,6 +336,7 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
     be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;
     be->gemm = cu_gemm<T>;
+    be->ragged_products = cu_ragged_products;
     be->dequant4 = cu_dequant4<T>;
     be->configure = cu_configure;
     be->mem_stats = cu_mem_stats_op;

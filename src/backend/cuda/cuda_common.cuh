@@ -56,6 +56,7 @@ typedef struct {
      * Set with the other switches by Backend.configure (opts.deterministic, mirrored here). */
     int deterministic;
     BackendOptions opts; /* the switches of backend.h, as last configured */
+    int ragged; /* Backend.ragged_products: products whose token count changes from call to call */
     /* grow-only scratch for per-op temporaries (partial sums, attention row terms) */
     void *scratch;
     size_t scratch_size;
@@ -164,6 +165,7 @@ template <typename T>
 void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                          const void *pre, const void *w, int N, int IC, int OC);
 /* The general row-major product of backend.h (gemm). */
+void cu_ragged_products(int on);
 template <typename T>
 void cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
              float beta, void *C, int ldc, int c_f32);
