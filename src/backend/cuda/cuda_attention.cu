@@ -41,11 +41,25 @@ __device__ __forceinline__ int key_len(const int32_t *lens, int b, int T_)
 
 /* ================================================================ simple */
 
+/* Attention probability dropout (backend.h attention_drop_fwd/bwd) in the simple kernels (DROP true):
+ * probability (b, h, t, s) is dropped when its draw is below cut, the kept ones scaled by keep; the
+ * draw is the CPU's (dropout_u32 of attn_dropout_index), so both drop the same elements. */
+struct AttnDrop {
+    uint32_t cut;
+    float keep;
+    uint64_t seed;
+};
+
+__device__ __forceinline__ float attn_drop_factor(const AttnDrop &dr, int b, int h, int t, int s, int nh, int T_)
+{
+    return dropout_u32(dr.seed, attn_dropout_index(b, h, t, s, nh, T_)) < dr.cut ? 0.0f : dr.keep;
+}
+
 // out = softmax(q k^T * scale, causal or over the row's keys) v,  lse = log sum exp of each row.  One
 // warp per (b, h, t); lane owns dims lane, lane+32, ...
-template <typename T, bool CAUSAL>
+template <typename T, bool CAUSAL, bool DROP = false>
 __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, int T_, int nh, int nkv, int hd,
-                                       const int32_t *lens)
+                                       const int32_t *lens, AttnDrop dr = AttnDrop{})
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -76,10 +90,12 @@ __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, 
         dot = warp_sum(dot) * scale;
         float mn = fmaxf(m, dot), alpha = expf(m - mn), p = expf(dot - mn);
         l = l * alpha + p;
+        float pv = p; /* the dropped probability weighs v; the normalizer l sums the undropped ones */
+        if (DROP) pv *= attn_drop_factor(dr, b, h, t, s, nh, T_);
 #pragma unroll
         for (int k = 0; k < NPL; k++) {
             int d = lane + 32 * k;
-            if (d < hd) o[k] = o[k] * alpha + p * to_f(vr[d]);
+            if (d < hd) o[k] = o[k] * alpha + pv * to_f(vr[d]);
         }
         m = mn;
     }
@@ -93,9 +109,10 @@ __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, 
 }
 
 // Per (b, h, t): Dt = dout . out;  dq = scale * sum_s p_s (dout . v_s - Dt) k_s
-template <typename T, bool CAUSAL>
+template <typename T, bool CAUSAL, bool DROP = false>
 __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, const T *out, const float *lse,
-                                         const T *qkv, int B, int T_, int nh, int nkv, int hd, const int32_t *lens)
+                                         const T *qkv, int B, int T_, int nh, int nkv, int hd, const int32_t *lens,
+                                         AttnDrop dr = AttnDrop{})
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -135,6 +152,7 @@ __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, co
         dot = warp_sum(dot);
         dpv = warp_sum(dpv);
         float ps = expf(dot * scale - L);
+        if (DROP) dpv *= attn_drop_factor(dr, b, h, t, s, nh, T_);
         float ds = ps * (dpv - D) * scale;
 #pragma unroll
         for (int k = 0; k < NPL; k++) {
@@ -152,9 +170,10 @@ __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, co
 
 // Per (b, kv head, s): dk_s = scale * sum_{h in group, t >= s} ds_ts q_t,  dv_s = sum p_ts dout_t
 // (bidirectional: over every t when s is one of the row's keys, else zero)
-template <typename T, bool CAUSAL>
+template <typename T, bool CAUSAL, bool DROP = false>
 __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *dout, const float *lse, const T *qkv,
-                                          int B, int T_, int nh, int nkv, int hd, const int32_t *lens)
+                                          int B, int T_, int nh, int nkv, int hd, const int32_t *lens,
+                                          AttnDrop dr = AttnDrop{})
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -190,14 +209,19 @@ __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *d
             dot = warp_sum(dot);
             dpv = warp_sum(dpv);
             size_t li = ((size_t)b * nh + h) * T_ + t;
-            float ps = expf(dot * scale - lse[li]);
+            float ps = expf(dot * scale - lse[li]), pv = ps;
+            if (DROP) {
+                float f = attn_drop_factor(dr, b, h, t, s, nh, T_);
+                dpv *= f;
+                pv = ps * f;
+            }
             float ds = ps * (dpv - Dbuf[li]) * scale;
 #pragma unroll
             for (int k = 0; k < NPL; k++) {
                 int e = lane + 32 * k;
                 if (e < hd) {
                     dk[k] += ds * to_f(q[e]);
-                    dvv[k] += ps * to_f(d[e]);
+                    dvv[k] += pv * to_f(d[e]);
                 }
             }
         }
@@ -1136,6 +1160,70 @@ void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const f
     simple_bwd<T, false>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, lens);
 }
 
+/* Attention with dropout on the probabilities (backend.h attention_drop_fwd/bwd, training with
+ * model.attn_dropout > 0): always the simple kernels, never cuDNN's fused engines (whose dropout masks
+ * are not ours) nor the flash kernels (which do not drop yet), whatever opts.attention says. */
+static AttnDrop attn_drop_make(float p, uint64_t seed)
+{
+    AttnDrop dr;
+    dr.cut = dropout_cut(p);
+    dr.keep = 1.0f / (1.0f - p);
+    dr.seed = seed;
+    return dr;
+}
+
+template <typename T>
+void cu_attention_drop_fwd(void *out, float *lse, const void *qkv, const int32_t *lens, int causal, int B, int T_,
+                           int nh, int nkv, int hd, float p, uint64_t seed)
+{
+    CUDA_PROF("attention_drop_fwd");
+    check_shape(nh, nkv, hd);
+    AttnDrop dr = attn_drop_make(p, seed);
+    size_t warps = (size_t)B * nh * T_;
+    unsigned grid = (unsigned)CEIL_DIV(warps, SIMPLE_WARPS);
+    if (causal)
+        attn_simple_fwd_kernel<T, true, true><<<grid, SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, nullptr, dr);
+    else
+        attn_simple_fwd_kernel<T, false, true><<<grid, SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens, dr);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, bool CAUSAL>
+static void simple_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                            int T_, int nh, int nkv, int hd, const int32_t *lens, AttnDrop dr)
+{
+    size_t rows = (size_t)B * T_ * nh, wkv = (size_t)B * nkv * T_;
+    float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
+    attn_simple_bwd_q_kernel<T, CAUSAL, true><<<CEIL_DIV(rows, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)dqkv, Dbuf, (const T *)dout, (const T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens, dr);
+    CUDA_CHECK_LAUNCH();
+    attn_simple_bwd_kv_kernel<T, CAUSAL, true><<<CEIL_DIV(wkv, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)dqkv, Dbuf, (const T *)dout, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens, dr);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void cu_attention_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                           const int32_t *lens, int causal, int B, int T_, int nh, int nkv, int hd, float p,
+                           uint64_t seed)
+{
+    CUDA_PROF("attention_drop_bwd");
+    check_shape(nh, nkv, hd);
+    AttnDrop dr = attn_drop_make(p, seed);
+    if (causal) simple_drop_bwd<T, true>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, nullptr, dr);
+    else simple_drop_bwd<T, false>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, lens, dr);
+}
+
+template void cu_attention_drop_fwd<float>(void *, float *, const void *, const int32_t *, int, int, int, int, int,
+                                           int, float, uint64_t);
+template void cu_attention_drop_fwd<bf16>(void *, float *, const void *, const int32_t *, int, int, int, int, int,
+                                          int, float, uint64_t);
+template void cu_attention_drop_bwd<float>(void *, const void *, const void *, const float *, const void *,
+                                           const int32_t *, int, int, int, int, int, int, float, uint64_t);
+template void cu_attention_drop_bwd<bf16>(void *, const void *, const void *, const float *, const void *,
+                                          const int32_t *, int, int, int, int, int, int, float, uint64_t);
 template void cu_attention_fwd<float>(void *, float *, const void *, int, int, int, int, int);
 template void cu_attention_fwd<bf16>(void *, float *, const void *, int, int, int, int, int);
 template void cu_attention_bwd<float>(void *, const void *, const void *, const float *, const void *, int, int, int,
