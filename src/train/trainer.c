@@ -69,6 +69,8 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
         c->tern_group = tc->tern_group;
         c->tern_fused = tc->tern_fused;
+        c->dropout = tc->dropout;
+        c->attn_dropout = tc->attn_dropout;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -117,6 +119,8 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (c->family == FAMILY_BERT && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the bert family ties its MLM decoder to the embeddings");
     c->tern_fused = tc->tern_fused;
+    c->dropout = tc->dropout;
+    c->attn_dropout = tc->attn_dropout;
     return model_config_finish(c);
 }
 
