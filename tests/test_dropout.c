@@ -9,12 +9,16 @@
  *   - p = 0 and eval-mode forwards bit-identical to a model without dropout; the keys' validation. */
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "io/fsutil.h"
+#include "io/hf.h"
 #include "model/dropout.h"
 #include "model/model.h"
 #include "test.h"
@@ -420,6 +424,31 @@ static void test_validation(void)
     CHECK(model_config_finish(&c) == 0);
 }
 
+/* A checkpoint's config.json carries the run's dropout (for transformers, which applies it in train mode);
+ * reading a config.json never turns dropout on, and hf_config_dropout reports what it asks for. */
+static void test_config_json(void)
+{
+    for (int k = 0; k < 2; k++) {
+        ModelConfig c = tiny(k ? M_BERT : M_GPT2, 0.1f, 0.25f), back;
+        char dir[64];
+        snprintf(dir, sizeof(dir), "/tmp/anvil_test_dropout_%d_%d", (int)getpid(), k);
+        CHECK(fs_mkdir_p(dir) == 0);
+        CHECKF(hf_write_config(dir, &c, DTYPE_F32) == 0, "%s", err_get());
+        float hidden = -1, attn = -1;
+        CHECKF(hf_config_dropout(dir, &hidden, &attn) == 0, "%s", err_get());
+        CHECKF(hidden == 0.1f && attn == 0.25f, "%s: config.json dropout %g / %g", kind_names[k ? M_BERT : M_GPT2],
+               hidden, attn);
+        CHECKF(hf_read_config(dir, &back) == 0, "%s", err_get());
+        CHECK(back.dropout == 0 && back.attn_dropout == 0);
+        c.dropout = c.attn_dropout = 0; /* the default writes zeros */
+        CHECK(hf_write_config(dir, &c, DTYPE_F32) == 0 && hf_config_dropout(dir, &hidden, &attn) == 0);
+        CHECK(hidden == 0 && attn == 0);
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
+    }
+}
+
 int main(void)
 {
     be = backend_cpu();
@@ -432,5 +461,6 @@ int main(void)
     RUN(test_seeds);
     RUN(test_p0_and_eval);
     RUN(test_validation);
+    RUN(test_config_json);
     return test_summary();
 }
