@@ -1767,8 +1767,9 @@ static void test_model_ternary(void) { ternary_model_parity(1); }
 
 /* ------------------------------------------------- dropout (model.dropout, model.attn_dropout) */
 
-/* Attention with dropout on the probabilities (attention_drop_fwd/bwd: anvil's simple kernels on CUDA,
- * whatever backend.attention says) against the CPU, causal and bidirectional: out, lse, dqkv. */
+/* Attention with dropout on the probabilities (attention_drop_fwd/bwd: anvil's kernels on CUDA, flash for bf16
+ * and head_dim 64, else simple, whatever backend.attention says) against the CPU, causal and bidirectional:
+ * out, lse, dqkv. */
 static void attention_drop_case(const Backend *be, int causal, int B, int T, int nh, int nkv, int hd,
                                 const int32_t *lens, float p)
 {
@@ -1841,11 +1842,23 @@ static void test_attention_drop(void)
     for (int g = 0; g < 2; g++) {
         const Backend *be = gpus[g];
         attention_drop_case(be, 1, 2, 37, 4, 2, 16, NULL, 0.1f);
-        attention_drop_case(be, 1, 1, 150, 4, 2, 64, NULL, 0.1f); /* head_dim 64: flash-sized, still the simple kernels */
+        attention_drop_case(be, 1, 1, 150, 4, 2, 64, NULL, 0.1f); /* head_dim 64: bf16 the flash kernels, partial tiles */
         attention_drop_case(be, 1, 2, 64, 8, 1, 64, NULL, 0.5f);
         attention_drop_case(be, 0, 3, 37, 4, 2, 16, l3, 0.1f);
         attention_drop_case(be, 0, 2, 150, 4, 4, 64, l2, 0.1f);
         attention_drop_case(be, 0, 2, 150, 4, 2, 64, NULL, 0.3f);
+    }
+    /* flash: MHA, MQA, bidirectional with lengths and partial tiles, longer rows, both launch orders */
+    const int32_t l4[4] = {512, 300, 64, 129};
+    attention_drop_case(gpu16, 1, 2, 192, 2, 2, 64, NULL, 0.1f);
+    attention_drop_case(gpu16, 1, 1, 300, 8, 1, 64, NULL, 0.1f);
+    attention_drop_case(gpu16, 0, 4, 512, 4, 4, 64, l4, 0.1f);
+    for (int order = 1; order <= 2; order++) {
+        BackendOptions z = {0};
+        z.attn_launch_order = order;
+        set_opts(&z);
+        attention_drop_case(gpu16, 1, 2, 300, 4, 2, 64, NULL, 0.2f);
+        attention_drop_case(gpu16, 0, 2, 300, 4, 2, 64, NULL, 0.2f);
     }
     /* cuDNN asked for: still anvil's kernels (cuDNN's dropout masks are not ours), the same results */
     BackendOptions o = {0};

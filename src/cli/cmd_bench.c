@@ -524,8 +524,8 @@ int cmd_bench(int argc, char **argv)
 #ifdef ANVIL_CUDA
     if (!is_cpu) attn = cudnn_attention_info();
 #endif
-    /* training attention with dropout on its probabilities runs anvil's simple kernels (backend.h attention_drop_fwd) */
-    if (c.attn_dropout > 0 && !is_cpu) attn = "anvil's simple kernels (model.attn_dropout > 0: no cuDNN, no flash)";
+    /* training attention with dropout on its probabilities runs anvil's kernels (backend.h attention_drop_fwd) */
+    if (c.attn_dropout > 0 && !is_cpu) attn = "anvil's kernels (model.attn_dropout > 0: not cuDNN)";
     printf("attention: %s | backend.attention %s | backend.gemm_tune %s | deterministic %s\n", attn,
            backend_attention_name(bo.attention), backend_gemm_tune_name(bo.gemm_tune), bo.deterministic ? "on" : "off");
     int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, first_loss, last_loss, attn, &mr) : 0;

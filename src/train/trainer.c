@@ -838,8 +838,8 @@ static void print_dropout(const Run *r)
     if (c->dropout > 0 || c->attn_dropout > 0)
         printf("dropout (training only): model.dropout %g, model.attn_dropout %g%s\n", c->dropout, c->attn_dropout,
                c->attn_dropout > 0 && strcmp(r->be->name, "cpu")
-                   ? " | attention: anvil's simple kernels while training (cuDNN's fused attention and the flash "
-                     "kernels have no matching dropout)"
+                   ? " | attention: anvil's kernels while training (model.attn_dropout > 0: not cuDNN, whose dropout "
+                     "masks differ)"
                    : "");
     float hidden, attn;
     if (!r->tc->model_init[0] || hf_config_dropout(r->tc->model_init, &hidden, &attn)) {

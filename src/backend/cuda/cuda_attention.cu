@@ -386,10 +386,11 @@ __device__ __forceinline__ void mma_a_tileT_ldm(float (&acc)[8][4], const u32 (&
         }
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                    const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                   int nkv, int zorder, const int32_t *lens)
+                                                                   int nkv, int zorder, const int32_t *lens,
+                                                                   AttnDrop dr = AttnDrop{})
 {
     __shared__ __align__(16) bf16 Qs[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Os[2][FA_BLOCK * FA_LDS];
@@ -451,6 +452,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
         mma_a_tileT_ldm(p, kf, Qs[buf], lane);  /* S^T (16 keys x 64 queries) */
         mma_a_tileT_ldm(dp, vf, Os[buf], lane); /* dP^T */
         bool edge = CAUSAL ? (q0 == k0 || q0 + FA_BLOCK > T_) : (k0 + FA_BLOCK > len || q0 + FA_BLOCK > T_);
+        int hq = kvh * group + it / nq; /* this iteration's query head (dropout's draw index) */
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -458,8 +460,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
                 int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
                 bool hidden = CAUSAL ? (key > q || q >= T_) : (key >= len || q >= T_);
                 float pv = (edge && hidden) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
-                p[nt][e] = pv;
-                dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
+                if (DROP) { /* dV from the dropped P; dP through the same mask */
+                    float f = attn_drop_factor(dr, b, hq, q, key, nh, T_);
+                    p[nt][e] = pv * f;
+                    dp[nt][e] = pv * (dp[nt][e] * f - D_s[buf][qi]);
+                } else {
+                    p[nt][e] = pv;
+                    dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
+                }
             }
         mma_p_tile(dv, p, Os[buf], lane);
         mma_p_tile(dk, dp, Qs[buf], lane);
@@ -481,10 +489,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
     }
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                   const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                  int nkv, int zorder, const int32_t *lens)
+                                                                  int nkv, int zorder, const int32_t *lens,
+                                                                  AttnDrop dr = AttnDrop{})
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
@@ -548,6 +557,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
                 int key = k0 + nt * 8 + 2 * tq + (e & 1), r = e >> 1, q = r ? row_b : row_a;
                 bool hidden = CAUSAL ? (key > q || key >= T_ || q >= T_) : (key >= len || q >= T_);
                 float pv = (edge && hidden) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
+                if (DROP) dp[nt][e] *= attn_drop_factor(dr, b, h, q, key, nh, T_);
                 dp[nt][e] = pv * (dp[nt][e] - Dr[r]);
             }
         mma_p_tile(dq, dp, Ks[buf], lane);
@@ -635,11 +645,12 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const u32 (&a)[4], ui
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel(bf16 *out, float *lse,
                                                                                 const bf16 *qkv, int T_, int nh,
                                                                                 int nkv, int zorder,
-                                                                                const int32_t *lens)
+                                                                                const int32_t *lens,
+                                                                                AttnDrop dr = AttnDrop{})
 {
     const int THREADS_ = WG_THREADS, ROWS = WG_GROUPS * WG_ROWS;
     extern __shared__ __align__(16) unsigned char wg_smem[];
@@ -724,6 +735,13 @@ __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel
                 float p2 = exp2f(fmaf(s[nt][2], c, -mu[1])), p3 = exp2f(fmaf(s[nt][3], c, -mu[1]));
                 l[0] += p0 + p1;
                 l[1] += p2 + p3;
+                if (DROP) { /* the normalizer l sums the undropped P; the product takes the dropped one */
+                    int key = k0 + nt * 8 + 2 * tq;
+                    p0 *= attn_drop_factor(dr, b, h, row_a, key, nh, T_);
+                    p1 *= attn_drop_factor(dr, b, h, row_a, key + 1, nh, T_);
+                    p2 *= attn_drop_factor(dr, b, h, row_b, key, nh, T_);
+                    p3 *= attn_drop_factor(dr, b, h, row_b, key + 1, nh, T_);
+                }
                 pa[nt / 2][(nt & 1) * 2] = pack_bf16(p0, p1);
                 pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16(p2, p3);
             }
@@ -991,19 +1009,21 @@ static dim3 flash_grid(int zorder, int ntile, int heads, int B)
 #define FA_BWD_KV_PER_SM 2
 #define FA_BWD_Q_PER_SM 3
 
-// out (B,T,nh*64), lse (B,nh,T) from qkv: the wgmma forward, 128 query rows per block
-template <bool CAUSAL>
-static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T_, int nh, int nkv, const int32_t *lens)
+// out (B,T,nh*64), lse (B,nh,T) from qkv: the wgmma forward, 128 query rows per block (DROP: with dropout
+// on the probabilities, attention_drop_fwd)
+template <bool CAUSAL, bool DROP = false>
+static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T_, int nh, int nkv, const int32_t *lens,
+                      AttnDrop dr = AttnDrop{})
 {
     static bool smem_set = false;
     if (!smem_set) { /* over the 48 KB a block gets without asking */
-        CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel<CAUSAL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)WG_SMEM));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel<CAUSAL, DROP>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)WG_SMEM));
         smem_set = true;
     }
     int nt = CEIL_DIV(T_, WG_GROUPS * WG_ROWS), z = flash_zorder((size_t)nt * nh * B, WG_FWD_PER_SM);
-    flash_wg_fwd_kernel<CAUSAL><<<flash_grid(z, nt, nh, B), WG_THREADS, WG_SMEM, g_cu.stream>>>(out, lse, qkv, T_, nh,
-                                                                                             nkv, z, lens);
+    flash_wg_fwd_kernel<CAUSAL, DROP><<<flash_grid(z, nt, nh, B), WG_THREADS, WG_SMEM, g_cu.stream>>>(
+        out, lse, qkv, T_, nh, nkv, z, lens, dr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -1064,9 +1084,9 @@ static void flash_bwd_fused(bf16 *dqkv, const bf16 *dout, const bf16 *out, const
 
 /* The two-kernel backward (deterministic mode, and every bidirectional call): D, then dK, dV per key
  * block and dQ per query block. */
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *qkv,
-                                  int B, int T_, int nh, int nkv, const int32_t *lens)
+                                  int B, int T_, int nh, int nkv, const int32_t *lens, AttnDrop dr = AttnDrop{})
 {
     size_t rows = (size_t)B * T_ * nh;
     float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
@@ -1075,11 +1095,11 @@ static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out,
     int nt = CEIL_DIV(T_, FA_BLOCK);
     int zkv = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
     int zq = flash_zorder((size_t)nt * nh * B, FA_BWD_Q_PER_SM);
-    flash2_bwd_kv_kernel<CAUSAL><<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(
-        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zkv, lens);
+    flash2_bwd_kv_kernel<CAUSAL, DROP><<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(
+        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zkv, lens, dr);
     CUDA_CHECK_LAUNCH();
-    flash2_bwd_q_kernel<CAUSAL><<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>(dqkv, dout, lse, Dbuf, qkv,
-                                                                                         T_, nh, nkv, zq, lens);
+    flash2_bwd_q_kernel<CAUSAL, DROP><<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>(
+        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zq, lens, dr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -1161,8 +1181,10 @@ void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const f
 }
 
 /* Attention with dropout on the probabilities (backend.h attention_drop_fwd/bwd, training with
- * model.attn_dropout > 0): always the simple kernels, never cuDNN's fused engines (whose dropout masks
- * are not ours) nor the flash kernels (which do not drop yet), whatever opts.attention says. */
+ * model.attn_dropout > 0): our kernels with the draw compiled in (DROP), never cuDNN's fused engines
+ * (whose dropout masks are not ours), whatever opts.attention says. bf16 with head_dim 64: the wgmma
+ * flash forward and the two-kernel flash backward (atomic-free, so deterministic in every mode); other
+ * shapes and fp32: the simple kernels. */
 static AttnDrop attn_drop_make(float p, uint64_t seed)
 {
     AttnDrop dr;
@@ -1179,6 +1201,11 @@ void cu_attention_drop_fwd(void *out, float *lse, const void *qkv, const int32_t
     CUDA_PROF("attention_drop_fwd");
     check_shape(nh, nkv, hd);
     AttnDrop dr = attn_drop_make(p, seed);
+    if (flash_applies<T>(hd, qkv)) {
+        if (causal) flash_fwd<true, true>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, nullptr, dr);
+        else flash_fwd<false, true>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, lens, dr);
+        return;
+    }
     size_t warps = (size_t)B * nh * T_;
     unsigned grid = (unsigned)CEIL_DIV(warps, SIMPLE_WARPS);
     if (causal)
@@ -1212,6 +1239,12 @@ void cu_attention_drop_bwd(void *dqkv, const void *dout, const void *out, const 
     CUDA_PROF("attention_drop_bwd");
     check_shape(nh, nkv, hd);
     AttnDrop dr = attn_drop_make(p, seed);
+    if (flash_applies<T>(hd, qkv)) {
+        const bf16 *q = (const bf16 *)qkv, *d = (const bf16 *)dout, *o = (const bf16 *)out;
+        if (causal) flash_bwd_two_kernels<true, true>((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv, nullptr, dr);
+        else flash_bwd_two_kernels<false, true>((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv, lens, dr);
+        return;
+    }
     if (causal) simple_drop_bwd<T, true>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, nullptr, dr);
     else simple_drop_bwd<T, false>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, lens, dr);
 }
