@@ -232,7 +232,7 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     }
     be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
                  a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
-    /* attention (through attn_sub_norm: d1 = d(att_sn), then d2 = d(att)); do = d(o output) through its dropout */
+    /* attention (through attn_sub_norm: d1 = d(att_sn), then d2 = d(att)); dout_o = d(o output) through its dropout */
     const void *dout_o = model_dropout_grad(m, l, DROP_SITE_ATTN_OUT, dres, nc);
     if (p->asub_w >= 0) {
         linear_bwd(ps, &p->o, d1, dout_o, a->att_sn, N, lb);
