@@ -1189,7 +1189,7 @@ static AttnDrop attn_drop_make(float p, uint64_t seed)
 {
     AttnDrop dr;
     dr.cut = dropout_cut(p);
-    dr.keep = 1.0f / (1.0f - p);
+    dr.keep = dr.cut ? 1.0f / (1.0f - p) : 1.0f; /* a p below 2^-32 drops nothing and scales nothing (the CPU's) */
     dr.seed = seed;
     return dr;
 }
