@@ -79,7 +79,8 @@ static void ref_attention_drop(double *out, const double *qkv, const AttnShape *
                 double *o = out + ((size_t)b * T + t) * nh * hd + h * hd;
                 for (int e = 0; e < hd; e++) {
                     double acc = 0;
-                    for (int s = 0; s < ns; s++) acc += p[s] * qkv[((size_t)b * T + s) * row + (nh + a->nkv + kh) * hd + e];
+                    for (int s = 0; s < ns; s++)
+                        acc += p[s] * qkv[((size_t)b * T + s) * row + (nh + a->nkv + kh) * hd + e];
                     o[e] = acc;
                 }
             }
@@ -91,18 +92,21 @@ static void ref_attention_drop(double *out, const double *qkv, const AttnShape *
 static void attention_drop_case(AttnShape a, const char *name)
 {
     size_t nin = (size_t)a.B * a.T * (a.nh + 2 * a.nkv) * a.hd, no = (size_t)a.B * a.T * a.nh * a.hd;
-    double *x = malloc(nin * 8), *R = malloc(no * 8), *ref = malloc(no * 8), *g = malloc(nin * 8), *o2 = malloc(no * 8);
+    double *x = malloc(nin * 8), *R = malloc(no * 8), *ref = malloc(no * 8), *g = malloc(nin * 8),
+           *o2 = malloc(no * 8);
     for (size_t i = 0; i < nin; i++) x[i] = rng_normal(&rng);
     for (size_t i = 0; i < no; i++) R[i] = rng_normal(&rng);
     ref_attention_drop(ref, x, &a);
-    float *xf = malloc(nin * 4), *Rf = malloc(no * 4), *out = calloc(no, 4), *lse = calloc((size_t)a.B * a.nh * a.T, 4);
+    float *xf = malloc(nin * 4), *Rf = malloc(no * 4), *out = calloc(no, 4),
+          *lse = calloc((size_t)a.B * a.nh * a.T, 4);
     float *dx = malloc(nin * 4);
     for (size_t i = 0; i < nin; i++) xf[i] = (float)x[i];
     for (size_t i = 0; i < no; i++) Rf[i] = (float)R[i];
     be->attention_drop_fwd(out, lse, xf, a.lengths, a.causal, a.B, a.T, a.nh, a.nkv, a.hd, a.p, a.seed);
     CHECKF(rel_err(out, ref, no) < FWD_TOL, "%s fwd %g", name, rel_err(out, ref, no));
     for (size_t i = 0; i < nin; i++) dx[i] = 7.0f; /* must be overwritten */
-    be->attention_drop_bwd(dx, Rf, out, lse, xf, a.lengths, a.causal, a.B, a.T, a.nh, a.nkv, a.hd, a.p, a.seed);
+    be->attention_drop_bwd(dx, Rf, out, lse, xf, a.lengths, a.causal, a.B, a.T, a.nh, a.nkv, a.hd, a.p,
+                           a.seed);
     for (size_t j = 0; j < nin; j++) {
         double x0 = x[j], fp = 0, fm = 0;
         x[j] = x0 + FD_H;
@@ -153,7 +157,8 @@ static void test_attention_drop_mask(void)
                     int ns = causal ? t + 1 : T;
                     for (int s = 0; s < ns; s++) {
                         float v = out[((size_t)b * T + t) * nh * hd + h * hd + s];
-                        int k = v != 0.0f, want = dropout_u32(seed, attn_dropout_index(b, h, t, s, nh, T)) >= cut;
+                        int k = v != 0.0f,
+                            want = dropout_u32(seed, attn_dropout_index(b, h, t, s, nh, T)) >= cut;
                         wrong += k != want;
                         if (k && fabsf(v - 1.0f / (1.0f - p) / ns) > 1e-5f / ns) wrong++;
                         kept += k;
@@ -162,8 +167,8 @@ static void test_attention_drop_mask(void)
                 }
         double rate = (double)kept / n, sigma = sqrt(p * (1 - p) / n);
         CHECKF(wrong == 0, "causal %d: %zu of %zu probabilities not as the hash says", causal, wrong, n);
-        CHECKF(fabs(rate - (1 - p)) < 5 * sigma, "causal %d: keep rate %.4f, expected %.4f +- %.4f", causal, rate,
-               1 - p, 5 * sigma);
+        CHECKF(fabs(rate - (1 - p)) < 5 * sigma, "causal %d: keep rate %.4f, expected %.4f +- %.4f", causal,
+               rate, 1 - p, 5 * sigma);
     }
     free(qkv), free(out), free(lse);
 }
@@ -265,8 +270,8 @@ static void fd_case(Kind k, float drop, float attn_drop)
     model_get_params(m, p);
     /* dropout is on: the training loss differs from the eval loss */
     double eval = forward(m, k, 0.0f);
-    CHECKF(fabs(loss - eval) > 1e-4 * fabs(eval), "%s: dropout %g/%g changes nothing (%g vs eval %g)", kind_names[k],
-           drop, attn_drop, loss, eval);
+    CHECKF(fabs(loss - eval) > 1e-4 * fabs(eval), "%s: dropout %g/%g changes nothing (%g vs eval %g)",
+           kind_names[k], drop, attn_drop, loss, eval);
     Rng r;
     rng_seed(&r, 9, (uint64_t)k);
     int bad = 0, checked = 0;
@@ -290,14 +295,16 @@ static void fd_case(Kind k, float drop, float attn_drop)
             checked++;
             if (err > 2e-2) {
                 bad++;
-                fprintf(stderr, "  %s %s[%zu]: fd %g analytic %g\n", kind_names[k], pp->name, j - pp->offset, fd, g[j]);
+                fprintf(stderr, "  %s %s[%zu]: fd %g analytic %g\n", kind_names[k], pp->name, j - pp->offset,
+                        fd, g[j]);
             }
         }
     }
     model_set_params(m, p);
-    CHECKF(bad == 0, "%s dropout %g attn_dropout %g: %d of %d sampled gradients disagree", kind_names[k], drop,
-           attn_drop, bad, checked);
-    fprintf(stderr, "  %s dropout %g attn_dropout %g: %d gradients checked\n", kind_names[k], drop, attn_drop, checked);
+    CHECKF(bad == 0, "%s dropout %g attn_dropout %g: %d of %d sampled gradients disagree", kind_names[k],
+           drop, attn_drop, bad, checked);
+    fprintf(stderr, "  %s dropout %g attn_dropout %g: %d gradients checked\n", kind_names[k], drop, attn_drop,
+            checked);
     free(g), free(p);
     model_free(m);
 }
@@ -342,7 +349,8 @@ static void test_seeds(void)
         Model *m = make_model((Kind)k, 0.2f, 0.2f, RECOMPUTE_NONE);
         float *g0 = xmalloc(m->pt.total * 4), *g1 = xmalloc(m->pt.total * 4);
         double l0 = train_grads(m, (Kind)k, g0), l1 = train_grads(m, (Kind)k, g1);
-        CHECKF(l0 == l1 && memcmp(g0, g1, m->pt.total * 4) == 0, "%s: the same seed does not repeat", kind_names[k]);
+        CHECKF(l0 == l1 && memcmp(g0, g1, m->pt.total * 4) == 0, "%s: the same seed does not repeat",
+               kind_names[k]);
         m->dropout_seed++;
         double l2 = train_grads(m, (Kind)k, g1);
         CHECKF(l2 != l0, "%s: another micro-step seed gives the same loss %g", kind_names[k], l0);
@@ -366,7 +374,8 @@ static void test_seeds(void)
     for (int i = 0; i < NS; i++) be->dropout(masks[i], ones, NX, 0.5f, seeds[i]);
     int same = 0;
     for (int i = 0; i < NS; i++)
-        for (int j = i + 1; j < NS; j++) same += seeds[i] == seeds[j] || !memcmp(masks[i], masks[j], sizeof(masks[i]));
+        for (int j = i + 1; j < NS; j++)
+            same += seeds[i] == seeds[j] || !memcmp(masks[i], masks[j], sizeof(masks[i]));
     CHECKF(same == 0, "%d pairs of (micro-step, layer, site) share a seed or a mask", same);
     model_free(m);
 }
@@ -377,26 +386,31 @@ static void test_p0_and_eval(void)
 {
     for (int k = 0; k < M_COUNT; k++) {
         make_batch((Kind)k);
-        Model *a = make_model((Kind)k, 0.0f, 0.0f, RECOMPUTE_NONE), *b = make_model((Kind)k, 0.3f, 0.3f, RECOMPUTE_NONE);
+        Model *a = make_model((Kind)k, 0.0f, 0.0f, RECOMPUTE_NONE),
+              *b = make_model((Kind)k, 0.3f, 0.3f, RECOMPUTE_NONE);
         CHECK(a->drop_grad == NULL); /* p = 0: no extra buffer */
         float *ga = xmalloc(a->pt.total * 4);
         double la = train_grads(a, (Kind)k, ga);
         /* p = 0 trains as it evaluates (the same forward) */
-        CHECKF(forward(a, (Kind)k, 0.0f) == la, "%s p = 0: training loss %g differs from eval", kind_names[k], la);
-        CHECKF(forward(b, (Kind)k, 0.0f) == la, "%s: eval loss with dropout set differs from p = 0", kind_names[k]);
+        CHECKF(forward(a, (Kind)k, 0.0f) == la, "%s p = 0: training loss %g differs from eval", kind_names[k],
+               la);
+        CHECKF(forward(b, (Kind)k, 0.0f) == la, "%s: eval loss with dropout set differs from p = 0",
+               kind_names[k]);
         if (k != M_BERT) { /* logits of a forward without targets */
             size_t nl = (size_t)N_ * a->cfg.vocab_size;
             model_forward(a, g_in, NULL, B_, T_, 0, NULL);
             float *la_logits = xmalloc(nl * 4);
             memcpy(la_logits, a->logits, nl * 4);
             model_forward(b, g_in, NULL, B_, T_, 0, NULL);
-            CHECKF(!memcmp(la_logits, b->logits, nl * 4), "%s: eval logits differ with dropout set", kind_names[k]);
+            CHECKF(!memcmp(la_logits, b->logits, nl * 4), "%s: eval logits differ with dropout set",
+                   kind_names[k]);
             free(la_logits);
         } else { /* hidden states (embed) */
             a->hidden_only = b->hidden_only = 1;
             model_forward_len(a, g_in, NULL, g_lens, B_, T_, 0, NULL);
             model_forward_len(b, g_in, NULL, g_lens, B_, T_, 0, NULL);
-            CHECKF(!memcmp(a->lnf, b->lnf, (size_t)N_ * a->cfg.d_model * 4), "bert: hidden states differ with dropout set");
+            CHECKF(!memcmp(a->lnf, b->lnf, (size_t)N_ * a->cfg.d_model * 4),
+                   "bert: hidden states differ with dropout set");
         }
         free(ga);
         model_free(a), model_free(b);
@@ -412,10 +426,13 @@ static void test_validation(void)
             ModelConfig c;
             model_config_defaults(&c, FAMILY_GPT2);
             c.n_layer = 1, c.n_head = 2, c.d_model = 8, c.vocab_size = 11, c.max_seq_len = 8;
-            if (which) c.attn_dropout = bad[i];
-            else c.dropout = bad[i];
+            if (which)
+                c.attn_dropout = bad[i];
+            else
+                c.dropout = bad[i];
             CHECK(model_config_finish(&c) == -1);
-            CHECKF(strstr(err_get(), which ? "model.attn_dropout" : "model.dropout") != NULL, "error: %s", err_get());
+            CHECKF(strstr(err_get(), which ? "model.attn_dropout" : "model.dropout") != NULL, "error: %s",
+                   err_get());
         }
     ModelConfig c;
     model_config_defaults(&c, FAMILY_GPT2);
@@ -436,8 +453,8 @@ static void test_config_json(void)
         CHECKF(hf_write_config(dir, &c, DTYPE_F32) == 0, "%s", err_get());
         float hidden = -1, attn = -1;
         CHECKF(hf_config_dropout(dir, &hidden, &attn) == 0, "%s", err_get());
-        CHECKF(hidden == 0.1f && attn == 0.25f, "%s: config.json dropout %g / %g", kind_names[k ? M_BERT : M_GPT2],
-               hidden, attn);
+        CHECKF(hidden == 0.1f && attn == 0.25f, "%s: config.json dropout %g / %g",
+               kind_names[k ? M_BERT : M_GPT2], hidden, attn);
         CHECKF(hf_read_config(dir, &back) == 0, "%s", err_get());
         CHECK(back.dropout == 0 && back.attn_dropout == 0);
         c.dropout = c.attn_dropout = 0; /* the default writes zeros */

@@ -18,7 +18,8 @@ static uint64_t mix64(uint64_t z)
 
 uint64_t model_dropout_seed(const Model *m, int l, int site)
 {
-    uint64_t z = (m->dropout_seed * (uint64_t)(m->cfg.n_layer + 1) + (uint64_t)(l + 1)) * DROP_SITE_COUNT + (uint64_t)site;
+    uint64_t z = (m->dropout_seed * (uint64_t)(m->cfg.n_layer + 1) + (uint64_t)(l + 1)) * DROP_SITE_COUNT +
+                 (uint64_t)site;
     return mix64(z ^ MODEL_DROP_TAG);
 }
 

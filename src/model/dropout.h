@@ -21,8 +21,14 @@ enum {
 };
 
 /* Whether this forward drops hidden activations / attention probabilities. */
-static inline int model_hidden_dropout(const Model *m) { return m->training && m->cfg.dropout > 0; }
-static inline int model_attn_dropout(const Model *m) { return m->training && m->cfg.attn_dropout > 0; }
+static inline int model_hidden_dropout(const Model *m)
+{
+    return m->training && m->cfg.dropout > 0;
+}
+static inline int model_attn_dropout(const Model *m)
+{
+    return m->training && m->cfg.attn_dropout > 0;
+}
 
 /* The seed of layer l's (-1: the embeddings') site for the current micro-step. */
 uint64_t model_dropout_seed(const Model *m, int l, int site);
