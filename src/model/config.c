@@ -239,8 +239,16 @@ static int moe_finish(ModelConfig *c)
     return 0;
 }
 
+/* A dropout probability: finite, in [0, 1). */
+static int dropout_check(const char *key, float p)
+{
+    if (!(p >= 0 && p < 1)) return err_set("%s: must be a probability in [0, 1), got %g", key, p);
+    return 0;
+}
+
 int model_config_finish(ModelConfig *c)
 {
+    if (dropout_check("model.dropout", c->dropout) || dropout_check("model.attn_dropout", c->attn_dropout)) return -1;
     /* Upper limits, far above every published model (the largest, LLaMA-3 405B, has 126 layers,
      * width 16384, 128 heads of 128, d_ff 53248, a 128256-token vocabulary; contexts reach 10M)
      * and low enough that every size and product below fits an int, and every tensor's element

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/block.h"
+#include "model/dropout.h"
 #include "model/moe.h"
 
 /* GPT-2 init (Radford et al. 2019; nanoGPT/llm.c): std 0.02 for every matrix,
@@ -261,6 +262,8 @@ static void free_acts(Model *m)
     if (m->lora_dt) be->free(m->lora_dt);
     if (m->lora_xd) be->free(m->lora_xd);
     m->lora_dt = m->lora_xd = NULL;
+    if (m->drop_grad) be->free(m->drop_grad);
+    m->drop_grad = NULL;
     if (m->logits == m->mlm_logits) m->logits = NULL; /* an encoder's logits are its head's */
     m->mlm_cap = 0;
     void *rest[] = {m->res_final, m->lnf, m->lnf_mean, m->lnf_rstd, m->logits, m->dres, m->dbuf1,
@@ -365,6 +368,7 @@ int model_reserve(Model *m, int B, int T, int recompute)
      * training and evaluation go through the fused, chunked lm_head_xent instead */
     m->logits = NULL;
     m->dres = be->alloc(N * C * as);
+    if (c->dropout > 0) m->drop_grad = be->alloc(N * C * as); /* dropout.h */
     m->dbuf1 = be->alloc(N * MAX(MAX(C, qkv), fc) * as);
     m->dbuf2 = be->alloc(N * MAX(MAX(C, qd), ff) * as);
     m->tokens = be->alloc(N * sizeof(int32_t));
@@ -824,6 +828,9 @@ void model_backward(Model *m)
         model_grads_ready(m, 1 + l);
     }
     if (model_head_group(m) != 0) model_grads_begin(m, 0);
+    /* the embedding output's dropout (pre-norm; the bert family's comes after its norm, in block 0): the
+     * same mask on the gradient */
+    if (!c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, dres, (size_t)N * C);
     float *dwpe = params_g(ps, m->wpe);
     if (dwpe) dwpe += (size_t)c->pos_offset * C; /* positions pos_offset.. */
     if (m->pt.p[m->wte].chunk_rows) {

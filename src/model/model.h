@@ -102,7 +102,7 @@ typedef struct Model {
     float *inv_freq;            /* RoPE frequencies (head_dim/2), llama only */
     LoraSpec lora;              /* adapters (r 0: none) */
     LinearAdapter *adapters;    /* every adapter; the Linears of lp point into it */
-    int training;               /* the current forward trains (adapter dropout on) */
+    int training;               /* the current forward trains (adapter and model dropout on) */
     int head_unfused;           /* 1: the output layer as a whole (N,V) product, softmax and product
                                  * (the plain path, for `anvil bench --ablate`); 0: lm_head_xent */
     uint64_t dropout_seed;      /* the current micro-step's dropout stream (train_step sets it) */
@@ -118,6 +118,7 @@ typedef struct Model {
     void *logits;               /* (N,V) logits of a forward without targets (allocated by the first) */
     void *dres, *dbuf1, *dbuf2; /* backward scratch: (N,C), (N,max(qkv,fc)), (N,max(C,q,d_ff)) */
     void *lora_dt, *lora_xd;    /* adapter scratch: (N, r) and, with dropout, (N, max in) */
+    void *drop_grad;            /* (N,C) a gradient through a hidden dropout site (cfg.dropout > 0 only; dropout.h) */
     int32_t *tokens, *targets;  /* (N) backend copies */
     LinearHeadBufs head_bufs;   /* a head read by row chunks (fused integer-ternary lm_head): its scratch */
     /* an embedding read by row chunks (fused integer-ternary wte, Param.chunk_rows): the looked-up rows

@@ -33,6 +33,7 @@ typedef struct {
     int moe_norm_topk;  /* -1 = the default (true) */
     float moe_aux_coef, moe_z_coef;
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
+    float dropout, attn_dropout; /* model.dropout, model.attn_dropout (training only) */
     char quant[8];      /* model.quant: none, nf4, fp4 */
     int quant_double, quant_blocksize;
     char ternary[16];   /* model.ternary: "" (the family's: bitnet for bitnet), none, bitnet */

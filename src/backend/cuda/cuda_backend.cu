@@ -332,6 +332,8 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->attention_bwd = cu_attention_bwd<T>;
     be->attention_len_fwd = cu_attention_len_fwd<T>;
     be->attention_len_bwd = cu_attention_len_bwd<T>;
+    be->attention_drop_fwd = cu_attention_drop_fwd<T>;
+    be->attention_drop_bwd = cu_attention_drop_bwd<T>;
     be->lm_head_xent = cu_lm_head_xent<T>;
     be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
     be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;

@@ -199,6 +199,14 @@ void cu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t 
 template <typename T>
 void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
                           const int32_t *lens, int B, int T_, int nh, int nkv, int hd);
+/* Attention with dropout on the probabilities (backend.h attention_drop_fwd/bwd): our flash or simple kernels. */
+template <typename T>
+void cu_attention_drop_fwd(void *out, float *lse, const void *qkv, const int32_t *lens, int causal, int B, int T_,
+                           int nh, int nkv, int hd, float p, uint64_t seed);
+template <typename T>
+void cu_attention_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                           const int32_t *lens, int causal, int B, int T_, int nh, int nkv, int hd, float p,
+                           uint64_t seed);
 
 /* cuda_ops.cu: fills the element-wise, norm, embedding, loss and optimizer entries. */
 template <typename T> void cu_fill_ops(Backend *be);
