@@ -992,7 +992,7 @@ static int train_loop(Run *r)
         StepBatch b = {.B = B, .T = T, .accum = r->accum, .in = r->in, .tg = r->tg};
         moe_stats_reset(r->m); /* routing statistics of this step's micro-batches */
         StepHyper h = {.lr = s.lr, .beta1 = tc->beta1, .beta2 = tc->beta2, .eps = tc->eps, .step = step,
-                       .grad_clip = tc->grad_clip};
+                       .grad_clip = tc->grad_clip, .seed = (uint64_t)tc->seed};
         if (train_step_dist(r->m, &r->opt, dp ? d : NULL, &b, &h, &s.res)) {
             err_prefix("step %d", step);
             goto out;
