@@ -4,14 +4,16 @@
 transformers' BertForMaskedLM (bert-base: 12 layers, 768 wide, 12 heads, vocab 30522; or bert-large)
 from a random init, bf16 autocast, SDPA attention, fused AdamW, gradient clipping at 1.0, masked-LM
 batches of B x T random tokens with 15% of the positions scored (labels -100 elsewhere; as the
-bench, which scores a fixed random 15% and leaves the inputs as they are). Dropout is off (anvil
-trains encoders without it), so both sides do the same work per step: forward, loss over the
-scored rows (transformers' head computes the logits of every row, anvil's only of the scored ones,
+bench, which scores a fixed random 15% and leaves the inputs as they are). Dropout is off by
+default, as anvil's model.dropout / model.attn_dropout; --dropout P sets BERT's hidden and attention
+dropout to P on this side (anvil bench --dropout P --attn-dropout P on the other), so both sides do the
+same work per step: forward, loss over the scored rows (transformers' head computes the logits of every row, anvil's only of the scored ones,
 which is one of the things measured), backward, global norm, AdamW.
 
 Prints the same lines and Markdown row as `anvil bench`:
   python3 tools/bert_peer.py --model bert-base --batch 64 --seq 512 --steps 20            # eager
   python3 tools/bert_peer.py --model bert-base --batch 64 --seq 512 --steps 20 --compile  # torch.compile
+  python3 tools/bert_peer.py --model bert-base --batch 64 --seq 512 --steps 20 --dropout 0.1  # BERT's recipe
 The anvil side, in the same device call:
   ./anvil bench --model bert-base --device cuda --batch 64 --seq 512 --steps 20
 """
@@ -37,6 +39,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--dropout", type=float, default=0.0, help="hidden and attention-probability dropout")
     ap.add_argument("--json")
     a = ap.parse_args()
 
@@ -46,7 +49,7 @@ def main():
     dev = "cuda"
     L, C, H, F = SHAPES[a.model]
     cfg = BertConfig(vocab_size=30522, hidden_size=C, num_hidden_layers=L, num_attention_heads=H, intermediate_size=F,
-                     max_position_embeddings=512, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                     max_position_embeddings=512, hidden_dropout_prob=a.dropout, attention_probs_dropout_prob=a.dropout,
                      attn_implementation="sdpa")
     model = BertForMaskedLM(cfg).to(dev).train()
     nparams = sum(p.numel() for p in model.parameters())

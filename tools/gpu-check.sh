@@ -25,6 +25,11 @@
 #             tools/moe_peer.py (transformers MixtralForCausalLM, eager and torch.compile)
 #   roundtrip HF directories written by anvil (3 fixtures + a checkpoint trained here) load in
 #             transformers with the reference logits (tools/check_roundtrip.py)
+#   moeab     moe-1b B=8 T=2048 bench rows of the binary before a change (old/anvil, as `ab`) and after
+#             it, interleaved twice, then the per-op profile of the new one
+#   dropout   test_cuda's dropout cases (attention dropout ops, gpt2/llama/MoE/bert models with
+#             model.dropout and model.attn_dropout), gpt2-124m bench rows with and without dropout 0.1,
+#             and bert-base B=64 T=512 with dropout 0.1 beside tools/bert_peer.py --dropout 0.1
 #   bert      encoders (issue 16): test_cuda's encoder cases (attention with lengths, exact GELU,
 #             row gather, bert-tiny-shaped model parity), then anvil bench bert-base B=64 T=512 and
 #             bert-large T=512 beside tools/bert_peer.py (transformers BertForMaskedLM, eager and
@@ -123,6 +128,42 @@ if has ab; then
             done
         done
     done
+fi
+
+if has moeab; then
+    OLD_ANVIL=${OLD_ANVIL:-old/anvil}
+    echo "== moe-1b before/after: $OLD_ANVIL vs $ANVIL"
+    b="bench --device cuda --model moe-1b --batch 8 --seq 2048 --steps 10 --warmup 3 --ceiling-size 0"
+    for rep in 1 2; do
+        for which in old new; do
+            bin=$ANVIL
+            [ $which = old ] && bin=$OLD_ANVIL
+            timeout 240 $bin $b >"$OUT/moeab_${which}_$rep.log" 2>&1
+            f="$OUT/moeab_${which}_$rep.log"
+            tps=$(grep -oE "^step [0-9.]+ ms \(median.*\), [0-9]+ tokens/s" "$f")
+            note "| moeab $which run $rep | ${tps:-failed: $(tail -1 "$f")} | $(grep -oE "^MFU [0-9.]+%" "$f") | $(grep -oE "^peak memory [0-9.]+ GiB" "$f") | $(grep -E "^loss" "$f") |"
+        done
+    done
+    timeout 240 $ANVIL $b --steps 3 --profile >"$OUT/moeab_profile.log" 2>&1
+    sed -n '/per-op time/,/total (sum/p' "$OUT/moeab_profile.log" | head -16
+fi
+
+if has dropout; then
+    echo "== dropout"
+    ANVIL_TEST_ONLY=drop timeout 300 "$TEST_CUDA" >"$OUT/test_cuda_dropout.log" 2>&1
+    grep -E "FAIL|drop" "$OUT/test_cuda_dropout.log" | head -30
+    note "| test_cuda dropout | $(tail -1 "$OUT/test_cuda_dropout.log") |"
+    g="$ANVIL bench --device cuda --steps 10 --warmup 3 --ceiling-size 0 --model gpt2-124m --batch 64 --seq 1024"
+    for d in 0 0.1; do
+        timeout 240 $g --dropout $d --attn-dropout $d >"$OUT/bench_gpt2_drop$d.log" 2>&1
+        note "| gpt2 dropout $d | $(bench_row "$OUT/bench_gpt2_drop$d.log") | $(grep -E "^attention:" "$OUT/bench_gpt2_drop$d.log" | tail -1) |"
+    done
+    timeout 300 $ANVIL bench --device cuda --model bert-base --batch 64 --seq 512 --steps 10 --warmup 3 --ceiling-size 0 \
+        --dropout 0.1 --attn-dropout 0.1 >"$OUT/bench_bert_drop.log" 2>&1
+    note "| bert-base dropout 0.1 | $(bench_row "$OUT/bench_bert_drop.log") |"
+    PYTHONUNBUFFERED=1 timeout 300 python3 tools/bert_peer.py --model bert-base --batch 64 --seq 512 --steps 10 \
+        --dropout 0.1 >"$OUT/bert_peer_drop.log" 2>&1
+    note "| bert peer dropout 0.1 | $(grep -E "^\| transformers" "$OUT/bert_peer_drop.log" | tail -1) |"
 fi
 
 # LoRA / QLoRA fine-tuning of the LLaMA-2-7B shape (random weights), anvil beside transformers +
