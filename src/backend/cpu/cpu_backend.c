@@ -825,6 +825,8 @@ static const Backend cpu_backend = {
     .gelu_erf_bwd = cpu_gelu_erf_bwd,
     .gather_rows = cpu_gather_rows,
     .scatter_rows = cpu_scatter_rows,
+    .xent_vp_stats = cpu_xent_vp_stats,
+    .xent_vp_finish = cpu_xent_vp_finish,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }
