@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "model/moe.h"
+#include "model/tp.h"
 
 static int is_rms(const Model *m) { return !cfg_layernorm(&m->cfg); }
 
@@ -127,7 +128,8 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     /* token-type embeddings (every token of type 0) first, so that the word ids are the last lookup's
      * (the CUDA backend keeps those for embed_bwd) */
     if (m->tte >= 0) be->embed_fwd(bufs->scratch, m->types, params_w(ps, m->tte), NULL, B, T, C, 0);
-    be->embed_fwd(a0->res, tokens, params_w_dense(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    if (m->tp) tp_embed_fwd(m, a0->res, bufs->scratch, B, T); /* vocabulary-parallel (model/tp.h) */
+    else be->embed_fwd(a0->res, tokens, params_w_dense(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
     if (m->tte >= 0) be->add(a0->res, a0->res, bufs->scratch, (size_t)N * C);
     model_weights_need(m, 1, 2);
     be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
