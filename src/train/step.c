@@ -57,6 +57,9 @@ int train_step_dist(Model *m, Optimizer *o, Dist *d, const StepBatch *b, const S
         sums[1] = n ? be->sumsq(m->ps.grad + lo, n) : 0.0;
         if (dist_sum_f64(d, sums, 2)) return -1;
         gnorm = sqrt(sums[1]);
+    } else if (dp && d->tp > 1) { /* tensor parallel: each rank holds slices (dist.h dist_tp_grad_sumsq) */
+        if (dist_tp_grad_sumsq(d, &m->ps, &gnorm) || dist_sum_f64(d, sums, 1)) return -1;
+        gnorm = sqrt(gnorm);
     } else {
         gnorm = m->pt.n_train ? sqrt(be->sumsq(m->ps.grad, m->pt.n_train)) : 0.0;
         if (dp && dist_sum_f64(d, sums, 1)) return -1;
