@@ -950,8 +950,13 @@ out:
 
 static void print_header(const Run *r)
 {
-    const ModelConfig *c = &r->m->cfg;
-    const ParamTable *pt = &r->m->pt;
+    int tp = run_tp(r); /* the whole model, and what each tp rank holds of it */
+    const ModelConfig *c = tp ? &r->whole.cfg : &r->m->cfg;
+    const ParamTable *pt = tp ? &r->whole.pt : &r->m->pt;
+    char tpbuf[128] = "";
+    if (tp)
+        snprintf(tpbuf, sizeof(tpbuf), "; each tp rank %d heads (%d kv), %.2fM parameters", r->m->cfg.n_head,
+                 r->m->cfg.n_kv_head, param_count_all(&r->m->pt) / 1e6);
     const Dist *d = &r->dist;
     long step_tokens = (long)r->tc->batch_size * r->tc->seq_len * r->accum * (dist_active(d) ? d->world : 1);
     if (r->quiet) return;
@@ -967,9 +972,9 @@ static void print_header(const Run *r)
     size_t tern = param_count_kind(pt, PARAM_TERNARY);
     char tbuf[64] = "";
     if (tern) snprintf(tbuf, sizeof(tbuf), "%.2fM integer-ternary, ", tern / 1e6);
-    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %s%.2fM frozen, "
+    printf("model: %s, %d layers, d_model %d, %d heads (%d kv)%s | parameters: %.2fM trainable, %s%.2fM frozen, "
            "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
-           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6, tbuf,
+           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, tpbuf, param_count(pt) / 1e6, tbuf,
            (param_count_all(pt) - param_count(pt) - tern) / 1e6, param_count_all(pt) / 1e6, r->be->name,
            r->tc->batch_size, r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
     if (c->moe_experts > 0)
