@@ -264,7 +264,7 @@ check "interrupt: no 'final' for an unfinished run" test ! -e "$tmp/int/final"
 
 # ---- errors ----
 expect_fail zero4 "dist.zero: expected 0, 1, 2 or 3" train "$tmp/t.yaml" --set dist.zero=4
-expect_fail tp2 "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/t.yaml" --set dist.tp=2
+expect_fail tp2 "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/t.yaml" --set dist.tp=2 --set out_dir="$tmp/tp2"
 expect_fail bad-comm "dist.comm|expected auto, tcp, mpi or nccl" train "$tmp/t.yaml" --set dist.comm=gloo
 expect_fail launch-usage "launch: unknown option" launch --nope 2 -- train "$tmp/t.yaml"
 if RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "$ANVIL" train "$tmp/t.yaml" --set out_dir="$tmp/three" \
