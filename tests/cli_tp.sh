@@ -5,10 +5,12 @@
 #     (tied head, biases) and a LLaMA-style one (GQA 4 heads / 2 kv heads, untied head), both with an
 #     odd vocabulary (257: the slices are 129 and 128 rows); the gap is float rounding of sums split
 #     over the ranks;
-#   - tp 2 x dp 2 (4 ranks) gives the losses and weights of 1 rank with 2-fold accumulation;
+#   - tp 2 x dp 2 (4 ranks) gives the losses and weights of 1 rank with 2-fold accumulation, also
+#     with ZeRO-1, 2 and 3 over the data-parallel group;
 #   - the same under `mpirun -np 2` (MPI_Comm_split groups);
 #   - the checkpoint is the whole model (config.json of the whole, one optimizer.safetensors):
-#     resume tp 2 -> tp 1 and tp 1 -> tp 2 continue the run (same tolerances), and a tp 2 run loads
+#     resume tp 2 -> tp 1 and tp 1 -> tp 2 continue the run (same tolerances), also tp 2 x dp 2
+#     ZeRO-3 -> 1 rank and 1 rank -> tp 2 x dp 2 ZeRO-2, and a tp 2 run loads
 #     a tp 1 checkpoint through model.init (sliced on load);
 #   - what tp does not support is refused with one line naming the key.
 set -u
@@ -106,8 +108,17 @@ same_weights "llama GQA tp 2 vs 1 rank" "$tmp/l1" "$tmp/l2"
 run1 "$tmp/g.yaml" --set train.tokens_per_step=256 --set out_dir="$tmp/g1acc"
 launch 4 "$tmp/g.yaml" --set train.tokens_per_step=256 --set dist.tp=2 --set out_dir="$tmp/g22"
 check "tp 2 x dp 2: header" grep -q "^dist: 4 rank(s) (torchrun, comm tcp), dist.tp 2 x 2 data-parallel" "$tmp/run.log"
+check "tp 2 x dp 2: metrics of every rank" grep -q '"ranks": 4, .*"peak_mem_gib_ranks": \[[0-9.]*, [0-9.]*, [0-9.]*, [0-9.]*\]' \
+    "$tmp/g22/metrics.jsonl"
 same_losses "tp 2 x dp 2 vs 1 rank with accumulation" "$tmp/g1acc" "$tmp/g22"
 same_weights "tp 2 x dp 2 vs 1 rank with accumulation" "$tmp/g1acc" "$tmp/g22"
+# ZeRO over the data-parallel group: the same run
+for z in 1 2 3; do
+    launch 4 "$tmp/g.yaml" --set train.tokens_per_step=256 --set dist.tp=2 --set dist.zero=$z --set out_dir="$tmp/g22z$z"
+    same_losses "tp 2 x dp 2, ZeRO-$z vs 1 rank" "$tmp/g1acc" "$tmp/g22z$z"
+    same_weights "tp 2 x dp 2, ZeRO-$z vs 1 rank" "$tmp/g1acc" "$tmp/g22z$z"
+done
+check "ZeRO with tp: one optimizer file of the whole model" test -f "$tmp/g22z3/final/optimizer.safetensors"
 
 # ---- mpirun ----
 if command -v mpirun >/dev/null 2>&1; then
@@ -134,6 +145,18 @@ check "tp 1 -> 2: resumed at step 3" grep -q "resuming from $tmp/r12/step-000000
 same_losses "resume tp 1 -> 2 (llama)" "$tmp/l1" "$tmp/r12"
 same_weights "resume tp 1 -> 2 (llama)" "$tmp/l1" "$tmp/r12"
 
+# tp 2 x dp 2 with ZeRO-3 -> 1 rank, 1 rank -> tp 2 x dp 2 with ZeRO-2
+cp -r "$tmp/g22z3" "$tmp/rz31"
+rm -rf "$tmp/rz31/step-0000006"
+run1 "$tmp/g.yaml" --resume "$tmp/rz31" --set dist.tp=1 --set dist.zero=0 --set train.tokens_per_step=256
+same_losses "resume tp 2 x dp 2 ZeRO-3 -> 1 rank" "$tmp/g1acc" "$tmp/rz31"
+same_weights "resume tp 2 x dp 2 ZeRO-3 -> 1 rank" "$tmp/g1acc" "$tmp/rz31"
+cp -r "$tmp/g1acc" "$tmp/r1z2"
+rm -rf "$tmp/r1z2/step-0000006"
+launch 4 "$tmp/g.yaml" --resume "$tmp/r1z2" --set dist.tp=2 --set dist.zero=2 --set train.tokens_per_step=256
+same_losses "resume 1 rank -> tp 2 x dp 2 ZeRO-2" "$tmp/g1acc" "$tmp/r1z2"
+same_weights "resume 1 rank -> tp 2 x dp 2 ZeRO-2" "$tmp/g1acc" "$tmp/r1z2"
+
 # ---- model.init: a whole HF directory sliced on load ----
 sed -e '/^  preset:/,/^  n_kv_head:/d' -e "s|^model:|model:\n  init: $tmp/l1/step-0000003|" "$tmp/l.yaml" >"$tmp/i.yaml"
 run1 "$tmp/i.yaml" --set train.steps=3 --set out_dir="$tmp/i1"
@@ -147,7 +170,6 @@ check "model.init under tp 2: the losses of tp 1 ($(losses "$tmp/i1") / $(losses
 # ---- refusals ----
 expect_fail tp-one-process "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/g.yaml" --set dist.tp=2 \
     --set out_dir="$tmp/x"
-expect_fail tp-zero "dist.zero: 1 with dist.tp 2" train "$tmp/g.yaml" --set dist.tp=2 --set dist.zero=1
 expect_fail tp-lora "lora.r|dist.tp 2" train "$tmp/g.yaml" --set dist.tp=2 --set lora.r=4
 expect_fail tp-range "dist.tp: expected 1 .. 64" train "$tmp/g.yaml" --set dist.tp=0
 if "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/l.yaml" --set dist.tp=2 --set model.n_kv_head=1 \

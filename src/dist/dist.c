@@ -53,9 +53,6 @@ int dist_init_env(Dist *d, const DistOptions *o)
         if (d->env.launcher == DIST_LAUNCH_NONE || d->gworld % d->tp)
             return err_set("dist.tp: %d needs a multiple of %d ranks (anvil launch --nproc %d, mpirun -np %d); this "
                            "job has %d", d->tp, d->tp, d->tp, d->tp, d->env.launcher == DIST_LAUNCH_NONE ? 1 : d->gworld);
-        if (o->zero)
-            return err_set("dist.zero: %d with dist.tp %d is not supported yet (ZeRO would shard the tp slices); use "
-                           "dist.zero 0", o->zero, d->tp);
         d->tp_rank = d->grank % d->tp;
         d->rank = d->grank / d->tp;
         d->world = d->gworld / d->tp;
@@ -346,20 +343,21 @@ int dist_tp_model(Dist *d, const ModelConfig *full, size_t act_size, ModelTp *tp
 int dist_tp_grad_sumsq(Dist *d, const ParamStore *ps, double *sumsq)
 {
     const ParamTable *pt = ps->pt;
-    double split = 0, whole = 0;
+    double s[2] = {0, 0}; /* split, whole tensors: this rank's part of the segment (ZeRO: its shard) */
     for (int i = 0; i < pt->n; i++) {
-        const float *g = params_g(ps, i);
-        if (!g || pt->p[i].kind != PARAM_TRAIN) continue;
-        double s = ps->be->sumsq(g, pt->p[i].numel);
-        if (tp_role_split(pt->p[i].role)) split += s;
-        else whole += s;
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TRAIN) continue;
+        size_t a = MAX(p->seg, d->my_lo), e = MIN(p->seg + p->numel, d->my_hi);
+        if (e <= a) continue;
+        s[tp_role_split(p->role) ? 0 : 1] += ps->be->sumsq(ps->grad + (a - ps->grad_lo), e - a);
     }
-    double *all = xmalloc(sizeof(double) * (size_t)d->tp);
-    int rc = dist_tp_gather(d, &split, all, sizeof(double));
-    double s = 0;
-    for (int k = 0; k < d->tp; k++) s += all[k]; /* in rank order: the same bits on every rank */
+    if (d->opt.zero && dist_sum_f64(d, s, 2)) return -1; /* ZeRO: the shards of the data-parallel group */
+    double *all = xmalloc(sizeof(s) * (size_t)d->tp);
+    int rc = dist_tp_gather(d, s, all, sizeof(s));
+    double t = all[1]; /* the whole tensors: tp rank 0's sum (the same bits on every rank) */
+    for (int k = 0; k < d->tp; k++) t += all[2 * k]; /* the slices, in rank order */
     free(all);
-    *sumsq = s + whole;
+    *sumsq = t;
     return rc;
 }
 

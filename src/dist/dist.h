@@ -147,8 +147,9 @@ struct ModelTp;
  * vocabulary slice and the collectives over tp_comm (sums in the act dtype of act_size bytes).
  * -1 with err_set() when the config cannot be split (tp_config_local). */
 int dist_tp_model(Dist *d, const ModelConfig *full, size_t act_size, struct ModelTp *tp);
-/* The squared gradient norm of the whole model under tensor parallel: the split tensors' sums of
- * squares added over the tp group, the whole (replicated) tensors' once. */
+/* The squared gradient norm of the whole model under tensor parallel, after the reduction: the split
+ * tensors' sums of squares added over the tp group, the whole (replicated) tensors' once (ZeRO: over
+ * the shards of the data-parallel group first). */
 int dist_tp_grad_sumsq(Dist *d, const ParamStore *ps, double *sumsq);
 /* all (P * bytes, host) = every tp rank's mine (host), in tp rank order. */
 int dist_tp_gather(Dist *d, const void *mine, void *all, size_t bytes);

@@ -198,7 +198,8 @@ static const KeyDef keys[] = {
      "Tensor-parallel ranks per model replica (Megatron-style, within a node): the job's ranks form replicas of "
      "dist.tp adjacent ranks, each holding a slice of every block's heads and MLP units and of the vocabulary; "
      "data parallel runs over the replicas (world = tp x dp). Must divide the ranks, model.n_head, "
-     "model.n_kv_head and model.d_ff; dense gpt2/llama models, dist.zero 0, no LoRA (docs/distributed.md)."},
+     "model.n_kv_head and model.d_ff; dense gpt2/llama models, no LoRA; dist.zero shards over the replicas "
+     "(docs/distributed.md)."},
     {"dist.timeout_s", CT_FLOAT, F(dist_timeout_s), "600",
      "Longest wait of a collective (and of the rendezvous) for the other ranks: past it the rank exits with "
      "status 1 naming the collective, instead of hanging on a dead peer. Must exceed the longest step, "
@@ -566,9 +567,6 @@ int train_config_validate(const TrainConfig *tc)
         return err_set("dist.zero: expected 0, 1, 2 or 3, got %d", tc->dist_zero);
     if (tc->dist_tp < 1 || tc->dist_tp > DIST_TP_MAX)
         return err_set("dist.tp: expected 1 .. %d ranks per replica, got %d", DIST_TP_MAX, tc->dist_tp);
-    if (tc->dist_tp > 1 && tc->dist_zero)
-        return err_set("dist.zero: %d with dist.tp %d is not supported yet (ZeRO would shard the tensor-parallel "
-                       "slices); use dist.zero 0", tc->dist_zero, tc->dist_tp);
     if (tc->dist_tp > 1 && (tc->lora_r || tc->lora_init[0]))
         return err_set("lora.r: LoRA with dist.tp %d is not supported (adapters are not split); use dist.tp 1",
                        tc->dist_tp);

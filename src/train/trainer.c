@@ -274,13 +274,35 @@ static int tp_gather_whole(Run *r, const float *local, float *whole, int seg)
     return rc;
 }
 
+/* Tensor parallel with ZeRO: the moments of this rank's shard [opt.lo, opt.hi) into seg (its whole
+ * trainable segment), from every rank of the data-parallel group; without ZeRO they are whole already. */
+static int dp_whole_moments(Run *r, const float *shard, float *seg)
+{
+    Dist *d = &r->dist;
+    size_t mine = r->opt.hi - r->opt.lo, most = 1;
+    if (!d->opt.zero) {
+        memcpy(seg, shard, r->m->pt.n_train * sizeof(float));
+        return 0;
+    }
+    for (int k = 0; k < d->world; k++) most = MAX(most, d->hi[k] - d->lo[k]);
+    float *buf = xcalloc(most, sizeof(float)), *all = xmalloc(most * (size_t)d->world * sizeof(float));
+    memcpy(buf, shard, mine * sizeof(float));
+    int rc = d->comm->host_all_gather(d->comm, buf, all, most * sizeof(float));
+    for (int k = 0; !rc && k < d->world; k++)
+        memcpy(seg + d->lo[k], all + (size_t)k * most, (d->hi[k] - d->lo[k]) * sizeof(float));
+    free(buf);
+    free(all);
+    return rc;
+}
+
 /* A checkpoint of every rank's state: rank 0 writes the model directory (and the optimizer file, or
  * the manifest of the shards), every rank of a ZeRO run its own shard, then rank 0 publishes. */
 static int save_checkpoint(Run *r)
 {
     Model *m = r->m;
     Dist *d = &r->dist;
-    int dp = dist_active(d), sharded = run_sharded(r), main = dist_main(d);
+    /* tensor parallel writes the whole model's optimizer file, ZeRO or not */
+    int dp = dist_active(d), sharded = run_sharded(r) && !run_tp(r), main = dist_main(d);
     if (dp && dist_params_whole(d, &m->ps)) return -1; /* every rank's master is whole for the save */
     size_t n = r->opt.n ? r->opt.n : 1;
     float *p = xmalloc(m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
@@ -294,11 +316,12 @@ static int save_checkpoint(Run *r)
     }
     const Model *cm = m; /* what the files describe: the whole model under tensor parallel */
     if (run_tp(r)) {
-        size_t nw = r->whole.pt.n_train ? r->whole.pt.n_train : 1;
+        size_t nw = r->whole.pt.n_train ? r->whole.pt.n_train : 1, nl = m->pt.n_train ? m->pt.n_train : 1;
         float *pw = xcalloc(r->whole.pt.total, sizeof(float)), *mw = xcalloc(nw, sizeof(float)),
-              *vw = xcalloc(nw, sizeof(float));
-        int e = tp_gather_whole(r, p, pw, 0) || tp_gather_whole(r, mm, mw, 1) || tp_gather_whole(r, vv, vw, 1);
-        free(p), free(mm), free(vv);
+              *vw = xcalloc(nw, sizeof(float)), *ml = xcalloc(nl, sizeof(float)), *vl = xcalloc(nl, sizeof(float));
+        int e = dp_whole_moments(r, mm, ml) || dp_whole_moments(r, vv, vl) || tp_gather_whole(r, p, pw, 0) ||
+                tp_gather_whole(r, ml, mw, 1) || tp_gather_whole(r, vl, vw, 1);
+        free(p), free(mm), free(vv), free(ml), free(vl);
         p = pw, mm = mw, vv = vw;
         cm = &r->whole;
         if (e) {
@@ -394,23 +417,23 @@ static int check_adapter_ckpt(const Run *r, const char *ck)
 }
 
 /* Tensor parallel: a checkpoint (the whole model, any layout of the moments) into this rank's slices:
- * p (local host image), mm, vv (local trainable segment). */
+ * p (local host image), mm, vv (the optimizer's part [opt.lo, opt.hi) of the local trainable segment). */
 static int tp_read_whole(Run *r, const char *ck, float *p, float *mm, float *vv)
 {
     const Dist *d = &r->dist;
-    size_t nw = r->whole.pt.n_train ? r->whole.pt.n_train : 1;
+    size_t nw = r->whole.pt.n_train ? r->whole.pt.n_train : 1, nl = r->m->pt.n_train ? r->m->pt.n_train : 1;
     float *pw = xcalloc(r->whole.pt.total, sizeof(float)), *mw = xcalloc(nw, sizeof(float)),
-          *vw = xcalloc(nw, sizeof(float));
+          *vw = xcalloc(nw, sizeof(float)), *ml = xcalloc(nl, sizeof(float)), *vl = xcalloc(nl, sizeof(float));
     tp_gather_whole(r, p, pw, 0); /* what the files do not hold stays as it is */
     int rc = ckpt_read_optimizer_range(ck, &r->whole, pw, 0, r->whole.pt.n_train, mw, vw);
     if (!rc) {
         tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, pw, p, 1, 0);
-        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, mw, mm, 1, 1);
-        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, vw, vv, 1, 1);
+        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, mw, ml, 1, 1);
+        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, vw, vl, 1, 1);
+        memcpy(mm, ml + r->opt.lo, (r->opt.hi - r->opt.lo) * sizeof(float));
+        memcpy(vv, vl + r->opt.lo, (r->opt.hi - r->opt.lo) * sizeof(float));
     }
-    free(pw);
-    free(mw);
-    free(vw);
+    free(pw), free(mw), free(vw), free(ml), free(vl);
     return rc;
 }
 
@@ -1049,9 +1072,9 @@ static int gather_rank_stats(Run *r, StepLog *s, double comm_s, double peak_byte
     r->stop = stop_requested;
     s->comm_s = comm_s;
     if (!dist_active(d)) return 0;
-    int w = d->world;
+    int w = d->gworld; /* every rank of every replica (tensor parallel: every GPU) */
     double mine[3] = {stop_requested ? 1 : 0, comm_s, peak_bytes}, *all = xmalloc(sizeof(double) * 3 * (size_t)w);
-    if (dist_gather_f64(d, mine, all, 3)) {
+    if (dist_world_gather_f64(d, mine, all, 3)) {
         free(all);
         return -1;
     }
@@ -1081,7 +1104,7 @@ static int train_loop(Run *r)
     double flops_token = model_flops_per_token(r->m, T);
     int on_gpu = strncmp(r->be->name, "cuda", 4) == 0;
     double t_run0 = now_s(), elapsed0 = r->st.elapsed_s;
-    double *peak_ranks = dp ? xcalloc((size_t)d->world, sizeof(double)) : NULL;
+    double *peak_ranks = dp ? xcalloc((size_t)d->gworld, sizeof(double)) : NULL;
     if (r->st.step >= tc->steps && !r->quiet)
         printf("the run is finished (step %d of train.steps %d): nothing to train; raise train.steps to continue "
                "it (--set train.steps=N)\n",
