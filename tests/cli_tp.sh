@@ -12,6 +12,7 @@
 #     resume tp 2 -> tp 1 and tp 1 -> tp 2 continue the run (same tolerances), also tp 2 x dp 2
 #     ZeRO-3 -> 1 rank and 1 rank -> tp 2 x dp 2 ZeRO-2, and a tp 2 run loads
 #     a tp 1 checkpoint through model.init (sliced on load);
+#   - model.freeze (frozen slices) and the validation loss give those of one rank;
 #   - what tp does not support is refused with one line naming the key.
 set -u
 . "$(dirname "$0")/lib_cli.sh"
@@ -164,6 +165,19 @@ launch 2 "$tmp/i.yaml" --set train.steps=3 --set dist.tp=2 --set out_dir="$tmp/i
 check "model.init under tp 2: the losses of tp 1 ($(losses "$tmp/i1") / $(losses "$tmp/i2"))" \
     awk -v a="$(losses "$tmp/i1")" -v b="$(losses "$tmp/i2")" -v t="$LOSS_RTOL" 'BEGIN {
         n = split(a, x, " "); m = split(b, y, " "); if (n != 3 || m != 3) exit 1
+        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
+        exit 0 }'
+
+# ---- model.freeze (frozen slices) and the validation loss under tp 2 ----
+run1 "$tmp/l.yaml" --set 'model.freeze=["model.layers.0.*"]' --set out_dir="$tmp/f1"
+launch 2 "$tmp/l.yaml" --set 'model.freeze=["model.layers.0.*"]' --set dist.tp=2 --set out_dir="$tmp/f2"
+same_losses "model.freeze: tp 2 vs 1 rank" "$tmp/f1" "$tmp/f2"
+same_weights "model.freeze: tp 2 vs 1 rank" "$tmp/f1" "$tmp/f2"
+val() { grep -o '"val_loss": [0-9.]*' "$1/metrics.jsonl" | sed 's/.* //' | tr '\n' ' '; }
+run1 "$tmp/g.yaml" --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3 --set out_dir="$tmp/v1"
+launch 2 "$tmp/g.yaml" --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3 --set dist.tp=2 --set out_dir="$tmp/v2"
+check "validation loss: tp 2 vs 1 rank ($(val "$tmp/v1") / $(val "$tmp/v2"))" awk -v a="$(val "$tmp/v1")" -v b="$(val "$tmp/v2")" \
+    -v t="$LOSS_RTOL" 'BEGIN { n = split(a, x, " "); m = split(b, y, " "); if (n != 2 || m != 2) exit 1
         for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
         exit 0 }'
 
