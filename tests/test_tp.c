@@ -148,7 +148,8 @@ static int split_vs_whole(Comm *comm, int rank, int llama, int recompute)
     tiny_config(&c, llama);
     int bad = 0, N = TB * TT;
     int32_t in[TB * TT], tg[TB * TT];
-    for (int i = 0; i < N; i++) in[i] = (i * 37 + 11) % c.vocab_size, tg[i] = i == 5 ? -1 : (i * 53 + 200) % c.vocab_size;
+    for (int i = 0; i < N; i++)
+        in[i] = (i * 37 + 11) % c.vocab_size, tg[i] = i == 5 ? -1 : (i * 53 + 200) % c.vocab_size;
     /* the whole model */
     Model *w = model_create(&c, be);
     model_init_gpt2(w, 42);
@@ -168,7 +169,11 @@ static int split_vs_whole(Comm *comm, int rank, int llama, int recompute)
     tp_slice(&c, TP, rank, &w->pt, &m->pt, gw, want, 1, 0);
     model_set_params(m, loc);
     model_reserve(m, TB, TT, recompute);
-    ModelTp tp = {.rank = rank, .size = TP, .full = c, .ctx = comm, .all_reduce_act = comm_reduce,
+    ModelTp tp = {.rank = rank,
+                  .size = TP,
+                  .full = c,
+                  .ctx = comm,
+                  .all_reduce_act = comm_reduce,
                   .all_gather_f32 = comm_gather};
     tp_vocab_part(c.vocab_size, TP, rank, &tp.v0, &tp.vn);
     tp_attach(m, &tp);
@@ -188,8 +193,8 @@ static int split_vs_whole(Comm *comm, int rank, int llama, int recompute)
             scale = fmax(scale, fabs(want[p->offset + j]));
         }
         if (worst > 1e-5 * fmax(scale, 1e-3)) {
-            fprintf(stderr, "rank %d %s: gradient of %s differs by %g (largest %g)\n", rank, llama ? "llama" : "gpt2",
-                    p->name, worst, scale);
+            fprintf(stderr, "rank %d %s: gradient of %s differs by %g (largest %g)\n", rank,
+                    llama ? "llama" : "gpt2", p->name, worst, scale);
             bad++;
         }
     }
@@ -234,7 +239,8 @@ static void test_split_model(void)
 
 int main(void)
 {
-    RUN(test_split_model); /* first: forked before this process starts OpenMP's threads (libgomp after fork hangs) */
+    RUN(test_split_model); /* first: forked before this process starts OpenMP's threads (libgomp after fork
+                              hangs) */
     RUN(test_vp_xent);
     RUN(test_slice_roundtrip);
     return test_summary();

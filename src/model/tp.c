@@ -10,23 +10,31 @@
 
 int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
 {
-    if (P < 1 || r < 0 || r >= P) return err_set("dist.tp: %d (rank %d in it) is not a group size (internal error)", P, r);
+    if (P < 1 || r < 0 || r >= P)
+        return err_set("dist.tp: %d (rank %d in it) is not a group size (internal error)", P, r);
     if (full->family == FAMILY_BERT)
-        return err_set("dist.tp: %d with the bert family is not supported (tensor parallel covers the gpt2 and "
-                       "llama families); use dist.tp 1", P);
+        return err_set(
+            "dist.tp: %d with the bert family is not supported (tensor parallel covers the gpt2 and "
+            "llama families); use dist.tp 1",
+            P);
     if (full->moe_experts)
-        return err_set("dist.tp: %d with model.moe.experts %d is not supported (experts are not split); use dist.tp 1",
-                       P, full->moe_experts);
+        return err_set(
+            "dist.tp: %d with model.moe.experts %d is not supported (experts are not split); use dist.tp 1",
+            P, full->moe_experts);
     if (full->ternary || full->sub_norm)
-        return err_set("dist.tp: %d with model.ternary (BitNet) is not supported (its per-tensor scales would need "
-                       "the whole tensor); use dist.tp 1", P);
+        return err_set(
+            "dist.tp: %d with model.ternary (BitNet) is not supported (its per-tensor scales would need "
+            "the whole tensor); use dist.tp 1",
+            P);
     if (full->n_head % P) return err_set("dist.tp: %d does not divide model.n_head %d", P, full->n_head);
-    if (full->n_kv_head % P) return err_set("dist.tp: %d does not divide model.n_kv_head %d", P, full->n_kv_head);
+    if (full->n_kv_head % P)
+        return err_set("dist.tp: %d does not divide model.n_kv_head %d", P, full->n_kv_head);
     if (full->d_ff % P) return err_set("dist.tp: %d does not divide model.d_ff %d", P, full->d_ff);
     int v0, vn;
     tp_vocab_part(full->vocab_size, P, P - 1, &v0, &vn);
     if (vn <= 0)
-        return err_set("dist.tp: %d ranks leave the last one no rows of model.vocab_size %d", P, full->vocab_size);
+        return err_set("dist.tp: %d ranks leave the last one no rows of model.vocab_size %d", P,
+                       full->vocab_size);
     *local = *full;
     local->n_head = full->n_head / P;
     local->n_kv_head = full->n_kv_head / P;
@@ -46,8 +54,14 @@ void tp_vocab_part(int V, int P, int r, int *v0, int *vn)
 int tp_role_split(int role)
 {
     switch (role) {
-    case PROLE_WTE: case PROLE_LM_HEAD: case PROLE_QKV_W: case PROLE_QKV_B: case PROLE_O_W:
-    case PROLE_FC_W: case PROLE_FC_B: case PROLE_PROJ_W:
+    case PROLE_WTE:
+    case PROLE_LM_HEAD:
+    case PROLE_QKV_W:
+    case PROLE_QKV_B:
+    case PROLE_O_W:
+    case PROLE_FC_W:
+    case PROLE_FC_B:
+    case PROLE_PROJ_W:
         return 1;
     default:
         return 0;
@@ -60,8 +74,10 @@ static void copy_block(float *whole, size_t wcols, float *local, size_t lcols, s
 {
     for (size_t i = 0; i < rows; i++) {
         float *w = whole + (row0 + i) * wcols + col0, *l = local + (lrow0 + i) * lcols;
-        if (to_local) memcpy(l, w, cols * sizeof(float));
-        else memcpy(w, l, cols * sizeof(float));
+        if (to_local)
+            memcpy(l, w, cols * sizeof(float));
+        else
+            memcpy(w, l, cols * sizeof(float));
     }
 }
 
@@ -71,16 +87,20 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
 {
     size_t wcols = pw->ndim == 2 ? (size_t)pw->shape[1] : 1, lcols = pl->ndim == 2 ? (size_t)pl->shape[1] : 1;
     size_t wrows = pw->numel / wcols, lrows = pl->numel / lcols;
-    size_t qd = (size_t)cfg_q_dim(c), kvd = (size_t)cfg_kv_dim(c), ql = qd / P, kvl = kvd / P, fl = (size_t)c->d_ff / P;
+    size_t qd = (size_t)cfg_q_dim(c), kvd = (size_t)cfg_kv_dim(c), ql = qd / P, kvl = kvd / P,
+           fl = (size_t)c->d_ff / P;
     switch (pw->role) {
-    case PROLE_QKV_W: case PROLE_QKV_B: /* rows [q | k | v]: r's heads of each */
+    case PROLE_QKV_W:
+    case PROLE_QKV_B: /* rows [q | k | v]: r's heads of each */
         copy_block(whole, wcols, local, lcols, ql, r * ql, 0, 0, wcols, to_local);
         copy_block(whole, wcols, local, lcols, kvl, qd + r * kvl, ql, 0, wcols, to_local);
         copy_block(whole, wcols, local, lcols, kvl, qd + kvd + r * kvl, ql + kvl, 0, wcols, to_local);
         break;
-    case PROLE_FC_W: case PROLE_FC_B: /* rows of r's units; llama [gate | up] */
+    case PROLE_FC_W:
+    case PROLE_FC_B: /* rows of r's units; llama [gate | up] */
         copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local);
-        if (c->family == FAMILY_LLAMA) copy_block(whole, wcols, local, lcols, fl, c->d_ff + r * fl, fl, 0, wcols, to_local);
+        if (c->family == FAMILY_LLAMA)
+            copy_block(whole, wcols, local, lcols, fl, c->d_ff + r * fl, fl, 0, wcols, to_local);
         break;
     case PROLE_O_W: /* columns of r's query heads */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * ql, ql, to_local);
@@ -88,7 +108,8 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
     case PROLE_PROJ_W: /* columns of r's units */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * fl, fl, to_local);
         break;
-    case PROLE_WTE: case PROLE_LM_HEAD: { /* rows of r's vocabulary slice */
+    case PROLE_WTE:
+    case PROLE_LM_HEAD: { /* rows of r's vocabulary slice */
         int v0, vn;
         tp_vocab_part(c->vocab_size, P, r, &v0, &vn);
         copy_block(whole, wcols, local, lcols, (size_t)vn, (size_t)v0, 0, 0, wcols, to_local);
@@ -96,14 +117,15 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
     }
     default: /* whole on every rank */
         if (pw->numel != pl->numel)
-            fatal("tp: %s has %zu elements whole and %zu on rank %d (internal error)", pw->name, pw->numel, pl->numel, r);
+            fatal("tp: %s has %zu elements whole and %zu on rank %d (internal error)", pw->name, pw->numel,
+                  pl->numel, r);
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, 0, wcols, to_local);
     }
     (void)lrows;
 }
 
-void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *wpt, const ParamTable *lpt, float *whole,
-              float *local, int to_local, int seg)
+void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *wpt, const ParamTable *lpt,
+              float *whole, float *local, int to_local, int seg)
 {
     if (wpt->n != lpt->n) fatal("tp: %d tensors whole, %d on rank %d (internal error)", wpt->n, lpt->n, r);
     for (int i = 0; i < wpt->n; i++) {
@@ -215,11 +237,13 @@ void tp_embed_bwd(Model *m, const void *dres, void *scratch, int B, int T)
     if (dwpe) be->embed_bwd(NULL, dwpe + (size_t)m->cfg.pos_offset * C, dres, tp->ids, B, T, C);
     if (!dwte) return;
     be->copy(scratch, dres, (size_t)B * T * C * be->act_size);
-    if (tp->nz) be->scatter_rows(scratch, tp->zeros, tp->zrows, tp->nz, C); /* rows of other slices add nothing */
+    if (tp->nz)
+        be->scatter_rows(scratch, tp->zeros, tp->zrows, tp->nz, C); /* rows of other slices add nothing */
     be->embed_bwd(dwte, NULL, scratch, tp->ids, B, T, C);
 }
 
-void tp_head_xent(Model *m, float *losses, void *dlnf, const void *lnf, const int32_t *targets, int N, float dscale)
+void tp_head_xent(Model *m, float *losses, void *dlnf, const void *lnf, const int32_t *targets, int N,
+                  float dscale)
 {
     ModelTp *tp = m->tp;
     const Backend *be = m->be;
@@ -228,5 +252,6 @@ void tp_head_xent(Model *m, float *losses, void *dlnf, const void *lnf, const in
     be->xent_vp_stats(tp->stats + (size_t)tp->rank * N * 3, tp->logits, targets, N, tp->vn, tp->v0);
     tp->all_gather_f32(tp->ctx, tp->stats, (size_t)N * 3);
     be->xent_vp_finish(losses, tp->logits, targets, tp->stats, tp->size, N, tp->vn, tp->v0, dscale);
-    if (dscale != 0) linear_bwd(ps, &m->head, dlnf, tp->logits, lnf, N, NULL); /* column-parallel: dlnf summed */
+    if (dscale != 0)
+        linear_bwd(ps, &m->head, dlnf, tp->logits, lnf, N, NULL); /* column-parallel: dlnf summed */
 }

@@ -40,14 +40,14 @@ typedef struct ModelTp {
     /* buf (size parts of n fp32, backend memory; this rank's part filled) = every rank's part */
     void (*all_gather_f32)(void *ctx, float *buf, size_t n);
     /* buffers of tp_attach (backend memory unless _host): */
-    int cap;               /* rows (Bmax x Tmax) */
-    int32_t *ids, *pos;    /* (cap) this slice's ids (0 for ids outside it), positions pos0 + t */
-    int32_t *zrows;        /* (cap) the rows whose id lies outside the slice; nz of them */
+    int cap;            /* rows (Bmax x Tmax) */
+    int32_t *ids, *pos; /* (cap) this slice's ids (0 for ids outside it), positions pos0 + t */
+    int32_t *zrows;     /* (cap) the rows whose id lies outside the slice; nz of them */
     int32_t *ids_host, *zrows_host, *pos_host;
     int nz;
-    void *zeros;           /* (cap, C) act zeros */
-    void *logits;          /* (cap, vn) act */
-    float *stats;          /* (size, cap, 3) */
+    void *zeros;  /* (cap, C) act zeros */
+    void *logits; /* (cap, vn) act */
+    float *stats; /* (size, cap, 3) */
 } ModelTp;
 
 /* This rank's slice of a config (above). -1 with err_set() naming the key that does not divide, or
@@ -69,7 +69,10 @@ void tp_attach(struct Model *m, ModelTp *tp);
 void tp_detach(struct Model *m);
 
 /* The group's all-reduce (linear.c). */
-static inline void tp_all_reduce_act(const ModelTp *tp, void *buf, size_t n) { tp->all_reduce_act(tp->ctx, buf, n); }
+static inline void tp_all_reduce_act(const ModelTp *tp, void *buf, size_t n)
+{
+    tp->all_reduce_act(tp->ctx, buf, n);
+}
 
 /* The host ids of a forward (N): this slice's ids, the rows outside it, the positions (uploaded). */
 void tp_tokens(struct Model *m, const int32_t *ids, int B, int T, int pos0);
