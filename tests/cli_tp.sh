@@ -5,6 +5,7 @@
 #     (tied head, biases) and a LLaMA-style one (GQA 4 heads / 2 kv heads, untied head), both with an
 #     odd vocabulary (257: the slices are 129 and 128 rows); the gap is float rounding of sums split
 #     over the ranks;
+#   - tp 4 (4 heads; vocabulary slices 65, 65, 65, 62) the same;
 #   - tp 2 x dp 2 (4 ranks) gives the losses and weights of 1 rank with 2-fold accumulation, also
 #     with ZeRO-1, 2 and 3 over the data-parallel group;
 #   - the same under `mpirun -np 2` (MPI_Comm_split groups);
@@ -96,6 +97,9 @@ run1 "$tmp/g.yaml"
 launch 2 "$tmp/g.yaml" --set dist.tp=2 --set out_dir="$tmp/g2"
 check "header names tp x dp" grep -q "^dist: 2 rank(s) (torchrun, comm tcp), dist.tp 2 x 1 data-parallel" "$tmp/run.log"
 check "header: the whole model and this rank's slice" grep -q "2 heads (2 kv); each tp rank 1 heads (1 kv)" "$tmp/run.log"
+mem=$(sed -n 's/^memory per rank (rank 0, dist.tp 2, dist.zero 0 over 1 replicas): \([0-9.]*\) bytes per trainable parameter of the whole model.*/\1/p' "$tmp/run.log")
+check "memory line: a rank holds about half of 16 bytes per parameter (got ${mem:-none})" \
+    awk -v m="${mem:-0}" 'BEGIN { exit !(m > 8 && m < 9) }'
 same_losses "gpt2 tp 2 vs 1 rank" "$tmp/g1" "$tmp/g2"
 same_weights "gpt2 tp 2 vs 1 rank" "$tmp/g1" "$tmp/g2"
 check "the checkpoint is the whole model" grep -q '"vocab_size": 257' "$tmp/g2/final/config.json"
@@ -104,6 +108,12 @@ run1 "$tmp/l.yaml"
 launch 2 "$tmp/l.yaml" --set dist.tp=2 --set out_dir="$tmp/l2"
 same_losses "llama GQA tp 2 vs 1 rank" "$tmp/l1" "$tmp/l2"
 same_weights "llama GQA tp 2 vs 1 rank" "$tmp/l1" "$tmp/l2"
+
+# ---- tp 4: 4 heads, vocabulary slices of 65, 65, 65 and 62 rows ----
+run1 "$tmp/g.yaml" --set model.n_head=4 --set model.n_kv_head=4 --set out_dir="$tmp/g1h4"
+launch 4 "$tmp/g.yaml" --set model.n_head=4 --set model.n_kv_head=4 --set dist.tp=4 --set out_dir="$tmp/g4"
+same_losses "gpt2 tp 4 vs 1 rank" "$tmp/g1h4" "$tmp/g4"
+same_weights "gpt2 tp 4 vs 1 rank" "$tmp/g1h4" "$tmp/g4"
 
 # ---- tp 2 x dp 2 (4 ranks) == 1 rank with 2-fold accumulation ----
 run1 "$tmp/g.yaml" --set train.tokens_per_step=256 --set out_dir="$tmp/g1acc"

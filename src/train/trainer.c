@@ -1023,7 +1023,14 @@ static void print_memory(const Run *r)
            mr.weights, mr.master, mr.grads, mr.optim, mr.acts, mr.workspace, mr.peak, param_count(&r->m->pt),
            param_count_kind(&r->m->pt, PARAM_TERNARY));
     const Dist *d = &r->dist;
-    if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
+    if (run_tp(r)) { /* what this rank holds of the whole model (docs/distributed.md "Tensor parallel") */
+        double P = (double)param_count(&r->whole.pt);
+        printf("memory per rank (rank 0, dist.tp %d, dist.zero %d over %d replicas): %.2f bytes per trainable "
+               "parameter of the whole model (weights %.2f, master %.2f, gradients %.2f, optimizer %.2f) + staging "
+               "%.2f (layer buffers)\n",
+               d->tp, d->opt.zero, d->world, (mr.weights + mr.master + mr.grads + mr.optim) / P, mr.weights / P,
+               mr.master / P, mr.grads / P, mr.optim / P, (double)dist_slot_bytes(d) / P);
+    } else if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
         double P = (double)param_count(&r->m->pt);
         printf("memory per rank (rank 0, dist.zero %d over %d ranks): %.2f bytes per trainable parameter "
                "(weights %.2f, master %.2f, gradients %.2f, optimizer %.2f) + staging %.2f (layer buffers)\n",
