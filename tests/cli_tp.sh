@@ -14,6 +14,7 @@
 #     ZeRO-3 -> 1 rank and 1 rank -> tp 2 x dp 2 ZeRO-2, and a tp 2 run loads
 #     a tp 1 checkpoint through model.init (sliced on load);
 #   - model.freeze (frozen slices) and the validation loss give those of one rank;
+#   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
 #   - what tp does not support is refused with one line naming the key.
 set -u
 . "$(dirname "$0")/lib_cli.sh"
@@ -190,6 +191,33 @@ check "validation loss: tp 2 vs 1 rank ($(val "$tmp/v1") / $(val "$tmp/v2"))" aw
     -v t="$LOSS_RTOL" 'BEGIN { n = split(a, x, " "); m = split(b, y, " "); if (n != 2 || m != 2) exit 1
         for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
         exit 0 }'
+
+# ---- a tp rank that dies: the job exits non-zero at once, naming it ----
+"$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/g.yaml" --set dist.tp=2 --set train.steps=100000 \
+    --set checkpoint.every=0 --set out_dir="$tmp/kill" >"$tmp/kill.out" 2>"$tmp/kill.err" &
+L=$!
+r1=""
+for i in $(seq 300); do # rank 1: the launcher's child with RANK=1 in its environment
+    if grep -qE "^step +3/" "$tmp/kill.out" 2>/dev/null; then
+        for k in $(pgrep -P "$L"); do
+            tr '\0' '\n' <"/proc/$k/environ" 2>/dev/null | grep -qx "RANK=1" && r1=$k
+        done
+    fi
+    [ -n "$r1" ] && break
+    sleep 0.1
+done
+if [ -n "$r1" ]; then
+    t0=$SECONDS
+    kill -KILL "$r1"
+    wait "$L"
+    rc=$?
+    check "killed tp rank: the job exits non-zero ($rc) at once ($((SECONDS - t0)) s)" test $rc -ne 0 -a $((SECONDS - t0)) -le 12
+    check "killed tp rank: named" grep -q "rank 1 (pid [0-9]*) was killed by signal 9" "$tmp/kill.err"
+else
+    bad "killed tp rank: rank 1 not found"
+    kill "$L" 2>/dev/null
+    wait "$L"
+fi
 
 # ---- refusals ----
 expect_fail tp-one-process "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/g.yaml" --set dist.tp=2 \

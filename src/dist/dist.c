@@ -307,7 +307,8 @@ static void tp_reduce_act(void *ctx, void *buf, size_t n)
     Comm *c = d->tp_comm;
     c->start_after_compute(c);
     if (c->all_reduce_sum(c, buf, n, d->act_size == 2 ? COMM_BF16 : COMM_F32))
-        fatal("rank %d: tensor parallel all_reduce: %s", d->grank, err_get());
+        fatal("rank %d: tensor parallel all_reduce (tp group of job ranks %d-%d): %s", d->grank, d->rank * d->tp,
+              d->rank * d->tp + d->tp - 1, err_get());
     c->compute_after_comm(c);
 }
 
@@ -319,7 +320,8 @@ static void tp_gather_f32(void *ctx, float *buf, size_t n)
     for (int k = 0; k < d->tp; k++) counts[k] = n;
     c->start_after_compute(c);
     if (c->all_gather(c, buf, counts, sizeof(float)))
-        fatal("rank %d: tensor parallel all_gather: %s", d->grank, err_get());
+        fatal("rank %d: tensor parallel all_gather (tp group of job ranks %d-%d): %s", d->grank, d->rank * d->tp,
+              d->rank * d->tp + d->tp - 1, err_get());
     c->compute_after_comm(c);
     free(counts);
 }
