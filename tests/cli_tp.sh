@@ -13,7 +13,7 @@
 #     resume tp 2 -> tp 1 and tp 1 -> tp 2 continue the run (same tolerances), also tp 2 x dp 2
 #     ZeRO-3 -> 1 rank and 1 rank -> tp 2 x dp 2 ZeRO-2, and a tp 2 run loads
 #     a tp 1 checkpoint through model.init (sliced on load);
-#   - model.freeze (frozen slices) and the validation loss give those of one rank;
+#   - model.freeze (frozen slices), model.dropout and the validation loss give those of one rank;
 #   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
 #   - what tp does not support is refused with one line naming the key.
 set -u
@@ -184,6 +184,11 @@ run1 "$tmp/l.yaml" --set 'model.freeze=["model.layers.0.*"]' --set out_dir="$tmp
 launch 2 "$tmp/l.yaml" --set 'model.freeze=["model.layers.0.*"]' --set dist.tp=2 --set out_dir="$tmp/f2"
 same_losses "model.freeze: tp 2 vs 1 rank" "$tmp/f1" "$tmp/f2"
 same_weights "model.freeze: tp 2 vs 1 rank" "$tmp/f1" "$tmp/f2"
+# model.dropout (embedding, attention-out and MLP-out: whole tensors, the same masks as one rank's)
+run1 "$tmp/g.yaml" --set model.dropout=0.1 --set out_dir="$tmp/d1"
+launch 2 "$tmp/g.yaml" --set model.dropout=0.1 --set dist.tp=2 --set out_dir="$tmp/d2"
+same_losses "model.dropout: tp 2 vs 1 rank" "$tmp/d1" "$tmp/d2"
+same_weights "model.dropout: tp 2 vs 1 rank" "$tmp/d1" "$tmp/d2"
 val() { grep -o '"val_loss": [0-9.]*' "$1/metrics.jsonl" | sed 's/.* //' | tr '\n' ' '; }
 run1 "$tmp/g.yaml" --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3 --set out_dir="$tmp/v1"
 launch 2 "$tmp/g.yaml" --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3 --set dist.tp=2 --set out_dir="$tmp/v2"

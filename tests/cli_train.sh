@@ -5,7 +5,8 @@
 #     ends with a validation loss far below the unigram entropy of that text;
 #   - resuming from a mid-run checkpoint reproduces the later losses and the
 #     final weights bit for bit; the same seed gives the same run;
-#   - gradient accumulation matches one large batch; model.init fine-tunes.
+#   - gradient accumulation matches one large batch; model.init fine-tunes;
+#   - model.dropout / model.attn_dropout: validated, said, recorded, a config.json's dropout noted.
 set -u
 . "$(dirname "$0")/lib_cli.sh"
 
@@ -191,6 +192,26 @@ check "auto: config.yaml records the number" grep -q "^  batch_size: 48$" "$tmp/
 check "auto: the same losses as batch_size 48" test "$(loss_of "$tmp/auto")" = "$(loss_of "$tmp/auto48")"
 expect_fail auto-indivisible "train.tokens_per_step|seq_len" train "$tmp/byte.yaml" --set train.batch_size=auto \
     --set train.tokens_per_step=1000 --set out_dir="$tmp/autobad"
+
+# ---- model.dropout / model.attn_dropout (docs/encoders.md): training only, recorded in config.yaml and in
+# the checkpoint's config.json; a model.init whose config.json asks for dropout the keys leave off gets a note ----
+expect_fail dropout-range "model.dropout: must be a probability in [0, 1), got 1" train "$tmp/byte.yaml" \
+    --set model.dropout=1
+expect_fail attn-dropout-range "model.attn_dropout: must be a probability" train "$tmp/byte.yaml" \
+    --set model.attn_dropout=-0.5
+"$ANVIL" train "$tmp/byte.yaml" --set train.steps=2 --set eval.steps=0 --set model.dropout=0.1 \
+    --set model.attn_dropout=0.05 --set checkpoint.every=2 --set out_dir="$tmp/drop" >"$tmp/drop.log" 2>&1
+check "dropout: said at start" grep -q "^dropout (training only): model.dropout 0.1, model.attn_dropout 0.05" "$tmp/drop.log"
+check "dropout: config.yaml records it" grep -q "^  attn_dropout: 0.05$" "$tmp/drop/config.yaml"
+check "dropout: config.json carries it" grep -q '"resid_pdrop": 0.1' "$tmp/drop/final/config.json"
+"$ANVIL" train "$tmp/byte.yaml" --set train.steps=2 --set eval.steps=0 --set out_dir="$tmp/nodrop" >/dev/null 2>&1
+check "dropout: the training loss differs from a run without it" \
+    test "$(loss_of "$tmp/drop")" != "$(loss_of "$tmp/nodrop")"
+"$ANVIL" train "$tmp/byte.yaml" --set model.preset= --set model.d_model=0 --set model.vocab_size=0 \
+    --set model.max_seq_len=0 --set model.init="$tmp/drop/final" --set train.steps=1 --set eval.steps=0 \
+    --set out_dir="$tmp/dropinit" >"$tmp/dropinit.log" 2>&1
+check "dropout: note for a config.json's dropout" \
+    grep -q "^note: model.init's config.json asks for dropout (hidden 0.1, attention 0.05)" "$tmp/dropinit.log"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -528,6 +528,52 @@ static void test_xent(void)
         }
 }
 
+/* The cross-entropy over vocabulary chunks (xent_chunk_stats / xent_chunk_grad, the head of a fused
+ * integer-ternary model read by row chunks): losses and dlogits on the GPU against the CPU's, chunk
+ * widths uneven (the last one short), a row ignored, targets in the first, a middle and the last chunk. */
+static void test_xent_chunks(void)
+{
+    const int N = 5, V = 50257, vc = 13824;
+    size_t n = (size_t)N * V;
+    float *l = randn(n, 3, 4);
+    int32_t tg[5] = {V - 1, -1, 7, 20000, 41000};
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g], *bes[] = {cpu, be};
+        fit(be, l, n);
+        float *loss[2], *dl[2];
+        for (int k = 0; k < 2; k++) {
+            const Backend *b = bes[k];
+            int32_t *t = up_i32(b, tg, N);
+            float *st = b->alloc(3 * N * sizeof(float)), *ls = b->alloc(N * sizeof(float));
+            float *part = xmalloc((size_t)N * vc * sizeof(float));
+            dl[k] = xmalloc(n * sizeof(float));
+            for (int pass = 0; pass < 2; pass++)
+                for (int v0 = 0; v0 < V; v0 += vc) {
+                    int w = V - v0 < vc ? V - v0 : vc;
+                    for (int i = 0; i < N; i++) memcpy(part + (size_t)i * w, l + (size_t)i * V + v0, w * sizeof(float));
+                    void *d = up_act(b, part, (size_t)N * w);
+                    if (pass == 0) {
+                        b->xent_chunk_stats(st, d, t, N, w, v0);
+                    } else {
+                        b->xent_chunk_grad(v0 == 0 ? ls : NULL, d, st, t, N, w, v0, 0.25f);
+                        float *h = down_act(b, d, (size_t)N * w);
+                        for (int i = 0; i < N; i++) memcpy(dl[k] + (size_t)i * V + v0, h + (size_t)i * w, w * sizeof(float));
+                        free(h);
+                    }
+                    b->free(d);
+                }
+            loss[k] = down_f32(b, ls, N);
+            b->free(t), b->free(st), b->free(ls);
+            free(part);
+        }
+        expect("xent_chunk loss", be, loss[1], loss[0], N, tol_for(be, TOL_F32, 1e-5));
+        expect("xent_chunk dlogits", be, dl[1], dl[0], n, tol_for(be, TOL_F32, TOL_BF16));
+        for (int k = 0; k < 2; k++) free(loss[k]), free(dl[k]);
+    }
+    free(l);
+}
+
 /* frozen: lm_head_xent gets dw == NULL (a frozen output head; dw comes back as dw0), still dinp */
 static void run_lm_head(const Backend *be, float **loss, float **dinp, float **dw, const float *x, const float *w,
                         const float *dw0, const int32_t *tg, int N, int C, int V, int frozen)
@@ -1765,6 +1811,228 @@ static void ternary_model_parity(int integer)
 static void test_model_bitnet(void) { ternary_model_parity(0); }
 static void test_model_ternary(void) { ternary_model_parity(1); }
 
+/* ------------------------------------------------- dropout (model.dropout, model.attn_dropout) */
+
+/* Attention with dropout on the probabilities (attention_drop_fwd/bwd: anvil's kernels on CUDA, flash for bf16
+ * and head_dim 64, else simple, whatever backend.attention says) against the CPU, causal and bidirectional:
+ * out, lse, dqkv. */
+static void attention_drop_case(const Backend *be, int causal, int B, int T, int nh, int nkv, int hd,
+                                const int32_t *lens, float p)
+{
+    size_t nq = (size_t)B * T * (nh + 2 * nkv) * hd, no = (size_t)B * T * nh * hd, nl = (size_t)B * nh * T;
+    float *qkv = randn(nq, 1, 31), *dout = randn(no, 1, 32);
+    fit(be, qkv, nq), fit(be, dout, no);
+    float *res[2][3];
+    const Backend *bes[2] = {cpu, be};
+    for (int k = 0; k < 2; k++) {
+        const Backend *b = bes[k];
+        void *q = up_act(b, qkv, nq), *d = up_act(b, dout, no), *o = b->alloc(no * b->act_size);
+        void *dq = b->alloc(nq * b->act_size);
+        float *l = b->alloc(nl * sizeof(float));
+        int32_t *ln = lens ? up_i32(b, lens, (size_t)B) : NULL;
+        b->attention_drop_fwd(o, l, q, ln, causal, B, T, nh, nkv, hd, p, 777);
+        b->attention_drop_bwd(dq, d, o, l, q, ln, causal, B, T, nh, nkv, hd, p, 777);
+        res[k][0] = down_act(b, o, no), res[k][1] = down_f32(b, l, nl), res[k][2] = down_act(b, dq, nq);
+        b->free(q), b->free(d), b->free(o), b->free(dq), b->free(l);
+        if (ln) b->free(ln);
+    }
+    char what[160];
+    snprintf(what, sizeof(what), "attention_drop %s B%d T%d nh%d nkv%d hd%d p%g", causal ? "causal" : "bidirectional", B,
+             T, nh, nkv, hd, p);
+    expect(what, be, res[1][0], res[0][0], no, tol_for(be, TOL_F32, TOL_BF16_ATT));
+    expect(what, be, res[1][1], res[0][1], nl, tol_for(be, TOL_F32, 1e-3));
+    expect(what, be, res[1][2], res[0][2], nq, tol_for(be, TOL_F32_GRAD, TOL_BF16_ATT));
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 3; j++) free(res[k][j]);
+    free(qkv), free(dout);
+}
+
+/* The mask itself, bit-identical on every backend: with q = k = 0 every probability of a row is 1 / ns and
+ * v row s = e_s (hd = T) puts probability (t, s) into output column s, so out = 0 exactly where dropped. */
+static void attention_drop_mask(int causal)
+{
+    int B = 2, T = 64, nh = 4, nkv = 2, hd = T, row = (nh + 2 * nkv) * hd;
+    size_t nq = (size_t)B * T * row, no = (size_t)B * T * nh * hd;
+    float *qkv = xcalloc(nq, sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int s = 0; s < T; s++)
+            for (int kh = 0; kh < nkv; kh++) qkv[((size_t)b * T + s) * row + (nh + nkv + kh) * hd + s] = 1.0f;
+    const Backend *bes[3] = {cpu, gpu32, gpu16};
+    float *res[3];
+    for (int k = 0; k < 3; k++) {
+        const Backend *b = bes[k];
+        void *q = up_act(b, qkv, nq), *o = b->alloc(no * b->act_size);
+        float *l = b->alloc((size_t)B * nh * T * sizeof(float));
+        b->attention_drop_fwd(o, l, q, NULL, causal, B, T, nh, nkv, hd, 0.1f, 4321);
+        res[k] = down_act(b, o, no);
+        b->free(q), b->free(o), b->free(l);
+    }
+    size_t differ = 0, kept = 0;
+    for (size_t i = 0; i < no; i++) {
+        differ += (res[0][i] == 0) != (res[1][i] == 0) || (res[0][i] == 0) != (res[2][i] == 0);
+        kept += res[0][i] != 0;
+    }
+    CHECKF(differ == 0, "attention dropout masks (causal %d) differ in %zu of %zu", causal, differ, no);
+    CHECK(kept > 0);
+    expect(causal ? "attention_drop mask causal" : "attention_drop mask", gpu32, res[1], res[0], no, TOL_F32);
+    for (int k = 0; k < 3; k++) free(res[k]);
+    free(qkv);
+}
+
+static void test_attention_drop(void)
+{
+    const int32_t l3[3] = {37, 5, 1}, l2[2] = {150, 70};
+    attention_drop_mask(1);
+    attention_drop_mask(0);
+    const Backend *gpus[2] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        attention_drop_case(be, 1, 2, 37, 4, 2, 16, NULL, 0.1f);
+        attention_drop_case(be, 1, 1, 150, 4, 2, 64, NULL, 0.1f); /* head_dim 64: bf16 the flash kernels, partial tiles */
+        attention_drop_case(be, 1, 2, 64, 8, 1, 64, NULL, 0.5f);
+        attention_drop_case(be, 0, 3, 37, 4, 2, 16, l3, 0.1f);
+        attention_drop_case(be, 0, 2, 150, 4, 4, 64, l2, 0.1f);
+        attention_drop_case(be, 0, 2, 150, 4, 2, 64, NULL, 0.3f);
+    }
+    /* flash: MHA, MQA, bidirectional with lengths and partial tiles, longer rows, both launch orders */
+    const int32_t l4[4] = {512, 300, 64, 129};
+    attention_drop_case(gpu16, 1, 2, 192, 2, 2, 64, NULL, 0.1f);
+    attention_drop_case(gpu16, 1, 1, 300, 8, 1, 64, NULL, 0.1f);
+    attention_drop_case(gpu16, 0, 4, 512, 4, 4, 64, l4, 0.1f);
+    for (int order = 1; order <= 2; order++) {
+        BackendOptions z = {0};
+        z.attn_launch_order = order;
+        set_opts(&z);
+        attention_drop_case(gpu16, 1, 2, 300, 4, 2, 64, NULL, 0.2f);
+        attention_drop_case(gpu16, 0, 2, 300, 4, 2, 64, NULL, 0.2f);
+    }
+    /* cuDNN asked for: still anvil's kernels (cuDNN's dropout masks are not ours), the same results */
+    BackendOptions o = {0};
+    o.attention = ATTN_IMPL_CUDNN;
+    set_opts(&o);
+    attention_drop_case(gpu16, 1, 2, 256, 4, 2, 64, NULL, 0.1f);
+    attention_drop_case(gpu16, 0, 2, 256, 4, 4, 64, NULL, 0.1f);
+    set_opts(NULL);
+}
+
+/* One training step with lengths (bert) or without, loss and gradients (host). */
+static float drop_step(Model *m, const int32_t *in, const int32_t *tg, const int32_t *lens, int B, int T, float scale,
+                       float **grads)
+{
+    model_zero_grad(m);
+    float loss = model_forward_len(m, in, tg, lens, B, T, scale, NULL);
+    model_backward(m);
+    *grads = xmalloc(m->pt.total * sizeof(float));
+    model_get_grads(m, *grads);
+    return loss;
+}
+
+/* A model with model.dropout 0.1 and model.attn_dropout 0.1 on the GPU against the CPU (the same masks):
+ * the training loss and every gradient in fp32 and bf16, and in the deterministic mode bit-identical repeats
+ * and recompute levels; eval-mode losses equal the model's without dropout; p = 0 allocates nothing. */
+enum { DM_GPT2, DM_LLAMA, DM_MOE, DM_BERT };
+static void dropout_model_parity(int kind)
+{
+    static const char *const names[] = {"gpt2", "llama", "moe", "bert"};
+    ModelConfig c;
+    if (kind == DM_BERT) {
+        model_config_defaults(&c, FAMILY_BERT);
+        c.n_layer = 2, c.n_head = 2, c.d_model = 128, c.d_ff = 256, c.vocab_size = 501, c.max_seq_len = 130;
+    } else {
+        c = small(kind == DM_GPT2 ? FAMILY_GPT2 : FAMILY_LLAMA);
+        if (kind == DM_MOE) c.moe_experts = 4, c.moe_top_k = 2, c.moe_d_ff = 128, c.moe_aux_coef = 0.1f;
+    }
+    ModelConfig c0 = c;
+    c.dropout = 0.1f, c.attn_dropout = 0.1f;
+    if (model_config_finish(&c) || model_config_finish(&c0)) fatal_err();
+    int B = 2, T = 80, N = B * T;
+    int32_t in[160], tg[160], lens[2] = {80, 45}, *ln = kind == DM_BERT ? lens : NULL;
+    Rng r;
+    rng_seed(&r, 79, (uint64_t)kind);
+    int scored = 0;
+    for (int i = 0; i < N; i++) {
+        in[i] = 1 + (int32_t)rng_below(&r, c.vocab_size - 1);
+        tg[i] = (int32_t)rng_below(&r, c.vocab_size);
+        if (kind == DM_BERT && (i % T >= lens[i / T] || rng_double(&r) >= 0.2)) tg[i] = -1;
+        if (kind == DM_BERT && i % T >= lens[i / T]) in[i] = 0;
+        scored += tg[i] >= 0;
+    }
+    float *p = NULL;
+    Model *mc = model_create(&c, cpu);
+    randomize(mc, 7);
+    p = xmalloc(mc->pt.total * sizeof(float));
+    model_get_params(mc, p);
+    if (kind == DM_MOE) { /* a decisive routing, as test_model_moe */
+        for (int k = 0; k < mc->pt.n; k++)
+            if (mc->pt.p[k].role == PROLE_ROUTER_W)
+                for (size_t j = 0; j < mc->pt.p[k].numel; j++) p[mc->pt.p[k].offset + j] *= 4.0f;
+        model_set_params(mc, p);
+    }
+    CHECK(model_reserve(mc, B, T, RECOMPUTE_NONE) == 0);
+    mc->dropout_seed = 99;
+    float *gref;
+    float lref = drop_step(mc, in, tg, ln, B, T, 1.0f / scored, &gref);
+    float eref = model_forward_len(mc, in, tg, ln, B, T, 0.0f, NULL); /* eval: no dropout */
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int det = 1; det >= 0; det--) {
+        set_det(det);
+        for (int g = 0; g < 2; g++) {
+            const Backend *be = gpus[g];
+            Model *m = model_create(&c, be), *m0 = model_create(&c0, be);
+            model_set_params(m, p), model_set_params(m0, p);
+            CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0 && model_reserve(m0, B, T, RECOMPUTE_NONE) == 0);
+            CHECK(m->drop_grad != NULL && m0->drop_grad == NULL); /* p = 0: no extra memory */
+            m->dropout_seed = 99;
+            float *gg;
+            float loss = drop_step(m, in, tg, ln, B, T, 1.0f / scored, &gg);
+            double worst = 0;
+            const char *wn = "";
+            for (int k = 0; k < m->pt.n; k++) {
+                const Param *q = &m->pt.p[k];
+                double e = rel_err_max(gg + q->offset, gref + q->offset, q->numel);
+                if (kind == DM_BERT && strstr(q->name, "qkv.b")) { /* the key bias's gradient is roundoff: q and v */
+                    size_t C = (size_t)c.d_model;
+                    e = fmax(rel_err_max(gg + q->offset, gref + q->offset, C),
+                             rel_err_max(gg + q->offset + 2 * C, gref + q->offset + 2 * C, C));
+                }
+                if (e > worst) worst = e, wn = q->name;
+            }
+            fprintf(stderr, "  dropout %s %s %s: loss %.7f (cpu %.7f), worst gradient %s %.3g\n", names[kind], be->name,
+                    det ? "deterministic" : "default", loss, lref, wn, worst);
+            CHECKF(fabsf(loss - lref) <= (g ? 2e-2f : 1e-5f) * fabsf(lref), "[%s] dropout %s loss %g vs cpu %g",
+                   be->name, names[kind], loss, lref);
+            /* bf16: MoE routing near-ties may flip (test_model_moe), so its tensors get that test's allowance */
+            CHECKF(worst <= tol_for(be, TOL_F32_GRAD, kind == DM_MOE ? 0.3 : 0.1), "[%s] dropout %s grads: %s rel err %.3g",
+                   be->name, names[kind], wn, worst);
+            /* eval mode: no dropout, the loss of the model without it */
+            float ev = model_forward_len(m, in, tg, ln, B, T, 0.0f, NULL);
+            float ev0 = model_forward_len(m0, in, tg, ln, B, T, 0.0f, NULL);
+            CHECKF(ev == ev0, "[%s] dropout %s: eval loss %g differs from the p = 0 model's %g", be->name, names[kind], ev,
+                   ev0);
+            CHECK_CLOSE(ev, eref, g ? 2e-2 : 1e-5);
+            if (det)
+                for (int level = 0; level <= 2; level++) {
+                    CHECK(model_reserve(m, B, T, level) == 0);
+                    float *g2;
+                    float l2 = drop_step(m, in, tg, ln, B, T, 1.0f / scored, &g2);
+                    CHECKF(l2 == loss && !memcmp(g2, gg, m->pt.total * 4), "[%s] dropout %s recompute %d: not bit-identical",
+                           be->name, names[kind], level);
+                    free(g2);
+                }
+            free(gg);
+            model_free(m), model_free(m0);
+        }
+    }
+    set_det(0);
+    free(p), free(gref);
+    model_free(mc);
+}
+
+static void test_model_dropout_gpt2(void) { dropout_model_parity(DM_GPT2); }
+static void test_model_dropout_llama(void) { dropout_model_parity(DM_LLAMA); }
+static void test_model_dropout_moe(void) { dropout_model_parity(DM_MOE); }
+static void test_model_dropout_bert(void) { dropout_model_parity(DM_BERT); }
+
 /* ANVIL_TEST_ONLY=substring runs only the matching tests (e.g. under compute-sanitizer). */
 #undef RUN
 #define RUN(fn)                                                                                  \
@@ -1796,6 +2064,7 @@ int main(void)
     RUN(test_eltwise);
     RUN(test_rope);
     RUN(test_xent);
+    RUN(test_xent_chunks);
     RUN(test_lm_head);
     RUN(test_attention);
     RUN(test_attention_len);
@@ -1819,5 +2088,10 @@ int main(void)
     RUN(test_ternary_update);
     RUN(test_model_bitnet);
     RUN(test_model_ternary);
+    RUN(test_attention_drop);
+    RUN(test_model_dropout_gpt2);
+    RUN(test_model_dropout_llama);
+    RUN(test_model_dropout_moe);
+    RUN(test_model_dropout_bert);
     return test_summary();
 }

@@ -241,7 +241,7 @@ static void check_head(ParamKind kind)
     float x[N * IN], losses[N], dinp[N * IN];
     int32_t tg[N] = {0, 8, -1, 3};
     fill_normal(x, N * IN, 1.0, 51);
-    linear_head_xent(&f.ps, &L, losses, dinp, x, tg, N, 1.0f);
+    linear_head_xent(&f.ps, &L, losses, dinp, x, tg, N, 1.0f, NULL);
     double err = 0, derr = 0;
     for (int i = 0; i < N; i++) {
         double z[OUT], mx = -1e30, sum = 0;

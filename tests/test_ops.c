@@ -400,6 +400,41 @@ static void test_xent(void)
     free(x), free(ref), free(g), free(xf), free(xf2), free(xf3);
 }
 
+/* The cross-entropy over vocabulary chunks (xent_chunk_stats, xent_chunk_grad), chunks of 4, 1 and 4
+ * classes of the 9: the losses of the double reference, the gradient by finite differences, and the
+ * target of row 0 (class 2) in the first chunk, of row 3 (class 5) in the one-class chunk. */
+static void test_xent_chunks(void)
+{
+    int N = 4, V = 9, dims[2] = {N, V}, cut[] = {0, 4, 5, 9};
+    size_t n = N * V;
+    double *x = malloc(n * 8), *ref = malloc(N * 8), *g = malloc(n * 8), R[4];
+    fill(x, n, 3);
+    double *in[1] = {x};
+    ref_xent(ref, in, dims);
+    float *xf = tof(x, n), losses[4], stats[12], chunk[4 * 9], dl[4 * 9];
+    float dscale = 0.37f;
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < 3; k++) {
+            int v0 = cut[k], vc = cut[k + 1] - cut[k];
+            for (int i = 0; i < N; i++) memcpy(chunk + (size_t)i * vc, xf + (size_t)i * V + v0, vc * sizeof(float));
+            if (pass == 0) {
+                be->xent_chunk_stats(stats, chunk, xent_tg, N, vc, v0);
+                continue;
+            }
+            be->xent_chunk_grad(k == 0 ? losses : NULL, chunk, stats, xent_tg, N, vc, v0, dscale);
+            for (int i = 0; i < N; i++) memcpy(dl + (size_t)i * V + v0, chunk + (size_t)i * vc, vc * sizeof(float));
+        }
+    CHECKF(rel_err_fd(losses, ref, N) < FWD_TOL, "chunked xent losses %g", rel_err_fd(losses, ref, N));
+    for (int i = 0; i < N; i++) R[i] = dscale;
+    size_t ni[1] = {n};
+    fd_grad(ref_xent, in, ni, 0, dims, R, N, g);
+    CHECKF(rel_err_fd(dl, g, n) < BWD_TOL, "chunked xent %g", rel_err_fd(dl, g, n));
+    float lonly[4] = {-1, -1, -1, -1};
+    be->xent_chunk_grad(lonly, NULL, stats, xent_tg, N, 0, 0, 0.0f); /* losses only */
+    CHECK(memcmp(lonly, losses, sizeof(lonly)) == 0);
+    free(x), free(ref), free(g), free(xf);
+}
+
 static void test_adamw(void)
 {
     /* two tensors: one decayed, one not; compare to the formula in double */
@@ -538,6 +573,7 @@ int main(void)
     RUN(test_rope);
     RUN(test_embed);
     RUN(test_xent);
+    RUN(test_xent_chunks);
     RUN(test_adamw);
     RUN(test_fused_gelu_ops);
     RUN(test_lm_head_xent_fd);

@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
 # gpu-ternary.sh - the GPU side of issue 15 (docs/ternary.md), on a machine staged by tools/gpu-stage.sh:
-#   cd .stage && bash tools/gpu-ternary.sh [OUT]
-#   1. build/tests/test_cuda's ternary cases (quantizers, trit unpack, the integer update bit-exact,
-#      BitNet and integer-ternary model parity against the CPU)
-#   2. tools/ternary_compare.sh on the GPU at the seed's setting (B=4, T=33, 200 steps), bf16
-#   3. the bitnet-2b shape (2.4B parameters) with train.optimizer: ternary (embeddings too, the update fused
-#      into the backward) at B=1, T=512: state and peak
-#   4. tools/ternary_compare.sh at the GPT-2 124M shape (12 x 768, B=16, T=1024, 200 steps), bf16
+#   cd .stage && bash tools/gpu-ternary.sh [OUT]          PARTS="test seed big 124m" by default
+#   test   build/tests/test_cuda's ternary cases (quantizers, trit unpack, the integer update bit-exact,
+#          BitNet and integer-ternary model parity against the CPU) and the chunked cross-entropy ops
+#   seed   tools/ternary_compare.sh on the GPU at the seed's setting (B=4, T=33, 200 steps), bf16
+#   big    the bitnet-2b shape (2.74B parameters) and the bitnet-3b shape (3.43B) with train.optimizer:
+#          ternary (embeddings too, the update fused into the backward, the vocabulary tensors by row
+#          chunks) at B=1, T=512: state and peak, recompute 0 and 1 (and bitnet-2b with whole vocabulary
+#          tensors, train.ternary.chunk_rows -1, the earlier layout)
+#   chunk  a small untied model on the GPU trained with the vocabulary tensors whole and by 30-row chunks:
+#          the same losses
+#   124m   tools/ternary_compare.sh at the GPT-2 124M shape (12 x 768, B=16, T=1024, 200 steps), bf16
 # Text: tests/data/sentences.txt (copy ../shared/data/text/sentences.txt there before staging).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-ternary-out}}
-mkdir -p "$out"
+mkdir -p "$out" runs
 [ -f payload.tgz ] && [ ! -x anvil ] && tar xzf payload.tgz
 . tools/gpu-env.sh
 data=tests/data/sentences.txt
+parts=" ${PARTS:-test seed big 124m} "
+has() { case "$parts" in *" $1 "*) return 0 ;; esac; return 1; }
 nvidia-smi -L | tee "$out/env.txt"
-ANVIL_TEST_ONLY=ternary build/tests/test_cuda 2>&1 | tee "$out/test_cuda_ternary.txt" | tail -n 12
-ANVIL_TEST_ONLY=bitnet build/tests/test_cuda 2>&1 | tee -a "$out/test_cuda_ternary.txt" | tail -n 4
-bash tools/ternary_compare.sh --device cuda --data "$data" --out runs/tc-seed 2>&1 | tee "$out/compare_seed.md"
-cat >runs/b2.yaml <<YAML
+if has test; then
+    ANVIL_TEST_ONLY=ternary build/tests/test_cuda 2>&1 | tee "$out/test_cuda_ternary.txt" | tail -n 12
+    ANVIL_TEST_ONLY=bitnet build/tests/test_cuda 2>&1 | tee -a "$out/test_cuda_ternary.txt" | tail -n 4
+    ANVIL_TEST_ONLY=xent_chunks build/tests/test_cuda 2>&1 | tee -a "$out/test_cuda_ternary.txt" | tail -n 4
+fi
+has seed && bash tools/ternary_compare.sh --device cuda --data "$data" --out runs/tc-seed 2>&1 | tee "$out/compare_seed.md"
+big_yaml() { # preset -> the run's config
+    cat <<YAML
 model:
-  preset: bitnet-2b
+  preset: $1
   ternary: none
 data:
   train: $data
@@ -42,8 +52,58 @@ eval:
 checkpoint:
   every: 0
 device: cuda
-out_dir: runs/b2
+out_dir: runs/big
 YAML
-./anvil train runs/b2.yaml --overwrite 2>&1 | tee "$out/bitnet2b_ternary.txt" | tail -n 8
-bash tools/ternary_compare.sh --device cuda --data "$data" --out runs/tc-124m --layers 12 --width 768 --heads 12 \
-    --ff 2048 --batch 16 --seq 1024 --lr 1e-3 2>&1 | tee "$out/compare_124m.md"
+}
+if has big; then
+    for preset in bitnet-2b bitnet-3b; do
+        big_yaml $preset >runs/$preset.yaml
+        for r in 0 1; do
+            echo "== $preset integer ternary, B 1 T 512, recompute $r"
+            ./anvil train runs/$preset.yaml --overwrite --set train.recompute=$r 2>&1 |
+                tee "$out/${preset}_ternary_r$r.txt" | grep -E "^(model|memory|step [34])"
+        done
+    done
+    echo "== bitnet-2b, vocabulary tensors whole (train.ternary.chunk_rows -1), recompute 0"
+    ./anvil train runs/bitnet-2b.yaml --overwrite --set train.ternary.chunk_rows=-1 2>&1 |
+        tee "$out/bitnet-2b_ternary_whole.txt" | grep -E "^(memory|step [34])"
+fi
+if has chunk; then
+    cat >runs/chunk.yaml <<YAML
+model:
+  preset: llama-tiny
+  vocab_size: 257
+  max_seq_len: 64
+  tie_embeddings: false
+data:
+  train: $data
+  tokenizer: byte
+train:
+  optimizer: ternary
+  ternary:
+    embeddings: true
+    fused: true
+  batch_size: 4
+  seq_len: 32
+  steps: 8
+  lr: 3e-3
+  warmup_steps: 2
+  log_every: 1
+eval:
+  every: 0
+  steps: 0
+checkpoint:
+  every: 0
+device: cuda
+YAML
+    for cr in -1 30; do
+        ./anvil train runs/chunk.yaml --overwrite --set out_dir=runs/chunk$cr --set train.ternary.chunk_rows=$cr \
+            >"$out/chunk$cr.txt" 2>&1 || echo "chunk_rows $cr failed: $(tail -n 2 "$out/chunk$cr.txt")"
+    done
+    losses() { sed -n 's/.*"step": \([0-9]*\), "loss": \([0-9.]*\).*/\1 \2/p' "$1/metrics.jsonl"; }
+    paste <(losses runs/chunk-1) <(losses runs/chunk30) | tee "$out/chunk_losses.txt"
+    if cmp -s <(losses runs/chunk-1) <(losses runs/chunk30); then echo "chunk: the same losses (cuda)"; else
+        echo "chunk: the losses DIFFER (cuda)"; fi
+fi
+has 124m && bash tools/ternary_compare.sh --device cuda --data "$data" --out runs/tc-124m --layers 12 --width 768 \
+    --heads 12 --ff 2048 --batch 16 --seq 1024 --lr 1e-3 2>&1 | tee "$out/compare_124m.md"

@@ -331,6 +331,36 @@ struct Backend {
     /* dinp rows idx[m] = dout row m (overwrite those rows, others untouched; idx distinct). */
     void (*scatter_rows)(void *dinp, const void *dout, const int32_t *idx, int M, int C);
 
+    /* ---- softmax cross-entropy over vocabulary chunks (appended; linear.c's head read by row chunks) ----
+     * stats (3 N) fp32, per row: the running max of the logits, the sum of exp(logit - max) and the
+     * target's logit, over the chunks seen so far. xent_chunk_stats folds in logits (N, V) (act), classes
+     * [v0, v0 + V) (v0 0 starts every row afresh); rows whose target is negative are left alone. */
+    void (*xent_chunk_stats)(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
+    /* With the statistics of every chunk: losses (N) = max + log(sum) - target logit (0 for a negative target)
+     * when losses is not NULL; and when logits is not NULL, logits (N, V) of classes [v0, v0 + V) become in
+     * place (softmax - onehot(target)) * dscale (0 for a negative target), as in xent_fwd_bwd. */
+    void (*xent_chunk_grad)(float *losses, void *logits, const float *stats, const int32_t *targets, int N, int V,
+                            int v0, float dscale);
+    /* ---- a hint (appended) ----
+     * on 1: the products that follow, until on 0, have a row count that changes from call to call (a
+     * mixture-of-experts layer's experts: the tokens routed to each). The CUDA backend then picks each
+     * product's cuBLASLt algorithm once per band of 128 rows (on the band's largest shape) instead of
+     * once per exact shape, and keeps no plan per shape. NULL or a no-op elsewhere. */
+    void (*ragged_products)(int on);
+    /* ---- attention dropout (appended; model.attn_dropout, docs/encoders.md) ----
+     * attention_fwd (causal 1) or attention_len_fwd (causal 0; lengths as there, ignored when causal) with
+     * inverted dropout on the softmax probabilities: out = (P o M / (1 - p)) V, where element (b, h, t, s)
+     * of P (query t, key s) is dropped when dropout_u32(seed, attn_dropout_index(b, h, t, s, nh, T)) <
+     * dropout_cut(p), on every backend, so that the same seed drops the same probabilities. lse is that of
+     * the undropped softmax (as attention_fwd's). Only the model's training forward calls it (p in (0, 1)). */
+    void (*attention_drop_fwd)(void *out, float *lse, const void *qkv, const int32_t *lengths, int causal, int B,
+                               int T, int nh, int nkv, int hd, float p, uint64_t seed);
+    /* Its backward (dqkv overwrite), the mask regenerated from the seed: with Pd = P o M / (1 - p),
+     * dV = Pd^T dO, dP = (dO V^T) o M / (1 - p), dS = P o (dP - rowsum(dO o O)) (O the dropped output). */
+    void (*attention_drop_bwd)(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                               const int32_t *lengths, int causal, int B, int T, int nh, int nkv, int hd, float p,
+                               uint64_t seed);
+
     /* ---- vocabulary-parallel loss (appended; tensor parallel, model/tp.h) ----
      * logits (N, V) are this rank's columns [v0, v0 + V) of the whole vocabulary; targets (N) are
      * ids of the whole vocabulary (negative = ignored). Per row, stats (N, 3) fp32 = the slice's max
@@ -365,6 +395,19 @@ static inline ANVIL_HOST_DEVICE uint32_t dropout_u32(uint64_t seed, uint64_t i)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+/* The threshold of a dropout probability: an element is dropped when its draw is below it. */
+static inline uint32_t dropout_cut(float p)
+{
+    double c = (double)p * 4294967296.0;
+    return c >= 4294967295.0 ? 4294967295u : c > 0 ? (uint32_t)c : 0u;
+}
+
+/* The draw index of attention probability (b, h, t, s) (query t, key s) of a (B, nh, T, T) score tensor. */
+static inline ANVIL_HOST_DEVICE uint64_t attn_dropout_index(int b, int h, int t, int s, int nh, int T)
+{
+    return (((uint64_t)b * (uint64_t)nh + (uint64_t)h) * (uint64_t)T + (uint64_t)t) * (uint64_t)T + (uint64_t)s;
 }
 
 /* Pointer to element `i` of an act buffer. */

@@ -51,6 +51,7 @@ typedef struct {
     int lora_r, ablate, head_unfused, accum;
     int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
     float lr;
+    float dropout, attn_dropout; /* --dropout, --attn-dropout: model.dropout, model.attn_dropout */
 } BenchArgs;
 
 static double now_s(void)
@@ -79,7 +80,7 @@ static void usage(FILE *f)
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
                "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]]\n"
                "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4]\n"
-               "                   [--head fused|unfused] [--accum N] [--ablate]\n"
+               "                   [--head fused|unfused] [--accum N] [--ablate] [--dropout P] [--attn-dropout P]\n"
                "defaults: --batch 4 (cpu) / 16 (gpu), --seq 64 (cpu) / the model's window (gpu), --steps 10,\n"
                "          --warmup 3, --device cpu, --recompute 0, --lr 6e-4, --lr-warmup 0, --ceiling-size 1024\n"
                "          (cpu) / 8192 (gpu; 0 skips it), --print-every 0 (off), --head fused, --accum 1\n"
@@ -94,6 +95,7 @@ static void usage(FILE *f)
                "--freeze freezes the tensors whose Hugging Face names match (as model.freeze).\n"
                "--lora R trains rank-R adapters over a frozen base (lora.targets, default all-linear);\n"
                "--quant stores the base's block linears 4-bit (QLoRA; random weights, synthetic 4-bit states).\n"
+               "--dropout and --attn-dropout train with model.dropout and model.attn_dropout (default 0).\n"
                "ANVIL_ATTENTION, ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC set the backend switches.\n"
                "presets: %s\n",
             model_preset_names());
@@ -154,6 +156,12 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--warmup")) rc = cli_int(f, v, 0, &a->warmup);
         else if (!strcmp(f, "--recompute")) rc = cli_int(f, v, 0, &a->recompute);
         else if (!strcmp(f, "--ceiling-size")) rc = cli_int(f, v, 0, &a->ceiling_n);
+        else if (!strcmp(f, "--dropout") || !strcmp(f, "--attn-dropout")) {
+            char *end;
+            float p = strtof(v, &end);
+            if (*end || end == v || !(p >= 0 && p < 1)) rc = err_set("bench: %s: expected a probability in [0, 1), got \"%s\"", f, v);
+            else *(f[2] == 'd' ? &a->dropout : &a->attn_dropout) = p;
+        }
         else return err_set("bench: unknown option \"%s\" (try --help)", f);
         if (rc) return -1;
     }
@@ -406,6 +414,8 @@ int cmd_bench(int argc, char **argv)
         fprintf(stderr, "anvil: bench: %s\n", err_get());
         return 1;
     }
+    c.dropout = a.dropout; /* checked by parse_args */
+    c.attn_dropout = a.attn_dropout;
     int is_cpu = !strcmp(a.device, "cpu");
     if (a.B < 0) a.B = is_cpu ? 4 : 16;
     if (a.T < 0) a.T = is_cpu ? 64 : c.max_seq_len;
@@ -514,6 +524,8 @@ int cmd_bench(int argc, char **argv)
 #ifdef ANVIL_CUDA
     if (!is_cpu) attn = cudnn_attention_info();
 #endif
+    /* training attention with dropout on its probabilities runs anvil's kernels (backend.h attention_drop_fwd) */
+    if (c.attn_dropout > 0 && !is_cpu) attn = "anvil's kernels (model.attn_dropout > 0: not cuDNN)";
     printf("attention: %s | backend.attention %s | backend.gemm_tune %s | deterministic %s\n", attn,
            backend_attention_name(bo.attention), backend_gemm_tune_name(bo.gemm_tune), bo.deterministic ? "on" : "off");
     int rc = a.json ? write_json(&a, be, step, fpt, ceiling, peak_mem, first_loss, last_loss, attn, &mr) : 0;

@@ -1289,6 +1289,43 @@ void hf_tensors_free(HfTensor *t, int n)
     free(t);
 }
 
+/* The largest number among keys[] of root (0 for absent or non-numeric keys). */
+static float max_number(json_t *root, const char *const *keys, int n)
+{
+    double v = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *x = json_object_get(root, keys[i]);
+        if (json_is_number(x) && json_number_value(x) > v) v = json_number_value(x);
+    }
+    return (float)v;
+}
+
+int hf_config_dropout(const char *dir, float *hidden, float *attn)
+{
+    static const char *const hk[] = {"hidden_dropout_prob", "resid_pdrop", "embd_pdrop", "hidden_dropout"};
+    static const char *const ak[] = {"attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"};
+    char *path = fs_join(dir, "config.json"), *text = NULL;
+    size_t n;
+    json_error_t jerr;
+    json_t *root = NULL;
+    int rc = -1;
+    *hidden = *attn = 0;
+    if (fs_read_file(path, &text, &n) != 0) goto out;
+    root = json_loadb(text, n, 0, &jerr);
+    if (!json_is_object(root)) {
+        err_set("%s: invalid JSON at line %d: %s", path, jerr.line, jerr.text);
+        goto out;
+    }
+    *hidden = max_number(root, hk, (int)ARRAY_LEN(hk));
+    *attn = max_number(root, ak, (int)ARRAY_LEN(ak));
+    rc = 0;
+out:
+    json_decref(root);
+    free(text);
+    free(path);
+    return rc;
+}
+
 /* ---- writing ---- */
 
 /* A JSON real holding the shortest decimal that reads back as x, so that
@@ -1423,10 +1460,11 @@ static json_t *config_json(const ModelConfig *c, int dtype, int packed)
         json_object_set_new(j, "n_inner", c->d_ff == 4 * c->d_model ? json_null() : json_integer(c->d_ff));
         json_object_set_new(j, "activation_function", json_string("gelu_new"));
         json_object_set_new(j, "layer_norm_epsilon", json_float(c->norm_eps));
-        /* anvil trains without dropout; say so, so fine-tuning in transformers matches */
-        json_object_set_new(j, "attn_pdrop", json_real(0.0));
-        json_object_set_new(j, "embd_pdrop", json_real(0.0));
-        json_object_set_new(j, "resid_pdrop", json_real(0.0));
+        /* the run's dropout (0 unless model.dropout / model.attn_dropout), so that fine-tuning in transformers,
+         * which applies these in train mode, matches */
+        json_object_set_new(j, "attn_pdrop", c->attn_dropout > 0 ? json_float(c->attn_dropout) : json_real(0.0));
+        json_object_set_new(j, "embd_pdrop", c->dropout > 0 ? json_float(c->dropout) : json_real(0.0));
+        json_object_set_new(j, "resid_pdrop", c->dropout > 0 ? json_float(c->dropout) : json_real(0.0));
         json_object_set_new(j, "scale_attn_weights", json_true());
         json_object_set_new(j, "scale_attn_by_inverse_layer_idx", json_false());
         json_object_set_new(j, "reorder_and_upcast_attn", json_false());
@@ -1443,9 +1481,11 @@ static json_t *config_json(const ModelConfig *c, int dtype, int packed)
         json_object_set_new(j, "layer_norm_eps", json_float(c->norm_eps));
         json_object_set_new(j, "pad_token_id", json_token(c->pad_token_id));
         json_object_set_new(j, "position_embedding_type", json_string("absolute"));
-        /* anvil trains encoders without dropout; say so, so that fine-tuning in transformers matches */
-        json_object_set_new(j, "hidden_dropout_prob", json_real(0.0));
-        json_object_set_new(j, "attention_probs_dropout_prob", json_real(0.0));
+        /* the run's dropout (0 unless model.dropout / model.attn_dropout), so that fine-tuning in transformers,
+         * which applies these in train mode, matches */
+        json_object_set_new(j, "hidden_dropout_prob", c->dropout > 0 ? json_float(c->dropout) : json_real(0.0));
+        json_object_set_new(j, "attention_probs_dropout_prob",
+                            c->attn_dropout > 0 ? json_float(c->attn_dropout) : json_real(0.0));
         json_object_set_new(j, "is_decoder", json_false());
         json_object_set_new(j, "use_cache", json_false());
         return j;

@@ -23,6 +23,13 @@ struct Model;
  * mistyped key, or an unsupported architecture / activation / RoPE type. */
 int hf_read_config(const char *dir, ModelConfig *cfg);
 
+/* The dropout probabilities dir/config.json asks for, 0 where it has none: *hidden the largest of
+ * hidden_dropout_prob, resid_pdrop, embd_pdrop, hidden_dropout; *attn the largest of
+ * attention_probs_dropout_prob, attn_pdrop, attention_dropout. transformers applies them in train mode;
+ * anvil never does (only model.dropout and model.attn_dropout turn dropout on): the trainer says so.
+ * -1 with err_set() when config.json cannot be read. */
+int hf_config_dropout(const char *dir, float *hidden, float *attn);
+
 /* 1 when dir holds model.safetensors or model.safetensors.index.json. */
 int hf_has_weights(const char *dir);
 /* Check config (as read from dir/config.json) against the shapes in the safetensors

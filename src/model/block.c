@@ -3,6 +3,7 @@
 #include "model/block.h"
 
 #include "core/error.h"
+#include "model/dropout.h"
 #include "model/moe.h"
 #include "model/tp.h"
 
@@ -66,6 +67,14 @@ static void mlp_act_fwd(Model *m, int l, LayerActs *a, int N)
     mlp_act_only(m, a, N);
 }
 
+/* Attention with dropout on its probabilities (training with cfg.attn_dropout, dropout.h). */
+static void attention_drop_fwd(Model *m, int l, LayerActs *a, int B, int T, const int32_t *lengths, int causal)
+{
+    const ModelConfig *c = &m->cfg;
+    m->be->attention_drop_fwd(a->att, a->lse, a->qkv, lengths, causal, B, T, c->n_head, c->n_kv_head, c->head_dim,
+                              c->attn_dropout, model_dropout_seed(m, l, DROP_SITE_ATTN_PROBS));
+}
+
 static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx)
 {
     const Backend *be = m->be;
@@ -73,12 +82,14 @@ static void attention_fwd(Model *m, int l, LayerActs *a, int B, int T, const Att
     int nh = c->n_head, nkv = c->n_kv_head, hd = c->head_dim;
     if (ctx->mode == ATTN_BIDIRECTIONAL) {
         if (ctx->kcache) fatal("attention: a KV cache in the bidirectional mode (internal error)");
-        be->attention_len_fwd(a->att, a->lse, a->qkv, ctx->lengths, B, T, nh, nkv, hd);
+        if (model_attn_dropout(m)) attention_drop_fwd(m, l, a, B, T, ctx->lengths, 0);
+        else be->attention_len_fwd(a->att, a->lse, a->qkv, ctx->lengths, B, T, nh, nkv, hd);
         return;
     }
     if (c->family == FAMILY_LLAMA) be->rope_fwd(a->qkv, m->inv_freq, B, T, nh, nkv, hd, ctx->pos0);
     if (!ctx->kcache) {
-        be->attention_fwd(a->att, a->lse, a->qkv, B, T, nh, nkv, hd);
+        if (model_attn_dropout(m)) attention_drop_fwd(m, l, a, B, T, NULL, 1);
+        else be->attention_fwd(a->att, a->lse, a->qkv, B, T, nh, nkv, hd);
         return;
     }
     be->kv_store(ctx->kcache[l], ctx->vcache[l], a->qkv, B, T, nh, nkv, hd, ctx->pos0, ctx->cap);
@@ -105,15 +116,17 @@ void block_fwd(Model *m, int l, LayerActs *a, int B, int T, const AttnCtx *ctx, 
     /* attention output projection into out, then x2 = x + it (post-LN: ln1 + it), ln2 = norm(x2) */
     const void *att = sub_norm_fwd(m, p->asub_w, a->att_sn, a->att_sn_rstd, a->att, N, cfg_q_dim(c));
     linear_fwd(&m->ps, &p->o, out, att, N, lb);
+    model_dropout_fwd(m, l, DROP_SITE_ATTN_OUT, out, (size_t)N * C);
     m->be->add_norm_fwd(a->res2, a->ln2, a->ln2_mean, a->ln2_rstd, c->post_norm ? a->ln1 : a->res, out,
                         params_w(&m->ps, p->ln2_w), params_w(&m->ps, p->ln2_b), N, C, c->norm_eps, is_rms(m));
     if (p->moe) {
         moe_fwd(m, l, a, N, out, lb);
-        return;
+    } else {
+        mlp_act_fwd(m, l, a, N);
+        const void *h = sub_norm_fwd(m, p->fsub_w, a->fch_sn, a->fch_sn_rstd, a->fch_act, N, c->d_ff);
+        linear_fwd(&m->ps, &p->proj, out, h, N, lb);
     }
-    mlp_act_fwd(m, l, a, N);
-    const void *h = sub_norm_fwd(m, p->fsub_w, a->fch_sn, a->fch_sn_rstd, a->fch_act, N, c->d_ff);
-    linear_fwd(&m->ps, &p->proj, out, h, N, lb);
+    model_dropout_fwd(m, l, DROP_SITE_MLP_OUT, out, (size_t)N * C);
 }
 
 void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int B, int T, const AttnCtx *ctx)
@@ -128,12 +141,19 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     /* token-type embeddings (every token of type 0) first, so that the word ids are the last lookup's
      * (the CUDA backend keeps those for embed_bwd) */
     if (m->tte >= 0) be->embed_fwd(bufs->scratch, m->types, params_w(ps, m->tte), NULL, B, T, C, 0);
-    if (m->tp) tp_embed_fwd(m, a0->res, bufs->scratch, B, T); /* vocabulary-parallel (model/tp.h) */
-    else be->embed_fwd(a0->res, tokens, params_w_dense(ps, m->wte), params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    if (m->tp) { /* vocabulary-parallel (model/tp.h) */
+        tp_embed_fwd(m, a0->res, bufs->scratch, B, T);
+    } else {
+        const int32_t *ids;
+        const void *wte = model_embed_table(m, tokens, N, &ids);
+        be->embed_fwd(a0->res, ids, wte, params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    }
     if (m->tte >= 0) be->add(a0->res, a0->res, bufs->scratch, (size_t)N * C);
+    if (!c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, a0->res, (size_t)N * C); /* the embedding output */
     model_weights_need(m, 1, 2);
     be->norm_fwd(a0->ln1, a0->ln1_mean, a0->ln1_rstd, a0->res, params_w(ps, m->lp[0].ln1_w),
                  params_w(ps, m->lp[0].ln1_b), N, C, c->norm_eps, is_rms(m));
+    if (c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, a0->ln1, (size_t)N * C); /* after the embedding norm */
     if (head != 0) model_weights_done(m, 0); /* a tied wte is the head too (model_forward releases it) */
     for (int l = 0; l < L; l++) {
         LayerActs *a = &bufs->la[bufs->shared ? 0 : l];
@@ -165,6 +185,7 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
     if (m->recompute == RECOMPUTE_NONE) return;
     be->norm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, a->res, params_w(ps, p->ln1_w), params_w(ps, p->ln1_b), N, C,
                  c->norm_eps, is_rms(m));
+    if (l == 0 && c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, a->ln1, (size_t)N * C); /* the same mask */
     if (m->recompute == RECOMPUTE_BLOCK) {
         AttnCtx ctx = model_ctx(m);
         block_fwd(m, l, a, B, T, &ctx, scratch);
@@ -188,44 +209,51 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     int N = B * T, C = c->d_model, rms = is_rms(m);
     LinearBufs lbs;
     const LinearBufs *lb = lora_bufs(m, l, a, &lbs);
-    /* MLP: out = act(linear_fc(ln2)) through linear_proj; dres = d(block output) */
+    size_t nc = (size_t)N * C;
+    /* MLP: out = act(linear_fc(ln2)) through linear_proj; dres = d(block output), dmlp = d(out) (through the
+     * output's dropout) */
+    const void *dmlp = model_dropout_grad(m, l, DROP_SITE_MLP_OUT, dres, nc);
     if (p->moe) {
-        moe_bwd(m, l, a, N, dres, d2, lb); /* d2 = d(ln2) */
+        moe_bwd(m, l, a, N, dmlp, d2, lb); /* d2 = d(ln2) */
     } else if (fused_gelu(m)) { /* d1 = d(fch) and the fc bias gradient in one op */
-        linear_gelu_bwd(ps, &p->proj, p->fc.b, d1, dres, a->fch_act, a->fch, N, lb);
+        linear_gelu_bwd(ps, &p->proj, p->fc.b, d1, dmlp, a->fch_act, a->fch, N, lb);
         Linear fc_nobias = p->fc;
         fc_nobias.b = -1; /* its bias gradient came with d1 */
         linear_bwd(ps, &fc_nobias, d2, d1, a->ln2, N, lb);
     } else if (p->fsub_w >= 0) { /* through ffn_sub_norm: d1 = d(fch_sn), d2 = d(fch_act) (norm_bwd adds) */
-        linear_bwd(ps, &p->proj, d1, dres, a->fch_sn, N, lb);
+        linear_bwd(ps, &p->proj, d1, dmlp, a->fch_sn, N, lb);
         be->zero(d2, (size_t)N * c->d_ff * be->act_size);
         be->norm_bwd(d2, params_g(ps, p->fsub_w), NULL, d1, a->fch_act, params_w(ps, p->fsub_w), NULL,
                      a->fch_sn_rstd, N, c->d_ff, 1);
         glu_bwd(m, d1, a->fch, d2, N);
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     } else {
-        linear_bwd(ps, &p->proj, d2, dres, a->fch_act, N, lb);
+        linear_bwd(ps, &p->proj, d2, dmlp, a->fch_act, N, lb);
         if (c->gelu_erf) be->gelu_erf_bwd(d1, a->fch, d2, (size_t)N * c->d_ff);
         else glu_bwd(m, d1, a->fch, d2, N);
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     }
-    size_t nc = (size_t)N * C;
     if (c->post_norm) { /* the output is ln2 + mlp: d(ln2) = dres + d2, and the norm's gradient replaces dres */
         be->add(d2, d2, dres, nc);
         be->zero(dres, nc * be->act_size);
     }
     be->norm_bwd(dres, params_g(ps, p->ln2_w), params_g(ps, p->ln2_b), d2, a->res2, params_w(ps, p->ln2_w),
                  a->ln2_mean, a->ln2_rstd, N, C, rms); /* dres = d(x2) */
-    /* attention (through attn_sub_norm: d1 = d(att_sn), then d2 = d(att)) */
+    /* attention (through attn_sub_norm: d1 = d(att_sn), then d2 = d(att)); dout_o = d(o output) through its dropout */
+    const void *dout_o = model_dropout_grad(m, l, DROP_SITE_ATTN_OUT, dres, nc);
     if (p->asub_w >= 0) {
-        linear_bwd(ps, &p->o, d1, dres, a->att_sn, N, lb);
+        linear_bwd(ps, &p->o, d1, dout_o, a->att_sn, N, lb);
         be->zero(d2, (size_t)N * cfg_q_dim(c) * be->act_size);
         be->norm_bwd(d2, params_g(ps, p->asub_w), NULL, d1, a->att, params_w(ps, p->asub_w), NULL, a->att_sn_rstd,
                      N, cfg_q_dim(c), 1);
     } else {
-        linear_bwd(ps, &p->o, d2, dres, a->att, N, lb);
+        linear_bwd(ps, &p->o, d2, dout_o, a->att, N, lb);
     }
-    if (c->bidirectional)
+    if (model_attn_dropout(m))
+        be->attention_drop_bwd(d1, d2, a->att, a->lse, a->qkv, c->bidirectional ? m->cur_lengths : NULL,
+                               !c->bidirectional, B, T, c->n_head, c->n_kv_head, c->head_dim, c->attn_dropout,
+                               model_dropout_seed(m, l, DROP_SITE_ATTN_PROBS));
+    else if (c->bidirectional)
         be->attention_len_bwd(d1, d2, a->att, a->lse, a->qkv, m->cur_lengths, B, T, c->n_head, c->n_kv_head,
                               c->head_dim);
     else be->attention_bwd(d1, d2, a->att, a->lse, a->qkv, B, T, c->n_head, c->n_kv_head, c->head_dim);
@@ -234,6 +262,8 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     if (c->post_norm) { /* x2 = ln1 + o: d(ln1) = d(x2) + d2 */
         be->add(d2, d2, dres, nc);
         be->zero(dres, nc * be->act_size);
+        /* block 0's ln1 is the embedding norm's output after its dropout: the same mask on the gradient */
+        if (l == 0) model_dropout_fwd(m, -1, DROP_SITE_EMBED, d2, nc);
     }
     be->norm_bwd(dres, params_g(ps, p->ln1_w), params_g(ps, p->ln1_b), d2, a->res, params_w(ps, p->ln1_w),
                  a->ln1_mean, a->ln1_rstd, N, C, rms); /* dres = d(x) */

@@ -81,6 +81,9 @@ static const Preset presets[] = {
     {"llama-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256, 0},
     /* BitNet b1.58 2B4T's shape (microsoft/bitnet-b1.58-2B-4T config.json), and a tiny one. */
     {"bitnet-2b", FAMILY_LLAMA, 30, 20, 5, 2560, 6912, 128256, 4096, 500000.0f},
+    /* the BitNet b1.58 paper's 3B shape (Ma et al. 2024: 26 layers, width 3200, 32 heads, GLU 8640) with
+     * LLaMA's 32K vocabulary, in the 2B4T's architecture: 3.43B parameters */
+    {"bitnet-3b", FAMILY_LLAMA, 26, 32, 32, 3200, 8640, 32000, 2048, 10000.0f},
     {"bitnet-tiny", FAMILY_LLAMA, 2, 4, 2, 64, 176, GPT2_VOCAB, 256, 0},
     /* The real shapes of open 7B-13B checkpoints (config.json of each release), for speed and memory
      * runs with random weights; real weights come through model.init. Mistral-7B's sliding window
@@ -121,7 +124,7 @@ static const MoePreset moe_presets[] = {
 const char *model_preset_names(void)
 {
     return "gpt2-124m, gpt2-350m, gpt2-760m, gpt2-1.3b, llama-1b, gpt2-tiny, llama-tiny, llama2-7b, llama2-13b, "
-           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny, bitnet-2b, bitnet-tiny, bert-base, bert-large, bert-tiny, "
+           "mistral-7b, llama3-8b, moe-1b, mixtral-8x7b, moe-tiny, bitnet-2b, bitnet-3b, bitnet-tiny, bert-base, bert-large, bert-tiny, "
            "roberta-base, roberta-tiny";
 }
 
@@ -236,8 +239,16 @@ static int moe_finish(ModelConfig *c)
     return 0;
 }
 
+/* A dropout probability: finite, in [0, 1). */
+static int dropout_check(const char *key, float p)
+{
+    if (!(p >= 0 && p < 1)) return err_set("%s: must be a probability in [0, 1), got %g", key, p);
+    return 0;
+}
+
 int model_config_finish(ModelConfig *c)
 {
+    if (dropout_check("model.dropout", c->dropout) || dropout_check("model.attn_dropout", c->attn_dropout)) return -1;
     /* Upper limits, far above every published model (the largest, LLaMA-3 405B, has 126 layers,
      * width 16384, 128 heads of 128, d_ff 53248, a 128256-token vocabulary; contexts reach 10M)
      * and low enough that every size and product below fits an int, and every tensor's element

@@ -64,6 +64,13 @@ typedef struct {
     int mlm_head;        /* the MLM head: dense + GELU + LayerNorm, decoder tied to wte, with a bias */
     int pad_token_id;    /* -1 when unknown */
     int tern_fused; /* integer-ternary tensors updated inside the backward (train.ternary.fused) */
+    int tern_chunk_rows; /* fused vocabulary tensors updated by row chunks of this many rows (0 automatic,
+                          * -1 whole; train.ternary.chunk_rows) */
+    /* Dropout while training only (model.dropout, model.attn_dropout; docs/encoders.md), 0 = none: dropout
+     * on the embedding output (bert: after the embedding LayerNorm) and on the attention and MLP branch
+     * outputs before their residual sums; attn_dropout on the attention probabilities. Never read from a
+     * config.json: only the keys turn it on. */
+    float dropout, attn_dropout;
 } ModelConfig;
 
 /* model.ternary: TERNARY_BITNET makes every block linear a BitLinear (fp32 latent weights,

@@ -136,9 +136,27 @@ static const void *linear_input(const ParamStore *ps, const LinearWeight *w, con
     return xq;
 }
 
+/* out (N, out) = inp @ W^T for a weight read by row chunks: each chunk's columns of out (no bias, no
+ * adapters: the vocabulary tensors that are chunked have neither). */
+static void linear_fwd_rows(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N)
+{
+    for (int k = 0; k < params_nchunks(ps->pt, L->w); k++) {
+        int r0, r1;
+        params_chunk(ps->pt, L->w, k, &r0, &r1);
+        const void *w = params_w_rows(ps, L->w, r0, r1);
+        ps->be->gemm(0, 1, N, r1 - r0, L->in, 1.0f, inp, L->in, w, L->in, 0.0f, act_at(ps->be, out, (size_t)r0),
+                     L->out, 0);
+    }
+}
+
 void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N, const LinearBufs *lb)
 {
     check_bufs(ps, L, lb);
+    if (ps->pt->p[L->w].chunk_rows) {
+        if (L->b >= 0 || L->n_adapters) fatal("linear: %s is read by row chunks but has a bias or adapters (internal error)", ps->pt->p[L->w].name);
+        linear_fwd_rows(ps, L, out, inp, N);
+        return;
+    }
     LinearWeight w = linear_weight_fwd(ps, L->w);
     const void *x = linear_input(ps, &w, inp, N, L->in);
     int row = L->split == LINEAR_ROW;
@@ -200,11 +218,48 @@ void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *
     params_grad_done(ps, L->w);
 }
 
+/* linear_head_xent of a weight read by row chunks (linear.h): pass 1 the running max, sum of exponentials
+ * and target logit of every row over the chunks; pass 2 per chunk its logits again, dlogits in place,
+ * dx += dlogits @ W_chunk (fp32), the chunk's gradient dlogits^T @ inp and its update; then dinp = dx. */
+static void head_xent_rows(const ParamStore *ps, const Linear *L, float *losses, void *dinp, const void *inp,
+                           const int32_t *targets, int N, float dscale, const LinearHeadBufs *hb)
+{
+    const Backend *be = ps->be;
+    int nk = params_nchunks(ps->pt, L->w), C = L->in;
+    if (!hb) fatal("linear: %s is read by row chunks but the head has no scratch (internal error)", ps->pt->p[L->w].name);
+    for (int k = 0; k < nk; k++) {
+        int r0, r1;
+        params_chunk(ps->pt, L->w, k, &r0, &r1);
+        be->matmul_fwd(hb->logits, inp, params_w_rows(ps, L->w, r0, r1), NULL, N, C, r1 - r0);
+        be->xent_chunk_stats(hb->stats, hb->logits, targets, N, r1 - r0, r0);
+    }
+    be->xent_chunk_grad(losses, NULL, hb->stats, targets, N, 0, 0, 0.0f);
+    if (dscale == 0) return;
+    for (int k = 0; k < nk; k++) {
+        int r0, r1;
+        params_chunk(ps->pt, L->w, k, &r0, &r1);
+        const void *w = params_w_rows(ps, L->w, r0, r1);
+        be->matmul_fwd(hb->logits, inp, w, NULL, N, C, r1 - r0);
+        be->xent_chunk_grad(NULL, hb->logits, hb->stats, targets, N, r1 - r0, r0, dscale);
+        if (dinp) be->gemm(0, 0, N, C, r1 - r0, 1.0f, hb->logits, r1 - r0, w, C, k ? 1.0f : 0.0f, hb->dx, C, 1);
+        if (params_g(ps, L->w)) {
+            params_grad_rows_begin(ps, L->w, r0, r1);
+            be->gemm(1, 0, r1 - r0, C, N, 1.0f, hb->logits, r1 - r0, inp, C, 1.0f, params_g(ps, L->w), C, 1);
+            params_grad_rows_done(ps, L->w, r0, r1);
+        }
+    }
+    if (dinp) be->cast_to_act(dinp, hb->dx, (size_t)N * C);
+}
+
 void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void *dinp, const void *inp,
-                      const int32_t *targets, int N, float dscale)
+                      const int32_t *targets, int N, float dscale, const LinearHeadBufs *hb)
 {
     if (L->n_adapters) fatal("linear: adapters on the output head are not supported (internal error)");
     if (L->split != LINEAR_WHOLE) fatal("linear: a split output head in lm_head_xent (internal error: tp_head_xent)");
+    if (ps->pt->p[L->w].chunk_rows) {
+        head_xent_rows(ps, L, losses, dinp, inp, targets, N, dscale, hb);
+        return;
+    }
     LinearWeight w = dscale != 0 ? linear_weight(ps, L->w) : linear_weight_fwd(ps, L->w);
     if (dscale != 0) params_grad_begin(ps, L->w);
     ps->be->lm_head_xent(losses, dscale != 0 ? dinp : NULL, dscale != 0 ? w.dw : NULL, inp, w.w, targets, N,

@@ -82,11 +82,22 @@ void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre
 void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *dpre, const void *dout,
                      const void *act, const void *pre, int N, const LinearBufs *lb);
 
+/* Scratch of a head whose weight is read by row chunks (a fused integer-ternary head, Param.chunk_rows),
+ * for up to N rows: the logits of one chunk (N, chunk_rows) act, the running softmax statistics (3 N)
+ * fp32 and dinp's fp32 sum over the chunks (N, in). NULL for any other head. */
+typedef struct {
+    void *logits;
+    float *stats, *dx;
+} LinearHeadBufs;
+
 /* The output head and the softmax cross-entropy over V = L->out classes, fused and chunked so that
  * the (N, V) logits never exist whole (backend.h lm_head_xent): losses (N); with dscale != 0 also
- * dinp (N, in) (overwrite) and dW += where W has a gradient. */
+ * dinp (N, in) (overwrite) and dW += where W has a gradient. A weight read by row chunks goes through
+ * two passes over its chunks (backend.h xent_chunk_stats, xent_chunk_grad): the softmax statistics,
+ * then each chunk's logits again, their gradient, its share of dinp, the chunk's weight gradient and
+ * its integer update (hb: its scratch). */
 void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void *dinp, const void *inp,
-                      const int32_t *targets, int N, float dscale);
+                      const int32_t *targets, int N, float dscale, const LinearHeadBufs *hb);
 
 /* FLOPs of one token through L: the forward 2*in*out; with backward also 2*in*out for dinp and,
  * when W is trainable, another 2*in*out for dW (6 or 4 per weight in all; docs/benchmarks.md);

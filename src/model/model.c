@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "core/rng.h"
 #include "model/block.h"
+#include "model/dropout.h"
 #include "model/moe.h"
 #include "model/tp.h"
 
@@ -262,15 +263,23 @@ static void free_acts(Model *m)
     if (m->lora_dt) be->free(m->lora_dt);
     if (m->lora_xd) be->free(m->lora_xd);
     m->lora_dt = m->lora_xd = NULL;
+    if (m->drop_grad) be->free(m->drop_grad);
+    m->drop_grad = NULL;
     if (m->logits == m->mlm_logits) m->logits = NULL; /* an encoder's logits are its head's */
     m->mlm_cap = 0;
     void *rest[] = {m->res_final, m->lnf, m->lnf_mean, m->lnf_rstd, m->logits, m->dres, m->dbuf1,
                     m->dbuf2, m->tokens, m->targets, m->losses, m->lengths, m->types, m->rows, m->mlm_x,
-                    m->mlm_h, m->mlm_g, m->mlm_u, m->mlm_mean, m->mlm_rstd, m->mlm_logits};
+                    m->mlm_h, m->mlm_g, m->mlm_u, m->mlm_mean, m->mlm_rstd, m->mlm_logits,
+                    m->head_bufs.logits, m->head_bufs.stats, m->head_bufs.dx, m->emb_rows, m->emb_tmp, m->emb_pos,
+                    m->emb_ids, m->emb_iota};
     for (size_t i = 0; i < ARRAY_LEN(rest); i++)
         if (rest[i]) be->free(rest[i]);
     free(m->losses_host);
     free(m->rows_host);
+    free(m->emb_host);
+    memset(&m->head_bufs, 0, sizeof(m->head_bufs));
+    m->emb_rows = m->emb_tmp = NULL;
+    m->emb_pos = m->emb_ids = m->emb_iota = m->emb_host = NULL;
     m->losses_host = NULL;
     m->rows_host = NULL;
     m->lengths = m->types = m->rows = NULL;
@@ -361,10 +370,27 @@ int model_reserve(Model *m, int B, int T, int recompute)
      * training and evaluation go through the fused, chunked lm_head_xent instead */
     m->logits = NULL;
     m->dres = be->alloc(N * C * as);
+    if (c->dropout > 0) m->drop_grad = be->alloc(N * C * as); /* dropout.h */
     m->dbuf1 = be->alloc(N * MAX(MAX(C, qkv), fc) * as);
     m->dbuf2 = be->alloc(N * MAX(MAX(C, qd), ff) * as);
     m->tokens = be->alloc(N * sizeof(int32_t));
     m->targets = be->alloc(N * sizeof(int32_t));
+    const Param *hp = &m->pt.p[m->head.w];
+    if (hp->chunk_rows) { /* a head read by row chunks (linear.h LinearHeadBufs) */
+        m->head_bufs.logits = be->alloc(N * (size_t)hp->chunk_rows * as);
+        m->head_bufs.stats = be->alloc(3 * N * sizeof(float));
+        m->head_bufs.dx = be->alloc(N * C * sizeof(float));
+    }
+    if (m->pt.p[m->wte].chunk_rows) { /* an embedding read by row chunks (model_embed_rows) */
+        m->emb_rows = be->alloc(N * C * as);
+        m->emb_tmp = be->alloc(N * C * as);
+        m->emb_pos = be->alloc(N * sizeof(int32_t));
+        m->emb_ids = be->alloc(N * sizeof(int32_t));
+        m->emb_iota = be->alloc(N * sizeof(int32_t));
+        m->emb_host = xmalloc(3 * N * sizeof(int32_t));
+        for (size_t i = 0; i < N; i++) m->emb_host[i] = (int32_t)i;
+        be->upload(m->emb_iota, m->emb_host, N * sizeof(int32_t));
+    }
     m->losses = be->alloc(N * sizeof(float));
     m->losses_host = xmalloc(N * sizeof(float));
     if (c->bidirectional) {
@@ -685,7 +711,7 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
      * model_backward starts) and the head's gradient */
     if (m->tp) { /* each rank its slice of the vocabulary (model/tp.h) */
         tp_head_xent(m, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
-    } else if (m->head_unfused) { /* the whole (N,V) logits, the softmax over them, the product back */
+    } else if (m->head_unfused && !m->pt.p[m->head.w].chunk_rows) { /* the whole (N,V) logits, the softmax, the product back */
         if (!m->logits) {
             size_t before, after;
             be->mem_stats(&before, NULL);
@@ -697,7 +723,7 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
         be->xent_fwd_bwd(m->losses, m->logits, m->targets, N, c->vocab_size, loss_scale);
         if (loss_scale != 0) linear_bwd(&m->ps, &m->head, m->dbuf1, m->logits, m->lnf, N, NULL);
     } else {
-        linear_head_xent(&m->ps, &m->head, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
+        linear_head_xent(&m->ps, &m->head, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale, &m->head_bufs);
     }
     head_done(m);
     be->download(m->losses_host, m->losses, (size_t)N * sizeof(float));
@@ -714,6 +740,70 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
     m->cur_B = B;
     m->cur_T = T;
     return valid ? (float)(sum / valid) : 0.0f;
+}
+
+/* ------------------------------------------- an embedding read by row chunks */
+
+/* For chunk [r0, r1) of the embedding: the positions of the tokens (host, tok) that fall in it and their
+ * chunk-relative ids, uploaded to emb_pos / emb_ids; returns how many. */
+static int embed_chunk_lists(Model *m, const int32_t *tok, int N, int r0, int r1)
+{
+    int32_t *pos = m->emb_host + N, *ids = m->emb_host + 2 * (size_t)N;
+    int M = 0;
+    for (int i = 0; i < N; i++)
+        if (tok[i] >= r0 && tok[i] < r1) pos[M] = i, ids[M] = tok[i] - r0, M++;
+    if (M) {
+        m->be->upload(m->emb_pos, pos, (size_t)M * sizeof(int32_t));
+        m->be->upload(m->emb_ids, ids, (size_t)M * sizeof(int32_t));
+    }
+    return M;
+}
+
+const void *model_embed_table(Model *m, const int32_t *tokens, int N, const int32_t **ids)
+{
+    const ParamStore *ps = &m->ps;
+    if (!m->pt.p[m->wte].chunk_rows) {
+        *ids = tokens;
+        return params_w_dense(ps, m->wte);
+    }
+    const Backend *be = m->be;
+    int C = m->cfg.d_model;
+    int32_t *tok = m->emb_host; /* the first N entries: the tokens (the rest: the chunk lists) */
+    be->download(tok, tokens, (size_t)N * sizeof(int32_t));
+    for (int k = 0; k < params_nchunks(&m->pt, m->wte); k++) {
+        int r0, r1;
+        params_chunk(&m->pt, m->wte, k, &r0, &r1);
+        int M = embed_chunk_lists(m, tok, N, r0, r1);
+        if (!M) continue;
+        be->gather_rows(m->emb_tmp, params_w_rows(ps, m->wte, r0, r1), m->emb_ids, M, C);
+        be->scatter_rows(m->emb_rows, m->emb_tmp, m->emb_pos, M, C);
+    }
+    *ids = m->emb_iota;
+    return m->emb_rows;
+}
+
+/* The embedding's backward by row chunks: per chunk its rows' gradient from the rows of dres whose tokens
+ * fall in it (a chunk no token falls in has a zero gradient: its update still runs, as the whole
+ * tensor's would), then the chunk's integer update; the position table's gradient once. */
+static void embed_bwd_rows(Model *m, float *dwpe, const void *dres, int B, int T)
+{
+    const Backend *be = m->be;
+    const ParamStore *ps = &m->ps;
+    int N = B * T, C = m->cfg.d_model;
+    int32_t *tok = m->emb_host;
+    be->download(tok, m->tokens, (size_t)N * sizeof(int32_t));
+    if (dwpe) be->embed_bwd(NULL, dwpe, dres, m->tokens, B, T, C);
+    for (int k = 0; k < params_nchunks(&m->pt, m->wte); k++) {
+        int r0, r1;
+        params_chunk(&m->pt, m->wte, k, &r0, &r1);
+        params_grad_rows_begin(ps, m->wte, r0, r1);
+        int M = embed_chunk_lists(m, tok, N, r0, r1);
+        if (M) {
+            be->gather_rows(m->emb_tmp, dres, m->emb_pos, M, C);
+            be->embed_bwd(params_g(ps, m->wte), NULL, m->emb_tmp, m->emb_ids, 1, M, C);
+        }
+        params_grad_rows_done(ps, m->wte, r0, r1);
+    }
 }
 
 /* ----------------------------------------------------------------- backward */
@@ -744,9 +834,17 @@ void model_backward(Model *m)
         model_grads_ready(m, 1 + l);
     }
     if (model_head_group(m) != 0) model_grads_begin(m, 0);
-    params_grad_begin(ps, m->wte);
+    /* the embedding output's dropout (pre-norm; the bert family's comes after its norm, in block 0): the
+     * same mask on the gradient */
+    if (!c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, dres, (size_t)N * C);
     float *dwpe = params_g(ps, m->wpe);
     if (dwpe) dwpe += (size_t)c->pos_offset * C; /* positions pos_offset.. */
+    if (m->pt.p[m->wte].chunk_rows) {
+        embed_bwd_rows(m, dwpe, dres, B, T);
+        model_grads_ready(m, 0);
+        return;
+    }
+    params_grad_begin(ps, m->wte);
     if (m->tp) tp_embed_bwd(m, dres, d1, B, T);
     else be->embed_bwd(params_g(ps, m->wte), dwpe, dres, m->tokens, B, T, C);
     if (m->tte >= 0 && params_g(ps, m->tte)) be->embed_bwd(params_g(ps, m->tte), NULL, dres, m->types, B, T, C);

@@ -102,7 +102,7 @@ typedef struct Model {
     float *inv_freq;            /* RoPE frequencies (head_dim/2), llama only */
     LoraSpec lora;              /* adapters (r 0: none) */
     LinearAdapter *adapters;    /* every adapter; the Linears of lp point into it */
-    int training;               /* the current forward trains (adapter dropout on) */
+    int training;               /* the current forward trains (adapter and model dropout on) */
     int head_unfused;           /* 1: the output layer as a whole (N,V) product, softmax and product
                                  * (the plain path, for `anvil bench --ablate`); 0: lm_head_xent */
     uint64_t dropout_seed;      /* the current micro-step's dropout stream (train_step sets it) */
@@ -118,7 +118,14 @@ typedef struct Model {
     void *logits;               /* (N,V) logits of a forward without targets (allocated by the first) */
     void *dres, *dbuf1, *dbuf2; /* backward scratch: (N,C), (N,max(qkv,fc)), (N,max(C,q,d_ff)) */
     void *lora_dt, *lora_xd;    /* adapter scratch: (N, r) and, with dropout, (N, max in) */
+    void *drop_grad;            /* (N,C) a gradient through a hidden dropout site (cfg.dropout > 0 only; dropout.h) */
     int32_t *tokens, *targets;  /* (N) backend copies */
+    LinearHeadBufs head_bufs;   /* a head read by row chunks (fused integer-ternary lm_head): its scratch */
+    /* an embedding read by row chunks (fused integer-ternary wte, Param.chunk_rows): the looked-up rows
+     * (N,C) and a row scratch (N,C), act; the positions, chunk-relative ids and 0..N-1 (N, backend);
+     * host copies of the tokens, positions and ids (3N) */
+    void *emb_rows, *emb_tmp;
+    int32_t *emb_pos, *emb_ids, *emb_iota, *emb_host;
     float *losses;              /* (N) backend */
     float *losses_host;         /* (N) host */
     double loss_sum;            /* sum of the losses of the last forward with targets */
@@ -160,6 +167,10 @@ static inline void model_grads_ready(const Model *m, int g)
     if (m->hooks && m->hooks->grads_ready) m->hooks->grads_ready(m->hooks->ctx, g);
 }
 /* The group of the output layer's weight: 0 when tied to wte, n_layer + 1 otherwise. */
+/* The embedding table the lookup of tokens (N, backend) reads and the ids it reads it with: wte and
+ * tokens themselves, or for a table read by row chunks the N looked-up rows (m->emb_rows, gathered chunk
+ * by chunk) and the ids 0..N-1. */
+const void *model_embed_table(Model *m, const int32_t *tokens, int N, const int32_t **ids);
 static inline int model_head_group(const Model *m) { return m->head.w == m->wte ? 0 : m->cfg.n_layer + 1; }
 
 /* Create a model on a backend with zeroed parameters, every tensor trainable (call model_init_gpt2

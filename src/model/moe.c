@@ -146,12 +146,19 @@ void moe_state_free(Model *m)
 
 /* ---- forward and backward ---- */
 
+/* The experts' products have a row count that changes at every step (backend.h ragged_products). */
+static void ragged(const Backend *be, int on)
+{
+    if (be->ragged_products) be->ragged_products(on);
+}
+
 /* Rows of expert e start at off; the products of each expert over its rows. */
 static void experts_fwd(Model *m, const LayerParams *p, MoeActs *a, const LinearBufs *lb, int which)
 {
     const ModelConfig *c = &m->cfg;
     const Backend *be = m->be;
     size_t C = (size_t)c->d_model, F = (size_t)c->moe_d_ff, off = 0;
+    ragged(be, 1);
     for (int e = 0; e < c->moe_experts; e++) {
         int n = a->counts[e];
         if (n > 0 && which == 0)
@@ -160,6 +167,7 @@ static void experts_fwd(Model *m, const LayerParams *p, MoeActs *a, const Linear
             linear_fwd(&m->ps, &p->exp_proj[e], act_at(be, a->y, off * C), act_at(be, a->act, off * F), n, lb);
         off += (size_t)n;
     }
+    ragged(be, 0);
 }
 
 void moe_fwd(Model *m, int l, LayerActs *la, int N, void *out, const LinearBufs *lb)
@@ -208,6 +216,7 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
     /* the weighted un-permute, then each expert's products backwards over its rows */
     be->moe_combine_bwd(s->dy, s->dtopw, dout, a->y, a->topw, a->pos, N, C, k);
     size_t off = 0;
+    ragged(be, 1);
     for (int e = 0; e < E; e++) {
         int n = a->counts[e];
         if (n > 0)
@@ -224,6 +233,7 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
                        act_at(be, a->xp, off * Cz), n, lb);
         off += (size_t)n;
     }
+    ragged(be, 0);
     be->moe_gather_bwd(dln2, s->dxp, a->pos, N, C, k);
     /* the router: through the top-k weights, plus the routing losses' gradients */
     be->moe_route_bwd(s->dlogits, a->probs, a->lse, a->topi, s->dtopw, s->dpe, s->zscale, N, E, k, c->moe_norm_topk);

@@ -46,6 +46,34 @@ static void add_param(ParamTable *pt, int *cap, const char *name, int role, int 
 
 static size_t align_up(size_t n) { return (n + PARAM_ALIGN - 1) / PARAM_ALIGN * PARAM_ALIGN; }
 
+static size_t gcd_size(size_t a, size_t b)
+{
+    while (b) {
+        size_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Rows per chunk of a fused vocabulary tensor (Param.chunk_rows), 0 for the whole tensor. A chunk starts
+ * on a whole packed byte that is also the first of a 32-bit word (the GPU update adds to bytes through
+ * their word) and on a group boundary: its first element is a multiple of lcm(20, group), so the row
+ * count is a multiple of `unit`. Automatic: about the elements of the largest other fused tensor (the
+ * scratch it needs anyway), at least a million, in a multiple of 64 rows. */
+static int chunk_rows_for(const ParamTable *pt, const Param *p, size_t others)
+{
+    if (pt->tern_chunk_rows < 0) return 0;
+    size_t rows = (size_t)p->shape[0], cols = (size_t)p->shape[1];
+    size_t g = (size_t)(pt->tern_group > 0 ? pt->tern_group : TERN_DEFAULT_GROUP);
+    size_t align = 20 / gcd_size(20, g) * g; /* lcm(20, group) elements */
+    size_t unit = align / gcd_size(cols, align);
+    size_t want = pt->tern_chunk_rows > 0 ? (size_t)pt->tern_chunk_rows : MAX(others, (size_t)1 << 20) / cols;
+    if (pt->tern_chunk_rows == 0) unit = unit / gcd_size(unit, 64) * 64; /* automatic: tile-sized products too */
+    want = MAX(unit, (want + unit - 1) / unit * unit);
+    return want >= rows ? 0 : (int)want;
+}
+
 void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
 {
     size_t off[PARAM_KIND_COUNT] = {0};
@@ -57,6 +85,7 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
          * lookup, so it keeps its segment and the optimizer's update) */
         p->fused = p->kind == PARAM_TERNARY && pt->tern_fused &&
                    !(p->role == PROLE_WTE && param_find_role(pt, PROLE_LM_HEAD, -1) < 0);
+        p->chunk_rows = 0;
         if (p->kind == PARAM_NF4 || p->fused) { /* no segment: packed storage of its own (params_upload) */
             p->seg = 0;
             continue;
@@ -68,6 +97,14 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
         off[p->kind] += align_up(p->numel);
     }
     while (group < L + 2) pt->layer_seg[++group] = off[PARAM_TRAIN];
+    /* the vocabulary tensors of a fused run by row chunks, sized by the other fused tensors */
+    size_t others = 0;
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].fused && pt->p[i].role != PROLE_WTE && pt->p[i].role != PROLE_LM_HEAD)
+            others = MAX(others, pt->p[i].numel);
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].fused && (pt->p[i].role == PROLE_WTE || pt->p[i].role == PROLE_LM_HEAD))
+            pt->p[i].chunk_rows = chunk_rows_for(pt, &pt->p[i], others);
     pt->n_train = off[PARAM_TRAIN];
     pt->n_frozen = off[PARAM_FROZEN];
     pt->n_tern = off[PARAM_TERNARY];
@@ -104,6 +141,7 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
     pt->n_layer = c->n_layer;
     pt->tern_group = c->tern_group > 0 ? c->tern_group : TERN_DEFAULT_GROUP;
     pt->tern_fused = c->tern_fused;
+    pt->tern_chunk_rows = c->tern_chunk_rows;
     add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
     if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
     if (c->type_vocab_size > 0) add_param(pt, &cap, "tte", PROLE_TTE, -1, 2, c->type_vocab_size, C);
@@ -275,7 +313,7 @@ static void tern_alloc(ParamStore *ps)
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
         if (p->kind != PARAM_TERNARY && !(p->kind == PARAM_TRAIN && p->ternarize)) continue;
-        ps->wq_numel = MAX(ps->wq_numel, p->numel);
+        ps->wq_numel = MAX(ps->wq_numel, params_chunk_numel(pt, i));
         if (p->kind != PARAM_TERNARY) continue;
         if (!ps->tern) ps->tern = xcalloc((size_t)pt->n, sizeof(TernaryTensor));
         TernaryTensor *t = &ps->tern[i];
@@ -297,7 +335,7 @@ static void tern_alloc(ParamStore *ps)
     }
     if (pt->n_tern) ps->tgrad = be->alloc(pt->n_tern * sizeof(float));
     for (int i = 0; i < pt->n; i++)
-        if (pt->p[i].fused) ps->fgrad_numel = MAX(ps->fgrad_numel, pt->p[i].numel), ps->n_fused++;
+        if (pt->p[i].fused) ps->fgrad_numel = MAX(ps->fgrad_numel, params_chunk_numel(pt, i)), ps->n_fused++;
     if (ps->fgrad_numel) ps->fgrad = be->alloc(ps->fgrad_numel * sizeof(float));
     for (int i = 0; ps->tern && i < pt->n; i++)
         if (pt->p[i].kind == PARAM_TERNARY) ps->tern[i].grad = pt->p[i].fused ? ps->fgrad : ps->tgrad + pt->p[i].seg;
@@ -439,6 +477,7 @@ static void q4_quantize_upload(ParamStore *ps, int i, const float *host)
 const void *params_w_dense(const ParamStore *ps, int i)
 {
     const Param *p = &ps->pt->p[i];
+    if (p->chunk_rows) fatal("params_w_dense: %s is read by row chunks (internal error)", p->name);
     if (p->kind == PARAM_TERNARY) { /* unpacked into the scratch, used at once (one stream) */
         ps->be->trit_unpack(ps->wq, &ps->tern[i]);
         return ps->wq;
@@ -615,8 +654,66 @@ void params_sync_act(ParamStore *ps)
     ps->be->cast_to_act(act_at(ps->be, ps->train_act, a - ps->act_lo), ps->master + (a - ps->master_lo), e - a);
 }
 
+size_t params_chunk_numel(const ParamTable *pt, int i)
+{
+    const Param *p = &pt->p[i];
+    return p->chunk_rows ? (size_t)p->chunk_rows * (size_t)p->shape[1] : p->numel;
+}
+
+int params_nchunks(const ParamTable *pt, int i)
+{
+    const Param *p = &pt->p[i];
+    return p->chunk_rows ? (int)((p->shape[0] + p->chunk_rows - 1) / p->chunk_rows) : 1;
+}
+
+void params_chunk(const ParamTable *pt, int i, int k, int *r0, int *r1)
+{
+    const Param *p = &pt->p[i];
+    int rows = (int)p->shape[0], step = p->chunk_rows ? p->chunk_rows : rows;
+    *r0 = k * step;
+    *r1 = MIN(rows, *r0 + step);
+}
+
+/* Rows [r0, r1) of a ternary tensor as a tensor of its own (r0 on a chunk boundary: whole bytes, words and
+ * groups, chunk_rows_for), its gradient the scratch. */
+static TernaryTensor tern_rows(const ParamStore *ps, int i, int r0, int r1)
+{
+    TernaryTensor t = ps->tern[i];
+    size_t cols = (size_t)ps->pt->p[i].shape[1], s = (size_t)r0 * cols;
+    t.trits += s / TRITS_PER_BYTE;
+    t.exp += s / (size_t)t.group;
+    t.tacc += s;
+    t.eacc += s / (size_t)t.group;
+    t.n = (size_t)(r1 - r0) * cols;
+    t.grad = ps->fgrad;
+    return t;
+}
+
+const void *params_w_rows(const ParamStore *ps, int i, int r0, int r1)
+{
+    const Param *p = &ps->pt->p[i];
+    if (p->kind != PARAM_TERNARY || (size_t)(r1 - r0) * (size_t)p->shape[1] > ps->wq_numel)
+        fatal("params_w_rows: %s rows %d..%d do not fit the weight scratch (internal error)", p->name, r0, r1);
+    TernaryTensor t = tern_rows(ps, i, r0, r1);
+    ps->be->trit_unpack(ps->wq, &t);
+    return ps->wq;
+}
+
+void params_grad_rows_begin(const ParamStore *ps, int i, int r0, int r1)
+{
+    ps->be->zero(ps->fgrad, (size_t)(r1 - r0) * (size_t)ps->pt->p[i].shape[1] * sizeof(float));
+}
+
+void params_grad_rows_done(const ParamStore *ps, int i, int r0, int r1)
+{
+    if (!ps->tern_live) return;
+    TernaryTensor t = tern_rows(ps, i, r0, r1);
+    ps->be->ternary_update(&t, 1, &ps->tern_hyper);
+}
+
 void params_grad_begin(const ParamStore *ps, int i)
 {
+    if (i >= 0 && ps->pt->p[i].chunk_rows) fatal("params_grad_begin: %s is updated by row chunks (internal error)", ps->pt->p[i].name);
     if (i >= 0 && ps->pt->p[i].fused) ps->be->zero(ps->fgrad, ps->pt->p[i].numel * sizeof(float));
 }
 

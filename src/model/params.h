@@ -96,6 +96,8 @@ typedef struct {
     int ternarize;  /* BitNet QAT (model.ternary: bitnet): a trainable weight ternarized at every use */
     int fused;      /* PARAM_TERNARY updated as soon as its gradient is complete (train.ternary.fused): no
                      * gradient segment, the store's one scratch instead */
+    int chunk_rows; /* a fused vocabulary tensor (untied wte, lm_head) read, differentiated and updated this
+                     * many rows at a time (params_chunk; 0: whole) */
     int nparts;     /* 4-bit: the Hugging Face tensors it is made of (row ranges), 1..PARAM_MAX_PARTS */
     int part_rows[3];
     int expert;     /* the routed expert of a PROLE_EXP_* tensor, -1 otherwise */
@@ -112,6 +114,7 @@ typedef struct {
     size_t n_tern;  /* elements of the fp32 gradient segment of PARAM_TERNARY tensors */
     int tern_group; /* weights per exponent group of PARAM_TERNARY tensors (ModelConfig.tern_group) */
     int tern_fused; /* ModelConfig.tern_fused */
+    int tern_chunk_rows; /* ModelConfig.tern_chunk_rows */
     int n_layer;
     int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
     int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices, -1 where absent */
@@ -242,6 +245,17 @@ void params_sync_act(ParamStore *ps);
  * a fused ternary tensor; done runs its integer update (when a training step is live). No-ops for every
  * other tensor. */
 void params_grad_begin(const ParamStore *ps, int i);
+/* A fused vocabulary tensor with Param.chunk_rows: nchunks row chunks, chunk k rows [*r0, *r1); the
+ * elements of one chunk (numel when whole). Its products go chunk by chunk: params_w_rows unpacks rows
+ * [r0, r1) into the weight scratch; params_grad_rows_begin zeroes the gradient scratch (params_g) for
+ * them and params_grad_rows_done runs their integer update, which is the tensor's own restricted to those
+ * rows (the rule works per group and a chunk is whole groups). */
+size_t params_chunk_numel(const ParamTable *pt, int i);
+int params_nchunks(const ParamTable *pt, int i);
+void params_chunk(const ParamTable *pt, int i, int k, int *r0, int *r1);
+const void *params_w_rows(const ParamStore *ps, int i, int r0, int r1);
+void params_grad_rows_begin(const ParamStore *ps, int i, int r0, int r1);
+void params_grad_rows_done(const ParamStore *ps, int i, int r0, int r1);
 void params_grad_done(const ParamStore *ps, int i);
 void params_zero_grad(ParamStore *ps);
 

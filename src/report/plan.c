@@ -95,9 +95,11 @@ static Backend plan_backend(int act_size)
 #define PLAN_MLM_SHARE 0.15
 #define PLAN_MLM_HEADROOM 1.25
 
-static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains)
+static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains, int head_chunked)
 {
     size_t N = (size_t)s->B * s->T, V = (size_t)c->vocab_size, Vp = (V + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD;
+    /* a head read by row chunks keeps its scratch with the activations (model.c) and never calls the op */
+    if (head_chunked) return LT_WORKSPACE + GPU_RESIDUAL;
     if (c->mlm_head) return LT_WORKSPACE + GPU_RESIDUAL + (size_t)(N * PLAN_MLM_SHARE * PLAN_MLM_HEADROOM) * V * 2;
     size_t rows = LM_HEAD_CHUNK / (Vp * 2);
     if (rows > N) rows = N;
@@ -203,7 +205,8 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
     mr.weights += q4;
     mr.workspace += slots;
     int head_trains = m->pt.p[m->head.w].kind == PARAM_TRAIN;
-    if (s->gpu) mr.workspace += plan_workspace(c, s, head_trains); /* beside the store's own scratch */
+    int head_chunked = m->pt.p[m->head.w].chunk_rows > 0;
+    if (s->gpu) mr.workspace += plan_workspace(c, s, head_trains, head_chunked); /* beside the store's own scratch */
     mr.peak = mr.weights + mr.master + mr.grads + mr.optim + mr.acts + mr.workspace;
     mr.in_use = mr.peak;
     r->mem = mr;

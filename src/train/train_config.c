@@ -66,6 +66,15 @@ static const KeyDef keys[] = {
      "Load-balancing loss coefficient (transformers' load_balancing_loss_func, added to the loss)."},
     {"model.moe.z_loss_coef", CT_FLOAT, F(moe_z_coef), "0.001",
      "Router z-loss coefficient (ST-MoE: mean of logsumexp^2 of the router logits, added to the loss)."},
+    {"model.dropout", CT_FLOAT, F(dropout), "0",
+     "Dropout while training on the embedding output (bert: after the embedding LayerNorm) and on the attention "
+     "output projection and MLP output (MoE: the combined experts) before each residual sum, every layer "
+     "(BERT's hidden_dropout_prob; GPT-2's embd_pdrop and resid_pdrop). A config.json's dropout values are never "
+     "applied (transformers applies them in train mode): only this key. 0 = none. docs/encoders.md."},
+    {"model.attn_dropout", CT_FLOAT, F(attn_dropout), "0",
+     "Dropout while training on the attention probabilities (BERT's attention_probs_dropout_prob; GPT-2's "
+     "attn_pdrop). On CUDA above 0 the training attention runs anvil's simple kernels, never cuDNN's fused ones "
+     "(whose masks differ). 0 = none. docs/encoders.md."},
     {"model.freeze", CT_LIST, F(freeze), "",
      "Tensors to freeze (no gradient, no optimizer state, left out of the gradient norm): shell globs over the "
      "Hugging Face names the checkpoint uses, e.g. [\"model.embed_tokens.*\", \"model.layers.[0-9].*\"]. "
@@ -102,6 +111,10 @@ static const KeyDef keys[] = {
      "train.optimizer ternary: update each ternary tensor inside the backward, as soon as its gradient is "
      "complete, so that only one tensor's fp32 gradient exists at a time (the memory of large models); needs one "
      "micro-batch per step. A tied embedding is still updated after the step."},
+    {"train.ternary.chunk_rows", CT_INT, F(tern_chunk_rows), "0",
+     "train.ternary.fused: an untied embedding and output head (vocabulary x width) are read, differentiated and "
+     "updated this many rows at a time, so that neither their fp32 gradient nor their unpacked weight exists "
+     "whole; 0 = automatic (chunks the size of the largest block tensor), -1 = whole tensors."},
     {"lora.r", CT_INT, F(lora_r), "0",
      "LoRA rank: adapters on the linear layers of lora.targets, the base frozen (no gradient, no optimizer "
      "state); 0 = no adapters (docs/finetuning.md)."},
@@ -546,6 +559,9 @@ int train_config_validate(const TrainConfig *tc)
     if (strcmp(tc->optimizer, "adamw") && strcmp(tc->optimizer, "ternary"))
         return err_set("train.optimizer: expected adamw or ternary, got \"%s\"", tc->optimizer);
     if (tc->tern_group <= 0) return err_set("train.ternary.group: must be positive, got %d", tc->tern_group);
+    if (tc->tern_chunk_rows < -1)
+        return err_set("train.ternary.chunk_rows: expected -1 (whole), 0 (automatic) or a row count, got %d",
+                       tc->tern_chunk_rows);
     if (tc->tern_threshold < 1 || tc->tern_threshold > 127)
         return err_set("train.ternary.threshold: expected 1 .. 127 (an int8 accumulator), got %d", tc->tern_threshold);
     if (tc->tern_scale_every < 1 || tc->tern_scale_every > 127)
@@ -558,6 +574,10 @@ int train_config_validate(const TrainConfig *tc)
                        "(fp32 latent weights): choose one");
     if (!strcmp(tc->optimizer, "ternary") && (tc->lora_r || tc->lora_init[0]))
         return err_set("train.optimizer: ternary trains the base itself; it does not combine with lora.*");
+    if (!(tc->dropout >= 0 && tc->dropout < 1))
+        return err_set("model.dropout: must be a probability in [0, 1), got %g", tc->dropout);
+    if (!(tc->attn_dropout >= 0 && tc->attn_dropout < 1))
+        return err_set("model.attn_dropout: must be a probability in [0, 1), got %g", tc->attn_dropout);
     if (!(tc->lora_dropout >= 0 && tc->lora_dropout < 1))
         return err_set("lora.dropout: must be in [0, 1), got %g", tc->lora_dropout);
     if (!isfinite(tc->lora_alpha)) return err_set("lora.alpha: must be a finite number, got %g", tc->lora_alpha);

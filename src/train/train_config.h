@@ -33,12 +33,13 @@ typedef struct {
     int moe_norm_topk;  /* -1 = the default (true) */
     float moe_aux_coef, moe_z_coef;
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
+    float dropout, attn_dropout; /* model.dropout, model.attn_dropout (training only) */
     char quant[8];      /* model.quant: none, nf4, fp4 */
     int quant_double, quant_blocksize;
     char ternary[16];   /* model.ternary: "" (the family's: bitnet for bitnet), none, bitnet */
     /* integer ternary training (train.optimizer: ternary, docs/ternary.md) */
     char optimizer[16]; /* train.optimizer: adamw, ternary */
-    int tern_group, tern_threshold, tern_scale_every, tern_embeddings, tern_fused;
+    int tern_group, tern_threshold, tern_scale_every, tern_embeddings, tern_fused, tern_chunk_rows;
     float tern_deadzone;
     /* lora */
     int lora_r;

@@ -70,6 +70,9 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
         c->tern_group = tc->tern_group;
         c->tern_fused = tc->tern_fused;
+        c->tern_chunk_rows = tc->tern_chunk_rows;
+        c->dropout = tc->dropout;
+        c->attn_dropout = tc->attn_dropout;
         return model_config_finish(c);
     }
     Family fam = FAMILY_GPT2;
@@ -118,6 +121,9 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (c->family == FAMILY_BERT && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the bert family ties its MLM decoder to the embeddings");
     c->tern_fused = tc->tern_fused;
+    c->tern_chunk_rows = tc->tern_chunk_rows;
+    c->dropout = tc->dropout;
+    c->attn_dropout = tc->attn_dropout;
     return model_config_finish(c);
 }
 
@@ -971,6 +977,28 @@ out:
     return rc;
 }
 
+/* The run's dropout (model.dropout, model.attn_dropout; docs/encoders.md), and a note when model.init's
+ * config.json asks for dropout that the keys leave off. */
+static void print_dropout(const Run *r)
+{
+    const ModelConfig *c = &r->m->cfg;
+    if (c->dropout > 0 || c->attn_dropout > 0)
+        printf("dropout (training only): model.dropout %g, model.attn_dropout %g%s\n", c->dropout, c->attn_dropout,
+               c->attn_dropout > 0 && strcmp(r->be->name, "cpu")
+                   ? " | attention: anvil's kernels while training (model.attn_dropout > 0: not cuDNN, whose dropout "
+                     "masks differ)"
+                   : "");
+    float hidden, attn;
+    if (!r->tc->model_init[0] || hf_config_dropout(r->tc->model_init, &hidden, &attn)) {
+        err_clear();
+        return;
+    }
+    if ((hidden > 0 && c->dropout == 0) || (attn > 0 && c->attn_dropout == 0))
+        printf("note: model.init's config.json asks for dropout (hidden %g, attention %g), which transformers applies "
+               "in train mode; anvil applies only model.dropout (%g) and model.attn_dropout (%g)\n",
+               hidden, attn, c->dropout, c->attn_dropout);
+}
+
 static void print_header(const Run *r)
 {
     int tp = run_tp(r); /* the whole model, and what each tp rank holds of it */
@@ -1006,6 +1034,7 @@ static void print_header(const Run *r)
                c->moe_experts, c->moe_top_k, c->moe_d_ff, cfg_moe_layers(c), c->n_layer,
                c->moe_shared_d_ff ? ", a shared expert" : "", param_count_active(pt, c) / 1e6, c->moe_aux_coef,
                c->moe_z_coef);
+    print_dropout(r);
     fflush(stdout);
 }
 

@@ -519,8 +519,22 @@ static int attn_keys(int causal, const int32_t *lengths, int b, int t, int T)
     return n < 1 ? 1 : n > T ? T : n;
 }
 
+/* Attention probability dropout (attention_drop_fwd/bwd): cut 0 = none; else probability (b, h, t, s) is
+ * dropped when its draw (backend.h attn_dropout_index) is below cut, and the kept ones are scaled by keep. */
+typedef struct {
+    uint32_t cut;
+    float keep;
+    uint64_t seed;
+} AttnDrop;
+
+/* The factor of probability (b, h, t, s): 0 when dropped, else keep. */
+static float attn_drop_factor(const AttnDrop *dr, int b, int h, int t, int s, int nh, int T)
+{
+    return dropout_u32(dr->seed, attn_dropout_index(b, h, t, s, nh, T)) < dr->cut ? 0.0f : dr->keep;
+}
+
 static void attention_fwd_mode(void *out_, float *lse, const void *qkv_, int B, int T, int nh, int nkv, int hd,
-                               int causal, const int32_t *lengths)
+                               int causal, const int32_t *lengths, const AttnDrop *dr)
 {
     float *out = out_;
     const float *qkv = qkv_;
@@ -555,6 +569,7 @@ static void attention_fwd_mode(void *out_, float *lse, const void *qkv_, int B, 
                     for (int s = 0; s < ns; s++) {
                         const float *v = qkv + ((size_t)b * T + s) * row + (size_t)(nh + nkv + kvh) * hd;
                         float w = p[s] * inv;
+                        if (dr->cut) w *= attn_drop_factor(dr, b, h, t, s, nh, T);
                         for (int d = 0; d < hd; d++) o[d] += w * v[d];
                     }
                     lse[((size_t)b * nh + h) * T + t] = ns ? mx + (float)log(sum) : 0.0f;
@@ -566,20 +581,23 @@ static void attention_fwd_mode(void *out_, float *lse, const void *qkv_, int B, 
 
 static void cpu_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
 {
-    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, 1, NULL);
+    AttnDrop none = {0};
+    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, 1, NULL, &none);
 }
 
 static void cpu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t *lengths, int B, int T, int nh,
                                   int nkv, int hd)
 {
-    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, 0, lengths);
+    AttnDrop none = {0};
+    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, 0, lengths, &none);
 }
 
 // p_s = exp(score_s - lse), D = dout . out, ds_s = p_s (dout . v_s - D)
 // dq = scale sum_s ds_s k_s, dk_s += scale ds_s q, dv_s += p_s dout
+// With dropout factor f_s (0 or 1/(1-p)): ds_s = p_s (f_s dout . v_s - D), dv_s += f_s p_s dout
 static void attention_bwd_mode(void *dqkv_, const void *dout_, const void *out_, const float *lse,
                                const void *qkv_, int B, int T, int nh, int nkv, int hd, int causal,
-                               const int32_t *lengths)
+                               const int32_t *lengths, const AttnDrop *dr)
 {
     float *dqkv = dqkv_;
     const float *dout = dout_, *out = out_, *qkv = qkv_;
@@ -612,14 +630,19 @@ static void attention_bwd_mode(void *dqkv_, const void *dout_, const void *out_,
                                 dot += q[e] * k[e];
                                 dpv += d[e] * v[e];
                             }
-                            float ps = expf(dot * scale - l);
+                            float ps = expf(dot * scale - l), pv = ps;
+                            if (dr->cut) {
+                                float f = attn_drop_factor(dr, b, h, t, s, nh, T);
+                                dpv *= f;
+                                pv = ps * f;
+                            }
                             float ds = ps * (dpv - D) * scale;
                             float *dk = dqkv + rs * row + (size_t)(nh + kvh) * hd;
                             float *dv = dqkv + rs * row + (size_t)(nh + nkv + kvh) * hd;
                             for (int e = 0; e < hd; e++) {
                                 dq[e] += ds * k[e];
                                 dk[e] += ds * q[e];
-                                dv[e] += ps * d[e];
+                                dv[e] += pv * d[e];
                             }
                         }
                     }
@@ -628,13 +651,35 @@ static void attention_bwd_mode(void *dqkv_, const void *dout_, const void *out_,
 static void cpu_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
                               int B, int T, int nh, int nkv, int hd)
 {
-    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 1, NULL);
+    AttnDrop none = {0};
+    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 1, NULL, &none);
 }
 
 static void cpu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
                                   const int32_t *lengths, int B, int T, int nh, int nkv, int hd)
 {
-    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 0, lengths);
+    AttnDrop none = {0};
+    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 0, lengths, &none);
+}
+
+static AttnDrop attn_drop_make(float p, uint64_t seed)
+{
+    return (AttnDrop){.cut = dropout_cut(p), .keep = 1.0f / (1.0f - p), .seed = seed};
+}
+
+static void cpu_attention_drop_fwd(void *out, float *lse, const void *qkv, const int32_t *lengths, int causal, int B,
+                                   int T, int nh, int nkv, int hd, float p, uint64_t seed)
+{
+    AttnDrop dr = attn_drop_make(p, seed);
+    attention_fwd_mode(out, lse, qkv, B, T, nh, nkv, hd, causal, causal ? NULL : lengths, &dr);
+}
+
+static void cpu_attention_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                                   const int32_t *lengths, int causal, int B, int T, int nh, int nkv, int hd, float p,
+                                   uint64_t seed)
+{
+    AttnDrop dr = attn_drop_make(p, seed);
+    attention_bwd_mode(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, causal, causal ? NULL : lengths, &dr);
 }
 
 // Rotate-half RoPE: for i < hd/2, angle = pos * inv_freq[i]:
@@ -825,6 +870,10 @@ static const Backend cpu_backend = {
     .gelu_erf_bwd = cpu_gelu_erf_bwd,
     .gather_rows = cpu_gather_rows,
     .scatter_rows = cpu_scatter_rows,
+    .xent_chunk_stats = cpu_xent_chunk_stats,
+    .xent_chunk_grad = cpu_xent_chunk_grad,
+    .attention_drop_fwd = cpu_attention_drop_fwd,
+    .attention_drop_bwd = cpu_attention_drop_bwd,
     .xent_vp_stats = cpu_xent_vp_stats,
     .xent_vp_finish = cpu_xent_vp_finish,
 };

@@ -32,6 +32,49 @@ void cpu_lm_head_xent(float *losses, void *dinp, float *dw, const void *inp, con
     free(logits);
 }
 
+// per row: m' = max(m, max l); s' = s exp(m - m') + sum exp(l - m'); the target's logit when it lies here
+void cpu_xent_chunk_stats(float *stats, const void *logits_, const int32_t *targets, int N, int V, int v0)
+{
+    const float *logits = logits_;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *st = stats + 3 * (size_t)i;
+        if (v0 == 0) st[0] = -INFINITY, st[1] = 0.0f, st[2] = 0.0f;
+        int tg = targets[i];
+        if (tg < 0) continue;
+        const float *l = logits + (size_t)i * V;
+        float mx = st[0];
+        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        double sum = st[0] == -INFINITY ? 0.0 : (double)st[1] * exp((double)st[0] - mx);
+        for (int j = 0; j < V; j++) sum += expf(l[j] - mx);
+        st[0] = mx;
+        st[1] = (float)sum;
+        if (tg >= v0 && tg < v0 + V) st[2] = l[tg - v0];
+    }
+}
+
+// losses = max + log(sum) - target logit; dl = (exp(l - max) / sum - onehot) * dscale
+void cpu_xent_chunk_grad(float *losses, void *logits_, const float *stats, const int32_t *targets, int N, int V,
+                         int v0, float dscale)
+{
+    float *logits = logits_;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *st = stats + 3 * (size_t)i;
+        int tg = targets[i];
+        if (losses) losses[i] = tg < 0 ? 0.0f : st[0] + (float)log((double)st[1]) - st[2];
+        if (!logits) continue;
+        float *l = logits + (size_t)i * V;
+        if (tg < 0) {
+            memset(l, 0, sizeof(float) * V);
+            continue;
+        }
+        float scale = (float)(dscale / st[1]);
+        for (int j = 0; j < V; j++) l[j] = expf(l[j] - st[0]) * scale;
+        if (tg >= v0 && tg < v0 + V) l[tg - v0] -= dscale;
+    }
+}
+
 // pre = inp @ w^T + bias;  out = gelu(pre)
 void cpu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, const void *bias, int N, int IC,
                          int OC)

@@ -13,6 +13,9 @@ void cpu_matmul_gelu_fwd(void *out, void *pre, const void *inp, const void *w, c
 void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                           const void *pre, const void *w, int N, int IC, int OC);
 
+void cpu_xent_chunk_stats(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
+void cpu_xent_chunk_grad(float *losses, void *logits, const float *stats, const int32_t *targets, int N, int V,
+                         int v0, float dscale);
 void cpu_xent_vp_stats(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
 void cpu_xent_vp_finish(float *losses, void *logits, const int32_t *targets, const float *stats, int P, int N, int V,
                         int v0, float dscale);

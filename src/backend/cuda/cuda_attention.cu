@@ -41,11 +41,25 @@ __device__ __forceinline__ int key_len(const int32_t *lens, int b, int T_)
 
 /* ================================================================ simple */
 
+/* Attention probability dropout (backend.h attention_drop_fwd/bwd) in the simple kernels (DROP true):
+ * probability (b, h, t, s) is dropped when its draw is below cut, the kept ones scaled by keep; the
+ * draw is the CPU's (dropout_u32 of attn_dropout_index), so both drop the same elements. */
+struct AttnDrop {
+    uint32_t cut;
+    float keep;
+    uint64_t seed;
+};
+
+__device__ __forceinline__ float attn_drop_factor(const AttnDrop &dr, int b, int h, int t, int s, int nh, int T_)
+{
+    return dropout_u32(dr.seed, attn_dropout_index(b, h, t, s, nh, T_)) < dr.cut ? 0.0f : dr.keep;
+}
+
 // out = softmax(q k^T * scale, causal or over the row's keys) v,  lse = log sum exp of each row.  One
 // warp per (b, h, t); lane owns dims lane, lane+32, ...
-template <typename T, bool CAUSAL>
+template <typename T, bool CAUSAL, bool DROP = false>
 __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, int T_, int nh, int nkv, int hd,
-                                       const int32_t *lens)
+                                       const int32_t *lens, AttnDrop dr = AttnDrop{})
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -76,10 +90,12 @@ __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, 
         dot = warp_sum(dot) * scale;
         float mn = fmaxf(m, dot), alpha = expf(m - mn), p = expf(dot - mn);
         l = l * alpha + p;
+        float pv = p; /* the dropped probability weighs v; the normalizer l sums the undropped ones */
+        if (DROP) pv *= attn_drop_factor(dr, b, h, t, s, nh, T_);
 #pragma unroll
         for (int k = 0; k < NPL; k++) {
             int d = lane + 32 * k;
-            if (d < hd) o[k] = o[k] * alpha + p * to_f(vr[d]);
+            if (d < hd) o[k] = o[k] * alpha + pv * to_f(vr[d]);
         }
         m = mn;
     }
@@ -93,9 +109,10 @@ __global__ void attn_simple_fwd_kernel(T *out, float *lse, const T *qkv, int B, 
 }
 
 // Per (b, h, t): Dt = dout . out;  dq = scale * sum_s p_s (dout . v_s - Dt) k_s
-template <typename T, bool CAUSAL>
+template <typename T, bool CAUSAL, bool DROP = false>
 __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, const T *out, const float *lse,
-                                         const T *qkv, int B, int T_, int nh, int nkv, int hd, const int32_t *lens)
+                                         const T *qkv, int B, int T_, int nh, int nkv, int hd, const int32_t *lens,
+                                         AttnDrop dr = AttnDrop{})
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -135,6 +152,7 @@ __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, co
         dot = warp_sum(dot);
         dpv = warp_sum(dpv);
         float ps = expf(dot * scale - L);
+        if (DROP) dpv *= attn_drop_factor(dr, b, h, t, s, nh, T_);
         float ds = ps * (dpv - D) * scale;
 #pragma unroll
         for (int k = 0; k < NPL; k++) {
@@ -152,9 +170,10 @@ __global__ void attn_simple_bwd_q_kernel(T *dqkv, float *Dbuf, const T *dout, co
 
 // Per (b, kv head, s): dk_s = scale * sum_{h in group, t >= s} ds_ts q_t,  dv_s = sum p_ts dout_t
 // (bidirectional: over every t when s is one of the row's keys, else zero)
-template <typename T, bool CAUSAL>
+template <typename T, bool CAUSAL, bool DROP = false>
 __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *dout, const float *lse, const T *qkv,
-                                          int B, int T_, int nh, int nkv, int hd, const int32_t *lens)
+                                          int B, int T_, int nh, int nkv, int hd, const int32_t *lens,
+                                          AttnDrop dr = AttnDrop{})
 {
     const int NPL = SIMPLE_MAX_HD / 32;
     size_t wid = (size_t)blockIdx.x * SIMPLE_WARPS + threadIdx.x / 32;
@@ -190,14 +209,19 @@ __global__ void attn_simple_bwd_kv_kernel(T *dqkv, const float *Dbuf, const T *d
             dot = warp_sum(dot);
             dpv = warp_sum(dpv);
             size_t li = ((size_t)b * nh + h) * T_ + t;
-            float ps = expf(dot * scale - lse[li]);
+            float ps = expf(dot * scale - lse[li]), pv = ps;
+            if (DROP) {
+                float f = attn_drop_factor(dr, b, h, t, s, nh, T_);
+                dpv *= f;
+                pv = ps * f;
+            }
             float ds = ps * (dpv - Dbuf[li]) * scale;
 #pragma unroll
             for (int k = 0; k < NPL; k++) {
                 int e = lane + 32 * k;
                 if (e < hd) {
                     dk[k] += ds * to_f(q[e]);
-                    dvv[k] += ps * to_f(d[e]);
+                    dvv[k] += pv * to_f(d[e]);
                 }
             }
         }
@@ -362,10 +386,11 @@ __device__ __forceinline__ void mma_a_tileT_ldm(float (&acc)[8][4], const u32 (&
         }
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                    const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                   int nkv, int zorder, const int32_t *lens)
+                                                                   int nkv, int zorder, const int32_t *lens,
+                                                                   AttnDrop dr = AttnDrop{})
 {
     __shared__ __align__(16) bf16 Qs[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Os[2][FA_BLOCK * FA_LDS];
@@ -427,6 +452,7 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
         mma_a_tileT_ldm(p, kf, Qs[buf], lane);  /* S^T (16 keys x 64 queries) */
         mma_a_tileT_ldm(dp, vf, Os[buf], lane); /* dP^T */
         bool edge = CAUSAL ? (q0 == k0 || q0 + FA_BLOCK > T_) : (k0 + FA_BLOCK > len || q0 + FA_BLOCK > T_);
+        int hq = kvh * group + it / nq; /* this iteration's query head (dropout's draw index) */
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -434,8 +460,14 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
                 int qi = nt * 8 + 2 * tq + (e & 1), q = q0 + qi, key = e < 2 ? key_a : key_b;
                 bool hidden = CAUSAL ? (key > q || q >= T_) : (key >= len || q >= T_);
                 float pv = (edge && hidden) ? 0.0f : exp2f(p[nt][e] * c - lse_s[buf][qi]);
-                p[nt][e] = pv;
-                dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
+                if (DROP) { /* dV from the dropped P; dP through the same mask */
+                    float f = attn_drop_factor(dr, b, hq, q, key, nh, T_);
+                    p[nt][e] = pv * f;
+                    dp[nt][e] = pv * (dp[nt][e] * f - D_s[buf][qi]);
+                } else {
+                    p[nt][e] = pv;
+                    dp[nt][e] = pv * (dp[nt][e] - D_s[buf][qi]);
+                }
             }
         mma_p_tile(dv, p, Os[buf], lane);
         mma_p_tile(dk, dp, Qs[buf], lane);
@@ -457,10 +489,11 @@ __global__ void __launch_bounds__(FA_THREADS) flash2_bwd_kv_kernel(bf16 *dqkv, c
     }
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv, const bf16 *dout, const float *lse,
                                                                   const float *Dbuf, const bf16 *qkv, int T_, int nh,
-                                                                  int nkv, int zorder, const int32_t *lens)
+                                                                  int nkv, int zorder, const int32_t *lens,
+                                                                  AttnDrop dr = AttnDrop{})
 {
     __shared__ __align__(16) bf16 Ks[2][FA_BLOCK * FA_LDS];
     __shared__ __align__(16) bf16 Vs[2][FA_BLOCK * FA_LDS];
@@ -524,6 +557,7 @@ __global__ void __launch_bounds__(FA_THREADS, 3) flash2_bwd_q_kernel(bf16 *dqkv,
                 int key = k0 + nt * 8 + 2 * tq + (e & 1), r = e >> 1, q = r ? row_b : row_a;
                 bool hidden = CAUSAL ? (key > q || key >= T_ || q >= T_) : (key >= len || q >= T_);
                 float pv = (edge && hidden) ? 0.0f : exp2f(p[nt][e] * c - L[r]);
+                if (DROP) dp[nt][e] *= attn_drop_factor(dr, b, h, q, key, nh, T_);
                 dp[nt][e] = pv * (dp[nt][e] - Dr[r]);
             }
         mma_p_tile(dq, dp, Ks[buf], lane);
@@ -611,11 +645,12 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[8][4], const u32 (&a)[4], ui
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel(bf16 *out, float *lse,
                                                                                 const bf16 *qkv, int T_, int nh,
                                                                                 int nkv, int zorder,
-                                                                                const int32_t *lens)
+                                                                                const int32_t *lens,
+                                                                                AttnDrop dr = AttnDrop{})
 {
     const int THREADS_ = WG_THREADS, ROWS = WG_GROUPS * WG_ROWS;
     extern __shared__ __align__(16) unsigned char wg_smem[];
@@ -700,6 +735,13 @@ __global__ void __launch_bounds__(WG_THREADS, 4 / WG_GROUPS) flash_wg_fwd_kernel
                 float p2 = exp2f(fmaf(s[nt][2], c, -mu[1])), p3 = exp2f(fmaf(s[nt][3], c, -mu[1]));
                 l[0] += p0 + p1;
                 l[1] += p2 + p3;
+                if (DROP) { /* the normalizer l sums the undropped P; the product takes the dropped one */
+                    int key = k0 + nt * 8 + 2 * tq;
+                    p0 *= attn_drop_factor(dr, b, h, row_a, key, nh, T_);
+                    p1 *= attn_drop_factor(dr, b, h, row_a, key + 1, nh, T_);
+                    p2 *= attn_drop_factor(dr, b, h, row_b, key, nh, T_);
+                    p3 *= attn_drop_factor(dr, b, h, row_b, key + 1, nh, T_);
+                }
                 pa[nt / 2][(nt & 1) * 2] = pack_bf16(p0, p1);
                 pa[nt / 2][(nt & 1) * 2 + 1] = pack_bf16(p2, p3);
             }
@@ -967,19 +1009,21 @@ static dim3 flash_grid(int zorder, int ntile, int heads, int B)
 #define FA_BWD_KV_PER_SM 2
 #define FA_BWD_Q_PER_SM 3
 
-// out (B,T,nh*64), lse (B,nh,T) from qkv: the wgmma forward, 128 query rows per block
-template <bool CAUSAL>
-static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T_, int nh, int nkv, const int32_t *lens)
+// out (B,T,nh*64), lse (B,nh,T) from qkv: the wgmma forward, 128 query rows per block (DROP: with dropout
+// on the probabilities, attention_drop_fwd)
+template <bool CAUSAL, bool DROP = false>
+static void flash_fwd(bf16 *out, float *lse, const bf16 *qkv, int B, int T_, int nh, int nkv, const int32_t *lens,
+                      AttnDrop dr = AttnDrop{})
 {
     static bool smem_set = false;
     if (!smem_set) { /* over the 48 KB a block gets without asking */
-        CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel<CAUSAL>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)WG_SMEM));
+        CUDA_CHECK(cudaFuncSetAttribute(flash_wg_fwd_kernel<CAUSAL, DROP>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)WG_SMEM));
         smem_set = true;
     }
     int nt = CEIL_DIV(T_, WG_GROUPS * WG_ROWS), z = flash_zorder((size_t)nt * nh * B, WG_FWD_PER_SM);
-    flash_wg_fwd_kernel<CAUSAL><<<flash_grid(z, nt, nh, B), WG_THREADS, WG_SMEM, g_cu.stream>>>(out, lse, qkv, T_, nh,
-                                                                                             nkv, z, lens);
+    flash_wg_fwd_kernel<CAUSAL, DROP><<<flash_grid(z, nt, nh, B), WG_THREADS, WG_SMEM, g_cu.stream>>>(
+        out, lse, qkv, T_, nh, nkv, z, lens, dr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -1040,9 +1084,9 @@ static void flash_bwd_fused(bf16 *dqkv, const bf16 *dout, const bf16 *out, const
 
 /* The two-kernel backward (deterministic mode, and every bidirectional call): D, then dK, dV per key
  * block and dQ per query block. */
-template <bool CAUSAL>
+template <bool CAUSAL, bool DROP = false>
 static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out, const float *lse, const bf16 *qkv,
-                                  int B, int T_, int nh, int nkv, const int32_t *lens)
+                                  int B, int T_, int nh, int nkv, const int32_t *lens, AttnDrop dr = AttnDrop{})
 {
     size_t rows = (size_t)B * T_ * nh;
     float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
@@ -1051,11 +1095,11 @@ static void flash_bwd_two_kernels(bf16 *dqkv, const bf16 *dout, const bf16 *out,
     int nt = CEIL_DIV(T_, FA_BLOCK);
     int zkv = flash_zorder((size_t)nt * nkv * B, FA_BWD_KV_PER_SM);
     int zq = flash_zorder((size_t)nt * nh * B, FA_BWD_Q_PER_SM);
-    flash2_bwd_kv_kernel<CAUSAL><<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(
-        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zkv, lens);
+    flash2_bwd_kv_kernel<CAUSAL, DROP><<<flash_grid(zkv, nt, nkv, B), FA_THREADS, 0, g_cu.stream>>>(
+        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zkv, lens, dr);
     CUDA_CHECK_LAUNCH();
-    flash2_bwd_q_kernel<CAUSAL><<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>(dqkv, dout, lse, Dbuf, qkv,
-                                                                                         T_, nh, nkv, zq, lens);
+    flash2_bwd_q_kernel<CAUSAL, DROP><<<flash_grid(zq, nt, nh, B), FA_THREADS, 0, g_cu.stream>>>(
+        dqkv, dout, lse, Dbuf, qkv, T_, nh, nkv, zq, lens, dr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -1136,6 +1180,83 @@ void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const f
     simple_bwd<T, false>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, lens);
 }
 
+/* Attention with dropout on the probabilities (backend.h attention_drop_fwd/bwd, training with
+ * model.attn_dropout > 0): our kernels with the draw compiled in (DROP), never cuDNN's fused engines
+ * (whose dropout masks are not ours), whatever opts.attention says. bf16 with head_dim 64: the wgmma
+ * flash forward and the two-kernel flash backward (atomic-free, so deterministic in every mode); other
+ * shapes and fp32: the simple kernels. */
+static AttnDrop attn_drop_make(float p, uint64_t seed)
+{
+    AttnDrop dr;
+    dr.cut = dropout_cut(p);
+    dr.keep = dr.cut ? 1.0f / (1.0f - p) : 1.0f; /* a p below 2^-32 drops nothing and scales nothing (the CPU's) */
+    dr.seed = seed;
+    return dr;
+}
+
+template <typename T>
+void cu_attention_drop_fwd(void *out, float *lse, const void *qkv, const int32_t *lens, int causal, int B, int T_,
+                           int nh, int nkv, int hd, float p, uint64_t seed)
+{
+    CUDA_PROF("attention_drop_fwd");
+    check_shape(nh, nkv, hd);
+    AttnDrop dr = attn_drop_make(p, seed);
+    if (flash_applies<T>(hd, qkv)) {
+        if (causal) flash_fwd<true, true>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, nullptr, dr);
+        else flash_fwd<false, true>((bf16 *)out, lse, (const bf16 *)qkv, B, T_, nh, nkv, lens, dr);
+        return;
+    }
+    size_t warps = (size_t)B * nh * T_;
+    unsigned grid = (unsigned)CEIL_DIV(warps, SIMPLE_WARPS);
+    if (causal)
+        attn_simple_fwd_kernel<T, true, true><<<grid, SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, nullptr, dr);
+    else
+        attn_simple_fwd_kernel<T, false, true><<<grid, SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+            (T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens, dr);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, bool CAUSAL>
+static void simple_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                            int T_, int nh, int nkv, int hd, const int32_t *lens, AttnDrop dr)
+{
+    size_t rows = (size_t)B * T_ * nh, wkv = (size_t)B * nkv * T_;
+    float *Dbuf = (float *)cuda_scratch(CEIL_DIV(rows, 64) * 64 * sizeof(float));
+    attn_simple_bwd_q_kernel<T, CAUSAL, true><<<CEIL_DIV(rows, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)dqkv, Dbuf, (const T *)dout, (const T *)out, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens, dr);
+    CUDA_CHECK_LAUNCH();
+    attn_simple_bwd_kv_kernel<T, CAUSAL, true><<<CEIL_DIV(wkv, SIMPLE_WARPS), SIMPLE_WARPS * 32, 0, g_cu.stream>>>(
+        (T *)dqkv, Dbuf, (const T *)dout, lse, (const T *)qkv, B, T_, nh, nkv, hd, lens, dr);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void cu_attention_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                           const int32_t *lens, int causal, int B, int T_, int nh, int nkv, int hd, float p,
+                           uint64_t seed)
+{
+    CUDA_PROF("attention_drop_bwd");
+    check_shape(nh, nkv, hd);
+    AttnDrop dr = attn_drop_make(p, seed);
+    if (flash_applies<T>(hd, qkv)) {
+        const bf16 *q = (const bf16 *)qkv, *d = (const bf16 *)dout, *o = (const bf16 *)out;
+        if (causal) flash_bwd_two_kernels<true, true>((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv, nullptr, dr);
+        else flash_bwd_two_kernels<false, true>((bf16 *)dqkv, d, o, lse, q, B, T_, nh, nkv, lens, dr);
+        return;
+    }
+    if (causal) simple_drop_bwd<T, true>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, nullptr, dr);
+    else simple_drop_bwd<T, false>(dqkv, dout, out, lse, qkv, B, T_, nh, nkv, hd, lens, dr);
+}
+
+template void cu_attention_drop_fwd<float>(void *, float *, const void *, const int32_t *, int, int, int, int, int,
+                                           int, float, uint64_t);
+template void cu_attention_drop_fwd<bf16>(void *, float *, const void *, const int32_t *, int, int, int, int, int,
+                                          int, float, uint64_t);
+template void cu_attention_drop_bwd<float>(void *, const void *, const void *, const float *, const void *,
+                                           const int32_t *, int, int, int, int, int, int, float, uint64_t);
+template void cu_attention_drop_bwd<bf16>(void *, const void *, const void *, const float *, const void *,
+                                          const int32_t *, int, int, int, int, int, int, float, uint64_t);
 template void cu_attention_fwd<float>(void *, float *, const void *, int, int, int, int, int);
 template void cu_attention_fwd<bf16>(void *, float *, const void *, int, int, int, int, int);
 template void cu_attention_bwd<float>(void *, const void *, const void *, const float *, const void *, int, int, int,

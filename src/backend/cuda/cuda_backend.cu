@@ -332,10 +332,13 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->attention_bwd = cu_attention_bwd<T>;
     be->attention_len_fwd = cu_attention_len_fwd<T>;
     be->attention_len_bwd = cu_attention_len_bwd<T>;
+    be->attention_drop_fwd = cu_attention_drop_fwd<T>;
+    be->attention_drop_bwd = cu_attention_drop_bwd<T>;
     be->lm_head_xent = cu_lm_head_xent<T>;
     be->matmul_gelu_fwd = cu_matmul_gelu_fwd<T>;
     be->matmul_dgelu_bwd = cu_matmul_dgelu_bwd<T>;
     be->gemm = cu_gemm<T>;
+    be->ragged_products = cu_ragged_products;
     be->dequant4 = cu_dequant4<T>;
     be->configure = cu_configure;
     be->mem_stats = cu_mem_stats_op;

@@ -56,6 +56,7 @@ typedef struct {
      * Set with the other switches by Backend.configure (opts.deterministic, mirrored here). */
     int deterministic;
     BackendOptions opts; /* the switches of backend.h, as last configured */
+    int ragged; /* Backend.ragged_products: products whose token count changes from call to call */
     /* grow-only scratch for per-op temporaries (partial sums, attention row terms) */
     void *scratch;
     size_t scratch_size;
@@ -164,6 +165,7 @@ template <typename T>
 void cu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias, const void *dout, const void *act,
                          const void *pre, const void *w, int N, int IC, int OC);
 /* The general row-major product of backend.h (gemm). */
+void cu_ragged_products(int on);
 template <typename T>
 void cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, int lda, const void *B, int ldb,
              float beta, void *C, int ldc, int c_f32);
@@ -197,6 +199,14 @@ void cu_attention_len_fwd(void *out, float *lse, const void *qkv, const int32_t 
 template <typename T>
 void cu_attention_len_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
                           const int32_t *lens, int B, int T_, int nh, int nkv, int hd);
+/* Attention with dropout on the probabilities (backend.h attention_drop_fwd/bwd): our flash or simple kernels. */
+template <typename T>
+void cu_attention_drop_fwd(void *out, float *lse, const void *qkv, const int32_t *lens, int causal, int B, int T_,
+                           int nh, int nkv, int hd, float p, uint64_t seed);
+template <typename T>
+void cu_attention_drop_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
+                           const int32_t *lens, int causal, int B, int T_, int nh, int nkv, int hd, float p,
+                           uint64_t seed);
 
 /* cuda_ops.cu: fills the element-wise, norm, embedding, loss and optimizer entries. */
 template <typename T> void cu_fill_ops(Backend *be);

@@ -135,6 +135,120 @@ static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, 
     return best;
 }
 
+/* A plan's descriptors for one shape: the operation (transposes, epilogue and its pointers) and the four
+ * layouts (op(A) is (m,k), so A is stored (m,k) or (k,m)). */
+static void plan_describe(Plan &p, int transa, int transb, int m, int n, int k, int lda, int ldb, int ldd,
+                          size_t ab_size, size_t d_size, const Epi &e)
+{
+    cudaDataType_t tab = cuda_type(ab_size), td = cuda_type(d_size);
+    CUDA_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e.epi, sizeof(e.epi)));
+    if (e.bias)
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias, sizeof(e.bias)));
+    if (epi_aux(e.epi)) {
+        int64_t ld = e.aux_ld;
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
+                                                  sizeof(e.aux)));
+        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
+    }
+    CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.a, tab, transa ? k : m, transa ? m : k, lda));
+    CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.b, tab, transb ? n : k, transb ? k : n, ldb));
+    CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.c, td, m, n, ldd));
+    CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.d, td, m, n, ldd));
+}
+
+static void plan_undescribe(Plan &p)
+{
+    cublasLtMatrixLayoutDestroy(p.a), cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c), cublasLtMatrixLayoutDestroy(p.d);
+    cublasLtMatmulDescDestroy(p.desc);
+}
+
+/* cuBLASLt's ranked algorithms (up to want) for a described plan, within our workspace and for operands
+ * aligned to al bytes (one alignment for all of them, the smallest, so that a cached plan fits every
+ * call with its key). */
+static cublasStatus_t plan_heuristic(const Plan &p, int al_ops, int want, cublasLtMatmulHeuristicResult_t *res,
+                                     int *found)
+{
+    cublasLtMatmulPreference_t pref;
+    CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = g_cu.lt_workspace_size;
+    CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    uint32_t al = (uint32_t)al_ops;
+    const cublasLtMatmulPreferenceAttributes_t al_attrs[] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; i++) CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof(al)));
+    *found = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, want, res, found);
+    CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    return st;
+}
+
+/* Ragged products (Backend.ragged_products, g_cu.ragged): a mixture-of-experts layer's expert products,
+ * whose token count (n or k here; m is always a weight dimension) differs at nearly every call. A plan
+ * per exact shape would ask cuBLASLt's heuristics again at almost every product (host time the GPU
+ * waits through) and keep a plan for every count ever seen. Instead the algorithm is chosen once per
+ * band: the shape with n and k rounded up to a multiple of RAGGED_BAND (the same key otherwise), so that
+ * it depends on the band only, never on which counts came first (a resumed run makes the same
+ * choices). Each call describes its exact shape for the moment of the call; should cuBLASLt refuse the
+ * band's algorithm for it, the call asks the heuristic for its own shape. */
+#define RAGGED_BAND 128
+static std::map<PlanKey, std::pair<int, cublasLtMatmulAlgo_t>> g_bands;
+
+static int band_up(int x) { return (x + RAGGED_BAND - 1) / RAGGED_BAND * RAGGED_BAND; }
+
+static bool lt_matmul_ragged(int transa, int transb, int m, int n, int k, const void *A, int lda, const void *B,
+                             int ldb, void *D, int ldd, size_t ab_size, size_t d_size, float alpha, float beta,
+                             const Epi &e, int al_ops, int al_extra)
+{
+    int nb = band_up(n), kb = band_up(k);
+    /* a band's layouts must still fit their leading dimensions: otherwise the exact shape is the band */
+    if ((transa && kb > lda) || (!transb && kb > ldb) || (transb && nb > ldb)) nb = n, kb = k;
+    PlanKey key(transa, transb, m, nb, kb, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
+                beta != 0.0f, e.aux_ld);
+    auto it = g_bands.find(key);
+    if (it == g_bands.end()) {
+        Plan bp;
+        memset(&bp, 0, sizeof(bp));
+        plan_describe(bp, transa, transb, m, nb, kb, lda, ldb, ldd, ab_size, d_size, e);
+        cublasLtMatmulHeuristicResult_t res[1];
+        int found = 0;
+        cublasStatus_t st = plan_heuristic(bp, al_ops, 1, res, &found);
+        plan_undescribe(bp);
+        std::pair<int, cublasLtMatmulAlgo_t> v(st == CUBLAS_STATUS_SUCCESS && found, cublasLtMatmulAlgo_t());
+        if (v.first) v.second = res[0].algo;
+        it = g_bands.emplace(key, v).first;
+    }
+    Plan p;
+    memset(&p, 0, sizeof(p));
+    plan_describe(p, transa, transb, m, n, k, lda, ldb, ldd, ab_size, d_size, e);
+    cublasStatus_t st = CUBLAS_STATUS_NOT_SUPPORTED;
+    if (it->second.first)
+        st = cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.d, &it->second.second,
+                            g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream);
+    if (st != CUBLAS_STATUS_SUCCESS) { /* the band's algorithm does not take this shape: its own */
+        cublasLtMatmulHeuristicResult_t res[1];
+        int found = 0;
+        st = plan_heuristic(p, al_ops, 1, res, &found);
+        bool plain = e.epi == CUBLASLT_EPILOGUE_DEFAULT || e.epi == CUBLASLT_EPILOGUE_BIAS;
+        if (st != CUBLAS_STATUS_SUCCESS || !found) {
+            plan_undescribe(p);
+            if (plain)
+                fatal("cuBLASLt has no algorithm for a %dx%dx%d matmul (trans %d%d, ld %d/%d/%d, alignment %d bytes)", m,
+                      n, k, transa, transb, lda, ldb, ldd, al_ops);
+            return false;
+        }
+        CUDA_CHECK(cublasLtMatmul(g_cu.lt, p.desc, &alpha, A, p.a, B, p.b, &beta, D, p.c, D, p.d, &res[0].algo,
+                                  g_cu.lt_workspace, g_cu.lt_workspace_size, g_cu.stream));
+    }
+    plan_undescribe(p); /* the launch has taken what it needs from the descriptors */
+    return true;
+}
+
 /* D (m,n) = op(A) (m,k) * op(B) (k,n) [+ beta*D], then the epilogue, column-major.
  * a_size/d_size: element bytes of A,B and of D (2 = bf16, 4 = fp32). Returns false, doing
  * nothing, when cuBLASLt offers no algorithm for an epilogue other than DEFAULT/BIAS (the
@@ -144,51 +258,19 @@ static bool lt_matmul_ab(int transa, int transb, int m, int n, int k, const void
 {
     int al_ops = std::min(std::min(ptr_align(A), ptr_align(B)), ptr_align(D));
     int al_extra = (e.bias ? ptr_align(e.bias) : 0) * 1000 + (e.aux ? ptr_align(e.aux) : 0);
+    if (g_cu.ragged)
+        return lt_matmul_ragged(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, ab_size, d_size, alpha, beta, e,
+                                al_ops, al_extra);
     PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
                 beta != 0.0f, e.aux_ld);
     auto it = g_plans.find(key);
     if (it == g_plans.end()) {
         Plan p;
         memset(&p, 0, sizeof(p));
-        cudaDataType_t tab = cuda_type(ab_size), td = cuda_type(d_size);
-        CUDA_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
-        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
-        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e.epi, sizeof(e.epi)));
-        if (e.bias)
-            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &e.bias,
-                                                      sizeof(e.bias)));
-        if (epi_aux(e.epi)) {
-            int64_t ld = e.aux_ld;
-            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &e.aux,
-                                                      sizeof(e.aux)));
-            CUDA_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld, sizeof(ld)));
-        }
-        /* stored shapes: op(A) is (m,k) so A is (m,k) or (k,m) */
-        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.a, tab, transa ? k : m, transa ? m : k, lda));
-        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.b, tab, transb ? n : k, transb ? k : n, ldb));
-        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.c, td, m, n, ldd));
-        CUDA_CHECK(cublasLtMatrixLayoutCreate(&p.d, td, m, n, ldd));
-
-        cublasLtMatmulPreference_t pref;
-        CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-        size_t ws = g_cu.lt_workspace_size;
-        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                        sizeof(ws)));
-        /* one alignment for all operands (the smallest), so that a cached plan fits every call
-         * with this key */
-        uint32_t al = (uint32_t)al_ops;
-        const cublasLtMatmulPreferenceAttributes_t al_attrs[] = {
-            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-        for (int i = 0; i < 4; i++)
-            CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof(al)));
+        plan_describe(p, transa, transb, m, n, k, lda, ldb, ldd, ab_size, d_size, e);
         cublasLtMatmulHeuristicResult_t res[TUNE_MAX];
         int found = 0, want = gemm_tune_candidates(ab_size, m, n, k);
-        cublasStatus_t st =
-            cublasLtMatmulAlgoGetHeuristic(g_cu.lt, p.desc, p.a, p.b, p.c, p.d, pref, want, res, &found);
-        CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+        cublasStatus_t st = plan_heuristic(p, al_ops, want, res, &found);
         bool plain = e.epi == CUBLASLT_EPILOGUE_DEFAULT || e.epi == CUBLASLT_EPILOGUE_BIAS;
         if (st != CUBLAS_STATUS_SUCCESS || !found) {
             if (plain)
@@ -199,9 +281,7 @@ static bool lt_matmul_ab(int transa, int transb, int m, int n, int k, const void
             p.ok = 0; /* remembered: the caller falls back to its own kernels */
             fprintf(stderr, "anvil: cuBLASLt has no algorithm for epilogue %d on a %dx%dx%d %s product; using "
                             "separate kernels\n", (int)e.epi, m, n, k, ab_size == 2 ? "bf16" : "fp32");
-            cublasLtMatrixLayoutDestroy(p.a), cublasLtMatrixLayoutDestroy(p.b);
-            cublasLtMatrixLayoutDestroy(p.c), cublasLtMatrixLayoutDestroy(p.d);
-            cublasLtMatmulDescDestroy(p.desc);
+            plan_undescribe(p);
         } else {
             p.ok = 1;
             p.algo = res[0].algo;
@@ -522,6 +602,8 @@ void cu_gemm(int ta, int tb, int M, int N, int K, float alpha, const void *A, in
     lt_matmul_ab(tb, ta, N, M, K, B, ldb, A, lda, C, ldc, sizeof(T), c_f32 ? sizeof(float) : sizeof(T), alpha, beta,
                  e);
 }
+
+void cu_ragged_products(int on) { g_cu.ragged = on; }
 
 template void cu_gemm<float>(int, int, int, int, int, float, const void *, int, const void *, int, float, void *, int,
                              int);

@@ -943,6 +943,63 @@ static void cu_xent_fwd_bwd(float *losses, void *logits, const int32_t *targets,
     cu_xent_rows<T>(losses, (T *)logits, (size_t)V, targets, N, V, dscale);
 }
 
+/* The cross-entropy over vocabulary chunks (backend.h xent_chunk_stats / xent_chunk_grad): one block
+ * per row; stats (max, sum of exp(l - max), target logit) fold in one chunk at a time. */
+template <typename T>
+__global__ void xent_chunk_stats_kernel(float *stats, const T *logits, const int32_t *targets, int V, int v0)
+{
+    int row = blockIdx.x, tg = targets[row];
+    float *st = stats + 3 * (size_t)row;
+    if (tg < 0) {
+        if (v0 == 0 && threadIdx.x == 0) st[0] = -INFINITY, st[1] = 0.0f, st[2] = 0.0f;
+        return;
+    }
+    const T *l = logits + (size_t)row * V;
+    float m = -INFINITY, s = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) online_add(m, s, to_f(l[j]));
+    block_max_sum(m, s);
+    if (threadIdx.x != 0) return;
+    float m0 = v0 == 0 ? -INFINITY : st[0], s0 = v0 == 0 ? 0.0f : st[1];
+    float mm = fmaxf(m0, m);
+    st[1] = (m0 == -INFINITY ? 0.0f : s0 * expf(m0 - mm)) + (m == -INFINITY ? 0.0f : s * expf(m - mm));
+    st[0] = mm;
+    if (v0 == 0) st[2] = 0.0f;
+    if (tg >= v0 && tg < v0 + V) st[2] = to_f(l[tg - v0]);
+}
+
+template <typename T>
+__global__ void xent_chunk_grad_kernel(float *losses, T *logits, const float *stats, const int32_t *targets, int V,
+                                       int v0, float dscale)
+{
+    int row = blockIdx.x, tg = targets[row];
+    const float *st = stats + 3 * (size_t)row;
+    if (losses && threadIdx.x == 0) losses[row] = tg < 0 ? 0.0f : st[0] + logf(st[1]) - st[2];
+    if (!logits) return;
+    T *l = logits + (size_t)row * V;
+    float scale = tg < 0 ? 0.0f : dscale / st[1], m = st[0];
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        l[j] = from_f<T>(tg < 0 ? 0.0f : expf(to_f(l[j]) - m) * scale - (v0 + j == tg ? dscale : 0.0f));
+}
+
+template <typename T>
+static void cu_xent_chunk_stats(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0)
+{
+    CUDA_PROF("xent_chunk_stats");
+    if (N <= 0) return;
+    xent_chunk_stats_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(stats, (const T *)logits, targets, V, v0);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+static void cu_xent_chunk_grad(float *losses, void *logits, const float *stats, const int32_t *targets, int N, int V,
+                               int v0, float dscale)
+{
+    CUDA_PROF("xent_chunk_grad");
+    if (N <= 0) return;
+    xent_chunk_grad_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, (T *)logits, stats, targets, V, v0, dscale);
+    CUDA_CHECK_LAUNCH();
+}
+
 /* Vocabulary-parallel cross-entropy (backend.h xent_vp_stats / xent_vp_finish): one block per row
  * of this rank's slice [v0, v0 + V) of the vocabulary. */
 template <typename T>
@@ -1173,6 +1230,8 @@ template <typename T> void cu_fill_ops(Backend *be)
     be->rope_fwd = cu_rope_fwd<T>;
     be->rope_bwd = cu_rope_bwd<T>;
     be->xent_fwd_bwd = cu_xent_fwd_bwd<T>;
+    be->xent_chunk_stats = cu_xent_chunk_stats<T>;
+    be->xent_chunk_grad = cu_xent_chunk_grad<T>;
     be->xent_vp_stats = cu_xent_vp_stats<T>;
     be->xent_vp_finish = cu_xent_vp_finish<T>;
     be->adamw = cu_adamw<T>;
