@@ -14,7 +14,7 @@
 #   - a rank killed mid-run makes the job exit non-zero at once naming it (the launcher, or
 #     mpirun); a rank that hangs
 #     makes the others exit non-zero after dist.timeout_s naming the collective (launch and mpirun);
-#   - dist.tp (tensor parallel, not yet implemented) is refused with a clear error.
+#   - dist.tp 2 in one process is refused with a clear error (tensor parallel itself: cli_tp.sh).
 set -u
 . "$(dirname "$0")/lib_cli.sh"
 
@@ -264,7 +264,7 @@ check "interrupt: no 'final' for an unfinished run" test ! -e "$tmp/int/final"
 
 # ---- errors ----
 expect_fail zero4 "dist.zero: expected 0, 1, 2 or 3" train "$tmp/t.yaml" --set dist.zero=4
-expect_fail tp2 "dist.tp: 2|not yet implemented" train "$tmp/t.yaml" --set dist.tp=2
+expect_fail tp2 "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/t.yaml" --set dist.tp=2 --set out_dir="$tmp/tp2"
 expect_fail bad-comm "dist.comm|expected auto, tcp, mpi or nccl" train "$tmp/t.yaml" --set dist.comm=gloo
 expect_fail launch-usage "launch: unknown option" launch --nope 2 -- train "$tmp/t.yaml"
 if RANK=0 WORLD_SIZE=3 MASTER_ADDR=127.0.0.1 MASTER_PORT=1 "$ANVIL" train "$tmp/t.yaml" --set out_dir="$tmp/three" \

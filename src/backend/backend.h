@@ -360,6 +360,18 @@ struct Backend {
     void (*attention_drop_bwd)(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv,
                                const int32_t *lengths, int causal, int B, int T, int nh, int nkv, int hd, float p,
                                uint64_t seed);
+
+    /* ---- vocabulary-parallel loss (appended; tensor parallel, model/tp.h) ----
+     * logits (N, V) are this rank's columns [v0, v0 + V) of the whole vocabulary; targets (N) are
+     * ids of the whole vocabulary (negative = ignored). Per row, stats (N, 3) fp32 = the slice's max
+     * m, its sum of exp(z - m), and the target's logit when the target lies in the slice (else 0). */
+    void (*xent_vp_stats)(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
+    /* From the stats of the P ranks of the group (P parts of (N, 3), in rank order): losses (N) =
+     * logsumexp over the whole vocabulary - the target's logit (0 for ignored rows), as xent_fwd_bwd
+     * of the whole row. If dscale != 0 the logits are overwritten by this slice of
+     * (softmax - onehot) * dscale (0 for ignored rows). */
+    void (*xent_vp_finish)(float *losses, void *logits, const int32_t *targets, const float *stats, int P, int N,
+                           int V, int v0, float dscale);
 };
 
 /* The CPU backend (always built). */

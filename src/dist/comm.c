@@ -9,7 +9,24 @@
 
 size_t comm_type_size(CommType t)
 {
-    return t == COMM_F32 ? 4 : 8;
+    return t == COMM_BF16 ? 2 : t == COMM_F32 ? 4 : 8;
+}
+
+/* bf16 <-> fp32 (round to nearest even), for COMM_BF16 sums on the host */
+static float bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+static uint16_t f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    u += 0x7fffu + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
 }
 
 void comm_add(void *out, const void *in, size_t n, CommType t)
@@ -31,6 +48,12 @@ void comm_add(void *out, const void *in, size_t n, CommType t)
         int64_t *o = out;
         const int64_t *x = in;
         for (size_t i = 0; i < n; i++) o[i] += x[i];
+        break;
+    }
+    case COMM_BF16: {
+        uint16_t *o = out;
+        const uint16_t *x = in;
+        for (size_t i = 0; i < n; i++) o[i] = f32_to_bf16(bf16_to_f32(o[i]) + bf16_to_f32(x[i]));
         break;
     }
     }
@@ -68,4 +91,42 @@ Comm *comm_none_create(void)
                 .start_after_compute = none_order, .compute_after_comm = none_order,
                 .take_exposed_s = none_take_exposed, .free = none_free};
     return c;
+}
+
+/* ---- groups of a job's ranks (comm_group_create) ---- */
+
+#include "dist/net.h"
+
+/* TCP: the group's rank 0 picks a free port, every rank learns it through the parent, and the group
+ * meets there as a job of its own. */
+static Comm *tcp_group(Comm *parent, const CommSetup *s, int group, int grank, int gsize)
+{
+    int mine[3] = {group, grank, grank == 0 ? net_free_port() : 0}; /* -1: none found (all fail below) */
+    int *all = xmalloc(sizeof(mine) * (size_t)parent->world), port = -1;
+    int rc = parent->host_all_gather(parent, mine, all, sizeof(mine));
+    for (int k = 0; !rc && k < parent->world; k++)
+        if (all[3 * k] == group && all[3 * k + 1] == 0) port = all[3 * k + 2];
+    free(all);
+    if (rc) return NULL;
+    if (port <= 0) return err_set("comm: group %d: its rank 0 found no free TCP port", group), NULL;
+    CommSetup gs = *s;
+    gs.rank = grank;
+    gs.world = gsize;
+    gs.master_port = port;
+    return comm_tcp_create(&gs);
+}
+
+Comm *comm_group_create(Comm *parent, const CommSetup *s, int group, int grank, int gsize)
+{
+    if (grank < 0 || grank >= gsize || gsize > parent->world)
+        return err_set("comm: rank %d of a group of %d in a job of %d (internal error)", grank, gsize, parent->world),
+               NULL;
+    if (gsize == parent->world) { /* the whole job: a comm of its own all the same (freed separately) */
+        if (!strcmp(parent->name, "none")) return comm_none_create();
+    }
+    if (!strcmp(parent->name, "nccl")) return comm_nccl_split(parent, group, grank);
+    if (!strcmp(parent->name, "mpi")) return comm_mpi_split(parent, group, grank);
+    if (!strcmp(parent->name, "tcp")) return tcp_group(parent, s, group, grank, gsize);
+    if (gsize == 1) return comm_none_create();
+    return err_set("comm: groups of a %s comm (internal error)", parent->name), NULL;
 }

@@ -31,8 +31,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Element types of the reductions. */
-typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_I64 = 2 } CommType;
+/* Element types of the reductions (COMM_BF16: the CUDA backend's activations under tensor parallel;
+ * summed in fp32 and rounded by the host comms, natively by NCCL; not by MPI). */
+typedef enum { COMM_F32 = 0, COMM_F64 = 1, COMM_I64 = 2, COMM_BF16 = 3 } CommType;
 size_t comm_type_size(CommType t);
 
 typedef struct Comm Comm;
@@ -103,6 +104,17 @@ int comm_have_nccl(void);
 int comm_mpi_init(int *rank, int *world);
 int comm_mpi_bcast_bytes(void *buf, size_t n, int root);
 void comm_mpi_finalize(void);
+
+/* A comm of its own over a group of the job's ranks (tensor parallel: the tp ranks of one replica;
+ * the ranks of one tp rank across the replicas), so that groups run their collectives independently
+ * of each other. This rank is member grank of group `group` (of gsize members); every rank of the job
+ * calls it, in the same order of groups. tcp: a rendezvous of the group on a free port that its rank 0
+ * picks and the parent passes round (s: the parent's setup, for the address and timeout: one node);
+ * mpi: MPI_Comm_split; nccl: ncclCommSplit. The parent outlives its groups. NULL with err_set(). */
+Comm *comm_group_create(Comm *parent, const CommSetup *s, int group, int grank, int gsize);
+/* The MPI and NCCL versions (comm_mpi.c, comm_nccl.c; NULL with err_set() when not built). */
+Comm *comm_mpi_split(Comm *parent, int group, int grank);
+Comm *comm_nccl_split(Comm *parent, int group, int grank);
 
 /* out[i] += in[i] for n elements of t (the reductions' arithmetic, shared by the host comms). */
 void comm_add(void *out, const void *in, size_t n, CommType t);

@@ -24,6 +24,7 @@ typedef struct {
     Watchdog *wd;
     int *counts, *displs; /* world, scratch */
     MPI_Datatype elem[3]; /* contiguous byte types of 2, 4, 8 bytes for all_gather; cached */
+    MPI_Comm comm;        /* MPI_COMM_WORLD, or a group of it (comm_mpi_split) */
 } Mpi;
 
 int comm_have_mpi(void) { return 1; }
@@ -62,7 +63,7 @@ static int mpi_all_reduce(Comm *c, void *buf, size_t n, CommType t)
 {
     if (c->world == 1 || !n) return 0;
     if (n > INT_MAX) return too_big(c, "all_reduce", n);
-    MPI_OP(c, "all_reduce", MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(t), MPI_SUM, MPI_COMM_WORLD));
+    MPI_OP(c, "all_reduce", MPI_Allreduce(MPI_IN_PLACE, buf, (int)n, mpi_type(t), MPI_SUM, ((Mpi *)c->impl)->comm));
     return 0;
 }
 
@@ -79,7 +80,7 @@ static int mpi_reduce_scatter(Comm *c, void *buf, const size_t *counts, CommType
     }
     if (!total) return 0;
     MPI_OP(c, "reduce_scatter",
-           MPI_Reduce_scatter(MPI_IN_PLACE, buf, mp->counts, mpi_type(t), MPI_SUM, MPI_COMM_WORLD));
+           MPI_Reduce_scatter(MPI_IN_PLACE, buf, mp->counts, mpi_type(t), MPI_SUM, ((Mpi *)c->impl)->comm));
     size_t es = comm_type_size(t);
     if (off) memmove((char *)buf + off * es, buf, counts[c->rank] * es);
     return 0;
@@ -111,7 +112,7 @@ static int mpi_all_gather(Comm *c, void *buf, const size_t *counts, size_t elem)
     }
     if (!off) return 0;
     MPI_OP(c, "all_gather",
-           MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, mp->counts, mp->displs, et, MPI_COMM_WORLD));
+           MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, mp->counts, mp->displs, et, ((Mpi *)c->impl)->comm));
     return 0;
 }
 
@@ -120,14 +121,14 @@ static int mpi_broadcast(Comm *c, void *buf, size_t bytes, int root)
     if (c->world == 1) return 0;
     for (size_t o = 0; o < bytes; o += INT_MAX) {
         int n = (int)MIN((size_t)INT_MAX, bytes - o);
-        MPI_OP(c, "broadcast", MPI_Bcast((char *)buf + o, n, MPI_BYTE, root, MPI_COMM_WORLD));
+        MPI_OP(c, "broadcast", MPI_Bcast((char *)buf + o, n, MPI_BYTE, root, ((Mpi *)c->impl)->comm));
     }
     return 0;
 }
 
 static int mpi_barrier(Comm *c)
 {
-    MPI_OP(c, "barrier", MPI_Barrier(MPI_COMM_WORLD));
+    MPI_OP(c, "barrier", MPI_Barrier(((Mpi *)c->impl)->comm));
     return 0;
 }
 
@@ -137,7 +138,7 @@ static int mpi_host_all_gather(Comm *c, const void *mine, void *all, size_t byte
     if (c->world == 1) return 0;
     if (bytes > INT_MAX) return too_big(c, "all_gather", bytes);
     MPI_OP(c, "all_gather",
-           MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, all, (int)bytes, MPI_BYTE, MPI_COMM_WORLD));
+           MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, all, (int)bytes, MPI_BYTE, ((Mpi *)c->impl)->comm));
     return 0;
 }
 
@@ -160,11 +161,12 @@ static void mpi_free(Comm *c)
         if (mp->elem[k] != MPI_DATATYPE_NULL) MPI_Type_free(&mp->elem[k]);
     free(mp->counts);
     free(mp->displs);
+    int fin = 0, split = mp->comm != MPI_COMM_WORLD;
+    MPI_Finalized(&fin);
+    if (split && !fin) MPI_Comm_free(&mp->comm);
     free(mp);
     free(c);
-    int fin = 0;
-    MPI_Finalized(&fin);
-    if (!fin) MPI_Finalize();
+    if (!split && !fin) MPI_Finalize(); /* a group leaves MPI to the job's comm */
 }
 
 /* MPI itself, once per process (comm_nccl uses it to pass the unique id under mpirun). */
@@ -204,6 +206,7 @@ Comm *comm_mpi_create(const CommSetup *s)
         return NULL;
     }
     Mpi *mp = xcalloc(1, sizeof(Mpi));
+    mp->comm = MPI_COMM_WORLD;
     mp->counts = xcalloc((size_t)world, sizeof(int));
     mp->displs = xcalloc((size_t)world, sizeof(int));
     for (int k = 0; k < 3; k++) mp->elem[k] = MPI_DATATYPE_NULL;
@@ -217,7 +220,39 @@ Comm *comm_mpi_create(const CommSetup *s)
     return c;
 }
 
+/* A group of the job's ranks (comm_group_create): MPI_Comm_split with the group as the colour and the
+ * rank in it as the key; every rank of the job calls it. */
+Comm *comm_mpi_split(Comm *parent, int group, int grank)
+{
+    MPI_Comm sub;
+    int e = MPI_Comm_split(((Mpi *)parent->impl)->comm, group, grank, &sub);
+    if (e != MPI_SUCCESS) return mpi_fail(parent, "split", e), NULL;
+    int rank, world;
+    MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(sub, &rank);
+    MPI_Comm_size(sub, &world);
+    Mpi *mp = xcalloc(1, sizeof(Mpi));
+    mp->comm = sub;
+    mp->counts = xcalloc((size_t)world, sizeof(int));
+    mp->displs = xcalloc((size_t)world, sizeof(int));
+    for (int k = 0; k < 3; k++) mp->elem[k] = MPI_DATATYPE_NULL;
+    mp->wd = watchdog_start(parent->rank, parent->timeout_s, NULL, mpi_abort, NULL); /* messages name the job's rank */
+    Comm *c = xcalloc(1, sizeof(Comm));
+    *c = *parent;
+    c->rank = rank;
+    c->world = world;
+    c->busy_s = 0;
+    c->impl = mp;
+    return c;
+}
+
 #else /* built without MPI */
+
+Comm *comm_mpi_split(Comm *parent, int group, int grank)
+{
+    comm_mpi_init(NULL, NULL);
+    return NULL;
+}
 
 int comm_have_mpi(void) { return 0; }
 int comm_mpi_init(int *rank, int *world) { return err_set("this anvil was built without MPI (install libopenmpi-dev and rebuild)"); }

@@ -81,6 +81,7 @@ typedef struct {
     void *scratch; /* device staging for the host ops */
     size_t scratch_size;
     int rank;
+    int split; /* made by comm_nccl_split: its parent owns MPI */
     cudaEvent_t marks[COMM_MARKS]; /* mark(): the comm stream's points, a ring */
     long nmarks;
 } Nccl;
@@ -89,7 +90,7 @@ int comm_have_nccl(void) { return 1; }
 
 static ncclDataType_t nccl_type(CommType t)
 {
-    return t == COMM_F32 ? ncclFloat32 : t == COMM_F64 ? ncclFloat64 : ncclInt64;
+    return t == COMM_F32 ? ncclFloat32 : t == COMM_F64 ? ncclFloat64 : t == COMM_BF16 ? ncclBfloat16 : ncclInt64;
 }
 
 /* Remember that an op was queued (its completion event), waiting for the oldest when full. */
@@ -341,9 +342,10 @@ static void nccl_free(Comm *c)
     if (n->scratch) cudaFree(n->scratch);
     free(n->pairs);
     pthread_mutex_destroy(&n->mu);
+    int split = n->split;
     free(n);
     free(c);
-    comm_mpi_finalize();
+    if (!split) comm_mpi_finalize();
 }
 
 /* The unique id: rank 0 makes it; MPI or the TCP rendezvous carries it to the others. */
@@ -363,20 +365,19 @@ static int exchange_id(const CommSetup *s, ncclUniqueId *id)
     return rc;
 }
 
-Comm *comm_nccl_create(const CommSetup *s)
+/* A Comm of rank of world with its stream, events and watchdog, before its NCCL communicator. */
+static Comm *nccl_comm_new(int rank, int world, double timeout_s)
 {
-    ncclUniqueId id;
-    if (exchange_id(s, &id)) return NULL;
     Comm *c = xcalloc(1, sizeof(Comm));
     Nccl *n = xcalloc(1, sizeof(Nccl));
-    *c = (Comm){.name = "nccl", .rank = s->rank, .world = s->world, .device_buffers = 1, .timeout_s = s->timeout_s,
+    *c = (Comm){.name = "nccl", .rank = rank, .world = world, .device_buffers = 1, .timeout_s = timeout_s,
                 .all_reduce_sum = nccl_all_reduce, .reduce_scatter_sum = nccl_reduce_scatter,
                 .all_gather = nccl_all_gather, .broadcast = nccl_broadcast, .barrier = nccl_barrier,
                 .host_all_gather = nccl_host_all_gather, .start_after_compute = nccl_start_after_compute,
                 .compute_after_comm = nccl_compute_after_comm, .take_exposed_s = nccl_take_exposed,
                 .mark = nccl_mark, .compute_after_mark = nccl_compute_after_mark,
                 .free = nccl_free, .impl = n};
-    n->rank = s->rank;
+    n->rank = rank;
     n->xs = (cudaStream_t)cuda_stream();
     pthread_mutex_init(&n->mu, NULL);
     cudaError_t e = cudaStreamCreateWithFlags(&n->cs, cudaStreamNonBlocking);
@@ -392,8 +393,18 @@ Comm *comm_nccl_create(const CommSetup *s)
         free(c);
         return NULL;
     }
+    n->wd = watchdog_start(rank, timeout_s, nccl_check, nccl_abort, c);
+    return c;
+}
+
+Comm *comm_nccl_create(const CommSetup *s)
+{
+    ncclUniqueId id;
+    if (exchange_id(s, &id)) return NULL;
+    Comm *c = nccl_comm_new(s->rank, s->world, s->timeout_s);
+    if (!c) return NULL;
+    Nccl *n = c->impl;
     /* ncclCommInitRank waits for every rank: the watchdog bounds that wait too */
-    n->wd = watchdog_start(s->rank, s->timeout_s, nccl_check, nccl_abort, c);
     watchdog_begin(n->wd, "nccl init");
     ncclResult_t r = ncclCommInitRank(&n->nc, s->world, id, s->rank);
     watchdog_end(n->wd);
@@ -404,10 +415,39 @@ Comm *comm_nccl_create(const CommSetup *s)
     return c;
 }
 
+/* A group of the parent's ranks (comm_group_create): ncclCommSplit with the group as the colour and
+ * the rank in it as the key; every parent rank calls it. Its own comm stream, ordered against the
+ * compute stream as the parent's. */
+Comm *comm_nccl_split(Comm *parent, int group, int grank)
+{
+    Nccl *pn = parent->impl;
+    Comm *c = nccl_comm_new(parent->rank, 0, parent->timeout_s); /* messages name the job's rank */
+    if (!c) return NULL;
+    Nccl *n = c->impl;
+    n->split = 1;
+    watchdog_begin(n->wd, "nccl split");
+    ncclResult_t r = ncclCommSplit(pn->nc, group, grank, &n->nc, NULL);
+    watchdog_end(n->wd);
+    if (r != ncclSuccess) {
+        err_set("ncclCommSplit: %s", ncclGetErrorString(r));
+        return NULL;
+    }
+    int size = 0;
+    if (ncclCommCount(n->nc, &size) != ncclSuccess) return err_set("ncclCommCount failed"), NULL;
+    c->rank = grank;
+    c->world = size;
+    return c;
+}
+
 #else /* built without CUDA */
 
 int comm_have_nccl(void) { return 0; }
 Comm *comm_nccl_create(const CommSetup *s)
+{
+    err_set("this anvil was built without CUDA, so without NCCL");
+    return NULL;
+}
+Comm *comm_nccl_split(Comm *parent, int group, int grank)
 {
     err_set("this anvil was built without CUDA, so without NCCL");
     return NULL;

@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "model/model.h"
+#include "model/tp.h"
 
 static const char *env_get(const char *name) { return getenv(name); }
 
@@ -43,10 +44,19 @@ int dist_init_env(Dist *d, const DistOptions *o)
     memset(d, 0, sizeof(*d));
     d->opt = *o;
     if (dist_env_parse(&d->env, env_get)) return err_prefix("dist");
-    d->rank = d->env.rank;
-    d->world = d->env.world;
+    d->grank = d->rank = d->env.rank;
+    d->gworld = d->world = d->env.world;
+    d->tp = o->tp > 1 ? o->tp : 1;
     if (o->zero < 0 || o->zero > 3)
         return err_set("dist.zero: %d is not available: 0 (data parallel), 1, 2 or 3", o->zero);
+    if (d->tp > 1) { /* replicas of tp adjacent ranks (dist.h) */
+        if (d->env.launcher == DIST_LAUNCH_NONE || d->gworld % d->tp)
+            return err_set("dist.tp: %d needs a multiple of %d ranks (anvil launch --nproc %d, mpirun -np %d); this "
+                           "job has %d", d->tp, d->tp, d->tp, d->tp, d->env.launcher == DIST_LAUNCH_NONE ? 1 : d->gworld);
+        d->tp_rank = d->grank % d->tp;
+        d->rank = d->grank / d->tp;
+        d->world = d->gworld / d->tp;
+    }
     if (d->env.launcher != DIST_LAUNCH_NONE && on_cuda(o) && select_gpu(d)) return -1;
     return 0;
 }
@@ -64,7 +74,7 @@ static Comm *make_comm(Dist *d)
     }
     int mpirun = d->env.launcher == DIST_LAUNCH_MPIRUN;
     if (!strcmp(want, "auto")) want = on_cuda(o) ? "nccl" : mpirun ? "mpi" : "tcp";
-    CommSetup s = {.rank = d->rank, .world = d->world, .local_rank = d->env.local_rank,
+    CommSetup s = {.rank = d->grank, .world = d->gworld, .local_rank = d->env.local_rank,
                    .master_port = d->env.master_port, .mpi = mpirun, .timeout_s = o->timeout_s};
     snprintf(s.master_addr, sizeof(s.master_addr), "%s", d->env.master_addr[0] ? d->env.master_addr : "127.0.0.1");
     if (!strcmp(want, "nccl")) {
@@ -89,11 +99,22 @@ int dist_connect(Dist *d)
     d->comm = make_comm(d);
     if (!d->comm) return -1;
     d->active = d->env.launcher != DIST_LAUNCH_NONE;
-    int pid = (int)getpid(), *all = xmalloc(sizeof(int) * (size_t)d->world);
+    int pid = (int)getpid(), *all = xmalloc(sizeof(int) * (size_t)d->gworld);
     int rc = d->comm->host_all_gather(d->comm, &pid, all, sizeof(int));
     d->pid0 = all[0];
     free(all);
-    return rc;
+    if (rc || d->tp == 1) return rc;
+    /* the tp group of this replica, then the data-parallel group of this tp rank (every rank makes
+     * both, in this order) */
+    CommSetup s = {.rank = d->grank, .world = d->gworld, .local_rank = d->env.local_rank,
+                   .master_port = d->env.master_port, .mpi = d->env.launcher == DIST_LAUNCH_MPIRUN,
+                   .timeout_s = d->opt.timeout_s};
+    snprintf(s.master_addr, sizeof(s.master_addr), "%s", d->env.master_addr[0] ? d->env.master_addr : "127.0.0.1");
+    d->world_comm = d->comm;
+    d->comm = NULL;
+    d->tp_comm = comm_group_create(d->world_comm, &s, d->rank, d->tp_rank, d->tp);
+    if (d->tp_comm) d->comm = comm_group_create(d->world_comm, &s, d->tp_rank, d->rank, d->world);
+    return d->comm ? 0 : err_prefix("dist.tp");
 }
 
 void dist_setup_params(Dist *d, const ParamTable *pt)
@@ -165,6 +186,8 @@ void dist_free(Dist *d)
     free(d->hooks);
     free(d->hook_err);
     if (d->comm) d->comm->free(d->comm);
+    if (d->tp_comm) d->tp_comm->free(d->tp_comm);
+    if (d->world_comm) d->world_comm->free(d->world_comm);
     free(d->lo);
     free(d->hi);
     free(d->counts);
@@ -261,7 +284,92 @@ int dist_sum_f64(Dist *d, double *x, int n)
 
 double dist_take_exposed(Dist *d)
 {
-    return d && d->comm ? d->comm->take_exposed_s(d->comm) : 0;
+    double s = d && d->comm ? d->comm->take_exposed_s(d->comm) : 0;
+    if (d && d->tp_comm) s += d->tp_comm->take_exposed_s(d->tp_comm); /* tensor parallel's collectives */
+    return s;
+}
+
+int dist_world_gather_f64(Dist *d, const double *x, double *all, int n)
+{
+    Comm *c = d->world_comm ? d->world_comm : d->comm;
+    if (!dist_active(d) || !c) {
+        memmove(all, x, sizeof(double) * (size_t)n);
+        return 0;
+    }
+    return c->host_all_gather(c, x, all, sizeof(double) * (size_t)n);
+}
+
+/* ---- tensor parallel: the model's group (model/tp.h ModelTp) ---- */
+
+static void tp_reduce_act(void *ctx, void *buf, size_t n)
+{
+    Dist *d = ctx;
+    Comm *c = d->tp_comm;
+    c->start_after_compute(c);
+    if (c->all_reduce_sum(c, buf, n, d->act_size == 2 ? COMM_BF16 : COMM_F32))
+        fatal("rank %d: tensor parallel all_reduce (tp group of job ranks %d-%d): %s", d->grank, d->rank * d->tp,
+              d->rank * d->tp + d->tp - 1, err_get());
+    c->compute_after_comm(c);
+}
+
+static void tp_gather_f32(void *ctx, float *buf, size_t n)
+{
+    Dist *d = ctx;
+    Comm *c = d->tp_comm;
+    size_t *counts = xmalloc(sizeof(size_t) * (size_t)d->tp);
+    for (int k = 0; k < d->tp; k++) counts[k] = n;
+    c->start_after_compute(c);
+    if (c->all_gather(c, buf, counts, sizeof(float)))
+        fatal("rank %d: tensor parallel all_gather (tp group of job ranks %d-%d): %s", d->grank, d->rank * d->tp,
+              d->rank * d->tp + d->tp - 1, err_get());
+    c->compute_after_comm(c);
+    free(counts);
+}
+
+int dist_tp_model(Dist *d, const ModelConfig *full, size_t act_size, ModelTp *tp)
+{
+    memset(tp, 0, sizeof(*tp));
+    ModelConfig local;
+    if (tp_config_local(full, d->tp, d->tp_rank, &local)) return -1;
+    tp->rank = d->tp_rank;
+    tp->size = d->tp;
+    tp_vocab_part(full->vocab_size, d->tp, d->tp_rank, &tp->v0, &tp->vn);
+    tp->full = *full;
+    tp->ctx = d;
+    tp->all_reduce_act = tp_reduce_act;
+    tp->all_gather_f32 = tp_gather_f32;
+    d->act_size = act_size;
+    return 0;
+}
+
+int dist_tp_grad_sumsq(Dist *d, const ParamStore *ps, double *sumsq)
+{
+    const ParamTable *pt = ps->pt;
+    double s[2] = {0, 0}; /* split, whole tensors: this rank's part of the segment (ZeRO: its shard) */
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TRAIN) continue;
+        size_t a = MAX(p->seg, d->my_lo), e = MIN(p->seg + p->numel, d->my_hi);
+        if (e <= a) continue;
+        s[tp_role_split(p->role) ? 0 : 1] += ps->be->sumsq(ps->grad + (a - ps->grad_lo), e - a);
+    }
+    if (d->opt.zero && dist_sum_f64(d, s, 2)) return -1; /* ZeRO: the shards of the data-parallel group */
+    double *all = xmalloc(sizeof(s) * (size_t)d->tp);
+    int rc = dist_tp_gather(d, s, all, sizeof(s));
+    double t = all[1]; /* the whole tensors: tp rank 0's sum (the same bits on every rank) */
+    for (int k = 0; k < d->tp; k++) t += all[2 * k]; /* the slices, in rank order */
+    free(all);
+    *sumsq = t;
+    return rc;
+}
+
+int dist_tp_gather(Dist *d, const void *mine, void *all, size_t bytes)
+{
+    if (!d->tp_comm) {
+        memmove(all, mine, bytes);
+        return 0;
+    }
+    return d->tp_comm->host_all_gather(d->tp_comm, mine, all, bytes);
 }
 
 /* ---- phase 2: the hooks (model.h ModelHooks), sharded stores ---- */

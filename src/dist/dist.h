@@ -30,6 +30,7 @@ struct ModelHooks;
 /* dist.* keys (train_config.h) the layer needs. */
 typedef struct {
     int zero;          /* 0, 1, 2, 3 */
+    int tp;            /* dist.tp: tensor-parallel ranks per data-parallel replica (0 or 1: none) */
     double timeout_s;  /* dist.timeout_s */
     double bucket_mb;  /* dist.bucket_mb: MiB of fp32 gradient per bucket */
     const char *comm;  /* dist.comm: auto, tcp, mpi, nccl */
@@ -39,8 +40,18 @@ typedef struct {
 typedef struct {
     DistEnv env;
     DistOptions opt;
+    /* The data-parallel group: comm, rank and world below are those of the data-parallel replicas
+     * (everything of data parallel and ZeRO runs over it). Tensor parallel (dist.tp P > 1): the job's
+     * G ranks form G / P replicas of P adjacent ranks (Megatron's layout: job rank g is tp rank g % P
+     * of replica g / P); comm then joins the ranks of one tp rank across the replicas, tp_comm the P
+     * ranks of this replica, world_comm the whole job. With P = 1 comm is the job's comm, rank and
+     * world the job's, tp_comm and world_comm NULL. */
     Comm *comm;
     int rank, world;
+    int tp, tp_rank;     /* P, and this rank's place in its replica */
+    int grank, gworld;   /* the job's rank and size */
+    Comm *tp_comm, *world_comm;
+    size_t act_size;     /* the backend's activation bytes (dist_tp_model: bf16 or fp32 sums) */
     int active;          /* a launcher started this rank: the collectives run (also for world 1) */
     int pid0;            /* rank 0's process id (names the checkpoint's temporary directory) */
     /* the trainable segment: every rank's shard [lo[r], hi[r]) (ZeRO), this rank's in my_lo/my_hi
@@ -125,5 +136,22 @@ int dist_sum_f64(Dist *d, double *x, int n);
 int dist_gather_f64(Dist *d, const double *x, double *all, int n);
 /* Seconds the compute waited for communication since the last call (Comm.take_exposed_s). */
 double dist_take_exposed(Dist *d);
+
+/* The job's rank 0 (writes checkpoints and metrics). */
+static inline int dist_main(const Dist *d) { return d->grank == 0; }
+/* As dist_gather_f64 over the whole job (gworld parts; every replica's every rank). */
+int dist_world_gather_f64(Dist *d, const double *x, double *all, int n);
+
+struct ModelTp;
+/* Tensor parallel: this rank's group for a model of config full (model/tp.h): rank, size, the
+ * vocabulary slice and the collectives over tp_comm (sums in the act dtype of act_size bytes).
+ * -1 with err_set() when the config cannot be split (tp_config_local). */
+int dist_tp_model(Dist *d, const ModelConfig *full, size_t act_size, struct ModelTp *tp);
+/* The squared gradient norm of the whole model under tensor parallel, after the reduction: the split
+ * tensors' sums of squares added over the tp group, the whole (replicated) tensors' once (ZeRO: over
+ * the shards of the data-parallel group first). */
+int dist_tp_grad_sumsq(Dist *d, const ParamStore *ps, double *sumsq);
+/* all (P * bytes, host) = every tp rank's mine (host), in tp rank order. */
+int dist_tp_gather(Dist *d, const void *mine, void *all, size_t bytes);
 
 #endif

@@ -5,6 +5,7 @@
 #include "core/error.h"
 #include "model/dropout.h"
 #include "model/moe.h"
+#include "model/tp.h"
 
 static int is_rms(const Model *m) { return !cfg_layernorm(&m->cfg); }
 
@@ -140,9 +141,13 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     /* token-type embeddings (every token of type 0) first, so that the word ids are the last lookup's
      * (the CUDA backend keeps those for embed_bwd) */
     if (m->tte >= 0) be->embed_fwd(bufs->scratch, m->types, params_w(ps, m->tte), NULL, B, T, C, 0);
-    const int32_t *ids;
-    const void *wte = model_embed_table(m, tokens, N, &ids);
-    be->embed_fwd(a0->res, ids, wte, params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    if (m->tp) { /* vocabulary-parallel (model/tp.h) */
+        tp_embed_fwd(m, a0->res, bufs->scratch, B, T);
+    } else {
+        const int32_t *ids;
+        const void *wte = model_embed_table(m, tokens, N, &ids);
+        be->embed_fwd(a0->res, ids, wte, params_w(ps, m->wpe), B, T, C, ctx->pos0);
+    }
     if (m->tte >= 0) be->add(a0->res, a0->res, bufs->scratch, (size_t)N * C);
     if (!c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, a0->res, (size_t)N * C); /* the embedding output */
     model_weights_need(m, 1, 2);

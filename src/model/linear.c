@@ -3,6 +3,7 @@
 
 #include "core/error.h"
 #include "model/lora.h"
+#include "model/tp.h"
 
 /* What a product needs of a weight: its compute copy and, when it has one, its gradient. */
 typedef struct {
@@ -158,8 +159,12 @@ void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *in
     }
     LinearWeight w = linear_weight_fwd(ps, L->w);
     const void *x = linear_input(ps, &w, inp, N, L->in);
-    ps->be->matmul_fwd(out, x, w.w, params_w(ps, L->b), N, L->in, L->out);
+    int row = L->split == LINEAR_ROW;
+    /* row-parallel: every rank's partial product, summed; the bias once (by the group's rank 0) */
+    int b = row && L->tp->rank != 0 ? -1 : L->b;
+    ps->be->matmul_fwd(out, x, w.w, params_w(ps, b), N, L->in, L->out);
     if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb);
+    if (row) tp_all_reduce_act(L->tp, out, (size_t)N * L->out);
 }
 
 void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
@@ -172,6 +177,8 @@ void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *d
     ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, x, w.w, N, L->in, L->out);
     params_grad_done(ps, L->w); /* a fused ternary weight: its update, now (its last use this step) */
     if (L->n_adapters) adapters_bwd(ps, L, dinp, dout, inp, N, lb);
+    /* column-parallel: each rank's slice of the outputs contributes to the whole input's gradient */
+    if (L->split == LINEAR_COL && dinp) tp_all_reduce_act(L->tp, dinp, (size_t)N * L->in);
 }
 
 void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N,
@@ -186,6 +193,7 @@ void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre
     LinearWeight w = linear_weight_fwd(ps, L->w);
     if (w.quant_act) fatal("linear: BitLinear %s in a GELU product (internal error: gpt2 has no ternary mode)",
                            ps->pt->p[L->w].name);
+    if (L->split == LINEAR_ROW) fatal("linear: row-parallel %s before a GELU (internal error)", ps->pt->p[L->w].name);
     ps->be->matmul_gelu_fwd(act, pre, inp, w.w, params_w(ps, L->b), N, L->in, L->out);
 }
 
@@ -202,6 +210,8 @@ void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *
     }
     if (w.quant_act) fatal("linear: BitLinear %s in a GELU product (internal error: gpt2 has no ternary mode)",
                            ps->pt->p[L->w].name);
+    /* the MLP-out product is row-parallel: dpre is this rank's slice, no sum */
+    if (L->split == LINEAR_COL) fatal("linear: column-parallel %s after a GELU (internal error)", ps->pt->p[L->w].name);
     params_grad_begin(ps, L->w);
     ps->be->matmul_dgelu_bwd(dpre, params_g(ps, bias_pre), w.dw, params_g(ps, L->b), dout, act, pre, w.w, N, L->in,
                              L->out);
@@ -245,6 +255,7 @@ void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void
                       const int32_t *targets, int N, float dscale, const LinearHeadBufs *hb)
 {
     if (L->n_adapters) fatal("linear: adapters on the output head are not supported (internal error)");
+    if (L->split != LINEAR_WHOLE) fatal("linear: a split output head in lm_head_xent (internal error: tp_head_xent)");
     if (ps->pt->p[L->w].chunk_rows) {
         head_xent_rows(ps, L, losses, dinp, inp, targets, N, dscale, hb);
         return;

@@ -39,20 +39,36 @@ typedef struct {
     uint64_t seed;  /* this product's dropout stream (distinct per layer, site and micro-step) */
 } LinearBufs;
 
+/* Tensor parallel (model/tp.h): how a Linear is split over the ranks of its tp group. */
+typedef enum {
+    LINEAR_WHOLE = 0, /* not split (no tensor parallel) */
+    LINEAR_COL = 1,   /* column-parallel: this rank holds a slice of W's output rows (q/k/v heads, MLP-in,
+                       * the vocabulary of the head); its input is whole, so its input gradient is a
+                       * partial sum: linear_bwd all-reduces dinp over the group */
+    LINEAR_ROW = 2,   /* row-parallel: this rank holds a slice of W's input columns (attention-out,
+                       * MLP-out); its output is a partial sum: linear_fwd all-reduces out over the
+                       * group, the bias added by the group's rank 0 only */
+} LinearSplit;
+
+struct ModelTp;
+
 typedef struct {
     int w, b;    /* parameter indices of the weight and the bias (-1: no bias) */
-    int in, out; /* W is (out, in) */
+    int in, out; /* W is (out, in); this rank's slice under tensor parallel */
     const LinearAdapter *adapters;
     int n_adapters;
+    LinearSplit split;         /* LINEAR_WHOLE unless tp_attach split it */
+    const struct ModelTp *tp;  /* the group's collectives (split != LINEAR_WHOLE) */
 } Linear;
 
 /* A Linear for weight w and bias b (-1 for none), its shape read from the table. */
 Linear linear_make(const ParamTable *pt, int w, int b);
 
-/* out (N, out) = inp (N, in) @ W^T + b (+ the adapters) */
+/* out (N, out) = inp (N, in) @ W^T + b (+ the adapters); row-parallel: then summed over the tp group */
 void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N, const LinearBufs *lb);
 /* dinp (N, in) = dout @ W (overwrite; NULL to skip) (+ the adapters' input gradient); dW += dout^T @ inp
- * and db += colsum(dout) where the tensors have gradients; the adapters' gradients. */
+ * and db += colsum(dout) where the tensors have gradients; the adapters' gradients. Column-parallel:
+ * dinp then summed over the tp group. */
 void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
                 const LinearBufs *lb);
 

@@ -12,6 +12,7 @@
 #include "model/block.h"
 #include "model/dropout.h"
 #include "model/moe.h"
+#include "model/tp.h"
 
 /* GPT-2 init (Radford et al. 2019; nanoGPT/llm.c): std 0.02 for every matrix,
  * residual output projections scaled by 1/sqrt(2 * n_layer). */
@@ -292,6 +293,7 @@ void model_free(Model *m)
 {
     if (!m) return;
     const Backend *be = m->be;
+    tp_detach(m);
     free_acts(m);
     moe_params_free(m);
     params_free(&m->ps);
@@ -653,6 +655,7 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
         fatal("model_forward: %d x %d tokens exceed the reserved %d x %d (internal error)", B, T, m->Bmax, m->Tmax);
     if (lengths && !c->bidirectional) fatal("model_forward: sequence lengths for a causal model (internal error)");
     be->upload(m->tokens, inputs, (size_t)N * sizeof(int32_t));
+    if (m->tp) tp_tokens(m, inputs, B, T, c->pos_offset);
     if (targets && !c->bidirectional) be->upload(m->targets, targets, (size_t)N * sizeof(int32_t));
     if (c->bidirectional && targets && m->mlm.w < 0)
         fatal("model_forward: this encoder has no MLM head to score targets with (internal error)");
@@ -687,6 +690,7 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
         return valid ? (float)(m->loss_sum / valid) : 0.0f;
     }
     if (!targets) {
+        if (m->tp) fatal("model_forward: logits of a tensor-parallel model (internal error: not supported)");
         if (!m->logits) {
             size_t before;
             be->mem_stats(&before, NULL);
@@ -705,7 +709,9 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
     }
     /* output layer + loss, and when training already their backward: dlnf into dbuf1 (where
      * model_backward starts) and the head's gradient */
-    if (m->head_unfused && !m->pt.p[m->head.w].chunk_rows) { /* the whole (N,V) logits, the softmax, the product back */
+    if (m->tp) { /* each rank its slice of the vocabulary (model/tp.h) */
+        tp_head_xent(m, m->losses, m->dbuf1, m->lnf, m->targets, N, loss_scale);
+    } else if (m->head_unfused && !m->pt.p[m->head.w].chunk_rows) { /* the whole (N,V) logits, the softmax, the product back */
         if (!m->logits) {
             size_t before, after;
             be->mem_stats(&before, NULL);
@@ -839,7 +845,8 @@ void model_backward(Model *m)
         return;
     }
     params_grad_begin(ps, m->wte);
-    be->embed_bwd(params_g(ps, m->wte), dwpe, dres, m->tokens, B, T, C);
+    if (m->tp) tp_embed_bwd(m, dres, d1, B, T);
+    else be->embed_bwd(params_g(ps, m->wte), dwpe, dres, m->tokens, B, T, C);
     if (m->tte >= 0 && params_g(ps, m->tte)) be->embed_bwd(params_g(ps, m->tte), NULL, dres, m->types, B, T, C);
     params_grad_done(ps, m->wte);
     model_grads_ready(m, 0);

@@ -131,6 +131,7 @@ typedef struct Model {
     double loss_sum;            /* sum of the losses of the last forward with targets */
     const ModelHooks *hooks;    /* a sharded run's hooks (above), or NULL */
     struct MoeState *moe;       /* MoE models: backward scratch, routing losses, statistics (moe.h) */
+    struct ModelTp *tp;         /* tensor parallel: this rank's group (model/tp.h), or NULL */
 
     /* encoders (bert family) */
     int tte;                    /* token-type embeddings (-1: none) */

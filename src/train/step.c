@@ -52,7 +52,10 @@ int train_step_dist(Model *m, Optimizer *o, Dist *d, const StepBatch *b, const S
      * 0/1 on the last micro-step only, ZeRO-2/3 on every one (each rank keeps only its shard) */
     if (dp && dist_reduce_grads(d, &m->ps)) return -1;
     double sums[2] = {loss_sum, 0}, gnorm;
-    if (dp && d->opt.zero >= 1) { /* each rank holds its shard's summed gradient only */
+    if (dp && d->tp > 1) { /* tensor parallel: each rank holds slices (dist.h dist_tp_grad_sumsq) */
+        if (dist_tp_grad_sumsq(d, &m->ps, &gnorm) || dist_sum_f64(d, sums, 1)) return -1;
+        gnorm = sqrt(gnorm);
+    } else if (dp && d->opt.zero >= 1) { /* each rank holds its shard's summed gradient only */
         size_t lo = d->my_lo - m->ps.grad_lo, n = d->my_hi - d->my_lo; /* ZeRO-1: inside the whole buffer */
         sums[1] = n ? be->sumsq(m->ps.grad + lo, n) : 0.0;
         if (dist_sum_f64(d, sums, 2)) return -1;

@@ -13,6 +13,9 @@
 #include "model/quant4.h"
 #include "data/chat.h"
 
+/* dist.tp's upper bound: the GPUs of one node (8) times a margin for CPU tests. */
+#define DIST_TP_MAX 64
+
 /* CT_BATCH: a positive int, or "auto" (stored as 0) */
 typedef enum { CT_INT, CT_LONG, CT_U64, CT_FLOAT, CT_STR, CT_BOOL, CT_TRI, CT_LIST, CT_BATCH } KeyType;
 
@@ -204,8 +207,12 @@ static const KeyDef keys[] = {
      "gradients reduce-scattered to their shard, kept only for it), 3 ZeRO-3 (also the parameters sharded, "
      "each layer all-gathered just before use, forward and backward). docs/distributed.md has the bytes per "
      "parameter of each."},
-    {"dist.tp", CT_INT, F(dist_tp), "1", "Tensor-parallel ranks within a node; only 1 for now (tensor parallel is "
-                                         "not yet available, docs/distributed.md)."},
+    {"dist.tp", CT_INT, F(dist_tp), "1",
+     "Tensor-parallel ranks per model replica (Megatron-style, within a node): the job's ranks form replicas of "
+     "dist.tp adjacent ranks, each holding a slice of every block's heads and MLP units and of the vocabulary; "
+     "data parallel runs over the replicas (world = tp x dp). Must divide the ranks, model.n_head, "
+     "model.n_kv_head and model.d_ff; dense gpt2/llama models, no LoRA; dist.zero shards over the replicas "
+     "(docs/distributed.md)."},
     {"dist.timeout_s", CT_FLOAT, F(dist_timeout_s), "600",
      "Longest wait of a collective (and of the rendezvous) for the other ranks: past it the rank exits with "
      "status 1 naming the collective, instead of hanging on a dead peer. Must exceed the longest step, "
@@ -578,9 +585,16 @@ int train_config_validate(const TrainConfig *tc)
         return err_set("model.freeze: with lora.r the whole base is frozen already; leave model.freeze empty");
     if (tc->dist_zero < 0 || tc->dist_zero > 3)
         return err_set("dist.zero: expected 0, 1, 2 or 3, got %d", tc->dist_zero);
-    if (tc->dist_tp != 1)
-        return err_set("dist.tp: %d: tensor parallel is not yet implemented (phase 2, docs/distributed.md); use 1",
+    if (tc->dist_tp < 1 || tc->dist_tp > DIST_TP_MAX)
+        return err_set("dist.tp: expected 1 .. %d ranks per replica, got %d", DIST_TP_MAX, tc->dist_tp);
+    if (tc->dist_tp > 1 && (tc->lora_r || tc->lora_init[0]))
+        return err_set("lora.r: LoRA with dist.tp %d is not supported (adapters are not split); use dist.tp 1",
                        tc->dist_tp);
+    if (tc->dist_tp > 1 && strcmp(tc->quant, "none"))
+        return err_set("model.quant: %s with dist.tp %d is not supported (4-bit bases are not split); use dist.tp 1",
+                       tc->quant, tc->dist_tp);
+    if (tc->dist_tp > 1 && !strcmp(tc->optimizer, "ternary"))
+        return err_set("train.optimizer: ternary with dist.tp %d is not supported; use dist.tp 1", tc->dist_tp);
     if (!(tc->dist_timeout_s > 0) || !isfinite(tc->dist_timeout_s))
         return err_set("dist.timeout_s: must be a positive number of seconds, got %g", tc->dist_timeout_s);
     if (!(tc->dist_bucket_mb > 0) || !isfinite(tc->dist_bucket_mb))

@@ -35,6 +35,7 @@
 #include "report/plan.h"
 #include "report/tb.h"
 #include "dist/env.h"
+#include "model/tp.h"
 #include "train/checkpoint.h"
 #include "train/freeze.h"
 #include "train/optim.h"
@@ -208,7 +209,16 @@ typedef struct {
     int stop;     /* some rank was interrupted: every rank stops after this step */
     double *moe_load; /* MoE: routed rows per layer and expert over this process's steps (NULL: dense) */
     int moe_step0;    /* the first step they count */
+    /* tensor parallel (dist.tp > 1; model/tp.h): this rank's group; the whole model's config and table
+     * (a Model shell for the checkpoint files, which hold the whole model) and every tp rank's table,
+     * to assemble the whole from the slices */
+    ModelTp tpm;
+    Model whole;
+    ParamTable *tp_pt;
 } Run;
+
+/* Tensor parallel: each rank of a replica holds slices of the model (model/tp.h). */
+static int run_tp(const Run *r) { return dist_active(&r->dist) && r->dist.tp > 1; }
 
 /* ZeRO shards the optimizer's files only when several ranks hold parts of it. */
 static int run_sharded(const Run *r)
@@ -224,9 +234,9 @@ static int agree(Run *r, int rc, const char *what)
     if (!dist_active(d)) return rc;
     char mine[ANVIL_ERR_MAX];
     snprintf(mine, sizeof(mine), "%s", rc ? err_get() : "");
-    double x = rc ? 1 : 0, *all = xmalloc(sizeof(double) * (size_t)d->world);
-    int e = dist_gather_f64(d, &x, all, 1), bad = -1;
-    for (int k = 0; !e && k < d->world && bad < 0; k++)
+    double x = rc ? 1 : 0, *all = xmalloc(sizeof(double) * (size_t)d->gworld);
+    int e = dist_world_gather_f64(d, &x, all, 1), bad = -1; /* every rank of every replica */
+    for (int k = 0; !e && k < d->gworld && bad < 0; k++)
         if (all[k] != 0) bad = k;
     free(all);
     if (e) return -1;
@@ -253,13 +263,52 @@ static int check_same_weights(Run *r, const float *p)
     return rc;
 }
 
+/* Tensor parallel: the whole model's host image (seg 0) or trainable segment (seg 1; the optimizer's
+ * moments) from every tp rank's slice `local` (zeros where nothing is). */
+static int tp_gather_whole(Run *r, const float *local, float *whole, int seg)
+{
+    int P = r->dist.tp;
+    size_t most = 1, mine = seg ? r->m->pt.n_train : r->m->pt.total;
+    for (int k = 0; k < P; k++) most = MAX(most, seg ? r->tp_pt[k].n_train : r->tp_pt[k].total);
+    float *buf = xcalloc(most, sizeof(float)), *all = xmalloc(most * (size_t)P * sizeof(float));
+    memcpy(buf, local, mine * sizeof(float));
+    int rc = dist_tp_gather(&r->dist, buf, all, most * sizeof(float));
+    for (int k = 0; !rc && k < P; k++)
+        tp_slice(&r->tpm.full, P, k, &r->whole.pt, &r->tp_pt[k], whole, all + (size_t)k * most, 0, seg);
+    free(buf);
+    free(all);
+    return rc;
+}
+
+/* Tensor parallel with ZeRO: the moments of this rank's shard [opt.lo, opt.hi) into seg (its whole
+ * trainable segment), from every rank of the data-parallel group; without ZeRO they are whole already. */
+static int dp_whole_moments(Run *r, const float *shard, float *seg)
+{
+    Dist *d = &r->dist;
+    size_t mine = r->opt.hi - r->opt.lo, most = 1;
+    if (!d->opt.zero) {
+        memcpy(seg, shard, r->m->pt.n_train * sizeof(float));
+        return 0;
+    }
+    for (int k = 0; k < d->world; k++) most = MAX(most, d->hi[k] - d->lo[k]);
+    float *buf = xcalloc(most, sizeof(float)), *all = xmalloc(most * (size_t)d->world * sizeof(float));
+    memcpy(buf, shard, mine * sizeof(float));
+    int rc = d->comm->host_all_gather(d->comm, buf, all, most * sizeof(float));
+    for (int k = 0; !rc && k < d->world; k++)
+        memcpy(seg + d->lo[k], all + (size_t)k * most, (d->hi[k] - d->lo[k]) * sizeof(float));
+    free(buf);
+    free(all);
+    return rc;
+}
+
 /* A checkpoint of every rank's state: rank 0 writes the model directory (and the optimizer file, or
  * the manifest of the shards), every rank of a ZeRO run its own shard, then rank 0 publishes. */
 static int save_checkpoint(Run *r)
 {
     Model *m = r->m;
     Dist *d = &r->dist;
-    int dp = dist_active(d), sharded = run_sharded(r), main = d->rank == 0;
+    /* tensor parallel writes the whole model's optimizer file, ZeRO or not */
+    int dp = dist_active(d), sharded = run_sharded(r) && !run_tp(r), main = dist_main(d);
     if (dp && dist_params_whole(d, &m->ps)) return -1; /* every rank's master is whole for the save */
     size_t n = r->opt.n ? r->opt.n : 1;
     float *p = xmalloc(m->pt.total * sizeof(float)), *mm = xmalloc(n * sizeof(float)), *vv = xmalloc(n * sizeof(float));
@@ -271,8 +320,23 @@ static int save_checkpoint(Run *r)
         free(p), free(mm), free(vv);
         return -1;
     }
+    const Model *cm = m; /* what the files describe: the whole model under tensor parallel */
+    if (run_tp(r)) {
+        size_t nw = r->whole.pt.n_train ? r->whole.pt.n_train : 1, nl = m->pt.n_train ? m->pt.n_train : 1;
+        float *pw = xcalloc(r->whole.pt.total, sizeof(float)), *mw = xcalloc(nw, sizeof(float)),
+              *vw = xcalloc(nw, sizeof(float)), *ml = xcalloc(nl, sizeof(float)), *vl = xcalloc(nl, sizeof(float));
+        int e = dp_whole_moments(r, mm, ml) || dp_whole_moments(r, vv, vl) || tp_gather_whole(r, p, pw, 0) ||
+                tp_gather_whole(r, ml, mw, 1) || tp_gather_whole(r, vl, vw, 1);
+        free(p), free(mm), free(vv), free(ml), free(vl);
+        p = pw, mm = mw, vv = vw;
+        cm = &r->whole;
+        if (e) {
+            free(p), free(mm), free(vv);
+            return -1;
+        }
+    }
     int bf16 = !strcmp(r->tc->ckpt_dtype, "bf16");
-    CheckpointData cd = {.m = m, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
+    CheckpointData cd = {.m = cm, .params = p, .adam_m = mm, .adam_v = vv, .state = &r->st,
                          .config_yaml = r->config_yaml, .tok = r->tok, .bf16_weights = bf16,
                          .adapter_base = m->adapters ? r->base_path : NULL, .finished = r->st.step >= r->tc->steps};
     if (sharded) {
@@ -337,7 +401,7 @@ static int check_model_ckpt(const Run *r, const char *ck)
 {
     ModelConfig saved;
     if (hf_read_config(ck, &saved)) return -1;
-    const char *diff = model_config_diff(&saved, &r->m->cfg);
+    const char *diff = model_config_diff(&saved, run_tp(r) ? &r->whole.cfg : &r->m->cfg);
     if (diff) return err_set("%s: the checkpoint's %s differs from the config's (compare %s/config.yaml)", ck, diff, ck);
     return 0;
 }
@@ -358,6 +422,27 @@ static int check_adapter_ckpt(const Run *r, const char *ck)
     return 0;
 }
 
+/* Tensor parallel: a checkpoint (the whole model, any layout of the moments) into this rank's slices:
+ * p (local host image), mm, vv (the optimizer's part [opt.lo, opt.hi) of the local trainable segment). */
+static int tp_read_whole(Run *r, const char *ck, float *p, float *mm, float *vv)
+{
+    const Dist *d = &r->dist;
+    size_t nw = r->whole.pt.n_train ? r->whole.pt.n_train : 1, nl = r->m->pt.n_train ? r->m->pt.n_train : 1;
+    float *pw = xcalloc(r->whole.pt.total, sizeof(float)), *mw = xcalloc(nw, sizeof(float)),
+          *vw = xcalloc(nw, sizeof(float)), *ml = xcalloc(nl, sizeof(float)), *vl = xcalloc(nl, sizeof(float));
+    tp_gather_whole(r, p, pw, 0); /* what the files do not hold stays as it is */
+    int rc = ckpt_read_optimizer_range(ck, &r->whole, pw, 0, r->whole.pt.n_train, mw, vw);
+    if (!rc) {
+        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, pw, p, 1, 0);
+        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, mw, ml, 1, 1);
+        tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, vw, vl, 1, 1);
+        memcpy(mm, ml + r->opt.lo, (r->opt.hi - r->opt.lo) * sizeof(float));
+        memcpy(vv, vl + r->opt.lo, (r->opt.hi - r->opt.lo) * sizeof(float));
+    }
+    free(pw), free(mw), free(vw), free(ml), free(vl);
+    return rc;
+}
+
 static int resume_from(Run *r, const char *resume_dir)
 {
     char *ck = ckpt_find_latest(resume_dir);
@@ -373,7 +458,11 @@ static int resume_from(Run *r, const char *resume_dir)
     if (dist_params_whole(&r->dist, &r->m->ps)) goto out; /* a ZeRO store: whole while the weights load */
     if (r->m->adapters && peft_read_weights(ck, r->m)) goto out;
     model_get_params(r->m, p);
-    if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) goto out;
+    if (run_tp(r)) { /* the whole model and moments, then this rank's slices of them */
+        if (tp_read_whole(r, ck, p, mm, vv)) goto out;
+    } else if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) {
+        goto out;
+    }
     model_set_params(r->m, p);
     optim_upload(&r->opt, mm, vv);
     if (ckpt_read_ternary(ck, r->m)) goto out;
@@ -629,6 +718,49 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
     return 0;
 }
 
+/* Tensor parallel: this rank's group and slice of the config (local), the whole model's table and
+ * every tp rank's (tensor kinds as kinds: model.freeze names the same tensors on every rank). */
+static int tp_setup(Run *r, const ModelConfig *full, const ParamKind *kinds, ModelConfig *local)
+{
+    Dist *d = &r->dist;
+    int P = d->tp;
+    if (dist_tp_model(d, full, r->be->act_size, &r->tpm)) return -1;
+    if (tp_config_local(full, P, d->tp_rank, local)) return -1;
+    r->whole.cfg = *full;
+    param_table_build(&r->whole.pt, full);
+    param_table_set_kinds(&r->whole.pt, kinds);
+    r->tp_pt = xcalloc((size_t)P, sizeof(ParamTable));
+    for (int k = 0; k < P; k++) {
+        ModelConfig lk;
+        tp_config_local(full, P, k, &lk);
+        param_table_build(&r->tp_pt[k], &lk);
+        param_table_set_kinds(&r->tp_pt[k], kinds);
+    }
+    return 0;
+}
+
+/* Tensor parallel: this rank's slices of a whole host image (the whole model's table) into the model. */
+static void tp_set_whole(Run *r, const float *whole)
+{
+    float *local = xcalloc(r->m->pt.total, sizeof(float));
+    tp_slice(&r->tpm.full, r->dist.tp, r->dist.tp_rank, &r->whole.pt, &r->m->pt, (float *)whole, local, 1, 0);
+    model_set_params_base(r->m, local);
+    free(local);
+}
+
+/* Tensor parallel: GPT-2's init of the whole model (a host copy, on the CPU backend), sliced, so that
+ * the run starts where dist.tp 1 starts. */
+static void tp_init_gpt2(Run *r, uint64_t seed)
+{
+    Model *w = model_create_frozen(&r->whole.cfg, backend_cpu());
+    float *host = xmalloc(w->pt.total * sizeof(float));
+    model_init_gpt2(w, seed);
+    model_get_params(w, host);
+    model_free(w);
+    tp_set_whole(r, host);
+    free(host);
+}
+
 /* The model with its tensor kinds (model.freeze, or the adapters of lora.* over a frozen base), its
  * weights (model.init or GPT-2 init; lora.init or PEFT's init for adapters), its activations and the
  * optimizer's state. */
@@ -662,25 +794,38 @@ static int setup_model(Run *r, const ModelConfig *cfg)
                                "reduced over ranks)");
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
-        r->m = model_create_kinds(cfg, r->be, kinds);
+        ModelConfig local; /* tensor parallel: this rank's slice */
+        if (run_tp(r) && tp_setup(r, cfg, kinds, &local)) {
+            free(kinds);
+            return -1;
+        }
+        r->m = model_create_kinds(run_tp(r) ? &local : cfg, r->be, kinds);
         free(kinds);
         if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
     }
     Q4Spec pre;
     if (tc->model_init[0] && bnb_model_quant(tc->model_init, &pre) == 1) { /* 4-bit as stored */
+        if (run_tp(r))
+            return err_set("model.init: %s is 4-bit (bitsandbytes); dist.tp %d does not split 4-bit tensors",
+                           tc->model_init, r->dist.tp);
         if (bnb_model_load(r->m, tc->model_init)) return err_prefix("model.init");
-    } else if (tc->model_init[0]) {
-        float *host = xmalloc(r->m->pt.total * sizeof(float));
-        int e = hf_read_weights(tc->model_init, cfg, &r->m->pt, host);
-        if (!e) model_set_params_base(r->m, host);
+    } else if (tc->model_init[0]) { /* tensor parallel: the whole directory, then this rank's slices */
+        const ParamTable *pt = run_tp(r) ? &r->whole.pt : &r->m->pt;
+        float *host = xmalloc(pt->total * sizeof(float));
+        int e = hf_read_weights(tc->model_init, cfg, pt, host);
+        if (!e && run_tp(r)) tp_set_whole(r, host);
+        else if (!e) model_set_params_base(r->m, host);
         free(host);
         if (e) return err_prefix("model.init");
+    } else if (run_tp(r)) {
+        tp_init_gpt2(r, tc->seed);
     } else {
         model_init_gpt2(r->m, tc->seed);
         if (r->m->adapters) model_init_lora(r->m, tc->seed); /* GPT-2's init drew the adapters too */
     }
     if (tc->lora_init[0] && peft_read_weights(tc->lora_init, r->m)) return err_prefix("lora.init");
     if (model_reserve(r->m, tc->batch_size, tc->seq_len, tc->recompute)) return -1;
+    if (run_tp(r)) tp_attach(r->m, &r->tpm); /* the products split, the collectives of the tp group */
     Dist *d = &r->dist;
     dist_setup_params(d, &r->m->pt);
     if (dist_active(d) && d->opt.zero) /* ZeRO: moments for this rank's shard only */
@@ -856,21 +1001,31 @@ static void print_dropout(const Run *r)
 
 static void print_header(const Run *r)
 {
-    const ModelConfig *c = &r->m->cfg;
-    const ParamTable *pt = &r->m->pt;
+    int tp = run_tp(r); /* the whole model, and what each tp rank holds of it */
+    const ModelConfig *c = tp ? &r->whole.cfg : &r->m->cfg;
+    const ParamTable *pt = tp ? &r->whole.pt : &r->m->pt;
+    char tpbuf[128] = "";
+    if (tp)
+        snprintf(tpbuf, sizeof(tpbuf), "; each tp rank %d heads (%d kv), %.2fM parameters", r->m->cfg.n_head,
+                 r->m->cfg.n_kv_head, param_count_all(&r->m->pt) / 1e6);
     const Dist *d = &r->dist;
     long step_tokens = (long)r->tc->batch_size * r->tc->seq_len * r->accum * (dist_active(d) ? d->world : 1);
     if (r->quiet) return;
-    if (dist_active(d))
+    if (dist_active(d) && d->tp > 1)
+        printf("dist: %d rank(s) (%s, comm %s), dist.tp %d x %d data-parallel, dist.zero %d | each replica %d x %d "
+               "tokens x %d micro-steps\n",
+               d->gworld, dist_launcher_name(d->env.launcher), d->comm->name, d->tp, d->world, d->opt.zero,
+               r->tc->batch_size, r->tc->seq_len, r->accum);
+    else if (dist_active(d))
         printf("dist: %d rank(s) (%s, comm %s), dist.zero %d | each rank %d x %d tokens x %d micro-steps\n", d->world,
                dist_launcher_name(d->env.launcher), d->comm->name, d->opt.zero, r->tc->batch_size, r->tc->seq_len,
                r->accum);
     size_t tern = param_count_kind(pt, PARAM_TERNARY);
     char tbuf[64] = "";
     if (tern) snprintf(tbuf, sizeof(tbuf), "%.2fM integer-ternary, ", tern / 1e6);
-    printf("model: %s, %d layers, d_model %d, %d heads (%d kv) | parameters: %.2fM trainable, %s%.2fM frozen, "
+    printf("model: %s, %d layers, d_model %d, %d heads (%d kv)%s | parameters: %.2fM trainable, %s%.2fM frozen, "
            "%.2fM total | device %s | %d x %d tokens x %d micro-steps = %ld tokens/step\n",
-           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, param_count(pt) / 1e6, tbuf,
+           model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, tpbuf, param_count(pt) / 1e6, tbuf,
            (param_count_all(pt) - param_count(pt) - tern) / 1e6, param_count_all(pt) / 1e6, r->be->name,
            r->tc->batch_size, r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
     if (c->moe_experts > 0)
@@ -897,7 +1052,14 @@ static void print_memory(const Run *r)
            mr.weights, mr.master, mr.grads, mr.optim, mr.acts, mr.workspace, mr.peak, param_count(&r->m->pt),
            param_count_kind(&r->m->pt, PARAM_TERNARY));
     const Dist *d = &r->dist;
-    if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
+    if (run_tp(r)) { /* what this rank holds of the whole model (docs/distributed.md "Tensor parallel") */
+        double P = (double)param_count(&r->whole.pt);
+        printf("memory per rank (rank 0, dist.tp %d, dist.zero %d over %d replicas): %.2f bytes per trainable "
+               "parameter of the whole model (weights %.2f, master %.2f, gradients %.2f, optimizer %.2f) + staging "
+               "%.2f (layer buffers)\n",
+               d->tp, d->opt.zero, d->world, (mr.weights + mr.master + mr.grads + mr.optim) / P, mr.weights / P,
+               mr.master / P, mr.grads / P, mr.optim / P, (double)dist_slot_bytes(d) / P);
+    } else if (dist_active(d)) { /* what this rank holds per trainable parameter (docs/distributed.md) */
         double P = (double)param_count(&r->m->pt);
         printf("memory per rank (rank 0, dist.zero %d over %d ranks): %.2f bytes per trainable parameter "
                "(weights %.2f, master %.2f, gradients %.2f, optimizer %.2f) + staging %.2f (layer buffers)\n",
@@ -946,9 +1108,9 @@ static int gather_rank_stats(Run *r, StepLog *s, double comm_s, double peak_byte
     r->stop = stop_requested;
     s->comm_s = comm_s;
     if (!dist_active(d)) return 0;
-    int w = d->world;
+    int w = d->gworld; /* every rank of every replica (tensor parallel: every GPU) */
     double mine[3] = {stop_requested ? 1 : 0, comm_s, peak_bytes}, *all = xmalloc(sizeof(double) * 3 * (size_t)w);
-    if (dist_gather_f64(d, mine, all, 3)) {
+    if (dist_world_gather_f64(d, mine, all, 3)) {
         free(all);
         return -1;
     }
@@ -978,7 +1140,7 @@ static int train_loop(Run *r)
     double flops_token = model_flops_per_token(r->m, T);
     int on_gpu = strncmp(r->be->name, "cuda", 4) == 0;
     double t_run0 = now_s(), elapsed0 = r->st.elapsed_s;
-    double *peak_ranks = dp ? xcalloc((size_t)d->world, sizeof(double)) : NULL;
+    double *peak_ranks = dp ? xcalloc((size_t)d->gworld, sizeof(double)) : NULL;
     if (r->st.step >= tc->steps && !r->quiet)
         printf("the run is finished (step %d of train.steps %d): nothing to train; raise train.steps to continue "
                "it (--set train.steps=N)\n",
@@ -1051,6 +1213,11 @@ static int run_free(Run *r, int failed)
         dist_detach(&r->dist);
         model_free(r->m);
     }
+    if (r->tp_pt) { /* tensor parallel's tables */
+        for (int k = 0; k < r->dist.tp; k++) param_table_free(&r->tp_pt[k]);
+        free(r->tp_pt);
+        param_table_free(&r->whole.pt);
+    }
     /* after a failure a peer may still be inside a collective: MPI_Finalize / ncclCommDestroy would
      * wait for it, so those comms are left to the process's exit */
     if (!rc || !r->dist.comm || !strcmp(r->dist.comm->name, "tcp") || !strcmp(r->dist.comm->name, "none"))
@@ -1105,10 +1272,10 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
     const TrainConfig *tc = &tcv;
     int rc = -1;
     ModelConfig cfg;
-    DistOptions dopt = {.zero = tc->dist_zero, .timeout_s = tc->dist_timeout_s, .bucket_mb = tc->dist_bucket_mb,
+    DistOptions dopt = {.zero = tc->dist_zero, .tp = tc->dist_tp, .timeout_s = tc->dist_timeout_s, .bucket_mb = tc->dist_bucket_mb,
                         .comm = tc->dist_comm, .device = tc->device};
     if (dist_init_env(&r->dist, &dopt)) goto out; /* before the backend: it picks this rank's GPU */
-    r->quiet = r->dist.rank != 0;
+    r->quiet = !dist_main(&r->dist);
     if (trainer_model_config(tc, &cfg)) goto out;
     if (tc->seq_len > cfg.max_seq_len) {
         err_set("train.seq_len: %d exceeds the model's max_seq_len %d", tc->seq_len, cfg.max_seq_len);
@@ -1143,7 +1310,7 @@ int trainer_run(const TrainConfig *tc_in, const char *resume_dir, int overwrite)
 out:
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
-    int rank = r->dist.rank, world = r->dist.world;
+    int rank = r->dist.grank, world = r->dist.gworld;
     if (run_free(r, rc < 0)) rc = -1; /* rc > 0: interrupted after a checkpoint, not a failure */
     if (rc && world > 1) err_prefix("rank %d", rank);
     return rc;

@@ -874,6 +874,8 @@ static const Backend cpu_backend = {
     .xent_chunk_grad = cpu_xent_chunk_grad,
     .attention_drop_fwd = cpu_attention_drop_fwd,
     .attention_drop_bwd = cpu_attention_drop_bwd,
+    .xent_vp_stats = cpu_xent_vp_stats,
+    .xent_vp_finish = cpu_xent_vp_finish,
 };
 
 const Backend *backend_cpu(void) { return &cpu_backend; }

@@ -94,3 +94,56 @@ void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias,
     /* the column sum alone: matmul_bwd without dinp and dw (IC = 1: no operand is read) */
     if (dbias_pre) be->matmul_bwd(NULL, NULL, dbias_pre, dpre, NULL, NULL, N, 1, IC);
 }
+
+// Vocabulary-parallel cross-entropy, this rank's slice [v0, v0 + V) of each row (backend.h):
+// stats = (max m, sum exp(z - m), target logit or 0).
+void cpu_xent_vp_stats(float *stats, const void *logits_, const int32_t *targets, int N, int V, int v0)
+{
+    const float *logits = logits_;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        const float *l = logits + (size_t)i * V;
+        float mx = -INFINITY;
+        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += expf(l[j] - mx);
+        int t = targets[i] - v0;
+        stats[3 * (size_t)i] = mx;
+        stats[3 * (size_t)i + 1] = (float)sum;
+        stats[3 * (size_t)i + 2] = targets[i] >= 0 && t >= 0 && t < V ? l[t] : 0.0f;
+    }
+}
+
+// lse = M + log sum_r s_r exp(m_r - M) over the P slices (M their largest max); loss = lse - z_target;
+// logits <- (exp(z - lse) - onehot) * dscale over this slice.
+void cpu_xent_vp_finish(float *losses, void *logits_, const int32_t *targets, const float *stats, int P, int N, int V,
+                        int v0, float dscale)
+{
+    float *logits = logits_;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < N; i++) {
+        float *l = logits + (size_t)i * V;
+        if (targets[i] < 0) {
+            losses[i] = 0;
+            if (dscale != 0) memset(l, 0, sizeof(float) * V);
+            continue;
+        }
+        float M = -INFINITY, zt = 0;
+        for (int r = 0; r < P; r++) {
+            const float *st = stats + ((size_t)r * N + i) * 3;
+            M = st[0] > M ? st[0] : M;
+            zt += st[2];
+        }
+        double sum = 0;
+        for (int r = 0; r < P; r++) {
+            const float *st = stats + ((size_t)r * N + i) * 3;
+            if (st[0] > -INFINITY) sum += (double)st[1] * exp((double)st[0] - M);
+        }
+        float lse = M + (float)log(sum);
+        losses[i] = lse - zt;
+        if (dscale == 0) continue;
+        for (int j = 0; j < V; j++) l[j] = expf(l[j] - lse) * dscale;
+        int t = targets[i] - v0;
+        if (t >= 0 && t < V) l[t] -= dscale;
+    }
+}

@@ -16,6 +16,9 @@ void cpu_matmul_dgelu_bwd(void *dpre, float *dbias_pre, float *dw, float *dbias,
 void cpu_xent_chunk_stats(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
 void cpu_xent_chunk_grad(float *losses, void *logits, const float *stats, const int32_t *targets, int N, int V,
                          int v0, float dscale);
+void cpu_xent_vp_stats(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0);
+void cpu_xent_vp_finish(float *losses, void *logits, const int32_t *targets, const float *stats, int P, int N, int V,
+                        int v0, float dscale);
 
 /* 1 when a row's matrix product has the same bits at any position inside a tile (cpu_backend.c):
  * then the cached forward of generation equals the training forward bit for bit. */

@@ -1000,6 +1000,73 @@ static void cu_xent_chunk_grad(float *losses, void *logits, const float *stats, 
     CUDA_CHECK_LAUNCH();
 }
 
+/* Vocabulary-parallel cross-entropy (backend.h xent_vp_stats / xent_vp_finish): one block per row
+ * of this rank's slice [v0, v0 + V) of the vocabulary. */
+template <typename T>
+__global__ void xent_vp_stats_kernel(float *stats, const T *logits, const int32_t *targets, int V, int v0)
+{
+    int row = blockIdx.x;
+    const T *l = logits + (size_t)row * V;
+    float m = -INFINITY, s = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) online_add(m, s, to_f(l[j]));
+    block_max_sum(m, s);
+    if (threadIdx.x) return;
+    int t = targets[row] - v0;
+    stats[3 * (size_t)row] = m;
+    stats[3 * (size_t)row + 1] = s;
+    stats[3 * (size_t)row + 2] = targets[row] >= 0 && t >= 0 && t < V ? to_f(l[t]) : 0.0f;
+}
+
+template <typename T>
+__global__ void xent_vp_finish_kernel(float *losses, T *logits, const int32_t *targets, const float *stats, int P,
+                                      int N, int V, int v0, float dscale)
+{
+    int row = blockIdx.x;
+    T *l = logits + (size_t)row * V;
+    if (targets[row] < 0) {
+        if (threadIdx.x == 0) losses[row] = 0;
+        if (dscale != 0)
+            for (int j = threadIdx.x; j < V; j += blockDim.x) l[j] = from_f<T>(0.0f);
+        return;
+    }
+    float M = -INFINITY, zt = 0, sum = 0; /* every thread combines the P slices, in rank order */
+    for (int r = 0; r < P; r++) {
+        const float *st = stats + ((size_t)r * N + row) * 3;
+        M = fmaxf(M, st[0]);
+        zt += st[2];
+    }
+    for (int r = 0; r < P; r++) {
+        const float *st = stats + ((size_t)r * N + row) * 3;
+        if (st[0] > -INFINITY) sum += st[1] * expf(st[0] - M);
+    }
+    float lse = M + logf(sum);
+    if (threadIdx.x == 0) losses[row] = lse - zt;
+    if (dscale == 0) return;
+    int t = targets[row] - v0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x)
+        l[j] = from_f<T>(expf(to_f(l[j]) - lse) * dscale - (j == t ? dscale : 0.0f));
+}
+
+template <typename T>
+static void cu_xent_vp_stats(float *stats, const void *logits, const int32_t *targets, int N, int V, int v0)
+{
+    CUDA_PROF("xent_vp_stats");
+    if (N <= 0) return;
+    xent_vp_stats_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(stats, (const T *)logits, targets, V, v0);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+static void cu_xent_vp_finish(float *losses, void *logits, const int32_t *targets, const float *stats, int P, int N,
+                              int V, int v0, float dscale)
+{
+    CUDA_PROF("xent_vp_finish");
+    if (N <= 0) return;
+    xent_vp_finish_kernel<T><<<N, XENT_THREADS, 0, g_cu.stream>>>(losses, (T *)logits, targets, stats, P, N, V, v0,
+                                                                  dscale);
+    CUDA_CHECK_LAUNCH();
+}
+
 /* ------------------------------------------------------------- optimizer */
 
 /* A piece of one tensor updated by one block. */
@@ -1165,6 +1232,8 @@ template <typename T> void cu_fill_ops(Backend *be)
     be->xent_fwd_bwd = cu_xent_fwd_bwd<T>;
     be->xent_chunk_stats = cu_xent_chunk_stats<T>;
     be->xent_chunk_grad = cu_xent_chunk_grad<T>;
+    be->xent_vp_stats = cu_xent_vp_stats<T>;
+    be->xent_vp_finish = cu_xent_vp_finish<T>;
     be->adamw = cu_adamw<T>;
     be->sumsq = cu_sumsq;
     be->scale = cu_scale;

@@ -1,0 +1,257 @@
+/* tp.c - tensor parallel: the slices of each rank, and the embedding and loss over a vocabulary
+ * split across the group (tp.h). */
+#include "model/tp.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/error.h"
+#include "model/model.h"
+
+int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
+{
+    if (P < 1 || r < 0 || r >= P)
+        return err_set("dist.tp: %d (rank %d in it) is not a group size (internal error)", P, r);
+    if (full->family == FAMILY_BERT)
+        return err_set(
+            "dist.tp: %d with the bert family is not supported (tensor parallel covers the gpt2 and "
+            "llama families); use dist.tp 1",
+            P);
+    if (full->moe_experts)
+        return err_set(
+            "dist.tp: %d with model.moe.experts %d is not supported (experts are not split); use dist.tp 1",
+            P, full->moe_experts);
+    if (full->ternary || full->sub_norm)
+        return err_set(
+            "dist.tp: %d with model.ternary (BitNet) is not supported (its per-tensor scales would need "
+            "the whole tensor); use dist.tp 1",
+            P);
+    if (full->n_head % P) return err_set("dist.tp: %d does not divide model.n_head %d", P, full->n_head);
+    if (full->n_kv_head % P)
+        return err_set("dist.tp: %d does not divide model.n_kv_head %d", P, full->n_kv_head);
+    if (full->d_ff % P) return err_set("dist.tp: %d does not divide model.d_ff %d", P, full->d_ff);
+    int v0, vn;
+    tp_vocab_part(full->vocab_size, P, P - 1, &v0, &vn);
+    if (vn <= 0)
+        return err_set("dist.tp: %d ranks leave the last one no rows of model.vocab_size %d", P,
+                       full->vocab_size);
+    *local = *full;
+    local->n_head = full->n_head / P;
+    local->n_kv_head = full->n_kv_head / P;
+    local->d_ff = full->d_ff / P;
+    tp_vocab_part(full->vocab_size, P, r, &v0, &vn);
+    local->vocab_size = vn;
+    return 0;
+}
+
+void tp_vocab_part(int V, int P, int r, int *v0, int *vn)
+{
+    int per = (V + P - 1) / P;
+    *v0 = MIN(V, r * per);
+    *vn = MIN(V, *v0 + per) - *v0;
+}
+
+int tp_role_split(int role)
+{
+    switch (role) {
+    case PROLE_WTE:
+    case PROLE_LM_HEAD:
+    case PROLE_QKV_W:
+    case PROLE_QKV_B:
+    case PROLE_O_W:
+    case PROLE_FC_W:
+    case PROLE_FC_B:
+    case PROLE_PROJ_W:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* rows x cols of whole[row0.., col0..] (row length wcols) <-> local[lrow0.., 0..] (row length lcols) */
+static void copy_block(float *whole, size_t wcols, float *local, size_t lcols, size_t rows, size_t row0,
+                       size_t lrow0, size_t col0, size_t cols, int to_local)
+{
+    for (size_t i = 0; i < rows; i++) {
+        float *w = whole + (row0 + i) * wcols + col0, *l = local + (lrow0 + i) * lcols;
+        if (to_local)
+            memcpy(l, w, cols * sizeof(float));
+        else
+            memcpy(w, l, cols * sizeof(float));
+    }
+}
+
+/* One tensor: whole (pw) <-> rank r's slice (pl). */
+static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, const Param *pl, float *whole,
+                         float *local, int to_local)
+{
+    size_t wcols = pw->ndim == 2 ? (size_t)pw->shape[1] : 1, lcols = pl->ndim == 2 ? (size_t)pl->shape[1] : 1;
+    size_t wrows = pw->numel / wcols, lrows = pl->numel / lcols;
+    size_t qd = (size_t)cfg_q_dim(c), kvd = (size_t)cfg_kv_dim(c), ql = qd / P, kvl = kvd / P,
+           fl = (size_t)c->d_ff / P;
+    switch (pw->role) {
+    case PROLE_QKV_W:
+    case PROLE_QKV_B: /* rows [q | k | v]: r's heads of each */
+        copy_block(whole, wcols, local, lcols, ql, r * ql, 0, 0, wcols, to_local);
+        copy_block(whole, wcols, local, lcols, kvl, qd + r * kvl, ql, 0, wcols, to_local);
+        copy_block(whole, wcols, local, lcols, kvl, qd + kvd + r * kvl, ql + kvl, 0, wcols, to_local);
+        break;
+    case PROLE_FC_W:
+    case PROLE_FC_B: /* rows of r's units; llama [gate | up] */
+        copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local);
+        if (c->family == FAMILY_LLAMA)
+            copy_block(whole, wcols, local, lcols, fl, c->d_ff + r * fl, fl, 0, wcols, to_local);
+        break;
+    case PROLE_O_W: /* columns of r's query heads */
+        copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * ql, ql, to_local);
+        break;
+    case PROLE_PROJ_W: /* columns of r's units */
+        copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * fl, fl, to_local);
+        break;
+    case PROLE_WTE:
+    case PROLE_LM_HEAD: { /* rows of r's vocabulary slice */
+        int v0, vn;
+        tp_vocab_part(c->vocab_size, P, r, &v0, &vn);
+        copy_block(whole, wcols, local, lcols, (size_t)vn, (size_t)v0, 0, 0, wcols, to_local);
+        break;
+    }
+    default: /* whole on every rank */
+        if (pw->numel != pl->numel)
+            fatal("tp: %s has %zu elements whole and %zu on rank %d (internal error)", pw->name, pw->numel,
+                  pl->numel, r);
+        copy_block(whole, wcols, local, lcols, wrows, 0, 0, 0, wcols, to_local);
+    }
+    (void)lrows;
+}
+
+void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *wpt, const ParamTable *lpt,
+              float *whole, float *local, int to_local, int seg)
+{
+    if (wpt->n != lpt->n) fatal("tp: %d tensors whole, %d on rank %d (internal error)", wpt->n, lpt->n, r);
+    for (int i = 0; i < wpt->n; i++) {
+        const Param *pw = &wpt->p[i], *pl = &lpt->p[i];
+        if (pw->role != pl->role || strcmp(pw->name, pl->name))
+            fatal("tp: tensor %d is %s whole and %s on rank %d (internal error)", i, pw->name, pl->name, r);
+        if (seg && (pw->kind != PARAM_TRAIN || pl->kind != PARAM_TRAIN)) continue;
+        size_t ow = seg ? pw->seg : pw->offset, ol = seg ? pl->seg : pl->offset;
+        slice_tensor(full, P, r, pw, pl, whole + ow, local + ol, to_local);
+    }
+}
+
+static void split_linear(Linear *L, LinearSplit s, const ModelTp *tp)
+{
+    if (L->w < 0) return;
+    L->split = s;
+    L->tp = tp;
+}
+
+void tp_attach(Model *m, ModelTp *tp)
+{
+    const Backend *be = m->be;
+    if (!m->la) fatal("tp_attach: before model_reserve (internal error)");
+    if (m->adapters) fatal("tp_attach: a model with adapters (internal error: refused by the trainer)");
+    m->tp = tp;
+    for (int l = 0; l < m->cfg.n_layer; l++) {
+        LayerParams *p = &m->lp[l];
+        split_linear(&p->qkv, LINEAR_COL, tp);
+        split_linear(&p->fc, LINEAR_COL, tp);
+        split_linear(&p->o, LINEAR_ROW, tp);
+        split_linear(&p->proj, LINEAR_ROW, tp);
+    }
+    split_linear(&m->head, LINEAR_COL, tp);
+    size_t cap = (size_t)m->Bmax * m->Tmax, C = (size_t)m->cfg.d_model;
+    tp->cap = (int)cap;
+    tp->ids = be->alloc(cap * sizeof(int32_t));
+    tp->pos = be->alloc(cap * sizeof(int32_t));
+    tp->zrows = be->alloc(cap * sizeof(int32_t));
+    tp->ids_host = xmalloc(cap * sizeof(int32_t));
+    tp->pos_host = xmalloc(cap * sizeof(int32_t));
+    tp->zrows_host = xmalloc(cap * sizeof(int32_t));
+    tp->zeros = be->alloc(cap * C * be->act_size);
+    be->zero(tp->zeros, cap * C * be->act_size);
+    tp->logits = be->alloc(cap * (size_t)tp->vn * be->act_size);
+    tp->stats = be->alloc((size_t)tp->size * cap * 3 * sizeof(float));
+}
+
+void tp_detach(Model *m)
+{
+    ModelTp *tp = m->tp;
+    if (!tp) return;
+    const Backend *be = m->be;
+    void *bufs[] = {tp->ids, tp->pos, tp->zrows, tp->zeros, tp->logits, tp->stats};
+    for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
+        if (bufs[i]) be->free(bufs[i]);
+    free(tp->ids_host);
+    free(tp->pos_host);
+    free(tp->zrows_host);
+    tp->ids = tp->pos = tp->zrows = tp->ids_host = tp->pos_host = tp->zrows_host = NULL;
+    tp->zeros = tp->logits = NULL;
+    tp->stats = NULL;
+    m->tp = NULL;
+}
+
+void tp_tokens(Model *m, const int32_t *ids, int B, int T, int pos0)
+{
+    ModelTp *tp = m->tp;
+    int N = B * T;
+    if (N > tp->cap) fatal("tp: %d rows exceed the reserved %d (internal error)", N, tp->cap);
+    tp->nz = 0;
+    for (int i = 0; i < N; i++) {
+        if (ids[i] < 0 || ids[i] >= tp->full.vocab_size)
+            fatal("model_forward: token %d is outside the vocabulary of %d (internal error)", ids[i],
+                  tp->full.vocab_size);
+        int t = ids[i] - tp->v0, in = t >= 0 && t < tp->vn;
+        tp->ids_host[i] = in ? t : 0;
+        if (!in) tp->zrows_host[tp->nz++] = i;
+        tp->pos_host[i] = pos0 + i % T;
+    }
+    const Backend *be = m->be;
+    be->upload(tp->ids, tp->ids_host, (size_t)N * sizeof(int32_t));
+    be->upload(tp->pos, tp->pos_host, (size_t)N * sizeof(int32_t));
+    if (tp->nz) be->upload(tp->zrows, tp->zrows_host, (size_t)tp->nz * sizeof(int32_t));
+}
+
+void tp_embed_fwd(Model *m, void *out, void *scratch, int B, int T)
+{
+    ModelTp *tp = m->tp;
+    const Backend *be = m->be;
+    int C = m->cfg.d_model;
+    size_t n = (size_t)B * T * C;
+    const void *wpe = params_w(&m->ps, m->wpe);
+    /* the positions first, so that the word ids are the last lookup's (the CUDA backend keeps them for
+     * embed_bwd) */
+    if (wpe) be->embed_fwd(scratch, tp->pos, wpe, NULL, B, T, C, 0);
+    be->embed_fwd(out, tp->ids, params_w_dense(&m->ps, m->wte), NULL, B, T, C, 0);
+    if (tp->nz) be->scatter_rows(out, tp->zeros, tp->zrows, tp->nz, C); /* ids of other slices: zero rows */
+    tp_all_reduce_act(tp, out, n); /* one rank's row plus zeros: exactly wte[id] */
+    if (wpe) be->add(out, out, scratch, n);
+}
+
+void tp_embed_bwd(Model *m, const void *dres, void *scratch, int B, int T)
+{
+    ModelTp *tp = m->tp;
+    const Backend *be = m->be;
+    const ParamStore *ps = &m->ps;
+    int C = m->cfg.d_model;
+    float *dwpe = params_g(ps, m->wpe), *dwte = params_g(ps, m->wte);
+    if (dwpe) be->embed_bwd(NULL, dwpe + (size_t)m->cfg.pos_offset * C, dres, tp->ids, B, T, C);
+    if (!dwte) return;
+    be->copy(scratch, dres, (size_t)B * T * C * be->act_size);
+    if (tp->nz)
+        be->scatter_rows(scratch, tp->zeros, tp->zrows, tp->nz, C); /* rows of other slices add nothing */
+    be->embed_bwd(dwte, NULL, scratch, tp->ids, B, T, C);
+}
+
+void tp_head_xent(Model *m, float *losses, void *dlnf, const void *lnf, const int32_t *targets, int N,
+                  float dscale)
+{
+    ModelTp *tp = m->tp;
+    const Backend *be = m->be;
+    const ParamStore *ps = &m->ps;
+    linear_fwd(ps, &m->head, tp->logits, lnf, N, NULL); /* (N, vn): this rank's columns of the logits */
+    be->xent_vp_stats(tp->stats + (size_t)tp->rank * N * 3, tp->logits, targets, N, tp->vn, tp->v0);
+    tp->all_gather_f32(tp->ctx, tp->stats, (size_t)N * 3);
+    be->xent_vp_finish(losses, tp->logits, targets, tp->stats, tp->size, N, tp->vn, tp->v0, dscale);
+    if (dscale != 0)
+        linear_bwd(ps, &m->head, dlnf, tp->logits, lnf, N, NULL); /* column-parallel: dlnf summed */
+}

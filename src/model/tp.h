@@ -1,0 +1,88 @@
+/* tp.h - tensor parallel (Megatron-style) for the dense decoders: what each rank of a tp group holds,
+ * and the few places of the model that talk to the group (docs/distributed.md "Tensor parallel").
+ *
+ * A group of P ranks runs one model whose Model.cfg is this rank's slice (tp_config_local):
+ *   n_head / P query heads, n_kv_head / P key/value heads, d_ff / P MLP units, and the rows
+ *   [v0, v0 + vn) of the vocabulary (vn = ceil(V / P), the last rank's fewer);
+ * so the parameter table of each rank lists its slices (Megatron's layout):
+ *   h.L.qkv.w/b  column-parallel: rows [q heads of r | k heads of r | v heads of r]
+ *   h.L.fc.w/b   column-parallel: rows of the units of r (llama: [gate of r | up of r])
+ *   h.L.o.w      row-parallel: the columns of r's query heads;  h.L.o.b whole (added by rank 0)
+ *   h.L.proj.w   row-parallel: the columns of r's units;         h.L.proj.b whole (added by rank 0)
+ *   wte, lm_head vocabulary-parallel: rows [v0, v0 + vn)
+ *   wpe, every norm                whole and identical on every rank (their gradients are, too)
+ * The products (linear.h LinearSplit): a row-parallel output is all-reduced in the forward, a
+ * column-parallel input gradient in the backward. The embedding: each rank looks up the ids of its
+ * slice (zero rows for the others) and the rows are all-reduced; the loss: each rank's logits slice
+ * (N, vn), its (max, sum of exp, target logit) per row all-gathered, so that every rank gets the
+ * whole-vocabulary loss and its slice of the logits' gradient (backend.h xent_vp_*).
+ */
+#ifndef ANVIL_MODEL_TP_H
+#define ANVIL_MODEL_TP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/config.h"
+#include "model/params.h"
+
+struct Model;
+
+typedef struct ModelTp {
+    int rank, size;   /* this rank in its tensor-parallel group; the group's size P */
+    int v0, vn;       /* this rank's vocabulary rows [v0, v0 + vn) */
+    ModelConfig full; /* the whole model (Model.cfg is this rank's slice) */
+    /* The group's collectives, in stream order; a failed one ends the process with a message naming
+     * the rank (a forward cannot return errors). Set by the distributed layer (dist_tp_model). */
+    void *ctx;
+    /* buf (n act elements, backend memory) = the sum over the group */
+    void (*all_reduce_act)(void *ctx, void *buf, size_t n);
+    /* buf (size parts of n fp32, backend memory; this rank's part filled) = every rank's part */
+    void (*all_gather_f32)(void *ctx, float *buf, size_t n);
+    /* buffers of tp_attach (backend memory unless _host): */
+    int cap;            /* rows (Bmax x Tmax) */
+    int32_t *ids, *pos; /* (cap) this slice's ids (0 for ids outside it), positions pos0 + t */
+    int32_t *zrows;     /* (cap) the rows whose id lies outside the slice; nz of them */
+    int32_t *ids_host, *zrows_host, *pos_host;
+    int nz;
+    void *zeros;  /* (cap, C) act zeros */
+    void *logits; /* (cap, vn) act */
+    float *stats; /* (size, cap, 3) */
+} ModelTp;
+
+/* This rank's slice of a config (above). -1 with err_set() naming the key that does not divide, or
+ * what tensor parallel does not support (MoE, encoders, BitNet). */
+int tp_config_local(const ModelConfig *full, int size, int rank, ModelConfig *local);
+/* The vocabulary rows [*v0, *v0 + *vn) of rank r of P. */
+void tp_vocab_part(int V, int P, int r, int *v0, int *vn);
+/* 1 when a tensor of this role is split over the group, 0 when every rank holds it whole. */
+int tp_role_split(int role);
+/* Copy between the whole model's and rank r's tensors: host images (seg 0: Param.offset, every
+ * tensor) or trainable segments (seg 1: Param.seg, trainable tensors; optimizer moments).
+ * to_local 1: local = r's slice of whole; 0: r's slice of whole = local (whole tensors too). */
+void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *whole_pt, const ParamTable *local_pt,
+              float *whole, float *local, int to_local, int seg);
+
+/* Give a model built from a local config its group: split its products and allocate the buffers
+ * (after model_reserve). tp (owned by the caller) must outlive the model's passes. */
+void tp_attach(struct Model *m, ModelTp *tp);
+void tp_detach(struct Model *m);
+
+/* The group's all-reduce (linear.c). */
+static inline void tp_all_reduce_act(const ModelTp *tp, void *buf, size_t n)
+{
+    tp->all_reduce_act(tp->ctx, buf, n);
+}
+
+/* The host ids of a forward (N): this slice's ids, the rows outside it, the positions (uploaded). */
+void tp_tokens(struct Model *m, const int32_t *ids, int B, int T, int pos0);
+/* out (B,T,C) = wte[ids] + wpe[pos0 + t], wte vocabulary-parallel (scratch: (N,C) act). */
+void tp_embed_fwd(struct Model *m, void *out, void *scratch, int B, int T);
+/* The embeddings' gradients from dres (N,C), replicated over the group (scratch: (N,C) act). */
+void tp_embed_bwd(struct Model *m, const void *dres, void *scratch, int B, int T);
+/* The vocabulary-parallel head and loss: losses (N) of lnf (N,C) against targets (backend, whole ids);
+ * with dscale != 0 also dlnf (N,C) (summed over the group) and the head's gradient. */
+void tp_head_xent(struct Model *m, float *losses, void *dlnf, const void *lnf, const int32_t *targets, int N,
+                  float dscale);
+
+#endif

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# cli_tp.sh - tensor parallel (dist.tp) on CPU ranks, end to end (docs/distributed.md "Tensor parallel"):
+#   - `anvil launch --nproc 2 --device cpu -- train ... --set dist.tp=2` gives the losses (within
+#     1e-5 relative) and final weights (within 2e-5 absolute) of one rank, for a GPT-2-style model
+#     (tied head, biases) and a LLaMA-style one (GQA 4 heads / 2 kv heads, untied head), both with an
+#     odd vocabulary (257: the slices are 129 and 128 rows); the gap is float rounding of sums split
+#     over the ranks;
+#   - tp 4 (4 heads; vocabulary slices 65, 65, 65, 62) the same;
+#   - tp 2 x dp 2 (4 ranks) gives the losses and weights of 1 rank with 2-fold accumulation, also
+#     with ZeRO-1, 2 and 3 over the data-parallel group;
+#   - the same under `mpirun -np 2` (MPI_Comm_split groups);
+#   - the checkpoint is the whole model (config.json of the whole, one optimizer.safetensors):
+#     resume tp 2 -> tp 1 and tp 1 -> tp 2 continue the run (same tolerances), also tp 2 x dp 2
+#     ZeRO-3 -> 1 rank and 1 rank -> tp 2 x dp 2 ZeRO-2, and a tp 2 run loads
+#     a tp 1 checkpoint through model.init (sliced on load);
+#   - model.freeze (frozen slices), model.dropout and the validation loss give those of one rank;
+#   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
+#   - what tp does not support is refused with one line naming the key.
+set -u
+. "$(dirname "$0")/lib_cli.sh"
+
+TRAIN=examples/sentences-train.txt
+if [ ! -f "$TRAIN" ]; then
+    echo "skip: $TRAIN not found (run from the repository root)" >&2
+    echo "0 passed, 0 failed"
+    exit 0
+fi
+export OMP_NUM_THREADS=1 # the ranks share the two cores
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 # CI runs as root
+mpirun_() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun "$@"; }
+LOSS_RTOL=1e-5
+WEIGHT_TOL=2e-5
+
+# 128 tokens per step (one micro-batch of 4 x 32); 6 steps, a checkpoint every 3
+write_config() { # FILE PRESET D_MODEL N_HEAD N_KV_HEAD OUT
+    cat >"$1" <<YAML
+model:
+  preset: $2
+  vocab_size: 257
+  max_seq_len: 32
+  d_model: $3
+  n_head: $4
+  n_kv_head: $5
+data:
+  train: $TRAIN
+  tokenizer: byte
+train:
+  steps: 6
+  batch_size: 4
+  seq_len: 32
+  tokens_per_step: 128
+  warmup_steps: 2
+  lr: 3e-3
+eval:
+  steps: 0
+checkpoint:
+  every: 3
+  keep: 0
+log:
+  tensorboard: false
+dist:
+  timeout_s: 30
+out_dir: $6
+YAML
+}
+write_config "$tmp/g.yaml" gpt2-tiny 32 2 2 "$tmp/g1"
+write_config "$tmp/l.yaml" llama-tiny 64 4 2 "$tmp/l1"
+
+losses() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1/metrics.jsonl" | tr '\n' ' '; }
+same_losses() { # NAME DIR_A DIR_B
+    local a b
+    a=$(losses "$2")
+    b=$(losses "$3")
+    check "$1: losses ($a / $b)" awk -v a="$a" -v b="$b" -v t="$LOSS_RTOL" 'BEGIN {
+        n = split(a, x, " "); m = split(b, y, " "); if (n != 6 || m != 6) exit 1
+        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
+        exit 0 }'
+}
+same_weights() {
+    if "$ANVIL" inspect --diff "$2/final" "$3/final" --tol "$WEIGHT_TOL" >"$tmp/diff.out" 2>&1; then ok; else
+        bad "$1: weights: $(cat "$tmp/diff.out")"
+    fi
+}
+run1() { # CONFIG ARGS...
+    local c=$1
+    shift
+    "$ANVIL" train "$c" "$@" >"$tmp/run.log" 2>&1 || bad "train $*: $(tail -n 3 "$tmp/run.log")"
+}
+launch() { # NPROC CONFIG ARGS...
+    local n=$1 c=$2
+    shift 2
+    "$ANVIL" launch --nproc "$n" --device cpu -- train "$c" "$@" >"$tmp/run.log" 2>&1 ||
+        bad "launch $n $*: $(tail -n 3 "$tmp/run.log")"
+}
+
+# ---- tp 2 == 1 rank: GPT-2 (tied head, biases) and LLaMA (GQA, untied head) ----
+run1 "$tmp/g.yaml"
+launch 2 "$tmp/g.yaml" --set dist.tp=2 --set out_dir="$tmp/g2"
+check "header names tp x dp" grep -q "^dist: 2 rank(s) (torchrun, comm tcp), dist.tp 2 x 1 data-parallel" "$tmp/run.log"
+check "header: the whole model and this rank's slice" grep -q "2 heads (2 kv); each tp rank 1 heads (1 kv)" "$tmp/run.log"
+mem=$(sed -n 's/^memory per rank (rank 0, dist.tp 2, dist.zero 0 over 1 replicas): \([0-9.]*\) bytes per trainable parameter of the whole model.*/\1/p' "$tmp/run.log")
+check "memory line: a rank holds about half of 16 bytes per parameter (got ${mem:-none})" \
+    awk -v m="${mem:-0}" 'BEGIN { exit !(m > 8 && m < 9) }'
+same_losses "gpt2 tp 2 vs 1 rank" "$tmp/g1" "$tmp/g2"
+same_weights "gpt2 tp 2 vs 1 rank" "$tmp/g1" "$tmp/g2"
+check "the checkpoint is the whole model" grep -q '"vocab_size": 257' "$tmp/g2/final/config.json"
+check "one optimizer file" test -f "$tmp/g2/final/optimizer.safetensors"
+run1 "$tmp/l.yaml"
+launch 2 "$tmp/l.yaml" --set dist.tp=2 --set out_dir="$tmp/l2"
+same_losses "llama GQA tp 2 vs 1 rank" "$tmp/l1" "$tmp/l2"
+same_weights "llama GQA tp 2 vs 1 rank" "$tmp/l1" "$tmp/l2"
+
+# ---- tp 4: 4 heads, vocabulary slices of 65, 65, 65 and 62 rows ----
+run1 "$tmp/g.yaml" --set model.n_head=4 --set model.n_kv_head=4 --set out_dir="$tmp/g1h4"
+launch 4 "$tmp/g.yaml" --set model.n_head=4 --set model.n_kv_head=4 --set dist.tp=4 --set out_dir="$tmp/g4"
+same_losses "gpt2 tp 4 vs 1 rank" "$tmp/g1h4" "$tmp/g4"
+same_weights "gpt2 tp 4 vs 1 rank" "$tmp/g1h4" "$tmp/g4"
+
+# ---- tp 2 x dp 2 (4 ranks) == 1 rank with 2-fold accumulation ----
+run1 "$tmp/g.yaml" --set train.tokens_per_step=256 --set out_dir="$tmp/g1acc"
+launch 4 "$tmp/g.yaml" --set train.tokens_per_step=256 --set dist.tp=2 --set out_dir="$tmp/g22"
+check "tp 2 x dp 2: header" grep -q "^dist: 4 rank(s) (torchrun, comm tcp), dist.tp 2 x 2 data-parallel" "$tmp/run.log"
+check "tp 2 x dp 2: metrics of every rank" grep -q '"ranks": 4, .*"peak_mem_gib_ranks": \[[0-9.]*, [0-9.]*, [0-9.]*, [0-9.]*\]' \
+    "$tmp/g22/metrics.jsonl"
+same_losses "tp 2 x dp 2 vs 1 rank with accumulation" "$tmp/g1acc" "$tmp/g22"
+same_weights "tp 2 x dp 2 vs 1 rank with accumulation" "$tmp/g1acc" "$tmp/g22"
+# ZeRO over the data-parallel group: the same run
+for z in 1 2 3; do
+    launch 4 "$tmp/g.yaml" --set train.tokens_per_step=256 --set dist.tp=2 --set dist.zero=$z --set out_dir="$tmp/g22z$z"
+    same_losses "tp 2 x dp 2, ZeRO-$z vs 1 rank" "$tmp/g1acc" "$tmp/g22z$z"
+    same_weights "tp 2 x dp 2, ZeRO-$z vs 1 rank" "$tmp/g1acc" "$tmp/g22z$z"
+done
+check "ZeRO with tp: one optimizer file of the whole model" test -f "$tmp/g22z3/final/optimizer.safetensors"
+
+# ---- mpirun ----
+if command -v mpirun >/dev/null 2>&1; then
+    if mpirun_ -np 2 --oversubscribe "$ANVIL" train "$tmp/l.yaml" --set dist.tp=2 --set out_dir="$tmp/lmpi" \
+        >"$tmp/mpi.log" 2>&1; then ok; else
+        bad "mpirun tp 2: $(tail -n 3 "$tmp/mpi.log")"
+    fi
+    check "mpirun: comm mpi" grep -q "^dist: 2 rank(s) (mpirun, comm mpi), dist.tp 2" "$tmp/mpi.log"
+    same_losses "mpirun llama tp 2 vs 1 rank" "$tmp/l1" "$tmp/lmpi"
+    same_weights "mpirun llama tp 2 vs 1 rank" "$tmp/l1" "$tmp/lmpi"
+fi
+
+# ---- resume across tp: 2 -> 1, 1 -> 2 (from the step-3 checkpoint) ----
+cp -r "$tmp/g2" "$tmp/r21"
+rm -rf "$tmp/r21/step-0000006"
+run1 "$tmp/g.yaml" --resume "$tmp/r21" --set dist.tp=1
+check "tp 2 -> 1: resumed at step 3" grep -q "resuming from $tmp/r21/step-0000003 (step 3)" "$tmp/run.log"
+same_losses "resume tp 2 -> 1" "$tmp/g1" "$tmp/r21"
+same_weights "resume tp 2 -> 1" "$tmp/g1" "$tmp/r21"
+cp -r "$tmp/l1" "$tmp/r12"
+rm -rf "$tmp/r12/step-0000006"
+launch 2 "$tmp/l.yaml" --resume "$tmp/r12" --set dist.tp=2
+check "tp 1 -> 2: resumed at step 3" grep -q "resuming from $tmp/r12/step-0000003 (step 3)" "$tmp/run.log"
+same_losses "resume tp 1 -> 2 (llama)" "$tmp/l1" "$tmp/r12"
+same_weights "resume tp 1 -> 2 (llama)" "$tmp/l1" "$tmp/r12"
+
+# tp 2 x dp 2 with ZeRO-3 -> 1 rank, 1 rank -> tp 2 x dp 2 with ZeRO-2
+cp -r "$tmp/g22z3" "$tmp/rz31"
+rm -rf "$tmp/rz31/step-0000006"
+run1 "$tmp/g.yaml" --resume "$tmp/rz31" --set dist.tp=1 --set dist.zero=0 --set train.tokens_per_step=256
+same_losses "resume tp 2 x dp 2 ZeRO-3 -> 1 rank" "$tmp/g1acc" "$tmp/rz31"
+same_weights "resume tp 2 x dp 2 ZeRO-3 -> 1 rank" "$tmp/g1acc" "$tmp/rz31"
+cp -r "$tmp/g1acc" "$tmp/r1z2"
+rm -rf "$tmp/r1z2/step-0000006"
+launch 4 "$tmp/g.yaml" --resume "$tmp/r1z2" --set dist.tp=2 --set dist.zero=2 --set train.tokens_per_step=256
+same_losses "resume 1 rank -> tp 2 x dp 2 ZeRO-2" "$tmp/g1acc" "$tmp/r1z2"
+same_weights "resume 1 rank -> tp 2 x dp 2 ZeRO-2" "$tmp/g1acc" "$tmp/r1z2"
+
+# ---- model.init: a whole HF directory sliced on load ----
+sed -e '/^  preset:/,/^  n_kv_head:/d' -e "s|^model:|model:\n  init: $tmp/l1/step-0000003|" "$tmp/l.yaml" >"$tmp/i.yaml"
+run1 "$tmp/i.yaml" --set train.steps=3 --set out_dir="$tmp/i1"
+launch 2 "$tmp/i.yaml" --set train.steps=3 --set dist.tp=2 --set out_dir="$tmp/i2"
+check "model.init under tp 2: the losses of tp 1 ($(losses "$tmp/i1") / $(losses "$tmp/i2"))" \
+    awk -v a="$(losses "$tmp/i1")" -v b="$(losses "$tmp/i2")" -v t="$LOSS_RTOL" 'BEGIN {
+        n = split(a, x, " "); m = split(b, y, " "); if (n != 3 || m != 3) exit 1
+        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
+        exit 0 }'
+
+# ---- model.freeze (frozen slices) and the validation loss under tp 2 ----
+run1 "$tmp/l.yaml" --set 'model.freeze=["model.layers.0.*"]' --set out_dir="$tmp/f1"
+launch 2 "$tmp/l.yaml" --set 'model.freeze=["model.layers.0.*"]' --set dist.tp=2 --set out_dir="$tmp/f2"
+same_losses "model.freeze: tp 2 vs 1 rank" "$tmp/f1" "$tmp/f2"
+same_weights "model.freeze: tp 2 vs 1 rank" "$tmp/f1" "$tmp/f2"
+# model.dropout (embedding, attention-out and MLP-out: whole tensors, the same masks as one rank's)
+run1 "$tmp/g.yaml" --set model.dropout=0.1 --set out_dir="$tmp/d1"
+launch 2 "$tmp/g.yaml" --set model.dropout=0.1 --set dist.tp=2 --set out_dir="$tmp/d2"
+same_losses "model.dropout: tp 2 vs 1 rank" "$tmp/d1" "$tmp/d2"
+same_weights "model.dropout: tp 2 vs 1 rank" "$tmp/d1" "$tmp/d2"
+val() { grep -o '"val_loss": [0-9.]*' "$1/metrics.jsonl" | sed 's/.* //' | tr '\n' ' '; }
+run1 "$tmp/g.yaml" --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3 --set out_dir="$tmp/v1"
+launch 2 "$tmp/g.yaml" --set data.val="$TRAIN" --set eval.steps=3 --set eval.every=3 --set dist.tp=2 --set out_dir="$tmp/v2"
+check "validation loss: tp 2 vs 1 rank ($(val "$tmp/v1") / $(val "$tmp/v2"))" awk -v a="$(val "$tmp/v1")" -v b="$(val "$tmp/v2")" \
+    -v t="$LOSS_RTOL" 'BEGIN { n = split(a, x, " "); m = split(b, y, " "); if (n != 2 || m != 2) exit 1
+        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
+        exit 0 }'
+
+# ---- a tp rank that dies: the job exits non-zero at once, naming it ----
+"$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/g.yaml" --set dist.tp=2 --set train.steps=100000 \
+    --set checkpoint.every=0 --set out_dir="$tmp/kill" >"$tmp/kill.out" 2>"$tmp/kill.err" &
+L=$!
+r1=""
+for i in $(seq 300); do # rank 1: the launcher's child with RANK=1 in its environment
+    if grep -qE "^step +3/" "$tmp/kill.out" 2>/dev/null; then
+        for k in $(pgrep -P "$L"); do
+            tr '\0' '\n' <"/proc/$k/environ" 2>/dev/null | grep -qx "RANK=1" && r1=$k
+        done
+    fi
+    [ -n "$r1" ] && break
+    sleep 0.1
+done
+if [ -n "$r1" ]; then
+    t0=$SECONDS
+    kill -KILL "$r1"
+    wait "$L"
+    rc=$?
+    check "killed tp rank: the job exits non-zero ($rc) at once ($((SECONDS - t0)) s)" test $rc -ne 0 -a $((SECONDS - t0)) -le 12
+    check "killed tp rank: named" grep -q "rank 1 (pid [0-9]*) was killed by signal 9" "$tmp/kill.err"
+else
+    bad "killed tp rank: rank 1 not found"
+    kill "$L" 2>/dev/null
+    wait "$L"
+fi
+
+# ---- refusals ----
+expect_fail tp-one-process "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/g.yaml" --set dist.tp=2 \
+    --set out_dir="$tmp/x"
+expect_fail tp-lora "lora.r|dist.tp 2" train "$tmp/g.yaml" --set dist.tp=2 --set lora.r=4
+expect_fail tp-range "dist.tp: expected 1 .. 64" train "$tmp/g.yaml" --set dist.tp=0
+if "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/l.yaml" --set dist.tp=2 --set model.n_kv_head=1 \
+    --set out_dir="$tmp/bad" >/dev/null 2>"$tmp/err"; then
+    bad "n_kv_head 1 with tp 2: accepted"
+else
+    check "n_kv_head not divisible: named" grep -q "rank 0: dist.tp: 2 does not divide model.n_kv_head 1" "$tmp/err"
+fi
+
+cli_summary
