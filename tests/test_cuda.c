@@ -574,6 +574,52 @@ static void test_xent_chunks(void)
     free(l);
 }
 
+/* The vocabulary-parallel cross-entropy (xent_vp_stats / xent_vp_finish, tensor parallel): a row's
+ * vocabulary in 3 uneven slices as 3 ranks hold them, each slice's stats on the GPU, every rank's
+ * losses and dlogits from the gathered stats, against the CPU's; targets in each slice, one ignored. */
+static void test_xent_vp(void)
+{
+    const int N = 4, V = 50257, P = 3, cut[4] = {0, 16768, 33536, 50257};
+    size_t n = (size_t)N * V;
+    float *l = randn(n, 3, 9);
+    int32_t tg[4] = {5, -1, 30000, V - 1};
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g], *bes[] = {cpu, be};
+        fit(be, l, n);
+        float *loss[2], *dl[2];
+        for (int k = 0; k < 2; k++) {
+            const Backend *b = bes[k];
+            int32_t *t = up_i32(b, tg, N);
+            float *st = b->alloc((size_t)P * 3 * N * sizeof(float)), *ls = b->alloc(N * sizeof(float));
+            float *part = xmalloc((size_t)N * V * sizeof(float));
+            void *d[3];
+            dl[k] = xmalloc(n * sizeof(float));
+            for (int r = 0; r < P; r++) { /* each rank's slice and its stats, in rank order */
+                int w = cut[r + 1] - cut[r];
+                for (int i = 0; i < N; i++) memcpy(part + (size_t)i * w, l + (size_t)i * V + cut[r], w * sizeof(float));
+                d[r] = up_act(b, part, (size_t)N * w);
+                b->xent_vp_stats(st + (size_t)r * 3 * N, d[r], t, N, w, cut[r]);
+            }
+            for (int r = 0; r < P; r++) {
+                int w = cut[r + 1] - cut[r];
+                b->xent_vp_finish(ls, d[r], t, st, P, N, w, cut[r], 0.5f);
+                float *h = down_act(b, d[r], (size_t)N * w);
+                for (int i = 0; i < N; i++) memcpy(dl[k] + (size_t)i * V + cut[r], h + (size_t)i * w, w * sizeof(float));
+                free(h);
+                b->free(d[r]);
+            }
+            loss[k] = down_f32(b, ls, N);
+            b->free(t), b->free(st), b->free(ls);
+            free(part);
+        }
+        expect("xent_vp loss", be, loss[1], loss[0], N, tol_for(be, TOL_F32, 1e-5));
+        expect("xent_vp dlogits", be, dl[1], dl[0], n, tol_for(be, TOL_F32, TOL_BF16));
+        for (int k = 0; k < 2; k++) free(loss[k]), free(dl[k]);
+    }
+    free(l);
+}
+
 /* frozen: lm_head_xent gets dw == NULL (a frozen output head; dw comes back as dw0), still dinp */
 static void run_lm_head(const Backend *be, float **loss, float **dinp, float **dw, const float *x, const float *w,
                         const float *dw0, const int32_t *tg, int N, int C, int V, int frozen)
@@ -2077,6 +2123,7 @@ int main(void)
     RUN(test_rope);
     RUN(test_xent);
     RUN(test_xent_chunks);
+    RUN(test_xent_vp);
     RUN(test_lm_head);
     RUN(test_attention);
     RUN(test_attention_len);
