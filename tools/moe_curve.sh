@@ -6,10 +6,12 @@
 # load balance = mean load / max load, routing entropy in bits, the largest expert share), then the
 # final load table of each MoE run.
 #   bash tools/moe_curve.sh [--device cuda|cpu] [--data FILE] [--steps N] [--layers L] [--width C]
-#                           [--batch B] [--seq T] [--out DIR]
-# Defaults: cuda, tests/data/sentences.txt (byte tokens), 400 steps, 8 layers of width 512, B 16, T 512.
+#                           [--batch B] [--seq T] [--aux COEF] [--runs "moe-aux moe-noaux dense"] [--out DIR]
+# Defaults: cuda, tests/data/sentences.txt (byte tokens), 400 steps, 8 layers of width 512, B 16, T 512,
+# the load-balancing loss's coefficient 0.01 (transformers' default) in the moe-aux run, all three runs.
 set -eu
-dev=cuda data=tests/data/sentences.txt steps=400 layers=8 width=512 batch=16 seq=512 out=runs/moe-curve
+dev=cuda data=tests/data/sentences.txt steps=400 layers=8 width=512 batch=16 seq=512 out=runs/moe-curve aux=0.01
+runs="moe-aux moe-noaux dense"
 while [ $# -gt 0 ]; do
     case $1 in
     --device) dev=$2 ;;
@@ -20,6 +22,8 @@ while [ $# -gt 0 ]; do
     --batch) batch=$2 ;;
     --seq) seq=$2 ;;
     --out) out=$2 ;;
+    --aux) aux=$2 ;;
+    --runs) runs=$2 ;;
     *) echo "moe_curve.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift 2
@@ -65,23 +69,23 @@ out_dir: $out/$name
 YAML
     } >"$out/$name.yaml"
 }
-conf moe-aux "d_ff: $((2 * eff))" "moe:" "  experts: 8" "  top_k: 2" "  d_ff: $eff" "  aux_loss_coef: 0.01"
+conf moe-aux "d_ff: $((2 * eff))" "moe:" "  experts: 8" "  top_k: 2" "  d_ff: $eff" "  aux_loss_coef: $aux"
 conf moe-noaux "d_ff: $((2 * eff))" "moe:" "  experts: 8" "  top_k: 2" "  d_ff: $eff" "  aux_loss_coef: 0" \
     "  z_loss_coef: 0"
 conf dense "d_ff: $((2 * eff))"
-for r in moe-aux moe-noaux dense; do
+for r in $runs; do
     "$anvil" train "$out/$r.yaml" --overwrite >"$out/$r.log" 2>&1 || {
         echo "moe_curve.sh: $r failed: $(tail -n 2 "$out/$r.log")" >&2
         exit 1
     }
 done
-python3 - "$out" "$steps" <<'PY'
+python3 - "$out" "$steps" $runs <<'PY'
 import json, sys
-out, steps = sys.argv[1], int(sys.argv[2])
+out, steps, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 marks = sorted({1, steps // 4, steps // 2, steps})
 print("| run | " + " | ".join("loss @%d" % s for s in marks) + " | mean of last 50 | last step: load balance per MoE layer | routing entropy (bits, max 3) | largest expert share |")
 print("|---|" + "---:|" * len(marks) + "---:|---|---|---|")
-for r in ["moe-aux", "moe-noaux", "dense"]:
+for r in runs:
     rows = [json.loads(l) for l in open("%s/%s/metrics.jsonl" % (out, r)) if '"loss"' in l]
     by = {d["step"]: d for d in rows if "step" in d}
     last = [d["loss"] for d in rows][-50:]
@@ -92,7 +96,8 @@ for r in ["moe-aux", "moe-noaux", "dense"]:
     mx = " ".join("%.2f" % max(x) for x in d.get("expert_load", [])) or "-"
     print("| %s | %s | %.4f | %s | %s | %s |" % (r, " | ".join(cells), sum(last) / len(last), lb, en, mx))
 PY
-for r in moe-aux moe-noaux; do
+for r in $runs; do
+    [ "$r" = dense ] && continue
     echo
     echo "$r: the end of the run"
     sed -n '/expert load/,$p' "$out/$r.log" | head -n 24
