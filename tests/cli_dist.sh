@@ -24,12 +24,7 @@ if [ ! -f "$TRAIN" ]; then
     echo "0 passed, 0 failed"
     exit 0
 fi
-export OMP_NUM_THREADS=1 # two ranks share the two cores
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 # CI runs as root
-# OpenMPI keeps allocations past MPI_Finalize: under `make asan` the leak checker is off for its ranks
-mpirun_() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun "$@"; }
-LOSS_RTOL=1e-5
-WEIGHT_TOL=2e-5
+. "$(dirname "$0")/lib_dist.sh"
 
 # 256 tokens per step: 1 rank x 2 micro-batches of 4 x 32, or 2 ranks x 1
 cat >"$tmp/t.yaml" <<YAML
@@ -61,22 +56,6 @@ dist:
 out_dir: $tmp/one
 YAML
 
-losses() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1/metrics.jsonl" | tr '\n' ' '; }
-# same_losses NAME DIR_A DIR_B: every step's loss within LOSS_RTOL
-same_losses() {
-    local a b
-    a=$(losses "$2")
-    b=$(losses "$3")
-    check "$1: losses ($a / $b)" awk -v a="$a" -v b="$b" -v t="$LOSS_RTOL" 'BEGIN {
-        n = split(a, x, " "); m = split(b, y, " "); if (n != 6 || m != 6) exit 1
-        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
-        exit 0 }'
-}
-same_weights() {
-    if "$ANVIL" inspect --diff "$2/final" "$3/final" --tol "$WEIGHT_TOL" >"$tmp/diff.out" 2>&1; then ok; else
-        bad "$1: weights: $(cat "$tmp/diff.out")"
-    fi
-}
 run1() { "$ANVIL" train "$tmp/t.yaml" "$@" >"$tmp/run.log" 2>&1 || bad "train $*: $(tail -n 3 "$tmp/run.log")"; }
 launch2() {
     "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/t.yaml" "$@" >"$tmp/run.log" 2>&1 ||

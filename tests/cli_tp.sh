@@ -25,11 +25,7 @@ if [ ! -f "$TRAIN" ]; then
     echo "0 passed, 0 failed"
     exit 0
 fi
-export OMP_NUM_THREADS=1 # the ranks share the two cores
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 # CI runs as root
-mpirun_() { ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0" mpirun "$@"; }
-LOSS_RTOL=1e-5
-WEIGHT_TOL=2e-5
+. "$(dirname "$0")/lib_dist.sh"
 
 # 128 tokens per step (one micro-batch of 4 x 32); 6 steps, a checkpoint every 3
 write_config() { # FILE PRESET D_MODEL N_HEAD N_KV_HEAD OUT
@@ -66,21 +62,6 @@ YAML
 write_config "$tmp/g.yaml" gpt2-tiny 32 2 2 "$tmp/g1"
 write_config "$tmp/l.yaml" llama-tiny 64 4 2 "$tmp/l1"
 
-losses() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1/metrics.jsonl" | tr '\n' ' '; }
-same_losses() { # NAME DIR_A DIR_B
-    local a b
-    a=$(losses "$2")
-    b=$(losses "$3")
-    check "$1: losses ($a / $b)" awk -v a="$a" -v b="$b" -v t="$LOSS_RTOL" 'BEGIN {
-        n = split(a, x, " "); m = split(b, y, " "); if (n != 6 || m != 6) exit 1
-        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
-        exit 0 }'
-}
-same_weights() {
-    if "$ANVIL" inspect --diff "$2/final" "$3/final" --tol "$WEIGHT_TOL" >"$tmp/diff.out" 2>&1; then ok; else
-        bad "$1: weights: $(cat "$tmp/diff.out")"
-    fi
-}
 run1() { # CONFIG ARGS...
     local c=$1
     shift

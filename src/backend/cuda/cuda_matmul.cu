@@ -135,6 +135,13 @@ static int tune_pick(const Plan &p, const cublasLtMatmulHeuristicResult_t *res, 
     return best;
 }
 
+static PlanKey plan_key(int transa, int transb, int m, int n, int k, int lda, int ldb, int ldd, size_t ab_size,
+                        size_t d_size, const Epi &e, int al_ops, int al_extra, float beta)
+{
+    return PlanKey(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
+                   beta != 0.0f, e.aux_ld);
+}
+
 /* A plan's descriptors for one shape: the operation (transposes, epilogue and its pointers) and the four
  * layouts (op(A) is (m,k), so A is stored (m,k) or (k,m)). */
 static void plan_describe(Plan &p, int transa, int transb, int m, int n, int k, int lda, int ldb, int ldd,
@@ -208,8 +215,7 @@ static bool lt_matmul_ragged(int transa, int transb, int m, int n, int k, const 
     int nb = band_up(n), kb = band_up(k);
     /* a band's layouts must still fit their leading dimensions: otherwise the exact shape is the band */
     if ((transa && kb > lda) || (!transb && kb > ldb) || (transb && nb > ldb)) nb = n, kb = k;
-    PlanKey key(transa, transb, m, nb, kb, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
-                beta != 0.0f, e.aux_ld);
+    PlanKey key = plan_key(transa, transb, m, nb, kb, lda, ldb, ldd, ab_size, d_size, e, al_ops, al_extra, beta);
     auto it = g_bands.find(key);
     if (it == g_bands.end()) {
         Plan bp;
@@ -261,8 +267,7 @@ static bool lt_matmul_ab(int transa, int transb, int m, int n, int k, const void
     if (g_cu.ragged)
         return lt_matmul_ragged(transa, transb, m, n, k, A, lda, B, ldb, D, ldd, ab_size, d_size, alpha, beta, e,
                                 al_ops, al_extra);
-    PlanKey key(transa, transb, m, n, k, lda, ldb, ldd, (int)ab_size, (int)d_size, (int)e.epi, al_ops, al_extra,
-                beta != 0.0f, e.aux_ld);
+    PlanKey key = plan_key(transa, transb, m, n, k, lda, ldb, ldd, ab_size, d_size, e, al_ops, al_extra, beta);
     auto it = g_plans.find(key);
     if (it == g_plans.end()) {
         Plan p;
