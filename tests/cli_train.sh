@@ -59,6 +59,7 @@ expect_fail set-type "model.n_layer: expected an integer" train "$tmp/byte.yaml"
 expect_fail missing-data "data.train|$tmp/none.txt" train "$tmp/byte.yaml" --set data.train=$tmp/none.txt
 expect_fail bad-preset "model.preset|unknown model preset \"gpt5\"" train "$tmp/byte.yaml" --set model.preset=gpt5
 expect_fail vocab-too-small "data.train|vocab" train "$tmp/byte.yaml" --set model.vocab_size=200
+expect_fail gpt2-gqa "model.n_kv_head|no grouped-query attention" train "$tmp/byte.yaml" --set model.n_kv_head=2
 expect_fail seq-too-long "train.seq_len|max_seq_len" train "$tmp/byte.yaml" --set train.seq_len=128
 expect_fail bad-accum "train.tokens_per_step" train "$tmp/byte.yaml" --set train.tokens_per_step=1000
 expect_fail missing-init "model.init|$tmp/nomodel" train "$tmp/byte.yaml" --set model.init=$tmp/nomodel \
