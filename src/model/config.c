@@ -277,10 +277,6 @@ int model_config_finish(ModelConfig *c)
     CHECK_RANGE("n_kv_head", c->n_kv_head, MAX_HEADS);
     if (c->n_head % c->n_kv_head)
         return err_set("model.n_kv_head: %d does not divide n_head %d", c->n_kv_head, c->n_head);
-    if (c->family != FAMILY_LLAMA && c->n_kv_head != c->n_head) /* their HF layouts have no grouped-query attention */
-        return err_set("model.n_kv_head: the %s family has no grouped-query attention (n_kv_head %d, n_head %d): "
-                       "leave it unset or equal to n_head", c->family == FAMILY_GPT2 ? "gpt2" : "bert", c->n_kv_head,
-                       c->n_head);
     if (c->head_dim <= 0) {
         if (c->d_model % c->n_head)
             return err_set("model.n_head: %d does not divide d_model %d", c->n_head, c->d_model);
@@ -325,6 +321,10 @@ int model_config_finish(ModelConfig *c)
         return err_set("model.rope_theta: must be positive, got %g", c->rope_theta);
     if (!(c->norm_eps > 0)) c->norm_eps = 1e-5f;
     if (moe_finish(c)) return -1;
+    if (c->family != FAMILY_LLAMA && c->n_kv_head != c->n_head) /* their HF layouts have no grouped-query attention */
+        return err_set("model.n_kv_head: the %s family has no grouped-query attention (n_kv_head %d, n_head %d): "
+                       "leave it unset or equal to n_head", c->family == FAMILY_GPT2 ? "gpt2" : "bert", c->n_kv_head,
+                       c->n_head);
     if (!c->hf_model_type[0] && c->moe_experts > 0)
         snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
                  c->moe_shared_d_ff > 0 || c->qkv_bias || c->moe_every != 1 || !c->moe_norm_topk ? "qwen2_moe"
