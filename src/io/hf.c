@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/error.h"
+#include "io/bnb.h"
 #include "io/fsutil.h"
 #include "io/safetensors.h"
 #include "model/model.h"
@@ -1199,9 +1200,13 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
                 packed |= strstr(set.files[f].t[i].name, ".quant_state.bitsandbytes__") != NULL;
                 trits |= strstr(set.files[f].t[i].name, ".weight_scale") != NULL;
             }
-        if (packed) need = (uint64_t)pt.total / 2; /* 4-bit weights hold two parameters a byte */
-        if (trits && c->ternary == TERNARY_BITNET) /* BitNet's packed 2-bit weights hold four a byte */
-            need = (uint64_t)pt.total / 4;
+        BnbConfig bc; /* only a bitsandbytes 4-bit config makes quant_state tensors 4-bit weights */
+        if (packed && bnb_read_config(dir, &bc) == 1)
+            need = (uint64_t)pt.total / 2; /* 4-bit weights hold two parameters a byte */
+        else
+            packed = 0;
+        trits = trits && c->ternary == TERNARY_BITNET;
+        if (trits) need = (uint64_t)pt.total / 4; /* BitNet's packed 2-bit weights hold four a byte */
         if (need > have)
             rc = err_set("%s: %s: %d layers need %zu parameters (%llu bytes even in %s), but the weights "
                          "hold %llu bytes",

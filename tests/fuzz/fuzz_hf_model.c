@@ -3,6 +3,7 @@
  * against the tensor headers; a config it accepts must then read its weights
  * (small models only) without a crash or an allocation beyond the file. */
 #include "fuzz_common.h"
+#include "io/bnb.h"
 #include "io/hf.h"
 
 /* Largest parameter buffer the harness allocates (elements): the checks must
@@ -27,8 +28,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(buf);
     }
     /* hf_check_shapes: the weights hold >= 2 bytes per parameter, and they are in the input; a BitNet
-     * directory may hold transformers' packed BitLinear weights, 2 bits per parameter */
-    size_t need = c.ternary == TERNARY_BITNET ? pt.total / 4 : pt.total * 2;
+     * directory may hold transformers' packed BitLinear weights, 2 bits per parameter, and a
+     * bitsandbytes 4-bit one (its config says so) 4 bits */
+    BnbConfig bc;
+    size_t need = c.ternary == TERNARY_BITNET ? pt.total / 4 : bnb_read_config(dir, &bc) == 1 ? pt.total / 2 : pt.total * 2;
     if (hf_has_weights(dir) && need > size) abort();
     param_table_free(&pt);
     return 0;
