@@ -3,7 +3,8 @@
 # repository's fixtures and the regression inputs in tests/fuzz/regress/<harness>/.
 # Crashes are written to build-fuzz/crashes/. Seed files get names unique per
 # source (tokenizer.json files of different fixtures no longer overwrite each other).
-#   make fuzz && tools/fuzz.sh 60 [HARNESS...]      (FUZZ_ARGS="-runs=N" adds libFuzzer flags)
+#   make fuzz && tools/fuzz.sh 60 [HARNESS...]      (FUZZ_ARGS="-runs=N" adds libFuzzer flags;
+#   FUZZ_JOBS=N runs N processes per harness on its one corpus and sums their executions)
 set -u
 secs=${1:-60}
 shift || true
@@ -88,9 +89,24 @@ for name in "${harnesses[@]}"; do
     h=build-fuzz/fuzz/$name
     [ -x "$h" ] || { echo "== $name: not built (make fuzz)"; status=1; continue; }
     corpus=$(seed "$name")
-    echo "== $name (${secs}s)"
-    "$h" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/$name-" \
-        -print_final_stats=1 ${FUZZ_ARGS:-} "$corpus" 2>&1 | grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|ERROR|SUMMARY|crash-|timeout-|oom-'
+    jobs=${FUZZ_JOBS:-1}
+    echo "== $name (${secs}s${FUZZ_JOBS:+, $jobs jobs on one corpus})"
+    if [ "$jobs" -le 1 ]; then
+        "$h" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/$name-" \
+            -print_final_stats=1 ${FUZZ_ARGS:-} "$corpus" 2>&1 | grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|ERROR|SUMMARY|crash-|timeout-|oom-'
+    else # FUZZ_JOBS=N: N processes (seeds 1..N) sharing the corpus; the executions summed over them
+        logs=build-fuzz/logs
+        mkdir -p "$logs"
+        for j in $(seq 1 "$jobs"); do
+            "$h" -seed="$j" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
+                -artifact_prefix="$out/$name-" -print_final_stats=1 ${FUZZ_ARGS:-} "$corpus" >"$logs/$name.$j.log" 2>&1 &
+        done
+        wait
+        grep -hE 'ERROR|SUMMARY|crash-|timeout-|oom-' "$logs/$name".*.log
+        awk '/stat::number_of_executed_units/ {n += $2; k++} /stat::average_exec_per_sec/ {r += $2}
+             END {printf "stat::number_of_executed_units: %d (sum of %d jobs)\nstat::average_exec_per_sec: %d (sum)\n", n, k, r}' \
+            "$logs/$name".*.log
+    fi
     if ls "$out/$name-"* >/dev/null 2>&1; then status=1; echo "   FOUND: $(ls "$out/$name-"*)"; fi
 done
 exit $status

@@ -16,13 +16,22 @@ mkdir -p "$dst"
 # and the device tool carries at most 64 MiB with the checkout
 tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./runs --exclude=./data \
     --exclude=./gpu-check-out --exclude=./gpu-ab-out --exclude=./gpu-attn-out --exclude=./assets \
-    --exclude=./.stage -cf - . | tar -C "$dst" -xf -
+    --exclude=./.stage --exclude=./build-fuzz -cf - . | tar -C "$dst" -xf -
 mkdir -p "$dst/build/tests" "$dst/lib" "$dst/tests/data"
 cp build/tests/test_cuda build/tests/test_cuda_kv build/tests/bench_attention "$dst/build/tests/"
 strip -g "$dst/anvil" "$dst/build/tests/"* # host debug info only
-# every shared library the binaries load from Debian's /lib, but glibc's own, the C++ runtime and
+# FUZZ="fuzz_shard ...": those libFuzzer harnesses of build-fuzz/ (make fuzz) too, for tools/fuzz.sh there
+fuzz_bins=""
+for h in ${FUZZ:-}; do fuzz_bins="$fuzz_bins build-fuzz/fuzz/$h"; done
+if [ -n "$fuzz_bins" ]; then
+    mkdir -p "$dst/build-fuzz/fuzz"
+    cp $fuzz_bins "$dst/build-fuzz/fuzz/"
+    strip -g "$dst/build-fuzz/fuzz/"*
+fi
+# every shared library the binaries load from Debian's /lib (and clang's OpenMP runtime, for the harnesses), but glibc's own, the C++ runtime and
 # CUDA's (gpu-env.sh drops the ones the GPU machine has itself)
-for lib in $(ldd anvil build/tests/test_cuda | awk '$3 ~ /^\/lib\/x86_64-linux-gnu\// {print $3}' | sort -u); do
+for lib in $(ldd anvil build/tests/test_cuda $fuzz_bins | awk '$3 ~ /^\/lib\/x86_64-linux-gnu\/|^\/usr\/lib\/llvm-[0-9]*\/lib\// {print $3}' |
+    sort -u); do
     case "$(basename "$lib")" in
     libc.so.* | libm.so.* | libpthread.so.* | libdl.so.* | librt.so.* | libstdc++.so.* | libgcc_s.so.* | \
         ld-linux*) ;;
@@ -41,6 +50,7 @@ sample=../shared/data/gpt2/sample.gpt2.u32
 [ -f "$sample" ] && cp "$sample" "$dst/tests/data/"
 # the binaries and libraries travel gzipped (a third of the size; the device tool carries at most
 # 64 MiB with the checkout); gpu-check.sh and gpu-ab.sh unpack payload.tgz first
-tar czf "$dst/payload.tgz" -C "$dst" anvil build lib $([ -d "$dst/old" ] && echo old)
-rm -rf "$dst/anvil" "$dst/build" "$dst/lib" "$dst/old"
+tar czf "$dst/payload.tgz" -C "$dst" anvil build lib $([ -d "$dst/old" ] && echo old) \
+    $([ -d "$dst/build-fuzz" ] && echo build-fuzz)
+rm -rf "$dst/anvil" "$dst/build" "$dst/lib" "$dst/old" "$dst/build-fuzz"
 du -sh "$dst"
