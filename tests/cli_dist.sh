@@ -141,6 +141,27 @@ cp -r "$tmp/lora3" "$tmp/lorar"
 rm -rf "$tmp/lorar/step-0000006"
 launch2 --resume "$tmp/lorar" --set dist.zero=3 --set lora.r=4
 check "LoRA under ZeRO-3: resume" cmp "$tmp/lora3/final/adapter_model.safetensors" "$tmp/lorar/final/adapter_model.safetensors"
+# ZeRO-3 shards a 4-bit base (QLoRA) too: the NF4 bytes of each layer split over the ranks and
+# gathered before the layer runs; the same losses and adapters as ZeRO-0, the weights per rank
+# halved; the run resumes on 2 ranks under ZeRO-3 and on 1 rank
+for z in 0 3; do
+    launch2 --set out_dir="$tmp/qlora$z" --set dist.zero=$z --set lora.r=4 --set model.quant=nf4
+    read -r tot w_q$z rest <<<"$(mem_line "$tmp/run.log")"
+done
+same_losses "QLoRA under ZeRO-3 vs ZeRO-0" "$tmp/qlora0" "$tmp/qlora3"
+check "QLoRA under ZeRO-3: the adapters of ZeRO-0" cmp "$tmp/qlora0/final/adapter_model.safetensors" "$tmp/qlora3/final/adapter_model.safetensors"
+near "ZeRO-3: 4-bit and frozen weights per rank halved" "$w_q3" "$(awk -v w="$w_q0" 'BEGIN { print w / 2 }')"
+for where in 2 1; do
+    cp -r "$tmp/qlora3" "$tmp/qlorar$where"
+    rm -rf "$tmp/qlorar$where/step-0000006"
+    if [ $where = 2 ]; then launch2 --resume "$tmp/qlorar$where" --set dist.zero=3 --set lora.r=4 --set model.quant=nf4
+    else run1 --resume "$tmp/qlorar$where" --set lora.r=4 --set model.quant=nf4; fi
+    if [ $where = 2 ]; then
+        check "QLoRA under ZeRO-3: resume on 2 ranks" cmp "$tmp/qlora3/final/adapter_model.safetensors" "$tmp/qlorar2/final/adapter_model.safetensors"
+    else # 1 rank accumulates 2 micro-steps where 2 ranks reduced: the same to rounding
+        same_losses "QLoRA under ZeRO-3: resume on 1 rank" "$tmp/qlora3" "$tmp/qlorar1"
+    fi
+done
 # 2 ranks x 2 micro-steps: ZeRO-2/3 reduce-scatter every micro-step into the shard, ZeRO-0 once
 launch2 --set out_dir="$tmp/acc0" --set train.tokens_per_step=512
 for z in 2 3; do

@@ -80,6 +80,14 @@ cp -r "$tmp/lora" "$tmp/resumed"
 rm -rf "$tmp/resumed/step-0000020"
 "$ANVIL" train "$tmp/lora.yaml" --set out_dir="$tmp/resumed" --resume "$tmp/resumed" >/dev/null 2>&1
 check "resumed adapter identical" cmp -s "$ck/adapter_model.safetensors" "$tmp/resumed/step-0000020/adapter_model.safetensors"
+# a 4-bit base too: the resume keeps the base's NF4 bytes (it used to re-quantize their dequantized
+# values, which double quantization does not map back to the same bytes)
+"$ANVIL" train "$tmp/lora.yaml" --set out_dir="$tmp/qlora" --set model.quant=nf4 >/dev/null 2>&1
+cp -r "$tmp/qlora" "$tmp/qresumed"
+rm -rf "$tmp/qresumed/step-0000020"
+"$ANVIL" train "$tmp/lora.yaml" --set out_dir="$tmp/qresumed" --set model.quant=nf4 --resume "$tmp/qresumed" >/dev/null 2>&1
+check "QLoRA: resumed adapter identical" cmp -s "$tmp/qlora/step-0000020/adapter_model.safetensors" \
+    "$tmp/qresumed/step-0000020/adapter_model.safetensors"
 
 # ---- eval, merge, generate ----
 "$ANVIL" eval ppl --model "$tmp/base/final" --adapter "$ck" --data "$tmp/val.txt" >"$tmp/ppl_a" 2>&1

@@ -160,11 +160,12 @@ void dist_detach(Dist *d)
     for (int k = 0; k < 3 && d->ps; k++) {
         if (d->gslot[k]) d->ps->be->free(d->gslot[k]);
         d->gslot[k] = NULL;
-        for (int set = 0; set < 2; set++) {
+        for (int set = 0; set < 3; set++) {
             if (d->wslot[set][k]) d->ps->be->free(d->wslot[set][k]);
             d->wslot[set][k] = NULL;
         }
     }
+    if (d->ps && d->q4_sharded) params_q4_point(d->ps, -1, NULL);
     if (d->ps) { /* the store no longer has views into the slots */
         free(d->ps->ggroup);
         free(d->ps->wgroup);
@@ -176,6 +177,11 @@ void dist_detach(Dist *d)
     free(d->flo);
     free(d->fhi);
     d->flo = d->fhi = NULL;
+    free(d->qseg);
+    free(d->qlo);
+    free(d->qhi);
+    d->qseg = d->qlo = d->qhi = NULL;
+    d->q4_sharded = d->frozen_sharded = 0;
     d->ps = NULL;
     d->slot_bytes = 0;
 }
@@ -470,9 +476,19 @@ static void hook_grads_ready(void *ctx, int g)
 }
 
 /* ZeRO-3 weight sets: 0 the trainable compute copy (groups of layer_seg, shards lo/hi), 1 the frozen
- * one (groups of the store's fseg, shards flo/fhi). */
-static size_t wset_lo(const Dist *d, int set, int g) { return set ? d->ps->fseg[g] : group_lo(d, g); }
-static size_t wset_hi(const Dist *d, int set, int g) { return set ? d->ps->fseg[g + 1] : group_hi(d, g); }
+ * one (groups of the store's fseg, shards flo/fhi), 2 the 4-bit bytes (groups of qseg, shards qlo/qhi). */
+static size_t wset_lo(const Dist *d, int set, int g)
+{
+    return set == 2 ? d->qseg[g] : set ? d->ps->fseg[g] : group_lo(d, g);
+}
+static size_t wset_hi(const Dist *d, int set, int g)
+{
+    return set == 2 ? d->qseg[g + 1] : set ? d->ps->fseg[g + 1] : group_hi(d, g);
+}
+/* Whether ZeRO-3 gathers the set in this run. */
+static int wset_on(const Dist *d, int set) { return set == 0 || (set == 1 ? d->frozen_sharded : d->q4_sharded); }
+/* Bytes of one element of the set. */
+static size_t wset_elem(const Dist *d, int set) { return set == 2 ? 1 : d->ps->be->act_size; }
 
 /* counts[r] = how much of [a, e) lies in rank r's part of the set. */
 static void wset_counts(Dist *d, int set, size_t a, size_t e)
@@ -481,8 +497,9 @@ static void wset_counts(Dist *d, int set, size_t a, size_t e)
         bucket_counts(d, a, e);
         return;
     }
+    const size_t *plo = set == 2 ? d->qlo : d->flo, *phi = set == 2 ? d->qhi : d->fhi;
     for (int r = 0; r < d->world; r++) {
-        size_t lo = MAX(a, d->flo[r]), hi = MIN(e, d->fhi[r]);
+        size_t lo = MAX(a, plo[r]), hi = MIN(e, phi[r]);
         d->counts[r] = hi > lo ? hi - lo : 0;
     }
 }
@@ -495,7 +512,12 @@ static int wslot_of(const Dist *d, int set, int g)
     return -1;
 }
 
-static void **wset_views(const Dist *d, int set) { return set ? d->ps->fgroup : d->ps->wgroup; }
+/* Group g of the set is gathered in buf (NULL: no longer). */
+static void wset_view(const Dist *d, int set, int g, void *buf)
+{
+    if (set == 2) params_q4_point(d->ps, g, buf);
+    else (set ? d->ps->fgroup : d->ps->wgroup)[g] = buf;
+}
 
 /* ZeRO-3: queue the all-gather of group g's weights of the set into a free slot (nothing when it
  * is held already or no slot is free: a prefetch waits for the next call). */
@@ -507,18 +529,19 @@ static void queue_gather(Dist *d, int set, int g)
     if (g < 0 || wset_hi(d, set, g) == wset_lo(d, set, g) || wslot_of(d, set, g) >= 0) return;
     int k = g == 0 ? 0 : d->wslot_group[set][1] < 0 ? 1 : d->wslot_group[set][2] < 0 ? 2 : -1;
     if (k < 0 || d->wslot_group[set][k] >= 0) return;
-    void *slot = d->wslot[set][k];
-    size_t lo = wset_lo(d, set, g), hi = wset_hi(d, set, g), cap = bucket_cap(d);
-    size_t mlo = set ? d->my_flo : d->my_lo, mhi = set ? d->my_fhi : d->my_hi;
+    char *slot = d->wslot[set][k];
+    size_t el = wset_elem(d, set), lo = wset_lo(d, set, g), hi = wset_hi(d, set, g);
+    size_t cap = bucket_cap(d) * (sizeof(float) / el); /* elements of the set in one bucket's bytes */
+    size_t mlo = set == 2 ? d->my_qlo : set ? d->my_flo : d->my_lo, mhi = set == 2 ? d->my_qhi : set ? d->my_fhi : d->my_hi;
     size_t a = MAX(lo, mlo), e = MIN(hi, mhi);
-    const void *src = set ? ps->frozen_act : ps->train_act;
-    size_t src_lo = set ? ps->frozen_lo : ps->act_lo;
-    if (e > a) be->copy(act_at(be, slot, a - lo), act_at(be, (void *)src, a - src_lo), (e - a) * be->act_size);
+    const char *src = set == 2 ? ps->q4_shard : set ? ps->frozen_act : ps->train_act;
+    size_t src_lo = set == 2 ? ps->q4_lo : set ? ps->frozen_lo : ps->act_lo;
+    if (e > a) be->copy(slot + (a - lo) * el, src + (a - src_lo) * el, (e - a) * el);
     c->start_after_compute(c);
     for (size_t x = lo; x < hi && !d->hook_rc; x += cap) {
         size_t y = MIN(hi, x + cap);
         wset_counts(d, set, x, y);
-        if (c->all_gather(c, act_at(be, slot, x - lo), d->counts, be->act_size)) hook_fail(d, "weights");
+        if (c->all_gather(c, slot + (x - lo) * el, d->counts, el)) hook_fail(d, "weights");
     }
     d->wslot_mark[set][k] = comm_mark(c);
     d->wslot_group[set][k] = g;
@@ -529,14 +552,15 @@ static void hook_weights_need(void *ctx, int g, int next)
 {
     Dist *d = ctx;
     if (d->opt.zero < 3) return;
-    for (int set = 0; set < 1 + d->frozen_sharded; set++) {
+    for (int set = 0; set < 3; set++) {
+        if (!wset_on(d, set)) continue;
         if (wset_hi(d, set, g) > wset_lo(d, set, g)) {
             queue_gather(d, set, g);
             int k = wslot_of(d, set, g);
             if (k < 0) fatal("dist: ZeRO-3: no layer buffer free for group %d (internal error)", g);
             if (d->wslot_queued[set][k]) compute_after_mark(d->comm, d->wslot_mark[set][k]);
             d->wslot_queued[set][k] = 0;
-            wset_views(d, set)[g] = d->wslot[set][k];
+            wset_view(d, set, g, d->wslot[set][k]);
         }
         queue_gather(d, set, next); /* the next layer's gather runs while this one computes */
     }
@@ -546,13 +570,13 @@ static void hook_weights_done(void *ctx, int g)
 {
     Dist *d = ctx;
     if (d->opt.zero < 3) return;
-    for (int set = 0; set < 1 + d->frozen_sharded; set++) {
-        int k = wslot_of(d, set, g);
+    for (int set = 0; set < 3; set++) {
+        int k = wset_on(d, set) ? wslot_of(d, set, g) : -1;
         if (k < 0) continue;
         if (d->wslot_queued[set][k]) compute_after_mark(d->comm, d->wslot_mark[set][k]); /* an unused prefetch */
         d->wslot_group[set][k] = -1;
         d->wslot_queued[set][k] = 0;
-        wset_views(d, set)[g] = NULL;
+        wset_view(d, set, g, NULL);
     }
 }
 
@@ -588,13 +612,44 @@ static void shard_frozen(Dist *d, ParamStore *ps)
     d->frozen_sharded = 1;
 }
 
+/* Equal parts of n bytes, each starting at a 16-byte boundary (the 4-bit segment). */
+static void bytes_shard(size_t n, int rank, int world, size_t *lo, size_t *hi)
+{
+    size_t per = (n + (size_t)world - 1) / (size_t)world;
+    per = (per + 15) / 16 * 16;
+    *lo = MIN(n, per * (size_t)rank);
+    *hi = MIN(n, *lo + per);
+}
+
+/* ZeRO-3 of the 4-bit tensors (a QLoRA base): this rank's part of their bytes, and layer buffers. */
+static void shard_q4(Dist *d, ParamStore *ps)
+{
+    const Backend *be = ps->be;
+    int G = ps->pt->n_layer + 2;
+    d->qseg = xcalloc((size_t)G + 1, sizeof(size_t));
+    size_t n = params_q4_layout(ps, d->qseg);
+    if (!n) return;
+    d->qlo = xcalloc((size_t)d->world, sizeof(size_t));
+    d->qhi = xcalloc((size_t)d->world, sizeof(size_t));
+    for (int r = 0; r < d->world; r++) bytes_shard(n, r, d->world, &d->qlo[r], &d->qhi[r]);
+    d->my_qlo = d->qlo[d->rank];
+    d->my_qhi = d->qhi[d->rank];
+    params_shard_q4(ps, d->my_qlo, d->my_qhi);
+    size_t g0 = d->qseg[1] - d->qseg[0], gmax = 0;
+    for (int g = 1; g < G; g++) gmax = MAX(gmax, d->qseg[g + 1] - d->qseg[g]);
+    size_t size[3] = {g0, gmax, gmax};
+    for (int k = 0; k < 3; k++)
+        if (size[k]) d->wslot[2][k] = be->alloc(size[k]), d->slot_bytes += size[k];
+    d->q4_sharded = 1;
+}
+
 struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
 {
     const ParamTable *pt = ps->pt;
     const Backend *be = ps->be;
     int G = pt->n_layer + 2, z = d->opt.zero;
     d->ps = ps;
-    for (int k = 0; k < 3; k++) d->gslot_group[k] = d->wslot_group[0][k] = d->wslot_group[1][k] = -1;
+    for (int k = 0; k < 3; k++) d->gslot_group[k] = d->wslot_group[0][k] = d->wslot_group[1][k] = d->wslot_group[2][k] = -1;
     if (z >= 1 && pt->n_train) {
         int what = PSHARD_MASTER | (z >= 2 ? PSHARD_GRAD : 0) | (z >= 3 ? PSHARD_ACT : 0);
         params_shard_store(ps, d->my_lo, d->my_hi, what);
@@ -613,6 +668,7 @@ struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
         }
     }
     if (z >= 3 && pt->n_frozen) shard_frozen(d, ps);
+    if (z >= 3 && ps->q4) shard_q4(d, ps);
     ModelHooks *h = xcalloc(1, sizeof(*h));
     *h = (ModelHooks){.ctx = d, .grads_ready = hook_grads_ready};
     if (z >= 2) h->grads_begin = hook_grads_begin;
@@ -664,11 +720,32 @@ static int frozen_whole(Dist *d, ParamStore *ps)
     return 0;
 }
 
+/* The 4-bit bytes whole (ZeRO-3 shards them), for dist_params_whole: every part points into them. */
+static int q4_whole(Dist *d, ParamStore *ps)
+{
+    const Backend *be = ps->be;
+    int G = ps->pt->n_layer + 2;
+    size_t n = d->q4_sharded ? d->qseg[G] : 0, cap = bucket_cap(d) * sizeof(float);
+    if (!n || d->whole_q4) return 0;
+    char *w = d->whole_q4 = be->alloc(n);
+    if (ps->q4_n) be->copy(w + ps->q4_lo, ps->q4_shard, ps->q4_n);
+    Comm *c = d->comm;
+    c->start_after_compute(c);
+    for (size_t x = 0; x < n; x += cap) {
+        size_t y = MIN(n, x + cap);
+        wset_counts(d, 2, x, y);
+        if (c->all_gather(c, w + x, d->counts, 1)) return err_prefix("4-bit weights");
+    }
+    c->compute_after_comm(c);
+    params_q4_point(ps, -1, w);
+    return 0;
+}
+
 int dist_params_whole(Dist *d, ParamStore *ps)
 {
     size_t n = ps->pt->n_train;
     if (!dist_active(d) || !d->opt.zero) return 0;
-    if (frozen_whole(d, ps)) return -1;
+    if (frozen_whole(d, ps) || q4_whole(d, ps)) return -1;
     if (!n || d->whole) return 0;
     if (ps->master_n == n || (ps->master_alias && ps->act_n == n)) return 0; /* it serves every tensor now */
     const Backend *be = ps->be;
@@ -687,6 +764,11 @@ int dist_params_whole(Dist *d, ParamStore *ps)
 
 void dist_params_reshard(Dist *d, ParamStore *ps)
 {
+    if (d->whole_q4) { /* packed again from wherever the parts point (a resume may have uploaded them anew) */
+        params_shard_q4(ps, d->my_qlo, d->my_qhi);
+        ps->be->free(d->whole_q4);
+        d->whole_q4 = NULL;
+    }
     if (d->whole_frozen) {
         const Backend *be = ps->be;
         be->copy(d->saved_frozen, act_at(be, d->whole_frozen, d->saved_flo), d->saved_fn * be->act_size);

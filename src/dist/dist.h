@@ -74,12 +74,15 @@ typedef struct {
     int gslot_group[3], gslot_pending[3];
     long gslot_mark[3];
     /* set 0 the trainable compute copy, set 1 the frozen one (ZeRO-3 shards dense frozen tensors
-     * too: flo/fhi every rank's part of the frozen segment, my_flo/my_fhi this rank's) */
-    void *wslot[2][3];
-    int wslot_group[2][3], wslot_queued[2][3];
-    long wslot_mark[2][3];
+     * too: flo/fhi every rank's part of the frozen segment, my_flo/my_fhi this rank's), set 2 the
+     * 4-bit tensors' bytes (params_q4_layout: qseg where each group lies, qlo/qhi the ranks' parts) */
+    void *wslot[3][3];
+    int wslot_group[3][3], wslot_queued[3][3];
+    long wslot_mark[3][3];
     size_t *flo, *fhi, my_flo, my_fhi;
     int frozen_sharded;
+    size_t *qseg, *qlo, *qhi, my_qlo, my_qhi;
+    int q4_sharded;
     size_t slot_bytes;   /* backend bytes of the slots above */
     /* dist_params_whole: the whole fp32 master (and frozen copy) while a checkpoint is read or written */
     float *whole, *saved_master;
@@ -87,6 +90,7 @@ typedef struct {
     int saved_alias;
     void *whole_frozen, *saved_frozen;
     size_t saved_flo, saved_fn;
+    void *whole_q4; /* every group's 4-bit bytes (params_q4_point(-1)) */
 } Dist;
 
 /* Read the environment (env.h) and, for CUDA ranks, make device 0 this rank's GPU

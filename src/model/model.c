@@ -506,6 +506,12 @@ void model_set_params_base(Model *m, const float *host)
         if (m->pt.p[i].site < 0) params_upload(&m->ps, i, host + m->pt.p[i].offset);
 }
 
+void model_set_params_keep_4bit(Model *m, const float *host)
+{
+    for (int i = 0; i < m->pt.n; i++)
+        if (m->pt.p[i].kind != PARAM_NF4) params_upload(&m->ps, i, host + m->pt.p[i].offset);
+}
+
 void model_merge_adapters(const Model *m, float *host)
 {
     for (int k = 0; m->adapters && k < m->pt.n; k++) {

@@ -210,6 +210,9 @@ void model_init_gpt2(Model *m, uint64_t seed);
 void model_set_params(Model *m, const float *host);
 /* The same for the base tensors only (adapters keep their values): loading a base under adapters. */
 void model_set_params_base(Model *m, const float *host);
+/* The same for every tensor but the 4-bit ones, which keep their bytes (a resume: re-quantizing the
+ * dequantized values is not the identity under double quantization). */
+void model_set_params_keep_4bit(Model *m, const float *host);
 /* A host image of the parameters: the master of trainable tensors, the compute copy of others. */
 void model_get_params(const Model *m, float *host);
 /* A host image of the gradients (zeros for tensors without one), and back (tests). */

@@ -1,6 +1,7 @@
 /* params.c - the parameter table and the parameter store (params.h). */
 #include "model/params.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -444,6 +445,7 @@ void params_upload_q4(ParamStore *ps, int i, int part, const Q4State *h)
     int64_t nb = q4_nblocks(h->n, h->blocksize);
     q4_part_free(ps, q);
     q->s = *h;
+    q->nested = h->absmax == NULL;
     q->s.packed = q->mem[0] = q4_put(ps, h->packed, q4_packed_bytes(h->n));
     if (h->absmax) {
         q->s.absmax = q->mem[1] = q4_put(ps, h->absmax, (size_t)nb * sizeof(float));
@@ -453,6 +455,122 @@ void params_upload_q4(ParamStore *ps, int i, int part, const Q4State *h)
             q4_put(ps, h->nested_absmax, (size_t)q4_nblocks(nb, h->nested_blocksize) * sizeof(float));
         q->s.map8 = q->mem[3] = q4_put(ps, h->map8, Q4_MAP8_SIZE * sizeof(float));
     }
+}
+
+/* The arrays of a 4-bit part: the address of each pointer in its state and its bytes; their count. */
+typedef struct {
+    const void **ptr;
+    size_t bytes;
+} Q4Array;
+
+static int q4_arrays(ParamQ4Part *q, Q4Array *a)
+{
+    Q4State *s = &q->s;
+    int64_t nb = q4_nblocks(s->n, s->blocksize);
+    int n = 0;
+    a[n++] = (Q4Array){(const void **)&s->packed, q4_packed_bytes(s->n)};
+    if (!q->nested) {
+        a[n++] = (Q4Array){(const void **)&s->absmax, (size_t)nb * sizeof(float)};
+    } else {
+        a[n++] = (Q4Array){(const void **)&s->qabsmax, (size_t)nb};
+        a[n++] = (Q4Array){(const void **)&s->nested_absmax, (size_t)q4_nblocks(nb, s->nested_blocksize) * sizeof(float)};
+        a[n++] = (Q4Array){(const void **)&s->map8, Q4_MAP8_SIZE * sizeof(float)};
+    }
+    return n;
+}
+
+#define Q4_ALIGN 16
+
+/* Call f for every array of the 4-bit segment in layout order, with its group and offset; returns the
+ * segment's size, and fills qseg (n_layer + 3) unless NULL. */
+static size_t q4_walk(const ParamStore *ps, size_t *qseg,
+                      void (*f)(ParamStore *ps, int g, size_t off, Q4Array *a, void *ctx), void *ctx)
+{
+    const ParamTable *pt = ps->pt;
+    int G = pt->n_layer + 2;
+    size_t off = 0;
+    if (qseg)
+        for (int g = 0; g <= G; g++) qseg[g] = SIZE_MAX;
+    for (int i = 0; ps->q4 && i < pt->n; i++) { /* table order is group order */
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_NF4) continue;
+        int g = params_group(pt, i);
+        if (qseg && qseg[g] == SIZE_MAX) qseg[g] = off;
+        for (int part = 0; part < p->nparts; part++) {
+            Q4Array a[4];
+            int n = q4_arrays(&ps->q4[i][part], a);
+            for (int k = 0; k < n; k++) {
+                if (f) f((ParamStore *)ps, g, off, &a[k], ctx);
+                off += (a[k].bytes + Q4_ALIGN - 1) / Q4_ALIGN * Q4_ALIGN;
+            }
+        }
+    }
+    if (qseg) { /* an empty group starts where the next one does */
+        qseg[G] = off;
+        for (int g = G - 1; g >= 0; g--)
+            if (qseg[g] == SIZE_MAX || qseg[g] > qseg[g + 1]) qseg[g] = qseg[g + 1];
+    }
+    return off;
+}
+
+size_t params_q4_layout(const ParamStore *ps, size_t *qseg) { return q4_walk(ps, qseg, NULL, NULL); }
+
+typedef struct {
+    char *dst;
+    size_t lo, hi;
+} Q4Pack;
+
+static void q4_pack_one(ParamStore *ps, int g, size_t off, Q4Array *a, void *ctx)
+{
+    Q4Pack *k = ctx;
+    size_t lo = MAX(off, k->lo), hi = MIN(off + a->bytes, k->hi);
+    (void)g;
+    if (hi <= lo) return;
+    if (!*a->ptr) fatal("params_shard_q4: a 4-bit array is not held (internal error)");
+    ps->be->copy(k->dst + (lo - k->lo), (const char *)*a->ptr + (lo - off), hi - lo);
+}
+
+void params_shard_q4(ParamStore *ps, size_t lo, size_t hi)
+{
+    const ParamTable *pt = ps->pt;
+    if (!ps->q4) return;
+    Q4Pack k = {.dst = hi > lo ? ps->be->alloc(hi - lo) : NULL, .lo = lo, .hi = hi};
+    q4_walk(ps, NULL, q4_pack_one, &k);
+    if (ps->q4_shard) ps->be->free(ps->q4_shard);
+    for (int i = 0; i < pt->n; i++)
+        for (int part = 0; pt->p[i].kind == PARAM_NF4 && part < pt->p[i].nparts; part++) {
+            ParamQ4Part *q = &ps->q4[i][part];
+            for (int m = 0; m < 4; m++)
+                if (q->mem[m]) ps->be->free(q->mem[m]), q->mem[m] = NULL;
+        }
+    params_q4_point(ps, -1, NULL);
+    ps->q4_shard = k.dst;
+    ps->q4_lo = lo;
+    ps->q4_n = hi - lo;
+    ps->q4_bytes = hi - lo;
+    ps->q4_sharded = 1;
+}
+
+typedef struct {
+    int g;
+    char *buf;
+    size_t base;
+} Q4Point;
+
+static void q4_point_one(ParamStore *ps, int g, size_t off, Q4Array *a, void *ctx)
+{
+    Q4Point *k = ctx;
+    (void)ps;
+    if (k->g < 0 || k->g == g) *a->ptr = k->buf ? k->buf + (off - k->base) : NULL;
+}
+
+void params_q4_point(ParamStore *ps, int g, void *buf)
+{
+    size_t *qseg = xmalloc(((size_t)ps->pt->n_layer + 3) * sizeof(size_t));
+    params_q4_layout(ps, qseg);
+    Q4Point k = {.g = g, .buf = buf, .base = g < 0 ? 0 : qseg[g]};
+    q4_walk(ps, NULL, q4_point_one, &k);
+    free(qseg);
 }
 
 /* Quantize tensor i's fp32 values part by part (each part a Hugging Face tensor, quantized on its
@@ -485,6 +603,8 @@ const void *params_w_dense(const ParamStore *ps, int i)
     if (p->kind != PARAM_NF4) return params_w(ps, i);
     size_t row0 = 0;
     for (int part = 0; part < p->nparts; part++) {
+        if (!ps->q4[i][part].s.packed)
+            fatal("params: the 4-bit tensor %s is not gathered (ZeRO-3; internal error)", p->name);
         ps->be->dequant4(act_at(ps->be, ps->dq, row0 * (size_t)p->shape[1]), &ps->q4[i][part].s);
         row0 += (size_t)p->part_rows[part];
     }
@@ -499,6 +619,7 @@ void params_free(ParamStore *ps)
     if (ps->master && !ps->master_alias) be->free(ps->master);
     if (ps->grad) be->free(ps->grad);
     if (ps->frozen_act) be->free(ps->frozen_act);
+    if (ps->q4_shard) be->free(ps->q4_shard);
     if (ps->q4) {
         for (int i = 0; i < ps->pt->n; i++)
             for (int k = 0; k < PARAM_MAX_PARTS; k++) q4_part_free(ps, &ps->q4[i][k]);

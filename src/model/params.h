@@ -155,6 +155,7 @@ void params_shard(const ParamTable *pt, int rank, int world, size_t *lo, size_t 
 typedef struct {
     Q4State s;
     void *mem[4]; /* what backend memory holds s's arrays (freed with the store) */
+    int nested;   /* s has the double-quantized scales (qabsmax, nested_absmax, map8), not absmax */
 } ParamQ4Part;
 
 /* The memory of the tensors, in backend memory. */
@@ -169,6 +170,12 @@ typedef struct {
     void *dq;         /* act scratch of the largest 4-bit tensor: where a product dequantizes it */
     size_t q4_bytes;
     int q4_type, q4_blocksize, q4_double; /* how params_upload quantizes (Q4Type, block, nested) */
+    /* ZeRO-3 of 4-bit tensors (params_shard_q4): q4_shard holds bytes [q4_lo, q4_lo + q4_n) of the
+     * 4-bit segment (params_q4_layout); the parts' arrays point into a gathered group only while
+     * params_q4_point says so */
+    void *q4_shard;
+    size_t q4_lo, q4_n;
+    int q4_sharded;
     /* ZeRO (src/dist, params_shard_store): the part of the trainable segment each buffer holds,
      * [x_lo, x_lo + x_n); a whole store (what params_alloc makes) has lo 0 and n n_train for all. */
     size_t master_lo, master_n;
@@ -214,6 +221,18 @@ void params_shard_frozen(ParamStore *ps, size_t lo, size_t hi);
 /* [fseg[g], fseg[g + 1]): where group g's frozen tensors lie in the frozen segment (n_layer + 3
  * entries, filled by the call; groups as params_group's). */
 void params_frozen_groups(const ParamTable *pt, size_t *fseg);
+
+/* ZeRO-3 of 4-bit tensors. The arrays of every PARAM_NF4 part (packed values, scales, the nested
+ * scales and their map) laid out as one byte segment, group by group (groups as params_group's),
+ * each array at a 16-byte boundary: its size, and qseg (n_layer + 3 entries) where each group lies. */
+size_t params_q4_layout(const ParamStore *ps, size_t *qseg);
+/* Keep only bytes [lo, hi) of that segment in ps->q4_shard, copied from wherever the parts' arrays
+ * are (their own blocks, or a buffer params_q4_point named); the parts' own blocks are freed and
+ * their pointers cleared: a product of a part of a group not pointed at is an internal error. */
+void params_shard_q4(ParamStore *ps, size_t lo, size_t hi);
+/* Point the arrays of group g's parts into buf, which holds the group's bytes [qseg[g], qseg[g + 1])
+ * (g -1: every group, buf the whole segment); buf NULL clears them. */
+void params_q4_point(ParamStore *ps, int g, void *buf);
 
 /* Allocate every segment the table's kinds need (zero-filled); nothing for a kind with no tensor. */
 void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt);

@@ -114,12 +114,13 @@ static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_t
 
 /* The 4-bit states the store would upload (params_upload_q4): packed nibbles, 8-bit scales,
  * nested scales and the 8-bit map per part (double quantization, blocks of 64). */
-static size_t q4_bytes(const Model *m)
+/* Bytes of the 4-bit tensors of group g (params_group; -1: all of them). */
+static size_t q4_bytes(const Model *m, int g)
 {
     size_t b = 0;
     for (int i = 0; i < m->pt.n; i++) {
         const Param *p = &m->pt.p[i];
-        if (p->kind != PARAM_NF4) continue;
+        if (p->kind != PARAM_NF4 || (g >= 0 && params_group(&m->pt, i) != g)) continue;
         for (int k = 0; k < p->nparts; k++) {
             int64_t n = (int64_t)p->part_rows[k] * p->shape[1], nb = q4_nblocks(n, Q4_DEFAULT_BLOCKSIZE);
             b += q4_packed_bytes(n) + (size_t)nb + (size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4 + Q4_MAP8_SIZE * 4;
@@ -168,7 +169,7 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         Q4Spec q = {.type = s->method == PLAN_QLORA ? Q4_NF4 : -1, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = 1};
         m = model_create_lora(c, &be, &ls, 1, 1, &q);
     }
-    size_t q4 = q4_bytes(m);
+    size_t q4 = q4_bytes(m, -1);
     if (model_reserve(m, s->B, s->T, s->recompute)) {
         model_free(m);
         return -1;
@@ -197,6 +198,12 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         for (int g = 1; g < pt->n_layer + 2; g++) gmax = MAX(gmax, fseg[g + 1] - fseg[g]);
         slots += (fseg[1] - fseg[0] + 2 * gmax) * (size_t)s->act_size;
         free(fseg);
+    }
+    if (s->zero >= 3 && world > 1 && q4) { /* and the 4-bit bytes: a part each, gathered layer by layer */
+        size_t g0 = q4_bytes(m, 0), gmax = 0;
+        for (int g = 1; g < m->pt.n_layer + 2; g++) gmax = MAX(gmax, q4_bytes(m, g));
+        q4 = (q4 + (size_t)world - 1) / (size_t)world;
+        slots += g0 + 2 * gmax;
     }
     optim_init_range(&o, m, 0.0f, lo, hi);
     MemReport mr;

@@ -463,7 +463,7 @@ static int resume_from(Run *r, const char *resume_dir)
     } else if (ckpt_read_optimizer_range(ck, r->m, p, r->opt.lo, r->opt.hi, mm, vv)) {
         goto out;
     }
-    model_set_params(r->m, p);
+    model_set_params_keep_4bit(r->m, p);
     optim_upload(&r->opt, mm, vv);
     if (ckpt_read_ternary(ck, r->m)) goto out;
     if (loader_set_state(r->train, r->st.loader)) goto out;
