@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
+#include "io/peft.h"
 #include "io/safetensors.h"
 #include "model/config.h"
 
@@ -28,7 +29,8 @@ static const char *inspect_usage =
     "                   with its tokenizer files\n"
     "  --dtype D        the weights --save stores: f32 or bf16 (default f32)\n"
     "  --diff           the largest difference between the weights of two model directories of one\n"
-    "                   architecture (absolute, and relative to each tensor's largest magnitude); with\n"
+    "                   architecture, or of two PEFT adapter directories (tensor by tensor, by name:\n"
+    "                   absolute, and relative to each tensor's largest magnitude); with\n"
     "                   --tol, exit status 1 when the absolute difference exceeds T\n";
 
 static int fail(void)
@@ -175,8 +177,89 @@ out:
 }
 
 /* Tensor by tensor: max |a - b| and max |a - b| / max |a| (the tensor's scale), the worst tensor. */
+typedef struct {
+    double worst_abs, worst_rel;
+    char worst_a[256], worst_r[256];
+    int n;
+} Diff;
+
+static void diff_add(Diff *d, const char *name, const float *a, const float *b, size_t n)
+{
+    double dmax = 0, amax = 0;
+    for (size_t k = 0; k < n; k++) {
+        double x = a[k], y = b[k], e = x > y ? x - y : y - x;
+        if (e > dmax || e != e) dmax = e;
+        amax = MAX(amax, x < 0 ? -x : x);
+    }
+    double rel = amax > 0 ? dmax / amax : dmax;
+    if (!d->n || dmax > d->worst_abs || dmax != dmax) {
+        d->worst_abs = dmax;
+        snprintf(d->worst_a, sizeof(d->worst_a), "%s", name);
+    }
+    if (!d->n || rel > d->worst_rel || rel != rel) {
+        d->worst_rel = rel;
+        snprintf(d->worst_r, sizeof(d->worst_r), "%s", name);
+    }
+    d->n++;
+}
+
+static int diff_finish(const Diff *d, double tol)
+{
+    printf("max abs diff %.3e (%s), max rel diff %.3e (%s), %d tensors\n", d->worst_abs, d->worst_a, d->worst_rel,
+           d->worst_r, d->n);
+    if (tol >= 0 && !(d->worst_abs <= tol)) {
+        fprintf(stderr, "anvil: inspect --diff: %s differs by %.3e > --tol %g\n", d->worst_a, d->worst_abs, tol);
+        return 1;
+    }
+    return 0;
+}
+
+/* Two PEFT adapter directories: their adapter_model tensors by name (the same names and shapes). */
+static int diff_adapters(const char *da, const char *db, double tol)
+{
+    StSet a, b;
+    if (st_set_open_dir(&a, da, "adapter_model")) return fail();
+    if (st_set_open_dir(&b, db, "adapter_model")) {
+        st_set_close(&a);
+        return fail();
+    }
+    Diff d = {0};
+    int rc = 0, nb = 0;
+    for (int f = 0; f < b.nfiles; f++) nb += b.files[f].n;
+    for (int f = 0; f < a.nfiles && !rc; f++)
+        for (int i = 0; i < a.files[f].n && !rc; i++) {
+            const StTensor *ta = &a.files[f].t[i], *tb = st_set_find(&b, ta->name, NULL);
+            int same = tb && tb->ndim == ta->ndim;
+            for (int k = 0; same && k < ta->ndim; k++) same = ta->shape[k] == tb->shape[k];
+            if (!same) {
+                err_set("%s, %s: %s: %s", da, db, ta->name, tb ? "the shapes differ" : "missing in the second");
+                rc = fail();
+                break;
+            }
+            size_t n = 1;
+            for (int k = 0; k < ta->ndim; k++) n *= (size_t)ta->shape[k];
+            float *x = xmalloc(n * sizeof(float)), *y = xmalloc(n * sizeof(float));
+            if (st_to_f32(ta, x) || st_to_f32(tb, y)) {
+                err_set("%s: not a floating-point tensor", ta->name);
+                rc = fail();
+            } else {
+                diff_add(&d, ta->name, x, y, n);
+            }
+            free(x), free(y);
+        }
+    if (!rc && d.n != nb) {
+        err_set("%s, %s: %d and %d tensors", da, db, d.n, nb);
+        rc = fail();
+    }
+    if (!rc) rc = diff_finish(&d, tol);
+    st_set_close(&a);
+    st_set_close(&b);
+    return rc;
+}
+
 static int diff_dirs(const char *da, const char *db, double tol)
 {
+    if (peft_is_adapter_dir(da) && peft_is_adapter_dir(db)) return diff_adapters(da, db, tol);
     ModelConfig ca, cb;
     if (hf_read_config(da, &ca) || hf_read_config(db, &cb)) return fail();
     const char *d = model_config_diff(&ca, &cb);
@@ -192,32 +275,9 @@ static int diff_dirs(const char *da, const char *db, double tol)
         rc = fail();
         goto out;
     }
-    double worst_abs = 0, worst_rel = 0;
-    const char *worst = pt.n ? pt.p[0].name : "", *worst_a = worst;
-    for (int i = 0; i < pt.n; i++) {
-        const Param *p = &pt.p[i];
-        double dmax = 0, amax = 0;
-        for (size_t k = 0; k < p->numel; k++) {
-            double x = a[p->offset + k], y = b[p->offset + k], e = x > y ? x - y : y - x;
-            if (e > dmax || e != e) dmax = e;
-            amax = MAX(amax, x < 0 ? -x : x);
-        }
-        double rel = amax > 0 ? dmax / amax : dmax;
-        if (dmax > worst_abs || dmax != dmax) {
-            worst_abs = dmax;
-            worst_a = p->name;
-        }
-        if (rel > worst_rel || rel != rel) {
-            worst_rel = rel;
-            worst = p->name;
-        }
-    }
-    printf("max abs diff %.3e (%s), max rel diff %.3e (%s), %d tensors\n", worst_abs, worst_a, worst_rel, worst,
-           pt.n);
-    if (tol >= 0 && !(worst_abs <= tol)) {
-        fprintf(stderr, "anvil: inspect --diff: %s differs by %.3e > --tol %g\n", worst_a, worst_abs, tol);
-        rc = 1;
-    }
+    Diff df = {0};
+    for (int i = 0; i < pt.n; i++) diff_add(&df, pt.p[i].name, a + pt.p[i].offset, b + pt.p[i].offset, pt.p[i].numel);
+    rc = diff_finish(&df, tol);
 out:
     free(a);
     free(b);

@@ -357,7 +357,7 @@ int dist_tp_grad_sumsq(Dist *d, const ParamStore *ps, double *sumsq)
         if (p->kind != PARAM_TRAIN) continue;
         size_t a = MAX(p->seg, d->my_lo), e = MIN(p->seg + p->numel, d->my_hi);
         if (e <= a) continue;
-        s[tp_role_split(p->role) ? 0 : 1] += ps->be->sumsq(ps->grad + (a - ps->grad_lo), e - a);
+        s[tp_param_split(p) ? 0 : 1] += ps->be->sumsq(ps->grad + (a - ps->grad_lo), e - a);
     }
     if (d->opt.zero && dist_sum_f64(d, s, 2)) return -1; /* ZeRO: the shards of the data-parallel group */
     double *all = xmalloc(sizeof(s) * (size_t)d->tp);

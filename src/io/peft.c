@@ -161,7 +161,9 @@ static void peft_name(const Model *m, int i, char *buf, size_t n)
     snprintf(buf, n, PEFT_PREFIX "%s.%s.weight", mod, p->role == PROLE_LORA_A ? "lora_A" : "lora_B");
 }
 
-int peft_read_weights(const char *dir, Model *m)
+int peft_read_weights(const char *dir, Model *m) { return peft_read_weights_host(dir, m, NULL); }
+
+int peft_read_weights_host(const char *dir, Model *m, float *host)
 {
     StSet set;
     if (st_set_open_dir(&set, dir, WEIGHTS_BASE)) return -1;
@@ -197,7 +199,8 @@ int peft_read_weights(const char *dir, Model *m)
                 err_set("%s: %s: element %zu is not finite", f->path, t->name, k);
                 goto out;
             }
-        params_upload(&m->ps, i, buf);
+        if (host) memcpy(host + p->offset, buf, p->numel * sizeof(float));
+        else params_upload(&m->ps, i, buf);
         used++;
     }
     int total = 0;
@@ -265,6 +268,11 @@ static int write_config(const char *dir, const Model *m, const char *base_path)
 
 int peft_write(const char *dir, const Model *m, const char *base_path, int dtype)
 {
+    return peft_write_host(dir, m, NULL, base_path, dtype);
+}
+
+int peft_write_host(const char *dir, const Model *m, const float *host, const char *base_path, int dtype)
+{
     int n = 0;
     for (int i = 0; i < m->pt.n; i++) n += m->pt.p[i].site >= 0;
     if (!n) return err_set("%s: the model has no adapters to write", dir);
@@ -278,7 +286,8 @@ int peft_write(const char *dir, const Model *m, const char *base_path, int dtype
         names[k] = xmalloc(256);
         peft_name(m, i, names[k], 256);
         data[k] = xmalloc(p->numel * sizeof(float));
-        params_download(&m->ps, i, data[k]);
+        if (host) memcpy(data[k], host + p->offset, p->numel * sizeof(float));
+        else params_download(&m->ps, i, data[k]);
         t[k] = (StWriteTensor){.name = names[k], .dtype = dtype == DTYPE_BF16 ? ST_BF16 : ST_F32, .ndim = 2,
                                .shape = {p->shape[0], p->shape[1]}, .data = data[k], .src_f32 = 1};
         k++;

@@ -23,10 +23,15 @@ int peft_read_config(const char *dir, const ModelConfig *c, LoraSpec *spec, char
 /* Load the adapter weights of DIR into m's adapter tensors (every one must be there with its
  * shape; tensors for modules m has no adapter on are an error). */
 int peft_read_weights(const char *dir, Model *m);
+/* The same into a host image of m's table (host + Param.offset) instead of m's store (host NULL: the
+ * store); m then only names the tensors (cfg, pt, lora): a whole model's table under tensor parallel. */
+int peft_read_weights_host(const char *dir, Model *m, float *host);
 /* Write adapter_config.json and adapter_model.safetensors of m's adapters into the existing
  * directory dir (each file atomically). base_path goes to base_model_name_or_path. dtype:
  * DTYPE_F32 or DTYPE_BF16. */
 int peft_write(const char *dir, const Model *m, const char *base_path, int dtype);
+/* The same from a host image of m's table (host NULL: m's store). */
+int peft_write_host(const char *dir, const Model *m, const float *host, const char *base_path, int dtype);
 /* Whether dir holds an adapter_config.json. */
 int peft_is_adapter_dir(const char *dir);
 

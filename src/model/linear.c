@@ -79,6 +79,9 @@ static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const
         be->gemm(0, 1, N, ad->r, L->in, 1.0f, x, L->in, params_w(ps, ad->a), L->in, 0.0f, t, ad->r, 0);
         be->gemm(0, 1, N, ad->rows, ad->r, ad->scale, t, ad->r, params_w(ps, ad->b), ad->r, 1.0f,
                  act_at(be, out, (size_t)ad->row0), L->out, 0);
+        /* row-parallel: t is this rank's partial sum over its input columns; its share of out is summed
+         * with the base product's, and the backward's dB needs the whole t */
+        if (L->split == LINEAR_ROW) tp_all_reduce_act(L->tp, t, (size_t)N * ad->r);
     }
 }
 
@@ -97,17 +100,19 @@ static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, cons
         /* dt (N, r) = scale * dout[:, rows] @ B */
         be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, lb->dt,
                  ad->r, 0);
-        /* dA (r, in) += dt^T @ dropout(x) */
-        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
-        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, lb->dt, ad->r, x, L->in, 1.0f, dA, L->in, 1);
-        if (!dinp) continue;
-        if (lb->training && lb->dropout > 0) { /* dinp += dropout'(dt @ A): the same mask on the gradient */
+        /* dinp += dropout'(dt @ A) (the same mask on the gradient). Column-parallel: dt is this rank's
+         * partial sum over its output rows, and so is its share of dinp (linear_bwd sums dinp over the group) */
+        if (dinp && lb->training && lb->dropout > 0) {
             be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 0.0f, lb->xd, L->in, 0);
             be->dropout(lb->xd, lb->xd, (size_t)N * L->in, lb->dropout, lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
             be->add(dinp, dinp, lb->xd, (size_t)N * L->in);
-        } else {
+        } else if (dinp) {
             be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 1.0f, dinp, L->in, 0);
         }
+        /* dA (r, in) += dt^T @ dropout(x), with the whole dt (column-parallel: summed over the group first) */
+        if (L->split == LINEAR_COL) tp_all_reduce_act(L->tp, lb->dt, (size_t)N * ad->r);
+        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
+        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, lb->dt, ad->r, x, L->in, 1.0f, dA, L->in, 1);
     }
 }
 

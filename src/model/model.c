@@ -190,18 +190,24 @@ Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSp
     return m;
 }
 
+void lora_init_tensor(const Param *p, int i, uint64_t seed, float *x)
+{
+    memset(x, 0, p->numel * sizeof(float));
+    if (p->role == PROLE_LORA_A) { /* kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + 5) fan_in)) */
+        double bound = 1.0 / sqrt((double)p->shape[1]);
+        Rng r;
+        rng_seed(&r, seed, (uint64_t)i);
+        for (size_t j = 0; j < p->numel; j++) x[j] = (float)((2.0 * rng_float(&r) - 1.0) * bound);
+    }
+}
+
 void model_init_lora(Model *m, uint64_t seed)
 {
     for (int i = 0; i < m->pt.n; i++) {
         const Param *p = &m->pt.p[i];
         if (p->site < 0) continue;
-        float *x = xcalloc(p->numel, sizeof(float));
-        if (p->role == PROLE_LORA_A) { /* kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + 5) fan_in)) */
-            double bound = 1.0 / sqrt((double)p->shape[1]);
-            Rng r;
-            rng_seed(&r, seed, (uint64_t)i);
-            for (size_t j = 0; j < p->numel; j++) x[j] = (float)((2.0 * rng_float(&r) - 1.0) * bound);
-        }
+        float *x = xmalloc(p->numel * sizeof(float));
+        lora_init_tensor(p, i, seed, x);
         params_upload(&m->ps, i, x);
         free(x);
     }

@@ -197,6 +197,8 @@ Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSp
 /* PEFT's initialisation of every adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with
  * a = sqrt(5)), B = 0; each tensor from its own stream of seed. */
 void model_init_lora(Model *m, uint64_t seed);
+/* The initial values x (p->numel) of adapter tensor i of a table (what model_init_lora uploads). */
+void lora_init_tensor(const Param *p, int i, uint64_t seed, float *x);
 void model_free(Model *m);
 /* Allocate activations for batches of up to B x T tokens (T <= max_seq_len).
  * recompute is a RECOMPUTE_* level. -1 with err_set() if T is too long. */

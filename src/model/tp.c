@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/lora.h"
 #include "model/model.h"
 
 int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
@@ -49,6 +50,17 @@ void tp_vocab_part(int V, int P, int r, int *v0, int *vn)
     int per = (V + P - 1) / P;
     *v0 = MIN(V, r * per);
     *vn = MIN(V, *v0 + per) - *v0;
+}
+
+/* Whether an adapter's site sits on a row-parallel product (attention-out, MLP-out): its A is split
+ * by columns there, its B whole; on a column-parallel one the B by rows, the A whole. */
+static int lora_site_row(int site) { return site == LORA_O || site == LORA_DOWN; }
+
+int tp_param_split(const Param *p)
+{
+    if (p->role == PROLE_LORA_A) return lora_site_row(p->site);
+    if (p->role == PROLE_LORA_B) return !lora_site_row(p->site);
+    return tp_role_split(p->role);
 }
 
 int tp_role_split(int role)
@@ -108,6 +120,26 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
     case PROLE_PROJ_W: /* columns of r's units */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * fl, fl, to_local);
         break;
+    case PROLE_LORA_A: /* on a row-parallel product: the columns of r's heads or units */
+    case PROLE_LORA_B: /* on a column-parallel one: the rows its part of the product's outputs */
+        if (!tp_param_split(pw)) goto whole;
+        switch (pw->site) {
+        case LORA_O: copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * ql, ql, to_local); break;
+        case LORA_DOWN: copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * fl, fl, to_local); break;
+        case LORA_Q: copy_block(whole, wcols, local, lcols, ql, r * ql, 0, 0, wcols, to_local); break;
+        case LORA_K:
+        case LORA_V: copy_block(whole, wcols, local, lcols, kvl, r * kvl, 0, 0, wcols, to_local); break;
+        case LORA_QKV: /* gpt2 c_attn: rows [q | k | v] as qkv.w's */
+            copy_block(whole, wcols, local, lcols, ql, r * ql, 0, 0, wcols, to_local);
+            copy_block(whole, wcols, local, lcols, kvl, qd + r * kvl, ql, 0, wcols, to_local);
+            copy_block(whole, wcols, local, lcols, kvl, qd + kvd + r * kvl, ql + kvl, 0, wcols, to_local);
+            break;
+        case LORA_GATE:
+        case LORA_UP:
+        case LORA_FC: copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local); break;
+        default: fatal("tp: %s: adapter site %d (internal error)", pw->name, pw->site);
+        }
+        break;
     case PROLE_WTE:
     case PROLE_LM_HEAD: { /* rows of r's vocabulary slice */
         int v0, vn;
@@ -116,12 +148,19 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         break;
     }
     default: /* whole on every rank */
+    whole:
         if (pw->numel != pl->numel)
             fatal("tp: %s has %zu elements whole and %zu on rank %d (internal error)", pw->name, pw->numel,
                   pl->numel, r);
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, 0, wcols, to_local);
     }
     (void)lrows;
+}
+
+void tp_slice_tensor(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, float *whole,
+                     float *local, int to_local)
+{
+    slice_tensor(full, P, r, pw, pl, whole, local, to_local);
 }
 
 void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *wpt, const ParamTable *lpt,
@@ -149,7 +188,6 @@ void tp_attach(Model *m, ModelTp *tp)
 {
     const Backend *be = m->be;
     if (!m->la) fatal("tp_attach: before model_reserve (internal error)");
-    if (m->adapters) fatal("tp_attach: a model with adapters (internal error: refused by the trainer)");
     m->tp = tp;
     for (int l = 0; l < m->cfg.n_layer; l++) {
         LayerParams *p = &m->lp[l];

@@ -57,11 +57,17 @@ int tp_config_local(const ModelConfig *full, int size, int rank, ModelConfig *lo
 void tp_vocab_part(int V, int P, int r, int *v0, int *vn);
 /* 1 when a tensor of this role is split over the group, 0 when every rank holds it whole. */
 int tp_role_split(int role);
+/* The same for a tensor, adapters included (LoRA: on a column-parallel product B is split by rows and
+ * A whole; on a row-parallel one A by columns and B whole). */
+int tp_param_split(const Param *p);
 /* Copy between the whole model's and rank r's tensors: host images (seg 0: Param.offset, every
  * tensor) or trainable segments (seg 1: Param.seg, trainable tensors; optimizer moments).
  * to_local 1: local = r's slice of whole; 0: r's slice of whole = local (whole tensors too). */
 void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *whole_pt, const ParamTable *local_pt,
               float *whole, float *local, int to_local, int seg);
+/* The same for one tensor: pw of the whole table, pl of rank r's, their values at whole and local. */
+void tp_slice_tensor(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, float *whole,
+                     float *local, int to_local);
 
 /* Give a model built from a local config its group: split its products and allocate the buffers
  * (after model_reserve). tp (owned by the caller) must outlive the model's passes. */

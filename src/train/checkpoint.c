@@ -321,7 +321,7 @@ out:
 int ckpt_write_main(const char *tmp, const CheckpointData *d)
 {
     int dtype = d->bf16_weights ? DTYPE_BF16 : DTYPE_F32;
-    if (d->adapter_base ? peft_write(tmp, d->m, d->adapter_base, dtype)
+    if (d->adapter_base ? peft_write_host(tmp, d->m, d->params, d->adapter_base, dtype)
                         : hf_write_files(tmp, &d->m->cfg, &d->m->pt, d->params, dtype))
         return -1;
     if (d->shard_lo ? write_manifest(tmp, d) : write_optimizer(tmp, d)) return -1;

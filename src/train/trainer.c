@@ -431,7 +431,8 @@ static int tp_read_whole(Run *r, const char *ck, float *p, float *mm, float *vv)
     float *pw = xcalloc(r->whole.pt.total, sizeof(float)), *mw = xcalloc(nw, sizeof(float)),
           *vw = xcalloc(nw, sizeof(float)), *ml = xcalloc(nl, sizeof(float)), *vl = xcalloc(nl, sizeof(float));
     tp_gather_whole(r, p, pw, 0); /* what the files do not hold stays as it is */
-    int rc = ckpt_read_optimizer_range(ck, &r->whole, pw, 0, r->whole.pt.n_train, mw, vw);
+    int rc = r->m->adapters ? peft_read_weights_host(ck, &r->whole, pw) : 0;
+    if (!rc) rc = ckpt_read_optimizer_range(ck, &r->whole, pw, 0, r->whole.pt.n_train, mw, vw);
     if (!rc) {
         tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, pw, p, 1, 0);
         tp_slice(&r->tpm.full, d->tp, d->tp_rank, &r->whole.pt, &r->m->pt, mw, ml, 1, 1);
@@ -456,7 +457,7 @@ static int resume_from(Run *r, const char *resume_dir)
     if (r->m->adapters ? check_adapter_ckpt(r, ck) : check_model_ckpt(r, ck)) goto out;
     /* an adapter checkpoint holds the adapters only: the base stays as model.init loaded it */
     if (dist_params_whole(&r->dist, &r->m->ps)) goto out; /* a ZeRO store: whole while the weights load */
-    if (r->m->adapters && peft_read_weights(ck, r->m)) goto out;
+    if (r->m->adapters && !run_tp(r) && peft_read_weights(ck, r->m)) goto out; /* tp: in tp_read_whole */
     model_get_params(r->m, p);
     if (run_tp(r)) { /* the whole model and moments, then this rank's slices of them */
         if (tp_read_whole(r, ck, p, mm, vv)) goto out;
@@ -720,23 +721,54 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
 
 /* Tensor parallel: this rank's group and slice of the config (local), the whole model's table and
  * every tp rank's (tensor kinds as kinds: model.freeze names the same tensors on every rank). */
-static int tp_setup(Run *r, const ModelConfig *full, const ParamKind *kinds, ModelConfig *local)
+/* A table of c (with the adapters of ls when not NULL: the base frozen, the adapters trainable, as
+ * model_create_lora makes them; else the kinds given). */
+static void tp_table(ParamTable *pt, const ModelConfig *c, const ParamKind *kinds, const LoraSpec *ls)
+{
+    if (!ls) {
+        param_table_build(pt, c);
+        param_table_set_kinds(pt, kinds);
+        return;
+    }
+    param_table_build_lora(pt, c, ls);
+    ParamKind *k = xmalloc((size_t)pt->n * sizeof(ParamKind));
+    for (int i = 0; i < pt->n; i++) k[i] = pt->p[i].site >= 0 ? PARAM_TRAIN : PARAM_FROZEN;
+    param_table_set_kinds(pt, k);
+    free(k);
+}
+
+static int tp_setup(Run *r, const ModelConfig *full, const ParamKind *kinds, const LoraSpec *ls, ModelConfig *local)
 {
     Dist *d = &r->dist;
     int P = d->tp;
     if (dist_tp_model(d, full, r->be->act_size, &r->tpm)) return -1;
     if (tp_config_local(full, P, d->tp_rank, local)) return -1;
     r->whole.cfg = *full;
-    param_table_build(&r->whole.pt, full);
-    param_table_set_kinds(&r->whole.pt, kinds);
+    if (ls) r->whole.lora = *ls; /* names the adapters of the whole model's files (peft.h) */
+    tp_table(&r->whole.pt, full, kinds, ls);
     r->tp_pt = xcalloc((size_t)P, sizeof(ParamTable));
     for (int k = 0; k < P; k++) {
         ModelConfig lk;
         tp_config_local(full, P, k, &lk);
-        param_table_build(&r->tp_pt[k], &lk);
-        param_table_set_kinds(&r->tp_pt[k], kinds);
+        tp_table(&r->tp_pt[k], &lk, kinds, ls);
     }
     return 0;
+}
+
+/* Tensor parallel: the adapters from the whole model's values (whole: a host image of its table, or
+ * NULL for PEFT's init from seed, drawn for the whole tensors as dist.tp 1 draws them), sliced. */
+static void tp_set_adapters(Run *r, const float *whole, uint64_t seed)
+{
+    for (int i = 0; i < r->m->pt.n; i++) {
+        const Param *pw = &r->whole.pt.p[i], *pl = &r->m->pt.p[i];
+        if (pl->site < 0) continue;
+        float *w = xcalloc(pw->numel, sizeof(float)), *l = xcalloc(pl->numel, sizeof(float));
+        if (whole) memcpy(w, whole + pw->offset, pw->numel * sizeof(float));
+        else lora_init_tensor(pw, i, seed, w);
+        tp_slice_tensor(&r->tpm.full, r->dist.tp, r->dist.tp_rank, pw, pl, w, l, 1);
+        params_upload(&r->m->ps, i, l);
+        free(w), free(l);
+    }
 }
 
 /* Tensor parallel: this rank's slices of a whole host image (the whole model's table) into the model. */
@@ -752,7 +784,9 @@ static void tp_set_whole(Run *r, const float *whole)
  * the run starts where dist.tp 1 starts. */
 static void tp_init_gpt2(Run *r, uint64_t seed)
 {
-    Model *w = model_create_frozen(&r->whole.cfg, backend_cpu());
+    /* with adapters, the whole model's table has them (GPT-2's init draws each tensor by its index) */
+    Model *w = r->m->adapters ? model_create_lora(&r->whole.cfg, backend_cpu(), &r->whole.lora, 0, seed, NULL)
+                              : model_create_frozen(&r->whole.cfg, backend_cpu());
     float *host = xmalloc(w->pt.total * sizeof(float));
     model_init_gpt2(w, seed);
     model_get_params(w, host);
@@ -774,7 +808,9 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     if (tc->lora_r > 0 || tc->lora_init[0]) {
         LoraSpec ls;
         if (lora_spec(tc, cfg, &ls)) return -1;
-        r->m = model_create_lora(cfg, r->be, &ls, 1, tc->seed, &q4);
+        ModelConfig local; /* tensor parallel: this rank's slice, its adapters split with their products */
+        if (run_tp(r) && tp_setup(r, cfg, NULL, &ls, &local)) return -1;
+        r->m = model_create_lora(run_tp(r) ? &local : cfg, r->be, &ls, 1, tc->seed, &q4);
     } else {
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
@@ -795,7 +831,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
         ModelConfig local; /* tensor parallel: this rank's slice */
-        if (run_tp(r) && tp_setup(r, cfg, kinds, &local)) {
+        if (run_tp(r) && tp_setup(r, cfg, kinds, NULL, &local)) {
             free(kinds);
             return -1;
         }
@@ -823,7 +859,15 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         model_init_gpt2(r->m, tc->seed);
         if (r->m->adapters) model_init_lora(r->m, tc->seed); /* GPT-2's init drew the adapters too */
     }
-    if (tc->lora_init[0] && peft_read_weights(tc->lora_init, r->m)) return err_prefix("lora.init");
+    if (run_tp(r) && r->m->adapters) { /* the whole adapters (lora.init's, or PEFT's init), sliced */
+        float *whole = tc->lora_init[0] ? xcalloc(r->whole.pt.total, sizeof(float)) : NULL;
+        int e = whole && peft_read_weights_host(tc->lora_init, &r->whole, whole);
+        if (!e) tp_set_adapters(r, whole, tc->seed);
+        free(whole);
+        if (e) return err_prefix("lora.init");
+    } else if (tc->lora_init[0] && peft_read_weights(tc->lora_init, r->m)) {
+        return err_prefix("lora.init");
+    }
     if (model_reserve(r->m, tc->batch_size, tc->seq_len, tc->recompute)) return -1;
     if (run_tp(r)) tp_attach(r->m, &r->tpm); /* the products split, the collectives of the tp group */
     Dist *d = &r->dist;
