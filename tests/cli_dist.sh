@@ -162,6 +162,17 @@ for where in 2 1; do
         same_losses "QLoRA under ZeRO-3: resume on 1 rank" "$tmp/qlora3" "$tmp/qlorar1"
     fi
 done
+# a ZeRO rank's store is allocated as its parts from the start: the whole model never exists on a
+# rank, so the peak is what the rank holds while it trains (a 12-layer model, whose three gathered
+# layers are a quarter of it; the peak used to include the whole store made before the sharding)
+bytes_line() { sed -n 's/^memory bytes: weights \([0-9]*\) master \([0-9]*\) gradients \([0-9]*\) optimizer \([0-9]*\) activations \([0-9]*\) workspace \([0-9]*\) peak \([0-9]*\).*/\1 \2 \3 \4 \5 \6 \7/p' "$1"; }
+DEEP="--set model.n_layer=12 --set model.d_model=128 --set train.batch_size=1 --set train.seq_len=8 --set train.tokens_per_step=16 --set train.steps=2 --set checkpoint.every=0"
+for what in "" "--set lora.r=4"; do
+    launch2 $DEEP $what --set dist.zero=3 --set out_dir="$tmp/deep3$(echo $what | tr -dc 0-9)"
+    read -r w ma g o a ws pk <<<"$(bytes_line "$tmp/run.log")"
+    check "ZeRO-3${what:+ (LoRA)}: peak $pk = what a rank holds ($w + $ma + $g + $o + $a + $ws)" \
+        awk -v p="${pk:-0}" -v s="$(( ${w:-0} + ${ma:-0} + ${g:-0} + ${o:-0} + ${a:-0} + ${ws:-0} ))" 'BEGIN { exit !(p > 0 && p <= 1.01 * s) }'
+done
 # 2 ranks x 2 micro-steps: ZeRO-2/3 reduce-scatter every micro-step into the shard, ZeRO-0 once
 launch2 --set out_dir="$tmp/acc0" --set train.tokens_per_step=512
 for z in 2 3; do

@@ -589,6 +589,21 @@ static void frozen_shard(const ParamTable *pt, int rank, int world, size_t *lo, 
     *hi = MIN(pt->n_frozen, *lo + per);
 }
 
+void dist_alloc_plan(const Dist *d, const ParamTable *pt, ParamAllocPlan *plan)
+{
+    int z = dist_active(d) ? d->opt.zero : 0;
+    memset(plan, 0, sizeof(*plan));
+    if (z >= 1 && pt->n_train) {
+        plan->lo = d->my_lo;
+        plan->hi = d->my_hi;
+        plan->what = PSHARD_MASTER | (z >= 2 ? PSHARD_GRAD : 0) | (z >= 3 ? PSHARD_ACT : 0);
+    }
+    if (z >= 3 && pt->n_frozen) {
+        plan->frozen_part = 1;
+        frozen_shard(pt, d->rank, d->world, &plan->flo, &plan->fhi);
+    }
+}
+
 /* ZeRO-3 of the frozen dense tensors: this rank's part of the frozen segment, and layer buffers. */
 static void shard_frozen(Dist *d, ParamStore *ps)
 {

@@ -101,6 +101,9 @@ int dist_init_env(Dist *d, const DistOptions *o);
 int dist_connect(Dist *d);
 /* Shards and buckets for the model's trainable segment. */
 void dist_setup_params(Dist *d, const ParamTable *pt);
+/* What this rank's store of a model with table pt holds from the start (dist_attach keeps the same
+ * parts): after dist_setup_params of that table; nothing sharded for dist.zero 0 or one process. */
+void dist_alloc_plan(const Dist *d, const ParamTable *pt, ParamAllocPlan *plan);
 void dist_free(Dist *d);
 /* 1 when the collectives run: the rank was started by a launcher (anvil launch, mpirun, srun),
  * also with one rank, so that `anvil launch --nproc 1` runs the distributed code path. */

@@ -76,7 +76,8 @@ static void attach_adapters(Model *m)
 }
 
 /* The table (with adapters when lora is set), the kinds, the products and the store. */
-static Model *model_build(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds, const LoraSpec *lora)
+static Model *model_build(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds, const LoraSpec *lora,
+                          const ModelAlloc *alloc)
 {
     /* derived sizes must be filled in (a preset or parsed config goes through model_config_finish) */
     if (cfg->head_dim <= 0 || cfg->d_ff <= 0 || cfg->n_kv_head <= 0)
@@ -124,7 +125,9 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
         p->proj = linear_make(pt, param_find_role(pt, PROLE_PROJ_W, l), param_find_role(pt, PROLE_PROJ_B, l));
     }
     attach_adapters(m);
-    params_alloc(&m->ps, be, &m->pt);
+    ParamAllocPlan plan;
+    if (alloc && alloc->plan) alloc->plan(alloc->ctx, &m->pt, &plan);
+    params_alloc_plan(&m->ps, be, &m->pt, alloc && alloc->plan ? &plan : NULL);
     if (cfg->family == FAMILY_LLAMA) {
         float *f = xmalloc(sizeof(float) * (size_t)(cfg->head_dim / 2));
         rope_inv_freq(cfg, f);
@@ -137,7 +140,13 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
 
 Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds)
 {
-    return model_build(cfg, be, kinds, NULL);
+    return model_build(cfg, be, kinds, NULL, NULL);
+}
+
+Model *model_create_kinds_alloc(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds,
+                                const ModelAlloc *alloc)
+{
+    return model_build(cfg, be, kinds, NULL, alloc);
 }
 
 Model *model_create(const ModelConfig *cfg, const Backend *be) { return model_create_kinds(cfg, be, NULL); }
@@ -168,6 +177,12 @@ static void set_parts(Param *p, const ModelConfig *c)
 Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed,
                          const Q4Spec *quant)
 {
+    return model_create_lora_alloc(cfg, be, lora, train, seed, quant, NULL);
+}
+
+Model *model_create_lora_alloc(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train,
+                               uint64_t seed, const Q4Spec *quant, const ModelAlloc *alloc)
+{
     ParamTable pt;
     param_table_build_lora(&pt, cfg, lora);
     int q4 = quant && quant->type >= 0;
@@ -176,7 +191,7 @@ Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSp
         kinds[i] = train && pt.p[i].site >= 0           ? PARAM_TRAIN
                  : q4 && is_block_linear(pt.p[i].role) ? PARAM_NF4
                                                         : PARAM_FROZEN;
-    Model *m = model_build(cfg, be, kinds, lora);
+    Model *m = model_build(cfg, be, kinds, lora, alloc);
     free(kinds);
     param_table_free(&pt);
     if (q4) {

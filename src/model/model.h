@@ -181,6 +181,14 @@ Model *model_create(const ModelConfig *cfg, const Backend *be);
 Model *model_create_kinds(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds);
 /* All tensors frozen: evaluation and generation (no master, no gradients). */
 Model *model_create_frozen(const ModelConfig *cfg, const Backend *be);
+/* How a run wants a model's store allocated (a ZeRO rank: only its parts, params.h ParamAllocPlan):
+ * plan is called with the model's table before the store exists. */
+typedef struct ModelAlloc {
+    void (*plan)(void *ctx, const ParamTable *pt, ParamAllocPlan *out);
+    void *ctx;
+} ModelAlloc;
+Model *model_create_kinds_alloc(const ModelConfig *cfg, const Backend *be, const ParamKind *kinds,
+                                const ModelAlloc *alloc);
 /* How the frozen block linears are stored 4-bit (QLoRA): NULL or type < 0 = not at all. */
 typedef struct Q4Spec {
     int type;      /* Q4Type: Q4_NF4 or Q4_FP4 */
@@ -194,6 +202,8 @@ typedef struct Q4Spec {
  * The adapters start as PEFT's: A Kaiming-uniform from seed, B zero (model_init_lora). */
 Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed,
                          const struct Q4Spec *quant);
+Model *model_create_lora_alloc(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train,
+                               uint64_t seed, const struct Q4Spec *quant, const ModelAlloc *alloc);
 /* PEFT's initialisation of every adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with
  * a = sqrt(5)), B = 0; each tensor from its own stream of seed. */
 void model_init_lora(Model *m, uint64_t seed);

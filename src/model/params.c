@@ -395,20 +395,35 @@ void params_tern_download(const ParamStore *ps, int i, uint8_t *trits, int8_t *e
     if (eacc) ps->be->download(eacc, t->eacc, ng);
 }
 
-void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt)
+void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt) { params_alloc_plan(ps, be, pt, NULL); }
+
+void params_alloc_plan(ParamStore *ps, const Backend *be, const ParamTable *pt, const ParamAllocPlan *plan)
 {
     memset(ps, 0, sizeof(*ps));
     ps->be = be;
     ps->pt = pt;
-    if (pt->n_train) {
-        ps->master = be->alloc(pt->n_train * sizeof(float));
-        ps->train_act = be->act_dtype == DTYPE_F32 ? (void *)ps->master : be->alloc(pt->n_train * be->act_size);
-        ps->grad = be->alloc(pt->n_train * sizeof(float));
-    }
-    ps->master_n = ps->act_n = ps->grad_n = pt->n_train;
-    ps->frozen_n = pt->n_frozen;
+    int what = plan ? plan->what : 0;
+    size_t n = pt->n_train, lo = plan ? plan->lo : 0, hi = plan ? plan->hi : n;
+    if (what && (lo > hi || hi > n)) fatal("params_alloc: [%zu, %zu) of %zu (internal error)", lo, hi, n);
+    if (what & PSHARD_ACT) what |= PSHARD_MASTER; /* a sharded compute copy has only its part's master */
     ps->master_alias = be->act_dtype == DTYPE_F32;
-    if (pt->n_frozen) ps->frozen_act = be->alloc(pt->n_frozen * be->act_size);
+    ps->act_lo = what & PSHARD_ACT ? lo : 0;
+    ps->act_n = what & PSHARD_ACT ? hi - lo : n;
+    ps->master_lo = what & PSHARD_MASTER ? lo : 0;
+    ps->master_n = what & PSHARD_MASTER ? hi - lo : n;
+    ps->grad_lo = what & PSHARD_GRAD ? lo : 0;
+    ps->grad_n = what & PSHARD_GRAD ? hi - lo : n;
+    if (n) {
+        if (ps->act_n) ps->train_act = be->alloc(ps->act_n * be->act_size);
+        if (ps->master_alias) /* fp32 compute: the master is (a part of) the compute copy */
+            ps->master = (float *)ps->train_act + (ps->master_lo - ps->act_lo);
+        else if (ps->master_n)
+            ps->master = be->alloc(ps->master_n * sizeof(float));
+        if (ps->grad_n) ps->grad = be->alloc(ps->grad_n * sizeof(float));
+    }
+    ps->frozen_lo = plan && plan->frozen_part ? plan->flo : 0;
+    ps->frozen_n = plan && plan->frozen_part ? plan->fhi - plan->flo : pt->n_frozen;
+    if (ps->frozen_n) ps->frozen_act = be->alloc(ps->frozen_n * be->act_size);
     tern_alloc(ps);
     size_t dq = 0;
     for (int i = 0; i < pt->n; i++)
@@ -905,6 +920,9 @@ void params_shard_store(ParamStore *ps, size_t lo, size_t hi, int what)
     if (!ps->pt->n_train) return;
     if (lo < ps->act_lo || hi > ps->act_lo + ps->act_n || (!ps->master_alias && (lo < ps->master_lo || hi > ps->master_lo + ps->master_n)))
         fatal("params_shard_store: [%zu, %zu) is not held (internal error)", lo, hi);
+    if (ps->act_lo == lo && ps->act_n == hi - lo) what &= ~PSHARD_ACT; /* allocated so (params_alloc_plan) */
+    if (ps->master_lo == lo && ps->master_n == hi - lo) what &= ~PSHARD_MASTER;
+    if (ps->grad_lo == lo && ps->grad_n == hi - lo) what &= ~PSHARD_GRAD;
     if (what & PSHARD_ACT) {
         ps->train_act = keep_part(be, ps->train_act, ps->act_lo, be->act_size, lo, hi, 1);
         ps->act_lo = lo;
@@ -937,6 +955,7 @@ void params_shard_frozen(ParamStore *ps, size_t lo, size_t hi)
     if (!ps->pt->n_frozen) return;
     if (lo < ps->frozen_lo || hi > ps->frozen_lo + ps->frozen_n)
         fatal("params_shard_frozen: [%zu, %zu) is not held (internal error)", lo, hi);
+    if (ps->frozen_lo == lo && ps->frozen_n == hi - lo) return; /* allocated so (params_alloc_plan) */
     ps->frozen_act = keep_part(ps->be, ps->frozen_act, ps->frozen_lo, ps->be->act_size, lo, hi, 1);
     ps->frozen_lo = lo;
     ps->frozen_n = hi - lo;

@@ -236,6 +236,17 @@ void params_q4_point(ParamStore *ps, int g, void *buf);
 
 /* Allocate every segment the table's kinds need (zero-filled); nothing for a kind with no tensor. */
 void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt);
+/* What a store of a ZeRO rank holds from the start, so that the whole model never exists on it: of
+ * the trainable segment only [lo, hi) in the buffers of what (PSHARD_*; ACT implies MASTER), of the
+ * frozen segment only [flo, fhi) when frozen_part. Uploads then write the parts they hit, and
+ * params_shard_store / params_shard_frozen of the same parts change nothing. */
+typedef struct {
+    size_t lo, hi;
+    int what;
+    int frozen_part;
+    size_t flo, fhi;
+} ParamAllocPlan;
+void params_alloc_plan(ParamStore *ps, const Backend *be, const ParamTable *pt, const ParamAllocPlan *plan);
 void params_free(ParamStore *ps);
 /* The compute copy of tensor i (act dtype), NULL when i < 0. */
 void *params_w(const ParamStore *ps, int i);

@@ -795,6 +795,14 @@ static void tp_init_gpt2(Run *r, uint64_t seed)
     free(host);
 }
 
+/* A ZeRO rank's store holds only its parts from the start (ModelAlloc): the shards of the model's table. */
+static void store_plan(void *ctx, const ParamTable *pt, ParamAllocPlan *plan)
+{
+    Dist *d = ctx;
+    dist_setup_params(d, pt);
+    dist_alloc_plan(d, pt, plan);
+}
+
 /* The model with its tensor kinds (model.freeze, or the adapters of lora.* over a frozen base), its
  * weights (model.init or GPT-2 init; lora.init or PEFT's init for adapters), its activations and the
  * optimizer's state. */
@@ -805,12 +813,13 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     if (quant_spec(tc, &q4)) return -1;
     if (q4.type >= 0 && !tc->lora_r && !tc->lora_init[0])
         return err_set("model.quant: a 4-bit base trains through adapters only: set lora.r (QLoRA)");
+    ModelAlloc alloc = {.plan = store_plan, .ctx = &r->dist};
     if (tc->lora_r > 0 || tc->lora_init[0]) {
         LoraSpec ls;
         if (lora_spec(tc, cfg, &ls)) return -1;
         ModelConfig local; /* tensor parallel: this rank's slice, its adapters split with their products */
         if (run_tp(r) && tp_setup(r, cfg, NULL, &ls, &local)) return -1;
-        r->m = model_create_lora(run_tp(r) ? &local : cfg, r->be, &ls, 1, tc->seed, &q4);
+        r->m = model_create_lora_alloc(run_tp(r) ? &local : cfg, r->be, &ls, 1, tc->seed, &q4, &alloc);
     } else {
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
@@ -835,7 +844,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             free(kinds);
             return -1;
         }
-        r->m = model_create_kinds(run_tp(r) ? &local : cfg, r->be, kinds);
+        r->m = model_create_kinds_alloc(run_tp(r) ? &local : cfg, r->be, kinds, &alloc);
         free(kinds);
         if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
     }
