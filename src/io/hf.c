@@ -963,18 +963,29 @@ static int bitnet_unpack(const StFile *file, const StTensor *t, const StTensor *
 
 /* Fill buf from the tensors "<prefix><hf name>" of a set of files; `where`
  * names the file (or index) in messages about missing tensors. */
-static int read_mapped(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
-                       const ParamTable *pt, float *buf)
+/* After entry i of the map: when it was the last one of its parameter, done (if any) gets that
+ * parameter, whose values in buf are complete then. */
+static void entry_done(const HfMap *map, const int *last, int i, int rc, void (*done)(void *, int), void *ctx)
+{
+    if (done && !rc && last[map[i].param] == i) done(ctx, map[i].param);
+}
+
+static int read_mapped_each(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
+                            const ParamTable *pt, float *buf, void (*done)(void *, int), void *ctx)
 {
     HfMap *map;
     int n;
     if (hf_map_build(cfg, pt, &map, &n) != 0) return -1;
+    int *last = xmalloc(((size_t)pt->n + 1) * sizeof(int));
+    for (int i = 0; i < pt->n; i++) last[i] = -1;
+    for (int i = 0; i < n; i++) last[map[i].param] = i;
     float *tmp = NULL;
     const StTensor *fused_last = NULL; /* the fused tensor tmp holds */
     size_t tmp_cap = 0, plen = strlen(prefix);
     char name[256];
     int rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
+    /* entry_done runs after every entry, also after a `continue` (it is the loop's increment) */
+    for (int i = 0; i < n && rc == 0; entry_done(map, last, i, rc, done, ctx), i++) {
         const HfMap *e = &map[i];
         const StFile *file = NULL;
         snprintf(name, sizeof(name), "%s%s", prefix, e->name);
@@ -1053,7 +1064,14 @@ static int read_mapped(const StSet *set, const char *where, const char *prefix, 
     }
     free(tmp);
     free(map);
+    free(last);
     return rc;
+}
+
+static int read_mapped(const StSet *set, const char *where, const char *prefix, const ModelConfig *cfg,
+                       const ParamTable *pt, float *buf)
+{
+    return read_mapped_each(set, where, prefix, cfg, pt, buf, NULL, NULL);
 }
 
 /* ---- config.json against the safetensors headers ---- */
@@ -1222,6 +1240,12 @@ int hf_check_shapes(const char *dir, const ModelConfig *c)
 
 int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host)
 {
+    return hf_read_weights_each(dir, cfg, pt, host, NULL, NULL);
+}
+
+int hf_read_weights_each(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host,
+                         void (*done)(void *ctx, int i), void *ctx)
+{
     StSet set;
     if (st_set_open_dir(&set, dir, "model") != 0) return -1;
     /* files named in messages: the single file, or the index of the shards */
@@ -1230,7 +1254,7 @@ int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *p
         free(where);
         where = fs_join(dir, "model.safetensors.index.json");
     }
-    int rc = read_mapped(&set, where, "", cfg, pt, host);
+    int rc = read_mapped_each(&set, where, "", cfg, pt, host, done, ctx);
     free(where);
     st_set_close(&set);
     return rc;

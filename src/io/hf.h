@@ -46,6 +46,11 @@ int hf_check_shapes(const char *dir, const ModelConfig *cfg);
  * model, are ignored. -1 with err_set() naming the tensor and the file.
  * With host NULL, only checks that every tensor is present and well-formed. */
 int hf_read_weights(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host);
+/* The same, calling done(ctx, i) as soon as tensor i's values in host are complete (each tensor
+ * once), so that a caller can upload it and release its part of host (a run streaming the weights
+ * onto a sharded store: trainer.c). */
+int hf_read_weights_each(const char *dir, const ModelConfig *cfg, const ParamTable *pt, float *host,
+                         void (*done)(void *ctx, int i), void *ctx);
 
 /* The same from one safetensors file whose tensors are named "<prefix><hf name>"
  * in HF layout (e.g. gradients or Adam moments written from hf_export), into

@@ -20,6 +20,7 @@
 #endif
 
 #include "core/error.h"
+#include "core/hostmem.h"
 #include "data/loader.h"
 #include "dist/dist.h"
 #include "data/mlm.h"
@@ -795,6 +796,22 @@ static void tp_init_gpt2(Run *r, uint64_t seed)
     free(host);
 }
 
+/* hf_read_weights_each's callback: base tensor i of the host image is complete: uploaded (into the
+ * parts the store holds), then its host pages given back (core/hostmem.h). */
+typedef struct {
+    Model *m;
+    float *host;
+} StreamLoad;
+
+static void upload_base_tensor(void *ctx, int i)
+{
+    StreamLoad *s = ctx;
+    const Param *p = &s->m->pt.p[i];
+    if (p->site >= 0) return; /* adapters come from lora.init or PEFT's init */
+    params_upload(&s->m->ps, i, s->host + p->offset);
+    host_release(s->host, p->offset * sizeof(float), p->numel * sizeof(float));
+}
+
 /* A ZeRO rank's store holds only its parts from the start (ModelAlloc): the shards of the model's table. */
 static void store_plan(void *ctx, const ParamTable *pt, ParamAllocPlan *plan)
 {
@@ -854,13 +871,18 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             return err_set("model.init: %s is 4-bit (bitsandbytes); dist.tp %d does not split 4-bit tensors",
                            tc->model_init, r->dist.tp);
         if (bnb_model_load(r->m, tc->model_init)) return err_prefix("model.init");
-    } else if (tc->model_init[0]) { /* tensor parallel: the whole directory, then this rank's slices */
-        const ParamTable *pt = run_tp(r) ? &r->whole.pt : &r->m->pt;
-        float *host = xmalloc(pt->total * sizeof(float));
-        int e = hf_read_weights(tc->model_init, cfg, pt, host);
-        if (!e && run_tp(r)) tp_set_whole(r, host);
-        else if (!e) model_set_params_base(r->m, host);
+    } else if (tc->model_init[0] && run_tp(r)) { /* tensor parallel: the whole directory, then this rank's slices */
+        float *host = xmalloc(r->whole.pt.total * sizeof(float));
+        int e = hf_read_weights(tc->model_init, cfg, &r->whole.pt, host);
+        if (!e) tp_set_whole(r, host);
         free(host);
+        if (e) return err_prefix("model.init");
+    } else if (tc->model_init[0]) { /* streamed: each tensor uploaded and its host pages given back */
+        size_t bytes = r->m->pt.total * sizeof(float);
+        float *host = host_reserve(bytes);
+        StreamLoad sl = {r->m, host};
+        int e = hf_read_weights_each(tc->model_init, cfg, &r->m->pt, host, upload_base_tensor, &sl);
+        host_unreserve(host, bytes);
         if (e) return err_prefix("model.init");
     } else if (run_tp(r)) {
         tp_init_gpt2(r, tc->seed);
