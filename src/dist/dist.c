@@ -165,7 +165,9 @@ void dist_detach(Dist *d)
             d->wslot[set][k] = NULL;
         }
     }
-    if (d->ps) { /* the store no longer has views into the slots */
+    if (d->ps) { /* the store no longer has views into the slots, nor the ternary hook */
+        d->ps->tern_reduce = NULL;
+        d->ps->tern_ctx = NULL;
         free(d->ps->ggroup);
         free(d->ps->wgroup);
         free(d->ps->fgroup);
@@ -226,16 +228,6 @@ static int queue_buckets(Dist *d, size_t from)
         }
         if (rc) return err_prefix("gradients");
     }
-    return 0;
-}
-
-int dist_reduce_grads(Dist *d, ParamStore *ps)
-{
-    if (!dist_active(d) || !d->n_train) return 0;
-    d->ps = ps;
-    if (d->opt.zero <= 1 && queue_buckets(d, 0)) return -1;
-    d->comm->compute_after_comm(d->comm);
-    d->next_bucket = 0;
     return 0;
 }
 
@@ -406,6 +398,48 @@ static size_t bucket_cap(const Dist *d)
 {
     size_t cap = (size_t)(d->opt.bucket_mb * (1 << 20) / sizeof(float));
     return cap < PARAM_ALIGN ? PARAM_ALIGN : cap;
+}
+
+/* buf (n fp32 values) = its sum over the ranks, in collectives of dist.bucket_mb, on the comm stream. */
+static int all_reduce_f32(Dist *d, float *buf, size_t n)
+{
+    Comm *c = d->comm;
+    size_t cap = bucket_cap(d);
+    for (size_t a = 0; a < n; a += cap)
+        if (c->all_reduce_sum(c, buf + a, MIN(n - a, cap), COMM_F32)) return -1;
+    return 0;
+}
+
+/* ParamStore.tern_reduce: a fused integer-ternary tensor's (or row chunk's) gradient, complete on this
+ * rank, summed over the ranks before its update; the compute stream waits for it (the update reads it). */
+static int hook_tern_reduce(void *ctx, float *grad, size_t n)
+{
+    Dist *d = ctx;
+    Comm *c = d->comm;
+    if (d->hook_rc) return -1;
+    c->start_after_compute(c);
+    if (all_reduce_f32(d, grad, n)) {
+        hook_fail(d, "ternary gradients");
+        return -1;
+    }
+    c->compute_after_comm(c);
+    return 0;
+}
+
+int dist_reduce_grads(Dist *d, ParamStore *ps)
+{
+    if (!dist_active(d)) return 0;
+    d->ps = ps;
+    size_t nt = ps->tgrad ? ps->pt->n_tern : 0;
+    if (!d->n_train && !nt) return 0;
+    if (d->n_train && d->opt.zero <= 1 && queue_buckets(d, 0)) return -1;
+    if (nt) { /* the integer-ternary tensors updated after the backward (not fused): their whole segment */
+        d->comm->start_after_compute(d->comm);
+        if (all_reduce_f32(d, ps->tgrad, nt)) return err_prefix("ternary gradients");
+    }
+    d->comm->compute_after_comm(d->comm);
+    d->next_bucket = 0;
+    return 0;
 }
 
 /* ZeRO-2/3: slot k's gradients (group g) are reduced: wait for them and keep this rank's part. */
@@ -613,6 +647,10 @@ struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
         }
     }
     if (z >= 3 && pt->n_frozen) shard_frozen(d, ps);
+    if (ps->n_fused) { /* fused integer-ternary tensors: each one's gradient summed just before its update */
+        ps->tern_reduce = hook_tern_reduce;
+        ps->tern_ctx = d;
+    }
     ModelHooks *h = xcalloc(1, sizeof(*h));
     *h = (ModelHooks){.ctx = d, .grads_ready = hook_grads_ready};
     if (z >= 2) h->grads_begin = hook_grads_begin;

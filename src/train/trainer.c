@@ -789,9 +789,12 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             if (cfg->moe_experts)
                 return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "
                                "would stay fp32)", cfg->moe_experts);
-            if (dist_active(&r->dist))
-                return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
-                               "reduced over ranks)");
+            /* data parallel: the integer state is replicated (int8, about 1.22 bytes per weight), each
+             * tensor's gradient summed over the ranks before its update (dist.c); ZeRO would shard only the
+             * few float norms */
+            if (dist_active(&r->dist) && r->dist.opt.zero > 0)
+                return err_set("dist.zero: %d with train.optimizer: ternary is not supported (the integer state "
+                               "is replicated on every rank); use dist.zero 0", r->dist.opt.zero);
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
         ModelConfig local; /* tensor parallel: this rank's slice */
