@@ -817,12 +817,8 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             if (cfg->moe_experts)
                 return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "
                                "would stay fp32)", cfg->moe_experts);
-            /* data parallel: the integer state is replicated (int8, about 1.22 bytes per weight), each
-             * tensor's gradient summed over the ranks before its update (dist.c); ZeRO would shard only the
-             * few float norms */
-            if (dist_active(&r->dist) && r->dist.opt.zero > 0)
-                return err_set("dist.zero: %d with train.optimizer: ternary is not supported (the integer state "
-                               "is replicated on every rank); use dist.zero 0", r->dist.opt.zero);
+            /* data parallel (dist.zero 0; train_config.c refuses ZeRO): the integer state is replicated,
+             * each tensor's gradient summed over the ranks before its update (dist.c) */
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
         ModelConfig local; /* tensor parallel: this rank's slice */
