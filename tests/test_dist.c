@@ -197,7 +197,8 @@ static Model *tdp_model(int v, int fused)
 {
     ModelConfig c;
     model_config_defaults(&c, FAMILY_LLAMA);
-    c.n_layer = 2, c.n_head = 2, c.n_kv_head = 1, c.d_model = 16, c.d_ff = 24, c.vocab_size = 37, c.max_seq_len = 8;
+    c.n_layer = 2, c.n_head = 2, c.n_kv_head = 1, c.d_model = 16, c.d_ff = 24;
+    c.vocab_size = 37, c.max_seq_len = 8;
     c.tie_embeddings = tdp_case[v].tied;
     c.tern_group = 16; /* lcm(20, 16) = 80 elements = 5 rows of 16: chunks of 10 rows are whole groups */
     c.tern_fused = fused;
@@ -230,7 +231,8 @@ static uint8_t *tdp_state(const Model *m, size_t *n)
         size_t nb = trit_bytes(t->n), ng = tern_groups(t->n, t->group), len = nb + 2 * ng + t->n;
         all = xrealloc(all, *n + len);
         uint8_t *b = all + *n;
-        params_tern_download(&m->ps, i, b, (int8_t *)b + nb, (int8_t *)b + nb + ng, (int8_t *)b + nb + ng + t->n);
+        int8_t *e = (int8_t *)b + nb;
+        params_tern_download(&m->ps, i, b, e, e + ng, e + ng + t->n);
         *n += len;
     }
     return all;
@@ -247,7 +249,8 @@ static int tdp_variant(Comm *comm, int rank, int v)
     Dist d = {.rank = rank, .world = TDP, .active = 1, .comm = comm, .opt = {.zero = 0, .bucket_mb = 0.001}};
     dist_setup_params(&d, &b->pt);
     b->hooks = dist_attach(&d, &b->ps);
-    int32_t tok[TDP][TDP_B * TDP_T], tgt[TDP][TDP_B * TDP_T], *in[TDP] = {tok[0], tok[1]}, *tg[TDP] = {tgt[0], tgt[1]};
+    int32_t tok[TDP][TDP_B * TDP_T], tgt[TDP][TDP_B * TDP_T];
+    int32_t *in[TDP] = {tok[0], tok[1]}, *tg[TDP] = {tgt[0], tgt[1]};
     Rng r;
     rng_seed(&r, 3, 0);
     StepHyper h = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .grad_clip = 1.0f};
@@ -267,22 +270,38 @@ static int tdp_variant(Comm *comm, int rank, int v)
         bad += train_step(c, &oc, &sb, &h, &rc) != 0;
         /* row chunks: the head's log-sum-exp folded over chunks, not one row: the loss to rounding */
         double tol = tdp_case[v].chunk_rows > 0 ? 1e-6 * ra.loss : 0;
-        if (fabs(ra.loss - rb.loss) > tol) fprintf(stderr, "rank %d case %d step %d: loss %.9g, one process %.9g\n", rank, v, step, rb.loss, ra.loss), bad++;
+        if (fabs(ra.loss - rb.loss) > tol) {
+            fprintf(stderr, "rank %d case %d step %d: loss %.9g, one process %.9g\n", rank, v, step, rb.loss,
+                    ra.loss);
+            bad++;
+        }
     }
     size_t na, nb, nc;
     uint8_t *sa = tdp_state(a, &na), *sb = tdp_state(b, &nb), *sc = tdp_state(c, &nc);
     size_t diff = 0;
     for (size_t i = 0; na == nb && i < na; i++) diff += sa[i] != sb[i];
-    if (na != nb || diff) fprintf(stderr, "rank %d case %d: %zu of %zu state bytes differ from one process\n", rank, v, diff, na), bad++;
-    if (!memcmp(sa, sc, na)) fprintf(stderr, "rank %d case %d: the test is blind: no reduction, same state\n", rank, v), bad++;
+    if (na != nb || diff) {
+        fprintf(stderr, "rank %d case %d: %zu of %zu state bytes differ from one process\n", rank, v, diff,
+                na);
+        bad++;
+    }
+    if (!memcmp(sa, sc, na)) {
+        fprintf(stderr, "rank %d case %d: blind test: without the reduction, the same state\n", rank, v);
+        bad++;
+    }
     uint64_t hash = 1469598103934665603ULL, hashes[TDP];
     for (size_t i = 0; i < nb; i++) hash = (hash ^ sb[i]) * 1099511628211ULL;
     bad += comm->host_all_gather(comm, &hash, hashes, sizeof(hash)) != 0;
-    if (hashes[0] != hashes[1]) fprintf(stderr, "rank %d case %d: the ranks' states differ\n", rank, v), bad++;
+    if (hashes[0] != hashes[1]) {
+        fprintf(stderr, "rank %d case %d: the ranks' states differ\n", rank, v);
+        bad++;
+    }
     free(sa), free(sb), free(sc);
     optim_free(&oa), optim_free(&ob), optim_free(&oc);
     dist_detach(&d);
-    free(d.hooks), free(d.hook_err), free(d.lo), free(d.hi), free(d.counts), free(d.bucket); /* not the comm */
+    /* dist_free would close the comm, which the variants share */
+    free(d.hooks), free(d.hook_err), free(d.lo), free(d.hi), free(d.counts), free(d.bucket);
+    free(d.tseg), free(d.tseg_done);
     model_free(a), model_free(b), model_free(c);
     return bad;
 }

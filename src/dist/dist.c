@@ -153,6 +153,19 @@ void dist_setup_params(Dist *d, const ParamTable *pt)
         }
     }
     d->nbuckets = n;
+    /* the unfused integer-ternary tensors of each group: table order is group order in their segment too */
+    free(d->tseg);
+    free(d->tseg_done);
+    d->ngroups = ng;
+    d->tseg = xcalloc((size_t)ng, sizeof(*d->tseg));
+    d->tseg_done = xcalloc((size_t)ng, sizeof(int));
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TERNARY || p->fused) continue;
+        size_t *t = d->tseg[params_group(pt, i)];
+        t[0] = t[1] > t[0] ? MIN(t[0], p->seg) : p->seg;
+        t[1] = MAX(t[1], p->seg + p->numel);
+    }
 }
 
 void dist_detach(Dist *d)
@@ -194,6 +207,8 @@ void dist_free(Dist *d)
     free(d->hi);
     free(d->counts);
     free(d->bucket);
+    free(d->tseg);
+    free(d->tseg_done);
     memset(d, 0, sizeof(*d));
 }
 
@@ -410,6 +425,17 @@ static int all_reduce_f32(Dist *d, float *buf, size_t n)
     return 0;
 }
 
+/* The unfused integer-ternary gradients of group g (dist.h tseg), once per step: summed over the ranks. */
+static int queue_tern_group(Dist *d, int g)
+{
+    ParamStore *ps = d->ps;
+    size_t a = d->tseg[g][0], e = d->tseg[g][1];
+    if (d->tseg_done[g] || e == a || !ps->tgrad) return 0;
+    d->tseg_done[g] = 1;
+    d->comm->start_after_compute(d->comm); /* after the backward that wrote them */
+    return all_reduce_f32(d, ps->tgrad + a, e - a);
+}
+
 /* ParamStore.tern_reduce: a fused integer-ternary tensor's (or row chunk's) gradient, complete on this
  * rank, summed over the ranks before its update; the compute stream waits for it (the update reads it). */
 static int hook_tern_reduce(void *ctx, float *grad, size_t n)
@@ -430,13 +456,11 @@ int dist_reduce_grads(Dist *d, ParamStore *ps)
 {
     if (!dist_active(d)) return 0;
     d->ps = ps;
-    size_t nt = ps->tgrad ? ps->pt->n_tern : 0;
-    if (!d->n_train && !nt) return 0;
+    int tern = ps->tgrad && ps->pt->n_tern;
+    if (!d->n_train && !tern) return 0;
     if (d->n_train && d->opt.zero <= 1 && queue_buckets(d, 0)) return -1;
-    if (nt) { /* the integer-ternary tensors updated after the backward (not fused): their whole segment */
-        d->comm->start_after_compute(d->comm);
-        if (all_reduce_f32(d, ps->tgrad, nt)) return err_prefix("ternary gradients");
-    }
+    for (int g = d->ngroups - 1; tern && g >= 0; g--) /* what the hooks have not reduced */
+        if (queue_tern_group(d, g)) return err_prefix("ternary gradients");
     d->comm->compute_after_comm(d->comm);
     d->next_bucket = 0;
     return 0;
@@ -487,6 +511,7 @@ static void hook_grads_ready(void *ctx, int g)
     Comm *c = d->comm;
     if (d->opt.zero < 2) { /* whole gradients: the buckets this group completes, on the last micro-step */
         if (d->last_micro && !d->hook_rc && queue_buckets(d, group_lo(d, g))) hook_fail(d, "gradients");
+        if (d->last_micro && !d->hook_rc && queue_tern_group(d, g)) hook_fail(d, "ternary gradients");
         return;
     }
     int k = g == 0 ? 0 : d->gslot_group[1] == g ? 1 : d->gslot_group[2] == g ? 2 : -1;
@@ -664,6 +689,7 @@ void dist_micro_begin(Dist *d, int k, int accum)
     if (!dist_active(d)) return;
     d->last_micro = k == accum - 1;
     if (k == 0) d->next_bucket = 0;
+    for (int g = 0; k == 0 && g < d->ngroups; g++) d->tseg_done[g] = 0;
 }
 
 int dist_micro_end(Dist *d)

@@ -264,7 +264,8 @@ static uint64_t hash_ternary(const Model *m)
         const TernaryTensor *t = &m->ps.tern[i];
         size_t nb = trit_bytes(t->n), ng = tern_groups(t->n, t->group);
         uint8_t *buf = xmalloc(nb + 2 * ng + t->n);
-        params_tern_download(&m->ps, i, buf, (int8_t *)buf + nb, (int8_t *)buf + nb + ng, (int8_t *)buf + nb + ng + t->n);
+        int8_t *e = (int8_t *)buf + nb; /* exponents, the sign accumulators, the scale accumulators */
+        params_tern_download(&m->ps, i, buf, e, e + ng, e + ng + t->n);
         h = fnv1a(h, buf, nb + 2 * ng + t->n);
         free(buf);
     }
@@ -285,8 +286,8 @@ static int check_same_weights(Run *r, const float *p)
         if (memcmp(&all[2 * k], &all[0], sizeof(double)))
             rc = err_set("checkpoint: rank %d's weights differ from rank 0's (the ranks diverged)", k);
         else if (memcmp(&all[2 * k + 1], &all[1], sizeof(double)))
-            rc = err_set("checkpoint: rank %d's integer-ternary state (trits, exponents, accumulators) differs from "
-                         "rank 0's (the ranks diverged)", k);
+            rc = err_set("checkpoint: rank %d's integer-ternary state (trits, exponents, accumulators) "
+                         "differs from rank 0's (the ranks diverged)", k);
     free(all);
     return rc;
 }
