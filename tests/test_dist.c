@@ -15,6 +15,7 @@
  *     embedding (which keeps the unfused path: both reductions in one step); the ranks hold the same
  *     state; a rank that skipped the reduction would not.
  */
+#include <omp.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -308,6 +309,9 @@ static int tdp_variant(Comm *comm, int rank, int v)
 
 static int tdp_rank_main(int rank, int port)
 {
+    /* one thread per rank, as lib_dist.sh's OMP_NUM_THREADS=1 for the CLI ranks: two ranks' OpenMP teams
+     * spinning on a shared 2-core machine made this test 30x slower */
+    omp_set_num_threads(1);
     CommSetup s = {.rank = rank, .world = TDP, .master_port = port, .timeout_s = 30};
     snprintf(s.master_addr, sizeof(s.master_addr), "127.0.0.1");
     Comm *c = comm_tcp_create(&s);
