@@ -3,7 +3,7 @@
 # parallel"): a tiny byte-level llama with every linear, the embedding and the untied head integer-ternary
 # (only the norms are float), 6 steps of 256 tokens:
 #   - 2 ranks (`anvil launch --nproc 2 --device cpu`, TCP; `mpirun -np 2`, MPI) x 1 micro-batch give the
-#     losses (the same 6 printed decimals) and the integer state (ternary.safetensors: trits, exponents,
+#     losses (within 1e-6 relative; measured: the same 6 printed decimals) and the integer state (ternary.safetensors: trits, exponents,
 #     both accumulators, byte for byte) of 1 rank with 2-fold accumulation, unfused, fused (whole tensors)
 #     and fused with the vocabulary tensors by row chunks (9 chunks of 30 rows); the norm weights within
 #     lib_dist.sh's WEIGHT_TOL (AdamW on float sums taken in another order);
@@ -75,12 +75,19 @@ launch2() {
         bad "launch $out: $(tail -n 3 "$tmp/$out.log")"
 }
 loss6() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1/metrics.jsonl" | tr '\n' ' '; }
+# same6 A B: two lists of 6 losses within 1e-6 relative (measured: the same 6 printed decimals; the slack
+# is for a rounding of the norm weights tipping the 6th decimal on another BLAS kernel)
+same6() {
+    awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); m = split(b, y, " "); if (n != 6 || m != 6) exit 1
+        for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > 1e-6 * x[i]) exit 1 }
+        exit 0 }'
+}
 # same_run NAME DIR: DIR's losses (6 decimals), integer state and norms against the 1-rank run's
 same_run() {
     local a b
     a=$(loss6 "$tmp/one")
     b=$(loss6 "$2")
-    check "$1: the same losses ($b)" test "$a" = "$b"
+    check "$1: the same losses ($b)" same6 "$a" "$b"
     check "$1: 6 steps" test "$(wc -l <"$2/metrics.jsonl")" -eq 6
     check "$1: the same trits, exponents and accumulators" cmp -s "$tmp/one/final/ternary.safetensors" \
         "$2/final/ternary.safetensors"
@@ -110,7 +117,7 @@ G="--set model.preset=gpt2-tiny --set model.d_model=32 --set model.n_head=2 --se
 G="$G --set model.tie_embeddings=true"
 run1 g1 $G
 launch2 g2 $G $FUSED
-check "gpt2: the same losses" test "$(loss6 "$tmp/g1")" = "$(loss6 "$tmp/g2")"
+check "gpt2: the same losses" same6 "$(loss6 "$tmp/g1")" "$(loss6 "$tmp/g2")"
 check "gpt2: at most 4 bytes of the integer state differ" python3 - "$tmp/g1/final/ternary.safetensors" \
     "$tmp/g2/final/ternary.safetensors" <<'PY'
 import json, struct, sys
