@@ -153,6 +153,19 @@ void dist_setup_params(Dist *d, const ParamTable *pt)
         }
     }
     d->nbuckets = n;
+    /* the unfused integer-ternary tensors of each group: table order is group order in their segment too */
+    free(d->tseg);
+    free(d->tseg_done);
+    d->ngroups = ng;
+    d->tseg = xcalloc((size_t)ng, sizeof(*d->tseg));
+    d->tseg_done = xcalloc((size_t)ng, sizeof(int));
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TERNARY || p->fused) continue;
+        size_t *t = d->tseg[params_group(pt, i)];
+        t[0] = t[1] > t[0] ? MIN(t[0], p->seg) : p->seg;
+        t[1] = MAX(t[1], p->seg + p->numel);
+    }
 }
 
 void dist_detach(Dist *d)
@@ -166,7 +179,9 @@ void dist_detach(Dist *d)
         }
     }
     if (d->ps && d->q4_sharded) params_q4_point(d->ps, -1, NULL);
-    if (d->ps) { /* the store no longer has views into the slots */
+    if (d->ps) { /* the store no longer has views into the slots, nor the ternary hook */
+        d->ps->tern_reduce = NULL;
+        d->ps->tern_ctx = NULL;
         free(d->ps->ggroup);
         free(d->ps->wgroup);
         free(d->ps->fgroup);
@@ -198,6 +213,8 @@ void dist_free(Dist *d)
     free(d->hi);
     free(d->counts);
     free(d->bucket);
+    free(d->tseg);
+    free(d->tseg_done);
     memset(d, 0, sizeof(*d));
 }
 
@@ -232,16 +249,6 @@ static int queue_buckets(Dist *d, size_t from)
         }
         if (rc) return err_prefix("gradients");
     }
-    return 0;
-}
-
-int dist_reduce_grads(Dist *d, ParamStore *ps)
-{
-    if (!dist_active(d) || !d->n_train) return 0;
-    d->ps = ps;
-    if (d->opt.zero <= 1 && queue_buckets(d, 0)) return -1;
-    d->comm->compute_after_comm(d->comm);
-    d->next_bucket = 0;
     return 0;
 }
 
@@ -414,6 +421,57 @@ static size_t bucket_cap(const Dist *d)
     return cap < PARAM_ALIGN ? PARAM_ALIGN : cap;
 }
 
+/* buf (n fp32 values) = its sum over the ranks, in collectives of dist.bucket_mb, on the comm stream. */
+static int all_reduce_f32(Dist *d, float *buf, size_t n)
+{
+    Comm *c = d->comm;
+    size_t cap = bucket_cap(d);
+    for (size_t a = 0; a < n; a += cap)
+        if (c->all_reduce_sum(c, buf + a, MIN(n - a, cap), COMM_F32)) return -1;
+    return 0;
+}
+
+/* The unfused integer-ternary gradients of group g (dist.h tseg), once per step: summed over the ranks. */
+static int queue_tern_group(Dist *d, int g)
+{
+    ParamStore *ps = d->ps;
+    size_t a = d->tseg[g][0], e = d->tseg[g][1];
+    if (d->tseg_done[g] || e == a || !ps->tgrad) return 0;
+    d->tseg_done[g] = 1;
+    d->comm->start_after_compute(d->comm); /* after the backward that wrote them */
+    return all_reduce_f32(d, ps->tgrad + a, e - a);
+}
+
+/* ParamStore.tern_reduce: a fused integer-ternary tensor's (or row chunk's) gradient, complete on this
+ * rank, summed over the ranks before its update; the compute stream waits for it (the update reads it). */
+static int hook_tern_reduce(void *ctx, float *grad, size_t n)
+{
+    Dist *d = ctx;
+    Comm *c = d->comm;
+    if (d->hook_rc) return -1;
+    c->start_after_compute(c);
+    if (all_reduce_f32(d, grad, n)) {
+        hook_fail(d, "ternary gradients");
+        return -1;
+    }
+    c->compute_after_comm(c);
+    return 0;
+}
+
+int dist_reduce_grads(Dist *d, ParamStore *ps)
+{
+    if (!dist_active(d)) return 0;
+    d->ps = ps;
+    int tern = ps->tgrad && ps->pt->n_tern;
+    if (!d->n_train && !tern) return 0;
+    if (d->n_train && d->opt.zero <= 1 && queue_buckets(d, 0)) return -1;
+    for (int g = d->ngroups - 1; tern && g >= 0; g--) /* what the hooks have not reduced */
+        if (queue_tern_group(d, g)) return err_prefix("ternary gradients");
+    d->comm->compute_after_comm(d->comm);
+    d->next_bucket = 0;
+    return 0;
+}
+
 /* ZeRO-2/3: slot k's gradients (group g) are reduced: wait for them and keep this rank's part. */
 static void gslot_finish(Dist *d, int k)
 {
@@ -459,6 +517,7 @@ static void hook_grads_ready(void *ctx, int g)
     Comm *c = d->comm;
     if (d->opt.zero < 2) { /* whole gradients: the buckets this group completes, on the last micro-step */
         if (d->last_micro && !d->hook_rc && queue_buckets(d, group_lo(d, g))) hook_fail(d, "gradients");
+        if (d->last_micro && !d->hook_rc && queue_tern_group(d, g)) hook_fail(d, "ternary gradients");
         return;
     }
     int k = g == 0 ? 0 : d->gslot_group[1] == g ? 1 : d->gslot_group[2] == g ? 2 : -1;
@@ -684,6 +743,10 @@ struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
     }
     if (z >= 3 && pt->n_frozen) shard_frozen(d, ps);
     if (z >= 3 && ps->q4) shard_q4(d, ps);
+    if (ps->n_fused) { /* fused integer-ternary tensors: each one's gradient summed just before its update */
+        ps->tern_reduce = hook_tern_reduce;
+        ps->tern_ctx = d;
+    }
     ModelHooks *h = xcalloc(1, sizeof(*h));
     *h = (ModelHooks){.ctx = d, .grads_ready = hook_grads_ready};
     if (z >= 2) h->grads_begin = hook_grads_begin;
@@ -697,6 +760,7 @@ void dist_micro_begin(Dist *d, int k, int accum)
     if (!dist_active(d)) return;
     d->last_micro = k == accum - 1;
     if (k == 0) d->next_bucket = 0;
+    for (int g = 0; k == 0 && g < d->ngroups; g++) d->tseg_done[g] = 0;
 }
 
 int dist_micro_end(Dist *d)

@@ -65,6 +65,11 @@ typedef struct {
     ParamStore *ps;
     struct ModelHooks *hooks;
     int last_micro;      /* the current micro-step is its step's last (ZeRO 0/1 reduce only then) */
+    /* train.optimizer: ternary, the tensors updated after the backward (not fused): [tseg[g][0],
+     * tseg[g][1]) of the ternary gradient segment (ParamStore.tgrad) holds group g's, summed over the
+     * ranks when the backward finishes the group on the last micro-step (tseg_done[g]) */
+    size_t (*tseg)[2];
+    int *tseg_done, ngroups;
     int next_bucket;     /* ZeRO 0/1: the buckets queued so far in this step's reduction */
     int hook_rc;         /* -1 when a hook's collective failed; its message in hook_err */
     char *hook_err;

@@ -840,11 +840,20 @@ void params_grad_rows_begin(const ParamStore *ps, int i, int r0, int r1)
     ps->be->zero(ps->fgrad, (size_t)(r1 - r0) * (size_t)ps->pt->p[i].shape[1] * sizeof(float));
 }
 
+/* A fused tensor's (or chunk's) gradient in fgrad is complete on this rank: data parallel sums it over the
+ * ranks (the global mean gradient: every rank's loss gradient is scaled by 1 / the global count), then
+ * every rank makes the same integer update. */
+static void tern_update_fused(const ParamStore *ps, const TernaryTensor *t)
+{
+    if (ps->tern_reduce && ps->tern_reduce(ps->tern_ctx, ps->fgrad, t->n)) return; /* t->grad is fgrad */
+    ps->be->ternary_update(t, 1, &ps->tern_hyper);
+}
+
 void params_grad_rows_done(const ParamStore *ps, int i, int r0, int r1)
 {
     if (!ps->tern_live) return;
     TernaryTensor t = tern_rows(ps, i, r0, r1);
-    ps->be->ternary_update(&t, 1, &ps->tern_hyper);
+    tern_update_fused(ps, &t);
 }
 
 void params_grad_begin(const ParamStore *ps, int i)
@@ -856,7 +865,7 @@ void params_grad_begin(const ParamStore *ps, int i)
 void params_grad_done(const ParamStore *ps, int i)
 {
     if (i < 0 || !ps->pt->p[i].fused || !ps->tern_live) return;
-    ps->be->ternary_update(&ps->tern[i], 1, &ps->tern_hyper);
+    tern_update_fused(ps, &ps->tern[i]);
 }
 
 void params_zero_grad(ParamStore *ps)

@@ -201,6 +201,12 @@ typedef struct {
     int n_fused;         /* fused PARAM_TERNARY tensors */
     TernaryHyper tern_hyper; /* the rule of the step in progress (optim_begin_step) */
     int tern_live;       /* 1 while a training step's backward may update fused tensors */
+    /* Data parallel (dist_attach; NULL in one process): sums a fused tensor's (or row chunk's) gradient,
+     * n fp32 values in fgrad, over the ranks before its update (every rank calls it for the same tensors
+     * in the same order); nonzero when the collective failed (the update is then skipped, and the step
+     * reports the error). */
+    int (*tern_reduce)(void *ctx, float *grad, size_t n);
+    void *tern_ctx;
     /* ZeRO-3 of frozen dense tensors (params_shard_frozen): frozen_act holds [frozen_lo, frozen_lo +
      * frozen_n) of the frozen segment, and fgroup (as wgroup) the gathered frozen tensors of a group */
     size_t frozen_lo, frozen_n;
@@ -272,8 +278,8 @@ void params_tern_download(const ParamStore *ps, int i, uint8_t *trits, int8_t *e
 /* Refresh every trainable compute copy from the master (after the master was written directly). */
 void params_sync_act(ParamStore *ps);
 /* Around a product that accumulates into params_g(ps, i) within one micro-step: begin zeroes the scratch of
- * a fused ternary tensor; done runs its integer update (when a training step is live). No-ops for every
- * other tensor. */
+ * a fused ternary tensor; done sums its gradient over the ranks (tern_reduce, data parallel) and runs its
+ * integer update (when a training step is live). No-ops for every other tensor. */
 void params_grad_begin(const ParamStore *ps, int i);
 /* A fused vocabulary tensor with Param.chunk_rows: nchunks row chunks, chunk k rows [*r0, *r1); the
  * elements of one chunk (numel when whole). Its products go chunk by chunk: params_w_rows unpacks rows

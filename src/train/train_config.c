@@ -95,6 +95,7 @@ static const KeyDef keys[] = {
      "adamw; or ternary: integer-only training of the block linears (trits packed 5 per byte, an int8 "
      "power-of-two exponent per group, int8 accumulators; no float weights or optimizer state for them); the "
      "other tensors (norms, and the embeddings and head unless train.ternary.embeddings) train with AdamW. "
+     "Data parallel with dist.zero 0 (the integer state replicated on every rank); not with ZeRO or dist.tp. "
      "docs/ternary.md."},
     {"train.ternary.group", CT_INT, F(tern_group), "128", "train.optimizer ternary: weights per exponent group."},
     {"train.ternary.threshold", CT_INT, F(tern_threshold), "3",
@@ -206,7 +207,7 @@ static const KeyDef keys[] = {
      "1 ZeRO-1 (optimizer moments sharded over the ranks, updated weights all-gathered), 2 ZeRO-2 (also the "
      "gradients reduce-scattered to their shard, kept only for it), 3 ZeRO-3 (also the parameters sharded, "
      "each layer all-gathered just before use, forward and backward). docs/distributed.md has the bytes per "
-     "parameter of each."},
+     "parameter of each. train.optimizer: ternary runs at 0 only."},
     {"dist.tp", CT_INT, F(dist_tp), "1",
      "Tensor-parallel ranks per model replica (Megatron-style, within a node): the job's ranks form replicas of "
      "dist.tp adjacent ranks, each holding a slice of every block's heads and MLP units and of the vocabulary; "
@@ -592,6 +593,11 @@ int train_config_validate(const TrainConfig *tc)
                        tc->quant, tc->dist_tp);
     if (tc->dist_tp > 1 && !strcmp(tc->optimizer, "ternary"))
         return err_set("train.optimizer: ternary with dist.tp %d is not supported; use dist.tp 1", tc->dist_tp);
+    /* data parallel replicates the integer state (int8, about 1.22 bytes per weight; docs/ternary.md): ZeRO
+     * would shard only the few float norms */
+    if (tc->dist_zero > 0 && !strcmp(tc->optimizer, "ternary"))
+        return err_set("dist.zero: %d with train.optimizer: ternary is not supported (the integer state is "
+                       "replicated on every rank); use dist.zero 0", tc->dist_zero);
     if (!(tc->dist_timeout_s > 0) || !isfinite(tc->dist_timeout_s))
         return err_set("dist.timeout_s: must be a positive number of seconds, got %g", tc->dist_timeout_s);
     if (!(tc->dist_bucket_mb > 0) || !isfinite(tc->dist_bucket_mb))

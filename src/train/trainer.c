@@ -246,20 +246,49 @@ static int agree(Run *r, int rc, const char *what)
     return 0;
 }
 
+#define FNV_OFFSET 1469598103934665603ULL /* FNV-1a (64-bit) */
+#define FNV_PRIME 1099511628211ULL
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * FNV_PRIME;
+    return h;
+}
+
+/* FNV-1a over the integer state of every integer-ternary tensor (trits, exponents, both accumulators). */
+static uint64_t hash_ternary(const Model *m)
+{
+    uint64_t h = FNV_OFFSET;
+    for (int i = 0; i < m->pt.n; i++) {
+        if (m->pt.p[i].kind != PARAM_TERNARY) continue;
+        const TernaryTensor *t = &m->ps.tern[i];
+        size_t nb = trit_bytes(t->n), ng = tern_groups(t->n, t->group);
+        uint8_t *buf = xmalloc(nb + 2 * ng + t->n);
+        int8_t *e = (int8_t *)buf + nb; /* exponents, the sign accumulators, the scale accumulators */
+        params_tern_download(&m->ps, i, buf, e, e + ng, e + ng + t->n);
+        h = fnv1a(h, buf, nb + 2 * ng + t->n);
+        free(buf);
+    }
+    return h;
+}
+
 /* Every rank must hold the same weights (identical updates); a checkpoint checks it: a hash of the
- * host image (pt.total floats) from every rank, compared with rank 0's. */
+ * host image (pt.total floats) and one of the integer-ternary state from every rank, compared with
+ * rank 0's. */
 static int check_same_weights(Run *r, const float *p)
 {
     Dist *d = &r->dist;
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a over the bytes */
-    const unsigned char *b = (const unsigned char *)p;
-    for (size_t i = 0; i < r->m->pt.total * sizeof(float); i++) h = (h ^ b[i]) * 1099511628211ULL;
-    double mine, *all = xmalloc(sizeof(double) * (size_t)d->world);
-    memcpy(&mine, &h, sizeof(h)); /* carried as 8 bytes */
-    int rc = dist_gather_f64(d, &mine, all, 1);
+    uint64_t h[2] = {fnv1a(FNV_OFFSET, p, r->m->pt.total * sizeof(float)), hash_ternary(r->m)};
+    double mine[2], *all = xmalloc(sizeof(mine) * (size_t)d->world);
+    memcpy(mine, h, sizeof(h)); /* carried as 8 bytes each */
+    int rc = dist_gather_f64(d, mine, all, 2);
     for (int k = 1; !rc && k < d->world; k++)
-        if (memcmp(&all[k], &all[0], sizeof(double)))
+        if (memcmp(&all[2 * k], &all[0], sizeof(double)))
             rc = err_set("checkpoint: rank %d's weights differ from rank 0's (the ranks diverged)", k);
+        else if (memcmp(&all[2 * k + 1], &all[1], sizeof(double)))
+            rc = err_set("checkpoint: rank %d's integer-ternary state (trits, exponents, accumulators) "
+                         "differs from rank 0's (the ranks diverged)", k);
     free(all);
     return rc;
 }
@@ -851,9 +880,8 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             if (cfg->moe_experts)
                 return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "
                                "would stay fp32)", cfg->moe_experts);
-            if (dist_active(&r->dist))
-                return err_set("train.optimizer: ternary runs in one process for now (its gradients are not "
-                               "reduced over ranks)");
+            /* data parallel (dist.zero 0; train_config.c refuses ZeRO): the integer state is replicated,
+             * each tensor's gradient summed over the ranks before its update (dist.c) */
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
         ModelConfig local; /* tensor parallel: this rank's slice */
