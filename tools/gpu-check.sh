@@ -27,6 +27,9 @@
 #             transformers with the reference logits (tools/check_roundtrip.py)
 #   moeab     moe-1b B=8 T=2048 bench rows of the binary before a change (old/anvil, as `ab`) and after
 #             it, interleaved twice, then the per-op profile of the new one
+#   zero      ZeRO-3 through NCCL on one GPU (anvil launch --nproc 1): a full, a LoRA and a QLoRA run of
+#             a small llama give the losses of the plain process (the sharded store, the gathers of
+#             trainable, frozen and 4-bit tensors)
 #   dropout   test_cuda's dropout cases (attention dropout ops, gpt2/llama/MoE/bert models with
 #             model.dropout and model.attn_dropout), gpt2-124m bench rows with and without dropout 0.1,
 #             and bert-base B=64 T=512 with dropout 0.1 beside tools/bert_peer.py --dropout 0.1
@@ -269,6 +272,49 @@ if has train; then
     else
         note "| resume (cuda) | skipped: anvil train / tools/resume-check.sh not available in this build |"
     fi
+fi
+
+if has zero; then
+    echo "== ZeRO-3 through NCCL on one GPU: full, LoRA and QLoRA runs equal the plain process"
+    # one rank holds every shard, but the sharded store, the per-layer gathers (trainable, frozen and
+    # 4-bit bytes) and the NCCL collectives all run; the losses must be those of `anvil train`
+    zc="$OUT/zero.yaml"
+    cat >"$zc" <<YAML
+model:
+  preset: llama-tiny
+  vocab_size: 257
+  d_model: 256
+  n_head: 4
+  n_kv_head: 2
+  max_seq_len: 128
+data:
+  train: examples/sentences-train.txt
+  tokenizer: byte
+train:
+  steps: 8
+  batch_size: 8
+  seq_len: 128
+  tokens_per_step: 1024
+  warmup_steps: 2
+  lr: 3e-3
+  deterministic: true
+eval:
+  steps: 0
+checkpoint:
+  every: 4
+  keep: 0
+log:
+  tensorboard: false
+YAML
+    zl() { sed 's/.*"loss": \([0-9.]*\).*/\1/' "$1/metrics.jsonl" | tr '\n' ' '; }
+    for what in full lora qlora; do
+        case $what in full) a="" ;; lora) a="--set lora.r=8" ;; qlora) a="--set lora.r=8 --set model.quant=nf4" ;; esac
+        timeout 120 "$ANVIL" train "$zc" --set device=cuda $a --set out_dir="$OUT/zero_${what}_1" >"$OUT/zero_${what}_1.log" 2>&1
+        timeout 120 "$ANVIL" launch --nproc 1 --device cuda -- train "$zc" $a --set dist.zero=3 \
+            --set out_dir="$OUT/zero_${what}_3" >"$OUT/zero_${what}_3.log" 2>&1
+        x=$(zl "$OUT/zero_${what}_1") y=$(zl "$OUT/zero_${what}_3")
+        note "| zero-3 $what (cuda) | $([ -n "$x" ] && [ "$x" = "$y" ] && echo "equal losses: $x" || echo "DIFFER: $x / $y $(tail -1 "$OUT/zero_${what}_3.log")") |"
+    done
 fi
 
 if has sanitize; then
