@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cli_tp.sh - tensor parallel (dist.tp) on CPU ranks, end to end (docs/distributed.md "Tensor parallel"):
 #   - `anvil launch --nproc 2 --device cpu -- train ... --set dist.tp=2` gives the losses (within
-#     1e-5 relative) and final weights (within 2e-5 absolute) of one rank, for a GPT-2-style model
+#     1e-5 relative) and final weights (within 1e-4 absolute, below) of one rank, for a GPT-2-style model
 #     (tied head, biases) and a LLaMA-style one (GQA 4 heads / 2 kv heads, untied head), both with an
 #     odd vocabulary (257: the slices are 129 and 128 rows); the gap is float rounding of sums split
 #     over the ranks;
@@ -26,6 +26,11 @@ if [ ! -f "$TRAIN" ]; then
     exit 0
 fi
 . "$(dirname "$0")/lib_dist.sh"
+# The weights of a split run: 1e-4 absolute (lr 3e-3 here; a missing or doubled reduction moves
+# weights by about lr a step). Measured after 6 steps: the LLaMA GQA model 1.5e-5 on one machine,
+# 2.1e-5 (2.3e-5 with model.freeze) on an AMD EPYC under OpenBLAS's Zen kernel, where lib_dist.sh's
+# 2e-5 failed; Adam's normalisation turns rounding in a near-zero gradient into far larger steps.
+WEIGHT_TOL=1e-4
 
 # 128 tokens per step (one micro-batch of 4 x 32); 6 steps, a checkpoint every 3
 write_config() { # FILE PRESET D_MODEL N_HEAD N_KV_HEAD OUT
