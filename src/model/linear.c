@@ -67,22 +67,60 @@ static const void *adapter_input(const ParamStore *ps, const LinearAdapter *ad, 
     return lb->xd;
 }
 
+/* The adapters of one product keep their saved products side by side: t[site] of adapter k is a column
+ * slice of one (N, ld) block, ld the adapters' summed ranks (model_lora_t_alloc), and the backward's dt
+ * likewise in lb->dt. */
+static int adapters_ld(const Linear *L)
+{
+    int ld = 0;
+    for (int k = 0; k < L->n_adapters; k++) ld += L->adapters[k].r;
+    return ld;
+}
+
+/* Whether the adapters' A's (and, for a backward, their gradients) are one (ld, in) matrix in the store, as
+ * params.c lays them out: then the A products of a fused weight's parts (q, k, v; gate, up) are one product
+ * reading x once, and their share of dinp one product writing it once. Not with adapter dropout: each
+ * adapter draws its own mask on x (as PEFT's per-module dropout). */
+static int adapters_joined(const ParamStore *ps, const Linear *L, const LinearBufs *lb, int bwd)
+{
+    if (L->n_adapters < 2 || (lb->training && lb->dropout > 0)) return 0;
+    const LinearAdapter *a0 = &L->adapters[0];
+    const float *g0 = bwd ? params_g(ps, a0->a) : NULL;
+    size_t off = 0;
+    for (int k = 0; k < L->n_adapters; k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        if (params_w(ps, ad->a) != act_at(ps->be, (void *)params_w(ps, a0->a), off)) return 0;
+        if (bwd && (g0 == NULL) != (params_g(ps, ad->a) == NULL)) return 0;
+        if (bwd && g0 && params_g(ps, ad->a) != g0 + off) return 0;
+        if ((char *)lb->t[ad->site] != (char *)act_at(ps->be, lb->t[a0->site], (size_t)(off / L->in))) return 0;
+        off += (size_t)ad->r * L->in;
+    }
+    return 1;
+}
+
 /* out[:, rows] += scale * (dropout(x) @ A^T) @ B^T for every adapter; t[site] keeps dropout(x) @ A^T. */
 static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N,
                          const LinearBufs *lb)
 {
     const Backend *be = ps->be;
+    int ld = adapters_ld(L);
+    void *t0 = lb->t[L->adapters[0].site];
+    if (adapters_joined(ps, L, lb, 0)) /* [t_q | t_k | t_v] = x @ [A_q; A_k; A_v]^T */
+        be->gemm(0, 1, N, ld, L->in, 1.0f, inp, L->in, params_w(ps, L->adapters[0].a), L->in, 0.0f, t0, ld, 0);
+    else
+        for (int k = 0; k < L->n_adapters; k++) {
+            const LinearAdapter *ad = &L->adapters[k];
+            const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
+            be->gemm(0, 1, N, ad->r, L->in, 1.0f, x, L->in, params_w(ps, ad->a), L->in, 0.0f, lb->t[ad->site], ld, 0);
+        }
     for (int k = 0; k < L->n_adapters; k++) {
         const LinearAdapter *ad = &L->adapters[k];
-        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
-        void *t = lb->t[ad->site];
-        be->gemm(0, 1, N, ad->r, L->in, 1.0f, x, L->in, params_w(ps, ad->a), L->in, 0.0f, t, ad->r, 0);
-        be->gemm(0, 1, N, ad->rows, ad->r, ad->scale, t, ad->r, params_w(ps, ad->b), ad->r, 1.0f,
+        be->gemm(0, 1, N, ad->rows, ad->r, ad->scale, lb->t[ad->site], ld, params_w(ps, ad->b), ad->r, 1.0f,
                  act_at(be, out, (size_t)ad->row0), L->out, 0);
-        /* row-parallel: t is this rank's partial sum over its input columns; its share of out is summed
-         * with the base product's, and the backward's dB needs the whole t */
-        if (L->split == LINEAR_ROW) tp_all_reduce_act(L->tp, t, (size_t)N * ad->r);
     }
+    /* row-parallel: t is this rank's partial sum over its input columns; its share of out is summed
+     * with the base product's, and the backward's dB needs the whole t */
+    if (L->split == LINEAR_ROW) tp_all_reduce_act(L->tp, t0, (size_t)N * ld);
 }
 
 /* The adapters' gradients and their share of dinp (added to what the base wrote). */
@@ -90,29 +128,49 @@ static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, cons
                          const LinearBufs *lb)
 {
     const Backend *be = ps->be;
-    for (int k = 0; k < L->n_adapters; k++) {
+    int ld = adapters_ld(L), joined = adapters_joined(ps, L, lb, 1);
+    const LinearAdapter *a0 = &L->adapters[0];
+    for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
         const LinearAdapter *ad = &L->adapters[k];
         const void *dslice = act_at(be, (void *)dout, (size_t)ad->row0);
-        const void *t = lb->t[ad->site];
-        float *dA = params_g(ps, ad->a), *dB = params_g(ps, ad->b);
+        void *dt = act_at(be, lb->dt, (size_t)off);
+        float *dB = params_g(ps, ad->b);
         /* dB (rows, r) += scale * dout[:, rows]^T @ t */
-        if (dB) be->gemm(1, 0, ad->rows, ad->r, N, ad->scale, dslice, L->out, t, ad->r, 1.0f, dB, ad->r, 1);
+        if (dB) be->gemm(1, 0, ad->rows, ad->r, N, ad->scale, dslice, L->out, lb->t[ad->site], ld, 1.0f, dB, ad->r, 1);
         /* dt (N, r) = scale * dout[:, rows] @ B */
-        be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, lb->dt,
-                 ad->r, 0);
-        /* dinp += dropout'(dt @ A) (the same mask on the gradient). Column-parallel: dt is this rank's
-         * partial sum over its output rows, and so is its share of dinp (linear_bwd sums dinp over the group) */
-        if (dinp && lb->training && lb->dropout > 0) {
-            be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 0.0f, lb->xd, L->in, 0);
-            be->dropout(lb->xd, lb->xd, (size_t)N * L->in, lb->dropout, lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
-            be->add(dinp, dinp, lb->xd, (size_t)N * L->in);
-        } else if (dinp) {
-            be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 1.0f, dinp, L->in, 0);
+        be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, dt, ld, 0);
+    }
+    /* dinp += dropout'(dt @ A) (the same mask on the gradient); joined: [dt_q | dt_k | dt_v] @ [A_q; A_k; A_v]
+     * at once. Column-parallel: dt is this rank's partial sum over its output rows, and so is its share of
+     * dinp (linear_bwd sums dinp over the group) */
+    if (dinp && joined) {
+        be->gemm(0, 0, N, L->in, ld, 1.0f, lb->dt, ld, params_w(ps, a0->a), L->in, 1.0f, dinp, L->in, 0);
+    } else if (dinp) {
+        for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
+            const LinearAdapter *ad = &L->adapters[k];
+            const void *dt = act_at(be, lb->dt, (size_t)off);
+            if (lb->training && lb->dropout > 0) {
+                be->gemm(0, 0, N, L->in, ad->r, 1.0f, dt, ld, params_w(ps, ad->a), L->in, 0.0f, lb->xd, L->in, 0);
+                be->dropout(lb->xd, lb->xd, (size_t)N * L->in, lb->dropout,
+                            lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
+                be->add(dinp, dinp, lb->xd, (size_t)N * L->in);
+            } else {
+                be->gemm(0, 0, N, L->in, ad->r, 1.0f, dt, ld, params_w(ps, ad->a), L->in, 1.0f, dinp, L->in, 0);
+            }
         }
-        /* dA (r, in) += dt^T @ dropout(x), with the whole dt (column-parallel: summed over the group first) */
-        if (L->split == LINEAR_COL) tp_all_reduce_act(L->tp, lb->dt, (size_t)N * ad->r);
+    }
+    /* dA (r, in) += dt^T @ dropout(x), with the whole dt (column-parallel: summed over the group first) */
+    if (L->split == LINEAR_COL) tp_all_reduce_act(L->tp, lb->dt, (size_t)N * ld);
+    if (joined) {
+        float *dA = params_g(ps, a0->a);
+        if (dA) be->gemm(1, 0, ld, L->in, N, 1.0f, lb->dt, ld, inp, L->in, 1.0f, dA, L->in, 1);
+        return;
+    }
+    for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        float *dA = params_g(ps, ad->a);
         const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
-        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, lb->dt, ad->r, x, L->in, 1.0f, dA, L->in, 1);
+        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, act_at(be, lb->dt, (size_t)off), ld, x, L->in, 1.0f, dA, L->in, 1);
     }
 }
 

@@ -276,9 +276,7 @@ static void free_acts(Model *m)
             if (!shared) be->free(bufs[i]);
         }
     }
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        for (int s = 0; s < LORA_SITE_COUNT; s++)
-            if (m->la[l].lora_t[s]) be->free(m->la[l].lora_t[s]);
+    for (int l = 0; l < m->cfg.n_layer; l++) model_lora_t_free(m, &m->la[l]);
     free(m->la);
     m->la = NULL;
     if (m->lora_dt) be->free(m->lora_dt);
@@ -340,6 +338,7 @@ int model_reserve(Model *m, int B, int T, int recompute)
     be->mem_stats(&before, NULL);
     size_t N = (size_t)B * T, C = c->d_model, as = be->act_size;
     size_t qkv = cfg_qkv_dim(c), qd = cfg_q_dim(c), fc = cfg_fc_dim(c), ff = c->d_ff;
+    int lora_w = 0; /* the widest adapted product's summed ranks */
     m->Bmax = B;
     m->Tmax = T;
     m->recompute = recompute;
@@ -376,11 +375,11 @@ int model_reserve(Model *m, int B, int T, int recompute)
             a->att_sn_rstd = be->alloc(N * sizeof(float));
             a->fch_sn_rstd = be->alloc(N * sizeof(float));
         }
-        for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r): kept at every level */
-            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
+        /* small (N, r) per site: kept at every level */
+        lora_w = MAX(lora_w, model_lora_t_alloc(m, l, N, a));
     }
     if (m->adapters) {
-        m->lora_dt = be->alloc(N * (size_t)m->lora.r * as);
+        m->lora_dt = be->alloc(N * (size_t)lora_w * as); /* the widest product's [dt_q | dt_k | dt_v] */
         if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * MAX(MAX(C, qd), ff) * as);
     }
     m->res_final = be->alloc(N * C * as);
@@ -552,6 +551,44 @@ void model_merge_adapters(const Model *m, float *host)
                 for (int q = 0; q < r; q++) s += (double)Bm[(size_t)i * r + q] * A[(size_t)q * in + j];
                 W[(size_t)i * in + j] = (float)(W[(size_t)i * in + j] + scale * s);
             }
+    }
+}
+
+int model_lora_t_alloc(const Model *m, int l, size_t N, LayerActs *a)
+{
+    const Backend *be = m->be;
+    int widest = 0;
+    for (int s = 0; s < LORA_SITE_COUNT; s++) a->lora_t[s] = a->lora_tb[s] = NULL;
+    for (int s0 = 0; s0 < LORA_SITE_COUNT; s0++) {
+        int role0, row0, rows;
+        if (a->lora_t[s0] || param_find_lora(&m->pt, l, s0, 0) < 0) continue;
+        lora_site_rows(&m->cfg, (LoraSite)s0, &role0, &row0, &rows);
+        int width = 0, role;
+        for (int s = s0; s < LORA_SITE_COUNT; s++) { /* the sites on s0's product, in the order of its adapters */
+            int ia = param_find_lora(&m->pt, l, s, 0);
+            if (ia < 0) continue;
+            lora_site_rows(&m->cfg, (LoraSite)s, &role, &row0, &rows);
+            if (role == role0) width += (int)m->pt.p[ia].shape[0];
+        }
+        void *blk = a->lora_tb[s0] = be->alloc(N * (size_t)width * be->act_size);
+        for (int s = s0, off = 0; s < LORA_SITE_COUNT; s++) {
+            int ia = param_find_lora(&m->pt, l, s, 0);
+            if (ia < 0) continue;
+            lora_site_rows(&m->cfg, (LoraSite)s, &role, &row0, &rows);
+            if (role != role0) continue;
+            a->lora_t[s] = act_at(be, blk, (size_t)off);
+            off += (int)m->pt.p[ia].shape[0];
+        }
+        widest = MAX(widest, width);
+    }
+    return widest;
+}
+
+void model_lora_t_free(const Model *m, LayerActs *a)
+{
+    for (int s = 0; s < LORA_SITE_COUNT; s++) {
+        if (a->lora_tb[s]) m->be->free(a->lora_tb[s]);
+        a->lora_t[s] = a->lora_tb[s] = NULL;
     }
 }
 

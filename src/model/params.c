@@ -111,22 +111,37 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
     pt->n_tern = off[PARAM_TERNARY];
 }
 
-/* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order. */
+/* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order, every A of a
+ * product before its B's (q.A k.A v.A q.B k.B v.B, o.A o.B, gate.A up.A gate.B up.B, ...), so that
+ * the A's of one fused weight's parts are one (parts x r, in) matrix in the store, formed by one
+ * product (linear.c). */
 static void add_lora(ParamTable *pt, int *cap, const ModelConfig *c, const LoraSpec *lora, int l)
 {
+    int role_of[LORA_SITE_COUNT];
     for (int s = 0; s < LORA_SITE_COUNT; s++) {
+        role_of[s] = -1;
         if (!(lora->sites & (1u << s)) || !lora_site_in_family((LoraSite)s, c->family)) continue;
         if (cfg_is_moe(c, l) && lora_site_is_mlp((LoraSite)s)) continue; /* no dense MLP here (lora_sites_moe) */
-        int role, row0, rows;
-        lora_site_rows(c, (LoraSite)s, &role, &row0, &rows);
-        int in = role == PROLE_O_W ? cfg_q_dim(c) : role == PROLE_PROJ_W ? c->d_ff : c->d_model;
-        char nm[64];
-        snprintf(nm, sizeof(nm), "h.%d.lora.%s.A", l, lora_site_short((LoraSite)s));
-        add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, in);
-        pt->p[pt->n - 1].site = s;
-        snprintf(nm, sizeof(nm), "h.%d.lora.%s.B", l, lora_site_short((LoraSite)s));
-        add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
-        pt->p[pt->n - 1].site = s;
+        int row0, rows;
+        lora_site_rows(c, (LoraSite)s, &role_of[s], &row0, &rows);
+    }
+    for (int s0 = 0; s0 < LORA_SITE_COUNT; s0++) {
+        int role = role_of[s0];
+        if (role < 0) continue;
+        for (int ab = 0; ab < 2; ab++) /* the A's of the product's sites, then their B's */
+            for (int s = s0; s < LORA_SITE_COUNT; s++) {
+                if (role_of[s] != role) continue;
+                int rl, r0, rows;
+                lora_site_rows(c, (LoraSite)s, &rl, &r0, &rows);
+                int in = role == PROLE_O_W ? cfg_q_dim(c) : role == PROLE_PROJ_W ? c->d_ff : c->d_model;
+                char nm[64];
+                snprintf(nm, sizeof(nm), "h.%d.lora.%s.%s", l, lora_site_short((LoraSite)s), ab ? "B" : "A");
+                if (ab) add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
+                else add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, in);
+                pt->p[pt->n - 1].site = s;
+            }
+        for (int s = s0 + 1; s < LORA_SITE_COUNT; s++)
+            if (role_of[s] == role) role_of[s] = -1; /* done with s0's product */
     }
 }
 
