@@ -21,7 +21,8 @@ static const LinearBufs *lora_bufs(const Model *m, int l, LayerActs *a, LinearBu
 {
     if (!m->adapters) return NULL;
     *lb = (LinearBufs){.t = a->lora_t, .dt = m->lora_dt, .xd = m->lora_xd, .dropout = m->lora.dropout,
-                       .training = m->training, .seed = m->dropout_seed * (uint64_t)m->cfg.n_layer + (uint64_t)l};
+                       .training = m->training, .seed = m->dropout_seed * (uint64_t)m->cfg.n_layer + (uint64_t)l,
+                       .t_kept = m->lora_t_kept};
     return lb;
 }
 
@@ -188,7 +189,9 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
     if (l == 0 && c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, a->ln1, (size_t)N * C); /* the same mask */
     if (m->recompute == RECOMPUTE_BLOCK) {
         AttnCtx ctx = model_ctx(m);
+        m->lora_t_kept = 1; /* the adapters' saved products (kept at every level) are the forward's */
         block_fwd(m, l, a, B, T, &ctx, scratch);
+        m->lora_t_kept = 0;
         return;
     }
     be->norm_fwd(a->ln2, a->ln2_mean, a->ln2_rstd, a->res2, params_w(ps, p->ln2_w), params_w(ps, p->ln2_b), N, C,

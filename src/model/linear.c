@@ -106,9 +106,11 @@ static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const
     const Backend *be = ps->be;
     int ld = adapters_ld(L);
     void *t0 = lb->t[L->adapters[0].site];
-    if (adapters_joined(ps, L, lb, 0)) /* [t_q | t_k | t_v] = x @ [A_q; A_k; A_v]^T */
+    /* a recompute of the block keeps t from its first forward: the same weights, inputs and masks */
+    int kept = lb->t_kept && L->split != LINEAR_ROW;
+    if (!kept && adapters_joined(ps, L, lb, 0)) /* [t_q | t_k | t_v] = x @ [A_q; A_k; A_v]^T */
         be->gemm(0, 1, N, ld, L->in, 1.0f, inp, L->in, params_w(ps, L->adapters[0].a), L->in, 0.0f, t0, ld, 0);
-    else
+    else if (!kept)
         for (int k = 0; k < L->n_adapters; k++) {
             const LinearAdapter *ad = &L->adapters[k];
             const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);

@@ -36,6 +36,8 @@ typedef struct {
     void *xd;       /* (N, in) scratch for dropout(x) (dropout > 0 only) */
     float dropout;  /* probability; applied only when training */
     int training;
+    int t_kept;     /* t already holds this forward's products (a recompute of the block): the forward
+                     * forms only the B products from it (not for row-parallel products, whose t was summed) */
     uint64_t seed;  /* this product's dropout stream (distinct per layer, site and micro-step) */
 } LinearBufs;
 

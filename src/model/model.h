@@ -120,6 +120,7 @@ typedef struct Model {
     void *logits;               /* (N,V) logits of a forward without targets (allocated by the first) */
     void *dres, *dbuf1, *dbuf2; /* backward scratch: (N,C), (N,max(qkv,fc)), (N,max(C,q,d_ff)) */
     void *lora_dt, *lora_xd;    /* adapter scratch: (N, r) and, with dropout, (N, max in) */
+    int lora_t_kept;            /* in block_recompute: the layer's saved adapter products are this step's */
     void *drop_grad;            /* (N,C) a gradient through a hidden dropout site (cfg.dropout > 0 only; dropout.h) */
     int32_t *tokens, *targets;  /* (N) backend copies */
     LinearHeadBufs head_bufs;   /* a head read by row chunks (fused integer-ternary lm_head): its scratch */
