@@ -900,7 +900,8 @@ int params_group(const ParamTable *pt, int i)
 {
     const Param *p = &pt->p[i];
     if (p->layer >= 0) return 1 + p->layer;
-    return p->role == PROLE_WTE || p->role == PROLE_WPE ? 0 : pt->n_layer + 1;
+    /* the bert family's token types lie among the embeddings (param_table_set_kinds' groups) */
+    return p->role == PROLE_WTE || p->role == PROLE_WPE || p->role == PROLE_TTE ? 0 : pt->n_layer + 1;
 }
 
 void params_frozen_groups(const ParamTable *pt, size_t *fseg)

@@ -870,9 +870,6 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
         if (bad) return -1;
-        if (cfg->family == FAMILY_BERT && dist_active(&r->dist) && r->dist.opt.zero >= 2)
-            return err_set("dist.zero: %d with the bert family is not supported yet (its MLM head has no sharding "
-                           "hooks); use dist.zero 0 or 1", r->dist.opt.zero);
         if (!strcmp(tc->optimizer, "ternary")) {
             if (cfg->moe_experts)
                 return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "
