@@ -21,7 +21,7 @@ static void bitlinear_quant(const ParamStore *ps, int idx)
     const Param *p = &ps->pt->p[idx];
     const Backend *be = ps->be;
     size_t row0 = 0, cols = (size_t)p->shape[1];
-    const void *act = ps->tern_from_act ? params_w(ps, idx) : NULL;
+    void *act = ps->tern_from_act ? params_w(ps, idx) : NULL;
     if (!act && (p->seg < ps->master_lo || p->seg + p->numel > ps->master_lo + ps->master_n))
         fatal("linear: BitLinear %s: its master is sharded over the ranks (internal error)", p->name);
     const float *master = act ? NULL : ps->master + (p->seg - ps->master_lo);
