@@ -1391,7 +1391,8 @@ static void test_copy(void)
 
 /* The hooks of every ZeRO stage (dist_attach) on one GPU rank of a comm_none job: the staging
  * buffers, the gathered-layer buffers and their copies run on the GPU (with one rank the collectives
- * themselves move nothing), for GPT-2, LLaMA, BitNet (BitLinear from the compute copy) and BERT (MLM). Three steps with 2-fold accumulation equal the plain step's losses and
+ * themselves move nothing), for GPT-2, LLaMA, BitNet (BitLinear from the compute copy) and BERT (MLM).
+ * Three steps with 2-fold accumulation equal the plain step's losses and
  * weights (fp32 deterministic: within TOL_F32; bf16: within 1e-6 of the plain bf16 run, the same
  * kernels on the same values). tools/gpu-dist.sh runs the same over NCCL. */
 static void test_zero_hooks(void)
