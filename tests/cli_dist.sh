@@ -13,7 +13,8 @@
 #     1 rank, 1 rank -> ZeRO-3, ZeRO-2 -> ZeRO-3, ZeRO-3 -> ZeRO-1);
 #   - the other families: BitNet QAT (bitnet-tiny) and BERT MLM (bert-tiny; skipped without the WordPiece
 #     fixture and ../shared/data) under ZeRO-1/2/3 give ZeRO-0's run (launch; mpirun ZeRO-3), which
-#     gives 1 rank's with accumulation; resume BitNet ZeRO-3 -> ZeRO-1 and -> 1 rank, BERT ZeRO-2 -> 3;
+#     gives 1 rank's with accumulation, BitNet also with block 0 frozen; resume BitNet ZeRO-3 -> ZeRO-1
+#     and -> 1 rank, BERT ZeRO-2 -> 3;
 #   - a rank killed mid-run makes the job exit non-zero at once naming it (the launcher, or
 #     mpirun); a rank that hangs
 #     makes the others exit non-zero after dist.timeout_s naming the collective (launch and mpirun);
@@ -256,6 +257,12 @@ sed -e 's/preset: gpt2-tiny/preset: bitnet-tiny/' -e '/d_model: 32/d' -e '/n_hea
     >"$tmp/bitnet.yaml"
 fam_cases bitnet "$tmp/bitnet.yaml"
 check "bitnet: a BitNetForCausalLM" grep -q BitNetForCausalLM "$tmp/bitnetz3/final/config.json"
+# a frozen BitLinear (ternarized once, into the frozen segment, which ZeRO-3 shards)
+for z in 0 3; do
+    fam_run "bitnetfrz$z" "$tmp/bitnet.yaml" launch --set dist.zero=$z --set 'model.freeze=["model.layers.0.*"]'
+done
+same_losses "bitnet: model.freeze under ZeRO-3 vs ZeRO-0" "$tmp/bitnetfrz0" "$tmp/bitnetfrz3"
+same_weights "bitnet: model.freeze under ZeRO-3 vs ZeRO-0" "$tmp/bitnetfrz0" "$tmp/bitnetfrz3"
 fam_resume bitnet3to1 bitnetz3 "$tmp/bitnet.yaml" launch --set dist.zero=1
 same_losses "bitnet: resume ZeRO-3 -> ZeRO-1" "$tmp/bitnetz3" "$tmp/bitnet3to1"
 same_weights "bitnet: resume ZeRO-3 -> ZeRO-1" "$tmp/bitnetz3" "$tmp/bitnet3to1"
