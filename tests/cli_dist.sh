@@ -14,7 +14,7 @@
 #   - the other families: BitNet QAT (bitnet-tiny) and BERT MLM (bert-tiny; skipped without the WordPiece
 #     fixture and ../shared/data) under ZeRO-1/2/3 give ZeRO-0's run (launch; mpirun ZeRO-3), which
 #     gives 1 rank's with accumulation, BitNet also with block 0 frozen; resume BitNet ZeRO-3 -> ZeRO-1
-#     and -> 1 rank, BERT ZeRO-2 -> 3;
+#     and -> 1 rank, BERT ZeRO-2 -> 3; BERT's validation loss and a BERT LoRA run under ZeRO-3 equal ZeRO-0's;
 #   - a rank killed mid-run makes the job exit non-zero at once naming it (the launcher, or
 #     mpirun); a rank that hangs
 #     makes the others exit non-zero after dist.timeout_s naming the collective (launch and mpirun);
@@ -278,6 +278,18 @@ if [ -f "$WP" ] && [ -f "$SENTENCES" ]; then
         -e "s|tokenizer: byte|tokenizer: $WP\n  objective: mlm|" "$tmp/t.yaml" >"$tmp/bert.yaml"
     fam_cases bert "$tmp/bert.yaml"
     check "bert: a BertForMaskedLM" grep -q BertForMaskedLM "$tmp/bertz3/final/config.json"
+    # the validation loss (3 batches over 2 ranks) and a LoRA run under ZeRO-3 equal ZeRO-0's
+    tail -c 40000 "$SENTENCES" >"$tmp/mlmval.txt"
+    for z in 0 3; do
+        fam_run "bertval$z" "$tmp/bert.yaml" launch --set dist.zero=$z --set data.val="$tmp/mlmval.txt" \
+            --set eval.steps=3 --set eval.every=3
+        fam_run "bertlora$z" "$tmp/bert.yaml" launch --set dist.zero=$z --set lora.r=4
+    done
+    check "bert: ZeRO-3 validation loss = ZeRO-0's ($(vals "$tmp/bertval0")/ $(vals "$tmp/bertval3"))" \
+        test -n "$(vals "$tmp/bertval0")" -a "$(vals "$tmp/bertval0")" = "$(vals "$tmp/bertval3")"
+    same_losses "bert: LoRA under ZeRO-3 vs ZeRO-0" "$tmp/bertlora0" "$tmp/bertlora3"
+    check "bert: LoRA under ZeRO-3: the adapters of ZeRO-0" \
+        cmp "$tmp/bertlora0/final/adapter_model.safetensors" "$tmp/bertlora3/final/adapter_model.safetensors"
     fam_resume bert2to3 bertz2 "$tmp/bert.yaml" launch --set dist.zero=3
     same_losses "bert: resume ZeRO-2 -> ZeRO-3" "$tmp/bertz2" "$tmp/bert2to3"
     same_weights "bert: resume ZeRO-2 -> ZeRO-3" "$tmp/bertz2" "$tmp/bert2to3"
