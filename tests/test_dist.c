@@ -561,6 +561,22 @@ static void test_param_groups(void)
     CHECK(ok);
     free(kinds);
     param_table_free(&pt);
+    /* the bert family: token types among the embeddings, the MLM head's tensors in the head's group; every
+     * tensor inside its group's part of the segment (params_group and param_table_set_kinds agree) */
+    model_config_defaults(&c, FAMILY_BERT);
+    c.n_layer = 2, c.n_head = 2, c.n_kv_head = 2, c.d_model = 16, c.d_ff = 24, c.vocab_size = 37, c.max_seq_len = 8;
+    if (model_config_finish(&c)) fatal_err();
+    param_table_build(&pt, &c);
+    ok = 1;
+    for (int i = 0; i < pt.n; i++) {
+        const Param *p = &pt.p[i];
+        int g = params_group(&pt, i);
+        ok &= pt.layer_seg[g] <= p->seg && p->seg + p->numel <= pt.layer_seg[g + 1];
+        if (p->role == PROLE_TTE) ok &= g == 0;
+        if (p->role >= PROLE_MLM_W && p->role <= PROLE_MLM_BIAS) ok &= g == c.n_layer + 1;
+    }
+    CHECKF(ok && param_find_role(&pt, PROLE_TTE, -1) >= 0, "bert: a tensor outside its group");
+    param_table_free(&pt);
 }
 
 /* A store that keeps only [lo, hi) of its buffers (params_shard_store) serves the same values there,
