@@ -1391,19 +1391,24 @@ static void test_copy(void)
 
 /* The hooks of every ZeRO stage (dist_attach) on one GPU rank of a comm_none job: the staging
  * buffers, the gathered-layer buffers and their copies run on the GPU (with one rank the collectives
- * themselves move nothing). Three steps with 2-fold accumulation equal the plain step's losses and
+ * themselves move nothing), for GPT-2, LLaMA, BitNet (BitLinear from the compute copy) and BERT (MLM).
+ * Three steps with 2-fold accumulation equal the plain step's losses and
  * weights (fp32 deterministic: within TOL_F32; bf16: within 1e-6 of the plain bf16 run, the same
  * kernels on the same values). tools/gpu-dist.sh runs the same over NCCL. */
 static void test_zero_hooks(void)
 {
     const Backend *bes[2] = {gpu32, gpu16};
+    enum { ZH_BITNET = 2, ZH_BERT = 3 }; /* after FAMILY_GPT2, FAMILY_LLAMA */
     set_det(1);
     for (int k = 0; k < 2; k++)
-        for (int f = 0; f < 2; f++)
+        for (int f = 0; f < 4; f++)
             for (int zero = 0; zero <= 3; zero++) {
                 const Backend *be = bes[k];
-                ModelConfig c = small((Family)f);
+                ModelConfig c = small(f == ZH_BERT ? FAMILY_BERT : f == ZH_BITNET ? FAMILY_LLAMA : (Family)f);
                 if (f == FAMILY_LLAMA) c.tie_embeddings = 0;
+                if (f == ZH_BITNET) model_config_bitnet(&c);
+                if (f == ZH_BERT) c.d_ff = 256;
+                if (f >= ZH_BITNET && model_config_finish(&c)) fatal_err();
                 Model *a = model_create(&c, be), *b = model_create(&c, be);
                 randomize(a, 21);
                 randomize(b, 21);
@@ -1416,7 +1421,11 @@ static void test_zero_hooks(void)
                 optim_init(&oa, a, 0.1f);
                 optim_init_range(&ob, b, 0.1f, d.my_lo, d.my_hi);
                 b->hooks = dist_attach(&d, &b->ps);
+                /* BitNet under ZeRO ternarizes the compute copy (bf16 here): the plain run does the same, so
+                 * that the two runs differ only in the hooks (docs/distributed.md measures the bf16 source) */
+                a->ps.tern_from_act = b->ps.tern_from_act;
                 int32_t *tok[2] = {xmalloc(B * T * sizeof(int32_t)), xmalloc(B * T * sizeof(int32_t))};
+                int32_t *tg[2] = {xmalloc(B * T * sizeof(int32_t)), xmalloc(B * T * sizeof(int32_t))};
                 Rng r;
                 rng_seed(&r, 8, 0);
                 StepHyper h = {.lr = 1e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .grad_clip = 1.0f};
@@ -1424,8 +1433,12 @@ static void test_zero_hooks(void)
                 double dl = 0;
                 for (int step = 1; step <= 3; step++) {
                     for (int q = 0; q < accum; q++)
-                        for (int i = 0; i < B * T; i++) tok[q][i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
-                    StepBatch sb = {.B = B, .T = T, .accum = accum, .in = tok, .tg = tok};
+                        for (int i = 0; i < B * T; i++) {
+                            tok[q][i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+                            /* BERT: masked-LM targets, every fifth position scored */
+                            tg[q][i] = f != ZH_BERT ? tok[q][i] : i % 5 ? -1 : (int32_t)rng_below(&r, 501);
+                        }
+                    StepBatch sb = {.B = B, .T = T, .accum = accum, .in = tok, .tg = tg};
                     StepResult ra, rb;
                     h.step = step;
                     ok &= train_step(a, &oa, &sb, &h, &ra) == 0 && train_step_dist(b, &ob, &d, &sb, &h, &rb) == 0;
@@ -1438,7 +1451,7 @@ static void test_zero_hooks(void)
                 double e = rel_err_max(y, x, a->pt.total);
                 CHECKF(ok && dl <= tol && e <= tol, "[%s] family %d zero %d: loss rel %.3g, weights rel %.3g (tol %.3g)",
                        be->name, f, zero, dl, e, tol);
-                free(x), free(y), free(tok[0]), free(tok[1]);
+                free(x), free(y), free(tok[0]), free(tok[1]), free(tg[0]), free(tg[1]);
                 optim_free(&oa), optim_free(&ob);
                 dist_detach(&d);
                 model_free(a), model_free(b);
@@ -1667,7 +1680,17 @@ static void test_ternary_ops(void)
         for (size_t i = 0; i < n; i++) gamma = fmax(gamma, fabs(ref[i]));
         int d = count_diff(got, ref, n, tol_for(be, 1e-6, 1e-2), gamma);
         CHECKF(d <= (int)(n / 1000), "[%s] ternary_wquant: %d of %zu differ", be->name, d, n);
-        be->free(wd), be->free(q), free(got), free(ref), free(w);
+        be->free(wd), be->free(q), free(got), free(ref);
+        /* from the compute copy (ZeRO's BitLinear): the act values quantized as ternary_wquant quantizes
+         * the same values in fp32 (on the GPU: the same kernels and sums, so bit for bit) */
+        fit(be, w, n);
+        void *wa = up_act(be, w, n), *qa = be->alloc(n * be->act_size), *qf = be->alloc(n * be->act_size);
+        wd = up_f32(be, w, n);
+        be->ternary_wquant_act(qa, wa, n);
+        be->ternary_wquant(qf, wd, n);
+        float *ga = down_act(be, qa, n), *gf = down_act(be, qf, n);
+        CHECKF(!memcmp(ga, gf, n * sizeof(float)), "[%s] ternary_wquant_act differs from ternary_wquant", be->name);
+        be->free(wa), be->free(qa), be->free(qf), be->free(wd), free(ga), free(gf), free(w);
 
         float *x = randn((size_t)N * C, 1.5f, 92);
         fit(be, x, (size_t)N * C);

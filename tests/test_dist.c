@@ -561,6 +561,22 @@ static void test_param_groups(void)
     CHECK(ok);
     free(kinds);
     param_table_free(&pt);
+    /* the bert family: token types among the embeddings, the MLM head's tensors in the head's group; every
+     * tensor inside its group's part of the segment (params_group and param_table_set_kinds agree) */
+    model_config_defaults(&c, FAMILY_BERT);
+    c.n_layer = 2, c.n_head = 2, c.n_kv_head = 2, c.d_model = 16, c.d_ff = 24, c.vocab_size = 37, c.max_seq_len = 8;
+    if (model_config_finish(&c)) fatal_err();
+    param_table_build(&pt, &c);
+    ok = 1;
+    for (int i = 0; i < pt.n; i++) {
+        const Param *p = &pt.p[i];
+        int g = params_group(&pt, i);
+        ok &= pt.layer_seg[g] <= p->seg && p->seg + p->numel <= pt.layer_seg[g + 1];
+        if (p->role == PROLE_TTE) ok &= g == 0;
+        if (p->role >= PROLE_MLM_W && p->role <= PROLE_MLM_BIAS) ok &= g == c.n_layer + 1;
+    }
+    CHECKF(ok && param_find_role(&pt, PROLE_TTE, -1) >= 0, "bert: a tensor outside its group");
+    param_table_free(&pt);
 }
 
 /* A store that keeps only [lo, hi) of its buffers (params_shard_store) serves the same values there,
@@ -611,25 +627,37 @@ static void test_sharded_store(void)
     }
 }
 
+/* The test models of test_hooks_one_rank: GPT-2 (tied head), LLaMA (untied), BitNet (BitLinear: under
+ * ZeRO ternarized from the compute copy, which is the master on the CPU) and BERT (the MLM head, the
+ * decoder tied to wte, token types). */
+enum { HK_GPT2, HK_LLAMA, HK_BITNET, HK_BERT, HK_COUNT };
+
+static ModelConfig hooks_config(int f)
+{
+    ModelConfig c = tiny_config();
+    if (f == HK_GPT2) return c;
+    model_config_defaults(&c, f == HK_BERT ? FAMILY_BERT : FAMILY_LLAMA);
+    if (f == HK_BITNET) model_config_bitnet(&c);
+    c.n_layer = 2, c.n_head = 2, c.n_kv_head = f == HK_BERT ? 2 : 1, c.d_model = 16, c.d_ff = 24;
+    c.vocab_size = 37, c.max_seq_len = 8;
+    if (f == HK_LLAMA) c.tie_embeddings = 0;
+    if (model_config_finish(&c)) fatal_err();
+    return c;
+}
+
 /* The hooks of a sharded run (dist_attach) on one rank of a comm_none "job": every ZeRO stage with
- * accumulation and every recompute level, on GPT-2 (tied head) and LLaMA (untied), with and without
+ * accumulation and every recompute level, on the models of hooks_config, with and without
  * frozen tensors (block 0 and the embeddings), gives the weights
  * of the plain step bit for bit. A group the hooks failed to gather or stage would be a fatal error
  * (params_w / params_g), a missed gradient a different result. */
 static void test_hooks_one_rank(void)
 {
     const Backend *be = backend_cpu();
-    for (int f = 0; f < 2; f++)
+    for (int f = 0; f < HK_COUNT; f++)
         for (int zero = 0; zero <= 3; zero++)
             for (int rc = 0; rc <= 2; rc++)
             for (int frz = 0; frz < 2; frz++) {
-                ModelConfig c = tiny_config();
-                if (f == 1) {
-                    model_config_defaults(&c, FAMILY_LLAMA);
-                    c.n_layer = 2, c.n_head = 2, c.n_kv_head = 1, c.d_model = 16, c.d_ff = 24, c.vocab_size = 37, c.max_seq_len = 8;
-                    c.tie_embeddings = 0;
-                    if (model_config_finish(&c)) fatal_err();
-                }
+                ModelConfig c = hooks_config(f);
                 /* frz: block 0 and wte frozen (ZeRO-3 shards the frozen segment too) */
                 ParamTable t0;
                 param_table_build(&t0, &c);
@@ -650,15 +678,19 @@ static void test_hooks_one_rank(void)
                 optim_init(&oa, a, 0.1f);
                 optim_init_range(&ob, b, 0.1f, d.my_lo, d.my_hi);
                 b->hooks = dist_attach(&d, &b->ps);
-                int32_t tok[2][16], *in[2] = {tok[0], tok[1]};
+                int32_t tok[2][16], *in[2] = {tok[0], tok[1]}, tgt[2][16], *tg[2] = {tgt[0], tgt[1]};
                 Rng r;
                 rng_seed(&r, 7, 0);
                 StepHyper h = {.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .grad_clip = 1.0f};
                 int ok = 1;
                 for (int step = 1; step <= 3; step++) {
                     for (int k = 0; k < accum; k++)
-                        for (int i = 0; i < B * T; i++) tok[k][i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
-                    StepBatch sb = {.B = B, .T = T, .accum = accum, .in = in, .tg = in};
+                        for (int i = 0; i < B * T; i++) {
+                            tok[k][i] = (int32_t)rng_below(&r, (uint64_t)c.vocab_size);
+                            /* BERT: masked-LM targets, a third of the positions scored */
+                            tgt[k][i] = f != HK_BERT ? tok[k][i] : i % 3 ? -1 : (int32_t)rng_below(&r, 37);
+                        }
+                    StepBatch sb = {.B = B, .T = T, .accum = accum, .in = in, .tg = tg};
                     StepResult ra, rb;
                     h.step = step;
                     ok &= train_step(a, &oa, &sb, &h, &ra) == 0 && train_step_dist(b, &ob, &d, &sb, &h, &rb) == 0;

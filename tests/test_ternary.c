@@ -70,6 +70,55 @@ static void test_wquant_reference(void)
     free(q);
 }
 
+/* x rounded to the nearest bf16 (ties to even): what a bf16 compute copy holds of an fp32 master. */
+static float bf16_of(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* What ZeRO's BitLinear changes on a bf16 GPU, where it ternarizes the bf16 compute copy instead of the
+ * fp32 master (linear.c bitlinear_quant): BitNet-shaped tensors of normal weights (an init; trained
+ * latent weights spread alike), quantized from the values and from their bf16 rounding. The scale moves
+ * by the mean of the roundings (relative ~1e-6) and a trit changes only where w / gamma lies within a
+ * bf16 rounding (at most 2^-8 relative) of +-0.5: measured 5e-4 of the weights (1.1e-3 in the small
+ * tensor), each by one level. For scale: one AdamW step of lr 1e-3 (each weight moved by +-lr, the
+ * size of Adam's first steps) changes some 3% of them. The bounds are about 4x the measurements
+ * (docs/distributed.md quotes them). */
+static void test_wquant_bf16_source(void)
+{
+    const size_t rows[3] = {256, 2560, 6912}, cols[3] = {256, 2560, 2560};
+    double worst_flip = 0, worst_gamma = 0, least_step = 1;
+    for (int k = 0; k < 3; k++) {
+        size_t n = rows[k] * cols[k];
+        float *w = xmalloc(n * sizeof(float)), *wb = xmalloc(n * sizeof(float));
+        float *q = xmalloc(n * sizeof(float)), *qb = xmalloc(n * sizeof(float));
+        fill_normal(w, n, 0.02, 40 + (uint64_t)k);
+        for (size_t i = 0; i < n; i++) wb[i] = bf16_of(w[i]);
+        float g = tern_wquant(q, w, n), gb = tern_wquant(qb, wb, n);
+        size_t flips = 0, moved = 0;
+        for (size_t i = 0; i < n; i++) flips += nearbyintf(q[i] / g) != nearbyintf(qb[i] / gb);
+        double gr = fabs((double)gb - g) / g;
+        Rng r;
+        rng_seed(&r, 50 + (uint64_t)k, 0);
+        for (size_t i = 0; i < n; i++) wb[i] = w[i] + (rng_below(&r, 2) ? 1e-3f : -1e-3f);
+        gb = tern_wquant(qb, wb, n);
+        for (size_t i = 0; i < n; i++) moved += nearbyintf(q[i] / g) != nearbyintf(qb[i] / gb);
+        double fr = (double)flips / (double)n, st = (double)moved / (double)n;
+        printf("  bf16 source, %zu x %zu: %zu of %zu trits differ (%.2e), gamma rel %.2e; one step of 1e-3: %.2e\n",
+               rows[k], cols[k], flips, n, fr, gr, st);
+        worst_flip = fmax(worst_flip, fr);
+        worst_gamma = fmax(worst_gamma, gr);
+        least_step = fmin(least_step, st);
+        free(w), free(wb), free(q), free(qb);
+    }
+    CHECKF(worst_flip < 4e-3 && worst_gamma < 2e-5 && least_step > 10 * worst_flip,
+           "trits %.2e, gamma %.2e, a step %.2e", worst_flip, worst_gamma, least_step);
+}
+
 static void test_act_quant_reference(void)
 {
     const Backend *be = backend_cpu();
@@ -481,6 +530,7 @@ static void test_store_kind(void)
 int main(void)
 {
     RUN(test_wquant_reference);
+    RUN(test_wquant_bf16_source);
     RUN(test_act_quant_reference);
     RUN(test_ste_gradients);
     RUN(test_transformers_qat);

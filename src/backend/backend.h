@@ -285,6 +285,9 @@ struct Backend {
      * values (summed in at least fp32), s = 1 / gamma (fp32), out = clamp(round(w * s), -1, 1) / s into
      * act; round half to even, as torch.round. */
     void (*ternary_wquant)(void *out, const float *w, size_t n);
+    /* The same quantizer over n act values (the compute copy: ZeRO's BitLinear, whose fp32 master is
+     * sharded); the same arithmetic on the values as read (fp32), so equal to ternary_wquant of them. */
+    void (*ternary_wquant_act)(void *out, const void *w, size_t n);
     /* BitNet's activation quantizer (ActQuant), per row of C act values: s = 127 / max(max |x|, 1e-5),
      * out = clamp(round(x * s), -128, 127) / s (fp32 arithmetic). out may be inp. */
     void (*act_quant8)(void *out, const void *inp, int N, int C);

@@ -182,6 +182,7 @@ void dist_detach(Dist *d)
     if (d->ps) { /* the store no longer has views into the slots, nor the ternary hook */
         d->ps->tern_reduce = NULL;
         d->ps->tern_ctx = NULL;
+        d->ps->tern_from_act = 0;
         free(d->ps->ggroup);
         free(d->ps->wgroup);
         free(d->ps->fgroup);
@@ -743,6 +744,7 @@ struct ModelHooks *dist_attach(Dist *d, ParamStore *ps)
     }
     if (z >= 3 && pt->n_frozen) shard_frozen(d, ps);
     if (z >= 3 && ps->q4) shard_q4(d, ps);
+    ps->tern_from_act = z >= 1; /* BitLinear: the master is sharded, the compute copy whole or gathered */
     if (ps->n_fused) { /* fused integer-ternary tensors: each one's gradient summed just before its update */
         ps->tern_reduce = hook_tern_reduce;
         ps->tern_ctx = d;

@@ -12,6 +12,27 @@ typedef struct {
     int quant_act; /* BitLinear: the product's input is quantized to 8 bits per row first */
 } LinearWeight;
 
+/* BitLinear: the latent weight of tensor idx absmean-ternarized into ps->wq, each Hugging Face part
+ * (q, k, v; gate, up) with its own scale. From the fp32 master; under ZeRO (tern_from_act), whose master
+ * is sharded, from the compute copy every rank holds at that moment (ZeRO-3: the gathered layer): fp32
+ * on the CPU, so the same values; bf16 on the GPU (docs/distributed.md says what that changes). */
+static void bitlinear_quant(const ParamStore *ps, int idx)
+{
+    const Param *p = &ps->pt->p[idx];
+    const Backend *be = ps->be;
+    size_t row0 = 0, cols = (size_t)p->shape[1];
+    void *act = ps->tern_from_act ? params_w(ps, idx) : NULL;
+    if (!act && (p->seg < ps->master_lo || p->seg + p->numel > ps->master_lo + ps->master_n))
+        fatal("linear: BitLinear %s: its master is sharded over the ranks (internal error)", p->name);
+    const float *master = act ? NULL : ps->master + (p->seg - ps->master_lo);
+    for (int k = 0; k < p->nparts; k++) {
+        size_t off = row0 * cols, n = (size_t)p->part_rows[k] * cols;
+        if (act) be->ternary_wquant_act(act_at(be, ps->wq, off), act_at(be, act, off), n);
+        else be->ternary_wquant(act_at(be, ps->wq, off), master + off, n);
+        row0 += (size_t)p->part_rows[k];
+    }
+}
+
 /* The switch on the weight's kind, written once. The gradient only for a backward (bwd 1): a
  * sharded run (ZeRO-2/3) has a layer's gradient buffer only while its backward runs. */
 static LinearWeight linear_weight_at(const ParamStore *ps, int idx, int bwd)
@@ -19,15 +40,8 @@ static LinearWeight linear_weight_at(const ParamStore *ps, int idx, int bwd)
     LinearWeight lw = {0};
     switch (ps->pt->p[idx].kind) {
     case PARAM_TRAIN:
-        if (ps->pt->p[idx].ternarize) { /* BitLinear: absmean-ternarized from the fp32 latent weight, each
-                                          * Hugging Face part (q, k, v; gate, up) with its own scale */
-            const Param *p = &ps->pt->p[idx];
-            size_t row0 = 0, cols = (size_t)p->shape[1];
-            for (int k = 0; k < p->nparts; k++) {
-                ps->be->ternary_wquant(act_at(ps->be, ps->wq, row0 * cols), ps->master + p->seg + row0 * cols,
-                                       (size_t)p->part_rows[k] * cols);
-                row0 += (size_t)p->part_rows[k];
-            }
+        if (ps->pt->p[idx].ternarize) {
+            bitlinear_quant(ps, idx);
             lw.w = ps->wq;
             lw.quant_act = 1;
         } else {

@@ -744,10 +744,16 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
                 mlm_head_fwd(m, m->lnf, N);
                 m->logits = m->mlm_logits;
             }
+            head_done(m);
             return 0.0f;
+        }
+        if (loss_scale != 0) { /* the MLM head's backward comes with the loss, as a decoder's head's */
+            model_grads_begin(m, c->n_layer + 1);
+            if (model_head_group(m) == 0) model_grads_begin(m, 0);
         }
         int valid = 0;
         m->loss_sum = mlm_loss(m, targets, N, loss_scale, &valid);
+        head_done(m);
         if (n_valid) *n_valid = valid;
         m->cur_B = B;
         m->cur_T = T;

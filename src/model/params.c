@@ -749,14 +749,16 @@ void params_upload(ParamStore *ps, int i, const float *host)
         be->upload(ps->master + p->seg, host, p->numel * sizeof(float));
         if (ps->train_act != (void *)ps->master)
             be->cast_to_act(act_at(be, ps->train_act, p->seg), ps->master + p->seg, p->numel);
-    } else if (p->ternarize) { /* a frozen BitLinear (evaluation): ternarized once, here, part by part */
+    } else if (p->ternarize) { /* a frozen BitLinear (evaluation, model.freeze): ternarized once, here, part
+                                 * by part; the part of it this store holds (ZeRO-3 shards the frozen segment) */
         float *q = xmalloc(p->numel * sizeof(float));
-        size_t row0 = 0, cols = (size_t)p->shape[1];
+        size_t row0 = 0, cols = (size_t)p->shape[1], a, e;
         for (int k = 0; k < p->nparts; k++) {
             tern_wquant(q + row0 * cols, host + row0 * cols, (size_t)p->part_rows[k] * cols);
             row0 += (size_t)p->part_rows[k];
         }
-        be->upload_act(act_at(be, ps->frozen_act, p->seg), q, p->numel);
+        if (clip_range(p->seg, p->numel, ps->frozen_lo, ps->frozen_n, &a, &e))
+            be->upload_act(act_at(be, ps->frozen_act, a - ps->frozen_lo), q + (a - p->seg), e - a);
         free(q);
     } else {
         size_t a, e;
@@ -915,7 +917,8 @@ int params_group(const ParamTable *pt, int i)
 {
     const Param *p = &pt->p[i];
     if (p->layer >= 0) return 1 + p->layer;
-    return p->role == PROLE_WTE || p->role == PROLE_WPE ? 0 : pt->n_layer + 1;
+    /* the bert family's token types lie among the embeddings (param_table_set_kinds' groups) */
+    return p->role == PROLE_WTE || p->role == PROLE_WPE || p->role == PROLE_TTE ? 0 : pt->n_layer + 1;
 }
 
 void params_frozen_groups(const ParamTable *pt, size_t *fseg)

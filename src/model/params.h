@@ -32,7 +32,8 @@
  *                 norm or clipping (the update uses signs).
  * A trainable tensor with `ternarize` set (model.ternary: bitnet) is a BitNet b1.58 latent weight:
  * fp32 master, gradient and Adam state as any trainable tensor, ternarized (absmean) into the scratch
- * at every product, whose input is quantized to 8 bits (linear.c).
+ * at every product, whose input is quantized to 8 bits (linear.c): from the fp32 master, or under ZeRO
+ * (tern_from_act) from the compute copy every rank holds then (fp32 on the CPU: the same values).
  * Trainable tensors live in one contiguous segment (master, compute copy and gradient each one
  * buffer of n_train elements), in table order, so that the optimizer sees one vector and a
  * data-parallel run can cut it into equal per-rank shards (params_shard). Frozen tensors live in a
@@ -194,6 +195,8 @@ typedef struct {
     int tern_group;      /* weights per exponent group */
     size_t tern_bytes, tern_state_bytes; /* trits + exponents; accumulators */
     void *wq;            /* act scratch of the largest ternarized or ternary tensor: its product's weight */
+    int tern_from_act;   /* a BitLinear ternarizes its compute copy (params_w), not the master: ZeRO 1-3, whose
+                          * master is sharded (set by dist_attach on every rank alike) */
     size_t wq_numel;
     struct ParamActScratch *xq; /* grow-only act scratch of a BitLinear's 8-bit input (linear.c) */
     float *fgrad;        /* fp32 gradient scratch of the largest fused PARAM_TERNARY tensor */

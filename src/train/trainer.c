@@ -870,12 +870,6 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int bad;
         ParamKind *kinds = freeze_kinds(&tc->freeze, cfg, &bad);
         if (bad) return -1;
-        if (cfg->family == FAMILY_BERT && dist_active(&r->dist) && r->dist.opt.zero >= 2)
-            return err_set("dist.zero: %d with the bert family is not supported yet (its MLM head has no sharding "
-                           "hooks); use dist.zero 0 or 1", r->dist.opt.zero);
-        if (cfg->ternary && dist_active(&r->dist) && r->dist.opt.zero > 0)
-            return err_set("model.ternary: bitnet with dist.zero %d is not supported yet (BitLinear reads the whole "
-                           "fp32 master, which ZeRO shards); use dist.zero 0", r->dist.opt.zero);
         if (!strcmp(tc->optimizer, "ternary")) {
             if (cfg->moe_experts)
                 return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "

@@ -855,6 +855,7 @@ static const Backend cpu_backend = {
     .moe_gate_fwd = cpu_moe_gate_fwd,
     .moe_gate_bwd = cpu_moe_gate_bwd,
     .ternary_wquant = cpu_ternary_wquant,
+    .ternary_wquant_act = cpu_ternary_wquant_act,
     .act_quant8 = cpu_act_quant8,
     .relu2glu_fwd = cpu_relu2glu_fwd,
     .relu2glu_bwd = cpu_relu2glu_bwd,

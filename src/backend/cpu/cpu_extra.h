@@ -27,6 +27,7 @@ int cpu_blas_position_free(void);
 #include <stddef.h>
 #include "backend/backend.h"
 void cpu_ternary_wquant(void *out, const float *w, size_t n);
+void cpu_ternary_wquant_act(void *out, const void *w, size_t n);
 void cpu_act_quant8(void *out, const void *inp, int N, int C);
 void cpu_relu2glu_fwd(void *out, const void *inp, int N, int F);
 void cpu_relu2glu_bwd(void *dinp, const void *inp, const void *dout, int N, int F);

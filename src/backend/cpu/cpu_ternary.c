@@ -7,6 +7,9 @@
 
 void cpu_ternary_wquant(void *out, const float *w, size_t n) { tern_wquant(out, w, n); }
 
+/* act is fp32 on the CPU: the compute copy holds the master's values */
+void cpu_ternary_wquant_act(void *out, const void *w, size_t n) { tern_wquant(out, w, n); }
+
 void cpu_act_quant8(void *out_, const void *inp_, int N, int C)
 {
     float *out = out_;

@@ -16,12 +16,13 @@
 
 /* ---- BitNet's weight quantizer ---- */
 
-__global__ void absmean_partial_kernel(double *part, const float *w, size_t n)
+/* W: the weights' type (fp32 master, or the act compute copy: ternary_wquant_act) */
+template <typename W> __global__ void absmean_partial_kernel(double *part, const W *w, size_t n)
 {
     __shared__ double s[TERN_THREADS];
     double acc = 0;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        acc += fabs((double)w[i]);
+        acc += fabs((double)to_f(w[i]));
     s[threadIdx.x] = acc;
     __syncthreads();
     for (int k = blockDim.x / 2; k > 0; k >>= 1) {
@@ -42,29 +43,42 @@ __global__ void absmean_final_kernel(float *scale, const double *part, int npart
     *scale = 1.0f / gamma;
 }
 
-template <typename T> __global__ void wquant_kernel(T *out, const float *w, const float *scale, size_t n)
+template <typename T, typename W> __global__ void wquant_kernel(T *out, const W *w, const float *scale, size_t n)
 {
     float s = *scale;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float q = rintf(__fmul_rn(w[i], s));
+        float q = rintf(__fmul_rn(to_f(w[i]), s));
         q = fminf(fmaxf(q, -1.0f), 1.0f);
         out[i] = from_f<T>(__fdiv_rn(q, s));
     }
 }
 
-template <typename T> static void cu_ternary_wquant(void *out, const float *w, size_t n)
+/* out (act T) = the quantized weights of w (n values of type W) */
+template <typename T, typename W> static void wquant_run(void *out, const W *w, size_t n)
 {
-    CUDA_PROF("ternary_wquant");
     if (!n) return;
     char *scr = (char *)cuda_scratch(WQ_PARTS * sizeof(double) + sizeof(float));
     double *part = (double *)scr;
     float *scale = (float *)(scr + WQ_PARTS * sizeof(double));
-    absmean_partial_kernel<<<WQ_PARTS, TERN_THREADS, 0, g_cu.stream>>>(part, w, n);
+    absmean_partial_kernel<W><<<WQ_PARTS, TERN_THREADS, 0, g_cu.stream>>>(part, w, n);
     CUDA_CHECK_LAUNCH();
     absmean_final_kernel<<<1, 32, 0, g_cu.stream>>>(scale, part, WQ_PARTS, n);
     CUDA_CHECK_LAUNCH();
-    wquant_kernel<T><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, w, scale, n);
+    wquant_kernel<T, W><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, w, scale, n);
     CUDA_CHECK_LAUNCH();
+}
+
+template <typename T> static void cu_ternary_wquant(void *out, const float *w, size_t n)
+{
+    CUDA_PROF("ternary_wquant");
+    wquant_run<T, float>(out, w, n);
+}
+
+/* from the compute copy (ZeRO's BitLinear): the act values widened to fp32 exactly, then as above */
+template <typename T> static void cu_ternary_wquant_act(void *out, const void *w, size_t n)
+{
+    CUDA_PROF("ternary_wquant_act");
+    wquant_run<T, T>(out, (const T *)w, n);
 }
 
 /* ---- BitNet's activation quantizer: one block per row ---- */
@@ -259,6 +273,7 @@ static void cu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHype
 template <typename T> void cu_fill_ternary_ops(Backend *be)
 {
     be->ternary_wquant = cu_ternary_wquant<T>;
+    be->ternary_wquant_act = cu_ternary_wquant_act<T>;
     be->act_quant8 = cu_act_quant8<T>;
     be->relu2glu_fwd = cu_relu2glu_fwd<T>;
     be->relu2glu_bwd = cu_relu2glu_bwd<T>;
