@@ -376,7 +376,8 @@ int model_reserve(Model *m, int B, int T, int recompute)
             a->fch_sn_rstd = be->alloc(N * sizeof(float));
         }
         /* small (N, r) per site: kept at every level */
-        lora_w = MAX(lora_w, model_lora_t_alloc(m, l, N, a));
+        int w = model_lora_t_alloc(m, l, N, a); /* not inside MAX, which evaluates it twice */
+        lora_w = MAX(lora_w, w);
     }
     if (m->adapters) {
         m->lora_dt = be->alloc(N * (size_t)lora_w * as); /* the widest product's [dt_q | dt_k | dt_v] */
