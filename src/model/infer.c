@@ -62,7 +62,8 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
         a->fch_sn_rstd = be->alloc(N * sizeof(float));
     }
     for (int s = 0; s < LORA_SITE_COUNT; s++) /* one layer's adapter products: every layer reuses them */
-        if (param_find_lora(&m->pt, 0, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
+        for (int l = 0; l < c->n_layer && !a->lora_t[s]; l++) /* a site of some layers (MoE or dense MLP) */
+            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(lora_t_bytes(c, s, N, m->lora.r, as));
     if (cfg_moe_layers(c)) a->moe = moe_acts_alloc(m, &kv->moe_bufs, (int)N, NULL, 1, 1);
     kv->res_final = be->alloc(N * C * as);
     kv->lnf = be->alloc(N * C * as);

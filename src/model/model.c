@@ -43,6 +43,22 @@ static void rope_inv_freq(const ModelConfig *c, float *out)
     }
 }
 
+/* The Linear of layer p that carries a weight of the role (expert e's for the routed experts). */
+static Linear *adapted_linear(LayerParams *p, int role, int e)
+{
+    switch (role) {
+    case PROLE_QKV_W: return &p->qkv;
+    case PROLE_O_W: return &p->o;
+    case PROLE_FC_W: return &p->fc;
+    case PROLE_EXP_FC_W: return &p->exp_fc[e];
+    case PROLE_EXP_PROJ_W: return &p->exp_proj[e];
+    case PROLE_SH_FC_W: return &p->sh_fc;
+    case PROLE_SH_PROJ_W: return &p->sh_proj;
+    case PROLE_SH_GATE_W: return &p->sh_gate;
+    default: return &p->proj;
+    }
+}
+
 /* The adapters of every layer into m->adapters, each Linear pointing at its own (contiguous: sites
  * are numbered in the order of the products they sit on). */
 static void attach_adapters(Model *m)
@@ -58,19 +74,22 @@ static void attach_adapters(Model *m)
     for (int l = 0; l < c->n_layer; l++) {
         LayerParams *p = &m->lp[l];
         for (int s = 0; s < LORA_SITE_COUNT; s++) {
-            int a = param_find_lora(pt, l, s, 0);
-            if (a < 0) continue;
-            LinearAdapter *ad = &m->adapters[k++];
-            int role;
-            lora_site_rows(c, (LoraSite)s, &role, &ad->row0, &ad->rows);
-            ad->a = a;
-            ad->b = param_find_lora(pt, l, s, 1);
-            ad->r = m->lora.r;
-            ad->site = s;
-            ad->scale = scale;
-            Linear *L = role == PROLE_QKV_W ? &p->qkv : role == PROLE_O_W ? &p->o : role == PROLE_FC_W ? &p->fc : &p->proj;
-            if (!L->n_adapters) L->adapters = ad;
-            L->n_adapters++;
+            int ne = lora_site_is_expert((LoraSite)s) ? c->moe_experts : 1; /* a pair per routed expert */
+            for (int e = 0; e < ne; e++) {
+                int a = param_find_lora_expert(pt, l, s, e, 0);
+                if (a < 0) continue;
+                LinearAdapter *ad = &m->adapters[k++];
+                int role;
+                lora_site_rows(c, (LoraSite)s, &role, &ad->row0, &ad->rows);
+                ad->a = a;
+                ad->b = param_find_lora_expert(pt, l, s, e, 1);
+                ad->r = m->lora.r;
+                ad->site = s;
+                ad->scale = scale;
+                Linear *L = adapted_linear(p, role, e);
+                if (!L->n_adapters) L->adapters = ad;
+                L->n_adapters++;
+            }
         }
     }
 }
@@ -376,12 +395,13 @@ int model_reserve(Model *m, int B, int T, int recompute)
             a->att_sn_rstd = be->alloc(N * sizeof(float));
             a->fch_sn_rstd = be->alloc(N * sizeof(float));
         }
-        for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r): kept at every level */
-            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(N * (size_t)m->lora.r * as);
+        for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r) ((N k, r) for the experts): kept at every level */
+            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(lora_t_bytes(c, s, N, m->lora.r, as));
     }
     if (m->adapters) {
-        m->lora_dt = be->alloc(N * (size_t)m->lora.r * as);
-        if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * MAX(MAX(C, qd), ff) * as);
+        m->lora_dt = be->alloc(N * (size_t)m->lora.r * as); /* an expert's rows are at most N */
+        size_t in = MAX(MAX(C, qd), MAX(ff, (size_t)MAX(c->moe_d_ff, c->moe_shared_d_ff)));
+        if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * in * as);
     }
     m->res_final = be->alloc(N * C * as);
     m->lnf = be->alloc(N * C * as);
@@ -533,15 +553,23 @@ void model_set_params_keep_4bit(Model *m, const float *host)
         if (m->pt.p[i].kind != PARAM_NF4) params_upload(&m->ps, i, host + m->pt.p[i].offset);
 }
 
+size_t lora_t_bytes(const ModelConfig *c, int site, size_t N, int r, size_t act_size)
+{
+    size_t rows = lora_site_is_expert((LoraSite)site) ? N * (size_t)c->moe_top_k : N; /* every routed slot */
+    return rows * (size_t)r * act_size;
+}
+
 void model_merge_adapters(const Model *m, float *host)
 {
     for (int k = 0; m->adapters && k < m->pt.n; k++) {
         const Param *pa = &m->pt.p[k];
         if (pa->role != PROLE_LORA_A) continue;
-        const Param *pb = &m->pt.p[param_find_lora(&m->pt, pa->layer, pa->site, 1)];
+        const Param *pb = &m->pt.p[k + 1]; /* B follows its A (params.c add_lora) */
         int role, row0, rows;
         lora_site_rows(&m->cfg, (LoraSite)pa->site, &role, &row0, &rows);
-        const Param *pw = &m->pt.p[param_find_role(&m->pt, role, pa->layer)];
+        int w = pa->expert >= 0 ? param_find_expert(&m->pt, role, pa->layer, pa->expert)
+                                : param_find_role(&m->pt, role, pa->layer);
+        const Param *pw = &m->pt.p[w];
         int r = (int)pa->shape[0], in = (int)pa->shape[1];
         const float *A = host + pa->offset, *Bm = host + pb->offset;
         float *W = host + pw->offset + (size_t)row0 * in;

@@ -66,7 +66,8 @@ typedef struct {
     void *fch_act;     /* (N,d_ff) after GELU / SwiGLU / relu2-GLU */
     void *att_sn, *fch_sn;          /* BitNet sub-norms: (N,q_dim) norm(att), (N,d_ff) norm(fch_act) */
     float *att_sn_rstd, *fch_sn_rstd; /* (N) */
-    void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h) */
+    void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h); routed experts'
+                                    * (N k, r): each expert's rows where moe.c puts its tokens */
     struct MoeActs *moe; /* MoE layers: routing and expert activations (moe.h); NULL for dense */
 } LayerActs;
 
@@ -233,6 +234,8 @@ void model_set_grads(Model *m, const float *host);
 /* Fold every adapter into its base weight in a host image of m's parameters (model_get_params):
  * W[rows] += scale * B @ A, accumulated in double (PEFT's merge_and_unload). */
 void model_merge_adapters(const Model *m, float *host);
+/* Bytes of LayerActs.lora_t[site] for N tokens at rank r (act_size bytes an element). */
+size_t lora_t_bytes(const ModelConfig *c, int site, size_t N, int r, size_t act_size);
 /* Refresh the compute copy from the master weights (after editing the master). */
 void model_sync_act_params(Model *m);
 
