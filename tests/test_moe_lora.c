@@ -4,7 +4,8 @@
  * fused 3-D parameters through target_parameters, the shared expert and its gate, over the tiny Mixtral
  * and Qwen2-MoE bases of tests/fixtures/moe): the adapted logits, the loss and every adapter gradient in
  * PEFT's layout (lora_A (E r, in), lora_B (out, E r)) at recompute 0, 1 and 2; the adapter directory reads
- * back and writes out byte for byte in PEFT's names; merging equals the adapted logits. Finite differences
+ * back and writes out byte for byte in PEFT's names; merging equals the adapted logits; the greedy
+ * continuation with the KV cache equals PEFT's generate(). Finite differences
  * of the loss with the routing losses on, along a random direction of every adapter tensor. QLoRA: NF4
  * experts under expert adapters give the loss and gradients of a dense base holding the dequantized
  * values. Bad input: a fused tensor of the wrong shape, the router, unknown targets, dropout. */
@@ -18,6 +19,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "core/rng.h"
+#include "eval/generate.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
 #include "io/peft.h"
@@ -139,6 +141,23 @@ static void check_fixture(const char *name)
         free(lr);
         model_backward(m);
         compare_adapter_grads(name, &ref, m, pass);
+    }
+    /* greedy continuation with the KV cache (generate_run: one layer's adapter products reused) */
+    const StTensor *tp = st_find(&ref, "greedy.prompt"), *to = st_find(&ref, "greedy.output");
+    CHECK(tp && to);
+    if (tp && to) {
+        int P = (int)tp->shape[1], NEW = (int)to->shape[1];
+        GenOptions go = {.max_tokens = NEW,
+                         .sampler = {.temperature = 0, .top_p = 1},
+                         .batch = 1,
+                         .eos_id = -1,
+                         .ignore_eos = 1};
+        GenResult gr;
+        CHECKF(generate_run(m, tp->data, P, &go, &gr) == 0, "%s", err_get());
+        CHECKF(gr.n_ids[0] == NEW && !memcmp(gr.ids[0], to->data, (size_t)NEW * sizeof(int32_t)),
+               "%s: greedy continuation of the adapted model differs from PEFT's generate()", name);
+        gen_result_free(&gr);
+        CHECK(model_reserve(m, B, T, 0) == 0);
     }
     /* merged into the base: a plain model with the adapted logits (anvil merge) */
     float *host = xmalloc(m->pt.total * sizeof(float));

@@ -9,12 +9,15 @@ writes under tests/fixtures/moe_lora/<name>/ (or --out):
                                  (E, C, F)) and, for qwen2_moe, gate_proj/up_proj/down_proj (the dense layers'
                                  MLP and the shared expert) and shared_expert_gate
   reference.safetensors          input_ids, targets (I32 (B,T)), logits (B,T,V) of the adapted model, loss (1:
-                                 mean cross-entropy over the targets, no routing losses), and grad.<key> of the
-                                 loss for every adapter tensor, <key> as in adapter_model.safetensors
+                                 mean cross-entropy over the targets, no routing losses), grad.<key> of the
+                                 loss for every adapter tensor, <key> as in adapter_model.safetensors, and
+                                 greedy.prompt (I32 (1,P)), greedy.output (I32 (1,NEW)): generate() of the
+                                 adapted model
 The script also checks what anvil relies on: PeftModel.from_pretrained of the saved directory gives the
 same logits, merge_and_unload() too, and the key names of one targeted parameter (no "base_layer").
 
-Deterministic; run from the repository root after tools/make_moe_hf_fixtures.py:
+Deterministic but for the order of target_modules in adapter_config.json (PEFT saves a set; fix
+PYTHONHASHSEED for the same file); run from the repository root after tools/make_moe_hf_fixtures.py:
     python3 tools/make_moe_peft_fixtures.py
 Made with torch 2.15.0, transformers 5.24.0, peft 0.21.2 (CPU).
 """
@@ -29,12 +32,13 @@ import torch.nn.functional as F
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GenerationConfig
 
 SEED = 8765
 B, T = 2, 12
 R, ALPHA = 4, 8
 STD_A, STD_B = 0.3, 0.3  # large enough that every adapter moves the logits
+PROMPT_LEN, NEW_TOKENS = 4, 8
 EXPERT_PARAMS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 TARGETS = {
     "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -90,6 +94,16 @@ def make(out, root, name):
         assert torch.equal(saved[key], p.detach()), key
         tensors["grad." + key] = p.grad.detach().contiguous()
     assert len(tensors) - 4 == len(saved), "a saved tensor without a gradient"
+    # greedy continuation of the adapted model (anvil's KV-cache path: generate_run)
+    prompt = torch.randint(0, V, (1, PROMPT_LEN), generator=gen)
+    gcfg = GenerationConfig(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=0, eos_token_id=None,
+                            pad_token_id=0)
+    model.base_model.model.generation_config.eos_token_id = None  # the bases' own say EOS 1: run NEW_TOKENS
+    with torch.no_grad():
+        out_ids = model.generate(input_ids=prompt, generation_config=gcfg)
+    tensors["greedy.prompt"] = prompt.to(torch.int32)
+    tensors["greedy.output"] = out_ids[:, PROMPT_LEN:].to(torch.int32).contiguous()
+    assert tensors["greedy.output"].shape[1] == NEW_TOKENS
     experts = [k for k in saved if ".mlp.experts." in k]
     assert any(".mlp.experts.base_layer.lora_A" in k for k in experts), experts  # gate_up_proj nested in down_proj
     # the shapes: lora_A (E r, in), lora_B (out, E r)
