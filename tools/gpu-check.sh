@@ -27,6 +27,10 @@
 #             transformers with the reference logits (tools/check_roundtrip.py)
 #   moeab     moe-1b B=8 T=2048 bench rows of the binary before a change (old/anvil, as `ab`) and after
 #             it, interleaved twice, then the per-op profile of the new one
+#   loraab    LoRA / QLoRA on the llama2-7b shape (r 16, all seven projections) of the binary before a
+#             change (old/anvil, as `ab`) and after it, interleaved twice: QLoRA memory mode (B4 T2048
+#             recompute 2) and bf16 speed mode (recompute 0); then test_cuda's LoRA cases and the
+#             per-op profile of the new binary's QLoRA speed mode (recompute 1)
 #   zero      ZeRO-3 through NCCL on one GPU (anvil launch --nproc 1): a full, a LoRA and a QLoRA run of
 #             a small llama give the losses of the plain process (the sharded store, the gathers of
 #             trainable, frozen and 4-bit tensors)
@@ -149,6 +153,31 @@ if has moeab; then
     done
     timeout 240 $ANVIL $b --steps 3 --profile >"$OUT/moeab_profile.log" 2>&1
     sed -n '/per-op time/,/total (sum/p' "$OUT/moeab_profile.log" | head -16
+fi
+
+if has loraab; then
+    OLD_ANVIL=${OLD_ANVIL:-old/anvil}
+    echo "== LoRA / QLoRA before/after: $OLD_ANVIL vs $ANVIL"
+    ANVIL_TEST_ONLY=lora timeout 200 "$TEST_CUDA" >"$OUT/test_cuda_lora.log" 2>&1
+    grep -E "FAIL" "$OUT/test_cuda_lora.log" | head -20
+    note "| test_cuda lora | $(tail -1 "$OUT/test_cuda_lora.log") |"
+    b="bench --device cuda --model llama2-7b --lora 16 --steps 6 --warmup 2 --ceiling-size 0 --batch 4 --seq 2048"
+    for rep in 1 2; do
+        for which in old new; do
+            bin=$ANVIL
+            [ $which = old ] && bin=$OLD_ANVIL
+            for mode in qmem bspeed; do
+                a="--quant nf4 --recompute 2"
+                [ $mode = bspeed ] && a="--recompute 0"
+                f="$OUT/loraab_${which}_${mode}_$rep.log"
+                timeout 200 $bin $b $a >"$f" 2>&1
+                tps=$(grep -oE "^step [0-9.]+ ms \(median.*\), [0-9]+ tokens/s" "$f")
+                note "| loraab $mode $which run $rep | ${tps:-failed: $(tail -1 "$f")} | $(grep -oE "^peak memory [0-9.]+ GiB" "$f") | $(grep -E "^loss" "$f") |"
+            done
+        done
+    done
+    timeout 200 $ANVIL $b --quant nf4 --recompute 1 --steps 3 --warmup 1 --profile >"$OUT/loraab_profile.log" 2>&1
+    sed -n '/per-op time/,/total (sum/p' "$OUT/loraab_profile.log" | head -24
 fi
 
 if has dropout; then

@@ -61,9 +61,7 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
         a->att_sn_rstd = be->alloc(N * sizeof(float));
         a->fch_sn_rstd = be->alloc(N * sizeof(float));
     }
-    for (int s = 0; s < LORA_SITE_COUNT; s++) /* one layer's adapter products: every layer reuses them */
-        for (int l = 0; l < c->n_layer && !a->lora_t[s]; l++) /* a site of some layers (MoE or dense MLP) */
-            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(lora_t_bytes(c, s, N, m->lora.r, as));
+    model_lora_t_alloc(m, -1, N, a); /* one layer's adapter products, the sites of every layer: each reuses them */
     if (cfg_moe_layers(c)) a->moe = moe_acts_alloc(m, &kv->moe_bufs, (int)N, NULL, 1, 1);
     kv->res_final = be->alloc(N * C * as);
     kv->lnf = be->alloc(N * C * as);
@@ -96,8 +94,7 @@ void kv_cache_free(const Model *m, KVCache *kv)
     void *sub[] = {a->att_sn, a->fch_sn, a->att_sn_rstd, a->fch_sn_rstd};
     for (size_t i = 0; i < ARRAY_LEN(sub); i++)
         if (sub[i]) be->free(sub[i]);
-    for (int s = 0; s < LORA_SITE_COUNT; s++)
-        if (a->lora_t[s]) be->free(a->lora_t[s]);
+    model_lora_t_free(m, a);
     moe_bufs_free(be, &kv->moe_bufs);
     free(kv->tokens_host);
     free(kv->logits_host);

@@ -67,53 +67,138 @@ static const void *adapter_input(const ParamStore *ps, const LinearAdapter *ad, 
     return lb->xd;
 }
 
-/* out[:, rows] += scale * (dropout(x) @ A^T) @ B^T for every adapter; t[site] keeps dropout(x) @ A^T. */
-static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N,
-                         const LinearBufs *lb)
+/* The adapters of one product keep their saved products side by side: t[site] of adapter k is a column
+ * slice of one (N, ld) block, ld the adapters' summed ranks (model_lora_t_alloc), and the backward's dt
+ * likewise in lb->dt. */
+static int adapters_ld(const Linear *L)
 {
-    const Backend *be = ps->be;
+    int ld = 0;
+    for (int k = 0; k < L->n_adapters; k++) ld += L->adapters[k].r;
+    return ld;
+}
+
+/* Whether the adapters' A's (and, for a backward, their gradients) are one (ld, in) matrix in the store, as
+ * params.c lays them out: then the A products of a fused weight's parts (q, k, v; gate, up) are one product
+ * reading x once, and their share of dinp one product writing it once. Not with adapter dropout: each
+ * adapter draws its own mask on x (as PEFT's per-module dropout). */
+static int adapters_joined(const ParamStore *ps, const Linear *L, const LinearBufs *lb, int bwd)
+{
+    if (L->n_adapters < 2 || (lb->training && lb->dropout > 0)) return 0;
+    const LinearAdapter *a0 = &L->adapters[0];
+    const float *g0 = bwd ? params_g(ps, a0->a) : NULL;
+    size_t off = 0;
     for (int k = 0; k < L->n_adapters; k++) {
         const LinearAdapter *ad = &L->adapters[k];
-        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
-        void *t = lb->t[ad->site];
-        be->gemm(0, 1, N, ad->r, L->in, 1.0f, x, L->in, params_w(ps, ad->a), L->in, 0.0f, t, ad->r, 0);
-        be->gemm(0, 1, N, ad->rows, ad->r, ad->scale, t, ad->r, params_w(ps, ad->b), ad->r, 1.0f,
+        if (params_w(ps, ad->a) != act_at(ps->be, (void *)params_w(ps, a0->a), off)) return 0;
+        if (bwd && (g0 == NULL) != (params_g(ps, ad->a) == NULL)) return 0;
+        if (bwd && g0 && params_g(ps, ad->a) != g0 + off) return 0;
+        if ((char *)lb->t[ad->site] != (char *)act_at(ps->be, lb->t[a0->site], (size_t)(off / L->in))) return 0;
+        off += (size_t)ad->r * L->in;
+    }
+    return 1;
+}
+
+/* out[:, rows] = scale * (dropout(x) @ A^T) @ B^T + beta * out[:, rows] for every adapter; t[site] keeps
+ * dropout(x) @ A^T. */
+static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const void *inp, int N,
+                         const LinearBufs *lb, float beta)
+{
+    const Backend *be = ps->be;
+    int ld = adapters_ld(L);
+    void *t0 = lb->t[L->adapters[0].site];
+    if (adapters_joined(ps, L, lb, 0)) /* [t_q | t_k | t_v] = x @ [A_q; A_k; A_v]^T */
+        be->gemm(0, 1, N, ld, L->in, 1.0f, inp, L->in, params_w(ps, L->adapters[0].a), L->in, 0.0f, t0, ld, 0);
+    else
+        for (int k = 0; k < L->n_adapters; k++) {
+            const LinearAdapter *ad = &L->adapters[k];
+            const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
+            be->gemm(0, 1, N, ad->r, L->in, 1.0f, x, L->in, params_w(ps, ad->a), L->in, 0.0f, lb->t[ad->site], ld, 0);
+        }
+    for (int k = 0; k < L->n_adapters; k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        be->gemm(0, 1, N, ad->rows, ad->r, ad->scale, lb->t[ad->site], ld, params_w(ps, ad->b), ad->r, beta,
                  act_at(be, out, (size_t)ad->row0), L->out, 0);
-        /* row-parallel: t is this rank's partial sum over its input columns; its share of out is summed
-         * with the base product's, and the backward's dB needs the whole t */
-        if (L->split == LINEAR_ROW) tp_all_reduce_act(L->tp, t, (size_t)N * ad->r);
+    }
+    /* row-parallel: t is this rank's partial sum over its input columns; its share of out is summed
+     * with the base product's, and the backward's dB needs the whole t */
+    if (L->split == LINEAR_ROW) tp_all_reduce_act(L->tp, t0, (size_t)N * ld);
+}
+
+/* The adapters' gradients and their share of dinp: added to what the base wrote (beta 1), or written for the
+ * base to add to (beta 0: one adapter, or joined ones, and no dropout; adapters_first). */
+static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
+                         const LinearBufs *lb, float beta)
+{
+    const Backend *be = ps->be;
+    int ld = adapters_ld(L), joined = adapters_joined(ps, L, lb, 1);
+    const LinearAdapter *a0 = &L->adapters[0];
+    for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        const void *dslice = act_at(be, (void *)dout, (size_t)ad->row0);
+        void *dt = act_at(be, lb->dt, (size_t)off);
+        float *dB = params_g(ps, ad->b);
+        /* dB (rows, r) += scale * dout[:, rows]^T @ t */
+        if (dB) be->gemm(1, 0, ad->rows, ad->r, N, ad->scale, dslice, L->out, lb->t[ad->site], ld, 1.0f, dB, ad->r, 1);
+        /* dt (N, r) = scale * dout[:, rows] @ B */
+        be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, dt, ld, 0);
+    }
+    /* dinp += dropout'(dt @ A) (the same mask on the gradient); joined: [dt_q | dt_k | dt_v] @ [A_q; A_k; A_v]
+     * at once. Column-parallel: dt is this rank's partial sum over its output rows, and so is its share of
+     * dinp (linear_bwd sums dinp over the group) */
+    if (dinp && joined) {
+        be->gemm(0, 0, N, L->in, ld, 1.0f, lb->dt, ld, params_w(ps, a0->a), L->in, beta, dinp, L->in, 0);
+    } else if (dinp) {
+        for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
+            const LinearAdapter *ad = &L->adapters[k];
+            const void *dt = act_at(be, lb->dt, (size_t)off);
+            if (lb->training && lb->dropout > 0) {
+                be->gemm(0, 0, N, L->in, ad->r, 1.0f, dt, ld, params_w(ps, ad->a), L->in, 0.0f, lb->xd, L->in, 0);
+                be->dropout(lb->xd, lb->xd, (size_t)N * L->in, lb->dropout,
+                            lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
+                be->add(dinp, dinp, lb->xd, (size_t)N * L->in);
+            } else {
+                be->gemm(0, 0, N, L->in, ad->r, 1.0f, dt, ld, params_w(ps, ad->a), L->in, k ? 1.0f : beta, dinp,
+                         L->in, 0);
+            }
+        }
+    }
+    /* dA (r, in) += dt^T @ dropout(x), with the whole dt (column-parallel: summed over the group first) */
+    if (L->split == LINEAR_COL) tp_all_reduce_act(L->tp, lb->dt, (size_t)N * ld);
+    if (joined) {
+        float *dA = params_g(ps, a0->a);
+        if (dA) be->gemm(1, 0, ld, L->in, N, 1.0f, lb->dt, ld, inp, L->in, 1.0f, dA, L->in, 1);
+        return;
+    }
+    for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
+        const LinearAdapter *ad = &L->adapters[k];
+        float *dA = params_g(ps, ad->a);
+        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
+        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, act_at(be, lb->dt, (size_t)off), ld, x, L->in, 1.0f, dA, L->in, 1);
     }
 }
 
-/* The adapters' gradients and their share of dinp (added to what the base wrote). */
-static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
-                         const LinearBufs *lb)
+/* Whether the adapters' products come first, written over the output (beta 0), and the base product is
+ * added to them (beta 1) rather than the adapters adding to the base's output: the adapters' products, of
+ * inner dimension r, are bound by their output's traffic, and this way they write it without reading it
+ * (the base product reads it in its epilogue, hidden behind its arithmetic). Forward (dinp NULL): the
+ * adapters must cover every output column and the base have no bias. Backward: a frozen base without a
+ * bias gradient, and one adapter or joined ones without dropout (one product writing dinp). */
+static int adapters_first(const ParamStore *ps, const Linear *L, const LinearWeight *w, const LinearBufs *lb,
+                          const void *dinp, int bwd)
 {
-    const Backend *be = ps->be;
-    for (int k = 0; k < L->n_adapters; k++) {
-        const LinearAdapter *ad = &L->adapters[k];
-        const void *dslice = act_at(be, (void *)dout, (size_t)ad->row0);
-        const void *t = lb->t[ad->site];
-        float *dA = params_g(ps, ad->a), *dB = params_g(ps, ad->b);
-        /* dB (rows, r) += scale * dout[:, rows]^T @ t */
-        if (dB) be->gemm(1, 0, ad->rows, ad->r, N, ad->scale, dslice, L->out, t, ad->r, 1.0f, dB, ad->r, 1);
-        /* dt (N, r) = scale * dout[:, rows] @ B */
-        be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, lb->dt,
-                 ad->r, 0);
-        /* dinp += dropout'(dt @ A) (the same mask on the gradient). Column-parallel: dt is this rank's
-         * partial sum over its output rows, and so is its share of dinp (linear_bwd sums dinp over the group) */
-        if (dinp && lb->training && lb->dropout > 0) {
-            be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 0.0f, lb->xd, L->in, 0);
-            be->dropout(lb->xd, lb->xd, (size_t)N * L->in, lb->dropout, lb->seed * LORA_SITE_COUNT + (uint64_t)ad->site);
-            be->add(dinp, dinp, lb->xd, (size_t)N * L->in);
-        } else if (dinp) {
-            be->gemm(0, 0, N, L->in, ad->r, 1.0f, lb->dt, ad->r, params_w(ps, ad->a), L->in, 1.0f, dinp, L->in, 0);
+    if (!L->n_adapters || L->out % 8 || L->in % 8) return 0;
+    if (!bwd) {
+        if (L->b >= 0) return 0;
+        int next = 0;
+        for (int k = 0; k < L->n_adapters; k++) {
+            if (L->adapters[k].row0 != next) return 0;
+            next += L->adapters[k].rows;
         }
-        /* dA (r, in) += dt^T @ dropout(x), with the whole dt (column-parallel: summed over the group first) */
-        if (L->split == LINEAR_COL) tp_all_reduce_act(L->tp, lb->dt, (size_t)N * ad->r);
-        const void *x = adapter_input(ps, ad, inp, (size_t)N * L->in, lb);
-        if (dA) be->gemm(1, 0, ad->r, L->in, N, 1.0f, lb->dt, ad->r, x, L->in, 1.0f, dA, L->in, 1);
+        return next == L->out;
     }
+    if (!dinp || w->dw || params_g(ps, L->b)) return 0;
+    if (lb->training && lb->dropout > 0) return 0;
+    return L->n_adapters == 1 || adapters_joined(ps, L, lb, 1);
 }
 
 static void check_bufs(const ParamStore *ps, const Linear *L, const LinearBufs *lb)
@@ -167,8 +252,13 @@ void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *in
     int row = L->split == LINEAR_ROW;
     /* row-parallel: every rank's partial product, summed; the bias once (by the group's rank 0) */
     int b = row && L->tp->rank != 0 ? -1 : L->b;
-    ps->be->matmul_fwd(out, x, w.w, params_w(ps, b), N, L->in, L->out);
-    if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb);
+    if (adapters_first(ps, L, &w, lb, NULL, 0)) {
+        adapters_fwd(ps, L, out, inp, N, lb, 0.0f);
+        ps->be->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, w.w, L->in, 1.0f, out, L->out, 0);
+    } else {
+        ps->be->matmul_fwd(out, x, w.w, params_w(ps, b), N, L->in, L->out);
+        if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb, 1.0f);
+    }
     if (row) tp_all_reduce_act(L->tp, out, (size_t)N * L->out);
 }
 
@@ -178,10 +268,15 @@ void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *d
     check_bufs(ps, L, lb);
     LinearWeight w = linear_weight(ps, L->w);
     const void *x = linear_input(ps, &w, inp, N, L->in);
+    int first = adapters_first(ps, L, &w, lb, dinp, 1);
+    if (first) adapters_bwd(ps, L, dinp, dout, inp, N, lb, 0.0f);
     params_grad_begin(ps, L->w);
-    ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, x, w.w, N, L->in, L->out);
+    if (first) /* dinp += dout @ W */
+        ps->be->gemm(0, 0, N, L->in, L->out, 1.0f, dout, L->out, w.w, L->in, 1.0f, dinp, L->in, 0);
+    else
+        ps->be->matmul_bwd(dinp, w.dw, params_g(ps, L->b), dout, x, w.w, N, L->in, L->out);
     params_grad_done(ps, L->w); /* a fused ternary weight: its update, now (its last use this step) */
-    if (L->n_adapters) adapters_bwd(ps, L, dinp, dout, inp, N, lb);
+    if (L->n_adapters && !first) adapters_bwd(ps, L, dinp, dout, inp, N, lb, 1.0f);
     /* column-parallel: each rank's slice of the outputs contributes to the whole input's gradient */
     if (L->split == LINEAR_COL && dinp) tp_all_reduce_act(L->tp, dinp, (size_t)N * L->in);
 }

@@ -295,9 +295,7 @@ static void free_acts(Model *m)
             if (!shared) be->free(bufs[i]);
         }
     }
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        for (int s = 0; s < LORA_SITE_COUNT; s++)
-            if (m->la[l].lora_t[s]) be->free(m->la[l].lora_t[s]);
+    for (int l = 0; l < m->cfg.n_layer; l++) model_lora_t_free(m, &m->la[l]);
     free(m->la);
     m->la = NULL;
     if (m->lora_dt) be->free(m->lora_dt);
@@ -359,6 +357,7 @@ int model_reserve(Model *m, int B, int T, int recompute)
     be->mem_stats(&before, NULL);
     size_t N = (size_t)B * T, C = c->d_model, as = be->act_size;
     size_t qkv = cfg_qkv_dim(c), qd = cfg_q_dim(c), fc = cfg_fc_dim(c), ff = c->d_ff;
+    int lora_w = 0; /* the widest adapted product's summed ranks */
     m->Bmax = B;
     m->Tmax = T;
     m->recompute = recompute;
@@ -395,11 +394,12 @@ int model_reserve(Model *m, int B, int T, int recompute)
             a->att_sn_rstd = be->alloc(N * sizeof(float));
             a->fch_sn_rstd = be->alloc(N * sizeof(float));
         }
-        for (int s = 0; s < LORA_SITE_COUNT; s++) /* small (N, r) ((N k, r) for the experts): kept at every level */
-            if (param_find_lora(&m->pt, l, s, 0) >= 0) a->lora_t[s] = be->alloc(lora_t_bytes(c, s, N, m->lora.r, as));
+        /* small (N, r) per site ((N k, r) for the routed experts): kept at every level */
+        lora_w = MAX(lora_w, model_lora_t_alloc(m, l, N, a));
     }
     if (m->adapters) {
-        m->lora_dt = be->alloc(N * (size_t)m->lora.r * as); /* an expert's rows are at most N */
+        /* the widest product's [dt_q | dt_k | dt_v] (an expert's rows are at most N) */
+        m->lora_dt = be->alloc(N * (size_t)lora_w * as);
         size_t in = MAX(MAX(C, qd), MAX(ff, (size_t)MAX(c->moe_d_ff, c->moe_shared_d_ff)));
         if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * in * as);
     }
@@ -553,18 +553,12 @@ void model_set_params_keep_4bit(Model *m, const float *host)
         if (m->pt.p[i].kind != PARAM_NF4) params_upload(&m->ps, i, host + m->pt.p[i].offset);
 }
 
-size_t lora_t_bytes(const ModelConfig *c, int site, size_t N, int r, size_t act_size)
-{
-    size_t rows = lora_site_is_expert((LoraSite)site) ? N * (size_t)c->moe_top_k : N; /* every routed slot */
-    return rows * (size_t)r * act_size;
-}
-
 void model_merge_adapters(const Model *m, float *host)
 {
     for (int k = 0; m->adapters && k < m->pt.n; k++) {
         const Param *pa = &m->pt.p[k];
         if (pa->role != PROLE_LORA_A) continue;
-        const Param *pb = &m->pt.p[k + 1]; /* B follows its A (params.c add_lora) */
+        const Param *pb = &m->pt.p[param_find_lora_expert(&m->pt, pa->layer, pa->site, MAX(pa->expert, 0), 1)];
         int role, row0, rows;
         lora_site_rows(&m->cfg, (LoraSite)pa->site, &role, &row0, &rows);
         int w = pa->expert >= 0 ? param_find_expert(&m->pt, role, pa->layer, pa->expert)
@@ -580,6 +574,55 @@ void model_merge_adapters(const Model *m, float *host)
                 for (int q = 0; q < r; q++) s += (double)Bm[(size_t)i * r + q] * A[(size_t)q * in + j];
                 W[(size_t)i * in + j] = (float)(W[(size_t)i * in + j] + scale * s);
             }
+    }
+}
+
+/* The A tensor of a site in layer l (l -1: in the first layer that has it), or -1. */
+static int lora_a_of(const Model *m, int l, int s)
+{
+    for (int k = l < 0 ? 0 : l; k < (l < 0 ? m->cfg.n_layer : l + 1); k++) {
+        int ia = param_find_lora(&m->pt, k, s, 0);
+        if (ia >= 0) return ia;
+    }
+    return -1;
+}
+
+int model_lora_t_alloc(const Model *m, int l, size_t N, LayerActs *a)
+{
+    const Backend *be = m->be;
+    int widest = 0;
+    for (int s = 0; s < LORA_SITE_COUNT; s++) a->lora_t[s] = a->lora_tb[s] = NULL;
+    for (int s0 = 0; s0 < LORA_SITE_COUNT; s0++) {
+        int role0, row0, rows;
+        if (a->lora_t[s0] || lora_a_of(m, l, s0) < 0) continue;
+        lora_site_rows(&m->cfg, (LoraSite)s0, &role0, &row0, &rows);
+        int width = 0, role;
+        for (int s = s0; s < LORA_SITE_COUNT; s++) { /* the sites on s0's product, in the order of its adapters */
+            int ia = lora_a_of(m, l, s);
+            if (ia < 0) continue;
+            lora_site_rows(&m->cfg, (LoraSite)s, &role, &row0, &rows);
+            if (role == role0) width += (int)m->pt.p[ia].shape[0];
+        }
+        size_t rows_t = lora_site_is_expert((LoraSite)s0) ? N * (size_t)m->cfg.moe_top_k : N; /* every routed slot */
+        void *blk = a->lora_tb[s0] = be->alloc(rows_t * (size_t)width * be->act_size);
+        for (int s = s0, off = 0; s < LORA_SITE_COUNT; s++) {
+            int ia = lora_a_of(m, l, s);
+            if (ia < 0) continue;
+            lora_site_rows(&m->cfg, (LoraSite)s, &role, &row0, &rows);
+            if (role != role0) continue;
+            a->lora_t[s] = act_at(be, blk, (size_t)off);
+            off += (int)m->pt.p[ia].shape[0];
+        }
+        widest = MAX(widest, width);
+    }
+    return widest;
+}
+
+void model_lora_t_free(const Model *m, LayerActs *a)
+{
+    for (int s = 0; s < LORA_SITE_COUNT; s++) {
+        if (a->lora_tb[s]) m->be->free(a->lora_tb[s]);
+        a->lora_t[s] = a->lora_tb[s] = NULL;
     }
 }
 

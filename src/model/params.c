@@ -111,27 +111,40 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
     pt->n_tern = off[PARAM_TERNARY];
 }
 
-/* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order; a routed
- * experts' site has one pair per expert, expert after expert (param_find_lora_expert). */
+/* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order, every A of a
+ * product before its B's (q.A k.A v.A q.B k.B v.B, o.A o.B, gate.A up.A gate.B up.B, ...), so that
+ * the A's of one fused weight's parts are one (parts x r, in) matrix in the store, formed by one
+ * product (linear.c). A routed experts' site is a product per expert: A then B of expert 0, of expert
+ * 1, ... (param_find_lora_expert). */
 static void add_lora(ParamTable *pt, int *cap, const ModelConfig *c, const LoraSpec *lora, int l)
 {
+    int role_of[LORA_SITE_COUNT];
     for (int s = 0; s < LORA_SITE_COUNT; s++) {
+        role_of[s] = -1;
         if (!(lora->sites & (1u << s)) || !lora_site_in_layer(c, l, (LoraSite)s)) continue;
-        int role, row0, rows, in = lora_site_in(c, (LoraSite)s);
-        lora_site_rows(c, (LoraSite)s, &role, &row0, &rows);
-        int expert = lora_site_is_expert((LoraSite)s), ne = expert ? c->moe_experts : 1;
-        for (int e = 0; e < ne; e++) {
-            char nm[64], ex[16] = "";
-            if (expert) snprintf(ex, sizeof(ex), ".%d", e);
-            snprintf(nm, sizeof(nm), "h.%d.lora.%s%s.A", l, lora_site_short((LoraSite)s), ex);
-            add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, in);
-            pt->p[pt->n - 1].site = s;
-            pt->p[pt->n - 1].expert = expert ? e : -1;
-            snprintf(nm, sizeof(nm), "h.%d.lora.%s%s.B", l, lora_site_short((LoraSite)s), ex);
-            add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
-            pt->p[pt->n - 1].site = s;
-            pt->p[pt->n - 1].expert = pt->p[pt->n - 2].expert;
-        }
+        int row0, rows;
+        lora_site_rows(c, (LoraSite)s, &role_of[s], &row0, &rows);
+    }
+    for (int s0 = 0; s0 < LORA_SITE_COUNT; s0++) {
+        int role = role_of[s0];
+        if (role < 0) continue;
+        int expert = lora_site_is_expert((LoraSite)s0), ne = expert ? c->moe_experts : 1;
+        for (int e = 0; e < ne; e++)
+            for (int ab = 0; ab < 2; ab++) /* the A's of the product's sites, then their B's */
+                for (int s = s0; s < LORA_SITE_COUNT; s++) {
+                    if (role_of[s] != role) continue;
+                    int rl, r0, rows;
+                    lora_site_rows(c, (LoraSite)s, &rl, &r0, &rows);
+                    char nm[64], ex[16] = "";
+                    if (expert) snprintf(ex, sizeof(ex), ".%d", e);
+                    snprintf(nm, sizeof(nm), "h.%d.lora.%s%s.%s", l, lora_site_short((LoraSite)s), ex, ab ? "B" : "A");
+                    if (ab) add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
+                    else add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, lora_site_in(c, (LoraSite)s));
+                    pt->p[pt->n - 1].site = s;
+                    pt->p[pt->n - 1].expert = expert ? e : -1;
+                }
+        for (int s = s0 + 1; s < LORA_SITE_COUNT; s++)
+            if (role_of[s] == role) role_of[s] = -1; /* done with s0's product */
     }
 }
 
