@@ -432,6 +432,32 @@ static void test_errors(void)
     }
 }
 
+/* adapter_config.json with a regular expression as target_modules (PEFT full-matches module paths): a site
+ * counts over the layers that have it (Qwen2-MoE: gate_proj in the dense layers 0 and 2, the shared
+ * expert's in layer 1). */
+static void test_regex_targets(void)
+{
+    char base[512], tmp[] = "/tmp/anvil_moelora_XXXXXX", path[600];
+    snprintf(base, sizeof(base), "%s/moe/qwen2_moe/model", test_fixtures());
+    ModelConfig c;
+    LoraSpec ls;
+    CHECK(hf_read_config(base, &c) == 0);
+    CHECK(mkdtemp(tmp) != NULL);
+    snprintf(path, sizeof(path), "%s/adapter_config.json", tmp);
+    const char *cfg[] = {"{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": "
+                         "\"model\\\\.layers\\\\.\\\\d+\\\\.mlp\\\\.(shared_expert\\\\.)?gate_proj\", "
+                         "\"target_parameters\": [\"mlp.experts.down_proj\"]}\n",
+                         "{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": "
+                         "\"model\\\\.layers\\\\.0\\\\.mlp\\\\.gate_proj\"}\n"};
+    CHECK(fs_write_atomic(path, cfg[0], strlen(cfg[0])) == 0);
+    CHECKF(peft_read_config(tmp, &c, &ls, NULL, 0) == 0, "%s", err_get());
+    CHECK(ls.sites == ((1u << LORA_GATE) | (1u << LORA_SH_GATE) | (1u << LORA_EXP_PROJ)));
+    CHECK(fs_write_atomic(path, cfg[1], strlen(cfg[1])) == 0);
+    CHECK(peft_read_config(tmp, &c, &ls, NULL, 0) == -1);
+    CHECKF(strstr(err_get(), "adapts gate in 1 of 2 layers"), "%s", err_get());
+    fs_rm_rf(tmp);
+}
+
 int main(void)
 {
     RUN(test_mixtral);
@@ -439,5 +465,6 @@ int main(void)
     RUN(test_fd);
     RUN(test_qlora);
     RUN(test_errors);
+    RUN(test_regex_targets);
     return test_summary();
 }

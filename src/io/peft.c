@@ -50,17 +50,20 @@ static int sites_from_regex(const char *re, const ModelConfig *c, unsigned *site
     int rc = 0;
     *sites = 0;
     for (int s = 0; s < LORA_SITE_COUNT && !rc; s++) {
-        if (!lora_site_in_family((LoraSite)s, c->family)) continue;
-        int hits = 0;
+        /* modules only: the routed experts are parameters (target_parameters) */
+        if (!lora_site_in_family((LoraSite)s, c->family) || lora_site_is_expert((LoraSite)s)) continue;
+        int hits = 0, layers = 0; /* of the layers that have the site (MoE and dense layers differ) */
         for (int l = 0; l < c->n_layer; l++) {
+            if (!lora_site_in_layer(c, l, (LoraSite)s)) continue;
             char mod[128];
             lora_module_path(c, l, (LoraSite)s, mod, sizeof(mod));
             hits += pcre2_match(code, (PCRE2_SPTR)mod, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL) >= 0;
+            layers++;
         }
-        if (hits && hits != c->n_layer)
+        if (hits && hits != layers)
             rc = err_set("%s: target_modules: \"%s\" adapts %s in %d of %d layers; anvil adapts a module in every "
                          "layer or none",
-                         path, re, lora_site_short((LoraSite)s), hits, c->n_layer);
+                         path, re, lora_site_short((LoraSite)s), hits, layers);
         else if (hits) *sites |= 1u << s;
     }
     pcre2_match_data_free(md);
