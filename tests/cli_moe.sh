@@ -7,7 +7,12 @@
 #   - the final checkpoint is a MixtralForCausalLM directory that anvil eval reads back;
 #   - recompute 2 gives the same losses as recompute 0; a resumed run equals an uninterrupted one;
 #     2 data-parallel ranks equal 2-fold accumulation (routing losses off); a Qwen2-MoE-style model (every 2nd layer,
-#     a shared expert) trains too; LoRA on an MoE model adapts attention, refuses expert targets;
+#     a shared expert) trains too;
+#   - LoRA: all-linear adapts attention (a note says the routed experts are left out); adapters on the experts
+#     train, the checkpoint is a PEFT directory with the experts' fused keys (target_parameters), resume is exact,
+#     recompute 2 = 0, anvil merge into the experts gives the adapted loss, PEFT loads it (where installed),
+#     QLoRA experts take adapters, lora.init reads PEFT's own MoE adapter; the router, absent modules and
+#     dropout on the experts are refused;
 #   - bad model.moe.* keys are one clear line each.
 set -u
 . "$(dirname "$0")/lib_cli.sh"
@@ -109,19 +114,101 @@ else
     bad "qwen2-moe-style training failed: $(tail -n 3 "$tmp/qwen.log")"
 fi
 
-# LoRA: attention adapters on the MoE model; expert targets refused
-if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set model.init="$tmp/run/final" --set model.preset= \
-    --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 --set model.n_kv_head=0 \
-    --set model.moe.d_ff=0 --set lora.r=4 --set out_dir="$tmp/lora" >"$tmp/lora.log" 2>&1; then
+# LoRA on the MoE model (docs/moe.md "Adapters on the experts"): all-linear adapts attention only (the
+# routed experts are parameters, not linear modules) with a note; experts by name
+base="--set model.init=$tmp/run/final --set model.preset= --set model.vocab_size=0 --set model.max_seq_len=0
+    --set model.d_model=0 --set model.n_head=0 --set model.n_kv_head=0 --set model.moe.d_ff=0 --set lora.r=4"
+if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base --set out_dir="$tmp/lora" >"$tmp/lora.log" 2>&1; then
     ok
-    check "all-linear note" grep -q "adapters on q_proj, k_proj, v_proj and o_proj only" "$tmp/lora.log"
-    check "adapter config names attention only" python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['target_modules']; assert set(t) <= {'q_proj','k_proj','v_proj','o_proj'}, t" "$tmp/lora/final/adapter_config.json"
+    check "all-linear note" grep -q "not the routed experts" "$tmp/lora.log"
+    check "adapter config names attention only" python3 -c "import json,sys; d=json.load(open(sys.argv[1])); t=d['target_modules']; assert set(t) <= {'q_proj','k_proj','v_proj','o_proj'}, t; assert 'target_parameters' not in d" "$tmp/lora/final/adapter_config.json"
 else
     bad "LoRA on the MoE model failed: $(tail -n 3 "$tmp/lora.log")"
 fi
-expect_fail lora-experts "lora.targets|expert projections" train "$tmp/moe.yaml" --set model.init="$tmp/run/final" \
-    --set model.preset= --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 \
-    --set model.n_kv_head=0 --set model.moe.d_ff=0 --set lora.r=4 --set lora.targets=gate_proj,q_proj --set out_dir="$tmp/l2"
+# safetensors keys and shapes with the standard library: the 8-byte header length, then the JSON header
+st_keys() { python3 -c "import json,struct,sys; f=open(sys.argv[1],'rb'); n=struct.unpack('<Q',f.read(8))[0]; h=json.loads(f.read(n)); h.pop('__metadata__',None); print('\n'.join(f'{k} {h[k][\"shape\"]}' for k in sorted(h)))" "$1"; }
+ex="--set lora.targets=q_proj,v_proj,experts --set checkpoint.every=2"
+if "$ANVIL" train "$tmp/moe.yaml" --set train.steps=4 $base $ex --set out_dir="$tmp/lx" >"$tmp/lx.log" 2>&1; then
+    ok
+    st_keys "$tmp/lx/final/adapter_model.safetensors" >"$tmp/lx.keys"
+    # moe-tiny: 4 experts, d_ff 48, C 32, r 4: gate_up_proj's pair nests under base_layer
+    check "expert keys (PEFT layout)" grep -qx 'base_model.model.model.layers.1.mlp.experts.base_layer.lora_A.weight \[16, 32\]' "$tmp/lx.keys"
+    check "expert B (2F, E r)" grep -qx 'base_model.model.model.layers.1.mlp.experts.base_layer.lora_B.weight \[96, 16\]' "$tmp/lx.keys"
+    check "down_proj pair" grep -qx 'base_model.model.model.layers.0.mlp.experts.lora_B.weight \[32, 16\]' "$tmp/lx.keys"
+    check "target_parameters" python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert sorted(d['target_parameters'])==['mlp.experts.down_proj','mlp.experts.gate_up_proj'], d; assert sorted(d['target_modules'])==['q_proj','v_proj'], d" "$tmp/lx/final/adapter_config.json"
+    # resume from step 2: the same losses and the same adapter
+    "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base $ex --set out_dir="$tmp/lxh" >/dev/null 2>&1
+    "$ANVIL" train --resume "$tmp/lxh" --set train.steps=4 >/dev/null 2>&1
+    check "expert adapters: resume = uninterrupted" cmp -s <(strip_speed "$tmp/lx/metrics.jsonl") <(strip_speed "$tmp/lxh/metrics.jsonl")
+    check "expert adapters: resumed adapter identical" cmp -s "$tmp/lx/step-0000004/adapter_model.safetensors" "$tmp/lxh/step-0000004/adapter_model.safetensors"
+    # recompute 2 gives the same losses
+    "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base $ex --set train.recompute=2 --set out_dir="$tmp/lxr" >/dev/null 2>&1
+    check "expert adapters: recompute 2 = recompute 0" cmp -s <(head -n 2 "$tmp/lx/metrics.jsonl" | cut -d, -f2) <(cut -d, -f2 "$tmp/lxr/metrics.jsonl")
+    # merged into the experts: the adapted loss
+    "$ANVIL" eval ppl --model "$tmp/run/final" --adapter "$tmp/lx/final" --data "$tmp/train.txt" --tokenizer byte --seq 32 --batch 2 >"$tmp/ppl_a" 2>&1
+    "$ANVIL" merge --model "$tmp/run/final" --adapter "$tmp/lx/final" --out "$tmp/lxm" >/dev/null 2>&1
+    "$ANVIL" eval ppl --model "$tmp/lxm" --data "$tmp/train.txt" --tokenizer byte --seq 32 --batch 2 >"$tmp/ppl_m" 2>&1
+    nll() { grep -o 'nll [0-9.]*' "$1" | cut -d' ' -f2; }
+    check "merged nll = adapted nll ($(nll "$tmp/ppl_a") vs $(nll "$tmp/ppl_m"))" test -n "$(nll "$tmp/ppl_a")" -a "$(nll "$tmp/ppl_a")" = "$(nll "$tmp/ppl_m")"
+    "$ANVIL" eval ppl --model "$tmp/run/final" --data "$tmp/train.txt" --tokenizer byte --seq 32 --batch 2 >"$tmp/ppl_b" 2>&1
+    check "the expert adapters change the loss" test "$(nll "$tmp/ppl_a")" != "$(nll "$tmp/ppl_b")"
+    # PEFT loads anvil's expert adapters (where Python has torch, transformers 5 and peft)
+    PY=${ANVIL_PYTHON:-python3}
+    if "$PY" -c "import torch, transformers, peft" >/dev/null 2>&1; then
+        "$PY" tools/check_peft_load.py "$tmp/run/final" "$tmp/lx/final" "$tmp/lxm" --tol 1e-4 >"$tmp/peft.log" 2>&1
+        check "PEFT loads anvil's expert adapters ($(grep -o 'max rel err [0-9.e+-]*' "$tmp/peft.log" | head -1))" grep -q '^OK' "$tmp/peft.log"
+    else
+        echo "skip: $PY has no torch/transformers/peft; PEFT loading of expert adapters not checked" >&2
+    fi
+else
+    bad "expert adapters failed: $(tail -n 3 "$tmp/lx.log")"
+fi
+# QLoRA: the experts 4-bit under expert adapters
+check "QLoRA with expert adapters" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base $ex --set model.quant=nf4 \
+    --set out_dir="$tmp/lxq"
+# lora.init from PEFT's own directory (tools/make_moe_peft_fixtures.py: experts, shared expert and its gate
+# over the 96-id Qwen2-MoE fixture): a one-step run at lr 0 writes every tensor back unchanged. The data go
+# through a 40-symbol tokenizer.json (upper-case letters, digits, space, ".", ",", newline), which fits 96 ids.
+FX=tests/fixtures/moe_lora/qwen2_moe/adapter
+if [ -d "$FX" ]; then
+    tr 'a-z' 'A-Z' <"$tmp/train.txt" | tr -cd 'A-Z0-9 .,\n' >"$tmp/upper.txt"
+    python3 - "$tmp/tok40.json" <<'PY'
+import json, sys
+chars = [chr(c) for c in range(ord("A"), ord("Z") + 1)] + list("0123456789 .,\n")
+model = {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+         "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+         "vocab": {c: i for i, c in enumerate(chars)}, "merges": []}
+json.dump({"version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+           "pre_tokenizer": None, "post_processor": None, "decoder": None, "model": model}, open(sys.argv[1], "w"))
+PY
+    check "lora.init from a PEFT MoE adapter" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=1 --set train.lr=0 \
+        --set train.min_lr=0 --set train.weight_decay=0 --set train.warmup_steps=0 --set train.seq_len=16 \
+        --set model.init=tests/fixtures/moe/qwen2_moe/model --set model.preset= --set model.vocab_size=0 \
+        --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 --set model.n_kv_head=0 \
+        --set model.moe.d_ff=0 --set data.tokenizer="$tmp/tok40.json" --set data.train="$tmp/upper.txt" \
+        --set lora.init="$FX" --set out_dir="$tmp/li"
+    check "lora.init: PEFT's tensors written back unchanged" python3 - "$FX/adapter_model.safetensors" \
+        "$tmp/li/final/adapter_model.safetensors" <<'PY'
+import json, struct, sys
+def load(p):
+    f = open(p, "rb")
+    n = struct.unpack("<Q", f.read(8))[0]
+    h = json.loads(f.read(n))
+    h.pop("__metadata__", None)
+    data = f.read()
+    return {k: (v["dtype"], v["shape"], data[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in h.items()}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))[:4]
+for k in a:
+    assert a[k] == b[k], k
+PY
+fi
+expect_fail lora-router "lora.targets|router is not adapted" train "$tmp/moe.yaml" $base --set lora.targets=gate,q_proj \
+    --set out_dir="$tmp/l2"
+expect_fail lora-no-module "lora.targets|gate_proj: the model has no such module" train "$tmp/moe.yaml" $base \
+    --set lora.targets=gate_proj,q_proj --set out_dir="$tmp/l3"
+expect_fail lora-expert-dropout "lora.dropout|routed experts" train "$tmp/moe.yaml" $base --set lora.targets=experts \
+    --set lora.dropout=0.1 --set out_dir="$tmp/l4"
 
 # bad keys
 expect_fail topk-range "model.moe.top_k|1 .. model.moe.experts (4)" train "$tmp/moe.yaml" --set model.moe.top_k=5 --set out_dir="$tmp/e1"

@@ -50,17 +50,20 @@ static int sites_from_regex(const char *re, const ModelConfig *c, unsigned *site
     int rc = 0;
     *sites = 0;
     for (int s = 0; s < LORA_SITE_COUNT && !rc; s++) {
-        if (!lora_site_in_family((LoraSite)s, c->family)) continue;
-        int hits = 0;
+        /* modules only: the routed experts are parameters (target_parameters) */
+        if (!lora_site_in_family((LoraSite)s, c->family) || lora_site_is_expert((LoraSite)s)) continue;
+        int hits = 0, layers = 0; /* of the layers that have the site (MoE and dense layers differ) */
         for (int l = 0; l < c->n_layer; l++) {
+            if (!lora_site_in_layer(c, l, (LoraSite)s)) continue;
             char mod[128];
             lora_module_path(c, l, (LoraSite)s, mod, sizeof(mod));
             hits += pcre2_match(code, (PCRE2_SPTR)mod, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL) >= 0;
+            layers++;
         }
-        if (hits && hits != c->n_layer)
+        if (hits && hits != layers)
             rc = err_set("%s: target_modules: \"%s\" adapts %s in %d of %d layers; anvil adapts a module in every "
                          "layer or none",
-                         path, re, lora_site_short((LoraSite)s), hits, c->n_layer);
+                         path, re, lora_site_short((LoraSite)s), hits, layers);
         else if (hits) *sites |= 1u << s;
     }
     pcre2_match_data_free(md);
@@ -88,6 +91,38 @@ static int read_targets(json_t *t, const ModelConfig *c, unsigned *sites, const 
     }
     if (lora_sites_parse(names, (int)json_array_size(t), c->family, sites))
         return err_prefix("%s: target_modules", path);
+    return 0;
+}
+
+/* Whether name is suffix or ends with "." suffix (PEFT's match of a target name). */
+static int ends_with_part(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    return n >= k && !strcmp(name + n - k, suffix) && (n == k || name[n - k - 1] == '.');
+}
+
+/* The routed-expert sites of target_parameters (PEFT matches "<module>.<parameter>" by suffix): the
+ * fused expert parameters of transformers 5 (mlp.experts.gate_up_proj, mlp.experts.down_proj). */
+static int read_params(json_t *t, unsigned *sites, const char *path)
+{
+    *sites = 0;
+    if (!t || json_is_null(t) || (json_is_array(t) && !json_array_size(t))) return 0;
+    if (!json_is_array(t)) return err_set("%s: target_parameters: expected a list of parameter names", path);
+    size_t i;
+    json_t *v;
+    json_array_foreach(t, i, v)
+    {
+        const char *n = json_is_string(v) ? json_string_value(v) : NULL;
+        if (!n) return err_set("%s: target_parameters[%zu]: expected a string", path, i);
+        if (ends_with_part(n, "gate_up_proj")) *sites |= 1u << LORA_EXP_FC;
+        else if (ends_with_part(n, "down_proj")) *sites |= 1u << LORA_EXP_PROJ;
+        else if (ends_with_part(n, "gate.weight"))
+            return err_set("%s: target_parameters: \"%s\": adapters on the mixture-of-experts router are not "
+                           "supported (docs/moe.md)", path, n);
+        else
+            return err_set("%s: target_parameters: \"%s\": anvil adapts the experts' gate_up_proj and down_proj "
+                           "parameters only", path, n);
+    }
     return 0;
 }
 
@@ -138,11 +173,25 @@ int peft_read_config(const char *dir, const ModelConfig *c, LoraSpec *spec, char
         check_unsupported(root, path, "modules_to_save", "fully trained modules beside the adapters are not supported") ||
         check_unsupported(root, path, "lora_bias", "adapter biases are not supported") ||
         check_unsupported(root, path, "exclude_modules", "excluded modules are not supported") ||
-        check_unsupported(root, path, "target_parameters", "adapters on parameters are not supported") ||
         check_unsupported(root, path, "trainable_token_indices", "trainable tokens are not supported") ||
         check_unsupported(root, path, "layer_replication", "layer replication is not supported"))
         goto out;
-    if (read_targets(json_object_get(root, "target_modules"), c, &spec->sites, path)) goto out;
+    json_t *tm = json_object_get(root, "target_modules"), *tp = json_object_get(root, "target_parameters");
+    unsigned params = 0;
+    if (read_params(tp, &params, path)) goto out;
+    if (params && spec->dropout > 0) { /* PEFT's ParamWrapper refuses it: x cannot be factored out */
+        err_set("%s: lora_dropout: adapters on expert parameters (target_parameters) have no dropout", path);
+        goto out;
+    }
+    if ((!tm || json_is_null(tm) || (json_is_array(tm) && !json_array_size(tm))) && params)
+        spec->sites = 0; /* PEFT allows target_parameters alone */
+    else if (read_targets(tm, c, &spec->sites, path)) goto out;
+    spec->sites |= params;
+    int all = json_is_string(tm) && !strcmp(json_string_value(tm), "all-linear");
+    if (lora_sites_moe(c, &spec->sites, all)) {
+        err_prefix("%s: %s", path, params && !all ? "target_modules/target_parameters" : "target_modules");
+        goto out;
+    }
     json_t *b = json_object_get(root, "base_model_name_or_path");
     if (base && n && json_is_string(b)) snprintf(base, n, "%s", json_string_value(b));
     rc = 0;
@@ -152,13 +201,49 @@ out:
     return rc;
 }
 
-/* The PEFT state-dict name of adapter tensor i of m ("base_model.model.<module>.lora_A.weight"). */
+/* The PEFT state-dict name of adapter tensor i of m ("base_model.model.<module>.lora_A.weight"). The routed
+ * experts' adapters are one tensor per layer and product (PEFT's ParamWrapper on a 3-D parameter): the
+ * module is mlp.experts; with both products adapted the wrappers nest, gate_up_proj's (the module's first
+ * parameter) inside down_proj's, so its name goes through "base_layer". */
 static void peft_name(const Model *m, int i, char *buf, size_t n)
 {
     const Param *p = &m->pt.p[i];
     char mod[128];
     lora_module_path(&m->cfg, p->layer, (LoraSite)p->site, mod, sizeof(mod));
-    snprintf(buf, n, PEFT_PREFIX "%s.%s.weight", mod, p->role == PROLE_LORA_A ? "lora_A" : "lora_B");
+    const char *nest = p->site == LORA_EXP_FC && param_find_lora(&m->pt, p->layer, LORA_EXP_PROJ, 0) >= 0
+                           ? ".base_layer" : "";
+    snprintf(buf, n, PEFT_PREFIX "%s%s.%s.weight", mod, nest, p->role == PROLE_LORA_A ? "lora_A" : "lora_B");
+}
+
+/* PEFT's layout of a routed experts' adapter (peft/tuners/lora/layer.py ParamWrapper, E experts, rank r):
+ * lora_A (E r, in), row e r + q = expert e's A row q; lora_B (out, E r), column q E + e = expert e's B
+ * column q (B reshaped to (out, r, E)); the delta of expert e is scale B_e A_e, as anvil's per-expert
+ * adapters. fused (the file's tensor) <-> the expert's own x (A (r, in) or B (out, r)). */
+static void expert_scatter(const Param *p, int E, const float *fused, float *x)
+{
+    size_t rows = (size_t)p->shape[0], cols = (size_t)p->shape[1], e = (size_t)p->expert;
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < cols; j++)
+            x[i * cols + j] = p->role == PROLE_LORA_A ? fused[(e * rows + i) * cols + j]
+                                                      : fused[i * cols * E + j * E + e];
+}
+
+static void expert_gather(const Param *p, int E, const float *x, float *fused)
+{
+    size_t rows = (size_t)p->shape[0], cols = (size_t)p->shape[1], e = (size_t)p->expert;
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < cols; j++) {
+            if (p->role == PROLE_LORA_A) fused[(e * rows + i) * cols + j] = x[i * cols + j];
+            else fused[i * cols * E + j * E + e] = x[i * cols + j];
+        }
+}
+
+/* The shape of adapter tensor p in the file: its own, or the experts' fused one. */
+static void file_shape(const Param *p, int E, int64_t *d0, int64_t *d1)
+{
+    int fused = p->expert >= 0;
+    *d0 = p->role == PROLE_LORA_A && fused ? E * p->shape[0] : p->shape[0];
+    *d1 = p->role == PROLE_LORA_B && fused ? E * p->shape[1] : p->shape[1];
 }
 
 int peft_read_weights(const char *dir, Model *m) { return peft_read_weights_host(dir, m, NULL); }
@@ -167,8 +252,8 @@ int peft_read_weights_host(const char *dir, Model *m, float *host)
 {
     StSet set;
     if (st_set_open_dir(&set, dir, WEIGHTS_BASE)) return -1;
-    int rc = -1, used = 0;
-    float *buf = NULL;
+    int rc = -1, used = 0, E = m->cfg.moe_experts;
+    float *buf = NULL, *own = NULL;
     for (int i = 0; i < m->pt.n; i++) {
         const Param *p = &m->pt.p[i];
         if (p->site < 0) continue;
@@ -183,25 +268,34 @@ int peft_read_weights_host(const char *dir, Model *m, float *host)
             err_set("%s/%s.safetensors: %s: missing", dir, WEIGHTS_BASE, name);
             goto out;
         }
-        if (t->ndim != 2 || t->shape[0] != p->shape[0] || t->shape[1] != p->shape[1]) {
-            err_set("%s: %s: shape (%lld, %lld), expected (%lld, %lld) (r %d)", f->path, t->name,
-                    (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)p->shape[0],
-                    (long long)p->shape[1], m->lora.r);
+        int64_t d0, d1;
+        file_shape(p, E, &d0, &d1);
+        if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+            err_set("%s: %s: shape (%lld, %lld), expected (%lld, %lld) (r %d%s)", f->path, t->name,
+                    (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)d0, (long long)d1,
+                    m->lora.r, p->expert >= 0 ? ", experts x r in PEFT's layout of a 3-D parameter" : "");
             goto out;
         }
-        buf = xrealloc(buf, p->numel * sizeof(float));
+        size_t numel = (size_t)d0 * (size_t)d1;
+        buf = xrealloc(buf, numel * sizeof(float));
         if (st_to_f32(t, buf)) {
             err_set("%s: %s: dtype %s is not a floating type", f->path, t->name, st_dtype_name(t->dtype));
             goto out;
         }
-        for (size_t k = 0; k < p->numel; k++)
+        for (size_t k = 0; k < numel; k++)
             if (!isfinite(buf[k])) {
                 err_set("%s: %s: element %zu is not finite", f->path, t->name, k);
                 goto out;
             }
-        if (host) memcpy(host + p->offset, buf, p->numel * sizeof(float));
-        else params_upload(&m->ps, i, buf);
-        used++;
+        const float *x = buf;
+        if (p->expert >= 0) { /* expert e's part of the fused tensor */
+            own = xrealloc(own, p->numel * sizeof(float));
+            expert_scatter(p, E, buf, own);
+            x = own;
+        }
+        if (host) memcpy(host + p->offset, x, p->numel * sizeof(float));
+        else params_upload(&m->ps, i, x);
+        used += p->expert <= 0; /* a fused tensor once */
     }
     int total = 0;
     for (int k = 0; k < set.nfiles; k++) total += set.files[k].n;
@@ -214,6 +308,7 @@ int peft_read_weights_host(const char *dir, Model *m, float *host)
     rc = 0;
 out:
     free(buf);
+    free(own);
     st_set_close(&set);
     return rc;
 }
@@ -233,8 +328,11 @@ static int write_config(const char *dir, const Model *m, const char *base_path)
     json_t *j = json_object();
     json_t *targets = json_array();
     char names[256];
-    lora_sites_names(m->lora.sites, m->cfg.family, names, sizeof(names));
+    lora_sites_names(m->lora.sites, &m->cfg, names, sizeof(names));
     for (char *s = strtok(names, ", "); s; s = strtok(NULL, ", ")) json_array_append_new(targets, json_string(s));
+    json_t *params = json_array(); /* the routed experts' 3-D parameters (PEFT's target_parameters) */
+    lora_sites_params(m->lora.sites & lora_sites_present(&m->cfg), names, sizeof(names));
+    for (char *s = strtok(names, ", "); s; s = strtok(NULL, ", ")) json_array_append_new(params, json_string(s));
     json_object_set_new(j, "peft_type", json_string("LORA"));
     json_object_set_new(j, "task_type", json_string("CAUSAL_LM"));
     json_object_set_new(j, "base_model_name_or_path", base_path ? json_string(base_path) : json_null());
@@ -243,6 +341,8 @@ static int write_config(const char *dir, const Model *m, const char *base_path)
     json_object_set_new(j, "lora_dropout", json_float(m->lora.dropout));
     json_object_set_new(j, "use_rslora", json_boolean(m->lora.rslora));
     json_object_set_new(j, "target_modules", targets);
+    if (json_array_size(params)) json_object_set_new(j, "target_parameters", params);
+    else json_decref(params);
     json_object_set_new(j, "bias", json_string("none"));
     /* GPT-2's Conv1D stores weights (in, out): PEFT then merges with the transpose */
     json_object_set_new(j, "fan_in_fan_out", json_boolean(m->cfg.family == FAMILY_GPT2));
@@ -273,25 +373,45 @@ int peft_write(const char *dir, const Model *m, const char *base_path, int dtype
 
 int peft_write_host(const char *dir, const Model *m, const float *host, const char *base_path, int dtype)
 {
-    int n = 0;
-    for (int i = 0; i < m->pt.n; i++) n += m->pt.p[i].site >= 0;
+    int n = 0, E = m->cfg.moe_experts;
+    for (int i = 0; i < m->pt.n; i++) n += m->pt.p[i].site >= 0 && m->pt.p[i].expert <= 0;
     if (!n) return err_set("%s: the model has no adapters to write", dir);
     StWriteTensor *t = xcalloc((size_t)n, sizeof(StWriteTensor));
     char **names = xcalloc((size_t)n, sizeof(char *));
     float **data = xcalloc((size_t)n, sizeof(float *));
+    float *own = NULL;
     int k = 0;
     for (int i = 0; i < m->pt.n; i++) {
         const Param *p = &m->pt.p[i];
         if (p->site < 0) continue;
+        int64_t d0, d1;
+        file_shape(p, E, &d0, &d1);
+        if (p->expert > 0) { /* into the fused tensor begun at expert 0 (a site's pairs are in expert order) */
+            int j = k - 2 + (p->role == PROLE_LORA_B);
+            own = xrealloc(own, p->numel * sizeof(float));
+            if (host) memcpy(own, host + p->offset, p->numel * sizeof(float));
+            else params_download(&m->ps, i, own);
+            expert_gather(p, E, own, data[j]);
+            continue;
+        }
         names[k] = xmalloc(256);
         peft_name(m, i, names[k], 256);
-        data[k] = xmalloc(p->numel * sizeof(float));
-        if (host) memcpy(data[k], host + p->offset, p->numel * sizeof(float));
-        else params_download(&m->ps, i, data[k]);
+        data[k] = xmalloc((size_t)d0 * (size_t)d1 * sizeof(float));
+        if (p->expert == 0) {
+            own = xrealloc(own, p->numel * sizeof(float));
+            if (host) memcpy(own, host + p->offset, p->numel * sizeof(float));
+            else params_download(&m->ps, i, own);
+            expert_gather(p, E, own, data[k]);
+        } else if (host) {
+            memcpy(data[k], host + p->offset, p->numel * sizeof(float));
+        } else {
+            params_download(&m->ps, i, data[k]);
+        }
         t[k] = (StWriteTensor){.name = names[k], .dtype = dtype == DTYPE_BF16 ? ST_BF16 : ST_F32, .ndim = 2,
-                               .shape = {p->shape[0], p->shape[1]}, .data = data[k], .src_f32 = 1};
+                               .shape = {d0, d1}, .data = data[k], .src_f32 = 1};
         k++;
     }
+    free(own);
     StMeta meta[] = {{"format", "pt"}};
     int rc = st_write_dir(dir, WEIGHTS_BASE, t, n, meta, 1, 0);
     if (!rc) rc = write_config(dir, m, base_path);

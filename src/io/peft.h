@@ -5,7 +5,12 @@
  * adapter_model.safetensors with, per adapted module, "base_model.model.<module>.lora_A.weight"
  * (r, in) and "...lora_B.weight" (out, r) (also read with the adapter name: lora_A.default.weight).
  * `peft.PeftModel.from_pretrained(base, dir)` loads what peft_write writes, and anvil loads
- * what PEFT's save_pretrained writes. Features anvil does not run (DoRA, rank or alpha patterns,
+ * what PEFT's save_pretrained writes. A mixture-of-experts model's routed experts are adapted as PEFT
+ * adapts transformers 5's fused 3-D expert parameters: config target_parameters ["mlp.experts.gate_up_proj",
+ * "mlp.experts.down_proj"], one tensor pair per layer and parameter, "...mlp.experts.lora_A.weight" (E r, in)
+ * and "lora_B.weight" (out, E r) (gate_up_proj's under "mlp.experts.base_layer." when both are adapted: PEFT
+ * nests the two wrappers), no dropout (PEFT refuses it there); peft.c scatters them to anvil's per-expert
+ * adapters and back. Features anvil does not run (DoRA, rank or alpha patterns,
  * adapters on some layers only, trained biases, modules_to_save) are refused with a message
  * naming the key, never silently ignored.
  */

@@ -61,7 +61,7 @@ KVCache *kv_cache_create(const Model *m, int B, int cap, int chunk)
         a->att_sn_rstd = be->alloc(N * sizeof(float));
         a->fch_sn_rstd = be->alloc(N * sizeof(float));
     }
-    model_lora_t_alloc(m, 0, N, a); /* one layer's adapter products: every layer reuses them */
+    model_lora_t_alloc(m, -1, N, a); /* one layer's adapter products, the sites of every layer: each reuses them */
     if (cfg_moe_layers(c)) a->moe = moe_acts_alloc(m, &kv->moe_bufs, (int)N, NULL, 1, 1);
     kv->res_final = be->alloc(N * C * as);
     kv->lnf = be->alloc(N * C * as);

@@ -14,9 +14,15 @@ float lora_scale(const LoraSpec *s)
     return s->rslora ? s->alpha / sqrtf((float)s->r) : s->alpha / (float)s->r;
 }
 
-static const char *const site_short[LORA_SITE_COUNT] = {"q", "k", "v", "qkv", "o", "gate", "up", "fc", "down"};
+static const char *const site_short[LORA_SITE_COUNT] = {"q",       "k",        "v",       "qkv",     "o",
+                                                        "gate",    "up",       "fc",      "down",    "exp_fc",
+                                                        "exp_proj", "sh_gate", "sh_up",   "sh_down", "sh_route"};
 
 const char *lora_site_short(LoraSite s) { return s >= 0 && s < LORA_SITE_COUNT ? site_short[s] : "?"; }
+
+static int site_is_moe(LoraSite s) { return s >= LORA_EXP_FC && s <= LORA_SH_ROUTE; }
+
+int lora_site_is_expert(LoraSite s) { return s == LORA_EXP_FC || s == LORA_EXP_PROJ; }
 
 int lora_site_in_family(LoraSite s, Family f)
 {
@@ -24,47 +30,90 @@ int lora_site_in_family(LoraSite s, Family f)
     case LORA_Q: case LORA_K: case LORA_V: case LORA_GATE: case LORA_UP: return f == FAMILY_LLAMA;
     case LORA_QKV: case LORA_FC: return f == FAMILY_GPT2;
     case LORA_O: case LORA_DOWN: return 1;
-    default: return 0;
+    default: return site_is_moe(s) && f == FAMILY_LLAMA; /* mixture-of-experts: the llama family only */
     }
 }
 
-/* PEFT module names (the last component of the module path) per family. */
+int lora_site_in_layer(const ModelConfig *c, int l, LoraSite s)
+{
+    if (!lora_site_in_family(s, c->family)) return 0;
+    if (lora_site_is_mlp(s)) return !cfg_is_moe(c, l);
+    if (lora_site_is_expert(s)) return cfg_is_moe(c, l);
+    if (site_is_moe(s)) return cfg_is_moe(c, l) && c->moe_shared_d_ff > 0;
+    return 1;
+}
+
+unsigned lora_sites_present(const ModelConfig *c)
+{
+    unsigned p = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int s = 0; s < LORA_SITE_COUNT; s++)
+            if (lora_site_in_layer(c, l, (LoraSite)s)) p |= 1u << s;
+    return p;
+}
+
+/* PEFT module names (the last component of the module path) per family; param: a target_parameters
+ * name (routed experts), which adapter_config.json lists apart from target_modules. */
 typedef struct {
     const char *name;
     Family family;
     unsigned sites;
+    int param;
 } LoraName;
 
 #define BIT(s) (1u << (s))
 static const LoraName names[] = {
-    {"q_proj", FAMILY_LLAMA, BIT(LORA_Q)},
-    {"k_proj", FAMILY_LLAMA, BIT(LORA_K)},
-    {"v_proj", FAMILY_LLAMA, BIT(LORA_V)},
-    {"o_proj", FAMILY_LLAMA, BIT(LORA_O)},
-    {"gate_proj", FAMILY_LLAMA, BIT(LORA_GATE)},
-    {"up_proj", FAMILY_LLAMA, BIT(LORA_UP)},
-    {"down_proj", FAMILY_LLAMA, BIT(LORA_DOWN)},
-    {"c_attn", FAMILY_GPT2, BIT(LORA_QKV)},
-    {"c_proj", FAMILY_GPT2, BIT(LORA_O) | BIT(LORA_DOWN)},
-    {"c_fc", FAMILY_GPT2, BIT(LORA_FC)},
+    {"q_proj", FAMILY_LLAMA, BIT(LORA_Q), 0},
+    {"k_proj", FAMILY_LLAMA, BIT(LORA_K), 0},
+    {"v_proj", FAMILY_LLAMA, BIT(LORA_V), 0},
+    {"o_proj", FAMILY_LLAMA, BIT(LORA_O), 0},
+    {"gate_proj", FAMILY_LLAMA, BIT(LORA_GATE) | BIT(LORA_SH_GATE), 0},
+    {"up_proj", FAMILY_LLAMA, BIT(LORA_UP) | BIT(LORA_SH_UP), 0},
+    {"down_proj", FAMILY_LLAMA, BIT(LORA_DOWN) | BIT(LORA_SH_DOWN), 0},
+    {"shared_expert_gate", FAMILY_LLAMA, BIT(LORA_SH_ROUTE), 0},
+    {"mlp.experts.gate_up_proj", FAMILY_LLAMA, BIT(LORA_EXP_FC), 1},
+    {"mlp.experts.down_proj", FAMILY_LLAMA, BIT(LORA_EXP_PROJ), 1},
+    {"experts.gate_up_proj", FAMILY_LLAMA, BIT(LORA_EXP_FC), 1},
+    {"experts.down_proj", FAMILY_LLAMA, BIT(LORA_EXP_PROJ), 1},
+    {"experts", FAMILY_LLAMA, BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ), 1},
+    {"c_attn", FAMILY_GPT2, BIT(LORA_QKV), 0},
+    {"c_proj", FAMILY_GPT2, BIT(LORA_O) | BIT(LORA_DOWN), 0},
+    {"c_fc", FAMILY_GPT2, BIT(LORA_FC), 0},
 };
+
+/* Names of the router, which is never adapted (PEFT leaves it out unless named). */
+static int is_router_name(const char *t)
+{
+    static const char *const router[] = {"gate", "mlp.gate", "router", "gate.weight", "mlp.gate.weight",
+                                         "block_sparse_moe.gate"};
+    for (size_t k = 0; k < ARRAY_LEN(router); k++)
+        if (!strcmp(t, router[k])) return 1;
+    return 0;
+}
 
 int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
 {
     *sites = 0;
     for (int i = 0; i < n; i++) {
         const char *t = list[i];
-        if (!strcmp(t, "all-linear")) {
+        if (!strcmp(t, "all-linear")) { /* nn.Linear modules: not the routed experts' 3-D parameters */
             for (int s = 0; s < LORA_SITE_COUNT; s++)
-                if (lora_site_in_family((LoraSite)s, f)) *sites |= BIT(s);
+                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_expert((LoraSite)s)) *sites |= BIT(s);
             continue;
         }
+        if (f == FAMILY_LLAMA && is_router_name(t))
+            return err_set("\"%s\": the mixture-of-experts router is not adapted (PEFT leaves it out too); adapt "
+                           "experts, the attention or the shared expert (docs/moe.md)", t);
         unsigned hit = 0;
         for (size_t k = 0; k < ARRAY_LEN(names); k++)
             if (names[k].family == f && !strcmp(names[k].name, t)) hit = names[k].sites;
         if (!hit) {
-            char known[256];
-            lora_sites_names(~0u, f, known, sizeof(known));
+            char known[512];
+            size_t o = 0;
+            known[0] = '\0';
+            for (size_t k = 0; k < ARRAY_LEN(names) && o < sizeof(known); k++)
+                if (names[k].family == f)
+                    o += (size_t)snprintf(known + o, sizeof(known) - o, "%s%s", o ? ", " : "", names[k].name);
             return err_set("\"%s\" is not a linear module of the %s family (known: %s, all-linear)", t,
                            model_family_name(f), known);
         }
@@ -74,25 +123,47 @@ int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
     return 0;
 }
 
-void lora_sites_names(unsigned sites, Family f, char *buf, size_t n)
+void lora_sites_names(unsigned sites, const ModelConfig *c, char *buf, size_t n)
 {
     size_t o = 0;
+    unsigned present = lora_sites_present(c);
     buf[0] = '\0';
-    for (size_t k = 0; k < ARRAY_LEN(names) && o < n; k++)
-        if (names[k].family == f && (names[k].sites & sites) == names[k].sites)
+    for (size_t k = 0; k < ARRAY_LEN(names) && o < n; k++) {
+        unsigned want = names[k].sites & present;
+        if (names[k].family == c->family && !names[k].param && want && (want & sites) == want)
             o += (size_t)snprintf(buf + o, n - o, "%s%s", o ? ", " : "", names[k].name);
+    }
+}
+
+void lora_sites_params(unsigned sites, char *buf, size_t n)
+{
+    snprintf(buf, n, "%s%s%s", sites & BIT(LORA_EXP_FC) ? "mlp.experts.gate_up_proj" : "",
+             (sites & BIT(LORA_EXP_FC)) && (sites & BIT(LORA_EXP_PROJ)) ? ", " : "",
+             sites & BIT(LORA_EXP_PROJ) ? "mlp.experts.down_proj" : "");
 }
 
 void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t n)
 {
-    static const char *const llama[LORA_SITE_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                       NULL, "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-                                                       NULL, "mlp.down_proj"};
+    static const char *const llama[LORA_SITE_COUNT] = {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj", "mlp.gate_proj",
+        "mlp.up_proj", NULL, "mlp.down_proj", "mlp.experts", "mlp.experts", "mlp.shared_expert.gate_proj",
+        "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj", "mlp.shared_expert_gate"};
     static const char *const gpt2[LORA_SITE_COUNT] = {NULL, NULL, NULL, "attn.c_attn", "attn.c_proj", NULL, NULL,
                                                       "mlp.c_fc", "mlp.c_proj"};
     const char *m = c->family == FAMILY_LLAMA ? llama[s] : gpt2[s];
     if (c->family == FAMILY_LLAMA) snprintf(buf, n, "model.layers.%d.%s", l, m ? m : "?");
     else snprintf(buf, n, "transformer.h.%d.%s", l, m ? m : "?");
+}
+
+int lora_site_in(const ModelConfig *c, LoraSite s)
+{
+    switch (s) {
+    case LORA_O: return cfg_q_dim(c);
+    case LORA_DOWN: return c->d_ff;
+    case LORA_EXP_PROJ: return c->moe_d_ff;
+    case LORA_SH_DOWN: return c->moe_shared_d_ff;
+    default: return c->d_model;
+    }
 }
 
 void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int *rows)
@@ -108,6 +179,12 @@ void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int 
     case LORA_GATE: *role = PROLE_FC_W, *rows = ff; break;
     case LORA_UP: *role = PROLE_FC_W, *row0 = ff, *rows = ff; break;
     case LORA_FC: *role = PROLE_FC_W, *rows = cfg_fc_dim(c); break;
+    case LORA_EXP_FC: *role = PROLE_EXP_FC_W, *rows = 2 * c->moe_d_ff; break;
+    case LORA_EXP_PROJ: *role = PROLE_EXP_PROJ_W, *rows = C; break;
+    case LORA_SH_GATE: *role = PROLE_SH_FC_W, *rows = c->moe_shared_d_ff; break;
+    case LORA_SH_UP: *role = PROLE_SH_FC_W, *row0 = c->moe_shared_d_ff, *rows = c->moe_shared_d_ff; break;
+    case LORA_SH_DOWN: *role = PROLE_SH_PROJ_W, *rows = C; break;
+    case LORA_SH_ROUTE: *role = PROLE_SH_GATE_W, *rows = 1; break;
     default: *role = PROLE_PROJ_W, *rows = C; break;
     }
 }
@@ -116,16 +193,20 @@ int lora_site_is_mlp(LoraSite s) { return s == LORA_GATE || s == LORA_UP || s ==
 
 int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear)
 {
-    if (!cfg_moe_layers(c)) return 0;
-    unsigned mlp = 0;
-    for (int s = 0; s < LORA_SITE_COUNT; s++)
-        if (lora_site_is_mlp((LoraSite)s)) mlp |= 1u << s;
-    if (!(*sites & mlp)) return 0;
-    if (!from_all_linear)
-        return err_set("gate_proj, up_proj and down_proj: adapters on a mixture-of-experts model's MLP (expert "
-                       "projections) are not supported yet; target q_proj, k_proj, v_proj, o_proj (docs/moe.md)");
-    fprintf(stderr, "anvil: note: lora.targets all-linear on a mixture-of-experts model: adapters on q_proj, k_proj, "
-                    "v_proj and o_proj only (expert projections are not supported yet, docs/moe.md)\n");
-    *sites &= ~mlp;
+    unsigned present = lora_sites_present(c);
+    unsigned missing = *sites & ~present & (from_all_linear ? 0u : ~0u);
+    if (missing & (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ)))
+        return err_set("experts (mlp.experts.gate_up_proj, mlp.experts.down_proj): the model has no routed experts");
+    if (missing & BIT(LORA_SH_ROUTE)) return err_set("shared_expert_gate: the model has no shared expert");
+    for (size_t k = 0; k < ARRAY_LEN(names); k++) /* each module name must adapt something here */
+        if (names[k].family == c->family && !names[k].param && (missing & names[k].sites) == names[k].sites)
+            return err_set("%s: the model has no such module (%s)", names[k].name,
+                           cfg_moe_layers(c) ? "mixture-of-experts layers: docs/moe.md" : "no experts");
+    *sites &= present;
+    if (!*sites) return err_set("no target module in the model");
+    if (from_all_linear && (present & (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ))))
+        fprintf(stderr, "anvil: note: lora.targets all-linear adapts the model's linear modules, not the routed "
+                        "experts (3-D parameters, as PEFT's all-linear): add experts to lora.targets for them "
+                        "(docs/moe.md)\n");
     return 0;
 }

@@ -8,6 +8,15 @@
  *   gpt2:         c_attn (all of qkv.w), c_proj (both attn.c_proj and mlp.c_proj, as PEFT matches
  *                 module names by suffix), c_fc;
  *   all-linear:   every linear layer of the blocks (PEFT's "all-linear" leaves out the output head).
+ * On a mixture-of-experts model (llama family, docs/moe.md) also, following transformers 5's module tree:
+ *   experts.gate_up_proj, experts.down_proj (or mlp.experts.*; "experts" for both): the routed experts'
+ *                 fused 3-D parameters (E, 2F, C) and (E, C, F), which PEFT adapts through
+ *                 target_parameters: one adapter per expert, on all of our exp.e.fc.w [gate | up] and
+ *                 exp.e.proj.w;
+ *   gate_proj, up_proj, down_proj: the dense layers' MLP and the shared expert's (mlp.shared_expert.*),
+ *                 as PEFT matches module names by suffix; shared_expert_gate: the shared expert's gate (1, C);
+ *   all-linear:   the nn.Linear modules only (attention, dense MLPs, shared expert and its gate), not the
+ *                 routed experts (parameters, not modules: name them), never the router (not adapted).
  * Adapters are trainable tensors of the parameter store (params.h), named h.L.lora.<site>.A/B,
  * placed after their block's own tensors so the trainable segment stays layer-major; the base
  * tensors are frozen. PEFT initialises A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))
@@ -27,6 +36,11 @@ typedef enum {
     LORA_GATE, LORA_UP,     /* llama: rows of fc.w */
     LORA_FC,                /* gpt2 c_fc: all of fc.w */
     LORA_DOWN,              /* down_proj / mlp.c_proj */
+    LORA_EXP_FC,            /* routed experts' gate_up_proj: all of exp.e.fc.w, an adapter per expert */
+    LORA_EXP_PROJ,          /* routed experts' down_proj: exp.e.proj.w, an adapter per expert */
+    LORA_SH_GATE, LORA_SH_UP, /* the shared expert's gate_proj / up_proj: rows of shared.fc.w */
+    LORA_SH_DOWN,           /* the shared expert's down_proj: shared.proj.w */
+    LORA_SH_ROUTE,          /* shared_expert_gate: shared.gate.w (1, C) */
     LORA_SITE_COUNT
 } LoraSite;
 
@@ -43,8 +57,11 @@ float lora_scale(const LoraSpec *s);
 /* The site bits of PEFT target_modules names ("q_proj", "c_attn", ..., or "all-linear") for a
  * family; -1 with err_set() naming a name the family has no module for. */
 int lora_sites_parse(const char *const *names, int n, Family f, unsigned *sites);
-/* The PEFT target_modules names of a set of sites, comma-separated into buf. */
-void lora_sites_names(unsigned sites, Family f, char *buf, size_t n);
+/* The PEFT target_modules names of a set of sites of model c, comma-separated into buf (the names whose
+ * sites in c are all in the set; routed-expert sites are target_parameters: lora_sites_params). */
+void lora_sites_names(unsigned sites, const ModelConfig *c, char *buf, size_t n);
+/* The PEFT target_parameters names of the routed-expert sites of a set ("mlp.experts.gate_up_proj", ...). */
+void lora_sites_params(unsigned sites, char *buf, size_t n);
 /* The site's short name ("q", "qkv", "down", ...) used in internal tensor names. */
 const char *lora_site_short(LoraSite s);
 /* The Hugging Face module path of a site in layer l ("model.layers.3.self_attn.q_proj"). */
@@ -53,14 +70,23 @@ void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t
 int lora_site_in_family(LoraSite s, Family f);
 /* Whether a site sits on the dense MLP (gate_proj, up_proj, down_proj, c_fc). */
 int lora_site_is_mlp(LoraSite s);
-/* Adapters on a model with MoE layers: adapters on the expert projections are not supported yet,
- * so MLP sites are an error naming them when asked for by name (from_all_linear 0), and are dropped
- * with a note on stderr when they came from "all-linear"; they are dropped for every layer, so that
- * the PEFT directory names attention modules only. 0 or -1 with err_set(). */
+/* Whether a site is a routed expert's (an adapter per expert, exp.e.fc.w or exp.e.proj.w). */
+int lora_site_is_expert(LoraSite s);
+/* Whether layer l of c has the site's weight (dense MLP sites in dense layers, expert and shared-expert
+ * sites in MoE layers, the shared ones with a shared expert). */
+int lora_site_in_layer(const ModelConfig *c, int l, LoraSite s);
+/* The sites that some layer of c has. */
+unsigned lora_sites_present(const ModelConfig *c);
+/* The sites of a model: *sites keeps those some layer has (gate_proj names the dense MLP's and the
+ * shared expert's; one of them may be absent). A name given by itself (from_all_linear 0) that adapts
+ * nothing in c is an error naming it; from all-linear on a model with routed experts, a note on stderr
+ * says they are left out. 0 or -1 with err_set(). */
 int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear);
+/* The input width of the weight a site adapts (A is (r, in)). */
+int lora_site_in(const ModelConfig *c, LoraSite s);
 
-/* The rows [*row0, *row0 + *rows) of the fused weight (qkv.w, o.w, fc.w or proj.w) that the site's
- * adapter adds to, and the weight's role (PROLE_QKV_W, ...). */
+/* The rows [*row0, *row0 + *rows) of the fused weight (qkv.w, o.w, fc.w, proj.w, an expert's fc.w or
+ * proj.w, the shared expert's) that the site's adapter adds to, and the weight's role (PROLE_QKV_W, ...). */
 void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int *rows);
 
 #endif

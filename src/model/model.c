@@ -43,6 +43,22 @@ static void rope_inv_freq(const ModelConfig *c, float *out)
     }
 }
 
+/* The Linear of layer p that carries a weight of the role (expert e's for the routed experts). */
+static Linear *adapted_linear(LayerParams *p, int role, int e)
+{
+    switch (role) {
+    case PROLE_QKV_W: return &p->qkv;
+    case PROLE_O_W: return &p->o;
+    case PROLE_FC_W: return &p->fc;
+    case PROLE_EXP_FC_W: return &p->exp_fc[e];
+    case PROLE_EXP_PROJ_W: return &p->exp_proj[e];
+    case PROLE_SH_FC_W: return &p->sh_fc;
+    case PROLE_SH_PROJ_W: return &p->sh_proj;
+    case PROLE_SH_GATE_W: return &p->sh_gate;
+    default: return &p->proj;
+    }
+}
+
 /* The adapters of every layer into m->adapters, each Linear pointing at its own (contiguous: sites
  * are numbered in the order of the products they sit on). */
 static void attach_adapters(Model *m)
@@ -58,19 +74,22 @@ static void attach_adapters(Model *m)
     for (int l = 0; l < c->n_layer; l++) {
         LayerParams *p = &m->lp[l];
         for (int s = 0; s < LORA_SITE_COUNT; s++) {
-            int a = param_find_lora(pt, l, s, 0);
-            if (a < 0) continue;
-            LinearAdapter *ad = &m->adapters[k++];
-            int role;
-            lora_site_rows(c, (LoraSite)s, &role, &ad->row0, &ad->rows);
-            ad->a = a;
-            ad->b = param_find_lora(pt, l, s, 1);
-            ad->r = m->lora.r;
-            ad->site = s;
-            ad->scale = scale;
-            Linear *L = role == PROLE_QKV_W ? &p->qkv : role == PROLE_O_W ? &p->o : role == PROLE_FC_W ? &p->fc : &p->proj;
-            if (!L->n_adapters) L->adapters = ad;
-            L->n_adapters++;
+            int ne = lora_site_is_expert((LoraSite)s) ? c->moe_experts : 1; /* a pair per routed expert */
+            for (int e = 0; e < ne; e++) {
+                int a = param_find_lora_expert(pt, l, s, e, 0);
+                if (a < 0) continue;
+                LinearAdapter *ad = &m->adapters[k++];
+                int role;
+                lora_site_rows(c, (LoraSite)s, &role, &ad->row0, &ad->rows);
+                ad->a = a;
+                ad->b = param_find_lora_expert(pt, l, s, e, 1);
+                ad->r = m->lora.r;
+                ad->site = s;
+                ad->scale = scale;
+                Linear *L = adapted_linear(p, role, e);
+                if (!L->n_adapters) L->adapters = ad;
+                L->n_adapters++;
+            }
         }
     }
 }
@@ -375,13 +394,15 @@ int model_reserve(Model *m, int B, int T, int recompute)
             a->att_sn_rstd = be->alloc(N * sizeof(float));
             a->fch_sn_rstd = be->alloc(N * sizeof(float));
         }
-        /* small (N, r) per site: kept at every level */
+        /* small (N, r) per site ((N k, r) for the routed experts): kept at every level */
         int w = model_lora_t_alloc(m, l, N, a); /* not inside MAX, which evaluates it twice */
         lora_w = MAX(lora_w, w);
     }
     if (m->adapters) {
-        m->lora_dt = be->alloc(N * (size_t)lora_w * as); /* the widest product's [dt_q | dt_k | dt_v] */
-        if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * MAX(MAX(C, qd), ff) * as);
+        /* the widest product's [dt_q | dt_k | dt_v] (an expert's rows are at most N) */
+        m->lora_dt = be->alloc(N * (size_t)lora_w * as);
+        size_t in = MAX(MAX(C, qd), MAX(ff, (size_t)MAX(c->moe_d_ff, c->moe_shared_d_ff)));
+        if (m->lora.dropout > 0) m->lora_xd = be->alloc(N * in * as);
     }
     m->res_final = be->alloc(N * C * as);
     m->lnf = be->alloc(N * C * as);
@@ -538,10 +559,12 @@ void model_merge_adapters(const Model *m, float *host)
     for (int k = 0; m->adapters && k < m->pt.n; k++) {
         const Param *pa = &m->pt.p[k];
         if (pa->role != PROLE_LORA_A) continue;
-        const Param *pb = &m->pt.p[param_find_lora(&m->pt, pa->layer, pa->site, 1)];
+        const Param *pb = &m->pt.p[param_find_lora_expert(&m->pt, pa->layer, pa->site, MAX(pa->expert, 0), 1)];
         int role, row0, rows;
         lora_site_rows(&m->cfg, (LoraSite)pa->site, &role, &row0, &rows);
-        const Param *pw = &m->pt.p[param_find_role(&m->pt, role, pa->layer)];
+        int w = pa->expert >= 0 ? param_find_expert(&m->pt, role, pa->layer, pa->expert)
+                                : param_find_role(&m->pt, role, pa->layer);
+        const Param *pw = &m->pt.p[w];
         int r = (int)pa->shape[0], in = (int)pa->shape[1];
         const float *A = host + pa->offset, *Bm = host + pb->offset;
         float *W = host + pw->offset + (size_t)row0 * in;
@@ -555,6 +578,16 @@ void model_merge_adapters(const Model *m, float *host)
     }
 }
 
+/* The A tensor of a site in layer l (l -1: in the first layer that has it), or -1. */
+static int lora_a_of(const Model *m, int l, int s)
+{
+    for (int k = l < 0 ? 0 : l; k < (l < 0 ? m->cfg.n_layer : l + 1); k++) {
+        int ia = param_find_lora(&m->pt, k, s, 0);
+        if (ia >= 0) return ia;
+    }
+    return -1;
+}
+
 int model_lora_t_alloc(const Model *m, int l, size_t N, LayerActs *a)
 {
     const Backend *be = m->be;
@@ -562,18 +595,19 @@ int model_lora_t_alloc(const Model *m, int l, size_t N, LayerActs *a)
     for (int s = 0; s < LORA_SITE_COUNT; s++) a->lora_t[s] = a->lora_tb[s] = NULL;
     for (int s0 = 0; s0 < LORA_SITE_COUNT; s0++) {
         int role0, row0, rows;
-        if (a->lora_t[s0] || param_find_lora(&m->pt, l, s0, 0) < 0) continue;
+        if (a->lora_t[s0] || lora_a_of(m, l, s0) < 0) continue;
         lora_site_rows(&m->cfg, (LoraSite)s0, &role0, &row0, &rows);
         int width = 0, role;
         for (int s = s0; s < LORA_SITE_COUNT; s++) { /* the sites on s0's product, in the order of its adapters */
-            int ia = param_find_lora(&m->pt, l, s, 0);
+            int ia = lora_a_of(m, l, s);
             if (ia < 0) continue;
             lora_site_rows(&m->cfg, (LoraSite)s, &role, &row0, &rows);
             if (role == role0) width += (int)m->pt.p[ia].shape[0];
         }
-        void *blk = a->lora_tb[s0] = be->alloc(N * (size_t)width * be->act_size);
+        size_t rows_t = lora_site_is_expert((LoraSite)s0) ? N * (size_t)m->cfg.moe_top_k : N; /* every routed slot */
+        void *blk = a->lora_tb[s0] = be->alloc(rows_t * (size_t)width * be->act_size);
         for (int s = s0, off = 0; s < LORA_SITE_COUNT; s++) {
-            int ia = param_find_lora(&m->pt, l, s, 0);
+            int ia = lora_a_of(m, l, s);
             if (ia < 0) continue;
             lora_site_rows(&m->cfg, (LoraSite)s, &role, &row0, &rows);
             if (role != role0) continue;

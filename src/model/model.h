@@ -67,7 +67,8 @@ typedef struct {
     void *att_sn, *fch_sn;          /* BitNet sub-norms: (N,q_dim) norm(att), (N,d_ff) norm(fch_act) */
     float *att_sn_rstd, *fch_sn_rstd; /* (N) */
     void *lora_t[LORA_SITE_COUNT]; /* (N, r) per adapted site: dropout(x) @ A^T (lora.h), a column slice of
-                                    * its product's block: [t_q | t_k | t_v] side by side (model_lora_t_alloc) */
+                                    * its product's block: [t_q | t_k | t_v] side by side (model_lora_t_alloc);
+                                    * routed experts' (N k, r): each expert's rows where moe.c puts its tokens */
     void *lora_tb[LORA_SITE_COUNT]; /* the blocks those point into (owned; freed with the activations) */
     struct MoeActs *moe; /* MoE layers: routing and expert activations (moe.h); NULL for dense */
 } LayerActs;
@@ -237,8 +238,10 @@ void model_set_grads(Model *m, const float *host);
  * W[rows] += scale * B @ A, accumulated in double (PEFT's merge_and_unload). */
 void model_merge_adapters(const Model *m, float *host);
 /* Layer l's saved adapter products for N rows into a->lora_t / a->lora_tb: one block per product,
- * the product's sites side by side (a row stride of their summed ranks, linear.c); returns the widest
- * block's row (elements), 0 without adapters. model_lora_t_free frees the blocks. */
+ * the product's sites side by side (a row stride of their summed ranks, linear.c); a routed experts'
+ * block has N k rows (every routed slot); l -1: the sites of every layer (a KV cache's one set, which
+ * all layers reuse). Returns the widest block's row (elements), 0 without adapters. model_lora_t_free
+ * frees the blocks. */
 int model_lora_t_alloc(const Model *m, int l, size_t N, LayerActs *a);
 void model_lora_t_free(const Model *m, LayerActs *a);
 /* Refresh the compute copy from the master weights (after editing the master). */

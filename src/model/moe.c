@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/lora.h"
 
 /* ---- parameters ---- */
 
@@ -152,6 +153,20 @@ static void ragged(const Backend *be, int on)
     if (be->ragged_products) be->ragged_products(on);
 }
 
+/* The adapter buffers of the expert whose rows start at off: the layer's, with the routed experts'
+ * saved products (N k, r) moved to the expert's rows (t holds the slots); NULL without adapters. The
+ * experts' adapters have no dropout (lora.dropout is refused with them, as PEFT refuses it). */
+static const LinearBufs *expert_bufs(const Model *m, const LinearBufs *lb, LinearBufs *loc, void **t, size_t off)
+{
+    if (!lb) return NULL;
+    *loc = *lb;
+    for (int s = 0; s < LORA_SITE_COUNT; s++) t[s] = lb->t[s];
+    for (int s = LORA_EXP_FC; s <= LORA_EXP_PROJ; s++)
+        if (t[s]) t[s] = act_at(m->be, t[s], off * (size_t)m->lora.r);
+    loc->t = t;
+    return loc;
+}
+
 /* Rows of expert e start at off; the products of each expert over its rows. */
 static void experts_fwd(Model *m, const LayerParams *p, MoeActs *a, const LinearBufs *lb, int which)
 {
@@ -161,10 +176,13 @@ static void experts_fwd(Model *m, const LayerParams *p, MoeActs *a, const Linear
     ragged(be, 1);
     for (int e = 0; e < c->moe_experts; e++) {
         int n = a->counts[e];
+        LinearBufs loc;
+        void *t[LORA_SITE_COUNT];
+        const LinearBufs *eb = expert_bufs(m, lb, &loc, t, off);
         if (n > 0 && which == 0)
-            linear_fwd(&m->ps, &p->exp_fc[e], act_at(be, a->h, off * 2 * F), act_at(be, a->xp, off * C), n, lb);
+            linear_fwd(&m->ps, &p->exp_fc[e], act_at(be, a->h, off * 2 * F), act_at(be, a->xp, off * C), n, eb);
         if (n > 0 && which == 1)
-            linear_fwd(&m->ps, &p->exp_proj[e], act_at(be, a->y, off * C), act_at(be, a->act, off * F), n, lb);
+            linear_fwd(&m->ps, &p->exp_proj[e], act_at(be, a->y, off * C), act_at(be, a->act, off * F), n, eb);
         off += (size_t)n;
     }
     ragged(be, 0);
@@ -219,18 +237,22 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
     ragged(be, 1);
     for (int e = 0; e < E; e++) {
         int n = a->counts[e];
+        LinearBufs loc;
+        void *t[LORA_SITE_COUNT];
         if (n > 0)
             linear_bwd(ps, &p->exp_proj[e], act_at(be, s->dact, off * F), act_at(be, s->dy, off * Cz),
-                       act_at(be, a->act, off * F), n, lb);
+                       act_at(be, a->act, off * F), n, expert_bufs(m, lb, &loc, t, off));
         off += (size_t)n;
     }
     be->swiglu_bwd(s->dh, a->h, s->dact, N * k, (int)F);
     off = 0;
     for (int e = 0; e < E; e++) {
         int n = a->counts[e];
+        LinearBufs loc;
+        void *t[LORA_SITE_COUNT];
         if (n > 0)
             linear_bwd(ps, &p->exp_fc[e], act_at(be, s->dxp, off * Cz), act_at(be, s->dh, off * 2 * F),
-                       act_at(be, a->xp, off * Cz), n, lb);
+                       act_at(be, a->xp, off * Cz), n, expert_bufs(m, lb, &loc, t, off));
         off += (size_t)n;
     }
     ragged(be, 0);

@@ -114,32 +114,35 @@ void param_table_set_kinds(ParamTable *pt, const ParamKind *kinds)
 /* The adapters of layer l (lora.h): A (r, in) and B (rows, r) per site, in site order, every A of a
  * product before its B's (q.A k.A v.A q.B k.B v.B, o.A o.B, gate.A up.A gate.B up.B, ...), so that
  * the A's of one fused weight's parts are one (parts x r, in) matrix in the store, formed by one
- * product (linear.c). */
+ * product (linear.c). A routed experts' site is a product per expert: A then B of expert 0, of expert
+ * 1, ... (param_find_lora_expert). */
 static void add_lora(ParamTable *pt, int *cap, const ModelConfig *c, const LoraSpec *lora, int l)
 {
     int role_of[LORA_SITE_COUNT];
     for (int s = 0; s < LORA_SITE_COUNT; s++) {
         role_of[s] = -1;
-        if (!(lora->sites & (1u << s)) || !lora_site_in_family((LoraSite)s, c->family)) continue;
-        if (cfg_is_moe(c, l) && lora_site_is_mlp((LoraSite)s)) continue; /* no dense MLP here (lora_sites_moe) */
+        if (!(lora->sites & (1u << s)) || !lora_site_in_layer(c, l, (LoraSite)s)) continue;
         int row0, rows;
         lora_site_rows(c, (LoraSite)s, &role_of[s], &row0, &rows);
     }
     for (int s0 = 0; s0 < LORA_SITE_COUNT; s0++) {
         int role = role_of[s0];
         if (role < 0) continue;
-        for (int ab = 0; ab < 2; ab++) /* the A's of the product's sites, then their B's */
-            for (int s = s0; s < LORA_SITE_COUNT; s++) {
-                if (role_of[s] != role) continue;
-                int rl, r0, rows;
-                lora_site_rows(c, (LoraSite)s, &rl, &r0, &rows);
-                int in = role == PROLE_O_W ? cfg_q_dim(c) : role == PROLE_PROJ_W ? c->d_ff : c->d_model;
-                char nm[64];
-                snprintf(nm, sizeof(nm), "h.%d.lora.%s.%s", l, lora_site_short((LoraSite)s), ab ? "B" : "A");
-                if (ab) add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
-                else add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, in);
-                pt->p[pt->n - 1].site = s;
-            }
+        int expert = lora_site_is_expert((LoraSite)s0), ne = expert ? c->moe_experts : 1;
+        for (int e = 0; e < ne; e++)
+            for (int ab = 0; ab < 2; ab++) /* the A's of the product's sites, then their B's */
+                for (int s = s0; s < LORA_SITE_COUNT; s++) {
+                    if (role_of[s] != role) continue;
+                    int rl, r0, rows;
+                    lora_site_rows(c, (LoraSite)s, &rl, &r0, &rows);
+                    char nm[64], ex[16] = "";
+                    if (expert) snprintf(ex, sizeof(ex), ".%d", e);
+                    snprintf(nm, sizeof(nm), "h.%d.lora.%s%s.%s", l, lora_site_short((LoraSite)s), ex, ab ? "B" : "A");
+                    if (ab) add_param(pt, cap, nm, PROLE_LORA_B, l, 2, rows, lora->r);
+                    else add_param(pt, cap, nm, PROLE_LORA_A, l, 2, lora->r, lora_site_in(c, (LoraSite)s));
+                    pt->p[pt->n - 1].site = s;
+                    pt->p[pt->n - 1].expert = expert ? e : -1;
+                }
         for (int s = s0 + 1; s < LORA_SITE_COUNT; s++)
             if (role_of[s] == role) role_of[s] = -1; /* done with s0's product */
     }
@@ -219,9 +222,11 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
     for (size_t i = 0; i < (size_t)c->n_layer * LORA_SITE_COUNT * 2; i++) pt->by_site[i] = -1;
     for (int i = 0; i < pt->n; i++) {
         const Param *p = &pt->p[i];
-        if (p->site >= 0)
-            pt->by_site[((size_t)p->layer * LORA_SITE_COUNT + p->site) * 2 + (p->role == PROLE_LORA_B)] = i;
-        else pt->by_role[(size_t)(p->layer + 1) * PROLE_COUNT + p->role] = i;
+        if (p->site >= 0) { /* a routed experts' site: expert 0's pair (param_find_lora_expert) */
+            size_t k = ((size_t)p->layer * LORA_SITE_COUNT + (size_t)p->site) * 2 + (p->role == PROLE_LORA_B);
+            int *slot = &pt->by_site[k];
+            if (*slot < 0) *slot = i;
+        } else pt->by_role[(size_t)(p->layer + 1) * PROLE_COUNT + p->role] = i;
     }
     /* BitLinear: each Hugging Face linear (q, k, v; gate, up) is ternarized with its own absmean */
     for (int i = 0; i < pt->n && c->ternary == TERNARY_BITNET; i++) {
@@ -280,6 +285,15 @@ int param_find_lora(const ParamTable *pt, int layer, int site, int ab)
 {
     if (layer < 0 || layer >= pt->n_layer || site < 0 || site >= LORA_SITE_COUNT) return -1;
     return pt->by_site[((size_t)layer * LORA_SITE_COUNT + site) * 2 + (ab != 0)];
+}
+
+int param_find_lora_expert(const ParamTable *pt, int layer, int site, int e, int ab)
+{
+    int first = param_find_lora(pt, layer, site, 0);
+    if (first < 0 || pt->p[first].expert < 0) return e == 0 || first < 0 ? param_find_lora(pt, layer, site, ab) : -1;
+    int i = first + 2 * e + (ab != 0);
+    if (e < 0 || i >= pt->n || pt->p[i].site != site || pt->p[i].layer != layer || pt->p[i].expert != e) return -1;
+    return i;
 }
 
 size_t param_count_kind(const ParamTable *pt, ParamKind kind)

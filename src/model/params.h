@@ -101,7 +101,7 @@ typedef struct {
                      * many rows at a time (params_chunk; 0: whole) */
     int nparts;     /* 4-bit: the Hugging Face tensors it is made of (row ranges), 1..PARAM_MAX_PARTS */
     int part_rows[3];
-    int expert;     /* the routed expert of a PROLE_EXP_* tensor, -1 otherwise */
+    int expert;     /* the routed expert of a PROLE_EXP_* tensor or of its adapter, -1 otherwise */
 } Param;
 
 #define PARAM_MAX_PARTS 3
@@ -118,7 +118,7 @@ typedef struct {
     int tern_chunk_rows; /* ModelConfig.tern_chunk_rows */
     int n_layer;
     int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
-    int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices, -1 where absent */
+    int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices (experts: expert 0's), -1 where absent */
     /* Trainable-segment offset where each group of tensors starts: group 0 the embeddings, group
      * 1 + l block l, group n_layer + 1 the final norm and head; layer_seg[n_layer + 2] = n_train. */
     size_t *layer_seg;
@@ -140,6 +140,9 @@ int param_find_role(const ParamTable *pt, int role, int layer);
 int param_find_expert(const ParamTable *pt, int role, int layer, int e);
 /* Index of the adapter tensor A (ab 0) or B (ab 1) of a site in layer l, or -1. O(1). */
 int param_find_lora(const ParamTable *pt, int layer, int site, int ab);
+/* The same for expert e of a routed experts' site (lora.h LORA_EXP_*: a pair per expert, in expert
+ * order; param_find_lora gives expert 0's); -1 where absent. For any other site, e 0 is the site's pair. */
+int param_find_lora_expert(const ParamTable *pt, int layer, int site, int e, int ab);
 /* Elements of tensors of one kind, and of all of them. */
 size_t param_count_kind(const ParamTable *pt, ParamKind kind);
 size_t param_count_all(const ParamTable *pt);
