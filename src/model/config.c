@@ -290,7 +290,8 @@ int model_config_finish(ModelConfig *c)
     if (c->family == FAMILY_LLAMA && c->head_dim % 2)
         return err_set("model: RoPE needs an even head dimension, got %d", c->head_dim);
     if (c->d_ff <= 0) {
-        if (c->family != FAMILY_GPT2) return err_set("model.d_ff: must be set for the llama family");
+        if (c->family != FAMILY_GPT2)
+            return err_set("model.d_ff: must be set for the %s family", model_family_name(c->family));
         if ((int64_t)4 * c->d_model > MAX_FF)
             return err_set("model.d_model: 4 * %d (the default d_ff) is larger than the limit %d", c->d_model,
                            (int)MAX_FF);
