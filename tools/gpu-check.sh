@@ -181,6 +181,13 @@ if has loraab; then
     sed -n '/per-op time/,/total (sum/p' "$OUT/loraab_profile.log" | head -24
 fi
 
+if has offload; then # train.offload_optimizer / train.offload_embeddings on the GPU: the same bytes
+    echo "== offload"
+    ANVIL_TEST_DEVICE=cuda ANVIL="$ANVIL" timeout 300 bash tests/cli_offload.sh >"$OUT/cli_offload.log" 2>&1
+    grep -E "FAIL|passed" "$OUT/cli_offload.log" | head -20
+    note "| cli_offload.sh on cuda | $(tail -1 "$OUT/cli_offload.log") |"
+fi
+
 if has dropout; then
     echo "== dropout"
     ANVIL_TEST_ONLY=drop timeout 300 "$TEST_CUDA" >"$OUT/test_cuda_dropout.log" 2>&1
@@ -228,6 +235,8 @@ if has lora; then
         bf16_mem) lora_pair $p "--batch 4 --seq 2048 --recompute 2" "--mode lora --ckpt --batch 4 --seq 2048" ;;
         bf16_speed) lora_pair $p "--batch 4 --seq 2048 --recompute 0" "--mode lora --batch 4 --seq 2048" ;;
         qlora_small) lora_pair $p "--quant nf4 --batch 1 --seq 512 --recompute 2" "--mode qlora --ckpt --batch 1 --seq 512" ;;
+        qlora_small_offload) lora_pair $p "--quant nf4 --batch 1 --seq 512 --recompute 2 --offload optimizer,embeddings" \
+            "--mode qlora --ckpt --batch 1 --seq 512" ;;
         esac
     done
     grep -h "^memory:" "$OUT"/lora_*.log | tee -a "$OUT/lora_memory.txt"

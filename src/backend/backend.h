@@ -375,6 +375,14 @@ struct Backend {
      * (softmax - onehot) * dscale (0 for ignored rows). */
     void (*xent_vp_finish)(float *losses, void *logits, const int32_t *targets, const float *stats, int P, int N,
                            int V, int v0, float dscale);
+    /* ---- host memory that ops accept as operands (appended; train.offload_optimizer and
+     * train.offload_embeddings, docs/finetuning.md) ----
+     * A zero-filled block in host memory that every op of this backend reads and writes like its own
+     * (upload, download, zero and kernels alike), for state moved off the device: CUDA pinned and
+     * mapped host memory, which kernels reach over the bus; the CPU's ordinary memory. Not counted by
+     * mem_stats on a device backend (it holds no device memory). */
+    void *(*alloc_host)(size_t bytes);
+    void (*free_host)(void *p);
 };
 
 /* The CPU backend (always built). */

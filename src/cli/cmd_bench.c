@@ -50,6 +50,7 @@ typedef struct {
     const char *model, *device, *json, *data, *freeze, *lora_targets, *quant;
     int lora_r, ablate, head_unfused, accum;
     int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
+    int offload_opt, offload_emb; /* --offload optimizer,embeddings */
     float lr;
     float dropout, attn_dropout; /* --dropout, --attn-dropout: model.dropout, model.attn_dropout */
 } BenchArgs;
@@ -78,7 +79,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: anvil bench --model PRESET_OR_DIR [--batch B] [--seq T] [--steps N] [--warmup W]\n"
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
-               "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]]\n"
+               "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]] [--offload optimizer,embeddings]\n"
                "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4]\n"
                "                   [--head fused|unfused] [--accum N] [--ablate] [--dropout P] [--attn-dropout P]\n"
                "defaults: --batch 4 (cpu) / 16 (gpu), --seq 64 (cpu) / the model's window (gpu), --steps 10,\n"
@@ -96,6 +97,8 @@ static void usage(FILE *f)
                "--lora R trains rank-R adapters over a frozen base (lora.targets, default all-linear);\n"
                "--quant stores the base's block linears 4-bit (QLoRA; random weights, synthetic 4-bit states).\n"
                "--dropout and --attn-dropout train with model.dropout and model.attn_dropout (default 0).\n"
+               "--offload keeps the AdamW moments and/or a frozen input embedding in host memory\n"
+               "(train.offload_optimizer, train.offload_embeddings).\n"
                "ANVIL_ATTENTION, ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC set the backend switches.\n"
                "presets: %s\n",
             model_preset_names());
@@ -137,6 +140,15 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--lora")) rc = cli_int(f, v, 1, &a->lora_r);
         else if (!strcmp(f, "--lora-targets")) a->lora_targets = v;
         else if (!strcmp(f, "--quant")) a->quant = v;
+        else if (!strcmp(f, "--offload")) { /* as train.offload_optimizer / train.offload_embeddings */
+            char buf[64];
+            snprintf(buf, sizeof(buf), "%s", v);
+            for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
+                if (!strcmp(t, "optimizer")) a->offload_opt = 1;
+                else if (!strcmp(t, "embeddings")) a->offload_emb = 1;
+                else rc = err_set("bench: --offload: expected optimizer, embeddings or both (comma-separated), got \"%s\"", t);
+            }
+        }
         else if (!strcmp(f, "--accum")) rc = cli_int(f, v, 1, &a->accum);
         else if (!strcmp(f, "--head")) {
             if (!strcmp(v, "fused")) a->head_unfused = 0;
@@ -280,6 +292,15 @@ static const char *device_name(const Backend *be)
     return "CPU";
 }
 
+/* --offload embeddings: the whole store, the frozen input embedding in host memory. */
+static void bench_emb_host_plan(void *ctx, const ParamTable *pt, ParamAllocPlan *plan)
+{
+    (void)ctx;
+    memset(plan, 0, sizeof(*plan));
+    if (!params_emb_host_ok(pt)) fatal("bench: --offload embeddings: %s", err_get());
+    plan->emb_host = 1;
+}
+
 /* The model with --freeze applied, GPT-2-initialized, with activations reserved. */
 static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backend *be)
 {
@@ -298,7 +319,11 @@ static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backen
         if (a->quant && (q.type = q4_type_parse(a->quant)) < 0)
             return err_set("--quant: expected nf4 or fp4, got \"%s\"", a->quant), NULL;
         if (!a->lora_r) return err_set("--quant: a 4-bit base trains through adapters: add --lora R"), NULL;
-        Model *m = model_create_lora(c, be, &ls, 1, 1, &q);
+        if (a->offload_emb && !be->alloc_host)
+            return err_set("--offload embeddings: the %s backend has no host memory for its operands", be->name), NULL;
+        ModelAlloc alloc = {.plan = a->offload_emb ? bench_emb_host_plan : NULL};
+        Model *m = model_create_lora_alloc(c, be, &ls, 1, 1, &q, &alloc);
+        if (!m) return NULL;
         model_init_gpt2(m, 1);
         model_init_lora(m, 1);
         if (model_reserve(m, a->B, a->T, a->recompute)) {
@@ -439,7 +464,7 @@ int cmd_bench(int argc, char **argv)
     }
     m->head_unfused = a.head_unfused;
     Optimizer opt;
-    optim_init(&opt, m, BENCH_WD);
+    optim_init_host(&opt, m, BENCH_WD, 0, m->pt.n_train, a.offload_opt);
     int N = a.accum * a.B * a.T; /* tokens per optimizer step */
     int32_t *in = xmalloc(sizeof(int32_t) * (size_t)(N + 1));
     Rng r;
@@ -509,6 +534,7 @@ int cmd_bench(int argc, char **argv)
     double peak_mem = peak_memory_bytes(be);
     MemReport mr;
     model_mem_report(m, optim_bytes(&opt), &mr);
+    mr.host += optim_host_bytes(&opt);
 #ifdef ANVIL_CUDA
     if (a.profile) {
         printf("\nper-op time of one step (%s, events around each op, median-free mean over %d steps):\n",

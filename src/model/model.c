@@ -144,7 +144,7 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
         p->proj = linear_make(pt, param_find_role(pt, PROLE_PROJ_W, l), param_find_role(pt, PROLE_PROJ_B, l));
     }
     attach_adapters(m);
-    ParamAllocPlan plan;
+    ParamAllocPlan plan = {0};
     if (alloc && alloc->plan) alloc->plan(alloc->ctx, &m->pt, &plan);
     params_alloc_plan(&m->ps, be, &m->pt, alloc && alloc->plan ? &plan : NULL);
     if (cfg->family == FAMILY_LLAMA) {
@@ -999,6 +999,7 @@ void model_mem_report(const Model *m, size_t optim_bytes, MemReport *r)
     r->grads = pb.grads;
     r->optim = optim_bytes + pb.tstate; /* AdamW moments + integer-ternary accumulators */
     r->acts = m->act_bytes;
+    r->host = pb.host;
     m->be->mem_stats(&r->in_use, &r->peak);
     size_t known = r->weights + r->master + r->grads + r->optim + r->acts;
     r->workspace = r->in_use > known ? r->in_use - known : 0;
@@ -1021,6 +1022,11 @@ void mem_report_format(const MemReport *r, char *buf, size_t n)
     fmt_bytes(a, sizeof(a), r->acts);
     fmt_bytes(ws, sizeof(ws), r->workspace);
     fmt_bytes(pk, sizeof(pk), r->peak);
-    snprintf(buf, n, "weights %s | master %s | gradients %s | optimizer %s | activations %s | workspace %s | peak %s",
-             w, ma, g, o, a, ws, pk);
+    int k = snprintf(buf, n, "weights %s | master %s | gradients %s | optimizer %s | activations %s | workspace %s | peak %s",
+                     w, ma, g, o, a, ws, pk);
+    if (r->host && k > 0 && (size_t)k < n) {
+        char h[32];
+        fmt_bytes(h, sizeof(h), r->host);
+        snprintf(buf + k, n - (size_t)k, " (+ %s in host memory)", h);
+    }
 }

@@ -283,6 +283,7 @@ double model_flops_per_token_fwd(const Model *m, int T);
 typedef struct {
     size_t weights, master, grads, optim, acts, workspace;
     size_t in_use, peak; /* the backend's own counts */
+    size_t host;         /* state kept in host memory for the device (train.offload_*): not in peak */
 } MemReport;
 /* Fill every field from the model and the backend; optim_bytes is the optimizer's state. */
 void model_mem_report(const Model *m, size_t optim_bytes, MemReport *r);

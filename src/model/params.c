@@ -426,6 +426,24 @@ void params_tern_download(const ParamStore *ps, int i, uint8_t *trits, int8_t *e
 
 void params_alloc(ParamStore *ps, const Backend *be, const ParamTable *pt) { params_alloc_plan(ps, be, pt, NULL); }
 
+/* err_set's message, and 0 */
+#define err_set0(...) (err_set(__VA_ARGS__), 0)
+
+int params_emb_host_ok(const ParamTable *pt)
+{
+    int e = param_find_role(pt, PROLE_WTE, -1);
+    if (e < 0) return err_set0("the model has no input embedding");
+    const Param *p = &pt->p[e];
+    if (p->kind != PARAM_FROZEN)
+        return err_set0("the input embedding %s is %s, not frozen: host memory holds a frozen embedding only "
+                       "(LoRA / QLoRA, or model.freeze)", p->name, param_kind_name(p->kind));
+    if (param_find_role(pt, PROLE_LM_HEAD, -1) < 0)
+        return err_set0("the input embedding %s is also the output head (tied): the head's product needs it on "
+                       "the device", p->name);
+    if (p->seg != 0) return err_set0("the input embedding %s is not the first frozen tensor (internal error)", p->name);
+    return 1;
+}
+
 void params_alloc_plan(ParamStore *ps, const Backend *be, const ParamTable *pt, const ParamAllocPlan *plan)
 {
     memset(ps, 0, sizeof(*ps));
@@ -452,6 +470,14 @@ void params_alloc_plan(ParamStore *ps, const Backend *be, const ParamTable *pt, 
     }
     ps->frozen_lo = plan && plan->frozen_part ? plan->flo : 0;
     ps->frozen_n = plan && plan->frozen_part ? plan->fhi - plan->flo : pt->n_frozen;
+    if (plan && plan->emb_host) {
+        if (plan->frozen_part || !params_emb_host_ok(pt) || !be->alloc_host)
+            fatal("params_alloc: the input embedding cannot be kept in host memory (internal error)");
+        ps->emb_n = align_up(pt->p[param_find_role(pt, PROLE_WTE, -1)].numel);
+        ps->emb_host = be->alloc_host(ps->emb_n * be->act_size);
+        ps->frozen_lo = ps->emb_n; /* the device block holds the rest, as a shard from emb_n would */
+        ps->frozen_n = pt->n_frozen - ps->emb_n;
+    }
     if (ps->frozen_n) ps->frozen_act = be->alloc(ps->frozen_n * be->act_size);
     tern_alloc(ps);
     size_t dq = 0;
@@ -663,6 +689,7 @@ void params_free(ParamStore *ps)
     if (ps->master && !ps->master_alias) be->free(ps->master);
     if (ps->grad) be->free(ps->grad);
     if (ps->frozen_act) be->free(ps->frozen_act);
+    if (ps->emb_host) be->free_host(ps->emb_host);
     if (ps->q4_shard) be->free(ps->q4_shard);
     if (ps->q4) {
         for (int i = 0; i < ps->pt->n; i++)
@@ -682,6 +709,7 @@ void *params_w(const ParamStore *ps, int i)
     if (p->kind == PARAM_NF4 || p->kind == PARAM_TERNARY)
         fatal("params_w: %s is packed (%s): use params_w_dense (internal error)", p->name, param_kind_name(p->kind));
     if (p->kind != PARAM_TRAIN) {
+        if (ps->emb_host && p->seg + p->numel <= ps->emb_n) return act_at(ps->be, ps->emb_host, p->seg);
         if (ps->fgroup) {
             int g = params_group(ps->pt, i);
             if (!ps->fgroup[g]) fatal("params_w: %s: its layer's frozen weights were not gathered (internal error)", p->name);
@@ -773,11 +801,15 @@ void params_upload(ParamStore *ps, int i, const float *host)
         }
         if (clip_range(p->seg, p->numel, ps->frozen_lo, ps->frozen_n, &a, &e))
             be->upload_act(act_at(be, ps->frozen_act, a - ps->frozen_lo), q + (a - p->seg), e - a);
+        if (clip_range(p->seg, p->numel, 0, ps->emb_n, &a, &e))
+            be->upload_act(act_at(be, ps->emb_host, a), q + (a - p->seg), e - a);
         free(q);
     } else {
         size_t a, e;
         if (clip_range(p->seg, p->numel, ps->frozen_lo, ps->frozen_n, &a, &e))
             be->upload_act(act_at(be, ps->frozen_act, a - ps->frozen_lo), host + (a - p->seg), e - a);
+        if (clip_range(p->seg, p->numel, 0, ps->emb_n, &a, &e))
+            be->upload_act(act_at(be, ps->emb_host, a), host + (a - p->seg), e - a);
     }
 }
 
@@ -807,6 +839,8 @@ void params_download(const ParamStore *ps, int i, float *host)
             be->download(host, (const float *)ps->train_act + (p->seg - ps->act_lo), p->numel * sizeof(float));
         else
             fatal("params_download: %s is sharded over the ranks (internal error: gather the master first)", p->name);
+    } else if (ps->emb_host && p->seg + p->numel <= ps->emb_n) {
+        be->download_act(host, act_at(be, ps->emb_host, p->seg), p->numel);
     } else {
         if (p->seg < ps->frozen_lo || p->seg + p->numel > ps->frozen_lo + ps->frozen_n)
             fatal("params_download: %s is sharded over the ranks (internal error: gather it first)", p->name);
@@ -917,6 +951,7 @@ ParamBytes params_bytes(const ParamStore *ps)
     b.weights = (ps->train_act && !ps->master_alias ? ps->act_n * as : 0) +
                 (ps->frozen_act ? ps->frozen_n * as : 0) + ps->q4_bytes + ps->tern_bytes;
     b.tstate = ps->tern_state_bytes;
+    b.host = ps->emb_n * as;
     b.scratch = ps->wq_numel * as;
     if (ps->dq) {
         size_t dq = 0;

@@ -170,6 +170,10 @@ typedef struct {
     void *train_act;  /* (n_train) compute copy (== master when the backend's act type is fp32) */
     float *grad;      /* (n_train) fp32 gradients */
     void *frozen_act; /* (n_frozen) compute copy of the frozen tensors */
+    /* train.offload_embeddings: the frozen segment's first emb_n elements (the input embedding) lie in
+     * host memory the backend reads (Backend.alloc_host), and frozen_act holds the rest */
+    void *emb_host;
+    size_t emb_n;
     ParamQ4Part (*q4)[PARAM_MAX_PARTS]; /* per tensor (NULL unless a tensor is PARAM_NF4) */
     void *dq;         /* act scratch of the largest 4-bit tensor: where a product dequantizes it */
     size_t q4_bytes;
@@ -257,7 +261,11 @@ typedef struct {
     int what;
     int frozen_part;
     size_t flo, fhi;
+    int emb_host; /* the frozen input embedding in host memory (params_emb_host_ok; not with frozen_part) */
 } ParamAllocPlan;
+/* Whether a table's input embedding can live in host memory (ParamAllocPlan.emb_host): frozen, the
+ * frozen segment's first tensor, and not the output head too (untied); 0 with err_set() otherwise. */
+int params_emb_host_ok(const ParamTable *pt);
 void params_alloc_plan(ParamStore *ps, const Backend *be, const ParamTable *pt, const ParamAllocPlan *plan);
 void params_free(ParamStore *ps);
 /* The compute copy of tensor i (act dtype), NULL when i < 0. */
@@ -308,6 +316,7 @@ typedef struct {
     size_t grads;   /* fp32 gradients */
     size_t scratch; /* the dequantization scratch of 4-bit tensors, the ternary weight scratch */
     size_t tstate;  /* int8 accumulators of integer-ternary tensors (their optimizer state) */
+    size_t host;    /* weights kept in host memory for the backend (train.offload_embeddings) */
 } ParamBytes;
 ParamBytes params_bytes(const ParamStore *ps);
 

@@ -13,15 +13,23 @@ void optim_init(Optimizer *o, const Model *m, float weight_decay)
 
 void optim_init_range(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi)
 {
+    optim_init_host(o, m, weight_decay, lo, hi, 0);
+}
+
+void optim_init_host(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi, int host)
+{
     const ParamTable *pt = &m->pt;
     memset(o, 0, sizeof(*o));
     o->be = m->be;
     o->lo = lo;
     o->hi = hi;
     o->n = hi - lo;
+    o->host = host && o->n;
+    if (o->host && !m->be->alloc_host)
+        fatal("train.offload_optimizer: the %s backend has no host memory for its operands", m->be->name);
     if (o->n) {
-        o->m = m->be->alloc(o->n * sizeof(float));
-        o->v = m->be->alloc(o->n * sizeof(float));
+        o->m = o->host ? m->be->alloc_host(o->n * sizeof(float)) : m->be->alloc(o->n * sizeof(float));
+        o->v = o->host ? m->be->alloc_host(o->n * sizeof(float)) : m->be->alloc(o->n * sizeof(float));
     }
     o->t = xcalloc((size_t)pt->n + 1, sizeof(OptTensor));
     o->param = xcalloc((size_t)pt->n + 1, sizeof(int));
@@ -37,8 +45,8 @@ void optim_init_range(Optimizer *o, const Model *m, float weight_decay, size_t l
 
 void optim_free(Optimizer *o)
 {
-    if (o->m) o->be->free(o->m);
-    if (o->v) o->be->free(o->v);
+    if (o->m) (o->host ? o->be->free_host : o->be->free)(o->m);
+    if (o->v) (o->host ? o->be->free_host : o->be->free)(o->v);
     free(o->t);
     free(o->param);
     free(o->tt);
@@ -84,7 +92,8 @@ void optim_begin_step(Optimizer *o, Model *m, int step, float lr)
     m->ps.tern_live = m->ps.n_fused > 0 && lr > 0;
 }
 
-size_t optim_bytes(const Optimizer *o) { return 2 * o->n * sizeof(float); }
+size_t optim_bytes(const Optimizer *o) { return o->host ? 0 : 2 * o->n * sizeof(float); }
+size_t optim_host_bytes(const Optimizer *o) { return o->host ? 2 * o->n * sizeof(float) : 0; }
 
 void optim_download(const Optimizer *o, float *m_host, float *v_host)
 {

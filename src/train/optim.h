@@ -27,12 +27,16 @@ typedef struct {
     TernaryTensor *tt;
     int ntt;
     TernaryHyper th;
+    int host; /* the moments lie in host memory the backend reads (Backend.alloc_host) */
 } Optimizer;
 
 /* Moments (zero) for every trainable tensor of m; weight_decay applies to matrices. */
 void optim_init(Optimizer *o, const Model *m, float weight_decay);
 /* The same for the part [lo, hi) of the trainable segment only (ZeRO shards, params_shard). */
 void optim_init_range(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi);
+/* The same with the moments in host memory when host is 1 (train.offload_optimizer: on a GPU the
+ * update reads and writes them over the bus; the values and the update are the same). */
+void optim_init_host(Optimizer *o, const Model *m, float weight_decay, size_t lo, size_t hi, int host);
 void optim_free(Optimizer *o);
 /* One AdamW step of the owned part of the trainable segment (torch.optim.AdamW's arithmetic);
  * refreshes the compute copies of that part; then the integer update of the ternary tensors. */
@@ -45,6 +49,8 @@ void optim_begin_step(Optimizer *o, Model *m, int step, float lr);
 /* Bytes of backend memory the state holds (the AdamW moments; the ternary accumulators are the
  * store's, params_bytes().tstate). */
 size_t optim_bytes(const Optimizer *o);
+/* The moments' bytes in host memory (optim_init_host), 0 when they are on the device. */
+size_t optim_host_bytes(const Optimizer *o);
 /* Host copies of the moments (n elements each, segment layout from lo) for checkpoints, and back. */
 void optim_download(const Optimizer *o, float *m_host, float *v_host);
 /* Both moments back to zero (after a trial step). */

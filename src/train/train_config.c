@@ -179,6 +179,12 @@ static const KeyDef keys[] = {
     {"train.seed", CT_U64, F(seed), "1337", "Seed for init and data order; one seed gives identical runs."},
     {"train.recompute", CT_INT, F(recompute), "0",
      "Activation recompute: 0 none, 1 norms and MLP activation, 2 whole blocks (least memory)."},
+    {"train.offload_optimizer", CT_BOOL, F(offload_optimizer), "false",
+     "Keep the AdamW moments in pinned host memory: on a GPU the update reads and writes them over the bus "
+     "(8 bytes per trainable parameter off the device; a slower update). The values are the same."},
+    {"train.offload_embeddings", CT_BOOL, F(offload_embeddings), "false",
+     "Keep a frozen input embedding (LoRA / QLoRA or model.freeze; not tied to the head) in pinned host memory: "
+     "the lookup reads its B*T rows over the bus. Not with dist.zero 3 or dist.tp."},
     {"train.deterministic", CT_BOOL, F(deterministic), "false",
      "Bit-identical runs on a GPU: only kernels with fixed-order reductions (slower attention backward). "
      "ANVIL_DETERMINISTIC=0|1 overrides it (recorded in config.yaml). false allows atomics; the CPU is always "

@@ -67,6 +67,8 @@ typedef struct {
     float weight_decay, grad_clip, beta1, beta2, eps;
     uint64_t seed;
     int recompute;
+    int offload_optimizer;  /* train.offload_optimizer: AdamW moments in host memory */
+    int offload_embeddings; /* train.offload_embeddings: a frozen input embedding in host memory */
     int deterministic; /* 1: bit-reproducible device kernels only (train.deterministic) */
     int log_every;
     int log_tensorboard; /* log.tensorboard: write TensorBoard event files into out_dir */

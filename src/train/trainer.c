@@ -216,6 +216,7 @@ typedef struct {
     ModelTp tpm;
     Model whole;
     ParamTable *tp_pt;
+    int emb_host_bad; /* train.offload_embeddings asked of a model whose embedding cannot go (err_set's message) */
 } Run;
 
 /* Tensor parallel: each rank of a replica holds slices of the model (model/tp.h). */
@@ -847,9 +848,14 @@ static void upload_base_tensor(void *ctx, int i)
 /* A ZeRO rank's store holds only its parts from the start (ModelAlloc): the shards of the model's table. */
 static void store_plan(void *ctx, const ParamTable *pt, ParamAllocPlan *plan)
 {
-    Dist *d = ctx;
+    Run *r = ctx;
+    Dist *d = &r->dist;
     dist_setup_params(d, pt);
     dist_alloc_plan(d, pt, plan);
+    plan->emb_host = 0;
+    if (!r->tc->offload_embeddings) return;
+    if (params_emb_host_ok(pt) && !plan->frozen_part) plan->emb_host = 1;
+    else r->emb_host_bad = 1; /* setup_model reports it (err_set's message) */
 }
 
 /* The model with its tensor kinds (model.freeze, or the adapters of lora.* over a frozen base), its
@@ -862,7 +868,10 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     if (quant_spec(tc, &q4)) return -1;
     if (q4.type >= 0 && !tc->lora_r && !tc->lora_init[0])
         return err_set("model.quant: a 4-bit base trains through adapters only: set lora.r (QLoRA)");
-    ModelAlloc alloc = {.plan = store_plan, .ctx = &r->dist};
+    if (tc->offload_embeddings && (tc->dist_zero >= 3 || tc->dist_tp > 1))
+        return err_set("train.offload_embeddings: not with %s (it shards the frozen weights)",
+                       tc->dist_tp > 1 ? "dist.tp" : "dist.zero 3");
+    ModelAlloc alloc = {.plan = store_plan, .ctx = r};
     if (tc->lora_r > 0 || tc->lora_init[0]) {
         LoraSpec ls;
         if (lora_spec(tc, cfg, &ls)) return -1;
@@ -890,6 +899,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         free(kinds);
         if (!param_count(&r->m->pt)) return err_set("model.freeze: every tensor is frozen; nothing would train");
     }
+    if (r->emb_host_bad) return err_prefix("train.offload_embeddings");
     Q4Spec pre;
     if (tc->model_init[0] && bnb_model_quant(tc->model_init, &pre) == 1) { /* 4-bit as stored */
         if (run_tp(r))
@@ -929,9 +939,9 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     Dist *d = &r->dist;
     dist_setup_params(d, &r->m->pt);
     if (dist_active(d) && d->opt.zero) /* ZeRO: moments for this rank's shard only */
-        optim_init_range(&r->opt, r->m, tc->weight_decay, d->my_lo, d->my_hi);
+        optim_init_host(&r->opt, r->m, tc->weight_decay, d->my_lo, d->my_hi, tc->offload_optimizer);
     else
-        optim_init(&r->opt, r->m, tc->weight_decay);
+        optim_init_host(&r->opt, r->m, tc->weight_decay, 0, r->m->pt.n_train, tc->offload_optimizer);
     /* the store as the stage keeps it, and the hooks that reduce (and gather) layer by layer */
     if (dist_active(d)) r->m->hooks = dist_attach(d, &r->m->ps);
     TernaryHyper th = {.threshold = tc->tern_threshold, .scale_every = tc->tern_scale_every,
@@ -1143,6 +1153,7 @@ static void print_memory(const Run *r)
     MemReport mr;
     char line[512];
     model_mem_report(r->m, optim_bytes(&r->opt), &mr);
+    mr.host += optim_host_bytes(&r->opt);
     mem_report_format(&mr, line, sizeof(line));
     if (r->quiet) return;
     printf("memory after step 1: %s\n", line);

@@ -42,6 +42,15 @@ static void cpu_free(void *p)
     free(base);
 }
 
+/* Host memory for state a device backend would keep off the device: the CPU's own, not counted (as a
+ * device backend does not count it), so that both report the same split. */
+static void *cpu_alloc_host(size_t bytes)
+{
+    void *p = xaligned(bytes ? bytes : 1);
+    memset(p, 0, bytes);
+    return p;
+}
+
 static void cpu_mem_stats(size_t *in_use, size_t *peak)
 {
     if (in_use) *in_use = g_in_use;
@@ -864,6 +873,8 @@ static const Backend cpu_backend = {
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,
     .mem_reset_peak = cpu_mem_reset_peak,
+    .alloc_host = cpu_alloc_host,
+    .free_host = free,
     .copy = cpu_copy,
     .attention_len_fwd = cpu_attention_len_fwd,
     .attention_len_bwd = cpu_attention_len_bwd,

@@ -9,8 +9,11 @@
  * results; the default mode also uses the fused attention backward (fp32
  * atomics for dQ), cuDNN's attention and GEMM algorithms chosen by timing.
  * The backend reads no switch from the environment: until configure() is
- * called the options are all zero, the defaults. Only the diagnostic
- * ANVIL_CUDA_PROFILE=1 (per-op timing; changes no result) is read, once. */
+ * called the options are all zero, the defaults. Only the diagnostics
+ * ANVIL_CUDA_PROFILE=1 (per-op timing) and ANVIL_CUDA_MEMLOG=1 (the blocks held at the
+ * high-water mark, with their call stacks, printed at exit) are read, once; neither changes a result. */
+#include <dlfcn.h>
+#include <execinfo.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +37,58 @@ CudaCtx g_cu;
 static std::unordered_map<void *, size_t> *g_sizes; /* live cuda_malloc blocks */
 static char g_device_name[256];
 
+/* ANVIL_CUDA_MEMLOG=1: every live block's call stack, and a copy of them each time the high-water mark
+ * grows by 1 MiB or more (and at a reset of the mark); at exit the last copy, largest first, its frames as module+offset (for
+ * addr2line on the same binary). */
+#define MEMLOG_FRAMES 8
+struct MemSite {
+    size_t bytes;
+    int n;
+    void *bt[MEMLOG_FRAMES];
+};
+static std::unordered_map<void *, MemSite> *g_sites;
+static std::vector<MemSite> *g_peak_sites;
+static size_t g_peak_logged;
+
+static void memlog_print(void)
+{
+    std::vector<MemSite> v = *g_peak_sites;
+    std::sort(v.begin(), v.end(), [](const MemSite &a, const MemSite &b) { return a.bytes > b.bytes; });
+    size_t tot = 0;
+    for (const MemSite &s : v) tot += s.bytes;
+    fprintf(stderr, "memlog: %zu blocks, %.1f MiB at the last logged high-water mark (peak %.1f MiB)\n", v.size(),
+            tot / MIB, g_cu.peak / MIB);
+    for (const MemSite &s : v) {
+        if (s.bytes < ((size_t)1 << 20)) break;
+        fprintf(stderr, "memlog: %10.1f MiB", s.bytes / MIB);
+        for (int i = 1; i < s.n; i++) {
+            Dl_info info;
+            if (dladdr(s.bt[i], &info) && info.dli_fname) {
+                const char *b = strrchr(info.dli_fname, '/');
+                fprintf(stderr, " %s+0x%lx", b ? b + 1 : info.dli_fname,
+                        (unsigned long)((char *)s.bt[i] - (char *)info.dli_fbase));
+            }
+        }
+        fprintf(stderr, "\n");
+    }
+}
+
+static void memlog_snapshot(void)
+{
+    g_peak_sites->clear();
+    for (const auto &kv : *g_sites) g_peak_sites->push_back(kv.second);
+    g_peak_logged = g_cu.in_use;
+}
+
+static void memlog_alloc(void *p, size_t bytes)
+{
+    MemSite s;
+    s.bytes = bytes;
+    s.n = backtrace(s.bt, MEMLOG_FRAMES);
+    (*g_sites)[p] = s;
+    if (g_cu.in_use == g_cu.peak && g_cu.in_use >= g_peak_logged + ((size_t)1 << 20)) memlog_snapshot();
+}
+
 void cuda_fail(const char *lib, const char *msg, const char *expr, const char *file, int line)
 {
     fatal("%s:%d: %s error: %s (in `%s`)", file, line, lib, msg, expr);
@@ -51,6 +106,12 @@ int cuda_ctx_init(void)
         return -1;
     }
     g_sizes = new std::unordered_map<void *, size_t>();
+    const char *ml = getenv("ANVIL_CUDA_MEMLOG"); /* before the first block (the cuBLASLt workspace) */
+    if (ml && atoi(ml)) {
+        g_sites = new std::unordered_map<void *, MemSite>();
+        g_peak_sites = new std::vector<MemSite>();
+        atexit(memlog_print);
+    }
     CUDA_CHECK(cudaSetDevice(0));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -86,6 +147,7 @@ void *cuda_malloc(size_t bytes)
     (*g_sizes)[p] = bytes;
     g_cu.in_use += bytes;
     if (g_cu.in_use > g_cu.peak) g_cu.peak = g_cu.in_use;
+    if (g_sites) memlog_alloc(p, bytes);
     return p;
 }
 
@@ -97,6 +159,7 @@ void cuda_free(void *p)
         g_cu.in_use -= it->second;
         g_sizes->erase(it);
     }
+    if (g_sites) g_sites->erase(p);
     CUDA_CHECK(cudaFree(p));
 }
 
@@ -122,7 +185,11 @@ extern "C" void cuda_mem_stats(size_t *in_use, size_t *peak, size_t *dev_free, s
     if (dev_total) *dev_total = tot;
 }
 
-extern "C" void cuda_mem_reset_peak(void) { g_cu.peak = g_cu.in_use; }
+extern "C" void cuda_mem_reset_peak(void)
+{
+    g_cu.peak = g_cu.in_use;
+    if (g_sites) memlog_snapshot(); /* the blocks of the new high-water mark, from here */
+}
 extern "C" const char *cuda_device_name(void) { return g_device_name; }
 extern "C" void *cuda_stream(void) { return (void *)g_cu.stream; }
 
@@ -135,6 +202,29 @@ static void *cu_alloc(size_t bytes)
 
 static void cu_free_op(void *p) { cuda_free(p); }
 
+/* Pinned, mapped host memory: with unified addressing the host pointer is the device's too. */
+static void *cu_alloc_host(size_t bytes)
+{
+    void *p = NULL, *d = NULL;
+    if (bytes == 0) bytes = 1;
+    if (cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+        cudaGetLastError();
+        fatal("out of pinned host memory: asked for %.1f MiB (for state kept off the GPU: train.offload_*)",
+              bytes / MIB);
+    }
+    CUDA_CHECK(cudaHostGetDevicePointer(&d, p, 0));
+    if (d != p) fatal("cuda: pinned host memory has a device address of its own (no unified addressing)");
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cu_free_host(void *p)
+{
+    if (!p) return;
+    CUDA_CHECK(cudaStreamSynchronize(g_cu.stream)); /* no queued op still reads it */
+    CUDA_CHECK(cudaFreeHost(p));
+}
+
 static void cu_zero(void *p, size_t bytes)
 {
     if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, g_cu.stream));
@@ -143,7 +233,7 @@ static void cu_zero(void *p, size_t bytes)
 static void cu_upload(void *dst, const void *src, size_t bytes)
 {
     if (!bytes) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g_cu.stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, g_cu.stream));
     /* the host buffer may be reused by the caller right after we return */
     CUDA_CHECK(cudaStreamSynchronize(g_cu.stream));
 }
@@ -151,7 +241,7 @@ static void cu_upload(void *dst, const void *src, size_t bytes)
 static void cu_download(void *dst, const void *src, size_t bytes)
 {
     if (!bytes) return;
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g_cu.stream));
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, g_cu.stream));
     CUDA_CHECK(cudaStreamSynchronize(g_cu.stream));
 }
 
@@ -159,10 +249,13 @@ static void cu_sync(void) { CUDA_CHECK(cudaStreamSynchronize(g_cu.stream)); }
 
 static void cu_copy(void *dst, const void *src, size_t bytes)
 {
-    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_cu.stream));
+    if (bytes) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, g_cu.stream));
 }
 
 /* ------------------------------------------------------------ conversions */
+
+/* Host <-> device transfers of act values go through an fp32 scratch of at most this many values. */
+static const size_t CONVERT_CHUNK = (size_t)4 << 20;
 
 template <typename Tout, typename Tin> __global__ void convert_kernel(Tout *dst, const Tin *src, size_t n)
 {
@@ -190,9 +283,14 @@ template <typename T> static void cu_download_act(float *host_dst, const void *s
         cu_download(host_dst, src, n * sizeof(float));
         return;
     }
-    float *tmp = (float *)cuda_scratch(n * sizeof(float));
-    convert<float, T>(tmp, (const T *)src, n);
-    cu_download(host_dst, tmp, n * sizeof(float));
+    /* by chunks: the grow-only scratch must not keep the largest tensor's fp32 size (a 7B model's
+     * embedding: 625 MiB) for the rest of the run */
+    float *tmp = (float *)cuda_scratch(std::min(n, CONVERT_CHUNK) * sizeof(float));
+    for (size_t i = 0; i < n; i += CONVERT_CHUNK) {
+        size_t c = std::min(n - i, CONVERT_CHUNK);
+        convert<float, T>(tmp, (const T *)src + i, c);
+        cu_download(host_dst + i, tmp, c * sizeof(float));
+    }
 }
 
 template <typename T> static void cu_upload_act(void *dst, const float *host_src, size_t n)
@@ -201,9 +299,12 @@ template <typename T> static void cu_upload_act(void *dst, const float *host_src
         cu_upload(dst, host_src, n * sizeof(float));
         return;
     }
-    float *tmp = (float *)cuda_scratch(n * sizeof(float));
-    cu_upload(tmp, host_src, n * sizeof(float));
-    convert<T, float>((T *)dst, tmp, n);
+    float *tmp = (float *)cuda_scratch(std::min(n, CONVERT_CHUNK) * sizeof(float));
+    for (size_t i = 0; i < n; i += CONVERT_CHUNK) { /* cu_upload waits: the next chunk may reuse tmp */
+        size_t c = std::min(n - i, CONVERT_CHUNK);
+        cu_upload(tmp, host_src + i, c * sizeof(float));
+        convert<T, float>((T *)dst + i, tmp, c);
+    }
 }
 
 /* ------------------------------------------------------------ profiling */
@@ -319,6 +420,8 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->act_size = sizeof(T);
     be->alloc = cu_alloc;
     be->free = cu_free_op;
+    be->alloc_host = cu_alloc_host;
+    be->free_host = cu_free_host;
     be->zero = cu_zero;
     be->upload = cu_upload;
     be->download = cu_download;
