@@ -138,4 +138,16 @@ out_dir: $tmp/x2
 YAML
 expect_fail "offload: a tied embedding" "train.offload_embeddings|tied" train "$tmp/tied.yaml"
 expect_fail "offload: not a boolean" "train.offload_optimizer" train "$tmp/tied.yaml" --set train.offload_optimizer=maybe
+# anvil plan --offload: what leaves the peak is what the host then holds
+"$ANVIL" plan --model llama-tiny --method qlora --device cpu --json "$tmp/p0.json" >/dev/null
+"$ANVIL" plan --model llama-tiny --method qlora --device cpu --offload optimizer,embeddings --json "$tmp/p1.json" >/dev/null
+field() { grep -o "\"$2\": [0-9]*" "$1" | head -1 | grep -o '[0-9]*$'; }
+check "plan --offload: no optimizer state on the device" test "$(field "$tmp/p1.json" optimizer)" = 0
+check "plan --offload: the host holds the moments and the embedding" test \
+    "$(( $(field "$tmp/p0.json" optimizer) + $(field "$tmp/p0.json" weights) - $(field "$tmp/p1.json" weights) ))" \
+    = "$(field "$tmp/p1.json" host)"
+check "plan --offload: the peak falls by as much" test \
+    "$(( $(field "$tmp/p0.json" peak) - $(field "$tmp/p1.json" peak) ))" = "$(field "$tmp/p1.json" host)"
+check "plan: no host part without --offload" test "$(field "$tmp/p0.json" host)" = 0
+expect_fail "plan --offload: a tied embedding" "--offload embeddings|untied" plan --model gpt2-tiny --method lora --offload embeddings
 cli_summary

@@ -27,12 +27,14 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: anvil plan --model PRESET_OR_DIR [--method full|lora|qlora|ternary] [--batch B] [--seq T]\n"
                "                  [--recompute 0|1|2] [--lora-r R] [--gpu NAME] [--world N --zero 0|1|2|3]\n"
-               "                  [--device cuda|cuda-fp32|cpu] [--json FILE]\n"
+               "                  [--device cuda|cuda-fp32|cpu] [--offload optimizer,embeddings] [--json FILE]\n"
                "  Predicted peak memory of one training step, by what holds it, and the largest micro-batch\n"
                "  that fits on common GPUs. Defaults: --method full, --batch 1, --seq the model's window,\n"
                "  --recompute 0, --lora-r 16 (all-linear), --device cuda (bf16), --world 1 --zero 0.\n"
                "  --method ternary: train.optimizer: ternary (block linears as packed trits, docs/ternary.md);\n"
-               "  --ternary-embeddings 1 and --ternary-fused 1 as train.ternary.embeddings / fused (default 0).\n");
+               "  --ternary-embeddings 1 and --ternary-fused 1 as train.ternary.embeddings / fused (default 0).\n"
+               "  --offload: the AdamW moments and/or a frozen input embedding in host memory\n"
+               "  (train.offload_optimizer, train.offload_embeddings), not in the peak.\n");
 }
 
 int cmd_plan(int argc, char **argv)
@@ -64,6 +66,15 @@ int cmd_plan(int argc, char **argv)
         else if (!strcmp(f, "--zero")) rc = cli_int(f, v, 0, &s.zero);
         else if (!strcmp(f, "--ternary-embeddings")) rc = cli_int(f, v, 0, &s.tern_embeddings);
         else if (!strcmp(f, "--ternary-fused")) rc = cli_int(f, v, 0, &s.tern_fused);
+        else if (!strcmp(f, "--offload")) { /* as anvil bench --offload */
+            char buf[64];
+            snprintf(buf, sizeof(buf), "%s", v);
+            for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
+                if (!strcmp(t, "optimizer")) s.offload_opt = 1;
+                else if (!strcmp(t, "embeddings")) s.offload_emb = 1;
+                else rc = err_set("--offload: expected optimizer, embeddings or both (comma-separated), got \"%s\"", t);
+            }
+        }
         else {
             fprintf(stderr, "anvil: plan: unknown option \"%s\" (try --help)\n", f);
             return 1;
@@ -107,6 +118,7 @@ int cmd_plan(int argc, char **argv)
     printf("| %.2f GiB | %.2f GiB | %.2f GiB | %.2f GiB | %.2f GiB | %.2f GiB | **%.2f GiB** | %.2f GiB |\n",
            m->weights / GIB, m->master / GIB, m->grads / GIB, m->optim / GIB, m->acts / GIB, m->workspace / GIB,
            m->peak / GIB, r.rule_gib);
+    if (m->host) printf("\nHeld in host memory (--offload), not in the peak: %.2f GiB\n", m->host / GIB);
     int n;
     const PlanGpu *g = plan_gpus(&n);
     if (gpu) {
@@ -131,12 +143,13 @@ int cmd_plan(int argc, char **argv)
     }
     int rc = 0;
     if (json) {
-        json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}", "model",
+        json_t *j = json_pack("{s:s, s:s, s:i, s:i, s:i, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}", "model",
                               model, "method", plan_method_name(s.method), "batch", s.B, "seq", s.T, "recompute",
                               s.recompute, "device", device, "weights", (json_int_t)m->weights, "master",
                               (json_int_t)m->master, "gradients", (json_int_t)m->grads, "optimizer",
                               (json_int_t)m->optim, "activations", (json_int_t)m->acts, "workspace",
-                              (json_int_t)m->workspace, "peak", (json_int_t)m->peak, "rule_of_thumb_gib", r.rule_gib,
+                              (json_int_t)m->workspace, "peak", (json_int_t)m->peak, "host", (json_int_t)m->host,
+                              "rule_of_thumb_gib", r.rule_gib,
                               "gpus", rows);
         char *t = json_dumps(j, JSON_INDENT(2));
         if (!t || fs_write_atomic(json, t, strlen(t))) {

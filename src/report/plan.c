@@ -58,6 +58,8 @@ static void nop_up_act(void *dst, const float *src, size_t n) { (void)dst, (void
 static void nop_down_act(float *dst, const void *src, size_t n) { (void)dst, (void)src, (void)n; }
 static void nop_sync(void) {}
 
+static void *plan_alloc_host(size_t bytes) { return xcalloc(1, bytes ? bytes : 1); }
+
 static Backend plan_backend(int act_size)
 {
     Backend be = {0};
@@ -75,6 +77,8 @@ static Backend plan_backend(int act_size)
     be.upload_act = nop_up_act;
     be.download_act = nop_down_act;
     be.mem_stats = plan_mem_stats;
+    be.alloc_host = plan_alloc_host; /* not counted: train.offload_* moves it off the device */
+    be.free_host = free;
     return be;
 }
 
@@ -94,6 +98,15 @@ static Backend plan_backend(int act_size)
  * headroom), data.mlm.prob's default share of them, instead of the LM head's chunk. */
 #define PLAN_MLM_SHARE 0.15
 #define PLAN_MLM_HEADROOM 1.25
+
+/* --offload embeddings: the input embedding in host memory where the table allows it (else the
+ * caller refuses). */
+static void plan_emb_host(void *ctx, const ParamTable *pt, ParamAllocPlan *plan)
+{
+    (void)ctx;
+    memset(plan, 0, sizeof(*plan));
+    plan->emb_host = params_emb_host_ok(pt) == 1;
+}
 
 static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains, int head_chunked)
 {
@@ -167,7 +180,12 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         const char *all = "all-linear";
         if (lora_sites_parse(&all, 1, c->family, &ls.sites)) return -1;
         Q4Spec q = {.type = s->method == PLAN_QLORA ? Q4_NF4 : -1, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = 1};
-        m = model_create_lora(c, &be, &ls, 1, 1, &q);
+        ModelAlloc alloc = {.plan = s->offload_emb ? plan_emb_host : NULL};
+        m = model_create_lora_alloc(c, &be, &ls, 1, 1, &q, &alloc);
+    }
+    if (s->offload_emb && !m->ps.emb_host) {
+        model_free(m);
+        return err_set("--offload embeddings needs a frozen, untied input embedding (lora or qlora)");
     }
     size_t q4 = q4_bytes(m, -1);
     if (model_reserve(m, s->B, s->T, s->recompute)) {
@@ -205,9 +223,10 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         q4 = (q4 + (size_t)world - 1) / (size_t)world;
         slots += g0 + 2 * gmax;
     }
-    optim_init_range(&o, m, 0.0f, lo, hi);
+    optim_init_host(&o, m, 0.0f, lo, hi, s->offload_opt);
     MemReport mr;
     model_mem_report(m, optim_bytes(&o), &mr);
+    mr.host += optim_host_bytes(&o);
     /* the 4-bit states are uploaded at load, not at creation: add them to the weights */
     mr.weights += q4;
     mr.workspace += slots;
