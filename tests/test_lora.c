@@ -329,7 +329,7 @@ static void check_recompute(Family f, float dropout)
 {
     ModelConfig c;
     model_config_defaults(&c, f);
-    c.n_layer = 2, c.n_head = 4, c.n_kv_head = f == FAMILY_LLAMA ? 2 : 4, c.d_model = 16;
+    c.n_layer = 3, c.n_head = 4, c.n_kv_head = f == FAMILY_LLAMA ? 2 : 4, c.d_model = 16;
     c.d_ff = f == FAMILY_LLAMA ? 24 : 0, c.vocab_size = 29, c.max_seq_len = 16;
     if (model_config_finish(&c)) fatal_err();
     LoraSpec ls = {.r = 3, .alpha = 5.0f, .dropout = dropout};
@@ -365,6 +365,29 @@ static void check_recompute(Family f, float dropout)
         CHECKF(diff == 0, "%s dropout %g: %d adapter gradients at recompute %d differ from recompute 0's",
                model_family_name(f), dropout, diff, rc);
     }
+    /* train.recompute_layers: the first k blocks at level rc, the others keeping everything */
+    for (int rc = 1; rc < 3; rc++)
+        for (int k = 0; k <= c.n_layer; k++) {
+            model_set_recompute_layers(m, k);
+            CHECK(model_reserve(m, B, T, rc) == 0);
+            CHECK(model_layer_recompute(m, 0) == (k > 0 ? rc : RECOMPUTE_NONE));
+            CHECK(model_layer_recompute(m, c.n_layer - 1) == (k == c.n_layer ? rc : RECOMPUTE_NONE));
+            m->dropout_seed = 41;
+            model_zero_grad(m);
+            double l = model_forward(m, in, tg, B, T, 1.0f, NULL);
+            model_backward(m);
+            float *gk = xmalloc(m->pt.total * sizeof(float));
+            model_get_grads(m, gk);
+            int diff = 0;
+            for (int i = 0; i < m->pt.n; i++) {
+                const Param *pp = &m->pt.p[i];
+                if (pp->site >= 0 && memcmp(gk + pp->offset, g[0] + pp->offset, pp->numel * sizeof(float))) diff++;
+            }
+            CHECKF(l == loss[0] && diff == 0, "%s dropout %g: recompute %d of the first %d blocks: loss %.9g vs %.9g, "
+                   "%d adapter gradients differ", model_family_name(f), dropout, rc, k, l, loss[0], diff);
+            free(gk);
+        }
+    model_set_recompute_layers(m, -1);
     for (int rc = 0; rc < 3; rc++) free(g[rc]);
     free(p);
     model_free(m);

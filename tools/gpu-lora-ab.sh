@@ -13,6 +13,7 @@ modes=${*:-qlora_speed qlora_small bf16_speed}
 args() {
     case $1 in
     qlora_speed) echo "--quant nf4 --batch 4 --seq 2048 --recompute 1" ;;
+    qlora_speed_k) echo "--quant nf4 --batch 4 --seq 2048 --recompute 1 --recompute-layers ${KLAYERS:-10}" ;;
     qlora_mem) echo "--quant nf4 --batch 4 --seq 2048 --recompute 2" ;;
     qlora_small) echo "--quant nf4 --batch 1 --seq 512 --recompute 2" ;;
     bf16_speed) echo "--batch 4 --seq 2048 --recompute 0" ;;
@@ -25,6 +26,7 @@ for m in $modes; do
         for which in old new; do
             bin=./anvil
             [ $which = old ] && bin=old/anvil
+            [ $which = old ] && [ $m = qlora_speed_k ] && continue # a new switch: the new build only
             f="$OUT/${m}_${which}_$rep.log"
             timeout 200 $bin bench --device cuda --model llama2-7b --lora 16 --steps 6 --warmup 2 --ceiling-size 0 \
                 $(args $m) >"$f" 2>&1

@@ -51,6 +51,7 @@ typedef struct {
     int lora_r, ablate, head_unfused, accum;
     int B, T, steps, warmup, recompute, profile, ceiling_n, print_every, lr_warmup;
     int offload_opt, offload_emb; /* --offload optimizer,embeddings */
+    int recompute_layers;         /* --recompute-layers K: only the first K blocks recompute (-1: all) */
     float lr;
     float dropout, attn_dropout; /* --dropout, --attn-dropout: model.dropout, model.attn_dropout */
 } BenchArgs;
@@ -80,6 +81,7 @@ static void usage(FILE *f)
                "                   [--device cpu|cuda|cuda-fp32] [--recompute 0|1|2] [--json FILE] [--profile]\n"
                "                   [--ceiling-size M] [--data TOKENS.u32 [--print-every K]] [--lr X]\n"
                "                   [--lr-warmup K] [--freeze GLOB[,GLOB...]] [--offload optimizer,embeddings]\n"
+               "                   [--recompute-layers K]\n"
                "                   [--lora R [--lora-targets M[,M...]]] [--quant nf4|fp4]\n"
                "                   [--head fused|unfused] [--accum N] [--ablate] [--dropout P] [--attn-dropout P]\n"
                "defaults: --batch 4 (cpu) / 16 (gpu), --seq 64 (cpu) / the model's window (gpu), --steps 10,\n"
@@ -98,7 +100,8 @@ static void usage(FILE *f)
                "--quant stores the base's block linears 4-bit (QLoRA; random weights, synthetic 4-bit states).\n"
                "--dropout and --attn-dropout train with model.dropout and model.attn_dropout (default 0).\n"
                "--offload keeps the AdamW moments and/or a frozen input embedding in host memory\n"
-               "(train.offload_optimizer, train.offload_embeddings).\n"
+               "(train.offload_optimizer, train.offload_embeddings); --recompute-layers K recomputes the\n"
+               "first K blocks only (train.recompute_layers).\n"
                "ANVIL_ATTENTION, ANVIL_GEMM_TUNE and ANVIL_DETERMINISTIC set the backend switches.\n"
                "presets: %s\n",
             model_preset_names());
@@ -112,6 +115,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
     a->T = -1;
     a->steps = 10;
     a->warmup = 3;
+    a->recompute_layers = -1;
     a->accum = 1;
     a->ceiling_n = -1;
     a->lr = BENCH_LR;
@@ -167,6 +171,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--steps")) rc = cli_int(f, v, 1, &a->steps);
         else if (!strcmp(f, "--warmup")) rc = cli_int(f, v, 0, &a->warmup);
         else if (!strcmp(f, "--recompute")) rc = cli_int(f, v, 0, &a->recompute);
+        else if (!strcmp(f, "--recompute-layers")) rc = cli_int(f, v, 0, &a->recompute_layers);
         else if (!strcmp(f, "--ceiling-size")) rc = cli_int(f, v, 0, &a->ceiling_n);
         else if (!strcmp(f, "--dropout") || !strcmp(f, "--attn-dropout")) {
             char *end;
@@ -326,6 +331,7 @@ static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backen
         if (!m) return NULL;
         model_init_gpt2(m, 1);
         model_init_lora(m, 1);
+        model_set_recompute_layers(m, a->recompute_layers);
         if (model_reserve(m, a->B, a->T, a->recompute)) {
             model_free(m);
             return NULL;
@@ -344,6 +350,7 @@ static Model *bench_model(const BenchArgs *a, const ModelConfig *c, const Backen
     Model *m = model_create_kinds(c, be, kinds);
     free(kinds);
     model_init_gpt2(m, 1);
+    model_set_recompute_layers(m, a->recompute_layers);
     if (model_reserve(m, a->B, a->T, a->recompute)) {
         model_free(m);
         return NULL;

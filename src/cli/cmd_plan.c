@@ -34,7 +34,8 @@ static void usage(FILE *f)
                "  --method ternary: train.optimizer: ternary (block linears as packed trits, docs/ternary.md);\n"
                "  --ternary-embeddings 1 and --ternary-fused 1 as train.ternary.embeddings / fused (default 0).\n"
                "  --offload: the AdamW moments and/or a frozen input embedding in host memory\n"
-               "  (train.offload_optimizer, train.offload_embeddings), not in the peak.\n");
+               "  (train.offload_optimizer, train.offload_embeddings), not in the peak; --recompute-layers K:\n"
+               "  only the first K blocks recompute (train.recompute_layers).\n");
 }
 
 int cmd_plan(int argc, char **argv)
@@ -66,6 +67,11 @@ int cmd_plan(int argc, char **argv)
         else if (!strcmp(f, "--zero")) rc = cli_int(f, v, 0, &s.zero);
         else if (!strcmp(f, "--ternary-embeddings")) rc = cli_int(f, v, 0, &s.tern_embeddings);
         else if (!strcmp(f, "--ternary-fused")) rc = cli_int(f, v, 0, &s.tern_fused);
+        else if (!strcmp(f, "--recompute-layers")) {
+            int k = 0;
+            rc = cli_int(f, v, 0, &k);
+            s.keep_layers = -1 - k; /* resolved against the model's depth below */
+        }
         else if (!strcmp(f, "--offload")) { /* as anvil bench --offload */
             char buf[64];
             snprintf(buf, sizeof(buf), "%s", v);
@@ -103,6 +109,7 @@ int cmd_plan(int argc, char **argv)
         return 1;
     }
     if (s.T < 0) s.T = c.max_seq_len;
+    if (s.keep_layers < 0) s.keep_layers = MAX(0, c.n_layer - (-1 - s.keep_layers)); /* --recompute-layers K */
     s.gpu = strcmp(device, "cpu") != 0;
     s.act_size = !strcmp(device, "cuda") ? 2 : 4;
     PlanResult r;

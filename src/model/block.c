@@ -183,11 +183,12 @@ void block_recompute(Model *m, int l, LayerActs *a, int B, int T, void *scratch)
     const LayerParams *p = &m->lp[l];
     const ParamStore *ps = &m->ps;
     int N = B * T, C = c->d_model;
-    if (m->recompute == RECOMPUTE_NONE) return;
+    int level = model_layer_recompute(m, l);
+    if (level == RECOMPUTE_NONE) return;
     be->norm_fwd(a->ln1, a->ln1_mean, a->ln1_rstd, a->res, params_w(ps, p->ln1_w), params_w(ps, p->ln1_b), N, C,
                  c->norm_eps, is_rms(m));
     if (l == 0 && c->post_norm) model_dropout_fwd(m, -1, DROP_SITE_EMBED, a->ln1, (size_t)N * C); /* the same mask */
-    if (m->recompute == RECOMPUTE_BLOCK) {
+    if (level == RECOMPUTE_BLOCK) {
         AttnCtx ctx = model_ctx(m);
         m->lora_t_kept = 1; /* the adapters' saved products (kept at every level) are the forward's */
         block_fwd(m, l, a, B, T, &ctx, scratch);

@@ -105,6 +105,7 @@ static Model *model_build(const ModelConfig *cfg, const Backend *be, const Param
     Model *m = xcalloc(1, sizeof(Model));
     m->cfg = *cfg;
     m->be = be;
+    m->recompute_layers = -1; /* every block at the reserved level */
     if (lora) m->lora = *lora;
     param_table_build_lora(&m->pt, cfg, lora);
     param_table_set_kinds(&m->pt, kinds);
@@ -342,6 +343,18 @@ void model_free(Model *m)
     free(m);
 }
 
+void model_set_recompute_layers(Model *m, int k)
+{
+    if (k < 0) k = -1;
+    if (k != m->recompute_layers) free_acts(m); /* the next model_reserve sizes the layers anew */
+    m->recompute_layers = k;
+}
+
+int model_layer_recompute(const Model *m, int l)
+{
+    return m->recompute_layers >= 0 && l >= m->recompute_layers ? RECOMPUTE_NONE : m->recompute;
+}
+
 int model_reserve(Model *m, int B, int T, int recompute)
 {
     const ModelConfig *c = &m->cfg;
@@ -374,8 +387,11 @@ int model_reserve(Model *m, int B, int T, int recompute)
         a->ln1_rstd = be->alloc(N * sizeof(float));
         a->ln2_mean = be->alloc(N * sizeof(float));
         a->ln2_rstd = be->alloc(N * sizeof(float));
-        int keep_cheap = recompute == RECOMPUTE_NONE;         /* norms and activation outputs */
-        int keep_block = recompute != RECOMPUTE_BLOCK;        /* everything else */
+        /* the recomputed blocks are the first ones, so layer 0 (and the first dense or MoE layer, whose
+         * buffers later recomputed layers share) is one of them whenever any block recomputes */
+        int level = model_layer_recompute(m, l);
+        int keep_cheap = level == RECOMPUTE_NONE;          /* norms and activation outputs */
+        int keep_block = level != RECOMPUTE_BLOCK;         /* everything else */
         a->ln1 = (keep_cheap || first) ? be->alloc(N * C * as) : a0->ln1;
         a->ln2 = (keep_cheap || first) ? be->alloc(N * C * as) : a0->ln2;
         a->fch_act = moe ? NULL : (keep_cheap || l == dense0) ? be->alloc(N * ff * as) : ad->fch_act;

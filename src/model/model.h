@@ -112,6 +112,9 @@ typedef struct Model {
 
     /* activation buffers sized for up to Bmax x Tmax tokens */
     int Bmax, Tmax, recompute;
+    /* train.recompute_layers: the first recompute_layers blocks recompute at `recompute`, the others keep
+     * every activation; -1 (the default) = all of them. Set with model_set_recompute_layers. */
+    int recompute_layers;
     int cur_B, cur_T; /* shape of the last forward with targets (used by backward) */
     size_t act_bytes; /* backend memory of the buffers below */
     LayerActs *la;    /* n_layer */
@@ -217,6 +220,12 @@ void model_free(Model *m);
 /* Allocate activations for batches of up to B x T tokens (T <= max_seq_len).
  * recompute is a RECOMPUTE_* level. -1 with err_set() if T is too long. */
 int model_reserve(Model *m, int B, int T, int recompute);
+/* Only the first k blocks recompute (model_reserve's level); the rest keep all their activations
+ * (more memory, less recompute: Megatron's --recompute-num-layers). k < 0: every block. The next
+ * model_reserve allocates for it. */
+void model_set_recompute_layers(Model *m, int k);
+/* The recompute level block l runs at (RECOMPUTE_*). */
+int model_layer_recompute(const Model *m, int l);
 
 /* GPT-2-style init: N(0, 0.02) for matrices, residual output projections
  * scaled by 1/sqrt(2*n_layer), zero biases, unit norm weights. Each tensor

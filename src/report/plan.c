@@ -188,6 +188,7 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         return err_set("--offload embeddings needs a frozen, untied input embedding (lora or qlora)");
     }
     size_t q4 = q4_bytes(m, -1);
+    if (s->keep_layers > 0) model_set_recompute_layers(m, MAX(0, c->n_layer - s->keep_layers));
     if (model_reserve(m, s->B, s->T, s->recompute)) {
         model_free(m);
         return -1;

@@ -23,6 +23,7 @@ typedef struct {
     int act_size;     /* 2: a GPU in bf16; 4: the CPU or cuda-fp32 */
     int gpu;          /* 1: add the GPU backend's own workspace (plan_workspace) */
     int tern_embeddings, tern_fused; /* ternary: train.ternary.embeddings, train.ternary.fused */
+    int keep_layers; /* train.recompute_layers: the last keep_layers blocks keep every activation (0: none) */
     int offload_opt, offload_emb; /* train.offload_optimizer / train.offload_embeddings: held in host memory */
     int world, zero;  /* data parallel: ZeRO-1 shards the master and moments over world, ZeRO-2 also the gradients, ZeRO-3 also the weights (rank 0's store, as dist_attach makes it) */
 } PlanSpec;

@@ -179,6 +179,9 @@ static const KeyDef keys[] = {
     {"train.seed", CT_U64, F(seed), "1337", "Seed for init and data order; one seed gives identical runs."},
     {"train.recompute", CT_INT, F(recompute), "0",
      "Activation recompute: 0 none, 1 norms and MLP activation, 2 whole blocks (least memory)."},
+    {"train.recompute_layers", CT_INT, F(recompute_layers), "-1",
+     "Only the first N blocks recompute at train.recompute; the others keep every activation (more memory, "
+     "less recompute; -1 = all blocks)."},
     {"train.offload_optimizer", CT_BOOL, F(offload_optimizer), "false",
      "Keep the AdamW moments in pinned host memory: on a GPU the update reads and writes them over the bus "
      "(8 bytes per trainable parameter off the device; a slower update). The values are the same."},
@@ -549,6 +552,8 @@ int train_config_validate(const TrainConfig *tc)
     if (!(tc->weight_decay >= 0)) return err_set("train.weight_decay: must be >= 0, got %g", tc->weight_decay);
     if (tc->recompute < 0 || tc->recompute > 2)
         return err_set("train.recompute: expected 0, 1 or 2, got %d", tc->recompute);
+    if (tc->recompute_layers < -1)
+        return err_set("train.recompute_layers: expected -1 (all blocks) or a count of blocks, got %d", tc->recompute_layers);
     if (tc->log_every <= 0) return err_set("train.log_every: must be positive, got %d", tc->log_every);
     if (!(tc->log_flush_s > 0) || !isfinite(tc->log_flush_s))
         return err_set("log.flush_s: must be a positive number of seconds, got %g", tc->log_flush_s);

@@ -67,6 +67,7 @@ typedef struct {
     float weight_decay, grad_clip, beta1, beta2, eps;
     uint64_t seed;
     int recompute;
+    int recompute_layers;   /* train.recompute_layers: -1 all blocks, else the first N */
     int offload_optimizer;  /* train.offload_optimizer: AdamW moments in host memory */
     int offload_embeddings; /* train.offload_embeddings: a frozen input embedding in host memory */
     int deterministic; /* 1: bit-reproducible device kernels only (train.deterministic) */

@@ -934,6 +934,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     } else if (tc->lora_init[0] && peft_read_weights(tc->lora_init, r->m)) {
         return err_prefix("lora.init");
     }
+    model_set_recompute_layers(r->m, tc->recompute_layers);
     if (model_reserve(r->m, tc->batch_size, tc->seq_len, tc->recompute)) return -1;
     if (run_tp(r)) tp_attach(r->m, &r->tpm); /* the products split, the collectives of the tp group */
     Dist *d = &r->dist;
@@ -990,7 +991,9 @@ static int resolve_auto_batch(Run *r, const ModelConfig *cfg)
     }
     int on_gpu = !strncmp(r->be->name, "cuda", 4);
     PlanSpec ps = {.method = PLAN_FULL, .T = tc->seq_len, .recompute = tc->recompute, .act_size = (int)r->be->act_size,
-                   .gpu = on_gpu, .world = world, .zero = tc->dist_zero};
+                   .gpu = on_gpu, .world = world, .zero = tc->dist_zero,
+                   .keep_layers = tc->recompute_layers >= 0 ? MAX(0, cfg->n_layer - tc->recompute_layers) : 0,
+                   .offload_opt = tc->offload_optimizer, .offload_emb = tc->offload_embeddings};
     if (tc->lora_r > 0 || tc->lora_init[0]) {
         Q4Spec q4;
         if (quant_spec(tc, &q4)) return -1;
