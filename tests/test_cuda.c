@@ -1364,58 +1364,6 @@ static void lora_parity(Family f, int quant)
     for (int b = 0; b < 3; b++) free(g[b]);
     model_free(m0);
 }
-/* The adapters' dt and dB products by row chunks (linear.c adapter_chunk_rows, sized by the backend's
- * cache): a GPU backend told its cache is tiny takes chunks of 256 rows; its adapter gradients against
- * the CPU's (one product over all rows) and against the same GPU with the whole rows at once. */
-static void test_lora_chunked(void)
-{
-    ModelConfig c = small(FAMILY_LLAMA);
-    LoraSpec ls = {.r = 8, .alpha = 16};
-    const char *all = "all-linear";
-    CHECK(lora_sites_parse(&all, 1, c.family, &ls.sites) == 0);
-    Q4Spec q = {.type = -1};
-    int B = 4, T = 160; /* 640 rows: chunks of 256, 256 and 128 */
-    int32_t *in = malloc(sizeof(int32_t) * B * T), *tg = malloc(sizeof(int32_t) * B * T);
-    Rng r;
-    rng_seed(&r, 79, 1);
-    for (int i = 0; i < B * T; i++) in[i] = (int32_t)rng_below(&r, c.vocab_size), tg[i] = (int32_t)rng_below(&r, c.vocab_size);
-    Backend whole32 = *gpu32, tiny32 = *gpu32, tiny16 = *gpu16;
-    whole32.cache_bytes = 0;
-    tiny32.cache_bytes = tiny16.cache_bytes = 3; /* 256-row chunks */
-    const Backend *bes[4] = {cpu, &whole32, &tiny32, &tiny16};
-    float *g[4], loss[4];
-    Model *m0 = NULL;
-    for (int b = 0; b < 4; b++) {
-        Model *m = model_create_lora(&c, bes[b], &ls, 1, 3, &q);
-        float *p = randn(m->pt.total, 0.05f, 6); /* B nonzero too: every gradient depends on the chunks */
-        model_set_params(m, p);
-        free(p);
-        CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
-        loss[b] = model_step(m, in, tg, B, T, &g[b]);
-        if (b == 0) m0 = m;
-        else model_free(m);
-    }
-    double worst[4] = {0};
-    for (int k = 0; k < m0->pt.n; k++) {
-        const Param *p = &m0->pt.p[k];
-        if (p->site < 0) continue;
-        for (int b = 1; b < 4; b++) worst[b] = fmax(worst[b], rel_err_max(g[b] + p->offset, g[0] + p->offset, p->numel));
-    }
-    double vs_whole = 0;
-    for (int k = 0; k < m0->pt.n; k++)
-        if (m0->pt.p[k].site >= 0)
-            vs_whole = fmax(vs_whole, rel_err_max(g[2] + m0->pt.p[k].offset, g[1] + m0->pt.p[k].offset, m0->pt.p[k].numel));
-    fprintf(stderr, "  lora chunked: loss cpu %.7f, whole fp32 %.7f, chunked fp32 %.7f, chunked bf16 %.7f; worst adapter "
-            "gradient rel err vs cpu: whole %.3g, chunked %.3g, chunked bf16 %.3g; chunked vs whole fp32 %.3g\n",
-            loss[0], loss[1], loss[2], loss[3], worst[1], worst[2], worst[3], vs_whole);
-    CHECK_CLOSE(loss[2], loss[0], TOL_F32);
-    CHECK(worst[2] <= TOL_F32_GRAD);
-    CHECK(vs_whole <= TOL_F32_GRAD);
-    CHECK(worst[3] <= 0.1);
-    for (int b = 0; b < 4; b++) free(g[b]);
-    model_free(m0);
-    free(in), free(tg);
-}
 static void test_lora_gpt2(void) { lora_parity(FAMILY_GPT2, 0); }
 static void test_lora_llama(void) { lora_parity(FAMILY_LLAMA, 0); }
 static void test_qlora_llama(void) { lora_parity(FAMILY_LLAMA, 1); }
@@ -2316,7 +2264,6 @@ int main(void)
     RUN(test_dropout);
     RUN(test_dequant4);
     RUN(test_lora_gpt2);
-    RUN(test_lora_chunked);
     RUN(test_lora_llama);
     RUN(test_qlora_llama);
     RUN(test_copy);

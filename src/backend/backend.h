@@ -383,10 +383,6 @@ struct Backend {
      * mem_stats on a device backend (it holds no device memory). */
     void *(*alloc_host)(size_t bytes);
     void (*free_host)(void *p);
-    /* ---- a property (appended) ----
-     * Bytes of the device's last-level cache that an operand read by one product can stay in for the
-     * next (the GPU's L2); 0 where there is none to plan for (the CPU). */
-    size_t cache_bytes;
 };
 
 /* The CPU backend (always built). */

@@ -140,18 +140,6 @@ static void adapters_fwd(const ParamStore *ps, const Linear *L, void *out, const
     if (L->split == LINEAR_ROW) tp_all_reduce_act(L->tp, t0, (size_t)N * ld);
 }
 
-/* Rows of dout per chunk of the adapters' dt and dB products: a chunk of (rows) columns is at most a
- * third of the device's cache (Backend.cache_bytes: 16 MB of the H100/H200's 50 MB L2), so that it stays
- * there between the two products, both bound by reading it; at least 256 rows (a product of fewer is
- * launch-bound), a multiple of 128; all N rows in one product when they fit or the backend has no cache. */
-static int adapter_chunk_rows(const Backend *be, int rows, int N)
-{
-    if (!be->cache_bytes) return N;
-    size_t per = (size_t)rows * be->act_size, ch = be->cache_bytes / 3 / (per ? per : 1);
-    ch = MAX((size_t)256, ch / 128 * 128);
-    return ch >= (size_t)N ? N : (int)ch;
-}
-
 /* The adapters' gradients and their share of dinp: added to what the base wrote (beta 1), or written for the
  * base to add to (beta 0: one adapter, or joined ones, and no dropout; adapters_first). */
 static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
@@ -162,21 +150,15 @@ static void adapters_bwd(const ParamStore *ps, const Linear *L, void *dinp, cons
     const LinearAdapter *a0 = &L->adapters[0];
     for (int k = 0, off = 0; k < L->n_adapters; off += L->adapters[k].r, k++) {
         const LinearAdapter *ad = &L->adapters[k];
+        const void *dslice = act_at(be, (void *)dout, (size_t)ad->row0);
+        void *dt = act_at(be, lb->dt, (size_t)off);
         float *dB = params_g(ps, ad->b);
-        /* by row chunks that fit the GPU's cache: the dt product reads a chunk of dout[:, rows] from
-         * memory and the dB product reads it again from the cache (both are bound by that read) */
-        int ch = adapter_chunk_rows(ps->be, ad->rows, N);
-        for (int r0 = 0; r0 < N; r0 += ch) {
-            int n = MIN(ch, N - r0);
-            const void *dslice = act_at(be, (void *)dout, (size_t)r0 * L->out + (size_t)ad->row0);
-            /* dt (n, r) = scale * dout[r0:, rows] @ B */
-            be->gemm(0, 0, n, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f,
-                     act_at(be, lb->dt, (size_t)r0 * ld + (size_t)off), ld, 0);
-            /* dB (rows, r) += scale * dout[r0:, rows]^T @ t[r0:] */
-            if (dB)
-                be->gemm(1, 0, ad->rows, ad->r, n, ad->scale, dslice, L->out,
-                         act_at(be, lb->t[ad->site], (size_t)r0 * ld), ld, 1.0f, dB, ad->r, 1);
-        }
+        /* dB (rows, r) += scale * dout[:, rows]^T @ t (tried by row chunks that stay in the L2 between
+         * this product and the next: slower on the H200, the chunks' small products cost more than the
+         * second read of dout saves; docs/finetuning.md) */
+        if (dB) be->gemm(1, 0, ad->rows, ad->r, N, ad->scale, dslice, L->out, lb->t[ad->site], ld, 1.0f, dB, ad->r, 1);
+        /* dt (N, r) = scale * dout[:, rows] @ B */
+        be->gemm(0, 0, N, ad->r, ad->rows, ad->scale, dslice, L->out, params_w(ps, ad->b), ad->r, 0.0f, dt, ld, 0);
     }
     /* dinp += dropout'(dt @ A) (the same mask on the gradient); joined: [dt_q | dt_k | dt_v] @ [A_q; A_k; A_v]
      * at once. Column-parallel: dt is this rank's partial sum over its output rows, and so is its share of

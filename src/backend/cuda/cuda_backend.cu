@@ -116,7 +116,6 @@ int cuda_ctx_init(void)
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     snprintf(g_device_name, sizeof(g_device_name), "%s", prop.name);
-    g_cu.l2_bytes = (size_t)prop.l2CacheSize;
     g_cu.device = 0;
     g_cu.sm_count = prop.multiProcessorCount;
     CUDA_CHECK(cudaStreamCreateWithFlags(&g_cu.stream, cudaStreamNonBlocking));
@@ -422,7 +421,6 @@ template <typename T> static void fill_table(Backend *be, const char *name)
     be->alloc = cu_alloc;
     be->free = cu_free_op;
     be->alloc_host = cu_alloc_host;
-    be->cache_bytes = g_cu.l2_bytes;
     be->free_host = cu_free_host;
     be->zero = cu_zero;
     be->upload = cu_upload;

@@ -49,7 +49,6 @@ typedef struct {
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_size;
-    size_t l2_bytes; /* the device's L2 cache (Backend.cache_bytes) */
     /* bytes held through cuda_malloc (buffers, scratch, workspace) and their high-water mark */
     size_t in_use, peak;
     /* 1: only kernels whose results are bit-reproducible (fixed-order reductions, no atomics);
