@@ -150,4 +150,6 @@ check "plan --offload: the peak falls by as much" test \
     "$(( $(field "$tmp/p0.json" peak) - $(field "$tmp/p1.json" peak) ))" = "$(field "$tmp/p1.json" host)"
 check "plan: no host part without --offload" test "$(field "$tmp/p0.json" host)" = 0
 expect_fail "plan --offload: a tied embedding" "--offload embeddings|untied" plan --model gpt2-tiny --method lora --offload embeddings
+expect_fail "plan --offload: an unknown word" "--offload|bogus" plan --model llama-tiny --method lora --offload optimizer,bogus
+expect_fail "bench --offload: an unknown word" "--offload|bogus" bench --model llama-tiny --lora 4 --offload bogus
 cli_summary

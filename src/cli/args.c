@@ -1,6 +1,8 @@
 #include "cli/args.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/error.h"
 
@@ -21,5 +23,17 @@ int cli_num(const char *flag, const char *value, double lo, double hi, double *o
     if (!*value || *end || !(x >= lo && x <= hi))
         return err_set("%s: expected a number in [%g, %g], got \"%s\"", flag, lo, hi, value);
     *out = x;
+    return 0;
+}
+
+int cli_offload(const char *value, int *opt, int *emb)
+{
+    char buf[64];
+    snprintf(buf, sizeof(buf), "%s", value);
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "optimizer")) *opt = 1;
+        else if (!strcmp(t, "embeddings")) *emb = 1;
+        else return err_set("--offload: expected optimizer, embeddings or both (comma-separated), got \"%s\"", t);
+    }
     return 0;
 }

@@ -144,15 +144,7 @@ static int parse_args(int argc, char **argv, BenchArgs *a)
         else if (!strcmp(f, "--lora")) rc = cli_int(f, v, 1, &a->lora_r);
         else if (!strcmp(f, "--lora-targets")) a->lora_targets = v;
         else if (!strcmp(f, "--quant")) a->quant = v;
-        else if (!strcmp(f, "--offload")) { /* as train.offload_optimizer / train.offload_embeddings */
-            char buf[64];
-            snprintf(buf, sizeof(buf), "%s", v);
-            for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
-                if (!strcmp(t, "optimizer")) a->offload_opt = 1;
-                else if (!strcmp(t, "embeddings")) a->offload_emb = 1;
-                else rc = err_set("bench: --offload: expected optimizer, embeddings or both (comma-separated), got \"%s\"", t);
-            }
-        }
+        else if (!strcmp(f, "--offload")) rc = cli_offload(v, &a->offload_opt, &a->offload_emb);
         else if (!strcmp(f, "--accum")) rc = cli_int(f, v, 1, &a->accum);
         else if (!strcmp(f, "--head")) {
             if (!strcmp(v, "fused")) a->head_unfused = 0;

@@ -72,15 +72,7 @@ int cmd_plan(int argc, char **argv)
             rc = cli_int(f, v, 0, &k);
             s.keep_layers = -1 - k; /* resolved against the model's depth below */
         }
-        else if (!strcmp(f, "--offload")) { /* as anvil bench --offload */
-            char buf[64];
-            snprintf(buf, sizeof(buf), "%s", v);
-            for (char *save = NULL, *t = strtok_r(buf, ",", &save); t && !rc; t = strtok_r(NULL, ",", &save)) {
-                if (!strcmp(t, "optimizer")) s.offload_opt = 1;
-                else if (!strcmp(t, "embeddings")) s.offload_emb = 1;
-                else rc = err_set("--offload: expected optimizer, embeddings or both (comma-separated), got \"%s\"", t);
-            }
-        }
+        else if (!strcmp(f, "--offload")) rc = cli_offload(v, &s.offload_opt, &s.offload_emb);
         else {
             fprintf(stderr, "anvil: plan: unknown option \"%s\" (try --help)\n", f);
             return 1;
