@@ -1,12 +1,22 @@
 /* fuzz_mlm_jsonl.c - `anvil eval mlm`'s pre-masked JSONL (input_ids, labels, attention_mask) on
  * arbitrary bytes, scored by a tiny random bert model (bert-tiny's shape, rows of up to 32 ids in
  * batches of 3, so that short, long, padded and ragged records all reach the scorer). */
+#include <omp.h>
+
 #include "fuzz_common.h"
 
 #include "backend/backend.h"
 #include "core/error.h"
 #include "eval/mlm_eval.h"
 #include "model/model.h"
+
+/* One OpenMP thread: the model's rows are a few dozen, so waking and joining a team around every
+ * op cost more than the ops (half of each run on two cores). */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    omp_set_num_threads(1);
+    return 0;
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
