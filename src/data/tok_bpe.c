@@ -269,7 +269,9 @@ size_t bpe_merge(const Tokenizer *t, int32_t *sym, size_t n, int force)
  * are merged each time (by then they are the rare ones). Entries live in
  * 1 MB blocks handed to threads under a mutex. */
 
-/* Slots of the cache (8 bytes each, 16 MB of address space, touched as used). */
+/* Slots of the cache (8 bytes each, 2 MB, allocated by the first insert: a tokenizer
+ * that is loaded and freed without encoding, as a text shard's byte tokenizer or each
+ * fuzz_tokenizer_json input, does not pay for clearing them). */
 #define PC_SLOTS (1u << 18)
 #define PC_MAX_ENTRIES (PC_SLOTS / 2)
 #define PC_BLOCK (1u << 20)
@@ -281,7 +283,7 @@ typedef struct {
 } PcEntry;
 
 struct PieceCache {
-    PcEntry **slot; /* accessed only through __atomic builtins */
+    PcEntry **slot; /* NULL until the first insert; it and its entries accessed only through __atomic builtins */
     size_t count;   /* atomic */
     pthread_mutex_t mu;
     void **block;
@@ -300,7 +302,6 @@ static inline const int32_t *pc_ids(const PcEntry *e)
 PieceCache *piece_cache_new(void)
 {
     PieceCache *c = xcalloc(1, sizeof(PieceCache));
-    c->slot = xcalloc(PC_SLOTS, sizeof(PcEntry *));
     pthread_mutex_init(&c->mu, NULL);
     return c;
 }
@@ -359,9 +360,11 @@ pcre2_match_data *tok_thread_match_data(TokThread *th)
 
 static const PcEntry *pc_get(const PieceCache *c, const uint8_t *s, size_t n, uint64_t h)
 {
+    PcEntry **slot = __atomic_load_n(&c->slot, __ATOMIC_ACQUIRE);
+    if (!slot) return NULL; /* nothing inserted yet */
     size_t i = (size_t)h & (PC_SLOTS - 1);
     for (;;) {
-        const PcEntry *e = __atomic_load_n(&c->slot[i], __ATOMIC_ACQUIRE);
+        const PcEntry *e = __atomic_load_n(&slot[i], __ATOMIC_ACQUIRE);
         if (!e) return NULL;
         if (e->hash == h && e->klen == n && !memcmp(pc_key(e), s, n)) return e;
         i = (i + 1) & (PC_SLOTS - 1);
@@ -374,6 +377,15 @@ static void pc_put(PieceCache *c, TokThread *th, const uint8_t *s, size_t n, uin
     if (__atomic_load_n(&c->count, __ATOMIC_RELAXED) >= PC_MAX_ENTRIES || k > UINT16_MAX) return;
     size_t need = sizeof(PcEntry) + ((n + 3) & ~(size_t)3) + k * sizeof(int32_t);
     need = (need + 7) & ~(size_t)7;
+    PcEntry **slot = __atomic_load_n(&c->slot, __ATOMIC_ACQUIRE);
+    if (!slot) { /* the first insert of any thread allocates the slots */
+        pthread_mutex_lock(&c->mu);
+        if (!(slot = c->slot)) {
+            slot = xcalloc(PC_SLOTS, sizeof(PcEntry *));
+            __atomic_store_n(&c->slot, slot, __ATOMIC_RELEASE);
+        }
+        pthread_mutex_unlock(&c->mu);
+    }
     if (th->arena_left < need) {
         uint8_t *b = xmalloc(PC_BLOCK);
         pthread_mutex_lock(&c->mu);
@@ -397,7 +409,7 @@ static void pc_put(PieceCache *c, TokThread *th, const uint8_t *s, size_t n, uin
     size_t i = (size_t)h & (PC_SLOTS - 1);
     for (;;) {
         PcEntry *cur = NULL;
-        if (__atomic_compare_exchange_n(&c->slot[i], &cur, e, 0, __ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
+        if (__atomic_compare_exchange_n(&slot[i], &cur, e, 0, __ATOMIC_RELEASE, __ATOMIC_ACQUIRE)) {
             __atomic_fetch_add(&c->count, 1, __ATOMIC_RELAXED);
             return;
         }

@@ -258,6 +258,8 @@ static int key_distance(const char *a, const char *b)
     enum { MAXK = KEY_MAX_DIST };
     size_t n = strlen(a), m = strlen(b);
     if (n > 96 || m > 96) return 99;
+    /* the distance is at least the difference in length: beyond MAXK, no need to count it */
+    if ((n > m ? n - m : m - n) > MAXK) return MAXK + 1;
     int d[97][97];
     for (size_t i = 0; i <= n; i++) d[i][0] = (int)i;
     for (size_t j = 0; j <= m; j++) d[0][j] = (int)j;
@@ -268,7 +270,6 @@ static int key_distance(const char *a, const char *b)
             if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) v = MIN(v, d[i - 2][j - 2] + 1);
             d[i][j] = v;
         }
-    (void)MAXK;
     return d[n][m];
 }
 
