@@ -37,6 +37,7 @@
 #include "train/optim.h"
 #include "train/step.h"
 #include "test.h"
+#include "ranks.h"
 
 /* ---- environment parsing ---- */
 
@@ -167,23 +168,7 @@ static int rank_main(int rank, int port)
     return bad ? 1 : 0;
 }
 
-static void test_tcp_collectives(void)
-{
-    int port = net_free_port();
-    CHECK(port > 0);
-    pid_t pids[WORLD];
-    fflush(stdout);
-    fflush(stderr);
-    for (int r = 0; r < WORLD; r++) {
-        pids[r] = fork();
-        if (pids[r] == 0) _exit(rank_main(r, port));
-    }
-    for (int r = 0; r < WORLD; r++) {
-        int st;
-        waitpid(pids[r], &st, 0);
-        CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "rank %d", r);
-    }
-}
+static void test_tcp_collectives(void) { run_ranks(WORLD, rank_main, "test_tcp_collectives"); }
 
 /* ---- integer ternary under data parallel: 2 forked ranks against one process ---- */
 
@@ -327,28 +312,14 @@ static int tdp_rank_main(int rank, int port)
     return bad ? 1 : 0;
 }
 
-static void test_ternary_ranks(void)
-{
-    int port = net_free_port();
-    CHECK(port > 0);
-    pid_t pids[TDP];
-    fflush(stdout);
-    fflush(stderr);
-    for (int r = 0; r < TDP; r++) {
-        pids[r] = fork();
-        if (pids[r] == 0) _exit(tdp_rank_main(r, port));
-    }
-    for (int r = 0; r < TDP; r++) {
-        int st;
-        waitpid(pids[r], &st, 0);
-        CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "rank %d", r);
-    }
-}
+static void test_ternary_ranks(void) { run_ranks(TDP, tdp_rank_main, "test_ternary_ranks"); }
 
 static void test_tcp_failures(void)
 {
     /* rank 1 of 2 never comes: rank 0's rendezvous gives up after the timeout, naming the wait */
-    CommSetup s = {.rank = 0, .world = 2, .master_port = net_free_port(), .timeout_s = 1};
+    CommSetup s = {.rank = 0, .world = 2, .timeout_s = 1};
+    s.listen_fd = net_listen_any(8, &s.master_port); /* held: no other test takes the port */
+    CHECK(s.listen_fd > 0);
     snprintf(s.master_addr, sizeof(s.master_addr), "127.0.0.1");
     double t0 = comm_now();
     Comm *c = comm_tcp_create(&s);
@@ -357,13 +328,16 @@ static void test_tcp_failures(void)
     CHECKF(strstr(err_get(), "only 1 of 2 ranks came within 1 s"), "%s", err_get());
     CHECK(dt >= 0.9 && dt < 10);
     /* rank 1 dies in the middle: rank 0 names it at once, long before the 30 s timeout */
-    s.master_port = net_free_port();
+    s.listen_fd = net_listen_any(8, &s.master_port);
+    CHECK(s.listen_fd > 0);
     s.timeout_s = 30;
     fflush(stderr);
     pid_t p = fork();
     if (p == 0) {
         CommSetup s1 = s;
+        close(s.listen_fd);
         s1.rank = 1;
+        s1.listen_fd = 0;
         Comm *c1 = comm_tcp_create(&s1);
         _exit(c1 ? 0 : 1); /* exits without taking part in the all-reduce */
     }

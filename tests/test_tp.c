@@ -23,6 +23,7 @@
 #include "model/model.h"
 #include "model/tp.h"
 #include "test.h"
+#include "ranks.h"
 
 /* ---- the vocabulary-parallel loss against the whole rows ---- */
 
@@ -220,23 +221,7 @@ static int tp_rank_main(int rank, int port)
     return bad ? 1 : 0;
 }
 
-static void test_split_model(void)
-{
-    int port = net_free_port();
-    CHECK(port > 0);
-    pid_t pids[TP];
-    fflush(stdout);
-    fflush(stderr);
-    for (int r = 0; r < TP; r++) {
-        pids[r] = fork();
-        if (pids[r] == 0) _exit(tp_rank_main(r, port));
-    }
-    for (int r = 0; r < TP; r++) {
-        int st;
-        waitpid(pids[r], &st, 0);
-        CHECKF(WIFEXITED(st) && WEXITSTATUS(st) == 0, "rank %d", r);
-    }
-}
+static void test_split_model(void) { run_ranks(TP, tp_rank_main, "test_split_model"); }
 
 int main(void)
 {

@@ -50,7 +50,7 @@ static void set_env_int(const char *name, int v)
 }
 
 /* In the child: this rank's environment, then exec this binary with the command. */
-static void child_exec(int rank, int n, const char *addr, int port, char **cmd)
+static void child_exec(int rank, int n, const char *addr, int port, int lfd, char **cmd)
 {
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     set_env_int("RANK", rank);
@@ -59,6 +59,13 @@ static void child_exec(int rank, int n, const char *addr, int port, char **cmd)
     set_env_int("LOCAL_WORLD_SIZE", n);
     setenv("MASTER_ADDR", addr, 1);
     set_env_int("MASTER_PORT", port);
+    /* rank 0 takes over the launcher's listening socket; the others do not hold it */
+    if (lfd >= 0 && rank == 0)
+        set_env_int(NET_LISTEN_FD_ENV, lfd);
+    else {
+        unsetenv(NET_LISTEN_FD_ENV);
+        if (lfd >= 0) close(lfd);
+    }
     /* the ranks of this launch are torchrun-style, whatever started the launcher */
     const char *clear[] = {"OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"};
     for (size_t i = 0; i < ARRAY_LEN(clear); i++) unsetenv(clear[i]);
@@ -152,7 +159,10 @@ int cmd_launch(int argc, char **argv)
     }
     const char *addr = getenv("MASTER_ADDR") && *getenv("MASTER_ADDR") ? getenv("MASTER_ADDR") : "127.0.0.1";
     if (!port && getenv("MASTER_PORT")) port = atoi(getenv("MASTER_PORT"));
-    if (!port && (port = net_free_port()) < 0) {
+    /* a free port is held open from here until rank 0 takes the socket over: choosing a port and
+     * binding it later would let another process (another launch's rank) take it in between */
+    int lfd = -1;
+    if (!port && (lfd = net_listen_any(nproc + 8, &port)) < 0) {
         fprintf(stderr, "anvil: launch: no free TCP port for the rendezvous: %s\n", err_get());
         return 1;
     }
@@ -175,13 +185,14 @@ int cmd_launch(int argc, char **argv)
             signal(SIGINT, SIG_DFL);
             signal(SIGTERM, SIG_DFL);
             setpgid(0, pgid); /* the ranks' own group: a terminal's Ctrl-C reaches the launcher only */
-            child_exec(k, nproc, addr, port, cmd);
+            child_exec(k, nproc, addr, port, lfd, cmd);
         }
         setpgid(p, pgid);
         if (!pgid) pgid = p;
         pids[k] = p;
         alive++;
     }
+    if (lfd >= 0) close(lfd); /* rank 0 has it now */
     while (alive > 0) {
         int status;
         pid_t p = waitpid(-1, &status, 0);

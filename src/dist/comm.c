@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/error.h"
 
@@ -97,22 +98,27 @@ Comm *comm_none_create(void)
 
 #include "dist/net.h"
 
-/* TCP: the group's rank 0 picks a free port, every rank learns it through the parent, and the group
- * meets there as a job of its own. */
+/* TCP: the group's rank 0 listens on a free port, every rank learns it through the parent, and the
+ * group meets there as a job of its own. */
 static Comm *tcp_group(Comm *parent, const CommSetup *s, int group, int grank, int gsize)
 {
-    int mine[3] = {group, grank, grank == 0 ? net_free_port() : 0}; /* -1: none found (all fail below) */
+    int lport = -1, lfd = grank == 0 ? net_listen_any(gsize + 8, &lport) : -1;
+    int mine[3] = {group, grank, grank == 0 ? (lfd >= 0 ? lport : -1) : 0}; /* -1: none found (all fail below) */
     int *all = xmalloc(sizeof(mine) * (size_t)parent->world), port = -1;
     int rc = parent->host_all_gather(parent, mine, all, sizeof(mine));
     for (int k = 0; !rc && k < parent->world; k++)
         if (all[3 * k] == group && all[3 * k + 1] == 0) port = all[3 * k + 2];
     free(all);
-    if (rc) return NULL;
-    if (port <= 0) return err_set("comm: group %d: its rank 0 found no free TCP port", group), NULL;
+    if (rc || port <= 0) {
+        if (lfd >= 0) close(lfd);
+        if (!rc) err_set("comm: group %d: its rank 0 found no free TCP port", group);
+        return NULL;
+    }
     CommSetup gs = *s;
     gs.rank = grank;
     gs.world = gsize;
     gs.master_port = port;
+    gs.listen_fd = lfd > 0 ? lfd : 0;
     return comm_tcp_create(&gs);
 }
 

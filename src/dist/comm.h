@@ -87,6 +87,7 @@ typedef struct {
     int master_port;
     int mpi;               /* started by mpirun (OMPI_COMM_WORLD_*): MPI is initialised */
     double timeout_s;
+    int listen_fd;         /* > 0: rank 0's socket already listening on master_port (taken over) */
 } CommSetup;
 
 /* The implementations. NULL with err_set() on failure. */

@@ -75,6 +75,29 @@ int net_free_port(void)
     return port;
 }
 
+int net_listen_any(int backlog, int *port) { return listen_on(0, backlog, port); }
+
+int net_take_listener(int port)
+{
+    static int taken;
+    const char *v = getenv(NET_LISTEN_FD_ENV);
+    if (taken || !v || !*v) return -1;
+    taken = 1;
+    char *end;
+    long fd = strtol(v, &end, 10);
+    unsetenv(NET_LISTEN_FD_ENV);
+    if (*end || fd <= 2 || fd > 1 << 20) return -1;
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int acc = 0;
+    socklen_t alen = sizeof(acc);
+    if (getsockname((int)fd, (struct sockaddr *)&a, &len) || a.sin_family != AF_INET || ntohs(a.sin_port) != port ||
+        getsockopt((int)fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &alen) || !acc)
+        return -1; /* not the socket it claims to be: listen afresh */
+    fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+    return (int)fd;
+}
+
 /* Connect to ip:port, retrying while nobody listens, until the deadline. */
 static int connect_retry(uint32_t ip, int port, double deadline, int *err)
 {
@@ -240,7 +263,10 @@ int net_join(NetGroup *g, const CommSetup *s, int ring)
     }
     if (g->rank == 0) {
         int bound;
-        star_l = listen_on(s->master_port, g->world + 8, &bound);
+        /* a socket already listening on the port (anvil launch's, a group's rank 0's): no window in
+         * which another process can take the port */
+        star_l = s->listen_fd > 0 ? s->listen_fd : net_take_listener(s->master_port);
+        if (star_l < 0) star_l = listen_on(s->master_port, g->world + 8, &bound);
         if (star_l < 0) {
             err_prefix("rendezvous on %s:%d (MASTER_PORT in use?)", s->master_addr, s->master_port);
             goto out;

@@ -39,5 +39,13 @@ int net_xfer(const NetGroup *g, NetXfer *x, int n, double deadline, const char *
 int net_star_bcast(const NetGroup *g, void *buf, size_t n, const char *op);
 /* A free TCP port on this host (bind to port 0), for `anvil launch`; -1 with err_set(). */
 int net_free_port(void);
+/* A socket listening on a free port (its number in *port) that stays open, so that nobody else can
+ * take the port before it is used: `anvil launch` hands it to rank 0 (NET_LISTEN_FD_ENV), a group's
+ * rank 0 to its rendezvous (CommSetup.listen_fd). -1 with err_set(). */
+int net_listen_any(int backlog, int *port);
+#define NET_LISTEN_FD_ENV "ANVIL_RENDEZVOUS_FD"
+/* The inherited listener of NET_LISTEN_FD_ENV when it is a socket listening on `port` (once per
+ * process; the variable is removed), else -1. */
+int net_take_listener(int port);
 
 #endif
