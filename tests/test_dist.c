@@ -23,6 +23,9 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "core/error.h"
 #include "core/rng.h"
@@ -313,6 +316,35 @@ static int tdp_rank_main(int rank, int port)
 }
 
 static void test_ternary_ranks(void) { run_ranks(TDP, tdp_rank_main, "test_ternary_ranks"); }
+
+/* The held rendezvous socket (anvil launch -> rank 0): while it is held nobody else can bind the port
+ * (net_free_port's close-then-bind left a window in which another rank took it: CI failed once so);
+ * rank 0 takes it over once, only when it listens on the port rank 0 expects. */
+static void test_held_listener(void)
+{
+    int port = 0, fd = net_listen_any(4, &port);
+    CHECK(fd > 2 && port > 0);
+    int other = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(other, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                            .sin_addr.s_addr = htonl(INADDR_ANY)};
+    CHECK(bind(other, (struct sockaddr *)&a, sizeof(a)) != 0); /* the port stays ours */
+    close(other);
+    char b[16];
+    snprintf(b, sizeof(b), "%d", fd);
+    setenv(NET_LISTEN_FD_ENV, b, 1);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t p = fork();
+    if (p == 0) _exit(net_take_listener(port) == fd ? 0 : 1); /* the right port: taken over */
+    int st;
+    waitpid(p, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(net_take_listener(port + 1 > 65535 ? 1 : port + 1) == -1); /* another port: not taken over */
+    CHECK(getenv(NET_LISTEN_FD_ENV) == NULL);                       /* used up either way */
+    CHECK(net_take_listener(port) == -1);                            /* so taken at most once */
+    close(fd);
+}
 
 static void test_tcp_failures(void)
 {
@@ -694,6 +726,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN);
     RUN(test_env);
     RUN(test_tcp_collectives);
+    RUN(test_held_listener);
     RUN(test_tcp_failures);
     RUN(test_ternary_ranks); /* forked before this process runs a model (OpenMP's threads) */
     RUN(test_loader_world);

@@ -79,10 +79,8 @@ int net_listen_any(int backlog, int *port) { return listen_on(0, backlog, port);
 
 int net_take_listener(int port)
 {
-    static int taken;
-    const char *v = getenv(NET_LISTEN_FD_ENV);
-    if (taken || !v || !*v) return -1;
-    taken = 1;
+    const char *v = getenv(NET_LISTEN_FD_ENV); /* removed below: a later rendezvous listens afresh */
+    if (!v || !*v) return -1;
     char *end;
     long fd = strtol(v, &end, 10);
     unsetenv(NET_LISTEN_FD_ENV);

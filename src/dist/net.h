@@ -44,8 +44,8 @@ int net_free_port(void);
  * rank 0 to its rendezvous (CommSetup.listen_fd). -1 with err_set(). */
 int net_listen_any(int backlog, int *port);
 #define NET_LISTEN_FD_ENV "ANVIL_RENDEZVOUS_FD"
-/* The inherited listener of NET_LISTEN_FD_ENV when it is a socket listening on `port` (once per
- * process; the variable is removed), else -1. */
+/* The inherited listener of NET_LISTEN_FD_ENV when it is a socket listening on `port`, else -1; the
+ * variable is removed either way, so it is taken at most once. */
 int net_take_listener(int port);
 
 #endif
