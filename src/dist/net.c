@@ -83,8 +83,9 @@ int net_take_listener(int port)
     if (!v || !*v) return -1;
     char *end;
     long fd = strtol(v, &end, 10);
+    int number = !*end && fd > 2 && fd <= 1 << 20;
     unsetenv(NET_LISTEN_FD_ENV);
-    if (*end || fd <= 2 || fd > 1 << 20) return -1;
+    if (!number) return -1;
     struct sockaddr_in a;
     socklen_t len = sizeof(a);
     int acc = 0;
