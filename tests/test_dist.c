@@ -318,7 +318,7 @@ static int tdp_rank_main(int rank, int port)
 static void test_ternary_ranks(void) { run_ranks(TDP, tdp_rank_main, "test_ternary_ranks"); }
 
 /* The held rendezvous socket (anvil launch -> rank 0): while it is held nobody else can bind the port
- * (net_free_port's close-then-bind left a window in which another rank took it: CI failed once so);
+ * (choosing a free port by closing it and binding it later left a window in which another rank took it: CI failed once so);
  * rank 0 takes it over once, only when it listens on the port rank 0 expects. */
 static void test_held_listener(void)
 {

@@ -103,7 +103,7 @@ Comm *comm_none_create(void)
 static Comm *tcp_group(Comm *parent, const CommSetup *s, int group, int grank, int gsize)
 {
     int lport = -1, lfd = grank == 0 ? net_listen_any(gsize + 8, &lport) : -1;
-    int mine[3] = {group, grank, grank == 0 ? (lfd >= 0 ? lport : -1) : 0}; /* -1: none found (all fail below) */
+    int mine[3] = {group, grank, grank == 0 ? lport : 0}; /* -1: none found (all fail below) */
     int *all = xmalloc(sizeof(mine) * (size_t)parent->world), port = -1;
     int rc = parent->host_all_gather(parent, mine, all, sizeof(mine));
     for (int k = 0; !rc && k < parent->world; k++)

@@ -67,14 +67,6 @@ static int listen_on(int port, int backlog, int *bound)
     return fd;
 }
 
-int net_free_port(void)
-{
-    int port, fd = listen_on(0, 1, &port);
-    if (fd < 0) return -1;
-    close(fd);
-    return port;
-}
-
 int net_listen_any(int backlog, int *port) { return listen_on(0, backlog, port); }
 
 int net_take_listener(int port)

@@ -37,8 +37,6 @@ void net_close(NetGroup *g);
 int net_xfer(const NetGroup *g, NetXfer *x, int n, double deadline, const char *op);
 /* Rank 0's buf (n bytes) to every rank over the star. */
 int net_star_bcast(const NetGroup *g, void *buf, size_t n, const char *op);
-/* A free TCP port on this host (bind to port 0), for `anvil launch`; -1 with err_set(). */
-int net_free_port(void);
 /* A socket listening on a free port (its number in *port) that stays open, so that nobody else can
  * take the port before it is used: `anvil launch` hands it to rank 0 (NET_LISTEN_FD_ENV), a group's
  * rank 0 to its rendezvous (CommSetup.listen_fd). -1 with err_set(). */
