@@ -14,6 +14,8 @@
 #     ZeRO-3 -> 1 rank and 1 rank -> tp 2 x dp 2 ZeRO-2, and a tp 2 run loads
 #     a tp 1 checkpoint through model.init (sliced on load);
 #   - model.freeze (frozen slices), model.dropout and the validation loss give those of one rank;
+#   - LoRA, and QLoRA (4-bit bases: random, quantized on load, pre-quantized; gpt2 and llama; with
+#     tp 2 x dp 2 ZeRO-3; resumed on 1 rank) give the losses and adapters of one rank;
 #   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
 #   - what tp does not support is refused with one line naming the key.
 set -u
@@ -228,6 +230,49 @@ check "lora.init under tp 2: the losses of tp 1 ($(losses "$tmp/li1") / $(losses
         for (i = 1; i <= n; i++) { d = x[i] - y[i]; if (d < 0) d = -d; if (d > t * x[i]) exit 1 }
         exit 0 }'
 
+# ---- QLoRA under tp: each rank holds its rows (column-parallel) or columns (row-parallel) of the
+# 4-bit codes of the whole tensor, quantized as one rank quantizes it, with fp32 block scales ----
+Q="--set model.quant=nf4"
+run1 "$tmp/l.yaml" $LORA $Q --set out_dir="$tmp/q1" # a random 4-bit base (GPT-2's init, synthetic states)
+launch 2 "$tmp/l.yaml" $LORA $Q --set dist.tp=2 --set out_dir="$tmp/q2"
+same_losses "QLoRA (llama, random 4-bit base): tp 2 vs 1 rank" "$tmp/q1" "$tmp/q2"
+same_adapters "QLoRA (llama, random 4-bit base): tp 2 vs 1 rank" "$tmp/q1" "$tmp/q2"
+# from a bf16/fp32 directory, quantized on load (tp 1 quantizes each whole tensor; tp 2 slices it)
+run1 "$tmp/i.yaml" $LORA $Q --set out_dir="$tmp/qi1"
+launch 2 "$tmp/i.yaml" $LORA $Q --set dist.tp=2 --set out_dir="$tmp/qi2"
+same_losses "QLoRA from model.init (nf4 on load): tp 2 vs 1 rank" "$tmp/qi1" "$tmp/qi2"
+same_adapters "QLoRA from model.init (nf4 on load): tp 2 vs 1 rank" "$tmp/qi1" "$tmp/qi2"
+# a pre-quantized bitsandbytes directory, its bytes sliced as they are stored (fp4 without double quant)
+"$ANVIL" quantize --model "$tmp/l1/step-0000003" --quant fp4 --no-double-quant --out "$tmp/l1fp4" >/dev/null 2>&1 ||
+    bad "quantize fp4"
+run1 "$tmp/i.yaml" $LORA --set model.init="$tmp/l1fp4" --set out_dir="$tmp/qp1"
+launch 2 "$tmp/i.yaml" $LORA --set model.init="$tmp/l1fp4" --set dist.tp=2 --set out_dir="$tmp/qp2"
+same_losses "QLoRA on a pre-quantized fp4 directory: tp 2 vs 1 rank" "$tmp/qp1" "$tmp/qp2"
+same_adapters "QLoRA on a pre-quantized fp4 directory: tp 2 vs 1 rank" "$tmp/qp1" "$tmp/qp2"
+# gpt2: c_attn is one 4-bit tensor, of which a rank holds three row ranges (its q, k and v)
+run1 "$tmp/g.yaml" $LORA $Q --set out_dir="$tmp/qg1"
+launch 2 "$tmp/g.yaml" $LORA $Q --set dist.tp=2 --set out_dir="$tmp/qg2"
+same_losses "QLoRA (gpt2): tp 2 vs 1 rank" "$tmp/qg1" "$tmp/qg2"
+same_adapters "QLoRA (gpt2): tp 2 vs 1 rank" "$tmp/qg1" "$tmp/qg2"
+# tp 2 x dp 2 with ZeRO-3 (each data-parallel rank keeps a shard of its tp slice's 4-bit bytes)
+run1 "$tmp/i.yaml" $LORA $Q --set train.tokens_per_step=256 --set out_dir="$tmp/qa1"
+launch 4 "$tmp/i.yaml" $LORA $Q --set train.tokens_per_step=256 --set dist.tp=2 --set dist.zero=3 --set out_dir="$tmp/qa22"
+same_losses "QLoRA: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/qa1" "$tmp/qa22"
+same_adapters "QLoRA: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/qa1" "$tmp/qa22"
+cp -r "$tmp/q2" "$tmp/qr1"
+rm -rf "$tmp/qr1/step-0000006"
+run1 "$tmp/l.yaml" $LORA $Q --resume "$tmp/qr1"
+same_losses "QLoRA: resume tp 2 -> 1" "$tmp/q1" "$tmp/qr1"
+same_adapters "QLoRA: resume tp 2 -> 1" "$tmp/q1" "$tmp/qr1"
+# a slice that would split the two 4-bit values of a byte: refused, naming the tensor
+if "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/l.yaml" $LORA $Q --set model.d_ff=174 --set dist.tp=2 \
+    --set out_dir="$tmp/bad4" >/dev/null 2>"$tmp/err"; then
+    bad "4-bit slice inside a byte: accepted"
+else
+    check "4-bit slice inside a byte: named" grep -q "dist.tp 2: the 4-bit h.0.proj.w cannot be split into 87 columns per rank" "$tmp/err"
+    check "4-bit slice inside a byte: nothing left behind" test ! -e "$tmp/bad4"
+fi
+
 # ---- a tp rank that dies: the job exits non-zero at once, naming it ----
 "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/g.yaml" --set dist.tp=2 --set train.steps=100000 \
     --set checkpoint.every=0 --set out_dir="$tmp/kill" >"$tmp/kill.out" 2>"$tmp/kill.err" &
@@ -258,8 +303,6 @@ fi
 # ---- refusals ----
 expect_fail tp-one-process "dist.tp: 2 needs a multiple of 2 ranks" train "$tmp/g.yaml" --set dist.tp=2 \
     --set out_dir="$tmp/x"
-expect_fail tp-qlora "model.quant: nf4 with dist.tp 2 is not supported" train "$tmp/g.yaml" --set dist.tp=2 \
-    --set lora.r=4 --set model.quant=nf4
 expect_fail tp-range "dist.tp: expected 1 .. 64" train "$tmp/g.yaml" --set dist.tp=0
 if "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/l.yaml" --set dist.tp=2 --set model.n_kv_head=1 \
     --set out_dir="$tmp/bad" >/dev/null 2>"$tmp/err"; then

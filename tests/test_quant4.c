@@ -25,6 +25,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
+#include "core/rng.h"
 #include "io/bnb.h"
 #include "io/fsutil.h"
 #include "io/hf.h"
@@ -956,6 +957,56 @@ static void test_cuda_dequantize(void)
 }
 #endif
 
+/* q4_gather (tensor parallel's slices of 4-bit weights): the rectangles dequantize to exactly the
+ * whole tensor's values there, nested or not, for slices on the block grid (blocks kept), inside
+ * blocks (smaller blocks) and ending at a partial last block; a slice splitting a byte is refused. */
+static void test_gather(void)
+{
+    enum { ROWS = 7, COLS = 96 }; /* 672 values: 10.5 blocks of 64, the last one partial */
+    float *x = xmalloc(ROWS * COLS * sizeof(float)), *whole = xmalloc(ROWS * COLS * sizeof(float)),
+          *got = xmalloc(ROWS * COLS * sizeof(float));
+    Rng r;
+    rng_seed(&r, 41, 0);
+    for (int i = 0; i < ROWS * COLS; i++) x[i] = (float)rng_normal(&r) * (i % 97 == 0 ? 8.0f : 1.0f);
+    struct {
+        Q4Rect q[3];
+        int n, bs; /* rectangles; the block size the gather must keep */
+    } cases[] = {
+        {{{0, 2, 0, COLS}}, 1, 64},                                        /* rows 0-1: 192 values, 3 blocks */
+        {{{4, 3, 0, COLS}}, 1, 64},                                        /* rows 4-6: from 384 to the partial last block */
+        {{{0, ROWS, 32, 32}}, 1, 32},                                      /* a column slice inside blocks */
+        {{{0, ROWS, 48, 48}}, 1, 16},                                      /* columns 48-95 */
+        {{{0, 1, 0, COLS}, {2, 2, 0, COLS}, {6, 1, 0, COLS}}, 3, 32},    /* gpt2's q, k, v rows */
+    };
+    for (int nested = 0; nested < 2; nested++) {
+        Q4Quant q;
+        CHECK(q4_quantize(x, ROWS * COLS, Q4_NF4, 64, nested, &q) == 0);
+        q4_dequantize(&q.s, whole);
+        for (size_t c = 0; c < ARRAY_LEN(cases); c++) {
+            Q4Quant g;
+            CHECKF(q4_gather(&q.s, COLS, cases[c].q, cases[c].n, &g) == 0, "case %zu: %s", c, err_get());
+            CHECKF(g.s.blocksize == cases[c].bs && !g.s.qabsmax && g.s.absmax, "case %zu: blocks of %d", c,
+                   g.s.blocksize);
+            q4_dequantize(&g.s, got);
+            int64_t k = 0, bad = 0;
+            for (int j = 0; j < cases[c].n; j++) {
+                const Q4Rect *t = &cases[c].q[j];
+                for (int64_t i = t->r0; i < t->r0 + t->nr; i++)
+                    for (int64_t e = t->c0; e < t->c0 + t->nc; e++, k++)
+                        bad += memcmp(&got[k], &whole[i * COLS + e], sizeof(float)) != 0;
+            }
+            CHECKF(k == g.s.n && bad == 0, "case %zu (nested %d): %lld of %lld values differ", c, nested,
+                   (long long)bad, (long long)k);
+            q4_quant_free(&g);
+        }
+        Q4Rect odd = {0, ROWS, 3, 30}; /* starts inside a byte */
+        Q4Quant g;
+        CHECK(q4_gather(&q.s, COLS, &odd, 1, &g) == -1 && strstr(err_get(), "pair of 4-bit values"));
+        q4_quant_free(&q);
+    }
+    free(x), free(whole), free(got);
+}
+
 int main(void)
 {
     snprintf(tmp_root, sizeof(tmp_root), "/tmp/anvil_test_quant4.%d", (int)getpid());
@@ -972,6 +1023,7 @@ int main(void)
     RUN(test_quantize_like_transformers);
     RUN(test_write_read_round_trip);
     RUN(test_bad_directories);
+    RUN(test_gather);
 #ifdef ANVIL_CUDA
     RUN(test_cuda_dequantize);
 #endif

@@ -40,16 +40,16 @@ static int read_plain(const BnbDir *d, const HfName *h, const Param *p, float *b
     return 0;
 }
 
-int bnb_model_load(Model *m, const char *dir)
+int bnb_model_read(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const BnbSink *sink)
 {
     BnbDir d;
     if (bnb_open(&d, dir)) return -1;
     HfName *names = NULL;
     int n = 0, rc = -1;
     float *buf = NULL;
-    if (hf_names(&m->cfg, &m->pt, &names, &n)) goto out;
-    for (int i = 0; i < m->pt.n; i++) {
-        const Param *p = &m->pt.p[i];
+    if (hf_names(cfg, pt, &names, &n)) goto out;
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
         if (p->site >= 0) continue; /* adapters come from elsewhere */
         int part = 0;
         buf = xrealloc(buf, p->numel * sizeof(float));
@@ -73,7 +73,7 @@ int bnb_model_load(Model *m, const char *dir)
                     err_set("%s: %s: more 4-bit parts than anvil's %s has (internal error)", dir, names[k].name, p->name);
                     goto out;
                 }
-                params_upload_q4(&m->ps, i, part++, &t->q);
+                if (sink->q4(sink->ctx, i, part++, &t->q)) goto out;
             } else {
                 if (t) {
                     err_set("%s: %s: 4-bit, but anvil keeps this tensor dense (only block linears are 4-bit)", dir,
@@ -83,7 +83,7 @@ int bnb_model_load(Model *m, const char *dir)
                 if (read_plain(&d, &names[k], p, buf)) goto out;
             }
         }
-        if (p->kind != PARAM_NF4) params_upload(&m->ps, i, buf);
+        if (p->kind != PARAM_NF4 && sink->dense(sink->ctx, i, buf)) goto out;
     }
     rc = 0;
 out:
@@ -91,4 +91,22 @@ out:
     free(names);
     bnb_close(&d);
     return rc;
+}
+
+static int upload_q4(void *ctx, int i, int part, const Q4State *s)
+{
+    params_upload_q4(&((Model *)ctx)->ps, i, part, s);
+    return 0;
+}
+
+static int upload_dense(void *ctx, int i, const float *values)
+{
+    params_upload(&((Model *)ctx)->ps, i, values);
+    return 0;
+}
+
+int bnb_model_load(Model *m, const char *dir)
+{
+    BnbSink sink = {upload_q4, upload_dense, m};
+    return bnb_model_read(dir, &m->cfg, &m->pt, &sink);
 }

@@ -12,5 +12,14 @@ int bnb_model_quant(const char *dir, Q4Spec *q);
 /* Load every base tensor of m (created with the quant spec bnb_model_quant gave) from dir. Each
  * 4-bit part must be stored 4-bit and each dense tensor plain, with the shapes m expects. */
 int bnb_model_load(Model *m, const char *dir);
+/* The same walk for a table without a store (tensor parallel's whole model): each 4-bit part as the
+ * directory stores it, and each dense tensor whole (fp32, our layout), handed to the sink; a nonzero
+ * return of the sink (with err_set) ends the walk. */
+typedef struct {
+    int (*q4)(void *ctx, int i, int part, const Q4State *s);
+    int (*dense)(void *ctx, int i, const float *values);
+    void *ctx;
+} BnbSink;
+int bnb_model_read(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const BnbSink *sink);
 
 #endif

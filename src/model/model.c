@@ -194,6 +194,32 @@ static void set_parts(Param *p, const ModelConfig *c)
     }
 }
 
+static void set_q4_parts(ParamTable *pt, const ModelConfig *c)
+{
+    for (int i = 0; i < pt->n; i++)
+        if (pt->p[i].kind == PARAM_NF4) set_parts(&pt->p[i], c);
+}
+
+/* What model_create_lora makes of each tensor: adapters trainable (train), block linears 4-bit (q4),
+ * the rest frozen. */
+static ParamKind *lora_kinds(const ParamTable *pt, int train, int q4)
+{
+    ParamKind *kinds = xmalloc((size_t)pt->n * sizeof(ParamKind));
+    for (int i = 0; i < pt->n; i++)
+        kinds[i] = train && pt->p[i].site >= 0           ? PARAM_TRAIN
+                 : q4 && is_block_linear(pt->p[i].role) ? PARAM_NF4
+                                                         : PARAM_FROZEN;
+    return kinds;
+}
+
+void param_table_lora_kinds(ParamTable *pt, const ModelConfig *cfg, int train, int q4)
+{
+    ParamKind *kinds = lora_kinds(pt, train, q4);
+    param_table_set_kinds(pt, kinds);
+    free(kinds);
+    set_q4_parts(pt, cfg);
+}
+
 Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train, uint64_t seed,
                          const Q4Spec *quant)
 {
@@ -206,17 +232,12 @@ Model *model_create_lora_alloc(const ModelConfig *cfg, const Backend *be, const 
     ParamTable pt;
     param_table_build_lora(&pt, cfg, lora);
     int q4 = quant && quant->type >= 0;
-    ParamKind *kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
-    for (int i = 0; i < pt.n; i++)
-        kinds[i] = train && pt.p[i].site >= 0           ? PARAM_TRAIN
-                 : q4 && is_block_linear(pt.p[i].role) ? PARAM_NF4
-                                                        : PARAM_FROZEN;
+    ParamKind *kinds = lora_kinds(&pt, train, q4);
     Model *m = model_build(cfg, be, kinds, lora, alloc);
     free(kinds);
     param_table_free(&pt);
     if (q4) {
-        for (int i = 0; i < m->pt.n; i++)
-            if (m->pt.p[i].kind == PARAM_NF4) set_parts(&m->pt.p[i], cfg);
+        set_q4_parts(&m->pt, cfg);
         m->ps.q4_type = quant->type;
         m->ps.q4_blocksize = quant->blocksize;
         m->ps.q4_double = quant->nested;

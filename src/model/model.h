@@ -211,6 +211,10 @@ Model *model_create_lora(const ModelConfig *cfg, const Backend *be, const LoraSp
                          const struct Q4Spec *quant);
 Model *model_create_lora_alloc(const ModelConfig *cfg, const Backend *be, const LoraSpec *lora, int train,
                                uint64_t seed, const struct Q4Spec *quant, const ModelAlloc *alloc);
+/* The kinds model_create_lora_alloc gives a table that param_table_build_lora built (adapters
+ * trainable when train, block linears 4-bit when q4, the rest frozen), and the 4-bit tensors' parts
+ * (ParamTable.part_rows): a table of the same model without its store (tensor parallel's whole model). */
+void param_table_lora_kinds(ParamTable *pt, const ModelConfig *cfg, int train, int q4);
 /* PEFT's initialisation of every adapter: A ~ U(-1/sqrt(in), 1/sqrt(in)) (kaiming_uniform_ with
  * a = sqrt(5)), B = 0; each tensor from its own stream of seed. */
 void model_init_lora(Model *m, uint64_t seed);

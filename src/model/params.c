@@ -645,21 +645,27 @@ void params_q4_point(ParamStore *ps, int g, void *buf)
 
 /* Quantize tensor i's fp32 values part by part (each part a Hugging Face tensor, quantized on its
  * own as bitsandbytes does), from their bf16 rounding: what a bf16-loaded model holds. */
+void params_q4_quantize(const ParamStore *ps, const Param *p, int part, const float *host, Q4Quant *out)
+{
+    int64_t cols = p->shape[1], row0 = 0;
+    for (int k = 0; k < part; k++) row0 += p->part_rows[k];
+    int64_t n = (int64_t)p->part_rows[part] * cols;
+    const float *v = host + row0 * cols;
+    float *x = xmalloc((size_t)n * sizeof(float));
+    for (int64_t k = 0; k < n; k++) x[k] = st_bf16_to_f32(st_f32_to_bf16(v[k]));
+    if (q4_quantize(x, n, (Q4Type)ps->q4_type, ps->q4_blocksize, ps->q4_double, out)) fatal_err();
+    free(x);
+}
+
 static void q4_quantize_upload(ParamStore *ps, int i, const float *host)
 {
     const Param *p = &ps->pt->p[i];
-    int64_t cols = p->shape[1], row0 = 0;
-    float *x = xmalloc(p->numel * sizeof(float));
-    for (size_t k = 0; k < p->numel; k++) x[k] = st_bf16_to_f32(st_f32_to_bf16(host[k]));
     for (int part = 0; part < p->nparts; part++) {
         Q4Quant qq;
-        int64_t n = (int64_t)p->part_rows[part] * cols;
-        if (q4_quantize(x + row0 * cols, n, (Q4Type)ps->q4_type, ps->q4_blocksize, ps->q4_double, &qq)) fatal_err();
+        params_q4_quantize(ps, p, part, host, &qq);
         params_upload_q4(ps, i, part, &qq.s);
         q4_quant_free(&qq);
-        row0 += p->part_rows[part];
     }
-    free(x);
 }
 
 const void *params_w_dense(const ParamStore *ps, int i)

@@ -279,6 +279,10 @@ void params_download(const ParamStore *ps, int i, float *host);
 /* A part of a 4-bit tensor from a host state (its arrays copied into backend memory): a
  * pre-quantized directory's bytes as they are. */
 void params_upload_q4(ParamStore *ps, int i, int part, const Q4State *host);
+/* Part `part` of a 4-bit tensor p (p's values at host, fp32) quantized as params_upload quantizes it
+ * (the store's type, block size and double quantization, from the values' bf16 rounding); p may be
+ * of another table than the store's (tensor parallel: the whole tensor a rank holds a slice of). */
+void params_q4_quantize(const ParamStore *ps, const Param *p, int part, const float *host, Q4Quant *out);
 /* Tensor i's compute copy for a product: the stored one, a 4-bit tensor dequantized into ps->dq, or
  * an integer-ternary tensor unpacked into ps->wq. */
 const void *params_w_dense(const ParamStore *ps, int i);

@@ -423,3 +423,90 @@ int q4_state_check(const Q4State *s)
     if (!isfinite(s->nested_offset)) return err_set("nested_offset: not a finite number");
     return 0;
 }
+
+/* ---- rectangles of a quantized tensor (tensor parallel's slices) ---- */
+
+static int64_t gcd64(int64_t a, int64_t b)
+{
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* The runs of consecutive values the rectangles are made of, in order: run k starts at flat index
+ * *start and holds *len values (a full-width rectangle is one run). f sees each run. */
+static void q4_runs(int64_t cols, const Q4Rect *rects, int nrect, void (*f)(void *ctx, int64_t start, int64_t len),
+                    void *ctx)
+{
+    for (int k = 0; k < nrect; k++) {
+        const Q4Rect *q = &rects[k];
+        if (q->c0 == 0 && q->nc == cols) {
+            f(ctx, q->r0 * cols, q->nr * cols);
+            continue;
+        }
+        for (int64_t i = 0; i < q->nr; i++) f(ctx, (q->r0 + i) * cols + q->c0, q->nc);
+    }
+}
+
+typedef struct {
+    const Q4State *s;
+    int64_t g, n, runs, last_start, last_len; /* block size so far; values; runs; the last run */
+    int64_t b;                                /* gather: the next local block */
+    uint8_t *packed;
+    float *absmax;
+} Q4Gather;
+
+static void gather_block_size(void *ctx, int64_t start, int64_t len)
+{
+    Q4Gather *g = ctx;
+    if (g->runs) g->g = gcd64(g->g, g->last_len); /* only the last run may end in a partial block */
+    g->g = gcd64(g->g, start);
+    g->last_start = start;
+    g->last_len = len;
+    g->runs++;
+    g->n += len;
+}
+
+static void gather_run(void *ctx, int64_t start, int64_t len)
+{
+    Q4Gather *g = ctx;
+    memcpy(g->packed + g->n / 2, g->s->packed + start / 2, q4_packed_bytes(len));
+    for (int64_t e = 0; e < len; e += g->g) g->absmax[g->b++] = q4_block_absmax(g->s, (start + e) / g->s->blocksize);
+    g->n += len;
+}
+
+int q4_gather(const Q4State *s, int64_t cols, const Q4Rect *rects, int nrect, Q4Quant *out)
+{
+    memset(out, 0, sizeof(*out));
+    int64_t rows = cols > 0 ? s->n / cols : 0;
+    if (cols <= 0 || rows * cols != s->n || nrect < 1)
+        return err_set("4-bit slice: %lld values are not rows of %lld (internal error)", (long long)s->n,
+                       (long long)cols);
+    for (int k = 0; k < nrect; k++) {
+        const Q4Rect *q = &rects[k];
+        if (q->r0 < 0 || q->nr < 1 || q->r0 + q->nr > rows || q->c0 < 0 || q->nc < 1 || q->c0 + q->nc > cols)
+            return err_set("4-bit slice: rows [%lld, %lld) x columns [%lld, %lld) of a (%lld, %lld) tensor "
+                           "(internal error)", (long long)q->r0, (long long)(q->r0 + q->nr), (long long)q->c0,
+                           (long long)(q->c0 + q->nc), (long long)rows, (long long)cols);
+    }
+    Q4Gather g = {.s = s, .g = s->blocksize};
+    q4_runs(cols, rects, nrect, gather_block_size, &g);
+    /* the last run: whole blocks, or up to the end of the tensor (whose last block may be partial) */
+    if (g.last_start + g.last_len != s->n) g.g = gcd64(g.g, g.last_len);
+    if (g.g % 2)
+        return err_set("a slice starts or ends inside a pair of 4-bit values (the two of one byte)");
+    int64_t nb = q4_nblocks(g.n, g.g);
+    out->packed = xcalloc(q4_packed_bytes(g.n), 1);
+    out->absmax = xmalloc((size_t)nb * sizeof(float));
+    int64_t n = g.n;
+    g.n = 0;
+    g.packed = out->packed;
+    g.absmax = out->absmax;
+    q4_runs(cols, rects, nrect, gather_run, &g);
+    if (g.b != nb) fatal("q4_gather: %lld blocks, expected %lld (internal error)", (long long)g.b, (long long)nb);
+    out->s = (Q4State){.type = s->type, .blocksize = (int)g.g, .n = n, .packed = out->packed, .absmax = out->absmax};
+    return 0;
+}

@@ -119,4 +119,16 @@ void q4_dequantize_rows_bf16(const Q4State *s, int64_t cols, int64_t r0, int64_t
  * file): -1 with err_set("<what>") naming the inconsistency. */
 int q4_state_check(const Q4State *s);
 
+/* Rows [r0, r0 + nr) x columns [c0, c0 + nc) of a row-major tensor. */
+typedef struct {
+    int64_t r0, nr, c0, nc;
+} Q4Rect;
+/* The rectangles of s (a (n / cols, cols) tensor), laid one after another (each row-major), as one
+ * state that dequantizes to exactly those values: the packed codes copied, and one fp32 scale per
+ * block (a nested state's scales dequantized as a product dequantizes them). Its blocks are the
+ * largest that no block of s straddles: s's block size, or a power of two below it where a slice
+ * starts or ends inside one of s's blocks (tensor parallel's slices of 4-bit weights, model/tp.h).
+ * -1 with err_set when a slice starts or ends inside a pair of values (a shared byte). */
+int q4_gather(const Q4State *s, int64_t cols, const Q4Rect *rects, int nrect, Q4Quant *out);
+
 #endif

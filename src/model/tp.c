@@ -177,6 +177,54 @@ void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *wpt, cons
     }
 }
 
+/* The rectangles of whole part `part` of pw (a (part_rows, cols) tensor) that rank r's part holds. */
+static int q4_rects(const ModelConfig *c, int P, int r, const Param *pw, const Param *pl, int part, Q4Rect *q)
+{
+    int64_t cols = pw->shape[1], rows = pw->part_rows[part];
+    switch (pw->role) {
+    case PROLE_O_W:
+    case PROLE_PROJ_W: { /* row-parallel: r's columns of every row */
+        int64_t nc = pl->shape[1];
+        q[0] = (Q4Rect){0, rows, r * nc, nc};
+        return 1;
+    }
+    case PROLE_QKV_W:
+        if (pw->nparts == 1) { /* gpt2 c_attn, one tensor: r's rows of q, of k and of v */
+            int64_t qd = cfg_q_dim(c), kvd = cfg_kv_dim(c), ql = qd / P, kvl = kvd / P;
+            q[0] = (Q4Rect){r * ql, ql, 0, cols};
+            q[1] = (Q4Rect){qd + r * kvl, kvl, 0, cols};
+            q[2] = (Q4Rect){qd + kvd + r * kvl, kvl, 0, cols};
+            return 3;
+        }
+        __attribute__((fallthrough)); /* llama's q, k and v are parts of their own */
+    case PROLE_FC_W: { /* column-parallel: r's rows of the part */
+        int64_t nr = pl->part_rows[part];
+        q[0] = (Q4Rect){r * nr, nr, 0, cols};
+        return 1;
+    }
+    default: fatal("tp: %s is 4-bit but not a block linear (internal error)", pw->name);
+    }
+}
+
+int tp_q4_slice(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, int part,
+                const Q4State *whole, Q4Quant *out)
+{
+    if (pw->nparts != pl->nparts || part < 0 || part >= pw->nparts || pw->role != pl->role)
+        fatal("tp: %s: part %d of %d whole and %d on rank %d (internal error)", pw->name, part, pw->nparts,
+              pl->nparts, r);
+    Q4Rect q[3];
+    int n = q4_rects(full, P, r, pw, pl, part, q);
+    if (q4_gather(whole, pw->shape[1], q, n, out))
+        return err_prefix("dist.tp %d: the 4-bit %s cannot be split into %lld %s per rank", P, pw->name,
+                          (long long)(n == 1 && q[0].nc < pw->shape[1] ? q[0].nc : pl->part_rows[part]),
+                          n == 1 && q[0].nc < pw->shape[1] ? "columns" : "rows");
+    int64_t want = (int64_t)pl->part_rows[part] * pl->shape[1];
+    if (out->s.n != want)
+        fatal("tp: %s part %d: %lld values sliced, %lld expected (internal error)", pw->name, part,
+              (long long)out->s.n, (long long)want);
+    return 0;
+}
+
 static void split_linear(Linear *L, LinearSplit s, const ModelTp *tp)
 {
     if (L->w < 0) return;

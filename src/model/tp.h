@@ -68,6 +68,13 @@ void tp_slice(const ModelConfig *full, int P, int r, const ParamTable *whole_pt,
 /* The same for one tensor: pw of the whole table, pl of rank r's, their values at whole and local. */
 void tp_slice_tensor(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, float *whole,
                      float *local, int to_local);
+/* Rank r's part `part` of a 4-bit block linear pl, from part `part` of the whole tensor pw (whole,
+ * quantized as dist.tp 1 quantizes it, or as a pre-quantized directory stores it): its rows (a
+ * column-parallel product) or columns (a row-parallel one) of the codes, with fp32 block scales that
+ * dequantize to exactly the whole tensor's values (quant4.h q4_gather), so that every rank computes
+ * with the weights of dist.tp 1. -1 with err_set() naming the tensor when a slice splits a byte. */
+int tp_q4_slice(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, int part,
+                const Q4State *whole, Q4Quant *out);
 
 /* Give a model built from a local config its group: split its products and allocate the buffers
  * (after model_reserve). tp (owned by the caller) must outlive the model's passes. */

@@ -602,9 +602,6 @@ int train_config_validate(const TrainConfig *tc)
         return err_set("dist.zero: expected 0, 1, 2 or 3, got %d", tc->dist_zero);
     if (tc->dist_tp < 1 || tc->dist_tp > DIST_TP_MAX)
         return err_set("dist.tp: expected 1 .. %d ranks per replica, got %d", DIST_TP_MAX, tc->dist_tp);
-    if (tc->dist_tp > 1 && strcmp(tc->quant, "none"))
-        return err_set("model.quant: %s with dist.tp %d is not supported (4-bit bases are not split); use dist.tp 1",
-                       tc->quant, tc->dist_tp);
     if (tc->dist_tp > 1 && !strcmp(tc->optimizer, "ternary"))
         return err_set("train.optimizer: ternary with dist.tp %d is not supported; use dist.tp 1", tc->dist_tp);
     /* data parallel replicates the integer state (int8, about 1.22 bytes per weight; docs/ternary.md): ZeRO

@@ -757,7 +757,7 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
  * every tp rank's (tensor kinds as kinds: model.freeze names the same tensors on every rank). */
 /* A table of c (with the adapters of ls when not NULL: the base frozen, the adapters trainable, as
  * model_create_lora makes them; else the kinds given). */
-static void tp_table(ParamTable *pt, const ModelConfig *c, const ParamKind *kinds, const LoraSpec *ls)
+static void tp_table(ParamTable *pt, const ModelConfig *c, const ParamKind *kinds, const LoraSpec *ls, int q4)
 {
     if (!ls) {
         param_table_build(pt, c);
@@ -765,13 +765,11 @@ static void tp_table(ParamTable *pt, const ModelConfig *c, const ParamKind *kind
         return;
     }
     param_table_build_lora(pt, c, ls);
-    ParamKind *k = xmalloc((size_t)pt->n * sizeof(ParamKind));
-    for (int i = 0; i < pt->n; i++) k[i] = pt->p[i].site >= 0 ? PARAM_TRAIN : PARAM_FROZEN;
-    param_table_set_kinds(pt, k);
-    free(k);
+    param_table_lora_kinds(pt, c, 1, q4); /* with a 4-bit base: its tensors' parts too */
 }
 
-static int tp_setup(Run *r, const ModelConfig *full, const ParamKind *kinds, const LoraSpec *ls, ModelConfig *local)
+static int tp_setup(Run *r, const ModelConfig *full, const ParamKind *kinds, const LoraSpec *ls, int q4,
+                    ModelConfig *local)
 {
     Dist *d = &r->dist;
     int P = d->tp;
@@ -779,12 +777,12 @@ static int tp_setup(Run *r, const ModelConfig *full, const ParamKind *kinds, con
     if (tp_config_local(full, P, d->tp_rank, local)) return -1;
     r->whole.cfg = *full;
     if (ls) r->whole.lora = *ls; /* names the adapters of the whole model's files (peft.h) */
-    tp_table(&r->whole.pt, full, kinds, ls);
+    tp_table(&r->whole.pt, full, kinds, ls, q4);
     r->tp_pt = xcalloc((size_t)P, sizeof(ParamTable));
     for (int k = 0; k < P; k++) {
         ModelConfig lk;
         tp_config_local(full, P, k, &lk);
-        tp_table(&r->tp_pt[k], &lk, kinds, ls);
+        tp_table(&r->tp_pt[k], &lk, kinds, ls, q4);
     }
     return 0;
 }
@@ -805,28 +803,78 @@ static void tp_set_adapters(Run *r, const float *whole, uint64_t seed)
     }
 }
 
-/* Tensor parallel: this rank's slices of a whole host image (the whole model's table) into the model. */
-static void tp_set_whole(Run *r, const float *whole)
+/* Tensor parallel: rank r's part of a 4-bit tensor i from the whole tensor's part (tp_q4_slice). */
+static int tp_upload_q4(Run *r, int i, int part, const Q4State *whole)
+{
+    Q4Quant q;
+    if (tp_q4_slice(&r->tpm.full, r->dist.tp, r->dist.tp_rank, &r->whole.pt.p[i], &r->m->pt.p[i], part, whole, &q))
+        return -1;
+    params_upload_q4(&r->m->ps, i, part, &q.s);
+    q4_quant_free(&q);
+    return 0;
+}
+
+/* Tensor parallel: this rank's slices of a whole host image (the whole model's table) into the model's
+ * base; a 4-bit tensor is quantized whole, as dist.tp 1 quantizes it, and then sliced (or, with q4src,
+ * a host store of the whole model, its 4-bit states are). */
+static int tp_set_whole(Run *r, const float *whole, const ParamStore *q4src)
 {
     float *local = xcalloc(r->m->pt.total, sizeof(float));
     tp_slice(&r->tpm.full, r->dist.tp, r->dist.tp_rank, &r->whole.pt, &r->m->pt, (float *)whole, local, 1, 0);
-    model_set_params_base(r->m, local);
+    int rc = 0;
+    for (int i = 0; !rc && i < r->m->pt.n; i++) {
+        const Param *pl = &r->m->pt.p[i], *pw = &r->whole.pt.p[i];
+        if (pl->site >= 0) continue; /* adapters: tp_set_adapters */
+        if (pl->kind != PARAM_NF4) {
+            params_upload(&r->m->ps, i, local + pl->offset);
+            continue;
+        }
+        for (int part = 0; !rc && part < pl->nparts; part++) {
+            if (q4src) {
+                rc = tp_upload_q4(r, i, part, &q4src->q4[i][part].s);
+                continue;
+            }
+            Q4Quant q;
+            params_q4_quantize(&r->m->ps, pw, part, whole + pw->offset, &q);
+            rc = tp_upload_q4(r, i, part, &q.s);
+            q4_quant_free(&q);
+        }
+    }
     free(local);
+    return rc;
+}
+
+/* bnb_model_read's sink under tensor parallel: a pre-quantized directory's whole tensors, sliced. */
+static int tp_bnb_q4(void *ctx, int i, int part, const Q4State *s) { return tp_upload_q4(ctx, i, part, s); }
+
+static int tp_bnb_dense(void *ctx, int i, const float *values)
+{
+    Run *r = ctx;
+    const Param *pl = &r->m->pt.p[i];
+    float *local = xmalloc(pl->numel * sizeof(float));
+    tp_slice_tensor(&r->tpm.full, r->dist.tp, r->dist.tp_rank, &r->whole.pt.p[i], pl, (float *)values, local, 1);
+    params_upload(&r->m->ps, i, local);
+    free(local);
+    return 0;
 }
 
 /* Tensor parallel: GPT-2's init of the whole model (a host copy, on the CPU backend), sliced, so that
  * the run starts where dist.tp 1 starts. */
-static void tp_init_gpt2(Run *r, uint64_t seed)
+static int tp_init_gpt2(Run *r, uint64_t seed)
 {
-    /* with adapters, the whole model's table has them (GPT-2's init draws each tensor by its index) */
-    Model *w = r->m->adapters ? model_create_lora(&r->whole.cfg, backend_cpu(), &r->whole.lora, 0, seed, NULL)
+    /* with adapters, the whole model's table has them (GPT-2's init draws each tensor by its index); a
+     * 4-bit base as dist.tp 1 draws it (model_init_gpt2's synthetic 4-bit states), whose states are sliced */
+    const ParamStore *ps = &r->m->ps;
+    Q4Spec q4 = {.type = ps->q4 ? ps->q4_type : -1, .blocksize = ps->q4_blocksize, .nested = ps->q4_double};
+    Model *w = r->m->adapters ? model_create_lora(&r->whole.cfg, backend_cpu(), &r->whole.lora, 0, seed, &q4)
                               : model_create_frozen(&r->whole.cfg, backend_cpu());
     float *host = xmalloc(w->pt.total * sizeof(float));
     model_init_gpt2(w, seed);
     model_get_params(w, host);
+    int rc = tp_set_whole(r, host, ps->q4 ? &w->ps : NULL);
     model_free(w);
-    tp_set_whole(r, host);
     free(host);
+    return rc;
 }
 
 /* hf_read_weights_each's callback: base tensor i of the host image is complete: uploaded (into the
@@ -876,7 +924,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         LoraSpec ls;
         if (lora_spec(tc, cfg, &ls)) return -1;
         ModelConfig local; /* tensor parallel: this rank's slice, its adapters split with their products */
-        if (run_tp(r) && tp_setup(r, cfg, NULL, &ls, &local)) return -1;
+        if (run_tp(r) && tp_setup(r, cfg, NULL, &ls, q4.type >= 0, &local)) return -1;
         r->m = model_create_lora_alloc(run_tp(r) ? &local : cfg, r->be, &ls, 1, tc->seed, &q4, &alloc);
     } else {
         int bad;
@@ -891,7 +939,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
         ModelConfig local; /* tensor parallel: this rank's slice */
-        if (run_tp(r) && tp_setup(r, cfg, kinds, NULL, &local)) {
+        if (run_tp(r) && tp_setup(r, cfg, kinds, NULL, 0, &local)) {
             free(kinds);
             return -1;
         }
@@ -902,14 +950,13 @@ static int setup_model(Run *r, const ModelConfig *cfg)
     if (r->emb_host_bad) return err_prefix("train.offload_embeddings");
     Q4Spec pre;
     if (tc->model_init[0] && bnb_model_quant(tc->model_init, &pre) == 1) { /* 4-bit as stored */
-        if (run_tp(r))
-            return err_set("model.init: %s is 4-bit (bitsandbytes); dist.tp %d does not split 4-bit tensors",
-                           tc->model_init, r->dist.tp);
-        if (bnb_model_load(r->m, tc->model_init)) return err_prefix("model.init");
+        BnbSink sink = {tp_bnb_q4, tp_bnb_dense, r}; /* tensor parallel: each whole tensor, sliced */
+        if (run_tp(r) ? bnb_model_read(tc->model_init, cfg, &r->whole.pt, &sink) : bnb_model_load(r->m, tc->model_init))
+            return err_prefix("model.init");
     } else if (tc->model_init[0] && run_tp(r)) { /* tensor parallel: the whole directory, then this rank's slices */
         float *host = xmalloc(r->whole.pt.total * sizeof(float));
         int e = hf_read_weights(tc->model_init, cfg, &r->whole.pt, host);
-        if (!e) tp_set_whole(r, host);
+        if (!e) e = tp_set_whole(r, host, NULL);
         free(host);
         if (e) return err_prefix("model.init");
     } else if (tc->model_init[0]) { /* streamed: each tensor uploaded and its host pages given back */
@@ -920,7 +967,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         host_unreserve(host, bytes);
         if (e) return err_prefix("model.init");
     } else if (run_tp(r)) {
-        tp_init_gpt2(r, tc->seed);
+        if (tp_init_gpt2(r, tc->seed)) return -1;
     } else {
         model_init_gpt2(r->m, tc->seed);
         if (r->m->adapters) model_init_lora(r->m, tc->seed); /* GPT-2's init drew the adapters too */
