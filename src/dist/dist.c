@@ -315,16 +315,18 @@ int dist_world_gather_f64(Dist *d, const double *x, double *all, int n)
 
 /* ---- tensor parallel: the model's group (model/tp.h ModelTp) ---- */
 
-static void tp_reduce_act(void *ctx, void *buf, size_t n)
+static void tp_reduce(Dist *d, void *buf, size_t n, int f32)
 {
-    Dist *d = ctx;
     Comm *c = d->tp_comm;
     c->start_after_compute(c);
-    if (c->all_reduce_sum(c, buf, n, d->act_size == 2 ? COMM_BF16 : COMM_F32))
+    if (c->all_reduce_sum(c, buf, n, d->act_size == 2 && !f32 ? COMM_BF16 : COMM_F32))
         fatal("rank %d: tensor parallel all_reduce (tp group of job ranks %d-%d): %s", d->grank, d->rank * d->tp,
               d->rank * d->tp + d->tp - 1, err_get());
     c->compute_after_comm(c);
 }
+
+static void tp_reduce_act(void *ctx, void *buf, size_t n) { tp_reduce(ctx, buf, n, 0); }
+static void tp_reduce_f32(void *ctx, float *buf, size_t n) { tp_reduce(ctx, buf, n, 1); }
 
 static void tp_gather_f32(void *ctx, float *buf, size_t n)
 {
@@ -351,6 +353,7 @@ int dist_tp_model(Dist *d, const ModelConfig *full, size_t act_size, ModelTp *tp
     tp->full = *full;
     tp->ctx = d;
     tp->all_reduce_act = tp_reduce_act;
+    tp->all_reduce_f32 = tp_reduce_f32;
     tp->all_gather_f32 = tp_gather_f32;
     d->act_size = act_size;
     return 0;

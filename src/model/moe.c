@@ -10,6 +10,7 @@
 
 #include "core/error.h"
 #include "model/lora.h"
+#include "model/tp.h"
 
 /* ---- parameters ---- */
 
@@ -210,6 +211,9 @@ void moe_fwd(Model *m, int l, LayerActs *la, int N, void *out, const LinearBufs 
         linear_fwd(&m->ps, &p->sh_gate, a->sh_g, la->ln2, N, lb);
         be->moe_gate_fwd(out, a->sh_y, a->sh_g, N, C);
     }
+    /* tensor parallel: each rank's experts (and shared expert) hold its slice of their units, so out is
+     * its partial sum: one all-reduce for the layer (tp.h) */
+    if (m->tp) tp_all_reduce_act(m->tp, out, (size_t)N * C);
 }
 
 void moe_recompute_act(Model *m, int l, LayerActs *la, int N)
@@ -233,6 +237,8 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
     size_t F = (size_t)c->moe_d_ff, Cz = (size_t)C;
     /* the weighted un-permute, then each expert's products backwards over its rows */
     be->moe_combine_bwd(s->dy, s->dtopw, dout, a->y, a->topw, a->pos, N, C, k);
+    /* tensor parallel: y is this rank's partial sum, and so is dtopw = <dout, y>; the router needs the sum */
+    if (m->tp) m->tp->all_reduce_f32(m->tp->ctx, s->dtopw, (size_t)N * k);
     size_t off = 0;
     ragged(be, 1);
     for (int e = 0; e < E; e++) {
@@ -257,16 +263,22 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
     }
     ragged(be, 0);
     be->moe_gather_bwd(dln2, s->dxp, a->pos, N, C, k);
-    /* the router: through the top-k weights, plus the routing losses' gradients */
-    be->moe_route_bwd(s->dlogits, a->probs, a->lse, a->topi, s->dtopw, s->dpe, s->zscale, N, E, k, c->moe_norm_topk);
-    linear_bwd(ps, &p->router, s->dx, s->dlogits, la->ln2, N, lb);
-    be->add(dln2, dln2, s->dx, (size_t)N * Cz);
+    /* the shared expert's products (under tensor parallel, like the experts', partial sums over the
+     * ranks' units, as is its gate's gradient dg = sigmoid'(g) <dout, shared output>) */
     if (c->moe_shared_d_ff > 0) {
         be->moe_gate_bwd(s->dys, s->dg, dout, a->sh_y, a->sh_g, N, C);
+        if (m->tp) tp_all_reduce_act(m->tp, s->dg, (size_t)N);
         linear_bwd(ps, &p->sh_proj, s->dsh_act, s->dys, a->sh_act, N, lb);
         be->swiglu_bwd(s->dsh_h, a->sh_h, s->dsh_act, N, c->moe_shared_d_ff);
         linear_bwd(ps, &p->sh_fc, s->dx, s->dsh_h, la->ln2, N, lb);
         be->add(dln2, dln2, s->dx, (size_t)N * Cz);
+    }
+    if (m->tp) tp_all_reduce_act(m->tp, dln2, (size_t)N * Cz); /* the units' share, summed over the ranks */
+    /* the router: through the top-k weights, plus the routing losses' gradients (whole on every rank) */
+    be->moe_route_bwd(s->dlogits, a->probs, a->lse, a->topi, s->dtopw, s->dpe, s->zscale, N, E, k, c->moe_norm_topk);
+    linear_bwd(ps, &p->router, s->dx, s->dlogits, la->ln2, N, lb);
+    be->add(dln2, dln2, s->dx, (size_t)N * Cz);
+    if (c->moe_shared_d_ff > 0) {
         linear_bwd(ps, &p->sh_gate, s->dx, s->dg, la->ln2, N, lb);
         be->add(dln2, dln2, s->dx, (size_t)N * Cz);
     }

@@ -18,10 +18,6 @@ int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
             "dist.tp: %d with the bert family is not supported (tensor parallel covers the gpt2 and "
             "llama families); use dist.tp 1",
             P);
-    if (full->moe_experts)
-        return err_set(
-            "dist.tp: %d with model.moe.experts %d is not supported (experts are not split); use dist.tp 1",
-            P, full->moe_experts);
     if (full->ternary || full->sub_norm)
         return err_set(
             "dist.tp: %d with model.ternary (BitNet) is not supported (its per-tensor scales would need "
@@ -31,6 +27,12 @@ int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
     if (full->n_kv_head % P)
         return err_set("dist.tp: %d does not divide model.n_kv_head %d", P, full->n_kv_head);
     if (full->d_ff % P) return err_set("dist.tp: %d does not divide model.d_ff %d", P, full->d_ff);
+    if (full->moe_experts && full->moe_d_ff % P)
+        return err_set("dist.tp: %d does not divide model.moe.d_ff %d", P, full->moe_d_ff);
+    if (full->moe_experts && full->moe_shared_d_ff % P)
+        return err_set("dist.tp: %d does not divide the shared experts' width %d (model.moe.shared_experts x "
+                       "model.moe.d_ff, or the directory's shared_expert_intermediate_size)",
+                       P, full->moe_shared_d_ff);
     int v0, vn;
     tp_vocab_part(full->vocab_size, P, P - 1, &v0, &vn);
     if (vn <= 0)
@@ -40,6 +42,8 @@ int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
     local->n_head = full->n_head / P;
     local->n_kv_head = full->n_kv_head / P;
     local->d_ff = full->d_ff / P;
+    local->moe_d_ff = full->moe_d_ff / P; /* each expert's units (and the shared expert's) split as a dense MLP's */
+    local->moe_shared_d_ff = full->moe_shared_d_ff / P;
     tp_vocab_part(full->vocab_size, P, r, &v0, &vn);
     local->vocab_size = vn;
     return 0;
@@ -74,6 +78,10 @@ int tp_role_split(int role)
     case PROLE_FC_W:
     case PROLE_FC_B:
     case PROLE_PROJ_W:
+    case PROLE_EXP_FC_W:
+    case PROLE_EXP_PROJ_W:
+    case PROLE_SH_FC_W:
+    case PROLE_SH_PROJ_W:
         return 1;
     default:
         return 0;
@@ -114,11 +122,22 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         if (c->family == FAMILY_LLAMA)
             copy_block(whole, wcols, local, lcols, fl, c->d_ff + r * fl, fl, 0, wcols, to_local);
         break;
+    case PROLE_EXP_FC_W:
+    case PROLE_SH_FC_W: { /* an expert's [w1 | w3] (gate | up): the rows of r's units of each */
+        size_t F = (size_t)(pw->role == PROLE_EXP_FC_W ? c->moe_d_ff : c->moe_shared_d_ff), el = F / P;
+        copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
+        copy_block(whole, wcols, local, lcols, el, F + r * el, el, 0, wcols, to_local);
+        break;
+    }
     case PROLE_O_W: /* columns of r's query heads */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * ql, ql, to_local);
         break;
     case PROLE_PROJ_W: /* columns of r's units */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * fl, fl, to_local);
+        break;
+    case PROLE_EXP_PROJ_W:
+    case PROLE_SH_PROJ_W: /* columns of r's units of the expert */
+        copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * lcols, lcols, to_local);
         break;
     case PROLE_LORA_A: /* on a row-parallel product: the columns of r's heads or units */
     case PROLE_LORA_B: /* on a column-parallel one: the rows its part of the product's outputs */
@@ -183,7 +202,9 @@ static int q4_rects(const ModelConfig *c, int P, int r, const Param *pw, const P
     int64_t cols = pw->shape[1], rows = pw->part_rows[part];
     switch (pw->role) {
     case PROLE_O_W:
-    case PROLE_PROJ_W: { /* row-parallel: r's columns of every row */
+    case PROLE_PROJ_W:
+    case PROLE_EXP_PROJ_W:
+    case PROLE_SH_PROJ_W: { /* row-parallel: r's columns of every row */
         int64_t nc = pl->shape[1];
         q[0] = (Q4Rect){0, rows, r * nc, nc};
         return 1;
@@ -197,7 +218,9 @@ static int q4_rects(const ModelConfig *c, int P, int r, const Param *pw, const P
             return 3;
         }
         __attribute__((fallthrough)); /* llama's q, k and v are parts of their own */
-    case PROLE_FC_W: { /* column-parallel: r's rows of the part */
+    case PROLE_FC_W:
+    case PROLE_EXP_FC_W:
+    case PROLE_SH_FC_W: { /* column-parallel: r's rows of the part */
         int64_t nr = pl->part_rows[part];
         q[0] = (Q4Rect){r * nr, nr, 0, cols};
         return 1;

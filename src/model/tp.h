@@ -11,6 +11,10 @@
  *   h.L.proj.w   row-parallel: the columns of r's units;         h.L.proj.b whole (added by rank 0)
  *   wte, lm_head vocabulary-parallel: rows [v0, v0 + vn)
  *   wpe, every norm                whole and identical on every rank (their gradients are, too)
+ *   h.L.exp.E.fc.w, shared.fc.w    an expert's [w1 | w3] (gate | up): the rows of r's units of each
+ *   h.L.exp.E.proj.w, shared.proj.w  the columns of r's units;  router, shared.gate whole
+ * (mixture of experts, moe.c: every rank routes every token alike and runs its slice of each expert;
+ * the layer's output and input gradient are all-reduced once, not per expert)
  * The products (linear.h LinearSplit): a row-parallel output is all-reduced in the forward, a
  * column-parallel input gradient in the backward. The embedding: each rank looks up the ids of its
  * slice (zero rows for the others) and the rows are all-reduced; the loss: each rank's logits slice
@@ -37,6 +41,8 @@ typedef struct ModelTp {
     void *ctx;
     /* buf (n act elements, backend memory) = the sum over the group */
     void (*all_reduce_act)(void *ctx, void *buf, size_t n);
+    /* the same for n fp32 values */
+    void (*all_reduce_f32)(void *ctx, float *buf, size_t n);
     /* buf (size parts of n fp32, backend memory; this rank's part filled) = every rank's part */
     void (*all_gather_f32)(void *ctx, float *buf, size_t n);
     /* buffers of tp_attach (backend memory unless _host): */
