@@ -142,8 +142,8 @@ void model_stack_fwd(Model *m, const StackBufs *bufs, const int32_t *tokens, int
     /* token-type embeddings (every token of type 0) first, so that the word ids are the last lookup's
      * (the CUDA backend keeps those for embed_bwd) */
     if (m->tte >= 0) be->embed_fwd(bufs->scratch, m->types, params_w(ps, m->tte), NULL, B, T, C, 0);
-    if (m->tp) { /* vocabulary-parallel (model/tp.h) */
-        tp_embed_fwd(m, a0->res, bufs->scratch, B, T);
+    if (m->tp) { /* vocabulary-parallel (model/tp.h); ln1 (written below) holds the positions' rows */
+        tp_embed_fwd(m, a0->res, a0->ln1, B, T);
     } else {
         const int32_t *ids;
         const void *wte = model_embed_table(m, tokens, N, &ids);

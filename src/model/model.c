@@ -705,8 +705,9 @@ static void head_done(const Model *m)
     if (model_head_group(m) == 0) model_weights_done(m, 0);
 }
 
-/* The MLM head over M rows x (M,C) into m->mlm_logits (M,V): dense, exact GELU, LayerNorm, decoder. */
-static void mlm_head_fwd(Model *m, const void *x, int M)
+/* The MLM head over M rows x (M,C) into m->mlm_logits (M,V): dense, exact GELU, LayerNorm, decoder
+ * (with decode 0: all but the decoder, whose input is m->mlm_u). */
+static void mlm_head_fwd(Model *m, const void *x, int M, int decode)
 {
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
@@ -725,7 +726,7 @@ static void mlm_head_fwd(Model *m, const void *x, int M)
     be->gelu_erf_fwd(m->mlm_g, m->mlm_h, (size_t)M * c->d_model);
     be->norm_fwd(m->mlm_u, m->mlm_mean, m->mlm_rstd, m->mlm_g, params_w(ps, m->mlm_ln_w), params_w(ps, m->mlm_ln_b),
                  M, c->d_model, c->norm_eps, 0);
-    linear_fwd(ps, &m->dec, m->mlm_logits, m->mlm_u, M, NULL);
+    if (decode) linear_fwd(ps, &m->dec, m->mlm_logits, m->mlm_u, M, NULL);
 }
 
 /* The loss of an encoder over its scored rows (targets >= 0), gathered first: the head's products
@@ -740,9 +741,9 @@ static double mlm_loss(Model *m, const int32_t *targets, int N, float loss_scale
     int32_t *tgt = xmalloc((size_t)N * sizeof(int32_t));
     for (int i = 0; i < N; i++) {
         if (targets[i] < 0) continue;
-        if (targets[i] >= c->vocab_size)
-            fatal("model_forward: target %d is outside the vocabulary of %d (internal error)", targets[i],
-                  c->vocab_size);
+        int V = m->tp ? m->tp->full.vocab_size : c->vocab_size; /* tensor parallel: a slice's config */
+        if (targets[i] >= V)
+            fatal("model_forward: target %d is outside the vocabulary of %d (internal error)", targets[i], V);
         m->rows_host[M] = i;
         tgt[M++] = targets[i];
     }
@@ -757,11 +758,14 @@ static double mlm_loss(Model *m, const int32_t *targets, int N, float loss_scale
     be->upload(m->targets, tgt, (size_t)M * sizeof(int32_t));
     free(tgt);
     be->gather_rows(m->mlm_x, m->lnf, m->rows, M, C);
-    mlm_head_fwd(m, m->mlm_x, M);
-    be->xent_fwd_bwd(m->losses, m->mlm_logits, m->targets, M, c->vocab_size, loss_scale);
+    void *du = m->dbuf2, *dg = m->dres, *dh = m->dbuf2, *dx = m->dres;
+    mlm_head_fwd(m, m->mlm_x, M, !m->tp);
+    if (m->tp) /* vocabulary-parallel decoder and loss (model/tp.h); du is summed over the group */
+        tp_head_xent(m, m->losses, du, m->mlm_u, m->targets, M, loss_scale);
+    else
+        be->xent_fwd_bwd(m->losses, m->mlm_logits, m->targets, M, c->vocab_size, loss_scale);
     if (loss_scale != 0) { /* d(u) -> d(g) (norm) -> d(h) (GELU) -> d(x), scattered into d(lnf) */
-        void *du = m->dbuf2, *dg = m->dres, *dh = m->dbuf2, *dx = m->dres;
-        linear_bwd(ps, &m->dec, du, m->mlm_logits, m->mlm_u, M, NULL);
+        if (!m->tp) linear_bwd(ps, &m->dec, du, m->mlm_logits, m->mlm_u, M, NULL);
         be->zero(dg, (size_t)M * C * be->act_size);
         be->norm_bwd(dg, params_g(ps, m->mlm_ln_w), params_g(ps, m->mlm_ln_b), du, m->mlm_g, params_w(ps, m->mlm_ln_w),
                      m->mlm_mean, m->mlm_rstd, M, C, 0);
@@ -813,7 +817,8 @@ float model_forward_len(Model *m, const int32_t *inputs, const int32_t *targets,
     if (c->bidirectional) {
         if (!targets) {
             if (m->mlm.w >= 0 && !m->hidden_only) {
-                mlm_head_fwd(m, m->lnf, N);
+                if (m->tp) fatal("model_forward: logits of a split encoder (internal error: tensor parallel scores targets only)");
+                mlm_head_fwd(m, m->lnf, N, 1);
                 m->logits = m->mlm_logits;
             }
             head_done(m);

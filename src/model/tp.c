@@ -13,11 +13,6 @@ int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
 {
     if (P < 1 || r < 0 || r >= P)
         return err_set("dist.tp: %d (rank %d in it) is not a group size (internal error)", P, r);
-    if (full->family == FAMILY_BERT)
-        return err_set(
-            "dist.tp: %d with the bert family is not supported (tensor parallel covers the gpt2 and "
-            "llama families); use dist.tp 1",
-            P);
     if (full->ternary || full->sub_norm)
         return err_set(
             "dist.tp: %d with model.ternary (BitNet) is not supported (its per-tensor scales would need "
@@ -72,6 +67,7 @@ int tp_role_split(int role)
     switch (role) {
     case PROLE_WTE:
     case PROLE_LM_HEAD:
+    case PROLE_MLM_BIAS:
     case PROLE_QKV_W:
     case PROLE_QKV_B:
     case PROLE_O_W:
@@ -160,7 +156,8 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         }
         break;
     case PROLE_WTE:
-    case PROLE_LM_HEAD: { /* rows of r's vocabulary slice */
+    case PROLE_LM_HEAD:
+    case PROLE_MLM_BIAS: { /* rows of r's vocabulary slice (an encoder's decoder bias: its entries) */
         int v0, vn;
         tp_vocab_part(c->vocab_size, P, r, &v0, &vn);
         copy_block(whole, wcols, local, lcols, (size_t)vn, (size_t)v0, 0, 0, wcols, to_local);

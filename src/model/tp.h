@@ -1,4 +1,4 @@
-/* tp.h - tensor parallel (Megatron-style) for the dense decoders: what each rank of a tp group holds,
+/* tp.h - tensor parallel (Megatron-style) for decoders (dense or MoE) and encoders: what each rank of a tp group holds,
  * and the few places of the model that talk to the group (docs/distributed.md "Tensor parallel").
  *
  * A group of P ranks runs one model whose Model.cfg is this rank's slice (tp_config_local):
@@ -9,7 +9,7 @@
  *   h.L.fc.w/b   column-parallel: rows of the units of r (llama: [gate of r | up of r])
  *   h.L.o.w      row-parallel: the columns of r's query heads;  h.L.o.b whole (added by rank 0)
  *   h.L.proj.w   row-parallel: the columns of r's units;         h.L.proj.b whole (added by rank 0)
- *   wte, lm_head vocabulary-parallel: rows [v0, v0 + vn)
+ *   wte, lm_head vocabulary-parallel: rows [v0, v0 + vn) (an encoder's decoder bias: entries [v0, v0 + vn))
  *   wpe, every norm                whole and identical on every rank (their gradients are, too)
  *   h.L.exp.E.fc.w, shared.fc.w    an expert's [w1 | w3] (gate | up): the rows of r's units of each
  *   h.L.exp.E.proj.w, shared.proj.w  the columns of r's units;  router, shared.gate whole
@@ -57,7 +57,7 @@ typedef struct ModelTp {
 } ModelTp;
 
 /* This rank's slice of a config (above). -1 with err_set() naming the key that does not divide, or
- * what tensor parallel does not support (MoE, encoders, BitNet). */
+ * what tensor parallel does not support (BitNet). */
 int tp_config_local(const ModelConfig *full, int size, int rank, ModelConfig *local);
 /* The vocabulary rows [*v0, *v0 + *vn) of rank r of P. */
 void tp_vocab_part(int V, int P, int r, int *v0, int *vn);
