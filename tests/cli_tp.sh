@@ -17,8 +17,8 @@
 #   - LoRA, and QLoRA (4-bit bases: random, quantized on load, pre-quantized; gpt2 and llama; with
 #     tp 2 x dp 2 ZeRO-3; resumed on 1 rank) give the losses and adapters of one rank;
 #   - mixture of experts (Mixtral-style; Qwen2-MoE-style with a shared expert and dense layers; 4-bit
-#     experts under QLoRA; tp 2 x dp 2 ZeRO-2; resumed on 1 rank) gives the losses, weights and
-#     routing of one rank;
+#     experts under QLoRA; tp 2 x dp 2 ZeRO-2; resumed on 1 rank; adapters on the experts, the shared
+#     expert and its gate) gives the losses, weights (adapters) and routing of one rank;
 #   - encoders (bert-tiny and roberta-tiny MLM, and LoRA on bert-tiny) give the losses, validation
 #     losses and weights of one rank;
 #   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
@@ -311,12 +311,22 @@ rm -rf "$tmp/mr1/step-0000006"
 run1 "$tmp/m.yaml" --resume "$tmp/mr1"
 same_losses "MoE: resume tp 2 -> 1" "$tmp/m1" "$tmp/mr1"
 same_weights "MoE: resume tp 2 -> 1" "$tmp/m1" "$tmp/mr1"
-if "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/m.yaml" --set lora.r=4 --set 'lora.targets=["q_proj","experts"]' \
-    --set dist.tp=2 --set out_dir="$tmp/badm" >/dev/null 2>"$tmp/err"; then
-    bad "expert adapters under tp: accepted"
-else
-    check "expert adapters under tp: refused, naming the key" grep -q "lora.targets: adapters on the experts (routed or shared) with dist.tp 2 are not supported" "$tmp/err"
-fi
+# adapters on the routed experts (each expert's A whole and B by rows on w1/w3, A by columns on w2),
+# on a shared expert and its gate, at recompute 2; and under tp 2 x dp 2 ZeRO-3
+EXP='--set lora.r=4 --set lora.targets=["q_proj","experts"]'
+run1 "$tmp/m.yaml" $EXP --set out_dir="$tmp/me1"
+launch 2 "$tmp/m.yaml" $EXP --set dist.tp=2 --set out_dir="$tmp/me2"
+same_losses "MoE expert adapters: tp 2 vs 1 rank" "$tmp/me1" "$tmp/me2"
+same_adapters "MoE expert adapters: tp 2 vs 1 rank" "$tmp/me1" "$tmp/me2"
+QWA='--set lora.r=4 --set lora.targets=["all-linear","experts"]'
+run1 "$tmp/m.yaml" $QW $QWA --set out_dir="$tmp/mqa1"
+launch 2 "$tmp/m.yaml" $QW $QWA --set dist.tp=2 --set out_dir="$tmp/mqa2"
+same_losses "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" "$tmp/mqa1" "$tmp/mqa2"
+same_adapters "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" "$tmp/mqa1" "$tmp/mqa2"
+run1 "$tmp/m.yaml" $EXP $NOAUX --set out_dir="$tmp/mea1"
+launch 4 "$tmp/m.yaml" $EXP $NOAUX --set dist.tp=2 --set dist.zero=3 --set out_dir="$tmp/mea22"
+same_losses "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/mea1" "$tmp/mea22"
+same_adapters "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/mea1" "$tmp/mea22"
 
 # ---- encoders (BERT, RoBERTa: MLM) under tp: the decoder (tied to wte) and its bias vocabulary-parallel ----
 TOK=tests/fixtures/tokenizers/wp_uncased/tokenizer.json

@@ -277,7 +277,7 @@ void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *in
         ps->be->matmul_fwd(out, x, w.w, params_w(ps, b), N, L->in, L->out);
         if (L->n_adapters) adapters_fwd(ps, L, out, inp, N, lb, 1.0f);
     }
-    if (row) tp_all_reduce_act(L->tp, out, (size_t)N * L->out);
+    if (row && !L->sum_by_caller) tp_all_reduce_act(L->tp, out, (size_t)N * L->out);
 }
 
 void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *dout, const void *inp, int N,
@@ -296,7 +296,7 @@ void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *d
     params_grad_done(ps, L->w); /* a fused ternary weight: its update, now (its last use this step) */
     if (L->n_adapters && !first) adapters_bwd(ps, L, dinp, dout, inp, N, lb, 1.0f);
     /* column-parallel: each rank's slice of the outputs contributes to the whole input's gradient */
-    if (L->split == LINEAR_COL && dinp) tp_all_reduce_act(L->tp, dinp, (size_t)N * L->in);
+    if (L->split == LINEAR_COL && dinp && !L->sum_by_caller) tp_all_reduce_act(L->tp, dinp, (size_t)N * L->in);
 }
 
 void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre, const void *inp, int N,

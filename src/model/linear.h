@@ -61,6 +61,9 @@ typedef struct {
     int n_adapters;
     LinearSplit split;         /* LINEAR_WHOLE unless tp_attach split it */
     const struct ModelTp *tp;  /* the group's collectives (split != LINEAR_WHOLE) */
+    int sum_by_caller;         /* split, but the caller sums the outputs (row) or input gradients (col)
+                                * over the group, once for many products (an MoE layer's experts): the
+                                * adapters' own sums (t, dt) stay here */
 } Linear;
 
 /* A Linear for weight w and bias b (-1 for none), its shape read from the table. */

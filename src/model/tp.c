@@ -53,10 +53,11 @@ void tp_vocab_part(int V, int P, int r, int *v0, int *vn)
 
 /* Whether an adapter's site sits on a row-parallel product (attention-out, MLP-out): its A is split
  * by columns there, its B whole; on a column-parallel one the B by rows, the A whole. */
-static int lora_site_row(int site) { return site == LORA_O || site == LORA_DOWN; }
+static int lora_site_row(int site) { return site == LORA_O || site == LORA_DOWN || site == LORA_EXP_PROJ || site == LORA_SH_DOWN; }
 
 int tp_param_split(const Param *p)
 {
+    if (p->site == LORA_SH_ROUTE) return 0; /* the shared expert's gate is whole, and so are its adapters */
     if (p->role == PROLE_LORA_A) return lora_site_row(p->site);
     if (p->role == PROLE_LORA_B) return !lora_site_row(p->site);
     return tp_role_split(p->role);
@@ -152,6 +153,22 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         case LORA_GATE:
         case LORA_UP:
         case LORA_FC: copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local); break;
+        case LORA_EXP_FC: { /* an expert's [gate | up] rows: r's units of each half */
+            size_t el = (size_t)c->moe_d_ff / P;
+            copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
+            copy_block(whole, wcols, local, lcols, el, (size_t)c->moe_d_ff + r * el, el, 0, wcols, to_local);
+            break;
+        }
+        case LORA_SH_GATE:
+        case LORA_SH_UP: { /* the shared expert's gate_proj or up_proj rows */
+            size_t el = (size_t)c->moe_shared_d_ff / P;
+            copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
+            break;
+        }
+        case LORA_EXP_PROJ:
+        case LORA_SH_DOWN: /* columns of r's units */
+            copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * lcols, lcols, to_local);
+            break;
         default: fatal("tp: %s: adapter site %d (internal error)", pw->name, pw->site);
         }
         break;
@@ -263,6 +280,17 @@ void tp_attach(Model *m, ModelTp *tp)
         split_linear(&p->fc, LINEAR_COL, tp);
         split_linear(&p->o, LINEAR_ROW, tp);
         split_linear(&p->proj, LINEAR_ROW, tp);
+        if (!p->moe) continue;
+        /* an MoE layer's experts: split as a dense MLP's, the layer summing their outputs and input
+         * gradients once (moe.c); their adapters' own sums stay in the products */
+        for (int e = 0; e < m->cfg.moe_experts; e++) {
+            split_linear(&p->exp_fc[e], LINEAR_COL, tp);
+            split_linear(&p->exp_proj[e], LINEAR_ROW, tp);
+            p->exp_fc[e].sum_by_caller = p->exp_proj[e].sum_by_caller = 1;
+        }
+        split_linear(&p->sh_fc, LINEAR_COL, tp);
+        split_linear(&p->sh_proj, LINEAR_ROW, tp);
+        p->sh_fc.sum_by_caller = p->sh_proj.sum_by_caller = 1;
     }
     split_linear(&m->head, LINEAR_COL, tp);
     size_t cap = (size_t)m->Bmax * m->Tmax, C = (size_t)m->cfg.d_model;

@@ -924,12 +924,6 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         LoraSpec ls;
         if (lora_spec(tc, cfg, &ls)) return -1;
         ModelConfig local; /* tensor parallel: this rank's slice, its adapters split with their products */
-        unsigned moe_sites = (1u << LORA_EXP_FC) | (1u << LORA_EXP_PROJ) | (1u << LORA_SH_GATE) | (1u << LORA_SH_UP) |
-                             (1u << LORA_SH_DOWN) | (1u << LORA_SH_ROUTE);
-        if (run_tp(r) && (ls.sites & moe_sites))
-            return err_set("lora.targets: adapters on the experts (routed or shared) with dist.tp %d are not supported "
-                           "yet; target the attention (q_proj, k_proj, v_proj, o_proj), or use dist.tp 1",
-                           r->dist.tp);
         if (run_tp(r) && tp_setup(r, cfg, NULL, &ls, q4.type >= 0, &local)) return -1;
         r->m = model_create_lora_alloc(run_tp(r) ? &local : cfg, r->be, &ls, 1, tc->seed, &q4, &alloc);
     } else {
