@@ -814,34 +814,59 @@ static int tp_upload_q4(Run *r, int i, int part, const Q4State *whole)
     return 0;
 }
 
-/* Tensor parallel: this rank's slices of a whole host image (the whole model's table) into the model's
- * base; a 4-bit tensor is quantized whole, as dist.tp 1 quantizes it, and then sliced (or, with q4src,
- * a host store of the whole model, its 4-bit states are). */
-static int tp_set_whole(Run *r, const float *whole, const ParamStore *q4src)
+/* Tensor parallel: this rank's slice of whole base tensor i (its values at w) into the model; a 4-bit
+ * tensor is quantized whole, as dist.tp 1 quantizes it, and then sliced (or, with q4src, a host store of
+ * the whole model, its 4-bit states are). */
+static int tp_set_tensor(Run *r, int i, const float *w, const ParamStore *q4src)
 {
-    float *local = xcalloc(r->m->pt.total, sizeof(float));
-    tp_slice(&r->tpm.full, r->dist.tp, r->dist.tp_rank, &r->whole.pt, &r->m->pt, (float *)whole, local, 1, 0);
+    const Param *pl = &r->m->pt.p[i], *pw = &r->whole.pt.p[i];
+    if (pl->kind != PARAM_NF4) {
+        float *local = xmalloc(pl->numel * sizeof(float));
+        tp_slice_tensor(&r->tpm.full, r->dist.tp, r->dist.tp_rank, pw, pl, (float *)w, local, 1);
+        params_upload(&r->m->ps, i, local);
+        free(local);
+        return 0;
+    }
     int rc = 0;
-    for (int i = 0; !rc && i < r->m->pt.n; i++) {
-        const Param *pl = &r->m->pt.p[i], *pw = &r->whole.pt.p[i];
-        if (pl->site >= 0) continue; /* adapters: tp_set_adapters */
-        if (pl->kind != PARAM_NF4) {
-            params_upload(&r->m->ps, i, local + pl->offset);
+    for (int part = 0; !rc && part < pl->nparts; part++) {
+        if (q4src) {
+            rc = tp_upload_q4(r, i, part, &q4src->q4[i][part].s);
             continue;
         }
-        for (int part = 0; !rc && part < pl->nparts; part++) {
-            if (q4src) {
-                rc = tp_upload_q4(r, i, part, &q4src->q4[i][part].s);
-                continue;
-            }
-            Q4Quant q;
-            params_q4_quantize(&r->m->ps, pw, part, whole + pw->offset, &q);
-            rc = tp_upload_q4(r, i, part, &q.s);
-            q4_quant_free(&q);
-        }
+        Q4Quant q;
+        params_q4_quantize(&r->m->ps, pw, part, w, &q);
+        rc = tp_upload_q4(r, i, part, &q.s);
+        q4_quant_free(&q);
     }
-    free(local);
     return rc;
+}
+
+/* Tensor parallel: this rank's slices of a whole host image (the whole model's table) into the model's
+ * base (tp_set_tensor). */
+static int tp_set_whole(Run *r, const float *whole, const ParamStore *q4src)
+{
+    int rc = 0;
+    for (int i = 0; !rc && i < r->m->pt.n; i++)
+        if (r->m->pt.p[i].site < 0) rc = tp_set_tensor(r, i, whole + r->whole.pt.p[i].offset, q4src);
+    return rc;
+}
+
+/* hf_read_weights_each's callback under tensor parallel: whole base tensor i of the host image is
+ * complete: this rank's slice uploaded, then the tensor's host pages given back, so that a rank holds
+ * one whole tensor at a time, not the whole model. */
+typedef struct {
+    Run *r;
+    float *host;
+    int rc;
+} TpStream;
+
+static void tp_upload_base_tensor(void *ctx, int i)
+{
+    TpStream *s = ctx;
+    const Param *pw = &s->r->whole.pt.p[i];
+    if (pw->site >= 0) return; /* adapters come from lora.init or PEFT's init */
+    if (!s->rc) s->rc = tp_set_tensor(s->r, i, s->host + pw->offset, NULL);
+    host_release(s->host, pw->offset * sizeof(float), pw->numel * sizeof(float));
 }
 
 /* bnb_model_read's sink under tensor parallel: a pre-quantized directory's whole tensors, sliced. */
@@ -953,12 +978,13 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         BnbSink sink = {tp_bnb_q4, tp_bnb_dense, r}; /* tensor parallel: each whole tensor, sliced */
         if (run_tp(r) ? bnb_model_read(tc->model_init, cfg, &r->whole.pt, &sink) : bnb_model_load(r->m, tc->model_init))
             return err_prefix("model.init");
-    } else if (tc->model_init[0] && run_tp(r)) { /* tensor parallel: the whole directory, then this rank's slices */
-        float *host = xmalloc(r->whole.pt.total * sizeof(float));
-        int e = hf_read_weights(tc->model_init, cfg, &r->whole.pt, host);
-        if (!e) e = tp_set_whole(r, host, NULL);
-        free(host);
-        if (e) return err_prefix("model.init");
+    } else if (tc->model_init[0] && run_tp(r)) { /* tensor parallel: each whole tensor streamed, then sliced */
+        size_t bytes = r->whole.pt.total * sizeof(float);
+        float *host = host_reserve(bytes);
+        TpStream ts = {r, host, 0};
+        int e = hf_read_weights_each(tc->model_init, cfg, &r->whole.pt, host, tp_upload_base_tensor, &ts);
+        host_unreserve(host, bytes);
+        if (e || ts.rc) return err_prefix("model.init");
     } else if (tc->model_init[0]) { /* streamed: each tensor uploaded and its host pages given back */
         size_t bytes = r->m->pt.total * sizeof(float);
         float *host = host_reserve(bytes);
