@@ -198,6 +198,14 @@ same_adapters() { # NAME DIR_A DIR_B: the final adapters within WEIGHT_TOL, tens
     fi
 }
 LORA="--set lora.r=4 --set lora.alpha=8"
+# vs1 NAME KIND NPROC CONFIG OUT1 OUT2 ARGS [TP_ARGS]: ARGS on one rank and with dist.tp=2 (plus TP_ARGS) on
+# NPROC ranks; the losses, and the weights (KIND weights) or adapters (KIND adapters), alike
+vs1() {
+    run1 "$4" $7 --set out_dir="$5"
+    launch "$3" "$4" $7 --set dist.tp=2 ${8:-} --set out_dir="$6"
+    same_losses "$1" "$5" "$6"
+    same_$2 "$1" "$5" "$6"
+}
 run1 "$tmp/l.yaml" $LORA --set out_dir="$tmp/la1" # llama with GQA, all-linear: q k v o gate up down
 launch 2 "$tmp/l.yaml" $LORA --set dist.tp=2 --set out_dir="$tmp/la2"
 same_losses "LoRA (llama, all-linear): tp 2 vs 1 rank" "$tmp/la1" "$tmp/la2"
@@ -238,32 +246,18 @@ check "lora.init under tp 2: the losses of tp 1 ($(losses "$tmp/li1") / $(losses
 # ---- QLoRA under tp: each rank holds its rows (column-parallel) or columns (row-parallel) of the
 # 4-bit codes of the whole tensor, quantized as one rank quantizes it, with fp32 block scales ----
 Q="--set model.quant=nf4"
-run1 "$tmp/l.yaml" $LORA $Q --set out_dir="$tmp/q1" # a random 4-bit base (GPT-2's init, synthetic states)
-launch 2 "$tmp/l.yaml" $LORA $Q --set dist.tp=2 --set out_dir="$tmp/q2"
-same_losses "QLoRA (llama, random 4-bit base): tp 2 vs 1 rank" "$tmp/q1" "$tmp/q2"
-same_adapters "QLoRA (llama, random 4-bit base): tp 2 vs 1 rank" "$tmp/q1" "$tmp/q2"
+# a random 4-bit base (GPT-2's init, synthetic states)
+vs1 "QLoRA (llama, random 4-bit base): tp 2 vs 1 rank" adapters 2 "$tmp/l.yaml" "$tmp/q1" "$tmp/q2" "$LORA $Q"
 # from a bf16/fp32 directory, quantized on load (tp 1 quantizes each whole tensor; tp 2 slices it)
-run1 "$tmp/i.yaml" $LORA $Q --set out_dir="$tmp/qi1"
-launch 2 "$tmp/i.yaml" $LORA $Q --set dist.tp=2 --set out_dir="$tmp/qi2"
-same_losses "QLoRA from model.init (nf4 on load): tp 2 vs 1 rank" "$tmp/qi1" "$tmp/qi2"
-same_adapters "QLoRA from model.init (nf4 on load): tp 2 vs 1 rank" "$tmp/qi1" "$tmp/qi2"
+vs1 "QLoRA from model.init (nf4 on load): tp 2 vs 1 rank" adapters 2 "$tmp/i.yaml" "$tmp/qi1" "$tmp/qi2" "$LORA $Q"
 # a pre-quantized bitsandbytes directory, its bytes sliced as they are stored (fp4 without double quant)
 "$ANVIL" quantize --model "$tmp/l1/step-0000003" --quant fp4 --no-double-quant --out "$tmp/l1fp4" >/dev/null 2>&1 ||
     bad "quantize fp4"
-run1 "$tmp/i.yaml" $LORA --set model.init="$tmp/l1fp4" --set out_dir="$tmp/qp1"
-launch 2 "$tmp/i.yaml" $LORA --set model.init="$tmp/l1fp4" --set dist.tp=2 --set out_dir="$tmp/qp2"
-same_losses "QLoRA on a pre-quantized fp4 directory: tp 2 vs 1 rank" "$tmp/qp1" "$tmp/qp2"
-same_adapters "QLoRA on a pre-quantized fp4 directory: tp 2 vs 1 rank" "$tmp/qp1" "$tmp/qp2"
+vs1 "QLoRA on a pre-quantized fp4 directory: tp 2 vs 1 rank" adapters 2 "$tmp/i.yaml" "$tmp/qp1" "$tmp/qp2" "$LORA --set model.init=$tmp/l1fp4"
 # gpt2: c_attn is one 4-bit tensor, of which a rank holds three row ranges (its q, k and v)
-run1 "$tmp/g.yaml" $LORA $Q --set out_dir="$tmp/qg1"
-launch 2 "$tmp/g.yaml" $LORA $Q --set dist.tp=2 --set out_dir="$tmp/qg2"
-same_losses "QLoRA (gpt2): tp 2 vs 1 rank" "$tmp/qg1" "$tmp/qg2"
-same_adapters "QLoRA (gpt2): tp 2 vs 1 rank" "$tmp/qg1" "$tmp/qg2"
+vs1 "QLoRA (gpt2): tp 2 vs 1 rank" adapters 2 "$tmp/g.yaml" "$tmp/qg1" "$tmp/qg2" "$LORA $Q"
 # tp 2 x dp 2 with ZeRO-3 (each data-parallel rank keeps a shard of its tp slice's 4-bit bytes)
-run1 "$tmp/i.yaml" $LORA $Q --set train.tokens_per_step=256 --set out_dir="$tmp/qa1"
-launch 4 "$tmp/i.yaml" $LORA $Q --set train.tokens_per_step=256 --set dist.tp=2 --set dist.zero=3 --set out_dir="$tmp/qa22"
-same_losses "QLoRA: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/qa1" "$tmp/qa22"
-same_adapters "QLoRA: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/qa1" "$tmp/qa22"
+vs1 "QLoRA: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" adapters 4 "$tmp/i.yaml" "$tmp/qa1" "$tmp/qa22" "$LORA $Q --set train.tokens_per_step=256" "--set dist.zero=3"
 cp -r "$tmp/q2" "$tmp/qr1"
 rm -rf "$tmp/qr1/step-0000006"
 run1 "$tmp/l.yaml" $LORA $Q --resume "$tmp/qr1"
@@ -289,23 +283,14 @@ check "MoE: tp 2 routes as 1 rank (the same aux_loss every step)" test "$(aux "$
 check "MoE under tp: the checkpoint is the whole model" grep -q '"num_local_experts": 4' "$tmp/m2/final/config.json"
 # Qwen2-MoE-style: a shared expert and its gate, dense layers between (every 2), at recompute 2
 QW="--set model.moe.shared_experts=1 --set model.qkv_bias=true --set model.moe.every=2 --set train.recompute=2"
-run1 "$tmp/m.yaml" $QW --set out_dir="$tmp/mq1"
-launch 2 "$tmp/m.yaml" $QW --set dist.tp=2 --set out_dir="$tmp/mq2"
-same_losses "MoE with a shared expert and dense layers: tp 2 vs 1 rank" "$tmp/mq1" "$tmp/mq2"
-same_weights "MoE with a shared expert and dense layers: tp 2 vs 1 rank" "$tmp/mq1" "$tmp/mq2"
+vs1 "MoE with a shared expert and dense layers: tp 2 vs 1 rank" weights 2 "$tmp/m.yaml" "$tmp/mq1" "$tmp/mq2" "$QW"
 # QLoRA on an MoE base (4-bit experts, sliced), adapters on the attention
 MQ='--set lora.r=4 --set lora.targets=["q_proj","v_proj","o_proj"] --set model.quant=nf4'
-run1 "$tmp/m.yaml" $MQ --set out_dir="$tmp/mql1"
-launch 2 "$tmp/m.yaml" $MQ --set dist.tp=2 --set out_dir="$tmp/mql2"
-same_losses "MoE QLoRA (4-bit experts): tp 2 vs 1 rank" "$tmp/mql1" "$tmp/mql2"
-same_adapters "MoE QLoRA (4-bit experts): tp 2 vs 1 rank" "$tmp/mql1" "$tmp/mql2"
+vs1 "MoE QLoRA (4-bit experts): tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/mql1" "$tmp/mql2" "$MQ"
 # tp 2 x dp 2 with ZeRO-2 against accumulation: with the routing losses off (each forward's aux is of
 # its own rows, which differ between ranks and micro-batches: docs/moe.md)
 NOAUX="--set model.moe.aux_loss_coef=0 --set model.moe.z_loss_coef=0 --set train.tokens_per_step=256"
-run1 "$tmp/m.yaml" $NOAUX --set out_dir="$tmp/ma1"
-launch 4 "$tmp/m.yaml" $NOAUX --set dist.tp=2 --set dist.zero=2 --set out_dir="$tmp/ma22"
-same_losses "MoE: tp 2 x dp 2 ZeRO-2 vs 1 rank with accumulation" "$tmp/ma1" "$tmp/ma22"
-same_weights "MoE: tp 2 x dp 2 ZeRO-2 vs 1 rank with accumulation" "$tmp/ma1" "$tmp/ma22"
+vs1 "MoE: tp 2 x dp 2 ZeRO-2 vs 1 rank with accumulation" weights 4 "$tmp/m.yaml" "$tmp/ma1" "$tmp/ma22" "$NOAUX" "--set dist.zero=2"
 cp -r "$tmp/m2" "$tmp/mr1"
 rm -rf "$tmp/mr1/step-0000006"
 run1 "$tmp/m.yaml" --resume "$tmp/mr1"
@@ -314,19 +299,10 @@ same_weights "MoE: resume tp 2 -> 1" "$tmp/m1" "$tmp/mr1"
 # adapters on the routed experts (each expert's A whole and B by rows on w1/w3, A by columns on w2),
 # on a shared expert and its gate, at recompute 2; and under tp 2 x dp 2 ZeRO-3
 EXP='--set lora.r=4 --set lora.targets=["q_proj","experts"]'
-run1 "$tmp/m.yaml" $EXP --set out_dir="$tmp/me1"
-launch 2 "$tmp/m.yaml" $EXP --set dist.tp=2 --set out_dir="$tmp/me2"
-same_losses "MoE expert adapters: tp 2 vs 1 rank" "$tmp/me1" "$tmp/me2"
-same_adapters "MoE expert adapters: tp 2 vs 1 rank" "$tmp/me1" "$tmp/me2"
+vs1 "MoE expert adapters: tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/me1" "$tmp/me2" "$EXP"
 QWA='--set lora.r=4 --set lora.targets=["all-linear","experts"]'
-run1 "$tmp/m.yaml" $QW $QWA --set out_dir="$tmp/mqa1"
-launch 2 "$tmp/m.yaml" $QW $QWA --set dist.tp=2 --set out_dir="$tmp/mqa2"
-same_losses "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" "$tmp/mqa1" "$tmp/mqa2"
-same_adapters "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" "$tmp/mqa1" "$tmp/mqa2"
-run1 "$tmp/m.yaml" $EXP $NOAUX --set out_dir="$tmp/mea1"
-launch 4 "$tmp/m.yaml" $EXP $NOAUX --set dist.tp=2 --set dist.zero=3 --set out_dir="$tmp/mea22"
-same_losses "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/mea1" "$tmp/mea22"
-same_adapters "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" "$tmp/mea1" "$tmp/mea22"
+vs1 "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/mqa1" "$tmp/mqa2" "$QW $QWA"
+vs1 "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" adapters 4 "$tmp/m.yaml" "$tmp/mea1" "$tmp/mea22" "$EXP $NOAUX" "--set dist.zero=3"
 
 # ---- encoders (BERT, RoBERTa: MLM) under tp: the decoder (tied to wte) and its bias vocabulary-parallel ----
 TOK=tests/fixtures/tokenizers/wp_uncased/tokenizer.json
@@ -375,10 +351,7 @@ YAML
     if "$ANVIL" inspect --diff "$tmp/rb1/final" "$tmp/rb2/final" --tol 5e-4 >"$tmp/diff.out" 2>&1; then ok; else
         bad "RoBERTa MLM: tp 2 vs 1 rank: weights: $(cat "$tmp/diff.out")"
     fi
-    run1 "$tmp/b.yaml" --set lora.r=4 --set out_dir="$tmp/bl1"
-    launch 2 "$tmp/b.yaml" --set lora.r=4 --set dist.tp=2 --set out_dir="$tmp/bl2"
-    same_losses "BERT LoRA: tp 2 vs 1 rank" "$tmp/bl1" "$tmp/bl2"
-    same_adapters "BERT LoRA: tp 2 vs 1 rank" "$tmp/bl1" "$tmp/bl2"
+    vs1 "BERT LoRA: tp 2 vs 1 rank" adapters 2 "$tmp/b.yaml" "$tmp/bl1" "$tmp/bl2" "--set lora.r=4"
 else
     echo "skip: the encoder cases need $TOK and $SHARED_TEXT" >&2
 fi
