@@ -604,11 +604,6 @@ int train_config_validate(const TrainConfig *tc)
         return err_set("dist.tp: expected 1 .. %d ranks per replica, got %d", DIST_TP_MAX, tc->dist_tp);
     if (tc->dist_tp > 1 && !strcmp(tc->optimizer, "ternary"))
         return err_set("train.optimizer: ternary with dist.tp %d is not supported; use dist.tp 1", tc->dist_tp);
-    /* data parallel replicates the integer state (int8, about 1.22 bytes per weight; docs/ternary.md): ZeRO
-     * would shard only the few float norms */
-    if (tc->dist_zero > 0 && !strcmp(tc->optimizer, "ternary"))
-        return err_set("dist.zero: %d with train.optimizer: ternary is not supported (the integer state is "
-                       "replicated on every rank); use dist.zero 0", tc->dist_zero);
     if (!(tc->dist_timeout_s > 0) || !isfinite(tc->dist_timeout_s))
         return err_set("dist.timeout_s: must be a positive number of seconds, got %g", tc->dist_timeout_s);
     if (!(tc->dist_bucket_mb > 0) || !isfinite(tc->dist_bucket_mb))

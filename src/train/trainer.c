@@ -959,7 +959,7 @@ static int setup_model(Run *r, const ModelConfig *cfg)
             if (cfg->moe_experts)
                 return err_set("train.optimizer: ternary with model.moe.experts %d is not supported yet (the experts "
                                "would stay fp32)", cfg->moe_experts);
-            /* data parallel (dist.zero 0; train_config.c refuses ZeRO): the integer state is replicated,
+            /* data parallel (and ZeRO, which shards the float tensors only): the integer state is replicated,
              * each tensor's gradient summed over the ranks before its update (dist.c) */
             kinds = ternary_kinds(cfg, kinds, tc->tern_embeddings);
         }
