@@ -15,7 +15,10 @@
 #    18, 6 + 12/N, 2 + 16/N, 18/N, docs/distributed.md);
 # 3. speed: GPT-2 124M (B=16, T=1024) for 30 steps on 1 and on all GPUs, ZeRO 0/1/2/3: global and
 #    per-GPU tokens/s, exposed communication (comm_s) and per-rank peak memory from metrics.jsonl;
-# 4. fault: on 2+ GPUs, rank 1 killed mid-run: the launcher exits non-zero at once naming it.
+# 4. fault: on 2+ GPUs, rank 1 killed mid-run: the launcher exits non-zero at once naming it;
+# 5. tensor parallel (2+ GPUs): a small llama (GQA), the same with QLoRA and an MoE model, in fp32 for 20
+#    steps at tp 2 and 4 against tp 1 (losses within 1e-4 relative); llama-1b (B=8, T=2048) and
+#    bert-base (MLM, B=64, T=512) at tp 1/2/4: tokens/s, last loss, per-rank peak and memory line.
 # NCCL_DEBUG=INFO output of the first 1-GPU launch goes to $OUT/nccl-1.log (transport, version).
 # Logs: $OUT (default gpu-dist-out/); the summary table is printed last.
 set -u
@@ -145,6 +148,54 @@ if [ "$NGPU" -ge 2 ]; then
     wait $L
     rc=$?
     note "| rank 1 killed | rc $rc after $((SECONDS - t0)) s | $(grep -c 'rank 1' "$OUT/fault.err") line(s) naming rank 1 |"
+fi
+if [ "$NGPU" -ge 2 ]; then
+    echo "== 5. tensor parallel (issue 14, item 3)"
+    # equality: a small llama (GQA) in fp32, 20 steps, tp 2 (and 4) against the single process; then the
+    # same with QLoRA (4-bit base sliced) and with an MoE model (experts split)
+    lcfg="$OUT/tp-small.yaml"
+    sed -e 's/preset: gpt2-tiny/preset: llama-tiny/' -e 's/n_head: 4/n_head: 8\n  n_kv_head: 4/' "$cfg" >"$lcfg"
+    for what in dense qlora moe; do
+        a=""
+        [ $what = qlora ] && a="--set lora.r=8 --set model.quant=nf4"
+        [ $what = moe ] && a="--set model.preset=moe-tiny --set model.moe.aux_loss_coef=0 --set model.moe.z_loss_coef=0"
+        # shellcheck disable=SC2086
+        "$ANVIL" train "$lcfg" --set device=cuda-fp32 $a --set out_dir="$OUT/tp-$what-1" >"$OUT/tp-$what-1.log" 2>&1
+        for p in 2 4; do
+            [ "$p" -le "$NGPU" ] || continue
+            run="$OUT/tp-$what-$p"
+            # shellcheck disable=SC2086
+            "$ANVIL" launch --nproc "$p" --device cuda-fp32 -- train "$lcfg" $a --set dist.tp=$p --set out_dir="$run" \
+                >"$run.log" 2>&1
+            rc=$?
+            close "$(losses "$OUT/tp-$what-1")" "$(losses "$run")" 1e-4
+            note "| tp $p $what (cuda-fp32, 20 steps) vs tp 1 | rc $rc | losses $(verdict $?) | $(tail -1 "$run.log" | cut -c1-60) |"
+        done
+    done
+    # speed and memory: llama-1b B=8 T=2048 and bert-base B=64 T=512 (MLM) at tp 1, 2, 4
+    for m in llama-1b bert-base; do
+        for p in 1 2 4; do
+            [ "$p" -le "$NGPU" ] || continue
+            run="$OUT/tp-speed-$m-$p"
+            if [ $m = llama-1b ]; then
+                a="--set model.preset=llama-1b --set model.max_seq_len=2048 --set train.batch_size=8 --set train.seq_len=2048"
+            else
+                a="--set model.preset=bert-base --set data.objective=mlm --set data.tokenizer=tests/fixtures/tokenizers/wp_uncased/tokenizer.json"
+                a="$a --set train.batch_size=64 --set train.seq_len=512"
+            fi
+            # shellcheck disable=SC2086
+            "$ANVIL" launch --nproc "$p" --device cuda -- train "$big" $a --set train.tokens_per_step=0 \
+                --set train.steps=20 --set dist.tp=$p --set out_dir="$run" >"$run.log" 2>&1
+            rc=$?
+            row=$(tail -n 10 "$run/metrics.jsonl" 2>/dev/null | python3 -c '
+import json, sys
+r = [json.loads(l) for l in sys.stdin]
+tps = sum(x["tokens_per_s"] for x in r) / len(r)
+peak = r[-1].get("peak_mem_gib_ranks", r[-1]["peak_mem_gib"])
+print("%s tok/s | loss %.4f | peak %s GiB" % (format(round(tps), ","), r[-1]["loss"], peak))' 2>&1)
+            note "| tp $p speed $m | rc $rc | $row | $(grep '^memory per rank' "$run.log" | cut -d: -f2 | cut -c1-90) |"
+        done
+    done
 fi
 echo
 cat "$SUMMARY"
