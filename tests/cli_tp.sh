@@ -21,6 +21,7 @@
 #     expert and its gate) gives the losses, weights (adapters) and routing of one rank;
 #   - encoders (bert-tiny and roberta-tiny MLM, and LoRA on bert-tiny) give the losses, validation
 #     losses and weights of one rank;
+#   - `anvil plan --tp` predicts rank 0's bytes of a tp run exactly (full, LoRA, QLoRA; tp 2 and 4);
 #   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
 #   - what tp does not support is refused with one line naming the key.
 set -u
@@ -355,6 +356,28 @@ YAML
 else
     echo "skip: the encoder cases need $TOK and $SHARED_TEXT" >&2
 fi
+
+# ---- anvil plan --tp: rank 0's bytes, category by category, as a tp run allocates them ----
+plan_vs_run() { # NAME PLAN_MODEL PLAN_ARGS CONFIG RUN_ARGS NPROC
+    "$ANVIL" plan --model "$2" --device cpu --batch 4 --seq 32 $3 --json "$tmp/plan.json" >/dev/null 2>"$tmp/plan.err" ||
+        bad "$1: plan: $(cat "$tmp/plan.err")"
+    rm -rf "$tmp/pr"
+    "$ANVIL" launch --nproc "$6" --device cpu -- train "$4" $5 --set train.steps=1 --set checkpoint.every=0 \
+        --set out_dir="$tmp/pr" >"$tmp/pr.log" 2>&1 || bad "$1: run: $(tail -n 2 "$tmp/pr.log")"
+    local real want
+    real=$(sed -n 's/^memory bytes: \(weights [0-9]* master [0-9]* gradients [0-9]* optimizer [0-9]* activations [0-9]* workspace [0-9]*\) peak.*/\1/p' "$tmp/pr.log")
+    want=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(" ".join("%s %d" % (k, d[k]) for k in
+        ["weights", "master", "gradients", "optimizer", "activations", "workspace"]))' "$tmp/plan.json")
+    check "$1: plan ($want) = run ($real)" test -n "$real" -a "$want" = "$real"
+}
+plan_vs_run "plan --tp 2, llama full" "$tmp/l1/final" "--tp 2 --world 2" "$tmp/l.yaml" "--set dist.tp=2" 2
+plan_vs_run "plan --tp 2, llama LoRA" "$tmp/l1/final" "--tp 2 --world 2 --method lora --lora-r 4" "$tmp/l.yaml" \
+    "$LORA --set dist.tp=2" 2
+plan_vs_run "plan --tp 2, llama QLoRA (sliced 4-bit scales)" "$tmp/l1/final" "--tp 2 --world 2 --method qlora --lora-r 4" \
+    "$tmp/l.yaml" "$LORA --set model.quant=nf4 --set dist.tp=2" 2
+plan_vs_run "plan --tp 4, gpt2 full" "$tmp/g1h4/final" "--tp 4 --world 4" "$tmp/g.yaml" \
+    "--set model.n_head=4 --set model.n_kv_head=4 --set dist.tp=4" 4
+expect_fail plan-tp-world "plan: --tp 2 does not divide --world 3" plan --model "$tmp/l1/final" --tp 2 --world 3
 
 # ---- a tp rank that dies: the job exits non-zero at once, naming it ----
 "$ANVIL" launch --nproc 2 --device cpu -- train "$tmp/g.yaml" --set dist.tp=2 --set train.steps=100000 \

@@ -1,7 +1,7 @@
 /* cmd_plan.c - `anvil plan`: the memory a training run will need, and which GPUs it fits.
  *
  *   anvil plan --model PRESET_OR_DIR [--method full|lora|qlora|ternary] [--batch B] [--seq T] [--recompute R]
- *              [--lora-r R] [--gpu NAME] [--world N --zero Z] [--device cpu|cuda|cuda-fp32] [--json FILE]
+ *              [--lora-r R] [--gpu NAME] [--world N --zero Z] [--tp P] [--device cpu|cuda|cuda-fp32] [--json FILE]
  *
  * The breakdown comes from creating the model on a counting backend (src/report/plan.h), so
  * anvil's own buffers are counted exactly; a GPU adds its modelled workspace. Then: the largest
@@ -26,7 +26,7 @@
 static void usage(FILE *f)
 {
     fprintf(f, "usage: anvil plan --model PRESET_OR_DIR [--method full|lora|qlora|ternary] [--batch B] [--seq T]\n"
-               "                  [--recompute 0|1|2] [--lora-r R] [--gpu NAME] [--world N --zero 0|1|2|3]\n"
+               "                  [--recompute 0|1|2] [--lora-r R] [--gpu NAME] [--world N --zero 0|1|2|3] [--tp P]\n"
                "                  [--device cuda|cuda-fp32|cpu] [--offload optimizer,embeddings] [--json FILE]\n"
                "  Predicted peak memory of one training step, by what holds it, and the largest micro-batch\n"
                "  that fits on common GPUs. Defaults: --method full, --batch 1, --seq the model's window,\n"
@@ -35,7 +35,8 @@ static void usage(FILE *f)
                "  --ternary-embeddings 1 and --ternary-fused 1 as train.ternary.embeddings / fused (default 0).\n"
                "  --offload: the AdamW moments and/or a frozen input embedding in host memory\n"
                "  (train.offload_optimizer, train.offload_embeddings), not in the peak; --recompute-layers K:\n"
-               "  only the first K blocks recompute (train.recompute_layers).\n");
+               "  only the first K blocks recompute (train.recompute_layers). --tp P: tensor parallel\n"
+               "  (dist.tp): rank 0's slice of the model; --world then counts every rank.\n");
 }
 
 int cmd_plan(int argc, char **argv)
@@ -65,6 +66,7 @@ int cmd_plan(int argc, char **argv)
         else if (!strcmp(f, "--lora-r")) rc = cli_int(f, v, 1, &s.lora_r);
         else if (!strcmp(f, "--world")) rc = cli_int(f, v, 1, &s.world);
         else if (!strcmp(f, "--zero")) rc = cli_int(f, v, 0, &s.zero);
+        else if (!strcmp(f, "--tp")) rc = cli_int(f, v, 1, &s.tp);
         else if (!strcmp(f, "--ternary-embeddings")) rc = cli_int(f, v, 0, &s.tern_embeddings);
         else if (!strcmp(f, "--ternary-fused")) rc = cli_int(f, v, 0, &s.tern_fused);
         else if (!strcmp(f, "--recompute-layers")) {

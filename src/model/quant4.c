@@ -478,13 +478,11 @@ static void gather_run(void *ctx, int64_t start, int64_t len)
     g->n += len;
 }
 
-int q4_gather(const Q4State *s, int64_t cols, const Q4Rect *rects, int nrect, Q4Quant *out)
+int q4_gather_blocksize(int64_t n, int64_t cols, int blocksize, const Q4Rect *rects, int nrect, int64_t *values)
 {
-    memset(out, 0, sizeof(*out));
-    int64_t rows = cols > 0 ? s->n / cols : 0;
-    if (cols <= 0 || rows * cols != s->n || nrect < 1)
-        return err_set("4-bit slice: %lld values are not rows of %lld (internal error)", (long long)s->n,
-                       (long long)cols);
+    int64_t rows = cols > 0 ? n / cols : 0;
+    if (cols <= 0 || rows * cols != n || nrect < 1)
+        return err_set("4-bit slice: %lld values are not rows of %lld (internal error)", (long long)n, (long long)cols);
     for (int k = 0; k < nrect; k++) {
         const Q4Rect *q = &rects[k];
         if (q->r0 < 0 || q->nr < 1 || q->r0 + q->nr > rows || q->c0 < 0 || q->nc < 1 || q->c0 + q->nc > cols)
@@ -492,17 +490,25 @@ int q4_gather(const Q4State *s, int64_t cols, const Q4Rect *rects, int nrect, Q4
                            "(internal error)", (long long)q->r0, (long long)(q->r0 + q->nr), (long long)q->c0,
                            (long long)(q->c0 + q->nc), (long long)rows, (long long)cols);
     }
-    Q4Gather g = {.s = s, .g = s->blocksize};
+    Q4Gather g = {.g = blocksize};
     q4_runs(cols, rects, nrect, gather_block_size, &g);
     /* the last run: whole blocks, or up to the end of the tensor (whose last block may be partial) */
-    if (g.last_start + g.last_len != s->n) g.g = gcd64(g.g, g.last_len);
-    if (g.g % 2)
-        return err_set("a slice starts or ends inside a pair of 4-bit values (the two of one byte)");
-    int64_t nb = q4_nblocks(g.n, g.g);
-    out->packed = xcalloc(q4_packed_bytes(g.n), 1);
+    if (g.last_start + g.last_len != n) g.g = gcd64(g.g, g.last_len);
+    if (g.g % 2) return err_set("a slice starts or ends inside a pair of 4-bit values (the two of one byte)");
+    if (values) *values = g.n;
+    return (int)g.g;
+}
+
+int q4_gather(const Q4State *s, int64_t cols, const Q4Rect *rects, int nrect, Q4Quant *out)
+{
+    memset(out, 0, sizeof(*out));
+    int64_t n;
+    int bs = q4_gather_blocksize(s->n, cols, s->blocksize, rects, nrect, &n);
+    if (bs < 0) return -1;
+    Q4Gather g = {.s = s, .g = bs};
+    int64_t nb = q4_nblocks(n, g.g);
+    out->packed = xcalloc(q4_packed_bytes(n), 1);
     out->absmax = xmalloc((size_t)nb * sizeof(float));
-    int64_t n = g.n;
-    g.n = 0;
     g.packed = out->packed;
     g.absmax = out->absmax;
     q4_runs(cols, rects, nrect, gather_run, &g);

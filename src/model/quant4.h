@@ -130,5 +130,8 @@ typedef struct {
  * starts or ends inside one of s's blocks (tensor parallel's slices of 4-bit weights, model/tp.h).
  * -1 with err_set when a slice starts or ends inside a pair of values (a shared byte). */
 int q4_gather(const Q4State *s, int64_t cols, const Q4Rect *rects, int nrect, Q4Quant *out);
+/* The block size q4_gather gives the rectangles of an n-value tensor of blocks of blocksize, and
+ * (values non-NULL) how many values they hold: what a planner counts. -1 with err_set as q4_gather. */
+int q4_gather_blocksize(int64_t n, int64_t cols, int blocksize, const Q4Rect *rects, int nrect, int64_t *values);
 
 #endif

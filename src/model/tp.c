@@ -243,6 +243,14 @@ static int q4_rects(const ModelConfig *c, int P, int r, const Param *pw, const P
     }
 }
 
+int tp_q4_blocksize(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, int part, int blocksize,
+                    int64_t *values)
+{
+    Q4Rect q[3];
+    int n = q4_rects(full, P, r, pw, pl, part, q);
+    return q4_gather_blocksize((int64_t)pw->part_rows[part] * pw->shape[1], pw->shape[1], blocksize, q, n, values);
+}
+
 int tp_q4_slice(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, int part,
                 const Q4State *whole, Q4Quant *out)
 {

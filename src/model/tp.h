@@ -81,6 +81,9 @@ void tp_slice_tensor(const ModelConfig *full, int P, int r, const Param *pw, con
  * with the weights of dist.tp 1. -1 with err_set() naming the tensor when a slice splits a byte. */
 int tp_q4_slice(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, int part,
                 const Q4State *whole, Q4Quant *out);
+/* The block size of that slice (whole blocks of blocksize) and its values: what `anvil plan --tp` counts. */
+int tp_q4_blocksize(const ModelConfig *full, int P, int r, const Param *pw, const Param *pl, int part, int blocksize,
+                    int64_t *values);
 
 /* Give a model built from a local config its group: split its products and allocate the buffers
  * (after model_reserve). tp (owned by the caller) must outlive the model's passes. */

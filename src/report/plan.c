@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "model/quant4.h"
+#include "model/tp.h"
 #include "train/freeze.h"
 #include "train/optim.h"
 
@@ -126,9 +127,17 @@ static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_t
 }
 
 /* The 4-bit states the store would upload (params_upload_q4): packed nibbles, 8-bit scales,
- * nested scales and the 8-bit map per part (double quantization, blocks of 64). */
-/* Bytes of the 4-bit tensors of group g (params_group; -1: all of them). */
-static size_t q4_bytes(const Model *m, int g)
+ * nested scales and the 8-bit map per part (double quantization, blocks of 64); under tensor
+ * parallel (fp32 1) a rank's slices keep one fp32 scale per block (tp_q4_slice). */
+/* Bytes of the 4-bit tensors of group g (params_group; -1: all of them). tp: the whole model's table
+ * and config, and the group size, when m is rank 0's slice. */
+typedef struct {
+    const ParamTable *pt;
+    const ModelConfig *c;
+    int P;
+} PlanTp;
+
+static size_t q4_bytes(const Model *m, int g, const PlanTp *tp)
 {
     size_t b = 0;
     for (int i = 0; i < m->pt.n; i++) {
@@ -136,6 +145,11 @@ static size_t q4_bytes(const Model *m, int g)
         if (p->kind != PARAM_NF4 || (g >= 0 && params_group(&m->pt, i) != g)) continue;
         for (int k = 0; k < p->nparts; k++) {
             int64_t n = (int64_t)p->part_rows[k] * p->shape[1], nb = q4_nblocks(n, Q4_DEFAULT_BLOCKSIZE);
+            if (tp) { /* the slice's blocks, as tp_q4_slice cuts them (a slice that cannot be cut: as whole blocks) */
+                int bs = tp_q4_blocksize(tp->c, tp->P, 0, &tp->pt->p[i], p, k, Q4_DEFAULT_BLOCKSIZE, NULL);
+                b += q4_packed_bytes(n) + (size_t)q4_nblocks(n, bs > 0 ? bs : Q4_DEFAULT_BLOCKSIZE) * 4;
+                continue;
+            }
             b += q4_packed_bytes(n) + (size_t)nb + (size_t)q4_nblocks(nb, Q4_NESTED_BLOCKSIZE) * 4 + Q4_MAP8_SIZE * 4;
         }
     }
@@ -164,6 +178,17 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
     if (s->act_size != 2 && s->act_size != 4) return err_set("plan: act size %d (2 or 4)", s->act_size);
     Backend be = plan_backend(s->act_size);
     g_in_use = g_peak = 0;
+    int P = s->tp > 1 ? s->tp : 1;
+    if (s->world % P)
+        return err_set("plan: --tp %d does not divide --world %d (world counts every rank)", P, s->world);
+    ModelConfig local; /* tensor parallel: rank 0's slice (its vocabulary slice is the largest) */
+    if (P > 1 && tp_config_local(c, P, 0, &local)) return -1;
+    if (P > 1 && s->offload_emb)
+        return err_set("--offload embeddings does not combine with --tp (as train.offload_embeddings with dist.tp)");
+    const ModelConfig *whole = c;
+    if (P > 1) c = &local;
+    ParamTable wpt;
+    int have_wpt = 0;
     Model *m;
     if (s->method == PLAN_FULL) {
         m = model_create(c, &be);
@@ -182,19 +207,33 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         Q4Spec q = {.type = s->method == PLAN_QLORA ? Q4_NF4 : -1, .blocksize = Q4_DEFAULT_BLOCKSIZE, .nested = 1};
         ModelAlloc alloc = {.plan = s->offload_emb ? plan_emb_host : NULL};
         m = model_create_lora_alloc(c, &be, &ls, 1, 1, &q, &alloc);
+        if (P > 1 && q.type >= 0) { /* the whole model's table: what each 4-bit slice is cut from */
+            param_table_build_lora(&wpt, whole, &ls);
+            param_table_lora_kinds(&wpt, whole, 1, 1);
+            have_wpt = 1;
+        }
     }
+    PlanTp ptp = {&wpt, whole, P};
+    const PlanTp *qtp = have_wpt ? &ptp : NULL;
     if (s->offload_emb && !m->ps.emb_host) {
         model_free(m);
         return err_set("--offload embeddings needs a frozen, untied input embedding (lora or qlora)");
     }
-    size_t q4 = q4_bytes(m, -1);
+    size_t q4 = q4_bytes(m, -1, qtp);
     if (s->keep_layers > 0) model_set_recompute_layers(m, MAX(0, c->n_layer - s->keep_layers));
     if (model_reserve(m, s->B, s->T, s->recompute)) {
+        if (have_wpt) param_table_free(&wpt);
         model_free(m);
         return -1;
     }
+    ModelTp tp = {.rank = 0, .size = P, .full = *whole}; /* its buffers (tp_attach); no collective runs */
+    if (P > 1) {
+        tp_vocab_part(whole->vocab_size, P, 0, &tp.v0, &tp.vn);
+        tp_attach(m, &tp);
+    }
     Optimizer o;
-    int world = s->world > 1 ? s->world : 1;
+    int world = s->world > 1 ? s->world / P : 1; /* the data-parallel replicas ZeRO shards over */
+    if (world < 1) world = 1;
     size_t lo = 0, hi = m->pt.n_train, slots = 0;
     if (s->zero >= 1 && world > 1 && m->pt.n_train) { /* rank 0's store as dist_attach shards it */
         const ParamTable *pt = &m->pt;
@@ -219,8 +258,8 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
         free(fseg);
     }
     if (s->zero >= 3 && world > 1 && q4) { /* and the 4-bit bytes: a part each, gathered layer by layer */
-        size_t g0 = q4_bytes(m, 0), gmax = 0;
-        for (int g = 1; g < m->pt.n_layer + 2; g++) gmax = MAX(gmax, q4_bytes(m, g));
+        size_t g0 = q4_bytes(m, 0, qtp), gmax = 0;
+        for (int g = 1; g < m->pt.n_layer + 2; g++) gmax = MAX(gmax, q4_bytes(m, g, qtp));
         q4 = (q4 + (size_t)world - 1) / (size_t)world;
         slots += g0 + 2 * gmax;
     }
@@ -241,12 +280,14 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
      * bytes 18 for full training in mixed precision (2 + 4 + 4 + 8), 2 for a bf16 base under
      * adapters, 0.5 for a 4-bit base */
     /* (ternary: the seed's 1.3 bytes per ternary weight, 18.27 MB for 14M weights) */
-    double P = (double)param_count_all(&m->pt), bytes = s->method == PLAN_FULL      ? 18
+    double Pn = (double)param_count_all(&m->pt), bytes = s->method == PLAN_FULL      ? 18
                                                        : s->method == PLAN_LORA    ? 2
                                                        : s->method == PLAN_TERNARY ? 1.3
                                                                                    : 0.5;
-    r->rule_gib = P * bytes * 1.2 / 1073741824.0;
+    r->rule_gib = Pn * bytes * 1.2 / 1073741824.0;
     optim_free(&o);
+    if (P > 1) tp_detach(m);
+    if (have_wpt) param_table_free(&wpt);
     model_free(m);
     return 0;
 }

@@ -26,6 +26,8 @@ typedef struct {
     int keep_layers; /* train.recompute_layers: the last keep_layers blocks keep every activation (0: none) */
     int offload_opt, offload_emb; /* train.offload_optimizer / train.offload_embeddings: held in host memory */
     int world, zero;  /* data parallel: ZeRO-1 shards the master and moments over world, ZeRO-2 also the gradients, ZeRO-3 also the weights (rank 0's store, as dist_attach makes it) */
+    int tp;           /* dist.tp (0 or 1: none): rank 0's slice of the model (model/tp.h) and the tp buffers;
+                       * world counts every rank, so ZeRO shards over world / tp replicas */
 } PlanSpec;
 
 typedef struct {
