@@ -712,7 +712,7 @@ static void mlm_head_fwd(Model *m, const void *x, int M, int decode)
     const Backend *be = m->be;
     const ModelConfig *c = &m->cfg;
     const ParamStore *ps = &m->ps;
-    if (M > m->mlm_cap) { /* grow-only, with headroom: masking scores a varying ~15% of the rows */
+    if (decode && M > m->mlm_cap) { /* grow-only, with headroom: masking scores a varying ~15% of the rows */
         size_t before, after;
         be->mem_stats(&before, NULL);
         if (m->mlm_logits) be->free(m->mlm_logits);
@@ -739,9 +739,9 @@ static double mlm_loss(Model *m, const int32_t *targets, int N, float loss_scale
     const ParamStore *ps = &m->ps;
     int C = c->d_model, M = 0;
     int32_t *tgt = xmalloc((size_t)N * sizeof(int32_t));
+    int V = m->tp ? m->tp->full.vocab_size : c->vocab_size; /* tensor parallel: c is a slice's config */
     for (int i = 0; i < N; i++) {
         if (targets[i] < 0) continue;
-        int V = m->tp ? m->tp->full.vocab_size : c->vocab_size; /* tensor parallel: a slice's config */
         if (targets[i] >= V)
             fatal("model_forward: target %d is outside the vocabulary of %d (internal error)", targets[i], V);
         m->rows_host[M] = i;
