@@ -872,16 +872,7 @@ static void tp_upload_base_tensor(void *ctx, int i)
 /* bnb_model_read's sink under tensor parallel: a pre-quantized directory's whole tensors, sliced. */
 static int tp_bnb_q4(void *ctx, int i, int part, const Q4State *s) { return tp_upload_q4(ctx, i, part, s); }
 
-static int tp_bnb_dense(void *ctx, int i, const float *values)
-{
-    Run *r = ctx;
-    const Param *pl = &r->m->pt.p[i];
-    float *local = xmalloc(pl->numel * sizeof(float));
-    tp_slice_tensor(&r->tpm.full, r->dist.tp, r->dist.tp_rank, &r->whole.pt.p[i], pl, (float *)values, local, 1);
-    params_upload(&r->m->ps, i, local);
-    free(local);
-    return 0;
-}
+static int tp_bnb_dense(void *ctx, int i, const float *values) { return tp_set_tensor(ctx, i, values, NULL); }
 
 /* Tensor parallel: GPT-2's init of the whole model (a host copy, on the CPU backend), sliced, so that
  * the run starts where dist.tp 1 starts. */
