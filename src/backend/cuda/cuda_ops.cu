@@ -631,12 +631,14 @@ template <typename T> static void cu_scatter_rows(void *dinp, const void *dout, 
     copy_rows<T>(dinp, dout, idx, NULL, M, C);
 }
 
-// out (N,F) = silu(gate) * up; inp rows [gate (F) | up (F)]
+// out (N,F) = silu(gate) * up; inp rows [gate (F) | up (F)]. A warp walks whole rows (grid-stride over
+// rows, its lanes over a row's W-element vectors), so no element index is divided by F.
 template <typename T, int W> __global__ void swiglu_fwd_kernel(T *out, const T *inp, int N, int F)
 {
-    size_t n = (size_t)N * F, stride = (size_t)gridDim.x * blockDim.x * W;
-    for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += stride) {
-        size_t row = i / F, j = i % F;
+    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32, warps = (size_t)gridDim.x * blockDim.x / 32;
+    for (size_t row = warp; row < (size_t)N; row += warps)
+    for (int j = (int)(threadIdx.x % 32) * W; j < F; j += 32 * W) {
+        size_t i = row * F + j;
         const T *g = inp + row * 2 * F + j;
         float gf[W], uf[W];
         load_f<T, W>(gf, g);
@@ -650,9 +652,10 @@ template <typename T, int W> __global__ void swiglu_fwd_kernel(T *out, const T *
 // dgate = dout * up * s * (1 + g (1 - s)),  dup = dout * g * s,  s = sigmoid(g)
 template <typename T, int W> __global__ void swiglu_bwd_kernel(T *dinp, const T *inp, const T *dout, int N, int F)
 {
-    size_t n = (size_t)N * F, stride = (size_t)gridDim.x * blockDim.x * W;
-    for (size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W; i < n; i += stride) {
-        size_t row = i / F, j = i % F;
+    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32, warps = (size_t)gridDim.x * blockDim.x / 32;
+    for (size_t row = warp; row < (size_t)N; row += warps)
+    for (int j = (int)(threadIdx.x % 32) * W; j < F; j += 32 * W) {
+        size_t i = row * F + j;
         const T *g = inp + row * 2 * F + j;
         T *dg = dinp + row * 2 * F + j;
         float gf[W], uf[W], df[W], dgf[W], duf[W];
@@ -670,14 +673,15 @@ template <typename T, int W> __global__ void swiglu_bwd_kernel(T *dinp, const T 
     }
 }
 
+/* One warp per row, up to the grid-stride cap (the rows are the warps' loop). */
+static inline unsigned swiglu_grid(int N) { return grid_for((size_t)N * 32, THREADS); }
+
 template <typename T> static void cu_swiglu_fwd(void *out, const void *inp, int N, int F)
 {
     CUDA_PROF("swiglu_fwd");
     const int PW = pack_width<T>();
     bool vec = vec_ok((size_t)F, PW, sizeof(T), out, inp);
-    size_t n = (size_t)N * F;
-    LAUNCH_VEC(vec, swiglu_fwd_kernel, grid_for(n / (vec ? PW : 1), THREADS), THREADS, (T *)out, (const T *)inp,
-               N, F);
+    LAUNCH_VEC(vec, swiglu_fwd_kernel, swiglu_grid(N), THREADS, (T *)out, (const T *)inp, N, F);
 }
 
 template <typename T> static void cu_swiglu_bwd(void *dinp, const void *inp, const void *dout, int N, int F)
@@ -685,9 +689,7 @@ template <typename T> static void cu_swiglu_bwd(void *dinp, const void *inp, con
     CUDA_PROF("swiglu_bwd");
     const int PW = pack_width<T>();
     bool vec = vec_ok((size_t)F, PW, sizeof(T), dinp, inp, dout);
-    size_t n = (size_t)N * F;
-    LAUNCH_VEC(vec, swiglu_bwd_kernel, grid_for(n / (vec ? PW : 1), THREADS), THREADS, (T *)dinp,
-               (const T *)inp, (const T *)dout, N, F);
+    LAUNCH_VEC(vec, swiglu_bwd_kernel, swiglu_grid(N), THREADS, (T *)dinp, (const T *)inp, (const T *)dout, N, F);
 }
 
 /* ------------------------------------------------------------------ RoPE */
@@ -718,24 +720,75 @@ __global__ void rope_kernel(T *qkv, const float *inv_freq, int N, int T_, int nh
     }
 }
 
+// The same with V consecutive i per thread (half % V == 0, rows aligned to V elements): each head's
+// two halves move as V-element vectors, so a warp reads and writes whole 32-byte sectors with a
+// quarter of the instructions; the angles, cos and sin are those of rope_kernel, value for value.
+template <typename T, int V>
+__global__ void rope_vec_kernel(T *qkv, const float *inv_freq, int N, int T_, int nh, int nkv, int hd, int pos0,
+                                float sign)
+{
+    int half = hd / 2, per_row = half / V, row = (nh + 2 * nkv) * hd;
+    size_t n = (size_t)N * per_row;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        size_t r = idx / per_row;
+        int j0 = (int)(idx % per_row) * V;
+        int pos = pos0 + (int)(r % T_);
+        float c[V], sn[V];
+#pragma unroll
+        for (int k = 0; k < V; k++) {
+            float ang = (float)pos * inv_freq[j0 + k];
+            double sd, cd;
+            sincos((double)ang, &sd, &cd);
+            c[k] = (float)cd;
+            sn[k] = sign * (float)sd;
+        }
+        T *x = qkv + r * row + j0;
+#pragma unroll 4
+        for (int h = 0; h < nh + nkv; h++) {
+            float x1[V], x2[V];
+            load_f<T, V>(x1, x + (size_t)h * hd);
+            load_f<T, V>(x2, x + (size_t)h * hd + half);
+            float y1[V], y2[V];
+#pragma unroll
+            for (int k = 0; k < V; k++) {
+                y1[k] = x1[k] * c[k] - x2[k] * sn[k];
+                y2[k] = x2[k] * c[k] + x1[k] * sn[k];
+            }
+            store_f<T, V>(x + (size_t)h * hd, y1);
+            store_f<T, V>(x + (size_t)h * hd + half, y2);
+        }
+    }
+}
+
+template <typename T>
+static void rope_launch(void *qkv, const float *inv_freq, int B, int T_, int nh, int nkv, int hd, int pos0, float sign)
+{
+    const int V = 4;
+    int half = hd / 2;
+    if (half % V == 0 && ((uintptr_t)qkv % (V * sizeof(T))) == 0) {
+        size_t n = (size_t)B * T_ * (half / V);
+        rope_vec_kernel<T, V><<<grid_for(n, THREADS), THREADS, 0, g_cu.stream>>>((T *)qkv, inv_freq, B * T_, T_, nh,
+                                                                                 nkv, hd, pos0, sign);
+    } else {
+        size_t n = (size_t)B * T_ * half;
+        rope_kernel<T><<<grid_for(n, THREADS), THREADS, 0, g_cu.stream>>>((T *)qkv, inv_freq, B * T_, T_, nh, nkv, hd,
+                                                                          pos0, sign);
+    }
+    CUDA_CHECK_LAUNCH();
+}
+
 template <typename T>
 static void cu_rope_fwd(void *qkv, const float *inv_freq, int B, int T_, int nh, int nkv, int hd, int pos0)
 {
     CUDA_PROF("rope_fwd");
-    size_t n = (size_t)B * T_ * (hd / 2);
-    rope_kernel<T><<<grid_for(n, THREADS), THREADS, 0, g_cu.stream>>>((T *)qkv, inv_freq, B * T_, T_, nh, nkv, hd,
-                                                                      pos0, 1.0f);
-    CUDA_CHECK_LAUNCH();
+    rope_launch<T>(qkv, inv_freq, B, T_, nh, nkv, hd, pos0, 1.0f);
 }
 
 template <typename T>
 static void cu_rope_bwd(void *dqkv, const float *inv_freq, int B, int T_, int nh, int nkv, int hd, int pos0)
 {
     CUDA_PROF("rope_bwd");
-    size_t n = (size_t)B * T_ * (hd / 2);
-    rope_kernel<T><<<grid_for(n, THREADS), THREADS, 0, g_cu.stream>>>((T *)dqkv, inv_freq, B * T_, T_, nh, nkv, hd,
-                                                                      pos0, -1.0f);
-    CUDA_CHECK_LAUNCH();
+    rope_launch<T>(dqkv, inv_freq, B, T_, nh, nkv, hd, pos0, -1.0f);
 }
 
 /* ------------------------------------------------------------------ loss */
