@@ -307,18 +307,15 @@ vs1 "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" adapte
 
 # ---- encoders (BERT, RoBERTa: MLM) under tp: the decoder (tied to wte) and its bias vocabulary-parallel ----
 TOK=tests/fixtures/tokenizers/wp_uncased/tokenizer.json
-SHARED_TEXT=${ANVIL_SHARED_DATA:-../shared/data}/text/sentences.txt
-if [ -f "$TOK" ] && [ -f "$SHARED_TEXT" ]; then
-    head -c 200000 "$SHARED_TEXT" >"$tmp/btrain.txt"
-    tail -c 40000 "$SHARED_TEXT" >"$tmp/bval.txt"
+if [ -f "$TOK" ] && [ -f examples/sentences-val.txt ]; then
     cat >"$tmp/b.yaml" <<YAML
 model:
   preset: bert-tiny
 data:
   objective: mlm
   tokenizer: $TOK
-  train: $tmp/btrain.txt
-  val: $tmp/bval.txt
+  train: $TRAIN
+  val: examples/sentences-val.txt
 train:
   seq_len: 64
   batch_size: 8
@@ -354,7 +351,7 @@ YAML
     fi
     vs1 "BERT LoRA: tp 2 vs 1 rank" adapters 2 "$tmp/b.yaml" "$tmp/bl1" "$tmp/bl2" "--set lora.r=4"
 else
-    echo "skip: the encoder cases need $TOK and $SHARED_TEXT" >&2
+    echo "skip: the encoder cases need $TOK and examples/sentences-val.txt" >&2
 fi
 
 # ---- anvil plan --tp: rank 0's bytes, category by category, as a tp run allocates them ----
