@@ -98,6 +98,14 @@ static void copy_block(float *whole, size_t wcols, float *local, size_t lcols, s
     }
 }
 
+/* A gated MLP's [gate | up] rows (F each): r's F / P units of each half. */
+static void copy_glu_rows(float *whole, size_t wcols, float *local, size_t lcols, size_t F, int P, int r, int to_local)
+{
+    size_t el = F / (size_t)P;
+    copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
+    copy_block(whole, wcols, local, lcols, el, F + r * el, el, 0, wcols, to_local);
+}
+
 /* One tensor: whole (pw) <-> rank r's slice (pl). */
 static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, const Param *pl, float *whole,
                          float *local, int to_local)
@@ -115,17 +123,15 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         break;
     case PROLE_FC_W:
     case PROLE_FC_B: /* rows of r's units; llama [gate | up] */
-        copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local);
-        if (c->family == FAMILY_LLAMA)
-            copy_block(whole, wcols, local, lcols, fl, c->d_ff + r * fl, fl, 0, wcols, to_local);
+        if (c->family == FAMILY_LLAMA) copy_glu_rows(whole, wcols, local, lcols, (size_t)c->d_ff, P, r, to_local);
+        else copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local);
         break;
-    case PROLE_EXP_FC_W:
-    case PROLE_SH_FC_W: { /* an expert's [w1 | w3] (gate | up): the rows of r's units of each */
-        size_t F = (size_t)(pw->role == PROLE_EXP_FC_W ? c->moe_d_ff : c->moe_shared_d_ff), el = F / P;
-        copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
-        copy_block(whole, wcols, local, lcols, el, F + r * el, el, 0, wcols, to_local);
+    case PROLE_EXP_FC_W: /* an expert's [w1 | w3] (gate | up) */
+        copy_glu_rows(whole, wcols, local, lcols, (size_t)c->moe_d_ff, P, r, to_local);
         break;
-    }
+    case PROLE_SH_FC_W:
+        copy_glu_rows(whole, wcols, local, lcols, (size_t)c->moe_shared_d_ff, P, r, to_local);
+        break;
     case PROLE_O_W: /* columns of r's query heads */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * ql, ql, to_local);
         break;
@@ -153,12 +159,9 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         case LORA_GATE:
         case LORA_UP:
         case LORA_FC: copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, wcols, to_local); break;
-        case LORA_EXP_FC: { /* an expert's [gate | up] rows: r's units of each half */
-            size_t el = (size_t)c->moe_d_ff / P;
-            copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
-            copy_block(whole, wcols, local, lcols, el, (size_t)c->moe_d_ff + r * el, el, 0, wcols, to_local);
+        case LORA_EXP_FC: /* an expert's [gate | up] rows, as exp.e.fc.w's */
+            copy_glu_rows(whole, wcols, local, lcols, (size_t)c->moe_d_ff, P, r, to_local);
             break;
-        }
         case LORA_SH_GATE:
         case LORA_SH_UP: { /* the shared expert's gate_proj or up_proj rows */
             size_t el = (size_t)c->moe_shared_d_ff / P;

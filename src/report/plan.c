@@ -128,9 +128,9 @@ static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_t
 
 /* The 4-bit states the store would upload (params_upload_q4): packed nibbles, 8-bit scales,
  * nested scales and the 8-bit map per part (double quantization, blocks of 64); under tensor
- * parallel (fp32 1) a rank's slices keep one fp32 scale per block (tp_q4_slice). */
-/* Bytes of the 4-bit tensors of group g (params_group; -1: all of them). tp: the whole model's table
- * and config, and the group size, when m is rank 0's slice. */
+ * parallel a rank's slices keep one fp32 scale per block of the slice (tp_q4_slice). */
+/* Bytes of the 4-bit tensors of group g (params_group; -1: all of them). tp (NULL: one process): the
+ * whole model's table and config, and the group size, when m is rank 0's slice. */
 typedef struct {
     const ParamTable *pt;
     const ModelConfig *c;
