@@ -203,6 +203,23 @@ for k in a:
     assert a[k] == b[k], k
 PY
 fi
+# QLoRA over pre-quantized bitsandbytes Mixtral directories (tools/make_bnb_fixtures.py): transformers 4's
+# layout (experts 4-bit) and transformers 5's (experts plain, quantized on load); the same 4-bit base, so
+# the same losses
+if [ -d tests/fixtures/bnb/mixtral_nf4 ] && [ -f "$tmp/tok40.json" ]; then
+    for v in mixtral_nf4 mixtral_nf4_experts; do
+        "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set train.seq_len=16 --set model.init=tests/fixtures/bnb/$v \
+            --set model.preset= --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 \
+            --set model.n_head=0 --set model.n_kv_head=0 --set model.moe.d_ff=0 --set data.tokenizer="$tmp/tok40.json" \
+            --set data.train="$tmp/upper.txt" --set lora.r=4 --set lora.targets=q_proj,v_proj,experts \
+            --set out_dir="$tmp/bq_$v" >"$tmp/bq_$v.log" 2>&1
+        check "QLoRA on the pre-quantized $v" test -f "$tmp/bq_$v/final/adapter_model.safetensors"
+    done
+    check "experts stored plain are quantized on load (said once)" grep -q "quantized to nf4 on load" "$tmp/bq_mixtral_nf4.log"
+    losses() { python3 -c 'import json,sys; print(" ".join("%.6f" % json.loads(l)["loss"] for l in open(sys.argv[1]) if "loss" in l))' "$1"; }
+    check "both layouts train alike ($(losses "$tmp/bq_mixtral_nf4/metrics.jsonl"))" \
+        test "$(losses "$tmp/bq_mixtral_nf4/metrics.jsonl")" = "$(losses "$tmp/bq_mixtral_nf4_experts/metrics.jsonl")"
+fi
 expect_fail lora-router "lora.targets|router is not adapted" train "$tmp/moe.yaml" $base --set lora.targets=gate,q_proj \
     --set out_dir="$tmp/l2"
 expect_fail lora-no-module "lora.targets|gate_proj: the model has no such module" train "$tmp/moe.yaml" $base \

@@ -26,21 +26,22 @@ static char *fixture(const char *rel)
     return p;
 }
 
-/* The directory transformers + bitsandbytes saved loads 4-bit and computes their logits and loss. */
-static void test_bnb_dir_forward(void)
+/* A bitsandbytes directory loads 4-bit (nq_layer 4-bit tensors a layer) and computes the logits and loss
+ * of reference (transformers + bitsandbytes, or the directory's model with its 4-bit weights dequantized). */
+static void check_bnb_forward(const char *rel, const char *ref_rel, int nq_layer)
 {
-    char *dir = fixture("bnb/llama_nf4"), *ref = fixture("bnb/llama_nf4/reference.safetensors");
+    char *dir = fixture(rel), *ref = fixture(ref_rel);
     if (!fs_exists(ref)) {
         fprintf(stderr, "  skip: %s absent\n", ref);
         free(dir), free(ref);
         return;
     }
     Model *m = eval_load_model(dir, NULL, backend_cpu());
-    CHECKF(m != NULL, "%s", err_get());
+    CHECKF(m != NULL, "%s: %s", rel, err_get());
     if (!m) return;
     int nq = 0;
     for (int i = 0; i < m->pt.n; i++) nq += m->pt.p[i].kind == PARAM_NF4;
-    CHECKF(nq == 4 * m->cfg.n_layer, "%d 4-bit tensors", nq);
+    CHECKF(nq == nq_layer * m->cfg.n_layer, "%s: %d 4-bit tensors", rel, nq);
     StFile f;
     CHECK(st_open(&f, ref) == 0);
     const StTensor *ids = st_find(&f, "input_ids"), *tg = st_find(&f, "targets");
@@ -54,12 +55,59 @@ static void test_bnb_dir_forward(void)
     st_to_f32(st_find(&f, "logits"), lr);
     st_to_f32(st_find(&f, "loss"), &loss_ref);
     double e = rel_err_max(m->logits, lr, (size_t)B * T * V);
-    CHECKF(e < 2e-5, "logits rel err %.3g against transformers + bitsandbytes", e);
+    CHECKF(e < 2e-5, "%s: logits rel err %.3g against %s", rel, e, ref_rel);
     float loss = model_forward(m, in, tt, B, T, 0, NULL);
     CHECK_CLOSE(loss, loss_ref, 2e-5);
     st_close(&f);
     free(in), free(tt), free(lr), free(dir), free(ref);
     model_free(m);
+}
+
+/* The directory transformers + bitsandbytes saved loads 4-bit and computes their logits and loss. */
+static void test_bnb_dir_forward(void) { check_bnb_forward("bnb/llama_nf4", "bnb/llama_nf4/reference.safetensors", 4); }
+
+/* Mixtral: a transformers-4 style directory (every expert's w1/w2/w3 4-bit) loads as it is: qkv, o and each
+ * of the 4 experts' [w1; w3] and w2 4-bit, 10 tensors a layer, and gives the logits of its model with the
+ * experts dequantized. A transformers-5 directory (experts stored plain, attention 4-bit) loads with the
+ * experts quantized on load: then the same 4-bit model, so the same logits. */
+static void test_bnb_moe_forward(void)
+{
+    check_bnb_forward("bnb/mixtral_nf4_experts", "bnb/mixtral_nf4_experts/reference.safetensors", 10);
+    check_bnb_forward("bnb/mixtral_nf4", "bnb/mixtral_nf4_experts/reference.safetensors", 10);
+}
+
+/* Quantizing the plain experts on load gives bitsandbytes' bytes: the 4-bit states loaded from mixtral_nf4
+ * (experts plain) equal those of mixtral_nf4_experts (experts quantized by bitsandbytes) part by part. */
+static void test_bnb_moe_quantize_on_load(void)
+{
+    char *a = fixture("bnb/mixtral_nf4"), *b = fixture("bnb/mixtral_nf4_experts");
+    if (!fs_is_dir(a) || !fs_is_dir(b)) {
+        fprintf(stderr, "  skip: %s absent\n", b);
+        free(a), free(b);
+        return;
+    }
+    Model *ma = eval_load_model(a, NULL, backend_cpu()), *mb = eval_load_model(b, NULL, backend_cpu());
+    CHECKF(ma && mb, "%s", err_get());
+    int compared = 0;
+    for (int i = 0; ma && mb && i < ma->pt.n; i++) {
+        const Param *p = &ma->pt.p[i];
+        CHECK(p->kind == mb->pt.p[i].kind);
+        if (p->kind != PARAM_NF4) continue;
+        for (int k = 0; k < p->nparts; k++) {
+            const Q4State *x = &ma->ps.q4[i][k].s, *y = &mb->ps.q4[i][k].s;
+            int64_t nb = q4_nblocks(x->n, x->blocksize);
+            int same = x->n == y->n && !memcmp(x->packed, y->packed, q4_packed_bytes(x->n)) && x->qabsmax &&
+                       y->qabsmax && !memcmp(x->qabsmax, y->qabsmax, (size_t)nb) &&
+                       x->nested_offset == y->nested_offset;
+            CHECKF(same, "%s part %d: quantized on load differs from bitsandbytes' stored bytes", p->name, k);
+            compared++;
+        }
+    }
+    /* every layer: qkv (3 parts), o, and 4 experts of [w1; w3] (2 parts) and w2 */
+    CHECKF(!ma || compared == ma->cfg.n_layer * (3 + 1 + 4 * 3), "%d parts compared", compared);
+    if (ma) model_free(ma);
+    if (mb) model_free(mb);
+    free(a), free(b);
 }
 
 /* model.quant nf4 over the plain base gives bitsandbytes' bytes for every part of every weight. */
@@ -171,6 +219,8 @@ static void test_qlora_grads_as_dense(void)
 int main(void)
 {
     RUN(test_bnb_dir_forward);
+    RUN(test_bnb_moe_forward);
+    RUN(test_bnb_moe_quantize_on_load);
     RUN(test_quantize_like_bnb);
     RUN(test_qlora_grads_as_dense);
     return test_summary();

@@ -26,6 +26,13 @@ Writes, under tests/fixtures/bnb/ (or --out):
                       weights are transposed to (out, in) by transformers before quantizing)
   */reference.safetensors   input_ids, targets, logits, loss of that 4-bit model in transformers
                       with compute dtype float32 (so that anvil's fp32 CPU forward can be compared)
+  mixtral_nf4/        the same for tests/fixtures/moe/mixtral/model (nf4, double quant): transformers 5
+                      quantizes the attention only and saves the experts and the router plain (bf16)
+  mixtral_nf4_experts/  mixtral_nf4 with every expert's w1/w2/w3 stored 4-bit as well (bitsandbytes'
+                      quantize_4bit of the bf16 values, nf4, double quant, the companion tensors of
+                      QuantState.as_dict(packed=True)): the layout of the Mixtral *-bnb-4bit checkpoints
+                      saved by transformers 4, whose experts were Linear4bit modules; its reference has
+                      the experts dequantized (code * absmax, fp32)
 
 All of this runs on the CPU, where bitsandbytes (>= 0.48) quantizes 4-bit with its torch
 "default" backend and blockwise 8-bit with libbitsandbytes_cpu. With --gpu-dir OUT it also
@@ -248,11 +255,76 @@ def make_model(out, src, name, quant_type, double_quant, device="cpu", reference
     save(ref, os.path.join(d, "reference.safetensors"), meta)
 
 
+def make_moe_experts(out, name, src_name):
+    """out/name: out/src_name with each expert weight (experts.N.w1/w2/w3, bf16) replaced by its
+    4-bit form, and a reference computed with those experts dequantized in fp32."""
+    import bitsandbytes.functional as F
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    src, d = os.path.join(out, src_name), os.path.join(out, name)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.copytree(src, d)
+    os.remove(os.path.join(d, "reference.safetensors"))
+    t = load_file(os.path.join(src, "model.safetensors"))
+    deq = {}
+    for k in sorted(t):
+        if ".experts." not in k or not k.endswith(".weight"):
+            continue
+        w = t.pop(k)
+        p, s = F.quantize_4bit(w, blocksize=BLOCKSIZE, quant_type="nf4", compress_statistics=True,
+                               quant_storage=torch.uint8)
+        t[k] = p
+        for sk, sv in s.as_dict(packed=True).items():
+            t[f"{k}.{sk}"] = sv
+        qs = s
+        qs.dtype = torch.float32
+        deq[k] = F.dequantize_4bit(p, qs).reshape(w.shape).float()
+    meta = {"format": "pt"}
+    save(t, os.path.join(d, "model.safetensors"), meta)
+    # the reference: transformers' model of src (fp32 compute, make_model's way), its experts' weights
+    # set to the dequantized values (transformers 5 keeps them fused: gate_up_proj (E, 2F, C) holds
+    # [w1; w3] per expert, down_proj (E, C, F) holds w2)
+    import bitsandbytes as bnb
+    import copy
+    m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, device_map="cpu")
+    for mod in m.modules():
+        if isinstance(mod, bnb.nn.Linear4bit):
+            qs = copy.copy(mod.weight.quant_state)
+            qs.shape, qs.dtype = torch.Size([qs.shape.numel()]), torch.float32
+            w = F.dequantize_4bit(mod.weight.data, qs).reshape(mod.out_features, mod.in_features)
+            mod.forward = (lambda w: lambda x: torch.nn.functional.linear(x.float(), w))(w)
+    for p_ in m.parameters():
+        if not isinstance(p_, bnb.nn.Params4bit) and p_.dtype == torch.bfloat16:
+            p_.data = p_.data.float()
+    for l, layer in enumerate(m.model.layers):
+        ex = layer.mlp.experts
+        for e in range(ex.gate_up_proj.shape[0]):
+            pre = f"model.layers.{l}.block_sparse_moe.experts.{e}."
+            with torch.no_grad():
+                ex.gate_up_proj[e].copy_(torch.cat([deq[pre + "w1.weight"], deq[pre + "w3.weight"]], 0))
+                ex.down_proj[e].copy_(deq[pre + "w2.weight"])
+    g = torch.Generator().manual_seed(SEED)
+    V = m.config.vocab_size
+    ids = torch.randint(0, V, (B, T + 1), generator=g)
+    inp, tgt = ids[:, :-1].clone(), ids[:, 1:].clone()
+    for r, c in IGNORED:
+        tgt[r, c] = -100
+    with torch.no_grad():
+        logits = m(inp).logits.float()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
+    ref = {"input_ids": inp.to(torch.int32), "targets": tgt.to(torch.int32), "logits": logits.contiguous(),
+           "loss": loss.reshape(1)}
+    meta = versions()
+    meta["what"] = f"logits/loss of {name}: {src_name}'s model with its experts dequantized from 4-bit, fp32, CPU"
+    save(ref, os.path.join(d, "reference.safetensors"), meta)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/fixtures/bnb")
     ap.add_argument("--llama", default="tests/fixtures/llama/model")
     ap.add_argument("--gpt2", default="tests/fixtures/gpt2/model")
+    ap.add_argument("--mixtral", default="tests/fixtures/moe/mixtral/model")
     ap.add_argument("--gpu-dir", help="also write OUT/quant_cuda.safetensors from the CUDA kernels")
     args = ap.parse_args()
     torch.manual_seed(SEED)
@@ -270,6 +342,8 @@ def main():
     save(quant_tensors("cpu", small), os.path.join(args.out, "quant.safetensors"), meta)
     make_model(args.out, args.llama, "llama_nf4", "nf4", True)
     make_model(args.out, args.gpt2, "gpt2_fp4", "fp4", False)
+    make_model(args.out, args.mixtral, "mixtral_nf4", "nf4", True)
+    make_moe_experts(args.out, "mixtral_nf4_experts", "mixtral_nf4")
     print(f"wrote {args.out}")
 
 

@@ -1,6 +1,7 @@
 /* bnb_model.c - a bitsandbytes 4-bit directory as a model's base (bnb_model.h). */
 #include "io/bnb_model.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,12 +41,30 @@ static int read_plain(const BnbDir *d, const HfName *h, const Param *p, float *b
     return 0;
 }
 
+/* A part anvil keeps 4-bit that the directory stores plain: its values rounded to bf16 (what a
+ * bf16-loaded model holds, as bitsandbytes quantizes them) and quantized with the directory's quant
+ * type, block size and double quantization: the bytes bitsandbytes' quantize_4bit gives. */
+static int quantize_plain(const BnbDir *d, const HfName *h, const Param *p, float *buf, const BnbSink *sink, int i,
+                          int part)
+{
+    if (read_plain(d, h, p, buf)) return -1;
+    int64_t n = h->rows * p->shape[1];
+    float *x = buf + h->row0 * p->shape[1];
+    for (int64_t k = 0; k < n; k++) x[k] = st_bf16_to_f32(st_f32_to_bf16(x[k]));
+    Q4Quant q;
+    if (q4_quantize(x, n, d->cfg.quant_type, Q4_DEFAULT_BLOCKSIZE, d->cfg.double_quant, &q))
+        return err_set("%s: %s: %s", d->dir, h->name, err_get());
+    int rc = sink->q4(sink->ctx, i, part, &q.s);
+    q4_quant_free(&q);
+    return rc;
+}
+
 int bnb_model_read(const char *dir, const ModelConfig *cfg, const ParamTable *pt, const BnbSink *sink)
 {
     BnbDir d;
     if (bnb_open(&d, dir)) return -1;
     HfName *names = NULL;
-    int n = 0, rc = -1;
+    int n = 0, rc = -1, nquant = 0;
     float *buf = NULL;
     if (hf_names(cfg, pt, &names, &n)) goto out;
     for (int i = 0; i < pt->n; i++) {
@@ -58,9 +77,19 @@ int bnb_model_read(const char *dir, const ModelConfig *cfg, const ParamTable *pt
             const BnbTensor *t = bnb_find(&d, names[k].name);
             if (p->kind == PARAM_NF4) {
                 int64_t want = names[k].rows * p->shape[1];
+                if (!t && st_set_find(&d.set, names[k].name, NULL)) {
+                    /* stored plain (transformers 5 saves a Mixtral's experts so: they are not Linear
+                     * modules for bitsandbytes): quantized here, once, with the directory's settings */
+                    if (part >= p->nparts) {
+                        err_set("%s: %s: more parts than anvil's %s has (internal error)", dir, names[k].name, p->name);
+                        goto out;
+                    }
+                    if (quantize_plain(&d, &names[k], p, buf, sink, i, part++)) goto out;
+                    nquant++;
+                    continue;
+                }
                 if (!t) {
-                    err_set("%s: %s: expected a 4-bit weight, found %s", dir, names[k].name,
-                            st_set_find(&d.set, names[k].name, NULL) ? "a plain one" : "none");
+                    err_set("%s: %s: expected a 4-bit weight, found none", dir, names[k].name);
                     goto out;
                 }
                 if (t->q.n != want || t->shape[0] != names[k].rows) {
@@ -85,6 +114,9 @@ int bnb_model_read(const char *dir, const ModelConfig *cfg, const ParamTable *pt
         }
         if (p->kind != PARAM_NF4 && sink->dense(sink->ctx, i, buf)) goto out;
     }
+    if (nquant)
+        fprintf(stderr, "anvil: %s: %d block linear weight%s stored plain (a Mixtral's experts, as "
+                        "transformers 5 saves them) quantized to %s on load\n", dir, nquant, nquant == 1 ? "" : "s", q4_type_name(d.cfg.quant_type));
     rc = 0;
 out:
     free(buf);
