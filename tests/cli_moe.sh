@@ -220,8 +220,19 @@ if [ -d tests/fixtures/bnb/mixtral_nf4 ] && [ -f "$tmp/tok40.json" ]; then
     check "both layouts train alike ($(losses "$tmp/bq_mixtral_nf4/metrics.jsonl"))" \
         test "$(losses "$tmp/bq_mixtral_nf4/metrics.jsonl")" = "$(losses "$tmp/bq_mixtral_nf4_experts/metrics.jsonl")"
 fi
-expect_fail lora-router "lora.targets|router is not adapted" train "$tmp/moe.yaml" $base --set lora.targets=gate,q_proj \
+# adapters on the router (PEFT's target_parameters "mlp.gate.weight")
+check "router adapters train" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base --set lora.targets=gate,q_proj \
     --set out_dir="$tmp/l2"
+check "router adapters: PEFT's target_parameters" grep -q '"mlp.gate.weight"' "$tmp/l2/final/adapter_config.json"
+check "router adapters: PEFT's keys" grep -q 'layers.0.mlp.gate.lora_A.weight' "$tmp/l2/final/adapter_model.safetensors"
+PY=${ANVIL_PYTHON:-python3}
+if "$PY" -c "import torch, transformers, peft" >/dev/null 2>&1; then
+    "$ANVIL" merge --model "$tmp/run/final" --adapter "$tmp/l2/final" --out "$tmp/l2m" >/dev/null 2>&1
+    "$PY" tools/check_peft_load.py "$tmp/run/final" "$tmp/l2/final" "$tmp/l2m" --tol 1e-4 >"$tmp/peft_router.log" 2>&1
+    check "PEFT loads anvil's router adapters ($(grep -o 'max rel err [0-9.e+-]*' "$tmp/peft_router.log" | head -1))" grep -q '^OK' "$tmp/peft_router.log"
+fi
+expect_fail lora-router-dropout "lora.dropout|router" train "$tmp/moe.yaml" $base --set lora.targets=gate \
+    --set lora.dropout=0.1 --set out_dir="$tmp/l2d"
 expect_fail lora-no-module "lora.targets|gate_proj: the model has no such module" train "$tmp/moe.yaml" $base \
     --set lora.targets=gate_proj,q_proj --set out_dir="$tmp/l3"
 expect_fail lora-expert-dropout "lora.dropout|routed experts" train "$tmp/moe.yaml" $base --set lora.targets=experts \

@@ -298,10 +298,10 @@ run1 "$tmp/m.yaml" --resume "$tmp/mr1"
 same_losses "MoE: resume tp 2 -> 1" "$tmp/m1" "$tmp/mr1"
 same_weights "MoE: resume tp 2 -> 1" "$tmp/m1" "$tmp/mr1"
 # adapters on the routed experts (each expert's A whole and B by rows on w1/w3, A by columns on w2),
-# on a shared expert and its gate, at recompute 2; and under tp 2 x dp 2 ZeRO-3
+# on a shared expert and its gate and on the router (whole on every rank), at recompute 2; and under tp 2 x dp 2 ZeRO-3
 EXP='--set lora.r=4 --set lora.targets=["q_proj","experts"]'
 vs1 "MoE expert adapters: tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/me1" "$tmp/me2" "$EXP"
-QWA='--set lora.r=4 --set lora.targets=["all-linear","experts"]'
+QWA='--set lora.r=4 --set lora.targets=["all-linear","experts","gate"]'
 vs1 "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/mqa1" "$tmp/mqa2" "$QW $QWA"
 vs1 "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" adapters 4 "$tmp/m.yaml" "$tmp/mea1" "$tmp/mea22" "$EXP $NOAUX" "--set dist.zero=3"
 

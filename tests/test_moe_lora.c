@@ -40,7 +40,8 @@
 static Model *load_adapted(const char *name, const char *adir, const Q4Spec *q)
 {
     char base[512];
-    snprintf(base, sizeof(base), "%s/moe/%s/model", test_fixtures(), name);
+    /* fixture -> base: mixtral_router adapts tests/fixtures/moe/mixtral */
+    snprintf(base, sizeof(base), "%s/moe/%s/model", test_fixtures(), !strcmp(name, "mixtral_router") ? "mixtral" : name);
     ModelConfig c;
     LoraSpec ls;
     if (hf_read_config(base, &c) || peft_read_config(adir, &c, &ls, NULL, 0)) {
@@ -225,14 +226,29 @@ static void test_qwen2_moe(void)
 {
     check_fixture("qwen2_moe");
 }
+/* The router adapted too (PEFT's target_parameters "mlp.gate.weight"): logits, loss, every gradient (the
+ * router's adapters included), the directory read back and written out, merge, greedy continuation. */
+static void test_mixtral_router(void)
+{
+    check_fixture("mixtral_router");
+    char adir[512];
+    snprintf(adir, sizeof(adir), "%s/moe_lora/mixtral_router/adapter", test_fixtures());
+    Model *m = load_adapted("mixtral_router", adir, NULL);
+    if (!m) return;
+    int n_router = 0;
+    for (int i = 0; i < m->pt.n; i++) n_router += m->pt.p[i].site == LORA_ROUTER;
+    CHECKF(n_router == 2 * cfg_moe_layers(&m->cfg), "%d router adapter tensors", n_router);
+    model_free(m);
+}
 
 /* The loss with the routing losses on (their gradients reach the adapters through the router's input)
  * against central differences along a random direction of each adapter tensor. */
 static void test_fd(void)
 {
     char adir[512];
-    const char *names[] = {"mixtral", "qwen2_moe"};
-    for (int f = 0; f < 2; f++) {
+    /* mixtral_router: the router's adapters, which the routing losses reach directly */
+    const char *names[] = {"mixtral", "qwen2_moe", "mixtral_router"};
+    for (int f = 0; f < 3; f++) {
         snprintf(adir, sizeof(adir), "%s/moe_lora/%s/adapter", test_fixtures(), names[f]);
         Model *m = load_adapted(names[f], adir, NULL);
         if (!m) continue;
@@ -254,6 +270,7 @@ static void test_fd(void)
         for (int i = 0; i < m->pt.n; i++) {
             const Param *pa = &m->pt.p[i];
             if (pa->site < 0) continue;
+            if (f == 2 && pa->site != LORA_ROUTER) continue; /* the others are mixtral's, checked above */
             float *x = xmalloc(pa->numel * sizeof(float)), *v = xmalloc(pa->numel * sizeof(float));
             double gv = 0;
             for (size_t j = 0; j < pa->numel; j++) {
@@ -382,11 +399,15 @@ static void test_errors(void)
            "%s", err_get());
     model_free(m);
     fs_rm_rf(tmp);
-    /* lora.targets: the router is refused by name; names the model has no module for; all-linear leaves
-     * out the routed experts */
+    /* lora.targets: the router by each of its names; names the model has no module for; all-linear leaves
+     * out the routed experts and the router */
     unsigned sites;
-    const char *router = "gate", *gate = "gate_proj", *sh = "shared_expert_gate", *all = "all-linear";
-    CHECK(lora_sites_parse(&router, 1, c.family, &sites) == -1 && strstr(err_get(), "router"));
+    const char *gate = "gate_proj", *sh = "shared_expert_gate", *all = "all-linear";
+    const char *routers[] = {"gate", "mlp.gate", "gate.weight", "mlp.gate.weight", "router"};
+    for (int k = 0; k < 5; k++) {
+        CHECK(lora_sites_parse(&routers[k], 1, c.family, &sites) == 0);
+        CHECKF(sites == (1u << LORA_ROUTER), "%s", routers[k]);
+    }
     CHECK(lora_sites_parse(&gate, 1, c.family, &sites) == 0);
     CHECK(lora_sites_moe(&c, &sites, 0) == -1 &&
           strstr(err_get(), "gate_proj: the model has no such module"));
@@ -401,12 +422,14 @@ static void test_errors(void)
     ModelConfig dense;
     if (model_preset(&dense, "llama-tiny") == 0) {
         CHECK(lora_sites_moe(&dense, &sites, 0) == -1 && strstr(err_get(), "no routed experts"));
+        sites = 1u << LORA_ROUTER;
+        CHECK(lora_sites_moe(&dense, &sites, 0) == -1 && strstr(err_get(), "gate (the router)"));
     }
-    /* adapter_config.json: the router as a target parameter, dropout with expert parameters */
-    const char *bad[][2] = {{"\"mlp.experts.down_proj\"", "\"mlp.gate.weight\""},
+    /* adapter_config.json: a parameter anvil does not adapt, dropout with expert parameters */
+    const char *bad[][2] = {{"\"mlp.experts.down_proj\"", "\"mlp.gate.bias\""},
                             {"\"lora_dropout\": 0.0", "\"lora_dropout\": 0.1"},
                             {"\"mlp.experts.down_proj\"", "\"mlp.experts.w9\""}};
-    const char *want[] = {"target_parameters: \"mlp.gate.weight\": adapters on the mixture-of-experts router",
+    const char *want[] = {"target_parameters: \"mlp.gate.bias\": anvil adapts",
                           "lora_dropout: adapters on expert parameters", "\"mlp.experts.w9\""};
     for (int k = 0; k < 3; k++) {
         copy_adapter("mixtral", tmp, "", 0, 0);
@@ -462,6 +485,7 @@ int main(void)
 {
     RUN(test_mixtral);
     RUN(test_qwen2_moe);
+    RUN(test_mixtral_router);
     RUN(test_fd);
     RUN(test_qlora);
     RUN(test_errors);

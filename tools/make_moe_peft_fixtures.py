@@ -7,7 +7,9 @@ writes under tests/fixtures/moe_lora/<name>/ (or --out):
                                  q/k/v/o_proj, the routed experts' fused 3-D parameters through
                                  target_parameters (mlp.experts.gate_up_proj (E, 2F, C), mlp.experts.down_proj
                                  (E, C, F)) and, for qwen2_moe, gate_proj/up_proj/down_proj (the dense layers'
-                                 MLP and the shared expert) and shared_expert_gate
+                                 MLP and the shared expert) and shared_expert_gate; mixtral_router: mixtral's
+                                 adapters and the router's weight too (target_parameters "mlp.gate.weight":
+                                 transformers 5's router is not an nn.Linear; PEFT 0.21's all-linear adds it)
   reference.safetensors          input_ids, targets (I32 (B,T)), logits (B,T,V) of the adapted model, loss (1:
                                  mean cross-entropy over the targets, no routing losses), grad.<key> of the
                                  loss for every adapter tensor, <key> as in adapter_model.safetensors, and
@@ -44,7 +46,10 @@ TARGETS = {
     "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "qwen2_moe": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                   "shared_expert_gate"],
+    "mixtral_router": ["q_proj", "k_proj", "v_proj", "o_proj"],
 }
+BASE = {"mixtral_router": "mixtral"}  # fixture -> base (default: the same name)
+PARAMS = {"mixtral_router": EXPERT_PARAMS + ["mlp.gate.weight"]}  # default: EXPERT_PARAMS
 
 
 def load_base(base):
@@ -57,11 +62,11 @@ def logits_of(model, ids):
 
 
 def make(out, root, name):
-    base = os.path.join(root, name, "model")
+    base = os.path.join(root, BASE.get(name, name), "model")
     gen = torch.Generator().manual_seed(SEED)
     torch.manual_seed(SEED)
     cfg = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS[name],
-                     target_parameters=EXPERT_PARAMS)
+                     target_parameters=PARAMS.get(name, EXPERT_PARAMS))
     model = get_peft_model(load_base(base), cfg)
     with torch.no_grad():
         for n, p in model.named_parameters():
@@ -113,6 +118,9 @@ def make(out, root, name):
     shapes = {k.split("mlp.experts.")[1]: tuple(saved[k].shape) for k in li}
     assert shapes == {"base_layer.lora_A.weight": (E * R, C), "base_layer.lora_B.weight": (2 * Fd, E * R),
                       "lora_A.weight": (E * R, Fd), "lora_B.weight": (C, E * R)}, shapes
+    if "mlp.gate.weight" in PARAMS.get(name, []):  # the router's adapter: an ordinary LoRA pair, no nesting
+        ra, rb = "base_model.model.model.layers.1.mlp.gate.lora_A.weight", "base_model.model.model.layers.1.mlp.gate.lora_B.weight"
+        assert tuple(saved[ra].shape) == (R, C) and tuple(saved[rb].shape) == (E, R), (saved[ra].shape, saved[rb].shape)
     save_file(tensors, os.path.join(odir, "reference.safetensors"),
               metadata={"torch": torch.__version__, "transformers": transformers.__version__,
                         "peft": peft.__version__, "base": base})
@@ -137,8 +145,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bases", default="tests/fixtures/moe")
     ap.add_argument("--out", default="tests/fixtures/moe_lora")
+    ap.add_argument("--only", nargs="*", help="these fixtures only (default: all)")
     a = ap.parse_args()
-    for name in TARGETS:
+    for name in (a.only or TARGETS):
         make(a.out, a.bases, name)
 
 

@@ -116,12 +116,10 @@ static int read_params(json_t *t, unsigned *sites, const char *path)
         if (!n) return err_set("%s: target_parameters[%zu]: expected a string", path, i);
         if (ends_with_part(n, "gate_up_proj")) *sites |= 1u << LORA_EXP_FC;
         else if (ends_with_part(n, "down_proj")) *sites |= 1u << LORA_EXP_PROJ;
-        else if (ends_with_part(n, "gate.weight"))
-            return err_set("%s: target_parameters: \"%s\": adapters on the mixture-of-experts router are not "
-                           "supported (docs/moe.md)", path, n);
+        else if (ends_with_part(n, "gate.weight")) *sites |= 1u << LORA_ROUTER;
         else
             return err_set("%s: target_parameters: \"%s\": anvil adapts the experts' gate_up_proj and down_proj "
-                           "parameters only", path, n);
+                           "and the router's gate.weight parameters only", path, n);
     }
     return 0;
 }

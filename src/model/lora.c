@@ -16,11 +16,12 @@ float lora_scale(const LoraSpec *s)
 
 static const char *const site_short[LORA_SITE_COUNT] = {"q",       "k",        "v",       "qkv",     "o",
                                                         "gate",    "up",       "fc",      "down",    "exp_fc",
-                                                        "exp_proj", "sh_gate", "sh_up",   "sh_down", "sh_route"};
+                                                        "exp_proj", "sh_gate", "sh_up",   "sh_down", "sh_route",
+                                                        "router"};
 
 const char *lora_site_short(LoraSite s) { return s >= 0 && s < LORA_SITE_COUNT ? site_short[s] : "?"; }
 
-static int site_is_moe(LoraSite s) { return s >= LORA_EXP_FC && s <= LORA_SH_ROUTE; }
+static int site_is_moe(LoraSite s) { return s >= LORA_EXP_FC && s <= LORA_ROUTER; }
 
 int lora_site_is_expert(LoraSite s) { return s == LORA_EXP_FC || s == LORA_EXP_PROJ; }
 
@@ -38,7 +39,7 @@ int lora_site_in_layer(const ModelConfig *c, int l, LoraSite s)
 {
     if (!lora_site_in_family(s, c->family)) return 0;
     if (lora_site_is_mlp(s)) return !cfg_is_moe(c, l);
-    if (lora_site_is_expert(s)) return cfg_is_moe(c, l);
+    if (lora_site_is_expert(s) || s == LORA_ROUTER) return cfg_is_moe(c, l);
     if (site_is_moe(s)) return cfg_is_moe(c, l) && c->moe_shared_d_ff > 0;
     return 1;
 }
@@ -76,34 +77,27 @@ static const LoraName names[] = {
     {"experts.gate_up_proj", FAMILY_LLAMA, BIT(LORA_EXP_FC), 1},
     {"experts.down_proj", FAMILY_LLAMA, BIT(LORA_EXP_PROJ), 1},
     {"experts", FAMILY_LLAMA, BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ), 1},
+    {"gate", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
+    {"mlp.gate", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
+    {"gate.weight", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
+    {"mlp.gate.weight", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
+    {"router", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
     {"c_attn", FAMILY_GPT2, BIT(LORA_QKV), 0},
     {"c_proj", FAMILY_GPT2, BIT(LORA_O) | BIT(LORA_DOWN), 0},
     {"c_fc", FAMILY_GPT2, BIT(LORA_FC), 0},
 };
-
-/* Names of the router, which is never adapted (PEFT leaves it out unless named). */
-static int is_router_name(const char *t)
-{
-    static const char *const router[] = {"gate", "mlp.gate", "router", "gate.weight", "mlp.gate.weight",
-                                         "block_sparse_moe.gate"};
-    for (size_t k = 0; k < ARRAY_LEN(router); k++)
-        if (!strcmp(t, router[k])) return 1;
-    return 0;
-}
 
 int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
 {
     *sites = 0;
     for (int i = 0; i < n; i++) {
         const char *t = list[i];
-        if (!strcmp(t, "all-linear")) { /* nn.Linear modules: not the routed experts' 3-D parameters */
+        if (!strcmp(t, "all-linear")) { /* nn.Linear modules: not the routed experts' and router's parameters */
             for (int s = 0; s < LORA_SITE_COUNT; s++)
-                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_expert((LoraSite)s)) *sites |= BIT(s);
+                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_expert((LoraSite)s) && s != LORA_ROUTER)
+                    *sites |= BIT(s);
             continue;
         }
-        if (f == FAMILY_LLAMA && is_router_name(t))
-            return err_set("\"%s\": the mixture-of-experts router is not adapted (PEFT leaves it out too); adapt "
-                           "experts, the attention or the shared expert (docs/moe.md)", t);
         unsigned hit = 0;
         for (size_t k = 0; k < ARRAY_LEN(names); k++)
             if (names[k].family == f && !strcmp(names[k].name, t)) hit = names[k].sites;
@@ -137,9 +131,15 @@ void lora_sites_names(unsigned sites, const ModelConfig *c, char *buf, size_t n)
 
 void lora_sites_params(unsigned sites, char *buf, size_t n)
 {
-    snprintf(buf, n, "%s%s%s", sites & BIT(LORA_EXP_FC) ? "mlp.experts.gate_up_proj" : "",
-             (sites & BIT(LORA_EXP_FC)) && (sites & BIT(LORA_EXP_PROJ)) ? ", " : "",
-             sites & BIT(LORA_EXP_PROJ) ? "mlp.experts.down_proj" : "");
+    static const struct {
+        LoraSite s;
+        const char *name;
+    } p[] = {{LORA_EXP_FC, "mlp.experts.gate_up_proj"}, {LORA_EXP_PROJ, "mlp.experts.down_proj"},
+             {LORA_ROUTER, "mlp.gate.weight"}};
+    size_t o = 0;
+    buf[0] = '\0';
+    for (size_t k = 0; k < ARRAY_LEN(p) && o < n; k++)
+        if (sites & BIT(p[k].s)) o += (size_t)snprintf(buf + o, n - o, "%s%s", o ? ", " : "", p[k].name);
 }
 
 void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t n)
@@ -147,7 +147,7 @@ void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t
     static const char *const llama[LORA_SITE_COUNT] = {
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj", "mlp.gate_proj",
         "mlp.up_proj", NULL, "mlp.down_proj", "mlp.experts", "mlp.experts", "mlp.shared_expert.gate_proj",
-        "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj", "mlp.shared_expert_gate"};
+        "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj", "mlp.shared_expert_gate", "mlp.gate"};
     static const char *const gpt2[LORA_SITE_COUNT] = {NULL, NULL, NULL, "attn.c_attn", "attn.c_proj", NULL, NULL,
                                                       "mlp.c_fc", "mlp.c_proj"};
     const char *m = c->family == FAMILY_LLAMA ? llama[s] : gpt2[s];
@@ -185,6 +185,7 @@ void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int 
     case LORA_SH_UP: *role = PROLE_SH_FC_W, *row0 = c->moe_shared_d_ff, *rows = c->moe_shared_d_ff; break;
     case LORA_SH_DOWN: *role = PROLE_SH_PROJ_W, *rows = C; break;
     case LORA_SH_ROUTE: *role = PROLE_SH_GATE_W, *rows = 1; break;
+    case LORA_ROUTER: *role = PROLE_ROUTER_W, *rows = c->moe_experts; break;
     default: *role = PROLE_PROJ_W, *rows = C; break;
     }
 }
@@ -198,6 +199,7 @@ int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear)
     if (missing & (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ)))
         return err_set("experts (mlp.experts.gate_up_proj, mlp.experts.down_proj): the model has no routed experts");
     if (missing & BIT(LORA_SH_ROUTE)) return err_set("shared_expert_gate: the model has no shared expert");
+    if (missing & BIT(LORA_ROUTER)) return err_set("gate (the router): the model has no mixture-of-experts layer");
     for (size_t k = 0; k < ARRAY_LEN(names); k++) /* each module name must adapt something here */
         if (names[k].family == c->family && !names[k].param && (missing & names[k].sites) == names[k].sites)
             return err_set("%s: the model has no such module (%s)", names[k].name,
@@ -205,8 +207,8 @@ int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear)
     *sites &= present;
     if (!*sites) return err_set("no target module in the model");
     if (from_all_linear && (present & (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ))))
-        fprintf(stderr, "anvil: note: lora.targets all-linear adapts the model's linear modules, not the routed "
-                        "experts (3-D parameters, as PEFT's all-linear): add experts to lora.targets for them "
-                        "(docs/moe.md)\n");
+        fprintf(stderr, "anvil: note: lora.targets all-linear adapts the model's nn.Linear modules, not the routed "
+                        "experts and the router (parameters to PEFT): add experts and gate to lora.targets for "
+                        "them (docs/moe.md)\n");
     return 0;
 }

@@ -15,8 +15,11 @@
  *                 exp.e.proj.w;
  *   gate_proj, up_proj, down_proj: the dense layers' MLP and the shared expert's (mlp.shared_expert.*),
  *                 as PEFT matches module names by suffix; shared_expert_gate: the shared expert's gate (1, C);
+ *   gate (or mlp.gate, gate.weight, mlp.gate.weight, router): the router (E, C), which PEFT adapts
+ *                 through target_parameters ("mlp.gate.weight": transformers 5's router is not an
+ *                 nn.Linear), an ordinary adapter on its logits;
  *   all-linear:   the nn.Linear modules only (attention, dense MLPs, shared expert and its gate), not the
- *                 routed experts (parameters, not modules: name them), never the router (not adapted).
+ *                 routed experts and the router (parameters, not modules: name them).
  * Adapters are trainable tensors of the parameter store (params.h), named h.L.lora.<site>.A/B,
  * placed after their block's own tensors so the trainable segment stays layer-major; the base
  * tensors are frozen. PEFT initialises A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in)))
@@ -41,6 +44,7 @@ typedef enum {
     LORA_SH_GATE, LORA_SH_UP, /* the shared expert's gate_proj / up_proj: rows of shared.fc.w */
     LORA_SH_DOWN,           /* the shared expert's down_proj: shared.proj.w */
     LORA_SH_ROUTE,          /* shared_expert_gate: shared.gate.w (1, C) */
+    LORA_ROUTER,            /* the router (mlp.gate.weight, a parameter to PEFT): router.w (E, C) */
     LORA_SITE_COUNT
 } LoraSite;
 

@@ -55,6 +55,7 @@ static Linear *adapted_linear(LayerParams *p, int role, int e)
     case PROLE_SH_FC_W: return &p->sh_fc;
     case PROLE_SH_PROJ_W: return &p->sh_proj;
     case PROLE_SH_GATE_W: return &p->sh_gate;
+    case PROLE_ROUTER_W: return &p->router;
     default: return &p->proj;
     }
 }

@@ -57,7 +57,8 @@ static int lora_site_row(int site) { return site == LORA_O || site == LORA_DOWN 
 
 int tp_param_split(const Param *p)
 {
-    if (p->site == LORA_SH_ROUTE) return 0; /* the shared expert's gate is whole, and so are its adapters */
+    /* the shared expert's gate and the router are whole, and so are their adapters */
+    if (p->site == LORA_SH_ROUTE || p->site == LORA_ROUTER) return 0;
     if (p->role == PROLE_LORA_A) return lora_site_row(p->site);
     if (p->role == PROLE_LORA_B) return !lora_site_row(p->site);
     return tp_role_split(p->role);

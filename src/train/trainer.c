@@ -747,9 +747,10 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
     if (lora_sites_parse(names, tc->lora_targets.n, cfg->family, &ls->sites)) return err_prefix("lora.targets");
     int all = tc->lora_targets.n == 1 && !strcmp(names[0], "all-linear");
     if (lora_sites_moe(cfg, &ls->sites, all)) return err_prefix("lora.targets");
-    if (ls->dropout > 0 && (ls->sites & ((1u << LORA_EXP_FC) | (1u << LORA_EXP_PROJ)))) /* as PEFT's ParamWrapper */
-        return err_set("lora.dropout: %g with adapters on the routed experts, which PEFT defines without dropout: "
-                       "set 0 or leave experts out of lora.targets", (double)ls->dropout);
+    if (ls->dropout > 0 && (ls->sites & ((1u << LORA_EXP_FC) | (1u << LORA_EXP_PROJ) | (1u << LORA_ROUTER))))
+        return err_set("lora.dropout: %g with adapters on the routed experts or the router, which PEFT defines "
+                       "without dropout (parameters: ParamWrapper): set 0 or leave experts and gate out of "
+                       "lora.targets", (double)ls->dropout);
     return 0;
 }
 
