@@ -288,6 +288,12 @@ vs1 "MoE with a shared expert and dense layers: tp 2 vs 1 rank" weights 2 "$tmp/
 # QLoRA on an MoE base (4-bit experts, sliced), adapters on the attention
 MQ='--set lora.r=4 --set lora.targets=["q_proj","v_proj","o_proj"] --set model.quant=nf4'
 vs1 "MoE QLoRA (4-bit experts): tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/mql1" "$tmp/mql2" "$MQ"
+# a pre-quantized MoE directory as transformers 5 (and anvil quantize) writes it: attention 4-bit, experts
+# plain, which every rank quantizes whole on load and then slices (bnb_model_read's sink)
+"$ANVIL" quantize --model "$tmp/m1/final" --quant nf4 --out "$tmp/m1nf4" >/dev/null 2>&1 || bad "quantize the MoE run"
+sed -e '/^  preset:/,/^  n_kv_head:/d' -e "s|^model:|model:\n  init: $tmp/m1nf4|" "$tmp/l.yaml" >"$tmp/mi.yaml"
+vs1 "MoE QLoRA on a pre-quantized directory (experts quantized on load): tp 2 vs 1 rank" adapters 2 "$tmp/mi.yaml" \
+    "$tmp/mqp1" "$tmp/mqp2" '--set lora.r=4 --set lora.targets=["q_proj","experts","gate"]'
 # tp 2 x dp 2 with ZeRO-2 against accumulation: with the routing losses off (each forward's aux is of
 # its own rows, which differ between ranks and micro-batches: docs/moe.md)
 NOAUX="--set model.moe.aux_loss_coef=0 --set model.moe.z_loss_coef=0 --set train.tokens_per_step=256"
