@@ -1665,9 +1665,9 @@ static void moe_lora_parity(int quant)
     c.moe_z_coef = 0.01f;
     if (model_config_finish(&c)) fatal_err();
     const char *names[] = {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "shared_expert_gate",
-                           "experts"};
-    LoraSpec ls = {.r = 8, .alpha = 16}; /* no dropout: PEFT defines the experts' adapters without it */
-    CHECK(lora_sites_parse(names, 8, c.family, &ls.sites) == 0);
+                           "experts", "gate"};
+    LoraSpec ls = {.r = 8, .alpha = 16}; /* no dropout: PEFT defines the experts' and router's adapters without it */
+    CHECK(lora_sites_parse(names, 9, c.family, &ls.sites) == 0);
     CHECK(lora_sites_moe(&c, &ls.sites, 0) == 0);
     Q4Spec q = {.type = quant ? Q4_NF4 : -1, .blocksize = 64, .nested = 1};
     int B = 2, T = 64;

@@ -115,8 +115,10 @@ int bnb_model_read(const char *dir, const ModelConfig *cfg, const ParamTable *pt
         if (p->kind != PARAM_NF4 && sink->dense(sink->ctx, i, buf)) goto out;
     }
     if (nquant)
-        fprintf(stderr, "anvil: %s: %d block linear weight%s stored plain (a Mixtral's experts, as "
-                        "transformers 5 saves them) quantized to %s on load\n", dir, nquant, nquant == 1 ? "" : "s", q4_type_name(d.cfg.quant_type));
+        fprintf(stderr,
+                "anvil: %s: %d block linear weight%s stored plain (a Mixtral's experts, as transformers 5 saves "
+                "them) quantized to %s on load\n",
+                dir, nquant, nquant == 1 ? "" : "s", q4_type_name(d.cfg.quant_type));
     rc = 0;
 out:
     free(buf);
