@@ -225,9 +225,17 @@ def make_model(out, src, name, quant_type, double_quant, device="cpu", reference
     # refuses those shapes. dequantize_4bit of the flat tensor (one row) is exact; see
     # tests/test_quant4.c. (A quantization_config passed here would be ignored for a saved
     # 4-bit model, so this is done by hand.)
+    m = load_fp32(d)
+    write_reference(m, d, f"logits/loss of {name} in transformers + bitsandbytes, compute dtype float32, CPU")
+
+
+def load_fp32(d):
+    """The saved 4-bit directory d in transformers, every Linear4bit computing x @ W.T in fp32 with
+    W = dequantize_4bit(weight) in fp32, the plain bf16 tensors in fp32 (make_model says why)."""
     import copy
     import bitsandbytes as bnb
     import bitsandbytes.functional as F
+    from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, device_map="cpu")
     for mod in m.modules():
         if isinstance(mod, bnb.nn.Linear4bit):
@@ -239,6 +247,11 @@ def make_model(out, src, name, quant_type, double_quant, device="cpu", reference
     for p in m.parameters():  # the bf16 tensors that stay unquantized (norms, embeddings) in fp32
         if not isinstance(p, bnb.nn.Params4bit) and p.dtype == torch.bfloat16:
             p.data = p.data.float()
+    return m
+
+
+def write_reference(m, d, what):
+    """d/reference.safetensors: input_ids, targets, logits and loss of model m on the fixed batch."""
     g = torch.Generator().manual_seed(SEED)
     V = m.config.vocab_size
     ids = torch.randint(0, V, (B, T + 1), generator=g)
@@ -251,7 +264,7 @@ def make_model(out, src, name, quant_type, double_quant, device="cpu", reference
     ref = {"input_ids": inp.to(torch.int32), "targets": tgt.to(torch.int32), "logits": logits.contiguous(),
            "loss": loss.reshape(1)}
     meta = versions()
-    meta["what"] = f"logits/loss of {name} in transformers + bitsandbytes, compute dtype float32, CPU"
+    meta["what"] = what
     save(ref, os.path.join(d, "reference.safetensors"), meta)
 
 
@@ -260,7 +273,6 @@ def make_moe_experts(out, name, src_name):
     4-bit form, and a reference computed with those experts dequantized in fp32."""
     import bitsandbytes.functional as F
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
     src, d = os.path.join(out, src_name), os.path.join(out, name)
     shutil.rmtree(d, ignore_errors=True)
     shutil.copytree(src, d)
@@ -284,18 +296,7 @@ def make_moe_experts(out, name, src_name):
     # the reference: transformers' model of src (fp32 compute, make_model's way), its experts' weights
     # set to the dequantized values (transformers 5 keeps them fused: gate_up_proj (E, 2F, C) holds
     # [w1; w3] per expert, down_proj (E, C, F) holds w2)
-    import bitsandbytes as bnb
-    import copy
-    m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, device_map="cpu")
-    for mod in m.modules():
-        if isinstance(mod, bnb.nn.Linear4bit):
-            qs = copy.copy(mod.weight.quant_state)
-            qs.shape, qs.dtype = torch.Size([qs.shape.numel()]), torch.float32
-            w = F.dequantize_4bit(mod.weight.data, qs).reshape(mod.out_features, mod.in_features)
-            mod.forward = (lambda w: lambda x: torch.nn.functional.linear(x.float(), w))(w)
-    for p_ in m.parameters():
-        if not isinstance(p_, bnb.nn.Params4bit) and p_.dtype == torch.bfloat16:
-            p_.data = p_.data.float()
+    m = load_fp32(src)
     for l, layer in enumerate(m.model.layers):
         ex = layer.mlp.experts
         for e in range(ex.gate_up_proj.shape[0]):
@@ -303,20 +304,7 @@ def make_moe_experts(out, name, src_name):
             with torch.no_grad():
                 ex.gate_up_proj[e].copy_(torch.cat([deq[pre + "w1.weight"], deq[pre + "w3.weight"]], 0))
                 ex.down_proj[e].copy_(deq[pre + "w2.weight"])
-    g = torch.Generator().manual_seed(SEED)
-    V = m.config.vocab_size
-    ids = torch.randint(0, V, (B, T + 1), generator=g)
-    inp, tgt = ids[:, :-1].clone(), ids[:, 1:].clone()
-    for r, c in IGNORED:
-        tgt[r, c] = -100
-    with torch.no_grad():
-        logits = m(inp).logits.float()
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
-    ref = {"input_ids": inp.to(torch.int32), "targets": tgt.to(torch.int32), "logits": logits.contiguous(),
-           "loss": loss.reshape(1)}
-    meta = versions()
-    meta["what"] = f"logits/loss of {name}: {src_name}'s model with its experts dequantized from 4-bit, fp32, CPU"
-    save(ref, os.path.join(d, "reference.safetensors"), meta)
+    write_reference(m, d, f"logits/loss of {name}: {src_name}'s model with its experts dequantized from 4-bit, fp32, CPU")
 
 
 def main():
