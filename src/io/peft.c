@@ -51,8 +51,7 @@ static int sites_from_regex(const char *re, const ModelConfig *c, unsigned *site
     *sites = 0;
     for (int s = 0; s < LORA_SITE_COUNT && !rc; s++) {
         /* modules only: the routed experts and the router are parameters (target_parameters) */
-        if (!lora_site_in_family((LoraSite)s, c->family) || lora_site_is_expert((LoraSite)s) || s == LORA_ROUTER)
-            continue;
+        if (!lora_site_in_family((LoraSite)s, c->family) || lora_site_is_param((LoraSite)s)) continue;
         int hits = 0, layers = 0; /* of the layers that have the site (MoE and dense layers differ) */
         for (int l = 0; l < c->n_layer; l++) {
             if (!lora_site_in_layer(c, l, (LoraSite)s)) continue;

@@ -25,6 +25,8 @@ static int site_is_moe(LoraSite s) { return s >= LORA_EXP_FC && s <= LORA_ROUTER
 
 int lora_site_is_expert(LoraSite s) { return s == LORA_EXP_FC || s == LORA_EXP_PROJ; }
 
+int lora_site_is_param(LoraSite s) { return lora_site_is_expert(s) || s == LORA_ROUTER; }
+
 int lora_site_in_family(LoraSite s, Family f)
 {
     switch (s) {
@@ -39,7 +41,7 @@ int lora_site_in_layer(const ModelConfig *c, int l, LoraSite s)
 {
     if (!lora_site_in_family(s, c->family)) return 0;
     if (lora_site_is_mlp(s)) return !cfg_is_moe(c, l);
-    if (lora_site_is_expert(s) || s == LORA_ROUTER) return cfg_is_moe(c, l);
+    if (lora_site_is_param(s)) return cfg_is_moe(c, l);
     if (site_is_moe(s)) return cfg_is_moe(c, l) && c->moe_shared_d_ff > 0;
     return 1;
 }
@@ -94,8 +96,7 @@ int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
         const char *t = list[i];
         if (!strcmp(t, "all-linear")) { /* nn.Linear modules: not the routed experts' and router's parameters */
             for (int s = 0; s < LORA_SITE_COUNT; s++)
-                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_expert((LoraSite)s) && s != LORA_ROUTER)
-                    *sites |= BIT(s);
+                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_param((LoraSite)s)) *sites |= BIT(s);
             continue;
         }
         unsigned hit = 0;

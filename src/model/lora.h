@@ -76,6 +76,9 @@ int lora_site_in_family(LoraSite s, Family f);
 int lora_site_is_mlp(LoraSite s);
 /* Whether a site is a routed expert's (an adapter per expert, exp.e.fc.w or exp.e.proj.w). */
 int lora_site_is_expert(LoraSite s);
+/* Whether PEFT adapts the site as a parameter (target_parameters), not as a module: the routed
+ * experts and the router, which every MoE layer has. */
+int lora_site_is_param(LoraSite s);
 /* Whether layer l of c has the site's weight (dense MLP sites in dense layers, expert and shared-expert
  * sites in MoE layers, the shared ones with a shared expert). */
 int lora_site_in_layer(const ModelConfig *c, int l, LoraSite s);
