@@ -12,6 +12,9 @@
 #include "io/fsutil.h"
 #include "train/train_config.h"
 #include "train/trainer.h"
+#ifdef ANVIL_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 static void usage(FILE *f)
 {
@@ -83,5 +86,13 @@ int cmd_train(int argc, char **argv)
     }
     int rc = trainer_run(&tc, resume, overwrite);
     if (rc < 0) fatal_err();
+#ifdef ANVIL_CUDA
+    const char *prof = getenv("ANVIL_CUDA_PROFILE"); /* the diagnostic of docs/architecture.md: per-op times */
+    if (prof && atoi(prof) && tc.steps > 0) {
+        fprintf(stderr, "per-op time of a step (events around each op, the mean over the run's %d steps):\n",
+                tc.steps);
+        cuda_prof_print(stderr, tc.steps);
+    }
+#endif
     return rc; /* 0, or 130 / 143 after an interrupt that saved a checkpoint */
 }
