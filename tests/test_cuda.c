@@ -794,9 +794,13 @@ static void test_attention(void)
     attention_case(gpu16, 1, 150, 4, 2, 64, "cudnn", cudnn);
     attention_case(gpu16, 1, 300, 8, 1, 64, "cudnn", cudnn);
     attention_case(gpu16, 1, 200, 6, 2, 128, "cudnn", cudnn);
+    /* head dims that are not a multiple of 8, zero-padded for cuDNN (BitNet b1.58 3B's 100) */
+    attention_case(gpu16, 1, 256, 4, 4, 100, "cudnn, padded heads", cudnn);
+    attention_case(gpu16, 2, 300, 6, 2, 20, "cudnn, padded heads", cudnn);
     /* the automatic choice: cuDNN from T = 256 (CUDNN_MIN_T) */
     BackendOptions automatic = {0};
     attention_case(gpu16, 1, 256, 4, 2, 64, "auto", automatic);
+    attention_case(gpu16, 1, 512, 4, 2, 100, "auto", automatic);
     printf("cudnn attention: %s\n", cudnn_attention_info());
 #endif
 }

@@ -62,8 +62,8 @@ typedef struct {
 } TernaryTensor;
 
 /* The integer update of one step (ternary_update; the rule is written out in docs/ternary.md):
- * per group, mean_abs = sum |g| / count and sg = sum g * trit (both summed in double, in index order);
- * per weight, vote = -sign(g) where |g| >= deadzone * mean_abs (else 0); tacc = sat8(tacc + vote);
+ * per group, mean_abs = sum |g| / count and sg = sum g * trit (both summed in double, in the fixed
+ * order of model/ternary.h TERN_LANES); per weight, vote = -sign(g) where |g| >= deadzone * mean_abs (else 0); tacc = sat8(tacc + vote);
  * when tacc >= threshold the trit moves up one (at most 1), when tacc <= -threshold down one (at least
  * -1), and tacc is reset to 0 either way. Per group, eacc = sat8(eacc - sign(sg)) (the scale grows when
  * the loss falls along the group's own trits); on steps that are multiples of scale_every, exp moves one

@@ -2,6 +2,7 @@
 #include "model/ternary.h"
 
 #include <math.h>
+#include <string.h>
 
 /* torch.round: half to even, which rintf gives in the default rounding mode. */
 float tern_wquant(float *out, const float *w, size_t n)
@@ -118,12 +119,23 @@ void tern_update(const TernaryTensor *t, const TernaryHyper *h)
     int scale_step = h->scale_every > 0 && h->step % h->scale_every == 0;
     for (size_t g = 0; g < ng; g++) {
         size_t lo = g * (size_t)t->group, hi = lo + (size_t)t->group < t->n ? lo + (size_t)t->group : t->n;
-        double sabs = 0, sg = 0;
-        for (size_t i = lo; i < hi; i++) {
-            double gi = t->grad[i];
-            sabs += fabs(gi);
-            sg += gi * trit_lut[t->trits[i / TRITS_PER_BYTE]][i % TRITS_PER_BYTE];
+        /* the sums in the order of the GPU's warp (TERN_LANES partial sums, then the butterfly) */
+        double pa[TERN_LANES], pg[TERN_LANES];
+        for (int j = 0; j < TERN_LANES; j++) {
+            pa[j] = pg[j] = 0;
+            for (size_t i = lo + (size_t)j; i < hi; i += TERN_LANES) {
+                double gi = t->grad[i];
+                pa[j] += fabs(gi);
+                pg[j] += gi * trit_lut[t->trits[i / TRITS_PER_BYTE]][i % TRITS_PER_BYTE];
+            }
         }
+        for (int off = TERN_LANES / 2; off > 0; off /= 2) {
+            double na[TERN_LANES], ng2[TERN_LANES];
+            for (int j = 0; j < TERN_LANES; j++) na[j] = pa[j] + pa[j ^ off], ng2[j] = pg[j] + pg[j ^ off];
+            memcpy(pa, na, sizeof(pa));
+            memcpy(pg, ng2, sizeof(pg));
+        }
+        double sabs = pa[0], sg = pg[0];
         double cut = (double)h->deadzone * (sabs / (double)(hi - lo));
         for (size_t i = lo; i < hi; i++) {
             double gi = t->grad[i];

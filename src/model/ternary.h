@@ -19,6 +19,10 @@
 /* Trits per byte of the packed form (3^5 = 243 <= 256) and the largest valid byte. */
 #define TRITS_PER_BYTE 5
 #define TRIT_BYTE_MAX 242
+/* The integer update's sums per group run in this fixed order on every backend (a GPU warp's): partial
+ * sum j over the group's elements j, j + TERN_LANES, ... in index order, then the butterfly
+ * s[j] += s[j ^ off] for off = TERN_LANES/2 .. 1; the result is s[0]. */
+#define TERN_LANES 32
 /* The range of a group's scale exponent (2^-40 .. 2^20 covers every fp32 weight a model has). */
 #define TERN_EXP_MIN (-40)
 #define TERN_EXP_MAX 20

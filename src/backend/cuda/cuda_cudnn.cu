@@ -498,10 +498,14 @@ static void execute(Plan *p, int n, const int64_t *uids, void *const *ptrs, void
  * little gain. Training shapes are longer and repeat every step. */
 #define CUDNN_MIN_T 256
 
+/* cuDNN's fused attention takes head dims that are multiples of 8; others run zero-padded to the next
+ * one (pad_heads below). */
+static int hd_padded(int hd) { return (hd + 7) / 8 * 8; }
+
 int cudnn_attention_wanted(int T, int hd)
 {
     int impl = g_cu.opts.attention;
-    if (g_cu.deterministic || hd % 8 || hd > 128 || (impl != ATTN_IMPL_AUTO && impl != ATTN_IMPL_CUDNN)) return 0;
+    if (g_cu.deterministic || hd_padded(hd) > 128 || (impl != ATTN_IMPL_AUTO && impl != ATTN_IMPL_CUDNN)) return 0;
     bool forced = cudnn_forced();
     if (!forced && T < CUDNN_MIN_T) return 0;
     /* a forced layout of our fused backward (a test knob) asks for our kernels, as auto would not */
@@ -518,12 +522,12 @@ int cudnn_attention_available(void) { return cudnn_load(); }
 /* The forward with or without the causal mask (the unmasked graph has no -inf scalar, so its
  * variant pack leaves that uid out: it is the last one). */
 static int attention_fwd_graph(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd,
-                               int causal)
+                               int causal, float scale)
 {
     Plan *p = plan_for(0, B, T, nh, nkv, hd, causal);
     if (!p || !p->plan) return 0;
     const bf16 *q = (const bf16 *)qkv;
-    float scale = 1.0f / sqrtf((float)hd), neg_inf = -INFINITY;
+    float neg_inf = -INFINITY;
     int64_t uids[] = {U_Q, U_K, U_V, U_O, U_STATS, U_SCALE, U_NEG_INF};
     void *ptrs[] = {(void *)q, (void *)(q + (size_t)nh * hd), (void *)(q + (size_t)(nh + nkv) * hd), out, lse,
                     &scale, &neg_inf};
@@ -531,26 +535,74 @@ static int attention_fwd_graph(void *out, float *lse, const void *qkv, int B, in
     return 1;
 }
 
+/* Head dims that are not a multiple of 8 (BitNet b1.58 3B: 100): q, k, v (and for the backward out and
+ * dout) copied into buffers whose heads are zero-padded to hp = hd_padded(hd) columns, cuDNN run at hp
+ * with the softmax scale of hd, and the first hd columns of each head copied back. The padded columns
+ * of q and k add zero to every score and those of v give zero output columns, so the attention is
+ * hd's; the padded gradient columns are dropped. The buffers are one grow-only block. */
+static void *g_pad;
+static size_t g_pad_size;
+
+static bf16 *pad_block(size_t elems)
+{
+    if (elems * sizeof(bf16) > g_pad_size) {
+        if (g_pad) cuda_free(g_pad);
+        g_pad_size = elems * sizeof(bf16);
+        g_pad = cuda_malloc(g_pad_size);
+    }
+    return (bf16 *)g_pad;
+}
+
+/* dst (rows, hp) = src (rows, hd) with zero columns after hd. */
+static void pad_heads(bf16 *dst, const void *src, size_t rows, int hd, int hp)
+{
+    CUDA_CHECK(cudaMemset2DAsync(dst + hd, (size_t)hp * 2, 0, (size_t)(hp - hd) * 2, rows, g_cu.stream));
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)hp * 2, src, (size_t)hd * 2, (size_t)hd * 2, rows,
+                                 cudaMemcpyDeviceToDevice, g_cu.stream));
+}
+
+/* dst (rows, hd) = the first hd columns of src (rows, hp). */
+static void unpad_heads(void *dst, const bf16 *src, size_t rows, int hd, int hp)
+{
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)hd * 2, src, (size_t)hp * 2, (size_t)hd * 2, rows,
+                                 cudaMemcpyDeviceToDevice, g_cu.stream));
+}
+
+static int attention_fwd_any(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd, int causal)
+{
+    float scale = 1.0f / sqrtf((float)hd);
+    int hp = hd_padded(hd);
+    if (hp == hd) return attention_fwd_graph(out, lse, qkv, B, T, nh, nkv, hd, causal, scale);
+    Plan *pl = plan_for(0, B, T, nh, nkv, hp, causal); /* before any copy: an unsupported shape costs nothing */
+    if (!pl || !pl->plan) return 0;
+    size_t rq = (size_t)B * T * (nh + 2 * nkv), ro = (size_t)B * T * nh;
+    bf16 *q = pad_block((rq + ro) * hp), *o = q + rq * hp;
+    pad_heads(q, qkv, rq, hd, hp);
+    if (!attention_fwd_graph(o, lse, q, B, T, nh, nkv, hp, causal, scale)) return 0;
+    unpad_heads(out, o, ro, hd, hp);
+    return 1;
+}
+
 int cudnn_attention_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
 {
-    return attention_fwd_graph(out, lse, qkv, B, T, nh, nkv, hd, 1);
+    return attention_fwd_any(out, lse, qkv, B, T, nh, nkv, hd, 1);
 }
 
 int cudnn_attention_full_fwd(void *out, float *lse, const void *qkv, int B, int T, int nh, int nkv, int hd)
 {
-    return attention_fwd_graph(out, lse, qkv, B, T, nh, nkv, hd, 0);
+    return attention_fwd_any(out, lse, qkv, B, T, nh, nkv, hd, 0);
 }
 
 /* The backward with or without the causal mask; the -inf scalar's uid is left out of the unmasked
  * graph's variant pack. */
 static int attention_bwd_graph(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
-                               int T, int nh, int nkv, int hd, int causal)
+                               int T, int nh, int nkv, int hd, int causal, float scale)
 {
     Plan *p = plan_for(1, B, T, nh, nkv, hd, causal);
     if (!p || !p->plan) return 0;
     const bf16 *q = (const bf16 *)qkv;
     bf16 *dq = (bf16 *)dqkv;
-    float scale = 1.0f / sqrtf((float)hd), neg_inf = -INFINITY, one = 1.0f;
+    float neg_inf = -INFINITY, one = 1.0f;
     char *ws = (char *)workspace((int64_t)p->fe_bytes + p->workspace);
     float *dq_acc = (float *)ws, *ssum = (float *)(ws + dq_acc_bytes(B, T, nh, hd));
     if (L.GetVersion() < 90600) /* older engines expect a zeroed accumulator */
@@ -578,16 +630,34 @@ static int attention_bwd_graph(void *dqkv, const void *dout, const void *out, co
     return 1;
 }
 
+static int attention_bwd_any(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
+                             int T, int nh, int nkv, int hd, int causal)
+{
+    float scale = 1.0f / sqrtf((float)hd);
+    int hp = hd_padded(hd);
+    if (hp == hd) return attention_bwd_graph(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, causal, scale);
+    Plan *pl = plan_for(1, B, T, nh, nkv, hp, causal); /* before any copy: an unsupported shape costs nothing */
+    if (!pl || !pl->plan) return 0;
+    size_t rq = (size_t)B * T * (nh + 2 * nkv), ro = (size_t)B * T * nh;
+    bf16 *q = pad_block((2 * rq + 2 * ro) * hp), *dq = q + rq * hp, *o = dq + rq * hp, *d = o + ro * hp;
+    pad_heads(q, qkv, rq, hd, hp);
+    pad_heads(o, out, ro, hd, hp);
+    pad_heads(d, dout, ro, hd, hp);
+    if (!attention_bwd_graph(dq, d, o, lse, q, B, T, nh, nkv, hp, causal, scale)) return 0;
+    unpad_heads(dqkv, dq, rq, hd, hp);
+    return 1;
+}
+
 int cudnn_attention_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
                         int T, int nh, int nkv, int hd)
 {
-    return attention_bwd_graph(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 1);
+    return attention_bwd_any(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 1);
 }
 
 int cudnn_attention_full_bwd(void *dqkv, const void *dout, const void *out, const float *lse, const void *qkv, int B,
                              int T, int nh, int nkv, int hd)
 {
-    return attention_bwd_graph(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 0);
+    return attention_bwd_any(dqkv, dout, out, lse, qkv, B, T, nh, nkv, hd, 0);
 }
 
 const char *cudnn_attention_info(void)

@@ -1,11 +1,17 @@
 /* cuda_ternary.cu - the ternary ops of backend.h on the GPU: BitNet's weight and activation
  * quantizers, the relu2-GLU activation, unpacking integer-ternary weights, and the integer update of
  * every ternary tensor in one kernel. The integer update equals model/ternary.c's tern_update bit for
- * bit: its sums are formed in double in index order by one thread per group (the products g * trit are
- * exact, so a fused multiply-add gives the same sum), and the comparisons use the same rounded values.
- * Packed bytes shared by two groups are changed with a 32-bit atomicAdd of the digit's change (the
- * digits of one byte belong to different weights, so the additions commute and never carry). */
+ * bit: a warp takes a group, its lane j sums the group's elements j, j + 32, ... in double and the lanes
+ * combine in a fixed butterfly (model/ternary.h TERN_LANES: the CPU forms the same sums in the same
+ * order; the products g * trit are exact, so a fused multiply-add gives the same sum), and the
+ * comparisons use the same rounded values. Packed bytes shared by two groups (or two lanes) are changed
+ * with a 32-bit atomicAdd of the digit's change (the digits of one byte belong to different weights, so
+ * the additions commute and never carry). */
 #include "backend/cuda/cuda_common.cuh"
+
+extern "C" {
+#include "model/ternary.h"
+}
 
 /* Threads per block of the element-wise kernels and of the per-row quantizer. */
 #define TERN_THREADS 256
@@ -159,26 +165,41 @@ template <typename T> static void cu_relu2glu_bwd(void *dinp, const void *inp, c
 
 /* ---- integer-ternary weights ---- */
 
-__device__ __forceinline__ int trit_digit(const uint8_t *packed, size_t i)
+/* The five base-3 digits of each byte value (0 .. 242), two bits each, in shared memory: lanes read
+ * different entries (constant memory would serialize them). */
+__device__ __forceinline__ void trit_table(uint16_t *lut)
 {
-    unsigned b = packed[i / 5], k = (unsigned)(i % 5);
-    for (unsigned q = 0; q < k; q++) b /= 3;
-    return (int)(b % 3) - 1;
+    for (int v = threadIdx.x; v <= TRIT_BYTE_MAX; v += blockDim.x) {
+        unsigned d = 0, x = (unsigned)v;
+        for (int k = 0; k < TRITS_PER_BYTE; k++, x /= 3) d |= (x % 3) << (2 * k);
+        lut[v] = (uint16_t)d;
+    }
+    __syncthreads();
+}
+
+/* Trit i (-1, 0, 1) of a packed array. */
+__device__ __forceinline__ int trit_at(const uint8_t *packed, size_t i, const uint16_t *lut)
+{
+    return (int)((lut[packed[i / TRITS_PER_BYTE]] >> (2 * (unsigned)(i % TRITS_PER_BYTE))) & 3u) - 1;
 }
 
 /* 2^e for e in [-126, 127], exactly */
 __device__ __forceinline__ float pow2f(int e) { return __int_as_float((e + 127) << 23); }
 
-/* one thread per packed byte: its five weights */
+/* one thread per packed byte: its five weights, the group found once per byte */
 template <typename T> __global__ void trit_unpack_kernel(T *out, TernaryTensor t)
 {
-    size_t nb = (t.n + 4) / 5;
+    __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
+    trit_table(lut);
+    size_t nb = (t.n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE, G = (size_t)t.group;
     for (size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x; b < nb; b += (size_t)gridDim.x * blockDim.x) {
-        unsigned v = t.trits[b];
-        for (int k = 0; k < 5; k++) {
-            size_t i = b * 5 + (size_t)k;
-            if (i < t.n) out[i] = from_f<T>((float)((int)(v % 3) - 1) * pow2f(t.exp[i / (size_t)t.group]));
-            v /= 3;
+        unsigned d = lut[t.trits[b]];
+        size_t i = b * TRITS_PER_BYTE;
+        size_t g = t.n <= 0xffffffffu ? (size_t)((unsigned)i / (unsigned)G) : i / G, r = i - g * G;
+        float sc = pow2f(t.exp[g]);
+        for (int k = 0; k < TRITS_PER_BYTE && i < t.n; k++, i++, d >>= 2) {
+            out[i] = from_f<T>((float)((int)(d & 3u) - 1) * sc);
+            if (++r == G && i + 1 < t.n) r = 0, sc = pow2f(t.exp[++g]);
         }
     }
 }
@@ -205,66 +226,96 @@ __device__ __forceinline__ void trit_add(uint8_t *packed, size_t byte, int d, in
     atomicAdd(word, (unsigned)(d * p) << shift); /* d < 0: two's complement wraps to the same byte */
 }
 
-/* One thread per group of every tensor; gstart (nt + 1) are the tensors' first group numbers. */
+/* Group g of tensor t by one warp (lane = the thread's lane): the update of backend.h TernaryHyper. */
+__device__ __forceinline__ void update_group(const TernaryTensor &t, size_t g, const TernaryHyper &h, int scale_step,
+                                             int lane, const uint16_t *lut)
+{
+    size_t lo = g * (size_t)t.group, hi = lo + (size_t)t.group < t.n ? lo + (size_t)t.group : t.n;
+    double sabs = 0, sg = 0;
+    for (size_t i = lo + (size_t)lane; i < hi; i += TERN_LANES) {
+        double gi = (double)t.grad[i];
+        sabs = __dadd_rn(sabs, fabs(gi));
+        sg = __dadd_rn(sg, __dmul_rn(gi, (double)trit_at(t.trits, i, lut)));
+    }
+    for (int off = TERN_LANES / 2; off > 0; off >>= 1) { /* every lane ends with the same bits */
+        sabs = __dadd_rn(sabs, __shfl_xor_sync(0xffffffffu, sabs, off));
+        sg = __dadd_rn(sg, __shfl_xor_sync(0xffffffffu, sg, off));
+    }
+    double cut = __dmul_rn((double)h.deadzone, __ddiv_rn(sabs, (double)(hi - lo)));
+    for (size_t i = lo + (size_t)lane; i < hi; i += TERN_LANES) {
+        double gi = (double)t.grad[i];
+        int vote = gi == 0 || fabs(gi) < cut ? 0 : gi > 0 ? -1 : 1;
+        int a = sat8(t.tacc[i] + vote);
+        if (a >= h.threshold || a <= -h.threshold) {
+            int d = a > 0 ? 1 : -1, tr = trit_at(t.trits, i, lut) + d; /* other digits may change: no carry */
+            if (tr >= -1 && tr <= 1) trit_add(t.trits, i / TRITS_PER_BYTE, d, (int)(i % TRITS_PER_BYTE));
+            a = 0;
+        }
+        t.tacc[i] = (int8_t)a;
+    }
+    if (lane) return;
+    int ea = sat8(t.eacc[g] + (sg < 0 ? 1 : sg > 0 ? -1 : 0));
+    if (scale_step) {
+        if (2 * (ea < 0 ? -ea : ea) >= h.scale_every) {
+            int e = t.exp[g] + (ea > 0 ? 1 : -1);
+            t.exp[g] = (int8_t)(e < h.exp_min ? h.exp_min : e > h.exp_max ? h.exp_max : e);
+        }
+        ea = 0;
+    }
+    t.eacc[g] = (int8_t)ea;
+}
+
+#define TERN_WARPS (TERN_THREADS / TERN_LANES)
+
+/* One warp per group of every tensor; gstart (nt + 1) are the tensors' first group numbers. */
 __global__ void ternary_update_kernel(const TernaryTensor *ts, const size_t *gstart, int nt, TernaryHyper h)
 {
+    __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
+    trit_table(lut);
     size_t total = gstart[nt];
-    int scale_step = h.scale_every > 0 && h.step % h.scale_every == 0;
-    for (size_t G = (size_t)blockIdx.x * blockDim.x + threadIdx.x; G < total; G += (size_t)gridDim.x * blockDim.x) {
+    int scale_step = h.scale_every > 0 && h.step % h.scale_every == 0, lane = threadIdx.x % TERN_LANES;
+    for (size_t G = (size_t)blockIdx.x * TERN_WARPS + threadIdx.x / TERN_LANES; G < total;
+         G += (size_t)gridDim.x * TERN_WARPS) {
         int lo_t = 0, hi_t = nt - 1; /* the tensor holding group G: the last with gstart <= G */
         while (lo_t < hi_t) {
             int mid = (lo_t + hi_t + 1) / 2;
             if (gstart[mid] <= G) lo_t = mid;
             else hi_t = mid - 1;
         }
-        TernaryTensor t = ts[lo_t];
-        size_t g = G - gstart[lo_t];
-        size_t lo = g * (size_t)t.group, hi = lo + (size_t)t.group < t.n ? lo + (size_t)t.group : t.n;
-        double sabs = 0, sg = 0;
-        for (size_t i = lo; i < hi; i++) {
-            double gi = (double)t.grad[i];
-            sabs = __dadd_rn(sabs, fabs(gi));
-            sg = __dadd_rn(sg, __dmul_rn(gi, (double)trit_digit(t.trits, i)));
-        }
-        double cut = __dmul_rn((double)h.deadzone, __ddiv_rn(sabs, (double)(hi - lo)));
-        for (size_t i = lo; i < hi; i++) {
-            double gi = (double)t.grad[i];
-            int vote = gi == 0 || fabs(gi) < cut ? 0 : gi > 0 ? -1 : 1;
-            int a = sat8(t.tacc[i] + vote);
-            if (a >= h.threshold || a <= -h.threshold) {
-                int d = a > 0 ? 1 : -1, tr = trit_digit(t.trits, i) + d;
-                if (tr >= -1 && tr <= 1) trit_add(t.trits, i / 5, d, (int)(i % 5));
-                a = 0;
-            }
-            t.tacc[i] = (int8_t)a;
-        }
-        int ea = sat8(t.eacc[g] + (sg < 0 ? 1 : sg > 0 ? -1 : 0));
-        if (scale_step) {
-            if (2 * (ea < 0 ? -ea : ea) >= h.scale_every) {
-                int e = t.exp[g] + (ea > 0 ? 1 : -1);
-                t.exp[g] = (int8_t)(e < h.exp_min ? h.exp_min : e > h.exp_max ? h.exp_max : e);
-            }
-            ea = 0;
-        }
-        t.eacc[g] = (int8_t)ea;
+        update_group(ts[lo_t], G - gstart[lo_t], h, scale_step, lane, lut);
     }
+}
+
+/* The same for one tensor, passed by value (the fused update inside the backward: no copy, no wait). */
+__global__ void ternary_update1_kernel(TernaryTensor t, size_t ng, TernaryHyper h)
+{
+    __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
+    trit_table(lut);
+    int scale_step = h.scale_every > 0 && h.step % h.scale_every == 0, lane = threadIdx.x % TERN_LANES;
+    for (size_t g = (size_t)blockIdx.x * TERN_WARPS + threadIdx.x / TERN_LANES; g < ng; g += (size_t)gridDim.x * TERN_WARPS)
+        update_group(t, g, h, scale_step, lane, lut);
 }
 
 static void cu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h)
 {
     CUDA_PROF("ternary_update");
     if (nt <= 0) return;
+    if (nt == 1) {
+        size_t ng = tern_groups(ts[0].n, ts[0].group);
+        ternary_update1_kernel<<<grid_for(ng, TERN_WARPS), TERN_THREADS, 0, g_cu.stream>>>(ts[0], ng, *h);
+        CUDA_CHECK_LAUNCH();
+        return;
+    }
     size_t *gs = (size_t *)malloc(((size_t)nt + 1) * sizeof(size_t));
     gs[0] = 0;
-    for (int k = 0; k < nt; k++) gs[k + 1] = gs[k] + (ts[k].n + (size_t)ts[k].group - 1) / (size_t)ts[k].group;
+    for (int k = 0; k < nt; k++) gs[k + 1] = gs[k] + tern_groups(ts[k].n, ts[k].group);
     size_t bytes_t = (size_t)nt * sizeof(TernaryTensor), bytes_g = ((size_t)nt + 1) * sizeof(size_t);
     char *d = (char *)cuda_scratch(bytes_t + bytes_g);
-    /* the copies are ordered on the stream before the kernel; the host arrays stay valid until they
-     * are done (synchronous copies from pageable memory) */
+    /* copies from pageable memory return once the host arrays are staged, so they may be freed then;
+     * the kernel after them on the stream sees the data */
     CUDA_CHECK(cudaMemcpyAsync(d, ts, bytes_t, cudaMemcpyHostToDevice, g_cu.stream));
     CUDA_CHECK(cudaMemcpyAsync(d + bytes_t, gs, bytes_g, cudaMemcpyHostToDevice, g_cu.stream));
-    CUDA_CHECK(cudaStreamSynchronize(g_cu.stream));
-    ternary_update_kernel<<<grid_for(gs[nt], TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>(
+    ternary_update_kernel<<<grid_for(gs[nt], TERN_WARPS), TERN_THREADS, 0, g_cu.stream>>>(
         (const TernaryTensor *)d, (const size_t *)(d + bytes_t), nt, *h);
     CUDA_CHECK_LAUNCH();
     free(gs);
