@@ -186,6 +186,7 @@ out:
 
 static void test_mixtral(void) { check_fixture("mixtral"); }
 static void test_qwen2_moe(void) { check_fixture("qwen2_moe"); }
+static void test_qwen2_moe_dense(void) { check_fixture("qwen2_moe_dense"); }
 
 /* transformers 5's in-memory layout (fused gate_up_proj / down_proj, "mlp" names) loads the same
  * weights; a directory we write reads back bit for bit. */
@@ -203,8 +204,8 @@ static void test_fused_and_roundtrip(void)
     model_get_params(a, pa);
     model_get_params(b, pb);
     CHECK(b->pt.total == n && !memcmp(pa, pb, n * sizeof(float)));
-    const char *names[] = {"mixtral", "qwen2_moe"};
-    for (int i = 0; i < 2; i++) {
+    const char *names[] = {"mixtral", "qwen2_moe", "qwen2_moe_dense"};
+    for (int i = 0; i < 3; i++) {
         snprintf(dir, sizeof(dir), "%s/moe/%s/model", test_fixtures(), names[i]);
         Model *m = hf_load_model(dir, backend_cpu(), 0);
         CHECKF(m != NULL, "%s", err_get());
@@ -335,7 +336,11 @@ static const char *config_error(const char *name, const char *from, const char *
 static void test_config_errors(void)
 {
     char tmp[64];
-    const char *e = config_error("qwen2_moe", "\"mlp_only_layers\": []", "\"mlp_only_layers\": [0]", tmp);
+    const char *e = config_error("qwen2_moe", "\"mlp_only_layers\": []", "\"mlp_only_layers\": [3]", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "mlp_only_layers[0]") && strstr(e, "0 .. 2"), "got: %s", e);
+    e = config_error("qwen2_moe", "\"mlp_only_layers\": []", "\"mlp_only_layers\": [1, \"2\"]", tmp);
+    CHECKF(strstr(e, "config.json") && strstr(e, "mlp_only_layers[1]"), "got: %s", e);
+    e = config_error("qwen2_moe", "\"mlp_only_layers\": []", "\"mlp_only_layers\": 1", tmp);
     CHECKF(strstr(e, "config.json") && strstr(e, "mlp_only_layers"), "got: %s", e);
     e = config_error("mixtral", "\"num_experts_per_tok\": 2", "\"num_experts_per_tok\": 9", tmp);
     CHECKF(strstr(e, "config.json") && strstr(e, "top_k"), "got: %s", e);
@@ -577,6 +582,7 @@ int main(void)
     RUN(test_permute_and_gate);
     RUN(test_mixtral);
     RUN(test_qwen2_moe);
+    RUN(test_qwen2_moe_dense);
     RUN(test_fused_and_roundtrip);
     RUN(test_config_errors);
     RUN(test_qlora_experts);

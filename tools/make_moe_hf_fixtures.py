@@ -19,7 +19,9 @@ Writes, under tests/fixtures/moe/ (or --out):
 
 Models: mixtral (MixtralForCausalLM: 4 experts top-2 on both layers, renormalised weights, GQA)
 and qwen2_moe (Qwen2MoeForCausalLM: 3 layers, experts on layer 1 only (decoder_sparse_step 2),
-a shared expert behind its sigmoid gate, norm_topk_prob false, q/k/v biases). Initialization as
+a shared expert behind its sigmoid gate, norm_topk_prob false, q/k/v biases), and qwen2_moe_dense
+(the same family, 4 layers, decoder_sparse_step 1 with layers 0 and 2 dense by mlp_only_layers,
+renormalised top-k). Initialization as
 tools/make_fixtures.py (larger than transformers' default so that routing and biases matter).
 
 Deterministic; run from the repository root:  python3 tools/make_moe_hf_fixtures.py
@@ -59,7 +61,16 @@ def models():
                           norm_topk_prob=False, max_position_embeddings=64, rms_norm_eps=1e-6,
                           router_aux_loss_coef=AUX_COEF, tie_word_embeddings=False, bos_token_id=BOS,
                           eos_token_id=EOS, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    return [("mixtral", MixtralForCausalLM, mixtral), ("qwen2_moe", Qwen2MoeForCausalLM, qwen)]
+    # experts on every layer (decoder_sparse_step 1) but layers 0 and 2 dense by list (mlp_only_layers)
+    dense = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=40, moe_intermediate_size=24,
+                           shared_expert_intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
+                           num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, decoder_sparse_step=1,
+                           mlp_only_layers=[0, 2], norm_topk_prob=True, max_position_embeddings=64,
+                           rms_norm_eps=1e-6, router_aux_loss_coef=AUX_COEF, tie_word_embeddings=False,
+                           bos_token_id=BOS, eos_token_id=EOS,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    return [("mixtral", MixtralForCausalLM, mixtral), ("qwen2_moe", Qwen2MoeForCausalLM, qwen),
+            ("qwen2_moe_dense", Qwen2MoeForCausalLM, dense)]
 
 
 def is_norm(name):
@@ -163,11 +174,14 @@ def make_model(out, name, cls, cfg, seed):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="tests/fixtures/moe")
+    ap.add_argument("--only", help="write this fixture only (the others stay as they are)")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     for i, (name, cls, cfg) in enumerate(models()):
+        if args.only and name != args.only:
+            continue
         shutil.rmtree(os.path.join(args.out, name), ignore_errors=True)
         make_model(args.out, name, cls, cfg, SEED + i)
     print(f"fixtures written to {args.out} (torch {torch.__version__}, transformers {transformers.__version__})")

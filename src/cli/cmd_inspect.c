@@ -120,6 +120,11 @@ static void print_config(const char *dir, const ModelConfig *c, const ParamTable
         printf("  experts      %d of width %d, top-%d%s, on %d of %d layers (every %d)", c->moe_experts, c->moe_d_ff,
                c->moe_top_k, c->moe_norm_topk ? " renormalised" : "", cfg_moe_layers(c), c->n_layer, c->moe_every);
         if (c->moe_shared_d_ff) printf(", shared expert of width %d", c->moe_shared_d_ff);
+        if (cfg_moe_dense_count(c)) {
+            printf(", dense by list (mlp_only_layers):");
+            for (int l = 0; l < c->n_layer; l++)
+                if (cfg_moe_dense(c, l)) printf(" %d", l);
+        }
         printf("\n");
     }
     size_t n = param_count(pt);

@@ -331,9 +331,18 @@ static int read_moe(const Cfg *c, json_t *root, ModelConfig *m, int qwen2_moe)
         return -1;
     m->moe_norm_topk = norm;
     json_t *only = json_object_get(root, "mlp_only_layers");
-    if (only && !json_is_null(only) && (!json_is_array(only) || json_array_size(only) > 0))
-        return err_set("%s: mlp_only_layers: dense layers by list are not supported (only decoder_sparse_step)",
-                       c->path);
+    if (!only || json_is_null(only)) return 0;
+    if (!json_is_array(only)) return type_error(c, "mlp_only_layers", "a list of layer numbers", only);
+    size_t i;
+    json_t *v;
+    json_array_foreach(only, i, v)
+    {
+        double x = json_is_number(v) ? json_number_value(v) : -1;
+        if (!json_is_integer(v) || x < 0 || x >= m->n_layer)
+            return err_set("%s: mlp_only_layers[%zu]: expected a layer number in 0 .. %d", c->path, i, m->n_layer - 1);
+        int l = (int)x;
+        m->moe_dense[l / 8] |= (uint8_t)(1u << (l % 8));
+    }
     return 0;
 }
 
@@ -1422,7 +1431,8 @@ static int check_writable(const char *path, const ModelConfig *c)
     int ok;
     if (c->moe_experts > 0) {
         if (!strcmp(a, "MixtralForCausalLM")) {
-            if (c->qkv_bias || c->o_bias || c->mlp_bias || c->moe_every != 1 || c->moe_shared_d_ff || !c->moe_norm_topk)
+            if (c->qkv_bias || c->o_bias || c->mlp_bias || c->moe_every != 1 || cfg_moe_dense_count(c) || c->moe_shared_d_ff ||
+                !c->moe_norm_topk)
                 return err_set("%s: MixtralForCausalLM needs experts on every layer, no shared expert, renormalised "
                                "top-k weights and no biases (use Qwen2MoeForCausalLM)",
                                path);
@@ -1552,7 +1562,10 @@ static json_t *config_json(const ModelConfig *c, int dtype, int packed)
         json_object_set_new(j, "num_experts", json_integer(c->moe_experts));
         json_object_set_new(j, "num_experts_per_tok", json_integer(c->moe_top_k));
         json_object_set_new(j, "decoder_sparse_step", json_integer(c->moe_every));
-        json_object_set_new(j, "mlp_only_layers", json_array());
+        json_t *only = json_array();
+        for (int l = 0; l < c->n_layer; l++)
+            if (cfg_moe_dense(c, l)) json_array_append_new(only, json_integer(l));
+        json_object_set_new(j, "mlp_only_layers", only);
         json_object_set_new(j, "norm_topk_prob", json_boolean(c->moe_norm_topk));
         json_object_set_new(j, "router_aux_loss_coef", json_float(c->moe_aux_coef));
         json_object_set_new(j, "output_router_logits", json_false());

@@ -226,7 +226,7 @@ static int moe_finish(ModelConfig *c)
     if (c->moe_every < 0 || c->moe_every > c->n_layer)
         return err_set("model.moe.every: must be in 1 .. model.n_layer (%d), got %d", c->n_layer, c->moe_every);
     /* no dense MLP anywhere: d_ff means the experts' width, as Mixtral's intermediate_size does */
-    if (c->moe_every == 1) c->d_ff = c->moe_d_ff;
+    if (c->moe_every == 1 && !cfg_moe_dense_count(c)) c->d_ff = c->moe_d_ff;
     if (c->moe_shared_d_ff < 0 || c->moe_shared_d_ff > (1 << 20))
         return err_set("model.moe.shared_experts: the shared width %d is out of range", c->moe_shared_d_ff);
     if (!(c->moe_aux_coef >= 0) || !isfinite(c->moe_aux_coef))
@@ -254,7 +254,7 @@ int model_config_finish(ModelConfig *c)
      * and low enough that every size and product below fits an int, and every tensor's element
      * count fits 32 bits, whatever the config says. Products are formed in 64 bits. */
     enum {
-        MAX_LAYERS = 1024,
+        MAX_LAYERS = CFG_MAX_LAYERS,
         MAX_WIDTH = 1 << 16,      /* d_model, n_head * head_dim */
         MAX_HEADS = 1024,         /* n_head, n_kv_head */
         MAX_HEAD_DIM = 1024,
@@ -328,7 +328,9 @@ int model_config_finish(ModelConfig *c)
                        c->n_head);
     if (!c->hf_model_type[0] && c->moe_experts > 0)
         snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
-                 c->moe_shared_d_ff > 0 || c->qkv_bias || c->moe_every != 1 || !c->moe_norm_topk ? "qwen2_moe"
+                 c->moe_shared_d_ff > 0 || c->qkv_bias || c->moe_every != 1 || cfg_moe_dense_count(c) ||
+                         !c->moe_norm_topk
+                     ? "qwen2_moe"
                                                                                                  : "mixtral");
     if (c->family == FAMILY_BERT) {
         if (c->type_vocab_size < 0 || c->type_vocab_size > MAX_VOCAB)
@@ -384,6 +386,7 @@ const char *model_config_diff(const ModelConfig *a, const ModelConfig *b)
     DIFF(moe_top_k, "model.moe.top_k");
     DIFF(moe_d_ff, "model.moe.d_ff");
     DIFF(moe_every, "model.moe.every");
+    if (memcmp(a->moe_dense, b->moe_dense, sizeof(a->moe_dense))) return "model mlp_only_layers (dense layers by list)";
     DIFF(moe_shared_d_ff, "model.moe.shared_experts (shared expert width)");
     DIFF(moe_norm_topk, "model.moe.norm_topk_prob");
     DIFF(sub_norm, "model.family (BitNet sub-norms)");

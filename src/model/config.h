@@ -15,6 +15,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The most blocks a model may have (model_config_check). */
+#define CFG_MAX_LAYERS 1024
+
 typedef enum { FAMILY_GPT2 = 0, FAMILY_LLAMA = 1, FAMILY_BERT = 2 } Family;
 
 typedef struct {
@@ -46,6 +49,9 @@ typedef struct {
      * moe_experts SwiGLU experts of width moe_d_ff, moe_top_k of them per token, plus an always-on
      * shared SwiGLU expert of width moe_shared_d_ff behind a sigmoid gate (0 = none, Qwen2-MoE). */
     int moe_experts, moe_top_k, moe_d_ff, moe_every, moe_shared_d_ff;
+    /* Layers that keep their dense MLP whatever moe_every says (bit l % 8 of byte l / 8; Qwen2-MoE's
+     * mlp_only_layers). */
+    uint8_t moe_dense[CFG_MAX_LAYERS / 8];
     int moe_norm_topk;                 /* renormalise the top-k weights to sum 1 (Mixtral: yes) */
     float moe_aux_coef, moe_z_coef;    /* load-balancing and router z-loss coefficients */
     /* BitNet b1.58 (transformers' BitNetForCausalLM, model_type "bitnet"; docs/ternary.md): llama
@@ -113,15 +119,28 @@ static inline int cfg_fc_dim(const ModelConfig *c)
     return c->family == FAMILY_LLAMA ? 2 * c->d_ff : c->d_ff;
 }
 
+/* Whether block l is listed in moe_dense, and the count of listed blocks. */
+static inline int cfg_moe_dense(const ModelConfig *c, int l)
+{
+    return l >= 0 && l < CFG_MAX_LAYERS && (c->moe_dense[l / 8] >> (l % 8) & 1);
+}
+static inline int cfg_moe_dense_count(const ModelConfig *c)
+{
+    int n = 0;
+    for (int l = 0; l < c->n_layer && l < CFG_MAX_LAYERS; l++) n += cfg_moe_dense(c, l);
+    return n;
+}
 /* Whether block l has the MoE MLP. */
 static inline int cfg_is_moe(const ModelConfig *c, int l)
 {
-    return c->moe_experts > 0 && c->moe_every > 0 && (l + 1) % c->moe_every == 0;
+    return c->moe_experts > 0 && c->moe_every > 0 && (l + 1) % c->moe_every == 0 && !cfg_moe_dense(c, l);
 }
 /* MoE layers of the model. */
 static inline int cfg_moe_layers(const ModelConfig *c)
 {
-    return c->moe_experts > 0 && c->moe_every > 0 ? c->n_layer / c->moe_every : 0;
+    int n = 0;
+    for (int l = 0; l < c->n_layer; l++) n += cfg_is_moe(c, l);
+    return n;
 }
 
 /* The tensors of a config and their kinds: model/params.h. */
