@@ -237,6 +237,12 @@ expect_fail lora-no-module "lora.targets|gate_proj: the model has no such module
     --set lora.targets=gate_proj,q_proj --set out_dir="$tmp/l3"
 expect_fail lora-expert-dropout "lora.dropout|routed experts" train "$tmp/moe.yaml" $base --set lora.targets=experts \
     --set lora.dropout=0.1 --set out_dir="$tmp/l4"
+# a transformers-4-era Mixtral adapter (per-expert w1/w2/w3 modules): refused with the layout named
+mkdir -p "$tmp/t4ad"
+printf '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "w1", "w2", "w3"]}\n' \
+    >"$tmp/t4ad/adapter_config.json"
+expect_fail lora-t4-experts "t4ad/adapter_config.json|target_modules|\"w1\" is transformers 4's per-expert|fused layout" \
+    eval ppl --model "$tmp/run/final" --adapter "$tmp/t4ad" --data "$TRAIN" --tokenizer byte --seq 16
 
 # bad keys
 expect_fail topk-range "model.moe.top_k|1 .. model.moe.experts (4)" train "$tmp/moe.yaml" --set model.moe.top_k=5 --set out_dir="$tmp/e1"

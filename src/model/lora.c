@@ -102,6 +102,11 @@ int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
         unsigned hit = 0;
         for (size_t k = 0; k < ARRAY_LEN(names); k++)
             if (names[k].family == f && !strcmp(names[k].name, t)) hit = names[k].sites;
+        if (!hit && f == FAMILY_LLAMA && (!strcmp(t, "w1") || !strcmp(t, "w2") || !strcmp(t, "w3")))
+            return err_set("\"%s\" is transformers 4's per-expert Mixtral module (block_sparse_moe.experts.N.%s): "
+                           "anvil adapts the experts in transformers 5's fused layout only (\"experts\", or "
+                           "target_parameters mlp.experts.gate_up_proj / mlp.experts.down_proj; docs/moe.md)",
+                           t, t);
         if (!hit) {
             char known[512];
             size_t o = 0;
