@@ -87,7 +87,7 @@ int cmd_train(int argc, char **argv)
     int rc = trainer_run(&tc, resume, overwrite);
     if (rc < 0) fatal_err();
 #ifdef ANVIL_CUDA
-    const char *prof = getenv("ANVIL_CUDA_PROFILE"); /* the diagnostic of docs/architecture.md: per-op times */
+    const char *prof = getenv("ANVIL_CUDA_PROFILE"); /* the diagnostic of docs/cuda.md: per-op times */
     if (prof && atoi(prof) && tc.steps > 0) {
         fprintf(stderr, "per-op time of a step (events around each op, the mean over the run's %d steps):\n",
                 tc.steps);

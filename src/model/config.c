@@ -326,12 +326,11 @@ int model_config_finish(ModelConfig *c)
         return err_set("model.n_kv_head: the %s family has no grouped-query attention (n_kv_head %d, n_head %d): "
                        "leave it unset or equal to n_head", c->family == FAMILY_GPT2 ? "gpt2" : "bert", c->n_kv_head,
                        c->n_head);
-    if (!c->hf_model_type[0] && c->moe_experts > 0)
-        snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s",
-                 c->moe_shared_d_ff > 0 || c->qkv_bias || c->moe_every != 1 || cfg_moe_dense_count(c) ||
-                         !c->moe_norm_topk
-                     ? "qwen2_moe"
-                                                                                                 : "mixtral");
+    if (!c->hf_model_type[0] && c->moe_experts > 0) { /* Mixtral: experts on every layer, nothing else */
+        int mixtral = !c->moe_shared_d_ff && !c->qkv_bias && c->moe_every == 1 && !cfg_moe_dense_count(c) &&
+                      c->moe_norm_topk;
+        snprintf(c->hf_model_type, sizeof(c->hf_model_type), "%s", mixtral ? "mixtral" : "qwen2_moe");
+    }
     if (c->family == FAMILY_BERT) {
         if (c->type_vocab_size < 0 || c->type_vocab_size > MAX_VOCAB)
             return err_set("model.type_vocab_size: must be in 0..%d, got %d", (int)MAX_VOCAB, c->type_vocab_size);

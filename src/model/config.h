@@ -15,7 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The most blocks a model may have (model_config_check). */
+/* The most blocks a model may have (model_config_finish). */
 #define CFG_MAX_LAYERS 1024
 
 typedef enum { FAMILY_GPT2 = 0, FAMILY_LLAMA = 1, FAMILY_BERT = 2 } Family;
