@@ -109,7 +109,19 @@ static void plan_emb_host(void *ctx, const ParamTable *pt, ParamAllocPlan *plan)
     plan->emb_host = params_emb_host_ok(pt) == 1;
 }
 
-static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains, int head_chunked)
+/* cuDNN's attention at a head size that is not a multiple of 8 (cuda_cudnn.cu pad_heads): the backward's
+ * q/k/v, their gradient, out and dout with each head zero-padded, in one grow-only block (bf16, from
+ * T >= 256 where the automatic choice takes cuDNN). */
+static size_t attn_pad_bytes(const ModelConfig *c, const PlanSpec *s)
+{
+    int hd = c->head_dim, hp = (hd + 7) / 8 * 8;
+    if (hp == hd || hp > 128 || s->act_size != 2 || s->T < 256) return 0;
+    size_t N = (size_t)s->B * s->T, rq = N * (size_t)(c->n_head + 2 * c->n_kv_head), ro = N * (size_t)c->n_head;
+    return (2 * rq + 2 * ro) * (size_t)hp * 2;
+}
+
+/* The LM head's scratch (and cuBLASLt's workspace, and the allocator's residue). */
+static size_t head_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains, int head_chunked)
 {
     size_t N = (size_t)s->B * s->T, V = (size_t)c->vocab_size, Vp = (V + VOCAB_PAD - 1) / VOCAB_PAD * VOCAB_PAD;
     /* a head read by row chunks keeps its scratch with the activations (model.c) and never calls the op */
@@ -124,6 +136,11 @@ static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_t
     size_t ws = LT_WORKSPACE + rows * Vp * 2 + GPU_RESIDUAL;
     if (Vp != V) ws += Vp * (size_t)c->d_model * 2 + (head_trains ? Vp * (size_t)c->d_model * 4 : 0);
     return ws;
+}
+
+static size_t plan_workspace(const ModelConfig *c, const PlanSpec *s, int head_trains, int head_chunked)
+{
+    return head_workspace(c, s, head_trains, head_chunked) + attn_pad_bytes(c, s);
 }
 
 /* The 4-bit states the store would upload (params_upload_q4): packed nibbles, 8-bit scales,
