@@ -237,12 +237,35 @@ expect_fail lora-no-module "lora.targets|gate_proj: the model has no such module
     --set lora.targets=gate_proj,q_proj --set out_dir="$tmp/l3"
 expect_fail lora-expert-dropout "lora.dropout|routed experts" train "$tmp/moe.yaml" $base --set lora.targets=experts \
     --set lora.dropout=0.1 --set out_dir="$tmp/l4"
-# a transformers-4-era Mixtral adapter (per-expert w1/w2/w3 modules): refused with the layout named
-mkdir -p "$tmp/t4ad"
-printf '{"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "w1", "w2", "w3"]}\n' \
-    >"$tmp/t4ad/adapter_config.json"
-expect_fail lora-t4-experts "t4ad/adapter_config.json|target_modules|\"w1\" is transformers 4's per-expert|fused layout" \
-    eval ppl --model "$tmp/run/final" --adapter "$tmp/t4ad" --data "$TRAIN" --tokenizer byte --seq 16
+# transformers 4's per-expert Mixtral modules (w1/w3/w2, the router as the module gate): trained, written
+# under transformers 4's names, read back by eval, continued with lora.init, merged
+check "t4 expert adapters train" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base \
+    --set lora.targets=q_proj,w1,w3,w2,gate --set out_dir="$tmp/t4"
+check "t4 adapters: target_modules w1/w3/w2 and gate, no target_parameters" python3 -c '
+import json, sys
+c = json.load(open(sys.argv[1]))
+assert {"w1", "w2", "w3", "gate", "q_proj"} == set(c["target_modules"]) and "target_parameters" not in c, c' \
+    "$tmp/t4/final/adapter_config.json"
+check "t4 adapters: per-expert keys" grep -q 'layers.0.block_sparse_moe.experts.3.w1.lora_A.weight' \
+    "$tmp/t4/final/adapter_model.safetensors"
+check "t4 adapters: the router's key" grep -q 'layers.0.block_sparse_moe.gate.lora_B.weight' \
+    "$tmp/t4/final/adapter_model.safetensors"
+"$ANVIL" eval ppl --model "$tmp/run/final" --adapter "$tmp/t4/final" --data "$TRAIN" --tokenizer byte --seq 16 \
+    --json >"$tmp/t4_ppl.json" 2>"$tmp/t4_ppl.err"
+"$ANVIL" merge --model "$tmp/run/final" --adapter "$tmp/t4/final" --out "$tmp/t4m" >/dev/null 2>&1
+"$ANVIL" eval ppl --model "$tmp/t4m" --data "$TRAIN" --tokenizer byte --seq 16 --json >"$tmp/t4m_ppl.json" 2>/dev/null
+check "t4 adapters: eval --adapter equals the merged model's perplexity" python3 -c '
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+assert abs(a["nll"] - b["nll"]) <= 1e-5 * abs(b["nll"]), (a["nll"], b["nll"])' "$tmp/t4_ppl.json" "$tmp/t4m_ppl.json"
+check "t4 adapters continue with lora.init" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 $base \
+    --set lora.init="$tmp/t4/final" --set lora.r=0 --set out_dir="$tmp/t4b"
+check "t4 adapters: lora.init keeps the layout" grep -q 'block_sparse_moe.experts.0.w2.lora_B.weight' \
+    "$tmp/t4b/final/adapter_model.safetensors"
+expect_fail lora-t4-mixed "lora.targets|two layouts" train "$tmp/moe.yaml" $base --set lora.targets=w1,experts \
+    --set out_dir="$tmp/t4x"
+expect_fail lora-t4-dropout "lora.dropout|routed experts" train "$tmp/moe.yaml" $base --set lora.targets=w1 \
+    --set lora.dropout=0.1 --set out_dir="$tmp/t4d"
 
 # bad keys
 expect_fail topk-range "model.moe.top_k|1 .. model.moe.experts (4)" train "$tmp/moe.yaml" --set model.moe.top_k=5 --set out_dir="$tmp/e1"
@@ -251,6 +274,25 @@ expect_fail neg-experts "model.moe.experts|>= 0" train "$tmp/moe.yaml" --set mod
 expect_fail aux-neg "model.moe.aux_loss_coef" train "$tmp/moe.yaml" --set model.moe.aux_loss_coef=-1 --set out_dir="$tmp/e4"
 expect_fail gpt2-moe "model.moe.experts|llama family" train "$tmp/moe.yaml" --set model.preset=gpt2-tiny --set model.moe.experts=4 --set out_dir="$tmp/e5"
 expect_fail dense-topk "model.moe.top_k|model.moe.experts is 0" train "$tmp/moe.yaml" --set model.preset=llama-tiny --set model.moe.top_k=2 --set model.moe.d_ff=0 --set out_dir="$tmp/e6"
+# Mixtral's router jitter: trains (a different loss than without, the same at recompute 2), is written
+# to config.json as router_jitter_noise, and is refused with a shared expert
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set model.moe.router_jitter=0.1 --set out_dir="$tmp/jit" \
+    >"$tmp/jit.log" 2>&1
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=3 --set model.moe.router_jitter=0.1 --set train.recompute=2 \
+    --set out_dir="$tmp/jit2" >/dev/null 2>&1
+check "router jitter trains (said on the experts line)" grep -q "router_jitter 0.1" "$tmp/jit.log"
+check "router jitter changes the loss" test "$(cut -d, -f2 "$tmp/jit/metrics.jsonl" | head -2 | tail -1)" != \
+    "$(cut -d, -f2 "$tmp/rc0/metrics.jsonl" | head -2 | tail -1)"
+check "router jitter: recompute 2 = recompute 0" cmp -s <(cut -d, -f2 "$tmp/jit/metrics.jsonl") <(cut -d, -f2 "$tmp/jit2/metrics.jsonl")
+check "router jitter: config.json router_jitter_noise" grep -q '"router_jitter_noise": 0.1' "$tmp/jit/final/config.json"
+"$ANVIL" train "$tmp/moe.yaml" --set train.steps=1 --set model.init="$tmp/jit/final" --set model.preset= \
+    --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 \
+    --set model.n_kv_head=0 --set model.moe.d_ff=0 --set out_dir="$tmp/jit3" >"$tmp/jit3.log" 2>&1
+check "router jitter: a config.json's value is not applied (a note says so)" grep -q "router_jitter_noise 0.1 is not applied" "$tmp/jit3.log"
+expect_fail jitter-shared "model.moe.router_jitter|shared expert" train "$tmp/moe.yaml" --set model.moe.router_jitter=0.1 \
+    --set model.moe.shared_experts=1 --set out_dir="$tmp/e8"
+expect_fail jitter-range "model.moe.router_jitter|[0, 1)" train "$tmp/moe.yaml" --set model.moe.router_jitter=1.5 \
+    --set out_dir="$tmp/e9"
 expect_fail init-clash "model.moe.experts: cannot be combined with model.init" train "$tmp/moe.yaml" --set model.init="$tmp/run/final" \
     --set model.preset= --set model.vocab_size=0 --set model.max_seq_len=0 --set model.d_model=0 --set model.n_head=0 --set model.n_kv_head=0 \
     --set model.moe.d_ff=0 --set model.moe.experts=8 --set out_dir="$tmp/e7"

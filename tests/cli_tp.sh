@@ -17,7 +17,7 @@
 #   - LoRA, and QLoRA (4-bit bases: random, quantized on load, pre-quantized; gpt2 and llama; with
 #     tp 2 x dp 2 ZeRO-3; resumed on 1 rank) give the losses and adapters of one rank;
 #   - mixture of experts (Mixtral-style; Qwen2-MoE-style with a shared expert and dense layers; 4-bit
-#     experts under QLoRA; tp 2 x dp 2 ZeRO-2; resumed on 1 rank; adapters on the experts, the shared
+#     experts under QLoRA; tp 2 x dp 2 ZeRO-2; resumed on 1 rank; adapters on the experts (either layout), the shared
 #     expert and its gate) gives the losses, weights (adapters) and routing of one rank;
 #   - encoders (bert-tiny and roberta-tiny MLM, and LoRA on bert-tiny) give the losses, validation
 #     losses and weights of one rank;
@@ -310,6 +310,10 @@ vs1 "MoE expert adapters: tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/me1" "$
 QWA='--set lora.r=4 --set lora.targets=["all-linear","experts","gate"]'
 vs1 "Qwen2-MoE-style, adapters on everything: tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/mqa1" "$tmp/mqa2" "$QW $QWA"
 vs1 "MoE expert adapters: tp 2 x dp 2 ZeRO-3 vs 1 rank with accumulation" adapters 4 "$tmp/m.yaml" "$tmp/mea1" "$tmp/mea22" "$EXP $NOAUX" "--set dist.zero=3"
+# transformers 4's per-expert modules (w1 and w3: two adapters on each expert's fc, their B's by rows; w2's A
+# by columns) and the router as a module
+EX4='--set lora.r=4 --set lora.targets=["q_proj","w1","w3","w2","gate"]'
+vs1 "MoE t4 expert adapters (w1/w3/w2): tp 2 vs 1 rank" adapters 2 "$tmp/m.yaml" "$tmp/m41" "$tmp/m42" "$EX4"
 
 # ---- encoders (BERT, RoBERTa: MLM) under tp: the decoder (tied to wte) and its bias vocabulary-parallel ----
 TOK=tests/fixtures/tokenizers/wp_uncased/tokenizer.json

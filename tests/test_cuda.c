@@ -1558,13 +1558,14 @@ static void test_moe_ops(void)
  * differ, near-ties that bf16 rounding flips), every gradient (bf16: 0.1 for the dense tensors, 0.3
  * for the router and experts, which see the flipped tokens); deterministic mode bit-identical over
  * recompute levels. The router weights are larger than the rest so that most choices are clear. */
-static void test_model_moe(void)
+static void model_moe_parity(float jitter)
 {
     ModelConfig c = small(FAMILY_LLAMA);
     c.moe_experts = 4;
     c.moe_top_k = 2;
     c.moe_d_ff = 128;
-    c.moe_shared_d_ff = 128;
+    c.moe_shared_d_ff = jitter > 0 ? 0 : 128; /* the router jitter is Mixtral's: no shared expert */
+    c.moe_jitter = jitter;
     c.qkv_bias = 1;
     c.moe_aux_coef = 0.1f;
     c.moe_z_coef = 0.01f;
@@ -1598,8 +1599,8 @@ static void test_model_moe(void)
         CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
         float *gg;
         float loss = model_step(m, in, tg, B, T, &gg);
-        fprintf(stderr, "  moe %s: loss %.7f (cpu %.7f), aux %.6f (%.6f), z %.6f (%.6f)\n", be->name, loss, lref,
-                m->moe->aux, aux_ref, m->moe->z, z_ref);
+        fprintf(stderr, "  moe%s %s: loss %.7f (cpu %.7f), aux %.6f (%.6f), z %.6f (%.6f)\n", jitter > 0 ? " jitter" : "",
+                be->name, loss, lref, m->moe->aux, aux_ref, m->moe->z, z_ref);
         double tl = tol_for(be, 1e-5, 2e-2);
         CHECK_CLOSE(loss, lref, tl);
         CHECK_CLOSE(m->moe->aux, aux_ref, tl);
@@ -1651,27 +1652,53 @@ static void test_model_moe(void)
     free(gref);
     model_free(mc);
 }
+static void test_model_moe(void) { model_moe_parity(0); }
+
+/* Mixtral's router jitter (model.moe.router_jitter): the op on the GPU draws the CPU's factors (fp32:
+ * bit for bit; bf16: the product rounded once), and a training step with it matches the CPU's. */
+static void test_moe_jitter(void)
+{
+    size_t n = 100003;
+    float *x = randn(n, 1.0f, 21), *ref = xmalloc(n * 4), *got = xmalloc(n * 4);
+    cpu->jitter(ref, x, n, 0.05f, 99);
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        void *d = be->alloc(n * be->act_size);
+        be->upload_act(d, x, n);
+        be->jitter(d, d, n, 0.05f, 99);
+        be->download_act(got, d, n);
+        be->free(d);
+        double e = rel_err_max(got, ref, n);
+        fprintf(stderr, "  jitter op %s: rel err %.3g\n", be->name, e);
+        CHECKF(g == 0 ? !memcmp(got, ref, n * 4) : e <= 1e-2, "[%s] jitter op: rel err %.3g", be->name, e);
+    }
+    free(x), free(ref), free(got);
+    model_moe_parity(0.1f);
+}
 
 /* LoRA on a mixture-of-experts model (docs/moe.md): adapters on the attention, every routed expert's
  * gate_up/down products (ragged products on the GPU: each expert's adapter over its own rows of the
  * permuted tokens), the shared expert and its gate; and the same over a 4-bit base (QLoRA, experts NF4).
  * The GPU against the CPU: loss and every adapter gradient (bf16 allows flipped selections more); the
  * recompute levels bit-identical on the GPU. */
-static void moe_lora_parity(int quant)
+static void moe_lora_parity(int quant, int t4)
 {
     ModelConfig c = small(FAMILY_LLAMA);
     c.moe_experts = 4;
     c.moe_top_k = 2;
     c.moe_d_ff = 128;
-    c.moe_shared_d_ff = 128;
+    c.moe_shared_d_ff = t4 ? 0 : 128; /* transformers 4's w1/w3/w2 are Mixtral's: no shared expert */
     c.moe_every = 2; /* a dense layer too: its gate/up/down adapters beside the shared expert's */
     c.moe_aux_coef = 0.1f;
     c.moe_z_coef = 0.01f;
     if (model_config_finish(&c)) fatal_err();
     const char *names[] = {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "shared_expert_gate",
                            "experts", "gate"};
+    /* transformers 4's per-expert modules: two adapters (w1, w3) on each expert's fc, w2 on its proj */
+    const char *names4[] = {"q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "w1", "w3", "w2", "gate"};
     LoraSpec ls = {.r = 8, .alpha = 16}; /* no dropout: PEFT defines the experts' and router's adapters without it */
-    CHECK(lora_sites_parse(names, 9, c.family, &ls.sites) == 0);
+    CHECK(t4 ? lora_sites_parse(names4, 10, c.family, &ls.sites) == 0 : lora_sites_parse(names, 9, c.family, &ls.sites) == 0);
     CHECK(lora_sites_moe(&c, &ls.sites, 0) == 0);
     Q4Spec q = {.type = quant ? Q4_NF4 : -1, .blocksize = 64, .nested = 1};
     int B = 2, T = 64;
@@ -1711,8 +1738,8 @@ static void moe_lora_parity(int quant)
         else model_free(m);
     }
     set_det(0);
-    fprintf(stderr, "  moe lora%s: loss cpu %.7f, cuda-fp32 %.7f, cuda %.7f\n", quant ? " nf4" : "", loss[0], loss[1],
-            loss[2]);
+    const char *tag = t4 ? (quant ? " t4 nf4" : " t4") : (quant ? " nf4" : "");
+    fprintf(stderr, "  moe lora%s: loss cpu %.7f, cuda-fp32 %.7f, cuda %.7f\n", tag, loss[0], loss[1], loss[2]);
     CHECK_CLOSE(loss[1], loss[0], TOL_F32);
     CHECKF(fabsf(loss[2] - loss[0]) <= 2e-2f, "bf16 loss %g vs %g", loss[2], loss[0]);
     double worst[3] = {0};
@@ -1727,9 +1754,9 @@ static void moe_lora_parity(int quant)
             if (e > worst[b]) worst[b] = e, wn[b] = p->name;
         }
     }
-    CHECK(n_exp == 4 * c.moe_experts * cfg_moe_layers(&c));
-    fprintf(stderr, "  moe lora%s: worst adapter gradient rel err fp32 %.3g (%s), bf16 %.3g (%s)\n", quant ? " nf4" : "",
-            worst[1], wn[1], worst[2], wn[2]);
+    CHECK(n_exp == (t4 ? 6 : 4) * c.moe_experts * cfg_moe_layers(&c));
+    fprintf(stderr, "  moe lora%s: worst adapter gradient rel err fp32 %.3g (%s), bf16 %.3g (%s)\n", tag, worst[1], wn[1],
+            worst[2], wn[2]);
     /* bf16: a selection flipped by bf16 rounding moves a few tokens to other experts, which changes a small
      * expert's adapter gradients a lot (the H200 measured 0.416 on one expert's B with a 4-bit base) and
      * every gradient below it a little: the per-tensor worst is test_model_moe's 0.3, or else the
@@ -1745,15 +1772,17 @@ static void moe_lora_parity(int quant)
         }
     }
     double l2 = sqrt(num / fmax(den, 1e-30));
-    fprintf(stderr, "  moe lora%s: bf16 relative L2 error over all adapter gradients %.3g\n", quant ? " nf4" : "", l2);
+    fprintf(stderr, "  moe lora%s: bf16 relative L2 error over all adapter gradients %.3g\n", tag, l2);
     CHECK(worst[1] <= TOL_F32_GRAD);
     CHECKF(worst[2] <= 0.3 || l2 <= 0.05, "bf16: worst tensor %.3g (%s), all adapters together %.3g", worst[2], wn[2],
            l2);
     for (int b = 0; b < 3; b++) free(g[b]);
     model_free(m0);
 }
-static void test_moe_lora(void) { moe_lora_parity(0); }
-static void test_moe_qlora(void) { moe_lora_parity(1); }
+static void test_moe_lora(void) { moe_lora_parity(0, 0); }
+static void test_moe_qlora(void) { moe_lora_parity(1, 0); }
+static void test_moe_lora_t4(void) { moe_lora_parity(0, 1); }
+static void test_moe_qlora_t4(void) { moe_lora_parity(1, 1); }
 
 /* ------------------------------------------------- ternary weights (docs/ternary.md) */
 
@@ -2274,7 +2303,10 @@ int main(void)
     RUN(test_zero_hooks);
     RUN(test_moe_ops);
     RUN(test_model_moe);
+    RUN(test_moe_jitter);
     RUN(test_moe_lora);
+    RUN(test_moe_lora_t4);
+    RUN(test_moe_qlora_t4);
     RUN(test_moe_qlora);
     RUN(test_ternary_ops);
     RUN(test_ternary_update);

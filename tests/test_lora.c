@@ -85,7 +85,7 @@ static void peft_key(const Model *m, int i, char *buf, size_t n)
 {
     const Param *p = &m->pt.p[i];
     char mod[128];
-    lora_module_path(&m->cfg, p->layer, (LoraSite)p->site, mod, sizeof(mod));
+    lora_module_path(&m->cfg, p->layer, (LoraSite)p->site, p->expert, 0, mod, sizeof(mod));
     snprintf(buf, n, "base_model.model.%s.%s.weight", mod, p->role == PROLE_LORA_A ? "lora_A" : "lora_B");
 }
 

@@ -576,6 +576,144 @@ static void test_model_fd(void)
     model_free(m);
 }
 
+/* Mixtral's router jitter (model.moe.router_jitter): the op's draw (within [1 - eps, 1 + eps], mean 1,
+ * variance eps^2 / 3, the same for a seed, in place alike); a model with it: the training loss differs
+ * from the eval loss, which equals the model's without jitter bit for bit; recompute levels bit-identical;
+ * every gradient against central differences of the training loss (the same draw: the seed is the
+ * micro-step's) along a random direction of each tensor; jitter with a shared expert refused. */
+static void test_jitter(void)
+{
+    const Backend *be = backend_cpu();
+    enum { NJ = 200000 };
+    float eps = 0.1f, *one = xmalloc(NJ * sizeof(float)), *y = xmalloc(NJ * sizeof(float)),
+          *y2 = xmalloc(NJ * sizeof(float));
+    for (int i = 0; i < NJ; i++) one[i] = 1.0f;
+    be->jitter(y, one, NJ, eps, 77);
+    double mean = 0, var = 0, lo = 2, hi = 0;
+    for (int i = 0; i < NJ; i++) mean += y[i], lo = fmin(lo, y[i]), hi = fmax(hi, y[i]);
+    mean /= NJ;
+    for (int i = 0; i < NJ; i++) var += (y[i] - mean) * (y[i] - mean);
+    var /= NJ;
+    CHECKF(lo >= 1 - eps && hi <= 1 + eps && lo < 1 - 0.99 * eps && hi > 1 + 0.99 * eps, "jitter range %g .. %g", lo, hi);
+    CHECKF(fabs(mean - 1) < 4 * eps / sqrt(3.0 * NJ), "jitter mean %.6f", mean);
+    CHECKF(fabs(var / (eps * eps / 3) - 1) < 0.02, "jitter variance %.4g, want %.4g", var, eps * eps / 3);
+    be->jitter(y2, one, NJ, eps, 77);
+    CHECK(!memcmp(y, y2, NJ * sizeof(float)));
+    be->jitter(y2, one, NJ, eps, 78);
+    CHECK(memcmp(y, y2, NJ * sizeof(float)));
+    memcpy(y2, one, NJ * sizeof(float));
+    be->jitter(y2, y2, NJ, eps, 77);
+    CHECK(!memcmp(y, y2, NJ * sizeof(float)));
+    free(one), free(y), free(y2);
+
+    ModelConfig c;
+    CHECK(model_preset(&c, "moe-tiny") == 0);
+    c.n_layer = 2;
+    c.d_model = 16;
+    c.n_head = 2;
+    c.n_kv_head = 1;
+    c.moe_d_ff = c.d_ff = 24;
+    c.vocab_size = 64;
+    c.max_seq_len = 16;
+    c.moe_aux_coef = 0.1f;
+    c.moe_z_coef = 0.01f;
+    c.moe_jitter = 0.2f;
+    ModelConfig bad = c;
+    bad.moe_shared_d_ff = 16;
+    CHECK(model_config_finish(&bad) == -1 && strstr(err_get(), "model.moe.router_jitter"));
+    bad = c;
+    bad.moe_jitter = 1.0f;
+    CHECK(model_config_finish(&bad) == -1 && strstr(err_get(), "[0, 1)"));
+    CHECKF(model_config_finish(&c) == 0, "%s", err_get());
+    ModelConfig c0 = c;
+    c0.moe_jitter = 0;
+    Model *m = model_create(&c, be), *m0 = model_create(&c0, be);
+    model_init_gpt2(m, 9);
+    float *p = xmalloc(m->pt.total * sizeof(float));
+    model_get_params(m, p);
+    Rng r;
+    rng_seed(&r, 4, 0);
+    for (int l = 0; l < c.n_layer; l++) { /* a decisive routing: few selections flip inside +-h */
+        const Param *pr = &m->pt.p[m->lp[l].router.w];
+        for (size_t q = 0; q < pr->numel; q++) p[pr->offset + q] = (float)(2.0 * rng_normal(&r));
+    }
+    model_set_params(m, p);
+    model_set_params(m0, p);
+    enum { B = 2, T = 8 };
+    int32_t in[B * T], tg[B * T];
+    for (int i = 0; i < B * T; i++) in[i] = (int32_t)(rng_u64(&r) % 64), tg[i] = (int32_t)(rng_u64(&r) % 64);
+    float scale = 1.0f / (B * T);
+    CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0 && model_reserve(m0, B, T, RECOMPUTE_NONE) == 0);
+    m->dropout_seed = m0->dropout_seed = 1234;
+    float ev = model_forward(m, in, tg, B, T, 0.0f, NULL), ev0 = model_forward(m0, in, tg, B, T, 0.0f, NULL);
+    CHECKF(ev == ev0, "eval loss with jitter %.7f, without %.7f", ev, ev0);
+    float tr0 = model_forward(m0, in, tg, B, T, scale, NULL), tr = model_forward(m, in, tg, B, T, scale, NULL);
+    CHECKF(tr0 == ev0 && tr != ev, "training loss with jitter %.7f, eval %.7f (without: %.7f)", tr, ev, tr0);
+    /* the gradients at recompute 0, 1 and 2: bit-identical */
+    float *g[3], loss[3];
+    for (int rc = 0; rc <= 2; rc++) {
+        CHECK(model_reserve(m, B, T, rc) == 0);
+        m->dropout_seed = 1234;
+        model_zero_grad(m);
+        loss[rc] = model_forward(m, in, tg, B, T, scale, NULL) + (float)moe_loss(m);
+        model_backward(m);
+        g[rc] = xmalloc(m->pt.total * sizeof(float));
+        model_get_grads(m, g[rc]);
+    }
+    for (int rc = 1; rc <= 2; rc++)
+        CHECKF(loss[rc] == loss[0] && !memcmp(g[rc], g[0], m->pt.total * sizeof(float)),
+               "jitter: recompute %d differs from recompute 0", rc);
+    CHECK(model_reserve(m, B, T, RECOMPUTE_NONE) == 0);
+    /* central differences of the training loss (+ routing losses) along a random +-1 direction per tensor */
+    size_t nsel = (size_t)B * T * c.moe_top_k;
+    int32_t *sel0 = xmalloc((size_t)c.n_layer * nsel * sizeof(int32_t));
+    m->dropout_seed = 1234;
+    model_forward(m, in, tg, B, T, scale, NULL);
+    for (int l = 0; l < c.n_layer; l++) memcpy(sel0 + l * nsel, m->la[l].moe->topi, nsel * sizeof(int32_t));
+    int checked = 0, bad_fd = 0, flipped = 0;
+    float *x = xmalloc(m->pt.total * sizeof(float));
+    for (int i = 0; i < m->pt.n; i++) {
+        const Param *pa = &m->pt.p[i];
+        float *v = xmalloc(pa->numel * sizeof(float));
+        double gv = 0;
+        for (size_t j = 0; j < pa->numel; j++) {
+            v[j] = rng_below(&r, 2) ? 1.0f : -1.0f;
+            gv += (double)g[0][pa->offset + j] * v[j];
+        }
+        const double h = 1e-2; /* the fp32 loss's rounding over 2h stays far below the gradients */
+        double J[2];
+        int same = 1;
+        for (int sgn = 0; sgn < 2; sgn++) {
+            memcpy(x, p, m->pt.total * sizeof(float));
+            for (size_t j = 0; j < pa->numel; j++) x[pa->offset + j] = (float)(p[pa->offset + j] + (sgn ? -h : h) * v[j]);
+            params_upload(&m->ps, i, x + pa->offset);
+            m->dropout_seed = 1234;
+            J[sgn] = model_forward(m, in, tg, B, T, scale, NULL) + moe_loss(m);
+            for (int l = 0; l < c.n_layer; l++)
+                same &= !memcmp(m->la[l].moe->topi, sel0 + l * nsel, nsel * sizeof(int32_t));
+        }
+        params_upload(&m->ps, i, p + pa->offset);
+        free(v);
+        if (!same) {
+            flipped++;
+            continue;
+        }
+        double fd = (J[0] - J[1]) / (2 * h);
+        int ok = fabs(fd - gv) <= 2e-2 * fabs(gv) + 2e-4;
+        if (!ok) fprintf(stderr, "  jitter: %s: fd %.6g, backward %.6g\n", pa->name, fd, gv);
+        bad_fd += !ok;
+        checked++;
+    }
+    fprintf(stderr, "  jitter: %d tensors against finite differences (%d skipped as flips); loss train %.6f eval %.6f\n",
+            checked, flipped, tr, ev);
+    CHECKF(bad_fd == 0 && checked >= m->pt.n - 4, "jitter: %d of %d tensors off their finite differences", bad_fd,
+           checked);
+    free(sel0), free(x), free(p);
+    for (int rc = 0; rc <= 2; rc++) free(g[rc]);
+    model_free(m);
+    model_free(m0);
+}
+
 int main(void)
 {
     RUN(test_route_fd);
@@ -587,5 +725,6 @@ int main(void)
     RUN(test_config_errors);
     RUN(test_qlora_experts);
     RUN(test_model_fd);
+    RUN(test_jitter);
     return test_summary();
 }

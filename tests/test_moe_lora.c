@@ -8,7 +8,8 @@
  * continuation with the KV cache equals PEFT's generate(). Finite differences
  * of the loss with the routing losses on, along a random direction of every adapter tensor. QLoRA: NF4
  * experts under expert adapters give the loss and gradients of a dense base holding the dequantized
- * values. Bad input: a fused tensor of the wrong shape, the router, unknown targets, dropout. */
+ * values. transformers 4's per-expert adapters (w1/w3/w2, made with transformers 4 + PEFT 0.17) likewise.
+ * Bad input: a fused tensor of the wrong shape, the router, unknown targets, dropout. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,8 +41,8 @@
 static Model *load_adapted(const char *name, const char *adir, const Q4Spec *q)
 {
     char base[512];
-    /* fixture -> base: mixtral_router adapts tests/fixtures/moe/mixtral */
-    snprintf(base, sizeof(base), "%s/moe/%s/model", test_fixtures(), !strcmp(name, "mixtral_router") ? "mixtral" : name);
+    /* fixture -> base: mixtral_router and mixtral_t4 adapt tests/fixtures/moe/mixtral */
+    snprintf(base, sizeof(base), "%s/moe/%s/model", test_fixtures(), !strncmp(name, "mixtral", 7) ? "mixtral" : name);
     ModelConfig c;
     LoraSpec ls;
     if (hf_read_config(base, &c) || peft_read_config(adir, &c, &ls, NULL, 0)) {
@@ -111,11 +112,11 @@ static void check_fixture(const char *name)
     CHECKF(st_open(&ref, rpath) == 0, "%s", err_get());
     Model *m = load_adapted(name, adir, NULL);
     if (!m) return;
-    int n_exp = 0;
-    for (int i = 0; i < m->pt.n; i++)
-        n_exp += m->pt.p[i].site == LORA_EXP_FC || m->pt.p[i].site == LORA_EXP_PROJ;
-    CHECKF(n_exp == 4 * m->cfg.moe_experts * cfg_moe_layers(&m->cfg), "%s: %d expert adapter tensors", name,
-           n_exp);
+    int n_exp = 0, t4 = lora_t4_layout(m->lora.sites);
+    for (int i = 0; i < m->pt.n; i++) n_exp += lora_site_is_expert((LoraSite)m->pt.p[i].site);
+    /* a pair per expert on gate_up and down (transformers 5), on w1, w3 and w2 (transformers 4) */
+    CHECKF(n_exp == (t4 ? 6 : 4) * m->cfg.moe_experts * cfg_moe_layers(&m->cfg), "%s: %d expert adapter tensors",
+           name, n_exp);
     const StTensor *ti = st_find(&ref, "input_ids"), *tt = st_find(&ref, "targets");
     CHECK(ti && tt);
     if (!ti || !tt) goto out;
@@ -205,8 +206,13 @@ static void check_fixture(const char *name)
     size_t len;
     snprintf(path, sizeof(path), "%s/adapter_config.json", tmp);
     CHECK(fs_read_file(path, &cfgtext, &len) == 0);
-    CHECK(strstr(cfgtext, "\"target_parameters\"") && strstr(cfgtext, "mlp.experts.gate_up_proj") &&
-          strstr(cfgtext, "mlp.experts.down_proj"));
+    if (t4) /* transformers 4's modules: target_modules only */
+        CHECKF(!strstr(cfgtext, "\"target_parameters\"") && strstr(cfgtext, "\"w1\"") && strstr(cfgtext, "\"w3\"") &&
+                   strstr(cfgtext, "\"w2\"") && strstr(cfgtext, "\"gate\""),
+               "%s", cfgtext);
+    else
+        CHECK(strstr(cfgtext, "\"target_parameters\"") && strstr(cfgtext, "mlp.experts.gate_up_proj") &&
+              strstr(cfgtext, "mlp.experts.down_proj"));
     free(cfgtext);
     st_close(&orig);
     fs_rm_rf(tmp);
@@ -241,14 +247,52 @@ static void test_mixtral_router(void)
     model_free(m);
 }
 
+/* transformers 4's per-expert modules (PEFT target_modules w1, w3, w2 and the router gate, made with
+ * transformers 4 + PEFT 0.17: tools/make_moe_peft_t4_fixture.py): logits, loss and every gradient, the
+ * directory written back under transformers 4's names, merge, greedy continuation; w1 and w3 are two
+ * adapters with their own A's on each expert's fused [gate | up], the router's named block_sparse_moe.gate. */
+static void test_mixtral_t4(void)
+{
+    check_fixture("mixtral_t4");
+    char adir[512];
+    snprintf(adir, sizeof(adir), "%s/moe_lora/mixtral_t4/adapter", test_fixtures());
+    Model *m = load_adapted("mixtral_t4", adir, NULL);
+    if (!m) return;
+    CHECK(lora_t4_layout(m->lora.sites));
+    CHECK(m->lora.sites == ((1u << LORA_Q) | (1u << LORA_K) | (1u << LORA_V) | (1u << LORA_O) | (1u << LORA_EXP_W1) |
+                            (1u << LORA_EXP_W3) | (1u << LORA_EXP_W2) | (1u << LORA_ROUTER)));
+    /* each expert's fc carries two adapters (w1 on rows [0, F), w3 on [F, 2F)), its proj one */
+    const LayerParams *p = &m->lp[1];
+    int F = m->cfg.moe_d_ff;
+    for (int e = 0; e < m->cfg.moe_experts; e++) {
+        const Linear *fc = &p->exp_fc[e], *pj = &p->exp_proj[e];
+        CHECKF(fc->n_adapters == 2 && fc->adapters[0].site == LORA_EXP_W1 && fc->adapters[0].row0 == 0 &&
+                   fc->adapters[0].rows == F && fc->adapters[1].site == LORA_EXP_W3 && fc->adapters[1].row0 == F &&
+                   fc->adapters[1].rows == F,
+               "expert %d: fc adapters", e);
+        CHECKF(pj->n_adapters == 1 && pj->adapters[0].site == LORA_EXP_W2, "expert %d: proj adapters", e);
+    }
+    model_free(m);
+    /* the two layouts at once are refused; so are w1/w3/w2 on a model whose experts are not Mixtral's */
+    const char *mixed[] = {"w1", "experts.down_proj"}, *w1 = "w1";
+    unsigned sites;
+    CHECK(lora_sites_parse(mixed, 2, FAMILY_LLAMA, &sites) == -1 && strstr(err_get(), "two layouts"));
+    char qbase[512];
+    snprintf(qbase, sizeof(qbase), "%s/moe/qwen2_moe/model", test_fixtures());
+    ModelConfig qc;
+    CHECK(hf_read_config(qbase, &qc) == 0);
+    CHECK(lora_sites_parse(&w1, 1, FAMILY_LLAMA, &sites) == 0);
+    CHECKF(lora_sites_moe(&qc, &sites, 0) == -1 && strstr(err_get(), "Mixtral's per-expert modules"), "%s", err_get());
+}
+
 /* The loss with the routing losses on (their gradients reach the adapters through the router's input)
  * against central differences along a random direction of each adapter tensor. */
 static void test_fd(void)
 {
     char adir[512];
     /* mixtral_router: the router's adapters, which the routing losses reach directly */
-    const char *names[] = {"mixtral", "qwen2_moe", "mixtral_router"};
-    for (int f = 0; f < 3; f++) {
+    const char *names[] = {"mixtral", "qwen2_moe", "mixtral_router", "mixtral_t4"};
+    for (int f = 0; f < 4; f++) {
         snprintf(adir, sizeof(adir), "%s/moe_lora/%s/adapter", test_fixtures(), names[f]);
         Model *m = load_adapted(names[f], adir, NULL);
         if (!m) continue;
@@ -271,6 +315,7 @@ static void test_fd(void)
             const Param *pa = &m->pt.p[i];
             if (pa->site < 0) continue;
             if (f == 2 && pa->site != LORA_ROUTER) continue; /* the others are mixtral's, checked above */
+            if (f == 3 && !lora_site_is_expert((LoraSite)pa->site)) continue; /* transformers 4's w1/w3/w2 */
             float *x = xmalloc(pa->numel * sizeof(float)), *v = xmalloc(pa->numel * sizeof(float));
             double gv = 0;
             for (size_t j = 0; j < pa->numel; j++) {
@@ -486,6 +531,7 @@ int main(void)
     RUN(test_mixtral);
     RUN(test_qwen2_moe);
     RUN(test_mixtral_router);
+    RUN(test_mixtral_t4);
     RUN(test_fd);
     RUN(test_qlora);
     RUN(test_errors);

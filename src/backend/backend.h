@@ -383,6 +383,10 @@ struct Backend {
      * mem_stats on a device backend (it holds no device memory). */
     void *(*alloc_host)(size_t bytes);
     void (*free_host)(void *p);
+    /* ---- router jitter (appended; model.moe.router_jitter, docs/moe.md) ----
+     * out[i] = inp[i] * jitter_factor(seed, i, eps) over n act elements (in place allowed): Mixtral's
+     * multiplicative uniform noise in [1 - eps, 1 + eps], the same draw on every backend. */
+    void (*jitter)(void *out, const void *inp, size_t n, float eps, uint64_t seed);
 };
 
 /* The CPU backend (always built). */
@@ -406,6 +410,14 @@ static inline ANVIL_HOST_DEVICE uint32_t dropout_u32(uint64_t seed, uint64_t i)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     return (uint32_t)((z ^ (z >> 31)) >> 32);
+}
+
+/* The router-jitter factor of element i: 1 - eps + 2 eps u, u the draw's top 24 bits over 2^24 (exact
+ * in fp32), computed in double and rounded once, so that every backend gets the same float. */
+static inline ANVIL_HOST_DEVICE float jitter_factor(uint64_t seed, uint64_t i, float eps)
+{
+    double u = (double)(dropout_u32(seed, i) >> 8) * (1.0 / 16777216.0);
+    return (float)(1.0 - (double)eps + 2.0 * (double)eps * u);
 }
 
 /* The threshold of a dropout probability: an element is dropped when its draw is below it. */

@@ -318,6 +318,9 @@ static int read_moe(const Cfg *c, json_t *root, ModelConfig *m, int qwen2_moe)
         get_coef(c, root, "router_aux_loss_coef", MOE_HF_DEFAULT_AUX, &m->moe_aux_coef))
         return -1;
     if (!qwen2_moe) {
+        if (get_coef(c, root, "router_jitter_noise", 0.0f, &m->moe_jitter)) return -1;
+        if (m->moe_jitter >= 1)
+            return err_set("%s: router_jitter_noise: must be below 1, got %g", c->path, (double)m->moe_jitter);
         m->moe_d_ff = m->d_ff;
         m->moe_every = 1;
         m->moe_norm_topk = 1;
@@ -1553,7 +1556,7 @@ static json_t *config_json(const ModelConfig *c, int dtype, int packed)
         json_object_set_new(j, "num_local_experts", json_integer(c->moe_experts));
         json_object_set_new(j, "num_experts_per_tok", json_integer(c->moe_top_k));
         json_object_set_new(j, "router_aux_loss_coef", json_float(c->moe_aux_coef));
-        json_object_set_new(j, "router_jitter_noise", json_real(0.0));
+        json_object_set_new(j, "router_jitter_noise", json_float(c->moe_jitter));
         json_object_set_new(j, "output_router_logits", json_false());
         json_object_set_new(j, "sliding_window", json_null());
     } else if (!strcmp(c->hf_model_type, "qwen2_moe")) {

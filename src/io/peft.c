@@ -50,20 +50,24 @@ static int sites_from_regex(const char *re, const ModelConfig *c, unsigned *site
     int rc = 0;
     *sites = 0;
     for (int s = 0; s < LORA_SITE_COUNT && !rc; s++) {
-        /* modules only: the routed experts and the router are parameters (target_parameters) */
+        /* modules only: transformers 5's routed experts and the router are parameters (target_parameters) */
         if (!lora_site_in_family((LoraSite)s, c->family) || lora_site_is_param((LoraSite)s)) continue;
-        int hits = 0, layers = 0; /* of the layers that have the site (MoE and dense layers differ) */
+        /* of the layers that have the site (MoE and dense layers differ); transformers 4's per-expert
+         * modules (w1/w3/w2) once per expert */
+        int hits = 0, layers = 0, ne = lora_site_is_expert((LoraSite)s) ? c->moe_experts : 1;
         for (int l = 0; l < c->n_layer; l++) {
             if (!lora_site_in_layer(c, l, (LoraSite)s)) continue;
-            char mod[128];
-            lora_module_path(c, l, (LoraSite)s, mod, sizeof(mod));
-            hits += pcre2_match(code, (PCRE2_SPTR)mod, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL) >= 0;
-            layers++;
+            for (int e = 0; e < ne; e++) {
+                char mod[160];
+                lora_module_path(c, l, (LoraSite)s, e, 1, mod, sizeof(mod));
+                hits += pcre2_match(code, (PCRE2_SPTR)mod, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL) >= 0;
+                layers++;
+            }
         }
         if (hits && hits != layers)
-            rc = err_set("%s: target_modules: \"%s\" adapts %s in %d of %d layers; anvil adapts a module in every "
+            rc = err_set("%s: target_modules: \"%s\" adapts %s in %d of %d %s; anvil adapts a module in every "
                          "layer or none",
-                         path, re, lora_site_short((LoraSite)s), hits, layers);
+                         path, re, lora_site_short((LoraSite)s), hits, layers, ne > 1 ? "experts" : "layers");
         else if (hits) *sites |= 1u << s;
     }
     pcre2_match_data_free(md);
@@ -206,12 +210,16 @@ out:
 static void peft_name(const Model *m, int i, char *buf, size_t n)
 {
     const Param *p = &m->pt.p[i];
-    char mod[128];
-    lora_module_path(&m->cfg, p->layer, (LoraSite)p->site, mod, sizeof(mod));
+    char mod[160];
+    lora_module_path(&m->cfg, p->layer, (LoraSite)p->site, p->expert, lora_t4_layout(m->lora.sites), mod, sizeof(mod));
     const char *nest = p->site == LORA_EXP_FC && param_find_lora(&m->pt, p->layer, LORA_EXP_PROJ, 0) >= 0
                            ? ".base_layer" : "";
     snprintf(buf, n, PEFT_PREFIX "%s%s.%s.weight", mod, nest, p->role == PROLE_LORA_A ? "lora_A" : "lora_B");
 }
+
+/* The expert of a routed experts' adapter that is one part of the file's fused tensor (transformers 5's
+ * 3-D parameters); -1 for every other adapter (transformers 4's per-expert modules have their own). */
+static int fused_expert(const Param *p) { return lora_site_is_param((LoraSite)p->site) ? p->expert : -1; }
 
 /* PEFT's layout of a routed experts' adapter (peft/tuners/lora/layer.py ParamWrapper, E experts, rank r):
  * lora_A (E r, in), row e r + q = expert e's A row q; lora_B (out, E r), column q E + e = expert e's B
@@ -239,7 +247,7 @@ static void expert_gather(const Param *p, int E, const float *x, float *fused)
 /* The shape of adapter tensor p in the file: its own, or the experts' fused one. */
 static void file_shape(const Param *p, int E, int64_t *d0, int64_t *d1)
 {
-    int fused = p->expert >= 0;
+    int fused = fused_expert(p) >= 0;
     *d0 = p->role == PROLE_LORA_A && fused ? E * p->shape[0] : p->shape[0];
     *d1 = p->role == PROLE_LORA_B && fused ? E * p->shape[1] : p->shape[1];
 }
@@ -262,6 +270,12 @@ int peft_read_weights_host(const char *dir, Model *m, float *host)
         const StFile *f;
         const StTensor *t = st_set_find(&set, name, &f);
         if (!t) t = st_set_find(&set, alt, &f);
+        if (!t && p->site == LORA_ROUTER && !lora_t4_layout(m->lora.sites)) { /* transformers 4's router module */
+            char mod[160];
+            lora_module_path(&m->cfg, p->layer, LORA_ROUTER, -1, 1, mod, sizeof(mod));
+            snprintf(alt, sizeof(alt), PEFT_PREFIX "%s.%s.weight", mod, p->role == PROLE_LORA_A ? "lora_A" : "lora_B");
+            t = st_set_find(&set, alt, &f);
+        }
         if (!t) {
             err_set("%s/%s.safetensors: %s: missing", dir, WEIGHTS_BASE, name);
             goto out;
@@ -271,7 +285,7 @@ int peft_read_weights_host(const char *dir, Model *m, float *host)
         if (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
             err_set("%s: %s: shape (%lld, %lld), expected (%lld, %lld) (r %d%s)", f->path, t->name,
                     (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0), (long long)d0, (long long)d1,
-                    m->lora.r, p->expert >= 0 ? ", experts x r in PEFT's layout of a 3-D parameter" : "");
+                    m->lora.r, fused_expert(p) >= 0 ? ", experts x r in PEFT's layout of a 3-D parameter" : "");
             goto out;
         }
         size_t numel = (size_t)d0 * (size_t)d1;
@@ -286,14 +300,14 @@ int peft_read_weights_host(const char *dir, Model *m, float *host)
                 goto out;
             }
         const float *x = buf;
-        if (p->expert >= 0) { /* expert e's part of the fused tensor */
+        if (fused_expert(p) >= 0) { /* expert e's part of the fused tensor */
             own = xrealloc(own, p->numel * sizeof(float));
             expert_scatter(p, E, buf, own);
             x = own;
         }
         if (host) memcpy(host + p->offset, x, p->numel * sizeof(float));
         else params_upload(&m->ps, i, x);
-        used += p->expert <= 0; /* a fused tensor once */
+        used += fused_expert(p) <= 0; /* a fused tensor once */
     }
     int total = 0;
     for (int k = 0; k < set.nfiles; k++) total += set.files[k].n;
@@ -372,7 +386,7 @@ int peft_write(const char *dir, const Model *m, const char *base_path, int dtype
 int peft_write_host(const char *dir, const Model *m, const float *host, const char *base_path, int dtype)
 {
     int n = 0, E = m->cfg.moe_experts;
-    for (int i = 0; i < m->pt.n; i++) n += m->pt.p[i].site >= 0 && m->pt.p[i].expert <= 0;
+    for (int i = 0; i < m->pt.n; i++) n += m->pt.p[i].site >= 0 && fused_expert(&m->pt.p[i]) <= 0;
     if (!n) return err_set("%s: the model has no adapters to write", dir);
     StWriteTensor *t = xcalloc((size_t)n, sizeof(StWriteTensor));
     char **names = xcalloc((size_t)n, sizeof(char *));
@@ -384,7 +398,7 @@ int peft_write_host(const char *dir, const Model *m, const float *host, const ch
         if (p->site < 0) continue;
         int64_t d0, d1;
         file_shape(p, E, &d0, &d1);
-        if (p->expert > 0) { /* into the fused tensor begun at expert 0 (a site's pairs are in expert order) */
+        if (fused_expert(p) > 0) { /* into the fused tensor begun at expert 0 (a site's pairs are in expert order) */
             int j = k - 2 + (p->role == PROLE_LORA_B);
             own = xrealloc(own, p->numel * sizeof(float));
             if (host) memcpy(own, host + p->offset, p->numel * sizeof(float));
@@ -395,7 +409,7 @@ int peft_write_host(const char *dir, const Model *m, const float *host, const ch
         names[k] = xmalloc(256);
         peft_name(m, i, names[k], 256);
         data[k] = xmalloc((size_t)d0 * (size_t)d1 * sizeof(float));
-        if (p->expert == 0) {
+        if (fused_expert(p) == 0) {
             own = xrealloc(own, p->numel * sizeof(float));
             if (host) memcpy(own, host + p->offset, p->numel * sizeof(float));
             else params_download(&m->ps, i, own);

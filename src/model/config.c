@@ -233,6 +233,11 @@ static int moe_finish(ModelConfig *c)
         return err_set("model.moe.aux_loss_coef: must be a finite number >= 0, got %g", c->moe_aux_coef);
     if (!(c->moe_z_coef >= 0) || !isfinite(c->moe_z_coef))
         return err_set("model.moe.z_loss_coef: must be a finite number >= 0, got %g", c->moe_z_coef);
+    if (!(c->moe_jitter >= 0 && c->moe_jitter < 1))
+        return err_set("model.moe.router_jitter: must be a number in [0, 1), got %g", c->moe_jitter);
+    if (c->moe_jitter > 0 && c->moe_shared_d_ff > 0)
+        return err_set("model.moe.router_jitter: Mixtral's (its MoE layers have no shared expert; Qwen2-MoE has no "
+                       "jitter)");
     if ((int64_t)2 * c->moe_d_ff * c->d_model > INT32_MAX || (int64_t)2 * c->moe_shared_d_ff * c->d_model > INT32_MAX)
         return err_set("model.moe.d_ff: an expert matrix (2 x %d x %d) has more than %d elements", c->moe_d_ff,
                        c->d_model, INT32_MAX);

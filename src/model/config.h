@@ -54,6 +54,8 @@ typedef struct {
     uint8_t moe_dense[CFG_MAX_LAYERS / 8];
     int moe_norm_topk;                 /* renormalise the top-k weights to sum 1 (Mixtral: yes) */
     float moe_aux_coef, moe_z_coef;    /* load-balancing and router z-loss coefficients */
+    float moe_jitter;                  /* Mixtral's router_jitter_noise: while training, the MoE layer's input
+                                        * times U(1 - j, 1 + j) per element (router and experts); 0 = off */
     /* BitNet b1.58 (transformers' BitNetForCausalLM, model_type "bitnet"; docs/ternary.md): llama
      * family plus sub_norm (an RMSNorm on the attention output before o_proj, attn_sub_norm, and on
      * the MLP hidden before down_proj, ffn_sub_norm) and mlp_relu2 (the gated MLP's activation is

@@ -23,6 +23,11 @@ uint64_t model_dropout_seed(const Model *m, int l, int site)
     return mix64(z ^ MODEL_DROP_TAG);
 }
 
+uint64_t model_jitter_seed(const Model *m, int l)
+{
+    return mix64(model_dropout_seed(m, l, DROP_SITE_MLP_OUT) ^ 0x6a6974746572ULL /* "jitter" */);
+}
+
 void model_dropout_fwd(const Model *m, int l, int site, void *x, size_t n)
 {
     if (!model_hidden_dropout(m)) return;

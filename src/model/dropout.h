@@ -32,6 +32,9 @@ static inline int model_attn_dropout(const Model *m)
 
 /* The seed of layer l's (-1: the embeddings') site for the current micro-step. */
 uint64_t model_dropout_seed(const Model *m, int l, int site);
+/* The seed of layer l's router jitter (model.moe.router_jitter) for the current micro-step: a stream of
+ * its own, apart from the dropout sites'. */
+uint64_t model_jitter_seed(const Model *m, int l);
 /* x (n act values) = dropout(x) in place with the site's mask; nothing unless model_hidden_dropout. */
 void model_dropout_fwd(const Model *m, int l, int site, void *x, size_t n);
 /* The gradient through the site's dropout: mask(g) in m->drop_grad (n <= its (N, d_model) values) when

@@ -14,18 +14,25 @@ float lora_scale(const LoraSpec *s)
     return s->rslora ? s->alpha / sqrtf((float)s->r) : s->alpha / (float)s->r;
 }
 
-static const char *const site_short[LORA_SITE_COUNT] = {"q",       "k",        "v",       "qkv",     "o",
-                                                        "gate",    "up",       "fc",      "down",    "exp_fc",
-                                                        "exp_proj", "sh_gate", "sh_up",   "sh_down", "sh_route",
-                                                        "router"};
+static const char *const site_short[LORA_SITE_COUNT] = {
+    "q",      "k",      "v",        "qkv",    "o",       "gate",  "up",      "fc",       "down",  "exp_fc",
+    "exp_w1", "exp_w3", "exp_proj", "exp_w2", "sh_gate", "sh_up", "sh_down", "sh_route", "router"};
 
 const char *lora_site_short(LoraSite s) { return s >= 0 && s < LORA_SITE_COUNT ? site_short[s] : "?"; }
 
 static int site_is_moe(LoraSite s) { return s >= LORA_EXP_FC && s <= LORA_ROUTER; }
 
-int lora_site_is_expert(LoraSite s) { return s == LORA_EXP_FC || s == LORA_EXP_PROJ; }
+int lora_site_is_expert(LoraSite s) { return s >= LORA_EXP_FC && s <= LORA_EXP_W2; }
 
-int lora_site_is_param(LoraSite s) { return lora_site_is_expert(s) || s == LORA_ROUTER; }
+#define BIT(s) (1u << (s))
+#define T4_EXPERTS (BIT(LORA_EXP_W1) | BIT(LORA_EXP_W3) | BIT(LORA_EXP_W2))
+#define T5_EXPERTS (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ))
+
+int lora_t4_layout(unsigned sites) { return (sites & T4_EXPERTS) != 0; }
+
+/* transformers 5's fused expert parameters and its router are parameters to PEFT (target_parameters);
+ * transformers 4's per-expert w1/w3/w2 are nn.Linear modules (target_modules) */
+int lora_site_is_param(LoraSite s) { return s == LORA_EXP_FC || s == LORA_EXP_PROJ || s == LORA_ROUTER; }
 
 int lora_site_in_family(LoraSite s, Family f)
 {
@@ -41,7 +48,7 @@ int lora_site_in_layer(const ModelConfig *c, int l, LoraSite s)
 {
     if (!lora_site_in_family(s, c->family)) return 0;
     if (lora_site_is_mlp(s)) return !cfg_is_moe(c, l);
-    if (lora_site_is_param(s)) return cfg_is_moe(c, l);
+    if (lora_site_is_param(s) || lora_site_is_expert(s)) return cfg_is_moe(c, l);
     if (site_is_moe(s)) return cfg_is_moe(c, l) && c->moe_shared_d_ff > 0;
     return 1;
 }
@@ -64,7 +71,6 @@ typedef struct {
     int param;
 } LoraName;
 
-#define BIT(s) (1u << (s))
 static const LoraName names[] = {
     {"q_proj", FAMILY_LLAMA, BIT(LORA_Q), 0},
     {"k_proj", FAMILY_LLAMA, BIT(LORA_K), 0},
@@ -79,6 +85,9 @@ static const LoraName names[] = {
     {"experts.gate_up_proj", FAMILY_LLAMA, BIT(LORA_EXP_FC), 1},
     {"experts.down_proj", FAMILY_LLAMA, BIT(LORA_EXP_PROJ), 1},
     {"experts", FAMILY_LLAMA, BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ), 1},
+    {"w1", FAMILY_LLAMA, BIT(LORA_EXP_W1), 0}, /* transformers 4's per-expert modules */
+    {"w3", FAMILY_LLAMA, BIT(LORA_EXP_W3), 0},
+    {"w2", FAMILY_LLAMA, BIT(LORA_EXP_W2), 0},
     {"gate", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
     {"mlp.gate", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
     {"gate.weight", FAMILY_LLAMA, BIT(LORA_ROUTER), 1},
@@ -96,17 +105,14 @@ int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
         const char *t = list[i];
         if (!strcmp(t, "all-linear")) { /* nn.Linear modules: not the routed experts' and router's parameters */
             for (int s = 0; s < LORA_SITE_COUNT; s++)
-                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_param((LoraSite)s)) *sites |= BIT(s);
+                if (lora_site_in_family((LoraSite)s, f) && !lora_site_is_param((LoraSite)s) &&
+                    !lora_site_is_expert((LoraSite)s))
+                    *sites |= BIT(s);
             continue;
         }
         unsigned hit = 0;
         for (size_t k = 0; k < ARRAY_LEN(names); k++)
             if (names[k].family == f && !strcmp(names[k].name, t)) hit = names[k].sites;
-        if (!hit && f == FAMILY_LLAMA && (!strcmp(t, "w1") || !strcmp(t, "w2") || !strcmp(t, "w3")))
-            return err_set("\"%s\" is transformers 4's per-expert Mixtral module (block_sparse_moe.experts.N.%s): "
-                           "anvil adapts the experts in transformers 5's fused layout only (\"experts\", or "
-                           "target_parameters mlp.experts.gate_up_proj / mlp.experts.down_proj; docs/moe.md)",
-                           t, t);
         if (!hit) {
             char known[512];
             size_t o = 0;
@@ -120,6 +126,9 @@ int lora_sites_parse(const char *const *list, int n, Family f, unsigned *sites)
         *sites |= hit;
     }
     if (!*sites) return err_set("no target modules");
+    if ((*sites & T4_EXPERTS) && (*sites & T5_EXPERTS))
+        return err_set("the experts in two layouts: w1/w3/w2 (transformers 4's per-expert modules) and "
+                       "experts / gate_up_proj / down_proj (transformers 5's fused parameters); name one");
     return 0;
 }
 
@@ -133,6 +142,9 @@ void lora_sites_names(unsigned sites, const ModelConfig *c, char *buf, size_t n)
         if (names[k].family == c->family && !names[k].param && want && (want & sites) == want)
             o += (size_t)snprintf(buf + o, n - o, "%s%s", o ? ", " : "", names[k].name);
     }
+    /* transformers 4's router is an nn.Linear module (block_sparse_moe.gate) */
+    if (lora_t4_layout(sites) && (sites & BIT(LORA_ROUTER)) && o < n)
+        snprintf(buf + o, n - o, "%sgate", o ? ", " : "");
 }
 
 void lora_sites_params(unsigned sites, char *buf, size_t n)
@@ -144,21 +156,26 @@ void lora_sites_params(unsigned sites, char *buf, size_t n)
              {LORA_ROUTER, "mlp.gate.weight"}};
     size_t o = 0;
     buf[0] = '\0';
+    if (lora_t4_layout(sites)) sites &= ~BIT(LORA_ROUTER); /* a module there (lora_sites_names) */
     for (size_t k = 0; k < ARRAY_LEN(p) && o < n; k++)
         if (sites & BIT(p[k].s)) o += (size_t)snprintf(buf + o, n - o, "%s%s", o ? ", " : "", p[k].name);
 }
 
-void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t n)
+void lora_module_path(const ModelConfig *c, int l, LoraSite s, int expert, int t4, char *buf, size_t n)
 {
     static const char *const llama[LORA_SITE_COUNT] = {
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", NULL, "self_attn.o_proj", "mlp.gate_proj",
-        "mlp.up_proj", NULL, "mlp.down_proj", "mlp.experts", "mlp.experts", "mlp.shared_expert.gate_proj",
-        "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj", "mlp.shared_expert_gate", "mlp.gate"};
+        "mlp.up_proj", NULL, "mlp.down_proj", "mlp.experts", "w1", "w3", "mlp.experts", "w2",
+        "mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj", "mlp.shared_expert.down_proj",
+        "mlp.shared_expert_gate", "mlp.gate"};
     static const char *const gpt2[LORA_SITE_COUNT] = {NULL, NULL, NULL, "attn.c_attn", "attn.c_proj", NULL, NULL,
                                                       "mlp.c_fc", "mlp.c_proj"};
     const char *m = c->family == FAMILY_LLAMA ? llama[s] : gpt2[s];
-    if (c->family == FAMILY_LLAMA) snprintf(buf, n, "model.layers.%d.%s", l, m ? m : "?");
-    else snprintf(buf, n, "transformer.h.%d.%s", l, m ? m : "?");
+    if (c->family != FAMILY_LLAMA) snprintf(buf, n, "transformer.h.%d.%s", l, m ? m : "?");
+    else if (s == LORA_EXP_W1 || s == LORA_EXP_W3 || s == LORA_EXP_W2)
+        snprintf(buf, n, "model.layers.%d.block_sparse_moe.experts.%d.%s", l, expert, m);
+    else if (t4 && s == LORA_ROUTER) snprintf(buf, n, "model.layers.%d.block_sparse_moe.gate", l);
+    else snprintf(buf, n, "model.layers.%d.%s", l, m ? m : "?");
 }
 
 int lora_site_in(const ModelConfig *c, LoraSite s)
@@ -166,7 +183,7 @@ int lora_site_in(const ModelConfig *c, LoraSite s)
     switch (s) {
     case LORA_O: return cfg_q_dim(c);
     case LORA_DOWN: return c->d_ff;
-    case LORA_EXP_PROJ: return c->moe_d_ff;
+    case LORA_EXP_PROJ: case LORA_EXP_W2: return c->moe_d_ff;
     case LORA_SH_DOWN: return c->moe_shared_d_ff;
     default: return c->d_model;
     }
@@ -186,7 +203,9 @@ void lora_site_rows(const ModelConfig *c, LoraSite s, int *role, int *row0, int 
     case LORA_UP: *role = PROLE_FC_W, *row0 = ff, *rows = ff; break;
     case LORA_FC: *role = PROLE_FC_W, *rows = cfg_fc_dim(c); break;
     case LORA_EXP_FC: *role = PROLE_EXP_FC_W, *rows = 2 * c->moe_d_ff; break;
-    case LORA_EXP_PROJ: *role = PROLE_EXP_PROJ_W, *rows = C; break;
+    case LORA_EXP_W1: *role = PROLE_EXP_FC_W, *rows = c->moe_d_ff; break;
+    case LORA_EXP_W3: *role = PROLE_EXP_FC_W, *row0 = c->moe_d_ff, *rows = c->moe_d_ff; break;
+    case LORA_EXP_PROJ: case LORA_EXP_W2: *role = PROLE_EXP_PROJ_W, *rows = C; break;
     case LORA_SH_GATE: *role = PROLE_SH_FC_W, *rows = c->moe_shared_d_ff; break;
     case LORA_SH_UP: *role = PROLE_SH_FC_W, *row0 = c->moe_shared_d_ff, *rows = c->moe_shared_d_ff; break;
     case LORA_SH_DOWN: *role = PROLE_SH_PROJ_W, *rows = C; break;
@@ -202,8 +221,13 @@ int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear)
 {
     unsigned present = lora_sites_present(c);
     unsigned missing = *sites & ~present & (from_all_linear ? 0u : ~0u);
-    if (missing & (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ)))
+    if (missing & T5_EXPERTS)
         return err_set("experts (mlp.experts.gate_up_proj, mlp.experts.down_proj): the model has no routed experts");
+    if (missing & T4_EXPERTS)
+        return err_set("w1/w3/w2 (block_sparse_moe.experts.N): the model has no routed experts");
+    if ((*sites & T4_EXPERTS) && (c->moe_shared_d_ff > 0 || strstr(c->hf_arch, "Qwen")))
+        return err_set("w1/w3/w2 are Mixtral's per-expert modules (transformers 4); this model's experts are "
+                       "adapted as experts.gate_up_proj / experts.down_proj (docs/moe.md)");
     if (missing & BIT(LORA_SH_ROUTE)) return err_set("shared_expert_gate: the model has no shared expert");
     if (missing & BIT(LORA_ROUTER)) return err_set("gate (the router): the model has no mixture-of-experts layer");
     for (size_t k = 0; k < ARRAY_LEN(names); k++) /* each module name must adapt something here */
@@ -212,7 +236,7 @@ int lora_sites_moe(const ModelConfig *c, unsigned *sites, int from_all_linear)
                            cfg_moe_layers(c) ? "mixture-of-experts layers: docs/moe.md" : "no experts");
     *sites &= present;
     if (!*sites) return err_set("no target module in the model");
-    if (from_all_linear && (present & (BIT(LORA_EXP_FC) | BIT(LORA_EXP_PROJ))))
+    if (from_all_linear && (present & T5_EXPERTS))
         fprintf(stderr, "anvil: note: lora.targets all-linear adapts the model's nn.Linear modules, not the routed "
                         "experts and the router (parameters to PEFT): add experts and gate to lora.targets for "
                         "them (docs/moe.md)\n");

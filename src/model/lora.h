@@ -15,6 +15,11 @@
  *                 exp.e.proj.w;
  *   gate_proj, up_proj, down_proj: the dense layers' MLP and the shared expert's (mlp.shared_expert.*),
  *                 as PEFT matches module names by suffix; shared_expert_gate: the shared expert's gate (1, C);
+ *   w1, w3, w2:   the same experts in transformers 4's module tree (block_sparse_moe.experts.N.w1 / w3 /
+ *                 w2, nn.Linear modules: Mixtral adapters made before transformers 5): an adapter per
+ *                 expert on the gate rows, the up rows (separate A's, as gate_proj/up_proj on our fused
+ *                 fc.w) and on exp.e.proj.w; in the file under transformers 4's names, and the router's
+ *                 under block_sparse_moe.gate (lora_t4_layout). Not combinable with the fused layout.
  *   gate (or mlp.gate, gate.weight, mlp.gate.weight, router): the router (E, C), which PEFT adapts
  *                 through target_parameters ("mlp.gate.weight": transformers 5's router is not an
  *                 nn.Linear), an ordinary adapter on its logits;
@@ -40,7 +45,9 @@ typedef enum {
     LORA_FC,                /* gpt2 c_fc: all of fc.w */
     LORA_DOWN,              /* down_proj / mlp.c_proj */
     LORA_EXP_FC,            /* routed experts' gate_up_proj: all of exp.e.fc.w, an adapter per expert */
+    LORA_EXP_W1, LORA_EXP_W3, /* transformers 4's per-expert w1 / w3: rows of exp.e.fc.w [gate | up] */
     LORA_EXP_PROJ,          /* routed experts' down_proj: exp.e.proj.w, an adapter per expert */
+    LORA_EXP_W2,            /* transformers 4's per-expert w2: exp.e.proj.w, an adapter per expert */
     LORA_SH_GATE, LORA_SH_UP, /* the shared expert's gate_proj / up_proj: rows of shared.fc.w */
     LORA_SH_DOWN,           /* the shared expert's down_proj: shared.proj.w */
     LORA_SH_ROUTE,          /* shared_expert_gate: shared.gate.w (1, C) */
@@ -68,14 +75,19 @@ void lora_sites_names(unsigned sites, const ModelConfig *c, char *buf, size_t n)
 void lora_sites_params(unsigned sites, char *buf, size_t n);
 /* The site's short name ("q", "qkv", "down", ...) used in internal tensor names. */
 const char *lora_site_short(LoraSite s);
-/* The Hugging Face module path of a site in layer l ("model.layers.3.self_attn.q_proj"). */
-void lora_module_path(const ModelConfig *c, int l, LoraSite s, char *buf, size_t n);
+/* The Hugging Face module path of a site in layer l ("model.layers.3.self_attn.q_proj"); expert: the
+ * routed expert of a per-expert module (w1/w3/w2: "model.layers.3.block_sparse_moe.experts.5.w1"), else
+ * ignored; t4: the MoE layer's modules under transformers 4's names (lora_t4_layout). */
+void lora_module_path(const ModelConfig *c, int l, LoraSite s, int expert, int t4, char *buf, size_t n);
 /* Whether the site exists in a family (q/k/v/gate/up only in llama, qkv/fc only in gpt2). */
 int lora_site_in_family(LoraSite s, Family f);
 /* Whether a site sits on the dense MLP (gate_proj, up_proj, down_proj, c_fc). */
 int lora_site_is_mlp(LoraSite s);
 /* Whether a site is a routed expert's (an adapter per expert, exp.e.fc.w or exp.e.proj.w). */
 int lora_site_is_expert(LoraSite s);
+/* Whether a set of sites adapts the experts in transformers 4's per-expert module layout (w1/w3/w2): the
+ * adapter directory then names the MoE layers' modules as transformers 4 does (block_sparse_moe.*). */
+int lora_t4_layout(unsigned sites);
 /* Whether PEFT adapts the site as a parameter (target_parameters), not as a module: the routed
  * experts and the router, which every MoE layer has. */
 int lora_site_is_param(LoraSite s);

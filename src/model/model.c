@@ -74,9 +74,12 @@ static void attach_adapters(Model *m)
     int k = 0;
     for (int l = 0; l < c->n_layer; l++) {
         LayerParams *p = &m->lp[l];
-        for (int s = 0; s < LORA_SITE_COUNT; s++) {
-            int ne = lora_site_is_expert((LoraSite)s) ? c->moe_experts : 1; /* a pair per routed expert */
-            for (int e = 0; e < ne; e++) {
+        /* the other sites, then each routed expert's (a pair per expert and site, transformers 4's w1 and w3
+         * on one product): a Linear's adapters are consecutive */
+        for (int pass = 0; pass < 1 + c->moe_experts; pass++)
+            for (int s = 0; s < LORA_SITE_COUNT; s++) {
+                if (lora_site_is_expert((LoraSite)s) != (pass > 0)) continue;
+                int e = pass > 0 ? pass - 1 : 0;
                 int a = param_find_lora_expert(pt, l, s, e, 0);
                 if (a < 0) continue;
                 LinearAdapter *ad = &m->adapters[k++];
@@ -91,7 +94,6 @@ static void attach_adapters(Model *m)
                 if (!L->n_adapters) L->adapters = ad;
                 L->n_adapters++;
             }
-        }
     }
 }
 

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/error.h"
+#include "model/dropout.h"
 #include "model/lora.h"
 #include "model/tp.h"
 
@@ -125,6 +126,7 @@ void moe_state_reserve(Model *m, int N_)
     s->dtopw = bufs_alloc(be, &s->bufs, N * k * sizeof(float));
     s->dlogits = bufs_alloc(be, &s->bufs, N * E * as);
     s->dx = bufs_alloc(be, &s->bufs, N * C * as);
+    if (c->moe_jitter > 0) s->xj = bufs_alloc(be, &s->bufs, N * C * as);
     if (Fs) {
         s->dsh_act = bufs_alloc(be, &s->bufs, N * Fs * as);
         s->dsh_h = bufs_alloc(be, &s->bufs, N * 2 * Fs * as);
@@ -154,16 +156,22 @@ static void ragged(const Backend *be, int on)
     if (be->ragged_products) be->ragged_products(on);
 }
 
-/* The adapter buffers of the expert whose rows start at off: the layer's, with the routed experts'
- * saved products (N k, r) moved to the expert's rows (t holds the slots); NULL without adapters. The
- * experts' adapters have no dropout (lora.dropout is refused with them, as PEFT refuses it). */
-static const LinearBufs *expert_bufs(const Model *m, const LinearBufs *lb, LinearBufs *loc, void **t, size_t off)
+/* The adapter buffers of expert product L whose rows start at off: the layer's, with the saved products
+ * of L's adapters ((N k, ld) side by side, ld their summed ranks: one adapter, or transformers 4's w1 and
+ * w3 on one fc) moved to the expert's rows (t holds the slots); NULL without adapters. The experts'
+ * adapters have no dropout (lora.dropout is refused with them). */
+static const LinearBufs *expert_bufs(const Model *m, const Linear *L, const LinearBufs *lb, LinearBufs *loc,
+                                     void **t, size_t off)
 {
     if (!lb) return NULL;
     *loc = *lb;
     for (int s = 0; s < LORA_SITE_COUNT; s++) t[s] = lb->t[s];
-    for (int s = LORA_EXP_FC; s <= LORA_EXP_PROJ; s++)
-        if (t[s]) t[s] = act_at(m->be, t[s], off * (size_t)m->lora.r);
+    size_t ld = 0;
+    for (int k = 0; k < L->n_adapters; k++) ld += (size_t)L->adapters[k].r;
+    for (int k = 0; k < L->n_adapters; k++) {
+        int s = L->adapters[k].site;
+        t[s] = act_at(m->be, lb->t[s], off * ld);
+    }
     loc->t = t;
     return loc;
 }
@@ -179,7 +187,7 @@ static void experts_fwd(Model *m, const LayerParams *p, MoeActs *a, const Linear
         int n = a->counts[e];
         LinearBufs loc;
         void *t[LORA_SITE_COUNT];
-        const LinearBufs *eb = expert_bufs(m, lb, &loc, t, off);
+        const LinearBufs *eb = expert_bufs(m, which == 0 ? &p->exp_fc[e] : &p->exp_proj[e], lb, &loc, t, off);
         if (n > 0 && which == 0)
             linear_fwd(&m->ps, &p->exp_fc[e], act_at(be, a->h, off * 2 * F), act_at(be, a->xp, off * C), n, eb);
         if (n > 0 && which == 1)
@@ -189,6 +197,16 @@ static void experts_fwd(Model *m, const LayerParams *p, MoeActs *a, const Linear
     ragged(be, 0);
 }
 
+/* Mixtral's router jitter while training (model.moe.router_jitter): the layer's input (router and experts)
+ * times U(1 - j, 1 + j) per element, a stream per layer and micro-step apart from dropout's; into
+ * m->moe->xj, which the backward fills again (the same draw) for the router's weight gradient. NULL when off. */
+static const void *jitter_input(const Model *m, int l, const void *ln2, int N)
+{
+    if (!m->training || m->cfg.moe_jitter <= 0 || !m->moe || !m->moe->xj) return NULL;
+    m->be->jitter(m->moe->xj, ln2, (size_t)N * m->cfg.d_model, m->cfg.moe_jitter, model_jitter_seed(m, l));
+    return m->moe->xj;
+}
+
 void moe_fwd(Model *m, int l, LayerActs *la, int N, void *out, const LinearBufs *lb)
 {
     const ModelConfig *c = &m->cfg;
@@ -196,10 +214,11 @@ void moe_fwd(Model *m, int l, LayerActs *la, int N, void *out, const LinearBufs 
     const LayerParams *p = &m->lp[l];
     MoeActs *a = la->moe;
     int E = c->moe_experts, k = c->moe_top_k, C = c->d_model;
-    linear_fwd(&m->ps, &p->router, a->logits, la->ln2, N, lb);
+    const void *xj = jitter_input(m, l, la->ln2, N), *x = xj ? xj : la->ln2;
+    linear_fwd(&m->ps, &p->router, a->logits, x, N, lb);
     be->moe_route_fwd(a->probs, a->lse, a->topi, a->topw, a->stats, a->logits, N, E, k, c->moe_norm_topk);
     be->moe_sort(a->perm, a->pos, a->counts, a->topi, N, E, k);
-    be->moe_gather_fwd(a->xp, la->ln2, a->perm, N, C, k);
+    be->moe_gather_fwd(a->xp, x, a->perm, N, C, k);
     experts_fwd(m, p, a, lb, 0);
     be->swiglu_fwd(a->act, a->h, N * k, c->moe_d_ff);
     experts_fwd(m, p, a, lb, 1);
@@ -247,7 +266,7 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
         void *t[LORA_SITE_COUNT];
         if (n > 0)
             linear_bwd(ps, &p->exp_proj[e], act_at(be, s->dact, off * F), act_at(be, s->dy, off * Cz),
-                       act_at(be, a->act, off * F), n, expert_bufs(m, lb, &loc, t, off));
+                       act_at(be, a->act, off * F), n, expert_bufs(m, &p->exp_proj[e], lb, &loc, t, off));
         off += (size_t)n;
     }
     be->swiglu_bwd(s->dh, a->h, s->dact, N * k, (int)F);
@@ -258,7 +277,7 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
         void *t[LORA_SITE_COUNT];
         if (n > 0)
             linear_bwd(ps, &p->exp_fc[e], act_at(be, s->dxp, off * Cz), act_at(be, s->dh, off * 2 * F),
-                       act_at(be, a->xp, off * Cz), n, expert_bufs(m, lb, &loc, t, off));
+                       act_at(be, a->xp, off * Cz), n, expert_bufs(m, &p->exp_fc[e], lb, &loc, t, off));
         off += (size_t)n;
     }
     ragged(be, 0);
@@ -276,8 +295,11 @@ void moe_bwd(Model *m, int l, LayerActs *la, int N, const void *dout, void *dln2
     if (m->tp) tp_all_reduce_act(m->tp, dln2, (size_t)N * Cz); /* the units' share, summed over the ranks */
     /* the router: through the top-k weights, plus the routing losses' gradients (whole on every rank) */
     be->moe_route_bwd(s->dlogits, a->probs, a->lse, a->topi, s->dtopw, s->dpe, s->zscale, N, E, k, c->moe_norm_topk);
-    linear_bwd(ps, &p->router, s->dx, s->dlogits, la->ln2, N, lb);
+    const void *xj = jitter_input(m, l, la->ln2, N); /* the forward's draw again */
+    linear_bwd(ps, &p->router, s->dx, s->dlogits, xj ? xj : la->ln2, N, lb);
     be->add(dln2, dln2, s->dx, (size_t)N * Cz);
+    /* through the jitter: d ln2 = u o d x (no shared expert with it: model_config_finish) */
+    if (xj) be->jitter(dln2, dln2, (size_t)N * Cz, c->moe_jitter, model_jitter_seed(m, l));
     if (c->moe_shared_d_ff > 0) {
         linear_bwd(ps, &p->sh_gate, s->dx, s->dg, la->ln2, N, lb);
         be->add(dln2, dln2, s->dx, (size_t)N * Cz);

@@ -57,6 +57,7 @@ typedef struct MoeState {
     void *dy, *dact, *dh, *dxp; /* (N*k, C), (N*k, F), (N*k, 2F), (N*k, C) */
     float *dtopw;               /* (N,k) */
     void *dlogits, *dx;         /* (N,E), (N,C) */
+    void *xj;                   /* (N,C) the jittered layer input (model.moe.router_jitter, training only) */
     void *dsh_act, *dsh_h, *dys, *dg; /* (N,Fs), (N,2Fs), (N,C), (N,1) */
     float *dpe;                 /* (E) the aux loss's gradient per expert probability */
     float zscale;               /* the z loss's factor in the routing backward */

@@ -140,8 +140,9 @@ int param_find_role(const ParamTable *pt, int role, int layer);
 int param_find_expert(const ParamTable *pt, int role, int layer, int e);
 /* Index of the adapter tensor A (ab 0) or B (ab 1) of a site in layer l, or -1. O(1). */
 int param_find_lora(const ParamTable *pt, int layer, int site, int ab);
-/* The same for expert e of a routed experts' site (lora.h LORA_EXP_*: a pair per expert, in expert
- * order; param_find_lora gives expert 0's); -1 where absent. For any other site, e 0 is the site's pair. */
+/* The same for expert e of a routed experts' site (lora.h LORA_EXP_*: per expert the A's of its product's
+ * sites then their B's, in expert order; param_find_lora gives expert 0's); -1 where absent. For any other
+ * site, e 0 is the site's pair. */
 int param_find_lora_expert(const ParamTable *pt, int layer, int site, int e, int ab);
 /* Elements of tensors of one kind, and of all of them. */
 size_t param_count_kind(const ParamTable *pt, ParamKind kind);

@@ -53,7 +53,10 @@ void tp_vocab_part(int V, int P, int r, int *v0, int *vn)
 
 /* Whether an adapter's site sits on a row-parallel product (attention-out, MLP-out): its A is split
  * by columns there, its B whole; on a column-parallel one the B by rows, the A whole. */
-static int lora_site_row(int site) { return site == LORA_O || site == LORA_DOWN || site == LORA_EXP_PROJ || site == LORA_SH_DOWN; }
+static int lora_site_row(int site)
+{
+    return site == LORA_O || site == LORA_DOWN || site == LORA_EXP_PROJ || site == LORA_EXP_W2 || site == LORA_SH_DOWN;
+}
 
 int tp_param_split(const Param *p)
 {
@@ -164,12 +167,15 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
             copy_glu_rows(whole, wcols, local, lcols, (size_t)c->moe_d_ff, P, r, to_local);
             break;
         case LORA_SH_GATE:
-        case LORA_SH_UP: { /* the shared expert's gate_proj or up_proj rows */
-            size_t el = (size_t)c->moe_shared_d_ff / P;
+        case LORA_SH_UP:    /* the shared expert's gate_proj or up_proj rows */
+        case LORA_EXP_W1:   /* an expert's w1 (gate) or w3 (up) rows (transformers 4's modules) */
+        case LORA_EXP_W3: {
+            size_t el = (size_t)(pw->site == LORA_EXP_W1 || pw->site == LORA_EXP_W3 ? c->moe_d_ff : c->moe_shared_d_ff) / P;
             copy_block(whole, wcols, local, lcols, el, r * el, 0, 0, wcols, to_local);
             break;
         }
         case LORA_EXP_PROJ:
+        case LORA_EXP_W2:
         case LORA_SH_DOWN: /* columns of r's units */
             copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * lcols, lcols, to_local);
             break;

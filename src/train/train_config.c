@@ -66,6 +66,10 @@ static const KeyDef keys[] = {
      "Load-balancing loss coefficient (transformers' load_balancing_loss_func, added to the loss)."},
     {"model.moe.z_loss_coef", CT_FLOAT, F(moe_z_coef), "0.001",
      "Router z-loss coefficient (ST-MoE: mean of logsumexp^2 of the router logits, added to the loss)."},
+    {"model.moe.router_jitter", CT_FLOAT, F(moe_jitter), "0",
+     "Mixtral's router_jitter_noise: while training, each MoE layer's input (what the router and the experts "
+     "read) times uniform noise in [1 - j, 1 + j] per element, as transformers does in train mode. A config.json's "
+     "router_jitter_noise is never applied: only this key (a note says so). 0 = none; in [0, 1). docs/moe.md."},
     {"model.dropout", CT_FLOAT, F(dropout), "0",
      "Dropout while training on the embedding output (bert: after the embedding LayerNorm) and on the attention "
      "output projection and MLP output (MoE: the combined experts) before each residual sum, every layer "

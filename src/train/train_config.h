@@ -31,7 +31,7 @@ typedef struct {
     /* model.moe (docs/moe.md): 0 = the preset's / default */
     int moe_experts, moe_top_k, moe_d_ff, moe_every, moe_shared;
     int moe_norm_topk;  /* -1 = the default (true) */
-    float moe_aux_coef, moe_z_coef;
+    float moe_aux_coef, moe_z_coef, moe_jitter;
     CfgList freeze;     /* model.freeze: globs over HF tensor names */
     float dropout, attn_dropout; /* model.dropout, model.attn_dropout (training only) */
     char quant[8];      /* model.quant: none, nf4, fp4 */

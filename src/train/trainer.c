@@ -67,6 +67,11 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
         if (tc->max_seq_len) c->max_seq_len = tc->max_seq_len;
         c->moe_aux_coef = tc->moe_aux_coef;
         c->moe_z_coef = tc->moe_z_coef;
+        if (c->moe_jitter > 0 && tc->moe_jitter != c->moe_jitter)
+            fprintf(stderr, "anvil: note: %s/config.json: router_jitter_noise %g is not applied: model.moe.router_jitter "
+                            "(%g) sets the jitter\n",
+                    tc->model_init, (double)c->moe_jitter, (double)tc->moe_jitter);
+        c->moe_jitter = tc->moe_jitter;
         if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
         else if (!strcmp(tc->ternary, "none")) c->ternary = TERNARY_NONE;
         c->tern_group = tc->tern_group;
@@ -114,6 +119,7 @@ int trainer_model_config(const TrainConfig *tc, ModelConfig *c)
     if (tc->moe_shared) c->moe_shared_d_ff = tc->moe_shared * (tc->moe_d_ff ? tc->moe_d_ff : c->moe_d_ff ? c->moe_d_ff : c->d_ff);
     c->moe_aux_coef = tc->moe_aux_coef;
     c->moe_z_coef = tc->moe_z_coef;
+    c->moe_jitter = tc->moe_jitter;
     if (c->family == FAMILY_GPT2 && !c->tie_embeddings)
         return err_set("model.tie_embeddings: the gpt2 family always ties its head to the embeddings");
     if (!strcmp(tc->ternary, "bitnet")) c->ternary = TERNARY_BITNET;
@@ -732,6 +738,22 @@ static int quant_spec(const TrainConfig *tc, Q4Spec *q)
  * embeddings and an untied head) become integer-ternary tensors; norms stay trainable floats. */
 /* The adapters lora.* ask for: from lora.init's adapter_config.json when given (lora.r, when set,
  * must agree), else from the keys. */
+/* Adapters on the routed experts (either layout) or the router train without dropout: PEFT defines
+ * transformers 5's without it, and anvil's expert products run theirs without a dropout stream. */
+static int moe_dropout_check(const LoraSpec *ls, const char *what)
+{
+    unsigned moe = 0;
+    for (int s = 0; s < LORA_SITE_COUNT; s++)
+        if (lora_site_is_expert((LoraSite)s) || s == LORA_ROUTER) moe |= 1u << s;
+    if (ls->dropout > 0 && (ls->sites & moe))
+        return err_set("%s: %g with adapters on the routed experts or the router, which anvil trains without "
+                       "dropout (PEFT defines transformers 5's without it): %s",
+                       what, (double)ls->dropout,
+                       !strcmp(what, "lora.dropout") ? "set 0 or leave experts and gate out of lora.targets"
+                                                     : "set lora_dropout to 0 in its adapter_config.json");
+    return 0;
+}
+
 static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls)
 {
     if (tc->lora_init[0]) {
@@ -739,7 +761,7 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
         if (lora_sites_moe(cfg, &ls->sites, 0)) return err_prefix("lora.init: target_modules");
         if (tc->lora_r && tc->lora_r != ls->r)
             return err_set("lora.r: %d differs from lora.init's r %d (%s)", tc->lora_r, ls->r, tc->lora_init);
-        return 0;
+        return moe_dropout_check(ls, "lora.init: lora_dropout");
     }
     const char *names[CFG_LIST_MAX];
     for (int i = 0; i < tc->lora_targets.n; i++) names[i] = tc->lora_targets.item[i];
@@ -747,11 +769,7 @@ static int lora_spec(const TrainConfig *tc, const ModelConfig *cfg, LoraSpec *ls
     if (lora_sites_parse(names, tc->lora_targets.n, cfg->family, &ls->sites)) return err_prefix("lora.targets");
     int all = tc->lora_targets.n == 1 && !strcmp(names[0], "all-linear");
     if (lora_sites_moe(cfg, &ls->sites, all)) return err_prefix("lora.targets");
-    if (ls->dropout > 0 && (ls->sites & ((1u << LORA_EXP_FC) | (1u << LORA_EXP_PROJ) | (1u << LORA_ROUTER))))
-        return err_set("lora.dropout: %g with adapters on the routed experts or the router, which PEFT defines "
-                       "without dropout (parameters: ParamWrapper): set 0 or leave experts and gate out of "
-                       "lora.targets", (double)ls->dropout);
-    return 0;
+    return moe_dropout_check(ls, "lora.dropout");
 }
 
 /* Tensor parallel: this rank's group and slice of the config (local), the whole model's table and
@@ -1206,12 +1224,15 @@ static void print_header(const Run *r)
            model_family_name(c->family), c->n_layer, c->d_model, c->n_head, c->n_kv_head, tpbuf, param_count(pt) / 1e6, tbuf,
            (param_count_all(pt) - param_count(pt) - tern) / 1e6, param_count_all(pt) / 1e6, r->be->name,
            r->tc->batch_size, r->tc->seq_len, r->accum * (dist_active(d) ? d->world : 1), step_tokens);
-    if (c->moe_experts > 0)
+    if (c->moe_experts > 0) {
+        char jit[48] = "";
+        if (c->moe_jitter > 0) snprintf(jit, sizeof(jit), ", router_jitter %g", (double)c->moe_jitter);
         printf("experts: %d top-%d of width %d on %d of %d layers%s | %.2fM parameters active per token | aux_loss_coef "
-               "%g, z_loss_coef %g\n",
+               "%g, z_loss_coef %g%s\n",
                c->moe_experts, c->moe_top_k, c->moe_d_ff, cfg_moe_layers(c), c->n_layer,
                c->moe_shared_d_ff ? ", a shared expert" : "", param_count_active(pt, c) / 1e6, c->moe_aux_coef,
-               c->moe_z_coef);
+               c->moe_z_coef, jit);
+    }
     print_dropout(r);
     fflush(stdout);
 }

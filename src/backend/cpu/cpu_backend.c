@@ -395,6 +395,14 @@ static void cpu_dropout(void *out_, const void *inp_, size_t n, float p, uint64_
     for (size_t i = 0; i < n; i++) out[i] = dropout_u32(seed, i) < cut ? 0.0f : inp[i] * keep;
 }
 
+static void cpu_jitter(void *out_, const void *inp_, size_t n, float eps, uint64_t seed)
+{
+    float *out = out_;
+    const float *inp = inp_;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = inp[i] * jitter_factor(seed, i, eps);
+}
+
 static void cpu_dequant4(void *out, const void *q4state) { q4_dequantize((const Q4State *)q4state, out); }
 
 /* ----------------------------------------------------------- element-wise */
@@ -853,6 +861,7 @@ static const Backend cpu_backend = {
     .matmul_dgelu_bwd = cpu_matmul_dgelu_bwd,
     .gemm = cpu_gemm,
     .dropout = cpu_dropout,
+    .jitter = cpu_jitter,
     .dequant4 = cpu_dequant4,
     .moe_route_fwd = cpu_moe_route_fwd,
     .moe_route_bwd = cpu_moe_route_bwd,

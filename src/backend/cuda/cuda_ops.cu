@@ -1263,9 +1263,25 @@ template <typename T> static void cu_dropout(void *out, const void *inp, size_t 
     CUDA_CHECK_LAUNCH();
 }
 
+// out = inp * jitter_factor(seed, i, eps) (backend.h jitter; in place allowed)
+template <typename T> __global__ void jitter_kernel(T *out, const T *inp, size_t n, float eps, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = from_f<T>(__fmul_rn(to_f(inp[i]), jitter_factor(seed, i, eps)));
+}
+
+template <typename T> static void cu_jitter(void *out, const void *inp, size_t n, float eps, uint64_t seed)
+{
+    CUDA_PROF("jitter");
+    if (!n) return;
+    jitter_kernel<T><<<grid_for(n, THREADS), THREADS, 0, g_cu.stream>>>((T *)out, (const T *)inp, n, eps, seed);
+    CUDA_CHECK_LAUNCH();
+}
+
 template <typename T> void cu_fill_ops(Backend *be)
 {
     be->dropout = cu_dropout<T>;
+    be->jitter = cu_jitter<T>;
     be->embed_fwd = cu_embed_fwd<T>;
     be->embed_bwd = cu_embed_bwd<T>;
     be->norm_fwd = cu_norm_fwd<T>;
