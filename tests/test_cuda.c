@@ -1630,8 +1630,8 @@ static void model_moe_parity(float jitter)
             if (moe && e > worst_moe) worst_moe = e, worst_moe_name = q->name;
             if (!moe && e > worst) worst = e, worst_name = q->name;
         }
-        fprintf(stderr, "  moe %s: %.2f%% selections differ; worst gradient %s %.3g, of the MoE tensors %s %.3g\n",
-                be->name, 100 * flip, worst_name, worst, worst_moe_name, worst_moe);
+        fprintf(stderr, "  moe%s %s: %.2f%% selections differ; worst gradient %s %.3g, of the MoE tensors %s %.3g\n",
+                jitter > 0 ? " jitter" : "", be->name, 100 * flip, worst_name, worst, worst_moe_name, worst_moe);
         CHECKF(worst <= tol_for(be, TOL_F32_GRAD, differ ? 0.3 : 0.1), "[%s] moe grads: %s rel err %.3g", be->name,
                worst_name, worst);
         CHECKF(worst_moe <= tol_for(be, TOL_F32_GRAD, 0.3), "[%s] moe grads: %s rel err %.3g", be->name, worst_moe_name,
@@ -1855,10 +1855,15 @@ static void test_ternary_ops(void)
         be->free(hd), be->free(dyd), be->free(y), be->free(dh);
         free(h), free(dy), free(yr), free(dhr), free(yg), free(dhg);
 
-        /* trit * 2^E is exact in fp32 and bf16: bit-identical */
-        size_t tn = 1003;
-        int group = 7;
-        float *tw = randn(tn, 0.05f, 95), *tb = xmalloc(tn * sizeof(float)), *tg2;
+        /* trit * 2^E is exact in fp32 and bf16: bit-identical; groups below 8 one byte per thread, from 8 on
+         * eight outputs per thread (a group boundary inside a chunk with 9 and 10, whole chunks with 128,
+         * a tail of n % 8 each time) */
+        const size_t tns[4] = {1003, 5133, 1001, 4099};
+        const int tgs[4] = {7, 128, 10, 9};
+        for (int tc = 0; tc < 4; tc++) {
+        size_t tn = tns[tc];
+        int group = tgs[tc];
+        float *tw = randn(tn, 0.05f, 95 + (uint64_t)tc), *tb = xmalloc(tn * sizeof(float)), *tg2;
         uint8_t *tr = xmalloc(trit_bytes(tn) + 4);
         int8_t *ex = xmalloc(tern_groups(tn, group));
         tern_from_f32(tr, ex, tw, tn, group);
@@ -1869,11 +1874,17 @@ static void test_ternary_ops(void)
         t.exp = be->alloc(tern_groups(tn, group));
         be->upload(t.exp, ex, tern_groups(tn, group));
         void *out = be->alloc(tn * be->act_size);
+        float *poison = xmalloc(tn * sizeof(float));
+        for (size_t i = 0; i < tn; i++) poison[i] = NAN; /* every output must be written */
+        be->upload_act(out, poison, tn);
+        free(poison);
         be->trit_unpack(out, &t);
         tg2 = down_act(be, out, tn);
-        CHECKF(memcmp(tg2, tb, tn * sizeof(float)) == 0, "[%s] trit_unpack differs from the CPU", be->name);
+        CHECKF(memcmp(tg2, tb, tn * sizeof(float)) == 0, "[%s] trit_unpack (n %zu, group %d) differs from the CPU",
+               be->name, tn, group);
         be->free(t.trits), be->free(t.exp), be->free(out);
         free(tw), free(tb), free(tg2), free(tr), free(ex);
+        }
     }
 }
 
@@ -1883,9 +1894,11 @@ static void test_ternary_ops(void)
  * steps. */
 static void test_ternary_update(void)
 {
-    enum { NT = 3, STEPS = 6 };
-    size_t ns[NT] = {5000, 777, 129};
-    int groups[NT] = {128, 7, 129};
+    enum { NT = 6, STEPS = 6 };
+    /* whole groups of 32, 64, 128 and 256 go through registers (a partial last group and other sizes
+     * through the generic loop) */
+    size_t ns[NT] = {5000, 777, 129, 1636, 640, 96};
+    int groups[NT] = {128, 7, 129, 256, 64, 32};
     TernaryHyper h = {.threshold = 3, .scale_every = 2, .deadzone = 0.5f, .exp_min = -12, .exp_max = 2};
     TernaryTensor hc[NT], hg[NT];
     float *grads[NT];

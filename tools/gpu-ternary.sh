@@ -8,6 +8,10 @@
 #          ternary (embeddings too, the update fused into the backward, the vocabulary tensors by row
 #          chunks) at B=1, T=512: state and peak, recompute 0 and 1 (and bitnet-2b with whole vocabulary
 #          tensors, train.ternary.chunk_rows -1, the earlier layout)
+#   prof   the bitnet-3b step (B=1, T=512, recompute 1) with ANVIL_CUDA_PROFILE=1, integer ternary and
+#          AdamW (fp32 master, plain products): the per-op tables (the time behind the step-time target)
+#   stepab the bitnet-3b integer step (B=1, T=512, recompute 1) with old/anvil (OLD_ANVIL=... when staging)
+#          and ./anvil interleaved twice, then AdamW with ./anvil: the step times before and after a change
 #   chunk  a small untied model on the GPU trained with the vocabulary tensors whole and by 30-row chunks:
 #          the same losses
 #   124m   tools/ternary_compare.sh at the GPT-2 124M shape (12 x 768, B=16, T=1024, 200 steps), bf16
@@ -67,6 +71,37 @@ if has big; then
     echo "== bitnet-2b, vocabulary tensors whole (train.ternary.chunk_rows -1), recompute 0"
     ./anvil train runs/bitnet-2b.yaml --overwrite --set train.ternary.chunk_rows=-1 2>&1 |
         tee "$out/bitnet-2b_ternary_whole.txt" | grep -E "^(memory|step [34])"
+fi
+if has prof; then
+    big_yaml bitnet-3b >runs/prof.yaml
+    echo "== bitnet-3b integer ternary, B 1 T 512, recompute 1, per-op profile"
+    ANVIL_CUDA_PROFILE=1 ./anvil train runs/prof.yaml --overwrite --set train.recompute=1 --set train.steps=6 \
+        --set out_dir=runs/prof-int >"$out/prof_integer.txt" 2>&1
+    grep -E "^(memory|step [56])" "$out/prof_integer.txt"
+    echo "== bitnet-3b AdamW (fp32 master, plain products), B 1 T 512, recompute 1, per-op profile"
+    ANVIL_CUDA_PROFILE=1 ./anvil train runs/prof.yaml --overwrite --set train.recompute=1 --set train.steps=6 \
+        --set train.optimizer=adamw --set train.ternary.embeddings=false --set train.ternary.fused=false \
+        --set out_dir=runs/prof-adamw >"$out/prof_adamw.txt" 2>&1
+    grep -E "^(memory|step [56])" "$out/prof_adamw.txt"
+fi
+if has stepab; then
+    big_yaml bitnet-3b >runs/stepab.yaml
+    for round in 1 2; do
+        for bin in old/anvil ./anvil; do
+            [ -x "$bin" ] || continue
+            lab=new
+            [ "$bin" = old/anvil ] && lab=old
+            echo "== $bin: bitnet-3b integer ternary, B 1 T 512, recompute 1 (round $round)"
+            "$bin" train runs/stepab.yaml --overwrite --set train.recompute=1 --set train.steps=8 \
+                --set out_dir=runs/stepab >"$out/stepab_${round}_$lab.txt" 2>&1
+            grep -E "^(memory after|step [78])" "$out/stepab_${round}_$lab.txt"
+        done
+    done
+    echo "== ./anvil: bitnet-3b AdamW (fp32 master, plain products), B 1 T 512, recompute 1"
+    ./anvil train runs/stepab.yaml --overwrite --set train.recompute=1 --set train.steps=8 --set train.optimizer=adamw \
+        --set train.ternary.embeddings=false --set train.ternary.fused=false --set out_dir=runs/stepab \
+        >"$out/stepab_adamw.txt" 2>&1
+    grep -E "^(memory after|step [78])" "$out/stepab_adamw.txt"
 fi
 if has chunk; then
     cat >runs/chunk.yaml <<YAML

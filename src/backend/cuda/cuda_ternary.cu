@@ -204,12 +204,64 @@ template <typename T> __global__ void trit_unpack_kernel(T *out, TernaryTensor t
     }
 }
 
+/* Eight consecutive outputs as one 16-byte store (bf16) or two (fp32). */
+template <typename T> __device__ __forceinline__ void store8(T *dst, const float *v);
+template <> __device__ __forceinline__ void store8<bf16>(bf16 *dst, const float *v)
+{
+    uint4 q;
+    unsigned *w = (unsigned *)&q;
+    for (int k = 0; k < 4; k++) {
+        bf16 a = from_f<bf16>(v[2 * k]), b = from_f<bf16>(v[2 * k + 1]);
+        w[k] = (unsigned)*(unsigned short *)&a | ((unsigned)*(unsigned short *)&b << 16);
+    }
+    *(uint4 *)dst = q;
+}
+template <> __device__ __forceinline__ void store8<float>(float *dst, const float *v)
+{
+    ((float4 *)dst)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4 *)dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+/* The same values by chunks of eight outputs per thread (groups of at least 8 weights, so a chunk
+ * meets at most one group boundary; out 16-byte aligned): one coalesced vector store per chunk
+ * instead of five scattered 2-byte stores per packed byte. The 2 or 3 bytes a chunk spans come from
+ * the cache; the last n % 8 outputs one by one. */
+template <typename T> __global__ void trit_unpack8_kernel(T *out, TernaryTensor t)
+{
+    __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
+    trit_table(lut);
+    size_t n8 = t.n / 8, nb = (t.n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE, G = (size_t)t.group;
+    int small = t.n <= 0xffffffffu;
+    for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c <= n8; c += (size_t)gridDim.x * blockDim.x) {
+        size_t i0 = c * 8;
+        if (c == n8) { /* the tail */
+            for (size_t i = i0; i < t.n; i++)
+                out[i] = from_f<T>((float)trit_at(t.trits, i, lut) * pow2f(t.exp[i / G]));
+            continue;
+        }
+        size_t g = small ? (size_t)((unsigned)i0 / (unsigned)G) : i0 / G, r = i0 - g * G;
+        size_t b0 = small ? (size_t)((unsigned)i0 / 5u) : i0 / 5;
+        unsigned k0 = (unsigned)(i0 - b0 * 5);
+        uint32_t D = (uint32_t)lut[t.trits[b0]] | ((uint32_t)lut[t.trits[b0 + 1]] << 10) |
+                     (b0 + 2 < nb ? (uint32_t)lut[t.trits[b0 + 2]] << 20 : 0u);
+        float sc = pow2f(t.exp[g]), sc1 = r + 7 >= G ? pow2f(t.exp[g + 1]) : sc, v[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            v[k] = (float)((int)((D >> (2 * (k0 + (unsigned)k))) & 3u) - 1) * (r + (size_t)k < G ? sc : sc1);
+        store8<T>(out + i0, v);
+    }
+}
+
 template <typename T> static void cu_trit_unpack(void *out, const TernaryTensor *t)
 {
     CUDA_PROF("trit_unpack");
     size_t nb = (t->n + 4) / 5;
     if (!nb) return;
-    trit_unpack_kernel<T><<<grid_for(nb, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, *t);
+    if (t->group >= 8 && ((uintptr_t)out & 15) == 0) {
+        trit_unpack8_kernel<T><<<grid_for(t->n / 8 + 1, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, *t);
+    } else {
+        trit_unpack_kernel<T><<<grid_for(nb, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, *t);
+    }
     CUDA_CHECK_LAUNCH();
 }
 
@@ -265,6 +317,79 @@ __device__ __forceinline__ void update_group(const TernaryTensor &t, size_t g, c
     t.eacc[g] = (int8_t)ea;
 }
 
+/* The same for a whole group of 32 K weights with everything in registers: the lane's K gradients,
+ * accumulators and trits are loaded together up front (one round trip to memory instead of a chain of
+ * them), and the sums run in the generic path's order (element lane + 32 j for j = 0 .. K-1), so the
+ * results are the same bits. The lane's own digits cannot change under it: other lanes' atomics add to
+ * other digits of a shared byte, never carrying into this one. */
+template <int K>
+__device__ __forceinline__ void update_group_regs(const TernaryTensor &t, size_t g, const TernaryHyper &h,
+                                                  int scale_step, int lane, const uint16_t *lut)
+{
+    size_t lo = g * (size_t)(TERN_LANES * K);
+    float gv[K];
+    int ta[K], tr[K];
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        size_t i = lo + (size_t)lane + (size_t)(TERN_LANES * j);
+        gv[j] = t.grad[i];
+        ta[j] = t.tacc[i];
+        tr[j] = trit_at(t.trits, i, lut);
+    }
+    double sabs = 0, sg = 0;
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        double gi = (double)gv[j];
+        sabs = __dadd_rn(sabs, fabs(gi));
+        sg = __dadd_rn(sg, __dmul_rn(gi, (double)tr[j]));
+    }
+    for (int off = TERN_LANES / 2; off > 0; off >>= 1) {
+        sabs = __dadd_rn(sabs, __shfl_xor_sync(0xffffffffu, sabs, off));
+        sg = __dadd_rn(sg, __shfl_xor_sync(0xffffffffu, sg, off));
+    }
+    double cut = __dmul_rn((double)h.deadzone, __ddiv_rn(sabs, (double)(TERN_LANES * K)));
+#pragma unroll
+    for (int j = 0; j < K; j++) {
+        size_t i = lo + (size_t)lane + (size_t)(TERN_LANES * j);
+        double gi = (double)gv[j];
+        int vote = gi == 0 || fabs(gi) < cut ? 0 : gi > 0 ? -1 : 1;
+        int a = sat8(ta[j] + vote);
+        if (a >= h.threshold || a <= -h.threshold) {
+            int d = a > 0 ? 1 : -1, nt = tr[j] + d;
+            if (nt >= -1 && nt <= 1) trit_add(t.trits, i / TRITS_PER_BYTE, d, (int)(i % TRITS_PER_BYTE));
+            a = 0;
+        }
+        t.tacc[i] = (int8_t)a;
+    }
+    if (lane) return;
+    int ea = sat8(t.eacc[g] + (sg < 0 ? 1 : sg > 0 ? -1 : 0));
+    if (scale_step) {
+        if (2 * (ea < 0 ? -ea : ea) >= h.scale_every) {
+            int e = t.exp[g] + (ea > 0 ? 1 : -1);
+            t.exp[g] = (int8_t)(e < h.exp_min ? h.exp_min : e > h.exp_max ? h.exp_max : e);
+        }
+        ea = 0;
+    }
+    t.eacc[g] = (int8_t)ea;
+}
+
+/* Group g: in registers when it is whole and 32, 64, 128 or 256 weights, else the generic loop. */
+__device__ __forceinline__ void update_any(const TernaryTensor &t, size_t g, const TernaryHyper &h, int scale_step,
+                                           int lane, const uint16_t *lut)
+{
+    size_t G = (size_t)t.group;
+    if ((g + 1) * G <= t.n) {
+        switch (t.group) {
+        case 32: update_group_regs<1>(t, g, h, scale_step, lane, lut); return;
+        case 64: update_group_regs<2>(t, g, h, scale_step, lane, lut); return;
+        case 128: update_group_regs<4>(t, g, h, scale_step, lane, lut); return;
+        case 256: update_group_regs<8>(t, g, h, scale_step, lane, lut); return;
+        default: break;
+        }
+    }
+    update_group(t, g, h, scale_step, lane, lut);
+}
+
 #define TERN_WARPS (TERN_THREADS / TERN_LANES)
 
 /* One warp per group of every tensor; gstart (nt + 1) are the tensors' first group numbers. */
@@ -282,7 +407,7 @@ __global__ void ternary_update_kernel(const TernaryTensor *ts, const size_t *gst
             if (gstart[mid] <= G) lo_t = mid;
             else hi_t = mid - 1;
         }
-        update_group(ts[lo_t], G - gstart[lo_t], h, scale_step, lane, lut);
+        update_any(ts[lo_t], G - gstart[lo_t], h, scale_step, lane, lut);
     }
 }
 
@@ -293,7 +418,7 @@ __global__ void ternary_update1_kernel(TernaryTensor t, size_t ng, TernaryHyper 
     trit_table(lut);
     int scale_step = h.scale_every > 0 && h.step % h.scale_every == 0, lane = threadIdx.x % TERN_LANES;
     for (size_t g = (size_t)blockIdx.x * TERN_WARPS + threadIdx.x / TERN_LANES; g < ng; g += (size_t)gridDim.x * TERN_WARPS)
-        update_group(t, g, h, scale_step, lane, lut);
+        update_any(t, g, h, scale_step, lane, lut);
 }
 
 static void cu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h)
