@@ -493,17 +493,23 @@ static void test_permute_and_gate(void)
 
 /* The whole model: d(loss + aux_coef aux + z_coef z)/d(router weights) against central differences
  * of the objective (large coefficients, so that the routing losses dominate those weights' gradient). */
+/* moe-tiny made smaller: 2 layers of width 16, 2 heads (1 kv), experts of width 24, 64 ids. */
+static void small_moe(ModelConfig *c)
+{
+    CHECK(model_preset(c, "moe-tiny") == 0);
+    c->n_layer = 2;
+    c->d_model = 16;
+    c->n_head = 2;
+    c->n_kv_head = 1;
+    c->moe_d_ff = c->d_ff = 24;
+    c->vocab_size = 64;
+    c->max_seq_len = 16;
+}
+
 static void test_model_fd(void)
 {
     ModelConfig c;
-    CHECK(model_preset(&c, "moe-tiny") == 0);
-    c.n_layer = 2;
-    c.d_model = 16;
-    c.n_head = 2;
-    c.n_kv_head = 1;
-    c.moe_d_ff = c.d_ff = 24;
-    c.vocab_size = 64;
-    c.max_seq_len = 16;
+    small_moe(&c);
     c.moe_shared_d_ff = 16; /* and a shared expert */
     c.qkv_bias = 1;
     c.moe_aux_coef = 1.0f;
@@ -607,14 +613,7 @@ static void test_jitter(void)
     free(one), free(y), free(y2);
 
     ModelConfig c;
-    CHECK(model_preset(&c, "moe-tiny") == 0);
-    c.n_layer = 2;
-    c.d_model = 16;
-    c.n_head = 2;
-    c.n_kv_head = 1;
-    c.moe_d_ff = c.d_ff = 24;
-    c.vocab_size = 64;
-    c.max_seq_len = 16;
+    small_moe(&c);
     c.moe_aux_coef = 0.1f;
     c.moe_z_coef = 0.01f;
     c.moe_jitter = 0.2f;
