@@ -61,13 +61,11 @@ def logits_of(model, ids):
         return model(ids).logits
 
 
-def make(out, root, name):
-    base = os.path.join(root, BASE.get(name, name), "model")
-    gen = torch.Generator().manual_seed(SEED)
-    torch.manual_seed(SEED)
-    cfg = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS[name],
-                     target_parameters=PARAMS.get(name, EXPERT_PARAMS))
-    model = get_peft_model(load_base(base), cfg)
+def adapted_reference(model, gen, adir):
+    """The fixture of a PEFT model (tools/make_moe_peft_t4_fixture.py uses it too): its adapters set to
+    random nonzero values from gen, one batch's logits, loss and adapter gradients, the adapter saved to
+    adir, and the greedy continuation. Returns (the reference tensors, the saved adapter tensors, ids,
+    logits)."""
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_A" in n:
@@ -83,11 +81,12 @@ def make(out, root, name):
     loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-100)
     loss.backward()
 
-    odir = os.path.join(out, name)
-    adir = os.path.join(odir, "adapter")
     if os.path.isdir(adir):
         shutil.rmtree(adir)
     model.save_pretrained(adir)
+    for extra in ("README.md",):  # PEFT's model card: not part of the fixture
+        if os.path.exists(os.path.join(adir, extra)):
+            os.remove(os.path.join(adir, extra))
     saved = load_file(os.path.join(adir, "adapter_model.safetensors"))
     tensors = {"input_ids": ids.to(torch.int32), "targets": targets.to(torch.int32),
                "logits": logits.detach().contiguous(), "loss": loss.detach().reshape(1)}
@@ -109,6 +108,20 @@ def make(out, root, name):
     tensors["greedy.prompt"] = prompt.to(torch.int32)
     tensors["greedy.output"] = out_ids[:, PROMPT_LEN:].to(torch.int32).contiguous()
     assert tensors["greedy.output"].shape[1] == NEW_TOKENS
+    return tensors, saved, ids, logits
+
+
+def make(out, root, name):
+    base = os.path.join(root, BASE.get(name, name), "model")
+    gen = torch.Generator().manual_seed(SEED)
+    torch.manual_seed(SEED)
+    cfg = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS[name],
+                     target_parameters=PARAMS.get(name, EXPERT_PARAMS))
+    model = get_peft_model(load_base(base), cfg)
+    odir = os.path.join(out, name)
+    adir = os.path.join(odir, "adapter")
+    tensors, saved, ids, logits = adapted_reference(model, gen, adir)
+    loss = tensors["loss"]
     experts = [k for k in saved if ".mlp.experts." in k]
     assert any(".mlp.experts.base_layer.lora_A" in k for k in experts), experts  # gate_up_proj nested in down_proj
     # the shapes: lora_A (E r, in), lora_B (out, E r)

@@ -23,21 +23,19 @@ Made with torch 2.15.0, transformers 4.57.6, peft 0.17.1 (CPU).
 import argparse
 import json
 import os
-import shutil
+import sys
 
 import peft
 import torch
-import torch.nn.functional as F
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from transformers import GenerationConfig, MixtralConfig, MixtralForCausalLM
+from transformers import MixtralConfig, MixtralForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_moe_peft_fixtures import ALPHA, R, adapted_reference  # noqa: E402  (the same adapters and reference)
 
 SEED = 4321
-B, T = 2, 12
-R, ALPHA = 4, 8
-STD_A, STD_B = 0.3, 0.3  # large enough that every adapter moves the logits
-PROMPT_LEN, NEW_TOKENS = 4, 8
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "w1", "w3", "w2", "gate"]
 
 
@@ -75,36 +73,9 @@ def main():
     torch.manual_seed(SEED)
     cfg = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGETS)
     model = get_peft_model(load_base(base), cfg)
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_A" in n:
-                p.copy_(STD_A * torch.randn(p.shape, generator=gen))
-            elif "lora_B" in n:
-                p.copy_(STD_B * torch.randn(p.shape, generator=gen))
-    model.eval()
-    V = model.config.vocab_size
-    seq = torch.randint(0, V, (B, T + 1), generator=gen)
-    ids, targets = seq[:, :-1].contiguous(), seq[:, 1:].clone()
-    targets[1, 5] = -100
-    logits = model(ids).logits
-    loss = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-100)
-    loss.backward()
-
     adir = os.path.join(a.out, "adapter")
-    if os.path.isdir(adir):
-        shutil.rmtree(adir)
-    model.save_pretrained(adir)
-    saved = load_file(os.path.join(adir, "adapter_model.safetensors"))
-    tensors = {"input_ids": ids.to(torch.int32), "targets": targets.to(torch.int32),
-               "logits": logits.detach().contiguous(), "loss": loss.detach().reshape(1)}
-    for n, p in model.named_parameters():
-        if "lora_" not in n:
-            continue
-        key = n.replace(".default.", ".")
-        assert key in saved, (key, sorted(saved)[:4])
-        assert torch.equal(saved[key], p.detach()), key
-        tensors["grad." + key] = p.grad.detach().contiguous()
-    assert len(tensors) - 4 == len(saved), "a saved tensor without a gradient"
+    tensors, saved, ids, logits = adapted_reference(model, gen, adir)
+    loss = tensors["loss"]
     # the per-expert layout: a pair per expert and module, and the router as a module
     E, C, Fd = model.config.num_local_experts, model.config.hidden_size, model.config.intermediate_size
     pre = "base_model.model.model.layers.1.block_sparse_moe."
@@ -115,15 +86,6 @@ def main():
                       "experts.3.w2.lora_A.weight": (R, Fd), "experts.3.w2.lora_B.weight": (C, R),
                       "gate.lora_A.weight": (R, C), "gate.lora_B.weight": (E, R)}, shapes
 
-    prompt = torch.randint(0, V, (1, PROMPT_LEN), generator=gen)
-    gcfg = GenerationConfig(do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=0, eos_token_id=None,
-                            pad_token_id=0)
-    model.base_model.model.generation_config.eos_token_id = None  # the base's own says EOS 1: run NEW_TOKENS
-    with torch.no_grad():
-        out_ids = model.generate(input_ids=prompt, generation_config=gcfg)
-    tensors["greedy.prompt"] = prompt.to(torch.int32)
-    tensors["greedy.output"] = out_ids[:, PROMPT_LEN:].to(torch.int32).contiguous()
-    assert tensors["greedy.output"].shape[1] == NEW_TOKENS
     save_file(tensors, os.path.join(a.out, "reference.safetensors"),
               metadata={"torch": torch.__version__, "transformers": transformers.__version__,
                         "peft": peft.__version__, "base": base})
