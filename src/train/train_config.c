@@ -128,8 +128,9 @@ static const KeyDef keys[] = {
     {"lora.targets", CT_LIST, F(lora_targets), "all-linear",
      "Modules to adapt, by their Hugging Face names: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
      "down_proj (llama family); c_attn, c_proj, c_fc (gpt2); or all-linear. MoE: experts (or "
-     "experts.gate_up_proj, experts.down_proj), shared_expert_gate, gate (the router); all-linear leaves "
-     "out the routed experts and the router (docs/moe.md)."},
+     "experts.gate_up_proj, experts.down_proj), or transformers 4's per-expert w1, w3, w2 (Mixtral), "
+     "shared_expert_gate, gate (the router); all-linear leaves out the routed experts and the router "
+     "(docs/moe.md)."},
     {"lora.rslora", CT_BOOL, F(lora_rslora), "false", "rsLoRA: scale by alpha / sqrt(r) instead of alpha / r."},
     {"lora.init", CT_STR, F(lora_init), "",
      "Start from this PEFT adapter directory (its adapter_config.json sets r, alpha, dropout and targets)."},
