@@ -262,6 +262,11 @@ check "t4 adapters continue with lora.init" "$ANVIL" train "$tmp/moe.yaml" --set
     --set lora.init="$tmp/t4/final" --set lora.r=0 --set out_dir="$tmp/t4b"
 check "t4 adapters: lora.init keeps the layout" grep -q 'block_sparse_moe.experts.0.w2.lora_B.weight' \
     "$tmp/t4b/final/adapter_model.safetensors"
+# one expert (top-1): its gate_up and down adapters sit next to each other in the table (both layouts)
+check "expert adapters with a single expert" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set model.moe.experts=1 \
+    --set model.moe.top_k=1 --set lora.r=4 --set lora.targets=q_proj,experts --set out_dir="$tmp/e1x"
+check "t4 expert adapters with a single expert" "$ANVIL" train "$tmp/moe.yaml" --set train.steps=2 --set model.moe.experts=1 \
+    --set model.moe.top_k=1 --set lora.r=4 --set lora.targets=q_proj,w1,w3,w2 --set out_dir="$tmp/e1y"
 expect_fail lora-t4-mixed "lora.targets|two layouts" train "$tmp/moe.yaml" $base --set lora.targets=w1,experts \
     --set out_dir="$tmp/t4x"
 expect_fail lora-t4-dropout "lora.dropout|routed experts" train "$tmp/moe.yaml" $base --set lora.targets=w1 \

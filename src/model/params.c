@@ -291,14 +291,12 @@ int param_find_lora_expert(const ParamTable *pt, int layer, int site, int e, int
 {
     int first = param_find_lora(pt, layer, site, 0);
     if (first < 0 || pt->p[first].expert < 0) return e == 0 || first < 0 ? param_find_lora(pt, layer, site, ab) : -1;
-    /* expert 0's tensors of the product: the A's of its sites, then their B's (add_lora; two sites for
-     * transformers 4's w1 and w3 on one fc): each expert's group is that long */
-    int lo = first, hi = first + 1;
-    while (lo > 0 && pt->p[lo - 1].layer == layer && pt->p[lo - 1].expert == 0 && pt->p[lo - 1].site >= 0) lo--;
-    while (hi < pt->n && pt->p[hi].layer == layer && pt->p[hi].expert == 0 && pt->p[hi].site >= 0) hi++;
-    int group = hi - lo, i = first + group * e + (ab ? group / 2 : 0);
-    if (e < 0 || i >= pt->n || pt->p[i].site != site || pt->p[i].layer != layer || pt->p[i].expert != e) return -1;
-    return i;
+    /* after expert 0's A come, in the layer's order, the rest of the product's tensors (the A's of its
+     * sites, then their B's, per expert: add_lora; two sites for transformers 4's w1 and w3 on one fc) */
+    int role = ab ? PROLE_LORA_B : PROLE_LORA_A;
+    for (int i = first; e >= 0 && i < pt->n && pt->p[i].layer == layer; i++)
+        if (pt->p[i].site == site && pt->p[i].expert == e && pt->p[i].role == role) return i;
+    return -1;
 }
 
 size_t param_count_kind(const ParamTable *pt, ParamKind kind)
