@@ -34,6 +34,15 @@ seed() { # harness -> seed corpus dir
             { cat "$f/config.json"; printf '\0'; cat "$f/model.safetensors"; } >"$d/$(seed_name "$f")"
         done ;;
     fuzz_train_yaml) for f in configs/*.yaml; do cp "$f" "$d/$(seed_name "$f")"; done ;;
+    fuzz_peft) # the selector of the adapter's base (tests/fuzz/fuzz_peft.c), adapter_config.json, NUL, the weights
+        for pair in 0:tests/fixtures/peft/llama/adapter 1:tests/fixtures/peft/gpt2/adapter \
+            2:tests/fixtures/moe_lora/mixtral/adapter 2:tests/fixtures/moe_lora/mixtral_router/adapter \
+            2:tests/fixtures/moe_lora/mixtral_t4/adapter 3:tests/fixtures/moe_lora/qwen2_moe/adapter; do
+            sel=${pair%%:*} f=${pair#*:}
+            [ -f "$f/adapter_config.json" ] || continue
+            { printf "\\$(printf '%03o' "$sel")"; cat "$f/adapter_config.json"; printf '\0'; cat "$f/adapter_model.safetensors"; } \
+                >"$d/$(seed_name "$f")"
+        done ;;
     fuzz_trainer_state)
         printf '{"format": "anvil-trainer-state", "version": 1, "step": 200, "tokens_seen": 102400, "elapsed_s": 38.2, "loader": {"epoch": "1", "pos": "17"}, "config": "model:\\n  preset: gpt2-tiny\\n"}\n' >"$d/written_by_anvil.json" ;;
     fuzz_tokenizer_json)

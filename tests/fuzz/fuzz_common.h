@@ -35,16 +35,17 @@ static inline const char *fuzz_write(const char *name, const uint8_t *data, size
     return path;
 }
 
-/* The model-directory harness's input: config.json, one NUL byte, then model.safetensors
- * (no NUL: config.json alone). Writes both files into dir (which must exist). */
-static inline void fuzz_split_model(const char *dir, const uint8_t *data, size_t size)
+/* Two files from one input: the first, one NUL byte, then the second (no NUL: the first alone, the
+ * second absent). Writes dir/name0 and dir/name1 (dir must exist). */
+static inline void fuzz_split_files(const char *dir, const uint8_t *data, size_t size, const char *name0,
+                                    const char *name1)
 {
     const uint8_t *nul = memchr(data, 0, size);
-    size_t nconf = nul ? (size_t)(nul - data) : size;
+    size_t n0 = nul ? (size_t)(nul - data) : size;
     char path[512];
-    const char *names[2] = {"config.json", "model.safetensors"};
+    const char *names[2] = {name0, name1};
     const uint8_t *parts[2] = {data, nul ? nul + 1 : NULL};
-    size_t lens[2] = {nconf, nul ? size - nconf - 1 : 0};
+    size_t lens[2] = {n0, nul ? size - n0 - 1 : 0};
     for (int i = 0; i < 2; i++) {
         snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
         if (!parts[i]) {
@@ -56,6 +57,12 @@ static inline void fuzz_split_model(const char *dir, const uint8_t *data, size_t
         if (lens[i] && fwrite(parts[i], 1, lens[i], f) != lens[i]) abort();
         fclose(f);
     }
+}
+
+/* The model-directory harness's input: config.json, one NUL byte, then model.safetensors. */
+static inline void fuzz_split_model(const char *dir, const uint8_t *data, size_t size)
+{
+    fuzz_split_files(dir, data, size, "config.json", "model.safetensors");
 }
 
 #endif
