@@ -88,8 +88,9 @@ int lora_site_is_expert(LoraSite s);
 /* Whether a set of sites adapts the experts in transformers 4's per-expert module layout (w1/w3/w2): the
  * adapter directory then names the MoE layers' modules as transformers 4 does (block_sparse_moe.*). */
 int lora_t4_layout(unsigned sites);
-/* Whether PEFT adapts the site as a parameter (target_parameters), not as a module: the routed
- * experts and the router, which every MoE layer has. */
+/* Whether PEFT adapts the site as a parameter (target_parameters), not as a module: transformers 5's
+ * fused routed experts and the router, which every MoE layer has (transformers 4's w1/w3/w2 are
+ * modules). */
 int lora_site_is_param(LoraSite s);
 /* Whether layer l of c has the site's weight (dense MLP sites in dense layers, expert and shared-expert
  * sites in MoE layers, the shared ones with a shared expert). */
