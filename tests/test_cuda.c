@@ -1888,6 +1888,56 @@ static void test_ternary_ops(void)
     }
 }
 
+/* The product read from packed trits (Backend.ternary_matmul_fwd) against the CPU's (unpacked, then the
+ * ordinary product): up to TERN_MM_SMALL_N rows of x through the register-unpacking kernel (every N of
+ * its templates, a partial last warp of rows, groups of 8, 9, 128 and a whole row, so that groups and
+ * rows straddle packed bytes), and past it or with K % 8 != 0 the unpacked path; with and without a
+ * bias, fp32 and bf16. Poisoned outputs: every one must be written. */
+static void test_ternary_matmul(void)
+{
+    const struct { int N, K, O, group, bias; } cs[] = {
+        {1, 64, 5, 8, 0},    {2, 200, 37, 9, 1},   {3, 1000, 13, 128, 0}, {4, 256, 64, 256, 1},
+        {5, 1000, 9, 9, 1},  {8, 3200, 77, 128, 0}, {8, 40, 3, 10, 1},    {7, 136, 129, 136, 0},
+        {9, 200, 37, 9, 1},  {33, 1000, 13, 128, 0}, {4, 12, 5, 8, 1},
+    };
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        for (size_t c = 0; c < sizeof(cs) / sizeof(cs[0]); c++) {
+            int N = cs[c].N, K = cs[c].K, O = cs[c].O, group = cs[c].group;
+            size_t n = (size_t)O * K;
+            uint64_t seed = 700 + 10 * (uint64_t)c;
+            float *w = randn(n, 0.05f, seed), *x = randn((size_t)N * K, 1.0f, seed + 1);
+            float *bias = cs[c].bias ? randn((size_t)O, 0.5f, seed + 2) : NULL;
+            fit(be, x, (size_t)N * K);
+            if (bias) fit(be, bias, (size_t)O);
+            uint8_t *tr = xmalloc(trit_bytes(n) + 4);
+            int8_t *ex = xmalloc(tern_groups(n, group));
+            tern_from_f32(tr, ex, w, n, group);
+            TernaryTensor th = {.n = n, .group = group, .trits = tr, .exp = ex}, td = th;
+            float *ref = xmalloc((size_t)N * O * sizeof(float)), *scr = xmalloc(n * sizeof(float));
+            cpu->ternary_matmul_fwd(ref, x, &th, bias, scr, N, K, O);
+            td.trits = be->alloc(trit_bytes(n) + 4);
+            be->upload(td.trits, tr, trit_bytes(n));
+            td.exp = be->alloc(tern_groups(n, group));
+            be->upload(td.exp, ex, tern_groups(n, group));
+            void *xd = up_act(be, x, (size_t)N * K), *bd = bias ? up_act(be, bias, (size_t)O) : NULL;
+            float *poison = xmalloc((size_t)N * O * sizeof(float));
+            for (size_t i = 0; i < (size_t)N * O; i++) poison[i] = NAN;
+            void *out = up_act(be, poison, (size_t)N * O), *sd = be->alloc(n * be->act_size);
+            be->ternary_matmul_fwd(out, xd, &td, bd, sd, N, K, O);
+            float *got = down_act(be, out, (size_t)N * O);
+            char what[96];
+            snprintf(what, sizeof(what), "ternary_matmul_fwd N %d K %d O %d group %d%s", N, K, O, group,
+                     bias ? " bias" : "");
+            expect(what, be, got, ref, (size_t)N * O, tol_for(be, TOL_F32, TOL_BF16));
+            be->free(td.trits), be->free(td.exp), be->free(xd), be->free(out), be->free(sd);
+            if (bd) be->free(bd);
+            free(w), free(x), free(bias), free(tr), free(ex), free(ref), free(scr), free(poison), free(got);
+        }
+    }
+}
+
 /* The integer update on the GPU equals the CPU's bit for bit: several tensors in one call (groups that
  * do not line up with the 5-trit bytes, so neighbouring groups share bytes), random trits, exponents,
  * accumulators near their thresholds and gradients with ties and zeros, over steps that include scale
@@ -2322,6 +2372,7 @@ int main(void)
     RUN(test_moe_qlora_t4);
     RUN(test_moe_qlora);
     RUN(test_ternary_ops);
+    RUN(test_ternary_matmul);
     RUN(test_ternary_update);
     RUN(test_model_bitnet);
     RUN(test_model_ternary);

@@ -9,7 +9,7 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 dst=${1:-/work/main/.stage}
 cd "$src"
 make -j2 >/dev/null
-make -j2 build/tests/test_cuda build/tests/test_cuda_kv build/tests/bench_attention >/dev/null
+make -j2 build/tests/test_cuda build/tests/test_cuda_kv build/tests/bench_attention build/tests/bench_ternary >/dev/null
 rm -rf "$dst"
 mkdir -p "$dst"
 # not needed there (the GPT-2 vocabulary is embedded in the binary),
@@ -18,7 +18,7 @@ tar --exclude=./build --exclude=./build-asan --exclude=./.git --exclude=./runs -
     --exclude=./gpu-check-out --exclude=./gpu-ab-out --exclude=./gpu-attn-out --exclude=./assets \
     --exclude=./.stage --exclude=./build-fuzz -cf - . | tar -C "$dst" -xf -
 mkdir -p "$dst/build/tests" "$dst/lib" "$dst/tests/data"
-cp build/tests/test_cuda build/tests/test_cuda_kv build/tests/bench_attention "$dst/build/tests/"
+cp build/tests/test_cuda build/tests/test_cuda_kv build/tests/bench_attention build/tests/bench_ternary "$dst/build/tests/"
 strip -g "$dst/anvil" "$dst/build/tests/"* # host debug info only
 # FUZZ="fuzz_shard ...": those libFuzzer harnesses of build-fuzz/ (make fuzz) too, for tools/fuzz.sh there
 fuzz_bins=""

@@ -297,6 +297,13 @@ struct Backend {
     void (*relu2glu_bwd)(void *dinp, const void *inp, const void *dout, int N, int F);
     /* out (t->n act values) = trit * 2^exp of an integer-ternary tensor (exact in bf16). */
     void (*trit_unpack)(void *out, const TernaryTensor *t);
+    /* out (N, O) act = x (N, K) act @ W^T + bias (O act, may be NULL) (overwrite), W (O, K) the values
+     * trit * 2^exp of the integer-ternary tensor t (t->n = O x K). scratch (t->n act values) may be used
+     * to unpack W into. CUDA: up to TERN_MM_SMALL_N rows of x (decoding, small batches), K % 8 == 0 and
+     * groups of at least 8, the product reads the packed trits and unpacks each weight in registers (fp32
+     * sums); otherwise trit_unpack into scratch and matmul_fwd, as the CPU always does. */
+    void (*ternary_matmul_fwd)(void *out, const void *x, const TernaryTensor *t, const void *bias, void *scratch,
+                               int N, int K, int O);
     /* The integer update (TernaryHyper) of nt tensors in one call (on CUDA one kernel); the integer
      * results are the same on every backend, bit for bit. ts is host memory, its arrays backend memory. */
     void (*ternary_update)(const TernaryTensor *ts, int nt, const TernaryHyper *h);

@@ -265,11 +265,16 @@ void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *in
         linear_fwd_rows(ps, L, out, inp, N);
         return;
     }
-    LinearWeight w = linear_weight_fwd(ps, L->w);
-    const void *x = linear_input(ps, &w, inp, N, L->in);
     int row = L->split == LINEAR_ROW;
     /* row-parallel: every rank's partial product, summed; the bias once (by the group's rank 0) */
     int b = row && L->tp->rank != 0 ? -1 : L->b;
+    if (ps->pt->p[L->w].kind == PARAM_TERNARY && !L->n_adapters) { /* read from the packed trits where it pays */
+        ps->be->ternary_matmul_fwd(out, inp, &ps->tern[L->w], params_w(ps, b), ps->wq, N, L->in, L->out);
+        if (row && !L->sum_by_caller) tp_all_reduce_act(L->tp, out, (size_t)N * L->out);
+        return;
+    }
+    LinearWeight w = linear_weight_fwd(ps, L->w);
+    const void *x = linear_input(ps, &w, inp, N, L->in);
     if (adapters_first(ps, L, &w, lb, NULL, 0)) {
         adapters_fwd(ps, L, out, inp, N, lb, 0.0f);
         ps->be->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, w.w, L->in, 1.0f, out, L->out, 0);

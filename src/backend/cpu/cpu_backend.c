@@ -821,6 +821,14 @@ static void cpu_scale(float *x, float s, size_t n)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
+/* W unpacked (exact in fp32) and the ordinary product: the reference every backend's product is checked against. */
+static void cpu_ternary_matmul_fwd(void *out, const void *x, const TernaryTensor *t, const void *bias, void *scratch,
+                                   int N, int K, int O)
+{
+    cpu_trit_unpack(scratch, t);
+    cpu_matmul_fwd(out, x, scratch, bias, N, K, O);
+}
+
 static const Backend cpu_backend = {
     .name = "cpu",
     .act_dtype = DTYPE_F32,
@@ -878,6 +886,7 @@ static const Backend cpu_backend = {
     .relu2glu_fwd = cpu_relu2glu_fwd,
     .relu2glu_bwd = cpu_relu2glu_bwd,
     .trit_unpack = cpu_trit_unpack,
+    .ternary_matmul_fwd = cpu_ternary_matmul_fwd,
     .ternary_update = cpu_ternary_update,
     .configure = cpu_configure,
     .mem_stats = cpu_mem_stats,

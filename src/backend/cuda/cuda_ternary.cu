@@ -222,10 +222,27 @@ template <> __device__ __forceinline__ void store8<float>(float *dst, const floa
     ((float4 *)dst)[1] = make_float4(v[4], v[5], v[6], v[7]);
 }
 
-/* The same values by chunks of eight outputs per thread (groups of at least 8 weights, so a chunk
- * meets at most one group boundary; out 16-byte aligned): one coalesced vector store per chunk
- * instead of five scattered 2-byte stores per packed byte. The 2 or 3 bytes a chunk spans come from
- * the cache; the last n % 8 outputs one by one. */
+/* The eight weights i0 .. i0 + 7 of t (i0 + 8 <= t.n; groups of at least 8 weights, so the chunk meets at most
+ * one group boundary) as floats: the 2 or 3 packed bytes it spans (nb: t's bytes), the group of i0 and its
+ * successor's scale. small: t.n fits 32 bits (32-bit divisions). */
+__device__ __forceinline__ void trit_decode8(float *v, const TernaryTensor &t, size_t i0, size_t nb, int small,
+                                             const uint16_t *lut)
+{
+    size_t G = (size_t)t.group;
+    size_t g = small ? (size_t)((unsigned)i0 / (unsigned)G) : i0 / G, r = i0 - g * G;
+    size_t b0 = small ? (size_t)((unsigned)i0 / 5u) : i0 / 5;
+    unsigned k0 = (unsigned)(i0 - b0 * 5);
+    uint32_t D = (uint32_t)lut[t.trits[b0]] | ((uint32_t)lut[t.trits[b0 + 1]] << 10) |
+                 (b0 + 2 < nb ? (uint32_t)lut[t.trits[b0 + 2]] << 20 : 0u);
+    float sc = pow2f(t.exp[g]), sc1 = r + 7 >= G ? pow2f(t.exp[g + 1]) : sc;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        v[k] = (float)((int)((D >> (2 * (k0 + (unsigned)k))) & 3u) - 1) * (r + (size_t)k < G ? sc : sc1);
+}
+
+/* The same values by chunks of eight outputs per thread (out 16-byte aligned): one coalesced vector store
+ * per chunk instead of five scattered 2-byte stores per packed byte. The 2 or 3 bytes a chunk spans come
+ * from the cache; the last n % 8 outputs one by one. */
 template <typename T> __global__ void trit_unpack8_kernel(T *out, TernaryTensor t)
 {
     __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
@@ -239,15 +256,8 @@ template <typename T> __global__ void trit_unpack8_kernel(T *out, TernaryTensor 
                 out[i] = from_f<T>((float)trit_at(t.trits, i, lut) * pow2f(t.exp[i / G]));
             continue;
         }
-        size_t g = small ? (size_t)((unsigned)i0 / (unsigned)G) : i0 / G, r = i0 - g * G;
-        size_t b0 = small ? (size_t)((unsigned)i0 / 5u) : i0 / 5;
-        unsigned k0 = (unsigned)(i0 - b0 * 5);
-        uint32_t D = (uint32_t)lut[t.trits[b0]] | ((uint32_t)lut[t.trits[b0 + 1]] << 10) |
-                     (b0 + 2 < nb ? (uint32_t)lut[t.trits[b0 + 2]] << 20 : 0u);
-        float sc = pow2f(t.exp[g]), sc1 = r + 7 >= G ? pow2f(t.exp[g + 1]) : sc, v[8];
-#pragma unroll
-        for (int k = 0; k < 8; k++)
-            v[k] = (float)((int)((D >> (2 * (k0 + (unsigned)k))) & 3u) - 1) * (r + (size_t)k < G ? sc : sc1);
+        float v[8];
+        trit_decode8(v, t, i0, nb, small, lut);
         store8<T>(out + i0, v);
     }
 }
@@ -263,6 +273,110 @@ template <typename T> static void cu_trit_unpack(void *out, const TernaryTensor 
         trit_unpack_kernel<T><<<grid_for(nb, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, *t);
     }
     CUDA_CHECK_LAUNCH();
+}
+
+/* ---- the product read from packed trits (few rows of x) ---- */
+
+/* Eight consecutive x values (16-byte aligned) as floats. */
+template <typename T> __device__ __forceinline__ void load8f(float (&f)[8], const T *p);
+template <> __device__ __forceinline__ void load8f<bf16>(float (&f)[8], const bf16 *p) { load_f<bf16, 8>(f, p); }
+template <> __device__ __forceinline__ void load8f<float>(float (&f)[8], const float *p)
+{
+    float4 a = reinterpret_cast<const float4 *>(p)[0], b = reinterpret_cast<const float4 *>(p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+
+/* Rows of W per warp: each chunk of x, loaded once, meets that many rows' weights. */
+#define TMM_WROWS 4
+#define TMM_THREADS 256
+
+/* out (N, O) = x (N, K) @ W^T (+ bias) for N <= NT: warp w takes the rows o0 .. o0 + TMM_WROWS - 1 of W,
+ * its lane the chunks of eight weights k0 = 8 (lane + 32 j) of each of them (decoded in registers from
+ * the packed bytes, trit_decode8), each chunk's x values of the N rows loaded once for all of the warp's
+ * rows; fp32 sums, reduced over the lanes by a butterfly. K % 8 == 0, x 16-byte aligned, groups of at
+ * least 8 (ternary_matmul_fwd checks). */
+template <typename T, int NT>
+__global__ void __launch_bounds__(TMM_THREADS) trit_mm_small_kernel(T *out, const T *x, TernaryTensor t,
+                                                                    const T *bias, int N, int K, int O)
+{
+    __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
+    trit_table(lut);
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), nwarp = (int)((gridDim.x * blockDim.x) >> 5);
+    size_t nb = (t.n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE;
+    int small = t.n <= 0xffffffffu;
+    for (int o0 = warp * TMM_WROWS; o0 < O; o0 += nwarp * TMM_WROWS) {
+        float acc[TMM_WROWS][NT];
+#pragma unroll
+        for (int r = 0; r < TMM_WROWS; r++)
+#pragma unroll
+            for (int n = 0; n < NT; n++) acc[r][n] = 0.0f;
+        for (int k0 = lane * 8; k0 < K; k0 += 32 * 8) {
+            float xv[NT][8];
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                if (n < N) {
+                    load8f<T>(xv[n], x + (size_t)n * K + k0);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < 8; k++) xv[n][k] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < TMM_WROWS; r++) {
+                if (o0 + r >= O) break;
+                float w[8];
+                trit_decode8(w, t, (size_t)(o0 + r) * (size_t)K + (size_t)k0, nb, small, lut);
+#pragma unroll
+                for (int n = 0; n < NT; n++)
+#pragma unroll
+                    for (int k = 0; k < 8; k++) acc[r][n] = fmaf(w[k], xv[n][k], acc[r][n]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < TMM_WROWS; r++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], off);
+        /* every lane holds every sum: lane r * NT + n writes (n, o0 + r) */
+#pragma unroll
+        for (int r = 0; r < TMM_WROWS; r++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+                if (lane == r * NT + n && n < N && o0 + r < O) {
+                    float v = acc[r][n] + (bias ? to_f(bias[o0 + r]) : 0.0f);
+                    out[(size_t)n * O + o0 + r] = from_f<T>(v);
+                }
+    }
+}
+
+template <typename T, int NT> static void trit_mm_small_run(void *out, const void *x, const TernaryTensor *t,
+                                                            const void *bias, int N, int K, int O)
+{
+    static_assert(TMM_WROWS * NT <= 32, "a lane per output of a warp");
+    int warps = (O + TMM_WROWS - 1) / TMM_WROWS, per_block = TMM_THREADS / 32;
+    unsigned blocks = (unsigned)((warps + per_block - 1) / per_block);
+    trit_mm_small_kernel<T, NT><<<blocks, TMM_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)x, *t,
+                                                                      (const T *)bias, N, K, O);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+static void cu_ternary_matmul_fwd(void *out, const void *x, const TernaryTensor *t, const void *bias, void *scratch,
+                                  int N, int K, int O)
+{
+    if (N >= 1 && N <= TERN_MM_SMALL_N && K % 8 == 0 && t->group >= 8 && ((uintptr_t)x & 15) == 0 &&
+        t->n == (size_t)O * (size_t)K) {
+        CUDA_PROF("ternary_mm_small");
+        if (N == 1) trit_mm_small_run<T, 1>(out, x, t, bias, N, K, O);
+        else if (N == 2) trit_mm_small_run<T, 2>(out, x, t, bias, N, K, O);
+        else if (N <= 4) trit_mm_small_run<T, 4>(out, x, t, bias, N, K, O);
+        else trit_mm_small_run<T, 8>(out, x, t, bias, N, K, O);
+        return;
+    }
+    cu_trit_unpack<T>(scratch, t);
+    cu_matmul_fwd<T>(out, x, scratch, bias, N, K, O);
 }
 
 __device__ __forceinline__ int sat8(int v) { return v > 127 ? 127 : v < -128 ? -128 : v; }
@@ -454,6 +568,7 @@ template <typename T> void cu_fill_ternary_ops(Backend *be)
     be->relu2glu_fwd = cu_relu2glu_fwd<T>;
     be->relu2glu_bwd = cu_relu2glu_bwd<T>;
     be->trit_unpack = cu_trit_unpack<T>;
+    be->ternary_matmul_fwd = cu_ternary_matmul_fwd<T>;
     be->ternary_update = cu_ternary_update;
 }
 
