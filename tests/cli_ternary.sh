@@ -114,6 +114,55 @@ expect_fail chunk-rows "train.ternary.chunk_rows" train "$tmp/tern.yaml" --set t
 expect_fail fused-accum "train.ternary.fused|one micro-batch" train "$tmp/tern.yaml" --set train.ternary.fused=true \
     --set train.tokens_per_step=256 --set out_dir="$tmp/e5"
 
+# ---- an integer-ternary checkpoint in eval and generate: the tensors ternary.safetensors holds stay
+# packed (5 trits a byte, an exponent per group; no accumulators) and on the CPU give the numbers of the
+# same weights read as floats from model.safetensors (the directory without ternary.safetensors): block
+# linears only, and with the embedding and an untied head ternary too ----
+head -c 3000 "$TRAIN" >"$tmp/pk.txt"
+for d in "$tmp/run/final" "$tmp/ck30/final"; do
+    rm -rf "$tmp/dense"
+    mkdir "$tmp/dense"
+    cp "$d"/* "$tmp/dense/"
+    rm "$tmp/dense/ternary.safetensors"
+    "$ANVIL" eval ppl --model "$d" --data "$tmp/pk.txt" --seq 32 >"$tmp/pk.log" 2>&1 || bad "packed eval ppl: $(tail -n 2 "$tmp/pk.log")"
+    "$ANVIL" eval ppl --model "$tmp/dense" --data "$tmp/pk.txt" --seq 32 >"$tmp/dn.log" 2>&1 || bad "dense eval ppl: $(tail -n 2 "$tmp/dn.log")"
+    check "packed load says so ($(basename "$(dirname "$d")"))" grep -q "integer-ternary tensors .* kept packed" "$tmp/pk.log"
+    check "packed eval ppl = float eval ppl ($(basename "$(dirname "$d")"))" cmp -s <(grep '^ppl' "$tmp/pk.log" | sed 's/ | [0-9.]* s$//') \
+        <(grep '^ppl' "$tmp/dn.log" | sed 's/ | [0-9.]* s$//')
+    for m in "$d" "$tmp/dense"; do
+        "$ANVIL" generate --model "$m" --prompt "The " --max-tokens 24 --temperature 0 --samples 3 --print-ids \
+            >"$tmp/g-$(basename "$m").txt" 2>/dev/null || bad "generate --model $m"
+    done
+    check "packed greedy ids = float greedy ids ($(basename "$(dirname "$d")"))" cmp -s "$tmp/g-final.txt" "$tmp/g-dense.txt"
+    check "packed greedy ids are not empty" test "$(wc -c <"$tmp/g-final.txt")" -gt 20
+done
+# a ternary.safetensors that does not fit its model: one line naming the file and the field or tensor
+tern_edit() { # src dst python-expression-on-header h (the dict)
+    python3 - "$1" "$2" "$3" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+exec(sys.argv[3])
+t = json.dumps(h).encode()
+t += b" " * (-len(t) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(t)) + t + b[8 + n:])
+PY
+}
+for c in group:'h["__metadata__"]["group"] = "12x"' nogroup:'del h["__metadata__"]["group"]' \
+    name:'h["trits.h.9.qkv.w"] = h.pop("trits.h.0.qkv.w")' size:'h["__metadata__"]["group"] = "64"'; do
+    rm -rf "$tmp/badt"
+    mkdir "$tmp/badt"
+    cp "$tmp/run/final"/* "$tmp/badt/"
+    tern_edit "$tmp/run/final/ternary.safetensors" "$tmp/badt/ternary.safetensors" "${c#*:}"
+    case ${c%%:*} in
+    group | nogroup) want='ternary.safetensors: metadata "group"' ;;
+    name) want="ternary.safetensors: tensor trits.h.9.qkv.w" ;;
+    size) want="ternary.safetensors: exp.h.0.qkv.w: expected I8" ;;
+    esac
+    expect_fail "packed-${c%%:*}" "$want" eval ppl --model "$tmp/badt" --data "$tmp/pk.txt" --seq 32
+done
+
 # ---- BitNet b1.58 QAT ----
 cat >"$tmp/qat.yaml" <<YAML
 model:

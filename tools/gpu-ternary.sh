@@ -15,6 +15,11 @@
 #   chunk  a small untied model on the GPU trained with the vocabulary tensors whole and by 30-row chunks:
 #          the same losses
 #   124m   tools/ternary_compare.sh at the GPT-2 124M shape (12 x 768, B=16, T=1024, 200 steps), bf16
+#   decode a bitnet-3b integer-ternary checkpoint (one step) decoded by `anvil generate` with its ternary
+#          tensors packed (the products read the trits: Backend.ternary_matmul_fwd) and read as bf16
+#          floats, batch 1 and 8: tokens/s, peak, whether the greedy ids agree
+#   kernels tests/bench_ternary.c: the packed product against unpack + cuBLASLt and the cuBLASLt bf16
+#          product, bitnet-3b and llama2-7b block shapes, N = 1 .. 4096 rows
 # Text: tests/data/sentences.txt (copy ../shared/data/text/sentences.txt there before staging).
 set -u
 cd "$(dirname "$0")/.."
@@ -83,6 +88,34 @@ if has prof; then
         --set train.optimizer=adamw --set train.ternary.embeddings=false --set train.ternary.fused=false \
         --set out_dir=runs/prof-adamw >"$out/prof_adamw.txt" 2>&1
     grep -E "^(memory|step [56])" "$out/prof_adamw.txt"
+fi
+if has decode; then
+    # the product read from packed trits where it pays (decoding: a few rows of x), against the same
+    # checkpoint read as bf16 floats (its directory without ternary.safetensors, linked)
+    big_yaml bitnet-3b >runs/decode.yaml
+    echo "== bitnet-3b integer ternary, one step, checkpoint (bf16 model.safetensors)"
+    ./anvil train runs/decode.yaml --overwrite --set train.steps=1 --set train.ternary.embeddings=false \
+        --set checkpoint.dtype=bf16 --set out_dir=runs/dec >"$out/decode_train.txt" 2>&1 ||
+        echo "train failed: $(tail -n 3 "$out/decode_train.txt")"
+    rm -rf runs/dec-float
+    mkdir -p runs/dec-float
+    for f in runs/dec/final/*; do
+        [ "$(basename "$f")" = ternary.safetensors ] || ln -s "$(readlink -f "$f")" runs/dec-float/
+    done
+    for b in 1 8; do
+        for m in runs/dec/final runs/dec-float; do
+            echo "-- $m, batch $b"
+            ./anvil generate --model $m --device cuda --prompt-ids 1,2,3,4,5,6,7,8 --max-tokens 128 --temperature 0 \
+                --ignore-eos --samples $b --print-ids --stats 2>&1 >"$out/decode_ids_$(basename $m)_$b.txt" |
+                grep -E "kept packed|^generate:"
+        done
+        cmp -s "$out/decode_ids_final_$b.txt" "$out/decode_ids_dec-float_$b.txt" && echo "batch $b: the same ids" ||
+            echo "batch $b: the ids differ (fp32 sums in another order)"
+    done
+fi
+if has kernels; then
+    echo "== the packed product against unpack + cuBLASLt and the cuBLASLt bf16 product (tests/bench_ternary.c)"
+    build/tests/bench_ternary 30 2>&1 | tee "$out/bench_ternary.md"
 fi
 if has stepab; then
     big_yaml bitnet-3b >runs/stepab.yaml

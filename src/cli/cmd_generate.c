@@ -177,6 +177,14 @@ static const char *stop_name(int s)
                                   : "length";
 }
 
+/* The backend's high-water mark (weights, KV cache, scratch), in GiB. */
+static double peak_gib(const Backend *be)
+{
+    size_t in_use = 0, peak = 0;
+    if (be->mem_stats) be->mem_stats(&in_use, &peak);
+    return (double)peak / (double)(1u << 30);
+}
+
 int cmd_generate(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++)
@@ -286,10 +294,11 @@ int cmd_generate(int argc, char **argv)
         fprintf(
             stderr,
             "generate: prompt %d tokens, prefill %.1f ms (%.0f tokens/s) | %ld tokens over %d sample%s in "
-            "%.3f s: %.1f tokens/s decoding (%d steps of batch %d) | device %s | stop: %s\n",
+            "%.3f s: %.1f tokens/s decoding (%d steps of batch %d) | device %s | peak %.2f GiB | stop: %s\n",
             res.prompt_tokens, res.prefill_s * 1e3,
             res.prefill_s > 0 ? a.batch * res.prompt_tokens / res.prefill_s : 0, res.generated, a.batch,
-            a.batch == 1 ? "" : "s", res.decode_s, tps, res.steps, a.batch, be->name, stop_name(res.stop[0]));
+            a.batch == 1 ? "" : "s", res.decode_s, tps, res.steps, a.batch, be->name, peak_gib(be),
+            stop_name(res.stop[0]));
     }
     rc = 0;
 out:

@@ -10,6 +10,7 @@
 #include "io/bnb_model.h"
 #include "io/hf.h"
 #include "io/peft.h"
+#include "train/checkpoint.h"
 
 /* The seed of preset weights: any fixed value, so that runs compare. */
 #define PRESET_INIT_SEED 1337
@@ -54,6 +55,19 @@ static Model *load_base(const char *dir, const char *adapter, const Backend *be)
     return m;
 }
 
+/* An integer-ternary checkpoint: its ternary tensors stay packed (checkpoint.h), said once. */
+static Model *load_ternary(const char *dir, const Backend *be)
+{
+    Model *m = ckpt_load_ternary_model(dir, be);
+    if (!m) return NULL;
+    size_t n = param_count_kind(&m->pt, PARAM_TERNARY);
+    int nt = 0;
+    for (int i = 0; i < m->pt.n; i++) nt += m->pt.p[i].kind == PARAM_TERNARY;
+    fprintf(stderr, "anvil: note: %s: %d integer-ternary tensors (%.1fM weights) kept packed: %.1f MiB, against %.1f MiB in bf16\n",
+            dir, nt, (double)n / 1e6, (double)m->ps.tern_bytes / (1 << 20), 2.0 * (double)n / (1 << 20));
+    return m;
+}
+
 /* A training run's directory (anvil train's out_dir) rather than a model: its final/ link
  * or a step-NNNNNNN/ checkpoint holds the model. */
 static int is_run_dir(const char *dir)
@@ -79,6 +93,7 @@ Model *eval_load_model(const char *spec, const char *adapter, const Backend *be)
     if (adapter && !fs_is_dir(spec)) return err_set("--adapter: needs --model to be a base model directory"), NULL;
     Q4Spec q;
     if (adapter || (fs_is_dir(spec) && bnb_model_quant(spec, &q) == 1)) return load_base(spec, adapter, be);
+    if (fs_is_dir(spec) && ckpt_has_ternary(spec)) return load_ternary(spec, be);
     if (fs_is_dir(spec) || fs_exists(spec)) return hf_load_model(spec, be, 0);
     ModelConfig c;
     if (model_preset(&c, spec))

@@ -74,6 +74,8 @@ typedef struct {
     int tern_fused; /* integer-ternary tensors updated inside the backward (train.ternary.fused) */
     int tern_chunk_rows; /* fused vocabulary tensors updated by row chunks of this many rows (0 automatic,
                           * -1 whole; train.ternary.chunk_rows) */
+    int tern_frozen; /* integer-ternary tensors only read (eval, generate from an integer-ternary checkpoint):
+                      * packed trits and exponents, no accumulators and no gradient */
     /* Dropout while training only (model.dropout, model.attn_dropout; docs/encoders.md), 0 = none: dropout
      * on the embedding output (bert: after the embedding LayerNorm) and on the attention and MLP branch
      * outputs before their residual sums; attn_dropout on the attention probabilities. Never read from a

@@ -161,6 +161,7 @@ void param_table_build_lora(ParamTable *pt, const ModelConfig *c, const LoraSpec
     pt->tern_group = c->tern_group > 0 ? c->tern_group : TERN_DEFAULT_GROUP;
     pt->tern_fused = c->tern_fused;
     pt->tern_chunk_rows = c->tern_chunk_rows;
+    pt->tern_frozen = c->tern_frozen;
     add_param(pt, &cap, "wte", PROLE_WTE, -1, 2, c->vocab_size, C);
     if (gpt2) add_param(pt, &cap, "wpe", PROLE_WPE, -1, 2, c->max_seq_len, C);
     if (c->type_vocab_size > 0) add_param(pt, &cap, "tte", PROLE_TTE, -1, 2, c->type_vocab_size, C);
@@ -361,17 +362,19 @@ static void tern_alloc(ParamStore *ps)
         be->upload(t->trits, zero_trits, nb4);
         free(zero_trits);
         t->exp = be->alloc(ng);
+        ps->tern_bytes += nb + ng;
+        if (pt->tern_frozen) continue; /* read only: no accumulators, no gradient */
         t->tacc = be->alloc(t->n);
         t->eacc = be->alloc(ng);
-        ps->tern_bytes += nb + ng;
         ps->tern_state_bytes += t->n + ng;
     }
-    if (pt->n_tern) ps->tgrad = be->alloc(pt->n_tern * sizeof(float));
+    if (pt->n_tern && !pt->tern_frozen) ps->tgrad = be->alloc(pt->n_tern * sizeof(float));
     for (int i = 0; i < pt->n; i++)
         if (pt->p[i].fused) ps->fgrad_numel = MAX(ps->fgrad_numel, params_chunk_numel(pt, i)), ps->n_fused++;
     if (ps->fgrad_numel) ps->fgrad = be->alloc(ps->fgrad_numel * sizeof(float));
     for (int i = 0; ps->tern && i < pt->n; i++)
-        if (pt->p[i].kind == PARAM_TERNARY) ps->tern[i].grad = pt->p[i].fused ? ps->fgrad : ps->tgrad + pt->p[i].seg;
+        if (pt->p[i].kind == PARAM_TERNARY)
+            ps->tern[i].grad = pt->p[i].fused ? ps->fgrad : ps->tgrad ? ps->tgrad + pt->p[i].seg : NULL;
     if (ps->wq_numel) ps->wq = be->alloc(ps->wq_numel * be->act_size);
     ps->xq = xcalloc(1, sizeof(*ps->xq));
 }
@@ -411,6 +414,7 @@ void params_tern_upload(ParamStore *ps, int i, const uint8_t *trits, const int8_
     size_t ng = tern_groups(t->n, t->group);
     ps->be->upload(t->trits, trits, trit_bytes(t->n));
     ps->be->upload(t->exp, exp, ng);
+    if (!t->tacc) return; /* a read-only tensor (ParamTable.tern_frozen) */
     if (tacc) ps->be->upload(t->tacc, tacc, t->n);
     else ps->be->zero(t->tacc, t->n);
     if (eacc) ps->be->upload(t->eacc, eacc, ng);
@@ -741,7 +745,8 @@ void *params_w(const ParamStore *ps, int i)
 float *params_g(const ParamStore *ps, int i)
 {
     if (i < 0) return NULL;
-    if (ps->pt->p[i].kind == PARAM_TERNARY) return ps->pt->p[i].fused ? ps->fgrad : ps->tgrad + ps->pt->p[i].seg;
+    if (ps->pt->p[i].kind == PARAM_TERNARY)
+        return ps->pt->p[i].fused ? ps->fgrad : ps->tgrad ? ps->tgrad + ps->pt->p[i].seg : NULL;
     if (ps->pt->p[i].kind != PARAM_TRAIN) return NULL;
     const Param *p = &ps->pt->p[i];
     if (ps->ggroup) {

@@ -116,6 +116,7 @@ typedef struct {
     int tern_group; /* weights per exponent group of PARAM_TERNARY tensors (ModelConfig.tern_group) */
     int tern_fused; /* ModelConfig.tern_fused */
     int tern_chunk_rows; /* ModelConfig.tern_chunk_rows */
+    int tern_frozen;     /* ModelConfig.tern_frozen */
     int n_layer;
     int *by_role;   /* (n_layer + 1) x PROLE_COUNT tensor indices, -1 where absent (row 0: outside blocks) */
     int *by_site;   /* n_layer x LORA_SITE_COUNT x 2 (A, B) adapter tensor indices (experts: expert 0's), -1 where absent */

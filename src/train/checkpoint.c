@@ -318,6 +318,72 @@ out:
     return rc;
 }
 
+int ckpt_has_ternary(const char *dir)
+{
+    char name[] = TERN_BASE ".safetensors";
+    char *path = fs_join(dir, name);
+    int yes = fs_exists(path);
+    free(path);
+    return yes;
+}
+
+Model *ckpt_load_ternary_model(const char *dir, const Backend *be)
+{
+    ModelConfig c;
+    if (hf_read_config(dir, &c)) return NULL;
+    StSet set;
+    if (st_set_open_dir(&set, dir, TERN_BASE)) return NULL;
+    const StFile *f0 = &set.files[0];
+    const char *gs = st_meta_get(f0, "group");
+    char *end = NULL;
+    long group = gs ? strtol(gs, &end, 10) : 0;
+    if (!gs || end == gs || *end || group < 1 || group > (1L << 24)) {
+        err_set("%s: metadata \"group\": expected the weights per exponent group (1 .. 2^24), got %s%s%s", f0->path,
+                gs ? "\"" : "", gs ? gs : "none", gs ? "\"" : "");
+        st_set_close(&set);
+        return NULL;
+    }
+    c.tern_group = (int)group;
+    c.tern_frozen = 1;
+    c.tern_fused = 0;
+    ParamTable pt;
+    param_table_build(&pt, &c);
+    ParamKind *kinds = xmalloc((size_t)pt.n * sizeof(ParamKind));
+    int nt = 0, bad = 0;
+    for (int i = 0; i < pt.n; i++) {
+        char name[96];
+        snprintf(name, sizeof(name), "trits.%s", pt.p[i].name);
+        kinds[i] = st_set_find(&set, name, NULL) ? PARAM_TERNARY : PARAM_FROZEN;
+        nt += kinds[i] == PARAM_TERNARY;
+    }
+    for (int k = 0; k < set.nfiles && !bad; k++) /* every tensor of the file is one of the model's */
+        for (int j = 0; j < set.files[k].n && !bad; j++) {
+            const char *tn = set.files[k].t[j].name, *dot = strchr(tn, '.');
+            if (dot && param_find(&pt, dot + 1) >= 0) continue;
+            err_set("%s: tensor %s: not the state of one of the model's tensors (config.json)", set.files[k].path, tn);
+            bad = 1;
+        }
+    st_set_close(&set);
+    param_table_free(&pt);
+    if (!bad && !nt) err_set("%s/%s.safetensors: holds no trits.* tensor", dir, TERN_BASE), bad = 1;
+    if (bad) {
+        free(kinds);
+        return NULL;
+    }
+    Model *m = model_create_kinds(&c, be, kinds);
+    free(kinds);
+    /* the float tensors from model.safetensors; the ternary ones (there as trit x 2^E) from their state */
+    float *host = xmalloc(m->pt.total * sizeof(float));
+    int rc = hf_read_weights(dir, &m->cfg, &m->pt, host);
+    if (!rc) model_set_params(m, host);
+    free(host);
+    if (rc || ckpt_read_ternary(dir, m)) {
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
 int ckpt_write_main(const char *tmp, const CheckpointData *d)
 {
     int dtype = d->bf16_weights ? DTYPE_BF16 : DTYPE_F32;

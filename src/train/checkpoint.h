@@ -104,5 +104,12 @@ int ckpt_read_optimizer_range(const char *ckpt_dir, const Model *m, float *param
 /* The integer-ternary state of every PARAM_TERNARY tensor of m from ternary.safetensors, exactly
  * (nothing to do for a model without such tensors). */
 int ckpt_read_ternary(const char *ckpt_dir, Model *m);
+/* Whether dir holds ternary.safetensors (an integer-ternary checkpoint's state). */
+int ckpt_has_ternary(const char *dir);
+/* The model of such a directory for eval and generate: every tensor frozen, those whose state
+ * ternary.safetensors holds kept packed as it holds them (5 trits a byte, an exponent per group;
+ * ModelConfig.tern_frozen: no accumulators, no gradient), so that the products read the trits
+ * (Backend.ternary_matmul_fwd); NULL with err_set() naming the file and the field or tensor. */
+Model *ckpt_load_ternary_model(const char *dir, const Backend *be);
 
 #endif
