@@ -15,6 +15,8 @@
 #   chunk  a small untied model on the GPU trained with the vocabulary tensors whole and by 30-row chunks:
 #          the same losses
 #   124m   tools/ternary_compare.sh at the GPT-2 124M shape (12 x 768, B=16, T=1024, 200 steps), bf16
+#   curve  AdamW (fp32) against BitNet QAT at the GPT-2 124M shape for CURVE_STEPS (600) steps, B=16, T=1024:
+#          the loss curves at equal tokens (means over 50 steps) and BitNet's gap
 #   decode a bitnet-3b integer-ternary checkpoint (one step) decoded by `anvil generate` with its ternary
 #          tensors packed (the products read the trits: Backend.ternary_matmul_fwd) and read as bf16
 #          floats, batch 1 and 8: tokens/s, peak, whether the greedy ids agree
@@ -173,5 +175,8 @@ YAML
     if cmp -s <(losses runs/chunk-1) <(losses runs/chunk30); then echo "chunk: the same losses (cuda)"; else
         echo "chunk: the losses DIFFER (cuda)"; fi
 fi
+has curve && bash tools/ternary_compare.sh --device cuda --data "$data" --out runs/tc-curve --layers 12 --width 768 \
+    --heads 12 --ff 2048 --batch 16 --seq 1024 --lr 1e-3 --steps ${CURVE_STEPS:-600} --methods "adamw bitnet" \
+    --curve 50 2>&1 | tee "$out/compare_curve.md"
 has 124m && bash tools/ternary_compare.sh --device cuda --data "$data" --out runs/tc-124m --layers 12 --width 768 \
     --heads 12 --ff 2048 --batch 16 --seq 1024 --lr 1e-3 2>&1 | tee "$out/compare_124m.md"

@@ -12,18 +12,21 @@
 #
 #   bash tools/ternary_compare.sh [--device cpu|cuda|cuda-fp32] [--steps 200] [--batch 4] [--seq 33]
 #        [--layers 4] [--width 256] [--heads 4] [--ff 688] [--lr 2e-3] [--data FILE] [--out DIR]
+#        [--methods "adamw bitnet integer integer-emb"] [--curve N]
 #
 # Columns: float params = trainable fp32 tensors' elements; weights MB = the weights as stored (fp32
 # master and any compute copy, packed trits + exponents); optimizer MB = Adam moments + ternary
 # accumulators; persistent = weights + optimizer (what a checkpoint must hold to resume; gradients are
 # transient within a step); peak = the backend's high-water mark after step 1; step ms = median over
 # steps 2..N; final = the last step's loss, last-20 = the mean of the last 20 steps' losses, min = the
-# smallest. Losses are training losses on the step's own batch (nats per byte).
+# smallest. Losses are training losses on the step's own batch (nats per byte). --curve N adds the loss
+# curves at equal tokens: each method's mean loss over every block of N steps, and BitNet's gap to AdamW.
 set -eu
 cd "$(dirname "$0")/.."
 ANVIL=${ANVIL:-./anvil}
 device=cpu steps=200 batch=4 seq=33 layers=4 width=256 heads=4 ff=688 lr=2e-3
 data=${ANVIL_SHARED_DATA:-../shared/data}/text/sentences.txt out=runs/ternary-compare
+methods="adamw bitnet integer integer-emb" curve=0
 while [ $# -gt 0 ]; do
     case $1 in
     --device) device=$2; shift 2 ;;
@@ -37,6 +40,8 @@ while [ $# -gt 0 ]; do
     --lr) lr=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --methods) methods=$2; shift 2 ;;
+    --curve) curve=$2; shift 2 ;;
     *) echo "ternary_compare.sh: unknown option $1" >&2; exit 1 ;;
     esac
 done
@@ -101,4 +106,40 @@ echo "ternary_compare: family bitnet, $layers layers, width $width, $heads heads
 echo
 echo "| method | float params | ternary params | weights MiB | optimizer MiB | persistent MiB | peak MiB | step ms | final loss | last-20 loss | min loss |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for m in adamw bitnet integer integer-emb; do row "$m"; done
+for m in $methods; do
+    [ -n "${extra[$m]:-}" ] || { echo "ternary_compare.sh: --methods: unknown method $m" >&2; exit 1; }
+    row "$m"
+done
+[ "$curve" -gt 0 ] || exit 0
+# the curves: mean training loss over steps (k-1)N+1 .. kN of each method, at equal tokens
+echo
+set -- $methods
+printf '| steps | tokens |'
+for m in "$@"; do printf ' %s |' "$m"; done
+both=0
+case " $methods " in *" adamw "*) case " $methods " in *" bitnet "*) both=1 ;; esac ;; esac
+[ $both = 1 ] && printf ' bitnet / adamw |'
+echo
+printf '|---:|---:|'
+for m in "$@"; do printf -- '---:|'; done
+[ $both = 1 ] && printf -- '---:|'
+echo
+for m in "$@"; do
+    sed -n 's/.*"step": \([0-9]*\), "loss": \([0-9.]*\).*/\1 \2/p' "$out/$m/metrics.jsonl" >"$out/$m.losses"
+done
+awk -v N="$curve" -v tok=$((batch * seq)) -v methods="$methods" '
+    BEGIN { nm = split(methods, ms, " "); for (i = 1; i <= nm; i++) col[ms[i]] = i }
+    FNR == 1 { f++ }
+    { b = int(($1 - 1) / N); s[f, b] += $2; c[f, b]++; if (b > nb) nb = b }
+    END {
+        for (b = 0; b <= nb; b++) {
+            if (c[1, b] < N) continue
+            printf "| %d-%d | %.2fM |", b * N + 1, (b + 1) * N, (b + 1) * N * tok / 1e6
+            for (i = 1; i <= nm; i++) printf " %.4f |", s[i, b] / c[i, b]
+            if (("adamw" in col) && ("bitnet" in col)) {
+                a = s[col["adamw"], b] / c[col["adamw"], b]; q = s[col["bitnet"], b] / c[col["bitnet"], b]
+                printf " %+.1f%% |", 100 * (q / a - 1)
+            }
+            printf "\n"
+        }
+    }' $(for m in "$@"; do echo "$out/$m.losses"; done)
