@@ -1938,6 +1938,110 @@ static void test_ternary_matmul(void)
     }
 }
 
+/* BitNet under tensor parallel (backend.h "BitNet under tensor parallel"): a tensor, a row and a sub-norm's
+ * features cut in two slices as two ranks hold them, each slice's statistics gathered into (2, ...) buffers
+ * as tp.c lays them out; what the ops finish from them equals the CPU's op on the whole. */
+static void test_bitnet_tp_ops(void)
+{
+    const Backend *gpus[] = {gpu32, gpu16};
+    for (int g = 0; g < 2; g++) {
+        const Backend *be = gpus[g];
+        /* a part of 2 x 20000 weights: gamma of the whole from the slices' sums of |W| */
+        size_t n = 40000, h = n / 2;
+        float *w = randn(n, 0.3f, 101), *ref = xmalloc(n * sizeof(float));
+        fit(be, w, n);
+        cpu->ternary_wquant(ref, w, n);
+        fit(be, ref, n);
+        float *wd = up_f32(be, w, n);
+        void *wa = up_act(be, w, n), *q = be->alloc(n * be->act_size), *qa = be->alloc(n * be->act_size);
+        double *sums = be->alloc(2 * sizeof(double));
+        for (int k = 0; k < 2; k++) be->ternary_abs_sum(sums + k, wd + k * h, 0, h);
+        for (int k = 0; k < 2; k++) be->ternary_wquant_sums(act_at(be, q, k * h), wd + k * h, 0, h, sums, 2, 1, (double)n);
+        for (int k = 0; k < 2; k++) be->ternary_abs_sum(sums + k, act_at(be, wa, k * h), 1, h);
+        for (int k = 0; k < 2; k++)
+            be->ternary_wquant_sums(act_at(be, qa, k * h), act_at(be, wa, k * h), 1, h, sums, 2, 1, (double)n);
+        float *got = down_act(be, q, n), *gota = down_act(be, qa, n);
+        double gamma = 0;
+        for (size_t i = 0; i < n; i++) gamma = fmax(gamma, fabs(ref[i]));
+        int d = count_diff(got, ref, n, tol_for(be, 1e-6, 1e-2), gamma);
+        CHECKF(d <= (int)(n / 1000), "[%s] ternary_wquant_sums (fp32 slices): %d of %zu differ", be->name, d, n);
+        d = count_diff(gota, ref, n, tol_for(be, 1e-6, 1e-2), gamma);
+        CHECKF(d <= (int)(n / 1000), "[%s] ternary_wquant_sums (act slices): %d of %zu differ", be->name, d, n);
+        be->free(wd), be->free(wa), be->free(q), be->free(qa), be->free(sums);
+        free(w), free(ref), free(got), free(gota);
+
+        /* rows of C = 2 x 350 columns: the 8-bit scale of the whole row from the slices' absmax */
+        int N = 33, C = 700, Ch = C / 2;
+        float *x = randn((size_t)N * C, 1.5f, 102), *xs[2], *xr = xmalloc((size_t)N * C * sizeof(float));
+        fit(be, x, (size_t)N * C);
+        cpu->act_quant8(xr, x, N, C);
+        fit(be, xr, (size_t)N * C);
+        float *amax = be->alloc(2 * (size_t)N * sizeof(float));
+        void *xd[2], *xq[2];
+        for (int k = 0; k < 2; k++) {
+            xs[k] = xmalloc((size_t)N * Ch * sizeof(float));
+            for (int i = 0; i < N; i++) memcpy(xs[k] + (size_t)i * Ch, x + (size_t)i * C + k * Ch, Ch * sizeof(float));
+            xd[k] = up_act(be, xs[k], (size_t)N * Ch);
+            xq[k] = be->alloc((size_t)N * Ch * be->act_size);
+            be->act_absmax(amax + (size_t)k * N, xd[k], N, Ch);
+        }
+        d = 0;
+        for (int k = 0; k < 2; k++) {
+            be->act_quant8_amax(xq[k], xd[k], amax, 2, N, Ch);
+            float *gk = down_act(be, xq[k], (size_t)N * Ch), *rk = xmalloc((size_t)N * Ch * sizeof(float));
+            for (int i = 0; i < N; i++) memcpy(rk + (size_t)i * Ch, xr + (size_t)i * C + k * Ch, Ch * sizeof(float));
+            d += count_diff(gk, rk, (size_t)N * Ch, tol_for(be, 1e-6, 1e-2), 5.0);
+            free(gk), free(rk);
+        }
+        CHECKF(d <= N * C / 1000, "[%s] act_quant8_amax: %d of %d differ", be->name, d, N * C);
+
+        /* a sub-norm over the same 2 x 350 features: forward and backward from the slices' row sums */
+        float *nw = randn(C, 0.2f, 103), *dy = randn((size_t)N * C, 1.0f, 104);
+        for (int c = 0; c < C; c++) nw[c] += 1.0f;
+        fit(be, nw, C);
+        fit(be, dy, (size_t)N * C);
+        float *yr = xmalloc((size_t)N * C * sizeof(float)), *rr = xmalloc(N * sizeof(float));
+        float *dxr = xcalloc((size_t)N * C, sizeof(float)), *dwr = xcalloc(C, sizeof(float));
+        cpu->norm_fwd(yr, NULL, rr, x, nw, NULL, N, C, 1e-5f, 1);
+        cpu->norm_bwd(dxr, dwr, NULL, dy, x, nw, NULL, rr, N, C, 1);
+        double *st = be->alloc(2 * (size_t)N * sizeof(double));
+        float *rstd = be->alloc(N * sizeof(float)), *dw[2];
+        void *wk[2], *yk[2], *dyk[2], *dxk[2];
+        for (int k = 0; k < 2; k++) {
+            float *dys = xmalloc((size_t)N * Ch * sizeof(float));
+            for (int i = 0; i < N; i++) memcpy(dys + (size_t)i * Ch, dy + (size_t)i * C + k * Ch, Ch * sizeof(float));
+            wk[k] = up_act(be, nw + k * Ch, Ch);
+            dyk[k] = up_act(be, dys, (size_t)N * Ch);
+            yk[k] = be->alloc((size_t)N * Ch * be->act_size);
+            dxk[k] = be->alloc((size_t)N * Ch * be->act_size);
+            dw[k] = be->alloc(Ch * sizeof(float));
+            be->rms_row_dot(st + (size_t)k * N, xd[k], xd[k], NULL, NULL, N, Ch);
+            free(dys);
+        }
+        for (int k = 0; k < 2; k++) be->rms_split_fwd(yk[k], rstd, xd[k], wk[k], st, 2, N, Ch, C, 1e-5f);
+        for (int k = 0; k < 2; k++) be->rms_row_dot(st + (size_t)k * N, dyk[k], xd[k], wk[k], rstd, N, Ch);
+        for (int k = 0; k < 2; k++) be->rms_split_bwd(dxk[k], dw[k], dyk[k], xd[k], wk[k], rstd, st, 2, N, Ch, C);
+        for (int k = 0; k < 2; k++) {
+            float *gy = down_act(be, yk[k], (size_t)N * Ch), *gdx = down_act(be, dxk[k], (size_t)N * Ch),
+                  *gdw = xmalloc(Ch * sizeof(float)), *ry = xmalloc((size_t)N * Ch * sizeof(float)),
+                  *rdx = xmalloc((size_t)N * Ch * sizeof(float));
+            be->download(gdw, dw[k], Ch * sizeof(float));
+            for (int i = 0; i < N; i++) {
+                memcpy(ry + (size_t)i * Ch, yr + (size_t)i * C + k * Ch, Ch * sizeof(float));
+                memcpy(rdx + (size_t)i * Ch, dxr + (size_t)i * C + k * Ch, Ch * sizeof(float));
+            }
+            expect("rms_split_fwd", be, gy, ry, (size_t)N * Ch, tol_for(be, TOL_F32, TOL_BF16));
+            expect("rms_split_bwd dinp", be, gdx, rdx, (size_t)N * Ch, tol_for(be, TOL_F32, TOL_BF16));
+            expect("rms_split_bwd dw", be, gdw, dwr + k * Ch, Ch, tol_for(be, TOL_F32, TOL_BF16));
+            free(gy), free(gdx), free(gdw), free(ry), free(rdx);
+            be->free(wk[k]), be->free(dyk[k]), be->free(yk[k]), be->free(dxk[k]), be->free(dw[k]);
+            be->free(xd[k]), be->free(xq[k]), free(xs[k]);
+        }
+        be->free(st), be->free(rstd), be->free(amax);
+        free(x), free(xr), free(nw), free(dy), free(yr), free(rr), free(dxr), free(dwr);
+    }
+}
+
 /* The integer update on the GPU equals the CPU's bit for bit: several tensors in one call (groups that
  * do not line up with the 5-trit bytes, so neighbouring groups share bytes), random trits, exponents,
  * accumulators near their thresholds and gradients with ties and zeros, over steps that include scale
@@ -2373,6 +2477,7 @@ int main(void)
     RUN(test_moe_qlora);
     RUN(test_ternary_ops);
     RUN(test_ternary_matmul);
+    RUN(test_bitnet_tp_ops);
     RUN(test_ternary_update);
     RUN(test_model_bitnet);
     RUN(test_model_ternary);

@@ -394,6 +394,36 @@ struct Backend {
      * out[i] = inp[i] * jitter_factor(seed, i, eps) over n act elements (in place allowed): Mixtral's
      * multiplicative uniform noise in [1 - eps, 1 + eps], the same draw on every backend. */
     void (*jitter)(void *out, const void *inp, size_t n, float eps, uint64_t seed);
+    /* ---- BitNet under tensor parallel (appended; model/tp.h, docs/ternary.md "Tensor parallel") ----
+     * A rank holds a slice of each BitLinear part and of the features its sub-norms normalize: each op
+     * below is a per-slice statistic (doubles, which the group gathers as they are: 8 bytes each), or
+     * the quantizer or norm finished from the P ranks' statistics summed in rank order. */
+    /* *sum (one double, overwrite) = the sum of |w| over n values in double: fp32 (w_act 0, the master)
+     * or act (w_act 1, the compute copy: ternary_wquant_act's case). */
+    void (*ternary_abs_sum)(double *sum, const void *w, int w_act, size_t n);
+    /* ternary_wquant (w_act 0) or ternary_wquant_act (1) of n values whose gamma is that of a whole of
+     * count values: gamma = max((float)(S / count), 1e-5), S = sums[0] + sums[stride] + ... (nsums of
+     * them, in that order, in double). */
+    void (*ternary_wquant_sums)(void *out, const void *w, int w_act, size_t n, const double *sums, int nsums,
+                                int stride, double count);
+    /* amax (N) fp32 = max |x| of each row of C act values (overwrite). */
+    void (*act_absmax)(float *amax, const void *inp, int N, int C);
+    /* act_quant8 with each row's absmax the largest of P parts of amax (P, N): the quantizer of a row
+     * whose other columns lie on other ranks. out may be inp. */
+    void (*act_quant8_amax)(void *out, const void *inp, const float *amax, int P, int N, int C);
+    /* dot (N) double (overwrite) = sum_c (a[c] * w[c]) * (b[c] * s[row]) per row of C act values, each
+     * product in fp32 and their sum in double; w NULL: 1, s NULL: 1. RMSNorm's sum of squares (a = b = x)
+     * and its backward's sum of g * xhat (a = dout, b = x, s = rstd). */
+    void (*rms_row_dot)(double *dot, const void *a, const void *b, const void *w, const float *s, int N, int C);
+    /* RMSNorm of rows of C act values whose sums of squares over all Cn features are ss (P, N), summed
+     * over the P parts: rstd (N) = (float)(1 / sqrt(sum / Cn + eps)), out = x * rstd * w (norm_fwd's
+     * arithmetic). */
+    void (*rms_split_fwd)(void *out, float *rstd, const void *x, const void *w, const double *ss, int P, int N,
+                          int C, int Cn, float eps);
+    /* Its backward: with gx = (sum of the P parts of dot (P, N)) / Cn, dinp += rstd * (dout * w - xhat * gx),
+     * dw (C) += dout * xhat (dw NULL: skipped), xhat = x * rstd (norm_bwd's arithmetic). */
+    void (*rms_split_bwd)(void *dinp, float *dw, const void *dout, const void *x, const void *w, const float *rstd,
+                          const double *dot, int P, int N, int C, int Cn);
 };
 
 /* The CPU backend (always built). */

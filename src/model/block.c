@@ -45,12 +45,23 @@ static void mlp_act_only(Model *m, LayerActs *a, int N)
 }
 
 /* BitNet's sub-norm (RMSNorm, weight w) of an (N, n) branch activation into out; without sub-norms the
- * branch is used as it is. Returns what the next product reads. */
+ * branch is used as it is. Returns what the next product reads. Under tensor parallel the n features are
+ * this rank's slice of the row (its heads' or units'): the norm is over the whole row (tp.h). */
 static const void *sub_norm_fwd(const Model *m, int w, void *out, float *rstd, const void *x, int N, int n)
 {
     if (w < 0) return x;
-    m->be->norm_fwd(out, NULL, rstd, x, params_w(&m->ps, w), NULL, N, n, m->cfg.norm_eps, 1);
+    if (m->tp) tp_sub_norm_fwd(m->tp, m->be, out, rstd, x, params_w(&m->ps, w), N, n, m->cfg.norm_eps);
+    else m->be->norm_fwd(out, NULL, rstd, x, params_w(&m->ps, w), NULL, N, n, m->cfg.norm_eps, 1);
     return out;
+}
+
+/* Its backward: dinp (N, n) += d(sub-norm)/dx of dout, and the weight's gradient. */
+static void sub_norm_bwd(const Model *m, int w, void *dinp, const void *dout, const void *x, const float *rstd, int N,
+                         int n)
+{
+    const ParamStore *ps = &m->ps;
+    if (m->tp) tp_sub_norm_bwd(m->tp, m->be, dinp, params_g(ps, w), dout, x, params_w(ps, w), rstd, N, n);
+    else m->be->norm_bwd(dinp, params_g(ps, w), NULL, dout, x, params_w(ps, w), NULL, rstd, N, n, 1);
 }
 
 /* fch = linear_fc(ln2) and fch_act = act(fch) of block l. The fused op is also how recompute
@@ -227,8 +238,7 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     } else if (p->fsub_w >= 0) { /* through ffn_sub_norm: d1 = d(fch_sn), d2 = d(fch_act) (norm_bwd adds) */
         linear_bwd(ps, &p->proj, d1, dmlp, a->fch_sn, N, lb);
         be->zero(d2, (size_t)N * c->d_ff * be->act_size);
-        be->norm_bwd(d2, params_g(ps, p->fsub_w), NULL, d1, a->fch_act, params_w(ps, p->fsub_w), NULL,
-                     a->fch_sn_rstd, N, c->d_ff, 1);
+        sub_norm_bwd(m, p->fsub_w, d2, d1, a->fch_act, a->fch_sn_rstd, N, c->d_ff);
         glu_bwd(m, d1, a->fch, d2, N);
         linear_bwd(ps, &p->fc, d2, d1, a->ln2, N, lb);
     } else {
@@ -248,8 +258,7 @@ void block_bwd(Model *m, int l, LayerActs *a, int B, int T, void *dres, void *d1
     if (p->asub_w >= 0) {
         linear_bwd(ps, &p->o, d1, dout_o, a->att_sn, N, lb);
         be->zero(d2, (size_t)N * cfg_q_dim(c) * be->act_size);
-        be->norm_bwd(d2, params_g(ps, p->asub_w), NULL, d1, a->att, params_w(ps, p->asub_w), NULL, a->att_sn_rstd,
-                     N, cfg_q_dim(c), 1);
+        sub_norm_bwd(m, p->asub_w, d2, d1, a->att, a->att_sn_rstd, N, cfg_q_dim(c));
     } else {
         linear_bwd(ps, &p->o, d2, dout_o, a->att, N, lb);
     }

@@ -16,7 +16,7 @@ typedef struct {
  * (q, k, v; gate, up) with its own scale. From the fp32 master; under ZeRO (tern_from_act), whose master
  * is sharded, from the compute copy every rank holds at that moment (ZeRO-3: the gathered layer): fp32
  * on the CPU, so the same values; bf16 on the GPU (docs/distributed.md says what that changes). */
-static void bitlinear_quant(const ParamStore *ps, int idx)
+static void bitlinear_quant(const ParamStore *ps, int idx, const ModelTp *tp)
 {
     const Param *p = &ps->pt->p[idx];
     const Backend *be = ps->be;
@@ -25,6 +25,10 @@ static void bitlinear_quant(const ParamStore *ps, int idx)
     if (!act && (p->seg < ps->master_lo || p->seg + p->numel > ps->master_lo + ps->master_n))
         fatal("linear: BitLinear %s: its master is sharded over the ranks (internal error)", p->name);
     const float *master = act ? NULL : ps->master + (p->seg - ps->master_lo);
+    if (tp) { /* a slice of each part: the gammas of the whole parts (tp.h) */
+        tp_bitlinear_quant(tp, be, p, ps->wq, act ? (const void *)act : (const void *)master, act != NULL);
+        return;
+    }
     for (int k = 0; k < p->nparts; k++) {
         size_t off = row0 * cols, n = (size_t)p->part_rows[k] * cols;
         if (act) be->ternary_wquant_act(act_at(be, ps->wq, off), act_at(be, act, off), n);
@@ -35,13 +39,15 @@ static void bitlinear_quant(const ParamStore *ps, int idx)
 
 /* The switch on the weight's kind, written once. The gradient only for a backward (bwd 1): a
  * sharded run (ZeRO-2/3) has a layer's gradient buffer only while its backward runs. */
-static LinearWeight linear_weight_at(const ParamStore *ps, int idx, int bwd)
+static LinearWeight linear_weight_at(const ParamStore *ps, const Linear *L, int bwd)
 {
     LinearWeight lw = {0};
+    int idx = L->w;
+    const ModelTp *tp = L->split != LINEAR_WHOLE ? L->tp : NULL;
     switch (ps->pt->p[idx].kind) {
     case PARAM_TRAIN:
         if (ps->pt->p[idx].ternarize) {
-            bitlinear_quant(ps, idx);
+            bitlinear_quant(ps, idx, tp);
             lw.w = ps->wq;
             lw.quant_act = 1;
         } else {
@@ -67,8 +73,8 @@ static LinearWeight linear_weight_at(const ParamStore *ps, int idx, int bwd)
     return lw;
 }
 
-static LinearWeight linear_weight(const ParamStore *ps, int idx) { return linear_weight_at(ps, idx, 1); }
-static LinearWeight linear_weight_fwd(const ParamStore *ps, int idx) { return linear_weight_at(ps, idx, 0); }
+static LinearWeight linear_weight(const ParamStore *ps, const Linear *L) { return linear_weight_at(ps, L, 1); }
+static LinearWeight linear_weight_fwd(const ParamStore *ps, const Linear *L) { return linear_weight_at(ps, L, 0); }
 
 /* x as the adapters see it: dropout(x) into lb->xd when training with dropout, else x itself. The
  * seed is the product's own (lb->seed) mixed with the site, so each adapter draws its own mask, as
@@ -234,13 +240,15 @@ Linear linear_make(const ParamTable *pt, int w, int b)
 }
 
 /* The product's input: inp itself, or for a BitLinear its 8-bit quantization (absmax per row) in the
- * store's scratch. The straight-through estimator: the backward uses the same quantized input for the
- * weight gradient and passes the input gradient through the quantizer unchanged. */
-static const void *linear_input(const ParamStore *ps, const LinearWeight *w, const void *inp, int N, int in)
+ * store's scratch; row-parallel, the absmax of the whole row, whose other columns lie on the other ranks.
+ * The straight-through estimator: the backward uses the same quantized input for the weight gradient and
+ * passes the input gradient through the quantizer unchanged. */
+static const void *linear_input(const ParamStore *ps, const Linear *L, const LinearWeight *w, const void *inp, int N)
 {
     if (!w->quant_act) return inp;
-    void *xq = params_xq(ps, (size_t)N * in);
-    ps->be->act_quant8(xq, inp, N, in);
+    void *xq = params_xq(ps, (size_t)N * L->in);
+    if (L->split == LINEAR_ROW) tp_bitlinear_act(L->tp, ps->be, xq, inp, N, L->in);
+    else ps->be->act_quant8(xq, inp, N, L->in);
     return xq;
 }
 
@@ -273,8 +281,8 @@ void linear_fwd(const ParamStore *ps, const Linear *L, void *out, const void *in
         if (row && !L->sum_by_caller) tp_all_reduce_act(L->tp, out, (size_t)N * L->out);
         return;
     }
-    LinearWeight w = linear_weight_fwd(ps, L->w);
-    const void *x = linear_input(ps, &w, inp, N, L->in);
+    LinearWeight w = linear_weight_fwd(ps, L);
+    const void *x = linear_input(ps, L, &w, inp, N);
     if (adapters_first(ps, L, &w, lb, NULL, 0)) {
         adapters_fwd(ps, L, out, inp, N, lb, 0.0f);
         ps->be->gemm(0, 1, N, L->out, L->in, 1.0f, x, L->in, w.w, L->in, 1.0f, out, L->out, 0);
@@ -289,8 +297,8 @@ void linear_bwd(const ParamStore *ps, const Linear *L, void *dinp, const void *d
                 const LinearBufs *lb)
 {
     check_bufs(ps, L, lb);
-    LinearWeight w = linear_weight(ps, L->w);
-    const void *x = linear_input(ps, &w, inp, N, L->in);
+    LinearWeight w = linear_weight(ps, L);
+    const void *x = linear_input(ps, L, &w, inp, N);
     int first = adapters_first(ps, L, &w, lb, dinp, 1);
     if (first) adapters_bwd(ps, L, dinp, dout, inp, N, lb, 0.0f);
     params_grad_begin(ps, L->w);
@@ -313,7 +321,7 @@ void linear_gelu_fwd(const ParamStore *ps, const Linear *L, void *act, void *pre
         ps->be->gelu_fwd(act, pre, (size_t)N * L->out);
         return;
     }
-    LinearWeight w = linear_weight_fwd(ps, L->w);
+    LinearWeight w = linear_weight_fwd(ps, L);
     if (w.quant_act) fatal("linear: BitLinear %s in a GELU product (internal error: gpt2 has no ternary mode)",
                            ps->pt->p[L->w].name);
     if (L->split == LINEAR_ROW) fatal("linear: row-parallel %s before a GELU (internal error)", ps->pt->p[L->w].name);
@@ -324,7 +332,7 @@ void linear_gelu_bwd(const ParamStore *ps, const Linear *L, int bias_pre, void *
                      const void *act, const void *pre, int N, const LinearBufs *lb)
 {
     check_bufs(ps, L, lb);
-    LinearWeight w = linear_weight(ps, L->w);
+    LinearWeight w = linear_weight(ps, L);
     if (L->n_adapters) { /* dact through the product (base + adapters), then GELU's derivative */
         linear_bwd(ps, L, dpre, dout, act, N, lb);
         ps->be->gelu_bwd(dpre, pre, dpre, (size_t)N * L->in);
@@ -383,7 +391,7 @@ void linear_head_xent(const ParamStore *ps, const Linear *L, float *losses, void
         head_xent_rows(ps, L, losses, dinp, inp, targets, N, dscale, hb);
         return;
     }
-    LinearWeight w = dscale != 0 ? linear_weight(ps, L->w) : linear_weight_fwd(ps, L->w);
+    LinearWeight w = dscale != 0 ? linear_weight(ps, L) : linear_weight_fwd(ps, L);
     if (dscale != 0) params_grad_begin(ps, L->w);
     ps->be->lm_head_xent(losses, dscale != 0 ? dinp : NULL, dscale != 0 ? w.dw : NULL, inp, w.w, targets, N,
                          L->in, L->out, dscale);

@@ -808,15 +808,12 @@ void params_upload(ParamStore *ps, int i, const float *host)
     } else if (p->ternarize) { /* a frozen BitLinear (evaluation, model.freeze): ternarized once, here, part
                                  * by part; the part of it this store holds (ZeRO-3 shards the frozen segment) */
         float *q = xmalloc(p->numel * sizeof(float));
-        size_t row0 = 0, cols = (size_t)p->shape[1], a, e;
+        size_t row0 = 0, cols = (size_t)p->shape[1];
         for (int k = 0; k < p->nparts; k++) {
             tern_wquant(q + row0 * cols, host + row0 * cols, (size_t)p->part_rows[k] * cols);
             row0 += (size_t)p->part_rows[k];
         }
-        if (clip_range(p->seg, p->numel, ps->frozen_lo, ps->frozen_n, &a, &e))
-            be->upload_act(act_at(be, ps->frozen_act, a - ps->frozen_lo), q + (a - p->seg), e - a);
-        if (clip_range(p->seg, p->numel, 0, ps->emb_n, &a, &e))
-            be->upload_act(act_at(be, ps->emb_host, a), q + (a - p->seg), e - a);
+        params_upload_ternarized(ps, i, q);
         free(q);
     } else {
         size_t a, e;
@@ -825,6 +822,19 @@ void params_upload(ParamStore *ps, int i, const float *host)
         if (clip_range(p->seg, p->numel, 0, ps->emb_n, &a, &e))
             be->upload_act(act_at(be, ps->emb_host, a), host + (a - p->seg), e - a);
     }
+}
+
+void params_upload_ternarized(ParamStore *ps, int i, const float *q)
+{
+    const Param *p = &ps->pt->p[i];
+    const Backend *be = ps->be;
+    size_t a, e;
+    if (p->kind != PARAM_FROZEN || !p->ternarize)
+        fatal("params: %s is not a frozen BitLinear (internal error)", p->name);
+    if (clip_range(p->seg, p->numel, ps->frozen_lo, ps->frozen_n, &a, &e))
+        be->upload_act(act_at(be, ps->frozen_act, a - ps->frozen_lo), q + (a - p->seg), e - a);
+    if (clip_range(p->seg, p->numel, 0, ps->emb_n, &a, &e))
+        be->upload_act(act_at(be, ps->emb_host, a), q + (a - p->seg), e - a);
 }
 
 void params_download(const ParamStore *ps, int i, float *host)

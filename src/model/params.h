@@ -277,6 +277,9 @@ float *params_g(const ParamStore *ps, int i);
 /* Tensor i from / to host fp32 values (numel of them, our layout). Upload sets the master and the
  * compute copy; download reads the master, or the compute copy of a tensor that has none. */
 void params_upload(ParamStore *ps, int i, const float *host);
+/* A frozen BitLinear's values already ternarized (tensor parallel: a slice of the whole tensor, each part
+ * ternarized whole with its own gamma), uploaded as they are. */
+void params_upload_ternarized(ParamStore *ps, int i, const float *q);
 void params_download(const ParamStore *ps, int i, float *host);
 /* A part of a 4-bit tensor from a host state (its arrays copied into backend memory): a
  * pre-quantized directory's bytes as they are. */

@@ -9,7 +9,11 @@ float tern_wquant(float *out, const float *w, size_t n)
 {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += fabs((double)w[i]);
-    float gamma = n ? (float)(s / (double)n) : 0.0f;
+    return tern_wquant_gamma(out, w, n, n ? (float)(s / (double)n) : 0.0f);
+}
+
+float tern_wquant_gamma(float *out, const float *w, size_t n, float gamma)
+{
     if (gamma < TERN_EPS) gamma = TERN_EPS;
     float scale = 1.0f / gamma;
     for (size_t i = 0; i < n; i++) {
@@ -24,6 +28,11 @@ void tern_act_quant_row(float *out, const float *x, int C)
 {
     float mx = 0;
     for (int j = 0; j < C; j++) mx = fmaxf(mx, fabsf(x[j]));
+    tern_act_quant_row_amax(out, x, C, mx);
+}
+
+void tern_act_quant_row_amax(float *out, const float *x, int C, float mx)
+{
     if (mx < TERN_EPS) mx = TERN_EPS;
     float s = TERN_ACT_QP / mx;
     for (int j = 0; j < C; j++) {

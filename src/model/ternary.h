@@ -33,8 +33,12 @@
 /* BitNet's weight quantizer over n fp32 values: out = clamp(round(w / gamma), -1, 1) * gamma in the
  * form torch computes it (s = 1 / max(mean |w|, 1e-5); q / s); returns gamma. out may be w. */
 float tern_wquant(float *out, const float *w, size_t n);
+/* The same with gamma given (the mean |w| of a whole tensor of which w is a slice: tensor parallel). */
+float tern_wquant_gamma(float *out, const float *w, size_t n, float gamma);
 /* BitNet's activation quantizer, one row of C values (out may be x). */
 void tern_act_quant_row(float *out, const float *x, int C);
+/* The same with the row's absmax given (the max |x| of a whole row of which x is a slice). */
+void tern_act_quant_row_amax(float *out, const float *x, int C, float amax);
 
 /* Bytes of n packed trits and groups of a tensor. */
 static inline size_t trit_bytes(size_t n) { return (n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE; }

@@ -13,11 +13,6 @@ int tp_config_local(const ModelConfig *full, int P, int r, ModelConfig *local)
 {
     if (P < 1 || r < 0 || r >= P)
         return err_set("dist.tp: %d (rank %d in it) is not a group size (internal error)", P, r);
-    if (full->ternary || full->sub_norm)
-        return err_set(
-            "dist.tp: %d with model.ternary (BitNet) is not supported (its per-tensor scales would need "
-            "the whole tensor); use dist.tp 1",
-            P);
     if (full->n_head % P) return err_set("dist.tp: %d does not divide model.n_head %d", P, full->n_head);
     if (full->n_kv_head % P)
         return err_set("dist.tp: %d does not divide model.n_kv_head %d", P, full->n_kv_head);
@@ -83,6 +78,8 @@ int tp_role_split(int role)
     case PROLE_EXP_PROJ_W:
     case PROLE_SH_FC_W:
     case PROLE_SH_PROJ_W:
+    case PROLE_ATTN_SUB_W: /* BitNet's sub-norms normalize split features: r's slice of them */
+    case PROLE_FFN_SUB_W:
         return 1;
     default:
         return 0;
@@ -135,6 +132,12 @@ static void slice_tensor(const ModelConfig *c, int P, int r, const Param *pw, co
         break;
     case PROLE_SH_FC_W:
         copy_glu_rows(whole, wcols, local, lcols, (size_t)c->moe_shared_d_ff, P, r, to_local);
+        break;
+    case PROLE_ATTN_SUB_W: /* the features of r's query heads (o's input columns) */
+        copy_block(whole, wcols, local, lcols, ql, r * ql, 0, 0, 1, to_local);
+        break;
+    case PROLE_FFN_SUB_W: /* the features of r's units (proj's input columns) */
+        copy_block(whole, wcols, local, lcols, fl, r * fl, 0, 0, 1, to_local);
         break;
     case PROLE_O_W: /* columns of r's query heads */
         copy_block(whole, wcols, local, lcols, wrows, 0, 0, r * ql, ql, to_local);
@@ -323,6 +326,11 @@ void tp_attach(Model *m, ModelTp *tp)
     be->zero(tp->zeros, cap * C * be->act_size);
     tp->logits = be->alloc(cap * (size_t)tp->vn * be->act_size);
     tp->stats = be->alloc((size_t)tp->size * cap * 3 * sizeof(float));
+    if (m->cfg.ternary == TERNARY_BITNET || m->cfg.sub_norm) {
+        tp->wsum = be->alloc((size_t)tp->size * TP_BITLINEAR_PARTS * sizeof(double));
+        tp->amax = be->alloc((size_t)tp->size * cap * sizeof(float));
+        tp->rowst = be->alloc((size_t)tp->size * cap * sizeof(double));
+    }
 }
 
 void tp_detach(Model *m)
@@ -330,7 +338,7 @@ void tp_detach(Model *m)
     ModelTp *tp = m->tp;
     if (!tp) return;
     const Backend *be = m->be;
-    void *bufs[] = {tp->ids, tp->pos, tp->zrows, tp->zeros, tp->logits, tp->stats};
+    void *bufs[] = {tp->ids, tp->pos, tp->zrows, tp->zeros, tp->logits, tp->stats, tp->wsum, tp->amax, tp->rowst};
     for (size_t i = 0; i < ARRAY_LEN(bufs); i++)
         if (bufs[i]) be->free(bufs[i]);
     free(tp->ids_host);
@@ -338,7 +346,8 @@ void tp_detach(Model *m)
     free(tp->zrows_host);
     tp->ids = tp->pos = tp->zrows = tp->ids_host = tp->pos_host = tp->zrows_host = NULL;
     tp->zeros = tp->logits = NULL;
-    tp->stats = NULL;
+    tp->stats = tp->amax = NULL;
+    tp->wsum = tp->rowst = NULL;
     m->tp = NULL;
 }
 
@@ -406,4 +415,56 @@ void tp_head_xent(Model *m, float *losses, void *dlnf, const void *lnf, const in
     be->xent_vp_finish(losses, tp->logits, targets, tp->stats, tp->size, N, tp->vn, tp->v0, dscale);
     if (dscale != 0)
         linear_bwd(ps, &m->head, dlnf, tp->logits, lnf, N, NULL); /* column-parallel: dlnf summed */
+}
+
+/* ---- BitNet: the statistics over the whole of what each rank holds a slice of ---- */
+
+/* The group's gather of one double per rank and row (doubles travel as pairs of fp32 words: the
+ * gather copies bytes, so each rank's sums arrive as they were computed). */
+static void gather_f64(const ModelTp *tp, double *buf, size_t n)
+{
+    tp->all_gather_f32(tp->ctx, (float *)buf, 2 * n);
+}
+
+void tp_bitlinear_quant(const ModelTp *tp, const Backend *be, const Param *p, void *out, const void *w, int w_act)
+{
+    if (p->nparts < 1 || p->nparts > TP_BITLINEAR_PARTS)
+        fatal("tp: BitLinear %s has %d parts (internal error)", p->name, p->nparts);
+    size_t cols = (size_t)p->shape[1], off = 0, wsz = w_act ? be->act_size : sizeof(float);
+    double *mine = tp->wsum + (size_t)tp->rank * TP_BITLINEAR_PARTS;
+    for (int k = 0; k < p->nparts; off += (size_t)p->part_rows[k] * cols, k++)
+        be->ternary_abs_sum(mine + k, (const char *)w + off * wsz, w_act, (size_t)p->part_rows[k] * cols);
+    gather_f64(tp, tp->wsum, TP_BITLINEAR_PARTS);
+    off = 0;
+    for (int k = 0; k < p->nparts; off += (size_t)p->part_rows[k] * cols, k++) {
+        size_t n = (size_t)p->part_rows[k] * cols; /* every rank holds as many of the part's values */
+        be->ternary_wquant_sums(act_at(be, out, off), (const char *)w + off * wsz, w_act, n, tp->wsum + k, tp->size,
+                                TP_BITLINEAR_PARTS, (double)n * tp->size);
+    }
+}
+
+void tp_bitlinear_act(const ModelTp *tp, const Backend *be, void *xq, const void *inp, int N, int C)
+{
+    if (N > tp->cap) fatal("tp: %d rows exceed the reserved %d (internal error)", N, tp->cap);
+    be->act_absmax(tp->amax + (size_t)tp->rank * N, inp, N, C);
+    tp->all_gather_f32(tp->ctx, tp->amax, (size_t)N);
+    be->act_quant8_amax(xq, inp, tp->amax, tp->size, N, C);
+}
+
+void tp_sub_norm_fwd(const ModelTp *tp, const Backend *be, void *out, float *rstd, const void *x, const void *w, int N,
+                     int C, float eps)
+{
+    if (N > tp->cap) fatal("tp: %d rows exceed the reserved %d (internal error)", N, tp->cap);
+    be->rms_row_dot(tp->rowst + (size_t)tp->rank * N, x, x, NULL, NULL, N, C);
+    gather_f64(tp, tp->rowst, (size_t)N);
+    be->rms_split_fwd(out, rstd, x, w, tp->rowst, tp->size, N, C, C * tp->size, eps);
+}
+
+void tp_sub_norm_bwd(const ModelTp *tp, const Backend *be, void *dinp, float *dw, const void *dout, const void *x,
+                     const void *w, const float *rstd, int N, int C)
+{
+    if (N > tp->cap) fatal("tp: %d rows exceed the reserved %d (internal error)", N, tp->cap);
+    be->rms_row_dot(tp->rowst + (size_t)tp->rank * N, dout, x, w, rstd, N, C);
+    gather_f64(tp, tp->rowst, (size_t)N);
+    be->rms_split_bwd(dinp, dw, dout, x, w, rstd, tp->rowst, tp->size, N, C, C * tp->size);
 }

@@ -10,7 +10,8 @@
  *   h.L.o.w      row-parallel: the columns of r's query heads;  h.L.o.b whole (added by rank 0)
  *   h.L.proj.w   row-parallel: the columns of r's units;         h.L.proj.b whole (added by rank 0)
  *   wte, lm_head vocabulary-parallel: rows [v0, v0 + vn) (an encoder's decoder bias: entries [v0, v0 + vn))
- *   wpe, every norm                whole and identical on every rank (their gradients are, too)
+ *   wpe, every norm                whole and identical on every rank (their gradients are, too),
+ *   but BitNet's sub-norms:        h.L.attn_sub.w r's query heads' features, h.L.ffn_sub.w r's units
  *   h.L.exp.E.fc.w, shared.fc.w    an expert's [w1 | w3] (gate | up): the rows of r's units of each
  *   h.L.exp.E.proj.w, shared.proj.w  the columns of r's units;  router, shared.gate whole
  * (mixture of experts, moe.c: every rank routes every token alike and runs its slice of each expert;
@@ -20,6 +21,10 @@
  * slice (zero rows for the others) and the rows are all-reduced; the loss: each rank's logits slice
  * (N, vn), its (max, sum of exp, target logit) per row all-gathered, so that every rank gets the
  * whole-vocabulary loss and its slice of the logits' gradient (backend.h xent_vp_*).
+ * BitNet (model.ternary: bitnet): what a rank computes from its slices equals one rank's run because
+ * the statistics over the whole are gathered: each BitLinear part's sum |W| (its gamma is the whole
+ * part's mean), a row-parallel product's per-row input absmax (its 8-bit scale is the whole row's), and
+ * a sub-norm's per-row sum of squares and, backward, of g * xhat (tp_bitlinear_*, tp_sub_norm_*).
  */
 #ifndef ANVIL_MODEL_TP_H
 #define ANVIL_MODEL_TP_H
@@ -54,10 +59,16 @@ typedef struct ModelTp {
     void *zeros;  /* (cap, C) act zeros */
     void *logits; /* (cap, vn) act */
     float *stats; /* (size, cap, 3) */
+    /* BitNet (model.ternary: bitnet; NULL otherwise): each rank's statistics of its slices, gathered */
+    double *wsum;  /* (size, TP_BITLINEAR_PARTS) sum |W| of each part of a BitLinear (its gamma) */
+    float *amax;   /* (size, cap) a row-parallel product's per-row absmax of its input columns */
+    double *rowst; /* (size, cap) a sub-norm's per-row sum of squares (forward) or of g * xhat (backward) */
 } ModelTp;
 
-/* This rank's slice of a config (above). -1 with err_set() naming the key that does not divide, or
- * what tensor parallel does not support (BitNet). */
+/* The most Hugging Face parts of one BitLinear tensor (q, k, v). */
+#define TP_BITLINEAR_PARTS 3
+
+/* This rank's slice of a config (above). -1 with err_set() naming the key that does not divide. */
 int tp_config_local(const ModelConfig *full, int size, int rank, ModelConfig *local);
 /* The vocabulary rows [*v0, *v0 + *vn) of rank r of P. */
 void tp_vocab_part(int V, int P, int r, int *v0, int *vn);
@@ -89,6 +100,21 @@ int tp_q4_blocksize(const ModelConfig *full, int P, int r, const Param *pw, cons
  * (after model_reserve). tp (owned by the caller) must outlive the model's passes. */
 void tp_attach(struct Model *m, ModelTp *tp);
 void tp_detach(struct Model *m);
+
+/* BitNet: out (act) = this rank's slice w of BitLinear p (its values: fp32, or act when w_act)
+ * ternarized part by part, each part's gamma the mean |W| of the whole part (the group's sums gathered
+ * once for the tensor). Every rank of the group calls it for the same tensor at the same point. */
+void tp_bitlinear_quant(const ModelTp *tp, const struct Backend *be, const Param *p, void *out, const void *w,
+                        int w_act);
+/* BitNet: xq (N, C) = the 8-bit quantization of a row-parallel product's input columns inp (N, C), each
+ * row's scale that of the whole row (the group's absmax). */
+void tp_bitlinear_act(const ModelTp *tp, const struct Backend *be, void *xq, const void *inp, int N, int C);
+/* BitNet's sub-norm (RMSNorm, weight w (C)) of rows whose features are split over the group (C here,
+ * C x size whole): out, rstd (N) as norm_fwd; the backward adds to dinp and dw as norm_bwd. */
+void tp_sub_norm_fwd(const ModelTp *tp, const struct Backend *be, void *out, float *rstd, const void *x,
+                     const void *w, int N, int C, float eps);
+void tp_sub_norm_bwd(const ModelTp *tp, const struct Backend *be, void *dinp, float *dw, const void *dout,
+                     const void *x, const void *w, const float *rstd, int N, int C);
 
 /* The group's all-reduce (linear.c). */
 static inline void tp_all_reduce_act(const ModelTp *tp, void *buf, size_t n)

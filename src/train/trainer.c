@@ -839,6 +839,16 @@ static int tp_upload_q4(Run *r, int i, int part, const Q4State *whole)
 static int tp_set_tensor(Run *r, int i, const float *w, const ParamStore *q4src)
 {
     const Param *pl = &r->m->pt.p[i], *pw = &r->whole.pt.p[i];
+    if (pl->kind == PARAM_FROZEN && pl->ternarize) { /* a frozen BitLinear: ternarized whole, then sliced */
+        float *q = xmalloc(pw->numel * sizeof(float)), *local = xmalloc(pl->numel * sizeof(float));
+        size_t row0 = 0, cols = (size_t)pw->shape[1];
+        for (int k = 0; k < pw->nparts; row0 += (size_t)pw->part_rows[k], k++)
+            tern_wquant(q + row0 * cols, w + row0 * cols, (size_t)pw->part_rows[k] * cols);
+        tp_slice_tensor(&r->tpm.full, r->dist.tp, r->dist.tp_rank, pw, pl, q, local, 1);
+        params_upload_ternarized(&r->m->ps, i, local);
+        free(q), free(local);
+        return 0;
+    }
     if (pl->kind != PARAM_NF4) {
         float *local = xmalloc(pl->numel * sizeof(float));
         tp_slice_tensor(&r->tpm.full, r->dist.tp, r->dist.tp_rank, pw, pl, (float *)w, local, 1);
@@ -901,8 +911,11 @@ static int tp_init_gpt2(Run *r, uint64_t seed)
      * 4-bit base as dist.tp 1 draws it (model_init_gpt2's synthetic 4-bit states), whose states are sliced */
     const ParamStore *ps = &r->m->ps;
     Q4Spec q4 = {.type = ps->q4 ? ps->q4_type : -1, .blocksize = ps->q4_blocksize, .nested = ps->q4_double};
-    Model *w = r->m->adapters ? model_create_lora(&r->whole.cfg, backend_cpu(), &r->whole.lora, 0, seed, &q4)
-                              : model_create_frozen(&r->whole.cfg, backend_cpu());
+    /* BitNet: the latent weights as drawn (the frozen shell would hold them ternarized: params_upload) */
+    ModelConfig wc = r->whole.cfg;
+    wc.ternary = TERNARY_NONE;
+    Model *w = r->m->adapters ? model_create_lora(&wc, backend_cpu(), &r->whole.lora, 0, seed, &q4)
+                              : model_create_frozen(&wc, backend_cpu());
     float *host = xmalloc(w->pt.total * sizeof(float));
     model_init_gpt2(w, seed);
     model_get_params(w, host);

@@ -33,5 +33,16 @@ void cpu_relu2glu_fwd(void *out, const void *inp, int N, int F);
 void cpu_relu2glu_bwd(void *dinp, const void *inp, const void *dout, int N, int F);
 void cpu_trit_unpack(void *out, const TernaryTensor *t);
 void cpu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHyper *h);
+/* BitNet under tensor parallel (backend.h) */
+void cpu_ternary_abs_sum(double *sum, const void *w, int w_act, size_t n);
+void cpu_ternary_wquant_sums(void *out, const void *w, int w_act, size_t n, const double *sums, int nsums, int stride,
+                             double count);
+void cpu_act_absmax(float *amax, const void *inp, int N, int C);
+void cpu_act_quant8_amax(void *out, const void *inp, const float *amax, int P, int N, int C);
+void cpu_rms_row_dot(double *dot, const void *a, const void *b, const void *w, const float *s, int N, int C);
+void cpu_rms_split_fwd(void *out, float *rstd, const void *x, const void *w, const double *ss, int P, int N, int C,
+                       int Cn, float eps);
+void cpu_rms_split_bwd(void *dinp, float *dw, const void *dout, const void *x, const void *w, const float *rstd,
+                       const double *dot, int P, int N, int C, int Cn);
 
 #endif

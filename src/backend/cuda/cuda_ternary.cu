@@ -560,6 +560,224 @@ static void cu_ternary_update(const TernaryTensor *ts, int nt, const TernaryHype
     free(gs);
 }
 
+/* ---- BitNet under tensor parallel: per-slice statistics, and what finishes from the group's ---- */
+
+/* *sum = the sum of the first stage's parts (a fixed order) */
+__global__ void abs_sum_final_kernel(double *sum, const double *part, int nparts)
+{
+    if (threadIdx.x != 0) return;
+    double t = 0;
+    for (int k = 0; k < nparts; k++) t += part[k];
+    *sum = t;
+}
+
+template <typename T> static void cu_ternary_abs_sum(double *sum, const void *w, int w_act, size_t n)
+{
+    CUDA_PROF("ternary_abs_sum");
+    double *part = (double *)cuda_scratch(WQ_PARTS * sizeof(double));
+    if (w_act) absmean_partial_kernel<T><<<WQ_PARTS, TERN_THREADS, 0, g_cu.stream>>>(part, (const T *)w, n);
+    else absmean_partial_kernel<float><<<WQ_PARTS, TERN_THREADS, 0, g_cu.stream>>>(part, (const float *)w, n);
+    CUDA_CHECK_LAUNCH();
+    abs_sum_final_kernel<<<1, 32, 0, g_cu.stream>>>(sum, part, WQ_PARTS);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* scale = 1 / max((float)(S / count), 1e-5), S the nsums sums at stride, in order */
+__global__ void sums_scale_kernel(float *scale, const double *sums, int nsums, int stride, double count)
+{
+    if (threadIdx.x != 0) return;
+    double t = 0;
+    for (int k = 0; k < nsums; k++) t += sums[(size_t)k * stride];
+    float gamma = count > 0 ? (float)(t / count) : 0.0f;
+    if (gamma < TERN_EPS_F) gamma = TERN_EPS_F;
+    *scale = 1.0f / gamma;
+}
+
+template <typename T>
+static void cu_ternary_wquant_sums(void *out, const void *w, int w_act, size_t n, const double *sums, int nsums,
+                                   int stride, double count)
+{
+    CUDA_PROF("ternary_wquant_sums");
+    if (!n) return;
+    float *scale = (float *)cuda_scratch(sizeof(float));
+    sums_scale_kernel<<<1, 32, 0, g_cu.stream>>>(scale, sums, nsums, stride, count);
+    CUDA_CHECK_LAUNCH();
+    if (w_act)
+        wquant_kernel<T, T><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)w, scale, n);
+    else
+        wquant_kernel<T, float><<<grid_for(n, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>((T *)out, (const float *)w,
+                                                                                             scale, n);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* the block's max of v (every thread gets it) */
+__device__ float block_max(float v, float *s)
+{
+    s[threadIdx.x] = v;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if ((int)threadIdx.x < k) s[threadIdx.x] = fmaxf(s[threadIdx.x], s[threadIdx.x + k]);
+        __syncthreads();
+    }
+    float r = s[0];
+    __syncthreads();
+    return r;
+}
+
+/* the block's sum of v in double, in a fixed tree order (every thread gets it) */
+__device__ double block_sum_f64(double v, double *s)
+{
+    s[threadIdx.x] = v;
+    __syncthreads();
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if ((int)threadIdx.x < k) s[threadIdx.x] += s[threadIdx.x + k];
+        __syncthreads();
+    }
+    double r = s[0];
+    __syncthreads();
+    return r;
+}
+
+template <typename T> __global__ void act_absmax_kernel(float *amax, const T *inp, int C)
+{
+    __shared__ float s[TERN_THREADS];
+    const T *x = inp + (size_t)blockIdx.x * C;
+    float mx = 0;
+    for (int j = threadIdx.x; j < C; j += blockDim.x) mx = fmaxf(mx, fabsf(to_f(x[j])));
+    mx = block_max(mx, s);
+    if (threadIdx.x == 0) amax[blockIdx.x] = mx;
+}
+
+template <typename T> static void cu_act_absmax(float *amax, const void *inp, int N, int C)
+{
+    CUDA_PROF("act_absmax");
+    if (N <= 0) return;
+    act_absmax_kernel<T><<<N, TERN_THREADS, 0, g_cu.stream>>>(amax, (const T *)inp, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+/* act_quant8_kernel's arithmetic with the row's absmax the largest of the P parts of amax (P, N) */
+template <typename T> __global__ void act_quant8_amax_kernel(T *out, const T *inp, const float *amax, int P, int N, int C)
+{
+    const T *x = inp + (size_t)blockIdx.x * C;
+    T *o = out + (size_t)blockIdx.x * C;
+    float mx = 0;
+    for (int k = 0; k < P; k++) mx = fmaxf(mx, amax[(size_t)k * N + blockIdx.x]);
+    float sc = __fdiv_rn(127.0f, fmaxf(mx, TERN_EPS_F));
+    for (int j = threadIdx.x; j < C; j += blockDim.x) { /* each element read before its own write */
+        float q = rintf(__fmul_rn(to_f(x[j]), sc));
+        q = fminf(fmaxf(q, -128.0f), 127.0f);
+        o[j] = from_f<T>(__fdiv_rn(q, sc));
+    }
+}
+
+template <typename T> static void cu_act_quant8_amax(void *out, const void *inp, const float *amax, int P, int N, int C)
+{
+    CUDA_PROF("act_quant8_amax");
+    if (N <= 0) return;
+    act_quant8_amax_kernel<T><<<N, TERN_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)inp, amax, P, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+// dot[row] = sum_c (a * w) * (b * s[row]), each product in fp32, the sum in double
+template <typename T>
+__global__ void rms_row_dot_kernel(double *dot, const T *a, const T *b, const T *w, const float *s, int C)
+{
+    __shared__ double sh[TERN_THREADS];
+    size_t r = blockIdx.x;
+    const T *ar = a + r * C, *br = b + r * C;
+    float sr = s ? s[r] : 1.0f;
+    double t = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float x = to_f(ar[c]), y = to_f(br[c]);
+        if (w) x = __fmul_rn(x, to_f(w[c]));
+        if (s) y = __fmul_rn(y, sr);
+        t += (double)x * (double)y;
+    }
+    t = block_sum_f64(t, sh);
+    if (threadIdx.x == 0) dot[r] = t;
+}
+
+template <typename T>
+static void cu_rms_row_dot(double *dot, const void *a, const void *b, const void *w, const float *s, int N, int C)
+{
+    CUDA_PROF("rms_row_dot");
+    if (N <= 0) return;
+    rms_row_dot_kernel<T><<<N, TERN_THREADS, 0, g_cu.stream>>>(dot, (const T *)a, (const T *)b, (const T *)w, s, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+__device__ double parts_sum(const double *x, int P, int N, int r)
+{
+    double t = 0;
+    for (int k = 0; k < P; k++) t += x[(size_t)k * N + r];
+    return t;
+}
+
+template <typename T>
+__global__ void rms_split_fwd_kernel(T *out, float *rstd, const T *x, const T *w, const double *ss, int P, int N, int C,
+                                     int Cn, float eps)
+{
+    int r = blockIdx.x;
+    float s = (float)(1.0 / sqrt(parts_sum(ss, P, N, r) / Cn + (double)eps));
+    const T *xr = x + (size_t)r * C;
+    T *o = out + (size_t)r * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) o[c] = from_f<T>(to_f(xr[c]) * s * to_f(w[c]));
+    if (threadIdx.x == 0) rstd[r] = s;
+}
+
+template <typename T>
+static void cu_rms_split_fwd(void *out, float *rstd, const void *x, const void *w, const double *ss, int P, int N, int C,
+                             int Cn, float eps)
+{
+    CUDA_PROF("rms_split_fwd");
+    if (N <= 0) return;
+    rms_split_fwd_kernel<T><<<N, TERN_THREADS, 0, g_cu.stream>>>((T *)out, rstd, (const T *)x, (const T *)w, ss, P, N,
+                                                                  C, Cn, eps);
+    CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+__global__ void rms_split_dx_kernel(T *dinp, const T *dout, const T *x, const T *w, const float *rstd, const double *dot,
+                                    int P, int N, int C, int Cn)
+{
+    int r = blockIdx.x;
+    float s = rstd[r];
+    double gx = parts_sum(dot, P, N, r) / Cn;
+    const T *d = dout + (size_t)r * C, *xr = x + (size_t)r * C;
+    T *dx = dinp + (size_t)r * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xhat = to_f(xr[c]) * s;
+        dx[c] = from_f<T>(to_f(dx[c]) + s * (float)(to_f(d[c]) * to_f(w[c]) - xhat * gx));
+    }
+}
+
+/* dw[c] += sum over rows of dout * xhat: a thread per column (the rows in order) */
+template <typename T>
+__global__ void rms_split_dw_kernel(float *dw, const T *dout, const T *x, const float *rstd, int N, int C)
+{
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float t = 0;
+    for (int r = 0; r < N; r++) t += to_f(dout[(size_t)r * C + c]) * (to_f(x[(size_t)r * C + c]) * rstd[r]);
+    dw[c] += t;
+}
+
+template <typename T>
+static void cu_rms_split_bwd(void *dinp, float *dw, const void *dout, const void *x, const void *w, const float *rstd,
+                             const double *dot, int P, int N, int C, int Cn)
+{
+    CUDA_PROF("rms_split_bwd");
+    if (N <= 0) return;
+    rms_split_dx_kernel<T><<<N, TERN_THREADS, 0, g_cu.stream>>>((T *)dinp, (const T *)dout, (const T *)x, (const T *)w,
+                                                                 rstd, dot, P, N, C, Cn);
+    CUDA_CHECK_LAUNCH();
+    if (!dw) return;
+    rms_split_dw_kernel<T><<<CEIL_DIV(C, TERN_THREADS), TERN_THREADS, 0, g_cu.stream>>>(dw, (const T *)dout,
+                                                                                       (const T *)x, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
 template <typename T> void cu_fill_ternary_ops(Backend *be)
 {
     be->ternary_wquant = cu_ternary_wquant<T>;
@@ -570,6 +788,13 @@ template <typename T> void cu_fill_ternary_ops(Backend *be)
     be->trit_unpack = cu_trit_unpack<T>;
     be->ternary_matmul_fwd = cu_ternary_matmul_fwd<T>;
     be->ternary_update = cu_ternary_update;
+    be->ternary_abs_sum = cu_ternary_abs_sum<T>;
+    be->ternary_wquant_sums = cu_ternary_wquant_sums<T>;
+    be->act_absmax = cu_act_absmax<T>;
+    be->act_quant8_amax = cu_act_quant8_amax<T>;
+    be->rms_row_dot = cu_rms_row_dot<T>;
+    be->rms_split_fwd = cu_rms_split_fwd<T>;
+    be->rms_split_bwd = cu_rms_split_bwd<T>;
 }
 
 template void cu_fill_ternary_ops<float>(Backend *);
