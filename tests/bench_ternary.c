@@ -8,9 +8,10 @@
  *   build/tests/bench_ternary [REPS]
  *
  * bf16 activations, groups of 128 weights, random trits. Per case the median of REPS calls after
- * warm-up, with CUDA events on the backend's stream. Prints one Markdown row per (shape, N): the three
- * times in microseconds, the packed product's weight bandwidth (packed bytes over its time) and the
- * speed-up of the packed product over each bf16 way. */
+ * warm-up, with CUDA events on the backend's stream. Prints one Markdown row per (shape, N): the times in
+ * microseconds (for N <= TERN_MM_SMALL_N the few-rows kernel in each of its layouts too,
+ * BackendOptions.tern_mm_variant 1-3, and as the automatic choice picks), the packed product's weight
+ * bandwidth (packed bytes over its time) and its speed-up over each bf16 way. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -99,8 +100,9 @@ int main(int argc, char **argv)
     const int Ns[] = {1, 2, 4, 8, 16, 64, 512, 4096};
     const int nN = (int)(sizeof(Ns) / sizeof(Ns[0]));
     int Nmax = Ns[nN - 1];
-    printf("| shape (K x O) | N | packed us | unpack + cuBLASLt us | cuBLASLt bf16 us | packed GB/s | vs unpack | vs bf16 |\n");
-    printf("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    printf("| shape (K x O) | N | packed us (layout 1 / 2 / 3) | packed us (auto) | unpack + cuBLASLt us | "
+           "cuBLASLt bf16 us | packed GB/s (auto) | auto vs unpack | auto vs bf16 |\n");
+    printf("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
         int K = shapes[s].K, O = shapes[s].O;
         size_t n = (size_t)O * K, nb = trit_bytes(n), ng = tern_groups(n, GROUP);
@@ -122,12 +124,24 @@ int main(int argc, char **argv)
         be->upload_act(x, h, (size_t)Nmax * K);
         for (int k = 0; k < nN; k++) {
             int N = Ns[k];
+            char lay[64] = "-";
+            if (N <= TERN_MM_SMALL_N) { /* each layout of the few-rows kernel (BackendOptions.tern_mm_variant) */
+                float tv[3];
+                for (int v = 1; v <= 3; v++) {
+                    BackendOptions o = opts;
+                    o.tern_mm_variant = v;
+                    be->configure(&o);
+                    tv[v - 1] = time_op(be, OP_PACKED, reps, out, x, &t, wbf, N, K, O);
+                }
+                be->configure(&opts);
+                snprintf(lay, sizeof(lay), "%.1f / %.1f / %.1f", tv[0], tv[1], tv[2]);
+            }
             float tp = time_op(be, OP_PACKED, reps, out, x, &t, wbf, N, K, O);
             float tu = time_op(be, OP_UNPACK, reps, out, x, &t, wbf, N, K, O);
             be->trit_unpack(wbf, &t); /* the bf16 weights for the dense product */
             float tb = time_op(be, OP_BF16, reps, out, x, &t, wbf, N, K, O);
-            printf("| %s (%d x %d) | %d | %.1f | %.1f | %.1f | %.0f | %.2fx | %.2fx |\n", shapes[s].name, K, O, N, tp,
-                   tu, tb, (double)nb / (tp * 1e3), tu / tp, tb / tp);
+            printf("| %s (%d x %d) | %d | %s | %.1f | %.1f | %.1f | %.0f | %.2fx | %.2fx |\n", shapes[s].name, K, O, N,
+                   lay, tp, tu, tb, (double)nb / (tp * 1e3), tu / tp, tb / tp);
         }
         be->free(t.trits), be->free(t.exp), be->free(x), be->free(out), be->free(wbf);
         free(tr), free(ex), free(h);

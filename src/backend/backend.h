@@ -79,7 +79,7 @@ typedef struct {
 /* Switches that change results or kernel choice. They are config keys (backend.attention,
  * backend.gemm_tune, train.deterministic) recorded with the run; an environment variable may
  * override one (backend_options_from_env), and then the value used is what the run records.
- * The last three are test knobs (0 = the backend's automatic choice). */
+ * The last four are test knobs (0 = the backend's automatic choice). */
 enum { ATTN_IMPL_AUTO = 0, ATTN_IMPL_CUDNN = 1, ATTN_IMPL_ANVIL = 2 };
 enum { GEMM_TUNE_AUTO = 0, GEMM_TUNE_OFF = 1, GEMM_TUNE_ALWAYS = 2 };
 typedef struct {
@@ -89,6 +89,7 @@ typedef struct {
     int lm_head_chunk_rows; /* rows per chunk of lm_head_xent (0 = automatic) */
     int attn_bwd_layout;    /* fused attention backward: 0 auto, 1 K/V in registers, 2 K/V in shared memory */
     int attn_launch_order;  /* flash attention grids: 0 auto, 1 x order, 2 z order */
+    int tern_mm_variant;    /* the packed ternary product of few rows: 0 auto, 1-3 a layout (tests/bench_ternary.c) */
 } BackendOptions;
 
 /* Names used by config keys and environment variables: "auto" "cudnn" "anvil"; "auto" "off" "always". */

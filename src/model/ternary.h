@@ -24,8 +24,10 @@
  * s[j] += s[j ^ off] for off = TERN_LANES/2 .. 1; the result is s[0]. */
 #define TERN_LANES 32
 /* The most rows of x whose product with an integer-ternary weight the CUDA backend reads from the
- * packed trits (Backend.ternary_matmul_fwd; more rows: unpacked and the ordinary product). */
-#define TERN_MM_SMALL_N 8
+ * packed trits (Backend.ternary_matmul_fwd; more rows: unpacked and the ordinary product). Measured on
+ * the H200 (tests/bench_ternary.c, docs/ternary.md): up to 4 rows the packed kernel beats unpacking
+ * first at every block shape of bitnet-3b and llama2-7b but one; at 8 the unpacked path wins everywhere. */
+#define TERN_MM_SMALL_N 4
 /* The range of a group's scale exponent (2^-40 .. 2^20 covers every fp32 weight a model has). */
 #define TERN_EXP_MIN (-40)
 #define TERN_EXP_MAX 20

@@ -286,16 +286,15 @@ template <> __device__ __forceinline__ void load8f<float>(float (&f)[8], const f
     f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
 }
 
-/* Rows of W per warp: each chunk of x, loaded once, meets that many rows' weights. */
-#define TMM_WROWS 4
 #define TMM_THREADS 256
 
-/* out (N, O) = x (N, K) @ W^T (+ bias) for N <= NT: warp w takes the rows o0 .. o0 + TMM_WROWS - 1 of W,
- * its lane the chunks of eight weights k0 = 8 (lane + 32 j) of each of them (decoded in registers from
- * the packed bytes, trit_decode8), each chunk's x values of the N rows loaded once for all of the warp's
- * rows; fp32 sums, reduced over the lanes by a butterfly. K % 8 == 0, x 16-byte aligned, groups of at
- * least 8 (ternary_matmul_fwd checks). */
-template <typename T, int NT>
+/* out (N, O) = x (N, K) @ W^T (+ bias) for N <= NT: warp w takes WR rows of W, o0 .. o0 + WR - 1, and its
+ * lane the chunks of eight weights k0 = 8 lane + 256 j of each row, U chunks per trip: the trip first
+ * decodes every one of its WR x U chunks (trit_decode8: the packed bytes and exponents of all of them
+ * requested together, no branch between them), then loads the U chunks' x values of the N rows once for
+ * all WR rows, then multiplies; fp32 sums reduced over the lanes by a butterfly. K % 8 == 0, x 16-byte
+ * aligned, groups of at least 8 (ternary_matmul_fwd checks). */
+template <typename T, int NT, int WR, int U>
 __global__ void __launch_bounds__(TMM_THREADS) trit_mm_small_kernel(T *out, const T *x, TernaryTensor t,
                                                                     const T *bias, int N, int K, int O)
 {
@@ -305,43 +304,56 @@ __global__ void __launch_bounds__(TMM_THREADS) trit_mm_small_kernel(T *out, cons
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), nwarp = (int)((gridDim.x * blockDim.x) >> 5);
     size_t nb = (t.n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE;
     int small = t.n <= 0xffffffffu;
-    for (int o0 = warp * TMM_WROWS; o0 < O; o0 += nwarp * TMM_WROWS) {
-        float acc[TMM_WROWS][NT];
+    for (int o0 = warp * WR; o0 < O; o0 += nwarp * WR) {
+        float acc[WR][NT];
 #pragma unroll
-        for (int r = 0; r < TMM_WROWS; r++)
+        for (int r = 0; r < WR; r++)
 #pragma unroll
             for (int n = 0; n < NT; n++) acc[r][n] = 0.0f;
-        for (int k0 = lane * 8; k0 < K; k0 += 32 * 8) {
-            float xv[NT][8];
+        for (int kb = lane * 8; kb < K; kb += 256 * U) {
+            float w[WR][U][8];
 #pragma unroll
-            for (int n = 0; n < NT; n++) {
-                if (n < N) {
-                    load8f<T>(xv[n], x + (size_t)n * K + k0);
-                } else {
+            for (int r = 0; r < WR; r++) {
+                size_t row = (size_t)(o0 + r < O ? o0 + r : O - 1) * (size_t)K; /* a last partial warp re-reads row O - 1 */
 #pragma unroll
-                    for (int k = 0; k < 8; k++) xv[n][k] = 0.0f;
+                for (int u = 0; u < U; u++) {
+                    int k0 = kb + 256 * u;
+                    if (k0 < K) {
+                        trit_decode8(w[r][u], t, row + (size_t)k0, nb, small, lut);
+                    } else {
+#pragma unroll
+                        for (int k = 0; k < 8; k++) w[r][u][k] = 0.0f;
+                    }
                 }
             }
 #pragma unroll
-            for (int r = 0; r < TMM_WROWS; r++) {
-                if (o0 + r >= O) break;
-                float w[8];
-                trit_decode8(w, t, (size_t)(o0 + r) * (size_t)K + (size_t)k0, nb, small, lut);
+            for (int u = 0; u < U; u++) {
+                int k0 = kb + 256 * u;
 #pragma unroll
-                for (int n = 0; n < NT; n++)
+                for (int n = 0; n < NT; n++) {
+                    float xv[8];
+                    if (n < N && k0 < K) {
+                        load8f<T>(xv, x + (size_t)n * K + k0);
+                    } else {
 #pragma unroll
-                    for (int k = 0; k < 8; k++) acc[r][n] = fmaf(w[k], xv[n][k], acc[r][n]);
+                        for (int k = 0; k < 8; k++) xv[k] = 0.0f;
+                    }
+#pragma unroll
+                    for (int r = 0; r < WR; r++)
+#pragma unroll
+                        for (int k = 0; k < 8; k++) acc[r][n] = fmaf(w[r][u][k], xv[k], acc[r][n]);
+                }
             }
         }
 #pragma unroll
-        for (int r = 0; r < TMM_WROWS; r++)
+        for (int r = 0; r < WR; r++)
 #pragma unroll
             for (int n = 0; n < NT; n++)
 #pragma unroll
                 for (int off = 16; off > 0; off >>= 1) acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], off);
         /* every lane holds every sum: lane r * NT + n writes (n, o0 + r) */
 #pragma unroll
-        for (int r = 0; r < TMM_WROWS; r++)
+        for (int r = 0; r < WR; r++)
 #pragma unroll
             for (int n = 0; n < NT; n++)
                 if (lane == r * NT + n && n < N && o0 + r < O) {
@@ -351,15 +363,25 @@ __global__ void __launch_bounds__(TMM_THREADS) trit_mm_small_kernel(T *out, cons
     }
 }
 
-template <typename T, int NT> static void trit_mm_small_run(void *out, const void *x, const TernaryTensor *t,
-                                                            const void *bias, int N, int K, int O)
+template <typename T, int NT, int WR, int U>
+static void trit_mm_small_run(void *out, const void *x, const TernaryTensor *t, const void *bias, int N, int K, int O)
 {
-    static_assert(TMM_WROWS * NT <= 32, "a lane per output of a warp");
-    int warps = (O + TMM_WROWS - 1) / TMM_WROWS, per_block = TMM_THREADS / 32;
+    static_assert(WR * NT <= 32, "a lane per output of a warp");
+    int warps = (O + WR - 1) / WR, per_block = TMM_THREADS / 32;
     unsigned blocks = (unsigned)((warps + per_block - 1) / per_block);
-    trit_mm_small_kernel<T, NT><<<blocks, TMM_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)x, *t,
-                                                                      (const T *)bias, N, K, O);
+    trit_mm_small_kernel<T, NT, WR, U><<<blocks, TMM_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)x, *t,
+                                                                              (const T *)bias, N, K, O);
     CUDA_CHECK_LAUNCH();
+}
+
+/* The layout (rows of W per warp, chunks per trip) of variant v (BackendOptions.tern_mm_variant) for NT. */
+template <typename T, int NT>
+static void trit_mm_small_layout(int v, void *out, const void *x, const TernaryTensor *t, const void *bias, int N,
+                                 int K, int O)
+{
+    if (v == 1) trit_mm_small_run<T, NT, 4, 1>(out, x, t, bias, N, K, O);
+    else if (v == 2) trit_mm_small_run<T, NT, 2, 2>(out, x, t, bias, N, K, O);
+    else trit_mm_small_run<T, NT, 1, 4>(out, x, t, bias, N, K, O);
 }
 
 template <typename T>
@@ -369,10 +391,11 @@ static void cu_ternary_matmul_fwd(void *out, const void *x, const TernaryTensor 
     if (N >= 1 && N <= TERN_MM_SMALL_N && K % 8 == 0 && t->group >= 8 && ((uintptr_t)x & 15) == 0 &&
         t->n == (size_t)O * (size_t)K) {
         CUDA_PROF("ternary_mm_small");
-        if (N == 1) trit_mm_small_run<T, 1>(out, x, t, bias, N, K, O);
-        else if (N == 2) trit_mm_small_run<T, 2>(out, x, t, bias, N, K, O);
-        else if (N <= 4) trit_mm_small_run<T, 4>(out, x, t, bias, N, K, O);
-        else trit_mm_small_run<T, 8>(out, x, t, bias, N, K, O);
+        int v = g_cu.opts.tern_mm_variant ? g_cu.opts.tern_mm_variant : 2; /* two rows, two chunks a trip: the
+                                                                            * best or within 5% of it up to N 4 */
+        if (N == 1) trit_mm_small_layout<T, 1>(v, out, x, t, bias, N, K, O);
+        else if (N == 2) trit_mm_small_layout<T, 2>(v, out, x, t, bias, N, K, O);
+        else trit_mm_small_layout<T, 4>(v, out, x, t, bias, N, K, O);
         return;
     }
     cu_trit_unpack<T>(scratch, t);
