@@ -394,6 +394,8 @@ run1 "$tmp/bn.yaml" --set out_dir="$tmp/bn1"
 launch 2 "$tmp/bn.yaml" --set dist.tp=2 --set out_dir="$tmp/bn2"
 check "BitNet under tp: the header names the tp ranks' slice" grep -q "each tp rank 2 heads (1 kv)" "$tmp/run.log"
 bitnet_close "BitNet QAT: tp 2 vs 1 rank" "$tmp/bn1" "$tmp/bn2"
+check "BitNet QAT: tp 2 vs 1 rank, step 1 (before any update: rounding only) within 1e-4" awk -v a="$(losses "$tmp/bn1")" \
+    -v b="$(losses "$tmp/bn2")" 'BEGIN { split(a, x, " "); split(b, y, " "); d = x[1] - y[1]; if (d < 0) d = -d; exit !(x[1] > 0 && d <= 1e-4 * x[1]) }'
 check "BitNet under tp: the checkpoint is the whole BitNetForCausalLM" grep -q '"BitNetForCausalLM"' "$tmp/bn2/final/config.json"
 "$ANVIL" inspect "$tmp/bn2/final/model.safetensors" >"$tmp/bn.txt" 2>&1
 check "BitNet under tp: the whole attn_sub_norm in the checkpoint (64)" grep -qE 'attn_sub_norm.weight +F32 +\(64\)' "$tmp/bn.txt"
