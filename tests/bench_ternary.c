@@ -10,7 +10,7 @@
  * bf16 activations, groups of 128 weights, random trits. Per case the median of REPS calls after
  * warm-up, with CUDA events on the backend's stream. Prints one Markdown row per (shape, N): the times in
  * microseconds (for N <= TERN_MM_SMALL_N the few-rows kernel in each of its layouts too,
- * BackendOptions.tern_mm_variant 1-3, and as the automatic choice picks), the packed product's weight
+ * BackendOptions.tern_mm_variant 1-4, and as the automatic choice picks), the packed product's weight
  * bandwidth (packed bytes over its time) and its speed-up over each bf16 way. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
     const int Ns[] = {1, 2, 4, 8, 16, 64, 512, 4096};
     const int nN = (int)(sizeof(Ns) / sizeof(Ns[0]));
     int Nmax = Ns[nN - 1];
-    printf("| shape (K x O) | N | packed us (layout 1 / 2 / 3) | packed us (auto) | unpack + cuBLASLt us | "
+    printf("| shape (K x O) | N | packed us (layout 1 / 2 / 3 / 4) | packed us (auto) | unpack + cuBLASLt us | "
            "cuBLASLt bf16 us | packed GB/s (auto) | auto vs unpack | auto vs bf16 |\n");
     printf("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
@@ -126,15 +126,15 @@ int main(int argc, char **argv)
             int N = Ns[k];
             char lay[64] = "-";
             if (N <= TERN_MM_SMALL_N) { /* each layout of the few-rows kernel (BackendOptions.tern_mm_variant) */
-                float tv[3];
-                for (int v = 1; v <= 3; v++) {
+                float tv[4];
+                for (int v = 1; v <= 4; v++) {
                     BackendOptions o = opts;
                     o.tern_mm_variant = v;
                     be->configure(&o);
                     tv[v - 1] = time_op(be, OP_PACKED, reps, out, x, &t, wbf, N, K, O);
                 }
                 be->configure(&opts);
-                snprintf(lay, sizeof(lay), "%.1f / %.1f / %.1f", tv[0], tv[1], tv[2]);
+                snprintf(lay, sizeof(lay), "%.1f / %.1f / %.1f / %.1f", tv[0], tv[1], tv[2], tv[3]);
             }
             float tp = time_op(be, OP_PACKED, reps, out, x, &t, wbf, N, K, O);
             float tu = time_op(be, OP_UNPACK, reps, out, x, &t, wbf, N, K, O);

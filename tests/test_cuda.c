@@ -1898,6 +1898,7 @@ static void test_ternary_matmul(void)
     const struct { int N, K, O, group, bias; } cs[] = {
         {1, 64, 5, 8, 0},    {2, 200, 37, 9, 1},   {3, 1000, 13, 128, 0}, {4, 256, 64, 256, 1},
         {1, 3200, 77, 128, 1}, {4, 40, 3, 10, 1},  {3, 136, 129, 136, 0}, {2, 1000, 9, 9, 1},
+        {1, 4096, 7, 128, 1}, {2, 136, 37, 136, 0}, {3, 48, 129, 40, 1}, {4, 1000, 11, 200, 0}, {1, 40, 1, 40, 1},
         {5, 1000, 9, 9, 1},  {8, 3200, 77, 128, 0}, {7, 136, 129, 136, 0},
         {9, 200, 37, 9, 1},  {33, 1000, 13, 128, 0}, {4, 12, 5, 8, 1},
     };
@@ -1926,7 +1927,7 @@ static void test_ternary_matmul(void)
             float *poison = xmalloc((size_t)N * O * sizeof(float));
             for (size_t i = 0; i < (size_t)N * O; i++) poison[i] = NAN;
             void *out = be->alloc((size_t)N * O * be->act_size), *sd = be->alloc(n * be->act_size);
-            for (int v = 0; v <= 3; v++) { /* the automatic choice, then each layout of the few-rows kernel */
+            for (int v = 0; v <= 4; v++) { /* the automatic choice, then each layout of the few-rows kernel */
                 BackendOptions o = {0};
                 o.tern_mm_variant = v;
                 set_opts(&o);

@@ -89,7 +89,7 @@ typedef struct {
     int lm_head_chunk_rows; /* rows per chunk of lm_head_xent (0 = automatic) */
     int attn_bwd_layout;    /* fused attention backward: 0 auto, 1 K/V in registers, 2 K/V in shared memory */
     int attn_launch_order;  /* flash attention grids: 0 auto, 1 x order, 2 z order */
-    int tern_mm_variant;    /* the packed ternary product of few rows: 0 auto, 1-3 a layout (tests/bench_ternary.c) */
+    int tern_mm_variant;    /* the packed ternary product of few rows: 0 auto, 1-4 a layout (tests/bench_ternary.c) */
 } BackendOptions;
 
 /* Names used by config keys and environment variables: "auto" "cudnn" "anvil"; "auto" "off" "always". */

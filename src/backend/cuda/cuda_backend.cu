@@ -403,7 +403,7 @@ static void cu_configure(const BackendOptions *o)
              {"lm_head_chunk_rows", o->lm_head_chunk_rows, INT32_MAX},
              {"attn_bwd_layout", o->attn_bwd_layout, 2},
              {"attn_launch_order", o->attn_launch_order, 2},
-             {"tern_mm_variant", o->tern_mm_variant, 3}};
+             {"tern_mm_variant", o->tern_mm_variant, 4}};
     for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
         if (f[i].value < 0 || f[i].value > f[i].max)
             fatal("cuda: configure: %s = %d is out of range (0 .. %d)", f[i].name, f[i].value, f[i].max);

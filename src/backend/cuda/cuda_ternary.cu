@@ -374,12 +374,116 @@ static void trit_mm_small_run(void *out, const void *x, const TernaryTensor *t, 
     CUDA_CHECK_LAUNCH();
 }
 
+/* Layout 4: a warp's TMB_WR rows are one stretch of the flat weights, o0 K .. (o0 + TMB_WR) K, and its lanes
+ * take the 40-weight chunks of the packing that meet it (weight 40 c = byte 8 c: two aligned 32-bit words),
+ * lane l the chunks c0 + l + 32 j. A chunk is five runs of 8 weights; K and the group being multiples of 8
+ * (and at least 40: at most one row and one group boundary in a chunk), a run lies in one row and one
+ * group, and its x values are one 16-byte vector. The eight bytes go through the table once; a run's
+ * digits sit at fixed places in them, so its decode is shifts by constants, and each weight becomes a
+ * float by an OR into 2^23's bits. A run's 8 products are summed unscaled, then scaled by its group's
+ * 2^E into its row's sum; runs of the next warp's rows (a chunk the two share) are left to it. */
+#define TMB_WR 4
+template <typename T, int NT>
+__global__ void __launch_bounds__(TMM_THREADS) trit_mm_bytes_kernel(T *out, const T *x, TernaryTensor t,
+                                                                    const T *bias, int N, int K, int O)
+{
+    __shared__ uint16_t lut[TRIT_BYTE_MAX + 1];
+    trit_table(lut);
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5), nwarp = (int)((gridDim.x * blockDim.x) >> 5);
+    size_t nb = (t.n + TRITS_PER_BYTE - 1) / TRITS_PER_BYTE, nw = (nb + 3) / 4; /* the 32-bit words of trits */
+    const uint32_t *words = (const uint32_t *)t.trits;
+    size_t G = (size_t)t.group, KK = (size_t)K;
+    int small = t.n <= 0xffffffffu;
+    for (int o0 = warp * TMB_WR; o0 < O; o0 += nwarp * TMB_WR) {
+        int o1 = o0 + TMB_WR < O ? o0 + TMB_WR : O;
+        size_t c0 = (size_t)o0 * KK / 40, c1 = ((size_t)o1 * KK + 39) / 40;
+        float acc[TMB_WR][NT];
+#pragma unroll
+        for (int r = 0; r < TMB_WR; r++)
+#pragma unroll
+            for (int n = 0; n < NT; n++) acc[r][n] = 0.0f;
+        for (size_t c = c0 + (size_t)lane; c < c1; c += 32) {
+            uint32_t wd[2] = {words[2 * c], 2 * c + 1 < nw ? words[2 * c + 1] : 0x79797979u}; /* 121: five zeros */
+            uint32_t L[8];
+#pragma unroll
+            for (int b = 0; b < 8; b++) {
+                uint32_t v = (wd[b >> 2] >> (8 * (b & 3))) & 0xffu;
+                L[b] = lut[v > TRIT_BYTE_MAX ? 121u : v]; /* bytes past the tensor: its last word's tail */
+            }
+            size_t f = 40 * c;
+            size_t row = small ? (size_t)((unsigned)f / (unsigned)K) : f / KK;
+            size_t g = small ? (size_t)((unsigned)f / (unsigned)G) : f / G;
+            size_t rb = (row + 1) * KK, gb = (g + 1) * G;
+            float sc0 = pow2f(t.exp[g]), sc1 = gb < t.n ? pow2f(t.exp[g + 1]) : sc0;
+#pragma unroll
+            for (int sr = 0; sr < 5; sr++) {
+                size_t fr = f + 8 * (size_t)sr;
+                int rr = (int)(row + (fr >= rb ? 1 : 0)) - o0; /* the run's row within the warp's */
+                const int a = (8 * sr) / 5, sh = 2 * (8 * sr - 5 * a); /* compile-time: the run's first byte and digit */
+                uint32_t D = (L[a] | (L[a + 1] << 10) | (a + 2 < 8 ? L[a + 2] << 20 : 0u)) >> sh;
+                float w[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) /* 2^23 + code, less 2^23 + 1: code - 1, exactly */
+                    w[k] = __int_as_float(0x4B000000 | ((D >> (2 * k)) & 3u)) - 8388609.0f;
+                float sc = fr >= gb ? sc1 : sc0;
+                bool mine = rr >= 0 && rr < o1 - o0;
+                const T *xr = x + (mine ? fr - (size_t)(rr + o0) * KK : 0);
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                    float xv[8], p = 0.0f;
+                    if (mine && n < N) load8f<T>(xv, xr + (size_t)n * KK);
+                    else
+#pragma unroll
+                        for (int k = 0; k < 8; k++) xv[k] = 0.0f;
+#pragma unroll
+                    for (int k = 0; k < 8; k++) p = fmaf(w[k], xv[k], p);
+#pragma unroll
+                    for (int q = 0; q < TMB_WR; q++) acc[q][n] = fmaf(rr == q ? p : 0.0f, sc, acc[q][n]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < TMB_WR; r++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], off);
+#pragma unroll
+        for (int r = 0; r < TMB_WR; r++)
+#pragma unroll
+            for (int n = 0; n < NT; n++)
+                if (lane == r * NT + n && n < N && o0 + r < O) {
+                    float v = acc[r][n] + (bias ? to_f(bias[o0 + r]) : 0.0f);
+                    out[(size_t)n * O + o0 + r] = from_f<T>(v);
+                }
+    }
+}
+
+/* Whether layout 4 takes this product: K and the group multiples of 8 and at least 40, whole 32-bit words of trits. */
+static bool trit_mm_bytes_ok(const TernaryTensor *t, int K)
+{
+    return K % 8 == 0 && K >= 40 && t->group % 8 == 0 && t->group >= 40 && ((uintptr_t)t->trits & 3) == 0;
+}
+
+template <typename T, int NT>
+static void trit_mm_bytes_run(void *out, const void *x, const TernaryTensor *t, const void *bias, int N, int K, int O)
+{
+    static_assert(TMB_WR * NT <= 32, "a lane per output of a warp");
+    int warps = (O + TMB_WR - 1) / TMB_WR, per_block = TMM_THREADS / 32;
+    unsigned blocks = (unsigned)((warps + per_block - 1) / per_block);
+    trit_mm_bytes_kernel<T, NT><<<blocks, TMM_THREADS, 0, g_cu.stream>>>((T *)out, (const T *)x, *t, (const T *)bias,
+                                                                       N, K, O);
+    CUDA_CHECK_LAUNCH();
+}
+
 /* The layout (rows of W per warp, chunks per trip) of variant v (BackendOptions.tern_mm_variant) for NT. */
 template <typename T, int NT>
 static void trit_mm_small_layout(int v, void *out, const void *x, const TernaryTensor *t, const void *bias, int N,
                                  int K, int O)
 {
-    if (v == 1) trit_mm_small_run<T, NT, 4, 1>(out, x, t, bias, N, K, O);
+    if (v == 4 && trit_mm_bytes_ok(t, K)) trit_mm_bytes_run<T, NT>(out, x, t, bias, N, K, O);
+    else if (v == 1) trit_mm_small_run<T, NT, 4, 1>(out, x, t, bias, N, K, O);
     else if (v == 2) trit_mm_small_run<T, NT, 2, 2>(out, x, t, bias, N, K, O);
     else trit_mm_small_run<T, NT, 1, 4>(out, x, t, bias, N, K, O);
 }
