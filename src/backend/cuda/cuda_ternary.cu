@@ -495,8 +495,9 @@ static void cu_ternary_matmul_fwd(void *out, const void *x, const TernaryTensor 
     if (N >= 1 && N <= TERN_MM_SMALL_N && K % 8 == 0 && t->group >= 8 && ((uintptr_t)x & 15) == 0 &&
         t->n == (size_t)O * (size_t)K) {
         CUDA_PROF("ternary_mm_small");
-        int v = g_cu.opts.tern_mm_variant ? g_cu.opts.tern_mm_variant : 2; /* two rows, two chunks a trip: the
-                                                                            * best or within 5% of it up to N 4 */
+        /* measured on the H200 (docs/ternary.md): layout 4 (byte-aligned chunks) the fastest at one row and
+         * about it at two, layout 2 (two rows, two chunks a trip) at four */
+        int v = g_cu.opts.tern_mm_variant ? g_cu.opts.tern_mm_variant : N <= 2 && trit_mm_bytes_ok(t, K) ? 4 : 2;
         if (N == 1) trit_mm_small_layout<T, 1>(v, out, x, t, bias, N, K, O);
         else if (N == 2) trit_mm_small_layout<T, 2>(v, out, x, t, bias, N, K, O);
         else trit_mm_small_layout<T, 4>(v, out, x, t, bias, N, K, O);
