@@ -43,6 +43,9 @@ seed() { # harness -> seed corpus dir
             { printf "\\$(printf '%03o' "$sel")"; cat "$f/adapter_config.json"; printf '\0'; cat "$f/adapter_model.safetensors"; } \
                 >"$d/$(seed_name "$f")"
         done ;;
+    fuzz_ternary_ckpt) # the fixture checkpoint's own ternary.safetensors (tests/fuzz/fuzz_ternary_ckpt.c) and its head
+        cp tests/fixtures/ternary/ckpt/ternary.safetensors "$d/ckpt_ternary"
+        head -c 700 tests/fixtures/ternary/ckpt/ternary.safetensors >"$d/head_ckpt_ternary" ;;
     fuzz_trainer_state)
         printf '{"format": "anvil-trainer-state", "version": 1, "step": 200, "tokens_seen": 102400, "elapsed_s": 38.2, "loader": {"epoch": "1", "pos": "17"}, "config": "model:\\n  preset: gpt2-tiny\\n"}\n' >"$d/written_by_anvil.json" ;;
     fuzz_tokenizer_json)

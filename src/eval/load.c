@@ -63,8 +63,11 @@ static Model *load_ternary(const char *dir, const Backend *be)
     size_t n = param_count_kind(&m->pt, PARAM_TERNARY);
     int nt = 0;
     for (int i = 0; i < m->pt.n; i++) nt += m->pt.p[i].kind == PARAM_TERNARY;
-    fprintf(stderr, "anvil: note: %s: %d integer-ternary tensors (%.1fM weights) kept packed: %.1f MiB, against %.1f MiB in bf16\n",
-            dir, nt, (double)n / 1e6, (double)m->ps.tern_bytes / (1 << 20), 2.0 * (double)n / (1 << 20));
+    double packed = (double)m->ps.tern_bytes, bf16 = 2.0 * (double)n;
+    int mib = bf16 >= (1 << 20); /* KiB for the tiny test models */
+    double unit = mib ? (double)(1 << 20) : 1024.0;
+    fprintf(stderr, "anvil: note: %s: %d integer-ternary tensors (%.1fM weights) kept packed: %.1f %s, against %.1f %s in bf16\n",
+            dir, nt, (double)n / 1e6, packed / unit, mib ? "MiB" : "KiB", bf16 / unit, mib ? "MiB" : "KiB");
     return m;
 }
 

@@ -288,6 +288,29 @@ template <> __device__ __forceinline__ void load8f<float>(float (&f)[8], const f
 
 #define TMM_THREADS 256
 
+/* The end of a few-rows product: each lane's partial sums of the warp's WR rows x NT rows of x reduced over
+ * the lanes by a butterfly (every lane then holds every sum), and lane r * NT + n writes (n, o0 + r) with
+ * its bias. */
+template <typename T, int WR, int NT>
+__device__ __forceinline__ void trit_mm_finish(float (&acc)[WR][NT], T *out, const T *bias, int lane, int o0, int N,
+                                               int O)
+{
+#pragma unroll
+    for (int r = 0; r < WR; r++)
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int off = 16; off > 0; off >>= 1) acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], off);
+#pragma unroll
+    for (int r = 0; r < WR; r++)
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+            if (lane == r * NT + n && n < N && o0 + r < O) {
+                float v = acc[r][n] + (bias ? to_f(bias[o0 + r]) : 0.0f);
+                out[(size_t)n * O + o0 + r] = from_f<T>(v);
+            }
+}
+
 /* out (N, O) = x (N, K) @ W^T (+ bias) for N <= NT: warp w takes WR rows of W, o0 .. o0 + WR - 1, and its
  * lane the chunks of eight weights k0 = 8 lane + 256 j of each row, U chunks per trip: the trip first
  * decodes every one of its WR x U chunks (trit_decode8: the packed bytes and exponents of all of them
@@ -345,21 +368,7 @@ __global__ void __launch_bounds__(TMM_THREADS) trit_mm_small_kernel(T *out, cons
                 }
             }
         }
-#pragma unroll
-        for (int r = 0; r < WR; r++)
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], off);
-        /* every lane holds every sum: lane r * NT + n writes (n, o0 + r) */
-#pragma unroll
-        for (int r = 0; r < WR; r++)
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-                if (lane == r * NT + n && n < N && o0 + r < O) {
-                    float v = acc[r][n] + (bias ? to_f(bias[o0 + r]) : 0.0f);
-                    out[(size_t)n * O + o0 + r] = from_f<T>(v);
-                }
+        trit_mm_finish<T, WR, NT>(acc, out, bias, lane, o0, N, O);
     }
 }
 
@@ -443,20 +452,7 @@ __global__ void __launch_bounds__(TMM_THREADS) trit_mm_bytes_kernel(T *out, cons
                 }
             }
         }
-#pragma unroll
-        for (int r = 0; r < TMB_WR; r++)
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) acc[r][n] += __shfl_xor_sync(0xffffffffu, acc[r][n], off);
-#pragma unroll
-        for (int r = 0; r < TMB_WR; r++)
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-                if (lane == r * NT + n && n < N && o0 + r < O) {
-                    float v = acc[r][n] + (bias ? to_f(bias[o0 + r]) : 0.0f);
-                    out[(size_t)n * O + o0 + r] = from_f<T>(v);
-                }
+        trit_mm_finish<T, TMB_WR, NT>(acc, out, bias, lane, o0, N, O);
     }
 }
 
