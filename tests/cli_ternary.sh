@@ -114,6 +114,37 @@ expect_fail chunk-rows "train.ternary.chunk_rows" train "$tmp/tern.yaml" --set t
 expect_fail fused-accum "train.ternary.fused|one micro-batch" train "$tmp/tern.yaml" --set train.ternary.fused=true \
     --set train.tokens_per_step=256 --set out_dir="$tmp/e5"
 
+# ---- model.init from an integer-ternary checkpoint: a new run starts from its trits and exponents exactly
+# (ternary.safetensors; at lr 0 the integer state does not move, so the new checkpoint's equals it), also
+# from the float copy `anvil inspect --save` writes (values trit x 2^E: the same trits); another group
+# than the checkpoint's is refused ----
+tern_state_cmp() { # A B [trits]: the trits (and exponents unless "trits") of every tensor equal
+    python3 - "$1" "$2" "${3:-all}" <<'PY'
+import json, struct, sys
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+pre = ("trits.",) if sys.argv[3] == "trits" else ("trits.", "exp.")
+names = [k for k in a if k.startswith(pre)]
+assert names and all(a[k] == b[k] for k in names), [k for k in names if a[k] != b[k]]
+PY
+}
+init_run() { # SRC OUT: one step at lr 0 from SRC
+    "$ANVIL" train "$tmp/tern.yaml" --set model.preset= --set model.vocab_size= --set model.max_seq_len= \
+        --set model.init="$1" --set train.steps=1 --set train.lr=0 --set train.min_lr=0 --set train.warmup_steps=0 \
+        --set checkpoint.every=0 --set out_dir="$2" >"$2.log" 2>&1
+}
+if init_run "$ck" "$tmp/init"; then ok; else bad "model.init from a ternary checkpoint: $(tail -n 2 "$tmp/init.log")"; fi
+check "model.init: the checkpoint's trits and exponents exactly" tern_state_cmp "$ck/ternary.safetensors" "$tmp/init/final/ternary.safetensors"
+"$ANVIL" inspect "$ck" --save "$tmp/floatcopy" >/dev/null 2>&1 || bad "inspect --save of a ternary checkpoint"
+if init_run "$tmp/floatcopy" "$tmp/initf"; then ok; else bad "model.init from the float copy: $(tail -n 2 "$tmp/initf.log")"; fi
+check "model.init from the float copy: the same trits" tern_state_cmp "$ck/ternary.safetensors" "$tmp/initf/final/ternary.safetensors" trits
+expect_fail init-group 'metadata "group" is 128, but train.ternary.group is 64' train "$tmp/tern.yaml" --set model.preset= \
+    --set model.vocab_size= --set model.max_seq_len= --set model.init="$ck" --set train.ternary.group=64 --set out_dir="$tmp/ig"
+
 # ---- an integer-ternary checkpoint in eval and generate: the tensors ternary.safetensors holds stay
 # packed (5 trits a byte, an exponent per group; no accumulators) and on the CPU give the numbers of the
 # same weights read as floats from model.safetensors (the directory without ternary.safetensors): block

@@ -425,6 +425,33 @@ static void test_tern_from_to_f32(void)
     tern_to_f32(back, tr, e, 6, 8);
     const float want[6] = {0.25f, -0.25f, 0.0f, 0.25f, -0.25f, 0.0f}; /* round(w / 0.25) clamped */
     CHECK(memcmp(back, want, sizeof(want)) == 0);
+    /* values already trit x 2^E come back with the same trits and exponents, however sparse the group
+     * (a third nonzero: mean |w| = 2^E / 3 would round E down by two), groups straddling bytes */
+    enum { TN = 1003, TG = 40 };
+    size_t ng = tern_groups(TN, TG);
+    int8_t t0[TN], t1[TN], e0[32], e1[32];
+    uint64_t x = 12345;
+    for (int i = 0; i < TN; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        int r = (int)((x >> 33) % 6);
+        t0[i] = (int8_t)(r == 0 ? 1 : r == 1 ? -1 : 0);
+    }
+    for (size_t g = 0; g < ng; g++) e0[g] = (int8_t)(-7 + (int)(g % 9));
+    uint8_t p0[(TN + 4) / 5], p1[(TN + 4) / 5];
+    trit_pack(p0, t0, TN);
+    float *v = malloc(TN * sizeof(float));
+    tern_to_f32(v, p0, e0, TN, TG);
+    tern_from_f32(p1, e1, v, TN, TG);
+    trit_unpack_i8(t1, p1, TN);
+    CHECK(memcmp(t0, t1, TN) == 0);
+    int same_e = 1;
+    for (size_t g = 0; g < ng; g++) {
+        int any = 0;
+        for (size_t i = g * TG; i < (g + 1) * TG && i < TN; i++) any |= t0[i] != 0;
+        if (any && e0[g] != e1[g]) same_e = 0;
+    }
+    CHECK(same_e);
+    free(v);
 }
 
 /* A hand-made tensor of two groups of four weights, stepped with known gradients. */

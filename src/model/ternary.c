@@ -92,6 +92,20 @@ void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int gr
     for (size_t b = 0; b < trit_bytes(n); b++) trits[b] = 121; /* every digit 1: trit 0 (121 = 1+3+9+27+81) */
     for (size_t g = 0; g < ng; g++) {
         size_t lo = g * (size_t)group, hi = lo + (size_t)group < n ? lo + (size_t)group : n;
+        /* values already trit x 2^E (a ternary checkpoint read as floats) keep their E, however few are nonzero */
+        float m = 0;
+        for (size_t i = lo; i < hi; i++) m = fmaxf(m, fabsf(w[i]));
+        int pe, exact = m > 0;
+        if (exact && frexpf(m, &pe) == 0.5f && pe - 1 >= TERN_EXP_MIN && pe - 1 <= TERN_EXP_MAX) {
+            for (size_t i = lo; i < hi && exact; i++) exact = w[i] == 0 || fabsf(w[i]) == m;
+        } else {
+            exact = 0;
+        }
+        if (exact) {
+            exp[g] = (int8_t)(pe - 1);
+            for (size_t i = lo; i < hi; i++) trit_set(trits, i, w[i] > 0 ? 1 : w[i] < 0 ? -1 : 0);
+            continue;
+        }
         double s = 0;
         for (size_t i = lo; i < hi; i++) s += fabs((double)w[i]);
         double mean = s / (double)(hi - lo);

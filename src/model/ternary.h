@@ -53,7 +53,9 @@ void trit_pack(uint8_t *packed, const int8_t *t, size_t n);
 void trit_unpack_i8(int8_t *t, const uint8_t *packed, size_t n);
 
 /* A tensor's integer state from fp32 values: per group E = round(log2(max(mean |w|, tiny))) clamped to
- * [TERN_EXP_MIN, TERN_EXP_MAX], trit = clamp(round(w / 2^E), -1, 1); accumulators zero. Host arrays. */
+ * [TERN_EXP_MIN, TERN_EXP_MAX], trit = clamp(round(w / 2^E), -1, 1); accumulators zero. A group whose
+ * values are already trit x 2^E (every nonzero |w| the same power of two in range) keeps that E and those
+ * trits, so that tern_to_f32 and back is exact (a group of zeros gets TERN_EXP_MIN). Host arrays. */
 void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int group);
 /* The values trit * 2^E (exact in fp32 and bf16). */
 void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group);

@@ -318,6 +318,52 @@ out:
     return rc;
 }
 
+int ckpt_init_ternary(const char *dir, Model *m)
+{
+    const ParamTable *pt = &m->pt;
+    StSet set;
+    if (st_set_open_dir(&set, dir, TERN_BASE)) return -1;
+    const char *gs = st_meta_get(&set.files[0], "group");
+    int rc = -1;
+    if (!gs || atoi(gs) != pt->tern_group) {
+        err_set("%s: metadata \"group\" is %s, but train.ternary.group is %d: its trits and exponents cannot be "
+                "kept exactly (set train.ternary.group to the checkpoint's)",
+                set.files[0].path, gs ? gs : "missing", pt->tern_group);
+        goto out;
+    }
+    for (int i = 0; i < pt->n; i++) {
+        const Param *p = &pt->p[i];
+        if (p->kind != PARAM_TERNARY) continue;
+        const char *prefix[TERN_ARRAYS];
+        StDtype dt[TERN_ARRAYS];
+        size_t len[TERN_ARRAYS];
+        const void *src[2] = {NULL, NULL};
+        tern_layout(p, m->ps.tern[i].group, prefix, dt, len);
+        for (int k = 0; k < 2; k++) { /* trits and exponents; the accumulators start at zero */
+            char name[96];
+            snprintf(name, sizeof(name), "%s%s", prefix[k], p->name);
+            const StFile *f;
+            const StTensor *t = st_set_find(&set, name, &f);
+            if (!t) continue; /* a tensor the checkpoint kept in float: quantized from its values */
+            if (t->dtype != dt[k] || t->numel != len[k]) {
+                err_set("%s: %s: expected %s with %zu elements", f->path, name, dt[k] == ST_U8 ? "U8" : "I8", len[k]);
+                goto out;
+            }
+            src[k] = t->data;
+        }
+        if (!src[0] != !src[1]) {
+            err_set("%s/%s.safetensors: %s has %s but not %s", dir, TERN_BASE, p->name, src[0] ? "trits" : "exponents",
+                    src[0] ? "exponents" : "trits");
+            goto out;
+        }
+        if (src[0]) params_tern_upload(&m->ps, i, src[0], src[1], NULL, NULL);
+    }
+    rc = 0;
+out:
+    st_set_close(&set);
+    return rc;
+}
+
 int ckpt_has_ternary(const char *dir)
 {
     char name[] = TERN_BASE ".safetensors";

@@ -104,6 +104,10 @@ int ckpt_read_optimizer_range(const char *ckpt_dir, const Model *m, float *param
 /* The integer-ternary state of every PARAM_TERNARY tensor of m from ternary.safetensors, exactly
  * (nothing to do for a model without such tensors). */
 int ckpt_read_ternary(const char *ckpt_dir, Model *m);
+/* model.init from an integer-ternary checkpoint: the trits and exponents of every PARAM_TERNARY tensor of m
+ * that dir's ternary.safetensors holds, exactly (the accumulators zero); the group must be m's. Values read
+ * from model.safetensors alone would lose the exponent of a group whose trits are all zero. */
+int ckpt_init_ternary(const char *dir, Model *m);
 /* Whether dir holds ternary.safetensors (an integer-ternary checkpoint's state). */
 int ckpt_has_ternary(const char *dir);
 /* The model of such a directory for eval and generate: every tensor frozen, those whose state

@@ -1015,6 +1015,8 @@ static int setup_model(Run *r, const ModelConfig *cfg)
         int e = hf_read_weights_each(tc->model_init, cfg, &r->m->pt, host, upload_base_tensor, &sl);
         host_unreserve(host, bytes);
         if (e) return err_prefix("model.init");
+        if (r->m->ps.tern && ckpt_has_ternary(tc->model_init) && ckpt_init_ternary(tc->model_init, r->m))
+            return err_prefix("model.init"); /* an integer-ternary checkpoint's own state, not re-derived */
     } else if (run_tp(r)) {
         if (tp_init_gpt2(r, tc->seed)) return -1;
     } else {
