@@ -26,7 +26,7 @@
 #     resume tp 2 -> 1 and model.freeze within looser ones (the
 #     quantizers' steps, below); recompute 1 and 2 give recompute 0's weights bit for bit; the
 #     checkpoint is the whole BitNetForCausalLM; integer ternary under tp is refused;
-#   - `anvil plan --tp` predicts rank 0's bytes of a tp run exactly (full, LoRA, QLoRA; tp 2 and 4);
+#   - `anvil plan --tp` predicts rank 0's bytes of a tp run exactly (full, LoRA, QLoRA, BitNet QAT; tp 1, 2 and 4);
 #   - a tp rank killed mid-run makes the job exit non-zero at once, naming it;
 #   - what tp does not support is refused with one line naming the key.
 set -u
@@ -453,6 +453,9 @@ plan_vs_run "plan --tp 2, llama QLoRA (sliced 4-bit scales)" "$tmp/l1/final" "--
     "$tmp/l.yaml" "$LORA --set model.quant=nf4 --set dist.tp=2" 2
 plan_vs_run "plan --tp 4, gpt2 full" "$tmp/g1h4/final" "--tp 4 --world 4" "$tmp/g.yaml" \
     "--set model.n_head=4 --set model.n_kv_head=4 --set dist.tp=4" 4
+# BitNet QAT: the 8-bit copy of a BitLinear's input (the widest input, B x T rows) and the tp statistics
+plan_vs_run "plan, BitNet QAT (one rank)" "$tmp/bn1/final" "" "$tmp/bn.yaml" "" 1
+plan_vs_run "plan --tp 2, BitNet QAT" "$tmp/bn1/final" "--tp 2 --world 2" "$tmp/bn.yaml" "--set dist.tp=2" 2
 expect_fail plan-tp-world "plan: --tp 2 does not divide --world 3" plan --model "$tmp/l1/final" --tp 2 --world 3
 
 # ---- a tp rank that dies: the job exits non-zero at once, naming it ----

@@ -287,6 +287,12 @@ int plan_memory(const ModelConfig *c, const PlanSpec *s, PlanResult *r)
     /* the 4-bit states are uploaded at load, not at creation: add them to the weights */
     mr.weights += q4;
     mr.workspace += slots;
+    /* BitLinear (model.ternary: bitnet): the 8-bit copy of a product's input, grown by the first forward
+     * (params_xq) to the widest input of B x T rows */
+    size_t xq_in = 0;
+    for (int i = 0; i < m->pt.n; i++)
+        if (m->pt.p[i].ternarize) xq_in = MAX(xq_in, (size_t)m->pt.p[i].shape[1]);
+    mr.workspace += xq_in * (size_t)s->B * (size_t)s->T * (size_t)s->act_size;
     int head_trains = m->pt.p[m->head.w].kind == PARAM_TRAIN;
     int head_chunked = m->pt.p[m->head.w].chunk_rows > 0;
     if (s->gpu) mr.workspace += plan_workspace(c, s, head_trains, head_chunked); /* beside the store's own scratch */
