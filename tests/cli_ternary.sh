@@ -97,12 +97,9 @@ check "chunked vocabulary tensors: the same losses" cmp -s <(strip "$tmp/ck-1/me
 check "chunked vocabulary tensors: validation ran" grep -q "val_loss" "$tmp/ck30.log"
 check "chunked vocabulary tensors: the same trits, exponents and accumulators of wte and lm_head" python3 - \
     "$tmp/ck-1/final/ternary.safetensors" "$tmp/ck30/final/ternary.safetensors" <<'PY'
-import json, struct, sys
-def tensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+import sys
+sys.path.insert(0, "tests")
+from st_raw import tensors
 a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
 names = [k for k in a if k.endswith(".wte") or k.endswith(".lm_head")]
 assert len(names) == 8, names
@@ -120,12 +117,9 @@ expect_fail fused-accum "train.ternary.fused|one micro-batch" train "$tmp/tern.y
 # than the checkpoint's is refused ----
 tern_state_cmp() { # A B [trits]: the trits (and exponents unless "trits") of every tensor equal
     python3 - "$1" "$2" "${3:-all}" <<'PY'
-import json, struct, sys
-def tensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+import sys
+sys.path.insert(0, "tests")
+from st_raw import tensors
 a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
 pre = ("trits.",) if sys.argv[3] == "trits" else ("trits.", "exp.")
 names = [k for k in a if k.startswith(pre)]

@@ -122,12 +122,9 @@ launch2 g2 $G $FUSED
 check "gpt2: the same losses" same6 "$(loss6 "$tmp/g1")" "$(loss6 "$tmp/g2")"
 check "gpt2: at most 4 bytes of the integer state differ" python3 - "$tmp/g1/final/ternary.safetensors" \
     "$tmp/g2/final/ternary.safetensors" <<'PY'
-import json, struct, sys
-def tensors(path):
-    b = open(path, "rb").read()
-    n = struct.unpack("<Q", b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items() if k != "__metadata__"}
+import sys
+sys.path.insert(0, "tests")
+from st_raw import tensors
 a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
 assert sorted(a) == sorted(b) and any(k.endswith(".wte") for k in a)
 diff = sum(x != y for k in a for x, y in zip(a[k], b[k]))

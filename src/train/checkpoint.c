@@ -275,57 +275,23 @@ static int write_ternary(const char *dir, const Model *m)
     return rc;
 }
 
-int ckpt_read_ternary(const char *ckpt_dir, Model *m)
+/* The state of every PARAM_TERNARY tensor of m from dir's ternary.safetensors. resume: all four arrays of
+ * each, required. init (model.init): the trits and exponents of those it holds (the accumulators zero; a
+ * tensor it lacks keeps what its float values gave), its group m's. */
+static int read_ternary(const char *dir, Model *m, int init)
 {
     const ParamTable *pt = &m->pt;
     int nt = 0;
     for (int i = 0; i < pt->n; i++) nt += pt->p[i].kind == PARAM_TERNARY;
     if (!nt) return 0;
     StSet set;
-    if (st_set_open_dir(&set, ckpt_dir, TERN_BASE))
-        return err_set("%s: no %s.safetensors: the checkpoint was not trained with train.optimizer: ternary",
-                       ckpt_dir, TERN_BASE);
+    if (st_set_open_dir(&set, dir, TERN_BASE))
+        return init ? -1
+                    : err_set("%s: no %s.safetensors: the checkpoint was not trained with train.optimizer: ternary",
+                              dir, TERN_BASE);
     int rc = -1;
-    for (int i = 0; i < pt->n; i++) {
-        const Param *p = &pt->p[i];
-        if (p->kind != PARAM_TERNARY) continue;
-        const char *prefix[TERN_ARRAYS];
-        StDtype dt[TERN_ARRAYS];
-        size_t len[TERN_ARRAYS];
-        const void *src[TERN_ARRAYS];
-        tern_layout(p, m->ps.tern[i].group, prefix, dt, len);
-        for (int k = 0; k < TERN_ARRAYS; k++) {
-            char name[96];
-            snprintf(name, sizeof(name), "%s%s", prefix[k], p->name);
-            const StFile *f;
-            const StTensor *t = st_set_find(&set, name, &f);
-            if (!t) {
-                err_set("%s/%s.safetensors: %s: missing", ckpt_dir, TERN_BASE, name);
-                goto out;
-            }
-            if (t->dtype != dt[k] || t->numel != len[k]) {
-                err_set("%s: %s: expected %s with %zu elements (train.ternary.group %d)", f->path, name,
-                        dt[k] == ST_U8 ? "U8" : "I8", len[k], pt->tern_group);
-                goto out;
-            }
-            src[k] = t->data;
-        }
-        params_tern_upload(&m->ps, i, src[0], src[1], src[2], src[3]);
-    }
-    rc = 0;
-out:
-    st_set_close(&set);
-    return rc;
-}
-
-int ckpt_init_ternary(const char *dir, Model *m)
-{
-    const ParamTable *pt = &m->pt;
-    StSet set;
-    if (st_set_open_dir(&set, dir, TERN_BASE)) return -1;
     const char *gs = st_meta_get(&set.files[0], "group");
-    int rc = -1;
-    if (!gs || atoi(gs) != pt->tern_group) {
+    if (init && (!gs || atoi(gs) != pt->tern_group)) {
         err_set("%s: metadata \"group\" is %s, but train.ternary.group is %d: its trits and exponents cannot be "
                 "kept exactly (set train.ternary.group to the checkpoint's)",
                 set.files[0].path, gs ? gs : "missing", pt->tern_group);
@@ -337,32 +303,42 @@ int ckpt_init_ternary(const char *dir, Model *m)
         const char *prefix[TERN_ARRAYS];
         StDtype dt[TERN_ARRAYS];
         size_t len[TERN_ARRAYS];
-        const void *src[2] = {NULL, NULL};
+        const void *src[TERN_ARRAYS] = {NULL};
         tern_layout(p, m->ps.tern[i].group, prefix, dt, len);
-        for (int k = 0; k < 2; k++) { /* trits and exponents; the accumulators start at zero */
+        int want = init ? 2 : TERN_ARRAYS; /* init: trits and exponents */
+        for (int k = 0; k < want; k++) {
             char name[96];
             snprintf(name, sizeof(name), "%s%s", prefix[k], p->name);
             const StFile *f;
             const StTensor *t = st_set_find(&set, name, &f);
-            if (!t) continue; /* a tensor the checkpoint kept in float: quantized from its values */
+            if (!t && init) continue; /* a tensor the checkpoint kept in float: quantized from its values */
+            if (!t) {
+                err_set("%s/%s.safetensors: %s: missing", dir, TERN_BASE, name);
+                goto out;
+            }
             if (t->dtype != dt[k] || t->numel != len[k]) {
-                err_set("%s: %s: expected %s with %zu elements", f->path, name, dt[k] == ST_U8 ? "U8" : "I8", len[k]);
+                err_set("%s: %s: expected %s with %zu elements (train.ternary.group %d)", f->path, name,
+                        dt[k] == ST_U8 ? "U8" : "I8", len[k], pt->tern_group);
                 goto out;
             }
             src[k] = t->data;
         }
-        if (!src[0] != !src[1]) {
+        if (init && !src[0] != !src[1]) {
             err_set("%s/%s.safetensors: %s has %s but not %s", dir, TERN_BASE, p->name, src[0] ? "trits" : "exponents",
                     src[0] ? "exponents" : "trits");
             goto out;
         }
-        if (src[0]) params_tern_upload(&m->ps, i, src[0], src[1], NULL, NULL);
+        if (src[0]) params_tern_upload(&m->ps, i, src[0], src[1], src[2], src[3]);
     }
     rc = 0;
 out:
     st_set_close(&set);
     return rc;
 }
+
+int ckpt_read_ternary(const char *ckpt_dir, Model *m) { return read_ternary(ckpt_dir, m, 0); }
+
+int ckpt_init_ternary(const char *dir, Model *m) { return read_ternary(dir, m, 1); }
 
 int ckpt_has_ternary(const char *dir)
 {
