@@ -454,6 +454,46 @@ static void test_tern_from_to_f32(void)
     free(v);
 }
 
+/* The product read from packed trits (tern_matmul_rows, the CPU backend's for up to TERN_MM_SMALL_N rows)
+ * against the unpacked weights multiplied in double: 1 to 4 rows, groups that straddle rows and packed
+ * bytes (7, 40, a whole row, several rows), with and without a bias. */
+static void test_matmul_rows(void)
+{
+    const struct { int N, K, O, group, bias; } cs[] = {{1, 37, 5, 7, 0}, {2, 40, 9, 40, 1}, {3, 100, 7, 100, 1},
+                                                       {4, 64, 11, 128, 0}, {4, 13, 3, 8, 1}};
+    for (size_t c = 0; c < sizeof(cs) / sizeof(cs[0]); c++) {
+        int N = cs[c].N, K = cs[c].K, O = cs[c].O, G = cs[c].group;
+        size_t n = (size_t)O * K, ng = tern_groups(n, G);
+        int8_t *tr = malloc(n), *ex = malloc(ng);
+        uint8_t *packed = malloc(trit_bytes(n));
+        float *x = malloc((size_t)N * K * sizeof(float)), *w = malloc(n * sizeof(float));
+        float *bias = malloc((size_t)O * sizeof(float)), *out = malloc((size_t)N * O * sizeof(float));
+        uint64_t r = 77 + c;
+        for (size_t i = 0; i < n; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            tr[i] = (int8_t)((int)((r >> 33) % 3) - 1);
+        }
+        for (size_t g = 0; g < ng; g++) ex[g] = (int8_t)(-6 + (int)(g % 5));
+        for (int i = 0; i < N * K; i++) x[i] = (float)sin(0.37 * i + (double)c);
+        for (int i = 0; i < O; i++) bias[i] = 0.25f * (float)i - 1.0f;
+        trit_pack(packed, tr, n);
+        tern_to_f32(w, packed, ex, n, G);
+        TernaryTensor t = {.trits = packed, .exp = ex, .n = n, .group = G};
+        tern_matmul_rows(out, x, &t, cs[c].bias ? bias : NULL, N, K, O);
+        double worst = 0, scale = 0;
+        for (int a = 0; a < N; a++)
+            for (int o = 0; o < O; o++) {
+                double ref = cs[c].bias ? bias[o] : 0;
+                for (int k = 0; k < K; k++) ref += (double)x[a * K + k] * w[(size_t)o * K + k];
+                worst = fmax(worst, fabs(out[(size_t)a * O + o] - ref));
+                scale = fmax(scale, fabs(ref));
+            }
+        CHECKF(worst <= 1e-5 * scale + 1e-7, "tern_matmul_rows N %d K %d O %d group %d: error %.3g (scale %.3g)", N, K, O,
+               G, worst, scale);
+        free(tr), free(ex), free(packed), free(x), free(w), free(bias), free(out);
+    }
+}
+
 /* A hand-made tensor of two groups of four weights, stepped with known gradients. */
 static void test_update_rule(void)
 {
@@ -564,6 +604,7 @@ int main(void)
     RUN(test_packed_import_export);
     RUN(test_trit_bytes);
     RUN(test_tern_from_to_f32);
+    RUN(test_matmul_rows);
     RUN(test_update_rule);
     RUN(test_store_kind);
     return test_summary();

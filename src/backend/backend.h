@@ -302,7 +302,8 @@ struct Backend {
      * trit * 2^exp of the integer-ternary tensor t (t->n = O x K). scratch (t->n act values) may be used
      * to unpack W into. CUDA: up to TERN_MM_SMALL_N rows of x (decoding, small batches), K % 8 == 0 and
      * groups of at least 8, the product reads the packed trits and unpacks each weight in registers (fp32
-     * sums); otherwise trit_unpack into scratch and matmul_fwd, as the CPU always does. */
+     * sums); otherwise trit_unpack into scratch and matmul_fwd. The CPU: up to TERN_MM_SMALL_N rows from the trits
+     * too (model/ternary.h tern_matmul_rows), more rows unpacked. */
     void (*ternary_matmul_fwd)(void *out, const void *x, const TernaryTensor *t, const void *bias, void *scratch,
                                int N, int K, int O);
     /* The integer update (TernaryHyper) of nt tensors in one call (on CUDA one kernel); the integer

@@ -133,6 +133,32 @@ void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, in
     }
 }
 
+void tern_matmul_rows(float *out, const float *x, const TernaryTensor *t, const float *bias, int N, int K, int O)
+{
+    tern_tables_init(); /* before the threads: they only read it */
+    size_t G = (size_t)t->group;
+#pragma omp parallel for schedule(static)
+    for (int o = 0; o < O; o++) {
+        float acc[TERN_MM_SMALL_N] = {0};
+        size_t f = (size_t)o * (size_t)K, end = f + (size_t)K, b = f / TRITS_PER_BYTE;
+        int d = (int)(f - b * TRITS_PER_BYTE);
+        const float *xr = x - f; /* xr[f + n K] is x (n, f - o K) */
+        while (f < end) { /* one group's stretch of the row at a time */
+            size_t g = f / G, stop = (g + 1) * G < end ? (g + 1) * G : end;
+            float s[TERN_MM_SMALL_N] = {0};
+            for (; f < stop; f++) {
+                int tr = trit_lut[t->trits[b]][d];
+                if (++d == TRITS_PER_BYTE) d = 0, b++;
+                if (!tr) continue;
+                for (int n = 0; n < N; n++) s[n] += (float)tr * xr[f + (size_t)n * (size_t)K];
+            }
+            float sc = ldexpf(1.0f, t->exp[g]);
+            for (int n = 0; n < N; n++) acc[n] += s[n] * sc;
+        }
+        for (int n = 0; n < N; n++) out[(size_t)n * (size_t)O + (size_t)o] = acc[n] + (bias ? bias[o] : 0.0f);
+    }
+}
+
 static int8_t sat8(int v) { return (int8_t)(v > 127 ? 127 : v < -128 ? -128 : v); }
 
 void tern_update(const TernaryTensor *t, const TernaryHyper *h)

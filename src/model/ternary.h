@@ -23,8 +23,8 @@
  * sum j over the group's elements j, j + TERN_LANES, ... in index order, then the butterfly
  * s[j] += s[j ^ off] for off = TERN_LANES/2 .. 1; the result is s[0]. */
 #define TERN_LANES 32
-/* The most rows of x whose product with an integer-ternary weight the CUDA backend reads from the
- * packed trits (Backend.ternary_matmul_fwd; more rows: unpacked and the ordinary product). Measured on
+/* The most rows of x whose product with an integer-ternary weight the backends read from the packed
+ * trits (Backend.ternary_matmul_fwd; more rows: unpacked and the ordinary product). Measured on
  * the H200 (tests/bench_ternary.c, docs/ternary.md): up to 4 rows the packed kernel beats unpacking
  * first at every block shape of bitnet-3b and llama2-7b but one; at 8 the unpacked path wins everywhere. */
 #define TERN_MM_SMALL_N 4
@@ -59,6 +59,11 @@ void trit_unpack_i8(int8_t *t, const uint8_t *packed, size_t n);
 void tern_from_f32(uint8_t *trits, int8_t *exp, const float *w, size_t n, int group);
 /* The values trit * 2^E (exact in fp32 and bf16). */
 void tern_to_f32(float *w, const uint8_t *trits, const int8_t *exp, size_t n, int group);
+/* out (N, O) = x (N, K) @ W^T + bias (O, may be NULL), W (O, K) the values trit * 2^exp of t (host arrays;
+ * t->n = O x K), read from the packed trits: each row's products with the trits of a group summed in
+ * fp32, then scaled by the group's 2^E (the CPU backend's product for up to TERN_MM_SMALL_N rows of x:
+ * decoding, where unpacking the whole tensor first would cost more than the product). */
+void tern_matmul_rows(float *out, const float *x, const TernaryTensor *t, const float *bias, int N, int K, int O);
 /* The update of backend.h TernaryHyper on one tensor whose arrays are host memory (tensors are
  * independent: several may be updated at once by different threads after tern_tables_init). */
 void tern_tables_init(void);

@@ -13,6 +13,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_extra.h"
+#include "model/ternary.h"
 #include "backend/cpu/cpu_moe.h"
 #include "backend/cpu/cpu_kv.h"
 #include "core/error.h"
@@ -821,10 +822,15 @@ static void cpu_scale(float *x, float s, size_t n)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
-/* W unpacked (exact in fp32) and the ordinary product: the reference every backend's product is checked against. */
+/* Up to TERN_MM_SMALL_N rows of x read from the packed trits (decoding: unpacking the whole tensor first
+ * would cost more than the product); more rows: W unpacked (exact in fp32) and the ordinary product. */
 static void cpu_ternary_matmul_fwd(void *out, const void *x, const TernaryTensor *t, const void *bias, void *scratch,
                                    int N, int K, int O)
 {
+    if (N >= 1 && N <= TERN_MM_SMALL_N && t->n == (size_t)O * (size_t)K) {
+        tern_matmul_rows(out, x, t, bias, N, K, O);
+        return;
+    }
     cpu_trit_unpack(scratch, t);
     cpu_matmul_fwd(out, x, scratch, bias, N, K, O);
 }
