@@ -275,6 +275,21 @@ static int write_ternary(const char *dir, const Model *m)
     return rc;
 }
 
+/* The "group" metadata of ternary.safetensors (the weights per exponent group, 1 .. 2^24); -1 with err_set()
+ * naming the file when it is missing or not such a number. */
+static int tern_file_group(const StSet *set, int *group)
+{
+    const StFile *f0 = &set->files[0];
+    const char *gs = st_meta_get(f0, "group");
+    char *end = NULL;
+    long g = gs ? strtol(gs, &end, 10) : 0;
+    if (!gs || end == gs || *end || g < 1 || g > (1L << 24))
+        return err_set("%s: metadata \"group\": expected the weights per exponent group (1 .. 2^24), got %s%s%s",
+                       f0->path, gs ? "\"" : "", gs ? gs : "none", gs ? "\"" : "");
+    *group = (int)g;
+    return 0;
+}
+
 /* The state of every PARAM_TERNARY tensor of m from dir's ternary.safetensors. resume: all four arrays of
  * each, required. init (model.init): the trits and exponents of those it holds (the accumulators zero; a
  * tensor it lacks keeps what its float values gave), its group m's. */
@@ -289,12 +304,12 @@ static int read_ternary(const char *dir, Model *m, int init)
         return init ? -1
                     : err_set("%s: no %s.safetensors: the checkpoint was not trained with train.optimizer: ternary",
                               dir, TERN_BASE);
-    int rc = -1;
-    const char *gs = st_meta_get(&set.files[0], "group");
-    if (init && (!gs || atoi(gs) != pt->tern_group)) {
-        err_set("%s: metadata \"group\" is %s, but train.ternary.group is %d: its trits and exponents cannot be "
+    int rc = -1, group = 0;
+    if (init && tern_file_group(&set, &group)) goto out;
+    if (init && group != pt->tern_group) {
+        err_set("%s: metadata \"group\" is %d, but train.ternary.group is %d: its trits and exponents cannot be "
                 "kept exactly (set train.ternary.group to the checkpoint's)",
-                set.files[0].path, gs ? gs : "missing", pt->tern_group);
+                set.files[0].path, group, pt->tern_group);
         goto out;
     }
     for (int i = 0; i < pt->n; i++) {
@@ -355,17 +370,10 @@ Model *ckpt_load_ternary_model(const char *dir, const Backend *be)
     if (hf_read_config(dir, &c)) return NULL;
     StSet set;
     if (st_set_open_dir(&set, dir, TERN_BASE)) return NULL;
-    const StFile *f0 = &set.files[0];
-    const char *gs = st_meta_get(f0, "group");
-    char *end = NULL;
-    long group = gs ? strtol(gs, &end, 10) : 0;
-    if (!gs || end == gs || *end || group < 1 || group > (1L << 24)) {
-        err_set("%s: metadata \"group\": expected the weights per exponent group (1 .. 2^24), got %s%s%s", f0->path,
-                gs ? "\"" : "", gs ? gs : "none", gs ? "\"" : "");
+    if (tern_file_group(&set, &c.tern_group)) {
         st_set_close(&set);
         return NULL;
     }
-    c.tern_group = (int)group;
     c.tern_frozen = 1;
     c.tern_fused = 0;
     ParamTable pt;
@@ -394,10 +402,12 @@ Model *ckpt_load_ternary_model(const char *dir, const Backend *be)
     }
     Model *m = model_create_kinds(&c, be, kinds);
     free(kinds);
-    /* the float tensors from model.safetensors; the ternary ones (there as trit x 2^E) from their state */
+    /* the float tensors from model.safetensors; the ternary ones (there as trit x 2^E) from their state only,
+     * not quantized from those values first */
     float *host = xmalloc(m->pt.total * sizeof(float));
     int rc = hf_read_weights(dir, &m->cfg, &m->pt, host);
-    if (!rc) model_set_params(m, host);
+    for (int i = 0; !rc && i < m->pt.n; i++)
+        if (m->pt.p[i].kind != PARAM_TERNARY) params_upload(&m->ps, i, host + m->pt.p[i].offset);
     free(host);
     if (rc || ckpt_read_ternary(dir, m)) {
         model_free(m);
