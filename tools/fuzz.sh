@@ -4,7 +4,11 @@
 # Crashes are written to build-fuzz/crashes/. Seed files get names unique per
 # source (tokenizer.json files of different fixtures no longer overwrite each other).
 #   make fuzz && tools/fuzz.sh 60 [HARNESS...]      (FUZZ_ARGS="-runs=N" adds libFuzzer flags;
-#   FUZZ_JOBS=N runs N processes per harness on its one corpus and sums their executions)
+#   FUZZ_JOBS=N runs N processes per harness on its one corpus and sums their executions;
+#   FUZZ_MAX_LEN=BYTES caps the input length, 65536 unless set: the harnesses that run a model per
+#   input slow down several times as libFuzzer grows inputs past a few KB)
+# Each process runs one OpenMP thread unless OMP_NUM_THREADS says otherwise: the fuzzed code is
+# the parsing, and two jobs of two spinning threads each on two cores only wait on each other.
 set -u
 secs=${1:-60}
 shift || true
@@ -94,6 +98,8 @@ PY
     fi
     echo "$d"
 }
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+maxlen=${FUZZ_MAX_LEN:-65536}
 status=0
 harnesses=("$@")
 [ ${#harnesses[@]} -gt 0 ] || harnesses=($(ls build-fuzz/fuzz/ | grep -v '\.d$'))
@@ -102,15 +108,15 @@ for name in "${harnesses[@]}"; do
     [ -x "$h" ] || { echo "== $name: not built (make fuzz)"; status=1; continue; }
     corpus=$(seed "$name")
     jobs=${FUZZ_JOBS:-1}
-    echo "== $name (${secs}s${FUZZ_JOBS:+, $jobs jobs on one corpus})"
+    echo "== $name (${secs}s${FUZZ_JOBS:+, $jobs jobs on one corpus}, inputs up to $maxlen bytes)"
     if [ "$jobs" -le 1 ]; then
-        "$h" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/$name-" \
+        "$h" -max_total_time="$secs" -max_len="$maxlen" -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$out/$name-" \
             -print_final_stats=1 ${FUZZ_ARGS:-} "$corpus" 2>&1 | grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec|ERROR|SUMMARY|crash-|timeout-|oom-'
     else # FUZZ_JOBS=N: N processes (seeds 1..N) sharing the corpus; the executions summed over them
         logs=build-fuzz/logs
         mkdir -p "$logs"
         for j in $(seq 1 "$jobs"); do
-            "$h" -seed="$j" -max_total_time="$secs" -max_len=65536 -timeout=10 -rss_limit_mb=4096 \
+            "$h" -seed="$j" -max_total_time="$secs" -max_len="$maxlen" -timeout=10 -rss_limit_mb=4096 \
                 -artifact_prefix="$out/$name-" -print_final_stats=1 ${FUZZ_ARGS:-} "$corpus" >"$logs/$name.$j.log" 2>&1 &
         done
         wait
